@@ -1,0 +1,261 @@
+//! The tamper-evident audit trail: each entry's hash covers its content and the previous entry's hash, so an
+//! edited, removed or reordered entry breaks the chain at a point that can be named.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+/// The `prev_hash` of a tenant's first entry.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub tenant_id: Uuid,
+    /// 1-based, gap-free per tenant.
+    pub seq: i64,
+    pub at: String,
+    /// Who did it, e.g. `key:<uuid>` or `system`.
+    pub actor: String,
+    /// What happened, e.g. `approval.approved`.
+    pub action: String,
+    /// What it happened to, e.g. `approval:<uuid>`.
+    pub subject: String,
+    pub session_id: Option<Uuid>,
+    pub data: Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl AuditEntry {
+    /// SHA-256 over the canonical JSON of every field but `hash` itself.
+    pub fn compute_hash(&self) -> String {
+        let body = serde_json::json!({
+            "tenant_id": self.tenant_id,
+            "seq": self.seq,
+            "at": self.at,
+            "actor": self.actor,
+            "action": self.action,
+            "subject": self.subject,
+            "session_id": self.session_id,
+            "data": self.data,
+            "prev_hash": self.prev_hash,
+        });
+        let mut canon = String::new();
+        write_canonical(&body, &mut canon);
+        hex::encode(Sha256::digest(canon.as_bytes()))
+    }
+}
+
+/// JSON with object keys sorted at every depth, whatever map type serde_json was built with.
+fn write_canonical(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                write_canonical(&map[k], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainBreak {
+    #[error("entry {seq} was altered: its content does not match its hash")]
+    Altered { seq: i64 },
+    #[error("entry {seq} does not link to the entry before it (removed or reordered entries)")]
+    BadLink { seq: i64 },
+    #[error("entry {expected} is missing (the next entry present is {found})")]
+    Missing { expected: i64, found: i64 },
+    #[error("entries after {last} are missing: the chain's head is entry {head}")]
+    Truncated { last: i64, head: i64 },
+    #[error("the last entry {seq} is not the recorded head of the chain")]
+    HeadMismatch { seq: i64 },
+}
+
+impl ChainBreak {
+    /// The sequence number of the first bad entry.
+    pub fn seq(&self) -> i64 {
+        match self {
+            ChainBreak::Altered { seq } | ChainBreak::BadLink { seq } | ChainBreak::HeadMismatch { seq } => {
+                *seq
+            }
+            ChainBreak::Missing { expected, .. } => *expected,
+            ChainBreak::Truncated { last, .. } => last + 1,
+        }
+    }
+}
+
+/// Checks a tenant's entries in order, one page at a time.
+#[derive(Debug)]
+pub struct ChainVerifier {
+    next_seq: i64,
+    prev_hash: String,
+}
+
+impl Default for ChainVerifier {
+    fn default() -> Self {
+        ChainVerifier {
+            next_seq: 1,
+            prev_hash: GENESIS.to_owned(),
+        }
+    }
+}
+
+impl ChainVerifier {
+    pub fn push(&mut self, e: &AuditEntry) -> Result<(), ChainBreak> {
+        if e.seq != self.next_seq {
+            return Err(if e.seq > self.next_seq {
+                ChainBreak::Missing {
+                    expected: self.next_seq,
+                    found: e.seq,
+                }
+            } else {
+                ChainBreak::BadLink { seq: e.seq }
+            });
+        }
+        if e.compute_hash() != e.hash {
+            return Err(ChainBreak::Altered { seq: e.seq });
+        }
+        if e.prev_hash != self.prev_hash {
+            return Err(ChainBreak::BadLink { seq: e.seq });
+        }
+        self.prev_hash = e.hash.clone();
+        self.next_seq += 1;
+        Ok(())
+    }
+
+    /// Ends the walk against the head the store recorded, which catches entries cut from the end.
+    /// Returns how many entries were checked.
+    pub fn finish(self, head_seq: i64, head_hash: &str) -> Result<i64, ChainBreak> {
+        let last = self.next_seq - 1;
+        if last < head_seq {
+            return Err(ChainBreak::Truncated {
+                last,
+                head: head_seq,
+            });
+        }
+        if last > head_seq || (last > 0 && self.prev_hash != head_hash) {
+            return Err(ChainBreak::HeadMismatch { seq: last });
+        }
+        Ok(last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn chain(n: i64) -> Vec<AuditEntry> {
+        let mut prev = GENESIS.to_owned();
+        (1..=n)
+            .map(|seq| {
+                let mut e = AuditEntry {
+                    tenant_id: Uuid::nil(),
+                    seq,
+                    at: format!("2026-01-01T00:00:{seq:02}.000000Z"),
+                    actor: "system".into(),
+                    action: "test".into(),
+                    subject: format!("thing:{seq}"),
+                    session_id: None,
+                    data: json!({"b": seq.to_string(), "a": {"z": "1", "y": ["x"]}}),
+                    prev_hash: prev.clone(),
+                    hash: String::new(),
+                };
+                e.hash = e.compute_hash();
+                prev = e.hash.clone();
+                e
+            })
+            .collect()
+    }
+
+    fn verify(entries: &[AuditEntry], head: &AuditEntry) -> Result<i64, ChainBreak> {
+        let mut v = ChainVerifier::default();
+        for e in entries {
+            v.push(e)?;
+        }
+        v.finish(head.seq, &head.hash)
+    }
+
+    #[test]
+    fn a_clean_chain_verifies() {
+        let c = chain(5);
+        assert_eq!(verify(&c, &c[4]), Ok(5));
+        assert_eq!(ChainVerifier::default().finish(0, ""), Ok(0));
+    }
+
+    #[test]
+    fn hashing_is_independent_of_key_order() {
+        let mut c = chain(1);
+        let before = c[0].compute_hash();
+        c[0].data = serde_json::from_str(r#"{"a": {"y": ["x"], "z": "1"}, "b": "1"}"#).unwrap();
+        assert_eq!(c[0].compute_hash(), before);
+    }
+
+    #[test]
+    fn an_altered_entry_is_named() {
+        let mut c = chain(5);
+        c[2].data = json!({"b": "999"});
+        assert_eq!(verify(&c, &c[4].clone()), Err(ChainBreak::Altered { seq: 3 }));
+    }
+
+    #[test]
+    fn a_rehashed_entry_breaks_the_next_link() {
+        let mut c = chain(5);
+        c[2].actor = "mallory".into();
+        c[2].hash = c[2].compute_hash();
+        assert_eq!(verify(&c, &c[4].clone()), Err(ChainBreak::BadLink { seq: 4 }));
+    }
+
+    #[test]
+    fn a_removed_entry_is_named() {
+        let mut c = chain(5);
+        let head = c[4].clone();
+        c.remove(1);
+        let err = verify(&c, &head).unwrap_err();
+        assert_eq!(err, ChainBreak::Missing { expected: 2, found: 3 });
+        assert_eq!(err.seq(), 2);
+    }
+
+    #[test]
+    fn a_cut_tail_is_caught_by_the_head() {
+        let c = chain(5);
+        let err = verify(&c[..3], &c[4]).unwrap_err();
+        assert_eq!(err, ChainBreak::Truncated { last: 3, head: 5 });
+        assert_eq!(err.seq(), 4);
+    }
+
+    #[test]
+    fn reordered_entries_are_caught() {
+        let mut c = chain(5);
+        let head = c[4].clone();
+        c.swap(1, 2);
+        assert!(verify(&c, &head).is_err());
+        let mut c = chain(5);
+        let (a, b) = (c[1].seq, c[2].seq);
+        c[1].seq = b;
+        c[2].seq = a;
+        c.swap(1, 2);
+        assert_eq!(verify(&c, &head), Err(ChainBreak::Altered { seq: 2 }));
+    }
+}

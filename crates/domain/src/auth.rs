@@ -1,0 +1,90 @@
+//! Who is asking: every key has one role in one tenant.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Admin,
+    Approver,
+    Agent,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Approver => "approver",
+            Role::Agent => "agent",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "approver" => Some(Role::Approver),
+            "agent" => Some(Role::Agent),
+            _ => None,
+        }
+    }
+}
+
+/// An authenticated caller: the key, its tenant and its role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub tenant_id: Uuid,
+    pub key_id: Uuid,
+    pub role: Role,
+}
+
+impl Principal {
+    /// People decide; agents never do, not even on other agents' requests.
+    pub fn can_decide(&self) -> bool {
+        matches!(self.role, Role::Admin | Role::Approver)
+    }
+
+    /// Agents and admins may ask for money to move.
+    pub fn can_request_payments(&self) -> bool {
+        matches!(self.role, Role::Admin | Role::Agent)
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+
+    /// Actor label written into the audit trail.
+    pub fn actor(&self) -> String {
+        format!("key:{}", self.key_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn who(role: Role) -> Principal {
+        Principal {
+            tenant_id: Uuid::nil(),
+            key_id: Uuid::nil(),
+            role,
+        }
+    }
+
+    #[test]
+    fn only_people_decide() {
+        assert!(who(Role::Admin).can_decide());
+        assert!(who(Role::Approver).can_decide());
+        assert!(!who(Role::Agent).can_decide());
+        assert!(!who(Role::Approver).can_request_payments());
+        assert!(who(Role::Agent).can_request_payments());
+    }
+
+    #[test]
+    fn roles_round_trip() {
+        for r in [Role::Admin, Role::Approver, Role::Agent] {
+            assert_eq!(Role::parse(r.as_str()), Some(r));
+        }
+        assert_eq!(Role::parse("root"), None);
+    }
+}

@@ -1,0 +1,19 @@
+//! Paygent's domain: the rules that decide whether money moves, free of I/O so they can be tested exhaustively.
+
+pub mod approval;
+pub mod audit;
+pub mod auth;
+pub mod money;
+pub mod payment;
+pub mod policy;
+pub mod prices;
+pub mod session;
+pub mod time;
+
+pub use approval::{ApprovalStatus, Decision, DecisionKind};
+pub use auth::{Principal, Role};
+pub use money::{Money, MoneyError};
+pub use payment::{PaymentStatus, Recipient};
+pub use policy::{Condition, Policy, Rule, Verdict};
+pub use prices::{CurrencySpec, PriceTable};
+pub use session::SessionConfig;

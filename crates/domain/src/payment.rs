@@ -1,0 +1,312 @@
+//! Payment intents, their recipients, and what an approver's edit may change.
+
+use crate::auth::Role;
+use crate::money::{Money, MoneyError};
+use crate::policy::{TRANSFER, X402_PAYMENT};
+use crate::prices::PriceTable;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentStatus {
+    /// Waiting for a person; the payment carries its `approval_id`.
+    PendingApproval,
+    /// Allowed, but no rail carries it: the agent pays and reports the outcome.
+    Authorized,
+    /// Paid on a rail, or reported paid by the agent.
+    Executed,
+    /// Refused, with a reason such as `rejected` or `budget_exceeded`.
+    Denied,
+    Failed,
+}
+
+impl PaymentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentStatus::PendingApproval => "pending_approval",
+            PaymentStatus::Authorized => "authorized",
+            PaymentStatus::Executed => "executed",
+            PaymentStatus::Denied => "denied",
+            PaymentStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            PaymentStatus::PendingApproval,
+            PaymentStatus::Authorized,
+            PaymentStatus::Executed,
+            PaymentStatus::Denied,
+            PaymentStatus::Failed,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
+
+    /// Only an authorized payment awaits an outcome from its agent, and only `executed` or `failed` end it.
+    pub fn can_report(self, outcome: PaymentStatus) -> bool {
+        self == PaymentStatus::Authorized
+            && matches!(outcome, PaymentStatus::Executed | PaymentStatus::Failed)
+    }
+}
+
+/// Where the money goes. The kind of recipient decides the tool, and so the rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Recipient {
+    Evm(String),
+    Url(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PaymentError {
+    #[error("recipient must be an EVM address (0x and 40 hex digits) or an http(s) URL")]
+    BadRecipient,
+    #[error("description is limited to {MAX_DESCRIPTION_CHARS} characters")]
+    DescriptionTooLong,
+    #[error(transparent)]
+    Money(#[from] MoneyError),
+    #[error("edited_args must be an object with only amount, currency, recipient and description: {0}")]
+    BadEdit(String),
+    #[error("an edit cannot change the kind of recipient, and so the tool")]
+    EditChangesTool,
+    #[error("an approver's edit cannot raise the USD value above the requested {requested}")]
+    EditRaisesValue { requested: Decimal },
+}
+
+pub const MAX_DESCRIPTION_CHARS: usize = 500;
+const MAX_URL_LEN: usize = 2048;
+
+impl Recipient {
+    pub fn parse(s: &str) -> Result<Self, PaymentError> {
+        if let Some(hex) = s.strip_prefix("0x") {
+            if hex.len() == 40 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Ok(Recipient::Evm(s.to_owned()));
+            }
+            return Err(PaymentError::BadRecipient);
+        }
+        let rest = s
+            .strip_prefix("https://")
+            .or_else(|| s.strip_prefix("http://"))
+            .ok_or(PaymentError::BadRecipient)?;
+        let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+        let printable = s.bytes().all(|b| b.is_ascii_graphic());
+        if host.is_empty() || host.contains('@') || !printable || s.len() > MAX_URL_LEN {
+            return Err(PaymentError::BadRecipient);
+        }
+        Ok(Recipient::Url(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Recipient::Evm(s) | Recipient::Url(s) => s,
+        }
+    }
+
+    /// The tool that moves money to this recipient.
+    pub fn tool(&self) -> &'static str {
+        match self {
+            Recipient::Evm(_) => TRANSFER,
+            Recipient::Url(_) => X402_PAYMENT,
+        }
+    }
+}
+
+/// A validated request to pay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentIntent {
+    pub money: Money,
+    pub recipient: Recipient,
+    pub description: Option<String>,
+}
+
+impl PaymentIntent {
+    pub fn new(
+        prices: &PriceTable,
+        amount: &str,
+        currency: &str,
+        recipient: &str,
+        description: Option<String>,
+    ) -> Result<Self, PaymentError> {
+        let money = prices.money(amount, currency)?;
+        let recipient = Recipient::parse(recipient)?;
+        if description
+            .as_ref()
+            .is_some_and(|d| d.chars().count() > MAX_DESCRIPTION_CHARS)
+        {
+            return Err(PaymentError::DescriptionTooLong);
+        }
+        Ok(PaymentIntent {
+            money,
+            recipient,
+            description,
+        })
+    }
+
+    pub fn tool(&self) -> &'static str {
+        self.recipient.tool()
+    }
+
+    /// The tool arguments as stored on an approval request and shown to people.
+    pub fn args(&self) -> Value {
+        json!({
+            "amount": self.money.amount.to_string(),
+            "currency": self.money.currency,
+            "recipient": self.recipient.as_str(),
+            "description": self.description,
+        })
+    }
+
+    /// Rebuilds an intent from stored [`PaymentIntent::args`].
+    pub fn from_args(prices: &PriceTable, args: &Value) -> Result<Self, PaymentError> {
+        let text = |k: &str| args.get(k).and_then(Value::as_str);
+        PaymentIntent::new(
+            prices,
+            text("amount").unwrap_or(""),
+            text("currency").unwrap_or(""),
+            text("recipient").unwrap_or(""),
+            text("description").map(str::to_owned),
+        )
+    }
+
+    /// Applies an approver's `edits` over this intent and validates the result from scratch.
+    pub fn edited(&self, prices: &PriceTable, edits: &Value) -> Result<Self, PaymentError> {
+        let obj = edits
+            .as_object()
+            .ok_or_else(|| PaymentError::BadEdit("not an object".into()))?;
+        if obj.is_empty() {
+            return Err(PaymentError::BadEdit("nothing to change".into()));
+        }
+        let mut args = self.args();
+        for (k, v) in obj {
+            let ok_type = match k.as_str() {
+                "amount" | "currency" | "recipient" => v.is_string(),
+                "description" => v.is_string() || v.is_null(),
+                other => return Err(PaymentError::BadEdit(format!("unknown field {other:?}"))),
+            };
+            if !ok_type {
+                return Err(PaymentError::BadEdit(format!("{k} must be a string")));
+            }
+            args[k] = v.clone();
+        }
+        let edited = PaymentIntent::from_args(prices, &args)?;
+        if edited.tool() != self.tool() {
+            return Err(PaymentError::EditChangesTool);
+        }
+        Ok(edited)
+    }
+}
+
+/// An approver may lower or redirect a payment, but only an admin may raise its USD value: the person who
+/// approves should not be able to approve more than was asked for.
+pub fn check_edit_authority(
+    role: Role,
+    requested_usd: Decimal,
+    edited_usd: Decimal,
+) -> Result<(), PaymentError> {
+    if role != Role::Admin && edited_usd > requested_usd {
+        return Err(PaymentError::EditRaisesValue {
+            requested: requested_usd,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ADDR: &str = "0x1111111111111111111111111111111111111111";
+
+    fn intent(amount: &str, recipient: &str) -> PaymentIntent {
+        PaymentIntent::new(&PriceTable::default(), amount, "USDC", recipient, None).unwrap()
+    }
+
+    #[test]
+    fn recipients_pick_the_tool() {
+        assert_eq!(Recipient::parse(ADDR).unwrap().tool(), TRANSFER);
+        assert_eq!(
+            Recipient::parse("https://api.example/data?q=1").unwrap().tool(),
+            X402_PAYMENT
+        );
+        for bad in [
+            "0x123",
+            "0xZZ11111111111111111111111111111111111111",
+            "ftp://x",
+            "https://",
+            "https:// x",
+            "https://user@evil/",
+            "vitalik.eth",
+            "",
+        ] {
+            assert_eq!(Recipient::parse(bad), Err(PaymentError::BadRecipient), "{bad}");
+        }
+    }
+
+    #[test]
+    fn args_round_trip() {
+        let i = intent("15.00", ADDR);
+        let back = PaymentIntent::from_args(&PriceTable::default(), &i.args()).unwrap();
+        assert_eq!(back, i);
+        assert_eq!(i.args()["amount"], "15.00");
+    }
+
+    #[test]
+    fn edits_are_revalidated_from_scratch() {
+        let prices = PriceTable::default();
+        let i = intent("15.00", ADDR);
+        let lower = i.edited(&prices, &json!({"amount": "5"})).unwrap();
+        assert_eq!(lower.money.amount.to_string(), "5");
+        assert_eq!(lower.recipient, i.recipient);
+        assert!(matches!(
+            i.edited(&prices, &json!({"amount": "-5"})),
+            Err(PaymentError::Money(MoneyError::NotPositive))
+        ));
+        assert!(matches!(
+            i.edited(&prices, &json!({"amount": 5})),
+            Err(PaymentError::BadEdit(_))
+        ));
+        assert!(matches!(
+            i.edited(&prices, &json!({"fee": "1"})),
+            Err(PaymentError::BadEdit(_))
+        ));
+        assert!(matches!(i.edited(&prices, &json!({})), Err(PaymentError::BadEdit(_))));
+        assert!(matches!(
+            i.edited(&prices, &json!("5")),
+            Err(PaymentError::BadEdit(_))
+        ));
+        assert_eq!(
+            i.edited(&prices, &json!({"recipient": "https://x.example/"})),
+            Err(PaymentError::EditChangesTool)
+        );
+        assert!(matches!(
+            i.edited(&prices, &json!({"currency": "DOGE"})),
+            Err(PaymentError::Money(MoneyError::UnknownCurrency(_)))
+        ));
+    }
+
+    #[test]
+    fn only_admins_raise_the_value() {
+        let ten = Decimal::TEN;
+        let more = Decimal::ONE_HUNDRED;
+        assert!(check_edit_authority(Role::Approver, ten, Decimal::ONE).is_ok());
+        assert!(check_edit_authority(Role::Approver, ten, ten).is_ok());
+        assert!(check_edit_authority(Role::Approver, ten, more).is_err());
+        assert!(check_edit_authority(Role::Admin, ten, more).is_ok());
+    }
+
+    #[test]
+    fn only_authorized_payments_take_outcomes() {
+        use PaymentStatus::*;
+        assert!(Authorized.can_report(Executed));
+        assert!(Authorized.can_report(Failed));
+        assert!(!Authorized.can_report(Denied));
+        assert!(!Executed.can_report(Failed));
+        assert!(!PendingApproval.can_report(Executed));
+        for s in [PendingApproval, Authorized, Executed, Denied, Failed] {
+            assert_eq!(PaymentStatus::parse(s.as_str()), Some(s));
+        }
+    }
+}

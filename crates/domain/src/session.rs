@@ -1,0 +1,92 @@
+//! A session is one agent's working context: its approval threshold, its timeout, and later its budgets.
+
+use crate::money::parse_decimal;
+use crate::policy::{DEFAULT_PAYMENT_THRESHOLD_USD, Policy};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+/// How long a person has to decide, by default.
+pub const DEFAULT_APPROVAL_TIMEOUT_SECONDS: u32 = 900;
+/// Longest allowed approval timeout: a week. Longer pauses hold reservations too long to be sane.
+pub const MAX_APPROVAL_TIMEOUT_SECONDS: u32 = 7 * 24 * 3600;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionConfig {
+    /// USD value above which a payment needs a person (strictly greater).
+    #[serde(default = "default_threshold")]
+    pub approval_threshold_usd: Decimal,
+    #[serde(default = "default_timeout")]
+    pub approval_timeout_seconds: u32,
+}
+
+fn default_threshold() -> Decimal {
+    DEFAULT_PAYMENT_THRESHOLD_USD
+}
+
+fn default_timeout() -> u32 {
+    DEFAULT_APPROVAL_TIMEOUT_SECONDS
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            approval_threshold_usd: default_threshold(),
+            approval_timeout_seconds: default_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionConfigError {
+    #[error("approval_threshold_usd must be a non-negative decimal string with at most 6 decimals")]
+    BadThreshold,
+    #[error("approval_timeout_seconds must be between 1 and {MAX_APPROVAL_TIMEOUT_SECONDS}")]
+    BadTimeout,
+}
+
+impl SessionConfig {
+    /// Checks bounds that serde cannot express.
+    pub fn validate(&self) -> Result<(), SessionConfigError> {
+        let t = self.approval_threshold_usd;
+        let canonical = parse_decimal(&t.to_string()).is_ok();
+        if !canonical || t.is_sign_negative() || t.scale() > 6 || t > crate::money::MAX_AMOUNT {
+            return Err(SessionConfigError::BadThreshold);
+        }
+        if !(1..=MAX_APPROVAL_TIMEOUT_SECONDS).contains(&self.approval_timeout_seconds) {
+            return Err(SessionConfigError::BadTimeout);
+        }
+        Ok(())
+    }
+
+    pub fn policy(&self) -> Policy {
+        Policy::with_payment_threshold(self.approval_threshold_usd)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_ten_dollars_and_fifteen_minutes() {
+        let c: SessionConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(c, SessionConfig::default());
+        assert_eq!(c.approval_threshold_usd, Decimal::TEN);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let parse = |s: &str| serde_json::from_str::<SessionConfig>(s);
+        assert!(parse(r#"{"approval_threshold_usd": 10}"#).is_err(), "numbers are not money");
+        assert!(parse(r#"{"surprise": 1}"#).is_err());
+        let neg = parse(r#"{"approval_threshold_usd": "-1"}"#).unwrap();
+        assert_eq!(neg.validate(), Err(SessionConfigError::BadThreshold));
+        let fine = parse(r#"{"approval_threshold_usd": "0.1234567"}"#).unwrap();
+        assert_eq!(fine.validate(), Err(SessionConfigError::BadThreshold));
+        let zero = parse(r#"{"approval_timeout_seconds": 0}"#).unwrap();
+        assert_eq!(zero.validate(), Err(SessionConfigError::BadTimeout));
+        assert!(parse(r#"{"approval_threshold_usd": "0"}"#).unwrap().validate().is_ok());
+    }
+}
