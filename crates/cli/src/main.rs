@@ -1,1 +1,283 @@
-fn main() {}
+//! `paygent`: the server and a command line for the people who decide.
+
+mod client;
+mod config;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use client::Client;
+use config::ServeConfig;
+use paygent_engine::domain::audit::{AuditEntry, ChainVerifier};
+use paygent_engine::{Paygent, Store, StoreOptions, SystemClock};
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use uuid::Uuid;
+
+#[derive(Parser)]
+#[command(name = "paygent", version, about = "The control plane between AI agents and money")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct Remote {
+    /// The Paygent server to talk to.
+    #[arg(long, env = "PAYGENT_SERVER", default_value = "http://127.0.0.1:8080", global = true)]
+    server: String,
+    /// An API key (approver or admin for decisions, admin for the audit).
+    #[arg(long, env = "PAYGENT_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        /// A TOML config file; the environment overrides it.
+        #[arg(long, env = "PAYGENT_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// List and decide approval requests.
+    Approvals {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        action: ApprovalAction,
+    },
+    /// Check the audit trail.
+    Audit {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        action: AuditAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApprovalAction {
+    /// Pending requests, oldest first.
+    List {
+        #[arg(long)]
+        session_id: Option<Uuid>,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    Approve {
+        id: Uuid,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    Reject {
+        id: Uuid,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Edit and approve: `--set amount=12.00 --set recipient=0x...`.
+    Edit {
+        id: Uuid,
+        #[arg(long = "set", value_name = "FIELD=VALUE", required = true)]
+        set: Vec<String>,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Walk the whole hash chain; exits non-zero and names the first bad entry if it is broken.
+    Verify,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => serve(config.as_deref()).await,
+        Command::Approvals { remote, action } => approvals(remote, action).await,
+        Command::Audit {
+            remote,
+            action: AuditAction::Verify,
+        } => verify(remote).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config_file: Option<&Path>) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PAYGENT_LOG")
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .init();
+    let env = std::env::vars().collect();
+    let config = ServeConfig::load(config_file, &env)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let options = StoreOptions {
+        max_connections: config.max_connections,
+        ..StoreOptions::default()
+    };
+    let store = Store::connect(&config.database_url, &options)
+        .await
+        .context("opening the database")?;
+    let paygent = Paygent::new(store, config.prices.clone(), Arc::new(SystemClock));
+    if let Some(key) = paygent.bootstrap(config.admin_token.as_deref()).await? {
+        let path = config.data_dir.join("admin-token");
+        save_secret(&path, &key.token)?;
+        println!(
+            "Created the first admin key (shown once; also saved to {}):\n{}",
+            path.display(),
+            key.token
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, backend = ?paygent.store().backend(), "paygent serving");
+    paygent_server::serve(listener, paygent, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes a secret readable by its owner only.
+fn save_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("saving {}", path.display()))?;
+    writeln!(f, "{secret}")?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn approvals(remote: Remote, action: ApprovalAction) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&remote.server, remote.token)?;
+    let (path, body) = match action {
+        ApprovalAction::List { session_id, json } => {
+            let query = session_id.map(|s| format!("?session_id={s}")).unwrap_or_default();
+            let list = client
+                .call(Method::GET, &format!("/approvals/pending{query}"), None)
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print_pending(&list);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        ApprovalAction::Approve { id, comment } => (format!("/approvals/{id}/approve"), json!({"comment": comment})),
+        ApprovalAction::Reject { id, reason } => (format!("/approvals/{id}/reject"), json!({"reason": reason})),
+        ApprovalAction::Edit { id, set, comment } => {
+            let mut edited = serde_json::Map::new();
+            for pair in set {
+                let Some((k, v)) = pair.split_once('=') else {
+                    bail!("--set takes FIELD=VALUE, got {pair:?}");
+                };
+                edited.insert(k.to_owned(), Value::String(v.to_owned()));
+            }
+            (
+                format!("/approvals/{id}/edit"),
+                json!({"edited_args": edited, "comment": comment}),
+            )
+        }
+    };
+    let decided = client.call(Method::POST, &path, Some(body)).await?;
+    println!(
+        "{} {}",
+        decided["id"].as_str().unwrap_or("?"),
+        decided["status"].as_str().unwrap_or("?")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_pending(list: &Value) {
+    let items = list.as_array().map(Vec::as_slice).unwrap_or_default();
+    if items.is_empty() {
+        println!("no pending approval requests");
+        return;
+    }
+    for a in items {
+        let args = &a["args"];
+        println!(
+            "{}  ${:>12}  {:<12} {} {} -> {}  (expires {})  {}",
+            a["id"].as_str().unwrap_or("?"),
+            a["usd_value"].as_str().unwrap_or("?"),
+            a["tool"].as_str().unwrap_or("?"),
+            args["amount"].as_str().unwrap_or("?"),
+            args["currency"].as_str().unwrap_or("?"),
+            args["recipient"].as_str().unwrap_or("?"),
+            a["deadline"].as_str().unwrap_or("?"),
+            a["reason"].as_str().unwrap_or(""),
+        );
+    }
+}
+
+/// Pages through the audit trail from the first entry, verifying each link, up to the head seen at the start.
+async fn verify(remote: Remote) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&remote.server, remote.token)?;
+    let mut verifier = ChainVerifier::default();
+    let mut after = 0i64;
+    let mut head: Option<(i64, String)> = None;
+    loop {
+        let page = client
+            .call(Method::GET, &format!("/audit?after={after}&limit=1000"), None)
+            .await?;
+        let head_seq = head
+            .get_or_insert_with(|| {
+                (
+                    page["head_seq"].as_i64().unwrap_or(0),
+                    page["head_hash"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .0;
+        let entries: Vec<AuditEntry> =
+            serde_json::from_value(page["entries"].clone()).context("reading audit entries")?;
+        let mut progressed = false;
+        for e in entries.iter().filter(|e| e.seq <= head_seq) {
+            if let Err(broken) = verifier.push(e) {
+                println!("audit chain BROKEN at entry {}: {broken}", broken.seq());
+                return Ok(ExitCode::FAILURE);
+            }
+            after = e.seq;
+            progressed = true;
+        }
+        if !progressed || after >= head_seq {
+            break;
+        }
+    }
+    let (head_seq, head_hash) = head.unwrap_or_default();
+    match verifier.finish(head_seq, &head_hash) {
+        Ok(n) => {
+            println!("audit chain OK: {n} entries, head {head_hash}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(broken) => {
+            println!("audit chain BROKEN at entry {}: {broken}", broken.seq());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

@@ -12,7 +12,7 @@ pub mod time;
 
 pub use approval::{ApprovalStatus, Decision, DecisionKind};
 pub use auth::{Principal, Role};
-pub use money::{Money, MoneyError};
+pub use money::{Decimal, Money, MoneyError};
 pub use payment::{PaymentStatus, Recipient};
 pub use policy::{Condition, Policy, Rule, Verdict};
 pub use prices::{CurrencySpec, PriceTable};

@@ -1,6 +1,6 @@
 //! Exact money: a decimal amount with its currency, validated before anything else sees it.
 
-use rust_decimal::Decimal;
+pub use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::str::FromStr;
 

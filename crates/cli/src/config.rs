@@ -1,0 +1,157 @@
+//! `paygent serve` settings: a TOML file, overridden by the environment.
+
+use anyhow::{Context, bail};
+use paygent_engine::domain::PriceTable;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The file's keys. `[[chains]]` and `[wallet]` belong to the payment rails and are read when those land.
+#[derive(Debug, Default, Deserialize)]
+pub struct FileConfig {
+    listen: Option<String>,
+    database_url: Option<String>,
+    data_dir: Option<PathBuf>,
+    admin_token: Option<String>,
+    #[serde(default)]
+    prices: BTreeMap<String, String>,
+    #[serde(default)]
+    tokens: Vec<TokenConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenConfig {
+    symbol: String,
+    decimals: u32,
+}
+
+/// Everything `serve` needs, resolved.
+#[derive(Debug)]
+pub struct ServeConfig {
+    pub listen: String,
+    pub database_url: String,
+    pub data_dir: PathBuf,
+    pub admin_token: Option<String>,
+    pub prices: PriceTable,
+    pub max_connections: u32,
+}
+
+const PRICE_PREFIX: &str = "PAYGENT_PRICE_";
+
+impl ServeConfig {
+    /// Reads `file` if given, then applies the environment `env` (name, value pairs) over it.
+    pub fn load(file: Option<&Path>, env: &BTreeMap<String, String>) -> anyhow::Result<Self> {
+        let parsed: FileConfig = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let var = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
+        let data_dir = var("PAYGENT_DATA_DIR")
+            .map(PathBuf::from)
+            .or(parsed.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./paygent-data"));
+        let database_url = var("DATABASE_URL").or(parsed.database_url).unwrap_or_else(|| {
+            let file = absolute(&data_dir).join("paygent.db");
+            format!("sqlite://{}?mode=rwc", file.display())
+        });
+
+        let mut prices = PriceTable::default();
+        for t in &parsed.tokens {
+            let price = prices
+                .get(&t.symbol)
+                .map(|c| c.usd_price.to_string())
+                .or_else(|| parsed.prices.get(&t.symbol).cloned());
+            let Some(price) = price else {
+                bail!("token {} has no price: add it under [prices]", t.symbol);
+            };
+            prices
+                .set(&t.symbol, Some(t.decimals), &price)
+                .with_context(|| format!("token {}", t.symbol))?;
+        }
+        let from_env = env
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix(PRICE_PREFIX).map(|s| (s.to_owned(), v.clone())));
+        for (symbol, price) in parsed.prices.into_iter().chain(from_env) {
+            prices
+                .set(&symbol, None, &price)
+                .with_context(|| format!("price of {symbol}"))?;
+        }
+        let max_connections = match var("PAYGENT_DB_MAX_CONNECTIONS") {
+            Some(n) => n.parse().context("PAYGENT_DB_MAX_CONNECTIONS must be a number")?,
+            None => 16,
+        };
+        Ok(ServeConfig {
+            listen: var("PAYGENT_LISTEN")
+                .or(parsed.listen)
+                .unwrap_or_else(|| "127.0.0.1:8080".into()),
+            database_url,
+            data_dir,
+            admin_token: var("PAYGENT_ADMIN_TOKEN").or(parsed.admin_token),
+            prices,
+            max_connections,
+        })
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use paygent_engine::domain::Decimal;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_use_an_embedded_sqlite_file() {
+        let c = ServeConfig::load(None, &env(&[])).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8080");
+        assert!(c.database_url.starts_with("sqlite:///"), "{}", c.database_url);
+        assert!(c.database_url.ends_with("paygent-data/paygent.db?mode=rwc"));
+        assert_eq!(c.prices.get("CRO").unwrap().usd_price, Decimal::new(10, 2));
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file() {
+        let dir = std::env::temp_dir().join(format!("paygent-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("paygent.toml");
+        std::fs::write(
+            &file,
+            r#"
+listen = "127.0.0.1:9000"
+[prices]
+USDC = "1"
+CRO = "0.10"
+WBTC = "60000"
+[[chains]]
+id = 338
+rpc_url = "http://127.0.0.1:8545"
+[[tokens]]
+symbol = "WBTC"
+chain_id = 338
+address = "0x0000000000000000000000000000000000000001"
+decimals = 8
+"#,
+        )
+        .unwrap();
+        let c = ServeConfig::load(
+            Some(&file),
+            &env(&[("PAYGENT_LISTEN", "127.0.0.1:9001"), ("PAYGENT_PRICE_CRO", "0.08")]),
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9001");
+        assert_eq!(c.prices.get("CRO").unwrap().usd_price, Decimal::new(8, 2));
+        assert_eq!(c.prices.get("WBTC").unwrap().decimals, 8);
+        assert!(ServeConfig::load(Some(&file), &env(&[("PAYGENT_PRICE_CRO", "-1")])).is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,168 @@
+//! People's decisions on approval requests. Each decision is one conditional update in one transaction with
+//! its audit entry and event: of any number of racing decisions, exactly one lands.
+
+use crate::views::ApprovalView;
+use crate::{EngineError, Paygent, Result, require};
+use paygent_domain::payment::{PaymentIntent, check_edit_authority};
+use paygent_domain::{ApprovalStatus, Decision, PaymentStatus, Principal};
+use paygent_store::WriteTx;
+use paygent_store::approvals::{self, ApprovalRecord, Decided};
+use paygent_store::payments::{self, Transition};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// The most pending requests one listing returns.
+pub const MAX_LIST: i64 = 500;
+
+impl Paygent {
+    pub async fn approval(&self, who: &Principal, id: Uuid) -> Result<ApprovalView> {
+        require(who.can_decide(), "only approvers and admins read approval requests")?;
+        Ok(self.load_approval(who.tenant_id, id).await?.into())
+    }
+
+    /// Pending requests, oldest first.
+    pub async fn pending_approvals(
+        &self,
+        who: &Principal,
+        session_id: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<ApprovalView>> {
+        require(who.can_decide(), "only approvers and admins list approval requests")?;
+        let list = approvals::pending(self.store.reader(), who.tenant_id, session_id, limit.clamp(1, MAX_LIST))
+            .await?;
+        Ok(list.into_iter().map(Into::into).collect())
+    }
+
+    pub(crate) async fn load_approval(&self, tenant_id: Uuid, id: Uuid) -> Result<ApprovalRecord> {
+        approvals::get(self.store.reader(), tenant_id, id)
+            .await?
+            .ok_or(EngineError::NotFound("approval request"))
+    }
+
+    /// Approves, rejects, or edits and approves a pending request.
+    pub async fn decide(&self, who: &Principal, id: Uuid, decision: Decision) -> Result<ApprovalView> {
+        require(who.can_decide(), "only approvers and admins decide approval requests")?;
+        let request = self.load_approval(who.tenant_id, id).await?;
+        decision.validate(&request.allowed_decisions)?;
+        let to = request.status.decide(decision.kind())?;
+        let edit = match &decision {
+            Decision::Edit { edited_args, .. } => Some(self.checked_edit(who, &request, edited_args)?),
+            _ => None,
+        };
+        let (note, action, event) = match &decision {
+            Decision::Approve { comment } => (comment.as_deref(), "approval.approved", "approved"),
+            Decision::Reject { reason } => (Some(reason.as_str()), "approval.rejected", "rejected"),
+            Decision::Edit { comment, .. } => (comment.as_deref(), "approval.edited", "edited"),
+        };
+        let edited_args = edit.as_ref().map(|(intent, _)| intent.args());
+
+        let mut tx = self.store.begin(who.tenant_id, self.now()).await?;
+        let landed = approvals::decide(
+            &mut tx,
+            Decided {
+                id,
+                to,
+                by: who.key_id,
+                note,
+                edited_args: edited_args.as_ref(),
+            },
+        )
+        .await?;
+        if !landed {
+            return Err(self.explain_refused(tx, id).await?);
+        }
+        if to == ApprovalStatus::Rejected {
+            self.deny_payment(&mut tx, &request, "rejected").await?;
+        }
+        let mut data = json!({"decision": decision.kind().as_str(), "note": note});
+        if let Some((_, usd)) = &edit {
+            data["old_args"] = request.args.clone();
+            data["new_args"] = edited_args.clone().unwrap_or(Value::Null);
+            data["new_usd_value"] = json!(usd.to_string());
+        }
+        tx.audit(&who.actor(), action, &format!("approval:{id}"), Some(request.session_id), data)
+            .await?;
+        let decided = approvals::get(tx.conn(), who.tenant_id, id)
+            .await?
+            .ok_or(EngineError::NotFound("approval request"))?;
+        let view = ApprovalView::from(decided);
+        tx.event(event, Some(request.session_id), serde_json::to_value(&view).expect("views serialize"))
+            .await?;
+        self.publish(tx.commit().await?);
+        Ok(view)
+    }
+
+    /// Validates an edit from scratch and checks the editor may make it. Returns the new intent and its USD value.
+    fn checked_edit(
+        &self,
+        who: &Principal,
+        request: &ApprovalRecord,
+        edited_args: &Value,
+    ) -> Result<(PaymentIntent, paygent_domain::Decimal)> {
+        let original = PaymentIntent::from_args(&self.prices, &request.args)?;
+        let edited = original.edited(&self.prices, edited_args)?;
+        let usd = self.prices.usd_value(&edited.money)?;
+        check_edit_authority(who.role, request.usd_value, usd)?;
+        Ok((edited, usd))
+    }
+
+    /// A decision did not land: find out why. An overdue request is expired here and now, so it never lingers
+    /// as pending once someone has tried to decide it.
+    async fn explain_refused(&self, mut tx: WriteTx, id: Uuid) -> Result<EngineError> {
+        let tenant_id = tx.tenant_id();
+        let current = approvals::get(tx.conn(), tenant_id, id)
+            .await?
+            .ok_or(EngineError::NotFound("approval request"))?;
+        if current.status == ApprovalStatus::Pending && current.deadline <= tx.now() {
+            self.expire_within(&mut tx, &current).await?;
+            self.publish(tx.commit().await?);
+            return Ok(EngineError::Conflict("the request expired before it was decided".into()));
+        }
+        Ok(EngineError::Conflict(format!(
+            "the request is already {}",
+            current.status.as_str()
+        )))
+    }
+
+    /// Ends an overdue pending request as expired, with its payment, audit entry and event.
+    pub(crate) async fn expire_within(&self, tx: &mut WriteTx, request: &ApprovalRecord) -> Result<bool> {
+        if !approvals::end(tx, request.id, ApprovalStatus::Expired, None).await? {
+            return Ok(false);
+        }
+        self.deny_payment(tx, request, "expired").await?;
+        tx.audit(
+            "system",
+            "approval.expired",
+            &format!("approval:{}", request.id),
+            Some(request.session_id),
+            json!({"deadline": paygent_domain::time::format(request.deadline)}),
+        )
+        .await?;
+        tx.event(
+            "expired",
+            Some(request.session_id),
+            json!({"id": request.id, "session_id": request.session_id, "payment_id": request.payment_id}),
+        )
+        .await?;
+        Ok(true)
+    }
+
+    /// Moves the request's payment, if any, from pending to denied.
+    async fn deny_payment(&self, tx: &mut WriteTx, request: &ApprovalRecord, reason: &str) -> Result<()> {
+        if let Some(payment_id) = request.payment_id {
+            payments::transition(
+                tx,
+                Transition {
+                    id: payment_id,
+                    from: PaymentStatus::PendingApproval,
+                    to: PaymentStatus::Denied,
+                    reason: Some(reason),
+                    tx_hash: None,
+                    terms: None,
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}

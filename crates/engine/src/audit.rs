@@ -1,0 +1,45 @@
+//! Reading the audit trail, with the chain head so a reader can check nothing was cut from the end.
+
+use crate::{Paygent, Result, require};
+use paygent_domain::Principal;
+use paygent_domain::audit::AuditEntry;
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+pub const MAX_PAGE: i64 = 1000;
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AuditPage {
+    #[schema(value_type = Vec<Object>)]
+    pub entries: Vec<AuditEntry>,
+    /// The sequence number and hash of the tenant's latest entry.
+    pub head_seq: i64,
+    pub head_hash: String,
+}
+
+impl Paygent {
+    /// Entries after `after_seq`, in order. The head is read first, so a page never ends past it.
+    pub async fn audit(
+        &self,
+        who: &Principal,
+        session_id: Option<Uuid>,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<AuditPage> {
+        require(who.is_admin(), "only admins read the audit trail")?;
+        let (head_seq, head_hash) = self.store.audit_head(who.tenant_id).await?;
+        let entries = self
+            .store
+            .audit_entries(who.tenant_id, session_id, after_seq.max(0), limit.clamp(1, MAX_PAGE))
+            .await?
+            .into_iter()
+            .filter(|e| e.seq <= head_seq)
+            .collect();
+        Ok(AuditPage {
+            entries,
+            head_seq,
+            head_hash,
+        })
+    }
+}

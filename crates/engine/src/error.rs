@@ -1,0 +1,47 @@
+use paygent_domain::MoneyError;
+use paygent_domain::approval::DecisionError;
+use paygent_domain::payment::PaymentError;
+use paygent_domain::session::SessionConfigError;
+use paygent_store::StoreError;
+
+/// What went wrong, in terms an adapter can map to a status code without knowing the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("no valid key")]
+    Unauthenticated,
+    #[error("{0}")]
+    Forbidden(String),
+    /// The thing does not exist in the caller's tenant (another tenant's things look the same).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(String),
+    /// Well-formed input that breaks a rule.
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+macro_rules! invalid_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for EngineError {
+            fn from(e: $t) -> Self {
+                EngineError::Invalid(e.to_string())
+            }
+        }
+    )*};
+}
+
+invalid_from!(MoneyError, PaymentError, SessionConfigError);
+
+impl From<DecisionError> for EngineError {
+    fn from(e: DecisionError) -> Self {
+        match e {
+            DecisionError::NotPending(_) => EngineError::Conflict(e.to_string()),
+            _ => EngineError::Invalid(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! The guard: every payment an agent asks for is priced in USD, checked against its session's policy, and then
+//! allowed, sent to a person, or denied, in one transaction with its audit entry and event.
+
+use crate::views::{ApprovalView, PaymentView};
+use crate::{EngineError, Paygent, Result, require};
+use chrono::Duration;
+use paygent_domain::payment::PaymentIntent;
+use paygent_domain::{ApprovalStatus, PaymentStatus, Principal, Verdict};
+use paygent_store::approvals::{self, ApprovalRecord};
+use paygent_store::payments::{self, PaymentRecord};
+use paygent_store::sessions;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct PaymentRequest {
+    pub session_id: Uuid,
+    pub amount: String,
+    pub currency: String,
+    pub recipient: String,
+    pub description: Option<String>,
+    pub idempotency_key: Option<String>,
+}
+
+/// The guard's answer. `replayed` is true when an idempotency key returned an earlier payment.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    pub payment: PaymentView,
+    pub replayed: bool,
+}
+
+impl PaymentRequest {
+    /// Identifies the request's content, so a reused idempotency key with other content is caught.
+    fn fingerprint(&self) -> String {
+        let body = json!([
+            self.session_id,
+            self.amount,
+            self.currency,
+            self.recipient,
+            self.description
+        ]);
+        hex::encode(Sha256::digest(body.to_string().as_bytes()))
+    }
+}
+
+fn validate_idempotency_key(key: &str) -> Result<()> {
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(EngineError::Invalid(
+            "idempotency_key must be 1 to 255 printable ASCII characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+impl Paygent {
+    /// Runs a payment request through the guard.
+    pub async fn submit_payment(&self, who: &Principal, req: PaymentRequest) -> Result<Submitted> {
+        require(who.can_request_payments(), "only agents and admins request payments")?;
+        if let Some(k) = &req.idempotency_key {
+            validate_idempotency_key(k)?;
+        }
+        let intent = PaymentIntent::new(
+            &self.prices,
+            &req.amount,
+            &req.currency,
+            &req.recipient,
+            req.description.clone(),
+        )?;
+        let usd_value = self.prices.usd_value(&intent.money)?;
+        let session = sessions::get(self.store.reader(), who.tenant_id, req.session_id)
+            .await?
+            .ok_or(EngineError::NotFound("session"))?;
+        let tool = intent.tool();
+        let args = intent.args();
+        let verdict = session.config.policy().evaluate(tool, usd_value, &args);
+        let fingerprint = req.fingerprint();
+
+        let mut tx = self.store.begin(who.tenant_id, self.now()).await?;
+        if let Some(key) = &req.idempotency_key
+            && let Some(earlier) = payments::by_idempotency_key(&mut tx, key).await?
+        {
+            if earlier.request_hash != fingerprint {
+                return Err(EngineError::Invalid(
+                    "idempotency_key was already used for a different payment request".into(),
+                ));
+            }
+            return Ok(Submitted {
+                payment: earlier.into(),
+                replayed: true,
+            });
+        }
+        // Read again under the tenant's write lock: a kill that committed a moment ago must win.
+        let killed = sessions::get(tx.conn(), who.tenant_id, req.session_id)
+            .await?
+            .is_none_or(|s| s.state != "active");
+        let now = tx.now();
+        let mut payment = PaymentRecord {
+            id: Uuid::now_v7(),
+            tenant_id: who.tenant_id,
+            session_id: session.id,
+            tool: tool.to_owned(),
+            amount: intent.money.amount,
+            currency: intent.money.currency.clone(),
+            usd_value,
+            recipient: intent.recipient.as_str().to_owned(),
+            description: intent.description.clone(),
+            status: PaymentStatus::Authorized,
+            reason: None,
+            approval_id: None,
+            tx_hash: None,
+            network: None,
+            idempotency_key: req.idempotency_key.clone(),
+            request_hash: fingerprint,
+            requested_by: who.key_id,
+            created_at: now,
+            updated_at: now,
+        };
+        let subject = format!("payment:{}", payment.id);
+        let summary = json!({
+            "tool": tool,
+            "args": args,
+            "usd_value": usd_value.to_string(),
+        });
+        let mut approval = None;
+        if killed {
+            payment.status = PaymentStatus::Denied;
+            payment.reason = Some("killed".into());
+        } else if let Verdict::RequireApproval { reason, allowed } = verdict {
+            let request = ApprovalRecord {
+                id: Uuid::now_v7(),
+                tenant_id: who.tenant_id,
+                session_id: session.id,
+                payment_id: Some(payment.id),
+                tool: tool.to_owned(),
+                args: args.clone(),
+                edited_args: None,
+                reason,
+                usd_value,
+                allowed_decisions: allowed,
+                status: ApprovalStatus::Pending,
+                requested_by: who.key_id,
+                deadline: now + Duration::seconds(session.config.approval_timeout_seconds.into()),
+                decided_by: None,
+                decided_at: None,
+                decision_note: None,
+                consumed_at: None,
+                created_at: now,
+            };
+            payment.status = PaymentStatus::PendingApproval;
+            payment.approval_id = Some(request.id);
+            approval = Some(request);
+        }
+        payments::insert(&mut tx, &payment).await?;
+        match (&approval, payment.status) {
+            (Some(request), _) => {
+                approvals::insert(&mut tx, request).await?;
+                tx.audit(
+                    &who.actor(),
+                    "approval.requested",
+                    &format!("approval:{}", request.id),
+                    Some(session.id),
+                    json!({
+                        "payment_id": payment.id,
+                        "tool": tool,
+                        "args": args,
+                        "usd_value": usd_value.to_string(),
+                        "reason": request.reason,
+                        "deadline": paygent_domain::time::format(request.deadline),
+                    }),
+                )
+                .await?;
+                let view = serde_json::to_value(ApprovalView::from(request.clone()))
+                    .expect("approval views serialize");
+                tx.event("approval_required", Some(session.id), view).await?;
+            }
+            (None, PaymentStatus::Denied) => {
+                tx.audit(&who.actor(), "payment.denied", &subject, Some(session.id), {
+                    let mut s = summary;
+                    s["reason"] = json!("killed");
+                    s
+                })
+                .await?;
+            }
+            (None, _) => {
+                tx.audit(&who.actor(), "payment.authorized", &subject, Some(session.id), summary)
+                    .await?;
+            }
+        }
+        let events = tx.commit().await?;
+        self.publish(events);
+        Ok(Submitted {
+            payment: payment.into(),
+            replayed: false,
+        })
+    }
+}

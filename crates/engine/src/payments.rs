@@ -1,0 +1,162 @@
+//! Executing approved payments (exactly once) and recording what agents report back.
+
+use crate::views::PaymentView;
+use crate::{EngineError, Paygent, Result, require};
+use paygent_domain::payment::PaymentIntent;
+use paygent_domain::{PaymentStatus, Principal};
+use paygent_store::approvals;
+use paygent_store::payments::{self, Terms, Transition};
+use serde_json::json;
+use uuid::Uuid;
+
+pub const MAX_LIST: i64 = 500;
+
+fn validate_tx_hash(h: &str) -> Result<()> {
+    let ok = h
+        .strip_prefix("0x")
+        .is_some_and(|x| x.len() == 64 && x.bytes().all(|b| b.is_ascii_hexdigit()));
+    if ok {
+        Ok(())
+    } else {
+        Err(EngineError::Invalid("tx_hash must be 0x and 64 hex digits".into()))
+    }
+}
+
+impl Paygent {
+    pub async fn payment(&self, who: &Principal, id: Uuid) -> Result<PaymentView> {
+        payments::get(self.store.reader(), who.tenant_id, id)
+            .await?
+            .map(Into::into)
+            .ok_or(EngineError::NotFound("payment"))
+    }
+
+    /// Payments, newest first, optionally of one session.
+    pub async fn payments(&self, who: &Principal, session_id: Option<Uuid>, limit: i64) -> Result<Vec<PaymentView>> {
+        let list = payments::list(self.store.reader(), who.tenant_id, session_id, None, limit.clamp(1, MAX_LIST))
+            .await?;
+        Ok(list.into_iter().map(Into::into).collect())
+    }
+
+    /// Carries out an approved (or edited) request's payment, exactly once, with the arguments the person
+    /// approved. A repeat returns the same payment; the caller can never supply arguments.
+    pub async fn execute_approved(&self, who: &Principal, approval_id: Uuid) -> Result<PaymentView> {
+        require(who.can_request_payments(), "only agents and admins execute payments")?;
+        let request = self.load_approval(who.tenant_id, approval_id).await?;
+        let payment_id = request
+            .payment_id
+            .ok_or_else(|| EngineError::Conflict("this request is not a payment".into()))?;
+        let intent = PaymentIntent::from_args(&self.prices, request.effective_args())?;
+        let terms = Terms {
+            usd_value: self.prices.usd_value(&intent.money)?,
+            amount: intent.money.amount,
+            currency: intent.money.currency.clone(),
+            recipient: intent.recipient.as_str().to_owned(),
+            description: intent.description.clone(),
+        };
+
+        let mut tx = self.store.begin(who.tenant_id, self.now()).await?;
+        if !approvals::consume(&mut tx, approval_id).await? {
+            let current = approvals::get(tx.conn(), who.tenant_id, approval_id)
+                .await?
+                .ok_or(EngineError::NotFound("approval request"))?;
+            if current.consumed_at.is_some() {
+                drop(tx);
+                return self.payment(who, payment_id).await;
+            }
+            return Err(EngineError::Conflict(format!(
+                "the request is {}, not approved",
+                current.status.as_str()
+            )));
+        }
+        let moved = payments::transition(
+            &mut tx,
+            Transition {
+                id: payment_id,
+                from: PaymentStatus::PendingApproval,
+                to: PaymentStatus::Authorized,
+                reason: None,
+                tx_hash: None,
+                terms: Some(&terms),
+            },
+        )
+        .await?;
+        if !moved {
+            return Err(EngineError::Conflict("the payment is no longer awaiting approval".into()));
+        }
+        tx.audit(
+            &who.actor(),
+            "payment.authorized",
+            &format!("payment:{payment_id}"),
+            Some(request.session_id),
+            json!({
+                "approval_id": approval_id,
+                "tool": request.tool,
+                "args": request.effective_args(),
+                "usd_value": terms.usd_value.to_string(),
+            }),
+        )
+        .await?;
+        let payment = payments::get(tx.conn(), who.tenant_id, payment_id)
+            .await?
+            .ok_or(EngineError::NotFound("payment"))?;
+        self.publish(tx.commit().await?);
+        Ok(payment.into())
+    }
+
+    /// An agent reports how an `authorized` payment it made itself ended.
+    pub async fn report_outcome(
+        &self,
+        who: &Principal,
+        payment_id: Uuid,
+        outcome: PaymentStatus,
+        tx_hash: Option<&str>,
+    ) -> Result<PaymentView> {
+        require(who.can_request_payments(), "only agents and admins report payment outcomes")?;
+        if !matches!(outcome, PaymentStatus::Executed | PaymentStatus::Failed) {
+            return Err(EngineError::Invalid("status must be executed or failed".into()));
+        }
+        if let Some(h) = tx_hash {
+            validate_tx_hash(h)?;
+        }
+        let current = self.payment(who, payment_id).await?;
+        let mut tx = self.store.begin(who.tenant_id, self.now()).await?;
+        let moved = payments::transition(
+            &mut tx,
+            Transition {
+                id: payment_id,
+                from: PaymentStatus::Authorized,
+                to: outcome,
+                reason: None,
+                tx_hash,
+                terms: None,
+            },
+        )
+        .await?;
+        if !moved {
+            let now = payments::get(tx.conn(), who.tenant_id, payment_id)
+                .await?
+                .ok_or(EngineError::NotFound("payment"))?;
+            if now.status == outcome && (tx_hash.is_none() || now.tx_hash.as_deref() == tx_hash) {
+                drop(tx);
+                return Ok(now.into());
+            }
+            return Err(EngineError::Conflict(format!(
+                "the payment is {}; only an authorized payment takes an outcome",
+                now.status.as_str()
+            )));
+        }
+        tx.audit(
+            &who.actor(),
+            &format!("payment.{}", outcome.as_str()),
+            &format!("payment:{payment_id}"),
+            Some(current.session_id),
+            json!({"reported": true, "tx_hash": tx_hash}),
+        )
+        .await?;
+        let payment = payments::get(tx.conn(), who.tenant_id, payment_id)
+            .await?
+            .ok_or(EngineError::NotFound("payment"))?;
+        self.publish(tx.commit().await?);
+        Ok(payment.into())
+    }
+}

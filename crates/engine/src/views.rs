@@ -1,0 +1,186 @@
+//! The shapes the API shows. They live here, beside the engine that fills them, so HTTP responses, events and
+//! (later) WebSocket messages cannot drift apart.
+
+use chrono::{DateTime, Utc};
+use paygent_domain::{ApprovalStatus, Decimal, DecisionKind, PaymentStatus, Role};
+use paygent_store::approvals::ApprovalRecord;
+use paygent_store::keys::KeyRecord;
+use paygent_store::payments::PaymentRecord;
+use paygent_store::sessions::SessionRecord;
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PaymentView {
+    pub id: Uuid,
+    pub session_id: Uuid,
+    /// `transfer` for an EVM recipient, `x402_payment` for a URL.
+    pub tool: String,
+    #[schema(value_type = String, example = "15.00")]
+    pub amount: Decimal,
+    #[schema(example = "USDC")]
+    pub currency: String,
+    #[schema(value_type = String, example = "15.00")]
+    pub usd_value: Decimal,
+    pub recipient: String,
+    pub description: Option<String>,
+    #[schema(value_type = String, example = "pending_approval")]
+    /// `executed`, `authorized`, `pending_approval`, `denied` or `failed`.
+    pub status: PaymentStatus,
+    /// Why it was denied or failed, e.g. `rejected`, `expired`, `killed`.
+    pub reason: Option<String>,
+    pub approval_id: Option<Uuid>,
+    pub tx_hash: Option<String>,
+    pub network: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub requested_by: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<PaymentRecord> for PaymentView {
+    fn from(p: PaymentRecord) -> Self {
+        PaymentView {
+            id: p.id,
+            session_id: p.session_id,
+            tool: p.tool,
+            amount: p.amount,
+            currency: p.currency,
+            usd_value: p.usd_value,
+            recipient: p.recipient,
+            description: p.description,
+            status: p.status,
+            reason: p.reason,
+            approval_id: p.approval_id,
+            tx_hash: p.tx_hash,
+            network: p.network,
+            idempotency_key: p.idempotency_key,
+            requested_by: p.requested_by,
+            created_at: p.created_at,
+            updated_at: p.updated_at,
+        }
+    }
+}
+
+/// Who decided, when, and what they said.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DecisionRecord {
+    /// The deciding key; absent when the system ended the request (expiry).
+    pub by: Option<Uuid>,
+    pub at: DateTime<Utc>,
+    /// The comment, or the rejection's reason.
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ApprovalView {
+    pub id: Uuid,
+    pub session_id: Uuid,
+    pub payment_id: Option<Uuid>,
+    pub tool: String,
+    /// The arguments as the agent asked.
+    pub args: Value,
+    /// The arguments an edit approved instead, if any.
+    pub edited_args: Option<Value>,
+    /// Why a person is needed.
+    pub reason: String,
+    #[schema(value_type = String, example = "25.00")]
+    pub usd_value: Decimal,
+    #[schema(value_type = Vec<String>, example = json!(["approve", "edit", "reject"]))]
+    pub allowed_decisions: Vec<DecisionKind>,
+    #[schema(value_type = String, example = "pending")]
+    /// `pending`, `approved`, `rejected`, `edited`, `expired` or `cancelled`.
+    pub status: ApprovalStatus,
+    pub requested_by: Uuid,
+    pub deadline: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub decision: Option<DecisionRecord>,
+    /// When the one execution this approval allows took place.
+    pub consumed_at: Option<DateTime<Utc>>,
+}
+
+impl From<ApprovalRecord> for ApprovalView {
+    fn from(a: ApprovalRecord) -> Self {
+        let decision = a.decided_at.map(|at| DecisionRecord {
+            by: a.decided_by,
+            at,
+            note: a.decision_note.clone(),
+        });
+        ApprovalView {
+            id: a.id,
+            session_id: a.session_id,
+            payment_id: a.payment_id,
+            tool: a.tool,
+            args: a.args,
+            edited_args: a.edited_args,
+            reason: a.reason,
+            usd_value: a.usd_value,
+            allowed_decisions: a.allowed_decisions,
+            status: a.status,
+            requested_by: a.requested_by,
+            deadline: a.deadline,
+            created_at: a.created_at,
+            decision,
+            consumed_at: a.consumed_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SessionView {
+    pub id: Uuid,
+    pub name: Option<String>,
+    pub wallet_address: Option<String>,
+    #[schema(value_type = Object, example = json!({"approval_threshold_usd": "10", "approval_timeout_seconds": 900}))]
+    pub config: paygent_domain::SessionConfig,
+    /// `active` or `killed`.
+    pub state: String,
+    /// Authorized and executed amounts since `day_started_at`, per currency.
+    #[schema(value_type = BTreeMap<String, String>)]
+    pub spent_today: BTreeMap<String, Decimal>,
+    pub day_started_at: DateTime<Utc>,
+    pub created_by: Uuid,
+    pub created_at: DateTime<Utc>,
+}
+
+impl SessionView {
+    pub(crate) fn new(s: SessionRecord, spent_today: BTreeMap<String, Decimal>, day_started_at: DateTime<Utc>) -> Self {
+        SessionView {
+            id: s.id,
+            name: s.name,
+            wallet_address: s.wallet_address,
+            config: s.config,
+            state: s.state,
+            spent_today,
+            day_started_at,
+            created_by: s.created_by,
+            created_at: s.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct KeyView {
+    pub id: Uuid,
+    pub name: String,
+    #[schema(value_type = String, example = "approver")]
+    pub role: Role,
+    pub created_at: DateTime<Utc>,
+    /// The bearer token. Shown once, at creation; only its hash is kept.
+    pub token: String,
+}
+
+impl KeyView {
+    pub(crate) fn new(k: KeyRecord, token: String) -> Self {
+        KeyView {
+            id: k.id,
+            name: k.name,
+            role: k.role,
+            created_at: k.created_at,
+            token,
+        }
+    }
+}

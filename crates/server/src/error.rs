@@ -1,0 +1,122 @@
+//! Every error leaves as `application/problem+json` (RFC 9457), mapped here and nowhere else.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use paygent_engine::EngineError;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// A URN naming the kind of problem, e.g. `urn:paygent:problem:conflict`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("the request body is larger than the {0} bytes allowed")]
+    TooLarge(usize),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("no such route")]
+    NoRoute,
+    #[error("this method is not allowed on this route")]
+    MethodNotAllowed,
+    #[error("the database is unavailable")]
+    Unavailable,
+}
+
+impl ApiError {
+    fn status_and_slug(&self) -> (StatusCode, &'static str) {
+        use EngineError as E;
+        match self {
+            ApiError::Engine(e) => match e {
+                E::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+                E::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+                E::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
+                E::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+                E::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+                E::Store(s) if s.is_unavailable() => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+                E::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            },
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "malformed"),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
+            ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type"),
+            ApiError::NoRoute => (StatusCode::NOT_FOUND, "no-route"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed"),
+            ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, slug) = self.status_and_slug();
+        let detail = if status.is_server_error() {
+            // The cause goes to the log, not to the caller: it may name tables, hosts or values.
+            tracing::error!(error = %self, "request failed");
+            match status {
+                StatusCode::SERVICE_UNAVAILABLE => "the database is unavailable; retry shortly".to_owned(),
+                _ => "internal error; the server log has the cause".to_owned(),
+            }
+        } else {
+            self.to_string()
+        };
+        let problem = Problem {
+            kind: format!("urn:paygent:problem:{slug}"),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail,
+        };
+        let mut response = (status, Json(problem)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        match status {
+            StatusCode::UNAUTHORIZED => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        match r {
+            JsonRejection::MissingJsonContentType(_) => {
+                ApiError::UnsupportedMediaType("send JSON with Content-Type: application/json".into())
+            }
+            JsonRejection::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::TooLarge(crate::BODY_LIMIT)
+            }
+            other => ApiError::BadRequest(other.body_text()),
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        ApiError::BadRequest(format!("bad path parameter: {}", r.body_text()))
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::BadRequest(r.body_text())
+    }
+}

@@ -1,0 +1,123 @@
+//! Approval requests and people's decisions.
+
+use super::{ApiResult, DEFAULT_LIMIT};
+use crate::error::Problem;
+use crate::extract::{Body, Caller, Path, Query};
+use axum::Json;
+use axum::extract::State;
+use paygent_engine::domain::Decision;
+use paygent_engine::{ApprovalView, Paygent};
+use serde::Deserialize;
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+pub fn router() -> OpenApiRouter<Paygent> {
+    OpenApiRouter::new()
+        .routes(routes!(list_pending))
+        .routes(routes!(get_approval))
+        .routes(routes!(approve))
+        .routes(routes!(reject))
+        .routes(routes!(edit))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PendingQuery {
+    session_id: Option<Uuid>,
+    /// At most 500.
+    limit: Option<i64>,
+}
+
+/// Pending requests, oldest first.
+#[utoipa::path(get, path = "/approvals/pending", tag = "approvals", params(PendingQuery),
+    responses((status = 200, body = Vec<ApprovalView>), (status = 403, body = Problem)))]
+async fn list_pending(
+    State(paygent): State<Paygent>,
+    Caller(who): Caller,
+    Query(q): Query<PendingQuery>,
+) -> ApiResult<Json<Vec<ApprovalView>>> {
+    let list = paygent
+        .pending_approvals(&who, q.session_id, q.limit.unwrap_or(DEFAULT_LIMIT))
+        .await?;
+    Ok(Json(list))
+}
+
+/// One request, with its decision record.
+#[utoipa::path(get, path = "/approvals/{id}", tag = "approvals", params(("id" = Uuid, Path)),
+    responses((status = 200, body = ApprovalView), (status = 404, body = Problem)))]
+async fn get_approval(
+    State(paygent): State<Paygent>,
+    Caller(who): Caller,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<ApprovalView>> {
+    Ok(Json(paygent.approval(&who, id).await?))
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Approve {
+    comment: Option<String>,
+}
+
+/// Approves a pending request. A second decision gets 409.
+#[utoipa::path(post, path = "/approvals/{id}/approve", tag = "approvals", params(("id" = Uuid, Path)),
+    request_body = Approve,
+    responses((status = 200, body = ApprovalView), (status = 403, body = Problem), (status = 409, body = Problem)))]
+async fn approve(
+    State(paygent): State<Paygent>,
+    Caller(who): Caller,
+    Path(id): Path<Uuid>,
+    Body(req): Body<Approve>,
+) -> ApiResult<Json<ApprovalView>> {
+    let decision = Decision::Approve { comment: req.comment };
+    Ok(Json(paygent.decide(&who, id, decision).await?))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Reject {
+    reason: String,
+}
+
+/// Rejects a pending request; the reason is stored.
+#[utoipa::path(post, path = "/approvals/{id}/reject", tag = "approvals", params(("id" = Uuid, Path)),
+    request_body = Reject,
+    responses((status = 200, body = ApprovalView), (status = 409, body = Problem)))]
+async fn reject(
+    State(paygent): State<Paygent>,
+    Caller(who): Caller,
+    Path(id): Path<Uuid>,
+    Body(req): Body<Reject>,
+) -> ApiResult<Json<ApprovalView>> {
+    let decision = Decision::Reject { reason: req.reason };
+    Ok(Json(paygent.decide(&who, id, decision).await?))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Edit {
+    /// The arguments to change: any of `amount`, `currency`, `recipient`, `description`.
+    #[schema(value_type = Object, example = json!({"amount": "12.00"}))]
+    edited_args: Value,
+    comment: Option<String>,
+}
+
+/// Edits and approves in one step. The edited arguments are validated again; an approver cannot raise the
+/// USD value above what was asked.
+#[utoipa::path(post, path = "/approvals/{id}/edit", tag = "approvals", params(("id" = Uuid, Path)),
+    request_body = Edit,
+    responses((status = 200, body = ApprovalView), (status = 409, body = Problem), (status = 422, body = Problem)))]
+async fn edit(
+    State(paygent): State<Paygent>,
+    Caller(who): Caller,
+    Path(id): Path<Uuid>,
+    Body(req): Body<Edit>,
+) -> ApiResult<Json<ApprovalView>> {
+    let decision = Decision::Edit {
+        edited_args: req.edited_args,
+        comment: req.comment,
+    };
+    Ok(Json(paygent.decide(&who, id, decision).await?))
+}

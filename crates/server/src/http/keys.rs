@@ -1,0 +1,58 @@
+//! Keys and tenants.
+
+use super::ApiResult;
+use crate::error::Problem;
+use crate::extract::{Body, Caller};
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use paygent_engine::domain::Role;
+use paygent_engine::{KeyView, NewTenant, Paygent};
+use serde::Deserialize;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+pub fn router() -> OpenApiRouter<Paygent> {
+    OpenApiRouter::new()
+        .routes(routes!(create_key))
+        .routes(routes!(create_tenant))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    name: String,
+    #[schema(value_type = String, example = "approver")]
+    /// `admin`, `approver` or `agent`.
+    role: Role,
+}
+
+/// Creates a key in the caller's tenant. The token is shown only in this response.
+#[utoipa::path(post, path = "/keys", tag = "keys", request_body = CreateKey,
+    responses((status = 201, body = KeyView), (status = 403, body = Problem), (status = 422, body = Problem)))]
+async fn create_key(
+    State(paygent): State<Paygent>,
+    Caller(who): Caller,
+    Body(req): Body<CreateKey>,
+) -> ApiResult<(StatusCode, Json<KeyView>)> {
+    let key = paygent.create_key(&who, &req.name, req.role).await?;
+    Ok((StatusCode::CREATED, Json(key)))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    name: String,
+}
+
+/// Creates a tenant and its first admin key (admins of the default tenant only).
+#[utoipa::path(post, path = "/tenants", tag = "keys", request_body = CreateTenant,
+    responses((status = 201, body = NewTenant), (status = 403, body = Problem)))]
+async fn create_tenant(
+    State(paygent): State<Paygent>,
+    Caller(who): Caller,
+    Body(req): Body<CreateTenant>,
+) -> ApiResult<(StatusCode, Json<NewTenant>)> {
+    let tenant = paygent.create_tenant(&who, &req.name).await?;
+    Ok((StatusCode::CREATED, Json(tenant)))
+}

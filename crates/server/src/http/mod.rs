@@ -1,0 +1,16 @@
+//! One module per resource, each with its own routes.
+
+pub mod approvals;
+pub mod audit;
+pub mod health;
+pub mod keys;
+pub mod payments;
+pub mod sessions;
+
+use crate::error::ApiError;
+
+/// What every handler returns.
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Default and largest page sizes for list endpoints.
+pub const DEFAULT_LIMIT: i64 = 100;

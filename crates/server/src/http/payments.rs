@@ -1,0 +1,142 @@
+//! Payments: the guard's front door.
+
+use super::{ApiResult, DEFAULT_LIMIT};
+use crate::error::Problem;
+use crate::extract::{Body, Caller, Path, Query};
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use paygent_engine::domain::PaymentStatus;
+use paygent_engine::{Paygent, PaymentRequest, PaymentView};
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+pub fn router() -> OpenApiRouter<Paygent> {
+    OpenApiRouter::new()
+        .routes(routes!(create_payment, list_payments))
+        .routes(routes!(get_payment))
+        .routes(routes!(report_outcome))
+        .routes(routes!(execute_approved))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePayment {
+    session_id: Uuid,
+    /// A decimal string, never a number. For an x402 URL, the most the agent will pay.
+    #[schema(example = "15.00")]
+    amount: String,
+    #[schema(example = "USDC")]
+    currency: String,
+    /// An EVM address (`0x` and 40 hex digits) or an x402 `http(s)://` URL.
+    recipient: String,
+    description: Option<String>,
+    /// Retrying with the same key returns the same payment.
+    idempotency_key: Option<String>,
+}
+
+/// Set on a response that repeats an earlier payment for the same idempotency key.
+const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+/// Runs a payment through the guard: `authorized` (or `executed`), `pending_approval` with an `approval_id`,
+/// or `denied` with a `reason`.
+#[utoipa::path(post, path = "/payments", tag = "payments", request_body = CreatePayment,
+    responses((status = 201, body = PaymentView), (status = 400, body = Problem), (status = 422, body = Problem)))]
+async fn create_payment(
+    State(paygent): State<Paygent>,
+    Caller(who): Caller,
+    Body(req): Body<CreatePayment>,
+) -> ApiResult<(StatusCode, [(HeaderName, HeaderValue); 1], Json<PaymentView>)> {
+    let submitted = paygent
+        .submit_payment(
+            &who,
+            PaymentRequest {
+                session_id: req.session_id,
+                amount: req.amount,
+                currency: req.currency,
+                recipient: req.recipient,
+                description: req.description,
+                idempotency_key: req.idempotency_key,
+            },
+        )
+        .await?;
+    let replayed = HeaderValue::from_static(if submitted.replayed { "true" } else { "false" });
+    Ok((StatusCode::CREATED, [(REPLAYED, replayed)], Json(submitted.payment)))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    session_id: Option<Uuid>,
+    /// At most 500.
+    limit: Option<i64>,
+}
+
+/// Payment history, newest first.
+#[utoipa::path(get, path = "/payments", tag = "payments", params(ListQuery),
+    responses((status = 200, body = Vec<PaymentView>)))]
+async fn list_payments(
+    State(paygent): State<Paygent>,
+    Caller(who): Caller,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Vec<PaymentView>>> {
+    let list = paygent
+        .payments(&who, q.session_id, q.limit.unwrap_or(DEFAULT_LIMIT))
+        .await?;
+    Ok(Json(list))
+}
+
+#[utoipa::path(get, path = "/payments/{id}", tag = "payments", params(("id" = Uuid, Path)),
+    responses((status = 200, body = PaymentView), (status = 404, body = Problem)))]
+async fn get_payment(
+    State(paygent): State<Paygent>,
+    Caller(who): Caller,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<PaymentView>> {
+    Ok(Json(paygent.payment(&who, id).await?))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Outcome {
+    #[schema(value_type = String, example = "executed")]
+    /// `executed` or `failed`.
+    status: PaymentStatus,
+    tx_hash: Option<String>,
+}
+
+/// For an `authorized` payment the agent made itself: report how it ended.
+#[utoipa::path(post, path = "/payments/{id}/outcome", tag = "payments", params(("id" = Uuid, Path)),
+    request_body = Outcome,
+    responses((status = 200, body = PaymentView), (status = 409, body = Problem)))]
+async fn report_outcome(
+    State(paygent): State<Paygent>,
+    Caller(who): Caller,
+    Path(id): Path<Uuid>,
+    Body(req): Body<Outcome>,
+) -> ApiResult<Json<PaymentView>> {
+    let payment = paygent
+        .report_outcome(&who, id, req.status, req.tx_hash.as_deref())
+        .await?;
+    Ok(Json(payment))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecuteApproved {
+    approval_id: Uuid,
+}
+
+/// Executes an approved or edited request exactly once, with the approved arguments. A repeat returns the
+/// same payment. It never takes arguments from the caller.
+#[utoipa::path(post, path = "/payments/execute-approved", tag = "payments", request_body = ExecuteApproved,
+    responses((status = 200, body = PaymentView), (status = 409, body = Problem)))]
+async fn execute_approved(
+    State(paygent): State<Paygent>,
+    Caller(who): Caller,
+    Body(req): Body<ExecuteApproved>,
+) -> ApiResult<Json<PaymentView>> {
+    Ok(Json(paygent.execute_approved(&who, req.approval_id).await?))
+}

@@ -1,0 +1,219 @@
+//! Approval requests. Every change of status is a conditional update on the expected current status, so two
+//! racing decisions leave exactly one winner.
+
+use crate::{Result, StoreError, WriteTx, decimal, json, opt_time, opt_uuid, time, uuid};
+use chrono::{DateTime, Utc};
+use paygent_domain::{ApprovalStatus, Decimal, DecisionKind};
+use serde_json::Value;
+use sqlx::{Any, Executor, FromRow};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApprovalRecord {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub session_id: Uuid,
+    pub payment_id: Option<Uuid>,
+    pub tool: String,
+    pub args: Value,
+    pub edited_args: Option<Value>,
+    pub reason: String,
+    pub usd_value: Decimal,
+    pub allowed_decisions: Vec<DecisionKind>,
+    pub status: ApprovalStatus,
+    pub requested_by: Uuid,
+    pub deadline: DateTime<Utc>,
+    pub decided_by: Option<Uuid>,
+    pub decided_at: Option<DateTime<Utc>>,
+    pub decision_note: Option<String>,
+    pub consumed_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl ApprovalRecord {
+    /// The arguments an execution must use: the edit if there was one.
+    pub fn effective_args(&self) -> &Value {
+        self.edited_args.as_ref().unwrap_or(&self.args)
+    }
+}
+
+#[derive(FromRow)]
+struct ApprovalRow {
+    id: String,
+    tenant_id: String,
+    session_id: String,
+    payment_id: Option<String>,
+    tool: String,
+    args: String,
+    edited_args: Option<String>,
+    reason: String,
+    usd_value: String,
+    allowed_decisions: String,
+    status: String,
+    requested_by: String,
+    deadline: String,
+    decided_by: Option<String>,
+    decided_at: Option<String>,
+    decision_note: Option<String>,
+    consumed_at: Option<String>,
+    created_at: String,
+}
+
+const COLUMNS: &str = "id, tenant_id, session_id, payment_id, tool, args, edited_args, reason, usd_value, \
+    allowed_decisions, status, requested_by, deadline, decided_by, decided_at, decision_note, consumed_at, created_at";
+
+impl TryFrom<ApprovalRow> for ApprovalRecord {
+    type Error = StoreError;
+    fn try_from(r: ApprovalRow) -> Result<Self> {
+        let allowed = r
+            .allowed_decisions
+            .split(',')
+            .map(|k| DecisionKind::parse(k).ok_or_else(|| StoreError::Corrupt(format!("bad decision {k:?}"))))
+            .collect::<Result<_>>()?;
+        Ok(ApprovalRecord {
+            id: uuid(&r.id)?,
+            tenant_id: uuid(&r.tenant_id)?,
+            session_id: uuid(&r.session_id)?,
+            payment_id: opt_uuid(r.payment_id)?,
+            tool: r.tool,
+            args: json(&r.args)?,
+            edited_args: r.edited_args.as_deref().map(json).transpose()?,
+            reason: r.reason,
+            usd_value: decimal(&r.usd_value)?,
+            allowed_decisions: allowed,
+            status: ApprovalStatus::parse(&r.status)
+                .ok_or_else(|| StoreError::Corrupt(format!("bad approval status {:?}", r.status)))?,
+            requested_by: uuid(&r.requested_by)?,
+            deadline: time(&r.deadline)?,
+            decided_by: opt_uuid(r.decided_by)?,
+            decided_at: opt_time(r.decided_at)?,
+            decision_note: r.decision_note,
+            consumed_at: opt_time(r.consumed_at)?,
+            created_at: time(&r.created_at)?,
+        })
+    }
+}
+
+fn select(filter: &str) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM approval_requests WHERE {filter}"))
+}
+
+pub async fn insert(tx: &mut WriteTx, a: &ApprovalRecord) -> Result<()> {
+    let allowed: Vec<&str> = a.allowed_decisions.iter().map(|k| k.as_str()).collect();
+    sqlx::query(
+        "INSERT INTO approval_requests (id, tenant_id, session_id, payment_id, tool, args, reason, usd_value, \
+         allowed_decisions, status, requested_by, deadline, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    .bind(a.id.to_string())
+    .bind(a.tenant_id.to_string())
+    .bind(a.session_id.to_string())
+    .bind(a.payment_id.map(|p| p.to_string()))
+    .bind(&a.tool)
+    .bind(a.args.to_string())
+    .bind(&a.reason)
+    .bind(a.usd_value.to_string())
+    .bind(allowed.join(","))
+    .bind(a.status.as_str())
+    .bind(a.requested_by.to_string())
+    .bind(paygent_domain::time::format(a.deadline))
+    .bind(paygent_domain::time::format(a.created_at))
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+pub async fn get<'e>(exec: impl Executor<'e, Database = Any>, tenant_id: Uuid, id: Uuid) -> Result<Option<ApprovalRecord>> {
+    sqlx::query_as::<_, ApprovalRow>(select("tenant_id = $1 AND id = $2"))
+        .bind(tenant_id.to_string())
+        .bind(id.to_string())
+        .fetch_optional(exec)
+        .await?
+        .map(ApprovalRecord::try_from)
+        .transpose()
+}
+
+/// Pending requests, oldest first.
+pub async fn pending<'e>(
+    exec: impl Executor<'e, Database = Any>,
+    tenant_id: Uuid,
+    session_id: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<ApprovalRecord>> {
+    sqlx::query_as::<_, ApprovalRow>(select(
+        "tenant_id = $1 AND status = 'pending' AND ($2 IS NULL OR session_id = $2) \
+         ORDER BY created_at, id LIMIT $3",
+    ))
+    .bind(tenant_id.to_string())
+    .bind(session_id.map(|s| s.to_string()))
+    .bind(limit)
+    .fetch_all(exec)
+    .await?
+    .into_iter()
+    .map(ApprovalRecord::try_from)
+    .collect()
+}
+
+/// A decision to record; it lands only on a pending request whose deadline has not passed.
+pub struct Decided<'a> {
+    pub id: Uuid,
+    pub to: ApprovalStatus,
+    pub by: Uuid,
+    pub note: Option<&'a str>,
+    pub edited_args: Option<&'a Value>,
+}
+
+/// Records a decision; returns false if the request was no longer pending or is overdue.
+pub async fn decide(tx: &mut WriteTx, d: Decided<'_>) -> Result<bool> {
+    let now = tx.now_text();
+    let tenant = tx.tenant_id().to_string();
+    let done = sqlx::query(
+        "UPDATE approval_requests SET status = $3, decided_by = $4, decided_at = $5, decision_note = $6, \
+         edited_args = $7 WHERE tenant_id = $1 AND id = $2 AND status = 'pending' AND deadline > $5",
+    )
+    .bind(tenant)
+    .bind(d.id.to_string())
+    .bind(d.to.as_str())
+    .bind(d.by.to_string())
+    .bind(now)
+    .bind(d.note)
+    .bind(d.edited_args.map(Value::to_string))
+    .execute(tx.conn())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Ends a pending request as expired or cancelled; returns false if it was no longer pending.
+pub async fn end(tx: &mut WriteTx, id: Uuid, to: ApprovalStatus, note: Option<&str>) -> Result<bool> {
+    let now = tx.now_text();
+    let tenant = tx.tenant_id().to_string();
+    let done = sqlx::query(
+        "UPDATE approval_requests SET status = $3, decided_at = $4, decision_note = $5 \
+         WHERE tenant_id = $1 AND id = $2 AND status = 'pending'",
+    )
+    .bind(tenant)
+    .bind(id.to_string())
+    .bind(to.as_str())
+    .bind(now)
+    .bind(note)
+    .execute(tx.conn())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Takes the one-time right to execute an approved or edited request; returns false if already taken or not
+/// approved.
+pub async fn consume(tx: &mut WriteTx, id: Uuid) -> Result<bool> {
+    let now = tx.now_text();
+    let tenant = tx.tenant_id().to_string();
+    let done = sqlx::query(
+        "UPDATE approval_requests SET consumed_at = $3 \
+         WHERE tenant_id = $1 AND id = $2 AND status IN ('approved', 'edited') AND consumed_at IS NULL",
+    )
+    .bind(tenant)
+    .bind(id.to_string())
+    .bind(now)
+    .execute(tx.conn())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

@@ -1,0 +1,79 @@
+//! API keys. Only a SHA-256 hash of each token is stored; the token itself is shown once.
+
+use crate::{Result, Store, StoreError, WriteTx, time, uuid};
+use chrono::{DateTime, Utc};
+use paygent_domain::Role;
+use sqlx::FromRow;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyRecord {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub name: String,
+    pub role: Role,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(FromRow)]
+struct KeyRow {
+    id: String,
+    tenant_id: String,
+    name: String,
+    role: String,
+    created_at: String,
+}
+
+impl TryFrom<KeyRow> for KeyRecord {
+    type Error = StoreError;
+    fn try_from(r: KeyRow) -> Result<Self> {
+        Ok(KeyRecord {
+            id: uuid(&r.id)?,
+            tenant_id: uuid(&r.tenant_id)?,
+            name: r.name,
+            role: Role::parse(&r.role).ok_or_else(|| StoreError::Corrupt(format!("bad role {:?}", r.role)))?,
+            created_at: time(&r.created_at)?,
+        })
+    }
+}
+
+pub async fn insert(tx: &mut WriteTx, key: &KeyRecord, token_hash: &str) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO api_keys (id, tenant_id, name, role, token_hash, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(key.id.to_string())
+    .bind(key.tenant_id.to_string())
+    .bind(&key.name)
+    .bind(key.role.as_str())
+    .bind(token_hash)
+    .bind(paygent_domain::time::format(key.created_at))
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    /// The live key whose token hashes to `token_hash`.
+    pub async fn key_by_hash(&self, token_hash: &str) -> Result<Option<KeyRecord>> {
+        sqlx::query_as::<_, KeyRow>(
+            "SELECT id, tenant_id, name, role, created_at FROM api_keys \
+             WHERE token_hash = $1 AND revoked_at IS NULL",
+        )
+        .bind(token_hash)
+        .fetch_optional(self.reader())
+        .await?
+        .map(KeyRecord::try_from)
+        .transpose()
+    }
+
+    /// Whether the tenant has any live admin key (bootstrap creates one only if not).
+    pub async fn has_admin_key(&self, tenant_id: Uuid) -> Result<bool> {
+        let found: Option<(String,)> = sqlx::query_as(
+            "SELECT id FROM api_keys WHERE tenant_id = $1 AND role = 'admin' AND revoked_at IS NULL LIMIT 1",
+        )
+        .bind(tenant_id.to_string())
+        .fetch_optional(self.reader())
+        .await?;
+        Ok(found.is_some())
+    }
+}

@@ -1,0 +1,219 @@
+//! Payments: every intent an agent submits, whatever the guard decided, with its status history in the audit.
+
+use crate::{Result, StoreError, WriteTx, decimal, opt_uuid, time, uuid};
+use chrono::{DateTime, Utc};
+use paygent_domain::{Decimal, PaymentStatus};
+use sqlx::{Any, Executor, FromRow};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PaymentRecord {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub session_id: Uuid,
+    pub tool: String,
+    pub amount: Decimal,
+    pub currency: String,
+    pub usd_value: Decimal,
+    pub recipient: String,
+    pub description: Option<String>,
+    pub status: PaymentStatus,
+    pub reason: Option<String>,
+    pub approval_id: Option<Uuid>,
+    pub tx_hash: Option<String>,
+    pub network: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub request_hash: String,
+    pub requested_by: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(FromRow)]
+struct PaymentRow {
+    id: String,
+    tenant_id: String,
+    session_id: String,
+    tool: String,
+    amount: String,
+    currency: String,
+    usd_value: String,
+    recipient: String,
+    description: Option<String>,
+    status: String,
+    reason: Option<String>,
+    approval_id: Option<String>,
+    tx_hash: Option<String>,
+    network: Option<String>,
+    idempotency_key: Option<String>,
+    request_hash: String,
+    requested_by: String,
+    created_at: String,
+    updated_at: String,
+}
+
+const COLUMNS: &str = "id, tenant_id, session_id, tool, amount, currency, usd_value, recipient, description, \
+    status, reason, approval_id, tx_hash, network, idempotency_key, request_hash, requested_by, created_at, updated_at";
+
+impl TryFrom<PaymentRow> for PaymentRecord {
+    type Error = StoreError;
+    fn try_from(r: PaymentRow) -> Result<Self> {
+        Ok(PaymentRecord {
+            id: uuid(&r.id)?,
+            tenant_id: uuid(&r.tenant_id)?,
+            session_id: uuid(&r.session_id)?,
+            tool: r.tool,
+            amount: decimal(&r.amount)?,
+            currency: r.currency,
+            usd_value: decimal(&r.usd_value)?,
+            recipient: r.recipient,
+            description: r.description,
+            status: PaymentStatus::parse(&r.status)
+                .ok_or_else(|| StoreError::Corrupt(format!("bad payment status {:?}", r.status)))?,
+            reason: r.reason,
+            approval_id: opt_uuid(r.approval_id)?,
+            tx_hash: r.tx_hash,
+            network: r.network,
+            idempotency_key: r.idempotency_key,
+            request_hash: r.request_hash,
+            requested_by: uuid(&r.requested_by)?,
+            created_at: time(&r.created_at)?,
+            updated_at: time(&r.updated_at)?,
+        })
+    }
+}
+
+fn select(filter: &str) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM payments WHERE {filter}"))
+}
+
+pub async fn insert(tx: &mut WriteTx, p: &PaymentRecord) -> Result<()> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO payments ({COLUMNS}) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
+    )))
+    .bind(p.id.to_string())
+    .bind(p.tenant_id.to_string())
+    .bind(p.session_id.to_string())
+    .bind(&p.tool)
+    .bind(p.amount.to_string())
+    .bind(&p.currency)
+    .bind(p.usd_value.to_string())
+    .bind(&p.recipient)
+    .bind(p.description.clone())
+    .bind(p.status.as_str())
+    .bind(p.reason.clone())
+    .bind(p.approval_id.map(|a| a.to_string()))
+    .bind(p.tx_hash.clone())
+    .bind(p.network.clone())
+    .bind(p.idempotency_key.clone())
+    .bind(&p.request_hash)
+    .bind(p.requested_by.to_string())
+    .bind(paygent_domain::time::format(p.created_at))
+    .bind(paygent_domain::time::format(p.updated_at))
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+pub async fn get<'e>(exec: impl Executor<'e, Database = Any>, tenant_id: Uuid, id: Uuid) -> Result<Option<PaymentRecord>> {
+    sqlx::query_as::<_, PaymentRow>(select("tenant_id = $1 AND id = $2"))
+        .bind(tenant_id.to_string())
+        .bind(id.to_string())
+        .fetch_optional(exec)
+        .await?
+        .map(PaymentRecord::try_from)
+        .transpose()
+}
+
+pub async fn by_idempotency_key(tx: &mut WriteTx, key: &str) -> Result<Option<PaymentRecord>> {
+    let tenant = tx.tenant_id().to_string();
+    sqlx::query_as::<_, PaymentRow>(select("tenant_id = $1 AND idempotency_key = $2"))
+        .bind(tenant)
+        .bind(key)
+        .fetch_optional(tx.conn())
+        .await?
+        .map(PaymentRecord::try_from)
+        .transpose()
+}
+
+/// A session's payments, newest first, optionally only those created at or after `since`.
+pub async fn list<'e>(
+    exec: impl Executor<'e, Database = Any>,
+    tenant_id: Uuid,
+    session_id: Option<Uuid>,
+    since: Option<DateTime<Utc>>,
+    limit: i64,
+) -> Result<Vec<PaymentRecord>> {
+    sqlx::query_as::<_, PaymentRow>(select(
+        "tenant_id = $1 AND ($2 IS NULL OR session_id = $2) AND ($3 IS NULL OR created_at >= $3) \
+         ORDER BY created_at DESC, id DESC LIMIT $4",
+    ))
+    .bind(tenant_id.to_string())
+    .bind(session_id.map(|s| s.to_string()))
+    .bind(since.map(paygent_domain::time::format))
+    .bind(limit)
+    .fetch_all(exec)
+    .await?
+    .into_iter()
+    .map(PaymentRecord::try_from)
+    .collect()
+}
+
+/// What is paid: replaced as a whole when an approver's edit is executed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Terms {
+    pub amount: Decimal,
+    pub currency: String,
+    pub usd_value: Decimal,
+    pub recipient: String,
+    pub description: Option<String>,
+}
+
+/// A conditional status change: it happens only if the payment is still in `from`.
+pub struct Transition<'a> {
+    pub id: Uuid,
+    pub from: PaymentStatus,
+    pub to: PaymentStatus,
+    pub reason: Option<&'a str>,
+    pub tx_hash: Option<&'a str>,
+    pub terms: Option<&'a Terms>,
+}
+
+/// Applies `t`; returns whether the payment was still in `t.from`.
+pub async fn transition(tx: &mut WriteTx, t: Transition<'_>) -> Result<bool> {
+    let now = tx.now_text();
+    let tenant = tx.tenant_id().to_string();
+    let terms = t.terms;
+    let (amount, currency, usd, recipient, description) = (
+        terms.map(|x| x.amount.to_string()),
+        terms.map(|x| x.currency.clone()),
+        terms.map(|x| x.usd_value.to_string()),
+        terms.map(|x| x.recipient.clone()),
+        terms.and_then(|x| x.description.clone()),
+    );
+    let edited = terms.is_some() as i64;
+    let done = sqlx::query(
+        "UPDATE payments SET status = $3, reason = COALESCE($4, reason), tx_hash = COALESCE($5, tx_hash), \
+         updated_at = $6, amount = COALESCE($7, amount), currency = COALESCE($8, currency), \
+         usd_value = COALESCE($9, usd_value), recipient = COALESCE($10, recipient), \
+         description = CASE WHEN $12 = 1 THEN $11 ELSE description END \
+         WHERE tenant_id = $1 AND id = $2 AND status = $13",
+    )
+    .bind(tenant)
+    .bind(t.id.to_string())
+    .bind(t.to.as_str())
+    .bind(t.reason)
+    .bind(t.tx_hash)
+    .bind(now)
+    .bind(amount)
+    .bind(currency)
+    .bind(usd)
+    .bind(recipient)
+    .bind(description)
+    .bind(edited)
+    .bind(t.from.as_str())
+    .execute(tx.conn())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

@@ -1,0 +1,82 @@
+//! Sessions: an agent's working context and its configuration.
+
+use crate::{Result, StoreError, WriteTx, time, uuid};
+use chrono::{DateTime, Utc};
+use paygent_domain::SessionConfig;
+use sqlx::{Any, Executor, FromRow};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionRecord {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub name: Option<String>,
+    pub wallet_address: Option<String>,
+    pub config: SessionConfig,
+    /// `active` or `killed`.
+    pub state: String,
+    pub created_by: Uuid,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(FromRow)]
+struct SessionRow {
+    id: String,
+    tenant_id: String,
+    name: Option<String>,
+    wallet_address: Option<String>,
+    config: String,
+    state: String,
+    created_by: String,
+    created_at: String,
+}
+
+impl TryFrom<SessionRow> for SessionRecord {
+    type Error = StoreError;
+    fn try_from(r: SessionRow) -> Result<Self> {
+        Ok(SessionRecord {
+            id: uuid(&r.id)?,
+            tenant_id: uuid(&r.tenant_id)?,
+            name: r.name,
+            wallet_address: r.wallet_address,
+            config: serde_json::from_str(&r.config)
+                .map_err(|e| StoreError::Corrupt(format!("session config: {e}")))?,
+            state: r.state,
+            created_by: uuid(&r.created_by)?,
+            created_at: time(&r.created_at)?,
+        })
+    }
+}
+
+pub async fn insert(tx: &mut WriteTx, s: &SessionRecord) -> Result<()> {
+    let config = serde_json::to_string(&s.config).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    sqlx::query(
+        "INSERT INTO sessions (id, tenant_id, name, wallet_address, config, state, created_by, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(s.id.to_string())
+    .bind(s.tenant_id.to_string())
+    .bind(s.name.clone())
+    .bind(s.wallet_address.clone())
+    .bind(config)
+    .bind(&s.state)
+    .bind(s.created_by.to_string())
+    .bind(paygent_domain::time::format(s.created_at))
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+/// The session, if it exists in this tenant.
+pub async fn get<'e>(exec: impl Executor<'e, Database = Any>, tenant_id: Uuid, id: Uuid) -> Result<Option<SessionRecord>> {
+    sqlx::query_as::<_, SessionRow>(
+        "SELECT id, tenant_id, name, wallet_address, config, state, created_by, created_at \
+         FROM sessions WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(tenant_id.to_string())
+    .bind(id.to_string())
+    .fetch_optional(exec)
+    .await?
+    .map(SessionRecord::try_from)
+    .transpose()
+}
