@@ -1,0 +1,262 @@
+//! Authentication, roles, tenants and bad input, over real HTTP on both databases.
+
+use paygent_testkit::{ADMIN_TOKEN, Backend, TestServer, on_both_databases};
+use reqwest::StatusCode;
+use reqwest::header::CONTENT_TYPE;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+on_both_databases!(
+    agents_never_decide,
+    tenants_never_see_each_other,
+    keys_are_stored_hashed_and_need_admins,
+    bad_input_gets_a_problem_and_writes_nothing,
+    service_endpoints_answer,
+);
+
+async fn agents_never_decide(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s.session(&t.agent, json!({})).await;
+    let (_, p) = s.pay(&t.agent, session, "20", "USDC").await;
+    let approval = p["approval_id"].as_str().unwrap();
+    for (path, body) in [
+        ("approve", json!({})),
+        ("reject", json!({"reason": "no"})),
+        ("edit", json!({"edited_args": {"amount": "1"}})),
+    ] {
+        let (status, problem) = s.post(&t.agent, &format!("/approvals/{approval}/{path}"), body).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {problem}");
+        assert_eq!(problem["status"], 403);
+    }
+    let (status, _) = s.get(&t.agent, "/approvals/pending").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = s.get(&t.agent, &format!("/approvals/{approval}")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = s.pay(&t.approver, session, "1", "USDC").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "approvers do not spend");
+    let (_, still) = s.get(&t.approver, &format!("/approvals/{approval}")).await;
+    assert_eq!(still["status"], "pending");
+    s.finish().await;
+}
+
+async fn tenants_never_see_each_other(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let a = s.team(ADMIN_TOKEN).await;
+    let other_admin = s.tenant("other").await;
+    let b = s.team(&other_admin).await;
+    let session = s.session(&a.agent, json!({})).await;
+    let (_, p) = s.pay(&a.agent, session, "20", "USDC").await;
+    let approval = p["approval_id"].as_str().unwrap();
+    let payment = p["id"].as_str().unwrap();
+
+    for path in [
+        format!("/approvals/{approval}"),
+        format!("/payments/{payment}"),
+        format!("/sessions/{session}"),
+    ] {
+        let (status, body) = s.get(&b.approver.clone(), &path).await;
+        let (status_admin, _) = s.get(&b.admin, &path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+        assert_eq!(status_admin, StatusCode::NOT_FOUND, "{path}");
+    }
+    let (status, _) = s
+        .post(&b.approver, &format!("/approvals/{approval}/approve"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "another tenant's approver cannot decide");
+    let (status, _) = s
+        .post(&b.agent, "/payments/execute-approved", json!({"approval_id": approval}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = s.pay(&b.agent, session, "1", "USDC").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nor pay from its session");
+    let (_, pending) = s.get(&b.approver, "/approvals/pending").await;
+    assert_eq!(pending, json!([]));
+    let (_, listed) = s.get(&b.admin, "/payments").await;
+    assert_eq!(listed, json!([]));
+    let (_, audit) = s.get(&b.admin, "/audit").await;
+    assert!(
+        audit["entries"].as_array().unwrap().iter().all(|e| e["subject"] != format!("approval:{approval}")),
+        "audit trails are per tenant"
+    );
+    let (status, _) = s.post(&b.admin, "/tenants", json!({"name": "third"})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "only the default tenant's admins create tenants");
+
+    let (_, still) = s.get(&a.approver, &format!("/approvals/{approval}")).await;
+    assert_eq!(still["status"], "pending");
+    s.finish().await;
+}
+
+async fn keys_are_stored_hashed_and_need_admins(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let (status, _) = s.post(&t.approver, "/keys", json!({"name": "x", "role": "admin"})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = s.post(&t.agent, "/keys", json!({"name": "x", "role": "approver"})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = s.post(&t.admin, "/keys", json!({"name": "x", "role": "root"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    let hash = hex(&t.agent);
+    let stored = s.scalar(&format!("SELECT COUNT(*) FROM api_keys WHERE token_hash = '{hash}'")).await;
+    assert_eq!(stored, 1, "the hash is stored");
+    let clear = s.scalar(&format!("SELECT COUNT(*) FROM api_keys WHERE token_hash = '{}'", t.agent)).await;
+    assert_eq!(clear, 0, "the token is not");
+    let (_, audit) = s.get(&t.admin, "/audit?limit=1000").await;
+    assert!(!audit.to_string().contains(&t.agent), "tokens never reach the audit trail");
+    s.finish().await;
+}
+
+fn hex(token: &str) -> String {
+    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn bad_input_gets_a_problem_and_writes_nothing(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s.session(&t.agent, json!({})).await;
+    let (_, p) = s.pay(&t.agent, session, "20", "USDC").await;
+    let approval = p["approval_id"].as_str().unwrap().to_owned();
+    let tables = ["payments", "approval_requests", "audit_log", "events", "sessions", "api_keys"];
+    let mut before = Vec::new();
+    for table in tables {
+        before.push(s.count(table).await);
+    }
+
+    let pay = |fields: Value| {
+        let mut body = json!({
+            "session_id": session, "amount": "5", "currency": "USDC",
+            "recipient": "0x1111111111111111111111111111111111111111",
+        });
+        for (k, v) in fields.as_object().unwrap() {
+            if v.is_null() {
+                body.as_object_mut().unwrap().remove(k);
+            } else {
+                body[k] = v.clone();
+            }
+        }
+        body.to_string()
+    };
+    let unknown = uuid::Uuid::new_v4();
+    let huge = format!("{{\"description\": \"{}\"}}", "x".repeat(100 * 1024));
+    let cases: Vec<(&str, String, String, StatusCode)> = vec![
+        ("POST", "/payments".into(), "{".into(), StatusCode::BAD_REQUEST),
+        ("POST", "/payments".into(), "".into(), StatusCode::BAD_REQUEST),
+        ("POST", "/payments".into(), "[]".into(), StatusCode::BAD_REQUEST),
+        ("POST", "/payments".into(), pay(json!({"amount": 5})), StatusCode::BAD_REQUEST),
+        ("POST", "/payments".into(), pay(json!({"session_id": 7})), StatusCode::BAD_REQUEST),
+        ("POST", "/payments".into(), pay(json!({"session_id": "not-a-uuid"})), StatusCode::BAD_REQUEST),
+        ("POST", "/payments".into(), pay(json!({"amount": null})), StatusCode::BAD_REQUEST),
+        ("POST", "/payments".into(), pay(json!({"surprise": "1"})), StatusCode::BAD_REQUEST),
+        ("POST", "/payments".into(), pay(json!({"amount": "-5"})), StatusCode::UNPROCESSABLE_ENTITY),
+        ("POST", "/payments".into(), pay(json!({"amount": "0"})), StatusCode::UNPROCESSABLE_ENTITY),
+        ("POST", "/payments".into(), pay(json!({"amount": "NaN"})), StatusCode::UNPROCESSABLE_ENTITY),
+        ("POST", "/payments".into(), pay(json!({"amount": "1e3"})), StatusCode::UNPROCESSABLE_ENTITY),
+        ("POST", "/payments".into(), pay(json!({"amount": "1.2.3"})), StatusCode::UNPROCESSABLE_ENTITY),
+        ("POST", "/payments".into(), pay(json!({"amount": "99999999999999999999"})), StatusCode::UNPROCESSABLE_ENTITY),
+        ("POST", "/payments".into(), pay(json!({"amount": "1.0000001"})), StatusCode::UNPROCESSABLE_ENTITY),
+        ("POST", "/payments".into(), pay(json!({"currency": "DOGE"})), StatusCode::UNPROCESSABLE_ENTITY),
+        ("POST", "/payments".into(), pay(json!({"currency": "usdc"})), StatusCode::UNPROCESSABLE_ENTITY),
+        ("POST", "/payments".into(), pay(json!({"recipient": "0x123"})), StatusCode::UNPROCESSABLE_ENTITY),
+        ("POST", "/payments".into(), pay(json!({"recipient": "ftp://x"})), StatusCode::UNPROCESSABLE_ENTITY),
+        ("POST", "/payments".into(), pay(json!({"idempotency_key": ""})), StatusCode::UNPROCESSABLE_ENTITY),
+        ("POST", "/payments".into(), pay(json!({"session_id": unknown})), StatusCode::NOT_FOUND),
+        ("POST", "/payments".into(), huge.clone(), StatusCode::PAYLOAD_TOO_LARGE),
+        ("POST", "/sessions".into(), json!({"config": {"approval_threshold_usd": 10}}).to_string(), StatusCode::BAD_REQUEST),
+        ("POST", "/sessions".into(), json!({"config": {"approval_timeout_seconds": 0}}).to_string(), StatusCode::UNPROCESSABLE_ENTITY),
+        ("POST", "/sessions".into(), json!({"wallet_address": "me"}).to_string(), StatusCode::UNPROCESSABLE_ENTITY),
+        ("GET", "/approvals/not-a-uuid".into(), String::new(), StatusCode::BAD_REQUEST),
+        ("GET", format!("/approvals/{unknown}"), String::new(), StatusCode::NOT_FOUND),
+        ("GET", format!("/payments/{unknown}"), String::new(), StatusCode::NOT_FOUND),
+        ("GET", format!("/sessions/{unknown}"), String::new(), StatusCode::NOT_FOUND),
+        ("GET", "/payments?limit=lots".into(), String::new(), StatusCode::BAD_REQUEST),
+        ("POST", format!("/approvals/{unknown}/approve"), "{}".into(), StatusCode::NOT_FOUND),
+        ("POST", format!("/approvals/{approval}/approve"), "{\"comment\": 5}".into(), StatusCode::BAD_REQUEST),
+        ("POST", format!("/approvals/{approval}/reject"), "{}".into(), StatusCode::BAD_REQUEST),
+        ("POST", format!("/approvals/{approval}/edit"), "{\"edited_args\": \"x\"}".into(), StatusCode::UNPROCESSABLE_ENTITY),
+        ("POST", "/payments/execute-approved".into(), json!({"approval_id": unknown}).to_string(), StatusCode::NOT_FOUND),
+        ("POST", "/payments/execute-approved".into(), json!({"approval_id": approval}).to_string(), StatusCode::FORBIDDEN),
+        ("GET", "/no-such-route".into(), String::new(), StatusCode::NOT_FOUND),
+        ("DELETE", "/payments".into(), String::new(), StatusCode::METHOD_NOT_ALLOWED),
+    ];
+    for (method, path, body, expected) in cases {
+        // execute-approved is tried by the approver, who may not execute.
+        let path = path.as_str();
+        let token = if path == "/payments/execute-approved" && expected == StatusCode::FORBIDDEN {
+            &t.approver
+        } else if path.starts_with("/approvals") {
+            &t.approver
+        } else {
+            &t.agent
+        };
+        let mut req = s
+            .http
+            .request(method.parse().unwrap(), s.url(path))
+            .bearer_auth(token);
+        if method == "POST" {
+            req = req.header(CONTENT_TYPE, "application/json").body(body.clone());
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let ctype = resp.headers()[CONTENT_TYPE].to_str().unwrap().to_owned();
+        let problem: Value = resp.json().await.unwrap();
+        let shown = if body.len() > 200 { "<huge body>" } else { body.as_str() };
+        assert_eq!(status, expected, "{method} {path} {shown}: {problem}");
+        assert_eq!(ctype, "application/problem+json", "{method} {path}");
+        assert_eq!(problem["status"], status.as_u16());
+        for field in ["type", "title", "detail"] {
+            assert!(problem[field].is_string(), "{field} in {problem}");
+        }
+    }
+
+    // No key, a wrong key, and JSON without its content type.
+    let resp = s.http.get(s.url("/payments")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+    let (status, _) = s.get("pgk_wrong", "/payments").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let resp = s
+        .http
+        .post(s.url("/payments"))
+        .bearer_auth(&t.agent)
+        .body(pay(json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    for (table, n) in tables.iter().zip(before) {
+        assert_eq!(s.count(table).await, n, "bad input wrote to {table}");
+    }
+    s.finish().await;
+}
+
+async fn service_endpoints_answer(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    for path in ["/healthz", "/readyz"] {
+        let resp = s.http.get(format!("{}{path}", s.base)).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+    }
+    let resp = s.http.get(s.url("/openapi.json")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let doc: Value = resp.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/api/v1/keys",
+        "/api/v1/sessions",
+        "/api/v1/sessions/{id}",
+        "/api/v1/payments",
+        "/api/v1/payments/{id}",
+        "/api/v1/payments/{id}/outcome",
+        "/api/v1/payments/execute-approved",
+        "/api/v1/approvals/pending",
+        "/api/v1/approvals/{id}",
+        "/api/v1/approvals/{id}/approve",
+        "/api/v1/approvals/{id}/reject",
+        "/api/v1/approvals/{id}/edit",
+        "/api/v1/audit",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} is documented");
+    }
+    s.finish().await;
+}

@@ -1,0 +1,261 @@
+//! A real Paygent on loopback for tests: the engine and HTTP server in-process, over a fresh SQLite file or a
+//! fresh PostgreSQL database, with a clock the test can move forward.
+
+use chrono::{DateTime, Duration, Utc};
+use paygent_engine::domain::{PriceTable, Role};
+use paygent_engine::{Clock, Paygent, Store, StoreOptions};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sqlx::Connection;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Where tests find PostgreSQL; every test creates its own database there.
+pub fn postgres_admin_url() -> String {
+    std::env::var("PAYGENT_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// The admin token every test server accepts.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// System time plus an offset the test controls.
+#[derive(Default)]
+pub struct TestClock {
+    offset_ms: AtomicI64,
+}
+
+impl TestClock {
+    pub fn advance(&self, by: Duration) {
+        self.offset_ms.fetch_add(by.num_milliseconds(), Ordering::SeqCst);
+    }
+}
+
+impl Clock for TestClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now() + Duration::milliseconds(self.offset_ms.load(Ordering::SeqCst))
+    }
+}
+
+pub struct TestServer {
+    pub backend: Backend,
+    pub base: String,
+    pub database_url: String,
+    pub paygent: Paygent,
+    pub clock: Arc<TestClock>,
+    pub http: reqwest::Client,
+    _dir: Option<TempDir>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// A directory removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Prices for tests: the defaults, with CRO at 0.08 as the threshold tests require.
+pub fn test_prices() -> PriceTable {
+    let mut prices = PriceTable::default();
+    prices.set("CRO", None, "0.08").expect("valid price");
+    prices
+}
+
+impl TestServer {
+    pub async fn start(backend: Backend) -> TestServer {
+        let (database_url, dir) = match backend {
+            Backend::Sqlite => {
+                let dir = std::env::temp_dir().join(format!("paygent-test-{}", Uuid::new_v4().simple()));
+                std::fs::create_dir_all(&dir).expect("temp dir");
+                let url = format!("sqlite://{}/paygent.db?mode=rwc", dir.display());
+                (url, Some(TempDir(dir)))
+            }
+            Backend::Postgres => (create_postgres_database().await, None),
+        };
+        let store = Store::connect(&database_url, &StoreOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {database_url}: {e}"));
+        let clock = Arc::new(TestClock::default());
+        let paygent = Paygent::new(store, test_prices(), clock.clone());
+        paygent.bootstrap(Some(ADMIN_TOKEN)).await.expect("bootstrap");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let app = paygent.clone();
+        tokio::spawn(async move {
+            paygent_server::serve(listener, app, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("server runs");
+        });
+        TestServer {
+            backend,
+            base,
+            database_url,
+            paygent,
+            clock,
+            http: reqwest::Client::new(),
+            _dir: dir,
+            shutdown: Some(tx),
+        }
+    }
+
+    /// Stops the server and, on PostgreSQL, drops the test's database.
+    pub async fn finish(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.paygent.store().close().await;
+        if self.backend == Backend::Postgres {
+            let name = self.database_url.rsplit('/').next().unwrap_or_default().to_owned();
+            let mut conn = sqlx::PgConnection::connect(&postgres_admin_url()).await.expect("pg admin");
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                .execute(&mut conn)
+                .await
+                .expect("drop test database");
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.base)
+    }
+
+    /// Sends JSON (or nothing) with a bearer token; returns the status and the parsed body.
+    pub async fn call(&self, token: &str, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, self.url(path)).bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status();
+        let text = resp.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn post(&self, token: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(token, Method::POST, path, Some(body)).await
+    }
+
+    pub async fn get(&self, token: &str, path: &str) -> (StatusCode, Value) {
+        self.call(token, Method::GET, path, None).await
+    }
+
+    /// A new key of `role` in the admin's tenant.
+    pub async fn key(&self, admin: &str, role: Role) -> String {
+        let (status, body) = self
+            .post(admin, "/keys", json!({"name": format!("{role:?}"), "role": role.as_str()}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["token"].as_str().expect("token").to_owned()
+    }
+
+    /// A new tenant; returns its admin token.
+    pub async fn tenant(&self, name: &str) -> String {
+        let (status, body) = self.post(ADMIN_TOKEN, "/tenants", json!({"name": name})).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["admin_key"]["token"].as_str().expect("token").to_owned()
+    }
+
+    /// A new session for `agent`, with optional config.
+    pub async fn session(&self, agent: &str, config: Value) -> Uuid {
+        let (status, body) = self.post(agent, "/sessions", json!({"name": "test", "config": config})).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["id"].as_str().expect("id").parse().expect("uuid")
+    }
+
+    /// Runs a payment through the guard; returns status and body.
+    pub async fn pay(&self, agent: &str, session: Uuid, amount: &str, currency: &str) -> (StatusCode, Value) {
+        self.post(
+            agent,
+            "/payments",
+            json!({
+                "session_id": session,
+                "amount": amount,
+                "currency": currency,
+                "recipient": "0x1111111111111111111111111111111111111111",
+            }),
+        )
+        .await
+    }
+
+    /// Rows in `table`, read straight from the database.
+    pub async fn count(&self, table: &str) -> i64 {
+        self.scalar(&format!("SELECT COUNT(*) FROM {table}")).await
+    }
+
+    /// A single integer read straight from the database.
+    pub async fn scalar(&self, query: &str) -> i64 {
+        let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(query.to_owned()))
+            .fetch_one(self.paygent.store().reader())
+            .await
+            .expect("scalar query");
+        n
+    }
+
+    /// Runs raw SQL against the database, as an attacker with database access would.
+    pub async fn sql(&self, statement: &str) -> u64 {
+        sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
+            .execute(self.paygent.store().reader())
+            .await
+            .expect("sql")
+            .rows_affected()
+    }
+}
+
+/// Keys for the three roles of one tenant.
+pub struct Team {
+    pub admin: String,
+    pub approver: String,
+    pub agent: String,
+}
+
+impl TestServer {
+    pub async fn team(&self, admin: &str) -> Team {
+        Team {
+            admin: admin.to_owned(),
+            approver: self.key(admin, Role::Approver).await,
+            agent: self.key(admin, Role::Agent).await,
+        }
+    }
+}
+
+async fn create_postgres_database() -> String {
+    let admin = postgres_admin_url();
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL must be running at {admin} for these tests: {e}"));
+    let name = format!("paygent_t_{}", Uuid::new_v4().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    let (base, _) = admin.rsplit_once('/').expect("url has a database");
+    format!("{base}/{name}")
+}
+
+/// Declares an async test body `fn(Backend)` as one test per database: `name::sqlite` and `name::postgres`.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name($crate::Backend::Postgres).await
+            }
+        }
+    )*};
+}
