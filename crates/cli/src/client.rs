@@ -23,7 +23,12 @@ impl Client {
     }
 
     /// Sends a request and returns the JSON answer, or the server's problem detail as the error.
-    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
@@ -38,7 +43,10 @@ impl Client {
         let status = resp.status();
         let value: Value = resp.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
-            let detail = value.get("detail").and_then(Value::as_str).unwrap_or("no detail");
+            let detail = value
+                .get("detail")
+                .and_then(Value::as_str)
+                .unwrap_or("no detail");
             bail!("{status}: {detail}");
         }
         Ok(value)

@@ -45,7 +45,8 @@ impl ServeConfig {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading config {}", path.display()))?;
-                toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?
+                toml::from_str(&text)
+                    .with_context(|| format!("parsing config {}", path.display()))?
             }
             None => FileConfig::default(),
         };
@@ -54,10 +55,12 @@ impl ServeConfig {
             .map(PathBuf::from)
             .or(parsed.data_dir)
             .unwrap_or_else(|| PathBuf::from("./paygent-data"));
-        let database_url = var("DATABASE_URL").or(parsed.database_url).unwrap_or_else(|| {
-            let file = absolute(&data_dir).join("paygent.db");
-            format!("sqlite://{}?mode=rwc", file.display())
-        });
+        let database_url = var("DATABASE_URL")
+            .or(parsed.database_url)
+            .unwrap_or_else(|| {
+                let file = absolute(&data_dir).join("paygent.db");
+                format!("sqlite://{}?mode=rwc", file.display())
+            });
 
         let mut prices = PriceTable::default();
         for t in &parsed.tokens {
@@ -72,16 +75,19 @@ impl ServeConfig {
                 .set(&t.symbol, Some(t.decimals), &price)
                 .with_context(|| format!("token {}", t.symbol))?;
         }
-        let from_env = env
-            .iter()
-            .filter_map(|(k, v)| k.strip_prefix(PRICE_PREFIX).map(|s| (s.to_owned(), v.clone())));
+        let from_env = env.iter().filter_map(|(k, v)| {
+            k.strip_prefix(PRICE_PREFIX)
+                .map(|s| (s.to_owned(), v.clone()))
+        });
         for (symbol, price) in parsed.prices.into_iter().chain(from_env) {
             prices
                 .set(&symbol, None, &price)
                 .with_context(|| format!("price of {symbol}"))?;
         }
         let max_connections = match var("PAYGENT_DB_MAX_CONNECTIONS") {
-            Some(n) => n.parse().context("PAYGENT_DB_MAX_CONNECTIONS must be a number")?,
+            Some(n) => n
+                .parse()
+                .context("PAYGENT_DB_MAX_CONNECTIONS must be a number")?,
             None => 16,
         };
         Ok(ServeConfig {
@@ -107,14 +113,21 @@ mod tests {
     use paygent_engine::domain::Decimal;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn defaults_use_an_embedded_sqlite_file() {
         let c = ServeConfig::load(None, &env(&[])).unwrap();
         assert_eq!(c.listen, "127.0.0.1:8080");
-        assert!(c.database_url.starts_with("sqlite:///"), "{}", c.database_url);
+        assert!(
+            c.database_url.starts_with("sqlite:///"),
+            "{}",
+            c.database_url
+        );
         assert!(c.database_url.ends_with("paygent-data/paygent.db?mode=rwc"));
         assert_eq!(c.prices.get("CRO").unwrap().usd_price, Decimal::new(10, 2));
     }
@@ -145,7 +158,10 @@ decimals = 8
         .unwrap();
         let c = ServeConfig::load(
             Some(&file),
-            &env(&[("PAYGENT_LISTEN", "127.0.0.1:9001"), ("PAYGENT_PRICE_CRO", "0.08")]),
+            &env(&[
+                ("PAYGENT_LISTEN", "127.0.0.1:9001"),
+                ("PAYGENT_PRICE_CRO", "0.08"),
+            ]),
         )
         .unwrap();
         assert_eq!(c.listen, "127.0.0.1:9001");

@@ -17,7 +17,11 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 #[derive(Parser)]
-#[command(name = "paygent", version, about = "The control plane between AI agents and money")]
+#[command(
+    name = "paygent",
+    version,
+    about = "The control plane between AI agents and money"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -26,7 +30,12 @@ struct Cli {
 #[derive(clap::Args)]
 struct Remote {
     /// The Paygent server to talk to.
-    #[arg(long, env = "PAYGENT_SERVER", default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "PAYGENT_SERVER",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     server: String,
     /// An API key (approver or admin for decisions, admin for the audit).
     #[arg(long, env = "PAYGENT_TOKEN", hide_env_values = true, global = true)]
@@ -178,7 +187,9 @@ async fn approvals(remote: Remote, action: ApprovalAction) -> anyhow::Result<Exi
     let client = Client::new(&remote.server, remote.token)?;
     let (path, body) = match action {
         ApprovalAction::List { session_id, json } => {
-            let query = session_id.map(|s| format!("?session_id={s}")).unwrap_or_default();
+            let query = session_id
+                .map(|s| format!("?session_id={s}"))
+                .unwrap_or_default();
             let list = client
                 .call(Method::GET, &format!("/approvals/pending{query}"), None)
                 .await?;
@@ -189,8 +200,13 @@ async fn approvals(remote: Remote, action: ApprovalAction) -> anyhow::Result<Exi
             }
             return Ok(ExitCode::SUCCESS);
         }
-        ApprovalAction::Approve { id, comment } => (format!("/approvals/{id}/approve"), json!({"comment": comment})),
-        ApprovalAction::Reject { id, reason } => (format!("/approvals/{id}/reject"), json!({"reason": reason})),
+        ApprovalAction::Approve { id, comment } => (
+            format!("/approvals/{id}/approve"),
+            json!({"comment": comment}),
+        ),
+        ApprovalAction::Reject { id, reason } => {
+            (format!("/approvals/{id}/reject"), json!({"reason": reason}))
+        }
         ApprovalAction::Edit { id, set, comment } => {
             let mut edited = serde_json::Map::new();
             for pair in set {
@@ -244,7 +260,11 @@ async fn verify(remote: Remote) -> anyhow::Result<ExitCode> {
     let mut head: Option<(i64, String)> = None;
     loop {
         let page = client
-            .call(Method::GET, &format!("/audit?after={after}&limit=1000"), None)
+            .call(
+                Method::GET,
+                &format!("/audit?after={after}&limit=1000"),
+                None,
+            )
             .await?;
         let head_seq = head
             .get_or_insert_with(|| {

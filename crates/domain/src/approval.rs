@@ -157,7 +157,9 @@ impl ApprovalStatus {
     /// Expiry and cancellation end only pending requests; a decided request keeps its decision.
     pub fn end(self, to: ApprovalStatus) -> Result<ApprovalStatus, DecisionError> {
         match (self, to) {
-            (ApprovalStatus::Pending, ApprovalStatus::Expired | ApprovalStatus::Cancelled) => Ok(to),
+            (ApprovalStatus::Pending, ApprovalStatus::Expired | ApprovalStatus::Cancelled) => {
+                Ok(to)
+            }
             (other, _) => Err(DecisionError::NotPending(other.as_str())),
         }
     }
@@ -168,7 +170,11 @@ mod tests {
     use super::*;
     use ApprovalStatus::*;
 
-    const ALL: [DecisionKind; 3] = [DecisionKind::Approve, DecisionKind::Edit, DecisionKind::Reject];
+    const ALL: [DecisionKind; 3] = [
+        DecisionKind::Approve,
+        DecisionKind::Edit,
+        DecisionKind::Reject,
+    ];
 
     #[test]
     fn only_pending_requests_can_be_decided() {
@@ -177,7 +183,10 @@ mod tests {
         assert_eq!(Pending.decide(DecisionKind::Edit), Ok(Edited));
         for done in [Approved, Rejected, Edited, Expired, Cancelled] {
             for k in ALL {
-                assert_eq!(done.decide(k), Err(DecisionError::NotPending(done.as_str())));
+                assert_eq!(
+                    done.decide(k),
+                    Err(DecisionError::NotPending(done.as_str()))
+                );
             }
         }
     }
@@ -212,8 +221,13 @@ mod tests {
             Err(DecisionError::NotAllowed { .. })
         ));
         assert!(edit.validate(&ALL).is_ok());
-        let empty_reason = Decision::Reject { reason: "  ".into() };
-        assert_eq!(empty_reason.validate(&ALL), Err(DecisionError::MissingReason));
+        let empty_reason = Decision::Reject {
+            reason: "  ".into(),
+        };
+        assert_eq!(
+            empty_reason.validate(&ALL),
+            Err(DecisionError::MissingReason)
+        );
         let long = Decision::Approve {
             comment: Some("x".repeat(MAX_NOTE_CHARS + 1)),
         };

@@ -96,9 +96,9 @@ impl ChainBreak {
     /// The sequence number of the first bad entry.
     pub fn seq(&self) -> i64 {
         match self {
-            ChainBreak::Altered { seq } | ChainBreak::BadLink { seq } | ChainBreak::HeadMismatch { seq } => {
-                *seq
-            }
+            ChainBreak::Altered { seq }
+            | ChainBreak::BadLink { seq }
+            | ChainBreak::HeadMismatch { seq } => *seq,
             ChainBreak::Missing { expected, .. } => *expected,
             ChainBreak::Truncated { last, .. } => last + 1,
         }
@@ -216,7 +216,10 @@ mod tests {
     fn an_altered_entry_is_named() {
         let mut c = chain(5);
         c[2].data = json!({"b": "999"});
-        assert_eq!(verify(&c, &c[4].clone()), Err(ChainBreak::Altered { seq: 3 }));
+        assert_eq!(
+            verify(&c, &c[4].clone()),
+            Err(ChainBreak::Altered { seq: 3 })
+        );
     }
 
     #[test]
@@ -224,7 +227,10 @@ mod tests {
         let mut c = chain(5);
         c[2].actor = "mallory".into();
         c[2].hash = c[2].compute_hash();
-        assert_eq!(verify(&c, &c[4].clone()), Err(ChainBreak::BadLink { seq: 4 }));
+        assert_eq!(
+            verify(&c, &c[4].clone()),
+            Err(ChainBreak::BadLink { seq: 4 })
+        );
     }
 
     #[test]
@@ -233,7 +239,13 @@ mod tests {
         let head = c[4].clone();
         c.remove(1);
         let err = verify(&c, &head).unwrap_err();
-        assert_eq!(err, ChainBreak::Missing { expected: 2, found: 3 });
+        assert_eq!(
+            err,
+            ChainBreak::Missing {
+                expected: 2,
+                found: 3
+            }
+        );
         assert_eq!(err.seq(), 2);
     }
 

@@ -149,8 +149,8 @@ mod tests {
     #[test]
     fn refuses_anything_it_would_have_to_guess() {
         for bad in [
-            "", "1e3", "1E3", "+5", "-x", "--5", " 5", "5 ", "1.2.3", ".5", "5.", "NaN", "inf", "0x10", "1_000",
-            "1,5", "١",
+            "", "1e3", "1E3", "+5", "-x", "--5", " 5", "5 ", "1.2.3", ".5", "5.", "NaN", "inf",
+            "0x10", "1_000", "1,5", "١",
         ] {
             assert!(
                 matches!(parse_decimal(bad), Err(MoneyError::NotADecimal(_))),
@@ -158,7 +158,10 @@ mod tests {
             );
         }
         assert_eq!(parse_decimal("-5"), Err(MoneyError::NotPositive));
-        assert_eq!(parse_decimal("12345678901234567"), Err(MoneyError::TooLarge));
+        assert_eq!(
+            parse_decimal("12345678901234567"),
+            Err(MoneyError::TooLarge)
+        );
         assert!(matches!(
             parse_decimal("0.1234567890123456789"),
             Err(MoneyError::TooManyDecimals { .. })

@@ -68,7 +68,9 @@ pub enum PaymentError {
     DescriptionTooLong,
     #[error(transparent)]
     Money(#[from] MoneyError),
-    #[error("edited_args must be an object with only amount, currency, recipient and description: {0}")]
+    #[error(
+        "edited_args must be an object with only amount, currency, recipient and description: {0}"
+    )]
     BadEdit(String),
     #[error("an edit cannot change the kind of recipient, and so the tool")]
     EditChangesTool,
@@ -228,7 +230,9 @@ mod tests {
     fn recipients_pick_the_tool() {
         assert_eq!(Recipient::parse(ADDR).unwrap().tool(), TRANSFER);
         assert_eq!(
-            Recipient::parse("https://api.example/data?q=1").unwrap().tool(),
+            Recipient::parse("https://api.example/data?q=1")
+                .unwrap()
+                .tool(),
             X402_PAYMENT
         );
         for bad in [
@@ -241,7 +245,11 @@ mod tests {
             "vitalik.eth",
             "",
         ] {
-            assert_eq!(Recipient::parse(bad), Err(PaymentError::BadRecipient), "{bad}");
+            assert_eq!(
+                Recipient::parse(bad),
+                Err(PaymentError::BadRecipient),
+                "{bad}"
+            );
         }
     }
 
@@ -272,7 +280,10 @@ mod tests {
             i.edited(&prices, &json!({"fee": "1"})),
             Err(PaymentError::BadEdit(_))
         ));
-        assert!(matches!(i.edited(&prices, &json!({})), Err(PaymentError::BadEdit(_))));
+        assert!(matches!(
+            i.edited(&prices, &json!({})),
+            Err(PaymentError::BadEdit(_))
+        ));
         assert!(matches!(
             i.edited(&prices, &json!("5")),
             Err(PaymentError::BadEdit(_))

@@ -147,7 +147,11 @@ mod tests {
             Verdict::RequireApproval { allowed, reason } => {
                 assert_eq!(
                     allowed,
-                    vec![DecisionKind::Approve, DecisionKind::Edit, DecisionKind::Reject]
+                    vec![
+                        DecisionKind::Approve,
+                        DecisionKind::Edit,
+                        DecisionKind::Reject
+                    ]
                 );
                 assert!(reason.contains("10.01"), "{reason}");
             }
@@ -225,7 +229,11 @@ mod tests {
             Verdict::Allow
         );
         assert_eq!(
-            p.evaluate(X402_PAYMENT, one, &json!({"recipient": "https://ok.example/"})),
+            p.evaluate(
+                X402_PAYMENT,
+                one,
+                &json!({"recipient": "https://ok.example/"})
+            ),
             Verdict::Allow
         );
         assert!(matches!(

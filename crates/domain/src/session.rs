@@ -79,7 +79,10 @@ mod tests {
     #[test]
     fn bad_values_are_refused() {
         let parse = |s: &str| serde_json::from_str::<SessionConfig>(s);
-        assert!(parse(r#"{"approval_threshold_usd": 10}"#).is_err(), "numbers are not money");
+        assert!(
+            parse(r#"{"approval_threshold_usd": 10}"#).is_err(),
+            "numbers are not money"
+        );
         assert!(parse(r#"{"surprise": 1}"#).is_err());
         let neg = parse(r#"{"approval_threshold_usd": "-1"}"#).unwrap();
         assert_eq!(neg.validate(), Err(SessionConfigError::BadThreshold));
@@ -87,6 +90,11 @@ mod tests {
         assert_eq!(fine.validate(), Err(SessionConfigError::BadThreshold));
         let zero = parse(r#"{"approval_timeout_seconds": 0}"#).unwrap();
         assert_eq!(zero.validate(), Err(SessionConfigError::BadTimeout));
-        assert!(parse(r#"{"approval_threshold_usd": "0"}"#).unwrap().validate().is_ok());
+        assert!(
+            parse(r#"{"approval_threshold_usd": "0"}"#)
+                .unwrap()
+                .validate()
+                .is_ok()
+        );
     }
 }

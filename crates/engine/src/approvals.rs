@@ -16,7 +16,10 @@ pub const MAX_LIST: i64 = 500;
 
 impl Paygent {
     pub async fn approval(&self, who: &Principal, id: Uuid) -> Result<ApprovalView> {
-        require(who.can_decide(), "only approvers and admins read approval requests")?;
+        require(
+            who.can_decide(),
+            "only approvers and admins read approval requests",
+        )?;
         Ok(self.load_approval(who.tenant_id, id).await?.into())
     }
 
@@ -27,9 +30,17 @@ impl Paygent {
         session_id: Option<Uuid>,
         limit: i64,
     ) -> Result<Vec<ApprovalView>> {
-        require(who.can_decide(), "only approvers and admins list approval requests")?;
-        let list = approvals::pending(self.store.reader(), who.tenant_id, session_id, limit.clamp(1, MAX_LIST))
-            .await?;
+        require(
+            who.can_decide(),
+            "only approvers and admins list approval requests",
+        )?;
+        let list = approvals::pending(
+            self.store.reader(),
+            who.tenant_id,
+            session_id,
+            limit.clamp(1, MAX_LIST),
+        )
+        .await?;
         Ok(list.into_iter().map(Into::into).collect())
     }
 
@@ -40,13 +51,23 @@ impl Paygent {
     }
 
     /// Approves, rejects, or edits and approves a pending request.
-    pub async fn decide(&self, who: &Principal, id: Uuid, decision: Decision) -> Result<ApprovalView> {
-        require(who.can_decide(), "only approvers and admins decide approval requests")?;
+    pub async fn decide(
+        &self,
+        who: &Principal,
+        id: Uuid,
+        decision: Decision,
+    ) -> Result<ApprovalView> {
+        require(
+            who.can_decide(),
+            "only approvers and admins decide approval requests",
+        )?;
         let request = self.load_approval(who.tenant_id, id).await?;
         decision.validate(&request.allowed_decisions)?;
         let to = request.status.decide(decision.kind())?;
         let edit = match &decision {
-            Decision::Edit { edited_args, .. } => Some(self.checked_edit(who, &request, edited_args)?),
+            Decision::Edit { edited_args, .. } => {
+                Some(self.checked_edit(who, &request, edited_args)?)
+            }
             _ => None,
         };
         let (note, action, event) = match &decision {
@@ -80,14 +101,24 @@ impl Paygent {
             data["new_args"] = edited_args.clone().unwrap_or(Value::Null);
             data["new_usd_value"] = json!(usd.to_string());
         }
-        tx.audit(&who.actor(), action, &format!("approval:{id}"), Some(request.session_id), data)
-            .await?;
+        tx.audit(
+            &who.actor(),
+            action,
+            &format!("approval:{id}"),
+            Some(request.session_id),
+            data,
+        )
+        .await?;
         let decided = approvals::get(tx.conn(), who.tenant_id, id)
             .await?
             .ok_or(EngineError::NotFound("approval request"))?;
         let view = ApprovalView::from(decided);
-        tx.event(event, Some(request.session_id), serde_json::to_value(&view).expect("views serialize"))
-            .await?;
+        tx.event(
+            event,
+            Some(request.session_id),
+            serde_json::to_value(&view).expect("views serialize"),
+        )
+        .await?;
         self.publish(tx.commit().await?);
         Ok(view)
     }
@@ -116,7 +147,9 @@ impl Paygent {
         if current.status == ApprovalStatus::Pending && current.deadline <= tx.now() {
             self.expire_within(&mut tx, &current).await?;
             self.publish(tx.commit().await?);
-            return Ok(EngineError::Conflict("the request expired before it was decided".into()));
+            return Ok(EngineError::Conflict(
+                "the request expired before it was decided".into(),
+            ));
         }
         Ok(EngineError::Conflict(format!(
             "the request is already {}",
@@ -125,7 +158,11 @@ impl Paygent {
     }
 
     /// Ends an overdue pending request as expired, with its payment, audit entry and event.
-    pub(crate) async fn expire_within(&self, tx: &mut WriteTx, request: &ApprovalRecord) -> Result<bool> {
+    pub(crate) async fn expire_within(
+        &self,
+        tx: &mut WriteTx,
+        request: &ApprovalRecord,
+    ) -> Result<bool> {
         if !approvals::end(tx, request.id, ApprovalStatus::Expired, None).await? {
             return Ok(false);
         }
@@ -148,7 +185,12 @@ impl Paygent {
     }
 
     /// Moves the request's payment, if any, from pending to denied.
-    async fn deny_payment(&self, tx: &mut WriteTx, request: &ApprovalRecord, reason: &str) -> Result<()> {
+    async fn deny_payment(
+        &self,
+        tx: &mut WriteTx,
+        request: &ApprovalRecord,
+        reason: &str,
+    ) -> Result<()> {
         if let Some(payment_id) = request.payment_id {
             payments::transition(
                 tx,

@@ -31,7 +31,12 @@ impl Paygent {
         let (head_seq, head_hash) = self.store.audit_head(who.tenant_id).await?;
         let entries = self
             .store
-            .audit_entries(who.tenant_id, session_id, after_seq.max(0), limit.clamp(1, MAX_PAGE))
+            .audit_entries(
+                who.tenant_id,
+                session_id,
+                after_seq.max(0),
+                limit.clamp(1, MAX_PAGE),
+            )
             .await?
             .into_iter()
             .filter(|e| e.seq <= head_seq)

@@ -56,7 +56,10 @@ fn validate_idempotency_key(key: &str) -> Result<()> {
 impl Paygent {
     /// Runs a payment request through the guard.
     pub async fn submit_payment(&self, who: &Principal, req: PaymentRequest) -> Result<Submitted> {
-        require(who.can_request_payments(), "only agents and admins request payments")?;
+        require(
+            who.can_request_payments(),
+            "only agents and admins request payments",
+        )?;
         if let Some(k) = &req.idempotency_key {
             validate_idempotency_key(k)?;
         }
@@ -172,19 +175,32 @@ impl Paygent {
                 .await?;
                 let view = serde_json::to_value(ApprovalView::from(request.clone()))
                     .expect("approval views serialize");
-                tx.event("approval_required", Some(session.id), view).await?;
+                tx.event("approval_required", Some(session.id), view)
+                    .await?;
             }
             (None, PaymentStatus::Denied) => {
-                tx.audit(&who.actor(), "payment.denied", &subject, Some(session.id), {
-                    let mut s = summary;
-                    s["reason"] = json!("killed");
-                    s
-                })
+                tx.audit(
+                    &who.actor(),
+                    "payment.denied",
+                    &subject,
+                    Some(session.id),
+                    {
+                        let mut s = summary;
+                        s["reason"] = json!("killed");
+                        s
+                    },
+                )
                 .await?;
             }
             (None, _) => {
-                tx.audit(&who.actor(), "payment.authorized", &subject, Some(session.id), summary)
-                    .await?;
+                tx.audit(
+                    &who.actor(),
+                    "payment.authorized",
+                    &subject,
+                    Some(session.id),
+                    summary,
+                )
+                .await?;
             }
         }
         let events = tx.commit().await?;

@@ -1,13 +1,13 @@
 //! Keys and tenants: random bearer tokens, stored only as SHA-256 hashes.
 
+use crate::views::KeyView;
 use crate::{DEFAULT_TENANT, EngineError, Paygent, Result, require};
 use paygent_domain::{Principal, Role};
 use paygent_store::keys::{self, KeyRecord};
-use crate::views::KeyView;
 use serde::Serialize;
 use serde_json::json;
-use utoipa::ToSchema;
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// A new tenant with its first admin key.
@@ -29,7 +29,9 @@ fn hash_token(token: &str) -> String {
 
 fn validate_name(name: &str) -> Result<()> {
     if name.trim().is_empty() || name.chars().count() > 100 {
-        return Err(EngineError::Invalid("name must be 1 to 100 characters".into()));
+        return Err(EngineError::Invalid(
+            "name must be 1 to 100 characters".into(),
+        ));
     }
     Ok(())
 }
@@ -55,7 +57,9 @@ impl Paygent {
     /// Makes sure the default tenant and an admin key exist. With `admin_token`, that exact string becomes an
     /// admin key; otherwise, on the first start only, a new admin key is made and returned to be shown once.
     pub async fn bootstrap(&self, admin_token: Option<&str>) -> Result<Option<KeyView>> {
-        self.store.ensure_tenant(DEFAULT_TENANT, "default", self.now()).await?;
+        self.store
+            .ensure_tenant(DEFAULT_TENANT, "default", self.now())
+            .await?;
         match admin_token {
             Some(token) => {
                 if token.len() < 16 {
@@ -64,8 +68,14 @@ impl Paygent {
                     ));
                 }
                 if self.store.key_by_hash(&hash_token(token)).await?.is_none() {
-                    self.insert_key(None, DEFAULT_TENANT, "bootstrap (PAYGENT_ADMIN_TOKEN)", Role::Admin, token)
-                        .await?;
+                    self.insert_key(
+                        None,
+                        DEFAULT_TENANT,
+                        "bootstrap (PAYGENT_ADMIN_TOKEN)",
+                        Role::Admin,
+                        token,
+                    )
+                    .await?;
                 }
                 Ok(None)
             }
@@ -99,7 +109,9 @@ impl Paygent {
         )?;
         validate_name(name)?;
         let tenant_id = Uuid::new_v4();
-        self.store.ensure_tenant(tenant_id, name, self.now()).await?;
+        self.store
+            .ensure_tenant(tenant_id, name, self.now())
+            .await?;
         let token = new_token();
         let key = self
             .insert_key(Some(who), tenant_id, "first admin", Role::Admin, &token)

@@ -20,8 +20,8 @@ pub use views::{ApprovalView, DecisionRecord, KeyView, PaymentView, SessionView}
 
 pub use paygent_domain as domain;
 pub use paygent_store::{
-    Event, Store, StoreError, StoreOptions, approvals::ApprovalRecord, keys::KeyRecord, payments::PaymentRecord,
-    sessions::SessionRecord,
+    Event, Store, StoreError, StoreOptions, approvals::ApprovalRecord, keys::KeyRecord,
+    payments::PaymentRecord, sessions::SessionRecord,
 };
 
 use chrono::{DateTime, SubsecRound, Utc};

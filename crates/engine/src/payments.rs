@@ -18,7 +18,9 @@ fn validate_tx_hash(h: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(EngineError::Invalid("tx_hash must be 0x and 64 hex digits".into()))
+        Err(EngineError::Invalid(
+            "tx_hash must be 0x and 64 hex digits".into(),
+        ))
     }
 }
 
@@ -31,16 +33,34 @@ impl Paygent {
     }
 
     /// Payments, newest first, optionally of one session.
-    pub async fn payments(&self, who: &Principal, session_id: Option<Uuid>, limit: i64) -> Result<Vec<PaymentView>> {
-        let list = payments::list(self.store.reader(), who.tenant_id, session_id, None, limit.clamp(1, MAX_LIST))
-            .await?;
+    pub async fn payments(
+        &self,
+        who: &Principal,
+        session_id: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<PaymentView>> {
+        let list = payments::list(
+            self.store.reader(),
+            who.tenant_id,
+            session_id,
+            None,
+            limit.clamp(1, MAX_LIST),
+        )
+        .await?;
         Ok(list.into_iter().map(Into::into).collect())
     }
 
     /// Carries out an approved (or edited) request's payment, exactly once, with the arguments the person
     /// approved. A repeat returns the same payment; the caller can never supply arguments.
-    pub async fn execute_approved(&self, who: &Principal, approval_id: Uuid) -> Result<PaymentView> {
-        require(who.can_request_payments(), "only agents and admins execute payments")?;
+    pub async fn execute_approved(
+        &self,
+        who: &Principal,
+        approval_id: Uuid,
+    ) -> Result<PaymentView> {
+        require(
+            who.can_request_payments(),
+            "only agents and admins execute payments",
+        )?;
         let request = self.load_approval(who.tenant_id, approval_id).await?;
         let payment_id = request
             .payment_id
@@ -81,7 +101,9 @@ impl Paygent {
         )
         .await?;
         if !moved {
-            return Err(EngineError::Conflict("the payment is no longer awaiting approval".into()));
+            return Err(EngineError::Conflict(
+                "the payment is no longer awaiting approval".into(),
+            ));
         }
         tx.audit(
             &who.actor(),
@@ -111,9 +133,14 @@ impl Paygent {
         outcome: PaymentStatus,
         tx_hash: Option<&str>,
     ) -> Result<PaymentView> {
-        require(who.can_request_payments(), "only agents and admins report payment outcomes")?;
+        require(
+            who.can_request_payments(),
+            "only agents and admins report payment outcomes",
+        )?;
         if !matches!(outcome, PaymentStatus::Executed | PaymentStatus::Failed) {
-            return Err(EngineError::Invalid("status must be executed or failed".into()));
+            return Err(EngineError::Invalid(
+                "status must be executed or failed".into(),
+            ));
         }
         if let Some(h) = tx_hash {
             validate_tx_hash(h)?;

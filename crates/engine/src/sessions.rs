@@ -1,7 +1,7 @@
 //! Sessions: created by agents or admins, read by anyone in the tenant.
 
-use crate::{EngineError, Paygent, Result, require};
 use crate::views::SessionView;
+use crate::{EngineError, Paygent, Result, require};
 use paygent_domain::payment::Recipient;
 use paygent_domain::{Decimal, PaymentStatus, Principal, SessionConfig};
 use paygent_store::payments;
@@ -22,9 +22,14 @@ const SPEND_SCAN_LIMIT: i64 = 10_000;
 
 impl Paygent {
     pub async fn create_session(&self, who: &Principal, new: NewSession) -> Result<SessionView> {
-        require(who.can_request_payments(), "only agents and admins create sessions")?;
+        require(
+            who.can_request_payments(),
+            "only agents and admins create sessions",
+        )?;
         if new.name.as_ref().is_some_and(|n| n.chars().count() > 200) {
-            return Err(EngineError::Invalid("name is limited to 200 characters".into()));
+            return Err(EngineError::Invalid(
+                "name is limited to 200 characters".into(),
+            ));
         }
         if let Some(w) = &new.wallet_address
             && !matches!(Recipient::parse(w), Ok(Recipient::Evm(_)))
@@ -78,11 +83,15 @@ impl Paygent {
         )
         .await?;
         let mut spent_today = BTreeMap::new();
-        for p in today
-            .iter()
-            .filter(|p| matches!(p.status, PaymentStatus::Authorized | PaymentStatus::Executed))
-        {
-            *spent_today.entry(p.currency.clone()).or_insert(Decimal::ZERO) += p.amount;
+        for p in today.iter().filter(|p| {
+            matches!(
+                p.status,
+                PaymentStatus::Authorized | PaymentStatus::Executed
+            )
+        }) {
+            *spent_today
+                .entry(p.currency.clone())
+                .or_insert(Decimal::ZERO) += p.amount;
         }
         Ok(SessionView::new(session, spent_today, day_started_at))
     }
@@ -90,5 +99,8 @@ impl Paygent {
 
 /// Midnight UTC of `at`'s day. Budgets (a later issue) bring per-session time zones.
 fn tx_day_start(at: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
-    at.date_naive().and_hms_opt(0, 0, 0).expect("midnight exists").and_utc()
+    at.date_naive()
+        .and_hms_opt(0, 0, 0)
+        .expect("midnight exists")
+        .and_utc()
 }

@@ -147,7 +147,11 @@ pub struct SessionView {
 }
 
 impl SessionView {
-    pub(crate) fn new(s: SessionRecord, spent_today: BTreeMap<String, Decimal>, day_started_at: DateTime<Utc>) -> Self {
+    pub(crate) fn new(
+        s: SessionRecord,
+        spent_today: BTreeMap<String, Decimal>,
+        day_started_at: DateTime<Utc>,
+    ) -> Self {
         SessionView {
             id: s.id,
             name: s.name,

@@ -47,12 +47,16 @@ impl ApiError {
                 E::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
                 E::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
                 E::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
-                E::Store(s) if s.is_unavailable() => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+                E::Store(s) if s.is_unavailable() => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+                }
                 E::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             },
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "malformed"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
-            ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type")
+            }
             ApiError::NoRoute => (StatusCode::NOT_FOUND, "no-route"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
@@ -67,7 +71,9 @@ impl IntoResponse for ApiError {
             // The cause goes to the log, not to the caller: it may name tables, hosts or values.
             tracing::error!(error = %self, "request failed");
             match status {
-                StatusCode::SERVICE_UNAVAILABLE => "the database is unavailable; retry shortly".to_owned(),
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    "the database is unavailable; retry shortly".to_owned()
+                }
                 _ => "internal error; the server log has the cause".to_owned(),
             }
         } else {
@@ -81,7 +87,10 @@ impl IntoResponse for ApiError {
         };
         let mut response = (status, Json(problem)).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         match status {
             StatusCode::UNAUTHORIZED => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -98,9 +107,9 @@ impl IntoResponse for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         match r {
-            JsonRejection::MissingJsonContentType(_) => {
-                ApiError::UnsupportedMediaType("send JSON with Content-Type: application/json".into())
-            }
+            JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
+                "send JSON with Content-Type: application/json".into(),
+            ),
             JsonRejection::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 ApiError::TooLarge(crate::BODY_LIMIT)
             }

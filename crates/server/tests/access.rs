@@ -25,7 +25,9 @@ async fn agents_never_decide(backend: Backend) {
         ("reject", json!({"reason": "no"})),
         ("edit", json!({"edited_args": {"amount": "1"}})),
     ] {
-        let (status, problem) = s.post(&t.agent, &format!("/approvals/{approval}/{path}"), body).await;
+        let (status, problem) = s
+            .post(&t.agent, &format!("/approvals/{approval}/{path}"), body)
+            .await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {problem}");
         assert_eq!(problem["status"], 403);
     }
@@ -61,11 +63,23 @@ async fn tenants_never_see_each_other(backend: Backend) {
         assert_eq!(status_admin, StatusCode::NOT_FOUND, "{path}");
     }
     let (status, _) = s
-        .post(&b.approver, &format!("/approvals/{approval}/approve"), json!({}))
+        .post(
+            &b.approver,
+            &format!("/approvals/{approval}/approve"),
+            json!({}),
+        )
         .await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "another tenant's approver cannot decide");
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "another tenant's approver cannot decide"
+    );
     let (status, _) = s
-        .post(&b.agent, "/payments/execute-approved", json!({"approval_id": approval}))
+        .post(
+            &b.agent,
+            "/payments/execute-approved",
+            json!({"approval_id": approval}),
+        )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = s.pay(&b.agent, session, "1", "USDC").await;
@@ -76,11 +90,19 @@ async fn tenants_never_see_each_other(backend: Backend) {
     assert_eq!(listed, json!([]));
     let (_, audit) = s.get(&b.admin, "/audit").await;
     assert!(
-        audit["entries"].as_array().unwrap().iter().all(|e| e["subject"] != format!("approval:{approval}")),
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["subject"] != format!("approval:{approval}")),
         "audit trails are per tenant"
     );
     let (status, _) = s.post(&b.admin, "/tenants", json!({"name": "third"})).await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "only the default tenant's admins create tenants");
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "only the default tenant's admins create tenants"
+    );
 
     let (_, still) = s.get(&a.approver, &format!("/approvals/{approval}")).await;
     assert_eq!(still["status"], "pending");
@@ -90,25 +112,46 @@ async fn tenants_never_see_each_other(backend: Backend) {
 async fn keys_are_stored_hashed_and_need_admins(backend: Backend) {
     let s = TestServer::start(backend).await;
     let t = s.team(ADMIN_TOKEN).await;
-    let (status, _) = s.post(&t.approver, "/keys", json!({"name": "x", "role": "admin"})).await;
+    let (status, _) = s
+        .post(&t.approver, "/keys", json!({"name": "x", "role": "admin"}))
+        .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, _) = s.post(&t.agent, "/keys", json!({"name": "x", "role": "approver"})).await;
+    let (status, _) = s
+        .post(&t.agent, "/keys", json!({"name": "x", "role": "approver"}))
+        .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, body) = s.post(&t.admin, "/keys", json!({"name": "x", "role": "root"})).await;
+    let (status, body) = s
+        .post(&t.admin, "/keys", json!({"name": "x", "role": "root"}))
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 
     let hash = hex(&t.agent);
-    let stored = s.scalar(&format!("SELECT COUNT(*) FROM api_keys WHERE token_hash = '{hash}'")).await;
+    let stored = s
+        .scalar(&format!(
+            "SELECT COUNT(*) FROM api_keys WHERE token_hash = '{hash}'"
+        ))
+        .await;
     assert_eq!(stored, 1, "the hash is stored");
-    let clear = s.scalar(&format!("SELECT COUNT(*) FROM api_keys WHERE token_hash = '{}'", t.agent)).await;
+    let clear = s
+        .scalar(&format!(
+            "SELECT COUNT(*) FROM api_keys WHERE token_hash = '{}'",
+            t.agent
+        ))
+        .await;
     assert_eq!(clear, 0, "the token is not");
     let (_, audit) = s.get(&t.admin, "/audit?limit=1000").await;
-    assert!(!audit.to_string().contains(&t.agent), "tokens never reach the audit trail");
+    assert!(
+        !audit.to_string().contains(&t.agent),
+        "tokens never reach the audit trail"
+    );
     s.finish().await;
 }
 
 fn hex(token: &str) -> String {
-    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 async fn bad_input_gets_a_problem_and_writes_nothing(backend: Backend) {
@@ -117,7 +160,14 @@ async fn bad_input_gets_a_problem_and_writes_nothing(backend: Backend) {
     let session = s.session(&t.agent, json!({})).await;
     let (_, p) = s.pay(&t.agent, session, "20", "USDC").await;
     let approval = p["approval_id"].as_str().unwrap().to_owned();
-    let tables = ["payments", "approval_requests", "audit_log", "events", "sessions", "api_keys"];
+    let tables = [
+        "payments",
+        "approval_requests",
+        "audit_log",
+        "events",
+        "sessions",
+        "api_keys",
+    ];
     let mut before = Vec::new();
     for table in tables {
         before.push(s.count(table).await);
@@ -140,67 +190,262 @@ async fn bad_input_gets_a_problem_and_writes_nothing(backend: Backend) {
     let unknown = uuid::Uuid::new_v4();
     let huge = format!("{{\"description\": \"{}\"}}", "x".repeat(100 * 1024));
     let cases: Vec<(&str, String, String, StatusCode)> = vec![
-        ("POST", "/payments".into(), "{".into(), StatusCode::BAD_REQUEST),
-        ("POST", "/payments".into(), "".into(), StatusCode::BAD_REQUEST),
-        ("POST", "/payments".into(), "[]".into(), StatusCode::BAD_REQUEST),
-        ("POST", "/payments".into(), pay(json!({"amount": 5})), StatusCode::BAD_REQUEST),
-        ("POST", "/payments".into(), pay(json!({"session_id": 7})), StatusCode::BAD_REQUEST),
-        ("POST", "/payments".into(), pay(json!({"session_id": "not-a-uuid"})), StatusCode::BAD_REQUEST),
-        ("POST", "/payments".into(), pay(json!({"amount": null})), StatusCode::BAD_REQUEST),
-        ("POST", "/payments".into(), pay(json!({"surprise": "1"})), StatusCode::BAD_REQUEST),
-        ("POST", "/payments".into(), pay(json!({"amount": "-5"})), StatusCode::UNPROCESSABLE_ENTITY),
-        ("POST", "/payments".into(), pay(json!({"amount": "0"})), StatusCode::UNPROCESSABLE_ENTITY),
-        ("POST", "/payments".into(), pay(json!({"amount": "NaN"})), StatusCode::UNPROCESSABLE_ENTITY),
-        ("POST", "/payments".into(), pay(json!({"amount": "1e3"})), StatusCode::UNPROCESSABLE_ENTITY),
-        ("POST", "/payments".into(), pay(json!({"amount": "1.2.3"})), StatusCode::UNPROCESSABLE_ENTITY),
-        ("POST", "/payments".into(), pay(json!({"amount": "99999999999999999999"})), StatusCode::UNPROCESSABLE_ENTITY),
-        ("POST", "/payments".into(), pay(json!({"amount": "1.0000001"})), StatusCode::UNPROCESSABLE_ENTITY),
-        ("POST", "/payments".into(), pay(json!({"currency": "DOGE"})), StatusCode::UNPROCESSABLE_ENTITY),
-        ("POST", "/payments".into(), pay(json!({"currency": "usdc"})), StatusCode::UNPROCESSABLE_ENTITY),
-        ("POST", "/payments".into(), pay(json!({"recipient": "0x123"})), StatusCode::UNPROCESSABLE_ENTITY),
-        ("POST", "/payments".into(), pay(json!({"recipient": "ftp://x"})), StatusCode::UNPROCESSABLE_ENTITY),
-        ("POST", "/payments".into(), pay(json!({"idempotency_key": ""})), StatusCode::UNPROCESSABLE_ENTITY),
-        ("POST", "/payments".into(), pay(json!({"session_id": unknown})), StatusCode::NOT_FOUND),
-        ("POST", "/payments".into(), huge.clone(), StatusCode::PAYLOAD_TOO_LARGE),
-        ("POST", "/sessions".into(), json!({"config": {"approval_threshold_usd": 10}}).to_string(), StatusCode::BAD_REQUEST),
-        ("POST", "/sessions".into(), json!({"config": {"approval_timeout_seconds": 0}}).to_string(), StatusCode::UNPROCESSABLE_ENTITY),
-        ("POST", "/sessions".into(), json!({"wallet_address": "me"}).to_string(), StatusCode::UNPROCESSABLE_ENTITY),
-        ("GET", "/approvals/not-a-uuid".into(), String::new(), StatusCode::BAD_REQUEST),
-        ("GET", format!("/approvals/{unknown}"), String::new(), StatusCode::NOT_FOUND),
-        ("GET", format!("/payments/{unknown}"), String::new(), StatusCode::NOT_FOUND),
-        ("GET", format!("/sessions/{unknown}"), String::new(), StatusCode::NOT_FOUND),
-        ("GET", "/payments?limit=lots".into(), String::new(), StatusCode::BAD_REQUEST),
-        ("POST", format!("/approvals/{unknown}/approve"), "{}".into(), StatusCode::NOT_FOUND),
-        ("POST", format!("/approvals/{approval}/approve"), "{\"comment\": 5}".into(), StatusCode::BAD_REQUEST),
-        ("POST", format!("/approvals/{approval}/reject"), "{}".into(), StatusCode::BAD_REQUEST),
-        ("POST", format!("/approvals/{approval}/edit"), "{\"edited_args\": \"x\"}".into(), StatusCode::UNPROCESSABLE_ENTITY),
-        ("POST", "/payments/execute-approved".into(), json!({"approval_id": unknown}).to_string(), StatusCode::NOT_FOUND),
-        ("POST", "/payments/execute-approved".into(), json!({"approval_id": approval}).to_string(), StatusCode::FORBIDDEN),
-        ("GET", "/no-such-route".into(), String::new(), StatusCode::NOT_FOUND),
-        ("DELETE", "/payments".into(), String::new(), StatusCode::METHOD_NOT_ALLOWED),
+        (
+            "POST",
+            "/payments".into(),
+            "{".into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/payments".into(),
+            "".into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/payments".into(),
+            "[]".into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/payments".into(),
+            pay(json!({"amount": 5})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/payments".into(),
+            pay(json!({"session_id": 7})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/payments".into(),
+            pay(json!({"session_id": "not-a-uuid"})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/payments".into(),
+            pay(json!({"amount": null})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/payments".into(),
+            pay(json!({"surprise": "1"})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/payments".into(),
+            pay(json!({"amount": "-5"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "POST",
+            "/payments".into(),
+            pay(json!({"amount": "0"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "POST",
+            "/payments".into(),
+            pay(json!({"amount": "NaN"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "POST",
+            "/payments".into(),
+            pay(json!({"amount": "1e3"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "POST",
+            "/payments".into(),
+            pay(json!({"amount": "1.2.3"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "POST",
+            "/payments".into(),
+            pay(json!({"amount": "99999999999999999999"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "POST",
+            "/payments".into(),
+            pay(json!({"amount": "1.0000001"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "POST",
+            "/payments".into(),
+            pay(json!({"currency": "DOGE"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "POST",
+            "/payments".into(),
+            pay(json!({"currency": "usdc"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "POST",
+            "/payments".into(),
+            pay(json!({"recipient": "0x123"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "POST",
+            "/payments".into(),
+            pay(json!({"recipient": "ftp://x"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "POST",
+            "/payments".into(),
+            pay(json!({"idempotency_key": ""})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "POST",
+            "/payments".into(),
+            pay(json!({"session_id": unknown})),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "POST",
+            "/payments".into(),
+            huge.clone(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            "POST",
+            "/sessions".into(),
+            json!({"config": {"approval_threshold_usd": 10}}).to_string(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/sessions".into(),
+            json!({"config": {"approval_timeout_seconds": 0}}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "POST",
+            "/sessions".into(),
+            json!({"wallet_address": "me"}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "GET",
+            "/approvals/not-a-uuid".into(),
+            String::new(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "GET",
+            format!("/approvals/{unknown}"),
+            String::new(),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "GET",
+            format!("/payments/{unknown}"),
+            String::new(),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "GET",
+            format!("/sessions/{unknown}"),
+            String::new(),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "GET",
+            "/payments?limit=lots".into(),
+            String::new(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            format!("/approvals/{unknown}/approve"),
+            "{}".into(),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "POST",
+            format!("/approvals/{approval}/approve"),
+            "{\"comment\": 5}".into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            format!("/approvals/{approval}/reject"),
+            "{}".into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            format!("/approvals/{approval}/edit"),
+            "{\"edited_args\": \"x\"}".into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "POST",
+            "/payments/execute-approved".into(),
+            json!({"approval_id": unknown}).to_string(),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "POST",
+            "/payments/execute-approved".into(),
+            json!({"approval_id": approval}).to_string(),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "GET",
+            "/no-such-route".into(),
+            String::new(),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "DELETE",
+            "/payments".into(),
+            String::new(),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
     ];
     for (method, path, body, expected) in cases {
-        // execute-approved is tried by the approver, who may not execute.
-        let path = path.as_str();
-        let token = if path == "/payments/execute-approved" && expected == StatusCode::FORBIDDEN {
-            &t.approver
-        } else if path.starts_with("/approvals") {
+        // Approvers try the approval routes, and execute-approved, which only agents and admins may call.
+        let approver_route = path.starts_with("/approvals")
+            || (path == "/payments/execute-approved" && expected == StatusCode::FORBIDDEN);
+        let token = if approver_route {
             &t.approver
         } else {
             &t.agent
         };
         let mut req = s
             .http
-            .request(method.parse().unwrap(), s.url(path))
+            .request(method.parse().unwrap(), s.url(&path))
             .bearer_auth(token);
         if method == "POST" {
-            req = req.header(CONTENT_TYPE, "application/json").body(body.clone());
+            req = req
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.clone());
         }
         let resp = req.send().await.unwrap();
         let status = resp.status();
         let ctype = resp.headers()[CONTENT_TYPE].to_str().unwrap().to_owned();
         let problem: Value = resp.json().await.unwrap();
-        let shown = if body.len() > 200 { "<huge body>" } else { body.as_str() };
+        let shown = if body.len() > 200 {
+            "<huge body>"
+        } else {
+            body.as_str()
+        };
         assert_eq!(status, expected, "{method} {path} {shown}: {problem}");
         assert_eq!(ctype, "application/problem+json", "{method} {path}");
         assert_eq!(problem["status"], status.as_u16());
@@ -234,7 +479,12 @@ async fn bad_input_gets_a_problem_and_writes_nothing(backend: Backend) {
 async fn service_endpoints_answer(backend: Backend) {
     let s = TestServer::start(backend).await;
     for path in ["/healthz", "/readyz"] {
-        let resp = s.http.get(format!("{}{path}", s.base)).send().await.unwrap();
+        let resp = s
+            .http
+            .get(format!("{}{path}", s.base))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), StatusCode::OK, "{path}");
     }
     let resp = s.http.get(s.url("/openapi.json")).send().await.unwrap();

@@ -1,8 +1,8 @@
 //! The guard, decisions and execution, over real HTTP on both databases.
 
+use futures::future::join_all;
 use paygent_testkit::{ADMIN_TOKEN, Backend, TestServer, on_both_databases};
 use reqwest::StatusCode;
-use futures::future::join_all;
 use serde_json::json;
 
 on_both_databases!(
@@ -32,20 +32,33 @@ async fn thresholds_follow_usd_value(backend: Backend) {
         assert_eq!(status, StatusCode::CREATED, "{body}");
         assert_eq!(body["status"], expected, "{amount} {currency}: {body}");
         assert_eq!(body["amount"], amount);
-        assert_eq!(body["approval_id"].is_string(), expected == "pending_approval");
+        assert_eq!(
+            body["approval_id"].is_string(),
+            expected == "pending_approval"
+        );
     }
     let (_, cro) = s.pay(&t.agent, session, "100", "CRO").await;
     assert_eq!(cro["usd_value"], "8.00", "CRO is priced at 0.08");
-    let (_, pending) = s.get(&t.approver, &format!("/approvals/pending?session_id={session}")).await;
+    let (_, pending) = s
+        .get(
+            &t.approver,
+            &format!("/approvals/pending?session_id={session}"),
+        )
+        .await;
     let pending = pending.as_array().unwrap();
     assert_eq!(pending.len(), 2);
     assert_eq!(pending[0]["usd_value"], "10.01", "oldest first");
     assert_eq!(pending[1]["usd_value"], "3000");
-    assert_eq!(pending[0]["allowed_decisions"], json!(["approve", "edit", "reject"]));
+    assert_eq!(
+        pending[0]["allowed_decisions"],
+        json!(["approve", "edit", "reject"])
+    );
     assert_eq!(pending[0]["tool"], "transfer");
 
     // A session's own threshold moves the line.
-    let strict = s.session(&t.agent, json!({"approval_threshold_usd": "1"})).await;
+    let strict = s
+        .session(&t.agent, json!({"approval_threshold_usd": "1"}))
+        .await;
     let (_, body) = s.pay(&t.agent, strict, "1.01", "USDC").await;
     assert_eq!(body["status"], "pending_approval");
     s.finish().await;
@@ -59,12 +72,20 @@ async fn approve_then_execute_once(backend: Backend) {
     let approval = payment["approval_id"].as_str().unwrap().to_owned();
 
     let (status, early) = s
-        .post(&t.agent, "/payments/execute-approved", json!({"approval_id": approval}))
+        .post(
+            &t.agent,
+            "/payments/execute-approved",
+            json!({"approval_id": approval}),
+        )
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "not approved yet: {early}");
 
     let (status, decided) = s
-        .post(&t.approver, &format!("/approvals/{approval}/approve"), json!({"comment": "ok"}))
+        .post(
+            &t.approver,
+            &format!("/approvals/{approval}/approve"),
+            json!({"comment": "ok"}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{decided}");
     assert_eq!(decided["status"], "approved");
@@ -72,12 +93,20 @@ async fn approve_then_execute_once(backend: Backend) {
     assert!(decided["decision"]["by"].is_string());
 
     let (status, again) = s
-        .post(&t.approver, &format!("/approvals/{approval}/reject"), json!({"reason": "late"}))
+        .post(
+            &t.approver,
+            &format!("/approvals/{approval}/reject"),
+            json!({"reason": "late"}),
+        )
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{again}");
 
     let (status, executed) = s
-        .post(&t.agent, "/payments/execute-approved", json!({"approval_id": approval}))
+        .post(
+            &t.agent,
+            "/payments/execute-approved",
+            json!({"approval_id": approval}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{executed}");
     assert_eq!(executed["id"], payment["id"]);
@@ -85,7 +114,11 @@ async fn approve_then_execute_once(backend: Backend) {
     assert_eq!(executed["amount"], "25.00");
 
     let (status, repeat) = s
-        .post(&t.agent, "/payments/execute-approved", json!({"approval_id": approval}))
+        .post(
+            &t.agent,
+            "/payments/execute-approved",
+            json!({"approval_id": approval}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(repeat, executed, "a repeat returns the same payment");
@@ -97,7 +130,11 @@ async fn approve_then_execute_once(backend: Backend) {
             json!({"approval_id": approval, "amount": "1000000"}),
         )
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "arguments are never taken from the caller: {smuggled}");
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "arguments are never taken from the caller: {smuggled}"
+    );
 
     let (_, after) = s.get(&t.approver, &format!("/approvals/{approval}")).await;
     assert!(after["consumed_at"].is_string());
@@ -114,24 +151,49 @@ async fn reject_stores_the_reason(backend: Backend) {
     let approval = payment["approval_id"].as_str().unwrap();
 
     let (status, body) = s
-        .post(&t.approver, &format!("/approvals/{approval}/reject"), json!({"reason": "  "}))
+        .post(
+            &t.approver,
+            &format!("/approvals/{approval}/reject"),
+            json!({"reason": "  "}),
+        )
         .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "a reason is required: {body}");
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a reason is required: {body}"
+    );
 
     let (status, body) = s
-        .post(&t.approver, &format!("/approvals/{approval}/reject"), json!({"reason": "unknown vendor"}))
+        .post(
+            &t.approver,
+            &format!("/approvals/{approval}/reject"),
+            json!({"reason": "unknown vendor"}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (_, stored) = s.get(&t.admin, &format!("/approvals/{approval}")).await;
     assert_eq!(stored["status"], "rejected");
     assert_eq!(stored["decision"]["note"], "unknown vendor");
-    let (_, p) = s.get(&t.agent, &format!("/payments/{}", payment["id"].as_str().unwrap())).await;
+    let (_, p) = s
+        .get(
+            &t.agent,
+            &format!("/payments/{}", payment["id"].as_str().unwrap()),
+        )
+        .await;
     assert_eq!(p["status"], "denied");
     assert_eq!(p["reason"], "rejected");
     let (status, _) = s
-        .post(&t.agent, "/payments/execute-approved", json!({"approval_id": approval}))
+        .post(
+            &t.agent,
+            "/payments/execute-approved",
+            json!({"approval_id": approval}),
+        )
         .await;
-    assert_eq!(status, StatusCode::CONFLICT, "a rejected request never executes");
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "a rejected request never executes"
+    );
     s.finish().await;
 }
 
@@ -145,22 +207,37 @@ async fn edit_is_revalidated(backend: Backend) {
 
     let audit_before = s.count("audit_log").await;
     for (args, why) in [
-        (json!({"amount": "1000000"}), "an approver cannot raise the amount"),
+        (
+            json!({"amount": "1000000"}),
+            "an approver cannot raise the amount",
+        ),
         (json!({"amount": "-5"}), "negative"),
         (json!({"amount": "1e3"}), "not a plain decimal"),
         (json!({"currency": "DOGE"}), "unknown currency"),
-        (json!({"recipient": "https://elsewhere.example/"}), "changes the tool"),
+        (
+            json!({"recipient": "https://elsewhere.example/"}),
+            "changes the tool",
+        ),
         (json!({"fee": "1"}), "unknown field"),
         (json!({"amount": 5}), "a number, not a string"),
     ] {
-        let (status, body) = s.post(&t.approver, &edit, json!({"edited_args": args})).await;
+        let (status, body) = s
+            .post(&t.approver, &edit, json!({"edited_args": args}))
+            .await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{why}: {body}");
         assert!(body["detail"].as_str().unwrap().len() > 5);
     }
     let (_, unchanged) = s.get(&t.approver, &format!("/approvals/{approval}")).await;
-    assert_eq!(unchanged["status"], "pending", "an invalid edit changes nothing");
+    assert_eq!(
+        unchanged["status"], "pending",
+        "an invalid edit changes nothing"
+    );
     assert!(unchanged["edited_args"].is_null());
-    assert_eq!(s.count("audit_log").await, audit_before, "and writes no audit entry");
+    assert_eq!(
+        s.count("audit_log").await,
+        audit_before,
+        "and writes no audit entry"
+    );
 
     // Agents never decide, edits included.
     let (status, _) = s
@@ -169,17 +246,31 @@ async fn edit_is_revalidated(backend: Backend) {
     assert_eq!(status, StatusCode::FORBIDDEN);
 
     let (status, edited) = s
-        .post(&t.approver, &edit, json!({"edited_args": {"amount": "12.00"}, "comment": "trimmed"}))
+        .post(
+            &t.approver,
+            &edit,
+            json!({"edited_args": {"amount": "12.00"}, "comment": "trimmed"}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{edited}");
     assert_eq!(edited["status"], "edited");
     assert_eq!(edited["edited_args"]["amount"], "12.00");
-    assert_eq!(edited["args"]["amount"], "15.00", "the original request is kept");
+    assert_eq!(
+        edited["args"]["amount"], "15.00",
+        "the original request is kept"
+    );
 
     let (_, executed) = s
-        .post(&t.agent, "/payments/execute-approved", json!({"approval_id": approval}))
+        .post(
+            &t.agent,
+            "/payments/execute-approved",
+            json!({"approval_id": approval}),
+        )
         .await;
-    assert_eq!(executed["amount"], "12.00", "the edited amount is what executes");
+    assert_eq!(
+        executed["amount"], "12.00",
+        "the edited amount is what executes"
+    );
     assert_eq!(executed["usd_value"], "12.00");
     assert_eq!(executed["status"], "authorized");
 
@@ -187,7 +278,11 @@ async fn edit_is_revalidated(backend: Backend) {
     let (_, payment) = s.pay(&t.agent, session, "15.00", "USDC").await;
     let approval = payment["approval_id"].as_str().unwrap();
     let (status, body) = s
-        .post(&t.admin, &format!("/approvals/{approval}/edit"), json!({"edited_args": {"amount": "20"}}))
+        .post(
+            &t.admin,
+            &format!("/approvals/{approval}/edit"),
+            json!({"edited_args": {"amount": "20"}}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     s.finish().await;
@@ -204,7 +299,10 @@ async fn racing_decisions_have_one_winner(backend: Backend) {
         let (path, body) = match i % 3 {
             0 => ("approve", json!({"comment": format!("racer {i}")})),
             1 => ("reject", json!({"reason": format!("racer {i}")})),
-            _ => ("edit", json!({"edited_args": {"amount": "29"}, "comment": format!("racer {i}")})),
+            _ => (
+                "edit",
+                json!({"edited_args": {"amount": "29"}, "comment": format!("racer {i}")}),
+            ),
         };
         let url = format!("/approvals/{approval}/{path}");
         let s = &s;
@@ -212,7 +310,10 @@ async fn racing_decisions_have_one_winner(backend: Backend) {
         async move { (path, s.post(token, &url, body).await) }
     });
     let results = join_all(racers).await;
-    let winners: Vec<_> = results.iter().filter(|(_, (st, _))| *st == StatusCode::OK).collect();
+    let winners: Vec<_> = results
+        .iter()
+        .filter(|(_, (st, _))| *st == StatusCode::OK)
+        .collect();
     assert_eq!(winners.len(), 1, "exactly one decision lands");
     for (_, (status, body)) in &results {
         assert!(
@@ -222,7 +323,10 @@ async fn racing_decisions_have_one_winner(backend: Backend) {
     }
     let (kind, (_, won)) = winners[0];
     let (_, stored) = s.get(&t.admin, &format!("/approvals/{approval}")).await;
-    assert_eq!(stored["status"], won["status"], "the final state is the winner's");
+    assert_eq!(
+        stored["status"], won["status"],
+        "the final state is the winner's"
+    );
     assert_eq!(stored["decision"], won["decision"]);
     let expected = match *kind {
         "approve" => "approved",
@@ -254,25 +358,42 @@ async fn racing_executions_make_one_payment(backend: Backend) {
     let session = s.session(&t.agent, json!({})).await;
     let (_, payment) = s.pay(&t.agent, session, "40", "USDC").await;
     let approval = payment["approval_id"].as_str().unwrap().to_owned();
-    s.post(&t.approver, &format!("/approvals/{approval}/approve"), json!({}))
-        .await;
+    s.post(
+        &t.approver,
+        &format!("/approvals/{approval}/approve"),
+        json!({}),
+    )
+    .await;
     let payments_before = s.count("payments").await;
 
     let calls = (0..10).map(|_| {
-        s.post(&t.agent, "/payments/execute-approved", json!({"approval_id": approval}))
+        s.post(
+            &t.agent,
+            "/payments/execute-approved",
+            json!({"approval_id": approval}),
+        )
     });
     let results = join_all(calls).await;
     for (status, body) in &results {
         assert_eq!(*status, StatusCode::OK, "{body}");
-        assert_eq!(body["id"], payment["id"], "every caller sees the one payment");
+        assert_eq!(
+            body["id"], payment["id"],
+            "every caller sees the one payment"
+        );
     }
-    assert_eq!(s.count("payments").await, payments_before, "no second payment");
+    assert_eq!(
+        s.count("payments").await,
+        payments_before,
+        "no second payment"
+    );
     let (_, audit) = s.get(&t.admin, "/audit?limit=1000").await;
     let executions = audit["entries"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|e| e["action"] == "payment.authorized" && e["data"]["approval_id"] == approval.as_str())
+        .filter(|e| {
+            e["action"] == "payment.authorized" && e["data"]["approval_id"] == approval.as_str()
+        })
         .count();
     assert_eq!(executions, 1, "executed exactly once");
     s.finish().await;
@@ -314,37 +435,70 @@ async fn outcomes_are_reported_once(backend: Backend) {
     let path = format!("/payments/{}/outcome", p["id"].as_str().unwrap());
     let hash = format!("0x{}", "ab".repeat(32));
 
-    let (status, _) = s.post(&t.agent, &path, json!({"status": "executed", "tx_hash": "0x12"})).await;
+    let (status, _) = s
+        .post(
+            &t.agent,
+            &path,
+            json!({"status": "executed", "tx_hash": "0x12"}),
+        )
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     let (status, _) = s.post(&t.agent, &path, json!({"status": "denied"})).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    let (status, done) = s.post(&t.agent, &path, json!({"status": "executed", "tx_hash": hash})).await;
+    let (status, done) = s
+        .post(
+            &t.agent,
+            &path,
+            json!({"status": "executed", "tx_hash": hash}),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{done}");
     assert_eq!(done["status"], "executed");
     assert_eq!(done["tx_hash"], hash.as_str());
-    let (status, again) = s.post(&t.agent, &path, json!({"status": "executed", "tx_hash": hash})).await;
+    let (status, again) = s
+        .post(
+            &t.agent,
+            &path,
+            json!({"status": "executed", "tx_hash": hash}),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "a retried report is harmless");
     assert_eq!(again, done);
     let (status, _) = s.post(&t.agent, &path, json!({"status": "failed"})).await;
-    assert_eq!(status, StatusCode::CONFLICT, "an ended payment cannot change its outcome");
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "an ended payment cannot change its outcome"
+    );
     s.finish().await;
 }
 
 async fn overdue_requests_expire(backend: Backend) {
     let s = TestServer::start(backend).await;
     let t = s.team(ADMIN_TOKEN).await;
-    let session = s.session(&t.agent, json!({"approval_timeout_seconds": 60})).await;
+    let session = s
+        .session(&t.agent, json!({"approval_timeout_seconds": 60}))
+        .await;
     let (_, p) = s.pay(&t.agent, session, "11", "USDC").await;
     let approval = p["approval_id"].as_str().unwrap();
     s.clock.advance(chrono::Duration::seconds(61));
     let (status, body) = s
-        .post(&t.approver, &format!("/approvals/{approval}/approve"), json!({}))
+        .post(
+            &t.approver,
+            &format!("/approvals/{approval}/approve"),
+            json!({}),
+        )
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert!(body["detail"].as_str().unwrap().contains("expired"));
     let (_, stored) = s.get(&t.approver, &format!("/approvals/{approval}")).await;
     assert_eq!(stored["status"], "expired");
-    let (_, payment) = s.get(&t.agent, &format!("/payments/{}", p["id"].as_str().unwrap())).await;
+    let (_, payment) = s
+        .get(
+            &t.agent,
+            &format!("/payments/{}", p["id"].as_str().unwrap()),
+        )
+        .await;
     assert_eq!(payment["status"], "denied");
     assert_eq!(payment["reason"], "expired");
     let (_, pending) = s.get(&t.approver, "/approvals/pending").await;

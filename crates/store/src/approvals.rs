@@ -68,7 +68,10 @@ impl TryFrom<ApprovalRow> for ApprovalRecord {
         let allowed = r
             .allowed_decisions
             .split(',')
-            .map(|k| DecisionKind::parse(k).ok_or_else(|| StoreError::Corrupt(format!("bad decision {k:?}"))))
+            .map(|k| {
+                DecisionKind::parse(k)
+                    .ok_or_else(|| StoreError::Corrupt(format!("bad decision {k:?}")))
+            })
             .collect::<Result<_>>()?;
         Ok(ApprovalRecord {
             id: uuid(&r.id)?,
@@ -81,8 +84,9 @@ impl TryFrom<ApprovalRow> for ApprovalRecord {
             reason: r.reason,
             usd_value: decimal(&r.usd_value)?,
             allowed_decisions: allowed,
-            status: ApprovalStatus::parse(&r.status)
-                .ok_or_else(|| StoreError::Corrupt(format!("bad approval status {:?}", r.status)))?,
+            status: ApprovalStatus::parse(&r.status).ok_or_else(|| {
+                StoreError::Corrupt(format!("bad approval status {:?}", r.status))
+            })?,
             requested_by: uuid(&r.requested_by)?,
             deadline: time(&r.deadline)?,
             decided_by: opt_uuid(r.decided_by)?,
@@ -95,7 +99,9 @@ impl TryFrom<ApprovalRow> for ApprovalRecord {
 }
 
 fn select(filter: &str) -> sqlx::AssertSqlSafe<String> {
-    sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM approval_requests WHERE {filter}"))
+    sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM approval_requests WHERE {filter}"
+    ))
 }
 
 pub async fn insert(tx: &mut WriteTx, a: &ApprovalRecord) -> Result<()> {
@@ -123,7 +129,11 @@ pub async fn insert(tx: &mut WriteTx, a: &ApprovalRecord) -> Result<()> {
     Ok(())
 }
 
-pub async fn get<'e>(exec: impl Executor<'e, Database = Any>, tenant_id: Uuid, id: Uuid) -> Result<Option<ApprovalRecord>> {
+pub async fn get<'e>(
+    exec: impl Executor<'e, Database = Any>,
+    tenant_id: Uuid,
+    id: Uuid,
+) -> Result<Option<ApprovalRecord>> {
     sqlx::query_as::<_, ApprovalRow>(select("tenant_id = $1 AND id = $2"))
         .bind(tenant_id.to_string())
         .bind(id.to_string())
@@ -184,7 +194,12 @@ pub async fn decide(tx: &mut WriteTx, d: Decided<'_>) -> Result<bool> {
 }
 
 /// Ends a pending request as expired or cancelled; returns false if it was no longer pending.
-pub async fn end(tx: &mut WriteTx, id: Uuid, to: ApprovalStatus, note: Option<&str>) -> Result<bool> {
+pub async fn end(
+    tx: &mut WriteTx,
+    id: Uuid,
+    to: ApprovalStatus,
+    note: Option<&str>,
+) -> Result<bool> {
     let now = tx.now_text();
     let tenant = tx.tenant_id().to_string();
     let done = sqlx::query(

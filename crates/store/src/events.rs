@@ -17,7 +17,12 @@ struct EventRow {
 
 impl Store {
     /// Events after `after_seq`, in order.
-    pub async fn events_after(&self, tenant_id: Uuid, after_seq: i64, limit: i64) -> Result<Vec<Event>> {
+    pub async fn events_after(
+        &self,
+        tenant_id: Uuid,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<Event>> {
         let rows = sqlx::query_as::<_, EventRow>(
             "SELECT tenant_id, seq, type, session_id, payload, created_at FROM events \
              WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",

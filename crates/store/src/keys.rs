@@ -31,7 +31,8 @@ impl TryFrom<KeyRow> for KeyRecord {
             id: uuid(&r.id)?,
             tenant_id: uuid(&r.tenant_id)?,
             name: r.name,
-            role: Role::parse(&r.role).ok_or_else(|| StoreError::Corrupt(format!("bad role {:?}", r.role)))?,
+            role: Role::parse(&r.role)
+                .ok_or_else(|| StoreError::Corrupt(format!("bad role {:?}", r.role)))?,
             created_at: time(&r.created_at)?,
         })
     }

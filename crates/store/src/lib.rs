@@ -39,7 +39,9 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            StoreError::Db(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_))
+            StoreError::Db(
+                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
+            )
         )
     }
 }
@@ -166,7 +168,8 @@ pub(crate) fn opt_uuid(s: Option<String>) -> Result<Option<Uuid>> {
 }
 
 pub(crate) fn time(s: &str) -> Result<chrono::DateTime<chrono::Utc>> {
-    paygent_domain::time::parse(s).ok_or_else(|| StoreError::Corrupt(format!("bad timestamp {s:?}")))
+    paygent_domain::time::parse(s)
+        .ok_or_else(|| StoreError::Corrupt(format!("bad timestamp {s:?}")))
 }
 
 pub(crate) fn opt_time(s: Option<String>) -> Result<Option<chrono::DateTime<chrono::Utc>>> {

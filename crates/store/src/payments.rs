@@ -116,7 +116,11 @@ pub async fn insert(tx: &mut WriteTx, p: &PaymentRecord) -> Result<()> {
     Ok(())
 }
 
-pub async fn get<'e>(exec: impl Executor<'e, Database = Any>, tenant_id: Uuid, id: Uuid) -> Result<Option<PaymentRecord>> {
+pub async fn get<'e>(
+    exec: impl Executor<'e, Database = Any>,
+    tenant_id: Uuid,
+    id: Uuid,
+) -> Result<Option<PaymentRecord>> {
     sqlx::query_as::<_, PaymentRow>(select("tenant_id = $1 AND id = $2"))
         .bind(tenant_id.to_string())
         .bind(id.to_string())

@@ -49,7 +49,8 @@ impl TryFrom<SessionRow> for SessionRecord {
 }
 
 pub async fn insert(tx: &mut WriteTx, s: &SessionRecord) -> Result<()> {
-    let config = serde_json::to_string(&s.config).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let config =
+        serde_json::to_string(&s.config).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     sqlx::query(
         "INSERT INTO sessions (id, tenant_id, name, wallet_address, config, state, created_by, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -68,7 +69,11 @@ pub async fn insert(tx: &mut WriteTx, s: &SessionRecord) -> Result<()> {
 }
 
 /// The session, if it exists in this tenant.
-pub async fn get<'e>(exec: impl Executor<'e, Database = Any>, tenant_id: Uuid, id: Uuid) -> Result<Option<SessionRecord>> {
+pub async fn get<'e>(
+    exec: impl Executor<'e, Database = Any>,
+    tenant_id: Uuid,
+    id: Uuid,
+) -> Result<Option<SessionRecord>> {
     sqlx::query_as::<_, SessionRow>(
         "SELECT id, tenant_id, name, wallet_address, config, state, created_by, created_at \
          FROM sessions WHERE tenant_id = $1 AND id = $2",

@@ -121,7 +121,12 @@ impl WriteTx {
     }
 
     /// Appends an event with the tenant's next sequence number.
-    pub async fn event(&mut self, kind: &str, session_id: Option<Uuid>, payload: Value) -> Result<()> {
+    pub async fn event(
+        &mut self,
+        kind: &str,
+        session_id: Option<Uuid>,
+        payload: Value,
+    ) -> Result<()> {
         let event = Event {
             tenant_id: self.tenant_id,
             seq: self.event_seq + 1,
@@ -149,13 +154,15 @@ impl WriteTx {
 
     /// Records the new chain head and commits. Returns the events to fan out.
     pub async fn commit(mut self) -> Result<Vec<Event>> {
-        sqlx::query("UPDATE tenants SET audit_seq = $2, audit_head = $3, event_seq = $4 WHERE id = $1")
-            .bind(self.tenant_id.to_string())
-            .bind(self.audit_seq)
-            .bind(&self.audit_head)
-            .bind(self.event_seq)
-            .execute(&mut *self.tx)
-            .await?;
+        sqlx::query(
+            "UPDATE tenants SET audit_seq = $2, audit_head = $3, event_seq = $4 WHERE id = $1",
+        )
+        .bind(self.tenant_id.to_string())
+        .bind(self.audit_seq)
+        .bind(&self.audit_head)
+        .bind(self.event_seq)
+        .execute(&mut *self.tx)
+        .await?;
         self.tx.commit().await?;
         Ok(self.events)
     }

@@ -19,7 +19,8 @@ pub enum Backend {
 
 /// Where tests find PostgreSQL; every test creates its own database there.
 pub fn postgres_admin_url() -> String {
-    std::env::var("PAYGENT_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("PAYGENT_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// The admin token every test server accepts.
@@ -33,7 +34,8 @@ pub struct TestClock {
 
 impl TestClock {
     pub fn advance(&self, by: Duration) {
-        self.offset_ms.fetch_add(by.num_milliseconds(), Ordering::SeqCst);
+        self.offset_ms
+            .fetch_add(by.num_milliseconds(), Ordering::SeqCst);
     }
 }
 
@@ -74,7 +76,8 @@ impl TestServer {
     pub async fn start(backend: Backend) -> TestServer {
         let (database_url, dir) = match backend {
             Backend::Sqlite => {
-                let dir = std::env::temp_dir().join(format!("paygent-test-{}", Uuid::new_v4().simple()));
+                let dir =
+                    std::env::temp_dir().join(format!("paygent-test-{}", Uuid::new_v4().simple()));
                 std::fs::create_dir_all(&dir).expect("temp dir");
                 let url = format!("sqlite://{}/paygent.db?mode=rwc", dir.display());
                 (url, Some(TempDir(dir)))
@@ -86,8 +89,13 @@ impl TestServer {
             .unwrap_or_else(|e| panic!("connecting to {database_url}: {e}"));
         let clock = Arc::new(TestClock::default());
         let paygent = Paygent::new(store, test_prices(), clock.clone());
-        paygent.bootstrap(Some(ADMIN_TOKEN)).await.expect("bootstrap");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        paygent
+            .bootstrap(Some(ADMIN_TOKEN))
+            .await
+            .expect("bootstrap");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = tokio::sync::oneshot::channel();
         let app = paygent.clone();
@@ -117,12 +125,21 @@ impl TestServer {
         }
         self.paygent.store().close().await;
         if self.backend == Backend::Postgres {
-            let name = self.database_url.rsplit('/').next().unwrap_or_default().to_owned();
-            let mut conn = sqlx::PgConnection::connect(&postgres_admin_url()).await.expect("pg admin");
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-                .execute(&mut conn)
+            let name = self
+                .database_url
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            let mut conn = sqlx::PgConnection::connect(&postgres_admin_url())
                 .await
-                .expect("drop test database");
+                .expect("pg admin");
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut conn)
+            .await
+            .expect("drop test database");
         }
     }
 
@@ -131,7 +148,13 @@ impl TestServer {
     }
 
     /// Sends JSON (or nothing) with a bearer token; returns the status and the parsed body.
-    pub async fn call(&self, token: &str, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn call(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut req = self.http.request(method, self.url(path)).bearer_auth(token);
         if let Some(b) = body {
             req = req.json(&b);
@@ -139,7 +162,10 @@ impl TestServer {
         let resp = req.send().await.expect("request");
         let status = resp.status();
         let text = resp.text().await.expect("body");
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub async fn post(&self, token: &str, path: &str, body: Value) -> (StatusCode, Value) {
@@ -153,7 +179,11 @@ impl TestServer {
     /// A new key of `role` in the admin's tenant.
     pub async fn key(&self, admin: &str, role: Role) -> String {
         let (status, body) = self
-            .post(admin, "/keys", json!({"name": format!("{role:?}"), "role": role.as_str()}))
+            .post(
+                admin,
+                "/keys",
+                json!({"name": format!("{role:?}"), "role": role.as_str()}),
+            )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body["token"].as_str().expect("token").to_owned()
@@ -161,20 +191,37 @@ impl TestServer {
 
     /// A new tenant; returns its admin token.
     pub async fn tenant(&self, name: &str) -> String {
-        let (status, body) = self.post(ADMIN_TOKEN, "/tenants", json!({"name": name})).await;
+        let (status, body) = self
+            .post(ADMIN_TOKEN, "/tenants", json!({"name": name}))
+            .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
-        body["admin_key"]["token"].as_str().expect("token").to_owned()
+        body["admin_key"]["token"]
+            .as_str()
+            .expect("token")
+            .to_owned()
     }
 
     /// A new session for `agent`, with optional config.
     pub async fn session(&self, agent: &str, config: Value) -> Uuid {
-        let (status, body) = self.post(agent, "/sessions", json!({"name": "test", "config": config})).await;
+        let (status, body) = self
+            .post(
+                agent,
+                "/sessions",
+                json!({"name": "test", "config": config}),
+            )
+            .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body["id"].as_str().expect("id").parse().expect("uuid")
     }
 
     /// Runs a payment through the guard; returns status and body.
-    pub async fn pay(&self, agent: &str, session: Uuid, amount: &str, currency: &str) -> (StatusCode, Value) {
+    pub async fn pay(
+        &self,
+        agent: &str,
+        session: Uuid,
+        amount: &str,
+        currency: &str,
+    ) -> (StatusCode, Value) {
         self.post(
             agent,
             "/payments",

@@ -71,7 +71,9 @@ async fn approve(
     Path(id): Path<Uuid>,
     Body(req): Body<Approve>,
 ) -> ApiResult<Json<ApprovalView>> {
-    let decision = Decision::Approve { comment: req.comment };
+    let decision = Decision::Approve {
+        comment: req.comment,
+    };
     Ok(Json(paygent.decide(&who, id, decision).await?))
 }
 

@@ -34,7 +34,12 @@ async fn list_audit(
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<Json<AuditPage>> {
     let page = paygent
-        .audit(&who, q.session_id, q.after.unwrap_or(0), q.limit.unwrap_or(500))
+        .audit(
+            &who,
+            q.session_id,
+            q.after.unwrap_or(0),
+            q.limit.unwrap_or(500),
+        )
         .await?;
     Ok(Json(page))
 }

@@ -48,7 +48,11 @@ async fn create_payment(
     State(paygent): State<Paygent>,
     Caller(who): Caller,
     Body(req): Body<CreatePayment>,
-) -> ApiResult<(StatusCode, [(HeaderName, HeaderValue); 1], Json<PaymentView>)> {
+) -> ApiResult<(
+    StatusCode,
+    [(HeaderName, HeaderValue); 1],
+    Json<PaymentView>,
+)> {
     let submitted = paygent
         .submit_payment(
             &who,
@@ -63,7 +67,11 @@ async fn create_payment(
         )
         .await?;
     let replayed = HeaderValue::from_static(if submitted.replayed { "true" } else { "false" });
-    Ok((StatusCode::CREATED, [(REPLAYED, replayed)], Json(submitted.payment)))
+    Ok((
+        StatusCode::CREATED,
+        [(REPLAYED, replayed)],
+        Json(submitted.payment),
+    ))
 }
 
 #[derive(Deserialize, IntoParams)]
