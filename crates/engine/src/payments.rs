@@ -4,8 +4,9 @@ use crate::views::PaymentView;
 use crate::{EngineError, Paygent, Result, require};
 use paygent_domain::payment::PaymentIntent;
 use paygent_domain::{PaymentStatus, Principal};
+use paygent_store::WriteTx;
 use paygent_store::approvals;
-use paygent_store::payments::{self, Terms, Transition};
+use paygent_store::payments::{self, PaymentRecord, Terms, Transition};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -22,6 +23,14 @@ fn validate_tx_hash(h: &str) -> Result<()> {
             "tx_hash must be 0x and 64 hex digits".into(),
         ))
     }
+}
+
+/// The payment as the transaction sees it now.
+async fn reload(tx: &mut WriteTx, id: Uuid) -> Result<PaymentRecord> {
+    let tenant_id = tx.tenant_id();
+    payments::get(tx.conn(), tenant_id, id)
+        .await?
+        .ok_or(EngineError::NotFound("payment"))
 }
 
 impl Paygent {
@@ -118,9 +127,7 @@ impl Paygent {
             }),
         )
         .await?;
-        let payment = payments::get(tx.conn(), who.tenant_id, payment_id)
-            .await?
-            .ok_or(EngineError::NotFound("payment"))?;
+        let payment = reload(&mut tx, payment_id).await?;
         self.publish(tx.commit().await?);
         Ok(payment.into())
     }
@@ -160,9 +167,7 @@ impl Paygent {
         )
         .await?;
         if !moved {
-            let now = payments::get(tx.conn(), who.tenant_id, payment_id)
-                .await?
-                .ok_or(EngineError::NotFound("payment"))?;
+            let now = reload(&mut tx, payment_id).await?;
             if now.status == outcome && (tx_hash.is_none() || now.tx_hash.as_deref() == tx_hash) {
                 drop(tx);
                 return Ok(now.into());
@@ -180,9 +185,7 @@ impl Paygent {
             json!({"reported": true, "tx_hash": tx_hash}),
         )
         .await?;
-        let payment = payments::get(tx.conn(), who.tenant_id, payment_id)
-            .await?
-            .ok_or(EngineError::NotFound("payment"))?;
+        let payment = reload(&mut tx, payment_id).await?;
         self.publish(tx.commit().await?);
         Ok(payment.into())
     }

@@ -134,13 +134,7 @@ pub async fn get<'e>(
     tenant_id: Uuid,
     id: Uuid,
 ) -> Result<Option<ApprovalRecord>> {
-    sqlx::query_as::<_, ApprovalRow>(select("tenant_id = $1 AND id = $2"))
-        .bind(tenant_id.to_string())
-        .bind(id.to_string())
-        .fetch_optional(exec)
-        .await?
-        .map(ApprovalRecord::try_from)
-        .transpose()
+    crate::by_id::<ApprovalRow, _>(exec, select("tenant_id = $1 AND id = $2"), tenant_id, id).await
 }
 
 /// Pending requests, oldest first.

@@ -158,6 +158,26 @@ impl Store {
     }
 }
 
+/// Reads one row of a tenant's table by id and converts it into its record type.
+pub(crate) async fn by_id<'e, R, T>(
+    exec: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    sql: sqlx::AssertSqlSafe<String>,
+    tenant_id: Uuid,
+    id: Uuid,
+) -> Result<Option<T>>
+where
+    R: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
+    T: TryFrom<R, Error = StoreError>,
+{
+    sqlx::query_as::<_, R>(sql)
+        .bind(tenant_id.to_string())
+        .bind(id.to_string())
+        .fetch_optional(exec)
+        .await?
+        .map(T::try_from)
+        .transpose()
+}
+
 /// Parses a stored UUID, or reports corruption.
 pub(crate) fn uuid(s: &str) -> Result<Uuid> {
     Uuid::parse_str(s).map_err(|_| StoreError::Corrupt(format!("bad uuid {s:?}")))

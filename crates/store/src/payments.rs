@@ -121,13 +121,7 @@ pub async fn get<'e>(
     tenant_id: Uuid,
     id: Uuid,
 ) -> Result<Option<PaymentRecord>> {
-    sqlx::query_as::<_, PaymentRow>(select("tenant_id = $1 AND id = $2"))
-        .bind(tenant_id.to_string())
-        .bind(id.to_string())
-        .fetch_optional(exec)
-        .await?
-        .map(PaymentRecord::try_from)
-        .transpose()
+    crate::by_id::<PaymentRow, _>(exec, select("tenant_id = $1 AND id = $2"), tenant_id, id).await
 }
 
 pub async fn by_idempotency_key(tx: &mut WriteTx, key: &str) -> Result<Option<PaymentRecord>> {

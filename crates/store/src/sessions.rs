@@ -74,14 +74,7 @@ pub async fn get<'e>(
     tenant_id: Uuid,
     id: Uuid,
 ) -> Result<Option<SessionRecord>> {
-    sqlx::query_as::<_, SessionRow>(
-        "SELECT id, tenant_id, name, wallet_address, config, state, created_by, created_at \
-         FROM sessions WHERE tenant_id = $1 AND id = $2",
-    )
-    .bind(tenant_id.to_string())
-    .bind(id.to_string())
-    .fetch_optional(exec)
-    .await?
-    .map(SessionRecord::try_from)
-    .transpose()
+    let sql = "SELECT id, tenant_id, name, wallet_address, config, state, created_by, created_at \
+         FROM sessions WHERE tenant_id = $1 AND id = $2";
+    crate::by_id::<SessionRow, _>(exec, sqlx::AssertSqlSafe(sql.to_owned()), tenant_id, id).await
 }
