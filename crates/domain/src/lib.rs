@@ -3,6 +3,7 @@
 pub mod approval;
 pub mod audit;
 pub mod auth;
+pub mod budget;
 pub mod money;
 pub mod payment;
 pub mod policy;

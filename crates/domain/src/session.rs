@@ -1,5 +1,6 @@
 //! A session is one agent's working context: its approval threshold, its timeout, and later its budgets.
 
+use crate::budget::{BudgetConfig, OnBudgetExceeded};
 use crate::money::parse_decimal;
 use crate::policy::{DEFAULT_PAYMENT_THRESHOLD_USD, Policy};
 use rust_decimal::Decimal;
@@ -10,14 +11,55 @@ pub const DEFAULT_APPROVAL_TIMEOUT_SECONDS: u32 = 900;
 /// Longest allowed approval timeout: a week. Longer pauses hold reservations too long to be sane.
 pub const MAX_APPROVAL_TIMEOUT_SECONDS: u32 = 7 * 24 * 3600;
 
+/// A session's settings. The budget's keys sit beside the others, as one flat object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "FlatSessionConfig")]
 pub struct SessionConfig {
     /// USD value above which a payment needs a person (strictly greater).
-    #[serde(default = "default_threshold")]
     pub approval_threshold_usd: Decimal,
-    #[serde(default = "default_timeout")]
     pub approval_timeout_seconds: u32,
+    #[serde(flatten)]
+    pub budget: BudgetConfig,
+}
+
+/// The wire form, spelled out because serde cannot refuse unknown keys through `flatten`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlatSessionConfig {
+    #[serde(default = "default_threshold")]
+    approval_threshold_usd: Decimal,
+    #[serde(default = "default_timeout")]
+    approval_timeout_seconds: u32,
+    #[serde(default)]
+    daily_limits: std::collections::BTreeMap<String, Decimal>,
+    #[serde(default)]
+    daily_limit_usd: Option<Decimal>,
+    #[serde(default)]
+    max_per_payment_usd: Option<Decimal>,
+    #[serde(default = "default_time_zone")]
+    budget_time_zone: String,
+    #[serde(default)]
+    on_budget_exceeded: OnBudgetExceeded,
+}
+
+fn default_time_zone() -> String {
+    BudgetConfig::default().budget_time_zone
+}
+
+impl From<FlatSessionConfig> for SessionConfig {
+    fn from(f: FlatSessionConfig) -> Self {
+        SessionConfig {
+            approval_threshold_usd: f.approval_threshold_usd,
+            approval_timeout_seconds: f.approval_timeout_seconds,
+            budget: BudgetConfig {
+                daily_limits: f.daily_limits,
+                daily_limit_usd: f.daily_limit_usd,
+                max_per_payment_usd: f.max_per_payment_usd,
+                budget_time_zone: f.budget_time_zone,
+                on_budget_exceeded: f.on_budget_exceeded,
+            },
+        }
+    }
 }
 
 fn default_threshold() -> Decimal {
@@ -33,6 +75,7 @@ impl Default for SessionConfig {
         SessionConfig {
             approval_threshold_usd: default_threshold(),
             approval_timeout_seconds: default_timeout(),
+            budget: BudgetConfig::default(),
         }
     }
 }

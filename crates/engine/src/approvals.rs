@@ -8,6 +8,8 @@ use paygent_domain::{ApprovalStatus, Decision, PaymentStatus, Principal};
 use paygent_store::WriteTx;
 use paygent_store::approvals::{self, ApprovalRecord, Decided};
 use paygent_store::payments::{self, Transition};
+use paygent_store::sessions;
+use crate::budget::{self, Booking, Move};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -94,6 +96,9 @@ impl Paygent {
         }
         if to == ApprovalStatus::Rejected {
             self.deny_payment(&mut tx, &request, "rejected").await?;
+        }
+        if let Some((intent, usd)) = &edit {
+            rebook_edit(&mut tx, &request, intent, *usd).await?;
         }
         let mut data = json!({"decision": decision.kind().as_str(), "note": note});
         if let Some((_, usd)) = &edit {
@@ -184,27 +189,68 @@ impl Paygent {
         Ok(true)
     }
 
-    /// Moves the request's payment, if any, from pending to denied.
+    /// Moves the request's payment, if any, from pending to denied, and releases its reservation.
     async fn deny_payment(
         &self,
         tx: &mut WriteTx,
         request: &ApprovalRecord,
         reason: &str,
     ) -> Result<()> {
-        if let Some(payment_id) = request.payment_id {
-            payments::transition(
-                tx,
-                Transition {
-                    id: payment_id,
-                    from: PaymentStatus::PendingApproval,
-                    to: PaymentStatus::Denied,
-                    reason: Some(reason),
-                    tx_hash: None,
-                    terms: None,
-                },
-            )
-            .await?;
+        let Some(payment_id) = request.payment_id else {
+            return Ok(());
+        };
+        let moved = payments::transition(
+            tx,
+            Transition {
+                id: payment_id,
+                from: PaymentStatus::PendingApproval,
+                to: PaymentStatus::Denied,
+                reason: Some(reason),
+                tx_hash: None,
+                terms: None,
+            },
+        )
+        .await?;
+        let tenant_id = tx.tenant_id();
+        if moved
+            && let Some(payment) = payments::get(tx.conn(), tenant_id, payment_id).await?
+            && let Some(booking) = Booking::of(&payment)
+        {
+            budget::book(tx, &booking, Move::Release).await?;
         }
         Ok(())
     }
+}
+
+/// Moves an edited request's reservation to its new terms. An edit that needs more budget than is left fails
+/// with the budget's own words, and the caller's transaction (and so the whole decision) is rolled back.
+async fn rebook_edit(
+    tx: &mut WriteTx,
+    request: &ApprovalRecord,
+    intent: &PaymentIntent,
+    usd: paygent_domain::Decimal,
+) -> Result<()> {
+    let tenant_id = tx.tenant_id();
+    let Some(payment_id) = request.payment_id else {
+        return Ok(());
+    };
+    let payment = payments::get(tx.conn(), tenant_id, payment_id)
+        .await?
+        .ok_or(EngineError::NotFound("payment"))?;
+    let Some(old) = Booking::of(&payment) else {
+        return Ok(());
+    };
+    let new = old.with_terms(&intent.money.currency, intent.money.amount, usd);
+    budget::book(tx, &old, Move::Release).await?;
+    if !old.covers(&new) {
+        let session = sessions::get(tx.conn(), tenant_id, request.session_id)
+            .await?
+            .ok_or(EngineError::NotFound("session"))?;
+        if let Err(exceeded) = budget::check(tx, &session.config.budget, &new).await? {
+            return Err(EngineError::Invalid(format!(
+                "the edit does not fit the budget: {exceeded}"
+            )));
+        }
+    }
+    budget::book(tx, &new, Move::Reserve).await
 }

@@ -1,9 +1,11 @@
-//! The guard: every payment an agent asks for is priced in USD, checked against its session's policy, and then
-//! allowed, sent to a person, or denied, in one transaction with its audit entry and event.
+//! The guard: every payment an agent asks for is priced in USD, checked against its session's policy and
+//! budget, and then allowed, sent to a person, or denied, in one transaction with its audit entry and event.
 
+use crate::budget::{self, Booking, Move};
 use crate::views::{ApprovalView, PaymentView};
 use crate::{EngineError, Paygent, Result, require};
 use chrono::Duration;
+use paygent_domain::budget::OnBudgetExceeded;
 use paygent_domain::payment::PaymentIntent;
 use paygent_domain::{ApprovalStatus, PaymentStatus, Principal, Verdict};
 use paygent_store::approvals::{self, ApprovalRecord};
@@ -56,10 +58,7 @@ fn validate_idempotency_key(key: &str) -> Result<()> {
 impl Paygent {
     /// Runs a payment request through the guard.
     pub async fn submit_payment(&self, who: &Principal, req: PaymentRequest) -> Result<Submitted> {
-        require(
-            who.can_request_payments(),
-            "only agents and admins request payments",
-        )?;
+        require(who.can_request_payments(), "only agents and admins request payments")?;
         if let Some(k) = &req.idempotency_key {
             validate_idempotency_key(k)?;
         }
@@ -71,12 +70,8 @@ impl Paygent {
             req.description.clone(),
         )?;
         let usd_value = self.prices.usd_value(&intent.money)?;
-        let session = sessions::get(self.store.reader(), who.tenant_id, req.session_id)
-            .await?
-            .ok_or(EngineError::NotFound("session"))?;
         let tool = intent.tool();
         let args = intent.args();
-        let verdict = session.config.policy().evaluate(tool, usd_value, &args);
         let fingerprint = req.fingerprint();
 
         let mut tx = self.store.begin(who.tenant_id, self.now()).await?;
@@ -93,11 +88,29 @@ impl Paygent {
                 replayed: true,
             });
         }
-        // Read again under the tenant's write lock: a kill that committed a moment ago must win.
-        let killed = sessions::get(tx.conn(), who.tenant_id, req.session_id)
+        // Read under the tenant's write lock: a kill or budget change committed a moment ago must apply.
+        let session = sessions::get(tx.conn(), who.tenant_id, req.session_id)
             .await?
-            .is_none_or(|s| s.state != "active");
+            .ok_or(EngineError::NotFound("session"))?;
         let now = tx.now();
+        let booking = Booking {
+            session_id: session.id,
+            day: session.config.budget.day(now).0.to_string(),
+            currency: intent.money.currency.clone(),
+            amount: intent.money.amount,
+            usd: usd_value,
+        };
+        let policy = session.config.policy();
+        let over_budget = budget::check(&mut tx, &session.config.budget, &booking).await?.err();
+        let deny_over_budget = session.config.budget.on_budget_exceeded == OnBudgetExceeded::Deny;
+        let verdict = match &over_budget {
+            Some(exceeded) if !deny_over_budget => Verdict::RequireApproval {
+                reason: format!("over budget: {exceeded}"),
+                allowed: policy.allowed_for(tool),
+            },
+            _ => policy.evaluate(tool, usd_value, &args),
+        };
+
         let mut payment = PaymentRecord {
             id: Uuid::now_v7(),
             tenant_id: who.tenant_id,
@@ -116,19 +129,36 @@ impl Paygent {
             idempotency_key: req.idempotency_key.clone(),
             request_hash: fingerprint,
             requested_by: who.key_id,
+            budget_day: Some(booking.day.clone()),
+            detail: None,
             created_at: now,
             updated_at: now,
         };
         let subject = format!("payment:{}", payment.id);
-        let summary = json!({
+        let mut summary = json!({
+            "payment_id": payment.id,
             "tool": tool,
             "args": args,
             "usd_value": usd_value.to_string(),
         });
-        let mut approval = None;
-        if killed {
+
+        if session.state != "active" {
             payment.status = PaymentStatus::Denied;
             payment.reason = Some("killed".into());
+            payment.detail = Some("the session was killed".into());
+            payments::insert(&mut tx, &payment).await?;
+            summary["reason"] = json!("killed");
+            tx.audit(&who.actor(), "payment.denied", &subject, Some(session.id), summary)
+                .await?;
+        } else if let Some(exceeded) = over_budget.as_ref().filter(|_| deny_over_budget) {
+            payment.status = PaymentStatus::Denied;
+            payment.reason = Some("budget_exceeded".into());
+            payment.detail = Some(exceeded.to_string());
+            payments::insert(&mut tx, &payment).await?;
+            summary["detail"] = json!(exceeded.to_string());
+            tx.audit(&who.actor(), "budget.exceeded", &subject, Some(session.id), summary.clone())
+                .await?;
+            tx.event("budget_exceeded", Some(session.id), summary).await?;
         } else if let Verdict::RequireApproval { reason, allowed } = verdict {
             let request = ApprovalRecord {
                 id: Uuid::now_v7(),
@@ -152,59 +182,28 @@ impl Paygent {
             };
             payment.status = PaymentStatus::PendingApproval;
             payment.approval_id = Some(request.id);
-            approval = Some(request);
+            payments::insert(&mut tx, &payment).await?;
+            approvals::insert(&mut tx, &request).await?;
+            budget::book(&mut tx, &booking, Move::Reserve).await?;
+            summary["reason"] = json!(request.reason);
+            summary["deadline"] = json!(paygent_domain::time::format(request.deadline));
+            tx.audit(
+                &who.actor(),
+                "approval.requested",
+                &format!("approval:{}", request.id),
+                Some(session.id),
+                summary,
+            )
+            .await?;
+            let view = serde_json::to_value(ApprovalView::from(request)).expect("approval views serialize");
+            tx.event("approval_required", Some(session.id), view).await?;
+        } else {
+            payments::insert(&mut tx, &payment).await?;
+            budget::book(&mut tx, &booking, Move::Spend).await?;
+            tx.audit(&who.actor(), "payment.authorized", &subject, Some(session.id), summary)
+                .await?;
         }
-        payments::insert(&mut tx, &payment).await?;
-        match (&approval, payment.status) {
-            (Some(request), _) => {
-                approvals::insert(&mut tx, request).await?;
-                tx.audit(
-                    &who.actor(),
-                    "approval.requested",
-                    &format!("approval:{}", request.id),
-                    Some(session.id),
-                    json!({
-                        "payment_id": payment.id,
-                        "tool": tool,
-                        "args": args,
-                        "usd_value": usd_value.to_string(),
-                        "reason": request.reason,
-                        "deadline": paygent_domain::time::format(request.deadline),
-                    }),
-                )
-                .await?;
-                let view = serde_json::to_value(ApprovalView::from(request.clone()))
-                    .expect("approval views serialize");
-                tx.event("approval_required", Some(session.id), view)
-                    .await?;
-            }
-            (None, PaymentStatus::Denied) => {
-                tx.audit(
-                    &who.actor(),
-                    "payment.denied",
-                    &subject,
-                    Some(session.id),
-                    {
-                        let mut s = summary;
-                        s["reason"] = json!("killed");
-                        s
-                    },
-                )
-                .await?;
-            }
-            (None, _) => {
-                tx.audit(
-                    &who.actor(),
-                    "payment.authorized",
-                    &subject,
-                    Some(session.id),
-                    summary,
-                )
-                .await?;
-            }
-        }
-        let events = tx.commit().await?;
-        self.publish(events);
+        self.publish(tx.commit().await?);
         Ok(Submitted {
             payment: payment.into(),
             replayed: false,

@@ -1,5 +1,6 @@
 //! Executing approved payments (exactly once) and recording what agents report back.
 
+use crate::budget::{self, Booking, Move};
 use crate::views::PaymentView;
 use crate::{EngineError, Paygent, Result, require};
 use paygent_domain::payment::PaymentIntent;
@@ -52,7 +53,6 @@ impl Paygent {
             self.store.reader(),
             who.tenant_id,
             session_id,
-            None,
             limit.clamp(1, MAX_LIST),
         )
         .await?;
@@ -128,6 +128,9 @@ impl Paygent {
         )
         .await?;
         let payment = reload(&mut tx, payment_id).await?;
+        if let Some(booking) = Booking::of(&payment) {
+            budget::book(&mut tx, &booking, Move::Settle).await?;
+        }
         self.publish(tx.commit().await?);
         Ok(payment.into())
     }
@@ -186,6 +189,12 @@ impl Paygent {
         )
         .await?;
         let payment = reload(&mut tx, payment_id).await?;
+        if outcome == PaymentStatus::Failed
+            && let Some(booking) = Booking::of(&payment)
+        {
+            // Nothing was paid: the spend goes back to the budget.
+            budget::book(&mut tx, &booking, Move::Unspend).await?;
+        }
         self.publish(tx.commit().await?);
         Ok(payment.into())
     }

@@ -3,11 +3,9 @@
 use crate::views::SessionView;
 use crate::{EngineError, Paygent, Result, require};
 use paygent_domain::payment::Recipient;
-use paygent_domain::{Decimal, PaymentStatus, Principal, SessionConfig};
-use paygent_store::payments;
+use paygent_domain::{Principal, SessionConfig};
 use paygent_store::sessions::{self, SessionRecord};
 use serde_json::json;
-use std::collections::BTreeMap;
 use uuid::Uuid;
 
 #[derive(Debug, Clone, Default)]
@@ -16,9 +14,6 @@ pub struct NewSession {
     pub wallet_address: Option<String>,
     pub config: Option<SessionConfig>,
 }
-
-/// How many of today's payments are summed for a session's view; budgets (a later issue) keep real totals.
-const SPEND_SCAN_LIMIT: i64 = 10_000;
 
 impl Paygent {
     pub async fn create_session(&self, who: &Principal, new: NewSession) -> Result<SessionView> {
@@ -40,6 +35,10 @@ impl Paygent {
         }
         let config = new.config.unwrap_or_default();
         config.validate()?;
+        config
+            .budget
+            .validate(&self.prices)
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
         let mut tx = self.store.begin(who.tenant_id, self.now()).await?;
         let session = SessionRecord {
             id: Uuid::now_v7(),
@@ -65,42 +64,15 @@ impl Paygent {
         )
         .await?;
         tx.commit().await?;
-        let day = tx_day_start(session.created_at);
-        Ok(SessionView::new(session, BTreeMap::new(), day))
+        let budget = self.budget_view(&session, session.created_at).await?;
+        Ok(SessionView::new(session, budget))
     }
 
     pub async fn session(&self, who: &Principal, id: Uuid) -> Result<SessionView> {
         let session = sessions::get(self.store.reader(), who.tenant_id, id)
             .await?
             .ok_or(EngineError::NotFound("session"))?;
-        let day_started_at = tx_day_start(self.now());
-        let today = payments::list(
-            self.store.reader(),
-            who.tenant_id,
-            Some(id),
-            Some(day_started_at),
-            SPEND_SCAN_LIMIT,
-        )
-        .await?;
-        let mut spent_today = BTreeMap::new();
-        for p in today.iter().filter(|p| {
-            matches!(
-                p.status,
-                PaymentStatus::Authorized | PaymentStatus::Executed
-            )
-        }) {
-            *spent_today
-                .entry(p.currency.clone())
-                .or_insert(Decimal::ZERO) += p.amount;
-        }
-        Ok(SessionView::new(session, spent_today, day_started_at))
+        let budget = self.budget_view(&session, self.now()).await?;
+        Ok(SessionView::new(session, budget))
     }
-}
-
-/// Midnight UTC of `at`'s day. Budgets (a later issue) bring per-session time zones.
-fn tx_day_start(at: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
-    at.date_naive()
-        .and_hms_opt(0, 0, 0)
-        .expect("midnight exists")
-        .and_utc()
 }

@@ -2,6 +2,7 @@
 //! (later) WebSocket messages cannot drift apart.
 
 use chrono::{DateTime, Utc};
+use paygent_domain::budget::OnBudgetExceeded;
 use paygent_domain::{ApprovalStatus, Decimal, DecisionKind, PaymentStatus, Role};
 use paygent_store::approvals::ApprovalRecord;
 use paygent_store::keys::KeyRecord;
@@ -30,8 +31,10 @@ pub struct PaymentView {
     #[schema(value_type = String, example = "pending_approval")]
     /// `executed`, `authorized`, `pending_approval`, `denied` or `failed`.
     pub status: PaymentStatus,
-    /// Why it was denied or failed, e.g. `rejected`, `expired`, `killed`.
+    /// Why it was denied or failed: `rejected`, `expired`, `killed`, `budget_exceeded`, ...
     pub reason: Option<String>,
+    /// The reason in words, e.g. how much of the budget is left.
+    pub detail: Option<String>,
     pub approval_id: Option<Uuid>,
     pub tx_hash: Option<String>,
     pub network: Option<String>,
@@ -54,6 +57,7 @@ impl From<PaymentRecord> for PaymentView {
             description: p.description,
             status: p.status,
             reason: p.reason,
+            detail: p.detail,
             approval_id: p.approval_id,
             tx_hash: p.tx_hash,
             network: p.network,
@@ -138,28 +142,21 @@ pub struct SessionView {
     pub config: paygent_domain::SessionConfig,
     /// `active` or `killed`.
     pub state: String,
-    /// Authorized and executed amounts since `day_started_at`, per currency.
-    #[schema(value_type = BTreeMap<String, String>)]
-    pub spent_today: BTreeMap<String, Decimal>,
-    pub day_started_at: DateTime<Utc>,
+    /// Today's spend, reservations and limits.
+    pub budget: BudgetView,
     pub created_by: Uuid,
     pub created_at: DateTime<Utc>,
 }
 
 impl SessionView {
-    pub(crate) fn new(
-        s: SessionRecord,
-        spent_today: BTreeMap<String, Decimal>,
-        day_started_at: DateTime<Utc>,
-    ) -> Self {
+    pub(crate) fn new(s: SessionRecord, budget: BudgetView) -> Self {
         SessionView {
             id: s.id,
             name: s.name,
             wallet_address: s.wallet_address,
             config: s.config,
             state: s.state,
-            spent_today,
-            day_started_at,
+            budget,
             created_by: s.created_by,
             created_at: s.created_at,
         }
@@ -187,4 +184,38 @@ impl KeyView {
             token,
         }
     }
+}
+
+/// One line of a budget: a currency, or the USD total.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct BudgetLine {
+    /// Absent when there is no limit.
+    #[schema(value_type = Option<String>, example = "100.00")]
+    pub limit: Option<Decimal>,
+    #[schema(value_type = String, example = "42.50")]
+    pub spent: Decimal,
+    /// Held by pending approvals.
+    #[schema(value_type = String, example = "30.00")]
+    pub reserved: Decimal,
+    /// limit − spent − reserved; negative when a person approved past the limit or it was lowered.
+    #[schema(value_type = Option<String>, example = "27.50")]
+    pub available: Option<Decimal>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct BudgetView {
+    pub session_id: Uuid,
+    /// The budget day, in the session's time zone.
+    #[schema(example = "2026-11-24")]
+    pub day: String,
+    pub time_zone: String,
+    /// When the day ends and the budget starts afresh.
+    pub resets_at: DateTime<Utc>,
+    #[schema(value_type = String, example = "deny")]
+    pub on_budget_exceeded: OnBudgetExceeded,
+    #[schema(value_type = Option<String>)]
+    pub max_per_payment_usd: Option<Decimal>,
+    /// The USD total across currencies.
+    pub usd: BudgetLine,
+    pub currencies: BTreeMap<String, BudgetLine>,
 }

@@ -25,6 +25,10 @@ pub struct PaymentRecord {
     pub idempotency_key: Option<String>,
     pub request_hash: String,
     pub requested_by: Uuid,
+    /// The budget day this payment's reservation or spend is booked on.
+    pub budget_day: Option<String>,
+    /// Why it was denied, in words (e.g. how much budget was left).
+    pub detail: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -48,12 +52,15 @@ struct PaymentRow {
     idempotency_key: Option<String>,
     request_hash: String,
     requested_by: String,
+    budget_day: Option<String>,
+    detail: Option<String>,
     created_at: String,
     updated_at: String,
 }
 
 const COLUMNS: &str = "id, tenant_id, session_id, tool, amount, currency, usd_value, recipient, description, \
-    status, reason, approval_id, tx_hash, network, idempotency_key, request_hash, requested_by, created_at, updated_at";
+    status, reason, approval_id, tx_hash, network, idempotency_key, request_hash, requested_by, budget_day, detail, \
+    created_at, updated_at";
 
 impl TryFrom<PaymentRow> for PaymentRecord {
     type Error = StoreError;
@@ -77,6 +84,8 @@ impl TryFrom<PaymentRow> for PaymentRecord {
             idempotency_key: r.idempotency_key,
             request_hash: r.request_hash,
             requested_by: uuid(&r.requested_by)?,
+            budget_day: r.budget_day,
+            detail: r.detail,
             created_at: time(&r.created_at)?,
             updated_at: time(&r.updated_at)?,
         })
@@ -90,7 +99,7 @@ fn select(filter: &str) -> sqlx::AssertSqlSafe<String> {
 pub async fn insert(tx: &mut WriteTx, p: &PaymentRecord) -> Result<()> {
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO payments ({COLUMNS}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
     )))
     .bind(p.id.to_string())
     .bind(p.tenant_id.to_string())
@@ -109,6 +118,8 @@ pub async fn insert(tx: &mut WriteTx, p: &PaymentRecord) -> Result<()> {
     .bind(p.idempotency_key.clone())
     .bind(&p.request_hash)
     .bind(p.requested_by.to_string())
+    .bind(p.budget_day.clone())
+    .bind(p.detail.clone())
     .bind(paygent_domain::time::format(p.created_at))
     .bind(paygent_domain::time::format(p.updated_at))
     .execute(tx.conn())
@@ -135,21 +146,18 @@ pub async fn by_idempotency_key(tx: &mut WriteTx, key: &str) -> Result<Option<Pa
         .transpose()
 }
 
-/// A session's payments, newest first, optionally only those created at or after `since`.
+/// Payments, newest first, optionally of one session.
 pub async fn list<'e>(
     exec: impl Executor<'e, Database = Any>,
     tenant_id: Uuid,
     session_id: Option<Uuid>,
-    since: Option<DateTime<Utc>>,
     limit: i64,
 ) -> Result<Vec<PaymentRecord>> {
     sqlx::query_as::<_, PaymentRow>(select(
-        "tenant_id = $1 AND ($2 IS NULL OR session_id = $2) AND ($3 IS NULL OR created_at >= $3) \
-         ORDER BY created_at DESC, id DESC LIMIT $4",
+        "tenant_id = $1 AND ($2 IS NULL OR session_id = $2) ORDER BY created_at DESC, id DESC LIMIT $3",
     ))
     .bind(tenant_id.to_string())
     .bind(session_id.map(|s| s.to_string()))
-    .bind(since.map(paygent_domain::time::format))
     .bind(limit)
     .fetch_all(exec)
     .await?

@@ -78,3 +78,16 @@ pub async fn get<'e>(
          FROM sessions WHERE tenant_id = $1 AND id = $2";
     crate::by_id::<SessionRow, _>(exec, sqlx::AssertSqlSafe(sql.to_owned()), tenant_id, id).await
 }
+
+/// Replaces a session's config; returns whether the session exists in this tenant.
+pub async fn update_config(tx: &mut WriteTx, id: Uuid, config: &SessionConfig) -> Result<bool> {
+    let text = serde_json::to_string(config).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let tenant = tx.tenant_id().to_string();
+    let done = sqlx::query("UPDATE sessions SET config = $3 WHERE tenant_id = $1 AND id = $2")
+        .bind(tenant)
+        .bind(id.to_string())
+        .bind(text)
+        .execute(tx.conn())
+        .await?;
+    Ok(done.rows_affected() == 1)
+}

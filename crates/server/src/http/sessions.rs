@@ -7,7 +7,8 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use paygent_engine::domain::SessionConfig;
-use paygent_engine::{NewSession, Paygent, SessionView};
+use paygent_engine::domain::budget::BudgetConfig;
+use paygent_engine::{BudgetView, NewSession, Paygent, SessionView};
 use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -17,6 +18,7 @@ pub fn router() -> OpenApiRouter<Paygent> {
     OpenApiRouter::new()
         .routes(routes!(create_session))
         .routes(routes!(get_session))
+        .routes(routes!(get_budget, put_budget))
 }
 
 #[derive(Deserialize, ToSchema, Default)]
@@ -59,4 +61,29 @@ async fn get_session(
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<SessionView>> {
     Ok(Json(paygent.session(&who, id).await?))
+}
+
+/// Today's budget: per currency and in USD, the limit, spent, reserved and available, and when it resets.
+#[utoipa::path(get, path = "/sessions/{id}/budget", tag = "sessions", params(("id" = Uuid, Path)),
+    responses((status = 200, body = BudgetView), (status = 404, body = Problem)))]
+async fn get_budget(
+    State(paygent): State<Paygent>,
+    Caller(who): Caller,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<BudgetView>> {
+    Ok(Json(paygent.budget(&who, id).await?))
+}
+
+/// Replaces the session's budget settings (approvers and admins). Omitted keys mean "no limit" or the default.
+#[utoipa::path(put, path = "/sessions/{id}/budget", tag = "sessions", params(("id" = Uuid, Path)),
+    request_body(content = Object, example = json!({"daily_limits": {"USDC": "100.00"}, "daily_limit_usd": "150",
+        "max_per_payment_usd": "50", "budget_time_zone": "Europe/Paris", "on_budget_exceeded": "deny"})),
+    responses((status = 200, body = BudgetView), (status = 403, body = Problem), (status = 422, body = Problem)))]
+async fn put_budget(
+    State(paygent): State<Paygent>,
+    Caller(who): Caller,
+    Path(id): Path<Uuid>,
+    Body(budget): Body<BudgetConfig>,
+) -> ApiResult<Json<BudgetView>> {
+    Ok(Json(paygent.set_budget(&who, id, budget).await?))
 }

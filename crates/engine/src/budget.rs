@@ -1,0 +1,159 @@
+//! Booking payments against a session's daily budget, and showing where a budget stands.
+
+use crate::views::{BudgetLine, BudgetView};
+use crate::{EngineError, Paygent, Result, require};
+use chrono::{DateTime, Utc};
+use paygent_domain::budget::{BudgetConfig, Exceeded, USD_TOTAL, Usage};
+use paygent_domain::{Decimal, Principal};
+use paygent_store::WriteTx;
+use paygent_store::budgets::{self, Delta};
+use paygent_store::payments::PaymentRecord;
+use paygent_store::sessions::{self, SessionRecord};
+use serde_json::json;
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// An amount booked on one session's budget day, in its currency and in USD.
+#[derive(Debug, Clone)]
+pub(crate) struct Booking {
+    pub session_id: Uuid,
+    pub day: String,
+    pub currency: String,
+    pub amount: Decimal,
+    pub usd: Decimal,
+}
+
+impl Booking {
+    /// The booking a payment holds under its current terms; none for a payment made before budgets existed.
+    pub(crate) fn of(p: &PaymentRecord) -> Option<Booking> {
+        Some(Booking {
+            session_id: p.session_id,
+            day: p.budget_day.clone()?,
+            currency: p.currency.clone(),
+            amount: p.amount,
+            usd: p.usd_value,
+        })
+    }
+
+    /// The same booking day and session, for other terms (an approver's edit).
+    pub(crate) fn with_terms(&self, currency: &str, amount: Decimal, usd: Decimal) -> Booking {
+        Booking {
+            currency: currency.to_owned(),
+            amount,
+            usd,
+            ..self.clone()
+        }
+    }
+
+    /// True when `other` needs no more budget than this one.
+    pub(crate) fn covers(&self, other: &Booking) -> bool {
+        self.currency == other.currency && other.amount <= self.amount && other.usd <= self.usd
+    }
+}
+
+/// How a booking moves between reserved and spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Move {
+    Reserve,
+    Release,
+    Spend,
+    Unspend,
+    /// A reservation becomes spend: execution.
+    Settle,
+}
+
+impl Move {
+    fn factors(self) -> (i64, i64) {
+        match self {
+            Move::Reserve => (0, 1),
+            Move::Release => (0, -1),
+            Move::Spend => (1, 0),
+            Move::Unspend => (-1, 0),
+            Move::Settle => (1, -1),
+        }
+    }
+}
+
+/// Applies `how` to both the booking's currency and the USD total.
+pub(crate) async fn book(tx: &mut WriteTx, b: &Booking, how: Move) -> Result<()> {
+    let (spent, reserved) = how.factors();
+    for (ledger, amount) in [(b.currency.as_str(), b.amount), (USD_TOTAL, b.usd)] {
+        let delta = Delta {
+            spent: amount * Decimal::from(spent),
+            reserved: amount * Decimal::from(reserved),
+        };
+        budgets::apply(tx, b.session_id, &b.day, ledger, delta).await?;
+    }
+    Ok(())
+}
+
+/// Whether `b` fits today's budget as this transaction sees it.
+pub(crate) async fn check(tx: &mut WriteTx, config: &BudgetConfig, b: &Booking) -> Result<Result<(), Exceeded>> {
+    let usage = budgets::day_usage(tx.conn(), b.session_id, &b.day).await?;
+    let of = |k: &str| usage.get(k).copied().unwrap_or_default();
+    Ok(config.check(&b.currency, b.amount, b.usd, of(&b.currency), of(USD_TOTAL)))
+}
+
+impl Paygent {
+    /// Where a session's budget stands today.
+    pub async fn budget(&self, who: &Principal, session_id: Uuid) -> Result<BudgetView> {
+        let session = sessions::get(self.store.reader(), who.tenant_id, session_id)
+            .await?
+            .ok_or(EngineError::NotFound("session"))?;
+        self.budget_view(&session, self.now()).await
+    }
+
+    pub(crate) async fn budget_view(&self, session: &SessionRecord, now: DateTime<Utc>) -> Result<BudgetView> {
+        let config = &session.config.budget;
+        let (day, resets_at) = config.day(now);
+        let usage = budgets::day_usage(self.store.reader(), session.id, &day.to_string()).await?;
+        let line = |limit: Option<Decimal>, u: Usage| BudgetLine {
+            limit,
+            spent: u.spent,
+            reserved: u.reserved,
+            available: limit.map(|l| u.available(l)),
+        };
+        let mut currencies = BTreeMap::new();
+        for (currency, limit) in &config.daily_limits {
+            currencies.insert(currency.clone(), line(Some(*limit), Usage::default()));
+        }
+        for (ledger, u) in &usage {
+            if ledger != USD_TOTAL {
+                currencies.insert(ledger.clone(), line(config.daily_limits.get(ledger).copied(), *u));
+            }
+        }
+        Ok(BudgetView {
+            session_id: session.id,
+            day: day.to_string(),
+            time_zone: config.budget_time_zone.clone(),
+            resets_at,
+            on_budget_exceeded: config.on_budget_exceeded,
+            max_per_payment_usd: config.max_per_payment_usd,
+            usd: line(config.daily_limit_usd, usage.get(USD_TOTAL).copied().unwrap_or_default()),
+            currencies,
+        })
+    }
+
+    /// Replaces a session's budget settings (admins and approvers). The change is audited with both versions.
+    pub async fn set_budget(&self, who: &Principal, session_id: Uuid, budget: BudgetConfig) -> Result<BudgetView> {
+        require(who.can_decide(), "only approvers and admins change budgets")?;
+        budget.validate(&self.prices).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let mut tx = self.store.begin(who.tenant_id, self.now()).await?;
+        let mut session = sessions::get(tx.conn(), who.tenant_id, session_id)
+            .await?
+            .ok_or(EngineError::NotFound("session"))?;
+        let old = std::mem::replace(&mut session.config.budget, budget);
+        sessions::update_config(&mut tx, session_id, &session.config).await?;
+        tx.audit(
+            &who.actor(),
+            "budget.changed",
+            &format!("session:{session_id}"),
+            Some(session_id),
+            json!({"old": old, "new": session.config.budget}),
+        )
+        .await?;
+        let now = tx.now();
+        tx.commit().await?;
+        self.budget_view(&session, now).await
+    }
+}
