@@ -3,7 +3,7 @@
 //! available = limit − spent today − reserved. A payment that passes the guard reserves (or spends) its amount;
 //! a pending approval holds a reservation, so many pending requests cannot overspend together once approved.
 
-use crate::money::{Decimal, MoneyError, parse_decimal};
+use crate::money::{Decimal, MoneyError, strict};
 use crate::prices::PriceTable;
 use chrono::{DateTime, Days, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
@@ -27,12 +27,12 @@ pub enum OnBudgetExceeded {
 #[serde(deny_unknown_fields)]
 pub struct BudgetConfig {
     /// Per-currency daily limits, e.g. `{"USDC": "100.00"}`. A currency without one is limited only by the USD total.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict::map")]
     pub daily_limits: BTreeMap<String, Decimal>,
     /// A daily total across currencies, by USD value.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict::option")]
     pub daily_limit_usd: Option<Decimal>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict::option")]
     pub max_per_payment_usd: Option<Decimal>,
     /// An IANA time zone; "today" starts at its midnight.
     #[serde(default = "utc")]
@@ -70,7 +70,9 @@ pub enum BudgetConfigError {
 /// A spend or reservation that does not fit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Exceeded {
-    #[error("daily {currency} limit is {limit}; {available} {currency} available, {requested} requested")]
+    #[error(
+        "daily {currency} limit is {limit}; {available} {currency} available, {requested} requested"
+    )]
     Currency {
         currency: String,
         limit: Decimal,
@@ -132,9 +134,6 @@ impl BudgetConfig {
                     crate::money::MAX_AMOUNT
                 )));
             }
-            // A limit that is not a plain decimal string (e.g. "1e3") was refused by parsing already; this
-            // catches one that slipped through as another shape.
-            parse_decimal(&limit.abs().to_string()).map_err(|e| bad(e.to_string()))?;
         }
         check_usd("daily_limit_usd", self.daily_limit_usd)?;
         check_usd("max_per_payment_usd", self.max_per_payment_usd)?;
@@ -154,7 +153,10 @@ impl BudgetConfig {
         let next = date.checked_add_days(Days::new(1)).unwrap_or(date);
         // A midnight skipped by a DST change starts the day at the first instant that exists.
         let resets_at = (0..=3)
-            .find_map(|h| next.and_hms_opt(h, 0, 0).and_then(|t| tz.from_local_datetime(&t).earliest()))
+            .find_map(|h| {
+                next.and_hms_opt(h, 0, 0)
+                    .and_then(|t| tz.from_local_datetime(&t).earliest())
+            })
             .map(|t| t.with_timezone(&Utc))
             .unwrap_or(at);
         (date, resets_at)
@@ -172,7 +174,10 @@ impl BudgetConfig {
         if let Some(max) = self.max_per_payment_usd
             && usd > max
         {
-            return Err(Exceeded::PerPayment { max, requested: usd });
+            return Err(Exceeded::PerPayment {
+                max,
+                requested: usd,
+            });
         }
         if let Some(&limit) = self.daily_limits.get(currency) {
             let available = in_currency.available(limit);
@@ -222,7 +227,10 @@ mod tests {
     fn available_counts_spent_and_reserved() {
         let b = budget(r#"{"daily_limits": {"USDC": "100"}}"#);
         let none = Usage::default();
-        assert!(b.check("USDC", d("40"), d("40"), usage("30", "30"), none).is_ok());
+        assert!(
+            b.check("USDC", d("40"), d("40"), usage("30", "30"), none)
+                .is_ok()
+        );
         assert_eq!(
             b.check("USDC", d("40.01"), d("40.01"), usage("30", "30"), none),
             Err(Exceeded::Currency {
@@ -232,14 +240,21 @@ mod tests {
                 requested: d("40.01")
             })
         );
-        assert!(b.check("CRO", d("1000000"), d("100000"), none, none).is_ok(), "USDC limits do not limit CRO");
+        assert!(
+            b.check("CRO", d("1000000"), d("100000"), none, none)
+                .is_ok(),
+            "USDC limits do not limit CRO"
+        );
     }
 
     #[test]
     fn the_usd_total_limits_every_currency() {
         let b = budget(r#"{"daily_limits": {"USDC": "100"}, "daily_limit_usd": "50"}"#);
         let none = Usage::default();
-        assert!(b.check("CRO", d("400"), d("40"), none, usage("10", "0")).is_ok());
+        assert!(
+            b.check("CRO", d("400"), d("40"), none, usage("10", "0"))
+                .is_ok()
+        );
         assert!(matches!(
             b.check("CRO", d("400"), d("40"), none, usage("10", "0.01")),
             Err(Exceeded::Usd { .. })
@@ -263,9 +278,24 @@ mod tests {
     #[test]
     fn per_payment_cap() {
         let b = budget(r#"{"max_per_payment_usd": "20"}"#);
-        assert!(b.check("ETH", d("0.001"), d("3"), Usage::default(), Usage::default()).is_ok());
+        assert!(
+            b.check(
+                "ETH",
+                d("0.001"),
+                d("3"),
+                Usage::default(),
+                Usage::default()
+            )
+            .is_ok()
+        );
         assert!(matches!(
-            b.check("ETH", d("0.01"), d("30"), Usage::default(), Usage::default()),
+            b.check(
+                "ETH",
+                d("0.01"),
+                d("30"),
+                Usage::default(),
+                Usage::default()
+            ),
             Err(Exceeded::PerPayment { .. })
         ));
     }
@@ -273,8 +303,17 @@ mod tests {
     #[test]
     fn validation() {
         let prices = PriceTable::default();
-        assert!(budget(r#"{"daily_limits": {"USDC": "100.00"}}"#).validate(&prices).is_ok());
-        assert!(budget(r#"{"daily_limits": {"USDC": "0"}}"#).validate(&prices).is_ok(), "zero blocks spending");
+        assert!(
+            budget(r#"{"daily_limits": {"USDC": "100.00"}}"#)
+                .validate(&prices)
+                .is_ok()
+        );
+        assert!(
+            budget(r#"{"daily_limits": {"USDC": "0"}}"#)
+                .validate(&prices)
+                .is_ok(),
+            "zero blocks spending"
+        );
         for bad in [
             r#"{"daily_limits": {"USDC": "-1"}}"#,
             r#"{"daily_limits": {"DOGE": "1"}}"#,
@@ -285,9 +324,17 @@ mod tests {
         ] {
             assert!(budget(bad).validate(&prices).is_err(), "{bad}");
         }
-        assert!(serde_json::from_str::<BudgetConfig>(r#"{"daily_limits": {"USDC": 100}}"#).is_err());
+        assert!(
+            serde_json::from_str::<BudgetConfig>(r#"{"daily_limits": {"USDC": 100}}"#).is_err()
+        );
+        assert!(
+            serde_json::from_str::<BudgetConfig>(r#"{"daily_limits": {"USDC": "1e3"}}"#).is_err()
+        );
+        assert!(serde_json::from_str::<BudgetConfig>(r#"{"daily_limit_usd": "1E3"}"#).is_err());
         assert!(serde_json::from_str::<BudgetConfig>(r#"{"daily_limit": "1"}"#).is_err());
-        assert!(serde_json::from_str::<BudgetConfig>(r#"{"on_budget_exceeded": "shrug"}"#).is_err());
+        assert!(
+            serde_json::from_str::<BudgetConfig>(r#"{"on_budget_exceeded": "shrug"}"#).is_err()
+        );
     }
 
     #[test]
@@ -300,7 +347,10 @@ mod tests {
         assert_eq!(resets, Utc.with_ymd_and_hms(2026, 1, 15, 5, 0, 0).unwrap());
         let (utc_day, utc_resets) = BudgetConfig::default().day(at);
         assert_eq!(utc_day, NaiveDate::from_ymd_opt(2026, 1, 15).unwrap());
-        assert_eq!(utc_resets, Utc.with_ymd_and_hms(2026, 1, 16, 0, 0, 0).unwrap());
+        assert_eq!(
+            utc_resets,
+            Utc.with_ymd_and_hms(2026, 1, 16, 0, 0, 0).unwrap()
+        );
     }
 
     #[test]

@@ -63,6 +63,39 @@ pub fn parse_decimal(text: &str) -> Result<Decimal, MoneyError> {
     Decimal::from_str_exact(text).map_err(|_| bad())
 }
 
+/// Serde helpers that read settings' decimals as strict strings: "1e3", " 5" or the number 5 are refused. A
+/// leading minus is read, so that validation can say "must not be negative" instead of "not a decimal".
+pub mod strict {
+    use super::{Decimal, parse_decimal};
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer};
+    use std::collections::BTreeMap;
+
+    fn signed(text: &str) -> Result<Decimal, super::MoneyError> {
+        match text.strip_prefix('-') {
+            Some(magnitude) => parse_decimal(magnitude).map(|d| -d),
+            None => parse_decimal(text),
+        }
+    }
+
+    pub fn decimal<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+        signed(&String::deserialize(d)?).map_err(D::Error::custom)
+    }
+
+    pub fn option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| signed(&s).map_err(D::Error::custom))
+            .transpose()
+    }
+
+    pub fn map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Decimal>, D::Error> {
+        BTreeMap::<String, String>::deserialize(d)?
+            .into_iter()
+            .map(|(k, v)| Ok((k, signed(&v).map_err(D::Error::custom)?)))
+            .collect()
+    }
+}
+
 /// Checks a currency symbol's shape (not whether it is known).
 pub fn validate_symbol(symbol: &str) -> Result<(), MoneyError> {
     let ok = (1..=12).contains(&symbol.len())

@@ -1,7 +1,7 @@
 //! A session is one agent's working context: its approval threshold, its timeout, and later its budgets.
 
 use crate::budget::{BudgetConfig, OnBudgetExceeded};
-use crate::money::parse_decimal;
+use crate::money::{parse_decimal, strict};
 use crate::policy::{DEFAULT_PAYMENT_THRESHOLD_USD, Policy};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -26,15 +26,15 @@ pub struct SessionConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FlatSessionConfig {
-    #[serde(default = "default_threshold")]
+    #[serde(default = "default_threshold", deserialize_with = "strict::decimal")]
     approval_threshold_usd: Decimal,
     #[serde(default = "default_timeout")]
     approval_timeout_seconds: u32,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict::map")]
     daily_limits: std::collections::BTreeMap<String, Decimal>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict::option")]
     daily_limit_usd: Option<Decimal>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict::option")]
     max_per_payment_usd: Option<Decimal>,
     #[serde(default = "default_time_zone")]
     budget_time_zone: String,
@@ -127,6 +127,7 @@ mod tests {
             "numbers are not money"
         );
         assert!(parse(r#"{"surprise": 1}"#).is_err());
+        assert!(parse(r#"{"approval_threshold_usd": "1e3"}"#).is_err());
         let neg = parse(r#"{"approval_threshold_usd": "-1"}"#).unwrap();
         assert_eq!(neg.validate(), Err(SessionConfigError::BadThreshold));
         let fine = parse(r#"{"approval_threshold_usd": "0.1234567"}"#).unwrap();

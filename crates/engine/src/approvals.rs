@@ -1,6 +1,7 @@
 //! People's decisions on approval requests. Each decision is one conditional update in one transaction with
 //! its audit entry and event: of any number of racing decisions, exactly one lands.
 
+use crate::budget::{self, Booking, Move};
 use crate::views::ApprovalView;
 use crate::{EngineError, Paygent, Result, require};
 use paygent_domain::payment::{PaymentIntent, check_edit_authority};
@@ -9,7 +10,6 @@ use paygent_store::WriteTx;
 use paygent_store::approvals::{self, ApprovalRecord, Decided};
 use paygent_store::payments::{self, Transition};
 use paygent_store::sessions;
-use crate::budget::{self, Booking, Move};
 use serde_json::{Value, json};
 use uuid::Uuid;
 

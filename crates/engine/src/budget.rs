@@ -88,7 +88,11 @@ pub(crate) async fn book(tx: &mut WriteTx, b: &Booking, how: Move) -> Result<()>
 }
 
 /// Whether `b` fits today's budget as this transaction sees it.
-pub(crate) async fn check(tx: &mut WriteTx, config: &BudgetConfig, b: &Booking) -> Result<Result<(), Exceeded>> {
+pub(crate) async fn check(
+    tx: &mut WriteTx,
+    config: &BudgetConfig,
+    b: &Booking,
+) -> Result<Result<(), Exceeded>> {
     let usage = budgets::day_usage(tx.conn(), b.session_id, &b.day).await?;
     let of = |k: &str| usage.get(k).copied().unwrap_or_default();
     Ok(config.check(&b.currency, b.amount, b.usd, of(&b.currency), of(USD_TOTAL)))
@@ -103,7 +107,11 @@ impl Paygent {
         self.budget_view(&session, self.now()).await
     }
 
-    pub(crate) async fn budget_view(&self, session: &SessionRecord, now: DateTime<Utc>) -> Result<BudgetView> {
+    pub(crate) async fn budget_view(
+        &self,
+        session: &SessionRecord,
+        now: DateTime<Utc>,
+    ) -> Result<BudgetView> {
         let config = &session.config.budget;
         let (day, resets_at) = config.day(now);
         let usage = budgets::day_usage(self.store.reader(), session.id, &day.to_string()).await?;
@@ -119,7 +127,10 @@ impl Paygent {
         }
         for (ledger, u) in &usage {
             if ledger != USD_TOTAL {
-                currencies.insert(ledger.clone(), line(config.daily_limits.get(ledger).copied(), *u));
+                currencies.insert(
+                    ledger.clone(),
+                    line(config.daily_limits.get(ledger).copied(), *u),
+                );
             }
         }
         Ok(BudgetView {
@@ -129,15 +140,25 @@ impl Paygent {
             resets_at,
             on_budget_exceeded: config.on_budget_exceeded,
             max_per_payment_usd: config.max_per_payment_usd,
-            usd: line(config.daily_limit_usd, usage.get(USD_TOTAL).copied().unwrap_or_default()),
+            usd: line(
+                config.daily_limit_usd,
+                usage.get(USD_TOTAL).copied().unwrap_or_default(),
+            ),
             currencies,
         })
     }
 
     /// Replaces a session's budget settings (admins and approvers). The change is audited with both versions.
-    pub async fn set_budget(&self, who: &Principal, session_id: Uuid, budget: BudgetConfig) -> Result<BudgetView> {
+    pub async fn set_budget(
+        &self,
+        who: &Principal,
+        session_id: Uuid,
+        budget: BudgetConfig,
+    ) -> Result<BudgetView> {
         require(who.can_decide(), "only approvers and admins change budgets")?;
-        budget.validate(&self.prices).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        budget
+            .validate(&self.prices)
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
         let mut tx = self.store.begin(who.tenant_id, self.now()).await?;
         let mut session = sessions::get(tx.conn(), who.tenant_id, session_id)
             .await?

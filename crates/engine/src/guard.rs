@@ -58,7 +58,10 @@ fn validate_idempotency_key(key: &str) -> Result<()> {
 impl Paygent {
     /// Runs a payment request through the guard.
     pub async fn submit_payment(&self, who: &Principal, req: PaymentRequest) -> Result<Submitted> {
-        require(who.can_request_payments(), "only agents and admins request payments")?;
+        require(
+            who.can_request_payments(),
+            "only agents and admins request payments",
+        )?;
         if let Some(k) = &req.idempotency_key {
             validate_idempotency_key(k)?;
         }
@@ -101,7 +104,9 @@ impl Paygent {
             usd: usd_value,
         };
         let policy = session.config.policy();
-        let over_budget = budget::check(&mut tx, &session.config.budget, &booking).await?.err();
+        let over_budget = budget::check(&mut tx, &session.config.budget, &booking)
+            .await?
+            .err();
         let deny_over_budget = session.config.budget.on_budget_exceeded == OnBudgetExceeded::Deny;
         let verdict = match &over_budget {
             Some(exceeded) if !deny_over_budget => Verdict::RequireApproval {
@@ -148,17 +153,30 @@ impl Paygent {
             payment.detail = Some("the session was killed".into());
             payments::insert(&mut tx, &payment).await?;
             summary["reason"] = json!("killed");
-            tx.audit(&who.actor(), "payment.denied", &subject, Some(session.id), summary)
-                .await?;
+            tx.audit(
+                &who.actor(),
+                "payment.denied",
+                &subject,
+                Some(session.id),
+                summary,
+            )
+            .await?;
         } else if let Some(exceeded) = over_budget.as_ref().filter(|_| deny_over_budget) {
             payment.status = PaymentStatus::Denied;
             payment.reason = Some("budget_exceeded".into());
             payment.detail = Some(exceeded.to_string());
             payments::insert(&mut tx, &payment).await?;
             summary["detail"] = json!(exceeded.to_string());
-            tx.audit(&who.actor(), "budget.exceeded", &subject, Some(session.id), summary.clone())
+            tx.audit(
+                &who.actor(),
+                "budget.exceeded",
+                &subject,
+                Some(session.id),
+                summary.clone(),
+            )
+            .await?;
+            tx.event("budget_exceeded", Some(session.id), summary)
                 .await?;
-            tx.event("budget_exceeded", Some(session.id), summary).await?;
         } else if let Verdict::RequireApproval { reason, allowed } = verdict {
             let request = ApprovalRecord {
                 id: Uuid::now_v7(),
@@ -195,13 +213,21 @@ impl Paygent {
                 summary,
             )
             .await?;
-            let view = serde_json::to_value(ApprovalView::from(request)).expect("approval views serialize");
-            tx.event("approval_required", Some(session.id), view).await?;
+            let view = serde_json::to_value(ApprovalView::from(request))
+                .expect("approval views serialize");
+            tx.event("approval_required", Some(session.id), view)
+                .await?;
         } else {
             payments::insert(&mut tx, &payment).await?;
             budget::book(&mut tx, &booking, Move::Spend).await?;
-            tx.audit(&who.actor(), "payment.authorized", &subject, Some(session.id), summary)
-                .await?;
+            tx.audit(
+                &who.actor(),
+                "payment.authorized",
+                &subject,
+                Some(session.id),
+                summary,
+            )
+            .await?;
         }
         self.publish(tx.commit().await?);
         Ok(Submitted {

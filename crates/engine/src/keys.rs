@@ -68,14 +68,22 @@ impl Paygent {
                     ));
                 }
                 if self.store.key_by_hash(&hash_token(token)).await?.is_none() {
-                    self.insert_key(
-                        None,
-                        DEFAULT_TENANT,
-                        "bootstrap (PAYGENT_ADMIN_TOKEN)",
-                        Role::Admin,
-                        token,
-                    )
-                    .await?;
+                    let inserted = self
+                        .insert_key(
+                            None,
+                            DEFAULT_TENANT,
+                            "bootstrap (PAYGENT_ADMIN_TOKEN)",
+                            Role::Admin,
+                            token,
+                        )
+                        .await;
+                    match inserted {
+                        // Another instance starting at the same moment stored it first.
+                        Err(EngineError::Store(e)) if e.is_unique_violation() => {}
+                        other => {
+                            other?;
+                        }
+                    }
                 }
                 Ok(None)
             }

@@ -17,7 +17,9 @@ pub use error::{EngineError, Result};
 pub use guard::{PaymentRequest, Submitted};
 pub use keys::NewTenant;
 pub use sessions::NewSession;
-pub use views::{ApprovalView, BudgetLine, BudgetView, DecisionRecord, KeyView, PaymentView, SessionView};
+pub use views::{
+    ApprovalView, BudgetLine, BudgetView, DecisionRecord, KeyView, PaymentView, SessionView,
+};
 
 pub use paygent_domain as domain;
 pub use paygent_store::{

@@ -139,7 +139,10 @@ async fn approve_then_execute_once(backend: Backend) {
     let (_, after) = s.get(&t.approver, &format!("/approvals/{approval}")).await;
     assert!(after["consumed_at"].is_string());
     let (_, session_view) = s.get(&t.agent, &format!("/sessions/{session}")).await;
-    assert_eq!(session_view["budget"]["currencies"]["USDC"]["spent"], "25.00");
+    assert_eq!(
+        session_view["budget"]["currencies"]["USDC"]["spent"],
+        "25.00"
+    );
     s.finish().await;
 }
 

@@ -21,11 +21,13 @@ pub async fn day_usage<'e>(
     session_id: Uuid,
     day: &str,
 ) -> Result<BTreeMap<String, Usage>> {
-    let rows = sqlx::query("SELECT ledger, spent, reserved FROM budget_usage WHERE session_id = $1 AND day = $2")
-        .bind(session_id.to_string())
-        .bind(day)
-        .fetch_all(exec)
-        .await?;
+    let rows = sqlx::query(
+        "SELECT ledger, spent, reserved FROM budget_usage WHERE session_id = $1 AND day = $2",
+    )
+    .bind(session_id.to_string())
+    .bind(day)
+    .fetch_all(exec)
+    .await?;
     rows.iter()
         .map(|r| {
             let usage = Usage {
@@ -38,7 +40,13 @@ pub async fn day_usage<'e>(
 }
 
 /// Applies `delta` to one ledger row, creating it at zero if needed.
-pub async fn apply(tx: &mut WriteTx, session_id: Uuid, day: &str, ledger: &str, delta: Delta) -> Result<()> {
+pub async fn apply(
+    tx: &mut WriteTx,
+    session_id: Uuid,
+    day: &str,
+    ledger: &str,
+    delta: Delta,
+) -> Result<()> {
     let tenant = tx.tenant_id().to_string();
     let current = sqlx::query(
         "SELECT spent, reserved, version FROM budget_usage WHERE session_id = $1 AND day = $2 AND ledger = $3",

@@ -36,6 +36,11 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// True when the database refused a duplicate key.
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self, StoreError::Db(sqlx::Error::Database(e)) if e.is_unique_violation())
+    }
+
     /// True when the database could not be reached rather than refusing the work: worth a retry.
     pub fn is_unavailable(&self) -> bool {
         matches!(

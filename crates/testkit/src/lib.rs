@@ -37,6 +37,13 @@ impl TestClock {
         self.offset_ms
             .fetch_add(by.num_milliseconds(), Ordering::SeqCst);
     }
+
+    /// Makes "now" be `at`, from which it runs on in real time.
+    pub fn set(&self, at: DateTime<Utc>) {
+        let offset = at - Utc::now();
+        self.offset_ms
+            .store(offset.num_milliseconds(), Ordering::SeqCst);
+    }
 }
 
 impl Clock for TestClock {
@@ -125,21 +132,7 @@ impl TestServer {
         }
         self.paygent.store().close().await;
         if self.backend == Backend::Postgres {
-            let name = self
-                .database_url
-                .rsplit('/')
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            let mut conn = sqlx::PgConnection::connect(&postgres_admin_url())
-                .await
-                .expect("pg admin");
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-            )))
-            .execute(&mut conn)
-            .await
-            .expect("drop test database");
+            drop_postgres_database(&self.database_url).await;
         }
     }
 
@@ -276,7 +269,22 @@ impl TestServer {
     }
 }
 
-async fn create_postgres_database() -> String {
+/// Drops a database made by [`create_postgres_database`], even with connections still open.
+pub async fn drop_postgres_database(url: &str) {
+    let name = url.rsplit('/').next().unwrap_or_default();
+    let mut conn = sqlx::PgConnection::connect(&postgres_admin_url())
+        .await
+        .expect("pg admin");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut conn)
+    .await
+    .expect("drop test database");
+}
+
+/// Creates a fresh, empty PostgreSQL database and returns its URL.
+pub async fn create_postgres_database() -> String {
     let admin = postgres_admin_url();
     let mut conn = sqlx::PgConnection::connect(&admin)
         .await

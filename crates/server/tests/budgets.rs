@@ -1,0 +1,522 @@
+//! Budgets under concurrency, reservations, currencies, time zones and changes, on both databases.
+
+use chrono::{Duration, TimeZone, Utc};
+use futures::future::join_all;
+use paygent_testkit::{ADMIN_TOKEN, Backend, TestServer, on_both_databases};
+use reqwest::StatusCode;
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+
+on_both_databases!(
+    concurrent_payments_never_overspend,
+    pending_approvals_hold_reservations,
+    over_budget_can_route_to_a_person,
+    currencies_are_isolated_but_usd_limits_all,
+    the_day_rolls_over_at_local_midnight,
+    budget_changes_are_audited_and_lowering_breaks_nothing,
+    bad_budget_input_changes_nothing,
+    edits_rebook_and_executions_settle,
+);
+
+fn dec(v: &Value) -> Decimal {
+    Decimal::from_str_exact(
+        v.as_str()
+            .unwrap_or_else(|| panic!("not a decimal string: {v}")),
+    )
+    .unwrap()
+}
+
+async fn budget(s: &TestServer, token: &str, session: uuid::Uuid) -> Value {
+    let (status, body) = s.get(token, &format!("/sessions/{session}/budget")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+async fn concurrent_payments_never_overspend(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s
+        .session(&t.agent, json!({"daily_limits": {"USDC": "50"}}))
+        .await;
+    let results = join_all((0..200).map(|_| s.pay(&t.agent, session, "1.00", "USDC"))).await;
+    let mut authorized = 0;
+    let mut denied = 0;
+    for (status, body) in &results {
+        assert_eq!(*status, StatusCode::CREATED, "{body}");
+        match body["status"].as_str().unwrap() {
+            "authorized" => authorized += 1,
+            "denied" => {
+                assert_eq!(body["reason"], "budget_exceeded");
+                assert!(
+                    body["detail"]
+                        .as_str()
+                        .unwrap()
+                        .contains("limit is 50; 0 USDC available"),
+                    "{body}"
+                );
+                denied += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!((authorized, denied), (50, 150));
+    let b = budget(&s, &t.agent, session).await;
+    assert_eq!(dec(&b["currencies"]["USDC"]["spent"]), Decimal::new(50, 0));
+    assert_eq!(dec(&b["currencies"]["USDC"]["reserved"]), Decimal::ZERO);
+    assert_eq!(dec(&b["currencies"]["USDC"]["available"]), Decimal::ZERO);
+    assert_eq!(s.count("events WHERE type = 'budget_exceeded'").await, 150);
+    assert_eq!(
+        s.count("audit_log WHERE action = 'budget.exceeded'").await,
+        150
+    );
+    s.finish().await;
+}
+
+async fn pending_approvals_hold_reservations(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s
+        .session(&t.agent, json!({"daily_limits": {"USDC": "100"}}))
+        .await;
+    let mut statuses = Vec::new();
+    let mut approvals = Vec::new();
+    for _ in 0..5 {
+        let (_, p) = s.pay(&t.agent, session, "30", "USDC").await;
+        statuses.push(p["status"].as_str().unwrap().to_owned());
+        if let Some(a) = p["approval_id"].as_str() {
+            approvals.push(a.to_owned());
+        }
+    }
+    assert_eq!(
+        statuses,
+        [
+            "pending_approval",
+            "pending_approval",
+            "pending_approval",
+            "denied",
+            "denied"
+        ],
+        "three pending requests hold $90; the fourth does not fit"
+    );
+    let b = budget(&s, &t.approver, session).await;
+    assert_eq!(
+        dec(&b["currencies"]["USDC"]["reserved"]),
+        Decimal::new(90, 0)
+    );
+    assert_eq!(
+        dec(&b["currencies"]["USDC"]["available"]),
+        Decimal::new(10, 0)
+    );
+
+    let (status, _) = s
+        .post(
+            &t.approver,
+            &format!("/approvals/{}/reject", approvals[0]),
+            json!({"reason": "no"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let b = budget(&s, &t.approver, session).await;
+    assert_eq!(
+        dec(&b["currencies"]["USDC"]["reserved"]),
+        Decimal::new(60, 0),
+        "rejecting frees $30"
+    );
+    let (_, p) = s.pay(&t.agent, session, "30", "USDC").await;
+    assert_eq!(
+        p["status"], "pending_approval",
+        "and the freed $30 can be asked for again"
+    );
+
+    // Expiry releases too.
+    s.clock.advance(Duration::seconds(901));
+    let (status, _) = s
+        .post(
+            &t.approver,
+            &format!("/approvals/{}/approve", approvals[1]),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let b = budget(&s, &t.approver, session).await;
+    assert_eq!(
+        dec(&b["currencies"]["USDC"]["reserved"]),
+        Decimal::new(60, 0)
+    );
+    s.finish().await;
+}
+
+async fn over_budget_can_route_to_a_person(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let config = json!({"daily_limits": {"USDC": "5"}, "on_budget_exceeded": "require_approval"});
+    let session = s.session(&t.agent, config).await;
+    let (_, small) = s.pay(&t.agent, session, "4", "USDC").await;
+    assert_eq!(small["status"], "authorized");
+    let (_, over) = s.pay(&t.agent, session, "2", "USDC").await;
+    assert_eq!(
+        over["status"], "pending_approval",
+        "under the threshold, but over budget"
+    );
+    let approval = over["approval_id"].as_str().unwrap();
+    let (_, request) = s.get(&t.approver, &format!("/approvals/{approval}")).await;
+    assert!(
+        request["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("over budget"),
+        "{request}"
+    );
+    s.post(
+        &t.approver,
+        &format!("/approvals/{approval}/approve"),
+        json!({}),
+    )
+    .await;
+    let (status, paid) = s
+        .post(
+            &t.agent,
+            "/payments/execute-approved",
+            json!({"approval_id": approval}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{paid}");
+    let b = budget(&s, &t.agent, session).await;
+    assert_eq!(dec(&b["currencies"]["USDC"]["spent"]), Decimal::new(6, 0));
+    assert_eq!(
+        dec(&b["currencies"]["USDC"]["available"]),
+        Decimal::new(-1, 0),
+        "a person approved past it"
+    );
+    s.finish().await;
+}
+
+async fn currencies_are_isolated_but_usd_limits_all(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s
+        .session(&t.agent, json!({"daily_limits": {"USDC": "10"}}))
+        .await;
+    assert_eq!(
+        s.pay(&t.agent, session, "10", "USDC").await.1["status"],
+        "authorized"
+    );
+    assert_eq!(
+        s.pay(&t.agent, session, "1", "USDC").await.1["status"],
+        "denied"
+    );
+    assert_eq!(
+        s.pay(&t.agent, session, "100", "CRO").await.1["status"],
+        "authorized",
+        "a USDC limit does not limit CRO"
+    );
+
+    let usd = s
+        .session(
+            &t.agent,
+            json!({"daily_limit_usd": "20", "max_per_payment_usd": "9"}),
+        )
+        .await;
+    assert_eq!(
+        s.pay(&t.agent, usd, "9", "USDC").await.1["status"],
+        "authorized"
+    );
+    assert_eq!(
+        s.pay(&t.agent, usd, "100", "CRO").await.1["status"],
+        "authorized",
+        "$8 of CRO: $17 in all"
+    );
+    let (_, denied) = s.pay(&t.agent, usd, "50", "CRO").await;
+    assert_eq!(denied["status"], "denied", "$4 more of CRO passes $20");
+    assert!(
+        denied["detail"].as_str().unwrap().contains("USD"),
+        "{denied}"
+    );
+    let (_, too_big) = s.pay(&t.agent, usd, "9.01", "USDC").await;
+    assert_eq!(too_big["reason"], "budget_exceeded");
+    assert!(
+        too_big["detail"].as_str().unwrap().contains("at most $9"),
+        "{too_big}"
+    );
+    let b = budget(&s, &t.agent, usd).await;
+    assert_eq!(dec(&b["usd"]["spent"]), Decimal::new(17, 0));
+    assert_eq!(dec(&b["usd"]["available"]), Decimal::new(3, 0));
+    assert_eq!(dec(&b["currencies"]["CRO"]["spent"]), Decimal::new(100, 0));
+    assert!(b["currencies"]["CRO"]["limit"].is_null());
+    s.finish().await;
+}
+
+async fn the_day_rolls_over_at_local_midnight(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    // 14:59 UTC is 23:59 in Tokyo; two minutes later Tokyo has a new day, UTC does not.
+    s.clock
+        .set(Utc.with_ymd_and_hms(2026, 3, 10, 14, 59, 0).unwrap());
+    let tokyo = s
+        .session(
+            &t.agent,
+            json!({"daily_limits": {"USDC": "10"}, "budget_time_zone": "Asia/Tokyo"}),
+        )
+        .await;
+    let utc = s
+        .session(&t.agent, json!({"daily_limits": {"USDC": "10"}}))
+        .await;
+    for session in [tokyo, utc] {
+        assert_eq!(
+            s.pay(&t.agent, session, "10", "USDC").await.1["status"],
+            "authorized"
+        );
+        assert_eq!(
+            s.pay(&t.agent, session, "1", "USDC").await.1["status"],
+            "denied"
+        );
+    }
+    let b = budget(&s, &t.agent, tokyo).await;
+    assert_eq!(b["day"], "2026-03-10");
+    assert_eq!(b["resets_at"], "2026-03-10T15:00:00Z");
+
+    s.clock.advance(Duration::minutes(2));
+    assert_eq!(
+        s.pay(&t.agent, tokyo, "1", "USDC").await.1["status"],
+        "authorized",
+        "a new day in Tokyo"
+    );
+    assert_eq!(
+        s.pay(&t.agent, utc, "1", "USDC").await.1["status"],
+        "denied",
+        "still the same day in UTC"
+    );
+    let b = budget(&s, &t.agent, tokyo).await;
+    assert_eq!(b["day"], "2026-03-11");
+    assert_eq!(dec(&b["currencies"]["USDC"]["spent"]), Decimal::ONE);
+    s.finish().await;
+}
+
+async fn budget_changes_are_audited_and_lowering_breaks_nothing(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s
+        .session(&t.agent, json!({"daily_limits": {"USDC": "100"}}))
+        .await;
+    assert_eq!(
+        s.pay(&t.agent, session, "10", "USDC").await.1["status"],
+        "authorized"
+    );
+    assert_eq!(
+        s.pay(&t.agent, session, "10", "USDC").await.1["status"],
+        "authorized"
+    );
+    let (_, pending) = s.pay(&t.agent, session, "15", "USDC").await;
+    assert_eq!(pending["status"], "pending_approval");
+
+    let path = format!("/sessions/{session}/budget");
+    let (status, _) = s
+        .call(&t.agent, reqwest::Method::PUT, &path, Some(json!({})))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "agents do not set their own budgets"
+    );
+    let (status, b) = s
+        .call(
+            &t.approver,
+            reqwest::Method::PUT,
+            &path,
+            Some(json!({"daily_limits": {"USDC": "5"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{b}");
+    assert_eq!(
+        dec(&b["currencies"]["USDC"]["available"]),
+        Decimal::new(-30, 0)
+    );
+
+    let (_, denied) = s.pay(&t.agent, session, "1", "USDC").await;
+    assert_eq!(denied["reason"], "budget_exceeded");
+    let approval = pending["approval_id"].as_str().unwrap();
+    let (status, _) = s
+        .post(
+            &t.approver,
+            &format!("/approvals/{approval}/approve"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a request filed before the change can still be decided"
+    );
+    let (status, _) = s
+        .post(
+            &t.agent,
+            "/payments/execute-approved",
+            json!({"approval_id": approval}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, session_view) = s.get(&t.agent, &format!("/sessions/{session}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        dec(&session_view["budget"]["currencies"]["USDC"]["spent"]),
+        Decimal::new(35, 0)
+    );
+
+    let (_, audit) = s.get(&t.admin, "/audit?limit=1000").await;
+    let change = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "budget.changed")
+        .expect("the change is audited");
+    assert_eq!(change["data"]["old"]["daily_limits"]["USDC"], "100");
+    assert_eq!(change["data"]["new"]["daily_limits"]["USDC"], "5");
+    s.finish().await;
+}
+
+async fn bad_budget_input_changes_nothing(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s
+        .session(&t.agent, json!({"daily_limits": {"USDC": "100"}}))
+        .await;
+    let before = budget(&s, &t.approver, session).await;
+    let audit_before = s.count("audit_log").await;
+    let path = format!("/sessions/{session}/budget");
+    for (body, expected) in [
+        (
+            json!({"daily_limits": {"USDC": "-1"}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"daily_limits": {"DOGE": "10"}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"budget_time_zone": "Mars/Olympus_Mons"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"daily_limit_usd": "-5"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"daily_limits": {"USDC": 10}}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"daily_limits": {"USDC": "1e3"}}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"on_budget_exceeded": "shrug"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (json!({"limits": {}}), StatusCode::BAD_REQUEST),
+    ] {
+        let (status, problem) = s
+            .call(&t.approver, reqwest::Method::PUT, &path, Some(body.clone()))
+            .await;
+        assert_eq!(status, expected, "{body}: {problem}");
+        assert_eq!(problem["status"], expected.as_u16());
+        assert!(problem["detail"].is_string());
+    }
+    let (status, _) = s
+        .post(
+            &t.agent,
+            "/sessions",
+            json!({"config": {"budget_time_zone": "Nowhere"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        budget(&s, &t.approver, session).await,
+        before,
+        "nothing changed"
+    );
+    assert_eq!(s.count("audit_log").await, audit_before);
+    s.finish().await;
+}
+
+async fn edits_rebook_and_executions_settle(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s
+        .session(&t.agent, json!({"daily_limits": {"USDC": "100"}}))
+        .await;
+    let (_, a) = s.pay(&t.agent, session, "30", "USDC").await;
+    let (_, b) = s.pay(&t.agent, session, "60", "USDC").await;
+    let (a, b) = (
+        a["approval_id"].as_str().unwrap(),
+        b["approval_id"].as_str().unwrap(),
+    );
+    let usdc = |v: &Value| v["currencies"]["USDC"].clone();
+
+    // Raising b by $20 needs $20 more than the $10 left: refused with the budget's words, nothing moves.
+    let (status, problem) = s
+        .post(
+            &t.admin,
+            &format!("/approvals/{b}/edit"),
+            json!({"edited_args": {"amount": "80"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("budget"),
+        "{problem}"
+    );
+    let (_, still) = s.get(&t.admin, &format!("/approvals/{b}")).await;
+    assert_eq!(still["status"], "pending");
+    assert_eq!(
+        dec(&usdc(&budget(&s, &t.admin, session).await)["reserved"]),
+        Decimal::new(90, 0)
+    );
+
+    // Raising it by $10 fits exactly.
+    let (status, _) = s
+        .post(
+            &t.admin,
+            &format!("/approvals/{b}/edit"),
+            json!({"edited_args": {"amount": "70"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        dec(&usdc(&budget(&s, &t.admin, session).await)["reserved"]),
+        Decimal::new(100, 0)
+    );
+    // Lowering always fits, and frees the difference.
+    s.post(
+        &t.approver,
+        &format!("/approvals/{a}/edit"),
+        json!({"edited_args": {"amount": "20"}}),
+    )
+    .await;
+    let now = usdc(&budget(&s, &t.admin, session).await);
+    assert_eq!(dec(&now["reserved"]), Decimal::new(90, 0));
+
+    for approval in [a, b] {
+        let (status, _) = s
+            .post(
+                &t.agent,
+                "/payments/execute-approved",
+                json!({"approval_id": approval}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let now = usdc(&budget(&s, &t.admin, session).await);
+    assert_eq!(dec(&now["reserved"]), Decimal::ZERO);
+    assert_eq!(dec(&now["spent"]), Decimal::new(90, 0));
+
+    // A payment the agent reports failed gives its spend back.
+    let (_, p) = s.pay(&t.agent, session, "5", "USDC").await;
+    let path = format!("/payments/{}/outcome", p["id"].as_str().unwrap());
+    let (status, _) = s.post(&t.agent, &path, json!({"status": "failed"})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        dec(&usdc(&budget(&s, &t.admin, session).await)["spent"]),
+        Decimal::new(90, 0)
+    );
+    s.finish().await;
+}
