@@ -57,6 +57,13 @@ enum Command {
         #[command(subcommand)]
         action: ApprovalAction,
     },
+    /// Stop money from moving: one session, or everything (the emergency stop).
+    Kill {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        scope: KillScope,
+    },
     /// Check the audit trail.
     Audit {
         #[command(flatten)]
@@ -97,6 +104,23 @@ enum ApprovalAction {
 }
 
 #[derive(Subcommand)]
+enum KillScope {
+    /// Kill a session: its pending approvals are cancelled and it takes no new payments.
+    Session {
+        id: Uuid,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Engage the emergency stop for the whole tenant (admins).
+    All {
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Release the emergency stop (admins).
+    Release,
+}
+
+#[derive(Subcommand)]
 enum AuditAction {
     /// Walk the whole hash chain; exits non-zero and names the first bad entry if it is broken.
     Verify,
@@ -108,6 +132,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => serve(config.as_deref()).await,
         Command::Approvals { remote, action } => approvals(remote, action).await,
+        Command::Kill { remote, scope } => kill(remote, scope).await,
         Command::Audit {
             remote,
             action: AuditAction::Verify,
@@ -154,7 +179,10 @@ async fn serve(config_file: Option<&Path>) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     tracing::info!(listen = %listener.local_addr()?, backend = ?paygent.store().backend(), "paygent serving");
+    // Overdue requests expire within a quarter second of their deadline.
+    let sweeper = paygent.spawn_sweeper(std::time::Duration::from_millis(250));
     paygent_server::serve(listener, paygent, shutdown_signal()).await?;
+    sweeper.abort();
     Ok(ExitCode::SUCCESS)
 }
 
@@ -227,6 +255,30 @@ async fn approvals(remote: Remote, action: ApprovalAction) -> anyhow::Result<Exi
         decided["id"].as_str().unwrap_or("?"),
         decided["status"].as_str().unwrap_or("?")
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn kill(remote: Remote, scope: KillScope) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&remote.server, remote.token)?;
+    let (path, body) = match scope {
+        KillScope::Session { id, reason } => {
+            (format!("/sessions/{id}/kill"), json!({"reason": reason}))
+        }
+        KillScope::All { reason } => (
+            "/kill-switch".to_owned(),
+            json!({"engaged": true, "reason": reason}),
+        ),
+        KillScope::Release => ("/kill-switch".to_owned(), json!({"engaged": false})),
+    };
+    let answer = client.call(Method::POST, &path, Some(body)).await?;
+    match answer.get("engaged") {
+        Some(engaged) => println!("emergency stop engaged: {engaged}"),
+        None => println!(
+            "session {} is {}",
+            answer["id"].as_str().unwrap_or("?"),
+            answer["state"].as_str().unwrap_or("?")
+        ),
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -7,7 +7,8 @@ use std::process::{Command, Output, Stdio};
 
 on_both_databases!(
     audit_verify_names_the_first_bad_entry,
-    approvals_commands_decide
+    approvals_commands_decide,
+    kill_commands_stop_money,
 );
 
 /// Runs `paygent args...` against `server` with `token`, off the async runtime.
@@ -145,6 +146,49 @@ async fn approvals_commands_decide(backend: Backend) {
     assert_eq!(edited["edited_args"]["amount"], "5");
     let empty = paygent(&s, &t.approver, &["approvals", "list"]).await;
     assert!(stdout(&empty).contains("no pending approval requests"));
+    s.finish().await;
+}
+
+async fn kill_commands_stop_money(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s.session(&t.agent, json!({})).await;
+    let id = session.to_string();
+    let out = paygent(
+        &s,
+        &t.approver,
+        &["kill", "session", &id, "--reason", "looping"],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout(&out).contains("killed"));
+    assert_eq!(
+        s.pay(&t.agent, session, "1", "USDC").await.1["reason"],
+        "killed"
+    );
+
+    let other = s.session(&t.agent, json!({})).await;
+    let refused = paygent(&s, &t.approver, &["kill", "all"]).await;
+    assert!(
+        !refused.status.success(),
+        "approvers cannot pull the global stop"
+    );
+    let out = paygent(&s, &t.admin, &["kill", "all", "--reason", "incident"]).await;
+    assert!(stdout(&out).contains("engaged: true"), "{}", stdout(&out));
+    assert_eq!(
+        s.pay(&t.agent, other, "1", "USDC").await.1["reason"],
+        "killed"
+    );
+    let out = paygent(&s, &t.admin, &["kill", "release"]).await;
+    assert!(stdout(&out).contains("engaged: false"));
+    assert_eq!(
+        s.pay(&t.agent, other, "1", "USDC").await.1["status"],
+        "authorized"
+    );
     s.finish().await;
 }
 

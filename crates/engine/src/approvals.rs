@@ -8,7 +8,7 @@ use paygent_domain::payment::{PaymentIntent, check_edit_authority};
 use paygent_domain::{ApprovalStatus, Decision, PaymentStatus, Principal};
 use paygent_store::WriteTx;
 use paygent_store::approvals::{self, ApprovalRecord, Decided};
-use paygent_store::payments::{self, Transition};
+use paygent_store::payments::{self, Terms, Transition};
 use paygent_store::sessions;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -241,6 +241,26 @@ async fn rebook_edit(
         return Ok(());
     };
     let new = old.with_terms(&intent.money.currency, intent.money.amount, usd);
+    // The payment takes the edited terms now, so every later release or settlement books what is reserved.
+    let terms = Terms {
+        amount: intent.money.amount,
+        currency: intent.money.currency.clone(),
+        usd_value: usd,
+        recipient: intent.recipient.as_str().to_owned(),
+        description: intent.description.clone(),
+    };
+    payments::transition(
+        tx,
+        Transition {
+            id: payment_id,
+            from: PaymentStatus::PendingApproval,
+            to: PaymentStatus::PendingApproval,
+            reason: None,
+            tx_hash: None,
+            terms: Some(&terms),
+        },
+    )
+    .await?;
     budget::book(tx, &old, Move::Release).await?;
     if !old.covers(&new) {
         let session = sessions::get(tx.conn(), tenant_id, request.session_id)

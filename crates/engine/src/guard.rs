@@ -147,10 +147,17 @@ impl Paygent {
             "usd_value": usd_value.to_string(),
         });
 
-        if session.state != "active" {
+        let stopped = if tx.kill_switch().is_some() {
+            Some("the emergency stop is engaged")
+        } else if session.state != "active" {
+            Some("the session was killed")
+        } else {
+            None
+        };
+        if let Some(why) = stopped {
             payment.status = PaymentStatus::Denied;
             payment.reason = Some("killed".into());
-            payment.detail = Some("the session was killed".into());
+            payment.detail = Some(why.into());
             payments::insert(&mut tx, &payment).await?;
             summary["reason"] = json!("killed");
             tx.audit(

@@ -8,6 +8,7 @@ mod budget;
 mod error;
 mod guard;
 mod keys;
+mod kill;
 mod payments;
 mod sessions;
 mod views;
@@ -16,6 +17,7 @@ pub use audit::AuditPage;
 pub use error::{EngineError, Result};
 pub use guard::{PaymentRequest, Submitted};
 pub use keys::NewTenant;
+pub use kill::KillSwitchView;
 pub use sessions::NewSession;
 pub use views::{
     ApprovalView, BudgetLine, BudgetView, DecisionRecord, KeyView, PaymentView, SessionView,

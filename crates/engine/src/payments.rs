@@ -84,6 +84,11 @@ impl Paygent {
         };
 
         let mut tx = self.store.begin(who.tenant_id, self.now()).await?;
+        if tx.kill_switch().is_some() {
+            return Err(EngineError::Conflict(
+                "the emergency stop is engaged: nothing is executed".into(),
+            ));
+        }
         if !approvals::consume(&mut tx, approval_id).await? {
             let current = approvals::get(tx.conn(), who.tenant_id, approval_id)
                 .await?
@@ -110,9 +115,12 @@ impl Paygent {
         )
         .await?;
         if !moved {
-            return Err(EngineError::Conflict(
-                "the payment is no longer awaiting approval".into(),
-            ));
+            let now = reload(&mut tx, payment_id).await?;
+            return Err(EngineError::Conflict(format!(
+                "the payment is {} ({}), no longer awaiting approval",
+                now.status.as_str(),
+                now.reason.as_deref().unwrap_or("no reason")
+            )));
         }
         tx.audit(
             &who.actor(),

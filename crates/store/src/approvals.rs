@@ -158,6 +158,23 @@ pub async fn pending<'e>(
     .collect()
 }
 
+/// Pending requests whose deadline has passed, across tenants, most overdue first: (tenant, request).
+pub async fn overdue<'e>(
+    exec: impl Executor<'e, Database = Any>,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<(Uuid, Uuid)>> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT tenant_id, id FROM approval_requests WHERE status = 'pending' AND deadline <= $1 \
+         ORDER BY deadline LIMIT $2",
+    )
+    .bind(paygent_domain::time::format(now))
+    .bind(limit)
+    .fetch_all(exec)
+    .await?;
+    rows.iter().map(|(t, i)| Ok((uuid(t)?, uuid(i)?))).collect()
+}
+
 /// A decision to record; it lands only on a pending request whose deadline has not passed.
 pub struct Decided<'a> {
     pub id: Uuid,

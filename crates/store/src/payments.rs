@@ -223,3 +223,21 @@ pub async fn transition(tx: &mut WriteTx, t: Transition<'_>) -> Result<bool> {
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// Payments still waiting on a person, optionally of one session.
+pub async fn awaiting_approval(
+    tx: &mut WriteTx,
+    session_id: Option<Uuid>,
+) -> Result<Vec<PaymentRecord>> {
+    let tenant = tx.tenant_id().to_string();
+    sqlx::query_as::<_, PaymentRow>(select(
+        "tenant_id = $1 AND status = 'pending_approval' AND ($2 IS NULL OR session_id = $2) ORDER BY created_at",
+    ))
+    .bind(tenant)
+    .bind(session_id.map(|s| s.to_string()))
+    .fetch_all(tx.conn())
+    .await?
+    .into_iter()
+    .map(PaymentRecord::try_from)
+    .collect()
+}

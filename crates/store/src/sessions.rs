@@ -91,3 +91,17 @@ pub async fn update_config(tx: &mut WriteTx, id: Uuid, config: &SessionConfig) -
         .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// Sets a session's state (`active` or `killed`); returns whether it changed.
+pub async fn set_state(tx: &mut WriteTx, id: Uuid, state: &str) -> Result<bool> {
+    let tenant = tx.tenant_id().to_string();
+    let done = sqlx::query(
+        "UPDATE sessions SET state = $3 WHERE tenant_id = $1 AND id = $2 AND state <> $3",
+    )
+    .bind(tenant)
+    .bind(id.to_string())
+    .bind(state)
+    .execute(tx.conn())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

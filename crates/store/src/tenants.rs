@@ -19,6 +19,15 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// The tenant's emergency stop record, if engaged.
+    pub async fn kill_switch(&self, tenant_id: Uuid) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT kill_switch FROM tenants WHERE id = $1")
+            .bind(tenant_id.to_string())
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
     /// The recorded head of a tenant's audit chain: (last seq, its hash).
     pub async fn audit_head(&self, tenant_id: Uuid) -> Result<(i64, String)> {
         let row = sqlx::query("SELECT audit_seq, audit_head FROM tenants WHERE id = $1")

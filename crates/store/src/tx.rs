@@ -28,6 +28,7 @@ pub struct WriteTx {
     audit_seq: i64,
     audit_head: String,
     event_seq: i64,
+    kill_switch: Option<String>,
     events: Vec<Event>,
 }
 
@@ -41,7 +42,7 @@ impl Store {
         };
         let row = sqlx::query(
             "UPDATE tenants SET audit_seq = audit_seq WHERE id = $1 \
-             RETURNING audit_seq, audit_head, event_seq",
+             RETURNING audit_seq, audit_head, event_seq, kill_switch",
         )
         .bind(tenant_id.to_string())
         .fetch_optional(&mut *tx)
@@ -54,6 +55,7 @@ impl Store {
             audit_seq: row.try_get(0)?,
             audit_head: row.try_get(1)?,
             event_seq: row.try_get(2)?,
+            kill_switch: row.try_get(3)?,
             events: Vec::new(),
         })
     }
@@ -70,6 +72,22 @@ impl WriteTx {
 
     pub fn now(&self) -> DateTime<Utc> {
         self.now
+    }
+
+    /// The tenant's emergency stop record, if it is engaged, as of this transaction's lock.
+    pub fn kill_switch(&self) -> Option<&str> {
+        self.kill_switch.as_deref()
+    }
+
+    /// Engages (`Some`) or releases (`None`) the tenant's emergency stop.
+    pub async fn set_kill_switch(&mut self, record: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE tenants SET kill_switch = $2 WHERE id = $1")
+            .bind(self.tenant_id.to_string())
+            .bind(record)
+            .execute(&mut *self.tx)
+            .await?;
+        self.kill_switch = record.map(str::to_owned);
+        Ok(())
     }
 
     /// The transaction's timestamp in the stored format.

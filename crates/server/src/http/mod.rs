@@ -4,6 +4,7 @@ pub mod approvals;
 pub mod audit;
 pub mod health;
 pub mod keys;
+pub mod kill;
 pub mod payments;
 pub mod sessions;
 

@@ -1,0 +1,286 @@
+//! The kill switch and the sweeper, on both databases.
+
+use chrono::Duration;
+use paygent_engine::{Paygent, Store, StoreOptions};
+use paygent_testkit::{ADMIN_TOKEN, Backend, TestServer, on_both_databases, test_prices};
+use reqwest::StatusCode;
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+
+on_both_databases!(
+    the_emergency_stop_halts_everything,
+    killing_a_session_cancels_only_its_requests,
+    overdue_requests_are_swept_once,
+);
+
+async fn reserved(s: &TestServer, token: &str, session: uuid::Uuid) -> Decimal {
+    let (_, b) = s.get(token, &format!("/sessions/{session}/budget")).await;
+    Decimal::from_str_exact(b["currencies"]["USDC"]["reserved"].as_str().unwrap()).unwrap()
+}
+
+async fn the_emergency_stop_halts_everything(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s
+        .session(&t.agent, json!({"daily_limits": {"USDC": "1000"}}))
+        .await;
+    let (_, pending) = s.pay(&t.agent, session, "20", "USDC").await;
+    let (_, approved) = s.pay(&t.agent, session, "30", "USDC").await;
+    let approved_id = approved["approval_id"].as_str().unwrap();
+    s.post(
+        &t.approver,
+        &format!("/approvals/{approved_id}/approve"),
+        json!({}),
+    )
+    .await;
+
+    let (status, _) = s
+        .post(&t.approver, "/kill-switch", json!({"engaged": true}))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "only admins pull the global stop"
+    );
+    let (status, view) = s
+        .post(
+            &t.admin,
+            "/kill-switch",
+            json!({"engaged": true, "reason": "agent looping"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(view["engaged"], true);
+    let (_, seen) = s.get(&t.agent, "/kill-switch").await;
+    assert_eq!(
+        seen["reason"], "agent looping",
+        "agents can see why they are stopped"
+    );
+
+    let pending_id = pending["approval_id"].as_str().unwrap();
+    let (_, request) = s
+        .get(&t.approver, &format!("/approvals/{pending_id}"))
+        .await;
+    assert_eq!(request["status"], "cancelled");
+    let (_, p) = s
+        .get(
+            &t.agent,
+            &format!("/payments/{}", pending["id"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(
+        (p["status"].as_str(), p["reason"].as_str()),
+        (Some("denied"), Some("killed"))
+    );
+    assert_eq!(
+        reserved(&s, &t.agent, session).await,
+        Decimal::ZERO,
+        "reservations are released"
+    );
+
+    let (_, denied) = s.pay(&t.agent, session, "1", "USDC").await;
+    assert_eq!(denied["status"], "denied");
+    assert_eq!(denied["reason"], "killed");
+    let (status, problem) = s
+        .post(
+            &t.agent,
+            "/payments/execute-approved",
+            json!({"approval_id": approved_id}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "nothing executes while stopped: {problem}"
+    );
+
+    let (status, released) = s
+        .post(&t.admin, "/kill-switch", json!({"engaged": false}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(released["engaged"], false);
+    assert_eq!(
+        s.pay(&t.agent, session, "1", "USDC").await.1["status"],
+        "authorized"
+    );
+    let (status, _) = s
+        .post(
+            &t.agent,
+            "/payments/execute-approved",
+            json!({"approval_id": approved_id}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "a payment voided by the stop stays void"
+    );
+
+    let kinds: Vec<String> = s
+        .paygent
+        .store()
+        .events_after(paygent_engine::DEFAULT_TENANT, 0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds.iter().filter(|k| *k == "kill_switch").count(), 2);
+    assert_eq!(kinds.iter().filter(|k| *k == "cancelled").count(), 1);
+    assert_eq!(
+        s.count("audit_log WHERE action = 'kill_switch.engaged'")
+            .await,
+        1
+    );
+    s.finish().await;
+}
+
+async fn killing_a_session_cancels_only_its_requests(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let doomed = s
+        .session(&t.agent, json!({"daily_limits": {"USDC": "100"}}))
+        .await;
+    let other = s.session(&t.agent, json!({})).await;
+    let (_, a) = s.pay(&t.agent, doomed, "40", "USDC").await;
+    let (_, b) = s.pay(&t.agent, other, "40", "USDC").await;
+
+    let (status, _) = s
+        .post(&t.agent, &format!("/sessions/{doomed}/kill"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "agents cannot kill");
+    let (status, killed) = s
+        .post(
+            &t.approver,
+            &format!("/sessions/{doomed}/kill"),
+            json!({"reason": "odd behaviour"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{killed}");
+    assert_eq!(killed["state"], "killed");
+
+    let (_, a_req) = s
+        .get(
+            &t.approver,
+            &format!("/approvals/{}", a["approval_id"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(a_req["status"], "cancelled");
+    assert_eq!(a_req["decision"]["note"], "killed");
+    let (_, b_req) = s
+        .get(
+            &t.approver,
+            &format!("/approvals/{}", b["approval_id"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(b_req["status"], "pending", "other sessions are untouched");
+    assert_eq!(reserved(&s, &t.agent, doomed).await, Decimal::ZERO);
+    assert_eq!(
+        s.pay(&t.agent, doomed, "1", "USDC").await.1["reason"],
+        "killed"
+    );
+    assert_eq!(
+        s.pay(&t.agent, other, "1", "USDC").await.1["status"],
+        "authorized"
+    );
+
+    let (status, _) = s
+        .post(
+            &t.approver,
+            &format!("/sessions/{doomed}/revive"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "only admins revive");
+    let (status, revived) = s
+        .post(&t.admin, &format!("/sessions/{doomed}/revive"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{revived}");
+    assert_eq!(revived["state"], "active");
+    assert_eq!(
+        s.pay(&t.agent, doomed, "1", "USDC").await.1["status"],
+        "authorized"
+    );
+    let (_, audit) = s.get(&t.admin, "/audit?limit=1000").await;
+    let kill = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "session.killed")
+        .unwrap();
+    assert_eq!(kill["data"]["reason"], "odd behaviour");
+    assert_eq!(
+        kill["data"]["cancelled_approvals"],
+        json!([a["approval_id"]])
+    );
+    s.finish().await;
+}
+
+async fn overdue_requests_are_swept_once(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s
+        .session(
+            &t.agent,
+            json!({"approval_timeout_seconds": 60, "daily_limits": {"USDC": "100"}}),
+        )
+        .await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let (_, p) = s.pay(&t.agent, session, "11", "USDC").await;
+        ids.push(p["approval_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        s.paygent.expire_overdue().await.unwrap(),
+        0,
+        "nothing is overdue yet"
+    );
+    s.clock.advance(Duration::seconds(61));
+
+    // Two instances on one database sweep at once: each request expires exactly once.
+    let store = Store::connect(&s.database_url, &StoreOptions::default())
+        .await
+        .unwrap();
+    let other = Paygent::new(store, test_prices(), s.clock.clone());
+    let (a, b) = tokio::join!(s.paygent.expire_overdue(), other.expire_overdue());
+    assert_eq!(a.unwrap() + b.unwrap(), 5);
+    assert_eq!(
+        s.count("audit_log WHERE action = 'approval.expired'").await,
+        5
+    );
+    assert_eq!(s.count("events WHERE type = 'expired'").await, 5);
+    other.store().close().await;
+
+    for id in &ids {
+        let (_, r) = s.get(&t.approver, &format!("/approvals/{id}")).await;
+        assert_eq!(r["status"], "expired");
+        let (status, _) = s
+            .post(&t.approver, &format!("/approvals/{id}/approve"), json!({}))
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::CONFLICT,
+            "an expired request is never approved"
+        );
+    }
+    assert_eq!(reserved(&s, &t.agent, session).await, Decimal::ZERO);
+
+    // The background sweeper does the same without being asked.
+    let (_, p) = s.pay(&t.agent, session, "12", "USDC").await;
+    let id = p["approval_id"].as_str().unwrap().to_owned();
+    s.clock.advance(Duration::seconds(61));
+    let sweeper = s
+        .paygent
+        .spawn_sweeper(std::time::Duration::from_millis(20));
+    let mut status = Value::Null;
+    for _ in 0..250 {
+        status = s.get(&t.approver, &format!("/approvals/{id}")).await.1["status"].clone();
+        if status == "expired" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    sweeper.abort();
+    assert_eq!(status, "expired");
+    s.finish().await;
+}
