@@ -13,6 +13,7 @@ pub struct FileConfig {
     database_url: Option<String>,
     data_dir: Option<PathBuf>,
     admin_token: Option<String>,
+    event_retention_days: Option<u32>,
     #[serde(default)]
     prices: BTreeMap<String, String>,
     #[serde(default)]
@@ -34,6 +35,8 @@ pub struct ServeConfig {
     pub admin_token: Option<String>,
     pub prices: PriceTable,
     pub max_connections: u32,
+    /// How long the event log is kept for replay.
+    pub event_retention_days: u32,
 }
 
 const PRICE_PREFIX: &str = "PAYGENT_PRICE_";
@@ -90,6 +93,12 @@ impl ServeConfig {
                 .context("PAYGENT_DB_MAX_CONNECTIONS must be a number")?,
             None => 16,
         };
+        let event_retention_days = match var("PAYGENT_EVENT_RETENTION_DAYS") {
+            Some(n) => n
+                .parse()
+                .context("PAYGENT_EVENT_RETENTION_DAYS must be a whole number")?,
+            None => parsed.event_retention_days.unwrap_or(7),
+        };
         Ok(ServeConfig {
             listen: var("PAYGENT_LISTEN")
                 .or(parsed.listen)
@@ -99,6 +108,7 @@ impl ServeConfig {
             admin_token: var("PAYGENT_ADMIN_TOKEN").or(parsed.admin_token),
             prices,
             max_connections,
+            event_retention_days,
         })
     }
 }

@@ -180,8 +180,9 @@ async fn serve(config_file: Option<&Path>) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("listening on {}", config.listen))?;
     tracing::info!(listen = %listener.local_addr()?, backend = ?paygent.store().backend(), "paygent serving");
     // Overdue requests expire within a quarter second of their deadline.
-    let sweeper = paygent.spawn_sweeper(std::time::Duration::from_millis(250));
-    paygent_server::serve(listener, paygent, shutdown_signal()).await?;
+    let retention = chrono::Duration::days(config.event_retention_days.into());
+    let sweeper = paygent.spawn_sweeper(std::time::Duration::from_millis(250), retention);
+    paygent_server::serve(listener, paygent_server::app(paygent), shutdown_signal()).await?;
     sweeper.abort();
     Ok(ExitCode::SUCCESS)
 }

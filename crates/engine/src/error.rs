@@ -16,9 +16,15 @@ pub enum EngineError {
     NotFound(&'static str),
     #[error("{0}")]
     Conflict(String),
+    /// What was asked for existed once and is gone (e.g. pruned events).
+    #[error("{0}")]
+    Gone(String),
     /// Well-formed input that breaks a rule.
     #[error("{0}")]
     Invalid(String),
+    /// A capability that is planned but not built yet.
+    #[error("{0}")]
+    NotImplemented(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -27,6 +27,9 @@ pub struct KillSwitchView {
     pub at: Option<DateTime<Utc>>,
 }
 
+/// How often old events are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
 /// How many overdue requests one sweep expires; the next sweep takes the rest.
 const SWEEP_BATCH: i64 = 200;
 
@@ -180,16 +183,34 @@ impl Paygent {
         Ok(expired)
     }
 
-    /// Runs [`Paygent::expire_overdue`] every `every` until the task is dropped or aborted.
-    pub fn spawn_sweeper(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+    /// Runs [`Paygent::expire_overdue`] every `every`, and prunes events older than `event_retention` once a
+    /// minute, until the task is aborted.
+    pub fn spawn_sweeper(
+        &self,
+        every: Duration,
+        event_retention: chrono::Duration,
+    ) -> tokio::task::JoinHandle<()> {
         let paygent = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_prune: Option<tokio::time::Instant> = None;
             loop {
                 tick.tick().await;
                 if let Err(e) = paygent.expire_overdue().await {
                     tracing::warn!(error = %e, "sweeping overdue approvals failed; retrying");
+                }
+                if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+                    last_prune = Some(tokio::time::Instant::now());
+                    match paygent
+                        .store
+                        .prune_events(paygent.now() - event_retention)
+                        .await
+                    {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(pruned = n, "pruned old events"),
+                        Err(e) => tracing::warn!(error = %e, "pruning events failed; retrying"),
+                    }
                 }
             }
         })

@@ -6,6 +6,7 @@ mod approvals;
 mod audit;
 mod budget;
 mod error;
+mod events;
 mod guard;
 mod keys;
 mod kill;
@@ -15,6 +16,7 @@ mod views;
 
 pub use audit::AuditPage;
 pub use error::{EngineError, Result};
+pub use events::{EventFilter, Subscription, SubscriptionEnd};
 pub use guard::{PaymentRequest, Submitted};
 pub use keys::NewTenant;
 pub use kill::KillSwitchView;
@@ -32,7 +34,6 @@ pub use paygent_store::{
 use chrono::{DateTime, SubsecRound, Utc};
 use paygent_domain::PriceTable;
 use std::sync::Arc;
-use tokio::sync::broadcast;
 use uuid::Uuid;
 
 /// The tenant that exists from the first start; its admins may create other tenants.
@@ -57,16 +58,17 @@ pub struct Paygent {
     store: Store,
     prices: Arc<PriceTable>,
     clock: Arc<dyn Clock>,
-    events: broadcast::Sender<Event>,
+    hub: events::EventHub,
 }
 
 impl Paygent {
+    /// Needs a Tokio runtime: it starts the task that fans events out.
     pub fn new(store: Store, prices: PriceTable, clock: Arc<dyn Clock>) -> Self {
         Paygent {
+            hub: events::EventHub::start(store.clone()),
             store,
             prices: Arc::new(prices),
             clock,
-            events: broadcast::channel(4096).0,
         }
     }
 
@@ -78,11 +80,6 @@ impl Paygent {
         &self.prices
     }
 
-    /// Live events, in commit order, after they are durable in the outbox.
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.events.subscribe()
-    }
-
     /// Now, at the microsecond precision the store keeps, so a returned record equals its stored self.
     fn now(&self) -> DateTime<Utc> {
         self.clock.now().trunc_subsecs(6)
@@ -90,9 +87,7 @@ impl Paygent {
 
     /// Fans out committed events; nobody listening is fine, since the outbox keeps them.
     fn publish(&self, events: Vec<Event>) {
-        for e in events {
-            let _ = self.events.send(e);
-        }
+        self.hub.publish(events);
     }
 }
 

@@ -9,7 +9,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 /// An RFC 9457 problem document.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Problem {
     /// A URN naming the kind of problem, e.g. `urn:paygent:problem:conflict`.
     #[serde(rename = "type")]
@@ -46,6 +46,8 @@ impl ApiError {
                 E::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
                 E::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
                 E::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+                E::Gone(_) => (StatusCode::GONE, "gone"),
+                E::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "not-implemented"),
                 E::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
                 E::Store(s) if s.is_unavailable() => {
                     (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
@@ -64,11 +66,12 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The problem document for this error. Server-side causes go to the log, not to the caller: they may name
+    /// tables, hosts or values.
+    pub fn problem(&self) -> Problem {
         let (status, slug) = self.status_and_slug();
         let detail = if status.is_server_error() {
-            // The cause goes to the log, not to the caller: it may name tables, hosts or values.
             tracing::error!(error = %self, "request failed");
             match status {
                 StatusCode::SERVICE_UNAVAILABLE => {
@@ -79,12 +82,20 @@ impl IntoResponse for ApiError {
         } else {
             self.to_string()
         };
-        let problem = Problem {
+        Problem {
             kind: format!("urn:paygent:problem:{slug}"),
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
             status: status.as_u16(),
             detail,
-        };
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let problem = self.problem();
+        let status =
+            StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = (status, Json(problem)).into_response();
         let headers = response.headers_mut();
         headers.insert(

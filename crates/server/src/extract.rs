@@ -15,14 +15,41 @@ impl FromRequestParts<Paygent> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, paygent: &Paygent) -> Result<Self, ApiError> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or(EngineError::Unauthenticated)?;
+        let token = bearer(parts).ok_or(EngineError::Unauthenticated)?;
         Ok(Caller(paygent.authenticate(token).await?))
+    }
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// The caller of a streaming endpoint: from `Authorization: Bearer`, or from `?token=` for clients that cannot
+/// set headers (browsers' WebSocket and EventSource).
+pub struct StreamCaller(pub Principal);
+
+#[derive(serde::Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+impl FromRequestParts<Paygent> for StreamCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, paygent: &Paygent) -> Result<Self, ApiError> {
+        let from_query = axum::extract::Query::<TokenQuery>::try_from_uri(&parts.uri)
+            .ok()
+            .and_then(|q| q.0.token);
+        let token = bearer(parts)
+            .map(str::to_owned)
+            .or(from_query)
+            .ok_or(EngineError::Unauthenticated)?;
+        Ok(StreamCaller(paygent.authenticate(&token).await?))
     }
 }
 

@@ -5,11 +5,12 @@ pub mod error;
 pub mod extract;
 pub mod http;
 
-use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Request, StatusCode};
 use axum::routing::get;
+use axum::{Extension, Router};
 use error::ApiError;
+pub use http::events::LiveOptions;
 use paygent_engine::Paygent;
 use std::time::Duration;
 use tower_http::timeout::TimeoutLayer;
@@ -60,8 +61,13 @@ fn api() -> (Router<Paygent>, utoipa::openapi::OpenApi) {
         .split_for_parts()
 }
 
-/// The whole application, ready to serve.
+/// The whole application with default settings, ready to serve.
 pub fn app(paygent: Paygent) -> Router {
+    app_with(paygent, LiveOptions::default())
+}
+
+/// The whole application, with the live channel's settings.
+pub fn app_with(paygent: Paygent, live: LiveOptions) -> Router {
     let (api, openapi) = api();
     let openapi_json = serde_json::to_string(&openapi).expect("the OpenAPI document serializes");
     api.route(
@@ -69,6 +75,7 @@ pub fn app(paygent: Paygent) -> Router {
         get(move || async move { ([("content-type", "application/json")], openapi_json) }),
     )
     .merge(http::health::router())
+    .merge(http::events::router())
     .fallback(|| async { ApiError::NoRoute })
     .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
     .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -77,16 +84,17 @@ pub fn app(paygent: Paygent) -> Router {
     .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
         tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
     }))
+    .layer(Extension(live))
     .with_state(paygent)
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves, then finishes in-flight requests.
+/// Serves the application on `listener` until `shutdown` resolves, then finishes in-flight requests.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    paygent: Paygent,
+    app: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(paygent))
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -269,9 +269,10 @@ async fn overdue_requests_are_swept_once(backend: Backend) {
     let (_, p) = s.pay(&t.agent, session, "12", "USDC").await;
     let id = p["approval_id"].as_str().unwrap().to_owned();
     s.clock.advance(Duration::seconds(61));
-    let sweeper = s
-        .paygent
-        .spawn_sweeper(std::time::Duration::from_millis(20));
+    let sweeper = s.paygent.spawn_sweeper(
+        std::time::Duration::from_millis(20),
+        chrono::Duration::days(7),
+    );
     let mut status = Value::Null;
     for _ in 0..250 {
         status = s.get(&t.approver, &format!("/approvals/{id}")).await.1["status"].clone();

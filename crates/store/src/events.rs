@@ -1,8 +1,35 @@
-//! Reading the event outbox, for replay by sequence number.
+//! Reading the event outbox for replay by sequence number, pruning it, and hearing of new events written by
+//! other instances.
 
-use crate::{Event, Result, Store, json, opt_uuid, uuid};
-use sqlx::FromRow;
+use crate::{Backend, Event, Result, Store, json, opt_uuid, uuid};
+use chrono::{DateTime, Utc};
+use sqlx::postgres::PgListener;
+use sqlx::{FromRow, Row};
 use uuid::Uuid;
+
+/// The PostgreSQL NOTIFY channel that carries "tenant T has new events".
+pub(crate) const CHANNEL: &str = "paygent_events";
+
+/// What an [`EventNudges`] hears.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nudge {
+    /// This tenant has new events.
+    Tenant(Uuid),
+    /// The listening connection was lost and restored: nudges may have been missed.
+    Resync,
+}
+
+/// PostgreSQL LISTEN for events committed by any instance.
+pub struct EventNudges(PgListener);
+
+impl EventNudges {
+    pub async fn next(&mut self) -> Result<Nudge> {
+        Ok(match self.0.try_recv().await? {
+            Some(n) => Uuid::parse_str(n.payload()).map_or(Nudge::Resync, Nudge::Tenant),
+            None => Nudge::Resync,
+        })
+    }
+}
 
 #[derive(FromRow)]
 struct EventRow {
@@ -44,5 +71,47 @@ impl Store {
                 })
             })
             .collect()
+    }
+}
+
+impl Store {
+    /// Nudges from every instance's commits, on PostgreSQL; SQLite has one instance, and needs none.
+    pub async fn event_nudges(&self) -> Result<Option<EventNudges>> {
+        if self.backend != Backend::Postgres {
+            return Ok(None);
+        }
+        let mut listener = PgListener::connect(&self.url).await?;
+        listener.listen(CHANNEL).await?;
+        Ok(Some(EventNudges(listener)))
+    }
+
+    /// Every tenant's latest event sequence number.
+    pub async fn event_heads(&self) -> Result<Vec<(Uuid, i64)>> {
+        let rows = sqlx::query("SELECT id, event_seq FROM tenants")
+            .fetch_all(self.reader())
+            .await?;
+        rows.iter()
+            .map(|r| Ok((uuid(&r.try_get::<String, _>(0)?)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    /// The oldest event still kept for a tenant, and the tenant's latest: (first, head).
+    pub async fn event_range(&self, tenant_id: Uuid) -> Result<(Option<i64>, i64)> {
+        let row = sqlx::query(
+            "SELECT (SELECT MIN(seq) FROM events WHERE tenant_id = $1), event_seq FROM tenants WHERE id = $1",
+        )
+        .bind(tenant_id.to_string())
+        .fetch_one(self.reader())
+        .await?;
+        Ok((row.try_get(0)?, row.try_get(1)?))
+    }
+
+    /// Deletes events created before `before`; returns how many.
+    pub async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM events WHERE created_at < $1")
+            .bind(paygent_domain::time::format(before))
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected())
     }
 }

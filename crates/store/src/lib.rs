@@ -84,6 +84,8 @@ pub struct Store {
     reader: AnyPool,
     writer: AnyPool,
     backend: Backend,
+    /// Kept to open PostgreSQL's LISTEN connection for event nudges.
+    url: String,
 }
 
 impl Store {
@@ -126,6 +128,7 @@ impl Store {
                     reader: p.clone(),
                     writer: p,
                     backend,
+                    url: url.to_owned(),
                 }
             }
             Backend::Sqlite => {
@@ -135,6 +138,7 @@ impl Store {
                     reader: pool(options.max_connections).await?,
                     writer,
                     backend,
+                    url: url.to_owned(),
                 }
             }
         };

@@ -23,6 +23,7 @@ pub struct Event {
 
 pub struct WriteTx {
     tx: Transaction<'static, Any>,
+    backend: Backend,
     tenant_id: Uuid,
     now: DateTime<Utc>,
     audit_seq: i64,
@@ -50,6 +51,7 @@ impl Store {
         .ok_or(StoreError::UnknownTenant(tenant_id))?;
         Ok(WriteTx {
             tx,
+            backend: self.backend,
             tenant_id,
             now,
             audit_seq: row.try_get(0)?,
@@ -170,8 +172,16 @@ impl WriteTx {
         Ok(())
     }
 
-    /// Records the new chain head and commits. Returns the events to fan out.
+    /// Records the new chain head and commits. Returns the events to fan out. On PostgreSQL, other instances
+    /// are nudged by NOTIFY, which PostgreSQL delivers only if and when the transaction commits.
     pub async fn commit(mut self) -> Result<Vec<Event>> {
+        if self.backend == Backend::Postgres && !self.events.is_empty() {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(crate::events::CHANNEL)
+                .bind(self.tenant_id.to_string())
+                .execute(&mut *self.tx)
+                .await?;
+        }
         sqlx::query(
             "UPDATE tenants SET audit_seq = $2, audit_head = $3, event_seq = $4 WHERE id = $1",
         )

@@ -59,7 +59,8 @@ pub struct TestServer {
     pub paygent: Paygent,
     pub clock: Arc<TestClock>,
     pub http: reqwest::Client,
-    _dir: Option<TempDir>,
+    settings: Settings,
+    dir: Option<TempDir>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -72,6 +73,14 @@ impl Drop for TempDir {
     }
 }
 
+/// How a test server is set up beyond its database.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub live: paygent_server::LiveOptions,
+    /// The kernel's send buffer for each connection; the system default when `None`.
+    pub send_buffer: Option<u32>,
+}
+
 /// Prices for tests: the defaults, with CRO at 0.08 as the threshold tests require.
 pub fn test_prices() -> PriceTable {
     let mut prices = PriceTable::default();
@@ -81,6 +90,11 @@ pub fn test_prices() -> PriceTable {
 
 impl TestServer {
     pub async fn start(backend: Backend) -> TestServer {
+        Self::start_with(backend, Settings::default()).await
+    }
+
+    /// Starts a server with the given settings.
+    pub async fn start_with(backend: Backend, settings: Settings) -> TestServer {
         let (database_url, dir) = match backend {
             Backend::Sqlite => {
                 let dir =
@@ -91,21 +105,60 @@ impl TestServer {
             }
             Backend::Postgres => (create_postgres_database().await, None),
         };
+        Self::serve(
+            backend,
+            database_url,
+            dir,
+            Arc::new(TestClock::default()),
+            settings,
+        )
+        .await
+    }
+
+    /// Stops this server and starts a new one (new engine, new port) on the same database, as after a crash.
+    pub async fn restart(mut self) -> TestServer {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.paygent.store().close().await;
+        let dir = self.dir.take();
+        Self::serve(
+            self.backend,
+            self.database_url.clone(),
+            dir,
+            self.clock.clone(),
+            self.settings.clone(),
+        )
+        .await
+    }
+
+    async fn serve(
+        backend: Backend,
+        database_url: String,
+        dir: Option<TempDir>,
+        clock: Arc<TestClock>,
+        settings: Settings,
+    ) -> TestServer {
         let store = Store::connect(&database_url, &StoreOptions::default())
             .await
             .unwrap_or_else(|e| panic!("connecting to {database_url}: {e}"));
-        let clock = Arc::new(TestClock::default());
         let paygent = Paygent::new(store, test_prices(), clock.clone());
         paygent
             .bootstrap(Some(ADMIN_TOKEN))
             .await
             .expect("bootstrap");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        if let Some(size) = settings.send_buffer {
+            // Accepted connections inherit it: a client that stops reading blocks the server's writes sooner.
+            socket.set_send_buffer_size(size).expect("send buffer");
+        }
+        socket
+            .bind("127.0.0.1:0".parse().expect("address"))
             .expect("bind");
+        let listener = socket.listen(1024).expect("listen");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let app = paygent.clone();
+        let app = paygent_server::app_with(paygent.clone(), settings.live.clone());
         tokio::spawn(async move {
             paygent_server::serve(listener, app, async {
                 let _ = rx.await;
@@ -120,9 +173,30 @@ impl TestServer {
             paygent,
             clock,
             http: reqwest::Client::new(),
-            _dir: dir,
+            settings,
+            dir,
             shutdown: Some(tx),
         }
+    }
+
+    /// A second instance (engine and server) on the same database, as behind a load balancer.
+    pub async fn another_instance(&self) -> TestServer {
+        Self::serve(
+            self.backend,
+            self.database_url.clone(),
+            None,
+            self.clock.clone(),
+            self.settings.clone(),
+        )
+        .await
+    }
+
+    /// Stops the server, leaving its database in place.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.paygent.store().close().await;
     }
 
     /// Stops the server and, on PostgreSQL, drops the test's database.

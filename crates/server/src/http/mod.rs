@@ -2,6 +2,7 @@
 
 pub mod approvals;
 pub mod audit;
+pub mod events;
 pub mod health;
 pub mod keys;
 pub mod kill;

@@ -1,0 +1,274 @@
+//! Live events. Every event is first durable in the outbox (written with its change); this module then fans
+//! them out in order. One hub task per instance keeps a cursor per tenant and broadcasts each tenant's events
+//! gap-free and in sequence: anything it has not seen (an out-of-order publish, a commit on another instance)
+//! it reads back from the outbox. Subscribers do the same on their side, so a subscriber never misses an event
+//! and never sees one twice.
+
+use crate::{EngineError, Paygent, Result};
+use paygent_domain::Principal;
+use paygent_store::events::Nudge;
+use paygent_store::{Event, Store};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc};
+use uuid::Uuid;
+
+/// How many events the broadcast keeps for slow subscribers before they lag and are cut off.
+pub const LIVE_BUFFER: usize = 8192;
+/// How often the hub compares its cursors with the database, catching nudges lost in a reconnect.
+const BACKSTOP: Duration = Duration::from_secs(1);
+const PAGE: i64 = 500;
+
+/// The fan-out side of the outbox.
+#[derive(Clone)]
+pub(crate) struct EventHub {
+    input: mpsc::UnboundedSender<Vec<Event>>,
+    live: broadcast::Sender<Arc<Event>>,
+}
+
+impl EventHub {
+    /// Starts the hub's task. It ends when the last engine handle is dropped.
+    pub(crate) fn start(store: Store) -> EventHub {
+        let (input, rx) = mpsc::unbounded_channel();
+        let live = broadcast::channel(LIVE_BUFFER).0;
+        tokio::spawn(run_hub(store, rx, live.clone()));
+        EventHub { input, live }
+    }
+
+    /// Hands committed events to the hub; never blocks a writer.
+    pub(crate) fn publish(&self, events: Vec<Event>) {
+        if !events.is_empty() {
+            let _ = self.input.send(events);
+        }
+    }
+}
+
+async fn run_hub(
+    store: Store,
+    mut input: mpsc::UnboundedReceiver<Vec<Event>>,
+    live: broadcast::Sender<Arc<Event>>,
+) {
+    let mut cursors: HashMap<Uuid, i64> = HashMap::new();
+    // Start at each tenant's head: earlier events are for replay, not for live delivery.
+    match store.event_heads().await {
+        Ok(heads) => cursors.extend(heads),
+        Err(e) => tracing::warn!(error = %e, "reading event heads; starting from the first event"),
+    }
+    let mut nudges = match store.event_nudges().await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "LISTEN failed; other instances' events arrive by polling");
+            None
+        }
+    };
+    let mut backstop = tokio::time::interval(BACKSTOP);
+    backstop.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            batch = input.recv() => {
+                let Some(batch) = batch else { return };
+                for event in batch {
+                    let tenant = event.tenant_id;
+                    let last = cursors.get(&tenant).copied().unwrap_or(0);
+                    if event.seq == last + 1 {
+                        cursors.insert(tenant, event.seq);
+                        let _ = live.send(Arc::new(event));
+                    } else if event.seq > last {
+                        catch_up(&store, &live, &mut cursors, tenant).await;
+                    }
+                }
+            }
+            nudge = next_nudge(&mut nudges) => match nudge {
+                Ok(Nudge::Tenant(tenant)) => catch_up(&store, &live, &mut cursors, tenant).await,
+                Ok(Nudge::Resync) => resync(&store, &live, &mut cursors).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "event LISTEN connection failed; polling until it returns");
+                    tokio::time::sleep(BACKSTOP).await;
+                }
+            },
+            _ = backstop.tick() => resync(&store, &live, &mut cursors).await,
+        }
+    }
+}
+
+async fn next_nudge(
+    nudges: &mut Option<paygent_store::events::EventNudges>,
+) -> paygent_store::Result<Nudge> {
+    match nudges {
+        Some(n) => n.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Broadcasts, in order, every event of `tenant` after the hub's cursor.
+async fn catch_up(
+    store: &Store,
+    live: &broadcast::Sender<Arc<Event>>,
+    cursors: &mut HashMap<Uuid, i64>,
+    tenant: Uuid,
+) {
+    loop {
+        let last = cursors.get(&tenant).copied().unwrap_or(0);
+        let page = match store.events_after(tenant, last, PAGE).await {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(error = %e, %tenant, "reading events to broadcast; will retry");
+                return;
+            }
+        };
+        let Some(newest) = page.last().map(|e| e.seq) else {
+            return;
+        };
+        for event in page {
+            let _ = live.send(Arc::new(event));
+        }
+        cursors.insert(tenant, newest);
+    }
+}
+
+async fn resync(
+    store: &Store,
+    live: &broadcast::Sender<Arc<Event>>,
+    cursors: &mut HashMap<Uuid, i64>,
+) {
+    let Ok(heads) = store.event_heads().await else {
+        return;
+    };
+    for (tenant, head) in heads {
+        if cursors.get(&tenant).copied().unwrap_or(0) < head {
+            catch_up(store, live, cursors, tenant).await;
+        }
+    }
+}
+
+/// Which of a tenant's events a subscriber wants.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub session_id: Option<Uuid>,
+    /// Event types; empty means all.
+    pub types: Vec<String>,
+}
+
+impl EventFilter {
+    fn wants(&self, e: &Event) -> bool {
+        self.session_id.is_none_or(|s| e.session_id == Some(s))
+            && (self.types.is_empty() || self.types.contains(&e.kind))
+    }
+}
+
+/// Why a subscription ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscriptionEnd {
+    #[error("the subscriber fell more than {LIVE_BUFFER} events behind; reconnect with after_seq")]
+    Lagged,
+    #[error("the event stream closed")]
+    Closed,
+    #[error(transparent)]
+    Store(#[from] paygent_store::StoreError),
+}
+
+/// One subscriber's ordered, gap-free view of its tenant's events: a replay from the outbox, then live.
+pub struct Subscription {
+    store: Store,
+    tenant_id: Uuid,
+    filter: EventFilter,
+    last_seq: i64,
+    live: broadcast::Receiver<Arc<Event>>,
+    backlog: VecDeque<Event>,
+    /// True while the outbox may hold events after `last_seq` that the live stream will not bring.
+    replaying: bool,
+}
+
+impl Subscription {
+    /// The sequence number of the last event this subscription passed (matching the filter or not).
+    pub fn last_seq(&self) -> i64 {
+        self.last_seq
+    }
+
+    /// The next event that matches the filter.
+    pub async fn next(&mut self) -> Result<Event, SubscriptionEnd> {
+        loop {
+            if let Some(event) = self.backlog.pop_front() {
+                self.last_seq = event.seq;
+                if self.filter.wants(&event) {
+                    return Ok(event);
+                }
+                continue;
+            }
+            if self.replaying {
+                let page = self
+                    .store
+                    .events_after(self.tenant_id, self.last_seq, PAGE)
+                    .await?;
+                self.replaying = page.len() as i64 == PAGE;
+                self.backlog.extend(page);
+                continue;
+            }
+            let event = match self.live.recv().await {
+                Ok(e) => e,
+                Err(broadcast::error::RecvError::Lagged(_)) => return Err(SubscriptionEnd::Lagged),
+                Err(broadcast::error::RecvError::Closed) => return Err(SubscriptionEnd::Closed),
+            };
+            if event.tenant_id != self.tenant_id || event.seq <= self.last_seq {
+                continue;
+            }
+            if event.seq > self.last_seq + 1 {
+                // Committed but not yet seen here: read the gap (this event included) from the outbox.
+                self.replaying = true;
+                continue;
+            }
+            self.last_seq = event.seq;
+            if self.filter.wants(&event) {
+                return Ok((*event).clone());
+            }
+        }
+    }
+}
+
+impl Paygent {
+    /// Subscribes to the caller's tenant's events: those after `after_seq` first, from the outbox, then live.
+    /// Without `after_seq`, only events committed from now on. Asking for events already pruned is refused, so
+    /// the client knows to reload its state from the REST API.
+    pub async fn subscribe_events(
+        &self,
+        who: &Principal,
+        filter: EventFilter,
+        after_seq: Option<i64>,
+    ) -> Result<Subscription> {
+        // Subscribe to live events before reading the outbox, so nothing falls between the two.
+        let live = self.hub.live.subscribe();
+        let (first, head) = self.store.event_range(who.tenant_id).await?;
+        let last_seq = match after_seq {
+            None => head,
+            Some(n) if n < 0 => {
+                return Err(EngineError::Invalid(
+                    "after_seq must not be negative".into(),
+                ));
+            }
+            Some(n) => {
+                let oldest_needed = n + 1;
+                let pruned = match first {
+                    Some(first) => first > oldest_needed,
+                    None => head > n,
+                };
+                if pruned {
+                    return Err(EngineError::Gone(format!(
+                        "events after {n} are no longer kept; reload state from the REST API and \
+                         subscribe from seq {head}"
+                    )));
+                }
+                n
+            }
+        };
+        Ok(Subscription {
+            store: self.store.clone(),
+            tenant_id: who.tenant_id,
+            filter,
+            last_seq,
+            live,
+            backlog: VecDeque::new(),
+            replaying: last_seq < head,
+        })
+    }
+}

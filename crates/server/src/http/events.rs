@@ -1,0 +1,331 @@
+//! The live channel: a WebSocket for people and agents that act on events, and Server-Sent Events for curl and
+//! browsers behind proxies. Both replay from `after_seq` (or `Last-Event-ID`) and then go live, with no gap and
+//! no duplicate at the seam.
+
+use crate::error::ApiError;
+use crate::extract::{Query, StreamCaller};
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Router};
+use futures::{SinkExt, StreamExt};
+use paygent_engine::domain::{Decision, Principal};
+use paygent_engine::{EngineError, Event, EventFilter, Paygent, Subscription, SubscriptionEnd};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+/// WebSocket close codes, documented for clients.
+pub mod close {
+    /// The client fell behind; reconnect with `after_seq` set to the last `seq` received.
+    pub const SLOW_CONSUMER: u16 = 4008;
+    /// Nothing was heard from the client (not even a pong) for the idle timeout.
+    pub const IDLE: u16 = 4000;
+}
+
+/// Settings of the live channel.
+#[derive(Debug, Clone)]
+pub struct LiveOptions {
+    /// Events a WebSocket may have waiting to be written before its client counts as slow.
+    pub queue: usize,
+    /// How often the server pings.
+    pub heartbeat: Duration,
+    /// How long a silent client is kept.
+    pub idle_timeout: Duration,
+}
+
+impl Default for LiveOptions {
+    fn default() -> Self {
+        LiveOptions {
+            queue: 1024,
+            heartbeat: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(45),
+        }
+    }
+}
+
+pub fn router() -> Router<Paygent> {
+    Router::new()
+        .route("/api/v1/ws", get(websocket))
+        .route("/api/v1/events", get(server_sent_events))
+}
+
+#[derive(Deserialize)]
+struct StreamQuery {
+    /// Replay the events after this sequence number, then go live.
+    after_seq: Option<i64>,
+    session_id: Option<Uuid>,
+    /// Comma-separated event types; all when absent.
+    types: Option<String>,
+}
+
+impl StreamQuery {
+    fn filter(&self) -> EventFilter {
+        EventFilter {
+            session_id: self.session_id,
+            types: self
+                .types
+                .as_deref()
+                .map(|t| {
+                    t.split(',')
+                        .map(str::trim)
+                        .filter(|t| !t.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// An event as clients receive it.
+fn wire(e: &Event) -> Value {
+    json!({"type": e.kind, "seq": e.seq, "session_id": e.session_id, "at": e.created_at, "data": e.payload})
+}
+
+async fn websocket(
+    State(paygent): State<Paygent>,
+    Extension(options): Extension<LiveOptions>,
+    StreamCaller(who): StreamCaller,
+    Query(q): Query<StreamQuery>,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let upgrade = upgrade.map_err(|r| ApiError::BadRequest(r.body_text()))?;
+    let subscription = paygent
+        .subscribe_events(&who, q.filter(), q.after_seq)
+        .await?;
+    Ok(upgrade.on_upgrade(move |socket| connection(socket, paygent, who, subscription, options)))
+}
+
+/// One WebSocket: events out through a bounded queue, client messages in, heartbeats both ways.
+async fn connection(
+    socket: WebSocket,
+    paygent: Paygent,
+    who: Principal,
+    subscription: Subscription,
+    o: LiveOptions,
+) {
+    let (mut sink, mut stream) = socket.split();
+    let (queue_tx, mut queue) = mpsc::channel::<Event>(o.queue.max(1));
+    let (slow_tx, mut slow) = oneshot::channel::<i64>();
+    let feeder = tokio::spawn(feed(subscription, queue_tx, slow_tx));
+    let mut heartbeat = tokio::time::interval(o.heartbeat);
+    let mut last_heard = Instant::now();
+    let mut delivered = 0i64;
+    let end: Option<(u16, String)> = loop {
+        tokio::select! {
+            last = &mut slow => {
+                let last = last.unwrap_or(delivered);
+                break Some((close::SLOW_CONSUMER, format!("slow consumer: reconnect with after_seq={last}")));
+            }
+            event = queue.recv() => {
+                let Some(event) = event else { break None };
+                let text = wire(&event).to_string();
+                tokio::select! {
+                    sent = sink.send(Message::Text(text.into())) => if sent.is_err() { break None },
+                    last = &mut slow => {
+                        let last = last.unwrap_or(delivered);
+                        break Some((close::SLOW_CONSUMER, format!("slow consumer: reconnect with after_seq={last}")));
+                    }
+                }
+                delivered = event.seq;
+            }
+            message = stream.next() => {
+                let Some(Ok(message)) = message else { break None };
+                last_heard = Instant::now();
+                let reply = match message {
+                    Message::Text(text) => answer(&paygent, &who, text.as_str()).await,
+                    Message::Binary(_) => Some(error_reply(None, ApiError::BadRequest("send JSON text frames".into()))),
+                    Message::Close(_) => break None,
+                    Message::Ping(_) | Message::Pong(_) => None,
+                };
+                if let Some(reply) = reply
+                    && sink.send(Message::Text(reply.to_string().into())).await.is_err()
+                {
+                    break None;
+                }
+            }
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() > o.idle_timeout {
+                    break Some((close::IDLE, "idle: no message or pong received".into()));
+                }
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    break None;
+                }
+            }
+        }
+    };
+    feeder.abort();
+    if let Some((code, reason)) = end {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from(reason),
+        };
+        // A client that stopped reading may never take the frame: do not wait on it.
+        let _ = tokio::time::timeout(
+            Duration::from_millis(100),
+            sink.send(Message::Close(Some(frame))),
+        )
+        .await;
+    }
+}
+
+/// Moves events from the subscription into the connection's bounded queue. A full queue means the client is
+/// not keeping up: it is cut off (with the last sequence number it was sent) rather than slowing anyone else.
+async fn feed(
+    mut subscription: Subscription,
+    queue: mpsc::Sender<Event>,
+    slow: oneshot::Sender<i64>,
+) {
+    loop {
+        match subscription.next().await {
+            Ok(event) => match queue.try_send(event) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    let _ = slow.send(subscription.last_seq() - 1);
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            },
+            Err(SubscriptionEnd::Lagged) => {
+                let _ = slow.send(subscription.last_seq());
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "event subscription ended");
+                return;
+            }
+        }
+    }
+}
+
+/// Client messages: each runs the same engine call, with the same role checks, as its HTTP twin.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum ClientMessage {
+    Approve {
+        request_id: Uuid,
+        comment: Option<String>,
+    },
+    Reject {
+        request_id: Uuid,
+        reason: String,
+    },
+    Edit {
+        request_id: Uuid,
+        edited_args: Value,
+        comment: Option<String>,
+    },
+    Cancel {
+        #[allow(dead_code)]
+        execution_id: Uuid,
+    },
+    Ping,
+}
+
+/// The reply to one client message: `ack`, `pong` or `error`, echoing the message's `id` if it had one.
+async fn answer(paygent: &Paygent, who: &Principal, text: &str) -> Option<Value> {
+    let mut value: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            return Some(error_reply(
+                None,
+                ApiError::BadRequest(format!("not JSON: {e}")),
+            ));
+        }
+    };
+    let id = value.as_object_mut().and_then(|o| o.remove("id"));
+    let message: ClientMessage = match serde_json::from_value(value) {
+        Ok(m) => m,
+        Err(e) => {
+            return Some(error_reply(
+                id,
+                ApiError::BadRequest(format!("bad message: {e}")),
+            ));
+        }
+    };
+    let decided = match message {
+        ClientMessage::Ping => return Some(json!({"type": "pong", "id": id})),
+        ClientMessage::Cancel { .. } => Err(EngineError::NotImplemented(
+            "cancelling executions over the WebSocket arrives with durable executions".into(),
+        )),
+        ClientMessage::Approve {
+            request_id,
+            comment,
+        } => {
+            paygent
+                .decide(who, request_id, Decision::Approve { comment })
+                .await
+        }
+        ClientMessage::Reject { request_id, reason } => {
+            paygent
+                .decide(who, request_id, Decision::Reject { reason })
+                .await
+        }
+        ClientMessage::Edit {
+            request_id,
+            edited_args,
+            comment,
+        } => {
+            paygent
+                .decide(
+                    who,
+                    request_id,
+                    Decision::Edit {
+                        edited_args,
+                        comment,
+                    },
+                )
+                .await
+        }
+    };
+    Some(match decided {
+        Ok(view) => json!({"type": "ack", "id": id, "result": view}),
+        Err(e) => error_reply(id, e.into()),
+    })
+}
+
+fn error_reply(id: Option<Value>, error: ApiError) -> Value {
+    json!({"type": "error", "id": id, "problem": error.problem()})
+}
+
+/// Server-Sent Events: the same events, resumable with `Last-Event-ID` (or `after_seq`).
+async fn server_sent_events(
+    State(paygent): State<Paygent>,
+    StreamCaller(who): StreamCaller,
+    Query(q): Query<StreamQuery>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    let last_event_id = match headers.get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok())
+                .ok_or_else(|| {
+                    ApiError::BadRequest("Last-Event-ID must be an event's seq".into())
+                })?,
+        ),
+        None => None,
+    };
+    let subscription = paygent
+        .subscribe_events(&who, q.filter(), last_event_id.or(q.after_seq))
+        .await?;
+    let stream = futures::stream::unfold(subscription, |mut s| async move {
+        match s.next().await {
+            Ok(e) => {
+                let sse = SseEvent::default()
+                    .id(e.seq.to_string())
+                    .event(e.kind.clone())
+                    .data(wire(&e).to_string());
+                Some((Ok::<_, std::convert::Infallible>(sse), s))
+            }
+            Err(_) => None,
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}

@@ -1,0 +1,431 @@
+//! The live channel over real WebSocket and SSE clients on loopback, on both databases.
+
+use futures::{SinkExt, StreamExt};
+use paygent_server::LiveOptions;
+use paygent_testkit::{ADMIN_TOKEN, Backend, Settings, TestServer, on_both_databases};
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+on_both_databases!(
+    approval_flow_over_the_socket,
+    roles_and_tenants_hold_on_the_socket,
+    resume_after_disconnect_and_restart,
+    slow_consumers_are_cut_off_alone,
+    a_thousand_sockets_get_one_event,
+    server_sent_events_resume,
+    malformed_messages_get_errors,
+    pruned_replays_are_refused,
+    events_cross_instances,
+);
+
+fn ws_url(s: &TestServer, token: &str, query: &str) -> String {
+    format!(
+        "{}/api/v1/ws?token={token}{query}",
+        s.base.replace("http://", "ws://")
+    )
+}
+
+async fn connect(s: &TestServer, token: &str, query: &str) -> Ws {
+    tokio_tungstenite::connect_async(ws_url(s, token, query))
+        .await
+        .expect("websocket connects")
+        .0
+}
+
+/// The next JSON message, skipping control frames; panics after 10 s.
+async fn next_json(ws: &mut Ws) -> Value {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a message within 10 s")
+            .expect("the socket is open")
+            .expect("a frame");
+        if let Message::Text(text) = frame {
+            return serde_json::from_str(text.as_str()).expect("JSON");
+        }
+    }
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+/// Proves a socket has nothing pending: a ping's pong is the very next message.
+async fn assert_quiet(ws: &mut Ws) {
+    send(ws, json!({"type": "ping", "id": "quiet?"})).await;
+    let next = next_json(ws).await;
+    assert_eq!(
+        next,
+        json!({"type": "pong", "id": "quiet?"}),
+        "nothing else was queued"
+    );
+}
+
+async fn approval_flow_over_the_socket(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s.session(&t.agent, json!({})).await;
+    let mut approver = connect(&s, &t.approver, "").await;
+
+    let (_, payment) = s.pay(&t.agent, session, "25", "USDC").await;
+    let required = next_json(&mut approver).await;
+    assert_eq!(required["type"], "approval_required");
+    assert_eq!(required["data"]["id"], payment["approval_id"]);
+    assert_eq!(required["data"]["usd_value"], "25");
+    assert_eq!(required["session_id"], session.to_string());
+    let seq = required["seq"].as_i64().unwrap();
+
+    send(
+        &mut approver,
+        json!({"type": "approve", "id": 7, "request_id": payment["approval_id"], "comment": "ok"}),
+    )
+    .await;
+    let mut got = [
+        next_json(&mut approver).await,
+        next_json(&mut approver).await,
+    ];
+    got.sort_by_key(|m| m["type"].as_str().unwrap().to_owned());
+    assert_eq!(got[0]["type"], "ack");
+    assert_eq!(got[0]["id"], 7);
+    assert_eq!(got[0]["result"]["status"], "approved");
+    assert_eq!(got[1]["type"], "approved");
+    assert_eq!(got[1]["seq"], seq + 1, "gap-free sequence");
+
+    let (status, executed) = s
+        .post(
+            &t.agent,
+            "/payments/execute-approved",
+            json!({"approval_id": payment["approval_id"]}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    assert_eq!(executed["status"], "authorized");
+    s.finish().await;
+}
+
+async fn roles_and_tenants_hold_on_the_socket(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let other = s.team(&s.tenant("other").await).await;
+    let session = s.session(&t.agent, json!({})).await;
+    let mut agent = connect(&s, &t.agent, "").await;
+    let mut outsider = connect(&s, &other.approver, "").await;
+
+    let (_, payment) = s.pay(&t.agent, session, "25", "USDC").await;
+    assert_eq!(next_json(&mut agent).await["type"], "approval_required");
+    send(
+        &mut agent,
+        json!({"type": "approve", "request_id": payment["approval_id"]}),
+    )
+    .await;
+    let refused = next_json(&mut agent).await;
+    assert_eq!(refused["type"], "error");
+    assert_eq!(refused["problem"]["status"], 403);
+    let (_, request) = s
+        .get(
+            &t.approver,
+            &format!("/approvals/{}", payment["approval_id"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(request["status"], "pending", "nothing changed");
+
+    send(
+        &mut outsider,
+        json!({"type": "approve", "request_id": payment["approval_id"]}),
+    )
+    .await;
+    let hidden = next_json(&mut outsider).await;
+    assert_eq!(
+        hidden["type"], "error",
+        "another tenant's event never arrived: {hidden}"
+    );
+    assert_eq!(hidden["problem"]["status"], 404);
+    assert_quiet(&mut outsider).await;
+
+    let status = tokio_tungstenite::connect_async(ws_url(&s, "pgk_wrong", ""))
+        .await
+        .unwrap_err();
+    match status {
+        tokio_tungstenite::tungstenite::Error::Http(r) => assert_eq!(r.status(), 401),
+        other => panic!("expected 401, got {other}"),
+    }
+    s.finish().await;
+}
+
+async fn cause_events(s: &TestServer, agent: &str, session: uuid::Uuid, n: usize) {
+    for _ in 0..n {
+        let (_, p) = s.pay(agent, session, "11", "USDC").await;
+        assert_eq!(p["status"], "pending_approval");
+    }
+}
+
+async fn expect_seqs(ws: &mut Ws, from: i64, n: i64) {
+    for expected in from..from + n {
+        let m = next_json(ws).await;
+        assert_eq!(m["seq"], expected, "in order, no gap, no duplicate: {m}");
+    }
+}
+
+async fn resume_after_disconnect_and_restart(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s.session(&t.agent, json!({})).await;
+    let mut ws = connect(&s, &t.approver, "").await;
+    cause_events(&s, &t.agent, session, 1).await;
+    let last = next_json(&mut ws).await["seq"].as_i64().unwrap();
+    ws.close(None).await.unwrap();
+
+    cause_events(&s, &t.agent, session, 100).await;
+    let mut ws = connect(&s, &t.approver, &format!("&after_seq={last}")).await;
+    expect_seqs(&mut ws, last + 1, 100).await;
+    cause_events(&s, &t.agent, session, 1).await;
+    expect_seqs(&mut ws, last + 101, 1).await;
+    assert_quiet(&mut ws).await;
+    drop(ws);
+
+    let s = s.restart().await;
+    cause_events(&s, &t.agent, session, 5).await;
+    let mut ws = connect(&s, &t.approver, &format!("&after_seq={last}")).await;
+    expect_seqs(&mut ws, last + 1, 106).await;
+    cause_events(&s, &t.agent, session, 1).await;
+    expect_seqs(&mut ws, last + 107, 1).await;
+
+    // Filters: only this session's approval_required, from the start.
+    let other = s.session(&t.agent, json!({})).await;
+    let query = format!("&after_seq=0&session_id={other}&types=approval_required");
+    let mut filtered = connect(&s, &t.approver, &query).await;
+    cause_events(&s, &t.agent, other, 2).await;
+    for _ in 0..2 {
+        let m = next_json(&mut filtered).await;
+        assert_eq!(m["session_id"], other.to_string());
+        assert_eq!(m["type"], "approval_required");
+    }
+    assert_quiet(&mut filtered).await;
+    s.finish().await;
+}
+
+async fn slow_consumers_are_cut_off_alone(backend: Backend) {
+    let settings = Settings {
+        live: LiveOptions {
+            queue: 4,
+            ..LiveOptions::default()
+        },
+        send_buffer: Some(4096),
+    };
+    let s = TestServer::start_with(backend, settings).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s.session(&t.agent, json!({})).await;
+
+    // A client with a tiny receive window that never reads.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket
+        .connect(s.base.trim_start_matches("http://").parse().unwrap())
+        .await
+        .unwrap();
+    let (mut slow, _) =
+        tokio_tungstenite::client_async(ws_url(&s, &t.approver, ""), MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap();
+
+    let mut readers = Vec::new();
+    for _ in 0..200 {
+        readers.push(connect(&s, &t.approver, "").await);
+    }
+    let events = 150;
+    let consumers = readers.into_iter().map(|mut ws| {
+        tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            while seqs.len() < events {
+                seqs.push(next_json(&mut ws).await["seq"].as_i64().unwrap());
+            }
+            seqs
+        })
+    });
+    let consumers: Vec<_> = consumers.collect();
+    cause_events(&s, &t.agent, session, events).await;
+    for c in consumers {
+        let seqs = c.await.unwrap();
+        assert!(
+            seqs.windows(2).all(|w| w[1] == w[0] + 1),
+            "every event, in order"
+        );
+    }
+
+    // The slow client now reads what was buffered, and finds itself cut off with the documented code.
+    let mut received = 0;
+    // The close frame is best effort: a client this far behind may only see the connection drop.
+    let mut close_code = None;
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(10), slow.next()).await {
+            Err(_) => break false,
+            Ok(None) | Ok(Some(Err(_))) => break true,
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                close_code = frame.map(|f| u16::from(f.code));
+                break true;
+            }
+            Ok(Some(Ok(Message::Text(_)))) => received += 1,
+            Ok(Some(Ok(_))) => {}
+        }
+    };
+    assert!(ended, "the server closed the slow client's connection");
+    assert!(received < events, "it was cut off, after {received} events");
+    if let Some(code) = close_code {
+        assert_eq!(code, 4008);
+    }
+    s.finish().await;
+}
+
+async fn a_thousand_sockets_get_one_event(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s.session(&t.agent, json!({})).await;
+    let mut sockets = Vec::new();
+    for _ in 0..1000 {
+        sockets.push(connect(&s, &t.approver, "").await);
+    }
+    let (_, payment) = s.pay(&t.agent, session, "25", "USDC").await;
+    let received = futures::future::join_all(sockets.iter_mut().map(next_json)).await;
+    for m in &received {
+        assert_eq!(m["type"], "approval_required");
+        assert_eq!(m["data"]["id"], payment["approval_id"]);
+    }
+    assert_eq!(received.len(), 1000);
+    s.finish().await;
+}
+
+async fn server_sent_events_resume(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s.session(&t.agent, json!({})).await;
+    cause_events(&s, &t.agent, session, 3).await;
+    let (_, first) = s.get(&t.approver, "/approvals/pending").await;
+    assert_eq!(first.as_array().unwrap().len(), 3);
+    let resp = s
+        .http
+        .get(s.url("/events"))
+        .bearer_auth(&t.approver)
+        .header("Last-Event-ID", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut resp = resp;
+    let mut text = String::new();
+    let mut ids = Vec::new();
+    let head = s
+        .paygent
+        .store()
+        .event_range(paygent_engine::DEFAULT_TENANT)
+        .await
+        .unwrap()
+        .1;
+    while ids.last() != Some(&head) {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+        ids = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("id: "))
+            .map(|i| i.parse::<i64>().unwrap())
+            .collect();
+    }
+    assert_eq!(
+        ids,
+        (2..=head).collect::<Vec<_>>(),
+        "everything after Last-Event-ID, in order"
+    );
+    assert!(text.contains("event: approval_required"));
+    s.finish().await;
+}
+
+async fn malformed_messages_get_errors(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let mut ws = connect(&s, &t.approver, "").await;
+    for bad in [
+        "not json".to_owned(),
+        json!({"type": "dance"}).to_string(),
+        json!({"type": "approve"}).to_string(),
+        json!({"type": "approve", "request_id": "nope"}).to_string(),
+        json!({"type": "reject", "request_id": uuid::Uuid::new_v4()}).to_string(),
+        json!({"no": "type"}).to_string(),
+    ] {
+        ws.send(Message::Text(bad.clone().into())).await.unwrap();
+        let reply = next_json(&mut ws).await;
+        assert_eq!(reply["type"], "error", "{bad}");
+        assert_eq!(reply["problem"]["status"], 400, "{bad}: {reply}");
+        assert!(reply["problem"]["detail"].is_string());
+    }
+    send(
+        &mut ws,
+        json!({"type": "approve", "request_id": uuid::Uuid::new_v4()}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["problem"]["status"], 404);
+    ws.send(Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut ws).await["problem"]["status"], 400);
+    assert_quiet(&mut ws).await;
+    s.finish().await;
+}
+
+async fn pruned_replays_are_refused(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s.session(&t.agent, json!({})).await;
+    cause_events(&s, &t.agent, session, 3).await;
+    let pruned = s
+        .paygent
+        .store()
+        .prune_events(chrono::Utc::now() + chrono::Duration::days(1))
+        .await
+        .unwrap();
+    assert_eq!(pruned, 3);
+    match tokio_tungstenite::connect_async(ws_url(&s, &t.approver, "&after_seq=0")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 410),
+        other => panic!("expected 410, got {:?}", other.map(|_| ())),
+    }
+    let mut ws = connect(&s, &t.approver, "&after_seq=3").await;
+    cause_events(&s, &t.agent, session, 1).await;
+    assert_eq!(
+        next_json(&mut ws).await["seq"],
+        4,
+        "resuming from the head works"
+    );
+    s.finish().await;
+}
+
+async fn events_cross_instances(backend: Backend) {
+    let a = TestServer::start(backend).await;
+    let b = a.another_instance().await;
+    let t = a.team(ADMIN_TOKEN).await;
+    let session = a.session(&t.agent, json!({})).await;
+    let mut on_a = connect(&a, &t.approver, "").await;
+    let (_, payment) = b.pay(&t.agent, session, "25", "USDC").await;
+    let event = next_json(&mut on_a).await;
+    assert_eq!(
+        event["type"], "approval_required",
+        "an event caused on B reaches a socket on A"
+    );
+    assert_eq!(event["data"]["id"], payment["approval_id"]);
+    send(
+        &mut on_a,
+        json!({"type": "approve", "request_id": payment["approval_id"]}),
+    )
+    .await;
+    let mut on_b = connect(&b, &t.approver, &format!("&after_seq={}", event["seq"])).await;
+    assert_eq!(next_json(&mut on_b).await["type"], "approved", "and back");
+    b.stop().await;
+    a.finish().await;
+}
