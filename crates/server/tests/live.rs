@@ -21,6 +21,7 @@ on_both_databases!(
     malformed_messages_get_errors,
     pruned_replays_are_refused,
     events_cross_instances,
+    silent_clients_time_out,
 );
 
 fn ws_url(s: &TestServer, token: &str, query: &str) -> String {
@@ -428,4 +429,43 @@ async fn events_cross_instances(backend: Backend) {
     assert_eq!(next_json(&mut on_b).await["type"], "approved", "and back");
     b.stop().await;
     a.finish().await;
+}
+
+async fn silent_clients_time_out(backend: Backend) {
+    let settings = Settings {
+        live: LiveOptions {
+            heartbeat: Duration::from_millis(50),
+            idle_timeout: Duration::from_millis(300),
+            ..LiveOptions::default()
+        },
+        send_buffer: None,
+    };
+    let s = TestServer::start_with(backend, settings).await;
+    let mut listening = connect(&s, ADMIN_TOKEN, "").await;
+    let mut silent = connect(&s, ADMIN_TOKEN, "").await;
+    // One client reads (and so answers pings); the other does not read at all for a second.
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(1) {
+        match tokio::time::timeout(Duration::from_millis(100), listening.next()).await {
+            Ok(Some(Ok(Message::Ping(_)))) | Err(_) => {}
+            other => panic!("the listening client stays connected: {other:?}"),
+        }
+    }
+    assert_quiet(&mut listening).await;
+    // The silent client finds its connection closed: by the 4000 close frame, or, since it answers the pings it
+    // reads first, by writing into a socket the server already closed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let ended = loop {
+        match tokio::time::timeout_at(deadline, silent.next()).await {
+            Err(_) => break false,
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                assert_eq!(frame.map(|f| u16::from(f.code)), Some(4000));
+                break true;
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(_))) | Ok(None) => break true,
+        }
+    };
+    assert!(ended, "the silent client is closed as idle");
+    s.finish().await;
 }
