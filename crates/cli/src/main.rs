@@ -57,7 +57,19 @@ enum Command {
         #[command(subcommand)]
         action: ApprovalAction,
     },
-    /// Stop money from moving: one session, or everything (the emergency stop).
+    /// Run a plain-language command as an execution of a session (agent key), and follow it to its end.
+    Run {
+        #[command(flatten)]
+        remote: Remote,
+        /// E.g. "Transfer 5 USDC to 0x... then fetch https://...".
+        command: String,
+        #[arg(long)]
+        session: Uuid,
+        /// Return at once instead of following the execution.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Stop money from moving: one execution, one session, or everything (the emergency stop).
     Kill {
         #[command(flatten)]
         remote: Remote,
@@ -111,6 +123,8 @@ enum KillScope {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Cancel one execution: its in-flight step is aborted.
+    Execution { id: Uuid },
     /// Engage the emergency stop for the whole tenant (admins).
     All {
         #[arg(long)]
@@ -133,6 +147,12 @@ async fn main() -> ExitCode {
         Command::Serve { config } => serve(config.as_deref()).await,
         Command::Approvals { remote, action } => approvals(remote, action).await,
         Command::Kill { remote, scope } => kill(remote, scope).await,
+        Command::Run {
+            remote,
+            command,
+            session,
+            detach,
+        } => run(remote, command, session, detach).await,
         Command::Audit {
             remote,
             action: AuditAction::Verify,
@@ -174,6 +194,10 @@ async fn serve(config_file: Option<&Path>) -> anyhow::Result<ExitCode> {
             path.display(),
             key.token
         );
+    }
+    let resumed = paygent.resume_executions().await?;
+    if resumed > 0 {
+        tracing::info!(resumed, "resumed executions left running or paused");
     }
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
@@ -259,6 +283,56 @@ async fn approvals(remote: Remote, action: ApprovalAction) -> anyhow::Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
+async fn run(
+    remote: Remote,
+    command: String,
+    session: Uuid,
+    detach: bool,
+) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&remote.server, remote.token)?;
+    let body = json!({"session_id": session, "command": command});
+    let mut execution = client
+        .call(Method::POST, "/agent/execute", Some(body))
+        .await?;
+    let id = execution["id"].as_str().unwrap_or("?").to_owned();
+    println!("execution {id} started");
+    let mut last = String::new();
+    loop {
+        let status = execution["status"].as_str().unwrap_or("?").to_owned();
+        if status != last {
+            println!("{status}");
+            last = status.clone();
+        }
+        if detach || !matches!(status.as_str(), "running" | "awaiting_approval") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        execution = client
+            .call(Method::GET, &format!("/executions/{id}"), None)
+            .await?;
+    }
+    for step in execution["steps"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        println!(
+            "  step {} {}: {}{}",
+            step["idx"],
+            step["tool"].as_str().unwrap_or("?"),
+            step["status"].as_str().unwrap_or("?"),
+            step["error"]
+                .as_str()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(match last.as_str() {
+        "completed" | "running" | "awaiting_approval" => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    })
+}
+
 async fn kill(remote: Remote, scope: KillScope) -> anyhow::Result<ExitCode> {
     let client = Client::new(&remote.server, remote.token)?;
     let (path, body) = match scope {
@@ -270,11 +344,17 @@ async fn kill(remote: Remote, scope: KillScope) -> anyhow::Result<ExitCode> {
             json!({"engaged": true, "reason": reason}),
         ),
         KillScope::Release => ("/kill-switch".to_owned(), json!({"engaged": false})),
+        KillScope::Execution { id } => (format!("/executions/{id}/cancel"), json!({})),
     };
     let answer = client.call(Method::POST, &path, Some(body)).await?;
-    match answer.get("engaged") {
-        Some(engaged) => println!("emergency stop engaged: {engaged}"),
-        None => println!(
+    match (answer.get("engaged"), answer.get("steps")) {
+        (Some(engaged), _) => println!("emergency stop engaged: {engaged}"),
+        (None, Some(_)) => println!(
+            "execution {} is {}",
+            answer["id"].as_str().unwrap_or("?"),
+            answer["status"].as_str().unwrap_or("?")
+        ),
+        (None, None) => println!(
             "session {} is {}",
             answer["id"].as_str().unwrap_or("?"),
             answer["state"].as_str().unwrap_or("?")

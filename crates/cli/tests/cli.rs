@@ -379,3 +379,122 @@ async fn two_processes_share_one_budget() {
     paygent_testkit::drop_postgres_database(&url).await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The real binary, killed with SIGKILL while an execution waits for a person, picks it up after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_execution_survives_sigkill() {
+    let dir = std::env::temp_dir().join(format!("paygent-crash-{}", uuid::Uuid::new_v4().simple()));
+    let env = [
+        ("PAYGENT_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("PAYGENT_DATA_DIR", dir.to_str().unwrap()),
+    ];
+    let http = reqwest::Client::new();
+    let call = |base: String, token: String, path: String, body: Option<serde_json::Value>| {
+        let http = http.clone();
+        async move {
+            let req = match body {
+                Some(b) => http.post(format!("{base}/api/v1{path}")).json(&b),
+                None => http.get(format!("{base}/api/v1{path}")),
+            };
+            req.bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let (mut first, port) = spawn_serve(&env);
+    let base = wait_ready(port);
+    let agent = call(
+        base.clone(),
+        ADMIN_TOKEN.into(),
+        "/keys".into(),
+        Some(json!({"name": "a", "role": "agent"})),
+    )
+    .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let session = call(
+        base.clone(),
+        agent.clone(),
+        "/sessions".into(),
+        Some(json!({})),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let command =
+        "Transfer 25 USDC to 0x1111111111111111111111111111111111111111 then wait 1 second";
+    let execution = call(
+        base.clone(),
+        agent.clone(),
+        "/agent/execute".into(),
+        Some(json!({"session_id": session, "command": command})),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut paused = serde_json::Value::Null;
+    for _ in 0..200 {
+        paused = call(
+            base.clone(),
+            agent.clone(),
+            format!("/executions/{execution}"),
+            None,
+        )
+        .await;
+        if paused["status"] == "awaiting_approval" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(paused["status"], "awaiting_approval");
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+
+    let (mut second, port) = spawn_serve(&env);
+    let base = wait_ready(port);
+    let approval = paused["steps"][0]["approval_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let approved = call(
+        base.clone(),
+        ADMIN_TOKEN.into(),
+        format!("/approvals/{approval}/approve"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(approved["status"], "approved");
+    let mut done = serde_json::Value::Null;
+    for _ in 0..300 {
+        done = call(
+            base.clone(),
+            agent.clone(),
+            format!("/executions/{execution}"),
+            None,
+        )
+        .await;
+        if done["status"] == "completed" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(done["status"], "completed", "{done}");
+    let payments = call(
+        base.clone(),
+        agent.clone(),
+        format!("/payments?session_id={session}"),
+        None,
+    )
+    .await;
+    assert_eq!(payments.as_array().unwrap().len(), 1, "no step ran twice");
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}

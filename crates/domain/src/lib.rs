@@ -4,6 +4,8 @@ pub mod approval;
 pub mod audit;
 pub mod auth;
 pub mod budget;
+pub mod command;
+pub mod execution;
 pub mod money;
 pub mod payment;
 pub mod policy;

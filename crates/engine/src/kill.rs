@@ -225,6 +225,10 @@ async fn cancel_scope(
     reason: &str,
 ) -> Result<Vec<Uuid>> {
     let tenant_id = tx.tenant_id();
+    // Executions first: each cancels the approval its step waits on, and the event that stops its runner.
+    for execution in paygent_store::executions::active_in(tx, session_id).await? {
+        crate::executions::cancel_within(tx, &execution, reason).await?;
+    }
     let pending = approvals::pending(tx.conn(), tenant_id, session_id, i64::MAX).await?;
     let mut cancelled = Vec::with_capacity(pending.len());
     for request in pending {

@@ -7,6 +7,7 @@ mod audit;
 mod budget;
 mod error;
 mod events;
+mod executions;
 mod guard;
 mod keys;
 mod kill;
@@ -17,12 +18,15 @@ mod views;
 pub use audit::AuditPage;
 pub use error::{EngineError, Result};
 pub use events::{EventFilter, Subscription, SubscriptionEnd};
+pub use executions::Plan;
+pub use executions::tools::{StepContext, StepOutcome, Tool, ToolRegistry};
 pub use guard::{PaymentRequest, Submitted};
 pub use keys::NewTenant;
 pub use kill::KillSwitchView;
 pub use sessions::NewSession;
 pub use views::{
-    ApprovalView, BudgetLine, BudgetView, DecisionRecord, KeyView, PaymentView, SessionView,
+    ApprovalView, BudgetLine, BudgetView, DecisionRecord, ExecutionView, KeyView, PaymentView,
+    SessionView, StepView,
 };
 
 pub use paygent_domain as domain;
@@ -59,6 +63,7 @@ pub struct Paygent {
     prices: Arc<PriceTable>,
     clock: Arc<dyn Clock>,
     hub: events::EventHub,
+    tools: ToolRegistry,
 }
 
 impl Paygent {
@@ -69,7 +74,14 @@ impl Paygent {
             store,
             prices: Arc::new(prices),
             clock,
+            tools: ToolRegistry::builtin(),
         }
+    }
+
+    /// Replaces the tools executions may call.
+    pub fn with_tools(mut self, tools: ToolRegistry) -> Self {
+        self.tools = tools;
+        self
     }
 
     pub fn store(&self) -> &Store {
@@ -81,7 +93,7 @@ impl Paygent {
     }
 
     /// Now, at the microsecond precision the store keeps, so a returned record equals its stored self.
-    fn now(&self) -> DateTime<Utc> {
+    pub(crate) fn now(&self) -> DateTime<Utc> {
         self.clock.now().trunc_subsecs(6)
     }
 

@@ -3,8 +3,10 @@
 
 use chrono::{DateTime, Utc};
 use paygent_domain::budget::OnBudgetExceeded;
+use paygent_domain::execution::{ExecutionStatus, StepStatus};
 use paygent_domain::{ApprovalStatus, Decimal, DecisionKind, PaymentStatus, Role};
 use paygent_store::approvals::ApprovalRecord;
+use paygent_store::executions::{ExecutionRecord, StepRecord};
 use paygent_store::keys::KeyRecord;
 use paygent_store::payments::PaymentRecord;
 use paygent_store::sessions::SessionRecord;
@@ -218,4 +220,88 @@ pub struct BudgetView {
     /// The USD total across currencies.
     pub usd: BudgetLine,
     pub currencies: BTreeMap<String, BudgetLine>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct StepView {
+    pub idx: i64,
+    pub tool: String,
+    #[schema(value_type = Object)]
+    pub args: Value,
+    #[schema(value_type = String, example = "done")]
+    /// `pending`, `running`, `awaiting_approval`, `done`, `failed`, `rejected`, `expired` or `cancelled`.
+    pub status: StepStatus,
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<Value>,
+    pub error: Option<String>,
+    pub approval_id: Option<Uuid>,
+    pub payment_id: Option<Uuid>,
+    #[schema(value_type = Option<String>)]
+    pub cost_usd: Option<Decimal>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<i64>,
+}
+
+impl From<StepRecord> for StepView {
+    fn from(s: StepRecord) -> Self {
+        StepView {
+            idx: s.idx,
+            tool: s.tool,
+            args: s.args,
+            status: s.status,
+            result: s.result,
+            error: s.error,
+            approval_id: s.approval_id,
+            payment_id: s.payment_id,
+            cost_usd: s.cost_usd,
+            started_at: s.started_at,
+            finished_at: s.finished_at,
+            duration_ms: s.duration_ms,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ExecutionView {
+    pub id: Uuid,
+    pub session_id: Uuid,
+    #[schema(value_type = String, example = "running")]
+    /// `running`, `awaiting_approval`, `completed`, `failed`, `rejected`, `expired` or `cancelled`.
+    pub status: ExecutionStatus,
+    /// The natural-language command, when the plan came from one.
+    pub command: Option<String>,
+    pub error: Option<String>,
+    /// The step running or next to run.
+    pub current_step: i64,
+    /// USD value of the payments its steps made.
+    #[schema(value_type = String)]
+    pub cost_usd: Decimal,
+    pub steps: Vec<StepView>,
+    pub created_by: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// From creation to the end, when it has ended.
+    pub duration_ms: Option<i64>,
+}
+
+impl ExecutionView {
+    pub(crate) fn new(e: ExecutionRecord, steps: Vec<StepRecord>) -> Self {
+        ExecutionView {
+            duration_ms: e.finished_at.map(|f| (f - e.created_at).num_milliseconds()),
+            id: e.id,
+            session_id: e.session_id,
+            status: e.status,
+            command: e.command,
+            error: e.error,
+            current_step: e.current_step,
+            cost_usd: e.cost_usd,
+            steps: steps.into_iter().map(Into::into).collect(),
+            created_by: e.created_by,
+            created_at: e.created_at,
+            updated_at: e.updated_at,
+            finished_at: e.finished_at,
+        }
+    }
 }

@@ -55,7 +55,8 @@ fn api() -> (Router<Paygent>, utoipa::openapi::OpenApi) {
         .merge(http::payments::router())
         .merge(http::approvals::router())
         .merge(http::audit::router())
-        .merge(http::kill::router());
+        .merge(http::kill::router())
+        .merge(http::executions::router());
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)
         .split_for_parts()

@@ -7,6 +7,7 @@ pub mod approvals;
 pub mod audit;
 pub mod budgets;
 pub mod events;
+pub mod executions;
 pub mod keys;
 pub mod payments;
 pub mod sessions;

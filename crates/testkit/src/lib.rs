@@ -147,6 +147,10 @@ impl TestServer {
             .bootstrap(Some(ADMIN_TOKEN))
             .await
             .expect("bootstrap");
+        paygent
+            .resume_executions()
+            .await
+            .expect("resume executions");
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
         if let Some(size) = settings.send_buffer {
             // Accepted connections inherit it: a client that stops reading blocks the server's writes sooner.
@@ -387,4 +391,54 @@ macro_rules! on_both_databases {
             }
         }
     )*};
+}
+
+/// A plain HTTP peer on loopback that answers every request with 200 "hello" and counts them.
+pub async fn hello_server() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hello", listener.local_addr().expect("addr"));
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                let reply =
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
+                let _ = socket.write_all(reply).await;
+            });
+        }
+    });
+    (url, hits)
+}
+
+/// An HTTP peer that accepts and never answers. The returned flag turns true when a client hangs up on it.
+pub async fn silent_server() -> (String, Arc<std::sync::atomic::AtomicBool>) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/never", listener.local_addr().expect("addr"));
+    let hung_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = hung_up.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let flag = flag.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = socket.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                flag.store(true, Ordering::SeqCst);
+            });
+        }
+    });
+    (url, hung_up)
 }

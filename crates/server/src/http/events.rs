@@ -222,7 +222,6 @@ enum ClientMessage {
         comment: Option<String>,
     },
     Cancel {
-        #[allow(dead_code)]
         execution_id: Uuid,
     },
     Ping,
@@ -249,45 +248,50 @@ async fn answer(paygent: &Paygent, who: &Principal, text: &str) -> Option<Value>
             ));
         }
     };
-    let decided = match message {
+    let result = match message {
         ClientMessage::Ping => return Some(json!({"type": "pong", "id": id})),
-        ClientMessage::Cancel { .. } => Err(EngineError::NotImplemented(
-            "cancelling executions over the WebSocket arrives with durable executions".into(),
-        )),
+        ClientMessage::Cancel { execution_id } => paygent
+            .cancel_execution(who, execution_id)
+            .await
+            .map(|v| serde_json::to_value(v).expect("views serialize")),
         ClientMessage::Approve {
             request_id,
             comment,
-        } => {
-            paygent
-                .decide(who, request_id, Decision::Approve { comment })
-                .await
-        }
+        } => decided(paygent, who, request_id, Decision::Approve { comment }).await,
         ClientMessage::Reject { request_id, reason } => {
-            paygent
-                .decide(who, request_id, Decision::Reject { reason })
-                .await
+            decided(paygent, who, request_id, Decision::Reject { reason }).await
         }
         ClientMessage::Edit {
             request_id,
             edited_args,
             comment,
         } => {
-            paygent
-                .decide(
-                    who,
-                    request_id,
-                    Decision::Edit {
-                        edited_args,
-                        comment,
-                    },
-                )
-                .await
+            decided(
+                paygent,
+                who,
+                request_id,
+                Decision::Edit {
+                    edited_args,
+                    comment,
+                },
+            )
+            .await
         }
     };
-    Some(match decided {
+    Some(match result {
         Ok(view) => json!({"type": "ack", "id": id, "result": view}),
         Err(e) => error_reply(id, e.into()),
     })
+}
+
+async fn decided(
+    paygent: &Paygent,
+    who: &Principal,
+    id: Uuid,
+    decision: Decision,
+) -> Result<Value, EngineError> {
+    let view = paygent.decide(who, id, decision).await?;
+    Ok(serde_json::to_value(view).expect("views serialize"))
 }
 
 fn error_reply(id: Option<Value>, error: ApiError) -> Value {

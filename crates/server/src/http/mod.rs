@@ -3,6 +3,7 @@
 pub mod approvals;
 pub mod audit;
 pub mod events;
+pub mod executions;
 pub mod health;
 pub mod keys;
 pub mod kill;

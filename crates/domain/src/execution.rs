@@ -1,0 +1,102 @@
+//! The lifecycle of an agent's execution and of each of its steps.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutionStatus {
+    Running,
+    AwaitingApproval,
+    Completed,
+    Failed,
+    Rejected,
+    Expired,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Pending,
+    Running,
+    AwaitingApproval,
+    Done,
+    Failed,
+    Rejected,
+    Expired,
+    Cancelled,
+}
+
+macro_rules! names {
+    ($t:ty { $($v:ident => $s:literal),* $(,)? }) => {
+        impl $t {
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$v => $s),* }
+            }
+            pub fn parse(s: &str) -> Option<Self> {
+                match s { $($s => Some(Self::$v),)* _ => None }
+            }
+        }
+    };
+}
+
+names!(ExecutionStatus {
+    Running => "running",
+    AwaitingApproval => "awaiting_approval",
+    Completed => "completed",
+    Failed => "failed",
+    Rejected => "rejected",
+    Expired => "expired",
+    Cancelled => "cancelled",
+});
+
+names!(StepStatus {
+    Pending => "pending",
+    Running => "running",
+    AwaitingApproval => "awaiting_approval",
+    Done => "done",
+    Failed => "failed",
+    Rejected => "rejected",
+    Expired => "expired",
+    Cancelled => "cancelled",
+});
+
+impl ExecutionStatus {
+    /// An execution in these states is over and never runs again.
+    pub fn is_terminal(self) -> bool {
+        !matches!(
+            self,
+            ExecutionStatus::Running | ExecutionStatus::AwaitingApproval
+        )
+    }
+
+    /// The states a kill may end.
+    pub const ACTIVE: [ExecutionStatus; 2] =
+        [ExecutionStatus::Running, ExecutionStatus::AwaitingApproval];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_terminal_states() {
+        for s in [
+            ExecutionStatus::Running,
+            ExecutionStatus::AwaitingApproval,
+            ExecutionStatus::Completed,
+            ExecutionStatus::Failed,
+            ExecutionStatus::Rejected,
+            ExecutionStatus::Expired,
+            ExecutionStatus::Cancelled,
+        ] {
+            assert_eq!(ExecutionStatus::parse(s.as_str()), Some(s));
+            assert_eq!(s.is_terminal(), !ExecutionStatus::ACTIVE.contains(&s));
+        }
+        assert_eq!(
+            StepStatus::parse("awaiting_approval"),
+            Some(StepStatus::AwaitingApproval)
+        );
+        assert_eq!(StepStatus::parse("paused"), None);
+    }
+}

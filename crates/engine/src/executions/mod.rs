@@ -1,0 +1,701 @@
+//! Durable agent executions: a plan of tool calls, persisted before and after every step, paused durably when
+//! a step needs a person, resumed by the decision (or after a restart), and stopped within milliseconds by a
+//! kill. A runner task drives each execution; it learns of decisions and kills from the event stream, so a
+//! decision or kill made on any instance reaches it.
+
+pub mod tools;
+
+use crate::events::{EventFilter, Subscription, SubscriptionEnd};
+use crate::views::ExecutionView;
+use crate::{EngineError, Paygent, Result, require};
+use paygent_domain::command::{self, Step};
+use paygent_domain::execution::{ExecutionStatus, StepStatus};
+use paygent_domain::{ApprovalStatus, Decimal, PaymentStatus, Principal, Role};
+use paygent_store::WriteTx;
+use paygent_store::approvals;
+use paygent_store::executions::{self, ExecutionRecord, StepRecord, StepUpdate};
+use paygent_store::payments::{self, Transition};
+use paygent_store::sessions;
+use serde_json::{Value, json};
+use tools::{StepContext, StepOutcome};
+use uuid::Uuid;
+
+pub const MAX_LIST: i64 = 500;
+
+/// What to run: explicit steps, or a command for the parser.
+#[derive(Debug, Clone)]
+pub enum Plan {
+    Steps(Vec<Step>),
+    Command(String),
+}
+
+/// The events a runner listens for: decisions on its approvals, and kills.
+const RUNNER_EVENTS: [&str; 5] = ["approved", "edited", "rejected", "expired", "cancelled"];
+
+impl Paygent {
+    /// Validates a plan, stores it, and starts running it.
+    pub async fn start_execution(
+        &self,
+        who: &Principal,
+        session_id: Uuid,
+        plan: Plan,
+    ) -> Result<ExecutionView> {
+        require(
+            who.can_request_payments(),
+            "only agents and admins start executions",
+        )?;
+        let (steps, command) = match plan {
+            Plan::Steps(steps) => (steps, None),
+            Plan::Command(c) => (
+                command::parse(&c).map_err(|e| EngineError::Invalid(e.to_string()))?,
+                Some(c),
+            ),
+        };
+        if steps.is_empty() || steps.len() > command::MAX_STEPS {
+            return Err(EngineError::Invalid(format!(
+                "a plan has 1 to {} steps",
+                command::MAX_STEPS
+            )));
+        }
+        for (i, step) in steps.iter().enumerate() {
+            let tool = self.tools.get(&step.tool).ok_or_else(|| {
+                let known: Vec<_> = self.tools.names().collect();
+                EngineError::Invalid(format!(
+                    "step {i}: unknown tool {:?}; known: {known:?}",
+                    step.tool
+                ))
+            })?;
+            tool.check(&step.args, &self.prices)
+                .map_err(|e| EngineError::Invalid(format!("step {i} ({}): {e}", step.tool)))?;
+        }
+
+        let mut tx = self.store.begin(who.tenant_id, self.now()).await?;
+        let session = sessions::get(tx.conn(), who.tenant_id, session_id)
+            .await?
+            .ok_or(EngineError::NotFound("session"))?;
+        if session.state != "active" || tx.kill_switch().is_some() {
+            return Err(EngineError::Conflict(
+                "killed: the session or the whole tenant is stopped".into(),
+            ));
+        }
+        let now = tx.now();
+        let execution = ExecutionRecord {
+            id: Uuid::now_v7(),
+            tenant_id: who.tenant_id,
+            session_id,
+            status: ExecutionStatus::Running,
+            command,
+            error: None,
+            current_step: 0,
+            cost_usd: Decimal::ZERO,
+            created_by: who.key_id,
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+        };
+        let records: Vec<StepRecord> = steps
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| StepRecord {
+                execution_id: execution.id,
+                idx: i as i64,
+                tool: s.tool,
+                args: s.args,
+                status: StepStatus::Pending,
+                result: None,
+                error: None,
+                approval_id: None,
+                payment_id: None,
+                cost_usd: None,
+                started_at: None,
+                finished_at: None,
+                duration_ms: None,
+            })
+            .collect();
+        executions::insert(&mut tx, &execution, &records).await?;
+        let plan: Vec<Value> = records
+            .iter()
+            .map(|s| json!({"tool": s.tool, "args": s.args}))
+            .collect();
+        let subject = format!("execution:{}", execution.id);
+        let data = json!({"command": execution.command, "plan": plan});
+        tx.audit(
+            &who.actor(),
+            "execution.started",
+            &subject,
+            Some(session_id),
+            data.clone(),
+        )
+        .await?;
+        tx.event(
+            "execution_started",
+            Some(session_id),
+            json!({"id": execution.id, "plan": plan}),
+        )
+        .await?;
+        self.publish(tx.commit().await?);
+        self.spawn_runner(who.tenant_id, execution.id);
+        Ok(ExecutionView::new(execution, records))
+    }
+
+    pub async fn execution(&self, who: &Principal, id: Uuid) -> Result<ExecutionView> {
+        let execution = executions::get(self.store.reader(), who.tenant_id, id)
+            .await?
+            .ok_or(EngineError::NotFound("execution"))?;
+        let steps = executions::steps(self.store.reader(), id).await?;
+        Ok(ExecutionView::new(execution, steps))
+    }
+
+    /// Executions, newest first, without their steps.
+    pub async fn executions(
+        &self,
+        who: &Principal,
+        session_id: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<ExecutionView>> {
+        let list = executions::list(
+            self.store.reader(),
+            who.tenant_id,
+            session_id,
+            limit.clamp(1, MAX_LIST),
+        )
+        .await?;
+        Ok(list
+            .into_iter()
+            .map(|e| ExecutionView::new(e, Vec::new()))
+            .collect())
+    }
+
+    /// Kills one execution: approvers, admins, or the agent that started it.
+    pub async fn cancel_execution(&self, who: &Principal, id: Uuid) -> Result<ExecutionView> {
+        let mut tx = self.store.begin(who.tenant_id, self.now()).await?;
+        let execution = executions::get(tx.conn(), who.tenant_id, id)
+            .await?
+            .ok_or(EngineError::NotFound("execution"))?;
+        require(
+            who.can_decide() || execution.created_by == who.key_id,
+            "only approvers, admins and the agent that started it cancel an execution",
+        )?;
+        if !cancel_within(&mut tx, &execution, "cancelled").await? {
+            return Err(EngineError::Conflict(format!(
+                "the execution is already {}",
+                execution.status.as_str()
+            )));
+        }
+        tx.audit(
+            &who.actor(),
+            "execution.cancelled",
+            &format!("execution:{id}"),
+            Some(execution.session_id),
+            json!({"step": execution.current_step}),
+        )
+        .await?;
+        self.publish(tx.commit().await?);
+        self.execution(who, id).await
+    }
+
+    /// Starts runners for every execution a previous process left running or paused. Returns how many.
+    pub async fn resume_executions(&self) -> Result<usize> {
+        let active = executions::active(self.store.reader()).await?;
+        for (tenant, id) in &active {
+            self.spawn_runner(*tenant, *id);
+        }
+        Ok(active.len())
+    }
+
+    fn spawn_runner(&self, tenant_id: Uuid, id: Uuid) {
+        let paygent = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = paygent.run_execution(tenant_id, id).await {
+                tracing::error!(execution = %id, error = %e, "execution runner stopped");
+            }
+        });
+    }
+
+    async fn run_execution(&self, tenant_id: Uuid, id: Uuid) -> Result<()> {
+        let Some(first) = executions::get(self.store.reader(), tenant_id, id).await? else {
+            return Ok(());
+        };
+        let agent = Principal {
+            tenant_id,
+            key_id: first.created_by,
+            role: Role::Agent,
+        };
+        let filter = EventFilter {
+            session_id: Some(first.session_id),
+            types: RUNNER_EVENTS.iter().map(|t| t.to_string()).collect(),
+        };
+        let mut events = self.subscribe_events(&agent, filter.clone(), None).await?;
+        loop {
+            let Some(execution) = executions::get(self.store.reader(), tenant_id, id).await? else {
+                return Ok(());
+            };
+            if execution.status.is_terminal() {
+                return Ok(());
+            }
+            let steps = executions::steps(self.store.reader(), id).await?;
+            let Some(step) = steps.get(execution.current_step as usize).cloned() else {
+                self.finish(tenant_id, &execution, ExecutionStatus::Completed, None)
+                    .await?;
+                return Ok(());
+            };
+            let next = match step.status {
+                StepStatus::Pending | StepStatus::Running => {
+                    self.run_step(&agent, &execution, &step, &mut events)
+                        .await?
+                }
+                StepStatus::AwaitingApproval => {
+                    self.await_decision(&agent, &execution, &step, &mut events)
+                        .await?
+                }
+                StepStatus::Done => {
+                    self.complete_step(tenant_id, &execution, &step, None)
+                        .await?;
+                    Flow::Continue
+                }
+                _ => Flow::Stop,
+            };
+            match next {
+                Flow::Continue => {}
+                Flow::Stop => return Ok(()),
+                Flow::Resubscribe => {
+                    events = self.subscribe_events(&agent, filter.clone(), None).await?
+                }
+            }
+        }
+    }
+
+    /// Runs one step, racing it against a kill: a kill drops the step's future, aborting whatever it awaits.
+    async fn run_step(
+        &self,
+        agent: &Principal,
+        execution: &ExecutionRecord,
+        step: &StepRecord,
+        events: &mut Subscription,
+    ) -> Result<Flow> {
+        let mut tx = self.store.begin(agent.tenant_id, self.now()).await?;
+        executions::update_step(
+            &mut tx,
+            StepUpdate {
+                status: StepStatus::Running,
+                started: true,
+                ..update(step)
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        let started_at = executions::steps(self.store.reader(), execution.id)
+            .await?
+            .get(step.idx as usize)
+            .and_then(|s| s.started_at)
+            .unwrap_or_else(|| self.now());
+        let Some(tool) = self.tools.get(&step.tool) else {
+            return self
+                .fail(
+                    agent.tenant_id,
+                    execution,
+                    step,
+                    "the tool is no longer registered",
+                )
+                .await;
+        };
+        let ctx = StepContext {
+            paygent: self,
+            principal: agent,
+            execution_id: execution.id,
+            session_id: execution.session_id,
+            idx: step.idx,
+            started_at,
+        };
+        let outcome = tokio::select! {
+            outcome = tool.run(ctx, &step.args) => outcome,
+            stop = killed(events, execution.id) => return Ok(stop),
+        };
+        match outcome {
+            StepOutcome::Done {
+                result,
+                cost_usd,
+                payment_id,
+            } => {
+                self.complete_step(
+                    agent.tenant_id,
+                    execution,
+                    step,
+                    Some((result, cost_usd, payment_id)),
+                )
+                .await?;
+                Ok(Flow::Continue)
+            }
+            StepOutcome::AwaitingApproval {
+                approval_id,
+                payment_id,
+            } => {
+                let mut tx = self.store.begin(agent.tenant_id, self.now()).await?;
+                let paused = executions::transition(
+                    &mut tx,
+                    execution.id,
+                    &[ExecutionStatus::Running],
+                    ExecutionStatus::AwaitingApproval,
+                    None,
+                )
+                .await?;
+                if !paused {
+                    return Ok(Flow::Stop);
+                }
+                executions::update_step(
+                    &mut tx,
+                    StepUpdate {
+                        status: StepStatus::AwaitingApproval,
+                        approval_id: Some(approval_id),
+                        payment_id: Some(payment_id),
+                        ..update(step)
+                    },
+                )
+                .await?;
+                let payload =
+                    json!({"id": execution.id, "step": step.idx, "approval_id": approval_id});
+                tx.event("execution_paused", Some(execution.session_id), payload)
+                    .await?;
+                self.publish(tx.commit().await?);
+                Ok(Flow::Continue)
+            }
+            StepOutcome::Failed { error } => {
+                self.fail(agent.tenant_id, execution, step, &error).await
+            }
+        }
+    }
+
+    /// Waits for a person's decision on the step's approval request, then acts on it.
+    async fn await_decision(
+        &self,
+        agent: &Principal,
+        execution: &ExecutionRecord,
+        step: &StepRecord,
+        events: &mut Subscription,
+    ) -> Result<Flow> {
+        let Some(approval_id) = step.approval_id else {
+            return self
+                .fail(
+                    agent.tenant_id,
+                    execution,
+                    step,
+                    "paused without an approval request",
+                )
+                .await;
+        };
+        let request = approvals::get(self.store.reader(), agent.tenant_id, approval_id)
+            .await?
+            .ok_or(EngineError::NotFound("approval request"))?;
+        let (status, error) = match request.status {
+            ApprovalStatus::Pending => {
+                // Nothing decided yet: wait for an event about this request or this execution, then look again.
+                return Ok(loop {
+                    match events.next().await {
+                        Ok(e) if is_about(&e.payload, approval_id) => break Flow::Continue,
+                        Ok(e) if e.kind == "cancelled" && is_about(&e.payload, execution.id) => {
+                            break Flow::Stop;
+                        }
+                        Ok(_) => {}
+                        Err(SubscriptionEnd::Lagged) => break Flow::Resubscribe,
+                        Err(e) => return Err(EngineError::Conflict(e.to_string())),
+                    }
+                });
+            }
+            ApprovalStatus::Approved | ApprovalStatus::Edited => {
+                return match self.execute_approved(agent, approval_id).await {
+                    Ok(payment) => {
+                        let mut tx = self.store.begin(agent.tenant_id, self.now()).await?;
+                        let resumed = executions::transition(
+                            &mut tx,
+                            execution.id,
+                            &[ExecutionStatus::AwaitingApproval],
+                            ExecutionStatus::Running,
+                            None,
+                        )
+                        .await?;
+                        if resumed {
+                            let payload = json!({"id": execution.id, "step": step.idx});
+                            tx.event("execution_resumed", Some(execution.session_id), payload)
+                                .await?;
+                            self.publish(tx.commit().await?);
+                        }
+                        let running = ExecutionRecord {
+                            status: ExecutionStatus::Running,
+                            ..execution.clone()
+                        };
+                        match tools::payment_outcome(payment) {
+                            StepOutcome::Done {
+                                result,
+                                cost_usd,
+                                payment_id,
+                            } => {
+                                self.complete_step(
+                                    agent.tenant_id,
+                                    &running,
+                                    step,
+                                    Some((result, cost_usd, payment_id)),
+                                )
+                                .await?;
+                                Ok(Flow::Continue)
+                            }
+                            StepOutcome::Failed { error } => {
+                                self.fail(agent.tenant_id, &running, step, &error).await
+                            }
+                            StepOutcome::AwaitingApproval { .. } => {
+                                self.fail(
+                                    agent.tenant_id,
+                                    &running,
+                                    step,
+                                    "the approved payment did not execute",
+                                )
+                                .await
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        self.fail(agent.tenant_id, execution, step, &e.to_string())
+                            .await
+                    }
+                };
+            }
+            ApprovalStatus::Rejected => (
+                ExecutionStatus::Rejected,
+                format!("rejected: {}", request.decision_note.unwrap_or_default()),
+            ),
+            ApprovalStatus::Expired => (
+                ExecutionStatus::Expired,
+                "the approval request expired".to_owned(),
+            ),
+            ApprovalStatus::Cancelled => (
+                ExecutionStatus::Cancelled,
+                "the approval request was cancelled".to_owned(),
+            ),
+        };
+        let step_status = match status {
+            ExecutionStatus::Rejected => StepStatus::Rejected,
+            ExecutionStatus::Expired => StepStatus::Expired,
+            _ => StepStatus::Cancelled,
+        };
+        let mut tx = self.store.begin(agent.tenant_id, self.now()).await?;
+        executions::update_step(
+            &mut tx,
+            StepUpdate {
+                status: step_status,
+                error: Some(&error),
+                finished: true,
+                ..update(step)
+            },
+        )
+        .await?;
+        self.end_within(&mut tx, execution, status, Some(&error))
+            .await?;
+        self.publish(tx.commit().await?);
+        Ok(Flow::Stop)
+    }
+
+    /// Records a finished step and moves to the next; stops if the execution was killed meanwhile.
+    async fn complete_step(
+        &self,
+        tenant_id: Uuid,
+        execution: &ExecutionRecord,
+        step: &StepRecord,
+        outcome: Option<(Value, Decimal, Option<Uuid>)>,
+    ) -> Result<()> {
+        let mut tx = self.store.begin(tenant_id, self.now()).await?;
+        let cost = outcome.as_ref().map_or(Decimal::ZERO, |o| o.1);
+        if !executions::advance(&mut tx, execution.id, step.idx + 1, cost).await? {
+            return Ok(());
+        }
+        let (result, payment_id) = match &outcome {
+            Some((r, _, p)) => (Some(r), *p),
+            None => (None, None),
+        };
+        executions::update_step(
+            &mut tx,
+            StepUpdate {
+                status: StepStatus::Done,
+                result,
+                payment_id,
+                cost_usd: outcome.as_ref().map(|o| o.1),
+                finished: true,
+                ..update(step)
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn fail(
+        &self,
+        tenant_id: Uuid,
+        execution: &ExecutionRecord,
+        step: &StepRecord,
+        error: &str,
+    ) -> Result<Flow> {
+        let mut tx = self.store.begin(tenant_id, self.now()).await?;
+        executions::update_step(
+            &mut tx,
+            StepUpdate {
+                status: StepStatus::Failed,
+                error: Some(error),
+                finished: true,
+                ..update(step)
+            },
+        )
+        .await?;
+        self.end_within(&mut tx, execution, ExecutionStatus::Failed, Some(error))
+            .await?;
+        self.publish(tx.commit().await?);
+        Ok(Flow::Stop)
+    }
+
+    async fn finish(
+        &self,
+        tenant_id: Uuid,
+        execution: &ExecutionRecord,
+        status: ExecutionStatus,
+        error: Option<&str>,
+    ) -> Result<()> {
+        let mut tx = self.store.begin(tenant_id, self.now()).await?;
+        self.end_within(&mut tx, execution, status, error).await?;
+        self.publish(tx.commit().await?);
+        Ok(())
+    }
+
+    /// Ends an active execution with its audit entry and event; does nothing if it already ended.
+    async fn end_within(
+        &self,
+        tx: &mut WriteTx,
+        execution: &ExecutionRecord,
+        status: ExecutionStatus,
+        error: Option<&str>,
+    ) -> Result<()> {
+        if !executions::transition(tx, execution.id, &ExecutionStatus::ACTIVE, status, error)
+            .await?
+        {
+            return Ok(());
+        }
+        let kind = if status == ExecutionStatus::Completed {
+            "execution_completed"
+        } else {
+            "execution_failed"
+        };
+        let payload = json!({"id": execution.id, "status": status.as_str(), "error": error});
+        tx.audit(
+            "system",
+            &format!("execution.{}", status.as_str()),
+            &format!("execution:{}", execution.id),
+            Some(execution.session_id),
+            payload.clone(),
+        )
+        .await?;
+        tx.event(kind, Some(execution.session_id), payload).await?;
+        Ok(())
+    }
+}
+
+/// What the runner does next.
+enum Flow {
+    Continue,
+    Stop,
+    /// The event subscription fell behind; take a fresh one and look at the database again.
+    Resubscribe,
+}
+
+/// A step update that changes only what the caller sets.
+fn update(step: &StepRecord) -> StepUpdate<'static> {
+    StepUpdate {
+        execution_id: step.execution_id,
+        idx: step.idx,
+        status: step.status,
+        result: None,
+        error: None,
+        approval_id: None,
+        payment_id: None,
+        cost_usd: None,
+        started: false,
+        finished: false,
+    }
+}
+
+fn is_about(payload: &Value, id: Uuid) -> bool {
+    payload.get("id").and_then(Value::as_str) == Some(id.to_string().as_str())
+}
+
+/// Resolves when this execution is killed (or the event stream can no longer tell).
+async fn killed(events: &mut Subscription, id: Uuid) -> Flow {
+    loop {
+        match events.next().await {
+            Ok(e) if e.kind == "cancelled" && is_about(&e.payload, id) => return Flow::Stop,
+            Ok(_) => {}
+            Err(SubscriptionEnd::Lagged) => return Flow::Resubscribe,
+            Err(_) => return Flow::Stop,
+        }
+    }
+}
+
+/// Cancels an active execution inside `tx`: its current step, any approval that step waits on (releasing the
+/// reservation), and an event that stops its runner wherever it runs. Returns false if it had already ended.
+pub(crate) async fn cancel_within(
+    tx: &mut WriteTx,
+    execution: &ExecutionRecord,
+    reason: &str,
+) -> Result<bool> {
+    if !executions::transition(
+        tx,
+        execution.id,
+        &ExecutionStatus::ACTIVE,
+        ExecutionStatus::Cancelled,
+        Some(reason),
+    )
+    .await?
+    {
+        return Ok(false);
+    }
+    let steps = executions::steps(tx.conn(), execution.id).await?;
+    if let Some(step) = steps.get(execution.current_step as usize) {
+        executions::update_step(
+            tx,
+            StepUpdate {
+                status: StepStatus::Cancelled,
+                error: Some(reason),
+                finished: true,
+                ..update(step)
+            },
+        )
+        .await?;
+        if let (StepStatus::AwaitingApproval, Some(approval_id)) = (step.status, step.approval_id)
+            && approvals::end(tx, approval_id, ApprovalStatus::Cancelled, Some(reason)).await?
+        {
+            if let Some(payment_id) = step.payment_id {
+                let tenant = tx.tenant_id();
+                payments::transition(
+                    tx,
+                    Transition {
+                        id: payment_id,
+                        from: PaymentStatus::PendingApproval,
+                        to: PaymentStatus::Denied,
+                        reason: Some("killed"),
+                        tx_hash: None,
+                        terms: None,
+                    },
+                )
+                .await?;
+                if let Some(payment) = payments::get(tx.conn(), tenant, payment_id).await?
+                    && let Some(booking) = crate::budget::Booking::of(&payment)
+                {
+                    crate::budget::book(tx, &booking, crate::budget::Move::Release).await?;
+                }
+            }
+            let payload =
+                json!({"kind": "approval", "id": approval_id, "session_id": execution.session_id});
+            tx.event("cancelled", Some(execution.session_id), payload)
+                .await?;
+        }
+    }
+    let payload = json!({"kind": "execution", "id": execution.id, "session_id": execution.session_id, "reason": reason});
+    tx.event("cancelled", Some(execution.session_id), payload)
+        .await?;
+    Ok(true)
+}

@@ -1,0 +1,328 @@
+//! Tools an execution's steps call. They form a registry: adding a tool is implementing [`Tool`] and
+//! registering it, not editing a match spread over the code.
+
+use crate::views::PaymentView;
+use crate::{Paygent, PaymentRequest};
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use paygent_domain::payment::{PaymentIntent, Recipient};
+use paygent_domain::{Decimal, PaymentStatus, PriceTable, Principal};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// What a step needs to know about where it runs.
+pub struct StepContext<'a> {
+    pub paygent: &'a Paygent,
+    /// The agent the execution acts for.
+    pub principal: &'a Principal,
+    pub execution_id: Uuid,
+    pub session_id: Uuid,
+    pub idx: i64,
+    /// When the step first started; a restarted step keeps it (a `wait` resumes, it does not start over).
+    pub started_at: DateTime<Utc>,
+}
+
+/// How a step ended, or why it stopped.
+#[derive(Debug, Clone)]
+pub enum StepOutcome {
+    Done {
+        result: Value,
+        cost_usd: Decimal,
+        payment_id: Option<Uuid>,
+    },
+    /// The guard filed an approval request: the execution pauses until a person decides.
+    AwaitingApproval {
+        approval_id: Uuid,
+        payment_id: Uuid,
+    },
+    Failed {
+        error: String,
+    },
+}
+
+pub trait Tool: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    /// Checks arguments before a plan is accepted, so a plan never fails halfway on a typo.
+    fn check(&self, args: &Value, prices: &PriceTable) -> Result<(), String>;
+    fn run<'a>(&'a self, ctx: StepContext<'a>, args: &'a Value) -> BoxFuture<'a, StepOutcome>;
+}
+
+/// The tools executions may call, by name.
+#[derive(Clone)]
+pub struct ToolRegistry {
+    tools: BTreeMap<&'static str, Arc<dyn Tool>>,
+}
+
+impl ToolRegistry {
+    /// The built-in tools: `transfer`, `x402_payment`, `http_get` and `wait`.
+    pub fn builtin() -> Self {
+        let mut r = ToolRegistry {
+            tools: BTreeMap::new(),
+        };
+        r.register(Transfer);
+        r.register(X402Payment);
+        r.register(HttpGet {
+            client: reqwest::Client::new(),
+        });
+        r.register(Wait);
+        r
+    }
+
+    pub fn register(&mut self, tool: impl Tool) {
+        self.tools.insert(tool.name(), Arc::new(tool));
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<dyn Tool>> {
+        self.tools.get(name).cloned()
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &&'static str> {
+        self.tools.keys()
+    }
+}
+
+fn text<'a>(args: &'a Value, key: &str) -> Result<&'a str, String> {
+    args.get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("{key} must be a string"))
+}
+
+fn only(args: &Value, keys: &[&str]) -> Result<(), String> {
+    let obj = args.as_object().ok_or("args must be an object")?;
+    match obj.keys().find(|k| !keys.contains(&k.as_str())) {
+        Some(k) => Err(format!(
+            "unknown argument {k:?}; expected {}",
+            keys.join(", ")
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Runs a payment through the guard with an idempotency key unique to this step, so a step re-run after a
+/// crash finds the payment it already made instead of making another.
+async fn pay(ctx: &StepContext<'_>, amount: &str, currency: &str, recipient: &str) -> StepOutcome {
+    let request = PaymentRequest {
+        session_id: ctx.session_id,
+        amount: amount.to_owned(),
+        currency: currency.to_owned(),
+        recipient: recipient.to_owned(),
+        description: Some(format!("execution {} step {}", ctx.execution_id, ctx.idx)),
+        idempotency_key: Some(format!("execution:{}:{}", ctx.execution_id, ctx.idx)),
+    };
+    match ctx.paygent.submit_payment(ctx.principal, request).await {
+        Ok(submitted) => payment_outcome(submitted.payment),
+        Err(e) => StepOutcome::Failed {
+            error: e.to_string(),
+        },
+    }
+}
+
+/// What a payment's status means for the step that made it.
+pub(crate) fn payment_outcome(p: PaymentView) -> StepOutcome {
+    match (p.status, p.approval_id) {
+        (PaymentStatus::Authorized | PaymentStatus::Executed, _) => StepOutcome::Done {
+            cost_usd: p.usd_value,
+            payment_id: Some(p.id),
+            result: serde_json::to_value(&p).expect("views serialize"),
+        },
+        (PaymentStatus::PendingApproval, Some(approval_id)) => StepOutcome::AwaitingApproval {
+            approval_id,
+            payment_id: p.id,
+        },
+        (status, _) => StepOutcome::Failed {
+            error: format!(
+                "payment {}: {}{}",
+                status.as_str(),
+                p.reason.as_deref().unwrap_or("no reason"),
+                p.detail.map(|d| format!(" ({d})")).unwrap_or_default()
+            ),
+        },
+    }
+}
+
+/// `transfer {to, amount, currency}`: pay an EVM address.
+struct Transfer;
+
+impl Tool for Transfer {
+    fn name(&self) -> &'static str {
+        paygent_domain::policy::TRANSFER
+    }
+
+    fn check(&self, args: &Value, prices: &PriceTable) -> Result<(), String> {
+        only(args, &["to", "amount", "currency"])?;
+        let to = text(args, "to")?;
+        if !matches!(Recipient::parse(to), Ok(Recipient::Evm(_))) {
+            return Err(format!("to {to:?} is not an EVM address"));
+        }
+        PaymentIntent::new(
+            prices,
+            text(args, "amount")?,
+            text(args, "currency")?,
+            to,
+            None,
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    }
+
+    fn run<'a>(&'a self, ctx: StepContext<'a>, args: &'a Value) -> BoxFuture<'a, StepOutcome> {
+        Box::pin(async move {
+            let (to, amount, currency) = (
+                text(args, "to"),
+                text(args, "amount"),
+                text(args, "currency"),
+            );
+            match (to, amount, currency) {
+                (Ok(to), Ok(amount), Ok(currency)) => pay(&ctx, amount, currency, to).await,
+                _ => StepOutcome::Failed {
+                    error: "bad arguments".into(),
+                },
+            }
+        })
+    }
+}
+
+/// `x402_payment {url, max_amount, currency?}`: pay for an x402 resource. Until the x402 rail lands it is
+/// decision-only: the guard authorizes up to `max_amount` and the agent pays.
+struct X402Payment;
+
+impl X402Payment {
+    fn currency(args: &Value) -> &str {
+        args.get("currency")
+            .and_then(Value::as_str)
+            .unwrap_or("USDC")
+    }
+}
+
+impl Tool for X402Payment {
+    fn name(&self) -> &'static str {
+        paygent_domain::policy::X402_PAYMENT
+    }
+
+    fn check(&self, args: &Value, prices: &PriceTable) -> Result<(), String> {
+        only(args, &["url", "max_amount", "currency"])?;
+        let url = text(args, "url")?;
+        if !matches!(Recipient::parse(url), Ok(Recipient::Url(_))) {
+            return Err(format!("url {url:?} is not an http(s) URL"));
+        }
+        PaymentIntent::new(
+            prices,
+            text(args, "max_amount")?,
+            Self::currency(args),
+            url,
+            None,
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    }
+
+    fn run<'a>(&'a self, ctx: StepContext<'a>, args: &'a Value) -> BoxFuture<'a, StepOutcome> {
+        Box::pin(async move {
+            match (text(args, "url"), text(args, "max_amount")) {
+                (Ok(url), Ok(max)) => pay(&ctx, max, Self::currency(args), url).await,
+                _ => StepOutcome::Failed {
+                    error: "bad arguments".into(),
+                },
+            }
+        })
+    }
+}
+
+/// The most of a fetched body kept in a step's result.
+const MAX_BODY: usize = 64 * 1024;
+
+/// `http_get {url}`: a plain fetch that moves no money.
+struct HttpGet {
+    client: reqwest::Client,
+}
+
+impl Tool for HttpGet {
+    fn name(&self) -> &'static str {
+        "http_get"
+    }
+
+    fn check(&self, args: &Value, _: &PriceTable) -> Result<(), String> {
+        only(args, &["url"])?;
+        let url = text(args, "url")?;
+        match Recipient::parse(url) {
+            Ok(Recipient::Url(_)) => Ok(()),
+            _ => Err(format!("url {url:?} is not an http(s) URL")),
+        }
+    }
+
+    fn run<'a>(&'a self, _: StepContext<'a>, args: &'a Value) -> BoxFuture<'a, StepOutcome> {
+        Box::pin(async move {
+            let Ok(url) = text(args, "url") else {
+                return StepOutcome::Failed {
+                    error: "bad arguments".into(),
+                };
+            };
+            let fetched = async {
+                let resp = self
+                    .client
+                    .get(url)
+                    .timeout(Duration::from_secs(60))
+                    .send()
+                    .await?;
+                let status = resp.status().as_u16();
+                let body = resp.text().await?;
+                Ok::<_, reqwest::Error>((status, body))
+            };
+            match fetched.await {
+                Ok((status, mut body)) => {
+                    let truncated = body.len() > MAX_BODY;
+                    if truncated {
+                        let cut = (0..=MAX_BODY)
+                            .rev()
+                            .find(|i| body.is_char_boundary(*i))
+                            .unwrap_or(0);
+                        body.truncate(cut);
+                    }
+                    StepOutcome::Done {
+                        result: json!({"status": status, "body": body, "truncated": truncated}),
+                        cost_usd: Decimal::ZERO,
+                        payment_id: None,
+                    }
+                }
+                Err(e) => StepOutcome::Failed {
+                    error: format!("fetching {url}: {e}"),
+                },
+            }
+        })
+    }
+}
+
+/// `wait {seconds}`: a durable timer. It ends at its first start plus `seconds`, across restarts, and holds no
+/// thread while it waits.
+struct Wait;
+
+impl Tool for Wait {
+    fn name(&self) -> &'static str {
+        "wait"
+    }
+
+    fn check(&self, args: &Value, _: &PriceTable) -> Result<(), String> {
+        only(args, &["seconds"])?;
+        match args.get("seconds").and_then(Value::as_u64) {
+            Some(1..=86_400) => Ok(()),
+            _ => Err("seconds must be a whole number from 1 to 86400".into()),
+        }
+    }
+
+    fn run<'a>(&'a self, ctx: StepContext<'a>, args: &'a Value) -> BoxFuture<'a, StepOutcome> {
+        Box::pin(async move {
+            let seconds = args.get("seconds").and_then(Value::as_i64).unwrap_or(0);
+            let wake = ctx.started_at + chrono::Duration::seconds(seconds);
+            let left = (wake - ctx.paygent.now()).to_std().unwrap_or_default();
+            tokio::time::sleep(left).await;
+            StepOutcome::Done {
+                result: json!({"waited_seconds": seconds}),
+                cost_usd: Decimal::ZERO,
+                payment_id: None,
+            }
+        })
+    }
+}

@@ -1,0 +1,391 @@
+//! Durable executions: pause for approval, resume, kill, expiry and restart, on both databases.
+
+use chrono::Duration;
+use paygent_testkit::{
+    ADMIN_TOKEN, Backend, Team, TestServer, hello_server, on_both_databases, silent_server,
+};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::sync::atomic::Ordering;
+use uuid::Uuid;
+
+on_both_databases!(
+    a_paused_plan_resumes_with_the_approved_args,
+    an_edit_resumes_with_the_edited_args,
+    a_rejection_ends_the_plan,
+    a_kill_aborts_the_step_in_flight,
+    killing_a_session_stops_its_executions,
+    an_expired_request_expires_the_execution,
+    a_paused_execution_survives_a_restart,
+    commands_are_parsed_or_refused,
+);
+
+const ADDR: &str = "0x1111111111111111111111111111111111111111";
+
+async fn execute(s: &TestServer, t: &Team, session: Uuid, steps: Value) -> Value {
+    let (status, body) = s
+        .post(
+            &t.agent,
+            "/agent/execute",
+            json!({"session_id": session, "steps": steps}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    body
+}
+
+/// Polls an execution until `done` says so; panics after 10 s.
+async fn wait_for(s: &TestServer, token: &str, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..500 {
+        let (_, e) = s.get(token, &format!("/executions/{id}")).await;
+        if done(&e) {
+            return e;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (_, e) = s.get(token, &format!("/executions/{id}")).await;
+    panic!("execution never reached the expected state: {e}");
+}
+
+fn status_is(status: &'static str) -> impl Fn(&Value) -> bool {
+    move |e| e["status"] == status
+}
+
+/// A three-step plan whose middle step needs a person: fetch, pay $25, wait a second.
+async fn three_steps(s: &TestServer, t: &Team, hello: &str) -> (Value, String) {
+    let session = s.session(&t.agent, json!({})).await;
+    let steps = json!([
+        {"tool": "http_get", "args": {"url": hello}},
+        {"tool": "transfer", "args": {"to": ADDR, "amount": "25", "currency": "USDC"}},
+        {"tool": "wait", "args": {"seconds": 1}},
+    ]);
+    let started = execute(s, t, session, steps).await;
+    let id = started["id"].as_str().unwrap().to_owned();
+    let paused = wait_for(s, &t.agent, &id, status_is("awaiting_approval")).await;
+    assert_eq!(paused["steps"][0]["status"], "done");
+    assert_eq!(paused["steps"][0]["result"]["body"], "hello");
+    assert_eq!(paused["steps"][1]["status"], "awaiting_approval");
+    assert_eq!(paused["steps"][2]["status"], "pending");
+    (paused, id)
+}
+
+async fn a_paused_plan_resumes_with_the_approved_args(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let (hello, hits) = hello_server().await;
+    let (paused, id) = three_steps(&s, &t, &hello).await;
+    let approval = paused["steps"][1]["approval_id"].as_str().unwrap();
+    let (status, _) = s
+        .post(
+            &t.approver,
+            &format!("/approvals/{approval}/approve"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let done = wait_for(&s, &t.agent, &id, status_is("completed")).await;
+    assert_eq!(done["steps"][1]["result"]["amount"], "25");
+    assert_eq!(done["steps"][1]["result"]["status"], "authorized");
+    assert_eq!(done["steps"][2]["status"], "done");
+    assert_eq!(done["cost_usd"], "25");
+    assert!(done["steps"][0]["duration_ms"].is_i64());
+    assert!(
+        done["duration_ms"].as_i64().unwrap() >= 1000,
+        "the wait step waited"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "no step ran twice");
+    let kinds: Vec<String> = s
+        .paygent
+        .store()
+        .events_after(paygent_engine::DEFAULT_TENANT, 0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .filter(|k| k.starts_with("execution_"))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "execution_started",
+            "execution_paused",
+            "execution_resumed",
+            "execution_completed"
+        ]
+    );
+    s.finish().await;
+}
+
+async fn an_edit_resumes_with_the_edited_args(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let (hello, _) = hello_server().await;
+    let (paused, id) = three_steps(&s, &t, &hello).await;
+    let approval = paused["steps"][1]["approval_id"].as_str().unwrap();
+    let (status, _) = s
+        .post(
+            &t.approver,
+            &format!("/approvals/{approval}/edit"),
+            json!({"edited_args": {"amount": "20"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let done = wait_for(&s, &t.agent, &id, status_is("completed")).await;
+    assert_eq!(
+        done["steps"][1]["result"]["amount"], "20",
+        "the step used the edited amount"
+    );
+    assert_eq!(done["cost_usd"], "20");
+    s.finish().await;
+}
+
+async fn a_rejection_ends_the_plan(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let (hello, _) = hello_server().await;
+    let (paused, id) = three_steps(&s, &t, &hello).await;
+    let approval = paused["steps"][1]["approval_id"].as_str().unwrap();
+    s.post(
+        &t.approver,
+        &format!("/approvals/{approval}/reject"),
+        json!({"reason": "not today"}),
+    )
+    .await;
+    let done = wait_for(&s, &t.agent, &id, status_is("rejected")).await;
+    assert_eq!(done["steps"][1]["status"], "rejected");
+    assert!(done["error"].as_str().unwrap().contains("not today"));
+    assert_eq!(
+        done["steps"][2]["status"], "pending",
+        "the last step never ran"
+    );
+    s.finish().await;
+}
+
+async fn a_kill_aborts_the_step_in_flight(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s.session(&t.agent, json!({})).await;
+    let (never, hung_up) = silent_server().await;
+
+    let stuck = execute(
+        &s,
+        &t,
+        session,
+        json!([{"tool": "http_get", "args": {"url": never}}]),
+    )
+    .await;
+    let id = stuck["id"].as_str().unwrap();
+    wait_for(&s, &t.agent, id, |e| e["steps"][0]["status"] == "running").await;
+    let (status, cancelled) = s
+        .post(&t.agent, &format!("/executions/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the agent that started it may cancel it: {cancelled}"
+    );
+    assert_eq!(cancelled["status"], "cancelled");
+    assert_eq!(cancelled["steps"][0]["status"], "cancelled");
+    for _ in 0..250 {
+        if hung_up.load(Ordering::SeqCst) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        hung_up.load(Ordering::SeqCst),
+        "the in-flight fetch was aborted"
+    );
+
+    let sleeping = execute(
+        &s,
+        &t,
+        session,
+        json!([{"tool": "wait", "args": {"seconds": 3600}}]),
+    )
+    .await;
+    let id = sleeping["id"].as_str().unwrap();
+    wait_for(&s, &t.agent, id, |e| e["steps"][0]["status"] == "running").await;
+    let other = s.key(&t.admin, paygent_engine::domain::Role::Agent).await;
+    let (status, _) = s
+        .post(&other, &format!("/executions/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "another agent may not");
+    let (status, _) = s
+        .post(&t.approver, &format!("/executions/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = s
+        .post(&t.approver, &format!("/executions/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "already cancelled");
+    let (_, e) = s.get(&t.agent, &format!("/executions/{id}")).await;
+    assert_eq!(e["status"], "cancelled");
+    s.finish().await;
+}
+
+async fn killing_a_session_stops_its_executions(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let (hello, _) = hello_server().await;
+    let (paused, id) = three_steps(&s, &t, &hello).await;
+    let session = paused["session_id"].as_str().unwrap();
+    let (status, _) = s
+        .post(&t.approver, &format!("/sessions/{session}/kill"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let done = wait_for(&s, &t.agent, &id, status_is("cancelled")).await;
+    let approval = done["steps"][1]["approval_id"].as_str().unwrap();
+    let (_, request) = s.get(&t.approver, &format!("/approvals/{approval}")).await;
+    assert_eq!(request["status"], "cancelled");
+    let (status, _) = s
+        .post(
+            &t.agent,
+            "/agent/execute",
+            json!({"session_id": session, "command": "wait 1 second"}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "a killed session starts nothing"
+    );
+    s.finish().await;
+}
+
+async fn an_expired_request_expires_the_execution(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s
+        .session(&t.agent, json!({"approval_timeout_seconds": 2}))
+        .await;
+    let steps =
+        json!([{"tool": "transfer", "args": {"to": ADDR, "amount": "30", "currency": "USDC"}}]);
+    let started = execute(&s, &t, session, steps).await;
+    let id = started["id"].as_str().unwrap();
+    let paused = wait_for(&s, &t.agent, id, status_is("awaiting_approval")).await;
+    s.clock.advance(Duration::seconds(3));
+    assert_eq!(s.paygent.expire_overdue().await.unwrap(), 1);
+    wait_for(&s, &t.agent, id, status_is("expired")).await;
+    let approval = paused["steps"][0]["approval_id"].as_str().unwrap();
+    let (status, _) = s
+        .post(
+            &t.approver,
+            &format!("/approvals/{approval}/approve"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    s.finish().await;
+}
+
+async fn a_paused_execution_survives_a_restart(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let (hello, hits) = hello_server().await;
+    let (paused, id) = three_steps(&s, &t, &hello).await;
+    let approval = paused["steps"][1]["approval_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let s = s.restart().await;
+    let (_, still) = s.get(&t.agent, &format!("/executions/{id}")).await;
+    assert_eq!(
+        still["status"], "awaiting_approval",
+        "still paused after the restart"
+    );
+    let (status, _) = s
+        .post(
+            &t.approver,
+            &format!("/approvals/{approval}/approve"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let done = wait_for(&s, &t.agent, &id, status_is("completed")).await;
+    assert_eq!(done["steps"][1]["result"]["status"], "authorized");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "the fetch before the pause did not run again"
+    );
+    assert_eq!(s.count("payments").await, 1, "one payment");
+    s.finish().await;
+}
+
+async fn commands_are_parsed_or_refused(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s.session(&t.agent, json!({})).await;
+    let (hello, _) = hello_server().await;
+    let command = format!("Fetch {hello} then transfer 5 USDC to {ADDR}");
+    let (status, started) = s
+        .post(
+            &t.agent,
+            "/agent/execute",
+            json!({"session_id": session, "command": command}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+    assert_eq!(started["command"], command);
+    let done = wait_for(
+        &s,
+        &t.agent,
+        started["id"].as_str().unwrap(),
+        status_is("completed"),
+    )
+    .await;
+    assert_eq!(
+        done["steps"][1]["result"]["status"], "authorized",
+        "$5 needs no person"
+    );
+
+    for (body, expected) in [
+        (
+            json!({"session_id": session, "command": "Pay 1e3 USDC to https://x.example/"}),
+            "not an amount",
+        ),
+        (
+            json!({"session_id": session, "command": "Buy me a coffee"}),
+            "not a command",
+        ),
+        (
+            json!({"session_id": session, "steps": [{"tool": "rm_rf", "args": {}}]}),
+            "unknown tool",
+        ),
+        (
+            json!({"session_id": session, "steps": [{"tool": "wait", "args": {"seconds": 0}}]}),
+            "seconds",
+        ),
+        (json!({"session_id": session, "steps": []}), "1 to 20 steps"),
+        (json!({"session_id": session}), "either a command or steps"),
+    ] {
+        let (status, problem) = s.post(&t.agent, "/agent/execute", body.clone()).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {problem}"
+        );
+        assert!(
+            problem["detail"].as_str().unwrap().contains(expected),
+            "{problem}"
+        );
+    }
+    let (status, _) = s
+        .post(
+            &t.approver,
+            "/agent/execute",
+            json!({"session_id": session, "command": "wait 1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, list) = s
+        .get(&t.agent, &format!("/executions?session_id={session}"))
+        .await;
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        1,
+        "refused plans leave nothing behind"
+    );
+    s.finish().await;
+}
