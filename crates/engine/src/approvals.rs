@@ -196,27 +196,8 @@ impl Paygent {
         request: &ApprovalRecord,
         reason: &str,
     ) -> Result<()> {
-        let Some(payment_id) = request.payment_id else {
-            return Ok(());
-        };
-        let moved = payments::transition(
-            tx,
-            Transition {
-                id: payment_id,
-                from: PaymentStatus::PendingApproval,
-                to: PaymentStatus::Denied,
-                reason: Some(reason),
-                tx_hash: None,
-                terms: None,
-            },
-        )
-        .await?;
-        let tenant_id = tx.tenant_id();
-        if moved
-            && let Some(payment) = payments::get(tx.conn(), tenant_id, payment_id).await?
-            && let Some(booking) = Booking::of(&payment)
-        {
-            budget::book(tx, &booking, Move::Release).await?;
+        if let Some(payment_id) = request.payment_id {
+            crate::payments::deny_pending(tx, payment_id, reason).await?;
         }
         Ok(())
     }

@@ -2,14 +2,13 @@
 //! Each stop cancels the pending approvals in its scope and releases their reservations, in the same
 //! transaction as its audit entry and events.
 
-use crate::budget::{self, Booking, Move};
 use crate::views::SessionView;
 use crate::{EngineError, Paygent, Result, require};
 use chrono::{DateTime, Utc};
-use paygent_domain::{ApprovalStatus, PaymentStatus, Principal};
+use paygent_domain::{ApprovalStatus, Principal};
 use paygent_store::WriteTx;
 use paygent_store::approvals;
-use paygent_store::payments::{self, Transition};
+use paygent_store::payments;
 use paygent_store::sessions;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -242,21 +241,7 @@ async fn cancel_scope(
     }
     // Approved requests not yet executed lose their payment too: nothing moves while a stop is in force.
     for payment in payments::awaiting_approval(tx, session_id).await? {
-        let moved = payments::transition(
-            tx,
-            Transition {
-                id: payment.id,
-                from: PaymentStatus::PendingApproval,
-                to: PaymentStatus::Denied,
-                reason: Some("killed"),
-                tx_hash: None,
-                terms: None,
-            },
-        )
-        .await?;
-        if moved && let Some(booking) = Booking::of(&payment) {
-            budget::book(tx, &booking, Move::Release).await?;
-        }
+        crate::payments::deny_pending(tx, payment.id, "killed").await?;
     }
     Ok(cancelled)
 }

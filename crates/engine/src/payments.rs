@@ -26,6 +26,26 @@ fn validate_tx_hash(h: &str) -> Result<()> {
     }
 }
 
+/// Denies a payment still waiting on a person and releases what it reserved. Returns whether it was waiting.
+pub(crate) async fn deny_pending(tx: &mut WriteTx, payment_id: Uuid, reason: &str) -> Result<bool> {
+    let moved = payments::transition(
+        tx,
+        Transition {
+            id: payment_id,
+            from: PaymentStatus::PendingApproval,
+            to: PaymentStatus::Denied,
+            reason: Some(reason),
+            tx_hash: None,
+            terms: None,
+        },
+    )
+    .await?;
+    if moved && let Some(booking) = Booking::of(&reload(tx, payment_id).await?) {
+        budget::book(tx, &booking, Move::Release).await?;
+    }
+    Ok(moved)
+}
+
 /// The payment as the transaction sees it now.
 async fn reload(tx: &mut WriteTx, id: Uuid) -> Result<PaymentRecord> {
     let tenant_id = tx.tenant_id();

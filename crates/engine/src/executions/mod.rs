@@ -10,11 +10,10 @@ use crate::views::ExecutionView;
 use crate::{EngineError, Paygent, Result, require};
 use paygent_domain::command::{self, Step};
 use paygent_domain::execution::{ExecutionStatus, StepStatus};
-use paygent_domain::{ApprovalStatus, Decimal, PaymentStatus, Principal, Role};
+use paygent_domain::{ApprovalStatus, Decimal, Principal, Role};
 use paygent_store::WriteTx;
 use paygent_store::approvals;
 use paygent_store::executions::{self, ExecutionRecord, StepRecord, StepUpdate};
-use paygent_store::payments::{self, Transition};
 use paygent_store::sessions;
 use serde_json::{Value, json};
 use tools::{StepContext, StepOutcome};
@@ -203,11 +202,16 @@ impl Paygent {
         Ok(active.len())
     }
 
+    /// Drives an execution to its end. A failure to reach the database is not the execution's failure: the
+    /// runner waits and picks up again from what is stored.
     fn spawn_runner(&self, tenant_id: Uuid, id: Uuid) {
         let paygent = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = paygent.run_execution(tenant_id, id).await {
-                tracing::error!(execution = %id, error = %e, "execution runner stopped");
+            let mut backoff = std::time::Duration::from_millis(100);
+            while let Err(e) = paygent.run_execution(tenant_id, id).await {
+                tracing::warn!(execution = %id, error = %e, "execution runner interrupted; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
             }
         });
     }
@@ -669,24 +673,7 @@ pub(crate) async fn cancel_within(
             && approvals::end(tx, approval_id, ApprovalStatus::Cancelled, Some(reason)).await?
         {
             if let Some(payment_id) = step.payment_id {
-                let tenant = tx.tenant_id();
-                payments::transition(
-                    tx,
-                    Transition {
-                        id: payment_id,
-                        from: PaymentStatus::PendingApproval,
-                        to: PaymentStatus::Denied,
-                        reason: Some("killed"),
-                        tx_hash: None,
-                        terms: None,
-                    },
-                )
-                .await?;
-                if let Some(payment) = payments::get(tx.conn(), tenant, payment_id).await?
-                    && let Some(booking) = crate::budget::Booking::of(&payment)
-                {
-                    crate::budget::book(tx, &booking, crate::budget::Move::Release).await?;
-                }
+                crate::payments::deny_pending(tx, payment_id, "killed").await?;
             }
             let payload =
                 json!({"kind": "approval", "id": approval_id, "session_id": execution.session_id});
