@@ -498,3 +498,42 @@ async fn a_paused_execution_survives_sigkill() {
     second.wait().unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The benchmark harness's scenarios, in tiny mode against the real binary: they run and count correctly.
+/// Timings are reported by the harness, never asserted here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn benchmark_scenarios_run() {
+    let dir = std::env::temp_dir().join(format!(
+        "paygent-bench-test-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = format!("sqlite://{}/paygent.db?mode=rwc", dir.display());
+    let env = [
+        ("PAYGENT_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("PAYGENT_DATA_DIR", dir.to_str().unwrap()),
+        ("DATABASE_URL", db.as_str()),
+    ];
+    let (mut child, port) = spawn_serve(&env);
+    let base = wait_ready(port);
+    let target = paygent_bench::Target::new(&base, ADMIN_TOKEN);
+    let scale = paygent_bench::Scale::tiny();
+    let (lines, footprint) = paygent_bench::all(&target, &db, &scale, child.id())
+        .await
+        .unwrap();
+    assert_eq!(lines.len(), 12);
+    for m in &lines {
+        let expected = match m.scenario.as_str() {
+            "round trip" | "kill latency" | "resume latency" | "fan-out, 1 clients" => scale.trials,
+            s if s.starts_with("fan-out") => scale.trials * scale.sockets,
+            _ => scale.requests,
+        };
+        assert_eq!(m.count, expected, "{m:?}");
+        assert!(m.p50_ms <= m.p99_ms && m.p99_ms <= m.max_ms, "{m:?}");
+    }
+    assert_eq!(footprint.len(), 4);
+    assert!(footprint.iter().all(|(_, mb)| *mb > 1.0));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,0 +1,683 @@
+//! Scenarios that measure a running Paygent from the outside, as its clients would. Each reports latency
+//! percentiles and throughput; none asserts a timing. The same code runs in a tiny mode inside the test suite,
+//! so the harness cannot rot.
+
+use anyhow::{Context, bail};
+use futures::{SinkExt, StreamExt};
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+
+/// A running server and an admin key for it.
+#[derive(Clone)]
+pub struct Target {
+    pub base: String,
+    pub admin: String,
+    http: reqwest::Client,
+}
+
+/// How much work each scenario does.
+#[derive(Debug, Clone)]
+pub struct Scale {
+    /// Requests per load scenario and concurrency level.
+    pub requests: usize,
+    /// Trials of the one-at-a-time scenarios (round trip, kill, resume, fan-out).
+    pub trials: usize,
+    /// Sockets for the fan-out and footprint scenarios.
+    pub sockets: usize,
+    /// Pending approvals stored for the footprint scenario.
+    pub pending: usize,
+}
+
+impl Scale {
+    pub fn full() -> Scale {
+        Scale {
+            requests: 2000,
+            trials: 200,
+            sockets: 1000,
+            pending: 100_000,
+        }
+    }
+
+    pub fn tiny() -> Scale {
+        Scale {
+            requests: 20,
+            trials: 3,
+            sockets: 5,
+            pending: 20,
+        }
+    }
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Measurement {
+    pub scenario: String,
+    pub concurrency: usize,
+    pub count: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// Completed operations per second over the whole run.
+    pub per_second: f64,
+    pub note: String,
+}
+
+impl Measurement {
+    fn from_latencies(
+        scenario: &str,
+        concurrency: usize,
+        mut lat: Vec<Duration>,
+        wall: Duration,
+        note: String,
+    ) -> Self {
+        lat.sort();
+        let pick = |q: f64| {
+            lat.get(((lat.len() as f64 * q).ceil() as usize).saturating_sub(1))
+                .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+        };
+        Measurement {
+            scenario: scenario.to_owned(),
+            concurrency,
+            count: lat.len(),
+            p50_ms: pick(0.50),
+            p99_ms: pick(0.99),
+            max_ms: lat.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+            per_second: lat.len() as f64 / wall.as_secs_f64().max(f64::EPSILON),
+            note,
+        }
+    }
+}
+
+const ADDR: &str = "0x1111111111111111111111111111111111111111";
+
+impl Target {
+    pub fn new(base: &str, admin: &str) -> Target {
+        Target {
+            base: base.trim_end_matches('/').to_owned(),
+            admin: admin.to_owned(),
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()
+                .expect("http client"),
+        }
+    }
+
+    async fn call(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let mut req = self
+            .http
+            .request(method, format!("{}/api/v1{path}", self.base))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("calling {path}"))?;
+        let status = resp.status();
+        let value: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("{path}: {status} {value}");
+        }
+        Ok(value)
+    }
+
+    async fn post(&self, token: &str, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.call(token, reqwest::Method::POST, path, Some(body))
+            .await
+    }
+
+    async fn key(&self, role: &str) -> anyhow::Result<String> {
+        let k = self
+            .post(
+                &self.admin,
+                "/keys",
+                json!({"name": format!("bench {role}"), "role": role}),
+            )
+            .await?;
+        Ok(k["token"].as_str().context("token")?.to_owned())
+    }
+
+    async fn session(&self, agent: &str) -> anyhow::Result<String> {
+        let s = self
+            .post(agent, "/sessions", json!({"name": "bench"}))
+            .await?;
+        Ok(s["id"].as_str().context("id")?.to_owned())
+    }
+
+    async fn pay(&self, agent: &str, session: &str, amount: &str) -> anyhow::Result<Value> {
+        let body =
+            json!({"session_id": session, "amount": amount, "currency": "USDC", "recipient": ADDR});
+        self.post(agent, "/payments", body).await
+    }
+
+    async fn socket(&self, token: &str) -> anyhow::Result<Ws> {
+        let url = format!(
+            "{}/api/v1/ws?token={token}",
+            self.base.replace("http://", "ws://")
+        );
+        Ok(
+            tokio_tungstenite::connect_async_with_config(url, None, true)
+                .await?
+                .0,
+        )
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next JSON text message on a socket.
+async fn next_json(ws: &mut Ws) -> anyhow::Result<Value> {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .context("no message within 30 s")?
+            .context("socket closed")??;
+        if let Message::Text(t) = frame {
+            return Ok(serde_json::from_str(t.as_str())?);
+        }
+    }
+}
+
+/// Runs `count` operations over `concurrency` workers; returns each one's latency and the wall time.
+async fn load<F, Fut>(
+    concurrency: usize,
+    count: usize,
+    op: F,
+) -> anyhow::Result<(Vec<Duration>, Duration)>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let op = Arc::new(op);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers = (0..concurrency).map(|_| {
+        let (op, next) = (op.clone(), next.clone());
+        tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    return Ok::<_, anyhow::Error>(lat);
+                }
+                let t = Instant::now();
+                op(i).await?;
+                lat.push(t.elapsed());
+            }
+        })
+    });
+    let mut all = Vec::with_capacity(count);
+    for w in futures::future::join_all(workers).await {
+        all.extend(w??);
+    }
+    Ok((all, started.elapsed()))
+}
+
+fn expect_status(v: &Value, status: &str) -> anyhow::Result<()> {
+    if v["status"] != status {
+        bail!("expected {status}, got {v}");
+    }
+    Ok(())
+}
+
+/// Scenario 1: payments under the threshold, each a durable decision.
+pub async fn guard_auto(
+    t: &Target,
+    scale: &Scale,
+    concurrency: usize,
+) -> anyhow::Result<Measurement> {
+    let agent = t.key("agent").await?;
+    let session = t.session(&agent).await?;
+    let (t2, a, s) = (t.clone(), agent.clone(), session.clone());
+    let (lat, wall) = load(concurrency, scale.requests, move |_| {
+        let (t, a, s) = (t2.clone(), a.clone(), s.clone());
+        async move { expect_status(&t.pay(&a, &s, "1.00").await?, "authorized") }
+    })
+    .await?;
+    Ok(Measurement::from_latencies(
+        "guard, auto path",
+        concurrency,
+        lat,
+        wall,
+        String::new(),
+    ))
+}
+
+/// Files `count` approval requests at `concurrency`; returns their ids with the measurement.
+async fn file_approvals(
+    t: &Target,
+    count: usize,
+    concurrency: usize,
+) -> anyhow::Result<(Vec<String>, Measurement)> {
+    let agent = t.key("agent").await?;
+    let session = t.session(&agent).await?;
+    let ids = Arc::new(std::sync::Mutex::new(Vec::with_capacity(count)));
+    let (t2, a, s, sink) = (t.clone(), agent.clone(), session.clone(), ids.clone());
+    let (lat, wall) = load(concurrency, count, move |_| {
+        let (t, a, s, sink) = (t2.clone(), a.clone(), s.clone(), sink.clone());
+        async move {
+            let p = t.pay(&a, &s, "25.00").await?;
+            expect_status(&p, "pending_approval")?;
+            sink.lock()
+                .expect("lock")
+                .push(p["approval_id"].as_str().context("approval_id")?.to_owned());
+            Ok(())
+        }
+    })
+    .await?;
+    let ids = std::mem::take(&mut *ids.lock().expect("lock"));
+    Ok((
+        ids,
+        Measurement::from_latencies("approval creation", concurrency, lat, wall, String::new()),
+    ))
+}
+
+/// Scenario 2: payments over the threshold.
+pub async fn approval_creation(
+    t: &Target,
+    scale: &Scale,
+    concurrency: usize,
+) -> anyhow::Result<Measurement> {
+    Ok(file_approvals(t, scale.requests, concurrency).await?.1)
+}
+
+/// Scenario 3: approve calls on distinct pending requests.
+pub async fn decisions(
+    t: &Target,
+    scale: &Scale,
+    concurrency: usize,
+) -> anyhow::Result<Measurement> {
+    let (ids, _) = file_approvals(t, scale.requests, 16).await?;
+    let approver = t.key("approver").await?;
+    let ids = Arc::new(ids);
+    let t2 = t.clone();
+    let (lat, wall) = load(concurrency, scale.requests, move |i| {
+        let (t, approver, ids) = (t2.clone(), approver.clone(), ids.clone());
+        async move {
+            let d = t
+                .post(
+                    &approver,
+                    &format!("/approvals/{}/approve", ids[i]),
+                    json!({}),
+                )
+                .await?;
+            expect_status(&d, "approved")
+        }
+    })
+    .await?;
+    Ok(Measurement::from_latencies(
+        "decision",
+        concurrency,
+        lat,
+        wall,
+        String::new(),
+    ))
+}
+
+/// Scenario 4: agent pays $25, the approver's socket gets the request and approves over the socket, the agent
+/// executes the approved payment. Only machine time: no human delay.
+pub async fn round_trip(t: &Target, scale: &Scale) -> anyhow::Result<Measurement> {
+    let agent = t.key("agent").await?;
+    let approver = t.key("approver").await?;
+    let session = t.session(&agent).await?;
+    let mut ws = t.socket(&approver).await?;
+    let mut lat = Vec::new();
+    let started = Instant::now();
+    for _ in 0..scale.trials {
+        let t0 = Instant::now();
+        let p = t.pay(&agent, &session, "25.00").await?;
+        let approval = p["approval_id"].clone();
+        loop {
+            let m = next_json(&mut ws).await?;
+            if m["type"] == "approval_required" && m["data"]["id"] == approval {
+                break;
+            }
+        }
+        ws.send(Message::Text(
+            json!({"type": "approve", "id": 1, "request_id": approval})
+                .to_string()
+                .into(),
+        ))
+        .await?;
+        loop {
+            let m = next_json(&mut ws).await?;
+            if m["type"] == "ack" {
+                break;
+            }
+            if m["type"] == "error" {
+                bail!("approve failed: {m}");
+            }
+        }
+        let paid = t
+            .post(
+                &agent,
+                "/payments/execute-approved",
+                json!({"approval_id": approval}),
+            )
+            .await?;
+        expect_status(&paid, "authorized")?;
+        lat.push(t0.elapsed());
+    }
+    Ok(Measurement::from_latencies(
+        "round trip",
+        1,
+        lat,
+        started.elapsed(),
+        "pay → event → approve → execute".into(),
+    ))
+}
+
+/// An HTTP server that accepts and never answers; it reports each accepted connection and each hang-up.
+async fn silent_peer() -> anyhow::Result<(
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<(bool, Instant)>,
+)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/never", listener.local_addr()?);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                let _ = tx.send((true, Instant::now()));
+                while let Ok(n) = socket.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                let _ = tx.send((false, Instant::now()));
+            });
+        }
+    });
+    Ok((url, rx))
+}
+
+/// An HTTP server that answers 200 and reports when each request arrives.
+async fn hello_peer() -> anyhow::Result<(String, tokio::sync::mpsc::UnboundedReceiver<Instant>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hello", listener.local_addr()?);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                let _ = tx.send(Instant::now());
+                let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+                let _ = socket.write_all(reply).await;
+            });
+        }
+    });
+    Ok((url, rx))
+}
+
+/// Scenario 5a: from the cancel request to the in-flight step observed aborted (the peer sees the hang-up).
+pub async fn kill_latency(t: &Target, scale: &Scale) -> anyhow::Result<Measurement> {
+    let agent = t.key("agent").await?;
+    let session = t.session(&agent).await?;
+    let (url, mut peer) = silent_peer().await?;
+    let mut lat = Vec::new();
+    let started = Instant::now();
+    for _ in 0..scale.trials {
+        let steps = json!([{"tool": "http_get", "args": {"url": url}}]);
+        let e = t
+            .post(
+                &agent,
+                "/agent/execute",
+                json!({"session_id": session, "steps": steps}),
+            )
+            .await?;
+        let id = e["id"].as_str().context("id")?.to_owned();
+        match peer.recv().await {
+            Some((true, _)) => {}
+            other => bail!("expected the step to connect, got {other:?}"),
+        }
+        let t0 = Instant::now();
+        t.post(&agent, &format!("/executions/{id}/cancel"), json!({}))
+            .await?;
+        match peer.recv().await {
+            Some((false, at)) => lat.push(at.saturating_duration_since(t0)),
+            other => bail!("expected the step to hang up, got {other:?}"),
+        }
+    }
+    Ok(Measurement::from_latencies(
+        "kill latency",
+        1,
+        lat,
+        started.elapsed(),
+        "cancel request → step aborted".into(),
+    ))
+}
+
+/// Scenario 5b: from the approve request to the next step starting.
+pub async fn resume_latency(t: &Target, scale: &Scale) -> anyhow::Result<Measurement> {
+    let agent = t.key("agent").await?;
+    let approver = t.key("approver").await?;
+    let session = t.session(&agent).await?;
+    let (url, mut peer) = hello_peer().await?;
+    let mut ws = t.socket(&approver).await?;
+    let mut lat = Vec::new();
+    let started = Instant::now();
+    for _ in 0..scale.trials {
+        let steps = json!([
+            {"tool": "transfer", "args": {"to": ADDR, "amount": "25", "currency": "USDC"}},
+            {"tool": "http_get", "args": {"url": url}},
+        ]);
+        let e = t
+            .post(
+                &agent,
+                "/agent/execute",
+                json!({"session_id": session, "steps": steps}),
+            )
+            .await?;
+        let approval = loop {
+            let m = next_json(&mut ws).await?;
+            if m["type"] == "execution_paused" && m["data"]["id"] == e["id"] {
+                break m["data"]["approval_id"]
+                    .as_str()
+                    .context("approval_id")?
+                    .to_owned();
+            }
+        };
+        let t0 = Instant::now();
+        t.post(
+            &approver,
+            &format!("/approvals/{approval}/approve"),
+            json!({}),
+        )
+        .await?;
+        let at = peer.recv().await.context("the next step never started")?;
+        lat.push(at.saturating_duration_since(t0));
+    }
+    Ok(Measurement::from_latencies(
+        "resume latency",
+        1,
+        lat,
+        started.elapsed(),
+        "approve request → next step starts".into(),
+    ))
+}
+
+/// Scenario 6: from an event's transaction time to its receipt, with `clients` sockets connected.
+pub async fn fanout(t: &Target, scale: &Scale, clients: usize) -> anyhow::Result<Measurement> {
+    let agent = t.key("agent").await?;
+    let approver = t.key("approver").await?;
+    let session = t.session(&agent).await?;
+    let mut sockets = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        sockets.push(t.socket(&approver).await?);
+    }
+    let mut lat = Vec::new();
+    let started = Instant::now();
+    for _ in 0..scale.trials {
+        t.pay(&agent, &session, "25.00").await?;
+        let received = futures::future::join_all(sockets.iter_mut().map(|ws| async move {
+            let m = next_json(ws).await?;
+            let at = m["at"].as_str().context("at")?;
+            let sent = unix_seconds(at)?;
+            Ok::<_, anyhow::Error>(now_unix() - sent)
+        }))
+        .await;
+        for r in received {
+            lat.push(Duration::from_secs_f64(r?.max(0.0)));
+        }
+    }
+    let note = "event transaction time → received (same clock)".to_owned();
+    Ok(Measurement::from_latencies(
+        &format!("fan-out, {clients} clients"),
+        1,
+        lat,
+        started.elapsed(),
+        note,
+    ))
+}
+
+fn now_unix() -> f64 {
+    chrono::Utc::now().timestamp_micros() as f64 / 1e6
+}
+
+/// Seconds since the epoch of an RFC 3339 timestamp.
+fn unix_seconds(s: &str) -> anyhow::Result<f64> {
+    let at =
+        chrono::DateTime::parse_from_rfc3339(s).with_context(|| format!("bad timestamp {s:?}"))?;
+    Ok(at.timestamp_micros() as f64 / 1e6)
+}
+
+/// Scenario 7: the database's own rate at the same work: one single-row transaction per operation, with the
+/// same settings Paygent uses, at `concurrency`.
+pub async fn ceiling(
+    database_url: &str,
+    scale: &Scale,
+    concurrency: usize,
+) -> anyhow::Result<Measurement> {
+    sqlx::any::install_default_drivers();
+    let sqlite = database_url.starts_with("sqlite:");
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(if sqlite { 1 } else { concurrency as u32 })
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if sqlite {
+                    use sqlx::Executor;
+                    conn.execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; PRAGMA synchronous = FULL;")
+                        .await?;
+                }
+                Ok(())
+            })
+        })
+        .connect(database_url)
+        .await?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS bench_ceiling (id TEXT PRIMARY KEY, at TEXT NOT NULL)")
+        .execute(&pool)
+        .await?;
+    let (lat, wall) = load(concurrency, scale.requests, move |_| {
+        let pool = pool.clone();
+        async move {
+            let mut tx = if sqlite {
+                pool.begin_with("BEGIN IMMEDIATE").await?
+            } else {
+                pool.begin().await?
+            };
+            sqlx::query("INSERT INTO bench_ceiling (id, at) VALUES ($1, $2)")
+                .bind(uuid::Uuid::new_v4().to_string())
+                .bind("2026-01-01T00:00:00.000000Z")
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        }
+    })
+    .await?;
+    Ok(Measurement::from_latencies(
+        "database ceiling",
+        concurrency,
+        lat,
+        wall,
+        "one single-row transaction".into(),
+    ))
+}
+
+/// The server's resident memory, from /proc.
+pub fn rss_mb(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("VmRSS")?;
+    Ok(kb / 1024.0)
+}
+
+/// Scenario 8: resident memory as found, then with `scale.pending` approvals stored, then with `scale.sockets`
+/// sockets connected.
+pub async fn footprint(t: &Target, scale: &Scale, pid: u32) -> anyhow::Result<Vec<(String, f64)>> {
+    let mut out = vec![("at start of scenario".to_owned(), rss_mb(pid)?)];
+    file_approvals(t, scale.pending, 16).await?;
+    out.push((
+        format!("{} pending approvals stored", scale.pending),
+        rss_mb(pid)?,
+    ));
+    let approver = t.key("approver").await?;
+    let mut sockets = Vec::with_capacity(scale.sockets);
+    for _ in 0..scale.sockets {
+        sockets.push(t.socket(&approver).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    out.push((format!("{} sockets connected", scale.sockets), rss_mb(pid)?));
+    Ok(out)
+}
+
+/// Every scenario, in order, as measurement lines; the footprint comes back separately.
+pub async fn all(
+    t: &Target,
+    database_url: &str,
+    scale: &Scale,
+    pid: u32,
+) -> anyhow::Result<(Vec<Measurement>, Vec<(String, f64)>)> {
+    let idle = ("idle, fresh start".to_owned(), rss_mb(pid)?);
+    let mut m = Vec::new();
+    for c in [1, 16] {
+        m.push(guard_auto(t, scale, c).await?);
+    }
+    for c in [1, 16] {
+        m.push(approval_creation(t, scale, c).await?);
+    }
+    for c in [1, 16] {
+        m.push(decisions(t, scale, c).await?);
+    }
+    m.push(round_trip(t, scale).await?);
+    m.push(kill_latency(t, scale).await?);
+    m.push(resume_latency(t, scale).await?);
+    m.push(fanout(t, scale, 1).await?);
+    m.push(
+        fanout(
+            t,
+            &Scale {
+                trials: scale.trials.min(50),
+                ..scale.clone()
+            },
+            scale.sockets,
+        )
+        .await?,
+    );
+    m.push(ceiling(database_url, scale, 16).await?);
+    let mut footprint = footprint(t, scale, pid).await?;
+    footprint.insert(0, idle);
+    Ok((m, footprint))
+}

@@ -1,0 +1,232 @@
+//! `paygent-bench`: starts a release `paygent serve` on loopback and measures it. See BENCHMARKS.md.
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use paygent_bench::{Measurement, Scale, Target};
+use std::process::{Child, Command, Stdio};
+
+#[derive(Parser)]
+#[command(about = "Measure a real paygent serve over HTTP and WebSocket")]
+struct Args {
+    #[arg(value_enum, default_value = "all")]
+    scenario: Scenario,
+    /// The server's database: a fresh SQLite file by default, or a postgres:// URL (an empty database).
+    #[arg(long)]
+    db: Option<String>,
+    /// Print JSON instead of markdown.
+    #[arg(long)]
+    json: bool,
+    /// A few requests per scenario, to check the harness itself.
+    #[arg(long)]
+    tiny: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    All,
+    Guard,
+    Approvals,
+    Decisions,
+    RoundTrip,
+    Kill,
+    Resume,
+    Fanout,
+    Ceiling,
+    Footprint,
+}
+
+const ADMIN: &str = "bench-admin-token-0123456789";
+
+struct Server {
+    child: Child,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The release `paygent` binary beside this one, built if it is missing.
+fn server_binary() -> anyhow::Result<std::path::PathBuf> {
+    if let Ok(bin) = std::env::var("PAYGENT_BIN") {
+        return Ok(bin.into());
+    }
+    let bin = std::env::current_exe()?.with_file_name("paygent");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let built = Command::new(cargo)
+            .args(["build", "--release", "-p", "paygent"])
+            .status()?;
+        if !built.success() || !bin.exists() {
+            bail!(
+                "could not build {}; run `cargo build --release -p paygent`",
+                bin.display()
+            );
+        }
+    }
+    Ok(bin)
+}
+
+fn start_server(db: &str, dir: &std::path::Path) -> anyhow::Result<(Server, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let child = Command::new(server_binary()?)
+        .arg("serve")
+        .env("PAYGENT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("PAYGENT_DATA_DIR", dir)
+        .env("DATABASE_URL", db)
+        .env("PAYGENT_ADMIN_TOKEN", ADMIN)
+        .env("PAYGENT_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting paygent serve")?;
+    let server = Server {
+        child,
+        dir: dir.to_owned(),
+    };
+    for _ in 0..600 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok((server, format!("http://127.0.0.1:{port}")));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    bail!("paygent serve did not start")
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let rev = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    format!("{cores} cores, {cpu}, revision {rev}")
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let scale = if args.tiny {
+        Scale::tiny()
+    } else {
+        Scale::full()
+    };
+    let dir = std::env::temp_dir().join(format!("paygent-bench-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    let db = args
+        .db
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}/paygent.db?mode=rwc", dir.display()));
+    let (server, base) = start_server(&db, &dir)?;
+    let pid = server.child.id();
+    let t = Target::new(&base, ADMIN);
+    use paygent_bench as b;
+    let (lines, footprint) = match args.scenario {
+        Scenario::All => b::all(&t, &db, &scale, pid).await?,
+        Scenario::Guard => (
+            vec![
+                b::guard_auto(&t, &scale, 1).await?,
+                b::guard_auto(&t, &scale, 16).await?,
+            ],
+            vec![],
+        ),
+        Scenario::Approvals => (
+            vec![
+                b::approval_creation(&t, &scale, 1).await?,
+                b::approval_creation(&t, &scale, 16).await?,
+            ],
+            vec![],
+        ),
+        Scenario::Decisions => (
+            vec![
+                b::decisions(&t, &scale, 1).await?,
+                b::decisions(&t, &scale, 16).await?,
+            ],
+            vec![],
+        ),
+        Scenario::RoundTrip => (vec![b::round_trip(&t, &scale).await?], vec![]),
+        Scenario::Kill => (vec![b::kill_latency(&t, &scale).await?], vec![]),
+        Scenario::Resume => (vec![b::resume_latency(&t, &scale).await?], vec![]),
+        Scenario::Fanout => (
+            vec![
+                b::fanout(&t, &scale, 1).await?,
+                b::fanout(&t, &scale, scale.sockets).await?,
+            ],
+            vec![],
+        ),
+        Scenario::Ceiling => (vec![b::ceiling(&db, &scale, 16).await?], vec![]),
+        Scenario::Footprint => (vec![], b::footprint(&t, &scale, pid).await?),
+    };
+    let backend = if db.starts_with("postgres") {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
+    if args.json {
+        let report = serde_json::json!({"machine": machine(), "database": backend, "measurements": lines,
+            "footprint_mb": footprint});
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_markdown(&machine(), backend, &lines, &footprint);
+    }
+    drop(server);
+    Ok(())
+}
+
+fn print_markdown(
+    machine: &str,
+    backend: &str,
+    lines: &[Measurement],
+    footprint: &[(String, f64)],
+) {
+    println!("Paygent benchmark on {backend}; {machine}\n");
+    if !lines.is_empty() {
+        println!("| scenario | c | n | p50 ms | p99 ms | max ms | per s | note |");
+        println!("|---|---:|---:|---:|---:|---:|---:|---|");
+        for m in lines {
+            println!(
+                "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.0} | {} |",
+                m.scenario,
+                m.concurrency,
+                m.count,
+                m.p50_ms,
+                m.p99_ms,
+                m.max_ms,
+                m.per_second,
+                m.note
+            );
+        }
+        let rate = |name: &str| {
+            lines
+                .iter()
+                .find(|m| m.scenario == name && m.concurrency == 16)
+                .map(|m| m.per_second)
+        };
+        if let (Some(guard), Some(ceiling)) = (rate("guard, auto path"), rate("database ceiling")) {
+            println!(
+                "\nGuard throughput / database ceiling at c=16: {:.2}",
+                guard / ceiling
+            );
+        }
+    }
+    if !footprint.is_empty() {
+        println!("\n| server RSS | MB |\n|---|---:|");
+        for (what, mb) in footprint {
+            println!("| {what} | {mb:.1} |");
+        }
+    }
+}
