@@ -80,7 +80,11 @@ async fn run_hub(
                 }
             }
             nudge = next_nudge(&mut nudges) => match nudge {
-                Ok(Nudge::Tenant(tenant)) => catch_up(&store, &live, &mut cursors, tenant).await,
+                // Our own commits arrive here too, usually after the hub has already sent them.
+                Ok(Nudge::Tenant(tenant, seq)) if cursors.get(&tenant).copied().unwrap_or(0) < seq => {
+                    catch_up(&store, &live, &mut cursors, tenant).await
+                }
+                Ok(Nudge::Tenant(..)) => {}
                 Ok(Nudge::Resync) => resync(&store, &live, &mut cursors).await,
                 Err(e) => {
                     tracing::warn!(error = %e, "event LISTEN connection failed; polling until it returns");

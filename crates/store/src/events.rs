@@ -7,14 +7,14 @@ use sqlx::postgres::PgListener;
 use sqlx::{FromRow, Row};
 use uuid::Uuid;
 
-/// The PostgreSQL NOTIFY channel that carries "tenant T has new events".
+/// The PostgreSQL NOTIFY channel that carries "tenant T has events up to seq N", as `T:N`.
 pub(crate) const CHANNEL: &str = "paygent_events";
 
 /// What an [`EventNudges`] hears.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Nudge {
-    /// This tenant has new events.
-    Tenant(Uuid),
+    /// This tenant has events up to this sequence number.
+    Tenant(Uuid, i64),
     /// The listening connection was lost and restored: nudges may have been missed.
     Resync,
 }
@@ -25,7 +25,11 @@ pub struct EventNudges(PgListener);
 impl EventNudges {
     pub async fn next(&mut self) -> Result<Nudge> {
         Ok(match self.0.try_recv().await? {
-            Some(n) => Uuid::parse_str(n.payload()).map_or(Nudge::Resync, Nudge::Tenant),
+            Some(n) => n
+                .payload()
+                .split_once(':')
+                .and_then(|(t, s)| Some(Nudge::Tenant(Uuid::parse_str(t).ok()?, s.parse().ok()?)))
+                .unwrap_or(Nudge::Resync),
             None => Nudge::Resync,
         })
     }

@@ -178,7 +178,7 @@ impl WriteTx {
         if self.backend == Backend::Postgres && !self.events.is_empty() {
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(crate::events::CHANNEL)
-                .bind(self.tenant_id.to_string())
+                .bind(format!("{}:{}", self.tenant_id, self.event_seq))
                 .execute(&mut *self.tx)
                 .await?;
         }
