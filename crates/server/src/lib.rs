@@ -77,6 +77,7 @@ pub fn app_with(paygent: Paygent, live: LiveOptions) -> Router {
     )
     .merge(http::health::router())
     .merge(http::events::router())
+    .merge(http::web::router())
     .fallback(|| async { ApiError::NoRoute })
     .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
     .layer(DefaultBodyLimit::max(BODY_LIMIT))

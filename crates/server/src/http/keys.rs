@@ -8,14 +8,16 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use paygent_engine::domain::Role;
 use paygent_engine::{KeyView, NewTenant, Paygent};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
 
 pub fn router() -> OpenApiRouter<Paygent> {
     OpenApiRouter::new()
         .routes(routes!(create_key))
         .routes(routes!(create_tenant))
+        .routes(routes!(me))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -55,4 +57,23 @@ async fn create_tenant(
 ) -> ApiResult<(StatusCode, Json<NewTenant>)> {
     let tenant = paygent.create_tenant(&who, &req.name).await?;
     Ok((StatusCode::CREATED, Json(tenant)))
+}
+
+/// Who a key is.
+#[derive(Serialize, ToSchema)]
+pub struct Me {
+    key_id: Uuid,
+    tenant_id: Uuid,
+    #[schema(value_type = String, example = "approver")]
+    role: Role,
+}
+
+/// The calling key's id, tenant and role.
+#[utoipa::path(get, path = "/me", tag = "keys", responses((status = 200, body = Me), (status = 401, body = Problem)))]
+async fn me(Caller(who): Caller) -> Json<Me> {
+    Json(Me {
+        key_id: who.key_id,
+        tenant_id: who.tenant_id,
+        role: who.role,
+    })
 }

@@ -9,6 +9,7 @@ pub mod keys;
 pub mod kill;
 pub mod payments;
 pub mod sessions;
+pub mod web;
 
 use crate::error::ApiError;
 

@@ -1,0 +1,313 @@
+//! The approvals inbox in a real headless Chromium, against a real server on loopback.
+
+use chromiumoxide::Page;
+use chromiumoxide::page::ScreenshotParams;
+use paygent_inbox_tests::{Chromium, eval, wait_until};
+use paygent_testkit::{ADMIN_TOKEN, Backend, TestServer};
+use serde_json::json;
+
+async fn sign_in(page: &Page, token: &str) {
+    fill(page, "#token", token).await;
+    click(page, "#sign-in button[type=submit]").await;
+    wait_until(
+        page,
+        "!document.querySelector('#inbox').hidden",
+        "the inbox after sign-in",
+    )
+    .await;
+    wait_until(
+        page,
+        "document.querySelector('#live').classList.contains('on')",
+        "the live connection",
+    )
+    .await;
+}
+
+fn item(approval: &str) -> String {
+    format!("[data-approval-id='{approval}']")
+}
+
+async fn appears(page: &Page, approval: &str) {
+    wait_until(
+        page,
+        &format!("!!document.querySelector(\"{}\")", item(approval)),
+        "the request to appear",
+    )
+    .await;
+}
+
+async fn leaves(page: &Page, approval: &str) {
+    wait_until(
+        page,
+        &format!("!document.querySelector(\"{}\")", item(approval)),
+        "the request to leave",
+    )
+    .await;
+}
+
+/// Clicks like a person would, through the page's own event handling.
+async fn click(page: &Page, selector: &str) {
+    let found = eval(page, &format!("(() => {{ const e = document.querySelector(\"{selector}\"); if (!e) return false; e.scrollIntoView(); e.click(); return true; }})()")).await;
+    assert_eq!(found, true, "nothing to click at {selector}");
+}
+
+/// Types into a field: sets its value and fires the input event.
+async fn fill(page: &Page, selector: &str, text: &str) {
+    let script = format!(
+        "(() => {{ const e = document.querySelector(\"{selector}\"); if (!e) return false; e.focus(); e.value = {}; \
+         e.dispatchEvent(new Event('input', {{ bubbles: true }})); return true; }})()",
+        serde_json::Value::String(text.to_owned())
+    );
+    assert_eq!(eval(page, &script).await, true, "no field at {selector}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn people_decide_in_the_inbox() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s
+        .session(&t.agent, json!({"daily_limits": {"USDC": "1000"}}))
+        .await;
+    let chrome = Chromium::launch().await;
+    let page = chrome.open(&s.base).await;
+    let csp =
+        s.http.get(&s.base).send().await.unwrap().headers()["content-security-policy"].clone();
+    assert!(csp.to_str().unwrap().contains("script-src 'self'"));
+
+    // An agent key is turned away.
+    fill(&page, "#token", &t.agent).await;
+    click(&page, "#sign-in button[type=submit]").await;
+    wait_until(
+        &page,
+        "!document.querySelector('#sign-in-error').hidden",
+        "the sign-in error",
+    )
+    .await;
+    sign_in(&page, &t.approver).await;
+    assert_eq!(
+        eval(
+            &page,
+            "document.querySelector('#who-role').textContent.split(' ')[0]"
+        )
+        .await,
+        "approver"
+    );
+
+    // A payment appears without a reload; approve it.
+    let (_, p) = s.pay(&t.agent, session, "25", "USDC").await;
+    let approval = p["approval_id"].as_str().unwrap().to_owned();
+    appears(&page, &approval).await;
+    assert_eq!(eval(&page, "document.title").await, "(1) Paygent inbox");
+    let shown = eval(
+        &page,
+        &format!(
+            "document.querySelector(\"{} .usd\").textContent",
+            item(&approval)
+        ),
+    )
+    .await;
+    assert_eq!(shown, "$25");
+    wait_until(
+        &page,
+        &format!(
+            "document.querySelector(\"{} .budget\").textContent.includes('reserved 25')",
+            item(&approval)
+        ),
+        "the budget",
+    )
+    .await;
+    click(&page, &format!("{} button.approve", item(&approval))).await;
+    leaves(&page, &approval).await;
+    let (_, paid) = s
+        .post(
+            &t.agent,
+            "/payments/execute-approved",
+            json!({"approval_id": approval}),
+        )
+        .await;
+    assert_eq!(paid["status"], "authorized");
+
+    // Reject with a reason.
+    let (_, p) = s.pay(&t.agent, session, "40", "USDC").await;
+    let approval = p["approval_id"].as_str().unwrap().to_owned();
+    appears(&page, &approval).await;
+    click(&page, &format!("{} button.reject", item(&approval))).await;
+    fill(
+        &page,
+        &format!("{} .reject-form input[name=reason]", item(&approval)),
+        "unknown vendor",
+    )
+    .await;
+    click(&page, &format!("{} .reject-form button", item(&approval))).await;
+    leaves(&page, &approval).await;
+    let (_, stored) = s.get(&t.approver, &format!("/approvals/{approval}")).await;
+    assert_eq!(stored["decision"]["note"], "unknown vendor");
+
+    // Edit down: the edited amount executes. Edit above what was asked: the error shows, it stays pending.
+    let (_, p) = s.pay(&t.agent, session, "30", "USDC").await;
+    let down = p["approval_id"].as_str().unwrap().to_owned();
+    let (_, p) = s.pay(&t.agent, session, "15", "USDC").await;
+    let up = p["approval_id"].as_str().unwrap().to_owned();
+    appears(&page, &up).await;
+    click(&page, &format!("{} button.edit", item(&down))).await;
+    fill(
+        &page,
+        &format!("{} .edit-form input[name=amount]", item(&down)),
+        "12",
+    )
+    .await;
+    click(&page, &format!("{} .edit-form button", item(&down))).await;
+    leaves(&page, &down).await;
+    let (_, paid) = s
+        .post(
+            &t.agent,
+            "/payments/execute-approved",
+            json!({"approval_id": down}),
+        )
+        .await;
+    assert_eq!(paid["amount"], "12");
+    click(&page, &format!("{} button.edit", item(&up))).await;
+    fill(
+        &page,
+        &format!("{} .edit-form input[name=amount]", item(&up)),
+        "50",
+    )
+    .await;
+    click(&page, &format!("{} .edit-form button", item(&up))).await;
+    wait_until(
+        &page,
+        &format!("!document.querySelector(\"{} .problem\").hidden", item(&up)),
+        "the refusal",
+    )
+    .await;
+    let problem = eval(
+        &page,
+        &format!(
+            "document.querySelector(\"{} .problem\").textContent",
+            item(&up)
+        ),
+    )
+    .await;
+    assert!(
+        problem.as_str().unwrap().contains("cannot raise"),
+        "{problem}"
+    );
+    let (_, still) = s.get(&t.approver, &format!("/approvals/{up}")).await;
+    assert_eq!(still["status"], "pending");
+
+    // A second browser sees the first one's decision live; a stale view shows the conflict plainly.
+    let second = chrome.open(&s.base).await;
+    sign_in(&second, &t.admin).await;
+    appears(&second, &up).await;
+    assert_eq!(
+        eval(&second, "!document.querySelector('#admin-tools').hidden").await,
+        true
+    );
+    click(&page, &format!("{} button.approve", item(&up))).await;
+    leaves(&second, &up).await;
+    let (_, p) = s.pay(&t.agent, session, "60", "USDC").await;
+    let contested = p["approval_id"].as_str().unwrap().to_owned();
+    appears(&second, &contested).await;
+    appears(&page, &contested).await;
+    eval(
+        &second,
+        "state.socket.onclose = null; state.socket.close(); true",
+    )
+    .await;
+    click(&page, &format!("{} button.approve", item(&contested))).await;
+    leaves(&page, &contested).await;
+    click(&second, &format!("{} button.approve", item(&contested))).await;
+    wait_until(
+        &second,
+        &format!(
+            "!document.querySelector(\"{} .problem\").hidden",
+            item(&contested)
+        ),
+        "the conflict",
+    )
+    .await;
+    let conflict = eval(
+        &second,
+        &format!(
+            "document.querySelector(\"{} .problem\").textContent",
+            item(&contested)
+        ),
+    )
+    .await;
+    assert!(
+        conflict
+            .as_str()
+            .unwrap()
+            .starts_with("Someone else decided first"),
+        "{conflict}"
+    );
+    // Reconnected, it replays what it missed: the contested request leaves.
+    eval(&second, "connect(); true").await;
+    leaves(&second, &contested).await;
+
+    // Another tenant's approver sees nothing of this one.
+    let (_, p) = s.pay(&t.agent, session, "70", "USDC").await;
+    let ours = p["approval_id"].as_str().unwrap().to_owned();
+    appears(&page, &ours).await;
+    let outsider = chrome.open(&s.base).await;
+    let other = s.team(&s.tenant("other").await).await;
+    sign_in(&outsider, &other.approver).await;
+    wait_until(
+        &outsider,
+        "document.querySelector('#count').textContent === '0'",
+        "an empty inbox",
+    )
+    .await;
+
+    // Screenshots at desktop and phone width, kept as test artifacts.
+    let artifacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("inbox-screenshots");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    page.save_screenshot(
+        ScreenshotParams::builder().full_page(true).build(),
+        artifacts.join("inbox-desktop.png"),
+    )
+    .await
+    .unwrap();
+    let phone = chrome.open(&format!("{}/", s.base)).await;
+    phone
+        .execute(
+            chromiumoxide::cdp::browser_protocol::emulation::SetDeviceMetricsOverrideParams::new(
+                390, 844, 3.0, true,
+            ),
+        )
+        .await
+        .unwrap();
+    sign_in(&phone, &t.approver).await;
+    appears(&phone, &ours).await;
+    phone
+        .save_screenshot(
+            ScreenshotParams::builder().full_page(true).build(),
+            artifacts.join("inbox-phone.png"),
+        )
+        .await
+        .unwrap();
+    let phone_width = eval(
+        &phone,
+        "document.documentElement.scrollWidth <= window.innerWidth",
+    )
+    .await;
+    assert_eq!(phone_width, true, "no sideways scrolling at phone width");
+
+    // The emergency stop shows a banner in every open browser.
+    s.post(
+        &t.admin,
+        "/kill-switch",
+        json!({"engaged": true, "reason": "drill"}),
+    )
+    .await;
+    for p in [&page, &second, &phone] {
+        wait_until(
+            p,
+            "!document.querySelector('#stop-banner').hidden",
+            "the stop banner",
+        )
+        .await;
+    }
+    leaves(&page, &ours).await;
+    s.finish().await;
+}

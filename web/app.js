@@ -1,0 +1,236 @@
+// The Paygent approvals inbox: no framework, no build step. Pending requests arrive live over the WebSocket,
+// replayed from the last seen sequence number after a reconnect, so a dropped connection misses nothing.
+"use strict";
+
+const $ = (sel, root = document) => root.querySelector(sel);
+const state = { token: null, role: null, items: new Map(), lastSeq: null, socket: null, budgets: new Map(),
+  selected: null, retry: 500 };
+
+async function api(method, path, body) {
+  const resp = await fetch(`/api/v1${path}`, {
+    method,
+    headers: { "Authorization": `Bearer ${state.token}`, ...(body ? { "Content-Type": "application/json" } : {}) },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const data = await resp.json().catch(() => null);
+  if (!resp.ok) {
+    const err = new Error((data && data.detail) || `${resp.status}`);
+    err.status = resp.status;
+    throw err;
+  }
+  return data;
+}
+
+function show(el, visible) { el.hidden = !visible; }
+
+async function signIn(token) {
+  state.token = token;
+  const me = await api("GET", "/me");
+  if (me.role === "agent") throw new Error("agent keys cannot decide: use an approver or admin key");
+  state.role = me.role;
+  sessionStorage.setItem("paygent-token", token);
+  $("#who-role").textContent = `${me.role} · tenant ${me.tenant_id.slice(0, 8)}`;
+  show($("#who"), true);
+  show($("#sign-in"), false);
+  show($("#inbox"), true);
+  show($("#admin-tools"), me.role === "admin");
+  connect();
+  await Promise.all([reload(), refreshStop()]);
+}
+
+function signOut() {
+  sessionStorage.removeItem("paygent-token");
+  if (state.socket) state.socket.close();
+  location.reload();
+}
+
+async function reload() {
+  const pending = await api("GET", "/approvals/pending?limit=500");
+  for (const a of pending) upsert(a);
+}
+
+async function refreshStop() {
+  const stop = await api("GET", "/kill-switch");
+  banner(stop);
+}
+
+function banner(stop) {
+  const el = $("#stop-banner");
+  el.textContent = stop.engaged ? `Emergency stop engaged${stop.reason ? `: ${stop.reason}` : ""}. No money moves.` : "";
+  show(el, !!stop.engaged);
+  show($("#engage"), !stop.engaged);
+  show($("#release"), !!stop.engaged);
+}
+
+function connect() {
+  const after = state.lastSeq === null ? "" : `&after_seq=${state.lastSeq}`;
+  const proto = location.protocol === "https:" ? "wss" : "ws";
+  const ws = new WebSocket(`${proto}://${location.host}/api/v1/ws?token=${encodeURIComponent(state.token)}${after}`);
+  state.socket = ws;
+  ws.onopen = () => { $("#live").classList.add("on"); state.retry = 500; };
+  ws.onmessage = (m) => onEvent(JSON.parse(m.data));
+  ws.onclose = () => {
+    $("#live").classList.remove("on");
+    if (!state.token) return;
+    setTimeout(connect, state.retry);
+    state.retry = Math.min(state.retry * 2, 10000);
+  };
+}
+
+function onEvent(e) {
+  if (typeof e.seq === "number") state.lastSeq = e.seq;
+  const data = e.data || {};
+  // Anything that moves money or reservations makes the session's budget stale.
+  if (e.session_id) state.budgets.delete(e.session_id);
+  switch (e.type) {
+    case "approval_required": upsert(data); announce(); break;
+    case "approved": case "rejected": case "edited": case "expired": remove(data.id, `${e.type} elsewhere`); break;
+    case "cancelled": if (data.kind === "approval") remove(data.id, "cancelled"); break;
+    case "kill_switch": banner(data); break;
+  }
+}
+
+function announce() {
+  if (document.hidden && "Notification" in window && Notification.permission === "granted") {
+    new Notification("Paygent: a payment waits for you");
+  }
+}
+
+function money(args) {
+  return `${args.amount ?? args.max_amount ?? "?"} ${args.currency ?? ""}`.trim();
+}
+
+function upsert(a) {
+  if (a.status && a.status !== "pending") return;
+  if (state.items.has(a.id)) return;
+  const li = $("#item-template").content.firstElementChild.cloneNode(true);
+  li.dataset.approvalId = a.id;
+  li.dataset.deadline = a.deadline;
+  $(".usd", li).textContent = `$${a.usd_value}`;
+  $(".tool", li).textContent = a.tool;
+  $(".what", li).textContent = `${money(a.args)} → ${a.args.recipient ?? a.args.to ?? a.args.url ?? ""}`;
+  $(".reason", li).textContent = a.reason;
+  $(".meta", li).textContent = `session ${a.session_id.slice(0, 8)} · agent ${a.requested_by.slice(0, 8)}`;
+  for (const kind of ["approve", "reject", "edit"]) show($(`button.${kind}`, li), a.allowed_decisions.includes(kind));
+  $(".edit-form input[name=amount]", li).value = a.args.amount ?? "";
+  $("button.approve", li).addEventListener("click", () => decide(a.id, "approve", {}));
+  $("button.reject", li).addEventListener("click", () => toggleForm(li, ".reject-form"));
+  $("button.edit", li).addEventListener("click", () => toggleForm(li, ".edit-form"));
+  $(".reject-form", li).addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    decide(a.id, "reject", { reason: new FormData(ev.target).get("reason") });
+  });
+  $(".edit-form", li).addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const f = new FormData(ev.target);
+    decide(a.id, "edit", { edited_args: { amount: f.get("amount") }, comment: f.get("comment") || null });
+  });
+  li.addEventListener("focus", () => select(a.id));
+  state.items.set(a.id, li);
+  $("#items").appendChild(li);
+  loadBudget(a.session_id, li);
+  render();
+}
+
+function toggleForm(li, sel) {
+  const form = $(sel, li);
+  show(form, form.hidden);
+  if (!form.hidden) $("input", form).focus();
+}
+
+async function loadBudget(sessionId, li) {
+  try {
+    if (!state.budgets.has(sessionId)) state.budgets.set(sessionId, api("GET", `/sessions/${sessionId}/budget`));
+    const b = await state.budgets.get(sessionId);
+    const usd = b.usd;
+    const lines = Object.entries(b.currencies).map(([c, l]) =>
+      `${c}: spent ${l.spent}, reserved ${l.reserved}${l.available !== null ? `, available ${l.available}` : ""}`);
+    if (usd.limit !== null) lines.push(`USD: available ${usd.available} of ${usd.limit}`);
+    $(".budget", li).textContent = lines.length ? `Budget today — ${lines.join(" · ")}` : "No budget limits";
+  } catch (e) {
+    $(".budget", li).textContent = "";
+  }
+}
+
+function remove(id, why) {
+  const li = state.items.get(id);
+  if (!li) return;
+  state.items.delete(id);
+  li.remove();
+  if (state.selected === id) state.selected = null;
+  render();
+}
+
+async function decide(id, kind, body) {
+  const li = state.items.get(id);
+  if (!li) return;
+  const problem = $(".problem", li);
+  show(problem, false);
+  try {
+    await api("POST", `/approvals/${id}/${kind}`, body);
+    remove(id, kind);
+  } catch (e) {
+    problem.textContent = e.status === 409 ? `Someone else decided first: ${e.message}` : e.message;
+    show(problem, true);
+  }
+}
+
+function select(id) {
+  state.selected = id;
+  for (const [key, li] of state.items) li.classList.toggle("selected", key === id);
+}
+
+function render() {
+  const n = state.items.size;
+  $("#count").textContent = String(n);
+  show($("#empty"), n === 0);
+  document.title = n ? `(${n}) Paygent inbox` : "Paygent inbox";
+  if (!state.selected && n) select(state.items.keys().next().value);
+}
+
+function tick() {
+  const now = Date.now();
+  for (const li of state.items.values()) {
+    const left = Math.max(0, Math.round((Date.parse(li.dataset.deadline) - now) / 1000));
+    const el = $(".countdown", li);
+    el.textContent = left > 0 ? `expires in ${Math.floor(left / 60)}:${String(left % 60).padStart(2, "0")}` : "expired";
+    el.classList.toggle("soon", left < 60);
+  }
+}
+
+function onKey(ev) {
+  if (ev.target.closest("input, textarea, form") || !state.selected) return;
+  const ids = [...state.items.keys()];
+  const at = ids.indexOf(state.selected);
+  const li = state.items.get(state.selected);
+  if (ev.key === "a") $("button.approve", li).hidden || decide(state.selected, "approve", {});
+  else if (ev.key === "r") toggleForm(li, ".reject-form");
+  else if (ev.key === "j" && at < ids.length - 1) state.items.get(ids[at + 1]).focus();
+  else if (ev.key === "k" && at > 0) state.items.get(ids[at - 1]).focus();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("#sign-in").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    try {
+      await signIn($("#token").value.trim());
+    } catch (e) {
+      state.token = null;
+      $("#sign-in-error").textContent = `Cannot sign in: ${e.message}`;
+      show($("#sign-in-error"), true);
+    }
+  });
+  $("#sign-out").addEventListener("click", signOut);
+  $("#engage").addEventListener("click", async () => {
+    if (confirm("Engage the emergency stop? Every payment is denied and pending requests are cancelled.")) {
+      banner(await api("POST", "/kill-switch", { engaged: true, reason: "engaged from the inbox" }));
+    }
+  });
+  $("#release").addEventListener("click", async () => {
+    if (confirm("Release the emergency stop?")) banner(await api("POST", "/kill-switch", { engaged: false }));
+  });
+  document.addEventListener("keydown", onKey);
+  setInterval(tick, 1000);
+  const saved = sessionStorage.getItem("paygent-token");
+  if (saved) signIn(saved).catch(() => sessionStorage.removeItem("paygent-token"));
+});
