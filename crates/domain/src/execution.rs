@@ -14,6 +14,17 @@ pub enum ExecutionStatus {
     Cancelled,
 }
 
+/// What an execution does when a person rejects one of its steps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnReject {
+    /// The execution ends as `rejected`.
+    #[default]
+    Stop,
+    /// The agent gets the rejection as the step's result and goes on with the next step.
+    Continue,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {

@@ -1,6 +1,7 @@
 //! A session is one agent's working context: its approval threshold, its timeout, and later its budgets.
 
 use crate::budget::{BudgetConfig, OnBudgetExceeded};
+use crate::execution::OnReject;
 use crate::money::{parse_decimal, strict};
 use crate::policy::{DEFAULT_PAYMENT_THRESHOLD_USD, Policy};
 use rust_decimal::Decimal;
@@ -18,6 +19,9 @@ pub struct SessionConfig {
     /// USD value above which a payment needs a person (strictly greater).
     pub approval_threshold_usd: Decimal,
     pub approval_timeout_seconds: u32,
+    /// Whether an execution stops or goes on when a person rejects one of its steps.
+    #[serde(default)]
+    pub on_reject: OnReject,
     #[serde(flatten)]
     pub budget: BudgetConfig,
 }
@@ -30,6 +34,8 @@ struct FlatSessionConfig {
     approval_threshold_usd: Decimal,
     #[serde(default = "default_timeout")]
     approval_timeout_seconds: u32,
+    #[serde(default)]
+    on_reject: OnReject,
     #[serde(default, deserialize_with = "strict::map")]
     daily_limits: std::collections::BTreeMap<String, Decimal>,
     #[serde(default, deserialize_with = "strict::option")]
@@ -51,6 +57,7 @@ impl From<FlatSessionConfig> for SessionConfig {
         SessionConfig {
             approval_threshold_usd: f.approval_threshold_usd,
             approval_timeout_seconds: f.approval_timeout_seconds,
+            on_reject: f.on_reject,
             budget: BudgetConfig {
                 daily_limits: f.daily_limits,
                 daily_limit_usd: f.daily_limit_usd,
@@ -75,6 +82,7 @@ impl Default for SessionConfig {
         SessionConfig {
             approval_threshold_usd: default_threshold(),
             approval_timeout_seconds: default_timeout(),
+            on_reject: OnReject::Stop,
             budget: BudgetConfig::default(),
         }
     }

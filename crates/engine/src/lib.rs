@@ -11,6 +11,7 @@ mod executions;
 mod guard;
 mod keys;
 mod kill;
+mod memory;
 mod payments;
 mod sessions;
 mod views;
@@ -23,6 +24,7 @@ pub use executions::tools::{StepContext, StepOutcome, Tool, ToolRegistry};
 pub use guard::{PaymentRequest, Submitted};
 pub use keys::NewTenant;
 pub use kill::KillSwitchView;
+pub use memory::{MemoryTurn, SessionSummary};
 pub use sessions::NewSession;
 pub use views::{
     ApprovalView, BudgetLine, BudgetView, DecisionRecord, ExecutionView, KeyView, PaymentView,

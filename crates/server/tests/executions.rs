@@ -18,6 +18,8 @@ on_both_databases!(
     an_expired_request_expires_the_execution,
     a_paused_execution_survives_a_restart,
     commands_are_parsed_or_refused,
+    memory_and_summary_tell_what_happened,
+    a_rejection_can_let_the_plan_go_on,
 );
 
 const ADDR: &str = "0x1111111111111111111111111111111111111111";
@@ -387,5 +389,108 @@ async fn commands_are_parsed_or_refused(backend: Backend) {
         1,
         "refused plans leave nothing behind"
     );
+    s.finish().await;
+}
+
+async fn memory_and_summary_tell_what_happened(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s.session(&t.agent, json!({})).await;
+    let (hello, _) = hello_server().await;
+    let command = format!("Fetch {hello}");
+    let (_, first) = s
+        .post(
+            &t.agent,
+            "/agent/execute",
+            json!({"session_id": session, "command": command}),
+        )
+        .await;
+    wait_for(
+        &s,
+        &t.agent,
+        first["id"].as_str().unwrap(),
+        status_is("completed"),
+    )
+    .await;
+    let steps =
+        json!([{"tool": "transfer", "args": {"to": ADDR, "amount": "25", "currency": "USDC"}}]);
+    let second = execute(&s, &t, session, steps).await;
+    let id = second["id"].as_str().unwrap();
+    let paused = wait_for(&s, &t.agent, id, status_is("awaiting_approval")).await;
+    let approval = paused["steps"][0]["approval_id"].as_str().unwrap();
+    s.post(
+        &t.approver,
+        &format!("/approvals/{approval}/reject"),
+        json!({"reason": "no"}),
+    )
+    .await;
+    wait_for(&s, &t.agent, id, status_is("rejected")).await;
+
+    let (status, memory) = s
+        .get(&t.agent, &format!("/sessions/{session}/memory"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{memory}");
+    let turns = memory.as_array().unwrap();
+    assert_eq!(turns.len(), 2);
+    assert_eq!(turns[0]["asked"], command.as_str());
+    assert_eq!(turns[0]["status"], "completed");
+    assert_eq!(turns[0]["outcome"]["body"], "hello");
+    assert!(turns[1]["asked"].as_str().unwrap().starts_with("transfer"));
+    assert_eq!(turns[1]["status"], "rejected");
+    assert!(
+        turns[1]["outcome"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no")
+    );
+
+    let (_, summary) = s
+        .get(&t.agent, &format!("/sessions/{session}/summary"))
+        .await;
+    assert_eq!(summary["payments"], json!({"denied": 1}));
+    assert_eq!(summary["approvals"], json!({"rejected": 1}));
+    assert_eq!(
+        summary["executions"],
+        json!({"completed": 1, "rejected": 1})
+    );
+    assert_eq!(summary["state"], "active");
+    let other = s.team(&s.tenant("other").await).await;
+    let (status, _) = s
+        .get(&other.agent, &format!("/sessions/{session}/memory"))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    s.finish().await;
+}
+
+async fn a_rejection_can_let_the_plan_go_on(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s.session(&t.agent, json!({"on_reject": "continue"})).await;
+    let (hello, hits) = hello_server().await;
+    let steps = json!([
+        {"tool": "transfer", "args": {"to": ADDR, "amount": "25", "currency": "USDC"}},
+        {"tool": "http_get", "args": {"url": hello}},
+    ]);
+    let started = execute(&s, &t, session, steps).await;
+    let id = started["id"].as_str().unwrap();
+    let paused = wait_for(&s, &t.agent, id, status_is("awaiting_approval")).await;
+    let approval = paused["steps"][0]["approval_id"].as_str().unwrap();
+    s.post(
+        &t.approver,
+        &format!("/approvals/{approval}/reject"),
+        json!({"reason": "too much"}),
+    )
+    .await;
+    let done = wait_for(&s, &t.agent, id, status_is("completed")).await;
+    assert_eq!(done["steps"][0]["status"], "rejected");
+    assert_eq!(done["steps"][0]["result"]["rejected"], true);
+    assert!(
+        done["steps"][0]["result"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("too much")
+    );
+    assert_eq!(done["steps"][1]["status"], "done");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
     s.finish().await;
 }

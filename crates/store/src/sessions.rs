@@ -105,3 +105,32 @@ pub async fn set_state(tx: &mut WriteTx, id: Uuid, state: &str) -> Result<bool> 
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// How many of a session's rows in `table` (payments, approval_requests or executions) are in each status.
+pub async fn status_counts<'e>(
+    exec: impl Executor<'e, Database = Any>,
+    table: StatusTable,
+    tenant_id: Uuid,
+    session_id: Uuid,
+) -> Result<Vec<(String, i64)>> {
+    let name = match table {
+        StatusTable::Payments => "payments",
+        StatusTable::Approvals => "approval_requests",
+        StatusTable::Executions => "executions",
+    };
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT status, COUNT(*) FROM {name} WHERE tenant_id = $1 AND session_id = $2 GROUP BY status ORDER BY status"
+    )))
+    .bind(tenant_id.to_string())
+    .bind(session_id.to_string())
+    .fetch_all(exec)
+    .await?)
+}
+
+/// The tables that [`status_counts`] counts.
+#[derive(Debug, Clone, Copy)]
+pub enum StatusTable {
+    Payments,
+    Approvals,
+    Executions,
+}

@@ -9,7 +9,7 @@ use crate::events::{EventFilter, Subscription, SubscriptionEnd};
 use crate::views::ExecutionView;
 use crate::{EngineError, Paygent, Result, require};
 use paygent_domain::command::{self, Step};
-use paygent_domain::execution::{ExecutionStatus, StepStatus};
+use paygent_domain::execution::{ExecutionStatus, OnReject, StepStatus};
 use paygent_domain::{ApprovalStatus, Decimal, Principal, Role};
 use paygent_store::WriteTx;
 use paygent_store::approvals;
@@ -462,10 +462,21 @@ impl Paygent {
                     }
                 };
             }
-            ApprovalStatus::Rejected => (
-                ExecutionStatus::Rejected,
-                format!("rejected: {}", request.decision_note.unwrap_or_default()),
-            ),
+            ApprovalStatus::Rejected => {
+                let error = format!(
+                    "rejected: {}",
+                    request.decision_note.clone().unwrap_or_default()
+                );
+                let session =
+                    sessions::get(self.store.reader(), agent.tenant_id, execution.session_id)
+                        .await?;
+                if session.is_some_and(|s| s.config.on_reject == OnReject::Continue) {
+                    return self
+                        .continue_after_rejection(agent.tenant_id, execution, step, &error)
+                        .await;
+                }
+                (ExecutionStatus::Rejected, error)
+            }
             ApprovalStatus::Expired => (
                 ExecutionStatus::Expired,
                 "the approval request expired".to_owned(),
@@ -495,6 +506,47 @@ impl Paygent {
             .await?;
         self.publish(tx.commit().await?);
         Ok(Flow::Stop)
+    }
+
+    /// Under `on_reject: continue`, the rejection becomes the step's result and the plan goes on.
+    async fn continue_after_rejection(
+        &self,
+        tenant_id: Uuid,
+        execution: &ExecutionRecord,
+        step: &StepRecord,
+        error: &str,
+    ) -> Result<Flow> {
+        let mut tx = self.store.begin(tenant_id, self.now()).await?;
+        let resumed = executions::transition(
+            &mut tx,
+            execution.id,
+            &[ExecutionStatus::AwaitingApproval],
+            ExecutionStatus::Running,
+            None,
+        )
+        .await?;
+        if !resumed
+            || !executions::advance(&mut tx, execution.id, step.idx + 1, Decimal::ZERO).await?
+        {
+            return Ok(Flow::Stop);
+        }
+        let result = json!({"rejected": true, "reason": error});
+        executions::update_step(
+            &mut tx,
+            StepUpdate {
+                status: StepStatus::Rejected,
+                result: Some(&result),
+                error: Some(error),
+                finished: true,
+                ..update(step)
+            },
+        )
+        .await?;
+        let payload = json!({"id": execution.id, "step": step.idx, "rejected": true});
+        tx.event("execution_resumed", Some(execution.session_id), payload)
+            .await?;
+        self.publish(tx.commit().await?);
+        Ok(Flow::Continue)
     }
 
     /// Records a finished step and moves to the next; stops if the execution was killed meanwhile.

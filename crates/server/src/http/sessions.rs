@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use paygent_engine::domain::SessionConfig;
 use paygent_engine::domain::budget::BudgetConfig;
-use paygent_engine::{BudgetView, NewSession, Paygent, SessionView};
+use paygent_engine::{BudgetView, MemoryTurn, NewSession, Paygent, SessionSummary, SessionView};
 use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -19,6 +19,8 @@ pub fn router() -> OpenApiRouter<Paygent> {
         .routes(routes!(create_session))
         .routes(routes!(get_session))
         .routes(routes!(get_budget, put_budget))
+        .routes(routes!(get_memory))
+        .routes(routes!(get_summary))
 }
 
 #[derive(Deserialize, ToSchema, Default)]
@@ -86,4 +88,26 @@ async fn put_budget(
     Body(budget): Body<BudgetConfig>,
 ) -> ApiResult<Json<BudgetView>> {
     Ok(Json(paygent.set_budget(&who, id, budget).await?))
+}
+
+/// The session's memory: its last 100 commands and how each ended, oldest first.
+#[utoipa::path(get, path = "/sessions/{id}/memory", tag = "sessions", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Vec<MemoryTurn>), (status = 404, body = Problem)))]
+async fn get_memory(
+    State(paygent): State<Paygent>,
+    Caller(who): Caller,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<Vec<MemoryTurn>>> {
+    Ok(Json(paygent.memory(&who, id).await?))
+}
+
+/// Counts of the session's payments, approvals and executions by status, with today's budget.
+#[utoipa::path(get, path = "/sessions/{id}/summary", tag = "sessions", params(("id" = Uuid, Path)),
+    responses((status = 200, body = SessionSummary), (status = 404, body = Problem)))]
+async fn get_summary(
+    State(paygent): State<Paygent>,
+    Caller(who): Caller,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<SessionSummary>> {
+    Ok(Json(paygent.summary(&who, id).await?))
 }

@@ -1,0 +1,114 @@
+//! What a session remembers: its commands and how they ended (the agent's memory across commands), and a
+//! summary of its activity. Both are read from the executions, payments and approvals themselves, so they can
+//! never disagree with them.
+
+use crate::views::{BudgetView, ExecutionView};
+use crate::{EngineError, Paygent, Result};
+use paygent_domain::Principal;
+use paygent_store::executions;
+use paygent_store::sessions::{self, StatusTable};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// One turn of a session's conversation: what was asked and what came of it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct MemoryTurn {
+    pub execution_id: Uuid,
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// The command as written, or the plan's tools when steps were given.
+    pub asked: String,
+    #[schema(value_type = String, example = "completed")]
+    pub status: paygent_domain::execution::ExecutionStatus,
+    /// The last finished step's result, or the error that ended it.
+    #[schema(value_type = Object)]
+    pub outcome: Value,
+    #[schema(value_type = String)]
+    pub cost_usd: paygent_domain::Decimal,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SessionSummary {
+    pub session_id: Uuid,
+    pub state: String,
+    /// Counts by status.
+    pub payments: BTreeMap<String, i64>,
+    pub approvals: BTreeMap<String, i64>,
+    pub executions: BTreeMap<String, i64>,
+    pub budget: BudgetView,
+}
+
+/// How many turns memory returns.
+const MEMORY_TURNS: i64 = 100;
+
+impl Paygent {
+    /// The session's last commands and their outcomes, oldest first.
+    pub async fn memory(&self, who: &Principal, session_id: Uuid) -> Result<Vec<MemoryTurn>> {
+        sessions::get(self.store.reader(), who.tenant_id, session_id)
+            .await?
+            .ok_or(EngineError::NotFound("session"))?;
+        let mut list = executions::list(
+            self.store.reader(),
+            who.tenant_id,
+            Some(session_id),
+            MEMORY_TURNS,
+        )
+        .await?;
+        list.reverse();
+        let mut turns = Vec::with_capacity(list.len());
+        for e in list {
+            let steps = executions::steps(self.store.reader(), e.id).await?;
+            let view = ExecutionView::new(e, steps);
+            turns.push(turn(view));
+        }
+        Ok(turns)
+    }
+
+    pub async fn summary(&self, who: &Principal, session_id: Uuid) -> Result<SessionSummary> {
+        let session = sessions::get(self.store.reader(), who.tenant_id, session_id)
+            .await?
+            .ok_or(EngineError::NotFound("session"))?;
+        let count = |table| async move {
+            sessions::status_counts(self.store.reader(), table, who.tenant_id, session_id)
+                .await
+                .map(|rows| rows.into_iter().collect::<BTreeMap<_, _>>())
+        };
+        Ok(SessionSummary {
+            session_id,
+            payments: count(StatusTable::Payments).await?,
+            approvals: count(StatusTable::Approvals).await?,
+            executions: count(StatusTable::Executions).await?,
+            budget: self.budget_view(&session, self.now()).await?,
+            state: session.state,
+        })
+    }
+}
+
+fn turn(e: ExecutionView) -> MemoryTurn {
+    let asked = e.command.clone().unwrap_or_else(|| {
+        e.steps
+            .iter()
+            .map(|s| format!("{} {}", s.tool, s.args))
+            .collect::<Vec<_>>()
+            .join(" then ")
+    });
+    let outcome = match &e.error {
+        Some(error) => serde_json::json!({"error": error}),
+        None => e
+            .steps
+            .iter()
+            .rev()
+            .find_map(|s| s.result.clone())
+            .unwrap_or(Value::Null),
+    };
+    MemoryTurn {
+        execution_id: e.id,
+        at: e.created_at,
+        asked,
+        status: e.status,
+        outcome,
+        cost_usd: e.cost_usd,
+    }
+}
