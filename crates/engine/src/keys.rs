@@ -109,6 +109,31 @@ impl Paygent {
         Ok(KeyView::new(key, token))
     }
 
+    /// An admin revokes a key of their tenant; it stops working at once. An admin cannot revoke their own key,
+    /// so a tenant is never left without the key that could mend it.
+    pub async fn revoke_key(&self, who: &Principal, id: Uuid) -> Result<()> {
+        require(who.is_admin(), "only an admin revokes keys")?;
+        if id == who.key_id {
+            return Err(EngineError::Conflict(
+                "an admin cannot revoke the key it is using".into(),
+            ));
+        }
+        let mut tx = self.store.begin(who.tenant_id, self.now()).await?;
+        if !keys::revoke(&mut tx, id).await? {
+            return Err(EngineError::NotFound("key"));
+        }
+        tx.audit(
+            &who.actor(),
+            "key.revoked",
+            &format!("key:{id}"),
+            None,
+            json!({}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// An admin of the default tenant creates another tenant with its first admin key.
     pub async fn create_tenant(&self, who: &Principal, name: &str) -> Result<NewTenant> {
         require(

@@ -78,3 +78,18 @@ impl Store {
         Ok(found.is_some())
     }
 }
+
+/// Revokes a live key of this tenant; returns whether it was live.
+pub async fn revoke(tx: &mut WriteTx, id: Uuid) -> Result<bool> {
+    let now = tx.now_text();
+    let tenant = tx.tenant_id().to_string();
+    let done = sqlx::query(
+        "UPDATE api_keys SET revoked_at = $3 WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL",
+    )
+    .bind(tenant)
+    .bind(id.to_string())
+    .bind(now)
+    .execute(tx.conn())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

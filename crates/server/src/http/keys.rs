@@ -2,7 +2,7 @@
 
 use super::ApiResult;
 use crate::error::Problem;
-use crate::extract::{Body, Caller};
+use crate::extract::{Body, Caller, Path};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -18,6 +18,7 @@ pub fn router() -> OpenApiRouter<Paygent> {
         .routes(routes!(create_key))
         .routes(routes!(create_tenant))
         .routes(routes!(me))
+        .routes(routes!(revoke_key))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -76,4 +77,16 @@ async fn me(Caller(who): Caller) -> Json<Me> {
         tenant_id: who.tenant_id,
         role: who.role,
     })
+}
+
+/// Revokes a key of the caller's tenant (admins); it stops working at once.
+#[utoipa::path(delete, path = "/keys/{id}", tag = "keys", params(("id" = Uuid, Path)),
+    responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem)))]
+async fn revoke_key(
+    State(paygent): State<Paygent>,
+    Caller(who): Caller,
+    Path(id): Path<Uuid>,
+) -> ApiResult<StatusCode> {
+    paygent.revoke_key(&who, id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
