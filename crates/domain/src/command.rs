@@ -24,7 +24,7 @@ pub struct CommandError {
 }
 
 pub const EXAMPLES: &str = "\"Pay 0.10 USDC to https://api.example/data\", \"Transfer 5 USDC to 0xabc…\", \
-    \"Send 2.5 CRO to 0x…\", \"Fetch https://example.com/\", \"Wait 30 seconds\", \
+    \"Send 2.5 CRO to 0x…\", \"Swap 10 CRO for USDC\", \"Fetch https://example.com/\", \"Wait 30 seconds\", \
     \"Transfer 5 USDC to 0x… then fetch https://…\"";
 
 /// The most steps one command may plan.
@@ -145,7 +145,16 @@ fn parse_step(part: &str) -> Result<Step, String> {
                 .ok_or_else(|| format!("{n:?} is not a whole number of seconds from 1 to 86400"))?;
             Ok(step("wait", json!({"seconds": seconds})))
         }
-        ["swap", ..] => Err("swaps need a trading venue, which Paygent does not have yet".into()),
+        ["swap", _, _, "for" | "to" | "into", _] => {
+            let (amount, from) = money(words[1], words[2])?;
+            let to = words[4].to_ascii_uppercase();
+            validate_symbol(&to).map_err(|e| e.to_string())?;
+            Ok(step(
+                "swap",
+                json!({"from": from, "to": to, "amount_in": amount}),
+            ))
+        }
+        ["swap", ..] => Err("expected \"swap <amount> <CURRENCY> for <CURRENCY>\"".into()),
         ["check", ..] if lw.last() == Some(&"balance") => {
             Err("balances are read from the chain, which arrives with the payment rails".into())
         }
@@ -211,6 +220,13 @@ mod tests {
             ),
             ("wait 30 seconds", &[("wait", json!({"seconds": 30}))]),
             (
+                "Swap 10 CRO for USDC",
+                &[(
+                    "swap",
+                    json!({"from": "CRO", "to": "USDC", "amount_in": "10"}),
+                )],
+            ),
+            (
                 &format!(
                     "Fetch https://a.example/ then pay 1 USDC to {ADDR}, and then wait 2 seconds."
                 ),
@@ -256,7 +272,11 @@ mod tests {
                 "Pay 5 USDC",
                 "expected \"<verb> <amount> <CURRENCY> to <recipient>\"",
             ),
-            ("Swap 10 CRO for USDC", "trading venue"),
+            (
+                "Swap 10 CRO",
+                "expected \"swap <amount> <CURRENCY> for <CURRENCY>\"",
+            ),
+            ("Swap 1e3 CRO for USDC", "not an amount"),
             ("Check my USDC balance", "payment rails"),
             ("Buy me a coffee", "not a command Paygent knows"),
             ("wait forever", "not a whole number"),

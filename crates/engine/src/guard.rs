@@ -2,16 +2,17 @@
 //! budget, and then allowed, sent to a person, or denied, in one transaction with its audit entry and event.
 
 use crate::budget::{self, Booking, Move};
+use crate::executions::tools::{StepContext, StepOutcome, authorized_action};
 use crate::views::{ApprovalView, PaymentView};
 use crate::{EngineError, Paygent, Result, require};
 use chrono::Duration;
 use paygent_domain::budget::OnBudgetExceeded;
 use paygent_domain::payment::PaymentIntent;
-use paygent_domain::{ApprovalStatus, PaymentStatus, Principal, Verdict};
+use paygent_domain::{ApprovalStatus, Decimal, PaymentStatus, Principal, Verdict};
 use paygent_store::approvals::{self, ApprovalRecord};
 use paygent_store::payments::{self, PaymentRecord};
 use paygent_store::sessions;
-use serde_json::json;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -241,5 +242,93 @@ impl Paygent {
             payment: payment.into(),
             replayed: false,
         })
+    }
+}
+
+impl Paygent {
+    /// Guards a value-moving action that is not a payment (a swap) for an execution's step: the session's rule
+    /// for the tool lets it run, or files one approval request for the step (the same one if the step runs
+    /// again after a crash).
+    pub(crate) async fn guard_action(
+        &self,
+        ctx: &StepContext<'_>,
+        tool: &str,
+        args: &Value,
+        usd_value: Decimal,
+    ) -> Result<StepOutcome> {
+        let who = ctx.principal;
+        let mut tx = self.store.begin(who.tenant_id, self.now()).await?;
+        let session = sessions::get(tx.conn(), who.tenant_id, ctx.session_id)
+            .await?
+            .ok_or(EngineError::NotFound("session"))?;
+        if tx.kill_switch().is_some() || session.state != "active" {
+            return Ok(StepOutcome::Failed {
+                error: "killed: the session or the whole tenant is stopped".into(),
+            });
+        }
+        let subject = format!("execution:{}", ctx.execution_id);
+        let summary = json!({"tool": tool, "args": args, "usd_value": usd_value.to_string(), "step": ctx.idx});
+        let outcome = match session.config.policy().evaluate(tool, usd_value, args) {
+            Verdict::Allow => {
+                tx.audit(
+                    &who.actor(),
+                    "action.authorized",
+                    &subject,
+                    Some(session.id),
+                    summary,
+                )
+                .await?;
+                authorized_action(args, usd_value)
+            }
+            Verdict::RequireApproval { reason, allowed } => {
+                let id = Uuid::new_v5(&ctx.execution_id, &ctx.idx.to_be_bytes());
+                if approvals::get(tx.conn(), who.tenant_id, id)
+                    .await?
+                    .is_none()
+                {
+                    let now = tx.now();
+                    let request = ApprovalRecord {
+                        id,
+                        tenant_id: who.tenant_id,
+                        session_id: session.id,
+                        payment_id: None,
+                        tool: tool.to_owned(),
+                        args: args.clone(),
+                        edited_args: None,
+                        reason,
+                        usd_value,
+                        allowed_decisions: allowed,
+                        status: ApprovalStatus::Pending,
+                        requested_by: who.key_id,
+                        deadline: now
+                            + Duration::seconds(session.config.approval_timeout_seconds.into()),
+                        decided_by: None,
+                        decided_at: None,
+                        decision_note: None,
+                        consumed_at: None,
+                        created_at: now,
+                    };
+                    approvals::insert(&mut tx, &request).await?;
+                    tx.audit(
+                        &who.actor(),
+                        "approval.requested",
+                        &format!("approval:{id}"),
+                        Some(session.id),
+                        summary,
+                    )
+                    .await?;
+                    let view =
+                        serde_json::to_value(ApprovalView::from(request)).expect("views serialize");
+                    tx.event("approval_required", Some(session.id), view)
+                        .await?;
+                }
+                StepOutcome::AwaitingApproval {
+                    approval_id: id,
+                    payment_id: None,
+                }
+            }
+        };
+        self.publish(tx.commit().await?);
+        Ok(outcome)
     }
 }

@@ -20,6 +20,7 @@ on_both_databases!(
     commands_are_parsed_or_refused,
     memory_and_summary_tell_what_happened,
     a_rejection_can_let_the_plan_go_on,
+    swaps_follow_their_own_rule,
 );
 
 const ADDR: &str = "0x1111111111111111111111111111111111111111";
@@ -492,5 +493,78 @@ async fn a_rejection_can_let_the_plan_go_on(backend: Backend) {
     );
     assert_eq!(done["steps"][1]["status"], "done");
     assert_eq!(hits.load(Ordering::SeqCst), 1);
+    s.finish().await;
+}
+
+async fn swaps_follow_their_own_rule(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s.session(&t.agent, json!({})).await;
+    // 100 CRO at 0.08 is $8: under the swap rule's $100, it is authorized at once.
+    let (_, small) = s
+        .post(
+            &t.agent,
+            "/agent/execute",
+            json!({"session_id": session, "command": "Swap 100 CRO for USDC"}),
+        )
+        .await;
+    let done = wait_for(
+        &s,
+        &t.agent,
+        small["id"].as_str().unwrap(),
+        status_is("completed"),
+    )
+    .await;
+    assert_eq!(done["steps"][0]["result"]["status"], "authorized");
+
+    // 2,000 CRO is $160: a person decides, with approve or reject only.
+    let (_, big) = s
+        .post(
+            &t.agent,
+            "/agent/execute",
+            json!({"session_id": session, "command": "swap 2000 cro for usdc"}),
+        )
+        .await;
+    let id = big["id"].as_str().unwrap();
+    let paused = wait_for(&s, &t.agent, id, status_is("awaiting_approval")).await;
+    let approval = paused["steps"][0]["approval_id"].as_str().unwrap();
+    let (_, request) = s.get(&t.approver, &format!("/approvals/{approval}")).await;
+    assert_eq!(request["tool"], "swap");
+    assert_eq!(request["usd_value"], "160.00");
+    assert_eq!(request["allowed_decisions"], json!(["approve", "reject"]));
+    let (status, problem) = s
+        .post(
+            &t.approver,
+            &format!("/approvals/{approval}/edit"),
+            json!({"edited_args": {"amount_in": "1"}}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "the rule allows no edit: {problem}"
+    );
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("approve | reject")
+    );
+    let (status, _) = s
+        .post(
+            &t.approver,
+            &format!("/approvals/{approval}/approve"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let done = wait_for(&s, &t.agent, id, status_is("completed")).await;
+    assert_eq!(done["steps"][0]["result"]["args"]["amount_in"], "2000");
+    let (_, consumed) = s.get(&t.approver, &format!("/approvals/{approval}")).await;
+    assert!(
+        consumed["consumed_at"].is_string(),
+        "the approval was used once"
+    );
+    assert_eq!(s.count("payments").await, 0, "a swap is not a payment");
     s.finish().await;
 }

@@ -351,7 +351,7 @@ impl Paygent {
                     StepUpdate {
                         status: StepStatus::AwaitingApproval,
                         approval_id: Some(approval_id),
-                        payment_id: Some(payment_id),
+                        payment_id,
                         ..update(step)
                     },
                 )
@@ -404,6 +404,11 @@ impl Paygent {
                         Err(e) => return Err(EngineError::Conflict(e.to_string())),
                     }
                 });
+            }
+            ApprovalStatus::Approved | ApprovalStatus::Edited if step.payment_id.is_none() => {
+                return self
+                    .resume_action(agent.tenant_id, execution, step, &request)
+                    .await;
             }
             ApprovalStatus::Approved | ApprovalStatus::Edited => {
                 return match self.execute_approved(agent, approval_id).await {
@@ -506,6 +511,45 @@ impl Paygent {
             .await?;
         self.publish(tx.commit().await?);
         Ok(Flow::Stop)
+    }
+
+    /// An approved action that is not a payment: take the approval's one-time right and finish the step.
+    async fn resume_action(
+        &self,
+        tenant_id: Uuid,
+        execution: &ExecutionRecord,
+        step: &StepRecord,
+        request: &paygent_store::approvals::ApprovalRecord,
+    ) -> Result<Flow> {
+        let mut tx = self.store.begin(tenant_id, self.now()).await?;
+        approvals::consume(&mut tx, request.id).await?;
+        let resumed = executions::transition(
+            &mut tx,
+            execution.id,
+            &[ExecutionStatus::AwaitingApproval],
+            ExecutionStatus::Running,
+            None,
+        )
+        .await?;
+        if !resumed {
+            return Ok(Flow::Stop);
+        }
+        let payload = json!({"id": execution.id, "step": step.idx});
+        tx.event("execution_resumed", Some(execution.session_id), payload)
+            .await?;
+        self.publish(tx.commit().await?);
+        let running = ExecutionRecord {
+            status: ExecutionStatus::Running,
+            ..execution.clone()
+        };
+        if let StepOutcome::Done {
+            result, cost_usd, ..
+        } = tools::authorized_action(request.effective_args(), request.usd_value)
+        {
+            self.complete_step(tenant_id, &running, step, Some((result, cost_usd, None)))
+                .await?;
+        }
+        Ok(Flow::Continue)
     }
 
     /// Under `on_reject: continue`, the rejection becomes the step's result and the plan goes on.

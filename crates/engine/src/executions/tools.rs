@@ -33,10 +33,11 @@ pub enum StepOutcome {
         cost_usd: Decimal,
         payment_id: Option<Uuid>,
     },
-    /// The guard filed an approval request: the execution pauses until a person decides.
+    /// The guard filed an approval request: the execution pauses until a person decides. No `payment_id` for
+    /// actions that are not payments (a swap).
     AwaitingApproval {
         approval_id: Uuid,
-        payment_id: Uuid,
+        payment_id: Option<Uuid>,
     },
     Failed {
         error: String,
@@ -68,6 +69,7 @@ impl ToolRegistry {
             client: reqwest::Client::new(),
         });
         r.register(Wait);
+        r.register(Swap);
         r
     }
 
@@ -130,7 +132,7 @@ pub(crate) fn payment_outcome(p: PaymentView) -> StepOutcome {
         },
         (PaymentStatus::PendingApproval, Some(approval_id)) => StepOutcome::AwaitingApproval {
             approval_id,
-            payment_id: p.id,
+            payment_id: Some(p.id),
         },
         (status, _) => StepOutcome::Failed {
             error: format!(
@@ -324,5 +326,67 @@ impl Tool for Wait {
                 payment_id: None,
             }
         })
+    }
+}
+
+/// `swap {from, to, amount_in}`: guarded by its own rule (a person above $100 by default, approve or reject only).
+/// Paygent has no trading venue yet, so an allowed swap is authorized, not traded: the result says so.
+struct Swap;
+
+impl Swap {
+    fn parts<'a>(
+        args: &'a Value,
+        prices: &PriceTable,
+    ) -> Result<(&'a str, &'a str, paygent_domain::Money), String> {
+        only(args, &["from", "to", "amount_in"])?;
+        let (from, to) = (text(args, "from")?, text(args, "to")?);
+        prices
+            .get(to)
+            .ok_or_else(|| format!("unknown currency {to}"))?;
+        if from == to {
+            return Err("from and to must differ".into());
+        }
+        let money = prices
+            .money(text(args, "amount_in")?, from)
+            .map_err(|e| e.to_string())?;
+        Ok((from, to, money))
+    }
+}
+
+impl Tool for Swap {
+    fn name(&self) -> &'static str {
+        paygent_domain::policy::SWAP
+    }
+
+    fn check(&self, args: &Value, prices: &PriceTable) -> Result<(), String> {
+        Self::parts(args, prices).map(|_| ())
+    }
+
+    fn run<'a>(&'a self, ctx: StepContext<'a>, args: &'a Value) -> BoxFuture<'a, StepOutcome> {
+        Box::pin(async move {
+            let prices = ctx.paygent.prices();
+            let usd = match Self::parts(args, prices)
+                .and_then(|(_, _, m)| prices.usd_value(&m).map_err(|e| e.to_string()))
+            {
+                Ok(usd) => usd,
+                Err(error) => return StepOutcome::Failed { error },
+            };
+            match ctx.paygent.guard_action(&ctx, self.name(), args, usd).await {
+                Ok(outcome) => outcome,
+                Err(e) => StepOutcome::Failed {
+                    error: e.to_string(),
+                },
+            }
+        })
+    }
+}
+
+/// The result of an authorized action that no venue carries out yet.
+pub(crate) fn authorized_action(args: &Value, usd: Decimal) -> StepOutcome {
+    StepOutcome::Done {
+        result: json!({"status": "authorized", "args": args, "usd_value": usd.to_string(),
+            "note": "no trading venue is configured: the swap was authorized, not traded"}),
+        cost_usd: Decimal::ZERO,
+        payment_id: None,
     }
 }
