@@ -213,7 +213,8 @@ async fn resume_after_disconnect_and_restart(backend: Backend) {
 async fn slow_consumers_are_cut_off_alone(backend: Backend) {
     let settings = Settings {
         live: LiveOptions {
-            queue: 4,
+            // Room for readers delayed by 200 sockets sharing 2 cores; far less than the events sent.
+            queue: 64,
             ..LiveOptions::default()
         },
         send_buffer: Some(4096),
@@ -238,7 +239,7 @@ async fn slow_consumers_are_cut_off_alone(backend: Backend) {
     for _ in 0..200 {
         readers.push(connect(&s, &t.approver, "").await);
     }
-    let events = 150;
+    let events = 200;
     let consumers = readers.into_iter().map(|mut ws| {
         tokio::spawn(async move {
             let mut seqs = Vec::new();
@@ -249,7 +250,10 @@ async fn slow_consumers_are_cut_off_alone(backend: Backend) {
         })
     });
     let consumers: Vec<_> = consumers.collect();
-    cause_events(&s, &t.agent, session, events).await;
+    for _ in 0..events {
+        cause_events(&s, &t.agent, session, 1).await;
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
     for c in consumers {
         let seqs = c.await.unwrap();
         assert!(
