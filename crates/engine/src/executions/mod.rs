@@ -414,18 +414,7 @@ impl Paygent {
                 return match self.execute_approved(agent, approval_id).await {
                     Ok(payment) => {
                         let mut tx = self.store.begin(agent.tenant_id, self.now()).await?;
-                        let resumed = executions::transition(
-                            &mut tx,
-                            execution.id,
-                            &[ExecutionStatus::AwaitingApproval],
-                            ExecutionStatus::Running,
-                            None,
-                        )
-                        .await?;
-                        if resumed {
-                            let payload = json!({"id": execution.id, "step": step.idx});
-                            tx.event("execution_resumed", Some(execution.session_id), payload)
-                                .await?;
+                        if resume_within(&mut tx, execution, step, false).await? {
                             self.publish(tx.commit().await?);
                         }
                         let running = ExecutionRecord {
@@ -523,20 +512,9 @@ impl Paygent {
     ) -> Result<Flow> {
         let mut tx = self.store.begin(tenant_id, self.now()).await?;
         approvals::consume(&mut tx, request.id).await?;
-        let resumed = executions::transition(
-            &mut tx,
-            execution.id,
-            &[ExecutionStatus::AwaitingApproval],
-            ExecutionStatus::Running,
-            None,
-        )
-        .await?;
-        if !resumed {
+        if !resume_within(&mut tx, execution, step, false).await? {
             return Ok(Flow::Stop);
         }
-        let payload = json!({"id": execution.id, "step": step.idx});
-        tx.event("execution_resumed", Some(execution.session_id), payload)
-            .await?;
         self.publish(tx.commit().await?);
         let running = ExecutionRecord {
             status: ExecutionStatus::Running,
@@ -561,15 +539,7 @@ impl Paygent {
         error: &str,
     ) -> Result<Flow> {
         let mut tx = self.store.begin(tenant_id, self.now()).await?;
-        let resumed = executions::transition(
-            &mut tx,
-            execution.id,
-            &[ExecutionStatus::AwaitingApproval],
-            ExecutionStatus::Running,
-            None,
-        )
-        .await?;
-        if !resumed
+        if !resume_within(&mut tx, execution, step, true).await?
             || !executions::advance(&mut tx, execution.id, step.idx + 1, Decimal::ZERO).await?
         {
             return Ok(Flow::Stop);
@@ -586,9 +556,6 @@ impl Paygent {
             },
         )
         .await?;
-        let payload = json!({"id": execution.id, "step": step.idx, "rejected": true});
-        tx.event("execution_resumed", Some(execution.session_id), payload)
-            .await?;
         self.publish(tx.commit().await?);
         Ok(Flow::Continue)
     }
@@ -693,6 +660,24 @@ impl Paygent {
         tx.event(kind, Some(execution.session_id), payload).await?;
         Ok(())
     }
+}
+
+/// Moves a paused execution back to running, with its `execution_resumed` event; false if it was no longer
+/// paused (a kill came first).
+async fn resume_within(
+    tx: &mut WriteTx,
+    execution: &ExecutionRecord,
+    step: &StepRecord,
+    rejected: bool,
+) -> Result<bool> {
+    let from = [ExecutionStatus::AwaitingApproval];
+    if !executions::transition(tx, execution.id, &from, ExecutionStatus::Running, None).await? {
+        return Ok(false);
+    }
+    let payload = json!({"id": execution.id, "step": step.idx, "rejected": rejected});
+    tx.event("execution_resumed", Some(execution.session_id), payload)
+        .await?;
+    Ok(true)
 }
 
 /// What the runner does next.
