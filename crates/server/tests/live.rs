@@ -106,6 +106,55 @@ async fn approval_flow_over_the_socket(backend: Backend) {
         .await;
     assert_eq!(status, reqwest::StatusCode::OK);
     assert_eq!(executed["status"], "authorized");
+
+    // The same through an execution: approving on the socket resumes it, and the socket hears so.
+    let steps = json!([{"tool": "transfer", "args": {"to": "0x1111111111111111111111111111111111111111",
+        "amount": "30", "currency": "USDC"}}]);
+    let (_, execution) = s
+        .post(
+            &t.agent,
+            "/agent/execute",
+            json!({"session_id": session, "steps": steps}),
+        )
+        .await;
+    let mut kinds = Vec::new();
+    let approval = loop {
+        let m = next_json(&mut approver).await;
+        kinds.push(m["type"].as_str().unwrap().to_owned());
+        if m["type"] == "approval_required" {
+            break m["data"]["id"].clone();
+        }
+    };
+    send(
+        &mut approver,
+        json!({"type": "approve", "request_id": approval}),
+    )
+    .await;
+    while kinds.last().map(String::as_str) != Some("execution_completed") {
+        let m = next_json(&mut approver).await;
+        kinds.push(m["type"].as_str().unwrap().to_owned());
+    }
+    for expected in [
+        "execution_started",
+        "approval_required",
+        "execution_paused",
+        "ack",
+        "approved",
+        "execution_resumed",
+        "execution_completed",
+    ] {
+        assert!(
+            kinds.iter().any(|k| k == expected),
+            "{expected} missing from {kinds:?}"
+        );
+    }
+    let (_, done) = s
+        .get(
+            &t.agent,
+            &format!("/executions/{}", execution["id"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(done["status"], "completed");
     s.finish().await;
 }
 
