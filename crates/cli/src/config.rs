@@ -14,6 +14,7 @@ pub struct FileConfig {
     data_dir: Option<PathBuf>,
     admin_token: Option<String>,
     event_retention_days: Option<u32>,
+    rate_limit_per_second: Option<u32>,
     #[serde(default)]
     prices: BTreeMap<String, String>,
     #[serde(default)]
@@ -37,6 +38,8 @@ pub struct ServeConfig {
     pub max_connections: u32,
     /// How long the event log is kept for replay.
     pub event_retention_days: u32,
+    /// Requests per second each key may make (bursts of twice that); 0 turns the limit off.
+    pub rate_limit_per_second: u32,
 }
 
 const PRICE_PREFIX: &str = "PAYGENT_PRICE_";
@@ -99,6 +102,12 @@ impl ServeConfig {
                 .context("PAYGENT_EVENT_RETENTION_DAYS must be a whole number")?,
             None => parsed.event_retention_days.unwrap_or(7),
         };
+        let rate_limit_per_second = match var("PAYGENT_RATE_LIMIT") {
+            Some(n) => n
+                .parse()
+                .context("PAYGENT_RATE_LIMIT must be a whole number")?,
+            None => parsed.rate_limit_per_second.unwrap_or(200),
+        };
         Ok(ServeConfig {
             listen: var("PAYGENT_LISTEN")
                 .or(parsed.listen)
@@ -109,6 +118,7 @@ impl ServeConfig {
             prices,
             max_connections,
             event_retention_days,
+            rate_limit_per_second,
         })
     }
 }

@@ -206,7 +206,19 @@ async fn serve(config_file: Option<&Path>) -> anyhow::Result<ExitCode> {
     // Overdue requests expire within a quarter second of their deadline.
     let retention = chrono::Duration::days(config.event_retention_days.into());
     let sweeper = paygent.spawn_sweeper(std::time::Duration::from_millis(250), retention);
-    paygent_server::serve(listener, paygent_server::app(paygent), shutdown_signal()).await?;
+    let options = paygent_server::Options {
+        rate_limit: paygent_server::RateLimit {
+            per_second: config.rate_limit_per_second,
+            burst: config.rate_limit_per_second.saturating_mul(2),
+        },
+        ..Default::default()
+    };
+    paygent_server::serve(
+        listener,
+        paygent_server::app_with(paygent, options),
+        shutdown_signal(),
+    )
+    .await?;
     sweeper.abort();
     Ok(ExitCode::SUCCESS)
 }

@@ -35,6 +35,8 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("the database is unavailable")]
     Unavailable,
+    #[error("too many requests for this key; retry after {0} s")]
+    RateLimited(u64),
 }
 
 impl ApiError {
@@ -62,6 +64,7 @@ impl ApiError {
             ApiError::NoRoute => (StatusCode::NOT_FOUND, "no-route"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate-limited"),
         }
     }
 }
@@ -93,6 +96,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let retry_after = match &self {
+            ApiError::RateLimited(s) => Some(*s),
+            _ => None,
+        };
         let problem = self.problem();
         let status =
             StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -108,6 +115,12 @@ impl IntoResponse for ApiError {
             }
             StatusCode::SERVICE_UNAVAILABLE => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            StatusCode::TOO_MANY_REQUESTS => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after.unwrap_or(1)),
+                );
             }
             _ => {}
         }

@@ -1,12 +1,14 @@
 //! Extractors that turn every malformed request into a problem+json answer.
 
 use crate::error::ApiError;
+use crate::rate::Limiter;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header;
 use axum::http::request::Parts;
 use paygent_engine::domain::Principal;
 use paygent_engine::{EngineError, Paygent};
 use serde::de::DeserializeOwned;
+use std::sync::Arc;
 
 /// The authenticated caller, from `Authorization: Bearer <key>`.
 pub struct Caller(pub Principal);
@@ -16,7 +18,13 @@ impl FromRequestParts<Paygent> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, paygent: &Paygent) -> Result<Self, ApiError> {
         let token = bearer(parts).ok_or(EngineError::Unauthenticated)?;
-        Ok(Caller(paygent.authenticate(token).await?))
+        let who = paygent.authenticate(token).await?;
+        if let Some(limiter) = parts.extensions.get::<Arc<Limiter>>()
+            && let Err(wait) = limiter.check(who.key_id)
+        {
+            return Err(ApiError::RateLimited(wait.as_secs().max(1)));
+        }
+        Ok(Caller(who))
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod error;
 pub mod extract;
 pub mod http;
+pub mod rate;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Request, StatusCode};
@@ -12,6 +13,7 @@ use axum::{Extension, Router};
 use error::ApiError;
 pub use http::events::LiveOptions;
 use paygent_engine::Paygent;
+pub use rate::RateLimit;
 use std::time::Duration;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -62,13 +64,20 @@ fn api() -> (Router<Paygent>, utoipa::openapi::OpenApi) {
         .split_for_parts()
 }
 
-/// The whole application with default settings, ready to serve.
-pub fn app(paygent: Paygent) -> Router {
-    app_with(paygent, LiveOptions::default())
+/// Settings of the HTTP side.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub live: LiveOptions,
+    pub rate_limit: RateLimit,
 }
 
-/// The whole application, with the live channel's settings.
-pub fn app_with(paygent: Paygent, live: LiveOptions) -> Router {
+/// The whole application with default settings, ready to serve.
+pub fn app(paygent: Paygent) -> Router {
+    app_with(paygent, Options::default())
+}
+
+/// The whole application, with its settings.
+pub fn app_with(paygent: Paygent, options: Options) -> Router {
     let (api, openapi) = api();
     let openapi_json = serde_json::to_string(&openapi).expect("the OpenAPI document serializes");
     api.route(
@@ -86,7 +95,8 @@ pub fn app_with(paygent: Paygent, live: LiveOptions) -> Router {
     .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
         tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
     }))
-    .layer(Extension(live))
+    .layer(Extension(options.live))
+    .layer(Extension(std::sync::Arc::new(rate::Limiter::new(options.rate_limit))))
     .with_state(paygent)
 }
 

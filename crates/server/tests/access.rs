@@ -12,6 +12,7 @@ on_both_databases!(
     keys_are_stored_hashed_and_need_admins,
     bad_input_gets_a_problem_and_writes_nothing,
     service_endpoints_answer,
+    each_key_is_rate_limited,
 );
 
 async fn agents_never_decide(backend: Backend) {
@@ -508,5 +509,36 @@ async fn service_endpoints_answer(backend: Backend) {
     ] {
         assert!(doc["paths"][path].is_object(), "{path} is documented");
     }
+    s.finish().await;
+}
+
+async fn each_key_is_rate_limited(backend: Backend) {
+    let settings = paygent_testkit::Settings {
+        rate_limit: Some(paygent_server::RateLimit {
+            per_second: 1,
+            burst: 5,
+        }),
+        ..Default::default()
+    };
+    let s = TestServer::start_with(backend, settings).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    for _ in 0..5 {
+        assert_eq!(s.get(&t.agent, "/me").await.0, StatusCode::OK);
+    }
+    let resp = s
+        .http
+        .get(s.url("/me"))
+        .bearer_auth(&t.agent)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    assert_eq!(resp.headers()[CONTENT_TYPE], "application/problem+json");
+    assert_eq!(
+        s.get(&t.approver, "/me").await.0,
+        StatusCode::OK,
+        "other keys are not slowed"
+    );
     s.finish().await;
 }

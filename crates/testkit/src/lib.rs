@@ -77,6 +77,8 @@ impl Drop for TempDir {
 #[derive(Debug, Clone, Default)]
 pub struct Settings {
     pub live: paygent_server::LiveOptions,
+    /// Off unless a test sets it, so load in tests is never throttled.
+    pub rate_limit: Option<paygent_server::RateLimit>,
     /// The kernel's send buffer for each connection; the system default when `None`.
     pub send_buffer: Option<u32>,
 }
@@ -162,7 +164,13 @@ impl TestServer {
         let listener = socket.listen(1024).expect("listen");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let app = paygent_server::app_with(paygent.clone(), settings.live.clone());
+        let options = paygent_server::Options {
+            live: settings.live.clone(),
+            rate_limit: settings
+                .rate_limit
+                .unwrap_or(paygent_server::RateLimit::OFF),
+        };
+        let app = paygent_server::app_with(paygent.clone(), options);
         tokio::spawn(async move {
             paygent_server::serve(listener, app, async {
                 let _ = rx.await;
