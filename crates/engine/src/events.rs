@@ -9,7 +9,7 @@ use paygent_domain::Principal;
 use paygent_store::events::Nudge;
 use paygent_store::{Event, Store};
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 use uuid::Uuid;
@@ -24,7 +24,7 @@ const PAGE: i64 = 500;
 #[derive(Clone)]
 pub(crate) struct EventHub {
     input: mpsc::UnboundedSender<Vec<Event>>,
-    live: broadcast::Sender<Arc<Event>>,
+    live: broadcast::Sender<Arc<LiveEvent>>,
 }
 
 impl EventHub {
@@ -47,7 +47,7 @@ impl EventHub {
 async fn run_hub(
     store: Store,
     mut input: mpsc::UnboundedReceiver<Vec<Event>>,
-    live: broadcast::Sender<Arc<Event>>,
+    live: broadcast::Sender<Arc<LiveEvent>>,
 ) {
     let mut cursors: HashMap<Uuid, i64> = HashMap::new();
     // Start at each tenant's head: earlier events are for replay, not for live delivery.
@@ -73,7 +73,7 @@ async fn run_hub(
                     let last = cursors.get(&tenant).copied().unwrap_or(0);
                     if event.seq == last + 1 {
                         cursors.insert(tenant, event.seq);
-                        let _ = live.send(Arc::new(event));
+                        let _ = live.send(Arc::new(LiveEvent::from(event)));
                     } else if event.seq > last {
                         catch_up(&store, &live, &mut cursors, tenant).await;
                     }
@@ -108,7 +108,7 @@ async fn next_nudge(
 /// Broadcasts, in order, every event of `tenant` after the hub's cursor.
 async fn catch_up(
     store: &Store,
-    live: &broadcast::Sender<Arc<Event>>,
+    live: &broadcast::Sender<Arc<LiveEvent>>,
     cursors: &mut HashMap<Uuid, i64>,
     tenant: Uuid,
 ) {
@@ -125,7 +125,7 @@ async fn catch_up(
             return;
         };
         for event in page {
-            let _ = live.send(Arc::new(event));
+            let _ = live.send(Arc::new(LiveEvent::from(event)));
         }
         cursors.insert(tenant, newest);
     }
@@ -133,7 +133,7 @@ async fn catch_up(
 
 async fn resync(
     store: &Store,
-    live: &broadcast::Sender<Arc<Event>>,
+    live: &broadcast::Sender<Arc<LiveEvent>>,
     cursors: &mut HashMap<Uuid, i64>,
 ) {
     let Ok(heads) = store.event_heads().await else {
@@ -143,6 +143,41 @@ async fn resync(
         if cursors.get(&tenant).copied().unwrap_or(0) < head {
             catch_up(store, live, cursors, tenant).await;
         }
+    }
+}
+
+/// An event on its way to subscribers, with its wire form serialized once for all of them.
+#[derive(Debug)]
+pub struct LiveEvent {
+    pub event: Event,
+    wire: OnceLock<String>,
+}
+
+impl From<Event> for LiveEvent {
+    fn from(event: Event) -> Self {
+        LiveEvent {
+            event,
+            wire: OnceLock::new(),
+        }
+    }
+}
+
+impl std::ops::Deref for LiveEvent {
+    type Target = Event;
+    fn deref(&self) -> &Event {
+        &self.event
+    }
+}
+
+impl LiveEvent {
+    /// The JSON clients receive: `{type, seq, session_id, at, data}`.
+    pub fn wire(&self) -> &str {
+        self.wire.get_or_init(|| {
+            let e = &self.event;
+            serde_json::json!({"type": e.kind, "seq": e.seq, "session_id": e.session_id, "at": e.created_at,
+                "data": e.payload})
+            .to_string()
+        })
     }
 }
 
@@ -178,8 +213,8 @@ pub struct Subscription {
     tenant_id: Uuid,
     filter: EventFilter,
     last_seq: i64,
-    live: broadcast::Receiver<Arc<Event>>,
-    backlog: VecDeque<Event>,
+    live: broadcast::Receiver<Arc<LiveEvent>>,
+    backlog: VecDeque<Arc<LiveEvent>>,
     /// True while the outbox may hold events after `last_seq` that the live stream will not bring.
     replaying: bool,
 }
@@ -191,7 +226,7 @@ impl Subscription {
     }
 
     /// The next event that matches the filter.
-    pub async fn next(&mut self) -> Result<Event, SubscriptionEnd> {
+    pub async fn next(&mut self) -> Result<Arc<LiveEvent>, SubscriptionEnd> {
         loop {
             if let Some(event) = self.backlog.pop_front() {
                 self.last_seq = event.seq;
@@ -206,7 +241,8 @@ impl Subscription {
                     .events_after(self.tenant_id, self.last_seq, PAGE)
                     .await?;
                 self.replaying = page.len() as i64 == PAGE;
-                self.backlog.extend(page);
+                self.backlog
+                    .extend(page.into_iter().map(|e| Arc::new(LiveEvent::from(e))));
                 continue;
             }
             let event = match self.live.recv().await {
@@ -224,7 +260,7 @@ impl Subscription {
             }
             self.last_seq = event.seq;
             if self.filter.wants(&event) {
-                return Ok((*event).clone());
+                return Ok(event);
             }
         }
     }

@@ -18,7 +18,7 @@ mod views;
 
 pub use audit::AuditPage;
 pub use error::{EngineError, Result};
-pub use events::{EventFilter, Subscription, SubscriptionEnd};
+pub use events::{EventFilter, LiveEvent, Subscription, SubscriptionEnd};
 pub use executions::Plan;
 pub use executions::tools::{StepContext, StepOutcome, Tool, ToolRegistry};
 pub use guard::{PaymentRequest, Submitted};

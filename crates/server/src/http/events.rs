@@ -13,9 +13,10 @@ use axum::routing::get;
 use axum::{Extension, Router};
 use futures::{SinkExt, StreamExt};
 use paygent_engine::domain::{Decision, Principal};
-use paygent_engine::{EngineError, Event, EventFilter, Paygent, Subscription, SubscriptionEnd};
+use paygent_engine::{EngineError, EventFilter, LiveEvent, Paygent, Subscription, SubscriptionEnd};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -83,11 +84,6 @@ impl StreamQuery {
     }
 }
 
-/// An event as clients receive it.
-fn wire(e: &Event) -> Value {
-    json!({"type": e.kind, "seq": e.seq, "session_id": e.session_id, "at": e.created_at, "data": e.payload})
-}
-
 async fn websocket(
     State(paygent): State<Paygent>,
     Extension(options): Extension<LiveOptions>,
@@ -111,7 +107,7 @@ async fn connection(
     o: LiveOptions,
 ) {
     let (mut sink, mut stream) = socket.split();
-    let (queue_tx, mut queue) = mpsc::channel::<Event>(o.queue.max(1));
+    let (queue_tx, mut queue) = mpsc::channel::<Arc<LiveEvent>>(o.queue.max(1));
     let (slow_tx, mut slow) = oneshot::channel::<i64>();
     let feeder = tokio::spawn(feed(subscription, queue_tx, slow_tx));
     let mut heartbeat = tokio::time::interval(o.heartbeat);
@@ -125,7 +121,7 @@ async fn connection(
             }
             event = queue.recv() => {
                 let Some(event) = event else { break None };
-                let text = wire(&event).to_string();
+                let text = event.wire().to_owned();
                 tokio::select! {
                     sent = sink.send(Message::Text(text.into())) => if sent.is_err() { break None },
                     last = &mut slow => {
@@ -179,7 +175,7 @@ async fn connection(
 /// not keeping up: it is cut off (with the last sequence number it was sent) rather than slowing anyone else.
 async fn feed(
     mut subscription: Subscription,
-    queue: mpsc::Sender<Event>,
+    queue: mpsc::Sender<Arc<LiveEvent>>,
     slow: oneshot::Sender<i64>,
 ) {
     loop {
@@ -325,7 +321,7 @@ async fn server_sent_events(
                 let sse = SseEvent::default()
                     .id(e.seq.to_string())
                     .event(e.kind.clone())
-                    .data(wire(&e).to_string());
+                    .data(e.wire());
                 Some((Ok::<_, std::convert::Infallible>(sse), s))
             }
             Err(_) => None,
