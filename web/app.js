@@ -23,6 +23,22 @@ async function api(method, path, body) {
 
 function show(el, visible) { el.hidden = !visible; }
 
+// Dangerous buttons ask twice, in place (no dialog): the first click arms them for five seconds.
+function twoStep(button, question, action) {
+  const label = button.textContent;
+  button.addEventListener("click", async () => {
+    if (!button.classList.contains("armed")) {
+      button.classList.add("armed");
+      button.textContent = question;
+      setTimeout(() => { button.classList.remove("armed"); button.textContent = label; }, 5000);
+      return;
+    }
+    button.classList.remove("armed");
+    button.textContent = label;
+    await action();
+  });
+}
+
 async function signIn(token) {
   state.token = token;
   const me = await api("GET", "/me");
@@ -125,6 +141,14 @@ function upsert(a) {
     const f = new FormData(ev.target);
     decide(a.id, "edit", { edited_args: { amount: f.get("amount") }, comment: f.get("comment") || null });
   });
+  twoStep($("button.kill-session", li), "Really kill this session?", async () => {
+    try {
+      await api("POST", `/sessions/${a.session_id}/kill`, { reason: "killed from the inbox" });
+    } catch (e) {
+      $(".problem", li).textContent = e.message;
+      show($(".problem", li), true);
+    }
+  });
   li.addEventListener("focus", () => select(a.id));
   state.items.set(a.id, li);
   $("#items").appendChild(li);
@@ -221,14 +245,10 @@ document.addEventListener("DOMContentLoaded", () => {
     }
   });
   $("#sign-out").addEventListener("click", signOut);
-  $("#engage").addEventListener("click", async () => {
-    if (confirm("Engage the emergency stop? Every payment is denied and pending requests are cancelled.")) {
-      banner(await api("POST", "/kill-switch", { engaged: true, reason: "engaged from the inbox" }));
-    }
-  });
-  $("#release").addEventListener("click", async () => {
-    if (confirm("Release the emergency stop?")) banner(await api("POST", "/kill-switch", { engaged: false }));
-  });
+  twoStep($("#engage"), "Really stop all payments?", async () =>
+    banner(await api("POST", "/kill-switch", { engaged: true, reason: "engaged from the inbox" })));
+  twoStep($("#release"), "Really release the stop?", async () =>
+    banner(await api("POST", "/kill-switch", { engaged: false })));
   document.addEventListener("keydown", onKey);
   setInterval(tick, 1000);
   const saved = sessionStorage.getItem("paygent-token");

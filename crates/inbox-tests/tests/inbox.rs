@@ -293,13 +293,31 @@ async fn people_decide_in_the_inbox() {
     .await;
     assert_eq!(phone_width, true, "no sideways scrolling at phone width");
 
-    // The emergency stop shows a banner in every open browser.
-    s.post(
-        &t.admin,
-        "/kill-switch",
-        json!({"engaged": true, "reason": "drill"}),
+    // Killing a session from the inbox takes two clicks and cancels its requests live.
+    let doomed = s.session(&t.agent, json!({})).await;
+    let (_, p) = s.pay(&t.agent, doomed, "45", "USDC").await;
+    let victim = p["approval_id"].as_str().unwrap().to_owned();
+    appears(&page, &victim).await;
+    click(&page, &format!("{} button.kill-session", item(&victim))).await;
+    let armed = eval(
+        &page,
+        &format!(
+            "document.querySelector(\"{} button.kill-session\").textContent",
+            item(&victim)
+        ),
     )
     .await;
+    assert_eq!(armed, "Really kill this session?");
+    let (_, alive) = s.get(&t.agent, &format!("/sessions/{doomed}")).await;
+    assert_eq!(alive["state"], "active", "one click only arms the button");
+    click(&page, &format!("{} button.kill-session", item(&victim))).await;
+    leaves(&page, &victim).await;
+    let (_, killed) = s.get(&t.agent, &format!("/sessions/{doomed}")).await;
+    assert_eq!(killed["state"], "killed");
+
+    // The admin's emergency stop (two clicks) shows a banner in every open browser.
+    click(&second, "#engage").await;
+    click(&second, "#engage").await;
     for p in [&page, &second, &phone] {
         wait_until(
             p,
@@ -309,5 +327,7 @@ async fn people_decide_in_the_inbox() {
         .await;
     }
     leaves(&page, &ours).await;
+    let (_, stop) = s.get(&t.agent, "/kill-switch").await;
+    assert_eq!(stop["engaged"], true);
     s.finish().await;
 }
