@@ -50,8 +50,9 @@ async function signIn(token) {
   show($("#sign-in"), false);
   show($("#inbox"), true);
   show($("#admin-tools"), me.role === "admin");
+  show($("#executions"), true);
   connect();
-  await Promise.all([reload(), refreshStop()]);
+  await Promise.all([reload(), refreshStop(), loadExecutions()]);
 }
 
 function signOut() {
@@ -101,9 +102,54 @@ function onEvent(e) {
   switch (e.type) {
     case "approval_required": upsert(data); announce(); break;
     case "approved": case "rejected": case "edited": case "expired": remove(data.id, `${e.type} elsewhere`); break;
-    case "cancelled": if (data.kind === "approval") remove(data.id, "cancelled"); break;
+    case "cancelled":
+      if (data.kind === "approval") remove(data.id, "cancelled");
+      else executionsChanged();
+      break;
     case "kill_switch": banner(data); break;
+    case "execution_started": case "execution_paused": case "execution_resumed":
+    case "execution_completed": case "execution_failed": executionsChanged(); break;
   }
+}
+
+// Executions: the latest twenty, refreshed whenever one changes state.
+let executionsTimer = null;
+function executionsChanged() {
+  clearTimeout(executionsTimer);
+  executionsTimer = setTimeout(loadExecutions, 100);
+}
+
+async function loadExecutions() {
+  const list = await api("GET", "/executions?limit=20");
+  const ol = $("#execution-list");
+  ol.replaceChildren(...list.map(executionItem));
+  show($("#no-executions"), list.length === 0);
+}
+
+function executionItem(e) {
+  const li = document.createElement("li");
+  li.className = "item execution";
+  li.dataset.executionId = e.id;
+  const head = document.createElement("p");
+  head.className = "what";
+  head.textContent = `${e.command ?? "plan"} — ${e.status}`;
+  const meta = document.createElement("p");
+  meta.className = "meta";
+  meta.textContent = `session ${e.session_id.slice(0, 8)} · step ${e.current_step} · $${e.cost_usd}` +
+    (e.error ? ` · ${e.error}` : "");
+  li.append(head, meta);
+  if (e.status === "running" || e.status === "awaiting_approval") {
+    const cancel = document.createElement("button");
+    cancel.type = "button";
+    cancel.className = "cancel-execution kill-session";
+    cancel.textContent = "Cancel";
+    twoStep(cancel, "Really cancel it?", async () => {
+      await api("POST", `/executions/${e.id}/cancel`).catch((err) => { meta.textContent = err.message; });
+      executionsChanged();
+    });
+    li.append(cancel);
+  }
+  return li;
 }
 
 function announce() {

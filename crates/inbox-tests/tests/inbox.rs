@@ -315,6 +315,34 @@ async fn people_decide_in_the_inbox() {
     let (_, killed) = s.get(&t.agent, &format!("/sessions/{doomed}")).await;
     assert_eq!(killed["state"], "killed");
 
+    // An execution shows up live, and can be cancelled from the inbox (two clicks).
+    let worker = s.session(&t.agent, json!({})).await;
+    let (_, running) = s
+        .post(
+            &t.agent,
+            "/agent/execute",
+            json!({"session_id": worker, "command": "wait 3600 seconds"}),
+        )
+        .await;
+    let execution = running["id"].as_str().unwrap().to_owned();
+    let row = format!("[data-execution-id='{execution}']");
+    wait_until(
+        &page,
+        &format!("!!document.querySelector(\"{row} button.cancel-execution\")"),
+        "the running execution",
+    )
+    .await;
+    click(&page, &format!("{row} button.cancel-execution")).await;
+    click(&page, &format!("{row} button.cancel-execution")).await;
+    wait_until(
+        &page,
+        &format!("(document.querySelector(\"{row}\")?.textContent ?? '').includes('cancelled')"),
+        "the cancelled execution",
+    )
+    .await;
+    let (_, cancelled) = s.get(&t.agent, &format!("/executions/{execution}")).await;
+    assert_eq!(cancelled["status"], "cancelled");
+
     // The admin's emergency stop (two clicks) shows a banner in every open browser.
     click(&second, "#engage").await;
     click(&second, "#engage").await;
