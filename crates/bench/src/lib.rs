@@ -514,6 +514,50 @@ pub async fn resume_latency(t: &Target, scale: &Scale) -> anyhow::Result<Measure
     ))
 }
 
+/// Scenario 5c: how late after its deadline an overdue request is expired (the sweeper), seen as the `expired`
+/// event's transaction time minus the request's deadline.
+pub async fn timeout_precision(t: &Target, scale: &Scale) -> anyhow::Result<Measurement> {
+    let agent = t.key("agent").await?;
+    let approver = t.key("approver").await?;
+    let s = t
+        .post(
+            &agent,
+            "/sessions",
+            json!({"config": {"approval_timeout_seconds": 1}}),
+        )
+        .await?;
+    let session = s["id"].as_str().context("id")?.to_owned();
+    let mut ws = t.socket(&approver).await?;
+    let trials = scale.trials.min(20);
+    let mut lat = Vec::new();
+    let started = Instant::now();
+    for _ in 0..trials {
+        let p = t.pay(&agent, &session, "25.00").await?;
+        let approval = p["approval_id"].clone();
+        let deadline = loop {
+            let m = next_json(&mut ws).await?;
+            if m["type"] == "approval_required" && m["data"]["id"] == approval {
+                break unix_seconds(m["data"]["deadline"].as_str().context("deadline")?)?;
+            }
+        };
+        let expired_at = loop {
+            let m = next_json(&mut ws).await?;
+            if m["type"] == "expired" && m["data"]["id"] == approval {
+                break unix_seconds(m["at"].as_str().context("at")?)?;
+            }
+        };
+        lat.push(Duration::from_secs_f64((expired_at - deadline).max(0.0)));
+    }
+    let note = "deadline → expired by the sweeper".to_owned();
+    Ok(Measurement::from_latencies(
+        "timeout precision",
+        1,
+        lat,
+        started.elapsed(),
+        note,
+    ))
+}
+
 /// Scenario 6: from an event's transaction time to its receipt, with `clients` sockets connected.
 pub async fn fanout(t: &Target, scale: &Scale, clients: usize) -> anyhow::Result<Measurement> {
     let agent = t.key("agent").await?;
@@ -664,6 +708,7 @@ pub async fn all(
     m.push(round_trip(t, scale).await?);
     m.push(kill_latency(t, scale).await?);
     m.push(resume_latency(t, scale).await?);
+    m.push(timeout_precision(t, scale).await?);
     m.push(fanout(t, scale, 1).await?);
     m.push(
         fanout(

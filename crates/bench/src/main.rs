@@ -30,6 +30,7 @@ enum Scenario {
     RoundTrip,
     Kill,
     Resume,
+    Timeout,
     Fanout,
     Ceiling,
     Footprint,
@@ -163,6 +164,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::RoundTrip => (vec![b::round_trip(&t, &scale).await?], vec![]),
         Scenario::Kill => (vec![b::kill_latency(&t, &scale).await?], vec![]),
         Scenario::Resume => (vec![b::resume_latency(&t, &scale).await?], vec![]),
+        Scenario::Timeout => (vec![b::timeout_precision(&t, &scale).await?], vec![]),
         Scenario::Fanout => (
             vec![
                 b::fanout(&t, &scale, 1).await?,

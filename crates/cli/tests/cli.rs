@@ -521,10 +521,11 @@ async fn benchmark_scenarios_run() {
     let (lines, footprint) = paygent_bench::all(&target, &db, &scale, child.id())
         .await
         .unwrap();
-    assert_eq!(lines.len(), 12);
+    assert_eq!(lines.len(), 13);
     for m in &lines {
         let expected = match m.scenario.as_str() {
-            "round trip" | "kill latency" | "resume latency" | "fan-out, 1 clients" => scale.trials,
+            "round trip" | "kill latency" | "resume latency" | "timeout precision"
+            | "fan-out, 1 clients" => scale.trials,
             s if s.starts_with("fan-out") => scale.trials * scale.sockets,
             _ => scale.requests,
         };
