@@ -144,18 +144,11 @@ pub async fn pending<'e>(
     session_id: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<ApprovalRecord>> {
-    sqlx::query_as::<_, ApprovalRow>(select(
+    let sql = select(
         "tenant_id = $1 AND status = 'pending' AND ($2 IS NULL OR session_id = $2) \
          ORDER BY created_at, id LIMIT $3",
-    ))
-    .bind(tenant_id.to_string())
-    .bind(session_id.map(|s| s.to_string()))
-    .bind(limit)
-    .fetch_all(exec)
-    .await?
-    .into_iter()
-    .map(ApprovalRecord::try_from)
-    .collect()
+    );
+    crate::by_session::<ApprovalRow, _>(exec, sql, tenant_id, session_id, limit).await
 }
 
 /// Pending requests whose deadline has passed, across tenants, most overdue first: (tenant, request).

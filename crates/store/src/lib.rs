@@ -189,6 +189,30 @@ where
         .transpose()
 }
 
+/// Reads a tenant's rows, optionally of one session, with `sql` binding `$1` tenant, `$2` session (or NULL)
+/// and `$3` limit, and converts them into their record type.
+pub(crate) async fn by_session<'e, R, T>(
+    exec: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    sql: sqlx::AssertSqlSafe<String>,
+    tenant_id: Uuid,
+    session_id: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<T>>
+where
+    R: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
+    T: TryFrom<R, Error = StoreError>,
+{
+    sqlx::query_as::<_, R>(sql)
+        .bind(tenant_id.to_string())
+        .bind(session_id.map(|s| s.to_string()))
+        .bind(limit)
+        .fetch_all(exec)
+        .await?
+        .into_iter()
+        .map(T::try_from)
+        .collect()
+}
+
 /// Parses a stored UUID, or reports corruption.
 pub(crate) fn uuid(s: &str) -> Result<Uuid> {
     Uuid::parse_str(s).map_err(|_| StoreError::Corrupt(format!("bad uuid {s:?}")))

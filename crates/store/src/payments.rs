@@ -153,17 +153,10 @@ pub async fn list<'e>(
     session_id: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<PaymentRecord>> {
-    sqlx::query_as::<_, PaymentRow>(select(
+    let sql = select(
         "tenant_id = $1 AND ($2 IS NULL OR session_id = $2) ORDER BY created_at DESC, id DESC LIMIT $3",
-    ))
-    .bind(tenant_id.to_string())
-    .bind(session_id.map(|s| s.to_string()))
-    .bind(limit)
-    .fetch_all(exec)
-    .await?
-    .into_iter()
-    .map(PaymentRecord::try_from)
-    .collect()
+    );
+    crate::by_session::<PaymentRow, _>(exec, sql, tenant_id, session_id, limit).await
 }
 
 /// What is paid: replaced as a whole when an approver's edit is executed.
