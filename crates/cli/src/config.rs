@@ -2,13 +2,19 @@
 
 use anyhow::{Context, bail};
 use paygent_engine::domain::PriceTable;
+use paygent_rails::{ChainConfig, RailsConfig, TokenConfig as RailToken};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// The file's keys. `[[chains]]` and `[wallet]` belong to the payment rails and are read when those land.
+/// The file's keys. `network`, `[[chains]]` and the chain fields of `[[tokens]]` configure the payment rails;
+/// wallet keys come only from the environment or a key file.
 #[derive(Debug, Default, Deserialize)]
 pub struct FileConfig {
+    network: Option<String>,
+    #[serde(default)]
+    chains: Vec<ChainConfig>,
+    wallet_key_file: Option<PathBuf>,
     listen: Option<String>,
     database_url: Option<String>,
     data_dir: Option<PathBuf>,
@@ -21,10 +27,45 @@ pub struct FileConfig {
     tokens: Vec<TokenConfig>,
 }
 
+/// A currency; with `chain_id`, `address` and its EIP-712 domain it is also a token the rails pay in.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct TokenConfig {
     symbol: String,
     decimals: u32,
+    chain_id: Option<u64>,
+    address: Option<String>,
+    eip712_name: Option<String>,
+    eip712_version: Option<String>,
+}
+
+impl TokenConfig {
+    fn on_chain(&self) -> anyhow::Result<Option<RailToken>> {
+        let Some(chain_id) = self.chain_id else {
+            return Ok(None);
+        };
+        let missing =
+            |k: &str| anyhow::anyhow!("token {} on chain {chain_id} needs {k}", self.symbol);
+        Ok(Some(RailToken {
+            symbol: self.symbol.clone(),
+            chain_id,
+            address: self
+                .address
+                .as_deref()
+                .ok_or_else(|| missing("address"))?
+                .parse()
+                .with_context(|| format!("token {}'s address", self.symbol))?,
+            decimals: self.decimals,
+            eip712_name: self
+                .eip712_name
+                .clone()
+                .ok_or_else(|| missing("eip712_name"))?,
+            eip712_version: self
+                .eip712_version
+                .clone()
+                .ok_or_else(|| missing("eip712_version"))?,
+        }))
+    }
 }
 
 /// Everything `serve` needs, resolved.
@@ -40,6 +81,8 @@ pub struct ServeConfig {
     pub event_retention_days: u32,
     /// Requests per second each key may make (bursts of twice that); 0 turns the limit off.
     pub rate_limit_per_second: u32,
+    /// Chains, tokens and wallets to pay with; inactive (decision-only) without all three.
+    pub rails: RailsConfig,
 }
 
 const PRICE_PREFIX: &str = "PAYGENT_PRICE_";
@@ -108,7 +151,38 @@ impl ServeConfig {
                 .context("PAYGENT_RATE_LIMIT must be a whole number")?,
             None => parsed.rate_limit_per_second.unwrap_or(200),
         };
+        let mut rails = match var("PAYGENT_NETWORK").or(parsed.network) {
+            Some(preset) => RailsConfig::preset(&preset)?,
+            None => RailsConfig::default(),
+        };
+        rails.chains.extend(parsed.chains);
+        for t in &parsed.tokens {
+            if let Some(token) = t.on_chain()? {
+                rails.tokens.retain(|known| known.symbol != token.symbol);
+                rails.tokens.push(token);
+            }
+        }
+        if let Some(key) = var("PAYGENT_WALLET_KEY") {
+            rails.add_wallet_key(&key).context("PAYGENT_WALLET_KEY")?;
+        }
+        if let Some(path) = var("PAYGENT_WALLET_KEY_FILE")
+            .map(PathBuf::from)
+            .or(parsed.wallet_key_file)
+        {
+            let key = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading the wallet key file {}", path.display()))?;
+            rails
+                .add_wallet_key(&key)
+                .with_context(|| format!("the wallet key file {}", path.display()))?;
+        }
+        rails.validate()?;
+        for t in &rails.tokens {
+            if prices.get(&t.symbol).is_none() {
+                bail!("token {} has no price: add it under [prices]", t.symbol);
+            }
+        }
         Ok(ServeConfig {
+            rails,
             listen: var("PAYGENT_LISTEN")
                 .or(parsed.listen)
                 .unwrap_or_else(|| "127.0.0.1:8080".into()),
@@ -167,12 +241,15 @@ CRO = "0.10"
 WBTC = "60000"
 [[chains]]
 id = 338
+name = "local"
 rpc_url = "http://127.0.0.1:8545"
 [[tokens]]
 symbol = "WBTC"
 chain_id = 338
 address = "0x0000000000000000000000000000000000000001"
 decimals = 8
+eip712_name = "Wrapped BTC"
+eip712_version = "1"
 "#,
         )
         .unwrap();
@@ -187,7 +264,21 @@ decimals = 8
         assert_eq!(c.listen, "127.0.0.1:9001");
         assert_eq!(c.prices.get("CRO").unwrap().usd_price, Decimal::new(8, 2));
         assert_eq!(c.prices.get("WBTC").unwrap().decimals, 8);
+        assert_eq!(c.rails.tokens[0].symbol, "WBTC");
+        assert!(!c.rails.is_active(), "no wallet key: decision-only");
         assert!(ServeConfig::load(Some(&file), &env(&[("PAYGENT_PRICE_CRO", "-1")])).is_err());
+        let key = "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a";
+        let with_wallet =
+            ServeConfig::load(Some(&file), &env(&[("PAYGENT_WALLET_KEY", key)])).unwrap();
+        assert!(with_wallet.rails.is_active());
+        assert!(
+            !format!("{with_wallet:?}").contains(&key[2..]),
+            "keys never print"
+        );
+        let preset =
+            ServeConfig::load(None, &env(&[("PAYGENT_NETWORK", "cronos-testnet")])).unwrap();
+        assert_eq!(preset.rails.chains[0].id, 338);
+        assert!(ServeConfig::load(None, &env(&[("PAYGENT_WALLET_KEY", "0x12")])).is_err());
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -185,7 +185,14 @@ async fn serve(config_file: Option<&Path>) -> anyhow::Result<ExitCode> {
     let store = Store::connect(&config.database_url, &options)
         .await
         .context("opening the database")?;
-    let paygent = Paygent::new(store, config.prices.clone(), Arc::new(SystemClock));
+    let mut paygent = Paygent::new(store, config.prices.clone(), Arc::new(SystemClock));
+    if config.rails.is_active() {
+        let rails = paygent_rails::EvmRails::new(&config.rails)?;
+        paygent = paygent_rails::install(paygent, rails);
+        tracing::info!(rails = ?config.rails, "payments are carried out on chain");
+    } else if !config.rails.chains.is_empty() {
+        tracing::warn!("chains are configured but no wallet key: payments stay decision-only");
+    }
     if let Some(key) = paygent.bootstrap(config.admin_token.as_deref()).await? {
         let path = config.data_dir.join("admin-token");
         save_secret(&path, &key.token)?;
@@ -194,6 +201,10 @@ async fn serve(config_file: Option<&Path>) -> anyhow::Result<ExitCode> {
             path.display(),
             key.token
         );
+    }
+    let reconciled = paygent.reconcile_payments().await?;
+    if reconciled > 0 {
+        tracing::info!(reconciled, "reconciled payments signed before a stop");
     }
     let resumed = paygent.resume_executions().await?;
     if resumed > 0 {

@@ -238,6 +238,7 @@ async fn rebook_edit(
             to: PaymentStatus::PendingApproval,
             reason: None,
             tx_hash: None,
+            network: None,
             terms: Some(&terms),
         },
     )

@@ -59,6 +59,26 @@ fn validate_idempotency_key(key: &str) -> Result<()> {
 impl Paygent {
     /// Runs a payment request through the guard.
     pub async fn submit_payment(&self, who: &Principal, req: PaymentRequest) -> Result<Submitted> {
+        self.guard(who, req, None).await
+    }
+
+    /// Records a payment that failed before it could be guarded (a rail could not find anything it may pay),
+    /// so the attempt and its reason are kept like any other payment's. Nothing is booked on the budget.
+    pub async fn refuse_payment(
+        &self,
+        who: &Principal,
+        req: PaymentRequest,
+        reason: &str,
+    ) -> Result<Submitted> {
+        self.guard(who, req, Some(reason)).await
+    }
+
+    async fn guard(
+        &self,
+        who: &Principal,
+        req: PaymentRequest,
+        refusal: Option<&str>,
+    ) -> Result<Submitted> {
         require(
             who.can_request_payments(),
             "only agents and admins request payments",
@@ -87,8 +107,10 @@ impl Paygent {
                     "idempotency_key was already used for a different payment request".into(),
                 ));
             }
+            drop(tx);
+            // An authorized payment whose rail run was interrupted is finished now, still only once.
             return Ok(Submitted {
-                payment: earlier.into(),
+                payment: self.carry_out(earlier).await?,
                 replayed: true,
             });
         }
@@ -155,7 +177,20 @@ impl Paygent {
         } else {
             None
         };
-        if let Some(why) = stopped {
+        if let Some(why) = refusal {
+            payment.status = PaymentStatus::Failed;
+            payment.reason = Some(why.into());
+            payments::insert(&mut tx, &payment).await?;
+            summary["reason"] = json!(why);
+            tx.audit(
+                &who.actor(),
+                "payment.failed",
+                &subject,
+                Some(session.id),
+                summary,
+            )
+            .await?;
+        } else if let Some(why) = stopped {
             payment.status = PaymentStatus::Denied;
             payment.reason = Some("killed".into());
             payment.detail = Some(why.into());
@@ -239,7 +274,7 @@ impl Paygent {
         }
         self.publish(tx.commit().await?);
         Ok(Submitted {
-            payment: payment.into(),
+            payment: self.carry_out(payment).await?,
             replayed: false,
         })
     }

@@ -13,6 +13,7 @@ mod keys;
 mod kill;
 mod memory;
 mod payments;
+mod rails;
 mod sessions;
 mod views;
 
@@ -25,6 +26,7 @@ pub use guard::{PaymentRequest, Submitted};
 pub use keys::NewTenant;
 pub use kill::KillSwitchView;
 pub use memory::{MemoryTurn, SessionSummary};
+pub use rails::{Journal, PaymentOrder, Rail, RailError, Settlement, Signed};
 pub use sessions::NewSession;
 pub use views::{
     ApprovalView, BudgetLine, BudgetView, DecisionRecord, ExecutionView, KeyView, PaymentView,
@@ -66,6 +68,7 @@ pub struct Paygent {
     clock: Arc<dyn Clock>,
     hub: events::EventHub,
     tools: ToolRegistry,
+    rails: Vec<Arc<dyn Rail>>,
 }
 
 impl Paygent {
@@ -77,13 +80,26 @@ impl Paygent {
             prices: Arc::new(prices),
             clock,
             tools: ToolRegistry::builtin(),
+            rails: Vec::new(),
         }
+    }
+
+    /// Adds a rail that carries out authorized payments. Without one, an authorized payment is the agent's to
+    /// pay and report.
+    pub fn with_rail(mut self, rail: impl Rail) -> Self {
+        self.rails.push(Arc::new(rail));
+        self
     }
 
     /// Replaces the tools executions may call.
     pub fn with_tools(mut self, tools: ToolRegistry) -> Self {
         self.tools = tools;
         self
+    }
+
+    /// The tools executions may call, to extend or replace some.
+    pub fn tools(&self) -> &ToolRegistry {
+        &self.tools
     }
 
     pub fn store(&self) -> &Store {

@@ -36,6 +36,7 @@ pub(crate) async fn deny_pending(tx: &mut WriteTx, payment_id: Uuid, reason: &st
             to: PaymentStatus::Denied,
             reason: Some(reason),
             tx_hash: None,
+            network: None,
             terms: None,
         },
     )
@@ -115,7 +116,10 @@ impl Paygent {
                 .ok_or(EngineError::NotFound("approval request"))?;
             if current.consumed_at.is_some() {
                 drop(tx);
-                return self.payment(who, payment_id).await;
+                let payment = payments::get(self.store.reader(), who.tenant_id, payment_id)
+                    .await?
+                    .ok_or(EngineError::NotFound("payment"))?;
+                return self.carry_out(payment).await;
             }
             return Err(EngineError::Conflict(format!(
                 "the request is {}, not approved",
@@ -130,6 +134,7 @@ impl Paygent {
                 to: PaymentStatus::Authorized,
                 reason: None,
                 tx_hash: None,
+                network: None,
                 terms: Some(&terms),
             },
         )
@@ -160,7 +165,7 @@ impl Paygent {
             budget::book(&mut tx, &booking, Move::Settle).await?;
         }
         self.publish(tx.commit().await?);
-        Ok(payment.into())
+        self.carry_out(payment).await
     }
 
     /// An agent reports how an `authorized` payment it made itself ended.
@@ -193,6 +198,7 @@ impl Paygent {
                 to: outcome,
                 reason: None,
                 tx_hash,
+                network: None,
                 terms: None,
             },
         )

@@ -40,6 +40,10 @@ pub struct PaymentView {
     pub approval_id: Option<Uuid>,
     pub tx_hash: Option<String>,
     pub network: Option<String>,
+    /// What the rail brought back when it paid, such as an x402 resource's answer; only in the answer that paid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub receipt: Option<Value>,
     pub idempotency_key: Option<String>,
     pub requested_by: Uuid,
     pub created_at: DateTime<Utc>,
@@ -63,6 +67,7 @@ impl From<PaymentRecord> for PaymentView {
             approval_id: p.approval_id,
             tx_hash: p.tx_hash,
             network: p.network,
+            receipt: None,
             idempotency_key: p.idempotency_key,
             requested_by: p.requested_by,
             created_at: p.created_at,

@@ -54,6 +54,7 @@ impl ApiError {
                 E::Store(s) if s.is_unavailable() => {
                     (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
                 }
+                E::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "rail-unavailable"),
                 E::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             },
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "malformed"),
@@ -76,11 +77,14 @@ impl ApiError {
         let (status, slug) = self.status_and_slug();
         let detail = if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
-            match status {
-                StatusCode::SERVICE_UNAVAILABLE => {
+            match (status, slug) {
+                (_, "rail-unavailable") => "a chain or payment service could not be reached; an authorized \
+                    payment stays authorized and is reconciled, so retry with the same idempotency key"
+                    .to_owned(),
+                (StatusCode::SERVICE_UNAVAILABLE, _) => {
                     "the database is unavailable; retry shortly".to_owned()
                 }
-                _ => "internal error; the server log has the cause".to_owned(),
+                (_, _) => "internal error; the server log has the cause".to_owned(),
             }
         } else {
             self.to_string()

@@ -267,7 +267,7 @@ async fn slow_consumers_are_cut_off_alone(backend: Backend) {
             ..LiveOptions::default()
         },
         send_buffer: Some(4096),
-        rate_limit: None,
+        ..Settings::default()
     };
     let s = TestServer::start_with(backend, settings).await;
     let t = s.team(ADMIN_TOKEN).await;
@@ -492,8 +492,7 @@ async fn silent_clients_time_out(backend: Backend) {
             idle_timeout: Duration::from_millis(300),
             ..LiveOptions::default()
         },
-        send_buffer: None,
-        rate_limit: None,
+        ..Settings::default()
     };
     let s = TestServer::start_with(backend, settings).await;
     let mut listening = connect(&s, ADMIN_TOKEN, "").await;

@@ -4,6 +4,7 @@
 //! strings. Every change goes through a [`WriteTx`], which carries the change's audit entry and events.
 
 pub mod approvals;
+pub mod attempts;
 pub mod audit;
 pub mod budgets;
 pub mod events;

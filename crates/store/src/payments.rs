@@ -176,6 +176,8 @@ pub struct Transition<'a> {
     pub to: PaymentStatus,
     pub reason: Option<&'a str>,
     pub tx_hash: Option<&'a str>,
+    /// Where a rail paid it (a CAIP-2 network id such as `eip155:338`).
+    pub network: Option<&'a str>,
     pub terms: Option<&'a Terms>,
 }
 
@@ -196,7 +198,7 @@ pub async fn transition(tx: &mut WriteTx, t: Transition<'_>) -> Result<bool> {
         "UPDATE payments SET status = $3, reason = COALESCE($4, reason), tx_hash = COALESCE($5, tx_hash), \
          updated_at = $6, amount = COALESCE($7, amount), currency = COALESCE($8, currency), \
          usd_value = COALESCE($9, usd_value), recipient = COALESCE($10, recipient), \
-         description = CASE WHEN $12 = 1 THEN $11 ELSE description END \
+         description = CASE WHEN $12 = 1 THEN $11 ELSE description END, network = COALESCE($14, network) \
          WHERE tenant_id = $1 AND id = $2 AND status = $13",
     )
     .bind(tenant)
@@ -212,6 +214,7 @@ pub async fn transition(tx: &mut WriteTx, t: Transition<'_>) -> Result<bool> {
     .bind(description)
     .bind(edited)
     .bind(t.from.as_str())
+    .bind(t.network)
     .execute(tx.conn())
     .await?;
     Ok(done.rows_affected() == 1)

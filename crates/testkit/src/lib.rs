@@ -73,9 +73,20 @@ impl Drop for TempDir {
     }
 }
 
+/// Changes made to each engine a test server starts (after a restart too), such as installing payment rails.
+#[derive(Clone)]
+pub struct Wiring(pub Arc<dyn Fn(Paygent) -> Paygent + Send + Sync>);
+
+impl std::fmt::Debug for Wiring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Wiring")
+    }
+}
+
 /// How a test server is set up beyond its database.
 #[derive(Debug, Clone, Default)]
 pub struct Settings {
+    pub wiring: Option<Wiring>,
     pub live: paygent_server::LiveOptions,
     /// Off unless a test sets it, so load in tests is never throttled.
     pub rate_limit: Option<paygent_server::RateLimit>,
@@ -118,11 +129,20 @@ impl TestServer {
     }
 
     /// Stops this server and starts a new one (new engine, new port) on the same database, as after a crash.
-    pub async fn restart(mut self) -> TestServer {
+    pub async fn restart(self) -> TestServer {
+        self.restart_after(async {}).await
+    }
+
+    /// Like [`TestServer::restart`], doing `while_down` between the stop and the start.
+    pub async fn restart_after(
+        mut self,
+        while_down: impl std::future::Future<Output = ()>,
+    ) -> TestServer {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
         self.paygent.store().close().await;
+        while_down.await;
         let dir = self.dir.take();
         Self::serve(
             self.backend,
@@ -144,11 +164,18 @@ impl TestServer {
         let store = Store::connect(&database_url, &StoreOptions::default())
             .await
             .unwrap_or_else(|e| panic!("connecting to {database_url}: {e}"));
-        let paygent = Paygent::new(store, test_prices(), clock.clone());
+        let mut paygent = Paygent::new(store, test_prices(), clock.clone());
+        if let Some(Wiring(wire)) = &settings.wiring {
+            paygent = wire(paygent);
+        }
         paygent
             .bootstrap(Some(ADMIN_TOKEN))
             .await
             .expect("bootstrap");
+        paygent
+            .reconcile_payments()
+            .await
+            .expect("reconcile payments");
         paygent
             .resume_executions()
             .await
@@ -326,6 +353,15 @@ impl TestServer {
             .await
             .expect("scalar query");
         n
+    }
+
+    /// A single text value read straight from the database.
+    pub async fn text(&self, query: &str) -> String {
+        let (t,): (String,) = sqlx::query_as(sqlx::AssertSqlSafe(query.to_owned()))
+            .fetch_one(self.paygent.store().reader())
+            .await
+            .expect("text query");
+        t
     }
 
     /// Runs raw SQL against the database, as an attacker with database access would.

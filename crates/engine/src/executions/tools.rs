@@ -103,22 +103,49 @@ fn only(args: &Value, keys: &[&str]) -> Result<(), String> {
     }
 }
 
-/// Runs a payment through the guard with an idempotency key unique to this step, so a step re-run after a
-/// crash finds the payment it already made instead of making another.
-async fn pay(ctx: &StepContext<'_>, amount: &str, currency: &str, recipient: &str) -> StepOutcome {
-    let request = PaymentRequest {
-        session_id: ctx.session_id,
-        amount: amount.to_owned(),
-        currency: currency.to_owned(),
-        recipient: recipient.to_owned(),
-        description: Some(format!("execution {} step {}", ctx.execution_id, ctx.idx)),
-        idempotency_key: Some(format!("execution:{}:{}", ctx.execution_id, ctx.idx)),
-    };
-    match ctx.paygent.submit_payment(ctx.principal, request).await {
-        Ok(submitted) => payment_outcome(submitted.payment),
-        Err(e) => StepOutcome::Failed {
-            error: e.to_string(),
-        },
+impl StepContext<'_> {
+    fn payment_request(&self, amount: &str, currency: &str, recipient: &str) -> PaymentRequest {
+        PaymentRequest {
+            session_id: self.session_id,
+            amount: amount.to_owned(),
+            currency: currency.to_owned(),
+            recipient: recipient.to_owned(),
+            description: Some(format!("execution {} step {}", self.execution_id, self.idx)),
+            idempotency_key: Some(format!("execution:{}:{}", self.execution_id, self.idx)),
+        }
+    }
+
+    /// Runs a payment through the guard with an idempotency key unique to this step, so a step re-run after a
+    /// crash finds the payment it already made instead of making another.
+    pub async fn pay(&self, amount: &str, currency: &str, recipient: &str) -> StepOutcome {
+        let request = self.payment_request(amount, currency, recipient);
+        match self.paygent.submit_payment(self.principal, request).await {
+            Ok(submitted) => payment_outcome(submitted.payment),
+            Err(e) => StepOutcome::Failed {
+                error: e.to_string(),
+            },
+        }
+    }
+
+    /// Records this step's payment as failed before the guard, for `reason`, and fails the step with it.
+    pub async fn refuse_payment(
+        &self,
+        amount: &str,
+        currency: &str,
+        recipient: &str,
+        reason: &str,
+    ) -> StepOutcome {
+        let request = self.payment_request(amount, currency, recipient);
+        match self
+            .paygent
+            .refuse_payment(self.principal, request, reason)
+            .await
+        {
+            Ok(submitted) => payment_outcome(submitted.payment),
+            Err(e) => StepOutcome::Failed {
+                error: format!("{reason} (and the payment could not be recorded: {e})"),
+            },
+        }
     }
 }
 
@@ -178,7 +205,7 @@ impl Tool for Transfer {
                 text(args, "currency"),
             );
             match (to, amount, currency) {
-                (Ok(to), Ok(amount), Ok(currency)) => pay(&ctx, amount, currency, to).await,
+                (Ok(to), Ok(amount), Ok(currency)) => ctx.pay(amount, currency, to).await,
                 _ => StepOutcome::Failed {
                     error: "bad arguments".into(),
                 },
@@ -224,7 +251,7 @@ impl Tool for X402Payment {
     fn run<'a>(&'a self, ctx: StepContext<'a>, args: &'a Value) -> BoxFuture<'a, StepOutcome> {
         Box::pin(async move {
             match (text(args, "url"), text(args, "max_amount")) {
-                (Ok(url), Ok(max)) => pay(&ctx, max, Self::currency(args), url).await,
+                (Ok(url), Ok(max)) => ctx.pay(max, Self::currency(args), url).await,
                 _ => StepOutcome::Failed {
                     error: "bad arguments".into(),
                 },

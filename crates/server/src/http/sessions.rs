@@ -21,6 +21,7 @@ pub fn router() -> OpenApiRouter<Paygent> {
         .routes(routes!(get_budget, put_budget))
         .routes(routes!(get_memory))
         .routes(routes!(get_summary))
+        .routes(routes!(get_balance))
 }
 
 #[derive(Deserialize, ToSchema, Default)]
@@ -110,4 +111,18 @@ async fn get_summary(
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<SessionSummary>> {
     Ok(Json(paygent.summary(&who, id).await?))
+}
+
+/// The session wallet's token balances, read from the chain now.
+#[utoipa::path(get, path = "/sessions/{id}/balance", tag = "sessions", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Object, example = json!({"session_id": "…", "wallet": "0x…",
+        "balances": [{"currency": "USDC", "amount": "995", "network": "eip155:338", "token": "0x…"}]})),
+        (status = 404, body = Problem), (status = 422, body = Problem), (status = 501, body = Problem),
+        (status = 503, body = Problem)))]
+async fn get_balance(
+    State(paygent): State<Paygent>,
+    Caller(who): Caller,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(paygent.balances(&who, id).await?))
 }

@@ -1,0 +1,316 @@
+//! Payment rails: what carries out a payment the guard authorized. A rail signs only what the engine hands it,
+//! after the guard, and the engine stores what was signed before it leaves the process. That order is what
+//! makes a payment run once: after a crash the same signed artifact is sent again or found on chain, and a
+//! second one is signed only when the first can never settle.
+
+use crate::budget::{self, Booking, Move};
+use crate::views::PaymentView;
+use crate::{EngineError, Paygent, Result};
+use futures::future::BoxFuture;
+use paygent_domain::{Decimal, PaymentStatus};
+use paygent_store::payments::{self, PaymentRecord, Transition};
+use paygent_store::{attempts, sessions};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// An authorized payment, as a rail sees it.
+#[derive(Debug, Clone)]
+pub struct PaymentOrder {
+    pub payment_id: Uuid,
+    pub session_id: Uuid,
+    /// The session's wallet: rails pay only from a wallet the session is bound to.
+    pub wallet: Option<String>,
+    /// `transfer` or `x402_payment`.
+    pub tool: String,
+    pub amount: Decimal,
+    pub currency: String,
+    pub recipient: String,
+}
+
+/// What a rail signed, stored before it is sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Signed {
+    /// A CAIP-2 network id, such as `eip155:338`.
+    pub network: String,
+    /// Known before sending for a transaction; an x402 payment learns it from the settlement.
+    pub tx_hash: Option<String>,
+    /// Everything needed to send it again or find it on chain.
+    pub artifact: Value,
+}
+
+/// A payment that settled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settlement {
+    pub network: String,
+    pub tx_hash: Option<String>,
+    /// What came back: the block, the payer, an x402 resource's answer.
+    pub receipt: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RailError {
+    /// Nothing was paid and nothing will be: the payment fails with this reason, and its budget is released.
+    #[error("{0}")]
+    Refused(String),
+    /// What was signed can never settle (its nonce went to another transaction, its window closed): sign anew.
+    #[error("{0}")]
+    Superseded(String),
+    /// The chain or the service could not be reached: the outcome is unknown, and the attempt is kept to be
+    /// reconciled later.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Stores a freshly signed artifact before the rail sends it, and answers the one to send: this one, or one
+/// stored earlier by a concurrent runner (the rail must then drop its own).
+pub type Journal<'a> =
+    &'a (dyn Fn(Signed) -> BoxFuture<'a, Result<Signed, RailError>> + Send + Sync);
+
+pub trait Rail: Send + Sync + 'static {
+    /// Stored with each attempt.
+    fn name(&self) -> &'static str;
+    /// Whether this rail carries the order (its tool, currency and wallet).
+    fn carries(&self, order: &PaymentOrder) -> bool;
+    /// Pays the order. With `earlier`, a signed artifact from an interrupted run, it must first find that on chain
+    /// or send it again, and never sign a second payment while the first can still settle.
+    fn pay<'a>(
+        &'a self,
+        order: &'a PaymentOrder,
+        earlier: Option<Signed>,
+        journal: Journal<'a>,
+    ) -> BoxFuture<'a, Result<Settlement, RailError>>;
+    /// The wallet's balances on the chains this rail knows, by currency.
+    fn balances<'a>(&'a self, wallet: &'a str) -> BoxFuture<'a, Result<Value, RailError>>;
+}
+
+/// How often a payment is signed anew after its earlier attempt was superseded, before giving up.
+const MAX_RESIGNS: usize = 3;
+
+impl Paygent {
+    /// Carries out an authorized payment on the rail that takes it; a payment no rail takes stays
+    /// `authorized` for its agent to pay. Safe to call again for the same payment, from any runner.
+    pub(crate) async fn carry_out(&self, payment: PaymentRecord) -> Result<PaymentView> {
+        if payment.status != PaymentStatus::Authorized || self.rails.is_empty() {
+            return Ok(payment.into());
+        }
+        let tenant_id = payment.tenant_id;
+        let session = sessions::get(self.store.reader(), tenant_id, payment.session_id)
+            .await?
+            .ok_or(EngineError::NotFound("session"))?;
+        let order = PaymentOrder {
+            payment_id: payment.id,
+            session_id: payment.session_id,
+            wallet: session.wallet_address,
+            tool: payment.tool.clone(),
+            amount: payment.amount,
+            currency: payment.currency.clone(),
+            recipient: payment.recipient.clone(),
+        };
+        let Some(rail) = self.rails.iter().find(|r| r.carries(&order)).cloned() else {
+            return Ok(payment.into());
+        };
+        let journal = |signed: Signed| -> BoxFuture<'_, Result<Signed, RailError>> {
+            let rail = rail.name();
+            Box::pin(async move {
+                self.journal(tenant_id, payment.id, rail, signed)
+                    .await
+                    .map_err(|e| match e {
+                        EngineError::Conflict(why) => RailError::Refused(why),
+                        other => RailError::Unavailable(other.to_string()),
+                    })
+            })
+        };
+        for _ in 0..MAX_RESIGNS {
+            let earlier = attempts::get(self.store.reader(), payment.id)
+                .await?
+                .map(|a| Signed {
+                    network: a.network,
+                    tx_hash: a.tx_hash,
+                    artifact: a.signed,
+                });
+            match rail.pay(&order, earlier, &journal).await {
+                Ok(settlement) => return self.settled(&payment, settlement).await,
+                Err(RailError::Refused(why)) => return self.rail_failed(&payment, &why).await,
+                Err(RailError::Superseded(why)) => {
+                    tracing::info!(payment = %payment.id, %why, "signing the payment anew");
+                    let mut tx = self.store.begin(tenant_id, self.now()).await?;
+                    attempts::discard(&mut tx, payment.id).await?;
+                    tx.commit().await?;
+                }
+                Err(RailError::Unavailable(why)) => {
+                    return Err(EngineError::Unavailable(format!(
+                        "the payment is authorized but its outcome is not known yet: {why}"
+                    )));
+                }
+            }
+        }
+        self.rail_failed(&payment, "its signed attempts kept being superseded")
+            .await
+    }
+
+    /// Stores a signed artifact unless the payment has one already, and refuses it once the payment may no
+    /// longer be paid (a kill, or someone else ended it).
+    async fn journal(
+        &self,
+        tenant_id: Uuid,
+        payment_id: Uuid,
+        rail: &str,
+        signed: Signed,
+    ) -> Result<Signed> {
+        let mut tx = self.store.begin(tenant_id, self.now()).await?;
+        let payment = payments::get(tx.conn(), tenant_id, payment_id)
+            .await?
+            .ok_or(EngineError::NotFound("payment"))?;
+        let session = sessions::get(tx.conn(), tenant_id, payment.session_id).await?;
+        if tx.kill_switch().is_some() || session.is_none_or(|s| s.state != "active") {
+            return Err(EngineError::Conflict(
+                "killed: the session or the whole tenant was stopped before the payment was sent"
+                    .into(),
+            ));
+        }
+        if payment.status != PaymentStatus::Authorized {
+            return Err(EngineError::Conflict(format!(
+                "the payment is {}, no longer authorized",
+                payment.status.as_str()
+            )));
+        }
+        let fresh = attempts::insert(
+            &mut tx,
+            payment_id,
+            rail,
+            &signed.network,
+            &signed.artifact,
+            signed.tx_hash.as_deref(),
+        )
+        .await?;
+        if fresh {
+            tx.commit().await?;
+            return Ok(signed);
+        }
+        let earlier = attempts::get(tx.conn(), payment_id)
+            .await?
+            .ok_or(EngineError::NotFound("payment attempt"))?;
+        Ok(Signed {
+            network: earlier.network,
+            tx_hash: earlier.tx_hash,
+            artifact: earlier.signed,
+        })
+    }
+
+    async fn settled(&self, payment: &PaymentRecord, s: Settlement) -> Result<PaymentView> {
+        let mut tx = self.store.begin(payment.tenant_id, self.now()).await?;
+        let moved = payments::transition(
+            &mut tx,
+            Transition {
+                id: payment.id,
+                from: PaymentStatus::Authorized,
+                to: PaymentStatus::Executed,
+                reason: None,
+                tx_hash: s.tx_hash.as_deref(),
+                network: Some(&s.network),
+                terms: None,
+            },
+        )
+        .await?;
+        attempts::finish(&mut tx, payment.id, s.tx_hash.as_deref(), &s.receipt).await?;
+        if moved {
+            let data =
+                json!({"payment_id": payment.id, "tx_hash": s.tx_hash, "network": s.network});
+            let subject = format!("payment:{}", payment.id);
+            tx.audit(
+                "rail",
+                "payment.executed",
+                &subject,
+                Some(payment.session_id),
+                data.clone(),
+            )
+            .await?;
+            tx.event("payment_executed", Some(payment.session_id), data)
+                .await?;
+        }
+        self.publish(tx.commit().await?);
+        let mut view = self.reload_view(payment).await?;
+        view.receipt = Some(s.receipt);
+        Ok(view)
+    }
+
+    /// Nothing was paid: the payment fails and what it took from the budget goes back.
+    async fn rail_failed(&self, payment: &PaymentRecord, why: &str) -> Result<PaymentView> {
+        let mut tx = self.store.begin(payment.tenant_id, self.now()).await?;
+        let moved = payments::transition(
+            &mut tx,
+            Transition {
+                id: payment.id,
+                from: PaymentStatus::Authorized,
+                to: PaymentStatus::Failed,
+                reason: Some(why),
+                tx_hash: None,
+                network: None,
+                terms: None,
+            },
+        )
+        .await?;
+        if moved {
+            if let Some(booking) = Booking::of(payment) {
+                budget::book(&mut tx, &booking, Move::Unspend).await?;
+            }
+            let data = json!({"payment_id": payment.id, "reason": why});
+            tx.audit(
+                "rail",
+                "payment.failed",
+                &format!("payment:{}", payment.id),
+                Some(payment.session_id),
+                data.clone(),
+            )
+            .await?;
+            tx.event("payment_failed", Some(payment.session_id), data)
+                .await?;
+        }
+        self.publish(tx.commit().await?);
+        self.reload_view(payment).await
+    }
+
+    async fn reload_view(&self, payment: &PaymentRecord) -> Result<PaymentView> {
+        payments::get(self.store.reader(), payment.tenant_id, payment.id)
+            .await?
+            .map(Into::into)
+            .ok_or(EngineError::NotFound("payment"))
+    }
+
+    /// Finishes the payments a crash left between signing and settling. Run at start, before agents retry.
+    pub async fn reconcile_payments(&self) -> Result<usize> {
+        let open = attempts::open(self.store.reader()).await?;
+        for (tenant_id, payment_id) in &open {
+            if let Some(p) = payments::get(self.store.reader(), *tenant_id, *payment_id).await?
+                && let Err(e) = self.carry_out(p).await
+            {
+                tracing::warn!(payment = %payment_id, error = %e, "payment not reconciled yet");
+            }
+        }
+        Ok(open.len())
+    }
+
+    /// A session wallet's balances, read from the chains.
+    pub async fn balances(
+        &self,
+        who: &paygent_domain::Principal,
+        session_id: Uuid,
+    ) -> Result<Value> {
+        let session = sessions::get(self.store.reader(), who.tenant_id, session_id)
+            .await?
+            .ok_or(EngineError::NotFound("session"))?;
+        let wallet = session
+            .wallet_address
+            .ok_or_else(|| EngineError::Invalid("the session is not bound to a wallet".into()))?;
+        let Some(rail) = self.rails.first() else {
+            return Err(EngineError::NotImplemented(
+                "no payment rail is configured: add chains and tokens to the configuration".into(),
+            ));
+        };
+        let balances = rail
+            .balances(&wallet)
+            .await
+            .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        Ok(json!({"session_id": session_id, "wallet": wallet, "balances": balances}))
+    }
+}

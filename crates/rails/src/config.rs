@@ -1,0 +1,208 @@
+//! Which chains and tokens Paygent pays on, and with which wallets. Keys come from the environment or a key
+//! file, never from the database, and are never printed.
+
+use alloy::primitives::Address;
+use alloy::signers::local::PrivateKeySigner;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// An EVM chain Paygent can pay on.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ChainConfig {
+    /// The EIP-155 chain id (25 for Cronos, 338 for its testnet).
+    pub id: u64,
+    /// The x402 v1 network name, e.g. `cronos-testnet`; v2 uses `eip155:<id>`.
+    pub name: String,
+    pub rpc_url: String,
+    /// Blocks on top of the one holding a transfer before it counts as paid.
+    #[serde(default = "one")]
+    pub confirmations: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// An ERC-20 token with EIP-3009, as x402's `exact` scheme pays with.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// The currency symbol payments name, e.g. `USDC`. One symbol is one token on one chain.
+    pub symbol: String,
+    pub chain_id: u64,
+    pub address: Address,
+    pub decimals: u32,
+    /// The token's EIP-712 domain name and version, which its signatures commit to.
+    pub eip712_name: String,
+    pub eip712_version: String,
+}
+
+/// The rails' whole configuration.
+#[derive(Clone, Default)]
+pub struct RailsConfig {
+    pub chains: Vec<ChainConfig>,
+    pub tokens: Vec<TokenConfig>,
+    pub wallets: Vec<PrivateKeySigner>,
+}
+
+impl fmt::Debug for RailsConfig {
+    /// Wallets show as their addresses: a key must never reach a log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let wallets: Vec<Address> = self.wallets.iter().map(|w| w.address()).collect();
+        f.debug_struct("RailsConfig")
+            .field("chains", &self.chains)
+            .field("tokens", &self.tokens)
+            .field("wallets", &wallets)
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error("token {symbol} is on chain {chain_id}, which is not configured")]
+    UnknownChain { symbol: String, chain_id: u64 },
+    #[error("token symbol {0} is configured twice: one symbol is one token")]
+    DuplicateToken(String),
+    #[error("chain {0} is configured twice")]
+    DuplicateChain(u64),
+    #[error("chain {0}'s rpc_url is not a URL")]
+    BadRpcUrl(u64),
+    #[error("a wallet key must be 32 bytes of hex (0x optional)")]
+    BadKey,
+    #[error("unknown preset {0:?}: use cronos or cronos-testnet")]
+    UnknownPreset(String),
+}
+
+impl RailsConfig {
+    /// The shipped networks: Cronos (chain 25) or its testnet (chain 338), with bridged USDC (USDC.e), whose
+    /// EIP-712 domain differs between the two.
+    pub fn preset(name: &str) -> Result<Self, ConfigError> {
+        let (chain, token) = match name {
+            "cronos" => (
+                ChainConfig {
+                    id: 25,
+                    name: "cronos".into(),
+                    rpc_url: "https://evm.cronos.org".into(),
+                    confirmations: 1,
+                },
+                TokenConfig {
+                    symbol: "USDC".into(),
+                    chain_id: 25,
+                    address: "0xf951eC28187D9E5Ca673Da8FE6757E6f0Be5F77C"
+                        .parse()
+                        .expect("a valid address"),
+                    decimals: 6,
+                    eip712_name: "Bridged USDC (Stargate)".into(),
+                    eip712_version: "2".into(),
+                },
+            ),
+            "cronos-testnet" => (
+                ChainConfig {
+                    id: 338,
+                    name: "cronos-testnet".into(),
+                    rpc_url: "https://evm-t3.cronos.org".into(),
+                    confirmations: 1,
+                },
+                TokenConfig {
+                    symbol: "USDC".into(),
+                    chain_id: 338,
+                    address: "0xc01efAaF7C5C61bEbFAeb358E1161b537b8bC0e0"
+                        .parse()
+                        .expect("a valid address"),
+                    decimals: 6,
+                    eip712_name: "Bridged USDC (Stargate)".into(),
+                    eip712_version: "1".into(),
+                },
+            ),
+            other => return Err(ConfigError::UnknownPreset(other.into())),
+        };
+        Ok(RailsConfig {
+            chains: vec![chain],
+            tokens: vec![token],
+            wallets: Vec::new(),
+        })
+    }
+
+    /// Adds a wallet from its private key in hex.
+    pub fn add_wallet_key(&mut self, hex_key: &str) -> Result<Address, ConfigError> {
+        let signer: PrivateKeySigner = hex_key.trim().parse().map_err(|_| ConfigError::BadKey)?;
+        let address = signer.address();
+        if !self.wallets.iter().any(|w| w.address() == address) {
+            self.wallets.push(signer);
+        }
+        Ok(address)
+    }
+
+    /// Checks that every token names a configured chain and that symbols and chains are unique.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut chains = BTreeMap::new();
+        for c in &self.chains {
+            if chains.insert(c.id, c).is_some() {
+                return Err(ConfigError::DuplicateChain(c.id));
+            }
+        }
+        let mut symbols = BTreeMap::new();
+        for t in &self.tokens {
+            if !chains.contains_key(&t.chain_id) {
+                return Err(ConfigError::UnknownChain {
+                    symbol: t.symbol.clone(),
+                    chain_id: t.chain_id,
+                });
+            }
+            if symbols.insert(t.symbol.as_str(), t).is_some() {
+                return Err(ConfigError::DuplicateToken(t.symbol.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether there is anything to pay with: a chain, a token and a wallet.
+    pub fn is_active(&self) -> bool {
+        !self.chains.is_empty() && !self.tokens.is_empty() && !self.wallets.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// anvil's first well-known test key; a test key only.
+    const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+
+    #[test]
+    fn presets_are_valid_and_wallets_never_print_their_keys() {
+        for name in ["cronos", "cronos-testnet"] {
+            let mut c = RailsConfig::preset(name).unwrap();
+            c.validate().unwrap();
+            assert!(!c.is_active(), "no wallet yet");
+            let address = c.add_wallet_key(KEY).unwrap();
+            assert!(c.is_active());
+            let printed = format!("{c:?}");
+            assert!(printed.contains(&format!("{address:?}")), "{printed}");
+            assert!(!printed.contains(&KEY[2..]), "the key leaked: {printed}");
+        }
+        assert!(matches!(
+            RailsConfig::preset("mainnet"),
+            Err(ConfigError::UnknownPreset(_))
+        ));
+    }
+
+    #[test]
+    fn bad_configs_are_refused() {
+        let mut c = RailsConfig::preset("cronos").unwrap();
+        assert_eq!(c.add_wallet_key("0x1234"), Err(ConfigError::BadKey));
+        c.tokens.push(c.tokens[0].clone());
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::DuplicateToken("USDC".into()))
+        );
+        c.tokens[1].symbol = "USDT".into();
+        c.tokens[1].chain_id = 1;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::UnknownChain { chain_id: 1, .. })
+        ));
+    }
+}

@@ -1,0 +1,682 @@
+//! The EVM rail: ERC-20 transfers and x402 payments from a session's wallet, over JSON-RPC.
+//!
+//! Both kinds follow the engine's order: sign, hand the signed artifact to the journal, and only then send it.
+//! A transfer is a raw transaction (its hash is known before it is sent; sending it again cannot pay twice, its
+//! nonce sees to that). An x402 payment is an EIP-3009 authorization (its nonce can be used once on chain, so
+//! its state there says whether it paid).
+
+use crate::config::{ChainConfig, RailsConfig, TokenConfig};
+use crate::x402::{self, Authorization, Offer, Version};
+use alloy::eips::eip2718::Encodable2718;
+use alloy::network::{EthereumWallet, NetworkTransactionBuilder, TransactionBuilder};
+use alloy::primitives::{Address, B256, Bytes, U256};
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::rpc::types::{Filter, TransactionRequest};
+use alloy::signers::SignerSync;
+use alloy::signers::local::PrivateKeySigner;
+use alloy::sol;
+use alloy::sol_types::{Eip712Domain, SolCall, SolEvent, SolStruct};
+use futures::future::BoxFuture;
+use paygent_engine::domain::Decimal;
+use paygent_engine::{Journal, PaymentOrder, Rail, RailError, Settlement, Signed};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+sol! {
+    #[sol(rpc)]
+    interface Eip3009Token {
+        function balanceOf(address owner) external view returns (uint256);
+        function transfer(address to, uint256 value) external returns (bool);
+        function authorizationState(address authorizer, bytes32 nonce) external view returns (bool);
+        event AuthorizationUsed(address indexed authorizer, bytes32 indexed nonce);
+    }
+
+    struct TransferWithAuthorization {
+        address from;
+        address to;
+        uint256 value;
+        uint256 validAfter;
+        uint256 validBefore;
+        bytes32 nonce;
+    }
+}
+
+/// The most of a paid resource's body kept in a payment's receipt.
+const MAX_BODY: usize = 64 * 1024;
+/// The longest an x402 authorization stays valid, whatever the service allows: a signed payment that was not
+/// settled should not linger.
+const MAX_AUTHORIZATION_SECONDS: u64 = 300;
+/// How long a transaction may take to be mined before its outcome counts as unknown (it is then reconciled).
+const RECEIPT_TIMEOUT: Duration = Duration::from_secs(120);
+
+struct Chain {
+    config: ChainConfig,
+    caip2: String,
+    provider: DynProvider,
+}
+
+struct Inner {
+    chains: BTreeMap<u64, Chain>,
+    tokens: BTreeMap<String, TokenConfig>,
+    wallets: BTreeMap<Address, PrivateKeySigner>,
+    /// One transaction at a time per wallet, from reading the nonce to broadcasting, so two payments never take
+    /// the same nonce.
+    nonce_turns: BTreeMap<Address, tokio::sync::Mutex<()>>,
+    http: reqwest::Client,
+}
+
+/// Pays on EVM chains: `transfer` to an address, `x402_payment` to a URL.
+#[derive(Clone)]
+pub struct EvmRails {
+    inner: Arc<Inner>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> RailError {
+    RailError::Unavailable(e.to_string())
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `amount` in a token's smallest units, if it is a whole number of them.
+pub fn to_units(amount: Decimal, decimals: u32) -> Option<U256> {
+    let scaled = amount.checked_mul(Decimal::from(10u64.checked_pow(decimals)?))?;
+    if !scaled.fract().is_zero() || scaled.is_sign_negative() {
+        return None;
+    }
+    scaled.trunc().normalize().to_string().parse().ok()
+}
+
+/// `units` of a token as a decimal amount.
+pub fn from_units(units: U256, decimals: u32) -> Option<Decimal> {
+    let n = i128::try_from(units).ok()?;
+    Decimal::try_from_i128_with_scale(n, decimals)
+        .ok()
+        .map(|d| d.normalize())
+}
+
+impl EvmRails {
+    pub fn new(config: &RailsConfig) -> Result<Self, crate::config::ConfigError> {
+        config.validate()?;
+        let chains = config
+            .chains
+            .iter()
+            .map(|c| {
+                let url = c
+                    .rpc_url
+                    .parse()
+                    .map_err(|_| crate::config::ConfigError::BadRpcUrl(c.id))?;
+                let provider = ProviderBuilder::new().connect_http(url).erased();
+                Ok((
+                    c.id,
+                    Chain {
+                        config: c.clone(),
+                        caip2: format!("eip155:{}", c.id),
+                        provider,
+                    },
+                ))
+            })
+            .collect::<Result<_, _>>()?;
+        let wallets: BTreeMap<Address, PrivateKeySigner> = config
+            .wallets
+            .iter()
+            .map(|w| (w.address(), w.clone()))
+            .collect();
+        Ok(EvmRails {
+            inner: Arc::new(Inner {
+                chains,
+                tokens: config
+                    .tokens
+                    .iter()
+                    .map(|t| (t.symbol.clone(), t.clone()))
+                    .collect(),
+                nonce_turns: wallets
+                    .keys()
+                    .map(|a| (*a, tokio::sync::Mutex::new(())))
+                    .collect(),
+                wallets,
+                http: reqwest::Client::builder()
+                    .timeout(Duration::from_secs(60))
+                    .build()
+                    .expect("a default HTTP client builds"),
+            }),
+        })
+    }
+
+    fn token(&self, symbol: &str) -> Result<(&TokenConfig, &Chain), RailError> {
+        let token =
+            self.inner.tokens.get(symbol).ok_or_else(|| {
+                RailError::Refused(format!("no token is configured for {symbol}"))
+            })?;
+        Ok((token, &self.inner.chains[&token.chain_id]))
+    }
+
+    fn wallet(&self, order: &PaymentOrder) -> Result<&PrivateKeySigner, RailError> {
+        order
+            .wallet
+            .as_deref()
+            .and_then(|w| w.parse::<Address>().ok())
+            .and_then(|a| self.inner.wallets.get(&a))
+            .ok_or_else(|| RailError::Refused("the session's wallet has no key here".into()))
+    }
+
+    /// The offers in `offers` that Paygent can pay: scheme `exact`, a configured network and token. The error
+    /// says why each offer is unusable.
+    pub fn payable(&self, offers: &[Offer]) -> Result<Vec<(Offer, String)>, String> {
+        let mut usable = Vec::new();
+        let mut why = Vec::new();
+        for (i, o) in offers.iter().enumerate() {
+            if o.scheme != "exact" {
+                why.push(format!("offer {i}: scheme {:?} is not supported", o.scheme));
+                continue;
+            }
+            let token = self.inner.tokens.values().find(|t| {
+                let chain = &self.inner.chains[&t.chain_id];
+                let network_matches = match o.version {
+                    Version::V2 => o.network == chain.caip2,
+                    Version::V1 => o.network == chain.config.name,
+                };
+                network_matches && t.address == o.asset
+            });
+            match token {
+                Some(t) => usable.push((o.clone(), t.symbol.clone())),
+                None => why.push(format!(
+                    "offer {i}: asset {} on network {} is not a configured token",
+                    o.asset, o.network
+                )),
+            }
+        }
+        if usable.is_empty() {
+            return Err(format!("nothing offered can be paid: {}", why.join("; ")));
+        }
+        Ok(usable)
+    }
+
+    /// Asks `url` what it costs: its offers, or the status and body it answered without asking for payment.
+    pub async fn quote(&self, url: &str) -> Result<Result<Vec<Offer>, (u16, String)>, String> {
+        let resp = self
+            .inner
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("fetching {url}: {e}"))?;
+        let status = resp.status().as_u16();
+        let header = header_text(resp.headers(), x402::V2_REQUIRED);
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| format!("reading {url}: {e}"))?;
+        if status != 402 {
+            return Ok(Err((status, body_text(&body))));
+        }
+        x402::parse_required(header.as_deref(), &body)
+            .map(Ok)
+            .map_err(|e| format!("{url} answered a malformed 402: {e}"))
+    }
+
+    async fn transfer(
+        &self,
+        order: &PaymentOrder,
+        earlier: Option<Signed>,
+        journal: Journal<'_>,
+    ) -> Result<Settlement, RailError> {
+        let (token, chain) = self.token(&order.currency)?;
+        let signed = match earlier {
+            Some(s) => s,
+            None => {
+                let wallet = self.wallet(order)?;
+                let from = wallet.address();
+                let to: Address = order.recipient.parse().map_err(|_| {
+                    RailError::Refused("the recipient is not an EVM address".into())
+                })?;
+                let value = to_units(order.amount, token.decimals).ok_or_else(|| {
+                    RailError::Refused(format!(
+                        "{} {} is finer than the token's {} decimals",
+                        order.amount, token.symbol, token.decimals
+                    ))
+                })?;
+                let _turn = self.inner.nonce_turns[&from].lock().await;
+                let provider = &chain.provider;
+                let nonce = provider
+                    .get_transaction_count(from)
+                    .pending()
+                    .await
+                    .map_err(unavailable)?;
+                let request = TransactionRequest::default()
+                    .with_from(from)
+                    .with_to(token.address)
+                    .with_input(Eip3009Token::transferCall { to, value }.abi_encode())
+                    .with_chain_id(chain.config.id)
+                    .with_nonce(nonce);
+                let gas = provider
+                    .estimate_gas(request.clone())
+                    .await
+                    .map_err(|e| RailError::Refused(format!("the transfer would fail: {e}")))?;
+                let fees = provider
+                    .estimate_eip1559_fees()
+                    .await
+                    .map_err(unavailable)?;
+                let envelope = request
+                    .with_gas_limit(gas + gas / 5)
+                    .with_max_fee_per_gas(fees.max_fee_per_gas)
+                    .with_max_priority_fee_per_gas(fees.max_priority_fee_per_gas)
+                    .build(&EthereumWallet::from(wallet.clone()))
+                    .await
+                    .map_err(|e| RailError::Refused(format!("signing the transfer: {e}")))?;
+                let raw = Bytes::from(envelope.encoded_2718());
+                let mine = Signed {
+                    network: chain.caip2.clone(),
+                    tx_hash: Some(envelope.tx_hash().to_string()),
+                    artifact: json!({"kind": "transaction", "raw": raw.to_string(), "from": from,
+                        "nonce": nonce, "token": token.address, "to": to, "value": value.to_string()}),
+                };
+                let stored = journal(mine.clone()).await?;
+                if stored == mine {
+                    // Broadcast while the nonce is still ours; the settlement below tolerates a repeat.
+                    let _ = provider.send_raw_transaction(&raw).await;
+                }
+                stored
+            }
+        };
+        self.settle_transaction(chain, &signed).await
+    }
+
+    async fn settle_transaction(
+        &self,
+        chain: &Chain,
+        signed: &Signed,
+    ) -> Result<Settlement, RailError> {
+        let hash: B256 = signed
+            .tx_hash
+            .as_deref()
+            .and_then(|h| h.parse().ok())
+            .ok_or_else(|| {
+                RailError::Refused("the stored attempt has no transaction hash".into())
+            })?;
+        let raw: Bytes = signed.artifact["raw"]
+            .as_str()
+            .and_then(|r| r.parse().ok())
+            .ok_or_else(|| {
+                RailError::Refused("the stored attempt has no raw transaction".into())
+            })?;
+        let provider = &chain.provider;
+        if provider
+            .get_transaction_receipt(hash)
+            .await
+            .map_err(unavailable)?
+            .is_none()
+            && let Err(e) = provider.send_raw_transaction(&raw).await
+        {
+            let why = e.to_string().to_lowercase();
+            let mined = provider
+                .get_transaction_receipt(hash)
+                .await
+                .map_err(unavailable)?
+                .is_some();
+            if !mined && why.contains("nonce too low") {
+                return Err(RailError::Superseded(
+                    "another transaction took the signed transfer's nonce".into(),
+                ));
+            }
+            if !mined && !why.contains("already known") {
+                return Err(RailError::Unavailable(format!(
+                    "broadcasting the transfer: {e}"
+                )));
+            }
+        }
+        let deadline = tokio::time::Instant::now() + RECEIPT_TIMEOUT;
+        let receipt = loop {
+            if let Some(r) = provider
+                .get_transaction_receipt(hash)
+                .await
+                .map_err(unavailable)?
+            {
+                break r;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(RailError::Unavailable(
+                    "the transfer was sent but not mined in time".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        if !receipt.status() {
+            return Err(RailError::Refused(
+                "the transfer reverted on chain: no tokens moved".into(),
+            ));
+        }
+        let block = receipt.block_number.unwrap_or_default();
+        let wanted = block + chain.config.confirmations.saturating_sub(1);
+        while provider.get_block_number().await.map_err(unavailable)? < wanted {
+            if tokio::time::Instant::now() > deadline {
+                return Err(RailError::Unavailable(
+                    "the transfer is mined but not yet confirmed".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Ok(Settlement {
+            network: chain.caip2.clone(),
+            tx_hash: Some(hash.to_string()),
+            receipt: json!({"block": block, "gas_used": receipt.gas_used,
+                "confirmations": chain.config.confirmations}),
+        })
+    }
+
+    async fn x402(
+        &self,
+        order: &PaymentOrder,
+        earlier: Option<Signed>,
+        journal: Journal<'_>,
+    ) -> Result<Settlement, RailError> {
+        let (token, chain) = self.token(&order.currency)?;
+        if let Some(signed) = earlier {
+            return self.settle_x402(token, chain, &signed).await;
+        }
+        let wallet = self.wallet(order)?;
+        let value = to_units(order.amount, token.decimals).ok_or_else(|| {
+            RailError::Refused("the amount is finer than the token allows".into())
+        })?;
+        let offers = match self
+            .quote(&order.recipient)
+            .await
+            .map_err(RailError::Refused)?
+        {
+            Ok(offers) => offers,
+            Err((status, _)) => {
+                return Err(RailError::Refused(format!(
+                    "{} answered {status} without asking for payment",
+                    order.recipient
+                )));
+            }
+        };
+        let offers = self.payable(&offers).map_err(RailError::Refused)?;
+        let offer = offers
+            .iter()
+            .find(|(o, symbol)| *symbol == token.symbol && o.amount == value)
+            .map(|(o, _)| o.clone())
+            .ok_or_else(|| {
+                let asked: Vec<String> = offers
+                    .iter()
+                    .map(|(o, s)| {
+                        let amount = from_units(o.amount, token.decimals)
+                            .map_or_else(|| o.amount.to_string(), |d| d.to_string());
+                        format!("{amount} {s}")
+                    })
+                    .collect();
+                RailError::Refused(format!(
+                    "the service now asks {}, not the {} {} that was authorized",
+                    asked.join(" or "),
+                    order.amount,
+                    order.currency
+                ))
+            })?;
+        let auth = sign_authorization(wallet, token, chain.config.id, &offer)?;
+        let (header_name, header_value) = x402::payment_header(&offer, &auth);
+        let mine = Signed {
+            network: chain.caip2.clone(),
+            tx_hash: None,
+            artifact: json!({"kind": "x402", "url": order.recipient, "header_name": header_name,
+                "header_value": header_value, "from": auth.from, "nonce": auth.nonce,
+                "valid_before": auth.valid_before, "pay_to": offer.pay_to,
+                "version": if offer.version == Version::V1 { 1 } else { 2 }}),
+        };
+        let stored = journal(mine).await?;
+        self.settle_x402(token, chain, &stored).await
+    }
+
+    async fn authorization_used(
+        &self,
+        token: &TokenConfig,
+        chain: &Chain,
+        from: Address,
+        nonce: B256,
+    ) -> Result<bool, RailError> {
+        Eip3009Token::new(token.address, &chain.provider)
+            .authorizationState(from, nonce)
+            .call()
+            .await
+            .map_err(unavailable)
+    }
+
+    /// The transaction that used an authorization, found by its `AuthorizationUsed` event.
+    async fn authorization_tx(
+        &self,
+        token: &TokenConfig,
+        chain: &Chain,
+        from: Address,
+        nonce: B256,
+    ) -> Option<String> {
+        let filter = Filter::new()
+            .address(token.address)
+            .event_signature(Eip3009Token::AuthorizationUsed::SIGNATURE_HASH)
+            .topic1(from.into_word())
+            .topic2(nonce)
+            .from_block(0);
+        let logs = chain.provider.get_logs(&filter).await.ok()?;
+        logs.first()
+            .and_then(|l| l.transaction_hash)
+            .map(|h| h.to_string())
+    }
+
+    async fn settle_x402(
+        &self,
+        token: &TokenConfig,
+        chain: &Chain,
+        signed: &Signed,
+    ) -> Result<Settlement, RailError> {
+        let a = &signed.artifact;
+        let field = |k: &str| {
+            a[k].as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| RailError::Refused(format!("the stored x402 attempt has no {k}")))
+        };
+        let (url, header_name, header_value) =
+            (field("url")?, field("header_name")?, field("header_value")?);
+        let from: Address = field("from")?
+            .parse()
+            .map_err(|_| RailError::Refused("the stored attempt's payer is unreadable".into()))?;
+        let nonce: B256 = field("nonce")?
+            .parse()
+            .map_err(|_| RailError::Refused("the stored attempt's nonce is unreadable".into()))?;
+        let valid_before = a["valid_before"].as_u64().unwrap_or(0);
+        let paid = |receipt: Value, tx_hash: Option<String>| Settlement {
+            network: signed.network.clone(),
+            tx_hash,
+            receipt,
+        };
+        if self.authorization_used(token, chain, from, nonce).await? {
+            let tx = self.authorization_tx(token, chain, from, nonce).await;
+            return Ok(paid(
+                json!({"recovered": true, "note": "paid before an interruption; the resource's answer was not kept"}),
+                tx,
+            ));
+        }
+        if valid_before <= now_secs() {
+            return Err(RailError::Superseded(
+                "the signed authorization expired unused".into(),
+            ));
+        }
+        let resp = self
+            .inner
+            .http
+            .get(&url)
+            .header(header_name.as_str(), header_value.as_str())
+            .send()
+            .await
+            .map_err(|e| unavailable(format!("paying {url}: {e}")))?;
+        let status = resp.status();
+        let settlement = header_text(resp.headers(), x402::V2_RESPONSE)
+            .or_else(|| header_text(resp.headers(), x402::V1_RESPONSE))
+            .and_then(|h| x402::parse_settlement(&h));
+        let body = resp
+            .bytes()
+            .await
+            .map(|b| body_text(&b))
+            .unwrap_or_default();
+        let used = self.authorization_used(token, chain, from, nonce).await?;
+        if status.is_success() || used {
+            let tx = match settlement.as_ref().and_then(|s| s["transaction"].as_str()) {
+                Some(t) => Some(t.to_owned()),
+                None => self.authorization_tx(token, chain, from, nonce).await,
+            };
+            return Ok(paid(
+                json!({"status": status.as_u16(), "body": body, "settlement": settlement}),
+                tx,
+            ));
+        }
+        let error = serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| body.chars().take(200).collect());
+        Err(RailError::Refused(format!(
+            "{url} answered {} after the payment was sent and nothing was settled: {error}",
+            status.as_u16()
+        )))
+    }
+
+    async fn balance_list(&self, wallet: &str) -> Result<Value, RailError> {
+        let owner: Address = wallet
+            .parse()
+            .map_err(|_| RailError::Refused("the wallet is not an EVM address".into()))?;
+        let mut out = Vec::new();
+        for token in self.inner.tokens.values() {
+            let chain = &self.inner.chains[&token.chain_id];
+            let units = Eip3009Token::new(token.address, &chain.provider)
+                .balanceOf(owner)
+                .call()
+                .await
+                .map_err(unavailable)?;
+            let amount = from_units(units, token.decimals)
+                .map_or_else(|| units.to_string(), |d| d.to_string());
+            out.push(
+                json!({"currency": token.symbol, "amount": amount, "network": chain.caip2,
+                "token": token.address}),
+            );
+        }
+        Ok(Value::Array(out))
+    }
+}
+
+fn header_text(headers: &reqwest::header::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+fn body_text(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(MAX_BODY)]);
+    text.into_owned()
+}
+
+/// Signs an EIP-3009 authorization for `offer` with a fresh random nonce and a short validity window.
+fn sign_authorization(
+    wallet: &PrivateKeySigner,
+    token: &TokenConfig,
+    chain_id: u64,
+    offer: &Offer,
+) -> Result<Authorization, RailError> {
+    if let Some((name, version)) = &offer.eip712
+        && (*name != token.eip712_name || *version != token.eip712_version)
+    {
+        return Err(RailError::Refused(format!(
+            "the service names the token {name:?} version {version:?}, but {} is {:?} version {:?}",
+            token.symbol, token.eip712_name, token.eip712_version
+        )));
+    }
+    let now = now_secs();
+    let nonce = B256::from(rand::random::<[u8; 32]>());
+    let valid_after = now.saturating_sub(10);
+    let valid_before = now
+        + offer
+            .max_timeout_seconds
+            .clamp(30, MAX_AUTHORIZATION_SECONDS);
+    let message = TransferWithAuthorization {
+        from: wallet.address(),
+        to: offer.pay_to,
+        value: offer.amount,
+        validAfter: U256::from(valid_after),
+        validBefore: U256::from(valid_before),
+        nonce,
+    };
+    let domain = Eip712Domain::new(
+        Some(token.eip712_name.clone().into()),
+        Some(token.eip712_version.clone().into()),
+        Some(U256::from(chain_id)),
+        Some(token.address),
+        None,
+    );
+    let sig = wallet
+        .sign_hash_sync(&message.eip712_signing_hash(&domain))
+        .map_err(|e| RailError::Refused(format!("signing the authorization: {e}")))?;
+    let mut signature = [0u8; 65];
+    signature[..32].copy_from_slice(&sig.r().to_be_bytes::<32>());
+    signature[32..64].copy_from_slice(&sig.s().to_be_bytes::<32>());
+    signature[64] = 27 + u8::from(sig.v());
+    Ok(Authorization {
+        from: wallet.address(),
+        to: offer.pay_to,
+        value: offer.amount,
+        valid_after,
+        valid_before,
+        nonce,
+        signature,
+    })
+}
+
+impl Rail for EvmRails {
+    fn name(&self) -> &'static str {
+        "evm"
+    }
+
+    fn carries(&self, order: &PaymentOrder) -> bool {
+        let tool_ok = matches!(order.tool.as_str(), "transfer" | "x402_payment");
+        tool_ok && self.inner.tokens.contains_key(&order.currency) && self.wallet(order).is_ok()
+    }
+
+    fn pay<'a>(
+        &'a self,
+        order: &'a PaymentOrder,
+        earlier: Option<Signed>,
+        journal: Journal<'a>,
+    ) -> BoxFuture<'a, Result<Settlement, RailError>> {
+        Box::pin(async move {
+            match order.tool.as_str() {
+                "transfer" => self.transfer(order, earlier, journal).await,
+                _ => self.x402(order, earlier, journal).await,
+            }
+        })
+    }
+
+    fn balances<'a>(&'a self, wallet: &'a str) -> BoxFuture<'a, Result<Value, RailError>> {
+        Box::pin(self.balance_list(wallet))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_convert_to_units_exactly() {
+        let d = |s: &str| s.parse::<Decimal>().unwrap();
+        assert_eq!(to_units(d("0.10"), 6), Some(U256::from(100_000)));
+        assert_eq!(to_units(d("25"), 6), Some(U256::from(25_000_000)));
+        assert_eq!(to_units(d("0.0000001"), 6), None, "finer than the token");
+        assert_eq!(to_units(d("-1"), 6), None);
+        assert_eq!(
+            to_units(d("1.5"), 18),
+            Some(U256::from(1_500_000_000_000_000_000u128))
+        );
+        assert_eq!(from_units(U256::from(100_000), 6), Some(d("0.1")));
+        assert_eq!(from_units(U256::MAX, 6), None);
+    }
+}

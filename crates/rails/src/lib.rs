@@ -1,0 +1,24 @@
+//! Paygent's payment rails on EVM chains: ERC-20 transfers and the x402 client (v1 and v2), with EIP-712
+//! signatures made here, behind the guard. `x402-reqwest` would pay on any 402 by itself; this crate signs only
+//! what the engine has authorized, and the engine stores it before it is sent.
+
+pub mod config;
+mod evm;
+mod tool;
+pub mod x402;
+
+pub use config::{ChainConfig, ConfigError, RailsConfig, TokenConfig};
+pub use evm::{EvmRails, from_units, to_units};
+pub use tool::X402Tool;
+
+use paygent_engine::Paygent;
+
+/// Puts the rails behind an engine: it carries out the payments it authorizes, and the `x402_payment` tool asks
+/// each resource its price before the guard sees it.
+pub fn install(paygent: Paygent, rails: EvmRails) -> Paygent {
+    let mut tools = paygent.tools().clone();
+    if let Some(replaced) = tools.get("x402_payment") {
+        tools.register(X402Tool::new(rails.clone(), replaced));
+    }
+    paygent.with_tools(tools).with_rail(rails)
+}

@@ -1,0 +1,96 @@
+//! The `x402_payment` tool with a rail behind it: ask the resource its price, pass the guard with that price
+//! (which may wait for a person), and let the rail pay. It replaces the decision-only tool of the same name.
+
+use crate::evm::{EvmRails, from_units, to_units};
+use futures::future::BoxFuture;
+use paygent_engine::domain::{Decimal, PriceTable};
+use paygent_engine::{StepContext, StepOutcome, Tool};
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+pub struct X402Tool {
+    rails: EvmRails,
+    /// The decision-only tool it replaces, whose argument checks it keeps.
+    checks: Arc<dyn Tool>,
+}
+
+impl X402Tool {
+    pub fn new(rails: EvmRails, replaced: Arc<dyn Tool>) -> Self {
+        X402Tool {
+            rails,
+            checks: replaced,
+        }
+    }
+
+    async fn run_step(&self, ctx: &StepContext<'_>, args: &Value) -> StepOutcome {
+        let text = |k: &str| args.get(k).and_then(Value::as_str).unwrap_or_default();
+        let (url, max) = (text("url"), text("max_amount"));
+        let currency = args
+            .get("currency")
+            .and_then(Value::as_str)
+            .unwrap_or("USDC");
+        let quote = match self.rails.quote(url).await {
+            Ok(q) => q,
+            Err(e) if e.contains("malformed 402") => {
+                return ctx.refuse_payment(max, currency, url, &e).await;
+            }
+            Err(error) => return StepOutcome::Failed { error },
+        };
+        let offers = match quote {
+            Ok(offers) => offers,
+            Err((status, body)) => {
+                // Free (or broken) without a 402: nothing to pay, the answer is the step's result.
+                return StepOutcome::Done {
+                    result: json!({"status": status, "body": body, "paid": false}),
+                    cost_usd: Decimal::ZERO,
+                    payment_id: None,
+                };
+            }
+        };
+        let payable = match self.rails.payable(&offers) {
+            Ok(p) => p,
+            Err(why) => return ctx.refuse_payment(max, currency, url, &why).await,
+        };
+        let prices = ctx.paygent.prices();
+        let within = payable.iter().find_map(|(offer, symbol)| {
+            let spec = prices.get(symbol)?;
+            let amount = from_units(offer.amount, spec.decimals)?;
+            let limit = prices.money(max, currency).ok()?;
+            let limit_units = to_units(limit.amount, spec.decimals)?;
+            (symbol == currency && offer.amount <= limit_units).then(|| (amount, symbol.clone()))
+        });
+        match within {
+            Some((amount, symbol)) => ctx.pay(&amount.to_string(), &symbol, url).await,
+            None => {
+                let asked: Vec<String> = payable
+                    .iter()
+                    .map(|(o, s)| {
+                        let d = prices.get(s).map_or(0, |c| c.decimals);
+                        let amount = from_units(o.amount, d)
+                            .map_or_else(|| o.amount.to_string(), |a| a.to_string());
+                        format!("{amount} {s}")
+                    })
+                    .collect();
+                let why = format!(
+                    "the service asks {}, above max_amount {max} {currency}: nothing was signed",
+                    asked.join(" or ")
+                );
+                ctx.refuse_payment(max, currency, url, &why).await
+            }
+        }
+    }
+}
+
+impl Tool for X402Tool {
+    fn name(&self) -> &'static str {
+        self.checks.name()
+    }
+
+    fn check(&self, args: &Value, prices: &PriceTable) -> Result<(), String> {
+        self.checks.check(args, prices)
+    }
+
+    fn run<'a>(&'a self, ctx: StepContext<'a>, args: &'a Value) -> BoxFuture<'a, StepOutcome> {
+        Box::pin(async move { self.run_step(&ctx, args).await })
+    }
+}

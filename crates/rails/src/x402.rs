@@ -1,0 +1,315 @@
+//! The x402 wire formats, v1 and v2: reading a 402's payment requirements, writing the payment header, reading
+//! the settlement. Pure: no I/O, so every malformed answer is tested here.
+
+use alloy::primitives::{Address, B256, U256};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// JSON `accepts` in the body, the `X-PAYMENT` header, simple network names.
+    V1,
+    /// The `PAYMENT-REQUIRED` / `PAYMENT-SIGNATURE` / `PAYMENT-RESPONSE` headers, CAIP-2 networks.
+    V2,
+}
+
+pub const V2_REQUIRED: &str = "payment-required";
+pub const V2_SIGNATURE: &str = "payment-signature";
+pub const V2_RESPONSE: &str = "payment-response";
+pub const V1_PAYMENT: &str = "x-payment";
+pub const V1_RESPONSE: &str = "x-payment-response";
+
+/// One payment requirement a service offered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Offer {
+    pub version: Version,
+    /// The requirement exactly as offered: v2 services match the echo byte for byte (case, number types, extra).
+    pub raw: Value,
+    /// v2's resource object, echoed beside the payment.
+    pub resource: Option<Value>,
+    pub scheme: String,
+    /// `eip155:<id>` for v2, a name such as `cronos-testnet` for v1.
+    pub network: String,
+    /// In the token's smallest units.
+    pub amount: U256,
+    pub asset: Address,
+    pub pay_to: Address,
+    pub max_timeout_seconds: u64,
+    /// The token's EIP-712 domain name and version, if the service states them.
+    pub eip712: Option<(String, String)>,
+}
+
+/// What a 402 answer offers. An error says, in words, why it could not be read.
+pub fn parse_required(header: Option<&str>, body: &[u8]) -> Result<Vec<Offer>, String> {
+    let (version, doc) = match header {
+        Some(h) => {
+            let bytes = B64
+                .decode(h.trim())
+                .map_err(|_| "the PAYMENT-REQUIRED header is not base64".to_owned())?;
+            let doc: Value = serde_json::from_slice(&bytes)
+                .map_err(|_| "the PAYMENT-REQUIRED header is not base64 JSON".to_owned())?;
+            (Version::V2, doc)
+        }
+        None => {
+            let doc: Value = serde_json::from_slice(body).map_err(|_| {
+                "the 402 answer has neither a PAYMENT-REQUIRED header nor a JSON body".to_owned()
+            })?;
+            (Version::V1, doc)
+        }
+    };
+    let stated = doc.get("x402Version").and_then(Value::as_u64);
+    match (version, stated) {
+        (Version::V2, Some(2)) | (Version::V1, Some(1)) => {}
+        (_, other) => {
+            return Err(format!(
+                "unsupported x402Version {}",
+                other.map_or("(missing)".into(), |v| v.to_string())
+            ));
+        }
+    }
+    let accepts = doc
+        .get("accepts")
+        .and_then(Value::as_array)
+        .filter(|a| !a.is_empty())
+        .ok_or("the 402 answer offers no payment requirements (accepts)")?;
+    let resource = doc.get("resource").cloned();
+    accepts
+        .iter()
+        .enumerate()
+        .map(|(i, raw)| {
+            offer(version, raw, resource.clone())
+                .map_err(|e| format!("payment requirement {i}: {e}"))
+        })
+        .collect()
+}
+
+fn offer(version: Version, raw: &Value, resource: Option<Value>) -> Result<Offer, String> {
+    let text = |k: &str| {
+        raw.get(k)
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("{k} is missing"))
+    };
+    let amount_key = match version {
+        Version::V1 => "maxAmountRequired",
+        Version::V2 => "amount",
+    };
+    let amount = text(amount_key)?;
+    if amount.is_empty() || !amount.bytes().all(|b| b.is_ascii_digit()) || amount.len() > 78 {
+        return Err(format!(
+            "{amount_key} {amount:?} is not a whole number of units"
+        ));
+    }
+    let address = |k: &str| -> Result<Address, String> {
+        text(k)?
+            .parse()
+            .map_err(|_| format!("{k} is not an EVM address"))
+    };
+    let extra = raw.get("extra");
+    let eip712 = match (
+        extra.and_then(|e| e.get("name")).and_then(Value::as_str),
+        extra.and_then(|e| e.get("version")).and_then(Value::as_str),
+    ) {
+        (Some(n), Some(v)) => Some((n.to_owned(), v.to_owned())),
+        _ => None,
+    };
+    Ok(Offer {
+        version,
+        raw: raw.clone(),
+        resource,
+        scheme: text("scheme")?.to_owned(),
+        network: text("network")?.to_owned(),
+        amount: amount
+            .parse()
+            .map_err(|_| format!("{amount_key} is out of range"))?,
+        asset: address("asset")?,
+        pay_to: address("payTo")?,
+        max_timeout_seconds: raw
+            .get("maxTimeoutSeconds")
+            .and_then(Value::as_u64)
+            .unwrap_or(60),
+        eip712,
+    })
+}
+
+/// An EIP-3009 `transferWithAuthorization`, signed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Authorization {
+    pub from: Address,
+    pub to: Address,
+    pub value: U256,
+    pub valid_after: u64,
+    pub valid_before: u64,
+    pub nonce: B256,
+    /// 65 bytes, r ‖ s ‖ v with v = 27 or 28.
+    pub signature: [u8; 65],
+}
+
+impl Authorization {
+    fn payload(&self) -> Value {
+        json!({
+            "signature": format!("0x{}", alloy::hex::encode(self.signature)),
+            "authorization": {
+                "from": self.from.to_checksum(None),
+                "to": self.to.to_checksum(None),
+                "value": self.value.to_string(),
+                "validAfter": self.valid_after.to_string(),
+                "validBefore": self.valid_before.to_string(),
+                "nonce": self.nonce.to_string(),
+            }
+        })
+    }
+}
+
+/// The header that pays for `offer`: its name and value.
+pub fn payment_header(offer: &Offer, auth: &Authorization) -> (&'static str, String) {
+    match offer.version {
+        Version::V2 => {
+            let mut doc =
+                json!({"x402Version": 2, "payload": auth.payload(), "accepted": offer.raw});
+            if let Some(r) = &offer.resource {
+                doc["resource"] = r.clone();
+            }
+            (V2_SIGNATURE, B64.encode(doc.to_string()))
+        }
+        Version::V1 => {
+            let doc = json!({"x402Version": 1, "scheme": offer.scheme, "network": offer.network,
+                "payload": auth.payload()});
+            (V1_PAYMENT, B64.encode(doc.to_string()))
+        }
+    }
+}
+
+/// The settlement a service reports in `PAYMENT-RESPONSE` (or v1's `X-PAYMENT-RESPONSE`), if readable.
+pub fn parse_settlement(header: &str) -> Option<Value> {
+    let bytes = B64.decode(header.trim()).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "0x5FbDB2315678afecb367f032d93F642f64180aa3";
+    const PAYEE: &str = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC";
+
+    fn v2_offer() -> Value {
+        json!({"scheme": "exact", "network": "eip155:338", "amount": "100000", "asset": TOKEN.to_lowercase(),
+            "payTo": PAYEE, "maxTimeoutSeconds": 120, "extra": {"name": "USD Coin", "version": "2"}})
+    }
+
+    fn v2_header(doc: Value) -> String {
+        B64.encode(doc.to_string())
+    }
+
+    #[test]
+    fn reads_v2_offers_and_echoes_them_exactly() {
+        let doc = json!({"x402Version": 2, "error": "Payment required",
+            "resource": {"url": "http://127.0.0.1/x"}, "accepts": [v2_offer()]});
+        let offers = parse_required(Some(&v2_header(doc)), b"{}").unwrap();
+        let o = &offers[0];
+        assert_eq!(o.version, Version::V2);
+        assert_eq!(o.amount, U256::from(100_000));
+        assert_eq!(o.network, "eip155:338");
+        assert_eq!(o.asset, TOKEN.parse::<Address>().unwrap());
+        assert_eq!(o.eip712, Some(("USD Coin".into(), "2".into())));
+        let auth = Authorization {
+            from: PAYEE.parse().unwrap(),
+            to: PAYEE.parse().unwrap(),
+            value: o.amount,
+            valid_after: 1,
+            valid_before: 2,
+            nonce: B256::repeat_byte(7),
+            signature: [1; 65],
+        };
+        let (name, value) = payment_header(o, &auth);
+        assert_eq!(name, V2_SIGNATURE);
+        let sent: Value = serde_json::from_slice(&B64.decode(value).unwrap()).unwrap();
+        // The requirement goes back as offered, lower-case asset and number types included.
+        assert_eq!(sent["accepted"], v2_offer());
+        assert_eq!(sent["resource"]["url"], "http://127.0.0.1/x");
+        assert_eq!(sent["payload"]["authorization"]["value"], "100000");
+        assert_eq!(sent["payload"]["authorization"]["validBefore"], "2");
+    }
+
+    #[test]
+    fn reads_v1_offers_from_the_body() {
+        let body = json!({"x402Version": 1, "error": "X-PAYMENT header is required", "accepts": [{
+            "scheme": "exact", "network": "cronos-testnet", "maxAmountRequired": "250000",
+            "resource": "http://127.0.0.1/x", "payTo": PAYEE, "asset": TOKEN, "maxTimeoutSeconds": 60}]});
+        let offers = parse_required(None, body.to_string().as_bytes()).unwrap();
+        assert_eq!(offers[0].version, Version::V1);
+        assert_eq!(offers[0].amount, U256::from(250_000));
+        assert_eq!(offers[0].eip712, None);
+        let auth = Authorization {
+            from: PAYEE.parse().unwrap(),
+            to: PAYEE.parse().unwrap(),
+            value: U256::from(250_000),
+            valid_after: 0,
+            valid_before: 9,
+            nonce: B256::ZERO,
+            signature: [0; 65],
+        };
+        let (name, value) = payment_header(&offers[0], &auth);
+        assert_eq!(name, V1_PAYMENT);
+        let sent: Value = serde_json::from_slice(&B64.decode(value).unwrap()).unwrap();
+        assert_eq!(sent["network"], "cronos-testnet");
+        assert_eq!(sent["x402Version"], 1);
+    }
+
+    #[test]
+    fn malformed_answers_say_what_is_wrong() {
+        let cases: Vec<(Option<String>, &[u8], &str)> = vec![
+            (Some("not base64 json!".into()), b"", "not base64"),
+            (Some(B64.encode("[1,")), b"", "not base64 JSON"),
+            (
+                None,
+                b"pay me",
+                "neither a PAYMENT-REQUIRED header nor a JSON body",
+            ),
+            (
+                Some(v2_header(
+                    json!({"x402Version": 3, "accepts": [v2_offer()]}),
+                )),
+                b"",
+                "unsupported x402Version 3",
+            ),
+            (
+                None,
+                br#"{"accepts": []}"#,
+                "unsupported x402Version (missing)",
+            ),
+            (
+                Some(v2_header(json!({"x402Version": 2, "accepts": []}))),
+                b"",
+                "offers no payment requirements",
+            ),
+        ];
+        for (header, body, expected) in cases {
+            let err = parse_required(header.as_deref(), body).unwrap_err();
+            assert!(err.contains(expected), "{err:?} should say {expected:?}");
+        }
+        let mut bad = v2_offer();
+        for (key, value, expected) in [
+            ("amount", json!("1e3"), "not a whole number"),
+            ("amount", json!("-5"), "not a whole number"),
+            ("amount", json!(100000), "amount is missing"),
+            ("asset", json!("0x12"), "asset is not an EVM address"),
+            ("payTo", json!(null), "payTo is missing"),
+        ] {
+            let saved = bad[key].clone();
+            bad[key] = value;
+            let doc = json!({"x402Version": 2, "accepts": [bad.clone()]});
+            let err = parse_required(Some(&v2_header(doc)), b"").unwrap_err();
+            assert!(err.contains(expected), "{err:?} should say {expected:?}");
+            bad[key] = saved;
+        }
+    }
+
+    #[test]
+    fn settlements_are_read_when_readable() {
+        let header = B64.encode(r#"{"success":true,"transaction":"0xab"}"#);
+        assert_eq!(parse_settlement(&header).unwrap()["transaction"], "0xab");
+        assert_eq!(parse_settlement("%%%"), None);
+    }
+}

@@ -1,0 +1,420 @@
+//! The payment rails against real peers: a local chain (anvil), an EIP-3009 token, and the reference x402
+//! service and facilitator. Balances are read on chain: a payment counts when tokens moved, exactly once.
+
+mod support;
+
+use alloy::providers::Provider;
+use paygent_testkit::Backend;
+use serde_json::{Value, json};
+use support::*;
+
+const V2_NETWORK: u64 = 338;
+
+/// What moved between the payer and the payee since `before`, in units; it must be the same both ways.
+async fn moved(chain: &LocalChain, payee_before: u64) -> u64 {
+    let paid = FUNDS - chain.balance(payer()).await;
+    let received = chain.balance(payee()).await - payee_before;
+    assert_eq!(paid, received, "what left the payer must reach the payee");
+    paid
+}
+
+async fn payments(
+    s: &paygent_testkit::TestServer,
+    t: &paygent_testkit::Team,
+    session: &str,
+) -> Vec<Value> {
+    let (_, body) = s
+        .get(&t.agent, &format!("/payments?session_id={session}"))
+        .await;
+    body["items"]
+        .as_array()
+        .or_else(|| body.as_array())
+        .cloned()
+        .unwrap_or_else(|| panic!("a payment list: {body}"))
+}
+
+#[tokio::test]
+async fn a_cheap_x402_call_pays_once_and_returns_the_resource() {
+    let chain = LocalChain::start(V2_NETWORK).await;
+    let peer = X402Peer::start(&chain, "base-sepolia").await;
+    let s = chain.paygent(Backend::Sqlite, "local").await;
+    let t = team(&s).await;
+    let session = wallet_session(&s, &t, json!({})).await;
+    let payee_before = chain.balance(payee()).await;
+
+    let url = peer.url("/v2/cheap");
+    let done = run(
+        &s,
+        &t,
+        &session,
+        json!([{"tool": "x402_payment", "args": {"url": url, "max_amount": "1"}}]),
+        |e| e["status"] != "running" && e["status"] != "pending",
+    )
+    .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let result = &done["steps"][0]["result"];
+    assert_eq!(result["status"], "executed", "{result}");
+    assert_eq!(result["amount"], "0.1");
+    let body: Value = serde_json::from_str(result["receipt"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["data"], "the v2/cheap resource");
+    assert!(
+        result["tx_hash"].as_str().unwrap().starts_with("0x"),
+        "{result}"
+    );
+    assert_eq!(result["network"], "eip155:338");
+    assert_eq!(
+        moved(&chain, payee_before).await,
+        100_000,
+        "exactly $0.10 moved"
+    );
+    assert_eq!(peer.served().await["v2/cheap"], 1);
+
+    // The same signed authorization, sent again, is refused: the nonce is spent on chain.
+    let header: Value =
+        serde_json::from_str(&s.text("SELECT signed FROM payment_attempts").await).unwrap();
+    let replay = reqwest::Client::new()
+        .get(&url)
+        .header(
+            header["header_name"].as_str().unwrap(),
+            header["header_value"].as_str().unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        replay.status(),
+        402,
+        "a replayed authorization must not be accepted"
+    );
+    assert_eq!(
+        moved(&chain, payee_before).await,
+        100_000,
+        "the replay moved nothing"
+    );
+    assert_eq!(peer.served().await["v2/cheap"], 1);
+    assert_eq!(
+        payments(&s, &t, &session).await.len(),
+        1,
+        "one payment recorded"
+    );
+    s.finish().await;
+}
+
+fn ended(e: &Value) -> bool {
+    !matches!(e["status"].as_str(), Some("running" | "pending"))
+}
+
+#[tokio::test]
+async fn a_premium_call_waits_for_a_person_and_pays_once_approved() {
+    let chain = LocalChain::start(V2_NETWORK).await;
+    let peer = X402Peer::start(&chain, "base-sepolia").await;
+    let s = chain.paygent(Backend::Sqlite, "local").await;
+    let t = team(&s).await;
+    let session = wallet_session(&s, &t, json!({})).await;
+    let payee_before = chain.balance(payee()).await;
+    let step = json!([{"tool": "x402_payment", "args": {"url": peer.url("/v2/premium"), "max_amount": "30"}}]);
+
+    // Approve: paid once, with the price the service asked and the approver saw.
+    let paused = run(&s, &t, &session, step.clone(), ended).await;
+    assert_eq!(paused["status"], "awaiting_approval", "{paused}");
+    let approval = paused["steps"][0]["approval_id"].as_str().unwrap();
+    let (_, request) = s.get(&t.approver, &format!("/approvals/{approval}")).await;
+    assert_eq!(
+        request["args"]["amount"], "25",
+        "the person sees the real price: {request}"
+    );
+    assert_eq!(
+        moved(&chain, payee_before).await,
+        0,
+        "nothing is paid before the decision"
+    );
+    let (status, _) = s
+        .post(
+            &t.approver,
+            &format!("/approvals/{approval}/approve"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let id = paused["id"].as_str().unwrap();
+    let done = wait_for(&s, &t, id, status_is("completed")).await;
+    assert_eq!(done["steps"][0]["result"]["status"], "executed", "{done}");
+    assert_eq!(moved(&chain, payee_before).await, 25_000_000);
+    // A second approve, or the agent asking to execute again, pays nothing more.
+    let (again, _) = s
+        .post(
+            &t.approver,
+            &format!("/approvals/{approval}/approve"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(again, 409);
+    let (status, replay) = s
+        .post(
+            &t.agent,
+            "/payments/execute-approved",
+            json!({"approval_id": approval}),
+        )
+        .await;
+    assert_eq!(status, 200, "{replay}");
+    assert_eq!(replay["status"], "executed");
+    assert_eq!(moved(&chain, payee_before).await, 25_000_000, "paid once");
+    assert_eq!(peer.served().await["v2/premium"], 1);
+
+    // Reject: the execution ends and nothing moves.
+    let paused = run(&s, &t, &session, step, ended).await;
+    let approval = paused["steps"][0]["approval_id"].as_str().unwrap();
+    let (status, _) = s
+        .post(
+            &t.approver,
+            &format!("/approvals/{approval}/reject"),
+            json!({"reason": "too dear"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    wait_for(
+        &s,
+        &t,
+        paused["id"].as_str().unwrap(),
+        status_is("rejected"),
+    )
+    .await;
+    assert_eq!(
+        moved(&chain, payee_before).await,
+        25_000_000,
+        "a rejection pays nothing"
+    );
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn transfers_move_tokens_on_chain_and_a_kill_moves_nothing() {
+    let chain = LocalChain::start(V2_NETWORK).await;
+    let s = chain.paygent(Backend::Postgres, "local").await;
+    let t = team(&s).await;
+    let session = wallet_session(&s, &t, json!({})).await;
+    let payee_before = chain.balance(payee()).await;
+
+    let (status, paid) = s
+        .post(
+            &t.agent,
+            "/payments",
+            json!({"session_id": session, "amount": "5", "currency": "USDC",
+            "recipient": payee().to_string(), "idempotency_key": "rent-1"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{paid}");
+    assert_eq!(paid["status"], "executed", "{paid}");
+    assert_eq!(paid["network"], "eip155:338");
+    assert_eq!(moved(&chain, payee_before).await, 5_000_000, "5 USDC moved");
+    let (_, again) = s
+        .post(
+            &t.agent,
+            "/payments",
+            json!({"session_id": session, "amount": "5", "currency": "USDC",
+            "recipient": payee().to_string(), "idempotency_key": "rent-1"}),
+        )
+        .await;
+    assert_eq!(again["id"], paid["id"]);
+    assert_eq!(again["tx_hash"], paid["tx_hash"]);
+    assert_eq!(
+        moved(&chain, payee_before).await,
+        5_000_000,
+        "a retried request pays nothing more"
+    );
+
+    // A transfer waiting for a person, then killed: nothing moves.
+    let steps = json!([{"tool": "transfer", "args": {"to": payee().to_string(), "amount": "15", "currency": "USDC"}}]);
+    let paused = run(&s, &t, &session, steps, ended).await;
+    assert_eq!(paused["status"], "awaiting_approval", "{paused}");
+    let id = paused["id"].as_str().unwrap();
+    let (status, _) = s
+        .post(&t.agent, &format!("/executions/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, 200);
+    wait_for(&s, &t, id, status_is("cancelled")).await;
+    let approval = paused["steps"][0]["approval_id"].as_str().unwrap();
+    let (status, _) = s
+        .post(
+            &t.approver,
+            &format!("/approvals/{approval}/approve"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 409, "a cancelled request cannot be approved");
+    assert_eq!(
+        moved(&chain, payee_before).await,
+        5_000_000,
+        "the killed transfer moved nothing"
+    );
+
+    let (status, balance) = s
+        .get(&t.agent, &format!("/sessions/{session}/balance"))
+        .await;
+    assert_eq!(status, 200, "{balance}");
+    assert_eq!(balance["balances"][0]["amount"], "995");
+    assert_eq!(balance["balances"][0]["currency"], "USDC");
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn payments_that_cannot_be_made_sign_nothing_and_fail_clearly() {
+    let chain = LocalChain::start(V2_NETWORK).await;
+    let peer = X402Peer::start(&chain, "base-sepolia").await;
+    let s = chain.paygent(Backend::Sqlite, "local").await;
+    let t = team(&s).await;
+    let session = wallet_session(&s, &t, json!({})).await;
+    let payee_before = chain.balance(payee()).await;
+
+    for (path, max, expected) in [
+        (
+            "/v2/cheap",
+            "0.05",
+            "above max_amount 0.05 USDC: nothing was signed",
+        ),
+        (
+            "/bad/malformed",
+            "1",
+            "answered a malformed 402: the PAYMENT-REQUIRED header is not base64",
+        ),
+        ("/bad/unknown-asset", "1", "is not a configured token"),
+        (
+            "/bad/always-402",
+            "1",
+            "answered 402 after the payment was sent and nothing was settled",
+        ),
+    ] {
+        let step =
+            json!([{"tool": "x402_payment", "args": {"url": peer.url(path), "max_amount": max}}]);
+        let done = run(&s, &t, &session, step, ended).await;
+        assert_eq!(done["status"], "failed", "{path}: {done}");
+        let error = done["steps"][0]["error"].as_str().unwrap();
+        assert!(
+            error.contains(expected),
+            "{path}: {error:?} should say {expected:?}"
+        );
+    }
+    let list = payments(&s, &t, &session).await;
+    assert_eq!(list.len(), 4);
+    assert!(list.iter().all(|p| p["status"] == "failed"), "{list:?}");
+    assert_eq!(
+        s.count("payment_attempts").await,
+        1,
+        "only the misbehaving service got a signature"
+    );
+    assert_eq!(moved(&chain, payee_before).await, 0, "nothing moved");
+    let (_, budget) = s
+        .get(&t.agent, &format!("/sessions/{session}/budget"))
+        .await;
+    let spent: f64 = budget["usd"]["spent"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        spent, 0.0,
+        "failed payments give their budget back: {budget}"
+    );
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn x402_version_1_pays_through_the_reference_facilitator() {
+    // The reference facilitator knows v1 networks by name only, so this chain is base-sepolia's id.
+    let chain = LocalChain::start(84532).await;
+    let peer = X402Peer::start(&chain, "base-sepolia").await;
+    let s = chain.paygent(Backend::Sqlite, "base-sepolia").await;
+    let t = team(&s).await;
+    let session = wallet_session(&s, &t, json!({})).await;
+    let payee_before = chain.balance(payee()).await;
+    let step =
+        json!([{"tool": "x402_payment", "args": {"url": peer.url("/v1/0.25"), "max_amount": "1"}}]);
+    let done = run(&s, &t, &session, step, ended).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let result = &done["steps"][0]["result"];
+    assert_eq!(result["status"], "executed");
+    assert!(
+        result["receipt"]["body"]
+            .as_str()
+            .unwrap()
+            .contains("the v1/0.25 resource")
+    );
+    assert_eq!(moved(&chain, payee_before).await, 250_000);
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn a_restart_between_signing_and_settling_pays_once() {
+    let chain = LocalChain::start(V2_NETWORK).await;
+    let peer = X402Peer::start(&chain, "base-sepolia").await;
+    let s = chain.paygent(Backend::Sqlite, "local").await;
+    let t = team(&s).await;
+    let session = wallet_session(&s, &t, json!({})).await;
+    let payee_before = chain.balance(payee()).await;
+
+    // An x402 payment whose settlement is stuck in the pool when Paygent dies.
+    chain.automine(false).await;
+    let step = json!([{"tool": "x402_payment", "args": {"url": peer.url("/v2/cheap"), "max_amount": "1"}}]);
+    let (status, started) = s
+        .post(
+            &t.agent,
+            "/agent/execute",
+            json!({"session_id": session, "steps": step}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    while s.count("payment_attempts").await == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let s = s.restart_after(chain.automine(true)).await;
+    let id = started["id"].as_str().unwrap();
+    let done = wait_for(&s, &t, id, ended).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["steps"][0]["result"]["status"], "executed", "{done}");
+    assert_eq!(
+        moved(&chain, payee_before).await,
+        100_000,
+        "paid once across the restart"
+    );
+
+    // A transfer signed and stored, then dropped from the pool before it was mined: the restart sends the same
+    // transaction again, and it pays once.
+    chain.automine(false).await;
+    let before = moved(&chain, payee_before).await;
+    let request = reqwest::Client::new()
+        .post(s.url("/payments"))
+        .bearer_auth(&t.agent)
+        .json(
+            &json!({"session_id": session, "amount": "2", "currency": "USDC",
+            "recipient": payee().to_string(), "idempotency_key": "crash-1"}),
+        );
+    let waiting = tokio::spawn(request.send());
+    while s.count("payment_attempts").await < 2 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let hash = s.text("SELECT tx_hash FROM payment_attempts WHERE rail = 'evm' AND tx_hash IS NOT NULL AND receipt IS NULL").await;
+    let _: Value = chain
+        .provider
+        .raw_request("anvil_dropTransaction".into(), (hash.clone(),))
+        .await
+        .unwrap();
+    waiting.abort();
+    let s = s.restart_after(chain.automine(true)).await;
+    let (_, paid) = s
+        .post(
+            &t.agent,
+            "/payments",
+            json!({"session_id": session, "amount": "2", "currency": "USDC",
+            "recipient": payee().to_string(), "idempotency_key": "crash-1"}),
+        )
+        .await;
+    assert_eq!(paid["status"], "executed", "{paid}");
+    assert_eq!(
+        paid["tx_hash"],
+        hash.as_str(),
+        "the same transaction, sent again"
+    );
+    assert_eq!(
+        moved(&chain, payee_before).await - before,
+        2_000_000,
+        "paid once"
+    );
+    s.finish().await;
+}
