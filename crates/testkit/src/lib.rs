@@ -1,6 +1,8 @@
 //! A real Paygent on loopback for tests: the engine and HTTP server in-process, over a fresh SQLite file or a
 //! fresh PostgreSQL database, with a clock the test can move forward.
 
+pub mod chain;
+
 use chrono::{DateTime, Duration, Utc};
 use paygent_engine::domain::{PriceTable, Role};
 use paygent_engine::{Clock, Paygent, Store, StoreOptions};

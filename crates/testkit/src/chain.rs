@@ -1,0 +1,221 @@
+//! Real chain peers on 127.0.0.1 for tests and benchmarks: anvil (from npm) with the EIP-3009 test token
+//! deployed from its committed artifact, and the reference x402 service and facilitator (`peers/x402-peer.mjs`).
+//! `bash .ci/run` installs them (`npm ci` in `peers/`).
+
+use alloy::network::{EthereumWallet, TransactionBuilder};
+use alloy::primitives::{Address, Bytes, U256};
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::rpc::types::TransactionRequest;
+use alloy::signers::local::PrivateKeySigner;
+use alloy::sol;
+use alloy::sol_types::SolValue;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::Stdio;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+sol! {
+    #[sol(rpc)]
+    interface TestUsdc {
+        function mint(address to, uint256 value) external;
+        function balanceOf(address owner) external view returns (uint256);
+    }
+}
+
+/// anvil's well-known test keys (test keys only): deployer, facilitator, Paygent's wallet, payee.
+pub const DEPLOYER: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+pub const FACILITATOR: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
+pub const PAYER: &str = "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a";
+pub const PAYEE: &str = "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6";
+
+const MULTICALL3: &str = "0xcA11bde05977b3631167028862bE2a173976CA11";
+/// What the payer starts with: 1,000 USDC.
+pub const FUNDS: u64 = 1_000_000_000;
+
+pub fn peers_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../peers")
+}
+
+fn address(key: &str) -> Address {
+    key.parse::<PrivateKeySigner>().expect("test key").address()
+}
+
+pub fn payer() -> Address {
+    address(PAYER)
+}
+
+pub fn payee() -> Address {
+    address(PAYEE)
+}
+
+/// A local chain with the test token deployed and the payer funded.
+pub struct LocalChain {
+    pub rpc: String,
+    pub chain_id: u64,
+    pub token: Address,
+    pub provider: DynProvider,
+    _anvil: Child,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+impl LocalChain {
+    pub async fn start(chain_id: u64) -> LocalChain {
+        let anvil = peers_dir().join("node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil");
+        assert!(
+            anvil.exists(),
+            "anvil is missing: run `npm ci --prefix peers` (bash .ci/run does)"
+        );
+        let port = free_port();
+        let child = Command::new(anvil)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--chain-id",
+                &chain_id.to_string(),
+                "--silent",
+            ])
+            .kill_on_drop(true)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("anvil starts");
+        let rpc = format!("http://127.0.0.1:{port}");
+        let deployer: PrivateKeySigner = DEPLOYER.parse().expect("key");
+        let provider = ProviderBuilder::new()
+            .wallet(EthereumWallet::from(deployer))
+            .connect_http(rpc.parse().expect("url"))
+            .erased();
+        for _ in 0..200 {
+            if provider.get_chain_id().await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        let artifacts: Value = serde_json::from_str(
+            &std::fs::read_to_string(peers_dir().join("contracts/artifacts.json"))
+                .expect("contract artifacts"),
+        )
+        .expect("artifacts are JSON");
+        let code = |name: &str, key: &str| -> Bytes {
+            artifacts[name][key]
+                .as_str()
+                .expect("bytecode")
+                .parse()
+                .expect("hex")
+        };
+        let multicall: Address = MULTICALL3.parse().expect("address");
+        let _: Value = provider
+            .raw_request(
+                "anvil_setCode".into(),
+                (multicall, code("Multicall3", "deployedBytecode")),
+            )
+            .await
+            .expect("Multicall3 in place");
+        let mut deploy = code("TestUSDC", "bytecode").to_vec();
+        deploy
+            .extend(("USD Coin".to_owned(), "2".to_owned(), "USDC".to_owned()).abi_encode_params());
+        let receipt = provider
+            .send_transaction(TransactionRequest::default().with_deploy_code(deploy))
+            .await
+            .expect("deploy sent")
+            .get_receipt()
+            .await
+            .expect("deployed");
+        let token = receipt.contract_address.expect("a contract address");
+        TestUsdc::new(token, &provider)
+            .mint(payer(), U256::from(FUNDS))
+            .send()
+            .await
+            .expect("mint sent")
+            .get_receipt()
+            .await
+            .expect("minted");
+        LocalChain {
+            rpc,
+            chain_id,
+            token,
+            provider,
+            _anvil: child,
+        }
+    }
+
+    pub async fn balance(&self, who: Address) -> u64 {
+        let units = TestUsdc::new(self.token, &self.provider)
+            .balanceOf(who)
+            .call()
+            .await
+            .expect("balance");
+        u64::try_from(units).expect("small balance")
+    }
+
+    /// Mining on or off: with it off, a sent transaction waits in the pool, as on a slow chain.
+    pub async fn automine(&self, on: bool) {
+        let _: Value = self
+            .provider
+            .raw_request("evm_setAutomine".into(), (on,))
+            .await
+            .expect("evm_setAutomine");
+        if on {
+            let _: Value = self
+                .provider
+                .raw_request("evm_mine".into(), ())
+                .await
+                .expect("evm_mine");
+        }
+    }
+}
+
+/// The reference x402 service and facilitator, settling on `chain`.
+pub struct X402Peer {
+    pub service: String,
+    _process: Child,
+}
+
+impl X402Peer {
+    pub async fn start(chain: &LocalChain, v1_name: &str) -> X402Peer {
+        let config = json!({"rpc": chain.rpc, "chainId": chain.chain_id, "v1Network": v1_name,
+            "facilitatorKey": FACILITATOR, "asset": chain.token, "name": "USD Coin", "version": "2",
+            "payTo": payee()});
+        let mut child = Command::new("node")
+            .arg(peers_dir().join("x402-peer.mjs"))
+            .env("PEER_CONFIG", config.to_string())
+            .kill_on_drop(true)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("node runs the x402 peer");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("the x402 peer starts within 30 s")
+            .expect("stdout readable")
+            .expect("the x402 peer printed its addresses");
+        let urls: Value = serde_json::from_str(&line).expect("addresses as JSON");
+        X402Peer {
+            service: urls["service"].as_str().expect("service url").to_owned(),
+            _process: child,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.service)
+    }
+
+    /// How many times each paid resource was served.
+    pub async fn served(&self) -> Value {
+        reqwest::get(self.url("/served"))
+            .await
+            .expect("served")
+            .json()
+            .await
+            .expect("json")
+    }
+}
