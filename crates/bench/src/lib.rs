@@ -726,3 +726,122 @@ pub async fn all(
     footprint.insert(0, idle);
     Ok((m, footprint))
 }
+
+/// A paid x402 resource on a local chain, and the wallet that pays it, for the payment scenario.
+pub struct PaidResource {
+    /// The resource's URL; it costs $0.10.
+    pub url: String,
+    /// The rails Paygent was started with; the direct client signs with the same wallet and token.
+    pub rails: paygent_rails::RailsConfig,
+}
+
+impl PaidResource {
+    /// The resource at `url`, paid on `chain` from its funded test wallet, with the config file that makes a
+    /// `paygent serve` pay there (the wallet key goes in `PAYGENT_WALLET_KEY`, never in the file).
+    pub fn on(chain: &paygent_testkit::chain::LocalChain, url: String) -> (PaidResource, String) {
+        let chain_config = paygent_rails::ChainConfig {
+            id: chain.chain_id,
+            name: "local".into(),
+            rpc_url: chain.rpc.clone(),
+            confirmations: 1,
+        };
+        let token = paygent_rails::TokenConfig {
+            symbol: "USDC".into(),
+            chain_id: chain.chain_id,
+            address: chain.token,
+            decimals: 6,
+            eip712_name: "USD Coin".into(),
+            eip712_version: "2".into(),
+        };
+        let file = format!(
+            "[[chains]]\nid = {}\nname = \"local\"\nrpc_url = \"{}\"\n\n[[tokens]]\nsymbol = \"USDC\"\n\
+             decimals = 6\nchain_id = {}\naddress = \"{}\"\neip712_name = \"USD Coin\"\neip712_version = \"2\"\n",
+            chain.chain_id, chain.rpc, chain.chain_id, chain.token
+        );
+        let mut rails = paygent_rails::RailsConfig {
+            chains: vec![chain_config],
+            tokens: vec![token],
+            wallets: Vec::new(),
+        };
+        rails
+            .add_wallet_key(paygent_testkit::chain::PAYER)
+            .expect("the test key is valid");
+        (PaidResource { url, rails }, file)
+    }
+}
+
+/// Scenario 9: a $0.10 x402 payment end to end (402, guard, EIP-712 signature, journal, paid request, settlement
+/// on the local chain), through Paygent and, in the same run, by a direct client with no guard. The difference
+/// is Paygent's own overhead.
+pub async fn x402_payment(
+    t: &Target,
+    scale: &Scale,
+    paid: &PaidResource,
+) -> anyhow::Result<Vec<Measurement>> {
+    let agent = t.key("agent").await?;
+    let wallet = paid.rails.wallets.first().context("a wallet")?;
+    let session = t
+        .post(
+            &agent,
+            "/sessions",
+            json!({"name": "bench x402", "wallet_address": wallet.address()}),
+        )
+        .await?;
+    let session = session["id"].as_str().context("id")?.to_owned();
+    let (mut through, mut direct) = (Vec::new(), Vec::new());
+    let started = Instant::now();
+    for _ in 0..scale.trials {
+        let t0 = Instant::now();
+        let body = json!({"session_id": session, "amount": "0.10", "currency": "USDC", "recipient": paid.url});
+        let p = t.post(&agent, "/payments", body).await?;
+        expect_status(&p, "executed")?;
+        through.push(t0.elapsed());
+        let t0 = Instant::now();
+        pay_directly(&t.http, paid).await?;
+        direct.push(t0.elapsed());
+    }
+    let wall = started.elapsed();
+    let median = |l: &mut Vec<Duration>| {
+        l.sort();
+        l[l.len() / 2].as_secs_f64() * 1000.0
+    };
+    let (m_through, m_direct) = (median(&mut through), median(&mut direct));
+    let note = format!(
+        "Paygent's overhead at p50: {:.1} ms ({:.2}x the direct client)",
+        m_through - m_direct,
+        m_through / m_direct.max(f64::EPSILON)
+    );
+    Ok(vec![
+        Measurement::from_latencies("x402 $0.10, through Paygent", 1, through, wall, note),
+        Measurement::from_latencies(
+            "x402 $0.10, direct client (no guard)",
+            1,
+            direct,
+            wall,
+            String::new(),
+        ),
+    ])
+}
+
+/// The x402 exchange with no guard and no bookkeeping: what any client must do at least.
+async fn pay_directly(http: &reqwest::Client, paid: &PaidResource) -> anyhow::Result<()> {
+    use paygent_rails::x402;
+    let first = http.get(&paid.url).send().await?;
+    let header = first
+        .headers()
+        .get(x402::V2_REQUIRED)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned);
+    let body = first.bytes().await?;
+    let offers = x402::parse_required(header.as_deref(), &body).map_err(anyhow::Error::msg)?;
+    let token = paid.rails.tokens.first().context("a token")?;
+    let wallet = paid.rails.wallets.first().context("a wallet")?;
+    let auth = paygent_rails::sign_authorization(wallet, token, token.chain_id, &offers[0])
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (name, value) = x402::payment_header(&offers[0], &auth);
+    let paid_resp = http.get(&paid.url).header(name, value).send().await?;
+    if !paid_resp.status().is_success() {
+        bail!("the direct payment answered {}", paid_resp.status());
+    }
+    Ok(())
+}

@@ -34,6 +34,8 @@ enum Scenario {
     Fanout,
     Ceiling,
     Footprint,
+    /// An x402 payment on a local chain, through Paygent and by a direct client.
+    X402,
 }
 
 const ADMIN: &str = "bench-admin-token-0123456789";
@@ -72,12 +74,17 @@ fn server_binary() -> anyhow::Result<std::path::PathBuf> {
     Ok(bin)
 }
 
-fn start_server(db: &str, dir: &std::path::Path) -> anyhow::Result<(Server, String)> {
+fn start_server(
+    db: &str,
+    dir: &std::path::Path,
+    extra_env: &[(&str, String)],
+) -> anyhow::Result<(Server, String)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
     let child = Command::new(server_binary()?)
         .arg("serve")
+        .envs(extra_env.iter().map(|(k, v)| (k, v)))
         .env("PAYGENT_LISTEN", format!("127.0.0.1:{port}"))
         .env("PAYGENT_DATA_DIR", dir)
         .env("DATABASE_URL", db)
@@ -99,6 +106,42 @@ fn start_server(db: &str, dir: &std::path::Path) -> anyhow::Result<(Server, Stri
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     bail!("paygent serve did not start")
+}
+
+/// Runs the x402 scenario against its own server, configured to pay on a fresh local chain whose reference x402
+/// service and facilitator run beside it (`npm ci --prefix peers` installs them).
+async fn x402(db: &str, dir: &std::path::Path, scale: &Scale) -> anyhow::Result<Vec<Measurement>> {
+    use paygent_testkit::chain::{LocalChain, PAYER, X402Peer};
+    if !paygent_testkit::chain::peers_dir()
+        .join("node_modules")
+        .exists()
+    {
+        eprintln!(
+            "x402 scenario skipped: run `npm ci --prefix peers` to install anvil and the x402 peers"
+        );
+        return Ok(vec![]);
+    }
+    let chain = LocalChain::start(338).await;
+    let peer = X402Peer::start(&chain, "base-sepolia").await;
+    let (paid, config) = paygent_bench::PaidResource::on(&chain, peer.url("/v2/cheap"));
+    let x402_dir = dir.join("x402");
+    std::fs::create_dir_all(&x402_dir)?;
+    let config_file = x402_dir.join("paygent.toml");
+    std::fs::write(&config_file, config)?;
+    // A second database beside the first: a fresh SQLite file, or the same PostgreSQL (new sessions, new keys).
+    let x402_db = if db.starts_with("postgres") {
+        db.to_owned()
+    } else {
+        format!("sqlite://{}/paygent.db?mode=rwc", x402_dir.display())
+    };
+    let env = [
+        ("PAYGENT_CONFIG", config_file.display().to_string()),
+        ("PAYGENT_WALLET_KEY", PAYER.to_owned()),
+    ];
+    let (server, base) = start_server(&x402_db, &x402_dir, &env)?;
+    let lines = paygent_bench::x402_payment(&Target::new(&base, ADMIN), scale, &paid).await?;
+    drop(server);
+    Ok(lines)
 }
 
 fn machine() -> String {
@@ -134,7 +177,7 @@ async fn main() -> anyhow::Result<()> {
         .db
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}/paygent.db?mode=rwc", dir.display()));
-    let (server, base) = start_server(&db, &dir)?;
+    let (server, base) = start_server(&db, &dir, &[])?;
     let pid = server.child.id();
     let t = Target::new(&base, ADMIN);
     use paygent_bench as b;
@@ -174,7 +217,12 @@ async fn main() -> anyhow::Result<()> {
         ),
         Scenario::Ceiling => (vec![b::ceiling(&db, &scale, 16).await?], vec![]),
         Scenario::Footprint => (vec![], b::footprint(&t, &scale, pid).await?),
+        Scenario::X402 => (vec![], vec![]),
     };
+    let mut lines = lines;
+    if matches!(args.scenario, Scenario::All | Scenario::X402) {
+        lines.extend(x402(&db, &dir, &scale).await?);
+    }
     let backend = if db.starts_with("postgres") {
         "PostgreSQL"
     } else {

@@ -271,6 +271,8 @@ fn spawn_serve(env: &[(&str, &str)]) -> (std::process::Child, u16) {
     cmd.arg("serve")
         .env("PAYGENT_LISTEN", format!("127.0.0.1:{port}"))
         .env_remove("PAYGENT_CONFIG")
+        .env_remove("PAYGENT_WALLET_KEY")
+        .env_remove("PAYGENT_NETWORK")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     for (k, v) in env {
@@ -534,6 +536,44 @@ async fn benchmark_scenarios_run() {
     }
     assert_eq!(footprint.len(), 4);
     assert!(footprint.iter().all(|(_, mb)| *mb > 1.0));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The real binary, configured by file and environment to pay on a local chain: the x402 benchmark scenario runs
+/// against it in tiny mode, and every payment it reports moved $0.10 on chain, through Paygent or directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_pays_on_chain_and_the_x402_benchmark_runs() {
+    use paygent_testkit::chain::{LocalChain, PAYER, X402Peer, payee};
+    let chain = LocalChain::start(338).await;
+    let peer = X402Peer::start(&chain, "base-sepolia").await;
+    let (paid, config) = paygent_bench::PaidResource::on(&chain, peer.url("/v2/cheap"));
+    let dir = std::env::temp_dir().join(format!("paygent-x402-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config_file = dir.join("paygent.toml");
+    std::fs::write(&config_file, config).unwrap();
+    let db = format!("sqlite://{}/paygent.db?mode=rwc", dir.display());
+    let env = [
+        ("PAYGENT_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("PAYGENT_DATA_DIR", dir.to_str().unwrap()),
+        ("DATABASE_URL", db.as_str()),
+        ("PAYGENT_CONFIG", config_file.to_str().unwrap()),
+        ("PAYGENT_WALLET_KEY", PAYER),
+    ];
+    let (mut child, port) = spawn_serve(&env);
+    let base = wait_ready(port);
+    let before = chain.balance(payee()).await;
+    let scale = paygent_bench::Scale::tiny();
+    let target = paygent_bench::Target::new(&base, ADMIN_TOKEN);
+    let lines = paygent_bench::x402_payment(&target, &scale, &paid)
+        .await
+        .unwrap();
+    assert_eq!(lines.len(), 2);
+    assert!(lines.iter().all(|m| m.count == scale.trials), "{lines:?}");
+    let payments = 2 * scale.trials as u64;
+    assert_eq!(chain.balance(payee()).await - before, payments * 100_000);
+    assert_eq!(peer.served().await["v2/cheap"], payments);
     child.kill().unwrap();
     child.wait().unwrap();
     let _ = std::fs::remove_dir_all(dir);

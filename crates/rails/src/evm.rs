@@ -578,7 +578,7 @@ fn body_text(body: &[u8]) -> String {
 }
 
 /// Signs an EIP-3009 authorization for `offer` with a fresh random nonce and a short validity window.
-fn sign_authorization(
+pub fn sign_authorization(
     wallet: &PrivateKeySigner,
     token: &TokenConfig,
     chain_id: u64,

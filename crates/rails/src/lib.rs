@@ -8,7 +8,7 @@ mod tool;
 pub mod x402;
 
 pub use config::{ChainConfig, ConfigError, RailsConfig, TokenConfig};
-pub use evm::{EvmRails, from_units, to_units};
+pub use evm::{EvmRails, from_units, sign_authorization, to_units};
 pub use tool::X402Tool;
 
 use paygent_engine::Paygent;
