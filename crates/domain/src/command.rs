@@ -25,7 +25,7 @@ pub struct CommandError {
 
 pub const EXAMPLES: &str = "\"Pay 0.10 USDC to https://api.example/data\", \"Transfer 5 USDC to 0xabc…\", \
     \"Send 2.5 CRO to 0x…\", \"Swap 10 CRO for USDC\", \"Fetch https://example.com/\", \"Wait 30 seconds\", \
-    \"Transfer 5 USDC to 0x… then fetch https://…\"";
+    \"Check my USDC balance\", \"Transfer 5 USDC to 0x… then fetch https://…\"";
 
 /// The most steps one command may plan.
 pub const MAX_STEPS: usize = 20;
@@ -155,9 +155,15 @@ fn parse_step(part: &str) -> Result<Step, String> {
             ))
         }
         ["swap", ..] => Err("expected \"swap <amount> <CURRENCY> for <CURRENCY>\"".into()),
-        ["check", ..] if lw.last() == Some(&"balance") => {
-            Err("balances are read from the chain, which arrives with the payment rails".into())
+        ["check", "my", "balance" | "balances"] | ["check", "balance" | "balances"] => {
+            Ok(step("balance", json!({})))
         }
+        ["check", "my", _, "balance"] | ["check", _, "balance"] => {
+            let symbol = words[lw.len() - 2].to_ascii_uppercase();
+            validate_symbol(&symbol).map_err(|e| e.to_string())?;
+            Ok(step("balance", json!({"currency": symbol})))
+        }
+        ["check", ..] => Err("expected \"check my <CURRENCY> balance\"".into()),
         ["pay" | "transfer" | "send", ..] => {
             Err("expected \"<verb> <amount> <CURRENCY> to <recipient>\"".into())
         }
@@ -239,6 +245,11 @@ mod tests {
                     ("wait", json!({"seconds": 2})),
                 ],
             ),
+            (
+                "Check my USDC balance",
+                &[("balance", json!({"currency": "USDC"}))],
+            ),
+            ("check balance", &[("balance", json!({}))]),
         ];
         for (command, expected) in accepted {
             let steps = parse(command).unwrap_or_else(|e| panic!("{command}: {e}"));
@@ -277,7 +288,10 @@ mod tests {
                 "expected \"swap <amount> <CURRENCY> for <CURRENCY>\"",
             ),
             ("Swap 1e3 CRO for USDC", "not an amount"),
-            ("Check my USDC balance", "payment rails"),
+            (
+                "Check my USDC balance please",
+                "expected \"check my <CURRENCY> balance\"",
+            ),
             ("Buy me a coffee", "not a command Paygent knows"),
             ("wait forever", "not a whole number"),
             ("", "an empty step"),

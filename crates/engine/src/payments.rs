@@ -6,8 +6,8 @@ use crate::{EngineError, Paygent, Result, require};
 use paygent_domain::payment::PaymentIntent;
 use paygent_domain::{PaymentStatus, Principal};
 use paygent_store::WriteTx;
-use paygent_store::approvals;
 use paygent_store::payments::{self, PaymentRecord, Terms, Transition};
+use paygent_store::{approvals, attempts};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -56,11 +56,16 @@ async fn reload(tx: &mut WriteTx, id: Uuid) -> Result<PaymentRecord> {
 }
 
 impl Paygent {
+    /// One payment, with what its rail brought back (block, settlement, an x402 resource's answer) if it paid.
     pub async fn payment(&self, who: &Principal, id: Uuid) -> Result<PaymentView> {
-        payments::get(self.store.reader(), who.tenant_id, id)
+        let mut view: PaymentView = payments::get(self.store.reader(), who.tenant_id, id)
             .await?
             .map(Into::into)
-            .ok_or(EngineError::NotFound("payment"))
+            .ok_or(EngineError::NotFound("payment"))?;
+        view.receipt = attempts::get(self.store.reader(), id)
+            .await?
+            .and_then(|a| a.receipt);
+        Ok(view)
     }
 
     /// Payments, newest first, optionally of one session.

@@ -94,3 +94,50 @@ impl Tool for X402Tool {
         Box::pin(async move { self.run_step(&ctx, args).await })
     }
 }
+
+/// `balance {currency?}`: the session wallet's balances, read from the chain. Moves no money.
+pub struct BalanceTool;
+
+impl Tool for BalanceTool {
+    fn name(&self) -> &'static str {
+        "balance"
+    }
+
+    fn check(&self, args: &Value, prices: &PriceTable) -> Result<(), String> {
+        let obj = args.as_object().ok_or("args must be an object")?;
+        if let Some(k) = obj.keys().find(|k| *k != "currency") {
+            return Err(format!("unknown argument {k:?}; expected currency"));
+        }
+        match obj.get("currency") {
+            None => Ok(()),
+            Some(Value::String(c)) if prices.get(c).is_some() => Ok(()),
+            Some(other) => Err(format!("currency {other} is not a known currency")),
+        }
+    }
+
+    fn run<'a>(&'a self, ctx: StepContext<'a>, args: &'a Value) -> BoxFuture<'a, StepOutcome> {
+        Box::pin(async move {
+            let all = match ctx.paygent.balances(ctx.principal, ctx.session_id).await {
+                Ok(b) => b,
+                Err(e) => {
+                    return StepOutcome::Failed {
+                        error: e.to_string(),
+                    };
+                }
+            };
+            let wanted = args.get("currency").and_then(Value::as_str);
+            let balances: Vec<Value> = all["balances"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|b| wanted.is_none_or(|c| b["currency"] == c))
+                .cloned()
+                .collect();
+            StepOutcome::Done {
+                result: json!({"wallet": all["wallet"], "balances": balances}),
+                cost_usd: Decimal::ZERO,
+                payment_id: None,
+            }
+        })
+    }
+}

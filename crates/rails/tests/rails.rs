@@ -207,6 +207,16 @@ async fn transfers_move_tokens_on_chain_and_a_kill_moves_nothing() {
     assert_eq!(paid["status"], "executed", "{paid}");
     assert_eq!(paid["network"], "eip155:338");
     assert_eq!(moved(&chain, payee_before).await, 5_000_000, "5 USDC moved");
+    let (_, shown) = s
+        .get(
+            &t.agent,
+            &format!("/payments/{}", paid["id"].as_str().unwrap()),
+        )
+        .await;
+    assert!(
+        shown["receipt"]["block"].as_u64().unwrap() > 0,
+        "the block is kept: {shown}"
+    );
     let (_, again) = s
         .post(
             &t.agent,
@@ -254,6 +264,19 @@ async fn transfers_move_tokens_on_chain_and_a_kill_moves_nothing() {
     assert_eq!(status, 200, "{balance}");
     assert_eq!(balance["balances"][0]["amount"], "995");
     assert_eq!(balance["balances"][0]["currency"], "USDC");
+    let (status, checked) = s
+        .post(
+            &t.agent,
+            "/agent/execute",
+            json!({"session_id": session, "command": "Check my USDC balance"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{checked}");
+    let done = wait_for(&s, &t, checked["id"].as_str().unwrap(), ended).await;
+    assert_eq!(
+        done["steps"][0]["result"]["balances"][0]["amount"], "995",
+        "{done}"
+    );
     s.finish().await;
 }
 
