@@ -41,7 +41,8 @@ pub use paygent_store::{
 
 use chrono::{DateTime, SubsecRound, Utc};
 use paygent_domain::PriceTable;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
 use uuid::Uuid;
 
 /// The tenant that exists from the first start; its admins may create other tenants.
@@ -69,6 +70,8 @@ pub struct Paygent {
     hub: events::EventHub,
     tools: ToolRegistry,
     rails: Vec<Arc<dyn Rail>>,
+    /// Payments whose rail runs in this process now, each behind its own lock.
+    payment_turns: Arc<std::sync::Mutex<HashMap<Uuid, Weak<tokio::sync::Mutex<()>>>>>,
 }
 
 impl Paygent {
@@ -81,6 +84,7 @@ impl Paygent {
             clock,
             tools: ToolRegistry::builtin(),
             rails: Vec::new(),
+            payment_turns: Arc::default(),
         }
     }
 

@@ -11,7 +11,18 @@ use paygent_domain::{Decimal, PaymentStatus};
 use paygent_store::payments::{self, PaymentRecord, Transition};
 use paygent_store::{attempts, sessions};
 use serde_json::{Value, json};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use uuid::Uuid;
+
+/// Marks a payment's caller as gone when it is dropped.
+struct AbandonOnDrop(Arc<AtomicBool>);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
 
 /// An authorized payment, as a rail sees it.
 #[derive(Debug, Clone)]
@@ -89,9 +100,50 @@ const MAX_RESIGNS: usize = 3;
 impl Paygent {
     /// Carries out an authorized payment on the rail that takes it; a payment no rail takes stays
     /// `authorized` for its agent to pay. Safe to call again for the same payment, from any runner.
+    ///
+    /// It runs in a task of its own: a caller that goes away (a client hanging up, a cancelled step) stops it
+    /// only before anything is signed. Once the signed payment is journaled it goes out, whoever waits for it.
     pub(crate) async fn carry_out(&self, payment: PaymentRecord) -> Result<PaymentView> {
         if payment.status != PaymentStatus::Authorized || self.rails.is_empty() {
             return Ok(payment.into());
+        }
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let _watch = AbandonOnDrop(abandoned.clone());
+        let this = self.clone();
+        tokio::spawn(async move { this.carry_out_alone(payment, abandoned).await })
+            .await
+            .map_err(|e| EngineError::Unavailable(format!("the payment runner stopped: {e}")))?
+    }
+
+    /// One payment's turn in this process: two callers never run one payment's rail at once.
+    fn payment_turn(&self, id: Uuid) -> Arc<tokio::sync::Mutex<()>> {
+        let mut turns = self.payment_turns.lock().expect("payment turns");
+        if let Some(turn) = turns.get(&id).and_then(Weak::upgrade) {
+            return turn;
+        }
+        turns.retain(|_, t| t.strong_count() > 0);
+        let turn = Arc::new(tokio::sync::Mutex::new(()));
+        turns.insert(id, Arc::downgrade(&turn));
+        turn
+    }
+
+    async fn carry_out_alone(
+        &self,
+        payment: PaymentRecord,
+        abandoned: Arc<AtomicBool>,
+    ) -> Result<PaymentView> {
+        let turn = self.payment_turn(payment.id);
+        let _mine = turn.lock().await;
+        // Another caller may have finished it while this one waited.
+        let payment = payments::get(self.store.reader(), payment.tenant_id, payment.id)
+            .await?
+            .ok_or(EngineError::NotFound("payment"))?;
+        if payment.status != PaymentStatus::Authorized {
+            let mut view: PaymentView = payment.into();
+            view.receipt = attempts::get(self.store.reader(), view.id)
+                .await?
+                .and_then(|a| a.receipt);
+            return Ok(view);
         }
         let tenant_id = payment.tenant_id;
         let session = sessions::get(self.store.reader(), tenant_id, payment.session_id)
@@ -111,7 +163,13 @@ impl Paygent {
         };
         let journal = |signed: Signed| -> BoxFuture<'_, Result<Signed, RailError>> {
             let rail = rail.name();
+            let abandoned = abandoned.load(Ordering::SeqCst);
             Box::pin(async move {
+                if abandoned {
+                    return Err(RailError::Refused(
+                        "cancelled before the payment was signed: nothing was sent".into(),
+                    ));
+                }
                 self.journal(tenant_id, payment.id, rail, signed)
                     .await
                     .map_err(|e| match e {
