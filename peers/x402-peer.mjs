@@ -28,7 +28,10 @@ const chain = defineChain({
   rpcUrls: { default: { http: [cfg.rpc] } },
 });
 const account = privateKeyToAccount(cfg.facilitatorKey);
-const wallet = createWalletClient({ account, chain, transport: viemHttp(cfg.rpc) }).extend(publicActions);
+// A short polling interval: viem waits 4 s between receipt polls by default, which would swamp every timing.
+const wallet = createWalletClient({ account, chain, transport: viemHttp(cfg.rpc), pollingInterval: 50 }).extend(
+  publicActions,
+);
 const signer = toFacilitatorEvmSigner({ ...wallet, address: account.address });
 
 const facilitator = new x402Facilitator().register(network, new FacilitatorScheme(signer));

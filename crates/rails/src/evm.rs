@@ -378,7 +378,7 @@ impl EvmRails {
     ) -> Result<Settlement, RailError> {
         let (token, chain) = self.token(&order.currency)?;
         if let Some(signed) = earlier {
-            return self.settle_x402(token, chain, &signed).await;
+            return self.settle_x402(token, chain, &signed, false).await;
         }
         let wallet = self.wallet(order)?;
         let value = to_units(order.amount, token.decimals).ok_or_else(|| {
@@ -428,8 +428,9 @@ impl EvmRails {
                 "valid_before": auth.valid_before, "pay_to": offer.pay_to,
                 "version": if offer.version == Version::V1 { 1 } else { 2 }}),
         };
-        let stored = journal(mine).await?;
-        self.settle_x402(token, chain, &stored).await
+        let stored = journal(mine.clone()).await?;
+        self.settle_x402(token, chain, &stored, stored == mine)
+            .await
     }
 
     async fn authorization_used(
@@ -466,11 +467,14 @@ impl EvmRails {
             .map(|h| h.to_string())
     }
 
+    /// Sends a stored x402 payment, or finds it settled. `fresh` says this runner signed it a moment ago, so it
+    /// cannot have been sent before and the chain need not be asked first.
     async fn settle_x402(
         &self,
         token: &TokenConfig,
         chain: &Chain,
         signed: &Signed,
+        fresh: bool,
     ) -> Result<Settlement, RailError> {
         let a = &signed.artifact;
         let field = |k: &str| {
@@ -492,7 +496,7 @@ impl EvmRails {
             tx_hash,
             receipt,
         };
-        if self.authorization_used(token, chain, from, nonce).await? {
+        if !fresh && self.authorization_used(token, chain, from, nonce).await? {
             let tx = self.authorization_tx(token, chain, from, nonce).await;
             return Ok(paid(
                 json!({"recovered": true, "note": "paid before an interruption; the resource's answer was not kept"}),
@@ -521,8 +525,7 @@ impl EvmRails {
             .await
             .map(|b| body_text(&b))
             .unwrap_or_default();
-        let used = self.authorization_used(token, chain, from, nonce).await?;
-        if status.is_success() || used {
+        if status.is_success() || self.authorization_used(token, chain, from, nonce).await? {
             let tx = match settlement.as_ref().and_then(|s| s["transaction"].as_str()) {
                 Some(t) => Some(t.to_owned()),
                 None => self.authorization_tx(token, chain, from, nonce).await,
