@@ -15,6 +15,7 @@ pub struct FileConfig {
     #[serde(default)]
     chains: Vec<ChainConfig>,
     wallet_key_file: Option<PathBuf>,
+    wallet_keystore: Option<PathBuf>,
     listen: Option<String>,
     database_url: Option<String>,
     data_dir: Option<PathBuf>,
@@ -174,6 +175,21 @@ impl ServeConfig {
             rails
                 .add_wallet_key(&key)
                 .with_context(|| format!("the wallet key file {}", path.display()))?;
+        }
+        if let Some(path) = var("PAYGENT_WALLET_KEYSTORE")
+            .map(PathBuf::from)
+            .or(parsed.wallet_keystore)
+        {
+            let password = match var("PAYGENT_WALLET_KEYSTORE_PASSWORD_FILE") {
+                Some(file) => std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading the keystore password file {file}"))?,
+                None => var("PAYGENT_WALLET_KEYSTORE_PASSWORD").context(
+                    "a wallet keystore needs PAYGENT_WALLET_KEYSTORE_PASSWORD or _PASSWORD_FILE",
+                )?,
+            };
+            rails
+                .add_wallet_keystore(&path, &password)
+                .with_context(|| format!("the wallet keystore {}", path.display()))?;
         }
         rails.validate()?;
         for t in &rails.tokens {

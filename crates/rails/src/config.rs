@@ -71,6 +71,9 @@ pub enum ConfigError {
     BadRpcUrl(u64),
     #[error("a wallet key must be 32 bytes of hex (0x optional)")]
     BadKey,
+    /// Never says more: a wrong password and a damaged file look alike on purpose.
+    #[error("the wallet keystore could not be opened: wrong password or not a keystore file")]
+    BadKeystore,
     #[error("unknown preset {0:?}: use cronos or cronos-testnet")]
     UnknownPreset(String),
 }
@@ -135,6 +138,22 @@ impl RailsConfig {
         Ok(address)
     }
 
+    /// Adds a wallet from an encrypted JSON keystore (Web3 Secret Storage, as geth and foundry write it).
+    pub fn add_wallet_keystore(
+        &mut self,
+        path: &std::path::Path,
+        password: &str,
+    ) -> Result<Address, ConfigError> {
+        let signer =
+            PrivateKeySigner::decrypt_keystore(path, password.trim_end_matches(['\n', '\r']))
+                .map_err(|_| ConfigError::BadKeystore)?;
+        let address = signer.address();
+        if !self.wallets.iter().any(|w| w.address() == address) {
+            self.wallets.push(signer);
+        }
+        Ok(address)
+    }
+
     /// Checks that every token names a configured chain and that symbols and chains are unique.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut chains = BTreeMap::new();
@@ -187,6 +206,25 @@ mod tests {
             RailsConfig::preset("mainnet"),
             Err(ConfigError::UnknownPreset(_))
         ));
+    }
+
+    #[test]
+    fn wallets_open_from_encrypted_keystores() {
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/paygent-test-wallet.json");
+        let mut c = RailsConfig::default();
+        let address = c.add_wallet_keystore(&file, "correct horse\n").unwrap();
+        assert_eq!(
+            address,
+            "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
+                .parse::<Address>()
+                .unwrap()
+        );
+        assert_eq!(
+            c.add_wallet_keystore(&file, "wrong"),
+            Err(ConfigError::BadKeystore)
+        );
+        assert_eq!(c.wallets.len(), 1);
     }
 
     #[test]
