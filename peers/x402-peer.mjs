@@ -114,14 +114,22 @@ app.get("/v1/:price", async (req, res) => {
 
 // Misbehaving services, for the failure paths.
 app.get("/bad/malformed", (_req, res) => res.status(402).set("PAYMENT-REQUIRED", "not base64 json!").send("pay me"));
-app.get("/bad/always-402", (req, res) => {
-  const offer = {
-    x402Version: 2,
-    error: "payment required",
-    resource: { url: `http://${req.headers.host}${req.originalUrl}` },
-    accepts: [{ scheme: "exact", network, amount: "100000", asset: cfg.asset, payTo: cfg.payTo, maxTimeoutSeconds: 120, extra: { name: cfg.name, version: cfg.version } }],
-  };
-  res.status(402).set("PAYMENT-REQUIRED", b64(offer)).json({});
+// A v2 offer of $0.10 with a short validity window, for the routes below.
+const badOffer = (req) => ({
+  x402Version: 2,
+  error: "payment required",
+  resource: { url: `http://${req.headers.host}${req.originalUrl}` },
+  accepts: [{ scheme: "exact", network, amount: "100000", asset: cfg.asset, payTo: cfg.payTo, maxTimeoutSeconds: 10, extra: { name: cfg.name, version: cfg.version } }],
+});
+app.get("/bad/always-402", (req, res) => res.status(402).set("PAYMENT-REQUIRED", b64(badOffer(req))).json({}));
+// Refuses the paid request, then settles its authorization two seconds later.
+app.get("/bad/settles-late", (req, res) => {
+  const header = req.get("PAYMENT-SIGNATURE");
+  res.status(402).set("PAYMENT-REQUIRED", b64(badOffer(req))).json({ error: "try again later" });
+  if (header) {
+    const payload = JSON.parse(Buffer.from(header, "base64").toString());
+    setTimeout(() => facilitator.settle(payload, payload.accepted).catch(() => {}), 2000);
+  }
 });
 app.get("/bad/unknown-asset", (req, res) => {
   const offer = {

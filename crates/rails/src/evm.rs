@@ -45,9 +45,9 @@ sol! {
 
 /// The most of a paid resource's body kept in a payment's receipt.
 const MAX_BODY: usize = 64 * 1024;
-/// The longest an x402 authorization stays valid, whatever the service allows: a signed payment that was not
-/// settled should not linger.
-const MAX_AUTHORIZATION_SECONDS: u64 = 300;
+/// How long an x402 authorization stays valid: the service's `maxTimeoutSeconds`, within these bounds. A
+/// signed payment that was not settled must not linger: a refusal counts only once its authorization expired.
+const AUTHORIZATION_SECONDS: std::ops::RangeInclusive<u64> = 10..=60;
 /// How long a transaction may take to be mined before its outcome counts as unknown (it is then reconciled).
 const RECEIPT_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -535,12 +535,24 @@ impl EvmRails {
                 tx,
             ));
         }
+        // The service refused, yet it holds a valid authorization it could still settle: wait until that
+        // expires, so that a failure is final and a late settlement is recorded as the payment it is.
+        while now_secs() <= valid_before + 1 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if self.authorization_used(token, chain, from, nonce).await? {
+                let tx = self.authorization_tx(token, chain, from, nonce).await;
+                return Ok(paid(
+                    json!({"status": status.as_u16(), "body": body, "settled_late": true}),
+                    tx,
+                ));
+            }
+        }
         let error = serde_json::from_str::<Value>(&body)
             .ok()
             .and_then(|v| v["error"].as_str().map(str::to_owned))
             .unwrap_or_else(|| body.chars().take(200).collect());
         Err(RailError::Refused(format!(
-            "{url} answered {} after the payment was sent and nothing was settled: {error}",
+            "{url} answered {} after the payment was sent, and the authorization expired unsettled: {error}",
             status.as_u16()
         )))
     }
@@ -601,7 +613,7 @@ pub fn sign_authorization(
     let valid_before = now
         + offer
             .max_timeout_seconds
-            .clamp(30, MAX_AUTHORIZATION_SECONDS);
+            .clamp(*AUTHORIZATION_SECONDS.start(), *AUTHORIZATION_SECONDS.end());
     let message = TransferWithAuthorization {
         from: wallet.address(),
         to: offer.pay_to,

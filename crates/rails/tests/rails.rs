@@ -304,7 +304,7 @@ async fn payments_that_cannot_be_made_sign_nothing_and_fail_clearly() {
         (
             "/bad/always-402",
             "1",
-            "answered 402 after the payment was sent and nothing was settled",
+            "answered 402 after the payment was sent, and the authorization expired unsettled",
         ),
     ] {
         let step =
@@ -317,22 +317,44 @@ async fn payments_that_cannot_be_made_sign_nothing_and_fail_clearly() {
             "{path}: {error:?} should say {expected:?}"
         );
     }
-    let list = payments(&s, &t, &session).await;
-    assert_eq!(list.len(), 4);
-    assert!(list.iter().all(|p| p["status"] == "failed"), "{list:?}");
-    assert_eq!(
-        s.count("payment_attempts").await,
-        1,
-        "only the misbehaving service got a signature"
-    );
     assert_eq!(moved(&chain, payee_before).await, 0, "nothing moved");
     let (_, budget) = s
         .get(&t.agent, &format!("/sessions/{session}/budget"))
         .await;
-    let spent: f64 = budget["usd"]["spent"].as_str().unwrap().parse().unwrap();
     assert_eq!(
-        spent, 0.0,
+        budget["usd"]["spent"]
+            .as_str()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap(),
+        0.0,
         "failed payments give their budget back: {budget}"
+    );
+
+    // A service that refuses and then settles anyway: the payment is recorded as made, once.
+    let step = json!([{"tool": "x402_payment", "args": {"url": peer.url("/bad/settles-late"), "max_amount": "1"}}]);
+    let done = run(&s, &t, &session, step, ended).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(
+        done["steps"][0]["result"]["receipt"]["settled_late"], true,
+        "{done}"
+    );
+    assert_eq!(
+        moved(&chain, payee_before).await,
+        100_000,
+        "the late settlement is the one payment"
+    );
+    let list = payments(&s, &t, &session).await;
+    assert_eq!(list.len(), 5);
+    assert_eq!(
+        list.iter().filter(|p| p["status"] == "failed").count(),
+        4,
+        "{list:?}"
+    );
+    assert_eq!(
+        s.count("payment_attempts").await,
+        2,
+        "only the misbehaving services got a signature"
     );
     s.finish().await;
 }
