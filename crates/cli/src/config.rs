@@ -2,6 +2,7 @@
 
 use anyhow::{Context, bail};
 use paygent_engine::domain::PriceTable;
+use paygent_planner::LlmPlanner;
 use paygent_rails::{ChainConfig, RailsConfig, TokenConfig as RailToken};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -84,6 +85,8 @@ pub struct ServeConfig {
     pub rate_limit_per_second: u32,
     /// Chains, tokens and wallets to pay with; inactive (decision-only) without all three.
     pub rails: RailsConfig,
+    /// An OpenAI-compatible chat-completions model to plan what the parser refuses (its key never prints).
+    pub planner: Option<LlmPlanner>,
 }
 
 const PRICE_PREFIX: &str = "PAYGENT_PRICE_";
@@ -197,8 +200,16 @@ impl ServeConfig {
                 bail!("token {} has no price: add it under [prices]", t.symbol);
             }
         }
+        let planner = match (var("PAYGENT_LLM_URL"), var("PAYGENT_LLM_MODEL")) {
+            (Some(url), Some(model)) => {
+                Some(LlmPlanner::new(&url, &model, var("PAYGENT_LLM_API_KEY")))
+            }
+            (None, None) => None,
+            _ => bail!("PAYGENT_LLM_URL and PAYGENT_LLM_MODEL go together"),
+        };
         Ok(ServeConfig {
             rails,
+            planner,
             listen: var("PAYGENT_LISTEN")
                 .or(parsed.listen)
                 .unwrap_or_else(|| "127.0.0.1:8080".into()),
@@ -295,6 +306,18 @@ eip712_version = "1"
             ServeConfig::load(None, &env(&[("PAYGENT_NETWORK", "cronos-testnet")])).unwrap();
         assert_eq!(preset.rails.chains[0].id, 338);
         assert!(ServeConfig::load(None, &env(&[("PAYGENT_WALLET_KEY", "0x12")])).is_err());
+        let planned = ServeConfig::load(
+            None,
+            &env(&[
+                ("PAYGENT_LLM_URL", "http://127.0.0.1:1/v1"),
+                ("PAYGENT_LLM_MODEL", "m"),
+                ("PAYGENT_LLM_API_KEY", "sk-never-printed"),
+            ]),
+        )
+        .unwrap();
+        assert!(planned.planner.is_some());
+        assert!(!format!("{planned:?}").contains("sk-never-printed"));
+        assert!(ServeConfig::load(None, &env(&[("PAYGENT_LLM_URL", "http://x/v1")])).is_err());
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -193,6 +193,10 @@ async fn serve(config_file: Option<&Path>) -> anyhow::Result<ExitCode> {
     } else if !config.rails.chains.is_empty() {
         tracing::warn!("chains are configured but no wallet key: payments stay decision-only");
     }
+    if let Some(planner) = config.planner.clone() {
+        tracing::info!(?planner, "commands the parser refuses go to the planner");
+        paygent = paygent.with_planner(planner);
+    }
     if let Some(key) = paygent.bootstrap(config.admin_token.as_deref()).await? {
         let path = config.data_dir.join("admin-token");
         save_secret(&path, &key.token)?;

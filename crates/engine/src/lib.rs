@@ -21,7 +21,10 @@ pub use audit::AuditPage;
 pub use error::{EngineError, Result};
 pub use events::{EventFilter, LiveEvent, Subscription, SubscriptionEnd};
 pub use executions::Plan;
-pub use executions::tools::{StepContext, StepOutcome, Tool, ToolRegistry};
+pub use executions::planner::Planner;
+pub use executions::tools::{
+    StepContext, StepOutcome, Tool, ToolRegistry, ToolSpec, string_params,
+};
 pub use guard::{PaymentRequest, Submitted};
 pub use keys::NewTenant;
 pub use kill::KillSwitchView;
@@ -70,6 +73,7 @@ pub struct Paygent {
     hub: events::EventHub,
     tools: ToolRegistry,
     rails: Vec<Arc<dyn Rail>>,
+    planner: Option<Arc<dyn Planner>>,
     /// Payments whose rail runs in this process now, each behind its own lock.
     payment_turns: Arc<std::sync::Mutex<HashMap<Uuid, Weak<tokio::sync::Mutex<()>>>>>,
 }
@@ -84,8 +88,15 @@ impl Paygent {
             clock,
             tools: ToolRegistry::builtin(),
             rails: Vec::new(),
+            planner: None,
             payment_turns: Arc::default(),
         }
+    }
+
+    /// Lets a planner plan the commands the deterministic parser refuses.
+    pub fn with_planner(mut self, planner: impl Planner) -> Self {
+        self.planner = Some(Arc::new(planner));
+        self
     }
 
     /// Adds a rail that carries out authorized payments. Without one, an authorized payment is the agent's to

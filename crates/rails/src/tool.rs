@@ -4,7 +4,7 @@
 use crate::evm::{EvmRails, from_units, to_units};
 use futures::future::BoxFuture;
 use paygent_engine::domain::{Decimal, PriceTable};
-use paygent_engine::{StepContext, StepOutcome, Tool};
+use paygent_engine::{StepContext, StepOutcome, Tool, ToolSpec, string_params};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
@@ -86,6 +86,10 @@ impl Tool for X402Tool {
         self.checks.name()
     }
 
+    fn spec(&self) -> ToolSpec {
+        self.checks.spec()
+    }
+
     fn check(&self, args: &Value, prices: &PriceTable) -> Result<(), String> {
         self.checks.check(args, prices)
     }
@@ -101,6 +105,14 @@ pub struct BalanceTool;
 impl Tool for BalanceTool {
     fn name(&self) -> &'static str {
         "balance"
+    }
+
+    fn spec(&self) -> ToolSpec {
+        ToolSpec {
+            name: self.name(),
+            description: "Read the session wallet's balances on chain, of one currency or all.",
+            parameters: string_params(&[("currency", "a currency symbol such as USDC")], &[]),
+        }
     }
 
     fn check(&self, args: &Value, prices: &PriceTable) -> Result<(), String> {

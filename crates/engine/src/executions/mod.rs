@@ -3,6 +3,7 @@
 //! kill. A runner task drives each execution; it learns of decisions and kills from the event stream, so a
 //! decision or kill made on any instance reaches it.
 
+pub mod planner;
 pub mod tools;
 
 use crate::events::{EventFilter, Subscription, SubscriptionEnd};
@@ -43,12 +44,21 @@ impl Paygent {
             who.can_request_payments(),
             "only agents and admins start executions",
         )?;
-        let (steps, command) = match plan {
-            Plan::Steps(steps) => (steps, None),
-            Plan::Command(c) => (
-                command::parse(&c).map_err(|e| EngineError::Invalid(e.to_string()))?,
-                Some(c),
-            ),
+        let (steps, command, planner) = match plan {
+            Plan::Steps(steps) => (steps, None, None),
+            Plan::Command(c) => match (command::parse(&c), &self.planner) {
+                (Ok(steps), _) => (steps, Some(c), None),
+                (Err(e), None) => return Err(EngineError::Invalid(e.to_string())),
+                (Err(e), Some(planner)) => {
+                    let steps = planner.plan(&c, &self.tools.specs()).await.map_err(|why| {
+                        EngineError::Invalid(format!(
+                            "{e} The planner ({}) could not plan it either: {why}",
+                            planner.name()
+                        ))
+                    })?;
+                    (steps, Some(c), Some(planner.name()))
+                }
+            },
         };
         if steps.is_empty() || steps.len() > command::MAX_STEPS {
             return Err(EngineError::Invalid(format!(
@@ -56,16 +66,18 @@ impl Paygent {
                 command::MAX_STEPS
             )));
         }
+        let origin = planner.map_or(String::new(), |p| format!("the planner's plan ({p}): "));
         for (i, step) in steps.iter().enumerate() {
             let tool = self.tools.get(&step.tool).ok_or_else(|| {
                 let known: Vec<_> = self.tools.names().collect();
                 EngineError::Invalid(format!(
-                    "step {i}: unknown tool {:?}; known: {known:?}",
+                    "{origin}step {i}: unknown tool {:?}; known: {known:?}",
                     step.tool
                 ))
             })?;
-            tool.check(&step.args, &self.prices)
-                .map_err(|e| EngineError::Invalid(format!("step {i} ({}): {e}", step.tool)))?;
+            tool.check(&step.args, &self.prices).map_err(|e| {
+                EngineError::Invalid(format!("{origin}step {i} ({}): {e}", step.tool))
+            })?;
         }
 
         let mut tx = self.store.begin(who.tenant_id, self.now()).await?;
@@ -117,7 +129,7 @@ impl Paygent {
             .map(|s| json!({"tool": s.tool, "args": s.args}))
             .collect();
         let subject = format!("execution:{}", execution.id);
-        let data = json!({"command": execution.command, "plan": plan});
+        let data = json!({"command": execution.command, "plan": plan, "planner": planner});
         tx.audit(
             &who.actor(),
             "execution.started",

@@ -44,8 +44,28 @@ pub enum StepOutcome {
     },
 }
 
+/// What a tool does and the arguments it takes (a JSON Schema), as a planner is told.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolSpec {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub parameters: Value,
+}
+
+/// A JSON Schema object of string properties; `required` lists the ones that must be given.
+pub fn string_params(props: &[(&str, &str)], required: &[&str]) -> Value {
+    let properties: serde_json::Map<String, Value> = props
+        .iter()
+        .map(|(k, d)| ((*k).to_owned(), json!({"type": "string", "description": d})))
+        .collect();
+    json!({"type": "object", "properties": properties, "required": required,
+        "additionalProperties": false})
+}
+
 pub trait Tool: Send + Sync + 'static {
     fn name(&self) -> &'static str;
+    /// Tells planners what the tool does and what it takes.
+    fn spec(&self) -> ToolSpec;
     /// Checks arguments before a plan is accepted, so a plan never fails halfway on a typo.
     fn check(&self, args: &Value, prices: &PriceTable) -> Result<(), String>;
     fn run<'a>(&'a self, ctx: StepContext<'a>, args: &'a Value) -> BoxFuture<'a, StepOutcome>;
@@ -83,6 +103,11 @@ impl ToolRegistry {
 
     pub fn names(&self) -> impl Iterator<Item = &&'static str> {
         self.tools.keys()
+    }
+
+    /// Every tool's spec, for planners.
+    pub fn specs(&self) -> Vec<ToolSpec> {
+        self.tools.values().map(|t| t.spec()).collect()
     }
 }
 
@@ -180,6 +205,21 @@ impl Tool for Transfer {
         paygent_domain::policy::TRANSFER
     }
 
+    fn spec(&self) -> ToolSpec {
+        ToolSpec {
+            name: self.name(),
+            description: "Send an amount of a currency to an EVM address.",
+            parameters: string_params(
+                &[
+                    ("to", "the EVM address, 0x and 40 hex digits"),
+                    ("amount", "a decimal amount such as 2.50"),
+                    ("currency", "a currency symbol such as USDC"),
+                ],
+                &["to", "amount", "currency"],
+            ),
+        }
+    }
+
     fn check(&self, args: &Value, prices: &PriceTable) -> Result<(), String> {
         only(args, &["to", "amount", "currency"])?;
         let to = text(args, "to")?;
@@ -231,6 +271,24 @@ impl Tool for X402Payment {
         paygent_domain::policy::X402_PAYMENT
     }
 
+    fn spec(&self) -> ToolSpec {
+        ToolSpec {
+            name: self.name(),
+            description: "Fetch an http(s) resource that asks for payment (HTTP 402, x402), paying at most max_amount.",
+            parameters: string_params(
+                &[
+                    ("url", "the resource's http(s) URL"),
+                    (
+                        "max_amount",
+                        "the most to pay, a decimal amount such as 0.10",
+                    ),
+                    ("currency", "the currency of max_amount; USDC when omitted"),
+                ],
+                &["url", "max_amount"],
+            ),
+        }
+    }
+
     fn check(&self, args: &Value, prices: &PriceTable) -> Result<(), String> {
         only(args, &["url", "max_amount", "currency"])?;
         let url = text(args, "url")?;
@@ -271,6 +329,14 @@ struct HttpGet {
 impl Tool for HttpGet {
     fn name(&self) -> &'static str {
         "http_get"
+    }
+
+    fn spec(&self) -> ToolSpec {
+        ToolSpec {
+            name: self.name(),
+            description: "Fetch an http(s) URL that needs no payment.",
+            parameters: string_params(&[("url", "the http(s) URL")], &["url"]),
+        }
     }
 
     fn check(&self, args: &Value, _: &PriceTable) -> Result<(), String> {
@@ -333,6 +399,15 @@ impl Tool for Wait {
         "wait"
     }
 
+    fn spec(&self) -> ToolSpec {
+        ToolSpec {
+            name: self.name(),
+            description: "Wait a number of seconds before the next step.",
+            parameters: json!({"type": "object", "additionalProperties": false, "required": ["seconds"],
+                "properties": {"seconds": {"type": "integer", "minimum": 1, "maximum": 86400}}}),
+        }
+    }
+
     fn check(&self, args: &Value, _: &PriceTable) -> Result<(), String> {
         only(args, &["seconds"])?;
         match args.get("seconds").and_then(Value::as_u64) {
@@ -383,6 +458,21 @@ impl Swap {
 impl Tool for Swap {
     fn name(&self) -> &'static str {
         paygent_domain::policy::SWAP
+    }
+
+    fn spec(&self) -> ToolSpec {
+        ToolSpec {
+            name: self.name(),
+            description: "Swap an amount of one currency for another.",
+            parameters: string_params(
+                &[
+                    ("from", "the currency given, such as CRO"),
+                    ("to", "the currency wanted, such as USDC"),
+                    ("amount_in", "the decimal amount of `from` to give"),
+                ],
+                &["from", "to", "amount_in"],
+            ),
+        }
     }
 
     fn check(&self, args: &Value, prices: &PriceTable) -> Result<(), String> {
