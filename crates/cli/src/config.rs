@@ -85,6 +85,8 @@ pub struct ServeConfig {
     pub rate_limit_per_second: u32,
     /// Chains, tokens and wallets to pay with; inactive (decision-only) without all three.
     pub rails: RailsConfig,
+    /// How long an execution lease lasts: how soon another instance takes over a dead one's executions.
+    pub lease: std::time::Duration,
     /// An OpenAI-compatible chat-completions model to plan what the parser refuses (its key never prints).
     pub planner: Option<LlmPlanner>,
 }
@@ -207,7 +209,16 @@ impl ServeConfig {
             (None, None) => None,
             _ => bail!("PAYGENT_LLM_URL and PAYGENT_LLM_MODEL go together"),
         };
+        let lease_seconds: u64 = match var("PAYGENT_LEASE_SECONDS") {
+            Some(n) => n
+                .parse()
+                .ok()
+                .filter(|n| (1..=3600).contains(n))
+                .context("PAYGENT_LEASE_SECONDS must be a whole number from 1 to 3600")?,
+            None => 10,
+        };
         Ok(ServeConfig {
+            lease: std::time::Duration::from_secs(lease_seconds),
             rails,
             planner,
             listen: var("PAYGENT_LISTEN")

@@ -185,7 +185,8 @@ async fn serve(config_file: Option<&Path>) -> anyhow::Result<ExitCode> {
     let store = Store::connect(&config.database_url, &options)
         .await
         .context("opening the database")?;
-    let mut paygent = Paygent::new(store, config.prices.clone(), Arc::new(SystemClock));
+    let mut paygent =
+        Paygent::new(store, config.prices.clone(), Arc::new(SystemClock)).with_lease(config.lease);
     if config.rails.is_active() {
         let rails = paygent_rails::EvmRails::new(&config.rails)?;
         paygent = paygent_rails::install(paygent, rails);

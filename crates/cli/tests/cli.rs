@@ -1,5 +1,8 @@
 //! The `paygent` binary itself: `serve` on its embedded default, and the commands people run against a server.
 
+mod common;
+
+use common::{spawn_serve, wait_ready};
 use paygent_testkit::{ADMIN_TOKEN, Backend, TestServer, on_both_databases};
 use serde_json::json;
 use std::io::{BufRead, BufReader};
@@ -257,128 +260,6 @@ fn serve_starts_on_an_embedded_sqlite_file() {
     );
     child.kill().unwrap();
     child.wait().unwrap();
-    let _ = std::fs::remove_dir_all(dir);
-}
-
-/// Starts `paygent serve` with `env` on a free port; returns the child and its port.
-fn spawn_serve(env: &[(&str, &str)]) -> (std::process::Child, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_paygent"));
-    cmd.arg("serve")
-        .env("PAYGENT_LISTEN", format!("127.0.0.1:{port}"))
-        .env_remove("PAYGENT_CONFIG")
-        .env_remove("PAYGENT_WALLET_KEY")
-        .env_remove("PAYGENT_NETWORK")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    (cmd.spawn().unwrap(), port)
-}
-
-/// Waits until a server listens on `port`; returns its base URL.
-fn wait_ready(port: u16) -> String {
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return format!("http://127.0.0.1:{port}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    panic!("paygent serve did not start on {port}");
-}
-
-/// Two `paygent serve` processes on one PostgreSQL database share one budget: 200 concurrent $1 payments split
-/// between them against a $50 limit give exactly 50 successes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_processes_share_one_budget() {
-    let url = paygent_testkit::create_postgres_database().await;
-    let dir = std::env::temp_dir().join(format!("paygent-two-{}", uuid::Uuid::new_v4().simple()));
-    let env = [
-        ("DATABASE_URL", url.as_str()),
-        ("PAYGENT_ADMIN_TOKEN", ADMIN_TOKEN),
-        ("PAYGENT_DATA_DIR", dir.to_str().unwrap()),
-    ];
-    // Both start at once, as behind a load balancer: migrations and bootstrap must not trip over each other.
-    let (mut a, port_a) = spawn_serve(&env);
-    let (mut b, port_b) = spawn_serve(&env);
-    let (base_a, base_b) = (wait_ready(port_a), wait_ready(port_b));
-
-    let http = reqwest::Client::new();
-    let post = |base: &str, token: &str, path: &str, body: serde_json::Value| {
-        http.post(format!("{base}/api/v1{path}"))
-            .bearer_auth(token.to_owned())
-            .json(&body)
-            .send()
-    };
-    let agent: serde_json::Value = post(
-        &base_a,
-        ADMIN_TOKEN,
-        "/keys",
-        json!({"name": "a", "role": "agent"}),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    let agent = agent["token"].as_str().unwrap().to_owned();
-    let session: serde_json::Value = post(
-        &base_b,
-        &agent,
-        "/sessions",
-        json!({"config": {"daily_limits": {"USDC": "50"}}}),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    let session = session["id"].as_str().unwrap().to_owned();
-
-    let payments = (0..200).map(|i| {
-        let base = if i % 2 == 0 { &base_a } else { &base_b };
-        let body = json!({"session_id": session, "amount": "1", "currency": "USDC",
-            "recipient": "0x1111111111111111111111111111111111111111"});
-        let req = post(base, &agent, "/payments", body);
-        async move {
-            req.await
-                .unwrap()
-                .json::<serde_json::Value>()
-                .await
-                .unwrap()
-        }
-    });
-    let results = futures::future::join_all(payments).await;
-    let authorized = results
-        .iter()
-        .filter(|p| p["status"] == "authorized")
-        .count();
-    let denied = results
-        .iter()
-        .filter(|p| p["reason"] == "budget_exceeded")
-        .count();
-    assert_eq!((authorized, denied), (50, 150));
-
-    let budget: serde_json::Value = http
-        .get(format!("{base_a}/api/v1/sessions/{session}/budget"))
-        .bearer_auth(&agent)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(budget["currencies"]["USDC"]["spent"], "50");
-    for child in [&mut a, &mut b] {
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-    paygent_testkit::drop_postgres_database(&url).await;
     let _ = std::fs::remove_dir_all(dir);
 }
 

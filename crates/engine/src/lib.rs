@@ -74,6 +74,12 @@ pub struct Paygent {
     tools: ToolRegistry,
     rails: Vec<Arc<dyn Rail>>,
     planner: Option<Arc<dyn Planner>>,
+    /// This engine's name on the execution leases it holds.
+    instance: Arc<str>,
+    /// How long a lease lasts without renewal: how soon another instance takes over a dead one's executions.
+    lease: chrono::Duration,
+    /// Whether the task that renews leases and takes over orphans runs.
+    lease_keeper: Arc<std::sync::atomic::AtomicBool>,
     /// Payments whose rail runs in this process now, each behind its own lock.
     payment_turns: Arc<std::sync::Mutex<HashMap<Uuid, Weak<tokio::sync::Mutex<()>>>>>,
 }
@@ -89,8 +95,17 @@ impl Paygent {
             tools: ToolRegistry::builtin(),
             rails: Vec::new(),
             planner: None,
+            instance: Uuid::new_v4().to_string().into(),
+            lease: chrono::Duration::seconds(10),
+            lease_keeper: Arc::default(),
             payment_turns: Arc::default(),
         }
+    }
+
+    /// Sets how long an execution lease lasts without renewal (10 s by default).
+    pub fn with_lease(mut self, lease: std::time::Duration) -> Self {
+        self.lease = chrono::Duration::from_std(lease).unwrap_or(self.lease);
+        self
     }
 
     /// Lets a planner plan the commands the deterministic parser refuses.

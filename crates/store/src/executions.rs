@@ -201,16 +201,6 @@ pub async fn list<'e>(
     crate::by_session::<ExecutionRow, _>(exec, sql, tenant_id, session_id, limit).await
 }
 
-/// Executions not yet ended, across tenants: (tenant, execution).
-pub async fn active<'e>(exec: impl Executor<'e, Database = Any>) -> Result<Vec<(Uuid, Uuid)>> {
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT tenant_id, id FROM executions WHERE status IN ('running', 'awaiting_approval') ORDER BY created_at",
-    )
-    .fetch_all(exec)
-    .await?;
-    rows.iter().map(|(t, i)| Ok((uuid(t)?, uuid(i)?))).collect()
-}
-
 /// A tenant's executions not yet ended, optionally of one session.
 pub async fn active_in(tx: &mut WriteTx, session_id: Option<Uuid>) -> Result<Vec<ExecutionRecord>> {
     let tenant = tx.tenant_id().to_string();
@@ -350,4 +340,55 @@ pub async fn update_step(tx: &mut WriteTx, u: StepUpdate<'_>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Claims an active execution's lease for `owner` until `until`, or renews it, unless another owner holds a lease
+/// that is still live at `now`. Returns whether `owner` holds it now.
+pub async fn claim<'e>(
+    exec: impl Executor<'e, Database = Any>,
+    id: Uuid,
+    owner: &str,
+    now: &str,
+    until: &str,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE executions SET lease_owner = $2, lease_until = $4 \
+         WHERE id = $1 AND status IN ('running', 'awaiting_approval') \
+         AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until < $3)",
+    )
+    .bind(id.to_string())
+    .bind(owner)
+    .bind(now)
+    .bind(until)
+    .execute(exec)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Renews every lease `owner` holds on active executions; returns how many.
+pub async fn renew_leases(store: &crate::Store, owner: &str, until: &str) -> Result<u64> {
+    let done = sqlx::query(
+        "UPDATE executions SET lease_until = $2 \
+         WHERE lease_owner = $1 AND status IN ('running', 'awaiting_approval')",
+    )
+    .bind(owner)
+    .bind(until)
+    .execute(store.writer())
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Active executions whose lease is free or expired at `now` (all active ones with `now` = None): (tenant, id).
+pub async fn orphans<'e>(
+    exec: impl Executor<'e, Database = Any>,
+    now: Option<&str>,
+) -> Result<Vec<(Uuid, Uuid)>> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT tenant_id, id FROM executions WHERE status IN ('running', 'awaiting_approval') \
+         AND ($1 IS NULL OR lease_owner IS NULL OR lease_until < $1) ORDER BY created_at",
+    )
+    .bind(now)
+    .fetch_all(exec)
+    .await?;
+    rows.iter().map(|(t, i)| Ok((uuid(t)?, uuid(i)?))).collect()
 }

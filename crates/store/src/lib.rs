@@ -43,6 +43,11 @@ impl StoreError {
         matches!(self, StoreError::Db(sqlx::Error::Database(e)) if e.is_unique_violation())
     }
 
+    /// True once this process closed its pool: background work stops.
+    pub fn is_closed(&self) -> bool {
+        matches!(self, StoreError::Db(sqlx::Error::PoolClosed))
+    }
+
     /// True when the database could not be reached rather than refusing the work: worth a retry.
     pub fn is_unavailable(&self) -> bool {
         matches!(
@@ -157,6 +162,11 @@ impl Store {
     /// The pool for reads outside a write transaction.
     pub fn reader(&self) -> &AnyPool {
         &self.reader
+    }
+
+    /// The writers' pool, for single statements that belong to no tenant's transaction (execution leases).
+    pub fn writer(&self) -> &AnyPool {
+        &self.writer
     }
 
     /// True when the database answers.

@@ -166,7 +166,9 @@ impl TestServer {
         let store = Store::connect(&database_url, &StoreOptions::default())
             .await
             .unwrap_or_else(|e| panic!("connecting to {database_url}: {e}"));
-        let mut paygent = Paygent::new(store, test_prices(), clock.clone());
+        // Short leases: a restarted or second instance takes over a dead one's executions within 2 s.
+        let mut paygent = Paygent::new(store, test_prices(), clock.clone())
+            .with_lease(std::time::Duration::from_secs(2));
         if let Some(Wiring(wire)) = &settings.wiring {
             paygent = wire(paygent);
         }

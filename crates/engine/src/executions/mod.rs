@@ -205,13 +205,75 @@ impl Paygent {
         self.execution(who, id).await
     }
 
-    /// Starts runners for every execution a previous process left running or paused. Returns how many.
+    /// Takes over the executions nobody runs, now and from now on, and keeps this instance's leases alive.
+    /// Returns how many it took over now.
+    ///
+    /// On PostgreSQL several instances share the work: an execution whose runner died is taken over once its
+    /// lease expires, by one instance. A SQLite file belongs to one process, so a starting process takes over
+    /// every active execution at once: whoever held them before is gone.
     pub async fn resume_executions(&self) -> Result<usize> {
-        let active = executions::active(self.store.reader()).await?;
-        for (tenant, id) in &active {
-            self.spawn_runner(*tenant, *id);
+        let every_active = self.store.backend() == paygent_store::Backend::Sqlite;
+        let taken = self.take_over(every_active).await?;
+        if !self
+            .lease_keeper
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            let paygent = self.clone();
+            tokio::spawn(async move { paygent.keep_leases().await });
         }
-        Ok(active.len())
+        Ok(taken)
+    }
+
+    /// Claims active executions whose lease is free or expired (or all of them) and runs them.
+    async fn take_over(&self, every_active: bool) -> Result<usize> {
+        let now = paygent_domain::time::format(self.now());
+        let due =
+            executions::orphans(self.store.reader(), (!every_active).then_some(&*now)).await?;
+        let mut taken = 0;
+        for (tenant, id) in due {
+            let owner = if every_active {
+                None
+            } else {
+                Some(now.as_str())
+            };
+            if self.claim_lease(id, owner).await? {
+                taken += 1;
+                self.spawn_runner(tenant, id);
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Claims or renews `id`'s lease for this instance. With `expired_by` = None the claim is forced (SQLite's
+    /// one process taking over at start).
+    async fn claim_lease(&self, id: Uuid, expired_by: Option<&str>) -> Result<bool> {
+        let now = self.now();
+        let until = paygent_domain::time::format(now + self.lease);
+        let cutoff = match expired_by {
+            Some(t) => t.to_owned(),
+            None => paygent_domain::time::format(now + self.lease * 2),
+        };
+        Ok(executions::claim(self.store.writer(), id, &self.instance, &cutoff, &until).await?)
+    }
+
+    /// Renews this instance's leases and takes over orphaned executions, a few times per lease period, until the
+    /// database is closed.
+    async fn keep_leases(&self) {
+        let mut tick = tokio::time::interval((self.lease / 3).to_std().unwrap_or_default());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let kept = async {
+                let until = paygent_domain::time::format(self.now() + self.lease);
+                executions::renew_leases(&self.store, &self.instance, &until).await?;
+                self.take_over(false).await
+            };
+            match kept.await {
+                Ok(_) => {}
+                Err(EngineError::Store(e)) if e.is_closed() => return,
+                Err(e) => tracing::warn!(error = %e, "keeping execution leases failed; retrying"),
+            }
+        }
     }
 
     /// Drives an execution to its end. A failure to reach the database is not the execution's failure: the
@@ -243,6 +305,13 @@ impl Paygent {
         };
         let mut events = self.subscribe_events(&agent, filter.clone(), None).await?;
         loop {
+            // Each step starts under this instance's lease; another instance that took over ends this runner.
+            if !self
+                .claim_lease(id, Some(&paygent_domain::time::format(self.now())))
+                .await?
+            {
+                return Ok(());
+            }
             let Some(execution) = executions::get(self.store.reader(), tenant_id, id).await? else {
                 return Ok(());
             };

@@ -1,0 +1,301 @@
+//! Several real `paygent serve` processes on one PostgreSQL database, as behind a load balancer: any instance
+//! serves any request, decisions and kills reach the instance running the execution, events reach every
+//! subscriber, and a dead instance's executions are taken over once, after its leases expire.
+
+mod common;
+
+use common::{spawn_serve, wait_ready};
+use futures::StreamExt;
+use paygent_testkit::{ADMIN_TOKEN, hello_server, silent_server};
+use serde_json::{Value, json};
+use std::process::Child;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+const ADDR: &str = "0x1111111111111111111111111111111111111111";
+
+struct Cluster {
+    url: String,
+    dir: std::path::PathBuf,
+    instances: Vec<Child>,
+    bases: Vec<String>,
+    http: reqwest::Client,
+}
+
+impl Cluster {
+    /// `n` instances on a fresh database, started at once, with 2-second execution leases.
+    async fn start(n: usize) -> Cluster {
+        let url = paygent_testkit::create_postgres_database().await;
+        let dir =
+            std::env::temp_dir().join(format!("paygent-cluster-{}", uuid::Uuid::new_v4().simple()));
+        let env = [
+            ("DATABASE_URL", url.as_str()),
+            ("PAYGENT_ADMIN_TOKEN", ADMIN_TOKEN),
+            ("PAYGENT_DATA_DIR", dir.to_str().unwrap()),
+            ("PAYGENT_LEASE_SECONDS", "2"),
+            ("PAYGENT_RATE_LIMIT", "0"),
+        ];
+        let started: Vec<(Child, u16)> = (0..n).map(|_| spawn_serve(&env)).collect();
+        let bases = started.iter().map(|(_, port)| wait_ready(*port)).collect();
+        Cluster {
+            url,
+            dir,
+            instances: started.into_iter().map(|(c, _)| c).collect(),
+            bases,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn call(&self, on: usize, token: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let url = format!("{}/api/v1{path}", self.bases[on]);
+        let req = match body {
+            Some(b) => self.http.post(url).json(&b),
+            None => self.http.get(url),
+        };
+        let resp = req.bearer_auth(token).send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn key(&self, role: &str) -> String {
+        let (_, k) = self
+            .call(
+                0,
+                ADMIN_TOKEN,
+                "/keys",
+                Some(json!({"name": role, "role": role})),
+            )
+            .await;
+        k["token"].as_str().unwrap().to_owned()
+    }
+
+    async fn execute(&self, on: usize, agent: &str, session: &str, steps: Value) -> String {
+        let body = json!({"session_id": session, "steps": steps});
+        let (status, e) = self.call(on, agent, "/agent/execute", Some(body)).await;
+        assert_eq!(status, 202, "{e}");
+        e["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Polls an execution on instance `on` until `done` holds; panics after 20 s.
+    async fn wait_for(
+        &self,
+        on: usize,
+        token: &str,
+        id: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        for _ in 0..400 {
+            let (_, e) = self
+                .call(on, token, &format!("/executions/{id}"), None)
+                .await;
+            if done(&e) {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (_, e) = self
+            .call(on, token, &format!("/executions/{id}"), None)
+            .await;
+        panic!("execution never reached the expected state: {e}");
+    }
+
+    fn sigkill(&mut self, i: usize) {
+        self.instances[i].kill().unwrap();
+        self.instances[i].wait().unwrap();
+    }
+
+    async fn finish(mut self) {
+        for child in &mut self.instances {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        paygent_testkit::drop_postgres_database(&self.url).await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn status_is(status: &'static str) -> impl Fn(&Value) -> bool {
+    move |e| e["status"] == status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_kills_and_events_cross_instances() {
+    let c = Cluster::start(3).await;
+    let (agent, approver) = (c.key("agent").await, c.key("approver").await);
+    let (_, session) = c.call(0, &agent, "/sessions", Some(json!({}))).await;
+    let session = session["id"].as_str().unwrap().to_owned();
+    let ws_url = format!(
+        "{}/api/v1/ws?token={approver}&types=approval_required",
+        c.bases[1].replace("http://", "ws://")
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+
+    // Started on A; its payment waits for a person. B's socket hears of it, and B's approval resumes it on A.
+    let (hello, hits) = hello_server().await;
+    let steps = json!([
+        {"tool": "transfer", "args": {"to": ADDR, "amount": "25", "currency": "USDC"}},
+        {"tool": "http_get", "args": {"url": hello}},
+    ]);
+    let id = c.execute(0, &agent, &session, steps).await;
+    let event: Value = loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("an event within 10 s")
+            .unwrap()
+            .unwrap();
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = frame {
+            break serde_json::from_str(text.as_str()).unwrap();
+        }
+    };
+    assert_eq!(event["type"], "approval_required", "{event}");
+    let approval = event["data"]["id"].as_str().unwrap().to_owned();
+    let (status, _) = c
+        .call(
+            1,
+            &approver,
+            &format!("/approvals/{approval}/approve"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let done = c.wait_for(2, &agent, &id, status_is("completed")).await;
+    assert_eq!(done["steps"][1]["result"]["body"], "hello");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+
+    // A kill sent to C aborts the step in flight on A: the peer sees the hang-up.
+    let (silent, hung_up) = silent_server().await;
+    let id = c
+        .execute(
+            0,
+            &agent,
+            &session,
+            json!([{"tool": "http_get", "args": {"url": silent}}]),
+        )
+        .await;
+    c.wait_for(0, &agent, &id, |e| e["steps"][0]["status"] == "running")
+        .await;
+    let (status, _) = c
+        .call(
+            2,
+            &approver,
+            &format!("/executions/{id}/cancel"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    c.wait_for(1, &agent, &id, status_is("cancelled")).await;
+    for _ in 0..100 {
+        if hung_up.load(Ordering::SeqCst) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        hung_up.load(Ordering::SeqCst),
+        "the step in flight was aborted"
+    );
+    c.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_instance_s_executions_are_taken_over_once() {
+    let mut c = Cluster::start(3).await;
+    let (agent, approver) = (c.key("agent").await, c.key("approver").await);
+    let (_, session) = c.call(1, &agent, "/sessions", Some(json!({}))).await;
+    let session = session["id"].as_str().unwrap().to_owned();
+    let (hello_paused, hits_paused) = hello_server().await;
+    let (hello_running, hits_running) = hello_server().await;
+
+    // A runs one execution waiting for a person and one in the middle of a durable wait, then dies.
+    let paused = c
+        .execute(
+            0,
+            &agent,
+            &session,
+            json!([
+                {"tool": "transfer", "args": {"to": ADDR, "amount": "25", "currency": "USDC"}},
+                {"tool": "http_get", "args": {"url": hello_paused}},
+            ]),
+        )
+        .await;
+    let running = c
+        .execute(
+            0,
+            &agent,
+            &session,
+            json!([
+                {"tool": "wait", "args": {"seconds": 2}},
+                {"tool": "http_get", "args": {"url": hello_running}},
+            ]),
+        )
+        .await;
+    let waiting = c
+        .wait_for(1, &agent, &paused, status_is("awaiting_approval"))
+        .await;
+    c.wait_for(1, &agent, &running, |e| {
+        e["steps"][0]["status"] == "running"
+    })
+    .await;
+    c.sigkill(0);
+
+    let approval = waiting["steps"][0]["approval_id"].as_str().unwrap();
+    let (status, _) = c
+        .call(
+            1,
+            &approver,
+            &format!("/approvals/{approval}/approve"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let done = c.wait_for(2, &agent, &paused, status_is("completed")).await;
+    assert_eq!(done["steps"][0]["result"]["status"], "authorized");
+    c.wait_for(2, &agent, &running, status_is("completed"))
+        .await;
+    // Taken over once each: every step ran once, and the one payment was made once.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(hits_paused.load(Ordering::SeqCst), 1);
+    assert_eq!(hits_running.load(Ordering::SeqCst), 1);
+    let (_, payments) = c
+        .call(2, &agent, &format!("/payments?session_id={session}"), None)
+        .await;
+    assert_eq!(payments.as_array().unwrap().len(), 1, "{payments}");
+    c.finish().await;
+}
+
+/// 300 concurrent $1 payments spread over three instances against a $50 limit: exactly 50 pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_share_one_budget() {
+    let c = Cluster::start(3).await;
+    let agent = c.key("agent").await;
+    let (_, session) = c
+        .call(
+            1,
+            &agent,
+            "/sessions",
+            Some(json!({"config": {"daily_limits": {"USDC": "50"}}})),
+        )
+        .await;
+    let session = session["id"].as_str().unwrap().to_owned();
+    let payments = (0..300).map(|i| {
+        let body =
+            json!({"session_id": session, "amount": "1", "currency": "USDC", "recipient": ADDR});
+        let (c, agent) = (&c, &agent);
+        async move { c.call(i % 3, agent, "/payments", Some(body)).await.1 }
+    });
+    let results = futures::future::join_all(payments).await;
+    let authorized = results
+        .iter()
+        .filter(|p| p["status"] == "authorized")
+        .count();
+    let denied = results
+        .iter()
+        .filter(|p| p["reason"] == "budget_exceeded")
+        .count();
+    assert_eq!((authorized, denied), (50, 250));
+    let (_, budget) = c
+        .call(2, &agent, &format!("/sessions/{session}/budget"), None)
+        .await;
+    assert_eq!(budget["currencies"]["USDC"]["spent"], "50");
+    c.finish().await;
+}

@@ -1,0 +1,35 @@
+//! Starting the real `paygent` binary for the tests of this crate.
+
+use std::process::{Command, Stdio};
+
+/// Starts `paygent serve` with `env` on a free port; returns the child and its port.
+pub fn spawn_serve(env: &[(&str, &str)]) -> (std::process::Child, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_paygent"));
+    cmd.arg("serve")
+        .env("PAYGENT_LISTEN", format!("127.0.0.1:{port}"))
+        .env_remove("PAYGENT_CONFIG")
+        .env_remove("PAYGENT_WALLET_KEY")
+        .env_remove("PAYGENT_NETWORK")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    (cmd.spawn().unwrap(), port)
+}
+
+/// Waits until a server listens on `port`; returns its base URL.
+pub fn wait_ready(port: u16) -> String {
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return format!("http://127.0.0.1:{port}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("paygent serve did not start on {port}");
+}
