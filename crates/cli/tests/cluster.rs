@@ -299,3 +299,137 @@ async fn three_instances_share_one_budget() {
     assert_eq!(budget["currencies"]["USDC"]["spent"], "50");
     c.finish().await;
 }
+
+/// The database goes away for 5 s: requests in the meantime get 503 with Retry-After (never a 500, never half a
+/// write), readiness says so, and once it is back the same requests, retried with their idempotency keys, each
+/// make one payment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_gives_503_and_heals() {
+    let url = paygent_testkit::create_postgres_database().await;
+    let target = url
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_owned();
+    let link = paygent_testkit::DatabaseLink::to(&target).await;
+    let through_link = url.replacen(&target, &format!("127.0.0.1:{}", link.port), 1);
+    let dir =
+        std::env::temp_dir().join(format!("paygent-outage-{}", uuid::Uuid::new_v4().simple()));
+    let env = [
+        ("DATABASE_URL", through_link.as_str()),
+        ("PAYGENT_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("PAYGENT_DATA_DIR", dir.to_str().unwrap()),
+        ("PAYGENT_RATE_LIMIT", "0"),
+    ];
+    let (mut child, port) = spawn_serve(&env);
+    let base = wait_ready(port);
+    let http = reqwest::Client::new();
+    let pay = |token: String, session: String, key: String| {
+        let req = http
+            .post(format!("{base}/api/v1/payments"))
+            .bearer_auth(token)
+            .json(
+                &json!({"session_id": session, "amount": "1", "currency": "USDC",
+                "recipient": ADDR, "idempotency_key": key}),
+            );
+        async move {
+            let resp = req.send().await.unwrap();
+            let retry_after = resp.headers().get("retry-after").cloned();
+            (
+                resp.status().as_u16(),
+                retry_after,
+                resp.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let post = |path: &str, token: &str, body: Value| {
+        http.post(format!("{base}/api/v1{path}"))
+            .bearer_auth(token.to_owned())
+            .json(&body)
+            .send()
+    };
+    let agent: Value = post("/keys", ADMIN_TOKEN, json!({"name": "a", "role": "agent"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let agent = agent["token"].as_str().unwrap().to_owned();
+    let session: Value = post("/sessions", &agent, json!({}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let session = session["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        pay(agent.clone(), session.clone(), "before".into()).await.0,
+        201
+    );
+
+    link.cut();
+    let outage = tokio::time::Instant::now();
+    let mut attempts = 0;
+    while outage.elapsed() < Duration::from_secs(5) {
+        let (status, retry_after, problem) =
+            pay(agent.clone(), session.clone(), format!("during-{attempts}")).await;
+        assert_eq!(status, 503, "{problem}");
+        assert!(retry_after.is_some(), "503 says when to retry");
+        assert_eq!(
+            problem["type"], "urn:paygent:problem:unavailable",
+            "{problem}"
+        );
+        attempts += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "not ready without its database");
+    link.restore();
+
+    let mut healed = false;
+    for _ in 0..100 {
+        if http
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+        {
+            healed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(healed, "ready again once the database is back");
+    for i in 0..attempts {
+        let (status, _, p) = pay(agent.clone(), session.clone(), format!("during-{i}")).await;
+        assert!(status == 201 || status == 200, "{status} {p}");
+        let (again, _, same) = pay(agent.clone(), session.clone(), format!("during-{i}")).await;
+        assert_eq!(
+            same["id"], p["id"],
+            "{again}: a retry finds the same payment"
+        );
+    }
+    let list: Value = http
+        .get(format!(
+            "{base}/api/v1/payments?session_id={session}&limit=500"
+        ))
+        .bearer_auth(&agent)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        attempts + 1,
+        "nothing lost, nothing doubled"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    paygent_testkit::drop_postgres_database(&url).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
