@@ -28,6 +28,8 @@ pub struct KillSwitchView {
 
 /// How often old events are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// How often signed payments left without an outcome for a minute are reconciled (a runner lost its chain).
+const RECONCILE_EVERY: Duration = Duration::from_secs(15);
 
 /// How many overdue requests one sweep expires; the next sweep takes the rest.
 const SWEEP_BATCH: i64 = 200;
@@ -194,10 +196,18 @@ impl Paygent {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut last_prune: Option<tokio::time::Instant> = None;
+            let mut last_reconcile: Option<tokio::time::Instant> = None;
             loop {
                 tick.tick().await;
                 if let Err(e) = paygent.expire_overdue().await {
                     tracing::warn!(error = %e, "sweeping overdue approvals failed; retrying");
+                }
+                if last_reconcile.is_none_or(|t| t.elapsed() >= RECONCILE_EVERY) {
+                    last_reconcile = Some(tokio::time::Instant::now());
+                    let stale = paygent.now() - chrono::Duration::seconds(60);
+                    if let Err(e) = paygent.reconcile_signed_before(Some(stale)).await {
+                        tracing::warn!(error = %e, "reconciling signed payments failed; retrying");
+                    }
                 }
                 if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
                     last_prune = Some(tokio::time::Instant::now());

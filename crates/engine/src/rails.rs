@@ -337,7 +337,17 @@ impl Paygent {
 
     /// Finishes the payments a crash left between signing and settling. Run at start, before agents retry.
     pub async fn reconcile_payments(&self) -> Result<usize> {
-        let open = attempts::open(self.store.reader()).await?;
+        self.reconcile_signed_before(None).await
+    }
+
+    /// Finishes signed payments whose outcome is still unknown: all of them, or those signed before `before`.
+    /// Safe beside a live runner of the same payment: both can only send the same signed artifact.
+    pub(crate) async fn reconcile_signed_before(
+        &self,
+        before: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<usize> {
+        let before = before.map(paygent_domain::time::format);
+        let open = attempts::open(self.store.reader(), before.as_deref()).await?;
         for (tenant_id, payment_id) in &open {
             if let Some(p) = payments::get(self.store.reader(), *tenant_id, *payment_id).await?
                 && let Err(e) = self.carry_out(p).await

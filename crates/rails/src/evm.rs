@@ -306,7 +306,15 @@ impl EvmRails {
             .ok_or_else(|| {
                 RailError::Refused("the stored attempt has no raw transaction".into())
             })?;
+        let from: Address = signed.artifact["from"]
+            .as_str()
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| RailError::Refused("the stored attempt has no sender".into()))?;
+        let nonce = signed.artifact["nonce"]
+            .as_u64()
+            .ok_or_else(|| RailError::Refused("the stored attempt has no nonce".into()))?;
         let provider = &chain.provider;
+        let mut refused_send = None;
         if provider
             .get_transaction_receipt(hash)
             .await
@@ -314,22 +322,8 @@ impl EvmRails {
             .is_none()
             && let Err(e) = provider.send_raw_transaction(&raw).await
         {
-            let why = e.to_string().to_lowercase();
-            let mined = provider
-                .get_transaction_receipt(hash)
-                .await
-                .map_err(unavailable)?
-                .is_some();
-            if !mined && why.contains("nonce too low") {
-                return Err(RailError::Superseded(
-                    "another transaction took the signed transfer's nonce".into(),
-                ));
-            }
-            if !mined && !why.contains("already known") {
-                return Err(RailError::Unavailable(format!(
-                    "broadcasting the transfer: {e}"
-                )));
-            }
+            // "already known", "nonce too low", "replacement underpriced": the loop below tells which matters.
+            refused_send = Some(e.to_string());
         }
         let deadline = tokio::time::Instant::now() + RECEIPT_TIMEOUT;
         let receipt = loop {
@@ -340,10 +334,28 @@ impl EvmRails {
             {
                 break r;
             }
-            if tokio::time::Instant::now() > deadline {
-                return Err(RailError::Unavailable(
-                    "the transfer was sent but not mined in time".into(),
+            // Once the wallet's nonce moved past this transaction's without mining it, it never will be.
+            let mined_nonces = provider
+                .get_transaction_count(from)
+                .latest()
+                .await
+                .map_err(unavailable)?;
+            if mined_nonces > nonce
+                && provider
+                    .get_transaction_receipt(hash)
+                    .await
+                    .map_err(unavailable)?
+                    .is_none()
+            {
+                return Err(RailError::Superseded(
+                    "another transaction took the signed transfer's nonce".into(),
                 ));
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(RailError::Unavailable(match refused_send {
+                    Some(e) => format!("broadcasting the transfer: {e}"),
+                    None => "the transfer was sent but not mined in time".into(),
+                }));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };

@@ -461,5 +461,61 @@ async fn a_restart_between_signing_and_settling_pays_once() {
         2_000_000,
         "paid once"
     );
+    // A transfer signed and stored whose nonce another transaction of the wallet took while Paygent was down:
+    // it can never be mined, so it is signed anew, once, and paid once.
+    chain.automine(false).await;
+    let before = moved(&chain, payee_before).await;
+    let request = reqwest::Client::new()
+        .post(s.url("/payments"))
+        .bearer_auth(&t.agent)
+        .json(
+            &json!({"session_id": session, "amount": "3", "currency": "USDC",
+            "recipient": payee().to_string(), "idempotency_key": "crash-2"}),
+        );
+    let waiting = tokio::spawn(request.send());
+    while s.count("payment_attempts").await < 3 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let stale: Value = serde_json::from_str(
+        &s.text("SELECT signed FROM payment_attempts WHERE receipt IS NULL")
+            .await,
+    )
+    .unwrap();
+    let stale_hash = s
+        .text("SELECT tx_hash FROM payment_attempts WHERE receipt IS NULL")
+        .await;
+    let _: Value = chain
+        .provider
+        .raw_request("anvil_dropTransaction".into(), (stale_hash.clone(),))
+        .await
+        .unwrap();
+    waiting.abort();
+    let s = s
+        .restart_after(async {
+            chain
+                .send_from_payer(stale["nonce"].as_u64().unwrap())
+                .await;
+            chain.automine(true).await;
+        })
+        .await;
+    let (_, paid) = s
+        .post(
+            &t.agent,
+            "/payments",
+            json!({"session_id": session, "amount": "3", "currency": "USDC",
+            "recipient": payee().to_string(), "idempotency_key": "crash-2"}),
+        )
+        .await;
+    assert_eq!(paid["status"], "executed", "{paid}");
+    assert_ne!(
+        paid["tx_hash"],
+        stale_hash.as_str(),
+        "signed anew with a fresh nonce"
+    );
+    assert_eq!(
+        moved(&chain, payee_before).await - before,
+        3_000_000,
+        "paid once"
+    );
     s.finish().await;
 }

@@ -119,11 +119,17 @@ pub async fn finish(
     Ok(())
 }
 
-/// Payments with a signed attempt and no outcome yet, in every tenant: what a restart must reconcile.
-pub async fn open<'e>(exec: impl Executor<'e, Database = Any>) -> Result<Vec<(Uuid, Uuid)>> {
+/// Payments with a signed attempt and no outcome yet, in every tenant, signed before `before` if given: what a
+/// restart, or a runner that lost touch with its chain, left to reconcile.
+pub async fn open<'e>(
+    exec: impl Executor<'e, Database = Any>,
+    before: Option<&str>,
+) -> Result<Vec<(Uuid, Uuid)>> {
     let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT tenant_id, payment_id FROM payment_attempts WHERE receipt IS NULL ORDER BY created_at",
+        "SELECT tenant_id, payment_id FROM payment_attempts WHERE receipt IS NULL \
+         AND ($1 IS NULL OR created_at < $1) ORDER BY created_at",
     )
+    .bind(before)
     .fetch_all(exec)
     .await?;
     rows.into_iter()

@@ -156,6 +156,19 @@ impl LocalChain {
         u64::try_from(units).expect("small balance")
     }
 
+    /// Sends 1 wei from the payer's wallet to the payee with `nonce`, taking that nonce from anything else.
+    pub async fn send_from_payer(&self, nonce: u64) {
+        let payer: PrivateKeySigner = PAYER.parse().expect("key");
+        let wallet = ProviderBuilder::new()
+            .wallet(EthereumWallet::from(payer))
+            .connect_http(self.rpc.parse().expect("url"));
+        let tx = TransactionRequest::default()
+            .with_to(payee())
+            .with_value(U256::from(1))
+            .with_nonce(nonce);
+        let _pending = wallet.send_transaction(tx).await.expect("sent");
+    }
+
     /// Mining on or off: with it off, a sent transaction waits in the pool, as on a slow chain.
     pub async fn automine(&self, on: bool) {
         let _: Value = self
