@@ -845,3 +845,31 @@ async fn pay_directly(http: &reqwest::Client, paid: &PaidResource) -> anyhow::Re
     }
     Ok(())
 }
+
+/// Scenario 10: the guard's auto path at `concurrency`, requests spread round-robin over several instances of
+/// one database (issue 9).
+pub async fn guard_spread(
+    instances: &[Target],
+    scale: &Scale,
+    concurrency: usize,
+) -> anyhow::Result<Measurement> {
+    let first = instances.first().context("an instance")?;
+    let agent = first.key("agent").await?;
+    let session = first.session(&agent).await?;
+    let targets: Arc<Vec<Target>> = Arc::new(instances.to_vec());
+    let (lat, wall) = load(concurrency, scale.requests, move |i| {
+        let (targets, a, s) = (targets.clone(), agent.clone(), session.clone());
+        async move {
+            let t = &targets[i % targets.len()];
+            expect_status(&t.pay(&a, &s, "1.00").await?, "authorized")
+        }
+    })
+    .await?;
+    Ok(Measurement::from_latencies(
+        &format!("guard, auto path, {} instance(s)", instances.len()),
+        concurrency,
+        lat,
+        wall,
+        String::new(),
+    ))
+}

@@ -36,6 +36,9 @@ enum Scenario {
     Footprint,
     /// An x402 payment on a local chain, through Paygent and by a direct client.
     X402,
+    /// The guard's auto path on 1, 2 and 3 instances of one PostgreSQL database (needs --db postgres://...),
+    /// beside one instance on SQLite.
+    Instances,
 }
 
 const ADMIN: &str = "bench-admin-token-0123456789";
@@ -106,6 +109,43 @@ fn start_server(
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     bail!("paygent serve did not start")
+}
+
+/// Runs the guard on 1, 2 and 3 instances sharing the PostgreSQL database `db` (the first is the harness's own
+/// server), then on one SQLite instance, in the same run.
+async fn instances(
+    db: &str,
+    dir: &std::path::Path,
+    scale: &Scale,
+    first: &Target,
+) -> anyhow::Result<Vec<Measurement>> {
+    if !db.starts_with("postgres") {
+        bail!("the instances scenario needs --db postgres://... (an empty database)");
+    }
+    let mut servers = Vec::new();
+    let mut targets = vec![first.clone()];
+    for i in 1..3 {
+        let instance_dir = dir.join(format!("instance-{i}"));
+        std::fs::create_dir_all(&instance_dir)?;
+        let (server, base) = start_server(db, &instance_dir, &[])?;
+        servers.push(server);
+        targets.push(Target::new(&base, ADMIN));
+    }
+    let mut lines = Vec::new();
+    for k in 1..=3 {
+        lines.push(paygent_bench::guard_spread(&targets[..k], scale, 16).await?);
+    }
+    drop(servers);
+    let sqlite_dir = dir.join("sqlite");
+    std::fs::create_dir_all(&sqlite_dir)?;
+    let sqlite_db = format!("sqlite://{}/paygent.db?mode=rwc", sqlite_dir.display());
+    let (sqlite, base) = start_server(&sqlite_db, &sqlite_dir, &[])?;
+    let mut on_sqlite =
+        paygent_bench::guard_spread(&[Target::new(&base, ADMIN)], scale, 16).await?;
+    on_sqlite.note = "one instance on SQLite, for comparison".into();
+    lines.push(on_sqlite);
+    drop(sqlite);
+    Ok(lines)
 }
 
 /// Runs the x402 scenario against its own server, configured to pay on a fresh local chain whose reference x402
@@ -218,6 +258,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Ceiling => (vec![b::ceiling(&db, &scale, 16).await?], vec![]),
         Scenario::Footprint => (vec![], b::footprint(&t, &scale, pid).await?),
         Scenario::X402 => (vec![], vec![]),
+        Scenario::Instances => (instances(&db, &dir, &scale, &t).await?, vec![]),
     };
     let mut lines = lines;
     if matches!(args.scenario, Scenario::All | Scenario::X402) {
