@@ -114,6 +114,23 @@ impl Cluster {
     }
 }
 
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next JSON event on a live socket; panics after 10 s.
+async fn next_event(socket: &mut Socket) -> Value {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("an event within 10 s")
+            .unwrap()
+            .unwrap();
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = frame {
+            return serde_json::from_str(text.as_str()).unwrap();
+        }
+    }
+}
+
 fn status_is(status: &'static str) -> impl Fn(&Value) -> bool {
     move |e| e["status"] == status
 }
@@ -137,16 +154,7 @@ async fn decisions_kills_and_events_cross_instances() {
         {"tool": "http_get", "args": {"url": hello}},
     ]);
     let id = c.execute(0, &agent, &session, steps).await;
-    let event: Value = loop {
-        let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .expect("an event within 10 s")
-            .unwrap()
-            .unwrap();
-        if let tokio_tungstenite::tungstenite::Message::Text(text) = frame {
-            break serde_json::from_str(text.as_str()).unwrap();
-        }
-    };
+    let event = next_event(&mut socket).await;
     assert_eq!(event["type"], "approval_required", "{event}");
     let approval = event["data"]["id"].as_str().unwrap().to_owned();
     let (status, _) = c
@@ -428,6 +436,16 @@ async fn a_database_outage_gives_503_and_heals() {
         attempts + 1,
         "nothing lost, nothing doubled"
     );
+    // Live events flow again: a socket opened after the outage hears the next approval request.
+    let ws_url = format!(
+        "{}/api/v1/ws?token={ADMIN_TOKEN}&types=approval_required",
+        base.replace("http://", "ws://")
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+    let big = json!({"session_id": session, "amount": "25", "currency": "USDC", "recipient": ADDR});
+    let resp = post("/payments", &agent, big).await.unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(next_event(&mut socket).await["type"], "approval_required");
     child.kill().unwrap();
     child.wait().unwrap();
     paygent_testkit::drop_postgres_database(&url).await;
