@@ -4,11 +4,10 @@
 
 mod common;
 
-use common::{spawn_serve, wait_ready};
+use common::{Serve, spawn_serve, wait_ready};
 use futures::StreamExt;
 use paygent_testkit::{ADMIN_TOKEN, hello_server, silent_server};
 use serde_json::{Value, json};
-use std::process::Child;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ const ADDR: &str = "0x1111111111111111111111111111111111111111";
 struct Cluster {
     url: String,
     dir: std::path::PathBuf,
-    instances: Vec<Child>,
+    instances: Vec<Serve>,
     bases: Vec<String>,
     http: reqwest::Client,
 }
@@ -35,7 +34,7 @@ impl Cluster {
             ("PAYGENT_LEASE_SECONDS", "2"),
             ("PAYGENT_RATE_LIMIT", "0"),
         ];
-        let started: Vec<(Child, u16)> = (0..n).map(|_| spawn_serve(&env)).collect();
+        let started: Vec<(Serve, u16)> = (0..n).map(|_| spawn_serve(&env)).collect();
         let bases = started.iter().map(|(_, port)| wait_ready(*port)).collect();
         Cluster {
             url,

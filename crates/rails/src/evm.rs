@@ -692,6 +692,15 @@ impl Rail for EvmRails {
 mod tests {
     use super::*;
 
+    /// Real chains' RPC endpoints and paid services are https: the clients must speak TLS. Nothing listens on
+    /// this port, so the error must be a refused connection, not an unsupported scheme.
+    #[tokio::test]
+    async fn https_endpoints_are_reachable() {
+        let err = reqwest::get("https://127.0.0.1:9/").await.unwrap_err();
+        let why = format!("{err:?}");
+        assert!(why.contains("ConnectionRefused"), "{why}");
+    }
+
     #[test]
     fn amounts_convert_to_units_exactly() {
         let d = |s: &str| s.parse::<Decimal>().unwrap();

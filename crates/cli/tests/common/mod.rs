@@ -2,8 +2,31 @@
 
 use std::process::{Command, Stdio};
 
-/// Starts `paygent serve` with `env` on a free port; returns the child and its port.
-pub fn spawn_serve(env: &[(&str, &str)]) -> (std::process::Child, u16) {
+/// A `paygent serve` process, killed when dropped, so a failing test leaves none behind.
+pub struct Serve(pub std::process::Child);
+
+impl std::ops::Deref for Serve {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Serve {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `paygent serve` with `env` on a free port; returns the process and its port.
+pub fn spawn_serve(env: &[(&str, &str)]) -> (Serve, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -20,7 +43,7 @@ pub fn spawn_serve(env: &[(&str, &str)]) -> (std::process::Child, u16) {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    (cmd.spawn().unwrap(), port)
+    (Serve(cmd.spawn().unwrap()), port)
 }
 
 /// Waits until a server listens on `port`; returns its base URL.
