@@ -2,7 +2,7 @@
 
 use crate::{Paygent, Result, require};
 use paygent_domain::Principal;
-use paygent_domain::audit::AuditEntry;
+use paygent_domain::audit::{AuditEntry, ChainVerifier};
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -45,6 +45,52 @@ impl Paygent {
             entries,
             head_seq,
             head_hash,
+        })
+    }
+}
+
+/// The result of walking a tenant's whole audit chain on the server.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ChainCheck {
+    pub verified: bool,
+    /// Entries checked before the walk ended.
+    pub entries: i64,
+    pub head_seq: i64,
+    pub head_hash: String,
+    /// The first break, in words: which entry was altered, removed, reordered or cut.
+    pub problem: Option<String>,
+}
+
+impl Paygent {
+    /// Walks the tenant's whole chain against its recorded head. `paygent audit verify` does the same walk on
+    /// the reader's own machine, which does not have to trust the server.
+    pub async fn verify_audit(&self, who: &Principal) -> Result<ChainCheck> {
+        require(who.is_admin(), "only admins verify the audit trail")?;
+        let (head_seq, head_hash) = self.store.audit_head(who.tenant_id).await?;
+        let mut verifier = ChainVerifier::default();
+        let (mut after, mut checked) = (0, 0);
+        let problem = loop {
+            let page = self
+                .store
+                .audit_entries(who.tenant_id, None, after, MAX_PAGE)
+                .await?;
+            let Some(last) = page.last().map(|e| e.seq) else {
+                break verifier.finish(head_seq, &head_hash).err();
+            };
+            if let Some(e) = page.iter().find_map(|e| {
+                checked += 1;
+                verifier.push(e).err()
+            }) {
+                break Some(e);
+            }
+            after = last;
+        };
+        Ok(ChainCheck {
+            verified: problem.is_none(),
+            entries: checked,
+            head_seq,
+            head_hash,
+            problem: problem.map(|p| p.to_string()),
         })
     }
 }

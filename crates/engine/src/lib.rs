@@ -17,7 +17,7 @@ mod rails;
 mod sessions;
 mod views;
 
-pub use audit::AuditPage;
+pub use audit::{AuditPage, ChainCheck};
 pub use error::{EngineError, Result};
 pub use events::{EventFilter, LiveEvent, Subscription, SubscriptionEnd};
 pub use executions::Plan;

@@ -68,6 +68,25 @@ impl Paygent {
         Ok(SessionView::new(session, budget))
     }
 
+    /// Sessions with today's budgets, newest first: the tenant's for people, an agent's own for an agent.
+    pub async fn sessions(&self, who: &Principal, limit: i64) -> Result<Vec<SessionView>> {
+        let mine = (!who.can_decide()).then_some(who.key_id);
+        let list = sessions::list(
+            self.store.reader(),
+            who.tenant_id,
+            mine,
+            limit.clamp(1, 100),
+        )
+        .await?;
+        let now = self.now();
+        let mut views = Vec::with_capacity(list.len());
+        for session in list {
+            let budget = self.budget_view(&session, now).await?;
+            views.push(SessionView::new(session, budget));
+        }
+        Ok(views)
+    }
+
     pub async fn session(&self, who: &Principal, id: Uuid) -> Result<SessionView> {
         let session = sessions::get(self.store.reader(), who.tenant_id, id)
             .await?

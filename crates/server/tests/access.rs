@@ -13,6 +13,7 @@ on_both_databases!(
     bad_input_gets_a_problem_and_writes_nothing,
     service_endpoints_answer,
     each_key_is_rate_limited,
+    people_list_sessions_and_admins_verify_the_chain,
 );
 
 async fn agents_never_decide(backend: Backend) {
@@ -539,6 +540,57 @@ async fn each_key_is_rate_limited(backend: Backend) {
         s.get(&t.approver, "/me").await.0,
         StatusCode::OK,
         "other keys are not slowed"
+    );
+    s.finish().await;
+}
+
+async fn people_list_sessions_and_admins_verify_the_chain(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let other_agent = s
+        .key(ADMIN_TOKEN, paygent_engine::domain::Role::Agent)
+        .await;
+    let mine = s
+        .session(&t.agent, json!({"daily_limits": {"USDC": "100"}}))
+        .await;
+    let theirs = s.session(&other_agent, json!({})).await;
+    s.pay(&t.agent, mine, "20", "USDC").await;
+
+    // People see the tenant's sessions with today's budget; an agent sees its own; another tenant none.
+    let (status, list) = s.get(&t.approver, "/sessions").await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [theirs.to_string(), mine.to_string()]);
+    let budget = &list[1]["budget"];
+    assert_eq!(budget["currencies"]["USDC"]["reserved"], "20", "{budget}");
+    let (_, own) = s.get(&t.agent, "/sessions").await;
+    assert_eq!(own.as_array().unwrap().len(), 1);
+    assert_eq!(own[0]["id"], mine.to_string());
+    let stranger = s.tenant("stranger").await;
+    let (_, none) = s.get(&stranger, "/sessions").await;
+    assert_eq!(none, json!([]));
+    let (status, problem) = s.get(&t.approver, "/sessions?limit=many").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+
+    // The chain holds; only admins may walk it; an altered entry is named.
+    let (status, check) = s.get(ADMIN_TOKEN, "/audit/verify").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(check["verified"], true, "{check}");
+    assert_eq!(check["entries"], check["head_seq"]);
+    let (status, _) = s.get(&t.approver, "/audit/verify").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    s.sql("UPDATE audit_log SET data = '{}' WHERE seq = 2")
+        .await;
+    let (_, check) = s.get(ADMIN_TOKEN, "/audit/verify").await;
+    assert_eq!(check["verified"], false);
+    assert_eq!(
+        check["problem"],
+        "entry 2 was altered: its content does not match its hash"
     );
     s.finish().await;
 }

@@ -68,6 +68,28 @@ pub async fn insert(tx: &mut WriteTx, s: &SessionRecord) -> Result<()> {
     Ok(())
 }
 
+/// A tenant's sessions, newest first, optionally only those `created_by` one key.
+pub async fn list<'e>(
+    exec: impl Executor<'e, Database = Any>,
+    tenant_id: Uuid,
+    created_by: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<SessionRecord>> {
+    sqlx::query_as::<_, SessionRow>(
+        "SELECT id, tenant_id, name, wallet_address, config, state, created_by, created_at \
+         FROM sessions WHERE tenant_id = $1 AND ($2 IS NULL OR created_by = $2) \
+         ORDER BY created_at DESC, id DESC LIMIT $3",
+    )
+    .bind(tenant_id.to_string())
+    .bind(created_by.map(|k| k.to_string()))
+    .bind(limit)
+    .fetch_all(exec)
+    .await?
+    .into_iter()
+    .map(SessionRecord::try_from)
+    .collect()
+}
+
 /// The session, if it exists in this tenant.
 pub async fn get<'e>(
     exec: impl Executor<'e, Database = Any>,

@@ -5,14 +5,16 @@ use crate::error::Problem;
 use crate::extract::{Caller, Query};
 use axum::Json;
 use axum::extract::State;
-use paygent_engine::{AuditPage, Paygent};
+use paygent_engine::{AuditPage, ChainCheck, Paygent};
 use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 pub fn router() -> OpenApiRouter<Paygent> {
-    OpenApiRouter::new().routes(routes!(list_audit))
+    OpenApiRouter::new()
+        .routes(routes!(list_audit))
+        .routes(routes!(verify_audit))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -42,4 +44,14 @@ async fn list_audit(
         )
         .await?;
     Ok(Json(page))
+}
+
+/// Walks the whole chain on the server and says whether it holds, or where it first breaks.
+#[utoipa::path(get, path = "/audit/verify", tag = "audit",
+    responses((status = 200, body = ChainCheck), (status = 403, body = Problem)))]
+async fn verify_audit(
+    State(paygent): State<Paygent>,
+    Caller(who): Caller,
+) -> ApiResult<Json<ChainCheck>> {
+    Ok(Json(paygent.verify_audit(&who).await?))
 }

@@ -2,7 +2,7 @@
 
 use super::ApiResult;
 use crate::error::Problem;
-use crate::extract::{Body, Caller, Path};
+use crate::extract::{Body, Caller, Path, Query};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -10,13 +10,13 @@ use paygent_engine::domain::SessionConfig;
 use paygent_engine::domain::budget::BudgetConfig;
 use paygent_engine::{BudgetView, MemoryTurn, NewSession, Paygent, SessionSummary, SessionView};
 use serde::Deserialize;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 pub fn router() -> OpenApiRouter<Paygent> {
     OpenApiRouter::new()
-        .routes(routes!(create_session))
+        .routes(routes!(create_session, list_sessions))
         .routes(routes!(get_session))
         .routes(routes!(get_budget, put_budget))
         .routes(routes!(get_memory))
@@ -53,6 +53,25 @@ async fn create_session(
         )
         .await?;
     Ok((StatusCode::CREATED, Json(session)))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsQuery {
+    /// At most 100; 50 by default.
+    limit: Option<i64>,
+}
+
+/// Sessions, newest first, each with today's budget: all of the tenant's for approvers and admins, an agent's
+/// own for an agent.
+#[utoipa::path(get, path = "/sessions", tag = "sessions", params(SessionsQuery),
+    responses((status = 200, body = Vec<SessionView>)))]
+async fn list_sessions(
+    State(paygent): State<Paygent>,
+    Caller(who): Caller,
+    Query(q): Query<SessionsQuery>,
+) -> ApiResult<Json<Vec<SessionView>>> {
+    Ok(Json(paygent.sessions(&who, q.limit.unwrap_or(50)).await?))
 }
 
 /// A session with its config, today's spend and its state.
