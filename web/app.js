@@ -48,11 +48,23 @@ async function signIn(token) {
   $("#who-role").textContent = `${me.role} · tenant ${me.tenant_id.slice(0, 8)}`;
   show($("#who"), true);
   show($("#sign-in"), false);
-  show($("#inbox"), true);
+  show($("#views"), true);
   show($("#admin-tools"), me.role === "admin");
-  show($("#executions"), true);
+  show($("#views [data-view=audit]"), me.role === "admin");
+  view("inbox");
   connect();
   await Promise.all([reload(), refreshStop(), loadExecutions()]);
+}
+
+// One view at a time: the inbox, executions with their steps, sessions with budgets, the audit trail.
+function view(name) {
+  for (const button of document.querySelectorAll("#views button")) {
+    const on = button.dataset.view === name;
+    button.setAttribute("aria-pressed", String(on));
+    show($(`#${button.dataset.view}`), on);
+  }
+  if (name === "budgets") loadSessions();
+  if (name === "audit") loadAudit();
 }
 
 function signOut() {
@@ -130,9 +142,12 @@ function executionItem(e) {
   const li = document.createElement("li");
   li.className = "item execution";
   li.dataset.executionId = e.id;
-  const head = document.createElement("p");
-  head.className = "what";
+  const head = document.createElement("button");
+  head.type = "button";
+  head.className = "what quiet";
+  head.setAttribute("aria-expanded", "false");
   head.textContent = `${e.command ?? "plan"} — ${e.status}`;
+  head.addEventListener("click", () => toggleSteps(li, head, e.id));
   const meta = document.createElement("p");
   meta.className = "meta";
   meta.textContent = `session ${e.session_id.slice(0, 8)} · step ${e.current_step} · $${e.cost_usd}` +
@@ -152,10 +167,116 @@ function executionItem(e) {
   return li;
 }
 
+async function toggleSteps(li, head, id) {
+  const open = $(".steps", li);
+  if (open) {
+    open.remove();
+    head.setAttribute("aria-expanded", "false");
+    return;
+  }
+  const e = await api("GET", `/executions/${id}`);
+  const ol = document.createElement("ol");
+  ol.className = "steps";
+  ol.start = 0;
+  for (const step of e.steps) {
+    const item = document.createElement("li");
+    item.dataset.step = String(step.idx);
+    const outcome = step.error ? `error: ${step.error}` : step.result ? summary(step.result) : "";
+    const cost = step.cost_usd ? ` · $${step.cost_usd}` : "";
+    const took = step.duration_ms !== null && step.duration_ms !== undefined ? ` · ${step.duration_ms} ms` : "";
+    item.textContent = `${step.tool} ${JSON.stringify(step.args)} — ${step.status}${cost}${took}` +
+      (outcome ? ` — ${outcome}` : "");
+    ol.append(item);
+  }
+  li.append(ol);
+  head.setAttribute("aria-expanded", "true");
+}
+
+// A step's result in one line: a payment's status, or a fetch's status and the start of its body.
+function summary(result) {
+  if (result.status && result.amount) return `${result.status} ${result.amount} ${result.currency ?? ""}`.trim();
+  if (result.body !== undefined) return `HTTP ${result.status}: ${String(result.body).slice(0, 80)}`;
+  return JSON.stringify(result).slice(0, 120);
+}
+
+async function loadSessions() {
+  const sessions = await api("GET", "/sessions?limit=100");
+  const ol = $("#session-list");
+  ol.replaceChildren(...sessions.map((session) => {
+    const li = document.createElement("li");
+    li.className = "item session";
+    li.dataset.sessionId = session.id;
+    const head = document.createElement("p");
+    head.className = "what";
+    head.textContent = `${session.name ?? "session"} ${session.id.slice(0, 8)} — ${session.state}` +
+      (session.wallet_address ? ` · wallet ${session.wallet_address}` : "");
+    const budget = document.createElement("p");
+    budget.className = "budget";
+    budget.textContent = budgetLines(session.budget);
+    li.append(head, budget);
+    return li;
+  }));
+  show($("#no-sessions"), sessions.length === 0);
+}
+
+async function loadAudit() {
+  const head = await api("GET", "/audit?limit=1");
+  const page = await api("GET", `/audit?after=${Math.max(0, head.head_seq - 50)}&limit=50`);
+  $("#audit-list").replaceChildren(...page.entries.reverse().map((entry) => {
+    const li = document.createElement("li");
+    li.className = "item";
+    li.dataset.seq = String(entry.seq);
+    li.textContent = `#${entry.seq} ${entry.at} · ${entry.actor} · ${entry.action} · ${entry.subject}`;
+    return li;
+  }));
+}
+
+async function verifyChain() {
+  const result = $("#chain-result");
+  result.className = "";
+  result.textContent = "Verifying…";
+  try {
+    const check = await api("GET", "/audit/verify");
+    result.className = check.verified ? "ok" : "bad";
+    result.textContent = check.verified
+      ? `Chain verified: ${check.entries} entries, head ${check.head_hash.slice(0, 16)}…`
+      : `Chain broken: ${check.problem}`;
+  } catch (e) {
+    result.className = "bad";
+    result.textContent = e.message;
+  }
+}
+
+// Alerts for new requests: a browser notification when the tab is hidden, and a short tone. Off until asked.
+async function toggleAlerts() {
+  const on = localStorage.getItem("paygent-alerts") !== "on";
+  if (on && "Notification" in window && Notification.permission === "default") {
+    await Notification.requestPermission().catch(() => {});
+  }
+  localStorage.setItem("paygent-alerts", on ? "on" : "off");
+  renderAlerts();
+}
+
+function renderAlerts() {
+  const on = localStorage.getItem("paygent-alerts") === "on";
+  const button = $("#notify");
+  button.setAttribute("aria-pressed", String(on));
+  button.textContent = on ? "Alerts on" : "Alerts off";
+}
+
 function announce() {
+  if (localStorage.getItem("paygent-alerts") !== "on") return;
   if (document.hidden && "Notification" in window && Notification.permission === "granted") {
     new Notification("Paygent: a payment waits for you");
   }
+  try {
+    const audio = new AudioContext();
+    const tone = audio.createOscillator();
+    tone.frequency.value = 880;
+    tone.connect(audio.destination);
+    tone.start();
+    tone.stop(audio.currentTime + 0.15);
+  } catch (e) { /* no audio device: the badge in the title still announces it */ }
 }
 
 function money(args) {
@@ -175,6 +296,8 @@ function upsert(a) {
   $(".meta", li).textContent = `session ${a.session_id.slice(0, 8)} · agent ${a.requested_by.slice(0, 8)}`;
   for (const kind of ["approve", "reject", "edit"]) show($(`button.${kind}`, li), a.allowed_decisions.includes(kind));
   $(".edit-form input[name=amount]", li).value = a.args.amount ?? "";
+  $(".edit-form input[name=recipient]", li).value = a.args.recipient ?? "";
+  $(".edit-form input[name=description]", li).value = a.args.description ?? "";
   $("button.approve", li).addEventListener("click", () => decide(a.id, "approve", {}));
   $("button.reject", li).addEventListener("click", () => toggleForm(li, ".reject-form"));
   $("button.edit", li).addEventListener("click", () => toggleForm(li, ".edit-form"));
@@ -185,7 +308,13 @@ function upsert(a) {
   $(".edit-form", li).addEventListener("submit", (ev) => {
     ev.preventDefault();
     const f = new FormData(ev.target);
-    decide(a.id, "edit", { edited_args: { amount: f.get("amount") }, comment: f.get("comment") || null });
+    // Only what the person changed is sent: the server checks the edit against the rule and the budget.
+    const edited = {};
+    for (const field of ["amount", "recipient", "description"]) {
+      const value = f.get(field);
+      if (value !== (a.args[field] ?? "")) edited[field] = field === "description" && value === "" ? null : value;
+    }
+    decide(a.id, "edit", { edited_args: edited, comment: f.get("comment") || null });
   });
   twoStep($("button.kill-session", li), "Really kill this session?", async () => {
     try {
@@ -211,15 +340,17 @@ function toggleForm(li, sel) {
 async function loadBudget(sessionId, li) {
   try {
     if (!state.budgets.has(sessionId)) state.budgets.set(sessionId, api("GET", `/sessions/${sessionId}/budget`));
-    const b = await state.budgets.get(sessionId);
-    const usd = b.usd;
-    const lines = Object.entries(b.currencies).map(([c, l]) =>
-      `${c}: spent ${l.spent}, reserved ${l.reserved}${l.available !== null ? `, available ${l.available}` : ""}`);
-    if (usd.limit !== null) lines.push(`USD: available ${usd.available} of ${usd.limit}`);
-    $(".budget", li).textContent = lines.length ? `Budget today — ${lines.join(" · ")}` : "No budget limits";
+    $(".budget", li).textContent = budgetLines(await state.budgets.get(sessionId));
   } catch (e) {
     $(".budget", li).textContent = "";
   }
+}
+
+function budgetLines(b) {
+  const lines = Object.entries(b.currencies).map(([c, l]) =>
+    `${c}: spent ${l.spent}, reserved ${l.reserved}${l.available !== null ? `, available ${l.available}` : ""}`);
+  if (b.usd.limit !== null) lines.push(`USD: available ${b.usd.available} of ${b.usd.limit}`);
+  return lines.length ? `Budget today — ${lines.join(" · ")}` : "No budget limits";
 }
 
 function remove(id, why) {
@@ -269,7 +400,8 @@ function tick() {
 }
 
 function onKey(ev) {
-  if (ev.target.closest("input, textarea, form") || !state.selected) return;
+  // Shortcuts act on what is on screen: only in the inbox, never while typing.
+  if ($("#inbox").hidden || ev.target.closest("input, textarea, form") || !state.selected) return;
   const ids = [...state.items.keys()];
   const at = ids.indexOf(state.selected);
   const li = state.items.get(state.selected);
@@ -295,6 +427,12 @@ document.addEventListener("DOMContentLoaded", () => {
     banner(await api("POST", "/kill-switch", { engaged: true, reason: "engaged from the inbox" })));
   twoStep($("#release"), "Really release the stop?", async () =>
     banner(await api("POST", "/kill-switch", { engaged: false })));
+  for (const button of document.querySelectorAll("#views button")) {
+    button.addEventListener("click", () => view(button.dataset.view));
+  }
+  $("#verify-chain").addEventListener("click", verifyChain);
+  $("#notify").addEventListener("click", toggleAlerts);
+  renderAlerts();
   document.addEventListener("keydown", onKey);
   setInterval(tick, 1000);
   const saved = sessionStorage.getItem("paygent-token");

@@ -359,3 +359,131 @@ async fn people_decide_in_the_inbox() {
     assert_eq!(stop["engaged"], true);
     s.finish().await;
 }
+
+/// The other views: an execution's steps, sessions with their budgets, the audit trail with a chain check, and an
+/// edit of the recipient.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_show_steps_budgets_and_the_audit_chain() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s
+        .session(&t.agent, json!({"daily_limits": {"USDC": "500"}}))
+        .await;
+    let (hello, _) = paygent_testkit::hello_server().await;
+    let (_, started) = s
+        .post(
+            &t.agent,
+            "/agent/execute",
+            json!({"session_id": session, "steps": [
+                {"tool": "http_get", "args": {"url": hello}},
+                {"tool": "transfer", "args": {"to": "0x1111111111111111111111111111111111111111",
+                    "amount": "3", "currency": "USDC"}}]}),
+        )
+        .await;
+    let execution = started["id"].as_str().unwrap().to_owned();
+    let chrome = Chromium::launch().await;
+    let page = chrome.open(&s.base).await;
+    sign_in(&page, ADMIN_TOKEN).await;
+
+    // Executions: selecting one shows its steps with their results.
+    click(&page, "#views [data-view=executions]").await;
+    let row = format!("[data-execution-id='{execution}']");
+    wait_until(
+        &page,
+        &format!(
+            "(document.querySelector(\"{row} .what\")?.textContent ?? '').includes('completed')"
+        ),
+        "the completed execution",
+    )
+    .await;
+    click(&page, &format!("{row} .what")).await;
+    wait_until(
+        &page,
+        &format!("document.querySelectorAll(\"{row} .steps li\").length === 2"),
+        "the execution's steps",
+    )
+    .await;
+    let steps = eval(
+        &page,
+        &format!("[...document.querySelectorAll(\"{row} .steps li\")].map(li => li.textContent)"),
+    )
+    .await;
+    assert!(steps[0].as_str().unwrap().contains("http_get"), "{steps}");
+    assert!(
+        steps[0].as_str().unwrap().contains("HTTP 200: hello"),
+        "{steps}"
+    );
+    assert!(
+        steps[1].as_str().unwrap().contains("authorized 3 USDC"),
+        "{steps}"
+    );
+    assert_eq!(
+        eval(&page, "document.querySelector('#inbox').hidden").await,
+        true
+    );
+
+    // Budgets: each session with today's spend.
+    click(&page, "#views [data-view=budgets]").await;
+    wait_until(
+        &page,
+        &format!("(document.querySelector(\"[data-session-id='{session}'] .budget\")?.textContent ?? '').includes('USDC: spent 3')"),
+        "the session's budget",
+    )
+    .await;
+
+    // Audit: the latest entries, and the chain verified on the server.
+    click(&page, "#views [data-view=audit]").await;
+    wait_until(
+        &page,
+        "document.querySelectorAll('#audit-list li').length > 0",
+        "audit entries",
+    )
+    .await;
+    click(&page, "#verify-chain").await;
+    wait_until(
+        &page,
+        "document.querySelector('#chain-result').textContent.startsWith('Chain verified')",
+        "the chain check",
+    )
+    .await;
+
+    // Edit the recipient of a request: the payment goes where the person said.
+    click(&page, "#views [data-view=inbox]").await;
+    let (_, p) = s.pay(&t.agent, session, "25", "USDC").await;
+    let approval = p["approval_id"].as_str().unwrap().to_owned();
+    appears(&page, &approval).await;
+    click(&page, &format!("{} button.edit", item(&approval))).await;
+    let other = "0x2222222222222222222222222222222222222222";
+    fill(
+        &page,
+        &format!("{} .edit-form input[name=recipient]", item(&approval)),
+        other,
+    )
+    .await;
+    click(
+        &page,
+        &format!("{} .edit-form button[type=submit]", item(&approval)),
+    )
+    .await;
+    leaves(&page, &approval).await;
+    let (_, executed) = s
+        .post(
+            &t.agent,
+            "/payments/execute-approved",
+            json!({"approval_id": approval}),
+        )
+        .await;
+    assert_eq!(executed["recipient"], other, "{executed}");
+    assert_eq!(executed["amount"], "25");
+
+    let artifacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("inbox-screenshots");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    click(&page, "#views [data-view=audit]").await;
+    page.save_screenshot(
+        ScreenshotParams::builder().full_page(true).build(),
+        artifacts.join("inbox-audit.png"),
+    )
+    .await
+    .unwrap();
+    s.finish().await;
+}
