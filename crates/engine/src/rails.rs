@@ -9,7 +9,7 @@ use crate::{EngineError, Paygent, Result};
 use futures::future::BoxFuture;
 use paygent_domain::{Decimal, PaymentStatus};
 use paygent_store::payments::{self, PaymentRecord, Transition};
-use paygent_store::{attempts, sessions};
+use paygent_store::{WriteTx, attempts, sessions};
 use serde_json::{Value, json};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -92,6 +92,31 @@ pub trait Rail: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Settlement, RailError>>;
     /// The wallet's balances on the chains this rail knows, by currency.
     fn balances<'a>(&'a self, wallet: &'a str) -> BoxFuture<'a, Result<Value, RailError>>;
+}
+
+/// Audits how a rail ended a payment (`executed`, `failed`) and tells live subscribers.
+async fn announce(
+    tx: &mut WriteTx,
+    payment: &PaymentRecord,
+    outcome: &str,
+    data: Value,
+) -> Result<()> {
+    let subject = format!("payment:{}", payment.id);
+    tx.audit(
+        "rail",
+        &format!("payment.{outcome}"),
+        &subject,
+        Some(payment.session_id),
+        data.clone(),
+    )
+    .await?;
+    tx.event(
+        &format!("payment_{outcome}"),
+        Some(payment.session_id),
+        data,
+    )
+    .await?;
+    Ok(())
 }
 
 /// How often a payment is signed anew after its earlier attempt was superseded, before giving up.
@@ -274,17 +299,7 @@ impl Paygent {
         if moved {
             let data =
                 json!({"payment_id": payment.id, "tx_hash": s.tx_hash, "network": s.network});
-            let subject = format!("payment:{}", payment.id);
-            tx.audit(
-                "rail",
-                "payment.executed",
-                &subject,
-                Some(payment.session_id),
-                data.clone(),
-            )
-            .await?;
-            tx.event("payment_executed", Some(payment.session_id), data)
-                .await?;
+            announce(&mut tx, payment, "executed", data).await?;
         }
         self.publish(tx.commit().await?);
         let mut view = self.reload_view(payment).await?;
@@ -313,16 +328,7 @@ impl Paygent {
                 budget::book(&mut tx, &booking, Move::Unspend).await?;
             }
             let data = json!({"payment_id": payment.id, "reason": why});
-            tx.audit(
-                "rail",
-                "payment.failed",
-                &format!("payment:{}", payment.id),
-                Some(payment.session_id),
-                data.clone(),
-            )
-            .await?;
-            tx.event("payment_failed", Some(payment.session_id), data)
-                .await?;
+            announce(&mut tx, payment, "failed", data).await?;
         }
         self.publish(tx.commit().await?);
         self.reload_view(payment).await

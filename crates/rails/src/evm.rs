@@ -293,26 +293,12 @@ impl EvmRails {
         chain: &Chain,
         signed: &Signed,
     ) -> Result<Settlement, RailError> {
-        let hash: B256 = signed
-            .tx_hash
-            .as_deref()
-            .and_then(|h| h.parse().ok())
-            .ok_or_else(|| {
-                RailError::Refused("the stored attempt has no transaction hash".into())
-            })?;
-        let raw: Bytes = signed.artifact["raw"]
-            .as_str()
-            .and_then(|r| r.parse().ok())
-            .ok_or_else(|| {
-                RailError::Refused("the stored attempt has no raw transaction".into())
-            })?;
-        let from: Address = signed.artifact["from"]
-            .as_str()
-            .and_then(|f| f.parse().ok())
-            .ok_or_else(|| RailError::Refused("the stored attempt has no sender".into()))?;
+        let hash: B256 = parse_stored(signed.tx_hash.as_deref(), "transaction hash")?;
+        let raw: Bytes = stored(&signed.artifact, "raw")?;
+        let from: Address = stored(&signed.artifact, "from")?;
         let nonce = signed.artifact["nonce"]
             .as_u64()
-            .ok_or_else(|| RailError::Refused("the stored attempt has no nonce".into()))?;
+            .ok_or_else(|| RailError::Refused("the stored attempt has no readable nonce".into()))?;
         let provider = &chain.provider;
         let mut refused_send = None;
         if provider
@@ -489,19 +475,13 @@ impl EvmRails {
         fresh: bool,
     ) -> Result<Settlement, RailError> {
         let a = &signed.artifact;
-        let field = |k: &str| {
-            a[k].as_str()
-                .map(str::to_owned)
-                .ok_or_else(|| RailError::Refused(format!("the stored x402 attempt has no {k}")))
-        };
-        let (url, header_name, header_value) =
-            (field("url")?, field("header_name")?, field("header_value")?);
-        let from: Address = field("from")?
-            .parse()
-            .map_err(|_| RailError::Refused("the stored attempt's payer is unreadable".into()))?;
-        let nonce: B256 = field("nonce")?
-            .parse()
-            .map_err(|_| RailError::Refused("the stored attempt's nonce is unreadable".into()))?;
+        let (url, header_name, header_value): (String, String, String) = (
+            stored(a, "url")?,
+            stored(a, "header_name")?,
+            stored(a, "header_value")?,
+        );
+        let from: Address = stored(a, "from")?;
+        let nonce: B256 = stored(a, "nonce")?;
         let valid_before = a["valid_before"].as_u64().unwrap_or(0);
         let paid = |receipt: Value, tx_hash: Option<String>| Settlement {
             network: signed.network.clone(),
@@ -590,6 +570,16 @@ impl EvmRails {
         }
         Ok(Value::Array(out))
     }
+}
+
+/// A text field of a stored signed artifact, parsed.
+fn stored<T: std::str::FromStr>(artifact: &Value, key: &str) -> Result<T, RailError> {
+    parse_stored(artifact[key].as_str(), key)
+}
+
+fn parse_stored<T: std::str::FromStr>(text: Option<&str>, what: &str) -> Result<T, RailError> {
+    text.and_then(|t| t.parse().ok())
+        .ok_or_else(|| RailError::Refused(format!("the stored attempt has no readable {what}")))
 }
 
 fn header_text(headers: &reqwest::header::HeaderMap, name: &str) -> Option<String> {

@@ -421,35 +421,12 @@ async fn a_restart_between_signing_and_settling_pays_once() {
 
     // A transfer signed and stored, then dropped from the pool before it was mined: the restart sends the same
     // transaction again, and it pays once.
-    chain.automine(false).await;
     let before = moved(&chain, payee_before).await;
-    let request = reqwest::Client::new()
-        .post(s.url("/payments"))
-        .bearer_auth(&t.agent)
-        .json(
-            &json!({"session_id": session, "amount": "2", "currency": "USDC",
-            "recipient": payee().to_string(), "idempotency_key": "crash-1"}),
-        );
-    let waiting = tokio::spawn(request.send());
-    while s.count("payment_attempts").await < 2 {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let hash = s.text("SELECT tx_hash FROM payment_attempts WHERE rail = 'evm' AND tx_hash IS NOT NULL AND receipt IS NULL").await;
-    let _: Value = chain
-        .provider
-        .raw_request("anvil_dropTransaction".into(), (hash.clone(),))
-        .await
-        .unwrap();
-    waiting.abort();
+    let transfer = json!({"session_id": session, "amount": "2", "currency": "USDC",
+        "recipient": payee().to_string(), "idempotency_key": "crash-1"});
+    let (hash, _) = signed_then_lost(&s, &t, &chain, &transfer).await;
     let s = s.restart_after(chain.automine(true)).await;
-    let (_, paid) = s
-        .post(
-            &t.agent,
-            "/payments",
-            json!({"session_id": session, "amount": "2", "currency": "USDC",
-            "recipient": payee().to_string(), "idempotency_key": "crash-1"}),
-        )
-        .await;
+    let (_, paid) = s.post(&t.agent, "/payments", transfer).await;
     assert_eq!(paid["status"], "executed", "{paid}");
     assert_eq!(
         paid["tx_hash"],
@@ -461,51 +438,21 @@ async fn a_restart_between_signing_and_settling_pays_once() {
         2_000_000,
         "paid once"
     );
+
     // A transfer signed and stored whose nonce another transaction of the wallet took while Paygent was down:
     // it can never be mined, so it is signed anew, once, and paid once.
-    chain.automine(false).await;
     let before = moved(&chain, payee_before).await;
-    let request = reqwest::Client::new()
-        .post(s.url("/payments"))
-        .bearer_auth(&t.agent)
-        .json(
-            &json!({"session_id": session, "amount": "3", "currency": "USDC",
-            "recipient": payee().to_string(), "idempotency_key": "crash-2"}),
-        );
-    let waiting = tokio::spawn(request.send());
-    while s.count("payment_attempts").await < 3 {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let stale: Value = serde_json::from_str(
-        &s.text("SELECT signed FROM payment_attempts WHERE receipt IS NULL")
-            .await,
-    )
-    .unwrap();
-    let stale_hash = s
-        .text("SELECT tx_hash FROM payment_attempts WHERE receipt IS NULL")
-        .await;
-    let _: Value = chain
-        .provider
-        .raw_request("anvil_dropTransaction".into(), (stale_hash.clone(),))
-        .await
-        .unwrap();
-    waiting.abort();
+    let transfer = json!({"session_id": session, "amount": "3", "currency": "USDC",
+        "recipient": payee().to_string(), "idempotency_key": "crash-2"});
+    let (stale_hash, stale) = signed_then_lost(&s, &t, &chain, &transfer).await;
+    let nonce = stale["nonce"].as_u64().unwrap();
     let s = s
         .restart_after(async {
-            chain
-                .send_from_payer(stale["nonce"].as_u64().unwrap())
-                .await;
+            chain.send_from_payer(nonce).await;
             chain.automine(true).await;
         })
         .await;
-    let (_, paid) = s
-        .post(
-            &t.agent,
-            "/payments",
-            json!({"session_id": session, "amount": "3", "currency": "USDC",
-            "recipient": payee().to_string(), "idempotency_key": "crash-2"}),
-        )
-        .await;
+    let (_, paid) = s.post(&t.agent, "/payments", transfer).await;
     assert_eq!(paid["status"], "executed", "{paid}");
     assert_ne!(
         paid["tx_hash"],
@@ -518,4 +465,37 @@ async fn a_restart_between_signing_and_settling_pays_once() {
         "paid once"
     );
     s.finish().await;
+}
+
+/// Starts a transfer with mining off, waits until its signed transaction is journaled, then drops it from the
+/// pool and hangs up: as if Paygent died between signing and the transaction being mined. Returns the stored
+/// hash and signed artifact.
+async fn signed_then_lost(
+    s: &paygent_testkit::TestServer,
+    t: &paygent_testkit::Team,
+    chain: &LocalChain,
+    transfer: &Value,
+) -> (String, Value) {
+    chain.automine(false).await;
+    let open =
+        "SELECT COUNT(*) FROM payment_attempts WHERE receipt IS NULL AND tx_hash IS NOT NULL";
+    let request = reqwest::Client::new()
+        .post(s.url("/payments"))
+        .bearer_auth(&t.agent)
+        .json(transfer);
+    let waiting = tokio::spawn(request.send());
+    while s.scalar(open).await == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let open_attempt = "FROM payment_attempts WHERE receipt IS NULL AND tx_hash IS NOT NULL";
+    let hash = s.text(&format!("SELECT tx_hash {open_attempt}")).await;
+    let signed =
+        serde_json::from_str(&s.text(&format!("SELECT signed {open_attempt}")).await).unwrap();
+    let _: Value = chain
+        .provider
+        .raw_request("anvil_dropTransaction".into(), (hash.clone(),))
+        .await
+        .unwrap();
+    waiting.abort();
+    (hash, signed)
 }
