@@ -98,6 +98,13 @@ impl Cluster {
         panic!("execution never reached the expected state: {e}");
     }
 
+    /// Approves on instance `on`; the approval must succeed.
+    async fn approve(&self, on: usize, approver: &str, approval: &str) {
+        let path = format!("/approvals/{approval}/approve");
+        let (status, body) = self.call(on, approver, &path, Some(json!({}))).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
     fn sigkill(&mut self, i: usize) {
         self.instances[i].kill().unwrap();
         self.instances[i].wait().unwrap();
@@ -156,15 +163,7 @@ async fn decisions_kills_and_events_cross_instances() {
     let event = next_event(&mut socket).await;
     assert_eq!(event["type"], "approval_required", "{event}");
     let approval = event["data"]["id"].as_str().unwrap().to_owned();
-    let (status, _) = c
-        .call(
-            1,
-            &approver,
-            &format!("/approvals/{approval}/approve"),
-            Some(json!({})),
-        )
-        .await;
-    assert_eq!(status, 200);
+    c.approve(1, &approver, &approval).await;
     let done = c.wait_for(2, &agent, &id, status_is("completed")).await;
     assert_eq!(done["steps"][1]["result"]["body"], "hello");
     assert_eq!(hits.load(Ordering::SeqCst), 1);
@@ -246,15 +245,7 @@ async fn a_dead_instance_s_executions_are_taken_over_once() {
     c.sigkill(0);
 
     let approval = waiting["steps"][0]["approval_id"].as_str().unwrap();
-    let (status, _) = c
-        .call(
-            1,
-            &approver,
-            &format!("/approvals/{approval}/approve"),
-            Some(json!({})),
-        )
-        .await;
-    assert_eq!(status, 200);
+    c.approve(1, &approver, approval).await;
     let done = c.wait_for(2, &agent, &paused, status_is("completed")).await;
     assert_eq!(done["steps"][0]["result"]["status"], "authorized");
     c.wait_for(2, &agent, &running, status_is("completed"))

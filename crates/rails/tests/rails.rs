@@ -35,12 +35,14 @@ async fn payments(
 
 #[tokio::test]
 async fn a_cheap_x402_call_pays_once_and_returns_the_resource() {
-    let chain = LocalChain::start(V2_NETWORK).await;
-    let peer = X402Peer::start(&chain, "base-sepolia").await;
-    let s = chain.paygent(Backend::Sqlite, "local").await;
-    let t = team(&s).await;
-    let session = wallet_session(&s, &t, json!({})).await;
-    let payee_before = chain.balance(payee()).await;
+    let Rig {
+        chain,
+        peer,
+        s,
+        t,
+        session,
+        payee_before,
+    } = Rig::start(V2_NETWORK, Backend::Sqlite, "local").await;
 
     let url = peer.url("/v2/cheap");
     let done = run(
@@ -106,12 +108,14 @@ fn ended(e: &Value) -> bool {
 
 #[tokio::test]
 async fn a_premium_call_waits_for_a_person_and_pays_once_approved() {
-    let chain = LocalChain::start(V2_NETWORK).await;
-    let peer = X402Peer::start(&chain, "base-sepolia").await;
-    let s = chain.paygent(Backend::Sqlite, "local").await;
-    let t = team(&s).await;
-    let session = wallet_session(&s, &t, json!({})).await;
-    let payee_before = chain.balance(payee()).await;
+    let Rig {
+        chain,
+        peer,
+        s,
+        t,
+        session,
+        payee_before,
+    } = Rig::start(V2_NETWORK, Backend::Sqlite, "local").await;
     let step = json!([{"tool": "x402_payment", "args": {"url": peer.url("/v2/premium"), "max_amount": "30"}}]);
 
     // Approve: paid once, with the price the service asked and the approver saw.
@@ -189,11 +193,14 @@ async fn a_premium_call_waits_for_a_person_and_pays_once_approved() {
 
 #[tokio::test]
 async fn transfers_move_tokens_on_chain_and_a_kill_moves_nothing() {
-    let chain = LocalChain::start(V2_NETWORK).await;
-    let s = chain.paygent(Backend::Postgres, "local").await;
-    let t = team(&s).await;
-    let session = wallet_session(&s, &t, json!({})).await;
-    let payee_before = chain.balance(payee()).await;
+    let Rig {
+        chain,
+        peer: _,
+        s,
+        t,
+        session,
+        payee_before,
+    } = Rig::start(V2_NETWORK, Backend::Postgres, "local").await;
 
     let (status, paid) = s
         .post(
@@ -282,12 +289,14 @@ async fn transfers_move_tokens_on_chain_and_a_kill_moves_nothing() {
 
 #[tokio::test]
 async fn payments_that_cannot_be_made_sign_nothing_and_fail_clearly() {
-    let chain = LocalChain::start(V2_NETWORK).await;
-    let peer = X402Peer::start(&chain, "base-sepolia").await;
-    let s = chain.paygent(Backend::Sqlite, "local").await;
-    let t = team(&s).await;
-    let session = wallet_session(&s, &t, json!({})).await;
-    let payee_before = chain.balance(payee()).await;
+    let Rig {
+        chain,
+        peer,
+        s,
+        t,
+        session,
+        payee_before,
+    } = Rig::start(V2_NETWORK, Backend::Sqlite, "local").await;
 
     for (path, max, expected) in [
         (
@@ -362,12 +371,14 @@ async fn payments_that_cannot_be_made_sign_nothing_and_fail_clearly() {
 #[tokio::test]
 async fn x402_version_1_pays_through_the_reference_facilitator() {
     // The reference facilitator knows v1 networks by name only, so this chain is base-sepolia's id.
-    let chain = LocalChain::start(84532).await;
-    let peer = X402Peer::start(&chain, "base-sepolia").await;
-    let s = chain.paygent(Backend::Sqlite, "base-sepolia").await;
-    let t = team(&s).await;
-    let session = wallet_session(&s, &t, json!({})).await;
-    let payee_before = chain.balance(payee()).await;
+    let Rig {
+        chain,
+        peer,
+        s,
+        t,
+        session,
+        payee_before,
+    } = Rig::start(84532, Backend::Sqlite, "base-sepolia").await;
     let step =
         json!([{"tool": "x402_payment", "args": {"url": peer.url("/v1/0.25"), "max_amount": "1"}}]);
     let done = run(&s, &t, &session, step, ended).await;
@@ -386,12 +397,14 @@ async fn x402_version_1_pays_through_the_reference_facilitator() {
 
 #[tokio::test]
 async fn a_restart_between_signing_and_settling_pays_once() {
-    let chain = LocalChain::start(V2_NETWORK).await;
-    let peer = X402Peer::start(&chain, "base-sepolia").await;
-    let s = chain.paygent(Backend::Sqlite, "local").await;
-    let t = team(&s).await;
-    let session = wallet_session(&s, &t, json!({})).await;
-    let payee_before = chain.balance(payee()).await;
+    let Rig {
+        chain,
+        peer,
+        s,
+        t,
+        session,
+        payee_before,
+    } = Rig::start(V2_NETWORK, Backend::Sqlite, "local").await;
 
     // An x402 payment whose settlement is stuck in the pool when Paygent dies.
     chain.automine(false).await;

@@ -99,3 +99,33 @@ pub async fn wait_for(s: &TestServer, t: &Team, id: &str, done: impl Fn(&Value) 
 pub fn status_is(status: &'static str) -> impl Fn(&Value) -> bool {
     move |e| e["status"] == status
 }
+
+/// What most rail tests start from: a chain, the x402 peers on it, a Paygent paying there, keys, and a session
+/// bound to the funded wallet, with the payee's balance before anything happened.
+pub struct Rig {
+    pub chain: LocalChain,
+    pub peer: X402Peer,
+    pub s: TestServer,
+    pub t: Team,
+    pub session: String,
+    pub payee_before: u64,
+}
+
+impl Rig {
+    pub async fn start(chain_id: u64, backend: Backend, v1_name: &str) -> Rig {
+        let chain = LocalChain::start(chain_id).await;
+        let peer = X402Peer::start(&chain, "base-sepolia").await;
+        let s = chain.paygent(backend, v1_name).await;
+        let t = team(&s).await;
+        let session = wallet_session(&s, &t, json!({})).await;
+        let payee_before = chain.balance(payee()).await;
+        Rig {
+            chain,
+            peer,
+            s,
+            t,
+            session,
+            payee_before,
+        }
+    }
+}
