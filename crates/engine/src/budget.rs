@@ -77,14 +77,15 @@ impl Move {
 /// Applies `how` to both the booking's currency and the USD total.
 pub(crate) async fn book(tx: &mut WriteTx, b: &Booking, how: Move) -> Result<()> {
     let (spent, reserved) = how.factors();
-    for (ledger, amount) in [(b.currency.as_str(), b.amount), (USD_TOTAL, b.usd)] {
-        let delta = Delta {
-            spent: amount * Decimal::from(spent),
-            reserved: amount * Decimal::from(reserved),
-        };
-        budgets::apply(tx, b.session_id, &b.day, ledger, delta).await?;
-    }
-    Ok(())
+    let delta = |amount: Decimal| Delta {
+        spent: amount * Decimal::from(spent),
+        reserved: amount * Decimal::from(reserved),
+    };
+    let changes = [
+        (b.currency.as_str(), delta(b.amount)),
+        (USD_TOTAL, delta(b.usd)),
+    ];
+    Ok(budgets::apply(tx, b.session_id, &b.day, &changes).await?)
 }
 
 /// Whether `b` fits today's budget as this transaction sees it.

@@ -39,59 +39,80 @@ pub async fn day_usage<'e>(
         .collect()
 }
 
-/// Applies `delta` to one ledger row, creating it at zero if needed.
+/// Applies each `(ledger, delta)` to its row, creating rows at zero as needed: one read and one write for all of
+/// them, each row compare-and-set on the version it was read at.
 pub async fn apply(
     tx: &mut WriteTx,
     session_id: Uuid,
     day: &str,
-    ledger: &str,
-    delta: Delta,
+    changes: &[(&str, Delta)],
 ) -> Result<()> {
-    let tenant = tx.tenant_id().to_string();
-    let current = sqlx::query(
-        "SELECT spent, reserved, version FROM budget_usage WHERE session_id = $1 AND day = $2 AND ledger = $3",
+    let (first, second) = match changes {
+        [one] => (one.0, one.0),
+        [one, two] => (one.0, two.0),
+        _ => {
+            return Err(StoreError::Corrupt(
+                "a booking changes one or two ledgers".into(),
+            ));
+        }
+    };
+    let rows = sqlx::query(
+        "SELECT ledger, spent, reserved, version FROM budget_usage \
+         WHERE session_id = $1 AND day = $2 AND ledger IN ($3, $4)",
     )
     .bind(session_id.to_string())
     .bind(day)
-    .bind(ledger)
-    .fetch_optional(tx.conn())
+    .bind(first)
+    .bind(second)
+    .fetch_all(tx.conn())
     .await?;
-    let done = match current {
-        None => {
-            sqlx::query(
-                "INSERT INTO budget_usage (tenant_id, session_id, day, ledger, spent, reserved, version) \
-                 VALUES ($1, $2, $3, $4, $5, $6, 1)",
+    let mut current = BTreeMap::new();
+    for r in &rows {
+        let usage = Usage {
+            spent: decimal(&r.try_get::<String, _>(1)?)?,
+            reserved: decimal(&r.try_get::<String, _>(2)?)?,
+        };
+        current.insert(r.try_get::<String, _>(0)?, (usage, r.try_get::<i64, _>(3)?));
+    }
+    // A new row is written at version 1; an existing one only if it is still at the version read above.
+    let placeholders: Vec<String> = (0..changes.len())
+        .map(|i| {
+            let b = i * 7;
+            format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6,
+                b + 7
             )
-            .bind(tenant)
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO budget_usage (tenant_id, session_id, day, ledger, spent, reserved, version) VALUES {} \
+         ON CONFLICT (session_id, day, ledger) DO UPDATE SET spent = excluded.spent, \
+         reserved = excluded.reserved, version = excluded.version \
+         WHERE budget_usage.version = excluded.version - 1",
+        placeholders.join(", ")
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for (ledger, delta) in changes {
+        let (usage, version) = current.get(*ledger).copied().unwrap_or_default();
+        query = query
+            .bind(tx.tenant_id().to_string())
             .bind(session_id.to_string())
-            .bind(day)
-            .bind(ledger)
-            .bind(delta.spent.to_string())
-            .bind(delta.reserved.to_string())
-            .execute(tx.conn())
-            .await?
-        }
-        Some(row) => {
-            let spent = decimal(&row.try_get::<String, _>(0)?)? + delta.spent;
-            let reserved = decimal(&row.try_get::<String, _>(1)?)? + delta.reserved;
-            let version: i64 = row.try_get(2)?;
-            sqlx::query(
-                "UPDATE budget_usage SET spent = $4, reserved = $5, version = version + 1 \
-                 WHERE session_id = $1 AND day = $2 AND ledger = $3 AND version = $6",
-            )
-            .bind(session_id.to_string())
-            .bind(day)
-            .bind(ledger)
-            .bind(spent.to_string())
-            .bind(reserved.to_string())
-            .bind(version)
-            .execute(tx.conn())
-            .await?
-        }
-    };
-    if done.rows_affected() != 1 {
+            .bind(day.to_owned())
+            .bind((*ledger).to_owned())
+            .bind((usage.spent + delta.spent).to_string())
+            .bind((usage.reserved + delta.reserved).to_string())
+            .bind(version + 1);
+    }
+    let done = query.execute(tx.conn()).await?;
+    if done.rows_affected() != changes.len() as u64 {
         return Err(StoreError::Corrupt(format!(
-            "budget row {session_id}/{day}/{ledger} changed under a writer: lost lock"
+            "budget rows of {session_id}/{day} changed under a writer: lost lock"
         )));
     }
     Ok(())
