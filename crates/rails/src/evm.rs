@@ -48,6 +48,10 @@ const MAX_BODY: usize = 64 * 1024;
 /// How long an x402 authorization stays valid: the service's `maxTimeoutSeconds`, within these bounds. A
 /// signed payment that was not settled must not linger: a refusal counts only once its authorization expired.
 const AUTHORIZATION_SECONDS: std::ops::RangeInclusive<u64> = 10..=60;
+/// How far back the transaction of an authorization used before an interruption is looked for (about 15 hours
+/// of Cronos blocks), and how many blocks one log query spans (public nodes refuse wide ranges).
+const LOG_LOOKBACK_BLOCKS: u64 = 10_000;
+const LOG_WINDOW_BLOCKS: u64 = 2_000;
 /// How long a transaction may take to be mined before its outcome counts as unknown (it is then reconciled).
 const RECEIPT_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -445,7 +449,8 @@ impl EvmRails {
             .map_err(unavailable)
     }
 
-    /// The transaction that used an authorization, found by its `AuthorizationUsed` event.
+    /// The transaction that used an authorization, found by its `AuthorizationUsed` event in the recent blocks.
+    /// Public RPC nodes cap how many blocks one log query spans, so the search walks back in windows.
     async fn authorization_tx(
         &self,
         token: &TokenConfig,
@@ -453,16 +458,27 @@ impl EvmRails {
         from: Address,
         nonce: B256,
     ) -> Option<String> {
-        let filter = Filter::new()
-            .address(token.address)
-            .event_signature(Eip3009Token::AuthorizationUsed::SIGNATURE_HASH)
-            .topic1(from.into_word())
-            .topic2(nonce)
-            .from_block(0);
-        let logs = chain.provider.get_logs(&filter).await.ok()?;
-        logs.first()
-            .and_then(|l| l.transaction_hash)
-            .map(|h| h.to_string())
+        let latest = chain.provider.get_block_number().await.ok()?;
+        let oldest = latest.saturating_sub(LOG_LOOKBACK_BLOCKS);
+        let mut to = latest;
+        loop {
+            let start = to.saturating_sub(LOG_WINDOW_BLOCKS - 1).max(oldest);
+            let filter = Filter::new()
+                .address(token.address)
+                .event_signature(Eip3009Token::AuthorizationUsed::SIGNATURE_HASH)
+                .topic1(from.into_word())
+                .topic2(nonce)
+                .from_block(start)
+                .to_block(to);
+            let logs = chain.provider.get_logs(&filter).await.ok()?;
+            if let Some(hash) = logs.first().and_then(|l| l.transaction_hash) {
+                return Some(hash.to_string());
+            }
+            if start == oldest {
+                return None;
+            }
+            to = start - 1;
+        }
     }
 
     /// Sends a stored x402 payment, or finds it settled. `fresh` says this runner signed it a moment ago, so it

@@ -426,6 +426,15 @@ async fn a_restart_between_signing_and_settling_pays_once() {
     let done = wait_for(&s, &t, id, ended).await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["steps"][0]["result"]["status"], "executed", "{done}");
+    let payment = done["steps"][0]["payment_id"].as_str().unwrap();
+    let (_, recorded) = s.get(&t.agent, &format!("/payments/{payment}")).await;
+    assert_eq!(recorded["receipt"]["recovered"], true, "{recorded}");
+    assert!(
+        recorded["tx_hash"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("0x")),
+        "the settling transaction is found on chain: {recorded}"
+    );
     assert_eq!(
         moved(&chain, payee_before).await,
         100_000,
