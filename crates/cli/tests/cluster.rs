@@ -22,7 +22,8 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// `n` instances on a fresh database, started at once, with 2-second execution leases.
+    /// `n` instances on a fresh database, started at once, with 4-second execution leases (long enough that a
+    /// busy test machine does not look like a dead instance).
     async fn start(n: usize) -> Cluster {
         let url = paygent_testkit::create_postgres_database().await;
         let dir =
@@ -31,7 +32,7 @@ impl Cluster {
             ("DATABASE_URL", url.as_str()),
             ("PAYGENT_ADMIN_TOKEN", ADMIN_TOKEN),
             ("PAYGENT_DATA_DIR", dir.to_str().unwrap()),
-            ("PAYGENT_LEASE_SECONDS", "2"),
+            ("PAYGENT_LEASE_SECONDS", "4"),
             ("PAYGENT_RATE_LIMIT", "0"),
         ];
         let started: Vec<(Serve, u16)> = (0..n).map(|_| spawn_serve(&env)).collect();

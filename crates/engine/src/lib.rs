@@ -78,6 +78,8 @@ pub struct Paygent {
     instance: Arc<str>,
     /// How long a lease lasts without renewal: how soon another instance takes over a dead one's executions.
     lease: chrono::Duration,
+    /// Executions whose runner is alive in this process.
+    runners: Arc<std::sync::Mutex<std::collections::HashSet<Uuid>>>,
     /// Whether the task that renews leases and takes over orphans runs.
     lease_keeper: Arc<std::sync::atomic::AtomicBool>,
     /// Payments whose rail runs in this process now, each behind its own lock.
@@ -98,6 +100,7 @@ impl Paygent {
             instance: Uuid::new_v4().to_string().into(),
             lease: chrono::Duration::seconds(10),
             lease_keeper: Arc::default(),
+            runners: Arc::default(),
             payment_turns: Arc::default(),
         }
     }

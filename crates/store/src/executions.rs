@@ -255,11 +255,14 @@ pub async fn advance(
 ) -> Result<bool> {
     let now = tx.now_text();
     let tenant = tx.tenant_id().to_string();
+    // Only from the step before: a second runner finishing the same step (after a takeover) changes nothing.
     let current: Option<(String,)> = sqlx::query_as(
-        "SELECT cost_usd FROM executions WHERE tenant_id = $1 AND id = $2 AND status = 'running'",
+        "SELECT cost_usd FROM executions \
+         WHERE tenant_id = $1 AND id = $2 AND status = 'running' AND current_step = $3",
     )
     .bind(&tenant)
     .bind(id.to_string())
+    .bind(next_step - 1)
     .fetch_optional(tx.conn())
     .await?;
     let Some((cost,)) = current else {
@@ -268,13 +271,14 @@ pub async fn advance(
     let total = decimal(&cost)? + cost_usd;
     let done = sqlx::query(
         "UPDATE executions SET current_step = $3, cost_usd = $4, updated_at = $5 \
-         WHERE tenant_id = $1 AND id = $2 AND status = 'running'",
+         WHERE tenant_id = $1 AND id = $2 AND status = 'running' AND current_step = $6",
     )
     .bind(tenant)
     .bind(id.to_string())
     .bind(next_step)
     .bind(total.to_string())
     .bind(now)
+    .bind(next_step - 1)
     .execute(tx.conn())
     .await?;
     Ok(done.rows_affected() == 1)

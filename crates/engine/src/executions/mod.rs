@@ -124,6 +124,9 @@ impl Paygent {
             })
             .collect();
         executions::insert(&mut tx, &execution, &records).await?;
+        // Leased from the start: no other instance may take it over before this one's runner starts.
+        let until = paygent_domain::time::format(now + self.lease);
+        executions::claim(tx.conn(), execution.id, &self.instance, &until, &until).await?;
         let plan: Vec<Value> = records
             .iter()
             .map(|s| json!({"tool": s.tool, "args": s.args}))
@@ -278,7 +281,12 @@ impl Paygent {
 
     /// Drives an execution to its end. A failure to reach the database is not the execution's failure: the
     /// runner waits and picks up again from what is stored.
+    ///
+    /// One runner per execution in this process: a takeover never starts a second beside a live one.
     fn spawn_runner(&self, tenant_id: Uuid, id: Uuid) {
+        if !self.runners.lock().expect("runners").insert(id) {
+            return;
+        }
         let paygent = self.clone();
         tokio::spawn(async move {
             let mut backoff = std::time::Duration::from_millis(100);
@@ -287,6 +295,7 @@ impl Paygent {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
             }
+            paygent.runners.lock().expect("runners").remove(&id);
         });
     }
 
