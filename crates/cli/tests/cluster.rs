@@ -33,6 +33,8 @@ impl Cluster {
             ("PAYGENT_ADMIN_TOKEN", ADMIN_TOKEN),
             ("PAYGENT_DATA_DIR", dir.to_str().unwrap()),
             ("PAYGENT_LEASE_SECONDS", "4"),
+            // Four tests run at once, three instances each, all on one PostgreSQL (100 connections at most).
+            ("PAYGENT_DB_MAX_CONNECTIONS", "4"),
             ("PAYGENT_RATE_LIMIT", "0"),
         ];
         let started: Vec<(Serve, u16)> = (0..n).map(|_| spawn_serve(&env)).collect();
@@ -291,7 +293,7 @@ async fn three_instances_share_one_budget() {
         .iter()
         .filter(|p| p["reason"] == "budget_exceeded")
         .count();
-    assert_eq!((authorized, denied), (50, 250));
+    assert_eq!((authorized, denied), (50, 250), "{results:?}");
     let (_, budget) = c
         .call(2, &agent, &format!("/sessions/{session}/budget"), None)
         .await;

@@ -50,7 +50,8 @@ impl StoreError {
 
     /// True when the database could not be reached rather than refusing the work: worth a retry.
     /// A connection cut mid-handshake shows as an I/O, TLS or protocol error; a database shutting down or
-    /// starting up answers SQLSTATE class 08 (connection exception) or 57P (operator intervention).
+    /// starting up answers SQLSTATE class 08 (connection exception) or 57P (operator intervention), and one out
+    /// of connections or memory class 53 (insufficient resources).
     pub fn is_unavailable(&self) -> bool {
         match self {
             StoreError::Db(
@@ -62,9 +63,9 @@ impl StoreError {
                 | sqlx::Error::WorkerCrashed
                 | sqlx::Error::BeginFailed,
             ) => true,
-            StoreError::Db(sqlx::Error::Database(e)) => e
-                .code()
-                .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+            StoreError::Db(sqlx::Error::Database(e)) => e.code().is_some_and(|c| {
+                c.starts_with("08") || c.starts_with("57P") || c.starts_with("53")
+            }),
             _ => false,
         }
     }
