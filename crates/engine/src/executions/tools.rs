@@ -254,8 +254,9 @@ impl Tool for Transfer {
     }
 }
 
-/// `x402_payment {url, max_amount, currency?}`: pay for an x402 resource. Until the x402 rail lands it is
-/// decision-only: the guard authorizes up to `max_amount` and the agent pays.
+/// `x402_payment {url, max_amount, currency?}`: pay for an x402 resource, decision-only: the guard authorizes up
+/// to `max_amount` and the agent pays. With payment rails installed, `paygent_rails::X402Tool` replaces it and
+/// pays the resource's actual price itself.
 struct X402Payment;
 
 impl X402Payment {
