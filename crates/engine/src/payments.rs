@@ -58,7 +58,11 @@ async fn reload(tx: &mut WriteTx, id: Uuid) -> Result<PaymentRecord> {
 impl Paygent {
     /// One payment, with what its rail brought back (block, settlement, an x402 resource's answer) if it paid.
     pub async fn payment(&self, who: &Principal, id: Uuid) -> Result<PaymentView> {
-        let mut view: PaymentView = payments::get(self.store.reader(), who.tenant_id, id)
+        self.payment_view(who.tenant_id, id).await
+    }
+
+    pub(crate) async fn payment_view(&self, tenant_id: Uuid, id: Uuid) -> Result<PaymentView> {
+        let mut view: PaymentView = payments::get(self.store.reader(), tenant_id, id)
             .await?
             .map(Into::into)
             .ok_or(EngineError::NotFound("payment"))?;

@@ -8,6 +8,7 @@ use crate::views::PaymentView;
 use crate::{EngineError, Paygent, Result};
 use futures::future::BoxFuture;
 use paygent_domain::{Decimal, PaymentStatus};
+use paygent_store::attempts::AttemptRecord;
 use paygent_store::payments::{self, PaymentRecord, Transition};
 use paygent_store::{WriteTx, attempts, sessions};
 use serde_json::{Value, json};
@@ -47,6 +48,16 @@ pub struct Signed {
     pub tx_hash: Option<String>,
     /// Everything needed to send it again or find it on chain.
     pub artifact: Value,
+}
+
+impl From<AttemptRecord> for Signed {
+    fn from(a: AttemptRecord) -> Self {
+        Signed {
+            network: a.network,
+            tx_hash: a.tx_hash,
+            artifact: a.signed,
+        }
+    }
 }
 
 /// A payment that settled.
@@ -132,10 +143,25 @@ impl Paygent {
         if payment.status != PaymentStatus::Authorized || self.rails.is_empty() {
             return Ok(payment.into());
         }
+        let session = sessions::get(self.store.reader(), payment.tenant_id, payment.session_id)
+            .await?
+            .ok_or(EngineError::NotFound("session"))?;
+        let order = PaymentOrder {
+            payment_id: payment.id,
+            session_id: payment.session_id,
+            wallet: session.wallet_address,
+            tool: payment.tool.clone(),
+            amount: payment.amount,
+            currency: payment.currency.clone(),
+            recipient: payment.recipient.clone(),
+        };
+        let Some(rail) = self.rails.iter().find(|r| r.carries(&order)).cloned() else {
+            return Ok(payment.into());
+        };
         let abandoned = Arc::new(AtomicBool::new(false));
         let _watch = AbandonOnDrop(abandoned.clone());
         let this = self.clone();
-        tokio::spawn(async move { this.carry_out_alone(payment, abandoned).await })
+        tokio::spawn(async move { this.carry_out_alone(payment, order, rail, abandoned).await })
             .await
             .map_err(|e| EngineError::Unavailable(format!("the payment runner stopped: {e}")))?
     }
@@ -155,37 +181,20 @@ impl Paygent {
     async fn carry_out_alone(
         &self,
         payment: PaymentRecord,
+        order: PaymentOrder,
+        rail: Arc<dyn Rail>,
         abandoned: Arc<AtomicBool>,
     ) -> Result<PaymentView> {
         let turn = self.payment_turn(payment.id);
         let _mine = turn.lock().await;
+        let tenant_id = payment.tenant_id;
         // Another caller may have finished it while this one waited.
-        let payment = payments::get(self.store.reader(), payment.tenant_id, payment.id)
+        let payment = payments::get(self.store.reader(), tenant_id, payment.id)
             .await?
             .ok_or(EngineError::NotFound("payment"))?;
         if payment.status != PaymentStatus::Authorized {
-            let mut view: PaymentView = payment.into();
-            view.receipt = attempts::get(self.store.reader(), view.id)
-                .await?
-                .and_then(|a| a.receipt);
-            return Ok(view);
+            return self.payment_view(tenant_id, payment.id).await;
         }
-        let tenant_id = payment.tenant_id;
-        let session = sessions::get(self.store.reader(), tenant_id, payment.session_id)
-            .await?
-            .ok_or(EngineError::NotFound("session"))?;
-        let order = PaymentOrder {
-            payment_id: payment.id,
-            session_id: payment.session_id,
-            wallet: session.wallet_address,
-            tool: payment.tool.clone(),
-            amount: payment.amount,
-            currency: payment.currency.clone(),
-            recipient: payment.recipient.clone(),
-        };
-        let Some(rail) = self.rails.iter().find(|r| r.carries(&order)).cloned() else {
-            return Ok(payment.into());
-        };
         let journal = |signed: Signed| -> BoxFuture<'_, Result<Signed, RailError>> {
             let rail = rail.name();
             let abandoned = abandoned.load(Ordering::SeqCst);
@@ -206,11 +215,7 @@ impl Paygent {
         for _ in 0..MAX_RESIGNS {
             let earlier = attempts::get(self.store.reader(), payment.id)
                 .await?
-                .map(|a| Signed {
-                    network: a.network,
-                    tx_hash: a.tx_hash,
-                    artifact: a.signed,
-                });
+                .map(Signed::from);
             match rail.pay(&order, earlier, &journal).await {
                 Ok(settlement) => return self.settled(&payment, settlement).await,
                 Err(RailError::Refused(why)) => return self.rail_failed(&payment, &why).await,
@@ -270,14 +275,10 @@ impl Paygent {
             tx.commit().await?;
             return Ok(signed);
         }
-        let earlier = attempts::get(tx.conn(), payment_id)
+        attempts::get(tx.conn(), payment_id)
             .await?
-            .ok_or(EngineError::NotFound("payment attempt"))?;
-        Ok(Signed {
-            network: earlier.network,
-            tx_hash: earlier.tx_hash,
-            artifact: earlier.signed,
-        })
+            .map(Signed::from)
+            .ok_or(EngineError::NotFound("payment attempt"))
     }
 
     async fn settled(&self, payment: &PaymentRecord, s: Settlement) -> Result<PaymentView> {
@@ -302,9 +303,7 @@ impl Paygent {
             announce(&mut tx, payment, "executed", data).await?;
         }
         self.publish(tx.commit().await?);
-        let mut view = self.reload_view(payment).await?;
-        view.receipt = Some(s.receipt);
-        Ok(view)
+        self.payment_view(payment.tenant_id, payment.id).await
     }
 
     /// Nothing was paid: the payment fails and what it took from the budget goes back.
@@ -331,14 +330,7 @@ impl Paygent {
             announce(&mut tx, payment, "failed", data).await?;
         }
         self.publish(tx.commit().await?);
-        self.reload_view(payment).await
-    }
-
-    async fn reload_view(&self, payment: &PaymentRecord) -> Result<PaymentView> {
-        payments::get(self.store.reader(), payment.tenant_id, payment.id)
-            .await?
-            .map(Into::into)
-            .ok_or(EngineError::NotFound("payment"))
+        self.payment_view(payment.tenant_id, payment.id).await
     }
 
     /// Finishes the payments a crash left between signing and settling. Run at start, before agents retry.

@@ -202,6 +202,20 @@ impl EvmRails {
         Ok(usable)
     }
 
+    /// What payable offers ask, in words: "0.1 USDC or 0.2 USDT".
+    pub fn asked(&self, offers: &[(Offer, String)]) -> String {
+        let each: Vec<String> = offers
+            .iter()
+            .map(|(o, symbol)| {
+                let decimals = self.inner.tokens.get(symbol).map_or(0, |t| t.decimals);
+                let amount = from_units(o.amount, decimals)
+                    .map_or_else(|| o.amount.to_string(), |d| d.to_string());
+                format!("{amount} {symbol}")
+            })
+            .collect();
+        each.join(" or ")
+    }
+
     /// Asks `url` what it costs: its offers, or the status and body it answered without asking for payment.
     pub async fn quote(&self, url: &str) -> Result<Result<Vec<Offer>, (u16, String)>, String> {
         let resp = self
@@ -405,17 +419,9 @@ impl EvmRails {
             .find(|(o, symbol)| *symbol == token.symbol && o.amount == value)
             .map(|(o, _)| o.clone())
             .ok_or_else(|| {
-                let asked: Vec<String> = offers
-                    .iter()
-                    .map(|(o, s)| {
-                        let amount = from_units(o.amount, token.decimals)
-                            .map_or_else(|| o.amount.to_string(), |d| d.to_string());
-                        format!("{amount} {s}")
-                    })
-                    .collect();
                 RailError::Refused(format!(
                     "the service now asks {}, not the {} {} that was authorized",
-                    asked.join(" or "),
+                    self.asked(&offers),
                     order.amount,
                     order.currency
                 ))

@@ -62,18 +62,9 @@ impl X402Tool {
         match within {
             Some((amount, symbol)) => ctx.pay(&amount.to_string(), &symbol, url).await,
             None => {
-                let asked: Vec<String> = payable
-                    .iter()
-                    .map(|(o, s)| {
-                        let d = prices.get(s).map_or(0, |c| c.decimals);
-                        let amount = from_units(o.amount, d)
-                            .map_or_else(|| o.amount.to_string(), |a| a.to_string());
-                        format!("{amount} {s}")
-                    })
-                    .collect();
                 let why = format!(
                     "the service asks {}, above max_amount {max} {currency}: nothing was signed",
-                    asked.join(" or ")
+                    self.rails.asked(&payable)
                 );
                 ctx.refuse_payment(max, currency, url, &why).await
             }
