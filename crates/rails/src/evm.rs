@@ -246,8 +246,8 @@ impl EvmRails {
         journal: Journal<'_>,
     ) -> Result<Settlement, RailError> {
         let (token, chain) = self.token(&order.currency)?;
-        let signed = match earlier {
-            Some(s) => s,
+        let (signed, sent) = match earlier {
+            Some(s) => (s, None),
             None => {
                 let wallet = self.wallet(order)?;
                 let from = wallet.address();
@@ -296,20 +296,26 @@ impl EvmRails {
                         "nonce": nonce, "token": token.address, "to": to, "value": value.to_string()}),
                 };
                 let stored = journal(mine.clone()).await?;
-                if stored == mine {
-                    // Broadcast while the nonce is still ours; the settlement below tolerates a repeat.
-                    let _ = provider.send_raw_transaction(&raw).await;
-                }
-                stored
+                // Broadcast while the nonce is still ours; a signature another runner stored is its to send.
+                let sent = if stored == mine {
+                    let refusal = provider.send_raw_transaction(&raw).await.err();
+                    Some(refusal.map(|e| e.to_string()))
+                } else {
+                    None
+                };
+                (stored, sent)
             }
         };
-        self.settle_transaction(chain, &signed).await
+        self.settle_transaction(chain, &signed, sent).await
     }
 
+    /// Sends a stored transfer, or finds it mined, and waits for its confirmations. `sent` is this runner's own
+    /// broadcast of it a moment ago (with the node's refusal, if any): then it is not looked up and sent again.
     async fn settle_transaction(
         &self,
         chain: &Chain,
         signed: &Signed,
+        sent: Option<Option<String>>,
     ) -> Result<Settlement, RailError> {
         let hash: B256 = parse_stored(signed.tx_hash.as_deref(), "transaction hash")?;
         let raw: Bytes = stored(&signed.artifact, "raw")?;
@@ -318,17 +324,23 @@ impl EvmRails {
             .as_u64()
             .ok_or_else(|| RailError::Refused("the stored attempt has no readable nonce".into()))?;
         let provider = &chain.provider;
-        let mut refused_send = None;
-        if provider
-            .get_transaction_receipt(hash)
-            .await
-            .map_err(unavailable)?
-            .is_none()
-            && let Err(e) = provider.send_raw_transaction(&raw).await
-        {
-            // "already known", "nonce too low", "replacement underpriced": the loop below tells which matters.
-            refused_send = Some(e.to_string());
-        }
+        // "already known", "nonce too low", "replacement underpriced": the loop below tells which matters.
+        let refused_send = match sent {
+            Some(refusal) => refusal,
+            None if provider
+                .get_transaction_receipt(hash)
+                .await
+                .map_err(unavailable)?
+                .is_none() =>
+            {
+                provider
+                    .send_raw_transaction(&raw)
+                    .await
+                    .err()
+                    .map(|e| e.to_string())
+            }
+            None => None,
+        };
         let deadline = tokio::time::Instant::now() + RECEIPT_TIMEOUT;
         let receipt = loop {
             if let Some(r) = provider
