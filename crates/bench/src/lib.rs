@@ -610,43 +610,58 @@ pub async fn ceiling(
     scale: &Scale,
     concurrency: usize,
 ) -> anyhow::Result<Measurement> {
-    sqlx::any::install_default_drivers();
-    let sqlite = database_url.starts_with("sqlite:");
-    let pool = sqlx::any::AnyPoolOptions::new()
-        .max_connections(if sqlite { 1 } else { concurrency as u32 })
-        .after_connect(move |conn, _| {
-            Box::pin(async move {
-                if sqlite {
-                    use sqlx::Executor;
-                    conn.execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; PRAGMA synchronous = FULL;")
-                        .await?;
-                }
+    const CREATE: &str =
+        "CREATE TABLE IF NOT EXISTS bench_ceiling (id TEXT PRIMARY KEY, at TEXT NOT NULL)";
+    const INSERT: &str = "INSERT INTO bench_ceiling (id, at) VALUES ($1, $2)";
+    const AT: &str = "2026-01-01T00:00:00.000000Z";
+    let (lat, wall) = if database_url.starts_with("sqlite:") {
+        // The one writer, as Paygent has it, each transaction committed on its own.
+        let path =
+            <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(database_url)?
+                .get_filename()
+                .to_owned();
+        let conn = rusqlite::Connection::open(path)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; PRAGMA synchronous = FULL;",
+        )?;
+        conn.execute_batch(CREATE)?;
+        let conn = Arc::new(std::sync::Mutex::new(conn));
+        load(concurrency, scale.requests, move |_| {
+            let conn = conn.clone();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let c = conn.lock().expect("ceiling connection");
+                    c.execute_batch("BEGIN IMMEDIATE")?;
+                    c.prepare_cached(INSERT)?
+                        .execute((uuid::Uuid::new_v4().to_string(), AT))?;
+                    c.execute_batch("COMMIT")
+                })
+                .await??;
                 Ok(())
-            })
+            }
         })
-        .connect(database_url)
-        .await?;
-    sqlx::query("CREATE TABLE IF NOT EXISTS bench_ceiling (id TEXT PRIMARY KEY, at TEXT NOT NULL)")
-        .execute(&pool)
-        .await?;
-    let (lat, wall) = load(concurrency, scale.requests, move |_| {
-        let pool = pool.clone();
-        async move {
-            let mut tx = if sqlite {
-                pool.begin_with("BEGIN IMMEDIATE").await?
-            } else {
-                pool.begin().await?
-            };
-            sqlx::query("INSERT INTO bench_ceiling (id, at) VALUES ($1, $2)")
-                .bind(uuid::Uuid::new_v4().to_string())
-                .bind("2026-01-01T00:00:00.000000Z")
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Ok(())
-        }
-    })
-    .await?;
+        .await?
+    } else {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(concurrency as u32)
+            .connect(database_url)
+            .await?;
+        sqlx::query(CREATE).execute(&pool).await?;
+        load(concurrency, scale.requests, move |_| {
+            let pool = pool.clone();
+            async move {
+                let mut tx = pool.begin().await?;
+                sqlx::query(INSERT)
+                    .bind(uuid::Uuid::new_v4().to_string())
+                    .bind(AT)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+        })
+        .await?
+    };
     Ok(Measurement::from_latencies(
         "database ceiling",
         concurrency,

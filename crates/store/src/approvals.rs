@@ -1,11 +1,11 @@
 //! Approval requests. Every change of status is a conditional update on the expected current status, so two
 //! racing decisions leave exactly one winner.
 
+use crate::db::{Db, query};
 use crate::{Result, StoreError, WriteTx, decimal, json, opt_time, opt_uuid, time, uuid};
 use chrono::{DateTime, Utc};
 use paygent_domain::{ApprovalStatus, Decimal, DecisionKind};
 use serde_json::Value;
-use sqlx::{Any, Executor, FromRow};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -37,26 +37,27 @@ impl ApprovalRecord {
     }
 }
 
-#[derive(FromRow)]
-struct ApprovalRow {
-    id: String,
-    tenant_id: String,
-    session_id: String,
-    payment_id: Option<String>,
-    tool: String,
-    args: String,
-    edited_args: Option<String>,
-    reason: String,
-    usd_value: String,
-    allowed_decisions: String,
-    status: String,
-    requested_by: String,
-    deadline: String,
-    decided_by: Option<String>,
-    decided_at: Option<String>,
-    decision_note: Option<String>,
-    consumed_at: Option<String>,
-    created_at: String,
+crate::row_type! {
+    struct ApprovalRow {
+        id: String,
+        tenant_id: String,
+        session_id: String,
+        payment_id: Option<String>,
+        tool: String,
+        args: String,
+        edited_args: Option<String>,
+        reason: String,
+        usd_value: String,
+        allowed_decisions: String,
+        status: String,
+        requested_by: String,
+        deadline: String,
+        decided_by: Option<String>,
+        decided_at: Option<String>,
+        decision_note: Option<String>,
+        consumed_at: Option<String>,
+        created_at: String,
+    }
 }
 
 const COLUMNS: &str = "id, tenant_id, session_id, payment_id, tool, args, edited_args, reason, usd_value, \
@@ -98,15 +99,13 @@ impl TryFrom<ApprovalRow> for ApprovalRecord {
     }
 }
 
-fn select(filter: &str) -> sqlx::AssertSqlSafe<String> {
-    sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM approval_requests WHERE {filter}"
-    ))
+fn select(filter: &str) -> String {
+    format!("SELECT {COLUMNS} FROM approval_requests WHERE {filter}")
 }
 
 pub async fn insert(tx: &mut WriteTx, a: &ApprovalRecord) -> Result<()> {
     let allowed: Vec<&str> = a.allowed_decisions.iter().map(|k| k.as_str()).collect();
-    sqlx::query(
+    query(
         "INSERT INTO approval_requests (id, tenant_id, session_id, payment_id, tool, args, reason, usd_value, \
          allowed_decisions, status, requested_by, deadline, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
@@ -129,17 +128,13 @@ pub async fn insert(tx: &mut WriteTx, a: &ApprovalRecord) -> Result<()> {
     Ok(())
 }
 
-pub async fn get<'e>(
-    exec: impl Executor<'e, Database = Any>,
-    tenant_id: Uuid,
-    id: Uuid,
-) -> Result<Option<ApprovalRecord>> {
-    crate::by_id::<ApprovalRow, _>(exec, select("tenant_id = $1 AND id = $2"), tenant_id, id).await
+pub async fn get(db: Db<'_>, tenant_id: Uuid, id: Uuid) -> Result<Option<ApprovalRecord>> {
+    crate::by_id::<ApprovalRow, _>(db, select("tenant_id = $1 AND id = $2"), tenant_id, id).await
 }
 
 /// Pending requests, oldest first.
-pub async fn pending<'e>(
-    exec: impl Executor<'e, Database = Any>,
+pub async fn pending(
+    db: Db<'_>,
     tenant_id: Uuid,
     session_id: Option<Uuid>,
     limit: i64,
@@ -148,24 +143,20 @@ pub async fn pending<'e>(
         "tenant_id = $1 AND status = 'pending' AND ($2 IS NULL OR session_id = $2) \
          ORDER BY created_at, id LIMIT $3",
     );
-    crate::by_session::<ApprovalRow, _>(exec, sql, tenant_id, session_id, limit).await
+    crate::by_session::<ApprovalRow, _>(db, sql, tenant_id, session_id, limit).await
 }
 
 /// Pending requests whose deadline has passed, across tenants, most overdue first: (tenant, request).
-pub async fn overdue<'e>(
-    exec: impl Executor<'e, Database = Any>,
-    now: DateTime<Utc>,
-    limit: i64,
-) -> Result<Vec<(Uuid, Uuid)>> {
-    let rows: Vec<(String, String)> = sqlx::query_as(
+pub async fn overdue(db: Db<'_>, now: DateTime<Utc>, limit: i64) -> Result<Vec<(Uuid, Uuid)>> {
+    let rows = query(
         "SELECT tenant_id, id FROM approval_requests WHERE status = 'pending' AND deadline <= $1 \
          ORDER BY deadline LIMIT $2",
     )
     .bind(paygent_domain::time::format(now))
     .bind(limit)
-    .fetch_all(exec)
+    .fetch_all(db)
     .await?;
-    rows.iter().map(|(t, i)| Ok((uuid(t)?, uuid(i)?))).collect()
+    crate::id_pairs(rows)
 }
 
 /// A decision to record; it lands only on a pending request whose deadline has not passed.
@@ -181,7 +172,7 @@ pub struct Decided<'a> {
 pub async fn decide(tx: &mut WriteTx, d: Decided<'_>) -> Result<bool> {
     let now = tx.now_text();
     let tenant = tx.tenant_id().to_string();
-    let done = sqlx::query(
+    let done = query(
         "UPDATE approval_requests SET status = $3, decided_by = $4, decided_at = $5, decision_note = $6, \
          edited_args = $7 WHERE tenant_id = $1 AND id = $2 AND status = 'pending' AND deadline > $5",
     )
@@ -194,7 +185,7 @@ pub async fn decide(tx: &mut WriteTx, d: Decided<'_>) -> Result<bool> {
     .bind(d.edited_args.map(Value::to_string))
     .execute(tx.conn())
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(done == 1)
 }
 
 /// Ends a pending request as expired or cancelled; returns false if it was no longer pending.
@@ -206,7 +197,7 @@ pub async fn end(
 ) -> Result<bool> {
     let now = tx.now_text();
     let tenant = tx.tenant_id().to_string();
-    let done = sqlx::query(
+    let done = query(
         "UPDATE approval_requests SET status = $3, decided_at = $4, decision_note = $5 \
          WHERE tenant_id = $1 AND id = $2 AND status = 'pending'",
     )
@@ -217,7 +208,7 @@ pub async fn end(
     .bind(note)
     .execute(tx.conn())
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(done == 1)
 }
 
 /// Takes the one-time right to execute an approved or edited request; returns false if already taken or not
@@ -225,7 +216,7 @@ pub async fn end(
 pub async fn consume(tx: &mut WriteTx, id: Uuid) -> Result<bool> {
     let now = tx.now_text();
     let tenant = tx.tenant_id().to_string();
-    let done = sqlx::query(
+    let done = query(
         "UPDATE approval_requests SET consumed_at = $3 \
          WHERE tenant_id = $1 AND id = $2 AND status IN ('approved', 'edited') AND consumed_at IS NULL",
     )
@@ -234,5 +225,5 @@ pub async fn consume(tx: &mut WriteTx, id: Uuid) -> Result<bool> {
     .bind(now)
     .execute(tx.conn())
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(done == 1)
 }

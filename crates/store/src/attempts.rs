@@ -1,10 +1,10 @@
 //! Payment attempts: what a rail signed for a payment, kept before it is sent so a restart resends the same
 //! thing instead of signing a second payment.
 
+use crate::db::{Db, query};
 use crate::{Result, WriteTx, time, uuid};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{Any, Executor, FromRow};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -19,16 +19,17 @@ pub struct AttemptRecord {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(FromRow)]
-struct AttemptRow {
-    payment_id: String,
-    tenant_id: String,
-    rail: String,
-    network: String,
-    signed: String,
-    tx_hash: Option<String>,
-    receipt: Option<String>,
-    created_at: String,
+crate::row_type! {
+    struct AttemptRow {
+        payment_id: String,
+        tenant_id: String,
+        rail: String,
+        network: String,
+        signed: String,
+        tx_hash: Option<String>,
+        receipt: Option<String>,
+        created_at: String,
+    }
 }
 
 const COLUMNS: &str = "payment_id, tenant_id, rail, network, signed, tx_hash, receipt, created_at";
@@ -49,17 +50,14 @@ impl TryFrom<AttemptRow> for AttemptRecord {
     }
 }
 
-pub async fn get<'e>(
-    exec: impl Executor<'e, Database = Any>,
-    payment_id: Uuid,
-) -> Result<Option<AttemptRecord>> {
-    sqlx::query_as::<_, AttemptRow>(sqlx::AssertSqlSafe(format!(
+pub async fn get(db: Db<'_>, payment_id: Uuid) -> Result<Option<AttemptRecord>> {
+    query(format!(
         "SELECT {COLUMNS} FROM payment_attempts WHERE payment_id = $1"
-    )))
+    ))
     .bind(payment_id.to_string())
-    .fetch_optional(exec)
+    .fetch_optional(db)
     .await?
-    .map(AttemptRecord::try_from)
+    .map(|r| AttemptRow::try_from(r).and_then(AttemptRecord::try_from))
     .transpose()
 }
 
@@ -73,7 +71,7 @@ pub async fn insert(
     tx_hash: Option<&str>,
 ) -> Result<bool> {
     let now = tx.now_text();
-    let done = sqlx::query(
+    let done = query(
         "INSERT INTO payment_attempts (payment_id, tenant_id, rail, network, signed, tx_hash, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (payment_id) DO NOTHING",
     )
@@ -86,13 +84,13 @@ pub async fn insert(
     .bind(now)
     .execute(tx.conn())
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(done == 1)
 }
 
 /// Forgets an attempt that can never settle (its nonce went to another transaction, or its window closed), so
 /// the payment can be signed anew.
 pub async fn discard(tx: &mut WriteTx, payment_id: Uuid) -> Result<()> {
-    sqlx::query("DELETE FROM payment_attempts WHERE payment_id = $1 AND receipt IS NULL")
+    query("DELETE FROM payment_attempts WHERE payment_id = $1 AND receipt IS NULL")
         .bind(payment_id.to_string())
         .execute(tx.conn())
         .await?;
@@ -106,7 +104,7 @@ pub async fn finish(
     receipt: &Value,
 ) -> Result<()> {
     let now = tx.now_text();
-    sqlx::query(
+    query(
         "UPDATE payment_attempts SET receipt = $2, tx_hash = COALESCE($3, tx_hash), updated_at = $4 \
          WHERE payment_id = $1",
     )
@@ -121,18 +119,13 @@ pub async fn finish(
 
 /// Payments with a signed attempt and no outcome yet, in every tenant, signed before `before` if given: what a
 /// restart, or a runner that lost touch with its chain, left to reconcile.
-pub async fn open<'e>(
-    exec: impl Executor<'e, Database = Any>,
-    before: Option<&str>,
-) -> Result<Vec<(Uuid, Uuid)>> {
-    let rows: Vec<(String, String)> = sqlx::query_as(
+pub async fn open(db: Db<'_>, before: Option<&str>) -> Result<Vec<(Uuid, Uuid)>> {
+    let rows = query(
         "SELECT tenant_id, payment_id FROM payment_attempts WHERE receipt IS NULL \
          AND ($1 IS NULL OR created_at < $1) ORDER BY created_at",
     )
     .bind(before)
-    .fetch_all(exec)
+    .fetch_all(db)
     .await?;
-    rows.into_iter()
-        .map(|(t, p)| Ok((uuid(&t)?, uuid(&p)?)))
-        .collect()
+    crate::id_pairs(rows)
 }

@@ -1,22 +1,23 @@
 //! Reading the audit trail. Entries are only ever written by [`crate::WriteTx::audit`].
 
+use crate::db::query;
 use crate::{Result, Store, json, opt_uuid, uuid};
 use paygent_domain::audit::AuditEntry;
-use sqlx::FromRow;
 use uuid::Uuid;
 
-#[derive(FromRow)]
-struct AuditRow {
-    tenant_id: String,
-    seq: i64,
-    at: String,
-    actor: String,
-    action: String,
-    subject: String,
-    session_id: Option<String>,
-    data: String,
-    prev_hash: String,
-    hash: String,
+crate::row_type! {
+    struct AuditRow {
+        tenant_id: String,
+        seq: i64,
+        at: String,
+        actor: String,
+        action: String,
+        subject: String,
+        session_id: Option<String>,
+        data: String,
+        prev_hash: String,
+        hash: String,
+    }
 }
 
 impl Store {
@@ -28,7 +29,7 @@ impl Store {
         after_seq: i64,
         limit: i64,
     ) -> Result<Vec<AuditEntry>> {
-        let rows = sqlx::query_as::<_, AuditRow>(
+        let rows = query(
             "SELECT tenant_id, seq, at, actor, action, subject, session_id, data, prev_hash, hash FROM audit_log \
              WHERE tenant_id = $1 AND seq > $2 AND ($3 IS NULL OR session_id = $3) ORDER BY seq LIMIT $4",
         )
@@ -40,6 +41,7 @@ impl Store {
         .await?;
         rows.into_iter()
             .map(|r| {
+                let r = AuditRow::try_from(r)?;
                 Ok(AuditEntry {
                     tenant_id: uuid(&r.tenant_id)?,
                     seq: r.seq,

@@ -1,10 +1,10 @@
 //! The budget ledger. Every change is made inside a [`WriteTx`], which holds the tenant's lock, and is also a
 //! compare-and-set on the row's version: two writers can never both apply a change computed from one reading.
 
+use crate::db::{Db, query};
 use crate::{Result, StoreError, WriteTx, decimal};
 use paygent_domain::Decimal;
 use paygent_domain::budget::Usage;
-use sqlx::{Any, Executor, Row};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
@@ -16,25 +16,21 @@ pub struct Delta {
 }
 
 /// Today's usage of one session, by ledger key.
-pub async fn day_usage<'e>(
-    exec: impl Executor<'e, Database = Any>,
-    session_id: Uuid,
-    day: &str,
-) -> Result<BTreeMap<String, Usage>> {
-    let rows = sqlx::query(
+pub async fn day_usage(db: Db<'_>, session_id: Uuid, day: &str) -> Result<BTreeMap<String, Usage>> {
+    let rows = query(
         "SELECT ledger, spent, reserved FROM budget_usage WHERE session_id = $1 AND day = $2",
     )
     .bind(session_id.to_string())
     .bind(day)
-    .fetch_all(exec)
+    .fetch_all(db)
     .await?;
     rows.iter()
         .map(|r| {
             let usage = Usage {
-                spent: decimal(&r.try_get::<String, _>(1)?)?,
-                reserved: decimal(&r.try_get::<String, _>(2)?)?,
+                spent: decimal(&r.get::<String>(1)?)?,
+                reserved: decimal(&r.get::<String>(2)?)?,
             };
-            Ok((r.try_get(0)?, usage))
+            Ok((r.get(0)?, usage))
         })
         .collect()
 }
@@ -56,7 +52,7 @@ pub async fn apply(
             ));
         }
     };
-    let rows = sqlx::query(
+    let rows = query(
         "SELECT ledger, spent, reserved, version FROM budget_usage \
          WHERE session_id = $1 AND day = $2 AND ledger IN ($3, $4)",
     )
@@ -69,10 +65,10 @@ pub async fn apply(
     let mut current = BTreeMap::new();
     for r in &rows {
         let usage = Usage {
-            spent: decimal(&r.try_get::<String, _>(1)?)?,
-            reserved: decimal(&r.try_get::<String, _>(2)?)?,
+            spent: decimal(&r.get::<String>(1)?)?,
+            reserved: decimal(&r.get::<String>(2)?)?,
         };
-        current.insert(r.try_get::<String, _>(0)?, (usage, r.try_get::<i64, _>(3)?));
+        current.insert(r.get::<String>(0)?, (usage, r.get::<i64>(3)?));
     }
     // A new row is written at version 1; an existing one only if it is still at the version read above.
     let placeholders: Vec<String> = (0..changes.len())
@@ -97,10 +93,10 @@ pub async fn apply(
          WHERE budget_usage.version = excluded.version - 1",
         placeholders.join(", ")
     );
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    let mut statement = query(sql);
     for (ledger, delta) in changes {
         let (usage, version) = current.get(*ledger).copied().unwrap_or_default();
-        query = query
+        statement = statement
             .bind(tx.tenant_id().to_string())
             .bind(session_id.to_string())
             .bind(day.to_owned())
@@ -109,8 +105,8 @@ pub async fn apply(
             .bind((usage.reserved + delta.reserved).to_string())
             .bind(version + 1);
     }
-    let done = query.execute(tx.conn()).await?;
-    if done.rows_affected() != changes.len() as u64 {
+    let done = statement.execute(tx.conn()).await?;
+    if done != changes.len() as u64 {
         return Err(StoreError::Corrupt(format!(
             "budget rows of {session_id}/{day} changed under a writer: lost lock"
         )));

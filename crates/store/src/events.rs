@@ -1,10 +1,10 @@
 //! Reading the event outbox for replay by sequence number, pruning it, and hearing of new events written by
 //! other instances.
 
+use crate::db::query;
 use crate::{Backend, Event, Result, Store, json, opt_uuid, uuid};
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgListener;
-use sqlx::{FromRow, Row};
 use uuid::Uuid;
 
 /// The PostgreSQL NOTIFY channel that carries "tenant T has events up to seq N", as `T:N`.
@@ -35,15 +35,15 @@ impl EventNudges {
     }
 }
 
-#[derive(FromRow)]
-struct EventRow {
-    tenant_id: String,
-    seq: i64,
-    #[sqlx(rename = "type")]
-    kind: String,
-    session_id: Option<String>,
-    payload: String,
-    created_at: String,
+crate::row_type! {
+    struct EventRow {
+        tenant_id: String,
+        seq: i64,
+        kind: String,
+        session_id: Option<String>,
+        payload: String,
+        created_at: String,
+    }
 }
 
 impl Store {
@@ -54,7 +54,7 @@ impl Store {
         after_seq: i64,
         limit: i64,
     ) -> Result<Vec<Event>> {
-        let rows = sqlx::query_as::<_, EventRow>(
+        let rows = query(
             "SELECT tenant_id, seq, type, session_id, payload, created_at FROM events \
              WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
         )
@@ -65,6 +65,7 @@ impl Store {
         .await?;
         rows.into_iter()
             .map(|r| {
+                let r = EventRow::try_from(r)?;
                 Ok(Event {
                     tenant_id: uuid(&r.tenant_id)?,
                     seq: r.seq,
@@ -81,7 +82,7 @@ impl Store {
 impl Store {
     /// Nudges from every instance's commits, on PostgreSQL; SQLite has one instance, and needs none.
     pub async fn event_nudges(&self) -> Result<Option<EventNudges>> {
-        if self.backend != Backend::Postgres {
+        if self.backend() != Backend::Postgres {
             return Ok(None);
         }
         let mut listener = PgListener::connect(&self.url).await?;
@@ -91,31 +92,31 @@ impl Store {
 
     /// Every tenant's latest event sequence number.
     pub async fn event_heads(&self) -> Result<Vec<(Uuid, i64)>> {
-        let rows = sqlx::query("SELECT id, event_seq FROM tenants")
+        let rows = query("SELECT id, event_seq FROM tenants")
             .fetch_all(self.reader())
             .await?;
         rows.iter()
-            .map(|r| Ok((uuid(&r.try_get::<String, _>(0)?)?, r.try_get(1)?)))
+            .map(|r| Ok((uuid(&r.get::<String>(0)?)?, r.get(1)?)))
             .collect()
     }
 
     /// The oldest event still kept for a tenant, and the tenant's latest: (first, head).
     pub async fn event_range(&self, tenant_id: Uuid) -> Result<(Option<i64>, i64)> {
-        let row = sqlx::query(
+        let row = query(
             "SELECT (SELECT MIN(seq) FROM events WHERE tenant_id = $1), event_seq FROM tenants WHERE id = $1",
         )
         .bind(tenant_id.to_string())
         .fetch_one(self.reader())
         .await?;
-        Ok((row.try_get(0)?, row.try_get(1)?))
+        Ok((row.get(0)?, row.get(1)?))
     }
 
     /// Deletes events created before `before`; returns how many.
     pub async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64> {
-        let done = sqlx::query("DELETE FROM events WHERE created_at < $1")
+        let done = query("DELETE FROM events WHERE created_at < $1")
             .bind(paygent_domain::time::format(before))
-            .execute(&self.writer)
+            .execute(self.writer())
             .await?;
-        Ok(done.rows_affected())
+        Ok(done)
     }
 }

@@ -1,12 +1,12 @@
 //! Executions and their steps. Status changes are conditional on the status the writer expects, so a kill
 //! and a step finishing at the same moment cannot both win.
 
+use crate::db::{Db, query};
 use crate::{Result, StoreError, WriteTx, decimal, json, opt_time, opt_uuid, time, uuid};
 use chrono::{DateTime, Utc};
 use paygent_domain::Decimal;
 use paygent_domain::execution::{ExecutionStatus, StepStatus};
 use serde_json::Value;
-use sqlx::{Any, Executor, FromRow};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -42,37 +42,39 @@ pub struct StepRecord {
     pub duration_ms: Option<i64>,
 }
 
-#[derive(FromRow)]
-struct ExecutionRow {
-    id: String,
-    tenant_id: String,
-    session_id: String,
-    status: String,
-    command: Option<String>,
-    error: Option<String>,
-    current_step: i64,
-    cost_usd: String,
-    created_by: String,
-    created_at: String,
-    updated_at: String,
-    finished_at: Option<String>,
+crate::row_type! {
+    struct ExecutionRow {
+        id: String,
+        tenant_id: String,
+        session_id: String,
+        status: String,
+        command: Option<String>,
+        error: Option<String>,
+        current_step: i64,
+        cost_usd: String,
+        created_by: String,
+        created_at: String,
+        updated_at: String,
+        finished_at: Option<String>,
+    }
 }
 
-#[derive(FromRow)]
-struct StepRow {
-    execution_id: String,
-    idx: i64,
-    tool: String,
-    args: String,
-    status: String,
-    result: Option<String>,
-    error: Option<String>,
-    approval_id: Option<String>,
-    payment_id: Option<String>,
-    cost_usd: Option<String>,
-    started_at: Option<String>,
-    finished_at: Option<String>,
-    duration_ms: Option<i64>,
+crate::row_type! {
+    struct StepRow {
+        execution_id: String,
+        idx: i64,
+        tool: String,
+        args: String,
+        status: String,
+        result: Option<String>,
+        error: Option<String>,
+        approval_id: Option<String>,
+        payment_id: Option<String>,
+        cost_usd: Option<String>,
+        started_at: Option<String>,
+        finished_at: Option<String>,
+        duration_ms: Option<i64>,
+    }
 }
 
 const COLUMNS: &str = "id, tenant_id, session_id, status, command, error, current_step, cost_usd, created_by, \
@@ -126,15 +128,15 @@ impl TryFrom<StepRow> for StepRecord {
     }
 }
 
-fn select(filter: &str) -> sqlx::AssertSqlSafe<String> {
-    sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM executions WHERE {filter}"))
+fn select(filter: &str) -> String {
+    format!("SELECT {COLUMNS} FROM executions WHERE {filter}")
 }
 
 /// Stores a new execution with its planned steps.
 pub async fn insert(tx: &mut WriteTx, e: &ExecutionRecord, steps: &[StepRecord]) -> Result<()> {
-    sqlx::query(sqlx::AssertSqlSafe(format!(
+    query(format!(
         "INSERT INTO executions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-    )))
+    ))
     .bind(e.id.to_string())
     .bind(e.tenant_id.to_string())
     .bind(e.session_id.to_string())
@@ -150,10 +152,10 @@ pub async fn insert(tx: &mut WriteTx, e: &ExecutionRecord, steps: &[StepRecord])
     .execute(tx.conn())
     .await?;
     for s in steps {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
+        query(format!(
             "INSERT INTO execution_steps ({STEP_COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)"
-        )))
+        ))
         .bind(s.execution_id.to_string())
         .bind(s.idx)
         .bind(&s.tool)
@@ -165,32 +167,25 @@ pub async fn insert(tx: &mut WriteTx, e: &ExecutionRecord, steps: &[StepRecord])
     Ok(())
 }
 
-pub async fn get<'e>(
-    exec: impl Executor<'e, Database = Any>,
-    tenant_id: Uuid,
-    id: Uuid,
-) -> Result<Option<ExecutionRecord>> {
-    crate::by_id::<ExecutionRow, _>(exec, select("tenant_id = $1 AND id = $2"), tenant_id, id).await
+pub async fn get(db: Db<'_>, tenant_id: Uuid, id: Uuid) -> Result<Option<ExecutionRecord>> {
+    crate::by_id::<ExecutionRow, _>(db, select("tenant_id = $1 AND id = $2"), tenant_id, id).await
 }
 
-pub async fn steps<'e>(
-    exec: impl Executor<'e, Database = Any>,
-    id: Uuid,
-) -> Result<Vec<StepRecord>> {
-    sqlx::query_as::<_, StepRow>(sqlx::AssertSqlSafe(format!(
+pub async fn steps(db: Db<'_>, id: Uuid) -> Result<Vec<StepRecord>> {
+    query(format!(
         "SELECT {STEP_COLUMNS} FROM execution_steps WHERE execution_id = $1 ORDER BY idx"
-    )))
+    ))
     .bind(id.to_string())
-    .fetch_all(exec)
+    .fetch_all(db)
     .await?
     .into_iter()
-    .map(StepRecord::try_from)
+    .map(|r| StepRow::try_from(r).and_then(StepRecord::try_from))
     .collect()
 }
 
 /// Executions, newest first, optionally of one session.
-pub async fn list<'e>(
-    exec: impl Executor<'e, Database = Any>,
+pub async fn list(
+    db: Db<'_>,
     tenant_id: Uuid,
     session_id: Option<Uuid>,
     limit: i64,
@@ -198,13 +193,13 @@ pub async fn list<'e>(
     let sql = select(
         "tenant_id = $1 AND ($2 IS NULL OR session_id = $2) ORDER BY created_at DESC, id DESC LIMIT $3",
     );
-    crate::by_session::<ExecutionRow, _>(exec, sql, tenant_id, session_id, limit).await
+    crate::by_session::<ExecutionRow, _>(db, sql, tenant_id, session_id, limit).await
 }
 
 /// A tenant's executions not yet ended, optionally of one session.
 pub async fn active_in(tx: &mut WriteTx, session_id: Option<Uuid>) -> Result<Vec<ExecutionRecord>> {
     let tenant = tx.tenant_id().to_string();
-    sqlx::query_as::<_, ExecutionRow>(select(
+    query(select(
         "tenant_id = $1 AND status IN ('running', 'awaiting_approval') AND ($2 IS NULL OR session_id = $2)",
     ))
     .bind(tenant)
@@ -212,7 +207,7 @@ pub async fn active_in(tx: &mut WriteTx, session_id: Option<Uuid>) -> Result<Vec
     .fetch_all(tx.conn())
     .await?
     .into_iter()
-    .map(ExecutionRecord::try_from)
+    .map(|r| ExecutionRow::try_from(r).and_then(ExecutionRecord::try_from))
     .collect()
 }
 
@@ -228,7 +223,7 @@ pub async fn transition(
     let tenant = tx.tenant_id().to_string();
     let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
     let finished = to.is_terminal().then(|| now.clone());
-    let done = sqlx::query(
+    let done = query(
         "UPDATE executions SET status = $3, error = COALESCE($4, error), updated_at = $5, \
          finished_at = COALESCE($6, finished_at) \
          WHERE tenant_id = $1 AND id = $2 AND (status = $7 OR status = $8)",
@@ -243,7 +238,7 @@ pub async fn transition(
     .bind(from.get(1).copied().unwrap_or(""))
     .execute(tx.conn())
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(done == 1)
 }
 
 /// Moves a running execution to its next step, adding the finished step's cost.
@@ -256,7 +251,7 @@ pub async fn advance(
     let now = tx.now_text();
     let tenant = tx.tenant_id().to_string();
     // Only from the step before: a second runner finishing the same step (after a takeover) changes nothing.
-    let current: Option<(String,)> = sqlx::query_as(
+    let current = query(
         "SELECT cost_usd FROM executions \
          WHERE tenant_id = $1 AND id = $2 AND status = 'running' AND current_step = $3",
     )
@@ -265,11 +260,11 @@ pub async fn advance(
     .bind(next_step - 1)
     .fetch_optional(tx.conn())
     .await?;
-    let Some((cost,)) = current else {
+    let Some(row) = current else {
         return Ok(false);
     };
-    let total = decimal(&cost)? + cost_usd;
-    let done = sqlx::query(
+    let total = decimal(&row.get::<String>(0)?)? + cost_usd;
+    let done = query(
         "UPDATE executions SET current_step = $3, cost_usd = $4, updated_at = $5 \
          WHERE tenant_id = $1 AND id = $2 AND status = 'running' AND current_step = $6",
     )
@@ -281,7 +276,7 @@ pub async fn advance(
     .bind(next_step - 1)
     .execute(tx.conn())
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(done == 1)
 }
 
 /// What a step became.
@@ -301,7 +296,7 @@ pub struct StepUpdate<'a> {
 
 pub async fn update_step(tx: &mut WriteTx, u: StepUpdate<'_>) -> Result<()> {
     let now = tx.now_text();
-    sqlx::query(
+    query(
         "UPDATE execution_steps SET status = $3, result = COALESCE($4, result), error = COALESCE($5, error), \
          approval_id = COALESCE($6, approval_id), payment_id = COALESCE($7, payment_id), \
          cost_usd = COALESCE($8, cost_usd), \
@@ -324,16 +319,18 @@ pub async fn update_step(tx: &mut WriteTx, u: StepUpdate<'_>) -> Result<()> {
     .await?;
     if u.finished {
         // Duration from the stored start, computed here so both databases agree.
-        let started: Option<(Option<String>, Option<String>)> = sqlx::query_as(
+        let started = query(
             "SELECT started_at, finished_at FROM execution_steps WHERE execution_id = $1 AND idx = $2",
         )
         .bind(u.execution_id.to_string())
         .bind(u.idx)
         .fetch_optional(tx.conn())
         .await?;
-        if let Some((Some(s), Some(f))) = started {
+        let times = started.map(|r| Ok::<_, StoreError>((r.get(0)?, r.get(1)?)));
+        if let Some((Some(s), Some(f))) = times.transpose()? {
+            let (s, f): (String, String) = (s, f);
             let ms = (time(&f)? - time(&s)?).num_milliseconds();
-            sqlx::query(
+            query(
                 "UPDATE execution_steps SET duration_ms = $3 WHERE execution_id = $1 AND idx = $2",
             )
             .bind(u.execution_id.to_string())
@@ -348,14 +345,8 @@ pub async fn update_step(tx: &mut WriteTx, u: StepUpdate<'_>) -> Result<()> {
 
 /// Claims an active execution's lease for `owner` until `until`, or renews it, unless another owner holds a lease
 /// that is still live at `now`. Returns whether `owner` holds it now.
-pub async fn claim<'e>(
-    exec: impl Executor<'e, Database = Any>,
-    id: Uuid,
-    owner: &str,
-    now: &str,
-    until: &str,
-) -> Result<bool> {
-    let done = sqlx::query(
+pub async fn claim(db: Db<'_>, id: Uuid, owner: &str, now: &str, until: &str) -> Result<bool> {
+    let done = query(
         "UPDATE executions SET lease_owner = $2, lease_until = $4 \
          WHERE id = $1 AND status IN ('running', 'awaiting_approval') \
          AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until < $3)",
@@ -364,14 +355,14 @@ pub async fn claim<'e>(
     .bind(owner)
     .bind(now)
     .bind(until)
-    .execute(exec)
+    .execute(db)
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(done == 1)
 }
 
 /// Renews every lease `owner` holds on active executions; returns how many.
 pub async fn renew_leases(store: &crate::Store, owner: &str, until: &str) -> Result<u64> {
-    let done = sqlx::query(
+    let done = query(
         "UPDATE executions SET lease_until = $2 \
          WHERE lease_owner = $1 AND status IN ('running', 'awaiting_approval')",
     )
@@ -379,20 +370,17 @@ pub async fn renew_leases(store: &crate::Store, owner: &str, until: &str) -> Res
     .bind(until)
     .execute(store.writer())
     .await?;
-    Ok(done.rows_affected())
+    Ok(done)
 }
 
 /// Active executions whose lease is free or expired at `now` (all active ones with `now` = None): (tenant, id).
-pub async fn orphans<'e>(
-    exec: impl Executor<'e, Database = Any>,
-    now: Option<&str>,
-) -> Result<Vec<(Uuid, Uuid)>> {
-    let rows: Vec<(String, String)> = sqlx::query_as(
+pub async fn orphans(db: Db<'_>, now: Option<&str>) -> Result<Vec<(Uuid, Uuid)>> {
+    let rows = query(
         "SELECT tenant_id, id FROM executions WHERE status IN ('running', 'awaiting_approval') \
          AND ($1 IS NULL OR lease_owner IS NULL OR lease_until < $1) ORDER BY created_at",
     )
     .bind(now)
-    .fetch_all(exec)
+    .fetch_all(db)
     .await?;
-    rows.iter().map(|(t, i)| Ok((uuid(t)?, uuid(i)?))).collect()
+    crate::id_pairs(rows)
 }

@@ -1,9 +1,9 @@
 //! API keys. Only a SHA-256 hash of each token is stored; the token itself is shown once.
 
+use crate::db::query;
 use crate::{Result, Store, StoreError, WriteTx, time, uuid};
 use chrono::{DateTime, Utc};
 use paygent_domain::Role;
-use sqlx::FromRow;
 use uuid::Uuid;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -15,13 +15,14 @@ pub struct KeyRecord {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(FromRow)]
-struct KeyRow {
-    id: String,
-    tenant_id: String,
-    name: String,
-    role: String,
-    created_at: String,
+crate::row_type! {
+    struct KeyRow {
+        id: String,
+        tenant_id: String,
+        name: String,
+        role: String,
+        created_at: String,
+    }
 }
 
 impl TryFrom<KeyRow> for KeyRecord {
@@ -39,7 +40,7 @@ impl TryFrom<KeyRow> for KeyRecord {
 }
 
 pub async fn insert(tx: &mut WriteTx, key: &KeyRecord, token_hash: &str) -> Result<()> {
-    sqlx::query(
+    query(
         "INSERT INTO api_keys (id, tenant_id, name, role, token_hash, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(key.id.to_string())
@@ -56,20 +57,20 @@ pub async fn insert(tx: &mut WriteTx, key: &KeyRecord, token_hash: &str) -> Resu
 impl Store {
     /// The live key whose token hashes to `token_hash`.
     pub async fn key_by_hash(&self, token_hash: &str) -> Result<Option<KeyRecord>> {
-        sqlx::query_as::<_, KeyRow>(
+        query(
             "SELECT id, tenant_id, name, role, created_at FROM api_keys \
              WHERE token_hash = $1 AND revoked_at IS NULL",
         )
         .bind(token_hash)
         .fetch_optional(self.reader())
         .await?
-        .map(KeyRecord::try_from)
+        .map(|r| KeyRow::try_from(r).and_then(KeyRecord::try_from))
         .transpose()
     }
 
     /// Whether the tenant has any live admin key (bootstrap creates one only if not).
     pub async fn has_admin_key(&self, tenant_id: Uuid) -> Result<bool> {
-        let found: Option<(String,)> = sqlx::query_as(
+        let found = query(
             "SELECT id FROM api_keys WHERE tenant_id = $1 AND role = 'admin' AND revoked_at IS NULL LIMIT 1",
         )
         .bind(tenant_id.to_string())
@@ -83,7 +84,7 @@ impl Store {
 pub async fn revoke(tx: &mut WriteTx, id: Uuid) -> Result<bool> {
     let now = tx.now_text();
     let tenant = tx.tenant_id().to_string();
-    let done = sqlx::query(
+    let done = query(
         "UPDATE api_keys SET revoked_at = $3 WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL",
     )
     .bind(tenant)
@@ -91,5 +92,5 @@ pub async fn revoke(tx: &mut WriteTx, id: Uuid) -> Result<bool> {
     .bind(now)
     .execute(tx.conn())
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(done == 1)
 }

@@ -1,25 +1,32 @@
-//! Storage for Paygent: one sqlx code path for SQLite (the embedded default) and PostgreSQL.
+//! Storage for Paygent: one code path for SQLite (the embedded default) and PostgreSQL.
 //!
-//! Values cross the `Any` driver as text and integers only: ids and timestamps as TEXT, money as exact decimal
-//! strings. Every change goes through a [`WriteTx`], which carries the change's audit entry and events.
+//! Statements are written once ([`db`]) and run on PostgreSQL through sqlx, or on SQLite through rusqlite with
+//! group commit ([`lite`]). Every change goes through a [`WriteTx`], which carries the change's audit entry and
+//! events.
 
 pub mod approvals;
 pub mod attempts;
 pub mod audit;
 pub mod budgets;
+pub mod db;
 pub mod events;
 pub mod executions;
 pub mod keys;
+mod lite;
 pub mod payments;
 pub mod sessions;
 pub mod tenants;
 mod tx;
 
+pub use db::{Db, Row};
 pub use tx::{Event, WriteTx};
 
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, Executor};
+use lite::Lite;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sqlx::{ConnectOptions, Connection};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -29,8 +36,16 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub enum StoreError {
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the database writer stayed busy")]
+    Busy,
+    #[error("the store is closed")]
+    Closed,
+    #[error("the transaction could not be committed: {0}")]
+    Commit(String),
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
     #[error("unknown tenant {0}")]
@@ -40,19 +55,32 @@ pub enum StoreError {
 impl StoreError {
     /// True when the database refused a duplicate key.
     pub fn is_unique_violation(&self) -> bool {
-        matches!(self, StoreError::Db(sqlx::Error::Database(e)) if e.is_unique_violation())
+        match self {
+            StoreError::Db(sqlx::Error::Database(e)) => e.is_unique_violation(),
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.extended_code,
+                rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                    | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+            ),
+            _ => false,
+        }
     }
 
-    /// True once this process closed its pool: background work stops.
+    /// True once this process closed its store: background work stops.
     pub fn is_closed(&self) -> bool {
-        matches!(self, StoreError::Db(sqlx::Error::PoolClosed))
+        matches!(
+            self,
+            StoreError::Db(sqlx::Error::PoolClosed) | StoreError::Closed
+        )
     }
 
-    /// True when the database could not be reached rather than refusing the work: worth a retry.
-    /// A connection cut mid-handshake shows as an I/O, TLS or protocol error; a database shutting down or
-    /// starting up answers SQLSTATE class 08 (connection exception) or 57P (operator intervention), and one out
-    /// of connections or memory class 53 (insufficient resources).
+    /// True when the database could not be reached or could not take the work now, rather than refusing it:
+    /// worth a retry. A connection cut mid-handshake shows as an I/O, TLS or protocol error; a database shutting
+    /// down or starting up answers SQLSTATE class 08 (connection exception) or 57P (operator intervention), and
+    /// one out of connections or memory class 53 (insufficient resources). SQLite is unavailable when its file
+    /// is locked by another process, or cannot be written.
     pub fn is_unavailable(&self) -> bool {
+        use rusqlite::ErrorCode as C;
         match self {
             StoreError::Db(
                 sqlx::Error::PoolTimedOut
@@ -66,6 +94,15 @@ impl StoreError {
             StoreError::Db(sqlx::Error::Database(e)) => e.code().is_some_and(|c| {
                 c.starts_with("08") || c.starts_with("57P") || c.starts_with("53")
             }),
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                C::DatabaseBusy
+                    | C::DatabaseLocked
+                    | C::SystemIoFailure
+                    | C::DiskFull
+                    | C::CannotOpen
+            ),
+            StoreError::Busy | StoreError::Closed | StoreError::Commit(_) => true,
             _ => false,
         }
     }
@@ -82,8 +119,9 @@ pub enum Backend {
 /// Connection settings beyond the URL.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
-    /// PostgreSQL pool size, and SQLite's reader pool size.
+    /// PostgreSQL's pool size.
     pub max_connections: u32,
+    /// How long a caller waits for a connection (PostgreSQL) or for the writer (SQLite).
     pub acquire_timeout: Duration,
 }
 
@@ -96,13 +134,17 @@ impl Default for StoreOptions {
     }
 }
 
-/// The database. SQLite allows one writer at a time, so it gets a single-connection writer pool (writers queue
-/// in-process instead of spinning on SQLITE_BUSY) beside a reader pool; PostgreSQL uses one pool for both.
+#[derive(Clone, Debug)]
+pub(crate) enum Engine {
+    Pg(PgPool),
+    Lite(Arc<Lite>),
+}
+
+/// The database. SQLite allows one writer at a time: writes queue in-process for its one writer connection and
+/// are committed in groups, beside reader connections; PostgreSQL uses one pool for both.
 #[derive(Clone, Debug)]
 pub struct Store {
-    reader: AnyPool,
-    writer: AnyPool,
-    backend: Backend,
+    engine: Engine,
     /// Kept to open PostgreSQL's LISTEN connection for event nudges.
     url: String,
 }
@@ -110,129 +152,121 @@ pub struct Store {
 impl Store {
     /// Connects to `url` (`sqlite://...` or `postgres://...`) and runs the migrations.
     pub async fn connect(url: &str, options: &StoreOptions) -> Result<Store> {
-        sqlx::any::install_default_drivers();
-        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Backend::Postgres
+        let engine = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = PgPoolOptions::new()
+                .max_connections(options.max_connections)
+                .acquire_timeout(options.acquire_timeout)
+                .connect_with(PgConnectOptions::from_str(url)?)
+                .await?;
+            MIGRATOR.run(&pool).await?;
+            Engine::Pg(pool)
         } else if url.starts_with("sqlite:") {
-            Backend::Sqlite
+            let connect = SqliteConnectOptions::from_str(url)?
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(5));
+            let path = connect.get_filename().to_owned();
+            if path.as_os_str().is_empty() || path.to_string_lossy().contains(":memory:") {
+                return Err(StoreError::Corrupt(
+                    "Paygent keeps its state in a SQLite file, not in memory".into(),
+                ));
+            }
+            // sqlx creates the file as the URL says and migrates it; rusqlite then does the work.
+            let mut conn = connect.connect().await?;
+            MIGRATOR.run(&mut conn).await?;
+            conn.close().await?;
+            Engine::Lite(Lite::open(&path, options.acquire_timeout)?)
         } else {
             return Err(StoreError::Corrupt(format!(
                 "DATABASE_URL must start with sqlite: or postgres://, got {:?}",
                 url.split(':').next().unwrap_or("")
             )));
         };
-        let connect = AnyConnectOptions::from_str(url)?;
-        let pool = |size: u32| {
-            AnyPoolOptions::new()
-                .max_connections(size)
-                .acquire_timeout(options.acquire_timeout)
-                .after_connect(move |conn, _| {
-                    Box::pin(async move {
-                        if backend == Backend::Sqlite {
-                            conn.execute(
-                                "PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; \
-                                 PRAGMA busy_timeout = 5000; PRAGMA synchronous = FULL;",
-                            )
-                            .await?;
-                        }
-                        Ok(())
-                    })
-                })
-                .connect_with(connect.clone())
-        };
-        let store = match backend {
-            Backend::Postgres => {
-                let p = pool(options.max_connections).await?;
-                Store {
-                    reader: p.clone(),
-                    writer: p,
-                    backend,
-                    url: url.to_owned(),
-                }
-            }
-            Backend::Sqlite => {
-                let writer = pool(1).await?;
-                MIGRATOR.run(&writer).await?;
-                Store {
-                    reader: pool(options.max_connections).await?,
-                    writer,
-                    backend,
-                    url: url.to_owned(),
-                }
-            }
-        };
-        if backend == Backend::Postgres {
-            MIGRATOR.run(&store.writer).await?;
-        }
-        Ok(store)
+        Ok(Store {
+            engine,
+            url: url.to_owned(),
+        })
     }
 
     pub fn backend(&self) -> Backend {
-        self.backend
+        match self.engine {
+            Engine::Pg(_) => Backend::Postgres,
+            Engine::Lite(_) => Backend::Sqlite,
+        }
     }
 
-    /// The pool for reads outside a write transaction.
-    pub fn reader(&self) -> &AnyPool {
-        &self.reader
+    /// Reads outside a write transaction: committed data only.
+    pub fn reader(&self) -> Db<'_> {
+        Db::Read(self)
     }
 
-    /// The writers' pool, for single statements that belong to no tenant's transaction (execution leases).
-    pub fn writer(&self) -> &AnyPool {
-        &self.writer
+    /// Single statements that belong to no tenant's transaction (execution leases), each its own transaction.
+    pub fn writer(&self) -> Db<'_> {
+        Db::Write(self)
     }
 
     /// True when the database answers.
     pub async fn ping(&self) -> bool {
-        sqlx::query("SELECT 1").execute(&self.reader).await.is_ok()
+        db::query("SELECT 1").execute(self.reader()).await.is_ok()
     }
 
     pub async fn close(&self) {
-        self.reader.close().await;
-        self.writer.close().await;
+        match &self.engine {
+            Engine::Pg(pool) => pool.close().await,
+            Engine::Lite(lite) => lite.close().await,
+        }
     }
 }
 
-/// Reads one row of a tenant's table by id and converts it into its record type.
-pub(crate) async fn by_id<'e, R, T>(
-    exec: impl sqlx::Executor<'e, Database = sqlx::Any>,
-    sql: sqlx::AssertSqlSafe<String>,
+/// Reads one row of a tenant's table by id (`sql` binds `$1` tenant, `$2` id) and converts it.
+pub(crate) async fn by_id<R, T>(
+    db: Db<'_>,
+    sql: impl Into<std::borrow::Cow<'static, str>>,
     tenant_id: Uuid,
     id: Uuid,
 ) -> Result<Option<T>>
 where
-    R: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
+    R: TryFrom<Row, Error = StoreError>,
     T: TryFrom<R, Error = StoreError>,
 {
-    sqlx::query_as::<_, R>(sql)
+    db::query(sql)
         .bind(tenant_id.to_string())
         .bind(id.to_string())
-        .fetch_optional(exec)
+        .fetch_optional(db)
         .await?
-        .map(T::try_from)
+        .map(|r| R::try_from(r).and_then(T::try_from))
         .transpose()
 }
 
 /// Reads a tenant's rows, optionally of one session, with `sql` binding `$1` tenant, `$2` session (or NULL)
-/// and `$3` limit, and converts them into their record type.
-pub(crate) async fn by_session<'e, R, T>(
-    exec: impl sqlx::Executor<'e, Database = sqlx::Any>,
-    sql: sqlx::AssertSqlSafe<String>,
+/// and `$3` limit, and converts them.
+pub(crate) async fn by_session<R, T>(
+    db: Db<'_>,
+    sql: impl Into<std::borrow::Cow<'static, str>>,
     tenant_id: Uuid,
     session_id: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<T>>
 where
-    R: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
+    R: TryFrom<Row, Error = StoreError>,
     T: TryFrom<R, Error = StoreError>,
 {
-    sqlx::query_as::<_, R>(sql)
+    db::query(sql)
         .bind(tenant_id.to_string())
         .bind(session_id.map(|s| s.to_string()))
         .bind(limit)
-        .fetch_all(exec)
+        .fetch_all(db)
         .await?
         .into_iter()
-        .map(T::try_from)
+        .map(|r| R::try_from(r).and_then(T::try_from))
+        .collect()
+}
+
+/// Reads rows of two ids, such as (tenant, request).
+pub(crate) fn id_pairs(rows: Vec<Row>) -> Result<Vec<(Uuid, Uuid)>> {
+    rows.into_iter()
+        .map(|r| Ok((uuid(&r.get::<String>(0)?)?, uuid(&r.get::<String>(1)?)?)))
         .collect()
 }
 

@@ -1,9 +1,9 @@
 //! Payments: every intent an agent submits, whatever the guard decided, with its status history in the audit.
 
+use crate::db::{Db, query};
 use crate::{Result, StoreError, WriteTx, decimal, opt_uuid, time, uuid};
 use chrono::{DateTime, Utc};
 use paygent_domain::{Decimal, PaymentStatus};
-use sqlx::{Any, Executor, FromRow};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -33,29 +33,30 @@ pub struct PaymentRecord {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(FromRow)]
-struct PaymentRow {
-    id: String,
-    tenant_id: String,
-    session_id: String,
-    tool: String,
-    amount: String,
-    currency: String,
-    usd_value: String,
-    recipient: String,
-    description: Option<String>,
-    status: String,
-    reason: Option<String>,
-    approval_id: Option<String>,
-    tx_hash: Option<String>,
-    network: Option<String>,
-    idempotency_key: Option<String>,
-    request_hash: String,
-    requested_by: String,
-    budget_day: Option<String>,
-    detail: Option<String>,
-    created_at: String,
-    updated_at: String,
+crate::row_type! {
+    struct PaymentRow {
+        id: String,
+        tenant_id: String,
+        session_id: String,
+        tool: String,
+        amount: String,
+        currency: String,
+        usd_value: String,
+        recipient: String,
+        description: Option<String>,
+        status: String,
+        reason: Option<String>,
+        approval_id: Option<String>,
+        tx_hash: Option<String>,
+        network: Option<String>,
+        idempotency_key: Option<String>,
+        request_hash: String,
+        requested_by: String,
+        budget_day: Option<String>,
+        detail: Option<String>,
+        created_at: String,
+        updated_at: String,
+    }
 }
 
 const COLUMNS: &str = "id, tenant_id, session_id, tool, amount, currency, usd_value, recipient, description, \
@@ -92,15 +93,15 @@ impl TryFrom<PaymentRow> for PaymentRecord {
     }
 }
 
-fn select(filter: &str) -> sqlx::AssertSqlSafe<String> {
-    sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM payments WHERE {filter}"))
+fn select(filter: &str) -> String {
+    format!("SELECT {COLUMNS} FROM payments WHERE {filter}")
 }
 
 pub async fn insert(tx: &mut WriteTx, p: &PaymentRecord) -> Result<()> {
-    sqlx::query(sqlx::AssertSqlSafe(format!(
+    query(format!(
         "INSERT INTO payments ({COLUMNS}) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
-    )))
+    ))
     .bind(p.id.to_string())
     .bind(p.tenant_id.to_string())
     .bind(p.session_id.to_string())
@@ -127,28 +128,24 @@ pub async fn insert(tx: &mut WriteTx, p: &PaymentRecord) -> Result<()> {
     Ok(())
 }
 
-pub async fn get<'e>(
-    exec: impl Executor<'e, Database = Any>,
-    tenant_id: Uuid,
-    id: Uuid,
-) -> Result<Option<PaymentRecord>> {
-    crate::by_id::<PaymentRow, _>(exec, select("tenant_id = $1 AND id = $2"), tenant_id, id).await
+pub async fn get(db: Db<'_>, tenant_id: Uuid, id: Uuid) -> Result<Option<PaymentRecord>> {
+    crate::by_id::<PaymentRow, _>(db, select("tenant_id = $1 AND id = $2"), tenant_id, id).await
 }
 
 pub async fn by_idempotency_key(tx: &mut WriteTx, key: &str) -> Result<Option<PaymentRecord>> {
     let tenant = tx.tenant_id().to_string();
-    sqlx::query_as::<_, PaymentRow>(select("tenant_id = $1 AND idempotency_key = $2"))
+    query(select("tenant_id = $1 AND idempotency_key = $2"))
         .bind(tenant)
         .bind(key)
         .fetch_optional(tx.conn())
         .await?
-        .map(PaymentRecord::try_from)
+        .map(|r| PaymentRow::try_from(r).and_then(PaymentRecord::try_from))
         .transpose()
 }
 
 /// Payments, newest first, optionally of one session.
-pub async fn list<'e>(
-    exec: impl Executor<'e, Database = Any>,
+pub async fn list(
+    db: Db<'_>,
     tenant_id: Uuid,
     session_id: Option<Uuid>,
     limit: i64,
@@ -156,7 +153,7 @@ pub async fn list<'e>(
     let sql = select(
         "tenant_id = $1 AND ($2 IS NULL OR session_id = $2) ORDER BY created_at DESC, id DESC LIMIT $3",
     );
-    crate::by_session::<PaymentRow, _>(exec, sql, tenant_id, session_id, limit).await
+    crate::by_session::<PaymentRow, _>(db, sql, tenant_id, session_id, limit).await
 }
 
 /// What is paid: replaced as a whole when an approver's edit is executed.
@@ -194,7 +191,7 @@ pub async fn transition(tx: &mut WriteTx, t: Transition<'_>) -> Result<bool> {
         terms.and_then(|x| x.description.clone()),
     );
     let edited = terms.is_some() as i64;
-    let done = sqlx::query(
+    let done = query(
         "UPDATE payments SET status = $3, reason = COALESCE($4, reason), tx_hash = COALESCE($5, tx_hash), \
          updated_at = $6, amount = COALESCE($7, amount), currency = COALESCE($8, currency), \
          usd_value = COALESCE($9, usd_value), recipient = COALESCE($10, recipient), \
@@ -217,7 +214,7 @@ pub async fn transition(tx: &mut WriteTx, t: Transition<'_>) -> Result<bool> {
     .bind(t.network)
     .execute(tx.conn())
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(done == 1)
 }
 
 /// Payments still waiting on a person, optionally of one session.
@@ -226,7 +223,7 @@ pub async fn awaiting_approval(
     session_id: Option<Uuid>,
 ) -> Result<Vec<PaymentRecord>> {
     let tenant = tx.tenant_id().to_string();
-    sqlx::query_as::<_, PaymentRow>(select(
+    query(select(
         "tenant_id = $1 AND status = 'pending_approval' AND ($2 IS NULL OR session_id = $2) ORDER BY created_at",
     ))
     .bind(tenant)
@@ -234,6 +231,6 @@ pub async fn awaiting_approval(
     .fetch_all(tx.conn())
     .await?
     .into_iter()
-    .map(PaymentRecord::try_from)
+    .map(|r| PaymentRow::try_from(r).and_then(PaymentRecord::try_from))
     .collect()
 }

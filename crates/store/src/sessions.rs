@@ -1,9 +1,9 @@
 //! Sessions: an agent's working context and its configuration.
 
+use crate::db::{Db, query};
 use crate::{Result, StoreError, WriteTx, time, uuid};
 use chrono::{DateTime, Utc};
 use paygent_domain::SessionConfig;
-use sqlx::{Any, Executor, FromRow};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -19,16 +19,17 @@ pub struct SessionRecord {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(FromRow)]
-struct SessionRow {
-    id: String,
-    tenant_id: String,
-    name: Option<String>,
-    wallet_address: Option<String>,
-    config: String,
-    state: String,
-    created_by: String,
-    created_at: String,
+crate::row_type! {
+    struct SessionRow {
+        id: String,
+        tenant_id: String,
+        name: Option<String>,
+        wallet_address: Option<String>,
+        config: String,
+        state: String,
+        created_by: String,
+        created_at: String,
+    }
 }
 
 impl TryFrom<SessionRow> for SessionRecord {
@@ -51,7 +52,7 @@ impl TryFrom<SessionRow> for SessionRecord {
 pub async fn insert(tx: &mut WriteTx, s: &SessionRecord) -> Result<()> {
     let config =
         serde_json::to_string(&s.config).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    sqlx::query(
+    query(
         "INSERT INTO sessions (id, tenant_id, name, wallet_address, config, state, created_by, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
@@ -69,13 +70,13 @@ pub async fn insert(tx: &mut WriteTx, s: &SessionRecord) -> Result<()> {
 }
 
 /// A tenant's sessions, newest first, optionally only those `created_by` one key.
-pub async fn list<'e>(
-    exec: impl Executor<'e, Database = Any>,
+pub async fn list(
+    db: Db<'_>,
     tenant_id: Uuid,
     created_by: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<SessionRecord>> {
-    sqlx::query_as::<_, SessionRow>(
+    query(
         "SELECT id, tenant_id, name, wallet_address, config, state, created_by, created_at \
          FROM sessions WHERE tenant_id = $1 AND ($2 IS NULL OR created_by = $2) \
          ORDER BY created_at DESC, id DESC LIMIT $3",
@@ -83,54 +84,49 @@ pub async fn list<'e>(
     .bind(tenant_id.to_string())
     .bind(created_by.map(|k| k.to_string()))
     .bind(limit)
-    .fetch_all(exec)
+    .fetch_all(db)
     .await?
     .into_iter()
-    .map(SessionRecord::try_from)
+    .map(|r| SessionRow::try_from(r).and_then(SessionRecord::try_from))
     .collect()
 }
 
 /// The session, if it exists in this tenant.
-pub async fn get<'e>(
-    exec: impl Executor<'e, Database = Any>,
-    tenant_id: Uuid,
-    id: Uuid,
-) -> Result<Option<SessionRecord>> {
+pub async fn get(db: Db<'_>, tenant_id: Uuid, id: Uuid) -> Result<Option<SessionRecord>> {
     let sql = "SELECT id, tenant_id, name, wallet_address, config, state, created_by, created_at \
          FROM sessions WHERE tenant_id = $1 AND id = $2";
-    crate::by_id::<SessionRow, _>(exec, sqlx::AssertSqlSafe(sql.to_owned()), tenant_id, id).await
+    crate::by_id::<SessionRow, _>(db, sql, tenant_id, id).await
 }
 
 /// Replaces a session's config; returns whether the session exists in this tenant.
 pub async fn update_config(tx: &mut WriteTx, id: Uuid, config: &SessionConfig) -> Result<bool> {
     let text = serde_json::to_string(config).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let tenant = tx.tenant_id().to_string();
-    let done = sqlx::query("UPDATE sessions SET config = $3 WHERE tenant_id = $1 AND id = $2")
+    let done = query("UPDATE sessions SET config = $3 WHERE tenant_id = $1 AND id = $2")
         .bind(tenant)
         .bind(id.to_string())
         .bind(text)
         .execute(tx.conn())
         .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(done == 1)
 }
 
 /// Sets a session's state (`active` or `killed`); returns whether it changed.
 pub async fn set_state(tx: &mut WriteTx, id: Uuid, state: &str) -> Result<bool> {
     let tenant = tx.tenant_id().to_string();
-    let done = sqlx::query(
-        "UPDATE sessions SET state = $3 WHERE tenant_id = $1 AND id = $2 AND state <> $3",
-    )
-    .bind(tenant)
-    .bind(id.to_string())
-    .bind(state)
-    .execute(tx.conn())
-    .await?;
-    Ok(done.rows_affected() == 1)
+    let done =
+        query("UPDATE sessions SET state = $3 WHERE tenant_id = $1 AND id = $2 AND state <> $3")
+            .bind(tenant)
+            .bind(id.to_string())
+            .bind(state)
+            .execute(tx.conn())
+            .await?;
+    Ok(done == 1)
 }
 
 /// How many of a session's rows in `table` (payments, approval_requests or executions) are in each status.
-pub async fn status_counts<'e>(
-    exec: impl Executor<'e, Database = Any>,
+pub async fn status_counts(
+    db: Db<'_>,
     table: StatusTable,
     tenant_id: Uuid,
     session_id: Uuid,
@@ -140,13 +136,16 @@ pub async fn status_counts<'e>(
         StatusTable::Approvals => "approval_requests",
         StatusTable::Executions => "executions",
     };
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    query(format!(
         "SELECT status, COUNT(*) FROM {name} WHERE tenant_id = $1 AND session_id = $2 GROUP BY status ORDER BY status"
-    )))
+    ))
     .bind(tenant_id.to_string())
     .bind(session_id.to_string())
-    .fetch_all(exec)
-    .await?)
+    .fetch_all(db)
+    .await?
+    .into_iter()
+    .map(|r| Ok((r.get(0)?, r.get(1)?)))
+    .collect()
 }
 
 /// The tables that [`status_counts`] counts.

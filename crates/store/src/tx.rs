@@ -1,12 +1,12 @@
 //! The one way to change state: a transaction that locks its tenant's row, then writes the change, its audit
 //! entries and its events together, so none can exist without the others.
 
-use crate::{Backend, Result, Store, StoreError};
+use crate::db::{Conn, Db, query};
+use crate::{Engine, Result, Store, StoreError};
 use chrono::{DateTime, Utc};
 use paygent_domain::audit::AuditEntry;
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::{Any, AnyConnection, Row, Transaction};
 use uuid::Uuid;
 
 /// An event as written to the outbox, ready to fan out once its transaction commits.
@@ -22,8 +22,7 @@ pub struct Event {
 }
 
 pub struct WriteTx {
-    tx: Transaction<'static, Any>,
-    backend: Backend,
+    conn: Conn,
     tenant_id: Uuid,
     now: DateTime<Utc>,
     audit_seq: i64,
@@ -36,36 +35,35 @@ pub struct WriteTx {
 impl Store {
     /// Starts a write for `tenant_id` at time `now`, taking the tenant's write lock.
     pub async fn begin(&self, tenant_id: Uuid, now: DateTime<Utc>) -> Result<WriteTx> {
-        let mut tx = match self.backend {
-            // IMMEDIATE takes SQLite's write lock up front, so a read-then-write cannot hit a busy snapshot.
-            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.writer.begin().await?,
+        let mut conn = match &self.engine {
+            Engine::Pg(pool) => Conn::Pg(pool.begin().await?),
+            Engine::Lite(lite) => Conn::Lite(lite.begin().await?),
         };
-        let row = sqlx::query(
+        let row = query(
             "UPDATE tenants SET audit_seq = audit_seq WHERE id = $1 \
              RETURNING audit_seq, audit_head, event_seq, kill_switch",
         )
         .bind(tenant_id.to_string())
-        .fetch_optional(&mut *tx)
+        .fetch_optional(Db::Tx(&mut conn))
         .await?
         .ok_or(StoreError::UnknownTenant(tenant_id))?;
         Ok(WriteTx {
-            tx,
-            backend: self.backend,
+            conn,
             tenant_id,
             now,
-            audit_seq: row.try_get(0)?,
-            audit_head: row.try_get(1)?,
-            event_seq: row.try_get(2)?,
-            kill_switch: row.try_get(3)?,
+            audit_seq: row.get(0)?,
+            audit_head: row.get(1)?,
+            event_seq: row.get(2)?,
+            kill_switch: row.get(3)?,
             events: Vec::new(),
         })
     }
 }
 
 impl WriteTx {
-    pub fn conn(&mut self) -> &mut AnyConnection {
-        &mut self.tx
+    /// Where this transaction's statements run.
+    pub fn conn(&mut self) -> Db<'_> {
+        Db::Tx(&mut self.conn)
     }
 
     pub fn tenant_id(&self) -> Uuid {
@@ -83,10 +81,10 @@ impl WriteTx {
 
     /// Engages (`Some`) or releases (`None`) the tenant's emergency stop.
     pub async fn set_kill_switch(&mut self, record: Option<&str>) -> Result<()> {
-        sqlx::query("UPDATE tenants SET kill_switch = $2 WHERE id = $1")
+        query("UPDATE tenants SET kill_switch = $2 WHERE id = $1")
             .bind(self.tenant_id.to_string())
             .bind(record)
-            .execute(&mut *self.tx)
+            .execute(Db::Tx(&mut self.conn))
             .await?;
         self.kill_switch = record.map(str::to_owned);
         Ok(())
@@ -119,7 +117,7 @@ impl WriteTx {
             hash: String::new(),
         };
         entry.hash = entry.compute_hash();
-        sqlx::query(
+        query(
             "INSERT INTO audit_log (tenant_id, seq, at, actor, action, subject, session_id, data, prev_hash, hash) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
@@ -133,7 +131,7 @@ impl WriteTx {
         .bind(entry.data.to_string())
         .bind(&entry.prev_hash)
         .bind(&entry.hash)
-        .execute(&mut *self.tx)
+        .execute(Db::Tx(&mut self.conn))
         .await?;
         self.audit_seq = entry.seq;
         self.audit_head = entry.hash;
@@ -155,7 +153,7 @@ impl WriteTx {
             payload,
             created_at: self.now_text(),
         };
-        sqlx::query(
+        query(
             "INSERT INTO events (tenant_id, seq, type, session_id, payload, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6)",
         )
@@ -165,7 +163,7 @@ impl WriteTx {
         .bind(event.session_id.map(|s| s.to_string()))
         .bind(event.payload.to_string())
         .bind(&event.created_at)
-        .execute(&mut *self.tx)
+        .execute(Db::Tx(&mut self.conn))
         .await?;
         self.event_seq = event.seq;
         self.events.push(event);
@@ -175,23 +173,24 @@ impl WriteTx {
     /// Records the new chain head and commits. Returns the events to fan out. On PostgreSQL, other instances
     /// are nudged by NOTIFY, which PostgreSQL delivers only if and when the transaction commits.
     pub async fn commit(mut self) -> Result<Vec<Event>> {
-        if self.backend == Backend::Postgres && !self.events.is_empty() {
-            sqlx::query("SELECT pg_notify($1, $2)")
+        if matches!(self.conn, Conn::Pg(_)) && !self.events.is_empty() {
+            query("SELECT pg_notify($1, $2)")
                 .bind(crate::events::CHANNEL)
                 .bind(format!("{}:{}", self.tenant_id, self.event_seq))
-                .execute(&mut *self.tx)
+                .execute(Db::Tx(&mut self.conn))
                 .await?;
         }
-        sqlx::query(
-            "UPDATE tenants SET audit_seq = $2, audit_head = $3, event_seq = $4 WHERE id = $1",
-        )
-        .bind(self.tenant_id.to_string())
-        .bind(self.audit_seq)
-        .bind(&self.audit_head)
-        .bind(self.event_seq)
-        .execute(&mut *self.tx)
-        .await?;
-        self.tx.commit().await?;
+        query("UPDATE tenants SET audit_seq = $2, audit_head = $3, event_seq = $4 WHERE id = $1")
+            .bind(self.tenant_id.to_string())
+            .bind(self.audit_seq)
+            .bind(&self.audit_head)
+            .bind(self.event_seq)
+            .execute(Db::Tx(&mut self.conn))
+            .await?;
+        match self.conn {
+            Conn::Pg(tx) => tx.commit().await?,
+            Conn::Lite(tx) => tx.commit().await?,
+        }
         Ok(self.events)
     }
 }

@@ -352,29 +352,28 @@ impl TestServer {
 
     /// A single integer read straight from the database.
     pub async fn scalar(&self, query: &str) -> i64 {
-        let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(query.to_owned()))
+        paygent_store::db::query(query.to_owned())
             .fetch_one(self.paygent.store().reader())
             .await
-            .expect("scalar query");
-        n
+            .and_then(|row| row.get(0))
+            .expect("scalar query")
     }
 
     /// A single text value read straight from the database.
     pub async fn text(&self, query: &str) -> String {
-        let (t,): (String,) = sqlx::query_as(sqlx::AssertSqlSafe(query.to_owned()))
+        paygent_store::db::query(query.to_owned())
             .fetch_one(self.paygent.store().reader())
             .await
-            .expect("text query");
-        t
+            .and_then(|row| row.get(0))
+            .expect("text query")
     }
 
     /// Runs raw SQL against the database, as an attacker with database access would.
     pub async fn sql(&self, statement: &str) -> u64 {
-        sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
-            .execute(self.paygent.store().reader())
+        paygent_store::db::query(statement.to_owned())
+            .execute(self.paygent.store().writer())
             .await
             .expect("sql")
-            .rows_affected()
     }
 }
 

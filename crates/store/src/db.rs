@@ -1,0 +1,331 @@
+//! How a statement reaches the database. SQL is written once, with `$1`-style parameters, and runs on either
+//! database: PostgreSQL through sqlx, SQLite through rusqlite on the calling thread. A SQLite statement costs
+//! microseconds, and handing each one to a worker thread cost more than running it (see BENCHMARKS.md).
+//! Values cross as integers and text only: ids and timestamps as TEXT, money as exact decimal strings.
+
+use crate::lite::LiteTx;
+use crate::{Engine, Result, Store, StoreError};
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::{Postgres, Transaction};
+use std::borrow::Cow;
+
+/// A bound parameter. Nulls keep their type, since PostgreSQL types every parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Arg {
+    Int(Option<i64>),
+    Text(Option<String>),
+}
+
+impl From<i64> for Arg {
+    fn from(v: i64) -> Self {
+        Arg::Int(Some(v))
+    }
+}
+
+impl From<Option<i64>> for Arg {
+    fn from(v: Option<i64>) -> Self {
+        Arg::Int(v)
+    }
+}
+
+impl From<String> for Arg {
+    fn from(v: String) -> Self {
+        Arg::Text(Some(v))
+    }
+}
+
+impl From<&str> for Arg {
+    fn from(v: &str) -> Self {
+        Arg::Text(Some(v.to_owned()))
+    }
+}
+
+impl From<&String> for Arg {
+    fn from(v: &String) -> Self {
+        Arg::Text(Some(v.clone()))
+    }
+}
+
+impl From<Option<String>> for Arg {
+    fn from(v: Option<String>) -> Self {
+        Arg::Text(v)
+    }
+}
+
+impl From<Option<&str>> for Arg {
+    fn from(v: Option<&str>) -> Self {
+        Arg::Text(v.map(str::to_owned))
+    }
+}
+
+/// A value read from a row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Int(i64),
+    Text(String),
+}
+
+/// A row, its values in the order the statement selects them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row(Vec<Value>);
+
+/// A Rust type a column converts into.
+pub trait FromValue: Sized {
+    fn from_value(v: Value) -> Option<Self>;
+}
+
+impl FromValue for i64 {
+    fn from_value(v: Value) -> Option<Self> {
+        match v {
+            Value::Int(i) => Some(i),
+            _ => None,
+        }
+    }
+}
+
+impl FromValue for String {
+    fn from_value(v: Value) -> Option<Self> {
+        match v {
+            Value::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl<T: FromValue> FromValue for Option<T> {
+    fn from_value(v: Value) -> Option<Self> {
+        match v {
+            Value::Null => Some(None),
+            v => T::from_value(v).map(Some),
+        }
+    }
+}
+
+/// Declares a struct read from a row, its fields in the order the statement selects its columns.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! row_type {
+    (struct $name:ident { $($field:ident: $ty:ty),* $(,)? }) => {
+        struct $name { $($field: $ty),* }
+
+        impl TryFrom<$crate::Row> for $name {
+            type Error = $crate::StoreError;
+            fn try_from(row: $crate::Row) -> $crate::Result<Self> {
+                let mut columns = row.columns();
+                Ok($name { $($field: columns.next()?),* })
+            }
+        }
+    };
+}
+
+/// A row's values, taken in order.
+pub struct Columns {
+    values: std::vec::IntoIter<Value>,
+    at: usize,
+}
+
+impl Columns {
+    /// The next column as `T`.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next<T: FromValue>(&mut self) -> Result<T> {
+        self.at += 1;
+        convert(self.at - 1, self.values.next().unwrap_or(Value::Null))
+    }
+}
+
+fn convert<T: FromValue>(i: usize, v: Value) -> Result<T> {
+    let shown = format!("{v:?}");
+    T::from_value(v).ok_or_else(|| {
+        StoreError::Corrupt(format!(
+            "column {i} holds {shown}, not a {}",
+            std::any::type_name::<T>()
+        ))
+    })
+}
+
+impl Row {
+    pub fn columns(self) -> Columns {
+        Columns {
+            values: self.0.into_iter(),
+            at: 0,
+        }
+    }
+
+    /// Column `i` as `T`; a missing column or another type is reported as corruption.
+    pub fn get<T: FromValue>(&self, i: usize) -> Result<T> {
+        convert(i, self.0.get(i).cloned().unwrap_or(Value::Null))
+    }
+}
+
+/// Where a statement runs.
+pub enum Db<'a> {
+    /// The readers, outside any transaction: committed data only.
+    Read(&'a Store),
+    /// The writer, for one statement that is its own transaction (no tenant's lock).
+    Write(&'a Store),
+    /// An open write transaction.
+    Tx(&'a mut Conn),
+}
+
+/// The connection a write transaction holds.
+pub enum Conn {
+    Pg(Transaction<'static, Postgres>),
+    Lite(LiteTx),
+}
+
+/// A statement and its parameters.
+#[derive(Debug, Clone)]
+pub struct Query {
+    sql: Cow<'static, str>,
+    args: Vec<Arg>,
+}
+
+/// A statement to bind and run.
+pub fn query(sql: impl Into<Cow<'static, str>>) -> Query {
+    Query {
+        sql: sql.into(),
+        args: Vec::new(),
+    }
+}
+
+impl Query {
+    pub fn bind(mut self, arg: impl Into<Arg>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Runs the statement; returns how many rows it changed.
+    pub async fn execute(self, db: Db<'_>) -> Result<u64> {
+        Ok(self.run(db, false).await?.0)
+    }
+
+    pub async fn fetch_all(self, db: Db<'_>) -> Result<Vec<Row>> {
+        Ok(self.run(db, true).await?.1)
+    }
+
+    pub async fn fetch_optional(self, db: Db<'_>) -> Result<Option<Row>> {
+        Ok(self.run(db, true).await?.1.into_iter().next())
+    }
+
+    pub async fn fetch_one(self, db: Db<'_>) -> Result<Row> {
+        self.fetch_optional(db)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("expected a row, found none".into()))
+    }
+
+    async fn run(self, db: Db<'_>, rows: bool) -> Result<(u64, Vec<Row>)> {
+        match db {
+            Db::Tx(Conn::Pg(tx)) => self.on_pg(&mut **tx, rows).await,
+            Db::Tx(Conn::Lite(tx)) => tx.with(|c| self.on_lite(c)),
+            Db::Read(store) => match &store.engine {
+                Engine::Pg(pool) => self.on_pg(pool, rows).await,
+                Engine::Lite(lite) => lite.read(|c| self.on_lite(c)),
+            },
+            Db::Write(store) => match &store.engine {
+                Engine::Pg(pool) => self.on_pg(pool, rows).await,
+                Engine::Lite(lite) => {
+                    let mut tx = lite.begin().await?;
+                    let done = tx.with(|c| self.on_lite(c))?;
+                    tx.commit().await?;
+                    Ok(done)
+                }
+            },
+        }
+    }
+
+    async fn on_pg<'e>(
+        self,
+        exec: impl sqlx::PgExecutor<'e>,
+        rows: bool,
+    ) -> Result<(u64, Vec<Row>)> {
+        use sqlx::Arguments;
+        let mut args = PgArguments::default();
+        for arg in self.args {
+            match arg {
+                Arg::Int(v) => args.add(v),
+                Arg::Text(v) => args.add(v),
+            }
+            .map_err(sqlx::Error::Encode)?;
+        }
+        let q = sqlx::query_with(sqlx::AssertSqlSafe(self.sql.into_owned()), args);
+        if !rows {
+            return Ok((q.execute(exec).await?.rows_affected(), Vec::new()));
+        }
+        let found = q.fetch_all(exec).await?;
+        let rows = found.iter().map(pg_row).collect::<Result<Vec<_>>>()?;
+        Ok((rows.len() as u64, rows))
+    }
+
+    /// Runs on a SQLite connection. Parameters are bound by their number (`$3` is the third argument), since
+    /// SQLite numbers named parameters in order of appearance.
+    fn on_lite(&self, conn: &rusqlite::Connection) -> rusqlite::Result<(u64, Vec<Row>)> {
+        let mut stmt = conn.prepare_cached(&self.sql)?;
+        for i in 1..=stmt.parameter_count() {
+            let name = stmt.parameter_name(i).unwrap_or("?");
+            let arg = name
+                .strip_prefix('$')
+                .and_then(|n| n.parse::<usize>().ok())
+                .and_then(|n| self.args.get(n.wrapping_sub(1)))
+                .ok_or_else(|| rusqlite::Error::InvalidParameterName(name.to_owned()))?;
+            match arg {
+                Arg::Int(v) => stmt.raw_bind_parameter(i, v)?,
+                Arg::Text(v) => stmt.raw_bind_parameter(i, v)?,
+            }
+        }
+        let columns = stmt.column_count();
+        if columns == 0 {
+            return Ok((stmt.raw_execute()? as u64, Vec::new()));
+        }
+        let mut out = Vec::new();
+        let mut rows = stmt.raw_query();
+        while let Some(r) = rows.next()? {
+            let mut values = Vec::with_capacity(columns);
+            for i in 0..columns {
+                values.push(match r.get_ref(i)? {
+                    rusqlite::types::ValueRef::Null => Value::Null,
+                    rusqlite::types::ValueRef::Integer(n) => Value::Int(n),
+                    rusqlite::types::ValueRef::Text(t) => {
+                        Value::Text(String::from_utf8_lossy(t).into_owned())
+                    }
+                    other => {
+                        return Err(rusqlite::Error::InvalidColumnType(
+                            i,
+                            format!("{:?}", other.data_type()),
+                            other.data_type(),
+                        ));
+                    }
+                });
+            }
+            out.push(Row(values));
+        }
+        drop(rows);
+        Ok((conn.changes(), out))
+    }
+}
+
+/// Converts a PostgreSQL row by its columns' types.
+fn pg_row(row: &PgRow) -> Result<Row> {
+    use sqlx::{Column, Row as _, TypeInfo, ValueRef};
+    let mut values = Vec::with_capacity(row.len());
+    for (i, column) in row.columns().iter().enumerate() {
+        if row.try_get_raw(i)?.is_null() {
+            values.push(Value::Null);
+            continue;
+        }
+        values.push(match column.type_info().name() {
+            "INT8" => Value::Int(row.try_get::<i64, _>(i)?),
+            "INT4" => Value::Int(row.try_get::<i32, _>(i)?.into()),
+            "INT2" => Value::Int(row.try_get::<i16, _>(i)?.into()),
+            "BOOL" => Value::Int(row.try_get::<bool, _>(i)?.into()),
+            "VOID" => Value::Null,
+            "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" => Value::Text(row.try_get::<String, _>(i)?),
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "column {i} has type {other}, which the store does not read"
+                )));
+            }
+        });
+    }
+    Ok(Row(values))
+}

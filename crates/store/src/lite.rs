@@ -1,0 +1,239 @@
+//! SQLite: one writer connection, readers beside it, and group commit.
+//!
+//! Writes run on the caller's thread, each write transaction as a savepoint inside one physical transaction
+//! (a batch). A committer thread commits the batch (one fsync for all of it) as soon as it gets the writer, and
+//! the writer lock is fair: writers that queued before the committer join the batch, later ones start the next.
+//! A write transaction's `commit` returns only once its batch is on disk, so "answered" still means "durable";
+//! a failed batch fails every write in it, none half-written.
+
+use crate::{Result, StoreError};
+use rusqlite::{Connection, OpenFlags};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+use tokio::sync::{OwnedMutexGuard, watch};
+
+/// Writes grouped in one commit at most; more wait for the next.
+const MAX_BATCH: usize = 256;
+
+/// How a batch ended, for the writes in it: `None` while open.
+type Outcome = Option<std::result::Result<(), String>>;
+
+struct Writer {
+    conn: Connection,
+    batch: Option<Batch>,
+    closed: bool,
+}
+
+struct Batch {
+    members: usize,
+    outcome: watch::Sender<Outcome>,
+}
+
+pub(crate) struct Lite {
+    path: PathBuf,
+    writer: Arc<tokio::sync::Mutex<Writer>>,
+    readers: Mutex<Vec<Connection>>,
+    /// Nudges the committer: a write ended and its batch waits.
+    commits: mpsc::Sender<()>,
+    acquire_timeout: Duration,
+}
+
+impl std::fmt::Debug for Lite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lite").field("path", &self.path).finish()
+    }
+}
+
+fn open(path: &Path, writer: bool) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.set_prepared_statement_cache_capacity(128);
+    conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;")?;
+    if writer {
+        conn.execute_batch("PRAGMA journal_mode = WAL;")?;
+    } else {
+        // Writes that bypass the writer would bypass group commit and the single-writer queue.
+        conn.execute_batch("PRAGMA query_only = ON;")?;
+    }
+    Ok(conn)
+}
+
+impl Lite {
+    /// Opens the database file (already created and migrated) and starts its committer thread.
+    pub(crate) fn open(path: &Path, acquire_timeout: Duration) -> Result<Arc<Lite>> {
+        let writer = Arc::new(tokio::sync::Mutex::new(Writer {
+            conn: open(path, true)?,
+            batch: None,
+            closed: false,
+        }));
+        let (tx, rx) = mpsc::channel();
+        let committer = writer.clone();
+        std::thread::Builder::new()
+            .name("paygent-sqlite-commit".into())
+            .spawn(move || {
+                // Ends when the store is dropped (its sender with it).
+                while rx.recv().is_ok() {
+                    while rx.try_recv().is_ok() {}
+                    let mut w = committer.blocking_lock();
+                    commit(&mut w);
+                }
+            })
+            .map_err(|e| StoreError::Corrupt(format!("cannot start the commit thread: {e}")))?;
+        Ok(Arc::new(Lite {
+            path: path.to_owned(),
+            writer,
+            readers: Mutex::new(Vec::new()),
+            commits: tx,
+            acquire_timeout,
+        }))
+    }
+
+    /// Runs `f` on a reader connection, on this thread.
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+        let idle = self.readers.lock().expect("readers").pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => open(&self.path, false)?,
+        };
+        let out = f(&conn);
+        self.readers.lock().expect("readers").push(conn);
+        Ok(out?)
+    }
+
+    /// Starts a write transaction: waits for the writer (fairly, in arrival order) and opens a savepoint in the
+    /// current batch, starting a batch if none is open.
+    pub(crate) async fn begin(self: &Arc<Self>) -> Result<LiteTx> {
+        let guard = tokio::time::timeout(self.acquire_timeout, self.writer.clone().lock_owned())
+            .await
+            .map_err(|_| StoreError::Busy)?;
+        if guard.closed {
+            return Err(StoreError::Closed);
+        }
+        let mut tx = LiteTx {
+            guard: Some(guard),
+            lite: self.clone(),
+        };
+        let w = tx.guard.as_mut().expect("held");
+        if w.batch.is_none() {
+            w.conn.execute_batch("BEGIN IMMEDIATE")?;
+            w.batch = Some(Batch {
+                members: 0,
+                outcome: watch::channel(None).0,
+            });
+        }
+        w.conn.execute_batch("SAVEPOINT paygent_tx")?;
+        Ok(tx)
+    }
+
+    /// Commits what is open and refuses further writes.
+    pub(crate) async fn close(&self) {
+        let mut w = self.writer.lock().await;
+        commit(&mut w);
+        w.closed = true;
+        self.readers.lock().expect("readers").clear();
+    }
+
+    fn nudge(&self) {
+        // The committer outlives every Lite; a send fails only during process teardown.
+        let _ = self.commits.send(());
+    }
+}
+
+/// Commits the open batch, if any, and tells its writes how it went.
+fn commit(w: &mut Writer) {
+    let Some(batch) = w.batch.take() else {
+        return;
+    };
+    let outcome = if w.conn.is_autocommit() {
+        // SQLite rolled the whole transaction back itself (an I/O error, a full disk).
+        Err("the database rolled back the transaction".to_owned())
+    } else {
+        w.conn.execute_batch("COMMIT").map_err(|e| {
+            let _ = w.conn.execute_batch("ROLLBACK");
+            e.to_string()
+        })
+    };
+    if let Err(e) = &outcome {
+        tracing::error!(error = %e, writes = batch.members, "SQLite commit failed");
+    }
+    batch.outcome.send_replace(Some(outcome));
+}
+
+/// A write transaction on SQLite: a savepoint in the writer's current batch.
+pub struct LiteTx {
+    guard: Option<OwnedMutexGuard<Writer>>,
+    lite: Arc<Lite>,
+}
+
+impl LiteTx {
+    /// Runs `f` on the writer connection, on this thread.
+    pub(crate) fn with<T>(
+        &mut self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        let w = self.guard.as_ref().ok_or(StoreError::Closed)?;
+        Ok(f(&w.conn)?)
+    }
+
+    /// Keeps this transaction's writes in the batch and waits until the batch is on disk.
+    pub(crate) async fn commit(mut self) -> Result<()> {
+        let mut w = self.guard.take().ok_or(StoreError::Closed)?;
+        let released = w.conn.execute_batch("RELEASE paygent_tx");
+        let Some(batch) = w.batch.as_mut() else {
+            return Err(StoreError::Commit("the batch was lost".into()));
+        };
+        if let Err(e) = released {
+            // The savepoint's writes cannot be told apart from the batch's any more: the whole batch fails.
+            fail_batch(&mut w, &e.to_string());
+            return Err(e.into());
+        }
+        batch.members += 1;
+        let mut outcome = batch.outcome.subscribe();
+        let full = batch.members >= MAX_BATCH;
+        if full {
+            commit(&mut w);
+        }
+        drop(w);
+        if !full {
+            self.lite.nudge();
+        }
+        let done = outcome
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| StoreError::Commit("the commit thread stopped".into()))?
+            .clone();
+        done.expect("waited for").map_err(StoreError::Commit)
+    }
+}
+
+/// Rolls back the whole batch: every write in it fails.
+fn fail_batch(w: &mut Writer, why: &str) {
+    if let Some(batch) = w.batch.take() {
+        let _ = w.conn.execute_batch("ROLLBACK");
+        tracing::error!(error = %why, writes = batch.members, "SQLite batch rolled back");
+        batch.outcome.send_replace(Some(Err(why.to_owned())));
+    }
+}
+
+impl Drop for LiteTx {
+    /// A write transaction dropped without commit leaves no trace: its savepoint is rolled back.
+    fn drop(&mut self) {
+        let Some(mut w) = self.guard.take() else {
+            return;
+        };
+        if w.batch.is_some() {
+            let undone = w
+                .conn
+                .execute_batch("ROLLBACK TO paygent_tx; RELEASE paygent_tx");
+            if let Err(e) = undone {
+                fail_batch(&mut w, &e.to_string());
+            }
+        }
+        drop(w);
+        self.lite.nudge();
+    }
+}

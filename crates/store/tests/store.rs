@@ -1,0 +1,276 @@
+//! The store on real databases: SQLite's group commit (a file on disk, reopened) and the statement layer on
+//! both SQLite and PostgreSQL.
+
+use chrono::Utc;
+use paygent_domain::audit::AuditEntry;
+use paygent_store::db::query;
+use paygent_store::{Store, StoreOptions};
+use serde_json::json;
+use sqlx::Connection;
+use std::path::PathBuf;
+use std::sync::Arc;
+use uuid::Uuid;
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn sqlite_url() -> (String, TempDir) {
+    let dir = std::env::temp_dir().join(format!("paygent-store-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    (
+        format!("sqlite://{}/paygent.db?mode=rwc", dir.display()),
+        TempDir(dir),
+    )
+}
+
+/// A fresh PostgreSQL database, dropped with the guard.
+struct PgDatabase {
+    admin: String,
+    name: String,
+}
+
+impl PgDatabase {
+    async fn create() -> (String, PgDatabase) {
+        let admin = std::env::var("PAYGENT_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("paygent_t_{}", Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .expect("PostgreSQL must be running for these tests");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("create database");
+        let (base, _) = admin.rsplit_once('/').expect("url has a database");
+        (format!("{base}/{name}"), PgDatabase { admin, name })
+    }
+
+    async fn drop(self) {
+        let mut conn = sqlx::PgConnection::connect(&self.admin)
+            .await
+            .expect("pg admin");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&mut conn)
+        .await
+        .expect("drop database");
+    }
+}
+
+async fn with_tenant(url: &str) -> (Store, Uuid) {
+    let store = Store::connect(url, &StoreOptions::default())
+        .await
+        .expect("connect");
+    let tenant = Uuid::new_v4();
+    assert!(store.ensure_tenant(tenant, "t", Utc::now()).await.unwrap());
+    (store, tenant)
+}
+
+/// Reads the tenant's whole audit chain and checks every link.
+async fn chain(store: &Store, tenant: Uuid) -> Vec<AuditEntry> {
+    let entries = store.audit_entries(tenant, None, 0, 100_000).await.unwrap();
+    let mut prev = "0".repeat(64);
+    for (i, e) in entries.iter().enumerate() {
+        assert_eq!(e.seq, i as i64 + 1, "gap-free sequence");
+        assert_eq!(e.prev_hash, prev, "linked to the entry before");
+        assert_eq!(e.hash, e.compute_hash(), "entry {} unchanged", e.seq);
+        prev = e.hash.clone();
+    }
+    assert_eq!(
+        store.audit_head(tenant).await.unwrap(),
+        (entries.len() as i64, prev)
+    );
+    entries
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_on_sqlite_all_commit_and_survive_a_reopen() {
+    let (url, _dir) = sqlite_url();
+    let (store, tenant) = with_tenant(&url).await;
+    let writes = 300;
+    let tasks: Vec<_> = (0..writes)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut tx = store.begin(tenant, Utc::now()).await?;
+                tx.audit("test", "write", &format!("w:{i}"), None, json!({"i": i}))
+                    .await?;
+                tx.event("written", None, json!({"i": i})).await?;
+                tx.commit().await
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().expect("committed").len(), 1);
+    }
+    // Every write that answered is visible to readers at once, in one unbroken chain.
+    assert_eq!(chain(&store, tenant).await.len(), writes);
+    store.close().await;
+    drop(store);
+
+    let reopened = Store::connect(&url, &StoreOptions::default())
+        .await
+        .unwrap();
+    let entries = chain(&reopened, tenant).await;
+    assert_eq!(entries.len(), writes);
+    let mut subjects: Vec<_> = entries.iter().map(|e| e.subject.clone()).collect();
+    subjects.sort();
+    subjects.dedup();
+    assert_eq!(subjects.len(), writes, "each write exactly once");
+    assert_eq!(
+        reopened.event_range(tenant).await.unwrap(),
+        (Some(1), writes as i64)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_write_leaves_nothing_while_the_writes_queued_with_it_commit() {
+    let (url, _dir) = sqlite_url();
+    let (store, tenant) = with_tenant(&url).await;
+    let first = store.begin(tenant, Utc::now()).await.unwrap();
+    // Two more writers queue behind the first, so all three run in one batch.
+    let spawn = |keep: bool, name: &'static str| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut tx = store.begin(tenant, Utc::now()).await?;
+            tx.audit("test", name, name, None, json!({})).await?;
+            if keep {
+                tx.commit().await.map(|_| true)
+            } else {
+                Ok(false)
+            }
+        })
+    };
+    let dropped = spawn(false, "dropped");
+    let kept = spawn(true, "kept");
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let mut first = first;
+    first
+        .audit("test", "first", "first", None, json!({}))
+        .await
+        .unwrap();
+    first.commit().await.unwrap();
+    assert!(!dropped.await.unwrap().unwrap());
+    assert!(kept.await.unwrap().unwrap());
+    let actions: Vec<_> = chain(&store, tenant)
+        .await
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(actions, ["first", "kept"]);
+}
+
+#[tokio::test]
+async fn readers_see_a_write_only_once_it_is_committed() {
+    let (url, _dir) = sqlite_url();
+    let (store, tenant) = with_tenant(&url).await;
+    let mut tx = store.begin(tenant, Utc::now()).await.unwrap();
+    tx.audit("test", "pending", "x", None, json!({}))
+        .await
+        .unwrap();
+    assert_eq!(store.audit_head(tenant).await.unwrap().0, 0);
+    let rows = query("SELECT COUNT(*) FROM audit_log")
+        .fetch_one(store.reader())
+        .await
+        .unwrap();
+    assert_eq!(rows.get::<i64>(0).unwrap(), 0);
+    tx.commit().await.unwrap();
+    assert_eq!(chain(&store, tenant).await.len(), 1);
+}
+
+#[tokio::test]
+async fn readers_cannot_write_on_sqlite() {
+    let (url, _dir) = sqlite_url();
+    let (store, _tenant) = with_tenant(&url).await;
+    let err = query("DELETE FROM tenants")
+        .execute(store.reader())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("readonly"), "{err}");
+    assert_eq!(
+        query("DELETE FROM tenants")
+            .execute(store.writer())
+            .await
+            .unwrap(),
+        1
+    );
+}
+
+/// What both databases must agree on: parameters by number, typed nulls, integers and text, duplicate keys.
+async fn statements_behave_the_same(store: &Store, tenant: Uuid) {
+    let row = query("SELECT $2 || $1, $3, $4, CAST($5 AS BIGINT)")
+        .bind("a")
+        .bind("b")
+        .bind(None::<String>)
+        .bind(i64::MAX)
+        .bind(None::<i64>)
+        .fetch_one(store.reader())
+        .await
+        .unwrap();
+    assert_eq!(row.get::<String>(0).unwrap(), "ba");
+    assert_eq!(row.get::<Option<String>>(1).unwrap(), None);
+    assert_eq!(row.get::<i64>(2).unwrap(), i64::MAX);
+    assert_eq!(row.get::<Option<i64>>(3).unwrap(), None);
+    assert!(row.get::<i64>(0).is_err(), "text is not read as a number");
+
+    let again = query("INSERT INTO tenants (id, name, created_at) VALUES ($1, 'x', 'now')")
+        .bind(tenant.to_string())
+        .execute(store.writer())
+        .await
+        .unwrap_err();
+    assert!(again.is_unique_violation(), "{again}");
+    assert!(!again.is_unavailable());
+
+    let unknown = Uuid::new_v4();
+    assert!(matches!(
+        store.begin(unknown, Utc::now()).await.err(),
+        Some(paygent_store::StoreError::UnknownTenant(t)) if t == unknown
+    ));
+}
+
+#[tokio::test]
+async fn statements_behave_the_same_on_sqlite() {
+    let (url, _dir) = sqlite_url();
+    let (store, tenant) = with_tenant(&url).await;
+    statements_behave_the_same(&store, tenant).await;
+}
+
+#[tokio::test]
+async fn statements_behave_the_same_on_postgres() {
+    let (url, db) = PgDatabase::create().await;
+    let (store, tenant) = with_tenant(&url).await;
+    statements_behave_the_same(&store, tenant).await;
+    store.close().await;
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_on_postgres_keep_one_chain() {
+    let (url, db) = PgDatabase::create().await;
+    let (store, tenant) = with_tenant(&url).await;
+    let store = Arc::new(store);
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut tx = store.begin(tenant, Utc::now()).await?;
+                tx.audit("test", "write", &format!("w:{i}"), None, json!({}))
+                    .await?;
+                tx.commit().await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().expect("committed");
+    }
+    assert_eq!(chain(&store, tenant).await.len(), 100);
+    store.close().await;
+    db.drop().await;
+}
