@@ -382,6 +382,116 @@ async fn a_paused_execution_survives_sigkill() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Group commit answers a write only once its batch is on disk: the real binary on SQLite, killed with SIGKILL
+/// while eight clients pay as fast as they can, has every payment it answered after the restart, once, with an
+/// unbroken audit chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answered_payments_survive_sigkill_under_load() {
+    let dir = std::env::temp_dir().join(format!("paygent-crash-{}", uuid::Uuid::new_v4().simple()));
+    let env = [
+        ("PAYGENT_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("PAYGENT_DATA_DIR", dir.to_str().unwrap()),
+    ];
+    let http = reqwest::Client::new();
+    let (mut first, port) = spawn_serve(&env);
+    let base = wait_ready(port);
+    let post = |base: String, token: String, path: &str, body: serde_json::Value| {
+        http.post(format!("{base}/api/v1{path}"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    let agent: serde_json::Value = post(
+        base.clone(),
+        ADMIN_TOKEN.into(),
+        "/keys",
+        json!({"name": "a", "role": "agent"}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let agent = agent["token"].as_str().unwrap().to_owned();
+    let session: serde_json::Value = post(base.clone(), agent.clone(), "/sessions", json!({}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let session = session["id"].as_str().unwrap().to_owned();
+
+    let answered = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..8)
+        .map(|c| {
+            let (http, base, agent, session, answered) =
+                (http.clone(), base.clone(), agent.clone(), session.clone(), answered.clone());
+            tokio::spawn(async move {
+                for i in 0.. {
+                    let key = format!("c{c}-{i}");
+                    let sent = http
+                        .post(format!("{base}/api/v1/payments"))
+                        .bearer_auth(&agent)
+                        .json(&json!({"session_id": session, "amount": "0.01", "currency": "USDC",
+                            "recipient": "0x1111111111111111111111111111111111111111", "idempotency_key": key}))
+                        .send()
+                        .await;
+                    let Ok(response) = sent else { return };
+                    assert_eq!(response.status(), 201);
+                    let body: serde_json::Value = response.json().await.unwrap();
+                    answered.lock().unwrap().push((key, body["id"].as_str().unwrap().to_owned()));
+                }
+            })
+        })
+        .collect();
+    while answered.lock().unwrap().len() < 300 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    first.kill().unwrap(); // SIGKILL, with writes in flight
+    first.wait().unwrap();
+    for c in clients {
+        c.await.unwrap();
+    }
+    let answered = answered.lock().unwrap().clone();
+
+    let (_second, port) = spawn_serve(&env);
+    let base = wait_ready(port);
+    let get = |path: String| {
+        http.get(format!("{base}/api/v1{path}"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+    };
+    for (key, id) in &answered {
+        let payment: serde_json::Value = get(format!("/payments/{id}"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(payment["status"], "authorized", "{key}: {payment}");
+    }
+    // Retrying an answered request finds the same payment instead of paying again.
+    let (key, id) = &answered[0];
+    let again = post(base.clone(), agent.clone(), "/payments", json!({"session_id": session, "amount": "0.01",
+        "currency": "USDC", "recipient": "0x1111111111111111111111111111111111111111", "idempotency_key": key}))
+        .await
+        .unwrap();
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(
+        again.json::<serde_json::Value>().await.unwrap()["id"],
+        id.as_str()
+    );
+    let check: serde_json::Value = get("/audit/verify".into())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(check["verified"], true, "{check}");
+    assert!(check["entries"].as_i64().unwrap() >= answered.len() as i64);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// The benchmark harness's scenarios, in tiny mode against the real binary: they run and count correctly.
 /// Timings are reported by the harness, never asserted here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
