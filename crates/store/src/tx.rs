@@ -32,21 +32,25 @@ pub struct WriteTx {
     events: Vec<Event>,
 }
 
+const HEAD: &str =
+    "SELECT audit_seq, audit_head, event_seq, kill_switch FROM tenants WHERE id = $1";
+const HEAD_FOR_UPDATE: &str =
+    "SELECT audit_seq, audit_head, event_seq, kill_switch FROM tenants WHERE id = $1 FOR UPDATE";
+
 impl Store {
     /// Starts a write for `tenant_id` at time `now`, taking the tenant's write lock.
     pub async fn begin(&self, tenant_id: Uuid, now: DateTime<Utc>) -> Result<WriteTx> {
-        let mut conn = match &self.engine {
-            Engine::Pg(pool) => Conn::Pg(pool.begin().await?),
-            Engine::Lite(lite) => Conn::Lite(lite.begin().await?),
+        // On PostgreSQL the row lock serializes the tenant's writers (a lock, not a new row version per write);
+        // SQLite has one writer already.
+        let (mut conn, sql) = match &self.engine {
+            Engine::Pg(pool) => (Conn::Pg(pool.begin().await?), HEAD_FOR_UPDATE),
+            Engine::Lite(lite) => (Conn::Lite(lite.begin().await?), HEAD),
         };
-        let row = query(
-            "UPDATE tenants SET audit_seq = audit_seq WHERE id = $1 \
-             RETURNING audit_seq, audit_head, event_seq, kill_switch",
-        )
-        .bind(tenant_id.to_string())
-        .fetch_optional(Db::Tx(&mut conn))
-        .await?
-        .ok_or(StoreError::UnknownTenant(tenant_id))?;
+        let row = query(sql)
+            .bind(tenant_id.to_string())
+            .fetch_optional(Db::Tx(&mut conn))
+            .await?
+            .ok_or(StoreError::UnknownTenant(tenant_id))?;
         Ok(WriteTx {
             conn,
             tenant_id,
