@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{spawn_serve, wait_ready};
+use common::{agent_and_session, spawn_serve, wait_ready};
 use paygent_testkit::{ADMIN_TOKEN, Backend, TestServer, on_both_databases};
 use serde_json::json;
 use std::io::{BufRead, BufReader};
@@ -391,6 +391,7 @@ async fn answered_payments_survive_sigkill_under_load() {
     let env = [
         ("PAYGENT_ADMIN_TOKEN", ADMIN_TOKEN),
         ("PAYGENT_DATA_DIR", dir.to_str().unwrap()),
+        ("PAYGENT_RATE_LIMIT", "0"),
     ];
     let http = reqwest::Client::new();
     let (mut first, port) = spawn_serve(&env);
@@ -401,25 +402,7 @@ async fn answered_payments_survive_sigkill_under_load() {
             .json(&body)
             .send()
     };
-    let agent: serde_json::Value = post(
-        base.clone(),
-        ADMIN_TOKEN.into(),
-        "/keys",
-        json!({"name": "a", "role": "agent"}),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    let agent = agent["token"].as_str().unwrap().to_owned();
-    let session: serde_json::Value = post(base.clone(), agent.clone(), "/sessions", json!({}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let session = session["id"].as_str().unwrap().to_owned();
+    let (agent, session) = agent_and_session(&http, &base, ADMIN_TOKEN).await;
 
     let answered = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let clients: Vec<_> = (0..8)

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Serve, spawn_serve, wait_ready};
+use common::{Serve, agent_and_session, spawn_serve, wait_ready};
 use futures::StreamExt;
 use paygent_testkit::{ADMIN_TOKEN, hello_server, silent_server};
 use serde_json::{Value, json};
@@ -350,20 +350,7 @@ async fn a_database_outage_gives_503_and_heals() {
             .json(&body)
             .send()
     };
-    let agent: Value = post("/keys", ADMIN_TOKEN, json!({"name": "a", "role": "agent"}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let agent = agent["token"].as_str().unwrap().to_owned();
-    let session: Value = post("/sessions", &agent, json!({}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let session = session["id"].as_str().unwrap().to_owned();
+    let (agent, session) = agent_and_session(&http, &base, ADMIN_TOKEN).await;
     assert_eq!(
         pay(agent.clone(), session.clone(), "before".into()).await.0,
         201

@@ -56,3 +56,35 @@ pub fn wait_ready(port: u16) -> String {
     }
     panic!("paygent serve did not start on {port}");
 }
+
+/// Makes an agent key (with the `admin` token) and a session of it on a running server: (agent token, session id).
+pub async fn agent_and_session(
+    http: &reqwest::Client,
+    base: &str,
+    admin: &str,
+) -> (String, String) {
+    let post = |token: String, path: &str, body: serde_json::Value| {
+        http.post(format!("{base}/api/v1{path}"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    let agent: serde_json::Value = post(
+        admin.to_owned(),
+        "/keys",
+        serde_json::json!({"name": "agent", "role": "agent"}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let agent = agent["token"].as_str().expect("a token").to_owned();
+    let session: serde_json::Value = post(agent.clone(), "/sessions", serde_json::json!({}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (agent, session["id"].as_str().expect("an id").to_owned())
+}
