@@ -1,7 +1,7 @@
 //! The budget ledger. Every change is made inside a [`WriteTx`], which holds the tenant's lock, and is also a
 //! compare-and-set on the row's version: two writers can never both apply a change computed from one reading.
 
-use crate::db::{Db, query};
+use crate::db::{Db, placeholders, query};
 use crate::{Result, StoreError, WriteTx, decimal};
 use paygent_domain::Decimal;
 use paygent_domain::budget::Usage;
@@ -71,27 +71,12 @@ pub async fn apply(
         current.insert(r.get::<String>(0)?, (usage, r.get::<i64>(3)?));
     }
     // A new row is written at version 1; an existing one only if it is still at the version read above.
-    let placeholders: Vec<String> = (0..changes.len())
-        .map(|i| {
-            let b = i * 7;
-            format!(
-                "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5,
-                b + 6,
-                b + 7
-            )
-        })
-        .collect();
     let sql = format!(
         "INSERT INTO budget_usage (tenant_id, session_id, day, ledger, spent, reserved, version) VALUES {} \
          ON CONFLICT (session_id, day, ledger) DO UPDATE SET spent = excluded.spent, \
          reserved = excluded.reserved, version = excluded.version \
          WHERE budget_usage.version = excluded.version - 1",
-        placeholders.join(", ")
+        placeholders(1, changes.len(), 7)
     );
     let mut statement = query(sql);
     for (ledger, delta) in changes {

@@ -181,6 +181,19 @@ pub struct Query {
     args: Vec<Arg>,
 }
 
+/// `rows` groups of `cols` numbered parameters from `$first`: `($1, $2), ($3, $4)`.
+pub(crate) fn placeholders(first: usize, rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let row: Vec<String> = (0..cols)
+                .map(|c| format!("${}", first + r * cols + c))
+                .collect();
+            format!("({})", row.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A statement to bind and run.
 pub fn query(sql: impl Into<Cow<'static, str>>) -> Query {
     Query {
@@ -190,6 +203,14 @@ pub fn query(sql: impl Into<Cow<'static, str>>) -> Query {
 }
 
 impl Query {
+    /// A statement with its arguments already gathered; `$n` binds the n-th.
+    pub(crate) fn with_args(sql: impl Into<Cow<'static, str>>, args: Vec<Arg>) -> Query {
+        Query {
+            sql: sql.into(),
+            args,
+        }
+    }
+
     pub fn bind(mut self, arg: impl Into<Arg>) -> Self {
         self.args.push(arg.into());
         self

@@ -1,7 +1,7 @@
 //! The one way to change state: a transaction that locks its tenant's row, then writes the change, its audit
 //! entries and its events together, so none can exist without the others.
 
-use crate::db::{Conn, Db, query};
+use crate::db::{Arg, Conn, Db, Query, placeholders, query};
 use crate::{Engine, Result, Store, StoreError};
 use chrono::{DateTime, Utc};
 use paygent_domain::audit::AuditEntry;
@@ -29,6 +29,7 @@ pub struct WriteTx {
     audit_head: String,
     event_seq: i64,
     kill_switch: Option<String>,
+    audit: Vec<AuditEntry>,
     events: Vec<Event>,
 }
 
@@ -59,6 +60,7 @@ impl Store {
             audit_head: row.get(1)?,
             event_seq: row.get(2)?,
             kill_switch: row.get(3)?,
+            audit: Vec::new(),
             events: Vec::new(),
         })
     }
@@ -99,7 +101,7 @@ impl WriteTx {
         paygent_domain::time::format(self.now)
     }
 
-    /// Appends an entry to the tenant's hash chain.
+    /// Appends an entry to the tenant's hash chain. It is written with the commit.
     pub async fn audit(
         &mut self,
         actor: &str,
@@ -121,76 +123,121 @@ impl WriteTx {
             hash: String::new(),
         };
         entry.hash = entry.compute_hash();
-        query(
-            "INSERT INTO audit_log (tenant_id, seq, at, actor, action, subject, session_id, data, prev_hash, hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(entry.tenant_id.to_string())
-        .bind(entry.seq)
-        .bind(&entry.at)
-        .bind(&entry.actor)
-        .bind(&entry.action)
-        .bind(&entry.subject)
-        .bind(entry.session_id.map(|s| s.to_string()))
-        .bind(entry.data.to_string())
-        .bind(&entry.prev_hash)
-        .bind(&entry.hash)
-        .execute(Db::Tx(&mut self.conn))
-        .await?;
         self.audit_seq = entry.seq;
-        self.audit_head = entry.hash;
+        self.audit_head = entry.hash.clone();
+        self.audit.push(entry);
         Ok(())
     }
 
-    /// Appends an event with the tenant's next sequence number.
+    /// Appends an event with the tenant's next sequence number. It is written with the commit.
     pub async fn event(
         &mut self,
         kind: &str,
         session_id: Option<Uuid>,
         payload: Value,
     ) -> Result<()> {
-        let event = Event {
+        self.event_seq += 1;
+        self.events.push(Event {
             tenant_id: self.tenant_id,
-            seq: self.event_seq + 1,
+            seq: self.event_seq,
             kind: kind.to_owned(),
             session_id,
             payload,
             created_at: self.now_text(),
-        };
-        query(
-            "INSERT INTO events (tenant_id, seq, type, session_id, payload, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(event.tenant_id.to_string())
-        .bind(event.seq)
-        .bind(&event.kind)
-        .bind(event.session_id.map(|s| s.to_string()))
-        .bind(event.payload.to_string())
-        .bind(&event.created_at)
-        .execute(Db::Tx(&mut self.conn))
-        .await?;
-        self.event_seq = event.seq;
-        self.events.push(event);
+        });
         Ok(())
     }
 
-    /// Records the new chain head and commits. Returns the events to fan out. On PostgreSQL, other instances
-    /// are nudged by NOTIFY, which PostgreSQL delivers only if and when the transaction commits.
+    /// Writes the audit entries, the events and the new chain head, and commits. Returns the events to fan out.
+    /// On PostgreSQL all of that is one statement (one round trip under the tenant's lock), with a NOTIFY that
+    /// PostgreSQL delivers to other instances only if and when the transaction commits.
     pub async fn commit(mut self) -> Result<Vec<Event>> {
-        if matches!(self.conn, Conn::Pg(_)) && !self.events.is_empty() {
-            query("SELECT pg_notify($1, $2)")
-                .bind(crate::events::CHANNEL)
-                .bind(format!("{}:{}", self.tenant_id, self.event_seq))
-                .execute(Db::Tx(&mut self.conn))
-                .await?;
+        let tenant = self.tenant_id.to_string();
+        let mut args: Vec<Arg> = vec![
+            tenant.clone().into(),
+            self.audit_seq.into(),
+            self.audit_head.clone().into(),
+            self.event_seq.into(),
+        ];
+        let mut parts = Vec::new();
+        if !self.audit.is_empty() {
+            parts.push(format!(
+                "INSERT INTO audit_log (tenant_id, seq, at, actor, action, subject, session_id, data, prev_hash, \
+                 hash) VALUES {}",
+                placeholders(args.len() + 1, self.audit.len(), 10)
+            ));
+            for e in &self.audit {
+                args.extend([
+                    tenant.clone().into(),
+                    e.seq.into(),
+                    e.at.clone().into(),
+                    e.actor.clone().into(),
+                    e.action.clone().into(),
+                    e.subject.clone().into(),
+                    e.session_id.map(|s| s.to_string()).into(),
+                    e.data.to_string().into(),
+                    e.prev_hash.clone().into(),
+                    e.hash.clone().into(),
+                ]);
+            }
         }
-        query("UPDATE tenants SET audit_seq = $2, audit_head = $3, event_seq = $4 WHERE id = $1")
-            .bind(self.tenant_id.to_string())
-            .bind(self.audit_seq)
-            .bind(&self.audit_head)
-            .bind(self.event_seq)
-            .execute(Db::Tx(&mut self.conn))
-            .await?;
+        if !self.events.is_empty() {
+            parts.push(format!(
+                "INSERT INTO events (tenant_id, seq, type, session_id, payload, created_at) VALUES {}",
+                placeholders(args.len() + 1, self.events.len(), 6)
+            ));
+            for e in &self.events {
+                args.extend([
+                    tenant.clone().into(),
+                    e.seq.into(),
+                    e.kind.clone().into(),
+                    e.session_id.map(|s| s.to_string()).into(),
+                    e.payload.to_string().into(),
+                    e.created_at.clone().into(),
+                ]);
+            }
+        }
+        let head =
+            "UPDATE tenants SET audit_seq = $2, audit_head = $3, event_seq = $4 WHERE id = $1";
+        match self.conn {
+            Conn::Pg(_) => {
+                let mut ctes: Vec<String> = parts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, sql)| format!("w{i} AS ({sql})"))
+                    .collect();
+                let mut update = head.to_owned();
+                if !self.events.is_empty() {
+                    let n = args.len();
+                    ctes.push(format!(
+                        "nudge AS (SELECT pg_notify(${}, ${}))",
+                        n + 1,
+                        n + 2
+                    ));
+                    args.push(crate::events::CHANNEL.into());
+                    args.push(format!("{}:{}", self.tenant_id, self.event_seq).into());
+                    // A CTE that only reads runs only when referenced.
+                    update.push_str(" AND (SELECT COUNT(*) FROM nudge) = 1");
+                }
+                let sql = if ctes.is_empty() {
+                    update
+                } else {
+                    format!("WITH {} {update}", ctes.join(", "))
+                };
+                Query::with_args(sql, args)
+                    .execute(Db::Tx(&mut self.conn))
+                    .await?;
+            }
+            Conn::Lite(_) => {
+                // In-process statements cost no round trip; each binds its numbers from the same arguments.
+                parts.push(head.to_owned());
+                for sql in parts {
+                    Query::with_args(sql, args.clone())
+                        .execute(Db::Tx(&mut self.conn))
+                        .await?;
+                }
+            }
+        }
         match self.conn {
             Conn::Pg(tx) => tx.commit().await?,
             Conn::Lite(tx) => tx.commit().await?,

@@ -235,11 +235,43 @@ async fn statements_behave_the_same(store: &Store, tenant: Uuid) {
     ));
 }
 
+/// Several audit entries and events in one transaction are written with its commit, in order, and an
+/// abandoned transaction's are not.
+async fn a_commit_writes_its_entries_and_events(store: &Store, tenant: Uuid) {
+    let mut tx = store.begin(tenant, Utc::now()).await.unwrap();
+    for i in 0..3 {
+        tx.audit("test", &format!("a{i}"), "s", None, json!({"i": i}))
+            .await
+            .unwrap();
+    }
+    tx.event("e1", None, json!({})).await.unwrap();
+    tx.event("e2", Some(Uuid::new_v4()), json!({"x": "y"}))
+        .await
+        .unwrap();
+    let events = tx.commit().await.unwrap();
+    let mut abandoned = store.begin(tenant, Utc::now()).await.unwrap();
+    abandoned
+        .audit("test", "gone", "s", None, json!({}))
+        .await
+        .unwrap();
+    abandoned.event("gone", None, json!({})).await.unwrap();
+    drop(abandoned);
+    let actions: Vec<_> = chain(store, tenant)
+        .await
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(actions, ["a0", "a1", "a2"]);
+    assert_eq!(store.events_after(tenant, 0, 10).await.unwrap(), events);
+    assert_eq!(store.event_range(tenant).await.unwrap(), (Some(1), 2));
+}
+
 #[tokio::test]
 async fn statements_behave_the_same_on_sqlite() {
     let (url, _dir) = sqlite_url();
     let (store, tenant) = with_tenant(&url).await;
     statements_behave_the_same(&store, tenant).await;
+    a_commit_writes_its_entries_and_events(&store, tenant).await;
 }
 
 #[tokio::test]
@@ -247,6 +279,7 @@ async fn statements_behave_the_same_on_postgres() {
     let (url, db) = PgDatabase::create().await;
     let (store, tenant) = with_tenant(&url).await;
     statements_behave_the_same(&store, tenant).await;
+    a_commit_writes_its_entries_and_events(&store, tenant).await;
     store.close().await;
     db.drop().await;
 }
