@@ -9,6 +9,7 @@
 use crate::{Result, StoreError};
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 use tokio::sync::{OwnedMutexGuard, watch};
@@ -34,6 +35,8 @@ pub(crate) struct Lite {
     path: PathBuf,
     writer: Arc<tokio::sync::Mutex<Writer>>,
     readers: Mutex<Vec<Connection>>,
+    /// Set by `close`: reads are refused too, as a closed pool's are.
+    closed: AtomicBool,
     /// Nudges the committer: a write ended and its batch waits.
     commits: mpsc::Sender<()>,
     acquire_timeout: Duration,
@@ -87,6 +90,7 @@ impl Lite {
             path: path.to_owned(),
             writer,
             readers: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
             commits: tx,
             acquire_timeout,
         }))
@@ -94,6 +98,9 @@ impl Lite {
 
     /// Runs `f` on a reader connection, on this thread.
     pub(crate) fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Closed);
+        }
         let idle = self.readers.lock().expect("readers").pop();
         let conn = match idle {
             Some(c) => c,
@@ -134,6 +141,7 @@ impl Lite {
         let mut w = self.writer.lock().await;
         commit(&mut w);
         w.closed = true;
+        self.closed.store(true, Ordering::SeqCst);
         self.readers.lock().expect("readers").clear();
     }
 

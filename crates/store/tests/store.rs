@@ -113,6 +113,15 @@ async fn concurrent_writes_on_sqlite_all_commit_and_survive_a_reopen() {
     // Every write that answered is visible to readers at once, in one unbroken chain.
     assert_eq!(chain(&store, tenant).await.len(), writes);
     store.close().await;
+    assert!(store.audit_head(tenant).await.unwrap_err().is_closed());
+    assert!(
+        store
+            .begin(tenant, Utc::now())
+            .await
+            .err()
+            .unwrap()
+            .is_closed()
+    );
     drop(store);
 
     let reopened = Store::connect(&url, &StoreOptions::default())

@@ -1,5 +1,6 @@
 //! Starting the real `paygent` binary for the tests of this crate.
 
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 /// A `paygent serve` process, killed when dropped, so a failing test leaves none behind.
@@ -25,25 +26,52 @@ impl Drop for Serve {
     }
 }
 
-/// Starts `paygent serve` with `env` on a free port; returns the process and its port.
+/// Starts `paygent serve` with `env` on a port the server picks itself, and returns the process and that port
+/// once it listens. (A port picked here and handed over could be taken by another test's socket meanwhile.)
 pub fn spawn_serve(env: &[(&str, &str)]) -> (Serve, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_paygent"));
     cmd.arg("serve")
-        .env("PAYGENT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("PAYGENT_LISTEN", "127.0.0.1:0")
         .env_remove("PAYGENT_CONFIG")
         .env_remove("PAYGENT_WALLET_KEY")
         .env_remove("PAYGENT_NETWORK")
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    (Serve(cmd.spawn().unwrap()), port)
+    let mut child = Serve(cmd.spawn().unwrap());
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let port = loop {
+        let line = lines
+            .next()
+            .expect("paygent serve exited before it listened")
+            .unwrap();
+        let plain = strip_ansi(&line);
+        if plain.contains("paygent serving")
+            && let Some(addr) = plain.split("listen=").nth(1)
+        {
+            let addr = addr.split_whitespace().next().unwrap_or_default();
+            break addr.rsplit(':').next().unwrap().parse().unwrap();
+        }
+    };
+    // Keep reading, so the server never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, port)
+}
+
+/// A log line without its terminal colours.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|c| c.is_ascii_alphabetic());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Waits until a server listens on `port`; returns its base URL.
