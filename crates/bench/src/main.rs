@@ -82,33 +82,54 @@ fn start_server(
     dir: &std::path::Path,
     extra_env: &[(&str, String)],
 ) -> anyhow::Result<(Server, String)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let child = Command::new(server_binary()?)
-        .arg("serve")
-        .envs(extra_env.iter().map(|(k, v)| (k, v)))
-        .env("PAYGENT_LISTEN", format!("127.0.0.1:{port}"))
-        .env("PAYGENT_DATA_DIR", dir)
-        .env("DATABASE_URL", db)
-        .env("PAYGENT_ADMIN_TOKEN", ADMIN)
-        .env("PAYGENT_LOG", "warn")
-        // The harness is one client hammering with few keys: measure the engine, not the limiter.
-        .env("PAYGENT_RATE_LIMIT", "0")
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting paygent serve")?;
-    let server = Server {
-        child,
-        dir: dir.to_owned(),
-    };
-    for _ in 0..600 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok((server, format!("http://127.0.0.1:{port}")));
+    // A port picked here can be taken by another socket before the server binds it: then the server exits, and
+    // the harness tries another.
+    for _ in 0..3 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new(server_binary()?)
+            .arg("serve")
+            .envs(extra_env.iter().map(|(k, v)| (k, v)))
+            .env("PAYGENT_LISTEN", format!("127.0.0.1:{port}"))
+            .env("PAYGENT_DATA_DIR", dir)
+            .env("DATABASE_URL", db)
+            .env("PAYGENT_ADMIN_TOKEN", ADMIN)
+            .env("PAYGENT_LOG", "warn")
+            // The harness is one client hammering with few keys: measure the engine, not the limiter.
+            .env("PAYGENT_RATE_LIMIT", "0")
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting paygent serve")?;
+        let mut server = Server {
+            child,
+            dir: dir.to_owned(),
+        };
+        for _ in 0..600 {
+            if server.child.try_wait()?.is_some() {
+                break;
+            }
+            if answers_health(port) {
+                return Ok((server, format!("http://127.0.0.1:{port}")));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
     }
     bail!("paygent serve did not start")
+}
+
+/// True when an HTTP server answers on `port` (a bare TCP connect can even reach itself).
+fn answers_health(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+    let mut head = [0u8; 12];
+    stream
+        .write_all(b"GET /healthz HTTP/1.0\r\n\r\n")
+        .and_then(|_| stream.read_exact(&mut head))
+        .is_ok_and(|_| head.starts_with(b"HTTP/1.") && head.ends_with(b"200"))
 }
 
 /// Runs the guard on 1, 2 and 3 instances sharing the PostgreSQL database `db` (the first is the harness's own
