@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{agent_and_session, spawn_serve, wait_ready};
+use common::{agent_and_session, serving_port, spawn_serve, wait_ready};
 use paygent_testkit::{ADMIN_TOKEN, Backend, TestServer, on_both_databases};
 use serde_json::json;
 use std::io::{BufRead, BufReader};
@@ -199,15 +199,10 @@ async fn kill_commands_stop_money(backend: Backend) {
 #[test]
 fn serve_starts_on_an_embedded_sqlite_file() {
     let dir = std::env::temp_dir().join(format!("paygent-serve-{}", uuid::Uuid::new_v4().simple()));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_paygent"))
         .arg("serve")
         .env("PAYGENT_DATA_DIR", &dir)
-        .env("PAYGENT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("PAYGENT_LISTEN", "127.0.0.1:0")
         .env_remove("DATABASE_URL")
         .env_remove("PAYGENT_ADMIN_TOKEN")
         .env_remove("PAYGENT_CONFIG")
@@ -220,6 +215,8 @@ fn serve_starts_on_an_embedded_sqlite_file() {
     assert!(banner.contains("first admin key"), "{banner}");
     let token = lines.next().unwrap().unwrap();
     assert!(token.starts_with("pgk_"), "{token}");
+    let port = serving_port(&mut lines);
+    std::thread::spawn(move || lines.for_each(drop));
 
     let saved = dir.join("admin-token");
     assert_eq!(std::fs::read_to_string(&saved).unwrap().trim(), token);

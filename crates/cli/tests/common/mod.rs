@@ -42,7 +42,15 @@ pub fn spawn_serve(env: &[(&str, &str)]) -> (Serve, u16) {
     }
     let mut child = Serve(cmd.spawn().unwrap());
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let port = loop {
+    let port = serving_port(&mut lines);
+    // Keep reading, so the server never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, port)
+}
+
+/// Reads a server's output up to its "paygent serving" line; returns the port it listens on.
+pub fn serving_port(lines: &mut impl Iterator<Item = std::io::Result<String>>) -> u16 {
+    loop {
         let line = lines
             .next()
             .expect("paygent serve exited before it listened")
@@ -52,12 +60,9 @@ pub fn spawn_serve(env: &[(&str, &str)]) -> (Serve, u16) {
             && let Some(addr) = plain.split("listen=").nth(1)
         {
             let addr = addr.split_whitespace().next().unwrap_or_default();
-            break addr.rsplit(':').next().unwrap().parse().unwrap();
+            return addr.rsplit(':').next().unwrap().parse().unwrap();
         }
-    };
-    // Keep reading, so the server never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    (child, port)
+    }
 }
 
 /// A log line without its terminal colours.
