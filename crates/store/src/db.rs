@@ -295,6 +295,8 @@ impl Query {
             }
         }
         let columns = stmt.column_count();
+        // `changes()` keeps the count of the connection's last write: a read reports the rows it returned.
+        let writes = !stmt.readonly();
         if columns == 0 {
             return Ok((stmt.raw_execute()? as u64, Vec::new()));
         }
@@ -321,7 +323,12 @@ impl Query {
             out.push(Row(values));
         }
         drop(rows);
-        Ok((conn.changes(), out))
+        let changed = if writes {
+            conn.changes()
+        } else {
+            out.len() as u64
+        };
+        Ok((changed, out))
     }
 }
 

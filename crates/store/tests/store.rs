@@ -228,6 +228,15 @@ async fn statements_behave_the_same(store: &Store, tenant: Uuid) {
     assert_eq!(row.get::<i64>(2).unwrap(), i64::MAX);
     assert_eq!(row.get::<Option<i64>>(3).unwrap(), None);
     assert!(row.get::<i64>(0).is_err(), "text is not read as a number");
+    // A read's count is its rows, not the count of the connection's last write.
+    assert_eq!(
+        query("SELECT id FROM tenants WHERE id = $1")
+            .bind(tenant.to_string())
+            .execute(store.writer())
+            .await
+            .unwrap(),
+        1
+    );
 
     let again = query("INSERT INTO tenants (id, name, created_at) VALUES ($1, 'x', 'now')")
         .bind(tenant.to_string())
