@@ -57,7 +57,7 @@ pub async fn get(db: Db<'_>, payment_id: Uuid) -> Result<Option<AttemptRecord>> 
     .bind(payment_id.to_string())
     .fetch_optional(db)
     .await?
-    .map(|r| AttemptRow::try_from(r).and_then(AttemptRecord::try_from))
+    .map(crate::record::<AttemptRow, _>)
     .transpose()
 }
 

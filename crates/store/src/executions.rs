@@ -179,7 +179,7 @@ pub async fn steps(db: Db<'_>, id: Uuid) -> Result<Vec<StepRecord>> {
     .fetch_all(db)
     .await?
     .into_iter()
-    .map(|r| StepRow::try_from(r).and_then(StepRecord::try_from))
+    .map(crate::record::<StepRow, _>)
     .collect()
 }
 
@@ -207,7 +207,7 @@ pub async fn active_in(tx: &mut WriteTx, session_id: Option<Uuid>) -> Result<Vec
     .fetch_all(tx.conn())
     .await?
     .into_iter()
-    .map(|r| ExecutionRow::try_from(r).and_then(ExecutionRecord::try_from))
+    .map(crate::record::<ExecutionRow, _>)
     .collect()
 }
 
@@ -326,9 +326,10 @@ pub async fn update_step(tx: &mut WriteTx, u: StepUpdate<'_>) -> Result<()> {
         .bind(u.idx)
         .fetch_optional(tx.conn())
         .await?;
-        let times = started.map(|r| Ok::<_, StoreError>((r.get(0)?, r.get(1)?)));
-        if let Some((Some(s), Some(f))) = times.transpose()? {
-            let (s, f): (String, String) = (s, f);
+        if let Some(row) = started
+            && let (Some(s), Some(f)) =
+                (row.get::<Option<String>>(0)?, row.get::<Option<String>>(1)?)
+        {
             let ms = (time(&f)? - time(&s)?).num_milliseconds();
             query(
                 "UPDATE execution_steps SET duration_ms = $3 WHERE execution_id = $1 AND idx = $2",

@@ -64,7 +64,7 @@ impl Store {
         .bind(token_hash)
         .fetch_optional(self.reader())
         .await?
-        .map(|r| KeyRow::try_from(r).and_then(KeyRecord::try_from))
+        .map(crate::record::<KeyRow, _>)
         .transpose()
     }
 

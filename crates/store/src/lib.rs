@@ -235,7 +235,7 @@ where
         .bind(id.to_string())
         .fetch_optional(db)
         .await?
-        .map(|r| R::try_from(r).and_then(T::try_from))
+        .map(crate::record::<R, _>)
         .transpose()
 }
 
@@ -259,8 +259,17 @@ where
         .fetch_all(db)
         .await?
         .into_iter()
-        .map(|r| R::try_from(r).and_then(T::try_from))
+        .map(crate::record::<R, _>)
         .collect()
+}
+
+/// Converts a row into its record type through the struct that reads the row.
+pub(crate) fn record<R, T>(row: Row) -> Result<T>
+where
+    R: TryFrom<Row, Error = StoreError>,
+    T: TryFrom<R, Error = StoreError>,
+{
+    R::try_from(row).and_then(T::try_from)
 }
 
 /// Reads rows of two ids, such as (tenant, request).

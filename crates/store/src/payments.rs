@@ -139,7 +139,7 @@ pub async fn by_idempotency_key(tx: &mut WriteTx, key: &str) -> Result<Option<Pa
         .bind(key)
         .fetch_optional(tx.conn())
         .await?
-        .map(|r| PaymentRow::try_from(r).and_then(PaymentRecord::try_from))
+        .map(crate::record::<PaymentRow, _>)
         .transpose()
 }
 
@@ -231,6 +231,6 @@ pub async fn awaiting_approval(
     .fetch_all(tx.conn())
     .await?
     .into_iter()
-    .map(|r| PaymentRow::try_from(r).and_then(PaymentRecord::try_from))
+    .map(crate::record::<PaymentRow, _>)
     .collect()
 }

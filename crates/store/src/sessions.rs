@@ -87,7 +87,7 @@ pub async fn list(
     .fetch_all(db)
     .await?
     .into_iter()
-    .map(|r| SessionRow::try_from(r).and_then(SessionRecord::try_from))
+    .map(crate::record::<SessionRow, _>)
     .collect()
 }
 
