@@ -49,6 +49,11 @@ impl Principal {
         matches!(self.role, Role::Admin | Role::Agent)
     }
 
+    /// Whether the caller reaches what `owner` created: people see their tenant, an agent only its own.
+    pub fn reaches(&self, owner: Uuid) -> bool {
+        self.can_decide() || self.key_id == owner
+    }
+
     pub fn is_admin(&self) -> bool {
         self.role == Role::Admin
     }
@@ -78,6 +83,19 @@ mod tests {
         assert!(!who(Role::Agent).can_decide());
         assert!(!who(Role::Approver).can_request_payments());
         assert!(who(Role::Agent).can_request_payments());
+    }
+
+    #[test]
+    fn agents_reach_only_their_own() {
+        let mine = Uuid::from_u128(7);
+        let agent = Principal {
+            key_id: mine,
+            ..who(Role::Agent)
+        };
+        assert!(agent.reaches(mine));
+        assert!(!agent.reaches(Uuid::from_u128(8)));
+        assert!(who(Role::Approver).reaches(Uuid::from_u128(8)));
+        assert!(who(Role::Admin).reaches(Uuid::from_u128(8)));
     }
 
     #[test]

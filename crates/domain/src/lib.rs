@@ -10,6 +10,7 @@ pub mod money;
 pub mod payment;
 pub mod policy;
 pub mod prices;
+pub mod rules;
 pub mod session;
 pub mod time;
 
@@ -19,4 +20,5 @@ pub use money::{Decimal, Money, MoneyError};
 pub use payment::{PaymentStatus, Recipient};
 pub use policy::{Condition, Policy, Rule, Verdict};
 pub use prices::{CurrencySpec, PriceTable};
+pub use rules::PolicyRules;
 pub use session::SessionConfig;

@@ -3,7 +3,6 @@
 use crate::budget::{BudgetConfig, OnBudgetExceeded};
 use crate::execution::OnReject;
 use crate::money::{parse_decimal, strict};
-use crate::policy::{DEFAULT_PAYMENT_THRESHOLD_USD, Policy};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
@@ -16,9 +15,13 @@ pub const MAX_APPROVAL_TIMEOUT_SECONDS: u32 = 7 * 24 * 3600;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "FlatSessionConfig")]
 pub struct SessionConfig {
-    /// USD value above which a payment needs a person (strictly greater).
-    pub approval_threshold_usd: Decimal,
-    pub approval_timeout_seconds: u32,
+    /// USD value above which a payment needs a person (strictly greater); the policy's when absent. A session
+    /// may only tighten its policy, so the guard applies the lower of the two.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_threshold_usd: Option<Decimal>,
+    /// How long a person has to decide; 15 minutes when absent, and never longer than the policy allows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_timeout_seconds: Option<u32>,
     /// Whether an execution stops or goes on when a person rejects one of its steps.
     #[serde(default)]
     pub on_reject: OnReject,
@@ -30,10 +33,10 @@ pub struct SessionConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FlatSessionConfig {
-    #[serde(default = "default_threshold", deserialize_with = "strict::decimal")]
-    approval_threshold_usd: Decimal,
-    #[serde(default = "default_timeout")]
-    approval_timeout_seconds: u32,
+    #[serde(default, deserialize_with = "strict::option")]
+    approval_threshold_usd: Option<Decimal>,
+    #[serde(default)]
+    approval_timeout_seconds: Option<u32>,
     #[serde(default)]
     on_reject: OnReject,
     #[serde(default, deserialize_with = "strict::map")]
@@ -69,19 +72,11 @@ impl From<FlatSessionConfig> for SessionConfig {
     }
 }
 
-fn default_threshold() -> Decimal {
-    DEFAULT_PAYMENT_THRESHOLD_USD
-}
-
-fn default_timeout() -> u32 {
-    DEFAULT_APPROVAL_TIMEOUT_SECONDS
-}
-
 impl Default for SessionConfig {
     fn default() -> Self {
         SessionConfig {
-            approval_threshold_usd: default_threshold(),
-            approval_timeout_seconds: default_timeout(),
+            approval_threshold_usd: None,
+            approval_timeout_seconds: None,
             on_reject: OnReject::Stop,
             budget: BudgetConfig::default(),
         }
@@ -99,19 +94,19 @@ pub enum SessionConfigError {
 impl SessionConfig {
     /// Checks bounds that serde cannot express.
     pub fn validate(&self) -> Result<(), SessionConfigError> {
-        let t = self.approval_threshold_usd;
-        let canonical = parse_decimal(&t.to_string()).is_ok();
-        if !canonical || t.is_sign_negative() || t.scale() > 6 || t > crate::money::MAX_AMOUNT {
-            return Err(SessionConfigError::BadThreshold);
+        if let Some(t) = self.approval_threshold_usd {
+            let canonical = parse_decimal(&t.to_string()).is_ok();
+            if !canonical || t.is_sign_negative() || t.scale() > 6 || t > crate::money::MAX_AMOUNT {
+                return Err(SessionConfigError::BadThreshold);
+            }
         }
-        if !(1..=MAX_APPROVAL_TIMEOUT_SECONDS).contains(&self.approval_timeout_seconds) {
+        if self
+            .approval_timeout_seconds
+            .is_some_and(|s| !(1..=MAX_APPROVAL_TIMEOUT_SECONDS).contains(&s))
+        {
             return Err(SessionConfigError::BadTimeout);
         }
         Ok(())
-    }
-
-    pub fn policy(&self) -> Policy {
-        Policy::with_payment_threshold(self.approval_threshold_usd)
     }
 }
 
@@ -123,7 +118,7 @@ mod tests {
     fn defaults_are_ten_dollars_and_fifteen_minutes() {
         let c: SessionConfig = serde_json::from_str("{}").unwrap();
         assert_eq!(c, SessionConfig::default());
-        assert_eq!(c.approval_threshold_usd, Decimal::TEN);
+        assert_eq!(c.approval_threshold_usd, None, "the policy's");
         assert!(c.validate().is_ok());
     }
 

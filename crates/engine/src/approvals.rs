@@ -17,12 +17,12 @@ use uuid::Uuid;
 pub const MAX_LIST: i64 = 500;
 
 impl Paygent {
+    /// One request: people read the tenant's, an agent those on its own sessions (as its events carry them).
     pub async fn approval(&self, who: &Principal, id: Uuid) -> Result<ApprovalView> {
-        require(
-            who.can_decide(),
-            "only approvers and admins read approval requests",
-        )?;
-        Ok(self.load_approval(who.tenant_id, id).await?.into())
+        let request = self.load_approval(who.tenant_id, id).await?;
+        self.reach(who, request.session_id, "approval request")
+            .await?;
+        Ok(request.into())
     }
 
     /// Pending requests, oldest first.
@@ -39,7 +39,7 @@ impl Paygent {
         let list = approvals::pending(
             self.store.reader(),
             who.tenant_id,
-            session_id,
+            crate::payments::scope(who, session_id),
             limit.clamp(1, MAX_LIST),
         )
         .await?;
@@ -64,6 +64,10 @@ impl Paygent {
             "only approvers and admins decide approval requests",
         )?;
         let request = self.load_approval(who.tenant_id, id).await?;
+        require(
+            request.requested_by != who.key_id,
+            "four eyes: the key that asked for a payment never decides it",
+        )?;
         decision.validate(&request.allowed_decisions)?;
         let to = request.status.decide(decision.kind())?;
         let edit = match &decision {
@@ -79,7 +83,7 @@ impl Paygent {
         };
         let edited_args = edit.as_ref().map(|(intent, _)| intent.args());
 
-        let mut tx = self.store.begin(who.tenant_id, self.now()).await?;
+        let mut tx = self.begin_as(who).await?;
         let landed = approvals::decide(
             &mut tx,
             Decided {
@@ -98,6 +102,7 @@ impl Paygent {
             self.deny_payment(&mut tx, &request, "rejected").await?;
         }
         if let Some((intent, usd)) = &edit {
+            check_edit_policy(&mut tx, &request, intent, *usd).await?;
             rebook_edit(&mut tx, &request, intent, *usd).await?;
         }
         let mut data = json!({"decision": decision.kind().as_str(), "note": note});
@@ -203,6 +208,50 @@ impl Paygent {
     }
 }
 
+async fn session_of(
+    tx: &mut WriteTx,
+    request: &ApprovalRecord,
+) -> Result<paygent_store::sessions::SessionRecord> {
+    let tenant_id = tx.tenant_id();
+    sessions::get(tx.conn(), tenant_id, request.session_id)
+        .await?
+        .ok_or(EngineError::NotFound("session"))
+}
+
+/// An edit is held to the session's policy as a new request would be: it may not name a denied payee, go
+/// above the policy's maximum, or pay anyone outside a non-empty allow list (a person may approve an outside
+/// payee the agent asked for, but not put one there).
+async fn check_edit_policy(
+    tx: &mut WriteTx,
+    request: &ApprovalRecord,
+    intent: &PaymentIntent,
+    usd: paygent_domain::Decimal,
+) -> Result<()> {
+    let session = session_of(tx, request).await?;
+    let tenant_id = tx.tenant_id();
+    let policy = crate::policies::in_force(tx.conn(), tenant_id, session.policy_id).await?;
+    let args = intent.args();
+    if let Some(refusal) = policy.rules.refusal(usd, &args) {
+        return Err(EngineError::Invalid(format!(
+            "the edit breaks policy {:?}: {} (rule {})",
+            policy.name, refusal.detail, refusal.rule
+        )));
+    }
+    let allow = &policy.rules.payees.allow;
+    let recipient = intent.recipient.as_str();
+    let asked = request.args.get("recipient").and_then(Value::as_str);
+    if !allow.is_empty()
+        && asked != Some(recipient)
+        && !allow.iter().any(|p| p.eq_ignore_ascii_case(recipient))
+    {
+        return Err(EngineError::Invalid(format!(
+            "the edit's recipient {recipient} is not on policy {:?}'s allow list (rule payees.allow)",
+            policy.name
+        )));
+    }
+    Ok(())
+}
+
 /// Moves an edited request's reservation to its new terms. An edit that needs more budget than is left fails
 /// with the budget's own words, and the caller's transaction (and so the whole decision) is rolled back.
 async fn rebook_edit(
@@ -245,9 +294,7 @@ async fn rebook_edit(
     .await?;
     budget::book(tx, &old, Move::Release).await?;
     if !old.covers(&new) {
-        let session = sessions::get(tx.conn(), tenant_id, request.session_id)
-            .await?
-            .ok_or(EngineError::NotFound("session"))?;
+        let session = session_of(tx, request).await?;
         if let Err(exceeded) = budget::check(tx, &session.config.budget, &new).await? {
             return Err(EngineError::Invalid(format!(
                 "the edit does not fit the budget: {exceeded}"

@@ -102,9 +102,7 @@ pub(crate) async fn check(
 impl Paygent {
     /// Where a session's budget stands today.
     pub async fn budget(&self, who: &Principal, session_id: Uuid) -> Result<BudgetView> {
-        let session = sessions::get(self.store.reader(), who.tenant_id, session_id)
-            .await?
-            .ok_or(EngineError::NotFound("session"))?;
+        let session = self.reachable_session(who, session_id).await?;
         self.budget_view(&session, self.now()).await
     }
 
@@ -160,7 +158,7 @@ impl Paygent {
         budget
             .validate(&self.prices)
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
-        let mut tx = self.store.begin(who.tenant_id, self.now()).await?;
+        let mut tx = self.begin_as(who).await?;
         let mut session = sessions::get(tx.conn(), who.tenant_id, session_id)
             .await?
             .ok_or(EngineError::NotFound("session"))?;

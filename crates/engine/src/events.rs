@@ -19,12 +19,51 @@ pub const LIVE_BUFFER: usize = 8192;
 /// How often the hub compares its cursors with the database, catching nudges lost in a reconnect.
 const BACKSTOP: Duration = Duration::from_secs(1);
 const PAGE: i64 = 500;
+/// The event that ends every open stream of a revoked key, on every instance. Only admins receive it.
+pub const KEY_REVOKED: &str = "key_revoked";
+/// The tenant-wide event an agent receives besides its own sessions' (it may read the stop's state).
+const KILL_SWITCH: &str = "kill_switch";
+/// How many sessions' owners the hub remembers before it starts afresh.
+const OWNERS_KEPT: usize = 65_536;
 
 /// The fan-out side of the outbox.
 #[derive(Clone)]
 pub(crate) struct EventHub {
     input: mpsc::UnboundedSender<Vec<Event>>,
     live: broadcast::Sender<Arc<LiveEvent>>,
+    owners: SessionOwners,
+}
+
+/// Which key created each session, for deciding which agent may read an event. A session's creator never
+/// changes, so what is remembered stays true; subscribers share one memory, so a thousand agents' streams read
+/// a new session's owner once.
+#[derive(Clone)]
+struct SessionOwners {
+    store: Store,
+    known: Arc<std::sync::Mutex<HashMap<Uuid, Uuid>>>,
+}
+
+impl SessionOwners {
+    async fn owner(
+        &self,
+        tenant_id: Uuid,
+        session_id: Uuid,
+    ) -> Result<Option<Uuid>, SubscriptionEnd> {
+        if let Some(owner) = self.known.lock().expect("owners").get(&session_id) {
+            return Ok(Some(*owner));
+        }
+        let Some(session) =
+            paygent_store::sessions::get(self.store.reader(), tenant_id, session_id).await?
+        else {
+            return Ok(None);
+        };
+        let mut known = self.known.lock().expect("owners");
+        if known.len() >= OWNERS_KEPT {
+            known.clear();
+        }
+        known.insert(session_id, session.created_by);
+        Ok(Some(session.created_by))
+    }
 }
 
 impl EventHub {
@@ -32,8 +71,16 @@ impl EventHub {
     pub(crate) fn start(store: Store) -> EventHub {
         let (input, rx) = mpsc::unbounded_channel();
         let live = broadcast::channel(LIVE_BUFFER).0;
+        let owners = SessionOwners {
+            store: store.clone(),
+            known: Arc::default(),
+        };
         tokio::spawn(run_hub(store, rx, live.clone()));
-        EventHub { input, live }
+        EventHub {
+            input,
+            live,
+            owners,
+        }
     }
 
     /// Hands committed events to the hub; never blocks a writer.
@@ -203,14 +250,21 @@ pub enum SubscriptionEnd {
     Lagged,
     #[error("the event stream closed")]
     Closed,
+    #[error("the key was revoked or has expired")]
+    Revoked,
     #[error(transparent)]
     Store(#[from] paygent_store::StoreError),
 }
 
-/// One subscriber's ordered, gap-free view of its tenant's events: a replay from the outbox, then live.
+/// One subscriber's ordered, gap-free view of its tenant's events: a replay from the outbox, then live. It
+/// carries only what its reader could read over the API, and ends when the reader's key is revoked or expires.
 pub struct Subscription {
     store: Store,
     tenant_id: Uuid,
+    reader: Principal,
+    owners: SessionOwners,
+    /// When the reader's key expires.
+    expires: Option<tokio::time::Instant>,
     filter: EventFilter,
     last_seq: i64,
     live: broadcast::Receiver<Arc<LiveEvent>>,
@@ -225,15 +279,50 @@ impl Subscription {
         self.last_seq
     }
 
-    /// The next event that matches the filter.
+    /// The next event that matches the filter and that the reader may read.
     pub async fn next(&mut self) -> Result<Arc<LiveEvent>, SubscriptionEnd> {
+        loop {
+            let event = match self.expires {
+                Some(at) => tokio::select! {
+                    event = self.next_in_order() => event?,
+                    _ = tokio::time::sleep_until(at) => return Err(SubscriptionEnd::Revoked),
+                },
+                None => self.next_in_order().await?,
+            };
+            if event.kind == KEY_REVOKED
+                && event.payload["key_id"].as_str() == Some(&self.reader.key_id.to_string())
+            {
+                return Err(SubscriptionEnd::Revoked);
+            }
+            if self.filter.wants(&event) && self.may_read(&event).await? {
+                return Ok(event);
+            }
+        }
+    }
+
+    /// Whether the reader could read what the event says: people the tenant's (keys for admins only), an agent
+    /// its own sessions' and the emergency stop.
+    async fn may_read(&self, event: &Event) -> Result<bool, SubscriptionEnd> {
+        if event.kind == KEY_REVOKED {
+            return Ok(self.reader.is_admin());
+        }
+        if self.reader.can_decide() {
+            return Ok(true);
+        }
+        match event.session_id {
+            None => Ok(event.kind == KILL_SWITCH),
+            Some(session_id) => Ok(
+                self.owners.owner(self.tenant_id, session_id).await? == Some(self.reader.key_id)
+            ),
+        }
+    }
+
+    /// The tenant's next event, in sequence, whoever may read it.
+    async fn next_in_order(&mut self) -> Result<Arc<LiveEvent>, SubscriptionEnd> {
         loop {
             if let Some(event) = self.backlog.pop_front() {
                 self.last_seq = event.seq;
-                if self.filter.wants(&event) {
-                    return Ok(event);
-                }
-                continue;
+                return Ok(event);
             }
             if self.replaying {
                 let page = self
@@ -259,9 +348,7 @@ impl Subscription {
                 continue;
             }
             self.last_seq = event.seq;
-            if self.filter.wants(&event) {
-                return Ok(event);
-            }
+            return Ok(event);
         }
     }
 }
@@ -301,9 +388,22 @@ impl Paygent {
                 n
             }
         };
+        // Checked after the head is read: a revocation that commits later is an event this stream will carry.
+        let now = self.now();
+        let key = self
+            .store
+            .key_by_id(who.key_id, now)
+            .await?
+            .ok_or(EngineError::Unauthenticated)?;
+        let expires = key
+            .expires_at
+            .map(|at| tokio::time::Instant::now() + (at - now).to_std().unwrap_or_default());
         Ok(Subscription {
             store: self.store.clone(),
             tenant_id: who.tenant_id,
+            reader: who.clone(),
+            owners: self.hub.owners.clone(),
+            expires,
             filter,
             last_seq,
             live,

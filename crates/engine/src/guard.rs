@@ -3,6 +3,8 @@
 
 use crate::budget::{self, Booking, Move};
 use crate::executions::tools::{StepContext, StepOutcome, authorized_action};
+use crate::policies;
+use crate::sessions::reachable;
 use crate::views::{ApprovalView, PaymentView};
 use crate::{EngineError, Paygent, Result, require};
 use chrono::Duration;
@@ -98,7 +100,7 @@ impl Paygent {
         let args = intent.args();
         let fingerprint = req.fingerprint();
 
-        let mut tx = self.store.begin(who.tenant_id, self.now()).await?;
+        let mut tx = self.begin_as(who).await?;
         if let Some(key) = &req.idempotency_key
             && let Some(earlier) = payments::by_idempotency_key(&mut tx, key).await?
         {
@@ -115,9 +117,12 @@ impl Paygent {
             });
         }
         // Read under the tenant's write lock: a kill or budget change committed a moment ago must apply.
-        let session = sessions::get(tx.conn(), who.tenant_id, req.session_id)
-            .await?
-            .ok_or(EngineError::NotFound("session"))?;
+        let session = reachable(
+            who,
+            sessions::get(tx.conn(), who.tenant_id, req.session_id).await?,
+        )?;
+        // Read under the same lock: a policy tightened a moment ago applies to this payment.
+        let rules = policies::in_force(tx.conn(), who.tenant_id, session.policy_id).await?;
         let now = tx.now();
         let booking = Booking {
             session_id: session.id,
@@ -126,7 +131,8 @@ impl Paygent {
             amount: intent.money.amount,
             usd: usd_value,
         };
-        let policy = session.config.policy();
+        let policy = rules.rules.for_session(&session.config);
+        let refused = rules.rules.refusal(usd_value, &args);
         let over_budget = budget::check(&mut tx, &session.config.budget, &booking)
             .await?
             .err();
@@ -138,6 +144,7 @@ impl Paygent {
             },
             _ => policy.evaluate(tool, usd_value, &args),
         };
+        let timeout = rules.rules.approval_timeout(&session.config);
 
         let mut payment = PaymentRecord {
             id: Uuid::now_v7(),
@@ -177,6 +184,15 @@ impl Paygent {
         } else {
             None
         };
+        // A stop outranks the policy, which outranks the budget.
+        let denial = match (stopped, refused) {
+            (Some(why), _) => Some(("killed", why.to_owned(), None)),
+            (None, Some(r)) => {
+                let detail = format!("{} (policy {:?}, rule {})", r.detail, rules.name, r.rule);
+                Some(("policy_denied", detail, Some(r.rule)))
+            }
+            (None, None) => None,
+        };
         if let Some(why) = refusal {
             payment.status = PaymentStatus::Failed;
             payment.reason = Some(why.into());
@@ -190,12 +206,16 @@ impl Paygent {
                 summary,
             )
             .await?;
-        } else if let Some(why) = stopped {
+        } else if let Some((reason, detail, rule)) = denial {
             payment.status = PaymentStatus::Denied;
-            payment.reason = Some("killed".into());
-            payment.detail = Some(why.into());
+            payment.reason = Some(reason.into());
+            payment.detail = Some(detail);
             payments::insert(&mut tx, &payment).await?;
-            summary["reason"] = json!("killed");
+            summary["reason"] = json!(reason);
+            if let Some(rule) = rule {
+                summary["rule"] = json!(rule);
+                summary["policy"] = json!({"id": rules.id, "version": rules.version});
+            }
             tx.audit(
                 &who.actor(),
                 "payment.denied",
@@ -229,12 +249,12 @@ impl Paygent {
                 tool: tool.to_owned(),
                 args: args.clone(),
                 edited_args: None,
-                reason,
+                reason: format!("{reason} (policy {:?} v{})", rules.name, rules.version),
                 usd_value,
                 allowed_decisions: allowed,
                 status: ApprovalStatus::Pending,
                 requested_by: who.key_id,
-                deadline: now + Duration::seconds(session.config.approval_timeout_seconds.into()),
+                deadline: now + Duration::seconds(timeout.into()),
                 decided_by: None,
                 decided_at: None,
                 decision_note: None,
@@ -292,7 +312,7 @@ impl Paygent {
         usd_value: Decimal,
     ) -> Result<StepOutcome> {
         let who = ctx.principal;
-        let mut tx = self.store.begin(who.tenant_id, self.now()).await?;
+        let mut tx = self.begin_as(who).await?;
         let session = sessions::get(tx.conn(), who.tenant_id, ctx.session_id)
             .await?
             .ok_or(EngineError::NotFound("session"))?;
@@ -301,9 +321,16 @@ impl Paygent {
                 error: "killed: the session or the whole tenant is stopped".into(),
             });
         }
+        let rules = policies::in_force(tx.conn(), who.tenant_id, session.policy_id).await?;
+        if let Some(refusal) = rules.rules.refusal(usd_value, args) {
+            return Ok(StepOutcome::Failed {
+                error: format!("policy_denied: {} (rule {})", refusal.detail, refusal.rule),
+            });
+        }
         let subject = format!("execution:{}", ctx.execution_id);
         let summary = json!({"tool": tool, "args": args, "usd_value": usd_value.to_string(), "step": ctx.idx});
-        let outcome = match session.config.policy().evaluate(tool, usd_value, args) {
+        let policy = rules.rules.for_session(&session.config);
+        let outcome = match policy.evaluate(tool, usd_value, args) {
             Verdict::Allow => {
                 tx.audit(
                     &who.actor(),
@@ -336,7 +363,9 @@ impl Paygent {
                         status: ApprovalStatus::Pending,
                         requested_by: who.key_id,
                         deadline: now
-                            + Duration::seconds(session.config.approval_timeout_seconds.into()),
+                            + Duration::seconds(
+                                rules.rules.approval_timeout(&session.config).into(),
+                            ),
                         decided_by: None,
                         decided_at: None,
                         decision_note: None,

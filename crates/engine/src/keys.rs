@@ -1,7 +1,9 @@
 //! Keys and tenants: random bearer tokens, stored only as SHA-256 hashes.
 
+use crate::events;
 use crate::views::KeyView;
 use crate::{DEFAULT_TENANT, EngineError, Paygent, Result, require};
+use chrono::{DateTime, Utc};
 use paygent_domain::{Principal, Role};
 use paygent_store::keys::{self, KeyRecord};
 use serde::Serialize;
@@ -16,6 +18,28 @@ pub struct NewTenant {
     pub tenant_id: Uuid,
     pub name: String,
     pub admin_key: KeyView,
+}
+
+/// What an admin asks for when making a key.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub name: String,
+    pub role: Role,
+    /// When the key stops working; never, when absent.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The policy its sessions are held to; the tenant's default when absent.
+    pub policy_id: Option<Uuid>,
+}
+
+impl NewKey {
+    pub fn new(name: &str, role: Role) -> Self {
+        NewKey {
+            name: name.to_owned(),
+            role,
+            expires_at: None,
+            policy_id: None,
+        }
+    }
 }
 
 /// 244 random bits from two v4 UUIDs (the OS generator), with a prefix that secret scanners can spot.
@@ -44,7 +68,7 @@ impl Paygent {
         }
         let key = self
             .store
-            .key_by_hash(&hash_token(token))
+            .key_by_hash(&hash_token(token), self.now())
             .await?
             .ok_or(EngineError::Unauthenticated)?;
         Ok(Principal {
@@ -67,16 +91,14 @@ impl Paygent {
                         "PAYGENT_ADMIN_TOKEN must be at least 16 characters".into(),
                     ));
                 }
-                if self.store.key_by_hash(&hash_token(token)).await?.is_none() {
-                    let inserted = self
-                        .insert_key(
-                            None,
-                            DEFAULT_TENANT,
-                            "bootstrap (PAYGENT_ADMIN_TOKEN)",
-                            Role::Admin,
-                            token,
-                        )
-                        .await;
+                if self
+                    .store
+                    .key_by_hash(&hash_token(token), self.now())
+                    .await?
+                    .is_none()
+                {
+                    let key = NewKey::new("bootstrap (PAYGENT_ADMIN_TOKEN)", Role::Admin);
+                    let inserted = self.insert_key(None, DEFAULT_TENANT, &key, token).await;
                     match inserted {
                         // Another instance starting at the same moment stored it first.
                         Err(EngineError::Store(e)) if e.is_unique_violation() => {}
@@ -90,21 +112,32 @@ impl Paygent {
             None if self.store.has_admin_key(DEFAULT_TENANT).await? => Ok(None),
             None => {
                 let token = new_token();
-                let key = self
-                    .insert_key(None, DEFAULT_TENANT, "bootstrap admin", Role::Admin, &token)
-                    .await?;
+                let new = NewKey::new("bootstrap admin", Role::Admin);
+                let key = self.insert_key(None, DEFAULT_TENANT, &new, &token).await?;
                 Ok(Some(KeyView::new(key, token)))
             }
         }
     }
 
     /// An admin creates a key of any role in their own tenant.
-    pub async fn create_key(&self, who: &Principal, name: &str, role: Role) -> Result<KeyView> {
+    pub async fn create_key(&self, who: &Principal, new: NewKey) -> Result<KeyView> {
         require(who.is_admin(), "only an admin creates keys")?;
-        validate_name(name)?;
+        validate_name(&new.name)?;
+        if new.expires_at.is_some_and(|at| at <= self.now()) {
+            return Err(EngineError::Invalid(
+                "expires_at must be in the future".into(),
+            ));
+        }
+        if new.policy_id.is_some() {
+            crate::policies::in_force(self.store.reader(), who.tenant_id, new.policy_id)
+                .await
+                .map_err(|_| {
+                    EngineError::Invalid("policy_id names no policy of this tenant".into())
+                })?;
+        }
         let token = new_token();
         let key = self
-            .insert_key(Some(who), who.tenant_id, name, role, &token)
+            .insert_key(Some(who), who.tenant_id, &new, &token)
             .await?;
         Ok(KeyView::new(key, token))
     }
@@ -118,7 +151,7 @@ impl Paygent {
                 "an admin cannot revoke the key it is using".into(),
             ));
         }
-        let mut tx = self.store.begin(who.tenant_id, self.now()).await?;
+        let mut tx = self.begin_as(who).await?;
         if !keys::revoke(&mut tx, id).await? {
             return Err(EngineError::NotFound("key"));
         }
@@ -130,7 +163,10 @@ impl Paygent {
             json!({}),
         )
         .await?;
-        tx.commit().await?;
+        // Every instance's open streams of that key end on this event.
+        tx.event(events::KEY_REVOKED, None, json!({"key_id": id}))
+            .await?;
+        self.publish(tx.commit().await?);
         Ok(())
     }
 
@@ -146,10 +182,11 @@ impl Paygent {
             .ensure_tenant(tenant_id, name, self.now())
             .await?;
         let token = new_token();
+        let first = NewKey::new("first admin", Role::Admin);
         let key = self
-            .insert_key(Some(who), tenant_id, "first admin", Role::Admin, &token)
+            .insert_key(Some(who), tenant_id, &first, &token)
             .await?;
-        let mut tx = self.store.begin(who.tenant_id, self.now()).await?;
+        let mut tx = self.begin_as(who).await?;
         tx.audit(
             &who.actor(),
             "tenant.created",
@@ -170,17 +207,18 @@ impl Paygent {
         &self,
         by: Option<&Principal>,
         tenant_id: Uuid,
-        name: &str,
-        role: Role,
+        new: &NewKey,
         token: &str,
     ) -> Result<KeyRecord> {
         let mut tx = self.store.begin(tenant_id, self.now()).await?;
         let key = KeyRecord {
             id: Uuid::now_v7(),
             tenant_id,
-            name: name.to_owned(),
-            role,
+            name: new.name.clone(),
+            role: new.role,
             created_at: tx.now(),
+            expires_at: new.expires_at,
+            policy_id: new.policy_id,
         };
         keys::insert(&mut tx, &key, &hash_token(token)).await?;
         let actor = by.map_or_else(|| "system".to_owned(), Principal::actor);
@@ -189,7 +227,8 @@ impl Paygent {
             "key.created",
             &format!("key:{}", key.id),
             None,
-            json!({"name": name, "role": role.as_str()}),
+            json!({"name": key.name, "role": key.role.as_str(), "expires_at": key.expires_at,
+                "policy_id": key.policy_id}),
         )
         .await?;
         tx.commit().await?;

@@ -69,7 +69,7 @@ impl Paygent {
             "only admins engage or release the emergency stop",
         )?;
         validate_reason(&reason)?;
-        let mut tx = self.store.begin(who.tenant_id, self.now()).await?;
+        let mut tx = self.begin_as(who).await?;
         let view = KillSwitchView {
             engaged,
             reason: reason.clone(),
@@ -129,7 +129,7 @@ impl Paygent {
         state: &str,
         reason: Option<String>,
     ) -> Result<SessionView> {
-        let mut tx = self.store.begin(who.tenant_id, self.now()).await?;
+        let mut tx = self.begin_as(who).await?;
         sessions::get(tx.conn(), who.tenant_id, id)
             .await?
             .ok_or(EngineError::NotFound("session"))?;
@@ -238,7 +238,16 @@ async fn cancel_scope(
     for execution in paygent_store::executions::active_in(tx, session_id).await? {
         crate::executions::cancel_within(tx, &execution, reason).await?;
     }
-    let pending = approvals::pending(tx.conn(), tenant_id, session_id, i64::MAX).await?;
+    let pending = approvals::pending(
+        tx.conn(),
+        tenant_id,
+        paygent_store::Scope {
+            session_id,
+            owner: None,
+        },
+        i64::MAX,
+    )
+    .await?;
     let mut cancelled = Vec::with_capacity(pending.len());
     for request in pending {
         if approvals::end(tx, request.id, ApprovalStatus::Cancelled, Some(reason)).await? {

@@ -13,6 +13,7 @@ mod keys;
 mod kill;
 mod memory;
 mod payments;
+mod policies;
 mod rails;
 mod sessions;
 mod views;
@@ -26,14 +27,15 @@ pub use executions::tools::{
     StepContext, StepOutcome, Tool, ToolRegistry, ToolSpec, string_params,
 };
 pub use guard::{PaymentRequest, Submitted};
-pub use keys::NewTenant;
+pub use keys::{NewKey, NewTenant};
 pub use kill::KillSwitchView;
 pub use memory::{MemoryTurn, SessionSummary};
+pub use policies::default_policy_id;
 pub use rails::{Journal, PaymentOrder, Rail, RailError, Settlement, Signed};
 pub use sessions::NewSession;
 pub use views::{
     ApprovalView, BudgetLine, BudgetView, DecisionRecord, ExecutionView, KeyView, PaymentView,
-    SessionView, StepView,
+    PolicyView, SessionView, StepView,
 };
 
 pub use paygent_domain as domain;
@@ -43,7 +45,7 @@ pub use paygent_store::{
 };
 
 use chrono::{DateTime, SubsecRound, Utc};
-use paygent_domain::PriceTable;
+use paygent_domain::{PriceTable, Principal};
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use uuid::Uuid;
@@ -146,6 +148,15 @@ impl Paygent {
     /// Now, at the microsecond precision the store keeps, so a returned record equals its stored self.
     pub(crate) fn now(&self) -> DateTime<Utc> {
         self.clock.now().trunc_subsecs(6)
+    }
+
+    /// Starts a write made by `who`. It takes the tenant's lock and checks the key in the same statement: a key
+    /// revoked or expired a moment ago writes nothing (401), whatever it had been let in by.
+    async fn begin_as(&self, who: &Principal) -> Result<paygent_store::WriteTx> {
+        Ok(self
+            .store
+            .begin_as(who.tenant_id, who.key_id, self.now())
+            .await?)
     }
 
     /// Fans out committed events; nobody listening is fine, since the outbox keeps them.

@@ -3,7 +3,7 @@
 //! never disagree with them.
 
 use crate::views::{BudgetView, ExecutionView};
-use crate::{EngineError, Paygent, Result};
+use crate::{Paygent, Result};
 use paygent_domain::Principal;
 use paygent_store::executions;
 use paygent_store::sessions::{self, StatusTable};
@@ -46,13 +46,14 @@ const MEMORY_TURNS: i64 = 100;
 impl Paygent {
     /// The session's last commands and their outcomes, oldest first.
     pub async fn memory(&self, who: &Principal, session_id: Uuid) -> Result<Vec<MemoryTurn>> {
-        sessions::get(self.store.reader(), who.tenant_id, session_id)
-            .await?
-            .ok_or(EngineError::NotFound("session"))?;
+        self.reachable_session(who, session_id).await?;
         let mut list = executions::list(
             self.store.reader(),
             who.tenant_id,
-            Some(session_id),
+            paygent_store::Scope {
+                session_id: Some(session_id),
+                owner: None,
+            },
             MEMORY_TURNS,
         )
         .await?;
@@ -67,9 +68,7 @@ impl Paygent {
     }
 
     pub async fn summary(&self, who: &Principal, session_id: Uuid) -> Result<SessionSummary> {
-        let session = sessions::get(self.store.reader(), who.tenant_id, session_id)
-            .await?
-            .ok_or(EngineError::NotFound("session"))?;
+        let session = self.reachable_session(who, session_id).await?;
         let count = |table| async move {
             sessions::status_counts(self.store.reader(), table, who.tenant_id, session_id)
                 .await

@@ -47,6 +47,14 @@ pub(crate) async fn deny_pending(tx: &mut WriteTx, payment_id: Uuid, reason: &st
     Ok(moved)
 }
 
+/// What a list shows its reader: an agent sees only what hangs off the sessions it created.
+pub(crate) fn scope(who: &Principal, session_id: Option<Uuid>) -> paygent_store::Scope {
+    paygent_store::Scope {
+        session_id,
+        owner: (!who.can_decide()).then_some(who.key_id),
+    }
+}
+
 /// The payment as the transaction sees it now.
 async fn reload(tx: &mut WriteTx, id: Uuid) -> Result<PaymentRecord> {
     let tenant_id = tx.tenant_id();
@@ -58,7 +66,9 @@ async fn reload(tx: &mut WriteTx, id: Uuid) -> Result<PaymentRecord> {
 impl Paygent {
     /// One payment, with what its rail brought back (block, settlement, an x402 resource's answer) if it paid.
     pub async fn payment(&self, who: &Principal, id: Uuid) -> Result<PaymentView> {
-        self.payment_view(who.tenant_id, id).await
+        let view = self.payment_view(who.tenant_id, id).await?;
+        self.reach(who, view.session_id, "payment").await?;
+        Ok(view)
     }
 
     pub(crate) async fn payment_view(&self, tenant_id: Uuid, id: Uuid) -> Result<PaymentView> {
@@ -72,7 +82,7 @@ impl Paygent {
         Ok(view)
     }
 
-    /// Payments, newest first, optionally of one session.
+    /// Payments, newest first, optionally of one session: the tenant's for people, an agent's sessions' for it.
     pub async fn payments(
         &self,
         who: &Principal,
@@ -82,7 +92,7 @@ impl Paygent {
         let list = payments::list(
             self.store.reader(),
             who.tenant_id,
-            session_id,
+            scope(who, session_id),
             limit.clamp(1, MAX_LIST),
         )
         .await?;
@@ -101,6 +111,8 @@ impl Paygent {
             "only agents and admins execute payments",
         )?;
         let request = self.load_approval(who.tenant_id, approval_id).await?;
+        self.reach(who, request.session_id, "approval request")
+            .await?;
         let payment_id = request
             .payment_id
             .ok_or_else(|| EngineError::Conflict("this request is not a payment".into()))?;
@@ -113,7 +125,7 @@ impl Paygent {
             description: intent.description.clone(),
         };
 
-        let mut tx = self.store.begin(who.tenant_id, self.now()).await?;
+        let mut tx = self.begin_as(who).await?;
         if tx.kill_switch().is_some() {
             return Err(EngineError::Conflict(
                 "the emergency stop is engaged: nothing is executed".into(),
@@ -197,8 +209,8 @@ impl Paygent {
         if let Some(h) = tx_hash {
             validate_tx_hash(h)?;
         }
-        let current = self.payment(who, payment_id).await?;
-        let mut tx = self.store.begin(who.tenant_id, self.now()).await?;
+        let current = self.reportable(who, payment_id).await?;
+        let mut tx = self.begin_as(who).await?;
         let moved = payments::transition(
             &mut tx,
             Transition {
@@ -232,13 +244,33 @@ impl Paygent {
         )
         .await?;
         let payment = reload(&mut tx, payment_id).await?;
+        // A failure reported with a transaction may still have moved money: its spend stays booked.
         if outcome == PaymentStatus::Failed
+            && tx_hash.is_none()
             && let Some(booking) = Booking::of(&payment)
         {
-            // Nothing was paid: the spend goes back to the budget.
             budget::book(&mut tx, &booking, Move::Unspend).await?;
         }
         self.publish(tx.commit().await?);
         Ok(payment.into())
+    }
+
+    /// A payment whose outcome the caller may report: one it requested itself, and that no rail of Paygent's
+    /// carries (a rail's outcome comes from the chain, never from the agent's word).
+    async fn reportable(&self, who: &Principal, payment_id: Uuid) -> Result<PaymentView> {
+        let current = self.payment(who, payment_id).await?;
+        require(
+            current.requested_by == who.key_id,
+            "only the key that requested a payment reports its outcome",
+        )?;
+        let record = payments::get(self.store.reader(), who.tenant_id, payment_id)
+            .await?
+            .ok_or(EngineError::NotFound("payment"))?;
+        if self.rail_for(&record).await?.is_some() {
+            return Err(EngineError::Conflict(
+                "a payment rail carries this payment: its outcome comes from the chain".into(),
+            ));
+        }
+        Ok(current)
     }
 }

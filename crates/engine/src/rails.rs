@@ -140,8 +140,27 @@ impl Paygent {
     /// It runs in a task of its own: a caller that goes away (a client hanging up, a cancelled step) stops it
     /// only before anything is signed. Once the signed payment is journaled it goes out, whoever waits for it.
     pub(crate) async fn carry_out(&self, payment: PaymentRecord) -> Result<PaymentView> {
-        if payment.status != PaymentStatus::Authorized || self.rails.is_empty() {
+        if payment.status != PaymentStatus::Authorized {
             return Ok(payment.into());
+        }
+        let Some((order, rail)) = self.rail_for(&payment).await? else {
+            return Ok(payment.into());
+        };
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let _watch = AbandonOnDrop(abandoned.clone());
+        let this = self.clone();
+        tokio::spawn(async move { this.carry_out_alone(payment, order, rail, abandoned).await })
+            .await
+            .map_err(|e| EngineError::Unavailable(format!("the payment runner stopped: {e}")))?
+    }
+
+    /// The rail that carries a payment, with its order; none when the agent pays it itself.
+    pub(crate) async fn rail_for(
+        &self,
+        payment: &PaymentRecord,
+    ) -> Result<Option<(PaymentOrder, Arc<dyn Rail>)>> {
+        if self.rails.is_empty() {
+            return Ok(None);
         }
         let session = sessions::get(self.store.reader(), payment.tenant_id, payment.session_id)
             .await?
@@ -155,15 +174,8 @@ impl Paygent {
             currency: payment.currency.clone(),
             recipient: payment.recipient.clone(),
         };
-        let Some(rail) = self.rails.iter().find(|r| r.carries(&order)).cloned() else {
-            return Ok(payment.into());
-        };
-        let abandoned = Arc::new(AtomicBool::new(false));
-        let _watch = AbandonOnDrop(abandoned.clone());
-        let this = self.clone();
-        tokio::spawn(async move { this.carry_out_alone(payment, order, rail, abandoned).await })
-            .await
-            .map_err(|e| EngineError::Unavailable(format!("the payment runner stopped: {e}")))?
+        let rail = self.rails.iter().find(|r| r.carries(&order)).cloned();
+        Ok(rail.map(|r| (order, r)))
     }
 
     /// One payment's turn in this process: two callers never run one payment's rail at once.
@@ -362,9 +374,7 @@ impl Paygent {
         who: &paygent_domain::Principal,
         session_id: Uuid,
     ) -> Result<Value> {
-        let session = sessions::get(self.store.reader(), who.tenant_id, session_id)
-            .await?
-            .ok_or(EngineError::NotFound("session"))?;
+        let session = self.reachable_session(who, session_id).await?;
         let wallet = session
             .wallet_address
             .ok_or_else(|| EngineError::Invalid("the session is not bound to a wallet".into()))?;

@@ -35,11 +35,21 @@ impl Paygent {
         }
         let config = new.config.unwrap_or_default();
         config.validate()?;
+        let key = self
+            .store
+            .key_by_id(who.key_id, self.now())
+            .await?
+            .ok_or(EngineError::Unauthenticated)?;
+        let policy =
+            crate::policies::in_force(self.store.reader(), who.tenant_id, key.policy_id).await?;
+        policy.rules.admit(&config).map_err(|e| {
+            EngineError::Invalid(format!("config looser than policy {:?}: {e}", policy.name))
+        })?;
         config
             .budget
             .validate(&self.prices)
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
-        let mut tx = self.store.begin(who.tenant_id, self.now()).await?;
+        let mut tx = self.begin_as(who).await?;
         let session = SessionRecord {
             id: Uuid::now_v7(),
             tenant_id: who.tenant_id,
@@ -49,6 +59,7 @@ impl Paygent {
             state: "active".into(),
             created_by: who.key_id,
             created_at: tx.now(),
+            policy_id: key.policy_id,
         };
         sessions::insert(&mut tx, &session).await?;
         tx.audit(
@@ -66,6 +77,35 @@ impl Paygent {
         tx.commit().await?;
         let budget = self.budget_view(&session, session.created_at).await?;
         Ok(SessionView::new(session, budget))
+    }
+
+    /// A committed session the caller may reach.
+    pub(crate) async fn reachable_session(
+        &self,
+        who: &Principal,
+        id: Uuid,
+    ) -> Result<SessionRecord> {
+        reachable(
+            who,
+            sessions::get(self.store.reader(), who.tenant_id, id).await?,
+        )
+    }
+
+    /// Checks that the caller may reach something (`what`) that hangs off `session_id`. People reach the whole
+    /// tenant without a read; to an agent, what hangs off another's session does not exist.
+    pub(crate) async fn reach(
+        &self,
+        who: &Principal,
+        session_id: Uuid,
+        what: &'static str,
+    ) -> Result<()> {
+        if who.can_decide() {
+            return Ok(());
+        }
+        match self.reachable_session(who, session_id).await {
+            Err(EngineError::NotFound(_)) => Err(EngineError::NotFound(what)),
+            other => other.map(drop),
+        }
     }
 
     /// Sessions with today's budgets, newest first: the tenant's for people, an agent's own for an agent.
@@ -88,10 +128,16 @@ impl Paygent {
     }
 
     pub async fn session(&self, who: &Principal, id: Uuid) -> Result<SessionView> {
-        let session = sessions::get(self.store.reader(), who.tenant_id, id)
-            .await?
-            .ok_or(EngineError::NotFound("session"))?;
+        let session = self.reachable_session(who, id).await?;
         let budget = self.budget_view(&session, self.now()).await?;
         Ok(SessionView::new(session, budget))
     }
+}
+
+/// An agent reaches only the sessions it created: any other is as unknown to it as another tenant's (404), so
+/// an agent cannot even learn that it exists.
+pub(crate) fn reachable(who: &Principal, session: Option<SessionRecord>) -> Result<SessionRecord> {
+    session
+        .filter(|s| who.reaches(s.created_by))
+        .ok_or(EngineError::NotFound("session"))
 }

@@ -177,6 +177,10 @@ pub struct KeyView {
     #[schema(value_type = String, example = "approver")]
     pub role: Role,
     pub created_at: DateTime<Utc>,
+    /// When the key stops working; never, when absent.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The policy the key's sessions are held to; the tenant's default when absent.
+    pub policy_id: Option<Uuid>,
     /// The bearer token. Shown once, at creation; only its hash is kept.
     pub token: String,
 }
@@ -188,6 +192,8 @@ impl KeyView {
             name: k.name,
             role: k.role,
             created_at: k.created_at,
+            expires_at: k.expires_at,
+            policy_id: k.policy_id,
             token,
         }
     }
@@ -307,6 +313,35 @@ impl ExecutionView {
             created_at: e.created_at,
             updated_at: e.updated_at,
             finished_at: e.finished_at,
+        }
+    }
+}
+
+/// A policy: the rules people set for the agents bound to it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PolicyView {
+    pub id: Uuid,
+    pub name: String,
+    /// 1 when created, one more for each change; 0 for a default nobody has changed.
+    pub version: i64,
+    #[serde(flatten)]
+    #[schema(value_type = Object, example = json!({"approval_threshold_usd": "10", "thresholds": {"swap": "100"},
+        "max_per_payment_usd": "500", "max_approval_timeout_seconds": 3600,
+        "payees": {"allow": [], "deny": [], "outside_allow": "approve"}}))]
+    pub rules: paygent_domain::PolicyRules,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<paygent_store::policies::PolicyRecord> for PolicyView {
+    fn from(p: paygent_store::policies::PolicyRecord) -> Self {
+        PolicyView {
+            id: p.id,
+            name: p.name,
+            version: p.version,
+            rules: p.rules,
+            created_at: p.created_at,
+            updated_at: p.updated_at,
         }
     }
 }

@@ -54,6 +54,7 @@ fn api() -> (Router<Paygent>, utoipa::openapi::OpenApi) {
     let v1 = OpenApiRouter::new()
         .merge(http::keys::router())
         .merge(http::sessions::router())
+        .merge(http::policies::router())
         .merge(http::payments::router())
         .merge(http::approvals::router())
         .merge(http::audit::router())

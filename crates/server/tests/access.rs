@@ -1,5 +1,6 @@
 //! Authentication, roles, tenants and bad input, over real HTTP on both databases.
 
+use paygent_engine::domain::Role;
 use paygent_testkit::{ADMIN_TOKEN, Backend, TestServer, on_both_databases};
 use reqwest::StatusCode;
 use reqwest::header::CONTENT_TYPE;
@@ -14,6 +15,9 @@ on_both_databases!(
     service_endpoints_answer,
     each_key_is_rate_limited,
     people_list_sessions_and_admins_verify_the_chain,
+    agents_reach_only_their_own,
+    the_key_that_asks_never_decides,
+    revoked_and_expired_keys_stop_at_once,
 );
 
 async fn agents_never_decide(backend: Backend) {
@@ -35,8 +39,9 @@ async fn agents_never_decide(backend: Backend) {
     }
     let (status, _) = s.get(&t.agent, "/approvals/pending").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, _) = s.get(&t.agent, &format!("/approvals/{approval}")).await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, own) = s.get(&t.agent, &format!("/approvals/{approval}")).await;
+    assert_eq!(status, StatusCode::OK, "an agent reads its own request");
+    assert_eq!(own["status"], "pending");
     let (status, _) = s.pay(&t.approver, session, "1", "USDC").await;
     assert_eq!(status, StatusCode::FORBIDDEN, "approvers do not spend");
     let (_, still) = s.get(&t.approver, &format!("/approvals/{approval}")).await;
@@ -591,6 +596,205 @@ async fn people_list_sessions_and_admins_verify_the_chain(backend: Backend) {
     assert_eq!(
         check["problem"],
         "entry 2 was altered: its content does not match its hash"
+    );
+    s.finish().await;
+}
+
+/// Two agents of one tenant: neither reaches the other's sessions or anything hanging off them (404, as across
+/// tenants); people see both.
+async fn agents_reach_only_their_own(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let other = s.key(&t.admin, Role::Agent).await;
+    let session = s.session(&t.agent, json!({})).await;
+    let (_, pending) = s.pay(&t.agent, session, "20", "USDC").await;
+    let (_, paid) = s.pay(&t.agent, session, "2", "USDC").await;
+    let (status, execution) = s
+        .post(
+            &t.agent,
+            "/agent/execute",
+            json!({"session_id": session, "steps": [{"tool": "wait", "args": {"seconds": 30}}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{execution}");
+    let (approval, payment, execution) = (
+        pending["approval_id"].as_str().unwrap(),
+        paid["id"].as_str().unwrap(),
+        execution["id"].as_str().unwrap(),
+    );
+    let reads = [
+        format!("/sessions/{session}"),
+        format!("/sessions/{session}/budget"),
+        format!("/payments/{payment}"),
+        format!("/approvals/{approval}"),
+        format!("/executions/{execution}"),
+    ];
+    for path in &reads {
+        let (status, body) = s.get(&other, path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+        assert_eq!(s.get(&t.agent, path).await.0, StatusCode::OK, "{path}");
+        assert_eq!(s.get(&t.approver, path).await.0, StatusCode::OK, "{path}");
+    }
+    let writes = [
+        (
+            format!("/payments/{payment}/outcome"),
+            json!({"status": "failed"}),
+        ),
+        (
+            "/payments/execute-approved".into(),
+            json!({"approval_id": approval}),
+        ),
+        (format!("/executions/{execution}/cancel"), json!({})),
+    ];
+    for (path, body) in &writes {
+        let (status, problem) = s.post(&other, path, body.clone()).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {problem}");
+    }
+    let (status, _) = s.pay(&other, session, "1", "USDC").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nor pay on its session");
+    let (status, _) = s
+        .post(
+            &other,
+            "/agent/execute",
+            json!({"session_id": session, "steps": [{"tool": "wait", "args": {"seconds": 1}}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nor run on it");
+    for list in ["/payments", "/executions", "/sessions"] {
+        let (_, listed) = s.get(&other, list).await;
+        assert_eq!(listed, json!([]), "{list}");
+        let (_, own) = s.get(&t.agent, list).await;
+        assert!(!own.as_array().unwrap().is_empty(), "{list}");
+    }
+    let (_, listed) = s
+        .get(&other, &format!("/payments?session_id={session}"))
+        .await;
+    assert_eq!(listed, json!([]));
+
+    // A person sees it, but reports no outcome for a payment another key asked for.
+    let (status, _) = s
+        .post(
+            &t.admin,
+            &format!("/payments/{payment}/outcome"),
+            json!({"status": "failed"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, still) = s.get(&t.agent, &format!("/payments/{payment}")).await;
+    assert_eq!(still["status"], "authorized", "nothing changed");
+    let (_, running) = s.get(&t.agent, &format!("/executions/{execution}")).await;
+    assert_eq!(running["status"], "running");
+    s.finish().await;
+}
+
+/// Four eyes: whatever its role, the key that asked for a payment never decides it.
+async fn the_key_that_asks_never_decides(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s.session(&t.admin, json!({})).await;
+    let (_, p) = s.pay(&t.admin, session, "20", "USDC").await;
+    let approval = p["approval_id"].as_str().unwrap();
+    for (path, body) in [
+        ("approve", json!({})),
+        ("reject", json!({"reason": "mine"})),
+        ("edit", json!({"edited_args": {"amount": "1"}})),
+    ] {
+        let (status, problem) = s
+            .post(&t.admin, &format!("/approvals/{approval}/{path}"), body)
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {problem}");
+    }
+    let (status, decided) = s
+        .post(
+            &t.approver,
+            &format!("/approvals/{approval}/approve"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{decided}");
+    assert_eq!(decided["status"], "approved");
+    s.finish().await;
+}
+
+/// A revoked key and an expired key stop working for every request, including writes already let in.
+async fn revoked_and_expired_keys_stop_at_once(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s.session(&t.agent, json!({})).await;
+    let (_, p) = s.pay(&t.agent, session, "20", "USDC").await;
+    let approval = p["approval_id"].as_str().unwrap();
+    let (_, me) = s.get(&t.approver, "/me").await;
+    let key_id = me["key_id"].as_str().unwrap();
+    let status = s
+        .call(
+            ADMIN_TOKEN,
+            reqwest::Method::DELETE,
+            &format!("/keys/{key_id}"),
+            None,
+        )
+        .await
+        .0;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = s
+        .post(
+            &t.approver,
+            &format!("/approvals/{approval}/approve"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // A write that was let in before its key was revoked lands nothing: the key is checked under the lock.
+    let agent_key = s
+        .paygent
+        .authenticate(&t.agent)
+        .await
+        .expect("the agent's key is live");
+    s.sql(&format!(
+        "UPDATE api_keys SET revoked_at = '2000-01-01T00:00:00.000000Z' WHERE id = '{}'",
+        agent_key.key_id
+    ))
+    .await;
+    let before = s.count("payments").await;
+    let request = paygent_engine::PaymentRequest {
+        session_id: session,
+        amount: "1".into(),
+        currency: "USDC".into(),
+        recipient: "0x1111111111111111111111111111111111111111".into(),
+        description: None,
+        idempotency_key: None,
+    };
+    let refused = s.paygent.submit_payment(&agent_key, request).await;
+    assert!(
+        matches!(refused, Err(paygent_engine::EngineError::Unauthenticated)),
+        "{refused:?}"
+    );
+    assert_eq!(s.count("payments").await, before);
+
+    let (status, body) = s
+        .post(
+            ADMIN_TOKEN,
+            "/keys",
+            json!({"name": "past", "role": "agent", "expires_at": "2001-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let soon = chrono::Utc::now() + chrono::Duration::seconds(60);
+    let (status, key) = s
+        .post(
+            ADMIN_TOKEN,
+            "/keys",
+            json!({"name": "brief", "role": "agent", "expires_at": soon}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{key}");
+    let brief = key["token"].as_str().unwrap();
+    assert_eq!(s.get(brief, "/me").await.0, StatusCode::OK);
+    s.clock.advance(chrono::Duration::seconds(61));
+    assert_eq!(
+        s.get(brief, "/me").await.0,
+        StatusCode::UNAUTHORIZED,
+        "expired"
     );
     s.finish().await;
 }

@@ -518,5 +518,21 @@ async fn edits_rebook_and_executions_settle(backend: Backend) {
         dec(&usdc(&budget(&s, &t.admin, session).await)["spent"]),
         Decimal::new(90, 0)
     );
+    // One reported failed with a transaction may have moved money: its spend stays.
+    let (_, p) = s.pay(&t.agent, session, "4", "USDC").await;
+    let path = format!("/payments/{}/outcome", p["id"].as_str().unwrap());
+    let hash = format!("0x{}", "cd".repeat(32));
+    let (status, failed) = s
+        .post(
+            &t.agent,
+            &path,
+            json!({"status": "failed", "tx_hash": hash}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{failed}");
+    assert_eq!(
+        dec(&usdc(&budget(&s, &t.admin, session).await)["spent"]),
+        Decimal::new(94, 0)
+    );
     s.finish().await;
 }

@@ -213,7 +213,11 @@ async fn a_kill_aborts_the_step_in_flight(backend: Backend) {
     let (status, _) = s
         .post(&other, &format!("/executions/{id}/cancel"), json!({}))
         .await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "another agent may not");
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "another agent may not, nor learn it exists"
+    );
     let (status, _) = s
         .post(&t.approver, &format!("/executions/{id}/cancel"), json!({}))
         .await;

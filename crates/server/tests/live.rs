@@ -22,6 +22,8 @@ on_both_databases!(
     pruned_replays_are_refused,
     events_cross_instances,
     silent_clients_time_out,
+    agents_stream_only_their_own,
+    revoked_and_expired_keys_lose_their_streams,
 );
 
 fn ws_url(s: &TestServer, token: &str, query: &str) -> String {
@@ -542,4 +544,127 @@ async fn silent_clients_time_out(backend: Backend) {
     };
     assert!(ended, "the silent client is closed as idle");
     s.finish().await;
+}
+
+/// An agent's stream carries its own sessions' events and nothing of another agent's, on the WebSocket and
+/// over SSE, live and replayed; a person's carries the tenant's.
+async fn agents_stream_only_their_own(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let other = s.key(&t.admin, paygent_engine::domain::Role::Agent).await;
+    let mine = s.session(&t.agent, json!({})).await;
+    let theirs = s.session(&other, json!({})).await;
+    let mut agent = connect(&s, &t.agent, "").await;
+    let mut approver = connect(&s, &t.approver, "").await;
+
+    let (_, foreign) = s.pay(&other, theirs, "25", "USDC").await;
+    let (_, own) = s.pay(&t.agent, mine, "30", "USDC").await;
+    let seen = next_json(&mut agent).await;
+    assert_eq!(seen["type"], "approval_required");
+    assert_eq!(
+        seen["data"]["id"], own["approval_id"],
+        "the other agent's request never arrived first: {seen}"
+    );
+    assert_quiet(&mut agent).await;
+    for expected in [&foreign, &own] {
+        let event = next_json(&mut approver).await;
+        assert_eq!(event["data"]["id"], expected["approval_id"]);
+    }
+    let approve = |p: &Value| format!("/approvals/{}/approve", p["approval_id"].as_str().unwrap());
+    s.post(&t.approver, &approve(&foreign), json!({})).await;
+    s.post(&t.approver, &approve(&own), json!({})).await;
+    let approved = next_json(&mut agent).await;
+    assert_eq!(approved["type"], "approved");
+    assert_eq!(approved["data"]["id"], own["approval_id"]);
+    assert_quiet(&mut agent).await;
+
+    let mut replay = connect(&s, &t.agent, "&after_seq=0").await;
+    let replayed = [next_json(&mut replay).await, next_json(&mut replay).await];
+    assert!(
+        replayed.iter().all(|e| e["session_id"] == json!(mine)),
+        "{replayed:?}"
+    );
+    assert_quiet(&mut replay).await;
+
+    let text = s
+        .events_until(&other, "after_seq=0", |t| t.matches("event: ").count() >= 2)
+        .await;
+    assert!(text.contains(&theirs.to_string()), "{text}");
+    assert!(!text.contains(&mine.to_string()), "{text}");
+    s.finish().await;
+}
+
+/// Revoking a key ends its open WebSocket (close code 4001) and its SSE stream at once; a key's expiry ends
+/// them when it comes; and nothing a revoked socket sends is acted on.
+async fn revoked_and_expired_keys_lose_their_streams(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s.session(&t.agent, json!({})).await;
+    let mut ws = connect(&s, &t.approver, "").await;
+    let mut sse = s
+        .http
+        .get(s.url("/events"))
+        .bearer_auth(&t.approver)
+        .send()
+        .await
+        .unwrap();
+    let (_, p) = s.pay(&t.agent, session, "25", "USDC").await;
+    assert_eq!(next_json(&mut ws).await["type"], "approval_required");
+    let (_, me) = s.get(&t.approver, "/me").await;
+    let path = format!("/keys/{}", me["key_id"].as_str().unwrap());
+    let (status, _) = s
+        .call(ADMIN_TOKEN, reqwest::Method::DELETE, &path, None)
+        .await;
+    assert_eq!(status, reqwest::StatusCode::NO_CONTENT);
+    assert_eq!(close_code(&mut ws).await, 4001);
+    let approve = json!({"type": "approve", "request_id": p["approval_id"]});
+    let _ = ws.send(Message::Text(approve.to_string().into())).await;
+    let (_, request) = s
+        .get(
+            &t.admin,
+            &format!("/approvals/{}", p["approval_id"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(
+        request["status"], "pending",
+        "nothing the revoked socket sent was acted on"
+    );
+    assert_sse_ends(&mut sse).await;
+
+    let soon = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
+    let (status, key) = s
+        .post(
+            ADMIN_TOKEN,
+            "/keys",
+            json!({"name": "brief", "role": "approver", "expires_at": soon}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{key}");
+    let mut brief = connect(&s, key["token"].as_str().unwrap(), "").await;
+    assert_eq!(close_code(&mut brief).await, 4001);
+    s.finish().await;
+}
+
+/// The code of the close frame the server sends next, skipping other messages; panics after 10 s.
+async fn close_code(ws: &mut Ws) -> u16 {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("closed within 10 s")
+            .expect("a close frame before the end")
+            .expect("a frame");
+        if let Message::Close(Some(close)) = frame {
+            return close.code.into();
+        }
+    }
+}
+
+/// Reads an SSE response until the server ends it; panics if it has not ended within 10 s.
+async fn assert_sse_ends(sse: &mut reqwest::Response) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while let Some(_chunk) = tokio::time::timeout_at(deadline, sse.chunk())
+        .await
+        .expect("the stream ended within 10 s")
+        .unwrap_or(None)
+    {}
 }

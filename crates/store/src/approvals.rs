@@ -136,14 +136,14 @@ pub async fn get(db: Db<'_>, tenant_id: Uuid, id: Uuid) -> Result<Option<Approva
 pub async fn pending(
     db: Db<'_>,
     tenant_id: Uuid,
-    session_id: Option<Uuid>,
+    scope: crate::Scope,
     limit: i64,
 ) -> Result<Vec<ApprovalRecord>> {
-    let sql = select(
-        "tenant_id = $1 AND status = 'pending' AND ($2 IS NULL OR session_id = $2) \
-         ORDER BY created_at, id LIMIT $3",
-    );
-    crate::by_session::<ApprovalRow, _>(db, sql, tenant_id, session_id, limit).await
+    let sql = select(&format!(
+        "status = 'pending' AND {} ORDER BY created_at, id LIMIT $3",
+        crate::IN_SCOPE
+    ));
+    crate::by_session::<ApprovalRow, _>(db, sql, tenant_id, scope, limit).await
 }
 
 /// Pending requests whose deadline has passed, across tenants, most overdue first: (tenant, request).

@@ -187,13 +187,14 @@ pub async fn steps(db: Db<'_>, id: Uuid) -> Result<Vec<StepRecord>> {
 pub async fn list(
     db: Db<'_>,
     tenant_id: Uuid,
-    session_id: Option<Uuid>,
+    scope: crate::Scope,
     limit: i64,
 ) -> Result<Vec<ExecutionRecord>> {
-    let sql = select(
-        "tenant_id = $1 AND ($2 IS NULL OR session_id = $2) ORDER BY created_at DESC, id DESC LIMIT $3",
-    );
-    crate::by_session::<ExecutionRow, _>(db, sql, tenant_id, session_id, limit).await
+    let sql = select(&format!(
+        "{} ORDER BY created_at DESC, id DESC LIMIT $3",
+        crate::IN_SCOPE
+    ));
+    crate::by_session::<ExecutionRow, _>(db, sql, tenant_id, scope, limit).await
 }
 
 /// A tenant's executions not yet ended, optionally of one session.

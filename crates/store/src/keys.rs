@@ -13,6 +13,10 @@ pub struct KeyRecord {
     pub name: String,
     pub role: Role,
     pub created_at: DateTime<Utc>,
+    /// After this moment the key works nowhere; never, when absent.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The policy an agent key is bound to; its tenant's default when absent.
+    pub policy_id: Option<Uuid>,
 }
 
 crate::row_type! {
@@ -22,8 +26,14 @@ crate::row_type! {
         name: String,
         role: String,
         created_at: String,
+        expires_at: Option<String>,
+        policy_id: Option<String>,
     }
 }
+
+const COLUMNS: &str = "id, tenant_id, name, role, created_at, expires_at, policy_id";
+/// A key that was neither revoked nor is past its expiry at `$2`.
+const LIVE: &str = "revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2)";
 
 impl TryFrom<KeyRow> for KeyRecord {
     type Error = StoreError;
@@ -35,13 +45,16 @@ impl TryFrom<KeyRow> for KeyRecord {
             role: Role::parse(&r.role)
                 .ok_or_else(|| StoreError::Corrupt(format!("bad role {:?}", r.role)))?,
             created_at: time(&r.created_at)?,
+            expires_at: crate::opt_time(r.expires_at)?,
+            policy_id: crate::opt_uuid(r.policy_id)?,
         })
     }
 }
 
 pub async fn insert(tx: &mut WriteTx, key: &KeyRecord, token_hash: &str) -> Result<()> {
     query(
-        "INSERT INTO api_keys (id, tenant_id, name, role, token_hash, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO api_keys (id, tenant_id, name, role, token_hash, created_at, expires_at, policy_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(key.id.to_string())
     .bind(key.tenant_id.to_string())
@@ -49,19 +62,40 @@ pub async fn insert(tx: &mut WriteTx, key: &KeyRecord, token_hash: &str) -> Resu
     .bind(key.role.as_str())
     .bind(token_hash)
     .bind(paygent_domain::time::format(key.created_at))
+    .bind(key.expires_at.map(paygent_domain::time::format))
+    .bind(key.policy_id.map(|p| p.to_string()))
     .execute(tx.conn())
     .await?;
     Ok(())
 }
 
 impl Store {
-    /// The live key whose token hashes to `token_hash`.
-    pub async fn key_by_hash(&self, token_hash: &str) -> Result<Option<KeyRecord>> {
-        query(
-            "SELECT id, tenant_id, name, role, created_at FROM api_keys \
-             WHERE token_hash = $1 AND revoked_at IS NULL",
-        )
-        .bind(token_hash)
+    /// The key whose token hashes to `token_hash`, if it is live at `now`.
+    pub async fn key_by_hash(
+        &self,
+        token_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<KeyRecord>> {
+        self.live_key("token_hash = $1", token_hash.to_owned(), now)
+            .await
+    }
+
+    /// The key `id`, if it is live at `now`.
+    pub async fn key_by_id(&self, id: Uuid, now: DateTime<Utc>) -> Result<Option<KeyRecord>> {
+        self.live_key("id = $1", id.to_string(), now).await
+    }
+
+    async fn live_key(
+        &self,
+        filter: &str,
+        value: String,
+        now: DateTime<Utc>,
+    ) -> Result<Option<KeyRecord>> {
+        query(format!(
+            "SELECT {COLUMNS} FROM api_keys WHERE {filter} AND {LIVE}"
+        ))
+        .bind(value)
+        .bind(paygent_domain::time::format(now))
         .fetch_optional(self.reader())
         .await?
         .map(crate::record::<KeyRow, _>)

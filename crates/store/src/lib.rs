@@ -14,6 +14,7 @@ pub mod executions;
 pub mod keys;
 mod lite;
 pub mod payments;
+pub mod policies;
 pub mod sessions;
 pub mod tenants;
 mod tx;
@@ -50,6 +51,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("unknown tenant {0}")]
     UnknownTenant(Uuid),
+    #[error("the key was revoked or has expired")]
+    KeyNotLive,
 }
 
 impl StoreError {
@@ -239,13 +242,25 @@ where
         .transpose()
 }
 
-/// Reads a tenant's rows, optionally of one session, with `sql` binding `$1` tenant, `$2` session (or NULL)
-/// and `$3` limit, and converts them.
+/// Which of a tenant's rows a list may return: optionally one session's, optionally only those on the sessions
+/// one key created (what an agent may see).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Scope {
+    pub session_id: Option<Uuid>,
+    pub owner: Option<Uuid>,
+}
+
+/// The condition that keeps a row within its [`Scope`], for tables with `tenant_id` and `session_id`.
+pub(crate) const IN_SCOPE: &str = "tenant_id = $1 AND ($2 IS NULL OR session_id = $2) \
+     AND ($4 IS NULL OR session_id IN (SELECT id FROM sessions WHERE tenant_id = $1 AND created_by = $4))";
+
+/// Reads a tenant's rows within a scope, with `sql` binding `$1` tenant, `$2` session (or NULL), `$3` limit and
+/// `$4` owner (or NULL), and converts them.
 pub(crate) async fn by_session<R, T>(
     db: Db<'_>,
     sql: impl Into<std::borrow::Cow<'static, str>>,
     tenant_id: Uuid,
-    session_id: Option<Uuid>,
+    scope: Scope,
     limit: i64,
 ) -> Result<Vec<T>>
 where
@@ -254,8 +269,9 @@ where
 {
     db::query(sql)
         .bind(tenant_id.to_string())
-        .bind(session_id.map(|s| s.to_string()))
+        .bind(scope.session_id.map(|s| s.to_string()))
         .bind(limit)
+        .bind(scope.owner.map(|s| s.to_string()))
         .fetch_all(db)
         .await?
         .into_iter()

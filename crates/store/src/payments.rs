@@ -147,13 +147,14 @@ pub async fn by_idempotency_key(tx: &mut WriteTx, key: &str) -> Result<Option<Pa
 pub async fn list(
     db: Db<'_>,
     tenant_id: Uuid,
-    session_id: Option<Uuid>,
+    scope: crate::Scope,
     limit: i64,
 ) -> Result<Vec<PaymentRecord>> {
-    let sql = select(
-        "tenant_id = $1 AND ($2 IS NULL OR session_id = $2) ORDER BY created_at DESC, id DESC LIMIT $3",
-    );
-    crate::by_session::<PaymentRow, _>(db, sql, tenant_id, session_id, limit).await
+    let sql = select(&format!(
+        "{} ORDER BY created_at DESC, id DESC LIMIT $3",
+        crate::IN_SCOPE
+    ));
+    crate::by_session::<PaymentRow, _>(db, sql, tenant_id, scope, limit).await
 }
 
 /// What is paid: replaced as a whole when an approver's edit is executed.

@@ -17,6 +17,8 @@ pub struct SessionRecord {
     pub state: String,
     pub created_by: Uuid,
     pub created_at: DateTime<Utc>,
+    /// The policy it was opened under; the tenant's default when absent.
+    pub policy_id: Option<Uuid>,
 }
 
 crate::row_type! {
@@ -29,6 +31,7 @@ crate::row_type! {
         state: String,
         created_by: String,
         created_at: String,
+        policy_id: Option<String>,
     }
 }
 
@@ -45,6 +48,7 @@ impl TryFrom<SessionRow> for SessionRecord {
             state: r.state,
             created_by: uuid(&r.created_by)?,
             created_at: time(&r.created_at)?,
+            policy_id: crate::opt_uuid(r.policy_id)?,
         })
     }
 }
@@ -53,8 +57,8 @@ pub async fn insert(tx: &mut WriteTx, s: &SessionRecord) -> Result<()> {
     let config =
         serde_json::to_string(&s.config).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     query(
-        "INSERT INTO sessions (id, tenant_id, name, wallet_address, config, state, created_by, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO sessions (id, tenant_id, name, wallet_address, config, state, created_by, created_at, \
+         policy_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(s.id.to_string())
     .bind(s.tenant_id.to_string())
@@ -64,6 +68,7 @@ pub async fn insert(tx: &mut WriteTx, s: &SessionRecord) -> Result<()> {
     .bind(&s.state)
     .bind(s.created_by.to_string())
     .bind(paygent_domain::time::format(s.created_at))
+    .bind(s.policy_id.map(|p| p.to_string()))
     .execute(tx.conn())
     .await?;
     Ok(())
@@ -77,7 +82,7 @@ pub async fn list(
     limit: i64,
 ) -> Result<Vec<SessionRecord>> {
     query(
-        "SELECT id, tenant_id, name, wallet_address, config, state, created_by, created_at \
+        "SELECT id, tenant_id, name, wallet_address, config, state, created_by, created_at, policy_id \
          FROM sessions WHERE tenant_id = $1 AND ($2 IS NULL OR created_by = $2) \
          ORDER BY created_at DESC, id DESC LIMIT $3",
     )
@@ -93,7 +98,7 @@ pub async fn list(
 
 /// The session, if it exists in this tenant.
 pub async fn get(db: Db<'_>, tenant_id: Uuid, id: Uuid) -> Result<Option<SessionRecord>> {
-    let sql = "SELECT id, tenant_id, name, wallet_address, config, state, created_by, created_at \
+    let sql = "SELECT id, tenant_id, name, wallet_address, config, state, created_by, created_at, policy_id \
          FROM sessions WHERE tenant_id = $1 AND id = $2";
     crate::by_id::<SessionRow, _>(db, sql, tenant_id, id).await
 }

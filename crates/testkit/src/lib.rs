@@ -286,6 +286,36 @@ impl TestServer {
         self.call(token, Method::GET, path, None).await
     }
 
+    pub async fn put(&self, token: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(token, Method::PUT, path, Some(body)).await
+    }
+
+    /// Reads `GET /events?{query}` as `token` until its text satisfies `done`; panics after 10 s without.
+    pub async fn events_until(
+        &self,
+        token: &str,
+        query: &str,
+        done: impl Fn(&str) -> bool,
+    ) -> String {
+        let mut sse = self
+            .http
+            .get(self.url(&format!("/events?{query}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("the event stream opens");
+        let mut text = String::new();
+        while !done(&text) {
+            let chunk = tokio::time::timeout(std::time::Duration::from_secs(10), sse.chunk())
+                .await
+                .expect("events within 10 s")
+                .expect("the stream reads")
+                .expect("the stream is open");
+            text.push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
+        }
+        text
+    }
+
     /// A new key of `role` in the admin's tenant.
     pub async fn key(&self, admin: &str, role: Role) -> String {
         let (status, body) = self

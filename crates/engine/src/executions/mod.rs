@@ -80,10 +80,11 @@ impl Paygent {
             })?;
         }
 
-        let mut tx = self.store.begin(who.tenant_id, self.now()).await?;
-        let session = sessions::get(tx.conn(), who.tenant_id, session_id)
-            .await?
-            .ok_or(EngineError::NotFound("session"))?;
+        let mut tx = self.begin_as(who).await?;
+        let session = crate::sessions::reachable(
+            who,
+            sessions::get(tx.conn(), who.tenant_id, session_id).await?,
+        )?;
         if session.state != "active" || tx.kill_switch().is_some() {
             return Err(EngineError::Conflict(
                 "killed: the session or the whole tenant is stopped".into(),
@@ -156,11 +157,12 @@ impl Paygent {
         let execution = executions::get(self.store.reader(), who.tenant_id, id)
             .await?
             .ok_or(EngineError::NotFound("execution"))?;
+        self.reach(who, execution.session_id, "execution").await?;
         let steps = executions::steps(self.store.reader(), id).await?;
         Ok(ExecutionView::new(execution, steps))
     }
 
-    /// Executions, newest first, without their steps.
+    /// Executions, newest first, without their steps: the tenant's for people, an agent's sessions' for it.
     pub async fn executions(
         &self,
         who: &Principal,
@@ -170,7 +172,7 @@ impl Paygent {
         let list = executions::list(
             self.store.reader(),
             who.tenant_id,
-            session_id,
+            crate::payments::scope(who, session_id),
             limit.clamp(1, MAX_LIST),
         )
         .await?;
@@ -180,16 +182,16 @@ impl Paygent {
             .collect())
     }
 
-    /// Kills one execution: approvers, admins, or the agent that started it.
+    /// Kills one execution: approvers, admins, or the agent whose session it runs on.
     pub async fn cancel_execution(&self, who: &Principal, id: Uuid) -> Result<ExecutionView> {
-        let mut tx = self.store.begin(who.tenant_id, self.now()).await?;
+        let execution = executions::get(self.store.reader(), who.tenant_id, id)
+            .await?
+            .ok_or(EngineError::NotFound("execution"))?;
+        self.reach(who, execution.session_id, "execution").await?;
+        let mut tx = self.begin_as(who).await?;
         let execution = executions::get(tx.conn(), who.tenant_id, id)
             .await?
             .ok_or(EngineError::NotFound("execution"))?;
-        require(
-            who.can_decide() || execution.created_by == who.key_id,
-            "only approvers, admins and the agent that started it cancel an execution",
-        )?;
         if !cancel_within(&mut tx, &execution, "cancelled").await? {
             return Err(EngineError::Conflict(format!(
                 "the execution is already {}",

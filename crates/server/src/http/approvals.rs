@@ -44,7 +44,7 @@ async fn list_pending(
     Ok(Json(list))
 }
 
-/// One request, with its decision record.
+/// One request, with its decision record. An agent reads only the requests on its own sessions.
 #[utoipa::path(get, path = "/approvals/{id}", tag = "approvals", params(("id" = Uuid, Path)),
     responses((status = 200, body = ApprovalView), (status = 404, body = Problem)))]
 async fn get_approval(
@@ -61,10 +61,11 @@ pub struct Approve {
     comment: Option<String>,
 }
 
-/// Approves a pending request. A second decision gets 409.
+/// Approves a pending request. A second decision gets 409; the key that asked for it gets 403.
 #[utoipa::path(post, path = "/approvals/{id}/approve", tag = "approvals", params(("id" = Uuid, Path)),
     request_body = Approve,
-    responses((status = 200, body = ApprovalView), (status = 403, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 200, body = ApprovalView), (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem)))]
 async fn approve(
     State(paygent): State<Paygent>,
     Caller(who): Caller,
@@ -86,7 +87,8 @@ pub struct Reject {
 /// Rejects a pending request; the reason is stored.
 #[utoipa::path(post, path = "/approvals/{id}/reject", tag = "approvals", params(("id" = Uuid, Path)),
     request_body = Reject,
-    responses((status = 200, body = ApprovalView), (status = 409, body = Problem)))]
+    responses((status = 200, body = ApprovalView), (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem)))]
 async fn reject(
     State(paygent): State<Paygent>,
     Caller(who): Caller,
@@ -110,7 +112,8 @@ pub struct Edit {
 /// USD value above what was asked.
 #[utoipa::path(post, path = "/approvals/{id}/edit", tag = "approvals", params(("id" = Uuid, Path)),
     request_body = Edit,
-    responses((status = 200, body = ApprovalView), (status = 409, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, body = ApprovalView), (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem), (status = 422, body = Problem)))]
 async fn edit(
     State(paygent): State<Paygent>,
     Caller(who): Caller,

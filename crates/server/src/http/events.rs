@@ -29,6 +29,8 @@ pub mod close {
     pub const IDLE: u16 = 4000;
     /// A client message was over the size limit (RFC 6455's code).
     pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The key was revoked or has expired: nothing more is sent or acted on.
+    pub const KEY_REVOKED: u16 = 4001;
 }
 
 /// Settings of the live channel.
@@ -119,26 +121,21 @@ async fn connection(
 ) {
     let (mut sink, mut stream) = socket.split();
     let (queue_tx, mut queue) = mpsc::channel::<Arc<LiveEvent>>(o.queue.max(1));
-    let (slow_tx, mut slow) = oneshot::channel::<i64>();
-    let feeder = tokio::spawn(feed(subscription, queue_tx, slow_tx));
+    let (cut_tx, mut cut) = oneshot::channel::<Cut>();
+    let feeder = tokio::spawn(feed(subscription, queue_tx, cut_tx));
     let mut heartbeat = tokio::time::interval(o.heartbeat);
     let mut last_heard = Instant::now();
     let mut delivered = 0i64;
     let end: Option<(u16, String)> = loop {
         tokio::select! {
-            last = &mut slow => {
-                let last = last.unwrap_or(delivered);
-                break Some((close::SLOW_CONSUMER, format!("slow consumer: reconnect with after_seq={last}")));
-            }
+            why = &mut cut => break Some(why.unwrap_or(Cut::Slow(delivered)).close()),
             event = queue.recv() => {
-                let Some(event) = event else { break None };
+                // The feeder says why it stopped before it closes the queue: both may be ready at once.
+                let Some(event) = event else { break cut.try_recv().ok().map(Cut::close) };
                 let text = event.wire().to_owned();
                 tokio::select! {
                     sent = sink.send(Message::Text(text.into())) => if sent.is_err() { break None },
-                    last = &mut slow => {
-                        let last = last.unwrap_or(delivered);
-                        break Some((close::SLOW_CONSUMER, format!("slow consumer: reconnect with after_seq={last}")));
-                    }
+                    why = &mut cut => break Some(why.unwrap_or(Cut::Slow(delivered)).close()),
                 }
                 delivered = event.seq;
             }
@@ -190,25 +187,51 @@ async fn connection(
     }
 }
 
+/// Why the feeder cut a connection off.
+enum Cut {
+    /// The client fell behind; it resumes after this sequence number.
+    Slow(i64),
+    Revoked,
+}
+
+impl Cut {
+    fn close(self) -> (u16, String) {
+        match self {
+            Cut::Slow(last) => (
+                close::SLOW_CONSUMER,
+                format!("slow consumer: reconnect with after_seq={last}"),
+            ),
+            Cut::Revoked => (
+                close::KEY_REVOKED,
+                "the key was revoked or has expired".into(),
+            ),
+        }
+    }
+}
+
 /// Moves events from the subscription into the connection's bounded queue. A full queue means the client is
 /// not keeping up: it is cut off (with the last sequence number it was sent) rather than slowing anyone else.
 async fn feed(
     mut subscription: Subscription,
     queue: mpsc::Sender<Arc<LiveEvent>>,
-    slow: oneshot::Sender<i64>,
+    cut: oneshot::Sender<Cut>,
 ) {
     loop {
         match subscription.next().await {
             Ok(event) => match queue.try_send(event) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    let _ = slow.send(subscription.last_seq() - 1);
+                    let _ = cut.send(Cut::Slow(subscription.last_seq() - 1));
                     return;
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => return,
             },
             Err(SubscriptionEnd::Lagged) => {
-                let _ = slow.send(subscription.last_seq());
+                let _ = cut.send(Cut::Slow(subscription.last_seq()));
+                return;
+            }
+            Err(SubscriptionEnd::Revoked) => {
+                let _ = cut.send(Cut::Revoked);
                 return;
             }
             Err(e) => {

@@ -105,7 +105,7 @@ async fn get_execution(
 
 /// Kills one execution: its in-flight step is aborted and the approval it waits on is cancelled.
 #[utoipa::path(post, path = "/executions/{id}/cancel", tag = "executions", params(("id" = Uuid, Path)),
-    responses((status = 200, body = ExecutionView), (status = 403, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 200, body = ExecutionView), (status = 404, body = Problem), (status = 409, body = Problem)))]
 async fn cancel_execution(
     State(paygent): State<Paygent>,
     Caller(who): Caller,

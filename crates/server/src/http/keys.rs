@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use paygent_engine::domain::Role;
-use paygent_engine::{KeyView, NewTenant, Paygent};
+use paygent_engine::{KeyView, NewKey, NewTenant, Paygent};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -28,6 +28,10 @@ pub struct CreateKey {
     #[schema(value_type = String, example = "approver")]
     /// `admin`, `approver` or `agent`.
     role: Role,
+    /// When the key stops working (RFC 3339, in the future); never, when absent.
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The policy the key's sessions are held to; the tenant's default when absent.
+    policy_id: Option<Uuid>,
 }
 
 /// Creates a key in the caller's tenant. The token is shown only in this response.
@@ -38,7 +42,13 @@ async fn create_key(
     Caller(who): Caller,
     Body(req): Body<CreateKey>,
 ) -> ApiResult<(StatusCode, Json<KeyView>)> {
-    let key = paygent.create_key(&who, &req.name, req.role).await?;
+    let new = NewKey {
+        name: req.name,
+        role: req.role,
+        expires_at: req.expires_at,
+        policy_id: req.policy_id,
+    };
+    let key = paygent.create_key(&who, new).await?;
     Ok((StatusCode::CREATED, Json(key)))
 }
 

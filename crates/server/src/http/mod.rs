@@ -8,6 +8,7 @@ pub mod health;
 pub mod keys;
 pub mod kill;
 pub mod payments;
+pub mod policies;
 pub mod sessions;
 pub mod web;
 

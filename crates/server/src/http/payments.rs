@@ -115,10 +115,13 @@ pub struct Outcome {
     tx_hash: Option<String>,
 }
 
-/// For an `authorized` payment the agent made itself: report how it ended.
+/// For an `authorized` payment the agent made itself: the key that requested it reports how it ended (403 for
+/// any other key; 409 if a rail of Paygent's carries it). `failed` gives the budget back only without a
+/// `tx_hash`: a transaction may have moved money.
 #[utoipa::path(post, path = "/payments/{id}/outcome", tag = "payments", params(("id" = Uuid, Path)),
     request_body = Outcome,
-    responses((status = 200, body = PaymentView), (status = 409, body = Problem)))]
+    responses((status = 200, body = PaymentView), (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem), (status = 422, body = Problem)))]
 async fn report_outcome(
     State(paygent): State<Paygent>,
     Caller(who): Caller,
@@ -140,7 +143,7 @@ pub struct ExecuteApproved {
 /// Executes an approved or edited request exactly once, with the approved arguments. A repeat returns the
 /// same payment. It never takes arguments from the caller.
 #[utoipa::path(post, path = "/payments/execute-approved", tag = "payments", request_body = ExecuteApproved,
-    responses((status = 200, body = PaymentView), (status = 409, body = Problem)))]
+    responses((status = 200, body = PaymentView), (status = 404, body = Problem), (status = 409, body = Problem)))]
 async fn execute_approved(
     State(paygent): State<Paygent>,
     Caller(who): Caller,

@@ -1,0 +1,425 @@
+//! The rules a person sets for the agents bound to a policy. An agent's session may only tighten them: the guard
+//! applies the strictest of the two.
+
+use crate::approval::DecisionKind;
+use crate::money::{Decimal, MAX_AMOUNT, parse_decimal, strict};
+use crate::payment::Recipient;
+use crate::policy::{
+    Condition, DEFAULT_PAYMENT_THRESHOLD_USD, DEFAULT_SWAP_THRESHOLD_USD, Policy, Rule, SWAP,
+    TRANSFER, X402_PAYMENT,
+};
+use crate::session::{
+    DEFAULT_APPROVAL_TIMEOUT_SECONDS, MAX_APPROVAL_TIMEOUT_SECONDS, SessionConfig,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// The most entries a payee list may hold.
+pub const MAX_PAYEES: usize = 1000;
+
+/// A policy's rules. Every field has a default, and the defaults are the behaviour of a key with no policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRules {
+    /// USD value above which a payment (transfer or x402) needs a person.
+    #[serde(default = "default_threshold", deserialize_with = "strict::decimal")]
+    pub approval_threshold_usd: Decimal,
+    /// Per-tool thresholds (`transfer`, `x402_payment`, `swap`), over `approval_threshold_usd`.
+    #[serde(default, deserialize_with = "strict::map")]
+    pub thresholds: BTreeMap<String, Decimal>,
+    /// Above this USD value a payment is denied, whoever would approve it.
+    #[serde(default, deserialize_with = "strict::option")]
+    pub max_per_payment_usd: Option<Decimal>,
+    /// The longest a session may give a person to decide.
+    #[serde(default = "default_max_timeout")]
+    pub max_approval_timeout_seconds: u32,
+    #[serde(default)]
+    pub payees: Payees,
+}
+
+/// Who may be paid.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Payees {
+    /// When not empty, a payment to anyone else needs a person (`outside_allow: approve`) or is denied.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Never paid.
+    #[serde(default)]
+    pub deny: Vec<String>,
+    #[serde(default)]
+    pub outside_allow: OutsideAllow,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutsideAllow {
+    #[default]
+    Approve,
+    Deny,
+}
+
+fn default_threshold() -> Decimal {
+    DEFAULT_PAYMENT_THRESHOLD_USD
+}
+
+fn default_max_timeout() -> u32 {
+    MAX_APPROVAL_TIMEOUT_SECONDS
+}
+
+impl Default for PolicyRules {
+    fn default() -> Self {
+        PolicyRules {
+            approval_threshold_usd: default_threshold(),
+            thresholds: BTreeMap::new(),
+            max_per_payment_usd: None,
+            max_approval_timeout_seconds: default_max_timeout(),
+            payees: Payees::default(),
+        }
+    }
+}
+
+/// A rule broken, named by its field so a client can point at it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {why}")]
+pub struct RuleError {
+    pub field: String,
+    pub why: String,
+}
+
+fn broken(field: &str, why: impl Into<String>) -> RuleError {
+    RuleError {
+        field: field.to_owned(),
+        why: why.into(),
+    }
+}
+
+/// Why the policy refuses a payment outright.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The rule's field, e.g. `payees.deny`.
+    pub rule: &'static str,
+    pub detail: String,
+}
+
+fn usd_bound(field: &str, v: Decimal) -> Result<(), RuleError> {
+    let canonical = parse_decimal(&v.to_string()).is_ok();
+    if !canonical || v.is_sign_negative() || v.scale() > 6 || v > MAX_AMOUNT {
+        return Err(broken(
+            field,
+            "must be a non-negative decimal string with at most 6 decimals",
+        ));
+    }
+    Ok(())
+}
+
+fn same(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
+impl PolicyRules {
+    /// Checks what serde cannot: amounts, known tools, timeouts and payees' shapes.
+    pub fn validate(&self) -> Result<(), RuleError> {
+        usd_bound("approval_threshold_usd", self.approval_threshold_usd)?;
+        for (tool, usd) in &self.thresholds {
+            if ![TRANSFER, X402_PAYMENT, SWAP].contains(&tool.as_str()) {
+                return Err(broken(
+                    "thresholds",
+                    format!("unknown tool {tool:?}: transfer, x402_payment or swap"),
+                ));
+            }
+            usd_bound(&format!("thresholds.{tool}"), *usd)?;
+        }
+        if let Some(max) = self.max_per_payment_usd {
+            usd_bound("max_per_payment_usd", max)?;
+        }
+        if !(1..=MAX_APPROVAL_TIMEOUT_SECONDS).contains(&self.max_approval_timeout_seconds) {
+            return Err(broken(
+                "max_approval_timeout_seconds",
+                format!("must be between 1 and {MAX_APPROVAL_TIMEOUT_SECONDS}"),
+            ));
+        }
+        for (field, list) in [
+            ("payees.allow", &self.payees.allow),
+            ("payees.deny", &self.payees.deny),
+        ] {
+            if list.len() > MAX_PAYEES {
+                return Err(broken(field, format!("at most {MAX_PAYEES} entries")));
+            }
+            if let Some(bad) = list.iter().find(|p| Recipient::parse(p).is_err()) {
+                return Err(broken(
+                    field,
+                    format!("{bad:?} is neither an EVM address nor an http(s) URL"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The USD value above which `tool` needs a person under this policy alone.
+    pub fn threshold(&self, tool: &str) -> Decimal {
+        match self.thresholds.get(tool) {
+            Some(t) => *t,
+            None if tool == SWAP => DEFAULT_SWAP_THRESHOLD_USD,
+            None => self.approval_threshold_usd,
+        }
+    }
+
+    /// Refuses a session configuration that is looser than this policy, naming the field and the bound.
+    pub fn admit(&self, config: &SessionConfig) -> Result<(), RuleError> {
+        let payment = self.threshold(TRANSFER).min(self.threshold(X402_PAYMENT));
+        if config.approval_threshold_usd.is_some_and(|t| t > payment) {
+            return Err(broken(
+                "approval_threshold_usd",
+                format!("the policy allows at most {payment}"),
+            ));
+        }
+        if config
+            .approval_timeout_seconds
+            .is_some_and(|t| t > self.max_approval_timeout_seconds)
+        {
+            return Err(broken(
+                "approval_timeout_seconds",
+                format!(
+                    "the policy allows at most {}",
+                    self.max_approval_timeout_seconds
+                ),
+            ));
+        }
+        if let (Some(max), Some(asked)) =
+            (self.max_per_payment_usd, config.budget.max_per_payment_usd)
+            && asked > max
+        {
+            return Err(broken(
+                "max_per_payment_usd",
+                format!("the policy allows at most {max}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The per-tool rules in force for a session: the strictest of this policy and the session's own threshold,
+    /// then the payee allow list. The first rule that fires decides, so the reason names the tightest limit.
+    pub fn for_session(&self, config: &SessionConfig) -> Policy {
+        use DecisionKind::*;
+        let mut rules = Vec::new();
+        for tool in [X402_PAYMENT, TRANSFER, SWAP] {
+            let usd = match tool {
+                SWAP => self.threshold(tool),
+                _ => {
+                    let policy = self.threshold(tool);
+                    config
+                        .approval_threshold_usd
+                        .map_or(policy, |t| t.min(policy))
+                }
+            };
+            let allowed = match tool {
+                SWAP => vec![Approve, Reject],
+                _ => vec![Approve, Edit, Reject],
+            };
+            rules.push(Rule {
+                tool: tool.to_owned(),
+                condition: Condition::UsdValueAbove { usd },
+                allowed,
+            });
+        }
+        if !self.payees.allow.is_empty() {
+            for tool in [X402_PAYMENT, TRANSFER] {
+                rules.push(Rule {
+                    tool: tool.to_owned(),
+                    condition: Condition::ArgNotIn {
+                        arg: "recipient".into(),
+                        values: self.payees.allow.clone(),
+                    },
+                    allowed: vec![Approve, Edit, Reject],
+                });
+            }
+        }
+        Policy { rules }
+    }
+
+    /// How long a person has to decide on a session's request: the session's time, or the default, within the
+    /// policy's bound.
+    pub fn approval_timeout(&self, config: &SessionConfig) -> u32 {
+        config
+            .approval_timeout_seconds
+            .unwrap_or(DEFAULT_APPROVAL_TIMEOUT_SECONDS)
+            .min(self.max_approval_timeout_seconds)
+    }
+
+    /// Whether the policy denies a payment outright, whatever a person would say: a denied payee, a payee
+    /// outside the allow list when that means denial, or a value above `max_per_payment_usd`.
+    pub fn refusal(&self, usd_value: Decimal, args: &Value) -> Option<Refusal> {
+        let recipient = args.get("recipient").and_then(Value::as_str).unwrap_or("");
+        if self.payees.deny.iter().any(|p| same(p, recipient)) {
+            return Some(Refusal {
+                rule: "payees.deny",
+                detail: format!("{recipient} is on the policy's deny list"),
+            });
+        }
+        let outside =
+            !self.payees.allow.is_empty() && !self.payees.allow.iter().any(|p| same(p, recipient));
+        if outside && self.payees.outside_allow == OutsideAllow::Deny {
+            return Some(Refusal {
+                rule: "payees.allow",
+                detail: format!("{recipient} is not on the policy's allow list"),
+            });
+        }
+        match self.max_per_payment_usd {
+            Some(max) if usd_value > max => Some(Refusal {
+                rule: "max_per_payment_usd",
+                detail: format!("USD value {usd_value} is above the policy's maximum of {max}"),
+            }),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Verdict;
+    use serde_json::json;
+
+    fn d(s: &str) -> Decimal {
+        Decimal::from_str_exact(s).unwrap()
+    }
+
+    const BAD: &str = "0x00000000000000000000000000000000000000bd";
+    const OK: &str = "0x00000000000000000000000000000000000000a0";
+
+    #[test]
+    fn the_defaults_are_todays_behaviour() {
+        let rules: PolicyRules = serde_json::from_str("{}").unwrap();
+        assert_eq!(rules, PolicyRules::default());
+        assert!(rules.validate().is_ok());
+        assert_eq!(
+            rules.for_session(&SessionConfig::default()),
+            Policy::default()
+        );
+        assert_eq!(rules.refusal(d("1000000"), &json!({"recipient": OK})), None);
+    }
+
+    #[test]
+    fn sessions_may_only_tighten() {
+        let rules = PolicyRules::default();
+        let config = |v: Value| serde_json::from_value::<SessionConfig>(v).unwrap();
+        let looser = rules.admit(&config(json!({"approval_threshold_usd": "1000000"})));
+        assert_eq!(looser.unwrap_err().field, "approval_threshold_usd");
+        assert!(
+            rules
+                .admit(&config(json!({"approval_threshold_usd": "5"})))
+                .is_ok()
+        );
+        let strict = PolicyRules {
+            max_per_payment_usd: Some(d("50")),
+            max_approval_timeout_seconds: 60,
+            ..PolicyRules::default()
+        };
+        let e = strict.admit(&config(json!({"max_per_payment_usd": "51"})));
+        assert_eq!(e.unwrap_err().field, "max_per_payment_usd");
+        let e = strict.admit(&config(json!({"approval_timeout_seconds": 61})));
+        assert_eq!(e.unwrap_err().field, "approval_timeout_seconds");
+        let fits = strict.admit(&config(json!({"approval_timeout_seconds": 60})));
+        assert!(fits.is_ok());
+        assert!(
+            strict.admit(&SessionConfig::default()).is_ok(),
+            "defaults fit any policy"
+        );
+        assert_eq!(strict.approval_timeout(&SessionConfig::default()), 60);
+        assert_eq!(rules.approval_timeout(&SessionConfig::default()), 900);
+    }
+
+    #[test]
+    fn the_strictest_threshold_applies() {
+        let rules = PolicyRules {
+            thresholds: BTreeMap::from([(TRANSFER.to_owned(), d("2"))]),
+            ..PolicyRules::default()
+        };
+        let policy = rules.for_session(&SessionConfig::default());
+        let none = json!({});
+        assert!(matches!(
+            policy.evaluate(TRANSFER, d("2.01"), &none),
+            Verdict::RequireApproval { .. }
+        ));
+        assert_eq!(policy.evaluate(X402_PAYMENT, d("9"), &none), Verdict::Allow);
+        let tight = SessionConfig {
+            approval_threshold_usd: Some(d("1")),
+            ..SessionConfig::default()
+        };
+        let policy = rules.for_session(&tight);
+        assert!(matches!(
+            policy.evaluate(X402_PAYMENT, d("1.5"), &none),
+            Verdict::RequireApproval { .. }
+        ));
+    }
+
+    #[test]
+    fn payees_and_the_maximum_refuse_or_ask() {
+        let rules = PolicyRules {
+            max_per_payment_usd: Some(d("100")),
+            payees: Payees {
+                allow: vec![OK.into()],
+                deny: vec![BAD.into()],
+                outside_allow: OutsideAllow::Approve,
+            },
+            ..PolicyRules::default()
+        };
+        let to = |r: &str| json!({"recipient": r});
+        assert_eq!(rules.refusal(d("1"), &to(BAD)).unwrap().rule, "payees.deny");
+        assert_eq!(
+            rules.refusal(d("100.01"), &to(OK)).unwrap().rule,
+            "max_per_payment_usd"
+        );
+        assert_eq!(
+            rules.refusal(d("1"), &to(&OK.to_uppercase().replace("0X", "0x"))),
+            None
+        );
+        let policy = rules.for_session(&SessionConfig::default());
+        let other = "0x00000000000000000000000000000000000000c0";
+        assert!(matches!(
+            policy.evaluate(TRANSFER, d("1"), &to(other)),
+            Verdict::RequireApproval { .. }
+        ));
+        assert_eq!(policy.evaluate(TRANSFER, d("1"), &to(OK)), Verdict::Allow);
+        let deny = PolicyRules {
+            payees: Payees {
+                outside_allow: OutsideAllow::Deny,
+                ..rules.payees.clone()
+            },
+            ..rules
+        };
+        assert_eq!(
+            deny.refusal(d("1"), &to(other)).unwrap().rule,
+            "payees.allow"
+        );
+    }
+
+    #[test]
+    fn bad_rules_name_their_field() {
+        let parse = |v: Value| serde_json::from_value::<PolicyRules>(v).unwrap();
+        let field = |v: Value| parse(v).validate().unwrap_err().field;
+        assert_eq!(
+            field(json!({"approval_threshold_usd": "-1"})),
+            "approval_threshold_usd"
+        );
+        assert_eq!(
+            field(json!({"thresholds": {"http_get": "1"}})),
+            "thresholds"
+        );
+        assert_eq!(
+            field(json!({"thresholds": {"swap": "0.0000001"}})),
+            "thresholds.swap"
+        );
+        assert_eq!(
+            field(json!({"max_approval_timeout_seconds": 0})),
+            "max_approval_timeout_seconds"
+        );
+        assert_eq!(field(json!({"payees": {"deny": ["bob"]}})), "payees.deny");
+        assert!(
+            serde_json::from_value::<PolicyRules>(json!({"approval_threshold_usd": 5})).is_err()
+        );
+        assert!(serde_json::from_value::<PolicyRules>(json!({"surprise": 1})).is_err());
+    }
+}

@@ -1,0 +1,113 @@
+//! Policies: the rules people set for agents.
+
+use super::ApiResult;
+use crate::error::{ApiError, Problem};
+use crate::extract::{Body, Caller, Path, Query};
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use paygent_engine::domain::PolicyRules;
+use paygent_engine::{Paygent, PolicyView};
+use serde::Deserialize;
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+pub fn router() -> OpenApiRouter<Paygent> {
+    OpenApiRouter::new()
+        .routes(routes!(create_policy, list_policies))
+        .routes(routes!(get_policy, put_policy))
+}
+
+/// A policy's name beside its rules, in one flat object.
+#[derive(Deserialize, ToSchema)]
+pub struct NewPolicy {
+    name: String,
+    /// The rules: `approval_threshold_usd`, `thresholds`, `max_per_payment_usd`, `max_approval_timeout_seconds`,
+    /// `payees {allow, deny, outside_allow}`. Each is optional, with today's defaults.
+    #[serde(flatten)]
+    #[schema(value_type = Object, example = json!({"approval_threshold_usd": "25", "max_per_payment_usd": "500"}))]
+    rules: Value,
+}
+
+/// Reads rules from JSON: unknown fields and numbers for money are malformed input (400).
+fn rules(value: Value) -> Result<PolicyRules, ApiError> {
+    serde_json::from_value(value).map_err(|e| ApiError::BadRequest(format!("bad rules: {e}")))
+}
+
+/// `default`, or a policy's id.
+fn policy_ref(id: &str) -> Result<Option<Uuid>, ApiError> {
+    match id {
+        "default" => Ok(None),
+        id => Uuid::parse_str(id)
+            .map(Some)
+            .map_err(|_| ApiError::BadRequest("a policy is `default` or a UUID".into())),
+    }
+}
+
+/// Creates a policy (admins). Bind agent keys to it with `policy_id` when making them.
+#[utoipa::path(post, path = "/policies", tag = "policies", request_body = NewPolicy,
+    responses((status = 201, body = PolicyView), (status = 400, body = Problem), (status = 403, body = Problem),
+        (status = 409, body = Problem), (status = 422, body = Problem)))]
+async fn create_policy(
+    State(paygent): State<Paygent>,
+    Caller(who): Caller,
+    Body(req): Body<NewPolicy>,
+) -> ApiResult<(StatusCode, Json<PolicyView>)> {
+    let policy = paygent
+        .create_policy(&who, &req.name, rules(req.rules)?)
+        .await?;
+    Ok((StatusCode::CREATED, Json(policy)))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PoliciesQuery {
+    /// The last name of the previous page.
+    after: Option<String>,
+    /// At most 100.
+    limit: Option<i64>,
+}
+
+/// The tenant's policies by name, the default first (approvers and admins).
+#[utoipa::path(get, path = "/policies", tag = "policies", params(PoliciesQuery),
+    responses((status = 200, body = Vec<PolicyView>), (status = 403, body = Problem)))]
+async fn list_policies(
+    State(paygent): State<Paygent>,
+    Caller(who): Caller,
+    Query(q): Query<PoliciesQuery>,
+) -> ApiResult<Json<Vec<PolicyView>>> {
+    let limit = q.limit.unwrap_or(super::DEFAULT_LIMIT);
+    Ok(Json(
+        paygent.policies(&who, q.after.as_deref(), limit).await?,
+    ))
+}
+
+/// One policy, or the tenant's default (`default`), for approvers and admins.
+#[utoipa::path(get, path = "/policies/{id}", tag = "policies", params(("id" = String, Path, description = "`default` or a policy id")),
+    responses((status = 200, body = PolicyView), (status = 400, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem)))]
+async fn get_policy(
+    State(paygent): State<Paygent>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<PolicyView>> {
+    Ok(Json(paygent.policy(&who, policy_ref(&id)?).await?))
+}
+
+/// Replaces a policy's rules (admins): a new version, audited with the old and new rules, in force for every
+/// bound agent's next payment.
+#[utoipa::path(put, path = "/policies/{id}", tag = "policies", params(("id" = String, Path, description = "`default` or a policy id")),
+    request_body(content = Object, description = "The rules, as in `POST /policies` without `name`"),
+    responses((status = 200, body = PolicyView), (status = 400, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+async fn put_policy(
+    State(paygent): State<Paygent>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    Body(body): Body<Value>,
+) -> ApiResult<Json<PolicyView>> {
+    let id = policy_ref(&id)?;
+    Ok(Json(paygent.update_policy(&who, id, rules(body)?).await?))
+}

@@ -1,0 +1,318 @@
+//! Policies: people own the rules, agents are bound to them and may only tighten them, over real HTTP on both
+//! databases.
+
+use paygent_testkit::{ADMIN_TOKEN, Backend, TestServer, on_both_databases};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+on_both_databases!(
+    an_agent_cannot_write_its_own_guard,
+    policies_are_versioned_and_audited,
+    a_bound_policy_denies_and_routes,
+    edits_are_held_to_the_policy,
+);
+
+const ALLOWED: &str = "0x00000000000000000000000000000000000000a0";
+const DENIED: &str = "0x00000000000000000000000000000000000000bd";
+const OTHER: &str = "0x00000000000000000000000000000000000000c0";
+
+async fn pay_to(s: &TestServer, agent: &str, session: Uuid, amount: &str, to: &str) -> Value {
+    let (status, body) = s
+        .post(
+            agent,
+            "/payments",
+            json!({"session_id": session, "amount": amount, "currency": "USDC", "recipient": to}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body
+}
+
+/// An agent key with a policy of `rules`; returns (policy id, agent token).
+async fn bound_agent(s: &TestServer, name: &str, rules: Value) -> (String, String) {
+    let mut body = rules;
+    body["name"] = json!(name);
+    let (status, policy) = s.post(ADMIN_TOKEN, "/policies", body).await;
+    assert_eq!(status, StatusCode::CREATED, "{policy}");
+    let id = policy["id"].as_str().unwrap().to_owned();
+    let (status, key) = s
+        .post(
+            ADMIN_TOKEN,
+            "/keys",
+            json!({"name": name, "role": "agent", "policy_id": id}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{key}");
+    assert_eq!(key["policy_id"], json!(id));
+    (id, key["token"].as_str().unwrap().to_owned())
+}
+
+/// The attack from the issue: an agent raises its own threshold and pays half a million at once. Now the
+/// session is refused, naming the field and the bound, and a person's stricter default applies at once.
+async fn an_agent_cannot_write_its_own_guard(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    for (config, field) in [
+        (
+            json!({"approval_threshold_usd": "1000000000000"}),
+            "approval_threshold_usd",
+        ),
+        (
+            json!({"approval_timeout_seconds": 604801}),
+            "approval_timeout_seconds",
+        ),
+    ] {
+        let (status, problem) = s
+            .post(&t.agent, "/sessions", json!({"config": config}))
+            .await;
+        assert!(status.is_client_error(), "{config}: {problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains(field),
+            "{problem}"
+        );
+    }
+    let (status, problem) = s
+        .post(
+            &t.agent,
+            "/sessions",
+            json!({"config": {"approval_threshold_usd": "11"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("at most 10"),
+        "{problem}"
+    );
+    assert_eq!(s.count("sessions").await, 0, "nothing was written");
+
+    let session = s.session(&t.agent, json!({})).await;
+    let (status, _) = s
+        .put(
+            &t.agent,
+            "/policies/default",
+            json!({"approval_threshold_usd": "1000"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "agents never write policy");
+    assert_eq!(
+        s.get(&t.agent, "/policies/default").await.0,
+        StatusCode::FORBIDDEN
+    );
+    let (status, tightened) = s
+        .put(
+            ADMIN_TOKEN,
+            "/policies/default",
+            json!({"approval_threshold_usd": "2"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{tightened}");
+    let p = pay_to(&s, &t.agent, session, "3", OTHER).await;
+    assert_eq!(
+        p["status"], "pending_approval",
+        "the stricter policy applies to an open session"
+    );
+    let (_, request) = s
+        .get(
+            &t.approver,
+            &format!("/approvals/{}", p["approval_id"].as_str().unwrap()),
+        )
+        .await;
+    assert!(
+        request["reason"]
+            .as_str()
+            .unwrap()
+            .contains("policy \"default\" v1"),
+        "the card says which policy sent it: {request}"
+    );
+    s.finish().await;
+}
+
+async fn policies_are_versioned_and_audited(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let (status, default) = s.get(&t.approver, "/policies/default").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(default["version"], 0);
+    assert_eq!(default["approval_threshold_usd"], "10", "today's defaults");
+    let (status, created) = s
+        .post(
+            &t.admin,
+            "/policies",
+            json!({"name": "ops", "max_per_payment_usd": "50"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["version"], 1);
+    let id = created["id"].as_str().unwrap();
+    let (status, _) = s.post(&t.admin, "/policies", json!({"name": "ops"})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "names are unique");
+    let (status, _) = s
+        .post(&t.approver, "/policies", json!({"name": "mine"}))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    for (bad, expected) in [
+        (
+            json!({"approval_threshold_usd": 5}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (json!({"surprise": true}), StatusCode::BAD_REQUEST),
+        (
+            json!({"approval_threshold_usd": "-1"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"payees": {"deny": ["bob"]}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"thresholds": {"http_get": "1"}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    ] {
+        let (status, problem) = s
+            .put(&t.admin, &format!("/policies/{id}"), bad.clone())
+            .await;
+        assert_eq!(status, expected, "{bad}: {problem}");
+    }
+    let (status, changed) = s
+        .put(
+            &t.admin,
+            &format!("/policies/{id}"),
+            json!({"max_per_payment_usd": "40"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{changed}");
+    assert_eq!(changed["version"], 2);
+    let (_, read) = s.get(&t.approver, &format!("/policies/{id}")).await;
+    assert_eq!(read["max_per_payment_usd"], "40");
+    let (_, listed) = s.get(&t.approver, "/policies").await;
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["default", "ops"]);
+    let (_, audit) = s.get(&t.admin, "/audit?limit=1000").await;
+    let change = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "policy.changed")
+        .expect("the change is audited");
+    assert_eq!(change["data"]["old"]["max_per_payment_usd"], "50");
+    assert_eq!(change["data"]["new"]["max_per_payment_usd"], "40");
+    assert_eq!(change["data"]["version"], 2);
+    let (status, _) = s
+        .get(&t.approver, &format!("/policies/{}", Uuid::new_v4()))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = s
+        .post(
+            &t.admin,
+            "/keys",
+            json!({"name": "x", "role": "agent", "policy_id": Uuid::new_v4()}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a key names only a policy that exists"
+    );
+    s.finish().await;
+}
+
+/// A key's policy denies above its maximum and to denied payees, sends payees outside its allow list to a
+/// person, and a session of that key may not loosen it.
+async fn a_bound_policy_denies_and_routes(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let (_, agent) = bound_agent(
+        &s,
+        "strict",
+        json!({"max_per_payment_usd": "50", "approval_threshold_usd": "20",
+               "payees": {"allow": [ALLOWED], "deny": [DENIED]}}),
+    )
+    .await;
+    let (status, problem) = s
+        .post(
+            &agent,
+            "/sessions",
+            json!({"config": {"max_per_payment_usd": "60"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("max_per_payment_usd")
+    );
+    let session = s.session(&agent, json!({})).await;
+
+    let p = pay_to(&s, &agent, session, "15", ALLOWED).await;
+    assert_eq!(p["status"], "authorized", "under its threshold of 20: {p}");
+    let p = pay_to(&s, &agent, session, "25", ALLOWED).await;
+    assert_eq!(p["status"], "pending_approval");
+    let p = pay_to(&s, &agent, session, "51", ALLOWED).await;
+    assert_eq!(p["status"], "denied", "{p}");
+    assert_eq!(p["reason"], "policy_denied");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("max_per_payment_usd"),
+        "{p}"
+    );
+    let p = pay_to(&s, &agent, session, "1", DENIED).await;
+    assert_eq!(p["status"], "denied");
+    assert!(p["detail"].as_str().unwrap().contains("payees.deny"), "{p}");
+    let p = pay_to(&s, &agent, session, "1", OTHER).await;
+    assert_eq!(
+        p["status"], "pending_approval",
+        "outside the allow list a person decides"
+    );
+    s.finish().await;
+}
+
+/// An approver's edit may not pay anyone the policy would not: a denied payee, or one outside its allow list.
+async fn edits_are_held_to_the_policy(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let (_, agent) = bound_agent(
+        &s,
+        "listed",
+        json!({"max_per_payment_usd": "100", "payees": {"allow": [ALLOWED], "deny": [DENIED]}}),
+    )
+    .await;
+    let session = s.session(&agent, json!({})).await;
+    let p = pay_to(&s, &agent, session, "30", OTHER).await;
+    let edit = format!("/approvals/{}/edit", p["approval_id"].as_str().unwrap());
+    for to in ["0x00000000000000000000000000000000000000e1", DENIED] {
+        let (status, problem) = s
+            .post(
+                &t.approver,
+                &edit,
+                json!({"edited_args": {"recipient": to}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{to}: {problem}");
+    }
+    let (_, still) = s
+        .get(
+            &t.approver,
+            &format!("/approvals/{}", p["approval_id"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(still["status"], "pending", "nothing was half-written");
+    let (status, edited) = s
+        .post(
+            &t.approver,
+            &edit,
+            json!({"edited_args": {"recipient": ALLOWED, "amount": "20"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{edited}");
+    assert_eq!(edited["edited_args"]["recipient"], ALLOWED);
+    s.finish().await;
+}

@@ -1,0 +1,20 @@
+-- A key may expire; once past `expires_at` it authenticates nowhere and its open streams end.
+ALTER TABLE api_keys ADD COLUMN expires_at TEXT;
+-- An agent's lists and streams are limited to the sessions its key created.
+CREATE INDEX sessions_by_owner ON sessions (tenant_id, created_by);
+-- Policies: the rules people set for the agents bound to them. Every change bumps `version`; the audit trail
+-- keeps each version's old and new rules. A tenant's default policy has a fixed id per tenant and exists as a
+-- row only once an admin changed it (until then it is the built-in defaults).
+CREATE TABLE policies (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants (id),
+    name TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    rules TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    UNIQUE (tenant_id, name)
+);
+-- The policy an agent key is bound to (NULL: its tenant's default), and the one a session was opened under.
+ALTER TABLE api_keys ADD COLUMN policy_id TEXT;
+ALTER TABLE sessions ADD COLUMN policy_id TEXT;
