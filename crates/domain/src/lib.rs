@@ -6,6 +6,7 @@ pub mod auth;
 pub mod budget;
 pub mod command;
 pub mod execution;
+pub mod judgement;
 pub mod money;
 pub mod payment;
 pub mod policy;

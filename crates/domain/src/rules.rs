@@ -2,6 +2,7 @@
 //! applies the strictest of the two.
 
 use crate::approval::DecisionKind;
+use crate::budget::USD_TOTAL;
 use crate::money::{Decimal, MAX_AMOUNT, parse_decimal, strict};
 use crate::payment::Recipient;
 use crate::policy::{
@@ -11,12 +12,15 @@ use crate::policy::{
 use crate::session::{
     DEFAULT_APPROVAL_TIMEOUT_SECONDS, MAX_APPROVAL_TIMEOUT_SECONDS, SessionConfig,
 };
+use chrono::{DateTime, Datelike, Days, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// The most entries a payee list may hold.
 pub const MAX_PAYEES: usize = 1000;
+/// The most limits a policy may set.
+pub const MAX_LIMITS: usize = 12;
 
 /// A policy's rules. Every field has a default, and the defaults are the behaviour of a key with no policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,10 +40,78 @@ pub struct PolicyRules {
     pub max_approval_timeout_seconds: u32,
     #[serde(default)]
     pub payees: Payees,
+    /// Limits per period across all of the bound agent's sessions: a new session resets nothing.
+    #[serde(default)]
+    pub limits: Vec<Limit>,
+    /// What happens to a payment over a limit.
+    #[serde(default = "deny")]
+    pub over_limit: Route,
+}
+
+/// A most that may be spent (and held by pending requests) in one period, in USD or in one currency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limit {
+    pub period: Period,
+    #[serde(
+        default,
+        deserialize_with = "strict::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub usd: Option<Decimal>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "strict::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub amount: Option<Decimal>,
+}
+
+/// A calendar period in UTC. Weeks start on Monday.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Period {
+    Day,
+    Week,
+    Month,
+}
+
+impl Period {
+    pub const ALL: [Period; 3] = [Period::Day, Period::Week, Period::Month];
+
+    /// The ledger bucket of the period `at` falls in: `day:2026-11-30`, `week:2026-11-30` (its Monday) or
+    /// `month:2026-11`.
+    pub fn bucket(self, at: DateTime<Utc>) -> String {
+        let day = at.date_naive();
+        match self {
+            Period::Day => format!("day:{day}"),
+            Period::Week => {
+                let back = Days::new(day.weekday().num_days_from_monday().into());
+                format!("week:{}", day - back)
+            }
+            Period::Month => format!("month:{}", day.format("%Y-%m")),
+        }
+    }
+}
+
+/// Where a payment that a rule does not allow outright goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Route {
+    /// A person decides.
+    Approve,
+    /// Denied, whoever would approve it.
+    Deny,
+}
+
+fn deny() -> Route {
+    Route::Deny
 }
 
 /// Who may be paid.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Payees {
     /// When not empty, a payment to anyone else needs a person (`outside_allow: approve`) or is denied.
@@ -48,16 +120,22 @@ pub struct Payees {
     /// Never paid.
     #[serde(default)]
     pub deny: Vec<String>,
-    #[serde(default)]
-    pub outside_allow: OutsideAllow,
+    #[serde(default = "approve")]
+    pub outside_allow: Route,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OutsideAllow {
-    #[default]
-    Approve,
-    Deny,
+impl Default for Payees {
+    fn default() -> Self {
+        Payees {
+            allow: Vec::new(),
+            deny: Vec::new(),
+            outside_allow: Route::Approve,
+        }
+    }
+}
+
+fn approve() -> Route {
+    Route::Approve
 }
 
 fn default_threshold() -> Decimal {
@@ -76,6 +154,8 @@ impl Default for PolicyRules {
             max_per_payment_usd: None,
             max_approval_timeout_seconds: default_max_timeout(),
             payees: Payees::default(),
+            limits: Vec::new(),
+            over_limit: Route::Deny,
         }
     }
 }
@@ -114,6 +194,14 @@ fn usd_bound(field: &str, v: Decimal) -> Result<(), RuleError> {
     Ok(())
 }
 
+fn period_word(p: Period) -> &'static str {
+    match p {
+        Period::Day => "daily",
+        Period::Week => "weekly",
+        Period::Month => "monthly",
+    }
+}
+
 fn same(a: &str, b: &str) -> bool {
     a.eq_ignore_ascii_case(b)
 }
@@ -140,6 +228,7 @@ impl PolicyRules {
                 format!("must be between 1 and {MAX_APPROVAL_TIMEOUT_SECONDS}"),
             ));
         }
+        self.validate_limits()?;
         for (field, list) in [
             ("payees.allow", &self.payees.allow),
             ("payees.deny", &self.payees.deny),
@@ -155,6 +244,54 @@ impl PolicyRules {
             }
         }
         Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<(), RuleError> {
+        if self.limits.len() > MAX_LIMITS {
+            return Err(broken("limits", format!("at most {MAX_LIMITS}")));
+        }
+        for (i, limit) in self.limits.iter().enumerate() {
+            let field = format!("limits[{i}]");
+            match (limit.usd, &limit.currency, limit.amount) {
+                (Some(usd), None, None) => usd_bound(&field, usd)?,
+                (None, Some(currency), Some(amount)) => {
+                    crate::money::validate_symbol(currency)
+                        .map_err(|e| broken(&field, e.to_string()))?;
+                    usd_bound(&field, amount)?;
+                }
+                _ => return Err(broken(&field, "set either usd, or currency and amount")),
+            }
+        }
+        Ok(())
+    }
+
+    /// The first limit a payment of `amount` `currency` worth `usd` at `at` would break, in words. `used` gives
+    /// what is spent and reserved in a (bucket, ledger key) so far.
+    pub fn over_limit(
+        &self,
+        at: DateTime<Utc>,
+        currency: &str,
+        amount: Decimal,
+        usd: Decimal,
+        used: impl Fn(&str, &str) -> Decimal,
+    ) -> Option<String> {
+        self.limits.iter().find_map(|limit| {
+            let bucket = limit.period.bucket(at);
+            let (ledger, most, this, unit) = match (limit.usd, &limit.currency, limit.amount) {
+                (Some(most), _, _) => (USD_TOTAL, most, usd, "USD"),
+                (None, Some(c), Some(most)) if c == currency => {
+                    (c.as_str(), most, amount, c.as_str())
+                }
+                _ => return None,
+            };
+            let so_far = used(&bucket, ledger);
+            (so_far + this > most).then(|| {
+                format!(
+                    "the policy's {} limit of {most} {unit} (used {so_far}, this {this})",
+                    period_word(limit.period)
+                )
+            })
+        })
     }
 
     /// The USD value above which `tool` needs a person under this policy alone.
@@ -260,7 +397,7 @@ impl PolicyRules {
         }
         let outside =
             !self.payees.allow.is_empty() && !self.payees.allow.iter().any(|p| same(p, recipient));
-        if outside && self.payees.outside_allow == OutsideAllow::Deny {
+        if outside && self.payees.outside_allow == Route::Deny {
             return Some(Refusal {
                 rule: "payees.allow",
                 detail: format!("{recipient} is not on the policy's allow list"),
@@ -362,7 +499,7 @@ mod tests {
             payees: Payees {
                 allow: vec![OK.into()],
                 deny: vec![BAD.into()],
-                outside_allow: OutsideAllow::Approve,
+                outside_allow: Route::Approve,
             },
             ..PolicyRules::default()
         };
@@ -385,7 +522,7 @@ mod tests {
         assert_eq!(policy.evaluate(TRANSFER, d("1"), &to(OK)), Verdict::Allow);
         let deny = PolicyRules {
             payees: Payees {
-                outside_allow: OutsideAllow::Deny,
+                outside_allow: Route::Deny,
                 ..rules.payees.clone()
             },
             ..rules
@@ -393,6 +530,55 @@ mod tests {
         assert_eq!(
             deny.refusal(d("1"), &to(other)).unwrap().rule,
             "payees.allow"
+        );
+    }
+
+    #[test]
+    fn periods_bucket_by_utc_calendar() {
+        let at = crate::time::parse("2026-12-02T23:59:59.000000Z").unwrap();
+        assert_eq!(Period::Day.bucket(at), "day:2026-12-02");
+        assert_eq!(Period::Week.bucket(at), "week:2026-11-30", "the Monday");
+        assert_eq!(Period::Month.bucket(at), "month:2026-12");
+    }
+
+    #[test]
+    fn limits_count_what_was_used_in_their_period() {
+        let rules: PolicyRules = serde_json::from_value(json!({"limits": [
+            {"period": "week", "usd": "100"},
+            {"period": "day", "currency": "CRO", "amount": "50"},
+        ]}))
+        .unwrap();
+        assert!(rules.validate().is_ok());
+        let at = crate::time::parse("2026-12-02T12:00:00.000000Z").unwrap();
+        let used = |bucket: &str, ledger: &str| match (bucket, ledger) {
+            ("week:2026-11-30", USD_TOTAL) => d("90"),
+            ("day:2026-12-02", "CRO") => d("45"),
+            _ => Decimal::ZERO,
+        };
+        assert_eq!(rules.over_limit(at, "USDC", d("10"), d("10"), used), None);
+        let over = rules
+            .over_limit(at, "USDC", d("10.01"), d("10.01"), used)
+            .unwrap();
+        assert!(over.contains("weekly limit of 100 USD"), "{over}");
+        let over = rules.over_limit(at, "CRO", d("6"), d("0.6"), used).unwrap();
+        assert!(over.contains("daily limit of 50 CRO"), "{over}");
+        let next_week = crate::time::parse("2026-12-07T00:00:00.000000Z").unwrap();
+        assert_eq!(
+            rules.over_limit(next_week, "USDC", d("99"), d("99"), used),
+            None
+        );
+        let field = |v: Value| {
+            let r: PolicyRules = serde_json::from_value(json!({"limits": [v]})).unwrap();
+            r.validate().unwrap_err().field
+        };
+        assert_eq!(field(json!({"period": "day"})), "limits[0]");
+        assert_eq!(
+            field(json!({"period": "day", "usd": "1", "currency": "USDC"})),
+            "limits[0]"
+        );
+        assert_eq!(
+            field(json!({"period": "day", "currency": "US DC", "amount": "1"})),
+            "limits[0]"
         );
     }
 

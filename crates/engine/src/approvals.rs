@@ -300,6 +300,13 @@ async fn rebook_edit(
                 "the edit does not fit the budget: {exceeded}"
             )));
         }
+        let tenant_id = tx.tenant_id();
+        let policy = crate::policies::in_force(tx.conn(), tenant_id, session.policy_id).await?;
+        if let Some(over) = budget::check_limits(tx, &policy.rules, &new).await? {
+            return Err(EngineError::Invalid(format!(
+                "the edit does not fit {over}"
+            )));
+        }
     }
     budget::book(tx, &new, Move::Reserve).await
 }

@@ -3,17 +3,20 @@
 use crate::views::{BudgetLine, BudgetView};
 use crate::{EngineError, Paygent, Result, require};
 use chrono::{DateTime, Utc};
+use paygent_domain::PolicyRules;
 use paygent_domain::budget::{BudgetConfig, Exceeded, USD_TOTAL, Usage};
+use paygent_domain::rules::Period;
 use paygent_domain::{Decimal, Principal};
 use paygent_store::WriteTx;
-use paygent_store::budgets::{self, Delta};
+use paygent_store::budgets::{self, Delta, KEY_PERIODS, SESSION_DAYS};
 use paygent_store::payments::PaymentRecord;
 use paygent_store::sessions::{self, SessionRecord};
 use serde_json::json;
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
-/// An amount booked on one session's budget day, in its currency and in USD.
+/// An amount booked on one session's budget day, in its currency and in USD, and on the periods of the key
+/// whose policy limits it.
 #[derive(Debug, Clone)]
 pub(crate) struct Booking {
     pub session_id: Uuid,
@@ -21,6 +24,8 @@ pub(crate) struct Booking {
     pub currency: String,
     pub amount: Decimal,
     pub usd: Decimal,
+    /// The key whose period ledgers it is booked on, and the moment that places it in their periods.
+    pub limits: Option<(Uuid, DateTime<Utc>)>,
 }
 
 impl Booking {
@@ -32,6 +37,7 @@ impl Booking {
             currency: p.currency.clone(),
             amount: p.amount,
             usd: p.usd_value,
+            limits: p.limits_key.map(|k| (k, p.created_at)),
         })
     }
 
@@ -74,18 +80,51 @@ impl Move {
     }
 }
 
-/// Applies `how` to both the booking's currency and the USD total.
+/// Applies `how` to both the booking's currency and the USD total, on the session's day and on each of the
+/// key's periods.
 pub(crate) async fn book(tx: &mut WriteTx, b: &Booking, how: Move) -> Result<()> {
     let (spent, reserved) = how.factors();
     let delta = |amount: Decimal| Delta {
         spent: amount * Decimal::from(spent),
         reserved: amount * Decimal::from(reserved),
     };
-    let changes = [
+    let ledgers = [
         (b.currency.as_str(), delta(b.amount)),
         (USD_TOTAL, delta(b.usd)),
     ];
-    Ok(budgets::apply(tx, b.session_id, &b.day, &changes).await?)
+    let day = [
+        (b.day.as_str(), ledgers[0].0, ledgers[0].1),
+        (b.day.as_str(), USD_TOTAL, ledgers[1].1),
+    ];
+    budgets::apply(tx, SESSION_DAYS, b.session_id, &day).await?;
+    let Some((key, at)) = b.limits else {
+        return Ok(());
+    };
+    let buckets = Period::ALL.map(|p| p.bucket(at));
+    let changes: Vec<(&str, &str, Delta)> = buckets
+        .iter()
+        .flat_map(|bucket| ledgers.iter().map(move |(l, d)| (bucket.as_str(), *l, *d)))
+        .collect();
+    Ok(budgets::apply(tx, KEY_PERIODS, key, &changes).await?)
+}
+
+/// The first of the policy's limits that `b` would break, in words, as this transaction sees the key's usage.
+pub(crate) async fn check_limits(
+    tx: &mut WriteTx,
+    rules: &PolicyRules,
+    b: &Booking,
+) -> Result<Option<String>> {
+    let Some((key, at)) = b.limits.filter(|_| !rules.limits.is_empty()) else {
+        return Ok(None);
+    };
+    let buckets = Period::ALL.map(|p| p.bucket(at));
+    let refs = buckets.each_ref().map(String::as_str);
+    let book = budgets::usage(tx.conn(), KEY_PERIODS, key, &refs).await?;
+    let used = |bucket: &str, ledger: &str| {
+        book.get(&(bucket.to_owned(), ledger.to_owned()))
+            .map_or(Decimal::ZERO, |u| u.spent + u.reserved)
+    };
+    Ok(rules.over_limit(at, &b.currency, b.amount, b.usd, used))
 }
 
 /// Whether `b` fits today's budget as this transaction sees it.

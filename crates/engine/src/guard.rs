@@ -7,13 +7,15 @@ use crate::policies;
 use crate::sessions::reachable;
 use crate::views::{ApprovalView, PaymentView};
 use crate::{EngineError, Paygent, Result, require};
-use chrono::Duration;
-use paygent_domain::budget::OnBudgetExceeded;
+use chrono::{DateTime, Duration, Utc};
+use paygent_domain::judgement::{DenyReason, Findings, Judgement, judge};
 use paygent_domain::payment::PaymentIntent;
-use paygent_domain::{ApprovalStatus, Decimal, PaymentStatus, Principal, Verdict};
+use paygent_domain::{ApprovalStatus, Decimal, DecisionKind, PaymentStatus, Principal, Verdict};
+use paygent_store::WriteTx;
 use paygent_store::approvals::{self, ApprovalRecord};
 use paygent_store::payments::{self, PaymentRecord};
-use paygent_store::sessions;
+use paygent_store::policies::PolicyRecord;
+use paygent_store::sessions::{self, SessionRecord};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -96,8 +98,6 @@ impl Paygent {
             req.description.clone(),
         )?;
         let usd_value = self.prices.usd_value(&intent.money)?;
-        let tool = intent.tool();
-        let args = intent.args();
         let fingerprint = req.fingerprint();
 
         let mut tx = self.begin_as(who).await?;
@@ -122,35 +122,61 @@ impl Paygent {
             sessions::get(tx.conn(), who.tenant_id, req.session_id).await?,
         )?;
         // Read under the same lock: a policy tightened a moment ago applies to this payment.
-        let rules = policies::in_force(tx.conn(), who.tenant_id, session.policy_id).await?;
-        let now = tx.now();
+        let policy = policies::in_force(tx.conn(), who.tenant_id, session.policy_id).await?;
+        let priced = (&intent, usd_value);
+        let mut filing = Filing::new(who, &session, &policy, priced, &req, tx.now());
+        match refusal {
+            Some(why) => filing.fail(&mut tx, why).await?,
+            None => {
+                let judgement = filing.judge(&mut tx).await?;
+                filing.record(&mut tx, judgement).await?;
+            }
+        }
+        let payment = filing.payment;
+        self.publish(tx.commit().await?);
+        Ok(Submitted {
+            payment: self.carry_out(payment).await?,
+            replayed: false,
+        })
+    }
+}
+
+/// One payment on its way through the guard: what it is, and the one place its judgement becomes rows, audit
+/// entries and events.
+struct Filing<'a> {
+    who: &'a Principal,
+    session: &'a SessionRecord,
+    policy: &'a PolicyRecord,
+    payment: PaymentRecord,
+    booking: Booking,
+    /// What the audit entry and event say about it.
+    summary: Value,
+}
+
+impl<'a> Filing<'a> {
+    /// The payment as asked, authorized until judged, and its booking on the session's day and the periods of
+    /// the key whose policy limits it (the session's creator).
+    fn new(
+        who: &'a Principal,
+        session: &'a SessionRecord,
+        policy: &'a PolicyRecord,
+        (intent, usd_value): (&PaymentIntent, Decimal),
+        req: &PaymentRequest,
+        now: DateTime<Utc>,
+    ) -> Self {
         let booking = Booking {
             session_id: session.id,
             day: session.config.budget.day(now).0.to_string(),
             currency: intent.money.currency.clone(),
             amount: intent.money.amount,
             usd: usd_value,
+            limits: Some((session.created_by, now)),
         };
-        let policy = rules.rules.for_session(&session.config);
-        let refused = rules.rules.refusal(usd_value, &args);
-        let over_budget = budget::check(&mut tx, &session.config.budget, &booking)
-            .await?
-            .err();
-        let deny_over_budget = session.config.budget.on_budget_exceeded == OnBudgetExceeded::Deny;
-        let verdict = match &over_budget {
-            Some(exceeded) if !deny_over_budget => Verdict::RequireApproval {
-                reason: format!("over budget: {exceeded}"),
-                allowed: policy.allowed_for(tool),
-            },
-            _ => policy.evaluate(tool, usd_value, &args),
-        };
-        let timeout = rules.rules.approval_timeout(&session.config);
-
-        let mut payment = PaymentRecord {
+        let payment = PaymentRecord {
             id: Uuid::now_v7(),
             tenant_id: who.tenant_id,
             session_id: session.id,
-            tool: tool.to_owned(),
+            tool: intent.tool().to_owned(),
             amount: intent.money.amount,
             currency: intent.money.currency.clone(),
             usd_value,
@@ -162,21 +188,35 @@ impl Paygent {
             tx_hash: None,
             network: None,
             idempotency_key: req.idempotency_key.clone(),
-            request_hash: fingerprint,
+            request_hash: req.fingerprint(),
             requested_by: who.key_id,
             budget_day: Some(booking.day.clone()),
             detail: None,
+            limits_key: booking.limits.map(|(key, _)| key),
             created_at: now,
             updated_at: now,
         };
-        let subject = format!("payment:{}", payment.id);
-        let mut summary = json!({
+        let summary = json!({
             "payment_id": payment.id,
-            "tool": tool,
-            "args": args,
+            "tool": payment.tool,
+            "args": intent.args(),
             "usd_value": usd_value.to_string(),
         });
+        Filing {
+            who,
+            session,
+            policy,
+            payment,
+            booking,
+            summary,
+        }
+    }
 
+    /// Gathers the findings as the transaction sees them, under the tenant's lock, and judges them.
+    async fn judge(&self, tx: &mut WriteTx) -> Result<Judgement> {
+        let (session, rules, p) = (self.session, &self.policy.rules, &self.payment);
+        let args = &self.summary["args"];
+        let tools = rules.for_session(&session.config);
         let stopped = if tx.kill_switch().is_some() {
             Some("the emergency stop is engaged")
         } else if session.state != "active" {
@@ -184,119 +224,135 @@ impl Paygent {
         } else {
             None
         };
-        // A stop outranks the policy, which outranks the budget.
-        let denial = match (stopped, refused) {
-            (Some(why), _) => Some(("killed", why.to_owned(), None)),
-            (None, Some(r)) => {
-                let detail = format!("{} (policy {:?}, rule {})", r.detail, rules.name, r.rule);
-                Some(("policy_denied", detail, Some(r.rule)))
-            }
-            (None, None) => None,
-        };
-        if let Some(why) = refusal {
-            payment.status = PaymentStatus::Failed;
-            payment.reason = Some(why.into());
-            payments::insert(&mut tx, &payment).await?;
-            summary["reason"] = json!(why);
-            tx.audit(
-                &who.actor(),
-                "payment.failed",
-                &subject,
-                Some(session.id),
-                summary,
-            )
-            .await?;
-        } else if let Some((reason, detail, rule)) = denial {
-            payment.status = PaymentStatus::Denied;
-            payment.reason = Some(reason.into());
-            payment.detail = Some(detail);
-            payments::insert(&mut tx, &payment).await?;
-            summary["reason"] = json!(reason);
-            if let Some(rule) = rule {
-                summary["rule"] = json!(rule);
-                summary["policy"] = json!({"id": rules.id, "version": rules.version});
-            }
-            tx.audit(
-                &who.actor(),
-                "payment.denied",
-                &subject,
-                Some(session.id),
-                summary,
-            )
-            .await?;
-        } else if let Some(exceeded) = over_budget.as_ref().filter(|_| deny_over_budget) {
-            payment.status = PaymentStatus::Denied;
-            payment.reason = Some("budget_exceeded".into());
-            payment.detail = Some(exceeded.to_string());
-            payments::insert(&mut tx, &payment).await?;
-            summary["detail"] = json!(exceeded.to_string());
-            tx.audit(
-                &who.actor(),
-                "budget.exceeded",
-                &subject,
-                Some(session.id),
-                summary.clone(),
-            )
-            .await?;
-            tx.event("budget_exceeded", Some(session.id), summary)
-                .await?;
-        } else if let Verdict::RequireApproval { reason, allowed } = verdict {
-            let request = ApprovalRecord {
-                id: Uuid::now_v7(),
-                tenant_id: who.tenant_id,
-                session_id: session.id,
-                payment_id: Some(payment.id),
-                tool: tool.to_owned(),
-                args: args.clone(),
-                edited_args: None,
-                reason: format!("{reason} (policy {:?} v{})", rules.name, rules.version),
-                usd_value,
-                allowed_decisions: allowed,
-                status: ApprovalStatus::Pending,
-                requested_by: who.key_id,
-                deadline: now + Duration::seconds(timeout.into()),
-                decided_by: None,
-                decided_at: None,
-                decision_note: None,
-                consumed_at: None,
-                created_at: now,
-            };
-            payment.status = PaymentStatus::PendingApproval;
-            payment.approval_id = Some(request.id);
-            payments::insert(&mut tx, &payment).await?;
-            approvals::insert(&mut tx, &request).await?;
-            budget::book(&mut tx, &booking, Move::Reserve).await?;
-            summary["reason"] = json!(request.reason);
-            summary["deadline"] = json!(paygent_domain::time::format(request.deadline));
-            tx.audit(
-                &who.actor(),
-                "approval.requested",
-                &format!("approval:{}", request.id),
-                Some(session.id),
-                summary,
-            )
-            .await?;
-            let view = serde_json::to_value(ApprovalView::from(request))
-                .expect("approval views serialize");
-            tx.event("approval_required", Some(session.id), view)
-                .await?;
-        } else {
-            payments::insert(&mut tx, &payment).await?;
-            budget::book(&mut tx, &booking, Move::Spend).await?;
-            tx.audit(
-                &who.actor(),
-                "payment.authorized",
-                &subject,
-                Some(session.id),
-                summary,
-            )
-            .await?;
+        let over_limit = budget::check_limits(tx, rules, &self.booking).await?;
+        let budget = &session.config.budget;
+        let over_budget = budget::check(tx, budget, &self.booking).await?.err();
+        Ok(judge(Findings {
+            stopped,
+            refusal: rules.refusal(p.usd_value, args),
+            over_limit: over_limit.map(|detail| (detail, rules.over_limit)),
+            over_budget: over_budget.map(|e| (e, budget.on_budget_exceeded)),
+            verdict: tools.evaluate(&p.tool, p.usd_value, args),
+            allowed: tools.allowed_for(&p.tool),
+        }))
+    }
+
+    async fn record(&mut self, tx: &mut WriteTx, judgement: Judgement) -> Result<()> {
+        match judgement {
+            Judgement::Deny {
+                reason,
+                detail,
+                rule,
+            } => self.deny(tx, reason, detail, rule).await,
+            Judgement::Approve { reason, allowed } => self.ask(tx, reason, allowed).await,
+            Judgement::Allow => self.allow(tx).await,
         }
-        self.publish(tx.commit().await?);
-        Ok(Submitted {
-            payment: self.carry_out(payment).await?,
-            replayed: false,
-        })
+    }
+
+    async fn audit(&self, tx: &mut WriteTx, action: &str, subject: &str) -> Result<()> {
+        let (actor, session) = (self.who.actor(), Some(self.session.id));
+        Ok(tx
+            .audit(&actor, action, subject, session, self.summary.clone())
+            .await?)
+    }
+
+    fn subject(&self) -> String {
+        format!("payment:{}", self.payment.id)
+    }
+
+    /// A payment that failed before it could be guarded: kept, with its reason, and nothing booked.
+    async fn fail(&mut self, tx: &mut WriteTx, why: &str) -> Result<()> {
+        self.payment.status = PaymentStatus::Failed;
+        self.payment.reason = Some(why.into());
+        payments::insert(tx, &self.payment).await?;
+        self.summary["reason"] = json!(why);
+        self.audit(tx, "payment.failed", &self.subject()).await
+    }
+
+    async fn deny(
+        &mut self,
+        tx: &mut WriteTx,
+        reason: DenyReason,
+        detail: String,
+        rule: Option<&str>,
+    ) -> Result<()> {
+        let detail = match rule {
+            Some(rule) => format!("{detail} (policy {:?}, rule {rule})", self.policy.name),
+            None => detail,
+        };
+        self.payment.status = PaymentStatus::Denied;
+        self.payment.reason = Some(reason.as_str().into());
+        self.payment.detail = Some(detail.clone());
+        payments::insert(tx, &self.payment).await?;
+        self.summary["reason"] = json!(reason.as_str());
+        self.summary["detail"] = json!(detail);
+        if let Some(rule) = rule {
+            self.summary["rule"] = json!(rule);
+            self.summary["policy"] = json!({"id": self.policy.id, "version": self.policy.version});
+        }
+        if reason != DenyReason::BudgetExceeded {
+            return self.audit(tx, "payment.denied", &self.subject()).await;
+        }
+        self.audit(tx, "budget.exceeded", &self.subject()).await?;
+        let (session, summary) = (Some(self.session.id), self.summary.clone());
+        Ok(tx.event("budget_exceeded", session, summary).await?)
+    }
+
+    /// Files the approval request a person decides, holding the payment's amount on the budget meanwhile.
+    async fn ask(
+        &mut self,
+        tx: &mut WriteTx,
+        reason: String,
+        allowed: Vec<DecisionKind>,
+    ) -> Result<()> {
+        let (now, p) = (tx.now(), &self.payment);
+        let timeout = self.policy.rules.approval_timeout(&self.session.config);
+        let request = ApprovalRecord {
+            id: Uuid::now_v7(),
+            tenant_id: p.tenant_id,
+            session_id: p.session_id,
+            payment_id: Some(p.id),
+            tool: p.tool.clone(),
+            args: self.summary["args"].clone(),
+            edited_args: None,
+            reason: format!(
+                "{reason} (policy {:?} v{})",
+                self.policy.name, self.policy.version
+            ),
+            usd_value: p.usd_value,
+            allowed_decisions: allowed,
+            status: ApprovalStatus::Pending,
+            requested_by: self.who.key_id,
+            deadline: now + Duration::seconds(timeout.into()),
+            decided_by: None,
+            decided_at: None,
+            decision_note: None,
+            consumed_at: None,
+            created_at: now,
+        };
+        self.payment.status = PaymentStatus::PendingApproval;
+        self.payment.approval_id = Some(request.id);
+        payments::insert(tx, &self.payment).await?;
+        approvals::insert(tx, &request).await?;
+        budget::book(tx, &self.booking, Move::Reserve).await?;
+        self.summary["reason"] = json!(request.reason);
+        self.summary["deadline"] = json!(paygent_domain::time::format(request.deadline));
+        self.audit(
+            tx,
+            "approval.requested",
+            &format!("approval:{}", request.id),
+        )
+        .await?;
+        let view = serde_json::to_value(ApprovalView::from(request)).expect("views serialize");
+        Ok(tx
+            .event("approval_required", Some(self.session.id), view)
+            .await?)
+    }
+
+    async fn allow(&mut self, tx: &mut WriteTx) -> Result<()> {
+        payments::insert(tx, &self.payment).await?;
+        budget::book(tx, &self.booking, Move::Spend).await?;
+        self.audit(tx, "payment.authorized", &self.subject()).await
     }
 }
 

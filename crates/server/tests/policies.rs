@@ -11,6 +11,7 @@ on_both_databases!(
     policies_are_versioned_and_audited,
     a_bound_policy_denies_and_routes,
     edits_are_held_to_the_policy,
+    limits_hold_across_sessions_and_periods,
 );
 
 const ALLOWED: &str = "0x00000000000000000000000000000000000000a0";
@@ -314,5 +315,94 @@ async fn edits_are_held_to_the_policy(backend: Backend) {
         .await;
     assert_eq!(status, StatusCode::OK, "{edited}");
     assert_eq!(edited["edited_args"]["recipient"], ALLOWED);
+    s.finish().await;
+}
+
+/// A policy's limits count every session of the bound key: opening a new session resets nothing. Reservations
+/// count, a payment reported failed gives its share back, and a new day or week starts afresh.
+async fn limits_hold_across_sessions_and_periods(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let wednesday = chrono::DateTime::parse_from_rfc3339("2026-12-02T10:00:00Z").unwrap();
+    s.clock.set(wednesday.with_timezone(&chrono::Utc));
+    let (_, agent) = bound_agent(
+        &s,
+        "limited",
+        json!({"approval_threshold_usd": "40", "limits": [
+            {"period": "day", "usd": "30"},
+            {"period": "week", "usd": "60"},
+            {"period": "day", "currency": "CRO", "amount": "100"},
+        ]}),
+    )
+    .await;
+    let first = s.session(&agent, json!({})).await;
+    assert_eq!(
+        pay_to(&s, &agent, first, "20", OTHER).await["status"],
+        "authorized"
+    );
+    let second = s.session(&agent, json!({})).await;
+    let over = pay_to(&s, &agent, second, "15", OTHER).await;
+    assert_eq!(
+        over["status"], "denied",
+        "a new session resets nothing: {over}"
+    );
+    assert_eq!(over["reason"], "budget_exceeded");
+    assert!(
+        over["detail"]
+            .as_str()
+            .unwrap()
+            .contains("daily limit of 30 USD"),
+        "{over}"
+    );
+    let fits = pay_to(&s, &agent, second, "10", OTHER).await;
+    assert_eq!(fits["status"], "authorized", "exactly at the limit: {fits}");
+    let path = format!("/payments/{}/outcome", fits["id"].as_str().unwrap());
+    let (status, _) = s.post(&agent, &path, json!({"status": "failed"})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        pay_to(&s, &agent, second, "10", OTHER).await["status"],
+        "authorized",
+        "a failed payment gave its share back"
+    );
+    s.clock.advance(chrono::Duration::days(1));
+    let (status, cro) = s
+        .post(
+            &agent,
+            "/payments",
+            json!({"session_id": first, "amount": "101", "currency": "CRO", "recipient": OTHER}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(
+        cro["detail"]
+            .as_str()
+            .unwrap()
+            .contains("daily limit of 100 CRO"),
+        "{cro}"
+    );
+
+    assert_eq!(
+        pay_to(&s, &agent, first, "25", OTHER).await["status"],
+        "authorized"
+    );
+    s.clock.advance(chrono::Duration::days(1));
+    let week = pay_to(&s, &agent, first, "10", OTHER).await;
+    assert_eq!(week["status"], "denied", "{week}");
+    assert!(
+        week["detail"]
+            .as_str()
+            .unwrap()
+            .contains("weekly limit of 60 USD"),
+        "{week}"
+    );
+
+    let (_, routed) = bound_agent(
+        &s,
+        "routed",
+        json!({"limits": [{"period": "month", "usd": "5"}], "over_limit": "approve"}),
+    )
+    .await;
+    let session = s.session(&routed, json!({})).await;
+    let p = pay_to(&s, &routed, session, "6", OTHER).await;
+    assert_eq!(p["status"], "pending_approval", "a person decides: {p}");
     s.finish().await;
 }

@@ -18,3 +18,17 @@ CREATE TABLE policies (
 -- The policy an agent key is bound to (NULL: its tenant's default), and the one a session was opened under.
 ALTER TABLE api_keys ADD COLUMN policy_id TEXT;
 ALTER TABLE sessions ADD COLUMN policy_id TEXT;
+-- A key's usage per period across all its sessions, for its policy's limits: `period` is `day:2026-11-30`,
+-- `week:2026-11-30` (the Monday) or `month:2026-11`, in UTC; `ledger` a currency symbol or '$USD'.
+CREATE TABLE key_usage (
+    tenant_id TEXT NOT NULL REFERENCES tenants (id),
+    key_id TEXT NOT NULL,
+    period TEXT NOT NULL,
+    ledger TEXT NOT NULL,
+    spent TEXT NOT NULL,
+    reserved TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    PRIMARY KEY (key_id, period, ledger)
+);
+-- The key whose period ledgers a payment is booked on (NULL for payments from before them).
+ALTER TABLE payments ADD COLUMN limits_key TEXT;

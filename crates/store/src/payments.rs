@@ -29,6 +29,8 @@ pub struct PaymentRecord {
     pub budget_day: Option<String>,
     /// Why it was denied, in words (e.g. how much budget was left).
     pub detail: Option<String>,
+    /// The key whose period ledgers (its policy's limits) it is booked on.
+    pub limits_key: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -54,6 +56,7 @@ crate::row_type! {
         requested_by: String,
         budget_day: Option<String>,
         detail: Option<String>,
+        limits_key: Option<String>,
         created_at: String,
         updated_at: String,
     }
@@ -61,7 +64,7 @@ crate::row_type! {
 
 const COLUMNS: &str = "id, tenant_id, session_id, tool, amount, currency, usd_value, recipient, description, \
     status, reason, approval_id, tx_hash, network, idempotency_key, request_hash, requested_by, budget_day, detail, \
-    created_at, updated_at";
+    limits_key, created_at, updated_at";
 
 impl TryFrom<PaymentRow> for PaymentRecord {
     type Error = StoreError;
@@ -87,6 +90,7 @@ impl TryFrom<PaymentRow> for PaymentRecord {
             requested_by: uuid(&r.requested_by)?,
             budget_day: r.budget_day,
             detail: r.detail,
+            limits_key: opt_uuid(r.limits_key)?,
             created_at: time(&r.created_at)?,
             updated_at: time(&r.updated_at)?,
         })
@@ -100,7 +104,7 @@ fn select(filter: &str) -> String {
 pub async fn insert(tx: &mut WriteTx, p: &PaymentRecord) -> Result<()> {
     query(format!(
         "INSERT INTO payments ({COLUMNS}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
     ))
     .bind(p.id.to_string())
     .bind(p.tenant_id.to_string())
@@ -121,6 +125,7 @@ pub async fn insert(tx: &mut WriteTx, p: &PaymentRecord) -> Result<()> {
     .bind(p.requested_by.to_string())
     .bind(p.budget_day.clone())
     .bind(p.detail.clone())
+    .bind(p.limits_key.map(|k| k.to_string()))
     .bind(paygent_domain::time::format(p.created_at))
     .bind(paygent_domain::time::format(p.updated_at))
     .execute(tx.conn())

@@ -1,0 +1,172 @@
+//! The guard's decision on one payment, from what was found about it. Pure: the engine gathers the findings
+//! under the tenant's lock and records whatever this returns.
+
+use crate::approval::DecisionKind;
+use crate::budget::{Exceeded, OnBudgetExceeded};
+use crate::policy::Verdict;
+use crate::rules::{Refusal, Route};
+
+/// Why a payment is denied: the `reason` clients see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyReason {
+    /// The emergency stop is engaged or the session was killed.
+    Killed,
+    /// The policy refuses it outright (a denied payee, above its maximum).
+    PolicyDenied,
+    /// Over the session's budget or the policy's limits.
+    BudgetExceeded,
+}
+
+impl DenyReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenyReason::Killed => "killed",
+            DenyReason::PolicyDenied => "policy_denied",
+            DenyReason::BudgetExceeded => "budget_exceeded",
+        }
+    }
+}
+
+/// Everything the guard found about a payment, each check's result.
+#[derive(Debug, Clone)]
+pub struct Findings {
+    /// Why money may not move at all now, if it may not.
+    pub stopped: Option<&'static str>,
+    pub refusal: Option<Refusal>,
+    /// A policy limit it would break, in words, and where such a payment goes.
+    pub over_limit: Option<(String, Route)>,
+    /// The session budget it would break, and where such a payment goes.
+    pub over_budget: Option<(Exceeded, OnBudgetExceeded)>,
+    /// What the per-tool rules say.
+    pub verdict: Verdict,
+    /// The decisions a person may take on this tool, for a payment sent to one for its budget.
+    pub allowed: Vec<DecisionKind>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Judgement {
+    Deny {
+        reason: DenyReason,
+        detail: String,
+        /// The policy rule that denied it, if one did.
+        rule: Option<&'static str>,
+    },
+    Approve {
+        reason: String,
+        allowed: Vec<DecisionKind>,
+    },
+    Allow,
+}
+
+/// A stop outranks the policy, the policy's refusals outrank its limits, limits outrank the session's budget, and
+/// only then do the per-tool rules decide between a person and at once.
+pub fn judge(f: Findings) -> Judgement {
+    let deny = |reason, detail, rule| Judgement::Deny {
+        reason,
+        detail,
+        rule,
+    };
+    if let Some(why) = f.stopped {
+        return deny(DenyReason::Killed, why.to_owned(), None);
+    }
+    if let Some(r) = f.refusal {
+        return deny(DenyReason::PolicyDenied, r.detail, Some(r.rule));
+    }
+    let to_person = |reason: String| Judgement::Approve {
+        reason,
+        allowed: f.allowed.clone(),
+    };
+    match (f.over_limit, f.over_budget) {
+        (Some((detail, Route::Deny)), _) => {
+            deny(DenyReason::BudgetExceeded, detail, Some("limits"))
+        }
+        (Some((detail, Route::Approve)), _) => to_person(format!("over a limit: {detail}")),
+        (None, Some((e, OnBudgetExceeded::Deny))) => {
+            deny(DenyReason::BudgetExceeded, e.to_string(), None)
+        }
+        (None, Some((e, OnBudgetExceeded::RequireApproval))) => {
+            to_person(format!("over budget: {e}"))
+        }
+        (None, None) => match f.verdict {
+            Verdict::Allow => Judgement::Allow,
+            Verdict::RequireApproval { reason, allowed } => Judgement::Approve { reason, allowed },
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clear() -> Findings {
+        Findings {
+            stopped: None,
+            refusal: None,
+            over_limit: None,
+            over_budget: None,
+            verdict: Verdict::Allow,
+            allowed: vec![DecisionKind::Approve, DecisionKind::Reject],
+        }
+    }
+
+    fn refusal() -> Refusal {
+        Refusal {
+            rule: "payees.deny",
+            detail: "denied payee".into(),
+        }
+    }
+
+    fn reason(j: &Judgement) -> Option<DenyReason> {
+        match j {
+            Judgement::Deny { reason, .. } => Some(*reason),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn the_order_of_checks() {
+        assert_eq!(judge(clear()), Judgement::Allow);
+        let all = Findings {
+            stopped: Some("the emergency stop is engaged"),
+            refusal: Some(refusal()),
+            over_limit: Some(("weekly".into(), Route::Deny)),
+            ..clear()
+        };
+        assert_eq!(reason(&judge(all.clone())), Some(DenyReason::Killed));
+        let policy = Findings {
+            stopped: None,
+            ..all
+        };
+        assert_eq!(
+            reason(&judge(policy.clone())),
+            Some(DenyReason::PolicyDenied)
+        );
+        let limit = Findings {
+            refusal: None,
+            ..policy
+        };
+        assert_eq!(
+            reason(&judge(limit.clone())),
+            Some(DenyReason::BudgetExceeded)
+        );
+        let routed = Findings {
+            over_limit: Some(("weekly".into(), Route::Approve)),
+            ..limit
+        };
+        assert!(
+            matches!(judge(routed), Judgement::Approve { reason, .. } if reason.contains("weekly"))
+        );
+    }
+
+    #[test]
+    fn rules_decide_only_within_budget() {
+        let asks = Findings {
+            verdict: Verdict::RequireApproval {
+                reason: "above $10".into(),
+                allowed: vec![DecisionKind::Approve],
+            },
+            ..clear()
+        };
+        assert!(matches!(judge(asks), Judgement::Approve { reason, .. } if reason == "above $10"));
+    }
+}
