@@ -46,6 +46,9 @@ pub struct PolicyRules {
     /// What happens to a payment over a limit.
     #[serde(default = "deny")]
     pub over_limit: Route,
+    /// The wallets (of the tenant's) its agents' sessions may pay from; all of the tenant's when empty.
+    #[serde(default)]
+    pub wallets: Vec<String>,
 }
 
 /// A most that may be spent (and held by pending requests) in one period, in USD or in one currency.
@@ -156,6 +159,7 @@ impl Default for PolicyRules {
             payees: Payees::default(),
             limits: Vec::new(),
             over_limit: Route::Deny,
+            wallets: Vec::new(),
         }
     }
 }
@@ -229,6 +233,13 @@ impl PolicyRules {
             ));
         }
         self.validate_limits()?;
+        if let Some(bad) = self
+            .wallets
+            .iter()
+            .find(|w| !matches!(Recipient::parse(w), Ok(Recipient::Evm(_))))
+        {
+            return Err(broken("wallets", format!("{bad:?} is not an EVM address")));
+        }
         for (field, list) in [
             ("payees.allow", &self.payees.allow),
             ("payees.deny", &self.payees.deny),
@@ -383,6 +394,11 @@ impl PolicyRules {
             .approval_timeout_seconds
             .unwrap_or(DEFAULT_APPROVAL_TIMEOUT_SECONDS)
             .min(self.max_approval_timeout_seconds)
+    }
+
+    /// Whether the policy lets a session pay from `wallet`.
+    pub fn grants_wallet(&self, wallet: &str) -> bool {
+        self.wallets.is_empty() || self.wallets.iter().any(|w| same(w, wallet))
     }
 
     /// Whether the policy denies a payment outright, whatever a person would say: a denied payee, a payee

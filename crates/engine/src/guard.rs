@@ -10,6 +10,7 @@ use crate::{EngineError, Paygent, Result, require};
 use chrono::{DateTime, Duration, Utc};
 use paygent_domain::judgement::{DenyReason, Findings, Judgement, judge};
 use paygent_domain::payment::PaymentIntent;
+use paygent_domain::rules::Refusal;
 use paygent_domain::{ApprovalStatus, Decimal, DecisionKind, PaymentStatus, Principal, Verdict};
 use paygent_store::WriteTx;
 use paygent_store::approvals::{self, ApprovalRecord};
@@ -227,9 +228,14 @@ impl<'a> Filing<'a> {
         let over_limit = budget::check_limits(tx, rules, &self.booking).await?;
         let budget = &session.config.budget;
         let over_budget = budget::check(tx, budget, &self.booking).await?.err();
+        let wallet = session.wallet_address.as_deref();
+        let ungranted = wallet.filter(|w| !rules.grants_wallet(w)).map(|w| Refusal {
+            rule: "wallets",
+            detail: format!("the policy does not let this session pay from {w}"),
+        });
         Ok(judge(Findings {
             stopped,
-            refusal: rules.refusal(p.usd_value, args),
+            refusal: rules.refusal(p.usd_value, args).or(ungranted),
             over_limit: over_limit.map(|detail| (detail, rules.over_limit)),
             over_budget: over_budget.map(|e| (e, budget.on_budget_exceeded)),
             verdict: tools.evaluate(&p.tool, p.usd_value, args),

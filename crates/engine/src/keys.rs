@@ -84,6 +84,7 @@ impl Paygent {
         self.store
             .ensure_tenant(DEFAULT_TENANT, "default", self.now())
             .await?;
+        self.register_wallets().await?;
         match admin_token {
             Some(token) => {
                 if token.len() < 16 {

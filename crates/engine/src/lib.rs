@@ -17,6 +17,7 @@ mod policies;
 mod rails;
 mod sessions;
 mod views;
+mod wallets;
 
 pub use audit::{AuditPage, ChainCheck};
 pub use error::{EngineError, Result};

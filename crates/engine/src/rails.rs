@@ -103,6 +103,8 @@ pub trait Rail: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Settlement, RailError>>;
     /// The wallet's balances on the chains this rail knows, by currency.
     fn balances<'a>(&'a self, wallet: &'a str) -> BoxFuture<'a, Result<Value, RailError>>;
+    /// The addresses of the wallets it holds keys for.
+    fn wallets(&self) -> Vec<String>;
 }
 
 /// Audits how a rail ended a payment (`executed`, `failed`) and tells live subscribers.

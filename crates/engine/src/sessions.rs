@@ -45,6 +45,10 @@ impl Paygent {
         policy.rules.admit(&config).map_err(|e| {
             EngineError::Invalid(format!("config looser than policy {:?}: {e}", policy.name))
         })?;
+        if let Some(wallet) = &new.wallet_address {
+            self.check_wallet(who.tenant_id, wallet, &policy.rules)
+                .await?;
+        }
         config
             .budget
             .validate(&self.prices)

@@ -688,6 +688,10 @@ impl Rail for EvmRails {
         "evm"
     }
 
+    fn wallets(&self) -> Vec<String> {
+        self.inner.wallets.keys().map(|a| a.to_string()).collect()
+    }
+
     fn carries(&self, order: &PaymentOrder) -> bool {
         let tool_ok = matches!(order.tool.as_str(), "transfer" | "x402_payment");
         tool_ok && self.inner.tokens.contains_key(&order.currency) && self.wallet(order).is_ok()

@@ -521,3 +521,68 @@ async fn signed_then_lost(
     waiting.abort();
     (hash, signed)
 }
+
+/// The configured wallet is the default tenant's: another tenant's session cannot name it until the operator
+/// gives it away, and a policy may narrow which of its tenant's wallets a key's sessions use, at once.
+#[tokio::test]
+async fn wallets_belong_to_their_tenant() {
+    let chain = LocalChain::start(V2_NETWORK).await;
+    let s = chain.paygent(Backend::Sqlite, "local").await;
+    let t = team(&s).await;
+    let other = s.team(&s.tenant("other").await).await;
+    let with_wallet = json!({"wallet_address": payer()});
+    let (status, problem) = s.post(&other.agent, "/sessions", with_wallet.clone()).await;
+    assert_eq!(status, 422, "not its tenant's wallet: {problem}");
+    let (_, listed) = s.get(&t.approver, "/wallets").await;
+    assert_eq!(listed, json!([payer().to_string().to_lowercase()]));
+    wallet_session(&s, &t, json!({})).await;
+
+    let (status, _) = s
+        .put(
+            &other.admin,
+            &format!("/wallets/{}", payer()),
+            json!({"tenant_id": other_tenant(&s, &other).await}),
+        )
+        .await;
+    assert_eq!(status, 403, "only the operator assigns wallets");
+    let (status, _) = s
+        .put(
+            &t.admin,
+            &format!("/wallets/{}", payer()),
+            json!({"tenant_id": other_tenant(&s, &other).await}),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (status, body) = s.post(&other.agent, "/sessions", with_wallet.clone()).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, _) = s.post(&t.agent, "/sessions", with_wallet.clone()).await;
+    assert_eq!(status, 422, "given away");
+
+    let narrow = json!({"wallets": ["0x00000000000000000000000000000000000000a1"]});
+    let (status, _) = s.put(&other.admin, "/policies/default", narrow).await;
+    assert_eq!(status, 200);
+    let (status, problem) = s.post(&other.agent, "/sessions", with_wallet).await;
+    assert_eq!(status, 422, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("wallets"));
+    let (_, p) = s
+        .post(
+            &other.agent,
+            "/payments",
+            json!({"session_id": body["id"], "amount": "1", "currency": "USDC", "recipient": payee()}),
+        )
+        .await;
+    assert_eq!(
+        p["status"], "denied",
+        "an open session obeys the narrower policy: {p}"
+    );
+    assert_eq!(p["reason"], "policy_denied");
+    assert_eq!(chain.balance(payer()).await, FUNDS, "nothing moved");
+    s.finish().await;
+}
+
+async fn other_tenant(s: &paygent_testkit::TestServer, other: &paygent_testkit::Team) -> String {
+    s.get(&other.admin, "/me").await.1["tenant_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}

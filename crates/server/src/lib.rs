@@ -55,6 +55,7 @@ fn api() -> (Router<Paygent>, utoipa::openapi::OpenApi) {
         .merge(http::keys::router())
         .merge(http::sessions::router())
         .merge(http::policies::router())
+        .merge(http::wallets::router())
         .merge(http::payments::router())
         .merge(http::approvals::router())
         .merge(http::audit::router())

@@ -115,11 +115,11 @@ async fn check(c: &Cell<'_>, row: &str) {
             let (status, body) = s.put(c.key, "/policies/default", json!({})).await;
             c.expect("change the default", status, &body);
         }
-        "read policies" => {
-            let (status, body) = s.get(c.key, "/policies/default").await;
-            c.expect("read a policy", status, &body);
-            let (status, body) = s.get(c.key, "/policies").await;
-            c.expect("list policies", status, &body);
+        "read policies and the tenant's wallets" => {
+            for path in ["/policies/default", "/policies", "/wallets"] {
+                let (status, body) = s.get(c.key, path).await;
+                c.expect(path, status, &body);
+            }
         }
         "open sessions, pay, run executions, execute approved payments" => {
             let (status, session) = c.post("/sessions", json!({})).await;

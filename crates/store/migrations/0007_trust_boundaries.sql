@@ -32,3 +32,10 @@ CREATE TABLE key_usage (
 );
 -- The key whose period ledgers a payment is booked on (NULL for payments from before them).
 ALTER TABLE payments ADD COLUMN limits_key TEXT;
+-- The wallets Paygent holds keys for, each owned by one tenant: only that tenant's sessions may pay from it.
+-- `address` is lower-case hex.
+CREATE TABLE wallets (
+    address TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants (id),
+    created_at TEXT NOT NULL
+);

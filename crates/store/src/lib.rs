@@ -18,6 +18,7 @@ pub mod policies;
 pub mod sessions;
 pub mod tenants;
 mod tx;
+pub mod wallets;
 
 pub use db::{Db, Row};
 pub use tx::{Event, WriteTx};
