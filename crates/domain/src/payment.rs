@@ -107,6 +107,18 @@ impl Recipient {
         }
     }
 
+    /// Who is paid, the same however it is spelled: a lower-case address, or an x402 service's scheme and host.
+    pub fn payee(&self) -> String {
+        match self {
+            Recipient::Evm(s) => s.to_ascii_lowercase(),
+            Recipient::Url(s) => {
+                let (scheme, rest) = s.split_once("://").unwrap_or(("", s));
+                let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+                format!("{scheme}://{host}").to_ascii_lowercase()
+            }
+        }
+    }
+
     /// The tool that moves money to this recipient.
     pub fn tool(&self) -> &'static str {
         match self {

@@ -125,6 +125,18 @@ pub struct Payees {
     pub deny: Vec<String>,
     #[serde(default = "approve")]
     pub outside_allow: Route,
+    /// A key's first payment to a payee: allowed as any other, sent to a person, or denied.
+    #[serde(default)]
+    pub new_payee: NewPayee,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NewPayee {
+    #[default]
+    Allow,
+    Approve,
+    Deny,
 }
 
 impl Default for Payees {
@@ -133,6 +145,7 @@ impl Default for Payees {
             allow: Vec::new(),
             deny: Vec::new(),
             outside_allow: Route::Approve,
+            new_payee: NewPayee::Allow,
         }
     }
 }
@@ -515,7 +528,7 @@ mod tests {
             payees: Payees {
                 allow: vec![OK.into()],
                 deny: vec![BAD.into()],
-                outside_allow: Route::Approve,
+                ..Payees::default()
             },
             ..PolicyRules::default()
         };

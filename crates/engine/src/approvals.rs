@@ -5,6 +5,7 @@ use crate::budget::{self, Booking, Move};
 use crate::views::ApprovalView;
 use crate::{EngineError, Paygent, Result, require};
 use paygent_domain::payment::{PaymentIntent, check_edit_authority};
+use paygent_domain::rules::NewPayee;
 use paygent_domain::{ApprovalStatus, Decision, PaymentStatus, Principal};
 use paygent_store::WriteTx;
 use paygent_store::approvals::{self, ApprovalRecord, Decided};
@@ -240,6 +241,17 @@ async fn check_edit_policy(
     let allow = &policy.rules.payees.allow;
     let recipient = intent.recipient.as_str();
     let asked = request.args.get("recipient").and_then(Value::as_str);
+    let payee = intent.recipient.payee();
+    if asked != Some(recipient)
+        && policy.rules.payees.new_payee == NewPayee::Deny
+        && !payments::paid_before(tx.conn(), tenant_id, session.created_by, &payee).await?
+    {
+        return Err(EngineError::Invalid(format!(
+            "the edit's recipient {recipient} was never paid, and policy {:?} denies first payments \
+             (rule payees.new_payee)",
+            policy.name
+        )));
+    }
     if !allow.is_empty()
         && asked != Some(recipient)
         && !allow.iter().any(|p| p.eq_ignore_ascii_case(recipient))

@@ -10,7 +10,7 @@ use crate::{EngineError, Paygent, Result, require};
 use chrono::{DateTime, Duration, Utc};
 use paygent_domain::judgement::{DenyReason, Findings, Judgement, judge};
 use paygent_domain::payment::PaymentIntent;
-use paygent_domain::rules::Refusal;
+use paygent_domain::rules::{NewPayee, Refusal};
 use paygent_domain::{ApprovalStatus, Decimal, DecisionKind, PaymentStatus, Principal, Verdict};
 use paygent_store::WriteTx;
 use paygent_store::approvals::{self, ApprovalRecord};
@@ -194,6 +194,7 @@ impl<'a> Filing<'a> {
             budget_day: Some(booking.day.clone()),
             detail: None,
             limits_key: booking.limits.map(|(key, _)| key),
+            payee: Some(intent.recipient.payee()),
             created_at: now,
             updated_at: now,
         };
@@ -233,14 +234,55 @@ impl<'a> Filing<'a> {
             rule: "wallets",
             detail: format!("the policy does not let this session pay from {w}"),
         });
+        let (first, verdict) = self
+            .first_payment(tx, tools.evaluate(&p.tool, p.usd_value, args))
+            .await?;
         Ok(judge(Findings {
             stopped,
-            refusal: rules.refusal(p.usd_value, args).or(ungranted),
+            refusal: rules.refusal(p.usd_value, args).or(ungranted).or(first),
             over_limit: over_limit.map(|detail| (detail, rules.over_limit)),
             over_budget: over_budget.map(|e| (e, budget.on_budget_exceeded)),
-            verdict: tools.evaluate(&p.tool, p.usd_value, args),
+            verdict,
             allowed: tools.allowed_for(&p.tool),
         }))
+    }
+
+    /// Applies the policy's rule for a key's first payment to a payee: a refusal, or a person instead of
+    /// `verdict`. Looks at the key's history only when the rule is not `allow`.
+    async fn first_payment(
+        &self,
+        tx: &mut WriteTx,
+        verdict: Verdict,
+    ) -> Result<(Option<Refusal>, Verdict)> {
+        let rule = self.policy.rules.payees.new_payee;
+        let payee = self.payment.payee.clone().unwrap_or_default();
+        if rule == NewPayee::Allow {
+            return Ok((None, verdict));
+        }
+        let (tenant, key) = (self.payment.tenant_id, self.session.created_by);
+        if payments::paid_before(tx.conn(), tenant, key, &payee).await? {
+            return Ok((None, verdict));
+        }
+        let why = format!("the first payment to {payee}");
+        Ok(match (rule, verdict) {
+            (NewPayee::Deny, verdict) => {
+                let refusal = Refusal {
+                    rule: "payees.new_payee",
+                    detail: format!("{why} is denied"),
+                };
+                (Some(refusal), verdict)
+            }
+            (_, Verdict::Allow) => {
+                let allowed = self
+                    .policy
+                    .rules
+                    .for_session(&self.session.config)
+                    .allowed_for(&self.payment.tool);
+                let reason = format!("{why} needs a person");
+                (None, Verdict::RequireApproval { reason, allowed })
+            }
+            (_, verdict) => (None, verdict),
+        })
     }
 
     async fn record(&mut self, tx: &mut WriteTx, judgement: Judgement) -> Result<()> {

@@ -12,6 +12,7 @@ on_both_databases!(
     a_bound_policy_denies_and_routes,
     edits_are_held_to_the_policy,
     limits_hold_across_sessions_and_periods,
+    first_payments_to_a_payee,
 );
 
 const ALLOWED: &str = "0x00000000000000000000000000000000000000a0";
@@ -404,5 +405,58 @@ async fn limits_hold_across_sessions_and_periods(backend: Backend) {
     let session = s.session(&routed, json!({})).await;
     let p = pay_to(&s, &routed, session, "6", OTHER).await;
     assert_eq!(p["status"], "pending_approval", "a person decides: {p}");
+    s.finish().await;
+}
+
+/// "The first payment to a new payee needs a person": once a person let one through, the next goes at once,
+/// however the address is spelled. With `deny`, a new payee is never paid, nor edited in.
+async fn first_payments_to_a_payee(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let (_, agent) = bound_agent(&s, "careful", json!({"payees": {"new_payee": "approve"}})).await;
+    let session = s.session(&agent, json!({})).await;
+    let first = pay_to(&s, &agent, session, "1", ALLOWED).await;
+    assert_eq!(first["status"], "pending_approval", "{first}");
+    let approval = first["approval_id"].as_str().unwrap();
+    let (_, request) = s.get(&t.approver, &format!("/approvals/{approval}")).await;
+    assert!(
+        request["reason"]
+            .as_str()
+            .unwrap()
+            .contains("first payment"),
+        "{request}"
+    );
+    s.post(
+        &t.approver,
+        &format!("/approvals/{approval}/approve"),
+        json!({}),
+    )
+    .await;
+    let (status, _) = s
+        .post(
+            &agent,
+            "/payments/execute-approved",
+            json!({"approval_id": approval}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let again = pay_to(
+        &s,
+        &agent,
+        session,
+        "1",
+        &ALLOWED.to_uppercase().replace("0X", "0x"),
+    )
+    .await;
+    assert_eq!(again["status"], "authorized", "a known payee: {again}");
+
+    let (_, strict) = bound_agent(&s, "closed", json!({"payees": {"new_payee": "deny"}})).await;
+    let session = s.session(&strict, json!({})).await;
+    let p = pay_to(&s, &strict, session, "1", OTHER).await;
+    assert_eq!(p["status"], "denied", "{p}");
+    assert!(
+        p["detail"].as_str().unwrap().contains("payees.new_payee"),
+        "{p}"
+    );
     s.finish().await;
 }

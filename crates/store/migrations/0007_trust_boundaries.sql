@@ -39,3 +39,7 @@ CREATE TABLE wallets (
     tenant_id TEXT NOT NULL REFERENCES tenants (id),
     created_at TEXT NOT NULL
 );
+-- Who is paid, normalized (a lower-case address, or an x402 service's scheme and host), so a policy can tell a
+-- key's first payment to a payee.
+ALTER TABLE payments ADD COLUMN payee TEXT;
+CREATE INDEX payments_by_payee ON payments (tenant_id, limits_key, payee);

@@ -31,6 +31,8 @@ pub struct PaymentRecord {
     pub detail: Option<String>,
     /// The key whose period ledgers (its policy's limits) it is booked on.
     pub limits_key: Option<Uuid>,
+    /// Who is paid, normalized ([`paygent_domain::Recipient::payee`]).
+    pub payee: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -57,6 +59,7 @@ crate::row_type! {
         budget_day: Option<String>,
         detail: Option<String>,
         limits_key: Option<String>,
+        payee: Option<String>,
         created_at: String,
         updated_at: String,
     }
@@ -64,7 +67,7 @@ crate::row_type! {
 
 const COLUMNS: &str = "id, tenant_id, session_id, tool, amount, currency, usd_value, recipient, description, \
     status, reason, approval_id, tx_hash, network, idempotency_key, request_hash, requested_by, budget_day, detail, \
-    limits_key, created_at, updated_at";
+    limits_key, payee, created_at, updated_at";
 
 impl TryFrom<PaymentRow> for PaymentRecord {
     type Error = StoreError;
@@ -91,6 +94,7 @@ impl TryFrom<PaymentRow> for PaymentRecord {
             budget_day: r.budget_day,
             detail: r.detail,
             limits_key: opt_uuid(r.limits_key)?,
+            payee: r.payee,
             created_at: time(&r.created_at)?,
             updated_at: time(&r.updated_at)?,
         })
@@ -104,7 +108,7 @@ fn select(filter: &str) -> String {
 pub async fn insert(tx: &mut WriteTx, p: &PaymentRecord) -> Result<()> {
     query(format!(
         "INSERT INTO payments ({COLUMNS}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
     ))
     .bind(p.id.to_string())
     .bind(p.tenant_id.to_string())
@@ -126,6 +130,7 @@ pub async fn insert(tx: &mut WriteTx, p: &PaymentRecord) -> Result<()> {
     .bind(p.budget_day.clone())
     .bind(p.detail.clone())
     .bind(p.limits_key.map(|k| k.to_string()))
+    .bind(p.payee.clone())
     .bind(paygent_domain::time::format(p.created_at))
     .bind(paygent_domain::time::format(p.updated_at))
     .execute(tx.conn())
@@ -239,4 +244,18 @@ pub async fn awaiting_approval(
     .into_iter()
     .map(crate::record::<PaymentRow, _>)
     .collect()
+}
+
+/// Whether `key` has paid `payee` before (a payment executed, or authorized for the agent to make).
+pub async fn paid_before(db: Db<'_>, tenant_id: Uuid, key: Uuid, payee: &str) -> Result<bool> {
+    let found = query(
+        "SELECT 1 FROM payments WHERE tenant_id = $1 AND limits_key = $2 AND payee = $3 \
+         AND status IN ('executed', 'authorized') LIMIT 1",
+    )
+    .bind(tenant_id.to_string())
+    .bind(key.to_string())
+    .bind(payee.to_owned())
+    .fetch_optional(db)
+    .await?;
+    Ok(found.is_some())
 }
