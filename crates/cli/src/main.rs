@@ -76,6 +76,13 @@ enum Command {
         #[command(subcommand)]
         scope: KillScope,
     },
+    /// Read and write the policies agents are bound to (admins write, approvers read).
+    Policies {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
     /// Check the audit trail.
     Audit {
         #[command(flatten)]
@@ -116,6 +123,26 @@ enum ApprovalAction {
 }
 
 #[derive(Subcommand)]
+enum PolicyAction {
+    /// The tenant's policies, the default first.
+    List,
+    /// One policy (`default` or an id), as JSON.
+    Show { id: String },
+    /// A new policy: `--rules '{"approval_threshold_usd": "25"}'` or `--rules @rules.json`.
+    Create {
+        name: String,
+        #[arg(long, default_value = "{}")]
+        rules: String,
+    },
+    /// Replace a policy's rules (`default` or an id): a new version.
+    Set {
+        id: String,
+        #[arg(long)]
+        rules: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum KillScope {
     /// Kill a session: its pending approvals are cancelled and it takes no new payments.
     Session {
@@ -147,6 +174,7 @@ async fn main() -> ExitCode {
         Command::Serve { config } => serve(config.as_deref()).await,
         Command::Approvals { remote, action } => approvals(remote, action).await,
         Command::Kill { remote, scope } => kill(remote, scope).await,
+        Command::Policies { remote, action } => policies(remote, action).await,
         Command::Run {
             remote,
             command,
@@ -388,6 +416,53 @@ async fn kill(remote: Remote, scope: KillScope) -> anyhow::Result<ExitCode> {
             answer["state"].as_str().unwrap_or("?")
         ),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Rules given inline as JSON, or as `@path` to a JSON file.
+fn read_rules(rules: &str) -> anyhow::Result<Value> {
+    let text = match rules.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?,
+        None => rules.to_owned(),
+    };
+    serde_json::from_str(&text).context("--rules must be a JSON object")
+}
+
+async fn policies(remote: Remote, action: PolicyAction) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&remote.server, remote.token)?;
+    let policy = match action {
+        PolicyAction::List => {
+            let list = client.call(Method::GET, "/policies", None).await?;
+            for p in list.as_array().map(Vec::as_slice).unwrap_or_default() {
+                let field = |k: &str| p[k].as_str().unwrap_or("-").to_owned();
+                println!(
+                    "{}  {:<20} v{:<3} threshold ${:<8} max per payment ${}",
+                    field("id"),
+                    field("name"),
+                    p["version"],
+                    field("approval_threshold_usd"),
+                    field("max_per_payment_usd"),
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        PolicyAction::Show { id } => {
+            client
+                .call(Method::GET, &format!("/policies/{id}"), None)
+                .await?
+        }
+        PolicyAction::Create { name, rules } => {
+            let mut body = read_rules(&rules)?;
+            body["name"] = Value::String(name);
+            client.call(Method::POST, "/policies", Some(body)).await?
+        }
+        PolicyAction::Set { id, rules } => {
+            let body = read_rules(&rules)?;
+            let path = format!("/policies/{id}");
+            client.call(Method::PUT, &path, Some(body)).await?
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&policy)?);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -12,6 +12,7 @@ on_both_databases!(
     audit_verify_names_the_first_bad_entry,
     approvals_commands_decide,
     kill_commands_stop_money,
+    policies_commands_write_and_read,
 );
 
 /// Runs `paygent args...` against `server` with `token`, off the async runtime.
@@ -548,4 +549,63 @@ async fn the_binary_pays_on_chain_and_the_x402_benchmark_runs() {
     child.kill().unwrap();
     child.wait().unwrap();
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Admins write policies from the command line, approvers read them, and the written rules bind at once.
+async fn policies_commands_write_and_read(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let set = paygent(
+        &s,
+        ADMIN_TOKEN,
+        &[
+            "policies",
+            "set",
+            "default",
+            "--rules",
+            r#"{"approval_threshold_usd": "2"}"#,
+        ],
+    )
+    .await;
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    assert!(stdout(&set).contains("\"version\": 1"), "{}", stdout(&set));
+    let rules = std::env::temp_dir().join(format!("rules-{}.json", uuid::Uuid::new_v4()));
+    std::fs::write(&rules, r#"{"max_per_payment_usd": "50"}"#).unwrap();
+    let file = format!("@{}", rules.display());
+    let created = paygent(
+        &s,
+        ADMIN_TOKEN,
+        &["policies", "create", "ops", "--rules", &file],
+    )
+    .await;
+    std::fs::remove_file(&rules).unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let refused = paygent(&s, &t.approver, &["policies", "create", "mine"]).await;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("403"));
+    let list = paygent(&s, &t.approver, &["policies", "list"]).await;
+    let text = stdout(&list);
+    assert!(
+        text.contains("default") && text.contains("threshold $2 "),
+        "{text}"
+    );
+    assert!(
+        text.contains("ops") && text.contains("max per payment $50"),
+        "{text}"
+    );
+    let session = s.session(&t.agent, json!({})).await;
+    let (_, p) = s.pay(&t.agent, session, "3", "USDC").await;
+    assert_eq!(
+        p["status"], "pending_approval",
+        "the default written by the CLI binds: {p}"
+    );
+    s.finish().await;
 }
