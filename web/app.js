@@ -65,6 +65,73 @@ function view(name) {
   }
   if (name === "budgets") loadSessions();
   if (name === "audit") loadAudit();
+  if (name === "policies") loadPolicies();
+}
+
+// A policy's rules: its view without the record's own fields.
+function rulesOf(policy) {
+  const { id, name, version, created_at, updated_at, ...rules } = policy;
+  return rules;
+}
+
+// Policies for people to read; admins edit a policy's rules as JSON, and the server checks them.
+async function loadPolicies() {
+  const policies = await api("GET", "/policies");
+  const admin = state.role === "admin";
+  $("#policy-list").replaceChildren(...policies.map((policy) => {
+    const li = document.createElement("li");
+    li.className = "item policy";
+    li.dataset.policyId = policy.id;
+    li.dataset.policyName = policy.name;
+    const head = document.createElement("p");
+    head.className = "what";
+    head.textContent = `${policy.name} · version ${policy.version} · people above $${policy.approval_threshold_usd}` +
+      (policy.max_per_payment_usd ? ` · at most $${policy.max_per_payment_usd} a payment` : "") +
+      (policy.limits.length ? ` · ${policy.limits.length} period limit(s)` : "");
+    const rules = document.createElement("textarea");
+    rules.className = "rules";
+    rules.rows = 8;
+    rules.spellcheck = false;
+    rules.readOnly = !admin;
+    rules.value = JSON.stringify(rulesOf(policy), null, 2);
+    li.append(head, rules);
+    if (admin) li.append(...policyEditor(policy, rules));
+    return li;
+  }));
+  show($("#new-policy"), admin);
+}
+
+function policyEditor(policy, rules) {
+  const result = document.createElement("p");
+  result.className = "policy-result";
+  result.setAttribute("role", "status");
+  const save = document.createElement("button");
+  save.type = "button";
+  save.className = "save-policy";
+  save.textContent = "Save rules";
+  save.addEventListener("click", async () => {
+    try {
+      const saved = await api("PUT", `/policies/${policy.id}`, JSON.parse(rules.value));
+      result.textContent = `Saved: version ${saved.version}`;
+      loadPolicies();
+    } catch (e) {
+      result.textContent = `Not saved: ${e.message}`;
+    }
+  });
+  return [save, result];
+}
+
+async function createPolicy(ev) {
+  ev.preventDefault();
+  const form = new FormData(ev.target);
+  const result = $("#new-policy .policy-result");
+  try {
+    const created = await api("POST", "/policies", { ...JSON.parse(form.get("rules")), name: form.get("name") });
+    result.textContent = `Created ${created.name}`;
+    loadPolicies();
+  } catch (e) {
+    result.textContent = `Not created: ${e.message}`;
+  }
 }
 
 function signOut() {
@@ -431,6 +498,7 @@ document.addEventListener("DOMContentLoaded", () => {
     button.addEventListener("click", () => view(button.dataset.view));
   }
   $("#verify-chain").addEventListener("click", verifyChain);
+  $("#new-policy").addEventListener("submit", createPolicy);
   $("#notify").addEventListener("click", toggleAlerts);
   renderAlerts();
   document.addEventListener("keydown", onKey);

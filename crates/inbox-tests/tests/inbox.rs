@@ -487,3 +487,96 @@ async fn views_show_steps_budgets_and_the_audit_chain() {
     .unwrap();
     s.finish().await;
 }
+
+/// Admins read and change policies in the inbox, the server checks what they type, and approvers only read;
+/// a request's card says which policy sent it to a person.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn people_read_and_admins_change_policies() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let chrome = Chromium::launch().await;
+    let page = chrome.open(&s.base).await;
+    sign_in(&page, ADMIN_TOKEN).await;
+    click(&page, "#views [data-view=policies]").await;
+    let default = "[data-policy-name='default']";
+    wait_until(
+        &page,
+        &format!("!!document.querySelector(\"{default} .save-policy\")"),
+        "the default policy, editable",
+    )
+    .await;
+    fill(
+        &page,
+        &format!("{default} .rules"),
+        r#"{"approval_threshold_usd": -1}"#,
+    )
+    .await;
+    click(&page, &format!("{default} .save-policy")).await;
+    wait_until(
+        &page,
+        &format!("document.querySelector(\"{default} .policy-result\").textContent.startsWith('Not saved')"),
+        "the server's refusal",
+    )
+    .await;
+    fill(
+        &page,
+        &format!("{default} .rules"),
+        r#"{"approval_threshold_usd": "4"}"#,
+    )
+    .await;
+    click(&page, &format!("{default} .save-policy")).await;
+    wait_until(
+        &page,
+        &format!(
+            "(document.querySelector(\"{default} .what\")?.textContent ?? '').includes('version 1')"
+        ),
+        "the saved version",
+    )
+    .await;
+    let (_, read) = s.get(&t.approver, "/policies/default").await;
+    assert_eq!(read["approval_threshold_usd"], "4");
+
+    let session = s.session(&t.agent, json!({})).await;
+    let (_, p) = s.pay(&t.agent, session, "5", "USDC").await;
+    let approval = p["approval_id"]
+        .as_str()
+        .expect("a person decides $5 now")
+        .to_owned();
+    click(&page, "#views [data-view=inbox]").await;
+    appears(&page, &approval).await;
+    let reason = eval(
+        &page,
+        &format!(
+            "document.querySelector(\"{} .reason\").textContent",
+            item(&approval)
+        ),
+    )
+    .await;
+    assert!(
+        reason.as_str().unwrap().contains("policy \"default\" v1"),
+        "{reason}"
+    );
+
+    let other = chrome.open(&s.base).await;
+    sign_in(&other, &t.approver).await;
+    click(&other, "#views [data-view=policies]").await;
+    wait_until(
+        &other,
+        &format!("!!document.querySelector(\"{default} .rules\")"),
+        "the policy for the approver",
+    )
+    .await;
+    let editable = eval(
+        &other,
+        &format!(
+            "[!document.querySelector(\"{default} .rules\").readOnly, !!document.querySelector('.save-policy'), \
+             !document.querySelector('#new-policy').hidden]"
+        ),
+    )
+    .await;
+    assert_eq!(
+        editable,
+        json!([false, false, false]),
+        "approvers only read"
+    );
+}
