@@ -4,7 +4,6 @@
 use crate::budget::{self, Booking, Move};
 use crate::executions::tools::{StepContext, StepOutcome, authorized_action};
 use crate::policies;
-use crate::sessions::reachable;
 use crate::views::{ApprovalView, PaymentView};
 use crate::{EngineError, Paygent, Result, require};
 use chrono::{DateTime, Duration, Utc};
@@ -117,13 +116,11 @@ impl Paygent {
                 replayed: true,
             });
         }
-        // Read under the tenant's write lock: a kill or budget change committed a moment ago must apply.
-        let session = reachable(
-            who,
-            sessions::get(tx.conn(), who.tenant_id, req.session_id).await?,
-        )?;
-        // Read under the same lock: a policy tightened a moment ago applies to this payment.
-        let policy = policies::in_force(tx.conn(), who.tenant_id, session.policy_id).await?;
+        // Read under the tenant's write lock: a kill, budget or policy change committed a moment ago applies.
+        let found = policies::session_in_force(tx.conn(), who.tenant_id, req.session_id).await?;
+        let (session, policy) = found
+            .filter(|(s, _)| who.reaches(s.created_by))
+            .ok_or(EngineError::NotFound("session"))?;
         let priced = (&intent, usd_value);
         let mut filing = Filing::new(who, &session, &policy, priced, &req, tx.now());
         match refusal {
@@ -171,7 +168,8 @@ impl<'a> Filing<'a> {
             currency: intent.money.currency.clone(),
             amount: intent.money.amount,
             usd: usd_value,
-            limits: Some((session.created_by, now)),
+            // Booked on the key's periods only under limits: what a payment booked is what it releases later.
+            limits: (!policy.rules.limits.is_empty()).then_some((session.created_by, now)),
         };
         let payment = PaymentRecord {
             id: Uuid::now_v7(),

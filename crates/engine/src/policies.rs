@@ -5,6 +5,7 @@ use crate::{EngineError, Paygent, Result, require};
 use paygent_domain::{PolicyRules, Principal};
 use paygent_store::Db;
 use paygent_store::policies::{self, PolicyRecord};
+use paygent_store::sessions::SessionRecord;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -46,11 +47,32 @@ pub(crate) async fn in_force(
     id: Option<Uuid>,
 ) -> Result<PolicyRecord> {
     let id = id.unwrap_or_else(|| default_policy_id(tenant_id));
-    match policies::get(db, tenant_id, id).await? {
+    resolve(tenant_id, id, policies::get(db, tenant_id, id).await?)
+}
+
+/// The policy `id` from its row, if it has one.
+fn resolve(tenant_id: Uuid, id: Uuid, row: Option<PolicyRecord>) -> Result<PolicyRecord> {
+    match row {
         Some(p) => Ok(p),
         None if id == default_policy_id(tenant_id) => Ok(built_in_default(tenant_id)),
         None => Err(EngineError::NotFound("policy")),
     }
+}
+
+/// A session and the policy it is held to, in one read (the guard's, under the tenant's lock).
+pub(crate) async fn session_in_force(
+    db: Db<'_>,
+    tenant_id: Uuid,
+    session_id: Uuid,
+) -> Result<Option<(SessionRecord, PolicyRecord)>> {
+    let default = default_policy_id(tenant_id);
+    let Some((session, row)) =
+        policies::session_with_policy(db, tenant_id, session_id, default).await?
+    else {
+        return Ok(None);
+    };
+    let policy = resolve(tenant_id, session.policy_id.unwrap_or(default), row)?;
+    Ok(Some((session, policy)))
 }
 
 impl Paygent {

@@ -42,4 +42,4 @@ CREATE TABLE wallets (
 -- Who is paid, normalized (a lower-case address, or an x402 service's scheme and host), so a policy can tell a
 -- key's first payment to a payee.
 ALTER TABLE payments ADD COLUMN payee TEXT;
-CREATE INDEX payments_by_payee ON payments (tenant_id, limits_key, payee);
+CREATE INDEX payments_by_payee ON payments (tenant_id, payee);

@@ -106,8 +106,8 @@ impl<T: FromValue> FromValue for Option<T> {
 #[macro_export]
 #[doc(hidden)]
 macro_rules! row_type {
-    (struct $name:ident { $($field:ident: $ty:ty),* $(,)? }) => {
-        struct $name { $($field: $ty),* }
+    ($vis:vis struct $name:ident { $($field:ident: $ty:ty),* $(,)? }) => {
+        $vis struct $name { $($vis $field: $ty),* }
 
         impl TryFrom<$crate::Row> for $name {
             type Error = $crate::StoreError;

@@ -29,7 +29,7 @@ pub struct PaymentRecord {
     pub budget_day: Option<String>,
     /// Why it was denied, in words (e.g. how much budget was left).
     pub detail: Option<String>,
-    /// The key whose period ledgers (its policy's limits) it is booked on.
+    /// The key whose period ledgers it is booked on: its session's creator, if its policy had limits.
     pub limits_key: Option<Uuid>,
     /// Who is paid, normalized ([`paygent_domain::Recipient::payee`]).
     pub payee: Option<String>,
@@ -246,11 +246,12 @@ pub async fn awaiting_approval(
     .collect()
 }
 
-/// Whether `key` has paid `payee` before (a payment executed, or authorized for the agent to make).
+/// Whether a session of `key`'s has paid `payee` before (a payment executed, or authorized for the agent to
+/// make).
 pub async fn paid_before(db: Db<'_>, tenant_id: Uuid, key: Uuid, payee: &str) -> Result<bool> {
     let found = query(
-        "SELECT 1 FROM payments WHERE tenant_id = $1 AND limits_key = $2 AND payee = $3 \
-         AND status IN ('executed', 'authorized') LIMIT 1",
+        "SELECT 1 FROM payments WHERE tenant_id = $1 AND payee = $3 AND status IN ('executed', 'authorized') \
+         AND session_id IN (SELECT id FROM sessions WHERE tenant_id = $1 AND created_by = $2) LIMIT 1",
     )
     .bind(tenant_id.to_string())
     .bind(key.to_string())

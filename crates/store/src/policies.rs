@@ -1,6 +1,7 @@
 //! Policies: named, versioned rules that admins set for the agents bound to them.
 
 use crate::db::{Db, query};
+use crate::sessions::SessionRecord;
 use crate::{Result, StoreError, WriteTx, time, uuid};
 use chrono::{DateTime, Utc};
 use paygent_domain::PolicyRules;
@@ -120,4 +121,82 @@ pub async fn replace(
     .execute(tx.conn())
     .await?;
     Ok(done == 1)
+}
+
+crate::row_type! {
+    struct SessionPolicyRow {
+        id: String,
+        tenant_id: String,
+        name: Option<String>,
+        wallet_address: Option<String>,
+        config: String,
+        state: String,
+        created_by: String,
+        created_at: String,
+        policy_id: Option<String>,
+        p_id: Option<String>,
+        p_name: Option<String>,
+        p_version: Option<i64>,
+        p_rules: Option<String>,
+        p_created_at: Option<String>,
+        p_updated_at: Option<String>,
+    }
+}
+
+/// A session with the row of the policy it is held to (`default_id` when it names none), in one read; the
+/// policy is `None` when it has no row (a default nobody changed, or a policy that is gone).
+pub async fn session_with_policy(
+    db: Db<'_>,
+    tenant_id: Uuid,
+    session_id: Uuid,
+    default_id: Uuid,
+) -> Result<Option<(SessionRecord, Option<PolicyRecord>)>> {
+    let row = query(
+        "SELECT s.id, s.tenant_id, s.name, s.wallet_address, s.config, s.state, s.created_by, s.created_at, \
+         s.policy_id, p.id, p.name, p.version, p.rules, p.created_at, p.updated_at \
+         FROM sessions s LEFT JOIN policies p ON p.tenant_id = s.tenant_id AND p.id = COALESCE(s.policy_id, $3) \
+         WHERE s.tenant_id = $1 AND s.id = $2",
+    )
+    .bind(tenant_id.to_string())
+    .bind(session_id.to_string())
+    .bind(default_id.to_string())
+    .fetch_optional(db)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let r = SessionPolicyRow::try_from(row)?;
+    let session = SessionRecord::try_from(crate::sessions::SessionRow {
+        id: r.id,
+        tenant_id: r.tenant_id.clone(),
+        name: r.name,
+        wallet_address: r.wallet_address,
+        config: r.config,
+        state: r.state,
+        created_by: r.created_by,
+        created_at: r.created_at,
+        policy_id: r.policy_id,
+    })?;
+    let policy = match (
+        r.p_id,
+        r.p_name,
+        r.p_version,
+        r.p_rules,
+        r.p_created_at,
+        r.p_updated_at,
+    ) {
+        (Some(id), Some(name), Some(version), Some(rules), Some(created_at), Some(updated_at)) => {
+            Some(PolicyRecord::try_from(PolicyRow {
+                id,
+                tenant_id: r.tenant_id,
+                name,
+                version,
+                rules,
+                created_at,
+                updated_at,
+            })?)
+        }
+        _ => None,
+    };
+    Ok(Some((session, policy)))
 }

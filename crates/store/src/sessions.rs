@@ -22,7 +22,7 @@ pub struct SessionRecord {
 }
 
 crate::row_type! {
-    struct SessionRow {
+    pub(crate) struct SessionRow {
         id: String,
         tenant_id: String,
         name: Option<String>,
