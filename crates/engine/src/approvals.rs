@@ -244,7 +244,7 @@ async fn check_edit_policy(
     let payee = intent.recipient.payee();
     if asked != Some(recipient)
         && policy.rules.payees.new_payee == NewPayee::Deny
-        && !payments::paid_before(tx.conn(), tenant_id, session.created_by, &payee).await?
+        && !payments::known_payee(tx.conn(), session.created_by, &payee).await?
     {
         return Err(EngineError::Invalid(format!(
             "the edit's recipient {recipient} was never paid, and policy {:?} denies first payments \

@@ -98,13 +98,12 @@ impl Paygent {
             req.description.clone(),
         )?;
         let usd_value = self.prices.usd_value(&intent.money)?;
-        let fingerprint = req.fingerprint();
 
         let mut tx = self.begin_as(who).await?;
         if let Some(key) = &req.idempotency_key
             && let Some(earlier) = payments::by_idempotency_key(&mut tx, key).await?
         {
-            if earlier.request_hash != fingerprint {
+            if earlier.request_hash != req.fingerprint() {
                 return Err(EngineError::Invalid(
                     "idempotency_key was already used for a different payment request".into(),
                 ));
@@ -147,6 +146,8 @@ struct Filing<'a> {
     policy: &'a PolicyRecord,
     payment: PaymentRecord,
     booking: Booking,
+    /// Who is paid, normalized.
+    payee: String,
     /// What the audit entry and event say about it.
     summary: Value,
 }
@@ -192,7 +193,6 @@ impl<'a> Filing<'a> {
             budget_day: Some(booking.day.clone()),
             detail: None,
             limits_key: booking.limits.map(|(key, _)| key),
-            payee: Some(intent.recipient.payee()),
             created_at: now,
             updated_at: now,
         };
@@ -208,6 +208,7 @@ impl<'a> Filing<'a> {
             policy,
             payment,
             booking,
+            payee: intent.recipient.payee(),
             summary,
         }
     }
@@ -252,13 +253,10 @@ impl<'a> Filing<'a> {
         tx: &mut WriteTx,
         verdict: Verdict,
     ) -> Result<(Option<Refusal>, Verdict)> {
-        let rule = self.policy.rules.payees.new_payee;
-        let payee = self.payment.payee.clone().unwrap_or_default();
-        if rule == NewPayee::Allow {
-            return Ok((None, verdict));
-        }
-        let (tenant, key) = (self.payment.tenant_id, self.session.created_by);
-        if payments::paid_before(tx.conn(), tenant, key, &payee).await? {
+        let (rule, payee) = (self.policy.rules.payees.new_payee, &self.payee);
+        if rule == NewPayee::Allow
+            || payments::known_payee(tx.conn(), self.session.created_by, payee).await?
+        {
             return Ok((None, verdict));
         }
         let why = format!("the first payment to {payee}");
@@ -295,11 +293,11 @@ impl<'a> Filing<'a> {
         }
     }
 
-    async fn audit(&self, tx: &mut WriteTx, action: &str, subject: &str) -> Result<()> {
+    /// Writes the audit entry, the last use of the summary.
+    async fn audit(&mut self, tx: &mut WriteTx, action: &str, subject: &str) -> Result<()> {
         let (actor, session) = (self.who.actor(), Some(self.session.id));
-        Ok(tx
-            .audit(&actor, action, subject, session, self.summary.clone())
-            .await?)
+        let summary = std::mem::take(&mut self.summary);
+        Ok(tx.audit(&actor, action, subject, session, summary).await?)
     }
 
     fn subject(&self) -> String {
@@ -339,8 +337,8 @@ impl<'a> Filing<'a> {
         if reason != DenyReason::BudgetExceeded {
             return self.audit(tx, "payment.denied", &self.subject()).await;
         }
-        self.audit(tx, "budget.exceeded", &self.subject()).await?;
         let (session, summary) = (Some(self.session.id), self.summary.clone());
+        self.audit(tx, "budget.exceeded", &self.subject()).await?;
         Ok(tx.event("budget_exceeded", session, summary).await?)
     }
 
@@ -397,6 +395,9 @@ impl<'a> Filing<'a> {
 
     async fn allow(&mut self, tx: &mut WriteTx) -> Result<()> {
         payments::insert(tx, &self.payment).await?;
+        if self.policy.rules.payees.new_payee != NewPayee::Allow {
+            payments::remember_payee(tx, self.session.created_by, &self.payee).await?;
+        }
         budget::book(tx, &self.booking, Move::Spend).await?;
         self.audit(tx, "payment.authorized", &self.subject()).await
     }

@@ -55,6 +55,20 @@ pub(crate) fn scope(who: &Principal, session_id: Option<Uuid>) -> paygent_store:
     }
 }
 
+/// A person let this payee be paid: from now on it is known to the sessions of the key that owns the session.
+async fn remember_approved_payee(
+    tx: &mut WriteTx,
+    session_id: Uuid,
+    intent: &PaymentIntent,
+) -> Result<()> {
+    let tenant_id = tx.tenant_id();
+    let owner = paygent_store::sessions::get(tx.conn(), tenant_id, session_id)
+        .await?
+        .ok_or(EngineError::NotFound("session"))?
+        .created_by;
+    Ok(payments::remember_payee(tx, owner, &intent.recipient.payee()).await?)
+}
+
 /// The payment as the transaction sees it now.
 async fn reload(tx: &mut WriteTx, id: Uuid) -> Result<PaymentRecord> {
     let tenant_id = tx.tenant_id();
@@ -168,6 +182,7 @@ impl Paygent {
                 now.reason.as_deref().unwrap_or("no reason")
             )));
         }
+        remember_approved_payee(&mut tx, request.session_id, &intent).await?;
         tx.audit(
             &who.actor(),
             "payment.authorized",

@@ -39,7 +39,13 @@ CREATE TABLE wallets (
     tenant_id TEXT NOT NULL REFERENCES tenants (id),
     created_at TEXT NOT NULL
 );
--- Who is paid, normalized (a lower-case address, or an x402 service's scheme and host), so a policy can tell a
--- key's first payment to a payee.
-ALTER TABLE payments ADD COLUMN payee TEXT;
-CREATE INDEX payments_by_payee ON payments (tenant_id, payee);
+-- The payees a key's sessions were let pay (normalized: a lower-case address, or an x402 service's scheme and
+-- host), so a policy can tell a key's first payment to a payee. Written when a person approves a payment, and
+-- at every allowed payment while the key's policy watches for new payees.
+CREATE TABLE key_payees (
+    tenant_id TEXT NOT NULL REFERENCES tenants (id),
+    key_id TEXT NOT NULL,
+    payee TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (key_id, payee)
+);

@@ -31,8 +31,6 @@ pub struct PaymentRecord {
     pub detail: Option<String>,
     /// The key whose period ledgers it is booked on: its session's creator, if its policy had limits.
     pub limits_key: Option<Uuid>,
-    /// Who is paid, normalized ([`paygent_domain::Recipient::payee`]).
-    pub payee: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -59,7 +57,6 @@ crate::row_type! {
         budget_day: Option<String>,
         detail: Option<String>,
         limits_key: Option<String>,
-        payee: Option<String>,
         created_at: String,
         updated_at: String,
     }
@@ -67,7 +64,7 @@ crate::row_type! {
 
 const COLUMNS: &str = "id, tenant_id, session_id, tool, amount, currency, usd_value, recipient, description, \
     status, reason, approval_id, tx_hash, network, idempotency_key, request_hash, requested_by, budget_day, detail, \
-    limits_key, payee, created_at, updated_at";
+    limits_key, created_at, updated_at";
 
 impl TryFrom<PaymentRow> for PaymentRecord {
     type Error = StoreError;
@@ -94,7 +91,6 @@ impl TryFrom<PaymentRow> for PaymentRecord {
             budget_day: r.budget_day,
             detail: r.detail,
             limits_key: opt_uuid(r.limits_key)?,
-            payee: r.payee,
             created_at: time(&r.created_at)?,
             updated_at: time(&r.updated_at)?,
         })
@@ -108,7 +104,7 @@ fn select(filter: &str) -> String {
 pub async fn insert(tx: &mut WriteTx, p: &PaymentRecord) -> Result<()> {
     query(format!(
         "INSERT INTO payments ({COLUMNS}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
     ))
     .bind(p.id.to_string())
     .bind(p.tenant_id.to_string())
@@ -130,7 +126,6 @@ pub async fn insert(tx: &mut WriteTx, p: &PaymentRecord) -> Result<()> {
     .bind(p.budget_day.clone())
     .bind(p.detail.clone())
     .bind(p.limits_key.map(|k| k.to_string()))
-    .bind(p.payee.clone())
     .bind(paygent_domain::time::format(p.created_at))
     .bind(paygent_domain::time::format(p.updated_at))
     .execute(tx.conn())
@@ -246,17 +241,28 @@ pub async fn awaiting_approval(
     .collect()
 }
 
-/// Whether a session of `key`'s has paid `payee` before (a payment executed, or authorized for the agent to
-/// make).
-pub async fn paid_before(db: Db<'_>, tenant_id: Uuid, key: Uuid, payee: &str) -> Result<bool> {
-    let found = query(
-        "SELECT 1 FROM payments WHERE tenant_id = $1 AND payee = $3 AND status IN ('executed', 'authorized') \
-         AND session_id IN (SELECT id FROM sessions WHERE tenant_id = $1 AND created_by = $2) LIMIT 1",
+/// Whether `key`'s sessions were let pay `payee` (normalized) before.
+pub async fn known_payee(db: Db<'_>, key: Uuid, payee: &str) -> Result<bool> {
+    let found = query("SELECT 1 FROM key_payees WHERE key_id = $1 AND payee = $2")
+        .bind(key.to_string())
+        .bind(payee.to_owned())
+        .fetch_optional(db)
+        .await?;
+    Ok(found.is_some())
+}
+
+/// Remembers that `key`'s sessions were let pay `payee` (normalized).
+pub async fn remember_payee(tx: &mut WriteTx, key: Uuid, payee: &str) -> Result<()> {
+    let (tenant, now) = (tx.tenant_id().to_string(), tx.now_text());
+    query(
+        "INSERT INTO key_payees (tenant_id, key_id, payee, created_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (key_id, payee) DO NOTHING",
     )
-    .bind(tenant_id.to_string())
+    .bind(tenant)
     .bind(key.to_string())
     .bind(payee.to_owned())
-    .fetch_optional(db)
+    .bind(now)
+    .execute(tx.conn())
     .await?;
-    Ok(found.is_some())
+    Ok(())
 }
