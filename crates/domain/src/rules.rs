@@ -2,7 +2,8 @@
 //! applies the strictest of the two.
 
 use crate::approval::DecisionKind;
-use crate::budget::USD_TOTAL;
+use crate::budget::{OnBudgetExceeded, USD_TOTAL};
+use crate::execution::OnReject;
 use crate::money::{Decimal, MAX_AMOUNT, parse_decimal, strict};
 use crate::payment::Recipient;
 use crate::policy::{
@@ -49,6 +50,21 @@ pub struct PolicyRules {
     /// The wallets (of the tenant's) its agents' sessions may pay from; all of the tenant's when empty.
     #[serde(default)]
     pub wallets: Vec<String>,
+    /// The most a session may ask for a payment over its own budget: `require_approval` lets a session send it
+    /// to a person (`deny` is always allowed), `deny` makes every such payment denied.
+    #[serde(default = "ask")]
+    pub on_budget_exceeded: OnBudgetExceeded,
+    /// Whether a session's executions may go on past a step a person rejected (`continue`), or must stop.
+    #[serde(default = "go_on")]
+    pub on_reject: OnReject,
+}
+
+fn ask() -> OnBudgetExceeded {
+    OnBudgetExceeded::RequireApproval
+}
+
+fn go_on() -> OnReject {
+    OnReject::Continue
 }
 
 /// A most that may be spent (and held by pending requests) in one period, in USD or in one currency.
@@ -173,6 +189,8 @@ impl Default for PolicyRules {
             limits: Vec::new(),
             over_limit: Route::Deny,
             wallets: Vec::new(),
+            on_budget_exceeded: ask(),
+            on_reject: go_on(),
         }
     }
 }
@@ -348,6 +366,14 @@ impl PolicyRules {
                 ),
             ));
         }
+        if self.on_budget_exceeded == OnBudgetExceeded::Deny
+            && config.budget.on_budget_exceeded != OnBudgetExceeded::Deny
+        {
+            return Err(broken("on_budget_exceeded", "the policy allows only deny"));
+        }
+        if self.on_reject == OnReject::Stop && config.on_reject != OnReject::Stop {
+            return Err(broken("on_reject", "the policy allows only stop"));
+        }
         if let (Some(max), Some(asked)) =
             (self.max_per_payment_usd, config.budget.max_per_payment_usd)
             && asked > max
@@ -492,6 +518,21 @@ mod tests {
         assert!(
             strict.admit(&SessionConfig::default()).is_ok(),
             "defaults fit any policy"
+        );
+        let closed = PolicyRules {
+            on_budget_exceeded: OnBudgetExceeded::Deny,
+            on_reject: OnReject::Stop,
+            ..PolicyRules::default()
+        };
+        let e = closed.admit(&config(json!({"on_budget_exceeded": "require_approval"})));
+        assert_eq!(e.unwrap_err().field, "on_budget_exceeded");
+        let e = closed.admit(&config(json!({"on_reject": "continue"})));
+        assert_eq!(e.unwrap_err().field, "on_reject");
+        assert!(closed.admit(&SessionConfig::default()).is_ok());
+        assert!(
+            rules
+                .admit(&config(json!({"on_reject": "continue"})))
+                .is_ok()
         );
         assert_eq!(strict.approval_timeout(&SessionConfig::default()), 60);
         assert_eq!(rules.approval_timeout(&SessionConfig::default()), 900);

@@ -7,6 +7,7 @@ use crate::policies;
 use crate::views::{ApprovalView, PaymentView};
 use crate::{EngineError, Paygent, Result, require};
 use chrono::{DateTime, Duration, Utc};
+use paygent_domain::budget::OnBudgetExceeded;
 use paygent_domain::judgement::{DenyReason, Findings, Judgement, judge};
 use paygent_domain::payment::PaymentIntent;
 use paygent_domain::rules::{NewPayee, Refusal};
@@ -240,7 +241,14 @@ impl<'a> Filing<'a> {
             stopped,
             refusal: rules.refusal(p.usd_value, args).or(ungranted).or(first),
             over_limit: over_limit.map(|detail| (detail, rules.over_limit)),
-            over_budget: over_budget.map(|e| (e, budget.on_budget_exceeded)),
+            // The strictest of session and policy: a policy that says deny denies.
+            over_budget: over_budget.map(|e| {
+                let route = match rules.on_budget_exceeded {
+                    OnBudgetExceeded::Deny => OnBudgetExceeded::Deny,
+                    OnBudgetExceeded::RequireApproval => budget.on_budget_exceeded,
+                };
+                (e, route)
+            }),
             verdict,
             allowed: tools.allowed_for(&p.tool),
         }))

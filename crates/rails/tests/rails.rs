@@ -522,12 +522,21 @@ async fn signed_then_lost(
     (hash, signed)
 }
 
+#[tokio::test]
+async fn wallets_belong_to_their_tenant_sqlite() {
+    wallets_belong_to_their_tenant(Backend::Sqlite).await
+}
+
+#[tokio::test]
+async fn wallets_belong_to_their_tenant_postgres() {
+    wallets_belong_to_their_tenant(Backend::Postgres).await
+}
+
 /// The configured wallet is the default tenant's: another tenant's session cannot name it until the operator
 /// gives it away, and a policy may narrow which of its tenant's wallets a key's sessions use, at once.
-#[tokio::test]
-async fn wallets_belong_to_their_tenant() {
+async fn wallets_belong_to_their_tenant(backend: Backend) {
     let chain = LocalChain::start(V2_NETWORK).await;
-    let s = chain.paygent(Backend::Sqlite, "local").await;
+    let s = chain.paygent(backend, "local").await;
     let t = team(&s).await;
     let other = s.team(&s.tenant("other").await).await;
     let with_wallet = json!({"wallet_address": payer()});

@@ -13,6 +13,7 @@ on_both_databases!(
     edits_are_held_to_the_policy,
     limits_hold_across_sessions_and_periods,
     first_payments_to_a_payee,
+    the_policy_bounds_what_a_session_chooses,
 );
 
 const ALLOWED: &str = "0x00000000000000000000000000000000000000a0";
@@ -458,5 +459,38 @@ async fn first_payments_to_a_payee(backend: Backend) {
         p["detail"].as_str().unwrap().contains("payees.new_payee"),
         "{p}"
     );
+    s.finish().await;
+}
+
+/// Over-budget payments go to a person and executions go on past a rejection only where the policy lets a
+/// session choose so; a policy that says deny denies open sessions' payments too.
+async fn the_policy_bounds_what_a_session_chooses(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let asks = json!({"daily_limit_usd": "5", "on_budget_exceeded": "require_approval"});
+    let session = s.session(&t.agent, asks.clone()).await;
+    assert_eq!(
+        pay_to(&s, &t.agent, session, "6", OTHER).await["status"],
+        "pending_approval"
+    );
+    let closed = json!({"on_budget_exceeded": "deny", "on_reject": "stop"});
+    let (status, _) = s.put(ADMIN_TOKEN, "/policies/default", closed).await;
+    assert_eq!(status, StatusCode::OK);
+    let p = pay_to(&s, &t.agent, session, "1", OTHER).await;
+    assert_eq!(p["status"], "denied", "the open session obeys: {p}");
+    assert_eq!(p["reason"], "budget_exceeded");
+    for (config, field) in [
+        (asks, "on_budget_exceeded"),
+        (json!({"on_reject": "continue"}), "on_reject"),
+    ] {
+        let (status, problem) = s
+            .post(&t.agent, "/sessions", json!({"config": config}))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains(field),
+            "{problem}"
+        );
+    }
     s.finish().await;
 }
