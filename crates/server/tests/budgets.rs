@@ -167,20 +167,7 @@ async fn over_budget_can_route_to_a_person(backend: Backend) {
             .starts_with("over budget"),
         "{request}"
     );
-    s.post(
-        &t.approver,
-        &format!("/approvals/{approval}/approve"),
-        json!({}),
-    )
-    .await;
-    let (status, paid) = s
-        .post(
-            &t.agent,
-            "/payments/execute-approved",
-            json!({"approval_id": approval}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{paid}");
+    s.approve_and_execute(&t.approver, &t.agent, approval).await;
     let b = budget(&s, &t.agent, session).await;
     assert_eq!(dec(&b["currencies"]["USDC"]["spent"]), Decimal::new(6, 0));
     assert_eq!(

@@ -427,20 +427,7 @@ async fn first_payments_to_a_payee(backend: Backend) {
             .contains("first payment"),
         "{request}"
     );
-    s.post(
-        &t.approver,
-        &format!("/approvals/{approval}/approve"),
-        json!({}),
-    )
-    .await;
-    let (status, _) = s
-        .post(
-            &agent,
-            "/payments/execute-approved",
-            json!({"approval_id": approval}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    s.approve_and_execute(&t.approver, &agent, approval).await;
     let again = pay_to(
         &s,
         &agent,

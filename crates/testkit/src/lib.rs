@@ -290,6 +290,17 @@ impl TestServer {
         self.call(token, Method::PUT, path, Some(body)).await
     }
 
+    /// A person approves the request `approval`, then the agent executes it; returns the payment.
+    pub async fn approve_and_execute(&self, approver: &str, agent: &str, approval: &str) -> Value {
+        let path = format!("/approvals/{approval}/approve");
+        let (status, decided) = self.post(approver, &path, json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{decided}");
+        let body = json!({"approval_id": approval});
+        let (status, paid) = self.post(agent, "/payments/execute-approved", body).await;
+        assert_eq!(status, StatusCode::OK, "{paid}");
+        paid
+    }
+
     /// Reads `GET /events?{query}` as `token` until its text satisfies `done`; panics after 10 s without.
     pub async fn events_until(
         &self,

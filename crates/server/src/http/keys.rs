@@ -36,7 +36,8 @@ pub struct CreateKey {
 
 /// Creates a key in the caller's tenant. The token is shown only in this response.
 #[utoipa::path(post, path = "/keys", tag = "keys", request_body = CreateKey,
-    responses((status = 201, body = KeyView), (status = 403, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 201, body = KeyView), (status = 400, body = Problem), (status = 403, body = Problem),
+        (status = 422, body = Problem)))]
 async fn create_key(
     State(paygent): State<Paygent>,
     Caller(who): Caller,

@@ -39,7 +39,7 @@ pub struct AssignWallet {
 /// configuration start as the default tenant's.
 #[utoipa::path(put, path = "/wallets/{address}", tag = "wallets", params(("address" = String, Path)),
     request_body = AssignWallet,
-    responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 204), (status = 400, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
 async fn assign_wallet(
     State(paygent): State<Paygent>,
     Caller(who): Caller,
