@@ -595,3 +595,41 @@ async fn other_tenant(s: &paygent_testkit::TestServer, other: &paygent_testkit::
         .unwrap()
         .to_owned()
 }
+
+/// While a rail carries a payment (signed, waiting to be mined), the agent's word on its outcome is refused: a
+/// `failed` report would have given the budget back while the money moves.
+#[tokio::test]
+async fn a_rail_payment_takes_no_outcome_from_the_agent() {
+    let chain = LocalChain::start(V2_NETWORK).await;
+    let s = chain.paygent(Backend::Sqlite, "local").await;
+    let t = team(&s).await;
+    let session = wallet_session(&s, &t, json!({})).await;
+    let payee_before = chain.balance(payee()).await;
+    chain.automine(false).await;
+    let request = reqwest::Client::new()
+        .post(s.url("/payments"))
+        .bearer_auth(&t.agent)
+        .json(
+            &json!({"session_id": session, "amount": "2", "currency": "USDC",
+            "recipient": payee().to_string()}),
+        );
+    let paying = tokio::spawn(request.send());
+    let open =
+        "SELECT COUNT(*) FROM payment_attempts WHERE receipt IS NULL AND tx_hash IS NOT NULL";
+    for _ in 0..500 {
+        if s.scalar(open).await == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(s.scalar(open).await, 1, "the transfer was signed and sent");
+    let id = s.text("SELECT payment_id FROM payment_attempts").await;
+    let path = format!("/payments/{id}/outcome");
+    let (status, problem) = s.post(&t.agent, &path, json!({"status": "failed"})).await;
+    assert_eq!(status, 409, "{problem}");
+    chain.automine(true).await;
+    let paid: Value = paying.await.unwrap().unwrap().json().await.unwrap();
+    assert_eq!(paid["status"], "executed", "{paid}");
+    assert_eq!(chain.balance(payee()).await - payee_before, 2_000_000);
+    s.finish().await;
+}
