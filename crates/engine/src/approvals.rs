@@ -85,6 +85,9 @@ impl Paygent {
         let edited_args = edit.as_ref().map(|(intent, _)| intent.args());
 
         let mut tx = self.begin_as(who).await?;
+        if to != ApprovalStatus::Rejected {
+            crate::kill::refuse_if_stopped(&mut tx, request.session_id).await?;
+        }
         let landed = approvals::decide(
             &mut tx,
             Decided {

@@ -1,6 +1,7 @@
 //! Stopping money from moving: a tenant-wide emergency stop, killing one session, and expiring overdue requests.
-//! Each stop cancels the pending approvals in its scope and releases their reservations, in the same
-//! transaction as its audit entry and events.
+//! A stop is one small write: the switch (or the session's state) commits at once, whatever is pending, and from
+//! then on nothing in its scope is paid, approved or executed. What it left pending is then cancelled in
+//! bounded batches, each with its audit entry and events, by whichever instance gets to it first.
 
 use crate::views::SessionView;
 use crate::{EngineError, Paygent, Result, require};
@@ -10,6 +11,7 @@ use paygent_store::WriteTx;
 use paygent_store::approvals;
 use paygent_store::payments;
 use paygent_store::sessions;
+use paygent_store::sweeps::{self, Sweep};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::time::Duration;
@@ -33,6 +35,8 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(15);
 
 /// How many overdue requests one sweep expires; the next sweep takes the rest.
 const SWEEP_BATCH: i64 = 200;
+/// How many requests (and executions, and payments) one transaction of a stop's sweep cancels.
+const STOP_BATCH: i64 = 500;
 
 impl KillSwitchView {
     fn parse(record: Option<&str>) -> KillSwitchView {
@@ -78,17 +82,15 @@ impl Paygent {
         };
         let record = engaged.then(|| serde_json::to_string(&view).expect("views serialize"));
         tx.set_kill_switch(record.as_deref()).await?;
-        let cancelled = if engaged {
-            cancel_scope(&mut tx, None, "kill_switch").await?
+        let (action, sweep) = if engaged {
+            let sweep = Uuid::now_v7();
+            sweeps::open(&mut tx, sweep, None, "kill_switch").await?;
+            ("kill_switch.engaged", Some(sweep))
         } else {
-            Vec::new()
+            sweeps::call_off(&mut tx, None).await?;
+            ("kill_switch.released", None)
         };
-        let action = if engaged {
-            "kill_switch.engaged"
-        } else {
-            "kill_switch.released"
-        };
-        let data = json!({"reason": reason, "cancelled_approvals": cancelled});
+        let data = json!({"reason": reason});
         tx.audit(&who.actor(), action, "tenant", None, data).await?;
         tx.event(
             "kill_switch",
@@ -97,6 +99,7 @@ impl Paygent {
         )
         .await?;
         self.publish(tx.commit().await?);
+        self.spawn_sweep(who.tenant_id, sweep);
         Ok(if engaged {
             view
         } else {
@@ -135,32 +138,83 @@ impl Paygent {
             .ok_or(EngineError::NotFound("session"))?;
         if sessions::set_state(&mut tx, id, state).await? {
             let killing = state == "killed";
-            let cancelled = if killing {
-                cancel_scope(&mut tx, Some(id), "killed").await?
+            let (action, sweep) = if killing {
+                let sweep = Uuid::now_v7();
+                sweeps::open(&mut tx, sweep, Some(id), "killed").await?;
+                ("session.killed", Some(sweep))
             } else {
-                Vec::new()
+                sweeps::call_off(&mut tx, Some(id)).await?;
+                ("session.revived", None)
             };
-            let action = if killing {
-                "session.killed"
-            } else {
-                "session.revived"
-            };
-            let data = json!({"reason": reason, "cancelled_approvals": cancelled});
-            tx.audit(
-                &who.actor(),
-                action,
-                &format!("session:{id}"),
-                Some(id),
-                data,
-            )
-            .await?;
+            let data = json!({"reason": reason});
+            let subject = format!("session:{id}");
+            tx.audit(&who.actor(), action, &subject, Some(id), data)
+                .await?;
             if killing {
                 let payload = json!({"kind": "session", "session_id": id, "reason": reason});
                 tx.event("cancelled", Some(id), payload).await?;
             }
             self.publish(tx.commit().await?);
+            self.spawn_sweep(who.tenant_id, sweep);
         }
         self.session(who, id).await
+    }
+
+    /// Sweeps a stop that just committed, now, beside the answer.
+    fn spawn_sweep(&self, tenant_id: Uuid, sweep: Option<Uuid>) {
+        let Some(sweep) = sweep else { return };
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = this.sweep_stop(tenant_id, sweep).await {
+                tracing::warn!(error = %e, %sweep, "a stop's sweep stopped; the sweeper takes it up");
+            }
+        });
+    }
+
+    /// Finishes every stop's sweep left open (by a crash, or another instance); returns how many it finished.
+    pub async fn sweep_stops(&self) -> Result<usize> {
+        let open = sweeps::open_sweeps(self.store.reader(), 100).await?;
+        let mut finished = 0;
+        for sweep in open {
+            if self.sweep_stop(sweep.tenant_id, sweep.id).await? {
+                finished += 1;
+            }
+        }
+        Ok(finished)
+    }
+
+    /// Cancels what a stop left pending in its scope, a batch per transaction, until nothing is left; then
+    /// closes the sweep and reports how many requests it cancelled. Returns whether this call closed it.
+    pub(crate) async fn sweep_stop(&self, tenant_id: Uuid, id: Uuid) -> Result<bool> {
+        loop {
+            let mut tx = self.store.begin(tenant_id, self.now()).await?;
+            let Some(sweep) = sweeps::get(&mut tx, id).await? else {
+                return Ok(false);
+            };
+            let batch = cancel_batch(&mut tx, &sweep).await?;
+            let scope = sweep.session_id;
+            let subject = scope.map_or_else(|| "tenant".to_owned(), |s| format!("session:{s}"));
+            if batch.done {
+                sweeps::close(&mut tx, id).await?;
+                let total = json!({"reason": sweep.reason, "cancelled": sweep.cancelled});
+                tx.audit("system", "stop.swept", &subject, scope, total.clone())
+                    .await?;
+                let (kind, mut payload) = match scope {
+                    None => ("kill_switch", json!({"engaged": true})),
+                    Some(s) => ("cancelled", json!({"kind": "session", "session_id": s})),
+                };
+                payload["swept"] = json!(true);
+                payload["cancelled"] = json!(sweep.cancelled);
+                tx.event(kind, scope, payload).await?;
+                self.publish(tx.commit().await?);
+                return Ok(true);
+            }
+            sweeps::add(&mut tx, id, batch.cancelled.len() as i64).await?;
+            let data = json!({"reason": sweep.reason, "cancelled_approvals": batch.cancelled});
+            tx.audit("system", "stop.batch", &subject, scope, data)
+                .await?;
+            self.publish(tx.commit().await?);
+        }
     }
 
     /// Expires every pending request whose deadline has passed; returns how many. Safe to run from any number of
@@ -202,6 +256,9 @@ impl Paygent {
                 if let Err(e) = paygent.expire_overdue().await {
                     tracing::warn!(error = %e, "sweeping overdue approvals failed; retrying");
                 }
+                if let Err(e) = paygent.sweep_stops().await {
+                    tracing::warn!(error = %e, "sweeping stopped scopes failed; retrying");
+                }
                 if last_reconcile.is_none_or(|t| t.elapsed() >= RECONCILE_EVERY) {
                     last_reconcile = Some(tokio::time::Instant::now());
                     let stale = paygent.now() - chrono::Duration::seconds(60);
@@ -226,41 +283,56 @@ impl Paygent {
     }
 }
 
-/// Cancels the pending approvals in scope (one session, or the whole tenant) and denies their payments,
-/// releasing reservations. Returns the cancelled requests' ids.
-async fn cancel_scope(
-    tx: &mut WriteTx,
-    session_id: Option<Uuid>,
-    reason: &str,
-) -> Result<Vec<Uuid>> {
+/// Refuses to let money move in a stopped scope, as this transaction sees it (under the tenant's lock): the
+/// emergency stop, or the session killed. A stop's commit is enough; its sweep need not have come by yet.
+pub(crate) async fn refuse_if_stopped(tx: &mut WriteTx, session_id: Uuid) -> Result<()> {
+    if tx.kill_switch().is_some() {
+        return Err(EngineError::Conflict(
+            "the emergency stop is engaged: nothing is approved or executed".into(),
+        ));
+    }
     let tenant_id = tx.tenant_id();
+    let session = sessions::get(tx.conn(), tenant_id, session_id)
+        .await?
+        .ok_or(EngineError::NotFound("session"))?;
+    if session.state != "active" {
+        return Err(EngineError::Conflict(
+            "the session was killed: nothing is approved or executed".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// One transaction's share of a sweep.
+struct Batch {
+    /// The requests it cancelled.
+    cancelled: Vec<Uuid>,
+    /// True when it found nothing left to cancel.
+    done: bool,
+}
+
+/// Cancels at most a batch of what the stop left in its scope (one session, or the whole tenant): active
+/// executions, pending approvals, and payments still waiting on a person (approved requests not yet executed lose
+/// their payment too), releasing reservations.
+async fn cancel_batch(tx: &mut WriteTx, sweep: &Sweep) -> Result<Batch> {
+    let (session_id, reason) = (sweep.session_id, sweep.reason.as_str());
     // Executions first: each cancels the approval its step waits on, and the event that stops its runner.
-    for execution in paygent_store::executions::active_in(tx, session_id).await? {
-        crate::executions::cancel_within(tx, &execution, reason).await?;
+    let executions = paygent_store::executions::active_in(tx, session_id, STOP_BATCH).await?;
+    for execution in &executions {
+        crate::executions::cancel_within(tx, execution, reason).await?;
     }
-    let pending = approvals::pending(
-        tx.conn(),
-        tenant_id,
-        paygent_store::Scope {
-            session_id,
-            owner: None,
-        },
-        i64::MAX,
-    )
-    .await?;
-    let mut cancelled = Vec::with_capacity(pending.len());
-    for request in pending {
-        if approvals::end(tx, request.id, ApprovalStatus::Cancelled, Some(reason)).await? {
-            let payload = json!({"kind": "approval", "id": request.id, "session_id": request.session_id,
-                "payment_id": request.payment_id, "reason": reason});
-            tx.event("cancelled", Some(request.session_id), payload)
-                .await?;
-            cancelled.push(request.id);
-        }
+    let ended = approvals::cancel_some(tx, session_id, reason, STOP_BATCH).await?;
+    let mut cancelled = Vec::with_capacity(ended.len());
+    for (id, session, payment_id) in ended {
+        let payload = json!({"kind": "approval", "id": id, "session_id": session,
+            "payment_id": payment_id, "reason": reason});
+        tx.event("cancelled", Some(session), payload).await?;
+        cancelled.push(id);
     }
-    // Approved requests not yet executed lose their payment too: nothing moves while a stop is in force.
-    for payment in payments::awaiting_approval(tx, session_id).await? {
+    let waiting = payments::awaiting_approval(tx, session_id, STOP_BATCH).await?;
+    for payment in &waiting {
         crate::payments::deny_pending(tx, payment.id, "killed").await?;
     }
-    Ok(cancelled)
+    let done = executions.is_empty() && cancelled.is_empty() && waiting.is_empty();
+    Ok(Batch { cancelled, done })
 }

@@ -140,11 +140,7 @@ impl Paygent {
         };
 
         let mut tx = self.begin_as(who).await?;
-        if tx.kill_switch().is_some() {
-            return Err(EngineError::Conflict(
-                "the emergency stop is engaged: nothing is executed".into(),
-            ));
-        }
+        crate::kill::refuse_if_stopped(&mut tx, request.session_id).await?;
         if !approvals::consume(&mut tx, approval_id).await? {
             let current = approvals::get(tx.conn(), who.tenant_id, approval_id)
                 .await?

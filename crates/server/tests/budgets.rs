@@ -74,6 +74,12 @@ async fn concurrent_payments_never_overspend(backend: Backend) {
 
 async fn pending_approvals_hold_reservations(backend: Backend) {
     let s = TestServer::start(backend).await;
+    // Noon, so that the 15 minutes this test lets pass never cross into the next budget day.
+    let noon = chrono::Utc::now()
+        .date_naive()
+        .and_hms_opt(12, 0, 0)
+        .unwrap();
+    s.clock.set(noon.and_utc());
     let t = s.team(ADMIN_TOKEN).await;
     let session = s
         .session(&t.agent, json!({"daily_limits": {"USDC": "100"}}))

@@ -11,6 +11,7 @@ on_both_databases!(
     the_emergency_stop_halts_everything,
     killing_a_session_cancels_only_its_requests,
     overdue_requests_are_swept_once,
+    a_stop_answers_at_once_whatever_is_pending,
 );
 
 async fn reserved(s: &TestServer, token: &str, session: uuid::Uuid) -> Decimal {
@@ -51,6 +52,7 @@ async fn the_emergency_stop_halts_everything(backend: Backend) {
         .await;
     assert_eq!(status, StatusCode::OK, "{view}");
     assert_eq!(view["engaged"], true);
+    s.swept().await;
     let (_, seen) = s.get(&t.agent, "/kill-switch").await;
     assert_eq!(
         seen["reason"], "agent looping",
@@ -125,7 +127,11 @@ async fn the_emergency_stop_halts_everything(backend: Backend) {
         .into_iter()
         .map(|e| e.kind)
         .collect();
-    assert_eq!(kinds.iter().filter(|k| *k == "kill_switch").count(), 2);
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "kill_switch").count(),
+        3,
+        "engaged, swept, released"
+    );
     assert_eq!(kinds.iter().filter(|k| *k == "cancelled").count(), 1);
     assert_eq!(
         s.count("audit_log WHERE action = 'kill_switch.engaged'")
@@ -158,6 +164,7 @@ async fn killing_a_session_cancels_only_its_requests(backend: Backend) {
         .await;
     assert_eq!(status, StatusCode::OK, "{killed}");
     assert_eq!(killed["state"], "killed");
+    s.swept().await;
 
     let (_, a_req) = s
         .get(
@@ -202,17 +209,23 @@ async fn killing_a_session_cancels_only_its_requests(backend: Backend) {
         "authorized"
     );
     let (_, audit) = s.get(&t.admin, "/audit?limit=1000").await;
-    let kill = audit["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["action"] == "session.killed")
-        .unwrap();
-    assert_eq!(kill["data"]["reason"], "odd behaviour");
+    let entry = |action: &str| {
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["action"] == action)
+            .unwrap_or_else(|| panic!("no {action} entry"))
+            .clone()
+    };
+    assert_eq!(entry("session.killed")["data"]["reason"], "odd behaviour");
+    let batch = entry("stop.batch");
     assert_eq!(
-        kill["data"]["cancelled_approvals"],
+        batch["data"]["cancelled_approvals"],
         json!([a["approval_id"]])
     );
+    assert_eq!(batch["subject"], format!("session:{doomed}"));
+    assert_eq!(entry("stop.swept")["data"]["cancelled"], 1);
     s.finish().await;
 }
 
@@ -283,5 +296,98 @@ async fn overdue_requests_are_swept_once(backend: Backend) {
     }
     sweeper.abort();
     assert_eq!(status, "expired");
+    s.finish().await;
+}
+
+/// Copies the pending request `template` `n` times (with ids that sort before it, so a sweep reaches it last):
+/// more pending requests than a statement may have parameters, made fast.
+async fn seed_pending(s: &TestServer, template: &str, n: usize) {
+    let (numbers, id) = match s.backend {
+        Backend::Sqlite => (
+            format!(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n}) "
+            ),
+            "printf('%08d-0000-4000-8000-000000000000', i)",
+        ),
+        Backend::Postgres => (
+            String::new(),
+            "lpad(i::text, 8, '0') || '-0000-4000-8000-000000000000'",
+        ),
+    };
+    let from = match s.backend {
+        Backend::Sqlite => "n".to_owned(),
+        Backend::Postgres => format!("generate_series(1, {n}) AS n(i)"),
+    };
+    let copied = s
+        .sql(&format!(
+            "{numbers}INSERT INTO approval_requests (id, tenant_id, session_id, payment_id, tool, args, reason, \
+             usd_value, allowed_decisions, status, requested_by, deadline, created_at) \
+             SELECT {id}, a.tenant_id, a.session_id, NULL, a.tool, a.args, a.reason, a.usd_value, \
+             a.allowed_decisions, 'pending', a.requested_by, a.deadline, a.created_at \
+             FROM {from}, approval_requests a WHERE a.id = '{template}'"
+        ))
+        .await;
+    assert_eq!(copied, n as u64);
+}
+
+/// More pending requests than the database takes parameters in one statement: the emergency stop still answers
+/// 200 at once, nothing in its scope can be approved from its commit on (before its sweep gets there), another
+/// instance refuses payments at once, and the sweep cancels every one.
+async fn a_stop_answers_at_once_whatever_is_pending(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s.session(&t.agent, json!({})).await;
+    let (_, last) = s.pay(&t.agent, session, "20", "USDC").await;
+    let last = last["approval_id"].as_str().unwrap().to_owned();
+    let n = match backend {
+        Backend::Sqlite => 33_000,
+        Backend::Postgres => 66_000,
+    };
+    seed_pending(&s, &last, n).await;
+    let other = s.another_instance().await;
+
+    let (status, view) = s
+        .post(
+            &t.admin,
+            "/kill-switch",
+            json!({"engaged": true, "reason": "runaway"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    let (status, problem) = s
+        .post(
+            &t.approver,
+            &format!("/approvals/{last}/approve"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("emergency stop"),
+        "refused by the stop, not by a sweep that came first: {problem}"
+    );
+    let (_, p) = other.pay(&t.agent, session, "1", "USDC").await;
+    assert_eq!(
+        p["reason"], "killed",
+        "the other instance refuses at once: {p}"
+    );
+
+    s.swept().await;
+    let count = |status: &str| format!("approval_requests WHERE status = '{status}'");
+    assert_eq!(s.count(&count("pending")).await, 0);
+    assert_eq!(s.count(&count("cancelled")).await, n as i64 + 1);
+    let (_, audit) = s.get(&t.admin, "/audit?limit=1000").await;
+    let swept = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "stop.swept")
+        .cloned()
+        .expect("the sweep's end is audited");
+    assert_eq!(swept["data"]["cancelled"], n as i64 + 1);
+    other.finish().await;
     s.finish().await;
 }

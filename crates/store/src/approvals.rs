@@ -211,6 +211,55 @@ pub async fn end(
     Ok(done == 1)
 }
 
+/// Cancels up to `limit` pending requests of a session (or of the tenant), in any order; returns each cancelled
+/// request's (id, session, payment). Two statements of bounded size: the ids, then one update by primary key
+/// (a plan the database cannot turn into a scan per row, whatever its statistics say).
+pub async fn cancel_some(
+    tx: &mut WriteTx,
+    session_id: Option<Uuid>,
+    note: &str,
+    limit: i64,
+) -> Result<Vec<(Uuid, Uuid, Option<Uuid>)>> {
+    let (now, tenant) = (tx.now_text(), tx.tenant_id().to_string());
+    let ids: Vec<String> = query(
+        "SELECT id FROM approval_requests WHERE tenant_id = $1 AND status = 'pending' \
+         AND ($2 IS NULL OR session_id = $2) LIMIT $3",
+    )
+    .bind(tenant)
+    .bind(session_id.map(|s| s.to_string()))
+    .bind(limit)
+    .fetch_all(tx.conn())
+    .await?
+    .into_iter()
+    .map(|r| r.get(0))
+    .collect::<Result<_>>()?;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    // By primary key alone: a plan over the (tenant, status) index would walk every pending request per id.
+    let list = (3..3 + ids.len())
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>();
+    let mut update = query(format!(
+        "UPDATE approval_requests SET status = 'cancelled', decided_at = $1, decision_note = $2 \
+         WHERE id IN ({}) AND status = 'pending' RETURNING id, session_id, payment_id",
+        list.join(", ")
+    ))
+    .bind(now)
+    .bind(note.to_owned());
+    for id in ids {
+        update = update.bind(id);
+    }
+    let rows = update.fetch_all(tx.conn()).await?;
+    rows.into_iter()
+        .map(|r| {
+            let id = uuid(&r.get::<String>(0)?)?;
+            let session = uuid(&r.get::<String>(1)?)?;
+            Ok((id, session, crate::opt_uuid(r.get(2)?)?))
+        })
+        .collect()
+}
+
 /// Takes the one-time right to execute an approved or edited request; returns false if already taken or not
 /// approved.
 pub async fn consume(tx: &mut WriteTx, id: Uuid) -> Result<bool> {

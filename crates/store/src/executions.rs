@@ -198,13 +198,19 @@ pub async fn list(
 }
 
 /// A tenant's executions not yet ended, optionally of one session.
-pub async fn active_in(tx: &mut WriteTx, session_id: Option<Uuid>) -> Result<Vec<ExecutionRecord>> {
+pub async fn active_in(
+    tx: &mut WriteTx,
+    session_id: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<ExecutionRecord>> {
     let tenant = tx.tenant_id().to_string();
     query(select(
-        "tenant_id = $1 AND status IN ('running', 'awaiting_approval') AND ($2 IS NULL OR session_id = $2)",
+        "tenant_id = $1 AND status IN ('running', 'awaiting_approval') AND ($2 IS NULL OR session_id = $2) \
+         LIMIT $3",
     ))
     .bind(tenant)
     .bind(session_id.map(|s| s.to_string()))
+    .bind(limit)
     .fetch_all(tx.conn())
     .await?
     .into_iter()

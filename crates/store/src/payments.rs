@@ -227,13 +227,16 @@ pub async fn transition(tx: &mut WriteTx, t: Transition<'_>) -> Result<bool> {
 pub async fn awaiting_approval(
     tx: &mut WriteTx,
     session_id: Option<Uuid>,
+    limit: i64,
 ) -> Result<Vec<PaymentRecord>> {
     let tenant = tx.tenant_id().to_string();
     query(select(
-        "tenant_id = $1 AND status = 'pending_approval' AND ($2 IS NULL OR session_id = $2) ORDER BY created_at",
+        "tenant_id = $1 AND status = 'pending_approval' AND ($2 IS NULL OR session_id = $2) \
+         ORDER BY created_at LIMIT $3",
     ))
     .bind(tenant)
     .bind(session_id.map(|s| s.to_string()))
+    .bind(limit)
     .fetch_all(tx.conn())
     .await?
     .into_iter()

@@ -290,6 +290,18 @@ impl TestServer {
         self.call(token, Method::PUT, path, Some(body)).await
     }
 
+    /// Waits until every stop's sweep has finished (what the stops left pending is cancelled); panics after
+    /// 120 s (tens of thousands of requests in a debug build).
+    pub async fn swept(&self) {
+        for _ in 0..6000 {
+            if self.count("stop_sweeps").await == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("a stop's sweep did not finish within 120 s");
+    }
+
     /// A person approves the request `approval`, then the agent executes it; returns the payment.
     pub async fn approve_and_execute(&self, approver: &str, agent: &str, approval: &str) -> Value {
         let path = format!("/approvals/{approval}/approve");
