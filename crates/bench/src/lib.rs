@@ -898,3 +898,142 @@ pub async fn guard_spread(
         String::new(),
     ))
 }
+
+/// Where the stop scenario puts its pending requests: straight into the server's database, as copies of one real
+/// request (filing 100,000 through the API would measure filing, for minutes).
+enum Seeder {
+    Lite(Arc<std::sync::Mutex<rusqlite::Connection>>),
+    Pg(sqlx::PgPool),
+}
+
+impl Seeder {
+    async fn connect(database_url: &str) -> anyhow::Result<Seeder> {
+        if database_url.starts_with("sqlite:") {
+            let path =
+                <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(database_url)?
+                    .get_filename()
+                    .to_owned();
+            let conn = rusqlite::Connection::open(path)?;
+            conn.execute_batch("PRAGMA busy_timeout = 5000;")?;
+            return Ok(Seeder::Lite(Arc::new(std::sync::Mutex::new(conn))));
+        }
+        Ok(Seeder::Pg(
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .connect(database_url)
+                .await?,
+        ))
+    }
+
+    /// Copies the pending request `template` `n` times, with ids of their own (`batch` keeps trials apart).
+    async fn copy_pending(&self, template: &str, n: usize, batch: usize) -> anyhow::Result<()> {
+        const COLUMNS: &str = "tenant_id, session_id, NULL, tool, args, reason, usd_value, allowed_decisions, \
+            'pending', requested_by, deadline, created_at";
+        const INTO: &str = "INSERT INTO approval_requests (id, tenant_id, session_id, payment_id, tool, args, \
+            reason, usd_value, allowed_decisions, status, requested_by, deadline, created_at)";
+        match self {
+            Seeder::Lite(conn) => {
+                let sql = format!(
+                    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n}) {INTO} \
+                     SELECT printf('%08d-%04d-4000-8000-000000000000', i, {batch}), {COLUMNS} \
+                     FROM n, approval_requests WHERE id = ?1"
+                );
+                let (conn, template) = (conn.clone(), template.to_owned());
+                tokio::task::spawn_blocking(move || {
+                    conn.lock()
+                        .expect("seeder")
+                        .execute(&sql, [template])
+                        .map(drop)
+                })
+                .await??;
+            }
+            Seeder::Pg(pool) => {
+                let sql = format!(
+                    "{INTO} SELECT lpad(i::text, 8, '0') || '-' || lpad('{batch}', 4, '0') || \
+                     '-4000-8000-000000000000', {COLUMNS} \
+                     FROM generate_series(1, {n}) AS n(i), approval_requests WHERE id = $1"
+                );
+                // Only numbers of ours are formatted into it.
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(template)
+                    .execute(pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until no stop has a sweep left to do; fails after ten minutes.
+    async fn swept(&self) -> anyhow::Result<()> {
+        const OPEN: &str = "SELECT COUNT(*) FROM stop_sweeps";
+        for _ in 0..300_000 {
+            let open: i64 = match self {
+                Seeder::Lite(conn) => {
+                    let conn = conn.clone();
+                    tokio::task::spawn_blocking(move || {
+                        conn.lock()
+                            .expect("seeder")
+                            .query_row(OPEN, [], |r| r.get(0))
+                    })
+                    .await??
+                }
+                Seeder::Pg(pool) => sqlx::query_scalar(OPEN).fetch_one(pool).await?,
+            };
+            if open == 0 {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        bail!("the stop's sweep did not finish within ten minutes")
+    }
+}
+
+/// Scenario 10 (issue 15): the emergency stop with `n` requests pending, `trials` times: how long its answer
+/// takes (request to response), and how long the sweep that cancels them takes after it (response to the last
+/// one cancelled).
+pub async fn stop_with_pending(
+    t: &Target,
+    database_url: &str,
+    n: usize,
+    trials: usize,
+) -> anyhow::Result<[Measurement; 2]> {
+    let seeder = Seeder::connect(database_url).await?;
+    let (mut answers, mut sweeps) = (Vec::new(), Vec::new());
+    for trial in 0..trials {
+        let agent = t.key("agent").await?;
+        let session = t.session(&agent).await?;
+        let template = t.pay(&agent, &session, "25.00").await?;
+        let template = template["approval_id"].as_str().context("approval_id")?;
+        seeder
+            .copy_pending(template, n.saturating_sub(1), trial)
+            .await?;
+        let started = Instant::now();
+        t.post(&t.admin, "/kill-switch", json!({"engaged": true}))
+            .await?;
+        answers.push(started.elapsed());
+        let answered = Instant::now();
+        seeder.swept().await?;
+        sweeps.push(answered.elapsed());
+        t.post(&t.admin, "/kill-switch", json!({"engaged": false}))
+            .await?;
+    }
+    let swept: Duration = sweeps.iter().sum();
+    let scenario = format!("stop, {n} pending");
+    let answer = Measurement::from_latencies(
+        &scenario,
+        1,
+        answers,
+        Duration::ZERO,
+        "request → answer".into(),
+    );
+    let mut sweep = Measurement::from_latencies(&scenario, 1, sweeps, swept, String::new());
+    sweep.per_second = (n * trials) as f64 / swept.as_secs_f64().max(f64::EPSILON);
+    sweep.note = "answer → last request cancelled (per s: requests cancelled)".into();
+    Ok([
+        Measurement {
+            per_second: 0.0,
+            ..answer
+        },
+        sweep,
+    ])
+}

@@ -36,6 +36,8 @@ enum Scenario {
     Footprint,
     /// An x402 payment on a local chain, through Paygent and by a direct client.
     X402,
+    /// The emergency stop with 0, 10,000 and 100,000 requests pending: its answer, and the sweep after it.
+    Stop,
     /// The guard's auto path on 1, 2 and 3 instances of one PostgreSQL database (needs --db postgres://...),
     /// beside one instance on SQLite.
     Instances,
@@ -224,6 +226,20 @@ fn machine() -> String {
     format!("{cores} cores, {cpu}, revision {rev}")
 }
 
+/// The stop scenario at each size: five trials each, three at 100,000 (two in the tiny mode).
+async fn stops(t: &Target, db: &str, scale: &Scale) -> anyhow::Result<Vec<Measurement>> {
+    let sizes = if scale.requests < 100 {
+        [(0, 2), (10, 2), (100, 2)]
+    } else {
+        [(0, 5), (10_000, 5), (100_000, 3)]
+    };
+    let mut lines = Vec::new();
+    for (n, trials) in sizes {
+        lines.extend(paygent_bench::stop_with_pending(t, db, n, trials).await?);
+    }
+    Ok(lines)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -279,6 +295,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Ceiling => (vec![b::ceiling(&db, &scale, 16).await?], vec![]),
         Scenario::Footprint => (vec![], b::footprint(&t, &scale, pid).await?),
         Scenario::X402 => (vec![], vec![]),
+        Scenario::Stop => (stops(&t, &db, &scale).await?, vec![]),
         Scenario::Instances => (instances(&db, &dir, &scale, &t).await?, vec![]),
     };
     let mut lines = lines;

@@ -508,6 +508,11 @@ async fn benchmark_scenarios_run() {
     }
     assert_eq!(footprint.len(), 4);
     assert!(footprint.iter().all(|(_, mb)| *mb > 1.0));
+    let [answer, sweep] = paygent_bench::stop_with_pending(&target, &db, 100, 2)
+        .await
+        .unwrap();
+    assert_eq!((answer.count, sweep.count), (2, 2));
+    assert!(sweep.per_second > 0.0, "{sweep:?}");
     child.kill().unwrap();
     child.wait().unwrap();
     let _ = std::fs::remove_dir_all(dir);
