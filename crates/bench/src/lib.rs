@@ -925,8 +925,10 @@ impl Seeder {
         ))
     }
 
-    /// Copies the pending request `template` `n` times, with ids of their own (`batch` keeps trials apart).
-    async fn copy_pending(&self, template: &str, n: usize, batch: usize) -> anyhow::Result<()> {
+    /// Copies the pending request `template` `n` times, with ids of their own: a number, then the rest of a
+    /// random UUID.
+    async fn copy_pending(&self, template: &str, n: usize) -> anyhow::Result<()> {
+        let rest = &uuid::Uuid::new_v4().to_string()[8..];
         const COLUMNS: &str = "tenant_id, session_id, NULL, tool, args, reason, usd_value, allowed_decisions, \
             'pending', requested_by, deadline, created_at";
         const INTO: &str = "INSERT INTO approval_requests (id, tenant_id, session_id, payment_id, tool, args, \
@@ -935,7 +937,7 @@ impl Seeder {
             Seeder::Lite(conn) => {
                 let sql = format!(
                     "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n}) {INTO} \
-                     SELECT printf('%08d-%04d-4000-8000-000000000000', i, {batch}), {COLUMNS} \
+                     SELECT printf('%08d', i) || '{rest}', {COLUMNS} \
                      FROM n, approval_requests WHERE id = ?1"
                 );
                 let (conn, template) = (conn.clone(), template.to_owned());
@@ -949,8 +951,7 @@ impl Seeder {
             }
             Seeder::Pg(pool) => {
                 let sql = format!(
-                    "{INTO} SELECT lpad(i::text, 8, '0') || '-' || lpad('{batch}', 4, '0') || \
-                     '-4000-8000-000000000000', {COLUMNS} \
+                    "{INTO} SELECT lpad(i::text, 8, '0') || '{rest}', {COLUMNS} \
                      FROM generate_series(1, {n}) AS n(i), approval_requests WHERE id = $1"
                 );
                 // Only numbers of ours are formatted into it.
@@ -999,14 +1000,12 @@ pub async fn stop_with_pending(
 ) -> anyhow::Result<[Measurement; 2]> {
     let seeder = Seeder::connect(database_url).await?;
     let (mut answers, mut sweeps) = (Vec::new(), Vec::new());
-    for trial in 0..trials {
+    for _ in 0..trials {
         let agent = t.key("agent").await?;
         let session = t.session(&agent).await?;
         let template = t.pay(&agent, &session, "25.00").await?;
         let template = template["approval_id"].as_str().context("approval_id")?;
-        seeder
-            .copy_pending(template, n.saturating_sub(1), trial)
-            .await?;
+        seeder.copy_pending(template, n.saturating_sub(1)).await?;
         let started = Instant::now();
         t.post(&t.admin, "/kill-switch", json!({"engaged": true}))
             .await?;
