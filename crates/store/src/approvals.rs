@@ -236,13 +236,14 @@ pub async fn cancel_some(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    // By primary key alone: a plan over the (tenant, status) index would walk every pending request per id.
+    // By primary key alone: any plan over a status index would walk every pending request. They were read as
+    // pending under the tenant's lock this transaction holds, so they still are.
     let list = (3..3 + ids.len())
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>();
     let mut update = query(format!(
         "UPDATE approval_requests SET status = 'cancelled', decided_at = $1, decision_note = $2 \
-         WHERE id IN ({}) AND status = 'pending' RETURNING id, session_id, payment_id",
+         WHERE id IN ({}) RETURNING id, session_id, payment_id",
         list.join(", ")
     ))
     .bind(now)
