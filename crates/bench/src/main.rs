@@ -100,6 +100,8 @@ fn start_server(
             .env("PAYGENT_LOG", "warn")
             // The harness is one client hammering with few keys: measure the engine, not the limiter.
             .env("PAYGENT_RATE_LIMIT", "0")
+            // The harness's peers listen on loopback.
+            .env("PAYGENT_EGRESS_ALLOW", "127.0.0.0/8")
             .stdout(Stdio::null())
             .spawn()
             .context("starting paygent serve")?;

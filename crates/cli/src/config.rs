@@ -1,6 +1,7 @@
 //! `paygent serve` settings: a TOML file, overridden by the environment.
 
 use anyhow::{Context, bail};
+use paygent_engine::EgressPolicy;
 use paygent_engine::domain::PriceTable;
 use paygent_planner::LlmPlanner;
 use paygent_rails::{ChainConfig, RailsConfig, TokenConfig as RailToken};
@@ -23,6 +24,7 @@ pub struct FileConfig {
     admin_token: Option<String>,
     event_retention_days: Option<u32>,
     rate_limit_per_second: Option<u32>,
+    egress_allow: Option<String>,
     #[serde(default)]
     prices: BTreeMap<String, String>,
     #[serde(default)]
@@ -89,6 +91,8 @@ pub struct ServeConfig {
     pub lease: std::time::Duration,
     /// An OpenAI-compatible chat-completions model to plan what the parser refuses (its key never prints).
     pub planner: Option<LlmPlanner>,
+    /// What requests made on an agent's behalf may reach (`PAYGENT_EGRESS_ALLOW` lets private addresses through).
+    pub egress: EgressPolicy,
 }
 
 const PRICE_PREFIX: &str = "PAYGENT_PRICE_";
@@ -217,7 +221,11 @@ impl ServeConfig {
                 .context("PAYGENT_LEASE_SECONDS must be a whole number from 1 to 3600")?,
             None => 10,
         };
+        let allow = var("PAYGENT_EGRESS_ALLOW").or(parsed.egress_allow);
+        let egress = EgressPolicy::allowing(allow.as_deref().unwrap_or_default())
+            .context("PAYGENT_EGRESS_ALLOW")?;
         Ok(ServeConfig {
+            egress,
             lease: std::time::Duration::from_secs(lease_seconds),
             rails,
             planner,

@@ -213,10 +213,11 @@ async fn serve(config_file: Option<&Path>) -> anyhow::Result<ExitCode> {
     let store = Store::connect(&config.database_url, &options)
         .await
         .context("opening the database")?;
-    let mut paygent =
-        Paygent::new(store, config.prices.clone(), Arc::new(SystemClock)).with_lease(config.lease);
+    let mut paygent = Paygent::new(store, config.prices.clone(), Arc::new(SystemClock))
+        .with_lease(config.lease)
+        .with_egress(paygent_engine::Egress::new(config.egress.clone()));
     if config.rails.is_active() {
-        let rails = paygent_rails::EvmRails::new(&config.rails)?;
+        let rails = paygent_rails::EvmRails::new(&config.rails, paygent.egress().clone())?;
         paygent = paygent_rails::install(paygent, rails);
         tracing::info!(rails = ?config.rails, "payments are carried out on chain");
     } else if !config.rails.chains.is_empty() {

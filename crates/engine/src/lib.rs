@@ -5,6 +5,7 @@
 mod approvals;
 mod audit;
 mod budget;
+mod egress;
 mod error;
 mod events;
 mod executions;
@@ -20,6 +21,7 @@ mod views;
 mod wallets;
 
 pub use audit::{AuditPage, ChainCheck};
+pub use egress::{Egress, EgressError, EgressPolicy, Fetched};
 pub use error::{EngineError, Result};
 pub use events::{EventFilter, LiveEvent, Subscription, SubscriptionEnd};
 pub use executions::Plan;
@@ -75,6 +77,7 @@ pub struct Paygent {
     clock: Arc<dyn Clock>,
     hub: events::EventHub,
     tools: ToolRegistry,
+    egress: Egress,
     rails: Vec<Arc<dyn Rail>>,
     planner: Option<Arc<dyn Planner>>,
     /// This engine's name on the execution leases it holds.
@@ -98,6 +101,7 @@ impl Paygent {
             prices: Arc::new(prices),
             clock,
             tools: ToolRegistry::builtin(),
+            egress: Egress::default(),
             rails: Vec::new(),
             planner: None,
             instance: Uuid::new_v4().to_string().into(),
@@ -125,6 +129,19 @@ impl Paygent {
     pub fn with_rail(mut self, rail: impl Rail) -> Self {
         self.rails.push(Arc::new(rail));
         self
+    }
+
+    /// Holds every outbound request made on an agent's behalf to `egress` (the default refuses loopback, private,
+    /// link-local and metadata addresses).
+    pub fn with_egress(mut self, egress: Egress) -> Self {
+        self.tools.set_egress(egress.clone());
+        self.egress = egress;
+        self
+    }
+
+    /// The egress policy's client, for rails and tools that make requests on an agent's behalf.
+    pub fn egress(&self) -> &Egress {
+        &self.egress
     }
 
     /// Replaces the tools executions may call.

@@ -18,7 +18,7 @@ use alloy::sol;
 use alloy::sol_types::{Eip712Domain, SolCall, SolEvent, SolStruct};
 use futures::future::BoxFuture;
 use paygent_engine::domain::Decimal;
-use paygent_engine::{Journal, PaymentOrder, Rail, RailError, Settlement, Signed};
+use paygent_engine::{Egress, Journal, PaymentOrder, Rail, RailError, Settlement, Signed};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -68,7 +68,8 @@ struct Inner {
     /// One transaction at a time per wallet, from reading the nonce to broadcasting, so two payments never take
     /// the same nonce.
     nonce_turns: BTreeMap<Address, tokio::sync::Mutex<()>>,
-    http: reqwest::Client,
+    /// Requests to x402 resources, which agents name: within the egress policy.
+    egress: Egress,
 }
 
 /// Pays on EVM chains: `transfer` to an address, `x402_payment` to a URL.
@@ -106,7 +107,8 @@ pub fn from_units(units: U256, decimals: u32) -> Option<Decimal> {
 }
 
 impl EvmRails {
-    pub fn new(config: &RailsConfig) -> Result<Self, crate::config::ConfigError> {
+    /// Rails over `config`'s chains and wallets; requests to x402 resources keep to `egress`.
+    pub fn new(config: &RailsConfig, egress: Egress) -> Result<Self, crate::config::ConfigError> {
         config.validate()?;
         let chains = config
             .chains
@@ -145,10 +147,7 @@ impl EvmRails {
                     .map(|a| (*a, tokio::sync::Mutex::new(())))
                     .collect(),
                 wallets,
-                http: reqwest::Client::builder()
-                    .timeout(Duration::from_secs(60))
-                    .build()
-                    .expect("a default HTTP client builds"),
+                egress,
             }),
         })
     }
@@ -218,19 +217,9 @@ impl EvmRails {
 
     /// Asks `url` what it costs: its offers, or the status and body it answered without asking for payment.
     pub async fn quote(&self, url: &str) -> Result<Result<Vec<Offer>, (u16, String)>, String> {
-        let resp = self
-            .inner
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| format!("fetching {url}: {e}"))?;
-        let status = resp.status().as_u16();
-        let header = header_text(resp.headers(), x402::V2_REQUIRED);
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| format!("reading {url}: {e}"))?;
+        let resp = self.inner.egress.get(url, None).await?;
+        let (status, body) = (resp.status, resp.body);
+        let header = header_text(&resp.headers, x402::V2_REQUIRED);
         if status != 402 {
             return Ok(Err((status, body_text(&body))));
         }
@@ -534,23 +523,18 @@ impl EvmRails {
                 "the signed authorization expired unused".into(),
             ));
         }
+        let paying = Some((header_name.as_str(), header_value.as_str()));
         let resp = self
             .inner
-            .http
-            .get(&url)
-            .header(header_name.as_str(), header_value.as_str())
-            .send()
+            .egress
+            .get(&url, paying)
             .await
             .map_err(|e| unavailable(format!("paying {url}: {e}")))?;
-        let status = resp.status();
-        let settlement = header_text(resp.headers(), x402::V2_RESPONSE)
-            .or_else(|| header_text(resp.headers(), x402::V1_RESPONSE))
+        let status = reqwest::StatusCode::from_u16(resp.status).map_err(unavailable)?;
+        let settlement = header_text(&resp.headers, x402::V2_RESPONSE)
+            .or_else(|| header_text(&resp.headers, x402::V1_RESPONSE))
             .and_then(|h| x402::parse_settlement(&h));
-        let body = resp
-            .bytes()
-            .await
-            .map(|b| body_text(&b))
-            .unwrap_or_default();
+        let body = body_text(&resp.body);
         if status.is_success() || self.authorization_used(token, chain, from, nonce).await? {
             let tx = match settlement.as_ref().and_then(|s| s["transaction"].as_str()) {
                 Some(t) => Some(t.to_owned()),

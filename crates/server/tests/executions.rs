@@ -2,7 +2,8 @@
 
 use chrono::Duration;
 use paygent_testkit::{
-    ADMIN_TOKEN, Backend, Team, TestServer, hello_server, on_both_databases, silent_server,
+    ADMIN_TOKEN, Backend, Settings, Team, TestServer, canned_server, hello_server,
+    on_both_databases, silent_server,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -21,6 +22,7 @@ on_both_databases!(
     memory_and_summary_tell_what_happened,
     a_rejection_can_let_the_plan_go_on,
     swaps_follow_their_own_rule,
+    http_get_keeps_to_the_egress_policy,
 );
 
 const ADDR: &str = "0x1111111111111111111111111111111111111111";
@@ -570,5 +572,108 @@ async fn swaps_follow_their_own_rule(backend: Backend) {
         "the approval was used once"
     );
     assert_eq!(s.count("payments").await, 0, "a swap is not a payment");
+    s.finish().await;
+}
+
+/// The step's error when an `http_get` of `url` fails, after the execution ends.
+async fn fetch_error(s: &TestServer, t: &Team, session: Uuid, url: &str) -> String {
+    let e = execute(
+        s,
+        t,
+        session,
+        json!([{"tool": "http_get", "args": {"url": url}}]),
+    )
+    .await;
+    let done = wait_for(s, &t.agent, e["id"].as_str().unwrap(), |e| {
+        e["status"] == "failed"
+    })
+    .await;
+    done["steps"][0]["error"].as_str().unwrap().to_owned()
+}
+
+/// An agent's `http_get` cannot reach the server's own loopback, private or metadata addresses, by address, by
+/// name or through a redirect; bodies are cut at the cap without being read whole; a silent peer times out.
+async fn http_get_keeps_to_the_egress_policy(backend: Backend) {
+    let mut policy = paygent_engine::EgressPolicy::allowing("127.0.0.2/32").unwrap();
+    policy.timeout = std::time::Duration::from_secs(1);
+    let settings = Settings {
+        egress: Some(policy),
+        ..Settings::default()
+    };
+    let s = TestServer::start_with(backend, settings).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s.session(&t.agent, json!({})).await;
+    let (hello, hits) = hello_server().await;
+    let port = hello
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    for (url, kind) in [
+        (hello.clone(), "127.0.0.1 is a loopback"),
+        (format!("http://[::1]:{port}/hello"), "::1 is a loopback"),
+        (
+            format!("http://localhost:{port}/hello"),
+            "localhost is a loopback",
+        ),
+        (
+            "http://169.254.169.254/latest/meta-data/".to_owned(),
+            "link-local (cloud metadata)",
+        ),
+        ("http://10.0.0.1/".to_owned(), "10.0.0.1 is a private"),
+    ] {
+        let error = fetch_error(&s, &t, session, &url).await;
+        assert!(
+            error.contains("egress policy") && error.contains(kind),
+            "{url}: {error}"
+        );
+    }
+    let head = format!("HTTP/1.1 302 Found\r\nLocation: {hello}");
+    let (redirector, _) = canned_server("127.0.0.2", head, 0).await;
+    let error = fetch_error(&s, &t, session, &format!("{redirector}/go")).await;
+    assert!(
+        error.contains("127.0.0.1 is a loopback"),
+        "a redirect inward: {error}"
+    );
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "nothing reached the loopback peer"
+    );
+
+    let total = 64 * 1024 * 1024;
+    let (big, written) = canned_server("127.0.0.2", "HTTP/1.1 200 OK".into(), total).await;
+    let e = execute(
+        &s,
+        &t,
+        session,
+        json!([{"tool": "http_get", "args": {"url": format!("{big}/big")}}]),
+    )
+    .await;
+    let done = wait_for(
+        &s,
+        &t.agent,
+        e["id"].as_str().unwrap(),
+        status_is("completed"),
+    )
+    .await;
+    let result = &done["steps"][0]["result"];
+    assert_eq!(result["truncated"], true);
+    assert_eq!(result["body"].as_str().unwrap().len(), 64 * 1024);
+    assert!(
+        written.load(Ordering::SeqCst) < total / 4,
+        "the body was not read to its end: {} of {total} bytes written",
+        written.load(Ordering::SeqCst)
+    );
+
+    let (never, _) = paygent_testkit::silent_server_on("127.0.0.2").await;
+    let error = fetch_error(&s, &t, session, &never).await;
+    assert!(
+        error.contains("timed out") || error.contains("timeout"),
+        "{error}"
+    );
     s.finish().await;
 }

@@ -89,6 +89,9 @@ impl std::fmt::Debug for Wiring {
 #[derive(Debug, Clone, Default)]
 pub struct Settings {
     pub wiring: Option<Wiring>,
+    /// What the server may reach on agents' behalf; `None` allows loopback, where the test peers listen, by
+    /// configuration as an operator would.
+    pub egress: Option<paygent_engine::EgressPolicy>,
     pub live: paygent_server::LiveOptions,
     /// Off unless a test sets it, so load in tests is never throttled.
     pub rate_limit: Option<paygent_server::RateLimit>,
@@ -167,8 +170,12 @@ impl TestServer {
             .await
             .unwrap_or_else(|e| panic!("connecting to {database_url}: {e}"));
         // Short leases: a restarted or second instance takes over a dead one's executions within 2 s.
+        let egress = settings.egress.clone().unwrap_or_else(|| {
+            paygent_engine::EgressPolicy::allowing("127.0.0.0/8,::1/128").expect("allow list")
+        });
         let mut paygent = Paygent::new(store, test_prices(), clock.clone())
-            .with_lease(std::time::Duration::from_secs(2));
+            .with_lease(std::time::Duration::from_secs(2))
+            .with_egress(paygent_engine::Egress::new(egress));
         if let Some(Wiring(wire)) = &settings.wiring {
             paygent = wire(paygent);
         }
@@ -517,10 +524,57 @@ pub async fn hello_server() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
     (url, hits)
 }
 
+/// An HTTP peer on `bind` (an address on loopback) that answers every request with `head` (a status line and
+/// headers, without the blank line) and then `body_len` bytes of body. Returns its base URL and how many body
+/// bytes it managed to write in all.
+pub async fn canned_server(
+    bind: &str,
+    head: String,
+    body_len: usize,
+) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind(format!("{bind}:0"))
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = written.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let (head, counter) = (head.clone(), counter.clone());
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                let head =
+                    format!("{head}\r\nContent-Length: {body_len}\r\nConnection: close\r\n\r\n");
+                if socket.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b'x'; 64 * 1024];
+                let mut left = body_len;
+                while left > 0 {
+                    let n = left.min(chunk.len());
+                    if socket.write_all(&chunk[..n]).await.is_err() {
+                        return;
+                    }
+                    counter.fetch_add(n, Ordering::SeqCst);
+                    left -= n;
+                }
+            });
+        }
+    });
+    (url, written)
+}
+
 /// An HTTP peer that accepts and never answers. The returned flag turns true when a client hangs up on it.
 pub async fn silent_server() -> (String, Arc<std::sync::atomic::AtomicBool>) {
+    silent_server_on("127.0.0.1").await
+}
+
+/// [`silent_server`] on another loopback address.
+pub async fn silent_server_on(bind: &str) -> (String, Arc<std::sync::atomic::AtomicBool>) {
     use tokio::io::AsyncReadExt;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let listener = tokio::net::TcpListener::bind(format!("{bind}:0"))
         .await
         .expect("bind");
     let url = format!("http://{}/never", listener.local_addr().expect("addr"));

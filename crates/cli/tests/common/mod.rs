@@ -35,6 +35,8 @@ pub fn spawn_serve(env: &[(&str, &str)]) -> (Serve, u16) {
         .env_remove("PAYGENT_CONFIG")
         .env_remove("PAYGENT_WALLET_KEY")
         .env_remove("PAYGENT_NETWORK")
+        // The test peers listen on loopback: allowed by configuration, as an operator would.
+        .env("PAYGENT_EGRESS_ALLOW", "127.0.0.0/8,::1/128")
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     for (k, v) in env {

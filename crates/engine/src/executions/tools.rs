@@ -10,7 +10,6 @@ use paygent_domain::{Decimal, PaymentStatus, PriceTable, Principal};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 use uuid::Uuid;
 
 /// What a step needs to know about where it runs.
@@ -86,11 +85,16 @@ impl ToolRegistry {
         r.register(Transfer);
         r.register(X402Payment);
         r.register(HttpGet {
-            client: reqwest::Client::new(),
+            egress: crate::Egress::default(),
         });
         r.register(Wait);
         r.register(Swap);
         r
+    }
+
+    /// Makes `http_get` keep to `egress`.
+    pub(crate) fn set_egress(&mut self, egress: crate::Egress) {
+        self.register(HttpGet { egress });
     }
 
     pub fn register(&mut self, tool: impl Tool) {
@@ -319,12 +323,9 @@ impl Tool for X402Payment {
     }
 }
 
-/// The most of a fetched body kept in a step's result.
-const MAX_BODY: usize = 64 * 1024;
-
-/// `http_get {url}`: a plain fetch that moves no money.
+/// `http_get {url}`: a plain fetch that moves no money, within the egress policy.
 struct HttpGet {
-    client: reqwest::Client,
+    egress: crate::Egress,
 }
 
 impl Tool for HttpGet {
@@ -356,36 +357,17 @@ impl Tool for HttpGet {
                     error: "bad arguments".into(),
                 };
             };
-            let fetched = async {
-                let resp = self
-                    .client
-                    .get(url)
-                    .timeout(Duration::from_secs(60))
-                    .send()
-                    .await?;
-                let status = resp.status().as_u16();
-                let body = resp.text().await?;
-                Ok::<_, reqwest::Error>((status, body))
-            };
-            match fetched.await {
-                Ok((status, mut body)) => {
-                    let truncated = body.len() > MAX_BODY;
-                    if truncated {
-                        let cut = (0..=MAX_BODY)
-                            .rev()
-                            .find(|i| body.is_char_boundary(*i))
-                            .unwrap_or(0);
-                        body.truncate(cut);
-                    }
+            match self.egress.get(url, None).await {
+                Ok(fetched) => {
+                    let body = String::from_utf8_lossy(&fetched.body);
                     StepOutcome::Done {
-                        result: json!({"status": status, "body": body, "truncated": truncated}),
+                        result: json!({"status": fetched.status, "body": body,
+                            "truncated": fetched.truncated}),
                         cost_usd: Decimal::ZERO,
                         payment_id: None,
                     }
                 }
-                Err(e) => StepOutcome::Failed {
-                    error: format!("fetching {url}: {e}"),
-                },
+                Err(error) => StepOutcome::Failed { error },
             }
         })
     }

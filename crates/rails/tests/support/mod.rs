@@ -38,7 +38,13 @@ impl OnChain for LocalChain {
     }
 
     async fn paygent(&self, backend: Backend, v1_name: &str) -> TestServer {
-        let rails = EvmRails::new(&self.rails_config(v1_name)).expect("rails");
+        // The x402 peers are on loopback: allowed by configuration, as an operator would.
+        let egress = paygent_engine::EgressPolicy::allowing("127.0.0.0/8").expect("allow list");
+        let rails = EvmRails::new(
+            &self.rails_config(v1_name),
+            paygent_engine::Egress::new(egress),
+        )
+        .expect("rails");
         let wire = move |p: Paygent| paygent_rails::install(p, rails.clone());
         let settings = Settings {
             wiring: Some(Wiring(Arc::new(wire))),
