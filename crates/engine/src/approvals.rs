@@ -31,6 +31,7 @@ impl Paygent {
         &self,
         who: &Principal,
         session_id: Option<Uuid>,
+        after: Option<Uuid>,
         limit: i64,
     ) -> Result<Vec<ApprovalView>> {
         require(
@@ -40,7 +41,7 @@ impl Paygent {
         let list = approvals::pending(
             self.store.reader(),
             who.tenant_id,
-            crate::payments::scope(who, session_id),
+            crate::payments::scope(who, session_id, after),
             limit.clamp(1, MAX_LIST),
         )
         .await?;

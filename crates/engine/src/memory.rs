@@ -52,7 +52,7 @@ impl Paygent {
             who.tenant_id,
             paygent_store::Scope {
                 session_id: Some(session_id),
-                owner: None,
+                ..Default::default()
             },
             MEMORY_TURNS,
         )

@@ -48,10 +48,15 @@ pub(crate) async fn deny_pending(tx: &mut WriteTx, payment_id: Uuid, reason: &st
 }
 
 /// What a list shows its reader: an agent sees only what hangs off the sessions it created.
-pub(crate) fn scope(who: &Principal, session_id: Option<Uuid>) -> paygent_store::Scope {
+pub(crate) fn scope(
+    who: &Principal,
+    session_id: Option<Uuid>,
+    after: Option<Uuid>,
+) -> paygent_store::Scope {
     paygent_store::Scope {
         session_id,
         owner: (!who.can_decide()).then_some(who.key_id),
+        after,
     }
 }
 
@@ -96,17 +101,19 @@ impl Paygent {
         Ok(view)
     }
 
-    /// Payments, newest first, optionally of one session: the tenant's for people, an agent's sessions' for it.
+    /// Payments, newest first, optionally of one session: the tenant's for people, an agent's sessions' for it;
+    /// the page after the payment `after`.
     pub async fn payments(
         &self,
         who: &Principal,
         session_id: Option<Uuid>,
+        after: Option<Uuid>,
         limit: i64,
     ) -> Result<Vec<PaymentView>> {
         let list = payments::list(
             self.store.reader(),
             who.tenant_id,
-            scope(who, session_id),
+            scope(who, session_id, after),
             limit.clamp(1, MAX_LIST),
         )
         .await?;

@@ -113,12 +113,18 @@ impl Paygent {
     }
 
     /// Sessions with today's budgets, newest first: the tenant's for people, an agent's own for an agent.
-    pub async fn sessions(&self, who: &Principal, limit: i64) -> Result<Vec<SessionView>> {
+    pub async fn sessions(
+        &self,
+        who: &Principal,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<SessionView>> {
         let mine = (!who.can_decide()).then_some(who.key_id);
         let list = sessions::list(
             self.store.reader(),
             who.tenant_id,
             mine,
+            after,
             limit.clamp(1, 100),
         )
         .await?;

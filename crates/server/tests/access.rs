@@ -18,6 +18,7 @@ on_both_databases!(
     agents_reach_only_their_own,
     the_key_that_asks_never_decides,
     revoked_and_expired_keys_stop_at_once,
+    lists_page_with_links,
 );
 
 async fn agents_never_decide(backend: Backend) {
@@ -796,5 +797,77 @@ async fn revoked_and_expired_keys_stop_at_once(backend: Backend) {
         StatusCode::UNAUTHORIZED,
         "expired"
     );
+    s.finish().await;
+}
+
+/// Follows `Link: <...>; rel="next"` from `first` to the end; returns every page's body.
+async fn walk(s: &TestServer, token: &str, first: &str) -> Vec<Value> {
+    let mut pages = Vec::new();
+    let mut next = Some(s.url(first));
+    while let Some(url) = next.take() {
+        assert!(pages.len() < 100, "the pages end");
+        let resp = s.http.get(&url).bearer_auth(token).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        next = resp.headers().get("link").map(|l| {
+            let l = l.to_str().unwrap();
+            assert!(l.ends_with("rel=\"next\""), "{l}");
+            format!("{}{}", s.base, &l[1..l.find('>').unwrap()])
+        });
+        pages.push(resp.json::<Value>().await.unwrap());
+    }
+    pages
+}
+
+/// Lists page with a cursor: 2,000 pending requests in pages of 500 with `Link` headers, each once and in order,
+/// and the audit trail the same way.
+async fn lists_page_with_links(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s.session(&t.agent, json!({})).await;
+    let (_, p) = s.pay(&t.agent, session, "20", "USDC").await;
+    s.copy_pending(p["approval_id"].as_str().unwrap(), 1999)
+        .await;
+    let pages = walk(&s, &t.approver, "/approvals/pending?limit=500").await;
+    let ids: Vec<&str> = pages
+        .iter()
+        .flat_map(|p| p.as_array().unwrap())
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(pages.len(), 5, "four full pages, then an empty one");
+    assert_eq!(ids.len(), 2000);
+    assert_eq!(
+        ids.iter().collect::<std::collections::BTreeSet<_>>().len(),
+        2000,
+        "each once"
+    );
+    assert_eq!(
+        *ids.last().unwrap(),
+        p["approval_id"].as_str().unwrap(),
+        "oldest first, the real one last"
+    );
+
+    for _ in 0..10 {
+        s.pay(&t.agent, session, "1", "USDC").await;
+    }
+    let pages = walk(&s, &t.admin, "/audit?limit=4").await;
+    let seqs: Vec<i64> = pages
+        .iter()
+        .flat_map(|p| p["entries"].as_array().unwrap())
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
+    let head = pages[0]["head_seq"].as_i64().unwrap();
+    assert_eq!(
+        seqs,
+        (1..=head).collect::<Vec<_>>(),
+        "every entry once, in order"
+    );
+    let payments = walk(
+        &s,
+        &t.agent,
+        &format!("/payments?session_id={session}&limit=3"),
+    )
+    .await;
+    let count: usize = payments.iter().map(|p| p.as_array().unwrap().len()).sum();
+    assert_eq!(count, 11);
     s.finish().await;
 }

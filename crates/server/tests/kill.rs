@@ -299,37 +299,6 @@ async fn overdue_requests_are_swept_once(backend: Backend) {
     s.finish().await;
 }
 
-/// Copies the pending request `template` `n` times (with ids that sort before it, so a sweep reaches it last):
-/// more pending requests than a statement may have parameters, made fast.
-async fn seed_pending(s: &TestServer, template: &str, n: usize) {
-    let (numbers, id) = match s.backend {
-        Backend::Sqlite => (
-            format!(
-                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n}) "
-            ),
-            "printf('%08d-0000-4000-8000-000000000000', i)",
-        ),
-        Backend::Postgres => (
-            String::new(),
-            "lpad(i::text, 8, '0') || '-0000-4000-8000-000000000000'",
-        ),
-    };
-    let from = match s.backend {
-        Backend::Sqlite => "n".to_owned(),
-        Backend::Postgres => format!("generate_series(1, {n}) AS n(i)"),
-    };
-    let copied = s
-        .sql(&format!(
-            "{numbers}INSERT INTO approval_requests (id, tenant_id, session_id, payment_id, tool, args, reason, \
-             usd_value, allowed_decisions, status, requested_by, deadline, created_at) \
-             SELECT {id}, a.tenant_id, a.session_id, NULL, a.tool, a.args, a.reason, a.usd_value, \
-             a.allowed_decisions, 'pending', a.requested_by, a.deadline, a.created_at \
-             FROM {from}, approval_requests a WHERE a.id = '{template}'"
-        ))
-        .await;
-    assert_eq!(copied, n as u64);
-}
-
 /// More pending requests than the database takes parameters in one statement: the emergency stop still answers
 /// 200 at once, nothing in its scope can be approved from its commit on (before its sweep gets there), another
 /// instance refuses payments at once, and the sweep cancels every one.
@@ -343,7 +312,7 @@ async fn a_stop_answers_at_once_whatever_is_pending(backend: Backend) {
         Backend::Sqlite => 33_000,
         Backend::Postgres => 66_000,
     };
-    seed_pending(&s, &last, n).await;
+    s.copy_pending(&last, n).await;
     let other = s.another_instance().await;
 
     let (status, view) = s

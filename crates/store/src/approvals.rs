@@ -141,7 +141,7 @@ pub async fn pending(
 ) -> Result<Vec<ApprovalRecord>> {
     let sql = select(&format!(
         "status = 'pending' AND {} ORDER BY created_at, id LIMIT $3",
-        crate::IN_SCOPE
+        crate::in_scope("approval_requests", false)
     ));
     crate::by_session::<ApprovalRow, _>(db, sql, tenant_id, scope, limit).await
 }

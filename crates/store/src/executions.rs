@@ -192,7 +192,7 @@ pub async fn list(
 ) -> Result<Vec<ExecutionRecord>> {
     let sql = select(&format!(
         "{} ORDER BY created_at DESC, id DESC LIMIT $3",
-        crate::IN_SCOPE
+        crate::in_scope("executions", true)
     ));
     crate::by_session::<ExecutionRow, _>(db, sql, tenant_id, scope, limit).await
 }

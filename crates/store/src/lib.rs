@@ -245,19 +245,27 @@ where
 }
 
 /// Which of a tenant's rows a list may return: optionally one session's, optionally only those on the sessions
-/// one key created (what an agent may see).
+/// one key created (what an agent may see), and the page after the row `after` (a cursor: the last row's id).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Scope {
     pub session_id: Option<Uuid>,
     pub owner: Option<Uuid>,
+    pub after: Option<Uuid>,
 }
 
-/// The condition that keeps a row within its [`Scope`], for tables with `tenant_id` and `session_id`.
-pub(crate) const IN_SCOPE: &str = "tenant_id = $1 AND ($2 IS NULL OR session_id = $2) \
-     AND ($4 IS NULL OR session_id IN (SELECT id FROM sessions WHERE tenant_id = $1 AND created_by = $4))";
+/// The condition that keeps a row of `table` (with `tenant_id`, `session_id`, `created_at` and `id`) within its
+/// [`Scope`]; `newest_first` says which way its pages run.
+pub(crate) fn in_scope(table: &str, newest_first: bool) -> String {
+    let past = if newest_first { "<" } else { ">" };
+    format!(
+        "tenant_id = $1 AND ($2 IS NULL OR session_id = $2) \
+         AND ($4 IS NULL OR session_id IN (SELECT id FROM sessions WHERE tenant_id = $1 AND created_by = $4)) \
+         AND ($5 IS NULL OR (created_at, id) {past} (SELECT created_at, id FROM {table} WHERE id = $5))"
+    )
+}
 
-/// Reads a tenant's rows within a scope, with `sql` binding `$1` tenant, `$2` session (or NULL), `$3` limit and
-/// `$4` owner (or NULL), and converts them.
+/// Reads a tenant's rows within a scope, with `sql` binding `$1` tenant, `$2` session (or NULL), `$3` limit,
+/// `$4` owner (or NULL) and `$5` the cursor (or NULL), and converts them.
 pub(crate) async fn by_session<R, T>(
     db: Db<'_>,
     sql: impl Into<std::borrow::Cow<'static, str>>,
@@ -274,6 +282,7 @@ where
         .bind(scope.session_id.map(|s| s.to_string()))
         .bind(limit)
         .bind(scope.owner.map(|s| s.to_string()))
+        .bind(scope.after.map(|s| s.to_string()))
         .fetch_all(db)
         .await?
         .into_iter()

@@ -157,7 +157,7 @@ pub async fn list(
 ) -> Result<Vec<PaymentRecord>> {
     let sql = select(&format!(
         "{} ORDER BY created_at DESC, id DESC LIMIT $3",
-        crate::IN_SCOPE
+        crate::in_scope("payments", true)
     ));
     crate::by_session::<PaymentRow, _>(db, sql, tenant_id, scope, limit).await
 }

@@ -79,16 +79,19 @@ pub async fn list(
     db: Db<'_>,
     tenant_id: Uuid,
     created_by: Option<Uuid>,
+    after: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<SessionRecord>> {
     query(
         "SELECT id, tenant_id, name, wallet_address, config, state, created_by, created_at, policy_id \
          FROM sessions WHERE tenant_id = $1 AND ($2 IS NULL OR created_by = $2) \
+         AND ($4 IS NULL OR (created_at, id) < (SELECT created_at, id FROM sessions WHERE id = $4)) \
          ORDER BY created_at DESC, id DESC LIMIT $3",
     )
     .bind(tenant_id.to_string())
     .bind(created_by.map(|k| k.to_string()))
     .bind(limit)
+    .bind(after.map(|k| k.to_string()))
     .fetch_all(db)
     .await?
     .into_iter()

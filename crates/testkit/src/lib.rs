@@ -297,6 +297,35 @@ impl TestServer {
         self.call(token, Method::PUT, path, Some(body)).await
     }
 
+    /// Copies the pending request `template` `n` times straight into the database, with ids that sort before it:
+    /// tens of thousands of pending requests, made fast.
+    pub async fn copy_pending(&self, template: &str, n: usize) {
+        let (numbers, id, from) = match self.backend {
+            Backend::Sqlite => (
+                format!(
+                    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n}) "
+                ),
+                "printf('%08d-0000-4000-8000-000000000000', i)",
+                "n".to_owned(),
+            ),
+            Backend::Postgres => (
+                String::new(),
+                "lpad(i::text, 8, '0') || '-0000-4000-8000-000000000000'",
+                format!("generate_series(1, {n}) AS n(i)"),
+            ),
+        };
+        let copied = self
+            .sql(&format!(
+                "{numbers}INSERT INTO approval_requests (id, tenant_id, session_id, payment_id, tool, args, \
+                 reason, usd_value, allowed_decisions, status, requested_by, deadline, created_at) \
+                 SELECT {id}, a.tenant_id, a.session_id, NULL, a.tool, a.args, a.reason, a.usd_value, \
+                 a.allowed_decisions, 'pending', a.requested_by, a.deadline, a.created_at \
+                 FROM {from}, approval_requests a WHERE a.id = '{template}'"
+            ))
+            .await;
+        assert_eq!(copied, n as u64);
+    }
+
     /// Waits until every stop's sweep has finished (what the stops left pending is cancelled); panics after
     /// 120 s (tens of thousands of requests in a debug build).
     pub async fn swept(&self) {

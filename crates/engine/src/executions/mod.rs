@@ -167,12 +167,13 @@ impl Paygent {
         &self,
         who: &Principal,
         session_id: Option<Uuid>,
+        after: Option<Uuid>,
         limit: i64,
     ) -> Result<Vec<ExecutionView>> {
         let list = executions::list(
             self.store.reader(),
             who.tenant_id,
-            crate::payments::scope(who, session_id),
+            crate::payments::scope(who, session_id, after),
             limit.clamp(1, MAX_LIST),
         )
         .await?;

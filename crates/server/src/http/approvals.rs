@@ -1,10 +1,11 @@
 //! Approval requests and people's decisions.
 
-use super::{ApiResult, DEFAULT_LIMIT};
+use super::{ApiResult, DEFAULT_LIMIT, MAX_LIMIT, next_after, page};
 use crate::error::Problem;
 use crate::extract::{Body, Caller, Path, Query};
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{OriginalUri, State};
+use axum::response::Response;
 use paygent_engine::domain::Decision;
 use paygent_engine::{ApprovalView, Paygent};
 use serde::Deserialize;
@@ -26,22 +27,28 @@ pub fn router() -> OpenApiRouter<Paygent> {
 #[serde(deny_unknown_fields)]
 pub struct PendingQuery {
     session_id: Option<Uuid>,
+    /// The last id of the previous page (as the `Link` header gives it).
+    after: Option<Uuid>,
     /// At most 500.
     limit: Option<i64>,
 }
 
-/// Pending requests, oldest first.
+/// Pending requests, oldest first, a page at a time (`Link: <...>; rel="next"` while there may be more).
 #[utoipa::path(get, path = "/approvals/pending", tag = "approvals", params(PendingQuery),
-    responses((status = 200, body = Vec<ApprovalView>), (status = 403, body = Problem)))]
+    responses((status = 200, body = Vec<ApprovalView>, headers(("Link" = String, description = "the next page"))),
+        (status = 403, body = Problem)))]
 async fn list_pending(
     State(paygent): State<Paygent>,
     Caller(who): Caller,
+    OriginalUri(uri): OriginalUri,
     Query(q): Query<PendingQuery>,
-) -> ApiResult<Json<Vec<ApprovalView>>> {
+) -> ApiResult<Response> {
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
     let list = paygent
-        .pending_approvals(&who, q.session_id, q.limit.unwrap_or(DEFAULT_LIMIT))
+        .pending_approvals(&who, q.session_id, q.after, limit)
         .await?;
-    Ok(Json(list))
+    let next = next_after(&list, limit, |x| x.id.to_string());
+    Ok(page(&uri, list, next))
 }
 
 /// One request, with its decision record. An agent reads only the requests on its own sessions.

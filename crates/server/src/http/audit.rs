@@ -4,7 +4,8 @@ use super::ApiResult;
 use crate::error::Problem;
 use crate::extract::{Caller, Query};
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{OriginalUri, State};
+use axum::response::Response;
 use paygent_engine::{AuditPage, ChainCheck, Paygent};
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -27,23 +28,23 @@ pub struct AuditQuery {
     limit: Option<i64>,
 }
 
-/// Audit entries in order, each with `hash` and `prev_hash`, and the chain's head.
+/// Audit entries in order, each with `hash` and `prev_hash`, and the chain's head; `Link: <...>; rel="next"`
+/// while there may be more.
 #[utoipa::path(get, path = "/audit", tag = "audit", params(AuditQuery),
-    responses((status = 200, body = AuditPage), (status = 403, body = Problem)))]
+    responses((status = 200, body = AuditPage, headers(("Link" = String, description = "the next page"))),
+        (status = 403, body = Problem)))]
 async fn list_audit(
     State(paygent): State<Paygent>,
     Caller(who): Caller,
+    OriginalUri(uri): OriginalUri,
     Query(q): Query<AuditQuery>,
-) -> ApiResult<Json<AuditPage>> {
-    let page = paygent
-        .audit(
-            &who,
-            q.session_id,
-            q.after.unwrap_or(0),
-            q.limit.unwrap_or(500),
-        )
+) -> ApiResult<Response> {
+    let limit = q.limit.unwrap_or(500).clamp(1, 1000);
+    let found = paygent
+        .audit(&who, q.session_id, q.after.unwrap_or(0), limit)
         .await?;
-    Ok(Json(page))
+    let next = super::next_after(&found.entries, limit, |e| e.seq.to_string());
+    Ok(super::page(&uri, found, next))
 }
 
 /// Walks the whole chain on the server and says whether it holds, or where it first breaks.

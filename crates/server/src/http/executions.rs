@@ -1,11 +1,12 @@
 //! Agent executions: plans of tool calls that pause for people and stop on a kill.
 
-use super::{ApiResult, DEFAULT_LIMIT};
+use super::{ApiResult, DEFAULT_LIMIT, MAX_LIMIT, next_after, page};
 use crate::error::Problem;
 use crate::extract::{Body, Caller, Path, Query};
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{OriginalUri, State};
 use axum::http::StatusCode;
+use axum::response::Response;
 use paygent_engine::domain::command::Step;
 use paygent_engine::{EngineError, ExecutionView, Paygent, Plan};
 use serde::Deserialize;
@@ -74,22 +75,27 @@ async fn execute(
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     session_id: Option<Uuid>,
+    /// The last id of the previous page (as the `Link` header gives it).
+    after: Option<Uuid>,
     /// At most 500.
     limit: Option<i64>,
 }
 
-/// Executions, newest first (without their steps).
+/// Executions, newest first (without their steps), a page at a time (`Link: <...>; rel="next"`).
 #[utoipa::path(get, path = "/executions", tag = "executions", params(ListQuery),
-    responses((status = 200, body = Vec<ExecutionView>)))]
+    responses((status = 200, body = Vec<ExecutionView>, headers(("Link" = String, description = "the next page")))))]
 async fn list_executions(
     State(paygent): State<Paygent>,
     Caller(who): Caller,
+    OriginalUri(uri): OriginalUri,
     Query(q): Query<ListQuery>,
-) -> ApiResult<Json<Vec<ExecutionView>>> {
+) -> ApiResult<Response> {
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
     let list = paygent
-        .executions(&who, q.session_id, q.limit.unwrap_or(DEFAULT_LIMIT))
+        .executions(&who, q.session_id, q.after, limit)
         .await?;
-    Ok(Json(list))
+    let next = next_after(&list, limit, |x| x.id.to_string());
+    Ok(page(&uri, list, next))
 }
 
 /// An execution with its steps: args, status, result, error, cost and duration of each.

@@ -1,11 +1,12 @@
 //! Payments: the guard's front door.
 
-use super::{ApiResult, DEFAULT_LIMIT};
+use super::{ApiResult, DEFAULT_LIMIT, MAX_LIMIT, next_after, page};
 use crate::error::Problem;
 use crate::extract::{Body, Caller, Path, Query};
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{OriginalUri, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::Response;
 use paygent_engine::domain::PaymentStatus;
 use paygent_engine::{Paygent, PaymentRequest, PaymentView};
 use serde::Deserialize;
@@ -78,22 +79,25 @@ async fn create_payment(
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     session_id: Option<Uuid>,
+    /// The last id of the previous page (as the `Link` header gives it).
+    after: Option<Uuid>,
     /// At most 500.
     limit: Option<i64>,
 }
 
-/// Payment history, newest first.
+/// Payment history, newest first, a page at a time (`Link: <...>; rel="next"` while there may be more).
 #[utoipa::path(get, path = "/payments", tag = "payments", params(ListQuery),
-    responses((status = 200, body = Vec<PaymentView>)))]
+    responses((status = 200, body = Vec<PaymentView>, headers(("Link" = String, description = "the next page")))))]
 async fn list_payments(
     State(paygent): State<Paygent>,
     Caller(who): Caller,
+    OriginalUri(uri): OriginalUri,
     Query(q): Query<ListQuery>,
-) -> ApiResult<Json<Vec<PaymentView>>> {
-    let list = paygent
-        .payments(&who, q.session_id, q.limit.unwrap_or(DEFAULT_LIMIT))
-        .await?;
-    Ok(Json(list))
+) -> ApiResult<Response> {
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    let list = paygent.payments(&who, q.session_id, q.after, limit).await?;
+    let next = next_after(&list, limit, |x| x.id.to_string());
+    Ok(page(&uri, list, next))
 }
 
 #[utoipa::path(get, path = "/payments/{id}", tag = "payments", params(("id" = Uuid, Path)),

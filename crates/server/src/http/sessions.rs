@@ -4,8 +4,9 @@ use super::ApiResult;
 use crate::error::Problem;
 use crate::extract::{Body, Caller, Path, Query};
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{OriginalUri, State};
 use axum::http::StatusCode;
+use axum::response::Response;
 use paygent_engine::domain::SessionConfig;
 use paygent_engine::domain::budget::BudgetConfig;
 use paygent_engine::{BudgetView, MemoryTurn, NewSession, Paygent, SessionSummary, SessionView};
@@ -58,6 +59,8 @@ async fn create_session(
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct SessionsQuery {
+    /// The last id of the previous page (as the `Link` header gives it).
+    after: Option<Uuid>,
     /// At most 100; 50 by default.
     limit: Option<i64>,
 }
@@ -65,13 +68,17 @@ pub struct SessionsQuery {
 /// Sessions, newest first, each with today's budget: all of the tenant's for approvers and admins, an agent's
 /// own for an agent.
 #[utoipa::path(get, path = "/sessions", tag = "sessions", params(SessionsQuery),
-    responses((status = 200, body = Vec<SessionView>)))]
+    responses((status = 200, body = Vec<SessionView>, headers(("Link" = String, description = "the next page")))))]
 async fn list_sessions(
     State(paygent): State<Paygent>,
     Caller(who): Caller,
+    OriginalUri(uri): OriginalUri,
     Query(q): Query<SessionsQuery>,
-) -> ApiResult<Json<Vec<SessionView>>> {
-    Ok(Json(paygent.sessions(&who, q.limit.unwrap_or(50)).await?))
+) -> ApiResult<Response> {
+    let limit = q.limit.unwrap_or(50).clamp(1, 100);
+    let list = paygent.sessions(&who, q.after, limit).await?;
+    let next = super::next_after(&list, limit, |x| x.id.to_string());
+    Ok(super::page(&uri, list, next))
 }
 
 /// A session with its config, today's spend and its state.
