@@ -100,6 +100,8 @@ fn start_server(
             .env("PAYGENT_LOG", "warn")
             // The harness is one client hammering with few keys: measure the engine, not the limiter.
             .env("PAYGENT_RATE_LIMIT", "0")
+            // The fan-out and footprint scenarios hold a thousand sockets of one key.
+            .env("PAYGENT_STREAMS_PER_KEY", "5000")
             // The harness's peers listen on loopback.
             .env("PAYGENT_EGRESS_ALLOW", "127.0.0.0/8")
             .stdout(Stdio::null())

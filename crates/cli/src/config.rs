@@ -93,6 +93,8 @@ pub struct ServeConfig {
     pub planner: Option<LlmPlanner>,
     /// What requests made on an agent's behalf may reach (`PAYGENT_EGRESS_ALLOW` lets private addresses through).
     pub egress: EgressPolicy,
+    /// WebSocket and SSE streams one key may hold open on this instance.
+    pub streams_per_key: usize,
 }
 
 const PRICE_PREFIX: &str = "PAYGENT_PRICE_";
@@ -224,8 +226,15 @@ impl ServeConfig {
         let allow = var("PAYGENT_EGRESS_ALLOW").or(parsed.egress_allow);
         let egress = EgressPolicy::allowing(allow.as_deref().unwrap_or_default())
             .context("PAYGENT_EGRESS_ALLOW")?;
+        let streams_per_key = match var("PAYGENT_STREAMS_PER_KEY") {
+            Some(n) => n
+                .parse()
+                .context("PAYGENT_STREAMS_PER_KEY must be a whole number")?,
+            None => 64,
+        };
         Ok(ServeConfig {
             egress,
+            streams_per_key,
             lease: std::time::Duration::from_secs(lease_seconds),
             rails,
             planner,

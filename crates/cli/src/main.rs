@@ -256,7 +256,10 @@ async fn serve(config_file: Option<&Path>) -> anyhow::Result<ExitCode> {
             per_second: config.rate_limit_per_second,
             burst: config.rate_limit_per_second.saturating_mul(2),
         },
-        ..Default::default()
+        live: paygent_server::LiveOptions {
+            streams_per_key: config.streams_per_key,
+            ..Default::default()
+        },
     };
     paygent_server::serve(
         listener,

@@ -37,6 +37,9 @@ pub enum ApiError {
     Unavailable,
     #[error("too many requests for this key; retry after {0} s")]
     RateLimited(u64),
+    /// The key holds as many open streams as it may: close one first.
+    #[error("{0}")]
+    TooManyStreams(String),
 }
 
 impl ApiError {
@@ -66,6 +69,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate-limited"),
+            ApiError::TooManyStreams(_) => (StatusCode::TOO_MANY_REQUESTS, "too-many-streams"),
         }
     }
 }
@@ -102,6 +106,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let retry_after = match &self {
             ApiError::RateLimited(s) => Some(*s),
+            ApiError::TooManyStreams(_) => Some(1),
             _ => None,
         };
         let problem = self.problem();

@@ -19,13 +19,19 @@ impl FromRequestParts<Paygent> for Caller {
     async fn from_request_parts(parts: &mut Parts, paygent: &Paygent) -> Result<Self, ApiError> {
         let token = bearer(parts).ok_or(EngineError::Unauthenticated)?;
         let who = paygent.authenticate(token).await?;
-        if let Some(limiter) = parts.extensions.get::<Arc<Limiter>>()
-            && let Err(wait) = limiter.check(who.key_id)
-        {
-            return Err(ApiError::RateLimited(wait.as_secs().max(1)));
-        }
+        rate_limit(parts, &who)?;
         Ok(Caller(who))
     }
+}
+
+/// Takes one request from the key's bucket.
+fn rate_limit(parts: &Parts, who: &Principal) -> Result<(), ApiError> {
+    if let Some(limiter) = parts.extensions.get::<Arc<Limiter>>()
+        && let Err(wait) = limiter.check(who.key_id)
+    {
+        return Err(ApiError::RateLimited(wait.as_secs().max(1)));
+    }
+    Ok(())
 }
 
 fn bearer(parts: &Parts) -> Option<&str> {
@@ -57,7 +63,9 @@ impl FromRequestParts<Paygent> for StreamCaller {
             .map(str::to_owned)
             .or(from_query)
             .ok_or(EngineError::Unauthenticated)?;
-        Ok(StreamCaller(paygent.authenticate(&token).await?))
+        let who = paygent.authenticate(&token).await?;
+        rate_limit(parts, &who)?;
+        Ok(StreamCaller(who))
     }
 }
 

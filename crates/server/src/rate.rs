@@ -2,7 +2,7 @@
 //! starve the others. A token bucket per key, in memory: each instance limits what it serves.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -33,6 +33,31 @@ impl RateLimit {
 pub struct Limiter {
     limit: RateLimit,
     buckets: Mutex<HashMap<Uuid, (f64, Instant)>>,
+    /// Open streams (WebSocket and SSE) per key.
+    streams: Mutex<HashMap<Uuid, usize>>,
+}
+
+/// One open stream of a key, counted until it is dropped.
+#[derive(Debug)]
+pub struct StreamPermit {
+    limiter: Arc<Limiter>,
+    key: Uuid,
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        let mut streams = self
+            .limiter
+            .streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = streams.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                streams.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl Limiter {
@@ -40,7 +65,22 @@ impl Limiter {
         Limiter {
             limit,
             buckets: Mutex::new(HashMap::new()),
+            streams: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Opens one more stream for `key`, unless it already has `most` open here.
+    pub fn open_stream(self: &Arc<Self>, key: Uuid, most: usize) -> Option<StreamPermit> {
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let open = streams.entry(key).or_default();
+        if *open >= most {
+            return None;
+        }
+        *open += 1;
+        Some(StreamPermit {
+            limiter: self.clone(),
+            key,
+        })
     }
 
     /// Takes one request from `key`'s bucket, or says how long until one is available.
@@ -85,5 +125,17 @@ mod tests {
             "other keys are not affected"
         );
         assert!(Limiter::new(RateLimit::OFF).check(key).is_ok());
+    }
+
+    #[test]
+    fn streams_are_counted_until_dropped() {
+        let limiter = Arc::new(Limiter::new(RateLimit::OFF));
+        let key = Uuid::new_v4();
+        let first = limiter.open_stream(key, 2).unwrap();
+        let _second = limiter.open_stream(key, 2).unwrap();
+        assert!(limiter.open_stream(key, 2).is_none());
+        assert!(limiter.open_stream(Uuid::new_v4(), 2).is_some());
+        drop(first);
+        assert!(limiter.open_stream(key, 2).is_some());
     }
 }

@@ -24,6 +24,7 @@ on_both_databases!(
     silent_clients_time_out,
     agents_stream_only_their_own,
     revoked_and_expired_keys_lose_their_streams,
+    streams_and_socket_messages_are_bounded_per_key,
 );
 
 fn ws_url(s: &TestServer, token: &str, query: &str) -> String {
@@ -266,6 +267,7 @@ async fn slow_consumers_are_cut_off_alone(backend: Backend) {
         live: LiveOptions {
             // Room for readers delayed by 200 sockets sharing 2 cores; far less than the events sent.
             queue: 64,
+            streams_per_key: 1000,
             ..LiveOptions::default()
         },
         send_buffer: Some(4096),
@@ -339,7 +341,14 @@ async fn slow_consumers_are_cut_off_alone(backend: Backend) {
 }
 
 async fn a_thousand_sockets_get_one_event(backend: Backend) {
-    let s = TestServer::start(backend).await;
+    let settings = Settings {
+        live: LiveOptions {
+            streams_per_key: 1000,
+            ..LiveOptions::default()
+        },
+        ..Settings::default()
+    };
+    let s = TestServer::start_with(backend, settings).await;
     let t = s.team(ADMIN_TOKEN).await;
     let session = s.session(&t.agent, json!({})).await;
     let mut sockets = Vec::new();
@@ -667,4 +676,65 @@ async fn assert_sse_ends(sse: &mut reqwest::Response) {
         .expect("the stream ended within 10 s")
         .unwrap_or(None)
     {}
+}
+
+/// A key holds at most its cap of streams (WebSocket and SSE together; 429 past it, and closing one frees a
+/// place), and what it sends on a socket counts against its rate limit like requests do.
+async fn streams_and_socket_messages_are_bounded_per_key(backend: Backend) {
+    let settings = Settings {
+        live: LiveOptions {
+            streams_per_key: 2,
+            ..LiveOptions::default()
+        },
+        rate_limit: Some(paygent_server::RateLimit {
+            per_second: 1,
+            burst: 6,
+        }),
+        ..Settings::default()
+    };
+    let s = TestServer::start_with(backend, settings).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let first = connect(&s, &t.approver, "").await;
+    let sse = s
+        .http
+        .get(s.url("/events"))
+        .bearer_auth(&t.approver)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+    match tokio_tungstenite::connect_async(ws_url(&s, &t.approver, "")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status(), 429);
+            let body =
+                String::from_utf8_lossy(r.body().as_deref().unwrap_or_default()).into_owned();
+            assert!(
+                body.contains("too-many-streams"),
+                "refused by the cap: {body}"
+            );
+        }
+        other => panic!("a third stream must be refused: {:?}", other.map(|_| ())),
+    }
+    drop(sse);
+    drop(first);
+    let mut again = None;
+    for _ in 0..100 {
+        if let Ok((ws, _)) = tokio_tungstenite::connect_async(ws_url(&s, &t.approver, "")).await {
+            again = Some(ws);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut ws = again.expect("a closed stream frees its place");
+    let mut refused = 0;
+    for i in 0..6 {
+        send(&mut ws, json!({"type": "ping", "id": i})).await;
+        let reply = next_json(&mut ws).await;
+        if reply["type"] == "error" {
+            assert_eq!(reply["problem"]["status"], 429, "{reply}");
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "socket messages count against the rate limit");
+    s.finish().await;
 }

@@ -4,6 +4,7 @@
 
 use crate::error::ApiError;
 use crate::extract::{Query, StreamCaller};
+use crate::rate::{Limiter, StreamPermit};
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
@@ -42,6 +43,8 @@ pub struct LiveOptions {
     pub heartbeat: Duration,
     /// How long a silent client is kept.
     pub idle_timeout: Duration,
+    /// Streams (WebSocket and SSE together) one key may hold open on an instance.
+    pub streams_per_key: usize,
 }
 
 impl Default for LiveOptions {
@@ -50,6 +53,7 @@ impl Default for LiveOptions {
             queue: 1024,
             heartbeat: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(45),
+            streams_per_key: 64,
         }
     }
 }
@@ -91,9 +95,26 @@ impl StreamQuery {
 /// The largest message a client may send: a decision with an edit and a note fits many times over.
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 
+/// Opens a stream for `who`, or refuses one over its key's cap (429).
+fn permit(
+    limiter: &Arc<Limiter>,
+    who: &Principal,
+    options: &LiveOptions,
+) -> Result<StreamPermit, ApiError> {
+    limiter
+        .open_stream(who.key_id, options.streams_per_key)
+        .ok_or_else(|| {
+            ApiError::TooManyStreams(format!(
+                "this key has {} streams open here, the most it may",
+                options.streams_per_key
+            ))
+        })
+}
+
 async fn websocket(
     State(paygent): State<Paygent>,
     Extension(options): Extension<LiveOptions>,
+    Extension(limiter): Extension<Arc<Limiter>>,
     StreamCaller(who): StreamCaller,
     Query(q): Query<StreamQuery>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
@@ -105,20 +126,43 @@ async fn websocket(
         .read_buffer_size(4 * 1024)
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE);
+    let permit = permit(&limiter, &who, &options)?;
     let subscription = paygent
         .subscribe_events(&who, q.filter(), q.after_seq)
         .await?;
-    Ok(upgrade.on_upgrade(move |socket| connection(socket, paygent, who, subscription, options)))
+    let client = Client {
+        paygent,
+        who,
+        limiter,
+        _permit: permit,
+    };
+    Ok(upgrade.on_upgrade(move |socket| connection(socket, client, subscription, options)))
+}
+
+/// Who is on the other end of a socket, and what keeps it in bounds.
+struct Client {
+    paygent: Paygent,
+    who: Principal,
+    /// Client messages count against the key's rate limit, as requests do.
+    limiter: Arc<Limiter>,
+    /// Held while the socket is open: the key's stream count.
+    _permit: StreamPermit,
+}
+
+impl Client {
+    async fn answer(&self, text: &str) -> Option<Value> {
+        if let Err(wait) = self.limiter.check(self.who.key_id) {
+            return Some(error_reply(
+                None,
+                ApiError::RateLimited(wait.as_secs().max(1)),
+            ));
+        }
+        answer(&self.paygent, &self.who, text).await
+    }
 }
 
 /// One WebSocket: events out through a bounded queue, client messages in, heartbeats both ways.
-async fn connection(
-    socket: WebSocket,
-    paygent: Paygent,
-    who: Principal,
-    subscription: Subscription,
-    o: LiveOptions,
-) {
+async fn connection(socket: WebSocket, client: Client, subscription: Subscription, o: LiveOptions) {
     let (mut sink, mut stream) = socket.split();
     let (queue_tx, mut queue) = mpsc::channel::<Arc<LiveEvent>>(o.queue.max(1));
     let (cut_tx, mut cut) = oneshot::channel::<Cut>();
@@ -151,7 +195,7 @@ async fn connection(
                 };
                 last_heard = Instant::now();
                 let reply = match message {
-                    Message::Text(text) => answer(&paygent, &who, text.as_str()).await,
+                    Message::Text(text) => client.answer(text.as_str()).await,
                     Message::Binary(_) => Some(error_reply(None, ApiError::BadRequest("send JSON text frames".into()))),
                     Message::Close(_) => break None,
                     Message::Ping(_) | Message::Pong(_) => None,
@@ -339,6 +383,8 @@ fn error_reply(id: Option<Value>, error: ApiError) -> Value {
 /// Server-Sent Events: the same events, resumable with `Last-Event-ID` (or `after_seq`).
 async fn server_sent_events(
     State(paygent): State<Paygent>,
+    Extension(options): Extension<LiveOptions>,
+    Extension(limiter): Extension<Arc<Limiter>>,
     StreamCaller(who): StreamCaller,
     Query(q): Query<StreamQuery>,
     headers: HeaderMap,
@@ -354,17 +400,19 @@ async fn server_sent_events(
         ),
         None => None,
     };
+    let permit = permit(&limiter, &who, &options)?;
     let subscription = paygent
         .subscribe_events(&who, q.filter(), last_event_id.or(q.after_seq))
         .await?;
-    let stream = futures::stream::unfold(subscription, |mut s| async move {
+    // The permit lives as long as the stream does.
+    let stream = futures::stream::unfold((subscription, permit), |(mut s, p)| async move {
         match s.next().await {
             Ok(e) => {
                 let sse = SseEvent::default()
                     .id(e.seq.to_string())
                     .event(e.kind.clone())
                     .data(e.wire());
-                Some((Ok::<_, std::convert::Infallible>(sse), s))
+                Some((Ok::<_, std::convert::Infallible>(sse), (s, p)))
             }
             Err(_) => None,
         }
