@@ -138,6 +138,18 @@ impl Target {
             .await
     }
 
+    /// Replaces the default policy's rules, as an admin would.
+    pub async fn set_default_policy(&self, rules: Value) -> anyhow::Result<()> {
+        self.call(
+            &self.admin,
+            reqwest::Method::PUT,
+            "/policies/default",
+            Some(rules),
+        )
+        .await
+        .map(drop)
+    }
+
     async fn key(&self, role: &str) -> anyhow::Result<String> {
         let k = self
             .post(

@@ -261,6 +261,9 @@ async fn main() -> anyhow::Result<()> {
     let (server, base) = start_server(&db, &dir, &[])?;
     let pid = server.child.id();
     let t = Target::new(&base, ADMIN);
+    // The load scenarios keep up to 100,000 requests of one agent waiting on people: above the default cap.
+    t.set_default_policy(serde_json::json!({"max_pending_approvals": 100_000}))
+        .await?;
     use paygent_bench as b;
     let (lines, footprint) = match args.scenario {
         Scenario::All => b::all(&t, &db, &scale, pid).await?,

@@ -57,6 +57,17 @@ pub struct PolicyRules {
     /// Whether a session's executions may go on past a step a person rejected (`continue`), or must stop.
     #[serde(default = "go_on")]
     pub on_reject: OnReject,
+    /// The most approval requests a bound agent's sessions may have waiting at once; past it, a payment that
+    /// needs a person is refused (429) and nothing is written.
+    #[serde(default = "max_pending")]
+    pub max_pending_approvals: u32,
+}
+
+/// How many requests an agent may have waiting on people by default.
+pub const DEFAULT_MAX_PENDING: u32 = 1000;
+
+fn max_pending() -> u32 {
+    DEFAULT_MAX_PENDING
 }
 
 fn ask() -> OnBudgetExceeded {
@@ -191,6 +202,7 @@ impl Default for PolicyRules {
             wallets: Vec::new(),
             on_budget_exceeded: ask(),
             on_reject: go_on(),
+            max_pending_approvals: max_pending(),
         }
     }
 }
@@ -264,6 +276,12 @@ impl PolicyRules {
             ));
         }
         self.validate_limits()?;
+        if !(1..=100_000).contains(&self.max_pending_approvals) {
+            return Err(broken(
+                "max_pending_approvals",
+                "must be between 1 and 100000",
+            ));
+        }
         if let Some(bad) = self
             .wallets
             .iter()

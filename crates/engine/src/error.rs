@@ -25,6 +25,9 @@ pub enum EngineError {
     /// A capability that is planned but not built yet.
     #[error("{0}")]
     NotImplemented(String),
+    /// A bound on what a key may hold at once was reached (pending approvals): nothing was written.
+    #[error("{0}")]
+    TooMany(String),
     /// A chain or service Paygent depends on could not be reached; retrying later is safe.
     #[error("{0}")]
     Unavailable(String),

@@ -357,6 +357,15 @@ impl<'a> Filing<'a> {
         reason: String,
         allowed: Vec<DecisionKind>,
     ) -> Result<()> {
+        let most = self.policy.rules.max_pending_approvals;
+        let waiting = approvals::pending_of_key(tx, self.session.created_by, most.into()).await?;
+        if waiting >= i64::from(most) {
+            return Err(EngineError::TooMany(format!(
+                "{waiting} approval requests already wait on people, the most policy {:?} allows \
+                 (max_pending_approvals); decide or cancel some first",
+                self.policy.name
+            )));
+        }
         let (now, p) = (tx.now(), &self.payment);
         let timeout = self.policy.rules.approval_timeout(&self.session.config);
         let request = ApprovalRecord {

@@ -52,6 +52,7 @@ impl ApiError {
                 E::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
                 E::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
                 E::Gone(_) => (StatusCode::GONE, "gone"),
+                E::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "too-many-pending"),
                 E::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "not-implemented"),
                 E::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
                 E::Store(s) if s.is_unavailable() => {

@@ -14,6 +14,7 @@ on_both_databases!(
     limits_hold_across_sessions_and_periods,
     first_payments_to_a_payee,
     the_policy_bounds_what_a_session_chooses,
+    pending_approvals_are_capped_per_agent,
 );
 
 const ALLOWED: &str = "0x00000000000000000000000000000000000000a0";
@@ -479,5 +480,63 @@ async fn the_policy_bounds_what_a_session_chooses(backend: Backend) {
             "{problem}"
         );
     }
+    s.finish().await;
+}
+
+/// An agent may keep only so many requests waiting on people, across its sessions: past the policy's cap a
+/// payment that needs a person is refused (429) and nothing is written; a decision makes room.
+async fn pending_approvals_are_capped_per_agent(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let (_, agent) = bound_agent(&s, "capped", json!({"max_pending_approvals": 3})).await;
+    let mut waiting = Vec::new();
+    for _ in 0..3 {
+        let session = s.session(&agent, json!({})).await;
+        waiting.push(pay_to(&s, &agent, session, "20", OTHER).await);
+    }
+    let session = s.session(&agent, json!({})).await;
+    let before = s.count("payments").await;
+    let (status, problem) = s
+        .post(
+            &agent,
+            "/payments",
+            json!({"session_id": session, "amount": "20", "currency": "USDC", "recipient": OTHER}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("max_pending_approvals"),
+        "{problem}"
+    );
+    assert_eq!(s.count("payments").await, before, "nothing was written");
+    assert_eq!(
+        pay_to(&s, &agent, session, "1", OTHER).await["status"],
+        "authorized",
+        "payments at once go on"
+    );
+    let first = waiting[0]["approval_id"].as_str().unwrap();
+    let (status, _) = s
+        .post(
+            &t.approver,
+            &format!("/approvals/{first}/reject"),
+            json!({"reason": "no"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        pay_to(&s, &agent, session, "20", OTHER).await["status"],
+        "pending_approval"
+    );
+    let (status, _) = s
+        .post(
+            ADMIN_TOKEN,
+            "/policies",
+            json!({"name": "none", "max_pending_approvals": 0}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     s.finish().await;
 }

@@ -211,6 +211,21 @@ pub async fn end(
     Ok(done == 1)
 }
 
+/// How many requests wait on people for the sessions `key` created, counting no further than `most`.
+pub async fn pending_of_key(tx: &mut WriteTx, key: Uuid, most: i64) -> Result<i64> {
+    let tenant = tx.tenant_id().to_string();
+    let row = query(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM approval_requests WHERE tenant_id = $1 AND status = 'pending' \
+         AND session_id IN (SELECT id FROM sessions WHERE tenant_id = $1 AND created_by = $2) LIMIT $3) capped",
+    )
+    .bind(tenant)
+    .bind(key.to_string())
+    .bind(most)
+    .fetch_one(tx.conn())
+    .await?;
+    row.get(0)
+}
+
 /// Cancels up to `limit` pending requests of a session (or of the tenant), in any order; returns each cancelled
 /// request's (id, session, payment). Two statements of bounded size: the ids, then one update by primary key
 /// (a plan the database cannot turn into a scan per row, whatever its statistics say).

@@ -44,7 +44,9 @@ const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 /// Runs a payment through the guard: `authorized` (or `executed`), `pending_approval` with an `approval_id`,
 /// or `denied` with a `reason`.
 #[utoipa::path(post, path = "/payments", tag = "payments", request_body = CreatePayment,
-    responses((status = 201, body = PaymentView), (status = 400, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 201, body = PaymentView), (status = 400, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 422, body = Problem),
+        (status = 429, body = Problem, description = "rate limited, or too many requests waiting on people")))]
 async fn create_payment(
     State(paygent): State<Paygent>,
     Caller(who): Caller,
