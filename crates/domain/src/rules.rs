@@ -57,8 +57,8 @@ pub struct PolicyRules {
     /// Whether a session's executions may go on past a step a person rejected (`continue`), or must stop.
     #[serde(default = "go_on")]
     pub on_reject: OnReject,
-    /// The most approval requests a bound agent's sessions may have waiting at once; past it, a payment that
-    /// needs a person is refused (429) and nothing is written.
+    /// The most approval requests a bound agent may have asked for and still waiting at once; past it, a payment
+    /// that needs a person is refused (429) and nothing is written.
     #[serde(default = "max_pending")]
     pub max_pending_approvals: u32,
 }

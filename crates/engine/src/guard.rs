@@ -358,10 +358,10 @@ impl<'a> Filing<'a> {
         allowed: Vec<DecisionKind>,
     ) -> Result<()> {
         let most = self.policy.rules.max_pending_approvals;
-        let waiting = approvals::pending_of_key(tx, self.session.created_by, most.into()).await?;
+        let waiting = approvals::pending_of_key(tx, self.who.key_id, most.into()).await?;
         if waiting >= i64::from(most) {
             return Err(EngineError::TooMany(format!(
-                "{waiting} approval requests already wait on people, the most policy {:?} allows \
+                "{waiting} of this key's approval requests already wait on people, the most policy {:?} allows \
                  (max_pending_approvals); decide or cancel some first",
                 self.policy.name
             )));

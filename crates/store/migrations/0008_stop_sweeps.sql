@@ -11,3 +11,5 @@ CREATE TABLE stop_sweeps (
     created_at TEXT NOT NULL
 );
 CREATE INDEX stop_sweeps_by_tenant ON stop_sweeps (tenant_id);
+-- A key's requests waiting on people, counted (up to its policy's cap) when it asks for another.
+CREATE INDEX approvals_by_requester ON approval_requests (requested_by, status);

@@ -211,14 +211,13 @@ pub async fn end(
     Ok(done == 1)
 }
 
-/// How many requests wait on people for the sessions `key` created, counting no further than `most`.
+/// How many of the requests `key` asked for wait on people, counting no further than `most` (an index range of
+/// that key's pending requests, never the tenant's).
 pub async fn pending_of_key(tx: &mut WriteTx, key: Uuid, most: i64) -> Result<i64> {
-    let tenant = tx.tenant_id().to_string();
     let row = query(
-        "SELECT COUNT(*) FROM (SELECT 1 FROM approval_requests WHERE tenant_id = $1 AND status = 'pending' \
-         AND session_id IN (SELECT id FROM sessions WHERE tenant_id = $1 AND created_by = $2) LIMIT $3) capped",
+        "SELECT COUNT(*) FROM (SELECT 1 FROM approval_requests WHERE requested_by = $1 AND status = 'pending' \
+         LIMIT $2) capped",
     )
-    .bind(tenant)
     .bind(key.to_string())
     .bind(most)
     .fetch_one(tx.conn())
