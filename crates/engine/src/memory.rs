@@ -42,6 +42,26 @@ pub struct SessionSummary {
 
 /// How many turns memory returns.
 const MEMORY_TURNS: i64 = 100;
+/// The most of a turn's request and outcome memory repeats, as JSON text: a hundred turns stay under a megabyte.
+const TURN_BYTES: usize = 4 * 1024;
+
+/// `text` cut to `TURN_BYTES` at a character boundary.
+fn clip(text: &str) -> &str {
+    let cut = (0..=TURN_BYTES.min(text.len()))
+        .rev()
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(0);
+    &text[..cut]
+}
+
+/// An outcome as it is when small, or the start of its JSON text, marked as cut.
+fn bounded(outcome: Value) -> Value {
+    let text = outcome.to_string();
+    if text.len() <= TURN_BYTES {
+        return outcome;
+    }
+    serde_json::json!({"truncated": true, "start": clip(&text)})
+}
 
 impl Paygent {
     /// The session's last commands and their outcomes, oldest first.
@@ -105,9 +125,25 @@ fn turn(e: ExecutionView) -> MemoryTurn {
     MemoryTurn {
         execution_id: e.id,
         at: e.created_at,
-        asked,
+        asked: clip(&asked).to_owned(),
         status: e.status,
-        outcome,
+        outcome: bounded(outcome),
         cost_usd: e.cost_usd,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn turns_are_bounded() {
+        let small = serde_json::json!({"status": 200, "body": "hello"});
+        assert_eq!(bounded(small.clone()), small);
+        let big = serde_json::json!({"body": "é".repeat(40_000)});
+        let cut = bounded(big);
+        assert_eq!(cut["truncated"], true);
+        assert!(cut["start"].as_str().unwrap().len() <= TURN_BYTES);
+        assert_eq!(clip(&"x".repeat(10_000)).len(), TURN_BYTES);
     }
 }

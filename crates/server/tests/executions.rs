@@ -668,6 +668,19 @@ async fn http_get_keeps_to_the_egress_policy(backend: Backend) {
         "the body was not read to its end: {} of {total} bytes written",
         written.load(Ordering::SeqCst)
     );
+    let (_, memory) = s
+        .get(&t.agent, &format!("/sessions/{session}/memory"))
+        .await;
+    let last = memory.as_array().unwrap().last().unwrap();
+    assert_eq!(
+        last["outcome"]["truncated"], true,
+        "memory repeats only the start of a large outcome"
+    );
+    assert!(
+        last.to_string().len() < 6 * 1024,
+        "{} bytes",
+        last.to_string().len()
+    );
 
     let (never, _) = paygent_testkit::silent_server_on("127.0.0.2").await;
     let error = fetch_error(&s, &t, session, &never).await;
