@@ -41,18 +41,27 @@ async fn connect(s: &TestServer, token: &str, query: &str) -> Ws {
         .0
 }
 
-/// The next JSON message, skipping control frames; panics after 10 s.
-async fn next_json(ws: &mut Ws) -> Value {
+/// The first of the next frames that `pick` takes, skipping the others; panics after 10 s for each frame.
+async fn next_frame<T>(ws: &mut Ws, pick: impl Fn(Message) -> Option<T>) -> T {
     loop {
         let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
             .await
-            .expect("a message within 10 s")
+            .expect("a frame within 10 s")
             .expect("the socket is open")
             .expect("a frame");
-        if let Message::Text(text) = frame {
-            return serde_json::from_str(text.as_str()).expect("JSON");
+        if let Some(found) = pick(frame) {
+            return found;
         }
     }
+}
+
+/// The next JSON message, skipping control frames.
+async fn next_json(ws: &mut Ws) -> Value {
+    next_frame(ws, |frame| match frame {
+        Message::Text(text) => Some(serde_json::from_str(text.as_str()).expect("JSON")),
+        _ => None,
+    })
+    .await
 }
 
 async fn send(ws: &mut Ws, v: Value) {
@@ -654,18 +663,13 @@ async fn revoked_and_expired_keys_lose_their_streams(backend: Backend) {
     s.finish().await;
 }
 
-/// The code of the close frame the server sends next, skipping other messages; panics after 10 s.
+/// The code of the close frame the server sends next, skipping other messages.
 async fn close_code(ws: &mut Ws) -> u16 {
-    loop {
-        let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("closed within 10 s")
-            .expect("a close frame before the end")
-            .expect("a frame");
-        if let Message::Close(Some(close)) = frame {
-            return close.code.into();
-        }
-    }
+    next_frame(ws, |frame| match frame {
+        Message::Close(Some(close)) => Some(close.code.into()),
+        _ => None,
+    })
+    .await
 }
 
 /// Reads an SSE response until the server ends it; panics if it has not ended within 10 s.

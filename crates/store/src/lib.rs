@@ -324,6 +324,11 @@ pub(crate) fn opt_time(s: Option<String>) -> Result<Option<chrono::DateTime<chro
     s.as_deref().map(time).transpose()
 }
 
+/// Reads stored JSON as `T`, or reports which stored `what` is corrupt.
+pub(crate) fn parsed<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
 pub(crate) fn json(s: &str) -> Result<serde_json::Value> {
     serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("bad json: {e}")))
 }

@@ -39,8 +39,7 @@ impl TryFrom<PolicyRow> for PolicyRecord {
             tenant_id: uuid(&r.tenant_id)?,
             name: r.name,
             version: r.version,
-            rules: serde_json::from_str(&r.rules)
-                .map_err(|e| StoreError::Corrupt(format!("policy rules: {e}")))?,
+            rules: crate::parsed(&r.rules, "policy rules")?,
             created_at: time(&r.created_at)?,
             updated_at: time(&r.updated_at)?,
         })

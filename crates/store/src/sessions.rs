@@ -43,8 +43,7 @@ impl TryFrom<SessionRow> for SessionRecord {
             tenant_id: uuid(&r.tenant_id)?,
             name: r.name,
             wallet_address: r.wallet_address,
-            config: serde_json::from_str(&r.config)
-                .map_err(|e| StoreError::Corrupt(format!("session config: {e}")))?,
+            config: crate::parsed(&r.config, "session config")?,
             state: r.state,
             created_by: uuid(&r.created_by)?,
             created_at: time(&r.created_at)?,
