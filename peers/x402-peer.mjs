@@ -122,13 +122,30 @@ const badOffer = (req) => ({
   accepts: [{ scheme: "exact", network, amount: "100000", asset: cfg.asset, payTo: cfg.payTo, maxTimeoutSeconds: 10, extra: { name: cfg.name, version: cfg.version } }],
 });
 app.get("/bad/always-402", (req, res) => res.status(402).set("PAYMENT-REQUIRED", b64(badOffer(req))).json({}));
-// Refuses the paid request, then settles its authorization two seconds later.
+// Submits an authorization to the token itself, as a settler whose clock lags the wall clock would: the chain's
+// clock alone decides whether it is still valid.
+const authorizationAbi = [{
+  type: "function", name: "transferWithAuthorization", stateMutability: "nonpayable", outputs: [],
+  inputs: ["from", "to", "value", "validAfter", "validBefore", "nonce"].map((name, i) => ({
+    name, type: i < 2 ? "address" : i < 5 ? "uint256" : "bytes32",
+  })).concat([{ name: "signature", type: "bytes" }]),
+}];
+const settleOnChain = async ({ payload: { authorization: a, signature } }) => {
+  const hash = await wallet.writeContract({
+    address: cfg.asset, abi: authorizationAbi, functionName: "transferWithAuthorization",
+    args: [a.from, a.to, BigInt(a.value), BigInt(a.validAfter), BigInt(a.validBefore), a.nonce, signature],
+  });
+  await wallet.waitForTransactionReceipt({ hash });
+};
+// Refuses the paid request, then settles its authorization `after` milliseconds later (two seconds unless given),
+// through the facilitator or, with `direct`, on chain itself.
 app.get("/bad/settles-late", (req, res) => {
   const header = req.get("PAYMENT-SIGNATURE");
   res.status(402).set("PAYMENT-REQUIRED", b64(badOffer(req))).json({ error: "try again later" });
   if (header) {
     const payload = JSON.parse(Buffer.from(header, "base64").toString());
-    setTimeout(() => facilitator.settle(payload, payload.accepted).catch(() => {}), 2000);
+    const settle = req.query.direct ? () => settleOnChain(payload) : () => facilitator.settle(payload, payload.accepted);
+    setTimeout(() => settle().catch((e) => console.error(`late settlement failed: ${e}`)), Number(req.query.after ?? 2000));
   }
 });
 app.get("/bad/unknown-asset", (req, res) => {

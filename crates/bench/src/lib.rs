@@ -873,7 +873,10 @@ async fn pay_directly(http: &reqwest::Client, paid: &PaidResource) -> anyhow::Re
     let offers = x402::parse_required(header.as_deref(), &body).map_err(anyhow::Error::msg)?;
     let token = paid.rails.tokens.first().context("a token")?;
     let wallet = paid.rails.wallets.first().context("a wallet")?;
-    let auth = paygent_rails::sign_authorization(wallet, token, token.chain_id, &offers[0])
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let auth = paygent_rails::sign_authorization(wallet, token, token.chain_id, &offers[0], now)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let (name, value) = x402::payment_header(&offers[0], &auth);
     let paid_resp = http.get(&paid.url).header(name, value).send().await?;

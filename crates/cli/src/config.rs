@@ -208,13 +208,6 @@ impl ServeConfig {
                 bail!("token {} has no price: add it under [prices]", t.symbol);
             }
         }
-        let planner = match (var("PAYGENT_LLM_URL"), var("PAYGENT_LLM_MODEL")) {
-            (Some(url), Some(model)) => {
-                Some(LlmPlanner::new(&url, &model, var("PAYGENT_LLM_API_KEY")))
-            }
-            (None, None) => None,
-            _ => bail!("PAYGENT_LLM_URL and PAYGENT_LLM_MODEL go together"),
-        };
         let lease_seconds: u64 = match var("PAYGENT_LEASE_SECONDS") {
             Some(n) => n
                 .parse()
@@ -226,6 +219,26 @@ impl ServeConfig {
         let allow = var("PAYGENT_EGRESS_ALLOW").or(parsed.egress_allow);
         let egress = EgressPolicy::allowing(allow.as_deref().unwrap_or_default())
             .context("PAYGENT_EGRESS_ALLOW")?;
+        let planner = match (var("PAYGENT_LLM_URL"), var("PAYGENT_LLM_MODEL")) {
+            (Some(url), Some(model)) => {
+                // The operator named this endpoint (an LLM on loopback is common): its host is allowed, and
+                // the rest of the policy (redirects, caps) holds.
+                let host = reqwest::Url::parse(&url)
+                    .ok()
+                    .and_then(|u| u.host_str().map(str::to_owned))
+                    .context("PAYGENT_LLM_URL must be an http(s) URL")?;
+                let reach = egress.clone().also_allowing(&host)?;
+                let planner_egress = paygent_engine::Egress::new(reach);
+                Some(LlmPlanner::new(
+                    &url,
+                    &model,
+                    var("PAYGENT_LLM_API_KEY"),
+                    planner_egress,
+                ))
+            }
+            (None, None) => None,
+            _ => bail!("PAYGENT_LLM_URL and PAYGENT_LLM_MODEL go together"),
+        };
         let streams_per_key = match var("PAYGENT_STREAMS_PER_KEY") {
             Some(n) => n
                 .parse()

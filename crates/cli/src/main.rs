@@ -260,6 +260,7 @@ async fn serve(config_file: Option<&Path>) -> anyhow::Result<ExitCode> {
             streams_per_key: config.streams_per_key,
             ..Default::default()
         },
+        ..Default::default()
     };
     paygent_server::serve(
         listener,

@@ -1,5 +1,5 @@
 //! One egress policy for every request the server makes on an agent's or a tenant's behalf (`http_get`, the x402
-//! rail's requests to a resource). Names are resolved here and only the addresses that pass are handed to the
+//! rail's requests to a resource, the LLM planner). Names are resolved here and only the addresses that pass are handed to the
 //! connection, so what is checked is what is connected to; loopback, private, link-local (cloud metadata),
 //! multicast and unspecified addresses are refused unless the configuration allows them; every redirect is
 //! checked the same way; time is capped, and bodies are read as a stream up to a byte cap, never buffered past it.
@@ -89,20 +89,29 @@ impl EgressPolicy {
     pub fn allowing(allow: &str) -> Result<EgressPolicy, EgressError> {
         let mut policy = EgressPolicy::default();
         for entry in allow.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            if let Ok(net) = entry.parse::<IpNet>() {
-                policy.allow_nets.push(net);
-            } else if let Ok(ip) = entry.parse::<IpAddr>() {
-                policy.allow_nets.push(IpNet::from(ip));
-            } else if entry
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
-            {
-                policy.allow_hosts.push(entry.to_ascii_lowercase());
-            } else {
-                return Err(EgressError::BadAllow(entry.to_owned()));
-            }
+            policy = policy.also_allowing(entry)?;
         }
         Ok(policy)
+    }
+
+    /// This policy, with one more CIDR, address or host name let through: for an endpoint the operator
+    /// configured (an LLM on loopback), never for one an agent names.
+    pub fn also_allowing(mut self, entry: &str) -> Result<EgressPolicy, EgressError> {
+        let bare = entry.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(net) = bare.parse::<IpNet>() {
+            self.allow_nets.push(net);
+        } else if let Ok(ip) = bare.parse::<IpAddr>() {
+            self.allow_nets.push(IpNet::from(ip));
+        } else if !bare.is_empty()
+            && bare
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        {
+            self.allow_hosts.push(bare.to_ascii_lowercase());
+        } else {
+            return Err(EgressError::BadAllow(entry.to_owned()));
+        }
+        Ok(self)
     }
 
     fn allows_host(&self, host: &str) -> bool {
@@ -177,12 +186,34 @@ impl Egress {
     /// GETs `url` (with one extra header, if given) within the policy, and reads its body up to the cap. The
     /// error says what refused or failed, with its causes.
     pub async fn get(&self, url: &str, header: Option<(&str, &str)>) -> Result<Fetched, String> {
-        let parsed = reqwest::Url::parse(url).map_err(|e| format!("bad URL {url}: {e}"))?;
-        self.policy.check_url(&parsed).map_err(|e| e.to_string())?;
-        let mut request = self.client.get(parsed);
+        let mut request = self.client.get(self.checked(url)?);
         if let Some((name, value)) = header {
             request = request.header(name, value);
         }
+        self.send(url, request).await
+    }
+
+    /// POSTs `body` as JSON to `url`, with a bearer token if given, within the policy, as [`Egress::get`].
+    pub async fn post_json(
+        &self,
+        url: &str,
+        body: &serde_json::Value,
+        bearer: Option<&str>,
+    ) -> Result<Fetched, String> {
+        let mut request = self.client.post(self.checked(url)?).json(body);
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token);
+        }
+        self.send(url, request).await
+    }
+
+    fn checked(&self, url: &str) -> Result<reqwest::Url, String> {
+        let parsed = reqwest::Url::parse(url).map_err(|e| format!("bad URL {url}: {e}"))?;
+        self.policy.check_url(&parsed).map_err(|e| e.to_string())?;
+        Ok(parsed)
+    }
+
+    async fn send(&self, url: &str, request: reqwest::RequestBuilder) -> Result<Fetched, String> {
         let mut resp = request
             .send()
             .await

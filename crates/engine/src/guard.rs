@@ -104,7 +104,9 @@ impl Paygent {
         if let Some(key) = &req.idempotency_key
             && let Some(earlier) = payments::by_idempotency_key(&mut tx, key).await?
         {
-            if earlier.request_hash != req.fingerprint() {
+            // Keys are the tenant's, but a payment is its requester's: another key's is neither shown nor
+            // carried out, whatever it names.
+            if earlier.requested_by != who.key_id || earlier.request_hash != req.fingerprint() {
                 return Err(EngineError::Invalid(
                     "idempotency_key was already used for a different payment request".into(),
                 ));

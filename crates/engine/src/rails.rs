@@ -12,18 +12,8 @@ use paygent_store::attempts::AttemptRecord;
 use paygent_store::payments::{self, PaymentRecord, Transition};
 use paygent_store::{WriteTx, attempts, sessions};
 use serde_json::{Value, json};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use uuid::Uuid;
-
-/// Marks a payment's caller as gone when it is dropped.
-struct AbandonOnDrop(Arc<AtomicBool>);
-
-impl Drop for AbandonOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-}
 
 /// An authorized payment, as a rail sees it.
 #[derive(Debug, Clone)]
@@ -148,10 +138,10 @@ impl Paygent {
         let Some((order, rail)) = self.rail_for(&payment).await? else {
             return Ok(payment.into());
         };
-        let abandoned = Arc::new(AtomicBool::new(false));
-        let _watch = AbandonOnDrop(abandoned.clone());
+        // Its own task: a caller that hangs up or times out does not stop a payment half-way; a retry with the
+        // same idempotency key finds it and waits for its one outcome.
         let this = self.clone();
-        tokio::spawn(async move { this.carry_out_alone(payment, order, rail, abandoned).await })
+        tokio::spawn(async move { this.carry_out_alone(payment, order, rail).await })
             .await
             .map_err(|e| EngineError::Unavailable(format!("the payment runner stopped: {e}")))?
     }
@@ -197,7 +187,6 @@ impl Paygent {
         payment: PaymentRecord,
         order: PaymentOrder,
         rail: Arc<dyn Rail>,
-        abandoned: Arc<AtomicBool>,
     ) -> Result<PaymentView> {
         let turn = self.payment_turn(payment.id);
         let _mine = turn.lock().await;
@@ -211,13 +200,7 @@ impl Paygent {
         }
         let journal = |signed: Signed| -> BoxFuture<'_, Result<Signed, RailError>> {
             let rail = rail.name();
-            let abandoned = abandoned.load(Ordering::SeqCst);
             Box::pin(async move {
-                if abandoned {
-                    return Err(RailError::Refused(
-                        "cancelled before the payment was signed: nothing was sent".into(),
-                    ));
-                }
                 self.journal(tenant_id, payment.id, rail, signed)
                     .await
                     .map_err(|e| match e {

@@ -4,10 +4,9 @@
 
 use futures::future::BoxFuture;
 use paygent_engine::domain::command::Step;
-use paygent_engine::{Planner, ToolSpec};
+use paygent_engine::{Egress, Planner, ToolSpec};
 use serde_json::{Value, json};
 use std::fmt;
-use std::time::Duration;
 
 const INSTRUCTIONS: &str = "You plan payments and fetches for an AI agent. Answer only with calls to the \
     functions given, in the order they should run. Copy amounts, currencies, addresses and URLs exactly as the \
@@ -19,7 +18,8 @@ pub struct LlmPlanner {
     endpoint: String,
     model: String,
     api_key: Option<String>,
-    http: reqwest::Client,
+    /// Within the server's egress policy, with the configured endpoint allowed by whoever configured it.
+    egress: Egress,
 }
 
 impl fmt::Debug for LlmPlanner {
@@ -35,15 +35,13 @@ impl fmt::Debug for LlmPlanner {
 
 impl LlmPlanner {
     /// `base_url` is the API root, such as `https://api.openai.com/v1`; requests go to its `/chat/completions`.
-    pub fn new(base_url: &str, model: &str, api_key: Option<String>) -> Self {
+    /// Requests go through `egress`: its time and size caps, its address checks, redirects included.
+    pub fn new(base_url: &str, model: &str, api_key: Option<String>, egress: Egress) -> Self {
         LlmPlanner {
             endpoint: format!("{}/chat/completions", base_url.trim_end_matches('/')),
             model: model.to_owned(),
             api_key,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("a default HTTP client builds"),
+            egress,
         }
     }
 
@@ -68,23 +66,25 @@ impl LlmPlanner {
     }
 
     async fn ask(&self, command: &str, tools: &[ToolSpec]) -> Result<Vec<Step>, String> {
-        let mut req = self
-            .http
-            .post(&self.endpoint)
-            .json(&self.request(command, tools));
-        if let Some(key) = &self.api_key {
-            req = req.bearer_auth(key);
-        }
-        let resp = req
-            .send()
+        let resp = self
+            .egress
+            .post_json(
+                &self.endpoint,
+                &self.request(command, tools),
+                self.api_key.as_deref(),
+            )
             .await
-            .map_err(|e| format!("the model did not answer: {}", e.without_url()))?;
-        let status = resp.status();
-        let body: Value = resp
-            .json()
-            .await
-            .map_err(|_| format!("the model answered {status} without JSON"))?;
-        if !status.is_success() {
+            .map_err(|e| format!("the model did not answer: {e}"))?;
+        let status = resp.status;
+        let body: Value = serde_json::from_slice(&resp.body).map_err(|_| {
+            let cut = if resp.truncated {
+                ", or more than the byte cap"
+            } else {
+                ""
+            };
+            format!("the model answered {status} without JSON{cut}")
+        })?;
+        if !(200..300).contains(&status) {
             let why = body["error"]["message"]
                 .as_str()
                 .unwrap_or("no reason given");
@@ -164,7 +164,12 @@ mod tests {
 
     #[test]
     fn the_key_is_never_printed() {
-        let p = LlmPlanner::new("http://127.0.0.1:1/v1/", "m", Some("sk-secret".into()));
+        let p = LlmPlanner::new(
+            "http://127.0.0.1:1/v1/",
+            "m",
+            Some("sk-secret".into()),
+            Egress::default(),
+        );
         assert_eq!(p.endpoint, "http://127.0.0.1:1/v1/chat/completions");
         assert!(!format!("{p:?}").contains("sk-secret"));
     }

@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::{Json, Router};
+use paygent_engine::{Egress, EgressPolicy};
 use paygent_planner::LlmPlanner;
 use paygent_testkit::{ADMIN_TOKEN, Backend, Settings, TestServer, Wiring};
 use serde_json::{Value, json};
@@ -55,15 +56,49 @@ async fn model_server() -> (String, Seen) {
     (base, seen)
 }
 
-#[tokio::test]
-async fn commands_the_parser_refuses_are_planned_and_checked() {
-    let (base, seen) = model_server().await;
-    let planner = LlmPlanner::new(&base, "test-model", Some("sk-test".into()));
+async fn planned_by(planner: LlmPlanner) -> TestServer {
     let settings = Settings {
         wiring: Some(Wiring(Arc::new(move |p| p.with_planner(planner.clone())))),
         ..Settings::default()
     };
-    let s = TestServer::start_with(Backend::Sqlite, settings).await;
+    TestServer::start_with(Backend::Sqlite, settings).await
+}
+
+/// The planner's requests keep to the egress policy: a model on loopback that nobody allowed is never asked, and
+/// the refusal names the rule.
+#[tokio::test]
+async fn a_model_the_egress_policy_refuses_is_never_asked() {
+    let (base, seen) = model_server().await;
+    let planner = LlmPlanner::new(&base, "m", None, Egress::new(EgressPolicy::default()));
+    let s = planned_by(planner).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s.session(&t.agent, json!({})).await;
+    let command =
+        json!({"session_id": session, "command": "please settle Bob's invoice of five dollars"});
+    let (status, problem) = s.post(&t.agent, "/agent/execute", command).await;
+    assert_eq!(status, 422, "{problem}");
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("refused by the egress policy: 127.0.0.1 is a loopback address"),
+        "{detail}"
+    );
+    assert!(seen.lock().unwrap().is_empty(), "the model was never asked");
+    assert_eq!(s.count("executions").await, 0);
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn commands_the_parser_refuses_are_planned_and_checked() {
+    let (base, seen) = model_server().await;
+    // The model listens on loopback: allowed by configuration, as an operator would.
+    let reach = EgressPolicy::default().also_allowing("127.0.0.1").unwrap();
+    let planner = LlmPlanner::new(
+        &base,
+        "test-model",
+        Some("sk-test".into()),
+        Egress::new(reach),
+    );
+    let s = planned_by(planner).await;
     let t = s.team(ADMIN_TOKEN).await;
     let session = s.session(&t.agent, json!({})).await;
     let execute = |command: &str| {

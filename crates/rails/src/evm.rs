@@ -7,6 +7,7 @@
 
 use crate::config::{ChainConfig, RailsConfig, TokenConfig};
 use crate::x402::{self, Authorization, Offer, Version};
+use alloy::eips::BlockNumberOrTag;
 use alloy::eips::eip2718::Encodable2718;
 use alloy::network::{EthereumWallet, NetworkTransactionBuilder, TransactionBuilder};
 use alloy::primitives::{Address, B256, Bytes, U256};
@@ -48,6 +49,12 @@ const MAX_BODY: usize = 64 * 1024;
 /// How long an x402 authorization stays valid: the service's `maxTimeoutSeconds`, within these bounds. A
 /// signed payment that was not settled must not linger: a refusal counts only once its authorization expired.
 const AUTHORIZATION_SECONDS: std::ops::RangeInclusive<u64> = 10..=60;
+/// How long before now an authorization becomes valid: as generous as the reference client, so a chain whose
+/// blocks lag the wall clock (or a host clock ahead of it) still takes it.
+const VALID_AFTER_MARGIN: u64 = 600;
+/// How long past its `validBefore` (by this server's clock) a refused authorization is watched for the chain's
+/// clock to pass it too; after that its outcome counts as unknown and the sweeper reconciles it.
+const EXPIRY_WATCH_SECONDS: u64 = 60;
 /// How far back the transaction of an authorization used before an interruption is looked for (about 15 hours
 /// of Cronos blocks), and how many blocks one log query spans (public nodes refuse wide ranges).
 const LOG_LOOKBACK_BLOCKS: u64 = 10_000;
@@ -80,6 +87,102 @@ pub struct EvmRails {
 
 fn unavailable(e: impl std::fmt::Display) -> RailError {
     RailError::Unavailable(e.to_string())
+}
+
+/// A signed x402 authorization, as the chain knows it.
+struct Watched<'a> {
+    token: &'a TokenConfig,
+    chain: &'a Chain,
+    from: Address,
+    nonce: B256,
+    valid_before: u64,
+}
+
+impl Watched<'_> {
+    async fn used(&self) -> Result<bool, RailError> {
+        Eip3009Token::new(self.token.address, &self.chain.provider)
+            .authorizationState(self.from, self.nonce)
+            .call()
+            .await
+            .map_err(unavailable)
+    }
+
+    /// A service refused it, yet holds it and could still settle it: watched until the chain's clock passes its
+    /// `validBefore` with the nonce unused (the refusal is final: `false`) or it settles after all (`true`).
+    async fn settles_late(&self, refusal: &str) -> Result<bool, RailError> {
+        let give_up = self.valid_before + EXPIRY_WATCH_SECONDS;
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if self.used().await? {
+                return Ok(true);
+            }
+            if self.expired_unused().await? {
+                return Ok(false);
+            }
+            if now_secs() > give_up {
+                return Err(RailError::Unavailable(format!(
+                    "{refusal} after the payment was sent, and the chain's clock has not yet passed the \
+                     authorization's validBefore ({}): it could still settle",
+                    self.valid_before
+                )));
+            }
+        }
+    }
+
+    /// Whether it can never settle: the chain's latest block is at or past its `validBefore` and the nonce was
+    /// unused in that block (every later block is later still). Chain time, not this server's clock: a chain
+    /// whose blocks lag can settle an authorization after the wall clock passed it.
+    async fn expired_unused(&self) -> Result<bool, RailError> {
+        let (number, time) = chain_clock(self.chain).await?;
+        if time < self.valid_before {
+            return Ok(false);
+        }
+        let used = Eip3009Token::new(self.token.address, &self.chain.provider)
+            .authorizationState(self.from, self.nonce)
+            .call()
+            .block(number.into())
+            .await
+            .map_err(unavailable)?;
+        Ok(!used)
+    }
+
+    /// The transaction that used it, found by its `AuthorizationUsed` event in the recent blocks. Public RPC
+    /// nodes cap how many blocks one log query spans, so the search walks back in windows.
+    async fn transaction(&self) -> Option<String> {
+        let provider = &self.chain.provider;
+        let latest = provider.get_block_number().await.ok()?;
+        let oldest = latest.saturating_sub(LOG_LOOKBACK_BLOCKS);
+        let mut to = latest;
+        loop {
+            let start = to.saturating_sub(LOG_WINDOW_BLOCKS - 1).max(oldest);
+            let filter = Filter::new()
+                .address(self.token.address)
+                .event_signature(Eip3009Token::AuthorizationUsed::SIGNATURE_HASH)
+                .topic1(self.from.into_word())
+                .topic2(self.nonce)
+                .from_block(start)
+                .to_block(to);
+            let logs = provider.get_logs(&filter).await.ok()?;
+            if let Some(hash) = logs.first().and_then(|l| l.transaction_hash) {
+                return Some(hash.to_string());
+            }
+            if start == oldest {
+                return None;
+            }
+            to = start - 1;
+        }
+    }
+}
+
+/// The chain's clock: its latest block's number and timestamp.
+async fn chain_clock(chain: &Chain) -> Result<(u64, u64), RailError> {
+    let block = chain
+        .provider
+        .get_block_by_number(BlockNumberOrTag::Latest)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| unavailable("the chain has no latest block"))?;
+    Ok((block.header.number, block.header.timestamp))
 }
 
 fn now_secs() -> u64 {
@@ -427,7 +530,8 @@ impl EvmRails {
                     order.currency
                 ))
             })?;
-        let auth = sign_authorization(wallet, token, chain.config.id, &offer)?;
+        let (_, chain_time) = chain_clock(chain).await?;
+        let auth = sign_authorization(wallet, token, chain.config.id, &offer, chain_time)?;
         let (header_name, header_value) = x402::payment_header(&offer, &auth);
         let mine = Signed {
             network: chain.caip2.clone(),
@@ -440,52 +544,6 @@ impl EvmRails {
         let stored = journal(mine.clone()).await?;
         self.settle_x402(token, chain, &stored, stored == mine)
             .await
-    }
-
-    async fn authorization_used(
-        &self,
-        token: &TokenConfig,
-        chain: &Chain,
-        from: Address,
-        nonce: B256,
-    ) -> Result<bool, RailError> {
-        Eip3009Token::new(token.address, &chain.provider)
-            .authorizationState(from, nonce)
-            .call()
-            .await
-            .map_err(unavailable)
-    }
-
-    /// The transaction that used an authorization, found by its `AuthorizationUsed` event in the recent blocks.
-    /// Public RPC nodes cap how many blocks one log query spans, so the search walks back in windows.
-    async fn authorization_tx(
-        &self,
-        token: &TokenConfig,
-        chain: &Chain,
-        from: Address,
-        nonce: B256,
-    ) -> Option<String> {
-        let latest = chain.provider.get_block_number().await.ok()?;
-        let oldest = latest.saturating_sub(LOG_LOOKBACK_BLOCKS);
-        let mut to = latest;
-        loop {
-            let start = to.saturating_sub(LOG_WINDOW_BLOCKS - 1).max(oldest);
-            let filter = Filter::new()
-                .address(token.address)
-                .event_signature(Eip3009Token::AuthorizationUsed::SIGNATURE_HASH)
-                .topic1(from.into_word())
-                .topic2(nonce)
-                .from_block(start)
-                .to_block(to);
-            let logs = chain.provider.get_logs(&filter).await.ok()?;
-            if let Some(hash) = logs.first().and_then(|l| l.transaction_hash) {
-                return Some(hash.to_string());
-            }
-            if start == oldest {
-                return None;
-            }
-            to = start - 1;
-        }
     }
 
     /// Sends a stored x402 payment, or finds it settled. `fresh` says this runner signed it a moment ago, so it
@@ -503,25 +561,30 @@ impl EvmRails {
             stored(a, "header_name")?,
             stored(a, "header_value")?,
         );
-        let from: Address = stored(a, "from")?;
-        let nonce: B256 = stored(a, "nonce")?;
-        let valid_before = a["valid_before"].as_u64().unwrap_or(0);
+        let auth = Watched {
+            token,
+            chain,
+            from: stored(a, "from")?,
+            nonce: stored(a, "nonce")?,
+            valid_before: a["valid_before"].as_u64().unwrap_or(0),
+        };
         let paid = |receipt: Value, tx_hash: Option<String>| Settlement {
             network: signed.network.clone(),
             tx_hash,
             receipt,
         };
-        if !fresh && self.authorization_used(token, chain, from, nonce).await? {
-            let tx = self.authorization_tx(token, chain, from, nonce).await;
-            return Ok(paid(
-                json!({"recovered": true, "note": "paid before an interruption; the resource's answer was not kept"}),
-                tx,
-            ));
-        }
-        if valid_before <= now_secs() {
-            return Err(RailError::Superseded(
-                "the signed authorization expired unused".into(),
-            ));
+        if !fresh {
+            if auth.used().await? {
+                return Ok(paid(
+                    json!({"recovered": true, "note": "paid before an interruption; the resource's answer was not kept"}),
+                    auth.transaction().await,
+                ));
+            }
+            if auth.expired_unused().await? {
+                return Err(RailError::Superseded(
+                    "the signed authorization expired unused".into(),
+                ));
+            }
         }
         let paying = Some((header_name.as_str(), header_value.as_str()));
         let resp = self
@@ -530,40 +593,34 @@ impl EvmRails {
             .get(&url, paying)
             .await
             .map_err(|e| unavailable(format!("paying {url}: {e}")))?;
-        let status = reqwest::StatusCode::from_u16(resp.status).map_err(unavailable)?;
         let settlement = header_text(&resp.headers, x402::V2_RESPONSE)
             .or_else(|| header_text(&resp.headers, x402::V1_RESPONSE))
             .and_then(|h| x402::parse_settlement(&h));
         let body = body_text(&resp.body);
-        if status.is_success() || self.authorization_used(token, chain, from, nonce).await? {
+        let status = resp.status;
+        if (200..300).contains(&status) || auth.used().await? {
             let tx = match settlement.as_ref().and_then(|s| s["transaction"].as_str()) {
                 Some(t) => Some(t.to_owned()),
-                None => self.authorization_tx(token, chain, from, nonce).await,
+                None => auth.transaction().await,
             };
             return Ok(paid(
-                json!({"status": status.as_u16(), "body": body, "settlement": settlement}),
+                json!({"status": status, "body": body, "settlement": settlement}),
                 tx,
             ));
         }
-        // The service refused, yet it holds a valid authorization it could still settle: wait until that
-        // expires, so that a failure is final and a late settlement is recorded as the payment it is.
-        while now_secs() <= valid_before + 1 {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            if self.authorization_used(token, chain, from, nonce).await? {
-                let tx = self.authorization_tx(token, chain, from, nonce).await;
-                return Ok(paid(
-                    json!({"status": status.as_u16(), "body": body, "settled_late": true}),
-                    tx,
-                ));
-            }
+        let refusal = format!("{url} answered {status}");
+        if auth.settles_late(&refusal).await? {
+            return Ok(paid(
+                json!({"status": status, "body": body, "settled_late": true}),
+                auth.transaction().await,
+            ));
         }
         let error = serde_json::from_str::<Value>(&body)
             .ok()
             .and_then(|v| v["error"].as_str().map(str::to_owned))
             .unwrap_or_else(|| body.chars().take(200).collect());
         Err(RailError::Refused(format!(
-            "{url} answered {} after the payment was sent, and the authorization expired unsettled: {error}",
-            status.as_u16()
+            "{refusal} after the payment was sent, and the authorization expired unsettled: {error}"
         )))
     }
 
@@ -612,12 +669,15 @@ fn body_text(body: &[u8]) -> String {
     text.into_owned()
 }
 
-/// Signs an EIP-3009 authorization for `offer` with a fresh random nonce and a short validity window.
+/// Signs an EIP-3009 authorization for `offer` with a fresh random nonce and a short validity window, anchored
+/// on both clocks: valid from well before the earlier of this server's and the chain's (`chain_time`, its latest
+/// block), until the offer's timeout after the later of them.
 pub fn sign_authorization(
     wallet: &PrivateKeySigner,
     token: &TokenConfig,
     chain_id: u64,
     offer: &Offer,
+    chain_time: u64,
 ) -> Result<Authorization, RailError> {
     if let Some((name, version)) = &offer.eip712
         && (*name != token.eip712_name || *version != token.eip712_version)
@@ -629,8 +689,8 @@ pub fn sign_authorization(
     }
     let now = now_secs();
     let nonce = B256::from(rand::random::<[u8; 32]>());
-    let valid_after = now.saturating_sub(10);
-    let valid_before = now
+    let valid_after = now.min(chain_time).saturating_sub(VALID_AFTER_MARGIN);
+    let valid_before = now.max(chain_time)
         + offer
             .max_timeout_seconds
             .clamp(*AUTHORIZATION_SECONDS.start(), *AUTHORIZATION_SECONDS.end());

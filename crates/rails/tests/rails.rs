@@ -297,6 +297,8 @@ async fn payments_that_cannot_be_made_sign_nothing_and_fail_clearly() {
         session,
         payee_before,
     } = Rig::start(V2_NETWORK, Backend::Sqlite, "local").await;
+    // A refusal is final once the chain's clock passes the authorization's end: the chain must make blocks.
+    chain.mine_every(1).await;
 
     for (path, max, expected) in [
         (
@@ -366,6 +368,47 @@ async fn payments_that_cannot_be_made_sign_nothing_and_fail_clearly() {
         "only the misbehaving services got a signature"
     );
     s.finish().await;
+}
+
+/// On a chain whose block timestamps lag the wall clock, an authorization is signed so the chain takes it, and
+/// a refused one is watched by the chain's clock: a service that settles it after this server's clock passed its
+/// `validBefore` (but before the chain's did) has been paid, once, and nothing is declared failed before.
+#[tokio::test]
+async fn a_lagging_chain_takes_the_authorization_and_its_clock_decides_expiry() {
+    let rig = Rig::start(V2_NETWORK, Backend::Sqlite, "local").await;
+    let (chain, peer, s) = (&rig.chain, &rig.peer, &rig.s);
+    chain.lag_behind(40).await;
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(chain.time().await + 30 < wall, "the chain lags");
+
+    let cheap = json!([{"tool": "x402_payment", "args": {"url": peer.url("/v2/cheap"), "max_amount": "1"}}]);
+    let done = run(s, &rig.t, &rig.session, cheap, ended).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(moved(chain, rig.payee_before).await, 100_000);
+
+    // The service's offer allows 10 s; it settles on chain itself 13 s after refusing, by when the reference
+    // facilitator (which checks the window by its own clock) would no longer settle it.
+    let late = peer.url("/bad/settles-late?after=13000&direct=1");
+    let step = json!([{"tool": "x402_payment", "args": {"url": late, "max_amount": "1"}}]);
+    let done = run(s, &rig.t, &rig.session, step, ended).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let receipt = &done["steps"][0]["result"]["receipt"];
+    assert_eq!(receipt["settled_late"], true, "{done}");
+    let late_attempt = "SELECT signed FROM payment_attempts WHERE signed LIKE '%settles-late%'";
+    let signed: Value = serde_json::from_str(&s.text(late_attempt).await).unwrap();
+    assert!(
+        signed["valid_before"].as_u64().unwrap() < wall + 20,
+        "settled after the wall clock passed the authorization's end: {signed}"
+    );
+    assert_eq!(
+        moved(chain, rig.payee_before).await,
+        200_000,
+        "the late settlement is the one payment"
+    );
+    rig.s.finish().await;
 }
 
 #[tokio::test]
@@ -631,5 +674,54 @@ async fn a_rail_payment_takes_no_outcome_from_the_agent() {
     let paid: Value = paying.await.unwrap().unwrap().json().await.unwrap();
     assert_eq!(paid["status"], "executed", "{paid}");
     assert_eq!(chain.balance(payee()).await - payee_before, 2_000_000);
+    s.finish().await;
+}
+
+/// A payment that outlives its request's time limit is answered 408 with a problem document, goes on, and a
+/// retry with the same idempotency key gets its one outcome: the money moves once.
+#[tokio::test]
+async fn a_payment_that_outlives_its_request_is_found_by_its_idempotency_key() {
+    let chain = LocalChain::start(V2_NETWORK).await;
+    let settings = paygent_testkit::Settings {
+        request_timeout: Some(std::time::Duration::from_secs(1)),
+        ..paygent_testkit::Settings::default()
+    };
+    let s = chain.paygent_with(Backend::Sqlite, "local", settings).await;
+    let t = team(&s).await;
+    let session = wallet_session(&s, &t, json!({})).await;
+    let payee_before = chain.balance(payee()).await;
+    chain.automine(false).await;
+    let transfer = json!({"session_id": session, "amount": "2", "currency": "USDC",
+        "recipient": payee().to_string(), "idempotency_key": "slow-1"});
+    let pay = || {
+        let request = s.http.post(s.url("/payments")).bearer_auth(&t.agent);
+        request.json(&transfer).send()
+    };
+    let cut_off = pay().await.unwrap();
+    assert_eq!(cut_off.status(), 408);
+    assert_eq!(
+        cut_off.headers()["content-type"],
+        "application/problem+json"
+    );
+    let problem: Value = cut_off.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("same idempotency_key"),
+        "{problem}"
+    );
+    chain.automine(true).await;
+    let retry = pay().await.unwrap();
+    assert_eq!(retry.status(), 201);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    let paid: Value = retry.json().await.unwrap();
+    assert_eq!(paid["status"], "executed", "{paid}");
+    assert_eq!(
+        chain.balance(payee()).await - payee_before,
+        2_000_000,
+        "paid once"
+    );
+    assert_eq!(s.count("payments").await, 1);
     s.finish().await;
 }

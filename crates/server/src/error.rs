@@ -37,6 +37,11 @@ pub enum ApiError {
     Unavailable,
     #[error("too many requests for this key; retry after {0} s")]
     RateLimited(u64),
+    #[error(
+        "the request took longer than {0} s and was cut off; a payment it started goes on: retry with the same \
+         idempotency_key to get its outcome"
+    )]
+    TimedOut(f64),
     /// The key holds as many open streams as it may: close one first.
     #[error("{0}")]
     TooManyStreams(String),
@@ -71,6 +76,7 @@ impl ApiError {
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate-limited"),
             ApiError::TooManyStreams(_) => (StatusCode::TOO_MANY_REQUESTS, "too-many-streams"),
+            ApiError::TimedOut(_) => (StatusCode::REQUEST_TIMEOUT, "timeout"),
         }
     }
 }

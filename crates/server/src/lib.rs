@@ -7,7 +7,9 @@ pub mod http;
 pub mod rate;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::{Request, StatusCode};
+use axum::http::Request;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
 use error::ApiError;
@@ -15,7 +17,6 @@ pub use http::events::LiveOptions;
 use paygent_engine::Paygent;
 pub use rate::RateLimit;
 use std::time::Duration;
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -61,16 +62,114 @@ fn api() -> (Router<Paygent>, utoipa::openapi::OpenApi) {
         .merge(http::audit::router())
         .merge(http::kill::router())
         .merge(http::executions::router());
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)
-        .split_for_parts()
+        .split_for_parts();
+    ProblemResponses.modify(&mut openapi);
+    (router, openapi)
+}
+
+/// What any operation may answer whatever its handler does: no valid key, the time limit, the key's rate limit,
+/// a fault, the database away.
+const EVERY_OPERATION: [(&str, &str); 5] = [
+    ("401", "no valid key: missing, unknown, revoked or expired"),
+    (
+        "408",
+        "the request took too long; retry a payment with the same idempotency key",
+    ),
+    ("429", "rate limited (with `Retry-After`)"),
+    ("500", "internal error"),
+    ("503", "the database is unavailable; retry shortly"),
+];
+/// What reading a request body may answer.
+const WITH_A_BODY: [(&str, &str); 3] = [
+    ("400", "the body is not the JSON this operation takes"),
+    ("413", "the body is larger than 64 KiB"),
+    ("415", "the body is not `application/json`"),
+];
+
+/// Completes every operation's responses with the statuses it shares with all others, and publishes problem
+/// documents as what they are on the wire: `application/problem+json`.
+struct ProblemResponses;
+
+impl Modify for ProblemResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in operations.into_iter().flatten() {
+                let body = op.request_body.is_some();
+                let shared = EVERY_OPERATION
+                    .iter()
+                    .chain(WITH_A_BODY.iter().filter(|_| body));
+                for (status, why) in shared {
+                    let problem = utoipa::openapi::ResponseBuilder::new()
+                        .description(*why)
+                        .content(
+                            "application/json",
+                            utoipa::openapi::Content::new(Some(
+                                utoipa::openapi::Ref::from_schema_name("Problem"),
+                            )),
+                        )
+                        .build();
+                    op.responses
+                        .responses
+                        .entry((*status).to_owned())
+                        .or_insert(problem.into());
+                }
+                op.responses
+                    .responses
+                    .values_mut()
+                    .for_each(as_problem_json);
+            }
+        }
+    }
+}
+
+/// A response whose body is a `Problem`, retyped to the media type the server sends it with.
+fn as_problem_json(response: &mut utoipa::openapi::RefOr<utoipa::openapi::Response>) {
+    use utoipa::openapi::RefOr;
+    let RefOr::T(response) = response else { return };
+    let is_problem = response.content.get("application/json").is_some_and(|c| {
+        matches!(c, RefOr::T(c) if matches!(&c.schema, Some(RefOr::Ref(r)) if r.ref_location.ends_with("/Problem")))
+    });
+    if is_problem && let Some(content) = response.content.shift_remove("application/json") {
+        response
+            .content
+            .insert("application/problem+json".to_owned(), content);
+    }
 }
 
 /// Settings of the HTTP side.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Options {
     pub live: LiveOptions,
     pub rate_limit: RateLimit,
+    /// How long a request may take before it is answered 408.
+    pub request_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            live: LiveOptions::default(),
+            rate_limit: RateLimit::default(),
+            request_timeout: REQUEST_TIMEOUT,
+        }
+    }
+}
+
+/// Answers 408 with a problem document once a request takes longer than `limit`. Work it started that must end
+/// (a payment on a rail) goes on in its own task, so a retry with the same idempotency key gets its outcome.
+async fn cut_off(limit: Duration, req: Request<axum::body::Body>, next: Next) -> Response {
+    tokio::time::timeout(limit, next.run(req))
+        .await
+        .unwrap_or_else(|_| ApiError::TimedOut(limit.as_secs_f64()).into_response())
 }
 
 /// The whole application with default settings, ready to serve.
@@ -92,7 +191,9 @@ pub fn app_with(paygent: Paygent, options: Options) -> Router {
     .fallback(|| async { ApiError::NoRoute })
     .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
     .layer(DefaultBodyLimit::max(BODY_LIMIT))
-    .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+    .layer(middleware::from_fn(move |req, next| {
+        cut_off(options.request_timeout, req, next)
+    }))
     // Spans carry the path only: query strings may hold tokens.
     .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
         tracing::info_span!("http", method = %req.method(), path = %req.uri().path())

@@ -516,6 +516,34 @@ async fn service_endpoints_answer(backend: Backend) {
     ] {
         assert!(doc["paths"][path].is_object(), "{path} is documented");
     }
+    // Every operation publishes the statuses any request may get, and problems in their own media type.
+    let mut operations = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            operations += 1;
+            let responses = op["responses"].as_object().unwrap();
+            let mut shared = vec!["401", "408", "429", "500", "503"];
+            if op.get("requestBody").is_some() {
+                shared.extend(["400", "413", "415"]);
+            }
+            for status in shared {
+                let problem = &responses[status]["content"]["application/problem+json"];
+                assert!(problem.is_object(), "{method} {path} lists {status}");
+            }
+            for (status, response) in responses {
+                let json = &response["content"]["application/json"]["schema"]["$ref"];
+                assert_ne!(
+                    json, "#/components/schemas/Problem",
+                    "{method} {path} {status}"
+                );
+            }
+        }
+    }
+    assert!(operations > 30, "{operations} operations");
+    // As the document says: a problem, in its media type, for a request without a key.
+    let resp = s.http.get(s.url("/payments")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(resp.headers()[CONTENT_TYPE], "application/problem+json");
     s.finish().await;
 }
 
@@ -653,6 +681,16 @@ async fn agents_reach_only_their_own(backend: Backend) {
     }
     let (status, _) = s.pay(&other, session, "1", "USDC").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "nor pay on its session");
+    // Nor claim its payment by repeating its request and idempotency key.
+    let keyed = json!({"session_id": session, "amount": "3", "currency": "USDC",
+        "recipient": "https://api.example/data", "idempotency_key": "order-1"});
+    let (status, first) = s.post(&t.agent, "/payments", keyed.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let (status, problem) = s.post(&other, "/payments", keyed.clone()).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert!(problem.get("id").is_none(), "{problem}");
+    let (_, again) = s.post(&t.agent, "/payments", keyed).await;
+    assert_eq!(again["id"], first["id"], "its own key still gets it");
     let (status, _) = s
         .post(
             &other,

@@ -169,19 +169,48 @@ impl LocalChain {
         let _pending = wallet.send_transaction(tx).await.expect("sent");
     }
 
-    /// Mining on or off: with it off, a sent transaction waits in the pool, as on a slow chain.
-    pub async fn automine(&self, on: bool) {
+    /// A block every `seconds`, whether or not anything waits to be mined, as a live chain makes them (anvil
+    /// otherwise mines only when a transaction comes, so its clock stands still between them).
+    pub async fn mine_every(&self, seconds: u64) {
+        self.rpc_call("evm_setIntervalMining", json!([seconds]))
+            .await;
+    }
+
+    /// Sets the chain's clock `seconds` behind the wall clock and mines a block there, as on a chain whose block
+    /// timestamps lag; later blocks go on from that time.
+    pub async fn lag_behind(&self, seconds: u64) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        self.rpc_call("evm_setTime", json!([now - seconds])).await;
+        self.rpc_call("evm_mine", json!([])).await;
+    }
+
+    /// The latest block's timestamp.
+    pub async fn time(&self) -> u64 {
+        let block = self
+            .provider
+            .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
+            .await
+            .expect("latest block")
+            .expect("a block");
+        block.header.timestamp
+    }
+
+    async fn rpc_call(&self, method: &'static str, params: Value) {
         let _: Value = self
             .provider
-            .raw_request("evm_setAutomine".into(), (on,))
+            .raw_request(method.into(), params)
             .await
-            .expect("evm_setAutomine");
+            .unwrap_or_else(|e| panic!("{method}: {e}"));
+    }
+
+    /// Mining on or off: with it off, a sent transaction waits in the pool, as on a slow chain.
+    pub async fn automine(&self, on: bool) {
+        self.rpc_call("evm_setAutomine", json!([on])).await;
         if on {
-            let _: Value = self
-                .provider
-                .raw_request("evm_mine".into(), ())
-                .await
-                .expect("evm_mine");
+            self.rpc_call("evm_mine", json!([])).await;
         }
     }
 }

@@ -97,6 +97,8 @@ pub struct Settings {
     pub rate_limit: Option<paygent_server::RateLimit>,
     /// The kernel's send buffer for each connection; the system default when `None`.
     pub send_buffer: Option<u32>,
+    /// The server's default when `None`.
+    pub request_timeout: Option<std::time::Duration>,
 }
 
 /// Prices for tests: the defaults, with CRO at 0.08 as the threshold tests require.
@@ -207,6 +209,9 @@ impl TestServer {
             rate_limit: settings
                 .rate_limit
                 .unwrap_or(paygent_server::RateLimit::OFF),
+            request_timeout: settings
+                .request_timeout
+                .unwrap_or(paygent_server::REQUEST_TIMEOUT),
         };
         let app = paygent_server::app_with(paygent.clone(), options);
         tokio::spawn(async move {

@@ -11,7 +11,13 @@ use std::sync::Arc;
 pub trait OnChain {
     fn rails_config(&self, v1_name: &str) -> RailsConfig;
     /// A Paygent server whose engine pays on this chain.
-    async fn paygent(&self, backend: Backend, v1_name: &str) -> TestServer;
+    async fn paygent(&self, backend: Backend, v1_name: &str) -> TestServer {
+        self.paygent_with(backend, v1_name, Settings::default())
+            .await
+    }
+    /// The same, with other settings of its own.
+    async fn paygent_with(&self, backend: Backend, v1_name: &str, settings: Settings)
+    -> TestServer;
 }
 
 impl OnChain for LocalChain {
@@ -37,7 +43,12 @@ impl OnChain for LocalChain {
         config
     }
 
-    async fn paygent(&self, backend: Backend, v1_name: &str) -> TestServer {
+    async fn paygent_with(
+        &self,
+        backend: Backend,
+        v1_name: &str,
+        settings: Settings,
+    ) -> TestServer {
         // The x402 peers are on loopback: allowed by configuration, as an operator would.
         let egress = paygent_engine::EgressPolicy::allowing("127.0.0.0/8").expect("allow list");
         let rails = EvmRails::new(
@@ -48,7 +59,7 @@ impl OnChain for LocalChain {
         let wire = move |p: Paygent| paygent_rails::install(p, rails.clone());
         let settings = Settings {
             wiring: Some(Wiring(Arc::new(wire))),
-            ..Settings::default()
+            ..settings
         };
         TestServer::start_with(backend, settings).await
     }
