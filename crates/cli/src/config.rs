@@ -5,6 +5,7 @@ use paygent_engine::EgressPolicy;
 use paygent_engine::domain::PriceTable;
 use paygent_planner::LlmPlanner;
 use paygent_rails::{ChainConfig, RailsConfig, TokenConfig as RailToken};
+use secrecy::SecretString;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,9 +20,9 @@ pub struct FileConfig {
     wallet_key_file: Option<PathBuf>,
     wallet_keystore: Option<PathBuf>,
     listen: Option<String>,
-    database_url: Option<String>,
+    database_url: Option<SecretString>,
     data_dir: Option<PathBuf>,
-    admin_token: Option<String>,
+    admin_token: Option<SecretString>,
     event_retention_days: Option<u32>,
     rate_limit_per_second: Option<u32>,
     egress_allow: Option<String>,
@@ -72,13 +73,14 @@ impl TokenConfig {
     }
 }
 
-/// Everything `serve` needs, resolved.
+/// Everything `serve` needs, resolved. Its `Debug` prints no secret: the admin token and the database URL (which
+/// may carry a password) are redacted, wallet keys print as addresses, the planner's key not at all.
 #[derive(Debug)]
 pub struct ServeConfig {
     pub listen: String,
-    pub database_url: String,
+    pub database_url: SecretString,
     pub data_dir: PathBuf,
-    pub admin_token: Option<String>,
+    pub admin_token: Option<SecretString>,
     pub prices: PriceTable,
     pub max_connections: u32,
     /// How long the event log is kept for replay.
@@ -99,36 +101,48 @@ pub struct ServeConfig {
 
 const PRICE_PREFIX: &str = "PAYGENT_PRICE_";
 
-impl ServeConfig {
-    /// Reads `file` if given, then applies the environment `env` (name, value pairs) over it.
-    pub fn load(file: Option<&Path>, env: &BTreeMap<String, String>) -> anyhow::Result<Self> {
-        let parsed: FileConfig = match file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading config {}", path.display()))?;
-                toml::from_str(&text)
-                    .with_context(|| format!("parsing config {}", path.display()))?
-            }
-            None => FileConfig::default(),
-        };
-        let var = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
-        let data_dir = var("PAYGENT_DATA_DIR")
-            .map(PathBuf::from)
-            .or(parsed.data_dir)
-            .unwrap_or_else(|| PathBuf::from("./paygent-data"));
-        let database_url = var("DATABASE_URL")
-            .or(parsed.database_url)
-            .unwrap_or_else(|| {
-                let file = absolute(&data_dir).join("paygent.db");
-                format!("sqlite://{}?mode=rwc", file.display())
-            });
+/// The environment's settings: a variable set to nothing counts as unset.
+struct Env<'a>(&'a BTreeMap<String, String>);
 
+impl Env<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        self.0.get(name).filter(|v| !v.is_empty()).cloned()
+    }
+
+    /// A number from the environment, else from the file, else `default`.
+    fn number<T: std::str::FromStr>(
+        &self,
+        name: &str,
+        file: Option<T>,
+        default: T,
+    ) -> anyhow::Result<T> {
+        match self.get(name) {
+            Some(n) => n
+                .parse()
+                .map_err(|_| anyhow::anyhow!("{name} must be a whole number, not {n:?}")),
+            None => Ok(file.unwrap_or(default)),
+        }
+    }
+}
+
+impl FileConfig {
+    fn read(file: Option<&Path>) -> anyhow::Result<FileConfig> {
+        let Some(path) = file else {
+            return Ok(FileConfig::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
+    }
+
+    /// Token prices: tokens' own first, then `[prices]`, then `PAYGENT_PRICE_<SYMBOL>` over both.
+    fn prices(&self, env: &Env) -> anyhow::Result<PriceTable> {
         let mut prices = PriceTable::default();
-        for t in &parsed.tokens {
+        for t in &self.tokens {
             let price = prices
                 .get(&t.symbol)
                 .map(|c| c.usd_price.to_string())
-                .or_else(|| parsed.prices.get(&t.symbol).cloned());
+                .or_else(|| self.prices.get(&t.symbol).cloned());
             let Some(price) = price else {
                 bail!("token {} has no price: add it under [prices]", t.symbol);
             };
@@ -136,65 +150,62 @@ impl ServeConfig {
                 .set(&t.symbol, Some(t.decimals), &price)
                 .with_context(|| format!("token {}", t.symbol))?;
         }
-        let from_env = env.iter().filter_map(|(k, v)| {
+        let from_env = env.0.iter().filter_map(|(k, v)| {
             k.strip_prefix(PRICE_PREFIX)
                 .map(|s| (s.to_owned(), v.clone()))
         });
-        for (symbol, price) in parsed.prices.into_iter().chain(from_env) {
+        for (symbol, price) in self.prices.clone().into_iter().chain(from_env) {
             prices
                 .set(&symbol, None, &price)
                 .with_context(|| format!("price of {symbol}"))?;
         }
-        let max_connections = match var("PAYGENT_DB_MAX_CONNECTIONS") {
-            Some(n) => n
-                .parse()
-                .context("PAYGENT_DB_MAX_CONNECTIONS must be a number")?,
-            None => 16,
-        };
-        let event_retention_days = match var("PAYGENT_EVENT_RETENTION_DAYS") {
-            Some(n) => n
-                .parse()
-                .context("PAYGENT_EVENT_RETENTION_DAYS must be a whole number")?,
-            None => parsed.event_retention_days.unwrap_or(7),
-        };
-        let rate_limit_per_second = match var("PAYGENT_RATE_LIMIT") {
-            Some(n) => n
-                .parse()
-                .context("PAYGENT_RATE_LIMIT must be a whole number")?,
-            None => parsed.rate_limit_per_second.unwrap_or(200),
-        };
-        let mut rails = match var("PAYGENT_NETWORK").or(parsed.network) {
+        Ok(prices)
+    }
+
+    /// The payment rails: a network preset, the file's chains and tokens, and wallets from the environment or
+    /// key files. Every token must have a price.
+    fn rails(&self, env: &Env, prices: &PriceTable) -> anyhow::Result<RailsConfig> {
+        let mut rails = match env.get("PAYGENT_NETWORK").or(self.network.clone()) {
             Some(preset) => RailsConfig::preset(&preset)?,
             None => RailsConfig::default(),
         };
-        rails.chains.extend(parsed.chains);
-        for t in &parsed.tokens {
+        rails.chains.extend(self.chains.iter().cloned());
+        for t in &self.tokens {
             if let Some(token) = t.on_chain()? {
                 rails.tokens.retain(|known| known.symbol != token.symbol);
                 rails.tokens.push(token);
             }
         }
-        if let Some(key) = var("PAYGENT_WALLET_KEY") {
+        self.add_wallets(env, &mut rails)?;
+        rails.validate()?;
+        if let Some(t) = rails
+            .tokens
+            .iter()
+            .find(|t| prices.get(&t.symbol).is_none())
+        {
+            bail!("token {} has no price: add it under [prices]", t.symbol);
+        }
+        Ok(rails)
+    }
+
+    fn add_wallets(&self, env: &Env, rails: &mut RailsConfig) -> anyhow::Result<()> {
+        if let Some(key) = env.get("PAYGENT_WALLET_KEY") {
             rails.add_wallet_key(&key).context("PAYGENT_WALLET_KEY")?;
         }
-        if let Some(path) = var("PAYGENT_WALLET_KEY_FILE")
-            .map(PathBuf::from)
-            .or(parsed.wallet_key_file)
-        {
+        let key_file = env.get("PAYGENT_WALLET_KEY_FILE").map(PathBuf::from);
+        if let Some(path) = key_file.or(self.wallet_key_file.clone()) {
             let key = std::fs::read_to_string(&path)
                 .with_context(|| format!("reading the wallet key file {}", path.display()))?;
             rails
                 .add_wallet_key(&key)
                 .with_context(|| format!("the wallet key file {}", path.display()))?;
         }
-        if let Some(path) = var("PAYGENT_WALLET_KEYSTORE")
-            .map(PathBuf::from)
-            .or(parsed.wallet_keystore)
-        {
-            let password = match var("PAYGENT_WALLET_KEYSTORE_PASSWORD_FILE") {
+        let keystore = env.get("PAYGENT_WALLET_KEYSTORE").map(PathBuf::from);
+        if let Some(path) = keystore.or(self.wallet_keystore.clone()) {
+            let password = match env.get("PAYGENT_WALLET_KEYSTORE_PASSWORD_FILE") {
                 Some(file) => std::fs::read_to_string(&file)
                     .with_context(|| format!("reading the keystore password file {file}"))?,
-                None => var("PAYGENT_WALLET_KEYSTORE_PASSWORD").context(
+                None => env.get("PAYGENT_WALLET_KEYSTORE_PASSWORD").context(
                     "a wallet keystore needs PAYGENT_WALLET_KEYSTORE_PASSWORD or _PASSWORD_FILE",
                 )?,
             };
@@ -202,65 +213,85 @@ impl ServeConfig {
                 .add_wallet_keystore(&path, &password)
                 .with_context(|| format!("the wallet keystore {}", path.display()))?;
         }
-        rails.validate()?;
-        for t in &rails.tokens {
-            if prices.get(&t.symbol).is_none() {
-                bail!("token {} has no price: add it under [prices]", t.symbol);
-            }
-        }
-        let lease_seconds: u64 = match var("PAYGENT_LEASE_SECONDS") {
-            Some(n) => n
-                .parse()
+        Ok(())
+    }
+}
+
+/// The LLM planner, if configured. The operator named its endpoint (an LLM on loopback is common): that host is
+/// allowed, and the rest of the egress policy (redirects, caps) holds.
+fn planner(env: &Env, egress: &EgressPolicy) -> anyhow::Result<Option<LlmPlanner>> {
+    match (env.get("PAYGENT_LLM_URL"), env.get("PAYGENT_LLM_MODEL")) {
+        (Some(url), Some(model)) => {
+            let host = reqwest::Url::parse(&url)
                 .ok()
-                .filter(|n| (1..=3600).contains(n))
-                .context("PAYGENT_LEASE_SECONDS must be a whole number from 1 to 3600")?,
-            None => 10,
-        };
-        let allow = var("PAYGENT_EGRESS_ALLOW").or(parsed.egress_allow);
+                .and_then(|u| u.host_str().map(str::to_owned))
+                .context("PAYGENT_LLM_URL must be an http(s) URL")?;
+            let reach = paygent_engine::Egress::new(egress.clone().also_allowing(&host)?);
+            let key = env.get("PAYGENT_LLM_API_KEY");
+            Ok(Some(LlmPlanner::new(&url, &model, key, reach)))
+        }
+        (None, None) => Ok(None),
+        _ => bail!("PAYGENT_LLM_URL and PAYGENT_LLM_MODEL go together"),
+    }
+}
+
+impl ServeConfig {
+    /// Reads `file` if given, then applies the environment `env` (name, value pairs) over it.
+    pub fn load(file: Option<&Path>, env: &BTreeMap<String, String>) -> anyhow::Result<Self> {
+        let parsed = FileConfig::read(file)?;
+        let env = Env(env);
+        let data_dir = env
+            .get("PAYGENT_DATA_DIR")
+            .map(PathBuf::from)
+            .or(parsed.data_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("./paygent-data"));
+        let database_url = env
+            .get("DATABASE_URL")
+            .map(SecretString::from)
+            .or(parsed.database_url.clone())
+            .unwrap_or_else(|| {
+                let file = absolute(&data_dir).join("paygent.db");
+                SecretString::from(format!("sqlite://{}?mode=rwc", file.display()))
+            });
+        let prices = parsed.prices(&env)?;
+        let rails = parsed.rails(&env, &prices)?;
+        let lease_seconds: u64 = env.number("PAYGENT_LEASE_SECONDS", None, 10)?;
+        if !(1..=3600).contains(&lease_seconds) {
+            bail!("PAYGENT_LEASE_SECONDS must be a whole number from 1 to 3600");
+        }
+        let allow = env
+            .get("PAYGENT_EGRESS_ALLOW")
+            .or(parsed.egress_allow.clone());
         let egress = EgressPolicy::allowing(allow.as_deref().unwrap_or_default())
             .context("PAYGENT_EGRESS_ALLOW")?;
-        let planner = match (var("PAYGENT_LLM_URL"), var("PAYGENT_LLM_MODEL")) {
-            (Some(url), Some(model)) => {
-                // The operator named this endpoint (an LLM on loopback is common): its host is allowed, and
-                // the rest of the policy (redirects, caps) holds.
-                let host = reqwest::Url::parse(&url)
-                    .ok()
-                    .and_then(|u| u.host_str().map(str::to_owned))
-                    .context("PAYGENT_LLM_URL must be an http(s) URL")?;
-                let reach = egress.clone().also_allowing(&host)?;
-                let planner_egress = paygent_engine::Egress::new(reach);
-                Some(LlmPlanner::new(
-                    &url,
-                    &model,
-                    var("PAYGENT_LLM_API_KEY"),
-                    planner_egress,
-                ))
-            }
-            (None, None) => None,
-            _ => bail!("PAYGENT_LLM_URL and PAYGENT_LLM_MODEL go together"),
-        };
-        let streams_per_key = match var("PAYGENT_STREAMS_PER_KEY") {
-            Some(n) => n
-                .parse()
-                .context("PAYGENT_STREAMS_PER_KEY must be a whole number")?,
-            None => 64,
-        };
         Ok(ServeConfig {
+            planner: planner(&env, &egress)?,
             egress,
-            streams_per_key,
+            streams_per_key: env.number("PAYGENT_STREAMS_PER_KEY", None, 64)?,
             lease: std::time::Duration::from_secs(lease_seconds),
             rails,
-            planner,
-            listen: var("PAYGENT_LISTEN")
+            listen: env
+                .get("PAYGENT_LISTEN")
                 .or(parsed.listen)
                 .unwrap_or_else(|| "127.0.0.1:8080".into()),
             database_url,
             data_dir,
-            admin_token: var("PAYGENT_ADMIN_TOKEN").or(parsed.admin_token),
+            admin_token: env
+                .get("PAYGENT_ADMIN_TOKEN")
+                .map(SecretString::from)
+                .or(parsed.admin_token),
             prices,
-            max_connections,
-            event_retention_days,
-            rate_limit_per_second,
+            max_connections: env.number("PAYGENT_DB_MAX_CONNECTIONS", None, 16)?,
+            event_retention_days: env.number(
+                "PAYGENT_EVENT_RETENTION_DAYS",
+                parsed.event_retention_days,
+                7,
+            )?,
+            rate_limit_per_second: env.number(
+                "PAYGENT_RATE_LIMIT",
+                parsed.rate_limit_per_second,
+                200,
+            )?,
         })
     }
 }
@@ -273,6 +304,7 @@ fn absolute(p: &Path) -> PathBuf {
 mod tests {
     use super::*;
     use paygent_engine::domain::Decimal;
+    use secrecy::ExposeSecret;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
@@ -285,12 +317,9 @@ mod tests {
     fn defaults_use_an_embedded_sqlite_file() {
         let c = ServeConfig::load(None, &env(&[])).unwrap();
         assert_eq!(c.listen, "127.0.0.1:8080");
-        assert!(
-            c.database_url.starts_with("sqlite:///"),
-            "{}",
-            c.database_url
-        );
-        assert!(c.database_url.ends_with("paygent-data/paygent.db?mode=rwc"));
+        let url = c.database_url.expose_secret();
+        assert!(url.starts_with("sqlite:///"), "{url}");
+        assert!(url.ends_with("paygent-data/paygent.db?mode=rwc"));
         assert_eq!(c.prices.get("CRO").unwrap().usd_price, Decimal::new(10, 2));
     }
 
@@ -360,5 +389,37 @@ eip712_version = "1"
         assert!(!format!("{planned:?}").contains("sk-never-printed"));
         assert!(ServeConfig::load(None, &env(&[("PAYGENT_LLM_URL", "http://x/v1")])).is_err());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let c = ServeConfig::load(
+            None,
+            &env(&[
+                (
+                    "DATABASE_URL",
+                    "postgres://paygent:hunter2@db.internal/paygent",
+                ),
+                ("PAYGENT_ADMIN_TOKEN", "pg_admin_never_printed"),
+            ]),
+        )
+        .unwrap();
+        let printed = format!("{c:?}");
+        for secret in ["hunter2", "pg_admin_never_printed"] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        assert_eq!(
+            c.database_url.expose_secret(),
+            "postgres://paygent:hunter2@db.internal/paygent",
+            "the value is kept, only its printing is redacted"
+        );
+        assert!(
+            ServeConfig::load(None, &env(&[("PAYGENT_RATE_LIMIT", "lots")]))
+                .unwrap_err()
+                .to_string()
+                .contains("PAYGENT_RATE_LIMIT must be a whole number")
+        );
+        let lease = ServeConfig::load(None, &env(&[("PAYGENT_LEASE_SECONDS", "0")]));
+        assert!(lease.is_err(), "a lease of 0 s is refused");
     }
 }

@@ -10,6 +10,7 @@ use config::ServeConfig;
 use paygent_engine::domain::audit::{AuditEntry, ChainVerifier};
 use paygent_engine::{Paygent, Store, StoreOptions, SystemClock};
 use reqwest::Method;
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -210,7 +211,7 @@ async fn serve(config_file: Option<&Path>) -> anyhow::Result<ExitCode> {
         max_connections: config.max_connections,
         ..StoreOptions::default()
     };
-    let store = Store::connect(&config.database_url, &options)
+    let store = Store::connect(config.database_url.expose_secret(), &options)
         .await
         .context("opening the database")?;
     let mut paygent = Paygent::new(store, config.prices.clone(), Arc::new(SystemClock))
@@ -227,7 +228,10 @@ async fn serve(config_file: Option<&Path>) -> anyhow::Result<ExitCode> {
         tracing::info!(?planner, "commands the parser refuses go to the planner");
         paygent = paygent.with_planner(planner);
     }
-    if let Some(key) = paygent.bootstrap(config.admin_token.as_deref()).await? {
+    if let Some(key) = paygent
+        .bootstrap(config.admin_token.as_ref().map(|t| t.expose_secret()))
+        .await?
+    {
         let path = config.data_dir.join("admin-token");
         save_secret(&path, &key.token)?;
         println!(

@@ -39,10 +39,22 @@ const SWEEP_BATCH: i64 = 200;
 const STOP_BATCH: i64 = 500;
 
 impl KillSwitchView {
+    /// The stop as its record says. Any record at all is a stop, as the guard counts it: one that cannot be read
+    /// shows as engaged, never as released.
     fn parse(record: Option<&str>) -> KillSwitchView {
-        record
-            .and_then(|r| serde_json::from_str(r).ok())
-            .unwrap_or_default()
+        let Some(record) = record else {
+            return KillSwitchView::default();
+        };
+        let unreadable = || KillSwitchView {
+            reason: Some(
+                "the stop's record is unreadable: it holds until an admin releases it".into(),
+            ),
+            ..KillSwitchView::default()
+        };
+        KillSwitchView {
+            engaged: true,
+            ..serde_json::from_str(record).unwrap_or_else(|_| unreadable())
+        }
     }
 }
 
@@ -335,4 +347,27 @@ async fn cancel_batch(tx: &mut WriteTx, sweep: &Sweep) -> Result<Batch> {
     }
     let done = executions.is_empty() && cancelled.is_empty() && waiting.is_empty();
     Ok(Batch { cancelled, done })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KillSwitchView;
+
+    #[test]
+    fn a_stop_record_never_reads_as_released() {
+        assert!(!KillSwitchView::parse(None).engaged);
+        for record in [
+            "{\"engaged\":true,\"reason\":\"runaway\"}",
+            "{\"engaged\":false}",
+            "not json",
+            "",
+        ] {
+            let view = KillSwitchView::parse(Some(record));
+            assert!(view.engaged, "{record:?} reads as engaged");
+        }
+        let unreadable = KillSwitchView::parse(Some("not json"));
+        assert!(unreadable.reason.unwrap().contains("unreadable"));
+        let readable = KillSwitchView::parse(Some("{\"engaged\":true,\"reason\":\"runaway\"}"));
+        assert_eq!(readable.reason.as_deref(), Some("runaway"));
+    }
 }

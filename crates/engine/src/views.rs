@@ -170,7 +170,8 @@ impl SessionView {
     }
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+/// A key as its creator sees it once. Its `Debug` leaves the token out: logs never hold a usable key.
+#[derive(Clone, Serialize, ToSchema)]
 pub struct KeyView {
     pub id: Uuid,
     pub name: String,
@@ -183,6 +184,19 @@ pub struct KeyView {
     pub policy_id: Option<Uuid>,
     /// The bearer token. Shown once, at creation; only its hash is kept.
     pub token: String,
+}
+
+impl std::fmt::Debug for KeyView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyView")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("expires_at", &self.expires_at)
+            .field("policy_id", &self.policy_id)
+            .field("token", &"<redacted>")
+            .finish_non_exhaustive()
+    }
 }
 
 impl KeyView {
@@ -343,5 +357,24 @@ impl From<paygent_store::policies::PolicyRecord> for PolicyView {
             created_at: p.created_at,
             updated_at: p.updated_at,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_key_view_never_prints_its_token() {
+        let view = super::KeyView {
+            id: uuid::Uuid::nil(),
+            name: "ops".into(),
+            role: paygent_domain::Role::Admin,
+            created_at: chrono::Utc::now(),
+            expires_at: None,
+            policy_id: None,
+            token: "pg_live_secret".into(),
+        };
+        let printed = format!("{view:?}");
+        assert!(!printed.contains("pg_live_secret"), "{printed}");
+        assert!(printed.contains("ops"));
     }
 }

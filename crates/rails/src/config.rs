@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 /// An EVM chain Paygent can pay on.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ChainConfig {
     /// The EIP-155 chain id (25 for Cronos, 338 for its testnet).
@@ -19,6 +19,21 @@ pub struct ChainConfig {
     /// Blocks on top of the one holding a transfer before it counts as paid.
     #[serde(default = "one")]
     pub confirmations: u64,
+}
+
+impl std::fmt::Debug for ChainConfig {
+    /// The RPC URL prints as its origin: node providers put API keys in the path, the query or the user part.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let origin = reqwest::Url::parse(&self.rpc_url)
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_else(|_| "<unparsable>".into());
+        f.debug_struct("ChainConfig")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("rpc_url", &format!("{origin}/…"))
+            .field("confirmations", &self.confirmations)
+            .finish()
+    }
 }
 
 fn one() -> u64 {
@@ -206,6 +221,17 @@ mod tests {
             RailsConfig::preset("mainnet"),
             Err(ConfigError::UnknownPreset(_))
         ));
+        let chain = ChainConfig {
+            id: 25,
+            name: "cronos".into(),
+            rpc_url: "https://user:pw@rpc.example/v3/sk_provider_key?apikey=q".into(),
+            confirmations: 1,
+        };
+        let printed = format!("{chain:?}");
+        for secret in ["pw", "sk_provider_key", "apikey"] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        assert!(printed.contains("https://rpc.example"), "{printed}");
     }
 
     #[test]

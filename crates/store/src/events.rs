@@ -4,6 +4,7 @@
 use crate::db::query;
 use crate::{Backend, Event, Result, Store, json, opt_uuid, uuid};
 use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
 use sqlx::postgres::PgListener;
 use uuid::Uuid;
 
@@ -85,7 +86,7 @@ impl Store {
         if self.backend() != Backend::Postgres {
             return Ok(None);
         }
-        let mut listener = PgListener::connect(&self.url).await?;
+        let mut listener = PgListener::connect(self.url.expose_secret()).await?;
         listener.listen(CHANNEL).await?;
         Ok(Some(EventNudges(listener)))
     }

@@ -25,6 +25,7 @@ pub use db::{Db, Row};
 pub use tx::{Event, WriteTx};
 
 use lite::Lite;
+use secrecy::SecretString;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection};
@@ -51,10 +52,22 @@ pub enum StoreError {
     Commit(String),
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
+    /// The configured database URL cannot be used: said without its password.
+    #[error("bad DATABASE_URL: {0}")]
+    BadUrl(String),
     #[error("unknown tenant {0}")]
     UnknownTenant(Uuid),
     #[error("the key was revoked or has expired")]
     KeyNotLive,
+}
+
+/// A URL that does not parse, said by kind only: the parser's message may quote the URL, password and all.
+fn bad_url(e: sqlx::Error) -> StoreError {
+    let kind = match e {
+        sqlx::Error::Configuration(_) => "it does not parse as a database URL",
+        _ => "it is not a usable database URL",
+    };
+    StoreError::BadUrl(kind.into())
 }
 
 impl StoreError {
@@ -151,7 +164,8 @@ pub(crate) enum Engine {
 pub struct Store {
     engine: Engine,
     /// Kept to open PostgreSQL's LISTEN connection for event nudges.
-    url: String,
+    /// Kept to open PostgreSQL listeners; it may carry a password, so it never prints.
+    url: Arc<SecretString>,
 }
 
 impl Store {
@@ -161,19 +175,21 @@ impl Store {
             let pool = PgPoolOptions::new()
                 .max_connections(options.max_connections)
                 .acquire_timeout(options.acquire_timeout)
-                .connect_with(PgConnectOptions::from_str(url)?)
+                .connect_with(PgConnectOptions::from_str(url).map_err(bad_url)?)
                 .await?;
             MIGRATOR.run(&pool).await?;
             Engine::Pg(pool)
         } else if url.starts_with("sqlite:") {
-            let connect = SqliteConnectOptions::from_str(url)?
+            let connect = SqliteConnectOptions::from_str(url)
+                .map_err(bad_url)?
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(5));
             let path = connect.get_filename().to_owned();
-            if path.as_os_str().is_empty() || path.to_string_lossy().contains(":memory:") {
-                return Err(StoreError::Corrupt(
+            let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+            if in_memory || path.as_os_str().is_empty() {
+                return Err(StoreError::BadUrl(
                     "Paygent keeps its state in a SQLite file, not in memory".into(),
                 ));
             }
@@ -183,14 +199,14 @@ impl Store {
             conn.close().await?;
             Engine::Lite(Lite::open(&path, options.acquire_timeout)?)
         } else {
-            return Err(StoreError::Corrupt(format!(
-                "DATABASE_URL must start with sqlite: or postgres://, got {:?}",
+            return Err(StoreError::BadUrl(format!(
+                "it must start with sqlite: or postgres://, not {:?}",
                 url.split(':').next().unwrap_or("")
             )));
         };
         Ok(Store {
             engine,
-            url: url.to_owned(),
+            url: Arc::new(SecretString::from(url)),
         })
     }
 

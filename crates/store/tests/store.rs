@@ -325,3 +325,29 @@ async fn concurrent_writes_on_postgres_keep_one_chain() {
     store.close().await;
     db.drop().await;
 }
+
+/// A URL that cannot be used says so, as a bad URL and never as corrupt data, and without its password; a store
+/// whose URL carries a password never prints it.
+#[tokio::test]
+async fn bad_urls_are_named_and_passwords_never_print() {
+    let options = StoreOptions::default();
+    for url in [
+        "mysql://paygent:hunter2@db/paygent",
+        "postgres://paygent:hunter2@db:notaport/paygent",
+        "sqlite::memory:",
+    ] {
+        let error = Store::connect(url, &options).await.unwrap_err();
+        let said = error.to_string();
+        assert!(said.starts_with("bad DATABASE_URL"), "{url}: {said}");
+        assert!(!said.contains("hunter2"), "{said}");
+    }
+    // Trust authentication takes any password: this one only has to be in the URL.
+    let (url, _db) = PgDatabase::create().await;
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (user, host) = rest.split_once('@').unwrap();
+    let user = user.split(':').next().unwrap();
+    let with_password = format!("{scheme}://{user}:hunter2@{host}");
+    let store = Store::connect(&with_password, &options).await.unwrap();
+    assert!(!format!("{store:?}").contains("hunter2"));
+    store.close().await;
+}
