@@ -88,6 +88,11 @@ const WITH_A_BODY: [(&str, &str); 3] = [
     ("415", "the body is not `application/json`"),
 ];
 
+/// What reading a path or query parameter may answer.
+const WITH_PARAMETERS: [(&str, &str); 1] = [("400", "a parameter is malformed")];
+/// What naming a thing by its id may answer: it does not exist, or not for this key.
+const BY_ID: [(&str, &str); 1] = [("404", "no such thing that this key may reach")];
+
 /// Completes every operation's responses with the statuses it shares with all others, and publishes problem
 /// documents as what they are on the wire: `application/problem+json`.
 struct ProblemResponses;
@@ -104,9 +109,16 @@ impl Modify for ProblemResponses {
             ];
             for op in operations.into_iter().flatten() {
                 let body = op.request_body.is_some();
+                let params = op.parameters.as_ref().is_some_and(|p| !p.is_empty());
+                let by_id = op.parameters.iter().flatten().any(|p| {
+                    use utoipa::openapi::{RefOr, path::ParameterIn};
+                    matches!(p, RefOr::T(p) if matches!(p.parameter_in, ParameterIn::Path))
+                });
                 let shared = EVERY_OPERATION
                     .iter()
-                    .chain(WITH_A_BODY.iter().filter(|_| body));
+                    .chain(WITH_A_BODY.iter().filter(|_| body))
+                    .chain(WITH_PARAMETERS.iter().filter(|_| params))
+                    .chain(BY_ID.iter().filter(|_| by_id));
                 for (status, why) in shared {
                     let problem = utoipa::openapi::ResponseBuilder::new()
                         .description(*why)
@@ -170,6 +182,11 @@ async fn cut_off(limit: Duration, req: Request<axum::body::Body>, next: Next) ->
     tokio::time::timeout(limit, next.run(req))
         .await
         .unwrap_or_else(|_| ApiError::TimedOut(limit.as_secs_f64()).into_response())
+}
+
+/// The published OpenAPI document, as `/api/v1/openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().1
 }
 
 /// The whole application with default settings, ready to serve.

@@ -2,6 +2,7 @@
 //! fresh PostgreSQL database, with a clock the test can move forward.
 
 pub mod chain;
+pub mod contract;
 
 use chrono::{DateTime, Duration, Utc};
 use paygent_engine::domain::{PriceTable, Role};
@@ -277,13 +278,21 @@ impl TestServer {
         path: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
+        let method_of_call = method.clone();
         let mut req = self.http.request(method, self.url(path)).bearer_auth(token);
         if let Some(b) = body {
             req = req.json(&b);
         }
         let resp = req.send().await.expect("request");
         let status = resp.status();
+        let content_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let text = resp.text().await.expect("body");
+        let typed = content_type.as_deref().filter(|_| !text.is_empty());
+        contract::check(&method_of_call, &format!("/api/v1{path}"), status, typed);
         (
             status,
             serde_json::from_str(&text).unwrap_or(Value::String(text)),

@@ -72,7 +72,7 @@ pub struct Approve {
 #[utoipa::path(post, path = "/approvals/{id}/approve", tag = "approvals", params(("id" = Uuid, Path)),
     request_body = Approve,
     responses((status = 200, body = ApprovalView), (status = 403, body = Problem), (status = 404, body = Problem),
-        (status = 409, body = Problem)))]
+        (status = 409, body = Problem), (status = 422, body = Problem)))]
 async fn approve(
     State(paygent): State<Paygent>,
     Caller(who): Caller,
@@ -95,7 +95,7 @@ pub struct Reject {
 #[utoipa::path(post, path = "/approvals/{id}/reject", tag = "approvals", params(("id" = Uuid, Path)),
     request_body = Reject,
     responses((status = 200, body = ApprovalView), (status = 403, body = Problem), (status = 404, body = Problem),
-        (status = 409, body = Problem)))]
+        (status = 409, body = Problem), (status = 422, body = Problem)))]
 async fn reject(
     State(paygent): State<Paygent>,
     Caller(who): Caller,

@@ -44,7 +44,8 @@ pub struct Execute {
 
 /// Starts an execution: answers 202 at once; follow it with `GET /executions/{id}` or the live channel.
 #[utoipa::path(post, path = "/agent/execute", tag = "executions", request_body = Execute,
-    responses((status = 202, body = ExecutionView), (status = 409, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 202, body = ExecutionView), (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem), (status = 422, body = Problem)))]
 async fn execute(
     State(paygent): State<Paygent>,
     Caller(who): Caller,

@@ -149,7 +149,8 @@ pub struct ExecuteApproved {
 /// Executes an approved or edited request exactly once, with the approved arguments. A repeat returns the
 /// same payment. It never takes arguments from the caller.
 #[utoipa::path(post, path = "/payments/execute-approved", tag = "payments", request_body = ExecuteApproved,
-    responses((status = 200, body = PaymentView), (status = 404, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 200, body = PaymentView), (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem), (status = 422, body = Problem)))]
 async fn execute_approved(
     State(paygent): State<Paygent>,
     Caller(who): Caller,

@@ -37,7 +37,7 @@ pub struct CreateSession {
 
 /// Opens a session for an agent.
 #[utoipa::path(post, path = "/sessions", tag = "sessions", request_body = CreateSession,
-    responses((status = 201, body = SessionView), (status = 422, body = Problem)))]
+    responses((status = 201, body = SessionView), (status = 403, body = Problem), (status = 422, body = Problem)))]
 async fn create_session(
     State(paygent): State<Paygent>,
     Caller(who): Caller,
