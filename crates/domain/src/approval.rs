@@ -88,24 +88,13 @@ impl Decision {
     }
 }
 
+names!(DecisionKind {
+    Approve => "approve",
+    Edit => "edit",
+    Reject => "reject",
+});
+
 impl DecisionKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DecisionKind::Approve => "approve",
-            DecisionKind::Edit => "edit",
-            DecisionKind::Reject => "reject",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "approve" => Some(DecisionKind::Approve),
-            "edit" => Some(DecisionKind::Edit),
-            "reject" => Some(DecisionKind::Reject),
-            _ => None,
-        }
-    }
-
     /// The state a pending request moves to under this decision.
     pub fn outcome(self) -> ApprovalStatus {
         match self {
@@ -116,31 +105,16 @@ impl DecisionKind {
     }
 }
 
+names!(ApprovalStatus {
+    Pending => "pending",
+    Approved => "approved",
+    Rejected => "rejected",
+    Edited => "edited",
+    Expired => "expired",
+    Cancelled => "cancelled",
+});
+
 impl ApprovalStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ApprovalStatus::Pending => "pending",
-            ApprovalStatus::Approved => "approved",
-            ApprovalStatus::Rejected => "rejected",
-            ApprovalStatus::Edited => "edited",
-            ApprovalStatus::Expired => "expired",
-            ApprovalStatus::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            ApprovalStatus::Pending,
-            ApprovalStatus::Approved,
-            ApprovalStatus::Rejected,
-            ApprovalStatus::Edited,
-            ApprovalStatus::Expired,
-            ApprovalStatus::Cancelled,
-        ]
-        .into_iter()
-        .find(|st| st.as_str() == s)
-    }
-
     /// Approved and edited requests carry a one-time right to execute.
     pub fn is_consumable(self) -> bool {
         matches!(self, ApprovalStatus::Approved | ApprovalStatus::Edited)

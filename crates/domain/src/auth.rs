@@ -11,24 +11,11 @@ pub enum Role {
     Agent,
 }
 
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Admin => "admin",
-            Role::Approver => "approver",
-            Role::Agent => "agent",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Role> {
-        match s {
-            "admin" => Some(Role::Admin),
-            "approver" => Some(Role::Approver),
-            "agent" => Some(Role::Agent),
-            _ => None,
-        }
-    }
-}
+names!(Role {
+    Admin => "admin",
+    Approver => "approver",
+    Agent => "agent",
+});
 
 /// An authenticated caller: the key, its tenant and its role.
 #[derive(Debug, Clone, PartialEq, Eq)]

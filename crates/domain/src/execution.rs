@@ -38,19 +38,6 @@ pub enum StepStatus {
     Cancelled,
 }
 
-macro_rules! names {
-    ($t:ty { $($v:ident => $s:literal),* $(,)? }) => {
-        impl $t {
-            pub fn as_str(self) -> &'static str {
-                match self { $(Self::$v => $s),* }
-            }
-            pub fn parse(s: &str) -> Option<Self> {
-                match s { $($s => Some(Self::$v),)* _ => None }
-            }
-        }
-    };
-}
-
 names!(ExecutionStatus {
     Running => "running",
     AwaitingApproval => "awaiting_approval",

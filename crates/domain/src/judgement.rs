@@ -17,15 +17,11 @@ pub enum DenyReason {
     BudgetExceeded,
 }
 
-impl DenyReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DenyReason::Killed => "killed",
-            DenyReason::PolicyDenied => "policy_denied",
-            DenyReason::BudgetExceeded => "budget_exceeded",
-        }
-    }
-}
+names!(DenyReason {
+    Killed => "killed",
+    PolicyDenied => "policy_denied",
+    BudgetExceeded => "budget_exceeded",
+});
 
 /// Everything the guard found about a payment, each check's result.
 #[derive(Debug, Clone)]

@@ -1,10 +1,25 @@
 //! Paygent's domain: the rules that decide whether money moves, free of I/O so they can be tested exhaustively.
 
+/// One way to name a domain word: `as_str` gives its stored and published name, `parse` reads it back.
+macro_rules! names {
+    ($t:ty { $($v:ident => $s:literal),* $(,)? }) => {
+        impl $t {
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$v => $s),* }
+            }
+            pub fn parse(s: &str) -> Option<Self> {
+                match s { $($s => Some(Self::$v),)* _ => None }
+            }
+        }
+    };
+}
+
 pub mod approval;
 pub mod audit;
 pub mod auth;
 pub mod budget;
 pub mod command;
+pub mod event;
 pub mod execution;
 pub mod judgement;
 pub mod money;
@@ -22,4 +37,4 @@ pub use payment::{PaymentStatus, Recipient};
 pub use policy::{Condition, Policy, Rule, Verdict};
 pub use prices::{CurrencySpec, PriceTable};
 pub use rules::PolicyRules;
-pub use session::SessionConfig;
+pub use session::{SessionConfig, SessionState};

@@ -22,29 +22,15 @@ pub enum PaymentStatus {
     Failed,
 }
 
+names!(PaymentStatus {
+    PendingApproval => "pending_approval",
+    Authorized => "authorized",
+    Executed => "executed",
+    Denied => "denied",
+    Failed => "failed",
+});
+
 impl PaymentStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PaymentStatus::PendingApproval => "pending_approval",
-            PaymentStatus::Authorized => "authorized",
-            PaymentStatus::Executed => "executed",
-            PaymentStatus::Denied => "denied",
-            PaymentStatus::Failed => "failed",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            PaymentStatus::PendingApproval,
-            PaymentStatus::Authorized,
-            PaymentStatus::Executed,
-            PaymentStatus::Denied,
-            PaymentStatus::Failed,
-        ]
-        .into_iter()
-        .find(|st| st.as_str() == s)
-    }
-
     /// Only an authorized payment awaits an outcome from its agent, and only `executed` or `failed` end it.
     pub fn can_report(self, outcome: PaymentStatus) -> bool {
         self == PaymentStatus::Authorized

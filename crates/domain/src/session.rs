@@ -6,6 +6,19 @@ use crate::money::{parse_decimal, strict};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+/// Whether a session may still move money: a killed one takes no payments and runs nothing until revived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    Active,
+    Killed,
+}
+
+names!(SessionState {
+    Active => "active",
+    Killed => "killed",
+});
+
 /// How long a person has to decide, by default.
 pub const DEFAULT_APPROVAL_TIMEOUT_SECONDS: u32 = 900;
 /// Longest allowed approval timeout: a week. Longer pauses hold reservations too long to be sane.

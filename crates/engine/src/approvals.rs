@@ -4,6 +4,7 @@
 use crate::budget::{self, Booking, Move};
 use crate::views::ApprovalView;
 use crate::{EngineError, Paygent, Result, require};
+use paygent_domain::event::EventKind;
 use paygent_domain::payment::{PaymentIntent, check_edit_authority};
 use paygent_domain::rules::NewPayee;
 use paygent_domain::{ApprovalStatus, Decision, PaymentStatus, Principal};
@@ -79,9 +80,17 @@ impl Paygent {
             _ => None,
         };
         let (note, action, event) = match &decision {
-            Decision::Approve { comment } => (comment.as_deref(), "approval.approved", "approved"),
-            Decision::Reject { reason } => (Some(reason.as_str()), "approval.rejected", "rejected"),
-            Decision::Edit { comment, .. } => (comment.as_deref(), "approval.edited", "edited"),
+            Decision::Approve { comment } => {
+                (comment.as_deref(), "approval.approved", EventKind::Approved)
+            }
+            Decision::Reject { reason } => (
+                Some(reason.as_str()),
+                "approval.rejected",
+                EventKind::Rejected,
+            ),
+            Decision::Edit { comment, .. } => {
+                (comment.as_deref(), "approval.edited", EventKind::Edited)
+            }
         };
         let edited_args = edit.as_ref().map(|(intent, _)| intent.args());
 
@@ -191,7 +200,7 @@ impl Paygent {
         )
         .await?;
         tx.event(
-            "expired",
+            EventKind::Expired,
             Some(request.session_id),
             json!({"id": request.id, "session_id": request.session_id, "payment_id": request.payment_id}),
         )

@@ -6,6 +6,7 @@
 
 use crate::{EngineError, Paygent, Result};
 use paygent_domain::Principal;
+use paygent_domain::event::EventKind;
 use paygent_store::events::Nudge;
 use paygent_store::{Event, Store};
 use std::collections::{HashMap, VecDeque};
@@ -19,10 +20,6 @@ pub const LIVE_BUFFER: usize = 8192;
 /// How often the hub compares its cursors with the database, catching nudges lost in a reconnect.
 const BACKSTOP: Duration = Duration::from_secs(1);
 const PAGE: i64 = 500;
-/// The event that ends every open stream of a revoked key, on every instance. Only admins receive it.
-pub const KEY_REVOKED: &str = "key_revoked";
-/// The tenant-wide event an agent receives besides its own sessions' (it may read the stop's state).
-const KILL_SWITCH: &str = "kill_switch";
 /// How many sessions' owners the hub remembers before it starts afresh.
 const OWNERS_KEPT: usize = 65_536;
 
@@ -233,7 +230,7 @@ impl LiveEvent {
 pub struct EventFilter {
     pub session_id: Option<Uuid>,
     /// Event types; empty means all.
-    pub types: Vec<String>,
+    pub types: Vec<EventKind>,
 }
 
 impl EventFilter {
@@ -289,7 +286,7 @@ impl Subscription {
                 },
                 None => self.next_in_order().await?,
             };
-            if event.kind == KEY_REVOKED
+            if event.kind == EventKind::KeyRevoked
                 && event.payload["key_id"].as_str() == Some(&self.reader.key_id.to_string())
             {
                 return Err(SubscriptionEnd::Revoked);
@@ -303,14 +300,14 @@ impl Subscription {
     /// Whether the reader could read what the event says: people the tenant's (keys for admins only), an agent
     /// its own sessions' and the emergency stop.
     async fn may_read(&self, event: &Event) -> Result<bool, SubscriptionEnd> {
-        if event.kind == KEY_REVOKED {
+        if event.kind == EventKind::KeyRevoked {
             return Ok(self.reader.is_admin());
         }
         if self.reader.can_decide() {
             return Ok(true);
         }
         match event.session_id {
-            None => Ok(event.kind == KILL_SWITCH),
+            None => Ok(event.kind == EventKind::KillSwitch),
             Some(session_id) => Ok(
                 self.owners.owner(self.tenant_id, session_id).await? == Some(self.reader.key_id)
             ),

@@ -7,7 +7,9 @@ use crate::policies;
 use crate::views::{ApprovalView, PaymentView};
 use crate::{EngineError, Paygent, Result, require};
 use chrono::{DateTime, Duration, Utc};
+use paygent_domain::SessionState;
 use paygent_domain::budget::OnBudgetExceeded;
+use paygent_domain::event::EventKind;
 use paygent_domain::judgement::{DenyReason, Findings, Judgement, judge};
 use paygent_domain::payment::PaymentIntent;
 use paygent_domain::rules::{NewPayee, Refusal};
@@ -223,7 +225,7 @@ impl<'a> Filing<'a> {
         let tools = rules.for_session(&session.config);
         let stopped = if tx.kill_switch().is_some() {
             Some("the emergency stop is engaged")
-        } else if session.state != "active" {
+        } else if session.state != SessionState::Active {
             Some("the session was killed")
         } else {
             None
@@ -349,7 +351,9 @@ impl<'a> Filing<'a> {
         }
         let (session, summary) = (Some(self.session.id), self.summary.clone());
         self.audit(tx, "budget.exceeded", &self.subject()).await?;
-        Ok(tx.event("budget_exceeded", session, summary).await?)
+        Ok(tx
+            .event(EventKind::BudgetExceeded, session, summary)
+            .await?)
     }
 
     /// Files the approval request a person decides, holding the payment's amount on the budget meanwhile.
@@ -408,7 +412,7 @@ impl<'a> Filing<'a> {
         .await?;
         let view = serde_json::to_value(ApprovalView::from(request)).expect("views serialize");
         Ok(tx
-            .event("approval_required", Some(self.session.id), view)
+            .event(EventKind::ApprovalRequired, Some(self.session.id), view)
             .await?)
     }
 
@@ -438,7 +442,7 @@ impl Paygent {
         let session = sessions::get(tx.conn(), who.tenant_id, ctx.session_id)
             .await?
             .ok_or(EngineError::NotFound("session"))?;
-        if tx.kill_switch().is_some() || session.state != "active" {
+        if tx.kill_switch().is_some() || session.state != SessionState::Active {
             return Ok(StepOutcome::Failed {
                 error: "killed: the session or the whole tenant is stopped".into(),
             });
@@ -505,7 +509,7 @@ impl Paygent {
                     .await?;
                     let view =
                         serde_json::to_value(ApprovalView::from(request)).expect("views serialize");
-                    tx.event("approval_required", Some(session.id), view)
+                    tx.event(EventKind::ApprovalRequired, Some(session.id), view)
                         .await?;
                 }
                 StepOutcome::AwaitingApproval {

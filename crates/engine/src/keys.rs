@@ -1,9 +1,9 @@
 //! Keys and tenants: random bearer tokens, stored only as SHA-256 hashes.
 
-use crate::events;
 use crate::views::KeyView;
 use crate::{DEFAULT_TENANT, EngineError, Paygent, Result, require};
 use chrono::{DateTime, Utc};
+use paygent_domain::event::EventKind;
 use paygent_domain::{Principal, Role};
 use paygent_store::keys::{self, KeyRecord};
 use serde::Serialize;
@@ -165,7 +165,7 @@ impl Paygent {
         )
         .await?;
         // Every instance's open streams of that key end on this event.
-        tx.event(events::KEY_REVOKED, None, json!({"key_id": id}))
+        tx.event(EventKind::KeyRevoked, None, json!({"key_id": id}))
             .await?;
         self.publish(tx.commit().await?);
         Ok(())

@@ -6,7 +6,9 @@
 use crate::views::SessionView;
 use crate::{EngineError, Paygent, Result, require};
 use chrono::{DateTime, Utc};
-use paygent_domain::{ApprovalStatus, Principal};
+use paygent_domain::event::EventKind;
+use paygent_domain::judgement::DenyReason;
+use paygent_domain::{ApprovalStatus, Principal, SessionState};
 use paygent_store::WriteTx;
 use paygent_store::approvals;
 use paygent_store::payments;
@@ -105,7 +107,7 @@ impl Paygent {
         let data = json!({"reason": reason});
         tx.audit(&who.actor(), action, "tenant", None, data).await?;
         tx.event(
-            "kill_switch",
+            EventKind::KillSwitch,
             None,
             json!({"engaged": engaged, "reason": reason, "by": who.key_id}),
         )
@@ -128,20 +130,22 @@ impl Paygent {
     ) -> Result<SessionView> {
         require(who.can_decide(), "only approvers and admins kill sessions")?;
         validate_reason(&reason)?;
-        self.set_session_state(who, id, "killed", reason).await
+        self.set_session_state(who, id, SessionState::Killed, reason)
+            .await
     }
 
     /// Lets a killed session spend again (admins).
     pub async fn revive_session(&self, who: &Principal, id: Uuid) -> Result<SessionView> {
         require(who.is_admin(), "only admins revive sessions")?;
-        self.set_session_state(who, id, "active", None).await
+        self.set_session_state(who, id, SessionState::Active, None)
+            .await
     }
 
     async fn set_session_state(
         &self,
         who: &Principal,
         id: Uuid,
-        state: &str,
+        state: SessionState,
         reason: Option<String>,
     ) -> Result<SessionView> {
         let mut tx = self.begin_as(who).await?;
@@ -149,7 +153,7 @@ impl Paygent {
             .await?
             .ok_or(EngineError::NotFound("session"))?;
         if sessions::set_state(&mut tx, id, state).await? {
-            let killing = state == "killed";
+            let killing = state == SessionState::Killed;
             let (action, sweep) = if killing {
                 let sweep = Uuid::now_v7();
                 sweeps::open(&mut tx, sweep, Some(id), "killed").await?;
@@ -164,7 +168,7 @@ impl Paygent {
                 .await?;
             if killing {
                 let payload = json!({"kind": "session", "session_id": id, "reason": reason});
-                tx.event("cancelled", Some(id), payload).await?;
+                tx.event(EventKind::Cancelled, Some(id), payload).await?;
             }
             self.publish(tx.commit().await?);
             self.spawn_sweep(who.tenant_id, sweep);
@@ -212,8 +216,11 @@ impl Paygent {
                 tx.audit("system", "stop.swept", &subject, scope, total.clone())
                     .await?;
                 let (kind, mut payload) = match scope {
-                    None => ("kill_switch", json!({"engaged": true})),
-                    Some(s) => ("cancelled", json!({"kind": "session", "session_id": s})),
+                    None => (EventKind::KillSwitch, json!({"engaged": true})),
+                    Some(s) => (
+                        EventKind::Cancelled,
+                        json!({"kind": "session", "session_id": s}),
+                    ),
                 };
                 payload["swept"] = json!(true);
                 payload["cancelled"] = json!(sweep.cancelled);
@@ -307,7 +314,7 @@ pub(crate) async fn refuse_if_stopped(tx: &mut WriteTx, session_id: Uuid) -> Res
     let session = sessions::get(tx.conn(), tenant_id, session_id)
         .await?
         .ok_or(EngineError::NotFound("session"))?;
-    if session.state != "active" {
+    if session.state != SessionState::Active {
         return Err(EngineError::Conflict(
             "the session was killed: nothing is approved or executed".into(),
         ));
@@ -338,12 +345,13 @@ async fn cancel_batch(tx: &mut WriteTx, sweep: &Sweep) -> Result<Batch> {
     for (id, session, payment_id) in ended {
         let payload = json!({"kind": "approval", "id": id, "session_id": session,
             "payment_id": payment_id, "reason": reason});
-        tx.event("cancelled", Some(session), payload).await?;
+        tx.event(EventKind::Cancelled, Some(session), payload)
+            .await?;
         cancelled.push(id);
     }
     let waiting = payments::awaiting_approval(tx, session_id, STOP_BATCH).await?;
     for payment in &waiting {
-        crate::payments::deny_pending(tx, payment.id, "killed").await?;
+        crate::payments::deny_pending(tx, payment.id, DenyReason::Killed.as_str()).await?;
     }
     let done = executions.is_empty() && cancelled.is_empty() && waiting.is_empty();
     Ok(Batch { cancelled, done })

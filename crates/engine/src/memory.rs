@@ -32,7 +32,9 @@ pub struct MemoryTurn {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct SessionSummary {
     pub session_id: Uuid,
-    pub state: String,
+    /// `active` or `killed`.
+    #[schema(value_type = String, example = "active")]
+    pub state: paygent_domain::SessionState,
     /// Counts by status.
     pub payments: BTreeMap<String, i64>,
     pub approvals: BTreeMap<String, i64>,

@@ -7,7 +7,8 @@ use crate::budget::{self, Booking, Move};
 use crate::views::PaymentView;
 use crate::{EngineError, Paygent, Result};
 use futures::future::BoxFuture;
-use paygent_domain::{Decimal, PaymentStatus};
+use paygent_domain::event::EventKind;
+use paygent_domain::{Decimal, PaymentStatus, SessionState};
 use paygent_store::attempts::AttemptRecord;
 use paygent_store::payments::{self, PaymentRecord, Transition};
 use paygent_store::{WriteTx, attempts, sessions};
@@ -101,24 +102,23 @@ pub trait Rail: Send + Sync + 'static {
 async fn announce(
     tx: &mut WriteTx,
     payment: &PaymentRecord,
-    outcome: &str,
+    outcome: PaymentStatus,
     data: Value,
 ) -> Result<()> {
     let subject = format!("payment:{}", payment.id);
+    let kind = match outcome {
+        PaymentStatus::Executed => EventKind::PaymentExecuted,
+        _ => EventKind::PaymentFailed,
+    };
     tx.audit(
         "rail",
-        &format!("payment.{outcome}"),
+        &format!("payment.{}", outcome.as_str()),
         &subject,
         Some(payment.session_id),
         data.clone(),
     )
     .await?;
-    tx.event(
-        &format!("payment_{outcome}"),
-        Some(payment.session_id),
-        data,
-    )
-    .await?;
+    tx.event(kind, Some(payment.session_id), data).await?;
     Ok(())
 }
 
@@ -247,7 +247,7 @@ impl Paygent {
             .await?
             .ok_or(EngineError::NotFound("payment"))?;
         let session = sessions::get(tx.conn(), tenant_id, payment.session_id).await?;
-        if tx.kill_switch().is_some() || session.is_none_or(|s| s.state != "active") {
+        if tx.kill_switch().is_some() || session.is_none_or(|s| s.state != SessionState::Active) {
             return Err(EngineError::Conflict(
                 "killed: the session or the whole tenant was stopped before the payment was sent"
                     .into(),
@@ -297,7 +297,7 @@ impl Paygent {
         if moved {
             let data =
                 json!({"payment_id": payment.id, "tx_hash": s.tx_hash, "network": s.network});
-            announce(&mut tx, payment, "executed", data).await?;
+            announce(&mut tx, payment, PaymentStatus::Executed, data).await?;
         }
         self.publish(tx.commit().await?);
         self.payment_view(payment.tenant_id, payment.id).await
@@ -324,7 +324,7 @@ impl Paygent {
                 budget::book(&mut tx, &booking, Move::Unspend).await?;
             }
             let data = json!({"payment_id": payment.id, "reason": why});
-            announce(&mut tx, payment, "failed", data).await?;
+            announce(&mut tx, payment, PaymentStatus::Failed, data).await?;
         }
         self.publish(tx.commit().await?);
         self.payment_view(payment.tenant_id, payment.id).await

@@ -3,7 +3,7 @@
 use crate::views::SessionView;
 use crate::{EngineError, Paygent, Result, require};
 use paygent_domain::payment::Recipient;
-use paygent_domain::{Principal, SessionConfig};
+use paygent_domain::{Principal, SessionConfig, SessionState};
 use paygent_store::sessions::{self, SessionRecord};
 use serde_json::json;
 use uuid::Uuid;
@@ -60,7 +60,7 @@ impl Paygent {
             name: new.name,
             wallet_address: new.wallet_address,
             config,
-            state: "active".into(),
+            state: SessionState::Active,
             created_by: who.key_id,
             created_at: tx.now(),
             policy_id: key.policy_id,

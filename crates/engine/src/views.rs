@@ -148,7 +148,8 @@ pub struct SessionView {
     #[schema(value_type = Object, example = json!({"approval_threshold_usd": "10", "approval_timeout_seconds": 900}))]
     pub config: paygent_domain::SessionConfig,
     /// `active` or `killed`.
-    pub state: String,
+    #[schema(value_type = String, example = "active")]
+    pub state: paygent_domain::SessionState,
     /// Today's spend, reservations and limits.
     pub budget: BudgetView,
     pub created_by: Uuid,

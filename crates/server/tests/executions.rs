@@ -99,14 +99,14 @@ async fn a_paused_plan_resumes_with_the_approved_args(backend: Backend) {
         "the wait step waited"
     );
     assert_eq!(hits.load(Ordering::SeqCst), 1, "no step ran twice");
-    let kinds: Vec<String> = s
+    let kinds: Vec<&str> = s
         .paygent
         .store()
         .events_after(paygent_engine::DEFAULT_TENANT, 0, 1000)
         .await
         .unwrap()
         .into_iter()
-        .map(|e| e.kind)
+        .map(|e| e.kind.as_str())
         .filter(|k| k.starts_with("execution_"))
         .collect();
     assert_eq!(

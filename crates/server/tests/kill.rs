@@ -118,21 +118,21 @@ async fn the_emergency_stop_halts_everything(backend: Backend) {
         "a payment voided by the stop stays void"
     );
 
-    let kinds: Vec<String> = s
+    let kinds: Vec<&str> = s
         .paygent
         .store()
         .events_after(paygent_engine::DEFAULT_TENANT, 0, 1000)
         .await
         .unwrap()
         .into_iter()
-        .map(|e| e.kind)
+        .map(|e| e.kind.as_str())
         .collect();
     assert_eq!(
-        kinds.iter().filter(|k| *k == "kill_switch").count(),
+        kinds.iter().filter(|k| **k == "kill_switch").count(),
         3,
         "engaged, swept, released"
     );
-    assert_eq!(kinds.iter().filter(|k| *k == "cancelled").count(), 1);
+    assert_eq!(kinds.iter().filter(|k| **k == "cancelled").count(), 1);
     assert_eq!(
         s.count("audit_log WHERE action = 'kill_switch.engaged'")
             .await,

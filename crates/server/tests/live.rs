@@ -498,6 +498,17 @@ async fn pruned_replays_are_refused(backend: Backend) {
         4,
         "resuming from the head works"
     );
+    // A stream filtered on a type that does not exist is refused, not left silent forever.
+    let (status, problem) = s
+        .get(&t.approver, "/events?types=approval_required,approval_made")
+        .await;
+    assert_eq!(status, 400, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("approval_made")
+    );
     s.finish().await;
 }
 

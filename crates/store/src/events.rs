@@ -4,6 +4,7 @@
 use crate::db::query;
 use crate::{Backend, Event, Result, Store, json, opt_uuid, uuid};
 use chrono::{DateTime, Utc};
+use paygent_domain::event::EventKind;
 use secrecy::ExposeSecret;
 use sqlx::postgres::PgListener;
 use uuid::Uuid;
@@ -70,7 +71,9 @@ impl Store {
                 Ok(Event {
                     tenant_id: uuid(&r.tenant_id)?,
                     seq: r.seq,
-                    kind: r.kind,
+                    kind: EventKind::parse(&r.kind).ok_or_else(|| {
+                        crate::StoreError::Corrupt(format!("unknown event type {:?}", r.kind))
+                    })?,
                     session_id: opt_uuid(r.session_id)?,
                     payload: json(&r.payload)?,
                     created_at: r.created_at,

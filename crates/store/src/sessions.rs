@@ -3,7 +3,7 @@
 use crate::db::{Db, query};
 use crate::{Result, StoreError, WriteTx, time, uuid};
 use chrono::{DateTime, Utc};
-use paygent_domain::SessionConfig;
+use paygent_domain::{SessionConfig, SessionState};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -13,8 +13,7 @@ pub struct SessionRecord {
     pub name: Option<String>,
     pub wallet_address: Option<String>,
     pub config: SessionConfig,
-    /// `active` or `killed`.
-    pub state: String,
+    pub state: SessionState,
     pub created_by: Uuid,
     pub created_at: DateTime<Utc>,
     /// The policy it was opened under; the tenant's default when absent.
@@ -44,7 +43,8 @@ impl TryFrom<SessionRow> for SessionRecord {
             name: r.name,
             wallet_address: r.wallet_address,
             config: crate::parsed(&r.config, "session config")?,
-            state: r.state,
+            state: SessionState::parse(&r.state)
+                .ok_or_else(|| StoreError::Corrupt(format!("bad session state {:?}", r.state)))?,
             created_by: uuid(&r.created_by)?,
             created_at: time(&r.created_at)?,
             policy_id: crate::opt_uuid(r.policy_id)?,
@@ -64,7 +64,7 @@ pub async fn insert(tx: &mut WriteTx, s: &SessionRecord) -> Result<()> {
     .bind(s.name.clone())
     .bind(s.wallet_address.clone())
     .bind(config)
-    .bind(&s.state)
+    .bind(s.state.as_str())
     .bind(s.created_by.to_string())
     .bind(paygent_domain::time::format(s.created_at))
     .bind(s.policy_id.map(|p| p.to_string()))
@@ -118,14 +118,14 @@ pub async fn update_config(tx: &mut WriteTx, id: Uuid, config: &SessionConfig) -
     Ok(done == 1)
 }
 
-/// Sets a session's state (`active` or `killed`); returns whether it changed.
-pub async fn set_state(tx: &mut WriteTx, id: Uuid, state: &str) -> Result<bool> {
+/// Sets a session's state; returns whether it changed.
+pub async fn set_state(tx: &mut WriteTx, id: Uuid, state: SessionState) -> Result<bool> {
     let tenant = tx.tenant_id().to_string();
     let done =
         query("UPDATE sessions SET state = $3 WHERE tenant_id = $1 AND id = $2 AND state <> $3")
             .bind(tenant)
             .bind(id.to_string())
-            .bind(state)
+            .bind(state.as_str())
             .execute(tx.conn())
             .await?;
     Ok(done == 1)

@@ -5,6 +5,7 @@ use crate::db::{Arg, Conn, Db, Query, placeholders, query};
 use crate::{Engine, Result, Store, StoreError};
 use chrono::{DateTime, Utc};
 use paygent_domain::audit::AuditEntry;
+use paygent_domain::event::EventKind;
 use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
@@ -15,7 +16,7 @@ pub struct Event {
     pub tenant_id: Uuid,
     pub seq: i64,
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: EventKind,
     pub session_id: Option<Uuid>,
     pub payload: Value,
     pub created_at: String,
@@ -164,7 +165,7 @@ impl WriteTx {
     /// Appends an event with the tenant's next sequence number. It is written with the commit.
     pub async fn event(
         &mut self,
-        kind: &str,
+        kind: EventKind,
         session_id: Option<Uuid>,
         payload: Value,
     ) -> Result<()> {
@@ -172,7 +173,7 @@ impl WriteTx {
         self.events.push(Event {
             tenant_id: self.tenant_id,
             seq: self.event_seq,
-            kind: kind.to_owned(),
+            kind,
             session_id,
             payload,
             created_at: self.now_text(),
@@ -222,7 +223,7 @@ impl WriteTx {
                 args.extend([
                     tenant.clone().into(),
                     e.seq.into(),
-                    e.kind.clone().into(),
+                    e.kind.as_str().to_owned().into(),
                     e.session_id.map(|s| s.to_string()).into(),
                     e.payload.to_string().into(),
                     e.created_at.clone().into(),

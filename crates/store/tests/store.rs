@@ -3,6 +3,7 @@
 
 use chrono::Utc;
 use paygent_domain::audit::AuditEntry;
+use paygent_domain::event::EventKind;
 use paygent_store::db::query;
 use paygent_store::{Store, StoreOptions};
 use serde_json::json;
@@ -102,7 +103,7 @@ async fn concurrent_writes_on_sqlite_all_commit_and_survive_a_reopen() {
                 let mut tx = store.begin(tenant, Utc::now()).await?;
                 tx.audit("test", "write", &format!("w:{i}"), None, json!({"i": i}))
                     .await?;
-                tx.event("written", None, json!({"i": i})).await?;
+                tx.event(EventKind::Approved, None, json!({"i": i})).await?;
                 tx.commit().await
             })
         })
@@ -262,17 +263,26 @@ async fn a_commit_writes_its_entries_and_events(store: &Store, tenant: Uuid) {
             .await
             .unwrap();
     }
-    tx.event("e1", None, json!({})).await.unwrap();
-    tx.event("e2", Some(Uuid::new_v4()), json!({"x": "y"}))
+    tx.event(EventKind::ApprovalRequired, None, json!({}))
         .await
         .unwrap();
+    tx.event(
+        EventKind::Cancelled,
+        Some(Uuid::new_v4()),
+        json!({"x": "y"}),
+    )
+    .await
+    .unwrap();
     let events = tx.commit().await.unwrap();
     let mut abandoned = store.begin(tenant, Utc::now()).await.unwrap();
     abandoned
         .audit("test", "gone", "s", None, json!({}))
         .await
         .unwrap();
-    abandoned.event("gone", None, json!({})).await.unwrap();
+    abandoned
+        .event(EventKind::KillSwitch, None, json!({}))
+        .await
+        .unwrap();
     drop(abandoned);
     let actions: Vec<_> = chain(store, tenant)
         .await

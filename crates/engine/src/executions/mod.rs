@@ -9,8 +9,11 @@ pub mod tools;
 use crate::events::{EventFilter, Subscription, SubscriptionEnd};
 use crate::views::ExecutionView;
 use crate::{EngineError, Paygent, Result, require};
+use paygent_domain::SessionState;
 use paygent_domain::command::{self, Step};
+use paygent_domain::event::EventKind;
 use paygent_domain::execution::{ExecutionStatus, OnReject, StepStatus};
+use paygent_domain::judgement::DenyReason;
 use paygent_domain::{ApprovalStatus, Decimal, Principal, Role};
 use paygent_store::WriteTx;
 use paygent_store::approvals;
@@ -30,7 +33,13 @@ pub enum Plan {
 }
 
 /// The events a runner listens for: decisions on its approvals, and kills.
-const RUNNER_EVENTS: [&str; 5] = ["approved", "edited", "rejected", "expired", "cancelled"];
+const RUNNER_EVENTS: [EventKind; 5] = [
+    EventKind::Approved,
+    EventKind::Edited,
+    EventKind::Rejected,
+    EventKind::Expired,
+    EventKind::Cancelled,
+];
 
 impl Paygent {
     /// Validates a plan, stores it, and starts running it.
@@ -85,7 +94,7 @@ impl Paygent {
             who,
             sessions::get(tx.conn(), who.tenant_id, session_id).await?,
         )?;
-        if session.state != "active" || tx.kill_switch().is_some() {
+        if session.state != SessionState::Active || tx.kill_switch().is_some() {
             return Err(EngineError::Conflict(
                 "killed: the session or the whole tenant is stopped".into(),
             ));
@@ -143,7 +152,7 @@ impl Paygent {
         )
         .await?;
         tx.event(
-            "execution_started",
+            EventKind::ExecutionStarted,
             Some(session_id),
             json!({"id": execution.id, "plan": plan}),
         )
@@ -313,7 +322,7 @@ impl Paygent {
         };
         let filter = EventFilter {
             session_id: Some(first.session_id),
-            types: RUNNER_EVENTS.iter().map(|t| t.to_string()).collect(),
+            types: RUNNER_EVENTS.to_vec(),
         };
         let mut events = self.subscribe_events(&agent, filter.clone(), None).await?;
         loop {
@@ -451,8 +460,12 @@ impl Paygent {
                 .await?;
                 let payload =
                     json!({"id": execution.id, "step": step.idx, "approval_id": approval_id});
-                tx.event("execution_paused", Some(execution.session_id), payload)
-                    .await?;
+                tx.event(
+                    EventKind::ExecutionPaused,
+                    Some(execution.session_id),
+                    payload,
+                )
+                .await?;
                 self.publish(tx.commit().await?);
                 Ok(Flow::Continue)
             }
@@ -489,7 +502,10 @@ impl Paygent {
                 return Ok(loop {
                     match events.next().await {
                         Ok(e) if is_about(&e.payload, approval_id) => break Flow::Continue,
-                        Ok(e) if e.kind == "cancelled" && is_about(&e.payload, execution.id) => {
+                        Ok(e)
+                            if e.kind == EventKind::Cancelled
+                                && is_about(&e.payload, execution.id) =>
+                        {
                             break Flow::Stop;
                         }
                         Ok(_) => {}
@@ -737,9 +753,9 @@ impl Paygent {
             return Ok(());
         }
         let kind = if status == ExecutionStatus::Completed {
-            "execution_completed"
+            EventKind::ExecutionCompleted
         } else {
-            "execution_failed"
+            EventKind::ExecutionFailed
         };
         let payload = json!({"id": execution.id, "status": status.as_str(), "error": error});
         tx.audit(
@@ -768,8 +784,12 @@ async fn resume_within(
         return Ok(false);
     }
     let payload = json!({"id": execution.id, "step": step.idx, "rejected": rejected});
-    tx.event("execution_resumed", Some(execution.session_id), payload)
-        .await?;
+    tx.event(
+        EventKind::ExecutionResumed,
+        Some(execution.session_id),
+        payload,
+    )
+    .await?;
     Ok(true)
 }
 
@@ -805,7 +825,9 @@ fn is_about(payload: &Value, id: Uuid) -> bool {
 async fn killed(events: &mut Subscription, id: Uuid) -> Flow {
     loop {
         match events.next().await {
-            Ok(e) if e.kind == "cancelled" && is_about(&e.payload, id) => return Flow::Stop,
+            Ok(e) if e.kind == EventKind::Cancelled && is_about(&e.payload, id) => {
+                return Flow::Stop;
+            }
             Ok(_) => {}
             Err(SubscriptionEnd::Lagged) => return Flow::Resubscribe,
             Err(_) => return Flow::Stop,
@@ -847,16 +869,16 @@ pub(crate) async fn cancel_within(
             && approvals::end(tx, approval_id, ApprovalStatus::Cancelled, Some(reason)).await?
         {
             if let Some(payment_id) = step.payment_id {
-                crate::payments::deny_pending(tx, payment_id, "killed").await?;
+                crate::payments::deny_pending(tx, payment_id, DenyReason::Killed.as_str()).await?;
             }
             let payload =
                 json!({"kind": "approval", "id": approval_id, "session_id": execution.session_id});
-            tx.event("cancelled", Some(execution.session_id), payload)
+            tx.event(EventKind::Cancelled, Some(execution.session_id), payload)
                 .await?;
         }
     }
     let payload = json!({"kind": "execution", "id": execution.id, "session_id": execution.session_id, "reason": reason});
-    tx.event("cancelled", Some(execution.session_id), payload)
+    tx.event(EventKind::Cancelled, Some(execution.session_id), payload)
         .await?;
     Ok(true)
 }

@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
 use futures::{SinkExt, StreamExt};
+use paygent_engine::domain::event::EventKind;
 use paygent_engine::domain::{Decision, Principal};
 use paygent_engine::{EngineError, EventFilter, LiveEvent, Paygent, Subscription, SubscriptionEnd};
 use serde::Deserialize;
@@ -74,21 +75,21 @@ struct StreamQuery {
 }
 
 impl StreamQuery {
-    fn filter(&self) -> EventFilter {
-        EventFilter {
+    /// The filter asked for; an unknown event type is a bad request, not a stream that never carries anything.
+    fn filter(&self) -> Result<EventFilter, ApiError> {
+        let names = self.types.as_deref().unwrap_or_default().split(',');
+        let types = names
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| {
+                EventKind::parse(t)
+                    .ok_or_else(|| ApiError::BadRequest(format!("no event type {t:?}")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(EventFilter {
             session_id: self.session_id,
-            types: self
-                .types
-                .as_deref()
-                .map(|t| {
-                    t.split(',')
-                        .map(str::trim)
-                        .filter(|t| !t.is_empty())
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default(),
-        }
+            types,
+        })
     }
 }
 
@@ -128,7 +129,7 @@ async fn websocket(
         .max_frame_size(MAX_CLIENT_MESSAGE);
     let permit = permit(&limiter, &who, &options)?;
     let subscription = paygent
-        .subscribe_events(&who, q.filter(), q.after_seq)
+        .subscribe_events(&who, q.filter()?, q.after_seq)
         .await?;
     let client = Client {
         paygent,
@@ -402,7 +403,7 @@ async fn server_sent_events(
     };
     let permit = permit(&limiter, &who, &options)?;
     let subscription = paygent
-        .subscribe_events(&who, q.filter(), last_event_id.or(q.after_seq))
+        .subscribe_events(&who, q.filter()?, last_event_id.or(q.after_seq))
         .await?;
     // The permit lives as long as the stream does.
     let stream = futures::stream::unfold((subscription, permit), |(mut s, p)| async move {
@@ -410,7 +411,7 @@ async fn server_sent_events(
             Ok(e) => {
                 let sse = SseEvent::default()
                     .id(e.seq.to_string())
-                    .event(e.kind.clone())
+                    .event(e.kind.as_str())
                     .data(e.wire());
                 Some((Ok::<_, std::convert::Infallible>(sse), (s, p)))
             }

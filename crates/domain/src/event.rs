@@ -1,0 +1,81 @@
+//! The kinds of event the live channel carries (CONTRACT.md, "WebSocket"): one name each, here and nowhere else.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    ApprovalRequired,
+    Approved,
+    Rejected,
+    Edited,
+    Expired,
+    /// A request, an execution or a session's pending work was cancelled.
+    Cancelled,
+    ExecutionStarted,
+    ExecutionPaused,
+    ExecutionResumed,
+    ExecutionCompleted,
+    ExecutionFailed,
+    PaymentExecuted,
+    PaymentFailed,
+    BudgetExceeded,
+    KillSwitch,
+    /// Admins only: a key stopped working.
+    KeyRevoked,
+}
+
+names!(EventKind {
+    ApprovalRequired => "approval_required",
+    Approved => "approved",
+    Rejected => "rejected",
+    Edited => "edited",
+    Expired => "expired",
+    Cancelled => "cancelled",
+    ExecutionStarted => "execution_started",
+    ExecutionPaused => "execution_paused",
+    ExecutionResumed => "execution_resumed",
+    ExecutionCompleted => "execution_completed",
+    ExecutionFailed => "execution_failed",
+    PaymentExecuted => "payment_executed",
+    PaymentFailed => "payment_failed",
+    BudgetExceeded => "budget_exceeded",
+    KillSwitch => "kill_switch",
+    KeyRevoked => "key_revoked",
+});
+
+impl EventKind {
+    pub const ALL: [EventKind; 16] = [
+        EventKind::ApprovalRequired,
+        EventKind::Approved,
+        EventKind::Rejected,
+        EventKind::Edited,
+        EventKind::Expired,
+        EventKind::Cancelled,
+        EventKind::ExecutionStarted,
+        EventKind::ExecutionPaused,
+        EventKind::ExecutionResumed,
+        EventKind::ExecutionCompleted,
+        EventKind::ExecutionFailed,
+        EventKind::PaymentExecuted,
+        EventKind::PaymentFailed,
+        EventKind::BudgetExceeded,
+        EventKind::KillSwitch,
+        EventKind::KeyRevoked,
+    ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EventKind;
+
+    #[test]
+    fn every_kind_has_one_name_that_reads_back() {
+        for kind in EventKind::ALL {
+            assert_eq!(EventKind::parse(kind.as_str()), Some(kind));
+            let json = serde_json::to_value(kind).unwrap();
+            assert_eq!(json, kind.as_str(), "serde and as_str agree");
+        }
+        assert_eq!(EventKind::parse("payment_made"), None);
+    }
+}
