@@ -6,7 +6,7 @@ mod common;
 
 use common::{Serve, agent_and_session, spawn_serve, wait_ready};
 use futures::StreamExt;
-use paygent_testkit::{ADMIN_TOKEN, hello_server, silent_server};
+use paygent_testkit::{ADMIN_TOKEN, hello_server, poll_until, silent_server, status_is};
 use serde_json::{Value, json};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -78,7 +78,7 @@ impl Cluster {
         e["id"].as_str().unwrap().to_owned()
     }
 
-    /// Polls an execution on instance `on` until `done` holds; panics after 20 s.
+    /// Polls an execution on instance `on` until `done` holds; panics after 30 s.
     async fn wait_for(
         &self,
         on: usize,
@@ -86,19 +86,9 @@ impl Cluster {
         id: &str,
         done: impl Fn(&Value) -> bool,
     ) -> Value {
-        for _ in 0..400 {
-            let (_, e) = self
-                .call(on, token, &format!("/executions/{id}"), None)
-                .await;
-            if done(&e) {
-                return e;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let (_, e) = self
-            .call(on, token, &format!("/executions/{id}"), None)
-            .await;
-        panic!("execution never reached the expected state: {e}");
+        let path = format!("/executions/{id}");
+        let read = || async { self.call(on, token, &path, None).await.1 };
+        poll_until(Duration::from_secs(30), read, done).await
     }
 
     /// Approves on instance `on`; the approval must succeed.
@@ -138,10 +128,6 @@ async fn next_event(socket: &mut Socket) -> Value {
             return serde_json::from_str(text.as_str()).unwrap();
         }
     }
-}
-
-fn status_is(status: &'static str) -> impl Fn(&Value) -> bool {
-    move |e| e["status"] == status
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

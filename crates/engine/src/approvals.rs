@@ -15,9 +15,6 @@ use paygent_store::sessions;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-/// The most pending requests one listing returns.
-pub const MAX_LIST: i64 = 500;
-
 impl Paygent {
     /// One request: people read the tenant's, an agent those on its own sessions (as its events carry them).
     pub async fn approval(&self, who: &Principal, id: Uuid) -> Result<ApprovalView> {
@@ -43,7 +40,7 @@ impl Paygent {
             self.store.reader(),
             who.tenant_id,
             crate::payments::scope(who, session_id, after),
-            limit.clamp(1, MAX_LIST),
+            limit.clamp(1, crate::MAX_PAGE),
         )
         .await?;
         Ok(list.into_iter().map(Into::into).collect())

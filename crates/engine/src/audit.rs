@@ -7,7 +7,8 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-pub const MAX_PAGE: i64 = 1000;
+/// The most audit entries a page holds: entries are small, and a chain check reads them a page at a time.
+pub const MAX_AUDIT_PAGE: i64 = 1000;
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct AuditPage {
@@ -35,7 +36,7 @@ impl Paygent {
                 who.tenant_id,
                 session_id,
                 after_seq.max(0),
-                limit.clamp(1, MAX_PAGE),
+                limit.clamp(1, MAX_AUDIT_PAGE),
             )
             .await?
             .into_iter()
@@ -72,7 +73,7 @@ impl Paygent {
         let problem = loop {
             let page = self
                 .store
-                .audit_entries(who.tenant_id, None, after, MAX_PAGE)
+                .audit_entries(who.tenant_id, None, after, MAX_AUDIT_PAGE)
                 .await?;
             let Some(last) = page.last().map(|e| e.seq) else {
                 break verifier.finish(head_seq, &head_hash).err();

@@ -20,6 +20,10 @@ mod sessions;
 mod views;
 mod wallets;
 
+/// The most items one page of any list holds: every list pages with a cursor beyond it.
+pub const MAX_PAGE: i64 = 500;
+pub use sessions::MAX_SESSIONS_PAGE;
+
 pub use audit::{AuditPage, ChainCheck};
 pub use egress::{Egress, EgressError, EgressPolicy, Fetched};
 pub use error::{EngineError, Result};

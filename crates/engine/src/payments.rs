@@ -11,8 +11,6 @@ use paygent_store::{approvals, attempts};
 use serde_json::json;
 use uuid::Uuid;
 
-pub const MAX_LIST: i64 = 500;
-
 fn validate_tx_hash(h: &str) -> Result<()> {
     let ok = h
         .strip_prefix("0x")
@@ -114,7 +112,7 @@ impl Paygent {
             self.store.reader(),
             who.tenant_id,
             scope(who, session_id, after),
-            limit.clamp(1, MAX_LIST),
+            limit.clamp(1, crate::MAX_PAGE),
         )
         .await?;
         Ok(list.into_iter().map(Into::into).collect())

@@ -9,8 +9,6 @@ use paygent_store::sessions::SessionRecord;
 use serde_json::json;
 use uuid::Uuid;
 
-/// The most policies one listing returns.
-pub const MAX_LIST: i64 = 100;
 /// The reserved name of every tenant's default policy.
 pub const DEFAULT_NAME: &str = "default";
 
@@ -133,7 +131,7 @@ impl Paygent {
         limit: i64,
     ) -> Result<Vec<PolicyView>> {
         require(who.can_decide(), "only approvers and admins read policies")?;
-        let limit = limit.clamp(1, MAX_LIST);
+        let limit = limit.clamp(1, crate::MAX_PAGE);
         let mut list = Vec::new();
         if after.is_none() {
             list.push(in_force(self.store.reader(), who.tenant_id, None).await?);

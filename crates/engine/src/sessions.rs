@@ -15,6 +15,9 @@ pub struct NewSession {
     pub config: Option<SessionConfig>,
 }
 
+/// The most sessions a page holds: each comes with its budget, read as it is listed.
+pub const MAX_SESSIONS_PAGE: i64 = 100;
+
 impl Paygent {
     pub async fn create_session(&self, who: &Principal, new: NewSession) -> Result<SessionView> {
         require(
@@ -125,7 +128,7 @@ impl Paygent {
             who.tenant_id,
             mine,
             after,
-            limit.clamp(1, 100),
+            limit.clamp(1, MAX_SESSIONS_PAGE),
         )
         .await?;
         let now = self.now();

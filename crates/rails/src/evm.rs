@@ -89,6 +89,26 @@ fn unavailable(e: impl std::fmt::Display) -> RailError {
     RailError::Unavailable(e.to_string())
 }
 
+/// What a resource answered when asked its price.
+#[derive(Debug)]
+pub enum Quote {
+    /// It asks for payment: what it offers.
+    Offers(Vec<Offer>),
+    /// It answered without asking for payment (free, or broken): its status and the start of its body.
+    Unpaid { status: u16, body: String },
+}
+
+/// Why a resource's price could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum QuoteError {
+    /// Not reached, or refused by the egress policy.
+    #[error("{0}")]
+    Unreachable(String),
+    /// It asked for payment in a form that cannot be read: nothing can be signed for it.
+    #[error("{url} answered a malformed 402: {why}")]
+    Malformed { url: String, why: String },
+}
+
 /// A signed x402 authorization, as the chain knows it.
 struct Watched<'a> {
     token: &'a TokenConfig,
@@ -318,17 +338,26 @@ impl EvmRails {
         each.join(" or ")
     }
 
-    /// Asks `url` what it costs: its offers, or the status and body it answered without asking for payment.
-    pub async fn quote(&self, url: &str) -> Result<Result<Vec<Offer>, (u16, String)>, String> {
-        let resp = self.inner.egress.get(url, None).await?;
+    /// Asks `url` what it costs.
+    pub async fn quote(&self, url: &str) -> Result<Quote, QuoteError> {
+        let resp = self
+            .inner
+            .egress
+            .get(url, None)
+            .await
+            .map_err(QuoteError::Unreachable)?;
         let (status, body) = (resp.status, resp.body);
         let header = header_text(&resp.headers, x402::V2_REQUIRED);
         if status != 402 {
-            return Ok(Err((status, body_text(&body))));
+            let body = body_text(&body);
+            return Ok(Quote::Unpaid { status, body });
         }
         x402::parse_required(header.as_deref(), &body)
-            .map(Ok)
-            .map_err(|e| format!("{url} answered a malformed 402: {e}"))
+            .map(Quote::Offers)
+            .map_err(|why| QuoteError::Malformed {
+                url: url.to_owned(),
+                why,
+            })
     }
 
     async fn transfer(
@@ -504,13 +533,10 @@ impl EvmRails {
         let value = to_units(order.amount, token.decimals).ok_or_else(|| {
             RailError::Refused("the amount is finer than the token allows".into())
         })?;
-        let offers = match self
-            .quote(&order.recipient)
-            .await
-            .map_err(RailError::Refused)?
-        {
-            Ok(offers) => offers,
-            Err((status, _)) => {
+        let refused = |e: QuoteError| RailError::Refused(e.to_string());
+        let offers = match self.quote(&order.recipient).await.map_err(refused)? {
+            Quote::Offers(offers) => offers,
+            Quote::Unpaid { status, .. } => {
                 return Err(RailError::Refused(format!(
                     "{} answered {status} without asking for payment",
                     order.recipient

@@ -1,7 +1,7 @@
 //! The `x402_payment` tool with a rail behind it: ask the resource its price, pass the guard with that price
 //! (which may wait for a person), and let the rail pay. It replaces the decision-only tool of the same name.
 
-use crate::evm::{EvmRails, from_units, to_units};
+use crate::evm::{EvmRails, Quote, QuoteError, from_units, to_units};
 use futures::future::BoxFuture;
 use paygent_engine::domain::{Decimal, PriceTable};
 use paygent_engine::{StepContext, StepOutcome, Tool, ToolSpec, string_params};
@@ -29,16 +29,13 @@ impl X402Tool {
             .get("currency")
             .and_then(Value::as_str)
             .unwrap_or("USDC");
-        let quote = match self.rails.quote(url).await {
-            Ok(q) => q,
-            Err(e) if e.contains("malformed 402") => {
-                return ctx.refuse_payment(max, currency, url, &e).await;
+        let offers = match self.rails.quote(url).await {
+            Ok(Quote::Offers(offers)) => offers,
+            Err(e @ QuoteError::Malformed { .. }) => {
+                return ctx.refuse_payment(max, currency, url, &e.to_string()).await;
             }
-            Err(error) => return StepOutcome::Failed { error },
-        };
-        let offers = match quote {
-            Ok(offers) => offers,
-            Err((status, body)) => {
+            Err(QuoteError::Unreachable(error)) => return StepOutcome::Failed { error },
+            Ok(Quote::Unpaid { status, body }) => {
                 // Free (or broken) without a 402: nothing to pay, the answer is the step's result.
                 return StepOutcome::Done {
                     result: json!({"status": status, "body": body, "paid": false}),

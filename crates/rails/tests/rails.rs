@@ -141,7 +141,7 @@ async fn a_premium_call_waits_for_a_person_and_pays_once_approved() {
         .await;
     assert_eq!(status, 200);
     let id = paused["id"].as_str().unwrap();
-    let done = wait_for(&s, &t, id, status_is("completed")).await;
+    let done = wait_for(&s, &t.agent, id, status_is("completed")).await;
     assert_eq!(done["steps"][0]["result"]["status"], "executed", "{done}");
     assert_eq!(moved(&chain, payee_before).await, 25_000_000);
     // A second approve, or the agent asking to execute again, pays nothing more.
@@ -178,7 +178,7 @@ async fn a_premium_call_waits_for_a_person_and_pays_once_approved() {
     assert_eq!(status, 200);
     wait_for(
         &s,
-        &t,
+        &t.agent,
         paused["id"].as_str().unwrap(),
         status_is("rejected"),
     )
@@ -249,7 +249,7 @@ async fn transfers_move_tokens_on_chain_and_a_kill_moves_nothing() {
         .post(&t.agent, &format!("/executions/{id}/cancel"), json!({}))
         .await;
     assert_eq!(status, 200);
-    wait_for(&s, &t, id, status_is("cancelled")).await;
+    wait_for(&s, &t.agent, id, status_is("cancelled")).await;
     let approval = paused["steps"][0]["approval_id"].as_str().unwrap();
     let (status, _) = s
         .post(
@@ -279,7 +279,7 @@ async fn transfers_move_tokens_on_chain_and_a_kill_moves_nothing() {
         )
         .await;
     assert_eq!(status, 202, "{checked}");
-    let done = wait_for(&s, &t, checked["id"].as_str().unwrap(), ended).await;
+    let done = wait_for(&s, &t.agent, checked["id"].as_str().unwrap(), ended).await;
     assert_eq!(
         done["steps"][0]["result"]["balances"][0]["amount"], "995",
         "{done}"
@@ -466,7 +466,7 @@ async fn a_restart_between_signing_and_settling_pays_once() {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let s = s.restart_after(chain.automine(true)).await;
     let id = started["id"].as_str().unwrap();
-    let done = wait_for(&s, &t, id, ended).await;
+    let done = wait_for(&s, &t.agent, id, ended).await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["steps"][0]["result"]["status"], "executed", "{done}");
     let payment = done["steps"][0]["payment_id"].as_str().unwrap();

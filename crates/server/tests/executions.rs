@@ -3,7 +3,7 @@
 use chrono::Duration;
 use paygent_testkit::{
     ADMIN_TOKEN, Backend, Settings, Team, TestServer, canned_server, hello_server,
-    on_both_databases, silent_server,
+    on_both_databases, silent_server, status_is, wait_for,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -37,23 +37,6 @@ async fn execute(s: &TestServer, t: &Team, session: Uuid, steps: Value) -> Value
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     body
-}
-
-/// Polls an execution until `done` says so; panics after 10 s.
-async fn wait_for(s: &TestServer, token: &str, id: &str, done: impl Fn(&Value) -> bool) -> Value {
-    for _ in 0..500 {
-        let (_, e) = s.get(token, &format!("/executions/{id}")).await;
-        if done(&e) {
-            return e;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let (_, e) = s.get(token, &format!("/executions/{id}")).await;
-    panic!("execution never reached the expected state: {e}");
-}
-
-fn status_is(status: &'static str) -> impl Fn(&Value) -> bool {
-    move |e| e["status"] == status
 }
 
 /// A three-step plan whose middle step needs a person: fetch, pay $25, wait a second.

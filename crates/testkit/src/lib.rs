@@ -14,11 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
+/// The database a test server runs on: the store's own word for it.
+pub use paygent_store::Backend;
 
 /// Where tests find PostgreSQL; every test creates its own database there.
 pub fn postgres_admin_url() -> String {
@@ -684,4 +681,41 @@ impl DatabaseLink {
     pub fn restore(&self) {
         self.up.store(true, Ordering::SeqCst);
     }
+}
+
+/// Reads with `read` until `done` holds for what it returns, for at most `within`; panics with the last reading,
+/// so a bug fails the test in seconds instead of hanging it.
+pub async fn poll_until<F: std::future::Future<Output = Value>>(
+    within: std::time::Duration,
+    mut read: impl FnMut() -> F,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let seen = read().await;
+        if done(&seen) {
+            return seen;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("never reached the expected state within {within:?}: {seen}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls an execution until `done` holds for it; panics after 30 s.
+pub async fn wait_for(
+    s: &TestServer,
+    token: &str,
+    id: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let path = format!("/executions/{id}");
+    let read = || async { s.get(token, &path).await.1 };
+    poll_until(std::time::Duration::from_secs(30), read, done).await
+}
+
+/// A `done` for [`wait_for`]: the execution is in `status`.
+pub fn status_is(status: &'static str) -> impl Fn(&Value) -> bool {
+    move |e| e["status"] == status
 }

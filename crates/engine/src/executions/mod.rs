@@ -23,8 +23,6 @@ use serde_json::{Value, json};
 use tools::{StepContext, StepOutcome};
 use uuid::Uuid;
 
-pub const MAX_LIST: i64 = 500;
-
 /// What to run: explicit steps, or a command for the parser.
 #[derive(Debug, Clone)]
 pub enum Plan {
@@ -183,7 +181,7 @@ impl Paygent {
             self.store.reader(),
             who.tenant_id,
             crate::payments::scope(who, session_id, after),
-            limit.clamp(1, MAX_LIST),
+            limit.clamp(1, crate::MAX_PAGE),
         )
         .await?;
         Ok(list

@@ -5,6 +5,7 @@ pub use paygent_testkit::chain::*;
 use paygent_engine::Paygent;
 use paygent_rails::{ChainConfig, EvmRails, RailsConfig, TokenConfig};
 use paygent_testkit::{ADMIN_TOKEN, Backend, Settings, Team, TestServer, Wiring};
+pub use paygent_testkit::{status_is, wait_for};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
@@ -98,23 +99,7 @@ pub async fn run(
         )
         .await;
     assert_eq!(status, 202, "{body}");
-    wait_for(s, t, body["id"].as_str().expect("id"), done).await
-}
-
-pub async fn wait_for(s: &TestServer, t: &Team, id: &str, done: impl Fn(&Value) -> bool) -> Value {
-    for _ in 0..1500 {
-        let (_, e) = s.get(&t.agent, &format!("/executions/{id}")).await;
-        if done(&e) {
-            return e;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let (_, e) = s.get(&t.agent, &format!("/executions/{id}")).await;
-    panic!("execution never reached the expected state: {e}");
-}
-
-pub fn status_is(status: &'static str) -> impl Fn(&Value) -> bool {
-    move |e| e["status"] == status
+    wait_for(s, &t.agent, body["id"].as_str().expect("id"), done).await
 }
 
 /// What most rail tests start from: a chain, the x402 peers on it, a Paygent paying there, keys, and a session

@@ -1,6 +1,6 @@
 //! Approval requests and people's decisions.
 
-use super::{ApiResult, DEFAULT_LIMIT, MAX_LIMIT, next_after, page};
+use super::{ApiResult, DEFAULT_LIMIT, MAX_PAGE, next_after, page};
 use crate::error::Problem;
 use crate::extract::{Body, Caller, Path, Query};
 use axum::Json;
@@ -43,7 +43,7 @@ async fn list_pending(
     OriginalUri(uri): OriginalUri,
     Query(q): Query<PendingQuery>,
 ) -> ApiResult<Response> {
-    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_PAGE);
     let list = paygent
         .pending_approvals(&who, q.session_id, q.after, limit)
         .await?;

@@ -1,6 +1,6 @@
 //! Agent executions: plans of tool calls that pause for people and stop on a kill.
 
-use super::{ApiResult, DEFAULT_LIMIT, MAX_LIMIT, next_after, page};
+use super::{ApiResult, DEFAULT_LIMIT, MAX_PAGE, next_after, page};
 use crate::error::Problem;
 use crate::extract::{Body, Caller, Path, Query};
 use axum::Json;
@@ -91,7 +91,7 @@ async fn list_executions(
     OriginalUri(uri): OriginalUri,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Response> {
-    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_PAGE);
     let list = paygent
         .executions(&who, q.session_id, q.after, limit)
         .await?;

@@ -18,10 +18,9 @@ use crate::error::ApiError;
 /// What every handler returns.
 pub type ApiResult<T> = Result<T, ApiError>;
 
-/// Default and largest page sizes for list endpoints.
+/// How many items a page of a list holds unless the caller asks for more (up to [`MAX_PAGE`]).
 pub const DEFAULT_LIMIT: i64 = 100;
-/// The most items a page of a list holds.
-pub const MAX_LIMIT: i64 = 500;
+pub use paygent_engine::MAX_PAGE;
 
 /// A page of a list as JSON and, while the page came back full (`next` is then its last id or sequence number),
 /// a `Link: <...?after=<next>>; rel="next"` header with the same query that gives the next one.

@@ -1,6 +1,6 @@
 //! Payments: the guard's front door.
 
-use super::{ApiResult, DEFAULT_LIMIT, MAX_LIMIT, next_after, page};
+use super::{ApiResult, DEFAULT_LIMIT, MAX_PAGE, next_after, page};
 use crate::error::Problem;
 use crate::extract::{Body, Caller, Path, Query};
 use axum::Json;
@@ -96,7 +96,7 @@ async fn list_payments(
     OriginalUri(uri): OriginalUri,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Response> {
-    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_PAGE);
     let list = paygent.payments(&who, q.session_id, q.after, limit).await?;
     let next = next_after(&list, limit, |x| x.id.to_string());
     Ok(page(&uri, list, next))

@@ -66,7 +66,7 @@ async fn create_policy(
 pub struct PoliciesQuery {
     /// The last name of the previous page.
     after: Option<String>,
-    /// At most 100.
+    /// At most 500.
     limit: Option<i64>,
 }
 

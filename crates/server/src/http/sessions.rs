@@ -7,6 +7,7 @@ use axum::Json;
 use axum::extract::{OriginalUri, State};
 use axum::http::StatusCode;
 use axum::response::Response;
+use paygent_engine::MAX_SESSIONS_PAGE;
 use paygent_engine::domain::SessionConfig;
 use paygent_engine::domain::budget::BudgetConfig;
 use paygent_engine::{BudgetView, MemoryTurn, NewSession, Paygent, SessionSummary, SessionView};
@@ -75,7 +76,7 @@ async fn list_sessions(
     OriginalUri(uri): OriginalUri,
     Query(q): Query<SessionsQuery>,
 ) -> ApiResult<Response> {
-    let limit = q.limit.unwrap_or(50).clamp(1, 100);
+    let limit = q.limit.unwrap_or(50).clamp(1, MAX_SESSIONS_PAGE);
     let list = paygent.sessions(&who, q.after, limit).await?;
     let next = super::next_after(&list, limit, |x| x.id.to_string());
     Ok(super::page(&uri, list, next))
