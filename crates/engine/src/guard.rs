@@ -6,16 +6,16 @@ use crate::executions::tools::{StepContext, StepOutcome, authorized_action};
 use crate::policies;
 use crate::views::{ApprovalView, PaymentView};
 use crate::{EngineError, Paygent, Result, require};
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use paygent_domain::SessionState;
 use paygent_domain::budget::OnBudgetExceeded;
 use paygent_domain::event::EventKind;
 use paygent_domain::judgement::{DenyReason, Findings, Judgement, judge};
 use paygent_domain::payment::PaymentIntent;
 use paygent_domain::rules::{NewPayee, Refusal};
-use paygent_domain::{ApprovalStatus, Decimal, DecisionKind, PaymentStatus, Principal, Verdict};
+use paygent_domain::{Decimal, DecisionKind, PaymentStatus, Principal, Verdict};
 use paygent_store::WriteTx;
-use paygent_store::approvals::{self, ApprovalRecord};
+use paygent_store::approvals::{self, ApprovalRecord, NewRequest};
 use paygent_store::payments::{self, PaymentRecord};
 use paygent_store::policies::PolicyRecord;
 use paygent_store::sessions::{self, SessionRecord};
@@ -363,57 +363,32 @@ impl<'a> Filing<'a> {
         reason: String,
         allowed: Vec<DecisionKind>,
     ) -> Result<()> {
-        let most = self.policy.rules.max_pending_approvals;
-        let waiting = approvals::pending_of_key(tx, self.who.key_id, most.into()).await?;
-        if waiting >= i64::from(most) {
-            return Err(EngineError::TooMany(format!(
-                "{waiting} of this key's approval requests already wait on people, the most policy {:?} allows \
-                 (max_pending_approvals); decide or cancel some first",
-                self.policy.name
-            )));
-        }
-        let (now, p) = (tx.now(), &self.payment);
-        let timeout = self.policy.rules.approval_timeout(&self.session.config);
-        let request = ApprovalRecord {
+        let p = &self.payment;
+        let new = NewRequest {
             id: Uuid::now_v7(),
             tenant_id: p.tenant_id,
             session_id: p.session_id,
             payment_id: Some(p.id),
             tool: p.tool.clone(),
             args: self.summary["args"].clone(),
-            edited_args: None,
             reason: format!(
                 "{reason} (policy {:?} v{})",
                 self.policy.name, self.policy.version
             ),
             usd_value: p.usd_value,
             allowed_decisions: allowed,
-            status: ApprovalStatus::Pending,
             requested_by: self.who.key_id,
-            deadline: now + Duration::seconds(timeout.into()),
-            decided_by: None,
-            decided_at: None,
-            decision_note: None,
-            consumed_at: None,
-            created_at: now,
+            timeout_seconds: self.policy.rules.approval_timeout(&self.session.config),
         };
+        let request = ApprovalRecord::pending(new, tx.now());
         self.payment.status = PaymentStatus::PendingApproval;
         self.payment.approval_id = Some(request.id);
         payments::insert(tx, &self.payment).await?;
-        approvals::insert(tx, &request).await?;
         budget::book(tx, &self.booking, Move::Reserve).await?;
         self.summary["reason"] = json!(request.reason);
         self.summary["deadline"] = json!(paygent_domain::time::format(request.deadline));
-        self.audit(
-            tx,
-            "approval.requested",
-            &format!("approval:{}", request.id),
-        )
-        .await?;
-        let view = serde_json::to_value(ApprovalView::from(request)).expect("views serialize");
-        Ok(tx
-            .event(EventKind::ApprovalRequired, Some(self.session.id), view)
-            .await?)
+        let summary = std::mem::take(&mut self.summary);
+        file_request(tx, self.who, self.policy, request, summary).await
     }
 
     async fn allow(&mut self, tx: &mut WriteTx) -> Result<()> {
@@ -424,6 +399,39 @@ impl<'a> Filing<'a> {
         budget::book(tx, &self.booking, Move::Spend).await?;
         self.audit(tx, "payment.authorized", &self.subject()).await
     }
+}
+
+/// The one place a request for people is filed: held to the key's cap on requests waiting (the policy's
+/// `max_pending_approvals`), stored, audited with `summary`, and announced.
+async fn file_request(
+    tx: &mut WriteTx,
+    who: &Principal,
+    policy: &PolicyRecord,
+    request: ApprovalRecord,
+    summary: Value,
+) -> Result<()> {
+    let most = policy.rules.max_pending_approvals;
+    let waiting = approvals::pending_of_key(tx, who.key_id, most.into()).await?;
+    if waiting >= i64::from(most) {
+        return Err(EngineError::TooMany(format!(
+            "{waiting} of this key's approval requests already wait on people, the most policy {:?} allows \
+             (max_pending_approvals); decide or cancel some first",
+            policy.name
+        )));
+    }
+    approvals::insert(tx, &request).await?;
+    let subject = format!("approval:{}", request.id);
+    let session = Some(request.session_id);
+    tx.audit(
+        &who.actor(),
+        "approval.requested",
+        &subject,
+        session,
+        summary,
+    )
+    .await?;
+    let view = serde_json::to_value(ApprovalView::from(request)).expect("views serialize");
+    Ok(tx.event(EventKind::ApprovalRequired, session, view).await?)
 }
 
 impl Paygent {
@@ -470,47 +478,23 @@ impl Paygent {
             }
             Verdict::RequireApproval { reason, allowed } => {
                 let id = Uuid::new_v5(&ctx.execution_id, &ctx.idx.to_be_bytes());
-                if approvals::get(tx.conn(), who.tenant_id, id)
-                    .await?
-                    .is_none()
-                {
-                    let now = tx.now();
-                    let request = ApprovalRecord {
+                let filed = approvals::get(tx.conn(), who.tenant_id, id).await?;
+                if filed.is_none() {
+                    let new = NewRequest {
                         id,
                         tenant_id: who.tenant_id,
                         session_id: session.id,
                         payment_id: None,
                         tool: tool.to_owned(),
                         args: args.clone(),
-                        edited_args: None,
                         reason,
                         usd_value,
                         allowed_decisions: allowed,
-                        status: ApprovalStatus::Pending,
                         requested_by: who.key_id,
-                        deadline: now
-                            + Duration::seconds(
-                                rules.rules.approval_timeout(&session.config).into(),
-                            ),
-                        decided_by: None,
-                        decided_at: None,
-                        decision_note: None,
-                        consumed_at: None,
-                        created_at: now,
+                        timeout_seconds: rules.rules.approval_timeout(&session.config),
                     };
-                    approvals::insert(&mut tx, &request).await?;
-                    tx.audit(
-                        &who.actor(),
-                        "approval.requested",
-                        &format!("approval:{id}"),
-                        Some(session.id),
-                        summary,
-                    )
-                    .await?;
-                    let view =
-                        serde_json::to_value(ApprovalView::from(request)).expect("views serialize");
-                    tx.event(EventKind::ApprovalRequired, Some(session.id), view)
-                        .await?;
+                    let request = ApprovalRecord::pending(new, tx.now());
+                    file_request(&mut tx, who, &rules, request, summary).await?;
                 }
                 StepOutcome::AwaitingApproval {
                     approval_id: id,

@@ -30,7 +30,48 @@ pub struct ApprovalRecord {
     pub created_at: DateTime<Utc>,
 }
 
+/// What a new request is about; everything else about a pending request follows from it.
+#[derive(Debug, Clone)]
+pub struct NewRequest {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub session_id: Uuid,
+    pub payment_id: Option<Uuid>,
+    pub tool: String,
+    pub args: Value,
+    pub reason: String,
+    pub usd_value: Decimal,
+    pub allowed_decisions: Vec<DecisionKind>,
+    pub requested_by: Uuid,
+    /// How long people have to decide it.
+    pub timeout_seconds: u32,
+}
+
 impl ApprovalRecord {
+    /// A request waiting on people from `now`, undecided.
+    pub fn pending(new: NewRequest, now: DateTime<Utc>) -> ApprovalRecord {
+        ApprovalRecord {
+            id: new.id,
+            tenant_id: new.tenant_id,
+            session_id: new.session_id,
+            payment_id: new.payment_id,
+            tool: new.tool,
+            args: new.args,
+            edited_args: None,
+            reason: new.reason,
+            usd_value: new.usd_value,
+            allowed_decisions: new.allowed_decisions,
+            status: ApprovalStatus::Pending,
+            requested_by: new.requested_by,
+            deadline: now + chrono::Duration::seconds(new.timeout_seconds.into()),
+            decided_by: None,
+            decided_at: None,
+            decision_note: None,
+            consumed_at: None,
+            created_at: now,
+        }
+    }
+
     /// The arguments an execution must use: the edit if there was one.
     pub fn effective_args(&self) -> &Value {
         self.edited_args.as_ref().unwrap_or(&self.args)
