@@ -42,6 +42,56 @@ pub struct StepRecord {
     pub duration_ms: Option<i64>,
 }
 
+/// Who starts an execution, where, and what was asked.
+#[derive(Debug, Clone)]
+pub struct NewExecution {
+    pub tenant_id: Uuid,
+    pub session_id: Uuid,
+    pub command: Option<String>,
+    pub created_by: Uuid,
+}
+
+impl ExecutionRecord {
+    /// An execution starting `now`, running its first step, with nothing spent.
+    pub fn started(new: NewExecution, now: DateTime<Utc>) -> ExecutionRecord {
+        ExecutionRecord {
+            id: Uuid::now_v7(),
+            tenant_id: new.tenant_id,
+            session_id: new.session_id,
+            status: ExecutionStatus::Running,
+            command: new.command,
+            error: None,
+            current_step: 0,
+            cost_usd: Decimal::ZERO,
+            created_by: new.created_by,
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+        }
+    }
+}
+
+impl StepRecord {
+    /// Step `idx` of an execution, not yet run.
+    pub fn pending(execution_id: Uuid, idx: usize, tool: String, args: Value) -> StepRecord {
+        StepRecord {
+            execution_id,
+            idx: idx as i64,
+            tool,
+            args,
+            status: StepStatus::Pending,
+            result: None,
+            error: None,
+            approval_id: None,
+            payment_id: None,
+            cost_usd: None,
+            started_at: None,
+            finished_at: None,
+            duration_ms: None,
+        }
+    }
+}
+
 crate::row_type! {
     struct ExecutionRow {
         id: String,

@@ -17,7 +17,7 @@ use paygent_domain::judgement::DenyReason;
 use paygent_domain::{ApprovalStatus, Decimal, Principal, Role};
 use paygent_store::WriteTx;
 use paygent_store::approvals;
-use paygent_store::executions::{self, ExecutionRecord, StepRecord, StepUpdate};
+use paygent_store::executions::{self, ExecutionRecord, NewExecution, StepRecord, StepUpdate};
 use paygent_store::sessions;
 use serde_json::{Value, json};
 use tools::{StepContext, StepOutcome};
@@ -51,22 +51,88 @@ impl Paygent {
             who.can_request_payments(),
             "only agents and admins start executions",
         )?;
-        let (steps, command, planner) = match plan {
-            Plan::Steps(steps) => (steps, None, None),
-            Plan::Command(c) => match (command::parse(&c), &self.planner) {
-                (Ok(steps), _) => (steps, Some(c), None),
-                (Err(e), None) => return Err(EngineError::Invalid(e.to_string())),
-                (Err(e), Some(planner)) => {
-                    let steps = planner.plan(&c, &self.tools.specs()).await.map_err(|why| {
-                        EngineError::Invalid(format!(
-                            "{e} The planner ({}) could not plan it either: {why}",
-                            planner.name()
-                        ))
-                    })?;
-                    (steps, Some(c), Some(planner.name()))
-                }
-            },
+        let (steps, command, planner) = self.steps_of(plan).await?;
+        self.check_plan(&steps, planner)?;
+
+        let mut tx = self.begin_as(who).await?;
+        let session = crate::sessions::reachable(
+            who,
+            sessions::get(tx.conn(), who.tenant_id, session_id).await?,
+        )?;
+        if session.state != SessionState::Active || tx.kill_switch().is_some() {
+            return Err(EngineError::Conflict(
+                "killed: the session or the whole tenant is stopped".into(),
+            ));
+        }
+        let now = tx.now();
+        let new = NewExecution {
+            tenant_id: who.tenant_id,
+            session_id,
+            command,
+            created_by: who.key_id,
         };
+        let execution = ExecutionRecord::started(new, now);
+        let records: Vec<StepRecord> = steps
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| StepRecord::pending(execution.id, i, s.tool, s.args))
+            .collect();
+        executions::insert(&mut tx, &execution, &records).await?;
+        // Leased from the start: no other instance may take it over before this one's runner starts.
+        let until = paygent_domain::time::format(now + self.lease);
+        executions::claim(tx.conn(), execution.id, &self.instance, &until, &until).await?;
+        let plan: Vec<Value> = records
+            .iter()
+            .map(|s| json!({"tool": s.tool, "args": s.args}))
+            .collect();
+        let subject = format!("execution:{}", execution.id);
+        let data = json!({"command": execution.command, "plan": plan, "planner": planner});
+        tx.audit(
+            &who.actor(),
+            "execution.started",
+            &subject,
+            Some(session_id),
+            data,
+        )
+        .await?;
+        let started = json!({"id": execution.id, "plan": plan});
+        tx.event(EventKind::ExecutionStarted, Some(session_id), started)
+            .await?;
+        self.publish(tx.commit().await?);
+        self.spawn_runner(who.tenant_id, execution.id);
+        Ok(ExecutionView::new(execution, records))
+    }
+
+    /// A plan's steps, the command they came from, and the planner that planned them when the parser could not.
+    async fn steps_of(
+        &self,
+        plan: Plan,
+    ) -> Result<(Vec<Step>, Option<String>, Option<&'static str>)> {
+        let command = match plan {
+            Plan::Steps(steps) => return Ok((steps, None, None)),
+            Plan::Command(c) => c,
+        };
+        let unparsed = match command::parse(&command) {
+            Ok(steps) => return Ok((steps, Some(command), None)),
+            Err(e) => e,
+        };
+        let Some(planner) = &self.planner else {
+            return Err(EngineError::Invalid(unparsed.to_string()));
+        };
+        let steps = planner
+            .plan(&command, &self.tools.specs())
+            .await
+            .map_err(|why| {
+                EngineError::Invalid(format!(
+                    "{unparsed} The planner ({}) could not plan it either: {why}",
+                    planner.name()
+                ))
+            })?;
+        Ok((steps, Some(command), Some(planner.name())))
+    }
+
+    /// Every step names a known tool with arguments it accepts, and there are 1 to `MAX_STEPS` of them.
+    fn check_plan(&self, steps: &[Step], planner: Option<&str>) -> Result<()> {
         if steps.is_empty() || steps.len() > command::MAX_STEPS {
             return Err(EngineError::Invalid(format!(
                 "a plan has 1 to {} steps",
@@ -86,78 +152,7 @@ impl Paygent {
                 EngineError::Invalid(format!("{origin}step {i} ({}): {e}", step.tool))
             })?;
         }
-
-        let mut tx = self.begin_as(who).await?;
-        let session = crate::sessions::reachable(
-            who,
-            sessions::get(tx.conn(), who.tenant_id, session_id).await?,
-        )?;
-        if session.state != SessionState::Active || tx.kill_switch().is_some() {
-            return Err(EngineError::Conflict(
-                "killed: the session or the whole tenant is stopped".into(),
-            ));
-        }
-        let now = tx.now();
-        let execution = ExecutionRecord {
-            id: Uuid::now_v7(),
-            tenant_id: who.tenant_id,
-            session_id,
-            status: ExecutionStatus::Running,
-            command,
-            error: None,
-            current_step: 0,
-            cost_usd: Decimal::ZERO,
-            created_by: who.key_id,
-            created_at: now,
-            updated_at: now,
-            finished_at: None,
-        };
-        let records: Vec<StepRecord> = steps
-            .into_iter()
-            .enumerate()
-            .map(|(i, s)| StepRecord {
-                execution_id: execution.id,
-                idx: i as i64,
-                tool: s.tool,
-                args: s.args,
-                status: StepStatus::Pending,
-                result: None,
-                error: None,
-                approval_id: None,
-                payment_id: None,
-                cost_usd: None,
-                started_at: None,
-                finished_at: None,
-                duration_ms: None,
-            })
-            .collect();
-        executions::insert(&mut tx, &execution, &records).await?;
-        // Leased from the start: no other instance may take it over before this one's runner starts.
-        let until = paygent_domain::time::format(now + self.lease);
-        executions::claim(tx.conn(), execution.id, &self.instance, &until, &until).await?;
-        let plan: Vec<Value> = records
-            .iter()
-            .map(|s| json!({"tool": s.tool, "args": s.args}))
-            .collect();
-        let subject = format!("execution:{}", execution.id);
-        let data = json!({"command": execution.command, "plan": plan, "planner": planner});
-        tx.audit(
-            &who.actor(),
-            "execution.started",
-            &subject,
-            Some(session_id),
-            data.clone(),
-        )
-        .await?;
-        tx.event(
-            EventKind::ExecutionStarted,
-            Some(session_id),
-            json!({"id": execution.id, "plan": plan}),
-        )
-        .await?;
-        self.publish(tx.commit().await?);
-        self.spawn_runner(who.tenant_id, execution.id);
-        Ok(ExecutionView::new(execution, records))
+        Ok(())
     }
 
     pub async fn execution(&self, who: &Principal, id: Uuid) -> Result<ExecutionView> {
@@ -434,43 +429,45 @@ impl Paygent {
                 approval_id,
                 payment_id,
             } => {
-                let mut tx = self.store.begin(agent.tenant_id, self.now()).await?;
-                let paused = executions::transition(
-                    &mut tx,
-                    execution.id,
-                    &[ExecutionStatus::Running],
-                    ExecutionStatus::AwaitingApproval,
-                    None,
-                )
-                .await?;
-                if !paused {
-                    return Ok(Flow::Stop);
-                }
-                executions::update_step(
-                    &mut tx,
-                    StepUpdate {
-                        status: StepStatus::AwaitingApproval,
-                        approval_id: Some(approval_id),
-                        payment_id,
-                        ..update(step)
-                    },
-                )
-                .await?;
-                let payload =
-                    json!({"id": execution.id, "step": step.idx, "approval_id": approval_id});
-                tx.event(
-                    EventKind::ExecutionPaused,
-                    Some(execution.session_id),
-                    payload,
-                )
-                .await?;
-                self.publish(tx.commit().await?);
-                Ok(Flow::Continue)
+                let wait = (approval_id, payment_id);
+                self.pause(agent.tenant_id, execution, step, wait).await
             }
             StepOutcome::Failed { error } => {
                 self.fail(agent.tenant_id, execution, step, &error).await
             }
         }
+    }
+
+    /// Pauses the execution on the step until people decide `approval_id` (for `payment_id`, if a payment).
+    async fn pause(
+        &self,
+        tenant_id: Uuid,
+        execution: &ExecutionRecord,
+        step: &StepRecord,
+        (approval_id, payment_id): (Uuid, Option<Uuid>),
+    ) -> Result<Flow> {
+        let mut tx = self.store.begin(tenant_id, self.now()).await?;
+        let running = [ExecutionStatus::Running];
+        let waiting = ExecutionStatus::AwaitingApproval;
+        if !executions::transition(&mut tx, execution.id, &running, waiting, None).await? {
+            return Ok(Flow::Stop);
+        }
+        let paused = StepUpdate {
+            status: StepStatus::AwaitingApproval,
+            approval_id: Some(approval_id),
+            payment_id,
+            ..update(step)
+        };
+        executions::update_step(&mut tx, paused).await?;
+        let payload = json!({"id": execution.id, "step": step.idx, "approval_id": approval_id});
+        tx.event(
+            EventKind::ExecutionPaused,
+            Some(execution.session_id),
+            payload,
+        )
+        .await?;
+        self.publish(tx.commit().await?);
+        Ok(Flow::Continue)
     }
 
     /// Waits for a person's decision on the step's approval request, then acts on it.
@@ -481,99 +478,32 @@ impl Paygent {
         step: &StepRecord,
         events: &mut Subscription,
     ) -> Result<Flow> {
+        let tenant_id = agent.tenant_id;
         let Some(approval_id) = step.approval_id else {
-            return self
-                .fail(
-                    agent.tenant_id,
-                    execution,
-                    step,
-                    "paused without an approval request",
-                )
-                .await;
+            let why = "paused without an approval request";
+            return self.fail(tenant_id, execution, step, why).await;
         };
-        let request = approvals::get(self.store.reader(), agent.tenant_id, approval_id)
+        let request = approvals::get(self.store.reader(), tenant_id, approval_id)
             .await?
             .ok_or(EngineError::NotFound("approval request"))?;
         let (status, error) = match request.status {
-            ApprovalStatus::Pending => {
-                // Nothing decided yet: wait for an event about this request or this execution, then look again.
-                return Ok(loop {
-                    match events.next().await {
-                        Ok(e) if is_about(&e.payload, approval_id) => break Flow::Continue,
-                        Ok(e)
-                            if e.kind == EventKind::Cancelled
-                                && is_about(&e.payload, execution.id) =>
-                        {
-                            break Flow::Stop;
-                        }
-                        Ok(_) => {}
-                        Err(SubscriptionEnd::Lagged) => break Flow::Resubscribe,
-                        Err(e) => return Err(EngineError::Conflict(e.to_string())),
-                    }
-                });
-            }
+            ApprovalStatus::Pending => return news(events, approval_id, execution.id).await,
             ApprovalStatus::Approved | ApprovalStatus::Edited if step.payment_id.is_none() => {
                 return self
-                    .resume_action(agent.tenant_id, execution, step, &request)
+                    .resume_action(tenant_id, execution, step, &request)
                     .await;
             }
             ApprovalStatus::Approved | ApprovalStatus::Edited => {
-                return match self.execute_approved(agent, approval_id).await {
-                    Ok(payment) => {
-                        let mut tx = self.store.begin(agent.tenant_id, self.now()).await?;
-                        if resume_within(&mut tx, execution, step, false).await? {
-                            self.publish(tx.commit().await?);
-                        }
-                        let running = ExecutionRecord {
-                            status: ExecutionStatus::Running,
-                            ..execution.clone()
-                        };
-                        match tools::payment_outcome(payment) {
-                            StepOutcome::Done {
-                                result,
-                                cost_usd,
-                                payment_id,
-                            } => {
-                                self.complete_step(
-                                    agent.tenant_id,
-                                    &running,
-                                    step,
-                                    Some((result, cost_usd, payment_id)),
-                                )
-                                .await?;
-                                Ok(Flow::Continue)
-                            }
-                            StepOutcome::Failed { error } => {
-                                self.fail(agent.tenant_id, &running, step, &error).await
-                            }
-                            StepOutcome::AwaitingApproval { .. } => {
-                                self.fail(
-                                    agent.tenant_id,
-                                    &running,
-                                    step,
-                                    "the approved payment did not execute",
-                                )
-                                .await
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        self.fail(agent.tenant_id, execution, step, &e.to_string())
-                            .await
-                    }
-                };
+                return self.pay_approved(agent, execution, step, approval_id).await;
             }
             ApprovalStatus::Rejected => {
-                let error = format!(
-                    "rejected: {}",
-                    request.decision_note.clone().unwrap_or_default()
-                );
+                let note = request.decision_note.as_deref().unwrap_or_default();
+                let error = format!("rejected: {note}");
                 let session =
-                    sessions::get(self.store.reader(), agent.tenant_id, execution.session_id)
-                        .await?;
+                    sessions::get(self.store.reader(), tenant_id, execution.session_id).await?;
                 if session.is_some_and(|s| s.config.on_reject == OnReject::Continue) {
                     return self
-                        .continue_after_rejection(agent.tenant_id, execution, step, &error)
+                        .continue_after_rejection(tenant_id, execution, step, &error)
                         .await;
                 }
                 (ExecutionStatus::Rejected, error)
@@ -587,26 +517,78 @@ impl Paygent {
                 "the approval request was cancelled".to_owned(),
             ),
         };
+        self.end_undecided(tenant_id, execution, step, status, &error)
+            .await
+    }
+
+    /// Ends an execution whose step's request was rejected, expired or cancelled, with that step.
+    async fn end_undecided(
+        &self,
+        tenant_id: Uuid,
+        execution: &ExecutionRecord,
+        step: &StepRecord,
+        status: ExecutionStatus,
+        error: &str,
+    ) -> Result<Flow> {
         let step_status = match status {
             ExecutionStatus::Rejected => StepStatus::Rejected,
             ExecutionStatus::Expired => StepStatus::Expired,
             _ => StepStatus::Cancelled,
         };
-        let mut tx = self.store.begin(agent.tenant_id, self.now()).await?;
+        let mut tx = self.store.begin(tenant_id, self.now()).await?;
         executions::update_step(
             &mut tx,
             StepUpdate {
                 status: step_status,
-                error: Some(&error),
+                error: Some(error),
                 finished: true,
                 ..update(step)
             },
         )
         .await?;
-        self.end_within(&mut tx, execution, status, Some(&error))
+        self.end_within(&mut tx, execution, status, Some(error))
             .await?;
         self.publish(tx.commit().await?);
         Ok(Flow::Stop)
+    }
+
+    /// Executes the payment a person approved for the step, exactly once, and finishes the step with it.
+    async fn pay_approved(
+        &self,
+        agent: &Principal,
+        execution: &ExecutionRecord,
+        step: &StepRecord,
+        approval_id: Uuid,
+    ) -> Result<Flow> {
+        let tenant_id = agent.tenant_id;
+        let payment = match self.execute_approved(agent, approval_id).await {
+            Ok(payment) => payment,
+            Err(e) => return self.fail(tenant_id, execution, step, &e.to_string()).await,
+        };
+        let mut tx = self.store.begin(tenant_id, self.now()).await?;
+        if resume_within(&mut tx, execution, step, false).await? {
+            self.publish(tx.commit().await?);
+        }
+        let running = ExecutionRecord {
+            status: ExecutionStatus::Running,
+            ..execution.clone()
+        };
+        match tools::payment_outcome(payment) {
+            StepOutcome::Done {
+                result,
+                cost_usd,
+                payment_id,
+            } => {
+                let done = Some((result, cost_usd, payment_id));
+                self.complete_step(tenant_id, &running, step, done).await?;
+                Ok(Flow::Continue)
+            }
+            StepOutcome::Failed { error } => self.fail(tenant_id, &running, step, &error).await,
+            StepOutcome::AwaitingApproval { .. } => {
+                let why = "the approved payment did not execute";
+                self.fail(tenant_id, &running, step, why).await
+            }
+        }
     }
 
     /// An approved action that is not a payment: take the approval's one-time right and finish the step.
@@ -879,4 +861,19 @@ pub(crate) async fn cancel_within(
     tx.event(EventKind::Cancelled, Some(execution.session_id), payload)
         .await?;
     Ok(true)
+}
+
+/// Nothing decided yet: waits for an event about the request (look again) or a cancellation of the execution.
+async fn news(events: &mut Subscription, approval_id: Uuid, execution_id: Uuid) -> Result<Flow> {
+    loop {
+        match events.next().await {
+            Ok(e) if is_about(&e.payload, approval_id) => return Ok(Flow::Continue),
+            Ok(e) if e.kind == EventKind::Cancelled && is_about(&e.payload, execution_id) => {
+                return Ok(Flow::Stop);
+            }
+            Ok(_) => {}
+            Err(SubscriptionEnd::Lagged) => return Ok(Flow::Resubscribe),
+            Err(e) => return Err(EngineError::Conflict(e.to_string())),
+        }
+    }
 }
