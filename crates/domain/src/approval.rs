@@ -53,6 +53,14 @@ pub enum DecisionError {
 }
 
 impl Decision {
+    /// What the person said with it: the comment, or the reason for a rejection.
+    pub fn note(&self) -> Option<&str> {
+        match self {
+            Decision::Approve { comment } | Decision::Edit { comment, .. } => comment.as_deref(),
+            Decision::Reject { reason } => Some(reason),
+        }
+    }
+
     pub fn kind(&self) -> DecisionKind {
         match self {
             Decision::Approve { .. } => DecisionKind::Approve,
@@ -95,6 +103,25 @@ names!(DecisionKind {
 });
 
 impl DecisionKind {
+    /// The audit trail's action for this decision.
+    pub fn audit_action(self) -> &'static str {
+        match self {
+            DecisionKind::Approve => "approval.approved",
+            DecisionKind::Edit => "approval.edited",
+            DecisionKind::Reject => "approval.rejected",
+        }
+    }
+
+    /// The event that tells live subscribers of this decision.
+    pub fn event(self) -> crate::event::EventKind {
+        use crate::event::EventKind;
+        match self {
+            DecisionKind::Approve => EventKind::Approved,
+            DecisionKind::Edit => EventKind::Edited,
+            DecisionKind::Reject => EventKind::Rejected,
+        }
+    }
+
     /// The state a pending request moves to under this decision.
     pub fn outcome(self) -> ApprovalStatus {
         match self {

@@ -76,19 +76,7 @@ impl Paygent {
             }
             _ => None,
         };
-        let (note, action, event) = match &decision {
-            Decision::Approve { comment } => {
-                (comment.as_deref(), "approval.approved", EventKind::Approved)
-            }
-            Decision::Reject { reason } => (
-                Some(reason.as_str()),
-                "approval.rejected",
-                EventKind::Rejected,
-            ),
-            Decision::Edit { comment, .. } => {
-                (comment.as_deref(), "approval.edited", EventKind::Edited)
-            }
-        };
+        let (kind, note) = (decision.kind(), decision.note());
         let edited_args = edit.as_ref().map(|(intent, _)| intent.args());
 
         let mut tx = self.begin_as(who).await?;
@@ -116,30 +104,21 @@ impl Paygent {
             check_edit_policy(&mut tx, &request, intent, *usd).await?;
             rebook_edit(&mut tx, &request, intent, *usd).await?;
         }
-        let mut data = json!({"decision": decision.kind().as_str(), "note": note});
+        let mut data = json!({"decision": kind.as_str(), "note": note});
         if let Some((_, usd)) = &edit {
             data["old_args"] = request.args.clone();
             data["new_args"] = edited_args.clone().unwrap_or(Value::Null);
             data["new_usd_value"] = json!(usd.to_string());
         }
-        tx.audit(
-            &who.actor(),
-            action,
-            &format!("approval:{id}"),
-            Some(request.session_id),
-            data,
-        )
-        .await?;
+        let (subject, session) = (format!("approval:{id}"), Some(request.session_id));
+        tx.audit(&who.actor(), kind.audit_action(), &subject, session, data)
+            .await?;
         let decided = approvals::get(tx.conn(), who.tenant_id, id)
             .await?
             .ok_or(EngineError::NotFound("approval request"))?;
         let view = ApprovalView::from(decided);
-        tx.event(
-            event,
-            Some(request.session_id),
-            serde_json::to_value(&view).expect("views serialize"),
-        )
-        .await?;
+        let payload = serde_json::to_value(&view).expect("views serialize");
+        tx.event(kind.event(), session, payload).await?;
         self.publish(tx.commit().await?);
         Ok(view)
     }

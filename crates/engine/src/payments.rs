@@ -150,17 +150,8 @@ impl Paygent {
             let current = approvals::get(tx.conn(), who.tenant_id, approval_id)
                 .await?
                 .ok_or(EngineError::NotFound("approval request"))?;
-            if current.consumed_at.is_some() {
-                drop(tx);
-                let payment = payments::get(self.store.reader(), who.tenant_id, payment_id)
-                    .await?
-                    .ok_or(EngineError::NotFound("payment"))?;
-                return self.carry_out(payment).await;
-            }
-            return Err(EngineError::Conflict(format!(
-                "the request is {}, not approved",
-                current.status.as_str()
-            )));
+            drop(tx);
+            return self.executed_before(&current, payment_id).await;
         }
         let moved = payments::transition(
             &mut tx,
@@ -184,17 +175,15 @@ impl Paygent {
             )));
         }
         remember_approved_payee(&mut tx, request.session_id, &intent).await?;
+        let data = json!({"approval_id": approval_id, "tool": request.tool,
+            "args": request.effective_args(), "usd_value": terms.usd_value.to_string()});
+        let subject = format!("payment:{payment_id}");
         tx.audit(
             &who.actor(),
             "payment.authorized",
-            &format!("payment:{payment_id}"),
+            &subject,
             Some(request.session_id),
-            json!({
-                "approval_id": approval_id,
-                "tool": request.tool,
-                "args": request.effective_args(),
-                "usd_value": terms.usd_value.to_string(),
-            }),
+            data,
         )
         .await?;
         let payment = reload(&mut tx, payment_id).await?;
@@ -202,6 +191,25 @@ impl Paygent {
             budget::book(&mut tx, &booking, Move::Settle).await?;
         }
         self.publish(tx.commit().await?);
+        self.carry_out(payment).await
+    }
+
+    /// A request whose one-time right was taken already: its payment as it stands (finished now if a run of it
+    /// was interrupted), or why there is nothing to execute.
+    async fn executed_before(
+        &self,
+        request: &paygent_store::approvals::ApprovalRecord,
+        payment_id: Uuid,
+    ) -> Result<PaymentView> {
+        if request.consumed_at.is_none() {
+            return Err(EngineError::Conflict(format!(
+                "the request is {}, not approved",
+                request.status.as_str()
+            )));
+        }
+        let payment = payments::get(self.store.reader(), request.tenant_id, payment_id)
+            .await?
+            .ok_or(EngineError::NotFound("payment"))?;
         self.carry_out(payment).await
     }
 

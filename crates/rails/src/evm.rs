@@ -109,6 +109,54 @@ pub enum QuoteError {
     Malformed { url: String, why: String },
 }
 
+/// A transfer on its way to the chain: its hash, the wallet and nonce it spends, and the node's refusal when it
+/// was sent ("already known", "nonce too low", ...), if any.
+struct SentTransfer {
+    hash: B256,
+    from: Address,
+    nonce: u64,
+    refused_send: Option<String>,
+}
+
+/// Waits until the transfer is mined (its receipt), or can never be (another transaction took its nonce), or
+/// `deadline` passes (its outcome is then unknown, and reconciled later).
+async fn mined(
+    chain: &Chain,
+    t: &SentTransfer,
+    deadline: tokio::time::Instant,
+) -> Result<alloy::rpc::types::TransactionReceipt, RailError> {
+    let provider = &chain.provider;
+    let receipt = || async {
+        provider
+            .get_transaction_receipt(t.hash)
+            .await
+            .map_err(unavailable)
+    };
+    loop {
+        if let Some(r) = receipt().await? {
+            return Ok(r);
+        }
+        // Once the wallet's nonce moved past this transaction's without mining it, it never will be.
+        let mined_nonces = provider
+            .get_transaction_count(t.from)
+            .latest()
+            .await
+            .map_err(unavailable)?;
+        if mined_nonces > t.nonce && receipt().await?.is_none() {
+            return Err(RailError::Superseded(
+                "another transaction took the signed transfer's nonce".into(),
+            ));
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(RailError::Unavailable(match &t.refused_send {
+                Some(e) => format!("broadcasting the transfer: {e}"),
+                None => "the transfer was sent but not mined in time".into(),
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A signed x402 authorization, as the chain knows it.
 struct Watched<'a> {
     token: &'a TokenConfig,
@@ -463,39 +511,13 @@ impl EvmRails {
             None => None,
         };
         let deadline = tokio::time::Instant::now() + RECEIPT_TIMEOUT;
-        let receipt = loop {
-            if let Some(r) = provider
-                .get_transaction_receipt(hash)
-                .await
-                .map_err(unavailable)?
-            {
-                break r;
-            }
-            // Once the wallet's nonce moved past this transaction's without mining it, it never will be.
-            let mined_nonces = provider
-                .get_transaction_count(from)
-                .latest()
-                .await
-                .map_err(unavailable)?;
-            if mined_nonces > nonce
-                && provider
-                    .get_transaction_receipt(hash)
-                    .await
-                    .map_err(unavailable)?
-                    .is_none()
-            {
-                return Err(RailError::Superseded(
-                    "another transaction took the signed transfer's nonce".into(),
-                ));
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(RailError::Unavailable(match refused_send {
-                    Some(e) => format!("broadcasting the transfer: {e}"),
-                    None => "the transfer was sent but not mined in time".into(),
-                }));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let sent = SentTransfer {
+            hash,
+            from,
+            nonce,
+            refused_send,
         };
+        let receipt = mined(chain, &sent, deadline).await?;
         if !receipt.status() {
             return Err(RailError::Refused(
                 "the transfer reverted on chain: no tokens moved".into(),

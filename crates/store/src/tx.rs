@@ -185,13 +185,40 @@ impl WriteTx {
     /// On PostgreSQL all of that is one statement (one round trip under the tenant's lock), with a NOTIFY that
     /// PostgreSQL delivers to other instances only if and when the transaction commits.
     pub async fn commit(mut self) -> Result<Vec<Event>> {
-        let tenant = self.tenant_id.to_string();
         let mut args: Vec<Arg> = vec![
-            tenant.clone().into(),
+            self.tenant_id.to_string().into(),
             self.audit_seq.into(),
             self.audit_head.clone().into(),
             self.event_seq.into(),
         ];
+        let mut parts = self.outbox_inserts(&mut args);
+        match self.conn {
+            Conn::Pg(_) => {
+                let sql = self.one_statement(&parts, &mut args);
+                Query::with_args(sql, args)
+                    .execute(Db::Tx(&mut self.conn))
+                    .await?;
+            }
+            Conn::Lite(_) => {
+                // In-process statements cost no round trip; each binds its numbers from the same arguments.
+                parts.push(HEAD_UPDATE.to_owned());
+                for sql in parts {
+                    Query::with_args(sql, args.clone())
+                        .execute(Db::Tx(&mut self.conn))
+                        .await?;
+                }
+            }
+        }
+        match self.conn {
+            Conn::Pg(tx) => tx.commit().await?,
+            Conn::Lite(tx) => tx.commit().await?,
+        }
+        Ok(self.events)
+    }
+
+    /// The inserts of the transaction's audit entries and events, their values appended to `args`.
+    fn outbox_inserts(&self, args: &mut Vec<Arg>) -> Vec<String> {
+        let tenant = self.tenant_id.to_string();
         let mut parts = Vec::new();
         if !self.audit.is_empty() {
             parts.push(format!(
@@ -230,51 +257,37 @@ impl WriteTx {
                 ]);
             }
         }
-        let head =
-            "UPDATE tenants SET audit_seq = $2, audit_head = $3, event_seq = $4 WHERE id = $1";
-        match self.conn {
-            Conn::Pg(_) => {
-                let mut ctes: Vec<String> = parts
-                    .iter()
-                    .enumerate()
-                    .map(|(i, sql)| format!("w{i} AS ({sql})"))
-                    .collect();
-                let mut update = head.to_owned();
-                if !self.events.is_empty() {
-                    let n = args.len();
-                    ctes.push(format!(
-                        "nudge AS (SELECT pg_notify(${}, ${}))",
-                        n + 1,
-                        n + 2
-                    ));
-                    args.push(crate::events::CHANNEL.into());
-                    args.push(format!("{}:{}", self.tenant_id, self.event_seq).into());
-                    // A CTE that only reads runs only when referenced.
-                    update.push_str(" AND (SELECT COUNT(*) FROM nudge) = 1");
-                }
-                let sql = if ctes.is_empty() {
-                    update
-                } else {
-                    format!("WITH {} {update}", ctes.join(", "))
-                };
-                Query::with_args(sql, args)
-                    .execute(Db::Tx(&mut self.conn))
-                    .await?;
-            }
-            Conn::Lite(_) => {
-                // In-process statements cost no round trip; each binds its numbers from the same arguments.
-                parts.push(head.to_owned());
-                for sql in parts {
-                    Query::with_args(sql, args.clone())
-                        .execute(Db::Tx(&mut self.conn))
-                        .await?;
-                }
-            }
+        parts
+    }
+
+    /// PostgreSQL: the inserts as CTEs of the chain head's update, with the NOTIFY when there are events.
+    fn one_statement(&self, parts: &[String], args: &mut Vec<Arg>) -> String {
+        let mut ctes: Vec<String> = parts
+            .iter()
+            .enumerate()
+            .map(|(i, sql)| format!("w{i} AS ({sql})"))
+            .collect();
+        let mut update = HEAD_UPDATE.to_owned();
+        if !self.events.is_empty() {
+            let n = args.len();
+            ctes.push(format!(
+                "nudge AS (SELECT pg_notify(${}, ${}))",
+                n + 1,
+                n + 2
+            ));
+            args.push(crate::events::CHANNEL.into());
+            args.push(format!("{}:{}", self.tenant_id, self.event_seq).into());
+            // A CTE that only reads runs only when referenced.
+            update.push_str(" AND (SELECT COUNT(*) FROM nudge) = 1");
         }
-        match self.conn {
-            Conn::Pg(tx) => tx.commit().await?,
-            Conn::Lite(tx) => tx.commit().await?,
+        if ctes.is_empty() {
+            update
+        } else {
+            format!("WITH {} {update}", ctes.join(", "))
         }
-        Ok(self.events)
     }
 }
+
+/// The tenant's new chain head and event sequence, from the first four arguments of a commit.
+const HEAD_UPDATE: &str =
+    "UPDATE tenants SET audit_seq = $2, audit_head = $3, event_seq = $4 WHERE id = $1";
