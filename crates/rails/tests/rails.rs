@@ -132,26 +132,14 @@ async fn a_premium_call_waits_for_a_person_and_pays_once_approved() {
         0,
         "nothing is paid before the decision"
     );
-    let (status, _) = s
-        .post(
-            &t.approver,
-            &format!("/approvals/{approval}/approve"),
-            json!({}),
-        )
-        .await;
+    let (status, _) = s.decide(&t.approver, &approval, "approve", json!({})).await;
     assert_eq!(status, 200);
     let id = paused["id"].as_str().unwrap();
     let done = wait_for(&s, &t.agent, id, status_is("completed")).await;
     assert_eq!(done["steps"][0]["result"]["status"], "executed", "{done}");
     assert_eq!(moved(&chain, payee_before).await, 25_000_000);
     // A second approve, or the agent asking to execute again, pays nothing more.
-    let (again, _) = s
-        .post(
-            &t.approver,
-            &format!("/approvals/{approval}/approve"),
-            json!({}),
-        )
-        .await;
+    let (again, _) = s.decide(&t.approver, &approval, "approve", json!({})).await;
     assert_eq!(again, 409);
     let (status, replay) = s
         .post(
@@ -169,9 +157,10 @@ async fn a_premium_call_waits_for_a_person_and_pays_once_approved() {
     let paused = run(&s, &t, &session, step, ended).await;
     let approval = paused["steps"][0]["approval_id"].as_str().unwrap();
     let (status, _) = s
-        .post(
+        .decide(
             &t.approver,
-            &format!("/approvals/{approval}/reject"),
+            &approval,
+            "reject",
             json!({"reason": "too dear"}),
         )
         .await;
@@ -251,13 +240,7 @@ async fn transfers_move_tokens_on_chain_and_a_kill_moves_nothing() {
     assert_eq!(status, 200);
     wait_for(&s, &t.agent, id, status_is("cancelled")).await;
     let approval = paused["steps"][0]["approval_id"].as_str().unwrap();
-    let (status, _) = s
-        .post(
-            &t.approver,
-            &format!("/approvals/{approval}/approve"),
-            json!({}),
-        )
-        .await;
+    let (status, _) = s.decide(&t.approver, &approval, "approve", json!({})).await;
     assert_eq!(status, 409, "a cancelled request cannot be approved");
     assert_eq!(
         moved(&chain, payee_before).await,

@@ -70,13 +70,7 @@ async fn tenants_never_see_each_other(backend: Backend) {
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
         assert_eq!(status_admin, StatusCode::NOT_FOUND, "{path}");
     }
-    let (status, _) = s
-        .post(
-            &b.approver,
-            &format!("/approvals/{approval}/approve"),
-            json!({}),
-        )
-        .await;
+    let (status, _) = s.decide(&b.approver, &approval, "approve", json!({})).await;
     assert_eq!(
         status,
         StatusCode::NOT_FOUND,
@@ -743,13 +737,7 @@ async fn the_key_that_asks_never_decides(backend: Backend) {
             .await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {problem}");
     }
-    let (status, decided) = s
-        .post(
-            &t.approver,
-            &format!("/approvals/{approval}/approve"),
-            json!({}),
-        )
-        .await;
+    let (status, decided) = s.decide(&t.approver, &approval, "approve", json!({})).await;
     assert_eq!(status, StatusCode::OK, "{decided}");
     assert_eq!(decided["status"], "approved");
     s.finish().await;
@@ -774,13 +762,7 @@ async fn revoked_and_expired_keys_stop_at_once(backend: Backend) {
         .await
         .0;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, _) = s
-        .post(
-            &t.approver,
-            &format!("/approvals/{approval}/approve"),
-            json!({}),
-        )
-        .await;
+    let (status, _) = s.decide(&t.approver, &approval, "approve", json!({})).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
     // A write that was let in before its key was revoked lands nothing: the key is checked under the lock.

@@ -115,9 +115,10 @@ async fn pending_approvals_hold_reservations(backend: Backend) {
     );
 
     let (status, _) = s
-        .post(
+        .decide(
             &t.approver,
-            &format!("/approvals/{}/reject", approvals[0]),
+            &approvals[0],
+            "reject",
             json!({"reason": "no"}),
         )
         .await;
@@ -137,11 +138,7 @@ async fn pending_approvals_hold_reservations(backend: Backend) {
     // Expiry releases too.
     s.clock.advance(Duration::seconds(901));
     let (status, _) = s
-        .post(
-            &t.approver,
-            &format!("/approvals/{}/approve", approvals[1]),
-            json!({}),
-        )
+        .decide(&t.approver, &approvals[1], "approve", json!({}))
         .await;
     assert_eq!(status, StatusCode::CONFLICT);
     let b = budget(&s, &t.approver, session).await;
@@ -328,13 +325,7 @@ async fn budget_changes_are_audited_and_lowering_breaks_nothing(backend: Backend
     let (_, denied) = s.pay(&t.agent, session, "1", "USDC").await;
     assert_eq!(denied["reason"], "budget_exceeded");
     let approval = pending["approval_id"].as_str().unwrap();
-    let (status, _) = s
-        .post(
-            &t.approver,
-            &format!("/approvals/{approval}/approve"),
-            json!({}),
-        )
-        .await;
+    let (status, _) = s.decide(&t.approver, &approval, "approve", json!({})).await;
     assert_eq!(
         status,
         StatusCode::OK,
@@ -447,9 +438,10 @@ async fn edits_rebook_and_executions_settle(backend: Backend) {
 
     // Raising b by $20 needs $20 more than the $10 left: refused with the budget's words, nothing moves.
     let (status, problem) = s
-        .post(
+        .decide(
             &t.admin,
-            &format!("/approvals/{b}/edit"),
+            &b,
+            "edit",
             json!({"edited_args": {"amount": "80"}}),
         )
         .await;
@@ -467,9 +459,10 @@ async fn edits_rebook_and_executions_settle(backend: Backend) {
 
     // Raising it by $10 fits exactly.
     let (status, _) = s
-        .post(
+        .decide(
             &t.admin,
-            &format!("/approvals/{b}/edit"),
+            &b,
+            "edit",
             json!({"edited_args": {"amount": "70"}}),
         )
         .await;
@@ -479,9 +472,10 @@ async fn edits_rebook_and_executions_settle(backend: Backend) {
         Decimal::new(100, 0)
     );
     // Lowering always fits, and frees the difference.
-    s.post(
+    s.decide(
         &t.approver,
-        &format!("/approvals/{a}/edit"),
+        &a,
+        "edit",
         json!({"edited_args": {"amount": "20"}}),
     )
     .await;

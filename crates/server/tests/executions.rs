@@ -63,13 +63,7 @@ async fn a_paused_plan_resumes_with_the_approved_args(backend: Backend) {
     let (hello, hits) = hello_server().await;
     let (paused, id) = three_steps(&s, &t, &hello).await;
     let approval = paused["steps"][1]["approval_id"].as_str().unwrap();
-    let (status, _) = s
-        .post(
-            &t.approver,
-            &format!("/approvals/{approval}/approve"),
-            json!({}),
-        )
-        .await;
+    let (status, _) = s.decide(&t.approver, &approval, "approve", json!({})).await;
     assert_eq!(status, StatusCode::OK);
     let done = wait_for(&s, &t.agent, &id, status_is("completed")).await;
     assert_eq!(done["steps"][1]["result"]["amount"], "25");
@@ -111,9 +105,10 @@ async fn an_edit_resumes_with_the_edited_args(backend: Backend) {
     let (paused, id) = three_steps(&s, &t, &hello).await;
     let approval = paused["steps"][1]["approval_id"].as_str().unwrap();
     let (status, _) = s
-        .post(
+        .decide(
             &t.approver,
-            &format!("/approvals/{approval}/edit"),
+            &approval,
+            "edit",
             json!({"edited_args": {"amount": "20"}}),
         )
         .await;
@@ -133,9 +128,10 @@ async fn a_rejection_ends_the_plan(backend: Backend) {
     let (hello, _) = hello_server().await;
     let (paused, id) = three_steps(&s, &t, &hello).await;
     let approval = paused["steps"][1]["approval_id"].as_str().unwrap();
-    s.post(
+    s.decide(
         &t.approver,
-        &format!("/approvals/{approval}/reject"),
+        &approval,
+        "reject",
         json!({"reason": "not today"}),
     )
     .await;
@@ -260,13 +256,7 @@ async fn an_expired_request_expires_the_execution(backend: Backend) {
     assert_eq!(s.paygent.expire_overdue().await.unwrap(), 1);
     wait_for(&s, &t.agent, id, status_is("expired")).await;
     let approval = paused["steps"][0]["approval_id"].as_str().unwrap();
-    let (status, _) = s
-        .post(
-            &t.approver,
-            &format!("/approvals/{approval}/approve"),
-            json!({}),
-        )
-        .await;
+    let (status, _) = s.decide(&t.approver, &approval, "approve", json!({})).await;
     assert_eq!(status, StatusCode::CONFLICT);
     s.finish().await;
 }
@@ -286,13 +276,7 @@ async fn a_paused_execution_survives_a_restart(backend: Backend) {
         still["status"], "awaiting_approval",
         "still paused after the restart"
     );
-    let (status, _) = s
-        .post(
-            &t.approver,
-            &format!("/approvals/{approval}/approve"),
-            json!({}),
-        )
-        .await;
+    let (status, _) = s.decide(&t.approver, &approval, "approve", json!({})).await;
     assert_eq!(status, StatusCode::OK);
     let done = wait_for(&s, &t.agent, &id, status_is("completed")).await;
     assert_eq!(done["steps"][1]["result"]["status"], "authorized");
@@ -408,12 +392,8 @@ async fn memory_and_summary_tell_what_happened(backend: Backend) {
     let id = second["id"].as_str().unwrap();
     let paused = wait_for(&s, &t.agent, id, status_is("awaiting_approval")).await;
     let approval = paused["steps"][0]["approval_id"].as_str().unwrap();
-    s.post(
-        &t.approver,
-        &format!("/approvals/{approval}/reject"),
-        json!({"reason": "no"}),
-    )
-    .await;
+    s.decide(&t.approver, &approval, "reject", json!({"reason": "no"}))
+        .await;
     wait_for(&s, &t.agent, id, status_is("rejected")).await;
 
     let (status, memory) = s
@@ -465,9 +445,10 @@ async fn a_rejection_can_let_the_plan_go_on(backend: Backend) {
     let id = started["id"].as_str().unwrap();
     let paused = wait_for(&s, &t.agent, id, status_is("awaiting_approval")).await;
     let approval = paused["steps"][0]["approval_id"].as_str().unwrap();
-    s.post(
+    s.decide(
         &t.approver,
-        &format!("/approvals/{approval}/reject"),
+        &approval,
+        "reject",
         json!({"reason": "too much"}),
     )
     .await;
@@ -522,9 +503,10 @@ async fn swaps_follow_their_own_rule(backend: Backend) {
     assert_eq!(request["usd_value"], "160.00");
     assert_eq!(request["allowed_decisions"], json!(["approve", "reject"]));
     let (status, problem) = s
-        .post(
+        .decide(
             &t.approver,
-            &format!("/approvals/{approval}/edit"),
+            &approval,
+            "edit",
             json!({"edited_args": {"amount_in": "1"}}),
         )
         .await;
@@ -539,13 +521,7 @@ async fn swaps_follow_their_own_rule(backend: Backend) {
             .unwrap()
             .contains("approve | reject")
     );
-    let (status, _) = s
-        .post(
-            &t.approver,
-            &format!("/approvals/{approval}/approve"),
-            json!({}),
-        )
-        .await;
+    let (status, _) = s.decide(&t.approver, &approval, "approve", json!({})).await;
     assert_eq!(status, StatusCode::OK);
     let done = wait_for(&s, &t.agent, id, status_is("completed")).await;
     assert_eq!(done["steps"][0]["result"]["args"]["amount_in"], "2000");

@@ -81,11 +81,7 @@ async fn approve_then_execute_once(backend: Backend) {
     assert_eq!(status, StatusCode::CONFLICT, "not approved yet: {early}");
 
     let (status, decided) = s
-        .post(
-            &t.approver,
-            &format!("/approvals/{approval}/approve"),
-            json!({"comment": "ok"}),
-        )
+        .decide(&t.approver, &approval, "approve", json!({"comment": "ok"}))
         .await;
     assert_eq!(status, StatusCode::OK, "{decided}");
     assert_eq!(decided["status"], "approved");
@@ -93,11 +89,7 @@ async fn approve_then_execute_once(backend: Backend) {
     assert!(decided["decision"]["by"].is_string());
 
     let (status, again) = s
-        .post(
-            &t.approver,
-            &format!("/approvals/{approval}/reject"),
-            json!({"reason": "late"}),
-        )
+        .decide(&t.approver, &approval, "reject", json!({"reason": "late"}))
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{again}");
 
@@ -154,11 +146,7 @@ async fn reject_stores_the_reason(backend: Backend) {
     let approval = payment["approval_id"].as_str().unwrap();
 
     let (status, body) = s
-        .post(
-            &t.approver,
-            &format!("/approvals/{approval}/reject"),
-            json!({"reason": "  "}),
-        )
+        .decide(&t.approver, &approval, "reject", json!({"reason": "  "}))
         .await;
     assert_eq!(
         status,
@@ -167,9 +155,10 @@ async fn reject_stores_the_reason(backend: Backend) {
     );
 
     let (status, body) = s
-        .post(
+        .decide(
             &t.approver,
-            &format!("/approvals/{approval}/reject"),
+            &approval,
+            "reject",
             json!({"reason": "unknown vendor"}),
         )
         .await;
@@ -281,9 +270,10 @@ async fn edit_is_revalidated(backend: Backend) {
     let (_, payment) = s.pay(&t.agent, session, "15.00", "USDC").await;
     let approval = payment["approval_id"].as_str().unwrap();
     let (status, body) = s
-        .post(
+        .decide(
             &t.admin,
-            &format!("/approvals/{approval}/edit"),
+            &approval,
+            "edit",
             json!({"edited_args": {"amount": "20"}}),
         )
         .await;
@@ -361,12 +351,7 @@ async fn racing_executions_make_one_payment(backend: Backend) {
     let session = s.session(&t.agent, json!({})).await;
     let (_, payment) = s.pay(&t.agent, session, "40", "USDC").await;
     let approval = payment["approval_id"].as_str().unwrap().to_owned();
-    s.post(
-        &t.approver,
-        &format!("/approvals/{approval}/approve"),
-        json!({}),
-    )
-    .await;
+    s.decide(&t.approver, &approval, "approve", json!({})).await;
     let payments_before = s.count("payments").await;
 
     let calls = (0..10).map(|_| {
@@ -485,13 +470,7 @@ async fn overdue_requests_expire(backend: Backend) {
     let (_, p) = s.pay(&t.agent, session, "11", "USDC").await;
     let approval = p["approval_id"].as_str().unwrap();
     s.clock.advance(chrono::Duration::seconds(61));
-    let (status, body) = s
-        .post(
-            &t.approver,
-            &format!("/approvals/{approval}/approve"),
-            json!({}),
-        )
-        .await;
+    let (status, body) = s.decide(&t.approver, &approval, "approve", json!({})).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert!(body["detail"].as_str().unwrap().contains("expired"));
     let (_, stored) = s.get(&t.approver, &format!("/approvals/{approval}")).await;

@@ -28,12 +28,8 @@ async fn the_emergency_stop_halts_everything(backend: Backend) {
     let (_, pending) = s.pay(&t.agent, session, "20", "USDC").await;
     let (_, approved) = s.pay(&t.agent, session, "30", "USDC").await;
     let approved_id = approved["approval_id"].as_str().unwrap();
-    s.post(
-        &t.approver,
-        &format!("/approvals/{approved_id}/approve"),
-        json!({}),
-    )
-    .await;
+    s.decide(&t.approver, &approved_id, "approve", json!({}))
+        .await;
 
     let (status, _) = s
         .post(&t.approver, "/kill-switch", json!({"engaged": true}))
@@ -267,9 +263,7 @@ async fn overdue_requests_are_swept_once(backend: Backend) {
     for id in &ids {
         let (_, r) = s.get(&t.approver, &format!("/approvals/{id}")).await;
         assert_eq!(r["status"], "expired");
-        let (status, _) = s
-            .post(&t.approver, &format!("/approvals/{id}/approve"), json!({}))
-            .await;
+        let (status, _) = s.decide(&t.approver, &id, "approve", json!({})).await;
         assert_eq!(
             status,
             StatusCode::CONFLICT,
@@ -323,13 +317,7 @@ async fn a_stop_answers_at_once_whatever_is_pending(backend: Backend) {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{view}");
-    let (status, problem) = s
-        .post(
-            &t.approver,
-            &format!("/approvals/{last}/approve"),
-            json!({}),
-        )
-        .await;
+    let (status, problem) = s.decide(&t.approver, &last, "approve", json!({})).await;
     assert_eq!(status, StatusCode::CONFLICT, "{problem}");
     assert!(
         problem["detail"]

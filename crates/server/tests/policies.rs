@@ -532,11 +532,7 @@ async fn pending_approvals_are_capped_per_agent(backend: Backend) {
     );
     let first = waiting[0]["approval_id"].as_str().unwrap();
     let (status, _) = s
-        .post(
-            &t.approver,
-            &format!("/approvals/{first}/reject"),
-            json!({"reason": "no"}),
-        )
+        .decide(&t.approver, &first, "reject", json!({"reason": "no"}))
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(

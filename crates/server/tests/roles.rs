@@ -142,12 +142,7 @@ async fn check(c: &Cell<'_>, row: &str) {
                 .pay(&t.agent, s.session(&t.agent, json!({})).await, "20", "USDC")
                 .await;
             let approval = asked["approval_id"].as_str().unwrap();
-            s.post(
-                &t.approver,
-                &format!("/approvals/{approval}/approve"),
-                json!({}),
-            )
-            .await;
+            s.decide(&t.approver, &approval, "approve", json!({})).await;
             let (status, body) = c
                 .post(
                     "/payments/execute-approved",

@@ -350,9 +350,20 @@ impl TestServer {
     }
 
     /// A person approves the request `approval`, then the agent executes it; returns the payment.
+    /// `POST /approvals/{approval}/{decision}` (`approve`, `reject` or `edit`) as `token`.
+    pub async fn decide(
+        &self,
+        token: &str,
+        approval: impl std::fmt::Display,
+        decision: &str,
+        body: Value,
+    ) -> (StatusCode, Value) {
+        let path = format!("/approvals/{approval}/{decision}");
+        self.post(token, &path, body).await
+    }
+
     pub async fn approve_and_execute(&self, approver: &str, agent: &str, approval: &str) -> Value {
-        let path = format!("/approvals/{approval}/approve");
-        let (status, decided) = self.post(approver, &path, json!({})).await;
+        let (status, decided) = self.decide(approver, approval, "approve", json!({})).await;
         assert_eq!(status, StatusCode::OK, "{decided}");
         let body = json!({"approval_id": approval});
         let (status, paid) = self.post(agent, "/payments/execute-approved", body).await;
