@@ -534,6 +534,21 @@ async fn service_endpoints_answer(backend: Backend) {
         }
     }
     assert!(operations > 30, "{operations} operations");
+    // Request schemas say what the server enforces.
+    let payment = &doc["components"]["schemas"]["CreatePayment"]["properties"];
+    for (field, rule) in [
+        ("amount", "pattern"),
+        ("currency", "pattern"),
+        ("recipient", "pattern"),
+        ("recipient", "maxLength"),
+        ("description", "maxLength"),
+        ("idempotency_key", "maxLength"),
+    ] {
+        assert!(
+            !payment[field][rule].is_null(),
+            "CreatePayment.{field} has a {rule}: {payment}"
+        );
+    }
     // As the document says: a problem, in its media type, for a request without a key.
     let resp = s.http.get(s.url("/payments")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);

@@ -26,15 +26,23 @@ pub fn router() -> OpenApiRouter<Paygent> {
 #[serde(deny_unknown_fields)]
 pub struct CreatePayment {
     session_id: Uuid,
-    /// A decimal string, never a number. For an x402 URL, the most the agent will pay.
-    #[schema(example = "15.00")]
+    /// A decimal string greater than zero, never a number, with no more decimals than the currency has. For an
+    /// x402 URL, the most the agent will pay.
+    #[schema(example = "15.00", pattern = r"^[0-9]{1,16}(\.[0-9]{1,18})?$")]
     amount: String,
-    #[schema(example = "USDC")]
+    /// A currency with a price on this server.
+    #[schema(example = "USDC", pattern = "^[A-Z0-9]{1,12}$")]
     currency: String,
-    /// An EVM address (`0x` and 40 hex digits) or an x402 `http(s)://` URL.
+    /// An EVM address (`0x` and 40 hex digits) or an x402 `http(s)://` URL (no user part).
+    #[schema(
+        max_length = 2048,
+        pattern = r"^(0x[0-9a-fA-F]{40}|https?://[^/?#@\s]+[!-~]*)$"
+    )]
     recipient: String,
+    #[schema(max_length = 500)]
     description: Option<String>,
-    /// Retrying with the same key returns the same payment.
+    /// Retrying with the same key returns the same payment. Printable ASCII.
+    #[schema(min_length = 1, max_length = 255, pattern = "^[!-~]+$")]
     idempotency_key: Option<String>,
 }
 
@@ -118,6 +126,7 @@ pub struct Outcome {
     #[schema(value_type = String, example = "executed")]
     /// `executed` or `failed`.
     status: PaymentStatus,
+    #[schema(pattern = "^0x[0-9a-fA-F]{64}$")]
     tx_hash: Option<String>,
 }
 
