@@ -93,6 +93,7 @@ pub fn judge(f: Findings) -> Judgement {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Decimal;
 
     fn clear() -> Findings {
         Findings {
@@ -152,6 +153,75 @@ mod tests {
         assert!(
             matches!(judge(routed), Judgement::Approve { reason, .. } if reason.contains("weekly"))
         );
+    }
+
+    /// Every combination of findings, against the order written out once more: a stop, then the policy's
+    /// refusal, then its limits, then the session budget, then the rules. Each check that routes to people
+    /// does so only when nothing before it denied.
+    #[test]
+    fn every_combination_follows_the_order() {
+        let exceeded = || Exceeded::Usd {
+            limit: Decimal::TEN,
+            available: Decimal::ONE,
+            requested: Decimal::TEN,
+        };
+        let routes = [None, Some(Route::Deny), Some(Route::Approve)];
+        let budgets = [
+            None,
+            Some(OnBudgetExceeded::Deny),
+            Some(OnBudgetExceeded::RequireApproval),
+        ];
+        let mut cases = 0;
+        for stopped in [None, Some("stopped")] {
+            for refused in [false, true] {
+                for limit in routes {
+                    for budget in budgets {
+                        for rules_ask in [false, true] {
+                            let f = Findings {
+                                stopped,
+                                refusal: refused.then(refusal),
+                                over_limit: limit.map(|r| ("weekly".to_owned(), r)),
+                                over_budget: budget.map(|on| (exceeded(), on)),
+                                verdict: if rules_ask {
+                                    Verdict::RequireApproval {
+                                        reason: "above $10".into(),
+                                        allowed: vec![DecisionKind::Approve],
+                                    }
+                                } else {
+                                    Verdict::Allow
+                                },
+                                ..clear()
+                            };
+                            let expected = if stopped.is_some() {
+                                Some(Some(DenyReason::Killed))
+                            } else if refused {
+                                Some(Some(DenyReason::PolicyDenied))
+                            } else if limit == Some(Route::Deny)
+                                || (limit.is_none() && budget == Some(OnBudgetExceeded::Deny))
+                            {
+                                Some(Some(DenyReason::BudgetExceeded))
+                            } else if limit.is_some() || budget.is_some() || rules_ask {
+                                Some(None)
+                            } else {
+                                None
+                            };
+                            let got = match judge(f) {
+                                Judgement::Deny { reason, .. } => Some(Some(reason)),
+                                Judgement::Approve { .. } => Some(None),
+                                Judgement::Allow => None,
+                            };
+                            assert_eq!(
+                                got, expected,
+                                "stopped {stopped:?}, refused {refused}, limit {limit:?}, budget {budget:?}, \
+                                 rules ask {rules_ask}"
+                            );
+                            cases += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(cases, 72);
     }
 
     #[test]
