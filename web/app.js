@@ -179,15 +179,16 @@ function onEvent(e) {
   // Anything that moves money or reservations makes the session's budget stale.
   if (e.session_id) state.budgets.delete(e.session_id);
   switch (e.type) {
-    case "approval_required": upsert(data); announce(); break;
-    case "approved": case "rejected": case "edited": case "expired": remove(data.id, `${e.type} elsewhere`); break;
-    case "cancelled":
+    case EVENT.APPROVAL_REQUIRED: upsert(data); announce(); break;
+    case EVENT.APPROVED: case EVENT.REJECTED: case EVENT.EDITED: case EVENT.EXPIRED:
+      remove(data.id, `${e.type} elsewhere`); break;
+    case EVENT.CANCELLED:
       if (data.kind === "approval") remove(data.id, "cancelled");
       else executionsChanged();
       break;
-    case "kill_switch": banner(data); break;
-    case "execution_started": case "execution_paused": case "execution_resumed":
-    case "execution_completed": case "execution_failed": executionsChanged(); break;
+    case EVENT.KILL_SWITCH: banner(data); break;
+    case EVENT.EXECUTION_STARTED: case EVENT.EXECUTION_PAUSED: case EVENT.EXECUTION_RESUMED:
+    case EVENT.EXECUTION_COMPLETED: case EVENT.EXECUTION_FAILED: executionsChanged(); break;
   }
 }
 
