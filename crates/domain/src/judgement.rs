@@ -15,12 +15,18 @@ pub enum DenyReason {
     PolicyDenied,
     /// Over the session's budget or the policy's limits.
     BudgetExceeded,
+    /// A person rejected its approval request.
+    Rejected,
+    /// Nobody decided its approval request in time.
+    Expired,
 }
 
 names!(DenyReason {
     Killed => "killed",
     PolicyDenied => "policy_denied",
     BudgetExceeded => "budget_exceeded",
+    Rejected => "rejected",
+    Expired => "expired",
 });
 
 /// Everything the guard found about a payment, each check's result.

@@ -5,6 +5,7 @@ use crate::budget::{self, Booking, Move};
 use crate::views::ApprovalView;
 use crate::{EngineError, Paygent, Result, require};
 use paygent_domain::event::EventKind;
+use paygent_domain::judgement::DenyReason;
 use paygent_domain::payment::{PaymentIntent, check_edit_authority};
 use paygent_domain::rules::NewPayee;
 use paygent_domain::{ApprovalStatus, Decision, PaymentStatus, Principal};
@@ -98,7 +99,8 @@ impl Paygent {
             return Err(self.explain_refused(tx, id).await?);
         }
         if to == ApprovalStatus::Rejected {
-            self.deny_payment(&mut tx, &request, "rejected").await?;
+            self.deny_payment(&mut tx, &request, DenyReason::Rejected)
+                .await?;
         }
         if let Some((intent, usd)) = &edit {
             check_edit_policy(&mut tx, &request, intent, *usd).await?;
@@ -166,7 +168,7 @@ impl Paygent {
         if !approvals::end(tx, request.id, ApprovalStatus::Expired, None).await? {
             return Ok(false);
         }
-        self.deny_payment(tx, request, "expired").await?;
+        self.deny_payment(tx, request, DenyReason::Expired).await?;
         tx.audit(
             "system",
             "approval.expired",
@@ -189,7 +191,7 @@ impl Paygent {
         &self,
         tx: &mut WriteTx,
         request: &ApprovalRecord,
-        reason: &str,
+        reason: DenyReason,
     ) -> Result<()> {
         if let Some(payment_id) = request.payment_id {
             crate::payments::deny_pending(tx, payment_id, reason).await?;

@@ -351,7 +351,7 @@ async fn cancel_batch(tx: &mut WriteTx, sweep: &Sweep) -> Result<Batch> {
     }
     let waiting = payments::awaiting_approval(tx, session_id, STOP_BATCH).await?;
     for payment in &waiting {
-        crate::payments::deny_pending(tx, payment.id, DenyReason::Killed.as_str()).await?;
+        crate::payments::deny_pending(tx, payment.id, DenyReason::Killed).await?;
     }
     let done = executions.is_empty() && cancelled.is_empty() && waiting.is_empty();
     Ok(Batch { cancelled, done })

@@ -3,6 +3,7 @@
 use crate::budget::{self, Booking, Move};
 use crate::views::PaymentView;
 use crate::{EngineError, Paygent, Result, require};
+use paygent_domain::judgement::DenyReason;
 use paygent_domain::payment::PaymentIntent;
 use paygent_domain::{PaymentStatus, Principal};
 use paygent_store::WriteTx;
@@ -25,14 +26,18 @@ fn validate_tx_hash(h: &str) -> Result<()> {
 }
 
 /// Denies a payment still waiting on a person and releases what it reserved. Returns whether it was waiting.
-pub(crate) async fn deny_pending(tx: &mut WriteTx, payment_id: Uuid, reason: &str) -> Result<bool> {
+pub(crate) async fn deny_pending(
+    tx: &mut WriteTx,
+    payment_id: Uuid,
+    reason: DenyReason,
+) -> Result<bool> {
     let moved = payments::transition(
         tx,
         Transition {
             id: payment_id,
             from: PaymentStatus::PendingApproval,
             to: PaymentStatus::Denied,
-            reason: Some(reason),
+            reason: Some(reason.as_str()),
             tx_hash: None,
             network: None,
             terms: None,

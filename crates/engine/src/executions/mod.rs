@@ -849,7 +849,7 @@ pub(crate) async fn cancel_within(
             && approvals::end(tx, approval_id, ApprovalStatus::Cancelled, Some(reason)).await?
         {
             if let Some(payment_id) = step.payment_id {
-                crate::payments::deny_pending(tx, payment_id, DenyReason::Killed.as_str()).await?;
+                crate::payments::deny_pending(tx, payment_id, DenyReason::Killed).await?;
             }
             let payload =
                 json!({"kind": "approval", "id": approval_id, "session_id": execution.session_id});

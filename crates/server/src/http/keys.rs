@@ -24,8 +24,10 @@ pub fn router() -> OpenApiRouter<Paygent> {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
+    /// Not blank.
+    #[schema(min_length = 1, max_length = 100)]
     name: String,
-    #[schema(value_type = String, example = "approver")]
+    #[schema(value_type = String, example = "approver", pattern = "^(admin|approver|agent)$")]
     /// `admin`, `approver` or `agent`.
     role: Role,
     /// When the key stops working (RFC 3339, in the future); never, when absent.

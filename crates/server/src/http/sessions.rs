@@ -29,8 +29,10 @@ pub fn router() -> OpenApiRouter<Paygent> {
 #[derive(Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSession {
+    #[schema(max_length = 200)]
     name: Option<String>,
     /// The EVM address this session pays from.
+    #[schema(pattern = "^0x[0-9a-fA-F]{40}$")]
     wallet_address: Option<String>,
     #[schema(value_type = Option<Object>, example = json!({"approval_threshold_usd": "10", "approval_timeout_seconds": 900}))]
     config: Option<SessionConfig>,
