@@ -104,11 +104,12 @@ names!(DecisionKind {
 
 impl DecisionKind {
     /// The audit trail's action for this decision.
-    pub fn audit_action(self) -> &'static str {
+    pub fn audit_action(self) -> crate::audit::AuditAction {
+        use crate::audit::AuditAction;
         match self {
-            DecisionKind::Approve => "approval.approved",
-            DecisionKind::Edit => "approval.edited",
-            DecisionKind::Reject => "approval.rejected",
+            DecisionKind::Approve => AuditAction::ApprovalApproved,
+            DecisionKind::Edit => AuditAction::ApprovalEdited,
+            DecisionKind::Reject => AuditAction::ApprovalRejected,
         }
     }
 

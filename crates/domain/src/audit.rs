@@ -6,6 +6,98 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+/// What an audit entry records: one name each, here and nowhere else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuditAction {
+    TenantCreated,
+    KeyCreated,
+    KeyRevoked,
+    PolicyCreated,
+    PolicyChanged,
+    WalletAssigned,
+    SessionCreated,
+    SessionKilled,
+    SessionRevived,
+    BudgetChanged,
+    BudgetExceeded,
+    PaymentAuthorized,
+    PaymentDenied,
+    PaymentExecuted,
+    PaymentFailed,
+    ActionAuthorized,
+    ApprovalRequested,
+    ApprovalApproved,
+    ApprovalEdited,
+    ApprovalRejected,
+    ApprovalExpired,
+    ExecutionStarted,
+    ExecutionCompleted,
+    ExecutionFailed,
+    ExecutionRejected,
+    ExecutionExpired,
+    ExecutionCancelled,
+    KillSwitchEngaged,
+    KillSwitchReleased,
+    StopBatch,
+    StopSwept,
+}
+
+names!(AuditAction {
+    TenantCreated => "tenant.created",
+    KeyCreated => "key.created",
+    KeyRevoked => "key.revoked",
+    PolicyCreated => "policy.created",
+    PolicyChanged => "policy.changed",
+    WalletAssigned => "wallet.assigned",
+    SessionCreated => "session.created",
+    SessionKilled => "session.killed",
+    SessionRevived => "session.revived",
+    BudgetChanged => "budget.changed",
+    BudgetExceeded => "budget.exceeded",
+    PaymentAuthorized => "payment.authorized",
+    PaymentDenied => "payment.denied",
+    PaymentExecuted => "payment.executed",
+    PaymentFailed => "payment.failed",
+    ActionAuthorized => "action.authorized",
+    ApprovalRequested => "approval.requested",
+    ApprovalApproved => "approval.approved",
+    ApprovalEdited => "approval.edited",
+    ApprovalRejected => "approval.rejected",
+    ApprovalExpired => "approval.expired",
+    ExecutionStarted => "execution.started",
+    ExecutionCompleted => "execution.completed",
+    ExecutionFailed => "execution.failed",
+    ExecutionRejected => "execution.rejected",
+    ExecutionExpired => "execution.expired",
+    ExecutionCancelled => "execution.cancelled",
+    KillSwitchEngaged => "kill_switch.engaged",
+    KillSwitchReleased => "kill_switch.released",
+    StopBatch => "stop.batch",
+    StopSwept => "stop.swept",
+});
+
+impl AuditAction {
+    /// How a payment ended, as the trail records it: executed, or failed (any other outcome is a failure).
+    pub fn payment_ended(outcome: crate::PaymentStatus) -> AuditAction {
+        match outcome {
+            crate::PaymentStatus::Executed => AuditAction::PaymentExecuted,
+            _ => AuditAction::PaymentFailed,
+        }
+    }
+
+    /// How an execution ended, as the trail records it.
+    pub fn execution_ended(status: crate::execution::ExecutionStatus) -> AuditAction {
+        use crate::execution::ExecutionStatus as S;
+        match status {
+            S::Completed => AuditAction::ExecutionCompleted,
+            S::Rejected => AuditAction::ExecutionRejected,
+            S::Expired => AuditAction::ExecutionExpired,
+            S::Cancelled => AuditAction::ExecutionCancelled,
+            S::Failed | S::Running | S::AwaitingApproval => AuditAction::ExecutionFailed,
+        }
+    }
+}
+
 /// The `prev_hash` of a tenant's first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 

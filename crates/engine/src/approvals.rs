@@ -4,6 +4,7 @@
 use crate::budget::{self, Booking, Move};
 use crate::views::ApprovalView;
 use crate::{EngineError, Paygent, Result, require};
+use paygent_domain::audit::AuditAction;
 use paygent_domain::event::EventKind;
 use paygent_domain::judgement::DenyReason;
 use paygent_domain::payment::{PaymentIntent, check_edit_authority};
@@ -171,7 +172,7 @@ impl Paygent {
         self.deny_payment(tx, request, DenyReason::Expired).await?;
         tx.audit(
             "system",
-            "approval.expired",
+            AuditAction::ApprovalExpired,
             &format!("approval:{}", request.id),
             Some(request.session_id),
             json!({"deadline": paygent_domain::time::format(request.deadline)}),

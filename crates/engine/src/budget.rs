@@ -4,6 +4,7 @@ use crate::views::{BudgetLine, BudgetView};
 use crate::{EngineError, Paygent, Result, require};
 use chrono::{DateTime, Utc};
 use paygent_domain::PolicyRules;
+use paygent_domain::audit::AuditAction;
 use paygent_domain::budget::{BudgetConfig, Exceeded, USD_TOTAL, Usage};
 use paygent_domain::rules::Period;
 use paygent_domain::{Decimal, Principal};
@@ -205,7 +206,7 @@ impl Paygent {
         sessions::update_config(&mut tx, session_id, &session.config).await?;
         tx.audit(
             &who.actor(),
-            "budget.changed",
+            AuditAction::BudgetChanged,
             &format!("session:{session_id}"),
             Some(session_id),
             json!({"old": old, "new": session.config.budget}),

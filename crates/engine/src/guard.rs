@@ -8,6 +8,7 @@ use crate::views::{ApprovalView, PaymentView};
 use crate::{EngineError, Paygent, Result, require};
 use chrono::{DateTime, Utc};
 use paygent_domain::SessionState;
+use paygent_domain::audit::AuditAction;
 use paygent_domain::budget::OnBudgetExceeded;
 use paygent_domain::event::EventKind;
 use paygent_domain::judgement::{DenyReason, Findings, Judgement, judge};
@@ -306,7 +307,7 @@ impl<'a> Filing<'a> {
     }
 
     /// Writes the audit entry, the last use of the summary.
-    async fn audit(&mut self, tx: &mut WriteTx, action: &str, subject: &str) -> Result<()> {
+    async fn audit(&mut self, tx: &mut WriteTx, action: AuditAction, subject: &str) -> Result<()> {
         let (actor, session) = (self.who.actor(), Some(self.session.id));
         let summary = std::mem::take(&mut self.summary);
         Ok(tx.audit(&actor, action, subject, session, summary).await?)
@@ -322,7 +323,8 @@ impl<'a> Filing<'a> {
         self.payment.reason = Some(why.into());
         payments::insert(tx, &self.payment).await?;
         self.summary["reason"] = json!(why);
-        self.audit(tx, "payment.failed", &self.subject()).await
+        self.audit(tx, AuditAction::PaymentFailed, &self.subject())
+            .await
     }
 
     async fn deny(
@@ -347,10 +349,13 @@ impl<'a> Filing<'a> {
             self.summary["policy"] = json!({"id": self.policy.id, "version": self.policy.version});
         }
         if reason != DenyReason::BudgetExceeded {
-            return self.audit(tx, "payment.denied", &self.subject()).await;
+            return self
+                .audit(tx, AuditAction::PaymentDenied, &self.subject())
+                .await;
         }
         let (session, summary) = (Some(self.session.id), self.summary.clone());
-        self.audit(tx, "budget.exceeded", &self.subject()).await?;
+        self.audit(tx, AuditAction::BudgetExceeded, &self.subject())
+            .await?;
         Ok(tx
             .event(EventKind::BudgetExceeded, session, summary)
             .await?)
@@ -397,7 +402,8 @@ impl<'a> Filing<'a> {
             payments::remember_payee(tx, self.session.created_by, &self.payee).await?;
         }
         budget::book(tx, &self.booking, Move::Spend).await?;
-        self.audit(tx, "payment.authorized", &self.subject()).await
+        self.audit(tx, AuditAction::PaymentAuthorized, &self.subject())
+            .await
     }
 }
 
@@ -424,7 +430,7 @@ async fn file_request(
     let session = Some(request.session_id);
     tx.audit(
         &who.actor(),
-        "approval.requested",
+        AuditAction::ApprovalRequested,
         &subject,
         session,
         summary,
@@ -468,7 +474,7 @@ impl Paygent {
             Verdict::Allow => {
                 tx.audit(
                     &who.actor(),
-                    "action.authorized",
+                    AuditAction::ActionAuthorized,
                     &subject,
                     Some(session.id),
                     summary,

@@ -3,6 +3,7 @@
 use crate::views::KeyView;
 use crate::{DEFAULT_TENANT, EngineError, Paygent, Result, require};
 use chrono::{DateTime, Utc};
+use paygent_domain::audit::AuditAction;
 use paygent_domain::event::EventKind;
 use paygent_domain::{Principal, Role};
 use paygent_store::keys::{self, KeyRecord};
@@ -158,7 +159,7 @@ impl Paygent {
         }
         tx.audit(
             &who.actor(),
-            "key.revoked",
+            AuditAction::KeyRevoked,
             &format!("key:{id}"),
             None,
             json!({}),
@@ -190,7 +191,7 @@ impl Paygent {
         let mut tx = self.begin_as(who).await?;
         tx.audit(
             &who.actor(),
-            "tenant.created",
+            AuditAction::TenantCreated,
             &format!("tenant:{tenant_id}"),
             None,
             json!({"name": name}),
@@ -225,7 +226,7 @@ impl Paygent {
         let actor = by.map_or_else(|| "system".to_owned(), Principal::actor);
         tx.audit(
             &actor,
-            "key.created",
+            AuditAction::KeyCreated,
             &format!("key:{}", key.id),
             None,
             json!({"name": key.name, "role": key.role.as_str(), "expires_at": key.expires_at,

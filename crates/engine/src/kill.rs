@@ -6,6 +6,7 @@
 use crate::views::SessionView;
 use crate::{EngineError, Paygent, Result, require};
 use chrono::{DateTime, Utc};
+use paygent_domain::audit::AuditAction;
 use paygent_domain::event::EventKind;
 use paygent_domain::judgement::DenyReason;
 use paygent_domain::{ApprovalStatus, Principal, SessionState};
@@ -99,10 +100,10 @@ impl Paygent {
         let (action, sweep) = if engaged {
             let sweep = Uuid::now_v7();
             sweeps::open(&mut tx, sweep, None, "kill_switch").await?;
-            ("kill_switch.engaged", Some(sweep))
+            (AuditAction::KillSwitchEngaged, Some(sweep))
         } else {
             sweeps::call_off(&mut tx, None).await?;
-            ("kill_switch.released", None)
+            (AuditAction::KillSwitchReleased, None)
         };
         let data = json!({"reason": reason});
         tx.audit(&who.actor(), action, "tenant", None, data).await?;
@@ -157,10 +158,10 @@ impl Paygent {
             let (action, sweep) = if killing {
                 let sweep = Uuid::now_v7();
                 sweeps::open(&mut tx, sweep, Some(id), "killed").await?;
-                ("session.killed", Some(sweep))
+                (AuditAction::SessionKilled, Some(sweep))
             } else {
                 sweeps::call_off(&mut tx, Some(id)).await?;
-                ("session.revived", None)
+                (AuditAction::SessionRevived, None)
             };
             let data = json!({"reason": reason});
             let subject = format!("session:{id}");
@@ -213,8 +214,14 @@ impl Paygent {
             if batch.done {
                 sweeps::close(&mut tx, id).await?;
                 let total = json!({"reason": sweep.reason, "cancelled": sweep.cancelled});
-                tx.audit("system", "stop.swept", &subject, scope, total.clone())
-                    .await?;
+                tx.audit(
+                    "system",
+                    AuditAction::StopSwept,
+                    &subject,
+                    scope,
+                    total.clone(),
+                )
+                .await?;
                 let (kind, mut payload) = match scope {
                     None => (EventKind::KillSwitch, json!({"engaged": true})),
                     Some(s) => (
@@ -230,7 +237,7 @@ impl Paygent {
             }
             sweeps::add(&mut tx, id, batch.cancelled.len() as i64).await?;
             let data = json!({"reason": sweep.reason, "cancelled_approvals": batch.cancelled});
-            tx.audit("system", "stop.batch", &subject, scope, data)
+            tx.audit("system", AuditAction::StopBatch, &subject, scope, data)
                 .await?;
             self.publish(tx.commit().await?);
         }

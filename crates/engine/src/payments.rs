@@ -3,6 +3,7 @@
 use crate::budget::{self, Booking, Move};
 use crate::views::PaymentView;
 use crate::{EngineError, Paygent, Result, require};
+use paygent_domain::audit::AuditAction;
 use paygent_domain::judgement::DenyReason;
 use paygent_domain::payment::PaymentIntent;
 use paygent_domain::{PaymentStatus, Principal};
@@ -185,7 +186,7 @@ impl Paygent {
         let subject = format!("payment:{payment_id}");
         tx.audit(
             &who.actor(),
-            "payment.authorized",
+            AuditAction::PaymentAuthorized,
             &subject,
             Some(request.session_id),
             data,
@@ -266,7 +267,7 @@ impl Paygent {
         }
         tx.audit(
             &who.actor(),
-            &format!("payment.{}", outcome.as_str()),
+            AuditAction::payment_ended(outcome),
             &format!("payment:{payment_id}"),
             Some(current.session_id),
             json!({"reported": true, "tx_hash": tx_hash}),

@@ -2,6 +2,7 @@
 
 use crate::views::PolicyView;
 use crate::{EngineError, Paygent, Result, require};
+use paygent_domain::audit::AuditAction;
 use paygent_domain::{PolicyRules, Principal};
 use paygent_store::Db;
 use paygent_store::policies::{self, PolicyRecord};
@@ -109,8 +110,14 @@ impl Paygent {
         }
         let subject = format!("policy:{}", policy.id);
         let data = json!({"name": name, "version": 1, "new": policy.rules});
-        tx.audit(&who.actor(), "policy.created", &subject, None, data)
-            .await?;
+        tx.audit(
+            &who.actor(),
+            AuditAction::PolicyCreated,
+            &subject,
+            None,
+            data,
+        )
+        .await?;
         tx.commit().await?;
         Ok(policy.into())
     }
@@ -171,8 +178,14 @@ impl Paygent {
         let version = old.version + 1;
         let subject = format!("policy:{}", old.id);
         let data = json!({"name": old.name, "version": version, "old": old.rules, "new": rules});
-        tx.audit(&who.actor(), "policy.changed", &subject, None, data)
-            .await?;
+        tx.audit(
+            &who.actor(),
+            AuditAction::PolicyChanged,
+            &subject,
+            None,
+            data,
+        )
+        .await?;
         let now = tx.now();
         tx.commit().await?;
         Ok(PolicyRecord {

@@ -7,6 +7,7 @@ use crate::budget::{self, Booking, Move};
 use crate::views::PaymentView;
 use crate::{EngineError, Paygent, Result};
 use futures::future::BoxFuture;
+use paygent_domain::audit::AuditAction;
 use paygent_domain::event::EventKind;
 use paygent_domain::{Decimal, PaymentStatus, SessionState};
 use paygent_store::attempts::AttemptRecord;
@@ -112,7 +113,7 @@ async fn announce(
     };
     tx.audit(
         "rail",
-        &format!("payment.{}", outcome.as_str()),
+        AuditAction::payment_ended(outcome),
         &subject,
         Some(payment.session_id),
         data.clone(),

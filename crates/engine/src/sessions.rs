@@ -2,6 +2,7 @@
 
 use crate::views::SessionView;
 use crate::{EngineError, Paygent, Result, require};
+use paygent_domain::audit::AuditAction;
 use paygent_domain::payment::Recipient;
 use paygent_domain::{Principal, SessionConfig, SessionState};
 use paygent_store::sessions::{self, SessionRecord};
@@ -71,7 +72,7 @@ impl Paygent {
         sessions::insert(&mut tx, &session).await?;
         tx.audit(
             &who.actor(),
-            "session.created",
+            AuditAction::SessionCreated,
             &format!("session:{}", session.id),
             Some(session.id),
             json!({

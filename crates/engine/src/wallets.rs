@@ -2,6 +2,7 @@
 //! which of them its agents use.
 
 use crate::{DEFAULT_TENANT, EngineError, Paygent, Result, require};
+use paygent_domain::audit::AuditAction;
 use paygent_domain::{PolicyRules, Principal};
 use paygent_store::wallets;
 use serde_json::json;
@@ -50,8 +51,14 @@ impl Paygent {
         }
         let data = json!({"tenant_id": tenant_id});
         let subject = format!("wallet:{address}");
-        tx.audit(&who.actor(), "wallet.assigned", &subject, None, data)
-            .await?;
+        tx.audit(
+            &who.actor(),
+            AuditAction::WalletAssigned,
+            &subject,
+            None,
+            data,
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }

@@ -4,6 +4,7 @@
 use crate::db::{Arg, Conn, Db, Query, placeholders, query};
 use crate::{Engine, Result, Store, StoreError};
 use chrono::{DateTime, Utc};
+use paygent_domain::audit::AuditAction;
 use paygent_domain::audit::AuditEntry;
 use paygent_domain::event::EventKind;
 use serde::Serialize;
@@ -138,7 +139,7 @@ impl WriteTx {
     pub async fn audit(
         &mut self,
         actor: &str,
-        action: &str,
+        action: AuditAction,
         subject: &str,
         session_id: Option<Uuid>,
         data: Value,
@@ -148,7 +149,7 @@ impl WriteTx {
             seq: self.audit_seq + 1,
             at: self.now_text(),
             actor: actor.to_owned(),
-            action: action.to_owned(),
+            action: action.as_str().to_owned(),
             subject: subject.to_owned(),
             session_id,
             data,

@@ -2,7 +2,7 @@
 //! both SQLite and PostgreSQL.
 
 use chrono::Utc;
-use paygent_domain::audit::AuditEntry;
+use paygent_domain::audit::{AuditAction, AuditEntry};
 use paygent_domain::event::EventKind;
 use paygent_store::db::query;
 use paygent_store::{Store, StoreOptions};
@@ -101,8 +101,14 @@ async fn concurrent_writes_on_sqlite_all_commit_and_survive_a_reopen() {
             let store = store.clone();
             tokio::spawn(async move {
                 let mut tx = store.begin(tenant, Utc::now()).await?;
-                tx.audit("test", "write", &format!("w:{i}"), None, json!({"i": i}))
-                    .await?;
+                tx.audit(
+                    "test",
+                    AuditAction::PaymentAuthorized,
+                    &format!("w:{i}"),
+                    None,
+                    json!({"i": i}),
+                )
+                .await?;
                 tx.event(EventKind::Approved, None, json!({"i": i})).await?;
                 tx.commit().await
             })
@@ -150,7 +156,8 @@ async fn a_dropped_write_leaves_nothing_while_the_writes_queued_with_it_commit()
         let store = store.clone();
         tokio::spawn(async move {
             let mut tx = store.begin(tenant, Utc::now()).await?;
-            tx.audit("test", name, name, None, json!({})).await?;
+            tx.audit("test", AuditAction::SessionCreated, name, None, json!({}))
+                .await?;
             if keep {
                 tx.commit().await.map(|_| true)
             } else {
@@ -163,18 +170,24 @@ async fn a_dropped_write_leaves_nothing_while_the_writes_queued_with_it_commit()
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     let mut first = first;
     first
-        .audit("test", "first", "first", None, json!({}))
+        .audit(
+            "test",
+            AuditAction::SessionCreated,
+            "first",
+            None,
+            json!({}),
+        )
         .await
         .unwrap();
     first.commit().await.unwrap();
     assert!(!dropped.await.unwrap().unwrap());
     assert!(kept.await.unwrap().unwrap());
-    let actions: Vec<_> = chain(&store, tenant)
+    let subjects: Vec<_> = chain(&store, tenant)
         .await
         .into_iter()
-        .map(|e| e.action)
+        .map(|e| e.subject)
         .collect();
-    assert_eq!(actions, ["first", "kept"]);
+    assert_eq!(subjects, ["first", "kept"]);
 }
 
 #[tokio::test]
@@ -182,7 +195,7 @@ async fn readers_see_a_write_only_once_it_is_committed() {
     let (url, _dir) = sqlite_url();
     let (store, tenant) = with_tenant(&url).await;
     let mut tx = store.begin(tenant, Utc::now()).await.unwrap();
-    tx.audit("test", "pending", "x", None, json!({}))
+    tx.audit("test", AuditAction::SessionCreated, "x", None, json!({}))
         .await
         .unwrap();
     assert_eq!(store.audit_head(tenant).await.unwrap().0, 0);
@@ -258,8 +271,13 @@ async fn statements_behave_the_same(store: &Store, tenant: Uuid) {
 /// abandoned transaction's are not.
 async fn a_commit_writes_its_entries_and_events(store: &Store, tenant: Uuid) {
     let mut tx = store.begin(tenant, Utc::now()).await.unwrap();
-    for i in 0..3 {
-        tx.audit("test", &format!("a{i}"), "s", None, json!({"i": i}))
+    let written = [
+        AuditAction::KeyCreated,
+        AuditAction::SessionCreated,
+        AuditAction::PaymentAuthorized,
+    ];
+    for (i, action) in written.into_iter().enumerate() {
+        tx.audit("test", action, "s", None, json!({"i": i}))
             .await
             .unwrap();
     }
@@ -276,7 +294,7 @@ async fn a_commit_writes_its_entries_and_events(store: &Store, tenant: Uuid) {
     let events = tx.commit().await.unwrap();
     let mut abandoned = store.begin(tenant, Utc::now()).await.unwrap();
     abandoned
-        .audit("test", "gone", "s", None, json!({}))
+        .audit("test", AuditAction::KeyRevoked, "s", None, json!({}))
         .await
         .unwrap();
     abandoned
@@ -289,7 +307,7 @@ async fn a_commit_writes_its_entries_and_events(store: &Store, tenant: Uuid) {
         .into_iter()
         .map(|e| e.action)
         .collect();
-    assert_eq!(actions, ["a0", "a1", "a2"]);
+    assert_eq!(actions, written.map(|a| a.as_str()));
     assert_eq!(store.events_after(tenant, 0, 10).await.unwrap(), events);
     assert_eq!(store.event_range(tenant).await.unwrap(), (Some(1), 2));
 }
@@ -322,8 +340,14 @@ async fn concurrent_writes_on_postgres_keep_one_chain() {
             let store = store.clone();
             tokio::spawn(async move {
                 let mut tx = store.begin(tenant, Utc::now()).await?;
-                tx.audit("test", "write", &format!("w:{i}"), None, json!({}))
-                    .await?;
+                tx.audit(
+                    "test",
+                    AuditAction::PaymentAuthorized,
+                    &format!("w:{i}"),
+                    None,
+                    json!({}),
+                )
+                .await?;
                 tx.commit().await
             })
         })

@@ -10,6 +10,7 @@ use crate::events::{EventFilter, Subscription, SubscriptionEnd};
 use crate::views::ExecutionView;
 use crate::{EngineError, Paygent, Result, require};
 use paygent_domain::SessionState;
+use paygent_domain::audit::AuditAction;
 use paygent_domain::command::{self, Step};
 use paygent_domain::event::EventKind;
 use paygent_domain::execution::{ExecutionStatus, OnReject, StepStatus};
@@ -89,7 +90,7 @@ impl Paygent {
         let data = json!({"command": execution.command, "plan": plan, "planner": planner});
         tx.audit(
             &who.actor(),
-            "execution.started",
+            AuditAction::ExecutionStarted,
             &subject,
             Some(session_id),
             data,
@@ -203,7 +204,7 @@ impl Paygent {
         }
         tx.audit(
             &who.actor(),
-            "execution.cancelled",
+            AuditAction::ExecutionCancelled,
             &format!("execution:{id}"),
             Some(execution.session_id),
             json!({"step": execution.current_step}),
@@ -740,7 +741,7 @@ impl Paygent {
         let payload = json!({"id": execution.id, "status": status.as_str(), "error": error});
         tx.audit(
             "system",
-            &format!("execution.{}", status.as_str()),
+            AuditAction::execution_ended(status),
             &format!("execution:{}", execution.id),
             Some(execution.session_id),
             payload.clone(),
