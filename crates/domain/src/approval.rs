@@ -71,16 +71,15 @@ impl Decision {
 
     /// Checks the decision's own shape and that the request's rule allows it.
     pub fn validate(&self, allowed: &[DecisionKind]) -> Result<(), DecisionError> {
-        let note = match self {
-            Decision::Approve { comment } | Decision::Edit { comment, .. } => comment.as_deref(),
-            Decision::Reject { reason } => {
-                if reason.trim().is_empty() {
-                    return Err(DecisionError::MissingReason);
-                }
-                Some(reason.as_str())
-            }
-        };
-        if note.is_some_and(|n| n.chars().count() > MAX_NOTE_CHARS) {
+        if let Decision::Reject { reason } = self
+            && reason.trim().is_empty()
+        {
+            return Err(DecisionError::MissingReason);
+        }
+        if self
+            .note()
+            .is_some_and(|n| n.chars().count() > MAX_NOTE_CHARS)
+        {
             return Err(DecisionError::NoteTooLong);
         }
         if !allowed.contains(&self.kind()) {

@@ -535,18 +535,23 @@ async fn service_endpoints_answer(backend: Backend) {
     }
     assert!(operations > 30, "{operations} operations");
     // Request schemas say what the server enforces.
-    let payment = &doc["components"]["schemas"]["CreatePayment"]["properties"];
-    for (field, rule) in [
-        ("amount", "pattern"),
-        ("currency", "pattern"),
-        ("recipient", "pattern"),
-        ("recipient", "maxLength"),
-        ("description", "maxLength"),
-        ("idempotency_key", "maxLength"),
+    let schemas = &doc["components"]["schemas"];
+    for (schema, field, rule) in [
+        ("CreatePayment", "amount", "pattern"),
+        ("CreatePayment", "currency", "pattern"),
+        ("CreatePayment", "recipient", "pattern"),
+        ("CreatePayment", "recipient", "maxLength"),
+        ("CreatePayment", "description", "maxLength"),
+        ("CreatePayment", "idempotency_key", "maxLength"),
+        ("CreateSession", "wallet_address", "pattern"),
+        ("CreateKey", "name", "maxLength"),
+        ("Reject", "reason", "minLength"),
+        ("Approve", "comment", "maxLength"),
     ] {
+        let property = &schemas[schema]["properties"][field];
         assert!(
-            !payment[field][rule].is_null(),
-            "CreatePayment.{field} has a {rule}: {payment}"
+            !property[rule].is_null(),
+            "{schema}.{field} has a {rule}: {property}"
         );
     }
     // As the document says: a problem, in its media type, for a request without a key.

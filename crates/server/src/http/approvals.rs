@@ -65,6 +65,7 @@ async fn get_approval(
 #[derive(Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Approve {
+    #[schema(max_length = 2000)]
     comment: Option<String>,
 }
 
@@ -88,6 +89,8 @@ async fn approve(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Reject {
+    /// Not blank.
+    #[schema(min_length = 1, max_length = 2000, pattern = r"\S")]
     reason: String,
 }
 
@@ -112,6 +115,7 @@ pub struct Edit {
     /// The arguments to change: any of `amount`, `currency`, `recipient`, `description`.
     #[schema(value_type = Object, example = json!({"amount": "12.00"}))]
     edited_args: Value,
+    #[schema(max_length = 2000)]
     comment: Option<String>,
 }
 
