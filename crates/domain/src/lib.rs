@@ -1,9 +1,12 @@
 //! Paygent's domain: the rules that decide whether money moves, free of I/O so they can be tested exhaustively.
 
-/// One way to name a domain word: `as_str` gives its stored and published name, `parse` reads it back.
+/// One way to name a domain word: `as_str` gives its stored and published name, `parse` reads it back, and
+/// `ALL` lists every one.
 macro_rules! names {
     ($t:ty { $($v:ident => $s:literal),* $(,)? }) => {
         impl $t {
+            pub const ALL: &'static [Self] = &[$(Self::$v),*];
+
             pub fn as_str(self) -> &'static str {
                 match self { $(Self::$v => $s),* }
             }

@@ -166,13 +166,34 @@ struct Watched<'a> {
     valid_before: u64,
 }
 
+/// Where an authorization stands on chain, as of one block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    /// Its nonce was used: it paid.
+    Used,
+    /// Unused, and the block is at or past its `validBefore`: it can never settle (every later block is later
+    /// still).
+    Expired,
+    /// Unused and still valid: it could settle.
+    Open,
+}
+
 impl Watched<'_> {
-    async fn used(&self) -> Result<bool, RailError> {
-        Eip3009Token::new(self.token.address, &self.chain.provider)
+    /// Where it stands as of the chain's latest block: its nonce read at that block, against that block's time.
+    /// Chain time, not this server's clock: a chain whose blocks lag can settle it after the wall clock passed it.
+    async fn standing(&self) -> Result<Standing, RailError> {
+        let (number, time) = chain_clock(self.chain).await?;
+        let used = Eip3009Token::new(self.token.address, &self.chain.provider)
             .authorizationState(self.from, self.nonce)
             .call()
+            .block(number.into())
             .await
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        Ok(match (used, time >= self.valid_before) {
+            (true, _) => Standing::Used,
+            (false, true) => Standing::Expired,
+            (false, false) => Standing::Open,
+        })
     }
 
     /// A service refused it, yet holds it and could still settle it: watched until the chain's clock passes its
@@ -181,37 +202,19 @@ impl Watched<'_> {
         let give_up = self.valid_before + EXPIRY_WATCH_SECONDS;
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            if self.used().await? {
-                return Ok(true);
-            }
-            if self.expired_unused().await? {
-                return Ok(false);
-            }
-            if now_secs() > give_up {
-                return Err(RailError::Unavailable(format!(
-                    "{refusal} after the payment was sent, and the chain's clock has not yet passed the \
-                     authorization's validBefore ({}): it could still settle",
-                    self.valid_before
-                )));
+            match self.standing().await? {
+                Standing::Used => return Ok(true),
+                Standing::Expired => return Ok(false),
+                Standing::Open if now_secs() > give_up => {
+                    return Err(RailError::Unavailable(format!(
+                        "{refusal} after the payment was sent, and the chain's clock has not yet passed the \
+                         authorization's validBefore ({}): it could still settle",
+                        self.valid_before
+                    )));
+                }
+                Standing::Open => {}
             }
         }
-    }
-
-    /// Whether it can never settle: the chain's latest block is at or past its `validBefore` and the nonce was
-    /// unused in that block (every later block is later still). Chain time, not this server's clock: a chain
-    /// whose blocks lag can settle an authorization after the wall clock passed it.
-    async fn expired_unused(&self) -> Result<bool, RailError> {
-        let (number, time) = chain_clock(self.chain).await?;
-        if time < self.valid_before {
-            return Ok(false);
-        }
-        let used = Eip3009Token::new(self.token.address, &self.chain.provider)
-            .authorizationState(self.from, self.nonce)
-            .call()
-            .block(number.into())
-            .await
-            .map_err(unavailable)?;
-        Ok(!used)
     }
 
     /// The transaction that used it, found by its `AuthorizationUsed` event in the recent blocks. Public RPC
@@ -621,18 +624,24 @@ impl EvmRails {
             tx_hash,
             receipt,
         };
-        if !fresh {
-            if auth.used().await? {
+        let standing = if fresh {
+            Standing::Open
+        } else {
+            auth.standing().await?
+        };
+        match standing {
+            Standing::Used => {
                 return Ok(paid(
                     json!({"recovered": true, "note": "paid before an interruption; the resource's answer was not kept"}),
                     auth.transaction().await,
                 ));
             }
-            if auth.expired_unused().await? {
+            Standing::Expired => {
                 return Err(RailError::Superseded(
                     "the signed authorization expired unused".into(),
                 ));
             }
+            Standing::Open => {}
         }
         let paying = Some((header_name.as_str(), header_value.as_str()));
         let resp = self
@@ -646,7 +655,7 @@ impl EvmRails {
             .and_then(|h| x402::parse_settlement(&h));
         let body = body_text(&resp.body);
         let status = resp.status;
-        if (200..300).contains(&status) || auth.used().await? {
+        if (200..300).contains(&status) || auth.standing().await? == Standing::Used {
             let tx = match settlement.as_ref().and_then(|s| s["transaction"].as_str()) {
                 Some(t) => Some(t.to_owned()),
                 None => auth.transaction().await,
