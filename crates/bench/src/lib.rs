@@ -168,6 +168,12 @@ impl Target {
         Ok(s["id"].as_str().context("id")?.to_owned())
     }
 
+    /// Starts an execution of `steps` on the session; the execution as the server answered.
+    async fn execute(&self, agent: &str, session: &str, steps: Value) -> anyhow::Result<Value> {
+        let body = json!({"session_id": session, "steps": steps});
+        self.post(agent, "/agent/execute", body).await
+    }
+
     async fn pay(&self, agent: &str, session: &str, amount: &str) -> anyhow::Result<Value> {
         let body =
             json!({"session_id": session, "amount": amount, "currency": "USDC", "recipient": ADDR});
@@ -452,13 +458,7 @@ pub async fn kill_latency(t: &Target, scale: &Scale) -> anyhow::Result<Measureme
     let started = Instant::now();
     for _ in 0..scale.trials {
         let steps = json!([{"tool": "http_get", "args": {"url": url}}]);
-        let e = t
-            .post(
-                &agent,
-                "/agent/execute",
-                json!({"session_id": session, "steps": steps}),
-            )
-            .await?;
+        let e = t.execute(&agent, &session, steps).await?;
         let id = e["id"].as_str().context("id")?.to_owned();
         match peer.recv().await {
             Some((true, _)) => {}
@@ -495,13 +495,7 @@ pub async fn resume_latency(t: &Target, scale: &Scale) -> anyhow::Result<Measure
             {"tool": "transfer", "args": {"to": ADDR, "amount": "25", "currency": "USDC"}},
             {"tool": "http_get", "args": {"url": url}},
         ]);
-        let e = t
-            .post(
-                &agent,
-                "/agent/execute",
-                json!({"session_id": session, "steps": steps}),
-            )
-            .await?;
+        let e = t.execute(&agent, &session, steps).await?;
         let approval = loop {
             let m = next_json(&mut ws).await?;
             if m["type"] == "execution_paused" && m["data"]["id"] == e["id"] {

@@ -30,21 +30,14 @@ impl Paygent {
     pub async fn pending_approvals(
         &self,
         who: &Principal,
-        session_id: Option<Uuid>,
-        after: Option<Uuid>,
-        limit: i64,
+        page: crate::Page,
     ) -> Result<Vec<ApprovalView>> {
         require(
             who.can_decide(),
             "only approvers and admins list approval requests",
         )?;
-        let list = approvals::pending(
-            self.store.reader(),
-            who.tenant_id,
-            crate::payments::scope(who, session_id, after),
-            limit.clamp(1, crate::MAX_PAGE),
-        )
-        .await?;
+        let list =
+            approvals::pending(self.store.reader(), crate::payments::scope(who, page)).await?;
         Ok(list.into_iter().map(Into::into).collect())
     }
 
@@ -286,13 +279,12 @@ async fn rebook_edit(
     payments::transition(
         tx,
         Transition {
-            id: payment_id,
-            from: PaymentStatus::PendingApproval,
-            to: PaymentStatus::PendingApproval,
-            reason: None,
-            tx_hash: None,
-            network: None,
             terms: Some(&terms),
+            ..Transition::new(
+                payment_id,
+                PaymentStatus::PendingApproval,
+                PaymentStatus::PendingApproval,
+            )
         },
     )
     .await?;

@@ -22,6 +22,15 @@ mod wallets;
 
 /// The most items one page of any list holds: every list pages with a cursor beyond it.
 pub const MAX_PAGE: i64 = 500;
+
+/// A page of a list that may be narrowed to one session: at most `limit` items (held to 1..=[`MAX_PAGE`]) after
+/// the item `after`.
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    pub session_id: Option<Uuid>,
+    pub after: Option<Uuid>,
+    pub limit: i64,
+}
 pub use sessions::MAX_SESSIONS_PAGE;
 
 pub use audit::{AuditPage, ChainCheck};

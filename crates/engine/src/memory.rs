@@ -69,16 +69,14 @@ impl Paygent {
     /// The session's last commands and their outcomes, oldest first.
     pub async fn memory(&self, who: &Principal, session_id: Uuid) -> Result<Vec<MemoryTurn>> {
         self.reachable_session(who, session_id).await?;
-        let mut list = executions::list(
-            self.store.reader(),
-            who.tenant_id,
-            paygent_store::Scope {
-                session_id: Some(session_id),
-                ..Default::default()
-            },
-            MEMORY_TURNS,
-        )
-        .await?;
+        let scope = paygent_store::Scope {
+            tenant_id: who.tenant_id,
+            session_id: Some(session_id),
+            owner: None,
+            after: None,
+            limit: MEMORY_TURNS,
+        };
+        let mut list = executions::list(self.store.reader(), scope).await?;
         list.reverse();
         let mut turns = Vec::with_capacity(list.len());
         for e in list {

@@ -35,13 +35,12 @@ pub(crate) async fn deny_pending(
     let moved = payments::transition(
         tx,
         Transition {
-            id: payment_id,
-            from: PaymentStatus::PendingApproval,
-            to: PaymentStatus::Denied,
             reason: Some(reason.as_str()),
-            tx_hash: None,
-            network: None,
-            terms: None,
+            ..Transition::new(
+                payment_id,
+                PaymentStatus::PendingApproval,
+                PaymentStatus::Denied,
+            )
         },
     )
     .await?;
@@ -52,15 +51,13 @@ pub(crate) async fn deny_pending(
 }
 
 /// What a list shows its reader: an agent sees only what hangs off the sessions it created.
-pub(crate) fn scope(
-    who: &Principal,
-    session_id: Option<Uuid>,
-    after: Option<Uuid>,
-) -> paygent_store::Scope {
+pub(crate) fn scope(who: &Principal, page: crate::Page) -> paygent_store::Scope {
     paygent_store::Scope {
-        session_id,
+        tenant_id: who.tenant_id,
+        session_id: page.session_id,
         owner: (!who.can_decide()).then_some(who.key_id),
-        after,
+        after: page.after,
+        limit: page.limit.clamp(1, crate::MAX_PAGE),
     }
 }
 
@@ -107,20 +104,8 @@ impl Paygent {
 
     /// Payments, newest first, optionally of one session: the tenant's for people, an agent's sessions' for it;
     /// the page after the payment `after`.
-    pub async fn payments(
-        &self,
-        who: &Principal,
-        session_id: Option<Uuid>,
-        after: Option<Uuid>,
-        limit: i64,
-    ) -> Result<Vec<PaymentView>> {
-        let list = payments::list(
-            self.store.reader(),
-            who.tenant_id,
-            scope(who, session_id, after),
-            limit.clamp(1, crate::MAX_PAGE),
-        )
-        .await?;
+    pub async fn payments(&self, who: &Principal, page: crate::Page) -> Result<Vec<PaymentView>> {
+        let list = payments::list(self.store.reader(), scope(who, page)).await?;
         Ok(list.into_iter().map(Into::into).collect())
     }
 
@@ -162,13 +147,12 @@ impl Paygent {
         let moved = payments::transition(
             &mut tx,
             Transition {
-                id: payment_id,
-                from: PaymentStatus::PendingApproval,
-                to: PaymentStatus::Authorized,
-                reason: None,
-                tx_hash: None,
-                network: None,
                 terms: Some(&terms),
+                ..Transition::new(
+                    payment_id,
+                    PaymentStatus::PendingApproval,
+                    PaymentStatus::Authorized,
+                )
             },
         )
         .await?;
@@ -244,13 +228,8 @@ impl Paygent {
         let moved = payments::transition(
             &mut tx,
             Transition {
-                id: payment_id,
-                from: PaymentStatus::Authorized,
-                to: outcome,
-                reason: None,
                 tx_hash,
-                network: None,
-                terms: None,
+                ..Transition::new(payment_id, PaymentStatus::Authorized, outcome)
             },
         )
         .await?;

@@ -284,13 +284,13 @@ impl Paygent {
         let moved = payments::transition(
             &mut tx,
             Transition {
-                id: payment.id,
-                from: PaymentStatus::Authorized,
-                to: PaymentStatus::Executed,
-                reason: None,
                 tx_hash: s.tx_hash.as_deref(),
                 network: Some(&s.network),
-                terms: None,
+                ..Transition::new(
+                    payment.id,
+                    PaymentStatus::Authorized,
+                    PaymentStatus::Executed,
+                )
             },
         )
         .await?;
@@ -310,13 +310,8 @@ impl Paygent {
         let moved = payments::transition(
             &mut tx,
             Transition {
-                id: payment.id,
-                from: PaymentStatus::Authorized,
-                to: PaymentStatus::Failed,
                 reason: Some(why),
-                tx_hash: None,
-                network: None,
-                terms: None,
+                ..Transition::new(payment.id, PaymentStatus::Authorized, PaymentStatus::Failed)
             },
         )
         .await?;

@@ -174,17 +174,12 @@ pub async fn get(db: Db<'_>, tenant_id: Uuid, id: Uuid) -> Result<Option<Approva
 }
 
 /// Pending requests, oldest first.
-pub async fn pending(
-    db: Db<'_>,
-    tenant_id: Uuid,
-    scope: crate::Scope,
-    limit: i64,
-) -> Result<Vec<ApprovalRecord>> {
+pub async fn pending(db: Db<'_>, scope: crate::Scope) -> Result<Vec<ApprovalRecord>> {
     let sql = select(&format!(
-        "status = 'pending' AND {} ORDER BY created_at, id LIMIT $3",
-        crate::in_scope("approval_requests", false)
+        "status = 'pending' AND {}",
+        crate::scoped("approval_requests", false)
     ));
-    crate::by_session::<ApprovalRow, _>(db, sql, tenant_id, scope, limit).await
+    crate::in_scope::<ApprovalRow, _>(db, sql, scope).await
 }
 
 /// Pending requests whose deadline has passed, across tenants, most overdue first: (tenant, request).
@@ -320,15 +315,7 @@ pub async fn cancel_some(
 /// approved.
 pub async fn consume(tx: &mut WriteTx, id: Uuid) -> Result<bool> {
     let now = tx.now_text();
-    let tenant = tx.tenant_id().to_string();
-    let done = query(
-        "UPDATE approval_requests SET consumed_at = $3 \
-         WHERE tenant_id = $1 AND id = $2 AND status IN ('approved', 'edited') AND consumed_at IS NULL",
-    )
-    .bind(tenant)
-    .bind(id.to_string())
-    .bind(now)
-    .execute(tx.conn())
-    .await?;
-    Ok(done == 1)
+    let sql = "UPDATE approval_requests SET consumed_at = $3 \
+         WHERE tenant_id = $1 AND id = $2 AND status IN ('approved', 'edited') AND consumed_at IS NULL";
+    tx.change_one(sql, id, now).await
 }

@@ -55,10 +55,8 @@ pub async fn get(db: Db<'_>, payment_id: Uuid) -> Result<Option<AttemptRecord>> 
         "SELECT {COLUMNS} FROM payment_attempts WHERE payment_id = $1"
     ))
     .bind(payment_id.to_string())
-    .fetch_optional(db)
-    .await?
-    .map(crate::record::<AttemptRow, _>)
-    .transpose()
+    .record::<AttemptRow, _>(db)
+    .await
 }
 
 /// Records a signed attempt unless the payment already has one. Returns whether this one was recorded.

@@ -229,6 +229,28 @@ impl Query {
         Ok(self.run(db, true).await?.1.into_iter().next())
     }
 
+    /// Runs the query and converts each row into its record type through the struct that reads the row.
+    pub(crate) async fn records<R, T>(self, db: Db<'_>) -> Result<Vec<T>>
+    where
+        R: TryFrom<Row, Error = StoreError>,
+        T: TryFrom<R, Error = StoreError>,
+    {
+        let rows = self.fetch_all(db).await?;
+        rows.into_iter().map(crate::record::<R, T>).collect()
+    }
+
+    /// Runs the query and converts the row it finds, if any, into its record type.
+    pub(crate) async fn record<R, T>(self, db: Db<'_>) -> Result<Option<T>>
+    where
+        R: TryFrom<Row, Error = StoreError>,
+        T: TryFrom<R, Error = StoreError>,
+    {
+        self.fetch_optional(db)
+            .await?
+            .map(crate::record::<R, T>)
+            .transpose()
+    }
+
     pub async fn fetch_one(self, db: Db<'_>) -> Result<Row> {
         self.fetch_optional(db)
             .await?

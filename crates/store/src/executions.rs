@@ -226,25 +226,14 @@ pub async fn steps(db: Db<'_>, id: Uuid) -> Result<Vec<StepRecord>> {
         "SELECT {STEP_COLUMNS} FROM execution_steps WHERE execution_id = $1 ORDER BY idx"
     ))
     .bind(id.to_string())
-    .fetch_all(db)
-    .await?
-    .into_iter()
-    .map(crate::record::<StepRow, _>)
-    .collect()
+    .records::<StepRow, _>(db)
+    .await
 }
 
 /// Executions, newest first, optionally of one session.
-pub async fn list(
-    db: Db<'_>,
-    tenant_id: Uuid,
-    scope: crate::Scope,
-    limit: i64,
-) -> Result<Vec<ExecutionRecord>> {
-    let sql = select(&format!(
-        "{} ORDER BY created_at DESC, id DESC LIMIT $3",
-        crate::in_scope("executions", true)
-    ));
-    crate::by_session::<ExecutionRow, _>(db, sql, tenant_id, scope, limit).await
+pub async fn list(db: Db<'_>, scope: crate::Scope) -> Result<Vec<ExecutionRecord>> {
+    let sql = select(&crate::scoped("executions", true));
+    crate::in_scope::<ExecutionRow, _>(db, sql, scope).await
 }
 
 /// A tenant's executions not yet ended, optionally of one session.
@@ -261,11 +250,8 @@ pub async fn active_in(
     .bind(tenant)
     .bind(session_id.map(|s| s.to_string()))
     .bind(limit)
-    .fetch_all(tx.conn())
-    .await?
-    .into_iter()
-    .map(crate::record::<ExecutionRow, _>)
-    .collect()
+    .records::<ExecutionRow, _>(tx.conn())
+.await
 }
 
 /// Moves an execution to `to` if it is in one of `from`; returns whether it moved.

@@ -96,10 +96,8 @@ impl Store {
         ))
         .bind(value)
         .bind(paygent_domain::time::format(now))
-        .fetch_optional(self.reader())
-        .await?
-        .map(crate::record::<KeyRow, _>)
-        .transpose()
+        .record::<KeyRow, _>(self.reader())
+        .await
     }
 
     /// Whether the tenant has any live admin key (bootstrap creates one only if not).
@@ -117,14 +115,6 @@ impl Store {
 /// Revokes a live key of this tenant; returns whether it was live.
 pub async fn revoke(tx: &mut WriteTx, id: Uuid) -> Result<bool> {
     let now = tx.now_text();
-    let tenant = tx.tenant_id().to_string();
-    let done = query(
-        "UPDATE api_keys SET revoked_at = $3 WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL",
-    )
-    .bind(tenant)
-    .bind(id.to_string())
-    .bind(now)
-    .execute(tx.conn())
-    .await?;
-    Ok(done == 1)
+    let sql = "UPDATE api_keys SET revoked_at = $3 WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL";
+    tx.change_one(sql, id, now).await
 }

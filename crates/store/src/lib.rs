@@ -254,56 +254,57 @@ where
     db::query(sql)
         .bind(tenant_id.to_string())
         .bind(id.to_string())
-        .fetch_optional(db)
-        .await?
-        .map(crate::record::<R, _>)
-        .transpose()
+        .record::<R, _>(db)
+        .await
 }
 
 /// Which of a tenant's rows a list may return: optionally one session's, optionally only those on the sessions
-/// one key created (what an agent may see), and the page after the row `after` (a cursor: the last row's id).
-#[derive(Debug, Clone, Copy, Default)]
+/// one key created (what an agent may see), at most `limit` of them after the row `after` (a cursor: the last
+/// row's id).
+#[derive(Debug, Clone, Copy)]
 pub struct Scope {
+    pub tenant_id: Uuid,
     pub session_id: Option<Uuid>,
     pub owner: Option<Uuid>,
     pub after: Option<Uuid>,
+    pub limit: i64,
 }
 
-/// The condition that keeps a row of `table` (with `tenant_id`, `session_id`, `created_at` and `id`) within its
-/// [`Scope`]; `newest_first` says which way its pages run.
-pub(crate) fn in_scope(table: &str, newest_first: bool) -> String {
-    let past = if newest_first { "<" } else { ">" };
+/// The condition, order and limit that keep rows of `table` (with `tenant_id`, `session_id`, `created_at` and
+/// `id`) within a [`Scope`] bound as [`in_scope`] binds it; `newest_first` says which way its pages run.
+pub(crate) fn scoped(table: &str, newest_first: bool) -> String {
+    let (past, order) = if newest_first {
+        ("<", "DESC")
+    } else {
+        (">", "ASC")
+    };
     format!(
         "tenant_id = $1 AND ($2 IS NULL OR session_id = $2) \
          AND ($4 IS NULL OR session_id IN (SELECT id FROM sessions WHERE tenant_id = $1 AND created_by = $4)) \
-         AND ($5 IS NULL OR (created_at, id) {past} (SELECT created_at, id FROM {table} WHERE id = $5))"
+         AND ($5 IS NULL OR (created_at, id) {past} (SELECT created_at, id FROM {table} WHERE id = $5)) \
+         ORDER BY created_at {order}, id {order} LIMIT $3"
     )
 }
 
-/// Reads a tenant's rows within a scope, with `sql` binding `$1` tenant, `$2` session (or NULL), `$3` limit,
-/// `$4` owner (or NULL) and `$5` the cursor (or NULL), and converts them.
-pub(crate) async fn by_session<R, T>(
+/// Reads a tenant's rows within a scope, with `sql` (built on [`scoped`]) binding `$1` tenant, `$2` session (or
+/// NULL), `$3` limit, `$4` owner (or NULL) and `$5` the cursor (or NULL), and converts them.
+pub(crate) async fn in_scope<R, T>(
     db: Db<'_>,
     sql: impl Into<std::borrow::Cow<'static, str>>,
-    tenant_id: Uuid,
     scope: Scope,
-    limit: i64,
 ) -> Result<Vec<T>>
 where
     R: TryFrom<Row, Error = StoreError>,
     T: TryFrom<R, Error = StoreError>,
 {
     db::query(sql)
-        .bind(tenant_id.to_string())
+        .bind(scope.tenant_id.to_string())
         .bind(scope.session_id.map(|s| s.to_string()))
-        .bind(limit)
+        .bind(scope.limit)
         .bind(scope.owner.map(|s| s.to_string()))
         .bind(scope.after.map(|s| s.to_string()))
-        .fetch_all(db)
-        .await?
-        .into_iter()
-        .map(crate::record::<R, _>)
-        .collect()
+        .records::<R, _>(db)
+        .await
 }
 
 /// Converts a row into its record type through the struct that reads the row.

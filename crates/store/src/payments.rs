@@ -142,24 +142,14 @@ pub async fn by_idempotency_key(tx: &mut WriteTx, key: &str) -> Result<Option<Pa
     query(select("tenant_id = $1 AND idempotency_key = $2"))
         .bind(tenant)
         .bind(key)
-        .fetch_optional(tx.conn())
-        .await?
-        .map(crate::record::<PaymentRow, _>)
-        .transpose()
+        .record::<PaymentRow, _>(tx.conn())
+        .await
 }
 
 /// Payments, newest first, optionally of one session.
-pub async fn list(
-    db: Db<'_>,
-    tenant_id: Uuid,
-    scope: crate::Scope,
-    limit: i64,
-) -> Result<Vec<PaymentRecord>> {
-    let sql = select(&format!(
-        "{} ORDER BY created_at DESC, id DESC LIMIT $3",
-        crate::in_scope("payments", true)
-    ));
-    crate::by_session::<PaymentRow, _>(db, sql, tenant_id, scope, limit).await
+pub async fn list(db: Db<'_>, scope: crate::Scope) -> Result<Vec<PaymentRecord>> {
+    let sql = select(&crate::scoped("payments", true));
+    crate::in_scope::<PaymentRow, _>(db, sql, scope).await
 }
 
 /// What is paid: replaced as a whole when an approver's edit is executed.
@@ -182,6 +172,21 @@ pub struct Transition<'a> {
     /// Where a rail paid it (a CAIP-2 network id such as `eip155:338`).
     pub network: Option<&'a str>,
     pub terms: Option<&'a Terms>,
+}
+
+impl Transition<'_> {
+    /// A move from one state to another that records nothing else.
+    pub fn new(id: Uuid, from: PaymentStatus, to: PaymentStatus) -> Self {
+        Transition {
+            id,
+            from,
+            to,
+            reason: None,
+            tx_hash: None,
+            network: None,
+            terms: None,
+        }
+    }
 }
 
 /// Applies `t`; returns whether the payment was still in `t.from`.
@@ -237,11 +242,8 @@ pub async fn awaiting_approval(
     .bind(tenant)
     .bind(session_id.map(|s| s.to_string()))
     .bind(limit)
-    .fetch_all(tx.conn())
-    .await?
-    .into_iter()
-    .map(crate::record::<PaymentRow, _>)
-    .collect()
+    .records::<PaymentRow, _>(tx.conn())
+    .await
 }
 
 /// Whether `key`'s sessions were let pay `payee` (normalized) before.

@@ -76,11 +76,8 @@ pub async fn list(
     .bind(tenant_id.to_string())
     .bind(after.map(str::to_owned))
     .bind(limit)
-    .fetch_all(db)
-    .await?
-    .into_iter()
-    .map(crate::record::<PolicyRow, _>)
-    .collect()
+    .records::<PolicyRow, _>(db)
+    .await
 }
 
 pub async fn insert(tx: &mut WriteTx, p: &PolicyRecord) -> Result<()> {

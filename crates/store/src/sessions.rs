@@ -91,11 +91,8 @@ pub async fn list(
     .bind(created_by.map(|k| k.to_string()))
     .bind(limit)
     .bind(after.map(|k| k.to_string()))
-    .fetch_all(db)
-    .await?
-    .into_iter()
-    .map(crate::record::<SessionRow, _>)
-    .collect()
+    .records::<SessionRow, _>(db)
+.await
 }
 
 /// The session, if it exists in this tenant.
@@ -108,27 +105,14 @@ pub async fn get(db: Db<'_>, tenant_id: Uuid, id: Uuid) -> Result<Option<Session
 /// Replaces a session's config; returns whether the session exists in this tenant.
 pub async fn update_config(tx: &mut WriteTx, id: Uuid, config: &SessionConfig) -> Result<bool> {
     let text = serde_json::to_string(config).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let tenant = tx.tenant_id().to_string();
-    let done = query("UPDATE sessions SET config = $3 WHERE tenant_id = $1 AND id = $2")
-        .bind(tenant)
-        .bind(id.to_string())
-        .bind(text)
-        .execute(tx.conn())
-        .await?;
-    Ok(done == 1)
+    let sql = "UPDATE sessions SET config = $3 WHERE tenant_id = $1 AND id = $2";
+    tx.change_one(sql, id, text).await
 }
 
 /// Sets a session's state; returns whether it changed.
 pub async fn set_state(tx: &mut WriteTx, id: Uuid, state: SessionState) -> Result<bool> {
-    let tenant = tx.tenant_id().to_string();
-    let done =
-        query("UPDATE sessions SET state = $3 WHERE tenant_id = $1 AND id = $2 AND state <> $3")
-            .bind(tenant)
-            .bind(id.to_string())
-            .bind(state.as_str())
-            .execute(tx.conn())
-            .await?;
-    Ok(done == 1)
+    let sql = "UPDATE sessions SET state = $3 WHERE tenant_id = $1 AND id = $2 AND state <> $3";
+    tx.change_one(sql, id, state.as_str()).await
 }
 
 /// How many of a session's rows in `table` (payments, approval_requests or executions) are in each status.

@@ -71,10 +71,8 @@ pub async fn get(tx: &mut WriteTx, id: Uuid) -> Result<Option<Sweep>> {
     ))
     .bind(tenant)
     .bind(id.to_string())
-    .fetch_optional(tx.conn())
-    .await?
-    .map(crate::record::<SweepRow, _>)
-    .transpose()
+    .record::<SweepRow, _>(tx.conn())
+    .await
 }
 
 /// Sweeps still to finish, oldest first, across tenants.
@@ -83,11 +81,8 @@ pub async fn open_sweeps(db: Db<'_>, limit: i64) -> Result<Vec<Sweep>> {
         "SELECT {COLUMNS} FROM stop_sweeps ORDER BY created_at, id LIMIT $1"
     ))
     .bind(limit)
-    .fetch_all(db)
-    .await?
-    .into_iter()
-    .map(crate::record::<SweepRow, _>)
-    .collect()
+    .records::<SweepRow, _>(db)
+    .await
 }
 
 /// Adds a batch's count to the sweep.

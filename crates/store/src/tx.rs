@@ -23,6 +23,14 @@ pub struct Event {
     pub created_at: String,
 }
 
+impl Event {
+    /// Whether the event is about the thing with this id (a payment, request, execution...): every event names
+    /// its subject as `id`.
+    pub fn is_about(&self, id: Uuid) -> bool {
+        self.payload.get("id").and_then(Value::as_str) == Some(id.to_string().as_str())
+    }
+}
+
 pub struct WriteTx {
     conn: Conn,
     tenant_id: Uuid,
@@ -133,6 +141,23 @@ impl WriteTx {
     /// The transaction's timestamp in the stored format.
     pub fn now_text(&self) -> String {
         paygent_domain::time::format(self.now)
+    }
+
+    /// Changes one of this tenant's rows with `sql` binding `$1` tenant, `$2` id and `$3` value; whether a row
+    /// changed (the condition in `sql` held).
+    pub(crate) async fn change_one(
+        &mut self,
+        sql: &'static str,
+        id: Uuid,
+        value: impl Into<Arg>,
+    ) -> Result<bool> {
+        let done = query(sql)
+            .bind(self.tenant_id.to_string())
+            .bind(id.to_string())
+            .bind(value)
+            .execute(self.conn())
+            .await?;
+        Ok(done == 1)
     }
 
     /// Appends an entry to the tenant's hash chain. It is written with the commit.

@@ -13,7 +13,9 @@ use paygent_domain::SessionState;
 use paygent_domain::audit::AuditAction;
 use paygent_domain::command::{self, Step};
 use paygent_domain::event::EventKind;
-use paygent_domain::execution::{ExecutionStatus, OnReject, StepStatus};
+use paygent_domain::execution::{
+    AfterDecision, ExecutionStatus, OnReject, StepMove, StepStatus, after_decision, step_move,
+};
 use paygent_domain::judgement::DenyReason;
 use paygent_domain::{ApprovalStatus, Decimal, Principal, Role};
 use paygent_store::WriteTx;
@@ -169,17 +171,10 @@ impl Paygent {
     pub async fn executions(
         &self,
         who: &Principal,
-        session_id: Option<Uuid>,
-        after: Option<Uuid>,
-        limit: i64,
+        page: crate::Page,
     ) -> Result<Vec<ExecutionView>> {
-        let list = executions::list(
-            self.store.reader(),
-            who.tenant_id,
-            crate::payments::scope(who, session_id, after),
-            limit.clamp(1, crate::MAX_PAGE),
-        )
-        .await?;
+        let scope = crate::payments::scope(who, page);
+        let list = executions::list(self.store.reader(), scope).await?;
         Ok(list
             .into_iter()
             .map(|e| ExecutionView::new(e, Vec::new()))
@@ -339,21 +334,21 @@ impl Paygent {
                     .await?;
                 return Ok(());
             };
-            let next = match step.status {
-                StepStatus::Pending | StepStatus::Running => {
+            let next = match step_move(step.status) {
+                StepMove::Run => {
                     self.run_step(&agent, &execution, &step, &mut events)
                         .await?
                 }
-                StepStatus::AwaitingApproval => {
+                StepMove::AwaitDecision => {
                     self.await_decision(&agent, &execution, &step, &mut events)
                         .await?
                 }
-                StepStatus::Done => {
+                StepMove::Advance => {
                     self.complete_step(tenant_id, &execution, &step, None)
                         .await?;
                     Flow::Continue
                 }
-                _ => Flow::Stop,
+                StepMove::Stop => Flow::Stop,
             };
             match next {
                 Flow::Continue => {}
@@ -487,39 +482,34 @@ impl Paygent {
         let request = approvals::get(self.store.reader(), tenant_id, approval_id)
             .await?
             .ok_or(EngineError::NotFound("approval request"))?;
-        let (status, error) = match request.status {
-            ApprovalStatus::Pending => return news(events, approval_id, execution.id).await,
-            ApprovalStatus::Approved | ApprovalStatus::Edited if step.payment_id.is_none() => {
-                return self
-                    .resume_action(tenant_id, execution, step, &request)
-                    .await;
+        let on_reject = sessions::get(self.store.reader(), tenant_id, execution.session_id)
+            .await?
+            .map_or(OnReject::Stop, |s| s.config.on_reject);
+        let pays = step.payment_id.is_some();
+        match after_decision(request.status, pays, on_reject) {
+            AfterDecision::Wait => news(events, approval_id, execution.id).await,
+            AfterDecision::ResumeAction => {
+                self.resume_action(tenant_id, execution, step, &request)
+                    .await
             }
-            ApprovalStatus::Approved | ApprovalStatus::Edited => {
-                return self.pay_approved(agent, execution, step, approval_id).await;
+            AfterDecision::PayApproved => {
+                self.pay_approved(agent, execution, step, approval_id).await
             }
-            ApprovalStatus::Rejected => {
-                let note = request.decision_note.as_deref().unwrap_or_default();
-                let error = format!("rejected: {note}");
-                let session =
-                    sessions::get(self.store.reader(), tenant_id, execution.session_id).await?;
-                if session.is_some_and(|s| s.config.on_reject == OnReject::Continue) {
-                    return self
-                        .continue_after_rejection(tenant_id, execution, step, &error)
-                        .await;
-                }
-                (ExecutionStatus::Rejected, error)
+            AfterDecision::ContinueRejected => {
+                let error = undecided(&request);
+                self.continue_after_rejection(tenant_id, execution, step, &error)
+                    .await
             }
-            ApprovalStatus::Expired => (
-                ExecutionStatus::Expired,
-                "the approval request expired".to_owned(),
-            ),
-            ApprovalStatus::Cancelled => (
-                ExecutionStatus::Cancelled,
-                "the approval request was cancelled".to_owned(),
-            ),
-        };
-        self.end_undecided(tenant_id, execution, step, status, &error)
-            .await
+            AfterDecision::End {
+                execution: ended,
+                step: step_ended,
+            } => {
+                let error = undecided(&request);
+                let ends = (ended, step_ended);
+                self.end_undecided(tenant_id, execution, step, ends, &error)
+                    .await
+            }
+        }
     }
 
     /// Ends an execution whose step's request was rejected, expired or cancelled, with that step.
@@ -528,14 +518,9 @@ impl Paygent {
         tenant_id: Uuid,
         execution: &ExecutionRecord,
         step: &StepRecord,
-        status: ExecutionStatus,
+        (status, step_status): (ExecutionStatus, StepStatus),
         error: &str,
     ) -> Result<Flow> {
-        let step_status = match status {
-            ExecutionStatus::Rejected => StepStatus::Rejected,
-            ExecutionStatus::Expired => StepStatus::Expired,
-            _ => StepStatus::Cancelled,
-        };
         let mut tx = self.store.begin(tenant_id, self.now()).await?;
         executions::update_step(
             &mut tx,
@@ -774,6 +759,18 @@ async fn resume_within(
     Ok(true)
 }
 
+/// Why a paused step's request let it go no further, as the step's error.
+fn undecided(request: &paygent_store::approvals::ApprovalRecord) -> String {
+    match request.status {
+        ApprovalStatus::Expired => "the approval request expired".to_owned(),
+        ApprovalStatus::Cancelled => "the approval request was cancelled".to_owned(),
+        _ => format!(
+            "rejected: {}",
+            request.decision_note.as_deref().unwrap_or_default()
+        ),
+    }
+}
+
 /// What the runner does next.
 enum Flow {
     Continue,
@@ -798,15 +795,11 @@ fn update(step: &StepRecord) -> StepUpdate<'static> {
     }
 }
 
-fn is_about(payload: &Value, id: Uuid) -> bool {
-    payload.get("id").and_then(Value::as_str) == Some(id.to_string().as_str())
-}
-
 /// Resolves when this execution is killed (or the event stream can no longer tell).
 async fn killed(events: &mut Subscription, id: Uuid) -> Flow {
     loop {
         match events.next().await {
-            Ok(e) if e.kind == EventKind::Cancelled && is_about(&e.payload, id) => {
+            Ok(e) if e.kind == EventKind::Cancelled && e.is_about(id) => {
                 return Flow::Stop;
             }
             Ok(_) => {}
@@ -868,8 +861,8 @@ pub(crate) async fn cancel_within(
 async fn news(events: &mut Subscription, approval_id: Uuid, execution_id: Uuid) -> Result<Flow> {
     loop {
         match events.next().await {
-            Ok(e) if is_about(&e.payload, approval_id) => return Ok(Flow::Continue),
-            Ok(e) if e.kind == EventKind::Cancelled && is_about(&e.payload, execution_id) => {
+            Ok(e) if e.is_about(approval_id) => return Ok(Flow::Continue),
+            Ok(e) if e.kind == EventKind::Cancelled && e.is_about(execution_id) => {
                 return Ok(Flow::Stop);
             }
             Ok(_) => {}

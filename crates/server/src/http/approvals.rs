@@ -1,6 +1,6 @@
 //! Approval requests and people's decisions.
 
-use super::{ApiResult, DEFAULT_LIMIT, MAX_PAGE, next_after, page};
+use super::{ApiResult, SessionPageQuery};
 use crate::error::Problem;
 use crate::extract::{Body, Caller, Path, Query};
 use axum::Json;
@@ -10,7 +10,7 @@ use paygent_engine::domain::Decision;
 use paygent_engine::{ApprovalView, Paygent};
 use serde::Deserialize;
 use serde_json::Value;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
@@ -23,32 +23,18 @@ pub fn router() -> OpenApiRouter<Paygent> {
         .routes(routes!(edit))
 }
 
-#[derive(Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct PendingQuery {
-    session_id: Option<Uuid>,
-    /// The last id of the previous page (as the `Link` header gives it).
-    after: Option<Uuid>,
-    /// At most 500.
-    limit: Option<i64>,
-}
-
 /// Pending requests, oldest first, a page at a time (`Link: <...>; rel="next"` while there may be more).
-#[utoipa::path(get, path = "/approvals/pending", tag = "approvals", params(PendingQuery),
+#[utoipa::path(get, path = "/approvals/pending", tag = "approvals", params(SessionPageQuery),
     responses((status = 200, body = Vec<ApprovalView>, headers(("Link" = String, description = "the next page"))),
         (status = 403, body = Problem)))]
 async fn list_pending(
     State(paygent): State<Paygent>,
     Caller(who): Caller,
     OriginalUri(uri): OriginalUri,
-    Query(q): Query<PendingQuery>,
+    Query(q): Query<SessionPageQuery>,
 ) -> ApiResult<Response> {
-    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_PAGE);
-    let list = paygent
-        .pending_approvals(&who, q.session_id, q.after, limit)
-        .await?;
-    let next = next_after(&list, limit, |x| x.id.to_string());
-    Ok(page(&uri, list, next))
+    let list = async |page| Ok(paygent.pending_approvals(&who, page).await?);
+    q.answer(&uri, list, |x| x.id).await
 }
 
 /// One request, with its decision record. An agent reads only the requests on its own sessions.

@@ -1,6 +1,6 @@
 //! Agent executions: plans of tool calls that pause for people and stop on a kill.
 
-use super::{ApiResult, DEFAULT_LIMIT, MAX_PAGE, next_after, page};
+use super::{ApiResult, SessionPageQuery};
 use crate::error::Problem;
 use crate::extract::{Body, Caller, Path, Query};
 use axum::Json;
@@ -11,7 +11,7 @@ use paygent_engine::domain::command::Step;
 use paygent_engine::{EngineError, ExecutionView, Paygent, Plan};
 use serde::Deserialize;
 use serde_json::Value;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
@@ -72,31 +72,17 @@ async fn execute(
     Ok((StatusCode::ACCEPTED, Json(execution)))
 }
 
-#[derive(Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    session_id: Option<Uuid>,
-    /// The last id of the previous page (as the `Link` header gives it).
-    after: Option<Uuid>,
-    /// At most 500.
-    limit: Option<i64>,
-}
-
 /// Executions, newest first (without their steps), a page at a time (`Link: <...>; rel="next"`).
-#[utoipa::path(get, path = "/executions", tag = "executions", params(ListQuery),
+#[utoipa::path(get, path = "/executions", tag = "executions", params(SessionPageQuery),
     responses((status = 200, body = Vec<ExecutionView>, headers(("Link" = String, description = "the next page")))))]
 async fn list_executions(
     State(paygent): State<Paygent>,
     Caller(who): Caller,
     OriginalUri(uri): OriginalUri,
-    Query(q): Query<ListQuery>,
+    Query(q): Query<SessionPageQuery>,
 ) -> ApiResult<Response> {
-    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_PAGE);
-    let list = paygent
-        .executions(&who, q.session_id, q.after, limit)
-        .await?;
-    let next = next_after(&list, limit, |x| x.id.to_string());
-    Ok(page(&uri, list, next))
+    let list = async |page| Ok(paygent.executions(&who, page).await?);
+    q.answer(&uri, list, |x| x.id).await
 }
 
 /// An execution with its steps: args, status, result, error, cost and duration of each.

@@ -50,6 +50,37 @@ pub fn page(
     response
 }
 
+/// The query of a list that may be narrowed to one session, read a page at a time by id.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SessionPageQuery {
+    session_id: Option<uuid::Uuid>,
+    /// The last id of the previous page (as the `Link` header gives it).
+    after: Option<uuid::Uuid>,
+    /// At most 500; 100 by default.
+    limit: Option<i64>,
+}
+
+impl SessionPageQuery {
+    /// Reads the page with `list` and answers it with its `Link` to the next.
+    pub async fn answer<T: serde::Serialize>(
+        &self,
+        uri: &axum::http::Uri,
+        list: impl AsyncFnOnce(paygent_engine::Page) -> ApiResult<Vec<T>>,
+        id: impl Fn(&T) -> uuid::Uuid,
+    ) -> ApiResult<axum::response::Response> {
+        let limit = self.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_PAGE);
+        let asked = paygent_engine::Page {
+            session_id: self.session_id,
+            after: self.after,
+            limit,
+        };
+        let items = list(asked).await?;
+        let next = next_after(&items, limit, |x| id(x).to_string());
+        Ok(page(uri, items, next))
+    }
+}
+
 /// The cursor of the next page: the last item's, when the page is full.
 pub fn next_after<T>(items: &[T], limit: i64, cursor: impl Fn(&T) -> String) -> Option<String> {
     (items.len() as i64 >= limit)

@@ -1,6 +1,6 @@
 //! Payments: the guard's front door.
 
-use super::{ApiResult, DEFAULT_LIMIT, MAX_PAGE, next_after, page};
+use super::{ApiResult, SessionPageQuery};
 use crate::error::Problem;
 use crate::extract::{Body, Caller, Path, Query};
 use axum::Json;
@@ -10,7 +10,7 @@ use axum::response::Response;
 use paygent_engine::domain::PaymentStatus;
 use paygent_engine::{Paygent, PaymentRequest, PaymentView};
 use serde::Deserialize;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
@@ -85,29 +85,17 @@ async fn create_payment(
     ))
 }
 
-#[derive(Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    session_id: Option<Uuid>,
-    /// The last id of the previous page (as the `Link` header gives it).
-    after: Option<Uuid>,
-    /// At most 500.
-    limit: Option<i64>,
-}
-
 /// Payment history, newest first, a page at a time (`Link: <...>; rel="next"` while there may be more).
-#[utoipa::path(get, path = "/payments", tag = "payments", params(ListQuery),
+#[utoipa::path(get, path = "/payments", tag = "payments", params(SessionPageQuery),
     responses((status = 200, body = Vec<PaymentView>, headers(("Link" = String, description = "the next page")))))]
 async fn list_payments(
     State(paygent): State<Paygent>,
     Caller(who): Caller,
     OriginalUri(uri): OriginalUri,
-    Query(q): Query<ListQuery>,
+    Query(q): Query<SessionPageQuery>,
 ) -> ApiResult<Response> {
-    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_PAGE);
-    let list = paygent.payments(&who, q.session_id, q.after, limit).await?;
-    let next = next_after(&list, limit, |x| x.id.to_string());
-    Ok(page(&uri, list, next))
+    let list = async |page| Ok(paygent.payments(&who, page).await?);
+    q.answer(&uri, list, |x| x.id).await
 }
 
 #[utoipa::path(get, path = "/payments/{id}", tag = "payments", params(("id" = Uuid, Path)),
