@@ -2,6 +2,7 @@
 
 use anyhow::{Context, bail};
 use reqwest::Method;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 pub struct Client {
@@ -22,13 +23,14 @@ impl Client {
         })
     }
 
-    /// Sends a request and returns the JSON answer, or the server's problem detail as the error.
-    pub async fn call(
+    /// Sends a request and reads the answer as the view the server documents, or returns the server's problem
+    /// detail as the error.
+    pub async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         body: Option<Value>,
-    ) -> anyhow::Result<Value> {
+    ) -> anyhow::Result<T> {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
@@ -49,6 +51,6 @@ impl Client {
                 .unwrap_or("no detail");
             bail!("{status}: {detail}");
         }
-        Ok(value)
+        serde_json::from_value(value).with_context(|| format!("reading the answer to {path}"))
     }
 }

@@ -7,8 +7,13 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use client::Client;
 use config::ServeConfig;
-use paygent_engine::domain::audit::{AuditEntry, ChainVerifier};
-use paygent_engine::{Paygent, Store, StoreOptions, SystemClock};
+use paygent_engine::domain::Decimal;
+use paygent_engine::domain::audit::ChainVerifier;
+use paygent_engine::domain::execution::ExecutionStatus;
+use paygent_engine::{
+    ApprovalView, AuditPage, ExecutionView, KillSwitchView, Paygent, PolicyView, SessionView,
+    Store, StoreOptions, SystemClock,
+};
 use reqwest::Method;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
@@ -308,7 +313,7 @@ async fn approvals(remote: Remote, action: ApprovalAction) -> anyhow::Result<Exi
             let query = session_id
                 .map(|s| format!("?session_id={s}"))
                 .unwrap_or_default();
-            let list = client
+            let list: Vec<ApprovalView> = client
                 .call(Method::GET, &format!("/approvals/pending{query}"), None)
                 .await?;
             if json {
@@ -339,12 +344,8 @@ async fn approvals(remote: Remote, action: ApprovalAction) -> anyhow::Result<Exi
             )
         }
     };
-    let decided = client.call(Method::POST, &path, Some(body)).await?;
-    println!(
-        "{} {}",
-        decided["id"].as_str().unwrap_or("?"),
-        decided["status"].as_str().unwrap_or("?")
-    );
+    let decided: ApprovalView = client.call(Method::POST, &path, Some(body)).await?;
+    println!("{} {}", decided.id, decided.status.as_str());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -356,19 +357,18 @@ async fn run(
 ) -> anyhow::Result<ExitCode> {
     let client = Client::new(&remote.server, remote.token)?;
     let body = json!({"session_id": session, "command": command});
-    let mut execution = client
+    let mut execution: ExecutionView = client
         .call(Method::POST, "/agent/execute", Some(body))
         .await?;
-    let id = execution["id"].as_str().unwrap_or("?").to_owned();
+    let id = execution.id;
     println!("execution {id} started");
-    let mut last = String::new();
+    let mut last = None;
     loop {
-        let status = execution["status"].as_str().unwrap_or("?").to_owned();
-        if status != last {
-            println!("{status}");
-            last = status.clone();
+        if last != Some(execution.status) {
+            println!("{}", execution.status.as_str());
+            last = Some(execution.status);
         }
-        if detach || !matches!(status.as_str(), "running" | "awaiting_approval") {
+        if detach || execution.status.is_terminal() {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -376,54 +376,58 @@ async fn run(
             .call(Method::GET, &format!("/executions/{id}"), None)
             .await?;
     }
-    for step in execution["steps"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-    {
+    for step in &execution.steps {
+        let error = step.error.as_ref().map(|e| format!(" ({e})"));
         println!(
             "  step {} {}: {}{}",
-            step["idx"],
-            step["tool"].as_str().unwrap_or("?"),
-            step["status"].as_str().unwrap_or("?"),
-            step["error"]
-                .as_str()
-                .map(|e| format!(" ({e})"))
-                .unwrap_or_default()
+            step.idx,
+            step.tool,
+            step.status.as_str(),
+            error.unwrap_or_default()
         );
     }
-    Ok(match last.as_str() {
-        "completed" | "running" | "awaiting_approval" => ExitCode::SUCCESS,
+    Ok(match execution.status {
+        ExecutionStatus::Completed
+        | ExecutionStatus::Running
+        | ExecutionStatus::AwaitingApproval => ExitCode::SUCCESS,
         _ => ExitCode::FAILURE,
     })
 }
 
 async fn kill(remote: Remote, scope: KillScope) -> anyhow::Result<ExitCode> {
     let client = Client::new(&remote.server, remote.token)?;
-    let (path, body) = match scope {
+    match scope {
         KillScope::Session { id, reason } => {
-            (format!("/sessions/{id}/kill"), json!({"reason": reason}))
+            let path = format!("/sessions/{id}/kill");
+            let session: SessionView = client
+                .call(Method::POST, &path, Some(json!({"reason": reason})))
+                .await?;
+            println!("session {} is {}", session.id, session.state.as_str());
         }
-        KillScope::All { reason } => (
-            "/kill-switch".to_owned(),
-            json!({"engaged": true, "reason": reason}),
-        ),
-        KillScope::Release => ("/kill-switch".to_owned(), json!({"engaged": false})),
-        KillScope::Execution { id } => (format!("/executions/{id}/cancel"), json!({})),
-    };
-    let answer = client.call(Method::POST, &path, Some(body)).await?;
-    match (answer.get("engaged"), answer.get("steps")) {
-        (Some(engaged), _) => println!("emergency stop engaged: {engaged}"),
-        (None, Some(_)) => println!(
-            "execution {} is {}",
-            answer["id"].as_str().unwrap_or("?"),
-            answer["status"].as_str().unwrap_or("?")
-        ),
-        (None, None) => println!(
-            "session {} is {}",
-            answer["id"].as_str().unwrap_or("?"),
-            answer["state"].as_str().unwrap_or("?")
-        ),
+        KillScope::Execution { id } => {
+            let path = format!("/executions/{id}/cancel");
+            let execution: ExecutionView =
+                client.call(Method::POST, &path, Some(json!({}))).await?;
+            println!(
+                "execution {} is {}",
+                execution.id,
+                execution.status.as_str()
+            );
+        }
+        KillScope::All { reason } => {
+            let body = json!({"engaged": true, "reason": reason});
+            let stop: KillSwitchView = client
+                .call(Method::POST, "/kill-switch", Some(body))
+                .await?;
+            println!("emergency stop engaged: {}", stop.engaged);
+        }
+        KillScope::Release => {
+            let body = json!({"engaged": false});
+            let stop: KillSwitchView = client
+                .call(Method::POST, "/kill-switch", Some(body))
+                .await?;
+            println!("emergency stop engaged: {}", stop.engaged);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -439,18 +443,18 @@ fn read_rules(rules: &str) -> anyhow::Result<Value> {
 
 async fn policies(remote: Remote, action: PolicyAction) -> anyhow::Result<ExitCode> {
     let client = Client::new(&remote.server, remote.token)?;
-    let policy = match action {
+    let policy: PolicyView = match action {
         PolicyAction::List => {
-            let list = client.call(Method::GET, "/policies", None).await?;
-            for p in list.as_array().map(Vec::as_slice).unwrap_or_default() {
-                let field = |k: &str| p[k].as_str().unwrap_or("-").to_owned();
+            let list: Vec<PolicyView> = client.call(Method::GET, "/policies", None).await?;
+            for p in list {
+                let dollars = |d: Option<Decimal>| d.map_or("-".to_owned(), |d| d.to_string());
                 println!(
                     "{}  {:<20} v{:<3} threshold ${:<8} max per payment ${}",
-                    field("id"),
-                    field("name"),
-                    p["version"],
-                    field("approval_threshold_usd"),
-                    field("max_per_payment_usd"),
+                    p.id,
+                    p.name,
+                    p.version,
+                    dollars(Some(p.rules.approval_threshold_usd)),
+                    dollars(p.rules.max_per_payment_usd),
                 );
             }
             return Ok(ExitCode::SUCCESS);
@@ -475,24 +479,30 @@ async fn policies(remote: Remote, action: PolicyAction) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_pending(list: &Value) {
-    let items = list.as_array().map(Vec::as_slice).unwrap_or_default();
-    if items.is_empty() {
+fn print_pending(list: &[ApprovalView]) {
+    if list.is_empty() {
         println!("no pending approval requests");
         return;
     }
-    for a in items {
-        let args = &a["args"];
+    for a in list {
+        let arg = |k: &str| {
+            a.args
+                .get(k)
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_owned()
+        };
         println!(
             "{}  ${:>12}  {:<12} {} {} -> {}  (expires {})  {}",
-            a["id"].as_str().unwrap_or("?"),
-            a["usd_value"].as_str().unwrap_or("?"),
-            a["tool"].as_str().unwrap_or("?"),
-            args["amount"].as_str().unwrap_or("?"),
-            args["currency"].as_str().unwrap_or("?"),
-            args["recipient"].as_str().unwrap_or("?"),
-            a["deadline"].as_str().unwrap_or("?"),
-            a["reason"].as_str().unwrap_or(""),
+            a.id,
+            a.usd_value,
+            a.tool,
+            arg("amount"),
+            arg("currency"),
+            arg("recipient"),
+            a.deadline
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            a.reason,
         );
     }
 }
@@ -504,7 +514,7 @@ async fn verify(remote: Remote) -> anyhow::Result<ExitCode> {
     let mut after = 0i64;
     let mut head: Option<(i64, String)> = None;
     loop {
-        let page = client
+        let page: AuditPage = client
             .call(
                 Method::GET,
                 &format!("/audit?after={after}&limit=1000"),
@@ -512,15 +522,9 @@ async fn verify(remote: Remote) -> anyhow::Result<ExitCode> {
             )
             .await?;
         let head_seq = head
-            .get_or_insert_with(|| {
-                (
-                    page["head_seq"].as_i64().unwrap_or(0),
-                    page["head_hash"].as_str().unwrap_or("").to_owned(),
-                )
-            })
+            .get_or_insert_with(|| (page.head_seq, page.head_hash.clone()))
             .0;
-        let entries: Vec<AuditEntry> =
-            serde_json::from_value(page["entries"].clone()).context("reading audit entries")?;
+        let entries = page.entries;
         let mut progressed = false;
         for e in entries.iter().filter(|e| e.seq <= head_seq) {
             if let Err(broken) = verifier.push(e) {

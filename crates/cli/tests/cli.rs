@@ -13,6 +13,7 @@ on_both_databases!(
     approvals_commands_decide,
     kill_commands_stop_money,
     policies_commands_write_and_read,
+    run_follows_an_execution_to_its_end,
 );
 
 /// Runs `paygent args...` against `server` with `token`, off the async runtime.
@@ -88,6 +89,47 @@ async fn audit_verify_names_the_first_bad_entry(backend: Backend) {
         stdout(&bad).contains("BROKEN at entry 3"),
         "{}",
         stdout(&bad)
+    );
+    s.finish().await;
+}
+
+/// `run` starts a command and follows it: to its end, or only its start with `--detach`; the server's refusal
+/// reaches the person as the exit status and the problem's detail.
+async fn run_follows_an_execution_to_its_end(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s.session(&t.agent, json!({})).await.to_string();
+    let out = paygent(
+        &s,
+        &t.agent,
+        &["run", "wait 1 second", "--session", &session],
+    )
+    .await;
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("completed"), "{text}");
+    assert!(text.contains("step 0 wait: done"), "{text}");
+
+    let pay = format!("Transfer 50 USDC to {}", paygent_testkit::PAYEE);
+    let args = ["run", pay.as_str(), "--session", &session, "--detach"];
+    let out = paygent(&s, &t.agent, &args).await;
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("started"), "{text}");
+    let pending = paygent(&s, &t.approver, &["approvals", "list"]).await;
+    assert!(stdout(&pending).contains("50"), "{}", stdout(&pending));
+
+    let out = paygent(
+        &s,
+        &t.agent,
+        &["run", "Buy me a coffee", "--session", &session],
+    )
+    .await;
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("422"),
+        "{:?}",
+        out
     );
     s.finish().await;
 }

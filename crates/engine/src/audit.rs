@@ -3,14 +3,14 @@
 use crate::{Paygent, Result, require};
 use paygent_domain::Principal;
 use paygent_domain::audit::{AuditEntry, ChainVerifier};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// The most audit entries a page holds: entries are small, and a chain check reads them a page at a time.
 pub const MAX_AUDIT_PAGE: i64 = 1000;
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AuditPage {
     #[schema(value_type = Vec<Object>)]
     pub entries: Vec<AuditEntry>,
@@ -51,7 +51,7 @@ impl Paygent {
 }
 
 /// The result of walking a tenant's whole audit chain on the server.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ChainCheck {
     pub verified: bool,
     /// Entries checked before the walk ended.

@@ -7,14 +7,14 @@ use paygent_domain::audit::AuditAction;
 use paygent_domain::event::EventKind;
 use paygent_domain::{Principal, Role};
 use paygent_store::keys::{self, KeyRecord};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// A new tenant with its first admin key.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct NewTenant {
     pub tenant_id: Uuid,
     pub name: String,

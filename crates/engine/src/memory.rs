@@ -7,14 +7,14 @@ use crate::{Paygent, Result};
 use paygent_domain::Principal;
 use paygent_store::executions;
 use paygent_store::sessions::{self, StatusTable};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// One turn of a session's conversation: what was asked and what came of it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct MemoryTurn {
     pub execution_id: Uuid,
     pub at: chrono::DateTime<chrono::Utc>,
@@ -29,7 +29,7 @@ pub struct MemoryTurn {
     pub cost_usd: paygent_domain::Decimal,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SessionSummary {
     pub session_id: Uuid,
     /// `active` or `killed`.

@@ -10,13 +10,13 @@ use paygent_store::executions::{ExecutionRecord, StepRecord};
 use paygent_store::keys::KeyRecord;
 use paygent_store::payments::PaymentRecord;
 use paygent_store::sessions::SessionRecord;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PaymentView {
     pub id: Uuid,
     pub session_id: Uuid,
@@ -77,7 +77,7 @@ impl From<PaymentRecord> for PaymentView {
 }
 
 /// Who decided, when, and what they said.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DecisionRecord {
     /// The deciding key; absent when the system ended the request (expiry).
     pub by: Option<Uuid>,
@@ -86,7 +86,7 @@ pub struct DecisionRecord {
     pub note: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ApprovalView {
     pub id: Uuid,
     pub session_id: Uuid,
@@ -140,7 +140,7 @@ impl From<ApprovalRecord> for ApprovalView {
     }
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SessionView {
     pub id: Uuid,
     pub name: Option<String>,
@@ -172,7 +172,7 @@ impl SessionView {
 }
 
 /// A key as its creator sees it once. Its `Debug` leaves the token out: logs never hold a usable key.
-#[derive(Clone, Serialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct KeyView {
     pub id: Uuid,
     pub name: String,
@@ -215,7 +215,7 @@ impl KeyView {
 }
 
 /// One line of a budget: a currency, or the USD total.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BudgetLine {
     /// Absent when there is no limit.
     #[schema(value_type = Option<String>, example = "100.00")]
@@ -230,7 +230,7 @@ pub struct BudgetLine {
     pub available: Option<Decimal>,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BudgetView {
     pub session_id: Uuid,
     /// The budget day, in the session's time zone.
@@ -248,7 +248,7 @@ pub struct BudgetView {
     pub currencies: BTreeMap<String, BudgetLine>,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct StepView {
     pub idx: i64,
     pub tool: String,
@@ -288,7 +288,7 @@ impl From<StepRecord> for StepView {
     }
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ExecutionView {
     pub id: Uuid,
     pub session_id: Uuid,
@@ -358,6 +358,39 @@ impl From<paygent_store::policies::PolicyRecord> for PolicyView {
             created_at: p.created_at,
             updated_at: p.updated_at,
         }
+    }
+}
+
+/// Read by hand: the rules sit beside the policy's own fields and refuse any field they do not know, which
+/// serde's `flatten` cannot combine.
+impl<'de> Deserialize<'de> for PolicyView {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        #[derive(Deserialize)]
+        struct Own {
+            id: Uuid,
+            name: String,
+            version: i64,
+            created_at: DateTime<Utc>,
+            updated_at: DateTime<Utc>,
+        }
+        let mut rules = serde_json::Map::deserialize(d)?;
+        let own: serde_json::Map<String, Value> =
+            ["id", "name", "version", "created_at", "updated_at"]
+                .into_iter()
+                .filter_map(|k| rules.remove_entry(k))
+                .collect();
+        let own = Own::deserialize(Value::Object(own)).map_err(D::Error::custom)?;
+        let rules = paygent_domain::PolicyRules::deserialize(Value::Object(rules))
+            .map_err(D::Error::custom)?;
+        Ok(PolicyView {
+            id: own.id,
+            name: own.name,
+            version: own.version,
+            rules,
+            created_at: own.created_at,
+            updated_at: own.updated_at,
+        })
     }
 }
 

@@ -25,6 +25,8 @@ pub fn postgres_admin_url() -> String {
 
 /// The admin token every test server accepts.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// The payee the helpers pay unless a test names another.
+pub const PAYEE: &str = "0x1111111111111111111111111111111111111111";
 
 /// System time plus an offset the test controls.
 #[derive(Default)]
@@ -450,7 +452,7 @@ impl TestServer {
                 "session_id": session,
                 "amount": amount,
                 "currency": currency,
-                "recipient": "0x1111111111111111111111111111111111111111",
+                "recipient": PAYEE,
             }),
         )
         .await
