@@ -11,8 +11,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The file's keys. `network`, `[[chains]]` and the chain fields of `[[tokens]]` configure the payment rails;
-/// wallet keys come only from the environment or a key file.
+/// wallet keys come only from the environment or a key file. A key it does not know is refused: a misspelt
+/// setting never falls back to its default unnoticed.
 #[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FileConfig {
     network: Option<String>,
     #[serde(default)]
@@ -388,6 +390,9 @@ eip712_version = "1"
         assert!(planned.planner.is_some());
         assert!(!format!("{planned:?}").contains("sk-never-printed"));
         assert!(ServeConfig::load(None, &env(&[("PAYGENT_LLM_URL", "http://x/v1")])).is_err());
+        std::fs::write(&file, "listen = \"127.0.0.1:9000\"\nrate_limit = 5\n").unwrap();
+        let typo = ServeConfig::load(Some(&file), &env(&[])).unwrap_err();
+        assert!(format!("{typo:#}").contains("unknown field `rate_limit`"), "{typo:#}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
