@@ -392,7 +392,10 @@ eip712_version = "1"
         assert!(ServeConfig::load(None, &env(&[("PAYGENT_LLM_URL", "http://x/v1")])).is_err());
         std::fs::write(&file, "listen = \"127.0.0.1:9000\"\nrate_limit = 5\n").unwrap();
         let typo = ServeConfig::load(Some(&file), &env(&[])).unwrap_err();
-        assert!(format!("{typo:#}").contains("unknown field `rate_limit`"), "{typo:#}");
+        assert!(
+            format!("{typo:#}").contains("unknown field `rate_limit`"),
+            "{typo:#}"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 

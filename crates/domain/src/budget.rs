@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 /// The ledger key of the USD total, which no currency symbol can take (symbols are letters and digits).
 pub const USD_TOTAL: &str = "$USD";
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnBudgetExceeded {
     /// Deny the payment with `budget_exceeded`.
@@ -23,19 +23,24 @@ pub enum OnBudgetExceeded {
     RequireApproval,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetConfig {
-    /// Per-currency daily limits, e.g. `{"USDC": "100.00"}`. A currency without one is limited only by the USD total.
+    /// Per-currency daily limits, e.g. `{"USDC": "100.00"}`, each within its currency's decimals. A currency
+    /// without one is limited only by the USD total.
     #[serde(default, deserialize_with = "strict::map")]
+    #[schema(value_type = BTreeMap<String, crate::rules::AmountText>, example = json!({"USDC": "100.00"}))]
     pub daily_limits: BTreeMap<String, Decimal>,
     /// A daily total across currencies, by USD value.
     #[serde(default, deserialize_with = "strict::option")]
+    #[schema(value_type = Option<String>, pattern = r"^[0-9]{1,13}(\.[0-9]{1,6})?$", example = "150")]
     pub daily_limit_usd: Option<Decimal>,
     #[serde(default, deserialize_with = "strict::option")]
+    #[schema(value_type = Option<String>, pattern = r"^[0-9]{1,13}(\.[0-9]{1,6})?$", example = "50")]
     pub max_per_payment_usd: Option<Decimal>,
     /// An IANA time zone; "today" starts at its midnight.
     #[serde(default = "utc")]
+    #[schema(example = "Europe/Paris", max_length = 64)]
     pub budget_time_zone: String,
     #[serde(default)]
     pub on_budget_exceeded: OnBudgetExceeded,

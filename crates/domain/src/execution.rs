@@ -16,7 +16,9 @@ pub enum ExecutionStatus {
 }
 
 /// What an execution does when a person rejects one of its steps.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum OnReject {
     /// The execution ends as `rejected`.

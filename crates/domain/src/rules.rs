@@ -24,31 +24,37 @@ pub const MAX_PAYEES: usize = 1000;
 pub const MAX_LIMITS: usize = 12;
 
 /// A policy's rules. Every field has a default, and the defaults are the behaviour of a key with no policy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyRules {
     /// USD value above which a payment (transfer or x402) needs a person.
     #[serde(default = "default_threshold", deserialize_with = "strict::decimal")]
+    #[schema(value_type = String, pattern = r"^[0-9]{1,13}(\.[0-9]{1,6})?$", example = "10")]
     pub approval_threshold_usd: Decimal,
     /// Per-tool thresholds (`transfer`, `x402_payment`, `swap`), over `approval_threshold_usd`.
     #[serde(default, deserialize_with = "strict::map")]
+    #[schema(value_type = ToolThresholds)]
     pub thresholds: BTreeMap<String, Decimal>,
     /// Above this USD value a payment is denied, whoever would approve it.
     #[serde(default, deserialize_with = "strict::option")]
+    #[schema(value_type = Option<String>, pattern = r"^[0-9]{1,13}(\.[0-9]{1,6})?$")]
     pub max_per_payment_usd: Option<Decimal>,
     /// The longest a session may give a person to decide.
     #[serde(default = "default_max_timeout")]
+    #[schema(minimum = 1, maximum = 604800)]
     pub max_approval_timeout_seconds: u32,
     #[serde(default)]
     pub payees: Payees,
     /// Limits per period across all of the bound agent's sessions: a new session resets nothing.
     #[serde(default)]
+    #[schema(max_items = 12)]
     pub limits: Vec<Limit>,
     /// What happens to a payment over a limit.
     #[serde(default = "deny")]
     pub over_limit: Route,
     /// The wallets (of the tenant's) its agents' sessions may pay from; all of the tenant's when empty.
     #[serde(default)]
+    #[schema(value_type = Vec<EvmAddress>)]
     pub wallets: Vec<String>,
     /// The most a session may ask for a payment over its own budget: `require_approval` lets a session send it
     /// to a person (`deny` is always allowed), `deny` makes every such payment denied.
@@ -60,8 +66,48 @@ pub struct PolicyRules {
     /// The most approval requests a bound agent may have asked for and still waiting at once; past it, a payment
     /// that needs a person is refused (429) and nothing is written.
     #[serde(default = "max_pending")]
+    #[schema(minimum = 1, maximum = 100000)]
     pub max_pending_approvals: u32,
 }
+
+/// The published shape of per-tool thresholds: only these tools have one.
+#[derive(utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct ToolThresholds {
+    #[schema(required = false, pattern = r"^[0-9]{1,13}(\.[0-9]{1,6})?$")]
+    transfer: String,
+    #[schema(
+        required = false,
+        pattern = r"^[0-9]{1,13}(\.[0-9]{1,6})?$",
+        example = "25"
+    )]
+    x402_payment: String,
+    #[schema(
+        required = false,
+        pattern = r"^[0-9]{1,13}(\.[0-9]{1,6})?$",
+        example = "100"
+    )]
+    swap: String,
+}
+
+/// The published shape of an EVM address.
+#[derive(utoipa::ToSchema)]
+#[schema(pattern = "^0x[0-9a-fA-F]{40}$")]
+#[allow(dead_code)]
+struct EvmAddress(String);
+
+/// The published shape of a payee: an EVM address or an http(s) URL.
+#[derive(utoipa::ToSchema)]
+#[schema(pattern = r"^(0x[0-9a-fA-F]{40}|https?://[^/?#@\s]+[!-~]*)$")]
+#[allow(dead_code)]
+struct Payee(String);
+
+/// The published shape of an amount in a currency: up to 18 decimals (at most the currency's own).
+#[derive(utoipa::ToSchema)]
+#[schema(pattern = r"^[0-9]{1,13}(\.[0-9]{1,18})?$")]
+#[allow(dead_code)]
+pub(crate) struct AmountText(String);
 
 /// How many requests an agent may have waiting on people by default.
 pub const DEFAULT_MAX_PENDING: u32 = 1000;
@@ -79,7 +125,7 @@ fn go_on() -> OnReject {
 }
 
 /// A most that may be spent (and held by pending requests) in one period, in USD or in one currency.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Limit {
     pub period: Period,
@@ -88,19 +134,22 @@ pub struct Limit {
         deserialize_with = "strict::option",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>, pattern = r"^[0-9]{1,13}(\.[0-9]{1,6})?$")]
     pub usd: Option<Decimal>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[A-Z0-9]{1,12}$")]
     pub currency: Option<String>,
     #[serde(
         default,
         deserialize_with = "strict::option",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>, pattern = r"^[0-9]{1,13}(\.[0-9]{1,6})?$")]
     pub amount: Option<Decimal>,
 }
 
 /// A calendar period in UTC. Weeks start on Monday.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Period {
     Day,
@@ -127,7 +176,7 @@ impl Period {
 }
 
 /// Where a payment that a rule does not allow outright goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Route {
     /// A person decides.
@@ -141,14 +190,16 @@ fn deny() -> Route {
 }
 
 /// Who may be paid.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Payees {
     /// When not empty, a payment to anyone else needs a person (`outside_allow: approve`) or is denied.
     #[serde(default)]
+    #[schema(value_type = Vec<Payee>, max_items = 1000)]
     pub allow: Vec<String>,
     /// Never paid.
     #[serde(default)]
+    #[schema(value_type = Vec<Payee>, max_items = 1000)]
     pub deny: Vec<String>,
     #[serde(default = "approve")]
     pub outside_allow: Route,
@@ -157,7 +208,7 @@ pub struct Payees {
     pub new_payee: NewPayee,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NewPayee {
     #[default]

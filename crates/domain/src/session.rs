@@ -42,26 +42,59 @@ pub struct SessionConfig {
     pub budget: BudgetConfig,
 }
 
-/// The wire form, spelled out because serde cannot refuse unknown keys through `flatten`.
-#[derive(Deserialize)]
+/// The wire form, spelled out because serde cannot refuse unknown keys through `flatten`; it is also the
+/// published schema of [`SessionConfig`].
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = SessionConfig, description = "A session's settings: it may only tighten its policy's.")]
 struct FlatSessionConfig {
+    /// USD value above which a payment needs a person; the policy's when absent, and never above it.
     #[serde(default, deserialize_with = "strict::option")]
+    #[schema(value_type = Option<String>, pattern = r"^[0-9]{1,13}(\.[0-9]{1,6})?$", example = "10")]
     approval_threshold_usd: Option<Decimal>,
+    /// How long a person has to decide; 15 minutes when absent.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 604800)]
     approval_timeout_seconds: Option<u32>,
     #[serde(default)]
     on_reject: OnReject,
+    /// Per-currency daily limits, e.g. `{"USDC": "100.00"}`.
     #[serde(default, deserialize_with = "strict::map")]
+    #[schema(value_type = std::collections::BTreeMap<String, crate::rules::AmountText>)]
     daily_limits: std::collections::BTreeMap<String, Decimal>,
     #[serde(default, deserialize_with = "strict::option")]
+    #[schema(value_type = Option<String>, pattern = r"^[0-9]{1,13}(\.[0-9]{1,6})?$")]
     daily_limit_usd: Option<Decimal>,
     #[serde(default, deserialize_with = "strict::option")]
+    #[schema(value_type = Option<String>, pattern = r"^[0-9]{1,13}(\.[0-9]{1,6})?$")]
     max_per_payment_usd: Option<Decimal>,
+    /// An IANA time zone; "today" starts at its midnight.
     #[serde(default = "default_time_zone")]
+    #[schema(example = "Europe/Paris")]
     budget_time_zone: String,
     #[serde(default)]
     on_budget_exceeded: OnBudgetExceeded,
+}
+
+impl utoipa::PartialSchema for SessionConfig {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        FlatSessionConfig::schema()
+    }
+}
+
+impl utoipa::ToSchema for SessionConfig {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "SessionConfig".into()
+    }
+
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        FlatSessionConfig::schemas(schemas)
+    }
 }
 
 fn default_time_zone() -> String {

@@ -61,7 +61,8 @@ fn api() -> (Router<Paygent>, utoipa::openapi::OpenApi) {
         .merge(http::approvals::router())
         .merge(http::audit::router())
         .merge(http::kill::router())
-        .merge(http::executions::router());
+        .merge(http::executions::router())
+        .merge(http::events::router());
     let (router, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)
         .split_for_parts();
@@ -203,7 +204,6 @@ pub fn app_with(paygent: Paygent, options: Options) -> Router {
         get(move || async move { ([("content-type", "application/json")], openapi_json) }),
     )
     .merge(http::health::router())
-    .merge(http::events::router())
     .merge(http::web::router())
     .fallback(|| async { ApiError::NoRoute })
     .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

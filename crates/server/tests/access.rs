@@ -507,9 +507,15 @@ async fn service_endpoints_answer(backend: Backend) {
         "/api/v1/approvals/{id}/reject",
         "/api/v1/approvals/{id}/edit",
         "/api/v1/audit",
+        "/api/v1/ws",
+        "/api/v1/events",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} is documented");
     }
+    // The live channel is published as what it answers: an upgrade, or a stream of server-sent events.
+    assert!(doc["paths"]["/api/v1/ws"]["get"]["responses"]["101"].is_object());
+    let sse = &doc["paths"]["/api/v1/events"]["get"]["responses"]["200"]["content"];
+    assert!(sse["text/event-stream"].is_object(), "{sse}");
     // Every operation publishes the statuses any request may get, and problems in their own media type.
     let mut operations = 0;
     for (path, item) in doc["paths"].as_object().unwrap() {
@@ -547,12 +553,35 @@ async fn service_endpoints_answer(backend: Backend) {
         ("CreateKey", "name", "maxLength"),
         ("Reject", "reason", "minLength"),
         ("Approve", "comment", "maxLength"),
+        ("NewPolicy", "name", "maxLength"),
+        ("PolicyRules", "approval_threshold_usd", "pattern"),
+        ("PolicyRules", "max_approval_timeout_seconds", "maximum"),
+        ("PolicyRules", "max_pending_approvals", "minimum"),
+        ("PolicyRules", "limits", "maxItems"),
+        ("ToolThresholds", "swap", "pattern"),
+        ("Limit", "usd", "pattern"),
+        ("Payees", "allow", "maxItems"),
+        ("SessionConfig", "approval_threshold_usd", "pattern"),
+        ("SessionConfig", "approval_timeout_seconds", "maximum"),
+        ("BudgetConfig", "daily_limit_usd", "pattern"),
     ] {
         let property = &schemas[schema]["properties"][field];
         assert!(
             !property[rule].is_null(),
             "{schema}.{field} has a {rule}: {property}"
         );
+    }
+    // Rules, policies, session configs and budgets refuse fields they do not know, and say so.
+    for schema in [
+        "PolicyRules",
+        "NewPolicy",
+        "ToolThresholds",
+        "Limit",
+        "Payees",
+        "SessionConfig",
+        "BudgetConfig",
+    ] {
+        assert_eq!(schemas[schema]["additionalProperties"], false, "{schema}");
     }
     // As the document says: a problem, in its media type, for a request without a key.
     let resp = s.http.get(s.url("/payments")).send().await.unwrap();

@@ -3,15 +3,15 @@
 //! no duplicate at the seam.
 
 use crate::error::ApiError;
+use crate::error::Problem;
 use crate::extract::{Query, StreamCaller};
 use crate::rate::{Limiter, StreamPermit};
+use axum::Extension;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Extension, Router};
 use futures::{SinkExt, StreamExt};
 use paygent_engine::domain::event::EventKind;
 use paygent_engine::domain::{Decision, Principal};
@@ -21,6 +21,8 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
+use utoipa::IntoParams;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 /// WebSocket close codes, documented for clients.
@@ -59,19 +61,23 @@ impl Default for LiveOptions {
     }
 }
 
-pub fn router() -> Router<Paygent> {
-    Router::new()
-        .route("/api/v1/ws", get(websocket))
-        .route("/api/v1/events", get(server_sent_events))
+pub fn router() -> OpenApiRouter<Paygent> {
+    OpenApiRouter::new()
+        .routes(routes!(websocket))
+        .routes(routes!(server_sent_events))
 }
 
-#[derive(Deserialize)]
-struct StreamQuery {
+#[derive(Deserialize, IntoParams)]
+pub struct StreamQuery {
     /// Replay the events after this sequence number, then go live.
     after_seq: Option<i64>,
     session_id: Option<Uuid>,
-    /// Comma-separated event types; all when absent.
+    /// Comma-separated event types; all when absent. An unknown type is refused (400).
+    #[param(example = "approval_requested,approval_decided")]
     types: Option<String>,
+    /// The key, for clients that cannot set `Authorization` (browsers' WebSocket and EventSource).
+    #[allow(dead_code)] // read by `StreamCaller` before the handler runs; here to be published
+    token: Option<String>,
 }
 
 impl StreamQuery {
@@ -112,6 +118,13 @@ fn permit(
         })
 }
 
+/// Live events as a WebSocket: each `{type, seq, session_id, at, data}`, only what the key could GET, replayed
+/// after `after_seq` and then live. People may send decisions on it (`{"type": "approve", "id": ...}`); the
+/// server pings, and closes with 4008 (slow consumer), 4000 (idle), 1009 (message too big) or 4001 (key
+/// revoked).
+#[utoipa::path(get, path = "/ws", tag = "events", params(StreamQuery),
+    responses((status = 101, description = "switching to the WebSocket protocol"),
+        (status = 400, body = Problem, description = "not a WebSocket upgrade, or a bad filter")))]
 async fn websocket(
     State(paygent): State<Paygent>,
     Extension(options): Extension<LiveOptions>,
@@ -382,6 +395,11 @@ fn error_reply(id: Option<Value>, error: ApiError) -> Value {
 }
 
 /// Server-Sent Events: the same events, resumable with `Last-Event-ID` (or `after_seq`).
+#[utoipa::path(get, path = "/events", tag = "events", params(StreamQuery,
+        ("Last-Event-ID" = Option<i64>, Header, description = "the last `seq` received: replay after it")),
+    responses((status = 200, content_type = "text/event-stream", body = String,
+        description = "one SSE event per event: `id` its seq, `event` its type, `data` the JSON as on the WebSocket"),
+        (status = 400, body = Problem, description = "a bad filter or Last-Event-ID")))]
 async fn server_sent_events(
     State(paygent): State<Paygent>,
     Extension(options): Extension<LiveOptions>,

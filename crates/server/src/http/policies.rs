@@ -10,7 +10,8 @@ use paygent_engine::domain::PolicyRules;
 use paygent_engine::{Paygent, PolicyView};
 use serde::Deserialize;
 use serde_json::Value;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::openapi::{RefOr, schema::Schema};
+use utoipa::{IntoParams, PartialSchema, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
@@ -21,14 +22,39 @@ pub fn router() -> OpenApiRouter<Paygent> {
 }
 
 /// A policy's name beside its rules, in one flat object.
-#[derive(Deserialize, ToSchema)]
+#[derive(Deserialize)]
 pub struct NewPolicy {
     name: String,
-    /// The rules: `approval_threshold_usd`, `thresholds`, `max_per_payment_usd`, `max_approval_timeout_seconds`,
-    /// `payees {allow, deny, outside_allow}`. Each is optional, with today's defaults.
+    /// The rules, each optional with today's defaults.
     #[serde(flatten)]
-    #[schema(value_type = Object, example = json!({"approval_threshold_usd": "25", "max_per_payment_usd": "500"}))]
     rules: Value,
+}
+
+/// Published as the rules' own schema with `name` beside them: serde's `flatten` would publish an `allOf` that
+/// no object can satisfy, since the rules refuse fields they do not know.
+impl utoipa::PartialSchema for NewPolicy {
+    fn schema() -> RefOr<Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let mut schema = PolicyRules::schema();
+        if let RefOr::T(Schema::Object(rules)) = &mut schema {
+            let name = ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(100))
+                .pattern(Some(r"\S"))
+                .examples(["ops"]);
+            rules.properties.insert("name".into(), name.into());
+            rules.required.push("name".into());
+        }
+        schema
+    }
+}
+
+impl ToSchema for NewPolicy {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((PolicyRules::name().into(), PolicyRules::schema()));
+        PolicyRules::schemas(schemas);
+    }
 }
 
 /// Reads rules from JSON: unknown fields and numbers for money are malformed input (400).
@@ -99,7 +125,7 @@ async fn get_policy(
 /// Replaces a policy's rules (admins): a new version, audited with the old and new rules, in force for every
 /// bound agent's next payment.
 #[utoipa::path(put, path = "/policies/{id}", tag = "policies", params(("id" = String, Path, description = "`default` or a policy id")),
-    request_body(content = Object, description = "The rules, as in `POST /policies` without `name`"),
+    request_body = PolicyRules,
     responses((status = 200, body = PolicyView), (status = 400, body = Problem), (status = 403, body = Problem),
         (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
 async fn put_policy(

@@ -34,7 +34,6 @@ pub struct CreateSession {
     /// The EVM address this session pays from.
     #[schema(pattern = "^0x[0-9a-fA-F]{40}$")]
     wallet_address: Option<String>,
-    #[schema(value_type = Option<Object>, example = json!({"approval_threshold_usd": "10", "approval_timeout_seconds": 900}))]
     config: Option<SessionConfig>,
 }
 
@@ -108,8 +107,7 @@ async fn get_budget(
 
 /// Replaces the session's budget settings (approvers and admins). Omitted keys mean "no limit" or the default.
 #[utoipa::path(put, path = "/sessions/{id}/budget", tag = "sessions", params(("id" = Uuid, Path)),
-    request_body(content = Object, example = json!({"daily_limits": {"USDC": "100.00"}, "daily_limit_usd": "150",
-        "max_per_payment_usd": "50", "budget_time_zone": "Europe/Paris", "on_budget_exceeded": "deny"})),
+    request_body = BudgetConfig,
     responses((status = 200, body = BudgetView), (status = 403, body = Problem), (status = 422, body = Problem)))]
 async fn put_budget(
     State(paygent): State<Paygent>,
