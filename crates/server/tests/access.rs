@@ -439,7 +439,7 @@ async fn bad_input_gets_a_problem_and_writes_nothing(backend: Backend) {
                 .header(CONTENT_TYPE, "application/json")
                 .body(body.clone());
         }
-        let resp = req.send().await.unwrap();
+        let resp = s.send(req).await;
         let status = resp.status();
         let ctype = resp.headers()[CONTENT_TYPE].to_str().unwrap().to_owned();
         let problem: Value = resp.json().await.unwrap();
@@ -457,19 +457,19 @@ async fn bad_input_gets_a_problem_and_writes_nothing(backend: Backend) {
     }
 
     // No key, a wrong key, and JSON without its content type.
-    let resp = s.http.get(s.url("/payments")).send().await.unwrap();
+    let resp = s.send(s.http.get(s.url("/payments"))).await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(resp.headers()["www-authenticate"], "Bearer");
     let (status, _) = s.get("pgk_wrong", "/payments").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let resp = s
-        .http
-        .post(s.url("/payments"))
-        .bearer_auth(&t.agent)
-        .body(pay(json!({})))
-        .send()
-        .await
-        .unwrap();
+        .send(
+            s.http
+                .post(s.url("/payments"))
+                .bearer_auth(&t.agent)
+                .body(pay(json!({}))),
+        )
+        .await;
     assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
 
     for (table, n) in tables.iter().zip(before) {
@@ -481,15 +481,10 @@ async fn bad_input_gets_a_problem_and_writes_nothing(backend: Backend) {
 async fn service_endpoints_answer(backend: Backend) {
     let s = TestServer::start(backend).await;
     for path in ["/healthz", "/readyz"] {
-        let resp = s
-            .http
-            .get(format!("{}{path}", s.base))
-            .send()
-            .await
-            .unwrap();
+        let resp = s.send(s.http.get(format!("{}{path}", s.base))).await;
         assert_eq!(resp.status(), StatusCode::OK, "{path}");
     }
-    let resp = s.http.get(s.url("/openapi.json")).send().await.unwrap();
+    let resp = s.send(s.http.get(s.url("/openapi.json"))).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let doc: Value = resp.json().await.unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
@@ -584,7 +579,7 @@ async fn service_endpoints_answer(backend: Backend) {
         assert_eq!(schemas[schema]["additionalProperties"], false, "{schema}");
     }
     // As the document says: a problem, in its media type, for a request without a key.
-    let resp = s.http.get(s.url("/payments")).send().await.unwrap();
+    let resp = s.send(s.http.get(s.url("/payments"))).await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(resp.headers()[CONTENT_TYPE], "application/problem+json");
     s.finish().await;
@@ -603,13 +598,7 @@ async fn each_key_is_rate_limited(backend: Backend) {
     for _ in 0..5 {
         assert_eq!(s.get(&t.agent, "/me").await.0, StatusCode::OK);
     }
-    let resp = s
-        .http
-        .get(s.url("/me"))
-        .bearer_auth(&t.agent)
-        .send()
-        .await
-        .unwrap();
+    let resp = s.send(s.http.get(s.url("/me")).bearer_auth(&t.agent)).await;
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(resp.headers()["retry-after"], "1");
     assert_eq!(resp.headers()[CONTENT_TYPE], "application/problem+json");
@@ -875,7 +864,7 @@ async fn walk(s: &TestServer, token: &str, first: &str) -> Vec<Value> {
     let mut next = Some(s.url(first));
     while let Some(url) = next.take() {
         assert!(pages.len() < 100, "the pages end");
-        let resp = s.http.get(&url).bearer_auth(token).send().await.unwrap();
+        let resp = s.send(s.http.get(&url).bearer_auth(token)).await;
         assert_eq!(resp.status(), StatusCode::OK);
         next = resp.headers().get("link").map(|l| {
             let l = l.to_str().unwrap();

@@ -5,11 +5,10 @@ use paygent_server::LiveOptions;
 use paygent_testkit::{ADMIN_TOKEN, Backend, Settings, TestServer, on_both_databases};
 use serde_json::{Value, json};
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::MaybeTlsStream;
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Ws = paygent_testkit::Socket;
 
 on_both_databases!(
     approval_flow_over_the_socket,
@@ -27,18 +26,8 @@ on_both_databases!(
     streams_and_socket_messages_are_bounded_per_key,
 );
 
-fn ws_url(s: &TestServer, token: &str, query: &str) -> String {
-    format!(
-        "{}/api/v1/ws?token={token}{query}",
-        s.base.replace("http://", "ws://")
-    )
-}
-
 async fn connect(s: &TestServer, token: &str, query: &str) -> Ws {
-    tokio_tungstenite::connect_async(ws_url(s, token, query))
-        .await
-        .expect("websocket connects")
-        .0
+    s.socket(token, query).await.expect("websocket connects")
 }
 
 /// The first of the next frames that `pick` takes, skipping the others; panics after 10 s for each frame.
@@ -209,13 +198,8 @@ async fn roles_and_tenants_hold_on_the_socket(backend: Backend) {
     assert_eq!(hidden["problem"]["status"], 404);
     assert_quiet(&mut outsider).await;
 
-    let status = tokio_tungstenite::connect_async(ws_url(&s, "pgk_wrong", ""))
-        .await
-        .unwrap_err();
-    match status {
-        tokio_tungstenite::tungstenite::Error::Http(r) => assert_eq!(r.status(), 401),
-        other => panic!("expected 401, got {other}"),
-    }
+    let refused = s.socket("pgk_wrong", "").await.unwrap_err();
+    assert_eq!(refused.status(), 401);
     s.finish().await;
 }
 
@@ -294,7 +278,7 @@ async fn slow_consumers_are_cut_off_alone(backend: Backend) {
         .await
         .unwrap();
     let (mut slow, _) =
-        tokio_tungstenite::client_async(ws_url(&s, &t.approver, ""), MaybeTlsStream::Plain(stream))
+        tokio_tungstenite::client_async(s.ws_url(&t.approver, ""), MaybeTlsStream::Plain(stream))
             .await
             .unwrap();
 
@@ -382,13 +366,13 @@ async fn server_sent_events_resume(backend: Backend) {
     let (_, first) = s.get(&t.approver, "/approvals/pending").await;
     assert_eq!(first.as_array().unwrap().len(), 3);
     let resp = s
-        .http
-        .get(s.url("/events"))
-        .bearer_auth(&t.approver)
-        .header("Last-Event-ID", "1")
-        .send()
-        .await
-        .unwrap();
+        .send(
+            s.http
+                .get(s.url("/events"))
+                .bearer_auth(&t.approver)
+                .header("Last-Event-ID", "1"),
+        )
+        .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let mut resp = resp;
@@ -487,10 +471,8 @@ async fn pruned_replays_are_refused(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(pruned, 3);
-    match tokio_tungstenite::connect_async(ws_url(&s, &t.approver, "&after_seq=0")).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 410),
-        other => panic!("expected 410, got {:?}", other.map(|_| ())),
-    }
+    let refused = s.socket(&t.approver, "&after_seq=0").await.unwrap_err();
+    assert_eq!(refused.status(), 410);
     let mut ws = connect(&s, &t.approver, "&after_seq=3").await;
     cause_events(&s, &t.agent, session, 1).await;
     assert_eq!(
@@ -631,12 +613,8 @@ async fn revoked_and_expired_keys_lose_their_streams(backend: Backend) {
     let session = s.session(&t.agent, json!({})).await;
     let mut ws = connect(&s, &t.approver, "").await;
     let mut sse = s
-        .http
-        .get(s.url("/events"))
-        .bearer_auth(&t.approver)
-        .send()
-        .await
-        .unwrap();
+        .send(s.http.get(s.url("/events")).bearer_auth(&t.approver))
+        .await;
     let (_, p) = s.pay(&t.agent, session, "25", "USDC").await;
     assert_eq!(next_json(&mut ws).await["type"], "approval_required");
     let (_, me) = s.get(&t.approver, "/me").await;
@@ -711,30 +689,21 @@ async fn streams_and_socket_messages_are_bounded_per_key(backend: Backend) {
     let t = s.team(ADMIN_TOKEN).await;
     let first = connect(&s, &t.approver, "").await;
     let sse = s
-        .http
-        .get(s.url("/events"))
-        .bearer_auth(&t.approver)
-        .send()
-        .await
-        .unwrap();
+        .send(s.http.get(s.url("/events")).bearer_auth(&t.approver))
+        .await;
     assert_eq!(sse.status(), 200);
-    match tokio_tungstenite::connect_async(ws_url(&s, &t.approver, "")).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
-            assert_eq!(r.status(), 429);
-            let body =
-                String::from_utf8_lossy(r.body().as_deref().unwrap_or_default()).into_owned();
-            assert!(
-                body.contains("too-many-streams"),
-                "refused by the cap: {body}"
-            );
-        }
-        other => panic!("a third stream must be refused: {:?}", other.map(|_| ())),
-    }
+    let refused = s.socket(&t.approver, "").await.unwrap_err();
+    assert_eq!(refused.status(), 429);
+    let body = String::from_utf8_lossy(refused.body().as_deref().unwrap_or_default()).into_owned();
+    assert!(
+        body.contains("too-many-streams"),
+        "refused by the cap: {body}"
+    );
     drop(sse);
     drop(first);
     let mut again = None;
     for _ in 0..100 {
-        if let Ok((ws, _)) = tokio_tungstenite::connect_async(ws_url(&s, &t.approver, "")).await {
+        if let Ok(ws) = s.socket(&t.approver, "").await {
             again = Some(ws);
             break;
         }

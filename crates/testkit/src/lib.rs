@@ -284,11 +284,7 @@ impl TestServer {
         }
         let resp = req.send().await.expect("request");
         let status = resp.status();
-        let content_type = resp
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let content_type = content_type(&resp);
         let text = resp.text().await.expect("body");
         let typed = content_type.as_deref().filter(|_| !text.is_empty());
         contract::check(&method_of_call, &format!("/api/v1{path}"), status, typed);
@@ -296,6 +292,48 @@ impl TestServer {
             status,
             serde_json::from_str(&text).unwrap_or(Value::String(text)),
         )
+    }
+
+    /// The live WebSocket's address for `token`, with `query` (`&after_seq=3`...) after it.
+    pub fn ws_url(&self, token: &str, query: &str) -> String {
+        let base = self.base.replace("http://", "ws://");
+        format!("{base}/api/v1/ws?token={token}{query}")
+    }
+
+    /// Opens the live WebSocket as `token`, held to the published document: the upgrade, or the refusal, whose
+    /// answer comes back.
+    pub async fn socket(&self, token: &str, query: &str) -> Result<Socket, Refused> {
+        use tokio_tungstenite::tungstenite::Error;
+        let check = |status, content_type| {
+            contract::check(&Method::GET, "/api/v1/ws", status, content_type)
+        };
+        match tokio_tungstenite::connect_async(self.ws_url(token, query)).await {
+            Ok((socket, answer)) => {
+                check(answer.status(), None);
+                Ok(socket)
+            }
+            Err(Error::Http(refused)) => {
+                let content_type = refused.headers().get(reqwest::header::CONTENT_TYPE);
+                check(refused.status(), content_type.and_then(|v| v.to_str().ok()));
+                Err(*refused)
+            }
+            Err(e) => panic!("the WebSocket failed: {e}"),
+        }
+    }
+
+    /// Sends a request a test built by hand (to set headers, or read them back), held to the published document
+    /// as [`TestServer::call`]'s are.
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> reqwest::Response {
+        let req = req.build().expect("a well-formed request");
+        let (method, path) = (req.method().clone(), req.url().path().to_owned());
+        let resp = self.http.execute(req).await.expect("request");
+        contract::check(
+            &method,
+            &path,
+            resp.status(),
+            content_type(&resp).as_deref(),
+        );
+        resp
     }
 
     pub async fn post(&self, token: &str, path: &str, body: Value) -> (StatusCode, Value) {
@@ -731,4 +769,17 @@ pub async fn wait_for(
 /// A `done` for [`wait_for`]: the execution is in `status`.
 pub fn status_is(status: &'static str) -> impl Fn(&Value) -> bool {
     move |e| e["status"] == status
+}
+
+/// A live WebSocket to the server.
+pub type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+/// The server's answer to a WebSocket it refused.
+pub type Refused = tokio_tungstenite::tungstenite::http::Response<Option<Vec<u8>>>;
+
+fn content_type(resp: &reqwest::Response) -> Option<String> {
+    resp.headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }

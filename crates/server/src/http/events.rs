@@ -124,7 +124,8 @@ fn permit(
 /// revoked).
 #[utoipa::path(get, path = "/ws", tag = "events", params(StreamQuery),
     responses((status = 101, description = "switching to the WebSocket protocol"),
-        (status = 400, body = Problem, description = "not a WebSocket upgrade, or a bad filter")))]
+        (status = 400, body = Problem, description = "not a WebSocket upgrade, or a bad filter"),
+        (status = 410, body = Problem, description = "`after_seq` is older than the events kept: read the state, then go live")))]
 async fn websocket(
     State(paygent): State<Paygent>,
     Extension(options): Extension<LiveOptions>,
@@ -399,7 +400,8 @@ fn error_reply(id: Option<Value>, error: ApiError) -> Value {
         ("Last-Event-ID" = Option<i64>, Header, description = "the last `seq` received: replay after it")),
     responses((status = 200, content_type = "text/event-stream", body = String,
         description = "one SSE event per event: `id` its seq, `event` its type, `data` the JSON as on the WebSocket"),
-        (status = 400, body = Problem, description = "a bad filter or Last-Event-ID")))]
+        (status = 400, body = Problem, description = "a bad filter or Last-Event-ID"),
+        (status = 410, body = Problem, description = "the replay point is older than the events kept: read the state, then go live")))]
 async fn server_sent_events(
     State(paygent): State<Paygent>,
     Extension(options): Extension<LiveOptions>,
