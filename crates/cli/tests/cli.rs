@@ -116,6 +116,8 @@ async fn run_follows_an_execution_to_its_end(backend: Backend) {
     let text = stdout(&out);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("started"), "{text}");
+    let id = text.split_whitespace().nth(1).expect("the execution's id");
+    paygent_testkit::wait_for(&s, &t.agent, id, |e| e["status"] == "awaiting_approval").await;
     let pending = paygent(&s, &t.approver, &["approvals", "list"]).await;
     assert!(stdout(&pending).contains("50"), "{}", stdout(&pending));
 

@@ -7,7 +7,7 @@ macro_rules! names {
         impl $t {
             pub const ALL: &'static [Self] = &[$(Self::$v),*];
 
-            pub fn as_str(self) -> &'static str {
+            pub const fn as_str(self) -> &'static str {
                 match self { $(Self::$v => $s),* }
             }
             pub fn parse(s: &str) -> Option<Self> {

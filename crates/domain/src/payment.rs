@@ -2,7 +2,7 @@
 
 use crate::auth::Role;
 use crate::money::{Money, MoneyError};
-use crate::policy::{TRANSFER, X402_PAYMENT};
+use crate::policy::PaymentTool;
 use crate::prices::PriceTable;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -106,10 +106,10 @@ impl Recipient {
     }
 
     /// The tool that moves money to this recipient.
-    pub fn tool(&self) -> &'static str {
+    pub fn tool(&self) -> PaymentTool {
         match self {
-            Recipient::Evm(_) => TRANSFER,
-            Recipient::Url(_) => X402_PAYMENT,
+            Recipient::Evm(_) => PaymentTool::Transfer,
+            Recipient::Url(_) => PaymentTool::X402Payment,
         }
     }
 }
@@ -145,7 +145,7 @@ impl PaymentIntent {
         })
     }
 
-    pub fn tool(&self) -> &'static str {
+    pub fn tool(&self) -> PaymentTool {
         self.recipient.tool()
     }
 
@@ -226,12 +226,15 @@ mod tests {
 
     #[test]
     fn recipients_pick_the_tool() {
-        assert_eq!(Recipient::parse(ADDR).unwrap().tool(), TRANSFER);
+        assert_eq!(
+            Recipient::parse(ADDR).unwrap().tool(),
+            PaymentTool::Transfer
+        );
         assert_eq!(
             Recipient::parse("https://api.example/data?q=1")
                 .unwrap()
                 .tool(),
-            X402_PAYMENT
+            PaymentTool::X402Payment
         );
         for bad in [
             "0x123",

@@ -5,9 +5,24 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub const X402_PAYMENT: &str = "x402_payment";
-pub const TRANSFER: &str = "transfer";
-pub const SWAP: &str = "swap";
+/// The tools that move money: the rails carry transfers and x402 payments, the guard holds swaps too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PaymentTool {
+    Transfer,
+    X402Payment,
+    Swap,
+}
+
+names!(PaymentTool {
+    Transfer => "transfer",
+    X402Payment => "x402_payment",
+    Swap => "swap",
+});
+
+/// The tools' names, where rules key on them (per-tool thresholds, rule lists).
+pub const X402_PAYMENT: &str = PaymentTool::X402Payment.as_str();
+pub const TRANSFER: &str = PaymentTool::Transfer.as_str();
+pub const SWAP: &str = PaymentTool::Swap.as_str();
 
 /// When a rule fires.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

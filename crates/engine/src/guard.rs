@@ -182,7 +182,7 @@ impl<'a> Filing<'a> {
             id: Uuid::now_v7(),
             tenant_id: who.tenant_id,
             session_id: session.id,
-            tool: intent.tool().to_owned(),
+            tool: intent.tool().as_str().to_owned(),
             amount: intent.money.amount,
             currency: intent.money.currency.clone(),
             usd_value,

@@ -9,6 +9,7 @@ use crate::{EngineError, Paygent, Result};
 use futures::future::BoxFuture;
 use paygent_domain::audit::AuditAction;
 use paygent_domain::event::EventKind;
+use paygent_domain::policy::PaymentTool;
 use paygent_domain::{Decimal, PaymentStatus, SessionState};
 use paygent_store::attempts::AttemptRecord;
 use paygent_store::payments::{self, PaymentRecord, Transition};
@@ -24,8 +25,7 @@ pub struct PaymentOrder {
     pub session_id: Uuid,
     /// The session's wallet: rails pay only from a wallet the session is bound to.
     pub wallet: Option<String>,
-    /// `transfer` or `x402_payment`.
-    pub tool: String,
+    pub tool: PaymentTool,
     pub amount: Decimal,
     pub currency: String,
     pub recipient: String,
@@ -155,6 +155,9 @@ impl Paygent {
         if self.rails.is_empty() {
             return Ok(None);
         }
+        let Some(tool) = PaymentTool::parse(&payment.tool) else {
+            return Ok(None);
+        };
         let session = sessions::get(self.store.reader(), payment.tenant_id, payment.session_id)
             .await?
             .ok_or(EngineError::NotFound("session"))?;
@@ -162,7 +165,7 @@ impl Paygent {
             payment_id: payment.id,
             session_id: payment.session_id,
             wallet: session.wallet_address,
-            tool: payment.tool.clone(),
+            tool,
             amount: payment.amount,
             currency: payment.currency.clone(),
             recipient: payment.recipient.clone(),

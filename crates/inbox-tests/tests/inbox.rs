@@ -370,16 +370,10 @@ async fn views_show_steps_budgets_and_the_audit_chain() {
         .session(&t.agent, json!({"daily_limits": {"USDC": "500"}}))
         .await;
     let (hello, _) = paygent_testkit::hello_server().await;
-    let (_, started) = s
-        .post(
-            &t.agent,
-            "/agent/execute",
-            json!({"session_id": session, "steps": [
-                {"tool": "http_get", "args": {"url": hello}},
-                {"tool": "transfer", "args": {"to": "0x1111111111111111111111111111111111111111",
-                    "amount": "3", "currency": "USDC"}}]}),
-        )
-        .await;
+    let steps = json!([
+        {"tool": "http_get", "args": {"url": hello}},
+        {"tool": "transfer", "args": {"to": paygent_testkit::PAYEE, "amount": "3", "currency": "USDC"}}]);
+    let started = s.execute(&t.agent, session, steps).await;
     let execution = started["id"].as_str().unwrap().to_owned();
     let chrome = Chromium::launch().await;
     let page = chrome.open(&s.base).await;

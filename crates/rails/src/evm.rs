@@ -19,6 +19,7 @@ use alloy::sol;
 use alloy::sol_types::{Eip712Domain, SolCall, SolEvent, SolStruct};
 use futures::future::BoxFuture;
 use paygent_engine::domain::Decimal;
+use paygent_engine::domain::policy::PaymentTool;
 use paygent_engine::{Egress, Journal, PaymentOrder, Rail, RailError, Settlement, Signed};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -178,7 +179,33 @@ enum Standing {
     Open,
 }
 
-impl Watched<'_> {
+/// A resource refused the payment it was sent, and the authorization expired unsettled: nothing was paid.
+fn refused_unsettled(refusal: &str, body: &str) -> RailError {
+    let error = serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| body.chars().take(200).collect());
+    RailError::Refused(format!(
+        "{refusal} after the payment was sent, and the authorization expired unsettled: {error}"
+    ))
+}
+
+impl<'a> Watched<'a> {
+    /// The authorization a stored x402 artifact carries.
+    fn signed(
+        token: &'a TokenConfig,
+        chain: &'a Chain,
+        artifact: &Value,
+    ) -> Result<Self, RailError> {
+        Ok(Watched {
+            token,
+            chain,
+            from: stored(artifact, "from")?,
+            nonce: stored(artifact, "nonce")?,
+            valid_before: artifact["valid_before"].as_u64().unwrap_or(0),
+        })
+    }
+
     /// Where it stands as of the chain's latest block: its nonce read at that block, against that block's time.
     /// Chain time, not this server's clock: a chain whose blocks lag can settle it after the wall clock passed it.
     async fn standing(&self) -> Result<Standing, RailError> {
@@ -612,13 +639,7 @@ impl EvmRails {
             stored(a, "header_name")?,
             stored(a, "header_value")?,
         );
-        let auth = Watched {
-            token,
-            chain,
-            from: stored(a, "from")?,
-            nonce: stored(a, "nonce")?,
-            valid_before: a["valid_before"].as_u64().unwrap_or(0),
-        };
+        let auth = Watched::signed(token, chain, a)?;
         let paid = |receipt: Value, tx_hash: Option<String>| Settlement {
             network: signed.network.clone(),
             tx_hash,
@@ -672,13 +693,7 @@ impl EvmRails {
                 auth.transaction().await,
             ));
         }
-        let error = serde_json::from_str::<Value>(&body)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| body.chars().take(200).collect());
-        Err(RailError::Refused(format!(
-            "{refusal} after the payment was sent, and the authorization expired unsettled: {error}"
-        )))
+        Err(refused_unsettled(&refusal, &body))
     }
 
     async fn balance_list(&self, wallet: &str) -> Result<Value, RailError> {
@@ -794,7 +809,7 @@ impl Rail for EvmRails {
     }
 
     fn carries(&self, order: &PaymentOrder) -> bool {
-        let tool_ok = matches!(order.tool.as_str(), "transfer" | "x402_payment");
+        let tool_ok = matches!(order.tool, PaymentTool::Transfer | PaymentTool::X402Payment);
         tool_ok && self.inner.tokens.contains_key(&order.currency) && self.wallet(order).is_ok()
     }
 
@@ -805,9 +820,10 @@ impl Rail for EvmRails {
         journal: Journal<'a>,
     ) -> BoxFuture<'a, Result<Settlement, RailError>> {
         Box::pin(async move {
-            match order.tool.as_str() {
-                "transfer" => self.transfer(order, earlier, journal).await,
-                _ => self.x402(order, earlier, journal).await,
+            match order.tool {
+                PaymentTool::Transfer => self.transfer(order, earlier, journal).await,
+                PaymentTool::X402Payment => self.x402(order, earlier, journal).await,
+                PaymentTool::Swap => Err(RailError::Refused("this rail does not swap".into())),
             }
         })
     }

@@ -435,14 +435,7 @@ async fn a_restart_between_signing_and_settling_pays_once() {
     // An x402 payment whose settlement is stuck in the pool when Paygent dies.
     chain.automine(false).await;
     let step = json!([{"tool": "x402_payment", "args": {"url": peer.url("/v2/cheap"), "max_amount": "1"}}]);
-    let (status, started) = s
-        .post(
-            &t.agent,
-            "/agent/execute",
-            json!({"session_id": session, "steps": step}),
-        )
-        .await;
-    assert_eq!(status, 202);
+    let started = s.execute(&t.agent, &session, step).await;
     while s.count("payment_attempts").await == 0 {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }

@@ -670,14 +670,8 @@ async fn agents_reach_only_their_own(backend: Backend) {
     let session = s.session(&t.agent, json!({})).await;
     let (_, pending) = s.pay(&t.agent, session, "20", "USDC").await;
     let (_, paid) = s.pay(&t.agent, session, "2", "USDC").await;
-    let (status, execution) = s
-        .post(
-            &t.agent,
-            "/agent/execute",
-            json!({"session_id": session, "steps": [{"tool": "wait", "args": {"seconds": 30}}]}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{execution}");
+    let steps = json!([{"tool": "wait", "args": {"seconds": 30}}]);
+    let execution = s.execute(&t.agent, session, steps).await;
     let (approval, payment, execution) = (
         pending["approval_id"].as_str().unwrap(),
         paid["id"].as_str().unwrap(),

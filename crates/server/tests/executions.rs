@@ -27,18 +27,6 @@ on_both_databases!(
 
 const ADDR: &str = "0x1111111111111111111111111111111111111111";
 
-async fn execute(s: &TestServer, t: &Team, session: Uuid, steps: Value) -> Value {
-    let (status, body) = s
-        .post(
-            &t.agent,
-            "/agent/execute",
-            json!({"session_id": session, "steps": steps}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    body
-}
-
 /// A three-step plan whose middle step needs a person: fetch, pay $25, wait a second.
 async fn three_steps(s: &TestServer, t: &Team, hello: &str) -> (Value, String) {
     let session = s.session(&t.agent, json!({})).await;
@@ -47,7 +35,7 @@ async fn three_steps(s: &TestServer, t: &Team, hello: &str) -> (Value, String) {
         {"tool": "transfer", "args": {"to": ADDR, "amount": "25", "currency": "USDC"}},
         {"tool": "wait", "args": {"seconds": 1}},
     ]);
-    let started = execute(s, t, session, steps).await;
+    let started = s.execute(&t.agent, session, steps).await;
     let id = started["id"].as_str().unwrap().to_owned();
     let paused = wait_for(s, &t.agent, &id, status_is("awaiting_approval")).await;
     assert_eq!(paused["steps"][0]["status"], "done");
@@ -151,13 +139,13 @@ async fn a_kill_aborts_the_step_in_flight(backend: Backend) {
     let session = s.session(&t.agent, json!({})).await;
     let (never, hung_up) = silent_server().await;
 
-    let stuck = execute(
-        &s,
-        &t,
-        session,
-        json!([{"tool": "http_get", "args": {"url": never}}]),
-    )
-    .await;
+    let stuck = s
+        .execute(
+            &t.agent,
+            session,
+            json!([{"tool": "http_get", "args": {"url": never}}]),
+        )
+        .await;
     let id = stuck["id"].as_str().unwrap();
     wait_for(&s, &t.agent, id, |e| e["steps"][0]["status"] == "running").await;
     let (status, cancelled) = s
@@ -181,13 +169,13 @@ async fn a_kill_aborts_the_step_in_flight(backend: Backend) {
         "the in-flight fetch was aborted"
     );
 
-    let sleeping = execute(
-        &s,
-        &t,
-        session,
-        json!([{"tool": "wait", "args": {"seconds": 3600}}]),
-    )
-    .await;
+    let sleeping = s
+        .execute(
+            &t.agent,
+            session,
+            json!([{"tool": "wait", "args": {"seconds": 3600}}]),
+        )
+        .await;
     let id = sleeping["id"].as_str().unwrap();
     wait_for(&s, &t.agent, id, |e| e["steps"][0]["status"] == "running").await;
     let other = s.key(&t.admin, paygent_engine::domain::Role::Agent).await;
@@ -249,7 +237,7 @@ async fn an_expired_request_expires_the_execution(backend: Backend) {
         .await;
     let steps =
         json!([{"tool": "transfer", "args": {"to": ADDR, "amount": "30", "currency": "USDC"}}]);
-    let started = execute(&s, &t, session, steps).await;
+    let started = s.execute(&t.agent, session, steps).await;
     let id = started["id"].as_str().unwrap();
     let paused = wait_for(&s, &t.agent, id, status_is("awaiting_approval")).await;
     s.clock.advance(Duration::seconds(3));
@@ -388,7 +376,7 @@ async fn memory_and_summary_tell_what_happened(backend: Backend) {
     .await;
     let steps =
         json!([{"tool": "transfer", "args": {"to": ADDR, "amount": "25", "currency": "USDC"}}]);
-    let second = execute(&s, &t, session, steps).await;
+    let second = s.execute(&t.agent, session, steps).await;
     let id = second["id"].as_str().unwrap();
     let paused = wait_for(&s, &t.agent, id, status_is("awaiting_approval")).await;
     let approval = paused["steps"][0]["approval_id"].as_str().unwrap();
@@ -441,7 +429,7 @@ async fn a_rejection_can_let_the_plan_go_on(backend: Backend) {
         {"tool": "transfer", "args": {"to": ADDR, "amount": "25", "currency": "USDC"}},
         {"tool": "http_get", "args": {"url": hello}},
     ]);
-    let started = execute(&s, &t, session, steps).await;
+    let started = s.execute(&t.agent, session, steps).await;
     let id = started["id"].as_str().unwrap();
     let paused = wait_for(&s, &t.agent, id, status_is("awaiting_approval")).await;
     let approval = paused["steps"][0]["approval_id"].as_str().unwrap();
@@ -536,13 +524,13 @@ async fn swaps_follow_their_own_rule(backend: Backend) {
 
 /// The step's error when an `http_get` of `url` fails, after the execution ends.
 async fn fetch_error(s: &TestServer, t: &Team, session: Uuid, url: &str) -> String {
-    let e = execute(
-        s,
-        t,
-        session,
-        json!([{"tool": "http_get", "args": {"url": url}}]),
-    )
-    .await;
+    let e = s
+        .execute(
+            &t.agent,
+            session,
+            json!([{"tool": "http_get", "args": {"url": url}}]),
+        )
+        .await;
     let done = wait_for(s, &t.agent, e["id"].as_str().unwrap(), |e| {
         e["status"] == "failed"
     })
@@ -605,13 +593,13 @@ async fn http_get_keeps_to_the_egress_policy(backend: Backend) {
 
     let total = 64 * 1024 * 1024;
     let (big, written) = canned_server("127.0.0.2", "HTTP/1.1 200 OK".into(), total).await;
-    let e = execute(
-        &s,
-        &t,
-        session,
-        json!([{"tool": "http_get", "args": {"url": format!("{big}/big")}}]),
-    )
-    .await;
+    let e = s
+        .execute(
+            &t.agent,
+            session,
+            json!([{"tool": "http_get", "args": {"url": format!("{big}/big")}}]),
+        )
+        .await;
     let done = wait_for(
         &s,
         &t.agent,

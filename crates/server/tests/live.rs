@@ -5,8 +5,8 @@ use paygent_server::LiveOptions;
 use paygent_testkit::{ADMIN_TOKEN, Backend, Settings, TestServer, on_both_databases};
 use serde_json::{Value, json};
 use std::time::Duration;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::MaybeTlsStream;
+use tokio_tungstenite::tungstenite::Message;
 
 type Ws = paygent_testkit::Socket;
 

@@ -496,6 +496,19 @@ impl TestServer {
         .await
     }
 
+    /// Starts an execution of `steps` on the session as `agent`; the execution as the server accepted it (202).
+    pub async fn execute(
+        &self,
+        agent: &str,
+        session: impl std::fmt::Display,
+        steps: Value,
+    ) -> Value {
+        let body = json!({"session_id": session.to_string(), "steps": steps});
+        let (status, body) = self.post(agent, "/agent/execute", body).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        body
+    }
+
     /// Rows in `table`, read straight from the database.
     pub async fn count(&self, table: &str) -> i64 {
         self.scalar(&format!("SELECT COUNT(*) FROM {table}")).await

@@ -91,14 +91,7 @@ pub async fn run(
     steps: Value,
     done: impl Fn(&Value) -> bool,
 ) -> Value {
-    let (status, body) = s
-        .post(
-            &t.agent,
-            "/agent/execute",
-            json!({"session_id": session, "steps": steps}),
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
+    let body = s.execute(&t.agent, session, steps).await;
     wait_for(s, &t.agent, body["id"].as_str().expect("id"), done).await
 }
 
