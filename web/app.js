@@ -362,6 +362,8 @@ function upsert(a) {
   $(".what", li).textContent = `${money(a.args)} → ${a.args.recipient ?? a.args.to ?? a.args.url ?? ""}`;
   $(".reason", li).textContent = a.reason;
   $(".meta", li).textContent = `session ${a.session_id.slice(0, 8)} · agent ${a.requested_by.slice(0, 8)}`;
+  $(".digest", li).textContent = `action ${a.digest.slice(0, 19)}…`;
+  $(".digest", li).dataset.digest = a.digest;
   for (const kind of ["approve", "reject", "edit"]) show($(`button.${kind}`, li), a.allowed_decisions.includes(kind));
   $(".edit-form input[name=amount]", li).value = a.args.amount ?? "";
   $(".edit-form input[name=recipient]", li).value = a.args.recipient ?? "";

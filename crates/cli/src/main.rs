@@ -345,7 +345,8 @@ async fn approvals(remote: Remote, action: ApprovalAction) -> anyhow::Result<Exi
         }
     };
     let decided: ApprovalView = client.call(Method::POST, &path, Some(body)).await?;
-    println!("{} {}", decided.id, decided.status.as_str());
+    let digest = decided.decision.and_then(|d| d.digest).unwrap_or_default();
+    println!("{} {} {digest}", decided.id, decided.status.as_str());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -493,7 +494,7 @@ fn print_pending(list: &[ApprovalView]) {
                 .to_owned()
         };
         println!(
-            "{}  ${:>12}  {:<12} {} {} -> {}  (expires {})  {}",
+            "{}  ${:>12}  {:<12} {} {} -> {}  (expires {})  {}  {}",
             a.id,
             a.usd_value,
             a.tool,
@@ -503,6 +504,7 @@ fn print_pending(list: &[ApprovalView]) {
             a.deadline
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             a.reason,
+            a.digest,
         );
     }
 }

@@ -148,8 +148,19 @@ async fn approvals_commands_decide(backend: Backend) {
     let list = paygent(&s, &t.approver, &["approvals", "list"]).await;
     assert!(list.status.success());
     let text = stdout(&list);
+    let mut digests = Vec::new();
     for id in &ids {
-        assert!(text.contains(id.as_str()), "{text}");
+        let (_, request) = s.get(&t.approver, &format!("/approvals/{id}")).await;
+        let digest = request["digest"].as_str().unwrap().to_owned();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(id.as_str()))
+            .unwrap_or_default();
+        assert!(
+            line.contains(&digest),
+            "each request with its action's digest: {text}"
+        );
+        digests.push(digest);
     }
 
     let out = paygent(
@@ -159,7 +170,11 @@ async fn approvals_commands_decide(backend: Backend) {
     )
     .await;
     assert!(out.status.success());
-    assert!(stdout(&out).contains("approved"));
+    let said = stdout(&out);
+    assert!(
+        said.contains("approved") && said.contains(&digests[0]),
+        "{said}"
+    );
     let out = paygent(
         &s,
         &t.approver,

@@ -3,7 +3,6 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 /// What an audit entry records: one name each, here and nowhere else.
@@ -133,40 +132,7 @@ impl AuditEntry {
             "data": self.data,
             "prev_hash": self.prev_hash,
         });
-        let mut canon = String::new();
-        write_canonical(&body, &mut canon);
-        hex::encode(Sha256::digest(canon.as_bytes()))
-    }
-}
-
-/// JSON with object keys sorted at every depth, whatever map type serde_json was built with.
-fn write_canonical(v: &Value, out: &mut String) {
-    match v {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
-                write_canonical(&map[k], out);
-            }
-            out.push('}');
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_canonical(item, out);
-            }
-            out.push(']');
-        }
-        scalar => out.push_str(&scalar.to_string()),
+        crate::canonical::sha256_hex(&body)
     }
 }
 

@@ -17,10 +17,12 @@ macro_rules! names {
     };
 }
 
+pub mod action;
 pub mod approval;
 pub mod audit;
 pub mod auth;
 pub mod budget;
+pub mod canonical;
 pub mod command;
 pub mod event;
 pub mod execution;

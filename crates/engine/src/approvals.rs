@@ -4,6 +4,7 @@
 use crate::budget::{self, Booking, Move};
 use crate::views::ApprovalView;
 use crate::{EngineError, Paygent, Result, require};
+use paygent_domain::action::action_digest;
 use paygent_domain::audit::AuditAction;
 use paygent_domain::event::EventKind;
 use paygent_domain::judgement::DenyReason;
@@ -73,6 +74,10 @@ impl Paygent {
         };
         let (kind, note) = (decision.kind(), decision.note());
         let edited_args = edit.as_ref().map(|(intent, _)| intent.args());
+        let digest = match &edited_args {
+            Some(args) => action_digest(request.session_id, &request.tool, args),
+            None => request.digest(),
+        };
 
         let mut tx = self.begin_as(who).await?;
         if to != ApprovalStatus::Rejected {
@@ -86,6 +91,7 @@ impl Paygent {
                 by: who.key_id,
                 note,
                 edited_args: edited_args.as_ref(),
+                digest: &digest,
             },
         )
         .await?;
@@ -100,7 +106,7 @@ impl Paygent {
             check_edit_policy(&mut tx, &request, intent, *usd).await?;
             rebook_edit(&mut tx, &request, intent, *usd).await?;
         }
-        let mut data = json!({"decision": kind.as_str(), "note": note});
+        let mut data = json!({"decision": kind.as_str(), "note": note, "digest": digest});
         if let Some((_, usd)) = &edit {
             data["old_args"] = request.args.clone();
             data["new_args"] = edited_args.clone().unwrap_or(Value::Null);

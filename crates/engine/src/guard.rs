@@ -408,13 +408,13 @@ impl<'a> Filing<'a> {
 }
 
 /// The one place a request for people is filed: held to the key's cap on requests waiting (the policy's
-/// `max_pending_approvals`), stored, audited with `summary`, and announced.
+/// `max_pending_approvals`), stored, audited with `summary` and the action's digest, and announced.
 async fn file_request(
     tx: &mut WriteTx,
     who: &Principal,
     policy: &PolicyRecord,
     request: ApprovalRecord,
-    summary: Value,
+    mut summary: Value,
 ) -> Result<()> {
     let most = policy.rules.max_pending_approvals;
     let waiting = approvals::pending_of_key(tx, who.key_id, most.into()).await?;
@@ -426,6 +426,7 @@ async fn file_request(
         )));
     }
     approvals::insert(tx, &request).await?;
+    summary["digest"] = Value::String(request.digest());
     let subject = format!("approval:{}", request.id);
     let session = Some(request.session_id);
     tx.audit(

@@ -127,6 +127,11 @@ impl Paygent {
             .payment_id
             .ok_or_else(|| EngineError::Conflict("this request is not a payment".into()))?;
         let intent = PaymentIntent::from_args(&self.prices, request.effective_args())?;
+        if !request.approves(&intent.args()) {
+            return Err(EngineError::Conflict(
+                "what would be paid is not the action people approved: its digest differs".into(),
+            ));
+        }
         let terms = Terms {
             usd_value: self.prices.usd_value(&intent.money)?,
             amount: intent.money.amount,
@@ -165,8 +170,8 @@ impl Paygent {
             )));
         }
         remember_approved_payee(&mut tx, request.session_id, &intent).await?;
-        let data = json!({"approval_id": approval_id, "tool": request.tool,
-            "args": request.effective_args(), "usd_value": terms.usd_value.to_string()});
+        let data = json!({"approval_id": approval_id, "tool": request.tool, "args": request.effective_args(),
+            "digest": request.digest(), "usd_value": terms.usd_value.to_string()});
         let subject = format!("payment:{payment_id}");
         tx.audit(
             &who.actor(),

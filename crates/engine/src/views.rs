@@ -84,6 +84,10 @@ pub struct DecisionRecord {
     pub at: DateTime<Utc>,
     /// The comment, or the rejection's reason.
     pub note: Option<String>,
+    /// The digest of the action decided: the request's, or its edit's. Absent for an expiry or a cancellation,
+    /// and for decisions made before digests were recorded.
+    #[schema(example = "sha256:f7870a201e65988cf87894c174d38b59f1a5cc231b993fc835a8cbb789dcfd10")]
+    pub digest: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -98,6 +102,10 @@ pub struct ApprovalView {
     pub edited_args: Option<Value>,
     /// Why a person is needed.
     pub reason: String,
+    /// The SHA-256 of the exact action the request would run (session, tool and arguments, edited ones if
+    /// any, in canonical JSON): what an approval binds to. Only an action with the approved digest runs.
+    #[schema(example = "sha256:f7870a201e65988cf87894c174d38b59f1a5cc231b993fc835a8cbb789dcfd10")]
+    pub digest: String,
     #[schema(value_type = String, example = "25.00")]
     pub usd_value: Decimal,
     #[schema(value_type = Vec<String>, example = json!(["approve", "edit", "reject"]))]
@@ -119,7 +127,9 @@ impl From<ApprovalRecord> for ApprovalView {
             by: a.decided_by,
             at,
             note: a.decision_note.clone(),
+            digest: a.decided_digest.clone(),
         });
+        let digest = a.digest();
         ApprovalView {
             id: a.id,
             session_id: a.session_id,
@@ -128,6 +138,7 @@ impl From<ApprovalRecord> for ApprovalView {
             args: a.args,
             edited_args: a.edited_args,
             reason: a.reason,
+            digest,
             usd_value: a.usd_value,
             allowed_decisions: a.allowed_decisions,
             status: a.status,

@@ -107,6 +107,22 @@ async fn people_decide_in_the_inbox() {
     )
     .await;
     assert_eq!(shown, "$25");
+    // The card names the exact action an approval binds to: its digest, in full on the element.
+    let (_, request) = s.get(&t.approver, &format!("/approvals/{approval}")).await;
+    let digest = request["digest"].as_str().unwrap();
+    let card = item(&approval);
+    let on_card = eval(
+        &page,
+        &format!("document.querySelector(\"{card} .digest\").dataset.digest"),
+    )
+    .await;
+    assert_eq!(on_card, digest);
+    let text = eval(
+        &page,
+        &format!("document.querySelector(\"{card} .digest\").textContent"),
+    )
+    .await;
+    assert!(text.as_str().unwrap().contains(&digest[..19]), "{text}");
     wait_until(
         &page,
         &format!(

@@ -4,6 +4,7 @@
 use crate::db::{Db, query};
 use crate::{Result, StoreError, WriteTx, decimal, json, opt_time, opt_uuid, time, uuid};
 use chrono::{DateTime, Utc};
+use paygent_domain::action::action_digest;
 use paygent_domain::{ApprovalStatus, Decimal, DecisionKind};
 use serde_json::Value;
 use uuid::Uuid;
@@ -26,6 +27,8 @@ pub struct ApprovalRecord {
     pub decided_by: Option<Uuid>,
     pub decided_at: Option<DateTime<Utc>>,
     pub decision_note: Option<String>,
+    /// The digest of the action the decision was about (see [`ApprovalRecord::digest`]).
+    pub decided_digest: Option<String>,
     pub consumed_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
 }
@@ -67,6 +70,7 @@ impl ApprovalRecord {
             decided_by: None,
             decided_at: None,
             decision_note: None,
+            decided_digest: None,
             consumed_at: None,
             created_at: now,
         }
@@ -75,6 +79,18 @@ impl ApprovalRecord {
     /// The arguments an execution must use: the edit if there was one.
     pub fn effective_args(&self) -> &Value {
         self.edited_args.as_ref().unwrap_or(&self.args)
+    }
+
+    /// The digest of the action this request would run: its session, tool and (edited) arguments.
+    pub fn digest(&self) -> String {
+        action_digest(self.session_id, &self.tool, self.effective_args())
+    }
+
+    /// Whether running the request's tool with `args` is the action people approved. A request decided before
+    /// digests were recorded approved the action stored with it, which no one can change after the decision.
+    pub fn approves(&self, args: &Value) -> bool {
+        let approved = self.decided_digest.clone().unwrap_or_else(|| self.digest());
+        self.status.is_consumable() && action_digest(self.session_id, &self.tool, args) == approved
     }
 }
 
@@ -96,13 +112,15 @@ crate::row_type! {
         decided_by: Option<String>,
         decided_at: Option<String>,
         decision_note: Option<String>,
+        decided_digest: Option<String>,
         consumed_at: Option<String>,
         created_at: String,
     }
 }
 
 const COLUMNS: &str = "id, tenant_id, session_id, payment_id, tool, args, edited_args, reason, usd_value, \
-    allowed_decisions, status, requested_by, deadline, decided_by, decided_at, decision_note, consumed_at, created_at";
+    allowed_decisions, status, requested_by, deadline, decided_by, decided_at, decision_note, decided_digest, consumed_at, \
+    created_at";
 
 impl TryFrom<ApprovalRow> for ApprovalRecord {
     type Error = StoreError;
@@ -134,6 +152,7 @@ impl TryFrom<ApprovalRow> for ApprovalRecord {
             decided_by: opt_uuid(r.decided_by)?,
             decided_at: opt_time(r.decided_at)?,
             decision_note: r.decision_note,
+            decided_digest: r.decided_digest,
             consumed_at: opt_time(r.consumed_at)?,
             created_at: time(&r.created_at)?,
         })
@@ -202,6 +221,8 @@ pub struct Decided<'a> {
     pub by: Uuid,
     pub note: Option<&'a str>,
     pub edited_args: Option<&'a Value>,
+    /// The digest of the action decided: the request's own, or its edit's.
+    pub digest: &'a str,
 }
 
 /// Records a decision; returns false if the request was no longer pending or is overdue.
@@ -210,7 +231,8 @@ pub async fn decide(tx: &mut WriteTx, d: Decided<'_>) -> Result<bool> {
     let tenant = tx.tenant_id().to_string();
     let done = query(
         "UPDATE approval_requests SET status = $3, decided_by = $4, decided_at = $5, decision_note = $6, \
-         edited_args = $7 WHERE tenant_id = $1 AND id = $2 AND status = 'pending' AND deadline > $5",
+         edited_args = $7, decided_digest = $8 \
+         WHERE tenant_id = $1 AND id = $2 AND status = 'pending' AND deadline > $5",
     )
     .bind(tenant)
     .bind(d.id.to_string())
@@ -219,6 +241,7 @@ pub async fn decide(tx: &mut WriteTx, d: Decided<'_>) -> Result<bool> {
     .bind(now)
     .bind(d.note)
     .bind(d.edited_args.map(Value::to_string))
+    .bind(d.digest)
     .execute(tx.conn())
     .await?;
     Ok(done == 1)

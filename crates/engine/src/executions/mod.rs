@@ -585,6 +585,10 @@ impl Paygent {
         step: &StepRecord,
         request: &paygent_store::approvals::ApprovalRecord,
     ) -> Result<Flow> {
+        if !request.approves(request.effective_args()) {
+            let why = "the action is not the one people approved: its digest differs";
+            return self.fail(tenant_id, execution, step, why).await;
+        }
         let mut tx = self.store.begin(tenant_id, self.now()).await?;
         approvals::consume(&mut tx, request.id).await?;
         if !resume_within(&mut tx, execution, step, false).await? {

@@ -1,0 +1,164 @@
+//! Governance over the real API, on both databases: decisions bound to the exact action they approve.
+
+use paygent_testkit::{ADMIN_TOKEN, Backend, TestServer, on_both_databases};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+on_both_databases!(
+    a_request_is_bound_to_its_action_digest,
+    only_the_approved_action_runs,
+);
+
+fn is_digest(d: &Value) -> bool {
+    d.as_str()
+        .and_then(|d| d.strip_prefix("sha256:"))
+        .is_some_and(|hex| {
+            hex.len() == 64
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        })
+}
+
+/// Each request shows the digest of the action it would run: the same action has the same digest, another
+/// action another; a decision records the digest it decided, an edit the new action's, and the audit trail
+/// keeps both.
+async fn a_request_is_bound_to_its_action_digest(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s.session(&t.agent, json!({})).await;
+    let mut requests = Vec::new();
+    for amount in ["25", "25", "26"] {
+        let (_, p) = s.pay(&t.agent, session, amount, "USDC").await;
+        let id = p["approval_id"].as_str().unwrap().to_owned();
+        let (_, view) = s.get(&t.approver, &format!("/approvals/{id}")).await;
+        assert!(is_digest(&view["digest"]), "{view}");
+        requests.push((id, view["digest"].clone()));
+    }
+    assert_eq!(
+        requests[0].1, requests[1].1,
+        "the same action, the same digest"
+    );
+    assert_ne!(
+        requests[0].1, requests[2].1,
+        "another amount, another digest"
+    );
+    let other = s.session(&t.agent, json!({})).await;
+    let (_, p) = s.pay(&t.agent, other, "25", "USDC").await;
+    let (_, elsewhere) = s
+        .get(
+            &t.approver,
+            &format!("/approvals/{}", p["approval_id"].as_str().unwrap()),
+        )
+        .await;
+    assert_ne!(
+        elsewhere["digest"], requests[0].1,
+        "another session, another action"
+    );
+
+    let (status, approved) = s
+        .decide(&t.approver, &requests[0].0, "approve", json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{approved}");
+    assert_eq!(approved["decision"]["digest"], requests[0].1);
+    let (status, rejected) = s
+        .decide(
+            &t.approver,
+            &requests[1].0,
+            "reject",
+            json!({"reason": "twice"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rejected}");
+    assert_eq!(
+        rejected["decision"]["digest"], requests[1].1,
+        "a rejection names what it refused"
+    );
+
+    let edit = json!({"edited_args": {"amount": "20"}});
+    let (status, edited) = s.decide(&t.admin, &requests[2].0, "edit", edit).await;
+    assert_eq!(status, StatusCode::OK, "{edited}");
+    assert!(is_digest(&edited["digest"]), "{edited}");
+    assert_ne!(edited["digest"], requests[2].1, "an edit is a new action");
+    assert_eq!(
+        edited["decision"]["digest"], edited["digest"],
+        "and that action is what is approved"
+    );
+
+    let (_, audit) = s
+        .get(&t.admin, &format!("/audit?session_id={session}&limit=1000"))
+        .await;
+    let decided: Vec<&Value> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["subject"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("approval:"))
+        })
+        .filter_map(|e| e["data"].get("digest"))
+        .collect();
+    for digest in [
+        &requests[0].1,
+        &requests[1].1,
+        &requests[2].1,
+        &edited["digest"],
+    ] {
+        assert!(
+            decided.contains(&digest),
+            "{digest} in the audit trail: {decided:?}"
+        );
+    }
+    let filed = decided.iter().filter(|d| **d == &requests[2].1).count();
+    assert_eq!(filed, 1, "the edited request's first action, as filed");
+    let body = json!({"approval_id": requests[2].0});
+    let (status, paid) = s.post(&t.agent, "/payments/execute-approved", body).await;
+    assert_eq!(status, StatusCode::OK, "{paid}");
+    assert_eq!(paid["amount"], "20", "the edited action runs: {paid}");
+    s.finish().await;
+}
+
+/// An approved request whose action changed afterwards (here, by a write straight to the database) runs
+/// nothing: the action to pay no longer has the approved digest.
+async fn only_the_approved_action_runs(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s.session(&t.agent, json!({})).await;
+    let (_, p) = s.pay(&t.agent, session, "25", "USDC").await;
+    let (id, payment) = (
+        p["approval_id"].as_str().unwrap(),
+        p["id"].as_str().unwrap(),
+    );
+    let (status, approved) = s.decide(&t.approver, id, "approve", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{approved}");
+
+    let changed = s
+        .sql(&format!(
+            "UPDATE approval_requests SET args = REPLACE(args, '\"25\"', '\"2500\"') WHERE id = '{id}'"
+        ))
+        .await;
+    assert_eq!(changed, 1);
+    let (_, view) = s.get(&t.approver, &format!("/approvals/{id}")).await;
+    assert_ne!(
+        view["digest"], approved["decision"]["digest"],
+        "the action changed"
+    );
+    let (status, refused) = s
+        .post(
+            &t.agent,
+            "/payments/execute-approved",
+            json!({"approval_id": id}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    assert!(
+        refused["detail"].as_str().unwrap().contains("digest"),
+        "{refused}"
+    );
+    let (_, now) = s.get(&t.agent, &format!("/payments/{payment}")).await;
+    assert_eq!(now["status"], "pending_approval", "nothing was paid: {now}");
+    assert_eq!(now["amount"], "25");
+    assert!(view["consumed_at"].is_null());
+    s.finish().await;
+}
