@@ -45,6 +45,48 @@ pub struct Findings {
     pub allowed: Vec<DecisionKind>,
 }
 
+/// A check that found something about a payment: what a dry run reports beside the verdict.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Fired {
+    /// `stop`, the policy rule that refuses it (`payees.deny`, `max_per_payment_usd`, `wallets`,
+    /// `payees.new_payee`...), `limits`, `budget`, or `tool_rules` (a threshold or payee rule sends it to a
+    /// person).
+    #[schema(example = "tool_rules")]
+    pub rule: String,
+    #[schema(example = "above $10")]
+    pub detail: String,
+}
+
+impl Findings {
+    /// Every check that found something, in the order the guard weighs them; empty when the payment would go at
+    /// once.
+    pub fn fired(&self) -> Vec<Fired> {
+        let mut fired = Vec::new();
+        let mut add = |rule: &str, detail: String| {
+            fired.push(Fired {
+                rule: rule.to_owned(),
+                detail,
+            })
+        };
+        if let Some(why) = self.stopped {
+            add("stop", why.to_owned());
+        }
+        if let Some(r) = &self.refusal {
+            add(r.rule, r.detail.clone());
+        }
+        if let Some((detail, _)) = &self.over_limit {
+            add("limits", detail.clone());
+        }
+        if let Some((exceeded, _)) = &self.over_budget {
+            add("budget", exceeded.to_string());
+        }
+        if let Verdict::RequireApproval { reason, .. } = &self.verdict {
+            add("tool_rules", reason.clone());
+        }
+        fired
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Judgement {
     Deny {
@@ -124,6 +166,37 @@ mod tests {
             Judgement::Deny { reason, .. } => Some(*reason),
             _ => None,
         }
+    }
+
+    #[test]
+    fn a_dry_run_names_every_check_that_found_something_in_the_guards_order() {
+        assert!(clear().fired().is_empty(), "a payment that goes at once");
+        let findings = Findings {
+            stopped: Some("the session was killed"),
+            refusal: Some(refusal()),
+            over_limit: Some(("over the week's $50".into(), Route::Approve)),
+            over_budget: Some((
+                Exceeded::Usd {
+                    limit: Decimal::TEN,
+                    available: Decimal::ONE,
+                    requested: Decimal::TWO,
+                },
+                OnBudgetExceeded::Deny,
+            )),
+            verdict: Verdict::RequireApproval {
+                reason: "above $10".into(),
+                allowed: vec![DecisionKind::Approve],
+            },
+            ..clear()
+        };
+        let rules: Vec<String> = findings.fired().into_iter().map(|f| f.rule).collect();
+        assert_eq!(
+            rules,
+            ["stop", "payees.deny", "limits", "budget", "tool_rules"]
+        );
+        let fired = findings.fired();
+        assert_eq!(fired[1].detail, "denied payee");
+        assert_eq!(fired[4].detail, "above $10");
     }
 
     #[test]

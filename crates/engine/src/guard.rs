@@ -4,14 +4,14 @@
 use crate::budget::{self, Booking, Move};
 use crate::executions::tools::{StepContext, StepOutcome, authorized_action};
 use crate::policies;
-use crate::views::{ApprovalView, PaymentView};
+use crate::views::{ApprovalView, BudgetView, PaymentView};
 use crate::{EngineError, Paygent, Result, require};
 use chrono::{DateTime, Utc};
 use paygent_domain::SessionState;
 use paygent_domain::audit::AuditAction;
 use paygent_domain::budget::OnBudgetExceeded;
 use paygent_domain::event::EventKind;
-use paygent_domain::judgement::{DenyReason, Findings, Judgement, judge};
+use paygent_domain::judgement::{DenyReason, Findings, Fired, Judgement, judge};
 use paygent_domain::payment::PaymentIntent;
 use paygent_domain::rules::{NewPayee, Refusal};
 use paygent_domain::{Decimal, DecisionKind, PaymentStatus, Principal, Verdict};
@@ -81,16 +81,8 @@ impl Paygent {
         self.guard(who, req, Some(reason)).await
     }
 
-    async fn guard(
-        &self,
-        who: &Principal,
-        req: PaymentRequest,
-        refusal: Option<&str>,
-    ) -> Result<Submitted> {
-        require(
-            who.can_request_payments(),
-            "only agents and admins request payments",
-        )?;
+    /// The request's payment, its idempotency key's shape checked, parsed and priced.
+    fn priced(&self, req: &PaymentRequest) -> Result<(PaymentIntent, Decimal)> {
         if let Some(k) = &req.idempotency_key {
             validate_idempotency_key(k)?;
         }
@@ -102,7 +94,45 @@ impl Paygent {
             req.description.clone(),
         )?;
         let usd_value = self.prices.usd_value(&intent.money)?;
+        Ok((intent, usd_value))
+    }
 
+    /// What the guard would do with a payment request now, and every check that found something: the same
+    /// reads under the same lock, and nothing written, booked or announced. Agents evaluate on their own
+    /// sessions, people on the tenant's.
+    pub async fn evaluate_payment(
+        &self,
+        who: &Principal,
+        req: PaymentRequest,
+    ) -> Result<Evaluation> {
+        let (intent, usd_value) = self.priced(&req)?;
+        let mut tx = self.begin_as(who).await?;
+        let (session, policy) = in_force(&mut tx, who, req.session_id).await?;
+        let filing = Filing::new(who, &session, &policy, (&intent, usd_value), &req, tx.now());
+        let findings = filing.findings(&mut tx).await?;
+        drop(tx);
+        let rules = findings.fired();
+        let budget = self.budget_view(&session, self.now()).await?;
+        Ok(Evaluation::new(
+            judge(findings),
+            rules,
+            &intent,
+            usd_value,
+            budget,
+        ))
+    }
+
+    async fn guard(
+        &self,
+        who: &Principal,
+        req: PaymentRequest,
+        refusal: Option<&str>,
+    ) -> Result<Submitted> {
+        require(
+            who.can_request_payments(),
+            "only agents and admins request payments",
+        )?;
+        let (intent, usd_value) = self.priced(&req)?;
         let mut tx = self.begin_as(who).await?;
         if let Some(key) = &req.idempotency_key
             && let Some(earlier) = payments::by_idempotency_key(&mut tx, key).await?
@@ -121,17 +151,13 @@ impl Paygent {
                 replayed: true,
             });
         }
-        // Read under the tenant's write lock: a kill, budget or policy change committed a moment ago applies.
-        let found = policies::session_in_force(tx.conn(), who.tenant_id, req.session_id).await?;
-        let (session, policy) = found
-            .filter(|(s, _)| who.reaches(s.created_by))
-            .ok_or(EngineError::NotFound("session"))?;
+        let (session, policy) = in_force(&mut tx, who, req.session_id).await?;
         let priced = (&intent, usd_value);
         let mut filing = Filing::new(who, &session, &policy, priced, &req, tx.now());
         match refusal {
             Some(why) => filing.fail(&mut tx, why).await?,
             None => {
-                let judgement = filing.judge(&mut tx).await?;
+                let judgement = judge(filing.findings(&mut tx).await?);
                 filing.record(&mut tx, judgement).await?;
             }
         }
@@ -141,6 +167,65 @@ impl Paygent {
             payment: self.carry_out(payment).await?,
             replayed: false,
         })
+    }
+}
+
+/// The session a request names, as `who` may reach it, and the policy in force for it. Read under the tenant's
+/// write lock: a kill, budget or policy change committed a moment ago applies.
+async fn in_force(
+    tx: &mut WriteTx,
+    who: &Principal,
+    session_id: Uuid,
+) -> Result<(SessionRecord, PolicyRecord)> {
+    policies::session_in_force(tx.conn(), who.tenant_id, session_id)
+        .await?
+        .filter(|(s, _)| who.reaches(s.created_by))
+        .ok_or(EngineError::NotFound("session"))
+}
+
+/// What the guard would do with a payment: `POST /payments/evaluate`'s answer.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Evaluation {
+    /// `allow` (it would go at once), `require_approval` (a person decides) or `deny`.
+    #[schema(example = "require_approval")]
+    pub verdict: String,
+    /// For a denial, the payment's `reason` (`killed`, `policy_denied`, `budget_exceeded`); for a person, why.
+    pub reason: Option<String>,
+    /// Every check that found something, strongest first; empty when it would go at once.
+    pub rules: Vec<Fired>,
+    #[schema(value_type = String, example = "25.00")]
+    pub usd_value: Decimal,
+    /// Today's budget as it would be: spent grows by an allowed payment, reserved by one sent to a person.
+    pub budget_after: BudgetView,
+}
+
+impl Evaluation {
+    fn new(
+        judgement: Judgement,
+        rules: Vec<Fired>,
+        intent: &PaymentIntent,
+        usd_value: Decimal,
+        mut budget: BudgetView,
+    ) -> Self {
+        let (amount, currency) = (intent.money.amount, intent.money.currency.as_str());
+        let (verdict, reason) = match judgement {
+            Judgement::Allow => {
+                budget.book(currency, amount, usd_value, false);
+                ("allow", None)
+            }
+            Judgement::Approve { reason, .. } => {
+                budget.book(currency, amount, usd_value, true);
+                ("require_approval", Some(reason))
+            }
+            Judgement::Deny { reason, .. } => ("deny", Some(reason.as_str().to_owned())),
+        };
+        Evaluation {
+            verdict: verdict.to_owned(),
+            reason,
+            rules,
+            usd_value,
+            budget_after: budget,
+        }
     }
 }
 
@@ -219,8 +304,8 @@ impl<'a> Filing<'a> {
         }
     }
 
-    /// Gathers the findings as the transaction sees them, under the tenant's lock, and judges them.
-    async fn judge(&self, tx: &mut WriteTx) -> Result<Judgement> {
+    /// Gathers the findings as the transaction sees them, under the tenant's lock.
+    async fn findings(&self, tx: &mut WriteTx) -> Result<Findings> {
         let (session, rules, p) = (self.session, &self.policy.rules, &self.payment);
         let args = &self.summary["args"];
         let tools = rules.for_session(&session.config);
@@ -242,7 +327,7 @@ impl<'a> Filing<'a> {
         let (first, verdict) = self
             .first_payment(tx, tools.evaluate(&p.tool, p.usd_value, args))
             .await?;
-        Ok(judge(Findings {
+        Ok(Findings {
             stopped,
             refusal: rules.refusal(p.usd_value, args).or(ungranted).or(first),
             over_limit: over_limit.map(|detail| (detail, rules.over_limit)),
@@ -256,7 +341,7 @@ impl<'a> Filing<'a> {
             }),
             verdict,
             allowed: tools.allowed_for(&p.tool),
-        }))
+        })
     }
 
     /// Applies the policy's rule for a key's first payment to a payee: a refusal, or a person instead of

@@ -259,6 +259,36 @@ pub struct BudgetView {
     pub currencies: BTreeMap<String, BudgetLine>,
 }
 
+impl BudgetView {
+    /// Books `amount` of `currency` (worth `usd`) as spent, or as reserved while a person decides: the budget
+    /// as it would be after a payment.
+    pub(crate) fn book(&mut self, currency: &str, amount: Decimal, usd: Decimal, held: bool) {
+        let unlimited = BudgetLine {
+            limit: None,
+            spent: Decimal::ZERO,
+            reserved: Decimal::ZERO,
+            available: None,
+        };
+        let line = self
+            .currencies
+            .entry(currency.to_owned())
+            .or_insert(unlimited);
+        line.add(amount, held);
+        self.usd.add(usd, held);
+    }
+}
+
+impl BudgetLine {
+    fn add(&mut self, value: Decimal, held: bool) {
+        if held {
+            self.reserved += value;
+        } else {
+            self.spent += value;
+        }
+        self.available = self.limit.map(|l| l - self.spent - self.reserved);
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct StepView {
     pub idx: i64,

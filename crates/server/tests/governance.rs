@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 on_both_databases!(
     a_request_is_bound_to_its_action_digest,
     only_the_approved_action_runs,
+    evaluating_a_payment_writes_nothing,
 );
 
 fn is_digest(d: &Value) -> bool {
@@ -160,5 +161,90 @@ async fn only_the_approved_action_runs(backend: Backend) {
     assert_eq!(now["status"], "pending_approval", "nothing was paid: {now}");
     assert_eq!(now["amount"], "25");
     assert!(view["consumed_at"].is_null());
+    s.finish().await;
+}
+
+/// `POST /payments/evaluate` answers what the guard would do and why, with the budget after it, for the agent
+/// on its own sessions and for people on the tenant's, and leaves no row behind.
+async fn evaluating_a_payment_writes_nothing(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s
+        .session(&t.agent, json!({"daily_limits": {"USDC": "100"}}))
+        .await;
+    s.pay(&t.agent, session, "5", "USDC").await;
+    let outsider = s
+        .key(ADMIN_TOKEN, paygent_engine::domain::Role::Agent)
+        .await;
+    let tables = [
+        "payments",
+        "approval_requests",
+        "audit_log",
+        "events",
+        "budget_usage",
+        "key_usage",
+        "key_payees",
+    ];
+    let mut before = Vec::new();
+    for table in tables {
+        before.push(s.count(table).await);
+    }
+    let before_payments = before[0];
+    let evaluate = async |token: &str, amount: &str| {
+        let body = json!({"session_id": session, "amount": amount, "currency": "USDC",
+            "recipient": paygent_testkit::PAYEE, "idempotency_key": "evaluated"});
+        s.post(token, "/payments/evaluate", body).await
+    };
+    let (status, at_once) = evaluate(&t.agent, "3").await;
+    assert_eq!(status, StatusCode::OK, "{at_once}");
+    assert_eq!(at_once["verdict"], "allow");
+    assert_eq!(at_once["rules"], json!([]));
+    assert_eq!(at_once["budget_after"]["currencies"]["USDC"]["spent"], "8");
+    assert_eq!(
+        at_once["budget_after"]["currencies"]["USDC"]["available"],
+        "92"
+    );
+
+    let (_, to_person) = evaluate(&t.agent, "25").await;
+    assert_eq!(to_person["verdict"], "require_approval", "{to_person}");
+    assert_eq!(to_person["rules"][0]["rule"], "tool_rules");
+    assert_eq!(
+        to_person["budget_after"]["currencies"]["USDC"]["reserved"],
+        "25"
+    );
+
+    let (_, denied) = evaluate(&t.approver, "150").await;
+    assert_eq!(denied["verdict"], "deny", "{denied}");
+    assert_eq!(denied["reason"], "budget_exceeded");
+    let rules: Vec<&str> = denied["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rule"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        rules,
+        ["budget", "tool_rules"],
+        "every check that found something"
+    );
+    assert_eq!(
+        denied["budget_after"]["currencies"]["USDC"]["spent"], "5",
+        "a denial books nothing"
+    );
+
+    let (status, _) = evaluate(&outsider, "3").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "another agent's session");
+    for (table, n) in tables.iter().zip(before) {
+        assert_eq!(s.count(table).await, n, "evaluating wrote to {table}");
+    }
+    let body = json!({"session_id": session, "amount": "3", "currency": "USDC",
+        "recipient": paygent_testkit::PAYEE, "idempotency_key": "evaluated"});
+    let (status, paid) = s.post(&t.agent, "/payments", body).await;
+    assert_eq!(status, StatusCode::CREATED, "{paid}");
+    assert_eq!(
+        s.count("payments").await,
+        before_payments + 1,
+        "the idempotency key was not taken"
+    );
     s.finish().await;
 }

@@ -8,7 +8,7 @@ use axum::extract::{OriginalUri, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use paygent_engine::domain::PaymentStatus;
-use paygent_engine::{Paygent, PaymentRequest, PaymentView};
+use paygent_engine::{Evaluation, Paygent, PaymentRequest, PaymentView};
 use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -20,6 +20,20 @@ pub fn router() -> OpenApiRouter<Paygent> {
         .routes(routes!(get_payment))
         .routes(routes!(report_outcome))
         .routes(routes!(execute_approved))
+        .routes(routes!(evaluate_payment))
+}
+
+impl From<CreatePayment> for PaymentRequest {
+    fn from(req: CreatePayment) -> Self {
+        PaymentRequest {
+            session_id: req.session_id,
+            amount: req.amount,
+            currency: req.currency,
+            recipient: req.recipient,
+            description: req.description,
+            idempotency_key: req.idempotency_key,
+        }
+    }
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -46,6 +60,19 @@ pub struct CreatePayment {
     idempotency_key: Option<String>,
 }
 
+/// What the guard would do with this payment request now (the body of `POST /payments`), and every check that
+/// found something, with the budget as it would be after it. Nothing is written: no payment, no reservation,
+/// no audit entry, no event.
+#[utoipa::path(post, path = "/payments/evaluate", tag = "payments", request_body = CreatePayment,
+    responses((status = 200, body = Evaluation), (status = 404, body = Problem), (status = 422, body = Problem)))]
+async fn evaluate_payment(
+    State(paygent): State<Paygent>,
+    Caller(who): Caller,
+    Body(req): Body<CreatePayment>,
+) -> ApiResult<Json<Evaluation>> {
+    Ok(Json(paygent.evaluate_payment(&who, req.into()).await?))
+}
+
 /// Set on a response that repeats an earlier payment for the same idempotency key.
 const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
@@ -64,19 +91,7 @@ async fn create_payment(
     [(HeaderName, HeaderValue); 1],
     Json<PaymentView>,
 )> {
-    let submitted = paygent
-        .submit_payment(
-            &who,
-            PaymentRequest {
-                session_id: req.session_id,
-                amount: req.amount,
-                currency: req.currency,
-                recipient: req.recipient,
-                description: req.description,
-                idempotency_key: req.idempotency_key,
-            },
-        )
-        .await?;
+    let submitted = paygent.submit_payment(&who, req.into()).await?;
     let replayed = HeaderValue::from_static(if submitted.replayed { "true" } else { "false" });
     Ok((
         StatusCode::CREATED,
