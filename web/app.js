@@ -438,7 +438,8 @@ async function decide(id, kind, body) {
   const problem = $(".problem", li);
   show(problem, false);
   try {
-    await api("POST", `/approvals/${id}/${kind}`, body);
+    // The decision lands only on the action this card shows.
+    await api("POST", `/approvals/${id}/${kind}`, { ...body, digest: $(".digest", li).dataset.digest });
     remove(id, kind);
   } catch (e) {
     problem.textContent = e.status === 409 ? `Someone else decided first: ${e.message}` : e.message;

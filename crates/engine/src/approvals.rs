@@ -48,12 +48,14 @@ impl Paygent {
             .ok_or(EngineError::NotFound("approval request"))
     }
 
-    /// Approves, rejects, or edits and approves a pending request.
+    /// Approves, rejects, or edits and approves a pending request. With `seen`, the digest of the action the
+    /// person was shown, the decision lands only on that action.
     pub async fn decide(
         &self,
         who: &Principal,
         id: Uuid,
         decision: Decision,
+        seen: Option<&str>,
     ) -> Result<ApprovalView> {
         require(
             who.can_decide(),
@@ -64,6 +66,12 @@ impl Paygent {
             request.requested_by != who.key_id,
             "four eyes: the key that asked for a payment never decides it",
         )?;
+        let digest = request.digest();
+        if seen.is_some_and(|seen| seen != digest) {
+            return Err(EngineError::Conflict(format!(
+                "the request's action is not the one you were shown: its digest is {digest}"
+            )));
+        }
         decision.validate(&request.allowed_decisions)?;
         let to = request.status.decide(decision.kind())?;
         let edit = match &decision {
@@ -76,7 +84,7 @@ impl Paygent {
         let edited_args = edit.as_ref().map(|(intent, _)| intent.args());
         let digest = match &edited_args {
             Some(args) => action_digest(request.session_id, &request.tool, args),
-            None => request.digest(),
+            None => digest,
         };
 
         let mut tx = self.begin_as(who).await?;

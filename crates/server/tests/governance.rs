@@ -8,6 +8,7 @@ on_both_databases!(
     a_request_is_bound_to_its_action_digest,
     only_the_approved_action_runs,
     evaluating_a_payment_writes_nothing,
+    a_decision_lands_only_on_the_action_shown,
 );
 
 fn is_digest(d: &Value) -> bool {
@@ -246,5 +247,67 @@ async fn evaluating_a_payment_writes_nothing(backend: Backend) {
         before_payments + 1,
         "the idempotency key was not taken"
     );
+    s.finish().await;
+}
+
+/// A person's client may send the digest of the action it showed: over HTTP or the WebSocket, a decision naming
+/// another action is refused (409) and changes nothing; naming this one, it lands.
+async fn a_decision_lands_only_on_the_action_shown(backend: Backend) {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s.session(&t.agent, json!({})).await;
+    let (_, p) = s.pay(&t.agent, session, "25", "USDC").await;
+    let id = p["approval_id"].as_str().unwrap();
+    let (_, shown) = s.get(&t.approver, &format!("/approvals/{id}")).await;
+    let other = format!("sha256:{}", "0".repeat(64));
+    for (kind, body) in [
+        ("approve", json!({"digest": other})),
+        ("reject", json!({"reason": "no", "digest": other})),
+        (
+            "edit",
+            json!({"edited_args": {"amount": "20"}, "digest": other}),
+        ),
+    ] {
+        let (status, refused) = s.decide(&t.admin, id, kind, body).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{kind}: {refused}");
+        assert!(
+            refused["detail"]
+                .as_str()
+                .unwrap()
+                .contains(shown["digest"].as_str().unwrap())
+        );
+    }
+    let mut ws = s.socket(&t.approver, "").await.expect("the socket opens");
+    let message = json!({"type": "approve", "id": 1, "request_id": id, "digest": other});
+    ws.send(Message::text(message.to_string())).await.unwrap();
+    let reply = loop {
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+            .await
+            .expect("a reply within 10 s")
+            .expect("the socket is open")
+            .unwrap();
+        let value: Value =
+            serde_json::from_str(frame.to_text().unwrap_or("{}")).unwrap_or_default();
+        if value["id"] == 1 {
+            break value;
+        }
+    };
+    assert_eq!(reply["type"], "error", "{reply}");
+    assert_eq!(reply["problem"]["status"], 409);
+    let (_, still) = s.get(&t.approver, &format!("/approvals/{id}")).await;
+    assert_eq!(still["status"], "pending", "nothing landed");
+
+    let (status, approved) = s
+        .decide(
+            &t.approver,
+            id,
+            "approve",
+            json!({"digest": shown["digest"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{approved}");
+    assert_eq!(approved["decision"]["digest"], shown["digest"]);
     s.finish().await;
 }

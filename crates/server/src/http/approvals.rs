@@ -53,6 +53,10 @@ async fn get_approval(
 pub struct Approve {
     #[schema(max_length = 2000)]
     comment: Option<String>,
+    /// The `digest` of the action the person was shown: the decision lands only on that action (409 if the
+    /// request's is another).
+    #[schema(pattern = "^sha256:[0-9a-f]{64}$")]
+    digest: Option<String>,
 }
 
 /// Approves a pending request. A second decision gets 409; the key that asked for it gets 403.
@@ -69,7 +73,8 @@ async fn approve(
     let decision = Decision::Approve {
         comment: req.comment,
     };
-    Ok(Json(paygent.decide(&who, id, decision).await?))
+    let seen = req.digest.as_deref();
+    Ok(Json(paygent.decide(&who, id, decision, seen).await?))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -78,6 +83,10 @@ pub struct Reject {
     /// Not blank.
     #[schema(min_length = 1, max_length = 2000, pattern = r"\S")]
     reason: String,
+    /// The `digest` of the action the person was shown: the decision lands only on that action (409 if the
+    /// request's is another).
+    #[schema(pattern = "^sha256:[0-9a-f]{64}$")]
+    digest: Option<String>,
 }
 
 /// Rejects a pending request; the reason is stored.
@@ -92,7 +101,8 @@ async fn reject(
     Body(req): Body<Reject>,
 ) -> ApiResult<Json<ApprovalView>> {
     let decision = Decision::Reject { reason: req.reason };
-    Ok(Json(paygent.decide(&who, id, decision).await?))
+    let seen = req.digest.as_deref();
+    Ok(Json(paygent.decide(&who, id, decision, seen).await?))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -103,6 +113,10 @@ pub struct Edit {
     edited_args: Value,
     #[schema(max_length = 2000)]
     comment: Option<String>,
+    /// The `digest` of the action the person was shown: the decision lands only on that action (409 if the
+    /// request's is another).
+    #[schema(pattern = "^sha256:[0-9a-f]{64}$")]
+    digest: Option<String>,
 }
 
 /// Edits and approves in one step. The edited arguments are validated again; an approver cannot raise the
@@ -121,5 +135,6 @@ async fn edit(
         edited_args: req.edited_args,
         comment: req.comment,
     };
-    Ok(Json(paygent.decide(&who, id, decision).await?))
+    let seen = req.digest.as_deref();
+    Ok(Json(paygent.decide(&who, id, decision, seen).await?))
 }

@@ -308,15 +308,18 @@ enum ClientMessage {
     Approve {
         request_id: Uuid,
         comment: Option<String>,
+        digest: Option<String>,
     },
     Reject {
         request_id: Uuid,
         reason: String,
+        digest: Option<String>,
     },
     Edit {
         request_id: Uuid,
         edited_args: Value,
         comment: Option<String>,
+        digest: Option<String>,
     },
     Cancel {
         execution_id: Uuid,
@@ -354,25 +357,30 @@ async fn answer(paygent: &Paygent, who: &Principal, text: &str) -> Option<Value>
         ClientMessage::Approve {
             request_id,
             comment,
-        } => decided(paygent, who, request_id, Decision::Approve { comment }).await,
-        ClientMessage::Reject { request_id, reason } => {
-            decided(paygent, who, request_id, Decision::Reject { reason }).await
+            digest,
+        } => {
+            let decision = Decision::Approve { comment };
+            decided(paygent, who, request_id, decision, digest).await
+        }
+        ClientMessage::Reject {
+            request_id,
+            reason,
+            digest,
+        } => {
+            let decision = Decision::Reject { reason };
+            decided(paygent, who, request_id, decision, digest).await
         }
         ClientMessage::Edit {
             request_id,
             edited_args,
             comment,
+            digest,
         } => {
-            decided(
-                paygent,
-                who,
-                request_id,
-                Decision::Edit {
-                    edited_args,
-                    comment,
-                },
-            )
-            .await
+            let decision = Decision::Edit {
+                edited_args,
+                comment,
+            };
+            decided(paygent, who, request_id, decision, digest).await
         }
     };
     Some(match result {
@@ -386,8 +394,9 @@ async fn decided(
     who: &Principal,
     id: Uuid,
     decision: Decision,
+    seen: Option<String>,
 ) -> Result<Value, EngineError> {
-    let view = paygent.decide(who, id, decision).await?;
+    let view = paygent.decide(who, id, decision, seen.as_deref()).await?;
     Ok(serde_json::to_value(view).expect("views serialize"))
 }
 
