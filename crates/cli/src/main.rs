@@ -112,11 +112,15 @@ enum ApprovalAction {
         id: Uuid,
         #[arg(long)]
         comment: Option<String>,
+        #[command(flatten)]
+        seen: Seen,
     },
     Reject {
         id: Uuid,
         #[arg(long)]
         reason: String,
+        #[command(flatten)]
+        seen: Seen,
     },
     /// Edit and approve: `--set amount=12.00 --set recipient=0x...`.
     Edit {
@@ -125,7 +129,16 @@ enum ApprovalAction {
         set: Vec<String>,
         #[arg(long)]
         comment: Option<String>,
+        #[command(flatten)]
+        seen: Seen,
     },
+}
+
+#[derive(clap::Args)]
+struct Seen {
+    /// The digest `approvals list` showed for the request: the decision lands only on that action.
+    #[arg(long)]
+    digest: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -323,14 +336,20 @@ async fn approvals(remote: Remote, action: ApprovalAction) -> anyhow::Result<Exi
             }
             return Ok(ExitCode::SUCCESS);
         }
-        ApprovalAction::Approve { id, comment } => (
+        ApprovalAction::Approve { id, comment, seen } => (
             format!("/approvals/{id}/approve"),
-            json!({"comment": comment}),
+            json!({"comment": comment, "digest": seen.digest}),
         ),
-        ApprovalAction::Reject { id, reason } => {
-            (format!("/approvals/{id}/reject"), json!({"reason": reason}))
-        }
-        ApprovalAction::Edit { id, set, comment } => {
+        ApprovalAction::Reject { id, reason, seen } => (
+            format!("/approvals/{id}/reject"),
+            json!({"reason": reason, "digest": seen.digest}),
+        ),
+        ApprovalAction::Edit {
+            id,
+            set,
+            comment,
+            seen,
+        } => {
             let mut edited = serde_json::Map::new();
             for pair in set {
                 let Some((k, v)) = pair.split_once('=') else {
@@ -340,7 +359,7 @@ async fn approvals(remote: Remote, action: ApprovalAction) -> anyhow::Result<Exi
             }
             (
                 format!("/approvals/{id}/edit"),
-                json!({"edited_args": edited, "comment": comment}),
+                json!({"edited_args": edited, "comment": comment, "digest": seen.digest}),
             )
         }
     };

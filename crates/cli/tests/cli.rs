@@ -163,12 +163,25 @@ async fn approvals_commands_decide(backend: Backend) {
         digests.push(digest);
     }
 
-    let out = paygent(
-        &s,
-        &t.approver,
-        &["approvals", "approve", &ids[0], "--comment", "fine"],
-    )
-    .await;
+    let other = format!("sha256:{}", "0".repeat(64));
+    let args = ["approvals", "approve", &ids[0], "--digest", &other];
+    let refused = paygent(&s, &t.approver, &args).await;
+    assert!(
+        !refused.status.success(),
+        "another action's digest: {}",
+        stdout(&refused)
+    );
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("409"));
+    let args = [
+        "approvals",
+        "approve",
+        &ids[0],
+        "--comment",
+        "fine",
+        "--digest",
+        &digests[0],
+    ];
+    let out = paygent(&s, &t.approver, &args).await;
     assert!(out.status.success());
     let said = stdout(&out);
     assert!(
