@@ -183,12 +183,23 @@ async fn in_force(
         .ok_or(EngineError::NotFound("session"))
 }
 
+/// What the guard would do with a payment.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum EvaluatedVerdict {
+    /// It would go at once.
+    Allow,
+    /// A person would decide.
+    RequireApproval,
+    Deny,
+}
+
 /// What the guard would do with a payment: `POST /payments/evaluate`'s answer.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Evaluation {
-    /// `allow` (it would go at once), `require_approval` (a person decides) or `deny`.
-    #[schema(example = "require_approval")]
-    pub verdict: String,
+    pub verdict: EvaluatedVerdict,
     /// For a denial, the payment's `reason` (`killed`, `policy_denied`, `budget_exceeded`); for a person, why.
     pub reason: Option<String>,
     /// Every check that found something, strongest first; empty when it would go at once.
@@ -211,16 +222,18 @@ impl Evaluation {
         let (verdict, reason) = match judgement {
             Judgement::Allow => {
                 budget.book(currency, amount, usd_value, false);
-                ("allow", None)
+                (EvaluatedVerdict::Allow, None)
             }
             Judgement::Approve { reason, .. } => {
                 budget.book(currency, amount, usd_value, true);
-                ("require_approval", Some(reason))
+                (EvaluatedVerdict::RequireApproval, Some(reason))
             }
-            Judgement::Deny { reason, .. } => ("deny", Some(reason.as_str().to_owned())),
+            Judgement::Deny { reason, .. } => {
+                (EvaluatedVerdict::Deny, Some(reason.as_str().to_owned()))
+            }
         };
         Evaluation {
-            verdict: verdict.to_owned(),
+            verdict,
             reason,
             rules,
             usd_value,

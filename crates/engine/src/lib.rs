@@ -42,7 +42,7 @@ pub use executions::planner::Planner;
 pub use executions::tools::{
     StepContext, StepOutcome, Tool, ToolRegistry, ToolSpec, string_params,
 };
-pub use guard::{Evaluation, PaymentRequest, Submitted};
+pub use guard::{EvaluatedVerdict, Evaluation, PaymentRequest, Submitted};
 pub use keys::{NewKey, NewTenant};
 pub use kill::KillSwitchView;
 pub use memory::{MemoryTurn, SessionSummary};

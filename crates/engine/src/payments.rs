@@ -127,7 +127,8 @@ impl Paygent {
             .payment_id
             .ok_or_else(|| EngineError::Conflict("this request is not a payment".into()))?;
         let intent = PaymentIntent::from_args(&self.prices, request.effective_args())?;
-        if !request.approves(&intent.args()) {
+        // An undecided request is refused below, by its status, with what it is.
+        if request.status.is_consumable() && !request.approves(&intent.args()) {
             return Err(EngineError::Conflict(
                 "what would be paid is not the action people approved: its digest differs".into(),
             ));

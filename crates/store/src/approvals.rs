@@ -86,11 +86,15 @@ impl ApprovalRecord {
         action_digest(self.session_id, &self.tool, self.effective_args())
     }
 
-    /// Whether running the request's tool with `args` is the action people approved. A request decided before
-    /// digests were recorded approved the action stored with it, which no one can change after the decision.
+    /// Whether running the request's tool with `args` is the action people decided; whether they approved it
+    /// is its status's to say. A request decided before digests were recorded decided the action stored with
+    /// it, which no one can change after the decision.
     pub fn approves(&self, args: &Value) -> bool {
-        let approved = self.decided_digest.clone().unwrap_or_else(|| self.digest());
-        self.status.is_consumable() && action_digest(self.session_id, &self.tool, args) == approved
+        let running = action_digest(self.session_id, &self.tool, args);
+        match &self.decided_digest {
+            Some(decided) => *decided == running,
+            None => self.digest() == running,
+        }
     }
 }
 
