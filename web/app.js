@@ -53,7 +53,7 @@ async function signIn(token) {
   show($("#views [data-view=audit]"), me.role === "admin");
   view("inbox");
   connect();
-  await Promise.all([reload(), refreshStop(), loadExecutions()]);
+  await Promise.all([reload(), refreshStop(), loadExecutions(), loadSessions()]);
 }
 
 // One view at a time: the inbox, executions with their steps, sessions with budgets, the audit trail.
@@ -184,9 +184,12 @@ function onEvent(e) {
       remove(data.id, `${e.type} elsewhere`); break;
     case EVENT.CANCELLED:
       if (data.kind === "approval") remove(data.id, "cancelled");
+      else if (data.kind === "session") thawed(data.session_id);
       else executionsChanged();
       break;
     case EVENT.KILL_SWITCH: banner(data); break;
+    case EVENT.SESSION_FROZEN: frozenAlert(data.session_id, data); announce(); break;
+    case EVENT.SESSION_UNFROZEN: thawed(data.session_id); break;
     case EVENT.EXECUTION_STARTED: case EVENT.EXECUTION_PAUSED: case EVENT.EXECUTION_RESUMED:
     case EVENT.EXECUTION_COMPLETED: case EVENT.EXECUTION_FAILED: executionsChanged(); break;
   }
@@ -267,6 +270,45 @@ function summary(result) {
   return JSON.stringify(result).slice(0, 120);
 }
 
+// A session the circuit breaker froze: an alert in the inbox until someone unfreezes (or kills) it.
+function frozenAlert(sessionId, freeze) {
+  const ol = $("#frozen-list");
+  const li = ol.querySelector(`[data-session-id="${sessionId}"]`) ?? document.createElement("li");
+  li.className = "item frozen";
+  li.dataset.sessionId = sessionId;
+  li.setAttribute("role", "alert");
+  const what = document.createElement("p");
+  what.className = "what";
+  what.textContent = `Session ${sessionId.slice(0, 8)} is frozen by the circuit breaker (${freeze.rule}): ` +
+    `${freeze.detail}. Its payments are denied and its executions wait.`;
+  const error = document.createElement("p");
+  error.className = "error";
+  li.replaceChildren(what, error, unfreezeButton(sessionId, error));
+  ol.append(li);
+}
+
+function thawed(sessionId) {
+  $(`#frozen-list [data-session-id="${sessionId}"]`)?.remove();
+  if (!$("#budgets").hidden) loadSessions();
+}
+
+// Unfreezes a session after a second click; the server refuses the key whose payment tripped the breaker.
+function unfreezeButton(sessionId, error) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "unfreeze";
+  button.textContent = "Unfreeze";
+  twoStep(button, "Really let it pay again?", async () => {
+    try {
+      await api("POST", `/sessions/${sessionId}/unfreeze`, { comment: "unfrozen from the inbox" });
+      thawed(sessionId);
+    } catch (err) {
+      error.textContent = err.message;
+    }
+  });
+  return button;
+}
+
 async function loadSessions() {
   const sessions = await api("GET", "/sessions?limit=100");
   const ol = $("#session-list");
@@ -282,6 +324,13 @@ async function loadSessions() {
     budget.className = "budget";
     budget.textContent = budgetLines(session.budget);
     li.append(head, budget);
+    if (session.frozen) {
+      const why = document.createElement("p");
+      why.className = "error";
+      why.textContent = `frozen by ${session.frozen.rule}: ${session.frozen.detail}`;
+      li.append(why, unfreezeButton(session.id, why));
+      frozenAlert(session.id, session.frozen);
+    }
     return li;
   }));
   show($("#no-sessions"), sessions.length === 0);

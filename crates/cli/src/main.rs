@@ -82,6 +82,13 @@ enum Command {
         #[command(subcommand)]
         scope: KillScope,
     },
+    /// Look at a session, and unfreeze one the circuit breaker froze (approvers and admins).
+    Sessions {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        action: SessionAction,
+    },
     /// Read and write the policies agents are bound to (admins write, approvers read).
     Policies {
         #[command(flatten)]
@@ -162,6 +169,18 @@ enum PolicyAction {
 }
 
 #[derive(Subcommand)]
+enum SessionAction {
+    /// Its state (and why it is frozen), and today's spend.
+    Show { id: Uuid },
+    /// Let a frozen session pay again; its velocity rules count from now.
+    Unfreeze {
+        id: Uuid,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum KillScope {
     /// Kill a session: its pending approvals are cancelled and it takes no new payments.
     Session {
@@ -193,6 +212,7 @@ async fn main() -> ExitCode {
         Command::Serve { config } => serve(config.as_deref()).await,
         Command::Approvals { remote, action } => approvals(remote, action).await,
         Command::Kill { remote, scope } => kill(remote, scope).await,
+        Command::Sessions { remote, action } => sessions(remote, action).await,
         Command::Policies { remote, action } => policies(remote, action).await,
         Command::Run {
             remote,
@@ -409,7 +429,8 @@ async fn run(
     Ok(match execution.status {
         ExecutionStatus::Completed
         | ExecutionStatus::Running
-        | ExecutionStatus::AwaitingApproval => ExitCode::SUCCESS,
+        | ExecutionStatus::AwaitingApproval
+        | ExecutionStatus::Frozen => ExitCode::SUCCESS,
         _ => ExitCode::FAILURE,
     })
 }
@@ -449,6 +470,34 @@ async fn kill(remote: Remote, scope: KillScope) -> anyhow::Result<ExitCode> {
             println!("emergency stop engaged: {}", stop.engaged);
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn sessions(remote: Remote, action: SessionAction) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&remote.server, remote.token)?;
+    let session: SessionView = match action {
+        SessionAction::Show { id } => {
+            let path = format!("/sessions/{id}");
+            client.call(Method::GET, &path, None).await?
+        }
+        SessionAction::Unfreeze { id, comment } => {
+            let path = format!("/sessions/{id}/unfreeze");
+            let body = json!({"comment": comment});
+            client.call(Method::POST, &path, Some(body)).await?
+        }
+    };
+    println!("session {} is {}", session.id, session.state.as_str());
+    if let Some(freeze) = &session.frozen {
+        println!(
+            "  frozen at {} by {}: {} (payment {})",
+            freeze.at, freeze.rule, freeze.detail, freeze.payment_id
+        );
+    }
+    let usd = &session.budget.usd;
+    println!(
+        "  today: spent {} USD, reserved {} USD",
+        usd.spent, usd.reserved
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -9,6 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 
 on_both_databases!(
+    sessions_commands_show_and_unfreeze,
     audit_verify_names_the_first_bad_entry,
     approvals_commands_decide,
     kill_commands_stop_money,
@@ -263,6 +264,45 @@ async fn kill_commands_stop_money(backend: Backend) {
     assert!(stdout(&out).contains("engaged: false"));
     assert_eq!(
         s.pay(&t.agent, other, "1", "USDC").await.1["status"],
+        "authorized"
+    );
+    s.finish().await;
+}
+
+/// A session the circuit breaker froze shows why, and a person unfreezes it from the command line; an agent
+/// cannot.
+async fn sessions_commands_show_and_unfreeze(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let rules = json!({"velocity": [{"per_seconds": 60, "max_payments": 1}]});
+    assert_eq!(s.put(ADMIN_TOKEN, "/policies/default", rules).await.0, 200);
+    let session = s.session(&t.agent, json!({})).await;
+    s.pay(&t.agent, session, "1", "USDC").await;
+    let (_, tripped) = s.pay(&t.agent, session, "1", "USDC").await;
+    assert_eq!(tripped["reason"], "circuit_breaker");
+    let id = session.to_string();
+    let shown = stdout(&paygent(&s, &t.approver, &["sessions", "show", &id]).await);
+    assert!(shown.contains("is frozen"), "{shown}");
+    assert!(
+        shown.contains("velocity[0]: more than 1 payments within 60 s"),
+        "{shown}"
+    );
+    let refused = paygent(&s, &t.agent, &["sessions", "unfreeze", &id]).await;
+    assert!(!refused.status.success(), "agents never unfreeze");
+    let out = paygent(
+        &s,
+        &t.approver,
+        &["sessions", "unfreeze", &id, "--comment", "ok"],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout(&out).contains("is active"), "{}", stdout(&out));
+    assert_eq!(
+        s.pay(&t.agent, session, "1", "USDC").await.1["status"],
         "authorized"
     );
     s.finish().await;

@@ -17,6 +17,8 @@ pub enum AuditAction {
     SessionCreated,
     SessionKilled,
     SessionRevived,
+    SessionFrozen,
+    SessionUnfrozen,
     BudgetChanged,
     BudgetExceeded,
     PaymentAuthorized,
@@ -51,6 +53,8 @@ names!(AuditAction {
     SessionCreated => "session.created",
     SessionKilled => "session.killed",
     SessionRevived => "session.revived",
+    SessionFrozen => "session.frozen",
+    SessionUnfrozen => "session.unfrozen",
     BudgetChanged => "budget.changed",
     BudgetExceeded => "budget.exceeded",
     PaymentAuthorized => "payment.authorized",
@@ -92,7 +96,9 @@ impl AuditAction {
             S::Rejected => AuditAction::ExecutionRejected,
             S::Expired => AuditAction::ExecutionExpired,
             S::Cancelled => AuditAction::ExecutionCancelled,
-            S::Failed | S::Running | S::AwaitingApproval => AuditAction::ExecutionFailed,
+            S::Failed | S::Running | S::AwaitingApproval | S::Frozen => {
+                AuditAction::ExecutionFailed
+            }
         }
     }
 }

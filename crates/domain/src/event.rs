@@ -21,6 +21,11 @@ pub enum EventKind {
     PaymentFailed,
     BudgetExceeded,
     KillSwitch,
+    /// The circuit breaker froze a session: its payments are denied and its executions pause until a person
+    /// unfreezes or kills it.
+    SessionFrozen,
+    /// A person unfroze a session.
+    SessionUnfrozen,
     /// Admins only: a key stopped working.
     KeyRevoked,
 }
@@ -41,6 +46,8 @@ names!(EventKind {
     PaymentFailed => "payment_failed",
     BudgetExceeded => "budget_exceeded",
     KillSwitch => "kill_switch",
+    SessionFrozen => "session_frozen",
+    SessionUnfrozen => "session_unfrozen",
     KeyRevoked => "key_revoked",
 });
 
@@ -55,7 +62,7 @@ mod tests {
             let json = serde_json::to_value(kind).unwrap();
             assert_eq!(json, kind.as_str(), "serde and as_str agree");
         }
-        assert_eq!(EventKind::ALL.len(), 16);
+        assert_eq!(EventKind::ALL.len(), 18);
         assert_eq!(EventKind::parse("payment_made"), None);
     }
 }

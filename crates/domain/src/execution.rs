@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 pub enum ExecutionStatus {
     Running,
     AwaitingApproval,
+    /// Paused because its session is frozen: it goes on once a person unfreezes the session.
+    Frozen,
     Completed,
     Failed,
     Rejected,
@@ -44,6 +46,7 @@ pub enum StepStatus {
 names!(ExecutionStatus {
     Running => "running",
     AwaitingApproval => "awaiting_approval",
+    Frozen => "frozen",
     Completed => "completed",
     Failed => "failed",
     Rejected => "rejected",
@@ -65,15 +68,15 @@ names!(StepStatus {
 impl ExecutionStatus {
     /// An execution in these states is over and never runs again.
     pub fn is_terminal(self) -> bool {
-        !matches!(
-            self,
-            ExecutionStatus::Running | ExecutionStatus::AwaitingApproval
-        )
+        !Self::ACTIVE.contains(&self)
     }
 
     /// The states a kill may end.
-    pub const ACTIVE: [ExecutionStatus; 2] =
-        [ExecutionStatus::Running, ExecutionStatus::AwaitingApproval];
+    pub const ACTIVE: [ExecutionStatus; 3] = [
+        ExecutionStatus::Running,
+        ExecutionStatus::AwaitingApproval,
+        ExecutionStatus::Frozen,
+    ];
 }
 
 /// What the runner does with the step its execution stands on, by the step's state.

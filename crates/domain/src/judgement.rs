@@ -5,6 +5,7 @@ use crate::approval::DecisionKind;
 use crate::budget::{Exceeded, OnBudgetExceeded};
 use crate::policy::Verdict;
 use crate::rules::{Refusal, Route};
+use crate::velocity::Trip;
 
 /// Why a payment is denied: the `reason` clients see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +20,8 @@ pub enum DenyReason {
     Rejected,
     /// Nobody decided its approval request in time.
     Expired,
+    /// Its session is frozen, or it tripped the circuit breaker (a velocity rule) and froze it.
+    CircuitBreaker,
 }
 
 names!(DenyReason {
@@ -27,6 +30,7 @@ names!(DenyReason {
     BudgetExceeded => "budget_exceeded",
     Rejected => "rejected",
     Expired => "expired",
+    CircuitBreaker => "circuit_breaker",
 });
 
 /// Everything the guard found about a payment, each check's result.
@@ -34,6 +38,8 @@ names!(DenyReason {
 pub struct Findings {
     /// Why money may not move at all now, if it may not.
     pub stopped: Option<&'static str>,
+    /// Why its session is frozen, if it is.
+    pub frozen: Option<String>,
     pub refusal: Option<Refusal>,
     /// A policy limit it would break, in words, and where such a payment goes.
     pub over_limit: Option<(String, Route)>,
@@ -43,14 +49,16 @@ pub struct Findings {
     pub verdict: Verdict,
     /// The decisions a person may take on this tool, for a payment sent to one for its budget.
     pub allowed: Vec<DecisionKind>,
+    /// The velocity rule it would break, if it would move money or ask a person.
+    pub tripped: Option<Trip>,
 }
 
 /// A check that found something about a payment: what a dry run reports beside the verdict.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Fired {
-    /// `stop`, the policy rule that refuses it (`payees.deny`, `max_per_payment_usd`, `wallets`,
-    /// `payees.new_payee`...), `limits`, `budget`, or `tool_rules` (a threshold or payee rule sends it to a
-    /// person).
+    /// `stop`, `frozen`, the policy rule that refuses it (`payees.deny`, `max_per_payment_usd`, `wallets`,
+    /// `payees.new_payee`...), `limits`, `budget`, `tool_rules` (a threshold or payee rule sends it to a
+    /// person), or the velocity rule it trips (`velocity[0]`).
     #[schema(example = "tool_rules")]
     pub rule: String,
     #[schema(example = "above $10")]
@@ -71,6 +79,9 @@ impl Findings {
         if let Some(why) = self.stopped {
             add("stop", why.to_owned());
         }
+        if let Some(why) = &self.frozen {
+            add("frozen", why.clone());
+        }
         if let Some(r) = &self.refusal {
             add(r.rule, r.detail.clone());
         }
@@ -82,6 +93,9 @@ impl Findings {
         }
         if let Verdict::RequireApproval { reason, .. } = &self.verdict {
             add("tool_rules", reason.clone());
+        }
+        if let Some(trip) = &self.tripped {
+            add(&trip.name(), trip.detail.clone());
         }
         fired
     }
@@ -100,22 +114,41 @@ pub enum Judgement {
         allowed: Vec<DecisionKind>,
     },
     Allow,
+    /// It would have gone at once or to a person, but it breaks a velocity rule: deny it (`circuit_breaker`) and
+    /// freeze its session.
+    Trip(Trip),
 }
 
-/// A stop outranks the policy, the policy's refusals outrank its limits, limits outrank the session's budget, and
-/// only then do the per-tool rules decide between a person and at once.
-pub fn judge(f: Findings) -> Judgement {
-    let deny = |reason, detail, rule| Judgement::Deny {
+fn deny(reason: DenyReason, detail: String, rule: Option<&'static str>) -> Judgement {
+    Judgement::Deny {
         reason,
         detail,
         rule,
-    };
+    }
+}
+
+/// A stop outranks a freeze, a freeze the policy, the policy's refusals outrank its limits, limits outrank the
+/// session's budget, and only then do the per-tool rules decide between a person and at once. A payment that
+/// would move money or reach a person and breaks a velocity rule trips the breaker instead.
+pub fn judge(mut f: Findings) -> Judgement {
     if let Some(why) = f.stopped {
         return deny(DenyReason::Killed, why.to_owned(), None);
     }
-    if let Some(r) = f.refusal {
+    if let Some(why) = f.frozen.take() {
+        return deny(DenyReason::CircuitBreaker, why, Some("velocity"));
+    }
+    if let Some(r) = f.refusal.take() {
         return deny(DenyReason::PolicyDenied, r.detail, Some(r.rule));
     }
+    let tripped = f.tripped.take();
+    match (route(f), tripped) {
+        (Judgement::Allow | Judgement::Approve { .. }, Some(trip)) => Judgement::Trip(trip),
+        (judged, _) => judged,
+    }
+}
+
+/// Past the stops and refusals: the policy's limits, then the session's budget, then the per-tool rules.
+fn route(f: Findings) -> Judgement {
     let to_person = |reason: String| Judgement::Approve {
         reason,
         allowed: f.allowed.clone(),
@@ -151,6 +184,15 @@ mod tests {
             over_budget: None,
             verdict: Verdict::Allow,
             allowed: vec![DecisionKind::Approve, DecisionKind::Reject],
+            frozen: None,
+            tripped: None,
+        }
+    }
+
+    fn trip() -> Trip {
+        Trip {
+            rule: 1,
+            detail: "more than 3 payments within 60 s".into(),
         }
     }
 
@@ -187,16 +229,26 @@ mod tests {
                 reason: "above $10".into(),
                 allowed: vec![DecisionKind::Approve],
             },
+            frozen: Some("frozen by velocity[0]".into()),
+            tripped: Some(trip()),
             ..clear()
         };
         let rules: Vec<String> = findings.fired().into_iter().map(|f| f.rule).collect();
         assert_eq!(
             rules,
-            ["stop", "payees.deny", "limits", "budget", "tool_rules"]
+            [
+                "stop",
+                "frozen",
+                "payees.deny",
+                "limits",
+                "budget",
+                "tool_rules",
+                "velocity[1]"
+            ]
         );
         let fired = findings.fired();
-        assert_eq!(fired[1].detail, "denied payee");
-        assert_eq!(fired[4].detail, "above $10");
+        assert_eq!(fired[2].detail, "denied payee");
+        assert_eq!(fired[5].detail, "above $10");
     }
 
     #[test]
@@ -234,9 +286,20 @@ mod tests {
         );
     }
 
-    /// Every combination of findings, against the order written out once more: a stop, then the policy's
-    /// refusal, then its limits, then the session budget, then the rules. Each check that routes to people
-    /// does so only when nothing before it denied.
+    /// What a judgement comes to, in one word, for the table below.
+    fn outcome(j: Judgement) -> &'static str {
+        match j {
+            Judgement::Deny { reason, .. } => reason.as_str(),
+            Judgement::Approve { .. } => "person",
+            Judgement::Allow => "allow",
+            Judgement::Trip(_) => "trip",
+        }
+    }
+
+    /// Every combination of findings, against the order written out once more: a stop, a freeze, then the
+    /// policy's refusal, then its limits, then the session budget, then the rules; a payment that would go
+    /// ahead or to a person trips a broken velocity rule. Each check that routes to people does so only when
+    /// nothing before it denied.
     #[test]
     fn every_combination_follows_the_order() {
         let exceeded = || Exceeded::Usd {
@@ -251,56 +314,61 @@ mod tests {
             Some(OnBudgetExceeded::RequireApproval),
         ];
         let mut cases = 0;
-        for stopped in [None, Some("stopped")] {
-            for refused in [false, true] {
-                for limit in routes {
-                    for budget in budgets {
-                        for rules_ask in [false, true] {
-                            let f = Findings {
-                                stopped,
-                                refusal: refused.then(refusal),
-                                over_limit: limit.map(|r| ("weekly".to_owned(), r)),
-                                over_budget: budget.map(|on| (exceeded(), on)),
-                                verdict: if rules_ask {
-                                    Verdict::RequireApproval {
-                                        reason: "above $10".into(),
-                                        allowed: vec![DecisionKind::Approve],
-                                    }
-                                } else {
-                                    Verdict::Allow
-                                },
-                                ..clear()
-                            };
-                            let expected = if stopped.is_some() {
-                                Some(Some(DenyReason::Killed))
-                            } else if refused {
-                                Some(Some(DenyReason::PolicyDenied))
-                            } else if limit == Some(Route::Deny)
-                                || (limit.is_none() && budget == Some(OnBudgetExceeded::Deny))
-                            {
-                                Some(Some(DenyReason::BudgetExceeded))
-                            } else if limit.is_some() || budget.is_some() || rules_ask {
-                                Some(None)
+        for (stopped, frozen, refused, tripped) in flags4() {
+            for limit in routes {
+                for budget in budgets {
+                    for rules_ask in [false, true] {
+                        let f = Findings {
+                            stopped: stopped.then_some("stopped"),
+                            frozen: frozen.then(|| "frozen".to_owned()),
+                            refusal: refused.then(refusal),
+                            over_limit: limit.map(|r| ("weekly".to_owned(), r)),
+                            over_budget: budget.map(|on| (exceeded(), on)),
+                            verdict: if rules_ask {
+                                Verdict::RequireApproval {
+                                    reason: "above $10".into(),
+                                    allowed: vec![DecisionKind::Approve],
+                                }
                             } else {
-                                None
-                            };
-                            let got = match judge(f) {
-                                Judgement::Deny { reason, .. } => Some(Some(reason)),
-                                Judgement::Approve { .. } => Some(None),
-                                Judgement::Allow => None,
-                            };
-                            assert_eq!(
-                                got, expected,
-                                "stopped {stopped:?}, refused {refused}, limit {limit:?}, budget {budget:?}, \
-                                 rules ask {rules_ask}"
-                            );
-                            cases += 1;
-                        }
+                                Verdict::Allow
+                            },
+                            tripped: tripped.then(trip),
+                            ..clear()
+                        };
+                        let expected = if stopped {
+                            "killed"
+                        } else if frozen {
+                            "circuit_breaker"
+                        } else if refused {
+                            "policy_denied"
+                        } else if limit == Some(Route::Deny)
+                            || (limit.is_none() && budget == Some(OnBudgetExceeded::Deny))
+                        {
+                            "budget_exceeded"
+                        } else if tripped {
+                            "trip"
+                        } else if limit.is_some() || budget.is_some() || rules_ask {
+                            "person"
+                        } else {
+                            "allow"
+                        };
+                        assert_eq!(
+                            outcome(judge(f)),
+                            expected,
+                            "stopped {stopped}, frozen {frozen}, refused {refused}, tripped {tripped}, \
+                             limit {limit:?}, budget {budget:?}, rules ask {rules_ask}"
+                        );
+                        cases += 1;
                     }
                 }
             }
         }
-        assert_eq!(cases, 72);
+        assert_eq!(cases, 288);
+    }
+
+    /// Every combination of four flags.
+    fn flags4() -> impl Iterator<Item = (bool, bool, bool, bool)> {
+        (0..16u8).map(|n| (n & 1 != 0, n & 2 != 0, n & 4 != 0, n & 8 != 0))
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub mod prices;
 pub mod rules;
 pub mod session;
 pub mod time;
+pub mod velocity;
 
 pub use approval::{ApprovalStatus, Decision, DecisionKind};
 pub use auth::{Principal, Role};

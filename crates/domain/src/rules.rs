@@ -13,6 +13,7 @@ use crate::policy::{
 use crate::session::{
     DEFAULT_APPROVAL_TIMEOUT_SECONDS, MAX_APPROVAL_TIMEOUT_SECONDS, SessionConfig,
 };
+use crate::velocity::{MAX_VELOCITY_RULES, Velocity};
 use chrono::{DateTime, Datelike, Days, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -68,6 +69,10 @@ pub struct PolicyRules {
     #[serde(default = "max_pending")]
     #[schema(minimum = 1, maximum = 100000)]
     pub max_pending_approvals: u32,
+    /// The circuit breaker: a payment that would break one of these freezes its session until a person looks.
+    #[serde(default)]
+    #[schema(max_items = 8)]
+    pub velocity: Vec<Velocity>,
 }
 
 /// The published shape of per-tool thresholds: only these tools have one.
@@ -254,6 +259,7 @@ impl Default for PolicyRules {
             on_budget_exceeded: ask(),
             on_reject: go_on(),
             max_pending_approvals: max_pending(),
+            velocity: Vec::new(),
         }
     }
 }
@@ -327,6 +333,7 @@ impl PolicyRules {
             ));
         }
         self.validate_limits()?;
+        self.validate_velocity()?;
         if !(1..=100_000).contains(&self.max_pending_approvals) {
             return Err(broken(
                 "max_pending_approvals",
@@ -371,6 +378,24 @@ impl PolicyRules {
                     usd_bound(&field, amount)?;
                 }
                 _ => return Err(broken(&field, "set either usd, or currency and amount")),
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_velocity(&self) -> Result<(), RuleError> {
+        if self.velocity.len() > MAX_VELOCITY_RULES {
+            return Err(broken(
+                "velocity",
+                format!("at most {MAX_VELOCITY_RULES} rules"),
+            ));
+        }
+        for (i, rule) in self.velocity.iter().enumerate() {
+            if let Some((field, why)) = rule.invalid() {
+                return Err(broken(&format!("velocity[{i}].{field}"), why));
+            }
+            if let Some(usd) = rule.max_usd {
+                usd_bound(&format!("velocity[{i}].max_usd"), usd)?;
             }
         }
         Ok(())
@@ -742,6 +767,16 @@ mod tests {
             "max_approval_timeout_seconds"
         );
         assert_eq!(field(json!({"payees": {"deny": ["bob"]}})), "payees.deny");
+        assert_eq!(
+            field(json!({"velocity": [{"per_seconds": 60, "max_usd": "1.0000001"}]})),
+            "velocity[0].max_usd"
+        );
+        assert_eq!(
+            field(json!({"velocity": [{"per_seconds": 0, "max_payments": 1}]})),
+            "velocity[0].per_seconds"
+        );
+        let nine = vec![json!({"per_seconds": 1, "max_payments": 1}); 9];
+        assert_eq!(field(json!({"velocity": nine})), "velocity");
         assert!(
             serde_json::from_value::<PolicyRules>(json!({"approval_threshold_usd": 5})).is_err()
         );

@@ -6,16 +6,19 @@ use crate::money::{parse_decimal, strict};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-/// Whether a session may still move money: a killed one takes no payments and runs nothing until revived.
+/// Whether a session may still move money: a frozen one (the circuit breaker tripped) takes no payments and
+/// runs no steps until a person unfreezes it; a killed one takes none and runs nothing until revived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SessionState {
     Active,
+    Frozen,
     Killed,
 }
 
 names!(SessionState {
     Active => "active",
+    Frozen => "frozen",
     Killed => "killed",
 });
 

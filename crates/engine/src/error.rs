@@ -16,6 +16,9 @@ pub enum EngineError {
     NotFound(&'static str),
     #[error("{0}")]
     Conflict(String),
+    /// The session is frozen by the circuit breaker: nothing of it runs until a person unfreezes it.
+    #[error("{0}")]
+    Frozen(String),
     /// What was asked for existed once and is gone (e.g. pruned events).
     #[error("{0}")]
     Gone(String),

@@ -14,10 +14,11 @@ use paygent_domain::event::EventKind;
 use paygent_domain::judgement::{DenyReason, Findings, Fired, Judgement, judge};
 use paygent_domain::payment::PaymentIntent;
 use paygent_domain::rules::{NewPayee, Refusal};
+use paygent_domain::velocity::{self, Counted, Freeze, FreezeReason, Trip, VelocityScope, Window};
 use paygent_domain::{Decimal, DecisionKind, PaymentStatus, Principal, Verdict};
 use paygent_store::WriteTx;
 use paygent_store::approvals::{self, ApprovalRecord, NewRequest};
-use paygent_store::payments::{self, PaymentRecord};
+use paygent_store::payments::{self, Payer, PaymentRecord};
 use paygent_store::policies::PolicyRecord;
 use paygent_store::sessions::{self, SessionRecord};
 use serde_json::{Value, json};
@@ -231,6 +232,10 @@ impl Evaluation {
             Judgement::Deny { reason, .. } => {
                 (EvaluatedVerdict::Deny, Some(reason.as_str().to_owned()))
             }
+            Judgement::Trip(_) => {
+                let reason = DenyReason::CircuitBreaker.as_str().to_owned();
+                (EvaluatedVerdict::Deny, Some(reason))
+            }
         };
         Evaluation {
             verdict,
@@ -324,11 +329,15 @@ impl<'a> Filing<'a> {
         let tools = rules.for_session(&session.config);
         let stopped = if tx.kill_switch().is_some() {
             Some("the emergency stop is engaged")
-        } else if session.state != SessionState::Active {
+        } else if session.state == SessionState::Killed {
             Some("the session was killed")
         } else {
             None
         };
+        let frozen = session
+            .frozen
+            .as_ref()
+            .filter(|_| session.state == SessionState::Frozen);
         let over_limit = budget::check_limits(tx, rules, &self.booking).await?;
         let budget = &session.config.budget;
         let over_budget = budget::check(tx, budget, &self.booking).await?.err();
@@ -342,6 +351,8 @@ impl<'a> Filing<'a> {
             .await?;
         Ok(Findings {
             stopped,
+            frozen: frozen.map(|f| format!("the session is frozen by {}: {}", f.rule, f.detail)),
+            tripped: self.velocity(tx).await?,
             refusal: rules.refusal(p.usd_value, args).or(ungranted).or(first),
             over_limit: over_limit.map(|detail| (detail, rules.over_limit)),
             // The strictest of session and policy: a policy that says deny denies.
@@ -355,6 +366,45 @@ impl<'a> Filing<'a> {
             verdict,
             allowed: tools.allowed_for(&p.tool),
         })
+    }
+
+    /// The velocity rule this payment would break, reading each scope's window (back to the session's last
+    /// unfreeze) under the tenant's lock: requests judged after it count it.
+    async fn velocity(&self, tx: &mut WriteTx) -> Result<Option<Trip>> {
+        let rules = &self.policy.rules.velocity;
+        if rules.is_empty() {
+            return Ok(None);
+        }
+        let now = tx.now();
+        let since = self
+            .session
+            .breaker_since
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let mut windows = [Window::default(), Window::default()];
+        for (window, scope) in windows
+            .iter_mut()
+            .zip([VelocityScope::Session, VelocityScope::Agent])
+        {
+            let Some(widest) = velocity::widest(rules, scope) else {
+                continue;
+            };
+            let payer = match scope {
+                VelocityScope::Session => Payer::Session(self.session.id),
+                VelocityScope::Agent => Payer::Key(self.who.key_id),
+            };
+            let after = since.max(now - chrono::Duration::seconds(widest.into()));
+            *window = payments::counted(tx, payer, after).await?;
+        }
+        let p = &self.payment;
+        let this = Counted {
+            at: now,
+            usd: p.usd_value,
+            recipient: p.recipient.clone(),
+            amount: p.amount,
+            currency: p.currency.clone(),
+        };
+        let [session, agent] = &windows;
+        Ok(velocity::tripped(rules, session, agent, &this, since))
     }
 
     /// Applies the policy's rule for a key's first payment to a payee: a refusal, or a person instead of
@@ -401,7 +451,24 @@ impl<'a> Filing<'a> {
             } => self.deny(tx, reason, detail, rule).await,
             Judgement::Approve { reason, allowed } => self.ask(tx, reason, allowed).await,
             Judgement::Allow => self.allow(tx).await,
+            Judgement::Trip(trip) => self.trip(tx, trip).await,
         }
+    }
+
+    /// Denies the payment that broke a velocity rule and freezes its session, in the same transaction.
+    async fn trip(&mut self, tx: &mut WriteTx, trip: Trip) -> Result<()> {
+        let freeze = Freeze {
+            reason: FreezeReason::CircuitBreaker,
+            rule: trip.name(),
+            detail: trip.detail,
+            payment_id: self.payment.id,
+            tripped_by: self.who.key_id,
+            at: tx.now(),
+        };
+        let reason = DenyReason::CircuitBreaker;
+        self.deny(tx, reason, freeze.detail.clone(), Some(&freeze.rule))
+            .await?;
+        crate::breaker::freeze(tx, self.who, self.session.id, freeze).await
     }
 
     /// Writes the audit entry, the last use of the summary.
@@ -555,10 +622,13 @@ impl Paygent {
         let session = sessions::get(tx.conn(), who.tenant_id, ctx.session_id)
             .await?
             .ok_or(EngineError::NotFound("session"))?;
-        if tx.kill_switch().is_some() || session.state != SessionState::Active {
+        if tx.kill_switch().is_some() || session.state == SessionState::Killed {
             return Ok(StepOutcome::Failed {
                 error: "killed: the session or the whole tenant is stopped".into(),
             });
+        }
+        if session.state == SessionState::Frozen {
+            return Ok(StepOutcome::Frozen { payment_id: None });
         }
         let rules = policies::in_force(tx.conn(), who.tenant_id, session.policy_id).await?;
         if let Some(refusal) = rules.rules.refusal(usd_value, args) {

@@ -13,7 +13,7 @@ use paygent_domain::{ApprovalStatus, Principal, SessionState};
 use paygent_store::WriteTx;
 use paygent_store::approvals;
 use paygent_store::payments;
-use paygent_store::sessions;
+use paygent_store::sessions::{self, SessionRecord};
 use paygent_store::sweeps::{self, Sweep};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -61,7 +61,7 @@ impl KillSwitchView {
     }
 }
 
-fn validate_reason(reason: &Option<String>) -> Result<()> {
+pub(crate) fn validate_reason(reason: &Option<String>) -> Result<()> {
     if reason.as_ref().is_some_and(|r| r.chars().count() > 500) {
         return Err(EngineError::Invalid(
             "reason is limited to 500 characters".into(),
@@ -153,8 +153,13 @@ impl Paygent {
         sessions::get(tx.conn(), who.tenant_id, id)
             .await?
             .ok_or(EngineError::NotFound("session"))?;
-        if sessions::set_state(&mut tx, id, state).await? {
-            let killing = state == SessionState::Killed;
+        let killing = state == SessionState::Killed;
+        let changed = if killing {
+            sessions::kill(&mut tx, id).await?
+        } else {
+            sessions::revive(&mut tx, id).await?
+        };
+        if changed {
             let (action, sweep) = if killing {
                 let sweep = Uuid::now_v7();
                 sweeps::open(&mut tx, sweep, Some(id), "killed").await?;
@@ -311,7 +316,8 @@ impl Paygent {
 
 /// Refuses to let money move in a stopped scope, as this transaction sees it (under the tenant's lock): the
 /// emergency stop, or the session killed. A stop's commit is enough; its sweep need not have come by yet.
-pub(crate) async fn refuse_if_stopped(tx: &mut WriteTx, session_id: Uuid) -> Result<()> {
+/// Returns the session, for checks of its own (a frozen session's approvals are decided, not executed).
+pub(crate) async fn refuse_if_stopped(tx: &mut WriteTx, session_id: Uuid) -> Result<SessionRecord> {
     if tx.kill_switch().is_some() {
         return Err(EngineError::Conflict(
             "the emergency stop is engaged: nothing is approved or executed".into(),
@@ -321,12 +327,12 @@ pub(crate) async fn refuse_if_stopped(tx: &mut WriteTx, session_id: Uuid) -> Res
     let session = sessions::get(tx.conn(), tenant_id, session_id)
         .await?
         .ok_or(EngineError::NotFound("session"))?;
-    if session.state != SessionState::Active {
+    if session.state == SessionState::Killed {
         return Err(EngineError::Conflict(
             "the session was killed: nothing is approved or executed".into(),
         ));
     }
-    Ok(())
+    Ok(session)
 }
 
 /// One transaction's share of a sweep.

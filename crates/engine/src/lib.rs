@@ -4,6 +4,7 @@
 
 mod approvals;
 mod audit;
+mod breaker;
 mod budget;
 mod egress;
 mod error;

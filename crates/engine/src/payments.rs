@@ -142,7 +142,7 @@ impl Paygent {
         };
 
         let mut tx = self.begin_as(who).await?;
-        crate::kill::refuse_if_stopped(&mut tx, request.session_id).await?;
+        let session = crate::kill::refuse_if_stopped(&mut tx, request.session_id).await?;
         if !approvals::consume(&mut tx, approval_id).await? {
             let current = approvals::get(tx.conn(), who.tenant_id, approval_id)
                 .await?
@@ -150,6 +150,8 @@ impl Paygent {
             drop(tx);
             return self.executed_before(&current, payment_id).await;
         }
+        // A repeat answers with what was paid above; a first run waits for the session to be unfrozen.
+        crate::breaker::refuse_if_frozen(&session, "the approved payment runs")?;
         let moved = payments::transition(
             &mut tx,
             Transition {

@@ -65,6 +65,8 @@ impl Paygent {
             wallet_address: new.wallet_address,
             config,
             state: SessionState::Active,
+            frozen: None,
+            breaker_since: None,
             created_by: who.key_id,
             created_at: tx.now(),
             policy_id: key.policy_id,

@@ -33,7 +33,8 @@ pub struct PaymentView {
     #[schema(value_type = String, example = "pending_approval")]
     /// `executed`, `authorized`, `pending_approval`, `denied` or `failed`.
     pub status: PaymentStatus,
-    /// Why it was denied or failed: `rejected`, `expired`, `killed`, `budget_exceeded`, ...
+    /// Why it was denied or failed: `rejected`, `expired`, `killed`, `budget_exceeded`, `policy_denied`,
+    /// `circuit_breaker`, ...
     pub reason: Option<String>,
     /// The reason in words, e.g. how much of the budget is left.
     pub detail: Option<String>,
@@ -158,9 +159,11 @@ pub struct SessionView {
     pub wallet_address: Option<String>,
     #[schema(value_type = Object, example = json!({"approval_threshold_usd": "10", "approval_timeout_seconds": 900}))]
     pub config: paygent_domain::SessionConfig,
-    /// `active` or `killed`.
+    /// `active`, `frozen` (the circuit breaker tripped: nothing moves until a person unfreezes it) or `killed`.
     #[schema(value_type = String, example = "active")]
     pub state: paygent_domain::SessionState,
+    /// Why it is frozen, while it is.
+    pub frozen: Option<paygent_domain::velocity::Freeze>,
     /// Today's spend, reservations and limits.
     pub budget: BudgetView,
     pub created_by: Uuid,
@@ -175,6 +178,9 @@ impl SessionView {
             wallet_address: s.wallet_address,
             config: s.config,
             state: s.state,
+            frozen: s
+                .frozen
+                .filter(|_| s.state == paygent_domain::SessionState::Frozen),
             budget,
             created_by: s.created_by,
             created_at: s.created_at,
@@ -334,7 +340,8 @@ pub struct ExecutionView {
     pub id: Uuid,
     pub session_id: Uuid,
     #[schema(value_type = String, example = "running")]
-    /// `running`, `awaiting_approval`, `completed`, `failed`, `rejected`, `expired` or `cancelled`.
+    /// `running`, `awaiting_approval`, `frozen` (its session is frozen: it goes on once unfrozen), `completed`,
+    /// `failed`, `rejected`, `expired` or `cancelled`.
     pub status: ExecutionStatus,
     /// The natural-language command, when the plan came from one.
     pub command: Option<String>,

@@ -590,3 +590,52 @@ async fn people_read_and_admins_change_policies() {
         "approvers only read"
     );
 }
+
+/// A session the circuit breaker freezes shows up in the inbox at once, with why; a person unfreezes it there
+/// (a second click confirms), and it pays again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn people_see_and_unfreeze_a_frozen_session() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let rules = json!({"velocity": [{"per_seconds": 60, "max_payments": 1}]});
+    let (status, _) = s.put(ADMIN_TOKEN, "/policies/default", rules).await;
+    assert_eq!(status, 200);
+    let session = s.session(&t.agent, json!({})).await;
+    let chrome = Chromium::launch().await;
+    let page = chrome.open(&s.base).await;
+    sign_in(&page, &t.approver).await;
+    s.pay(&t.agent, session, "1", "USDC").await;
+    let (_, tripped) = s.pay(&t.agent, session, "1", "USDC").await;
+    assert_eq!(tripped["reason"], "circuit_breaker");
+
+    let alert = format!("#frozen-list [data-session-id='{session}']");
+    wait_until(
+        &page,
+        &format!("!!document.querySelector(\"{alert}\")"),
+        "the frozen session's alert",
+    )
+    .await;
+    let text = eval(
+        &page,
+        &format!("document.querySelector(\"{alert}\").textContent"),
+    )
+    .await;
+    let text = text.as_str().unwrap();
+    assert!(text.contains("velocity[0]"), "{text}");
+    assert!(text.contains("more than 1 payments within 60 s"), "{text}");
+    click(&page, &format!("{alert} button.unfreeze")).await;
+    let (_, view) = s.get(&t.approver, &format!("/sessions/{session}")).await;
+    assert_eq!(view["state"], "frozen", "one click only arms the button");
+    click(&page, &format!("{alert} button.unfreeze")).await;
+    wait_until(
+        &page,
+        &format!("!document.querySelector(\"{alert}\")"),
+        "the alert to go",
+    )
+    .await;
+    let (_, view) = s.get(&t.approver, &format!("/sessions/{session}")).await;
+    assert_eq!(view["state"], "active", "{view}");
+    let (_, paid) = s.pay(&t.agent, session, "1", "USDC").await;
+    assert_eq!(paid["status"], "authorized");
+    s.finish().await;
+}

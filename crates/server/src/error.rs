@@ -56,6 +56,7 @@ impl ApiError {
                 E::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
                 E::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
                 E::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+                E::Frozen(_) => (StatusCode::CONFLICT, "session-frozen"),
                 E::Gone(_) => (StatusCode::GONE, "gone"),
                 E::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "too-many-pending"),
                 E::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "not-implemented"),

@@ -33,25 +33,6 @@ async fn pay_to(s: &TestServer, agent: &str, session: Uuid, amount: &str, to: &s
     body
 }
 
-/// An agent key with a policy of `rules`; returns (policy id, agent token).
-async fn bound_agent(s: &TestServer, name: &str, rules: Value) -> (String, String) {
-    let mut body = rules;
-    body["name"] = json!(name);
-    let (status, policy) = s.post(ADMIN_TOKEN, "/policies", body).await;
-    assert_eq!(status, StatusCode::CREATED, "{policy}");
-    let id = policy["id"].as_str().unwrap().to_owned();
-    let (status, key) = s
-        .post(
-            ADMIN_TOKEN,
-            "/keys",
-            json!({"name": name, "role": "agent", "policy_id": id}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{key}");
-    assert_eq!(key["policy_id"], json!(id));
-    (id, key["token"].as_str().unwrap().to_owned())
-}
-
 /// The attack from the issue: an agent raises its own threshold and pays half a million at once. Now the
 /// session is refused, naming the field and the bound, and a person's stricter default applies at once.
 async fn an_agent_cannot_write_its_own_guard(backend: Backend) {
@@ -231,13 +212,13 @@ async fn policies_are_versioned_and_audited(backend: Backend) {
 /// person, and a session of that key may not loosen it.
 async fn a_bound_policy_denies_and_routes(backend: Backend) {
     let s = TestServer::start(backend).await;
-    let (_, agent) = bound_agent(
-        &s,
-        "strict",
-        json!({"max_per_payment_usd": "50", "approval_threshold_usd": "20",
+    let (_, agent) = s
+        .bound_agent(
+            "strict",
+            json!({"max_per_payment_usd": "50", "approval_threshold_usd": "20",
                "payees": {"allow": [ALLOWED], "deny": [DENIED]}}),
-    )
-    .await;
+        )
+        .await;
     let (status, problem) = s
         .post(
             &agent,
@@ -283,12 +264,12 @@ async fn a_bound_policy_denies_and_routes(backend: Backend) {
 async fn edits_are_held_to_the_policy(backend: Backend) {
     let s = TestServer::start(backend).await;
     let t = s.team(ADMIN_TOKEN).await;
-    let (_, agent) = bound_agent(
-        &s,
-        "listed",
-        json!({"max_per_payment_usd": "100", "payees": {"allow": [ALLOWED], "deny": [DENIED]}}),
-    )
-    .await;
+    let (_, agent) = s
+        .bound_agent(
+            "listed",
+            json!({"max_per_payment_usd": "100", "payees": {"allow": [ALLOWED], "deny": [DENIED]}}),
+        )
+        .await;
     let session = s.session(&agent, json!({})).await;
     let p = pay_to(&s, &agent, session, "30", OTHER).await;
     let edit = format!("/approvals/{}/edit", p["approval_id"].as_str().unwrap());
@@ -327,16 +308,16 @@ async fn limits_hold_across_sessions_and_periods(backend: Backend) {
     let s = TestServer::start(backend).await;
     let wednesday = chrono::DateTime::parse_from_rfc3339("2026-12-02T10:00:00Z").unwrap();
     s.clock.set(wednesday.with_timezone(&chrono::Utc));
-    let (_, agent) = bound_agent(
-        &s,
-        "limited",
-        json!({"approval_threshold_usd": "40", "limits": [
-            {"period": "day", "usd": "30"},
-            {"period": "week", "usd": "60"},
-            {"period": "day", "currency": "CRO", "amount": "100"},
-        ]}),
-    )
-    .await;
+    let (_, agent) = s
+        .bound_agent(
+            "limited",
+            json!({"approval_threshold_usd": "40", "limits": [
+                {"period": "day", "usd": "30"},
+                {"period": "week", "usd": "60"},
+                {"period": "day", "currency": "CRO", "amount": "100"},
+            ]}),
+        )
+        .await;
     let first = s.session(&agent, json!({})).await;
     assert_eq!(
         pay_to(&s, &agent, first, "20", OTHER).await["status"],
@@ -398,12 +379,12 @@ async fn limits_hold_across_sessions_and_periods(backend: Backend) {
         "{week}"
     );
 
-    let (_, routed) = bound_agent(
-        &s,
-        "routed",
-        json!({"limits": [{"period": "month", "usd": "5"}], "over_limit": "approve"}),
-    )
-    .await;
+    let (_, routed) = s
+        .bound_agent(
+            "routed",
+            json!({"limits": [{"period": "month", "usd": "5"}], "over_limit": "approve"}),
+        )
+        .await;
     let session = s.session(&routed, json!({})).await;
     let p = pay_to(&s, &routed, session, "6", OTHER).await;
     assert_eq!(p["status"], "pending_approval", "a person decides: {p}");
@@ -415,7 +396,9 @@ async fn limits_hold_across_sessions_and_periods(backend: Backend) {
 async fn first_payments_to_a_payee(backend: Backend) {
     let s = TestServer::start(backend).await;
     let t = s.team(ADMIN_TOKEN).await;
-    let (_, agent) = bound_agent(&s, "careful", json!({"payees": {"new_payee": "approve"}})).await;
+    let (_, agent) = s
+        .bound_agent("careful", json!({"payees": {"new_payee": "approve"}}))
+        .await;
     let session = s.session(&agent, json!({})).await;
     let first = pay_to(&s, &agent, session, "1", ALLOWED).await;
     assert_eq!(first["status"], "pending_approval", "{first}");
@@ -439,7 +422,9 @@ async fn first_payments_to_a_payee(backend: Backend) {
     .await;
     assert_eq!(again["status"], "authorized", "a known payee: {again}");
 
-    let (_, strict) = bound_agent(&s, "closed", json!({"payees": {"new_payee": "deny"}})).await;
+    let (_, strict) = s
+        .bound_agent("closed", json!({"payees": {"new_payee": "deny"}}))
+        .await;
     let session = s.session(&strict, json!({})).await;
     let p = pay_to(&s, &strict, session, "1", OTHER).await;
     assert_eq!(p["status"], "denied", "{p}");
@@ -488,7 +473,9 @@ async fn the_policy_bounds_what_a_session_chooses(backend: Backend) {
 async fn pending_approvals_are_capped_per_agent(backend: Backend) {
     let s = TestServer::start(backend).await;
     let t = s.team(ADMIN_TOKEN).await;
-    let (_, agent) = bound_agent(&s, "capped", json!({"max_pending_approvals": 3})).await;
+    let (_, agent) = s
+        .bound_agent("capped", json!({"max_pending_approvals": 3}))
+        .await;
     let mut waiting = Vec::new();
     for _ in 0..3 {
         let session = s.session(&agent, json!({})).await;

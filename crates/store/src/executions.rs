@@ -244,7 +244,7 @@ pub async fn active_in(
 ) -> Result<Vec<ExecutionRecord>> {
     let tenant = tx.tenant_id().to_string();
     query(select(
-        "tenant_id = $1 AND status IN ('running', 'awaiting_approval') AND ($2 IS NULL OR session_id = $2) \
+        "tenant_id = $1 AND status IN ('running', 'awaiting_approval', 'frozen') AND ($2 IS NULL OR session_id = $2) \
          LIMIT $3",
     ))
     .bind(tenant)
@@ -266,21 +266,23 @@ pub async fn transition(
     let tenant = tx.tenant_id().to_string();
     let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
     let finished = to.is_terminal().then(|| now.clone());
-    let done = query(
+    let places: Vec<String> = (0..from.len()).map(|i| format!("${}", i + 7)).collect();
+    let mut update = query(format!(
         "UPDATE executions SET status = $3, error = COALESCE($4, error), updated_at = $5, \
          finished_at = COALESCE($6, finished_at) \
-         WHERE tenant_id = $1 AND id = $2 AND (status = $7 OR status = $8)",
-    )
+         WHERE tenant_id = $1 AND id = $2 AND status IN ({})",
+        places.join(", ")
+    ))
     .bind(tenant)
     .bind(id.to_string())
     .bind(to.as_str())
     .bind(error)
     .bind(now)
-    .bind(finished)
-    .bind(from.first().copied().unwrap_or(""))
-    .bind(from.get(1).copied().unwrap_or(""))
-    .execute(tx.conn())
-    .await?;
+    .bind(finished);
+    for status in from {
+        update = update.bind(status);
+    }
+    let done = update.execute(tx.conn()).await?;
     Ok(done == 1)
 }
 
@@ -392,7 +394,7 @@ pub async fn update_step(tx: &mut WriteTx, u: StepUpdate<'_>) -> Result<()> {
 pub async fn claim(db: Db<'_>, id: Uuid, owner: &str, now: &str, until: &str) -> Result<bool> {
     let done = query(
         "UPDATE executions SET lease_owner = $2, lease_until = $4 \
-         WHERE id = $1 AND status IN ('running', 'awaiting_approval') \
+         WHERE id = $1 AND status IN ('running', 'awaiting_approval', 'frozen') \
          AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until < $3)",
     )
     .bind(id.to_string())
@@ -408,7 +410,7 @@ pub async fn claim(db: Db<'_>, id: Uuid, owner: &str, now: &str, until: &str) ->
 pub async fn renew_leases(store: &crate::Store, owner: &str, until: &str) -> Result<u64> {
     let done = query(
         "UPDATE executions SET lease_until = $2 \
-         WHERE lease_owner = $1 AND status IN ('running', 'awaiting_approval')",
+         WHERE lease_owner = $1 AND status IN ('running', 'awaiting_approval', 'frozen')",
     )
     .bind(owner)
     .bind(until)
@@ -420,7 +422,7 @@ pub async fn renew_leases(store: &crate::Store, owner: &str, until: &str) -> Res
 /// Active executions whose lease is free or expired at `now` (all active ones with `now` = None): (tenant, id).
 pub async fn orphans(db: Db<'_>, now: Option<&str>) -> Result<Vec<(Uuid, Uuid)>> {
     let rows = query(
-        "SELECT tenant_id, id FROM executions WHERE status IN ('running', 'awaiting_approval') \
+        "SELECT tenant_id, id FROM executions WHERE status IN ('running', 'awaiting_approval', 'frozen') \
          AND ($1 IS NULL OR lease_owner IS NULL OR lease_until < $1) ORDER BY created_at",
     )
     .bind(now)

@@ -3,6 +3,7 @@
 use crate::db::{Db, query};
 use crate::{Result, StoreError, WriteTx, decimal, opt_uuid, time, uuid};
 use chrono::{DateTime, Utc};
+use paygent_domain::velocity::{Counted, MAX_COUNTED, Window};
 use paygent_domain::{Decimal, PaymentStatus};
 use uuid::Uuid;
 
@@ -270,4 +271,57 @@ pub async fn remember_payee(tx: &mut WriteTx, key: Uuid, payee: &str) -> Result<
     .execute(tx.conn())
     .await?;
     Ok(())
+}
+
+/// Whose payments the circuit breaker counts.
+#[derive(Debug, Clone, Copy)]
+pub enum Payer {
+    Session(Uuid),
+    /// The key that asked, across its sessions.
+    Key(Uuid),
+}
+
+crate::row_type! {
+    struct CountedRow {
+        created_at: String,
+        usd_value: String,
+        recipient: String,
+        amount: String,
+        currency: String,
+    }
+}
+
+impl TryFrom<CountedRow> for Counted {
+    type Error = StoreError;
+    fn try_from(r: CountedRow) -> Result<Self> {
+        Ok(Counted {
+            at: time(&r.created_at)?,
+            usd: decimal(&r.usd_value)?,
+            recipient: r.recipient,
+            amount: decimal(&r.amount)?,
+            currency: r.currency,
+        })
+    }
+}
+
+/// The payer's payments made after `after` that the guard did not deny, newest first: at most one more than
+/// the breaker counts, so it can tell a window it could not read to the end.
+pub async fn counted(tx: &mut WriteTx, payer: Payer, after: DateTime<Utc>) -> Result<Window> {
+    let (column, id) = match payer {
+        Payer::Session(id) => ("session_id", id),
+        Payer::Key(id) => ("requested_by", id),
+    };
+    let tenant = tx.tenant_id().to_string();
+    let payments = query(format!(
+        "SELECT created_at, usd_value, recipient, amount, currency FROM payments \
+         WHERE tenant_id = $1 AND {column} = $2 AND created_at > $3 AND status <> 'denied' \
+         ORDER BY created_at DESC LIMIT $4"
+    ))
+    .bind(tenant)
+    .bind(id.to_string())
+    .bind(paygent_domain::time::format(after))
+    .bind(MAX_COUNTED as i64 + 1)
+    .records::<CountedRow, _>(tx.conn())
+    .await?;
+    Ok(Window::read(payments))
 }

@@ -130,6 +130,8 @@ crate::row_type! {
         created_by: String,
         created_at: String,
         policy_id: Option<String>,
+        frozen: Option<String>,
+        breaker_since: Option<String>,
         p_id: Option<String>,
         p_name: Option<String>,
         p_version: Option<i64>,
@@ -147,12 +149,12 @@ pub async fn session_with_policy(
     session_id: Uuid,
     default_id: Uuid,
 ) -> Result<Option<(SessionRecord, Option<PolicyRecord>)>> {
-    let row = query(
-        "SELECT s.id, s.tenant_id, s.name, s.wallet_address, s.config, s.state, s.created_by, s.created_at, \
-         s.policy_id, p.id, p.name, p.version, p.rules, p.created_at, p.updated_at \
+    let row = query(format!(
+        "SELECT {}, p.id, p.name, p.version, p.rules, p.created_at, p.updated_at \
          FROM sessions s LEFT JOIN policies p ON p.tenant_id = s.tenant_id AND p.id = COALESCE(s.policy_id, $3) \
          WHERE s.tenant_id = $1 AND s.id = $2",
-    )
+        crate::sessions::COLUMNS
+    ))
     .bind(tenant_id.to_string())
     .bind(session_id.to_string())
     .bind(default_id.to_string())
@@ -172,6 +174,8 @@ pub async fn session_with_policy(
         created_by: r.created_by,
         created_at: r.created_at,
         policy_id: r.policy_id,
+        frozen: r.frozen,
+        breaker_since: r.breaker_since,
     })?;
     let policy = match (
         r.p_id,

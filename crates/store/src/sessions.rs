@@ -3,8 +3,13 @@
 use crate::db::{Db, query};
 use crate::{Result, StoreError, WriteTx, time, uuid};
 use chrono::{DateTime, Utc};
+use paygent_domain::velocity::Freeze;
 use paygent_domain::{SessionConfig, SessionState};
 use uuid::Uuid;
+
+/// A session row's columns, in [`SessionRow`]'s order, for queries that name the table `s`.
+pub(crate) const COLUMNS: &str = "s.id, s.tenant_id, s.name, s.wallet_address, s.config, s.state, s.created_by, \
+     s.created_at, s.policy_id, s.frozen, s.breaker_since";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionRecord {
@@ -13,7 +18,12 @@ pub struct SessionRecord {
     pub name: Option<String>,
     pub wallet_address: Option<String>,
     pub config: SessionConfig,
+    /// `frozen` when the circuit breaker froze an active session; a killed one reads `killed`.
     pub state: SessionState,
+    /// The trip that froze it, while it is frozen (and kept if it is killed frozen).
+    pub frozen: Option<Freeze>,
+    /// The breaker counts only payments made after this: when a person last unfroze or revived it.
+    pub breaker_since: Option<DateTime<Utc>>,
     pub created_by: Uuid,
     pub created_at: DateTime<Utc>,
     /// The policy it was opened under; the tenant's default when absent.
@@ -31,20 +41,36 @@ crate::row_type! {
         created_by: String,
         created_at: String,
         policy_id: Option<String>,
+        frozen: Option<String>,
+        breaker_since: Option<String>,
     }
 }
 
 impl TryFrom<SessionRow> for SessionRecord {
     type Error = StoreError;
     fn try_from(r: SessionRow) -> Result<Self> {
+        let frozen: Option<Freeze> = match &r.frozen {
+            Some(text) => Some(crate::parsed(text, "session freeze")?),
+            None => None,
+        };
         Ok(SessionRecord {
             id: uuid(&r.id)?,
             tenant_id: uuid(&r.tenant_id)?,
             name: r.name,
             wallet_address: r.wallet_address,
             config: crate::parsed(&r.config, "session config")?,
-            state: SessionState::parse(&r.state)
-                .ok_or_else(|| StoreError::Corrupt(format!("bad session state {:?}", r.state)))?,
+            state: match (SessionState::parse(&r.state), &frozen) {
+                (Some(SessionState::Active), Some(_)) => SessionState::Frozen,
+                (Some(state), _) => state,
+                (None, _) => {
+                    return Err(StoreError::Corrupt(format!(
+                        "bad session state {:?}",
+                        r.state
+                    )));
+                }
+            },
+            frozen,
+            breaker_since: r.breaker_since.as_deref().map(time).transpose()?,
             created_by: uuid(&r.created_by)?,
             created_at: time(&r.created_at)?,
             policy_id: crate::opt_uuid(r.policy_id)?,
@@ -81,12 +107,11 @@ pub async fn list(
     after: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<SessionRecord>> {
-    query(
-        "SELECT id, tenant_id, name, wallet_address, config, state, created_by, created_at, policy_id \
-         FROM sessions WHERE tenant_id = $1 AND ($2 IS NULL OR created_by = $2) \
-         AND ($4 IS NULL OR (created_at, id) < (SELECT created_at, id FROM sessions WHERE id = $4)) \
-         ORDER BY created_at DESC, id DESC LIMIT $3",
-    )
+    query(format!(
+        "SELECT {COLUMNS} FROM sessions s WHERE s.tenant_id = $1 AND ($2 IS NULL OR s.created_by = $2) \
+         AND ($4 IS NULL OR (s.created_at, s.id) < (SELECT created_at, id FROM sessions WHERE id = $4)) \
+         ORDER BY s.created_at DESC, s.id DESC LIMIT $3"
+    ))
     .bind(tenant_id.to_string())
     .bind(created_by.map(|k| k.to_string()))
     .bind(limit)
@@ -97,8 +122,7 @@ pub async fn list(
 
 /// The session, if it exists in this tenant.
 pub async fn get(db: Db<'_>, tenant_id: Uuid, id: Uuid) -> Result<Option<SessionRecord>> {
-    let sql = "SELECT id, tenant_id, name, wallet_address, config, state, created_by, created_at, policy_id \
-         FROM sessions WHERE tenant_id = $1 AND id = $2";
+    let sql = format!("SELECT {COLUMNS} FROM sessions s WHERE s.tenant_id = $1 AND s.id = $2");
     crate::by_id::<SessionRow, _>(db, sql, tenant_id, id).await
 }
 
@@ -109,10 +133,34 @@ pub async fn update_config(tx: &mut WriteTx, id: Uuid, config: &SessionConfig) -
     tx.change_one(sql, id, text).await
 }
 
-/// Sets a session's state; returns whether it changed.
-pub async fn set_state(tx: &mut WriteTx, id: Uuid, state: SessionState) -> Result<bool> {
+/// Kills a session, frozen or not; returns whether it changed.
+pub async fn kill(tx: &mut WriteTx, id: Uuid) -> Result<bool> {
     let sql = "UPDATE sessions SET state = $3 WHERE tenant_id = $1 AND id = $2 AND state <> $3";
-    tx.change_one(sql, id, state.as_str()).await
+    tx.change_one(sql, id, SessionState::Killed.as_str()).await
+}
+
+/// Lets a killed session spend again, unfrozen, its breaker counting from now; returns whether it changed.
+pub async fn revive(tx: &mut WriteTx, id: Uuid) -> Result<bool> {
+    let sql = "UPDATE sessions SET state = 'active', frozen = NULL, breaker_since = $3 \
+               WHERE tenant_id = $1 AND id = $2 AND state = 'killed'";
+    let now = tx.now_text();
+    tx.change_one(sql, id, now).await
+}
+
+/// Freezes an active session that is not frozen yet; returns whether it did.
+pub async fn freeze(tx: &mut WriteTx, id: Uuid, freeze: &Freeze) -> Result<bool> {
+    let text = serde_json::to_string(freeze).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let sql = "UPDATE sessions SET frozen = $3 \
+               WHERE tenant_id = $1 AND id = $2 AND state = 'active' AND frozen IS NULL";
+    tx.change_one(sql, id, text).await
+}
+
+/// Unfreezes an active frozen session, its breaker counting from now; returns whether it did.
+pub async fn unfreeze(tx: &mut WriteTx, id: Uuid) -> Result<bool> {
+    let sql = "UPDATE sessions SET frozen = NULL, breaker_since = $3 \
+               WHERE tenant_id = $1 AND id = $2 AND state = 'active' AND frozen IS NOT NULL";
+    let now = tx.now_text();
+    tx.change_one(sql, id, now).await
 }
 
 /// How many of a session's rows in `table` (payments, approval_requests or executions) are in each status.

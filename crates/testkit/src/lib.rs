@@ -541,6 +541,23 @@ impl TestServer {
     }
 }
 
+impl TestServer {
+    /// An agent key of the first tenant bound to a new policy of `rules` named `name`; returns (policy id,
+    /// agent token).
+    pub async fn bound_agent(&self, name: &str, rules: Value) -> (String, String) {
+        let mut body = rules;
+        body["name"] = json!(name);
+        let (status, policy) = self.post(ADMIN_TOKEN, "/policies", body).await;
+        assert_eq!(status, StatusCode::CREATED, "{policy}");
+        let id = policy["id"].as_str().expect("policy id").to_owned();
+        let key = json!({"name": name, "role": "agent", "policy_id": id});
+        let (status, key) = self.post(ADMIN_TOKEN, "/keys", key).await;
+        assert_eq!(status, StatusCode::CREATED, "{key}");
+        assert_eq!(key["policy_id"], json!(id));
+        (id, key["token"].as_str().expect("token").to_owned())
+    }
+}
+
 /// Keys for the three roles of one tenant.
 pub struct Team {
     pub admin: String,

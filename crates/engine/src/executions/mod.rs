@@ -3,6 +3,7 @@
 //! kill. A runner task drives each execution; it learns of decisions and kills from the event stream, so a
 //! decision or kill made on any instance reaches it.
 
+mod frozen;
 pub mod planner;
 pub mod tools;
 
@@ -33,8 +34,9 @@ pub enum Plan {
     Command(String),
 }
 
-/// The events a runner listens for: decisions on its approvals, and kills.
-const RUNNER_EVENTS: [EventKind; 5] = [
+/// The events a runner listens for: decisions on its approvals, kills, and its session unfrozen.
+const RUNNER_EVENTS: [EventKind; 6] = [
+    EventKind::SessionUnfrozen,
     EventKind::Approved,
     EventKind::Edited,
     EventKind::Rejected,
@@ -62,11 +64,12 @@ impl Paygent {
             who,
             sessions::get(tx.conn(), who.tenant_id, session_id).await?,
         )?;
-        if session.state != SessionState::Active || tx.kill_switch().is_some() {
+        if session.state == SessionState::Killed || tx.kill_switch().is_some() {
             return Err(EngineError::Conflict(
                 "killed: the session or the whole tenant is stopped".into(),
             ));
         }
+        crate::breaker::refuse_if_frozen(&session, "executions start")?;
         let now = tx.now();
         let new = NewExecution {
             tenant_id: who.tenant_id,
@@ -335,6 +338,9 @@ impl Paygent {
                 return Ok(());
             };
             let next = match step_move(step.status) {
+                _ if self.held(&execution, &step).await? => {
+                    self.hold(&execution, &step, None, &mut events).await?
+                }
                 StepMove::Run => {
                     self.run_step(&agent, &execution, &step, &mut events)
                         .await?
@@ -401,6 +407,7 @@ impl Paygent {
             session_id: execution.session_id,
             idx: step.idx,
             started_at,
+            retry_of: step.payment_id,
         };
         let outcome = tokio::select! {
             outcome = tool.run(ctx, &step.args) => outcome,
@@ -430,6 +437,9 @@ impl Paygent {
             }
             StepOutcome::Failed { error } => {
                 self.fail(agent.tenant_id, execution, step, &error).await
+            }
+            StepOutcome::Frozen { payment_id } => {
+                self.cut_off(execution, step, payment_id, events).await
             }
         }
     }
@@ -493,7 +503,8 @@ impl Paygent {
                     .await
             }
             AfterDecision::PayApproved => {
-                self.pay_approved(agent, execution, step, approval_id).await
+                let at = (execution, step);
+                self.pay_approved(agent, at, approval_id, events).await
             }
             AfterDecision::ContinueRejected => {
                 let error = undecided(&request);
@@ -542,13 +553,16 @@ impl Paygent {
     async fn pay_approved(
         &self,
         agent: &Principal,
-        execution: &ExecutionRecord,
-        step: &StepRecord,
+        (execution, step): (&ExecutionRecord, &StepRecord),
         approval_id: Uuid,
+        events: &mut Subscription,
     ) -> Result<Flow> {
         let tenant_id = agent.tenant_id;
         let payment = match self.execute_approved(agent, approval_id).await {
             Ok(payment) => payment,
+            Err(EngineError::Frozen(_)) => {
+                return self.hold(execution, step, None, events).await;
+            }
             Err(e) => return self.fail(tenant_id, execution, step, &e.to_string()).await,
         };
         let mut tx = self.store.begin(tenant_id, self.now()).await?;
@@ -570,7 +584,7 @@ impl Paygent {
                 Ok(Flow::Continue)
             }
             StepOutcome::Failed { error } => self.fail(tenant_id, &running, step, &error).await,
-            StepOutcome::AwaitingApproval { .. } => {
+            StepOutcome::AwaitingApproval { .. } | StepOutcome::Frozen { .. } => {
                 let why = "the approved payment did not execute";
                 self.fail(tenant_id, &running, step, why).await
             }

@@ -6,6 +6,8 @@ use crate::{Paygent, PaymentRequest};
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use paygent_domain::payment::{PaymentIntent, Recipient};
+
+const CIRCUIT_BREAKER: &str = paygent_domain::judgement::DenyReason::CircuitBreaker.as_str();
 use paygent_domain::{Decimal, PaymentStatus, PriceTable, Principal};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -22,6 +24,9 @@ pub struct StepContext<'a> {
     pub idx: i64,
     /// When the step first started; a restarted step keeps it (a `wait` resumes, it does not start over).
     pub started_at: DateTime<Utc>,
+    /// The step's payment the circuit breaker denied, when the step runs again after its session was unfrozen:
+    /// its new payment needs an idempotency key of its own.
+    pub retry_of: Option<Uuid>,
 }
 
 /// How a step ended, or why it stopped.
@@ -40,6 +45,11 @@ pub enum StepOutcome {
     },
     Failed {
         error: String,
+    },
+    /// The session is frozen: the execution pauses until a person unfreezes it, then runs the step again.
+    /// `payment_id` is the step's payment the breaker denied, if it made one.
+    Frozen {
+        payment_id: Option<Uuid>,
     },
 }
 
@@ -140,7 +150,13 @@ impl StepContext<'_> {
             currency: currency.to_owned(),
             recipient: recipient.to_owned(),
             description: Some(format!("execution {} step {}", self.execution_id, self.idx)),
-            idempotency_key: Some(format!("execution:{}:{}", self.execution_id, self.idx)),
+            idempotency_key: Some(match self.retry_of {
+                None => format!("execution:{}:{}", self.execution_id, self.idx),
+                Some(denied) => format!(
+                    "execution:{}:{}:after:{denied}",
+                    self.execution_id, self.idx
+                ),
+            }),
         }
     }
 
@@ -190,6 +206,11 @@ pub(crate) fn payment_outcome(p: PaymentView) -> StepOutcome {
             approval_id,
             payment_id: Some(p.id),
         },
+        (PaymentStatus::Denied, _) if p.reason.as_deref() == Some(CIRCUIT_BREAKER) => {
+            StepOutcome::Frozen {
+                payment_id: Some(p.id),
+            }
+        }
         (status, _) => StepOutcome::Failed {
             error: format!(
                 "payment {}: {}{}",

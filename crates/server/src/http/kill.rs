@@ -1,4 +1,5 @@
-//! The kill switch: the tenant-wide emergency stop, and killing or reviving a session.
+//! The kill switch: the tenant-wide emergency stop, killing or reviving a session, and unfreezing a session the
+//! circuit breaker froze.
 
 use super::ApiResult;
 use crate::error::Problem;
@@ -16,6 +17,7 @@ pub fn router() -> OpenApiRouter<Paygent> {
         .routes(routes!(get_kill_switch, set_kill_switch))
         .routes(routes!(kill_session))
         .routes(routes!(revive_session))
+        .routes(routes!(unfreeze_session))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -80,4 +82,27 @@ async fn revive_session(
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<SessionView>> {
     Ok(Json(paygent.revive_session(&who, id).await?))
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Unfreeze {
+    /// Why it may go on, kept in the audit trail (at most 500 characters).
+    #[schema(max_length = 500)]
+    comment: Option<String>,
+}
+
+/// Unfreezes a session the circuit breaker froze (approvers and admins; never the key whose payment tripped it):
+/// its payments are judged again, its velocity rules counting from now, and its paused executions go on.
+#[utoipa::path(post, path = "/sessions/{id}/unfreeze", tag = "kill switch", params(("id" = Uuid, Path)),
+    request_body = Unfreeze,
+    responses((status = 200, body = SessionView), (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "the session is not frozen"), (status = 422, body = Problem)))]
+async fn unfreeze_session(
+    State(paygent): State<Paygent>,
+    Caller(who): Caller,
+    Path(id): Path<Uuid>,
+    Body(req): Body<Unfreeze>,
+) -> ApiResult<Json<SessionView>> {
+    Ok(Json(paygent.unfreeze_session(&who, id, req.comment).await?))
 }
