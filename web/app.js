@@ -180,6 +180,8 @@ function onEvent(e) {
   if (e.session_id) state.budgets.delete(e.session_id);
   switch (e.type) {
     case EVENT.APPROVAL_REQUIRED: upsert(data); announce(); break;
+    case EVENT.APPROVAL_UPDATED: upsert(data); break;
+    case EVENT.APPROVAL_ESCALATED: upsert(data); announce(); break;
     case EVENT.APPROVED: case EVENT.REJECTED: case EVENT.EDITED: case EVENT.EXPIRED:
       remove(data.id, `${e.type} elsewhere`); break;
     case EVENT.CANCELLED:
@@ -400,19 +402,42 @@ function money(args) {
   return `${args.amount ?? args.max_amount ?? "?"} ${args.currency ?? ""}`.trim();
 }
 
+// What may change on a pending request's card: its action (an edit), and its approvals towards a quorum.
+function fill(li, a) {
+  const args = a.edited_args ?? a.args;
+  $(".usd", li).textContent = `$${a.usd_value}`;
+  $(".what", li).textContent = `${money(args)} → ${args.recipient ?? args.to ?? args.url ?? ""}` +
+    (a.edited_args ? " (edited)" : "");
+  // A new action needs everyone's approval again, the person's who approved the old one too.
+  if ($(".digest", li).dataset.digest !== a.digest) $("button.approve", li).disabled = false;
+  $(".digest", li).textContent = `action ${a.digest.slice(0, 19)}…`;
+  $(".digest", li).dataset.digest = a.digest;
+  const quorum = $(".quorum", li);
+  const counted = a.approvals_required > 1;
+  const step = a.escalated > 0 ? a.escalation[a.escalated - 1] : null;
+  show(quorum, counted || a.groups.length > 0 || step !== null);
+  const by = a.approvals.map((v) => v.by.slice(0, 8)).join(", ");
+  quorum.dataset.approvals = String(a.approvals.length);
+  const parts = [];
+  if (counted) parts.push(`Approvals ${a.approvals.length} of ${a.approvals_required}` + (by ? ` (${by})` : ""));
+  if (a.groups.length) parts.push(`decided by ${a.groups.join(", ")}`);
+  if (step) parts.push(`escalated to ${step.group}`);
+  quorum.textContent = parts.join(" · ");
+}
+
 function upsert(a) {
   if (a.status && a.status !== "pending") return;
-  if (state.items.has(a.id)) return;
+  if (state.items.has(a.id)) {
+    fill(state.items.get(a.id), a);
+    return;
+  }
   const li = $("#item-template").content.firstElementChild.cloneNode(true);
   li.dataset.approvalId = a.id;
   li.dataset.deadline = a.deadline;
-  $(".usd", li).textContent = `$${a.usd_value}`;
   $(".tool", li).textContent = a.tool;
-  $(".what", li).textContent = `${money(a.args)} → ${a.args.recipient ?? a.args.to ?? a.args.url ?? ""}`;
   $(".reason", li).textContent = a.reason;
   $(".meta", li).textContent = `session ${a.session_id.slice(0, 8)} · agent ${a.requested_by.slice(0, 8)}`;
-  $(".digest", li).textContent = `action ${a.digest.slice(0, 19)}…`;
-  $(".digest", li).dataset.digest = a.digest;
+  fill(li, a);
   for (const kind of ["approve", "reject", "edit"]) show($(`button.${kind}`, li), a.allowed_decisions.includes(kind));
   $(".edit-form input[name=amount]", li).value = a.args.amount ?? "";
   $(".edit-form input[name=recipient]", li).value = a.args.recipient ?? "";
@@ -488,8 +513,12 @@ async function decide(id, kind, body) {
   show(problem, false);
   try {
     // The decision lands only on the action this card shows.
-    await api("POST", `/approvals/${id}/${kind}`, { ...body, digest: $(".digest", li).dataset.digest });
-    remove(id, kind);
+    const view = await api("POST", `/approvals/${id}/${kind}`, { ...body, digest: $(".digest", li).dataset.digest });
+    if (view.status !== "pending") return remove(id, kind);
+    // Short of its quorum: the card stays, with this person's approval counted.
+    fill(li, view);
+    $("button.approve", li).disabled = true;
+    for (const form of li.querySelectorAll("form")) show(form, false);
   } catch (e) {
     problem.textContent = e.status === 409 ? `Someone else decided first: ${e.message}` : e.message;
     show(problem, true);
@@ -525,7 +554,7 @@ function onKey(ev) {
   const ids = [...state.items.keys()];
   const at = ids.indexOf(state.selected);
   const li = state.items.get(state.selected);
-  if (ev.key === "a") $("button.approve", li).hidden || decide(state.selected, "approve", {});
+  if (ev.key === "a") $("button.approve", li).hidden || $("button.approve", li).disabled || decide(state.selected, "approve", {});
   else if (ev.key === "r") toggleForm(li, ".reject-form");
   else if (ev.key === "j" && at < ids.length - 1) state.items.get(ids[at + 1]).focus();
   else if (ev.key === "k" && at > 0) state.items.get(ids[at - 1]).focus();

@@ -384,8 +384,18 @@ async fn approvals(remote: Remote, action: ApprovalAction) -> anyhow::Result<Exi
         }
     };
     let decided: ApprovalView = client.call(Method::POST, &path, Some(body)).await?;
-    let digest = decided.decision.and_then(|d| d.digest).unwrap_or_default();
-    println!("{} {} {digest}", decided.id, decided.status.as_str());
+    let (approvals, required) = (decided.approvals.len(), decided.approvals_required);
+    let quorum = (required > 1).then(|| format!(" (approvals {approvals} of {required})"));
+    let digest = decided
+        .decision
+        .and_then(|d| d.digest)
+        .unwrap_or(decided.digest);
+    println!(
+        "{} {} {digest}{}",
+        decided.id,
+        decided.status.as_str(),
+        quorum.unwrap_or_default()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -555,7 +565,7 @@ fn print_pending(list: &[ApprovalView]) {
     }
     for a in list {
         let arg = |k: &str| {
-            a.args
+            a.effective_args()
                 .get(k)
                 .and_then(Value::as_str)
                 .unwrap_or("?")
@@ -574,6 +584,24 @@ fn print_pending(list: &[ApprovalView]) {
             a.reason,
             a.digest,
         );
+        if a.approvals_required > 1 {
+            let by: Vec<String> = a.approvals.iter().map(|v| v.by.to_string()).collect();
+            println!(
+                "    approvals {} of {}{}{}",
+                a.approvals.len(),
+                a.approvals_required,
+                if by.is_empty() {
+                    String::new()
+                } else {
+                    format!(" by {}", by.join(", "))
+                },
+                if a.groups.is_empty() {
+                    String::new()
+                } else {
+                    format!(", from {}", a.groups.join(", "))
+                },
+            );
+        }
     }
 }
 

@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     ApprovalRequired,
+    /// A request still pending changed: an approval towards its quorum, or an edit that starts the count again.
+    ApprovalUpdated,
+    /// A request nobody decided in time went to the next group of its escalation chain.
+    ApprovalEscalated,
     Approved,
     Rejected,
     Edited,
@@ -32,6 +36,8 @@ pub enum EventKind {
 
 names!(EventKind {
     ApprovalRequired => "approval_required",
+    ApprovalUpdated => "approval_updated",
+    ApprovalEscalated => "approval_escalated",
     Approved => "approved",
     Rejected => "rejected",
     Edited => "edited",
@@ -62,7 +68,7 @@ mod tests {
             let json = serde_json::to_value(kind).unwrap();
             assert_eq!(json, kind.as_str(), "serde and as_str agree");
         }
-        assert_eq!(EventKind::ALL.len(), 18);
+        assert_eq!(EventKind::ALL.len(), 20);
         assert_eq!(EventKind::parse("payment_made"), None);
     }
 }

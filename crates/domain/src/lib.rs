@@ -31,6 +31,7 @@ pub mod money;
 pub mod payment;
 pub mod policy;
 pub mod prices;
+pub mod quorum;
 pub mod rules;
 pub mod session;
 pub mod time;

@@ -10,6 +10,7 @@ use crate::policy::{
     Condition, DEFAULT_PAYMENT_THRESHOLD_USD, DEFAULT_SWAP_THRESHOLD_USD, Policy, Rule, SWAP,
     TRANSFER, X402_PAYMENT,
 };
+use crate::quorum::{Escalation, MAX_QUORUMS, Quorum, invalid_chain};
 use crate::session::{
     DEFAULT_APPROVAL_TIMEOUT_SECONDS, MAX_APPROVAL_TIMEOUT_SECONDS, SessionConfig,
 };
@@ -73,6 +74,14 @@ pub struct PolicyRules {
     #[serde(default)]
     #[schema(max_items = 8)]
     pub velocity: Vec<Velocity>,
+    /// Above a USD value, several distinct people must approve the same action.
+    #[serde(default)]
+    #[schema(max_items = 8)]
+    pub quorums: Vec<Quorum>,
+    /// Who else is asked when a request waits: each step, after its delay, takes the request to one more group.
+    #[serde(default)]
+    #[schema(max_items = 8)]
+    pub escalation: Vec<Escalation>,
 }
 
 /// The published shape of per-tool thresholds: only these tools have one.
@@ -260,6 +269,8 @@ impl Default for PolicyRules {
             on_reject: go_on(),
             max_pending_approvals: max_pending(),
             velocity: Vec::new(),
+            quorums: Vec::new(),
+            escalation: Vec::new(),
         }
     }
 }
@@ -334,6 +345,7 @@ impl PolicyRules {
         }
         self.validate_limits()?;
         self.validate_velocity()?;
+        self.validate_quorums()?;
         if !(1..=100_000).contains(&self.max_pending_approvals) {
             return Err(broken(
                 "max_pending_approvals",
@@ -396,6 +408,22 @@ impl PolicyRules {
             }
             if let Some(usd) = rule.max_usd {
                 usd_bound(&format!("velocity[{i}].max_usd"), usd)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_quorums(&self) -> Result<(), RuleError> {
+        if self.quorums.len() > MAX_QUORUMS {
+            return Err(broken("quorums", format!("at most {MAX_QUORUMS} rules")));
+        }
+        if let Some(why) = invalid_chain(&self.escalation) {
+            return Err(broken("escalation", why));
+        }
+        for (i, rule) in self.quorums.iter().enumerate() {
+            usd_bound(&format!("quorums[{i}].above_usd"), rule.above_usd)?;
+            if let Some((field, why)) = rule.invalid() {
+                return Err(broken(&format!("quorums[{i}].{field}"), why));
             }
         }
         Ok(())
@@ -777,6 +805,16 @@ mod tests {
         );
         let nine = vec![json!({"per_seconds": 1, "max_payments": 1}); 9];
         assert_eq!(field(json!({"velocity": nine})), "velocity");
+        assert_eq!(
+            field(json!({"quorums": [{"above_usd": "-1", "approvals_required": 2}]})),
+            "quorums[0].above_usd"
+        );
+        assert_eq!(
+            field(
+                json!({"quorums": [{"above_usd": "1", "approvals_required": 2, "groups": ["A B"]}]})
+            ),
+            "quorums[0].groups"
+        );
         assert!(
             serde_json::from_value::<PolicyRules>(json!({"approval_threshold_usd": 5})).is_err()
         );

@@ -9,8 +9,9 @@ use paygent_domain::audit::AuditAction;
 use paygent_domain::event::EventKind;
 use paygent_domain::judgement::DenyReason;
 use paygent_domain::payment::{PaymentIntent, check_edit_authority};
+use paygent_domain::quorum::{Tally, may_decide, tally};
 use paygent_domain::rules::NewPayee;
-use paygent_domain::{ApprovalStatus, Decision, PaymentStatus, Principal};
+use paygent_domain::{ApprovalStatus, Decision, DecisionKind, PaymentStatus, Principal};
 use paygent_store::WriteTx;
 use paygent_store::approvals::{self, ApprovalRecord, Decided};
 use paygent_store::payments::{self, Terms, Transition};
@@ -49,7 +50,8 @@ impl Paygent {
     }
 
     /// Approves, rejects, or edits and approves a pending request. With `seen`, the digest of the action the
-    /// person was shown, the decision lands only on that action.
+    /// person was shown, the decision lands only on that action. A request that needs a quorum records each
+    /// approval and is approved by the last one it needs; one rejection ends it.
     pub async fn decide(
         &self,
         who: &Principal,
@@ -57,6 +59,35 @@ impl Paygent {
         decision: Decision,
         seen: Option<&str>,
     ) -> Result<ApprovalView> {
+        let ruling = self.rule(who, id, &decision, seen).await?;
+        let mut tx = self.begin_as(who).await?;
+        if ruling.to != ApprovalStatus::Rejected {
+            crate::kill::refuse_if_stopped(&mut tx, ruling.request.session_id).await?;
+        }
+        let counted =
+            ruling.request.approvals_required > 1 && ruling.to != ApprovalStatus::Rejected;
+        let landed = if counted {
+            self.vote(&mut tx, who, &ruling).await?
+        } else {
+            self.land(&mut tx, who, &ruling).await?
+        };
+        match landed {
+            Some(view) => {
+                self.publish(tx.commit().await?);
+                Ok(view)
+            }
+            None => Err(self.explain_refused(tx, id).await?),
+        }
+    }
+
+    /// Checks a decision before anything is written: who decides, on which action, and what it would become.
+    async fn rule(
+        &self,
+        who: &Principal,
+        id: Uuid,
+        decision: &Decision,
+        seen: Option<&str>,
+    ) -> Result<Ruling> {
         require(
             who.can_decide(),
             "only approvers and admins decide approval requests",
@@ -66,6 +97,7 @@ impl Paygent {
             request.requested_by != who.key_id,
             "four eyes: the key that asked for a payment never decides it",
         )?;
+        self.check_groups(who, &request).await?;
         let digest = request.digest();
         if seen.is_some_and(|seen| seen != digest) {
             return Err(EngineError::Conflict(format!(
@@ -74,63 +106,190 @@ impl Paygent {
         }
         decision.validate(&request.allowed_decisions)?;
         let to = request.status.decide(decision.kind())?;
-        let edit = match &decision {
+        let edit = match decision {
             Decision::Edit { edited_args, .. } => {
                 Some(self.checked_edit(who, &request, edited_args)?)
             }
             _ => None,
         };
-        let (kind, note) = (decision.kind(), decision.note());
-        let edited_args = edit.as_ref().map(|(intent, _)| intent.args());
-        let digest = match &edited_args {
-            Some(args) => action_digest(request.session_id, &request.tool, args),
+        let digest = match &edit {
+            Some((intent, _)) => action_digest(request.session_id, &request.tool, &intent.args()),
             None => digest,
         };
+        Ok(Ruling {
+            kind: decision.kind(),
+            note: decision.note().map(str::to_owned),
+            request,
+            to,
+            edit,
+            digest,
+        })
+    }
 
-        let mut tx = self.begin_as(who).await?;
-        if to != ApprovalStatus::Rejected {
-            crate::kill::refuse_if_stopped(&mut tx, request.session_id).await?;
+    /// Refuses a person outside the groups a request names (403).
+    async fn check_groups(&self, who: &Principal, request: &ApprovalRecord) -> Result<()> {
+        if request.groups.is_empty() {
+            return Ok(());
         }
-        let landed = approvals::decide(
-            &mut tx,
-            Decided {
-                id,
-                to,
-                by: who.key_id,
-                note,
-                edited_args: edited_args.as_ref(),
-                digest: &digest,
-            },
-        )
-        .await?;
-        if !landed {
-            return Err(self.explain_refused(tx, id).await?);
+        let key = self
+            .store
+            .key_by_id(who.key_id, self.now())
+            .await?
+            .ok_or(EngineError::Unauthenticated)?;
+        if may_decide(&request.groups, &key.groups) {
+            return Ok(());
         }
-        if to == ApprovalStatus::Rejected {
-            self.deny_payment(&mut tx, &request, DenyReason::Rejected)
+        Err(EngineError::Forbidden(format!(
+            "this request is decided by members of {}",
+            request.groups.join(", ")
+        )))
+    }
+
+    /// Records a decision that ends the request (one person's, or a rejection): one conditional update. `None`
+    /// when it did not land.
+    async fn land(
+        &self,
+        tx: &mut WriteTx,
+        who: &Principal,
+        r: &Ruling,
+    ) -> Result<Option<ApprovalView>> {
+        let edited_args = r.edit.as_ref().map(|(intent, _)| intent.args());
+        if !end_request(tx, who, r, r.to, edited_args.as_ref()).await? {
+            return Ok(None);
+        }
+        if r.to == ApprovalStatus::Rejected {
+            self.deny_payment(tx, &r.request, DenyReason::Rejected)
                 .await?;
         }
-        if let Some((intent, usd)) = &edit {
-            check_edit_policy(&mut tx, &request, intent, *usd).await?;
-            rebook_edit(&mut tx, &request, intent, *usd).await?;
+        if let Some((intent, usd)) = &r.edit {
+            check_edit_policy(tx, &r.request, intent, *usd).await?;
+            rebook_edit(tx, &r.request, intent, *usd).await?;
         }
-        let mut data = json!({"decision": kind.as_str(), "note": note, "digest": digest});
-        if let Some((_, usd)) = &edit {
-            data["old_args"] = request.args.clone();
-            data["new_args"] = edited_args.clone().unwrap_or(Value::Null);
-            data["new_usd_value"] = json!(usd.to_string());
-        }
-        let (subject, session) = (format!("approval:{id}"), Some(request.session_id));
-        tx.audit(&who.actor(), kind.audit_action(), &subject, session, data)
-            .await?;
-        let decided = approvals::get(tx.conn(), who.tenant_id, id)
+        self.announce(tx, who, r, r.kind).await.map(Some)
+    }
+
+    /// One person's approval (or edit) of a request that needs a quorum, recorded once per person and action
+    /// under the tenant's lock: of racing approvals, exactly one completes the quorum. `None` when the request
+    /// is no longer pending.
+    async fn vote(
+        &self,
+        tx: &mut WriteTx,
+        who: &Principal,
+        r: &Ruling,
+    ) -> Result<Option<ApprovalView>> {
+        let id = r.request.id;
+        let current = approvals::get(tx.conn(), who.tenant_id, id)
             .await?
             .ok_or(EngineError::NotFound("approval request"))?;
-        let view = ApprovalView::from(decided);
+        if current.status != ApprovalStatus::Pending || current.deadline <= tx.now() {
+            return Ok(None);
+        }
+        if current.digest() != r.request.digest() {
+            return Err(EngineError::Conflict(format!(
+                "the request's action changed meanwhile (an edit): its digest is now {}",
+                current.digest()
+            )));
+        }
+        if let Some((intent, usd)) = &r.edit {
+            approvals::amend(tx, id, &intent.args()).await?;
+            check_edit_policy(tx, &current, intent, *usd).await?;
+            rebook_edit(tx, &current, intent, *usd).await?;
+        }
+        if !approvals::vote(tx, id, &r.digest, who.key_id, r.note.as_deref()).await? {
+            return Err(EngineError::Conflict(
+                "you approved this action already: its quorum needs other people".into(),
+            ));
+        }
+        let so_far = approvals::votes(tx.conn(), id, &r.digest).await?;
+        match tally(current.approvals_required, so_far.len()) {
+            Tally::Reached => self.complete(tx, who, r, &current).await,
+            Tally::Short { missing } => {
+                let counted = (so_far.len(), missing);
+                self.count_vote(tx, who, r, counted).await.map(Some)
+            }
+        }
+    }
+
+    /// The approval that completes a quorum: the request becomes approved (edited, if its action is an edit).
+    async fn complete(
+        &self,
+        tx: &mut WriteTx,
+        who: &Principal,
+        r: &Ruling,
+        current: &ApprovalRecord,
+    ) -> Result<Option<ApprovalView>> {
+        let edited_args = match &r.edit {
+            Some((intent, _)) => Some(intent.args()),
+            None => current.edited_args.clone(),
+        };
+        let (to, kind) = match edited_args {
+            Some(_) => (ApprovalStatus::Edited, DecisionKind::Edit),
+            None => (ApprovalStatus::Approved, DecisionKind::Approve),
+        };
+        if !end_request(tx, who, r, to, edited_args.as_ref()).await? {
+            return Ok(None);
+        }
+        self.announce(tx, who, r, kind).await.map(Some)
+    }
+
+    /// An approval short of its quorum: audited, and the request (still pending, with its approvals so far)
+    /// announced as updated.
+    async fn count_vote(
+        &self,
+        tx: &mut WriteTx,
+        who: &Principal,
+        r: &Ruling,
+        (approvals, missing): (usize, u32),
+    ) -> Result<ApprovalView> {
+        let mut data = decision_data(r, r.kind);
+        data["approvals"] = json!(approvals);
+        data["missing"] = json!(missing);
+        let (subject, session) = (
+            format!("approval:{}", r.request.id),
+            Some(r.request.session_id),
+        );
+        tx.audit(
+            &who.actor(),
+            AuditAction::ApprovalVoted,
+            &subject,
+            session,
+            data,
+        )
+        .await?;
+        let view = self.reread(tx, r.request.id).await?;
+        let payload = serde_json::to_value(&view).expect("views serialize");
+        tx.event(EventKind::ApprovalUpdated, session, payload)
+            .await?;
+        Ok(view)
+    }
+
+    /// The decision's audit entry and event, and the request as it now is.
+    async fn announce(
+        &self,
+        tx: &mut WriteTx,
+        who: &Principal,
+        r: &Ruling,
+        kind: DecisionKind,
+    ) -> Result<ApprovalView> {
+        let data = decision_data(r, kind);
+        let (subject, session) = (
+            format!("approval:{}", r.request.id),
+            Some(r.request.session_id),
+        );
+        tx.audit(&who.actor(), kind.audit_action(), &subject, session, data)
+            .await?;
+        let view = self.reread(tx, r.request.id).await?;
         let payload = serde_json::to_value(&view).expect("views serialize");
         tx.event(kind.event(), session, payload).await?;
-        self.publish(tx.commit().await?);
         Ok(view)
+    }
+
+    async fn reread(&self, tx: &mut WriteTx, id: Uuid) -> Result<ApprovalView> {
+        let tenant_id = tx.tenant_id();
+        let request = approvals::get(tx.conn(), tenant_id, id)
+            .await?
+            .ok_or(EngineError::NotFound("approval request"))?;
+        Ok(request.into())
     }
 
     /// Validates an edit from scratch and checks the editor may make it. Returns the new intent and its USD value.
@@ -206,6 +365,49 @@ impl Paygent {
         }
         Ok(())
     }
+}
+
+/// A decision, checked, before it is recorded.
+struct Ruling {
+    request: ApprovalRecord,
+    kind: DecisionKind,
+    /// What the request becomes if this decision ends it.
+    to: ApprovalStatus,
+    note: Option<String>,
+    /// An edit's new payment and its USD value.
+    edit: Option<(PaymentIntent, paygent_domain::Decimal)>,
+    /// The action decided: the request's, or the edit's.
+    digest: String,
+}
+
+/// The conditional update that ends a pending request as `to` on `who`'s decision; false if it did not land.
+async fn end_request(
+    tx: &mut WriteTx,
+    who: &Principal,
+    r: &Ruling,
+    to: ApprovalStatus,
+    edited_args: Option<&Value>,
+) -> Result<bool> {
+    let decided = Decided {
+        id: r.request.id,
+        to,
+        by: who.key_id,
+        note: r.note.as_deref(),
+        edited_args,
+        digest: &r.digest,
+    };
+    Ok(approvals::decide(tx, decided).await?)
+}
+
+/// What the audit trail keeps of a decision: its kind, note and digest, and an edit's old and new arguments.
+fn decision_data(r: &Ruling, kind: DecisionKind) -> Value {
+    let mut data = json!({"decision": kind.as_str(), "note": r.note, "digest": r.digest});
+    if let Some((intent, usd)) = &r.edit {
+        data["old_args"] = r.request.args.clone();
+        data["new_args"] = intent.args();
+        data["new_usd_value"] = json!(usd.to_string());
+    }
+    data
 }
 
 async fn session_of(

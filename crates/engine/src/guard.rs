@@ -7,12 +7,14 @@ use crate::policies;
 use crate::views::{ApprovalView, BudgetView, PaymentView};
 use crate::{EngineError, Paygent, Result, require};
 use chrono::{DateTime, Utc};
+use paygent_domain::PolicyRules;
 use paygent_domain::SessionState;
 use paygent_domain::audit::AuditAction;
 use paygent_domain::budget::OnBudgetExceeded;
 use paygent_domain::event::EventKind;
 use paygent_domain::judgement::{DenyReason, Findings, Fired, Judgement, judge};
 use paygent_domain::payment::PaymentIntent;
+use paygent_domain::quorum::quorum_for;
 use paygent_domain::rules::{NewPayee, Refusal};
 use paygent_domain::velocity::{self, Counted, Freeze, FreezeReason, Trip, VelocityScope, Window};
 use paygent_domain::{Decimal, DecisionKind, PaymentStatus, Principal, Verdict};
@@ -549,6 +551,8 @@ impl<'a> Filing<'a> {
             allowed_decisions: allowed,
             requested_by: self.who.key_id,
             timeout_seconds: self.policy.rules.approval_timeout(&self.session.config),
+            quorum: quorum(&self.policy.rules, p.usd_value),
+            escalation: self.policy.rules.escalation.clone(),
         };
         let request = ApprovalRecord::pending(new, tx.now());
         self.payment.status = PaymentStatus::PendingApproval;
@@ -569,6 +573,14 @@ impl<'a> Filing<'a> {
         budget::book(tx, &self.booking, Move::Spend).await?;
         self.audit(tx, AuditAction::PaymentAuthorized, &self.subject())
             .await
+    }
+}
+
+/// How many people, and from which groups, must approve a request worth `usd` under `rules`.
+fn quorum(rules: &PolicyRules, usd: Decimal) -> (u32, Vec<String>) {
+    match quorum_for(&rules.quorums, usd) {
+        Some(q) => (q.approvals_required, q.groups.clone()),
+        None => (1, Vec::new()),
     }
 }
 
@@ -667,6 +679,8 @@ impl Paygent {
                         allowed_decisions: allowed,
                         requested_by: who.key_id,
                         timeout_seconds: rules.rules.approval_timeout(&session.config),
+                        quorum: quorum(&rules.rules, usd_value),
+                        escalation: rules.rules.escalation.clone(),
                     };
                     let request = ApprovalRecord::pending(new, tx.now());
                     file_request(&mut tx, who, &rules, request, summary).await?;

@@ -30,6 +30,8 @@ pub struct NewKey {
     pub expires_at: Option<DateTime<Utc>>,
     /// The policy its sessions are held to; the tenant's default when absent.
     pub policy_id: Option<Uuid>,
+    /// The approver groups it is in.
+    pub groups: Vec<String>,
 }
 
 impl NewKey {
@@ -39,6 +41,7 @@ impl NewKey {
             role,
             expires_at: None,
             policy_id: None,
+            groups: Vec::new(),
         }
     }
 }
@@ -125,6 +128,9 @@ impl Paygent {
     pub async fn create_key(&self, who: &Principal, new: NewKey) -> Result<KeyView> {
         require(who.is_admin(), "only an admin creates keys")?;
         validate_name(&new.name)?;
+        if let Some(why) = paygent_domain::quorum::invalid_groups(&new.groups) {
+            return Err(EngineError::Invalid(format!("groups: {why}")));
+        }
         if new.expires_at.is_some_and(|at| at <= self.now()) {
             return Err(EngineError::Invalid(
                 "expires_at must be in the future".into(),
@@ -221,6 +227,7 @@ impl Paygent {
             created_at: tx.now(),
             expires_at: new.expires_at,
             policy_id: new.policy_id,
+            groups: new.groups.clone(),
         };
         keys::insert(&mut tx, &key, &hash_token(token)).await?;
         let actor = by.map_or_else(|| "system".to_owned(), Principal::actor);
@@ -230,7 +237,7 @@ impl Paygent {
             &format!("key:{}", key.id),
             None,
             json!({"name": key.name, "role": key.role.as_str(), "expires_at": key.expires_at,
-                "policy_id": key.policy_id}),
+                "policy_id": key.policy_id, "groups": key.groups}),
         )
         .await?;
         tx.commit().await?;

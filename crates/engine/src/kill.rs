@@ -37,7 +37,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 const RECONCILE_EVERY: Duration = Duration::from_secs(15);
 
 /// How many overdue requests one sweep expires; the next sweep takes the rest.
-const SWEEP_BATCH: i64 = 200;
+pub(crate) const SWEEP_BATCH: i64 = 200;
 /// How many requests (and executions, and payments) one transaction of a stop's sweep cancels.
 const STOP_BATCH: i64 = 500;
 
@@ -269,7 +269,7 @@ impl Paygent {
         Ok(expired)
     }
 
-    /// Runs [`Paygent::expire_overdue`] every `every`, and prunes events older than `event_retention` once a
+    /// Runs [`Paygent::expire_overdue`] and [`Paygent::escalate_due`] every `every`, and prunes events older than `event_retention` once a
     /// minute, until the task is aborted.
     pub fn spawn_sweeper(
         &self,
@@ -286,6 +286,9 @@ impl Paygent {
                 tick.tick().await;
                 if let Err(e) = paygent.expire_overdue().await {
                     tracing::warn!(error = %e, "sweeping overdue approvals failed; retrying");
+                }
+                if let Err(e) = paygent.escalate_due().await {
+                    tracing::warn!(error = %e, "escalating waiting approvals failed; retrying");
                 }
                 if let Err(e) = paygent.sweep_stops().await {
                     tracing::warn!(error = %e, "sweeping stopped scopes failed; retrying");

@@ -8,6 +8,7 @@ mod breaker;
 mod budget;
 mod egress;
 mod error;
+mod escalation;
 mod events;
 mod executions;
 mod guard;

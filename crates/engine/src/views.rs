@@ -120,6 +120,34 @@ pub struct ApprovalView {
     pub decision: Option<DecisionRecord>,
     /// When the one execution this approval allows took place.
     pub consumed_at: Option<DateTime<Utc>>,
+    /// How many distinct people must approve its action (a policy's quorum); 1 for most.
+    #[schema(minimum = 1, maximum = 10, example = 1)]
+    pub approvals_required: u32,
+    /// The approver groups whose members decide it; anyone who decides, when empty.
+    pub groups: Vec<String>,
+    /// The approvals of its current action so far, while more than one is required (an edit starts again).
+    pub approvals: Vec<VoteView>,
+    /// The steps of its policy's escalation chain it can reach before its deadline.
+    pub escalation: Vec<paygent_domain::quorum::Escalation>,
+    /// How many of them it reached.
+    pub escalated: u32,
+    /// When the next one is due, while it waits.
+    pub escalate_at: Option<DateTime<Utc>>,
+}
+
+impl ApprovalView {
+    /// The arguments its execution would use: the edit's, if any.
+    pub fn effective_args(&self) -> &Value {
+        self.edited_args.as_ref().unwrap_or(&self.args)
+    }
+}
+
+/// One person's approval of a request's action, on the way to its quorum.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VoteView {
+    pub by: Uuid,
+    pub at: DateTime<Utc>,
+    pub comment: Option<String>,
 }
 
 impl From<ApprovalRecord> for ApprovalView {
@@ -148,6 +176,22 @@ impl From<ApprovalRecord> for ApprovalView {
             created_at: a.created_at,
             decision,
             consumed_at: a.consumed_at,
+            approvals_required: a.approvals_required,
+            groups: a.groups,
+            approvals: a
+                .approvals
+                .into_iter()
+                .map(|v| VoteView {
+                    by: v.by,
+                    at: v.at,
+                    comment: v.comment,
+                })
+                .collect(),
+            escalation: a.escalation,
+            escalated: a.escalated,
+            escalate_at: a
+                .escalate_at
+                .filter(|_| a.status == ApprovalStatus::Pending),
         }
     }
 }
@@ -200,6 +244,8 @@ pub struct KeyView {
     pub expires_at: Option<DateTime<Utc>>,
     /// The policy the key's sessions are held to; the tenant's default when absent.
     pub policy_id: Option<Uuid>,
+    /// The approver groups it is in.
+    pub groups: Vec<String>,
     /// The bearer token. Shown once, at creation; only its hash is kept.
     pub token: String,
 }
@@ -226,6 +272,7 @@ impl KeyView {
             created_at: k.created_at,
             expires_at: k.expires_at,
             policy_id: k.policy_id,
+            groups: k.groups,
             token,
         }
     }
@@ -453,6 +500,7 @@ mod tests {
             created_at: chrono::Utc::now(),
             expires_at: None,
             policy_id: None,
+            groups: Vec::new(),
             token: "pg_live_secret".into(),
         };
         let printed = format!("{view:?}");

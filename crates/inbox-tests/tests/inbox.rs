@@ -3,7 +3,7 @@
 use chromiumoxide::Page;
 use chromiumoxide::page::ScreenshotParams;
 use paygent_inbox_tests::{Chromium, eval, wait_until};
-use paygent_testkit::{ADMIN_TOKEN, Backend, TestServer};
+use paygent_testkit::{ADMIN_TOKEN, Backend, Team, TestServer};
 use serde_json::json;
 
 async fn sign_in(page: &Page, token: &str) {
@@ -591,19 +591,27 @@ async fn people_read_and_admins_change_policies() {
     );
 }
 
-/// A session the circuit breaker freezes shows up in the inbox at once, with why; a person unfreezes it there
-/// (a second click confirms), and it pays again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn people_see_and_unfreeze_a_frozen_session() {
+/// A server whose default policy has `rules`, an agent's session, and the inbox signed in as an approver.
+async fn approver_under(
+    rules: serde_json::Value,
+) -> (TestServer, Team, uuid::Uuid, Chromium, Page) {
     let s = TestServer::start(Backend::Sqlite).await;
     let t = s.team(ADMIN_TOKEN).await;
-    let rules = json!({"velocity": [{"per_seconds": 60, "max_payments": 1}]});
-    let (status, _) = s.put(ADMIN_TOKEN, "/policies/default", rules).await;
-    assert_eq!(status, 200);
+    let (status, policy) = s.put(ADMIN_TOKEN, "/policies/default", rules).await;
+    assert_eq!(status, 200, "{policy}");
     let session = s.session(&t.agent, json!({})).await;
     let chrome = Chromium::launch().await;
     let page = chrome.open(&s.base).await;
     sign_in(&page, &t.approver).await;
+    (s, t, session, chrome, page)
+}
+
+/// A session the circuit breaker freezes shows up in the inbox at once, with why; a person unfreezes it there
+/// (a second click confirms), and it pays again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn people_see_and_unfreeze_a_frozen_session() {
+    let rules = json!({"velocity": [{"per_seconds": 60, "max_payments": 1}]});
+    let (s, t, session, _chrome, page) = approver_under(rules).await;
     s.pay(&t.agent, session, "1", "USDC").await;
     let (_, tripped) = s.pay(&t.agent, session, "1", "USDC").await;
     assert_eq!(tripped["reason"], "circuit_breaker");
@@ -637,5 +645,70 @@ async fn people_see_and_unfreeze_a_frozen_session() {
     assert_eq!(view["state"], "active", "{view}");
     let (_, paid) = s.pay(&t.agent, session, "1", "USDC").await;
     assert_eq!(paid["status"], "authorized");
+    s.finish().await;
+}
+
+/// A request that needs two people shows its quorum; one person's approval keeps the card, counted, with the
+/// approve button spent; another person's approval (here over the API) completes it and the card leaves. A
+/// request nobody decides shows its escalation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_and_an_escalation_are_shown() {
+    let rules = json!({"quorums": [{"above_usd": "100", "approvals_required": 2}],
+        "escalation": [{"after_seconds": 60, "group": "leads"}]});
+    let (s, t, session, _chrome, page) = approver_under(rules).await;
+    let (_, p) = s.pay(&t.agent, session, "500", "USDC").await;
+    let id = p["approval_id"].as_str().unwrap().to_owned();
+    appears(&page, &id).await;
+    let quorum = format!("{} .quorum", item(&id));
+    let text = |page: &Page| {
+        let js = format!("document.querySelector(\"{quorum}\").textContent");
+        let page = page.clone();
+        async move { eval(&page, &js).await }
+    };
+    assert_eq!(text(&page).await, "Approvals 0 of 2");
+    click(&page, &format!("{} button.approve", item(&id))).await;
+    wait_until(
+        &page,
+        &format!("document.querySelector(\"{quorum}\").dataset.approvals === '1'"),
+        "the person's approval, counted",
+    )
+    .await;
+    assert!(
+        text(&page)
+            .await
+            .as_str()
+            .unwrap()
+            .starts_with("Approvals 1 of 2 (")
+    );
+    let disabled = format!(
+        "document.querySelector(\"{} button.approve\").disabled",
+        item(&id)
+    );
+    assert_eq!(eval(&page, &disabled).await, true);
+    let (_, view) = s.get(&t.approver, &format!("/approvals/{id}")).await;
+    assert_eq!(view["status"], "pending");
+    let second = s
+        .key(&t.admin, paygent_engine::domain::Role::Approver)
+        .await;
+    let (status, done) = s.decide(&second, &id, "approve", json!({})).await;
+    assert_eq!(
+        (status.as_u16(), done["status"].clone()),
+        (200, json!("approved"))
+    );
+    leaves(&page, &id).await;
+
+    // Nobody decides the next one for a minute: it is escalated, and its card says so.
+    let (_, p) = s.pay(&t.agent, session, "500", "USDC").await;
+    let id = p["approval_id"].as_str().unwrap().to_owned();
+    appears(&page, &id).await;
+    s.clock.advance(chrono::Duration::seconds(61));
+    assert_eq!(s.paygent.escalate_due().await.unwrap(), 1);
+    let quorum = format!("{} .quorum", item(&id));
+    wait_until(
+        &page,
+        &format!("document.querySelector(\"{quorum}\").textContent.includes('escalated to leads')"),
+        "the escalation on the card",
+    )
+    .await;
     s.finish().await;
 }

@@ -5,6 +5,7 @@ use crate::db::{Db, query};
 use crate::{Result, StoreError, WriteTx, decimal, json, opt_time, opt_uuid, time, uuid};
 use chrono::{DateTime, Utc};
 use paygent_domain::action::action_digest;
+use paygent_domain::quorum::{Escalation, reachable};
 use paygent_domain::{ApprovalStatus, Decimal, DecisionKind};
 use serde_json::Value;
 use uuid::Uuid;
@@ -31,6 +32,24 @@ pub struct ApprovalRecord {
     pub decided_digest: Option<String>,
     pub consumed_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    /// How many distinct people must approve its action.
+    pub approvals_required: u32,
+    /// The groups whose members decide it; anyone who decides, when empty.
+    pub groups: Vec<String>,
+    /// The approvals of its current action so far (read only where more than one is required).
+    pub approvals: Vec<Vote>,
+    /// The escalation steps it can reach before its deadline, how many it reached, and when the next is due.
+    pub escalation: Vec<Escalation>,
+    pub escalated: u32,
+    pub escalate_at: Option<DateTime<Utc>>,
+}
+
+/// One person's approval of one action of a request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vote {
+    pub by: Uuid,
+    pub at: DateTime<Utc>,
+    pub comment: Option<String>,
 }
 
 /// What a new request is about; everything else about a pending request follows from it.
@@ -48,11 +67,17 @@ pub struct NewRequest {
     pub requested_by: Uuid,
     /// How long people have to decide it.
     pub timeout_seconds: u32,
+    /// The quorum its policy sets for its value: (approvals required, groups).
+    pub quorum: (u32, Vec<String>),
+    /// Its policy's escalation chain.
+    pub escalation: Vec<Escalation>,
 }
 
 impl ApprovalRecord {
     /// A request waiting on people from `now`, undecided.
     pub fn pending(new: NewRequest, now: DateTime<Utc>) -> ApprovalRecord {
+        let escalation = reachable(&new.escalation, new.timeout_seconds);
+        let escalate_at = escalation.first().map(|s| step_at(now, s));
         ApprovalRecord {
             id: new.id,
             tenant_id: new.tenant_id,
@@ -73,7 +98,18 @@ impl ApprovalRecord {
             decided_digest: None,
             consumed_at: None,
             created_at: now,
+            approvals_required: new.quorum.0,
+            groups: new.quorum.1,
+            approvals: Vec::new(),
+            escalation,
+            escalated: 0,
+            escalate_at,
         }
+    }
+
+    /// The escalation step due next, if one is left.
+    pub fn next_step(&self) -> Option<&Escalation> {
+        self.escalation.get(self.escalated as usize)
     }
 
     /// The arguments an execution must use: the edit if there was one.
@@ -119,12 +155,17 @@ crate::row_type! {
         decided_digest: Option<String>,
         consumed_at: Option<String>,
         created_at: String,
+        approvals_required: i64,
+        approver_groups: Option<String>,
+        escalation: Option<String>,
+        escalated: i64,
+        escalate_at: Option<String>,
     }
 }
 
 const COLUMNS: &str = "id, tenant_id, session_id, payment_id, tool, args, edited_args, reason, usd_value, \
     allowed_decisions, status, requested_by, deadline, decided_by, decided_at, decision_note, decided_digest, consumed_at, \
-    created_at";
+    created_at, approvals_required, approver_groups, escalation, escalated, escalate_at";
 
 impl TryFrom<ApprovalRow> for ApprovalRecord {
     type Error = StoreError;
@@ -159,6 +200,20 @@ impl TryFrom<ApprovalRow> for ApprovalRecord {
             decided_digest: r.decided_digest,
             consumed_at: opt_time(r.consumed_at)?,
             created_at: time(&r.created_at)?,
+            approvals_required: u32::try_from(r.approvals_required)
+                .map_err(|_| StoreError::Corrupt("bad approvals_required".into()))?,
+            groups: match r.approver_groups {
+                Some(text) => crate::parsed(&text, "approver groups")?,
+                None => Vec::new(),
+            },
+            approvals: Vec::new(),
+            escalation: match r.escalation {
+                Some(text) => crate::parsed(&text, "escalation")?,
+                None => Vec::new(),
+            },
+            escalated: u32::try_from(r.escalated)
+                .map_err(|_| StoreError::Corrupt("bad escalated".into()))?,
+            escalate_at: opt_time(r.escalate_at)?,
         })
     }
 }
@@ -171,8 +226,9 @@ pub async fn insert(tx: &mut WriteTx, a: &ApprovalRecord) -> Result<()> {
     let allowed: Vec<&str> = a.allowed_decisions.iter().map(|k| k.as_str()).collect();
     query(
         "INSERT INTO approval_requests (id, tenant_id, session_id, payment_id, tool, args, reason, usd_value, \
-         allowed_decisions, status, requested_by, deadline, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+         allowed_decisions, status, requested_by, deadline, created_at, approvals_required, approver_groups, \
+         escalation, escalate_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
     )
     .bind(a.id.to_string())
     .bind(a.tenant_id.to_string())
@@ -187,30 +243,122 @@ pub async fn insert(tx: &mut WriteTx, a: &ApprovalRecord) -> Result<()> {
     .bind(a.requested_by.to_string())
     .bind(paygent_domain::time::format(a.deadline))
     .bind(paygent_domain::time::format(a.created_at))
+    .bind(i64::from(a.approvals_required))
+    .bind((!a.groups.is_empty()).then(|| Value::from(a.groups.clone()).to_string()))
+    .bind((!a.escalation.is_empty()).then(|| serde_json::to_string(&a.escalation).expect("steps serialize")))
+    .bind(a.escalate_at.map(paygent_domain::time::format))
     .execute(tx.conn())
     .await?;
     Ok(())
 }
 
-pub async fn get(db: Db<'_>, tenant_id: Uuid, id: Uuid) -> Result<Option<ApprovalRecord>> {
-    crate::by_id::<ApprovalRow, _>(db, select("tenant_id = $1 AND id = $2"), tenant_id, id).await
+/// The request, with the approvals of its current action where it needs more than one.
+pub async fn get(mut db: Db<'_>, tenant_id: Uuid, id: Uuid) -> Result<Option<ApprovalRecord>> {
+    let sql = select("tenant_id = $1 AND id = $2");
+    let found: Option<ApprovalRecord> =
+        crate::by_id::<ApprovalRow, _>(db.again(), sql, tenant_id, id).await?;
+    let Some(mut request) = found else {
+        return Ok(None);
+    };
+    if request.approvals_required > 1 {
+        request.approvals = votes(db.again(), id, &request.digest()).await?;
+    }
+    Ok(Some(request))
 }
 
-/// Pending requests, oldest first.
-pub async fn pending(db: Db<'_>, scope: crate::Scope) -> Result<Vec<ApprovalRecord>> {
+/// Pending requests, oldest first, with the approvals so far of those that need more than one.
+pub async fn pending(mut db: Db<'_>, scope: crate::Scope) -> Result<Vec<ApprovalRecord>> {
     let sql = select(&format!(
         "status = 'pending' AND {}",
         crate::scoped("approval_requests", false)
     ));
-    crate::in_scope::<ApprovalRow, _>(db, sql, scope).await
+    let mut list: Vec<ApprovalRecord> =
+        crate::in_scope::<ApprovalRow, _>(db.again(), sql, scope).await?;
+    for request in list.iter_mut().filter(|r| r.approvals_required > 1) {
+        request.approvals = votes(db.again(), request.id, &request.digest()).await?;
+    }
+    Ok(list)
+}
+
+crate::row_type! {
+    struct VoteRow {
+        key_id: String,
+        at: String,
+        comment: Option<String>,
+    }
+}
+
+impl TryFrom<VoteRow> for Vote {
+    type Error = StoreError;
+    fn try_from(r: VoteRow) -> Result<Self> {
+        Ok(Vote {
+            by: uuid(&r.key_id)?,
+            at: time(&r.at)?,
+            comment: r.comment,
+        })
+    }
+}
+
+/// The approvals of one action of a request, in the order they came: at most as many as people may be asked.
+pub async fn votes(db: Db<'_>, approval_id: Uuid, digest: &str) -> Result<Vec<Vote>> {
+    query(
+        "SELECT key_id, at, comment FROM approval_votes WHERE approval_id = $1 AND digest = $2 \
+         ORDER BY at, key_id LIMIT 100",
+    )
+    .bind(approval_id.to_string())
+    .bind(digest.to_owned())
+    .records::<VoteRow, _>(db)
+    .await
+}
+
+/// Records `by`'s approval of the action `digest` of a request; false if they approved that action before.
+pub async fn vote(
+    tx: &mut WriteTx,
+    approval_id: Uuid,
+    digest: &str,
+    by: Uuid,
+    comment: Option<&str>,
+) -> Result<bool> {
+    let now = tx.now_text();
+    let done = query(
+        "INSERT INTO approval_votes (approval_id, digest, key_id, comment, at) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (approval_id, digest, key_id) DO NOTHING",
+    )
+    .bind(approval_id.to_string())
+    .bind(digest.to_owned())
+    .bind(by.to_string())
+    .bind(comment)
+    .bind(now)
+    .execute(tx.conn())
+    .await?;
+    Ok(done == 1)
+}
+
+/// Gives a pending request the arguments a person edited it to, still pending (the quorum counts again for the
+/// new action); false if it was no longer pending or is overdue.
+pub async fn amend(tx: &mut WriteTx, id: Uuid, edited_args: &Value) -> Result<bool> {
+    let sql = "UPDATE approval_requests SET edited_args = $3 \
+               WHERE tenant_id = $1 AND id = $2 AND status = 'pending'";
+    tx.change_one(sql, id, edited_args.to_string()).await
 }
 
 /// Pending requests whose deadline has passed, across tenants, most overdue first: (tenant, request).
 pub async fn overdue(db: Db<'_>, now: DateTime<Utc>, limit: i64) -> Result<Vec<(Uuid, Uuid)>> {
-    let rows = query(
-        "SELECT tenant_id, id FROM approval_requests WHERE status = 'pending' AND deadline <= $1 \
-         ORDER BY deadline LIMIT $2",
-    )
+    pending_due(db, "deadline", now, limit).await
+}
+
+/// Pending requests whose `moment` (a time column) is at or before `now`, across tenants, the earliest first:
+/// an index range of pending requests, never the table.
+async fn pending_due(
+    db: Db<'_>,
+    moment: &'static str,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<(Uuid, Uuid)>> {
+    let rows = query(format!(
+        "SELECT tenant_id, id FROM approval_requests WHERE status = 'pending' AND {moment} <= $1 \
+         ORDER BY {moment} LIMIT $2"
+    ))
     .bind(paygent_domain::time::format(now))
     .bind(limit)
     .fetch_all(db)
@@ -345,4 +493,42 @@ pub async fn consume(tx: &mut WriteTx, id: Uuid) -> Result<bool> {
     let sql = "UPDATE approval_requests SET consumed_at = $3 \
          WHERE tenant_id = $1 AND id = $2 AND status IN ('approved', 'edited') AND consumed_at IS NULL";
     tx.change_one(sql, id, now).await
+}
+
+/// When `step` of a request filed at `filed` is due.
+pub fn step_at(filed: DateTime<Utc>, step: &Escalation) -> DateTime<Utc> {
+    filed + chrono::Duration::seconds(step.after_seconds.into())
+}
+
+/// Pending requests whose next escalation step is due at `now`, across tenants, the longest due first:
+/// (tenant, request).
+pub async fn to_escalate(db: Db<'_>, now: DateTime<Utc>, limit: i64) -> Result<Vec<(Uuid, Uuid)>> {
+    pending_due(db, "escalate_at", now, limit).await
+}
+
+/// A request that reached its next escalation step: `groups` now decide it, and the step after is due at
+/// `next`. Lands only on a pending request still at the step it was read at.
+pub struct Escalated<'a> {
+    pub id: Uuid,
+    pub from: u32,
+    pub next: Option<DateTime<Utc>>,
+    pub groups: &'a [String],
+}
+
+/// Records an escalation; false if the request was decided or escalated meanwhile.
+pub async fn escalate(tx: &mut WriteTx, e: Escalated<'_>) -> Result<bool> {
+    let tenant = tx.tenant_id().to_string();
+    let groups = (!e.groups.is_empty()).then(|| Value::from(e.groups.to_vec()).to_string());
+    let done = query(
+        "UPDATE approval_requests SET escalated = $3 + 1, escalate_at = $4, approver_groups = $5 \
+         WHERE tenant_id = $1 AND id = $2 AND status = 'pending' AND escalated = $3",
+    )
+    .bind(tenant)
+    .bind(e.id.to_string())
+    .bind(i64::from(e.from))
+    .bind(e.next.map(paygent_domain::time::format))
+    .bind(groups)
+    .execute(tx.conn())
+    .await?;
+    Ok(done == 1)
 }

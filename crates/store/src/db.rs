@@ -168,6 +168,17 @@ pub enum Db<'a> {
     Tx(&'a mut Conn),
 }
 
+impl Db<'_> {
+    /// The same place, for one more statement.
+    pub fn again(&mut self) -> Db<'_> {
+        match self {
+            Db::Read(store) => Db::Read(store),
+            Db::Write(store) => Db::Write(store),
+            Db::Tx(conn) => Db::Tx(conn),
+        }
+    }
+}
+
 /// The connection a write transaction holds.
 pub enum Conn {
     Pg(Transaction<'static, Postgres>),

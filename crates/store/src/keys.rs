@@ -17,6 +17,8 @@ pub struct KeyRecord {
     pub expires_at: Option<DateTime<Utc>>,
     /// The policy an agent key is bound to; its tenant's default when absent.
     pub policy_id: Option<Uuid>,
+    /// The approver groups it is in, for quorums that name groups.
+    pub groups: Vec<String>,
 }
 
 crate::row_type! {
@@ -28,10 +30,11 @@ crate::row_type! {
         created_at: String,
         expires_at: Option<String>,
         policy_id: Option<String>,
+        groups: Option<String>,
     }
 }
 
-const COLUMNS: &str = "id, tenant_id, name, role, created_at, expires_at, policy_id";
+const COLUMNS: &str = "id, tenant_id, name, role, created_at, expires_at, policy_id, groups";
 /// A key that was neither revoked nor is past its expiry at `$2`.
 const LIVE: &str = "revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2)";
 
@@ -47,14 +50,18 @@ impl TryFrom<KeyRow> for KeyRecord {
             created_at: time(&r.created_at)?,
             expires_at: crate::opt_time(r.expires_at)?,
             policy_id: crate::opt_uuid(r.policy_id)?,
+            groups: match r.groups {
+                Some(text) => crate::parsed(&text, "key groups")?,
+                None => Vec::new(),
+            },
         })
     }
 }
 
 pub async fn insert(tx: &mut WriteTx, key: &KeyRecord, token_hash: &str) -> Result<()> {
     query(
-        "INSERT INTO api_keys (id, tenant_id, name, role, token_hash, created_at, expires_at, policy_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO api_keys (id, tenant_id, name, role, token_hash, created_at, expires_at, policy_id, groups) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(key.id.to_string())
     .bind(key.tenant_id.to_string())
@@ -64,6 +71,7 @@ pub async fn insert(tx: &mut WriteTx, key: &KeyRecord, token_hash: &str) -> Resu
     .bind(paygent_domain::time::format(key.created_at))
     .bind(key.expires_at.map(paygent_domain::time::format))
     .bind(key.policy_id.map(|p| p.to_string()))
+    .bind((!key.groups.is_empty()).then(|| serde_json::Value::from(key.groups.clone()).to_string()))
     .execute(tx.conn())
     .await?;
     Ok(())

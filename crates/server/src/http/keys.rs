@@ -34,6 +34,10 @@ pub struct CreateKey {
     expires_at: Option<chrono::DateTime<chrono::Utc>>,
     /// The policy the key's sessions are held to; the tenant's default when absent.
     policy_id: Option<Uuid>,
+    /// The approver groups it is in, for policies' quorums that name groups.
+    #[serde(default)]
+    #[schema(max_items = 16, value_type = Vec<String>, example = json!(["finance"]))]
+    groups: Vec<String>,
 }
 
 /// Creates a key in the caller's tenant. The token is shown only in this response.
@@ -50,6 +54,7 @@ async fn create_key(
         role: req.role,
         expires_at: req.expires_at,
         policy_id: req.policy_id,
+        groups: req.groups,
     };
     let key = paygent.create_key(&who, new).await?;
     Ok((StatusCode::CREATED, Json(key)))
