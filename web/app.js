@@ -402,6 +402,24 @@ function money(args) {
   return `${args.amount ?? args.max_amount ?? "?"} ${args.currency ?? ""}`.trim();
 }
 
+// What a person needs to decide, as it stood when the request was filed: the agent's words, who asked where,
+// the policy that sent it, and what this payee was paid before.
+function context(li, a) {
+  const c = a.context;
+  const said = $(".said", li);
+  show(said, !!c?.description);
+  said.textContent = c?.description ? `“${c.description}”` : "";
+  const name = (n) => n.name ?? n.id.slice(0, 8);
+  $(".meta", li).textContent = c
+    ? `${name(c.agent)} in session ${name(c.session)} · policy ${c.policy.name} v${c.policy.version}`
+    : `session ${a.session_id.slice(0, 8)} · agent ${a.requested_by.slice(0, 8)}`;
+  const history = $(".payee-history", li);
+  const p = c?.payee;
+  history.classList.toggle("first", !!p?.first_payment);
+  history.textContent = !p ? "" : p.first_payment ? "First payment to this payee"
+    : `Paid $${p.paid_30d_usd} to this payee in 30 days (${p.payments_30d}${p.more ? "+" : ""} payments)`;
+}
+
 // What may change on a pending request's card: its action (an edit), and its approvals towards a quorum.
 function fill(li, a) {
   const args = a.edited_args ?? a.args;
@@ -436,7 +454,7 @@ function upsert(a) {
   li.dataset.deadline = a.deadline;
   $(".tool", li).textContent = a.tool;
   $(".reason", li).textContent = a.reason;
-  $(".meta", li).textContent = `session ${a.session_id.slice(0, 8)} · agent ${a.requested_by.slice(0, 8)}`;
+  context(li, a);
   fill(li, a);
   for (const kind of ["approve", "reject", "edit"]) show($(`button.${kind}`, li), a.allowed_decisions.includes(kind));
   $(".edit-form input[name=amount]", li).value = a.args.amount ?? "";

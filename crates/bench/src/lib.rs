@@ -95,6 +95,26 @@ impl Measurement {
 
 const ADDR: &str = "0x1111111111111111111111111111111111111111";
 
+/// A policy with every kind of rule the guard weighs, none of which the scenarios break: an allow list of 1,000
+/// payees (the scenarios' among them) and a deny list of 500, velocity rules per session (count and dollars, and
+/// identical payments) and per agent, and a two-person quorum above $20.
+pub fn governed_policy() -> Value {
+    let address = |i: usize| format!("0x{i:040x}");
+    let mut allow: Vec<String> = (1..1000).map(|i| address(i + 10_000)).collect();
+    allow.push(ADDR.to_owned());
+    let deny: Vec<String> = (1..=500).map(|i| address(i + 20_000)).collect();
+    json!({
+        "max_pending_approvals": 100_000,
+        "payees": {"allow": allow, "deny": deny, "outside_allow": "deny"},
+        "velocity": [
+            {"per_seconds": 60, "max_payments": 1_000_000, "max_usd": "100000000"},
+            {"per_seconds": 60, "max_identical": 1_000_000},
+            {"per_seconds": 3600, "scope": "agent", "max_payments": 1_000_000},
+        ],
+        "quorums": [{"above_usd": "20", "approvals_required": 2}],
+    })
+}
+
 impl Target {
     pub fn new(base: &str, admin: &str) -> Target {
         Target {

@@ -19,6 +19,31 @@ struct Args {
     /// A few requests per scenario, to check the harness itself.
     #[arg(long)]
     tiny: bool,
+    /// The default policy the agents run under: `default` (its defaults), or `governed` (payee lists, velocity
+    /// rules and a quorum, none of which the scenarios break).
+    #[arg(long, value_enum, default_value = "default")]
+    policy: PolicyKind,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PolicyKind {
+    Default,
+    Governed,
+}
+
+/// Sets the default policy the scenarios run under. The load scenarios keep up to 100,000 requests of one agent
+/// waiting on people: above the default cap. A server from before policies has no cap (nor the endpoint), which
+/// is how old and new are compared.
+async fn set_policy(t: &Target, kind: PolicyKind) -> anyhow::Result<()> {
+    let rules = match kind {
+        PolicyKind::Default => serde_json::json!({"max_pending_approvals": 100_000}),
+        PolicyKind::Governed => paygent_bench::governed_policy(),
+    };
+    match (t.set_default_policy(rules).await, kind) {
+        (Err(e), PolicyKind::Default) => eprintln!("the default policy was left as it is: {e:#}"),
+        (result, _) => result?,
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -261,14 +286,7 @@ async fn main() -> anyhow::Result<()> {
     let (server, base) = start_server(&db, &dir, &[])?;
     let pid = server.child.id();
     let t = Target::new(&base, ADMIN);
-    // The load scenarios keep up to 100,000 requests of one agent waiting on people: above the default cap. A
-    // server from before policies has no cap (nor the endpoint), which is how old and new are compared.
-    if let Err(e) = t
-        .set_default_policy(serde_json::json!({"max_pending_approvals": 100_000}))
-        .await
-    {
-        eprintln!("the default policy was left as it is: {e:#}");
-    }
+    set_policy(&t, args.policy).await?;
     use paygent_bench as b;
     let (lines, footprint) = match args.scenario {
         Scenario::All => b::all(&t, &db, &scale, pid).await?,

@@ -584,6 +584,9 @@ fn print_pending(list: &[ApprovalView]) {
             a.reason,
             a.digest,
         );
+        if let Some(c) = &a.context {
+            println!("    {}", context_line(c));
+        }
         if a.approvals_required > 1 {
             let by: Vec<String> = a.approvals.iter().map(|v| v.by.to_string()).collect();
             println!(
@@ -603,6 +606,31 @@ fn print_pending(list: &[ApprovalView]) {
             );
         }
     }
+}
+
+/// Who asked where, under which policy, in the agent's words, and what the payee was paid before.
+fn context_line(c: &paygent_engine::context::DecisionContext) -> String {
+    let name =
+        |n: &paygent_engine::context::Named| n.name.clone().unwrap_or_else(|| n.id.to_string());
+    let mut line = format!(
+        "{} in session {} · policy {} v{}",
+        name(&c.agent),
+        name(&c.session),
+        c.policy.name,
+        c.policy.version
+    );
+    match &c.payee {
+        Some(p) if p.first_payment => line.push_str(" · first payment to this payee"),
+        Some(p) => line.push_str(&format!(
+            " · paid ${} to this payee in 30 days ({} payments)",
+            p.paid_30d_usd, p.payments_30d
+        )),
+        None => {}
+    }
+    if let Some(said) = &c.description {
+        line.push_str(&format!(" · \"{said}\""));
+    }
+    line
 }
 
 /// Pages through the audit trail from the first entry, verifying each link, up to the head seen at the start.

@@ -163,6 +163,10 @@ async fn approvals_commands_decide(backend: Backend) {
         );
         digests.push(digest);
     }
+    assert!(
+        text.contains("Agent in session test · policy default v0 · first payment to this payee"),
+        "who asked where, and the payee's history: {text}"
+    );
 
     let other = format!("sha256:{}", "0".repeat(64));
     let args = ["approvals", "approve", &ids[0], "--digest", &other];
@@ -625,6 +629,16 @@ async fn benchmark_scenarios_run() {
         .unwrap();
     assert_eq!((answer.count, sweep.count), (2, 2));
     assert!(sweep.per_second > 0.0, "{sweep:?}");
+    // Under the governed policy (payee lists, velocity rules, a quorum) the load scenarios still run.
+    target
+        .set_default_policy(paygent_bench::governed_policy())
+        .await
+        .unwrap();
+    let guard = paygent_bench::guard_auto(&target, &scale, 4).await.unwrap();
+    let asked = paygent_bench::approval_creation(&target, &scale, 4)
+        .await
+        .unwrap();
+    assert_eq!((guard.count, asked.count), (scale.requests, scale.requests));
     child.kill().unwrap();
     child.wait().unwrap();
     let _ = std::fs::remove_dir_all(dir);

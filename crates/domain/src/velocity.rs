@@ -1,17 +1,20 @@
 //! The circuit breaker: a policy's velocity rules bound how fast an agent may pay (how many payments, how many
 //! dollars, how many identical payments within a window). A payment that would break one trips the breaker: it
-//! is denied and its session is frozen until a person looks. Pure: the engine reads the window's payments under
+//! is denied and its session is frozen until a person looks. Pure: the engine reads each window's totals under
 //! the tenant's lock, so concurrent requests cannot all slip under a rule.
+//!
+//! Each counted payment (allowed, or sent to a person) leaves a mark in every scope a rule counts: the running
+//! number and USD total of that scope. A window's totals are the difference between its last mark and its first,
+//! two index lookups whatever the number of payments in it.
 
 use crate::money::{Decimal, strict};
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// The longest window a rule may have: a day.
 pub const MAX_WINDOW_SECONDS: u32 = 86_400;
-/// The most payments the breaker reads for one check. A window that holds more than this trips any rule whose
-/// window reaches past what was read: a count it cannot finish is not a count under the limit.
-pub const MAX_COUNTED: usize = 10_000;
+/// The most a count may be.
+pub const MAX_COUNT: u32 = 1_000_000;
 /// The most velocity rules a policy may set.
 pub const MAX_VELOCITY_RULES: usize = 8;
 
@@ -36,7 +39,7 @@ pub struct Velocity {
     #[serde(default)]
     pub scope: VelocityScope,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1, maximum = 10000, example = 20)]
+    #[schema(minimum = 1, maximum = 1000000, example = 20)]
     pub max_payments: Option<u32>,
     #[serde(
         default,
@@ -46,26 +49,8 @@ pub struct Velocity {
     #[schema(value_type = Option<String>, pattern = r"^[0-9]{1,13}(\.[0-9]{1,6})?$", example = "50")]
     pub max_usd: Option<Decimal>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1, maximum = 10000, example = 3)]
+    #[schema(minimum = 1, maximum = 1000000, example = 3)]
     pub max_identical: Option<u32>,
-}
-
-/// A payment as the breaker counts it: those the guard let through or sent to a person (not those it denied).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Counted {
-    pub at: DateTime<Utc>,
-    pub usd: Decimal,
-    pub recipient: String,
-    pub amount: Decimal,
-    pub currency: String,
-}
-
-impl Counted {
-    fn same_as(&self, other: &Counted) -> bool {
-        self.amount == other.amount
-            && self.currency == other.currency
-            && self.recipient.eq_ignore_ascii_case(&other.recipient)
-    }
 }
 
 /// Why a session is frozen.
@@ -92,21 +77,75 @@ pub struct Freeze {
     pub at: DateTime<Utc>,
 }
 
-/// The payments of one scope within the widest window, newest first, as read.
-#[derive(Debug, Clone, Default)]
-pub struct Window {
-    pub payments: Vec<Counted>,
-    /// False when the read stopped at [`MAX_COUNTED`] and older payments were left unread.
-    pub complete: bool,
+/// A scope's running totals after one of its counted payments.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Mark {
+    /// Its place among the scope's counted payments: 1, 2, 3...
+    pub seq: i64,
+    /// The USD of the scope's counted payments up to and including it.
+    pub usd_total: Decimal,
+    /// Its own USD.
+    pub usd: Decimal,
 }
 
-impl Window {
-    /// A window read with a limit of `MAX_COUNTED + 1` rows.
-    pub fn read(mut payments: Vec<Counted>) -> Self {
-        let complete = payments.len() <= MAX_COUNTED;
-        payments.truncate(MAX_COUNTED);
-        Window { payments, complete }
+impl Mark {
+    /// The mark a payment of `usd` leaves after `last`.
+    pub fn after(last: Option<&Mark>, usd: Decimal) -> Mark {
+        let (seq, total) = last.map_or((0, Decimal::ZERO), |m| (m.seq, m.usd_total));
+        Mark {
+            seq: seq + 1,
+            usd_total: total + usd,
+            usd,
+        }
     }
+}
+
+/// How many counted payments a scope made within a window, and their USD.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub payments: u64,
+    pub usd: Decimal,
+}
+
+impl Totals {
+    /// The totals between a window's first mark and the scope's last (none, when the window has no mark).
+    pub fn between(first: Option<&Mark>, last: Option<&Mark>) -> Totals {
+        match (first, last) {
+            (Some(f), Some(l)) if l.seq >= f.seq => Totals {
+                payments: u64::try_from(l.seq - f.seq + 1).unwrap_or(u64::MAX),
+                usd: l.usd_total - f.usd_total + f.usd,
+            },
+            _ => Totals::default(),
+        }
+    }
+}
+
+/// What a rule sees: its scope's totals within its window, and those of the payments identical to this one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Seen {
+    pub all: Totals,
+    pub identical: Totals,
+}
+
+/// The scope a rule counts, as marks name it: the session's, or the asking key's.
+pub fn scope_key(scope: VelocityScope, session: uuid::Uuid, key: uuid::Uuid) -> String {
+    match scope {
+        VelocityScope::Session => format!("session:{session}"),
+        VelocityScope::Agent => format!("key:{key}"),
+    }
+}
+
+/// The scope of the payments identical to one (same payee, amount and currency) within `base`.
+pub fn identical_key(base: &str, recipient: &str, amount: Decimal, currency: &str) -> String {
+    let payment = serde_json::json!([
+        recipient.to_ascii_lowercase(),
+        amount.normalize().to_string(),
+        currency
+    ]);
+    format!(
+        "{base}:same:{}",
+        &crate::canonical::sha256_hex(&payment)[..32]
+    )
 }
 
 /// A rule broken: which one (its index in the policy's `velocity`) and how, in words.
@@ -132,7 +171,7 @@ impl Velocity {
                 format!("must be between 1 and {MAX_WINDOW_SECONDS}"),
             ));
         }
-        let most = MAX_COUNTED as u32;
+        let most = MAX_COUNT;
         for (field, v) in [
             ("max_payments", self.max_payments),
             ("max_identical", self.max_identical),
@@ -150,69 +189,35 @@ impl Velocity {
         None
     }
 
-    /// Why `this` payment, at `now`, would break the rule given the scope's `window`; payments before `since`
-    /// (a person unfroze the session then) do not count.
-    fn breaks(&self, window: &Window, this: &Counted, since: DateTime<Utc>) -> Option<String> {
-        let start = since.max(this.at - Duration::seconds(self.per_seconds.into()));
-        let inside: Vec<&Counted> = window.payments.iter().filter(|p| p.at > start).collect();
+    /// Why a payment of `usd` would break the rule, given what its window holds.
+    fn breaks(&self, seen: Seen, usd: Decimal) -> Option<String> {
         let span = format!("{} s", self.per_seconds);
-        let oldest_read = window.payments.last().map(|p| p.at);
-        if !window.complete && oldest_read.is_some_and(|oldest| oldest > start) {
-            return Some(format!(
-                "more than {MAX_COUNTED} payments within {span}, more than the breaker counts"
-            ));
-        }
         if let Some(most) = self.max_payments
-            && inside.len() >= most as usize
+            && seen.all.payments >= u64::from(most)
         {
             return Some(format!("more than {most} payments within {span}"));
         }
-        if let Some(most) = self.max_usd {
-            let so_far: Decimal = inside.iter().map(|p| p.usd).sum();
-            if so_far + this.usd > most {
-                return Some(format!(
-                    "more than {most} USD within {span} (paid {so_far}, this {})",
-                    this.usd
-                ));
-            }
+        if let Some(most) = self.max_usd
+            && seen.all.usd + usd > most
+        {
+            return Some(format!(
+                "more than {most} USD within {span} (paid {}, this {usd})",
+                seen.all.usd
+            ));
         }
         let most = self.max_identical?;
-        let same = inside.iter().filter(|p| p.same_as(this)).count();
-        (same >= most as usize).then(|| {
-            format!(
-                "more than {most} identical payments ({} {} to {}) within {span}",
-                this.amount, this.currency, this.recipient
-            )
-        })
+        (seen.identical.payments >= u64::from(most))
+            .then(|| format!("more than {most} identical payments within {span}"))
     }
 }
 
-/// The first rule `this` payment would break: `session` and `agent` are the windows of the two scopes (the
-/// engine reads only those some rule counts). Pure, and the same for every instance.
-pub fn tripped(
-    rules: &[Velocity],
-    session: &Window,
-    agent: &Window,
-    this: &Counted,
-    since: DateTime<Utc>,
-) -> Option<Trip> {
-    rules.iter().enumerate().find_map(|(rule, v)| {
-        let window = match v.scope {
-            VelocityScope::Session => session,
-            VelocityScope::Agent => agent,
-        };
-        v.breaks(window, this, since)
-            .map(|detail| Trip { rule, detail })
-    })
-}
-
-/// The widest window of the rules of one scope, if any rule counts it.
-pub fn widest(rules: &[Velocity], scope: VelocityScope) -> Option<u32> {
+/// The first rule a payment of `usd` would break; `seen` holds what each rule sees, in the policy's order.
+pub fn tripped(rules: &[Velocity], seen: &[Seen], usd: Decimal) -> Option<Trip> {
     rules
         .iter()
-        .filter(|v| v.scope == scope)
-        .map(|v| v.per_seconds)
-        .max()
+        .zip(seen)
+        .enumerate()
+        .find_map(|(rule, (v, seen))| v.breaks(*seen, usd).map(|detail| Trip { rule, detail }))
 }
 
 #[cfg(test)]
@@ -221,20 +226,6 @@ mod tests {
 
     fn d(s: &str) -> Decimal {
         Decimal::from_str_exact(s).unwrap()
-    }
-
-    fn at(seconds: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap()
-    }
-
-    fn paid(seconds: i64, usd: &str, to: &str) -> Counted {
-        Counted {
-            at: at(seconds),
-            usd: d(usd),
-            recipient: to.into(),
-            amount: d(usd),
-            currency: "USDC".into(),
-        }
     }
 
     fn rule(per_seconds: u32) -> Velocity {
@@ -247,124 +238,121 @@ mod tests {
         }
     }
 
-    /// `n` payments of `usd` to `to`, one a second, newest first, the newest at `newest`.
-    fn history(n: i64, newest: i64, usd: &str, to: &str) -> Window {
-        Window::read((0..n).map(|i| paid(newest - i, usd, to)).collect())
+    /// A scope's marks after payments of `usd`, in order.
+    fn marks(usd: &[&str]) -> Vec<Mark> {
+        let mut out: Vec<Mark> = Vec::new();
+        for u in usd {
+            out.push(Mark::after(out.last(), d(u)));
+        }
+        out
     }
 
-    fn trips(v: &Velocity, window: &Window, this: &Counted) -> Option<String> {
-        tripped(
-            std::slice::from_ref(v),
-            window,
-            &Window::default(),
-            this,
-            at(-100_000),
-        )
-        .map(|t| t.detail)
+    fn seen(payments: u64, usd: &str, identical: u64) -> Seen {
+        Seen {
+            all: Totals {
+                payments,
+                usd: d(usd),
+            },
+            identical: Totals {
+                payments: identical,
+                usd: Decimal::ZERO,
+            },
+        }
     }
 
     #[test]
-    fn a_count_lets_through_exactly_its_number_within_the_window() {
+    fn a_window_is_the_difference_of_its_first_and_last_marks() {
+        let m = marks(&["1", "2.5", "4", "0.25"]);
+        assert_eq!(m[3].seq, 4);
+        assert_eq!(m[3].usd_total, d("7.75"));
+        let all = Totals::between(m.first(), m.last());
+        assert_eq!((all.payments, all.usd), (4, d("7.75")));
+        let tail = Totals::between(Some(&m[2]), m.last());
+        assert_eq!((tail.payments, tail.usd), (2, d("4.25")));
+        assert_eq!(
+            Totals::between(None, m.last()),
+            Totals::default(),
+            "nothing in the window"
+        );
+        assert_eq!(Totals::between(None, None), Totals::default());
+    }
+
+    #[test]
+    fn a_count_lets_through_exactly_its_number() {
         let v = Velocity {
             max_payments: Some(3),
             ..rule(60)
         };
-        let this = paid(100, "1", "a");
-        assert_eq!(trips(&v, &history(2, 99, "1", "b"), &this), None);
-        let third = trips(&v, &history(3, 99, "1", "b"), &this).unwrap();
-        assert!(
-            third.contains("more than 3 payments within 60 s"),
-            "{third}"
+        let one = d("1");
+        assert_eq!(
+            tripped(std::slice::from_ref(&v), &[seen(2, "2", 0)], one),
+            None
         );
-        // Payments that fell out of the window no longer count: the oldest of these is 60 s old.
-        assert_eq!(trips(&v, &history(3, 41, "1", "b"), &this), None);
+        let trip = tripped(&[v], &[seen(3, "3", 0)], one).unwrap();
+        assert_eq!(trip.rule, 0);
+        assert!(
+            trip.detail.contains("more than 3 payments within 60 s"),
+            "{}",
+            trip.detail
+        );
     }
 
     #[test]
     fn dollars_count_exactly_up_to_the_cap() {
-        let v = Velocity {
+        let v = [Velocity {
             max_usd: Some(d("10")),
             ..rule(60)
-        };
-        let window = history(3, 99, "3", "b");
-        assert_eq!(trips(&v, &window, &paid(100, "1", "a")), None);
-        let over = trips(&v, &window, &paid(100, "1.000001", "a")).unwrap();
-        assert!(over.contains("paid 9, this 1.000001"), "{over}");
+        }];
+        assert_eq!(tripped(&v, &[seen(3, "9", 0)], d("1")), None);
+        let over = tripped(&v, &[seen(3, "9", 0)], d("1.000001")).unwrap();
+        assert!(
+            over.detail.contains("paid 9, this 1.000001"),
+            "{}",
+            over.detail
+        );
     }
 
     #[test]
     fn identical_payments_are_same_payee_amount_and_currency() {
-        let v = Velocity {
+        let v = [Velocity {
             max_identical: Some(2),
             ..rule(60)
-        };
+        }];
+        assert_eq!(tripped(&v, &[seen(9, "9", 1)], d("1")), None);
+        assert!(tripped(&v, &[seen(9, "9", 2)], d("1")).is_some());
         let to = "0x00000000000000000000000000000000000000AA";
-        let window = Window::read(vec![
-            paid(99, "2.50", &to.to_lowercase()),
-            paid(98, "2.5", to),
-            paid(97, "9", to),
-        ]);
-        let looped = trips(&v, &window, &paid(100, "2.5", to)).unwrap();
-        assert!(looped.contains("identical"), "{looped}");
-        assert_eq!(trips(&v, &window, &paid(100, "9", to)), None);
-        let mut other_currency = paid(100, "2.5", to);
-        other_currency.currency = "EURC".into();
-        assert_eq!(trips(&v, &window, &other_currency), None);
-    }
-
-    #[test]
-    fn an_unfreeze_starts_the_count_again() {
-        let v = Velocity {
-            max_payments: Some(2),
-            ..rule(3600)
-        };
-        let window = history(5, 99, "1", "b");
-        let this = paid(100, "1", "a");
-        let none = Window::default();
-        let rules = std::slice::from_ref(&v);
-        assert!(tripped(rules, &window, &none, &this, at(0)).is_some());
-        assert_eq!(tripped(rules, &window, &none, &this, at(98)), None);
-    }
-
-    #[test]
-    fn each_rule_counts_its_own_scope() {
-        let agent_rule = Velocity {
-            scope: VelocityScope::Agent,
-            max_payments: Some(1),
-            ..rule(60)
-        };
-        let busy = history(1, 99, "1", "b");
-        let this = paid(100, "1", "a");
-        let none = Window::default();
-        let rules = [rule(60), agent_rule];
-        assert_eq!(tripped(&rules, &busy, &none, &this, at(0)), None);
-        let trip = tripped(&rules, &none, &busy, &this, at(0)).unwrap();
-        assert_eq!(trip.rule, 1);
-        assert_eq!(widest(&rules, VelocityScope::Agent), Some(60));
-        assert_eq!(widest(&[], VelocityScope::Session), None);
-    }
-
-    #[test]
-    fn a_window_too_full_to_count_trips() {
-        let v = Velocity {
-            max_usd: Some(d("1000000")),
-            ..rule(60)
-        };
-        let full = Window::read(
-            (0..=MAX_COUNTED as i64)
-                .map(|_| paid(99, "0", "b"))
-                .collect(),
+        let base = "session:x";
+        let same = identical_key(base, to, d("2.50"), "USDC");
+        assert_eq!(
+            same,
+            identical_key(base, &to.to_lowercase(), d("2.5"), "USDC")
         );
-        assert!(!full.complete);
-        let detail = trips(&v, &full, &paid(100, "0", "a")).unwrap();
-        assert!(detail.contains("more than the breaker counts"), "{detail}");
-        // The same payments, all of them read: nothing broken.
-        let read = Window::read(
-            (0..MAX_COUNTED as i64)
-                .map(|_| paid(99, "0", "b"))
-                .collect(),
+        assert_ne!(same, identical_key(base, to, d("2.4"), "USDC"));
+        assert_ne!(same, identical_key(base, to, d("2.5"), "EURC"));
+        assert_ne!(same, identical_key("key:y", to, d("2.5"), "USDC"));
+    }
+
+    #[test]
+    fn the_first_broken_rule_trips() {
+        let rules = [
+            Velocity {
+                max_payments: Some(100),
+                ..rule(60)
+            },
+            Velocity {
+                scope: VelocityScope::Agent,
+                max_payments: Some(1),
+                ..rule(60)
+            },
+        ];
+        let seen = [seen(1, "1", 0), seen(1, "1", 0)];
+        assert_eq!(
+            tripped(&rules, &seen, d("1")).unwrap().name(),
+            "velocity[1]"
         );
-        assert_eq!(trips(&v, &read, &paid(100, "0", "a")), None);
+        let (s, k) = (uuid::Uuid::nil(), uuid::Uuid::max());
+        assert!(scope_key(VelocityScope::Session, s, k).starts_with("session:"));
+        assert!(scope_key(VelocityScope::Agent, s, k).starts_with("key:"));
     }
 
     #[test]

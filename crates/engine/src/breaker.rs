@@ -1,16 +1,85 @@
-//! The circuit breaker's record: a velocity rule tripped by the guard freezes the session, and a person
-//! unfreezes it. What trips it is decided in the domain (`paygent_domain::velocity`).
+//! The circuit breaker's record: the marks each counted payment leaves, the freeze a tripped velocity rule
+//! puts on a session, and a person's unfreeze. What trips it is decided in the domain
+//! (`paygent_domain::velocity`).
 
 use crate::views::SessionView;
 use crate::{EngineError, Paygent, Result, require};
+use chrono::{DateTime, Duration, Utc};
+use paygent_domain::Decimal;
 use paygent_domain::audit::AuditAction;
 use paygent_domain::event::EventKind;
-use paygent_domain::velocity::Freeze;
+use paygent_domain::velocity::{
+    Freeze, MAX_WINDOW_SECONDS, Mark, Seen, Totals, Trip, Velocity, identical_key, scope_key,
+    tripped,
+};
 use paygent_domain::{Principal, SessionState};
 use paygent_store::WriteTx;
+use paygent_store::payments::PaymentRecord;
 use paygent_store::sessions::{self, SessionRecord};
+use paygent_store::velocity;
 use serde_json::json;
 use uuid::Uuid;
+
+/// The breaker's reads for one payment: what each rule saw, and the last mark of each scope read, to leave
+/// the payment's marks if it counts.
+pub(crate) struct Count {
+    scopes: Vec<(String, Option<Mark>)>,
+    usd: Decimal,
+}
+
+impl Count {
+    /// Reads each rule's window for a payment `asker` asks for in `session`, from the session's last unfreeze at
+    /// the earliest; returns the reads and the first rule the payment would break.
+    pub(crate) async fn read(
+        tx: &mut WriteTx,
+        rules: &[Velocity],
+        (asker, session): (Uuid, &SessionRecord),
+        p: &PaymentRecord,
+    ) -> Result<(Count, Option<Trip>)> {
+        let mut count = Count {
+            scopes: Vec::new(),
+            usd: p.usd_value,
+        };
+        let since = session.breaker_since.unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let mut seen = Vec::with_capacity(rules.len());
+        for rule in rules {
+            let after = since.max(tx.now() - Duration::seconds(rule.per_seconds.into()));
+            let base = scope_key(rule.scope, session.id, asker);
+            let all = count.totals(tx, base.clone(), after).await?;
+            let identical = match rule.max_identical {
+                Some(_) => {
+                    let same = identical_key(&base, &p.recipient, p.amount, &p.currency);
+                    count.totals(tx, same, after).await?
+                }
+                None => Totals::default(),
+            };
+            seen.push(Seen { all, identical });
+        }
+        let trip = tripped(rules, &seen, p.usd_value);
+        Ok((count, trip))
+    }
+
+    async fn totals(
+        &mut self,
+        tx: &mut WriteTx,
+        scope: String,
+        after: DateTime<Utc>,
+    ) -> Result<Totals> {
+        let (first, last) = velocity::window(tx, &scope, after).await?;
+        if !self.scopes.iter().any(|(s, _)| *s == scope) {
+            self.scopes.push((scope, last));
+        }
+        Ok(Totals::between(first.as_ref(), last.as_ref()))
+    }
+
+    /// Leaves the payment's mark in every scope read: it counts for every request judged after it.
+    pub(crate) async fn mark(&self, tx: &mut WriteTx) -> Result<()> {
+        for (scope, last) in &self.scopes {
+            velocity::leave(tx, scope, &Mark::after(last.as_ref(), self.usd)).await?;
+        }
+        Ok(())
+    }
+}
 
 /// Refuses to `start` anything (execute an approved payment, start an execution) in a frozen session.
 pub(crate) fn refuse_if_frozen(session: &SessionRecord, start: &str) -> Result<()> {
@@ -49,7 +118,24 @@ pub(crate) async fn freeze(
     Ok(tx.event(EventKind::SessionFrozen, session, data).await?)
 }
 
+/// How many old marks one statement deletes.
+const PRUNE_BATCH: i64 = 10_000;
+
 impl Paygent {
+    /// Deletes the breaker's marks older than any window reaches, a batch per statement; returns how many.
+    pub async fn prune_marks(&self) -> Result<u64> {
+        let longest = Duration::seconds(MAX_WINDOW_SECONDS.into());
+        let before = self.now() - longest - Duration::hours(1);
+        let mut pruned = 0;
+        loop {
+            let n = velocity::prune(&self.store, before, PRUNE_BATCH).await?;
+            pruned += n;
+            if n < PRUNE_BATCH as u64 {
+                return Ok(pruned);
+            }
+        }
+    }
+
     /// Unfreezes a frozen session (approvers and admins, never the key whose payment tripped it): its payments
     /// are judged again, its breaker counting from now, and its paused executions go on.
     pub async fn unfreeze_session(

@@ -151,40 +151,7 @@ impl Paygent {
         session: &SessionRecord,
         now: DateTime<Utc>,
     ) -> Result<BudgetView> {
-        let config = &session.config.budget;
-        let (day, resets_at) = config.day(now);
-        let usage = budgets::day_usage(self.store.reader(), session.id, &day.to_string()).await?;
-        let line = |limit: Option<Decimal>, u: Usage| BudgetLine {
-            limit,
-            spent: u.spent,
-            reserved: u.reserved,
-            available: limit.map(|l| u.available(l)),
-        };
-        let mut currencies = BTreeMap::new();
-        for (currency, limit) in &config.daily_limits {
-            currencies.insert(currency.clone(), line(Some(*limit), Usage::default()));
-        }
-        for (ledger, u) in &usage {
-            if ledger != USD_TOTAL {
-                currencies.insert(
-                    ledger.clone(),
-                    line(config.daily_limits.get(ledger).copied(), *u),
-                );
-            }
-        }
-        Ok(BudgetView {
-            session_id: session.id,
-            day: day.to_string(),
-            time_zone: config.budget_time_zone.clone(),
-            resets_at,
-            on_budget_exceeded: config.on_budget_exceeded,
-            max_per_payment_usd: config.max_per_payment_usd,
-            usd: line(
-                config.daily_limit_usd,
-                usage.get(USD_TOTAL).copied().unwrap_or_default(),
-            ),
-            currencies,
-        })
+        view_of(self.store.reader(), session, now).await
     }
 
     /// Replaces a session's budget settings (admins and approvers). The change is audited with both versions.
@@ -216,4 +183,46 @@ impl Paygent {
         tx.commit().await?;
         self.budget_view(&session, now).await
     }
+}
+
+/// Where a session's budget stands at `now`, as `db` sees it (inside a transaction: with what it booked).
+pub(crate) async fn view_of(
+    db: paygent_store::db::Db<'_>,
+    session: &SessionRecord,
+    now: DateTime<Utc>,
+) -> Result<BudgetView> {
+    let config = &session.config.budget;
+    let (day, resets_at) = config.day(now);
+    let usage = budgets::day_usage(db, session.id, &day.to_string()).await?;
+    let line = |limit: Option<Decimal>, u: Usage| BudgetLine {
+        limit,
+        spent: u.spent,
+        reserved: u.reserved,
+        available: limit.map(|l| u.available(l)),
+    };
+    let mut currencies = BTreeMap::new();
+    for (currency, limit) in &config.daily_limits {
+        currencies.insert(currency.clone(), line(Some(*limit), Usage::default()));
+    }
+    for (ledger, u) in &usage {
+        if ledger != USD_TOTAL {
+            currencies.insert(
+                ledger.clone(),
+                line(config.daily_limits.get(ledger).copied(), *u),
+            );
+        }
+    }
+    Ok(BudgetView {
+        session_id: session.id,
+        day: day.to_string(),
+        time_zone: config.budget_time_zone.clone(),
+        resets_at,
+        on_budget_exceeded: config.on_budget_exceeded,
+        max_per_payment_usd: config.max_per_payment_usd,
+        usd: line(
+            config.daily_limit_usd,
+            usage.get(USD_TOTAL).copied().unwrap_or_default(),
+        ),
+        currencies,
+    })
 }

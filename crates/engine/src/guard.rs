@@ -1,7 +1,9 @@
 //! The guard: every payment an agent asks for is priced in USD, checked against its session's policy and
 //! budget, and then allowed, sent to a person, or denied, in one transaction with its audit entry and event.
 
+use crate::breaker::Count;
 use crate::budget::{self, Booking, Move};
+use crate::context::DecisionContext;
 use crate::executions::tools::{StepContext, StepOutcome, authorized_action};
 use crate::policies;
 use crate::views::{ApprovalView, BudgetView, PaymentView};
@@ -16,11 +18,11 @@ use paygent_domain::judgement::{DenyReason, Findings, Fired, Judgement, judge};
 use paygent_domain::payment::PaymentIntent;
 use paygent_domain::quorum::quorum_for;
 use paygent_domain::rules::{NewPayee, Refusal};
-use paygent_domain::velocity::{self, Counted, Freeze, FreezeReason, Trip, VelocityScope, Window};
+use paygent_domain::velocity::{Freeze, FreezeReason, Trip};
 use paygent_domain::{Decimal, DecisionKind, PaymentStatus, Principal, Verdict};
 use paygent_store::WriteTx;
 use paygent_store::approvals::{self, ApprovalRecord, NewRequest};
-use paygent_store::payments::{self, Payer, PaymentRecord};
+use paygent_store::payments::{self, PaymentRecord};
 use paygent_store::policies::PolicyRecord;
 use paygent_store::sessions::{self, SessionRecord};
 use serde_json::{Value, json};
@@ -111,7 +113,7 @@ impl Paygent {
         let (intent, usd_value) = self.priced(&req)?;
         let mut tx = self.begin_as(who).await?;
         let (session, policy) = in_force(&mut tx, who, req.session_id).await?;
-        let filing = Filing::new(who, &session, &policy, (&intent, usd_value), &req, tx.now());
+        let mut filing = Filing::new(who, &session, &policy, (&intent, usd_value), &req, tx.now());
         let findings = filing.findings(&mut tx).await?;
         drop(tx);
         let rules = findings.fired();
@@ -160,8 +162,9 @@ impl Paygent {
         match refusal {
             Some(why) => filing.fail(&mut tx, why).await?,
             None => {
-                let judgement = judge(filing.findings(&mut tx).await?);
-                filing.record(&mut tx, judgement).await?;
+                let findings = filing.findings(&mut tx).await?;
+                filing.fired = findings.fired();
+                filing.record(&mut tx, judge(findings)).await?;
             }
         }
         let payment = filing.payment;
@@ -261,6 +264,10 @@ struct Filing<'a> {
     payee: String,
     /// What the audit entry and event say about it.
     summary: Value,
+    /// Every check that found something about it, for the person who may be asked.
+    fired: Vec<Fired>,
+    /// The circuit breaker's reads, to mark the payment if it counts.
+    count: Option<Count>,
 }
 
 impl<'a> Filing<'a> {
@@ -321,11 +328,14 @@ impl<'a> Filing<'a> {
             booking,
             payee: intent.recipient.payee(),
             summary,
+            fired: Vec::new(),
+            count: None,
         }
     }
 
     /// Gathers the findings as the transaction sees them, under the tenant's lock.
-    async fn findings(&self, tx: &mut WriteTx) -> Result<Findings> {
+    async fn findings(&mut self, tx: &mut WriteTx) -> Result<Findings> {
+        let tripped = self.velocity(tx).await?;
         let (session, rules, p) = (self.session, &self.policy.rules, &self.payment);
         let args = &self.summary["args"];
         let tools = rules.for_session(&session.config);
@@ -354,7 +364,7 @@ impl<'a> Filing<'a> {
         Ok(Findings {
             stopped,
             frozen: frozen.map(|f| format!("the session is frozen by {}: {}", f.rule, f.detail)),
-            tripped: self.velocity(tx).await?,
+            tripped,
             refusal: rules.refusal(p.usd_value, args).or(ungranted).or(first),
             over_limit: over_limit.map(|detail| (detail, rules.over_limit)),
             // The strictest of session and policy: a policy that says deny denies.
@@ -370,43 +380,17 @@ impl<'a> Filing<'a> {
         })
     }
 
-    /// The velocity rule this payment would break, reading each scope's window (back to the session's last
-    /// unfreeze) under the tenant's lock: requests judged after it count it.
-    async fn velocity(&self, tx: &mut WriteTx) -> Result<Option<Trip>> {
+    /// The velocity rule this payment would break, read under the tenant's lock (requests judged after it see
+    /// its marks); keeps the reads to mark the payment if it counts.
+    async fn velocity(&mut self, tx: &mut WriteTx) -> Result<Option<Trip>> {
         let rules = &self.policy.rules.velocity;
         if rules.is_empty() {
             return Ok(None);
         }
-        let now = tx.now();
-        let since = self
-            .session
-            .breaker_since
-            .unwrap_or(DateTime::<Utc>::MIN_UTC);
-        let mut windows = [Window::default(), Window::default()];
-        for (window, scope) in windows
-            .iter_mut()
-            .zip([VelocityScope::Session, VelocityScope::Agent])
-        {
-            let Some(widest) = velocity::widest(rules, scope) else {
-                continue;
-            };
-            let payer = match scope {
-                VelocityScope::Session => Payer::Session(self.session.id),
-                VelocityScope::Agent => Payer::Key(self.who.key_id),
-            };
-            let after = since.max(now - chrono::Duration::seconds(widest.into()));
-            *window = payments::counted(tx, payer, after).await?;
-        }
         let p = &self.payment;
-        let this = Counted {
-            at: now,
-            usd: p.usd_value,
-            recipient: p.recipient.clone(),
-            amount: p.amount,
-            currency: p.currency.clone(),
-        };
-        let [session, agent] = &windows;
-        Ok(velocity::tripped(rules, session, agent, &this, since))
+        let (count, trip) = Count::read(tx, rules, (self.who.key_id, self.session), p).await?;
+        self.count = Some(count);
+        Ok(trip)
     }
 
     /// Applies the policy's rule for a key's first payment to a payee: a refusal, or a person instead of
@@ -554,18 +538,47 @@ impl<'a> Filing<'a> {
             quorum: quorum(&self.policy.rules, p.usd_value),
             escalation: self.policy.rules.escalation.clone(),
         };
-        let request = ApprovalRecord::pending(new, tx.now());
+        let mut request = ApprovalRecord::pending(new, tx.now());
         self.payment.status = PaymentStatus::PendingApproval;
         self.payment.approval_id = Some(request.id);
         payments::insert(tx, &self.payment).await?;
         budget::book(tx, &self.booking, Move::Reserve).await?;
+        self.mark(tx).await?;
+        request.context = Some(self.context(tx).await?);
         self.summary["reason"] = json!(request.reason);
         self.summary["deadline"] = json!(paygent_domain::time::format(request.deadline));
         let summary = std::mem::take(&mut self.summary);
         file_request(tx, self.who, self.policy, request, summary).await
     }
 
+    /// What the person asked needs to decide, with this payment's reservation in the budget.
+    async fn context(&mut self, tx: &mut WriteTx) -> Result<Value> {
+        let (who, p) = (self.who.key_id, &self.payment);
+        let fired = std::mem::take(&mut self.fired);
+        let about = (self.session, self.policy);
+        let context = DecisionContext::gather(tx, who, about, fired, p.description.clone())
+            .await?
+            .with_payee(tx, &p.recipient)
+            .await?;
+        let now = tx.now();
+        let budget = budget::view_of(tx.conn(), self.session, now).await?;
+        let context = DecisionContext {
+            budget_after: Some(budget),
+            ..context
+        };
+        Ok(serde_json::to_value(context).expect("a context serializes"))
+    }
+
+    /// Counts the payment for the circuit breaker, if its policy has velocity rules.
+    async fn mark(&self, tx: &mut WriteTx) -> Result<()> {
+        match &self.count {
+            Some(count) => count.mark(tx).await,
+            None => Ok(()),
+        }
+    }
+
     async fn allow(&mut self, tx: &mut WriteTx) -> Result<()> {
+        self.mark(tx).await?;
         payments::insert(tx, &self.payment).await?;
         if self.policy.rules.payees.new_payee != NewPayee::Allow {
             payments::remember_payee(tx, self.session.created_by, &self.payee).await?;
@@ -682,7 +695,10 @@ impl Paygent {
                         quorum: quorum(&rules.rules, usd_value),
                         escalation: rules.rules.escalation.clone(),
                     };
-                    let request = ApprovalRecord::pending(new, tx.now());
+                    let mut request = ApprovalRecord::pending(new, tx.now());
+                    let about = (&session, &rules);
+                    let context = DecisionContext::of_action(&mut tx, who.key_id, about, &request);
+                    request.context = Some(context.await?);
                     file_request(&mut tx, who, &rules, request, summary).await?;
                 }
                 StepOutcome::AwaitingApproval {

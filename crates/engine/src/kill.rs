@@ -311,6 +311,9 @@ impl Paygent {
                         Ok(n) => tracing::info!(pruned = n, "pruned old events"),
                         Err(e) => tracing::warn!(error = %e, "pruning events failed; retrying"),
                     }
+                    if let Err(e) = paygent.prune_marks().await {
+                        tracing::warn!(error = %e, "pruning the breaker's marks failed; retrying");
+                    }
                 }
             }
         })

@@ -6,6 +6,7 @@ mod approvals;
 mod audit;
 mod breaker;
 mod budget;
+pub mod context;
 mod egress;
 mod error;
 mod escalation;

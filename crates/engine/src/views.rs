@@ -133,6 +133,9 @@ pub struct ApprovalView {
     pub escalated: u32,
     /// When the next one is due, while it waits.
     pub escalate_at: Option<DateTime<Utc>>,
+    /// What a person needs to decide it, as it stood when it was filed; absent on requests filed before it was
+    /// kept.
+    pub context: Option<crate::context::DecisionContext>,
 }
 
 impl ApprovalView {
@@ -192,6 +195,7 @@ impl From<ApprovalRecord> for ApprovalView {
             escalate_at: a
                 .escalate_at
                 .filter(|_| a.status == ApprovalStatus::Pending),
+            context: a.context.and_then(|c| serde_json::from_value(c).ok()),
         }
     }
 }

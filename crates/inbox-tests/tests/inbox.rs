@@ -666,6 +666,17 @@ async fn a_quorum_and_an_escalation_are_shown() {
         async move { eval(&page, &js).await }
     };
     assert_eq!(text(&page).await, "Approvals 0 of 2");
+    let card = eval(
+        &page,
+        &format!("document.querySelector(\"{}\").textContent", item(&id)),
+    )
+    .await;
+    let card = card.as_str().unwrap();
+    assert!(
+        card.contains("Agent in session test · policy default v1"),
+        "{card}"
+    );
+    assert!(card.contains("First payment to this payee"), "{card}");
     click(&page, &format!("{} button.approve", item(&id))).await;
     wait_until(
         &page,

@@ -25,8 +25,12 @@ pub enum ApiError {
     Engine(#[from] EngineError),
     #[error("{0}")]
     BadRequest(String),
-    #[error("the request body is larger than the {0} bytes allowed")]
-    TooLarge(usize),
+    #[error(
+        "the request body is larger than allowed: {} bytes, {} for a policy",
+        crate::BODY_LIMIT,
+        crate::POLICY_BODY_LIMIT
+    )]
+    TooLarge,
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("no such route")]
@@ -68,7 +72,7 @@ impl ApiError {
                 E::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             },
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "malformed"),
-            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
+            ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type")
             }
@@ -152,7 +156,7 @@ impl From<JsonRejection> for ApiError {
                 "send JSON with Content-Type: application/json".into(),
             ),
             JsonRejection::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                ApiError::TooLarge(crate::BODY_LIMIT)
+                ApiError::TooLarge
             }
             other => ApiError::BadRequest(other.body_text()),
         }

@@ -24,6 +24,8 @@ use utoipa_axum::router::OpenApiRouter;
 
 /// The largest request body accepted. Payment and decision bodies are a few hundred bytes.
 pub const BODY_LIMIT: usize = 64 * 1024;
+/// A policy's body may hold its payee lists (up to 1,000 payees each).
+pub const POLICY_BODY_LIMIT: usize = 1024 * 1024;
 /// A request that takes longer than this is cut off.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 

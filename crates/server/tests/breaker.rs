@@ -15,6 +15,7 @@ on_both_databases!(
     identical_payments_dollars_and_agents_trip_it,
     a_frozen_session_pauses_its_executions,
     a_frozen_session_decides_but_executes_nothing,
+    a_window_slides_and_old_marks_are_pruned,
 );
 
 /// Sets the default policy's velocity rules (the first tenant's), as its admin.
@@ -175,16 +176,7 @@ async fn only_a_person_unfreezes_and_the_count_starts_again(backend: Backend) {
         1
     );
     // The window still holds the two payments before the freeze; only those after the unfreeze count.
-    for _ in 0..2 {
-        assert_eq!(
-            s.pay(&t.agent, session, "1", "USDC").await.1["status"],
-            "authorized"
-        );
-    }
-    assert_eq!(
-        s.pay(&t.agent, session, "1", "USDC").await.1["reason"],
-        "circuit_breaker"
-    );
+    two_then_tripped(&s, &t.agent, session).await;
 
     let own = s.session(&t.admin, json!({})).await;
     for _ in 0..3 {
@@ -377,4 +369,44 @@ async fn a_frozen_session_decides_but_executes_nothing(backend: Backend) {
     );
     assert_eq!(revived["frozen"], Value::Null);
     s.finish().await;
+}
+
+/// A window counts only its own time: payments a minute old no longer count against a per-minute rule. Marks
+/// older than any window are pruned, and counting goes on right after.
+async fn a_window_slides_and_old_marks_are_pruned(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    velocity(&s, json!([{"per_seconds": 60, "max_payments": 2}])).await;
+    let session = s.session(&t.agent, json!({})).await;
+    for _ in 0..2 {
+        assert_eq!(
+            s.pay(&t.agent, session, "1", "USDC").await.1["status"],
+            "authorized"
+        );
+    }
+    s.clock.advance(chrono::Duration::seconds(61));
+    for _ in 0..2 {
+        assert_eq!(
+            s.pay(&t.agent, session, "1", "USDC").await.1["status"],
+            "authorized"
+        );
+    }
+    assert_eq!(s.count("velocity_marks").await, 4);
+    s.clock.advance(chrono::Duration::days(2));
+    assert_eq!(s.paygent.prune_marks().await.unwrap(), 4);
+    assert_eq!(s.count("velocity_marks").await, 0);
+    two_then_tripped(&s, &t.agent, session).await;
+    s.finish().await;
+}
+
+/// Two $1 payments go, under a rule of two; the third trips the breaker.
+async fn two_then_tripped(s: &TestServer, agent: &str, session: Uuid) {
+    for _ in 0..2 {
+        assert_eq!(
+            s.pay(agent, session, "1", "USDC").await.1["status"],
+            "authorized"
+        );
+    }
+    let (_, third) = s.pay(agent, session, "1", "USDC").await;
+    assert_eq!(third["reason"], "circuit_breaker", "{third}");
 }

@@ -3,12 +3,14 @@
 use paygent_testkit::{ADMIN_TOKEN, Backend, TestServer, on_both_databases};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use uuid::Uuid;
 
 on_both_databases!(
     a_request_is_bound_to_its_action_digest,
     only_the_approved_action_runs,
     evaluating_a_payment_writes_nothing,
     a_decision_lands_only_on_the_action_shown,
+    a_request_carries_what_a_person_needs_to_decide,
 );
 
 fn is_digest(d: &Value) -> bool {
@@ -309,5 +311,73 @@ async fn a_decision_lands_only_on_the_action_shown(backend: Backend) {
         .await;
     assert_eq!(status, StatusCode::OK, "{approved}");
     assert_eq!(approved["decision"]["digest"], shown["digest"]);
+    s.finish().await;
+}
+
+fn usd(v: &Value) -> rust_decimal::Decimal {
+    rust_decimal::Decimal::from_str_exact(
+        v.as_str()
+            .unwrap_or_else(|| panic!("a decimal string: {v}")),
+    )
+    .unwrap()
+}
+
+/// Pays `amount` USDC to the test payee for `description`; returns the payment.
+async fn pay_for(
+    s: &TestServer,
+    agent: &str,
+    session: Uuid,
+    amount: &str,
+    description: &str,
+) -> Value {
+    let body = json!({"session_id": session, "amount": amount, "currency": "USDC",
+        "recipient": paygent_testkit::PAYEE, "description": description});
+    let (status, payment) = s.post(agent, "/payments", body).await;
+    assert_eq!(status, StatusCode::CREATED, "{payment}");
+    payment
+}
+
+/// A request shows, as it stood when it was filed: the agent's description, the key's and the session's names,
+/// the policy and the check that sent it, whether the payee was ever paid and what it was paid in 30 days, and
+/// the budget with this request in it.
+async fn a_request_carries_what_a_person_needs_to_decide(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s
+        .session(&t.agent, json!({"daily_limit_usd": "1000"}))
+        .await;
+    let first = pay_for(&s, &t.agent, session, "25", "weather data").await;
+    let id = first["approval_id"].as_str().unwrap();
+    let (_, view) = s.get(&t.approver, &format!("/approvals/{id}")).await;
+    let c = &view["context"];
+    assert_eq!(c["description"], "weather data", "{view}");
+    assert_eq!(c["agent"]["name"], "Agent");
+    assert_eq!(c["session"]["name"], "test");
+    assert_eq!(c["session"]["id"], json!(session));
+    assert_eq!(c["policy"]["name"], "default");
+    assert_eq!(c["rules"][0]["rule"], "tool_rules");
+    assert_eq!(c["payee"]["first_payment"], true);
+    assert_eq!(usd(&c["payee"]["paid_30d_usd"]), 0.into());
+    assert_eq!(usd(&c["budget_after"]["usd"]["reserved"]), 25.into());
+    assert_eq!(usd(&c["budget_after"]["usd"]["available"]), 975.into());
+
+    s.approve_and_execute(&t.approver, &t.agent, id).await;
+    let small = pay_for(&s, &t.agent, session, "5", "a sample").await;
+    assert_eq!(small["status"], "authorized");
+    let again = pay_for(&s, &t.agent, session, "30", "more weather").await;
+    let id = again["approval_id"].as_str().unwrap();
+    let (_, pending) = s.get(&t.approver, "/approvals/pending").await;
+    let listed = pending
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == id)
+        .unwrap();
+    let c = &listed["context"];
+    assert_eq!(c["payee"]["first_payment"], false, "{listed}");
+    assert_eq!(c["payee"]["payments_30d"], 2);
+    assert_eq!(usd(&c["payee"]["paid_30d_usd"]), 30.into());
+    assert_eq!(usd(&c["budget_after"]["usd"]["spent"]), 30.into());
+    assert_eq!(usd(&c["budget_after"]["usd"]["available"]), 940.into());
     s.finish().await;
 }

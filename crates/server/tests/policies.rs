@@ -15,6 +15,7 @@ on_both_databases!(
     first_payments_to_a_payee,
     the_policy_bounds_what_a_session_chooses,
     pending_approvals_are_capped_per_agent,
+    a_policy_holds_full_payee_lists,
 );
 
 const ALLOWED: &str = "0x00000000000000000000000000000000000000a0";
@@ -534,5 +535,30 @@ async fn pending_approvals_are_capped_per_agent(backend: Backend) {
         )
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    s.finish().await;
+}
+
+/// A policy may hold the most payees its lists allow (1,000 each, about 90 KB of JSON: more than other bodies
+/// may be); a larger body is refused with 413 and changes nothing, and other endpoints keep their 64 KiB.
+async fn a_policy_holds_full_payee_lists(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let list = |from: usize| -> Vec<String> {
+        (from..from + 1000).map(|i| format!("0x{i:040x}")).collect()
+    };
+    let full = json!({"payees": {"allow": list(1), "deny": list(5000)}});
+    let (status, policy) = s.put(ADMIN_TOKEN, "/policies/default", full).await;
+    assert_eq!(status, StatusCode::OK, "{policy}");
+    assert_eq!(policy["payees"]["deny"].as_array().unwrap().len(), 1000);
+    let huge = json!({"payees": {"allow": list(1)}, "padding": "x".repeat(1024 * 1024)});
+    let (status, problem) = s.put(ADMIN_TOKEN, "/policies/default", huge).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{problem}");
+    let (_, now) = s.get(ADMIN_TOKEN, "/policies/default").await;
+    assert_eq!(now["version"], policy["version"], "nothing changed");
+    let session = s.session(&t.agent, json!({})).await;
+    let big = json!({"session_id": session, "amount": "1", "currency": "USDC",
+        "recipient": ALLOWED, "description": "x".repeat(70 * 1024)});
+    let (status, _) = s.post(&t.agent, "/payments", big).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     s.finish().await;
 }

@@ -42,6 +42,8 @@ pub struct ApprovalRecord {
     pub escalation: Vec<Escalation>,
     pub escalated: u32,
     pub escalate_at: Option<DateTime<Utc>>,
+    /// What a person needs to decide it, as it stood when it was filed.
+    pub context: Option<Value>,
 }
 
 /// One person's approval of one action of a request.
@@ -104,6 +106,7 @@ impl ApprovalRecord {
             escalation,
             escalated: 0,
             escalate_at,
+            context: None,
         }
     }
 
@@ -160,12 +163,13 @@ crate::row_type! {
         escalation: Option<String>,
         escalated: i64,
         escalate_at: Option<String>,
+        context: Option<String>,
     }
 }
 
 const COLUMNS: &str = "id, tenant_id, session_id, payment_id, tool, args, edited_args, reason, usd_value, \
     allowed_decisions, status, requested_by, deadline, decided_by, decided_at, decision_note, decided_digest, consumed_at, \
-    created_at, approvals_required, approver_groups, escalation, escalated, escalate_at";
+    created_at, approvals_required, approver_groups, escalation, escalated, escalate_at, context";
 
 impl TryFrom<ApprovalRow> for ApprovalRecord {
     type Error = StoreError;
@@ -214,6 +218,7 @@ impl TryFrom<ApprovalRow> for ApprovalRecord {
             escalated: u32::try_from(r.escalated)
                 .map_err(|_| StoreError::Corrupt("bad escalated".into()))?,
             escalate_at: opt_time(r.escalate_at)?,
+            context: r.context.as_deref().map(json).transpose()?,
         })
     }
 }
@@ -227,8 +232,8 @@ pub async fn insert(tx: &mut WriteTx, a: &ApprovalRecord) -> Result<()> {
     query(
         "INSERT INTO approval_requests (id, tenant_id, session_id, payment_id, tool, args, reason, usd_value, \
          allowed_decisions, status, requested_by, deadline, created_at, approvals_required, approver_groups, \
-         escalation, escalate_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+         escalation, escalate_at, context) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
     )
     .bind(a.id.to_string())
     .bind(a.tenant_id.to_string())
@@ -247,6 +252,7 @@ pub async fn insert(tx: &mut WriteTx, a: &ApprovalRecord) -> Result<()> {
     .bind((!a.groups.is_empty()).then(|| Value::from(a.groups.clone()).to_string()))
     .bind((!a.escalation.is_empty()).then(|| serde_json::to_string(&a.escalation).expect("steps serialize")))
     .bind(a.escalate_at.map(paygent_domain::time::format))
+    .bind(a.context.as_ref().map(Value::to_string))
     .execute(tx.conn())
     .await?;
     Ok(())

@@ -126,3 +126,14 @@ pub async fn revoke(tx: &mut WriteTx, id: Uuid) -> Result<bool> {
     let sql = "UPDATE api_keys SET revoked_at = $3 WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL";
     tx.change_one(sql, id, now).await
 }
+
+/// The name of one of this tenant's keys, revoked or not (a request's context names who asked).
+pub async fn name_of(tx: &mut WriteTx, id: Uuid) -> Result<Option<String>> {
+    let tenant = tx.tenant_id().to_string();
+    let row = query("SELECT name FROM api_keys WHERE tenant_id = $1 AND id = $2")
+        .bind(tenant)
+        .bind(id.to_string())
+        .fetch_optional(tx.conn())
+        .await?;
+    row.map(|r| r.get(0)).transpose()
+}

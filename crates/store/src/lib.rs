@@ -19,6 +19,7 @@ pub mod sessions;
 pub mod sweeps;
 pub mod tenants;
 mod tx;
+pub mod velocity;
 pub mod wallets;
 
 pub use db::{Db, Row};

@@ -3,7 +3,6 @@
 use crate::db::{Db, query};
 use crate::{Result, StoreError, WriteTx, decimal, opt_uuid, time, uuid};
 use chrono::{DateTime, Utc};
-use paygent_domain::velocity::{Counted, MAX_COUNTED, Window};
 use paygent_domain::{Decimal, PaymentStatus};
 use uuid::Uuid;
 
@@ -273,55 +272,46 @@ pub async fn remember_payee(tx: &mut WriteTx, key: Uuid, payee: &str) -> Result<
     Ok(())
 }
 
-/// Whose payments the circuit breaker counts.
-#[derive(Debug, Clone, Copy)]
-pub enum Payer {
-    Session(Uuid),
-    /// The key that asked, across its sessions.
-    Key(Uuid),
+/// A payee's history in the tenant, for the person deciding a payment to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PayeeHistory {
+    /// Whether the tenant let anything be paid to it before.
+    pub paid_before: bool,
+    /// The USD values of what it let be paid to it since the moment asked, newest first, at most the limit.
+    pub recent: Vec<Decimal>,
 }
 
-crate::row_type! {
-    struct CountedRow {
-        created_at: String,
-        usd_value: String,
-        recipient: String,
-        amount: String,
-        currency: String,
-    }
-}
-
-impl TryFrom<CountedRow> for Counted {
-    type Error = StoreError;
-    fn try_from(r: CountedRow) -> Result<Self> {
-        Ok(Counted {
-            at: time(&r.created_at)?,
-            usd: decimal(&r.usd_value)?,
-            recipient: r.recipient,
-            amount: decimal(&r.amount)?,
-            currency: r.currency,
-        })
-    }
-}
-
-/// The payer's payments made after `after` that the guard did not deny, newest first: at most one more than
-/// the breaker counts, so it can tell a window it could not read to the end.
-pub async fn counted(tx: &mut WriteTx, payer: Payer, after: DateTime<Utc>) -> Result<Window> {
-    let (column, id) = match payer {
-        Payer::Session(id) => ("session_id", id),
-        Payer::Key(id) => ("requested_by", id),
-    };
+/// What the tenant let be paid (allowed or executed) to `recipient`: ever, and since `since` (at most `limit`
+/// payments, an index range of that payee's).
+pub async fn payee_history(
+    tx: &mut WriteTx,
+    recipient: &str,
+    since: DateTime<Utc>,
+    limit: i64,
+) -> Result<PayeeHistory> {
+    const PAID: &str = "tenant_id = $1 AND recipient = $2 AND status IN ('executed', 'authorized')";
     let tenant = tx.tenant_id().to_string();
-    let payments = query(format!(
-        "SELECT created_at, usd_value, recipient, amount, currency FROM payments \
-         WHERE tenant_id = $1 AND {column} = $2 AND created_at > $3 AND status <> 'denied' \
-         ORDER BY created_at DESC LIMIT $4"
+    let recent: Vec<Decimal> = query(format!(
+        "SELECT usd_value FROM payments WHERE {PAID} AND created_at > $3 ORDER BY created_at DESC LIMIT $4"
     ))
-    .bind(tenant)
-    .bind(id.to_string())
-    .bind(paygent_domain::time::format(after))
-    .bind(MAX_COUNTED as i64 + 1)
-    .records::<CountedRow, _>(tx.conn())
-    .await?;
-    Ok(Window::read(payments))
+    .bind(tenant.clone())
+    .bind(recipient.to_owned())
+    .bind(paygent_domain::time::format(since))
+    .bind(limit)
+    .fetch_all(tx.conn())
+    .await?
+    .into_iter()
+    .map(|r| decimal(&r.get::<String>(0)?))
+    .collect::<Result<_>>()?;
+    let paid_before = !recent.is_empty()
+        || query(format!("SELECT 1 FROM payments WHERE {PAID} LIMIT 1"))
+            .bind(tenant)
+            .bind(recipient.to_owned())
+            .fetch_optional(tx.conn())
+            .await?
+            .is_some();
+    Ok(PayeeHistory {
+        paid_before,
+        recent,
+    })
 }

@@ -4,6 +4,7 @@ use super::ApiResult;
 use crate::error::{ApiError, Problem};
 use crate::extract::{Body, Caller, Path, Query};
 use axum::Json;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::StatusCode;
 use paygent_engine::domain::PolicyRules;
@@ -19,6 +20,7 @@ pub fn router() -> OpenApiRouter<Paygent> {
     OpenApiRouter::new()
         .routes(routes!(create_policy, list_policies))
         .routes(routes!(get_policy, put_policy))
+        .layer(DefaultBodyLimit::max(crate::POLICY_BODY_LIMIT))
 }
 
 /// A policy's name beside its rules, in one flat object.
