@@ -34,6 +34,7 @@ pub mod prices;
 pub mod quorum;
 pub mod rules;
 pub mod session;
+pub mod simulation;
 pub mod time;
 pub mod velocity;
 

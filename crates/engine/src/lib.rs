@@ -20,6 +20,7 @@ mod payments;
 mod policies;
 mod rails;
 mod sessions;
+pub mod simulation;
 mod views;
 mod wallets;
 

@@ -32,7 +32,7 @@ fn built_in_default(tenant_id: Uuid) -> PolicyRecord {
     }
 }
 
-fn validate(rules: &PolicyRules) -> Result<()> {
+pub(crate) fn validate(rules: &PolicyRules) -> Result<()> {
     rules
         .validate()
         .map_err(|e| EngineError::Invalid(e.to_string()))

@@ -532,6 +532,18 @@ async fn signed_then_lost(
     let hash = s.text(&format!("SELECT tx_hash {open_attempt}")).await;
     let signed =
         serde_json::from_str(&s.text(&format!("SELECT signed {open_attempt}")).await).unwrap();
+    // Journaled comes before sent: drop the transaction only once it is in the pool, or it would be sent after.
+    loop {
+        let pooled: Value = chain
+            .provider
+            .raw_request("eth_getTransactionByHash".into(), (hash.clone(),))
+            .await
+            .unwrap();
+        if !pooled.is_null() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let _: Value = chain
         .provider
         .raw_request("anvil_dropTransaction".into(), (hash.clone(),))

@@ -11,6 +11,7 @@ on_both_databases!(
     evaluating_a_payment_writes_nothing,
     a_decision_lands_only_on_the_action_shown,
     a_request_carries_what_a_person_needs_to_decide,
+    a_simulation_replays_a_hand_made_history,
 );
 
 fn is_digest(d: &Value) -> bool {
@@ -379,5 +380,92 @@ async fn a_request_carries_what_a_person_needs_to_decide(backend: Backend) {
     assert_eq!(usd(&c["payee"]["paid_30d_usd"]), 30.into());
     assert_eq!(usd(&c["budget_after"]["usd"]["spent"]), 30.into());
     assert_eq!(usd(&c["budget_after"]["usd"]["available"]), 940.into());
+    s.finish().await;
+}
+
+/// A hand-made history replayed against a draft of the default policy: the counts and the differences are the
+/// ones worked out by hand; payments outside the window or of another policy's sessions are not replayed, the
+/// policy's own rules find no difference, and nothing is written.
+async fn a_simulation_replays_a_hand_made_history(backend: Backend) {
+    use paygent_engine::Clock;
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let other = "0x2222222222222222222222222222222222222222";
+    let session = s.session(&t.agent, json!({})).await;
+    pay_for(&s, &t.agent, session, "1", "before the window").await;
+    s.clock.advance(chrono::Duration::seconds(10));
+    let from = s.clock.now();
+    let small = pay_for(&s, &t.agent, session, "5", "small").await;
+    pay_for(&s, &t.agent, session, "25", "large").await;
+    let body =
+        json!({"session_id": session, "amount": "5", "currency": "USDC", "recipient": other});
+    let (_, elsewhere) = s.post(&t.agent, "/payments", body).await;
+    pay_for(&s, &t.agent, session, "3", "tiny").await;
+    let (_, bound) = s.bound_agent("other", json!({})).await;
+    let theirs = s.session(&bound, json!({})).await;
+    pay_for(&s, &bound, theirs, "5", "another policy's").await;
+    let to = s.clock.now() + chrono::Duration::seconds(1);
+    let window = json!({"from": from, "to": to});
+
+    let (status, same) = s
+        .post(&t.approver, "/policies/default/simulate", window.clone())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{same}");
+    let counts = |r: &Value| -> Vec<Value> {
+        ["replayed", "allow", "require_approval", "deny", "differing"]
+            .iter()
+            .map(|k| r[*k].clone())
+            .collect()
+    };
+    assert_eq!(
+        counts(&same),
+        json!([4, 3, 1, 0, 0]).as_array().unwrap().clone(),
+        "{same}"
+    );
+
+    let mut draft = window.clone();
+    draft["rules"] = json!({"approval_threshold_usd": "4", "payees": {"deny": [other]}});
+    let written = s.count("audit_log").await;
+    let (status, stricter) = s
+        .post(&t.admin, "/policies/default/simulate", draft.clone())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{stricter}");
+    assert_eq!(stricter["draft"], true);
+    assert_eq!(
+        counts(&stricter),
+        json!([4, 1, 2, 1, 2]).as_array().unwrap().clone(),
+        "{stricter}"
+    );
+    let differences = stricter["differences"].as_array().unwrap();
+    assert_eq!(differences[0]["payment_id"], small["id"]);
+    assert_eq!(
+        (&differences[0]["happened"], &differences[0]["would"]),
+        (&json!("allow"), &json!("require_approval"))
+    );
+    assert_eq!(differences[1]["payment_id"], elsewhere["id"]);
+    assert_eq!(differences[1]["would"], "deny");
+    assert_eq!(
+        s.count("audit_log").await,
+        written,
+        "a simulation writes nothing"
+    );
+
+    let (status, _) = s
+        .post(&t.agent, "/policies/default/simulate", window.clone())
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "agents do not simulate");
+    let backwards = json!({"from": to, "to": from});
+    let (status, _) = s
+        .post(&t.admin, "/policies/default/simulate", backwards)
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    draft["rules"] = json!({"approval_threshold_usd": "-1"});
+    let (status, _) = s.post(&t.admin, "/policies/default/simulate", draft).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let unknown = format!("/policies/{}/simulate", Uuid::new_v4());
+    assert_eq!(
+        s.post(&t.admin, &unknown, window).await.0,
+        StatusCode::NOT_FOUND
+    );
     s.finish().await;
 }

@@ -315,3 +315,83 @@ pub async fn payee_history(
         recent,
     })
 }
+
+crate::row_type! {
+    struct ReplayRow {
+        id: String,
+        created_at: String,
+        session_id: String,
+        owner: String,
+        requested_by: String,
+        tool: String,
+        amount: String,
+        currency: String,
+        usd_value: String,
+        recipient: String,
+        status: String,
+        approval_id: Option<String>,
+        config: String,
+    }
+}
+
+/// A recorded payment to replay, and its session's settings.
+pub struct ToReplay {
+    pub recorded: paygent_domain::simulation::Recorded,
+    pub config: paygent_domain::SessionConfig,
+}
+
+/// Up to `limit` of the tenant's payments made in `[from, to)` in sessions held to `policy` (or to no policy,
+/// when `default`), in the order they were made, after the payment `after` (a cursor).
+pub async fn to_replay(
+    db: Db<'_>,
+    tenant_id: Uuid,
+    (policy, default): (Uuid, bool),
+    (from, to): (DateTime<Utc>, DateTime<Utc>),
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<ToReplay>> {
+    let rows = query(
+        "SELECT p.id, p.created_at, p.session_id, s.created_by, p.requested_by, p.tool, p.amount, p.currency, \
+         p.usd_value, p.recipient, p.status, p.approval_id, s.config \
+         FROM payments p JOIN sessions s ON s.id = p.session_id \
+         WHERE p.tenant_id = $1 AND p.created_at >= $2 AND p.created_at < $3 \
+         AND (s.policy_id = $4 OR ($5 = 1 AND s.policy_id IS NULL)) \
+         AND ($6 IS NULL OR (p.created_at, p.id) > (SELECT created_at, id FROM payments WHERE id = $6)) \
+         ORDER BY p.created_at, p.id LIMIT $7",
+    )
+    .bind(tenant_id.to_string())
+    .bind(paygent_domain::time::format(from))
+    .bind(paygent_domain::time::format(to))
+    .bind(policy.to_string())
+    .bind(i64::from(default))
+    .bind(after.map(|a| a.to_string()))
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    rows.into_iter()
+        .map(|row| replayed(ReplayRow::try_from(row)?))
+        .collect()
+}
+
+fn replayed(r: ReplayRow) -> Result<ToReplay> {
+    use paygent_domain::simulation::{Outcome, Recorded};
+    let status = PaymentStatus::parse(&r.status)
+        .ok_or_else(|| StoreError::Corrupt(format!("bad payment status {:?}", r.status)))?;
+    let happened = Outcome::of(status, r.approval_id.is_some());
+    Ok(ToReplay {
+        recorded: Recorded {
+            id: uuid(&r.id)?,
+            at: time(&r.created_at)?,
+            session_id: uuid(&r.session_id)?,
+            owner: uuid(&r.owner)?,
+            asker: uuid(&r.requested_by)?,
+            tool: r.tool,
+            amount: decimal(&r.amount)?,
+            currency: r.currency,
+            usd: decimal(&r.usd_value)?,
+            recipient: r.recipient,
+            happened,
+        },
+        config: crate::parsed(&r.config, "session config")?,
+    })
+}

@@ -8,6 +8,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::StatusCode;
 use paygent_engine::domain::PolicyRules;
+use paygent_engine::simulation::Simulation;
 use paygent_engine::{Paygent, PolicyView};
 use serde::Deserialize;
 use serde_json::Value;
@@ -20,6 +21,7 @@ pub fn router() -> OpenApiRouter<Paygent> {
     OpenApiRouter::new()
         .routes(routes!(create_policy, list_policies))
         .routes(routes!(get_policy, put_policy))
+        .routes(routes!(simulate))
         .layer(DefaultBodyLimit::max(crate::POLICY_BODY_LIMIT))
 }
 
@@ -138,4 +140,40 @@ async fn put_policy(
 ) -> ApiResult<Json<PolicyView>> {
     let id = policy_ref(&id)?;
     Ok(Json(paygent.update_policy(&who, id, rules(body)?).await?))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Simulate {
+    /// The window's start (RFC 3339), included.
+    from: chrono::DateTime<chrono::Utc>,
+    /// Its end, excluded.
+    to: chrono::DateTime<chrono::Utc>,
+    /// Draft rules to replay instead of the policy's own (a policy's rules object); nothing is saved.
+    #[schema(value_type = Option<PolicyRules>)]
+    rules: Option<Value>,
+}
+
+/// Replays the payments that sessions held to a policy made in a time window, in order, against its rules (or a
+/// draft of them), and counts what it would have allowed, sent to a person or denied, naming the payments it
+/// would have treated otherwise (approvers and admins). Writes nothing. Replayed: the payee lists, maximum,
+/// first-payment rule, thresholds, limits and velocity rules, counted from the window's start; not: sessions'
+/// own budgets, stops, freezes and people's decisions (a payment sent to a person counts as approved). At most
+/// 10,000 payments (`truncated` says when there were more).
+#[utoipa::path(post, path = "/policies/{id}/simulate", tag = "policies",
+    params(("id" = String, Path, description = "`default` or a policy id")), request_body = Simulate,
+    responses((status = 200, body = Simulation), (status = 400, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 422, body = Problem)))]
+async fn simulate(
+    State(paygent): State<Paygent>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    Body(req): Body<Simulate>,
+) -> ApiResult<Json<Simulation>> {
+    let draft = req.rules.map(rules).transpose()?;
+    let window = (req.from, req.to);
+    let id = policy_ref(&id)?;
+    Ok(Json(
+        paygent.simulate_policy(&who, id, draft, window).await?,
+    ))
 }
