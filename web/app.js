@@ -463,6 +463,14 @@ function upsert(a) {
   $("button.approve", li).addEventListener("click", () => decide(a.id, "approve", {}));
   $("button.reject", li).addEventListener("click", () => toggleForm(li, ".reject-form"));
   $("button.edit", li).addEventListener("click", () => toggleForm(li, ".edit-form"));
+  // Only a payment needing one person may stand for later ones.
+  show($("button.stand", li), a.allowed_decisions.includes("approve") && !!a.payment_id && a.approvals_required === 1);
+  $("button.stand", li).addEventListener("click", () => toggleForm(li, ".stand-form"));
+  $(".stand-form", li).addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const f = new FormData(ev.target);
+    decide(a.id, "approve", { standing: { max_usd: f.get("max_usd"), minutes: Number(f.get("minutes")) } });
+  });
   $(".reject-form", li).addEventListener("submit", (ev) => {
     ev.preventDefault();
     decide(a.id, "reject", { reason: new FormData(ev.target).get("reason") });

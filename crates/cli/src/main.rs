@@ -121,6 +121,12 @@ enum ApprovalAction {
         comment: Option<String>,
         #[command(flatten)]
         seen: Seen,
+        /// And let the session go on paying this payee up to this many USD in total without asking again...
+        #[arg(long, requires = "stand_minutes")]
+        stand_usd: Option<String>,
+        /// ...for this many minutes.
+        #[arg(long, requires = "stand_usd")]
+        stand_minutes: Option<u32>,
     },
     Reject {
         id: Uuid,
@@ -356,10 +362,17 @@ async fn approvals(remote: Remote, action: ApprovalAction) -> anyhow::Result<Exi
             }
             return Ok(ExitCode::SUCCESS);
         }
-        ApprovalAction::Approve { id, comment, seen } => (
-            format!("/approvals/{id}/approve"),
-            json!({"comment": comment, "digest": seen.digest}),
-        ),
+        ApprovalAction::Approve {
+            id,
+            comment,
+            seen,
+            stand_usd,
+            stand_minutes,
+        } => {
+            let standing = stand_usd.map(|usd| json!({"max_usd": usd, "minutes": stand_minutes}));
+            let body = json!({"comment": comment, "digest": seen.digest, "standing": standing});
+            (format!("/approvals/{id}/approve"), body)
+        }
         ApprovalAction::Reject { id, reason, seen } => (
             format!("/approvals/{id}/reject"),
             json!({"reason": reason, "digest": seen.digest}),

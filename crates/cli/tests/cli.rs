@@ -185,13 +185,26 @@ async fn approvals_commands_decide(backend: Backend) {
         "fine",
         "--digest",
         &digests[0],
+        "--stand-usd",
+        "30",
+        "--stand-minutes",
+        "60",
     ];
     let out = paygent(&s, &t.approver, &args).await;
-    assert!(out.status.success());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let said = stdout(&out);
     assert!(
         said.contains("approved") && said.contains(&digests[0]),
         "{said}"
+    );
+    let (_, standing) = s.get(&t.approver, "/standing-approvals").await;
+    assert_eq!(
+        standing[0]["max_usd"], "30",
+        "the approval stands: {standing}"
     );
     let out = paygent(
         &s,

@@ -27,6 +27,8 @@ pub enum DecisionKind {
 pub enum Decision {
     Approve {
         comment: Option<String>,
+        /// Let the session go on paying this payee, within these terms, without asking again.
+        standing: Option<crate::standing::StandingTerms>,
     },
     Reject {
         reason: String,
@@ -56,7 +58,9 @@ impl Decision {
     /// What the person said with it: the comment, or the reason for a rejection.
     pub fn note(&self) -> Option<&str> {
         match self {
-            Decision::Approve { comment } | Decision::Edit { comment, .. } => comment.as_deref(),
+            Decision::Approve { comment, .. } | Decision::Edit { comment, .. } => {
+                comment.as_deref()
+            }
             Decision::Reject { reason } => Some(reason),
         }
     }
@@ -231,6 +235,7 @@ mod tests {
         );
         let long = Decision::Approve {
             comment: Some("x".repeat(MAX_NOTE_CHARS + 1)),
+            standing: None,
         };
         assert_eq!(long.validate(&ALL), Err(DecisionError::NoteTooLong));
     }

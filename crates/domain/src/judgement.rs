@@ -51,6 +51,8 @@ pub struct Findings {
     pub allowed: Vec<DecisionKind>,
     /// The velocity rule it would break, if it would move money or ask a person.
     pub tripped: Option<Trip>,
+    /// A standing approval that covers it, when only its tool rules would send it to a person.
+    pub standing: Option<uuid::Uuid>,
 }
 
 /// A check that found something about a payment: what a dry run reports beside the verdict.
@@ -97,6 +99,12 @@ impl Findings {
         if let Some(trip) = &self.tripped {
             add(&trip.name(), trip.detail.clone());
         }
+        if let Some(id) = self.standing {
+            add(
+                "standing_approval",
+                format!("standing approval {id} covers it"),
+            );
+        }
         fired
     }
 }
@@ -117,6 +125,9 @@ pub enum Judgement {
     /// It would have gone at once or to a person, but it breaks a velocity rule: deny it (`circuit_breaker`) and
     /// freeze its session.
     Trip(Trip),
+    /// Its tool rules would send it to a person, but this standing approval, granted by one, covers it: it goes
+    /// at once, taken from the standing approval.
+    Standing(uuid::Uuid),
 }
 
 fn deny(reason: DenyReason, detail: String, rule: Option<&'static str>) -> Judgement {
@@ -142,7 +153,9 @@ pub fn judge(mut f: Findings) -> Judgement {
     }
     let tripped = f.tripped.take();
     match (route(f), tripped) {
-        (Judgement::Allow | Judgement::Approve { .. }, Some(trip)) => Judgement::Trip(trip),
+        (Judgement::Allow | Judgement::Approve { .. } | Judgement::Standing(_), Some(trip)) => {
+            Judgement::Trip(trip)
+        }
         (judged, _) => judged,
     }
 }
@@ -164,9 +177,12 @@ fn route(f: Findings) -> Judgement {
         (None, Some((e, OnBudgetExceeded::RequireApproval))) => {
             to_person(format!("over budget: {e}"))
         }
-        (None, None) => match f.verdict {
-            Verdict::Allow => Judgement::Allow,
-            Verdict::RequireApproval { reason, allowed } => Judgement::Approve { reason, allowed },
+        (None, None) => match (f.verdict, f.standing) {
+            (Verdict::Allow, _) => Judgement::Allow,
+            (Verdict::RequireApproval { .. }, Some(id)) => Judgement::Standing(id),
+            (Verdict::RequireApproval { reason, allowed }, None) => {
+                Judgement::Approve { reason, allowed }
+            }
         },
     }
 }
@@ -186,6 +202,7 @@ mod tests {
             allowed: vec![DecisionKind::Approve, DecisionKind::Reject],
             frozen: None,
             tripped: None,
+            standing: None,
         }
     }
 
@@ -293,6 +310,7 @@ mod tests {
             Judgement::Approve { .. } => "person",
             Judgement::Allow => "allow",
             Judgement::Trip(_) => "trip",
+            Judgement::Standing(_) => "standing",
         }
     }
 
@@ -381,5 +399,58 @@ mod tests {
             ..clear()
         };
         assert!(matches!(judge(asks), Judgement::Approve { reason, .. } if reason == "above $10"));
+    }
+}
+
+#[cfg(test)]
+mod standing_tests {
+    use super::*;
+
+    #[test]
+    fn a_standing_approval_stands_in_only_for_the_tool_rules() {
+        let id = uuid::Uuid::nil();
+        let asks = || Findings {
+            stopped: None,
+            frozen: None,
+            refusal: None,
+            over_limit: None,
+            over_budget: None,
+            verdict: Verdict::RequireApproval {
+                reason: "above $10".into(),
+                allowed: vec![DecisionKind::Approve],
+            },
+            allowed: vec![DecisionKind::Approve],
+            tripped: None,
+            standing: Some(id),
+        };
+        assert_eq!(judge(asks()), Judgement::Standing(id));
+        let over = Findings {
+            over_limit: Some(("weekly".into(), Route::Approve)),
+            ..asks()
+        };
+        assert!(
+            matches!(judge(over), Judgement::Approve { .. }),
+            "not over a limit"
+        );
+        let looping = Findings {
+            tripped: Some(Trip {
+                rule: 0,
+                detail: "loop".into(),
+            }),
+            ..asks()
+        };
+        assert!(
+            matches!(judge(looping), Judgement::Trip(_)),
+            "nor past the breaker"
+        );
+        let at_once = Findings {
+            verdict: Verdict::Allow,
+            ..asks()
+        };
+        assert_eq!(
+            judge(at_once),
+            Judgement::Allow,
+            "nor taken when not needed"
+        );
     }
 }

@@ -118,6 +118,7 @@ impl<'a> Replay<'a> {
                 Outcome::Deny,
                 Some(format!("{}: {}", trip.name(), trip.detail)),
             ),
+            Judgement::Standing(_) => (Outcome::Allow, None),
         };
         if would != Outcome::Deny {
             self.book(p);
@@ -180,6 +181,7 @@ impl<'a> Replay<'a> {
             verdict,
             allowed: Vec::new(),
             tripped: tripped(&rules.velocity, &self.seen(p), p.usd),
+            standing: None,
         }
     }
 

@@ -11,6 +11,7 @@ use paygent_domain::judgement::DenyReason;
 use paygent_domain::payment::{PaymentIntent, check_edit_authority};
 use paygent_domain::quorum::{Tally, may_decide, tally};
 use paygent_domain::rules::NewPayee;
+use paygent_domain::standing::StandingTerms;
 use paygent_domain::{ApprovalStatus, Decision, DecisionKind, PaymentStatus, Principal};
 use paygent_store::WriteTx;
 use paygent_store::approvals::{self, ApprovalRecord, Decided};
@@ -116,7 +117,18 @@ impl Paygent {
             Some((intent, _)) => action_digest(request.session_id, &request.tool, &intent.args()),
             None => digest,
         };
+        let standing = match decision {
+            Decision::Approve {
+                standing: Some(terms),
+                ..
+            } => {
+                crate::standing::check_terms(&request, terms)?;
+                Some(terms.clone())
+            }
+            _ => None,
+        };
         Ok(Ruling {
+            standing,
             kind: decision.kind(),
             note: decision.note().map(str::to_owned),
             request,
@@ -164,6 +176,9 @@ impl Paygent {
         if let Some((intent, usd)) = &r.edit {
             check_edit_policy(tx, &r.request, intent, *usd).await?;
             rebook_edit(tx, &r.request, intent, *usd).await?;
+        }
+        if let Some(terms) = &r.standing {
+            crate::standing::grant(tx, who, &r.request, terms).await?;
         }
         self.announce(tx, who, r, r.kind).await.map(Some)
     }
@@ -378,6 +393,8 @@ struct Ruling {
     edit: Option<(PaymentIntent, paygent_domain::Decimal)>,
     /// The action decided: the request's, or the edit's.
     digest: String,
+    /// A standing approval to grant with the approval.
+    standing: Option<StandingTerms>,
 }
 
 /// The conditional update that ends a pending request as `to` on `who`'s decision; false if it did not land.

@@ -18,6 +18,7 @@ use paygent_domain::judgement::{DenyReason, Findings, Fired, Judgement, judge};
 use paygent_domain::payment::PaymentIntent;
 use paygent_domain::quorum::quorum_for;
 use paygent_domain::rules::{NewPayee, Refusal};
+use paygent_domain::standing::covers;
 use paygent_domain::velocity::{Freeze, FreezeReason, Trip};
 use paygent_domain::{Decimal, DecisionKind, PaymentStatus, Principal, Verdict};
 use paygent_store::WriteTx;
@@ -25,6 +26,7 @@ use paygent_store::approvals::{self, ApprovalRecord, NewRequest};
 use paygent_store::payments::{self, PaymentRecord};
 use paygent_store::policies::PolicyRecord;
 use paygent_store::sessions::{self, SessionRecord};
+use paygent_store::standing::{self, StandingRecord};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -241,6 +243,10 @@ impl Evaluation {
                 let reason = DenyReason::CircuitBreaker.as_str().to_owned();
                 (EvaluatedVerdict::Deny, Some(reason))
             }
+            Judgement::Standing(_) => {
+                budget.book(currency, amount, usd_value, false);
+                (EvaluatedVerdict::Allow, None)
+            }
         };
         Evaluation {
             verdict,
@@ -268,6 +274,8 @@ struct Filing<'a> {
     fired: Vec<Fired>,
     /// The circuit breaker's reads, to mark the payment if it counts.
     count: Option<Count>,
+    /// The standing approval that covers it, if one does.
+    cover: Option<StandingRecord>,
 }
 
 impl<'a> Filing<'a> {
@@ -330,13 +338,15 @@ impl<'a> Filing<'a> {
             summary,
             fired: Vec::new(),
             count: None,
+            cover: None,
         }
     }
 
     /// Gathers the findings as the transaction sees them, under the tenant's lock.
     async fn findings(&mut self, tx: &mut WriteTx) -> Result<Findings> {
         let tripped = self.velocity(tx).await?;
-        let (session, rules, p) = (self.session, &self.policy.rules, &self.payment);
+        let (session, policy) = (self.session, self.policy);
+        let (rules, p) = (&policy.rules, &self.payment);
         let args = &self.summary["args"];
         let tools = rules.for_session(&session.config);
         let stopped = if tx.kill_switch().is_some() {
@@ -361,11 +371,19 @@ impl<'a> Filing<'a> {
         let (first, verdict) = self
             .first_payment(tx, tools.evaluate(&p.tool, p.usd_value, args))
             .await?;
+        let refusal = rules.refusal(p.usd_value, args).or(ungranted).or(first);
+        let only_rules_ask = matches!(verdict, Verdict::RequireApproval { .. })
+            && refusal.is_none()
+            && over_limit.is_none()
+            && over_budget.is_none();
+        let standing = self.standing(tx, only_rules_ask).await?;
+        let p = &self.payment;
         Ok(Findings {
             stopped,
             frozen: frozen.map(|f| format!("the session is frozen by {}: {}", f.rule, f.detail)),
             tripped,
-            refusal: rules.refusal(p.usd_value, args).or(ungranted).or(first),
+            standing,
+            refusal,
             over_limit: over_limit.map(|detail| (detail, rules.over_limit)),
             // The strictest of session and policy: a policy that says deny denies.
             over_budget: over_budget.map(|e| {
@@ -378,6 +396,22 @@ impl<'a> Filing<'a> {
             verdict,
             allowed: tools.allowed_for(&p.tool),
         })
+    }
+
+    /// A standing approval of the session for this payee that covers the payment, looked for only when its tool
+    /// rules alone would send it to a person, and never for a value that needs a quorum. Kept, to take from.
+    async fn standing(&mut self, tx: &mut WriteTx, only_rules_ask: bool) -> Result<Option<Uuid>> {
+        let rules = &self.policy.rules;
+        let one_person = quorum(rules, self.payment.usd_value).0 <= 1;
+        if !only_rules_ask || !one_person {
+            return Ok(None);
+        }
+        let usd = self.payment.usd_value;
+        let found = standing::in_force(tx, self.session.id, &self.payee).await?;
+        self.cover = found
+            .into_iter()
+            .find(|s| covers(s.max_usd, s.used_usd, usd));
+        Ok(self.cover.as_ref().map(|s| s.id))
     }
 
     /// The velocity rule this payment would break, read under the tenant's lock (requests judged after it see
@@ -438,7 +472,25 @@ impl<'a> Filing<'a> {
             Judgement::Approve { reason, allowed } => self.ask(tx, reason, allowed).await,
             Judgement::Allow => self.allow(tx).await,
             Judgement::Trip(trip) => self.trip(tx, trip).await,
+            Judgement::Standing(id) => self.allow_standing(tx, id).await,
         }
+    }
+
+    /// Allows a payment a standing approval covers, taking its value from it (a compare-and-set under the
+    /// tenant's lock), audited as allowed by it.
+    async fn allow_standing(&mut self, tx: &mut WriteTx, id: Uuid) -> Result<()> {
+        let cover = self.cover.take().filter(|s| s.id == id);
+        let taken = match &cover {
+            Some(s) => standing::take(tx, s, self.payment.usd_value).await?,
+            None => false,
+        };
+        if !taken {
+            return Err(EngineError::Conflict(
+                "the standing approval changed meanwhile; ask again".into(),
+            ));
+        }
+        self.summary["standing_approval"] = json!(id);
+        self.allow(tx).await
     }
 
     /// Denies the payment that broke a velocity rule and freezes its session, in the same transaction.

@@ -21,6 +21,7 @@ mod policies;
 mod rails;
 mod sessions;
 pub mod simulation;
+pub mod standing;
 mod views;
 mod wallets;
 

@@ -723,3 +723,32 @@ async fn a_quorum_and_an_escalation_are_shown() {
     .await;
     s.finish().await;
 }
+
+/// A person approves a payment and lets it stand for $40 in the inbox: the card leaves, the standing approval is
+/// listed, and the agent's next payment to that payee goes without asking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_is_let_stand_from_the_inbox() {
+    let (s, t, session, _chrome, page) = approver_under(json!({})).await;
+    let (_, p) = s.pay(&t.agent, session, "25", "USDC").await;
+    let id = p["approval_id"].as_str().unwrap().to_owned();
+    appears(&page, &id).await;
+    click(&page, &format!("{} button.stand", item(&id))).await;
+    fill(
+        &page,
+        &format!("{} .stand-form input[name=max_usd]", item(&id)),
+        "40",
+    )
+    .await;
+    click(
+        &page,
+        &format!("{} .stand-form button[type=submit]", item(&id)),
+    )
+    .await;
+    leaves(&page, &id).await;
+    let (_, standing) = s.get(&t.approver, "/standing-approvals").await;
+    assert_eq!(standing[0]["max_usd"], "40", "{standing}");
+    assert_eq!(standing[0]["approval_id"], id.as_str());
+    let (_, next) = s.pay(&t.agent, session, "30", "USDC").await;
+    assert_eq!(next["status"], "authorized", "{next}");
+    s.finish().await;
+}

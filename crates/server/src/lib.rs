@@ -61,6 +61,7 @@ fn api() -> (Router<Paygent>, utoipa::openapi::OpenApi) {
         .merge(http::wallets::router())
         .merge(http::payments::router())
         .merge(http::approvals::router())
+        .merge(http::standing::router())
         .merge(http::audit::router())
         .merge(http::kill::router())
         .merge(http::executions::router())

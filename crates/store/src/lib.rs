@@ -16,6 +16,7 @@ mod lite;
 pub mod payments;
 pub mod policies;
 pub mod sessions;
+pub mod standing;
 pub mod sweeps;
 pub mod tenants;
 mod tx;

@@ -7,6 +7,7 @@ use axum::Json;
 use axum::extract::{OriginalUri, State};
 use axum::response::Response;
 use paygent_engine::domain::Decision;
+use paygent_engine::domain::standing::StandingTerms;
 use paygent_engine::{ApprovalView, Paygent};
 use serde::Deserialize;
 use serde_json::Value;
@@ -57,6 +58,9 @@ pub struct Approve {
     /// request's is another).
     #[schema(pattern = "^sha256:[0-9a-f]{64}$")]
     digest: Option<String>,
+    /// And let the session go on paying this payee, up to `max_usd` in total for `minutes`, without asking again
+    /// (a payment request needing one person only).
+    standing: Option<StandingTerms>,
 }
 
 /// Approves a pending request. A second decision gets 409; the key that asked for it gets 403.
@@ -72,6 +76,7 @@ async fn approve(
 ) -> ApiResult<Json<ApprovalView>> {
     let decision = Decision::Approve {
         comment: req.comment,
+        standing: req.standing,
     };
     let seen = req.digest.as_deref();
     Ok(Json(paygent.decide(&who, id, decision, seen).await?))

@@ -359,7 +359,10 @@ async fn answer(paygent: &Paygent, who: &Principal, text: &str) -> Option<Value>
             comment,
             digest,
         } => {
-            let decision = Decision::Approve { comment };
+            let decision = Decision::Approve {
+                comment,
+                standing: None,
+            };
             decided(paygent, who, request_id, decision, digest).await
         }
         ClientMessage::Reject {

@@ -10,6 +10,7 @@ pub mod kill;
 pub mod payments;
 pub mod policies;
 pub mod sessions;
+pub mod standing;
 pub mod wallets;
 pub mod web;
 
