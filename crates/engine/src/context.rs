@@ -20,7 +20,7 @@ use uuid::Uuid;
 /// How far back a payee's history goes.
 const HISTORY_DAYS: i64 = 30;
 /// The most of a payee's recent payments a request's context sums.
-const HISTORY_LIMIT: i64 = 1000;
+const HISTORY_LIMIT: i64 = 200;
 
 /// What a person needs to decide a request, as it stood when it was filed.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -63,7 +63,7 @@ pub struct PayeeRecord {
     #[schema(value_type = String, example = "120.50")]
     pub paid_30d_usd: Decimal,
     pub payments_30d: u32,
-    /// More than 1000 payments in those days: the sum is of the latest 1000.
+    /// More than 200 payments in those days: the sum is of the latest 200.
     pub more: bool,
 }
 

@@ -282,7 +282,7 @@ pub struct PayeeHistory {
 }
 
 /// What the tenant let be paid (allowed or executed) to `recipient`: ever, and since `since` (at most `limit`
-/// payments, an index range of that payee's).
+/// payments, an index range of that payee's paid payments alone).
 pub async fn payee_history(
     tx: &mut WriteTx,
     recipient: &str,
