@@ -78,10 +78,13 @@ pub struct Freeze {
 }
 
 /// A scope's running totals after one of its counted payments.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mark {
     /// Its place among the scope's counted payments: 1, 2, 3...
     pub seq: i64,
+    /// When it counts from: never before the mark before it, so marks sort by time as they do by place (a
+    /// transaction that began before another may take the lock after it).
+    pub at: DateTime<Utc>,
     /// The USD of the scope's counted payments up to and including it.
     pub usd_total: Decimal,
     /// Its own USD.
@@ -89,11 +92,14 @@ pub struct Mark {
 }
 
 impl Mark {
-    /// The mark a payment of `usd` leaves after `last`.
-    pub fn after(last: Option<&Mark>, usd: Decimal) -> Mark {
-        let (seq, total) = last.map_or((0, Decimal::ZERO), |m| (m.seq, m.usd_total));
+    /// The mark a payment of `usd` made at `now` leaves after `last`.
+    pub fn after(last: Option<&Mark>, usd: Decimal, now: DateTime<Utc>) -> Mark {
+        let (seq, total, at) = last.map_or((0, Decimal::ZERO, now), |m| {
+            (m.seq, m.usd_total, m.at.max(now))
+        });
         Mark {
             seq: seq + 1,
+            at,
             usd_total: total + usd,
             usd,
         }
@@ -238,13 +244,25 @@ mod tests {
         }
     }
 
-    /// A scope's marks after payments of `usd`, in order.
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap()
+    }
+
+    /// A scope's marks after payments of `usd`, in order, a second apart.
     fn marks(usd: &[&str]) -> Vec<Mark> {
         let mut out: Vec<Mark> = Vec::new();
-        for u in usd {
-            out.push(Mark::after(out.last(), d(u)));
+        for (i, u) in usd.iter().enumerate() {
+            out.push(Mark::after(out.last(), d(u), at(i as i64)));
         }
         out
+    }
+
+    #[test]
+    fn a_mark_never_counts_from_before_the_one_before_it() {
+        let first = Mark::after(None, d("1"), at(10));
+        let late = Mark::after(Some(&first), d("1"), at(5));
+        assert_eq!((late.seq, late.at), (2, at(10)));
+        assert_eq!(Mark::after(Some(&late), d("1"), at(12)).at, at(12));
     }
 
     fn seen(payments: u64, usd: &str, identical: u64) -> Seen {

@@ -75,7 +75,8 @@ impl Count {
     /// Leaves the payment's mark in every scope read: it counts for every request judged after it.
     pub(crate) async fn mark(&self, tx: &mut WriteTx) -> Result<()> {
         for (scope, last) in &self.scopes {
-            velocity::leave(tx, scope, &Mark::after(last.as_ref(), self.usd)).await?;
+            let mark = Mark::after(last.as_ref(), self.usd, tx.now());
+            velocity::leave(tx, scope, &mark).await?;
         }
         Ok(())
     }

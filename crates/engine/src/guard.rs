@@ -299,7 +299,8 @@ impl<'a> Filing<'a> {
             limits: (!policy.rules.limits.is_empty()).then_some((session.created_by, now)),
         };
         let payment = PaymentRecord {
-            id: Uuid::now_v7(),
+            // A v7 id of the payment's own time: a time window of payments is a range of ids.
+            id: paygent_domain::time::uuid_at(now),
             tenant_id: who.tenant_id,
             session_id: session.id,
             tool: intent.tool().as_str().to_owned(),

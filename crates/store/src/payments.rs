@@ -341,7 +341,8 @@ pub struct ToReplay {
 }
 
 /// Up to `limit` of the tenant's payments made in `[from, to)` in sessions held to `policy` (or to no policy,
-/// when `default`), in the order they were made, after the payment `after` (a cursor).
+/// when `default`), in the order of their ids (v7, of their time), after the payment `after` (a cursor): a
+/// range of the primary key, no index of its own.
 pub async fn to_replay(
     db: Db<'_>,
     tenant_id: Uuid,
@@ -354,10 +355,10 @@ pub async fn to_replay(
         "SELECT p.id, p.created_at, p.session_id, s.created_by, p.requested_by, p.tool, p.amount, p.currency, \
          p.usd_value, p.recipient, p.status, p.approval_id, s.config \
          FROM payments p JOIN sessions s ON s.id = p.session_id \
-         WHERE p.tenant_id = $1 AND p.created_at >= $2 AND p.created_at < $3 \
+         WHERE p.id >= $8 AND p.id < $9 AND p.tenant_id = $1 AND p.created_at >= $2 AND p.created_at < $3 \
          AND (s.policy_id = $4 OR ($5 = 1 AND s.policy_id IS NULL)) \
-         AND ($6 IS NULL OR (p.created_at, p.id) > (SELECT created_at, id FROM payments WHERE id = $6)) \
-         ORDER BY p.created_at, p.id LIMIT $7",
+         AND ($6 IS NULL OR p.id > $6) \
+         ORDER BY p.id LIMIT $7",
     )
     .bind(tenant_id.to_string())
     .bind(paygent_domain::time::format(from))
@@ -366,6 +367,8 @@ pub async fn to_replay(
     .bind(i64::from(default))
     .bind(after.map(|a| a.to_string()))
     .bind(limit)
+    .bind(paygent_domain::time::uuid_floor(from).to_string())
+    .bind(paygent_domain::time::uuid_floor(to + chrono::Duration::milliseconds(1)).to_string())
     .fetch_all(db)
     .await?;
     rows.into_iter()

@@ -1,7 +1,7 @@
 //! The circuit breaker's marks: each counted payment's running totals in each scope a velocity rule counts.
 
 use crate::db::query;
-use crate::{Result, WriteTx, decimal};
+use crate::{Result, WriteTx, decimal, time};
 use chrono::{DateTime, Utc};
 use paygent_domain::velocity::Mark;
 
@@ -10,6 +10,7 @@ fn mark(row: &crate::Row) -> Result<Mark> {
         seq: row.get(1)?,
         usd_total: decimal(&row.get::<String>(2)?)?,
         usd: decimal(&row.get::<String>(3)?)?,
+        at: time(&row.get::<String>(4)?)?,
     })
 }
 
@@ -22,9 +23,9 @@ pub async fn window(
 ) -> Result<(Option<Mark>, Option<Mark>)> {
     let tenant = tx.tenant_id().to_string();
     let rows = query(
-        "SELECT * FROM (SELECT CAST(0 AS BIGINT) AS side, seq, usd_total, usd FROM velocity_marks \
+        "SELECT * FROM (SELECT CAST(0 AS BIGINT) AS side, seq, usd_total, usd, at FROM velocity_marks \
          WHERE tenant_id = $1 AND scope = $2 AND at > $3 ORDER BY at, seq LIMIT 1) first_mark \
-         UNION ALL SELECT * FROM (SELECT CAST(1 AS BIGINT) AS side, seq, usd_total, usd FROM velocity_marks \
+         UNION ALL SELECT * FROM (SELECT CAST(1 AS BIGINT) AS side, seq, usd_total, usd, at FROM velocity_marks \
          WHERE tenant_id = $1 AND scope = $2 ORDER BY seq DESC LIMIT 1) last_mark",
     )
     .bind(tenant)
@@ -42,16 +43,19 @@ pub async fn window(
     Ok((first, last))
 }
 
-/// Leaves a payment's mark in `scope`, at this transaction's time.
+/// Leaves a payment's mark in `scope`.
 pub async fn leave(tx: &mut WriteTx, scope: &str, m: &Mark) -> Result<()> {
-    let (tenant, now) = (tx.tenant_id().to_string(), tx.now_text());
+    let (tenant, at) = (
+        tx.tenant_id().to_string(),
+        paygent_domain::time::format(m.at),
+    );
     query(
         "INSERT INTO velocity_marks (tenant_id, scope, seq, at, usd_total, usd) VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(tenant)
     .bind(scope.to_owned())
     .bind(m.seq)
-    .bind(now)
+    .bind(at)
     .bind(m.usd_total.to_string())
     .bind(m.usd.to_string())
     .execute(tx.conn())
