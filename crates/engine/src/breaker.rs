@@ -6,13 +6,13 @@ use crate::views::SessionView;
 use crate::{EngineError, Paygent, Result, require};
 use chrono::{DateTime, Duration, Utc};
 use paygent_domain::Decimal;
+use paygent_domain::Principal;
 use paygent_domain::audit::AuditAction;
 use paygent_domain::event::EventKind;
 use paygent_domain::velocity::{
     Freeze, MAX_WINDOW_SECONDS, Mark, Seen, Totals, Trip, Velocity, identical_key, scope_key,
     tripped,
 };
-use paygent_domain::{Principal, SessionState};
 use paygent_store::WriteTx;
 use paygent_store::payments::PaymentRecord;
 use paygent_store::sessions::{self, SessionRecord};
@@ -84,8 +84,8 @@ impl Count {
 
 /// Refuses to `start` anything (execute an approved payment, start an execution) in a frozen session.
 pub(crate) fn refuse_if_frozen(session: &SessionRecord, start: &str) -> Result<()> {
-    match &session.frozen {
-        Some(freeze) if session.state == SessionState::Frozen => Err(EngineError::Frozen(format!(
+    match session.freeze() {
+        Some(freeze) => Err(EngineError::Frozen(format!(
             "the session is frozen by the circuit breaker ({}: {}): {start} once a person unfreezes it",
             freeze.rule, freeze.detail
         ))),
@@ -154,10 +154,7 @@ impl Paygent {
         let session = sessions::get(tx.conn(), who.tenant_id, id)
             .await?
             .ok_or(EngineError::NotFound("session"))?;
-        let Some(freeze) = session
-            .frozen
-            .filter(|_| session.state == SessionState::Frozen)
-        else {
+        let Some(freeze) = session.freeze().cloned() else {
             return Err(EngineError::Conflict(format!(
                 "the session is {}, not frozen",
                 session.state.as_str()

@@ -357,10 +357,7 @@ impl<'a> Filing<'a> {
         } else {
             None
         };
-        let frozen = session
-            .frozen
-            .as_ref()
-            .filter(|_| session.state == SessionState::Frozen);
+        let frozen = session.freeze();
         let over_limit = budget::check_limits(tx, rules, &self.booking).await?;
         let budget = &session.config.budget;
         let over_budget = budget::check(tx, budget, &self.booking).await?.err();

@@ -220,15 +220,14 @@ pub struct SessionView {
 
 impl SessionView {
     pub(crate) fn new(s: SessionRecord, budget: BudgetView) -> Self {
+        let frozen = s.freeze().cloned();
         SessionView {
             id: s.id,
             name: s.name,
             wallet_address: s.wallet_address,
             config: s.config,
             state: s.state,
-            frozen: s
-                .frozen
-                .filter(|_| s.state == paygent_domain::SessionState::Frozen),
+            frozen,
             budget,
             created_by: s.created_by,
             created_at: s.created_at,

@@ -30,6 +30,15 @@ pub struct SessionRecord {
     pub policy_id: Option<Uuid>,
 }
 
+impl SessionRecord {
+    /// The freeze in force: a killed session keeps the freeze it was killed with, but it is not in force.
+    pub fn freeze(&self) -> Option<&Freeze> {
+        self.frozen
+            .as_ref()
+            .filter(|_| self.state == SessionState::Frozen)
+    }
+}
+
 crate::row_type! {
     pub(crate) struct SessionRow {
         id: String,
