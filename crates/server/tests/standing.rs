@@ -116,7 +116,7 @@ async fn racing_payments_take_no_more_than_the_cap(backend: Backend) {
 }
 
 /// A standing approval stops covering when it expires, or at once when a person revokes it; agents cannot
-/// revoke, a second revocation is 409, and another tenant's is not found.
+/// revoke, a second revocation is 409, another tenant's is not found, and another agent lists none of them.
 async fn it_ends_when_it_expires_or_is_revoked(backend: Backend) {
     let (s, t, session, standing) = granted(backend, "100").await;
     assert_eq!(
@@ -169,6 +169,19 @@ async fn it_ends_when_it_expires_or_is_revoked(backend: Backend) {
     assert_eq!(
         s.send(revoke(&elsewhere)).await.status(),
         StatusCode::NOT_FOUND
+    );
+    let stranger = s.key(&t.admin, paygent_engine::domain::Role::Agent).await;
+    let (status, theirs) = s.get(&stranger, "/standing-approvals").await;
+    assert_eq!(
+        (status, theirs),
+        (StatusCode::OK, json!([])),
+        "another agent's are not listed"
+    );
+    let (_, own) = s.get(&t.agent, "/standing-approvals").await;
+    assert_eq!(
+        own.as_array().unwrap().len(),
+        2,
+        "the agent sees its session's"
     );
     s.finish().await;
 }
