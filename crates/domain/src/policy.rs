@@ -1,6 +1,7 @@
 //! Per-tool rules: when a money-moving tool call needs a person, and which decisions that person may take.
 
 use crate::approval::DecisionKind;
+use crate::payees::PayeeList;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -31,9 +32,9 @@ pub enum Condition {
     /// The call's USD value is strictly greater than `usd`.
     UsdValueAbove { usd: Decimal },
     /// The string argument `arg` is one of `values` (e.g. a blocked recipient).
-    ArgIn { arg: String, values: Vec<String> },
+    ArgIn { arg: String, values: PayeeList },
     /// The string argument `arg` is missing or not one of `values` (e.g. a recipient allow-list).
-    ArgNotIn { arg: String, values: Vec<String> },
+    ArgNotIn { arg: String, values: PayeeList },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -130,14 +131,12 @@ impl Condition {
             Condition::ArgIn { arg, values } => {
                 let v = args.get(arg).and_then(Value::as_str)?;
                 values
-                    .iter()
-                    .any(|x| x.eq_ignore_ascii_case(v))
+                    .contains(v)
                     .then(|| format!("{arg} {v} is on the list that needs approval"))
             }
             Condition::ArgNotIn { arg, values } => {
                 let v = args.get(arg).and_then(Value::as_str).unwrap_or("");
-                (!values.iter().any(|x| x.eq_ignore_ascii_case(v)))
-                    .then(|| format!("{arg} {v:?} is not on the allowed list"))
+                (!values.contains(v)).then(|| format!("{arg} {v:?} is not on the allowed list"))
             }
         }
     }
@@ -220,7 +219,7 @@ mod tests {
                     tool: TRANSFER.into(),
                     condition: Condition::ArgIn {
                         arg: "recipient".into(),
-                        values: vec!["0xBAD".into()],
+                        values: vec!["0xBAD".to_owned()].into(),
                     },
                     allowed: vec![DecisionKind::Reject],
                 },
@@ -228,7 +227,7 @@ mod tests {
                     tool: X402_PAYMENT.into(),
                     condition: Condition::ArgNotIn {
                         arg: "recipient".into(),
-                        values: vec!["https://ok.example/".into()],
+                        values: vec!["https://ok.example/".to_owned()].into(),
                     },
                     allowed: vec![DecisionKind::Approve, DecisionKind::Reject],
                 },

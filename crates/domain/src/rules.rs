@@ -5,6 +5,7 @@ use crate::approval::DecisionKind;
 use crate::budget::{OnBudgetExceeded, USD_TOTAL};
 use crate::execution::OnReject;
 use crate::money::{Decimal, MAX_AMOUNT, parse_decimal, strict};
+use crate::payees::PayeeList;
 use crate::payment::Recipient;
 use crate::policy::{
     Condition, DEFAULT_PAYMENT_THRESHOLD_USD, DEFAULT_SWAP_THRESHOLD_USD, Policy, Rule, SWAP,
@@ -210,11 +211,11 @@ pub struct Payees {
     /// When not empty, a payment to anyone else needs a person (`outside_allow: approve`) or is denied.
     #[serde(default)]
     #[schema(value_type = Vec<Payee>, max_items = 1000)]
-    pub allow: Vec<String>,
+    pub allow: PayeeList,
     /// Never paid.
     #[serde(default)]
     #[schema(value_type = Vec<Payee>, max_items = 1000)]
-    pub deny: Vec<String>,
+    pub deny: PayeeList,
     #[serde(default = "approve")]
     pub outside_allow: Route,
     /// A key's first payment to a payee: allowed as any other, sent to a person, or denied.
@@ -234,8 +235,8 @@ pub enum NewPayee {
 impl Default for Payees {
     fn default() -> Self {
         Payees {
-            allow: Vec::new(),
-            deny: Vec::new(),
+            allow: PayeeList::default(),
+            deny: PayeeList::default(),
             outside_allow: Route::Approve,
             new_payee: NewPayee::Allow,
         }
@@ -566,14 +567,13 @@ impl PolicyRules {
     /// outside the allow list when that means denial, or a value above `max_per_payment_usd`.
     pub fn refusal(&self, usd_value: Decimal, args: &Value) -> Option<Refusal> {
         let recipient = args.get("recipient").and_then(Value::as_str).unwrap_or("");
-        if self.payees.deny.iter().any(|p| same(p, recipient)) {
+        if self.payees.deny.contains(recipient) {
             return Some(Refusal {
                 rule: "payees.deny",
                 detail: format!("{recipient} is on the policy's deny list"),
             });
         }
-        let outside =
-            !self.payees.allow.is_empty() && !self.payees.allow.iter().any(|p| same(p, recipient));
+        let outside = !self.payees.allow.is_empty() && !self.payees.allow.contains(recipient);
         if outside && self.payees.outside_allow == Route::Deny {
             return Some(Refusal {
                 rule: "payees.allow",
@@ -689,8 +689,8 @@ mod tests {
         let rules = PolicyRules {
             max_per_payment_usd: Some(d("100")),
             payees: Payees {
-                allow: vec![OK.into()],
-                deny: vec![BAD.into()],
+                allow: vec![OK.to_owned()].into(),
+                deny: vec![BAD.to_owned()].into(),
                 ..Payees::default()
             },
             ..PolicyRules::default()

@@ -447,8 +447,7 @@ async fn check_edit_policy(
     usd: paygent_domain::Decimal,
 ) -> Result<()> {
     let session = session_of(tx, request).await?;
-    let tenant_id = tx.tenant_id();
-    let policy = crate::policies::in_force(tx.conn(), tenant_id, session.policy_id).await?;
+    let policy = crate::policies::locked(tx, session.policy_id).await?;
     let args = intent.args();
     if let Some(refusal) = policy.rules.refusal(usd, &args) {
         return Err(EngineError::Invalid(format!(
@@ -470,10 +469,7 @@ async fn check_edit_policy(
             policy.name
         )));
     }
-    if !allow.is_empty()
-        && asked != Some(recipient)
-        && !allow.iter().any(|p| p.eq_ignore_ascii_case(recipient))
-    {
+    if !allow.is_empty() && asked != Some(recipient) && !allow.contains(recipient) {
         return Err(EngineError::Invalid(format!(
             "the edit's recipient {recipient} is not on policy {:?}'s allow list (rule payees.allow)",
             policy.name
@@ -529,8 +525,7 @@ async fn rebook_edit(
                 "the edit does not fit the budget: {exceeded}"
             )));
         }
-        let tenant_id = tx.tenant_id();
-        let policy = crate::policies::in_force(tx.conn(), tenant_id, session.policy_id).await?;
+        let policy = crate::policies::locked(tx, session.policy_id).await?;
         if let Some(over) = budget::check_limits(tx, &policy.rules, &new).await? {
             return Err(EngineError::Invalid(format!(
                 "the edit does not fit {over}"

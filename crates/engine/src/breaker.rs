@@ -20,8 +20,8 @@ use paygent_store::velocity;
 use serde_json::json;
 use uuid::Uuid;
 
-/// The breaker's reads for one payment: what each rule saw, and the last mark of each scope read, to leave
-/// the payment's marks if it counts.
+/// The breaker's reads for one payment: the last mark of each scope read, to leave the payment's marks if it
+/// counts.
 pub(crate) struct Count {
     scopes: Vec<(String, Option<Mark>)>,
     usd: Decimal,
@@ -29,56 +29,71 @@ pub(crate) struct Count {
 
 impl Count {
     /// Reads each rule's window for a payment `asker` asks for in `session`, from the session's last unfreeze at
-    /// the earliest; returns the reads and the first rule the payment would break.
+    /// the earliest, in one statement; returns the reads and the first rule the payment would break.
     pub(crate) async fn read(
         tx: &mut WriteTx,
         rules: &[Velocity],
         (asker, session): (Uuid, &SessionRecord),
         p: &PaymentRecord,
     ) -> Result<(Count, Option<Trip>)> {
-        let mut count = Count {
-            scopes: Vec::new(),
-            usd: p.usd_value,
-        };
         let since = session.breaker_since.unwrap_or(DateTime::<Utc>::MIN_UTC);
-        let mut seen = Vec::with_capacity(rules.len());
-        for rule in rules {
-            let after = since.max(tx.now() - Duration::seconds(rule.per_seconds.into()));
-            let base = scope_key(rule.scope, session.id, asker);
-            let all = count.totals(tx, base.clone(), after).await?;
-            let identical = match rule.max_identical {
-                Some(_) => {
+        let mut wanted = Vec::new();
+        let picks: Vec<(usize, Option<usize>)> = rules
+            .iter()
+            .map(|rule| {
+                let after = since.max(tx.now() - Duration::seconds(rule.per_seconds.into()));
+                let base = scope_key(rule.scope, session.id, asker);
+                let identical = rule.max_identical.map(|_| {
                     let same = identical_key(&base, &p.recipient, p.amount, &p.currency);
-                    count.totals(tx, same, after).await?
-                }
-                None => Totals::default(),
-            };
-            seen.push(Seen { all, identical });
-        }
+                    place(&mut wanted, (same, after))
+                });
+                (place(&mut wanted, (base, after)), identical)
+            })
+            .collect();
+        let found = velocity::windows(tx, &wanted).await?;
+        let totals = |i: usize| Totals::between(found[i].0.as_ref(), found[i].1.as_ref());
+        let seen: Vec<Seen> = picks
+            .iter()
+            .map(|&(all, same)| Seen {
+                all: totals(all),
+                identical: same.map_or_else(Totals::default, totals),
+            })
+            .collect();
         let trip = tripped(rules, &seen, p.usd_value);
-        Ok((count, trip))
-    }
-
-    async fn totals(
-        &mut self,
-        tx: &mut WriteTx,
-        scope: String,
-        after: DateTime<Utc>,
-    ) -> Result<Totals> {
-        let (first, last) = velocity::window(tx, &scope, after).await?;
-        if !self.scopes.iter().any(|(s, _)| *s == scope) {
-            self.scopes.push((scope, last));
+        let mut scopes: Vec<(String, Option<Mark>)> = Vec::new();
+        for ((scope, _), (_, last)) in wanted.into_iter().zip(found) {
+            if !scopes.iter().any(|(s, _)| *s == scope) {
+                scopes.push((scope, last));
+            }
         }
-        Ok(Totals::between(first.as_ref(), last.as_ref()))
+        let usd = p.usd_value;
+        Ok((Count { scopes, usd }, trip))
     }
 
     /// Leaves the payment's mark in every scope read: it counts for every request judged after it.
     pub(crate) async fn mark(&self, tx: &mut WriteTx) -> Result<()> {
-        for (scope, last) in &self.scopes {
-            let mark = Mark::after(last.as_ref(), self.usd, tx.now());
-            velocity::leave(tx, scope, &mark).await?;
+        let marks: Vec<(String, Mark)> = self
+            .scopes
+            .iter()
+            .map(|(scope, last)| {
+                (
+                    scope.clone(),
+                    Mark::after(last.as_ref(), self.usd, tx.now()),
+                )
+            })
+            .collect();
+        Ok(velocity::leave(tx, &marks).await?)
+    }
+}
+
+/// The place of a window among those to read, read once however many rules look at it.
+fn place(wanted: &mut Vec<(String, DateTime<Utc>)>, window: (String, DateTime<Utc>)) -> usize {
+    match wanted.iter().position(|w| *w == window) {
+        Some(i) => i,
+        None => {
+            wanted.push(window);
+            wanted.len() - 1
         }
-        Ok(())
     }
 }
 

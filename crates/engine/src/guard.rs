@@ -185,7 +185,7 @@ async fn in_force(
     who: &Principal,
     session_id: Uuid,
 ) -> Result<(SessionRecord, PolicyRecord)> {
-    policies::session_in_force(tx.conn(), who.tenant_id, session_id)
+    policies::session_in_force(tx, session_id)
         .await?
         .filter(|(s, _)| who.reaches(s.created_by))
         .ok_or(EngineError::NotFound("session"))
@@ -705,7 +705,7 @@ impl Paygent {
         if session.state == SessionState::Frozen {
             return Ok(StepOutcome::Frozen { payment_id: None });
         }
-        let rules = policies::in_force(tx.conn(), who.tenant_id, session.policy_id).await?;
+        let rules = policies::locked(&mut tx, session.policy_id).await?;
         if let Some(refusal) = rules.rules.refusal(usd_value, args) {
             return Ok(StepOutcome::Failed {
                 error: format!("policy_denied: {} (rule {})", refusal.detail, refusal.rule),

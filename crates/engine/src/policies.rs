@@ -4,10 +4,11 @@ use crate::views::PolicyView;
 use crate::{EngineError, Paygent, Result, require};
 use paygent_domain::audit::AuditAction;
 use paygent_domain::{PolicyRules, Principal};
-use paygent_store::Db;
 use paygent_store::policies::{self, PolicyRecord};
 use paygent_store::sessions::SessionRecord;
+use paygent_store::{Db, WriteTx};
 use serde_json::json;
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// The reserved name of every tenant's default policy.
@@ -26,7 +27,7 @@ fn built_in_default(tenant_id: Uuid) -> PolicyRecord {
         tenant_id,
         name: DEFAULT_NAME.into(),
         version: 0,
-        rules: PolicyRules::default(),
+        rules: Default::default(),
         created_at: epoch,
         updated_at: epoch,
     }
@@ -58,16 +59,21 @@ fn resolve(tenant_id: Uuid, id: Uuid, row: Option<PolicyRecord>) -> Result<Polic
     }
 }
 
+/// The policy `id` of the transaction's tenant (the default when `None`), as of the tenant's lock.
+pub(crate) async fn locked(tx: &mut WriteTx, id: Option<Uuid>) -> Result<PolicyRecord> {
+    let tenant_id = tx.tenant_id();
+    let id = id.unwrap_or_else(|| default_policy_id(tenant_id));
+    resolve(tenant_id, id, policies::locked(tx, id).await?)
+}
+
 /// A session and the policy it is held to, in one read (the guard's, under the tenant's lock).
 pub(crate) async fn session_in_force(
-    db: Db<'_>,
-    tenant_id: Uuid,
+    tx: &mut WriteTx,
     session_id: Uuid,
 ) -> Result<Option<(SessionRecord, PolicyRecord)>> {
+    let tenant_id = tx.tenant_id();
     let default = default_policy_id(tenant_id);
-    let Some((session, row)) =
-        policies::session_with_policy(db, tenant_id, session_id, default).await?
-    else {
+    let Some((session, row)) = policies::session_with_policy(tx, session_id, default).await? else {
         return Ok(None);
     };
     let policy = resolve(tenant_id, session.policy_id.unwrap_or(default), row)?;
@@ -96,7 +102,7 @@ impl Paygent {
             tenant_id: who.tenant_id,
             name: name.to_owned(),
             version: 1,
-            rules,
+            rules: Arc::new(rules),
             created_at: now,
             updated_at: now,
         };
@@ -109,7 +115,7 @@ impl Paygent {
             other => other?,
         }
         let subject = format!("policy:{}", policy.id);
-        let data = json!({"name": name, "version": 1, "new": policy.rules});
+        let data = json!({"name": name, "version": 1, "new": &*policy.rules});
         tx.audit(
             &who.actor(),
             AuditAction::PolicyCreated,
@@ -164,7 +170,7 @@ impl Paygent {
         if old.version == 0 {
             let fresh = PolicyRecord {
                 version: 1,
-                rules: rules.clone(),
+                rules: Arc::new(rules.clone()),
                 created_at: tx.now(),
                 updated_at: tx.now(),
                 ..old.clone()
@@ -177,7 +183,7 @@ impl Paygent {
         }
         let version = old.version + 1;
         let subject = format!("policy:{}", old.id);
-        let data = json!({"name": old.name, "version": version, "old": old.rules, "new": rules});
+        let data = json!({"name": old.name, "version": version, "old": &*old.rules, "new": rules});
         tx.audit(
             &who.actor(),
             AuditAction::PolicyChanged,
@@ -190,7 +196,7 @@ impl Paygent {
         tx.commit().await?;
         Ok(PolicyRecord {
             version,
-            rules,
+            rules: Arc::new(rules),
             updated_at: now,
             ..old
         }

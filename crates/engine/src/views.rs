@@ -13,6 +13,7 @@ use paygent_store::sessions::SessionRecord;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -452,7 +453,7 @@ impl From<paygent_store::policies::PolicyRecord> for PolicyView {
             id: p.id,
             name: p.name,
             version: p.version,
-            rules: p.rules,
+            rules: Arc::unwrap_or_clone(p.rules),
             created_at: p.created_at,
             updated_at: p.updated_at,
         }

@@ -16,6 +16,7 @@ on_both_databases!(
     the_policy_bounds_what_a_session_chooses,
     pending_approvals_are_capped_per_agent,
     a_policy_holds_full_payee_lists,
+    a_change_on_another_instance_applies_at_once,
 );
 
 const ALLOWED: &str = "0x00000000000000000000000000000000000000a0";
@@ -560,5 +561,47 @@ async fn a_policy_holds_full_payee_lists(backend: Backend) {
         "recipient": ALLOWED, "description": "x".repeat(70 * 1024)});
     let (status, _) = s.post(&t.agent, "/payments", big).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    s.finish().await;
+}
+
+/// Each instance keeps the rules it parsed, by policy version: a change made through another instance applies to
+/// the very next payment here, tightening and loosening alike.
+async fn a_change_on_another_instance_applies_at_once(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let other = s.another_instance().await;
+    let (id, agent) = s
+        .bound_agent("shifting", json!({"approval_threshold_usd": "20"}))
+        .await;
+    let session = s.session(&agent, json!({})).await;
+    let p = pay_to(&s, &agent, session, "15", ALLOWED).await;
+    assert_eq!(p["status"], "authorized", "{p}");
+    let strict = json!({"approval_threshold_usd": "5", "payees": {"deny": [ALLOWED.to_uppercase().replace("0X", "0x")]}});
+    let (status, v2) = other
+        .put(ADMIN_TOKEN, &format!("/policies/{id}"), strict)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v2}");
+    let p = pay_to(&s, &agent, session, "1", ALLOWED).await;
+    assert_eq!(p["status"], "denied", "version 2 denies this payee: {p}");
+    assert!(p["detail"].as_str().unwrap().contains("payees.deny"), "{p}");
+    let p = pay_to(&s, &agent, session, "6", OTHER).await;
+    assert_eq!(
+        p["status"], "pending_approval",
+        "version 2's threshold: {p}"
+    );
+    let (status, v3) = other
+        .put(
+            ADMIN_TOKEN,
+            &format!("/policies/{id}"),
+            json!({"approval_threshold_usd": "20"}),
+        )
+        .await;
+    assert_eq!(
+        (status, v3["version"].clone()),
+        (StatusCode::OK, json!(3)),
+        "{v3}"
+    );
+    let p = pay_to(&s, &agent, session, "15", ALLOWED).await;
+    assert_eq!(p["status"], "authorized", "version 3 allows it again: {p}");
+    other.stop().await;
     s.finish().await;
 }

@@ -165,9 +165,9 @@ pub(crate) enum Engine {
 #[derive(Clone, Debug)]
 pub struct Store {
     engine: Engine,
-    /// Kept to open PostgreSQL's LISTEN connection for event nudges.
     /// Kept to open PostgreSQL listeners; it may carry a password, so it never prints.
     url: Arc<SecretString>,
+    rules: policies::RulesCache,
 }
 
 impl Store {
@@ -209,6 +209,7 @@ impl Store {
         Ok(Store {
             engine,
             url: Arc::new(SecretString::from(url)),
+            rules: policies::RulesCache::default(),
         })
     }
 

@@ -5,6 +5,8 @@ use crate::sessions::SessionRecord;
 use crate::{Result, StoreError, WriteTx, time, uuid};
 use chrono::{DateTime, Utc};
 use paygent_domain::PolicyRules;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -14,7 +16,8 @@ pub struct PolicyRecord {
     pub name: String,
     /// 1 when created, one more for each change; 0 for a default policy nobody has changed yet.
     pub version: i64,
-    pub rules: PolicyRules,
+    /// Shared: the rules of one version are parsed once and read by every payment under them.
+    pub rules: Arc<PolicyRules>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -34,19 +37,149 @@ crate::row_type! {
 impl TryFrom<PolicyRow> for PolicyRecord {
     type Error = StoreError;
     fn try_from(r: PolicyRow) -> Result<Self> {
-        Ok(PolicyRecord {
+        let rules = Arc::new(crate::parsed(&r.rules, "policy rules")?);
+        Head::try_from(r.head())?.with(rules)
+    }
+}
+
+impl PolicyRow {
+    fn head(self) -> HeadRow {
+        HeadRow {
+            id: self.id,
+            tenant_id: self.tenant_id,
+            name: self.name,
+            version: self.version,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+crate::row_type! {
+    struct HeadRow {
+        id: String,
+        tenant_id: String,
+        name: String,
+        version: i64,
+        created_at: String,
+        updated_at: String,
+    }
+}
+
+/// A policy row without its rules, which may be long (payee lists of 1,000 entries) and are read only when the
+/// cache lacks their version.
+struct Head {
+    id: Uuid,
+    tenant_id: Uuid,
+    name: String,
+    version: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<HeadRow> for Head {
+    type Error = StoreError;
+    fn try_from(r: HeadRow) -> Result<Self> {
+        Ok(Head {
             id: uuid(&r.id)?,
             tenant_id: uuid(&r.tenant_id)?,
             name: r.name,
             version: r.version,
-            rules: crate::parsed(&r.rules, "policy rules")?,
             created_at: time(&r.created_at)?,
             updated_at: time(&r.updated_at)?,
         })
     }
 }
 
+impl Head {
+    fn with(self, rules: Arc<PolicyRules>) -> Result<PolicyRecord> {
+        Ok(PolicyRecord {
+            id: self.id,
+            tenant_id: self.tenant_id,
+            name: self.name,
+            version: self.version,
+            rules,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+
+    /// The head with its rules: from `cache` when this version was parsed before, else read and parsed once.
+    async fn completed(self, db: Db<'_>, cache: &RulesCache) -> Result<PolicyRecord> {
+        let key = (self.tenant_id, self.id);
+        if let Some(rules) = cache.get(key, self.version, self.updated_at) {
+            return self.with(rules);
+        }
+        let row =
+            query("SELECT rules FROM policies WHERE tenant_id = $1 AND id = $2 AND version = $3")
+                .bind(self.tenant_id.to_string())
+                .bind(self.id.to_string())
+                .bind(self.version)
+                .fetch_optional(db)
+                .await?
+                .ok_or_else(|| StoreError::Corrupt("a policy changed while it was read".into()))?;
+        let rules = Arc::new(crate::parsed::<PolicyRules>(
+            &row.get::<String>(0)?,
+            "policy rules",
+        )?);
+        cache.put(key, self.version, self.updated_at, rules.clone());
+        self.with(rules)
+    }
+}
+
+/// Parsed rules by policy version. The guard reads its policy for every payment, and a policy with long payee
+/// lists costs more to read and parse than the rest of the guard. An entry serves only the version and change
+/// time it was parsed for, both read in the same transaction, so it is never stale whichever instance changed
+/// the policy.
+#[derive(Clone, Debug, Default)]
+pub struct RulesCache(Arc<Mutex<HashMap<(Uuid, Uuid), Parsed>>>);
+
+#[derive(Debug)]
+struct Parsed {
+    version: i64,
+    updated_at: DateTime<Utc>,
+    rules: Arc<PolicyRules>,
+}
+
+/// The most policies whose rules are kept parsed; past it, the cache starts again.
+const CACHED_POLICIES: usize = 4096;
+
+impl RulesCache {
+    fn get(
+        &self,
+        key: (Uuid, Uuid),
+        version: i64,
+        updated_at: DateTime<Utc>,
+    ) -> Option<Arc<PolicyRules>> {
+        let cached = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        cached
+            .get(&key)
+            .filter(|p| p.version == version && p.updated_at == updated_at)
+            .map(|p| p.rules.clone())
+    }
+
+    fn put(
+        &self,
+        key: (Uuid, Uuid),
+        version: i64,
+        updated_at: DateTime<Utc>,
+        rules: Arc<PolicyRules>,
+    ) {
+        let mut cached = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if cached.len() >= CACHED_POLICIES && !cached.contains_key(&key) {
+            cached.clear();
+        }
+        let parsed = Parsed {
+            version,
+            updated_at,
+            rules,
+        };
+        cached.insert(key, parsed);
+    }
+}
+
 const COLUMNS: &str = "id, tenant_id, name, version, rules, created_at, updated_at";
+const HEAD: &str = "id, tenant_id, name, version, created_at, updated_at";
 
 fn rules_text(rules: &PolicyRules) -> Result<String> {
     serde_json::to_string(rules).map_err(|e| StoreError::Corrupt(e.to_string()))
@@ -60,6 +193,27 @@ pub async fn get(db: Db<'_>, tenant_id: Uuid, id: Uuid) -> Result<Option<PolicyR
         id,
     )
     .await
+}
+
+/// The policy `id` as of the tenant's lock, its rules parsed once per version.
+pub async fn locked(tx: &mut WriteTx, id: Uuid) -> Result<Option<PolicyRecord>> {
+    let tenant = tx.tenant_id();
+    let (mut db, cache) = tx.with_rules();
+    let row = query(format!(
+        "SELECT {HEAD} FROM policies WHERE tenant_id = $1 AND id = $2"
+    ))
+    .bind(tenant.to_string())
+    .bind(id.to_string())
+    .fetch_optional(db.again())
+    .await?;
+    match row {
+        Some(row) => Ok(Some(
+            Head::try_from(HeadRow::try_from(row)?)?
+                .completed(db, cache)
+                .await?,
+        )),
+        None => Ok(None),
+    }
 }
 
 /// A tenant's policies by name, after `after` (a name) for the next page.
@@ -135,30 +289,31 @@ crate::row_type! {
         p_id: Option<String>,
         p_name: Option<String>,
         p_version: Option<i64>,
-        p_rules: Option<String>,
         p_created_at: Option<String>,
         p_updated_at: Option<String>,
     }
 }
 
-/// A session with the row of the policy it is held to (`default_id` when it names none), in one read; the
-/// policy is `None` when it has no row (a default nobody changed, or a policy that is gone).
+/// A session with the policy it is held to (`default_id` when it names none), as of the tenant's lock: one read,
+/// and one more only when the policy's version was never parsed. The policy is `None` when it has no row (a
+/// default nobody changed, or a policy that is gone).
 pub async fn session_with_policy(
-    db: Db<'_>,
-    tenant_id: Uuid,
+    tx: &mut WriteTx,
     session_id: Uuid,
     default_id: Uuid,
 ) -> Result<Option<(SessionRecord, Option<PolicyRecord>)>> {
+    let tenant = tx.tenant_id();
+    let (mut db, cache) = tx.with_rules();
     let row = query(format!(
-        "SELECT {}, p.id, p.name, p.version, p.rules, p.created_at, p.updated_at \
+        "SELECT {}, p.id, p.name, p.version, p.created_at, p.updated_at \
          FROM sessions s LEFT JOIN policies p ON p.tenant_id = s.tenant_id AND p.id = COALESCE(s.policy_id, $3) \
          WHERE s.tenant_id = $1 AND s.id = $2",
         crate::sessions::COLUMNS
     ))
-    .bind(tenant_id.to_string())
+    .bind(tenant.to_string())
     .bind(session_id.to_string())
     .bind(default_id.to_string())
-    .fetch_optional(db)
+    .fetch_optional(db.again())
     .await?;
     let Some(row) = row else {
         return Ok(None);
@@ -177,26 +332,23 @@ pub async fn session_with_policy(
         frozen: r.frozen,
         breaker_since: r.breaker_since,
     })?;
-    let policy = match (
+    let head = match (
         r.p_id,
         r.p_name,
         r.p_version,
-        r.p_rules,
         r.p_created_at,
         r.p_updated_at,
     ) {
-        (Some(id), Some(name), Some(version), Some(rules), Some(created_at), Some(updated_at)) => {
-            Some(PolicyRecord::try_from(PolicyRow {
-                id,
-                tenant_id: r.tenant_id,
-                name,
-                version,
-                rules,
-                created_at,
-                updated_at,
-            })?)
-        }
-        _ => None,
+        (Some(id), Some(name), Some(version), Some(created_at), Some(updated_at)) => HeadRow {
+            id,
+            tenant_id: r.tenant_id,
+            name,
+            version,
+            created_at,
+            updated_at,
+        },
+        _ => return Ok(Some((session, None))),
     };
-    Ok(Some((session, policy)))
+    let policy = Head::try_from(head)?.completed(db, cache).await?;
+    Ok(Some((session, Some(policy))))
 }

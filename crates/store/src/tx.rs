@@ -2,6 +2,7 @@
 //! entries and its events together, so none can exist without the others.
 
 use crate::db::{Arg, Conn, Db, Query, placeholders, query};
+use crate::policies::RulesCache;
 use crate::{Engine, Result, Store, StoreError};
 use chrono::{DateTime, Utc};
 use paygent_domain::audit::AuditAction;
@@ -41,6 +42,7 @@ pub struct WriteTx {
     kill_switch: Option<String>,
     audit: Vec<AuditEntry>,
     events: Vec<Event>,
+    rules: RulesCache,
 }
 
 /// The tenant's head, and whether the acting key (`$2`, NULL for the system) is live at `$3`: read in the same
@@ -104,6 +106,7 @@ impl Store {
             kill_switch: row.get(3)?,
             audit: Vec::new(),
             events: Vec::new(),
+            rules: self.rules.clone(),
         })
     }
 }
@@ -116,6 +119,11 @@ impl WriteTx {
 
     pub fn tenant_id(&self) -> Uuid {
         self.tenant_id
+    }
+
+    /// Where statements run, beside the store's parsed policy rules.
+    pub(crate) fn with_rules(&mut self) -> (Db<'_>, &RulesCache) {
+        (Db::Tx(&mut self.conn), &self.rules)
     }
 
     pub fn now(&self) -> DateTime<Utc> {

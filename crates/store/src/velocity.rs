@@ -1,65 +1,81 @@
 //! The circuit breaker's marks: each counted payment's running totals in each scope a velocity rule counts.
 
-use crate::db::query;
+use crate::db::{placeholders, query};
 use crate::{Result, WriteTx, decimal, time};
 use chrono::{DateTime, Utc};
 use paygent_domain::velocity::Mark;
 
 fn mark(row: &crate::Row) -> Result<Mark> {
     Ok(Mark {
-        seq: row.get(1)?,
-        usd_total: decimal(&row.get::<String>(2)?)?,
-        usd: decimal(&row.get::<String>(3)?)?,
-        at: time(&row.get::<String>(4)?)?,
+        seq: row.get(2)?,
+        usd_total: decimal(&row.get::<String>(3)?)?,
+        usd: decimal(&row.get::<String>(4)?)?,
+        at: time(&row.get::<String>(5)?)?,
     })
 }
 
-/// A scope's first mark after `after` (none when its window is empty) and its last mark, in one statement of
-/// two index lookups.
-pub async fn window(
+/// Each window's first mark after its time (none when the window is empty) and its scope's last mark, in one
+/// statement of two index lookups per window, whatever the number of payments in them.
+pub async fn windows(
     tx: &mut WriteTx,
-    scope: &str,
-    after: DateTime<Utc>,
-) -> Result<(Option<Mark>, Option<Mark>)> {
-    let tenant = tx.tenant_id().to_string();
-    let rows = query(
-        "SELECT * FROM (SELECT CAST(0 AS BIGINT) AS side, seq, usd_total, usd, at FROM velocity_marks \
-         WHERE tenant_id = $1 AND scope = $2 AND at > $3 ORDER BY at, seq LIMIT 1) first_mark \
-         UNION ALL SELECT * FROM (SELECT CAST(1 AS BIGINT) AS side, seq, usd_total, usd, at FROM velocity_marks \
-         WHERE tenant_id = $1 AND scope = $2 ORDER BY seq DESC LIMIT 1) last_mark",
-    )
-    .bind(tenant)
-    .bind(scope.to_owned())
-    .bind(paygent_domain::time::format(after))
-    .fetch_all(tx.conn())
-    .await?;
-    let (mut first, mut last) = (None, None);
-    for row in &rows {
-        match row.get::<i64>(0)? {
-            0 => first = Some(mark(row)?),
-            _ => last = Some(mark(row)?),
+    wanted: &[(String, DateTime<Utc>)],
+) -> Result<Vec<(Option<Mark>, Option<Mark>)>> {
+    let mut found = vec![(None, None); wanted.len()];
+    if wanted.is_empty() {
+        return Ok(found);
+    }
+    let columns = "seq, usd_total, usd, at FROM velocity_marks WHERE tenant_id = $1 AND scope";
+    let sql = (0..wanted.len())
+        .map(|i| {
+            let (scope, after) = (2 * i + 2, 2 * i + 3);
+            format!(
+                "SELECT * FROM (SELECT CAST({i} AS BIGINT) AS w, CAST(0 AS BIGINT) AS side, {columns} = ${scope} \
+                 AND at > ${after} ORDER BY at, seq LIMIT 1) f{i} UNION ALL \
+                 SELECT * FROM (SELECT CAST({i} AS BIGINT) AS w, CAST(1 AS BIGINT) AS side, {columns} = ${scope} \
+                 ORDER BY seq DESC LIMIT 1) l{i}"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    let mut q = query(sql).bind(tx.tenant_id().to_string());
+    for (scope, after) in wanted {
+        q = q
+            .bind(scope.clone())
+            .bind(paygent_domain::time::format(*after));
+    }
+    for row in &q.fetch_all(tx.conn()).await? {
+        let window = usize::try_from(row.get::<i64>(0)?)
+            .ok()
+            .and_then(|i| found.get_mut(i))
+            .ok_or_else(|| crate::StoreError::Corrupt("a window that was not asked for".into()))?;
+        match row.get::<i64>(1)? {
+            0 => window.0 = Some(mark(row)?),
+            _ => window.1 = Some(mark(row)?),
         }
     }
-    Ok((first, last))
+    Ok(found)
 }
 
-/// Leaves a payment's mark in `scope`.
-pub async fn leave(tx: &mut WriteTx, scope: &str, m: &Mark) -> Result<()> {
-    let (tenant, at) = (
-        tx.tenant_id().to_string(),
-        paygent_domain::time::format(m.at),
-    );
-    query(
-        "INSERT INTO velocity_marks (tenant_id, scope, seq, at, usd_total, usd) VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(tenant)
-    .bind(scope.to_owned())
-    .bind(m.seq)
-    .bind(at)
-    .bind(m.usd_total.to_string())
-    .bind(m.usd.to_string())
-    .execute(tx.conn())
-    .await?;
+/// Leaves a payment's mark in each of its scopes, in one statement.
+pub async fn leave(tx: &mut WriteTx, marks: &[(String, Mark)]) -> Result<()> {
+    if marks.is_empty() {
+        return Ok(());
+    }
+    let mut q = query(format!(
+        "INSERT INTO velocity_marks (tenant_id, scope, seq, at, usd_total, usd) VALUES {}",
+        placeholders(1, marks.len(), 6)
+    ));
+    let tenant = tx.tenant_id().to_string();
+    for (scope, m) in marks {
+        q = q
+            .bind(tenant.clone())
+            .bind(scope.clone())
+            .bind(m.seq)
+            .bind(paygent_domain::time::format(m.at))
+            .bind(m.usd_total.to_string())
+            .bind(m.usd.to_string());
+    }
+    q.execute(tx.conn()).await?;
     Ok(())
 }
 
