@@ -428,7 +428,7 @@ function fill(li, a) {
     (a.edited_args ? " (edited)" : "");
   // A new action needs everyone's approval again, the person's who approved the old one too.
   if ($(".digest", li).dataset.digest !== a.digest) $("button.approve", li).disabled = false;
-  $(".digest", li).textContent = `action ${a.digest.slice(0, 19)}…`;
+  $(".digest", li).textContent = `action ${a.digest.slice(0, 19)}…${a.network ? ` on ${a.network}` : ""}`;
   $(".digest", li).dataset.digest = a.digest;
   const quorum = $(".quorum", li);
   const counted = a.approvals_required > 1;

@@ -585,7 +585,7 @@ fn print_pending(list: &[ApprovalView]) {
                 .to_owned()
         };
         println!(
-            "{}  ${:>12}  {:<12} {} {} -> {}  (expires {})  {}  {}",
+            "{}  ${:>12}  {:<12} {} {} -> {}  (expires {})  {}  {}{}",
             a.id,
             a.usd_value,
             a.tool,
@@ -596,6 +596,7 @@ fn print_pending(list: &[ApprovalView]) {
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             a.reason,
             a.digest,
+            a.network.as_deref().map(|n| format!(" on {n}")).unwrap_or_default(),
         );
         if let Some(c) = &a.context {
             println!("    {}", context_line(c));

@@ -113,9 +113,15 @@ impl Paygent {
             }
             _ => None,
         };
-        let digest = match &edit {
-            Some((intent, _)) => action_digest(request.session_id, &request.tool, &intent.args()),
-            None => digest,
+        let (digest, network) = match &edit {
+            Some((intent, _)) => {
+                let network = self.network_of_edit(&request, intent).await?;
+                let args = intent.args();
+                let edited =
+                    action_digest(request.session_id, &request.tool, &args, network.as_deref());
+                (edited, network)
+            }
+            None => (digest, request.network.clone()),
         };
         let standing = match decision {
             Decision::Approve {
@@ -135,7 +141,22 @@ impl Paygent {
             to,
             edit,
             digest,
+            network,
         })
+    }
+
+    /// The network an edit's payment would be paid on from the session's wallet: an edit to another currency may
+    /// move it to another chain, and the digest a person approves says so.
+    async fn network_of_edit(
+        &self,
+        request: &ApprovalRecord,
+        intent: &PaymentIntent,
+    ) -> Result<Option<String>> {
+        let session = sessions::get(self.store.reader(), request.tenant_id, request.session_id)
+            .await?
+            .ok_or(EngineError::NotFound("session"))?;
+        let wallet = session.wallet_address.as_deref();
+        Ok(self.network_for(&request.tool, &intent.money.currency, wallet))
     }
 
     /// Refuses a person outside the groups a request names (403).
@@ -206,7 +227,11 @@ impl Paygent {
             )));
         }
         if let Some((intent, usd)) = &r.edit {
-            approvals::amend(tx, id, &intent.args()).await?;
+            let edit = approvals::Edit {
+                args: &intent.args(),
+                network: r.network.as_deref(),
+            };
+            approvals::amend(tx, id, edit).await?;
             check_edit_policy(tx, &current, intent, *usd).await?;
             rebook_edit(tx, &current, intent, *usd).await?;
         }
@@ -391,8 +416,9 @@ struct Ruling {
     note: Option<String>,
     /// An edit's new payment and its USD value.
     edit: Option<(PaymentIntent, paygent_domain::Decimal)>,
-    /// The action decided: the request's, or the edit's.
+    /// The action decided: the request's, or the edit's, and the network it pays on.
     digest: String,
+    network: Option<String>,
     /// A standing approval to grant with the approval.
     standing: Option<StandingTerms>,
 }
@@ -412,6 +438,7 @@ async fn end_request(
         note: r.note.as_deref(),
         edited_args,
         digest: &r.digest,
+        network: r.network.as_deref(),
     };
     Ok(approvals::decide(tx, decided).await?)
 }

@@ -160,7 +160,10 @@ impl Paygent {
         }
         let (session, policy) = in_force(&mut tx, who, req.session_id).await?;
         let priced = (&intent, usd_value);
-        let mut filing = Filing::new(who, &session, &policy, priced, &req, tx.now());
+        let wallet = session.wallet_address.as_deref();
+        let network = self.network_for(intent.tool().as_str(), &intent.money.currency, wallet);
+        let mut filing =
+            Filing::new(who, &session, &policy, priced, &req, tx.now()).on_network(network);
         match refusal {
             Some(why) => filing.fail(&mut tx, why).await?,
             None => {
@@ -341,6 +344,16 @@ impl<'a> Filing<'a> {
             count: None,
             cover: None,
         }
+    }
+
+    /// The network a rail would pay it on: the payment may be signed for that network only, and an approval of
+    /// it binds that network.
+    fn on_network(mut self, network: Option<String>) -> Self {
+        if let Some(n) = &network {
+            self.summary["network"] = json!(n);
+        }
+        self.payment.network = network;
+        self
     }
 
     /// Gathers the findings as the transaction sees them, under the tenant's lock.
@@ -577,6 +590,7 @@ impl<'a> Filing<'a> {
             payment_id: Some(p.id),
             tool: p.tool.clone(),
             args: self.summary["args"].clone(),
+            network: p.network.clone(),
             reason: format!(
                 "{reason} (policy {:?} v{})",
                 self.policy.name, self.policy.version
@@ -737,6 +751,7 @@ impl Paygent {
                         payment_id: None,
                         tool: tool.to_owned(),
                         args: args.clone(),
+                        network: None,
                         reason,
                         usd_value,
                         allowed_decisions: allowed,

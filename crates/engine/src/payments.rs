@@ -8,8 +8,9 @@ use paygent_domain::judgement::DenyReason;
 use paygent_domain::payment::PaymentIntent;
 use paygent_domain::{PaymentStatus, Principal};
 use paygent_store::WriteTx;
+use paygent_store::approvals::{self, ApprovalRecord};
+use paygent_store::attempts;
 use paygent_store::payments::{self, PaymentRecord, Terms, Transition};
-use paygent_store::{approvals, attempts};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -76,6 +77,35 @@ async fn remember_approved_payee(
 }
 
 /// The payment as the transaction sees it now.
+/// Records an approved payment as authorized on the terms people approved: its payee remembered, the audit
+/// entry, and its reservation settled into the budget's spend.
+async fn authorized(
+    tx: &mut WriteTx,
+    who: &Principal,
+    (request, payment_id): (&ApprovalRecord, Uuid),
+    intent: &PaymentIntent,
+    terms: &Terms,
+) -> Result<PaymentRecord> {
+    remember_approved_payee(tx, request.session_id, intent).await?;
+    let data = json!({"approval_id": request.id, "tool": request.tool, "args": request.effective_args(),
+        "digest": request.digest(), "network": request.network, "usd_value": terms.usd_value.to_string()});
+    let subject = format!("payment:{payment_id}");
+    let session = Some(request.session_id);
+    tx.audit(
+        &who.actor(),
+        AuditAction::PaymentAuthorized,
+        &subject,
+        session,
+        data,
+    )
+    .await?;
+    let payment = reload(tx, payment_id).await?;
+    if let Some(booking) = Booking::of(&payment) {
+        budget::book(tx, &booking, Move::Settle).await?;
+    }
+    Ok(payment)
+}
+
 async fn reload(tx: &mut WriteTx, id: Uuid) -> Result<PaymentRecord> {
     let tenant_id = tx.tenant_id();
     payments::get(tx.conn(), tenant_id, id)
@@ -127,12 +157,6 @@ impl Paygent {
             .payment_id
             .ok_or_else(|| EngineError::Conflict("this request is not a payment".into()))?;
         let intent = PaymentIntent::from_args(&self.prices, request.effective_args())?;
-        // An undecided request is refused below, by its status, with what it is.
-        if request.status.is_consumable() && !request.approves(&intent.args()) {
-            return Err(EngineError::Conflict(
-                "what would be paid is not the action people approved: its digest differs".into(),
-            ));
-        }
         let terms = Terms {
             usd_value: self.prices.usd_value(&intent.money)?,
             amount: intent.money.amount,
@@ -143,6 +167,14 @@ impl Paygent {
 
         let mut tx = self.begin_as(who).await?;
         let session = crate::kill::refuse_if_stopped(&mut tx, request.session_id).await?;
+        let wallet = session.wallet_address.as_deref();
+        let network = self.network_for(&request.tool, &terms.currency, wallet);
+        // An undecided request is refused below, by its status, with what it is.
+        if request.status.is_consumable() && !request.approves(&intent.args(), network.as_deref()) {
+            return Err(EngineError::Conflict(
+                "what would be paid is not the action people approved: its digest differs".into(),
+            ));
+        }
         if !approvals::consume(&mut tx, approval_id).await? {
             let current = approvals::get(tx.conn(), who.tenant_id, approval_id)
                 .await?
@@ -156,6 +188,7 @@ impl Paygent {
             &mut tx,
             Transition {
                 terms: Some(&terms),
+                network: network.as_deref(),
                 ..Transition::new(
                     payment_id,
                     PaymentStatus::PendingApproval,
@@ -172,22 +205,8 @@ impl Paygent {
                 now.reason.as_deref().unwrap_or("no reason")
             )));
         }
-        remember_approved_payee(&mut tx, request.session_id, &intent).await?;
-        let data = json!({"approval_id": approval_id, "tool": request.tool, "args": request.effective_args(),
-            "digest": request.digest(), "usd_value": terms.usd_value.to_string()});
-        let subject = format!("payment:{payment_id}");
-        tx.audit(
-            &who.actor(),
-            AuditAction::PaymentAuthorized,
-            &subject,
-            Some(request.session_id),
-            data,
-        )
-        .await?;
-        let payment = reload(&mut tx, payment_id).await?;
-        if let Some(booking) = Booking::of(&payment) {
-            budget::book(&mut tx, &booking, Move::Settle).await?;
-        }
+        let approved = (&request, payment_id);
+        let payment = authorized(&mut tx, who, approved, &intent, &terms).await?;
         self.publish(tx.commit().await?);
         self.carry_out(payment).await
     }

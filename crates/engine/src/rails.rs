@@ -85,6 +85,9 @@ pub trait Rail: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Whether this rail carries the order (its tool, currency and wallet).
     fn carries(&self, order: &PaymentOrder) -> bool;
+    /// The network (a CAIP-2 id) it would pay a payment of `tool` in `currency` from `wallet` on, when it carries
+    /// such a payment: part of the action a person approves.
+    fn network(&self, tool: PaymentTool, currency: &str, wallet: Option<&str>) -> Option<String>;
     /// Pays the order. With `earlier`, a signed artifact from an interrupted run, it must first find that on chain
     /// or send it again, and never sign a second payment while the first can still settle.
     fn pay<'a>(
@@ -174,6 +177,20 @@ impl Paygent {
         Ok(rail.map(|r| (order, r)))
     }
 
+    /// The network a payment of `tool` in `currency` from `wallet` would be paid on here, if a rail carries it:
+    /// what an action's digest binds, and what the payment may be signed for.
+    pub(crate) fn network_for(
+        &self,
+        tool: &str,
+        currency: &str,
+        wallet: Option<&str>,
+    ) -> Option<String> {
+        let tool = PaymentTool::parse(tool)?;
+        self.rails
+            .iter()
+            .find_map(|r| r.network(tool, currency, wallet))
+    }
+
     /// One payment's turn in this process: two callers never run one payment's rail at once.
     fn payment_turn(&self, id: Uuid) -> Arc<tokio::sync::Mutex<()>> {
         let mut turns = self.payment_turns.lock().expect("payment turns");
@@ -261,6 +278,13 @@ impl Paygent {
             return Err(EngineError::Conflict(format!(
                 "the payment is {}, no longer authorized",
                 payment.status.as_str()
+            )));
+        }
+        if payment.network.as_deref() != Some(signed.network.as_str()) {
+            return Err(EngineError::Conflict(format!(
+                "the payment was authorized on network {}, not {}: nothing was sent",
+                payment.network.as_deref().unwrap_or("none"),
+                signed.network
             )));
         }
         let fresh = attempts::insert(

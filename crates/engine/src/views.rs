@@ -104,9 +104,13 @@ pub struct ApprovalView {
     pub edited_args: Option<Value>,
     /// Why a person is needed.
     pub reason: String,
-    /// The SHA-256 of the exact action the request would run (session, tool and arguments, edited ones if
-    /// any, in canonical JSON): what an approval binds to. Only an action with the approved digest runs.
-    #[schema(example = "sha256:f7870a201e65988cf87894c174d38b59f1a5cc231b993fc835a8cbb789dcfd10")]
+    /// The network its (edited) payment would be paid on, a CAIP-2 id; null when no rail here carries it.
+    #[schema(example = "eip155:338")]
+    pub network: Option<String>,
+    /// The SHA-256 of the exact action the request would run (session, tool, arguments, edited ones if any, and
+    /// network, in canonical JSON): what an approval binds to. Only an action with the approved digest runs, on
+    /// the network it names.
+    #[schema(example = "sha256:390056b4b2224793d79e658699cca7cb6fb336fa7536c7fd55d8ad0793ba03c8")]
     pub digest: String,
     #[schema(value_type = String, example = "25.00")]
     pub usd_value: Decimal,
@@ -171,6 +175,7 @@ impl From<ApprovalRecord> for ApprovalView {
             args: a.args,
             edited_args: a.edited_args,
             reason: a.reason,
+            network: a.network,
             digest,
             usd_value: a.usd_value,
             allowed_decisions: a.allowed_decisions,

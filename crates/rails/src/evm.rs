@@ -362,9 +362,11 @@ impl EvmRails {
     }
 
     fn wallet(&self, order: &PaymentOrder) -> Result<&PrivateKeySigner, RailError> {
-        order
-            .wallet
-            .as_deref()
+        self.signer(order.wallet.as_deref())
+    }
+
+    fn signer(&self, wallet: Option<&str>) -> Result<&PrivateKeySigner, RailError> {
+        wallet
             .and_then(|w| w.parse::<Address>().ok())
             .and_then(|a| self.inner.wallets.get(&a))
             .ok_or_else(|| RailError::Refused("the session's wallet has no key here".into()))
@@ -809,8 +811,18 @@ impl Rail for EvmRails {
     }
 
     fn carries(&self, order: &PaymentOrder) -> bool {
-        let tool_ok = matches!(order.tool, PaymentTool::Transfer | PaymentTool::X402Payment);
-        tool_ok && self.inner.tokens.contains_key(&order.currency) && self.wallet(order).is_ok()
+        let wallet = order.wallet.as_deref();
+        self.network(order.tool, &order.currency, wallet).is_some()
+    }
+
+    /// Transfers and x402 payments in a configured token, from a wallet it holds the key of: on the token's chain.
+    fn network(&self, tool: PaymentTool, currency: &str, wallet: Option<&str>) -> Option<String> {
+        let tool_ok = matches!(tool, PaymentTool::Transfer | PaymentTool::X402Payment);
+        if !tool_ok || self.signer(wallet).is_err() {
+            return None;
+        }
+        let (_, chain) = self.token(currency).ok()?;
+        Some(chain.caip2.clone())
     }
 
     fn pay<'a>(

@@ -713,3 +713,111 @@ async fn a_payment_that_outlives_its_request_is_found_by_its_idempotency_key() {
     assert_eq!(s.count("payments").await, 1);
     s.finish().await;
 }
+
+/// The network a payment is paid on is part of the action a person approves: an instance whose rails would pay
+/// the same token on another chain cannot run the approval, and a payment authorized where no rail bound it to a
+/// network is never signed for one. Nothing moves on chain but the approved payment, on its own network.
+#[tokio::test]
+async fn an_approval_binds_the_network_its_payment_pays_on() {
+    let Rig {
+        chain,
+        peer: _,
+        s,
+        t,
+        session,
+        payee_before,
+    } = Rig::start(V2_NETWORK, Backend::Sqlite, "local").await;
+    let transfer = json!({"session_id": session, "amount": "25", "currency": "USDC",
+        "recipient": payee().to_string()});
+    let (status, asked) = s.post(&t.agent, "/payments", transfer).await;
+    assert_eq!(status, 201, "{asked}");
+    assert_eq!(asked["status"], "pending_approval", "{asked}");
+    let approval = asked["approval_id"].as_str().unwrap();
+    let (_, request) = s.get(&t.approver, &format!("/approvals/{approval}")).await;
+    assert_eq!(request["network"], "eip155:338", "{request}");
+    let session_id = session.parse().unwrap();
+    let bound = paygent_engine::domain::action::action_digest(
+        session_id,
+        "transfer",
+        &request["args"],
+        Some("eip155:338"),
+    );
+    assert_eq!(
+        request["digest"],
+        bound.as_str(),
+        "the digest binds the network"
+    );
+    let (_, audit) = s
+        .get(&t.admin, &format!("/audit?session_id={session}&limit=100"))
+        .await;
+    let filed = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "approval.requested")
+        .unwrap_or_else(|| panic!("the request is audited: {audit}"));
+    assert_eq!(filed["data"]["network"], "eip155:338", "{filed}");
+    assert_eq!(filed["data"]["digest"], bound.as_str(), "{filed}");
+    let (status, _) = s.decide(&t.approver, approval, "approve", json!({})).await;
+    assert_eq!(status, 200);
+
+    // Another instance whose configuration puts the same token on chain 25.
+    let mut elsewhere = chain.rails_config("local");
+    elsewhere.chains[0].id = 25;
+    elsewhere.tokens[0].chain_id = 25;
+    let moved_token = s
+        .another_instance_with(paying_by(&elsewhere, Default::default()))
+        .await;
+    let execute = json!({"approval_id": approval});
+    let (status, refused) = moved_token
+        .post(&t.agent, "/payments/execute-approved", execute.clone())
+        .await;
+    assert_eq!(status, 409, "{refused}");
+    assert!(
+        refused["detail"].as_str().unwrap().contains("digest"),
+        "{refused}"
+    );
+    assert_eq!(moved(&chain, payee_before).await, 0, "nothing moved");
+    let (status, paid) = s
+        .post(&t.agent, "/payments/execute-approved", execute)
+        .await;
+    assert_eq!(status, 200, "{paid}");
+    assert_eq!(paid["status"], "executed", "{paid}");
+    assert_eq!(paid["network"], "eip155:338");
+    assert_eq!(
+        moved(&chain, payee_before).await,
+        25_000_000,
+        "paid once, where approved"
+    );
+
+    // An instance with no rails authorizes a payment for its agent to pay: bound to no network, no rail signs it.
+    let no_rails = s.another_instance_with(Default::default()).await;
+    let small = json!({"session_id": session, "amount": "1", "currency": "USDC",
+        "recipient": payee().to_string(), "idempotency_key": "unbound-1"});
+    let (status, unbound) = no_rails.post(&t.agent, "/payments", small.clone()).await;
+    assert_eq!(status, 201, "{unbound}");
+    assert_eq!(unbound["status"], "authorized", "{unbound}");
+    assert_eq!(unbound["network"], Value::Null, "{unbound}");
+    let (_, retried) = s.post(&t.agent, "/payments", small).await;
+    assert_eq!(retried["id"], unbound["id"]);
+    assert_eq!(retried["status"], "failed", "{retried}");
+    let reason = retried["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("authorized on network none, not eip155:338"),
+        "{retried}"
+    );
+    assert_eq!(
+        s.count("payment_attempts").await,
+        1,
+        "only the approved payment was signed"
+    );
+    assert_eq!(
+        moved(&chain, payee_before).await,
+        25_000_000,
+        "nothing more moved"
+    );
+    for other in [moved_token, no_rails] {
+        other.stop().await;
+    }
+    s.finish().await;
+}

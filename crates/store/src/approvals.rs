@@ -19,6 +19,8 @@ pub struct ApprovalRecord {
     pub tool: String,
     pub args: Value,
     pub edited_args: Option<Value>,
+    /// The network its (edited) action pays on, a CAIP-2 id: none when no rail carries it.
+    pub network: Option<String>,
     pub reason: String,
     pub usd_value: Decimal,
     pub allowed_decisions: Vec<DecisionKind>,
@@ -63,6 +65,8 @@ pub struct NewRequest {
     pub payment_id: Option<Uuid>,
     pub tool: String,
     pub args: Value,
+    /// The network a rail would pay it on.
+    pub network: Option<String>,
     pub reason: String,
     pub usd_value: Decimal,
     pub allowed_decisions: Vec<DecisionKind>,
@@ -88,6 +92,7 @@ impl ApprovalRecord {
             tool: new.tool,
             args: new.args,
             edited_args: None,
+            network: new.network,
             reason: new.reason,
             usd_value: new.usd_value,
             allowed_decisions: new.allowed_decisions,
@@ -120,16 +125,17 @@ impl ApprovalRecord {
         self.edited_args.as_ref().unwrap_or(&self.args)
     }
 
-    /// The digest of the action this request would run: its session, tool and (edited) arguments.
+    /// The digest of the action this request would run: its session, tool, (edited) arguments and network.
     pub fn digest(&self) -> String {
-        action_digest(self.session_id, &self.tool, self.effective_args())
+        let network = self.network.as_deref();
+        action_digest(self.session_id, &self.tool, self.effective_args(), network)
     }
 
-    /// Whether running the request's tool with `args` is the action people decided; whether they approved it
-    /// is its status's to say. A request decided before digests were recorded decided the action stored with
-    /// it, which no one can change after the decision.
-    pub fn approves(&self, args: &Value) -> bool {
-        let running = action_digest(self.session_id, &self.tool, args);
+    /// Whether running the request's tool with `args` on `network` (where the rails would pay it now) is the
+    /// action people decided; whether they approved it is its status's to say. A request decided before digests
+    /// were recorded decided the action stored with it, which no one can change after the decision.
+    pub fn approves(&self, args: &Value, network: Option<&str>) -> bool {
+        let running = action_digest(self.session_id, &self.tool, args, network);
         match &self.decided_digest {
             Some(decided) => *decided == running,
             None => self.digest() == running,
@@ -146,6 +152,7 @@ crate::row_type! {
         tool: String,
         args: String,
         edited_args: Option<String>,
+        network: Option<String>,
         reason: String,
         usd_value: String,
         allowed_decisions: String,
@@ -167,7 +174,7 @@ crate::row_type! {
     }
 }
 
-const COLUMNS: &str = "id, tenant_id, session_id, payment_id, tool, args, edited_args, reason, usd_value, \
+const COLUMNS: &str = "id, tenant_id, session_id, payment_id, tool, args, edited_args, network, reason, usd_value, \
     allowed_decisions, status, requested_by, deadline, decided_by, decided_at, decision_note, decided_digest, consumed_at, \
     created_at, approvals_required, approver_groups, escalation, escalated, escalate_at, context";
 
@@ -190,6 +197,7 @@ impl TryFrom<ApprovalRow> for ApprovalRecord {
             tool: r.tool,
             args: json(&r.args)?,
             edited_args: r.edited_args.as_deref().map(json).transpose()?,
+            network: r.network,
             reason: r.reason,
             usd_value: decimal(&r.usd_value)?,
             allowed_decisions: allowed,
@@ -232,8 +240,8 @@ pub async fn insert(tx: &mut WriteTx, a: &ApprovalRecord) -> Result<()> {
     query(
         "INSERT INTO approval_requests (id, tenant_id, session_id, payment_id, tool, args, reason, usd_value, \
          allowed_decisions, status, requested_by, deadline, created_at, approvals_required, approver_groups, \
-         escalation, escalate_at, context) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+         escalation, escalate_at, context, network) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
     )
     .bind(a.id.to_string())
     .bind(a.tenant_id.to_string())
@@ -253,6 +261,7 @@ pub async fn insert(tx: &mut WriteTx, a: &ApprovalRecord) -> Result<()> {
     .bind((!a.escalation.is_empty()).then(|| serde_json::to_string(&a.escalation).expect("steps serialize")))
     .bind(a.escalate_at.map(paygent_domain::time::format))
     .bind(a.context.as_ref().map(Value::to_string))
+    .bind(a.network.clone())
     .execute(tx.conn())
     .await?;
     Ok(())
@@ -340,12 +349,28 @@ pub async fn vote(
     Ok(done == 1)
 }
 
-/// Gives a pending request the arguments a person edited it to, still pending (the quorum counts again for the
-/// new action); false if it was no longer pending or is overdue.
-pub async fn amend(tx: &mut WriteTx, id: Uuid, edited_args: &Value) -> Result<bool> {
-    let sql = "UPDATE approval_requests SET edited_args = $3 \
-               WHERE tenant_id = $1 AND id = $2 AND status = 'pending'";
-    tx.change_one(sql, id, edited_args.to_string()).await
+/// Gives a pending request the action a person edited it to (its arguments and the network they pay on), still
+/// pending (the quorum counts again for the new action); false if it was no longer pending.
+pub async fn amend(tx: &mut WriteTx, id: Uuid, edit: Edit<'_>) -> Result<bool> {
+    let tenant = tx.tenant_id().to_string();
+    let done = query(
+        "UPDATE approval_requests SET edited_args = $3, network = $4 \
+         WHERE tenant_id = $1 AND id = $2 AND status = 'pending'",
+    )
+    .bind(tenant)
+    .bind(id.to_string())
+    .bind(edit.args.to_string())
+    .bind(edit.network.map(str::to_owned))
+    .execute(tx.conn())
+    .await?;
+    Ok(done == 1)
+}
+
+/// The action an edit makes: its arguments, and the network a rail would pay them on.
+#[derive(Clone, Copy)]
+pub struct Edit<'a> {
+    pub args: &'a Value,
+    pub network: Option<&'a str>,
 }
 
 /// Pending requests whose deadline has passed, across tenants, most overdue first: (tenant, request).
@@ -381,6 +406,8 @@ pub struct Decided<'a> {
     pub edited_args: Option<&'a Value>,
     /// The digest of the action decided: the request's own, or its edit's.
     pub digest: &'a str,
+    /// The network of the action decided.
+    pub network: Option<&'a str>,
 }
 
 /// Records a decision; returns false if the request was no longer pending or is overdue.
@@ -389,7 +416,7 @@ pub async fn decide(tx: &mut WriteTx, d: Decided<'_>) -> Result<bool> {
     let tenant = tx.tenant_id().to_string();
     let done = query(
         "UPDATE approval_requests SET status = $3, decided_by = $4, decided_at = $5, decision_note = $6, \
-         edited_args = $7, decided_digest = $8 \
+         edited_args = $7, decided_digest = $8, network = $9 \
          WHERE tenant_id = $1 AND id = $2 AND status = 'pending' AND deadline > $5",
     )
     .bind(tenant)
@@ -400,6 +427,7 @@ pub async fn decide(tx: &mut WriteTx, d: Decided<'_>) -> Result<bool> {
     .bind(d.note)
     .bind(d.edited_args.map(Value::to_string))
     .bind(d.digest)
+    .bind(d.network.map(str::to_owned))
     .execute(tx.conn())
     .await?;
     Ok(done == 1)

@@ -21,6 +21,8 @@ pub struct PaymentRecord {
     pub reason: Option<String>,
     pub approval_id: Option<Uuid>,
     pub tx_hash: Option<String>,
+    /// The network a rail would pay it on when it was filed (it may be signed for no other), then where it was
+    /// paid: a CAIP-2 id such as `eip155:338`.
     pub network: Option<String>,
     pub idempotency_key: Option<String>,
     pub request_hash: String,
@@ -169,7 +171,7 @@ pub struct Transition<'a> {
     pub to: PaymentStatus,
     pub reason: Option<&'a str>,
     pub tx_hash: Option<&'a str>,
-    /// Where a rail paid it (a CAIP-2 network id such as `eip155:338`).
+    /// Where a rail may pay it, or paid it (a CAIP-2 network id such as `eip155:338`).
     pub network: Option<&'a str>,
     pub terms: Option<&'a Terms>,
 }

@@ -236,14 +236,13 @@ impl TestServer {
 
     /// A second instance (engine and server) on the same database, as behind a load balancer.
     pub async fn another_instance(&self) -> TestServer {
-        Self::serve(
-            self.backend,
-            self.database_url.clone(),
-            None,
-            self.clock.clone(),
-            self.settings.clone(),
-        )
-        .await
+        self.another_instance_with(self.settings.clone()).await
+    }
+
+    /// A second instance on the same database with settings of its own (other rails, say).
+    pub async fn another_instance_with(&self, settings: Settings) -> TestServer {
+        let (backend, url) = (self.backend, self.database_url.clone());
+        Self::serve(backend, url, None, self.clock.clone(), settings).await
     }
 
     /// Stops the server, leaving its database in place.

@@ -599,7 +599,7 @@ impl Paygent {
         step: &StepRecord,
         request: &paygent_store::approvals::ApprovalRecord,
     ) -> Result<Flow> {
-        if !request.approves(request.effective_args()) {
+        if !request.approves(request.effective_args(), None) {
             let why = "the action is not the one people approved: its digest differs";
             return self.fail(tenant_id, execution, step, why).await;
         }

@@ -50,19 +50,20 @@ impl OnChain for LocalChain {
         v1_name: &str,
         settings: Settings,
     ) -> TestServer {
-        // The x402 peers are on loopback: allowed by configuration, as an operator would.
-        let egress = paygent_engine::EgressPolicy::allowing("127.0.0.0/8").expect("allow list");
-        let rails = EvmRails::new(
-            &self.rails_config(v1_name),
-            paygent_engine::Egress::new(egress),
-        )
-        .expect("rails");
-        let wire = move |p: Paygent| paygent_rails::install(p, rails.clone());
-        let settings = Settings {
-            wiring: Some(Wiring(Arc::new(wire))),
-            ..settings
-        };
+        let settings = paying_by(&self.rails_config(v1_name), settings);
         TestServer::start_with(backend, settings).await
+    }
+}
+
+/// `settings` with an engine that pays by the rails of `config`.
+pub fn paying_by(config: &RailsConfig, settings: Settings) -> Settings {
+    // The x402 peers are on loopback: allowed by configuration, as an operator would.
+    let egress = paygent_engine::EgressPolicy::allowing("127.0.0.0/8").expect("allow list");
+    let rails = EvmRails::new(config, paygent_engine::Egress::new(egress)).expect("rails");
+    let wire = move |p: Paygent| paygent_rails::install(p, rails.clone());
+    Settings {
+        wiring: Some(Wiring(Arc::new(wire))),
+        ..settings
     }
 }
 
