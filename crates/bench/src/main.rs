@@ -23,6 +23,9 @@ struct Args {
     /// rules and a quorum, none of which the scenarios break).
     #[arg(long, value_enum, default_value = "default")]
     policy: PolicyKind,
+    /// Requests per load scenario and concurrency level (2,000 by default): more makes a sustained run.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    requests: Option<u32>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -272,11 +275,14 @@ async fn stops(t: &Target, db: &str, scale: &Scale) -> anyhow::Result<Vec<Measur
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let scale = if args.tiny {
+    let mut scale = if args.tiny {
         Scale::tiny()
     } else {
         Scale::full()
     };
+    if let Some(n) = args.requests {
+        scale.requests = n as usize;
+    }
     let dir = std::env::temp_dir().join(format!("paygent-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir)?;
     let db = args

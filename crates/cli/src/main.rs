@@ -596,7 +596,10 @@ fn print_pending(list: &[ApprovalView]) {
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             a.reason,
             a.digest,
-            a.network.as_deref().map(|n| format!(" on {n}")).unwrap_or_default(),
+            a.network
+                .as_deref()
+                .map(|n| format!(" on {n}"))
+                .unwrap_or_default(),
         );
         if let Some(c) = &a.context {
             println!("    {}", context_line(c));
