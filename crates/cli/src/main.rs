@@ -2,6 +2,7 @@
 
 mod client;
 mod config;
+mod mcp;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -102,6 +103,12 @@ enum Command {
         remote: Remote,
         #[command(subcommand)]
         action: AuditAction,
+    },
+    /// Speak MCP on stdin and stdout for a local client (Claude Desktop or Code, an agent framework), relayed to
+    /// the server's `/mcp`: every tool call is made as the agent key given here.
+    Mcp {
+        #[command(flatten)]
+        remote: Remote,
     },
 }
 
@@ -230,6 +237,12 @@ async fn main() -> ExitCode {
             remote,
             action: AuditAction::Verify,
         } => verify(remote).await,
+        Command::Mcp { remote } => match remote.token {
+            Some(token) => mcp::relay(&remote.server, &token)
+                .await
+                .map(|()| ExitCode::SUCCESS),
+            None => Err(anyhow::anyhow!("no key: pass --token or set PAYGENT_TOKEN")),
+        },
     };
     match result {
         Ok(code) => code,

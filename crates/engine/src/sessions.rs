@@ -5,6 +5,7 @@ use crate::{EngineError, Paygent, Result, require};
 use paygent_domain::audit::AuditAction;
 use paygent_domain::payment::Recipient;
 use paygent_domain::{Principal, SessionConfig, SessionState};
+use paygent_store::policies::PolicyRecord;
 use paygent_store::sessions::{self, SessionRecord};
 use serde_json::json;
 use uuid::Uuid;
@@ -21,6 +22,63 @@ pub const MAX_SESSIONS_PAGE: i64 = 100;
 
 impl Paygent {
     pub async fn create_session(&self, who: &Principal, new: NewSession) -> Result<SessionView> {
+        self.open_session(who, new, Uuid::now_v7()).await
+    }
+
+    /// The session a key's MCP tool calls use when they name none: one per key, opened on first use, and bound
+    /// to the one wallet of its tenant that its policy lets it pay from (to none when there are several).
+    pub async fn mcp_session(&self, who: &Principal) -> Result<Uuid> {
+        let id = Uuid::new_v5(&who.key_id, b"paygent mcp session");
+        if sessions::get(self.store.reader(), who.tenant_id, id)
+            .await?
+            .is_some()
+        {
+            return Ok(id);
+        }
+        let new = NewSession {
+            name: Some("MCP".into()),
+            wallet_address: self.only_wallet(who).await?,
+            config: None,
+        };
+        match self.open_session(who, new, id).await {
+            Ok(view) => Ok(view.id),
+            // Two first calls raced: the other one opened it.
+            Err(e) => match sessions::get(self.store.reader(), who.tenant_id, id).await? {
+                Some(_) => Ok(id),
+                None => Err(e),
+            },
+        }
+    }
+
+    /// The one wallet of the caller's tenant its policy grants, if there is exactly one.
+    async fn only_wallet(&self, who: &Principal) -> Result<Option<String>> {
+        let (_, policy) = self.policy_of(who).await?;
+        let owned = paygent_store::wallets::of_tenant(self.store.reader(), who.tenant_id).await?;
+        let mut granted = owned.into_iter().filter(|w| policy.rules.grants_wallet(w));
+        Ok(match (granted.next(), granted.next()) {
+            (Some(one), None) => Some(one),
+            _ => None,
+        })
+    }
+
+    /// The policy the caller's key names (none: the tenant's default), and the policy in force for it.
+    async fn policy_of(&self, who: &Principal) -> Result<(Option<Uuid>, PolicyRecord)> {
+        let key = self
+            .store
+            .key_by_id(who.key_id, self.now())
+            .await?
+            .ok_or(EngineError::Unauthenticated)?;
+        let policy =
+            crate::policies::in_force(self.store.reader(), who.tenant_id, key.policy_id).await?;
+        Ok((key.policy_id, policy))
+    }
+
+    async fn open_session(
+        &self,
+        who: &Principal,
+        new: NewSession,
+        id: Uuid,
+    ) -> Result<SessionView> {
         require(
             who.can_request_payments(),
             "only agents and admins create sessions",
@@ -39,13 +97,7 @@ impl Paygent {
         }
         let config = new.config.unwrap_or_default();
         config.validate()?;
-        let key = self
-            .store
-            .key_by_id(who.key_id, self.now())
-            .await?
-            .ok_or(EngineError::Unauthenticated)?;
-        let policy =
-            crate::policies::in_force(self.store.reader(), who.tenant_id, key.policy_id).await?;
+        let (policy_id, policy) = self.policy_of(who).await?;
         policy.rules.admit(&config).map_err(|e| {
             EngineError::Invalid(format!("config looser than policy {:?}: {e}", policy.name))
         })?;
@@ -59,7 +111,7 @@ impl Paygent {
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
         let mut tx = self.begin_as(who).await?;
         let session = SessionRecord {
-            id: Uuid::now_v7(),
+            id,
             tenant_id: who.tenant_id,
             name: new.name,
             wallet_address: new.wallet_address,
@@ -69,7 +121,7 @@ impl Paygent {
             breaker_since: None,
             created_by: who.key_id,
             created_at: tx.now(),
-            policy_id: key.policy_id,
+            policy_id,
         };
         sessions::insert(&mut tx, &session).await?;
         tx.audit(

@@ -5,6 +5,7 @@ mod support;
 
 use alloy::providers::Provider;
 use paygent_testkit::Backend;
+use paygent_testkit::mcp::{McpClient, tool_result};
 use serde_json::{Value, json};
 use support::*;
 
@@ -819,5 +820,55 @@ async fn an_approval_binds_the_network_its_payment_pays_on() {
     for other in [moved_token, no_rails] {
         other.stop().await;
     }
+    s.finish().await;
+}
+
+/// An agent's MCP client fetches an x402 resource with `paid_fetch`: its price is paid on chain once and the
+/// body comes back; a price above the most the model would pay signs nothing. Without a session, the key's MCP
+/// session pays from the tenant's one wallet.
+#[tokio::test]
+async fn an_mcp_client_pays_for_a_resource_with_paid_fetch() {
+    let Rig {
+        chain,
+        peer,
+        s,
+        t,
+        session: _,
+        payee_before,
+    } = Rig::start(V2_NETWORK, Backend::Sqlite, "local").await;
+    let mcp = format!("{}/mcp", s.base);
+    let mut client = McpClient::http(&mcp, &t.agent).await.expect("connects");
+    let fetch = json!({"url": peer.url("/v2/cheap"), "max_amount": "1"});
+    let (execution, body, failed) = tool_result(&client.call("paid_fetch", fetch).await);
+    assert!(!failed, "{execution}");
+    let body: Value = serde_json::from_str(&body).expect("the resource's JSON body");
+    assert_eq!(body["data"], "the v2/cheap resource");
+    assert_eq!(
+        execution["steps"][0]["result"]["amount"], "0.1",
+        "{execution}"
+    );
+    assert_eq!(
+        moved(&chain, payee_before).await,
+        100_000,
+        "exactly its price moved"
+    );
+
+    let too_little = json!({"url": peer.url("/v2/cheap"), "max_amount": "0.05"});
+    let (refused, text, failed) = tool_result(&client.call("paid_fetch", too_little).await);
+    assert!(
+        failed && text.contains("above max_amount"),
+        "{refused} {text}"
+    );
+    assert_eq!(
+        moved(&chain, payee_before).await,
+        100_000,
+        "nothing more moved"
+    );
+    assert_eq!(peer.served().await["v2/cheap"], 1);
+
+    let (balance, _, failed) = tool_result(&client.call("balance", json!({})).await);
+    assert!(!failed, "{balance}");
+    assert_eq!(balance["balances"][0]["amount"], "999.9", "{balance}");
+    client.close().await;
     s.finish().await;
 }

@@ -4,6 +4,7 @@
 pub mod error;
 pub mod extract;
 pub mod http;
+pub mod mcp;
 pub mod rate;
 
 use axum::extract::DefaultBodyLimit;
@@ -208,6 +209,12 @@ pub fn app_with(paygent: Paygent, options: Options) -> Router {
     )
     .merge(http::health::router())
     .merge(http::web::router())
+    .nest_service(
+        "/mcp",
+        tower::ServiceBuilder::new()
+            .layer(middleware::from_fn_with_state(paygent.clone(), mcp::authenticate))
+            .service(mcp::service(paygent.clone())),
+    )
     .fallback(|| async { ApiError::NoRoute })
     .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
     .layer(DefaultBodyLimit::max(BODY_LIMIT))

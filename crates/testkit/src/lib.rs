@@ -3,6 +3,7 @@
 
 pub mod chain;
 pub mod contract;
+pub mod mcp;
 
 use chrono::{DateTime, Duration, Utc};
 use paygent_engine::domain::{PriceTable, Role};

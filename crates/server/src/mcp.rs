@@ -1,0 +1,562 @@
+//! Paygent as an MCP server: guarded payment tools for any MCP client, over streamable HTTP at `/mcp`. Every
+//! call is made as the key that authenticated its HTTP request, under that key's policy, through the same engine
+//! calls as the REST API. A call that needs a person answers at once with the approval to wait for; nothing
+//! ever runs because a wait ended without an answer.
+
+use crate::extract::Caller;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use paygent_engine::domain::command::Step;
+use paygent_engine::domain::event::EventKind;
+use paygent_engine::domain::execution::ExecutionStatus;
+use paygent_engine::domain::{ApprovalStatus, PaymentStatus, Principal};
+use paygent_engine::{ApprovalView, ExecutionView, PaymentView};
+use paygent_engine::{EngineError, EventFilter, Paygent, PaymentRequest, Plan};
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::tool::{Extension, IntoCallToolResult};
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{
+    CallToolResponse, CallToolResult, ContentBlock, Implementation, ProgressNotificationParam,
+    RequestMetaObject, ServerCapabilities, ServerConfig,
+};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData, Peer, RoleServer, ServerHandler, schemars, tool, tool_handler, tool_router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// How long `wait_for_approval` waits by default: under the 60 s a reference client waits for an answer.
+const DEFAULT_WAIT_SECONDS: u64 = 50;
+/// The longest one `wait_for_approval` call waits; the model calls again to wait longer.
+const MAX_WAIT_SECONDS: u64 = 600;
+/// How often a waiting call reports progress to a client that asked for it.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// The most of a paid resource's body `paid_fetch` hands the model as text.
+const MAX_BODY_TEXT: usize = 64 * 1024;
+/// How long `paid_fetch` follows its payment before it answers with the execution to follow.
+const FETCH_WITHIN: Duration = Duration::from_secs(30);
+
+/// The MCP endpoint: stateless, so any instance answers any call, and each call authenticated on its own.
+pub fn service(paygent: Paygent) -> StreamableHttpService<PaymentTools, LocalSessionManager> {
+    let config = StreamableHttpServerConfig::default()
+        .with_legacy_session_mode(false)
+        // Every request carries a key: a page that rebinds a host name to this server has none to send.
+        .disable_allowed_hosts();
+    StreamableHttpService::new(
+        move || Ok(PaymentTools::new(paygent.clone())),
+        Default::default(),
+        config,
+    )
+}
+
+/// Authenticates each request to `/mcp` like any API call (a missing, unknown or revoked key is a 401 problem
+/// before MCP sees it), and hands the tools the caller.
+pub async fn authenticate(State(paygent): State<Paygent>, req: Request, next: Next) -> Response {
+    let (mut parts, body) = req.into_parts();
+    match Caller::from_request_parts(&mut parts, &paygent).await {
+        Ok(Caller(who)) => {
+            parts.extensions.insert(who);
+            next.run(Request::from_parts(parts, body)).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The tools one MCP request may call.
+#[derive(Clone)]
+pub struct PaymentTools {
+    paygent: Paygent,
+    tool_router: ToolRouter<Self>,
+}
+
+/// The caller, as `authenticate` found it.
+type Parts = Extension<axum::http::request::Parts>;
+
+/// The engine's refusal of a call, answered as a tool error the model can read and act on.
+pub struct Refusal(EngineError);
+
+impl From<EngineError> for Refusal {
+    fn from(e: EngineError) -> Self {
+        Refusal(e)
+    }
+}
+
+impl IntoCallToolResult for Refusal {
+    fn into_call_tool_result(self) -> Result<CallToolResponse, ErrorData> {
+        let why = self.0.to_string();
+        Ok(answer(json!({"error": why}), format!("Refused: {why}"), true).into())
+    }
+}
+
+/// What a tool answers: a result, or a refusal.
+type Answer = Result<CallToolResult, Refusal>;
+
+fn caller(parts: &Parts) -> Result<Principal, Refusal> {
+    let found = parts.0.extensions.get::<Principal>().cloned();
+    Ok(found.ok_or(EngineError::Unauthenticated)?)
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct Pay {
+    /// The Paygent session to pay in; without it, the session this key opened for MCP.
+    pub session_id: Option<String>,
+    /// The amount as a decimal string, such as "1.50". For an x402 URL, the most you will pay.
+    pub amount: String,
+    /// The currency or token symbol, such as "USDC".
+    pub currency: String,
+    /// An EVM address (0x...) for a transfer, or the https URL of an x402 resource.
+    pub recipient: String,
+    /// What the payment is for, in a few words: people who approve it read this.
+    pub description: Option<String>,
+    /// Send the same key again to retry a call whose answer you did not get: it never pays twice.
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct PaidFetch {
+    /// The https URL of the x402 resource.
+    pub url: String,
+    /// The most you will pay for it, as a decimal string, such as "0.10": the resource's own price is paid.
+    pub max_amount: String,
+    /// The token to pay in; USDC when absent.
+    pub currency: Option<String>,
+    pub session_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct WaitForApproval {
+    /// The approval id a payment answered with.
+    pub approval_id: String,
+    /// How long to wait for a person, in seconds (50 by default, at most 600).
+    pub timeout_seconds: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct PaymentId {
+    pub payment_id: String,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct ExecutionId {
+    pub execution_id: String,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct InSession {
+    /// The Paygent session; without it, the session this key opened for MCP.
+    pub session_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct Run {
+    /// What to do, in plain language, such as "pay 2 USDC to 0x... for the weather report".
+    pub command: String,
+    pub session_id: Option<String>,
+}
+
+fn id(field: &str, text: &str) -> Result<Uuid, Refusal> {
+    let parsed = text.parse();
+    Ok(parsed.map_err(|_| EngineError::Invalid(format!("{field} must be a UUID")))?)
+}
+
+/// The key a payment is sent with: the caller's, or a fresh one, so every payment the guard files has one.
+fn idempotency_key(given: Option<String>) -> Option<String> {
+    Some(given.unwrap_or_else(|| format!("mcp:{}", Uuid::new_v4())))
+}
+
+/// A result with the REST view as structured content and a short text for the model.
+fn answer(view: Value, text: String, failed: bool) -> CallToolResult {
+    let mut result = CallToolResult::structured(view);
+    result.content = vec![ContentBlock::text(text)];
+    result.is_error = Some(failed);
+    result
+}
+
+fn view<T: serde::Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).expect("views serialize")
+}
+
+impl PaymentTools {
+    pub fn new(paygent: Paygent) -> Self {
+        PaymentTools {
+            paygent,
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    /// The caller, and the session a call names or else the caller's MCP session.
+    async fn asker(
+        &self,
+        parts: &Parts,
+        named: Option<&str>,
+    ) -> Result<(Principal, Uuid), Refusal> {
+        let who = caller(parts)?;
+        let session = match named {
+            Some(text) => id("session_id", text)?,
+            None => self.paygent.mcp_session(&who).await?,
+        };
+        Ok((who, session))
+    }
+}
+
+/// A payment as the model should read it: what happened, and what to do next.
+fn payment_answer(p: &PaymentView) -> CallToolResult {
+    let what = format!("{} {} to {}", p.amount, p.currency, p.recipient);
+    let (text, failed) = match p.status {
+        PaymentStatus::Executed => (format!("Paid {what} (payment {}).", p.id), false),
+        PaymentStatus::Authorized => (
+            format!(
+                "Authorized {what} (payment {}): it is yours to carry out.",
+                p.id
+            ),
+            false,
+        ),
+        PaymentStatus::PendingApproval => (
+            format!(
+                "A person must approve paying {what}: approval {}. Wait for it with wait_for_approval; do not \
+                 retry with another amount or split the payment.",
+                p.approval_id.map(|a| a.to_string()).unwrap_or_default()
+            ),
+            false,
+        ),
+        PaymentStatus::Denied | PaymentStatus::Failed => (
+            format!(
+                "Not paid ({}): {}. Do not retry this payment; tell the user why.",
+                p.reason.as_deref().unwrap_or("refused"),
+                p.detail.as_deref().unwrap_or("no detail")
+            ),
+            true,
+        ),
+    };
+    answer(view(p), text, failed)
+}
+
+#[tool_router]
+impl PaymentTools {
+    #[tool(
+        description = "Pay an EVM address (a transfer) or an x402 resource URL through Paygent's guard. Small \
+                       payments within policy run at once; larger ones wait for a person: you then get an \
+                       approval_id to pass to wait_for_approval. Never split a payment to avoid approval."
+    )]
+    async fn pay(&self, parts: Parts, Parameters(p): Parameters<Pay>) -> Answer {
+        let (who, session_id) = self.asker(&parts, p.session_id.as_deref()).await?;
+        let req = PaymentRequest {
+            session_id,
+            amount: p.amount,
+            currency: p.currency,
+            recipient: p.recipient,
+            description: p.description,
+            idempotency_key: idempotency_key(p.idempotency_key),
+        };
+        Ok(payment_answer(
+            &self.paygent.submit_payment(&who, req).await?.payment,
+        ))
+    }
+
+    #[tool(
+        description = "Fetch an x402 resource, paying its price if it is at most max_amount, and return its body. \
+                       If a person must approve the price, you get an approval_id for wait_for_approval and an \
+                       execution_id whose get_execution then holds the body."
+    )]
+    async fn paid_fetch(&self, parts: Parts, Parameters(p): Parameters<PaidFetch>) -> Answer {
+        let (who, session_id) = self.asker(&parts, p.session_id.as_deref()).await?;
+        let currency = p.currency.unwrap_or_else(|| "USDC".into());
+        let step = Step {
+            tool: "x402_payment".into(),
+            args: json!({"url": p.url, "max_amount": p.max_amount, "currency": currency}),
+        };
+        let plan = Plan::Steps(vec![step]);
+        let started = self.paygent.start_execution(&who, session_id, plan).await?;
+        Ok(fetched(&self.settled(&who, &started).await?))
+    }
+
+    #[tool(
+        description = "Read a payment by its id: its status, amount, payee and why it was denied, if it was."
+    )]
+    async fn get_payment(&self, parts: Parts, Parameters(p): Parameters<PaymentId>) -> Answer {
+        let who = caller(&parts)?;
+        let payment = self
+            .paygent
+            .payment(&who, id("payment_id", &p.payment_id)?)
+            .await?;
+        Ok(payment_answer(&payment))
+    }
+
+    #[tool(
+        description = "Wait for a person to decide an approval request, up to timeout_seconds. Approved: the \
+                       payment runs, once, and you get it. Rejected or expired: the reason, and nothing is paid. \
+                       Still pending: call wait_for_approval again; never retry the payment itself."
+    )]
+    async fn wait_for_approval(
+        &self,
+        parts: Parts,
+        meta: RequestMetaObject,
+        peer: Peer<RoleServer>,
+        cancelled: CancellationToken,
+        Parameters(w): Parameters<WaitForApproval>,
+    ) -> Answer {
+        let who = caller(&parts)?;
+        let limit = w.timeout_seconds.unwrap_or(DEFAULT_WAIT_SECONDS);
+        let limit = Duration::from_secs(limit.clamp(1, MAX_WAIT_SECONDS));
+        let wait = Wait {
+            paygent: &self.paygent,
+            who: &who,
+            approval_id: id("approval_id", &w.approval_id)?,
+        };
+        let progress = meta.get_progress_token().map(|token| (peer, token));
+        let found = wait.until_decided(limit, progress, cancelled).await?;
+        self.decided(&who, found).await
+    }
+
+    #[tool(description = "The session's wallet balances on chain, by token.")]
+    async fn balance(&self, parts: Parts, Parameters(s): Parameters<InSession>) -> Answer {
+        let (who, session_id) = self.asker(&parts, s.session_id.as_deref()).await?;
+        let balances = self.paygent.balances(&who, session_id).await?;
+        Ok(answer(
+            balances.clone(),
+            format!("Balances: {balances}"),
+            false,
+        ))
+    }
+
+    #[tool(
+        description = "The session's budget: what it may spend today, what is spent and reserved, what is left."
+    )]
+    async fn budget(&self, parts: Parts, Parameters(s): Parameters<InSession>) -> Answer {
+        let (who, session_id) = self.asker(&parts, s.session_id.as_deref()).await?;
+        let budget = view(&self.paygent.budget(&who, session_id).await?);
+        Ok(answer(budget.clone(), format!("Budget: {budget}"), false))
+    }
+
+    #[tool(
+        description = "Run a plain-language command (\"pay 2 USDC to 0x... for the report\") as an execution: its \
+                       steps pass the same guard, and a step that needs a person waits for one. Follow it with \
+                       get_execution."
+    )]
+    async fn run(&self, parts: Parts, Parameters(r): Parameters<Run>) -> Answer {
+        let (who, session_id) = self.asker(&parts, r.session_id.as_deref()).await?;
+        let plan = Plan::Command(r.command);
+        let execution = self.paygent.start_execution(&who, session_id, plan).await?;
+        let text = format!(
+            "Execution {} started. Follow it with get_execution.",
+            execution.id
+        );
+        Ok(answer(view(&execution), text, false))
+    }
+
+    #[tool(
+        description = "Read an execution: its status and each step with its result or the approval it waits on."
+    )]
+    async fn get_execution(&self, parts: Parts, Parameters(e): Parameters<ExecutionId>) -> Answer {
+        let who = caller(&parts)?;
+        let execution = self
+            .paygent
+            .execution(&who, id("execution_id", &e.execution_id)?)
+            .await?;
+        let text = format!(
+            "Execution {} is {}.",
+            execution.id,
+            execution.status.as_str()
+        );
+        Ok(answer(view(&execution), text, false))
+    }
+}
+
+impl PaymentTools {
+    /// The execution once it has ended or waits on a person, or as it stands after `FETCH_WITHIN`.
+    async fn settled(
+        &self,
+        who: &Principal,
+        started: &ExecutionView,
+    ) -> Result<ExecutionView, EngineError> {
+        let filter = EventFilter {
+            session_id: Some(started.session_id),
+            types: vec![
+                EventKind::ExecutionPaused,
+                EventKind::ExecutionCompleted,
+                EventKind::ExecutionFailed,
+            ],
+        };
+        let mut events = self.paygent.subscribe_events(who, filter, None).await?;
+        let deadline = tokio::time::Instant::now() + FETCH_WITHIN;
+        loop {
+            let now = self.paygent.execution(who, started.id).await?;
+            if now.status != ExecutionStatus::Running || tokio::time::Instant::now() >= deadline {
+                return Ok(now);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {}
+                ended = events.next() => {
+                    ended.map_err(|e| EngineError::Unavailable(format!("the fetch was left: {e}")))?;
+                }
+            }
+        }
+    }
+
+    /// What a wait found: an approved payment is carried out (once, whoever asks again); anything else is said.
+    async fn decided(&self, who: &Principal, a: ApprovalView) -> Answer {
+        let note = a
+            .decision
+            .as_ref()
+            .and_then(|d| d.note.clone())
+            .unwrap_or_else(|| "no reason given".into());
+        let text = match a.status {
+            ApprovalStatus::Approved | ApprovalStatus::Edited => match a.payment_id {
+                Some(_) => {
+                    return Ok(payment_answer(
+                        &self.paygent.execute_approved(who, a.id).await?,
+                    ));
+                }
+                None => "Approved: the execution goes on.".to_owned(),
+            },
+            ApprovalStatus::Pending => format!(
+                "Still waiting for a person (until {}). Call wait_for_approval again; do not retry the payment.",
+                a.deadline.to_rfc3339()
+            ),
+            ApprovalStatus::Rejected => {
+                format!("Rejected by a person: {note}. Nothing was paid; do not retry.")
+            }
+            ApprovalStatus::Expired => {
+                "Nobody decided in time: the request expired and nothing was paid.".to_owned()
+            }
+            ApprovalStatus::Cancelled => format!("Cancelled ({note}): nothing was paid."),
+        };
+        let failed = !matches!(a.status, ApprovalStatus::Pending | ApprovalStatus::Approved);
+        Ok(answer(view(&a), text, failed))
+    }
+}
+
+/// A fetch's execution as the model reads it: the resource's body, the approval it waits on, or why it failed.
+fn fetched(e: &ExecutionView) -> CallToolResult {
+    let step = e.steps.first();
+    let result = step.and_then(|s| s.result.as_ref());
+    let body = result.and_then(|r| r.pointer("/receipt/body").or_else(|| r.get("body")));
+    let (text, failed) = match (e.status, body) {
+        (ExecutionStatus::Completed, Some(body)) => (bounded_text(body), false),
+        (ExecutionStatus::AwaitingApproval, _) => (
+            format!(
+                "A person must approve the price: approval {}. Wait for it with wait_for_approval, then read the \
+                 resource with get_execution {}; do not retry.",
+                step.and_then(|s| s.approval_id)
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+                e.id
+            ),
+            false,
+        ),
+        (ExecutionStatus::Running, _) => (
+            format!(
+                "Still under way: follow execution {} with get_execution.",
+                e.id
+            ),
+            false,
+        ),
+        _ => (
+            format!(
+                "Not fetched ({}): {}. Do not retry; tell the user why.",
+                e.status.as_str(),
+                step.and_then(|s| s.error.clone())
+                    .or_else(|| e.error.clone())
+                    .unwrap_or_default()
+            ),
+            true,
+        ),
+    };
+    answer(view(e), text, failed)
+}
+
+/// A resource's body as text, at most `MAX_BODY_TEXT` bytes of it.
+fn bounded_text(body: &Value) -> String {
+    let mut text = match body {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if text.len() > MAX_BODY_TEXT {
+        let mut end = MAX_BODY_TEXT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+/// One wait for a person's decision on a request.
+struct Wait<'a> {
+    paygent: &'a Paygent,
+    who: &'a Principal,
+    approval_id: Uuid,
+}
+
+impl Wait<'_> {
+    /// The request once it is no longer pending, or as it stands when `limit` passes or the client cancels. It
+    /// listens to the request's session's events (subscribed before the first read, so no decision falls
+    /// between), and ends when the key is revoked.
+    async fn until_decided(
+        &self,
+        limit: Duration,
+        progress: Option<(Peer<RoleServer>, rmcp::model::ProgressToken)>,
+        cancelled: CancellationToken,
+    ) -> Result<ApprovalView, EngineError> {
+        let first = self.paygent.approval(self.who, self.approval_id).await?;
+        let filter = EventFilter {
+            session_id: Some(first.session_id),
+            types: vec![
+                EventKind::Approved,
+                EventKind::Rejected,
+                EventKind::Edited,
+                EventKind::Expired,
+                EventKind::Cancelled,
+            ],
+        };
+        let mut events = self
+            .paygent
+            .subscribe_events(self.who, filter, None)
+            .await?;
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut ticks = tokio::time::interval(PROGRESS_EVERY);
+        let mut waited = 0u64;
+        loop {
+            let now = self.paygent.approval(self.who, self.approval_id).await?;
+            if now.status != ApprovalStatus::Pending || tokio::time::Instant::now() >= deadline {
+                return Ok(now);
+            }
+            tokio::select! {
+                _ = cancelled.cancelled() => return Ok(now),
+                _ = tokio::time::sleep_until(deadline) => {}
+                ended = events.next() => {
+                    if let Err(e) = ended {
+                        return Err(EngineError::Unavailable(format!("the wait ended: {e}")));
+                    }
+                }
+                _ = ticks.tick() => {
+                    if let Some((peer, token)) = &progress {
+                        let seconds = limit.as_secs();
+                        let note = ProgressNotificationParam::new(token.clone(), waited as f64)
+                            .with_total(seconds as f64)
+                            .with_message("waiting for a person to decide");
+                        let _ = peer.notify_progress(note).await;
+                    }
+                    waited += PROGRESS_EVERY.as_secs();
+                }
+            }
+        }
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for PaymentTools {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("paygent", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Paygent guards every payment you make: small ones within policy run at once, larger ones wait \
+                 for a person. When a tool answers with an approval_id, call wait_for_approval with it; never \
+                 retry a payment with another amount or split it, and never treat a wait that ended as a yes.",
+            )
+    }
+}
