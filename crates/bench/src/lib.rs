@@ -200,6 +200,39 @@ impl Target {
         self.post(agent, "/payments", body).await
     }
 
+    /// The `pay` tool called over streamable HTTP as an MCP client sends it: one JSON-RPC POST to `/mcp`, its
+    /// answer read from the event stream; the payment's structured content.
+    async fn pay_over_mcp(
+        &self,
+        agent: &str,
+        session: &str,
+        amount: &str,
+    ) -> anyhow::Result<Value> {
+        let arguments =
+            json!({"session_id": session, "amount": amount, "currency": "USDC", "recipient": ADDR});
+        let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "pay", "arguments": arguments}});
+        let resp = self
+            .http
+            .post(format!("{}/mcp", self.base))
+            .bearer_auth(agent)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-06-18")
+            .json(&call)
+            .send()
+            .await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        let data = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(str::trim)
+            .rfind(|d| !d.is_empty())
+            .with_context(|| format!("/mcp: {status} {text}"))?;
+        let answer: Value = serde_json::from_str(data)?;
+        Ok(answer["result"]["structuredContent"].clone())
+    }
+
     async fn socket(&self, token: &str) -> anyhow::Result<Ws> {
         let url = format!(
             "{}/api/v1/ws?token={token}",
@@ -296,6 +329,54 @@ pub async fn guard_auto(
         wall,
         String::new(),
     ))
+}
+
+/// The guard's auto path through the MCP `pay` tool beside `POST /payments`, in the same run: rounds alternate
+/// the two, so both see the same machine; the note gives MCP's overhead at p50 and p99.
+pub async fn mcp_pay(
+    t: &Target,
+    scale: &Scale,
+    concurrency: usize,
+) -> anyhow::Result<Vec<Measurement>> {
+    const ROUNDS: usize = 4;
+    let agent = t.key("agent").await?;
+    let session = t.session(&agent).await?;
+    let per_round = scale.requests.div_ceil(ROUNDS);
+    let (mut rest, mut mcp) = ((Vec::new(), Duration::ZERO), (Vec::new(), Duration::ZERO));
+    for _ in 0..ROUNDS {
+        for over_mcp in [false, true] {
+            let (t2, a, s) = (t.clone(), agent.clone(), session.clone());
+            let (lat, wall) = load(concurrency, per_round, move |_| {
+                let (t, a, s) = (t2.clone(), a.clone(), s.clone());
+                async move {
+                    let p = match over_mcp {
+                        true => t.pay_over_mcp(&a, &s, "1.00").await?,
+                        false => t.pay(&a, &s, "1.00").await?,
+                    };
+                    expect_status(&p, "authorized")
+                }
+            })
+            .await?;
+            let side = if over_mcp { &mut mcp } else { &mut rest };
+            side.0.extend(lat);
+            side.1 += wall;
+        }
+    }
+    let rest = Measurement::from_latencies(
+        "pay, POST /payments",
+        concurrency,
+        rest.0,
+        rest.1,
+        String::new(),
+    );
+    let mut mcp =
+        Measurement::from_latencies("pay, MCP tool", concurrency, mcp.0, mcp.1, String::new());
+    mcp.note = format!(
+        "MCP adds {:.2} ms at p50, {:.2} ms at p99",
+        mcp.p50_ms - rest.p50_ms,
+        mcp.p99_ms - rest.p99_ms
+    );
+    Ok(vec![rest, mcp])
 }
 
 /// Files `count` approval requests at `concurrency`; returns their ids with the measurement.
@@ -749,6 +830,9 @@ pub async fn all(
     let mut m = Vec::new();
     for c in [1, 16] {
         m.push(guard_auto(t, scale, c).await?);
+    }
+    for c in [1, 16] {
+        m.extend(mcp_pay(t, scale, c).await?);
     }
     for c in [1, 16] {
         m.push(approval_creation(t, scale, c).await?);

@@ -66,6 +66,8 @@ enum Scenario {
     X402,
     /// The emergency stop with 0, 10,000 and 100,000 requests pending: its answer, and the sweep after it.
     Stop,
+    /// The `pay` tool over MCP (streamable HTTP) beside `POST /payments`, alternating in one run
+    Mcp,
     /// The guard's auto path on 1, 2 and 3 instances of one PostgreSQL database (needs --db postgres://...),
     /// beside one instance on SQLite.
     Instances,
@@ -333,6 +335,11 @@ async fn main() -> anyhow::Result<()> {
         Scenario::X402 => (vec![], vec![]),
         Scenario::Stop => (stops(&t, &db, &scale).await?, vec![]),
         Scenario::Instances => (instances(&db, &dir, &scale, &t).await?, vec![]),
+        Scenario::Mcp => {
+            let mut lines = b::mcp_pay(&t, &scale, 1).await?;
+            lines.extend(b::mcp_pay(&t, &scale, 16).await?);
+            (lines, vec![])
+        }
     };
     let mut lines = lines;
     if matches!(args.scenario, Scenario::All | Scenario::X402) {

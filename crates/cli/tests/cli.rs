@@ -624,7 +624,7 @@ async fn benchmark_scenarios_run() {
     let (lines, footprint) = paygent_bench::all(&target, &db, &scale, child.id())
         .await
         .unwrap();
-    assert_eq!(lines.len(), 13);
+    assert_eq!(lines.len(), 17);
     for m in &lines {
         let expected = match m.scenario.as_str() {
             "round trip" | "kill latency" | "resume latency" | "timeout precision"

@@ -37,6 +37,12 @@ async fn asked(client: &mut McpClient, amount: &str) -> String {
         text.contains("wait_for_approval") && text.contains("do not retry"),
         "{text}"
     );
+    assert!(
+        text.contains("asked of the tenant's approvers until"),
+        "{text}"
+    );
+    assert_eq!(p["approval"]["approvals_required"], 1, "{p}");
+    assert!(p["approval"]["deadline"].is_string(), "{p}");
     p["approval_id"]
         .as_str()
         .expect("an approval id")

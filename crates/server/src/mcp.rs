@@ -46,11 +46,9 @@ pub fn service(paygent: Paygent) -> StreamableHttpService<PaymentTools, LocalSes
         .with_legacy_session_mode(false)
         // Every request carries a key: a page that rebinds a host name to this server has none to send.
         .disable_allowed_hosts();
-    StreamableHttpService::new(
-        move || Ok(PaymentTools::new(paygent.clone())),
-        Default::default(),
-        config,
-    )
+    // Built once: each request is served by a clone, not by describing the tools anew.
+    let tools = PaymentTools::new(paygent);
+    StreamableHttpService::new(move || Ok(tools.clone()), Default::default(), config)
 }
 
 /// Authenticates each request to `/mcp` like any API call (a missing, unknown or revoked key is a 401 problem
@@ -188,6 +186,17 @@ impl PaymentTools {
         }
     }
 
+    /// A payment's answer, with the request people were asked to decide when it waits on them.
+    async fn payment(&self, who: &Principal, p: &PaymentView) -> Answer {
+        let asked = match (p.status, p.approval_id) {
+            (PaymentStatus::PendingApproval, Some(id)) => {
+                Some(self.paygent.approval(who, id).await?)
+            }
+            _ => None,
+        };
+        Ok(payment_answer(p, asked.as_ref()))
+    }
+
     /// The caller, and the session a call names or else the caller's MCP session.
     async fn asker(
         &self,
@@ -203,27 +212,34 @@ impl PaymentTools {
     }
 }
 
-/// A payment as the model should read it: what happened, and what to do next.
-fn payment_answer(p: &PaymentView) -> CallToolResult {
+/// A payment as the model should read it: what happened, and what to do next. A payment waiting on people says
+/// who was asked and until when.
+fn payment_answer(p: &PaymentView, asked: Option<&ApprovalView>) -> CallToolResult {
     let what = format!("{} {} to {}", p.amount, p.currency, p.recipient);
-    let (text, failed) = match p.status {
-        PaymentStatus::Executed => (format!("Paid {what} (payment {}).", p.id), false),
-        PaymentStatus::Authorized => (
+    let (text, failed) = match (p.status, asked) {
+        (PaymentStatus::Executed, _) => (format!("Paid {what} (payment {}).", p.id), false),
+        (PaymentStatus::Authorized, _) => (
             format!(
                 "Authorized {what} (payment {}): it is yours to carry out.",
                 p.id
             ),
             false,
         ),
-        PaymentStatus::PendingApproval => (
+        (PaymentStatus::PendingApproval, Some(a)) => (
             format!(
-                "A person must approve paying {what}: approval {}. Wait for it with wait_for_approval; do not \
-                 retry with another amount or split the payment.",
-                p.approval_id.map(|a| a.to_string()).unwrap_or_default()
+                "A person must approve paying {what}: approval {}, asked of {} until {}. Wait for it with \
+                 wait_for_approval; do not retry with another amount or split the payment.",
+                a.id,
+                who_decides(a),
+                a.deadline.to_rfc3339()
             ),
             false,
         ),
-        PaymentStatus::Denied | PaymentStatus::Failed => (
+        (PaymentStatus::PendingApproval, None) => (
+            format!("A person must approve paying {what}. Wait for it with wait_for_approval."),
+            false,
+        ),
+        (PaymentStatus::Denied | PaymentStatus::Failed, _) => (
             format!(
                 "Not paid ({}): {}. Do not retry this payment; tell the user why.",
                 p.reason.as_deref().unwrap_or("refused"),
@@ -232,7 +248,24 @@ fn payment_answer(p: &PaymentView) -> CallToolResult {
             true,
         ),
     };
-    answer(view(p), text, failed)
+    let mut shown = view(p);
+    if let Some(a) = asked {
+        shown["approval"] = json!({"id": a.id, "deadline": a.deadline, "groups": a.groups,
+            "approvals_required": a.approvals_required});
+    }
+    answer(shown, text, failed)
+}
+
+/// Who decides a request, in words.
+fn who_decides(a: &ApprovalView) -> String {
+    let people = match a.groups.as_slice() {
+        [] => "the tenant's approvers".to_owned(),
+        groups => format!("members of {}", groups.join(", ")),
+    };
+    match a.approvals_required {
+        1 => people,
+        n => format!("{n} of {people}"),
+    }
 }
 
 #[tool_router]
@@ -252,9 +285,8 @@ impl PaymentTools {
             description: p.description,
             idempotency_key: idempotency_key(p.idempotency_key),
         };
-        Ok(payment_answer(
-            &self.paygent.submit_payment(&who, req).await?.payment,
-        ))
+        let submitted = self.paygent.submit_payment(&who, req).await?;
+        self.payment(&who, &submitted.payment).await
     }
 
     #[tool(
@@ -283,7 +315,7 @@ impl PaymentTools {
             .paygent
             .payment(&who, id("payment_id", &p.payment_id)?)
             .await?;
-        Ok(payment_answer(&payment))
+        self.payment(&who, &payment).await
     }
 
     #[tool(
@@ -407,9 +439,8 @@ impl PaymentTools {
         let text = match a.status {
             ApprovalStatus::Approved | ApprovalStatus::Edited => match a.payment_id {
                 Some(_) => {
-                    return Ok(payment_answer(
-                        &self.paygent.execute_approved(who, a.id).await?,
-                    ));
+                    let paid = self.paygent.execute_approved(who, a.id).await?;
+                    return Ok(payment_answer(&paid, None));
                 }
                 None => "Approved: the execution goes on.".to_owned(),
             },
