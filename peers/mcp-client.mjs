@@ -5,6 +5,8 @@
 //
 // Each line on stdin is one order, run at once (several may be in flight):
 //   {"id": 1, "op": "list"}                                          tools/list
+//   {"id": 4, "op": "resources"}                                     resources/list and resources/templates/list
+//   {"id": 5, "op": "read", "uri": "paygent://..."}                  resources/read
 //   {"id": 2, "op": "call", "name": "pay", "arguments": {...}}       tools/call, with a progress token
 //   {"id": 3, "op": "cancel", "target": 2}                           cancels call 2 (notifications/cancelled)
 // Each line on stdout answers one: {"id", "result"} or {"id", "error"}, and {"id", "progress"} while a call runs.
@@ -34,6 +36,11 @@ try {
 const running = new Map();
 const run = async (order) => {
   if (order.op === "list") return client.listTools();
+  if (order.op === "resources") {
+    const [listed, templates] = [await client.listResources(), await client.listResourceTemplates()];
+    return { resources: listed.resources, templates: templates.resourceTemplates };
+  }
+  if (order.op === "read") return client.readResource({ uri: order.uri });
   if (order.op === "cancel") {
     running.get(order.target)?.abort("cancelled by the test");
     return { cancelled: order.target };

@@ -126,6 +126,30 @@ async fn over_http_nothing_runs_without_a_person(backend: Backend) {
     );
     let session = small["session_id"].as_str().unwrap().to_owned();
 
+    // The session's budget as a resource; another agent's session is as unknown as a missing one.
+    let listed = client.resources().await;
+    assert_eq!(
+        listed["result"]["resources"][0]["uri"], "paygent://mcp-session/budget",
+        "{listed}"
+    );
+    let read = client.read("paygent://mcp-session/budget").await;
+    let budget: Value =
+        serde_json::from_str(read["result"]["contents"][0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(budget["session_id"], session.as_str(), "{budget}");
+    let stranger = s
+        .key(ADMIN_TOKEN, paygent_engine::domain::Role::Agent)
+        .await;
+    let theirs = s.session(&stranger, json!({})).await;
+    let read = client
+        .read(&format!("paygent://sessions/{theirs}/budget"))
+        .await;
+    assert!(
+        read["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not found")),
+        "{read}"
+    );
+
     // Approved while the model waits: it runs once, and asking again answers the same payment.
     let (approval, paid) = approved_while_waiting(&s, &t.approver, &mut client).await;
     let again = client

@@ -17,9 +17,12 @@ use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::{Extension, IntoCallToolResult};
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolResponse, CallToolResult, ContentBlock, Implementation, ProgressNotificationParam,
-    RequestMetaObject, ServerCapabilities, ServerConfig,
+    CallToolResponse, CallToolResult, ContentBlock, Implementation, ListResourceTemplatesResult,
+    ListResourcesResult, PaginatedRequestParams, ProgressNotificationParam,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, RequestMetaObject,
+    Resource, ResourceContents, ResourceTemplate, ServerCapabilities, ServerConfig,
 };
+use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, Peer, RoleServer, ServerHandler, schemars, tool, tool_handler, tool_router};
@@ -582,7 +585,11 @@ impl Wait<'_> {
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for PaymentTools {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        let capabilities = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_resources()
+            .build();
+        ServerConfig::new(capabilities)
             .with_server_info(Implementation::new("paygent", env!("CARGO_PKG_VERSION")))
             .with_instructions(
                 "Paygent guards every payment you make: small ones within policy run at once, larger ones wait \
@@ -590,4 +597,64 @@ impl ServerHandler for PaymentTools {
                  retry a payment with another amount or split it, and never treat a wait that ended as a yes.",
             )
     }
+
+    async fn list_resources(
+        &self,
+        _: Option<PaginatedRequestParams>,
+        _: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let budget = Resource::new(MCP_BUDGET, "budget")
+            .with_title("Budget")
+            .with_description("Today's budget of the session this key uses for MCP: limits, spent, reserved, left.")
+            .with_mime_type("application/json");
+        Ok(ListResourcesResult::with_all_items(vec![budget]))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _: Option<PaginatedRequestParams>,
+        _: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        let budget =
+            ResourceTemplate::new("paygent://sessions/{session_id}/budget", "session budget")
+                .with_description("Today's budget of one of this key's sessions.")
+                .with_mime_type("application/json");
+        Ok(ListResourceTemplatesResult::with_all_items(vec![budget]))
+    }
+
+    /// A budget, as its reader could GET it: an agent reads only its own sessions'.
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let refused = |e: EngineError| ErrorData::invalid_request(e.to_string(), None);
+        let who = context
+            .extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<Principal>())
+            .cloned()
+            .ok_or_else(|| refused(EngineError::Unauthenticated))?;
+        let session = match request.uri.as_str() {
+            MCP_BUDGET => self.paygent.mcp_session(&who).await.map_err(refused)?,
+            uri => uri
+                .strip_prefix("paygent://sessions/")
+                .and_then(|rest| rest.strip_suffix("/budget"))
+                .and_then(|id| id.parse().ok())
+                .ok_or_else(|| ErrorData::resource_not_found(format!("no resource {uri}"), None))?,
+        };
+        let budget = match self.paygent.budget(&who, session).await {
+            Ok(budget) => view(&budget),
+            Err(e @ EngineError::NotFound(_)) => {
+                return Err(ErrorData::resource_not_found(e.to_string(), None));
+            }
+            Err(e) => return Err(refused(e)),
+        };
+        let contents = ResourceContents::text(budget.to_string(), request.uri)
+            .with_mime_type("application/json");
+        Ok(ReadResourceResult::new(vec![contents]).into())
+    }
 }
+
+/// The budget of the session a key's MCP calls use by default.
+const MCP_BUDGET: &str = "paygent://mcp-session/budget";

@@ -99,6 +99,18 @@ impl McpClient {
             .clone()
     }
 
+    /// The resources and resource templates the server lists.
+    pub async fn resources(&mut self) -> Value {
+        let id = self.send(json!({"op": "resources"})).await;
+        self.answer(id).await
+    }
+
+    /// Reads a resource: `{"result": {"contents": [...]}}` or `{"error": ...}`.
+    pub async fn read(&mut self, uri: &str) -> Value {
+        let id = self.send(json!({"op": "read", "uri": uri})).await;
+        self.answer(id).await
+    }
+
     /// Cancels a call in flight, as a client whose user gave up does.
     pub async fn cancel(&mut self, call: u64) {
         let id = self.send(json!({"op": "cancel", "target": call})).await;
