@@ -528,8 +528,8 @@ struct Wait<'a> {
 
 impl Wait<'_> {
     /// The request once it is no longer pending, or as it stands when `limit` passes or the client cancels. It
-    /// listens to the request's session's events (subscribed before the first read, so no decision falls
-    /// between), and ends when the key is revoked.
+    /// listens to the request's session's events, subscribed before the state is read again, so no decision falls
+    /// between; a revoked key ends the subscription, and so the wait.
     async fn until_decided(
         &self,
         limit: Duration,
