@@ -149,6 +149,12 @@ async fn over_http_nothing_runs_without_a_person(backend: Backend) {
             .is_some_and(|e| e.contains("not found")),
         "{read}"
     );
+    let (_, their_payment) = s.pay(&stranger, theirs, "1", "USDC").await;
+    let looked = client
+        .call("get_payment", json!({"payment_id": their_payment["id"]}))
+        .await;
+    let (_, text, failed) = tool_result(&looked);
+    assert!(failed && text.contains("payment not found"), "{text}");
 
     // Approved while the model waits: it runs once, and asking again answers the same payment.
     let (approval, paid) = approved_while_waiting(&s, &t.approver, &mut client).await;
