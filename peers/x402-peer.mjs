@@ -69,7 +69,7 @@ const resourceServer = new x402ResourceServer(new HTTPFacilitatorClient({ url: f
 );
 const paid = (price) => ({
   accepts: { scheme: "exact", price, network, payTo: cfg.payTo, maxTimeoutSeconds: 120 },
-  description: `data for ${price}`,
+  description: typeof price === "string" ? `data for ${price}` : "data for its current price",
 });
 
 const app = express();
@@ -159,9 +159,26 @@ app.get("/bad/unknown-asset", (req, res) => {
 });
 app.get("/served", (_req, res) => res.json(served));
 
-app.use(paymentMiddleware({ "GET /v2/cheap": paid("$0.10"), "GET /v2/premium": paid("$25") }, resourceServer));
+// A price the test sets (`/set-price?dollars=12`), asked afresh on every request: a service that changes its price
+// between the quote a person approved and the payment.
+let variablePrice = "1";
+app.get("/set-price", (req, res) => {
+  variablePrice = String(req.query.dollars);
+  res.json({ price: variablePrice });
+});
+app.use(
+  paymentMiddleware(
+    {
+      "GET /v2/cheap": paid("$0.10"),
+      "GET /v2/premium": paid("$25"),
+      "GET /v2/variable": paid(() => `$${variablePrice}`),
+    },
+    resourceServer,
+  ),
+);
 app.get("/v2/cheap", body("v2/cheap"));
 app.get("/v2/premium", body("v2/premium"));
+app.get("/v2/variable", body("v2/variable"));
 app.get("/free", body("free"));
 
 const serviceUrl = `http://127.0.0.1:${await listen(app)}`;

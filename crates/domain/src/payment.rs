@@ -149,6 +149,28 @@ impl PaymentIntent {
         self.recipient.tool()
     }
 
+    /// The payment at the price a resource asks, this intent's amount being the most the agent would pay; or,
+    /// in words, why that price cannot be paid.
+    pub fn at_price(&self, price: Decimal) -> Result<PaymentIntent, String> {
+        let (max, currency) = (self.money.amount, &self.money.currency);
+        if price <= Decimal::ZERO {
+            return Err(format!(
+                "{} asks {price} {currency}: not a price that can be paid",
+                self.recipient.as_str()
+            ));
+        }
+        if price > max {
+            return Err(format!(
+                "{} asks {} {currency}, above the agent's maximum of {max} {currency}: nothing was signed",
+                self.recipient.as_str(),
+                price.normalize()
+            ));
+        }
+        let mut priced = self.clone();
+        priced.money.amount = price;
+        Ok(priced)
+    }
+
     /// The tool arguments as stored on an approval request and shown to people.
     pub fn args(&self) -> Value {
         json!({
@@ -252,6 +274,21 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn a_maximum_pays_the_asked_price_and_nothing_above_it() {
+        let max = intent("0.10", "https://api.example/data");
+        let priced = max.at_price("0.05".parse().unwrap()).unwrap();
+        assert_eq!(priced.money.amount.to_string(), "0.05");
+        assert_eq!(priced.recipient, max.recipient);
+        assert_eq!(max.at_price("0.10".parse().unwrap()).unwrap(), max);
+        let above = max.at_price("0.100001".parse().unwrap()).unwrap_err();
+        assert_eq!(
+            above,
+            "https://api.example/data asks 0.100001 USDC, above the agent's maximum of 0.10 USDC: nothing was signed"
+        );
+        assert!(max.at_price(Decimal::ZERO).is_err());
     }
 
     #[test]

@@ -31,6 +31,14 @@ pub enum EngineError {
     /// A bound on what a key may hold at once was reached (pending approvals): nothing was written.
     #[error("{0}")]
     TooMany(String),
+    /// A resource named as a paid one (an x402 URL) answered without asking to be paid: there is nothing to pay,
+    /// and its answer is here.
+    #[error("{url} answered {status} without asking for payment: there is nothing to pay")]
+    Unpaid {
+        url: String,
+        status: u16,
+        body: String,
+    },
     /// A chain or service Paygent depends on could not be reached; retrying later is safe.
     #[error("{0}")]
     Unavailable(String),

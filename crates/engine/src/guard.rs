@@ -6,6 +6,7 @@ use crate::budget::{self, Booking, Move};
 use crate::context::DecisionContext;
 use crate::executions::tools::{StepContext, StepOutcome, authorized_action};
 use crate::policies;
+use crate::pricing::Pricing;
 use crate::views::{ApprovalView, BudgetView, PaymentView};
 use crate::{EngineError, Paygent, Result, require};
 use chrono::{DateTime, Utc};
@@ -112,18 +113,27 @@ impl Paygent {
         who: &Principal,
         req: PaymentRequest,
     ) -> Result<Evaluation> {
-        let (intent, usd_value) = self.priced(&req)?;
+        let (asked, _) = self.priced(&req)?;
+        let pricing = self.pricing(who, &req, &asked).await?;
+        let intent = match &pricing {
+            Pricing::Price(at) => at,
+            Pricing::AsAsked | Pricing::Refused(_) => &asked,
+        };
+        let usd_value = self.prices.usd_value(&intent.money)?;
         let mut tx = self.begin_as(who).await?;
         let (session, policy) = in_force(&mut tx, who, req.session_id).await?;
-        let mut filing = Filing::new(who, &session, &policy, (&intent, usd_value), &req, tx.now());
+        let mut filing = Filing::new(who, &session, &policy, (intent, usd_value), &req, tx.now());
         let findings = filing.findings(&mut tx).await?;
         drop(tx);
         let rules = findings.fired();
         let budget = self.budget_view(&session, self.now()).await?;
+        if let Pricing::Refused(why) = pricing {
+            return Ok(Evaluation::refused(why, usd_value, budget));
+        }
         Ok(Evaluation::new(
             judge(findings),
             rules,
-            &intent,
+            intent,
             usd_value,
             budget,
         ))
@@ -139,34 +149,35 @@ impl Paygent {
             who.can_request_payments(),
             "only agents and admins request payments",
         )?;
-        let (intent, usd_value) = self.priced(&req)?;
+        let (intent, _) = self.priced(&req)?;
+        // A retry is answered before the resource is asked its price again.
+        let earlier = self.earlier(self.store.reader(), who, &req).await?;
+        if let Some(earlier) = earlier {
+            return self.replay(earlier).await;
+        }
+        let pricing = match refusal {
+            Some(why) => Pricing::Refused(why.to_owned()),
+            None => self.pricing(who, &req, &intent).await?,
+        };
         let mut tx = self.begin_as(who).await?;
-        if let Some(key) = &req.idempotency_key
-            && let Some(earlier) = payments::by_idempotency_key(&mut tx, key).await?
-        {
-            // Keys are the tenant's, but a payment is its requester's: another key's is neither shown nor
-            // carried out, whatever it names.
-            if earlier.requested_by != who.key_id || earlier.request_hash != req.fingerprint() {
-                return Err(EngineError::Invalid(
-                    "idempotency_key was already used for a different payment request".into(),
-                ));
-            }
+        if let Some(earlier) = self.earlier(tx.conn(), who, &req).await? {
             drop(tx);
-            // An authorized payment whose rail run was interrupted is finished now, still only once.
-            return Ok(Submitted {
-                payment: self.carry_out(earlier).await?,
-                replayed: true,
-            });
+            return self.replay(earlier).await;
         }
         let (session, policy) = in_force(&mut tx, who, req.session_id).await?;
-        let priced = (&intent, usd_value);
+        let (priced, max) = match &pricing {
+            Pricing::Price(at) => (at, Some(intent.money.amount)),
+            Pricing::AsAsked | Pricing::Refused(_) => (&intent, None),
+        };
+        let usd_value = self.prices.usd_value(&priced.money)?;
         let wallet = session.wallet_address.as_deref();
-        let network = self.network_for(intent.tool().as_str(), &intent.money.currency, wallet);
-        let mut filing =
-            Filing::new(who, &session, &policy, priced, &req, tx.now()).on_network(network);
-        match refusal {
-            Some(why) => filing.fail(&mut tx, why).await?,
-            None => {
+        let network = self.network_for(priced.tool().as_str(), &priced.money.currency, wallet);
+        let mut filing = Filing::new(who, &session, &policy, (priced, usd_value), &req, tx.now())
+            .on_network(network)
+            .up_to(max);
+        match pricing {
+            Pricing::Refused(why) => filing.fail(&mut tx, &why).await?,
+            Pricing::AsAsked | Pricing::Price(_) => {
                 let findings = filing.findings(&mut tx).await?;
                 filing.fired = findings.fired();
                 filing.record(&mut tx, judge(findings)).await?;
@@ -177,6 +188,37 @@ impl Paygent {
         Ok(Submitted {
             payment: self.carry_out(payment).await?,
             replayed: false,
+        })
+    }
+
+    /// The payment an earlier request with this one's idempotency key made, if any. Keys are the tenant's, but
+    /// a payment is its requester's: another key's is neither shown nor carried out, whatever it names.
+    async fn earlier(
+        &self,
+        db: paygent_store::Db<'_>,
+        who: &Principal,
+        req: &PaymentRequest,
+    ) -> Result<Option<PaymentRecord>> {
+        let Some(key) = &req.idempotency_key else {
+            return Ok(None);
+        };
+        let Some(earlier) = payments::by_idempotency_key(db, who.tenant_id, key).await? else {
+            return Ok(None);
+        };
+        if earlier.requested_by != who.key_id || earlier.request_hash != req.fingerprint() {
+            return Err(EngineError::Invalid(
+                "idempotency_key was already used for a different payment request".into(),
+            ));
+        }
+        Ok(Some(earlier))
+    }
+
+    /// An earlier payment, answered again: an authorized one whose rail run was interrupted is finished now,
+    /// still only once.
+    async fn replay(&self, earlier: PaymentRecord) -> Result<Submitted> {
+        Ok(Submitted {
+            payment: self.carry_out(earlier).await?,
+            replayed: true,
         })
     }
 }
@@ -211,7 +253,8 @@ pub enum EvaluatedVerdict {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Evaluation {
     pub verdict: EvaluatedVerdict,
-    /// For a denial, the payment's `reason` (`killed`, `policy_denied`, `budget_exceeded`); for a person, why.
+    /// For a denial, the payment's `reason` (`killed`, `policy_denied`, `budget_exceeded`, or in words why an
+    /// x402 resource's price cannot be paid); for a person, why.
     pub reason: Option<String>,
     /// Every check that found something, strongest first; empty when it would go at once.
     pub rules: Vec<Fired>,
@@ -222,6 +265,17 @@ pub struct Evaluation {
 }
 
 impl Evaluation {
+    /// A payment that would fail before the guard, for `why` (a price above the maximum): nothing booked.
+    fn refused(why: String, usd_value: Decimal, budget: BudgetView) -> Self {
+        Evaluation {
+            verdict: EvaluatedVerdict::Deny,
+            reason: Some(why),
+            rules: Vec::new(),
+            usd_value,
+            budget_after: budget,
+        }
+    }
+
     fn new(
         judgement: Judgement,
         rules: Vec<Fired>,
@@ -323,6 +377,7 @@ impl<'a> Filing<'a> {
             budget_day: Some(booking.day.clone()),
             detail: None,
             limits_key: booking.limits.map(|(key, _)| key),
+            max_amount: None,
             created_at: now,
             updated_at: now,
         };
@@ -353,6 +408,15 @@ impl<'a> Filing<'a> {
             self.summary["network"] = json!(n);
         }
         self.payment.network = network;
+        self
+    }
+
+    /// For a resource that named its price: the most the agent would pay.
+    fn up_to(mut self, max: Option<Decimal>) -> Self {
+        if let Some(m) = max {
+            self.summary["max_amount"] = json!(m.to_string());
+        }
+        self.payment.max_amount = max;
         self
     }
 

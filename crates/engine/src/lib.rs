@@ -18,6 +18,7 @@ mod kill;
 mod memory;
 mod payments;
 mod policies;
+mod pricing;
 mod rails;
 mod sessions;
 pub mod simulation;
@@ -52,7 +53,7 @@ pub use keys::{NewKey, NewTenant};
 pub use kill::KillSwitchView;
 pub use memory::{MemoryTurn, SessionSummary};
 pub use policies::default_policy_id;
-pub use rails::{Journal, PaymentOrder, Rail, RailError, Settlement, Signed};
+pub use rails::{Asked, Journal, PaymentOrder, Rail, RailError, Settlement, Signed};
 pub use sessions::NewSession;
 pub use views::{
     ApprovalView, BudgetLine, BudgetView, DecisionRecord, ExecutionView, KeyView, PaymentView,

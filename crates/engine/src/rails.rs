@@ -12,7 +12,7 @@ use paygent_domain::event::EventKind;
 use paygent_domain::policy::PaymentTool;
 use paygent_domain::{Decimal, PaymentStatus, SessionState};
 use paygent_store::attempts::AttemptRecord;
-use paygent_store::payments::{self, PaymentRecord, Transition};
+use paygent_store::payments::{self, PaymentRecord, Terms, Transition};
 use paygent_store::{WriteTx, attempts, sessions};
 use serde_json::{Value, json};
 use std::sync::{Arc, Weak};
@@ -59,6 +59,18 @@ pub struct Settlement {
     pub tx_hash: Option<String>,
     /// What came back: the block, the payer, an x402 resource's answer.
     pub receipt: Value,
+    /// What moved, when less than was authorized (a service that lowered its price): the payment and its
+    /// budget then hold what was paid.
+    pub paid: Option<Decimal>,
+}
+
+/// What a paid resource (x402) asks for itself, read before the guard decides.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Asked {
+    /// Its price in the payment's currency: the least it offers in it.
+    Price(Decimal),
+    /// It answered without asking to be paid: its status and the start of its body.
+    Nothing { status: u16, body: String },
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -88,6 +100,13 @@ pub trait Rail: Send + Sync + 'static {
     /// The network (a CAIP-2 id) it would pay a payment of `tool` in `currency` from `wallet` on, when it carries
     /// such a payment: part of the action a person approves.
     fn network(&self, tool: PaymentTool, currency: &str, wallet: Option<&str>) -> Option<String>;
+    /// What the paid resource at `url` asks in `currency`, for a rail that pays such resources. `Refused` says
+    /// why nothing it offers can be paid; `Unavailable`, that it could not be asked.
+    fn price<'a>(
+        &'a self,
+        url: &'a str,
+        currency: &'a str,
+    ) -> BoxFuture<'a, Result<Asked, RailError>>;
     /// Pays the order. With `earlier`, a signed artifact from an interrupted run, it must first find that on chain
     /// or send it again, and never sign a second payment while the first can still settle.
     fn pay<'a>(
@@ -307,12 +326,14 @@ impl Paygent {
     }
 
     async fn settled(&self, payment: &PaymentRecord, s: Settlement) -> Result<PaymentView> {
+        let paid = self.paid_terms(payment, s.paid)?;
         let mut tx = self.store.begin(payment.tenant_id, self.now()).await?;
         let moved = payments::transition(
             &mut tx,
             Transition {
                 tx_hash: s.tx_hash.as_deref(),
                 network: Some(&s.network),
+                terms: paid.as_ref(),
                 ..Transition::new(
                     payment.id,
                     PaymentStatus::Authorized,
@@ -323,12 +344,38 @@ impl Paygent {
         .await?;
         attempts::finish(&mut tx, payment.id, s.tx_hash.as_deref(), &s.receipt).await?;
         if moved {
+            if let (Some(paid), Some(booked)) = (&paid, Booking::of(payment)) {
+                let unpaid = booked.with_terms(
+                    &paid.currency,
+                    payment.amount - paid.amount,
+                    payment.usd_value - paid.usd_value,
+                );
+                budget::book(&mut tx, &unpaid, Move::Unspend).await?;
+            }
             let data =
                 json!({"payment_id": payment.id, "tx_hash": s.tx_hash, "network": s.network});
             announce(&mut tx, payment, PaymentStatus::Executed, data).await?;
         }
         self.publish(tx.commit().await?);
         self.payment_view(payment.tenant_id, payment.id).await
+    }
+
+    /// The terms of a payment that moved less than was authorized: what was paid, priced now.
+    fn paid_terms(&self, p: &PaymentRecord, paid: Option<Decimal>) -> Result<Option<Terms>> {
+        let Some(amount) = paid.filter(|a| *a < p.amount) else {
+            return Ok(None);
+        };
+        let money = paygent_domain::Money {
+            amount,
+            currency: p.currency.clone(),
+        };
+        Ok(Some(Terms {
+            amount,
+            usd_value: self.prices.usd_value(&money)?,
+            currency: money.currency,
+            recipient: p.recipient.clone(),
+            description: p.description.clone(),
+        }))
     }
 
     /// Nothing was paid: the payment fails and what it took from the budget goes back.

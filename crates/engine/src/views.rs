@@ -23,8 +23,12 @@ pub struct PaymentView {
     pub session_id: Uuid,
     /// `transfer` for an EVM recipient, `x402_payment` for a URL.
     pub tool: String,
+    /// For an x402 URL, the price its service asked (and what the guard decided on).
     #[schema(value_type = String, example = "15.00")]
     pub amount: Decimal,
+    /// For an x402 URL, the most the agent would pay: the `amount` it asked with.
+    #[schema(value_type = Option<String>, example = "20.00")]
+    pub max_amount: Option<Decimal>,
     #[schema(example = "USDC")]
     pub currency: String,
     #[schema(value_type = String, example = "15.00")]
@@ -59,6 +63,7 @@ impl From<PaymentRecord> for PaymentView {
             session_id: p.session_id,
             tool: p.tool,
             amount: p.amount,
+            max_amount: p.max_amount,
             currency: p.currency,
             usd_value: p.usd_value,
             recipient: p.recipient,

@@ -20,7 +20,7 @@ use alloy::sol_types::{Eip712Domain, SolCall, SolEvent, SolStruct};
 use futures::future::BoxFuture;
 use paygent_engine::domain::Decimal;
 use paygent_engine::domain::policy::PaymentTool;
-use paygent_engine::{Egress, Journal, PaymentOrder, Rail, RailError, Settlement, Signed};
+use paygent_engine::{Asked, Egress, Journal, PaymentOrder, Rail, RailError, Settlement, Signed};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -440,6 +440,31 @@ impl EvmRails {
             })
     }
 
+    /// What `url` asks in `currency`: the least of its payable offers in that token.
+    async fn asked_price(&self, url: &str, currency: &str) -> Result<Asked, RailError> {
+        let offers = match self.quote(url).await {
+            Ok(Quote::Offers(offers)) => offers,
+            Ok(Quote::Unpaid { status, body }) => return Ok(Asked::Nothing { status, body }),
+            Err(QuoteError::Unreachable(why)) => return Err(RailError::Unavailable(why)),
+            Err(e @ QuoteError::Malformed { .. }) => return Err(RailError::Refused(e.to_string())),
+        };
+        let payable = self.payable(&offers).map_err(RailError::Refused)?;
+        let (token, _) = self.token(currency)?;
+        payable
+            .iter()
+            .filter(|(_, symbol)| *symbol == token.symbol)
+            .map(|(o, _)| o.amount)
+            .min()
+            .and_then(|units| from_units(units, token.decimals))
+            .map(Asked::Price)
+            .ok_or_else(|| {
+                RailError::Refused(format!(
+                    "{url} asks {}, not {currency}: nothing was signed",
+                    self.asked(&payable)
+                ))
+            })
+    }
+
     async fn transfer(
         &self,
         order: &PaymentOrder,
@@ -570,6 +595,7 @@ impl EvmRails {
             tx_hash: Some(hash.to_string()),
             receipt: json!({"block": block, "gas_used": receipt.gas_used,
                 "confirmations": chain.config.confirmations}),
+            paid: None,
         })
     }
 
@@ -598,13 +624,15 @@ impl EvmRails {
             }
         };
         let offers = self.payable(&offers).map_err(RailError::Refused)?;
+        // The price may have moved since the guard decided: never more than was authorized.
         let offer = offers
             .iter()
-            .find(|(o, symbol)| *symbol == token.symbol && o.amount == value)
+            .filter(|(o, symbol)| *symbol == token.symbol && o.amount <= value)
+            .min_by_key(|(o, _)| o.amount)
             .map(|(o, _)| o.clone())
             .ok_or_else(|| {
                 RailError::Refused(format!(
-                    "the service now asks {}, not the {} {} that was authorized",
+                    "the service now asks {}, above the {} {} that was authorized: nothing was signed",
                     self.asked(&offers),
                     order.amount,
                     order.currency
@@ -618,7 +646,7 @@ impl EvmRails {
             tx_hash: None,
             artifact: json!({"kind": "x402", "url": order.recipient, "header_name": header_name,
                 "header_value": header_value, "from": auth.from, "nonce": auth.nonce,
-                "valid_before": auth.valid_before, "pay_to": offer.pay_to,
+                "valid_before": auth.valid_before, "pay_to": offer.pay_to, "value": auth.value.to_string(),
                 "version": if offer.version == Version::V1 { 1 } else { 2 }}),
         };
         let stored = journal(mine.clone()).await?;
@@ -642,10 +670,13 @@ impl EvmRails {
             stored(a, "header_value")?,
         );
         let auth = Watched::signed(token, chain, a)?;
+        // What the authorization moves; older artifacts did not say, and paid what was authorized.
+        let value = a["value"].as_str().and_then(|v| v.parse::<U256>().ok());
         let paid = |receipt: Value, tx_hash: Option<String>| Settlement {
             network: signed.network.clone(),
             tx_hash,
             receipt,
+            paid: value.and_then(|v| from_units(v, token.decimals)),
         };
         let standing = if fresh {
             Standing::Open
@@ -823,6 +854,14 @@ impl Rail for EvmRails {
         }
         let (_, chain) = self.token(currency).ok()?;
         Some(chain.caip2.clone())
+    }
+
+    fn price<'a>(
+        &'a self,
+        url: &'a str,
+        currency: &'a str,
+    ) -> BoxFuture<'a, Result<Asked, RailError>> {
+        Box::pin(self.asked_price(url, currency))
     }
 
     fn pay<'a>(

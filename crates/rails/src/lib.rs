@@ -9,17 +9,14 @@ pub mod x402;
 
 pub use config::{ChainConfig, ConfigError, RailsConfig, TokenConfig};
 pub use evm::{EvmRails, from_units, sign_authorization, to_units};
-pub use tool::{BalanceTool, X402Tool};
+pub use tool::BalanceTool;
 
 use paygent_engine::Paygent;
 
-/// Puts the rails behind an engine: it carries out the payments it authorizes, the `x402_payment` tool asks
-/// each resource its price before the guard sees it, and `balance` reads the session wallet's balances.
+/// Puts the rails behind an engine: they price the x402 resources its guard decides on, carry out the payments
+/// it authorizes, and `balance` reads the session wallet's balances.
 pub fn install(paygent: Paygent, rails: EvmRails) -> Paygent {
     let mut tools = paygent.tools().clone();
-    if let Some(replaced) = tools.get("x402_payment") {
-        tools.register(X402Tool::new(rails.clone(), replaced));
-    }
     tools.register(BalanceTool);
     paygent.with_tools(tools).with_rail(rails)
 }

@@ -100,6 +100,30 @@ async fn a_cheap_x402_call_pays_once_and_returns_the_resource() {
         1,
         "one payment recorded"
     );
+
+    // A resource that asks for nothing is fetched, and nothing is paid or recorded.
+    let free =
+        json!([{"tool": "x402_payment", "args": {"url": peer.url("/free"), "max_amount": "1"}}]);
+    let done = run(&s, &t, &session, free, ended).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let result = &done["steps"][0]["result"];
+    assert_eq!(
+        (result["paid"].as_bool(), result["status"].as_u64()),
+        (Some(false), Some(200)),
+        "{result}"
+    );
+    assert!(
+        result["body"]
+            .as_str()
+            .unwrap()
+            .contains("the free resource"),
+        "{result}"
+    );
+    assert_eq!(
+        payments(&s, &t, &session).await.len(),
+        1,
+        "nothing more recorded"
+    );
     s.finish().await;
 }
 
@@ -288,7 +312,7 @@ async fn payments_that_cannot_be_made_sign_nothing_and_fail_clearly() {
         (
             "/v2/cheap",
             "0.05",
-            "above max_amount 0.05 USDC: nothing was signed",
+            "asks 0.1 USDC, above the agent's maximum of 0.05 USDC: nothing was signed",
         ),
         (
             "/bad/malformed",
@@ -393,6 +417,192 @@ async fn a_lagging_chain_takes_the_authorization_and_its_clock_decides_expiry() 
         "the late settlement is the one payment"
     );
     rig.s.finish().await;
+}
+
+#[tokio::test]
+async fn an_x402_amount_is_a_maximum_and_the_price_is_paid_sqlite() {
+    an_x402_amount_is_a_maximum_and_the_price_is_paid(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn an_x402_amount_is_a_maximum_and_the_price_is_paid_postgres() {
+    an_x402_amount_is_a_maximum_and_the_price_is_paid(Backend::Postgres).await;
+}
+
+/// `POST /payments` to an x402 URL: the amount is the most the agent would pay. The guard decides on the price
+/// the service asks, a price above the maximum is refused before anything is signed, a person approves the
+/// price, and the rail pays what it asks at pay time only up to what was approved.
+async fn an_x402_amount_is_a_maximum_and_the_price_is_paid(backend: Backend) {
+    let rig = Rig::start(V2_NETWORK, backend, "local").await;
+    let (chain, peer, s, t) = (&rig.chain, &rig.peer, &rig.s, &rig.t);
+    let pay = |path: &str, max: &str| json!({"session_id": rig.session, "amount": max, "currency": "USDC", "recipient": peer.url(path)});
+
+    // A maximum above the price pays the price, and the budget holds the price.
+    let (status, paid) = s.post(&t.agent, "/payments", pay("/v2/cheap", "1")).await;
+    assert_eq!(status, 201, "{paid}");
+    assert_eq!(paid["status"], "executed", "{paid}");
+    assert_eq!(
+        (paid["amount"].as_str(), paid["max_amount"].as_str()),
+        (Some("0.1"), Some("1"))
+    );
+    assert_eq!(
+        moved(chain, rig.payee_before).await,
+        100_000,
+        "the price moved, not the maximum"
+    );
+    let (_, budget) = s
+        .get(&t.agent, &format!("/sessions/{}/budget", rig.session))
+        .await;
+    assert_eq!(
+        budget["usd"]["spent"]
+            .as_str()
+            .map(|v| v.parse::<f64>().unwrap()),
+        Some(0.1),
+        "{budget}"
+    );
+
+    // A price above the maximum is refused before anything is signed, without asking anyone.
+    let (status, refused) = s
+        .post(&t.agent, "/payments", pay("/v2/cheap", "0.05"))
+        .await;
+    assert_eq!(status, 201, "{refused}");
+    assert_eq!(refused["status"], "failed", "{refused}");
+    let reason = refused["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("asks 0.1 USDC, above the agent's maximum of 0.05 USDC"),
+        "{reason}"
+    );
+    assert_eq!(
+        s.count("payment_attempts").await,
+        1,
+        "nothing was signed for it"
+    );
+    assert_eq!(s.count("approval_requests").await, 0, "nobody was asked");
+
+    // A dry run prices the same way, and writes nothing.
+    let (status, dry) = s
+        .post(&t.agent, "/payments/evaluate", pay("/v2/cheap", "1"))
+        .await;
+    assert_eq!(
+        (
+            status.as_u16(),
+            dry["verdict"].as_str(),
+            dry["usd_value"].as_str()
+        ),
+        (200, Some("allow"), Some("0.1")),
+        "{dry}"
+    );
+    let (_, dry) = s
+        .post(&t.agent, "/payments/evaluate", pay("/v2/cheap", "0.05"))
+        .await;
+    assert_eq!(dry["verdict"], "deny", "{dry}");
+    assert!(
+        dry["reason"]
+            .as_str()
+            .unwrap()
+            .contains("above the agent's maximum"),
+        "{dry}"
+    );
+    assert_eq!(s.count("payments").await, 2);
+
+    // A resource that asks for nothing has nothing to pay: a problem, and no payment.
+    let (status, problem) = s.post(&t.agent, "/payments", pay("/free", "1")).await;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(
+        problem["type"], "urn:paygent:problem:nothing-to-pay",
+        "{problem}"
+    );
+    assert_eq!(s.count("payments").await, 2);
+
+    // A person approves the price ($25, above the $10 threshold), not the maximum.
+    let (_, premium) = s
+        .post(&t.agent, "/payments", pay("/v2/premium", "30"))
+        .await;
+    assert_eq!(premium["status"], "pending_approval", "{premium}");
+    let approval = premium["approval_id"].as_str().unwrap();
+    let (_, request) = s.get(&t.approver, &format!("/approvals/{approval}")).await;
+    assert_eq!(request["args"]["amount"], "25", "{request}");
+    let (status, _) = s.decide(&t.approver, approval, "approve", json!({})).await;
+    assert_eq!(status, 200);
+    let executed = execute_approved(s, t, approval).await;
+    assert_eq!(executed["status"], "executed", "{executed}");
+    assert_eq!(moved(chain, rig.payee_before).await, 25_100_000);
+
+    // The price moves after the approval: a lower one is paid (and is what the budget holds), a higher one
+    // never.
+    let spent_before = spent(s, t, &rig.session).await;
+    let lowered = approved_at_price(s, t, peer, &pay("/v2/variable", "20"), "12", "11").await;
+    assert_eq!(lowered["status"], "executed", "{lowered}");
+    assert_eq!(lowered["amount"], "11", "what was paid: {lowered}");
+    assert_eq!(moved(chain, rig.payee_before).await, 36_100_000);
+    assert_eq!(
+        spent(s, t, &rig.session).await - spent_before,
+        11.0,
+        "the budget holds what was paid"
+    );
+    let raised = approved_at_price(s, t, peer, &pay("/v2/variable", "20"), "12", "13").await;
+    assert_eq!(raised["status"], "failed", "{raised}");
+    let reason = raised["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("now asks 13 USDC, above the 12 USDC that was authorized"),
+        "{reason}"
+    );
+    assert_eq!(
+        moved(chain, rig.payee_before).await,
+        36_100_000,
+        "nothing more moved"
+    );
+    assert_eq!(
+        spent(s, t, &rig.session).await - spent_before,
+        11.0,
+        "the refused one gave its budget back"
+    );
+    rig.s.finish().await;
+}
+
+/// Today's USD spend of a session.
+async fn spent(s: &paygent_testkit::TestServer, t: &paygent_testkit::Team, session: &str) -> f64 {
+    let (_, budget) = s
+        .get(&t.agent, &format!("/sessions/{session}/budget"))
+        .await;
+    budget["usd"]["spent"].as_str().unwrap().parse().unwrap()
+}
+
+async fn execute_approved(
+    s: &paygent_testkit::TestServer,
+    t: &paygent_testkit::Team,
+    approval: &str,
+) -> Value {
+    let path = "/payments/execute-approved";
+    let (status, body) = s
+        .post(&t.agent, path, json!({"approval_id": approval}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// A payment to the variable resource while it asks `asked`, approved, and executed once it asks `then`.
+async fn approved_at_price(
+    s: &paygent_testkit::TestServer,
+    t: &paygent_testkit::Team,
+    peer: &X402Peer,
+    payment: &Value,
+    asked: &str,
+    then: &str,
+) -> Value {
+    let set = |dollars: &str| reqwest::get(peer.url(&format!("/set-price?dollars={dollars}")));
+    set(asked).await.unwrap();
+    let (_, filed) = s.post(&t.agent, "/payments", payment.clone()).await;
+    assert_eq!(
+        (filed["status"].as_str(), filed["amount"].as_str()),
+        (Some("pending_approval"), Some(asked)),
+        "{filed}"
+    );
+    let approval = filed["approval_id"].as_str().unwrap();
+    let (status, _) = s.decide(&t.approver, approval, "approve", json!({})).await;
+    assert_eq!(status, 200);
+    set(then).await.unwrap();
+    execute_approved(s, t, approval).await
 }
 
 #[tokio::test]
@@ -856,7 +1066,7 @@ async fn an_mcp_client_pays_for_a_resource_with_paid_fetch() {
     let too_little = json!({"url": peer.url("/v2/cheap"), "max_amount": "0.05"});
     let (refused, text, failed) = tool_result(&client.call("paid_fetch", too_little).await);
     assert!(
-        failed && text.contains("above max_amount"),
+        failed && text.contains("above the agent's maximum of 0.05 USDC"),
         "{refused} {text}"
     );
     assert_eq!(

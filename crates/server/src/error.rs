@@ -65,6 +65,7 @@ impl ApiError {
                 E::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "too-many-pending"),
                 E::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "not-implemented"),
                 E::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+                E::Unpaid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "nothing-to-pay"),
                 E::Store(s) if s.is_unavailable() => {
                     (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
                 }

@@ -84,7 +84,10 @@ const EVERY_OPERATION: [(&str, &str); 5] = [
     ),
     ("429", "rate limited (with `Retry-After`)"),
     ("500", "internal error"),
-    ("503", "the database is unavailable; retry shortly"),
+    (
+        "503",
+        "the database, a chain or a paid resource is unavailable; retry shortly",
+    ),
 ];
 /// What reading a request body may answer.
 const WITH_A_BODY: [(&str, &str); 3] = [

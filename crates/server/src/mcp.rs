@@ -105,8 +105,8 @@ fn caller(parts: &Parts) -> Result<Principal, Refusal> {
 pub struct Pay {
     /// The Paygent session to pay in; without it, the session this key opened for MCP.
     pub session_id: Option<String>,
-    /// The amount as a decimal string, such as "1.50". To pay for an x402 resource at its own price, use
-    /// paid_fetch instead.
+    /// The amount as a decimal string, such as "1.50". For an x402 resource URL, the most you will pay: its own
+    /// price is paid (use paid_fetch to get the resource's body too).
     pub amount: String,
     /// The currency or token symbol, such as "USDC".
     pub currency: String,

@@ -33,6 +33,8 @@ pub struct PaymentRecord {
     pub detail: Option<String>,
     /// The key whose period ledgers it is booked on: its session's creator, if its policy had limits.
     pub limits_key: Option<Uuid>,
+    /// For a resource that names its own price (x402): the most the agent would pay; `amount` is the price.
+    pub max_amount: Option<Decimal>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -59,6 +61,7 @@ crate::row_type! {
         budget_day: Option<String>,
         detail: Option<String>,
         limits_key: Option<String>,
+        max_amount: Option<String>,
         created_at: String,
         updated_at: String,
     }
@@ -66,7 +69,7 @@ crate::row_type! {
 
 const COLUMNS: &str = "id, tenant_id, session_id, tool, amount, currency, usd_value, recipient, description, \
     status, reason, approval_id, tx_hash, network, idempotency_key, request_hash, requested_by, budget_day, detail, \
-    limits_key, created_at, updated_at";
+    limits_key, max_amount, created_at, updated_at";
 
 impl TryFrom<PaymentRow> for PaymentRecord {
     type Error = StoreError;
@@ -93,6 +96,7 @@ impl TryFrom<PaymentRow> for PaymentRecord {
             budget_day: r.budget_day,
             detail: r.detail,
             limits_key: opt_uuid(r.limits_key)?,
+            max_amount: r.max_amount.as_deref().map(decimal).transpose()?,
             created_at: time(&r.created_at)?,
             updated_at: time(&r.updated_at)?,
         })
@@ -106,7 +110,7 @@ fn select(filter: &str) -> String {
 pub async fn insert(tx: &mut WriteTx, p: &PaymentRecord) -> Result<()> {
     query(format!(
         "INSERT INTO payments ({COLUMNS}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
     ))
     .bind(p.id.to_string())
     .bind(p.tenant_id.to_string())
@@ -128,6 +132,7 @@ pub async fn insert(tx: &mut WriteTx, p: &PaymentRecord) -> Result<()> {
     .bind(p.budget_day.clone())
     .bind(p.detail.clone())
     .bind(p.limits_key.map(|k| k.to_string()))
+    .bind(p.max_amount.map(|m| m.to_string()))
     .bind(paygent_domain::time::format(p.created_at))
     .bind(paygent_domain::time::format(p.updated_at))
     .execute(tx.conn())
@@ -139,12 +144,15 @@ pub async fn get(db: Db<'_>, tenant_id: Uuid, id: Uuid) -> Result<Option<Payment
     crate::by_id::<PaymentRow, _>(db, select("tenant_id = $1 AND id = $2"), tenant_id, id).await
 }
 
-pub async fn by_idempotency_key(tx: &mut WriteTx, key: &str) -> Result<Option<PaymentRecord>> {
-    let tenant = tx.tenant_id().to_string();
+pub async fn by_idempotency_key(
+    db: Db<'_>,
+    tenant_id: Uuid,
+    key: &str,
+) -> Result<Option<PaymentRecord>> {
     query(select("tenant_id = $1 AND idempotency_key = $2"))
-        .bind(tenant)
+        .bind(tenant_id.to_string())
         .bind(key)
-        .record::<PaymentRow, _>(tx.conn())
+        .record::<PaymentRow, _>(db)
         .await
 }
 

@@ -2,7 +2,7 @@
 //! registering it, not editing a match spread over the code.
 
 use crate::views::PaymentView;
-use crate::{Paygent, PaymentRequest};
+use crate::{EngineError, Paygent, PaymentRequest};
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use paygent_domain::payment::{PaymentIntent, Recipient};
@@ -166,6 +166,12 @@ impl StepContext<'_> {
         let request = self.payment_request(amount, currency, recipient);
         match self.paygent.submit_payment(self.principal, request).await {
             Ok(submitted) => payment_outcome(submitted.payment),
+            // Free (or broken) without a 402: nothing to pay, the answer is the step's result.
+            Err(EngineError::Unpaid { status, body, .. }) => StepOutcome::Done {
+                result: json!({"status": status, "body": body, "paid": false}),
+                cost_usd: Decimal::ZERO,
+                payment_id: None,
+            },
             Err(e) => StepOutcome::Failed {
                 error: e.to_string(),
             },
@@ -279,9 +285,9 @@ impl Tool for Transfer {
     }
 }
 
-/// `x402_payment {url, max_amount, currency?}`: pay for an x402 resource, decision-only: the guard authorizes up
-/// to `max_amount` and the agent pays. With payment rails installed, `paygent_rails::X402Tool` replaces it and
-/// pays the resource's actual price itself.
+/// `x402_payment {url, max_amount, currency?}`: pay for an x402 resource, at most `max_amount`. With a rail that
+/// pays the resource, the guard decides on the price it asks and the rail pays it; without one, the guard
+/// authorizes up to `max_amount` and the agent pays.
 struct X402Payment;
 
 impl X402Payment {

@@ -77,10 +77,13 @@ async fn evaluate_payment(
 const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 /// Runs a payment through the guard: `authorized` (or `executed`), `pending_approval` with an `approval_id`,
-/// or `denied` with a `reason`.
+/// or `denied` with a `reason`. For an x402 URL that a rail here pays, the service is asked its price first: the
+/// guard decides on that price (`amount`, with `max_amount` the agent's maximum), a price above the maximum is
+/// `failed` before anything is signed, and a resource that asks for nothing is 422 `nothing-to-pay`.
 #[utoipa::path(post, path = "/payments", tag = "payments", request_body = CreatePayment,
     responses((status = 201, body = PaymentView), (status = 400, body = Problem), (status = 403, body = Problem),
-        (status = 404, body = Problem), (status = 422, body = Problem),
+        (status = 404, body = Problem),
+        (status = 422, body = Problem, description = "invalid, or an x402 resource that asks for no payment"),
         (status = 429, body = Problem, description = "rate limited, or too many requests waiting on people")))]
 async fn create_payment(
     State(paygent): State<Paygent>,
