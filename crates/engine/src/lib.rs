@@ -53,7 +53,7 @@ pub use keys::{NewKey, NewTenant};
 pub use kill::KillSwitchView;
 pub use memory::{MemoryTurn, SessionSummary};
 pub use policies::default_policy_id;
-pub use rails::{Asked, Journal, PaymentOrder, Rail, RailError, Settlement, Signed};
+pub use rails::{Asked, Journal, PaymentOrder, Rail, RailError, Refusal, Settlement, Signed};
 pub use sessions::NewSession;
 pub use views::{
     ApprovalView, BudgetLine, BudgetView, DecisionRecord, ExecutionView, KeyView, PaymentView,

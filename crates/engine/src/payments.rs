@@ -126,9 +126,10 @@ impl Paygent {
             .await?
             .map(Into::into)
             .ok_or(EngineError::NotFound("payment"))?;
-        view.receipt = attempts::get(self.store.reader(), id)
-            .await?
-            .and_then(|a| a.receipt);
+        if let Some(attempt) = attempts::get(self.store.reader(), id).await? {
+            view.receipt = attempt.receipt;
+            view.refusal = attempt.refusal.and_then(|r| serde_json::from_value(r).ok());
+        }
         Ok(view)
     }
 

@@ -56,9 +56,9 @@ impl Paygent {
                 body,
             }),
             Err(RailError::Refused(why)) => Ok(Pricing::Refused(why)),
-            Err(RailError::Superseded(why) | RailError::Unavailable(why)) => Err(
-                EngineError::Unavailable(format!("{url} could not be asked its price: {why}")),
-            ),
+            Err(e) => Err(EngineError::Unavailable(format!(
+                "{url} could not be asked its price: {e}"
+            ))),
         }
     }
 }

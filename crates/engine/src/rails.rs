@@ -6,6 +6,7 @@
 use crate::budget::{self, Booking, Move};
 use crate::views::PaymentView;
 use crate::{EngineError, Paygent, Result};
+use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use paygent_domain::audit::AuditAction;
 use paygent_domain::event::EventKind;
@@ -40,6 +41,8 @@ pub struct Signed {
     pub tx_hash: Option<String>,
     /// Everything needed to send it again or find it on chain.
     pub artifact: Value,
+    /// The service's refusal of it, once it refused: it is then only watched on chain, never sent again.
+    pub refusal: Option<Refusal>,
 }
 
 impl From<AttemptRecord> for Signed {
@@ -48,8 +51,21 @@ impl From<AttemptRecord> for Signed {
             network: a.network,
             tx_hash: a.tx_hash,
             artifact: a.signed,
+            refusal: a.refusal.and_then(|r| serde_json::from_value(r).ok()),
         }
     }
+}
+
+/// Why a service refused a signed payment, in its own terms, and until when that payment could still settle.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Refusal {
+    /// The reason code the service (or its facilitator) gave, such as `insufficient_funds`.
+    pub code: Option<String>,
+    /// What it answered, in words.
+    pub message: String,
+    /// The end of the signed authorization's window, by the chain's clock: until then it could still settle,
+    /// and the payment stays `authorized`; then it is `failed`, or `executed` if it settled after all.
+    pub outstanding_until: DateTime<Utc>,
 }
 
 /// A payment that settled.
@@ -85,6 +101,10 @@ pub enum RailError {
     /// reconciled later.
     #[error("{0}")]
     Unavailable(String),
+    /// The service refused what was sent, yet the signed authorization could still settle: the payment's outcome
+    /// stays open until the chain's clock passes its window.
+    #[error("{}; its authorization could still settle until {}", .0.message, .0.outstanding_until)]
+    Outstanding(Refusal),
 }
 
 /// Stores a freshly signed artifact before the rail sends it, and answers the one to send: this one, or one
@@ -144,6 +164,9 @@ async fn announce(
     tx.event(kind, Some(payment.session_id), data).await?;
     Ok(())
 }
+
+/// How long past a refused authorization's window its payment is watched for the chain's clock to pass it too.
+const OUTSTANDING_WATCH_SECONDS: i64 = 120;
 
 /// How often a payment is signed anew after its earlier attempt was superseded, before giving up.
 const MAX_RESIGNS: usize = 3;
@@ -253,7 +276,7 @@ impl Paygent {
             let earlier = attempts::get(self.store.reader(), payment.id)
                 .await?
                 .map(Signed::from);
-            match rail.pay(&order, earlier, &journal).await {
+            match rail.pay(&order, earlier.clone(), &journal).await {
                 Ok(settlement) => return self.settled(&payment, settlement).await,
                 Err(RailError::Refused(why)) => return self.rail_failed(&payment, &why).await,
                 Err(RailError::Superseded(why)) => {
@@ -266,6 +289,10 @@ impl Paygent {
                     return Err(EngineError::Unavailable(format!(
                         "the payment is authorized but its outcome is not known yet: {why}"
                     )));
+                }
+                Err(RailError::Outstanding(refusal)) => {
+                    let first = earlier.is_none_or(|e| e.refusal.is_none());
+                    return self.outstanding(&payment, refusal, first).await;
                 }
             }
         }
@@ -358,6 +385,45 @@ impl Paygent {
         }
         self.publish(tx.commit().await?);
         self.payment_view(payment.tenant_id, payment.id).await
+    }
+
+    /// A service refused the payment while its authorization could still settle: the refusal is kept and shown
+    /// at once, the payment stays open, and (the first time) a watcher ends it once the chain says how. After a
+    /// restart the sweeper does.
+    async fn outstanding(
+        &self,
+        payment: &PaymentRecord,
+        refusal: Refusal,
+        first: bool,
+    ) -> Result<PaymentView> {
+        if first {
+            let mut tx = self.store.begin(payment.tenant_id, self.now()).await?;
+            attempts::refused(&mut tx, payment.id, &json!(refusal)).await?;
+            self.publish(tx.commit().await?);
+            self.watch_outstanding(payment, refusal.outstanding_until);
+        }
+        self.payment_view(payment.tenant_id, payment.id).await
+    }
+
+    /// Carries the payment out again every few seconds (each time one read of the chain: it is not sent again)
+    /// until it ends, or the watch is given up past its window (the sweeper then reconciles it).
+    fn watch_outstanding(&self, payment: &PaymentRecord, until: DateTime<Utc>) {
+        let (this, tenant_id, id) = (self.clone(), payment.tenant_id, payment.id);
+        let give_up = until + chrono::Duration::seconds(OUTSTANDING_WATCH_SECONDS);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                let Ok(Some(p)) = payments::get(this.store.reader(), tenant_id, id).await else {
+                    return;
+                };
+                if p.status != PaymentStatus::Authorized || this.now() > give_up {
+                    return;
+                }
+                if let Err(e) = this.carry_out(p).await {
+                    tracing::info!(payment = %id, error = %e, "a refused payment is still open");
+                }
+            }
+        });
     }
 
     /// The terms of a payment that moved less than was authorized: what was paid, priced now.

@@ -50,6 +50,10 @@ pub struct PaymentView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub receipt: Option<Value>,
+    /// An x402 service refused the signed payment: its reason, and until when the payment could still settle
+    /// (it stays `authorized` until then). Only in the answer for one payment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<crate::Refusal>,
     pub idempotency_key: Option<String>,
     pub requested_by: Uuid,
     pub created_at: DateTime<Utc>,
@@ -75,6 +79,7 @@ impl From<PaymentRecord> for PaymentView {
             tx_hash: p.tx_hash,
             network: p.network,
             receipt: None,
+            refusal: None,
             idempotency_key: p.idempotency_key,
             requested_by: p.requested_by,
             created_at: p.created_at,

@@ -20,7 +20,9 @@ use alloy::sol_types::{Eip712Domain, SolCall, SolEvent, SolStruct};
 use futures::future::BoxFuture;
 use paygent_engine::domain::Decimal;
 use paygent_engine::domain::policy::PaymentTool;
-use paygent_engine::{Asked, Egress, Journal, PaymentOrder, Rail, RailError, Settlement, Signed};
+use paygent_engine::{
+    Asked, Egress, Journal, PaymentOrder, Rail, RailError, Refusal, Settlement, Signed,
+};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -53,9 +55,6 @@ const AUTHORIZATION_SECONDS: std::ops::RangeInclusive<u64> = 10..=60;
 /// How long before now an authorization becomes valid: as generous as the reference client, so a chain whose
 /// blocks lag the wall clock (or a host clock ahead of it) still takes it.
 const VALID_AFTER_MARGIN: u64 = 600;
-/// How long past its `validBefore` (by this server's clock) a refused authorization is watched for the chain's
-/// clock to pass it too; after that its outcome counts as unknown and the sweeper reconciles it.
-const EXPIRY_WATCH_SECONDS: u64 = 60;
 /// How far back the transaction of an authorization used before an interruption is looked for (about 15 hours
 /// of Cronos blocks), and how many blocks one log query spans (public nodes refuse wide ranges).
 const LOG_LOOKBACK_BLOCKS: u64 = 10_000;
@@ -179,15 +178,29 @@ enum Standing {
     Open,
 }
 
-/// A resource refused the payment it was sent, and the authorization expired unsettled: nothing was paid.
-fn refused_unsettled(refusal: &str, body: &str) -> RailError {
-    let error = serde_json::from_str::<Value>(body)
-        .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| body.chars().take(200).collect());
-    RailError::Refused(format!(
-        "{refusal} after the payment was sent, and the authorization expired unsettled: {error}"
-    ))
+/// A service's refusal of the payment it was sent, in its words, outstanding until the authorization's window
+/// (`valid_before`, by the chain's clock) closes.
+fn refusal(
+    url: &str,
+    status: u16,
+    (code, said): (Option<String>, Option<String>),
+    valid_before: u64,
+) -> Refusal {
+    let mut message = format!("{url} answered {status} after the payment was sent");
+    if let Some(c) = &code {
+        message.push_str(&format!(": {c}"));
+    }
+    if let Some(s) = said {
+        message.push_str(&format!(" ({s})"));
+    }
+    Refusal {
+        code,
+        message,
+        outstanding_until: i64::try_from(valid_before)
+            .ok()
+            .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+            .unwrap_or_default(),
+    }
 }
 
 impl<'a> Watched<'a> {
@@ -221,27 +234,6 @@ impl<'a> Watched<'a> {
             (false, true) => Standing::Expired,
             (false, false) => Standing::Open,
         })
-    }
-
-    /// A service refused it, yet holds it and could still settle it: watched until the chain's clock passes its
-    /// `validBefore` with the nonce unused (the refusal is final: `false`) or it settles after all (`true`).
-    async fn settles_late(&self, refusal: &str) -> Result<bool, RailError> {
-        let give_up = self.valid_before + EXPIRY_WATCH_SECONDS;
-        loop {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            match self.standing().await? {
-                Standing::Used => return Ok(true),
-                Standing::Expired => return Ok(false),
-                Standing::Open if now_secs() > give_up => {
-                    return Err(RailError::Unavailable(format!(
-                        "{refusal} after the payment was sent, and the chain's clock has not yet passed the \
-                         authorization's validBefore ({}): it could still settle",
-                        self.valid_before
-                    )));
-                }
-                Standing::Open => {}
-            }
-        }
     }
 
     /// The transaction that used it, found by its `AuthorizationUsed` event in the recent blocks. Public RPC
@@ -520,6 +512,7 @@ impl EvmRails {
                     tx_hash: Some(envelope.tx_hash().to_string()),
                     artifact: json!({"kind": "transaction", "raw": raw.to_string(), "from": from,
                         "nonce": nonce, "token": token.address, "to": to, "value": value.to_string()}),
+                    refusal: None,
                 };
                 let stored = journal(mine.clone()).await?;
                 // Broadcast while the nonce is still ours; a signature another runner stored is its to send.
@@ -648,6 +641,7 @@ impl EvmRails {
                 "header_value": header_value, "from": auth.from, "nonce": auth.nonce,
                 "valid_before": auth.valid_before, "pay_to": offer.pay_to, "value": auth.value.to_string(),
                 "version": if offer.version == Version::V1 { 1 } else { 2 }}),
+            refusal: None,
         };
         let stored = journal(mine.clone()).await?;
         self.settle_x402(token, chain, &stored, stored == mine)
@@ -683,19 +677,30 @@ impl EvmRails {
         } else {
             auth.standing().await?
         };
-        match standing {
-            Standing::Used => {
-                return Ok(paid(
-                    json!({"recovered": true, "note": "paid before an interruption; the resource's answer was not kept"}),
-                    auth.transaction().await,
-                ));
+        match (standing, &signed.refusal) {
+            (Standing::Used, refusal) => {
+                let receipt = match refusal {
+                    Some(r) => json!({"settled_late": true, "refusal": r}),
+                    None => {
+                        json!({"recovered": true, "note": "paid before an interruption; the resource's answer was not kept"})
+                    }
+                };
+                return Ok(paid(receipt, auth.transaction().await));
             }
-            Standing::Expired => {
+            (Standing::Expired, Some(r)) => {
+                return Err(RailError::Refused(format!(
+                    "{}, and the authorization expired unsettled: nothing was paid",
+                    r.message
+                )));
+            }
+            (Standing::Expired, None) => {
                 return Err(RailError::Superseded(
                     "the signed authorization expired unused".into(),
                 ));
             }
-            Standing::Open => {}
+            // Refused once: never sent again, only watched until the chain says how it ended.
+            (Standing::Open, Some(r)) => return Err(RailError::Outstanding(r.clone())),
+            (Standing::Open, None) => {}
         }
         let paying = Some((header_name.as_str(), header_value.as_str()));
         let resp = self
@@ -705,28 +710,28 @@ impl EvmRails {
             .await
             .map_err(|e| unavailable(format!("paying {url}: {e}")))?;
         let settlement = header_text(&resp.headers, x402::V2_RESPONSE)
-            .or_else(|| header_text(&resp.headers, x402::V1_RESPONSE))
-            .and_then(|h| x402::parse_settlement(&h));
-        let body = body_text(&resp.body);
+            .or_else(|| header_text(&resp.headers, x402::V1_RESPONSE));
         let status = resp.status;
         if (200..300).contains(&status) || auth.standing().await? == Standing::Used {
+            let settlement = settlement.as_deref().and_then(x402::parse_settlement);
             let tx = match settlement.as_ref().and_then(|s| s["transaction"].as_str()) {
                 Some(t) => Some(t.to_owned()),
                 None => auth.transaction().await,
             };
+            let body = body_text(&resp.body);
             return Ok(paid(
                 json!({"status": status, "body": body, "settlement": settlement}),
                 tx,
             ));
         }
-        let refusal = format!("{url} answered {status}");
-        if auth.settles_late(&refusal).await? {
-            return Ok(paid(
-                json!({"status": status, "body": body, "settled_late": true}),
-                auth.transaction().await,
-            ));
-        }
-        Err(refused_unsettled(&refusal, &body))
+        let required = header_text(&resp.headers, x402::V2_REQUIRED);
+        let said = x402::refusal(settlement.as_deref(), required.as_deref(), &resp.body);
+        Err(RailError::Outstanding(refusal(
+            &url,
+            status,
+            said,
+            auth.valid_before,
+        )))
     }
 
     async fn balance_list(&self, wallet: &str) -> Result<Value, RailError> {

@@ -186,6 +186,33 @@ pub fn parse_settlement(header: &str) -> Option<Value> {
     serde_json::from_slice(&bytes).ok()
 }
 
+/// What a service said when it refused a payment: its (or its facilitator's) reason code and message, from a
+/// failed settlement's header, the payment-required header or a JSON body, whichever says it first.
+pub fn refusal(
+    settlement: Option<&str>,
+    required: Option<&str>,
+    body: &[u8],
+) -> (Option<String>, Option<String>) {
+    let decoded = |h: Option<&str>| h.and_then(parse_settlement);
+    let docs = [
+        decoded(settlement),
+        decoded(required),
+        serde_json::from_slice(body).ok(),
+    ];
+    let first = |keys: &[&str]| {
+        docs.iter().flatten().find_map(|d| {
+            keys.iter()
+                .find_map(|k| d.get(*k).and_then(Value::as_str))
+                .filter(|v| !v.is_empty())
+                .map(|v| v.chars().take(300).collect::<String>())
+        })
+    };
+    (
+        first(&["errorReason", "invalidReason", "error"]),
+        first(&["errorMessage", "invalidMessage", "message"]),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,6 +331,30 @@ mod tests {
             assert!(err.contains(expected), "{err:?} should say {expected:?}");
             bad[key] = saved;
         }
+    }
+
+    #[test]
+    fn refusals_say_the_service_s_reason() {
+        let settle = B64.encode(
+            json!({"success": false, "errorReason": "insufficient_funds", "errorMessage": "balance 0"})
+                .to_string(),
+        );
+        let required =
+            B64.encode(json!({"x402Version": 2, "error": "invalid_payload"}).to_string());
+        assert_eq!(
+            refusal(Some(&settle), Some(&required), b"{}"),
+            (Some("insufficient_funds".into()), Some("balance 0".into()))
+        );
+        assert_eq!(
+            refusal(None, Some(&required), b"not json"),
+            (Some("invalid_payload".into()), None)
+        );
+        let v1 = br#"{"x402Version": 1, "error": "invalid_exact_evm_payload_signature"}"#;
+        assert_eq!(
+            refusal(None, None, v1),
+            (Some("invalid_exact_evm_payload_signature".into()), None)
+        );
+        assert_eq!(refusal(None, Some("%%"), b""), (None, None));
     }
 
     #[test]

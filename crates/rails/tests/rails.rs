@@ -323,7 +323,7 @@ async fn payments_that_cannot_be_made_sign_nothing_and_fail_clearly() {
         (
             "/bad/always-402",
             "1",
-            "answered 402 after the payment was sent, and the authorization expired unsettled",
+            "answered 402 after the payment was sent: payment required, and the authorization expired unsettled",
         ),
     ] {
         let step =
@@ -557,6 +557,101 @@ async fn an_x402_amount_is_a_maximum_and_the_price_is_paid(backend: Backend) {
         11.0,
         "the refused one gave its budget back"
     );
+    rig.s.finish().await;
+}
+
+#[tokio::test]
+async fn a_refused_payment_answers_at_once_and_ends_when_its_window_closes_sqlite() {
+    a_refused_payment_answers_at_once_and_ends_when_its_window_closes(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_refused_payment_answers_at_once_and_ends_when_its_window_closes_postgres() {
+    a_refused_payment_answers_at_once_and_ends_when_its_window_closes(Backend::Postgres).await;
+}
+
+/// A service that refuses the payment it is sent: `POST /payments` answers at once with the refusal (the
+/// service's reason) and until when the signed authorization could still settle, without waiting for that; a
+/// retry with the same idempotency key gets the same state and signs nothing; once the chain's clock passes the
+/// window the payment is `failed` and its budget is back.
+async fn a_refused_payment_answers_at_once_and_ends_when_its_window_closes(backend: Backend) {
+    let rig = Rig::start(V2_NETWORK, backend, "local").await;
+    let (chain, peer, s, t) = (&rig.chain, &rig.peer, &rig.s, &rig.t);
+    chain.mine_every(1).await;
+    let payment = json!({"session_id": rig.session, "amount": "1", "currency": "USDC",
+        "recipient": peer.url("/bad/always-402"), "idempotency_key": "refused-1"});
+    let started = std::time::Instant::now();
+    let (status, answered) = s.post(&t.agent, "/payments", payment.clone()).await;
+    let took = started.elapsed();
+    assert_eq!(status, 201, "{answered}");
+    assert_eq!(answered["status"], "authorized", "still open: {answered}");
+    let refusal = &answered["refusal"];
+    assert_eq!(
+        refusal["code"], "payment required",
+        "the service's own reason: {answered}"
+    );
+    assert!(
+        refusal["message"]
+            .as_str()
+            .unwrap()
+            .contains("answered 402 after the payment was sent"),
+        "{refusal}"
+    );
+    let until: chrono::DateTime<chrono::Utc> = refusal["outstanding_until"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let signed: Value =
+        serde_json::from_str(&s.text("SELECT signed FROM payment_attempts").await).unwrap();
+    assert_eq!(
+        until.timestamp(),
+        signed["valid_before"].as_i64().unwrap(),
+        "the authorization's own end"
+    );
+    // Its window is 10 s: an answer well inside it did not wait for it.
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "answered after {took:?}"
+    );
+
+    let (status, again) = s.post(&t.agent, "/payments", payment.clone()).await;
+    assert_eq!(status, 201, "{again}");
+    assert_eq!(
+        (&again["id"], &again["status"]),
+        (&answered["id"], &answered["status"]),
+        "{again}"
+    );
+    assert_eq!(again["refusal"], answered["refusal"]);
+    let attempt: Value =
+        serde_json::from_str(&s.text("SELECT signed FROM payment_attempts").await).unwrap();
+    assert_eq!(
+        (s.count("payment_attempts").await, &attempt["nonce"]),
+        (1, &signed["nonce"]),
+        "nothing signed twice"
+    );
+
+    let path = format!("/payments/{}", answered["id"].as_str().unwrap());
+    let mut ended = answered.clone();
+    for _ in 0..120 {
+        if ended["status"] != "authorized" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        ended = s.get(&t.agent, &path).await.1;
+    }
+    assert_eq!(ended["status"], "failed", "{ended}");
+    let reason = ended["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("payment required, and the authorization expired unsettled"),
+        "{reason}"
+    );
+    assert!(
+        chain.time().await >= until.timestamp() as u64,
+        "not before the chain's clock passed its window"
+    );
+    assert_eq!(moved(chain, rig.payee_before).await, 0, "nothing moved");
+    assert_eq!(spent(s, t, &rig.session).await, 0.0, "its budget is back");
     rig.s.finish().await;
 }
 

@@ -222,6 +222,7 @@ fn payment_answer(p: &PaymentView, asked: Option<&ApprovalView>) -> CallToolResu
     let what = format!("{} {} to {}", p.amount, p.currency, p.recipient);
     let (text, failed) = match (p.status, asked) {
         (PaymentStatus::Executed, _) => (format!("Paid {what} (payment {}).", p.id), false),
+        (PaymentStatus::Authorized, _) if p.refusal.is_some() => (outstanding(p), true),
         (PaymentStatus::Authorized, _) => (
             format!(
                 "Authorized {what} (payment {}): it is yours to carry out.",
@@ -258,6 +259,20 @@ fn payment_answer(p: &PaymentView, asked: Option<&ApprovalView>) -> CallToolResu
             "approvals_required": a.approvals_required});
     }
     answer(shown, text, failed)
+}
+
+/// A payment its service refused while what was signed could still settle, in words.
+fn outstanding(p: &PaymentView) -> String {
+    let Some(r) = &p.refusal else {
+        return String::new();
+    };
+    format!(
+        "The service refused payment {}: {}. What was signed could still settle until {}: read it then with \
+         get_payment. Do not retry it, and do not pay this another way meanwhile.",
+        p.id,
+        r.message,
+        r.outstanding_until.to_rfc3339()
+    )
 }
 
 /// Who decides a request, in words.

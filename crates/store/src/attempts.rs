@@ -16,6 +16,8 @@ pub struct AttemptRecord {
     pub signed: Value,
     pub tx_hash: Option<String>,
     pub receipt: Option<Value>,
+    /// Why the service refused it, while its authorization could still settle (JSON).
+    pub refusal: Option<Value>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -28,11 +30,13 @@ crate::row_type! {
         signed: String,
         tx_hash: Option<String>,
         receipt: Option<String>,
+        refusal: Option<String>,
         created_at: String,
     }
 }
 
-const COLUMNS: &str = "payment_id, tenant_id, rail, network, signed, tx_hash, receipt, created_at";
+const COLUMNS: &str =
+    "payment_id, tenant_id, rail, network, signed, tx_hash, receipt, refusal, created_at";
 
 impl TryFrom<AttemptRow> for AttemptRecord {
     type Error = crate::StoreError;
@@ -45,6 +49,7 @@ impl TryFrom<AttemptRow> for AttemptRecord {
             signed: crate::json(&r.signed)?,
             tx_hash: r.tx_hash,
             receipt: r.receipt.as_deref().map(crate::json).transpose()?,
+            refusal: r.refusal.as_deref().map(crate::json).transpose()?,
             created_at: time(&r.created_at)?,
         })
     }
@@ -90,6 +95,18 @@ pub async fn insert(
 pub async fn discard(tx: &mut WriteTx, payment_id: Uuid) -> Result<()> {
     query("DELETE FROM payment_attempts WHERE payment_id = $1 AND receipt IS NULL")
         .bind(payment_id.to_string())
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
+/// Records why a service refused the attempt it was sent, while it could still settle.
+pub async fn refused(tx: &mut WriteTx, payment_id: Uuid, refusal: &Value) -> Result<()> {
+    let now = tx.now_text();
+    query("UPDATE payment_attempts SET refusal = $2, updated_at = $3 WHERE payment_id = $1")
+        .bind(payment_id.to_string())
+        .bind(refusal.to_string())
+        .bind(now)
         .execute(tx.conn())
         .await?;
     Ok(())
