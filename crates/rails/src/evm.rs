@@ -178,6 +178,29 @@ enum Standing {
     Open,
 }
 
+/// The receipt of an authorization found used on chain: settled after its service refused it, or before an
+/// interruption.
+fn used(refusal: Option<&Refusal>) -> Value {
+    match refusal {
+        Some(r) => json!({"settled_late": true, "refusal": r}),
+        None => {
+            json!({"recovered": true, "note": "paid before an interruption; the resource's answer was not kept"})
+        }
+    }
+}
+
+/// An authorization whose window closed unused: after its service refused it, the payment fails; otherwise it
+/// was never answered, and is signed anew.
+fn expired(refusal: Option<&Refusal>) -> RailError {
+    match refusal {
+        Some(r) => RailError::Refused(format!(
+            "{}, and the authorization expired unsettled: nothing was paid",
+            r.message
+        )),
+        None => RailError::Superseded("the signed authorization expired unused".into()),
+    }
+}
+
 /// A service's refusal of the payment it was sent, in its words, outstanding until the authorization's window
 /// (`valid_before`, by the chain's clock) closes.
 fn refusal(
@@ -679,28 +702,12 @@ impl EvmRails {
         };
         match (standing, &signed.refusal) {
             (Standing::Used, refusal) => {
-                let receipt = match refusal {
-                    Some(r) => json!({"settled_late": true, "refusal": r}),
-                    None => {
-                        json!({"recovered": true, "note": "paid before an interruption; the resource's answer was not kept"})
-                    }
-                };
-                return Ok(paid(receipt, auth.transaction().await));
+                return Ok(paid(used(refusal.as_ref()), auth.transaction().await));
             }
-            (Standing::Expired, Some(r)) => {
-                return Err(RailError::Refused(format!(
-                    "{}, and the authorization expired unsettled: nothing was paid",
-                    r.message
-                )));
-            }
-            (Standing::Expired, None) => {
-                return Err(RailError::Superseded(
-                    "the signed authorization expired unused".into(),
-                ));
-            }
+            (Standing::Open, None) => {}
             // Refused once: never sent again, only watched until the chain says how it ended.
             (Standing::Open, Some(r)) => return Err(RailError::Outstanding(r.clone())),
-            (Standing::Open, None) => {}
+            (Standing::Expired, refusal) => return Err(expired(refusal.as_ref())),
         }
         let paying = Some((header_name.as_str(), header_value.as_str()));
         let resp = self
