@@ -16,6 +16,11 @@ import { toFacilitatorEvmSigner } from "@x402/evm";
 import { ExactEvmScheme as FacilitatorScheme } from "@x402/evm/exact/facilitator";
 import { ExactEvmScheme as ServerScheme } from "@x402/evm/exact/server";
 import { ExactEvmSchemeV1 as FacilitatorSchemeV1 } from "@x402/evm/exact/v1/facilitator";
+import {
+  PAYMENT_IDENTIFIER,
+  declarePaymentIdentifierExtension,
+  extractPaymentIdentifier,
+} from "@x402/extensions/payment-identifier";
 import { createWalletClient, http as viemHttp, publicActions, defineChain } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 
@@ -172,6 +177,11 @@ app.use(
       "GET /v2/cheap": paid("$0.10"),
       "GET /v2/premium": paid("$25"),
       "GET /v2/variable": paid(() => `$${variablePrice}`),
+      // Declares the payment-identifier extension: a client may send its idempotency key for the payment.
+      "GET /v2/identified": {
+        ...paid("$0.10"),
+        extensions: { [PAYMENT_IDENTIFIER]: declarePaymentIdentifierExtension() },
+      },
     },
     resourceServer,
   ),
@@ -179,6 +189,11 @@ app.use(
 app.get("/v2/cheap", body("v2/cheap"));
 app.get("/v2/premium", body("v2/premium"));
 app.get("/v2/variable", body("v2/variable"));
+// Answers with the payment identifier the client sent, as the service would dedupe on it.
+app.get("/v2/identified", (req, res) => {
+  const payload = JSON.parse(Buffer.from(req.get("PAYMENT-SIGNATURE"), "base64").toString());
+  res.json({ data: "the v2/identified resource", payment_id: extractPaymentIdentifier(payload) });
+});
 app.get("/free", body("free"));
 
 const serviceUrl = `http://127.0.0.1:${await listen(app)}`;

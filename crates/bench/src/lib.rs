@@ -976,7 +976,8 @@ async fn pay_directly(http: &reqwest::Client, paid: &PaidResource) -> anyhow::Re
         .as_secs();
     let auth = paygent_rails::sign_authorization(wallet, token, token.chain_id, &offers[0], now)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let (name, value) = x402::payment_header(&offers[0], &auth);
+    let id = format!("pay_{}", uuid::Uuid::new_v4().simple());
+    let (name, value) = x402::payment_header(&offers[0], &auth, &id);
     let paid_resp = http.get(&paid.url).header(name, value).send().await?;
     if !paid_resp.status().is_success() {
         bail!("the direct payment answered {}", paid_resp.status());

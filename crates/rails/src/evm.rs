@@ -656,7 +656,10 @@ impl EvmRails {
             })?;
         let (_, chain_time) = chain_clock(chain).await?;
         let auth = sign_authorization(wallet, token, chain.config.id, &offer, chain_time)?;
-        let (header_name, header_value) = x402::payment_header(&offer, &auth);
+        // The payment's own id, not the agent's idempotency key: unique across tenants at a service that
+        // dedupes on it, and the same for every resend of this one signed payment.
+        let payment_id = format!("pay_{}", order.payment_id.simple());
+        let (header_name, header_value) = x402::payment_header(&offer, &auth, &payment_id);
         let mine = Signed {
             network: chain.caip2.clone(),
             tx_hash: None,

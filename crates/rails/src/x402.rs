@@ -38,7 +38,12 @@ pub struct Offer {
     pub max_timeout_seconds: u64,
     /// The token's EIP-712 domain name and version, if the service states them.
     pub eip712: Option<(String, String)>,
+    /// The `payment-identifier` extension, as a v2 service declares it: it then takes an id to dedupe on.
+    pub identifier: Option<Value>,
 }
+
+/// The x402 extension by which a client names its payment, so a service can dedupe retries of it.
+pub const PAYMENT_IDENTIFIER: &str = "payment-identifier";
 
 /// What a 402 answer offers. An error says, in words, why it could not be read.
 pub fn parse_required(header: Option<&str>, body: &[u8]) -> Result<Vec<Offer>, String> {
@@ -74,12 +79,20 @@ pub fn parse_required(header: Option<&str>, body: &[u8]) -> Result<Vec<Offer>, S
         .filter(|a| !a.is_empty())
         .ok_or("the 402 answer offers no payment requirements (accepts)")?;
     let resource = doc.get("resource").cloned();
+    let identifier = doc
+        .pointer(&format!("/extensions/{PAYMENT_IDENTIFIER}"))
+        .filter(|e| e.pointer("/info/required").is_some_and(Value::is_boolean))
+        .cloned();
     accepts
         .iter()
         .enumerate()
         .map(|(i, raw)| {
-            offer(version, raw, resource.clone())
-                .map_err(|e| format!("payment requirement {i}: {e}"))
+            let offer = offer(version, raw, resource.clone())
+                .map_err(|e| format!("payment requirement {i}: {e}"))?;
+            Ok(Offer {
+                identifier: identifier.clone(),
+                ..offer
+            })
         })
         .collect()
 }
@@ -129,6 +142,7 @@ fn offer(version: Version, raw: &Value, resource: Option<Value>) -> Result<Offer
             .and_then(Value::as_u64)
             .unwrap_or(60),
         eip712,
+        identifier: None,
     })
 }
 
@@ -161,14 +175,24 @@ impl Authorization {
     }
 }
 
-/// The header that pays for `offer`: its name and value.
-pub fn payment_header(offer: &Offer, auth: &Authorization) -> (&'static str, String) {
+/// The header that pays for `offer`: its name and value. `payment_id` (16 to 128 letters, digits, `-` and `_`)
+/// names the payment to a v2 service that declared the payment-identifier extension.
+pub fn payment_header(
+    offer: &Offer,
+    auth: &Authorization,
+    payment_id: &str,
+) -> (&'static str, String) {
     match offer.version {
         Version::V2 => {
             let mut doc =
                 json!({"x402Version": 2, "payload": auth.payload(), "accepted": offer.raw});
             if let Some(r) = &offer.resource {
                 doc["resource"] = r.clone();
+            }
+            if let Some(declared) = &offer.identifier {
+                let mut echoed = declared.clone();
+                echoed["info"]["id"] = json!(payment_id);
+                doc["extensions"] = json!({PAYMENT_IDENTIFIER: echoed});
             }
             (V2_SIGNATURE, B64.encode(doc.to_string()))
         }
@@ -249,7 +273,7 @@ mod tests {
             nonce: B256::repeat_byte(7),
             signature: [1; 65],
         };
-        let (name, value) = payment_header(o, &auth);
+        let (name, value) = payment_header(o, &auth, "pay_0123456789abcdef");
         assert_eq!(name, V2_SIGNATURE);
         let sent: Value = serde_json::from_slice(&B64.decode(value).unwrap()).unwrap();
         // The requirement goes back as offered, lower-case asset and number types included.
@@ -257,6 +281,39 @@ mod tests {
         assert_eq!(sent["resource"]["url"], "http://127.0.0.1/x");
         assert_eq!(sent["payload"]["authorization"]["value"], "100000");
         assert_eq!(sent["payload"]["authorization"]["validBefore"], "2");
+        assert!(sent.get("extensions").is_none(), "not declared, not sent");
+    }
+
+    #[test]
+    fn a_declared_payment_identifier_carries_the_payment_s_id() {
+        let declared = json!({"info": {"required": false}, "schema": {"type": "object"}});
+        let doc = json!({"x402Version": 2, "accepts": [v2_offer()],
+            "extensions": {"payment-identifier": declared, "bazaar": {"info": {}}}});
+        let offers = parse_required(Some(&v2_header(doc)), b"{}").unwrap();
+        assert_eq!(offers[0].identifier, Some(declared.clone()));
+        let auth = Authorization {
+            from: PAYEE.parse().unwrap(),
+            to: PAYEE.parse().unwrap(),
+            value: offers[0].amount,
+            valid_after: 0,
+            valid_before: 9,
+            nonce: B256::ZERO,
+            signature: [0; 65],
+        };
+        let (_, value) = payment_header(&offers[0], &auth, "pay_0123456789abcdef");
+        let sent: Value = serde_json::from_slice(&B64.decode(value).unwrap()).unwrap();
+        // The declaration goes back as declared, with the id beside what the service advertised.
+        let echoed = &sent["extensions"]["payment-identifier"];
+        assert_eq!(
+            echoed["info"],
+            json!({"required": false, "id": "pay_0123456789abcdef"})
+        );
+        assert_eq!(echoed["schema"], declared["schema"]);
+        assert_eq!(
+            sent["extensions"].as_object().unwrap().len(),
+            1,
+            "only what it fills in"
+        );
     }
 
     #[test]
@@ -277,7 +334,7 @@ mod tests {
             nonce: B256::ZERO,
             signature: [0; 65],
         };
-        let (name, value) = payment_header(&offers[0], &auth);
+        let (name, value) = payment_header(&offers[0], &auth, "pay_0123456789abcdef");
         assert_eq!(name, V1_PAYMENT);
         let sent: Value = serde_json::from_slice(&B64.decode(value).unwrap()).unwrap();
         assert_eq!(sent["network"], "cronos-testnet");

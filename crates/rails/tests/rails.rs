@@ -124,6 +124,19 @@ async fn a_cheap_x402_call_pays_once_and_returns_the_resource() {
         1,
         "nothing more recorded"
     );
+
+    // A service that declares the payment-identifier extension is told the payment's id, to dedupe on.
+    let identified = json!({"session_id": session, "amount": "1", "currency": "USDC",
+        "recipient": peer.url("/v2/identified"), "idempotency_key": "identified-1"});
+    let (status, paid) = s.post(&t.agent, "/payments", identified).await;
+    assert_eq!(
+        (status.as_u16(), paid["status"].as_str()),
+        (201, Some("executed")),
+        "{paid}"
+    );
+    let body: Value = serde_json::from_str(paid["receipt"]["body"].as_str().unwrap()).unwrap();
+    let id = paid["id"].as_str().unwrap().replace('-', "");
+    assert_eq!(body["payment_id"], format!("pay_{id}"), "{body}");
     s.finish().await;
 }
 
@@ -655,6 +668,62 @@ async fn a_refused_payment_answers_at_once_and_ends_when_its_window_closes(backe
     rig.s.finish().await;
 }
 
+/// A service built with Coinbase's Python SDK (FastAPI middleware), settled by the reference facilitator, is
+/// paid as the reference TypeScript service is: its price within the maximum, a person approving the premium
+/// one, a price above the maximum refused before anything is signed, each paid once.
+#[tokio::test]
+async fn a_python_sdk_service_is_paid_like_the_reference_one() {
+    let rig = Rig::start(V2_NETWORK, Backend::Sqlite, "local").await;
+    let (chain, s, t) = (&rig.chain, &rig.s, &rig.t);
+    let python = rig.peer.python(chain).await;
+    let pay = |path: &str, max: &str| json!({"session_id": rig.session, "amount": max, "currency": "USDC", "recipient": python.url(path)});
+    let (status, paid) = s.post(&t.agent, "/payments", pay("/py/cheap", "1")).await;
+    assert_eq!(
+        (status.as_u16(), paid["status"].as_str()),
+        (201, Some("executed")),
+        "{paid}"
+    );
+    assert_eq!(paid["amount"], "0.1");
+    let body: Value = serde_json::from_str(paid["receipt"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["data"], "the py/cheap resource");
+    assert!(
+        paid["tx_hash"].as_str().unwrap().starts_with("0x"),
+        "{paid}"
+    );
+    assert_eq!(moved(chain, rig.payee_before).await, 100_000);
+
+    let (_, refused) = s
+        .post(&t.agent, "/payments", pay("/py/cheap", "0.05"))
+        .await;
+    assert_eq!(refused["status"], "failed", "{refused}");
+    assert_eq!(
+        s.count("payment_attempts").await,
+        1,
+        "nothing signed for a price above the maximum"
+    );
+
+    let (_, premium) = s
+        .post(&t.agent, "/payments", pay("/py/premium", "30"))
+        .await;
+    assert_eq!(
+        (premium["status"].as_str(), premium["amount"].as_str()),
+        (Some("pending_approval"), Some("25")),
+        "{premium}"
+    );
+    let approval = premium["approval_id"].as_str().unwrap();
+    let (status, _) = s.decide(&t.approver, approval, "approve", json!({})).await;
+    assert_eq!(status, 200);
+    let executed = execute_approved(s, t, approval).await;
+    assert_eq!(executed["status"], "executed", "{executed}");
+    assert_eq!(moved(chain, rig.payee_before).await, 25_100_000);
+    assert_eq!(
+        python.served().await,
+        json!({"py/cheap": 1, "py/premium": 1}),
+        "each served once"
+    );
+    rig.s.finish().await;
+}
+
 /// Today's USD spend of a session.
 async fn spent(s: &paygent_testkit::TestServer, t: &paygent_testkit::Team, session: &str) -> f64 {
     let (_, budget) = s
@@ -698,6 +767,39 @@ async fn approved_at_price(
     assert_eq!(status, 200);
     set(then).await.unwrap();
     execute_approved(s, t, approval).await
+}
+
+/// A chain that has made no block for a minute, and one whose clock is an hour behind the wall clock: the
+/// authorization is valid from before the chain's latest block, so the reference facilitator (which simulates
+/// the transfer at that block) takes it, as it takes the reference client's.
+#[tokio::test]
+async fn a_chain_without_new_blocks_or_an_hour_behind_takes_the_payment() {
+    for lag in [60, 3600] {
+        let rig = Rig::start(V2_NETWORK, Backend::Sqlite, "local").await;
+        rig.chain.lag_behind(lag).await;
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(
+            rig.chain.time().await + lag - 5 <= wall,
+            "the chain's clock is {lag} s behind"
+        );
+        let payment = json!({"session_id": rig.session, "amount": "1", "currency": "USDC",
+            "recipient": rig.peer.url("/v2/cheap")});
+        let (status, paid) = rig.s.post(&rig.t.agent, "/payments", payment).await;
+        assert_eq!(
+            (status.as_u16(), paid["status"].as_str()),
+            (201, Some("executed")),
+            "{lag} s: {paid}"
+        );
+        assert_eq!(
+            moved(&rig.chain, rig.payee_before).await,
+            100_000,
+            "{lag} s behind: paid once"
+        );
+        rig.s.finish().await;
+    }
 }
 
 #[tokio::test]

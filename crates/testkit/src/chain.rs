@@ -218,7 +218,28 @@ impl LocalChain {
 /// The reference x402 service and facilitator, settling on `chain`.
 pub struct X402Peer {
     pub service: String,
+    /// The reference facilitator, for services built with other SDKs.
+    pub facilitator: String,
     _process: Child,
+}
+
+/// Starts a peer process given its `PEER_CONFIG`, and reads the one JSON line it prints once it listens.
+async fn peer(mut command: Command, what: &str, config: &Value) -> (Child, Value) {
+    let mut child = command
+        .env("PEER_CONFIG", config.to_string())
+        .kill_on_drop(true)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what} starts: {e}"));
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+        .await
+        .unwrap_or_else(|_| panic!("{what} listens within 30 s"))
+        .expect("stdout readable")
+        .unwrap_or_else(|| panic!("{what} printed its addresses"));
+    let urls = serde_json::from_str(&line).expect("addresses as JSON");
+    (child, urls)
 }
 
 impl X402Peer {
@@ -226,23 +247,30 @@ impl X402Peer {
         let config = json!({"rpc": chain.rpc, "chainId": chain.chain_id, "v1Network": v1_name,
             "facilitatorKey": FACILITATOR, "asset": chain.token, "name": "USD Coin", "version": "2",
             "payTo": payee()});
-        let mut child = Command::new("node")
-            .arg(peers_dir().join("x402-peer.mjs"))
-            .env("PEER_CONFIG", config.to_string())
-            .kill_on_drop(true)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("node runs the x402 peer");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("the x402 peer starts within 30 s")
-            .expect("stdout readable")
-            .expect("the x402 peer printed its addresses");
-        let urls: Value = serde_json::from_str(&line).expect("addresses as JSON");
+        let mut node = Command::new("node");
+        node.arg(peers_dir().join("x402-peer.mjs"));
+        let (child, urls) = peer(node, "the x402 peer", &config).await;
         X402Peer {
             service: urls["service"].as_str().expect("service url").to_owned(),
+            facilitator: urls["facilitator"]
+                .as_str()
+                .expect("facilitator url")
+                .to_owned(),
+            _process: child,
+        }
+    }
+
+    /// The same resources' prices (`/py/cheap` $0.10, `/py/premium` $25) from a service built with Coinbase's
+    /// Python SDK (its FastAPI middleware), settled by this peer's reference facilitator.
+    pub async fn python(&self, chain: &LocalChain) -> X402Peer {
+        let config = json!({"facilitator": self.facilitator, "chainId": chain.chain_id,
+            "asset": chain.token, "name": "USD Coin", "version": "2", "payTo": payee()});
+        let mut python = Command::new(peers_dir().join(".venv/bin/python"));
+        python.arg(peers_dir().join("x402-python.py"));
+        let (child, urls) = peer(python, "the Python x402 service", &config).await;
+        X402Peer {
+            service: urls["service"].as_str().expect("service url").to_owned(),
+            facilitator: self.facilitator.clone(),
             _process: child,
         }
     }
