@@ -863,9 +863,12 @@ pub async fn all(
 }
 
 /// A paid x402 resource on a local chain, and the wallet that pays it, for the payment scenario.
+#[derive(Clone)]
 pub struct PaidResource {
     /// The resource's URL; it costs $0.10.
     pub url: String,
+    /// Which service answers there, in the measurements' names.
+    pub service: String,
     /// The rails Paygent was started with; the direct client signs with the same wallet and token.
     pub rails: paygent_rails::RailsConfig,
 }
@@ -873,7 +876,11 @@ pub struct PaidResource {
 impl PaidResource {
     /// The resource at `url`, paid on `chain` from its funded test wallet, with the config file that makes a
     /// `paygent serve` pay there (the wallet key goes in `PAYGENT_WALLET_KEY`, never in the file).
-    pub fn on(chain: &paygent_testkit::chain::LocalChain, url: String) -> (PaidResource, String) {
+    pub fn on(
+        chain: &paygent_testkit::chain::LocalChain,
+        url: String,
+        service: &str,
+    ) -> (PaidResource, String) {
         let chain_config = paygent_rails::ChainConfig {
             id: chain.chain_id,
             name: "local".into(),
@@ -901,17 +908,26 @@ impl PaidResource {
         rails
             .add_wallet_key(paygent_testkit::chain::PAYER)
             .expect("the test key is valid");
-        (PaidResource { url, rails }, file)
+        let service = service.to_owned();
+        (
+            PaidResource {
+                url,
+                service,
+                rails,
+            },
+            file,
+        )
     }
 }
 
-/// Scenario 9: a $0.10 x402 payment end to end (402, guard, EIP-712 signature, journal, paid request, settlement
-/// on the local chain), through Paygent and, in the same run, by a direct client with no guard. The difference
-/// is Paygent's own overhead.
+/// Scenario 9: a $0.10 x402 payment to one service end to end (402, guard, EIP-712 signature, journal, paid
+/// request, settlement on the local chain), through Paygent and, in the same run and in turn, by the reference
+/// client (`@x402/fetch`) and by a minimal direct client with no guard. The differences are Paygent's overhead.
 pub async fn x402_payment(
     t: &Target,
     scale: &Scale,
     paid: &PaidResource,
+    reference: &mut paygent_testkit::chain::ReferenceClient,
 ) -> anyhow::Result<Vec<Measurement>> {
     let agent = t.key("agent").await?;
     let wallet = paid.rails.wallets.first().context("a wallet")?;
@@ -923,7 +939,7 @@ pub async fn x402_payment(
         )
         .await?;
     let session = session["id"].as_str().context("id")?.to_owned();
-    let (mut through, mut direct) = (Vec::new(), Vec::new());
+    let (mut through, mut by_reference, mut direct) = (Vec::new(), Vec::new(), Vec::new());
     let started = Instant::now();
     for _ in 0..scale.trials {
         let t0 = Instant::now();
@@ -931,31 +947,49 @@ pub async fn x402_payment(
         let p = t.post(&agent, "/payments", body).await?;
         expect_status(&p, "executed")?;
         through.push(t0.elapsed());
+        let (took, status) = reference.pay(&paid.url).await;
+        if status != 200 {
+            bail!("the reference client's payment answered {status}");
+        }
+        by_reference.push(took);
         let t0 = Instant::now();
         pay_directly(&t.http, paid).await?;
         direct.push(t0.elapsed());
     }
     let wall = started.elapsed();
-    let median = |l: &mut Vec<Duration>| {
-        l.sort();
-        l[l.len() / 2].as_secs_f64() * 1000.0
-    };
-    let (m_through, m_direct) = (median(&mut through), median(&mut direct));
+    let [m_through, m_reference, m_direct] =
+        [&mut through, &mut by_reference, &mut direct].map(|l| median_ms(l));
+    let vs = |other: f64| m_through / other.max(f64::EPSILON);
     let note = format!(
-        "Paygent's overhead at p50: {:.1} ms ({:.2}x the direct client)",
-        m_through - m_direct,
-        m_through / m_direct.max(f64::EPSILON)
+        "p50 {:.2}x the reference client's ({:+.1} ms), {:.2}x the direct client's",
+        vs(m_reference),
+        m_through - m_reference,
+        vs(m_direct)
     );
+    let name = |who: &str| format!("x402 $0.10 to the {}, {who}", paid.service);
     Ok(vec![
-        Measurement::from_latencies("x402 $0.10, through Paygent", 1, through, wall, note),
+        Measurement::from_latencies(&name("through Paygent"), 1, through, wall, note),
         Measurement::from_latencies(
-            "x402 $0.10, direct client (no guard)",
+            &name("reference client (@x402/fetch)"),
+            1,
+            by_reference,
+            wall,
+            String::new(),
+        ),
+        Measurement::from_latencies(
+            &name("direct client (no guard)"),
             1,
             direct,
             wall,
             String::new(),
         ),
     ])
+}
+
+/// The median of `l`, in milliseconds.
+fn median_ms(l: &mut [Duration]) -> f64 {
+    l.sort();
+    l[l.len() / 2].as_secs_f64() * 1000.0
 }
 
 /// The x402 exchange with no guard and no bookkeeping: what any client must do at least.

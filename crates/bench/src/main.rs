@@ -208,7 +208,7 @@ async fn instances(
 /// Runs the x402 scenario against its own server, configured to pay on a fresh local chain whose reference x402
 /// service and facilitator run beside it (`npm ci --prefix peers` installs them).
 async fn x402(db: &str, dir: &std::path::Path, scale: &Scale) -> anyhow::Result<Vec<Measurement>> {
-    use paygent_testkit::chain::{LocalChain, PAYER, X402Peer};
+    use paygent_testkit::chain::{LocalChain, PAYER, ReferenceClient, X402Peer};
     if !paygent_testkit::chain::peers_dir()
         .join("node_modules")
         .exists()
@@ -220,7 +220,14 @@ async fn x402(db: &str, dir: &std::path::Path, scale: &Scale) -> anyhow::Result<
     }
     let chain = LocalChain::start(338).await;
     let peer = X402Peer::start(&chain, "base-sepolia").await;
-    let (paid, config) = paygent_bench::PaidResource::on(&chain, peer.url("/v2/cheap"));
+    let python = if paygent_testkit::chain::peers_dir().join(".venv").exists() {
+        Some(peer.python(&chain).await)
+    } else {
+        eprintln!("x402 to the Python service skipped: .ci/run installs its SDK in peers/.venv");
+        None
+    };
+    let (paid, config) =
+        paygent_bench::PaidResource::on(&chain, peer.url("/v2/cheap"), "TypeScript service");
     let x402_dir = dir.join("x402");
     std::fs::create_dir_all(&x402_dir)?;
     let config_file = x402_dir.join("paygent.toml");
@@ -236,7 +243,17 @@ async fn x402(db: &str, dir: &std::path::Path, scale: &Scale) -> anyhow::Result<
         ("PAYGENT_WALLET_KEY", PAYER.to_owned()),
     ];
     let (server, base) = start_server(&x402_db, &x402_dir, &env)?;
-    let lines = paygent_bench::x402_payment(&Target::new(&base, ADMIN), scale, &paid).await?;
+    let target = Target::new(&base, ADMIN);
+    let mut reference = ReferenceClient::start(&chain).await;
+    let mut lines = paygent_bench::x402_payment(&target, scale, &paid, &mut reference).await?;
+    if let Some(python) = &python {
+        let paid = paygent_bench::PaidResource {
+            url: python.url("/py/cheap"),
+            service: "Python service".into(),
+            ..paid
+        };
+        lines.extend(paygent_bench::x402_payment(&target, scale, &paid, &mut reference).await?);
+    }
     drop(server);
     Ok(lines)
 }

@@ -658,13 +658,15 @@ async fn benchmark_scenarios_run() {
 }
 
 /// The real binary, configured by file and environment to pay on a local chain: the x402 benchmark scenario runs
-/// against it in tiny mode, and every payment it reports moved $0.10 on chain, through Paygent or directly.
+/// against it in tiny mode, and every payment it reports moved $0.10 on chain, through Paygent, by the reference
+/// client or directly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_pays_on_chain_and_the_x402_benchmark_runs() {
-    use paygent_testkit::chain::{LocalChain, PAYER, X402Peer, payee};
+    use paygent_testkit::chain::{LocalChain, PAYER, ReferenceClient, X402Peer, payee};
     let chain = LocalChain::start(338).await;
     let peer = X402Peer::start(&chain, "base-sepolia").await;
-    let (paid, config) = paygent_bench::PaidResource::on(&chain, peer.url("/v2/cheap"));
+    let (paid, config) =
+        paygent_bench::PaidResource::on(&chain, peer.url("/v2/cheap"), "TypeScript service");
     let dir = std::env::temp_dir().join(format!("paygent-x402-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     let config_file = dir.join("paygent.toml");
@@ -682,12 +684,13 @@ async fn the_binary_pays_on_chain_and_the_x402_benchmark_runs() {
     let before = chain.balance(payee()).await;
     let scale = paygent_bench::Scale::tiny();
     let target = paygent_bench::Target::new(&base, ADMIN_TOKEN);
-    let lines = paygent_bench::x402_payment(&target, &scale, &paid)
+    let mut reference = ReferenceClient::start(&chain).await;
+    let lines = paygent_bench::x402_payment(&target, &scale, &paid, &mut reference)
         .await
         .unwrap();
-    assert_eq!(lines.len(), 2);
+    assert_eq!(lines.len(), 3);
     assert!(lines.iter().all(|m| m.count == scale.trials), "{lines:?}");
-    let payments = 2 * scale.trials as u64;
+    let payments = 3 * scale.trials as u64;
     assert_eq!(chain.balance(payee()).await - before, payments * 100_000);
     assert_eq!(peer.served().await["v2/cheap"], payments);
     child.kill().unwrap();

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::{Child, ChildStdout, Command};
 
 sol! {
     #[sol(rpc)]
@@ -223,23 +223,68 @@ pub struct X402Peer {
     _process: Child,
 }
 
+/// A peer process's output, a JSON document per line.
+type Said = tokio::io::Lines<BufReader<ChildStdout>>;
+
 /// Starts a peer process given its `PEER_CONFIG`, and reads the one JSON line it prints once it listens.
-async fn peer(mut command: Command, what: &str, config: &Value) -> (Child, Value) {
+async fn peer(mut command: Command, what: &str, config: &Value) -> (Child, Value, Said) {
     let mut child = command
         .env("PEER_CONFIG", config.to_string())
         .kill_on_drop(true)
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap_or_else(|e| panic!("{what} starts: {e}"));
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+    let mut said = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = next_said(&mut said, what).await;
+    (child, first, said)
+}
+
+/// The next JSON line a peer prints, within 30 s.
+async fn next_said(said: &mut Said, what: &str) -> Value {
+    let line = tokio::time::timeout(std::time::Duration::from_secs(30), said.next_line())
         .await
-        .unwrap_or_else(|_| panic!("{what} listens within 30 s"))
+        .unwrap_or_else(|_| panic!("{what} answers within 30 s"))
         .expect("stdout readable")
-        .unwrap_or_else(|| panic!("{what} printed its addresses"));
-    let urls = serde_json::from_str(&line).expect("addresses as JSON");
-    (child, urls)
+        .unwrap_or_else(|| panic!("{what} printed a line"));
+    serde_json::from_str(&line).expect("a JSON line")
+}
+
+/// The reference x402 client (`@x402/fetch`), paying from the funded test wallet when told to: what Paygent's
+/// x402 payments are compared with.
+pub struct ReferenceClient {
+    process: Child,
+    said: Said,
+}
+
+impl ReferenceClient {
+    /// The client, paying on `chain` in its test token.
+    pub async fn start(chain: &LocalChain) -> ReferenceClient {
+        let mut node = Command::new("node");
+        node.arg(peers_dir().join("x402-client.mjs"));
+        let config = json!({"key": PAYER, "network": format!("eip155:{}", chain.chain_id),
+            "asset": chain.token});
+        let (process, _, said) = peer(node, "the reference x402 client", &config).await;
+        ReferenceClient { process, said }
+    }
+
+    /// Pays for `url`, and answers how long it took, as the client measured it, and the final status.
+    pub async fn pay(&mut self, url: &str) -> (std::time::Duration, u16) {
+        use tokio::io::AsyncWriteExt;
+        let stdin = self.process.stdin.as_mut().expect("stdin");
+        stdin
+            .write_all(format!("{url}\n").as_bytes())
+            .await
+            .expect("the client takes a URL");
+        let answer = next_said(&mut self.said, "the reference x402 client").await;
+        let ms = answer["ms"].as_f64().expect("ms");
+        let status = answer["status"].as_u64().expect("status");
+        (
+            std::time::Duration::from_secs_f64(ms / 1000.0),
+            status as u16,
+        )
+    }
 }
 
 impl X402Peer {
@@ -249,7 +294,7 @@ impl X402Peer {
             "payTo": payee()});
         let mut node = Command::new("node");
         node.arg(peers_dir().join("x402-peer.mjs"));
-        let (child, urls) = peer(node, "the x402 peer", &config).await;
+        let (child, urls, _) = peer(node, "the x402 peer", &config).await;
         X402Peer {
             service: urls["service"].as_str().expect("service url").to_owned(),
             facilitator: urls["facilitator"]
@@ -267,7 +312,7 @@ impl X402Peer {
             "asset": chain.token, "name": "USD Coin", "version": "2", "payTo": payee()});
         let mut python = Command::new(peers_dir().join(".venv/bin/python"));
         python.arg(peers_dir().join("x402-python.py"));
-        let (child, urls) = peer(python, "the Python x402 service", &config).await;
+        let (child, urls, _) = peer(python, "the Python x402 service", &config).await;
         X402Peer {
             service: urls["service"].as_str().expect("service url").to_owned(),
             facilitator: self.facilitator.clone(),
