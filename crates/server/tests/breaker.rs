@@ -284,6 +284,9 @@ async fn identical_payments_dollars_and_agents_trip_it(backend: Backend) {
 async fn a_frozen_session_pauses_its_executions(backend: Backend) {
     let (s, t, session) = two_per_hour(backend).await;
     let second = pay_later(&s, &t.agent, session, 2).await;
+    // Its wait is under way before the breaker trips, on a loaded machine too.
+    let waiting = |e: &Value| e["steps"][0]["status"] == "running";
+    wait_for(&s, &t.agent, &second, waiting).await;
     let transfer = transfer();
     let first = s
         .execute(&t.agent, session, json!([transfer, transfer, transfer]))
