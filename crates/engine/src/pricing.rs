@@ -4,9 +4,9 @@
 use crate::guard::PaymentRequest;
 use crate::rails::{Asked, RailError};
 use crate::{EngineError, Paygent, Result};
-use paygent_domain::Principal;
 use paygent_domain::payment::{PaymentIntent, Recipient};
 use paygent_domain::policy::PaymentTool;
+use paygent_domain::{Principal, SessionState};
 use paygent_store::sessions;
 
 /// What the guard decides on.
@@ -32,10 +32,11 @@ impl Paygent {
         let Recipient::Url(url) = &intent.recipient else {
             return Ok(Pricing::AsAsked);
         };
-        // Read without the lock; a session the caller cannot reach is answered by the guard, as not found.
+        // Read without the lock. A session the caller cannot reach is answered by the guard (not found), and so
+        // is a frozen or killed one (denied): nobody is asked a price on their behalf.
         let session = sessions::get(self.store.reader(), who.tenant_id, req.session_id)
             .await?
-            .filter(|s| who.reaches(s.created_by));
+            .filter(|s| who.reaches(s.created_by) && s.state == SessionState::Active);
         let wallet = session.as_ref().and_then(|s| s.wallet_address.as_deref());
         let currency = &intent.money.currency;
         let rail = self.rails.iter().find(|r| {

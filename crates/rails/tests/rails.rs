@@ -570,6 +570,20 @@ async fn an_x402_amount_is_a_maximum_and_the_price_is_paid(backend: Backend) {
         11.0,
         "the refused one gave its budget back"
     );
+
+    // A killed session's payment is denied without asking anyone a price on its behalf: a resource that
+    // cannot be reached would answer 503 had it been asked.
+    let kill = format!("/sessions/{}/kill", rig.session);
+    assert_eq!(s.post(&t.approver, &kill, json!({})).await.0, 200);
+    let unreachable = json!({"session_id": rig.session, "amount": "1", "currency": "USDC",
+        "recipient": "http://127.0.0.1:9/never-asked"});
+    let (status, denied) = s.post(&t.agent, "/payments", unreachable).await;
+    assert_eq!(status, 201, "{denied}");
+    assert_eq!(
+        (denied["status"].as_str(), denied["reason"].as_str()),
+        (Some("denied"), Some("killed")),
+        "{denied}"
+    );
     rig.s.finish().await;
 }
 
