@@ -62,7 +62,8 @@ enum Scenario {
     Fanout,
     Ceiling,
     Footprint,
-    /// An x402 payment on a local chain, through Paygent and by a direct client.
+    /// An x402 payment on a local chain to the reference TypeScript service and the Python SDK one: through
+    /// Paygent, by the reference client and by a direct client, in turn.
     X402,
     /// The emergency stop with 0, 10,000 and 100,000 requests pending: its answer, and the sweep after it.
     Stop,
