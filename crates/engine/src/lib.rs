@@ -109,6 +109,8 @@ pub struct Paygent {
     lease_keeper: Arc<std::sync::atomic::AtomicBool>,
     /// Payments whose rail runs in this process now, each behind its own lock.
     payment_turns: Arc<std::sync::Mutex<HashMap<Uuid, Weak<tokio::sync::Mutex<()>>>>>,
+    /// How long a caller waits for a rail's outcome before it is answered with the payment in flight.
+    answer_within: std::time::Duration,
 }
 
 impl Paygent {
@@ -128,6 +130,7 @@ impl Paygent {
             lease_keeper: Arc::default(),
             runners: Arc::default(),
             payment_turns: Arc::default(),
+            answer_within: std::time::Duration::from_secs(20),
         }
     }
 
@@ -145,6 +148,13 @@ impl Paygent {
 
     /// Adds a rail that carries out authorized payments. Without one, an authorized payment is the agent's to
     /// pay and report.
+    /// Answers a payment whose rail has not finished within `bound` as it stands, `in_flight` (the rail goes
+    /// on): an API keeps this below its request timeout, so a payment is never answered by a timeout.
+    pub fn answering_within(mut self, bound: std::time::Duration) -> Self {
+        self.answer_within = bound;
+        self
+    }
+
     pub fn with_rail(mut self, rail: impl Rail) -> Self {
         self.rails.push(Arc::new(rail));
         self

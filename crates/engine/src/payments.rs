@@ -127,6 +127,8 @@ impl Paygent {
             .map(Into::into)
             .ok_or(EngineError::NotFound("payment"))?;
         if let Some(attempt) = attempts::get(self.store.reader(), id).await? {
+            // A transaction's hash is known once it is signed: shown while its outcome is not.
+            view.tx_hash = view.tx_hash.or(attempt.tx_hash);
             view.receipt = attempt.receipt;
             view.refusal = attempt.refusal.and_then(|r| serde_json::from_value(r).ok());
         }

@@ -165,6 +165,10 @@ async fn announce(
     Ok(())
 }
 
+/// How long an execution's step waits for a payment's outcome past the answer that left it in flight (a rail
+/// waits up to two minutes for a receipt), or past a refused authorization's window.
+const OUTCOME_WAIT_SECONDS: i64 = 180;
+
 /// How long past a refused authorization's window its payment is watched for the chain's clock to pass it too.
 const OUTSTANDING_WATCH_SECONDS: i64 = 120;
 
@@ -177,6 +181,7 @@ impl Paygent {
     ///
     /// It runs in a task of its own: a caller that goes away (a client hanging up, a cancelled step) stops it
     /// only before anything is signed. Once the signed payment is journaled it goes out, whoever waits for it.
+    /// A caller waits for it at most the engine's answer bound, then gets it `in_flight`.
     pub(crate) async fn carry_out(&self, payment: PaymentRecord) -> Result<PaymentView> {
         if payment.status != PaymentStatus::Authorized {
             return Ok(payment.into());
@@ -186,10 +191,18 @@ impl Paygent {
         };
         // Its own task: a caller that hangs up or times out does not stop a payment half-way; a retry with the
         // same idempotency key finds it and waits for its one outcome.
-        let this = self.clone();
-        tokio::spawn(async move { this.carry_out_alone(payment, order, rail).await })
-            .await
-            .map_err(|e| EngineError::Unavailable(format!("the payment runner stopped: {e}")))?
+        let (this, tenant_id, id) = (self.clone(), payment.tenant_id, payment.id);
+        let run = tokio::spawn(async move { this.carry_out_alone(payment, order, rail).await });
+        match tokio::time::timeout(self.answer_within, run).await {
+            Ok(ran) => ran.map_err(|e| {
+                EngineError::Unavailable(format!("the payment runner stopped: {e}"))
+            })?,
+            Err(_) => {
+                let mut view = self.payment_view(tenant_id, id).await?;
+                view.in_flight = view.status == PaymentStatus::Authorized;
+                Ok(view)
+            }
+        }
     }
 
     /// The rail that carries a payment, with its order; none when the agent pays it itself.
@@ -231,6 +244,27 @@ impl Paygent {
         self.rails
             .iter()
             .find_map(|r| r.network(tool, currency, wallet))
+    }
+
+    /// A payment whose outcome was not known when it was answered (its rail still in flight, or its service
+    /// refused it while its authorization could still settle), once it is: waited for within the rail's bounds
+    /// and a margin, for an execution's step. Still open after that, it is answered `in_flight`.
+    pub(crate) async fn once_known(&self, tenant_id: Uuid, p: PaymentView) -> PaymentView {
+        let give_up = match (p.status, &p.refusal, p.in_flight) {
+            (PaymentStatus::Authorized, Some(r), _) => r.outstanding_until,
+            (PaymentStatus::Authorized, None, true) => self.now(),
+            _ => return p,
+        } + chrono::Duration::seconds(OUTCOME_WAIT_SECONDS);
+        let mut latest = p;
+        while latest.status == PaymentStatus::Authorized && self.now() < give_up {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            match self.payment_view(tenant_id, latest.id).await {
+                Ok(view) => latest = view,
+                Err(_) => break,
+            }
+        }
+        latest.in_flight = latest.status == PaymentStatus::Authorized;
+        latest
     }
 
     /// One payment's turn in this process: two callers never run one payment's rail at once.

@@ -54,6 +54,10 @@ pub struct PaymentView {
     /// (it stays `authorized` until then). Only in the answer for one payment.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refusal: Option<crate::Refusal>,
+    /// A rail is carrying it out and its outcome was not known when this answer was given (it stays
+    /// `authorized` until then): read it again, or retry with the same idempotency key. Only in that answer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_flight: bool,
     pub idempotency_key: Option<String>,
     pub requested_by: Uuid,
     pub created_at: DateTime<Utc>,
@@ -80,6 +84,7 @@ impl From<PaymentRecord> for PaymentView {
             network: p.network,
             receipt: None,
             refusal: None,
+            in_flight: false,
             idempotency_key: p.idempotency_key,
             requested_by: p.requested_by,
             created_at: p.created_at,

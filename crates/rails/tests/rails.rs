@@ -1087,10 +1087,11 @@ async fn a_rail_payment_takes_no_outcome_from_the_agent() {
     s.finish().await;
 }
 
-/// A payment that outlives its request's time limit is answered 408 with a problem document, goes on, and a
-/// retry with the same idempotency key gets its one outcome: the money moves once.
+/// A payment whose rail has not finished when its request's time is nearly up is answered, never cut off: 201,
+/// `authorized` and `in_flight`, with the hash of the transaction already sent. It goes on, and a retry with the
+/// same idempotency key gets its one outcome: the money moves once.
 #[tokio::test]
-async fn a_payment_that_outlives_its_request_is_found_by_its_idempotency_key() {
+async fn a_payment_that_outlives_its_request_is_answered_in_flight() {
     let chain = LocalChain::start(V2_NETWORK).await;
     let settings = paygent_testkit::Settings {
         request_timeout: Some(std::time::Duration::from_secs(1)),
@@ -1107,19 +1108,32 @@ async fn a_payment_that_outlives_its_request_is_found_by_its_idempotency_key() {
         let request = s.http.post(s.url("/payments")).bearer_auth(&t.agent);
         request.json(&transfer).send()
     };
-    let cut_off = pay().await.unwrap();
-    assert_eq!(cut_off.status(), 408);
+    let answered = pay().await.unwrap();
+    assert_eq!(answered.status(), 201, "never a 408 for a payment");
+    let in_flight: Value = answered.json().await.unwrap();
     assert_eq!(
-        cut_off.headers()["content-type"],
-        "application/problem+json"
+        (
+            in_flight["status"].as_str(),
+            in_flight["in_flight"].as_bool()
+        ),
+        (Some("authorized"), Some(true)),
+        "{in_flight}"
     );
-    let problem: Value = cut_off.json().await.unwrap();
-    assert!(
-        problem["detail"]
-            .as_str()
-            .unwrap()
-            .contains("same idempotency_key"),
-        "{problem}"
+    let sent = s.text("SELECT tx_hash FROM payment_attempts").await;
+    assert_eq!(
+        in_flight["tx_hash"], sent,
+        "the transaction already sent: {in_flight}"
+    );
+    let (_, read) = s
+        .get(
+            &t.agent,
+            &format!("/payments/{}", in_flight["id"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(
+        (read["status"].as_str(), read.get("in_flight")),
+        (Some("authorized"), None),
+        "{read}"
     );
     chain.automine(true).await;
     let retry = pay().await.unwrap();
@@ -1127,6 +1141,7 @@ async fn a_payment_that_outlives_its_request_is_found_by_its_idempotency_key() {
     assert_eq!(retry.headers()["idempotent-replayed"], "true");
     let paid: Value = retry.json().await.unwrap();
     assert_eq!(paid["status"], "executed", "{paid}");
+    assert_eq!(paid["tx_hash"], sent);
     assert_eq!(
         chain.balance(payee()).await - payee_before,
         2_000_000,
@@ -1136,9 +1151,6 @@ async fn a_payment_that_outlives_its_request_is_found_by_its_idempotency_key() {
     s.finish().await;
 }
 
-/// The network a payment is paid on is part of the action a person approves: an instance whose rails would pay
-/// the same token on another chain cannot run the approval, and a payment authorized where no rail bound it to a
-/// network is never signed for one. Nothing moves on chain but the approved payment, on its own network.
 #[tokio::test]
 async fn an_approval_binds_the_network_its_payment_pays_on() {
     let Rig {

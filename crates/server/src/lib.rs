@@ -204,6 +204,8 @@ pub fn app(paygent: Paygent) -> Router {
 
 /// The whole application, with its settings.
 pub fn app_with(paygent: Paygent, options: Options) -> Router {
+    // A payment is answered before its request would be cut off: in flight, if its rail has not finished.
+    let paygent = paygent.answering_within(options.request_timeout.mul_f64(0.75));
     let (api, openapi) = api();
     let openapi_json = serde_json::to_string(&openapi).expect("the OpenAPI document serializes");
     api.route(

@@ -223,6 +223,14 @@ fn payment_answer(p: &PaymentView, asked: Option<&ApprovalView>) -> CallToolResu
     let (text, failed) = match (p.status, asked) {
         (PaymentStatus::Executed, _) => (format!("Paid {what} (payment {}).", p.id), false),
         (PaymentStatus::Authorized, _) if p.refusal.is_some() => (outstanding(p), true),
+        (PaymentStatus::Authorized, _) if p.in_flight => (
+            format!(
+                "Paying {what} (payment {}): it is on its way and its outcome is not known yet. Read it with \
+                 get_payment in a few seconds; do not pay it again.",
+                p.id
+            ),
+            false,
+        ),
         (PaymentStatus::Authorized, _) => (
             format!(
                 "Authorized {what} (payment {}): it is yours to carry out.",

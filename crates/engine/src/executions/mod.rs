@@ -559,7 +559,7 @@ impl Paygent {
     ) -> Result<Flow> {
         let tenant_id = agent.tenant_id;
         let payment = match self.execute_approved(agent, approval_id).await {
-            Ok(payment) => payment,
+            Ok(payment) => self.once_known(tenant_id, payment).await,
             Err(EngineError::Frozen(_)) => {
                 return self.hold(execution, step, None, events).await;
             }

@@ -125,9 +125,6 @@ impl ToolRegistry {
     }
 }
 
-/// How long past a refused authorization's window a step waits for its payment to end.
-const OUTSTANDING_WAIT_SECONDS: i64 = 180;
-
 fn text<'a>(args: &'a Value, key: &str) -> Result<&'a str, String> {
     args.get(key)
         .and_then(Value::as_str)
@@ -168,7 +165,10 @@ impl StepContext<'_> {
     pub async fn pay(&self, amount: &str, currency: &str, recipient: &str) -> StepOutcome {
         let request = self.payment_request(amount, currency, recipient);
         match self.paygent.submit_payment(self.principal, request).await {
-            Ok(submitted) => payment_outcome(self.ended(submitted.payment).await),
+            Ok(submitted) => {
+                let tenant_id = self.principal.tenant_id;
+                payment_outcome(self.paygent.once_known(tenant_id, submitted.payment).await)
+            }
             // Free (or broken) without a 402: nothing to pay, the answer is the step's result.
             Err(EngineError::Unpaid { status, body, .. }) => StepOutcome::Done {
                 result: json!({"status": status, "body": body, "paid": false}),
@@ -179,34 +179,6 @@ impl StepContext<'_> {
                 error: e.to_string(),
             },
         }
-    }
-
-    /// A payment whose service refused it while its authorization could still settle, once the chain said how
-    /// it ended (a watcher ends it): waited for within the authorization's window and a margin.
-    async fn ended(&self, p: PaymentView) -> PaymentView {
-        let open = p.status == PaymentStatus::Authorized;
-        let Some(until) = p
-            .refusal
-            .as_ref()
-            .filter(|_| open)
-            .map(|r| r.outstanding_until)
-        else {
-            return p;
-        };
-        let give_up = until + chrono::Duration::seconds(OUTSTANDING_WAIT_SECONDS);
-        let mut latest = p;
-        while latest.status == PaymentStatus::Authorized && self.paygent.now() < give_up {
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            match self
-                .paygent
-                .payment_view(self.principal.tenant_id, latest.id)
-                .await
-            {
-                Ok(view) => latest = view,
-                Err(_) => break,
-            }
-        }
-        latest
     }
 
     /// Records this step's payment as failed before the guard, for `reason`, and fails the step with it.
@@ -233,16 +205,16 @@ impl StepContext<'_> {
 
 /// What a payment's status means for the step that made it.
 pub(crate) fn payment_outcome(p: PaymentView) -> StepOutcome {
-    if let Some(refusal) = p
-        .refusal
-        .as_ref()
-        .filter(|_| p.status == PaymentStatus::Authorized)
-    {
-        return StepOutcome::Failed {
-            error: format!(
-                "payment {}: {}; it could still settle until {}, and its outcome is not known yet",
-                p.id, refusal.message, refusal.outstanding_until
+    if p.status == PaymentStatus::Authorized && (p.in_flight || p.refusal.is_some()) {
+        let why = match &p.refusal {
+            Some(r) => format!(
+                "{}; it could still settle until {}",
+                r.message, r.outstanding_until
             ),
+            None => "its rail has not finished".into(),
+        };
+        return StepOutcome::Failed {
+            error: format!("payment {}: {why}, and its outcome is not known yet", p.id),
         };
     }
     match (p.status, p.approval_id) {
