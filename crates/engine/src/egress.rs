@@ -32,6 +32,18 @@ pub enum EgressError {
     BadAllow(String),
 }
 
+/// Why an outbound request brought no answer, with its causes in words.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Unanswered {
+    /// Where it leads is not allowed (the URL, the addresses its name resolves to, or a redirect), or it is not
+    /// a URL: a caller's mistake, not an outage.
+    #[error("{0}")]
+    Refused(String),
+    /// It was allowed but failed: not reached, timed out, or its answer broke off.
+    #[error("{0}")]
+    Failed(String),
+}
+
 impl Default for EgressPolicy {
     fn default() -> Self {
         EgressPolicy {
@@ -185,7 +197,11 @@ impl Egress {
 
     /// GETs `url` (with one extra header, if given) within the policy, and reads its body up to the cap. The
     /// error says what refused or failed, with its causes.
-    pub async fn get(&self, url: &str, header: Option<(&str, &str)>) -> Result<Fetched, String> {
+    pub async fn get(
+        &self,
+        url: &str,
+        header: Option<(&str, &str)>,
+    ) -> Result<Fetched, Unanswered> {
         let mut request = self.client.get(self.checked(url)?);
         if let Some((name, value)) = header {
             request = request.header(name, value);
@@ -199,7 +215,7 @@ impl Egress {
         url: &str,
         body: &serde_json::Value,
         bearer: Option<&str>,
-    ) -> Result<Fetched, String> {
+    ) -> Result<Fetched, Unanswered> {
         let mut request = self.client.post(self.checked(url)?).json(body);
         if let Some(token) = bearer {
             request = request.bearer_auth(token);
@@ -207,23 +223,35 @@ impl Egress {
         self.send(url, request).await
     }
 
-    fn checked(&self, url: &str) -> Result<reqwest::Url, String> {
-        let parsed = reqwest::Url::parse(url).map_err(|e| format!("bad URL {url}: {e}"))?;
-        self.policy.check_url(&parsed).map_err(|e| e.to_string())?;
+    fn checked(&self, url: &str) -> Result<reqwest::Url, Unanswered> {
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| Unanswered::Refused(format!("bad URL {url}: {e}")))?;
+        self.policy
+            .check_url(&parsed)
+            .map_err(|e| Unanswered::Refused(e.to_string()))?;
         Ok(parsed)
     }
 
-    async fn send(&self, url: &str, request: reqwest::RequestBuilder) -> Result<Fetched, String> {
-        let mut resp = request
-            .send()
-            .await
-            .map_err(|e| format!("fetching {url}: {}", explain(e)))?;
+    async fn send(
+        &self,
+        url: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Fetched, Unanswered> {
+        let mut resp = request.send().await.map_err(|e| {
+            let why = format!("fetching {url}: {}", explain(&e));
+            // The policy refused a name's addresses or a redirect inside the connection.
+            if refused_within(&e) {
+                Unanswered::Refused(why)
+            } else {
+                Unanswered::Failed(why)
+            }
+        })?;
         let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
         let (mut body, mut truncated) = (Vec::new(), false);
         while let Some(chunk) = resp
             .chunk()
             .await
-            .map_err(|e| format!("reading {url}: {}", explain(e)))?
+            .map_err(|e| Unanswered::Failed(format!("reading {url}: {}", explain(&e))))?
         {
             let room = self.policy.max_body - body.len();
             body.extend_from_slice(&chunk[..chunk.len().min(room)]);
@@ -257,10 +285,22 @@ pub struct Fetched {
     pub truncated: bool,
 }
 
+/// Whether the egress policy is among an error's causes.
+fn refused_within(e: &reqwest::Error) -> bool {
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if c.is::<EgressError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 /// An error with its causes, so a refusal inside the connection says which rule refused.
-fn explain(e: reqwest::Error) -> String {
+fn explain(e: &reqwest::Error) -> String {
     let mut text = e.to_string();
-    let mut cause = std::error::Error::source(&e);
+    let mut cause = std::error::Error::source(e);
     while let Some(c) = cause {
         text.push_str(&format!(": {c}"));
         cause = c.source();

@@ -40,7 +40,7 @@ pub struct Page {
 pub use sessions::MAX_SESSIONS_PAGE;
 
 pub use audit::{AuditPage, ChainCheck};
-pub use egress::{Egress, EgressError, EgressPolicy, Fetched};
+pub use egress::{Egress, EgressError, EgressPolicy, Fetched, Unanswered};
 pub use error::{EngineError, Result};
 pub use events::{EventFilter, LiveEvent, Subscription, SubscriptionEnd};
 pub use executions::Plan;

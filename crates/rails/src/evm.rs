@@ -21,7 +21,7 @@ use futures::future::BoxFuture;
 use paygent_engine::domain::Decimal;
 use paygent_engine::domain::policy::PaymentTool;
 use paygent_engine::{
-    Asked, Egress, Journal, PaymentOrder, Rail, RailError, Refusal, Settlement, Signed,
+    Asked, Egress, Journal, PaymentOrder, Rail, RailError, Refusal, Settlement, Signed, Unanswered,
 };
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -101,7 +101,10 @@ pub enum Quote {
 /// Why a resource's price could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum QuoteError {
-    /// Not reached, or refused by the egress policy.
+    /// The egress policy does not let it be reached (or it is no URL): nothing will change that.
+    #[error("{0}")]
+    Refused(String),
+    /// Not reached, for now.
     #[error("{0}")]
     Unreachable(String),
     /// It asked for payment in a form that cannot be read: nothing can be signed for it.
@@ -440,7 +443,10 @@ impl EvmRails {
             .egress
             .get(url, None)
             .await
-            .map_err(QuoteError::Unreachable)?;
+            .map_err(|e| match e {
+                Unanswered::Refused(why) => QuoteError::Refused(why),
+                Unanswered::Failed(why) => QuoteError::Unreachable(why),
+            })?;
         let (status, body) = (resp.status, resp.body);
         let header = header_text(&resp.headers, x402::V2_REQUIRED);
         if status != 402 {
@@ -461,7 +467,7 @@ impl EvmRails {
             Ok(Quote::Offers(offers)) => offers,
             Ok(Quote::Unpaid { status, body }) => return Ok(Asked::Nothing { status, body }),
             Err(QuoteError::Unreachable(why)) => return Err(RailError::Unavailable(why)),
-            Err(e @ QuoteError::Malformed { .. }) => return Err(RailError::Refused(e.to_string())),
+            Err(e) => return Err(RailError::Refused(e.to_string())),
         };
         let payable = self.payable(&offers).map_err(RailError::Refused)?;
         let (token, _) = self.token(currency)?;

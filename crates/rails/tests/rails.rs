@@ -571,6 +571,22 @@ async fn an_x402_amount_is_a_maximum_and_the_price_is_paid(backend: Backend) {
         "the refused one gave its budget back"
     );
 
+    // A resource the egress policy does not let Paygent reach is the agent's mistake, not an outage: the
+    // payment fails with the policy's words (never a 5xx), and nothing is signed.
+    let inward = json!({"session_id": rig.session, "amount": "1", "currency": "USDC",
+        "recipient": "http://10.0.0.1/inside"});
+    let (status, refused) = s.post(&t.agent, "/payments", inward).await;
+    assert_eq!(
+        (status.as_u16(), refused["status"].as_str()),
+        (201, Some("failed")),
+        "{refused}"
+    );
+    let reason = refused["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("refused by the egress policy: 10.0.0.1 is a private address"),
+        "{reason}"
+    );
+
     // A killed session's payment is denied without asking anyone a price on its behalf: a resource that
     // cannot be reached would answer 503 had it been asked.
     let kill = format!("/sessions/{}/kill", rig.session);

@@ -409,7 +409,9 @@ impl Tool for HttpGet {
                         payment_id: None,
                     }
                 }
-                Err(error) => StepOutcome::Failed { error },
+                Err(e) => StepOutcome::Failed {
+                    error: e.to_string(),
+                },
             }
         })
     }
