@@ -99,6 +99,8 @@ pub struct ServeConfig {
     pub egress: EgressPolicy,
     /// WebSocket and SSE streams one key may hold open on this instance.
     pub streams_per_key: usize,
+    /// Whether `GET /metrics` answers loopback without a key (`PAYGENT_METRICS_KEYLESS_LOOPBACK`, default true).
+    pub keyless_loopback_metrics: bool,
 }
 
 const PRICE_PREFIX: &str = "PAYGENT_PRICE_";
@@ -109,6 +111,16 @@ struct Env<'a>(&'a BTreeMap<String, String>);
 impl Env<'_> {
     fn get(&self, name: &str) -> Option<String> {
         self.0.get(name).filter(|v| !v.is_empty()).cloned()
+    }
+
+    /// `true` or `false` from the environment, else `default`.
+    fn flag(&self, name: &str, default: bool) -> anyhow::Result<bool> {
+        match self.get(name) {
+            Some(v) => v
+                .parse()
+                .map_err(|_| anyhow::anyhow!("{name} must be true or false, not {v:?}")),
+            None => Ok(default),
+        }
     }
 
     /// A number from the environment, else from the file, else `default`.
@@ -270,6 +282,7 @@ impl ServeConfig {
             planner: planner(&env, &egress)?,
             egress,
             streams_per_key: env.number("PAYGENT_STREAMS_PER_KEY", None, 64)?,
+            keyless_loopback_metrics: env.flag("PAYGENT_METRICS_KEYLESS_LOOPBACK", true)?,
             lease: std::time::Duration::from_secs(lease_seconds),
             rails,
             listen: env

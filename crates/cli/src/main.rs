@@ -321,6 +321,7 @@ async fn serve(config_file: Option<&Path>) -> anyhow::Result<ExitCode> {
             streams_per_key: config.streams_per_key,
             ..Default::default()
         },
+        keyless_loopback_metrics: config.keyless_loopback_metrics,
         ..Default::default()
     };
     paygent_server::serve(

@@ -75,6 +75,10 @@ impl Paygent {
         match landed {
             Some(view) => {
                 self.publish(tx.commit().await?);
+                if view.status != ApprovalStatus::Pending {
+                    let waited = (self.now() - view.created_at).to_std().unwrap_or_default();
+                    self.metrics.approval_ended(view.status, waited);
+                }
                 Ok(view)
             }
             None => Err(self.explain_refused(tx, id).await?),

@@ -4,6 +4,7 @@
 //! it reads back from the outbox. Subscribers do the same on their side, so a subscriber never misses an event
 //! and never sees one twice.
 
+use crate::metrics::Metrics;
 use crate::{EngineError, Paygent, Result};
 use paygent_domain::Principal;
 use paygent_domain::event::EventKind;
@@ -65,14 +66,18 @@ impl SessionOwners {
 
 impl EventHub {
     /// Starts the hub's task. It ends when the last engine handle is dropped.
-    pub(crate) fn start(store: Store) -> EventHub {
+    pub(crate) fn start(store: Store, metrics: Arc<Metrics>) -> EventHub {
         let (input, rx) = mpsc::unbounded_channel();
         let live = broadcast::channel(LIVE_BUFFER).0;
         let owners = SessionOwners {
             store: store.clone(),
             known: Arc::default(),
         };
-        tokio::spawn(run_hub(store, rx, live.clone()));
+        let handover = Handover {
+            live: live.clone(),
+            metrics,
+        };
+        tokio::spawn(run_hub(store, rx, handover));
         EventHub {
             input,
             live,
@@ -88,11 +93,23 @@ impl EventHub {
     }
 }
 
-async fn run_hub(
-    store: Store,
-    mut input: mpsc::UnboundedReceiver<Vec<Event>>,
+/// Hands events to live subscribers, timing each from its commit.
+struct Handover {
     live: broadcast::Sender<Arc<LiveEvent>>,
-) {
+    metrics: Arc<Metrics>,
+}
+
+impl Handover {
+    fn send(&self, event: Event) {
+        if let Some(at) = paygent_domain::time::parse(&event.created_at) {
+            let lag = (chrono::Utc::now() - at).to_std().unwrap_or_default();
+            self.metrics.fanned_out(lag);
+        }
+        let _ = self.live.send(Arc::new(LiveEvent::from(event)));
+    }
+}
+
+async fn run_hub(store: Store, mut input: mpsc::UnboundedReceiver<Vec<Event>>, live: Handover) {
     let mut cursors: HashMap<Uuid, i64> = HashMap::new();
     // Start at each tenant's head: earlier events are for replay, not for live delivery.
     match store.event_heads().await {
@@ -117,7 +134,7 @@ async fn run_hub(
                     let last = cursors.get(&tenant).copied().unwrap_or(0);
                     if event.seq == last + 1 {
                         cursors.insert(tenant, event.seq);
-                        let _ = live.send(Arc::new(LiveEvent::from(event)));
+                        live.send(event);
                     } else if event.seq > last {
                         catch_up(&store, &live, &mut cursors, tenant).await;
                     }
@@ -150,12 +167,7 @@ async fn next_nudge(
 }
 
 /// Broadcasts, in order, every event of `tenant` after the hub's cursor.
-async fn catch_up(
-    store: &Store,
-    live: &broadcast::Sender<Arc<LiveEvent>>,
-    cursors: &mut HashMap<Uuid, i64>,
-    tenant: Uuid,
-) {
+async fn catch_up(store: &Store, live: &Handover, cursors: &mut HashMap<Uuid, i64>, tenant: Uuid) {
     loop {
         let last = cursors.get(&tenant).copied().unwrap_or(0);
         let page = match store.events_after(tenant, last, PAGE).await {
@@ -169,17 +181,13 @@ async fn catch_up(
             return;
         };
         for event in page {
-            let _ = live.send(Arc::new(LiveEvent::from(event)));
+            live.send(event);
         }
         cursors.insert(tenant, newest);
     }
 }
 
-async fn resync(
-    store: &Store,
-    live: &broadcast::Sender<Arc<LiveEvent>>,
-    cursors: &mut HashMap<Uuid, i64>,
-) {
+async fn resync(store: &Store, live: &Handover, cursors: &mut HashMap<Uuid, i64>) {
     let Ok(heads) = store.event_heads().await else {
         return;
     };

@@ -149,6 +149,7 @@ impl Paygent {
             who.can_request_payments(),
             "only agents and admins request payments",
         )?;
+        let started = std::time::Instant::now();
         let (intent, _) = self.priced(&req)?;
         // A retry is answered before the resource is asked its price again.
         let earlier = self.earlier(self.store.reader(), who, &req).await?;
@@ -175,8 +176,8 @@ impl Paygent {
         let mut filing = Filing::new(who, &session, &policy, (priced, usd_value), &req, tx.now())
             .on_network(network)
             .up_to(max);
-        match pricing {
-            Pricing::Refused(why) => filing.fail(&mut tx, &why).await?,
+        match &pricing {
+            Pricing::Refused(why) => filing.fail(&mut tx, why).await?,
             Pricing::AsAsked | Pricing::Price(_) => {
                 let findings = filing.findings(&mut tx).await?;
                 filing.fired = findings.fired();
@@ -185,6 +186,9 @@ impl Paygent {
         }
         let payment = filing.payment;
         self.publish(tx.commit().await?);
+        let tool = priced.tool().as_str();
+        self.metrics
+            .guard_judged(payment.status, tool, started.elapsed());
         Ok(Submitted {
             payment: self.carry_out(payment).await?,
             replayed: false,

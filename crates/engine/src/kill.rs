@@ -263,6 +263,10 @@ impl Paygent {
                 && self.expire_within(&mut tx, &request).await?
             {
                 self.publish(tx.commit().await?);
+                let waited = (self.now() - request.created_at)
+                    .to_std()
+                    .unwrap_or_default();
+                self.metrics.approval_ended(ApprovalStatus::Expired, waited);
                 expired += 1;
             }
         }

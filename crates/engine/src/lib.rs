@@ -16,6 +16,7 @@ mod guard;
 mod keys;
 mod kill;
 mod memory;
+mod metrics;
 mod payments;
 mod policies;
 mod pricing;
@@ -52,6 +53,7 @@ pub use guard::{EvaluatedVerdict, Evaluation, PaymentRequest, Submitted};
 pub use keys::{NewKey, NewTenant};
 pub use kill::KillSwitchView;
 pub use memory::{MemoryTurn, SessionSummary};
+pub use metrics::Metrics;
 pub use policies::default_policy_id;
 pub use rails::{Asked, Journal, PaymentOrder, Rail, RailError, Refusal, Settlement, Signed};
 pub use sessions::NewSession;
@@ -111,13 +113,15 @@ pub struct Paygent {
     payment_turns: Arc<std::sync::Mutex<HashMap<Uuid, Weak<tokio::sync::Mutex<()>>>>>,
     /// How long a caller waits for a rail's outcome before it is answered with the payment in flight.
     answer_within: std::time::Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl Paygent {
     /// Needs a Tokio runtime: it starts the task that fans events out.
     pub fn new(store: Store, prices: PriceTable, clock: Arc<dyn Clock>) -> Self {
+        let metrics = Arc::new(Metrics::default());
         Paygent {
-            hub: events::EventHub::start(store.clone()),
+            hub: events::EventHub::start(store.clone(), metrics.clone()),
             store,
             prices: Arc::new(prices),
             clock,
@@ -131,6 +135,7 @@ impl Paygent {
             runners: Arc::default(),
             payment_turns: Arc::default(),
             answer_within: std::time::Duration::from_secs(20),
+            metrics,
         }
     }
 
@@ -153,6 +158,11 @@ impl Paygent {
     pub fn answering_within(mut self, bound: std::time::Duration) -> Self {
         self.answer_within = bound;
         self
+    }
+
+    /// What it counted and timed, for `GET /metrics`.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn with_rail(mut self, rail: impl Rail) -> Self {

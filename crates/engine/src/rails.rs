@@ -418,6 +418,9 @@ impl Paygent {
             announce(&mut tx, payment, PaymentStatus::Executed, data).await?;
         }
         self.publish(tx.commit().await?);
+        if moved {
+            self.metrics.rail_ended(PaymentStatus::Executed);
+        }
         self.payment_view(payment.tenant_id, payment.id).await
     }
 
@@ -497,6 +500,9 @@ impl Paygent {
             announce(&mut tx, payment, PaymentStatus::Failed, data).await?;
         }
         self.publish(tx.commit().await?);
+        if moved {
+            self.metrics.rail_ended(PaymentStatus::Failed);
+        }
         self.payment_view(payment.tenant_id, payment.id).await
     }
 

@@ -115,6 +115,23 @@ impl ApiError {
     }
 }
 
+/// Marks a response the database failed, for the metrics layer to count.
+#[derive(Debug, Clone, Copy)]
+pub struct DatabaseFailed;
+
+/// Counts the answers the database failed (`paygent_database_errors`).
+pub async fn count_database_errors(
+    axum::extract::State(paygent): axum::extract::State<paygent_engine::Paygent>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(req).await;
+    if response.extensions().get::<DatabaseFailed>().is_some() {
+        paygent.metrics().database_error();
+    }
+    response
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let retry_after = match &self {
@@ -122,10 +139,17 @@ impl IntoResponse for ApiError {
             ApiError::TooManyStreams(_) => Some(1),
             _ => None,
         };
+        let database = matches!(
+            &self,
+            ApiError::Engine(EngineError::Store(_)) | ApiError::Unavailable
+        );
         let problem = self.problem();
         let status =
             StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = (status, Json(problem)).into_response();
+        if database {
+            response.extensions_mut().insert(DatabaseFailed);
+        }
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,

@@ -172,6 +172,8 @@ pub struct Options {
     pub rate_limit: RateLimit,
     /// How long a request may take before it is answered 408.
     pub request_timeout: Duration,
+    /// Whether `GET /metrics` answers loopback without a key (otherwise only an admin key reads it).
+    pub keyless_loopback_metrics: bool,
 }
 
 impl Default for Options {
@@ -180,6 +182,7 @@ impl Default for Options {
             live: LiveOptions::default(),
             rate_limit: RateLimit::default(),
             request_timeout: REQUEST_TIMEOUT,
+            keyless_loopback_metrics: true,
         }
     }
 }
@@ -213,6 +216,7 @@ pub fn app_with(paygent: Paygent, options: Options) -> Router {
         get(move || async move { ([("content-type", "application/json")], openapi_json) }),
     )
     .merge(http::health::router())
+    .merge(http::metrics::router())
     .merge(http::web::router())
     .nest_service(
         "/mcp",
@@ -223,6 +227,10 @@ pub fn app_with(paygent: Paygent, options: Options) -> Router {
     .fallback(|| async { ApiError::NoRoute })
     .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
     .layer(DefaultBodyLimit::max(BODY_LIMIT))
+    .layer(middleware::from_fn_with_state(
+        paygent.clone(),
+        error::count_database_errors,
+    ))
     .layer(middleware::from_fn(move |req, next| {
         cut_off(options.request_timeout, req, next)
     }))
@@ -231,6 +239,9 @@ pub fn app_with(paygent: Paygent, options: Options) -> Router {
         tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
     }))
     .layer(Extension(options.live))
+    .layer(Extension(http::metrics::KeylessLoopback(
+        options.keyless_loopback_metrics,
+    )))
     .layer(Extension(std::sync::Arc::new(rate::Limiter::new(options.rate_limit))))
     .with_state(paygent)
 }
@@ -248,6 +259,8 @@ pub async fn serve(
             tracing::warn!(error = %e, "TCP_NODELAY not set");
         }
     });
+    // Peers' addresses let loopback scrape `/metrics` without a key.
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

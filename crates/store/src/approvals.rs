@@ -470,6 +470,17 @@ pub async fn pending_of_key(tx: &mut WriteTx, key: Uuid, most: i64) -> Result<i6
     row.get(0)
 }
 
+/// How many requests wait on people in every tenant, counting no further than `most`.
+pub async fn pending_count(db: Db<'_>, most: i64) -> Result<i64> {
+    let row = query(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM approval_requests WHERE status = 'pending' LIMIT $1) capped",
+    )
+    .bind(most)
+    .fetch_one(db)
+    .await?;
+    row.get(0)
+}
+
 /// Cancels up to `limit` pending requests of a session (or of the tenant), in any order; returns each cancelled
 /// request's (id, session, payment). Two statements of bounded size: the ids, then one update by primary key
 /// (a plan the database cannot turn into a scan per row, whatever its statistics say).

@@ -4,6 +4,7 @@
 pub mod chain;
 pub mod contract;
 pub mod mcp;
+pub mod prometheus;
 
 use chrono::{DateTime, Duration, Utc};
 use paygent_engine::domain::{PriceTable, Role};
@@ -100,6 +101,8 @@ pub struct Settings {
     pub send_buffer: Option<u32>,
     /// The server's default when `None`.
     pub request_timeout: Option<std::time::Duration>,
+    /// `GET /metrics` from loopback without a key, as by default, unless set to false.
+    pub keyless_loopback_metrics: Option<bool>,
 }
 
 /// Prices for tests: the defaults, with CRO at 0.08 as the threshold tests require.
@@ -213,6 +216,7 @@ impl TestServer {
             request_timeout: settings
                 .request_timeout
                 .unwrap_or(paygent_server::REQUEST_TIMEOUT),
+            keyless_loopback_metrics: settings.keyless_loopback_metrics.unwrap_or(true),
         };
         let app = paygent_server::app_with(paygent.clone(), options);
         tokio::spawn(async move {

@@ -7,6 +7,7 @@ pub mod executions;
 pub mod health;
 pub mod keys;
 pub mod kill;
+pub mod metrics;
 pub mod payments;
 pub mod policies;
 pub mod sessions;
