@@ -46,6 +46,10 @@ impl Paygent {
         let Some(rail) = rail.filter(|_| session.is_some()) else {
             return Ok(Pricing::AsAsked);
         };
+        // Nor while the tenant's emergency stop is engaged (the guard denies it): an unreadable stop fails.
+        if self.store.kill_switch(who.tenant_id).await?.is_some() {
+            return Ok(Pricing::AsAsked);
+        }
         match rail.price(url, currency).await {
             Ok(Asked::Price(price)) => Ok(match intent.at_price(price) {
                 Ok(priced) => Pricing::Price(priced),

@@ -165,6 +165,9 @@ async fn announce(
     Ok(())
 }
 
+/// How many open attempts one read of a reconciliation takes.
+const RECONCILE_PAGE: i64 = 200;
+
 /// How long an execution's step waits for a payment's outcome past the answer that left it in flight (a rail
 /// waits up to two minutes for a receipt), or past a refused authorization's window.
 const OUTCOME_WAIT_SECONDS: i64 = 180;
@@ -518,15 +521,23 @@ impl Paygent {
         before: Option<chrono::DateTime<chrono::Utc>>,
     ) -> Result<usize> {
         let before = before.map(paygent_domain::time::format);
-        let open = attempts::open(self.store.reader(), before.as_deref()).await?;
-        for (tenant_id, payment_id) in &open {
-            if let Some(p) = payments::get(self.store.reader(), *tenant_id, *payment_id).await?
-                && let Err(e) = self.carry_out(p).await
-            {
-                tracing::warn!(payment = %payment_id, error = %e, "payment not reconciled yet");
+        let (mut after, mut seen) = (None, 0);
+        loop {
+            let reader = self.store.reader();
+            let page = attempts::open(reader, before.as_deref(), after, RECONCILE_PAGE).await?;
+            for (tenant_id, payment_id) in &page {
+                if let Some(p) = payments::get(self.store.reader(), *tenant_id, *payment_id).await?
+                    && let Err(e) = self.carry_out(p).await
+                {
+                    tracing::warn!(payment = %payment_id, error = %e, "payment not reconciled yet");
+                }
+            }
+            seen += page.len();
+            match page.last() {
+                Some((_, last)) if page.len() as i64 == RECONCILE_PAGE => after = Some(*last),
+                _ => return Ok(seen),
             }
         }
-        Ok(open.len())
     }
 
     /// A session wallet's balances, read from the chains.

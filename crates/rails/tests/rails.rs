@@ -593,11 +593,23 @@ async fn an_x402_amount_is_a_maximum_and_the_price_is_paid(backend: Backend) {
     assert_eq!(s.post(&t.approver, &kill, json!({})).await.0, 200);
     let unreachable = json!({"session_id": rig.session, "amount": "1", "currency": "USDC",
         "recipient": "http://127.0.0.1:9/never-asked"});
-    let (status, denied) = s.post(&t.agent, "/payments", unreachable).await;
+    let (status, denied) = s.post(&t.agent, "/payments", unreachable.clone()).await;
     assert_eq!(status, 201, "{denied}");
     assert_eq!(
         (denied["status"].as_str(), denied["reason"].as_str()),
         (Some("denied"), Some("killed")),
+        "{denied}"
+    );
+    // Nor while the tenant's emergency stop is engaged, for a live session.
+    let live = wallet_session(s, t, json!({})).await;
+    let engage = json!({"engaged": true, "reason": "drill"});
+    assert_eq!(s.post(&t.admin, "/kill-switch", engage).await.0, 200);
+    let stopped = json!({"session_id": live, "amount": "1", "currency": "USDC",
+        "recipient": "http://127.0.0.1:9/never-asked"});
+    let (status, denied) = s.post(&t.agent, "/payments", stopped).await;
+    assert_eq!(
+        (status.as_u16(), denied["reason"].as_str()),
+        (201, Some("killed")),
         "{denied}"
     );
     rig.s.finish().await;

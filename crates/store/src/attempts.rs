@@ -132,14 +132,22 @@ pub async fn finish(
     Ok(())
 }
 
-/// Payments with a signed attempt and no outcome yet, in every tenant, signed before `before` if given: what a
-/// restart, or a runner that lost touch with its chain, left to reconcile.
-pub async fn open(db: Db<'_>, before: Option<&str>) -> Result<Vec<(Uuid, Uuid)>> {
+/// Up to `limit` payments with a signed attempt and no outcome yet, in every tenant, signed before `before` if
+/// given, after the payment `after` in id order: a page of what a restart, or a runner that lost touch with its
+/// chain, left to reconcile.
+pub async fn open(
+    db: Db<'_>,
+    before: Option<&str>,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<(Uuid, Uuid)>> {
     let rows = query(
         "SELECT tenant_id, payment_id FROM payment_attempts WHERE receipt IS NULL \
-         AND ($1 IS NULL OR created_at < $1) ORDER BY created_at",
+         AND ($1 IS NULL OR created_at < $1) AND ($2 IS NULL OR payment_id > $2) ORDER BY payment_id LIMIT $3",
     )
     .bind(before)
+    .bind(after.map(|a| a.to_string()))
+    .bind(limit)
     .fetch_all(db)
     .await?;
     crate::id_pairs(rows)
