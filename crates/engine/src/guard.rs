@@ -16,7 +16,7 @@ use paygent_domain::audit::AuditAction;
 use paygent_domain::budget::OnBudgetExceeded;
 use paygent_domain::event::EventKind;
 use paygent_domain::judgement::{DenyReason, Findings, Fired, Judgement, judge};
-use paygent_domain::payment::PaymentIntent;
+use paygent_domain::payment::{PaymentIntent, Recipient};
 use paygent_domain::quorum::quorum_for;
 use paygent_domain::rules::{NewPayee, Refusal};
 use paygent_domain::standing::covers;
@@ -151,9 +151,10 @@ impl Paygent {
         )?;
         let started = std::time::Instant::now();
         let (intent, _) = self.priced(&req)?;
-        // A retry is answered before the resource is asked its price again.
-        let earlier = self.earlier(self.store.reader(), who, &req).await?;
-        if let Some(earlier) = earlier {
+        // A retry is answered before a resource is asked its price again (the transaction checks it anyway).
+        if matches!(intent.recipient, Recipient::Url(_))
+            && let Some(earlier) = self.earlier(self.store.reader(), who, &req).await?
+        {
             return self.replay(earlier).await;
         }
         let pricing = match refusal {
