@@ -311,8 +311,19 @@ async fn serve(config_file: Option<&Path>) -> anyhow::Result<ExitCode> {
     tracing::info!(listen = %listener.local_addr()?, backend = ?paygent.store().backend(), "paygent serving");
     // Overdue requests expire within a quarter second of their deadline.
     let retention = chrono::Duration::days(config.event_retention_days.into());
-    let sweeper = paygent.spawn_sweeper(std::time::Duration::from_millis(250), retention);
-    let options = paygent_server::Options {
+    let background = [
+        paygent.spawn_sweeper(std::time::Duration::from_millis(250), retention),
+        paygent.spawn_webhooks(std::time::Duration::from_millis(200)),
+    ];
+    let app = paygent_server::app_with(paygent, server_options(&config));
+    paygent_server::serve(listener, app, shutdown_signal()).await?;
+    background.iter().for_each(tokio::task::JoinHandle::abort);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The HTTP side's settings from the configuration.
+fn server_options(config: &ServeConfig) -> paygent_server::Options {
+    paygent_server::Options {
         rate_limit: paygent_server::RateLimit {
             per_second: config.rate_limit_per_second,
             burst: config.rate_limit_per_second.saturating_mul(2),
@@ -323,15 +334,7 @@ async fn serve(config_file: Option<&Path>) -> anyhow::Result<ExitCode> {
         },
         keyless_loopback_metrics: config.keyless_loopback_metrics,
         ..Default::default()
-    };
-    paygent_server::serve(
-        listener,
-        paygent_server::app_with(paygent, options),
-        shutdown_signal(),
-    )
-    .await?;
-    sweeper.abort();
-    Ok(ExitCode::SUCCESS)
+    }
 }
 
 /// Writes a secret readable by its owner only.

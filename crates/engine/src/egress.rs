@@ -223,6 +223,24 @@ impl Egress {
         self.send(url, request).await
     }
 
+    /// POSTs `body` as JSON to `url` with `headers`, within the policy, as [`Egress::get`].
+    pub async fn post(
+        &self,
+        url: &str,
+        body: String,
+        headers: &[(&str, String)],
+    ) -> Result<Fetched, Unanswered> {
+        let mut request = self
+            .client
+            .post(self.checked(url)?)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        self.send(url, request).await
+    }
+
     fn checked(&self, url: &str) -> Result<reqwest::Url, Unanswered> {
         let parsed = reqwest::Url::parse(url)
             .map_err(|e| Unanswered::Refused(format!("bad URL {url}: {e}")))?;

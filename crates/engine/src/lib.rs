@@ -26,6 +26,7 @@ pub mod simulation;
 pub mod standing;
 mod views;
 mod wallets;
+pub mod webhooks;
 
 /// The most items one page of any list holds: every list pages with a cursor beyond it.
 pub const MAX_PAGE: i64 = 500;

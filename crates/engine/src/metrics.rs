@@ -19,7 +19,8 @@ struct Judged {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Ended {
-    /// `approved`, `rejected` or `expired`; for a rail, `executed` or `failed`.
+    /// `approved`, `rejected` or `expired`; for a rail, `executed` or `failed`; for a webhook, `delivered` or
+    /// `failed`.
     outcome: &'static str,
 }
 
@@ -54,6 +55,8 @@ pub struct Metrics {
     decision_seconds: Histogram,
     rails: Family<Ended, Counter>,
     fanout_lag_seconds: Histogram,
+    webhooks: Family<Ended, Counter>,
+    webhook_lag_seconds: Histogram,
     database_errors: Counter,
 }
 
@@ -67,6 +70,8 @@ impl Default for Metrics {
             decision_seconds: slow(),
             rails: Family::default(),
             fanout_lag_seconds: fast(),
+            webhooks: Family::default(),
+            webhook_lag_seconds: fast(),
             database_errors: Counter::default(),
         };
         m.registered()
@@ -107,6 +112,16 @@ impl Metrics {
             self.fanout_lag_seconds.clone(),
         );
         r.register(
+            "webhook_deliveries",
+            "Webhook delivery attempts, by outcome",
+            self.webhooks.clone(),
+        );
+        r.register(
+            "webhook_lag_seconds",
+            "Time from an event's commit to its receiver's acceptance",
+            self.webhook_lag_seconds.clone(),
+        );
+        r.register(
             "database_errors",
             "Database errors that were not the caller's input",
             self.database_errors.clone(),
@@ -140,6 +155,15 @@ impl Metrics {
 
     pub(crate) fn fanned_out(&self, lag: Duration) {
         self.fanout_lag_seconds.observe(lag.as_secs_f64());
+    }
+
+    /// One delivery attempt: `lag` is from the event's commit, counted when the receiver took it.
+    pub(crate) fn webhook_attempted(&self, delivered: bool, lag: Duration) {
+        let outcome = if delivered { "delivered" } else { "failed" };
+        self.webhooks.get_or_create(&Ended { outcome }).inc();
+        if delivered {
+            self.webhook_lag_seconds.observe(lag.as_secs_f64());
+        }
     }
 
     pub fn database_error(&self) {

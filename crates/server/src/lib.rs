@@ -66,7 +66,8 @@ fn api() -> (Router<Paygent>, utoipa::openapi::OpenApi) {
         .merge(http::audit::router())
         .merge(http::kill::router())
         .merge(http::executions::router())
-        .merge(http::events::router());
+        .merge(http::events::router())
+        .merge(http::webhooks::router());
     let (router, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)
         .split_for_parts();

@@ -22,6 +22,7 @@ pub mod tenants;
 mod tx;
 pub mod velocity;
 pub mod wallets;
+pub mod webhooks;
 
 pub use db::{Db, Row};
 pub use tx::{Event, WriteTx};

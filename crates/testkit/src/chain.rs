@@ -224,10 +224,10 @@ pub struct X402Peer {
 }
 
 /// A peer process's output, a JSON document per line.
-type Said = tokio::io::Lines<BufReader<ChildStdout>>;
+pub(crate) type Said = tokio::io::Lines<BufReader<ChildStdout>>;
 
 /// Starts a peer process given its `PEER_CONFIG`, and reads the one JSON line it prints once it listens.
-async fn peer(mut command: Command, what: &str, config: &Value) -> (Child, Value, Said) {
+pub(crate) async fn peer(mut command: Command, what: &str, config: &Value) -> (Child, Value, Said) {
     let mut child = command
         .env("PEER_CONFIG", config.to_string())
         .kill_on_drop(true)

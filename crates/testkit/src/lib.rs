@@ -5,6 +5,7 @@ pub mod chain;
 pub mod contract;
 pub mod mcp;
 pub mod prometheus;
+pub mod receiver;
 
 use chrono::{DateTime, Duration, Utc};
 use paygent_engine::domain::{PriceTable, Role};

@@ -14,6 +14,7 @@ pub mod sessions;
 pub mod standing;
 pub mod wallets;
 pub mod web;
+pub mod webhooks;
 
 use crate::error::ApiError;
 

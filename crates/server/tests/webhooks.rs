@@ -1,0 +1,181 @@
+//! Webhooks over the real API, on both databases, to a real receiver on loopback that verifies every delivery
+//! with the reference Standard Webhooks library.
+
+use paygent_testkit::prometheus::{parsed, sample};
+use paygent_testkit::receiver::WebhookReceiver;
+use paygent_testkit::{ADMIN_TOKEN, Backend, TestServer, on_both_databases};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+on_both_databases!(
+    deliveries_are_signed_in_order_and_outlast_an_outage,
+    only_admins_manage_webhooks,
+);
+
+/// Waits (at most 20 s) until the receiver kept `n` deliveries, and answers them.
+async fn kept(receiver: &WebhookReceiver, n: usize) -> Vec<Value> {
+    for _ in 0..200 {
+        let got = receiver.received().await;
+        if got.len() >= n {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the receiver kept {:?}, not {n}", receiver.received().await);
+}
+
+/// Every event after the webhook was made arrives once, signed, in `seq` order, each with its own stable id;
+/// while the receiver is down the attempts are logged and the events wait, then arrive in order. After a
+/// rotation both secrets verify for a while. A tampered delivery is refused by the receiver's library.
+async fn deliveries_are_signed_in_order_and_outlast_an_outage(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let receiver = WebhookReceiver::start().await;
+    let deliverer = s.paygent.spawn_webhooks(Duration::from_millis(50));
+    let body = json!({"url": receiver.hook(), "description": "ops"});
+    let (status, hook) = s.post(&t.admin, "/webhooks", body).await;
+    assert_eq!(status, StatusCode::CREATED, "{hook}");
+    let secret = hook["secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("whsec_"), "{hook}");
+    receiver.set(json!({"secrets": [secret]})).await;
+    let session = s.session(&t.agent, json!({})).await;
+    for _ in 0..3 {
+        s.pay(&t.agent, session, "25", "USDC").await;
+    }
+    kept(&receiver, 3).await;
+
+    receiver.set(json!({"down": true})).await;
+    for _ in 0..2 {
+        s.pay(&t.agent, session, "25", "USDC").await;
+    }
+    let log = format!("/webhooks/{}/deliveries", hook["id"].as_str().unwrap());
+    let mut failed = Vec::new();
+    for _ in 0..200 {
+        failed = s.get(&t.admin, &log).await.1.as_array().cloned().unwrap();
+        if failed.iter().any(|d| d["status"] == 500) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(failed.iter().any(|d| d["status"] == 500), "{failed:?}");
+    let text = s
+        .http
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap();
+    let metrics = parsed(&text.text().await.unwrap()).await;
+    let attempts = |outcome: &str| {
+        sample(
+            &metrics,
+            "paygent_webhook_deliveries_total",
+            &[("outcome", outcome)],
+        )
+    };
+    assert!(
+        attempts("delivered") >= 3.0 && attempts("failed") >= 1.0,
+        "{metrics}"
+    );
+    receiver.set(json!({"down": false})).await;
+    let got = kept(&receiver, 5).await;
+    let seqs: Vec<i64> = got.iter().map(|d| d["seq"].as_i64().unwrap()).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "in order, none missing, none twice: {seqs:?}"
+    );
+    assert!(
+        got.iter()
+            .all(|d| d["type"] == "approval_required" && d["secret"] == 0),
+        "{got:?}"
+    );
+    let ids: std::collections::BTreeSet<&str> =
+        got.iter().map(|d| d["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), got.len(), "one id per event");
+
+    let rotate = format!("/webhooks/{}/rotate-secret", hook["id"].as_str().unwrap());
+    let (status, rotated) = s.post(&t.admin, &rotate, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let fresh = rotated["secret"].as_str().unwrap().to_owned();
+    assert_ne!(fresh, secret);
+    receiver.set(json!({"secrets": [fresh]})).await;
+    s.pay(&t.agent, session, "25", "USDC").await;
+    kept(&receiver, 6).await;
+    receiver.set(json!({"secrets": [secret]})).await;
+    s.pay(&t.agent, session, "25", "USDC").await;
+    let got = kept(&receiver, 7).await;
+    assert_eq!(
+        got.len(),
+        7,
+        "the old secret still verifies during the overlap: {got:?}"
+    );
+    assert_eq!(receiver.rejected().await, 0);
+
+    let tampered = s
+        .http
+        .post(receiver.hook())
+        .header("webhook-id", "msg_forged")
+        .header(
+            "webhook-timestamp",
+            chrono::Utc::now().timestamp().to_string(),
+        )
+        .header(
+            "webhook-signature",
+            "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        )
+        .body(r#"{"type":"approved","seq":999}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tampered.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(receiver.rejected().await, 1);
+    deliverer.abort();
+    s.finish().await;
+}
+
+/// Agents and approvers cannot register, list, rotate or remove webhooks; bad input is 422; an admin's list
+/// never shows a secret; a removed webhook is gone.
+async fn only_admins_manage_webhooks(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let body = json!({"url": "https://hooks.example/paygent", "events": ["approved", "rejected"]});
+    for key in [&t.agent, &t.approver] {
+        assert_eq!(
+            s.post(key, "/webhooks", body.clone()).await.0,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(s.get(key, "/webhooks").await.0, StatusCode::FORBIDDEN);
+    }
+    let (status, hook) = s.post(&t.admin, "/webhooks", body).await;
+    assert_eq!(status, StatusCode::CREATED, "{hook}");
+    let id = hook["id"].as_str().unwrap();
+    for key in [&t.agent, &t.approver] {
+        let rotate = format!("/webhooks/{id}/rotate-secret");
+        assert_eq!(
+            s.post(key, &rotate, json!({})).await.0,
+            StatusCode::FORBIDDEN
+        );
+        let path = format!("/webhooks/{id}/deliveries");
+        assert_eq!(s.get(key, &path).await.0, StatusCode::FORBIDDEN);
+    }
+    for bad in [
+        json!({"url": "ftp://hooks.example"}),
+        json!({"url": "https://hooks.example", "events": ["payment_made"]}),
+    ] {
+        let (status, problem) = s.post(&t.admin, "/webhooks", bad).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    }
+    let (_, list) = s.get(&t.admin, "/webhooks").await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert!(list[0].get("secret").is_none(), "{list}");
+    assert_eq!(list[0]["events"], json!(["approved", "rejected"]));
+    let path = format!("/webhooks/{id}");
+    for (key, expected) in [
+        (&t.approver, StatusCode::FORBIDDEN),
+        (&t.admin, StatusCode::NO_CONTENT),
+        (&t.admin, StatusCode::NOT_FOUND),
+    ] {
+        assert_eq!(s.call(key, Method::DELETE, &path, None).await.0, expected);
+    }
+    s.finish().await;
+}
