@@ -32,6 +32,8 @@ pub enum EventKind {
     SessionUnfrozen,
     /// Admins only: a key stopped working.
     KeyRevoked,
+    /// Admins only: a webhook kept failing for a day and was disabled; an admin enables it again.
+    WebhookDisabled,
 }
 
 names!(EventKind {
@@ -55,6 +57,7 @@ names!(EventKind {
     SessionFrozen => "session_frozen",
     SessionUnfrozen => "session_unfrozen",
     KeyRevoked => "key_revoked",
+    WebhookDisabled => "webhook_disabled",
 });
 
 #[cfg(test)]
@@ -68,7 +71,7 @@ mod tests {
             let json = serde_json::to_value(kind).unwrap();
             assert_eq!(json, kind.as_str(), "serde and as_str agree");
         }
-        assert_eq!(EventKind::ALL.len(), 20);
+        assert_eq!(EventKind::ALL.len(), 21);
         assert_eq!(EventKind::parse("payment_made"), None);
     }
 }

@@ -305,10 +305,13 @@ impl Subscription {
         }
     }
 
-    /// Whether the reader could read what the event says: people the tenant's (keys for admins only), an agent
+    /// Whether the reader could read what the event says: people the tenant's (keys and webhooks for admins only), an agent
     /// its own sessions' and the emergency stop.
     async fn may_read(&self, event: &Event) -> Result<bool, SubscriptionEnd> {
-        if event.kind == EventKind::KeyRevoked {
+        if matches!(
+            event.kind,
+            EventKind::KeyRevoked | EventKind::WebhookDisabled
+        ) {
             return Ok(self.reader.is_admin());
         }
         if self.reader.can_decide() {

@@ -18,6 +18,8 @@ use uuid::Uuid;
 
 /// How long a rotated-out secret goes on signing beside the new one.
 const ROTATION_OVERLAP_HOURS: i64 = 24;
+/// How long an endpoint may fail, retried all the while, before it is disabled.
+const FAILING_FOR_HOURS: i64 = 24;
 /// The longest wait between two attempts at a failing endpoint.
 const MAX_BACKOFF_SECONDS: f64 = 3600.0;
 /// How many webhooks one pass visits, and how many events it sends one endpoint.
@@ -53,6 +55,10 @@ pub struct WebhookView {
     pub failures: i64,
     pub next_attempt_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
+    /// The first failure since the last delivery.
+    pub failing_since: Option<DateTime<Utc>>,
+    /// Set once it failed for a day: nothing is sent until an admin enables it (`POST .../enable`).
+    pub disabled_at: Option<DateTime<Utc>>,
 }
 
 impl From<WebhookRecord> for WebhookView {
@@ -67,6 +73,8 @@ impl From<WebhookRecord> for WebhookView {
             failures: w.failures,
             next_attempt_at: w.next_attempt_at,
             created_at: w.created_at,
+            failing_since: w.failing_since,
+            disabled_at: w.disabled_at,
         }
     }
 }
@@ -161,6 +169,8 @@ impl Paygent {
             next_attempt_at: now,
             created_by: who.key_id,
             created_at: now,
+            failing_since: None,
+            disabled_at: None,
         };
         webhooks::insert(&mut tx, &record).await?;
         tx.commit().await?;
@@ -256,30 +266,68 @@ impl Paygent {
             .store
             .events_after(w.tenant_id, w.delivered_seq, EVENTS_PER_PASS)
             .await?;
+        let now = self.now();
         let mut progress = Progress {
             from: w.delivered_seq,
             to: w.delivered_seq,
             failures: w.failures,
-            next_attempt_at: self.now(),
+            next_attempt_at: now,
+            failing_since: w.failing_since,
         };
         for event in events {
             let wanted = w.events.is_empty() || w.events.iter().any(|e| e == event.kind.as_str());
             if wanted && !self.send(w, &event, progress.failures + 1).await? {
                 progress.failures += 1;
-                progress.next_attempt_at = self.now() + backoff(progress.failures);
+                progress.next_attempt_at = now + backoff(progress.failures);
+                progress.failing_since = w.failing_since.or(Some(now));
                 break;
             }
-            (progress.to, progress.failures) = (event.seq, 0);
+            (progress.to, progress.failures, progress.failing_since) = (event.seq, 0, None);
         }
         webhooks::progress(self.store.writer(), w.id, &progress).await?;
+        match progress.failing_since {
+            Some(since) if now - since >= chrono::Duration::hours(FAILING_FOR_HOURS) => {
+                self.disable(w, &progress).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Disables a webhook that kept failing, and tells the tenant's admins (`webhook_disabled`).
+    async fn disable(&self, w: &WebhookRecord, progress: &Progress) -> Result<()> {
+        let mut tx = self.store.begin(w.tenant_id, self.now()).await?;
+        let now = tx.now();
+        if webhooks::disable(&mut tx, w.id, Some(now)).await? {
+            let data = serde_json::json!({"id": w.id, "url": w.url, "failures": progress.failures,
+                "failing_since": progress.failing_since, "delivered_seq": progress.to});
+            tx.event(EventKind::WebhookDisabled, None, data).await?;
+            tracing::warn!(webhook = %w.id, "a webhook kept failing for a day and is disabled");
+        }
+        self.publish(tx.commit().await?);
         Ok(())
+    }
+
+    /// Enables a disabled webhook: it is due at once and goes on from where it stopped. Admins only.
+    pub async fn enable_webhook(&self, who: &Principal, id: Uuid) -> Result<WebhookView> {
+        require(who.is_admin(), "only admins manage webhooks")?;
+        let mut tx = self.begin_as(who).await?;
+        let changed = webhooks::disable(&mut tx, id, None).await?;
+        tx.commit().await?;
+        let record = webhooks::get(self.store.reader(), who.tenant_id, id)
+            .await?
+            .ok_or(EngineError::NotFound("webhook"))?;
+        if !changed {
+            return Err(EngineError::Conflict("the webhook is not disabled".into()));
+        }
+        Ok(record.into())
     }
 
     /// Sends one event, signed, and logs the attempt; answers whether the receiver took it (2xx).
     async fn send(&self, w: &WebhookRecord, event: &Event, attempt: i64) -> Result<bool> {
         let body = LiveEvent::from(event.clone()).wire().to_owned();
         let id = format!("msg_{}_{}", event.tenant_id.simple(), event.seq);
-        let timestamp = self.now().timestamp();
+        // The wall clock, not the engine's: receivers check it against theirs (within minutes).
+        let timestamp = Utc::now().timestamp();
         let mut secrets = vec![w.secret.as_str()];
         if let (Some(previous), Some(until)) = (&w.previous_secret, w.previous_until)
             && until > self.now()

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 on_both_databases!(
     deliveries_are_signed_in_order_and_outlast_an_outage,
+    an_endpoint_failing_for_a_day_is_disabled_until_enabled,
     only_admins_manage_webhooks,
 );
 
@@ -130,6 +131,69 @@ async fn deliveries_are_signed_in_order_and_outlast_an_outage(backend: Backend) 
     assert_eq!(tampered.status(), StatusCode::BAD_REQUEST);
     assert_eq!(receiver.rejected().await, 1);
     deliverer.abort();
+    s.finish().await;
+}
+
+/// An endpoint that keeps failing is retried for a day, then disabled with a `webhook_disabled` event; nothing is
+/// sent to it until an admin enables it, and then every event it missed arrives, in order, the disabling
+/// included.
+async fn an_endpoint_failing_for_a_day_is_disabled_until_enabled(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let receiver = WebhookReceiver::start().await;
+    let (_, hook) = s
+        .post(&t.admin, "/webhooks", json!({"url": receiver.hook()}))
+        .await;
+    let id = hook["id"].as_str().unwrap().to_owned();
+    receiver
+        .set(json!({"secrets": [hook["secret"]], "down": true}))
+        .await;
+    let session = s.session(&t.agent, json!({})).await;
+    s.pay(&t.agent, session, "25", "USDC").await;
+    s.paygent.deliver_due().await.unwrap();
+    let (_, view) = s.get(&t.admin, "/webhooks").await;
+    assert!(
+        view[0]["failing_since"].is_string() && view[0]["disabled_at"].is_null(),
+        "{view}"
+    );
+
+    // A day later, still failing: disabled, once.
+    s.clock.advance(chrono::Duration::hours(25));
+    s.paygent.deliver_due().await.unwrap();
+    let (_, view) = s.get(&t.admin, "/webhooks").await;
+    assert!(view[0]["disabled_at"].is_string(), "{view}");
+    assert_eq!(s.count("events WHERE type = 'webhook_disabled'").await, 1);
+    let attempts = format!("/webhooks/{id}/deliveries");
+    let tried = s.get(&t.admin, &attempts).await.1.as_array().unwrap().len();
+    receiver.set(json!({"down": false})).await;
+    s.clock.advance(chrono::Duration::hours(2));
+    s.paygent.deliver_due().await.unwrap();
+    assert_eq!(
+        s.get(&t.admin, &attempts).await.1.as_array().unwrap().len(),
+        tried,
+        "nothing sent"
+    );
+    assert!(receiver.received().await.is_empty());
+
+    let enable = format!("/webhooks/{id}/enable");
+    assert_eq!(
+        s.post(&t.approver, &enable, json!({})).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let (status, enabled) = s.post(&t.admin, &enable, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{enabled}");
+    assert!(
+        enabled["disabled_at"].is_null() && enabled["failures"] == 0,
+        "{enabled}"
+    );
+    assert_eq!(
+        s.post(&t.admin, &enable, json!({})).await.0,
+        StatusCode::CONFLICT
+    );
+    s.paygent.deliver_due().await.unwrap();
+    let got = receiver.received().await;
+    let types: Vec<&str> = got.iter().map(|d| d["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["approval_required", "webhook_disabled"], "{got:?}");
     s.finish().await;
 }
 

@@ -24,6 +24,10 @@ pub struct WebhookRecord {
     pub next_attempt_at: DateTime<Utc>,
     pub created_by: Uuid,
     pub created_at: DateTime<Utc>,
+    /// The first failure since the last delivery.
+    pub failing_since: Option<DateTime<Utc>>,
+    /// Set when it kept failing for a day: nothing is sent to it until an admin enables it.
+    pub disabled_at: Option<DateTime<Utc>>,
 }
 
 crate::row_type! {
@@ -41,11 +45,13 @@ crate::row_type! {
         next_attempt_at: String,
         created_by: String,
         created_at: String,
+        failing_since: Option<String>,
+        disabled_at: Option<String>,
     }
 }
 
 const COLUMNS: &str = "id, tenant_id, url, events, description, secret, previous_secret, previous_until, \
-    delivered_seq, failures, next_attempt_at, created_by, created_at";
+    delivered_seq, failures, next_attempt_at, created_by, created_at, failing_since, disabled_at";
 
 impl TryFrom<WebhookRow> for WebhookRecord {
     type Error = StoreError;
@@ -65,13 +71,16 @@ impl TryFrom<WebhookRow> for WebhookRecord {
             next_attempt_at: time(&r.next_attempt_at)?,
             created_by: uuid(&r.created_by)?,
             created_at: time(&r.created_at)?,
+            failing_since: opt_time(r.failing_since)?,
+            disabled_at: opt_time(r.disabled_at)?,
         })
     }
 }
 
 pub async fn insert(tx: &mut WriteTx, w: &WebhookRecord) -> Result<()> {
     query(format!(
-        "INSERT INTO webhooks ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL, $7, 0, $8, $9, $8)"
+        "INSERT INTO webhooks ({COLUMNS}) \
+         VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL, $7, 0, $8, $9, $8, NULL, NULL)"
     ))
     .bind(w.id.to_string())
     .bind(w.tenant_id.to_string())
@@ -112,7 +121,8 @@ pub async fn list(
 /// Up to `limit` webhooks of every tenant whose next attempt is due at `now`.
 pub async fn due(db: Db<'_>, now: DateTime<Utc>, limit: i64) -> Result<Vec<WebhookRecord>> {
     query(format!(
-        "SELECT {COLUMNS} FROM webhooks WHERE next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT $2"
+        "SELECT {COLUMNS} FROM webhooks WHERE next_attempt_at <= $1 AND disabled_at IS NULL \
+         ORDER BY next_attempt_at LIMIT $2"
     ))
     .bind(paygent_domain::time::format(now))
     .bind(limit)
@@ -163,11 +173,12 @@ pub struct Progress {
     pub to: i64,
     pub failures: i64,
     pub next_attempt_at: DateTime<Utc>,
+    pub failing_since: Option<DateTime<Utc>>,
 }
 
 pub async fn progress(db: Db<'_>, id: Uuid, p: &Progress) -> Result<bool> {
     let done = query(
-        "UPDATE webhooks SET delivered_seq = $3, failures = $4, next_attempt_at = $5 \
+        "UPDATE webhooks SET delivered_seq = $3, failures = $4, next_attempt_at = $5, failing_since = $6 \
          WHERE id = $1 AND delivered_seq = $2",
     )
     .bind(id.to_string())
@@ -175,7 +186,27 @@ pub async fn progress(db: Db<'_>, id: Uuid, p: &Progress) -> Result<bool> {
     .bind(p.to)
     .bind(p.failures)
     .bind(paygent_domain::time::format(p.next_attempt_at))
+    .bind(p.failing_since.map(paygent_domain::time::format))
     .execute(db)
+    .await?;
+    Ok(done == 1)
+}
+
+/// Disables a webhook (`Some`) or enables it again (`None`, its failures forgotten and due at once); returns
+/// whether it changed.
+pub async fn disable(tx: &mut WriteTx, id: Uuid, at: Option<DateTime<Utc>>) -> Result<bool> {
+    let tenant = tx.tenant_id().to_string();
+    let now = tx.now_text();
+    let done = query(
+        "UPDATE webhooks SET disabled_at = $3, failures = CASE WHEN $3 IS NULL THEN 0 ELSE failures END, \
+         failing_since = CASE WHEN $3 IS NULL THEN NULL ELSE failing_since END, next_attempt_at = $4 \
+         WHERE tenant_id = $1 AND id = $2 AND (disabled_at IS NULL) = ($3 IS NOT NULL)",
+    )
+    .bind(tenant)
+    .bind(id.to_string())
+    .bind(at.map(paygent_domain::time::format))
+    .bind(now)
+    .execute(tx.conn())
     .await?;
     Ok(done == 1)
 }

@@ -20,6 +20,7 @@ pub fn router() -> OpenApiRouter<Paygent> {
         .routes(routes!(create_webhook, list_webhooks))
         .routes(routes!(delete_webhook))
         .routes(routes!(rotate_secret))
+        .routes(routes!(enable_webhook))
         .routes(routes!(deliveries))
 }
 
@@ -73,6 +74,19 @@ async fn rotate_secret(
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<WebhookView>> {
     Ok(Json(paygent.rotate_webhook_secret(&who, id).await?))
+}
+
+/// Enables a webhook that was disabled after failing for a day: it goes on from the event where it stopped.
+/// 409 if it is not disabled.
+#[utoipa::path(post, path = "/webhooks/{id}/enable", tag = "webhooks", params(("id" = Uuid, Path)),
+    responses((status = 200, body = WebhookView), (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem)))]
+async fn enable_webhook(
+    State(paygent): State<Paygent>,
+    Caller(who): Caller,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<WebhookView>> {
+    Ok(Json(paygent.enable_webhook(&who, id).await?))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
