@@ -1184,3 +1184,90 @@ pub async fn stop_with_pending(
         sweep,
     ])
 }
+
+/// A webhook receiver on loopback that times each delivery from its event's commit (the body's `at`).
+struct LagReceiver {
+    url: String,
+    lags: Arc<std::sync::Mutex<Vec<Duration>>>,
+}
+
+impl LagReceiver {
+    async fn start() -> anyhow::Result<LagReceiver> {
+        let lags: Arc<std::sync::Mutex<Vec<Duration>>> = Arc::default();
+        let kept = lags.clone();
+        let take = move |body: String| {
+            let kept = kept.clone();
+            async move {
+                let at = serde_json::from_str::<Value>(&body).ok().and_then(|e| {
+                    e["at"]
+                        .as_str()
+                        .and_then(|a| a.parse::<chrono::DateTime<chrono::Utc>>().ok())
+                });
+                if let Some(lag) = at.and_then(|at| (chrono::Utc::now() - at).to_std().ok()) {
+                    kept.lock().expect("lags").push(lag);
+                }
+                axum::http::StatusCode::NO_CONTENT
+            }
+        };
+        let app = axum::Router::new().route("/hook/{n}", axum::routing::post(take));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(LagReceiver { url, lags })
+    }
+
+    fn taken(&self) -> Vec<Duration> {
+        self.lags.lock().expect("lags").clone()
+    }
+}
+
+/// Scenario 11: webhooks' cost and lag (issue 19). In one run: the guard's auto path and approval creation at
+/// c=16 with no webhook, then with three endpoints subscribed to every event (the receiver answers at once), and
+/// the delivery lag from each event's commit to its receiver. Needs a server whose egress policy lets it reach
+/// loopback.
+pub async fn webhooks(t: &Target, scale: &Scale) -> anyhow::Result<Vec<Measurement>> {
+    let mut lines = vec![
+        guard_auto(t, scale, 16).await?,
+        approval_creation(t, scale, 16).await?,
+    ];
+    let receiver = LagReceiver::start().await?;
+    for n in 0..3 {
+        let hook = json!({"url": format!("{}/hook/{n}", receiver.url)});
+        t.post(&t.admin, "/webhooks", hook).await?;
+    }
+    let (guard, asked) = (
+        guard_auto(t, scale, 16).await?,
+        approval_creation(t, scale, 16).await?,
+    );
+    let started = Instant::now();
+    let expected = 3 * scale.requests;
+    while receiver.taken().len() < expected && started.elapsed() < Duration::from_secs(300) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lags = receiver.taken();
+    if lags.len() < expected {
+        bail!(
+            "{} of {expected} deliveries arrived within 300 s",
+            lags.len()
+        );
+    }
+    for (with, without) in [(guard, 0), (asked, 1)] {
+        let ratio = with.per_second / lines[without].per_second.max(f64::EPSILON);
+        lines[without].scenario.push_str(", no webhook");
+        lines.push(Measurement {
+            scenario: format!("{}, 3 webhooks", with.scenario),
+            note: format!("{ratio:.2}x the throughput with none"),
+            ..with
+        });
+    }
+    let note = "from each approval_required event's commit to its receiver, 3 endpoints".to_owned();
+    let wall = started.elapsed();
+    lines.push(Measurement::from_latencies(
+        "webhook delivery lag",
+        3,
+        lags,
+        wall,
+        note,
+    ));
+    Ok(lines)
+}

@@ -72,6 +72,8 @@ enum Scenario {
     /// The guard's auto path on 1, 2 and 3 instances of one PostgreSQL database (needs --db postgres://...),
     /// beside one instance on SQLite.
     Instances,
+    /// The guard and approval creation with three webhooks subscribed beside none, and the delivery lag.
+    Webhooks,
 }
 
 const ADMIN: &str = "bench-admin-token-0123456789";
@@ -309,7 +311,9 @@ async fn main() -> anyhow::Result<()> {
         .db
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}/paygent.db?mode=rwc", dir.display()));
-    let (server, base) = start_server(&db, &dir, &[])?;
+    // The webhooks scenario's receiver listens on loopback.
+    let egress = [("PAYGENT_EGRESS_ALLOW", "127.0.0.1/32".to_owned())];
+    let (server, base) = start_server(&db, &dir, &egress)?;
     let pid = server.child.id();
     let t = Target::new(&base, ADMIN);
     set_policy(&t, args.policy).await?;
@@ -353,6 +357,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::X402 => (vec![], vec![]),
         Scenario::Stop => (stops(&t, &db, &scale).await?, vec![]),
         Scenario::Instances => (instances(&db, &dir, &scale, &t).await?, vec![]),
+        Scenario::Webhooks => (b::webhooks(&t, &scale).await?, vec![]),
         Scenario::Mcp => {
             let mut lines = b::mcp_pay(&t, &scale, 1).await?;
             lines.extend(b::mcp_pay(&t, &scale, 16).await?);
@@ -360,6 +365,9 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let mut lines = lines;
+    if args.scenario == Scenario::All {
+        lines.extend(b::webhooks(&t, &scale).await?);
+    }
     if matches!(args.scenario, Scenario::All | Scenario::X402) {
         lines.extend(x402(&db, &dir, &scale).await?);
     }

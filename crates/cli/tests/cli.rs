@@ -616,6 +616,8 @@ async fn benchmark_scenarios_run() {
         ("PAYGENT_ADMIN_TOKEN", ADMIN_TOKEN),
         ("PAYGENT_DATA_DIR", dir.to_str().unwrap()),
         ("DATABASE_URL", db.as_str()),
+        // The webhooks scenario's receiver is on loopback.
+        ("PAYGENT_EGRESS_ALLOW", "127.0.0.1/32"),
     ];
     let (mut child, port) = spawn_serve(&env);
     let base = wait_ready(port);
@@ -642,6 +644,11 @@ async fn benchmark_scenarios_run() {
         .unwrap();
     assert_eq!((answer.count, sweep.count), (2, 2));
     assert!(sweep.per_second > 0.0, "{sweep:?}");
+    // Three webhooks beside none, and every delivery timed.
+    let hooked = paygent_bench::webhooks(&target, &scale).await.unwrap();
+    let counts: Vec<usize> = hooked.iter().map(|m| m.count).collect();
+    let n = scale.requests;
+    assert_eq!(counts, [n, n, n, n, 3 * n], "{hooked:?}");
     // Under the governed policy (payee lists, velocity rules, a quorum) the load scenarios still run.
     target
         .set_default_policy(paygent_bench::governed_policy())

@@ -252,13 +252,12 @@ impl Paygent {
         })
     }
 
-    /// One pass: each due webhook gets its next events, in order, until one fails.
+    /// One pass: each due webhook gets its next events, in order, until one fails; the webhooks side by side,
+    /// so a pass takes as long as its slowest receiver, not all of them in turn.
     pub async fn deliver_due(&self) -> Result<()> {
         let due = webhooks::due(self.store.reader(), self.now(), WEBHOOKS_PER_PASS).await?;
-        for webhook in due {
-            self.deliver_to(&webhook).await?;
-        }
-        Ok(())
+        let passes = futures::future::join_all(due.iter().map(|w| self.deliver_to(w))).await;
+        passes.into_iter().collect()
     }
 
     async fn deliver_to(&self, w: &WebhookRecord) -> Result<()> {
