@@ -24,7 +24,7 @@ const FAILING_FOR_HOURS: i64 = 24;
 const MAX_BACKOFF_SECONDS: f64 = 3600.0;
 /// How many webhooks one pass visits, and how many events it sends one endpoint.
 const WEBHOOKS_PER_PASS: i64 = 50;
-const EVENTS_PER_PASS: i64 = 20;
+const EVENTS_PER_PASS: i64 = 100;
 
 /// What an admin registers.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
@@ -244,23 +244,29 @@ impl Paygent {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
-                if let Err(e) = paygent.deliver_due().await {
-                    tracing::warn!(error = %e, "delivering webhooks failed; retrying");
+                match paygent.deliver_due().await {
+                    // Some endpoint may have more waiting: go on at once.
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "delivering webhooks failed; retrying"),
                 }
+                tick.tick().await;
             }
         })
     }
 
     /// One pass: each due webhook gets its next events, in order, until one fails; the webhooks side by side,
     /// so a pass takes as long as its slowest receiver, not all of them in turn.
-    pub async fn deliver_due(&self) -> Result<()> {
+    /// Answers whether an endpoint took a whole page, so more may be waiting.
+    pub async fn deliver_due(&self) -> Result<bool> {
         let due = webhooks::due(self.store.reader(), self.now(), WEBHOOKS_PER_PASS).await?;
         let passes = futures::future::join_all(due.iter().map(|w| self.deliver_to(w))).await;
-        passes.into_iter().collect()
+        let full = passes.into_iter().collect::<Result<Vec<bool>>>()?;
+        Ok(full.contains(&true))
     }
 
-    async fn deliver_to(&self, w: &WebhookRecord) -> Result<()> {
+    /// Sends one webhook its next page of events; answers whether it took them all.
+    async fn deliver_to(&self, w: &WebhookRecord) -> Result<bool> {
         let events = self
             .store
             .events_after(w.tenant_id, w.delivered_seq, EVENTS_PER_PASS)
@@ -273,6 +279,7 @@ impl Paygent {
             next_attempt_at: now,
             failing_since: w.failing_since,
         };
+        let whole_page = events.len() as i64 == EVENTS_PER_PASS;
         for event in events {
             let wanted = w.events.is_empty() || w.events.iter().any(|e| e == event.kind.as_str());
             if wanted && !self.send(w, &event, progress.failures + 1).await? {
@@ -286,9 +293,11 @@ impl Paygent {
         webhooks::progress(self.store.writer(), w.id, &progress).await?;
         match progress.failing_since {
             Some(since) if now - since >= chrono::Duration::hours(FAILING_FOR_HOURS) => {
-                self.disable(w, &progress).await
+                self.disable(w, &progress).await?;
+                Ok(false)
             }
-            _ => Ok(()),
+            Some(_) => Ok(false),
+            None => Ok(whole_page),
         }
     }
 
