@@ -85,6 +85,11 @@ impl EventHub {
         }
     }
 
+    /// Every event as it is handed to live subscribers, whoever may read it: for the engine's own work.
+    pub(crate) fn every_event(&self) -> broadcast::Receiver<Arc<LiveEvent>> {
+        self.live.subscribe()
+    }
+
     /// Hands committed events to the hub; never blocks a writer.
     pub(crate) fn publish(&self, events: Vec<Event>) {
         if !events.is_empty() {

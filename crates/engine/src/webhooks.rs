@@ -14,6 +14,7 @@ use paygent_store::webhooks::{self, Delivery, Progress, WebhookRecord};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use std::time::{Duration, Instant};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use uuid::Uuid;
 
 /// How long a rotated-out secret goes on signing beside the new one.
@@ -237,9 +238,11 @@ impl Paygent {
         Ok(list.into_iter().map(Into::into).collect())
     }
 
-    /// Delivers what is due to every webhook every `every`, until the task is aborted.
+    /// Delivers what is due to every webhook as soon as this instance commits an event, and every `every` (for
+    /// other instances' events and retries), until the task is aborted.
     pub fn spawn_webhooks(&self, every: Duration) -> tokio::task::JoinHandle<()> {
         let paygent = self.clone();
+        let mut events = self.hub.every_event();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -250,7 +253,16 @@ impl Paygent {
                     Ok(false) => {}
                     Err(e) => tracing::warn!(error = %e, "delivering webhooks failed; retrying"),
                 }
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    woken = events.recv() => {
+                        if matches!(woken, Err(RecvError::Closed)) {
+                            return;
+                        }
+                        // One pass serves every event that came meanwhile.
+                        while matches!(events.try_recv(), Ok(_) | Err(TryRecvError::Lagged(_))) {}
+                    }
+                }
             }
         })
     }
