@@ -134,9 +134,9 @@ async fn deliveries_are_signed_in_order_and_outlast_an_outage(backend: Backend) 
     s.finish().await;
 }
 
-/// An endpoint that keeps failing is retried for a day, then disabled with a `webhook_disabled` event; nothing is
-/// sent to it until an admin enables it, and then every event it missed arrives, in order, the disabling
-/// included.
+/// An endpoint that keeps failing is retried for a day, then disabled with a `webhook_disabled` event that only
+/// admins read; nothing is sent to it until an admin enables it, and then every event it missed arrives, in
+/// order, the disabling included.
 async fn an_endpoint_failing_for_a_day_is_disabled_until_enabled(backend: Backend) {
     let s = TestServer::start(backend).await;
     let t = s.team(ADMIN_TOKEN).await;
@@ -194,6 +194,16 @@ async fn an_endpoint_failing_for_a_day_is_disabled_until_enabled(backend: Backen
     let got = receiver.received().await;
     let types: Vec<&str> = got.iter().map(|d| d["type"].as_str().unwrap()).collect();
     assert_eq!(types, ["approval_required", "webhook_disabled"], "{got:?}");
+
+    // Only admins read `webhook_disabled` on their event streams.
+    let (_, marker) = s.pay(&t.agent, session, "25", "USDC").await;
+    let mark = marker["approval_id"].as_str().unwrap().to_owned();
+    for (key, sees) in [(&t.agent, false), (&t.approver, false), (&t.admin, true)] {
+        let text = s
+            .events_until(key, "after_seq=0", |t| t.contains(&mark))
+            .await;
+        assert_eq!(text.contains("event: webhook_disabled"), sees, "{text}");
+    }
     s.finish().await;
 }
 
