@@ -154,6 +154,13 @@ impl Paygent {
     pub async fn create_webhook(&self, who: &Principal, new: NewWebhook) -> Result<WebhookView> {
         require(who.is_admin(), "only admins manage webhooks")?;
         let events = validate(&new)?;
+        // An address the egress policy refuses is refused now, not in every delivery (names resolve later).
+        if let Ok(url) = reqwest::Url::parse(&new.url) {
+            self.egress
+                .policy()
+                .check_url(&url)
+                .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        }
         let mut tx = self.begin_as(who).await?;
         let now = tx.now();
         let record = WebhookRecord {

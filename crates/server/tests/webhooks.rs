@@ -235,6 +235,8 @@ async fn only_admins_manage_webhooks(backend: Backend) {
     for bad in [
         json!({"url": "ftp://hooks.example"}),
         json!({"url": "https://hooks.example", "events": ["payment_made"]}),
+        // A private address the egress policy refuses.
+        json!({"url": "http://10.0.0.1/hook"}),
     ] {
         let (status, problem) = s.post(&t.admin, "/webhooks", bad).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
