@@ -216,11 +216,8 @@ impl Egress {
         body: &serde_json::Value,
         bearer: Option<&str>,
     ) -> Result<Fetched, Unanswered> {
-        let mut request = self.client.post(self.checked(url)?).json(body);
-        if let Some(token) = bearer {
-            request = request.bearer_auth(token);
-        }
-        self.send(url, request).await
+        let auth = bearer.map(|token| ("authorization", format!("Bearer {token}")));
+        self.post(url, body.to_string(), auth.as_slice()).await
     }
 
     /// POSTs `body` as JSON to `url` with `headers`, within the policy, as [`Egress::get`].
