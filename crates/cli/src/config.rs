@@ -3,6 +3,7 @@
 use anyhow::{Context, bail};
 use paygent_engine::EgressPolicy;
 use paygent_engine::domain::PriceTable;
+use paygent_engine::slack::SlackApp;
 use paygent_planner::LlmPlanner;
 use paygent_rails::{ChainConfig, RailsConfig, TokenConfig as RailToken};
 use secrecy::SecretString;
@@ -28,6 +29,9 @@ pub struct FileConfig {
     event_retention_days: Option<u32>,
     rate_limit_per_second: Option<u32>,
     egress_allow: Option<String>,
+    slack_api_url: Option<String>,
+    slack_bot_token: Option<SecretString>,
+    slack_signing_secret: Option<SecretString>,
     #[serde(default)]
     prices: BTreeMap<String, String>,
     #[serde(default)]
@@ -101,6 +105,8 @@ pub struct ServeConfig {
     pub streams_per_key: usize,
     /// Whether `GET /metrics` answers loopback without a key (`PAYGENT_METRICS_KEYLESS_LOOPBACK`, default true).
     pub keyless_loopback_metrics: bool,
+    /// The Slack app requests are posted as (its token and signing secret never print).
+    pub slack: Option<SlackApp>,
 }
 
 const PRICE_PREFIX: &str = "PAYGENT_PRICE_";
@@ -279,6 +285,7 @@ impl ServeConfig {
         let egress = EgressPolicy::allowing(allow.as_deref().unwrap_or_default())
             .context("PAYGENT_EGRESS_ALLOW")?;
         Ok(ServeConfig {
+            slack: slack(&env, &parsed)?,
             planner: planner(&env, &egress)?,
             egress,
             streams_per_key: env.number("PAYGENT_STREAMS_PER_KEY", None, 64)?,
@@ -309,6 +316,35 @@ impl ServeConfig {
             )?,
         })
     }
+}
+
+/// The Slack app, when both its bot token and its signing secret are given (one without the other is refused).
+fn slack(env: &Env, file: &FileConfig) -> anyhow::Result<Option<SlackApp>> {
+    let secret = |name: &str, from_file: &Option<SecretString>| {
+        env.get(name).map(SecretString::from).or(from_file.clone())
+    };
+    let token = secret("PAYGENT_SLACK_BOT_TOKEN", &file.slack_bot_token);
+    let signing = secret("PAYGENT_SLACK_SIGNING_SECRET", &file.slack_signing_secret);
+    let (bot_token, signing_secret) = match (token, signing) {
+        (None, None) => return Ok(None),
+        (Some(t), Some(s)) => (t, s),
+        _ => bail!("Slack needs both PAYGENT_SLACK_BOT_TOKEN and PAYGENT_SLACK_SIGNING_SECRET"),
+    };
+    let api_url = env
+        .get("PAYGENT_SLACK_API_URL")
+        .or(file.slack_api_url.clone())
+        .unwrap_or_else(|| "https://slack.com/api".into());
+    reqwest::Url::parse(&api_url)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https"))
+        .with_context(|| {
+            format!("PAYGENT_SLACK_API_URL must be an http(s) URL, not {api_url:?}")
+        })?;
+    Ok(Some(SlackApp {
+        api_url,
+        bot_token,
+        signing_secret,
+    }))
 }
 
 fn absolute(p: &Path) -> PathBuf {
@@ -422,11 +458,22 @@ eip712_version = "1"
                     "postgres://paygent:hunter2@db.internal/paygent",
                 ),
                 ("PAYGENT_ADMIN_TOKEN", "pg_admin_never_printed"),
+                ("PAYGENT_SLACK_BOT_TOKEN", "xoxb-never-printed"),
+                (
+                    "PAYGENT_SLACK_SIGNING_SECRET",
+                    "slack-signing-never-printed",
+                ),
             ]),
         )
         .unwrap();
+        assert_eq!(c.slack.as_ref().unwrap().api_url, "https://slack.com/api");
         let printed = format!("{c:?}");
-        for secret in ["hunter2", "pg_admin_never_printed"] {
+        for secret in [
+            "hunter2",
+            "pg_admin_never_printed",
+            "xoxb-never-printed",
+            "slack-signing-never-printed",
+        ] {
             assert!(!printed.contains(secret), "{secret} in {printed}");
         }
         assert_eq!(
@@ -439,6 +486,11 @@ eip712_version = "1"
                 .unwrap_err()
                 .to_string()
                 .contains("PAYGENT_RATE_LIMIT must be a whole number")
+        );
+        let half = ServeConfig::load(None, &env(&[("PAYGENT_SLACK_BOT_TOKEN", "xoxb-1")]));
+        assert!(
+            half.is_err(),
+            "a bot token without a signing secret is refused"
         );
         let lease = ServeConfig::load(None, &env(&[("PAYGENT_LEASE_SECONDS", "0")]));
         assert!(lease.is_err(), "a lease of 0 s is refused");

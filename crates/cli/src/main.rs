@@ -285,6 +285,13 @@ async fn serve(config_file: Option<&Path>) -> anyhow::Result<ExitCode> {
         tracing::info!(?planner, "commands the parser refuses go to the planner");
         paygent = paygent.with_planner(planner);
     }
+    if let Some(app) = config.slack.clone() {
+        tracing::info!(
+            ?app,
+            "requests whose policy names a Slack channel are posted there"
+        );
+        paygent = paygent.with_slack(app);
+    }
     if let Some(key) = paygent
         .bootstrap(config.admin_token.as_ref().map(|t| t.expose_secret()))
         .await?
@@ -314,6 +321,7 @@ async fn serve(config_file: Option<&Path>) -> anyhow::Result<ExitCode> {
     let background = [
         paygent.spawn_sweeper(std::time::Duration::from_millis(250), retention),
         paygent.spawn_webhooks(std::time::Duration::from_millis(200)),
+        paygent.spawn_slack(std::time::Duration::from_millis(500)),
     ];
     let app = paygent_server::app_with(paygent, server_options(&config));
     paygent_server::serve(listener, app, shutdown_signal()).await?;

@@ -83,6 +83,39 @@ pub struct PolicyRules {
     #[serde(default)]
     #[schema(max_items = 8)]
     pub escalation: Vec<Escalation>,
+    /// Where people hear of the requests its agents file, beside the inbox and the event streams.
+    #[serde(default)]
+    pub notify: Notify,
+}
+
+/// Channels outside Paygent that tell people of a request they must decide.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Notify {
+    /// The Slack channel (its id, or `#name`) each request is posted to, with Approve and Reject buttons; the
+    /// server must be set up for Slack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^#?[A-Za-z0-9._-]{1,80}$", example = "C0123456789")]
+    pub slack_channel: Option<String>,
+}
+
+impl Notify {
+    fn validate(&self) -> Result<(), RuleError> {
+        let valid = |c: &str| {
+            let name = c.strip_prefix('#').unwrap_or(c);
+            (1..=80).contains(&name.len())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        };
+        match &self.slack_channel {
+            Some(c) if !valid(c) => Err(broken(
+                "notify.slack_channel",
+                "must be a Slack channel id or #name (letters, digits, '.', '_', '-')",
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The published shape of per-tool thresholds: only these tools have one.
@@ -272,6 +305,7 @@ impl Default for PolicyRules {
             velocity: Vec::new(),
             quorums: Vec::new(),
             escalation: Vec::new(),
+            notify: Notify::default(),
         }
     }
 }
@@ -347,6 +381,7 @@ impl PolicyRules {
         self.validate_limits()?;
         self.validate_velocity()?;
         self.validate_quorums()?;
+        self.notify.validate()?;
         if !(1..=100_000).contains(&self.max_pending_approvals) {
             return Err(broken(
                 "max_pending_approvals",

@@ -9,6 +9,9 @@ use paygent_store::StoreError;
 pub enum EngineError {
     #[error("no valid key")]
     Unauthenticated,
+    /// A request that must be signed by a third party (Slack) is not, or not recently.
+    #[error("{0}")]
+    Unsigned(String),
     #[error("{0}")]
     Forbidden(String),
     /// The thing does not exist in the caller's tenant (another tenant's things look the same).

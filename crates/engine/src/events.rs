@@ -424,4 +424,42 @@ impl Paygent {
             replaying: last_seq < head,
         })
     }
+
+    /// Runs `pass` as soon as this instance commits an event (a burst coalesced into one pass), and every
+    /// `every` for other instances' events and retries, at once again while it answers that more is waiting,
+    /// until the task is aborted or the hub closes.
+    pub(crate) fn spawn_passes<F, Fut>(
+        &self,
+        every: Duration,
+        what: &'static str,
+        pass: F,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        F: Fn(Paygent) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<bool>> + Send,
+    {
+        use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+        let paygent = self.clone();
+        let mut events = self.hub.every_event();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                match pass(paygent.clone()).await {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "{what} failed; retrying"),
+                }
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    woken = events.recv() => {
+                        if matches!(woken, Err(RecvError::Closed)) {
+                            return;
+                        }
+                        while matches!(events.try_recv(), Ok(_) | Err(TryRecvError::Lagged(_))) {}
+                    }
+                }
+            }
+        })
+    }
 }

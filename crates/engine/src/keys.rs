@@ -32,6 +32,8 @@ pub struct NewKey {
     pub policy_id: Option<Uuid>,
     /// The approver groups it is in.
     pub groups: Vec<String>,
+    /// The Slack user (`U…` id) whose button presses decide as this key; approvers and admins only.
+    pub slack_user: Option<String>,
 }
 
 impl NewKey {
@@ -42,8 +44,32 @@ impl NewKey {
             expires_at: None,
             policy_id: None,
             groups: Vec::new(),
+            slack_user: None,
         }
     }
+}
+
+/// Refuses a Slack user that is not a user id, or given to a key that cannot decide.
+fn validate_slack_user(new: &NewKey) -> Result<()> {
+    let Some(user) = &new.slack_user else {
+        return Ok(());
+    };
+    let id_like = (3..=24).contains(&user.len())
+        && user.starts_with(['U', 'W'])
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+    if !id_like {
+        return Err(EngineError::Invalid(
+            "slack_user must be a Slack user id (U or W, then capitals and digits)".into(),
+        ));
+    }
+    if new.role == Role::Agent {
+        return Err(EngineError::Invalid(
+            "slack_user is for keys that decide: approvers and admins".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// 244 random bits from two v4 UUIDs (the OS generator), with a prefix that secret scanners can spot.
@@ -128,6 +154,7 @@ impl Paygent {
     pub async fn create_key(&self, who: &Principal, new: NewKey) -> Result<KeyView> {
         require(who.is_admin(), "only an admin creates keys")?;
         validate_name(&new.name)?;
+        validate_slack_user(&new)?;
         if let Some(why) = paygent_domain::quorum::invalid_groups(&new.groups) {
             return Err(EngineError::Invalid(format!("groups: {why}")));
         }
@@ -144,9 +171,17 @@ impl Paygent {
                 })?;
         }
         let token = new_token();
-        let key = self
+        let key = match self
             .insert_key(Some(who), who.tenant_id, &new, &token)
-            .await?;
+            .await
+        {
+            Err(EngineError::Store(e)) if e.is_unique_violation() => {
+                return Err(EngineError::Conflict(
+                    "another live key of this tenant has that slack_user".into(),
+                ));
+            }
+            other => other?,
+        };
         Ok(KeyView::new(key, token))
     }
 
@@ -228,6 +263,7 @@ impl Paygent {
             expires_at: new.expires_at,
             policy_id: new.policy_id,
             groups: new.groups.clone(),
+            slack_user: new.slack_user.clone(),
         };
         keys::insert(&mut tx, &key, &hash_token(token)).await?;
         let actor = by.map_or_else(|| "system".to_owned(), Principal::actor);
@@ -237,7 +273,8 @@ impl Paygent {
             &format!("key:{}", key.id),
             None,
             json!({"name": key.name, "role": key.role.as_str(), "expires_at": key.expires_at,
-                "policy_id": key.policy_id, "groups": key.groups}),
+                "policy_id": key.policy_id, "groups": key.groups,
+                "slack_user": key.slack_user}),
         )
         .await?;
         tx.commit().await?;

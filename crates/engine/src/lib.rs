@@ -23,6 +23,7 @@ mod pricing;
 mod rails;
 mod sessions;
 pub mod simulation;
+pub mod slack;
 pub mod standing;
 mod views;
 mod wallets;
@@ -115,6 +116,8 @@ pub struct Paygent {
     /// How long a caller waits for a rail's outcome before it is answered with the payment in flight.
     answer_within: std::time::Duration,
     metrics: Arc<Metrics>,
+    /// The Slack app requests are posted as, if one is set up.
+    slack: Option<Arc<slack::SlackApp>>,
 }
 
 impl Paygent {
@@ -137,7 +140,19 @@ impl Paygent {
             payment_turns: Arc::default(),
             answer_within: std::time::Duration::from_secs(20),
             metrics,
+            slack: None,
         }
+    }
+
+    /// Posts requests whose policy names a Slack channel to Slack as `app`, and takes its button presses.
+    pub fn with_slack(mut self, app: slack::SlackApp) -> Self {
+        self.slack = Some(Arc::new(app));
+        self
+    }
+
+    /// Whether a Slack app is set up (a policy may name a channel only then).
+    pub fn has_slack(&self) -> bool {
+        self.slack.is_some()
     }
 
     /// Sets how long an execution lease lasts without renewal (10 s by default).

@@ -80,7 +80,27 @@ pub(crate) async fn session_in_force(
     Ok(Some((session, policy)))
 }
 
+/// Starts the tenant's Slack notifier once a policy names a channel: requests filed from then on are posted.
+async fn start_notifiers(tx: &mut WriteTx, rules: &PolicyRules) -> Result<()> {
+    if rules.notify.slack_channel.is_some() {
+        paygent_store::notifiers::ensure(tx, paygent_store::notifiers::Channel::Slack).await?;
+    }
+    Ok(())
+}
+
 impl Paygent {
+    /// Refuses a channel this server cannot reach people on.
+    fn check_notify(&self, rules: &PolicyRules) -> Result<()> {
+        if rules.notify.slack_channel.is_some() && !self.has_slack() {
+            return Err(EngineError::Invalid(
+                "notify.slack_channel: this server has no Slack app (PAYGENT_SLACK_BOT_TOKEN and \
+                 PAYGENT_SLACK_SIGNING_SECRET)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// An admin creates a named policy.
     pub async fn create_policy(
         &self,
@@ -95,6 +115,7 @@ impl Paygent {
             )));
         }
         validate(&rules)?;
+        self.check_notify(&rules)?;
         let mut tx = self.begin_as(who).await?;
         let now = tx.now();
         let policy = PolicyRecord {
@@ -114,6 +135,7 @@ impl Paygent {
             }
             other => other?,
         }
+        start_notifiers(&mut tx, &policy.rules).await?;
         let subject = format!("policy:{}", policy.id);
         let data = json!({"name": name, "version": 1, "new": &*policy.rules});
         tx.audit(
@@ -165,7 +187,9 @@ impl Paygent {
     ) -> Result<PolicyView> {
         require(who.is_admin(), "only admins write policies")?;
         validate(&rules)?;
+        self.check_notify(&rules)?;
         let mut tx = self.begin_as(who).await?;
+        start_notifiers(&mut tx, &rules).await?;
         let old = in_force(tx.conn(), who.tenant_id, id).await?;
         if old.version == 0 {
             let fresh = PolicyRecord {

@@ -270,6 +270,8 @@ pub struct KeyView {
     pub policy_id: Option<Uuid>,
     /// The approver groups it is in.
     pub groups: Vec<String>,
+    /// The Slack user whose button presses decide as this key.
+    pub slack_user: Option<String>,
     /// The bearer token. Shown once, at creation; only its hash is kept.
     pub token: String,
 }
@@ -297,6 +299,7 @@ impl KeyView {
             expires_at: k.expires_at,
             policy_id: k.policy_id,
             groups: k.groups,
+            slack_user: k.slack_user,
             token,
         }
     }
@@ -525,6 +528,7 @@ mod tests {
             expires_at: None,
             policy_id: None,
             groups: Vec::new(),
+            slack_user: None,
             token: "pg_live_secret".into(),
         };
         let printed = format!("{view:?}");

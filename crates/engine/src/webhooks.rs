@@ -14,7 +14,6 @@ use paygent_store::webhooks::{self, Delivery, Progress, WebhookRecord};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use std::time::{Duration, Instant};
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use uuid::Uuid;
 
 /// How long a rotated-out secret goes on signing beside the new one.
@@ -244,29 +243,8 @@ impl Paygent {
     /// Delivers what is due to every webhook as soon as this instance commits an event, and every `every` (for
     /// other instances' events and retries), until the task is aborted.
     pub fn spawn_webhooks(&self, every: Duration) -> tokio::task::JoinHandle<()> {
-        let paygent = self.clone();
-        let mut events = self.hub.every_event();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                match paygent.deliver_due().await {
-                    // Some endpoint may have more waiting: go on at once.
-                    Ok(true) => continue,
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!(error = %e, "delivering webhooks failed; retrying"),
-                }
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    woken = events.recv() => {
-                        if matches!(woken, Err(RecvError::Closed)) {
-                            return;
-                        }
-                        // One pass serves every event that came meanwhile.
-                        while matches!(events.try_recv(), Ok(_) | Err(TryRecvError::Lagged(_))) {}
-                    }
-                }
-            }
+        self.spawn_passes(every, "delivering webhooks", |paygent| async move {
+            paygent.deliver_due().await
         })
     }
 
@@ -392,7 +370,7 @@ impl Paygent {
 
 /// Exponential, from two seconds to an hour, with up to a fifth more at random so endpoints that failed together
 /// are not retried together.
-fn backoff(failures: i64) -> chrono::Duration {
+pub(crate) fn backoff(failures: i64) -> chrono::Duration {
     let base = 2f64
         .powi(i32::try_from(failures.clamp(1, 30)).unwrap_or(30))
         .min(MAX_BACKOFF_SECONDS);

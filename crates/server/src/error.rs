@@ -57,6 +57,7 @@ impl ApiError {
         match self {
             ApiError::Engine(e) => match e {
                 E::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+                E::Unsigned(_) => (StatusCode::UNAUTHORIZED, "bad-signature"),
                 E::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
                 E::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
                 E::Conflict(_) => (StatusCode::CONFLICT, "conflict"),

@@ -67,7 +67,8 @@ fn api() -> (Router<Paygent>, utoipa::openapi::OpenApi) {
         .merge(http::kill::router())
         .merge(http::executions::router())
         .merge(http::events::router())
-        .merge(http::webhooks::router());
+        .merge(http::webhooks::router())
+        .merge(http::slack::router());
     let (router, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)
         .split_for_parts();

@@ -19,6 +19,8 @@ pub struct KeyRecord {
     pub policy_id: Option<Uuid>,
     /// The approver groups it is in, for quorums that name groups.
     pub groups: Vec<String>,
+    /// The Slack user whose button presses decide as this key.
+    pub slack_user: Option<String>,
 }
 
 crate::row_type! {
@@ -31,10 +33,12 @@ crate::row_type! {
         expires_at: Option<String>,
         policy_id: Option<String>,
         groups: Option<String>,
+        slack_user: Option<String>,
     }
 }
 
-const COLUMNS: &str = "id, tenant_id, name, role, created_at, expires_at, policy_id, groups";
+const COLUMNS: &str =
+    "id, tenant_id, name, role, created_at, expires_at, policy_id, groups, slack_user";
 /// A key that was neither revoked nor is past its expiry at `$2`.
 const LIVE: &str = "revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2)";
 
@@ -54,14 +58,15 @@ impl TryFrom<KeyRow> for KeyRecord {
                 Some(text) => crate::parsed(&text, "key groups")?,
                 None => Vec::new(),
             },
+            slack_user: r.slack_user,
         })
     }
 }
 
 pub async fn insert(tx: &mut WriteTx, key: &KeyRecord, token_hash: &str) -> Result<()> {
     query(
-        "INSERT INTO api_keys (id, tenant_id, name, role, token_hash, created_at, expires_at, policy_id, groups) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "INSERT INTO api_keys (id, tenant_id, name, role, token_hash, created_at, expires_at, policy_id, groups, \
+         slack_user) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(key.id.to_string())
     .bind(key.tenant_id.to_string())
@@ -72,6 +77,7 @@ pub async fn insert(tx: &mut WriteTx, key: &KeyRecord, token_hash: &str) -> Resu
     .bind(key.expires_at.map(paygent_domain::time::format))
     .bind(key.policy_id.map(|p| p.to_string()))
     .bind((!key.groups.is_empty()).then(|| serde_json::Value::from(key.groups.clone()).to_string()))
+    .bind(key.slack_user.clone())
     .execute(tx.conn())
     .await?;
     Ok(())
@@ -91,6 +97,23 @@ impl Store {
     /// The key `id`, if it is live at `now`.
     pub async fn key_by_id(&self, id: Uuid, now: DateTime<Utc>) -> Result<Option<KeyRecord>> {
         self.live_key("id = $1", id.to_string(), now).await
+    }
+
+    /// The live key of a tenant that the Slack user `user` decides with, if one is mapped.
+    pub async fn key_by_slack_user(
+        &self,
+        tenant_id: Uuid,
+        user: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<KeyRecord>> {
+        query(format!(
+            "SELECT {COLUMNS} FROM api_keys WHERE tenant_id = $1 AND slack_user = $3 AND {LIVE}"
+        ))
+        .bind(tenant_id.to_string())
+        .bind(paygent_domain::time::format(now))
+        .bind(user.to_owned())
+        .record::<KeyRow, _>(self.reader())
+        .await
     }
 
     async fn live_key(
@@ -136,4 +159,10 @@ pub async fn name_of(tx: &mut WriteTx, id: Uuid) -> Result<Option<String>> {
         .fetch_optional(tx.conn())
         .await?;
     row.map(|r| r.get(0)).transpose()
+}
+
+/// One of a tenant's keys, revoked or not (to name who decided something).
+pub async fn any(db: crate::Db<'_>, tenant_id: Uuid, id: Uuid) -> Result<Option<KeyRecord>> {
+    let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE tenant_id = $1 AND id = $2");
+    crate::by_id::<KeyRow, _>(db, sql, tenant_id, id).await
 }

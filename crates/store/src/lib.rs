@@ -13,6 +13,7 @@ pub mod events;
 pub mod executions;
 pub mod keys;
 mod lite;
+pub mod notifiers;
 pub mod payments;
 pub mod policies;
 pub mod sessions;

@@ -6,6 +6,7 @@ pub mod contract;
 pub mod mcp;
 pub mod prometheus;
 pub mod receiver;
+pub mod slack;
 
 use chrono::{DateTime, Duration, Utc};
 use paygent_engine::domain::{PriceTable, Role};

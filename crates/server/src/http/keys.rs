@@ -38,12 +38,16 @@ pub struct CreateKey {
     #[serde(default)]
     #[schema(max_items = 16, value_type = Vec<String>, example = json!(["finance"]))]
     groups: Vec<String>,
+    /// The Slack user (its `U…` id) whose Approve and Reject buttons decide as this key; approvers and admins
+    /// only, one live key per Slack user.
+    #[schema(pattern = "^[UW][A-Z0-9]{2,23}$", example = "U0123ABCD")]
+    slack_user: Option<String>,
 }
 
 /// Creates a key in the caller's tenant. The token is shown only in this response.
 #[utoipa::path(post, path = "/keys", tag = "keys", request_body = CreateKey,
     responses((status = 201, body = KeyView), (status = 400, body = Problem), (status = 403, body = Problem),
-        (status = 422, body = Problem)))]
+        (status = 409, body = Problem), (status = 422, body = Problem)))]
 async fn create_key(
     State(paygent): State<Paygent>,
     Caller(who): Caller,
@@ -55,6 +59,7 @@ async fn create_key(
         expires_at: req.expires_at,
         policy_id: req.policy_id,
         groups: req.groups,
+        slack_user: req.slack_user,
     };
     let key = paygent.create_key(&who, new).await?;
     Ok((StatusCode::CREATED, Json(key)))

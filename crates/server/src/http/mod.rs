@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod payments;
 pub mod policies;
 pub mod sessions;
+pub mod slack;
 pub mod standing;
 pub mod wallets;
 pub mod web;
