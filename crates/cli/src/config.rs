@@ -3,9 +3,11 @@
 use anyhow::{Context, bail};
 use paygent_engine::EgressPolicy;
 use paygent_engine::domain::PriceTable;
-use paygent_engine::slack::SlackApp;
+use paygent_engine::notify::email::Mailer;
+use paygent_engine::notify::slack::SlackApp;
 use paygent_planner::LlmPlanner;
 use paygent_rails::{ChainConfig, RailsConfig, TokenConfig as RailToken};
+use secrecy::ExposeSecret;
 use secrecy::SecretString;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -32,6 +34,9 @@ pub struct FileConfig {
     slack_api_url: Option<String>,
     slack_bot_token: Option<SecretString>,
     slack_signing_secret: Option<SecretString>,
+    smtp_url: Option<SecretString>,
+    mail_from: Option<String>,
+    public_url: Option<String>,
     #[serde(default)]
     prices: BTreeMap<String, String>,
     #[serde(default)]
@@ -107,6 +112,8 @@ pub struct ServeConfig {
     pub keyless_loopback_metrics: bool,
     /// The Slack app requests are posted as (its token and signing secret never print).
     pub slack: Option<SlackApp>,
+    /// The mail server requests are mailed through (its URL, which may hold a password, never prints).
+    pub mailer: Option<Mailer>,
 }
 
 const PRICE_PREFIX: &str = "PAYGENT_PRICE_";
@@ -286,6 +293,7 @@ impl ServeConfig {
             .context("PAYGENT_EGRESS_ALLOW")?;
         Ok(ServeConfig {
             slack: slack(&env, &parsed)?,
+            mailer: mailer(&env, &parsed)?,
             planner: planner(&env, &egress)?,
             egress,
             streams_per_key: env.number("PAYGENT_STREAMS_PER_KEY", None, 64)?,
@@ -347,6 +355,25 @@ fn slack(env: &Env, file: &FileConfig) -> anyhow::Result<Option<SlackApp>> {
     }))
 }
 
+/// The mailer, when the SMTP server, the sender and the public URL links point to are all given.
+fn mailer(env: &Env, file: &FileConfig) -> anyhow::Result<Option<Mailer>> {
+    let smtp = env
+        .get("PAYGENT_SMTP_URL")
+        .map(SecretString::from)
+        .or(file.smtp_url.clone());
+    let from = env.get("PAYGENT_MAIL_FROM").or(file.mail_from.clone());
+    let public = env.get("PAYGENT_PUBLIC_URL").or(file.public_url.clone());
+    match (smtp, from, public) {
+        (None, None, None) => Ok(None),
+        (Some(smtp), Some(from), Some(public)) => Mailer::new(smtp.expose_secret(), &from, &public)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("mail: {e}")),
+        _ => {
+            bail!("mail needs PAYGENT_SMTP_URL, PAYGENT_MAIL_FROM and PAYGENT_PUBLIC_URL together")
+        }
+    }
+}
+
 fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
@@ -355,7 +382,6 @@ fn absolute(p: &Path) -> PathBuf {
 mod tests {
     use super::*;
     use paygent_engine::domain::Decimal;
-    use secrecy::ExposeSecret;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

@@ -292,6 +292,10 @@ async fn serve(config_file: Option<&Path>) -> anyhow::Result<ExitCode> {
         );
         paygent = paygent.with_slack(app);
     }
+    if let Some(mailer) = config.mailer.clone() {
+        tracing::info!(?mailer, "requests whose policy names addresses are mailed");
+        paygent = paygent.with_mailer(mailer);
+    }
     if let Some(key) = paygent
         .bootstrap(config.admin_token.as_ref().map(|t| t.expose_secret()))
         .await?
@@ -318,11 +322,11 @@ async fn serve(config_file: Option<&Path>) -> anyhow::Result<ExitCode> {
     tracing::info!(listen = %listener.local_addr()?, backend = ?paygent.store().backend(), "paygent serving");
     // Overdue requests expire within a quarter second of their deadline.
     let retention = chrono::Duration::days(config.event_retention_days.into());
-    let background = [
+    let mut background = vec![
         paygent.spawn_sweeper(std::time::Duration::from_millis(250), retention),
         paygent.spawn_webhooks(std::time::Duration::from_millis(200)),
-        paygent.spawn_slack(std::time::Duration::from_millis(500)),
     ];
+    background.extend(paygent.spawn_notifiers(std::time::Duration::from_millis(500)));
     let app = paygent_server::app_with(paygent, server_options(&config));
     paygent_server::serve(listener, app, shutdown_signal()).await?;
     background.iter().for_each(tokio::task::JoinHandle::abort);

@@ -97,10 +97,44 @@ pub struct Notify {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(pattern = r"^#?[A-Za-z0-9._-]{1,80}$", example = "C0123456789")]
     pub slack_channel: Option<String>,
+    /// The addresses each request is mailed to, with one-time links to decide: each must be the `email` of an
+    /// approver's or admin's key of the tenant (the link decides as that key). The server must be set up for
+    /// mail.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 20, example = json!(["alice@example.com"]))]
+    pub email: Vec<String>,
+}
+
+/// The most addresses a policy mails a request to.
+pub const MAX_EMAILS: usize = 20;
+
+/// Whether `address` looks like a mailbox: one `@` between non-empty parts, no spaces or angle brackets, at most
+/// 254 characters.
+pub fn is_email(address: &str) -> bool {
+    let shape = address.split_once('@').is_some_and(|(local, domain)| {
+        !local.is_empty() && domain.contains('.') && !domain.contains('@')
+    });
+    shape
+        && address.len() <= 254
+        && !address
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "<>,;\"".contains(c))
 }
 
 impl Notify {
     fn validate(&self) -> Result<(), RuleError> {
+        if self.email.len() > MAX_EMAILS {
+            return Err(broken(
+                "notify.email",
+                format!("at most {MAX_EMAILS} addresses"),
+            ));
+        }
+        if let Some(bad) = self.email.iter().find(|e| !is_email(e)) {
+            return Err(broken(
+                "notify.email",
+                format!("{bad:?} is not an email address"),
+            ));
+        }
         let valid = |c: &str| {
             let name = c.strip_prefix('#').unwrap_or(c);
             (1..=80).contains(&name.len())

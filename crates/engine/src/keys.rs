@@ -34,6 +34,8 @@ pub struct NewKey {
     pub groups: Vec<String>,
     /// The Slack user (`U…` id) whose button presses decide as this key; approvers and admins only.
     pub slack_user: Option<String>,
+    /// The address mails with links to decide go to; approvers and admins only.
+    pub email: Option<String>,
 }
 
 impl NewKey {
@@ -45,28 +47,36 @@ impl NewKey {
             policy_id: None,
             groups: Vec::new(),
             slack_user: None,
+            email: None,
         }
     }
 }
 
-/// Refuses a Slack user that is not a user id, or given to a key that cannot decide.
-fn validate_slack_user(new: &NewKey) -> Result<()> {
-    let Some(user) = &new.slack_user else {
-        return Ok(());
-    };
-    let id_like = (3..=24).contains(&user.len())
-        && user.starts_with(['U', 'W'])
-        && user
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
-    if !id_like {
-        return Err(EngineError::Invalid(
-            "slack_user must be a Slack user id (U or W, then capitals and digits)".into(),
-        ));
+/// Refuses a Slack user that is not a user id or an email that is no address, and either on a key that cannot
+/// decide.
+fn validate_person(new: &NewKey) -> Result<()> {
+    if let Some(user) = &new.slack_user {
+        let id_like = (3..=24).contains(&user.len())
+            && user.starts_with(['U', 'W'])
+            && user
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+        if !id_like {
+            return Err(EngineError::Invalid(
+                "slack_user must be a Slack user id (U or W, then capitals and digits)".into(),
+            ));
+        }
     }
-    if new.role == Role::Agent {
+    if new
+        .email
+        .as_deref()
+        .is_some_and(|e| !paygent_domain::rules::is_email(e))
+    {
+        return Err(EngineError::Invalid("email is not an email address".into()));
+    }
+    if new.role == Role::Agent && (new.slack_user.is_some() || new.email.is_some()) {
         return Err(EngineError::Invalid(
-            "slack_user is for keys that decide: approvers and admins".into(),
+            "slack_user and email are for keys that decide: approvers and admins".into(),
         ));
     }
     Ok(())
@@ -154,7 +164,7 @@ impl Paygent {
     pub async fn create_key(&self, who: &Principal, new: NewKey) -> Result<KeyView> {
         require(who.is_admin(), "only an admin creates keys")?;
         validate_name(&new.name)?;
-        validate_slack_user(&new)?;
+        validate_person(&new)?;
         if let Some(why) = paygent_domain::quorum::invalid_groups(&new.groups) {
             return Err(EngineError::Invalid(format!("groups: {why}")));
         }
@@ -177,7 +187,7 @@ impl Paygent {
         {
             Err(EngineError::Store(e)) if e.is_unique_violation() => {
                 return Err(EngineError::Conflict(
-                    "another live key of this tenant has that slack_user".into(),
+                    "another live key of this tenant has that slack_user or email".into(),
                 ));
             }
             other => other?,
@@ -264,6 +274,7 @@ impl Paygent {
             policy_id: new.policy_id,
             groups: new.groups.clone(),
             slack_user: new.slack_user.clone(),
+            email: new.email.clone(),
         };
         keys::insert(&mut tx, &key, &hash_token(token)).await?;
         let actor = by.map_or_else(|| "system".to_owned(), Principal::actor);
@@ -274,7 +285,7 @@ impl Paygent {
             None,
             json!({"name": key.name, "role": key.role.as_str(), "expires_at": key.expires_at,
                 "policy_id": key.policy_id, "groups": key.groups,
-                "slack_user": key.slack_user}),
+                "slack_user": key.slack_user, "email": key.email}),
         )
         .await?;
         tx.commit().await?;

@@ -17,13 +17,13 @@ mod keys;
 mod kill;
 mod memory;
 mod metrics;
+pub mod notify;
 mod payments;
 mod policies;
 mod pricing;
 mod rails;
 mod sessions;
 pub mod simulation;
-pub mod slack;
 pub mod standing;
 mod views;
 mod wallets;
@@ -117,7 +117,9 @@ pub struct Paygent {
     answer_within: std::time::Duration,
     metrics: Arc<Metrics>,
     /// The Slack app requests are posted as, if one is set up.
-    slack: Option<Arc<slack::SlackApp>>,
+    slack: Option<Arc<notify::slack::SlackApp>>,
+    /// The mail server requests are mailed through, if one is set up.
+    mailer: Option<Arc<notify::email::Mailer>>,
 }
 
 impl Paygent {
@@ -141,18 +143,33 @@ impl Paygent {
             answer_within: std::time::Duration::from_secs(20),
             metrics,
             slack: None,
+            mailer: None,
         }
     }
 
     /// Posts requests whose policy names a Slack channel to Slack as `app`, and takes its button presses.
-    pub fn with_slack(mut self, app: slack::SlackApp) -> Self {
+    pub fn with_slack(mut self, app: notify::slack::SlackApp) -> Self {
         self.slack = Some(Arc::new(app));
         self
     }
 
-    /// Whether a Slack app is set up (a policy may name a channel only then).
-    pub fn has_slack(&self) -> bool {
-        self.slack.is_some()
+    /// Mails requests to the addresses their policy names through `mailer`, with one-time links to decide.
+    pub fn with_mailer(mut self, mailer: notify::email::Mailer) -> Self {
+        self.mailer = Some(Arc::new(mailer));
+        self
+    }
+
+    /// Starts the channels that are set up (Slack, email), each telling people of new requests as soon as this
+    /// instance commits one and every `every`, until aborted.
+    pub fn spawn_notifiers(&self, every: std::time::Duration) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut running = Vec::new();
+        if let Some(app) = &self.slack {
+            running.push(self.spawn_teller((**app).clone(), every, "posting to Slack"));
+        }
+        if let Some(mailer) = &self.mailer {
+            running.push(self.spawn_teller((**mailer).clone(), every, "mailing people"));
+        }
+        running
     }
 
     /// Sets how long an execution lease lasts without renewal (10 s by default).

@@ -80,10 +80,15 @@ pub(crate) async fn session_in_force(
     Ok(Some((session, policy)))
 }
 
-/// Starts the tenant's Slack notifier once a policy names a channel: requests filed from then on are posted.
+/// Starts the tenant's Slack or email notifier once a policy names a channel or an address: requests filed
+/// from then on are posted or mailed.
 async fn start_notifiers(tx: &mut WriteTx, rules: &PolicyRules) -> Result<()> {
+    use paygent_store::notifiers::{Channel, ensure};
     if rules.notify.slack_channel.is_some() {
-        paygent_store::notifiers::ensure(tx, paygent_store::notifiers::Channel::Slack).await?;
+        ensure(tx, Channel::Slack).await?;
+    }
+    if !rules.notify.email.is_empty() {
+        ensure(tx, Channel::Email).await?;
     }
     Ok(())
 }
@@ -91,10 +96,17 @@ async fn start_notifiers(tx: &mut WriteTx, rules: &PolicyRules) -> Result<()> {
 impl Paygent {
     /// Refuses a channel this server cannot reach people on.
     fn check_notify(&self, rules: &PolicyRules) -> Result<()> {
-        if rules.notify.slack_channel.is_some() && !self.has_slack() {
+        if rules.notify.slack_channel.is_some() && self.slack.is_none() {
             return Err(EngineError::Invalid(
                 "notify.slack_channel: this server has no Slack app (PAYGENT_SLACK_BOT_TOKEN and \
                  PAYGENT_SLACK_SIGNING_SECRET)"
+                    .into(),
+            ));
+        }
+        if !rules.notify.email.is_empty() && self.mailer.is_none() {
+            return Err(EngineError::Invalid(
+                "notify.email: this server sends no mail (PAYGENT_SMTP_URL, PAYGENT_MAIL_FROM and \
+                 PAYGENT_PUBLIC_URL)"
                     .into(),
             ));
         }

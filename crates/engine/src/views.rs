@@ -272,6 +272,8 @@ pub struct KeyView {
     pub groups: Vec<String>,
     /// The Slack user whose button presses decide as this key.
     pub slack_user: Option<String>,
+    /// The address its mails with links to decide go to.
+    pub email: Option<String>,
     /// The bearer token. Shown once, at creation; only its hash is kept.
     pub token: String,
 }
@@ -300,6 +302,7 @@ impl KeyView {
             policy_id: k.policy_id,
             groups: k.groups,
             slack_user: k.slack_user,
+            email: k.email,
             token,
         }
     }
@@ -529,6 +532,7 @@ mod tests {
             policy_id: None,
             groups: Vec::new(),
             slack_user: None,
+            email: None,
             token: "pg_live_secret".into(),
         };
         let printed = format!("{view:?}");

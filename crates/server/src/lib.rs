@@ -220,6 +220,7 @@ pub fn app_with(paygent: Paygent, options: Options) -> Router {
     .merge(http::health::router())
     .merge(http::metrics::router())
     .merge(http::web::router())
+    .merge(http::decide::router())
     .nest_service(
         "/mcp",
         tower::ServiceBuilder::new()

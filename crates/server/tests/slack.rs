@@ -25,7 +25,7 @@ async fn with_slack(backend: Backend, slack: &SlackStandIn) -> TestServer {
         ..Settings::default()
     };
     let s = TestServer::start_with(backend, settings).await;
-    std::mem::forget(s.paygent.spawn_slack(Duration::from_millis(50)));
+    std::mem::forget(s.paygent.spawn_notifiers(Duration::from_millis(50)));
     s
 }
 

@@ -21,6 +21,8 @@ pub struct KeyRecord {
     pub groups: Vec<String>,
     /// The Slack user whose button presses decide as this key.
     pub slack_user: Option<String>,
+    /// The address its person's mails go to.
+    pub email: Option<String>,
 }
 
 crate::row_type! {
@@ -34,11 +36,12 @@ crate::row_type! {
         policy_id: Option<String>,
         groups: Option<String>,
         slack_user: Option<String>,
+        email: Option<String>,
     }
 }
 
 const COLUMNS: &str =
-    "id, tenant_id, name, role, created_at, expires_at, policy_id, groups, slack_user";
+    "id, tenant_id, name, role, created_at, expires_at, policy_id, groups, slack_user, email";
 /// A key that was neither revoked nor is past its expiry at `$2`.
 const LIVE: &str = "revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2)";
 
@@ -59,6 +62,7 @@ impl TryFrom<KeyRow> for KeyRecord {
                 None => Vec::new(),
             },
             slack_user: r.slack_user,
+            email: r.email,
         })
     }
 }
@@ -66,7 +70,7 @@ impl TryFrom<KeyRow> for KeyRecord {
 pub async fn insert(tx: &mut WriteTx, key: &KeyRecord, token_hash: &str) -> Result<()> {
     query(
         "INSERT INTO api_keys (id, tenant_id, name, role, token_hash, created_at, expires_at, policy_id, groups, \
-         slack_user) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+         slack_user, email) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(key.id.to_string())
     .bind(key.tenant_id.to_string())
@@ -78,9 +82,17 @@ pub async fn insert(tx: &mut WriteTx, key: &KeyRecord, token_hash: &str) -> Resu
     .bind(key.policy_id.map(|p| p.to_string()))
     .bind((!key.groups.is_empty()).then(|| serde_json::Value::from(key.groups.clone()).to_string()))
     .bind(key.slack_user.clone())
+    .bind(key.email.clone())
     .execute(tx.conn())
     .await?;
     Ok(())
+}
+
+/// How a key's person is known outside Paygent.
+#[derive(Debug, Clone, Copy)]
+pub enum Person<'a> {
+    SlackUser(&'a str),
+    Email(&'a str),
 }
 
 impl Store {
@@ -99,19 +111,23 @@ impl Store {
         self.live_key("id = $1", id.to_string(), now).await
     }
 
-    /// The live key of a tenant that the Slack user `user` decides with, if one is mapped.
-    pub async fn key_by_slack_user(
+    /// The live key of a tenant whose person is `who` elsewhere: a Slack user or an email address.
+    pub async fn key_of_person(
         &self,
         tenant_id: Uuid,
-        user: &str,
+        who: Person<'_>,
         now: DateTime<Utc>,
     ) -> Result<Option<KeyRecord>> {
+        let (column, value) = match who {
+            Person::SlackUser(u) => ("slack_user", u),
+            Person::Email(e) => ("email", e),
+        };
         query(format!(
-            "SELECT {COLUMNS} FROM api_keys WHERE tenant_id = $1 AND slack_user = $3 AND {LIVE}"
+            "SELECT {COLUMNS} FROM api_keys WHERE tenant_id = $1 AND {column} = $3 AND {LIVE}"
         ))
         .bind(tenant_id.to_string())
         .bind(paygent_domain::time::format(now))
-        .bind(user.to_owned())
+        .bind(value.to_owned())
         .record::<KeyRow, _>(self.reader())
         .await
     }

@@ -1,5 +1,5 @@
-//! Notifiers: a tenant's cursor over its event log for one channel that reaches people (Slack), and the Slack
-//! messages it posted.
+//! Notifiers: a tenant's cursor over its event log for each channel that reaches people (Slack, email), the
+//! Slack messages posted, and the one-time links mailed.
 
 use crate::db::{Db, query};
 use crate::{Result, WriteTx, time, uuid};
@@ -10,12 +10,14 @@ use uuid::Uuid;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Channel {
     Slack,
+    Email,
 }
 
 impl Channel {
     fn as_str(self) -> &'static str {
         match self {
             Channel::Slack => "slack",
+            Channel::Email => "email",
         }
     }
 }
@@ -162,4 +164,103 @@ pub async fn message(
     let sql = "SELECT approval_id, tenant_id, channel, ts FROM slack_messages \
                WHERE tenant_id = $1 AND approval_id = $2";
     crate::by_id::<SlackRow, _>(db, sql, tenant_id, approval_id).await
+}
+
+/// A one-time link to decide a request, mailed to one person.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecisionLink {
+    /// The SHA-256 of its token: the token itself is only in the mail.
+    pub token_hash: String,
+    pub tenant_id: Uuid,
+    pub approval_id: Uuid,
+    /// The key it decides as.
+    pub key_id: Uuid,
+    /// The action it may decide.
+    pub digest: String,
+    pub expires_at: DateTime<Utc>,
+    pub used_at: Option<DateTime<Utc>>,
+}
+
+crate::row_type! {
+    struct LinkRow {
+        token_hash: String,
+        tenant_id: String,
+        approval_id: String,
+        key_id: String,
+        digest: String,
+        expires_at: String,
+        used_at: Option<String>,
+    }
+}
+
+impl TryFrom<LinkRow> for DecisionLink {
+    type Error = crate::StoreError;
+    fn try_from(r: LinkRow) -> Result<Self> {
+        Ok(DecisionLink {
+            token_hash: r.token_hash,
+            tenant_id: uuid(&r.tenant_id)?,
+            approval_id: uuid(&r.approval_id)?,
+            key_id: uuid(&r.key_id)?,
+            digest: r.digest,
+            expires_at: time(&r.expires_at)?,
+            used_at: crate::opt_time(r.used_at)?,
+        })
+    }
+}
+
+/// Keeps a link about to be mailed, unless this person was already mailed about this request: whether to mail
+/// it. A link kept but never sent (a crash, a failed send) is replaced by this one.
+pub async fn prepare(db: Db<'_>, link: &DecisionLink, now: DateTime<Utc>) -> Result<bool> {
+    let done = query(
+        "INSERT INTO decision_links (token_hash, tenant_id, approval_id, key_id, digest, expires_at, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (approval_id, key_id) DO UPDATE \
+         SET token_hash = excluded.token_hash, digest = excluded.digest, expires_at = excluded.expires_at, \
+         created_at = excluded.created_at WHERE decision_links.sent_at IS NULL AND decision_links.used_at IS NULL",
+    )
+    .bind(link.token_hash.clone())
+    .bind(link.tenant_id.to_string())
+    .bind(link.approval_id.to_string())
+    .bind(link.key_id.to_string())
+    .bind(link.digest.clone())
+    .bind(paygent_domain::time::format(link.expires_at))
+    .bind(paygent_domain::time::format(now))
+    .execute(db)
+    .await?;
+    Ok(done == 1)
+}
+
+/// Marks a link mailed: a retry no longer replaces it.
+pub async fn sent(db: Db<'_>, token_hash: &str, now: DateTime<Utc>) -> Result<()> {
+    query("UPDATE decision_links SET sent_at = $2 WHERE token_hash = $1")
+        .bind(token_hash.to_owned())
+        .bind(paygent_domain::time::format(now))
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// The link whose token hashes to `token_hash`, used or not. Its token is only in the mail, so whoever holds it
+/// was mailed it (a mail may arrive before it is marked sent).
+pub async fn link(db: Db<'_>, token_hash: &str) -> Result<Option<DecisionLink>> {
+    query(
+        "SELECT token_hash, tenant_id, approval_id, key_id, digest, expires_at, used_at FROM decision_links \
+         WHERE token_hash = $1",
+    )
+    .bind(token_hash.to_owned())
+    .record::<LinkRow, _>(db)
+    .await
+}
+
+/// Spends a link: one conditional update, so of two presses only one decides. Whether it was still unused and
+/// alive at `now`.
+pub async fn spend(db: Db<'_>, token_hash: &str, now: DateTime<Utc>) -> Result<bool> {
+    let done = query(
+        "UPDATE decision_links SET used_at = $2 \
+         WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2",
+    )
+    .bind(token_hash.to_owned())
+    .bind(paygent_domain::time::format(now))
+    .execute(db)
+    .await?;
+    Ok(done == 1)
 }

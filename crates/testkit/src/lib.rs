@@ -3,6 +3,7 @@
 
 pub mod chain;
 pub mod contract;
+pub mod mail;
 pub mod mcp;
 pub mod prometheus;
 pub mod receiver;

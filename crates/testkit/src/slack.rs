@@ -1,7 +1,7 @@
 //! A stand-in for Slack on loopback: it records the messages Paygent posts and presses their buttons as Slack
 //! does, signing each press.
 
-use paygent_engine::slack::SlackApp;
+use paygent_engine::notify::slack::SlackApp;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};

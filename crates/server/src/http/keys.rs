@@ -42,6 +42,10 @@ pub struct CreateKey {
     /// only, one live key per Slack user.
     #[schema(pattern = "^[UW][A-Z0-9]{2,23}$", example = "U0123ABCD")]
     slack_user: Option<String>,
+    /// The address mails with one-time links to decide go to (a policy's `notify.email` names it); approvers and
+    /// admins only, one live key per address.
+    #[schema(max_length = 254, example = "alice@example.com")]
+    email: Option<String>,
 }
 
 /// Creates a key in the caller's tenant. The token is shown only in this response.
@@ -60,6 +64,7 @@ async fn create_key(
         policy_id: req.policy_id,
         groups: req.groups,
         slack_user: req.slack_user,
+        email: req.email,
     };
     let key = paygent.create_key(&who, new).await?;
     Ok((StatusCode::CREATED, Json(key)))

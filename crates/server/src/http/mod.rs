@@ -2,6 +2,7 @@
 
 pub mod approvals;
 pub mod audit;
+pub mod decide;
 pub mod events;
 pub mod executions;
 pub mod health;

@@ -1,9 +1,6 @@
 //! Slack: each request a person must decide is posted to its policy's channel with Approve and Reject buttons;
 //! a press comes back signed by Slack and decides as the key mapped to the Slack user who pressed it, on the
-//! action the message showed; the message is then updated with who decided. Messages come from the durable
-//! event log, as webhooks do, so a crash loses none.
-
-mod message;
+//! action the message showed; the message is then updated with who decided.
 
 use crate::views::ApprovalView;
 use crate::{Egress, EngineError, Paygent, Result};
@@ -12,21 +9,16 @@ use hmac::{Hmac, Mac};
 use paygent_domain::event::EventKind;
 use paygent_domain::{Decision, Principal};
 use paygent_store::Event;
-use paygent_store::notifiers::{self, Channel, Cursor, SlackMessage};
-use paygent_store::{approvals, keys, policies};
+use paygent_store::notifiers::{self, Channel, SlackMessage};
+use paygent_store::{approvals, keys};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use sha2::Sha256;
 use std::collections::BTreeMap;
-use std::time::Duration;
 use uuid::Uuid;
 
 /// How far a signed press's timestamp may be from now (Slack's advice: five minutes).
 const SIGNATURE_WINDOW_SECONDS: i64 = 300;
-/// How long one instance holds a tenant's notifier while it posts.
-const LEASE_SECONDS: i64 = 60;
-const TENANTS_PER_PASS: i64 = 50;
-const EVENTS_PER_PASS: i64 = 100;
 /// What Slack answers when a message can never be posted or updated as asked: it is passed over, not retried.
 const FOR_GOOD: [&str; 9] = [
     "channel_not_found",
@@ -161,11 +153,11 @@ impl Press {
             return Err(bad("the button names no request"));
         };
         let decision = match action["action_id"].as_str() {
-            Some(message::APPROVE) => Decision::Approve {
+            Some(super::slack_message::APPROVE) => Decision::Approve {
                 comment: Some("approved in Slack".into()),
                 standing: None,
             },
-            Some(message::REJECT) => Decision::Reject {
+            Some(super::slack_message::REJECT) => Decision::Reject {
                 reason: "rejected in Slack".into(),
             },
             _ => return Err(bad("an unknown button")),
@@ -180,80 +172,31 @@ impl Press {
     }
 }
 
-impl Paygent {
-    /// Posts to Slack (and updates what it posted) as soon as this instance commits an event, and every `every`,
-    /// until the task is aborted. Does nothing without a Slack app.
-    pub fn spawn_slack(&self, every: Duration) -> tokio::task::JoinHandle<()> {
-        self.spawn_passes(every, "posting to Slack", |paygent| async move {
-            paygent.tell_slack_due().await
-        })
-    }
+impl super::Teller for SlackApp {
+    const CHANNEL: Channel = Channel::Slack;
 
-    /// One pass: each due tenant's next events, the tenants side by side. Answers whether one took a whole
-    /// page, so more may be waiting.
-    pub async fn tell_slack_due(&self) -> Result<bool> {
-        let Some(app) = self.slack.clone() else {
-            return Ok(false);
-        };
-        let reader = self.store.reader();
-        let due = notifiers::due(reader, Channel::Slack, self.now(), TENANTS_PER_PASS).await?;
-        let passes = futures::future::join_all(due.into_iter().map(|c| self.tell_slack(&app, c)));
-        let full = passes.await.into_iter().collect::<Result<Vec<bool>>>()?;
-        Ok(full.contains(&true))
-    }
-
-    /// Takes one tenant's notifier (unless another instance did), handles its next events in order until one
-    /// fails, and moves it on.
-    async fn tell_slack(&self, app: &SlackApp, cursor: Cursor) -> Result<bool> {
-        let now = self.now();
-        let held = Cursor {
-            next_attempt_at: now + chrono::Duration::seconds(LEASE_SECONDS),
-            ..cursor.clone()
-        };
-        if !notifiers::advance(self.store.writer(), Channel::Slack, &cursor, &held).await? {
-            return Ok(false);
-        }
-        let events = self
-            .store
-            .events_after(cursor.tenant_id, cursor.delivered_seq, EVENTS_PER_PASS)
-            .await?;
-        let mut to = Cursor {
-            next_attempt_at: now,
-            ..cursor
-        };
-        for event in &events {
-            if let Err(e) = self.slack_event(app, event).await {
-                tracing::warn!(error = %e, seq = event.seq, "telling Slack failed; retrying later");
-                to.failures += 1;
-                to.next_attempt_at = self.now() + crate::webhooks::backoff(to.failures);
-                break;
-            }
-            (to.delivered_seq, to.failures) = (event.seq, 0);
-        }
-        notifiers::advance(self.store.writer(), Channel::Slack, &held, &to).await?;
-        Ok(events.len() as i64 == EVENTS_PER_PASS && to.failures == 0)
-    }
-
-    /// What one event means in Slack: a new request is posted, a change to one updates its message.
-    async fn slack_event(&self, app: &SlackApp, event: &Event) -> Result<()> {
+    /// A new request is posted, a change to one updates its message.
+    async fn tell(&self, paygent: &Paygent, event: &Event) -> Result<()> {
         let id = event.payload["id"].as_str().and_then(|s| s.parse().ok());
         let Some(id) = id else {
             return Ok(());
         };
         use EventKind as K;
         match event.kind {
-            K::ApprovalRequired => self.post_request(app, event.tenant_id, id).await,
+            K::ApprovalRequired => paygent.post_request(self, event.tenant_id, id).await,
             K::ApprovalUpdated
             | K::ApprovalEscalated
             | K::Approved
             | K::Rejected
             | K::Edited
             | K::Expired
-            | K::Cancelled => self.update_request(app, event.tenant_id, id).await,
+            | K::Cancelled => paygent.update_request(self, event.tenant_id, id).await,
             _ => Ok(()),
         }
     }
+}
 
+impl Paygent {
     /// Posts a request to its policy's channel, once.
     async fn post_request(&self, app: &SlackApp, tenant_id: Uuid, id: Uuid) -> Result<()> {
         let reader = || self.store.reader();
@@ -264,7 +207,7 @@ impl Paygent {
             return Ok(());
         };
         let view = ApprovalView::from(view);
-        let Some(channel) = self.slack_channel(tenant_id, &view).await? else {
+        let Some(channel) = self.notify_of(tenant_id, &view).await?.slack_channel else {
             return Ok(());
         };
         let mut body = self.slack_message(tenant_id, &view).await?;
@@ -300,25 +243,16 @@ impl Paygent {
         Ok(())
     }
 
-    /// The channel the request's policy posts to, if it names one.
-    async fn slack_channel(&self, tenant_id: Uuid, view: &ApprovalView) -> Result<Option<String>> {
-        let Some(context) = &view.context else {
-            return Ok(None);
-        };
-        let policy = policies::get(self.store.reader(), tenant_id, context.policy.id).await?;
-        Ok(policy.and_then(|p| p.rules.notify.slack_channel.clone()))
-    }
-
     /// The message for a request, with the people who decided it so far by name.
     async fn slack_message(&self, tenant_id: Uuid, view: &ApprovalView) -> Result<Value> {
         let mut people = BTreeMap::new();
         let deciders = view.decision.iter().filter_map(|d| d.by);
         for id in deciders.chain(view.approvals.iter().map(|v| v.by)) {
             if let Some(key) = keys::any(self.store.reader(), tenant_id, id).await? {
-                people.insert(id, message::Person::from(key));
+                people.insert(id, super::slack_message::Person::from(key));
             }
         }
-        Ok(message::render(view, tenant_id, &people))
+        Ok(super::slack_message::render(view, tenant_id, &people))
     }
 
     /// A button pressed in Slack: verified as Slack's, then decided as the key mapped to the Slack user who
@@ -337,7 +271,11 @@ impl Paygent {
         let press = Press::parse(body)?;
         let key = self
             .store
-            .key_by_slack_user(press.tenant_id, &press.user, self.now())
+            .key_of_person(
+                press.tenant_id,
+                keys::Person::SlackUser(&press.user),
+                self.now(),
+            )
             .await?
             .ok_or_else(|| {
                 EngineError::Forbidden(format!(

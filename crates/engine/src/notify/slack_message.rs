@@ -1,6 +1,7 @@
 //! A request's Slack message as it stands: what is asked and why, the budget it would leave, and Approve and
 //! Reject buttons while it waits, or who decided it once it is decided.
 
+use super::Facts;
 use crate::views::ApprovalView;
 use chrono::{DateTime, Utc};
 use paygent_domain::{ApprovalStatus, DecisionKind};
@@ -66,15 +67,16 @@ pub(super) fn render(
     tenant_id: Uuid,
     people: &BTreeMap<Uuid, Person>,
 ) -> Value {
-    let asked = asked(view);
+    let facts = Facts::of(view);
+    let asked = asked(&facts);
     let mut blocks = vec![
         json!({"type": "section", "text": {"type": "mrkdwn", "text": asked}}),
-        json!({"type": "section", "fields": fields(view, people)}),
+        json!({"type": "section", "fields": fields(view, &facts, people)}),
         json!({"type": "context", "elements": [{"type": "mrkdwn",
             "text": format!("request `{}` · action `{}`", view.id, view.digest)}]}),
     ];
     match outcome(view, people) {
-        None => blocks.push(buttons(view, tenant_id)),
+        None => blocks.push(buttons(view, tenant_id, &asked)),
         Some(text) => {
             blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": text}}))
         }
@@ -82,48 +84,24 @@ pub(super) fn render(
     json!({"text": asked, "blocks": blocks})
 }
 
-/// "Ops Bot asks to pay 25 USDC (about $25) to 0x1111…": who asks for what.
-fn asked(view: &ApprovalView) -> String {
-    let args = view.effective_args();
-    let text = |k: &str| args.get(k).and_then(Value::as_str).map(quoted);
-    let agent = view.context.as_ref().and_then(|c| c.agent.name.as_deref());
-    let agent = agent.map_or_else(|| format!("Agent {}", view.requested_by), quoted);
-    let amount = match (text("amount"), text("currency")) {
-        (Some(a), Some(c)) => format!("*{a} {c}* (about ${})", view.usd_value.round_dp(2)),
-        _ => format!("about *${}*", view.usd_value.round_dp(2)),
-    };
-    let payee = text("recipient").map_or_else(String::new, |r| format!(" to `{r}`"));
-    let edited = if view.edited_args.is_some() {
-        " (as edited)"
-    } else {
-        ""
-    };
-    format!(
-        "{agent} asks to {} {amount}{payee}{edited}",
-        view.tool.replace('_', " ")
-    )
+/// "Ops Bot asks to transfer *25 USDC* (about $25) to `0x1111…`": who asks for what.
+fn asked(facts: &Facts) -> String {
+    facts.headline(quoted, |t| format!("*{t}*"), |t| format!("`{t}`"))
 }
 
 /// What a person weighs: the agent's words, why a person is asked, the budget it leaves, the deadline.
-fn fields(view: &ApprovalView, people: &BTreeMap<Uuid, Person>) -> Vec<Value> {
+fn fields(view: &ApprovalView, facts: &Facts, people: &BTreeMap<Uuid, Person>) -> Vec<Value> {
     let field =
         |title: &str, text: String| json!({"type": "mrkdwn", "text": format!("*{title}*\n{text}")});
-    let context = view.context.as_ref();
-    let words = context.and_then(|c| c.description.as_deref());
-    let budget = context.and_then(|c| c.budget_after.as_ref()).map(|b| {
-        match (b.usd.available, b.usd.limit) {
-            (Some(left), Some(limit)) => format!("${left} of ${limit} left today"),
-            _ => "no daily limit".to_owned(),
-        }
-    });
+    let words = facts.words.as_deref();
     let mut fields = vec![
         field(
             "The agent says",
             words.map_or_else(|| "nothing".into(), quoted),
         ),
-        field("Why you are asked", quoted(&view.reason)),
-        field("Budget", budget.unwrap_or_else(|| "not known".into())),
-        field("Decide by", when(view.deadline)),
+        field("Why you are asked", quoted(&facts.reason)),
+        field("Budget", quoted(&facts.budget)),
+        field("Decide by", when(facts.deadline)),
     ];
     if view.approvals_required > 1 {
         let names: Vec<String> = view
@@ -161,7 +139,7 @@ fn outcome(view: &ApprovalView, people: &BTreeMap<Uuid, Person>) -> Option<Strin
 }
 
 /// Approve (with a confirmation) and Reject, as the request's rule allows; each names the action it decides.
-fn buttons(view: &ApprovalView, tenant_id: Uuid) -> Value {
+fn buttons(view: &ApprovalView, tenant_id: Uuid, asked: &str) -> Value {
     let value = format!("{tenant_id}:{}:{}", view.id, view.digest);
     let mut elements = Vec::new();
     if view.allowed_decisions.contains(&DecisionKind::Approve) {
@@ -170,7 +148,7 @@ fn buttons(view: &ApprovalView, tenant_id: Uuid) -> Value {
             "text": {"type": "plain_text", "text": "Approve"},
             "confirm": {
                 "title": {"type": "plain_text", "text": "Approve this payment?"},
-                "text": {"type": "mrkdwn", "text": asked(view)},
+                "text": {"type": "mrkdwn", "text": asked},
                 "confirm": {"type": "plain_text", "text": "Approve"},
                 "deny": {"type": "plain_text", "text": "Cancel"},
             },
