@@ -45,6 +45,11 @@ pub enum AuditAction {
     KillSwitchReleased,
     StopBatch,
     StopSwept,
+    WebhookCreated,
+    WebhookDeleted,
+    WebhookSecretRotated,
+    WebhookDisabled,
+    WebhookEnabled,
 }
 
 names!(AuditAction {
@@ -85,6 +90,11 @@ names!(AuditAction {
     KillSwitchReleased => "kill_switch.released",
     StopBatch => "stop.batch",
     StopSwept => "stop.swept",
+    WebhookCreated => "webhook.created",
+    WebhookDeleted => "webhook.deleted",
+    WebhookSecretRotated => "webhook.secret_rotated",
+    WebhookDisabled => "webhook.disabled",
+    WebhookEnabled => "webhook.enabled",
 });
 
 impl AuditAction {

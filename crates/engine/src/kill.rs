@@ -273,8 +273,9 @@ impl Paygent {
         Ok(expired)
     }
 
-    /// Runs [`Paygent::expire_overdue`] and [`Paygent::escalate_due`] every `every`, and prunes events older than `event_retention` once a
-    /// minute, until the task is aborted.
+    /// Runs [`Paygent::expire_overdue`] and [`Paygent::escalate_due`] every `every`, and prunes events (and
+    /// what people were told: [`Paygent::prune_told`]) older than `event_retention` once a minute, until the
+    /// task is aborted.
     pub fn spawn_sweeper(
         &self,
         every: Duration,
@@ -317,6 +318,9 @@ impl Paygent {
                     }
                     if let Err(e) = paygent.prune_marks().await {
                         tracing::warn!(error = %e, "pruning the breaker's marks failed; retrying");
+                    }
+                    if let Err(e) = paygent.prune_told(event_retention).await {
+                        tracing::warn!(error = %e, "pruning deliveries, links and messages failed; retrying");
                     }
                 }
             }

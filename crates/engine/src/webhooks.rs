@@ -8,6 +8,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use paygent_domain::Principal;
+use paygent_domain::audit::AuditAction;
 use paygent_domain::event::EventKind;
 use paygent_store::Event;
 use paygent_store::webhooks::{self, Delivery, Progress, WebhookRecord};
@@ -176,6 +177,9 @@ impl Paygent {
             disabled_at: None,
         };
         webhooks::insert(&mut tx, &record).await?;
+        let data = serde_json::json!({"url": record.url, "events": record.events,
+            "description": record.description});
+        audit(&mut tx, who, AuditAction::WebhookCreated, record.id, data).await?;
         tx.commit().await?;
         let secret = record.secret.clone();
         Ok(WebhookView {
@@ -198,6 +202,14 @@ impl Paygent {
         if !webhooks::delete(&mut tx, id).await? {
             return Err(EngineError::NotFound("webhook"));
         }
+        audit(
+            &mut tx,
+            who,
+            AuditAction::WebhookDeleted,
+            id,
+            serde_json::json!({}),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -213,6 +225,8 @@ impl Paygent {
         if !webhooks::rotate(&mut tx, id, &secret, until).await? {
             return Err(EngineError::NotFound("webhook"));
         }
+        let data = serde_json::json!({"previous_until": until});
+        audit(&mut tx, who, AuditAction::WebhookSecretRotated, id, data).await?;
         tx.commit().await?;
         let record = webhooks::get(self.store.reader(), who.tenant_id, id)
             .await?
@@ -301,6 +315,14 @@ impl Paygent {
         if webhooks::disable(&mut tx, w.id, Some(now)).await? {
             let data = serde_json::json!({"id": w.id, "url": w.url, "failures": progress.failures,
                 "failing_since": progress.failing_since, "delivered_seq": progress.to});
+            tx.audit(
+                "system",
+                AuditAction::WebhookDisabled,
+                &format!("webhook:{}", w.id),
+                None,
+                data.clone(),
+            )
+            .await?;
             tx.event(EventKind::WebhookDisabled, None, data).await?;
             tracing::warn!(webhook = %w.id, "a webhook kept failing for a day and is disabled");
         }
@@ -313,6 +335,16 @@ impl Paygent {
         require(who.is_admin(), "only admins manage webhooks")?;
         let mut tx = self.begin_as(who).await?;
         let changed = webhooks::disable(&mut tx, id, None).await?;
+        if changed {
+            audit(
+                &mut tx,
+                who,
+                AuditAction::WebhookEnabled,
+                id,
+                serde_json::json!({}),
+            )
+            .await?;
+        }
         tx.commit().await?;
         let record = webhooks::get(self.store.reader(), who.tenant_id, id)
             .await?
@@ -366,6 +398,18 @@ impl Paygent {
             .webhook_attempted(delivered, lag.unwrap_or_default());
         Ok(delivered)
     }
+}
+
+/// Records an admin's change to a webhook in the tenant's audit trail (never its secret).
+async fn audit(
+    tx: &mut paygent_store::WriteTx,
+    who: &Principal,
+    action: AuditAction,
+    id: Uuid,
+    data: serde_json::Value,
+) -> Result<()> {
+    let subject = format!("webhook:{id}");
+    Ok(tx.audit(&who.actor(), action, &subject, None, data).await?)
 }
 
 /// Exponential, from two seconds to an hour, with up to a fifth more at random so endpoints that failed together

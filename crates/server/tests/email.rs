@@ -142,15 +142,30 @@ async fn a_mailed_link_shows_a_page_and_its_button_decides_once(backend: Backend
         to_nobody, 0,
         "an address no deciding key has is mailed nothing"
     );
+
+    // Links are kept a week past their expiry, then pruned.
+    assert_eq!(s.count("decision_links").await, 2);
+    s.clock.advance(chrono::Duration::days(7));
+    s.paygent
+        .prune_told(chrono::Duration::days(7))
+        .await
+        .unwrap();
+    assert_eq!(s.count("decision_links").await, 2);
+    s.clock.advance(chrono::Duration::days(1));
+    s.paygent
+        .prune_told(chrono::Duration::days(7))
+        .await
+        .unwrap();
+    assert_eq!(s.count("decision_links").await, 0);
     s.finish().await;
 }
 
 /// A link decides the action it was mailed for: after an edit (a quorum keeps the request waiting) it is
-/// refused. Past its expiry it is gone; an unknown token finds nothing; a press that is not a decision is
-/// refused; none of them decides anything.
+/// refused. Past its expiry it is gone; an unknown token finds nothing; a press that is not a decision, or by
+/// a key revoked since, is refused; none of them decides anything.
 async fn a_link_decides_only_the_action_it_was_mailed_for_and_only_in_time(backend: Backend) {
     let sink = MailSink::start().await;
-    let (s, _) = with_mail(backend, &sink).await;
+    let (s, alice) = with_mail(backend, &sink).await;
     let t = s.team(ADMIN_TOKEN).await;
     let quorum = json!({"quorums": [{"above_usd": "10", "approvals_required": 2}]});
     let (id, _) = asked(&s, "Ops Bot", quorum).await;
@@ -186,5 +201,27 @@ async fn a_link_decides_only_the_action_it_was_mailed_for_and_only_in_time(backe
     assert_eq!(page(&s, &unknown).await.0, StatusCode::NOT_FOUND);
     let (_, request) = s.get(ADMIN_TOKEN, &format!("/approvals/{late}")).await;
     assert_eq!(request["decision"], Value::Null, "{request}");
+
+    let (revoked, _) = asked(&s, "Other Bot", json!({})).await;
+    let mail = sink.mail_to("alice@example.test", &revoked).await;
+    let approve = MailSink::link(&mail, "Approve:", &s.base);
+    let gone = s
+        .call(
+            ADMIN_TOKEN,
+            reqwest::Method::DELETE,
+            &format!("/keys/{alice}"),
+            None,
+        )
+        .await;
+    assert_eq!(gone.0, StatusCode::NO_CONTENT);
+    let (status, html) = press(&s, &approve, &[("decision", "approve")]).await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "a revoked key decides nothing: {html}"
+    );
+    let (_, request) = s.get(ADMIN_TOKEN, &format!("/approvals/{revoked}")).await;
+    assert_eq!(request["status"], "pending", "{request}");
+
     s.finish().await;
 }

@@ -141,6 +141,16 @@ async fn a_press_in_slack_decides_as_the_mapped_approver(backend: Backend) {
     assert_eq!(decided.0, StatusCode::OK, "{}", decided.1);
     let shown = text(&call(&slack, "chat.update", &third, 1).await);
     assert!(shown.contains("Approved by *Approver*"), "{shown}");
+
+    // Where messages are is kept while their requests could change, and as long as events after that.
+    assert_eq!(s.count("slack_messages").await, 3);
+    let week = chrono::Duration::days(7);
+    s.clock.advance(chrono::Duration::days(8));
+    s.paygent.prune_told(week).await.unwrap();
+    assert_eq!(s.count("slack_messages").await, 3);
+    s.clock.advance(chrono::Duration::days(7));
+    s.paygent.prune_told(week).await.unwrap();
+    assert_eq!(s.count("slack_messages").await, 0);
     s.finish().await;
 }
 

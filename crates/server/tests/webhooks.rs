@@ -204,6 +204,19 @@ async fn an_endpoint_failing_for_a_day_is_disabled_until_enabled(backend: Backen
             .await;
         assert_eq!(text.contains("event: webhook_disabled"), sees, "{text}");
     }
+    let trail = s.get(&t.admin, "/audit?limit=1000").await.1.to_string();
+    for action in ["webhook.disabled", "webhook.enabled"] {
+        assert!(trail.contains(action), "{action} in {trail}");
+    }
+
+    // The delivery log is kept as long as events are, then pruned with them.
+    let kept = s.count("webhook_deliveries").await;
+    assert!(kept > 0);
+    let week = chrono::Duration::days(7);
+    assert_eq!(s.paygent.prune_told(week).await.unwrap(), 0);
+    s.clock.advance(chrono::Duration::days(8));
+    s.paygent.prune_told(week).await.unwrap();
+    assert_eq!(s.count("webhook_deliveries").await, 0);
     s.finish().await;
 }
 
@@ -253,5 +266,13 @@ async fn only_admins_manage_webhooks(backend: Backend) {
     ] {
         assert_eq!(s.call(key, Method::DELETE, &path, None).await.0, expected);
     }
+    let trail = s.get(&t.admin, "/audit?limit=1000").await.1.to_string();
+    for action in ["webhook.created", "webhook.deleted"] {
+        assert!(trail.contains(action), "{action} in {trail}");
+    }
+    assert!(
+        !trail.contains(hook["secret"].as_str().unwrap()),
+        "never a secret"
+    );
     s.finish().await;
 }

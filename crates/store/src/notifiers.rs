@@ -264,3 +264,35 @@ pub async fn spend(db: Db<'_>, token_hash: &str, now: DateTime<Utc>) -> Result<b
     .await?;
     Ok(done == 1)
 }
+
+/// What people were told, kept for a while: each kind pruned on its own clock.
+#[derive(Debug, Clone, Copy)]
+pub enum Told {
+    /// Webhook delivery attempts, by when they were made.
+    WebhookDeliveries,
+    /// Mailed links, by when they expired.
+    DecisionLinks,
+    /// Where Slack messages are, by when they were posted.
+    SlackMessages,
+}
+
+/// Deletes up to `limit` rows of `told` from before `before`; returns how many.
+pub async fn prune(
+    store: &crate::Store,
+    told: Told,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<u64> {
+    let (table, key, at) = match told {
+        Told::WebhookDeliveries => ("webhook_deliveries", "webhook_id, seq, attempt", "at"),
+        Told::DecisionLinks => ("decision_links", "token_hash", "expires_at"),
+        Told::SlackMessages => ("slack_messages", "approval_id", "created_at"),
+    };
+    query(format!(
+        "DELETE FROM {table} WHERE ({key}) IN (SELECT {key} FROM {table} WHERE {at} < $1 LIMIT $2)"
+    ))
+    .bind(paygent_domain::time::format(before))
+    .bind(limit)
+    .execute(store.writer())
+    .await
+}

@@ -24,7 +24,34 @@ pub(crate) trait Teller: Clone + Send + Sync + 'static {
     fn tell(&self, paygent: &Paygent, event: &Event) -> impl Future<Output = Result<()>> + Send;
 }
 
+/// How many old rows one statement deletes.
+const PRUNE_BATCH: i64 = 10_000;
+
 impl Paygent {
+    /// Deletes what people were told longer ago than `retention`: webhook delivery attempts, links expired that
+    /// long, and where Slack messages are once their requests can no longer change. A batch per statement.
+    pub async fn prune_told(&self, retention: chrono::Duration) -> Result<u64> {
+        use paygent_store::notifiers::{Told, prune};
+        let before = self.now() - retention;
+        let longest_wait =
+            chrono::Duration::seconds(paygent_domain::session::MAX_APPROVAL_TIMEOUT_SECONDS.into());
+        let mut pruned = 0;
+        for (told, cutoff) in [
+            (Told::WebhookDeliveries, before),
+            (Told::DecisionLinks, before),
+            (Told::SlackMessages, before - longest_wait),
+        ] {
+            loop {
+                let n = prune(&self.store, told, cutoff, PRUNE_BATCH).await?;
+                pruned += n;
+                if n < PRUNE_BATCH as u64 {
+                    break;
+                }
+            }
+        }
+        Ok(pruned)
+    }
+
     /// Runs `teller`'s passes as soon as this instance commits an event, and every `every`, until aborted.
     pub(crate) fn spawn_teller<T: Teller>(
         &self,
