@@ -273,9 +273,9 @@ impl Paygent {
         Ok(expired)
     }
 
-    /// Runs [`Paygent::expire_overdue`] and [`Paygent::escalate_due`] every `every`, and prunes events (and
-    /// what people were told: [`Paygent::prune_told`]) older than `event_retention` once a minute, until the
-    /// task is aborted.
+    /// Runs [`Paygent::expire_overdue`] and [`Paygent::escalate_due`] every `every`, and once a minute prunes
+    /// events (and what people were told: [`Paygent::prune_told`]) older than `event_retention` and keeps the
+    /// planner's statistics current ([`paygent_store::Store::keep_statistics`]), until the task is aborted.
     pub fn spawn_sweeper(
         &self,
         every: Duration,
@@ -321,6 +321,11 @@ impl Paygent {
                     }
                     if let Err(e) = paygent.prune_told(event_retention).await {
                         tracing::warn!(error = %e, "pruning deliveries, links and messages failed; retrying");
+                    }
+                    match paygent.store.keep_statistics().await {
+                        Ok(tables) if !tables.is_empty() => tracing::info!(?tables, "analyzed"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "analyzing tables failed; retrying"),
                     }
                 }
             }

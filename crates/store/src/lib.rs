@@ -222,6 +222,32 @@ impl Store {
         }
     }
 
+    /// Keeps the planner's statistics current whether or not the database's own janitor runs. On PostgreSQL,
+    /// analyzes each of its tables that changed by more than 50 rows and a tenth since it was last analyzed (as
+    /// autovacuum would): an analyze is also what replaces plans cached while a table was small, which would
+    /// otherwise go on walking an index of every pending request to find one by id. SQLite plans lookups by
+    /// key without statistics. Returns the tables analyzed.
+    pub async fn keep_statistics(&self) -> Result<Vec<String>> {
+        if self.backend() != Backend::Postgres {
+            return Ok(Vec::new());
+        }
+        let rows = db::query(
+            "SELECT relname::text FROM pg_stat_user_tables WHERE schemaname = current_schema() \
+             AND n_mod_since_analyze > 50 + 0.1 * GREATEST(n_live_tup, 0) ORDER BY relname",
+        )
+        .fetch_all(self.reader())
+        .await?;
+        let mut analyzed = Vec::new();
+        for row in rows {
+            let table: String = row.get(0)?;
+            db::query(format!("ANALYZE \"{}\"", table.replace('"', "\"\"")))
+                .execute(self.writer())
+                .await?;
+            analyzed.push(table);
+        }
+        Ok(analyzed)
+    }
+
     /// Reads outside a write transaction: committed data only.
     pub fn reader(&self) -> Db<'_> {
         Db::Read(self)
