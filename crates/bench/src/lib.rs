@@ -31,6 +31,9 @@ pub struct Scale {
     pub sockets: usize,
     /// Pending approvals stored for the footprint scenario.
     pub pending: usize,
+    /// When set, the guard, approval and decision scenarios run this long instead of `requests` operations (the
+    /// decisions still decide at most `requests` filed before), and report each 5-second window.
+    pub seconds: Option<u64>,
 }
 
 impl Scale {
@@ -40,6 +43,7 @@ impl Scale {
             trials: 200,
             sockets: 1000,
             pending: 100_000,
+            seconds: None,
         }
     }
 
@@ -49,6 +53,23 @@ impl Scale {
             trials: 3,
             sockets: 5,
             pending: 20,
+            seconds: None,
+        }
+    }
+
+    /// How long a load scenario runs: `requests` operations, or `seconds`.
+    fn until(&self) -> Until {
+        match self.seconds {
+            Some(s) => Until::Elapsed(Duration::from_secs(s)),
+            None => Until::Count(self.requests),
+        }
+    }
+
+    /// A scenario's name, with how long it ran when it ran for a time.
+    fn named(&self, scenario: &str) -> String {
+        match self.seconds {
+            Some(s) => format!("{scenario}, sustained {s} s"),
+            None => scenario.to_owned(),
         }
     }
 }
@@ -65,6 +86,9 @@ pub struct Measurement {
     /// Completed operations per second over the whole run.
     pub per_second: f64,
     pub note: String,
+    /// Completed operations per second in each 5-second window of a sustained run (the last may be shorter).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<f64>,
 }
 
 impl Measurement {
@@ -89,8 +113,58 @@ impl Measurement {
             max_ms: lat.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
             per_second: lat.len() as f64 / wall.as_secs_f64().max(f64::EPSILON),
             note,
+            windows: Vec::new(),
         }
     }
+
+    /// A load run's figures; a sustained run's with its 5-second windows, also in the note.
+    fn from_run(scenario: &str, concurrency: usize, run: Run) -> Self {
+        let windows = match run.until {
+            Until::Elapsed(planned) => windows(&run.done, planned, run.wall),
+            Until::Count(_) => Vec::new(),
+        };
+        let note = match windows.is_empty() {
+            true => String::new(),
+            false => {
+                let each: Vec<String> = windows.iter().map(|w| format!("{w:.0}")).collect();
+                format!("per s, each 5 s: {}", each.join(" · "))
+            }
+        };
+        Measurement {
+            windows,
+            ..Measurement::from_latencies(scenario, concurrency, run.lat, run.wall, note)
+        }
+    }
+}
+
+/// The length of a sustained run's windows.
+const WINDOW: Duration = Duration::from_secs(5);
+
+/// Completions per second in each 5-second window of a run `planned` long, given when each completed; the last
+/// window takes in what was still in flight when the time was up (it lasts until `wall`).
+fn windows(done: &[Duration], planned: Duration, wall: Duration) -> Vec<f64> {
+    let n = (planned.as_secs_f64() / WINDOW.as_secs_f64())
+        .ceil()
+        .max(1.0) as usize;
+    let mut counts = vec![0usize; n];
+    for d in done {
+        let i = (d.as_secs_f64() / WINDOW.as_secs_f64()) as usize;
+        if let Some(c) = counts.get_mut(i.min(n.saturating_sub(1))) {
+            *c += 1;
+        }
+    }
+    counts
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let from = WINDOW.as_secs_f64() * i as f64;
+            let length = match i + 1 == n {
+                true => wall.as_secs_f64() - from,
+                false => WINDOW.as_secs_f64(),
+            };
+            *c as f64 / length.max(f64::EPSILON)
+        })
+        .collect()
 }
 
 const ADDR: &str = "0x1111111111111111111111111111111111111111";
@@ -266,39 +340,71 @@ async fn next_json(ws: &mut Ws) -> anyhow::Result<Value> {
     }
 }
 
-/// Runs `count` operations over `concurrency` workers; returns each one's latency and the wall time.
-async fn load<F, Fut>(
-    concurrency: usize,
-    count: usize,
-    op: F,
-) -> anyhow::Result<(Vec<Duration>, Duration)>
+/// How long a load run goes on.
+#[derive(Debug, Clone, Copy)]
+pub enum Until {
+    /// This many operations.
+    Count(usize),
+    /// No new operation starts after this long.
+    Elapsed(Duration),
+}
+
+impl From<usize> for Until {
+    fn from(n: usize) -> Until {
+        Until::Count(n)
+    }
+}
+
+/// What a load run measured: each operation's latency, when each completed, and the wall time.
+struct Run {
+    until: Until,
+    lat: Vec<Duration>,
+    done: Vec<Duration>,
+    wall: Duration,
+}
+
+/// Runs operations over `concurrency` workers until `until`.
+async fn load<F, Fut>(concurrency: usize, until: impl Into<Until>, op: F) -> anyhow::Result<Run>
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
 {
+    let until = until.into();
     let op = Arc::new(op);
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let workers = (0..concurrency).map(|_| {
         let (op, next) = (op.clone(), next.clone());
         tokio::spawn(async move {
-            let mut lat = Vec::new();
+            let (mut lat, mut done) = (Vec::new(), Vec::new());
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= count {
-                    return Ok::<_, anyhow::Error>(lat);
+                let over = match until {
+                    Until::Count(n) => i >= n,
+                    Until::Elapsed(d) => started.elapsed() >= d,
+                };
+                if over {
+                    return Ok::<_, anyhow::Error>((lat, done));
                 }
                 let t = Instant::now();
                 op(i).await?;
                 lat.push(t.elapsed());
+                done.push(started.elapsed());
             }
         })
     });
-    let mut all = Vec::with_capacity(count);
+    let (mut lat, mut done) = (Vec::new(), Vec::new());
     for w in futures::future::join_all(workers).await {
-        all.extend(w??);
+        let (l, d) = w??;
+        lat.extend(l);
+        done.extend(d);
     }
-    Ok((all, started.elapsed()))
+    Ok(Run {
+        until,
+        lat,
+        done,
+        wall: started.elapsed(),
+    })
 }
 
 fn expect_status(v: &Value, status: &str) -> anyhow::Result<()> {
@@ -317,18 +423,13 @@ pub async fn guard_auto(
     let agent = t.key("agent").await?;
     let session = t.session(&agent).await?;
     let (t2, a, s) = (t.clone(), agent.clone(), session.clone());
-    let (lat, wall) = load(concurrency, scale.requests, move |_| {
+    let run = load(concurrency, scale.until(), move |_| {
         let (t, a, s) = (t2.clone(), a.clone(), s.clone());
         async move { expect_status(&t.pay(&a, &s, "1.00").await?, "authorized") }
     })
     .await?;
-    Ok(Measurement::from_latencies(
-        "guard, auto path",
-        concurrency,
-        lat,
-        wall,
-        String::new(),
-    ))
+    let name = scale.named("guard, auto path");
+    Ok(Measurement::from_run(&name, concurrency, run))
 }
 
 /// The guard's auto path through the MCP `pay` tool beside `POST /payments`, in the same run: rounds alternate
@@ -346,7 +447,7 @@ pub async fn mcp_pay(
     for _ in 0..ROUNDS {
         for over_mcp in [false, true] {
             let (t2, a, s) = (t.clone(), agent.clone(), session.clone());
-            let (lat, wall) = load(concurrency, per_round, move |_| {
+            let Run { lat, wall, .. } = load(concurrency, per_round, move |_| {
                 let (t, a, s) = (t2.clone(), a.clone(), s.clone());
                 async move {
                     let p = match over_mcp {
@@ -379,17 +480,17 @@ pub async fn mcp_pay(
     Ok(vec![rest, mcp])
 }
 
-/// Files `count` approval requests at `concurrency`; returns their ids with the measurement.
+/// Files approval requests at `concurrency` until `until`; returns their ids with the measurement.
 async fn file_approvals(
     t: &Target,
-    count: usize,
+    until: Until,
     concurrency: usize,
-) -> anyhow::Result<(Vec<String>, Measurement)> {
+) -> anyhow::Result<(Vec<String>, Run)> {
     let agent = t.key("agent").await?;
     let session = t.session(&agent).await?;
-    let ids = Arc::new(std::sync::Mutex::new(Vec::with_capacity(count)));
+    let ids = Arc::new(std::sync::Mutex::new(Vec::new()));
     let (t2, a, s, sink) = (t.clone(), agent.clone(), session.clone(), ids.clone());
-    let (lat, wall) = load(concurrency, count, move |_| {
+    let run = load(concurrency, until, move |_| {
         let (t, a, s, sink) = (t2.clone(), a.clone(), s.clone(), sink.clone());
         async move {
             let p = t.pay(&a, &s, "25.00").await?;
@@ -402,10 +503,7 @@ async fn file_approvals(
     })
     .await?;
     let ids = std::mem::take(&mut *ids.lock().expect("lock"));
-    Ok((
-        ids,
-        Measurement::from_latencies("approval creation", concurrency, lat, wall, String::new()),
-    ))
+    Ok((ids, run))
 }
 
 /// Scenario 2: payments over the threshold.
@@ -414,39 +512,42 @@ pub async fn approval_creation(
     scale: &Scale,
     concurrency: usize,
 ) -> anyhow::Result<Measurement> {
-    Ok(file_approvals(t, scale.requests, concurrency).await?.1)
+    let (_, run) = file_approvals(t, scale.until(), concurrency).await?;
+    let name = scale.named("approval creation");
+    Ok(Measurement::from_run(&name, concurrency, run))
 }
 
-/// Scenario 3: approve calls on distinct pending requests.
+/// Scenario 3: approve calls on distinct pending requests, `requests` of them filed first. A sustained run
+/// that decides them all before its time is up fails: file more.
 pub async fn decisions(
     t: &Target,
     scale: &Scale,
     concurrency: usize,
 ) -> anyhow::Result<Measurement> {
-    let (ids, _) = file_approvals(t, scale.requests, 16).await?;
+    let (ids, _) = file_approvals(t, Until::Count(scale.requests), 16).await?;
     let approver = t.key("approver").await?;
     let ids = Arc::new(ids);
     let t2 = t.clone();
-    let (lat, wall) = load(concurrency, scale.requests, move |i| {
+    let run = load(concurrency, scale.until(), move |i| {
         let (t, approver, ids) = (t2.clone(), approver.clone(), ids.clone());
         async move {
-            let d = t
-                .post(
-                    &approver,
-                    &format!("/approvals/{}/approve", ids[i]),
-                    json!({}),
+            let id = ids.get(i).with_context(|| {
+                format!(
+                    "all {} pending requests were decided before the time was up: raise --requests",
+                    ids.len()
                 )
+            })?;
+            let d = t
+                .post(&approver, &format!("/approvals/{id}/approve"), json!({}))
                 .await?;
             expect_status(&d, "approved")
         }
     })
     .await?;
-    Ok(Measurement::from_latencies(
-        "decision",
+    Ok(Measurement::from_run(
+        &scale.named("decision"),
         concurrency,
-        lat,
-        wall,
-        String::new(),
+        run,
     ))
 }
 
@@ -731,7 +832,7 @@ pub async fn ceiling(
         "CREATE TABLE IF NOT EXISTS bench_ceiling (id TEXT PRIMARY KEY, at TEXT NOT NULL)";
     const INSERT: &str = "INSERT INTO bench_ceiling (id, at) VALUES ($1, $2)";
     const AT: &str = "2026-01-01T00:00:00.000000Z";
-    let (lat, wall) = if database_url.starts_with("sqlite:") {
+    let Run { lat, wall, .. } = if database_url.starts_with("sqlite:") {
         // The one writer, as Paygent has it, each transaction committed on its own.
         let path =
             <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(database_url)?
@@ -804,7 +905,7 @@ pub fn rss_mb(pid: u32) -> anyhow::Result<f64> {
 /// sockets connected.
 pub async fn footprint(t: &Target, scale: &Scale, pid: u32) -> anyhow::Result<Vec<(String, f64)>> {
     let mut out = vec![("at start of scenario".to_owned(), rss_mb(pid)?)];
-    file_approvals(t, scale.pending, 16).await?;
+    file_approvals(t, Until::Count(scale.pending), 16).await?;
     out.push((
         format!("{} pending approvals stored", scale.pending),
         rss_mb(pid)?,
@@ -1030,7 +1131,7 @@ pub async fn guard_spread(
     let agent = first.key("agent").await?;
     let session = first.session(&agent).await?;
     let targets: Arc<Vec<Target>> = Arc::new(instances.to_vec());
-    let (lat, wall) = load(concurrency, scale.requests, move |i| {
+    let Run { lat, wall, .. } = load(concurrency, scale.requests, move |i| {
         let (targets, a, s) = (targets.clone(), agent.clone(), session.clone());
         async move {
             let t = &targets[i % targets.len()];
@@ -1270,4 +1371,22 @@ pub async fn webhooks(t: &Target, scale: &Scale) -> anyhow::Result<Vec<Measureme
         note,
     ));
     Ok(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sustained_run_is_counted_in_five_second_windows() {
+        let at = |s: f64| Duration::from_secs_f64(s);
+        let done = [at(0.1), at(4.9), at(5.0), at(9.0), at(10.2)];
+        let rates = windows(&done, at(10.0), at(10.4));
+        assert_eq!(rates.len(), 2);
+        assert!((rates[0] - 2.0 / 5.0).abs() < 1e-9, "{rates:?}");
+        assert!(
+            (rates[1] - 3.0 / 5.4).abs() < 1e-9,
+            "the last takes in what was in flight: {rates:?}"
+        );
+    }
 }

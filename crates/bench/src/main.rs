@@ -23,9 +23,14 @@ struct Args {
     /// rules and a quorum, none of which the scenarios break).
     #[arg(long, value_enum, default_value = "default")]
     policy: PolicyKind,
-    /// Requests per load scenario and concurrency level (2,000 by default): more makes a sustained run.
+    /// Requests per load scenario and concurrency level (2,000 by default).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     requests: Option<u32>,
+    /// Also run the guard, approval and decision scenarios for this many seconds each (after their counted
+    /// runs), reporting the throughput of every 5-second window; the decisions decide up to `--requests` filed
+    /// first.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(5..=3600))]
+    seconds: Option<u64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -321,24 +326,15 @@ async fn main() -> anyhow::Result<()> {
     let (lines, footprint) = match args.scenario {
         Scenario::All => b::all(&t, &db, &scale, pid).await?,
         Scenario::Guard => (
-            vec![
-                b::guard_auto(&t, &scale, 1).await?,
-                b::guard_auto(&t, &scale, 16).await?,
-            ],
+            counted_and_sustained(&t, &scale, &args, b::guard_auto).await?,
             vec![],
         ),
         Scenario::Approvals => (
-            vec![
-                b::approval_creation(&t, &scale, 1).await?,
-                b::approval_creation(&t, &scale, 16).await?,
-            ],
+            counted_and_sustained(&t, &scale, &args, b::approval_creation).await?,
             vec![],
         ),
         Scenario::Decisions => (
-            vec![
-                b::decisions(&t, &scale, 1).await?,
-                b::decisions(&t, &scale, 16).await?,
-            ],
+            counted_and_sustained(&t, &scale, &args, b::decisions).await?,
             vec![],
         ),
         Scenario::RoundTrip => (vec![b::round_trip(&t, &scale).await?], vec![]),
@@ -385,6 +381,32 @@ async fn main() -> anyhow::Result<()> {
     }
     drop(server);
     Ok(())
+}
+
+/// A load scenario at c=1 and c=16 for `--requests`, then, with `--seconds`, for that long.
+async fn counted_and_sustained<F>(
+    t: &Target,
+    scale: &Scale,
+    args: &Args,
+    scenario: F,
+) -> anyhow::Result<Vec<Measurement>>
+where
+    F: AsyncFn(&Target, &Scale, usize) -> anyhow::Result<Measurement>,
+{
+    let mut lines = Vec::new();
+    for c in [1, 16] {
+        lines.push(scenario(t, scale, c).await?);
+    }
+    if let Some(seconds) = args.seconds {
+        let sustained = Scale {
+            seconds: Some(seconds),
+            ..scale.clone()
+        };
+        for c in [1, 16] {
+            lines.push(scenario(t, &sustained, c).await?);
+        }
+    }
+    Ok(lines)
 }
 
 fn print_markdown(

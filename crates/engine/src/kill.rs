@@ -35,6 +35,9 @@ pub struct KillSwitchView {
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// How often signed payments left without an outcome for a minute are reconciled (a runner lost its chain).
 const RECONCILE_EVERY: Duration = Duration::from_secs(15);
+/// How often tables that grew are analyzed: soon enough that a plan cached while a table was small does not
+/// last (checking costs one catalog query).
+const STATISTICS_EVERY: Duration = Duration::from_secs(5);
 
 /// How many overdue requests one sweep expires; the next sweep takes the rest.
 pub(crate) const SWEEP_BATCH: i64 = 200;
@@ -273,9 +276,10 @@ impl Paygent {
         Ok(expired)
     }
 
-    /// Runs [`Paygent::expire_overdue`] and [`Paygent::escalate_due`] every `every`, and once a minute prunes
-    /// events (and what people were told: [`Paygent::prune_told`]) older than `event_retention` and keeps the
-    /// planner's statistics current ([`paygent_store::Store::keep_statistics`]), until the task is aborted.
+    /// Runs [`Paygent::expire_overdue`] and [`Paygent::escalate_due`] every `every`, keeps the planner's
+    /// statistics current every 5 s ([`paygent_store::Store::keep_statistics`]), and once a minute prunes events
+    /// (and what people were told: [`Paygent::prune_told`]) older than `event_retention`, until the task is
+    /// aborted.
     pub fn spawn_sweeper(
         &self,
         every: Duration,
@@ -287,6 +291,7 @@ impl Paygent {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut last_prune: Option<tokio::time::Instant> = None;
             let mut last_reconcile: Option<tokio::time::Instant> = None;
+            let mut last_statistics: Option<tokio::time::Instant> = None;
             loop {
                 tick.tick().await;
                 if let Err(e) = paygent.expire_overdue().await {
@@ -305,6 +310,14 @@ impl Paygent {
                         tracing::warn!(error = %e, "reconciling signed payments failed; retrying");
                     }
                 }
+                if last_statistics.is_none_or(|t| t.elapsed() >= STATISTICS_EVERY) {
+                    last_statistics = Some(tokio::time::Instant::now());
+                    match paygent.store.keep_statistics().await {
+                        Ok(tables) if !tables.is_empty() => tracing::debug!(?tables, "analyzed"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "analyzing tables failed; retrying"),
+                    }
+                }
                 if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
                     last_prune = Some(tokio::time::Instant::now());
                     match paygent
@@ -321,11 +334,6 @@ impl Paygent {
                     }
                     if let Err(e) = paygent.prune_told(event_retention).await {
                         tracing::warn!(error = %e, "pruning deliveries, links and messages failed; retrying");
-                    }
-                    match paygent.store.keep_statistics().await {
-                        Ok(tables) if !tables.is_empty() => tracing::info!(?tables, "analyzed"),
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "analyzing tables failed; retrying"),
                     }
                 }
             }
