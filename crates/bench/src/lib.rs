@@ -1120,27 +1120,57 @@ async fn pay_directly(http: &reqwest::Client, paid: &PaidResource) -> anyhow::Re
     Ok(())
 }
 
+/// An agent and its session, in the default tenant: who pays in the one-tenant scenarios.
+pub async fn payer(t: &Target) -> anyhow::Result<(String, String)> {
+    let agent = t.key("agent").await?;
+    let session = t.session(&agent).await?;
+    Ok((agent, session))
+}
+
+/// An agent and its session in each of `n` new tenants (made by the default tenant's admin): many tenants' writes
+/// do not queue on one tenant's lock.
+pub async fn tenant_payers(t: &Target, n: usize) -> anyhow::Result<Vec<(String, String)>> {
+    let mut payers = Vec::with_capacity(n);
+    for i in 0..n {
+        let name = json!({"name": format!("bench tenant {i}")});
+        let tenant = t.post(&t.admin, "/tenants", name).await?;
+        let admin = tenant["admin_key"]["token"]
+            .as_str()
+            .context("admin token")?;
+        let key = json!({"name": "bench agent", "role": "agent"});
+        let agent = t.post(admin, "/keys", key).await?;
+        let agent = agent["token"].as_str().context("agent token")?.to_owned();
+        let session = t.session(&agent).await?;
+        payers.push((agent, session));
+    }
+    Ok(payers)
+}
+
 /// Scenario 10: the guard's auto path at `concurrency`, requests spread round-robin over several instances of
-/// one database (issue 9).
+/// one database (issue 9), each payer's over all of them, the payers (one tenant's, or many tenants') in turn.
 pub async fn guard_spread(
     instances: &[Target],
+    payers: &[(String, String)],
     scale: &Scale,
     concurrency: usize,
 ) -> anyhow::Result<Measurement> {
-    let first = instances.first().context("an instance")?;
-    let agent = first.key("agent").await?;
-    let session = first.session(&agent).await?;
     let targets: Arc<Vec<Target>> = Arc::new(instances.to_vec());
+    let payers: Arc<Vec<(String, String)>> = Arc::new(payers.to_vec());
+    let (k, n) = (targets.len().max(1), payers.len().max(1));
     let Run { lat, wall, .. } = load(concurrency, scale.requests, move |i| {
-        let (targets, a, s) = (targets.clone(), agent.clone(), session.clone());
+        let (targets, payers) = (targets.clone(), payers.clone());
         async move {
-            let t = &targets[i % targets.len()];
-            expect_status(&t.pay(&a, &s, "1.00").await?, "authorized")
+            let (t, (a, s)) = (&targets[i % k], &payers[(i / k) % n]);
+            expect_status(&t.pay(a, s, "1.00").await?, "authorized")
         }
     })
     .await?;
+    let tenants = match n {
+        1 => String::new(),
+        n => format!(", {n} tenants"),
+    };
     Ok(Measurement::from_latencies(
-        &format!("guard, auto path, {} instance(s)", instances.len()),
+        &format!("guard, auto path, {k} instance(s){tenants}"),
         concurrency,
         lat,
         wall,

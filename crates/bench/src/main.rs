@@ -74,8 +74,8 @@ enum Scenario {
     Stop,
     /// The `pay` tool over MCP (streamable HTTP) beside `POST /payments`, alternating in one run
     Mcp,
-    /// The guard's auto path on 1, 2 and 3 instances of one PostgreSQL database (needs --db postgres://...),
-    /// beside one instance on SQLite.
+    /// The guard's auto path on 1, 2 and 3 instances of one PostgreSQL database (needs --db postgres://...), for
+    /// one tenant and for 30, beside one instance on SQLite.
     Instances,
     /// The guard and approval creation with three webhooks subscribed beside none, and the delivery lag.
     Webhooks,
@@ -177,7 +177,7 @@ fn answers_health(port: u16) -> bool {
 }
 
 /// Runs the guard on 1, 2 and 3 instances sharing the PostgreSQL database `db` (the first is the harness's own
-/// server), then on one SQLite instance, in the same run.
+/// server), for one tenant and then for 30 tenants, then on one SQLite instance, in the same run.
 async fn instances(
     db: &str,
     dir: &std::path::Path,
@@ -196,19 +196,24 @@ async fn instances(
         servers.push(server);
         targets.push(Target::new(&base, ADMIN));
     }
+    let one = vec![paygent_bench::payer(first).await?];
+    let many = paygent_bench::tenant_payers(first, 30).await?;
     let mut lines = Vec::new();
-    for k in 1..=3 {
-        lines.push(paygent_bench::guard_spread(&targets[..k], scale, 16).await?);
+    for payers in [&one, &many] {
+        for k in 1..=3 {
+            lines.push(paygent_bench::guard_spread(&targets[..k], payers, scale, 16).await?);
+        }
     }
     drop(servers);
     let sqlite_dir = dir.join("sqlite");
     std::fs::create_dir_all(&sqlite_dir)?;
     let sqlite_db = format!("sqlite://{}/paygent.db?mode=rwc", sqlite_dir.display());
     let (sqlite, base) = start_server(&sqlite_db, &sqlite_dir, &[])?;
-    let mut on_sqlite =
-        paygent_bench::guard_spread(&[Target::new(&base, ADMIN)], scale, 16).await?;
-    on_sqlite.note = "one instance on SQLite, for comparison".into();
-    lines.push(on_sqlite);
+    let on_sqlite = Target::new(&base, ADMIN);
+    let payers = [paygent_bench::payer(&on_sqlite).await?];
+    let mut line = paygent_bench::guard_spread(&[on_sqlite], &payers, scale, 16).await?;
+    line.note = "one instance on SQLite, for comparison".into();
+    lines.push(line);
     drop(sqlite);
     Ok(lines)
 }
