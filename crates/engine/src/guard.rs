@@ -740,7 +740,7 @@ async fn file_request(
     mut summary: Value,
 ) -> Result<()> {
     let most = policy.rules.max_pending_approvals;
-    let waiting = approvals::pending_of_key(tx, who.key_id, most.into()).await?;
+    let waiting = approvals::pending_of_key(tx, who.key_id).await?;
     if waiting >= i64::from(most) {
         return Err(EngineError::TooMany(format!(
             "{waiting} of this key's approval requests already wait on people, the most policy {:?} allows \

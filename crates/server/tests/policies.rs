@@ -528,6 +528,29 @@ async fn pending_approvals_are_capped_per_agent(backend: Backend) {
         pay_to(&s, &agent, session, "20", OTHER).await["status"],
         "pending_approval"
     );
+    // Every way a request stops waiting makes room: an expiry, and a killed session's cancellation.
+    s.clock.advance(chrono::Duration::minutes(16));
+    s.paygent.expire_overdue().await.unwrap();
+    let doomed = s.session(&agent, json!({})).await;
+    for _ in 0..3 {
+        let paid = pay_to(&s, &agent, doomed, "20", OTHER).await;
+        assert_eq!(paid["status"], "pending_approval", "{paid}");
+    }
+    let kill = format!("/sessions/{doomed}/kill");
+    let (status, killed) = s.post(&t.admin, &kill, json!({"reason": "done"})).await;
+    assert_eq!(status, StatusCode::OK, "{killed}");
+    s.swept().await;
+    let session = s.session(&agent, json!({})).await;
+    assert_eq!(
+        pay_to(&s, &agent, session, "20", OTHER).await["status"],
+        "pending_approval"
+    );
+    let kept = "SELECT pending FROM key_pending WHERE key_id IN (SELECT requested_by FROM approval_requests)";
+    assert_eq!(
+        s.scalar(kept).await,
+        s.count("approval_requests WHERE status = 'pending'").await,
+        "the count kept is the count"
+    );
     let (status, _) = s
         .post(
             ADMIN_TOKEN,

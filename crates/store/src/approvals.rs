@@ -264,7 +264,35 @@ pub async fn insert(tx: &mut WriteTx, a: &ApprovalRecord) -> Result<()> {
     .bind(a.network.clone())
     .execute(tx.conn())
     .await?;
+    if a.status == ApprovalStatus::Pending {
+        waiting(tx, &[(a.requested_by.to_string(), 1)]).await?;
+    }
     Ok(())
+}
+
+/// Moves keys' counts of requests waiting on people by the given amounts.
+async fn waiting(tx: &mut WriteTx, changes: &[(String, i64)]) -> Result<()> {
+    let tenant = tx.tenant_id().to_string();
+    for (key, by) in changes {
+        query(
+            "INSERT INTO key_pending (key_id, tenant_id, pending) VALUES ($1, $2, $3) \
+             ON CONFLICT (key_id) DO UPDATE SET pending = key_pending.pending + excluded.pending",
+        )
+        .bind(key.clone())
+        .bind(tenant.clone())
+        .bind(*by)
+        .execute(tx.conn())
+        .await?;
+    }
+    Ok(())
+}
+
+/// Counts a request that stopped waiting (`asker` is its `requested_by`, if the update returned it).
+async fn stopped_waiting(tx: &mut WriteTx, asker: Option<String>) -> Result<bool> {
+    match asker {
+        Some(key) => waiting(tx, &[(key, -1)]).await.map(|()| true),
+        None => Ok(false),
+    }
 }
 
 /// The request, with the approvals of its current action where it needs more than one.
@@ -417,7 +445,7 @@ pub async fn decide(tx: &mut WriteTx, d: Decided<'_>) -> Result<bool> {
     let done = query(
         "UPDATE approval_requests SET status = $3, decided_by = $4, decided_at = $5, decision_note = $6, \
          edited_args = $7, decided_digest = $8, network = $9 \
-         WHERE tenant_id = $1 AND id = $2 AND status = 'pending' AND deadline > $5",
+         WHERE tenant_id = $1 AND id = $2 AND status = 'pending' AND deadline > $5 RETURNING requested_by",
     )
     .bind(tenant)
     .bind(d.id.to_string())
@@ -428,9 +456,10 @@ pub async fn decide(tx: &mut WriteTx, d: Decided<'_>) -> Result<bool> {
     .bind(d.edited_args.map(Value::to_string))
     .bind(d.digest)
     .bind(d.network.map(str::to_owned))
-    .execute(tx.conn())
+    .fetch_optional(tx.conn())
     .await?;
-    Ok(done == 1)
+    let asker = done.map(|r| r.get::<String>(0)).transpose()?;
+    stopped_waiting(tx, asker).await
 }
 
 /// Ends a pending request as expired or cancelled; returns false if it was no longer pending.
@@ -444,30 +473,26 @@ pub async fn end(
     let tenant = tx.tenant_id().to_string();
     let done = query(
         "UPDATE approval_requests SET status = $3, decided_at = $4, decision_note = $5 \
-         WHERE tenant_id = $1 AND id = $2 AND status = 'pending'",
+         WHERE tenant_id = $1 AND id = $2 AND status = 'pending' RETURNING requested_by",
     )
     .bind(tenant)
     .bind(id.to_string())
     .bind(to.as_str())
     .bind(now)
     .bind(note)
-    .execute(tx.conn())
+    .fetch_optional(tx.conn())
     .await?;
-    Ok(done == 1)
+    let asker = done.map(|r| r.get::<String>(0)).transpose()?;
+    stopped_waiting(tx, asker).await
 }
 
-/// How many of the requests `key` asked for wait on people, counting no further than `most` (an index range of
-/// that key's pending requests, never the tenant's).
-pub async fn pending_of_key(tx: &mut WriteTx, key: Uuid, most: i64) -> Result<i64> {
-    let row = query(
-        "SELECT COUNT(*) FROM (SELECT 1 FROM approval_requests WHERE requested_by = $1 AND status = 'pending' \
-         LIMIT $2) capped",
-    )
-    .bind(key.to_string())
-    .bind(most)
-    .fetch_one(tx.conn())
-    .await?;
-    row.get(0)
+/// How many of the requests `key` asked for wait on people: one row, kept with every change.
+pub async fn pending_of_key(tx: &mut WriteTx, key: Uuid) -> Result<i64> {
+    let row = query("SELECT pending FROM key_pending WHERE key_id = $1")
+        .bind(key.to_string())
+        .fetch_optional(tx.conn())
+        .await?;
+    row.map_or(Ok(0), |r| r.get(0))
 }
 
 /// How many requests wait on people in every tenant, counting no further than `most`.
@@ -513,7 +538,7 @@ pub async fn cancel_some(
         .collect::<Vec<_>>();
     let mut update = query(format!(
         "UPDATE approval_requests SET status = 'cancelled', decided_at = $1, decision_note = $2 \
-         WHERE id IN ({}) RETURNING id, session_id, payment_id",
+         WHERE id IN ({}) RETURNING id, session_id, payment_id, requested_by",
         list.join(", ")
     ))
     .bind(now)
@@ -522,6 +547,11 @@ pub async fn cancel_some(
         update = update.bind(id);
     }
     let rows = update.fetch_all(tx.conn()).await?;
+    let mut askers: std::collections::BTreeMap<String, i64> = Default::default();
+    for r in &rows {
+        *askers.entry(r.get::<String>(3)?).or_default() -= 1;
+    }
+    waiting(tx, &askers.into_iter().collect::<Vec<_>>()).await?;
     rows.into_iter()
         .map(|r| {
             let id = uuid(&r.get::<String>(0)?)?;

@@ -382,6 +382,12 @@ impl TestServer {
             ))
             .await;
         assert_eq!(copied, n as u64);
+        // As the store counts every request its key has waiting.
+        self.sql(&format!(
+            "UPDATE key_pending SET pending = pending + {n} \
+             WHERE key_id = (SELECT requested_by FROM approval_requests WHERE id = '{template}')"
+        ))
+        .await;
     }
 
     /// Waits until every stop's sweep has finished (what the stops left pending is cancelled); panics after
