@@ -276,10 +276,10 @@ impl Paygent {
         Ok(expired)
     }
 
-    /// Runs [`Paygent::expire_overdue`] and [`Paygent::escalate_due`] every `every`, keeps the planner's
-    /// statistics current every 5 s ([`paygent_store::Store::keep_statistics`]), and once a minute prunes events
-    /// (and what people were told: [`Paygent::prune_told`]) older than `event_retention`, until the task is
-    /// aborted.
+    /// Runs [`Paygent::expire_overdue`], [`Paygent::escalate_due`] and the stops' sweeps every `every`,
+    /// reconciles stale signed payments every 15 s, keeps the planner's statistics current every 5 s
+    /// ([`paygent_store::Store::keep_statistics`]), and once a minute prunes what is older than
+    /// `event_retention`, until the task is aborted.
     pub fn spawn_sweeper(
         &self,
         every: Duration,
@@ -289,55 +289,80 @@ impl Paygent {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut last_prune: Option<tokio::time::Instant> = None;
-            let mut last_reconcile: Option<tokio::time::Instant> = None;
-            let mut last_statistics: Option<tokio::time::Instant> = None;
+            let mut reconcile = Every::new(RECONCILE_EVERY);
+            let mut statistics = Every::new(STATISTICS_EVERY);
+            let mut prune = Every::new(PRUNE_EVERY);
             loop {
                 tick.tick().await;
-                if let Err(e) = paygent.expire_overdue().await {
-                    tracing::warn!(error = %e, "sweeping overdue approvals failed; retrying");
-                }
-                if let Err(e) = paygent.escalate_due().await {
-                    tracing::warn!(error = %e, "escalating waiting approvals failed; retrying");
-                }
-                if let Err(e) = paygent.sweep_stops().await {
-                    tracing::warn!(error = %e, "sweeping stopped scopes failed; retrying");
-                }
-                if last_reconcile.is_none_or(|t| t.elapsed() >= RECONCILE_EVERY) {
-                    last_reconcile = Some(tokio::time::Instant::now());
+                paygent.sweep_waiting().await;
+                if reconcile.due() {
                     let stale = paygent.now() - chrono::Duration::seconds(60);
                     if let Err(e) = paygent.reconcile_signed_before(Some(stale)).await {
                         tracing::warn!(error = %e, "reconciling signed payments failed; retrying");
                     }
                 }
-                if last_statistics.is_none_or(|t| t.elapsed() >= STATISTICS_EVERY) {
-                    last_statistics = Some(tokio::time::Instant::now());
+                if statistics.due() {
                     match paygent.store.keep_statistics().await {
                         Ok(tables) if !tables.is_empty() => tracing::debug!(?tables, "analyzed"),
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "analyzing tables failed; retrying"),
                     }
                 }
-                if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
-                    last_prune = Some(tokio::time::Instant::now());
-                    match paygent
-                        .store
-                        .prune_events(paygent.now() - event_retention)
-                        .await
-                    {
-                        Ok(0) => {}
-                        Ok(n) => tracing::info!(pruned = n, "pruned old events"),
-                        Err(e) => tracing::warn!(error = %e, "pruning events failed; retrying"),
-                    }
-                    if let Err(e) = paygent.prune_marks().await {
-                        tracing::warn!(error = %e, "pruning the breaker's marks failed; retrying");
-                    }
-                    if let Err(e) = paygent.prune_told(event_retention).await {
-                        tracing::warn!(error = %e, "pruning deliveries, links and messages failed; retrying");
-                    }
+                if prune.due() {
+                    paygent.prune_old(event_retention).await;
                 }
             }
         })
+    }
+
+    /// Expires overdue requests, escalates waiting ones, and sweeps stopped scopes; a failure is retried on
+    /// the next tick.
+    async fn sweep_waiting(&self) {
+        if let Err(e) = self.expire_overdue().await {
+            tracing::warn!(error = %e, "sweeping overdue approvals failed; retrying");
+        }
+        if let Err(e) = self.escalate_due().await {
+            tracing::warn!(error = %e, "escalating waiting approvals failed; retrying");
+        }
+        if let Err(e) = self.sweep_stops().await {
+            tracing::warn!(error = %e, "sweeping stopped scopes failed; retrying");
+        }
+    }
+
+    /// Prunes events, the breaker's marks, and what people were told, older than `retention`.
+    async fn prune_old(&self, retention: chrono::Duration) {
+        match self.store.prune_events(self.now() - retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(pruned = n, "pruned old events"),
+            Err(e) => tracing::warn!(error = %e, "pruning events failed; retrying"),
+        }
+        if let Err(e) = self.prune_marks().await {
+            tracing::warn!(error = %e, "pruning the breaker's marks failed; retrying");
+        }
+        if let Err(e) = self.prune_told(retention).await {
+            tracing::warn!(error = %e, "pruning deliveries, links and messages failed; retrying");
+        }
+    }
+}
+
+/// A chore done at most once a period, the first time at once.
+struct Every {
+    period: Duration,
+    last: Option<tokio::time::Instant>,
+}
+
+impl Every {
+    fn new(period: Duration) -> Every {
+        Every { period, last: None }
+    }
+
+    /// Whether it is due now; if so, it counts as done from now.
+    fn due(&mut self) -> bool {
+        let due = self.last.is_none_or(|t| t.elapsed() >= self.period);
+        if due {
+            self.last = Some(tokio::time::Instant::now());
+        }
+        due
     }
 }
 

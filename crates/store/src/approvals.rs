@@ -287,6 +287,16 @@ async fn waiting(tx: &mut WriteTx, changes: &[(String, i64)]) -> Result<()> {
     Ok(())
 }
 
+/// Counts the requests of `rows` (their `requested_by` in column `asker`) as no longer waiting, one statement
+/// per key.
+async fn stopped_waiting_all(tx: &mut WriteTx, rows: &[crate::Row], asker: usize) -> Result<()> {
+    let mut askers: std::collections::BTreeMap<String, i64> = Default::default();
+    for r in rows {
+        *askers.entry(r.get::<String>(asker)?).or_default() -= 1;
+    }
+    waiting(tx, &askers.into_iter().collect::<Vec<_>>()).await
+}
+
 /// Counts a request that stopped waiting (`asker` is its `requested_by`, if the update returned it).
 async fn stopped_waiting(tx: &mut WriteTx, asker: Option<String>) -> Result<bool> {
     match asker {
@@ -547,11 +557,7 @@ pub async fn cancel_some(
         update = update.bind(id);
     }
     let rows = update.fetch_all(tx.conn()).await?;
-    let mut askers: std::collections::BTreeMap<String, i64> = Default::default();
-    for r in &rows {
-        *askers.entry(r.get::<String>(3)?).or_default() -= 1;
-    }
-    waiting(tx, &askers.into_iter().collect::<Vec<_>>()).await?;
+    stopped_waiting_all(tx, &rows, 3).await?;
     rows.into_iter()
         .map(|r| {
             let id = uuid(&r.get::<String>(0)?)?;

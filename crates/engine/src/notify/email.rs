@@ -14,9 +14,9 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use paygent_domain::event::EventKind;
 use paygent_domain::{ApprovalStatus, Decision, DecisionKind, Principal, Role};
 use paygent_store::Event;
+use paygent_store::approvals;
 use paygent_store::keys::{self, KeyRecord, Person};
 use paygent_store::notifiers::{self, Channel, DecisionLink};
-use paygent_store::{approvals, policies};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 use uuid::Uuid;
@@ -219,22 +219,7 @@ impl Paygent {
         reason: Option<String>,
     ) -> Result<ApprovalView> {
         let link = self.live_link(token).await?;
-        let decision = match kind {
-            DecisionKind::Approve => Decision::Approve {
-                comment: Some("approved by email".into()),
-                standing: None,
-            },
-            DecisionKind::Reject => Decision::Reject {
-                reason: reason
-                    .filter(|r| !r.trim().is_empty())
-                    .unwrap_or_else(|| "rejected by email".into()),
-            },
-            DecisionKind::Edit => {
-                return Err(EngineError::Invalid(
-                    "a link approves or rejects; edits are made in the inbox".into(),
-                ));
-            }
-        };
+        let decision = link_decision(kind, reason)?;
         if !notifiers::spend(self.store.writer(), &link.token_hash, self.now()).await? {
             return Err(EngineError::Gone("this link was used or expired".into()));
         }
@@ -253,18 +238,23 @@ impl Paygent {
         self.decide(&who, link.approval_id, decision, Some(&link.digest))
             .await
     }
+}
 
-    /// Where the request's policy tells people of it.
-    pub(crate) async fn notify_of(
-        &self,
-        tenant_id: Uuid,
-        view: &ApprovalView,
-    ) -> Result<paygent_domain::rules::Notify> {
-        let Some(context) = &view.context else {
-            return Ok(Default::default());
-        };
-        let policy = policies::get(self.store.reader(), tenant_id, context.policy.id).await?;
-        Ok(policy.map(|p| p.rules.notify.clone()).unwrap_or_default())
+/// What a link's button decides: an approval, or a rejection with the person's reason (or a default one).
+fn link_decision(kind: DecisionKind, reason: Option<String>) -> Result<Decision> {
+    match kind {
+        DecisionKind::Approve => Ok(Decision::Approve {
+            comment: Some("approved by email".into()),
+            standing: None,
+        }),
+        DecisionKind::Reject => Ok(Decision::Reject {
+            reason: reason
+                .filter(|r| !r.trim().is_empty())
+                .unwrap_or_else(|| "rejected by email".into()),
+        }),
+        DecisionKind::Edit => Err(EngineError::Invalid(
+            "a link approves or rejects; edits are made in the inbox".into(),
+        )),
     }
 }
 

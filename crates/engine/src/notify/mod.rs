@@ -10,8 +10,10 @@ use crate::{Paygent, Result};
 use chrono::{DateTime, Utc};
 use paygent_store::Event;
 use paygent_store::notifiers::{self, Channel, Cursor};
+use paygent_store::policies;
 use serde_json::Value;
 use std::time::Duration;
+use uuid::Uuid;
 
 /// How long one instance holds a tenant's cursor while it tells people.
 const LEASE_SECONDS: i64 = 60;
@@ -50,6 +52,19 @@ impl Paygent {
             }
         }
         Ok(pruned)
+    }
+
+    /// Where the request's policy tells people of it.
+    pub(crate) async fn notify_of(
+        &self,
+        tenant_id: Uuid,
+        view: &ApprovalView,
+    ) -> Result<paygent_domain::rules::Notify> {
+        let Some(context) = &view.context else {
+            return Ok(Default::default());
+        };
+        let policy = policies::get(self.store.reader(), tenant_id, context.policy.id).await?;
+        Ok(policy.map(|p| p.rules.notify.clone()).unwrap_or_default())
     }
 
     /// Runs `teller`'s passes as soon as this instance commits an event, and every `every`, until aborted.
