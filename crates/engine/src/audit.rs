@@ -62,10 +62,24 @@ pub struct ChainCheck {
     pub problem: Option<String>,
 }
 
+/// A head of the chain saved outside Paygent (printed, mailed, put in another system): entry `seq` had `hash`.
+/// The chain's own head lives in the same database as the chain, so whoever can rewrite one can rewrite both; an
+/// anchor kept elsewhere catches that.
+#[derive(Debug, Clone)]
+pub struct Anchor {
+    pub seq: i64,
+    pub hash: String,
+}
+
 impl Paygent {
-    /// Walks the tenant's whole chain against its recorded head. `paygent audit verify` does the same walk on
-    /// the reader's own machine, which does not have to trust the server.
-    pub async fn verify_audit(&self, who: &Principal) -> Result<ChainCheck> {
+    /// Walks the tenant's whole chain against its recorded head, and against `anchor` if one is given.
+    /// `paygent audit verify` does the same walk on the reader's own machine, which does not have to trust the
+    /// server.
+    pub async fn verify_audit(
+        &self,
+        who: &Principal,
+        anchor: Option<Anchor>,
+    ) -> Result<ChainCheck> {
         require(who.is_admin(), "only admins verify the audit trail")?;
         let (head_seq, head_hash) = self.store.audit_head(who.tenant_id).await?;
         let mut verifier = ChainVerifier::default();
@@ -86,12 +100,35 @@ impl Paygent {
             }
             after = last;
         };
+        let problem = match (problem, anchor) {
+            (None, Some(anchor)) => self.unanchored(who.tenant_id, &anchor).await?,
+            (problem, _) => problem.map(|p| p.to_string()),
+        };
         Ok(ChainCheck {
             verified: problem.is_none(),
             entries: checked,
             head_seq,
             head_hash,
-            problem: problem.map(|p| p.to_string()),
+            problem,
+        })
+    }
+
+    /// How the chain differs from an anchor kept outside, if it does: the anchored entry is gone, or is another.
+    async fn unanchored(&self, tenant_id: Uuid, anchor: &Anchor) -> Result<Option<String>> {
+        let found = self
+            .store
+            .audit_entries(tenant_id, None, anchor.seq - 1, 1)
+            .await?;
+        Ok(match found.first() {
+            Some(e) if e.seq == anchor.seq && e.hash == anchor.hash => None,
+            Some(e) if e.seq == anchor.seq => Some(format!(
+                "entry {} is not the anchored one: its hash is {}, the anchor's {} (the chain was rewritten)",
+                e.seq, e.hash, anchor.hash
+            )),
+            _ => Some(format!(
+                "the anchored entry {} is not in the chain (the chain was cut or rewritten)",
+                anchor.seq
+            )),
         })
     }
 }

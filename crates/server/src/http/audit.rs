@@ -6,7 +6,7 @@ use crate::extract::{Caller, Query};
 use axum::Json;
 use axum::extract::{OriginalUri, State};
 use axum::response::Response;
-use paygent_engine::{AuditPage, ChainCheck, Paygent};
+use paygent_engine::{Anchor, AuditPage, ChainCheck, EngineError, Paygent};
 use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -47,12 +47,35 @@ async fn list_audit(
     Ok(super::page(&uri, found, next))
 }
 
-/// Walks the whole chain on the server and says whether it holds, or where it first breaks.
-#[utoipa::path(get, path = "/audit/verify", tag = "audit",
-    responses((status = 200, body = ChainCheck), (status = 403, body = Problem)))]
+/// An anchor: a head of the chain (`head_seq`, `head_hash` of an earlier answer) kept outside Paygent.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyQuery {
+    /// The anchored entry's sequence number; with `hash`.
+    #[param(minimum = 1)]
+    seq: Option<i64>,
+    /// Its hash; with `seq`.
+    hash: Option<String>,
+}
+
+/// Walks the whole chain on the server and says whether it holds, or where it first breaks. With an anchor
+/// saved from an earlier answer, it also says whether that entry is still the one anchored: the chain's own head
+/// is in the same database, an anchor kept elsewhere catches a rewrite of both.
+#[utoipa::path(get, path = "/audit/verify", tag = "audit", params(VerifyQuery),
+    responses((status = 200, body = ChainCheck), (status = 403, body = Problem),
+        (status = 422, body = Problem, description = "`seq` without `hash`, or the reverse")))]
 async fn verify_audit(
     State(paygent): State<Paygent>,
     Caller(who): Caller,
+    Query(q): Query<VerifyQuery>,
 ) -> ApiResult<Json<ChainCheck>> {
-    Ok(Json(paygent.verify_audit(&who).await?))
+    let anchor = match (q.seq, q.hash) {
+        (None, None) => None,
+        (Some(seq), Some(hash)) if seq >= 1 => Some(Anchor { seq, hash }),
+        _ => {
+            let why = "an anchor is seq (1 or more) and hash, together";
+            return Err(EngineError::Invalid(why.into()).into());
+        }
+    };
+    Ok(Json(paygent.verify_audit(&who, anchor).await?))
 }
