@@ -554,9 +554,11 @@ async fn answered_payments_survive_sigkill_under_load() {
             })
         })
         .collect();
-    while answered.lock().unwrap().len() < 300 {
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    let count = || async { serde_json::json!(answered.lock().unwrap().len()) };
+    paygent_testkit::poll_until(std::time::Duration::from_secs(60), count, |n| {
+        n.as_u64() >= Some(300)
+    })
+    .await;
     first.kill().unwrap(); // SIGKILL, with writes in flight
     first.wait().unwrap();
     for c in clients {

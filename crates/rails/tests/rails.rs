@@ -886,9 +886,8 @@ async fn a_restart_between_signing_and_settling_pays_once() {
     chain.automine(false).await;
     let step = json!([{"tool": "x402_payment", "args": {"url": peer.url("/v2/cheap"), "max_amount": "1"}}]);
     let started = s.execute(&t.agent, &session, step).await;
-    while s.count("payment_attempts").await == 0 {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let attempts = || async { json!(s.count("payment_attempts").await) };
+    paygent_testkit::poll_until(std::time::Duration::from_secs(30), attempts, |n| n != 0).await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let s = s.restart_after(chain.automine(true)).await;
     let id = started["id"].as_str().unwrap();
@@ -975,25 +974,22 @@ async fn signed_then_lost(
         .bearer_auth(&t.agent)
         .json(transfer);
     let waiting = tokio::spawn(request.send());
-    while s.scalar(open).await == 0 {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let sent = || async { json!(s.scalar(open).await) };
+    paygent_testkit::poll_until(std::time::Duration::from_secs(30), sent, |n| n != 0).await;
     let open_attempt = "FROM payment_attempts WHERE receipt IS NULL AND tx_hash IS NOT NULL";
     let hash = s.text(&format!("SELECT tx_hash {open_attempt}")).await;
     let signed =
         serde_json::from_str(&s.text(&format!("SELECT signed {open_attempt}")).await).unwrap();
     // Journaled comes before sent: drop the transaction only once it is in the pool, or it would be sent after.
-    loop {
-        let pooled: Value = chain
+    let pooled = || async {
+        let found: Value = chain
             .provider
             .raw_request("eth_getTransactionByHash".into(), (hash.clone(),))
             .await
             .unwrap();
-        if !pooled.is_null() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+        found
+    };
+    paygent_testkit::poll_until(std::time::Duration::from_secs(30), pooled, |t| !t.is_null()).await;
     let _: Value = chain
         .provider
         .raw_request("anvil_dropTransaction".into(), (hash.clone(),))
