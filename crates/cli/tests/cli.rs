@@ -2,10 +2,9 @@
 
 mod common;
 
-use common::{agent_and_session, serving_port, spawn_serve, wait_ready};
+use common::{Lines, agent_and_session, serving_port, spawn_serve, wait_ready};
 use paygent_testkit::{ADMIN_TOKEN, Backend, TestServer, on_both_databases};
 use serde_json::json;
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 
 on_both_databases!(
@@ -340,13 +339,12 @@ fn serve_starts_on_an_embedded_sqlite_file() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let banner = lines.next().unwrap().unwrap();
+    let output = Lines::of(child.stdout.take().unwrap());
+    let banner = output.next("banner");
     assert!(banner.contains("first admin key"), "{banner}");
-    let token = lines.next().unwrap().unwrap();
+    let token = output.next("admin token");
     assert!(token.starts_with("pgk_"), "{token}");
-    let port = serving_port(&mut lines);
-    std::thread::spawn(move || lines.for_each(drop));
+    let port = serving_port(output);
 
     let saved = dir.join("admin-token");
     assert_eq!(std::fs::read_to_string(&saved).unwrap().trim(), token);

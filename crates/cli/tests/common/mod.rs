@@ -43,20 +43,37 @@ pub fn spawn_serve(env: &[(&str, &str)]) -> (Serve, u16) {
         cmd.env(k, v);
     }
     let mut child = Serve(cmd.spawn().unwrap());
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let port = serving_port(&mut lines);
-    // Keep reading, so the server never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
+    let port = serving_port(Lines::of(child.stdout.take().unwrap()));
     (child, port)
 }
 
+/// A child's output, read line by line on a thread of its own to its end (so the child never blocks on a full
+/// pipe): each wait for a line is bounded, and lines nobody waits for any more are dropped.
+pub struct Lines(std::sync::mpsc::Receiver<String>);
+
+impl Lines {
+    pub fn of(stdout: std::process::ChildStdout) -> Lines {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Lines(rx)
+    }
+
+    /// The next line within a minute; panics naming `what` it waited for otherwise, or if the output ended.
+    pub fn next(&self, what: &str) -> String {
+        self.0
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("no {what} from paygent serve within 60 s: {e}"))
+    }
+}
+
 /// Reads a server's output up to its "paygent serving" line; returns the port it listens on.
-pub fn serving_port(lines: &mut impl Iterator<Item = std::io::Result<String>>) -> u16 {
+pub fn serving_port(output: Lines) -> u16 {
     loop {
-        let line = lines
-            .next()
-            .expect("paygent serve exited before it listened")
-            .unwrap();
+        let line = output.next("\"paygent serving\" line");
         let plain = strip_ansi(&line);
         if plain.contains("paygent serving")
             && let Some(addr) = plain.split("listen=").nth(1)
