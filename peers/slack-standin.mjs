@@ -7,12 +7,14 @@
 // POST /press {url, user, action_id, value, signed_ago?, secret?} sends Paygent a block_actions interaction as
 // Slack would (form-encoded `payload`, X-Slack-Request-Timestamp, X-Slack-Signature = v0=hex HMAC-SHA256 of
 // "v0:<timestamp>:<body>"), `signed_ago` seconds in the past and with `secret` instead of the app's if given,
-// and answers {status, content_type, body}.
+// and answers {status, content_type, body}. Its `response_url` is POST /respond/... here, kept in the calls as
+// method "response_url".
 // Output: one JSON line on stdout, {url}, once it listens on 127.0.0.1.
 import http from "node:http";
 import crypto from "node:crypto";
 
 const config = JSON.parse(process.env.PEER_CONFIG);
+let selfUrl = "";
 const calls = [];
 let lastTs = 1700000000;
 
@@ -49,7 +51,7 @@ const press = async (p) => {
     api_app_id: "A0PAYGENT",
     container: { type: "message", channel_id: "C0PAYGENT" },
     trigger_id: "1.2.3",
-    response_url: "https://hooks.slack.invalid/actions/T0/1/x",
+    response_url: `${selfUrl}/respond/T0PAYGENT/1/x`,
     actions: [{ type: "button", action_id: p.action_id, block_id: "b", value: p.value,
       action_ts: `${Date.now() / 1000}` }],
   };
@@ -79,11 +81,16 @@ const server = http.createServer(async (req, res) => {
     if (req.method === "POST" && req.url.startsWith("/api/")) return answer(200, webApi(req.url.slice(5), req, body));
     if (req.method === "GET" && req.url === "/calls") return answer(200, calls);
     if (req.method === "POST" && req.url === "/press") return answer(200, await press(JSON.parse(body)));
+    if (req.method === "POST" && req.url.startsWith("/respond/")) {
+      calls.push({ method: "response_url", body: JSON.parse(body) });
+      return answer(200, { ok: true });
+    }
     answer(404, { error: "no such route" });
   } catch (e) {
     answer(500, { error: String(e) });
   }
 });
 server.listen(0, "127.0.0.1", () => {
-  console.log(JSON.stringify({ url: `http://127.0.0.1:${server.address().port}` }));
+  selfUrl = `http://127.0.0.1:${server.address().port}`;
+  console.log(JSON.stringify({ url: selfUrl }));
 });

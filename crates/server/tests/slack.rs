@@ -192,6 +192,36 @@ async fn presses_slack_did_not_sign_or_nobody_is_mapped_to_decide_nothing(backen
         let answer = slack.press(&s.base, user, &approve, change.clone()).await;
         assert_eq!(answer.status, status, "{user} {change}: {:?}", answer.body);
     }
+    // Only a press Slack signed is answered in Slack: the person mapped to no key is told why, privately.
+    let told = || async {
+        let calls = slack.calls().await;
+        let replies: Vec<Value> = calls
+            .into_iter()
+            .filter(|c| c["method"] == "response_url")
+            .collect();
+        json!(replies)
+    };
+    let replies = poll_until(Duration::from_secs(20), told, |r| {
+        r.as_array().unwrap().len() >= 2
+    })
+    .await;
+    assert_eq!(replies.as_array().unwrap().len(), 2, "{replies}");
+    let mallory = replies
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["body"])
+        .find(|b| {
+            b["text"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("U0MALLORY is mapped to no live key")
+        });
+    assert_eq!(
+        mallory.map(|b| b["response_type"].clone()),
+        Some(json!("ephemeral")),
+        "{replies}"
+    );
     let mut forged = approve.clone();
     let value = approve["value"].as_str().unwrap();
     forged["value"] = json!(format!("{}{}", &value[..value.len() - 4], "0000"));

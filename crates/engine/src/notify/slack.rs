@@ -126,6 +126,8 @@ struct Press {
     approval_id: Uuid,
     digest: String,
     decision: Decision,
+    /// Where Slack takes a reply that only the person who pressed sees.
+    response_url: Option<String>,
 }
 
 impl Press {
@@ -168,6 +170,7 @@ impl Press {
             approval_id,
             digest: digest.to_owned(),
             decision,
+            response_url: payload["response_url"].as_str().map(str::to_owned),
         })
     }
 }
@@ -269,6 +272,15 @@ impl Paygent {
             .ok_or(EngineError::NotFound("Slack app"))?;
         app.verify(timestamp, signature, body, Utc::now().timestamp())?;
         let press = Press::parse(body)?;
+        let decided = self.press_as_person(&press).await;
+        if let (Err(e), Some(url)) = (&decided, &press.response_url) {
+            self.tell_presser(url.clone(), e);
+        }
+        decided
+    }
+
+    /// Decides a press as the key mapped to the Slack user who pressed, on the action the message showed.
+    async fn press_as_person(&self, press: &Press) -> Result<ApprovalView> {
         let key = self
             .store
             .key_of_person(
@@ -288,7 +300,26 @@ impl Paygent {
             key_id: key.id,
             role: key.role,
         };
-        self.decide(&who, press.approval_id, press.decision, Some(&press.digest))
+        let decision = press.decision.clone();
+        self.decide(&who, press.approval_id, decision, Some(&press.digest))
             .await
+    }
+
+    /// Tells the person whose press was refused why, in a reply only they see (Slack shows nothing else), in
+    /// the background: Slack wants its answer within 3 s. Faults of Paygent's own are not spelled out.
+    fn tell_presser(&self, url: String, refused: &EngineError) {
+        let why = match refused {
+            EngineError::Store(_) | EngineError::Unavailable(_) => {
+                "Paygent could not decide it just now: try again, or decide in the inbox".to_owned()
+            }
+            e => format!("Paygent did not take that: {e}"),
+        };
+        let reply = json!({"response_type": "ephemeral", "replace_original": false, "text": why});
+        let egress = self.egress.clone();
+        tokio::spawn(async move {
+            if let Err(e) = egress.post(&url, reply.to_string(), &[]).await {
+                tracing::warn!(error = %e, "telling a Slack user why a press was refused failed");
+            }
+        });
     }
 }
