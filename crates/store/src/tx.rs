@@ -25,10 +25,15 @@ pub struct Event {
 }
 
 impl Event {
+    /// The thing the event is about (a payment, request, execution...): every event names its subject as `id`.
+    pub fn subject(&self) -> Option<Uuid> {
+        self.payload.get("id").and_then(Value::as_str)?.parse().ok()
+    }
+
     /// Whether the event is about the thing with this id (a payment, request, execution...): every event names
     /// its subject as `id`.
     pub fn is_about(&self, id: Uuid) -> bool {
-        self.payload.get("id").and_then(Value::as_str) == Some(id.to_string().as_str())
+        self.subject() == Some(id)
     }
 }
 

@@ -96,7 +96,7 @@ impl Teller for Mailer {
     const CHANNEL: Channel = Channel::Email;
 
     async fn tell(&self, paygent: &Paygent, event: &Event) -> Result<()> {
-        let id = event.payload["id"].as_str().and_then(|s| s.parse().ok());
+        let id = event.subject();
         match (event.kind, id) {
             (EventKind::ApprovalRequired, Some(id)) => {
                 paygent.mail_request(self, event.tenant_id, id).await

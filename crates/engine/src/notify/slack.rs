@@ -180,7 +180,7 @@ impl super::Teller for SlackApp {
 
     /// A new request is posted, a change to one updates its message.
     async fn tell(&self, paygent: &Paygent, event: &Event) -> Result<()> {
-        let id = event.payload["id"].as_str().and_then(|s| s.parse().ok());
+        let id = event.subject();
         let Some(id) = id else {
             return Ok(());
         };

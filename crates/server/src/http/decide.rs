@@ -5,7 +5,7 @@
 use crate::error::ApiError;
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use paygent_engine::domain::{ApprovalStatus, DecisionKind};
@@ -151,25 +151,7 @@ fn failed(e: EngineError) -> Response {
 }
 
 fn html(status: StatusCode, body: &str) -> Response {
-    let headers = [
-        (
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/html; charset=utf-8"),
-        ),
-        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-        (
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(CSP),
-        ),
-        (
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ),
-        (
-            header::REFERRER_POLICY,
-            HeaderValue::from_static("no-referrer"),
-        ),
-    ];
+    let headers = super::web::page_headers("text/html; charset=utf-8", "no-store", CSP);
     (status, headers, body.to_owned()).into_response()
 }
 

@@ -2,7 +2,7 @@
 //! with a strict Content-Security-Policy.
 
 use axum::Router;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use paygent_engine::Paygent;
@@ -54,23 +54,30 @@ fn event_names() -> &'static str {
 
 /// Assets are small and change with each release: revalidate every time rather than serve a stale inbox.
 fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
-    (
-        [
-            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-            (
-                header::CONTENT_SECURITY_POLICY,
-                HeaderValue::from_static(CSP),
-            ),
-            (
-                header::X_CONTENT_TYPE_OPTIONS,
-                HeaderValue::from_static("nosniff"),
-            ),
-            (
-                header::REFERRER_POLICY,
-                HeaderValue::from_static("no-referrer"),
-            ),
-        ],
-        body,
-    )
+    (page_headers(content_type, "no-cache", CSP), body)
+}
+
+/// What every page and asset the server serves carries: its type, how it may be cached, its
+/// Content-Security-Policy, no sniffing of types and no referrer (pages' URLs may hold tokens).
+pub(crate) fn page_headers(
+    content_type: &'static str,
+    cache: &'static str,
+    csp: &'static str,
+) -> [(HeaderName, HeaderValue); 5] {
+    [
+        (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+        (header::CACHE_CONTROL, HeaderValue::from_static(cache)),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(csp),
+        ),
+        (
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ),
+        (
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ),
+    ]
 }
