@@ -507,15 +507,29 @@ async fn a_paused_execution_survives_sigkill() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// Group commit answers a write only once its batch is on disk: the real binary on SQLite, killed with SIGKILL
-/// while eight clients pay as fast as they can, has every payment it answered after the restart, once, with an
-/// unbroken audit chain.
+/// Group commit answers a write only once its group is durable: the real binary, killed with SIGKILL while eight
+/// clients pay as fast as they can (so groups are open), has every payment it answered after the restart, once,
+/// with an unbroken audit chain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn answered_payments_survive_sigkill_under_load() {
+async fn answered_payments_survive_sigkill_under_load_on_sqlite() {
     let dir = std::env::temp_dir().join(format!("paygent-crash-{}", uuid::Uuid::new_v4().simple()));
+    let db = format!("sqlite://{}/paygent.db?mode=rwc", dir.display());
+    answered_payments_survive_sigkill_under_load(&dir, &db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answered_payments_survive_sigkill_under_load_on_postgres() {
+    let dir = std::env::temp_dir().join(format!("paygent-crash-{}", uuid::Uuid::new_v4().simple()));
+    let db = paygent_testkit::create_postgres_database().await;
+    answered_payments_survive_sigkill_under_load(&dir, &db).await;
+    paygent_testkit::drop_postgres_database(&db).await;
+}
+
+async fn answered_payments_survive_sigkill_under_load(dir: &std::path::Path, db: &str) {
     let env = [
         ("PAYGENT_ADMIN_TOKEN", ADMIN_TOKEN),
         ("PAYGENT_DATA_DIR", dir.to_str().unwrap()),
+        ("DATABASE_URL", db),
         ("PAYGENT_RATE_LIMIT", "0"),
     ];
     let http = reqwest::Client::new();

@@ -4,9 +4,9 @@
 //! Values cross as integers and text only: ids and timestamps as TEXT, money as exact decimal strings.
 
 use crate::lite::LiteTx;
+use crate::pg::PgTx;
 use crate::{Engine, Result, Store, StoreError};
 use sqlx::postgres::{PgArguments, PgRow};
-use sqlx::{Postgres, Transaction};
 use std::borrow::Cow;
 
 /// A bound parameter. Nulls keep their type, since PostgreSQL types every parameter.
@@ -181,7 +181,7 @@ impl Db<'_> {
 
 /// The connection a write transaction holds.
 pub enum Conn {
-    Pg(Transaction<'static, Postgres>),
+    Pg(PgTx),
     Lite(LiteTx),
 }
 
@@ -270,14 +270,14 @@ impl Query {
 
     async fn run(self, db: Db<'_>, rows: bool) -> Result<(u64, Vec<Row>)> {
         match db {
-            Db::Tx(Conn::Pg(tx)) => self.on_pg(&mut **tx, rows).await,
+            Db::Tx(Conn::Pg(tx)) => self.on_pg(tx.conn()?, rows).await,
             Db::Tx(Conn::Lite(tx)) => tx.with(|c| self.on_lite(c)),
             Db::Read(store) => match &store.engine {
-                Engine::Pg(pool) => self.on_pg(pool, rows).await,
+                Engine::Pg(pg) => self.on_pg(&pg.pool, rows).await,
                 Engine::Lite(lite) => lite.read(|c| self.on_lite(c)),
             },
             Db::Write(store) => match &store.engine {
-                Engine::Pg(pool) => self.on_pg(pool, rows).await,
+                Engine::Pg(pg) => self.on_pg(&pg.pool, rows).await,
                 Engine::Lite(lite) => {
                     let mut tx = lite.begin().await?;
                     let done = tx.with(|c| self.on_lite(c))?;

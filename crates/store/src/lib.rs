@@ -15,6 +15,7 @@ pub mod keys;
 mod lite;
 pub mod notifiers;
 pub mod payments;
+mod pg;
 pub mod policies;
 pub mod sessions;
 pub mod standing;
@@ -29,8 +30,9 @@ pub use db::{Db, Row};
 pub use tx::{Event, WriteTx};
 
 use lite::Lite;
+use pg::Pg;
 use secrecy::SecretString;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection};
 use std::str::FromStr;
@@ -158,7 +160,7 @@ impl Default for StoreOptions {
 
 #[derive(Clone, Debug)]
 pub(crate) enum Engine {
-    Pg(PgPool),
+    Pg(Arc<Pg>),
     Lite(Arc<Lite>),
 }
 
@@ -182,7 +184,7 @@ impl Store {
                 .connect_with(PgConnectOptions::from_str(url).map_err(bad_url)?)
                 .await?;
             MIGRATOR.run(&pool).await?;
-            Engine::Pg(pool)
+            Engine::Pg(Pg::new(pool, options.acquire_timeout))
         } else if url.starts_with("sqlite:") {
             let connect = SqliteConnectOptions::from_str(url)
                 .map_err(bad_url)?
@@ -265,7 +267,7 @@ impl Store {
 
     pub async fn close(&self) {
         match &self.engine {
-            Engine::Pg(pool) => pool.close().await,
+            Engine::Pg(pg) => pg.pool.close().await,
             Engine::Lite(lite) => lite.close().await,
         }
     }

@@ -88,7 +88,7 @@ impl Store {
         // On PostgreSQL the row lock serializes the tenant's writers (a lock, not a new row version per write);
         // SQLite has one writer already.
         let (mut conn, sql) = match &self.engine {
-            Engine::Pg(pool) => (Conn::Pg(pool.begin().await?), HEAD_FOR_UPDATE),
+            Engine::Pg(pg) => (Conn::Pg(pg.begin(tenant_id).await?), HEAD_FOR_UPDATE),
             Engine::Lite(lite) => (Conn::Lite(lite.begin().await?), HEAD),
         };
         let row = query(sql)

@@ -146,19 +146,21 @@ async fn concurrent_writes_on_sqlite_all_commit_and_survive_a_reopen() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dropped_write_leaves_nothing_while_the_writes_queued_with_it_commit() {
-    let (url, _dir) = sqlite_url();
-    let (store, tenant) = with_tenant(&url).await;
+/// A write dropped in the middle of a group leaves nothing, not even a change to its tenant's row, while the
+/// writes queued with it commit. Two more writers queue behind the first, so all three run in one group.
+async fn a_dropped_write_leaves_nothing(url: &str) {
+    let (store, tenant) = with_tenant(url).await;
     let first = store.begin(tenant, Utc::now()).await.unwrap();
-    // Two more writers queue behind the first, so all three run in one batch.
     let spawn = |keep: bool, name: &'static str| {
         let store = store.clone();
         tokio::spawn(async move {
             let mut tx = store.begin(tenant, Utc::now()).await?;
+            assert_eq!(tx.kill_switch(), None, "{name} sees no dropped write");
+            tx.set_kill_switch(Some(name)).await?;
             tx.audit("test", AuditAction::SessionCreated, name, None, json!({}))
                 .await?;
             if keep {
+                tx.set_kill_switch(None).await?;
                 tx.commit().await.map(|_| true)
             } else {
                 Ok(false)
@@ -188,6 +190,26 @@ async fn a_dropped_write_leaves_nothing_while_the_writes_queued_with_it_commit()
         .map(|e| e.subject)
         .collect();
     assert_eq!(subjects, ["first", "kept"]);
+    let stop = query("SELECT kill_switch FROM tenants WHERE id = $1")
+        .bind(tenant.to_string())
+        .fetch_one(store.reader())
+        .await
+        .unwrap();
+    assert_eq!(stop.get::<Option<String>>(0).unwrap(), None);
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_write_leaves_nothing_while_the_writes_queued_with_it_commit_on_sqlite() {
+    let (url, _dir) = sqlite_url();
+    a_dropped_write_leaves_nothing(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_write_leaves_nothing_while_the_writes_queued_with_it_commit_on_postgres() {
+    let (url, db) = PgDatabase::create().await;
+    a_dropped_write_leaves_nothing(&url).await;
+    db.drop().await;
 }
 
 #[tokio::test]
@@ -330,16 +352,23 @@ async fn statements_behave_the_same_on_postgres() {
     db.drop().await;
 }
 
+/// One tenant's concurrent writes on PostgreSQL are committed in groups (several writes to one transaction,
+/// as `txid_current` inside each tells), and every one of them lands once in one unbroken chain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_writes_on_postgres_keep_one_chain() {
+async fn concurrent_writes_on_postgres_commit_in_groups_and_keep_one_chain() {
     let (url, db) = PgDatabase::create().await;
     let (store, tenant) = with_tenant(&url).await;
     let store = Arc::new(store);
-    let tasks: Vec<_> = (0..100)
+    let writes = 100;
+    let tasks: Vec<_> = (0..writes)
         .map(|i| {
             let store = store.clone();
             tokio::spawn(async move {
                 let mut tx = store.begin(tenant, Utc::now()).await?;
+                let txid = query("SELECT txid_current()::text")
+                    .fetch_one(tx.conn())
+                    .await?
+                    .get::<String>(0)?;
                 tx.audit(
                     "test",
                     AuditAction::PaymentAuthorized,
@@ -348,14 +377,26 @@ async fn concurrent_writes_on_postgres_keep_one_chain() {
                     json!({}),
                 )
                 .await?;
-                tx.commit().await
+                tx.commit().await.map(|_| txid)
             })
         })
         .collect();
+    let mut transactions = Vec::new();
     for t in tasks {
-        t.await.unwrap().expect("committed");
+        transactions.push(t.await.unwrap().expect("committed"));
     }
-    assert_eq!(chain(&store, tenant).await.len(), 100);
+    transactions.sort();
+    transactions.dedup();
+    assert!(
+        transactions.len() < writes,
+        "{writes} writes in {} transactions: none shared one",
+        transactions.len()
+    );
+    let entries = chain(&store, tenant).await;
+    let mut subjects: Vec<_> = entries.iter().map(|e| e.subject.clone()).collect();
+    subjects.sort();
+    subjects.dedup();
+    assert_eq!(subjects.len(), writes, "each write exactly once");
     store.close().await;
     db.drop().await;
 }

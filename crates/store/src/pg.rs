@@ -1,0 +1,254 @@
+//! PostgreSQL: one tenant's concurrent writes committed in groups, under one hold of its row lock.
+//!
+//! Every write of a tenant takes the tenant's row lock (`FOR UPDATE`) for its audit chain and event sequence, so
+//! a tenant's writes run one after another whatever the pool's size. Paying for that lock, a `BEGIN` and a
+//! `COMMIT` (with its WAL flush) once per write made each one queue behind the last one's disk flush. Here the
+//! writes of one tenant in this process queue fairly on an in-process lock instead, and each runs as a savepoint
+//! inside the tenant's open group: one transaction, one row lock hold, one flush for all of them. A committer
+//! commits the group as soon as it gets the lock, so writers that queued before it join the group and later
+//! ones start the next. As on SQLite ([`crate::lite`]), a write's `commit` returns only once its group is
+//! durable, and a failed group fails every write in it, none half-written. Other instances still serialize on
+//! the row lock, now once per group.
+
+use crate::{Result, StoreError};
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, PgPool, Postgres};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard, watch};
+use uuid::Uuid;
+
+/// Writes grouped in one commit at most: other instances wait for the row lock while a group is open.
+const MAX_GROUP: usize = 64;
+
+/// Past this many remembered tenants, those no writer holds any more are forgotten.
+const REMEMBERED: usize = 1024;
+
+/// How a group ended, for the writes in it: `None` while open.
+type Outcome = Option<std::result::Result<(), String>>;
+
+/// The pool, and the groups of the tenants being written to.
+#[derive(Debug)]
+pub(crate) struct Pg {
+    pub(crate) pool: PgPool,
+    groups: Mutex<HashMap<Uuid, Weak<AsyncMutex<Group>>>>,
+    acquire_timeout: Duration,
+}
+
+/// A tenant's writes in this process: its open transaction, if any.
+#[derive(Debug, Default)]
+struct Group {
+    open: Option<Open>,
+    /// A committer waits for the lock already.
+    committer_queued: bool,
+}
+
+#[derive(Debug)]
+struct Open {
+    conn: PoolConnection<Postgres>,
+    members: usize,
+    outcome: watch::Sender<Outcome>,
+    /// What the last write left in its savepoint: settled by whoever takes the group next.
+    left: Left,
+}
+
+/// The last write's savepoint, still to be released (it committed) or rolled back (it was dropped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Left {
+    Nothing,
+    Kept,
+    Undone,
+}
+
+impl Left {
+    /// The statements that settle the last write's savepoint.
+    fn settle(self) -> &'static str {
+        match self {
+            Left::Nothing => "",
+            Left::Kept => "RELEASE SAVEPOINT paygent_tx; ",
+            Left::Undone => "ROLLBACK TO SAVEPOINT paygent_tx; RELEASE SAVEPOINT paygent_tx; ",
+        }
+    }
+}
+
+impl Pg {
+    pub(crate) fn new(pool: PgPool, acquire_timeout: Duration) -> Arc<Pg> {
+        Arc::new(Pg {
+            pool,
+            groups: Mutex::new(HashMap::new()),
+            acquire_timeout,
+        })
+    }
+
+    /// The tenant's group: one per tenant while anyone holds it.
+    fn group(&self, tenant_id: Uuid) -> Arc<AsyncMutex<Group>> {
+        let mut groups = self.groups.lock().expect("groups");
+        if let Some(group) = groups.get(&tenant_id).and_then(Weak::upgrade) {
+            return group;
+        }
+        if groups.len() >= REMEMBERED {
+            groups.retain(|_, g| g.strong_count() > 0);
+        }
+        let group = Arc::new(AsyncMutex::new(Group::default()));
+        groups.insert(tenant_id, Arc::downgrade(&group));
+        group
+    }
+
+    /// Starts a write for `tenant_id`: waits (fairly, in arrival order) for the tenant's group and opens a
+    /// savepoint in its transaction, beginning one if none is open. The caller then takes the row lock.
+    pub(crate) async fn begin(&self, tenant_id: Uuid) -> Result<PgTx> {
+        let group = self.group(tenant_id);
+        let mut guard = tokio::time::timeout(self.acquire_timeout, group.clone().lock_owned())
+            .await
+            .map_err(|_| StoreError::Busy)?;
+        let started = match guard.open.take() {
+            Some(mut open) => {
+                let sql = format!("{}SAVEPOINT paygent_tx", open.left.settle());
+                let done = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut *open.conn)
+                    .await;
+                guard.open = Some(open);
+                done.map(drop).map_err(StoreError::from)
+            }
+            None => self.open(&mut guard).await,
+        };
+        if let Err(e) = started {
+            fail(&mut guard, &e.to_string()).await;
+            return Err(e);
+        }
+        guard.open.as_mut().expect("open").left = Left::Undone;
+        Ok(PgTx {
+            guard: Some(guard),
+            group,
+        })
+    }
+
+    /// Begins the group's transaction on a connection of the pool.
+    async fn open(&self, group: &mut Group) -> Result<()> {
+        let mut conn = tokio::time::timeout(self.acquire_timeout, self.pool.acquire())
+            .await
+            .map_err(|_| StoreError::Busy)??;
+        sqlx::raw_sql("BEGIN; SAVEPOINT paygent_tx")
+            .execute(&mut *conn)
+            .await?;
+        group.open = Some(Open {
+            conn,
+            members: 0,
+            outcome: watch::channel(None).0,
+            left: Left::Nothing,
+        });
+        Ok(())
+    }
+}
+
+/// Commits the group's open transaction, if any, and tells its writes how it went. The last write's savepoint
+/// is released first: were the transaction aborted, that fails, where a bare `COMMIT` would roll back and say
+/// nothing.
+async fn commit(group: &mut Group) {
+    let Some(mut open) = group.open.take() else {
+        return;
+    };
+    if open.members == 0 {
+        // Every write in it was dropped: nothing to keep.
+        end(open.conn, "ROLLBACK").await;
+        return;
+    }
+    let sql = format!("{}COMMIT", open.left.settle());
+    let outcome = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&mut *open.conn)
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string());
+    match &outcome {
+        Ok(()) => drop(open.conn),
+        Err(e) => {
+            tracing::error!(error = %e, writes = open.members, "PostgreSQL group commit failed");
+            end(open.conn, "ROLLBACK").await;
+        }
+    }
+    open.outcome.send_replace(Some(outcome));
+}
+
+/// Fails the group's open transaction: every write in it fails.
+async fn fail(group: &mut Group, why: &str) {
+    if let Some(open) = group.open.take() {
+        tracing::error!(error = %why, writes = open.members, "PostgreSQL group rolled back");
+        open.outcome.send_replace(Some(Err(why.to_owned())));
+        end(open.conn, "ROLLBACK").await;
+    }
+}
+
+/// Ends a connection's transaction with `sql` before it goes back to the pool; a connection that cannot say
+/// so is closed instead, so no one gets a connection inside someone else's transaction.
+async fn end(mut conn: PoolConnection<Postgres>, sql: &'static str) {
+    if sqlx::raw_sql(sql).execute(&mut *conn).await.is_err() {
+        conn.close_on_drop();
+    }
+}
+
+/// Queues a committer for the group, unless one waits already. It commits once the writers queued before it
+/// have had their turn.
+fn queue_committer(group: &Arc<AsyncMutex<Group>>, state: &mut Group) {
+    if state.committer_queued {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    state.committer_queued = true;
+    let group = group.clone();
+    runtime.spawn(async move {
+        let mut state = group.lock_owned().await;
+        state.committer_queued = false;
+        commit(&mut state).await;
+    });
+}
+
+/// A write transaction on PostgreSQL: a savepoint in its tenant's open group.
+#[derive(Debug)]
+pub struct PgTx {
+    guard: Option<OwnedMutexGuard<Group>>,
+    group: Arc<AsyncMutex<Group>>,
+}
+
+impl PgTx {
+    /// The connection the group's statements run on.
+    pub(crate) fn conn(&mut self) -> Result<&mut PgConnection> {
+        let open = self.guard.as_mut().and_then(|g| g.open.as_mut());
+        Ok(&mut *open.ok_or(StoreError::Closed)?.conn)
+    }
+
+    /// Keeps this write in its group and waits until the group is committed.
+    pub(crate) async fn commit(mut self) -> Result<()> {
+        let mut state = self.guard.take().ok_or(StoreError::Closed)?;
+        let Some(open) = state.open.as_mut() else {
+            return Err(StoreError::Commit("the group was lost".into()));
+        };
+        open.left = Left::Kept;
+        open.members += 1;
+        let mut outcome = open.outcome.subscribe();
+        if open.members >= MAX_GROUP {
+            commit(&mut state).await;
+        } else {
+            queue_committer(&self.group, &mut state);
+        }
+        drop(state);
+        let done = outcome
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| StoreError::Commit("the group's transaction was dropped".into()))?
+            .clone();
+        done.expect("waited for").map_err(StoreError::Commit)
+    }
+}
+
+impl Drop for PgTx {
+    /// A write dropped without commit leaves no trace: whoever takes the group next rolls its savepoint back,
+    /// and a committer is queued so the group never waits on a write that will not come.
+    fn drop(&mut self) {
+        if let Some(mut state) = self.guard.take() {
+            queue_committer(&self.group, &mut state);
+        }
+    }
+}
