@@ -46,7 +46,7 @@ struct Group {
 
 #[derive(Debug)]
 struct Open {
-    conn: PoolConnection<Postgres>,
+    conn: GroupConn,
     members: usize,
     outcome: watch::Sender<Outcome>,
     /// What the last write left in its savepoint: settled by whoever takes the group next.
@@ -104,9 +104,11 @@ impl Pg {
             .map_err(|_| StoreError::Busy)?;
         let started = match guard.open.take() {
             Some(mut open) => {
+                // Taken out while the statement runs: a caller cancelled here drops the group, whose writes
+                // then fail, rather than leave it in an unknown state.
                 let sql = format!("{}SAVEPOINT paygent_tx", open.left.settle());
                 let done = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                    .execute(&mut *open.conn)
+                    .execute(open.conn.get())
                     .await;
                 guard.open = Some(open);
                 done.map(drop).map_err(StoreError::from)
@@ -126,11 +128,12 @@ impl Pg {
 
     /// Begins the group's transaction on a connection of the pool.
     async fn open(&self, group: &mut Group) -> Result<()> {
-        let mut conn = tokio::time::timeout(self.acquire_timeout, self.pool.acquire())
+        let conn = tokio::time::timeout(self.acquire_timeout, self.pool.acquire())
             .await
             .map_err(|_| StoreError::Busy)??;
+        let mut conn = GroupConn(Some(conn));
         sqlx::raw_sql("BEGIN; SAVEPOINT paygent_tx")
-            .execute(&mut *conn)
+            .execute(conn.get())
             .await?;
         group.open = Some(Open {
             conn,
@@ -146,26 +149,21 @@ impl Pg {
 /// is released first: were the transaction aborted, that fails, where a bare `COMMIT` would roll back and say
 /// nothing.
 async fn commit(group: &mut Group) {
-    let Some(mut open) = group.open.take() else {
+    let Some(open) = group.open.take() else {
         return;
     };
     if open.members == 0 {
         // Every write in it was dropped: nothing to keep.
-        end(open.conn, "ROLLBACK").await;
+        let _ = open.conn.end("ROLLBACK".into()).await;
         return;
     }
-    let sql = format!("{}COMMIT", open.left.settle());
-    let outcome = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-        .execute(&mut *open.conn)
+    let outcome = open
+        .conn
+        .end(format!("{}COMMIT", open.left.settle()))
         .await
-        .map(drop)
         .map_err(|e| e.to_string());
-    match &outcome {
-        Ok(()) => drop(open.conn),
-        Err(e) => {
-            tracing::error!(error = %e, writes = open.members, "PostgreSQL group commit failed");
-            end(open.conn, "ROLLBACK").await;
-        }
+    if let Err(e) = &outcome {
+        tracing::error!(error = %e, writes = open.members, "PostgreSQL group commit failed");
     }
     open.outcome.send_replace(Some(outcome));
 }
@@ -175,15 +173,36 @@ async fn fail(group: &mut Group, why: &str) {
     if let Some(open) = group.open.take() {
         tracing::error!(error = %why, writes = open.members, "PostgreSQL group rolled back");
         open.outcome.send_replace(Some(Err(why.to_owned())));
-        end(open.conn, "ROLLBACK").await;
+        let _ = open.conn.end("ROLLBACK".into()).await;
     }
 }
 
-/// Ends a connection's transaction with `sql` before it goes back to the pool; a connection that cannot say
-/// so is closed instead, so no one gets a connection inside someone else's transaction.
-async fn end(mut conn: PoolConnection<Postgres>, sql: &'static str) {
-    if sqlx::raw_sql(sql).execute(&mut *conn).await.is_err() {
-        conn.close_on_drop();
+/// A group's connection, inside its transaction. It goes back to the pool only once `end` ended that
+/// transaction; dropped before (an error, or a caller cancelled mid-statement) it is closed, and PostgreSQL rolls
+/// the transaction back: no one is ever handed a connection inside someone else's transaction.
+#[derive(Debug)]
+struct GroupConn(Option<PoolConnection<Postgres>>);
+
+impl GroupConn {
+    fn get(&mut self) -> &mut PgConnection {
+        self.0.as_mut().expect("held until ended")
+    }
+
+    /// Ends the transaction with `sql` (a commit or a rollback), then hands the connection back to the pool.
+    async fn end(mut self, sql: String) -> std::result::Result<(), sqlx::Error> {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(self.get())
+            .await?;
+        drop(self.0.take());
+        Ok(())
+    }
+}
+
+impl Drop for GroupConn {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.as_mut() {
+            conn.close_on_drop();
+        }
     }
 }
 
@@ -216,7 +235,7 @@ impl PgTx {
     /// The connection the group's statements run on.
     pub(crate) fn conn(&mut self) -> Result<&mut PgConnection> {
         let open = self.guard.as_mut().and_then(|g| g.open.as_mut());
-        Ok(&mut *open.ok_or(StoreError::Closed)?.conn)
+        Ok(open.ok_or(StoreError::Closed)?.conn.get())
     }
 
     /// Keeps this write in its group and waits until the group is committed.
