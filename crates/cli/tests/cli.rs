@@ -390,11 +390,27 @@ fn serve_starts_on_an_embedded_sqlite_file() {
 
 /// The real binary, killed with SIGKILL while an execution waits for a person, picks it up after a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_paused_execution_survives_sigkill() {
+async fn a_paused_execution_survives_sigkill_on_sqlite() {
     let dir = std::env::temp_dir().join(format!("paygent-crash-{}", uuid::Uuid::new_v4().simple()));
+    let db = format!("sqlite://{}/paygent.db?mode=rwc", dir.display());
+    a_paused_execution_survives_sigkill(&dir, &db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_execution_survives_sigkill_on_postgres() {
+    let dir = std::env::temp_dir().join(format!("paygent-crash-{}", uuid::Uuid::new_v4().simple()));
+    let db = paygent_testkit::create_postgres_database().await;
+    a_paused_execution_survives_sigkill(&dir, &db).await;
+    paygent_testkit::drop_postgres_database(&db).await;
+}
+
+async fn a_paused_execution_survives_sigkill(dir: &std::path::Path, db: &str) {
+    // On PostgreSQL other instances may be alive, so the dead one's lease on the execution must lapse first.
     let env = [
         ("PAYGENT_ADMIN_TOKEN", ADMIN_TOKEN),
         ("PAYGENT_DATA_DIR", dir.to_str().unwrap()),
+        ("DATABASE_URL", db),
+        ("PAYGENT_LEASE_SECONDS", "2"),
     ];
     let http = reqwest::Client::new();
     let call = |base: String, token: String, path: String, body: Option<serde_json::Value>| {

@@ -872,7 +872,18 @@ async fn x402_version_1_pays_through_the_reference_facilitator() {
 }
 
 #[tokio::test]
-async fn a_restart_between_signing_and_settling_pays_once() {
+async fn a_restart_between_signing_and_settling_pays_once_sqlite() {
+    a_restart_between_signing_and_settling_pays_once(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_restart_between_signing_and_settling_pays_once_postgres() {
+    a_restart_between_signing_and_settling_pays_once(Backend::Postgres).await;
+}
+
+/// A restart while an x402 settlement waits in the pool, while a signed transfer was dropped from the pool, and
+/// after another transaction took a signed transfer's nonce: each pays exactly once.
+async fn a_restart_between_signing_and_settling_pays_once(backend: Backend) {
     let Rig {
         chain,
         peer,
@@ -880,7 +891,7 @@ async fn a_restart_between_signing_and_settling_pays_once() {
         t,
         session,
         payee_before,
-    } = Rig::start(V2_NETWORK, Backend::Sqlite, "local").await;
+    } = Rig::start(V2_NETWORK, backend, "local").await;
 
     // An x402 payment whose settlement is stuck in the pool when Paygent dies.
     chain.automine(false).await;
