@@ -134,6 +134,22 @@ impl StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// How many groups of writes this process committed, and how many writes they held: their ratio is how much
+/// group commit saves.
+#[derive(Debug, Default)]
+pub(crate) struct Commits {
+    groups: std::sync::atomic::AtomicU64,
+    writes: std::sync::atomic::AtomicU64,
+}
+
+impl Commits {
+    pub(crate) fn add(&self, writes: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.groups.fetch_add(1, Relaxed);
+        self.writes.fetch_add(writes as u64, Relaxed);
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -215,6 +231,16 @@ impl Store {
             url: Arc::new(SecretString::from(url)),
             rules: policies::RulesCache::default(),
         })
+    }
+
+    /// The groups of writes committed by this process so far, and the writes in them.
+    pub fn commits(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let commits = match &self.engine {
+            Engine::Pg(pg) => &pg.commits,
+            Engine::Lite(lite) => &lite.commits,
+        };
+        (commits.groups.load(Relaxed), commits.writes.load(Relaxed))
     }
 
     pub fn backend(&self) -> Backend {

@@ -22,6 +22,7 @@ type Outcome = Option<std::result::Result<(), String>>;
 
 struct Writer {
     conn: Connection,
+    commits: Arc<crate::Commits>,
     batch: Option<Batch>,
     closed: bool,
 }
@@ -38,7 +39,8 @@ pub(crate) struct Lite {
     /// Set by `close`: reads are refused too, as a closed pool's are.
     closed: AtomicBool,
     /// Nudges the committer: a write ended and its batch waits.
-    commits: mpsc::Sender<()>,
+    nudges: mpsc::Sender<()>,
+    pub(crate) commits: Arc<crate::Commits>,
     acquire_timeout: Duration,
 }
 
@@ -68,8 +70,10 @@ fn open(path: &Path, writer: bool) -> rusqlite::Result<Connection> {
 impl Lite {
     /// Opens the database file (already created and migrated) and starts its committer thread.
     pub(crate) fn open(path: &Path, acquire_timeout: Duration) -> Result<Arc<Lite>> {
+        let commits = Arc::new(crate::Commits::default());
         let writer = Arc::new(tokio::sync::Mutex::new(Writer {
             conn: open(path, true)?,
+            commits: commits.clone(),
             batch: None,
             closed: false,
         }));
@@ -91,7 +95,8 @@ impl Lite {
             writer,
             readers: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
-            commits: tx,
+            nudges: tx,
+            commits,
             acquire_timeout,
         }))
     }
@@ -147,7 +152,7 @@ impl Lite {
 
     fn nudge(&self) {
         // The committer outlives every Lite; a send fails only during process teardown.
-        let _ = self.commits.send(());
+        let _ = self.nudges.send(());
     }
 }
 
@@ -165,8 +170,9 @@ fn commit(w: &mut Writer) {
             e.to_string()
         })
     };
-    if let Err(e) = &outcome {
-        tracing::error!(error = %e, writes = batch.members, "SQLite commit failed");
+    match &outcome {
+        Ok(()) => w.commits.add(batch.members),
+        Err(e) => tracing::error!(error = %e, writes = batch.members, "SQLite commit failed"),
     }
     batch.outcome.send_replace(Some(outcome));
 }

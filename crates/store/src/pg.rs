@@ -34,11 +34,13 @@ pub(crate) struct Pg {
     pub(crate) pool: PgPool,
     groups: Mutex<HashMap<Uuid, Weak<AsyncMutex<Group>>>>,
     acquire_timeout: Duration,
+    pub(crate) commits: Arc<crate::Commits>,
 }
 
 /// A tenant's writes in this process: its open transaction, if any.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Group {
+    commits: Arc<crate::Commits>,
     open: Option<Open>,
     /// A committer waits for the lock already.
     committer_queued: bool,
@@ -78,6 +80,7 @@ impl Pg {
             pool,
             groups: Mutex::new(HashMap::new()),
             acquire_timeout,
+            commits: Arc::default(),
         })
     }
 
@@ -90,7 +93,11 @@ impl Pg {
         if groups.len() >= REMEMBERED {
             groups.retain(|_, g| g.strong_count() > 0);
         }
-        let group = Arc::new(AsyncMutex::new(Group::default()));
+        let group = Arc::new(AsyncMutex::new(Group {
+            commits: self.commits.clone(),
+            open: None,
+            committer_queued: false,
+        }));
         groups.insert(tenant_id, Arc::downgrade(&group));
         group
     }
@@ -162,8 +169,11 @@ async fn commit(group: &mut Group) {
         .end(format!("{}COMMIT", open.left.settle()))
         .await
         .map_err(|e| e.to_string());
-    if let Err(e) = &outcome {
-        tracing::error!(error = %e, writes = open.members, "PostgreSQL group commit failed");
+    match &outcome {
+        Ok(()) => group.commits.add(open.members),
+        Err(e) => {
+            tracing::error!(error = %e, writes = open.members, "PostgreSQL group commit failed")
+        }
     }
     open.outcome.send_replace(Some(outcome));
 }

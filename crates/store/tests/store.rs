@@ -65,6 +65,17 @@ impl PgDatabase {
     }
 }
 
+/// Asserts that `writes` writes were committed since `before` (a reading of `Store::commits`), in fewer commits.
+fn shared_commits(store: &Store, before: (u64, u64), writes: usize) {
+    let (groups, written) = store.commits();
+    let (groups, written) = (groups - before.0, written - before.1);
+    assert_eq!(written, writes as u64, "every write counted once");
+    assert!(
+        groups < written,
+        "{written} writes in {groups} commits: none shared one"
+    );
+}
+
 async fn with_tenant(url: &str) -> (Store, Uuid) {
     let store = Store::connect(url, &StoreOptions::default())
         .await
@@ -95,6 +106,7 @@ async fn chain(store: &Store, tenant: Uuid) -> Vec<AuditEntry> {
 async fn concurrent_writes_on_sqlite_all_commit_and_survive_a_reopen() {
     let (url, _dir) = sqlite_url();
     let (store, tenant) = with_tenant(&url).await;
+    let before = store.commits();
     let writes = 300;
     let tasks: Vec<_> = (0..writes)
         .map(|i| {
@@ -117,6 +129,7 @@ async fn concurrent_writes_on_sqlite_all_commit_and_survive_a_reopen() {
     for t in tasks {
         assert_eq!(t.await.unwrap().expect("committed").len(), 1);
     }
+    shared_commits(&store, before, writes);
     // Every write that answered is visible to readers at once, in one unbroken chain.
     assert_eq!(chain(&store, tenant).await.len(), writes);
     store.close().await;
@@ -359,6 +372,7 @@ async fn concurrent_writes_on_postgres_commit_in_groups_and_keep_one_chain() {
     let (url, db) = PgDatabase::create().await;
     let (store, tenant) = with_tenant(&url).await;
     let store = Arc::new(store);
+    let before = store.commits();
     let writes = 100;
     let tasks: Vec<_> = (0..writes)
         .map(|i| {
@@ -385,6 +399,7 @@ async fn concurrent_writes_on_postgres_commit_in_groups_and_keep_one_chain() {
     for t in tasks {
         transactions.push(t.await.unwrap().expect("committed"));
     }
+    shared_commits(&store, before, writes);
     transactions.sort();
     transactions.dedup();
     assert!(
