@@ -134,6 +134,23 @@ impl StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// How a group of writes ended, for the writes in it: `None` while open.
+pub(crate) type Outcome = Option<std::result::Result<(), String>>;
+
+/// Waits until the group a write joined has ended: `Ok` once it is durable. `lost` says why, should the group
+/// vanish without an outcome.
+pub(crate) async fn durable(
+    mut outcome: tokio::sync::watch::Receiver<Outcome>,
+    lost: &str,
+) -> Result<()> {
+    let done = outcome
+        .wait_for(Option::is_some)
+        .await
+        .map_err(|_| StoreError::Commit(lost.to_owned()))?
+        .clone();
+    done.expect("waited for").map_err(StoreError::Commit)
+}
+
 /// How many groups of writes this process committed, and how many writes they held: their ratio is how much
 /// group commit saves.
 #[derive(Debug, Default)]

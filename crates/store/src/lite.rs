@@ -6,7 +6,7 @@
 //! A write transaction's `commit` returns only once its batch is on disk, so "answered" still means "durable";
 //! a failed batch fails every write in it, none half-written.
 
-use crate::{Result, StoreError};
+use crate::{Outcome, Result, StoreError};
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,9 +16,6 @@ use tokio::sync::{OwnedMutexGuard, watch};
 
 /// Writes grouped in one commit at most; more wait for the next.
 const MAX_BATCH: usize = 256;
-
-/// How a batch ended, for the writes in it: `None` while open.
-type Outcome = Option<std::result::Result<(), String>>;
 
 struct Writer {
     conn: Connection,
@@ -206,7 +203,7 @@ impl LiteTx {
             return Err(e.into());
         }
         batch.members += 1;
-        let mut outcome = batch.outcome.subscribe();
+        let outcome = batch.outcome.subscribe();
         let full = batch.members >= MAX_BATCH;
         if full {
             commit(&mut w);
@@ -215,12 +212,7 @@ impl LiteTx {
         if !full {
             self.lite.nudge();
         }
-        let done = outcome
-            .wait_for(Option::is_some)
-            .await
-            .map_err(|_| StoreError::Commit("the commit thread stopped".into()))?
-            .clone();
-        done.expect("waited for").map_err(StoreError::Commit)
+        crate::durable(outcome, "the commit thread stopped").await
     }
 }
 

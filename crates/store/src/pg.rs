@@ -10,7 +10,7 @@
 //! durable, and a failed group fails every write in it, none half-written. Other instances still serialize on
 //! the row lock, now once per group.
 
-use crate::{Result, StoreError};
+use crate::{Outcome, Result, StoreError};
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres};
 use std::collections::HashMap;
@@ -24,9 +24,6 @@ const MAX_GROUP: usize = 64;
 
 /// Past this many remembered tenants, those no writer holds any more are forgotten.
 const REMEMBERED: usize = 1024;
-
-/// How a group ended, for the writes in it: `None` while open.
-type Outcome = Option<std::result::Result<(), String>>;
 
 /// The pool, and the groups of the tenants being written to.
 #[derive(Debug)]
@@ -58,7 +55,6 @@ struct Open {
 /// The last write's savepoint, still to be released (it committed) or rolled back (it was dropped).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Left {
-    Nothing,
     Kept,
     Undone,
 }
@@ -67,7 +63,6 @@ impl Left {
     /// The statements that settle the last write's savepoint.
     fn settle(self) -> &'static str {
         match self {
-            Left::Nothing => "",
             Left::Kept => "RELEASE SAVEPOINT paygent_tx; ",
             Left::Undone => "ROLLBACK TO SAVEPOINT paygent_tx; RELEASE SAVEPOINT paygent_tx; ",
         }
@@ -146,7 +141,7 @@ impl Pg {
             conn,
             members: 0,
             outcome: watch::channel(None).0,
-            left: Left::Nothing,
+            left: Left::Undone,
         });
         Ok(())
     }
@@ -256,19 +251,14 @@ impl PgTx {
         };
         open.left = Left::Kept;
         open.members += 1;
-        let mut outcome = open.outcome.subscribe();
+        let outcome = open.outcome.subscribe();
         if open.members >= MAX_GROUP {
             commit(&mut state).await;
         } else {
             queue_committer(&self.group, &mut state);
         }
         drop(state);
-        let done = outcome
-            .wait_for(Option::is_some)
-            .await
-            .map_err(|_| StoreError::Commit("the group's transaction was dropped".into()))?
-            .clone();
-        done.expect("waited for").map_err(StoreError::Commit)
+        crate::durable(outcome, "the group's transaction was dropped").await
     }
 }
 
