@@ -138,18 +138,22 @@ pub(crate) async fn freeze(
 const PRUNE_BATCH: i64 = 10_000;
 
 impl Paygent {
-    /// Deletes the breaker's marks older than any window reaches, a batch per statement; returns how many.
+    /// Deletes the breaker's marks older than any window reaches, walking the scopes that have marks, a batch
+    /// per statement; returns how many.
     pub async fn prune_marks(&self) -> Result<u64> {
         let longest = Duration::seconds(MAX_WINDOW_SECONDS.into());
         let before = self.now() - longest - Duration::hours(1);
-        let mut pruned = 0;
-        loop {
-            let n = velocity::prune(&self.store, before, PRUNE_BATCH).await?;
+        let (mut after, mut pruned) = (String::new(), 0);
+        while let Some((scope, n)) =
+            velocity::prune(&self.store, &after, before, PRUNE_BATCH).await?
+        {
             pruned += n;
+            // A full batch may have left more of the scope's old marks: it is visited again.
             if n < PRUNE_BATCH as u64 {
-                return Ok(pruned);
+                after = scope;
             }
         }
+        Ok(pruned)
     }
 
     /// Unfreezes a frozen session (approvers and admins, never the key whose payment tripped it): its payments

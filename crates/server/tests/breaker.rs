@@ -375,7 +375,7 @@ async fn a_frozen_session_decides_but_executes_nothing(backend: Backend) {
 }
 
 /// A window counts only its own time: payments a minute old no longer count against a per-minute rule. Marks
-/// older than any window are pruned, and counting goes on right after.
+/// older than any window are pruned, scope by scope, younger ones kept, and counting goes on right after.
 async fn a_window_slides_and_old_marks_are_pruned(backend: Backend) {
     let s = TestServer::start(backend).await;
     let t = s.team(ADMIN_TOKEN).await;
@@ -396,8 +396,17 @@ async fn a_window_slides_and_old_marks_are_pruned(backend: Backend) {
     }
     assert_eq!(s.count("velocity_marks").await, 4);
     s.clock.advance(chrono::Duration::days(2));
+    let young = s.session(&t.agent, json!({})).await;
+    assert_eq!(
+        s.pay(&t.agent, young, "1", "USDC").await.1["status"],
+        "authorized"
+    );
     assert_eq!(s.paygent.prune_marks().await.unwrap(), 4);
-    assert_eq!(s.count("velocity_marks").await, 0);
+    assert_eq!(
+        s.count("velocity_marks").await,
+        1,
+        "another scope's young mark stays"
+    );
     two_then_tripped(&s, &t.agent, session).await;
     s.finish().await;
 }

@@ -70,33 +70,33 @@ pub enum Value {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row(Vec<Value>);
 
-/// A Rust type a column converts into.
+/// A Rust type a column converts into; a value of another type is handed back, to be shown in the error.
 pub trait FromValue: Sized {
-    fn from_value(v: Value) -> Option<Self>;
+    fn from_value(v: Value) -> std::result::Result<Self, Value>;
 }
 
 impl FromValue for i64 {
-    fn from_value(v: Value) -> Option<Self> {
+    fn from_value(v: Value) -> std::result::Result<Self, Value> {
         match v {
-            Value::Int(i) => Some(i),
-            _ => None,
+            Value::Int(i) => Ok(i),
+            other => Err(other),
         }
     }
 }
 
 impl FromValue for String {
-    fn from_value(v: Value) -> Option<Self> {
+    fn from_value(v: Value) -> std::result::Result<Self, Value> {
         match v {
-            Value::Text(s) => Some(s),
-            _ => None,
+            Value::Text(s) => Ok(s),
+            other => Err(other),
         }
     }
 }
 
 impl<T: FromValue> FromValue for Option<T> {
-    fn from_value(v: Value) -> Option<Self> {
+    fn from_value(v: Value) -> std::result::Result<Self, Value> {
         match v {
-            Value::Null => Some(None),
+            Value::Null => Ok(None),
             v => T::from_value(v).map(Some),
         }
     }
@@ -135,10 +135,9 @@ impl Columns {
 }
 
 fn convert<T: FromValue>(i: usize, v: Value) -> Result<T> {
-    let shown = format!("{v:?}");
-    T::from_value(v).ok_or_else(|| {
+    T::from_value(v).map_err(|shown| {
         StoreError::Corrupt(format!(
-            "column {i} holds {shown}, not a {}",
+            "column {i} holds {shown:?}, not a {}",
             std::any::type_name::<T>()
         ))
     })

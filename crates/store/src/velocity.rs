@@ -15,7 +15,7 @@ fn mark(row: &crate::Row) -> Result<Mark> {
 }
 
 /// Each window's first mark after its time (none when the window is empty) and its scope's last mark, in one
-/// statement of two index lookups per window, whatever the number of payments in them.
+/// statement of two lookups of the key (scope, time, place) per window, whatever the number of payments in them.
 pub async fn windows(
     tx: &mut WriteTx,
     wanted: &[(String, DateTime<Utc>)],
@@ -32,7 +32,7 @@ pub async fn windows(
                 "SELECT * FROM (SELECT CAST({i} AS BIGINT) AS w, CAST(0 AS BIGINT) AS side, {columns} = ${scope} \
                  AND at > ${after} ORDER BY at, seq LIMIT 1) f{i} UNION ALL \
                  SELECT * FROM (SELECT CAST({i} AS BIGINT) AS w, CAST(1 AS BIGINT) AS side, {columns} = ${scope} \
-                 ORDER BY seq DESC LIMIT 1) l{i}"
+                 ORDER BY at DESC, seq DESC LIMIT 1) l{i}"
             )
         })
         .collect::<Vec<_>>()
@@ -79,14 +79,30 @@ pub async fn leave(tx: &mut WriteTx, marks: &[(String, Mark)]) -> Result<()> {
     Ok(())
 }
 
-/// Deletes up to `limit` marks from before `before` (older than any window reaches); returns how many.
-pub async fn prune(store: &crate::Store, before: DateTime<Utc>, limit: i64) -> Result<u64> {
-    query(
-        "DELETE FROM velocity_marks WHERE (tenant_id, scope, seq) IN \
-         (SELECT tenant_id, scope, seq FROM velocity_marks WHERE at < $1 LIMIT $2)",
+/// Deletes up to `limit` marks of the scope after `after` (in key order, the first scope when `after` is
+/// empty) from before `before`; returns that scope, or none when no scope follows, and how many marks went.
+/// Pruning walks the scopes by the key (scope, time, place), so no index by age costs every mark a write.
+pub async fn prune(
+    store: &crate::Store,
+    after: &str,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<Option<(String, u64)>> {
+    let next = query("SELECT scope FROM velocity_marks WHERE scope > $1 ORDER BY scope LIMIT 1")
+        .bind(after.to_owned())
+        .fetch_all(store.reader())
+        .await?;
+    let Some(scope) = next.first().map(|row| row.get::<String>(0)).transpose()? else {
+        return Ok(None);
+    };
+    let pruned = query(
+        "DELETE FROM velocity_marks WHERE (scope, at, seq) IN \
+         (SELECT scope, at, seq FROM velocity_marks WHERE scope = $1 AND at < $2 ORDER BY at LIMIT $3)",
     )
+    .bind(scope.clone())
     .bind(paygent_domain::time::format(before))
     .bind(limit)
     .execute(store.writer())
-    .await
+    .await?;
+    Ok(Some((scope, pruned)))
 }

@@ -441,3 +441,111 @@ async fn bad_urls_are_named_and_passwords_never_print() {
     assert!(!format!("{store:?}").contains("hunter2"));
     store.close().await;
 }
+
+/// Migrates a fresh database at `url` up to, not including, migration `version`: the schema an older release
+/// left behind.
+async fn migrated_before(url: &str, version: i64) -> TempDir {
+    let dir = std::env::temp_dir().join(format!("paygent-migrations-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    for entry in std::fs::read_dir(source).expect("migrations") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().and_then(|n| n.to_str()).expect("a name");
+        let number: i64 = name[..4].parse().expect("a numbered migration");
+        if number < version {
+            std::fs::copy(&path, dir.join(name)).expect("copied");
+        }
+    }
+    let older = sqlx::migrate::Migrator::new(dir.clone())
+        .await
+        .expect("older migrations");
+    if url.starts_with("postgres") {
+        let mut conn = sqlx::PgConnection::connect(url).await.expect("connects");
+        older.run(&mut conn).await.expect("older migrations run");
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(url)
+            .await
+            .expect("connects");
+        older.run(&mut conn).await.expect("older migrations run");
+    }
+    TempDir(dir)
+}
+
+/// Runs `sql` on the database at `url`, outside the store: an older release's rows.
+async fn execute_outside(url: &str, sql: String) {
+    let sql = sqlx::AssertSqlSafe(sql);
+    let done = if url.starts_with("postgres") {
+        let mut conn = sqlx::PgConnection::connect(url).await.expect("connects");
+        sqlx::query(sql).execute(&mut conn).await.map(|_| ())
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(url)
+            .await
+            .expect("connects");
+        sqlx::query(sql).execute(&mut conn).await.map(|_| ())
+    };
+    done.expect("an older release's rows");
+}
+
+/// The breaker's marks change their key (migration 27): marks left before the upgrade are all there after it,
+/// so no window starts again at an upgrade.
+async fn marks_survive_the_change_of_their_key(url: &str) {
+    let _older = migrated_before(url, 27).await;
+    let tenant = "00000000-0000-0000-0000-0000000000aa";
+    let statements = [
+        format!(
+            "INSERT INTO tenants (id, name, created_at) VALUES ('{tenant}', 't', '2026-12-01T00:00:00Z')"
+        ),
+        format!(
+            "INSERT INTO velocity_marks (tenant_id, scope, seq, at, usd_total, usd) VALUES \
+             ('{tenant}', 'session:a', 1, '2026-12-01T10:00:00.000000Z', '1', '1'), \
+             ('{tenant}', 'session:a', 2, '2026-12-01T10:00:05.000000Z', '3.5', '2.5'), \
+             ('{tenant}', 'key:b', 1, '2026-12-01T10:00:05.000000Z', '2.5', '2.5')"
+        ),
+    ];
+    for sql in statements {
+        execute_outside(url, sql).await;
+    }
+    let store = Store::connect(url, &StoreOptions::default())
+        .await
+        .expect("the upgrade runs");
+    let rows = query("SELECT scope, seq, at, usd_total, usd, tenant_id FROM velocity_marks ORDER BY scope, at, seq")
+        .fetch_all(store.reader())
+        .await
+        .expect("read");
+    let found: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let text = |i| r.get::<String>(i).expect("text");
+            let seq = r.get::<i64>(1).expect("seq");
+            format!(
+                "{} {seq} {} {} {} {}",
+                text(0),
+                text(2),
+                text(3),
+                text(4),
+                text(5)
+            )
+        })
+        .collect();
+    assert_eq!(
+        found,
+        [
+            format!("key:b 1 2026-12-01T10:00:05.000000Z 2.5 2.5 {tenant}"),
+            format!("session:a 1 2026-12-01T10:00:00.000000Z 1 1 {tenant}"),
+            format!("session:a 2 2026-12-01T10:00:05.000000Z 3.5 2.5 {tenant}"),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn marks_survive_the_change_of_their_key_on_sqlite() {
+    let (url, _dir) = sqlite_url();
+    marks_survive_the_change_of_their_key(&url).await;
+}
+
+#[tokio::test]
+async fn marks_survive_the_change_of_their_key_on_postgres() {
+    let (url, db) = PgDatabase::create().await;
+    marks_survive_the_change_of_their_key(&url).await;
+    db.drop().await;
+}
