@@ -9,6 +9,13 @@ use paygent_testkit::mcp::{McpClient, tool_result};
 use serde_json::{Value, json};
 use support::*;
 
+paygent_testkit::on_both_databases!(
+    an_x402_amount_is_a_maximum_and_the_price_is_paid,
+    a_refused_payment_answers_at_once_and_ends_when_its_window_closes,
+    a_restart_between_signing_and_settling_pays_once,
+    a_stop_lets_a_sent_transfer_land_and_signs_nothing_after_it,
+);
+
 const V2_NETWORK: u64 = 338;
 
 /// What moved between the payer and the payee since `before`, in units; it must be the same both ways.
@@ -432,16 +439,6 @@ async fn a_lagging_chain_takes_the_authorization_and_its_clock_decides_expiry() 
     rig.s.finish().await;
 }
 
-#[tokio::test]
-async fn an_x402_amount_is_a_maximum_and_the_price_is_paid_sqlite() {
-    an_x402_amount_is_a_maximum_and_the_price_is_paid(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn an_x402_amount_is_a_maximum_and_the_price_is_paid_postgres() {
-    an_x402_amount_is_a_maximum_and_the_price_is_paid(Backend::Postgres).await;
-}
-
 /// `POST /payments` to an x402 URL: the amount is the most the agent would pay. The guard decides on the price
 /// the service asks, a price above the maximum is refused before anything is signed, a person approves the
 /// price, and the rail pays what it asks at pay time only up to what was approved.
@@ -613,16 +610,6 @@ async fn an_x402_amount_is_a_maximum_and_the_price_is_paid(backend: Backend) {
         "{denied}"
     );
     rig.s.finish().await;
-}
-
-#[tokio::test]
-async fn a_refused_payment_answers_at_once_and_ends_when_its_window_closes_sqlite() {
-    a_refused_payment_answers_at_once_and_ends_when_its_window_closes(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn a_refused_payment_answers_at_once_and_ends_when_its_window_closes_postgres() {
-    a_refused_payment_answers_at_once_and_ends_when_its_window_closes(Backend::Postgres).await;
 }
 
 /// A service that refuses the payment it is sent: `POST /payments` answers at once with the refusal (the
@@ -869,16 +856,6 @@ async fn x402_version_1_pays_through_the_reference_facilitator() {
     );
     assert_eq!(moved(&chain, payee_before).await, 250_000);
     s.finish().await;
-}
-
-#[tokio::test]
-async fn a_restart_between_signing_and_settling_pays_once_sqlite() {
-    a_restart_between_signing_and_settling_pays_once(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn a_restart_between_signing_and_settling_pays_once_postgres() {
-    a_restart_between_signing_and_settling_pays_once(Backend::Postgres).await;
 }
 
 /// A restart while an x402 settlement waits in the pool, while a signed transfer was dropped from the pool, and
@@ -1338,5 +1315,107 @@ async fn an_mcp_client_pays_for_a_resource_with_paid_fetch() {
     assert!(!failed, "{balance}");
     assert_eq!(balance["balances"][0]["amount"], "999.9", "{balance}");
     client.close().await;
+    s.finish().await;
+}
+
+/// The emergency stop, then a session kill, each while an execution's first transfer waits for its receipt: the
+/// transfer already sent may land, and is recorded as executed (its reservation spent, the audit trail saying so
+/// after the stop); the execution is cancelled and its second transfer is never signed.
+async fn a_stop_lets_a_sent_transfer_land_and_signs_nothing_after_it(backend: Backend) {
+    let chain = LocalChain::start(V2_NETWORK).await;
+    let s = chain.paygent(backend, "local").await;
+    let t = team(&s).await;
+    let payee_before = chain.balance(payee()).await;
+    for (round, stop) in ["kill_switch.engaged", "session.killed"]
+        .into_iter()
+        .enumerate()
+    {
+        let session = wallet_session(&s, &t, json!({})).await;
+        chain.automine(false).await;
+        let to = payee().to_string();
+        let steps = json!([
+            {"tool": "transfer", "args": {"to": to, "amount": "2", "currency": "USDC"}},
+            {"tool": "transfer", "args": {"to": to, "amount": "3", "currency": "USDC"}},
+        ]);
+        let id = s.execute(&t.agent, &session, steps).await["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        let signed = format!(
+            "SELECT COUNT(*) FROM payment_attempts a JOIN payments p ON p.id = a.payment_id \
+             WHERE p.session_id = '{session}' AND a.tx_hash IS NOT NULL"
+        );
+        let read = || async { json!(s.scalar(&signed).await) };
+        paygent_testkit::poll_until(std::time::Duration::from_secs(30), read, |n| *n == json!(1))
+            .await;
+        let (status, body) = match stop {
+            "kill_switch.engaged" => {
+                let engage = json!({"engaged": true, "reason": "drill"});
+                s.post(&t.admin, "/kill-switch", engage).await
+            }
+            _ => {
+                let path = format!("/sessions/{session}/kill");
+                s.post(&t.approver, &path, json!({"reason": "drill"})).await
+            }
+        };
+        assert_eq!(status, 200, "{body}");
+        let done = wait_for(&s, &t.agent, &id, ended).await;
+        assert_eq!(done["status"], "cancelled", "{done}");
+        chain.automine(true).await;
+
+        let path = format!("/payments?session_id={session}");
+        let read = || async { s.get(&t.agent, &path).await.1 };
+        let executed = |p: &Value| p[0]["status"] == "executed";
+        let paid =
+            paygent_testkit::poll_until(std::time::Duration::from_secs(30), read, executed).await;
+        let items = paid.as_array().expect("a list");
+        assert_eq!(
+            items.len(),
+            1,
+            "the second transfer was never asked for: {paid}"
+        );
+        assert_eq!(items[0]["amount"], "2", "{paid}");
+        assert_eq!(s.scalar(&signed).await, 1, "nothing else was signed");
+        let landed = 2_000_000 * (round as u64 + 1);
+        assert_eq!(
+            moved(&chain, payee_before).await,
+            landed,
+            "the sent transfer landed, once"
+        );
+        let (_, budget) = s
+            .get(&t.agent, &format!("/sessions/{session}/budget"))
+            .await;
+        let usdc = &budget["currencies"]["USDC"];
+        assert_eq!(
+            (&usdc["spent"], &usdc["reserved"]),
+            (&json!("2"), &json!("0")),
+            "{budget}"
+        );
+
+        let (_, audit) = s.get(&t.admin, "/audit?limit=1000").await;
+        let entries = audit["entries"].as_array().expect("entries");
+        let seq = |action: &str, subject: &str| {
+            entries
+                .iter()
+                .filter(|e| {
+                    e["action"] == action
+                        && e["subject"].as_str().is_some_and(|s| s.ends_with(subject))
+                })
+                .map(|e| e["seq"].as_i64().expect("seq"))
+                .next_back()
+        };
+        let payment = items[0]["id"].as_str().expect("id");
+        let stopped =
+            seq(stop, if round == 0 { "tenant" } else { &session }).expect("the stop is audited");
+        let landed_at = seq("payment.executed", payment).expect("the landing is audited");
+        assert!(
+            stopped < landed_at,
+            "the trail has the landing after the stop: {audit}"
+        );
+        if round == 0 {
+            let release = json!({"engaged": false});
+            assert_eq!(s.post(&t.admin, "/kill-switch", release).await.0, 200);
+        }
+    }
     s.finish().await;
 }
