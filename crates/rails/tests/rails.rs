@@ -13,7 +13,7 @@ paygent_testkit::on_both_databases!(
     an_x402_amount_is_a_maximum_and_the_price_is_paid,
     a_refused_payment_answers_at_once_and_ends_when_its_window_closes,
     a_restart_between_signing_and_settling_pays_once,
-    a_stop_lets_a_sent_transfer_land_and_signs_nothing_after_it,
+    a_stop_lets_money_already_sent_land_and_signs_nothing_after_it,
 );
 
 const V2_NETWORK: u64 = 338;
@@ -1318,48 +1318,39 @@ async fn an_mcp_client_pays_for_a_resource_with_paid_fetch() {
     s.finish().await;
 }
 
-/// The emergency stop, then a session kill, each while an execution's first transfer waits for its receipt: the
-/// transfer already sent may land, and is recorded as executed (its reservation spent, the audit trail saying so
-/// after the stop); the execution is cancelled and its second transfer is never signed.
-async fn a_stop_lets_a_sent_transfer_land_and_signs_nothing_after_it(backend: Backend) {
-    let chain = LocalChain::start(V2_NETWORK).await;
-    let s = chain.paygent(backend, "local").await;
-    let t = team(&s).await;
-    let payee_before = chain.balance(payee()).await;
-    for (round, stop) in ["kill_switch.engaged", "session.killed"]
-        .into_iter()
-        .enumerate()
-    {
-        let session = wallet_session(&s, &t, json!({})).await;
+/// The emergency stop and a session kill, each while an execution's first payment is on its way: a transfer
+/// waiting for its receipt, or an x402 payment signed and waiting for the service's answer (its facilitator's
+/// settlement unmined). What was sent lands once and is recorded as executed, its reservation spent, the audit
+/// trail saying so after the stop; the execution is cancelled and its second transfer is never signed.
+async fn a_stop_lets_money_already_sent_land_and_signs_nothing_after_it(backend: Backend) {
+    let rig = Rig::start(V2_NETWORK, backend, "local").await;
+    let (chain, s, t) = (&rig.chain, &rig.s, &rig.t);
+    let to = payee().to_string();
+    let transfer =
+        json!({"tool": "transfer", "args": {"to": to, "amount": "2", "currency": "USDC"}});
+    let x402 = json!({"tool": "x402_payment", "args": {"url": rig.peer.url("/v2/cheap"), "max_amount": "1"}});
+    let mut landed = 0;
+    for (stop, first, (price, units)) in [
+        ("kill_switch.engaged", &transfer, ("2", 2_000_000)),
+        ("session.killed", &transfer, ("2", 2_000_000)),
+        ("kill_switch.engaged", &x402, ("0.1", 100_000)),
+        ("session.killed", &x402, ("0.1", 100_000)),
+    ] {
+        let session = wallet_session(s, t, json!({})).await;
         chain.automine(false).await;
-        let to = payee().to_string();
-        let steps = json!([
-            {"tool": "transfer", "args": {"to": to, "amount": "2", "currency": "USDC"}},
-            {"tool": "transfer", "args": {"to": to, "amount": "3", "currency": "USDC"}},
-        ]);
-        let id = s.execute(&t.agent, &session, steps).await["id"]
-            .as_str()
-            .expect("id")
-            .to_owned();
+        let then =
+            json!({"tool": "transfer", "args": {"to": to, "amount": "3", "currency": "USDC"}});
+        let started = s.execute(&t.agent, &session, json!([first, then])).await;
+        let id = started["id"].as_str().expect("id");
         let signed = format!(
             "SELECT COUNT(*) FROM payment_attempts a JOIN payments p ON p.id = a.payment_id \
-             WHERE p.session_id = '{session}' AND a.tx_hash IS NOT NULL"
+             WHERE p.session_id = '{session}'"
         );
         let read = || async { json!(s.scalar(&signed).await) };
         paygent_testkit::poll_until(std::time::Duration::from_secs(30), read, |n| *n == json!(1))
             .await;
-        let (status, body) = match stop {
-            "kill_switch.engaged" => {
-                let engage = json!({"engaged": true, "reason": "drill"});
-                s.post(&t.admin, "/kill-switch", engage).await
-            }
-            _ => {
-                let path = format!("/sessions/{session}/kill");
-                s.post(&t.approver, &path, json!({"reason": "drill"})).await
-            }
-        };
-        assert_eq!(status, 200, "{body}");
-        let done = wait_for(&s, &t.agent, &id, ended).await;
+        let subject = stop_now(s, t, stop, &session).await;
+        let done = wait_for(s, &t.agent, id, ended).await;
         assert_eq!(done["status"], "cancelled", "{done}");
         chain.automine(true).await;
 
@@ -1374,13 +1365,13 @@ async fn a_stop_lets_a_sent_transfer_land_and_signs_nothing_after_it(backend: Ba
             1,
             "the second transfer was never asked for: {paid}"
         );
-        assert_eq!(items[0]["amount"], "2", "{paid}");
+        assert_eq!(items[0]["amount"], price, "{paid}");
         assert_eq!(s.scalar(&signed).await, 1, "nothing else was signed");
-        let landed = 2_000_000 * (round as u64 + 1);
+        landed += units;
         assert_eq!(
-            moved(&chain, payee_before).await,
+            moved(chain, rig.payee_before).await,
             landed,
-            "the sent transfer landed, once"
+            "what was sent landed, once"
         );
         let (_, budget) = s
             .get(&t.agent, &format!("/sessions/{session}/budget"))
@@ -1388,34 +1379,65 @@ async fn a_stop_lets_a_sent_transfer_land_and_signs_nothing_after_it(backend: Ba
         let usdc = &budget["currencies"]["USDC"];
         assert_eq!(
             (&usdc["spent"], &usdc["reserved"]),
-            (&json!("2"), &json!("0")),
+            (&json!(price), &json!("0")),
             "{budget}"
         );
-
-        let (_, audit) = s.get(&t.admin, "/audit?limit=1000").await;
-        let entries = audit["entries"].as_array().expect("entries");
-        let seq = |action: &str, subject: &str| {
-            entries
-                .iter()
-                .filter(|e| {
-                    e["action"] == action
-                        && e["subject"].as_str().is_some_and(|s| s.ends_with(subject))
-                })
-                .map(|e| e["seq"].as_i64().expect("seq"))
-                .next_back()
-        };
         let payment = items[0]["id"].as_str().expect("id");
-        let stopped =
-            seq(stop, if round == 0 { "tenant" } else { &session }).expect("the stop is audited");
-        let landed_at = seq("payment.executed", payment).expect("the landing is audited");
-        assert!(
-            stopped < landed_at,
-            "the trail has the landing after the stop: {audit}"
-        );
-        if round == 0 {
+        assert_landed_after(s, t, (stop, &subject), payment).await;
+        if stop == "kill_switch.engaged" {
             let release = json!({"engaged": false});
             assert_eq!(s.post(&t.admin, "/kill-switch", release).await.0, 200);
         }
     }
-    s.finish().await;
+    rig.s.finish().await;
+}
+
+/// Engages the emergency stop (`kill_switch.engaged`) or kills `session` (`session.killed`); returns the subject
+/// its audit entry names.
+async fn stop_now(
+    s: &paygent_testkit::TestServer,
+    t: &paygent_testkit::Team,
+    stop: &str,
+    session: &str,
+) -> String {
+    let (status, body, subject) = match stop {
+        "kill_switch.engaged" => {
+            let engage = json!({"engaged": true, "reason": "drill"});
+            let (status, body) = s.post(&t.admin, "/kill-switch", engage).await;
+            (status, body, "tenant".to_owned())
+        }
+        _ => {
+            let path = format!("/sessions/{session}/kill");
+            let (status, body) = s.post(&t.approver, &path, json!({"reason": "drill"})).await;
+            (status, body, format!("session:{session}"))
+        }
+    };
+    assert_eq!(status, 200, "{body}");
+    subject
+}
+
+/// The audit trail has `payment` executed after the stop's entry (`action` on `subject`).
+async fn assert_landed_after(
+    s: &paygent_testkit::TestServer,
+    t: &paygent_testkit::Team,
+    (action, subject): (&str, &str),
+    payment: &str,
+) {
+    let (_, audit) = s.get(&t.admin, "/audit?limit=1000").await;
+    let last = |action: &str, subject: &str| {
+        audit["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .filter(|e| e["action"] == action && e["subject"] == subject)
+            .filter_map(|e| e["seq"].as_i64())
+            .next_back()
+    };
+    let stopped = last(action, subject).expect("the stop is audited");
+    let paid =
+        last("payment.executed", &format!("payment:{payment}")).expect("the landing is audited");
+    assert!(
+        stopped < paid,
+        "the trail has the landing after the stop: {audit}"
+    );
 }
