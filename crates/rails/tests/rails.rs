@@ -14,6 +14,7 @@ paygent_testkit::on_both_databases!(
     a_refused_payment_answers_at_once_and_ends_when_its_window_closes,
     a_restart_between_signing_and_settling_pays_once,
     a_stop_lets_money_already_sent_land_and_signs_nothing_after_it,
+    a_stop_between_the_guard_and_the_rail_sends_nothing,
 );
 
 const V2_NETWORK: u64 = 338;
@@ -1384,6 +1385,71 @@ async fn a_stop_lets_money_already_sent_land_and_signs_nothing_after_it(backend:
         );
         let payment = items[0]["id"].as_str().expect("id");
         assert_landed_after(s, t, (stop, &subject), payment).await;
+        if stop == "kill_switch.engaged" {
+            let release = json!({"engaged": false});
+            assert_eq!(s.post(&t.admin, "/kill-switch", release).await.0, 200);
+        }
+    }
+    rig.s.finish().await;
+}
+
+/// The emergency stop, then a session kill, each after the guard allowed an x402 payment and while the rail asks
+/// the service its price again (that request held by a proxy until the stop has committed): the rail's check
+/// before it sends refuses, so nothing is sent, nothing moves and nothing stays reserved.
+async fn a_stop_between_the_guard_and_the_rail_sends_nothing(backend: Backend) {
+    let rig = Rig::start(V2_NETWORK, backend, "local").await;
+    let (s, t) = (&rig.s, &rig.t);
+    for stop in ["kill_switch.engaged", "session.killed"] {
+        // The guard asks the price first; the rail's asking again is the second request.
+        let proxy = paygent_testkit::proxy::GatedProxy::start(&rig.peer.url(""), 2).await;
+        let session = wallet_session(s, t, json!({})).await;
+        let body = json!({"session_id": session, "amount": "1", "currency": "USDC",
+            "recipient": format!("{}/v2/cheap", proxy.base)});
+        let paying = tokio::spawn(
+            reqwest::Client::new()
+                .post(s.url("/payments"))
+                .bearer_auth(&t.agent)
+                .json(&body)
+                .send(),
+        );
+        proxy.held().await;
+        stop_now(s, t, stop, &session).await;
+        proxy.open();
+        let answer = paying.await.expect("joined").expect("answered");
+        let paid: Value = answer.json().await.expect("json");
+        assert_eq!(paid["status"], "failed", "{paid}");
+        assert!(
+            paid["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("killed")),
+            "the stop is the reason: {paid}"
+        );
+        let sent = format!(
+            "SELECT COUNT(*) FROM payment_attempts a JOIN payments p ON p.id = a.payment_id \
+             WHERE p.session_id = '{session}'"
+        );
+        assert_eq!(
+            s.scalar(&sent).await,
+            0,
+            "nothing was journaled, so nothing sent"
+        );
+        assert_eq!(
+            moved(&rig.chain, rig.payee_before).await,
+            0,
+            "nothing moved"
+        );
+        let (_, budget) = s
+            .get(&t.agent, &format!("/sessions/{session}/budget"))
+            .await;
+        let usdc = &budget["currencies"]["USDC"];
+        let zero = |v: &Value| {
+            v.as_str()
+                .is_some_and(|s| s.chars().all(|c| c == '0' || c == '.'))
+        };
+        assert!(
+            zero(&usdc["spent"]) && zero(&usdc["reserved"]),
+            "nothing spent or reserved: {budget}"
+        );
         if stop == "kill_switch.engaged" {
             let release = json!({"engaged": false});
             assert_eq!(s.post(&t.admin, "/kill-switch", release).await.0, 200);

@@ -6,6 +6,7 @@ pub mod contract;
 pub mod mail;
 pub mod mcp;
 pub mod prometheus;
+pub mod proxy;
 pub mod receiver;
 pub mod slack;
 
