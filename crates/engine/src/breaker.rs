@@ -136,21 +136,27 @@ pub(crate) async fn freeze(
 
 /// How many old marks one statement deletes.
 const PRUNE_BATCH: i64 = 10_000;
+/// How many scopes one pass of the sweeper looks at: the walk goes on from there a minute later.
+pub(crate) const PRUNE_SCOPES: usize = 10_000;
 
 impl Paygent {
-    /// Deletes the breaker's marks older than any window reaches, walking the scopes that have marks, a batch
-    /// per statement; returns how many.
-    pub async fn prune_marks(&self) -> Result<u64> {
+    /// Deletes the breaker's marks older than any window reaches, in at most `scopes` of the scopes that have
+    /// marks, from the one after `from` on, a batch per statement; returns how many. `from` is left where the
+    /// walk stopped, empty once it reached the last scope.
+    pub async fn prune_marks(&self, from: &mut String, scopes: usize) -> Result<u64> {
         let longest = Duration::seconds(MAX_WINDOW_SECONDS.into());
         let before = self.now() - longest - Duration::hours(1);
-        let (mut after, mut pruned) = (String::new(), 0);
-        while let Some((scope, n)) =
-            velocity::prune(&self.store, &after, before, PRUNE_BATCH).await?
-        {
+        let mut pruned = 0;
+        for _ in 0..scopes {
+            let Some((scope, n)) = velocity::prune(&self.store, from, before, PRUNE_BATCH).await?
+            else {
+                from.clear();
+                break;
+            };
             pruned += n;
             // A full batch may have left more of the scope's old marks: it is visited again.
             if n < PRUNE_BATCH as u64 {
-                after = scope;
+                *from = scope;
             }
         }
         Ok(pruned)

@@ -292,6 +292,7 @@ impl Paygent {
             let mut reconcile = Every::new(RECONCILE_EVERY);
             let mut statistics = Every::new(STATISTICS_EVERY);
             let mut prune = Every::new(PRUNE_EVERY);
+            let mut marks_from = String::new();
             loop {
                 tick.tick().await;
                 paygent.sweep_waiting().await;
@@ -309,7 +310,7 @@ impl Paygent {
                     }
                 }
                 if prune.due() {
-                    paygent.prune_old(event_retention).await;
+                    paygent.prune_old(event_retention, &mut marks_from).await;
                 }
             }
         })
@@ -329,14 +330,18 @@ impl Paygent {
         }
     }
 
-    /// Prunes events, the breaker's marks, and what people were told, older than `retention`.
-    async fn prune_old(&self, retention: chrono::Duration) {
+    /// Prunes events, the breaker's marks (a share of their scopes, from `marks_from` on), and what people were
+    /// told, older than `retention`.
+    async fn prune_old(&self, retention: chrono::Duration, marks_from: &mut String) {
         match self.store.prune_events(self.now() - retention).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(pruned = n, "pruned old events"),
             Err(e) => tracing::warn!(error = %e, "pruning events failed; retrying"),
         }
-        if let Err(e) = self.prune_marks().await {
+        if let Err(e) = self
+            .prune_marks(marks_from, crate::breaker::PRUNE_SCOPES)
+            .await
+        {
             tracing::warn!(error = %e, "pruning the breaker's marks failed; retrying");
         }
         if let Err(e) = self.prune_told(retention).await {

@@ -401,7 +401,12 @@ async fn a_window_slides_and_old_marks_are_pruned(backend: Backend) {
         s.pay(&t.agent, young, "1", "USDC").await.1["status"],
         "authorized"
     );
-    assert_eq!(s.paygent.prune_marks().await.unwrap(), 4);
+    let mut from = String::new();
+    assert_eq!(s.paygent.prune_marks(&mut from, 1).await.unwrap(), 4);
+    assert!(!from.is_empty(), "one scope a pass: the walk goes on");
+    assert_eq!(s.paygent.prune_marks(&mut from, 1).await.unwrap(), 0);
+    assert_eq!(s.paygent.prune_marks(&mut from, 1).await.unwrap(), 0);
+    assert!(from.is_empty(), "the walk reached the last scope");
     assert_eq!(
         s.count("velocity_marks").await,
         1,

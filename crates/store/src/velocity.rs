@@ -81,20 +81,26 @@ pub async fn leave(tx: &mut WriteTx, marks: &[(String, Mark)]) -> Result<()> {
 
 /// Deletes up to `limit` marks of the scope after `after` (in key order, the first scope when `after` is
 /// empty) from before `before`; returns that scope, or none when no scope follows, and how many marks went.
-/// Pruning walks the scopes by the key (scope, time, place), so no index by age costs every mark a write.
+/// Pruning walks the scopes by the key (scope, time, place), so no index by age costs every mark a write; a
+/// scope whose oldest mark is young enough is passed over with that one read.
 pub async fn prune(
     store: &crate::Store,
     after: &str,
     before: DateTime<Utc>,
     limit: i64,
 ) -> Result<Option<(String, u64)>> {
-    let next = query("SELECT scope FROM velocity_marks WHERE scope > $1 ORDER BY scope LIMIT 1")
-        .bind(after.to_owned())
-        .fetch_all(store.reader())
-        .await?;
-    let Some(scope) = next.first().map(|row| row.get::<String>(0)).transpose()? else {
+    let next =
+        query("SELECT scope, at FROM velocity_marks WHERE scope > $1 ORDER BY scope, at LIMIT 1")
+            .bind(after.to_owned())
+            .fetch_all(store.reader())
+            .await?;
+    let Some(row) = next.first() else {
         return Ok(None);
     };
+    let (scope, oldest) = (row.get::<String>(0)?, time(&row.get::<String>(1)?)?);
+    if oldest >= before {
+        return Ok(Some((scope, 0)));
+    }
     let pruned = query(
         "DELETE FROM velocity_marks WHERE (scope, at, seq) IN \
          (SELECT scope, at, seq FROM velocity_marks WHERE scope = $1 AND at < $2 ORDER BY at LIMIT $3)",
