@@ -1367,6 +1367,13 @@ async fn a_stop_lets_money_already_sent_land_and_signs_nothing_after_it(backend:
             "the second transfer was never asked for: {paid}"
         );
         assert_eq!(items[0]["amount"], price, "{paid}");
+        let (_, execution) = s.get(&t.agent, &format!("/executions/{id}")).await;
+        let step = &execution["steps"][0];
+        assert_eq!(
+            (&step["status"], &step["payment_id"]),
+            (&json!("cancelled"), &items[0]["id"]),
+            "the cancelled step names the payment it had under way: {execution}"
+        );
         assert_eq!(s.scalar(&signed).await, 1, "nothing else was signed");
         landed += units;
         assert_eq!(

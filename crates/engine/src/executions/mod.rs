@@ -847,11 +847,13 @@ pub(crate) async fn cancel_within(
     }
     let steps = executions::steps(tx.conn(), execution.id).await?;
     if let Some(step) = steps.get(execution.current_step as usize) {
+        let payment_id = paying(tx, step).await?;
         executions::update_step(
             tx,
             StepUpdate {
                 status: StepStatus::Cancelled,
                 error: Some(reason),
+                payment_id,
                 finished: true,
                 ..update(step)
             },
@@ -873,6 +875,18 @@ pub(crate) async fn cancel_within(
     tx.event(EventKind::Cancelled, Some(execution.session_id), payload)
         .await?;
     Ok(true)
+}
+
+/// The payment a running step was making when it was cancelled, if the guard had taken it: it may have been
+/// sent, and may still land, so the step names it (its own status says how it ended).
+async fn paying(tx: &mut WriteTx, step: &StepRecord) -> Result<Option<Uuid>> {
+    if step.status != StepStatus::Running || step.payment_id.is_some() {
+        return Ok(None);
+    }
+    let key = tools::step_payment_key(step.execution_id, step.idx);
+    let tenant = tx.tenant_id();
+    let found = paygent_store::payments::by_idempotency_key(tx.conn(), tenant, &key).await?;
+    Ok(found.map(|p| p.id))
 }
 
 /// Nothing decided yet: waits for an event about the request (look again) or a cancellation of the execution.

@@ -142,6 +142,12 @@ fn only(args: &Value, keys: &[&str]) -> Result<(), String> {
     }
 }
 
+/// The idempotency key of the payment a step makes (the first time: a retry after a denial has its own), by
+/// which a step re-run after a crash, or cancelled while it pays, finds that payment.
+pub(crate) fn step_payment_key(execution_id: Uuid, idx: i64) -> String {
+    format!("execution:{execution_id}:{idx}")
+}
+
 impl StepContext<'_> {
     fn payment_request(&self, amount: &str, currency: &str, recipient: &str) -> PaymentRequest {
         PaymentRequest {
@@ -151,10 +157,10 @@ impl StepContext<'_> {
             recipient: recipient.to_owned(),
             description: Some(format!("execution {} step {}", self.execution_id, self.idx)),
             idempotency_key: Some(match self.retry_of {
-                None => format!("execution:{}:{}", self.execution_id, self.idx),
+                None => step_payment_key(self.execution_id, self.idx),
                 Some(denied) => format!(
-                    "execution:{}:{}:after:{denied}",
-                    self.execution_id, self.idx
+                    "{}:after:{denied}",
+                    step_payment_key(self.execution_id, self.idx)
                 ),
             }),
         }
