@@ -6,6 +6,8 @@ mod support;
 use alloy::providers::Provider;
 use paygent_testkit::Backend;
 use paygent_testkit::mcp::{McpClient, tool_result};
+use paygent_testkit::proxy::{GatedProxy, Hold};
+use paygent_testkit::{Settings, TestServer};
 use serde_json::{Value, json};
 use support::*;
 
@@ -1320,25 +1322,47 @@ async fn an_mcp_client_pays_for_a_resource_with_paid_fetch() {
 }
 
 /// The emergency stop and a session kill, each while an execution's first payment is on its way: a transfer
-/// waiting for its receipt, or an x402 payment signed and waiting for the service's answer (its facilitator's
-/// settlement unmined). What was sent lands once and is recorded as executed, its reservation spent, the audit
-/// trail saying so after the stop; the execution is cancelled and its second transfer is never signed.
+/// being broadcast (its `eth_sendRawTransaction` held by a proxy before the chain) or waiting for its receipt,
+/// and an x402 payment signed and waiting for the service's answer (its facilitator's settlement unmined). What
+/// was sent lands once and is recorded as executed, its reservation spent, the audit trail saying so after the
+/// stop; the execution is cancelled, its step names the payment, and its second transfer is never signed.
 async fn a_stop_lets_money_already_sent_land_and_signs_nothing_after_it(backend: Backend) {
-    let rig = Rig::start(V2_NETWORK, backend, "local").await;
-    let (chain, s, t) = (&rig.chain, &rig.s, &rig.t);
+    let chain = LocalChain::start(V2_NETWORK).await;
+    let peer = X402Peer::start(&chain, "base-sepolia").await;
+    // Paygent reaches the chain through a proxy that can hold its broadcast.
+    let rpc = GatedProxy::start(&chain.rpc).await;
+    let mut config = chain.rails_config("local");
+    config.chains[0].rpc_url = rpc.base.clone();
+    let server = TestServer::start_with(backend, paying_by(&config, Settings::default())).await;
+    let (s, t) = (&server, &team(&server).await);
+    let (chain, payee_before) = (&chain, chain.balance(payee()).await);
     let to = payee().to_string();
     let transfer =
         json!({"tool": "transfer", "args": {"to": to, "amount": "2", "currency": "USDC"}});
-    let x402 = json!({"tool": "x402_payment", "args": {"url": rig.peer.url("/v2/cheap"), "max_amount": "1"}});
+    let x402 =
+        json!({"tool": "x402_payment", "args": {"url": peer.url("/v2/cheap"), "max_amount": "1"}});
     let mut landed = 0;
-    for (stop, first, (price, units)) in [
-        ("kill_switch.engaged", &transfer, ("2", 2_000_000)),
-        ("session.killed", &transfer, ("2", 2_000_000)),
-        ("kill_switch.engaged", &x402, ("0.1", 100_000)),
-        ("session.killed", &x402, ("0.1", 100_000)),
+    // Where the payment is when the stop commits: its transaction held on its way to the chain, or sent and
+    // waiting to be mined (a transfer's receipt, an x402 facilitator's settlement).
+    let (broadcast, mined) = (true, false);
+    for (stop, first, (price, units), held_at_broadcast) in [
+        (
+            "kill_switch.engaged",
+            &transfer,
+            ("2", 2_000_000),
+            broadcast,
+        ),
+        ("session.killed", &transfer, ("2", 2_000_000), broadcast),
+        ("kill_switch.engaged", &transfer, ("2", 2_000_000), mined),
+        ("session.killed", &transfer, ("2", 2_000_000), mined),
+        ("kill_switch.engaged", &x402, ("0.1", 100_000), mined),
+        ("session.killed", &x402, ("0.1", 100_000), mined),
     ] {
         let session = wallet_session(s, t, json!({})).await;
-        chain.automine(false).await;
+        match held_at_broadcast {
+            true => rpc.arm(Hold::Containing("eth_sendRawTransaction")),
+            false => chain.automine(false).await,
+        }
         let then =
             json!({"tool": "transfer", "args": {"to": to, "amount": "3", "currency": "USDC"}});
         let started = s.execute(&t.agent, &session, json!([first, then])).await;
@@ -1350,10 +1374,16 @@ async fn a_stop_lets_money_already_sent_land_and_signs_nothing_after_it(backend:
         let read = || async { json!(s.scalar(&signed).await) };
         paygent_testkit::poll_until(std::time::Duration::from_secs(30), read, |n| *n == json!(1))
             .await;
+        if held_at_broadcast {
+            rpc.held().await;
+        }
         let subject = stop_now(s, t, stop, &session).await;
         let done = wait_for(s, &t.agent, id, ended).await;
         assert_eq!(done["status"], "cancelled", "{done}");
-        chain.automine(true).await;
+        match held_at_broadcast {
+            true => rpc.open(),
+            false => chain.automine(true).await,
+        }
 
         let path = format!("/payments?session_id={session}");
         let read = || async { s.get(&t.agent, &path).await.1 };
@@ -1377,7 +1407,7 @@ async fn a_stop_lets_money_already_sent_land_and_signs_nothing_after_it(backend:
         assert_eq!(s.scalar(&signed).await, 1, "nothing else was signed");
         landed += units;
         assert_eq!(
-            moved(chain, rig.payee_before).await,
+            moved(chain, payee_before).await,
             landed,
             "what was sent landed, once"
         );
@@ -1397,7 +1427,7 @@ async fn a_stop_lets_money_already_sent_land_and_signs_nothing_after_it(backend:
             assert_eq!(s.post(&t.admin, "/kill-switch", release).await.0, 200);
         }
     }
-    rig.s.finish().await;
+    server.finish().await;
 }
 
 /// The emergency stop, then a session kill, each after the guard allowed an x402 payment and while the rail asks
@@ -1408,7 +1438,8 @@ async fn a_stop_between_the_guard_and_the_rail_sends_nothing(backend: Backend) {
     let (s, t) = (&rig.s, &rig.t);
     for stop in ["kill_switch.engaged", "session.killed"] {
         // The guard asks the price first; the rail's asking again is the second request.
-        let proxy = paygent_testkit::proxy::GatedProxy::start(&rig.peer.url(""), 2).await;
+        let proxy = GatedProxy::start(&rig.peer.url("")).await;
+        proxy.arm(Hold::Nth(2));
         let session = wallet_session(s, t, json!({})).await;
         let body = json!({"session_id": session, "amount": "1", "currency": "USDC",
             "recipient": format!("{}/v2/cheap", proxy.base)});

@@ -1,36 +1,45 @@
 //! A reverse proxy on loopback that holds one request until the test lets it go: the way to stop the world
-//! while a payment is between two of its steps, without hooks in the code under test.
+//! while a payment is between two of its steps (asking a price, broadcasting a transaction), without hooks in
+//! the code under test.
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
+
+/// Which request to hold once the proxy is armed.
+#[derive(Debug, Clone, Copy)]
+pub enum Hold {
+    /// The n-th request after arming, counting from 1.
+    Nth(usize),
+    /// The first request whose body contains this text (a JSON-RPC method's name).
+    Containing(&'static str),
+}
 
 struct Gate {
     upstream: String,
-    held: usize,
-    seen: AtomicUsize,
+    /// The hold armed, and the requests seen since.
+    armed: Mutex<Option<(Hold, usize)>>,
     arrived: Notify,
     open: Notify,
     http: reqwest::Client,
 }
 
-/// Forwards every request to its upstream, holding the `held`-th (counting from 1) until [`GatedProxy::open`].
+/// Forwards every request to its upstream, holding the one [`GatedProxy::arm`] names until
+/// [`GatedProxy::open`].
 pub struct GatedProxy {
     pub base: String,
     gate: Arc<Gate>,
 }
 
 impl GatedProxy {
-    /// Listens on loopback for requests to forward to `upstream` (`http://127.0.0.1:port`).
-    pub async fn start(upstream: &str, held: usize) -> GatedProxy {
+    /// Listens on loopback for requests to forward to `upstream` (`http://127.0.0.1:port`), holding none.
+    pub async fn start(upstream: &str) -> GatedProxy {
         let gate = Arc::new(Gate {
             upstream: upstream.trim_end_matches('/').to_owned(),
-            held,
-            seen: AtomicUsize::new(0),
+            armed: Mutex::new(None),
             arrived: Notify::new(),
             open: Notify::new(),
             http: reqwest::Client::new(),
@@ -44,6 +53,11 @@ impl GatedProxy {
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         tokio::spawn(async move { axum::serve(listener, app).await });
         GatedProxy { base, gate }
+    }
+
+    /// Holds the request `hold` names, once.
+    pub fn arm(&self, hold: Hold) {
+        *self.gate.armed.lock().expect("armed") = Some((hold, 0));
     }
 
     /// Waits, for at most 30 s, until the held request has arrived.
@@ -60,16 +74,35 @@ impl GatedProxy {
     }
 }
 
-async fn forward(State(gate): State<Arc<Gate>>, request: Request) -> Response {
-    if gate.seen.fetch_add(1, Ordering::SeqCst) + 1 == gate.held {
-        gate.arrived.notify_one();
-        gate.open.notified().await;
+impl Gate {
+    /// Whether to hold this request: the armed hold is used up by the one it names.
+    fn holds(&self, body: &[u8]) -> bool {
+        let mut armed = self.armed.lock().expect("armed");
+        let Some((hold, seen)) = armed.as_mut() else {
+            return false;
+        };
+        *seen += 1;
+        let this = match *hold {
+            Hold::Nth(n) => *seen == n,
+            Hold::Containing(text) => body.windows(text.len()).any(|w| w == text.as_bytes()),
+        };
+        if this {
+            *armed = None;
+        }
+        this
     }
+}
+
+async fn forward(State(gate): State<Arc<Gate>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let body = axum::body::to_bytes(body, 1 << 20)
         .await
         .unwrap_or_default();
+    if gate.holds(&body) {
+        gate.arrived.notify_one();
+        gate.open.notified().await;
+    }
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut headers = parts.headers;
     headers.remove(axum::http::header::HOST);
     let sent = gate
