@@ -14,6 +14,8 @@ on_both_databases!(
     kill_commands_stop_money,
     policies_commands_write_and_read,
     run_follows_an_execution_to_its_end,
+    a_paused_execution_survives_sigkill,
+    answered_payments_survive_sigkill_under_load,
 );
 
 /// Runs `paygent args...` against `server` with `token`, off the async runtime.
@@ -388,23 +390,40 @@ fn serve_starts_on_an_embedded_sqlite_file() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Where the real binary runs to be killed: a fresh data directory, and a fresh database of `backend`.
+struct CrashSite {
+    dir: std::path::PathBuf,
+    db: String,
+    backend: Backend,
+}
+
+impl CrashSite {
+    async fn new(backend: Backend) -> CrashSite {
+        let dir =
+            std::env::temp_dir().join(format!("paygent-crash-{}", uuid::Uuid::new_v4().simple()));
+        let db = match backend {
+            Backend::Sqlite => format!("sqlite://{}/paygent.db?mode=rwc", dir.display()),
+            Backend::Postgres => paygent_testkit::create_postgres_database().await,
+        };
+        CrashSite { dir, db, backend }
+    }
+
+    /// Drops the PostgreSQL database (the test removes its directory itself).
+    async fn finish(self) {
+        if self.backend == Backend::Postgres {
+            paygent_testkit::drop_postgres_database(&self.db).await;
+        }
+    }
+}
+
 /// The real binary, killed with SIGKILL while an execution waits for a person, picks it up after a restart.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_paused_execution_survives_sigkill_on_sqlite() {
-    let dir = std::env::temp_dir().join(format!("paygent-crash-{}", uuid::Uuid::new_v4().simple()));
-    let db = format!("sqlite://{}/paygent.db?mode=rwc", dir.display());
-    a_paused_execution_survives_sigkill(&dir, &db).await;
+async fn a_paused_execution_survives_sigkill(backend: Backend) {
+    let site = CrashSite::new(backend).await;
+    a_paused_execution_survives_sigkill_at(&site.dir, &site.db).await;
+    site.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_paused_execution_survives_sigkill_on_postgres() {
-    let dir = std::env::temp_dir().join(format!("paygent-crash-{}", uuid::Uuid::new_v4().simple()));
-    let db = paygent_testkit::create_postgres_database().await;
-    a_paused_execution_survives_sigkill(&dir, &db).await;
-    paygent_testkit::drop_postgres_database(&db).await;
-}
-
-async fn a_paused_execution_survives_sigkill(dir: &std::path::Path, db: &str) {
+async fn a_paused_execution_survives_sigkill_at(dir: &std::path::Path, db: &str) {
     // On PostgreSQL other instances may be alive, so the dead one's lease on the execution must lapse first.
     let env = [
         ("PAYGENT_ADMIN_TOKEN", ADMIN_TOKEN),
@@ -526,22 +545,13 @@ async fn a_paused_execution_survives_sigkill(dir: &std::path::Path, db: &str) {
 /// Group commit answers a write only once its group is durable: the real binary, killed with SIGKILL while eight
 /// clients pay as fast as they can (so groups are open), has every payment it answered after the restart, once,
 /// with an unbroken audit chain.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn answered_payments_survive_sigkill_under_load_on_sqlite() {
-    let dir = std::env::temp_dir().join(format!("paygent-crash-{}", uuid::Uuid::new_v4().simple()));
-    let db = format!("sqlite://{}/paygent.db?mode=rwc", dir.display());
-    answered_payments_survive_sigkill_under_load(&dir, &db).await;
+async fn answered_payments_survive_sigkill_under_load(backend: Backend) {
+    let site = CrashSite::new(backend).await;
+    answered_payments_survive_sigkill_under_load_at(&site.dir, &site.db).await;
+    site.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn answered_payments_survive_sigkill_under_load_on_postgres() {
-    let dir = std::env::temp_dir().join(format!("paygent-crash-{}", uuid::Uuid::new_v4().simple()));
-    let db = paygent_testkit::create_postgres_database().await;
-    answered_payments_survive_sigkill_under_load(&dir, &db).await;
-    paygent_testkit::drop_postgres_database(&db).await;
-}
-
-async fn answered_payments_survive_sigkill_under_load(dir: &std::path::Path, db: &str) {
+async fn answered_payments_survive_sigkill_under_load_at(dir: &std::path::Path, db: &str) {
     let env = [
         ("PAYGENT_ADMIN_TOKEN", ADMIN_TOKEN),
         ("PAYGENT_DATA_DIR", dir.to_str().unwrap()),
