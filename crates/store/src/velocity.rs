@@ -4,6 +4,7 @@ use crate::db::{placeholders, query};
 use crate::{Result, WriteTx, decimal, time};
 use chrono::{DateTime, Utc};
 use paygent_domain::velocity::Mark;
+use std::sync::LazyLock;
 
 fn mark(row: &crate::Row) -> Result<Mark> {
     Ok(Mark {
@@ -14,18 +15,22 @@ fn mark(row: &crate::Row) -> Result<Mark> {
     })
 }
 
-/// Each window's first mark after its time (none when the window is empty) and its scope's last mark, in one
-/// statement of two lookups of the key (scope, time, place) per window, whatever the number of payments in them.
-pub async fn windows(
-    tx: &mut WriteTx,
-    wanted: &[(String, DateTime<Utc>)],
-) -> Result<Vec<(Option<Mark>, Option<Mark>)>> {
-    let mut found = vec![(None, None); wanted.len()];
-    if wanted.is_empty() {
-        return Ok(found);
-    }
+/// The most windows one payment reads (and scopes it marks): every rule's scope and its identical payments.
+const MOST_WINDOWS: usize = 2 * paygent_domain::velocity::MAX_VELOCITY_RULES;
+
+/// A statement for each number of windows (or marks) up to `MOST_WINDOWS`, made once: the guard's transaction
+/// holds the tenant's lock, and building them there on every payment showed in its profile.
+fn statements(make: fn(usize) -> String) -> Vec<String> {
+    (0..=MOST_WINDOWS).map(make).collect()
+}
+
+static WINDOWS: LazyLock<Vec<String>> = LazyLock::new(|| statements(windows_sql));
+static MARKS: LazyLock<Vec<String>> = LazyLock::new(|| statements(marks_sql));
+
+/// Two lookups of the key (scope, time, place) per window: its first mark after `$after`, its scope's last.
+fn windows_sql(windows: usize) -> String {
     let columns = "seq, usd_total, usd, at FROM velocity_marks WHERE tenant_id = $1 AND scope";
-    let sql = (0..wanted.len())
+    (0..windows)
         .map(|i| {
             let (scope, after) = (2 * i + 2, 2 * i + 3);
             format!(
@@ -36,8 +41,36 @@ pub async fn windows(
             )
         })
         .collect::<Vec<_>>()
-        .join(" UNION ALL ");
-    let mut q = query(sql).bind(tx.tenant_id().to_string());
+        .join(" UNION ALL ")
+}
+
+fn marks_sql(marks: usize) -> String {
+    format!(
+        "INSERT INTO velocity_marks (tenant_id, scope, seq, at, usd_total, usd) VALUES {}",
+        placeholders(1, marks, 6)
+    )
+}
+
+/// The statement of `count` windows or marks.
+fn statement(made: &'static [String], count: usize) -> Result<&'static str> {
+    made.get(count).map(String::as_str).ok_or_else(|| {
+        crate::StoreError::Corrupt(format!(
+            "{count} velocity windows, more than a policy may set"
+        ))
+    })
+}
+
+/// Each window's first mark after its time (none when the window is empty) and its scope's last mark, in one
+/// statement of two lookups per window, whatever the number of payments in them.
+pub async fn windows(
+    tx: &mut WriteTx,
+    wanted: &[(String, DateTime<Utc>)],
+) -> Result<Vec<(Option<Mark>, Option<Mark>)>> {
+    let mut found = vec![(None, None); wanted.len()];
+    if wanted.is_empty() {
+        return Ok(found);
+    }
+    let mut q = query(statement(&WINDOWS, wanted.len())?).bind(tx.tenant_id().to_string());
     for (scope, after) in wanted {
         q = q
             .bind(scope.clone())
@@ -61,10 +94,7 @@ pub async fn leave(tx: &mut WriteTx, marks: &[(String, Mark)]) -> Result<()> {
     if marks.is_empty() {
         return Ok(());
     }
-    let mut q = query(format!(
-        "INSERT INTO velocity_marks (tenant_id, scope, seq, at, usd_total, usd) VALUES {}",
-        placeholders(1, marks.len(), 6)
-    ));
+    let mut q = query(statement(&MARKS, marks.len())?);
     let tenant = tx.tenant_id().to_string();
     for (scope, m) in marks {
         q = q
