@@ -6,7 +6,7 @@ const $ = (sel, root = document) => root.querySelector(sel);
 const state = { token: null, role: null, items: new Map(), lastSeq: null, socket: null, budgets: new Map(),
   selected: null, retry: 500 };
 
-async function api(method, path, body) {
+async function call(method, path, body) {
   const resp = await fetch(`/api/v1${path}`, {
     method,
     headers: { "Authorization": `Bearer ${state.token}`, ...(body ? { "Content-Type": "application/json" } : {}) },
@@ -18,7 +18,18 @@ async function api(method, path, body) {
     err.status = resp.status;
     throw err;
   }
-  return data;
+  return { resp, data };
+}
+
+async function api(method, path, body) {
+  return (await call(method, path, body)).data;
+}
+
+// A page of a list and the path of the next one, from its `Link` header (absent on the last page).
+async function listPage(path) {
+  const { resp, data } = await call("GET", path);
+  const link = resp.headers.get("Link")?.match(/<\/api\/v1([^>]*)>/);
+  return { items: data, next: link ? link[1] : null };
 }
 
 function show(el, visible) { el.hidden = !visible; }
@@ -64,6 +75,7 @@ function view(name) {
     show($(`#${button.dataset.view}`), on);
   }
   if (name === "budgets") loadSessions();
+  if (name === "decided") searchDecided();
   if (name === "audit") loadAudit();
   if (name === "policies") loadPolicies();
 }
@@ -350,6 +362,63 @@ async function loadAudit() {
   }));
 }
 
+// The decided requests the filter form asks for, newest first; "More" follows the server's cursor.
+function decidedQuery() {
+  const form = new FormData($("#decided-filter"));
+  const query = new URLSearchParams({ limit: "50" });
+  for (const [name, value] of form) {
+    if (value === "") continue;
+    query.set(name, name === "since" || name === "until" ? new Date(value).toISOString() : value.trim());
+  }
+  return `/approvals/decided?${query}`;
+}
+
+async function searchDecided(ev) {
+  ev?.preventDefault();
+  $("#decided-list").replaceChildren();
+  await moreDecided(decidedQuery());
+}
+
+async function moreDecided(path) {
+  const error = $("#decided-error");
+  show(error, false);
+  try {
+    const { items, next } = await listPage(path);
+    $("#decided-list").append(...items.map(decidedItem));
+    $("#decided-more").dataset.next = next ?? "";
+    show($("#decided-more"), !!next);
+  } catch (e) {
+    error.textContent = e.message;
+    show(error, true);
+  }
+  show($("#no-decided"), error.hidden && $("#decided-list").children.length === 0 && $("#decided-more").hidden);
+}
+
+function decidedItem(a) {
+  const li = document.createElement("li");
+  li.className = `item decided ${a.status}`;
+  li.dataset.approvalId = a.id;
+  const args = a.edited_args ?? a.args;
+  const c = a.context;
+  const name = (n) => n.name ?? n.id.slice(0, 8);
+  const d = a.decision;
+  const took = d ? Math.max(0, Math.round((Date.parse(d.at) - Date.parse(a.created_at)) / 1000)) : null;
+  const lines = [
+    `$${a.usd_value} · ${money(args)} → ${args.recipient ?? args.to ?? args.url ?? ""}`,
+    `${a.status}${d?.by ? ` by ${d.by.slice(0, 8)}` : ""}${took === null ? "" : ` after ${took} s`}` +
+      (d?.note ? ` · “${d.note}”` : ""),
+    c ? `${name(c.agent)} in session ${name(c.session)}` : `agent ${a.requested_by.slice(0, 8)}`,
+    `filed ${new Date(a.created_at).toLocaleString()}` + (a.payment_id ? ` · payment ${a.payment_id.slice(0, 8)}` : ""),
+  ];
+  li.replaceChildren(...lines.map((text, i) => {
+    const p = document.createElement("p");
+    p.className = ["what", "outcome", "meta", "when"][i];
+    p.textContent = text;
+    return p;
+  }));
+  return li;
+}
+
 async function verifyChain() {
   const result = $("#chain-result");
   result.className = "";
@@ -606,6 +675,8 @@ document.addEventListener("DOMContentLoaded", () => {
     button.addEventListener("click", () => view(button.dataset.view));
   }
   $("#verify-chain").addEventListener("click", verifyChain);
+  $("#decided-filter").addEventListener("submit", searchDecided);
+  $("#decided-more").addEventListener("click", (ev) => moreDecided(ev.target.dataset.next));
   $("#new-policy").addEventListener("submit", createPolicy);
   $("#notify").addEventListener("click", toggleAlerts);
   renderAlerts();

@@ -4,6 +4,8 @@
 use crate::budget::{self, Booking, Move};
 use crate::views::ApprovalView;
 use crate::{EngineError, Paygent, Result, require};
+use chrono::{DateTime, Utc};
+use paygent_domain::Decimal;
 use paygent_domain::action::action_digest;
 use paygent_domain::audit::AuditAction;
 use paygent_domain::event::EventKind;
@@ -19,6 +21,43 @@ use paygent_store::payments::{self, Terms, Transition};
 use paygent_store::sessions;
 use serde_json::{Value, json};
 use uuid::Uuid;
+
+/// The most decided requests one call of [`Paygent::decided_approvals`] reads.
+pub const MAX_EXAMINED: usize = 1_000;
+
+/// What a person looks for among decided requests; every part left out matches all.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    pub outcome: Option<ApprovalStatus>,
+    /// The agent key that asked.
+    pub agent: Option<Uuid>,
+    /// The payee of the action decided on (an edit's, if edited), compared without case.
+    pub payee: Option<String>,
+    pub min_usd: Option<Decimal>,
+    pub max_usd: Option<Decimal>,
+    /// Filed at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Filed before.
+    pub until: Option<DateTime<Utc>>,
+}
+
+impl History {
+    fn matches(&self, r: &ApprovalRecord) -> bool {
+        let args = r.edited_args.as_ref().unwrap_or(&r.args);
+        let payee = ["recipient", "to", "url"]
+            .iter()
+            .find_map(|field| args[*field].as_str());
+        self.outcome.is_none_or(|o| o == r.status)
+            && self.agent.is_none_or(|a| a == r.requested_by)
+            && self
+                .payee
+                .as_deref()
+                .is_none_or(|p| payee.is_some_and(|q| q.eq_ignore_ascii_case(p)))
+            && self.min_usd.is_none_or(|m| r.usd_value >= m)
+            && self.max_usd.is_none_or(|m| r.usd_value <= m)
+            && self.until.is_none_or(|u| r.created_at < u)
+    }
+}
 
 impl Paygent {
     /// One request: people read the tenant's, an agent those on its own sessions (as its events carry them).
@@ -42,6 +81,44 @@ impl Paygent {
         let list =
             approvals::pending(self.store.reader(), crate::payments::scope(who, page)).await?;
         Ok(list.into_iter().map(Into::into).collect())
+    }
+
+    /// Decided requests, newest first, that match `filter`, with the cursor of the next page (the last request
+    /// read) while there may be more. At most [`MAX_EXAMINED`] requests are read a call, so a filter few
+    /// requests match answers a short page and the cursor to go on from, never a walk of the whole history.
+    pub async fn decided_approvals(
+        &self,
+        who: &Principal,
+        page: crate::Page,
+        filter: &History,
+    ) -> Result<(Vec<ApprovalView>, Option<Uuid>)> {
+        require(
+            who.can_decide(),
+            "only approvers and admins list approval requests",
+        )?;
+        let limit = page.limit.clamp(1, crate::MAX_PAGE);
+        let mut scope = crate::payments::scope(who, page);
+        let (mut found, mut examined) = (Vec::new(), 0);
+        loop {
+            let batch = approvals::decided(self.store.reader(), scope).await?;
+            let more = batch.len() as i64 == scope.limit;
+            for request in batch {
+                if filter.since.is_some_and(|since| request.created_at < since) {
+                    return Ok((found, None));
+                }
+                examined += 1;
+                scope.after = Some(request.id);
+                if filter.matches(&request) {
+                    found.push(request.into());
+                }
+                if found.len() as i64 == limit || examined == MAX_EXAMINED {
+                    return Ok((found, scope.after));
+                }
+            }
+            if !more {
+                return Ok((found, None));
+            }
+        }
     }
 
     pub(crate) async fn load_approval(&self, tenant_id: Uuid, id: Uuid) -> Result<ApprovalRecord> {

@@ -752,3 +752,98 @@ async fn an_approval_is_let_stand_from_the_inbox() {
     assert_eq!(next["status"], "authorized", "{next}");
     s.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decided_requests_are_searched_and_paged() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s.session(&t.agent, json!({})).await;
+    let mut filed = Vec::new();
+    for amount in ["20", "30", "40"] {
+        let (_, p) = s.pay(&t.agent, session, amount, "USDC").await;
+        filed.push(p["approval_id"].as_str().unwrap().to_owned());
+    }
+    let (approved, rejected, pending) = (&filed[0], &filed[1], &filed[2]);
+    s.decide(&t.approver, approved, "approve", json!({})).await;
+    let reason = json!({"reason": "too much for weather data"});
+    s.decide(&t.approver, rejected, "reject", reason).await;
+    let chrome = Chromium::launch().await;
+    let page = chrome.open(&s.base).await;
+    sign_in(&page, &t.approver).await;
+
+    click(&page, "#views [data-view=decided]").await;
+    let listed =
+        "[...document.querySelectorAll('#decided-list li')].map(li => li.dataset.approvalId)";
+    wait_until(
+        &page,
+        &format!("{listed}.length === 2"),
+        "the two decided requests",
+    )
+    .await;
+    assert_eq!(
+        eval(&page, listed).await,
+        json!([rejected, approved]),
+        "newest first, not the pending one"
+    );
+    assert!(
+        !eval(&page, listed)
+            .await
+            .to_string()
+            .contains(pending.as_str())
+    );
+    let outcome = eval(
+        &page,
+        &format!(
+            "document.querySelector(\"{} .outcome\").textContent",
+            item(rejected)
+        ),
+    )
+    .await;
+    assert!(
+        outcome.as_str().unwrap().contains("rejected by"),
+        "{outcome}"
+    );
+    assert!(
+        outcome
+            .as_str()
+            .unwrap()
+            .contains("too much for weather data"),
+        "{outcome}"
+    );
+
+    fill(&page, "#decided-filter [name=outcome]", "approved").await;
+    click(&page, "#decided-filter button[type=submit]").await;
+    wait_until(
+        &page,
+        &format!("JSON.stringify({listed}) === '[\"{approved}\"]'"),
+        "only the approved one",
+    )
+    .await;
+
+    // More than a page: the rest comes with "More", from the server's cursor.
+    s.copy_pending(approved, 60).await;
+    s.sql("UPDATE approval_requests SET status = 'expired' WHERE id LIKE '%-0000-4000-8000-000000000000'")
+        .await;
+    fill(&page, "#decided-filter [name=outcome]", "").await;
+    click(&page, "#decided-filter button[type=submit]").await;
+    wait_until(
+        &page,
+        &format!("{listed}.length === 50"),
+        "a first page of 50",
+    )
+    .await;
+    click(&page, "#decided-more").await;
+    wait_until(
+        &page,
+        &format!("{listed}.length === 62"),
+        "all 62 after More",
+    )
+    .await;
+    wait_until(
+        &page,
+        "document.querySelector('#decided-more').hidden",
+        "no more after the last page",
+    )
+    .await;
+    s.finish().await;
+}

@@ -19,6 +19,7 @@ on_both_databases!(
     the_key_that_asks_never_decides,
     revoked_and_expired_keys_stop_at_once,
     lists_page_with_links,
+    decided_requests_are_found_by_filters,
 );
 
 async fn agents_never_decide(backend: Backend) {
@@ -921,5 +922,142 @@ async fn lists_page_with_links(backend: Backend) {
     .await;
     let count: usize = payments.iter().map(|p| p.as_array().unwrap().len()).sum();
     assert_eq!(count, 11);
+    s.finish().await;
+}
+
+/// Files a request for `amount` USDC to `to` in `session` as `agent`; returns the request as people read it.
+async fn request(
+    s: &TestServer,
+    agent: &str,
+    session: uuid::Uuid,
+    amount: &str,
+    to: &str,
+) -> Value {
+    let body =
+        json!({"session_id": session, "amount": amount, "currency": "USDC", "recipient": to});
+    let (status, p) = s.post(agent, "/payments", body).await;
+    assert_eq!(status, StatusCode::CREATED, "{p}");
+    let (_, request) = s
+        .get(
+            ADMIN_TOKEN,
+            &format!("/approvals/{}", p["approval_id"].as_str().unwrap()),
+        )
+        .await;
+    request
+}
+
+/// The ids of `GET /approvals/decided?{query}` as the tenant's approver, in the order given.
+async fn decided(s: &TestServer, t: &paygent_testkit::Team, query: &str) -> Vec<String> {
+    let (status, list) = s
+        .get(&t.approver, &format!("/approvals/decided?{query}"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{query}: {list}");
+    let ids = list.as_array().unwrap().iter();
+    ids.map(|a| a["id"].as_str().unwrap().to_owned()).collect()
+}
+
+/// Decided requests, newest first, found by outcome, agent, payee, USD range and time; pages follow `Link`;
+/// one call reads at most 1,000 requests, so a rare match answers a short page with the cursor to go on; agents,
+/// a pending outcome and bad values are refused, and another tenant sees none.
+async fn decided_requests_are_found_by_filters(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let other_agent = s.key(ADMIN_TOKEN, Role::Agent).await;
+    let (mine, theirs) = (
+        s.session(&t.agent, json!({})).await,
+        s.session(&other_agent, json!({})).await,
+    );
+    let elsewhere = "0x2222222222222222222222222222222222222222";
+    let approved = request(&s, &t.agent, mine, "20", paygent_testkit::PAYEE).await;
+    let rejected = request(&s, &t.agent, mine, "30", elsewhere).await;
+    let edited = request(&s, &t.agent, mine, "40", paygent_testkit::PAYEE).await;
+    let other = request(&s, &other_agent, theirs, "50", paygent_testkit::PAYEE).await;
+    let pending = request(&s, &t.agent, mine, "60", paygent_testkit::PAYEE).await;
+    let id = |r: &Value| r["id"].as_str().unwrap().to_owned();
+    for (r, how, body) in [
+        (&approved, "approve", json!({})),
+        (&rejected, "reject", json!({"reason": "not this payee"})),
+        (&edited, "edit", json!({"edited_args": {"amount": "35"}})),
+        (&other, "approve", json!({})),
+    ] {
+        let (status, d) = s.decide(&t.approver, id(r), how, body).await;
+        assert_eq!(status, StatusCode::OK, "{d}");
+    }
+    let all = decided(&s, &t, "").await;
+    assert_eq!(
+        all,
+        [&other, &edited, &rejected, &approved].map(id),
+        "newest first, never the pending one"
+    );
+    assert!(!all.contains(&id(&pending)));
+    let (_, list) = s.get(&t.admin, "/approvals/decided?outcome=rejected").await;
+    assert_eq!(list[0]["decision"]["note"], "not this payee", "{list}");
+    assert_eq!(decided(&s, &t, "outcome=edited").await, [id(&edited)]);
+    let agent = other["requested_by"].as_str().unwrap();
+    assert_eq!(
+        decided(&s, &t, &format!("agent={agent}")).await,
+        [id(&other)]
+    );
+    let payee = elsewhere.to_uppercase().replace("0X", "0x");
+    assert_eq!(
+        decided(&s, &t, &format!("payee={payee}")).await,
+        [id(&rejected)]
+    );
+    assert_eq!(decided(&s, &t, "max_usd=25").await, [id(&approved)]);
+    assert_eq!(
+        decided(&s, &t, "min_usd=45&max_usd=50.000001").await,
+        [id(&other)]
+    );
+    assert_eq!(
+        decided(&s, &t, &format!("session_id={theirs}")).await,
+        [id(&other)]
+    );
+    let at = |r: &Value| r["created_at"].as_str().unwrap().replace('+', "%2B");
+    assert_eq!(
+        decided(&s, &t, &format!("until={}", at(&rejected))).await,
+        [id(&approved)]
+    );
+    assert_eq!(
+        decided(&s, &t, &format!("since={}", at(&edited))).await,
+        [&other, &edited].map(id)
+    );
+    let pages = walk(&s, &t.approver, "/approvals/decided?limit=1").await;
+    let walked: Vec<String> = pages
+        .iter()
+        .flat_map(|p| p.as_array().unwrap())
+        .map(id)
+        .collect();
+    assert_eq!(walked, all, "pages of one, each once, in order");
+
+    // 1,500 more decided requests, older than all of these: a filter only the edited one matches reads 1,000 and
+    // answers it with the cursor to go on, then the rest with none.
+    s.copy_pending(&id(&approved), 1500).await;
+    s.sql("UPDATE approval_requests SET status = 'rejected' WHERE id LIKE '%-0000-4000-8000-000000000000'")
+        .await;
+    let pages = walk(&s, &t.approver, "/approvals/decided?outcome=edited").await;
+    let counts: Vec<usize> = pages.iter().map(|p| p.as_array().unwrap().len()).collect();
+    assert_eq!(counts, [1, 0], "1,000 read, then the other 504");
+
+    for (token, query, want) in [
+        (&t.agent, "", StatusCode::FORBIDDEN),
+        (
+            &t.approver,
+            "outcome=pending",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (&t.approver, "outcome=maybe", StatusCode::BAD_REQUEST),
+        (&t.approver, "min_usd=ten", StatusCode::BAD_REQUEST),
+        (&t.approver, "since=yesterday", StatusCode::BAD_REQUEST),
+        (&t.approver, "colour=red", StatusCode::BAD_REQUEST),
+    ] {
+        let (status, problem) = s.get(token, &format!("/approvals/decided?{query}")).await;
+        assert_eq!(status, want, "{query}: {problem}");
+        assert_eq!(problem["status"], want.as_u16(), "{problem}");
+    }
+    let stranger = s.team(&s.tenant("other").await).await;
+    assert!(
+        decided(&s, &stranger, "").await.is_empty(),
+        "another tenant's approver sees none"
+    );
     s.finish().await;
 }

@@ -183,9 +183,11 @@ async fn check(c: &Cell<'_>, row: &str) {
                 assert_eq!(s.get(c.key, &path).await.0, StatusCode::OK, "its own");
             }
         }
-        "list pending approvals" => {
-            let (status, body) = s.get(c.key, "/approvals/pending").await;
-            c.expect("list pending", status, &body);
+        "list pending and decided approvals" => {
+            for list in ["pending", "decided"] {
+                let (status, body) = s.get(c.key, &format!("/approvals/{list}")).await;
+                c.expect(list, status, &body);
+            }
         }
         "decide an approval request (never one it asked for)" => {
             let other = theirs(s, &t.agent).await;

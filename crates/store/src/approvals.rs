@@ -320,10 +320,25 @@ pub async fn get(mut db: Db<'_>, tenant_id: Uuid, id: Uuid) -> Result<Option<App
 }
 
 /// Pending requests, oldest first, with the approvals so far of those that need more than one.
-pub async fn pending(mut db: Db<'_>, scope: crate::Scope) -> Result<Vec<ApprovalRecord>> {
+pub async fn pending(db: Db<'_>, scope: crate::Scope) -> Result<Vec<ApprovalRecord>> {
+    listed(db, "status = 'pending'", false, scope).await
+}
+
+/// Decided requests (any status but pending), newest first, with their approvals where they needed more than
+/// one. The index of decided requests (tenant, time, id) holds only them, so a page reads no pending request.
+pub async fn decided(db: Db<'_>, scope: crate::Scope) -> Result<Vec<ApprovalRecord>> {
+    listed(db, "status <> 'pending'", true, scope).await
+}
+
+async fn listed(
+    mut db: Db<'_>,
+    status: &str,
+    newest_first: bool,
+    scope: crate::Scope,
+) -> Result<Vec<ApprovalRecord>> {
     let sql = select(&format!(
-        "status = 'pending' AND {}",
-        crate::scoped("approval_requests", false)
+        "{status} AND {}",
+        crate::scoped("approval_requests", newest_first)
     ));
     let mut list: Vec<ApprovalRecord> =
         crate::in_scope::<ApprovalRow, _>(db.again(), sql, scope).await?;

@@ -6,9 +6,12 @@ use crate::extract::{Body, Caller, Path, Query};
 use axum::Json;
 use axum::extract::{OriginalUri, State};
 use axum::response::Response;
+use chrono::{DateTime, Utc};
 use paygent_engine::domain::Decision;
+use paygent_engine::domain::money::strict;
 use paygent_engine::domain::standing::StandingTerms;
-use paygent_engine::{ApprovalView, Paygent};
+use paygent_engine::domain::{ApprovalStatus, Decimal};
+use paygent_engine::{ApprovalView, EngineError, History, Paygent};
 use serde::Deserialize;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -18,6 +21,7 @@ use uuid::Uuid;
 pub fn router() -> OpenApiRouter<Paygent> {
     OpenApiRouter::new()
         .routes(routes!(list_pending))
+        .routes(routes!(list_decided))
         .routes(routes!(get_approval))
         .routes(routes!(approve))
         .routes(routes!(reject))
@@ -36,6 +40,77 @@ async fn list_pending(
 ) -> ApiResult<Response> {
     let list = async |page| Ok(paygent.pending_approvals(&who, page).await?);
     q.answer(&uri, list, |x| x.id).await
+}
+
+/// What to look for among decided requests; every part left out matches all.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DecidedQuery {
+    session_id: Option<Uuid>,
+    /// `approved`, `edited`, `rejected`, `expired` or `cancelled`.
+    #[param(value_type = Option<String>, pattern = "^(approved|edited|rejected|expired|cancelled)$")]
+    outcome: Option<ApprovalStatus>,
+    /// The agent key that asked.
+    agent: Option<Uuid>,
+    /// The payee of the action decided on (an edit's, if edited): an address, compared without case, or a URL.
+    #[param(max_length = 2048)]
+    payee: Option<String>,
+    /// At least this USD value.
+    #[serde(default, deserialize_with = "strict::option")]
+    #[param(value_type = Option<String>, pattern = r"^[0-9]{1,13}(\.[0-9]{1,6})?$")]
+    min_usd: Option<Decimal>,
+    /// At most this USD value.
+    #[serde(default, deserialize_with = "strict::option")]
+    #[param(value_type = Option<String>, pattern = r"^[0-9]{1,13}(\.[0-9]{1,6})?$")]
+    max_usd: Option<Decimal>,
+    /// Filed at or after this time.
+    since: Option<DateTime<Utc>>,
+    /// Filed before this time.
+    until: Option<DateTime<Utc>>,
+    /// The last id the previous page read (as the `Link` header gives it).
+    after: Option<Uuid>,
+    /// At most 500; 100 by default.
+    limit: Option<i64>,
+}
+
+/// Decided requests, newest first, with outcome, decider, note and the payment that followed. At most 1,000
+/// requests are read a call: a filter few match may answer a short page, with `Link: <...>; rel="next"` to go
+/// on while there may be more.
+#[utoipa::path(get, path = "/approvals/decided", tag = "approvals", params(DecidedQuery),
+    responses((status = 200, body = Vec<ApprovalView>, headers(("Link" = String, description = "the next page"))),
+        (status = 400, body = Problem),
+        (status = 403, body = Problem),
+        (status = 422, body = Problem)))]
+async fn list_decided(
+    State(paygent): State<Paygent>,
+    Caller(who): Caller,
+    OriginalUri(uri): OriginalUri,
+    Query(q): Query<DecidedQuery>,
+) -> ApiResult<Response> {
+    if q.outcome == Some(ApprovalStatus::Pending) {
+        return Err(EngineError::Invalid(
+            "outcome: a decided request is approved, edited, rejected, expired or cancelled; pending ones are at \
+             /approvals/pending"
+                .into(),
+        )
+        .into());
+    }
+    let filter = History {
+        outcome: q.outcome,
+        agent: q.agent,
+        payee: q.payee,
+        min_usd: q.min_usd,
+        max_usd: q.max_usd,
+        since: q.since,
+        until: q.until,
+    };
+    let asked = paygent_engine::Page {
+        session_id: q.session_id,
+        after: q.after,
+        limit: q.limit.unwrap_or(super::DEFAULT_LIMIT),
+    };
+    let (found, next) = paygent.decided_approvals(&who, asked, &filter).await?;
+    Ok(super::page(&uri, found, next.map(|id| id.to_string())))
 }
 
 /// One request, with its decision record. An agent reads only the requests on its own sessions.
