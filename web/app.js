@@ -394,26 +394,31 @@ async function moreDecided(path) {
   show($("#no-decided"), error.hidden && $("#decided-list").children.length === 0 && $("#decided-more").hidden);
 }
 
+// An id's last characters: ids are time-ordered, so their first ones are alike.
+const short = (id) => `…${id.slice(-8)}`;
+
 function decidedItem(a) {
   const li = document.createElement("li");
   li.className = `item decided ${a.status}`;
   li.dataset.approvalId = a.id;
   const args = a.edited_args ?? a.args;
   const c = a.context;
-  const name = (n) => n.name ?? n.id.slice(0, 8);
+  const name = (n) => n.name ?? short(n.id);
   const d = a.decision;
   const took = d ? Math.max(0, Math.round((Date.parse(d.at) - Date.parse(a.created_at)) / 1000)) : null;
   const lines = [
     `$${a.usd_value} · ${money(args)} → ${args.recipient ?? args.to ?? args.url ?? ""}`,
-    `${a.status}${d?.by ? ` by ${d.by.slice(0, 8)}` : ""}${took === null ? "" : ` after ${took} s`}` +
+    `${a.status}${d?.by ? ` by ${short(d.by)}` : ""}${took === null ? "" : ` after ${took} s`}` +
       (d?.note ? ` · “${d.note}”` : ""),
-    c ? `${name(c.agent)} in session ${name(c.session)}` : `agent ${a.requested_by.slice(0, 8)}`,
-    `filed ${new Date(a.created_at).toLocaleString()}` + (a.payment_id ? ` · payment ${a.payment_id.slice(0, 8)}` : ""),
+    c ? `${name(c.agent)} in session ${name(c.session)}` : `agent ${short(a.requested_by)}`,
+    `filed ${new Date(a.created_at).toLocaleString()}` + (a.payment_id ? ` · payment ${short(a.payment_id)}` : ""),
   ];
   li.replaceChildren(...lines.map((text, i) => {
     const p = document.createElement("p");
     p.className = ["what", "outcome", "meta", "when"][i];
     p.textContent = text;
+    // The whole ids, on hover, for copying.
+    p.title = [d?.by, c?.agent.id ?? a.requested_by, a.payment_id][i - 1] ?? "";
     return p;
   }));
   return li;

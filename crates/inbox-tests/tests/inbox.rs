@@ -61,6 +61,35 @@ async fn fill(page: &Page, selector: &str, text: &str) {
     assert_eq!(eval(page, &script).await, true, "no field at {selector}");
 }
 
+/// Saves a full-page screenshot as `name` among the tests' artifacts (`inbox-screenshots` in the target's
+/// test directory), where docs/ takes its pictures from.
+async fn screenshot(page: &Page, name: &str) {
+    let artifacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("inbox-screenshots");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let params = ScreenshotParams::builder().full_page(true).build();
+    page.save_screenshot(params, artifacts.join(name))
+        .await
+        .unwrap();
+}
+
+/// The inbox in a page the size of a phone (390 × 844 CSS pixels at 3×).
+async fn at_phone_width(chrome: &Chromium, base: &str) -> Page {
+    use chromiumoxide::cdp::browser_protocol::emulation::SetDeviceMetricsOverrideParams;
+    let phone = chrome.open(&format!("{base}/")).await;
+    let metrics = SetDeviceMetricsOverrideParams::new(390, 844, 3.0, true);
+    phone.execute(metrics).await.unwrap();
+    phone
+}
+
+async fn fits_a_phone(page: &Page) {
+    let fits = eval(
+        page,
+        "document.documentElement.scrollWidth <= window.innerWidth",
+    )
+    .await;
+    assert_eq!(fits, true, "no sideways scrolling at phone width");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn people_decide_in_the_inbox() {
     let s = TestServer::start(Backend::Sqlite).await;
@@ -276,38 +305,12 @@ async fn people_decide_in_the_inbox() {
     .await;
 
     // Screenshots at desktop and phone width, kept as test artifacts.
-    let artifacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("inbox-screenshots");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    page.save_screenshot(
-        ScreenshotParams::builder().full_page(true).build(),
-        artifacts.join("inbox-desktop.png"),
-    )
-    .await
-    .unwrap();
-    let phone = chrome.open(&format!("{}/", s.base)).await;
-    phone
-        .execute(
-            chromiumoxide::cdp::browser_protocol::emulation::SetDeviceMetricsOverrideParams::new(
-                390, 844, 3.0, true,
-            ),
-        )
-        .await
-        .unwrap();
+    screenshot(&page, "inbox-desktop.png").await;
+    let phone = at_phone_width(&chrome, &s.base).await;
     sign_in(&phone, &t.approver).await;
     appears(&phone, &ours).await;
-    phone
-        .save_screenshot(
-            ScreenshotParams::builder().full_page(true).build(),
-            artifacts.join("inbox-phone.png"),
-        )
-        .await
-        .unwrap();
-    let phone_width = eval(
-        &phone,
-        "document.documentElement.scrollWidth <= window.innerWidth",
-    )
-    .await;
-    assert_eq!(phone_width, true, "no sideways scrolling at phone width");
+    screenshot(&phone, "inbox-phone.png").await;
+    fits_a_phone(&phone).await;
 
     // Killing a session from the inbox takes two clicks and cancels its requests live.
     let doomed = s.session(&t.agent, json!({})).await;
@@ -486,15 +489,8 @@ async fn views_show_steps_budgets_and_the_audit_chain() {
     assert_eq!(executed["recipient"], other, "{executed}");
     assert_eq!(executed["amount"], "25");
 
-    let artifacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("inbox-screenshots");
-    std::fs::create_dir_all(&artifacts).unwrap();
     click(&page, "#views [data-view=audit]").await;
-    page.save_screenshot(
-        ScreenshotParams::builder().full_page(true).build(),
-        artifacts.join("inbox-audit.png"),
-    )
-    .await
-    .unwrap();
+    screenshot(&page, "inbox-audit.png").await;
     s.finish().await;
 }
 
@@ -791,6 +787,18 @@ async fn decided_requests_are_searched_and_paged() {
             .to_string()
             .contains(pending.as_str())
     );
+    screenshot(&page, "decided-desktop.png").await;
+    let phone = at_phone_width(&chrome, &s.base).await;
+    sign_in(&phone, &t.approver).await;
+    click(&phone, "#views [data-view=decided]").await;
+    wait_until(
+        &phone,
+        &format!("{listed}.length === 2"),
+        "the list at phone width",
+    )
+    .await;
+    screenshot(&phone, "decided-phone.png").await;
+    fits_a_phone(&phone).await;
     let outcome = eval(
         &page,
         &format!(
