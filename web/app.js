@@ -260,21 +260,33 @@ async function toggleSteps(li, head, id) {
     return;
   }
   const e = await api("GET", `/executions/${id}`);
+  // The request each step waited on, for who decided it and how soon (an execution's steps are few).
+  const asked = await Promise.all(e.steps.map((step) => step.approval_id
+    ? api("GET", `/approvals/${step.approval_id}`).catch(() => null) : null));
   const ol = document.createElement("ol");
   ol.className = "steps";
   ol.start = 0;
-  for (const step of e.steps) {
+  for (const [i, step] of e.steps.entries()) {
     const item = document.createElement("li");
     item.dataset.step = String(step.idx);
     const outcome = step.error ? `error: ${step.error}` : step.result ? summary(step.result) : "";
     const cost = step.cost_usd ? ` · $${step.cost_usd}` : "";
     const took = step.duration_ms !== null && step.duration_ms !== undefined ? ` · ${step.duration_ms} ms` : "";
     item.textContent = `${step.tool} ${JSON.stringify(step.args)} — ${step.status}${cost}${took}` +
-      (outcome ? ` — ${outcome}` : "");
+      (outcome ? ` — ${outcome}` : "") + waitedOn(asked[i]);
     ol.append(item);
   }
   li.append(ol);
   head.setAttribute("aria-expanded", "true");
+}
+
+// The person a step waited on: who decided its request, and how long after it was filed.
+function waitedOn(a) {
+  if (!a) return "";
+  const d = a.decision;
+  if (!d) return " — waiting on a person";
+  const took = Math.max(0, Math.round((Date.parse(d.at) - Date.parse(a.created_at)) / 1000));
+  return ` — ${a.status}${d.by ? ` by ${d.by_name ?? short(d.by)}` : ""} after ${took} s`;
 }
 
 // A step's result in one line: a payment's status, or a fetch's status and the start of its body.
@@ -408,7 +420,7 @@ function decidedItem(a) {
   const took = d ? Math.max(0, Math.round((Date.parse(d.at) - Date.parse(a.created_at)) / 1000)) : null;
   const lines = [
     `$${a.usd_value} · ${money(args)} → ${args.recipient ?? args.to ?? args.url ?? ""}`,
-    `${a.status}${d?.by ? ` by ${short(d.by)}` : ""}${took === null ? "" : ` after ${took} s`}` +
+    `${a.status}${d?.by ? ` by ${d.by_name ?? short(d.by)}` : ""}${took === null ? "" : ` after ${took} s`}` +
       (d?.note ? ` · “${d.note}”` : ""),
     c ? `${name(c.agent)} in session ${name(c.session)}` : `agent ${short(a.requested_by)}`,
     `filed ${new Date(a.created_at).toLocaleString()}` + (a.payment_id ? ` · payment ${short(a.payment_id)}` : ""),

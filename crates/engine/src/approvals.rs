@@ -65,7 +65,25 @@ impl Paygent {
         let request = self.load_approval(who.tenant_id, id).await?;
         self.reach(who, request.session_id, "approval request")
             .await?;
-        Ok(request.into())
+        let mut view = [request.into()];
+        self.name_deciders(who.tenant_id, &mut view).await?;
+        let [view] = view;
+        Ok(view)
+    }
+
+    /// Names the keys that decided `views`, as they are named now, in one read.
+    async fn name_deciders(&self, tenant_id: Uuid, views: &mut [ApprovalView]) -> Result<()> {
+        let mut ids: Vec<Uuid> = views
+            .iter()
+            .filter_map(|v| v.decision.as_ref()?.by)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let names = paygent_store::keys::names(self.store.reader(), tenant_id, &ids).await?;
+        for decision in views.iter_mut().filter_map(|v| v.decision.as_mut()) {
+            decision.by_name = decision.by.and_then(|by| names.get(&by).cloned());
+        }
+        Ok(())
     }
 
     /// Pending requests, oldest first.
@@ -96,6 +114,19 @@ impl Paygent {
             who.can_decide(),
             "only approvers and admins list approval requests",
         )?;
+        let (mut found, next) = self.read_decided(who, page, filter).await?;
+        self.name_deciders(who.tenant_id, &mut found).await?;
+        Ok((found, next))
+    }
+
+    /// The reading of [`Paygent::decided_approvals`]: batches of a page, until the page is full, the history
+    /// ends, or [`MAX_EXAMINED`] requests were read.
+    async fn read_decided(
+        &self,
+        who: &Principal,
+        page: crate::Page,
+        filter: &History,
+    ) -> Result<(Vec<ApprovalView>, Option<Uuid>)> {
         let limit = page.limit.clamp(1, crate::MAX_PAGE);
         let mut scope = crate::payments::scope(who, page);
         let (mut found, mut examined) = (Vec::new(), 0);

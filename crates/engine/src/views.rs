@@ -98,6 +98,8 @@ impl From<PaymentRecord> for PaymentView {
 pub struct DecisionRecord {
     /// The deciding key; absent when the system ended the request (expiry).
     pub by: Option<Uuid>,
+    /// The deciding key's name, where a list or a read names it.
+    pub by_name: Option<String>,
     pub at: DateTime<Utc>,
     /// The comment, or the rejection's reason.
     pub note: Option<String>,
@@ -177,6 +179,7 @@ impl From<ApprovalRecord> for ApprovalView {
     fn from(a: ApprovalRecord) -> Self {
         let decision = a.decided_at.map(|at| DecisionRecord {
             by: a.decided_by,
+            by_name: None,
             at,
             note: a.decision_note.clone(),
             digest: a.decided_digest.clone(),

@@ -435,6 +435,45 @@ async fn views_show_steps_budgets_and_the_audit_chain() {
         true
     );
 
+    // A step that waited on a person says who decided it, and how soon.
+    let elsewhere = s.session(&t.agent, json!({})).await;
+    let paid = json!([{"tool": "transfer",
+        "args": {"to": paygent_testkit::PAYEE, "amount": "20", "currency": "USDC"}}]);
+    let waited = s.execute(&t.agent, elsewhere, paid).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let asked = paygent_testkit::wait_for(&s, &t.agent, &waited, |e| {
+        e["steps"][0]["approval_id"].is_string()
+    })
+    .await;
+    let approval = asked["steps"][0]["approval_id"].as_str().unwrap();
+    s.decide(&t.approver, approval, "approve", json!({})).await;
+    paygent_testkit::wait_for(
+        &s,
+        &t.agent,
+        &waited,
+        paygent_testkit::status_is("completed"),
+    )
+    .await;
+    let row = format!("[data-execution-id='{waited}']");
+    wait_until(
+        &page,
+        &format!(
+            "(document.querySelector(\"{row} .what\")?.textContent ?? '').includes('completed')"
+        ),
+        "the approved execution",
+    )
+    .await;
+    click(&page, &format!("{row} .what")).await;
+    let step = format!("(document.querySelector(\"{row} .steps li\")?.textContent ?? '')");
+    wait_until(
+        &page,
+        &format!("{step}.includes('approved by Approver after')"),
+        "who decided the step",
+    )
+    .await;
+
     // Budgets: each session with today's spend.
     click(&page, "#views [data-view=budgets]").await;
     wait_until(
@@ -808,7 +847,7 @@ async fn decided_requests_are_searched_and_paged() {
     )
     .await;
     assert!(
-        outcome.as_str().unwrap().contains("rejected by"),
+        outcome.as_str().unwrap().contains("rejected by Approver"),
         "{outcome}"
     );
     assert!(

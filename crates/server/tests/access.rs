@@ -992,6 +992,19 @@ async fn decided_requests_are_found_by_filters(backend: Backend) {
     assert!(!all.contains(&id(&pending)));
     let (_, list) = s.get(&t.admin, "/approvals/decided?outcome=rejected").await;
     assert_eq!(list[0]["decision"]["note"], "not this payee", "{list}");
+    let (_, me) = s.get(&t.approver, "/me").await;
+    assert_eq!(list[0]["decision"]["by"], me["key_id"], "{me}");
+    assert_eq!(
+        list[0]["decision"]["by_name"], "Approver",
+        "the decider by name"
+    );
+    let (_, one) = s
+        .get(&t.admin, &format!("/approvals/{}", id(&rejected)))
+        .await;
+    assert_eq!(
+        one["decision"]["by_name"], "Approver",
+        "a read names the decider too"
+    );
     assert_eq!(decided(&s, &t, "outcome=edited").await, [id(&edited)]);
     let agent = other["requested_by"].as_str().unwrap();
     assert_eq!(

@@ -1,6 +1,6 @@
 //! API keys. Only a SHA-256 hash of each token is stored; the token itself is shown once.
 
-use crate::db::query;
+use crate::db::{placeholders, query};
 use crate::{Result, Store, StoreError, WriteTx, time, uuid};
 use chrono::{DateTime, Utc};
 use paygent_domain::Role;
@@ -175,6 +175,30 @@ pub async fn name_of(tx: &mut WriteTx, id: Uuid) -> Result<Option<String>> {
         .fetch_optional(tx.conn())
         .await?;
     row.map(|r| r.get(0)).transpose()
+}
+
+/// The names of some of a tenant's keys, revoked or not, in one statement: a page of decisions names its
+/// deciders (at most a page's worth of ids).
+pub async fn names(
+    db: crate::Db<'_>,
+    tenant_id: Uuid,
+    ids: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, String>> {
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let sql = format!(
+        "SELECT id, name FROM api_keys WHERE tenant_id = $1 AND id IN {}",
+        placeholders(2, 1, ids.len())
+    );
+    let mut q = query(sql).bind(tenant_id.to_string());
+    for id in ids {
+        q = q.bind(id.to_string());
+    }
+    let rows = q.fetch_all(db).await?;
+    rows.iter()
+        .map(|r| Ok((uuid(&r.get::<String>(0)?)?, r.get(1)?)))
+        .collect()
 }
 
 /// One of a tenant's keys, revoked or not (to name who decided something).
