@@ -181,7 +181,10 @@ impl Paygent {
             self.land(&mut tx, who, &ruling).await?
         };
         match landed {
-            Some(view) => {
+            Some(mut view) => {
+                if let Some(decision) = view.decision.as_mut() {
+                    decision.by_name = paygent_store::keys::name_of(&mut tx, who.key_id).await?;
+                }
                 self.publish(tx.commit().await?);
                 if view.status != ApprovalStatus::Pending {
                     let waited = (self.now() - view.created_at).to_std().unwrap_or_default();

@@ -98,7 +98,7 @@ impl From<PaymentRecord> for PaymentView {
 pub struct DecisionRecord {
     /// The deciding key; absent when the system ended the request (expiry).
     pub by: Option<Uuid>,
-    /// The deciding key's name, where a list or a read names it.
+    /// The deciding key's name, in a decision's answer, a read and a list (events carry the id only).
     pub by_name: Option<String>,
     pub at: DateTime<Utc>,
     /// The comment, or the rejection's reason.

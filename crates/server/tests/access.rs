@@ -1051,8 +1051,10 @@ async fn decided_requests_are_found_by_filters(backend: Backend) {
     let counts: Vec<usize> = pages.iter().map(|p| p.as_array().unwrap().len()).collect();
     assert_eq!(counts, [1, 0], "1,000 read, then the other 504");
 
+    let long = format!("payee={}", "a".repeat(2049));
     for (token, query, want) in [
         (&t.agent, "", StatusCode::FORBIDDEN),
+        (&t.approver, long.as_str(), StatusCode::UNPROCESSABLE_ENTITY),
         (
             &t.approver,
             "outcome=pending",

@@ -42,6 +42,9 @@ async fn list_pending(
     q.answer(&uri, list, |x| x.id).await
 }
 
+/// The longest payee a search takes: an address, or an x402 URL.
+const MAX_PAYEE: usize = 2048;
+
 /// What to look for among decided requests; every part left out matches all.
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -87,6 +90,10 @@ async fn list_decided(
     OriginalUri(uri): OriginalUri,
     Query(q): Query<DecidedQuery>,
 ) -> ApiResult<Response> {
+    if q.payee.as_ref().is_some_and(|p| p.len() > MAX_PAYEE) {
+        let detail = format!("payee: at most {MAX_PAYEE} characters");
+        return Err(EngineError::Invalid(detail).into());
+    }
     if q.outcome == Some(ApprovalStatus::Pending) {
         return Err(EngineError::Invalid(
             "outcome: a decided request is approved, edited, rejected, expired or cancelled; pending ones are at \
