@@ -25,6 +25,9 @@ use uuid::Uuid;
 /// The most decided requests one call of [`Paygent::decided_approvals`] reads.
 pub const MAX_EXAMINED: usize = 1_000;
 
+/// How many decided requests one statement reads.
+const READ_BATCH: i64 = 200;
+
 /// What a person looks for among decided requests; every part left out matches all.
 #[derive(Debug, Clone, Default)]
 pub struct History {
@@ -119,8 +122,8 @@ impl Paygent {
         Ok((found, next))
     }
 
-    /// The reading of [`Paygent::decided_approvals`]: batches of a page, until the page is full, the history
-    /// ends, or [`MAX_EXAMINED`] requests were read.
+    /// The reading of [`Paygent::decided_approvals`]: batches of [`READ_BATCH`], until the page is full, the
+    /// history ends, or [`MAX_EXAMINED`] requests were read.
     async fn read_decided(
         &self,
         who: &Principal,
@@ -128,11 +131,14 @@ impl Paygent {
         filter: &History,
     ) -> Result<(Vec<ApprovalView>, Option<Uuid>)> {
         let limit = page.limit.clamp(1, crate::MAX_PAGE);
+        // Read in batches of their own size, not the page's: a page of one that few requests match would
+        // otherwise take a statement per request read.
         let mut scope = crate::payments::scope(who, page);
+        scope.limit = READ_BATCH;
         let (mut found, mut examined) = (Vec::new(), 0);
         loop {
             let batch = approvals::decided(self.store.reader(), scope).await?;
-            let more = batch.len() as i64 == scope.limit;
+            let more = batch.len() as i64 == READ_BATCH;
             for request in batch {
                 if filter.since.is_some_and(|since| request.created_at < since) {
                     return Ok((found, None));
