@@ -3,6 +3,8 @@
 "use strict";
 
 const $ = (sel, root = document) => root.querySelector(sel);
+// An id's last characters: ids are time-ordered, so their first ones are alike.
+const short = (id) => `…${id.slice(-8)}`;
 const state = { token: null, role: null, items: new Map(), lastSeq: null, socket: null, budgets: new Map(),
   selected: null, retry: 500 };
 
@@ -56,7 +58,7 @@ async function signIn(token) {
   if (me.role === "agent") throw new Error("agent keys cannot decide: use an approver or admin key");
   state.role = me.role;
   sessionStorage.setItem("paygent-token", token);
-  $("#who-role").textContent = `${me.role} · tenant ${me.tenant_id.slice(0, 8)}`;
+  $("#who-role").textContent = `${me.role} · tenant ${short(me.tenant_id)}`;
   show($("#who"), true);
   show($("#sign-in"), false);
   show($("#views"), true);
@@ -235,7 +237,7 @@ function executionItem(e) {
   head.addEventListener("click", () => toggleSteps(li, head, e.id));
   const meta = document.createElement("p");
   meta.className = "meta";
-  meta.textContent = `session ${e.session_id.slice(0, 8)} · step ${e.current_step} · $${e.cost_usd}` +
+  meta.textContent = `session ${short(e.session_id)} · step ${e.current_step} · $${e.cost_usd}` +
     (e.error ? ` · ${e.error}` : "");
   li.append(head, meta);
   if (e.status === "running" || e.status === "awaiting_approval") {
@@ -305,7 +307,7 @@ function frozenAlert(sessionId, freeze) {
   li.setAttribute("role", "alert");
   const what = document.createElement("p");
   what.className = "what";
-  what.textContent = `Session ${sessionId.slice(0, 8)} is frozen by the circuit breaker (${freeze.rule}): ` +
+  what.textContent = `Session ${short(sessionId)} is frozen by the circuit breaker (${freeze.rule}): ` +
     `${freeze.detail}. Its payments are denied and its executions wait.`;
   const error = document.createElement("p");
   error.className = "error";
@@ -344,7 +346,7 @@ async function loadSessions() {
     li.dataset.sessionId = session.id;
     const head = document.createElement("p");
     head.className = "what";
-    head.textContent = `${session.name ?? "session"} ${session.id.slice(0, 8)} — ${session.state}` +
+    head.textContent = `${session.name ?? "session"} ${short(session.id)} — ${session.state}` +
       (session.wallet_address ? ` · wallet ${session.wallet_address}` : "");
     const budget = document.createElement("p");
     budget.className = "budget";
@@ -405,9 +407,6 @@ async function moreDecided(path) {
   }
   show($("#no-decided"), error.hidden && $("#decided-list").children.length === 0 && $("#decided-more").hidden);
 }
-
-// An id's last characters: ids are time-ordered, so their first ones are alike.
-const short = (id) => `…${id.slice(-8)}`;
 
 function decidedItem(a) {
   const li = document.createElement("li");
@@ -495,10 +494,10 @@ function context(li, a) {
   const said = $(".said", li);
   show(said, !!c?.description);
   said.textContent = c?.description ? `“${c.description}”` : "";
-  const name = (n) => n.name ?? n.id.slice(0, 8);
+  const name = (n) => n.name ?? short(n.id);
   $(".meta", li).textContent = c
     ? `${name(c.agent)} in session ${name(c.session)} · policy ${c.policy.name} v${c.policy.version}`
-    : `session ${a.session_id.slice(0, 8)} · agent ${a.requested_by.slice(0, 8)}`;
+    : `session ${short(a.session_id)} · agent ${short(a.requested_by)}`;
   const history = $(".payee-history", li);
   const p = c?.payee;
   history.classList.toggle("first", !!p?.first_payment);
@@ -520,7 +519,7 @@ function fill(li, a) {
   const counted = a.approvals_required > 1;
   const step = a.escalated > 0 ? a.escalation[a.escalated - 1] : null;
   show(quorum, counted || a.groups.length > 0 || step !== null);
-  const by = a.approvals.map((v) => v.by.slice(0, 8)).join(", ");
+  const by = a.approvals.map((v) => short(v.by)).join(", ");
   quorum.dataset.approvals = String(a.approvals.length);
   const parts = [];
   if (counted) parts.push(`Approvals ${a.approvals.length} of ${a.approvals_required}` + (by ? ` (${by})` : ""));
