@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 /// The most decided requests one call of [`Paygent::decided_approvals`] reads.
-pub const MAX_EXAMINED: usize = 1_000;
+const MAX_EXAMINED: usize = 1_000;
 
 /// How many decided requests one statement reads.
 const READ_BATCH: i64 = 200;
@@ -68,9 +68,9 @@ impl Paygent {
         let request = self.load_approval(who.tenant_id, id).await?;
         self.reach(who, request.session_id, "approval request")
             .await?;
-        let mut view = [request.into()];
-        self.name_deciders(who.tenant_id, &mut view).await?;
-        let [view] = view;
+        let mut view = request.into();
+        self.name_deciders(who.tenant_id, std::slice::from_mut(&mut view))
+            .await?;
         Ok(view)
     }
 
