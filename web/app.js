@@ -80,6 +80,7 @@ function view(name) {
   if (name === "decided") searchDecided();
   if (name === "audit") loadAudit();
   if (name === "policies") loadPolicies();
+  if (name === "spend") spendScopes().then(loadSpend);
 }
 
 // A policy's rules: its view without the record's own fields.
@@ -347,6 +348,7 @@ async function loadSessions() {
     const head = document.createElement("p");
     head.className = "what";
     head.textContent = `${session.name ?? "session"} ${short(session.id)} — ${session.state}` +
+      ` · by ${session.created_by_name ?? short(session.created_by)}` +
       (session.wallet_address ? ` · wallet ${session.wallet_address}` : "");
     const budget = document.createElement("p");
     budget.className = "budget";
@@ -362,6 +364,122 @@ async function loadSessions() {
     return li;
   }));
   show($("#no-sessions"), sessions.length === 0);
+}
+
+// Whose spend people pick: the tenant, each agent that opened a session (by name), each session.
+async function spendScopes() {
+  const sessions = await api("GET", "/sessions?limit=100");
+  const select = $("#spend-scope");
+  const chosen = select.value;
+  const agents = new Map(sessions.map((s) => [s.created_by, s.created_by_name ?? short(s.created_by)]));
+  const group = (label, options) => {
+    const g = document.createElement("optgroup");
+    g.label = label;
+    g.append(...options.map(([value, text]) => new Option(text, value)));
+    return g;
+  };
+  select.replaceChildren(new Option("The whole tenant", ""),
+    group("Agents", [...agents].map(([id, name]) => [`agent_id=${id}`, name])),
+    group("Sessions", sessions.map((s) =>
+      [`session_id=${s.id}`, `${s.name ?? "session"} ${short(s.id)} · ${agents.get(s.created_by)}`])));
+  select.value = chosen;
+  if (select.value !== chosen) select.value = "";
+}
+
+// Spend: today against each limit (bars), the last day and month (charts, with their figures), top payees.
+async function loadSpend() {
+  const scope = $("#spend-scope").value;
+  try {
+    const s = await api("GET", `/spend${scope ? `?${scope}` : ""}`);
+    show($("#spend-error"), false);
+    $("#spend-limits").replaceChildren(...limitLines(s).map(([label, line]) => bar(label, line)));
+    drawSpend("hours", s.hours, s.hours_total, "Hour (UTC)");
+    drawSpend("days", s.days, s.days_total, "Day (UTC)");
+    $("#spend-payees").replaceChildren(...s.top_payees.map((p) => {
+      const li = document.createElement("li");
+      li.dataset.payee = p.payee;
+      li.title = p.payee;
+      li.textContent = `${payeeName(p.payee)}: ${p.usd} USD in ${p.payments} payment${p.payments === 1 ? "" : "s"}`;
+      return li;
+    }));
+    show($("#no-payees"), s.top_payees.length === 0);
+  } catch (e) {
+    $("#spend-error").textContent = `Cannot read spend: ${e.message}`;
+    show($("#spend-error"), true);
+  }
+}
+
+// The limits a spend picture carries: a session's budget today, an agent's policy limits this period.
+function limitLines(s) {
+  const lines = [];
+  if (s.budget?.usd.limit != null) lines.push(["USD today", s.budget.usd]);
+  for (const [c, l] of Object.entries(s.budget?.currencies ?? {})) {
+    if (l.limit !== null) lines.push([`${c} today`, l]);
+  }
+  for (const l of s.limits) lines.push([`${l.currency ?? "USD"} this ${l.period}`, l]);
+  return lines;
+}
+
+// One limit as words and a bar: spent, then reserved, as shares of the limit (red once past it).
+function bar(label, l) {
+  const line = document.createElement("div");
+  const words = document.createElement("p");
+  words.className = "bar-label";
+  words.textContent = `${label}: ${l.spent} spent, ${l.reserved} reserved of ${l.limit}`;
+  const track = document.createElement("div");
+  track.className = "bar";
+  track.setAttribute("aria-hidden", "true");
+  const limit = Math.max(Number(l.limit), Number.EPSILON);
+  track.classList.toggle("over", Number(l.spent) + Number(l.reserved) > Number(l.limit));
+  for (const part of ["spent", "reserved"]) {
+    const fill = document.createElement("span");
+    fill.className = part;
+    fill.style.width = `${Math.min(100, (100 * Number(l[part])) / limit)}%`;
+    track.append(fill);
+  }
+  line.append(words, track);
+  return line;
+}
+
+const charts = {};
+
+// A chart of spend per hour or day (uPlot, bars), and the same figures as a table for reading.
+function drawSpend(kind, points, total, heading) {
+  $(`#spend-${kind}-total`).textContent = `${total.usd} USD in ${total.payments} payments`;
+  const box = $(`#spend-${kind}-chart`);
+  charts[kind]?.destroy();
+  const data = [points.map((p) => Date.parse(p.start) / 1000), points.map((p) => Number(p.usd))];
+  const step = kind === "hours" ? 3600 : 86400;
+  charts[kind] = new uPlot({
+    width: Math.max(260, box.clientWidth), height: 180, legend: { show: false },
+    // Half a step of room on each side, so the first and last bars are whole.
+    scales: { x: { time: true, range: (u, min, max) => [min - step / 2, max + step / 2] } },
+    axes: [{ stroke: "#4b5563" }, { stroke: "#4b5563" }],
+    series: [{}, { label: "USD", stroke: "#0b57d0", fill: "rgba(11, 87, 208, 0.35)", points: { show: false },
+      paths: uPlot.paths.bars({ size: [0.7, 40] }) }],
+  }, data, box);
+  const row = (cells, tag) => {
+    const tr = document.createElement("tr");
+    tr.append(...cells.map((text) => {
+      const cell = document.createElement(tag);
+      cell.textContent = text;
+      if (tag === "th") cell.scope = "col";
+      return cell;
+    }));
+    return tr;
+  };
+  const spent = points.filter((p) => p.payments !== 0 || Number(p.usd) !== 0);
+  $(`#spend-${kind}`).replaceChildren(row([heading, "USD", "Payments"], "th"), ...spent.map((p) => {
+    const when = kind === "hours" ? p.start.slice(0, 16).replace("T", " ") : p.start.slice(0, 10);
+    const tr = row([when, p.usd, String(p.payments)], "td");
+    tr.dataset.start = p.start;
+    return tr;
+  }));
+}
+
+// A payee as people read it: an address by its ends, an x402 service by its host.
+function payeeName(p) {
+  return /^0x[0-9a-f]{40}$/.test(p) ? `${p.slice(0, 6)}…${p.slice(-4)}` : p;
 }
 
 async function loadAudit() {
@@ -692,6 +810,7 @@ document.addEventListener("DOMContentLoaded", () => {
   }
   $("#verify-chain").addEventListener("click", verifyChain);
   $("#decided-filter").addEventListener("submit", searchDecided);
+  $("#spend-scope").addEventListener("input", loadSpend);
   $("#decided-more").addEventListener("click", (ev) => moreDecided(ev.target.dataset.next));
   $("#new-policy").addEventListener("submit", createPolicy);
   $("#notify").addEventListener("click", toggleAlerts);

@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
+mod spend;
+pub use spend::spend_picture;
+
 /// A running server and an admin key for it.
 #[derive(Clone)]
 pub struct Target {
@@ -225,6 +228,12 @@ impl Target {
             bail!("{path}: {status} {value}");
         }
         Ok(value)
+    }
+
+    /// `GET path` as the admin.
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(&self.admin, reqwest::Method::GET, path, None)
+            .await
     }
 
     async fn post(&self, token: &str, path: &str, body: Value) -> anyhow::Result<Value> {
@@ -1180,7 +1189,7 @@ pub async fn guard_spread(
 
 /// Where the stop scenario puts its pending requests: straight into the server's database, as copies of one real
 /// request (filing 100,000 through the API would measure filing, for minutes).
-enum Seeder {
+pub(crate) enum Seeder {
     Lite(Arc<std::sync::Mutex<rusqlite::Connection>>),
     Pg(sqlx::PgPool),
 }

@@ -79,6 +79,9 @@ enum Scenario {
     Instances,
     /// The guard and approval creation with three webhooks subscribed beside none, and the delivery lag.
     Webhooks,
+    /// The spend picture (`GET /spend`) with 1,000,000 payments stored (`--requests` sets how many), beside the
+    /// hourly totals summed from the payments table.
+    Spend,
 }
 
 const ADMIN: &str = "bench-admin-token-0123456789";
@@ -359,6 +362,10 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Stop => (stops(&t, &db, &scale).await?, vec![]),
         Scenario::Instances => (instances(&db, &dir, &scale, &t).await?, vec![]),
         Scenario::Webhooks => (b::webhooks(&t, &scale).await?, vec![]),
+        Scenario::Spend => {
+            let stored = args.requests.map_or(1_000_000, |n| n as usize);
+            (b::spend_picture(&t, &db, stored, 200).await?, vec![])
+        }
         Scenario::Mcp => {
             let mut lines = b::mcp_pay(&t, &scale, 1).await?;
             lines.extend(b::mcp_pay(&t, &scale, 16).await?);

@@ -684,6 +684,12 @@ async fn benchmark_scenarios_run() {
         .unwrap();
     assert_eq!((answer.count, sweep.count), (2, 2));
     assert!(sweep.per_second > 0.0, "{sweep:?}");
+    // The spend picture over seeded payments (it checks today's total against what it seeded).
+    let pictures = paygent_bench::spend_picture(&target, &db, 2_000, 3)
+        .await
+        .unwrap();
+    let counts: Vec<usize> = pictures.iter().map(|m| m.count).collect();
+    assert_eq!(counts, [3, 3, 3, 3], "{pictures:?}");
     // Three webhooks beside none, and every delivery timed.
     let hooked = paygent_bench::webhooks(&target, &scale).await.unwrap();
     let counts: Vec<usize> = hooked.iter().map(|m| m.count).collect();

@@ -95,9 +95,11 @@ pub enum Exceeded {
 }
 
 /// A day's totals for one ledger key (a currency, or [`USD_TOTAL`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Usage {
+    #[schema(value_type = String, example = "42.50")]
     pub spent: Decimal,
+    #[schema(value_type = String, example = "30.00")]
     pub reserved: Decimal,
 }
 

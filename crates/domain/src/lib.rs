@@ -36,6 +36,7 @@ pub mod quorum;
 pub mod rules;
 pub mod session;
 pub mod simulation;
+pub mod spend;
 pub mod standing;
 pub mod time;
 pub mod velocity;

@@ -67,6 +67,11 @@ pub enum PaymentError {
 pub const MAX_DESCRIPTION_CHARS: usize = 500;
 const MAX_URL_LEN: usize = 2048;
 
+/// Who a stored recipient pays, as [`Recipient::payee`] says (the recipient as is, should it not parse).
+pub fn payee_of(recipient: &str) -> String {
+    Recipient::parse(recipient).map_or_else(|_| recipient.to_owned(), |r| r.payee())
+}
+
 impl Recipient {
     pub fn parse(s: &str) -> Result<Self, PaymentError> {
         if let Some(hex) = s.strip_prefix("0x") {

@@ -2,7 +2,7 @@
 //! applies the strictest of the two.
 
 use crate::approval::DecisionKind;
-use crate::budget::{OnBudgetExceeded, USD_TOTAL};
+use crate::budget::{OnBudgetExceeded, USD_TOTAL, Usage};
 use crate::execution::OnReject;
 use crate::money::{Decimal, MAX_AMOUNT, parse_decimal, strict};
 use crate::payees::PayeeList;
@@ -228,6 +228,30 @@ pub struct Limit {
     )]
     #[schema(value_type = Option<String>, pattern = r"^[0-9]{1,13}(\.[0-9]{1,6})?$")]
     pub amount: Option<Decimal>,
+}
+
+impl Limit {
+    /// The ledger key it counts (a currency, or [`USD_TOTAL`]) and its most.
+    fn ledger(&self) -> Option<(&str, Decimal)> {
+        match (self.usd, &self.currency, self.amount) {
+            (Some(most), _, _) => Some((USD_TOTAL, most)),
+            (None, Some(c), Some(most)) => Some((c, most)),
+            _ => None,
+        }
+    }
+}
+
+/// A limit and what its current period used of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct LimitUse {
+    pub period: Period,
+    /// The currency it counts; absent for a USD limit.
+    pub currency: Option<String>,
+    #[schema(value_type = String, example = "100")]
+    pub limit: Decimal,
+    #[serde(flatten)]
+    #[schema(inline)]
+    pub used: Usage,
 }
 
 /// A calendar period in UTC. Weeks start on Monday.
@@ -510,15 +534,13 @@ impl PolicyRules {
         used: impl Fn(&str, &str) -> Decimal,
     ) -> Option<String> {
         self.limits.iter().find_map(|limit| {
-            let bucket = limit.period.bucket(at);
-            let (ledger, most, this, unit) = match (limit.usd, &limit.currency, limit.amount) {
-                (Some(most), _, _) => (USD_TOTAL, most, usd, "USD"),
-                (None, Some(c), Some(most)) if c == currency => {
-                    (c.as_str(), most, amount, c.as_str())
-                }
+            let (ledger, most) = limit.ledger()?;
+            let (this, unit) = match ledger {
+                USD_TOTAL => (usd, "USD"),
+                c if c == currency => (amount, c),
                 _ => return None,
             };
-            let so_far = used(&bucket, ledger);
+            let so_far = used(&limit.period.bucket(at), ledger);
             (so_far + this > most).then(|| {
                 format!(
                     "the policy's {} limit of {most} {unit} (used {so_far}, this {this})",
@@ -526,6 +548,26 @@ impl PolicyRules {
                 )
             })
         })
+    }
+
+    /// Where each limit stands at `at`: `used` gives what is spent and reserved in a (bucket, ledger key).
+    pub fn limit_use(
+        &self,
+        at: DateTime<Utc>,
+        used: impl Fn(&str, &str) -> Usage,
+    ) -> Vec<LimitUse> {
+        self.limits
+            .iter()
+            .filter_map(|limit| {
+                let (ledger, most) = limit.ledger()?;
+                Some(LimitUse {
+                    period: limit.period,
+                    currency: (ledger != USD_TOTAL).then(|| ledger.to_owned()),
+                    limit: most,
+                    used: used(&limit.period.bucket(at), ledger),
+                })
+            })
+            .collect()
     }
 
     /// The USD value above which `tool` needs a person under this policy alone.
@@ -827,6 +869,23 @@ mod tests {
         assert_eq!(
             rules.over_limit(next_week, "USDC", d("99"), d("99"), used),
             None
+        );
+        let usage = |bucket: &str, ledger: &str| Usage {
+            spent: used(bucket, ledger),
+            reserved: d("1"),
+        };
+        let standing: Vec<(Option<String>, Decimal, Decimal)> = rules
+            .limit_use(at, usage)
+            .into_iter()
+            .map(|l| (l.currency, l.limit, l.used.spent))
+            .collect();
+        assert_eq!(
+            standing,
+            [
+                (None, d("100"), d("90")),
+                (Some("CRO".into()), d("50"), d("45"))
+            ],
+            "each limit with its period's use"
         );
         let field = |v: Value| {
             let r: PolicyRules = serde_json::from_value(json!({"limits": [v]})).unwrap();

@@ -8,7 +8,7 @@
 
 use crate::judgement::{Findings, Judgement, judge};
 use crate::money::Decimal;
-use crate::payment::{PaymentStatus, Recipient};
+use crate::payment::{PaymentStatus, payee_of};
 use crate::rules::{NewPayee, PolicyRules};
 use crate::session::SessionConfig;
 use crate::velocity::{MAX_WINDOW_SECONDS, Seen, Totals, identical_key, scope_key, tripped};
@@ -158,7 +158,7 @@ impl<'a> Replay<'a> {
         let over_limit = rules.over_limit(p.at, &p.currency, p.amount, p.usd, used);
         let mut verdict = tools.evaluate(&p.tool, p.usd, &args);
         let first = rules.payees.new_payee != NewPayee::Allow
-            && !self.paid.contains(&(p.owner, payee(&p.recipient)));
+            && !self.paid.contains(&(p.owner, payee_of(&p.recipient)));
         let refusal = rules.refusal(p.usd, &args).or_else(|| {
             (first && rules.payees.new_payee == NewPayee::Deny).then(|| crate::rules::Refusal {
                 rule: "payees.new_payee",
@@ -241,12 +241,8 @@ impl<'a> Replay<'a> {
             }
             marks.push_back((p.at, p.usd));
         }
-        self.paid.insert((p.owner, payee(&p.recipient)));
+        self.paid.insert((p.owner, payee_of(&p.recipient)));
     }
-}
-
-fn payee(recipient: &str) -> String {
-    Recipient::parse(recipient).map_or_else(|_| recipient.to_owned(), |r| r.payee())
 }
 
 #[cfg(test)]

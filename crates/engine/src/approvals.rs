@@ -76,13 +76,8 @@ impl Paygent {
 
     /// Names the keys that decided `views`, as they are named now, in one read.
     async fn name_deciders(&self, tenant_id: Uuid, views: &mut [ApprovalView]) -> Result<()> {
-        let mut ids: Vec<Uuid> = views
-            .iter()
-            .filter_map(|v| v.decision.as_ref()?.by)
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let names = paygent_store::keys::names(self.store.reader(), tenant_id, &ids).await?;
+        let ids = views.iter().filter_map(|v| v.decision.as_ref()?.by);
+        let names = self.key_names(tenant_id, ids).await?;
         for decision in views.iter_mut().filter_map(|v| v.decision.as_mut()) {
             decision.by_name = decision.by.and_then(|by| names.get(&by).cloned());
         }

@@ -6,18 +6,21 @@ use chrono::{DateTime, Utc};
 use paygent_domain::PolicyRules;
 use paygent_domain::audit::AuditAction;
 use paygent_domain::budget::{BudgetConfig, Exceeded, USD_TOTAL, Usage};
+use paygent_domain::payment::payee_of;
 use paygent_domain::rules::Period;
+use paygent_domain::spend::Spent;
 use paygent_domain::{Decimal, Principal};
 use paygent_store::WriteTx;
 use paygent_store::budgets::{self, Delta, KEY_PERIODS, SESSION_DAYS};
 use paygent_store::payments::PaymentRecord;
 use paygent_store::sessions::{self, SessionRecord};
+use paygent_store::spend;
 use serde_json::json;
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
-/// An amount booked on one session's budget day, in its currency and in USD, and on the periods of the key
-/// whose policy limits it.
+/// An amount booked on one session's budget day, in its currency and in USD, on the periods of the key whose
+/// policy limits it, and (once spent) on the spend rollups of the tenant, the agent and the session.
 #[derive(Debug, Clone)]
 pub(crate) struct Booking {
     pub session_id: Uuid,
@@ -25,8 +28,13 @@ pub(crate) struct Booking {
     pub currency: String,
     pub amount: Decimal,
     pub usd: Decimal,
-    /// The key whose period ledgers it is booked on, and the moment that places it in their periods.
-    pub limits: Option<(Uuid, DateTime<Utc>)>,
+    /// The key that asked, and whom it pays (normalized): the rollups' agent and payee.
+    pub agent: Uuid,
+    pub payee: String,
+    /// When the payment was asked for: what places it in the key's periods and the rollups' hours.
+    pub at: DateTime<Utc>,
+    /// The key whose period ledgers it is booked on.
+    pub limits: Option<Uuid>,
 }
 
 impl Booking {
@@ -38,7 +46,10 @@ impl Booking {
             currency: p.currency.clone(),
             amount: p.amount,
             usd: p.usd_value,
-            limits: p.limits_key.map(|k| (k, p.created_at)),
+            agent: p.requested_by,
+            payee: payee_of(&p.recipient),
+            at: p.created_at,
+            limits: p.limits_key,
         })
     }
 
@@ -56,6 +67,18 @@ impl Booking {
     pub(crate) fn covers(&self, other: &Booking) -> bool {
         self.currency == other.currency && other.amount <= self.amount && other.usd <= self.usd
     }
+
+    /// What a move of `sign` times its worth, counting `payments`, adds to the spend rollups.
+    fn spent(&self, sign: i64, payments: i64) -> Spent<'_> {
+        Spent {
+            agent: self.agent,
+            session: self.session_id,
+            payee: &self.payee,
+            at: self.at,
+            usd: self.usd * Decimal::from(sign),
+            payments,
+        }
+    }
 }
 
 /// How a booking moves between reserved and spent.
@@ -64,27 +87,35 @@ pub(crate) enum Move {
     Reserve,
     Release,
     Spend,
+    /// A spent payment that failed.
     Unspend,
+    /// The part of a spend that a lower price left unpaid: the payment stays spent.
+    Unused,
     /// A reservation becomes spend: execution.
     Settle,
 }
 
 impl Move {
-    fn factors(self) -> (i64, i64) {
+    /// Signs of the move on spent and on reserved, and the payments it counts as spent.
+    fn factors(self) -> (i64, i64, i64) {
         match self {
-            Move::Reserve => (0, 1),
-            Move::Release => (0, -1),
-            Move::Spend => (1, 0),
-            Move::Unspend => (-1, 0),
-            Move::Settle => (1, -1),
+            Move::Reserve => (0, 1, 0),
+            Move::Release => (0, -1, 0),
+            Move::Spend => (1, 0, 1),
+            Move::Unspend => (-1, 0, -1),
+            Move::Unused => (-1, 0, 0),
+            Move::Settle => (1, -1, 1),
         }
     }
 }
 
 /// Applies `how` to both the booking's currency and the USD total, on the session's day and on each of the
-/// key's periods.
+/// key's periods, and what it spends to the spend rollups.
 pub(crate) async fn book(tx: &mut WriteTx, b: &Booking, how: Move) -> Result<()> {
-    let (spent, reserved) = how.factors();
+    let (spent, reserved, payments) = how.factors();
+    if spent != 0 {
+        spend::fold(tx, &b.spent(spent, payments).changes()).await?;
+    }
     let delta = |amount: Decimal| Delta {
         spent: amount * Decimal::from(spent),
         reserved: amount * Decimal::from(reserved),
@@ -98,10 +129,10 @@ pub(crate) async fn book(tx: &mut WriteTx, b: &Booking, how: Move) -> Result<()>
         (b.day.as_str(), USD_TOTAL, ledgers[1].1),
     ];
     budgets::apply(tx, SESSION_DAYS, b.session_id, &day).await?;
-    let Some((key, at)) = b.limits else {
+    let Some(key) = b.limits else {
         return Ok(());
     };
-    let buckets = Period::ALL.map(|p| p.bucket(at));
+    let buckets = Period::ALL.map(|p| p.bucket(b.at));
     let changes: Vec<(&str, &str, Delta)> = buckets
         .iter()
         .flat_map(|bucket| ledgers.iter().map(move |(l, d)| (bucket.as_str(), *l, *d)))
@@ -115,10 +146,10 @@ pub(crate) async fn check_limits(
     rules: &PolicyRules,
     b: &Booking,
 ) -> Result<Option<String>> {
-    let Some((key, at)) = b.limits.filter(|_| !rules.limits.is_empty()) else {
+    let Some(key) = b.limits.filter(|_| !rules.limits.is_empty()) else {
         return Ok(None);
     };
-    let buckets = Period::ALL.map(|p| p.bucket(at));
+    let (at, buckets) = (b.at, Period::ALL.map(|p| p.bucket(b.at)));
     let refs = buckets.each_ref().map(String::as_str);
     let book = budgets::usage(tx.conn(), KEY_PERIODS, key, &refs).await?;
     let used = |bucket: &str, ledger: &str| {

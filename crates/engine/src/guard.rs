@@ -328,8 +328,6 @@ struct Filing<'a> {
     policy: &'a PolicyRecord,
     payment: PaymentRecord,
     booking: Booking,
-    /// Who is paid, normalized.
-    payee: String,
     /// What the audit entry and event say about it.
     summary: Value,
     /// Every check that found something about it, for the person who may be asked.
@@ -357,8 +355,11 @@ impl<'a> Filing<'a> {
             currency: intent.money.currency.clone(),
             amount: intent.money.amount,
             usd: usd_value,
+            agent: who.key_id,
+            payee: intent.recipient.payee(),
+            at: now,
             // Booked on the key's periods only under limits: what a payment booked is what it releases later.
-            limits: (!policy.rules.limits.is_empty()).then_some((session.created_by, now)),
+            limits: (!policy.rules.limits.is_empty()).then_some(session.created_by),
         };
         let payment = PaymentRecord {
             // A v7 id of the payment's own time: a time window of payments is a range of ids.
@@ -381,7 +382,7 @@ impl<'a> Filing<'a> {
             requested_by: who.key_id,
             budget_day: Some(booking.day.clone()),
             detail: None,
-            limits_key: booking.limits.map(|(key, _)| key),
+            limits_key: booking.limits,
             max_amount: None,
             created_at: now,
             updated_at: now,
@@ -398,7 +399,6 @@ impl<'a> Filing<'a> {
             policy,
             payment,
             booking,
-            payee: intent.recipient.payee(),
             summary,
             fired: Vec::new(),
             count: None,
@@ -487,7 +487,7 @@ impl<'a> Filing<'a> {
             return Ok(None);
         }
         let usd = self.payment.usd_value;
-        let found = standing::in_force(tx, self.session.id, &self.payee).await?;
+        let found = standing::in_force(tx, self.session.id, &self.booking.payee).await?;
         self.cover = found
             .into_iter()
             .find(|s| covers(s.max_usd, s.used_usd, usd));
@@ -514,7 +514,7 @@ impl<'a> Filing<'a> {
         tx: &mut WriteTx,
         verdict: Verdict,
     ) -> Result<(Option<Refusal>, Verdict)> {
-        let (rule, payee) = (self.policy.rules.payees.new_payee, &self.payee);
+        let (rule, payee) = (self.policy.rules.payees.new_payee, &self.booking.payee);
         if rule == NewPayee::Allow
             || payments::known_payee(tx.conn(), self.session.created_by, payee).await?
         {
@@ -714,7 +714,7 @@ impl<'a> Filing<'a> {
         self.mark(tx).await?;
         payments::insert(tx, &self.payment).await?;
         if self.policy.rules.payees.new_payee != NewPayee::Allow {
-            payments::remember_payee(tx, self.session.created_by, &self.payee).await?;
+            payments::remember_payee(tx, self.session.created_by, &self.booking.payee).await?;
         }
         budget::book(tx, &self.booking, Move::Spend).await?;
         self.audit(tx, AuditAction::PaymentAuthorized, &self.subject())

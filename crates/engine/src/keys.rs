@@ -101,6 +101,18 @@ fn validate_name(name: &str) -> Result<()> {
 }
 
 impl Paygent {
+    /// The names of the keys `ids`, as they are named now, in one read.
+    pub(crate) async fn key_names(
+        &self,
+        tenant_id: Uuid,
+        ids: impl Iterator<Item = Uuid>,
+    ) -> Result<std::collections::HashMap<Uuid, String>> {
+        let mut ids: Vec<Uuid> = ids.collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(paygent_store::keys::names(self.store.reader(), tenant_id, &ids).await?)
+    }
+
     /// Resolves a bearer token to its principal. The lookup is by hash, so the token never reaches the database.
     pub async fn authenticate(&self, token: &str) -> Result<Principal> {
         if token.is_empty() || token.len() > 256 {

@@ -24,6 +24,7 @@ mod pricing;
 mod rails;
 mod sessions;
 pub mod simulation;
+mod spend;
 pub mod standing;
 mod views;
 mod wallets;
@@ -60,6 +61,7 @@ pub use metrics::Metrics;
 pub use policies::default_policy_id;
 pub use rails::{Asked, Journal, PaymentOrder, Rail, RailError, Refusal, Settlement, Signed};
 pub use sessions::NewSession;
+pub use spend::{SpendOf, SpendView};
 pub use views::{
     ApprovalView, BudgetLine, BudgetView, DecisionRecord, ExecutionView, KeyView, PaymentView,
     PolicyView, SessionView, StepView,

@@ -414,7 +414,7 @@ impl Paygent {
                     payment.amount - paid.amount,
                     payment.usd_value - paid.usd_value,
                 );
-                budget::book(&mut tx, &unpaid, Move::Unspend).await?;
+                budget::book(&mut tx, &unpaid, Move::Unused).await?;
             }
             let data =
                 json!({"payment_id": payment.id, "tx_hash": s.tx_hash, "network": s.network});

@@ -192,13 +192,28 @@ impl Paygent {
             let budget = self.budget_view(&session, now).await?;
             views.push(SessionView::new(session, budget));
         }
+        self.name_creators(who.tenant_id, &mut views).await?;
         Ok(views)
     }
 
     pub async fn session(&self, who: &Principal, id: Uuid) -> Result<SessionView> {
         let session = self.reachable_session(who, id).await?;
         let budget = self.budget_view(&session, self.now()).await?;
-        Ok(SessionView::new(session, budget))
+        let mut view = [SessionView::new(session, budget)];
+        self.name_creators(who.tenant_id, &mut view).await?;
+        let [view] = view;
+        Ok(view)
+    }
+
+    /// Names the keys that created `views`, as they are named now, in one read.
+    async fn name_creators(&self, tenant_id: Uuid, views: &mut [SessionView]) -> Result<()> {
+        let names = self
+            .key_names(tenant_id, views.iter().map(|v| v.created_by))
+            .await?;
+        for v in views {
+            v.created_by_name = names.get(&v.created_by).cloned();
+        }
+        Ok(())
     }
 }
 

@@ -239,6 +239,8 @@ pub struct SessionView {
     /// Today's spend, reservations and limits.
     pub budget: BudgetView,
     pub created_by: Uuid,
+    /// The name of the key that created it (in lists and reads).
+    pub created_by_name: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -254,6 +256,7 @@ impl SessionView {
             frozen,
             budget,
             created_by: s.created_by,
+            created_by_name: None,
             created_at: s.created_at,
         }
     }

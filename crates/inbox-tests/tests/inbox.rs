@@ -894,3 +894,116 @@ async fn decided_requests_are_searched_and_paged() {
     .await;
     s.finish().await;
 }
+
+/// The spend view draws bars, charts and top payees from data the test made, and its numbers are the API's:
+/// for the tenant, an agent picked by name (its policy's limit) and a session (its budget, with a reservation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spend_is_drawn_from_what_was_paid() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let limits = json!({"limits": [{"period": "day", "usd": "1000"}]});
+    let (_, bot) = s.bound_agent("Ops Bot", limits).await;
+    let session = s.session(&bot, json!({"daily_limit_usd": "100"})).await;
+    s.pay(&bot, session, "3", "USDC").await;
+    let other = "0x2222222222222222222222222222222222222222";
+    let body =
+        json!({"session_id": session, "amount": "4.50", "currency": "USDC", "recipient": other});
+    s.post(&bot, "/payments", body).await;
+    s.pay(&bot, session, "25", "USDC").await;
+    let (_, api) = s.get(&t.approver, "/spend").await;
+    let chrome = Chromium::launch().await;
+    let page = chrome.open(&s.base).await;
+    sign_in(&page, &t.approver).await;
+    click(&page, "#views [data-view=spend]").await;
+    let rows = "[...document.querySelectorAll('#spend-days tr[data-start]')]";
+    wait_until(&page, &format!("{rows}.length === 1"), "today's figures").await;
+    let shown = eval(
+        &page,
+        &format!(
+            "{rows}.map(tr => [tr.dataset.start, tr.cells[1].textContent, tr.cells[2].textContent])"
+        ),
+    )
+    .await;
+    let today = &api["days"][29];
+    let start = today["start"].as_str().unwrap().to_owned();
+    assert_eq!(
+        shown,
+        json!([[start, today["usd"], "2"]]),
+        "the page's figures are the API's: {api}"
+    );
+    let payees = eval(
+        &page,
+        "[...document.querySelectorAll('#spend-payees li')].map(li => li.textContent)",
+    )
+    .await;
+    assert_eq!(
+        payees,
+        json!([
+            "0x2222…2222: 4.5 USD in 1 payment",
+            "0x1111…1111: 3 USD in 1 payment"
+        ]),
+        "payees by their ends, the most paid first: {api}"
+    );
+    let drawn =
+        "document.querySelectorAll('#spend-hours-chart canvas, #spend-days-chart canvas').length";
+    assert_eq!(eval(&page, drawn).await, 2, "both charts are drawn");
+
+    let (_, me) = s.get(&bot, "/me").await;
+    let agent = format!("agent_id={}", me["key_id"].as_str().unwrap());
+    let option =
+        format!("document.querySelector(\"#spend-scope option[value='{agent}']\").textContent");
+    assert_eq!(eval(&page, &option).await, "Ops Bot", "the agent by name");
+    let bars = "[...document.querySelectorAll('#spend-limits .bar-label')].map(p => p.textContent)";
+    // What the page should say of a limit line, from the API's own figures.
+    let said = |label: &str, l: &serde_json::Value| {
+        let figure = |k: &str| l[k].as_str().unwrap().to_owned();
+        let line = format!(
+            "{label}: {} spent, {} reserved of {}",
+            figure("spent"),
+            figure("reserved"),
+            figure("limit")
+        );
+        json!([line]).to_string()
+    };
+    let (_, mine) = s.get(&t.approver, &format!("/spend?{agent}")).await;
+    assert_eq!(mine["limits"][0]["period"], "day", "{mine}");
+    fill(&page, "#spend-scope", &agent).await;
+    let limit = said("USD this day", &mine["limits"][0]);
+    wait_until(
+        &page,
+        &format!("JSON.stringify({bars}) === {limit:?}"),
+        "the agent's limit",
+    )
+    .await;
+    let (_, one) = s
+        .get(&t.approver, &format!("/spend?session_id={session}"))
+        .await;
+    fill(&page, "#spend-scope", &format!("session_id={session}")).await;
+    let budget = said("USD today", &one["budget"]["usd"]);
+    wait_until(
+        &page,
+        &format!("JSON.stringify({bars}) === {budget:?}"),
+        "the session's budget",
+    )
+    .await;
+    let width = eval(
+        &page,
+        "document.querySelector('#spend-limits .bar .reserved').style.width",
+    )
+    .await;
+    assert_eq!(width, "25%");
+    screenshot(&page, "spend-desktop.png").await;
+
+    let phone = at_phone_width(&chrome, &s.base).await;
+    sign_in(&phone, &t.approver).await;
+    click(&phone, "#views [data-view=spend]").await;
+    wait_until(
+        &phone,
+        &format!("{rows}.length === 1"),
+        "the figures at phone width",
+    )
+    .await;
+    screenshot(&phone, "spend-phone.png").await;
+    fits_a_phone(&phone).await;
+    s.finish().await;
+}

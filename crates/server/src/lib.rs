@@ -63,6 +63,7 @@ fn api() -> (Router<Paygent>, utoipa::openapi::OpenApi) {
         .merge(http::payments::router())
         .merge(http::approvals::router())
         .merge(http::standing::router())
+        .merge(http::spend::router())
         .merge(http::audit::router())
         .merge(http::kill::router())
         .merge(http::executions::router())

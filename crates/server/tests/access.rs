@@ -505,8 +505,13 @@ async fn service_endpoints_answer(backend: Backend) {
         "/api/v1/audit",
         "/api/v1/ws",
         "/api/v1/events",
+        "/api/v1/spend",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} is documented");
+    }
+    let spend = &doc["paths"]["/api/v1/spend"]["get"]["responses"];
+    for status in ["200", "400", "403", "404", "422"] {
+        assert!(spend[status].is_object(), "GET /spend lists {status}");
     }
     // The live channel is published as what it answers: an upgrade, or a stream of server-sent events.
     assert!(doc["paths"]["/api/v1/ws"]["get"]["responses"]["101"].is_object());

@@ -16,6 +16,7 @@ on_both_databases!(
     budget_changes_are_audited_and_lowering_breaks_nothing,
     bad_budget_input_changes_nothing,
     edits_rebook_and_executions_settle,
+    spend_is_drawn_per_scope_from_what_was_paid,
 );
 
 fn dec(v: &Value) -> Decimal {
@@ -522,4 +523,191 @@ async fn edits_rebook_and_executions_settle(backend: Backend) {
         Decimal::new(94, 0)
     );
     s.finish().await;
+}
+
+/// `GET /spend?{query}` as `token`: status and body.
+async fn spend(s: &TestServer, token: &str, query: &str) -> (StatusCode, Value) {
+    s.get(token, &format!("/spend?{query}")).await
+}
+
+/// (USD, payments) of a point of a spend picture.
+fn point(v: &Value) -> (Decimal, i64) {
+    (dec(&v["usd"]), v["payments"].as_i64().unwrap())
+}
+
+/// Spend per tenant, agent and session, by hour and day, with top payees and limits, equals what was paid: a
+/// failed payment is taken back, an approved one counts once executed, another day's lands on its day; agents,
+/// two scopes at once, strangers and bad ids are refused.
+async fn spend_is_drawn_per_scope_from_what_was_paid(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let limits = json!({"limits": [{"period": "day", "usd": "1000"}]});
+    let (_, bound) = s.bound_agent("Ops Bot", limits).await;
+    let (sa, sb) = (
+        s.session(&bound, json!({"daily_limit_usd": "100"})).await,
+        s.session(&bound, json!({})).await,
+    );
+    let sc = s.session(&t.agent, json!({})).await;
+    let noon = Utc::now()
+        .date_naive()
+        .and_hms_opt(12, 0, 0)
+        .unwrap()
+        .and_utc();
+    s.clock.set(noon - Duration::days(2));
+    assert_eq!(s.pay(&bound, sa, "3", "USDC").await.0, StatusCode::CREATED);
+    s.clock.set(noon);
+    let other = "0x2222222222222222222222222222222222222222";
+    let body = json!({"session_id": sa, "amount": "4", "currency": "USDC", "recipient": other});
+    assert_eq!(
+        s.post(&bound, "/payments", body).await.0,
+        StatusCode::CREATED
+    );
+    let (_, asked) = s.pay(&bound, sb, "25", "USDC").await;
+    let approval = asked["approval_id"].as_str().unwrap();
+    let (_, before) = spend(&s, &t.approver, "").await;
+    assert_eq!(
+        point(&before["days"][29]).1,
+        1,
+        "a pending payment is not spend"
+    );
+    s.approve_and_execute(&t.approver, &bound, approval).await;
+    let (_, failed) = s.pay(&bound, sa, "5", "USDC").await;
+    let path = format!("/payments/{}/outcome", failed["id"].as_str().unwrap());
+    assert_eq!(
+        s.post(&bound, &path, json!({"status": "failed"})).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        s.pay(&t.agent, sc, "2", "USDC").await.0,
+        StatusCode::CREATED
+    );
+
+    let (status, tenant) = spend(&s, &t.approver, "").await;
+    assert_eq!(status, StatusCode::OK, "{tenant}");
+    assert_eq!(tenant["scope"], "tenant");
+    let (hours, days) = (
+        tenant["hours"].as_array().unwrap(),
+        tenant["days"].as_array().unwrap(),
+    );
+    assert_eq!((hours.len(), days.len()), (24, 30));
+    let d = |n: i64| (Decimal::new(n, 0), 0);
+    assert_eq!(point(&hours[23]), (d(31).0, 3), "this hour: 4 + 25 + 2");
+    assert_eq!(point(&days[29]), (d(31).0, 3));
+    assert_eq!(point(&days[27]), (d(3).0, 1), "two days ago");
+    assert_eq!(point(&days[28]), d(0));
+    let paid = spent_today(&s).await;
+    assert_eq!(
+        paid,
+        d(31).0,
+        "the picture equals the payments the API lists"
+    );
+    let top: Vec<(String, Decimal)> = tenant["top_payees"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["payee"].as_str().unwrap().to_owned(), dec(&p["usd"])))
+        .collect();
+    let payee = paygent_testkit::PAYEE.to_owned();
+    assert_eq!(top, [(payee, d(30).0), (other.to_owned(), d(4).0)]);
+
+    let (_, me) = s.get(&bound, "/me").await;
+    let agent = me["key_id"].as_str().unwrap();
+    let (status, mine) = spend(&s, &t.admin, &format!("agent_id={agent}")).await;
+    assert_eq!(status, StatusCode::OK, "{mine}");
+    assert_eq!(
+        (mine["scope"].as_str(), mine["name"].as_str()),
+        (Some("agent"), Some("Ops Bot"))
+    );
+    assert_eq!(point(&mine["days"][29]), (d(29).0, 2));
+    assert_eq!(point(&mine["days"][27]), (d(3).0, 1));
+    let limit = &mine["limits"][0];
+    assert_eq!(
+        (limit["period"].as_str(), dec(&limit["limit"])),
+        (Some("day"), d(1000).0)
+    );
+    assert_eq!(
+        (dec(&limit["spent"]), dec(&limit["reserved"])),
+        (d(29).0, d(0).0),
+        "{mine}"
+    );
+
+    let (_, one) = spend(&s, &t.approver, &format!("session_id={sa}")).await;
+    assert_eq!(
+        (one["scope"].as_str(), one["name"].as_str()),
+        (Some("session"), Some("test"))
+    );
+    assert_eq!(
+        point(&one["days"][29]),
+        (d(4).0, 1),
+        "the failed 5 is taken back"
+    );
+    let usd = &one["budget"]["usd"];
+    assert_eq!(
+        (dec(&usd["limit"]), dec(&usd["spent"])),
+        (d(100).0, d(4).0),
+        "{one}"
+    );
+    assert_eq!(one["limits"], json!([]));
+
+    let stranger = s.team(&s.tenant("other").await).await;
+    let (_, theirs) = spend(&s, &stranger.approver, "").await;
+    assert_eq!(
+        point(&theirs["days"][29]),
+        d(0),
+        "another tenant's spend is its own"
+    );
+    let unknown = uuid::Uuid::now_v7();
+    for (token, query, want) in [
+        (&t.agent, String::new(), StatusCode::FORBIDDEN),
+        (&bound, format!("session_id={sa}"), StatusCode::FORBIDDEN),
+        (
+            &t.approver,
+            format!("agent_id={agent}&session_id={sa}"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            &t.approver,
+            format!("agent_id={unknown}"),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            &stranger.approver,
+            format!("session_id={sa}"),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            &stranger.approver,
+            format!("agent_id={agent}"),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            &t.approver,
+            "agent_id=ops".to_owned(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            &t.approver,
+            "colour=red".to_owned(),
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let (status, problem) = spend(&s, token, &query).await;
+        assert_eq!(status, want, "{query}: {problem}");
+        assert_eq!(problem["status"], want.as_u16(), "{problem}");
+    }
+    s.finish().await;
+}
+
+/// The USD value of today's spent payments (authorized or executed), as `GET /payments` lists them.
+async fn spent_today(s: &TestServer) -> Decimal {
+    let (status, list) = s.get(ADMIN_TOKEN, "/payments?limit=500").await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let today = Utc::now().date_naive().to_string();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| matches!(p["status"].as_str(), Some("authorized" | "executed")))
+        .filter(|p| p["created_at"].as_str().unwrap().starts_with(&today))
+        .map(|p| dec(&p["usd_value"]))
+        .sum()
 }

@@ -189,6 +189,19 @@ async fn check(c: &Cell<'_>, row: &str) {
                 c.expect(list, status, &body);
             }
         }
+        "read spend (tenant, agent, session)" => {
+            let (_, me) = s.get(&t.agent, "/me").await;
+            let session = theirs(s, &t.agent).await.session;
+            let agent = me["key_id"].as_str().unwrap();
+            for query in [
+                String::new(),
+                format!("agent_id={agent}"),
+                format!("session_id={session}"),
+            ] {
+                let (status, body) = s.get(c.key, &format!("/spend?{query}")).await;
+                c.expect(&query, status, &body);
+            }
+        }
         "decide an approval request (never one it asked for)" => {
             let other = theirs(s, &t.agent).await;
             let path = format!("/approvals/{}/approve", other.approval);

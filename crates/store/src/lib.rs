@@ -18,6 +18,7 @@ pub mod payments;
 mod pg;
 pub mod policies;
 pub mod sessions;
+pub mod spend;
 pub mod standing;
 pub mod sweeps;
 pub mod tenants;

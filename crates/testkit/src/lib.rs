@@ -34,29 +34,33 @@ pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 /// The payee the helpers pay unless a test names another.
 pub const PAYEE: &str = "0x1111111111111111111111111111111111111111";
 
-/// System time plus an offset the test controls.
+/// System time plus an offset the test controls, in microseconds: "now" after [`TestClock::set`] is never
+/// before the moment set (the ids and timestamps the store writes are that fine).
 #[derive(Default)]
 pub struct TestClock {
-    offset_ms: AtomicI64,
+    offset_us: AtomicI64,
 }
 
 impl TestClock {
     pub fn advance(&self, by: Duration) {
-        self.offset_ms
-            .fetch_add(by.num_milliseconds(), Ordering::SeqCst);
+        let by = by.num_microseconds().expect("a test's step fits");
+        self.offset_us.fetch_add(by, Ordering::SeqCst);
     }
 
     /// Makes "now" be `at`, from which it runs on in real time.
     pub fn set(&self, at: DateTime<Utc>) {
-        let offset = at - Utc::now();
-        self.offset_ms
-            .store(offset.num_milliseconds(), Ordering::SeqCst);
+        // Rounded up: the microseconds cut off the offset would put "now" a moment before `at`.
+        let offset = (at - Utc::now())
+            .num_microseconds()
+            .expect("a test's moment fits")
+            + 1;
+        self.offset_us.store(offset, Ordering::SeqCst);
     }
 }
 
 impl Clock for TestClock {
     fn now(&self) -> DateTime<Utc> {
-        Utc::now() + Duration::milliseconds(self.offset_ms.load(Ordering::SeqCst))
+        Utc::now() + Duration::microseconds(self.offset_us.load(Ordering::SeqCst))
     }
 }
 

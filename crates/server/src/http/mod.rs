@@ -13,6 +13,7 @@ pub mod payments;
 pub mod policies;
 pub mod sessions;
 pub mod slack;
+pub mod spend;
 pub mod standing;
 pub mod wallets;
 pub mod web;

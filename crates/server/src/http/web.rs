@@ -11,6 +11,9 @@ use paygent_engine::domain::event::EventKind;
 const INDEX: &str = include_str!("../../../../web/index.html");
 const SCRIPT: &str = include_str!("../../../../web/app.js");
 const STYLE: &str = include_str!("../../../../web/app.css");
+/// uPlot, the charting library the spend view draws with (web/vendor/README.md says where it came from).
+const CHART_SCRIPT: &str = include_str!("../../../../web/vendor/uplot.js");
+const CHART_STYLE: &str = include_str!("../../../../web/vendor/uplot.css");
 
 /// Only this origin's own files and connections; no inline code, no framing.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
@@ -33,6 +36,14 @@ pub fn router() -> Router<Paygent> {
         .route(
             "/app.css",
             get(|| async { asset("text/css; charset=utf-8", STYLE) }),
+        )
+        .route(
+            "/vendor/uplot.js",
+            get(|| async { asset("text/javascript; charset=utf-8", CHART_SCRIPT) }),
+        )
+        .route(
+            "/vendor/uplot.css",
+            get(|| async { asset("text/css; charset=utf-8", CHART_STYLE) }),
         )
 }
 
