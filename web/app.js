@@ -108,6 +108,7 @@ async function loadPolicies() {
     rules.rows = 8;
     rules.spellcheck = false;
     rules.readOnly = !admin;
+    rules.setAttribute("aria-label", `Rules of ${policy.name} (JSON)`);
     rules.value = JSON.stringify(rulesOf(policy), null, 2);
     li.append(head, rules);
     if (admin) li.append(...policyEditor(policy, rules));
@@ -489,7 +490,16 @@ async function loadAudit() {
     const li = document.createElement("li");
     li.className = "item";
     li.dataset.seq = String(entry.seq);
-    li.textContent = `#${entry.seq} ${entry.at} · ${entry.actor} · ${entry.action} · ${entry.subject}`;
+    const words = document.createElement("p");
+    words.className = "what";
+    words.textContent = entry.words;
+    const meta = document.createElement("p");
+    meta.className = "meta";
+    const [kind, id] = entry.subject.split(":");
+    meta.textContent = `#${entry.seq} · ${new Date(entry.at).toLocaleString()} · ${entry.action}` +
+      (id ? ` · ${kind} ${short(id)}` : "");
+    meta.title = `${entry.actor} · ${entry.subject} · hash ${entry.hash}`;
+    li.append(words, meta);
     return li;
   }));
 }

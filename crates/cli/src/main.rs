@@ -696,10 +696,10 @@ async fn verify(remote: Remote) -> anyhow::Result<ExitCode> {
         let head_seq = head
             .get_or_insert_with(|| (page.head_seq, page.head_hash.clone()))
             .0;
-        let entries = page.entries;
+        let entries = page.entries.into_iter().map(|line| line.entry);
         let mut progressed = false;
-        for e in entries.iter().filter(|e| e.seq <= head_seq) {
-            if let Err(broken) = verifier.push(e) {
+        for e in entries.filter(|e| e.seq <= head_seq) {
+            if let Err(broken) = verifier.push(&e) {
                 println!("audit chain BROKEN at entry {}: {broken}", broken.seq());
                 return Ok(ExitCode::FAILURE);
             }

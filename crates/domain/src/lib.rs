@@ -28,6 +28,7 @@ pub mod event;
 pub mod execution;
 pub mod judgement;
 pub mod money;
+pub mod narrative;
 pub mod payees;
 pub mod payment;
 pub mod policy;

@@ -2,7 +2,8 @@
 
 use crate::{Paygent, Result, require};
 use paygent_domain::Principal;
-use paygent_domain::audit::{AuditEntry, ChainVerifier};
+use paygent_domain::audit::{AuditAction, AuditEntry, ChainVerifier};
+use paygent_domain::narrative;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -13,10 +14,21 @@ pub const MAX_AUDIT_PAGE: i64 = 1000;
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AuditPage {
     #[schema(value_type = Vec<Object>)]
-    pub entries: Vec<AuditEntry>,
+    pub entries: Vec<AuditLine>,
     /// The sequence number and hash of the tenant's latest entry.
     pub head_seq: i64,
     pub head_hash: String,
+}
+
+/// An entry as people read it: the entry itself (what the chain hashes), its actor's name, and a sentence.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditLine {
+    #[serde(flatten)]
+    pub entry: AuditEntry,
+    /// The acting key's name as it is now; absent for the system.
+    pub actor_name: Option<String>,
+    /// The entry in words, e.g. "Ops Bot asked to pay 12.00 USDC to 0x1111…1111 ($12.00): ...".
+    pub words: String,
 }
 
 impl Paygent {
@@ -43,10 +55,37 @@ impl Paygent {
             .filter(|e| e.seq <= head_seq)
             .collect();
         Ok(AuditPage {
-            entries,
+            entries: self.told(who.tenant_id, entries).await?,
             head_seq,
             head_hash,
         })
+    }
+
+    /// Entries with their actors named (in one read) and told in words.
+    async fn told(&self, tenant_id: Uuid, entries: Vec<AuditEntry>) -> Result<Vec<AuditLine>> {
+        let key = |e: &AuditEntry| e.actor.strip_prefix("key:")?.parse::<Uuid>().ok();
+        let names = self
+            .key_names(tenant_id, entries.iter().filter_map(key))
+            .await?;
+        Ok(entries
+            .into_iter()
+            .map(|entry| {
+                let actor_name = key(&entry).and_then(|k| names.get(&k).cloned());
+                let actor = actor_name.as_deref().unwrap_or(match entry.actor.as_str() {
+                    "system" => "Paygent",
+                    _ => "Someone",
+                });
+                let words = match AuditAction::parse(&entry.action) {
+                    Some(action) => narrative::in_words(action, actor, &entry.data),
+                    None => format!("{actor}: {}", entry.action),
+                };
+                AuditLine {
+                    entry,
+                    actor_name,
+                    words,
+                }
+            })
+            .collect())
     }
 }
 

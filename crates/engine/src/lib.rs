@@ -44,7 +44,7 @@ pub struct Page {
 pub use sessions::MAX_SESSIONS_PAGE;
 
 pub use approvals::History;
-pub use audit::{Anchor, AuditPage, ChainCheck};
+pub use audit::{Anchor, AuditLine, AuditPage, ChainCheck};
 pub use egress::{Egress, EgressError, EgressPolicy, Fetched, Unanswered};
 pub use error::{EngineError, Result};
 pub use events::{EventFilter, LiveEvent, Subscription, SubscriptionEnd};

@@ -97,3 +97,29 @@ pub async fn eval(page: &Page, expression: &str) -> serde_json::Value {
         .into_value()
         .unwrap_or(serde_json::Value::Null)
 }
+
+/// axe-core (from the npm test peers) over the page as it is now: its serious and critical violations, each as
+/// `{id, impact, help, targets}`. axe goes in through the DevTools protocol, which the page's
+/// Content-Security-Policy does not govern, once per page.
+pub async fn serious_violations(page: &Page) -> Vec<serde_json::Value> {
+    static AXE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let axe = AXE.get_or_init(|| {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../peers/node_modules/axe-core/axe.min.js"
+        );
+        std::fs::read_to_string(path)
+            .expect("axe-core among the npm peers (bash .ci/run installs it)")
+    });
+    if eval(page, "typeof axe").await != "object" {
+        page.evaluate(axe.as_str()).await.expect("axe-core loads");
+    }
+    let run = "axe.run(document, {resultTypes: ['violations']}).then(r => r.violations \
+        .filter(v => v.impact === 'serious' || v.impact === 'critical') \
+        .map(v => ({id: v.id, impact: v.impact, help: v.help, targets: v.nodes.map(n => n.target.join(' '))})))";
+    let found = tokio::time::timeout(Duration::from_secs(30), page.evaluate(run))
+        .await
+        .expect("axe answers within 30 s")
+        .expect("axe runs");
+    found.into_value().expect("a list of violations")
+}

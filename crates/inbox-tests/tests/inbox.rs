@@ -2,7 +2,7 @@
 
 use chromiumoxide::Page;
 use chromiumoxide::page::ScreenshotParams;
-use paygent_inbox_tests::{Chromium, eval, wait_until};
+use paygent_inbox_tests::{Chromium, eval, serious_violations, wait_until};
 use paygent_testkit::{ADMIN_TOKEN, Backend, Team, TestServer};
 use serde_json::json;
 
@@ -498,6 +498,16 @@ async fn views_show_steps_budgets_and_the_audit_chain() {
         "the chain check",
     )
     .await;
+    let told = eval(
+        &page,
+        "[...document.querySelectorAll('#audit-list li .what')].map(p => p.textContent)",
+    )
+    .await;
+    let paid = "Agent was let pay 3 USDC to 0x1111…1111 ($3)";
+    assert!(
+        told.as_array().unwrap().iter().any(|w| w == paid),
+        "an entry in words, its actor by name: {told}"
+    );
 
     // Edit the recipient of a request: the payment goes where the person said.
     click(&page, "#views [data-view=inbox]").await;
@@ -895,16 +905,23 @@ async fn decided_requests_are_searched_and_paged() {
     s.finish().await;
 }
 
+/// An agent named "Ops Bot" under a daily limit of $1,000, and its session with a $100 budget, which paid 3 USDC.
+async fn ops_bot(s: &TestServer) -> (String, uuid::Uuid) {
+    let limits = json!({"limits": [{"period": "day", "usd": "1000"}]});
+    let (_, bot) = s.bound_agent("Ops Bot", limits).await;
+    let session = s.session(&bot, json!({"daily_limit_usd": "100"})).await;
+    let (status, paid) = s.pay(&bot, session, "3", "USDC").await;
+    assert_eq!(paid["status"], "authorized", "{status}: {paid}");
+    (bot, session)
+}
+
 /// The spend view draws bars, charts and top payees from data the test made, and its numbers are the API's:
 /// for the tenant, an agent picked by name (its policy's limit) and a session (its budget, with a reservation).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spend_is_drawn_from_what_was_paid() {
     let s = TestServer::start(Backend::Sqlite).await;
     let t = s.team(ADMIN_TOKEN).await;
-    let limits = json!({"limits": [{"period": "day", "usd": "1000"}]});
-    let (_, bot) = s.bound_agent("Ops Bot", limits).await;
-    let session = s.session(&bot, json!({"daily_limit_usd": "100"})).await;
-    s.pay(&bot, session, "3", "USDC").await;
+    let (bot, session) = ops_bot(&s).await;
     let other = "0x2222222222222222222222222222222222222222";
     let body =
         json!({"session_id": session, "amount": "4.50", "currency": "USDC", "recipient": other});
@@ -1005,5 +1022,76 @@ async fn spend_is_drawn_from_what_was_paid() {
     .await;
     screenshot(&phone, "spend-phone.png").await;
     fits_a_phone(&phone).await;
+    s.finish().await;
+}
+
+/// axe-core finds no serious or critical violation on the sign-in form or in any view, each showing what a
+/// tenant with a little history has: a pending request, a decided one, an execution with its steps open,
+/// sessions with budgets, spend with a limit, policies, and the audit trail with its chain checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_view_passes_an_accessibility_check() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let (bot, session) = ops_bot(&s).await;
+    let (_, decided) = s.pay(&bot, session, "30", "USDC").await;
+    s.decide(
+        &t.approver,
+        decided["approval_id"].as_str().unwrap(),
+        "approve",
+        json!({}),
+    )
+    .await;
+    let (_, pending) = s.pay(&bot, session, "25", "USDC").await;
+    let steps = json!([{"tool": "transfer", "args": {"to": paygent_testkit::PAYEE, "amount": "2", "currency": "USDC"}}]);
+    let execution = s.execute(&bot, session, steps).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let chrome = Chromium::launch().await;
+    let page = chrome.open(&s.base).await;
+    let mut found = vec![("sign-in", serious_violations(&page).await)];
+    sign_in(&page, ADMIN_TOKEN).await;
+    appears(&page, pending["approval_id"].as_str().unwrap()).await;
+    found.push(("inbox", serious_violations(&page).await));
+    let shown = [
+        ("decided", "#decided-list li"),
+        ("executions", "#execution-list li"),
+        ("budgets", "#session-list li"),
+        ("spend", "#spend-days tr[data-start]"),
+        ("policies", "#policy-list li"),
+        ("audit", "#audit-list li"),
+    ];
+    for (view, content) in shown {
+        click(&page, &format!("#views [data-view={view}]")).await;
+        let ready = format!("document.querySelectorAll(\"{content}\").length > 0");
+        wait_until(&page, &ready, view).await;
+        if view == "executions" {
+            let row = format!("[data-execution-id='{execution}']");
+            click(&page, &format!("{row} .what")).await;
+            wait_until(
+                &page,
+                &format!("!!document.querySelector(\"{row} .steps li\")"),
+                "its steps",
+            )
+            .await;
+        }
+        if view == "spend" {
+            fill(&page, "#spend-scope", &format!("session_id={session}")).await;
+            let bars = "document.querySelectorAll('#spend-limits .bar').length === 1";
+            wait_until(&page, bars, "the session's budget bar").await;
+        }
+        if view == "audit" {
+            click(&page, "#verify-chain").await;
+            wait_until(
+                &page,
+                "document.querySelector('#chain-result').textContent !== ''",
+                "the check",
+            )
+            .await;
+        }
+        found.push((view, serious_violations(&page).await));
+    }
+    let violations: Vec<_> = found.into_iter().filter(|(_, v)| !v.is_empty()).collect();
+    assert!(violations.is_empty(), "{violations:#?}");
     s.finish().await;
 }

@@ -43,7 +43,7 @@ async fn list_audit(
     let found = paygent
         .audit(&who, q.session_id, q.after.unwrap_or(0), limit)
         .await?;
-    let next = super::next_after(&found.entries, limit, |e| e.seq.to_string());
+    let next = super::next_after(&found.entries, limit, |e| e.entry.seq.to_string());
     Ok(super::page(&uri, found, next))
 }
 
