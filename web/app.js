@@ -77,7 +77,7 @@ function view(name) {
     show($(`#${button.dataset.view}`), on);
   }
   if (name === "budgets") loadSessions();
-  if (name === "decided") searchDecided();
+  if (name === "decided") decidedAgents().then(searchDecided);
   if (name === "audit") loadAudit();
   if (name === "policies") loadPolicies();
   if (name === "spend") spendScopes().then(loadSpend);
@@ -367,24 +367,40 @@ async function loadSessions() {
   show($("#no-sessions"), sessions.length === 0);
 }
 
-// Whose spend people pick: the tenant, each agent that opened a session (by name), each session.
-async function spendScopes() {
+// The latest sessions, and the agents that opened them by name: what people pick from.
+async function sessionsAndAgents() {
   const sessions = await api("GET", "/sessions?limit=100");
-  const select = $("#spend-scope");
-  const chosen = select.value;
   const agents = new Map(sessions.map((s) => [s.created_by, s.created_by_name ?? short(s.created_by)]));
-  const group = (label, options) => {
+  return { sessions, agents };
+}
+
+// Fills a select with `first` and then `groups` of [value, text] options, keeping what was chosen if still there.
+function choices(select, first, groups) {
+  const chosen = select.value;
+  select.replaceChildren(first, ...groups.map(([label, options]) => {
     const g = document.createElement("optgroup");
     g.label = label;
     g.append(...options.map(([value, text]) => new Option(text, value)));
     return g;
-  };
-  select.replaceChildren(new Option("The whole tenant", ""),
-    group("Agents", [...agents].map(([id, name]) => [`agent_id=${id}`, name])),
-    group("Sessions", sessions.map((s) =>
-      [`session_id=${s.id}`, `${s.name ?? "session"} ${short(s.id)} · ${agents.get(s.created_by)}`])));
+  }));
   select.value = chosen;
   if (select.value !== chosen) select.value = "";
+}
+
+// Whose spend people pick: the tenant, each agent that opened a session (by name), each session.
+async function spendScopes() {
+  const { sessions, agents } = await sessionsAndAgents();
+  choices($("#spend-scope"), new Option("The whole tenant", ""), [
+    ["Agents", [...agents].map(([id, name]) => [`agent_id=${id}`, name])],
+    ["Sessions", sessions.map((s) =>
+      [`session_id=${s.id}`, `${s.name ?? "session"} ${short(s.id)} · ${agents.get(s.created_by)}`])],
+  ]);
+}
+
+// The decided filter's agents, by name.
+async function decidedAgents() {
+  const { agents } = await sessionsAndAgents();
+  choices($("#decided-agent"), new Option("any", ""), [["Agents", [...agents]]]);
 }
 
 // Spend: today against each limit (bars), the last day and month (charts, with their figures), top payees.
@@ -400,7 +416,8 @@ async function loadSpend() {
       const li = document.createElement("li");
       li.dataset.payee = p.payee;
       li.title = p.payee;
-      li.textContent = `${payeeName(p.payee)}: ${p.usd} USD in ${p.payments} payment${p.payments === 1 ? "" : "s"}`;
+      const who = p.label ? `${p.label} (${payeeName(p.payee)})` : payeeName(p.payee);
+      li.textContent = `${who}: ${p.usd} USD in ${p.payments} payment${p.payments === 1 ? "" : "s"}`;
       return li;
     }));
     show($("#no-payees"), s.top_payees.length === 0);
@@ -629,8 +646,9 @@ function context(li, a) {
   const history = $(".payee-history", li);
   const p = c?.payee;
   history.classList.toggle("first", !!p?.first_payment);
-  history.textContent = !p ? "" : p.first_payment ? "First payment to this payee"
-    : `Paid $${p.paid_30d_usd} to this payee in 30 days (${p.payments_30d}${p.more ? "+" : ""} payments)`;
+  const payee = p?.label ? `${p.label} — ` : "";
+  history.textContent = !p ? "" : payee + (p.first_payment ? "First payment to this payee"
+    : `Paid $${p.paid_30d_usd} to this payee in 30 days (${p.payments_30d}${p.more ? "+" : ""} payments)`);
 }
 
 // What may change on a pending request's card: its action (an edit), and its approvals towards a quorum.
@@ -827,6 +845,8 @@ document.addEventListener("DOMContentLoaded", () => {
   renderAlerts();
   document.addEventListener("keydown", onKey);
   setInterval(tick, 1000);
+  // Payments the guard allows at once raise no event: an open spend view reads its picture again every 10 s.
+  setInterval(() => { if (state.token && !$("#spend").hidden) loadSpend(); }, 10000);
   const saved = sessionStorage.getItem("paygent-token");
   if (saved) signIn(saved).catch(() => sessionStorage.removeItem("paygent-token"));
 });

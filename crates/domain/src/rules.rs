@@ -6,7 +6,7 @@ use crate::budget::{OnBudgetExceeded, USD_TOTAL, Usage};
 use crate::execution::OnReject;
 use crate::money::{Decimal, MAX_AMOUNT, parse_decimal, strict};
 use crate::payees::PayeeList;
-use crate::payment::Recipient;
+use crate::payment::{Recipient, payee_of};
 use crate::policy::{
     Condition, DEFAULT_PAYMENT_THRESHOLD_USD, DEFAULT_SWAP_THRESHOLD_USD, Policy, Rule, SWAP,
     TRANSFER, X402_PAYMENT,
@@ -312,6 +312,60 @@ pub struct Payees {
     /// A key's first payment to a payee: allowed as any other, sent to a person, or denied.
     #[serde(default)]
     pub new_payee: NewPayee,
+    /// What people call payees (an address or x402 URL, then a label of at most 100 characters): shown beside
+    /// the payee on requests and in spend, never used to decide.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(schema_with = labels_schema)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `payees.labels` as the server takes it: at most 1,000 entries, each label 1 to 100 characters.
+fn labels_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::{ObjectBuilder, Type};
+    let label = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(MAX_LABEL_CHARS));
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .max_properties(Some(MAX_PAYEES))
+        .additional_properties(Some(label))
+        .build()
+}
+
+/// The longest payee label.
+pub const MAX_LABEL_CHARS: usize = 100;
+
+impl Payees {
+    /// The label people gave `payee` (normalized, as [`Recipient::payee`] gives it), if any.
+    pub fn label_of(&self, payee: &str) -> Option<&str> {
+        let labelled = self.labels.iter().find(|(p, _)| payee_of(p) == payee);
+        labelled.map(|(_, label)| label.as_str())
+    }
+
+    fn validate_labels(&self) -> Result<(), RuleError> {
+        if self.labels.len() > MAX_PAYEES {
+            return Err(broken(
+                "payees.labels",
+                format!("at most {MAX_PAYEES} entries"),
+            ));
+        }
+        for (payee, label) in &self.labels {
+            let field = || format!("payees.labels[{payee:?}]");
+            if Recipient::parse(payee).is_err() {
+                return Err(broken(
+                    &field(),
+                    "is neither an EVM address nor an http(s) URL",
+                ));
+            }
+            let chars = label.chars().count();
+            if chars == 0 || chars > MAX_LABEL_CHARS || label.chars().any(char::is_control) {
+                let why = format!("a label is 1 to {MAX_LABEL_CHARS} printable characters");
+                return Err(broken(&field(), why));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -329,6 +383,7 @@ impl Default for Payees {
             allow: PayeeList::default(),
             deny: PayeeList::default(),
             outside_allow: Route::Approve,
+            labels: BTreeMap::new(),
             new_payee: NewPayee::Allow,
         }
     }
@@ -453,6 +508,7 @@ impl PolicyRules {
         {
             return Err(broken("wallets", format!("{bad:?} is not an EVM address")));
         }
+        self.payees.validate_labels()?;
         for (field, list) in [
             ("payees.allow", &self.payees.allow),
             ("payees.deny", &self.payees.deny),

@@ -133,6 +133,9 @@ impl SpendTotal {
 pub struct PayeeSpend {
     /// A lower-case address, or an x402 service's scheme and host.
     pub payee: String,
+    /// What the scope's policy calls it (`payees.labels`), when it says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
     #[schema(value_type = String, example = "120.00")]
     pub usd: Decimal,
     pub payments: i64,
@@ -228,6 +231,7 @@ fn top(rows: &[&RollupRow]) -> Vec<PayeeSpend> {
         .filter(|(_, (usd, n))| *n > 0 || !usd.is_zero())
         .map(|(payee, (usd, payments))| PayeeSpend {
             payee: payee.to_owned(),
+            label: None,
             usd,
             payments,
         })

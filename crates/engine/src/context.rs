@@ -65,6 +65,9 @@ pub struct PayeeRecord {
     pub payments_30d: u32,
     /// More than 200 payments in those days: the sum is of the latest 200.
     pub more: bool,
+    /// What the policy calls the payee (`payees.labels`), when it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
 }
 
 impl DecisionContext {
@@ -113,8 +116,13 @@ impl DecisionContext {
         Ok(serde_json::to_value(context).expect("a context serializes"))
     }
 
-    /// Adds what the tenant paid `recipient` before.
-    pub(crate) async fn with_payee(mut self, tx: &mut WriteTx, recipient: &str) -> Result<Self> {
+    /// Adds what the tenant paid `recipient` before, and the policy's `label` for it.
+    pub(crate) async fn with_payee(
+        mut self,
+        tx: &mut WriteTx,
+        recipient: &str,
+        label: Option<&str>,
+    ) -> Result<Self> {
         let since = tx.now() - Duration::days(HISTORY_DAYS);
         let history = payments::payee_history(tx, recipient, since, HISTORY_LIMIT).await?;
         self.payee = Some(PayeeRecord {
@@ -122,6 +130,7 @@ impl DecisionContext {
             paid_30d_usd: history.recent.iter().sum(),
             payments_30d: history.recent.len() as u32,
             more: history.recent.len() as i64 >= HISTORY_LIMIT,
+            label: label.map(str::to_owned),
         });
         Ok(self)
     }

@@ -689,9 +689,10 @@ impl<'a> Filing<'a> {
         let (who, p) = (self.who.key_id, &self.payment);
         let fired = std::mem::take(&mut self.fired);
         let about = (self.session, self.policy);
+        let label = self.policy.rules.payees.label_of(&self.booking.payee);
         let context = DecisionContext::gather(tx, who, about, fired, p.description.clone())
             .await?
-            .with_payee(tx, &p.recipient)
+            .with_payee(tx, &p.recipient, label)
             .await?;
         let now = tx.now();
         let budget = budget::view_of(tx.conn(), self.session, now).await?;

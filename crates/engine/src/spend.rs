@@ -1,6 +1,7 @@
 //! Spend you can see: a tenant's, an agent key's or a session's spend over the last day and month, its top
 //! payees, and where its limits stand, for people. Read from the spend rollups, in bounded time.
 
+use crate::policies;
 use crate::views::BudgetView;
 use crate::{EngineError, Paygent, Result, require};
 use chrono::{DateTime, Utc};
@@ -8,6 +9,7 @@ use paygent_domain::Principal;
 use paygent_domain::rules::{LimitUse, Period};
 use paygent_domain::spend::{SpendScope, SpendSeries, windows};
 use paygent_store::budgets::{self, KEY_PERIODS};
+use paygent_store::policies::PolicyRecord;
 use paygent_store::{keys, sessions, spend};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -55,8 +57,10 @@ impl Paygent {
             budget: None,
             limits: Vec::new(),
         };
-        match scope {
-            SpendScope::Tenant => {}
+        let policy = match scope {
+            SpendScope::Tenant => {
+                policies::in_force(self.store.reader(), who.tenant_id, None).await?
+            }
             SpendScope::Agent(id) => self.agent_limits(who, id, &mut view).await?,
             SpendScope::Session(id) => {
                 let session = sessions::get(self.store.reader(), who.tenant_id, id)
@@ -64,7 +68,11 @@ impl Paygent {
                     .ok_or(EngineError::NotFound("session"))?;
                 view.budget = Some(self.budget_view(&session, now).await?);
                 (view.scope, view.id, view.name) = (SpendOf::Session, Some(id), session.name);
+                policies::in_force(self.store.reader(), who.tenant_id, session.policy_id).await?
             }
+        };
+        for p in &mut view.series.top_payees {
+            p.label = policy.rules.payees.label_of(&p.payee).map(str::to_owned);
         }
         Ok(view)
     }
@@ -84,13 +92,18 @@ impl Paygent {
         Ok(SpendSeries::assemble(now, &rows))
     }
 
-    /// An agent key's name and its policy's limits, as its periods at the view's time used them.
-    async fn agent_limits(&self, who: &Principal, id: Uuid, view: &mut SpendView) -> Result<()> {
+    /// An agent key's name and its policy's limits, as its periods at the view's time used them; the key's
+    /// policy.
+    async fn agent_limits(
+        &self,
+        who: &Principal,
+        id: Uuid,
+        view: &mut SpendView,
+    ) -> Result<PolicyRecord> {
         let key = keys::any(self.store.reader(), who.tenant_id, id)
             .await?
             .ok_or(EngineError::NotFound("agent"))?;
-        let policy =
-            crate::policies::in_force(self.store.reader(), who.tenant_id, key.policy_id).await?;
+        let policy = policies::in_force(self.store.reader(), who.tenant_id, key.policy_id).await?;
         let buckets = Period::ALL.map(|p| p.bucket(view.as_of));
         let refs = buckets.each_ref().map(String::as_str);
         let book = budgets::usage(self.store.reader(), KEY_PERIODS, id, &refs).await?;
@@ -99,6 +112,6 @@ impl Paygent {
             book.get(&key).copied().unwrap_or_default()
         });
         (view.scope, view.id, view.name) = (SpendOf::Agent, Some(id), Some(key.name));
-        Ok(())
+        Ok(policy)
     }
 }

@@ -74,11 +74,17 @@ async fn screenshot(page: &Page, name: &str) {
 
 /// The inbox in a page the size of a phone (390 × 844 CSS pixels at 3×).
 async fn at_phone_width(chrome: &Chromium, base: &str) -> Page {
-    use chromiumoxide::cdp::browser_protocol::emulation::SetDeviceMetricsOverrideParams;
     let phone = chrome.open(&format!("{base}/")).await;
-    let metrics = SetDeviceMetricsOverrideParams::new(390, 844, 3.0, true);
-    phone.execute(metrics).await.unwrap();
+    sized(&phone, 390, 844, true).await;
     phone
+}
+
+/// Sizes the page's viewport (a full-page screenshot clears the size it was given, so each one sets it again).
+async fn sized(page: &Page, width: i64, height: i64, phone: bool) {
+    use chromiumoxide::cdp::browser_protocol::emulation::SetDeviceMetricsOverrideParams;
+    let scale = if phone { 3.0 } else { 1.0 };
+    let metrics = SetDeviceMetricsOverrideParams::new(width, height, scale, phone);
+    page.execute(metrics).await.unwrap();
 }
 
 async fn fits_a_phone(page: &Page) {
@@ -836,6 +842,15 @@ async fn decided_requests_are_searched_and_paged() {
             .to_string()
             .contains(pending.as_str())
     );
+    let (_, me) = s.get(&t.agent, "/me").await;
+    let agent = me["key_id"].as_str().unwrap();
+    let option =
+        format!("document.querySelector(\"#decided-agent option[value='{agent}']\")?.textContent");
+    assert_eq!(
+        eval(&page, &option).await,
+        "Agent",
+        "the agent filter names agents"
+    );
     screenshot(&page, "decided-desktop.png").await;
     let phone = at_phone_width(&chrome, &s.base).await;
     sign_in(&phone, &t.approver).await;
@@ -905,10 +920,12 @@ async fn decided_requests_are_searched_and_paged() {
     s.finish().await;
 }
 
-/// An agent named "Ops Bot" under a daily limit of $1,000, and its session with a $100 budget, which paid 3 USDC.
+/// An agent named "Ops Bot" under a daily limit of $1,000 and a policy that calls the test payee "Weather API",
+/// and its session with a $100 budget, which paid 3 USDC.
 async fn ops_bot(s: &TestServer) -> (String, uuid::Uuid) {
-    let limits = json!({"limits": [{"period": "day", "usd": "1000"}]});
-    let (_, bot) = s.bound_agent("Ops Bot", limits).await;
+    let labels = json!({paygent_testkit::PAYEE: "Weather API"});
+    let rules = json!({"limits": [{"period": "day", "usd": "1000"}], "payees": {"labels": labels}});
+    let (_, bot) = s.bound_agent("Ops Bot", rules).await;
     let session = s.session(&bot, json!({"daily_limit_usd": "100"})).await;
     let (status, paid) = s.pay(&bot, session, "3", "USDC").await;
     assert_eq!(paid["status"], "authorized", "{status}: {paid}");
@@ -926,7 +943,8 @@ async fn spend_is_drawn_from_what_was_paid() {
     let body =
         json!({"session_id": session, "amount": "4.50", "currency": "USDC", "recipient": other});
     s.post(&bot, "/payments", body).await;
-    s.pay(&bot, session, "25", "USDC").await;
+    let (_, pending) = s.pay(&bot, session, "25", "USDC").await;
+    let pending = pending["approval_id"].as_str().unwrap().to_owned();
     let (_, api) = s.get(&t.approver, "/spend").await;
     let chrome = Chromium::launch().await;
     let page = chrome.open(&s.base).await;
@@ -1009,6 +1027,23 @@ async fn spend_is_drawn_from_what_was_paid() {
     )
     .await;
     assert_eq!(width, "25%");
+    let first = format!(
+        "document.querySelector(\"#spend-payees li[data-payee='{}']\")?.textContent",
+        paygent_testkit::PAYEE
+    );
+    let labelled = "Weather API (0x1111…1111): 3 USD in 1 payment";
+    let named = format!("{first} === {labelled:?}");
+    wait_until(&page, &named, "the payee by its policy's label").await;
+    let card = format!(
+        "document.querySelector(\"{} .payee-history\").textContent",
+        item(&pending)
+    );
+    let card = eval(&page, &card).await;
+    let card = card.as_str().unwrap();
+    assert!(
+        card.starts_with("Weather API — Paid $3"),
+        "the card names the payee: {card}"
+    );
     screenshot(&page, "spend-desktop.png").await;
 
     let phone = at_phone_width(&chrome, &s.base).await;
@@ -1027,71 +1062,102 @@ async fn spend_is_drawn_from_what_was_paid() {
 
 /// axe-core finds no serious or critical violation on the sign-in form or in any view, each showing what a
 /// tenant with a little history has: a pending request, a decided one, an execution with its steps open,
-/// sessions with budgets, spend with a limit, policies, and the audit trail with its chain checked.
+/// sessions with budgets, spend with a budget bar, policies, and the audit trail with its chain checked. Each view
+/// fits a phone too; both widths are saved as screenshots (docs/console takes them from there).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_view_passes_an_accessibility_check() {
+async fn every_view_is_accessible_and_fits_a_phone() {
     let s = TestServer::start(Backend::Sqlite).await;
     let t = s.team(ADMIN_TOKEN).await;
     let (bot, session) = ops_bot(&s).await;
     let (_, decided) = s.pay(&bot, session, "30", "USDC").await;
-    s.decide(
-        &t.approver,
-        decided["approval_id"].as_str().unwrap(),
-        "approve",
-        json!({}),
-    )
-    .await;
-    let (_, pending) = s.pay(&bot, session, "25", "USDC").await;
+    let decided = decided["approval_id"].as_str().unwrap();
+    s.decide(&t.approver, decided, "approve", json!({})).await;
+    s.pay(&bot, session, "25", "USDC").await;
     let steps = json!([{"tool": "transfer", "args": {"to": paygent_testkit::PAYEE, "amount": "2", "currency": "USDC"}}]);
     let execution = s.execute(&bot, session, steps).await["id"]
         .as_str()
         .unwrap()
         .to_owned();
+    let shown = Shown { session, execution };
     let chrome = Chromium::launch().await;
     let page = chrome.open(&s.base).await;
     let mut found = vec![("sign-in", serious_violations(&page).await)];
     sign_in(&page, ADMIN_TOKEN).await;
-    appears(&page, pending["approval_id"].as_str().unwrap()).await;
-    found.push(("inbox", serious_violations(&page).await));
-    let shown = [
-        ("decided", "#decided-list li"),
-        ("executions", "#execution-list li"),
-        ("budgets", "#session-list li"),
-        ("spend", "#spend-days tr[data-start]"),
-        ("policies", "#policy-list li"),
-        ("audit", "#audit-list li"),
-    ];
-    for (view, content) in shown {
-        click(&page, &format!("#views [data-view={view}]")).await;
-        let ready = format!("document.querySelectorAll(\"{content}\").length > 0");
-        wait_until(&page, &ready, view).await;
-        if view == "executions" {
-            let row = format!("[data-execution-id='{execution}']");
-            click(&page, &format!("{row} .what")).await;
-            wait_until(
-                &page,
-                &format!("!!document.querySelector(\"{row} .steps li\")"),
-                "its steps",
-            )
-            .await;
-        }
-        if view == "spend" {
-            fill(&page, "#spend-scope", &format!("session_id={session}")).await;
-            let bars = "document.querySelectorAll('#spend-limits .bar').length === 1";
-            wait_until(&page, bars, "the session's budget bar").await;
-        }
-        if view == "audit" {
-            click(&page, "#verify-chain").await;
-            wait_until(
-                &page,
-                "document.querySelector('#chain-result').textContent !== ''",
-                "the check",
-            )
-            .await;
-        }
+    for view in VIEWS {
+        sized(&page, 1280, 800, false).await;
+        shown.open(&page, view).await;
         found.push((view, serious_violations(&page).await));
+        screenshot(&page, &format!("console-{view}.png")).await;
     }
     let violations: Vec<_> = found.into_iter().filter(|(_, v)| !v.is_empty()).collect();
     assert!(violations.is_empty(), "{violations:#?}");
+    let phone = at_phone_width(&chrome, &s.base).await;
+    sign_in(&phone, ADMIN_TOKEN).await;
+    for view in VIEWS {
+        sized(&phone, 390, 844, true).await;
+        shown.open(&phone, view).await;
+        screenshot(&phone, &format!("console-{view}-phone.png")).await;
+        fits_a_phone(&phone).await;
+    }
     s.finish().await;
+}
+
+/// The inbox's views, in the order of their buttons.
+const VIEWS: [&str; 7] = [
+    "inbox",
+    "decided",
+    "executions",
+    "budgets",
+    "spend",
+    "policies",
+    "audit",
+];
+
+/// What the views of [`every_view_is_accessible_and_fits_a_phone`] show: a session's spend, an execution's steps.
+struct Shown {
+    session: uuid::Uuid,
+    execution: String,
+}
+
+impl Shown {
+    /// Opens `view` and waits for its content, with the execution's steps open, the session's spend and the
+    /// chain checked.
+    async fn open(&self, page: &Page, view: &str) {
+        click(page, &format!("#views [data-view={view}]")).await;
+        let content = match view {
+            "inbox" => "#items li",
+            "decided" => "#decided-list li",
+            "executions" => "#execution-list li",
+            "budgets" => "#session-list li",
+            "spend" => "#spend-days tr[data-start]",
+            "policies" => "#policy-list li",
+            _ => "#audit-list li",
+        };
+        let ready = format!("document.querySelectorAll(\"{content}\").length > 0");
+        wait_until(page, &ready, view).await;
+        match view {
+            "executions" => {
+                let row = format!("[data-execution-id='{}']", self.execution);
+                click(page, &format!("{row} .what")).await;
+                let steps = format!("!!document.querySelector(\"{row} .steps li\")");
+                wait_until(page, &steps, "its steps").await;
+            }
+            "spend" => {
+                fill(
+                    page,
+                    "#spend-scope",
+                    &format!("session_id={}", self.session),
+                )
+                .await;
+                let bars = "document.querySelectorAll('#spend-limits .bar').length === 1";
+                wait_until(page, bars, "the session's budget bar").await;
+            }
+            "audit" => {
+                click(page, "#verify-chain").await;
+                let checked = "document.querySelector('#chain-result').textContent !== ''";
+                wait_until(page, checked, "the check").await;
+            }
+            _ => {}
+        }
+    }
 }

@@ -541,8 +541,10 @@ fn point(v: &Value) -> (Decimal, i64) {
 async fn spend_is_drawn_per_scope_from_what_was_paid(backend: Backend) {
     let s = TestServer::start(backend).await;
     let t = s.team(ADMIN_TOKEN).await;
-    let limits = json!({"limits": [{"period": "day", "usd": "1000"}]});
-    let (_, bound) = s.bound_agent("Ops Bot", limits).await;
+    let payee = paygent_testkit::PAYEE.to_owned();
+    let rules = json!({"limits": [{"period": "day", "usd": "1000"}],
+        "payees": {"labels": {&payee: "Weather API"}}});
+    let (_, bound) = s.bound_agent("Ops Bot", rules).await;
     let (sa, sb) = (
         s.session(&bound, json!({"daily_limit_usd": "100"})).await,
         s.session(&bound, json!({})).await,
@@ -607,8 +609,11 @@ async fn spend_is_drawn_per_scope_from_what_was_paid(backend: Backend) {
         .iter()
         .map(|p| (p["payee"].as_str().unwrap().to_owned(), dec(&p["usd"])))
         .collect();
-    let payee = paygent_testkit::PAYEE.to_owned();
-    assert_eq!(top, [(payee, d(30).0), (other.to_owned(), d(4).0)]);
+    assert_eq!(top, [(payee.clone(), d(30).0), (other.to_owned(), d(4).0)]);
+    assert!(
+        tenant["top_payees"][0].get("label").is_none(),
+        "the default policy names none"
+    );
 
     let (_, me) = s.get(&bound, "/me").await;
     let agent = me["key_id"].as_str().unwrap();
@@ -620,6 +625,11 @@ async fn spend_is_drawn_per_scope_from_what_was_paid(backend: Backend) {
     );
     assert_eq!(point(&mine["days"][29]), (d(29).0, 2));
     assert_eq!(point(&mine["days"][27]), (d(3).0, 1));
+    let named = &mine["top_payees"][0];
+    assert_eq!(
+        (named["payee"].as_str(), named["label"].as_str()),
+        (Some(payee.as_str()), Some("Weather API"))
+    );
     let limit = &mine["limits"][0];
     assert_eq!(
         (limit["period"].as_str(), dec(&limit["limit"])),
@@ -649,6 +659,21 @@ async fn spend_is_drawn_per_scope_from_what_was_paid(backend: Backend) {
     );
     assert_eq!(one["limits"], json!([]));
 
+    for (labels, field) in [
+        (
+            json!({&payee: "x".repeat(101)}),
+            format!("payees.labels[{payee:?}]"),
+        ),
+        (json!({"bob": "Bob"}), "payees.labels[\"bob\"]".to_owned()),
+    ] {
+        let body = json!({"name": "labelled", "payees": {"labels": labels}});
+        let (status, problem) = s.post(ADMIN_TOKEN, "/policies", body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains(&field),
+            "{problem}"
+        );
+    }
     let stranger = s.team(&s.tenant("other").await).await;
     let (_, theirs) = spend(&s, &stranger.approver, "").await;
     assert_eq!(
