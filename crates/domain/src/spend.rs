@@ -66,29 +66,31 @@ pub struct Spent<'a> {
 }
 
 impl Spent<'_> {
-    /// The rows it changes: the hour's total and the payee's day, for the tenant, the agent and the session.
-    pub fn changes(&self) -> Vec<RollupChange> {
-        let scopes = [
+    /// The rows it changes: for each of the tenant, the agent and the session, the hour's total and then the
+    /// payee's day.
+    pub fn changes(&self) -> [RollupChange; 6] {
+        let owners = [
             SpendScope::Tenant,
             SpendScope::Agent(self.agent),
             SpendScope::Session(self.session),
-        ];
-        let rows = [
-            (hour_bucket(self.at), ""),
-            (day_bucket(self.at), self.payee),
-        ];
-        scopes
-            .iter()
-            .flat_map(|s| {
-                rows.iter().map(move |(bucket, payee)| RollupChange {
-                    owner: s.owner(),
-                    bucket: bucket.clone(),
-                    payee: (*payee).to_owned(),
-                    usd: self.usd,
-                    payments: self.payments,
-                })
-            })
-            .collect()
+        ]
+        .map(SpendScope::owner);
+        let (hour, day) = (hour_bucket(self.at), day_bucket(self.at));
+        std::array::from_fn(|i| RollupChange {
+            owner: owners[i / 2].clone(),
+            bucket: if i % 2 == 0 {
+                hour.clone()
+            } else {
+                day.clone()
+            },
+            payee: if i % 2 == 0 {
+                String::new()
+            } else {
+                self.payee.to_owned()
+            },
+            usd: self.usd,
+            payments: self.payments,
+        })
     }
 }
 
@@ -312,7 +314,7 @@ mod tests {
             spend("d", "2026-12-01T00:00:01Z", "-1", -1),
         ]
         .iter()
-        .flat_map(Spent::changes)
+        .flat_map(|s| s.changes())
         .collect();
         let s = SpendSeries::assemble(now, &rolled(&changes));
         assert_eq!((s.hours.len(), s.days.len()), (24, 30));

@@ -55,6 +55,7 @@ fn open(path: &Path, writer: bool) -> rusqlite::Result<Connection> {
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.set_prepared_statement_cache_capacity(128);
     conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;")?;
+    add_decimals(&conn)?;
     if writer {
         conn.execute_batch("PRAGMA journal_mode = WAL;")?;
     } else {
@@ -62,6 +63,25 @@ fn open(path: &Path, writer: bool) -> rusqlite::Result<Connection> {
         conn.execute_batch("PRAGMA query_only = ON;")?;
     }
     Ok(conn)
+}
+
+/// `dec_add(a, b)`: the exact sum of two decimal strings, which SQLite has no type for (PostgreSQL's numeric
+/// does it there), so a running total is added to in one statement. A string that is not a decimal fails the
+/// statement, and with it the transaction.
+fn add_decimals(conn: &Connection) -> rusqlite::Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
+    conn.create_scalar_function("dec_add", 2, flags, |ctx| {
+        let term = |i: usize| -> rusqlite::Result<paygent_domain::Decimal> {
+            let text = ctx
+                .get_raw(i)
+                .as_str()
+                .map_err(|e| rusqlite::Error::UserFunctionError(e.into()))?;
+            paygent_domain::Decimal::from_str_exact(text)
+                .map_err(|e| rusqlite::Error::UserFunctionError(e.into()))
+        };
+        Ok((term(0)? + term(1)?).normalize().to_string())
+    })
 }
 
 impl Lite {

@@ -3,49 +3,37 @@
 use crate::db::{Db, placeholders, query};
 use crate::{Result, WriteTx, decimal};
 use paygent_domain::spend::{RollupChange, RollupRow};
-use std::collections::HashMap;
+use std::sync::LazyLock;
 
-/// Adds each change to its row, creating rows at zero as needed: one read and one write. The read and the
-/// write are one step because the transaction holds the tenant's write lock.
-pub async fn fold(tx: &mut WriteTx, changes: &[RollupChange]) -> Result<()> {
-    if changes.is_empty() {
-        return Ok(());
-    }
+/// The six rows of a spend, each created at its first spend and added to after: SQLite adds the decimal strings
+/// with `dec_add` (the store's own function), PostgreSQL with numeric.
+static WRITE: LazyLock<[String; 2]> = LazyLock::new(|| {
+    let write = |add: &str| {
+        format!(
+            "INSERT INTO spend_rollups (tenant_id, owner, bucket, payee, usd, payments) VALUES {} \
+             ON CONFLICT (tenant_id, owner, bucket, payee) DO UPDATE SET usd = {add}, \
+             payments = spend_rollups.payments + excluded.payments",
+            placeholders(1, 6, 6)
+        )
+    };
+    [
+        write("dec_add(spend_rollups.usd, excluded.usd)"),
+        write("(spend_rollups.usd::numeric + excluded.usd::numeric)::text"),
+    ]
+});
+
+/// Adds a spend's [changes](paygent_domain::spend::Spent::changes) to their rows, in one statement.
+pub async fn fold(tx: &mut WriteTx, changes: &[RollupChange; 6]) -> Result<()> {
     let tenant = tx.tenant_id().to_string();
-    let sql = format!(
-        "SELECT owner, bucket, payee, usd, payments FROM spend_rollups WHERE tenant_id = $1 \
-         AND (owner, bucket, payee) IN (VALUES {})",
-        placeholders(2, changes.len(), 3)
-    );
-    let mut read = query(sql).bind(tenant.clone());
+    let mut write = query(WRITE[usize::from(tx.on_postgres())].as_str());
     for c in changes {
-        read = read
-            .bind(c.owner.clone())
-            .bind(c.bucket.clone())
-            .bind(c.payee.clone());
-    }
-    let mut rows = HashMap::new();
-    for r in read.fetch_all(tx.conn()).await? {
-        let key: (String, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
-        rows.insert(key, (decimal(&r.get::<String>(3)?)?, r.get::<i64>(4)?));
-    }
-    let sql = format!(
-        "INSERT INTO spend_rollups (tenant_id, owner, bucket, payee, usd, payments) VALUES {} \
-         ON CONFLICT (tenant_id, owner, bucket, payee) DO UPDATE SET usd = excluded.usd, \
-         payments = excluded.payments",
-        placeholders(1, changes.len(), 6)
-    );
-    let mut write = query(sql);
-    for c in changes {
-        let key = (c.owner.clone(), c.bucket.clone(), c.payee.clone());
-        let (usd, payments) = rows.get(&key).copied().unwrap_or_default();
         write = write
             .bind(tenant.clone())
-            .bind(key.0)
-            .bind(key.1)
-            .bind(key.2)
-            .bind((usd + c.usd).normalize().to_string())
-            .bind(payments + c.payments);
+            .bind(c.owner.clone())
+            .bind(c.bucket.clone())
+            .bind(c.payee.clone())
+            .bind(c.usd.normalize().to_string())
+            .bind(c.payments);
     }
     write.execute(tx.conn()).await?;
     Ok(())

@@ -126,6 +126,11 @@ impl WriteTx {
         self.tenant_id
     }
 
+    /// Whether this transaction runs on PostgreSQL (for the few statements whose SQL differs).
+    pub(crate) fn on_postgres(&self) -> bool {
+        matches!(self.conn, crate::db::Conn::Pg(_))
+    }
+
     /// Where statements run, beside the store's parsed policy rules.
     pub(crate) fn with_rules(&mut self) -> (Db<'_>, &RulesCache) {
         (Db::Tx(&mut self.conn), &self.rules)
