@@ -221,13 +221,15 @@ function executionsChanged() {
 }
 
 async function loadExecutions() {
-  const list = await api("GET", "/executions?limit=20");
+  const [list, { sessions, agents }] = await Promise.all([api("GET", "/executions?limit=20"), sessionsAndAgents()]);
+  // Each execution's session and agent by name, for those among the latest sessions.
+  const named = new Map(sessions.map((s) => [s.id, `${s.name ?? "session"} ${short(s.id)} · ${agents.get(s.created_by)}`]));
   const ol = $("#execution-list");
-  ol.replaceChildren(...list.map(executionItem));
+  ol.replaceChildren(...list.map((e) => executionItem(e, named.get(e.session_id) ?? `session ${short(e.session_id)}`)));
   show($("#no-executions"), list.length === 0);
 }
 
-function executionItem(e) {
+function executionItem(e, where) {
   const li = document.createElement("li");
   li.className = "item execution";
   li.dataset.executionId = e.id;
@@ -239,7 +241,7 @@ function executionItem(e) {
   head.addEventListener("click", () => toggleSteps(li, head, e.id));
   const meta = document.createElement("p");
   meta.className = "meta";
-  meta.textContent = `session ${short(e.session_id)} · step ${e.current_step} · $${e.cost_usd}` +
+  meta.textContent = `${where} · step ${e.current_step} · $${e.cost_usd}` +
     (e.error ? ` · ${e.error}` : "");
   li.append(head, meta);
   if (e.status === "running" || e.status === "awaiting_approval") {

@@ -422,6 +422,16 @@ async fn views_show_steps_budgets_and_the_audit_chain() {
         "the execution's steps",
     )
     .await;
+    let meta = eval(
+        &page,
+        &format!("document.querySelector(\"{row} .meta\").textContent"),
+    )
+    .await;
+    let meta = meta.as_str().unwrap();
+    assert!(
+        meta.starts_with("test …") && meta.contains(" · Agent · step "),
+        "the session and agent by name: {meta}"
+    );
     let steps = eval(
         &page,
         &format!("[...document.querySelectorAll(\"{row} .steps li\")].map(li => li.textContent)"),
