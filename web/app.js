@@ -389,6 +389,12 @@ function choices(select, first, groups) {
   if (select.value !== chosen) select.value = "";
 }
 
+// The spend view of one scope (`session_id=...` or `agent_id=...`), from a link elsewhere.
+function openSpend(scope) {
+  state.spendScope = scope;
+  view("spend");
+}
+
 // Whose spend people pick: the tenant, each agent that opened a session (by name), each session.
 async function spendScopes() {
   const { sessions, agents } = await sessionsAndAgents();
@@ -397,6 +403,8 @@ async function spendScopes() {
     ["Sessions", sessions.map((s) =>
       [`session_id=${s.id}`, `${s.name ?? "session"} ${short(s.id)} · ${agents.get(s.created_by)}`])],
   ]);
+  if (state.spendScope) $("#spend-scope").value = state.spendScope;
+  state.spendScope = null;
 }
 
 // The decided filter's agents, by name.
@@ -519,6 +527,15 @@ async function loadAudit() {
       (id ? ` · ${kind} ${short(id)}` : "");
     meta.title = `${entry.actor} · ${entry.subject} · hash ${entry.hash}`;
     li.append(words, meta);
+    if (entry.session_id) {
+      const open = document.createElement("button");
+      open.type = "button";
+      open.className = "quiet open-session";
+      open.dataset.sessionId = entry.session_id;
+      open.textContent = "The session's spend";
+      open.addEventListener("click", () => openSpend(`session_id=${entry.session_id}`));
+      li.append(open);
+    }
     return li;
   }));
 }

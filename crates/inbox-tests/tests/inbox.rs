@@ -524,6 +524,15 @@ async fn views_show_steps_budgets_and_the_audit_chain() {
         told.as_array().unwrap().iter().any(|w| w == paid),
         "an entry in words, its actor by name: {told}"
     );
+    // An entry about a session leads to the session's spend.
+    let link = "document.querySelector('#audit-list .open-session')";
+    let linked = eval(&page, &format!("{link}.dataset.sessionId")).await;
+    click(&page, "#audit-list .open-session").await;
+    let scoped = format!(
+        "!document.querySelector('#spend').hidden && document.querySelector('#spend-scope').value === 'session_id={}'",
+        linked.as_str().unwrap()
+    );
+    wait_until(&page, &scoped, "the session's spend").await;
 
     // Edit the recipient of a request: the payment goes where the person said.
     click(&page, "#views [data-view=inbox]").await;
