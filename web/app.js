@@ -6,7 +6,7 @@ const $ = (sel, root = document) => root.querySelector(sel);
 // An id's last characters: ids are time-ordered, so their first ones are alike.
 const short = (id) => `…${id.slice(-8)}`;
 const state = { token: null, role: null, items: new Map(), lastSeq: null, socket: null, budgets: new Map(),
-  selected: null, retry: 500 };
+  selected: null, retry: 500, sessionLabels: new Map() };
 
 async function call(method, path, body) {
   const resp = await fetch(`/api/v1${path}`, {
@@ -221,11 +221,14 @@ function executionsChanged() {
 }
 
 async function loadExecutions() {
-  const [list, { sessions, agents }] = await Promise.all([api("GET", "/executions?limit=20"), sessionsAndAgents()]);
-  // Each execution's session and agent by name, for those among the latest sessions.
-  const named = new Map(sessions.map((s) => [s.id, `${s.name ?? "session"} ${short(s.id)} · ${agents.get(s.created_by)}`]));
+  const list = await api("GET", "/executions?limit=20");
+  // Sessions are named from the latest ones, read again only when an execution's session is new to the page.
+  const unknown = () => list.filter((e) => !state.sessionLabels.has(e.session_id));
+  if (unknown().length) await sessionsAndAgents();
+  // One older than the latest sessions keeps its id, and is not looked for again.
+  for (const e of unknown()) state.sessionLabels.set(e.session_id, `session ${short(e.session_id)}`);
   const ol = $("#execution-list");
-  ol.replaceChildren(...list.map((e) => executionItem(e, named.get(e.session_id) ?? `session ${short(e.session_id)}`)));
+  ol.replaceChildren(...list.map((e) => executionItem(e, state.sessionLabels.get(e.session_id))));
   show($("#no-executions"), list.length === 0);
 }
 
@@ -373,6 +376,9 @@ async function loadSessions() {
 async function sessionsAndAgents() {
   const sessions = await api("GET", "/sessions?limit=100");
   const agents = new Map(sessions.map((s) => [s.created_by, s.created_by_name ?? short(s.created_by)]));
+  for (const s of sessions) {
+    state.sessionLabels.set(s.id, `${s.name ?? "session"} ${short(s.id)} · ${agents.get(s.created_by)}`);
+  }
   return { sessions, agents };
 }
 
@@ -400,8 +406,7 @@ async function spendScopes() {
   const { sessions, agents } = await sessionsAndAgents();
   choices($("#spend-scope"), new Option("The whole tenant", ""), [
     ["Agents", [...agents].map(([id, name]) => [`agent_id=${id}`, name])],
-    ["Sessions", sessions.map((s) =>
-      [`session_id=${s.id}`, `${s.name ?? "session"} ${short(s.id)} · ${agents.get(s.created_by)}`])],
+    ["Sessions", sessions.map((s) => [`session_id=${s.id}`, state.sessionLabels.get(s.id)])],
   ]);
   if (state.spendScope) $("#spend-scope").value = state.spendScope;
   state.spendScope = null;

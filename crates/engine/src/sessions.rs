@@ -199,9 +199,9 @@ impl Paygent {
     pub async fn session(&self, who: &Principal, id: Uuid) -> Result<SessionView> {
         let session = self.reachable_session(who, id).await?;
         let budget = self.budget_view(&session, self.now()).await?;
-        let mut view = [SessionView::new(session, budget)];
-        self.name_creators(who.tenant_id, &mut view).await?;
-        let [view] = view;
+        let mut view = SessionView::new(session, budget);
+        self.name_creators(who.tenant_id, std::slice::from_mut(&mut view))
+            .await?;
         Ok(view)
     }
 

@@ -24,6 +24,16 @@ pub enum SpendOf {
     Session,
 }
 
+impl From<SpendScope> for SpendOf {
+    fn from(scope: SpendScope) -> Self {
+        match scope {
+            SpendScope::Tenant => SpendOf::Tenant,
+            SpendScope::Agent(_) => SpendOf::Agent,
+            SpendScope::Session(_) => SpendOf::Session,
+        }
+    }
+}
+
 /// Spend over time and where the limits stand.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct SpendView {
@@ -47,34 +57,44 @@ impl Paygent {
     /// `limits`).
     pub async fn spend(&self, who: &Principal, scope: SpendScope) -> Result<SpendView> {
         require(who.can_decide(), "only approvers and admins read spend")?;
-        let now = self.now();
-        let mut view = SpendView {
-            scope: SpendOf::Tenant,
-            id: None,
-            name: None,
-            as_of: now,
-            series: self.series(who.tenant_id, scope, now).await?,
-            budget: None,
-            limits: Vec::new(),
-        };
-        let policy = match scope {
+        let (now, tenant) = (self.now(), who.tenant_id);
+        let reader = || self.store.reader();
+        // The scope is found (or 404) before any rollup is read.
+        let (id, name, policy, budget, limits) = match scope {
             SpendScope::Tenant => {
-                policies::in_force(self.store.reader(), who.tenant_id, None).await?
+                let policy = policies::in_force(reader(), tenant, None).await?;
+                (None, None, policy, None, Vec::new())
             }
-            SpendScope::Agent(id) => self.agent_limits(who, id, &mut view).await?,
+            SpendScope::Agent(id) => {
+                let key = keys::any(reader(), tenant, id)
+                    .await?
+                    .ok_or(EngineError::NotFound("agent"))?;
+                let policy = policies::in_force(reader(), tenant, key.policy_id).await?;
+                let limits = self.limit_use(id, &policy, now).await?;
+                (Some(id), Some(key.name), policy, None, limits)
+            }
             SpendScope::Session(id) => {
-                let session = sessions::get(self.store.reader(), who.tenant_id, id)
+                let session = sessions::get(reader(), tenant, id)
                     .await?
                     .ok_or(EngineError::NotFound("session"))?;
-                view.budget = Some(self.budget_view(&session, now).await?);
-                (view.scope, view.id, view.name) = (SpendOf::Session, Some(id), session.name);
-                policies::in_force(self.store.reader(), who.tenant_id, session.policy_id).await?
+                let budget = self.budget_view(&session, now).await?;
+                let policy = policies::in_force(reader(), tenant, session.policy_id).await?;
+                (Some(id), session.name, policy, Some(budget), Vec::new())
             }
         };
-        for p in &mut view.series.top_payees {
+        let mut series = self.series(tenant, scope, now).await?;
+        for p in &mut series.top_payees {
             p.label = policy.rules.payees.label_of(&p.payee).map(str::to_owned);
         }
-        Ok(view)
+        Ok(SpendView {
+            scope: scope.into(),
+            id,
+            name,
+            as_of: now,
+            series,
+            budget,
+            limits,
+        })
     }
 
     async fn series(
@@ -92,26 +112,19 @@ impl Paygent {
         Ok(SpendSeries::assemble(now, &rows))
     }
 
-    /// An agent key's name and its policy's limits, as its periods at the view's time used them; the key's
-    /// policy.
-    async fn agent_limits(
+    /// An agent key's policy limits, each with what its current period used at `now`.
+    async fn limit_use(
         &self,
-        who: &Principal,
-        id: Uuid,
-        view: &mut SpendView,
-    ) -> Result<PolicyRecord> {
-        let key = keys::any(self.store.reader(), who.tenant_id, id)
-            .await?
-            .ok_or(EngineError::NotFound("agent"))?;
-        let policy = policies::in_force(self.store.reader(), who.tenant_id, key.policy_id).await?;
-        let buckets = Period::ALL.map(|p| p.bucket(view.as_of));
+        key: Uuid,
+        policy: &PolicyRecord,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<LimitUse>> {
+        let buckets = Period::ALL.map(|p| p.bucket(now));
         let refs = buckets.each_ref().map(String::as_str);
-        let book = budgets::usage(self.store.reader(), KEY_PERIODS, id, &refs).await?;
-        view.limits = policy.rules.limit_use(view.as_of, |bucket, ledger| {
+        let book = budgets::usage(self.store.reader(), KEY_PERIODS, key, &refs).await?;
+        Ok(policy.rules.limit_use(now, |bucket, ledger| {
             let key = (bucket.to_owned(), ledger.to_owned());
             book.get(&key).copied().unwrap_or_default()
-        });
-        (view.scope, view.id, view.name) = (SpendOf::Agent, Some(id), Some(key.name));
-        Ok(policy)
+        }))
     }
 }

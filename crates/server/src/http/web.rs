@@ -19,32 +19,26 @@ const CHART_STYLE: &str = include_str!("../../../../web/vendor/uplot.css");
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
     connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
+const HTML: &str = "text/html; charset=utf-8";
+const JS: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+
+/// The files compiled in: path, type, body.
+const FILES: [(&str, &str, &str); 5] = [
+    ("/", HTML, INDEX),
+    ("/app.js", JS, SCRIPT),
+    ("/app.css", CSS, STYLE),
+    ("/vendor/uplot.js", JS, CHART_SCRIPT),
+    ("/vendor/uplot.css", CSS, CHART_STYLE),
+];
+
 pub fn router() -> Router<Paygent> {
-    Router::new()
-        .route(
-            "/",
-            get(|| async { asset("text/html; charset=utf-8", INDEX) }),
-        )
-        .route(
-            "/app.js",
-            get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }),
-        )
-        .route(
-            "/events.js",
-            get(|| async { asset("text/javascript; charset=utf-8", event_names()) }),
-        )
-        .route(
-            "/app.css",
-            get(|| async { asset("text/css; charset=utf-8", STYLE) }),
-        )
-        .route(
-            "/vendor/uplot.js",
-            get(|| async { asset("text/javascript; charset=utf-8", CHART_SCRIPT) }),
-        )
-        .route(
-            "/vendor/uplot.css",
-            get(|| async { asset("text/css; charset=utf-8", CHART_STYLE) }),
-        )
+    let files = FILES
+        .iter()
+        .fold(Router::new(), |router, &(path, kind, body)| {
+            router.route(path, get(move || async move { asset(kind, body) }))
+        });
+    files.route("/events.js", get(|| async { asset(JS, event_names()) }))
 }
 
 /// The live channel's event names for the inbox, from the one enum that names them: `EVENT.APPROVAL_REQUIRED`
