@@ -6,7 +6,8 @@ const $ = (sel, root = document) => root.querySelector(sel);
 // An id's last characters: ids are time-ordered, so their first ones are alike.
 const short = (id) => `…${id.slice(-8)}`;
 const state = { token: null, role: null, items: new Map(), lastSeq: null, socket: null, budgets: new Map(),
-  selected: null, retry: 500, sessionLabels: new Map() };
+  selected: null, retry: 500, sessionLabels: new Map(), actors: new Map(), auditSubject: null,
+  auditSearch: 0, timelines: new Set() };
 
 async function call(method, path, body) {
   const resp = await fetch(`/api/v1${path}`, {
@@ -69,18 +70,23 @@ async function signIn(token) {
   await Promise.all([reload(), refreshStop(), loadExecutions(), loadSessions()]);
 }
 
-// One view at a time: the inbox, executions with their steps, sessions with budgets, the audit trail.
-function view(name) {
+// One view at a time: the inbox, executions with their steps, sessions with budgets, the audit trail. Resolves
+// once the view has read what it shows (unless `load` is false, for a view about to be filled by its caller).
+function view(name, load = true) {
   for (const button of document.querySelectorAll("#views button")) {
     const on = button.dataset.view === name;
     button.setAttribute("aria-pressed", String(on));
     show($(`#${button.dataset.view}`), on);
   }
-  if (name === "budgets") loadSessions();
-  if (name === "decided") decidedAgents().then(searchDecided);
-  if (name === "audit") loadAudit();
-  if (name === "policies") loadPolicies();
-  if (name === "spend") spendScopes().then(loadSpend);
+  const loads = {
+    budgets: loadSessions,
+    decided: () => decidedAgents().then(searchDecided),
+    executions: loadExecutions,
+    audit: searchAudit,
+    policies: loadPolicies,
+    spend: () => spendScopes().then(loadSpend),
+  };
+  return load && loads[name] ? loads[name]() : Promise.resolve();
 }
 
 // A policy's rules: its view without the record's own fields.
@@ -228,7 +234,12 @@ async function loadExecutions() {
   // One older than the latest sessions keeps its id, and is not looked for again.
   for (const e of unknown()) state.sessionLabels.set(e.session_id, `session ${short(e.session_id)}`);
   const ol = $("#execution-list");
-  ol.replaceChildren(...list.map((e) => executionItem(e, state.sessionLabels.get(e.session_id))));
+  const items = list.map((e) => executionItem(e, state.sessionLabels.get(e.session_id)));
+  ol.replaceChildren(...items);
+  // A timeline someone opened stays open, read again.
+  for (const li of items) {
+    if (state.timelines.has(li.dataset.executionId)) toggleSteps(li, $(".what", li), li.dataset.executionId);
+  }
   show($("#no-executions"), list.length === 0);
 }
 
@@ -261,41 +272,93 @@ function executionItem(e, where) {
   return li;
 }
 
+// Opens or closes an execution's timeline. The list may be read again while a timeline is read: it goes to the
+// execution's item then in the list.
 async function toggleSteps(li, head, id) {
-  const open = $(".steps", li);
-  if (open) {
-    open.remove();
+  if (state.timelines.has(id) && $(".timeline", li)) {
+    state.timelines.delete(id);
+    $(".timeline", li).remove();
     head.setAttribute("aria-expanded", "false");
     return;
   }
+  state.timelines.add(id);
+  const box = await timeline(id);
+  const current = $(`#execution-list [data-execution-id="${id}"]`) ?? li;
+  if (!state.timelines.has(id) || $(".timeline", current)) return;
+  current.append(box);
+  $(".what", current).setAttribute("aria-expanded", "true");
+}
+
+// An execution's timeline: each step's words, and under them its time on a lane as long as the execution, the
+// part it waited on a person hatched.
+async function timeline(id) {
   const e = await api("GET", `/executions/${id}`);
   // The request each step waited on, for who decided it and how soon (an execution's steps are few).
   const asked = await Promise.all(e.steps.map((step) => step.approval_id
     ? api("GET", `/approvals/${step.approval_id}`).catch(() => null) : null));
+  const start = Date.parse(e.created_at);
+  const span = Math.max(1, (e.finished_at ? Date.parse(e.finished_at) : Date.now()) - start);
+  const box = document.createElement("div");
+  box.className = "timeline";
+  const total = document.createElement("p");
+  total.className = "meta took";
+  const waited = asked.reduce((sum, a) => sum + (a ? waitOf(a)[1] : 0), 0);
+  total.textContent = `${e.finished_at ? "Took" : "Running for"} ${seconds(span)}` +
+    ` · ${e.steps.length} step${e.steps.length === 1 ? "" : "s"} · $${e.cost_usd}` +
+    (waited ? ` · ${seconds(waited)} waiting on people` : "");
   const ol = document.createElement("ol");
   ol.className = "steps";
   ol.start = 0;
-  for (const [i, step] of e.steps.entries()) {
-    const item = document.createElement("li");
-    item.dataset.step = String(step.idx);
-    const outcome = step.error ? `error: ${step.error}` : step.result ? summary(step.result) : "";
-    const cost = step.cost_usd ? ` · $${step.cost_usd}` : "";
-    const took = step.duration_ms !== null && step.duration_ms !== undefined ? ` · ${step.duration_ms} ms` : "";
-    item.textContent = `${step.tool} ${JSON.stringify(step.args)} — ${step.status}${cost}${took}` +
-      (outcome ? ` — ${outcome}` : "") + waitedOn(asked[i]);
-    ol.append(item);
+  ol.append(...e.steps.map((step, i) => stepItem(step, asked[i], start, span)));
+  box.append(total, ol);
+  return box;
+}
+
+function stepItem(step, asked, start, span) {
+  const item = document.createElement("li");
+  item.dataset.step = String(step.idx);
+  item.className = `step ${step.status}`;
+  const outcome = step.error ? `error: ${step.error}` : step.result ? summary(step.result) : "";
+  const cost = step.cost_usd ? ` · $${step.cost_usd}` : "";
+  const took = step.duration_ms !== null && step.duration_ms !== undefined ? ` · ${step.duration_ms} ms` : "";
+  const words = document.createElement("p");
+  words.textContent = `${step.tool} ${JSON.stringify(step.args)} — ${step.status}${cost}${took}` +
+    (outcome ? ` — ${outcome}` : "") + waitedOn(asked);
+  const lane = document.createElement("div");
+  lane.className = "lane";
+  lane.setAttribute("aria-hidden", "true");
+  const part = (cls, from, to) => {
+    const bar = document.createElement("span");
+    bar.className = cls;
+    const left = Math.min(100, Math.max(0, (from - start) / span * 100));
+    bar.style.left = `${left}%`;
+    bar.style.width = `${Math.max(0.5, Math.min(100 - left, (to - from) / span * 100))}%`;
+    lane.append(bar);
+  };
+  if (step.started_at) {
+    part("run", Date.parse(step.started_at), step.finished_at ? Date.parse(step.finished_at) : Date.now());
   }
-  li.append(ol);
-  head.setAttribute("aria-expanded", "true");
+  if (asked) part("wait", Date.parse(asked.created_at), Date.parse(asked.created_at) + waitOf(asked)[1]);
+  item.append(words, lane);
+  return item;
+}
+
+// How long a request waited on people: until its decision, or until now.
+function waitOf(a) {
+  const until = a.decision ? Date.parse(a.decision.at) : Date.now();
+  return [a.decision, Math.max(0, until - Date.parse(a.created_at))];
+}
+
+function seconds(ms) {
+  return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`;
 }
 
 // The person a step waited on: who decided its request, and how long after it was filed.
 function waitedOn(a) {
   if (!a) return "";
-  const d = a.decision;
+  const [d, waited] = waitOf(a);
   if (!d) return " — waiting on a person";
-  const took = Math.max(0, Math.round((Date.parse(d.at) - Date.parse(a.created_at)) / 1000));
-  return ` — ${a.status}${d.by ? ` by ${d.by_name ?? short(d.by)}` : ""} after ${took} s`;
+  return ` — ${a.status}${d.by ? ` by ${d.by_name ?? short(d.by)}` : ""} after ${Math.round(waited / 1000)} s`;
 }
 
 // A step's result in one line: a payment's status, or a fetch's status and the start of its body.
@@ -515,34 +578,162 @@ function payeeName(p) {
   return /^0x[0-9a-f]{40}$/.test(p) ? `${p.slice(0, 6)}…${p.slice(-4)}` : p;
 }
 
-async function loadAudit() {
-  const head = await api("GET", "/audit?limit=1");
-  const page = await api("GET", `/audit?after=${Math.max(0, head.head_seq - 50)}&limit=50`);
-  $("#audit-list").replaceChildren(...page.entries.reverse().map((entry) => {
-    const li = document.createElement("li");
-    li.className = "item";
-    li.dataset.seq = String(entry.seq);
-    const words = document.createElement("p");
-    words.className = "what";
-    words.textContent = entry.words;
-    const meta = document.createElement("p");
-    meta.className = "meta";
-    const [kind, id] = entry.subject.split(":");
-    meta.textContent = `#${entry.seq} · ${new Date(entry.at).toLocaleString()} · ${entry.action}` +
-      (id ? ` · ${kind} ${short(id)}` : "");
-    meta.title = `${entry.actor} · ${entry.subject} · hash ${entry.hash}`;
-    li.append(words, meta);
-    if (entry.session_id) {
-      const open = document.createElement("button");
-      open.type = "button";
-      open.className = "quiet open-session";
-      open.dataset.sessionId = entry.session_id;
-      open.textContent = "The session's spend";
-      open.addEventListener("click", () => openSpend(`session_id=${entry.session_id}`));
-      li.append(open);
+// The audit trail, newest first, narrowed by what happened, who did it, when, and the object it happened to.
+function auditQuery() {
+  const query = new URLSearchParams({ limit: "50", before: String(Number.MAX_SAFE_INTEGER) });
+  for (const [name, value] of new FormData($("#audit-filter"))) {
+    if (value !== "") query.set(name, name === "since" || name === "until" ? new Date(value).toISOString() : value);
+  }
+  if (state.auditSubject) query.set("subject", state.auditSubject);
+  return `/audit?${query}`;
+}
+
+async function searchAudit(ev) {
+  ev?.preventDefault();
+  state.auditSearch += 1;
+  $("#audit-list").replaceChildren();
+  await moreAudit(auditQuery());
+}
+
+// A read looks at 1,000 entries at most: a filter few entries match goes on for up to ten reads before it stops
+// with "Older" to go further back. What an earlier search reads after a newer one began is dropped.
+async function moreAudit(path) {
+  const search = state.auditSearch;
+  const error = $("#audit-error");
+  show(error, false);
+  let next = path;
+  try {
+    for (let reads = 0; next && reads < 10; reads++) {
+      const { items: page, next: after } = await listPage(next);
+      if (search !== state.auditSearch) return;
+      next = after;
+      $("#audit-list").append(...page.entries.map(auditItem));
+      if (page.entries.length) break;
     }
-    return li;
-  }));
+  } catch (e) {
+    error.textContent = e.message;
+    show(error, true);
+  }
+  $("#audit-more").dataset.next = next ?? "";
+  show($("#audit-more"), !!next);
+  show($("#no-audit"), error.hidden && !next && $("#audit-list").children.length === 0);
+  auditActors();
+}
+
+// The people and keys the trail has named so far, to narrow it to one of them.
+function auditActors() {
+  const keys = [...state.actors].map(([id, name]) => [id, name]);
+  choices($("#audit-actor"), new Option("anyone", ""), [["Paygent", [["system", "Paygent itself"]]], ["Keys", keys]]);
+}
+
+// Entries about one object only (an approval request, a payment, ...), until "Every entry".
+function aboutSubject(subject) {
+  state.auditSubject = subject;
+  const [kind, id] = subject.split(":");
+  $("#audit-about span").textContent = `Entries about ${kind} ${id ? short(id) : ""}`;
+  show($("#audit-about"), !!subject);
+  return searchAudit();
+}
+
+// Where an entry's object is shown: the button's words and what it opens.
+const OPENS = {
+  approval: ["The request", openApproval],
+  execution: ["The execution", openExecution],
+  payment: ["The payment", openPayment],
+  policy: ["The policy", openPolicy],
+};
+
+function auditItem(entry) {
+  const li = document.createElement("li");
+  li.className = "item";
+  li.dataset.seq = String(entry.seq);
+  const key = entry.actor.startsWith("key:") ? entry.actor.slice(4) : null;
+  if (key && entry.actor_name) state.actors.set(key, entry.actor_name);
+  const words = document.createElement("p");
+  words.className = "what";
+  words.textContent = entry.words;
+  const meta = document.createElement("p");
+  meta.className = "meta";
+  const [kind, id] = entry.subject.split(":");
+  meta.textContent = `#${entry.seq} · ${new Date(entry.at).toLocaleString()} · ${entry.action}` +
+    (id ? ` · ${kind} ${short(id)}` : "");
+  meta.title = `${entry.actor} · ${entry.subject} · hash ${entry.hash}`;
+  const links = document.createElement("div");
+  links.className = "actions";
+  const link = (cls, text, action) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = `quiet ${cls}`;
+    button.textContent = text;
+    button.addEventListener("click", action);
+    links.append(button);
+    return button;
+  };
+  if (OPENS[kind] && id) link("open-object", OPENS[kind][0], () => OPENS[kind][1](id, li));
+  if (entry.session_id) {
+    link("open-session", "The session's spend", () => openSpend(`session_id=${entry.session_id}`))
+      .dataset.sessionId = entry.session_id;
+  }
+  if (id && state.auditSubject !== entry.subject) link("history", "Its history", () => aboutSubject(entry.subject));
+  li.append(words, meta, links);
+  return li;
+}
+
+// An object one view shows, brought into sight and focus.
+function reveal(el) {
+  el.classList.add("target");
+  if (!el.hasAttribute("tabindex")) el.tabIndex = -1;
+  el.scrollIntoView({ block: "center" });
+  el.focus();
+}
+
+// A request: its card in the inbox while it waits, else it alone in the Decided view.
+async function openApproval(id) {
+  const a = await api("GET", `/approvals/${id}`);
+  if (a.status === "pending") {
+    await view("inbox");
+    upsert(a);
+    reveal(state.items.get(id));
+    return;
+  }
+  await view("decided", false);
+  $("#decided-list").replaceChildren(decidedItem(a));
+  show($("#decided-more"), false);
+  show($("#no-decided"), false);
+  reveal($("#decided-list li"));
+}
+
+// An execution with its timeline open, whether or not it is among the latest.
+async function openExecution(id) {
+  await view("executions");
+  let li = $(`#execution-list [data-execution-id="${id}"]`);
+  if (!li) {
+    const e = await api("GET", `/executions/${id}`);
+    li = executionItem(e, state.sessionLabels.get(e.session_id) ?? `session ${short(e.session_id)}`);
+    $("#execution-list").prepend(li);
+    show($("#no-executions"), false);
+  }
+  const head = $(".what", li);
+  if (!$(".timeline", li)) await toggleSteps(li, head, id);
+  reveal(li);
+}
+
+// A payment, told under its entry: it has no view of its own.
+async function openPayment(id, li) {
+  const p = await api("GET", `/payments/${id}`);
+  const told = $(".object", li) ?? document.createElement("p");
+  told.className = "object meta";
+  told.textContent = `Payment ${p.status}: ${p.amount} ${p.currency} ($${p.usd_value}) to ${payeeName(p.recipient)}` +
+    (p.tx_hash ? ` · transaction ${p.tx_hash}` : "") + (p.detail ? ` · ${p.detail}` : "");
+  li.append(told);
+  told.tabIndex = -1;
+  told.focus();
+}
+
+async function openPolicy(id) {
+  await view("policies");
+  const li = $(`#policy-list [data-policy-id="${id}"]`);
+  if (li) reveal(li);
 }
 
 // The decided requests the filter form asks for, newest first; "More" follows the server's cursor.
@@ -861,6 +1052,9 @@ document.addEventListener("DOMContentLoaded", () => {
     button.addEventListener("click", () => view(button.dataset.view));
   }
   $("#verify-chain").addEventListener("click", verifyChain);
+  $("#audit-filter").addEventListener("submit", searchAudit);
+  $("#audit-more").addEventListener("click", (ev) => moreAudit(ev.target.dataset.next));
+  $("#audit-all").addEventListener("click", () => aboutSubject(""));
   $("#decided-filter").addEventListener("submit", searchDecided);
   $("#spend-scope").addEventListener("input", loadSpend);
   $("#decided-more").addEventListener("click", (ev) => moreDecided(ev.target.dataset.next));

@@ -1,6 +1,7 @@
 //! The tamper-evident audit trail: each entry's hash covers its content and the previous entry's hash, so an
 //! edited, removed or reordered entry breaks the chain at a point that can be named.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -117,6 +118,105 @@ impl AuditAction {
             S::Failed | S::Running | S::AwaitingApproval | S::Frozen => {
                 AuditAction::ExecutionFailed
             }
+        }
+    }
+}
+
+impl AuditAction {
+    /// The first part of its name: `approval` for `approval.requested`, `approval.approved`, ...
+    pub fn family(self) -> &'static str {
+        let name = self.as_str();
+        name.split_once('.').map_or(name, |(family, _)| family)
+    }
+}
+
+/// One action, or every action of a family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Actions {
+    One(AuditAction),
+    Family(&'static str),
+}
+
+impl Actions {
+    /// An action's name (`approval.approved`) or a family's (`approval`).
+    pub fn parse(s: &str) -> Option<Actions> {
+        if let Some(action) = AuditAction::parse(s) {
+            return Some(Actions::One(action));
+        }
+        let family = AuditAction::ALL
+            .iter()
+            .map(|a| a.family())
+            .find(|f| *f == s)?;
+        Some(Actions::Family(family))
+    }
+}
+
+/// Which entries a reader asks for; every part left out matches all.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuditFilter {
+    pub session_id: Option<Uuid>,
+    pub actions: Option<Actions>,
+    /// As entries record it: `key:<uuid>` or `system`.
+    pub actor: Option<String>,
+    /// As entries record it, e.g. `approval:<uuid>`.
+    pub subject: Option<String>,
+    /// At or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Before this time.
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// Where a page of the trail starts: after a sequence number going forward, or before one going back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditFrom {
+    After(i64),
+    Before(i64),
+}
+
+/// The sequence numbers one read may look at: at most a scan's worth from where it starts, never past the head,
+/// so a filter few entries match still reads a bounded stretch, and says where to go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditWindow {
+    pub first: i64,
+    pub last: i64,
+    pub newest_first: bool,
+}
+
+impl AuditFrom {
+    /// The window of at most `scan` entries a read starting here looks at, or none when nothing is left.
+    pub fn window(self, head: i64, scan: i64) -> Option<AuditWindow> {
+        let (first, last, newest_first) = match self {
+            AuditFrom::After(after) => (after.max(0) + 1, head.min(after.max(0) + scan), false),
+            AuditFrom::Before(before) => {
+                let last = head.min(before - 1);
+                ((last - scan + 1).max(1), last, true)
+            }
+        };
+        (first <= last).then_some(AuditWindow {
+            first,
+            last,
+            newest_first,
+        })
+    }
+}
+
+impl AuditWindow {
+    /// Where the next read starts: after (or before) the last entry of a full page, else past this window
+    /// while entries lie beyond it.
+    pub fn next(self, head: i64, full_page_ended_at: Option<i64>) -> Option<AuditFrom> {
+        let (more, from): (bool, fn(i64) -> AuditFrom) = if self.newest_first {
+            (self.first > 1, AuditFrom::Before)
+        } else {
+            (self.last < head, AuditFrom::After)
+        };
+        match full_page_ended_at {
+            Some(seq) => Some(from(seq)),
+            None if more => Some(from(if self.newest_first {
+                self.first
+            } else {
+                self.last
+            })),
+            None => None,
         }
     }
 }
@@ -351,5 +451,42 @@ mod tests {
         c[2].seq = a;
         c.swap(1, 2);
         assert_eq!(verify(&c, &head), Err(ChainBreak::Altered { seq: 2 }));
+    }
+
+    #[test]
+    fn actions_are_named_one_by_one_or_by_family() {
+        assert_eq!(
+            Actions::parse("approval.approved"),
+            Some(Actions::One(AuditAction::ApprovalApproved))
+        );
+        assert_eq!(
+            Actions::parse("kill_switch"),
+            Some(Actions::Family("kill_switch"))
+        );
+        assert_eq!(Actions::parse("approval."), None);
+        assert_eq!(Actions::parse("approvals"), None);
+    }
+
+    #[test]
+    fn a_window_reads_a_bounded_stretch_and_says_where_to_go_on() {
+        let forward = AuditFrom::After(0).window(2500, 1000).unwrap();
+        assert_eq!((forward.first, forward.last), (1, 1000));
+        assert_eq!(forward.next(2500, None), Some(AuditFrom::After(1000)));
+        assert_eq!(forward.next(2500, Some(40)), Some(AuditFrom::After(40)));
+        let end = AuditFrom::After(2000).window(2500, 1000).unwrap();
+        assert_eq!((end.first, end.last), (2001, 2500));
+        assert_eq!(end.next(2500, None), None);
+        assert_eq!(AuditFrom::After(2500).window(2500, 1000), None);
+        let back = AuditFrom::Before(i64::MAX).window(2500, 1000).unwrap();
+        assert_eq!(
+            (back.first, back.last, back.newest_first),
+            (1501, 2500, true)
+        );
+        assert_eq!(back.next(2500, None), Some(AuditFrom::Before(1501)));
+        assert_eq!(back.next(2500, Some(2400)), Some(AuditFrom::Before(2400)));
+        let start = AuditFrom::Before(600).window(2500, 1000).unwrap();
+        assert_eq!((start.first, start.last), (1, 599));
+        assert_eq!(start.next(2500, None), None);
+        assert_eq!(AuditFrom::Before(1).window(2500, 1000), None);
     }
 }

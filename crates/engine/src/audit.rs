@@ -2,7 +2,7 @@
 
 use crate::{Paygent, Result, require};
 use paygent_domain::Principal;
-use paygent_domain::audit::{AuditAction, AuditEntry, ChainVerifier};
+use paygent_domain::audit::{AuditAction, AuditEntry, AuditFilter, AuditFrom, ChainVerifier};
 use paygent_domain::narrative;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -31,34 +31,40 @@ pub struct AuditLine {
     pub words: String,
 }
 
+/// The most entries one read of the trail looks at: a filter few entries match answers a short page and where
+/// to go on, never a walk of the whole trail.
+pub const AUDIT_SCAN: i64 = 1000;
+
 impl Paygent {
-    /// Entries after `after_seq`, in order. The head is read first, so a page never ends past it.
+    /// Entries that match `filter`, from `from` on, with where the next page starts while there may be more.
+    /// The head is read first, so a page never ends past it.
     pub async fn audit(
         &self,
         who: &Principal,
-        session_id: Option<Uuid>,
-        after_seq: i64,
+        filter: &AuditFilter,
+        from: AuditFrom,
         limit: i64,
-    ) -> Result<AuditPage> {
+    ) -> Result<(AuditPage, Option<AuditFrom>)> {
         require(who.is_admin(), "only admins read the audit trail")?;
         let (head_seq, head_hash) = self.store.audit_head(who.tenant_id).await?;
-        let entries = self
-            .store
-            .audit_entries(
-                who.tenant_id,
-                session_id,
-                after_seq.max(0),
-                limit.clamp(1, MAX_AUDIT_PAGE),
-            )
-            .await?
-            .into_iter()
-            .filter(|e| e.seq <= head_seq)
-            .collect();
-        Ok(AuditPage {
+        let limit = limit.clamp(1, MAX_AUDIT_PAGE);
+        let (entries, next) = match from.window(head_seq, AUDIT_SCAN) {
+            None => (Vec::new(), None),
+            Some(window) => {
+                let entries = self
+                    .store
+                    .audit_entries(who.tenant_id, filter, window, limit)
+                    .await?;
+                let full = (entries.len() as i64 == limit).then(|| entries.last().map(|e| e.seq));
+                (entries, window.next(head_seq, full.flatten()))
+            }
+        };
+        let page = AuditPage {
             entries: self.told(who.tenant_id, entries).await?,
             head_seq,
             head_hash,
-        })
+        };
+        Ok((page, next))
     }
 
     /// Entries with their actors named (in one read) and told in words.
@@ -126,7 +132,7 @@ impl Paygent {
         let problem = loop {
             let page = self
                 .store
-                .audit_entries(who.tenant_id, None, after, MAX_AUDIT_PAGE)
+                .audit_chain(who.tenant_id, after, MAX_AUDIT_PAGE)
                 .await?;
             let Some(last) = page.last().map(|e| e.seq) else {
                 break verifier.finish(head_seq, &head_hash).err();
@@ -154,10 +160,7 @@ impl Paygent {
 
     /// How the chain differs from an anchor kept outside, if it does: the anchored entry is gone, or is another.
     async fn unanchored(&self, tenant_id: Uuid, anchor: &Anchor) -> Result<Option<String>> {
-        let found = self
-            .store
-            .audit_entries(tenant_id, None, anchor.seq - 1, 1)
-            .await?;
+        let found = self.store.audit_chain(tenant_id, anchor.seq - 1, 1).await?;
         Ok(match found.first() {
             Some(e) if e.seq == anchor.seq && e.hash == anchor.hash => None,
             Some(e) if e.seq == anchor.seq => Some(format!(

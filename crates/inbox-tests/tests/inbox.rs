@@ -61,6 +61,20 @@ async fn fill(page: &Page, selector: &str, text: &str) {
     assert_eq!(eval(page, &script).await, true, "no field at {selector}");
 }
 
+/// The text of the element at `selector`, which must be there.
+async fn text(page: &Page, selector: &str) -> String {
+    let quoted = serde_json::Value::String(selector.to_owned());
+    let found = eval(
+        page,
+        &format!("document.querySelector({quoted})?.textContent ?? null"),
+    )
+    .await;
+    found
+        .as_str()
+        .unwrap_or_else(|| panic!("no element at {selector}"))
+        .to_owned()
+}
+
 /// Saves a full-page screenshot as `name` among the tests' artifacts (`inbox-screenshots` in the target's
 /// test directory), where docs/ takes its pictures from.
 async fn screenshot(page: &Page, name: &str) {
@@ -152,12 +166,8 @@ async fn people_decide_in_the_inbox() {
     )
     .await;
     assert_eq!(on_card, digest);
-    let text = eval(
-        &page,
-        &format!("document.querySelector(\"{card} .digest\").textContent"),
-    )
-    .await;
-    assert!(text.as_str().unwrap().contains(&digest[..19]), "{text}");
+    let text = text(&page, &format!("{card} .digest")).await;
+    assert!(text.contains(&digest[..19]), "{text}");
     wait_until(
         &page,
         &format!(
@@ -385,6 +395,29 @@ async fn people_decide_in_the_inbox() {
     s.finish().await;
 }
 
+/// An execution of one $20 transfer in `session` that waited on the approver, who approved it; returns its id and
+/// the request's, once it completed.
+async fn approved_execution(s: &TestServer, t: &Team, session: uuid::Uuid) -> (String, String) {
+    let paid = json!([{"tool": "transfer",
+        "args": {"to": paygent_testkit::PAYEE, "amount": "20", "currency": "USDC"}}]);
+    let execution = s.execute(&t.agent, session, paid).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let asked = paygent_testkit::wait_for(s, &t.agent, &execution, |e| {
+        e["steps"][0]["approval_id"].is_string()
+    })
+    .await;
+    let approval = asked["steps"][0]["approval_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.decide(&t.approver, &approval, "approve", json!({})).await;
+    let completed = paygent_testkit::status_is("completed");
+    paygent_testkit::wait_for(s, &t.agent, &execution, completed).await;
+    (execution, approval)
+}
+
 /// The other views: an execution's steps, sessions with their budgets, the audit trail with a chain check, and an
 /// edit of the recipient.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -422,12 +455,7 @@ async fn views_show_steps_budgets_and_the_audit_chain() {
         "the execution's steps",
     )
     .await;
-    let meta = eval(
-        &page,
-        &format!("document.querySelector(\"{row} .meta\").textContent"),
-    )
-    .await;
-    let meta = meta.as_str().unwrap();
+    let meta = text(&page, &format!("{row} .meta")).await;
     assert!(
         meta.starts_with("test …") && meta.contains(" · Agent · step "),
         "the session and agent by name: {meta}"
@@ -453,25 +481,7 @@ async fn views_show_steps_budgets_and_the_audit_chain() {
 
     // A step that waited on a person says who decided it, and how soon.
     let elsewhere = s.session(&t.agent, json!({})).await;
-    let paid = json!([{"tool": "transfer",
-        "args": {"to": paygent_testkit::PAYEE, "amount": "20", "currency": "USDC"}}]);
-    let waited = s.execute(&t.agent, elsewhere, paid).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let asked = paygent_testkit::wait_for(&s, &t.agent, &waited, |e| {
-        e["steps"][0]["approval_id"].is_string()
-    })
-    .await;
-    let approval = asked["steps"][0]["approval_id"].as_str().unwrap();
-    s.decide(&t.approver, approval, "approve", json!({})).await;
-    paygent_testkit::wait_for(
-        &s,
-        &t.agent,
-        &waited,
-        paygent_testkit::status_is("completed"),
-    )
-    .await;
+    let (waited, _) = approved_execution(&s, &t, elsewhere).await;
     let row = format!("[data-execution-id='{waited}']");
     wait_until(
         &page,
@@ -565,6 +575,153 @@ async fn views_show_steps_budgets_and_the_audit_chain() {
 
     click(&page, "#views [data-view=audit]").await;
     screenshot(&page, "inbox-audit.png").await;
+    s.finish().await;
+}
+
+/// The texts of the audit entries shown, their words or their metadata (`.what` or `.meta`).
+async fn audit_texts(page: &Page, part: &str) -> Vec<String> {
+    let texts = eval(
+        page,
+        &format!("[...document.querySelectorAll('#audit-list li {part}')].map(p => p.textContent)"),
+    )
+    .await;
+    serde_json::from_value(texts).unwrap()
+}
+
+/// Searches the audit trail with the filter form as it is filled (the list empties as the search begins).
+async fn search_audit(page: &Page, what: &str) {
+    click(page, "#audit-filter button[type=submit]").await;
+    wait_until(
+        page,
+        "document.querySelectorAll('#audit-list li').length > 0 || !document.querySelector('#no-audit').hidden",
+        what,
+    )
+    .await;
+}
+
+/// The audit trail narrowed by what happened and by who did it, one object's history, and its links: to a
+/// decided request, to an execution's timeline (its step's wait on a person drawn), to a payment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_is_searched_and_leads_to_what_it_tells() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s.session(&t.agent, json!({})).await;
+    let (execution, approval) = approved_execution(&s, &t, session).await;
+    let (_, small) = s.pay(&t.agent, session, "1", "USDC").await;
+    let small = small["id"].as_str().unwrap().to_owned();
+    let approver = s.get(&t.approver, "/me").await.1["key_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let chrome = Chromium::launch().await;
+    let page = chrome.open(&s.base).await;
+    sign_in(&page, ADMIN_TOKEN).await;
+    click(&page, "#views [data-view=audit]").await;
+    wait_until(
+        &page,
+        "document.querySelectorAll('#audit-list li').length > 0",
+        "audit entries",
+    )
+    .await;
+    let seqs = eval(
+        &page,
+        "[...document.querySelectorAll('#audit-list li')].map(li => Number(li.dataset.seq))",
+    )
+    .await;
+    let seqs: Vec<i64> = serde_json::from_value(seqs).unwrap();
+    assert!(
+        seqs.windows(2).all(|w| w[0] > w[1]),
+        "newest first: {seqs:?}"
+    );
+
+    // What happened: approval requests only.
+    fill(&page, "#audit-filter [name=action]", "approval").await;
+    search_audit(&page, "the approval entries").await;
+    let metas = audit_texts(&page, ".meta").await;
+    assert_eq!(metas.len(), 2, "{metas:?}");
+    assert!(
+        metas[0].contains("approval.approved") && metas[1].contains("approval.requested"),
+        "{metas:?}"
+    );
+    // Who did it: the approver, picked by name.
+    fill(&page, "#audit-filter [name=action]", "").await;
+    let named = text(&page, &format!("#audit-actor option[value='{approver}']")).await;
+    assert_eq!(named, "Approver");
+    fill(&page, "#audit-actor", &approver).await;
+    search_audit(&page, "the approver's entries").await;
+    assert_eq!(audit_texts(&page, ".what").await, ["Approver approved"]);
+
+    // The request's whole history, then the request itself.
+    click(&page, "#audit-list .history").await;
+    wait_until(
+        &page,
+        "!document.querySelector('#audit-about').hidden && document.querySelectorAll('#audit-list li').length === 1",
+        "the request's history by the approver",
+    )
+    .await;
+    fill(&page, "#audit-actor", "").await;
+    search_audit(&page, "the request's history").await;
+    let metas = audit_texts(&page, ".meta").await;
+    assert_eq!(metas.len(), 2, "{metas:?}");
+    let last8 = &approval[approval.len() - 8..];
+    assert!(
+        metas
+            .iter()
+            .all(|m| m.contains(&format!("approval …{last8}"))),
+        "{metas:?}"
+    );
+    click(&page, "#audit-list .open-object").await;
+    let decided = format!("{} .outcome", item(&approval));
+    wait_until(
+        &page,
+        &format!("!document.querySelector('#decided').hidden && (document.querySelector(\"{decided}\")?.textContent ?? '').startsWith('approved by Approver')"),
+        "the decided request",
+    )
+    .await;
+
+    // The execution, with its timeline: the step's wait on a person drawn on its lane.
+    click(&page, "#views [data-view=audit]").await;
+    click(&page, "#audit-all").await;
+    fill(&page, "#audit-filter [name=action]", "execution").await;
+    search_audit(&page, "the execution entries").await;
+    click(&page, "#audit-list .open-object").await;
+    let row = format!("[data-execution-id='{execution}']");
+    wait_until(
+        &page,
+        &format!("!document.querySelector('#executions').hidden && !!document.querySelector(\"{row} .timeline .lane .wait\")"),
+        "the execution's timeline",
+    )
+    .await;
+    let took = text(&page, &format!("{row} .took")).await;
+    assert!(
+        took.starts_with("Took ") && took.contains(" · 1 step · $20 · "),
+        "{took}"
+    );
+    assert!(took.ends_with(" waiting on people"), "{took}");
+    let lane = eval(
+        &page,
+        &format!("document.querySelector(\"{row} .lane .run\").style.width"),
+    )
+    .await;
+    assert!(lane.as_str().unwrap().ends_with('%'), "{lane}");
+
+    // A payment is told under its entry.
+    click(&page, "#views [data-view=audit]").await;
+    fill(&page, "#audit-filter [name=action]", "payment").await;
+    search_audit(&page, "the payment entries").await;
+    let short = &small[small.len() - 8..];
+    let clicked = eval(
+        &page,
+        &format!("(() => {{ const li = [...document.querySelectorAll('#audit-list li')].find(li => li.querySelector('.meta').textContent.includes('payment …{short}')); li.querySelector('.open-object').click(); return !!li; }})()"),
+    )
+    .await;
+    assert_eq!(clicked, true);
+    wait_until(
+        &page,
+        "[...document.querySelectorAll('#audit-list .object')].some(p => p.textContent.startsWith('Payment authorized: 1 USDC ($1) to 0x1111…1111'))",
+        "the payment told",
+    )
+    .await;
     s.finish().await;
 }
 
@@ -693,12 +850,7 @@ async fn people_see_and_unfreeze_a_frozen_session() {
         "the frozen session's alert",
     )
     .await;
-    let text = eval(
-        &page,
-        &format!("document.querySelector(\"{alert}\").textContent"),
-    )
-    .await;
-    let text = text.as_str().unwrap();
+    let text = text(&page, &alert).await;
     assert!(text.contains("velocity[0]"), "{text}");
     assert!(text.contains("more than 1 payments within 60 s"), "{text}");
     click(&page, &format!("{alert} button.unfreeze")).await;
@@ -730,12 +882,7 @@ async fn a_quorum_and_an_escalation_are_shown() {
     let id = p["approval_id"].as_str().unwrap().to_owned();
     appears(&page, &id).await;
     let quorum = format!("{} .quorum", item(&id));
-    let text = |page: &Page| {
-        let js = format!("document.querySelector(\"{quorum}\").textContent");
-        let page = page.clone();
-        async move { eval(&page, &js).await }
-    };
-    assert_eq!(text(&page).await, "Approvals 0 of 2");
+    assert_eq!(text(&page, &quorum).await, "Approvals 0 of 2");
     let card = eval(
         &page,
         &format!("document.querySelector(\"{}\").textContent", item(&id)),
@@ -754,13 +901,7 @@ async fn a_quorum_and_an_escalation_are_shown() {
         "the person's approval, counted",
     )
     .await;
-    assert!(
-        text(&page)
-            .await
-            .as_str()
-            .unwrap()
-            .starts_with("Approvals 1 of 2 (")
-    );
+    assert!(text(&page, &quorum).await.starts_with("Approvals 1 of 2 ("));
     let disabled = format!(
         "document.querySelector(\"{} button.approve\").disabled",
         item(&id)
@@ -863,13 +1004,8 @@ async fn decided_requests_are_searched_and_paged() {
     );
     let (_, me) = s.get(&t.agent, "/me").await;
     let agent = me["key_id"].as_str().unwrap();
-    let option =
-        format!("document.querySelector(\"#decided-agent option[value='{agent}']\")?.textContent");
-    assert_eq!(
-        eval(&page, &option).await,
-        "Agent",
-        "the agent filter names agents"
-    );
+    let option = text(&page, &format!("#decided-agent option[value='{agent}']")).await;
+    assert_eq!(option, "Agent", "the agent filter names agents");
     screenshot(&page, "decided-desktop.png").await;
     let phone = at_phone_width(&chrome, &s.base).await;
     sign_in(&phone, &t.approver).await;
@@ -1004,9 +1140,8 @@ async fn spend_is_drawn_from_what_was_paid() {
 
     let (_, me) = s.get(&bot, "/me").await;
     let agent = format!("agent_id={}", me["key_id"].as_str().unwrap());
-    let option =
-        format!("document.querySelector(\"#spend-scope option[value='{agent}']\").textContent");
-    assert_eq!(eval(&page, &option).await, "Ops Bot", "the agent by name");
+    let option = text(&page, &format!("#spend-scope option[value='{agent}']")).await;
+    assert_eq!(option, "Ops Bot", "the agent by name");
     let bars = "[...document.querySelectorAll('#spend-limits .bar-label')].map(p => p.textContent)";
     // What the page should say of a limit line, from the API's own figures.
     let said = |label: &str, l: &serde_json::Value| {

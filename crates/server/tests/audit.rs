@@ -1,5 +1,6 @@
 //! The audit chain over the real API, on both databases: every field an entry's hash covers matters, a cut tail
-//! is named, and an anchor kept outside the database catches a chain cut and its head set back to match.
+//! is named, and an anchor kept outside the database catches a chain cut and its head set back to match. The
+//! trail is searched by action, actor, subject and time, a bounded stretch a read.
 
 use paygent_testkit::{ADMIN_TOKEN, Backend, TestServer, on_both_databases};
 use reqwest::StatusCode;
@@ -8,6 +9,8 @@ use serde_json::{Value, json};
 on_both_databases!(
     every_hashed_field_of_an_entry_matters,
     an_anchor_kept_outside_catches_a_cut_chain_and_its_head_set_back,
+    the_trail_is_searched_by_action_actor_subject_and_time,
+    a_search_reads_a_bounded_stretch_and_says_where_to_go_on,
 );
 
 const DEFAULT: &str = "(SELECT id FROM tenants WHERE name = 'default')";
@@ -186,5 +189,155 @@ async fn an_anchor_kept_outside_catches_a_cut_chain_and_its_head_set_back(backen
             .contains("not in the chain"),
         "{cut}"
     );
+    s.finish().await;
+}
+
+/// `GET /audit?{query}` as the admin, with the `Link` to the next page if there is one.
+async fn search(s: &TestServer, query: &str) -> (Vec<Value>, Option<String>) {
+    let resp = s
+        .send(
+            s.http
+                .get(s.url(&format!("/audit?{query}")))
+                .bearer_auth(ADMIN_TOKEN),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK, "{query}");
+    let link = resp.headers().get("link").map(|l| {
+        let l = l.to_str().unwrap();
+        l[l.find('?').unwrap() + 1..l.find('>').unwrap()].to_owned()
+    });
+    let page: Value = resp.json().await.unwrap();
+    (page["entries"].as_array().unwrap().clone(), link)
+}
+
+fn field<'a>(entries: &'a [Value], name: &str) -> Vec<&'a str> {
+    entries.iter().map(|e| e[name].as_str().unwrap()).collect()
+}
+
+/// A request approved by a person and a payment allowed at once, found again by the action's family and name,
+/// by the person who acted, by what the entries are about, and by time; newest first with `before`. Filters
+/// that make no sense are refused 400 or 422.
+async fn the_trail_is_searched_by_action_actor_subject_and_time(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s.session(&t.agent, json!({})).await;
+    let (_, asked) = s.pay(&t.agent, session, "20", "USDC").await;
+    let approval = asked["approval_id"].as_str().unwrap();
+    let (status, _) = s.decide(&t.approver, approval, "approve", json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    s.pay(&t.agent, session, "1", "USDC").await;
+    let approver = s.get(&t.approver, "/me").await.1["key_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let (family, _) = search(&s, "action=approval").await;
+    assert_eq!(
+        field(&family, "action"),
+        ["approval.requested", "approval.approved"]
+    );
+    let (one, _) = search(&s, "action=approval.approved").await;
+    assert_eq!(field(&one, "subject"), [format!("approval:{approval}")]);
+    assert_eq!(field(&one, "actor"), [format!("key:{approver}")]);
+    let (by, _) = search(&s, &format!("actor={approver}")).await;
+    assert_eq!(field(&by, "action"), ["approval.approved"]);
+    let (about, _) = search(&s, &format!("subject=approval:{approval}")).await;
+    assert_eq!(
+        field(&about, "action"),
+        ["approval.requested", "approval.approved"]
+    );
+    let (mine, _) = search(
+        &s,
+        &format!("session_id={session}&action=payment.authorized"),
+    )
+    .await;
+    assert_eq!(mine.len(), 1, "the payment allowed at once");
+    let (system, _) = search(&s, "actor=system").await;
+    assert!(system.iter().all(|e| e["actor"] == "system"));
+    let (_, everything) = s.get(ADMIN_TOKEN, "/audit").await;
+    let all = everything["entries"].as_array().unwrap();
+    // Entries written together share their time: the expected halves are cut by time, not by position.
+    let middle = all[all.len() / 2]["at"].as_str().unwrap();
+    let (from, before): (Vec<Value>, Vec<Value>) = all
+        .iter()
+        .cloned()
+        .partition(|e| e["at"].as_str().unwrap() >= middle);
+    assert!(!from.is_empty() && !before.is_empty());
+    assert_eq!(
+        search(&s, &format!("since={middle}")).await.0,
+        from,
+        "at or after"
+    );
+    assert_eq!(
+        search(&s, &format!("until={middle}")).await.0,
+        before,
+        "before"
+    );
+
+    let head = everything["head_seq"].as_i64().unwrap();
+    let (newest, next) = search(&s, &format!("before={}&limit=2", head + 1)).await;
+    assert_eq!(
+        newest,
+        [all[all.len() - 1].clone(), all[all.len() - 2].clone()]
+    );
+    assert_eq!(
+        next.as_deref(),
+        Some(format!("limit=2&before={}", head - 1).as_str())
+    );
+    let (older, _) = search(&s, next.as_deref().unwrap()).await;
+    assert_eq!(older[0], all[all.len() - 3]);
+
+    for (query, status) in [
+        ("action=approvals", StatusCode::UNPROCESSABLE_ENTITY),
+        ("action=approval.", StatusCode::UNPROCESSABLE_ENTITY),
+        ("actor=someone", StatusCode::UNPROCESSABLE_ENTITY),
+        ("after=1&before=9", StatusCode::UNPROCESSABLE_ENTITY),
+        ("before=0", StatusCode::UNPROCESSABLE_ENTITY),
+        ("after=-1", StatusCode::UNPROCESSABLE_ENTITY),
+        ("since=yesterday", StatusCode::BAD_REQUEST),
+        ("colour=red", StatusCode::BAD_REQUEST),
+    ] {
+        let (got, problem) = s.get(ADMIN_TOKEN, &format!("/audit?{query}")).await;
+        assert_eq!(got, status, "{query}: {problem}");
+    }
+    let long = format!("/audit?subject={}", "x".repeat(201));
+    assert_eq!(
+        s.get(ADMIN_TOKEN, &long).await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    s.finish().await;
+}
+
+/// With more than a read's 1,000 entries, a filter nothing matches answers an empty page and where to go on, in
+/// either direction, and following the links finds what lies beyond.
+async fn a_search_reads_a_bounded_stretch_and_says_where_to_go_on(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let first = s.session(&t.agent, json!({})).await;
+    for _ in 0..1050 {
+        s.session(&t.agent, json!({})).await;
+    }
+    let last = s.session(&t.agent, json!({})).await;
+    let (_, head) = s.get(ADMIN_TOKEN, "/audit?limit=1").await;
+    let head = head["head_seq"].as_i64().unwrap();
+
+    let (found, next) = search(&s, &format!("session_id={last}")).await;
+    assert!(found.is_empty(), "the first 1,000 entries hold none of it");
+    assert_eq!(
+        next.as_deref(),
+        Some(format!("session_id={last}&after=1000").as_str())
+    );
+    let (found, next) = search(&s, next.as_deref().unwrap()).await;
+    assert_eq!(found.len(), 1);
+    assert_eq!(next, None, "the head was reached");
+
+    let back = format!("session_id={first}&before={}", head + 1);
+    let (found, next) = search(&s, &back).await;
+    assert!(found.is_empty());
+    let on = format!("session_id={first}&before={}", head - 999);
+    assert_eq!(next.as_deref(), Some(on.as_str()));
+    let (found, next) = search(&s, &on).await;
+    assert_eq!(found[0]["session_id"], first.to_string());
+    assert_eq!(next, None, "the first entry was read");
     s.finish().await;
 }

@@ -35,17 +35,28 @@ pub fn page(
     body: impl serde::Serialize,
     next: Option<String>,
 ) -> axum::response::Response {
+    page_at(uri, body, "after", next)
+}
+
+/// [`page`] for a list whose cursor is the query parameter `cursor`.
+pub fn page_at(
+    uri: &axum::http::Uri,
+    body: impl serde::Serialize,
+    cursor: &str,
+    next: Option<String>,
+) -> axum::response::Response {
     use axum::response::IntoResponse;
     let mut response = axum::Json(body).into_response();
     if let Some(last) = next {
+        let at = format!("{cursor}=");
         let mut query: Vec<&str> = uri
             .query()
             .unwrap_or_default()
             .split('&')
-            .filter(|p| !p.is_empty() && !p.starts_with("after="))
+            .filter(|p| !p.is_empty() && !p.starts_with(&at))
             .collect();
-        let after = format!("after={last}");
-        query.push(&after);
+        let next = format!("{at}{last}");
+        query.push(&next);
         let link = format!("<{}?{}>; rel=\"next\"", uri.path(), query.join("&"));
         if let Ok(value) = axum::http::HeaderValue::from_str(&link) {
             response
