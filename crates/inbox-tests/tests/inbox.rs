@@ -110,6 +110,48 @@ async fn fits_a_phone(page: &Page) {
     assert_eq!(fits, true, "no sideways scrolling at phone width");
 }
 
+/// The page's files carry a tag of their content: a browser that holds a file already is answered 304 without
+/// it, one that holds another version gets the file.
+#[tokio::test]
+async fn the_page_is_fetched_again_only_when_it_changed() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    for path in [
+        "/",
+        "/app.js",
+        "/app.css",
+        "/events.js",
+        "/vendor/uplot.js",
+        "/vendor/uplot.css",
+    ] {
+        let url = format!("{}{path}", s.base);
+        let first = s.http.get(&url).send().await.unwrap();
+        assert_eq!(first.status(), 200, "{path}");
+        let tag = first.headers()["etag"].clone();
+        let body = first.bytes().await.unwrap();
+        let held = s
+            .http
+            .get(&url)
+            .header("if-none-match", &tag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(held.status(), 304, "{path}");
+        assert_eq!(held.headers()["etag"], tag);
+        assert!(held.headers().contains_key("content-security-policy"));
+        assert!(held.bytes().await.unwrap().is_empty(), "{path}");
+        let stale = s
+            .http
+            .get(&url)
+            .header("if-none-match", "\"0\"")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stale.status(), 200, "{path}");
+        assert_eq!(stale.bytes().await.unwrap(), body);
+    }
+    s.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn people_decide_in_the_inbox() {
     let s = TestServer::start(Backend::Sqlite).await;

@@ -2,11 +2,12 @@
 //! with a strict Content-Security-Policy.
 
 use axum::Router;
-use axum::http::{HeaderName, HeaderValue, header};
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use paygent_engine::Paygent;
 use paygent_engine::domain::event::EventKind;
+use std::hash::{Hash, Hasher};
 
 const INDEX: &str = include_str!("../../../../web/index.html");
 const SCRIPT: &str = include_str!("../../../../web/app.js");
@@ -33,12 +34,24 @@ const FILES: [(&str, &str, &str); 5] = [
 ];
 
 pub fn router() -> Router<Paygent> {
-    let files = FILES
+    let events = ("/events.js", JS, event_names());
+    FILES
         .iter()
-        .fold(Router::new(), |router, &(path, kind, body)| {
-            router.route(path, get(move || async move { asset(kind, body) }))
-        });
-    files.route("/events.js", get(|| async { asset(JS, event_names()) }))
+        .copied()
+        .chain([events])
+        .fold(Router::new(), |router, (path, kind, body)| {
+            let tag = etag(body);
+            let answer = move |asked: HeaderMap| async move { asset(kind, body, &tag, &asked) };
+            router.route(path, get(answer))
+        })
+}
+
+/// A file's tag: a hash of its bytes, so a browser's copy is used again until a release changes the file.
+fn etag(body: &str) -> HeaderValue {
+    let mut hasher = std::hash::DefaultHasher::new();
+    body.hash(&mut hasher);
+    HeaderValue::try_from(format!("\"{:016x}\"", hasher.finish()))
+        .expect("a hex tag is a header value")
 }
 
 /// The live channel's event names for the inbox, from the one enum that names them: `EVENT.APPROVAL_REQUIRED`
@@ -57,9 +70,21 @@ fn event_names() -> &'static str {
     })
 }
 
-/// Assets are small and change with each release: revalidate every time rather than serve a stale inbox.
-fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
-    (page_headers(content_type, "no-cache", CSP), body)
+/// Assets change with each release: browsers revalidate every time, and a file they hold already is answered
+/// 304 without its body.
+fn asset(kind: &'static str, body: &'static str, tag: &HeaderValue, asked: &HeaderMap) -> Response {
+    let headers = page_headers(kind, "no-cache", CSP);
+    let etag = [(header::ETAG, tag.clone())];
+    let held = asked
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim() == "*" || t.trim().trim_start_matches("W/").as_bytes() == tag.as_bytes());
+    if held {
+        return (StatusCode::NOT_MODIFIED, headers, etag).into_response();
+    }
+    (headers, etag, body).into_response()
 }
 
 /// What every page and asset the server serves carries: its type, how it may be cached, its
