@@ -3,7 +3,7 @@
 mod common;
 
 use common::{Lines, agent_and_session, serving_port, spawn_serve, wait_ready};
-use paygent_testkit::{ADMIN_TOKEN, Backend, TestServer, on_both_databases};
+use paygent_testkit::{ADMIN_TOKEN, Backend, TestServer, eventually, on_both_databases};
 use serde_json::json;
 use std::process::{Command, Output, Stdio};
 
@@ -360,24 +360,20 @@ fn serve_starts_on_an_embedded_sqlite_file() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let status = rt.block_on(async {
         let http = reqwest::Client::new();
-        for _ in 0..100 {
-            let ready = http
-                .get(format!("http://127.0.0.1:{port}/readyz"))
-                .send()
-                .await;
-            if let Ok(r) = ready {
-                let keys = http
-                    .post(format!("http://127.0.0.1:{port}/api/v1/keys"))
-                    .bearer_auth(&token)
-                    .json(&json!({"name": "bot", "role": "agent"}))
-                    .send()
-                    .await
-                    .unwrap();
-                return (r.status(), keys.status());
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        panic!("the server never answered");
+        let ready = || async {
+            let asked = http.get(format!("http://127.0.0.1:{port}/readyz")).send();
+            asked.await.ok().map(|r| r.status())
+        };
+        let within = std::time::Duration::from_secs(10);
+        let ready = eventually(within, "the server to answer", ready, Option::is_some).await;
+        let keys = http
+            .post(format!("http://127.0.0.1:{port}/api/v1/keys"))
+            .bearer_auth(&token)
+            .json(&json!({"name": "bot", "role": "agent"}))
+            .send()
+            .await
+            .unwrap();
+        (ready.unwrap(), keys.status())
     });
     assert_eq!(status.0, reqwest::StatusCode::OK);
     assert_eq!(
@@ -482,21 +478,17 @@ async fn a_paused_execution_survives_sigkill_at(dir: &std::path::Path, db: &str)
         .as_str()
         .unwrap()
         .to_owned();
-    let mut paused = serde_json::Value::Null;
-    for _ in 0..200 {
-        paused = call(
-            base.clone(),
-            agent.clone(),
-            format!("/executions/{execution}"),
-            None,
-        )
-        .await;
-        if paused["status"] == "awaiting_approval" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(paused["status"], "awaiting_approval");
+    let path = format!("/executions/{execution}");
+    let read = |base: &String| call(base.clone(), agent.clone(), path.clone(), None);
+    let within = std::time::Duration::from_secs(30);
+    let waiting = |e: &serde_json::Value| e["status"] == "awaiting_approval";
+    let paused = eventually(
+        within,
+        "the execution to wait on a person",
+        || read(&base),
+        waiting,
+    )
+    .await;
     first.kill().unwrap(); // SIGKILL
     first.wait().unwrap();
 
@@ -514,21 +506,14 @@ async fn a_paused_execution_survives_sigkill_at(dir: &std::path::Path, db: &str)
     )
     .await;
     assert_eq!(approved["status"], "approved");
-    let mut done = serde_json::Value::Null;
-    for _ in 0..300 {
-        done = call(
-            base.clone(),
-            agent.clone(),
-            format!("/executions/{execution}"),
-            None,
-        )
-        .await;
-        if done["status"] == "completed" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(done["status"], "completed", "{done}");
+    let completed = |e: &serde_json::Value| e["status"] == "completed";
+    eventually(
+        within,
+        "the execution to complete",
+        || read(&base),
+        completed,
+    )
+    .await;
     let payments = call(
         base.clone(),
         agent.clone(),
@@ -593,7 +578,8 @@ async fn answered_payments_survive_sigkill_under_load_at(dir: &std::path::Path, 
         })
         .collect();
     let count = || async { serde_json::json!(answered.lock().unwrap().len()) };
-    paygent_testkit::poll_until(std::time::Duration::from_secs(60), count, |n| {
+    let what = "300 payments answered";
+    eventually(std::time::Duration::from_secs(60), what, count, |n| {
         n.as_u64() >= Some(300)
     })
     .await;

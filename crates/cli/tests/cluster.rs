@@ -6,7 +6,7 @@ mod common;
 
 use common::{Serve, agent_and_session, spawn_serve, wait_ready};
 use futures::StreamExt;
-use paygent_testkit::{ADMIN_TOKEN, hello_server, poll_until, silent_server, status_is};
+use paygent_testkit::{ADMIN_TOKEN, eventually, hello_server, silent_server, status_is};
 use serde_json::{Value, json};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -59,6 +59,15 @@ impl Cluster {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// How many executions instance `on` is driving now, from its metrics.
+    async fn running(&self, on: usize) -> f64 {
+        let url = format!("{}/metrics", self.bases[on]);
+        let asked = self.http.get(url).bearer_auth(ADMIN_TOKEN).send().await;
+        let text = asked.unwrap().text().await.unwrap();
+        let samples = paygent_testkit::prometheus::parsed(&text).await;
+        paygent_testkit::prometheus::sample(&samples, "paygent_executions_running", &[])
+    }
+
     async fn key(&self, role: &str) -> String {
         let (_, k) = self
             .call(
@@ -88,7 +97,8 @@ impl Cluster {
     ) -> Value {
         let path = format!("/executions/{id}");
         let read = || async { self.call(on, token, &path, None).await.1 };
-        poll_until(Duration::from_secs(30), read, done).await
+        let what = format!("execution {id} on instance {on} to reach the expected state");
+        eventually(Duration::from_secs(30), &what, read, done).await
     }
 
     /// Approves on instance `on`; the approval must succeed.
@@ -179,16 +189,9 @@ async fn decisions_kills_and_events_cross_instances() {
         .await;
     assert_eq!(status, 200);
     c.wait_for(1, &agent, &id, status_is("cancelled")).await;
-    for _ in 0..100 {
-        if hung_up.load(Ordering::SeqCst) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        hung_up.load(Ordering::SeqCst),
-        "the step in flight was aborted"
-    );
+    let hung = || async { hung_up.load(Ordering::SeqCst) };
+    let what = "the step in flight to be aborted";
+    eventually(Duration::from_secs(5), what, hung, |h| *h).await;
     c.finish().await;
 }
 
@@ -239,8 +242,11 @@ async fn a_dead_instance_s_executions_are_taken_over_once() {
     assert_eq!(done["steps"][0]["result"]["status"], "authorized");
     c.wait_for(2, &agent, &running, status_is("completed"))
         .await;
-    // Taken over once each: every step ran once, and the one payment was made once.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Taken over once each: every step ran once, and the one payment was made once. Once no live instance
+    // drives an execution, none can run a step again (an ended execution's lease is never claimed).
+    let running = || async { c.running(1).await + c.running(2).await };
+    let what = "the live instances to drive no execution";
+    eventually(Duration::from_secs(10), what, running, |n| *n == 0.0).await;
     assert_eq!(hits_paused.load(Ordering::SeqCst), 1);
     assert_eq!(hits_running.load(Ordering::SeqCst), 1);
     let (_, payments) = c
@@ -361,22 +367,15 @@ async fn a_database_outage_gives_503_and_heals() {
     assert_eq!(ready.status(), 503, "not ready without its database");
     link.restore();
 
-    let mut healed = false;
-    for _ in 0..100 {
-        if http
-            .get(format!("{base}/readyz"))
+    let ready = || async {
+        http.get(format!("{base}/readyz"))
             .send()
             .await
             .unwrap()
             .status()
-            == 200
-        {
-            healed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(healed, "ready again once the database is back");
+    };
+    let what = "ready again once the database is back";
+    eventually(Duration::from_secs(10), what, ready, |s| *s == 200).await;
     for i in 0..attempts {
         let (status, _, p) = pay(agent.clone(), session.clone(), format!("during-{i}")).await;
         assert!(status == 201 || status == 200, "{status} {p}");

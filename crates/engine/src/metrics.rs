@@ -190,9 +190,12 @@ impl crate::Paygent {
     pub async fn metrics_text(&self) -> crate::Result<String> {
         let pending =
             paygent_store::approvals::pending_count(self.store.reader(), PENDING_COUNTED).await?;
+        let running = self.runners.lock().expect("runners").len();
         let gauges = format!(
             "# HELP paygent_pending_approvals Approval requests waiting on people, in every tenant (counted up to \
-             {PENDING_COUNTED}).\n# TYPE paygent_pending_approvals gauge\npaygent_pending_approvals {pending}\n"
+             {PENDING_COUNTED}).\n# TYPE paygent_pending_approvals gauge\npaygent_pending_approvals {pending}\n\
+             # HELP paygent_executions_running Executions this instance is driving now.\n\
+             # TYPE paygent_executions_running gauge\npaygent_executions_running {running}\n"
         );
         Ok(self.metrics.render(&gauges))
     }

@@ -68,23 +68,18 @@ fn rand_suffix() -> u64 {
         .map_or(0, |d| d.subsec_nanos() as u64 % 1000)
 }
 
-/// Evaluates `expression` until it is true; panics with `what` after 10 s. A page that is navigating (a form
+/// Evaluates `expression` until it is true; panics with `what` after 15 s. A page that is navigating (a form
 /// submitted) has no context for a moment: that reading counts as not yet.
 pub async fn wait_until(page: &Page, expression: &str, what: &str) {
-    for _ in 0..200 {
-        let value = tokio::time::timeout(Duration::from_secs(10), page.evaluate(expression)).await;
-        let holds = match value {
-            Ok(Ok(v)) => {
-                v.into_value::<serde_json::Value>().ok() == Some(serde_json::Value::Bool(true))
-            }
+    let holds = || async {
+        let value = tokio::time::timeout(Duration::from_secs(5), page.evaluate(expression)).await;
+        match value {
+            Ok(Ok(v)) => v.into_value::<serde_json::Value>().ok() == Some(true.into()),
             _ => false,
-        };
-        if holds {
-            return;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what} ({expression})");
+    };
+    let what = format!("{what} ({expression})");
+    paygent_testkit::eventually(Duration::from_secs(15), &what, holds, |held| *held).await;
 }
 
 /// Evaluates `expression` and returns its value as JSON. A browser that does not answer in 10 s fails the test

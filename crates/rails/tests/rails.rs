@@ -677,14 +677,11 @@ async fn a_refused_payment_answers_at_once_and_ends_when_its_window_closes(backe
     );
 
     let path = format!("/payments/{}", answered["id"].as_str().unwrap());
-    let mut ended = answered.clone();
-    for _ in 0..120 {
-        if ended["status"] != "authorized" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        ended = s.get(&t.agent, &path).await.1;
-    }
+    let read = || async { s.get(&t.agent, &path).await.1 };
+    let what = "the unsettled payment to end";
+    let within = std::time::Duration::from_secs(60);
+    let ended =
+        paygent_testkit::eventually(within, what, read, |p| p["status"] != "authorized").await;
     assert_eq!(ended["status"], "failed", "{ended}");
     let reason = ended["reason"].as_str().unwrap();
     assert!(
@@ -878,8 +875,24 @@ async fn a_restart_between_signing_and_settling_pays_once(backend: Backend) {
     let step = json!([{"tool": "x402_payment", "args": {"url": peer.url("/v2/cheap"), "max_amount": "1"}}]);
     let started = s.execute(&t.agent, &session, step).await;
     let attempts = || async { json!(s.count("payment_attempts").await) };
-    paygent_testkit::poll_until(std::time::Duration::from_secs(30), attempts, |n| n != 0).await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let what = "the payment's attempt";
+    paygent_testkit::eventually(std::time::Duration::from_secs(30), what, attempts, |n| {
+        n != 0
+    })
+    .await;
+    let pool = || async {
+        let status: Value = chain
+            .provider
+            .raw_request("txpool_status".into(), ())
+            .await
+            .unwrap();
+        status["pending"].clone()
+    };
+    let what = "the settlement in the pool";
+    paygent_testkit::eventually(std::time::Duration::from_secs(30), what, pool, |n| {
+        n != "0x0"
+    })
+    .await;
     let s = s.restart_after(chain.automine(true)).await;
     let id = started["id"].as_str().unwrap();
     let done = wait_for(&s, &t.agent, id, ended).await;
@@ -966,7 +979,8 @@ async fn signed_then_lost(
         .json(transfer);
     let waiting = tokio::spawn(request.send());
     let sent = || async { json!(s.scalar(open).await) };
-    paygent_testkit::poll_until(std::time::Duration::from_secs(30), sent, |n| n != 0).await;
+    let what = "the transfer sent";
+    paygent_testkit::eventually(std::time::Duration::from_secs(30), what, sent, |n| n != 0).await;
     let open_attempt = "FROM payment_attempts WHERE receipt IS NULL AND tx_hash IS NOT NULL";
     let hash = s.text(&format!("SELECT tx_hash {open_attempt}")).await;
     let signed =
@@ -980,7 +994,11 @@ async fn signed_then_lost(
             .unwrap();
         found
     };
-    paygent_testkit::poll_until(std::time::Duration::from_secs(30), pooled, |t| !t.is_null()).await;
+    let what = "the transfer in the pool";
+    paygent_testkit::eventually(std::time::Duration::from_secs(30), what, pooled, |t| {
+        !t.is_null()
+    })
+    .await;
     let _: Value = chain
         .provider
         .raw_request("anvil_dropTransaction".into(), (hash.clone(),))
@@ -1084,13 +1102,9 @@ async fn a_rail_payment_takes_no_outcome_from_the_agent() {
     let paying = tokio::spawn(request.send());
     let open =
         "SELECT COUNT(*) FROM payment_attempts WHERE receipt IS NULL AND tx_hash IS NOT NULL";
-    for _ in 0..500 {
-        if s.scalar(open).await == 1 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(s.scalar(open).await, 1, "the transfer was signed and sent");
+    let what = "the transfer signed and sent";
+    let sent = || s.scalar(open);
+    paygent_testkit::eventually(std::time::Duration::from_secs(30), what, sent, |n| *n == 1).await;
     let id = s.text("SELECT payment_id FROM payment_attempts").await;
     let path = format!("/payments/{id}/outcome");
     let (status, problem) = s.post(&t.agent, &path, json!({"status": "failed"})).await;
@@ -1372,8 +1386,11 @@ async fn a_stop_lets_money_already_sent_land_and_signs_nothing_after_it(backend:
              WHERE p.session_id = '{session}'"
         );
         let read = || async { json!(s.scalar(&signed).await) };
-        paygent_testkit::poll_until(std::time::Duration::from_secs(30), read, |n| *n == json!(1))
-            .await;
+        let what = "one payment signed";
+        paygent_testkit::eventually(std::time::Duration::from_secs(30), what, read, |n| {
+            *n == json!(1)
+        })
+        .await;
         if held_at_broadcast {
             rpc.held().await;
         }
@@ -1388,8 +1405,13 @@ async fn a_stop_lets_money_already_sent_land_and_signs_nothing_after_it(backend:
         let path = format!("/payments?session_id={session}");
         let read = || async { s.get(&t.agent, &path).await.1 };
         let executed = |p: &Value| p[0]["status"] == "executed";
-        let paid =
-            paygent_testkit::poll_until(std::time::Duration::from_secs(30), read, executed).await;
+        let paid = paygent_testkit::eventually(
+            std::time::Duration::from_secs(30),
+            "the payment executed",
+            read,
+            executed,
+        )
+        .await;
         let items = paid.as_array().expect("a list");
         assert_eq!(
             items.len(),

@@ -5,7 +5,7 @@ use paygent_engine::{Paygent, Store, StoreOptions};
 use paygent_testkit::{ADMIN_TOKEN, Backend, TestServer, on_both_databases, test_prices};
 use reqwest::StatusCode;
 use rust_decimal::Decimal;
-use serde_json::{Value, json};
+use serde_json::json;
 
 on_both_databases!(
     the_emergency_stop_halts_everything,
@@ -280,16 +280,12 @@ async fn overdue_requests_are_swept_once(backend: Backend) {
         std::time::Duration::from_millis(20),
         chrono::Duration::days(7),
     );
-    let mut status = Value::Null;
-    for _ in 0..250 {
-        status = s.get(&t.approver, &format!("/approvals/{id}")).await.1["status"].clone();
-        if status == "expired" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let path = format!("/approvals/{id}");
+    let read = || async { s.get(&t.approver, &path).await.1["status"].clone() };
+    let what = "the sweeper to expire the request";
+    let within = std::time::Duration::from_secs(5);
+    paygent_testkit::eventually(within, what, read, |status| status == "expired").await;
     sweeper.abort();
-    assert_eq!(status, "expired");
     s.finish().await;
 }
 

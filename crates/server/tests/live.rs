@@ -701,15 +701,10 @@ async fn streams_and_socket_messages_are_bounded_per_key(backend: Backend) {
     );
     drop(sse);
     drop(first);
-    let mut again = None;
-    for _ in 0..100 {
-        if let Ok(ws) = s.socket(&t.approver, "").await {
-            again = Some(ws);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut ws = again.expect("a closed stream frees its place");
+    let again = || async { s.socket(&t.approver, "").await.ok() };
+    let what = "a closed stream to free its place";
+    let again = paygent_testkit::eventually(Duration::from_secs(5), what, again, Option::is_some);
+    let mut ws = again.await.expect("a socket");
     let mut refused = 0;
     for i in 0..6 {
         send(&mut ws, json!({"type": "ping", "id": i})).await;

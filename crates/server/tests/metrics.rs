@@ -1,5 +1,5 @@
 //! `GET /metrics` over the real API, on both databases, read with Prometheus's own parser: its counters move as
-//! agents pay and people decide, and it is refused to anyone but an admin once loopback needs a key.
+//! agents pay and people decide, its gauges follow what waits and what runs, and it is refused to anyone but an admin once loopback needs a key.
 
 use paygent_testkit::prometheus::{parsed, sample};
 use paygent_testkit::{ADMIN_TOKEN, Backend, Settings, TestServer, on_both_databases};
@@ -105,8 +105,27 @@ async fn counters_move_as_agents_pay_and_people_decide(backend: Backend) {
         ))
     };
     let within = std::time::Duration::from_secs(10);
-    paygent_testkit::poll_until(within, fanned_out, |n| n.as_f64() >= Some(4.0)).await;
+    let what = "four events fanned out";
+    paygent_testkit::eventually(within, what, fanned_out, |n| n.as_f64() >= Some(4.0)).await;
     assert_eq!(sample(&after, "paygent_database_errors_total", &[]), 0.0);
+
+    // An execution waiting on a person is driven by this instance until it is cancelled.
+    assert_eq!(sample(&after, "paygent_executions_running", &[]), 0.0);
+    let steps = json!([{"tool": "transfer",
+        "args": {"to": paygent_testkit::PAYEE, "amount": "25", "currency": "USDC"}}]);
+    let other = s.session(&t.agent, json!({})).await;
+    let id = s.execute(&t.agent, other, steps).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let waiting = paygent_testkit::status_is("awaiting_approval");
+    paygent_testkit::wait_for(&s, &t.agent, &id, waiting).await;
+    let running = || async { sample(&scrape().await, "paygent_executions_running", &[]) };
+    assert_eq!(running().await, 1.0);
+    let cancel = format!("/executions/{id}/cancel");
+    assert_eq!(s.post(&t.agent, &cancel, json!({})).await.0, StatusCode::OK);
+    let what = "the cancelled execution's runner to end";
+    paygent_testkit::eventually(within, what, running, |n| *n == 0.0).await;
     s.finish().await;
 }
 

@@ -3,7 +3,7 @@
 
 use paygent_testkit::slack::{SlackStandIn, buttons, text};
 use paygent_testkit::{
-    ADMIN_TOKEN, Backend, Settings, TestServer, Wiring, on_both_databases, poll_until,
+    ADMIN_TOKEN, Backend, Settings, TestServer, Wiring, eventually, on_both_databases,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -58,7 +58,8 @@ async fn call(slack: &SlackStandIn, method: &str, id: &str, n: usize) -> Value {
             .collect();
         about.get(n - 1).cloned().unwrap_or(Value::Null)
     };
-    poll_until(Duration::from_secs(20), read, |c| !c.is_null()).await
+    let what = format!("Slack call {n} of {method} about {id}");
+    eventually(Duration::from_secs(20), &what, read, |c| !c.is_null()).await
 }
 
 /// The message names the agent's words (inert), the amount, the budget and the deadline, with Approve and
@@ -201,7 +202,7 @@ async fn presses_slack_did_not_sign_or_nobody_is_mapped_to_decide_nothing(backen
             .collect();
         json!(replies)
     };
-    let replies = poll_until(Duration::from_secs(20), told, |r| {
+    let replies = eventually(Duration::from_secs(20), "two replies to Slack", told, |r| {
         r.as_array().unwrap().len() >= 2
     })
     .await;

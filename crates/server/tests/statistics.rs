@@ -54,9 +54,9 @@ async fn decisions_find_their_request_by_key_on_a_table_nobody_else_analyzes() {
 
     // The server's connections hand in their statistics as they close.
     s.paygent.store().close().await;
-    let mut conn = sqlx::PgConnection::connect(&s.database_url).await.unwrap();
-    let mut walked: i64 = 0;
-    for _ in 0..100 {
+    // Updates and index reads, once all 80 updates are counted.
+    let counted = || async {
+        let mut conn = sqlx::PgConnection::connect(&s.database_url).await.unwrap();
         let row = sqlx::query(
             "SELECT t.n_tup_upd, i.idx_tup_read FROM pg_stat_user_tables t \
              JOIN pg_stat_user_indexes i ON i.relid = t.relid \
@@ -65,17 +65,15 @@ async fn decisions_find_their_request_by_key_on_a_table_nobody_else_analyzes() {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-        let updated: i64 = row.get(0);
-        walked = row.get(1);
-        if updated >= 80 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        conn.close().await.unwrap();
+        (row.get::<i64, _>(0), row.get::<i64, _>(1))
+    };
+    let what = "the 80 decisions in the statistics";
+    let within = Duration::from_secs(10);
+    let (_, walked) = paygent_testkit::eventually(within, what, counted, |c| c.0 >= 80).await;
     assert!(
         walked < 100_000,
         "40 decisions read {walked} entries of the index of pending requests: at least one walked them all"
     );
-    conn.close().await.unwrap();
     s.finish().await;
 }

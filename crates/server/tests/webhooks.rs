@@ -16,14 +16,9 @@ on_both_databases!(
 
 /// Waits (at most 20 s) until the receiver kept `n` deliveries, and answers them.
 async fn kept(receiver: &WebhookReceiver, n: usize) -> Vec<Value> {
-    for _ in 0..200 {
-        let got = receiver.received().await;
-        if got.len() >= n {
-            return got;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the receiver kept {:?}, not {n}", receiver.received().await);
+    let what = format!("{n} deliveries kept");
+    let read = || receiver.received();
+    paygent_testkit::eventually(Duration::from_secs(20), &what, read, |got| got.len() >= n).await
 }
 
 /// Every event after the webhook was made arrives once, signed, in `seq` order, each with its own stable id;
@@ -51,15 +46,10 @@ async fn deliveries_are_signed_in_order_and_outlast_an_outage(backend: Backend) 
         s.pay(&t.agent, session, "25", "USDC").await;
     }
     let log = format!("/webhooks/{}/deliveries", hook["id"].as_str().unwrap());
-    let mut failed = Vec::new();
-    for _ in 0..200 {
-        failed = s.get(&t.admin, &log).await.1.as_array().cloned().unwrap();
-        if failed.iter().any(|d| d["status"] == 500) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(failed.iter().any(|d| d["status"] == 500), "{failed:?}");
+    let read = || async { s.get(&t.admin, &log).await.1 };
+    let failing = |log: &Value| log.as_array().unwrap().iter().any(|d| d["status"] == 500);
+    let what = "a delivery answered 500 in the log";
+    paygent_testkit::eventually(Duration::from_secs(20), what, read, failing).await;
     let text = s
         .http
         .get(format!("{}/metrics", s.base))

@@ -93,12 +93,9 @@ impl LocalChain {
             .wallet(EthereumWallet::from(deployer))
             .connect_http(rpc.parse().expect("url"))
             .erased();
-        for _ in 0..200 {
-            if provider.get_chain_id().await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-        }
+        let up = || async { provider.get_chain_id().await.is_ok() };
+        let within = std::time::Duration::from_secs(30);
+        crate::eventually(within, "anvil to answer", up, |up| *up).await;
         let artifacts: Value = serde_json::from_str(
             &std::fs::read_to_string(peers_dir().join("contracts/artifacts.json"))
                 .expect("contract artifacts"),

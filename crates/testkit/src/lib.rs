@@ -398,13 +398,9 @@ impl TestServer {
     /// Waits until every stop's sweep has finished (what the stops left pending is cancelled); panics after
     /// 120 s (tens of thousands of requests in a debug build).
     pub async fn swept(&self) {
-        for _ in 0..6000 {
-            if self.count("stop_sweeps").await == 0 {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        panic!("a stop's sweep did not finish within 120 s");
+        let left = || self.count("stop_sweeps");
+        let within = std::time::Duration::from_secs(120);
+        eventually(within, "every stop's sweep to finish", left, |n| *n == 0).await;
     }
 
     /// A person approves the request `approval`, then the agent executes it; returns the payment.
@@ -782,13 +778,15 @@ impl DatabaseLink {
     }
 }
 
-/// Reads with `read` until `done` holds for what it returns, for at most `within`; panics with the last reading,
-/// so a bug fails the test in seconds instead of hanging it.
-pub async fn poll_until<F: std::future::Future<Output = Value>>(
+/// Reads with `read` until `done` holds for what it returns, for at most `within`; then panics naming `what` it
+/// waited for and the last reading, so a bug fails the test in seconds instead of hanging CI. Every test that
+/// waits for a state polls through this.
+pub async fn eventually<T: std::fmt::Debug, F: std::future::Future<Output = T>>(
     within: std::time::Duration,
+    what: &str,
     mut read: impl FnMut() -> F,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
+    done: impl Fn(&T) -> bool,
+) -> T {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let seen = read().await;
@@ -796,7 +794,7 @@ pub async fn poll_until<F: std::future::Future<Output = Value>>(
             return seen;
         }
         if tokio::time::Instant::now() >= deadline {
-            panic!("never reached the expected state within {within:?}: {seen}");
+            panic!("waited {within:?} for {what}; last seen: {seen:?}");
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
@@ -811,7 +809,8 @@ pub async fn wait_for(
 ) -> Value {
     let path = format!("/executions/{id}");
     let read = || async { s.get(token, &path).await.1 };
-    poll_until(std::time::Duration::from_secs(30), read, done).await
+    let what = format!("execution {id} to reach the expected state");
+    eventually(std::time::Duration::from_secs(30), &what, read, done).await
 }
 
 /// A `done` for [`wait_for`]: the execution is in `status`.

@@ -52,7 +52,11 @@ impl MailSink {
             });
             found.unwrap_or(Value::Null)
         };
-        crate::poll_until(std::time::Duration::from_secs(20), read, |m| !m.is_null()).await
+        let what = format!("a mail to {to} about {id}");
+        crate::eventually(std::time::Duration::from_secs(20), &what, read, |m| {
+            !m.is_null()
+        })
+        .await
     }
 
     /// The link in `mail` after `label` ("Approve:", "Reject:"), moved from [`PUBLIC_URL`] to `base`.
