@@ -191,11 +191,14 @@ impl crate::Paygent {
         let pending =
             paygent_store::approvals::pending_count(self.store.reader(), PENDING_COUNTED).await?;
         let running = self.runners.lock().expect("runners").len();
+        let waiting = self.store.writes_waiting();
         let gauges = format!(
             "# HELP paygent_pending_approvals Approval requests waiting on people, in every tenant (counted up to \
              {PENDING_COUNTED}).\n# TYPE paygent_pending_approvals gauge\npaygent_pending_approvals {pending}\n\
              # HELP paygent_executions_running Executions this instance is driving now.\n\
-             # TYPE paygent_executions_running gauge\npaygent_executions_running {running}\n"
+             # TYPE paygent_executions_running gauge\npaygent_executions_running {running}\n\
+             # HELP paygent_writes_waiting Writes waiting now for their turn to join a commit.\n\
+             # TYPE paygent_writes_waiting gauge\npaygent_writes_waiting {waiting}\n"
         );
         Ok(self.metrics.render(&gauges))
     }

@@ -96,6 +96,7 @@ async fn counters_move_as_agents_pay_and_people_decide(backend: Backend) {
         2.0
     );
     assert_eq!(sample(&after, "paygent_pending_approvals", &[]), 0.0);
+    assert_eq!(sample(&after, "paygent_writes_waiting", &[]), 0.0);
     // The hub hands events to live subscribers on its own task, so the last may still be on its way.
     let fanned_out = || async {
         json!(sample(

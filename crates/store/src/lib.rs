@@ -154,10 +154,12 @@ pub(crate) async fn durable(
 
 /// How many groups of writes this process committed, and how many writes they held: their ratio is how much
 /// group commit saves.
+/// Also how many writes wait now to join one.
 #[derive(Debug, Default)]
 pub(crate) struct Commits {
     groups: std::sync::atomic::AtomicU64,
     writes: std::sync::atomic::AtomicU64,
+    waiting: std::sync::atomic::AtomicU64,
 }
 
 impl Commits {
@@ -165,6 +167,20 @@ impl Commits {
         use std::sync::atomic::Ordering::Relaxed;
         self.groups.fetch_add(1, Relaxed);
         self.writes.fetch_add(writes as u64, Relaxed);
+    }
+
+    /// Counts a write as waiting for its turn until `turn` resolves (or is dropped).
+    pub(crate) async fn queued<T>(&self, turn: impl std::future::Future<Output = T>) -> T {
+        use std::sync::atomic::Ordering::Relaxed;
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicU64);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Relaxed);
+            }
+        }
+        self.waiting.fetch_add(1, Relaxed);
+        let _waiting = Waiting(&self.waiting);
+        turn.await
     }
 }
 
@@ -259,6 +275,15 @@ impl Store {
             Engine::Lite(lite) => &lite.commits,
         };
         (commits.groups.load(Relaxed), commits.writes.load(Relaxed))
+    }
+
+    /// Writes waiting now for their turn: for the writer on SQLite, for their tenant's group on PostgreSQL.
+    pub fn writes_waiting(&self) -> u64 {
+        let commits = match &self.engine {
+            Engine::Pg(pg) => &pg.commits,
+            Engine::Lite(lite) => &lite.commits,
+        };
+        commits.waiting.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn backend(&self) -> Backend {

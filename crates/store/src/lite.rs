@@ -136,7 +136,10 @@ impl Lite {
     /// Starts a write transaction: waits for the writer (fairly, in arrival order) and opens a savepoint in the
     /// current batch, starting a batch if none is open.
     pub(crate) async fn begin(self: &Arc<Self>) -> Result<LiteTx> {
-        let guard = tokio::time::timeout(self.acquire_timeout, self.writer.clone().lock_owned())
+        let turn = tokio::time::timeout(self.acquire_timeout, self.writer.clone().lock_owned());
+        let guard = self
+            .commits
+            .queued(turn)
             .await
             .map_err(|_| StoreError::Busy)?;
         if guard.closed {

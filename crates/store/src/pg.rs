@@ -101,7 +101,10 @@ impl Pg {
     /// savepoint in its transaction, beginning one if none is open. The caller then takes the row lock.
     pub(crate) async fn begin(&self, tenant_id: Uuid) -> Result<PgTx> {
         let group = self.group(tenant_id);
-        let mut guard = tokio::time::timeout(self.acquire_timeout, group.clone().lock_owned())
+        let turn = tokio::time::timeout(self.acquire_timeout, group.clone().lock_owned());
+        let mut guard = self
+            .commits
+            .queued(turn)
             .await
             .map_err(|_| StoreError::Busy)?;
         let started = match guard.open.take() {

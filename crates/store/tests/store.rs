@@ -163,6 +163,7 @@ async fn concurrent_writes_on_sqlite_all_commit_and_survive_a_reopen() {
 /// writes queued with it commit. Two more writers queue behind the first, so all three run in one group.
 async fn a_dropped_write_leaves_nothing(url: &str) {
     let (store, tenant) = with_tenant(url).await;
+    let before = store.commits();
     let first = store.begin(tenant, Utc::now()).await.unwrap();
     let spawn = |keep: bool, name: &'static str| {
         let store = store.clone();
@@ -182,7 +183,12 @@ async fn a_dropped_write_leaves_nothing(url: &str) {
     };
     let dropped = spawn(false, "dropped");
     let kept = spawn(true, "kept");
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let waiting = || async { store.writes_waiting() };
+    let what = "two writes queued behind the first";
+    paygent_testkit::eventually(std::time::Duration::from_secs(5), what, waiting, |n| {
+        *n == 2
+    })
+    .await;
     let mut first = first;
     first
         .audit(
@@ -197,6 +203,7 @@ async fn a_dropped_write_leaves_nothing(url: &str) {
     first.commit().await.unwrap();
     assert!(!dropped.await.unwrap().unwrap());
     assert!(kept.await.unwrap().unwrap());
+    shared_commits(&store, before, 2);
     let subjects: Vec<_> = chain(&store, tenant)
         .await
         .into_iter()
