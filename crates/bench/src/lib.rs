@@ -1002,8 +1002,10 @@ impl PaidResource {
             chain_id: chain.chain_id,
             address: chain.token,
             decimals: 6,
-            eip712_name: "USD Coin".into(),
-            eip712_version: "2".into(),
+            eip712: Some(paygent_rails::Eip712Name {
+                name: "USD Coin".into(),
+                version: "2".into(),
+            }),
         };
         let file = format!(
             "[[chains]]\nid = {}\nname = \"local\"\nrpc_url = \"{}\"\n\n[[tokens]]\nsymbol = \"USDC\"\n\
@@ -1013,6 +1015,7 @@ impl PaidResource {
         let mut rails = paygent_rails::RailsConfig {
             chains: vec![chain_config],
             tokens: vec![token],
+            dexes: Vec::new(),
             wallets: Vec::new(),
         };
         rails

@@ -6,14 +6,14 @@ use paygent_engine::domain::PriceTable;
 use paygent_engine::notify::email::Mailer;
 use paygent_engine::notify::slack::SlackApp;
 use paygent_planner::LlmPlanner;
-use paygent_rails::{ChainConfig, RailsConfig, TokenConfig as RailToken};
+use paygent_rails::{ChainConfig, DexConfig, RailsConfig, TokenConfig as RailToken};
 use secrecy::ExposeSecret;
 use secrecy::SecretString;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// The file's keys. `network`, `[[chains]]` and the chain fields of `[[tokens]]` configure the payment rails;
+/// The file's keys. `network`, `[[chains]]`, `[[dexes]]` and the chain fields of `[[tokens]]` configure the rails;
 /// wallet keys come only from the environment or a key file. A key it does not know is refused: a misspelt
 /// setting never falls back to its default unnoticed.
 #[derive(Debug, Default, Deserialize)]
@@ -22,6 +22,8 @@ pub struct FileConfig {
     network: Option<String>,
     #[serde(default)]
     chains: Vec<ChainConfig>,
+    #[serde(default)]
+    dexes: Vec<DexConfig>,
     wallet_key_file: Option<PathBuf>,
     wallet_keystore: Option<PathBuf>,
     listen: Option<String>,
@@ -43,7 +45,8 @@ pub struct FileConfig {
     tokens: Vec<TokenConfig>,
 }
 
-/// A currency; with `chain_id`, `address` and its EIP-712 domain it is also a token the rails pay in.
+/// A currency; with `chain_id` and `address` it is also a token the rails transfer, and with its EIP-712 domain
+/// one x402 pays with.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TokenConfig {
@@ -72,15 +75,23 @@ impl TokenConfig {
                 .parse()
                 .with_context(|| format!("token {}'s address", self.symbol))?,
             decimals: self.decimals,
-            eip712_name: self
-                .eip712_name
-                .clone()
-                .ok_or_else(|| missing("eip712_name"))?,
-            eip712_version: self
-                .eip712_version
-                .clone()
-                .ok_or_else(|| missing("eip712_version"))?,
+            eip712: self.eip712()?,
         }))
+    }
+
+    /// Both parts of the EIP-712 domain, or neither (a token without EIP-3009, which x402 cannot pay with).
+    fn eip712(&self) -> anyhow::Result<Option<paygent_rails::Eip712Name>> {
+        match (&self.eip712_name, &self.eip712_version) {
+            (Some(name), Some(version)) => Ok(Some(paygent_rails::Eip712Name {
+                name: name.clone(),
+                version: version.clone(),
+            })),
+            (None, None) => Ok(None),
+            _ => anyhow::bail!(
+                "token {} needs both eip712_name and eip712_version, or neither (then x402 cannot pay with it)",
+                self.symbol
+            ),
+        }
     }
 }
 
@@ -189,14 +200,15 @@ impl FileConfig {
         Ok(prices)
     }
 
-    /// The payment rails: a network preset, the file's chains and tokens, and wallets from the environment or
-    /// key files. Every token must have a price.
+    /// The payment rails: a network preset, the file's chains, tokens and exchanges, and wallets from the
+    /// environment or key files. Every token must have a price.
     fn rails(&self, env: &Env, prices: &PriceTable) -> anyhow::Result<RailsConfig> {
         let mut rails = match env.get("PAYGENT_NETWORK").or(self.network.clone()) {
             Some(preset) => RailsConfig::preset(&preset)?,
             None => RailsConfig::default(),
         };
         rails.chains.extend(self.chains.iter().cloned());
+        rails.dexes.extend(self.dexes.iter().cloned());
         for t in &self.tokens {
             if let Some(token) = t.on_chain()? {
                 rails.tokens.retain(|known| known.symbol != token.symbol);
@@ -439,6 +451,8 @@ eip712_version = "1"
         assert_eq!(c.prices.get("CRO").unwrap().usd_price, Decimal::new(8, 2));
         assert_eq!(c.prices.get("WBTC").unwrap().decimals, 8);
         assert_eq!(c.rails.tokens[0].symbol, "WBTC");
+        let domain = c.rails.tokens[0].eip712.as_ref().unwrap();
+        assert_eq!((&*domain.name, &*domain.version), ("Wrapped BTC", "1"));
         assert!(!c.rails.is_active(), "no wallet key: decision-only");
         assert!(ServeConfig::load(Some(&file), &env(&[("PAYGENT_PRICE_CRO", "-1")])).is_err());
         let key = "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a";
@@ -470,6 +484,36 @@ eip712_version = "1"
         assert!(
             format!("{typo:#}").contains("unknown field `rate_limit`"),
             "{typo:#}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A token without EIP-3009 (WETH) is configured without a domain; half a domain is a mistake, said so.
+    #[test]
+    fn weth_without_a_domain_and_an_exchange_are_configured_half_a_domain_is_not() {
+        let dir = std::env::temp_dir().join(format!("paygent-weth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("paygent.toml");
+        let config = |extra: &str| {
+            format!(
+                "[prices]\nWETH = \"3000\"\n[[chains]]\nid = 338\nname = \"local\"\nrpc_url = \"http://127.0.0.1:8545\"\n\
+                 [[tokens]]\nsymbol = \"WETH\"\nchain_id = 338\naddress = \"0x00000000000000000000000000000000000000ee\"\n\
+                 decimals = 18\n{extra}[[dexes]]\nname = \"vvs\"\nkind = \"uniswap_v2\"\nchain_id = 338\n\
+                 router = \"0x00000000000000000000000000000000000000a1\"\n\
+                 factory = \"0x00000000000000000000000000000000000000f1\"\n"
+            )
+        };
+        std::fs::write(&file, config("")).unwrap();
+        let c = ServeConfig::load(Some(&file), &env(&[])).unwrap();
+        assert_eq!(c.rails.tokens[0].symbol, "WETH");
+        assert_eq!(c.rails.tokens[0].eip712, None);
+        assert_eq!(c.rails.dexes[0].name, "vvs");
+        assert_eq!(c.rails.dexes[0].kind, paygent_rails::DexKind::UniswapV2);
+        std::fs::write(&file, config("eip712_name = \"Wrapped Ether\"\n")).unwrap();
+        let half = ServeConfig::load(Some(&file), &env(&[])).unwrap_err();
+        assert!(
+            format!("{half:#}").contains("needs both eip712_name and eip712_version, or neither"),
+            "{half:#}"
         );
         std::fs::remove_dir_all(dir).unwrap();
     }

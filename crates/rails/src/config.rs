@@ -40,7 +40,7 @@ fn one() -> u64 {
     1
 }
 
-/// An ERC-20 token with EIP-3009, as x402's `exact` scheme pays with.
+/// An ERC-20 token: transferred (and traded) by any wallet, paid over x402 only with an EIP-712 domain.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
@@ -49,9 +49,39 @@ pub struct TokenConfig {
     pub chain_id: u64,
     pub address: Address,
     pub decimals: u32,
-    /// The token's EIP-712 domain name and version, which its signatures commit to.
-    pub eip712_name: String,
-    pub eip712_version: String,
+    /// The domain EIP-3009 signatures commit to, as x402's `exact` scheme pays; none for tokens without
+    /// EIP-3009 (WETH, WCRO), which x402 refuses.
+    pub eip712: Option<Eip712Name>,
+}
+
+/// An EIP-712 domain's name and version, e.g. "USD Coin" version "2".
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Eip712Name {
+    pub name: String,
+    pub version: String,
+}
+
+/// An exchange on one chain that swaps are quoted and traded on.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DexConfig {
+    /// How agents and policies name it, e.g. `vvs`.
+    pub name: String,
+    pub kind: DexKind,
+    pub chain_id: u64,
+    /// Trades and quotes (`getAmountsOut`).
+    pub router: Address,
+    /// Finds a pair's pool, whose reserves give the price before a trade.
+    pub factory: Address,
+}
+
+/// The protocols Paygent trades on.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DexKind {
+    /// Uniswap V2 and its copies (VVS Finance on Cronos): constant-product pools, a 0.3% fee.
+    UniswapV2,
 }
 
 /// The rails' whole configuration.
@@ -59,6 +89,7 @@ pub struct TokenConfig {
 pub struct RailsConfig {
     pub chains: Vec<ChainConfig>,
     pub tokens: Vec<TokenConfig>,
+    pub dexes: Vec<DexConfig>,
     pub wallets: Vec<PrivateKeySigner>,
 }
 
@@ -69,6 +100,7 @@ impl fmt::Debug for RailsConfig {
         f.debug_struct("RailsConfig")
             .field("chains", &self.chains)
             .field("tokens", &self.tokens)
+            .field("dexes", &self.dexes)
             .field("wallets", &wallets)
             .finish()
     }
@@ -82,6 +114,10 @@ pub enum ConfigError {
     DuplicateToken(String),
     #[error("chain {0} is configured twice")]
     DuplicateChain(u64),
+    #[error("exchange {name} is on chain {chain_id}, which is not configured")]
+    UnknownDexChain { name: String, chain_id: u64 },
+    #[error("exchange {0} is configured twice")]
+    DuplicateDex(String),
     #[error("chain {0}'s rpc_url is not a URL")]
     BadRpcUrl(u64),
     #[error("a wallet key must be 32 bytes of hex (0x optional)")]
@@ -112,8 +148,10 @@ impl RailsConfig {
                         .parse()
                         .expect("a valid address"),
                     decimals: 6,
-                    eip712_name: "Bridged USDC (Stargate)".into(),
-                    eip712_version: "2".into(),
+                    eip712: Some(Eip712Name {
+                        name: "Bridged USDC (Stargate)".into(),
+                        version: "2".into(),
+                    }),
                 },
             ),
             "cronos-testnet" => (
@@ -130,8 +168,10 @@ impl RailsConfig {
                         .parse()
                         .expect("a valid address"),
                     decimals: 6,
-                    eip712_name: "Bridged USDC (Stargate)".into(),
-                    eip712_version: "1".into(),
+                    eip712: Some(Eip712Name {
+                        name: "Bridged USDC (Stargate)".into(),
+                        version: "1".into(),
+                    }),
                 },
             ),
             other => return Err(ConfigError::UnknownPreset(other.into())),
@@ -139,6 +179,7 @@ impl RailsConfig {
         Ok(RailsConfig {
             chains: vec![chain],
             tokens: vec![token],
+            dexes: Vec::new(),
             wallets: Vec::new(),
         })
     }
@@ -169,7 +210,8 @@ impl RailsConfig {
         Ok(address)
     }
 
-    /// Checks that every token names a configured chain and that symbols and chains are unique.
+    /// Checks that every token and exchange names a configured chain and that symbols, exchanges and chains are
+    /// unique.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut chains = BTreeMap::new();
         for c in &self.chains {
@@ -187,6 +229,16 @@ impl RailsConfig {
             }
             if symbols.insert(t.symbol.as_str(), t).is_some() {
                 return Err(ConfigError::DuplicateToken(t.symbol.clone()));
+            }
+        }
+        let mut dexes = BTreeMap::new();
+        for d in &self.dexes {
+            if !chains.contains_key(&d.chain_id) {
+                let (name, chain_id) = (d.name.clone(), d.chain_id);
+                return Err(ConfigError::UnknownDexChain { name, chain_id });
+            }
+            if dexes.insert(d.name.as_str(), d).is_some() {
+                return Err(ConfigError::DuplicateDex(d.name.clone()));
             }
         }
         Ok(())

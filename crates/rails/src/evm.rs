@@ -5,7 +5,7 @@
 //! nonce sees to that). An x402 payment is an EIP-3009 authorization (its nonce can be used once on chain, so
 //! its state there says whether it paid).
 
-use crate::config::{ChainConfig, RailsConfig, TokenConfig};
+use crate::config::{ChainConfig, DexConfig, RailsConfig, TokenConfig};
 use crate::x402::{self, Authorization, Offer, Version};
 use alloy::eips::BlockNumberOrTag;
 use alloy::eips::eip2718::Encodable2718;
@@ -71,6 +71,7 @@ struct Chain {
 struct Inner {
     chains: BTreeMap<u64, Chain>,
     tokens: BTreeMap<String, TokenConfig>,
+    dexes: Vec<DexConfig>,
     wallets: BTreeMap<Address, PrivateKeySigner>,
     /// One transaction at a time per wallet, from reading the nonce to broadcasting, so two payments never take
     /// the same nonce.
@@ -361,6 +362,7 @@ impl EvmRails {
                     .iter()
                     .map(|t| (t.symbol.clone(), t.clone()))
                     .collect(),
+                dexes: config.dexes.clone(),
                 nonce_turns: wallets
                     .keys()
                     .map(|a| (*a, tokio::sync::Mutex::new(())))
@@ -377,6 +379,19 @@ impl EvmRails {
                 RailError::Refused(format!("no token is configured for {symbol}"))
             })?;
         Ok((token, &self.inner.chains[&token.chain_id]))
+    }
+
+    pub(crate) fn token_config(&self, symbol: &str) -> Result<&TokenConfig, RailError> {
+        self.token(symbol).map(|(token, _)| token)
+    }
+
+    pub(crate) fn dexes(&self) -> impl Iterator<Item = &DexConfig> {
+        self.inner.dexes.iter()
+    }
+
+    /// The provider of a configured chain.
+    pub(crate) fn provider(&self, chain_id: u64) -> &DynProvider {
+        &self.inner.chains[&chain_id].provider
     }
 
     fn wallet(&self, order: &PaymentOrder) -> Result<&PrivateKeySigner, RailError> {
@@ -409,6 +424,9 @@ impl EvmRails {
                 network_matches && t.address == o.asset
             });
             match token {
+                Some(t) if t.eip712.is_none() => {
+                    why.push(format!("offer {i}: {}", no_domain(&t.symbol)))
+                }
                 Some(t) => usable.push((o.clone(), t.symbol.clone())),
                 None => why.push(format!(
                     "offer {i}: asset {} on network {} is not a configured token",
@@ -795,6 +813,14 @@ fn body_text(body: &[u8]) -> String {
     text.into_owned()
 }
 
+/// Why x402 cannot pay with a token configured without an EIP-712 domain.
+fn no_domain(symbol: &str) -> String {
+    format!(
+        "{symbol} has no EIP-712 domain configured (eip712_name, eip712_version): x402 pays only with EIP-3009 \
+         tokens"
+    )
+}
+
 /// Signs an EIP-3009 authorization for `offer` with a fresh random nonce and a short validity window, anchored
 /// on both clocks: valid from well before the earlier of this server's and the chain's (`chain_time`, its latest
 /// block), until the offer's timeout after the later of them.
@@ -805,12 +831,15 @@ pub fn sign_authorization(
     offer: &Offer,
     chain_time: u64,
 ) -> Result<Authorization, RailError> {
+    let Some(ours) = &token.eip712 else {
+        return Err(RailError::Refused(no_domain(&token.symbol)));
+    };
     if let Some((name, version)) = &offer.eip712
-        && (*name != token.eip712_name || *version != token.eip712_version)
+        && (*name != ours.name || *version != ours.version)
     {
         return Err(RailError::Refused(format!(
             "the service names the token {name:?} version {version:?}, but {} is {:?} version {:?}",
-            token.symbol, token.eip712_name, token.eip712_version
+            token.symbol, ours.name, ours.version
         )));
     }
     let now = now_secs();
@@ -829,8 +858,8 @@ pub fn sign_authorization(
         nonce,
     };
     let domain = Eip712Domain::new(
-        Some(token.eip712_name.clone().into()),
-        Some(token.eip712_version.clone().into()),
+        Some(ours.name.clone().into()),
+        Some(ours.version.clone().into()),
         Some(U256::from(chain_id)),
         Some(token.address),
         None,
@@ -931,5 +960,47 @@ mod tests {
         );
         assert_eq!(from_units(U256::from(100_000), 6), Some(d("0.1")));
         assert_eq!(from_units(U256::MAX, 6), None);
+    }
+    /// WETH has no EIP-712 domain: configured without one, it is a token to transfer, and x402 neither counts
+    /// an offer of it as payable nor signs for it, and says why.
+    #[test]
+    fn a_token_without_a_domain_is_never_paid_over_x402() {
+        let weth = TokenConfig {
+            symbol: "WETH".into(),
+            chain_id: 31337,
+            address: Address::repeat_byte(0xee),
+            decimals: 18,
+            eip712: None,
+        };
+        let config = RailsConfig {
+            chains: vec![ChainConfig {
+                id: 31337,
+                name: "local".into(),
+                rpc_url: "http://127.0.0.1:9".into(),
+                confirmations: 1,
+            }],
+            tokens: vec![weth.clone()],
+            dexes: Vec::new(),
+            wallets: vec![PrivateKeySigner::random()],
+        };
+        let rails = EvmRails::new(&config, Egress::new(Default::default())).unwrap();
+        let offer = Offer {
+            version: Version::V2,
+            raw: Value::Null,
+            resource: None,
+            scheme: "exact".into(),
+            network: "eip155:31337".into(),
+            amount: U256::from(1),
+            asset: weth.address,
+            pay_to: Address::repeat_byte(2),
+            max_timeout_seconds: 60,
+            eip712: None,
+            identifier: None,
+        };
+        let why = "WETH has no EIP-712 domain configured";
+        let refused = rails.payable(std::slice::from_ref(&offer)).unwrap_err();
+        assert!(refused.contains(why), "{refused}");
+        let signed = sign_authorization(&config.wallets[0], &weth, 31337, &offer, 0);
+        assert!(matches!(signed, Err(RailError::Refused(r)) if r.contains(why)));
     }
 }

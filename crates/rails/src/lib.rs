@@ -4,11 +4,15 @@
 
 pub mod config;
 mod evm;
+mod swap;
 mod tool;
 pub mod x402;
 
-pub use config::{ChainConfig, ConfigError, RailsConfig, TokenConfig};
+pub use config::{
+    ChainConfig, ConfigError, DexConfig, DexKind, Eip712Name, RailsConfig, TokenConfig,
+};
 pub use evm::{EvmRails, from_units, sign_authorization, to_units};
+pub use swap::SwapQuote;
 pub use tool::BalanceTool;
 
 use paygent_engine::Paygent;

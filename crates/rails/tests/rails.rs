@@ -1567,3 +1567,89 @@ async fn assert_landed_after(
         "the trail has the landing after the stop: {audit}"
     );
 }
+
+/// Uniswap V2 as published, with a pool of 10,000 USDC against 5 WETH (WETH configured without an EIP-712
+/// domain): a quote is the router's own answer, the constant product with its 0.3% fee, with the pool's reserves,
+/// how much worse than the pool's price it is, and the least a trade may give after a slippage bound; an
+/// exchange, a pool or an amount that is not there is refused with the reason.
+#[tokio::test]
+async fn a_swap_is_quoted_from_the_pool_itself() {
+    use alloy::primitives::U256;
+    use paygent_engine::domain::Decimal;
+    let chain = LocalChain::start(V2_NETWORK).await;
+    let (usdc, weth) = (
+        U256::from(10_000_000_000u64),
+        U256::from(5u64) * U256::from(10u64).pow(U256::from(18)),
+    );
+    let exchange = chain.uniswap(usdc, weth).await;
+    let mut config = chain.rails_config("local");
+    config.tokens.push(paygent_rails::TokenConfig {
+        symbol: "WETH".into(),
+        chain_id: chain.chain_id,
+        address: exchange.weth,
+        decimals: 18,
+        eip712: None,
+    });
+    config.dexes.push(paygent_rails::DexConfig {
+        name: "local".into(),
+        kind: paygent_rails::DexKind::UniswapV2,
+        chain_id: chain.chain_id,
+        router: exchange.router,
+        factory: exchange.factory,
+    });
+    let egress = paygent_engine::Egress::new(Default::default());
+    let rails = paygent_rails::EvmRails::new(&config, egress).unwrap();
+    let d = |s: &str| s.parse::<Decimal>().unwrap();
+
+    let quote = rails
+        .quote_swap(None, "USDC", "WETH", d("100"))
+        .await
+        .unwrap();
+    let units_in = U256::from(100_000_000u64);
+    let expected =
+        units_in * U256::from(997) * weth / (usdc * U256::from(1000) + units_in * U256::from(997));
+    assert_eq!(
+        quote.amount_out,
+        paygent_rails::from_units(expected, 18).unwrap()
+    );
+    assert_eq!(quote.reserves, (usdc, weth));
+    assert_eq!(
+        (&*quote.dex, &*quote.from, &*quote.to),
+        ("local", "USDC", "WETH")
+    );
+    // 100 of a 10,000 pool: the price moves about 1%, the fee 0.3%.
+    assert_eq!(quote.price_impact_bps, 129, "{quote:?}");
+    let bounded = expected * U256::from(9_950) / U256::from(10_000);
+    assert_eq!(
+        quote.min_out(50),
+        paygent_rails::from_units(bounded, 18).unwrap()
+    );
+    let back = rails
+        .quote_swap(Some("local"), "WETH", "USDC", d("0.01"))
+        .await
+        .unwrap();
+    assert_eq!(back.reserves, (weth, usdc));
+    assert!(
+        back.amount_out > d("19.8") && back.amount_out < d("20"),
+        "{back:?}"
+    );
+
+    let refused = |r: Result<paygent_rails::SwapQuote, paygent_engine::RailError>| match r {
+        Err(paygent_engine::RailError::Refused(why)) => why,
+        other => panic!("refused, not {other:?}"),
+    };
+    let unknown = refused(rails.quote_swap(Some("vvs"), "USDC", "WETH", d("1")).await);
+    assert!(unknown.contains("no exchange named vvs"), "{unknown}");
+    let no_pool = refused(rails.quote_swap(None, "WETH", "WETH", d("1")).await);
+    assert!(
+        no_pool.contains("has no pool of WETH and WETH"),
+        "{no_pool}"
+    );
+    let finer = refused(rails.quote_swap(None, "USDC", "WETH", d("0.0000001")).await);
+    assert!(finer.contains("not an amount to trade"), "{finer}");
+    let unconfigured = refused(rails.quote_swap(None, "CRO", "WETH", d("1")).await);
+    assert!(
+        unconfigured.contains("no token is configured for CRO"),
+        "{unconfigured}"
+    );
+}

@@ -41,6 +41,10 @@ fn address(key: &str) -> Address {
     key.parse::<PrivateKeySigner>().expect("test key").address()
 }
 
+pub fn deployer() -> Address {
+    address(DEPLOYER)
+}
+
 pub fn payer() -> Address {
     address(PAYER)
 }
@@ -56,6 +60,19 @@ pub struct LocalChain {
     pub token: Address,
     pub provider: DynProvider,
     _anvil: Child,
+}
+
+/// Deploys `code` (creation code and its encoded arguments) from the provider's wallet.
+pub(crate) async fn deploy_with(provider: &DynProvider, code: Vec<u8>) -> Address {
+    let receipt = provider
+        .send_transaction(TransactionRequest::default().with_deploy_code(code))
+        .await
+        .expect("deploy sent")
+        .get_receipt()
+        .await
+        .expect("deployed");
+    assert!(receipt.status(), "the deployment reverted");
+    receipt.contract_address.expect("a contract address")
 }
 
 fn free_port() -> u16 {
@@ -119,14 +136,7 @@ impl LocalChain {
         let mut deploy = code("TestUSDC", "bytecode").to_vec();
         deploy
             .extend(("USD Coin".to_owned(), "2".to_owned(), "USDC".to_owned()).abi_encode_params());
-        let receipt = provider
-            .send_transaction(TransactionRequest::default().with_deploy_code(deploy))
-            .await
-            .expect("deploy sent")
-            .get_receipt()
-            .await
-            .expect("deployed");
-        let token = receipt.contract_address.expect("a contract address");
+        let token = deploy_with(&provider, deploy).await;
         TestUsdc::new(token, &provider)
             .mint(payer(), U256::from(FUNDS))
             .send()

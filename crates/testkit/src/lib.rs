@@ -9,6 +9,7 @@ pub mod prometheus;
 pub mod proxy;
 pub mod receiver;
 pub mod slack;
+pub mod uniswap;
 
 use chrono::{DateTime, Duration, Utc};
 use paygent_engine::domain::{PriceTable, Role};

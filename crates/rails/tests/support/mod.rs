@@ -35,9 +35,12 @@ impl OnChain for LocalChain {
                 chain_id: self.chain_id,
                 address: self.token,
                 decimals: 6,
-                eip712_name: "USD Coin".into(),
-                eip712_version: "2".into(),
+                eip712: Some(paygent_rails::Eip712Name {
+                    name: "USD Coin".into(),
+                    version: "2".into(),
+                }),
             }],
+            dexes: Vec::new(),
             wallets: Vec::new(),
         };
         config.add_wallet_key(PAYER).expect("payer key");
