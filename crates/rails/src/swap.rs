@@ -84,6 +84,11 @@ impl EvmRails {
         to: &str,
         amount_in: Decimal,
     ) -> Result<SwapQuote, RailError> {
+        if from == to {
+            return Err(RailError::Refused(format!(
+                "a swap trades one token for another, not {from} for itself"
+            )));
+        }
         let (sell, buy) = (self.token_config(from)?, self.token_config(to)?);
         let exchange = self.exchange(dex, sell.chain_id)?;
         if buy.chain_id != exchange.chain_id {

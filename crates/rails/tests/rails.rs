@@ -1571,7 +1571,7 @@ async fn assert_landed_after(
 /// Uniswap V2 as published, with a pool of 10,000 USDC against 5 WETH (WETH configured without an EIP-712
 /// domain): a quote is the router's own answer, the constant product with its 0.3% fee, with the pool's reserves,
 /// how much worse than the pool's price it is, and the least a trade may give after a slippage bound; an
-/// exchange, a pool or an amount that is not there is refused with the reason.
+/// exchange, a pool or an amount that is not there, or a token traded for itself, is refused with the reason.
 #[tokio::test]
 async fn a_swap_is_quoted_from_the_pool_itself() {
     use alloy::primitives::U256;
@@ -1640,11 +1640,20 @@ async fn a_swap_is_quoted_from_the_pool_itself() {
     };
     let unknown = refused(rails.quote_swap(Some("vvs"), "USDC", "WETH", d("1")).await);
     assert!(unknown.contains("no exchange named vvs"), "{unknown}");
-    let no_pool = refused(rails.quote_swap(None, "WETH", "WETH", d("1")).await);
-    assert!(
-        no_pool.contains("has no pool of WETH and WETH"),
-        "{no_pool}"
-    );
+    let itself = refused(rails.quote_swap(None, "WETH", "WETH", d("1")).await);
+    assert!(itself.contains("not WETH for itself"), "{itself}");
+    // A token configured on the chain that no pool trades.
+    config.tokens.push(paygent_rails::TokenConfig {
+        symbol: "DAI".into(),
+        chain_id: chain.chain_id,
+        address: alloy::primitives::Address::repeat_byte(0xda),
+        decimals: 18,
+        eip712: None,
+    });
+    let egress = paygent_engine::Egress::new(Default::default());
+    let rails = paygent_rails::EvmRails::new(&config, egress).unwrap();
+    let no_pool = refused(rails.quote_swap(None, "WETH", "DAI", d("1")).await);
+    assert!(no_pool.contains("has no pool of WETH and DAI"), "{no_pool}");
     let finer = refused(rails.quote_swap(None, "USDC", "WETH", d("0.0000001")).await);
     assert!(finer.contains("not an amount to trade"), "{finer}");
     let unconfigured = refused(rails.quote_swap(None, "CRO", "WETH", d("1")).await);
