@@ -622,8 +622,8 @@ async function moreAudit(path) {
 
 // The people and keys the trail has named so far, to narrow it to one of them.
 function auditActors() {
-  const keys = [...state.actors].map(([id, name]) => [id, name]);
-  choices($("#audit-actor"), new Option("anyone", ""), [["Paygent", [["system", "Paygent itself"]]], ["Keys", keys]]);
+  const paygent = ["Paygent", [["system", "Paygent itself"]]];
+  choices($("#audit-actor"), new Option("anyone", ""), [paygent, ["Keys", [...state.actors]]]);
 }
 
 // Entries about one object only (an approval request, a payment, ...), until "Every entry".

@@ -204,19 +204,14 @@ impl AuditWindow {
     /// Where the next read starts: after (or before) the last entry of a full page, else past this window
     /// while entries lie beyond it.
     pub fn next(self, head: i64, full_page_ended_at: Option<i64>) -> Option<AuditFrom> {
-        let (more, from): (bool, fn(i64) -> AuditFrom) = if self.newest_first {
-            (self.first > 1, AuditFrom::Before)
+        let (edge, more, from): (i64, bool, fn(i64) -> AuditFrom) = if self.newest_first {
+            (self.first, self.first > 1, AuditFrom::Before)
         } else {
-            (self.last < head, AuditFrom::After)
+            (self.last, self.last < head, AuditFrom::After)
         };
         match full_page_ended_at {
             Some(seq) => Some(from(seq)),
-            None if more => Some(from(if self.newest_first {
-                self.first
-            } else {
-                self.last
-            })),
-            None => None,
+            None => more.then(|| from(edge)),
         }
     }
 }

@@ -55,8 +55,9 @@ impl Paygent {
                     .store
                     .audit_entries(who.tenant_id, filter, window, limit)
                     .await?;
-                let full = (entries.len() as i64 == limit).then(|| entries.last().map(|e| e.seq));
-                (entries, window.next(head_seq, full.flatten()))
+                let full = entries.len() as i64 == limit;
+                let ended_at = entries.last().filter(|_| full).map(|e| e.seq);
+                (entries, window.next(head_seq, ended_at))
             }
         };
         let page = AuditPage {

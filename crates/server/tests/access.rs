@@ -866,11 +866,7 @@ async fn walk(s: &TestServer, token: &str, first: &str) -> Vec<Value> {
         assert!(pages.len() < 100, "the pages end");
         let resp = s.send(s.http.get(&url).bearer_auth(token)).await;
         assert_eq!(resp.status(), StatusCode::OK);
-        next = resp.headers().get("link").map(|l| {
-            let l = l.to_str().unwrap();
-            assert!(l.ends_with("rel=\"next\""), "{l}");
-            format!("{}{}", s.base, &l[1..l.find('>').unwrap()])
-        });
+        next = paygent_testkit::next_page(&resp).map(|target| format!("{}{target}", s.base));
         pages.push(resp.json::<Value>().await.unwrap());
     }
     pages

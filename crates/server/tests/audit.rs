@@ -202,10 +202,8 @@ async fn search(s: &TestServer, query: &str) -> (Vec<Value>, Option<String>) {
         )
         .await;
     assert_eq!(resp.status(), StatusCode::OK, "{query}");
-    let link = resp.headers().get("link").map(|l| {
-        let l = l.to_str().unwrap();
-        l[l.find('?').unwrap() + 1..l.find('>').unwrap()].to_owned()
-    });
+    let link = paygent_testkit::next_page(&resp)
+        .map(|target| target.split_once('?').expect("a query").1.to_owned());
     let page: Value = resp.json().await.unwrap();
     (page["entries"].as_array().unwrap().clone(), link)
 }

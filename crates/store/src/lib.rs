@@ -270,20 +270,21 @@ impl Store {
     /// The groups of writes committed by this process so far, and the writes in them.
     pub fn commits(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
-        let commits = match &self.engine {
+        let commits = self.commit_counts();
+        (commits.groups.load(Relaxed), commits.writes.load(Relaxed))
+    }
+
+    fn commit_counts(&self) -> &Commits {
+        match &self.engine {
             Engine::Pg(pg) => &pg.commits,
             Engine::Lite(lite) => &lite.commits,
-        };
-        (commits.groups.load(Relaxed), commits.writes.load(Relaxed))
+        }
     }
 
     /// Writes waiting now for their turn: for the writer on SQLite, for their tenant's group on PostgreSQL.
     pub fn writes_waiting(&self) -> u64 {
-        let commits = match &self.engine {
-            Engine::Pg(pg) => &pg.commits,
-            Engine::Lite(lite) => &lite.commits,
-        };
-        commits.waiting.load(std::sync::atomic::Ordering::Relaxed)
+        let waiting = &self.commit_counts().waiting;
+        waiting.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn backend(&self) -> Backend {

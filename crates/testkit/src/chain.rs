@@ -75,6 +75,17 @@ pub(crate) async fn deploy_with(provider: &DynProvider, code: Vec<u8>) -> Addres
     receipt.contract_address.expect("a contract address")
 }
 
+/// Waits for a sent transaction's receipt; it must have succeeded.
+pub(crate) async fn confirm<N: alloy::network::Network>(
+    sent: Result<alloy::providers::PendingTransactionBuilder<N>, alloy::contract::Error>,
+) {
+    let receipt = sent.expect("sent").get_receipt().await.expect("mined");
+    assert!(
+        alloy::network::ReceiptResponse::status(&receipt),
+        "the transaction reverted"
+    );
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("a free port")
@@ -137,14 +148,13 @@ impl LocalChain {
         deploy
             .extend(("USD Coin".to_owned(), "2".to_owned(), "USDC".to_owned()).abi_encode_params());
         let token = deploy_with(&provider, deploy).await;
-        TestUsdc::new(token, &provider)
-            .mint(payer(), U256::from(FUNDS))
-            .send()
-            .await
-            .expect("mint sent")
-            .get_receipt()
-            .await
-            .expect("minted");
+        confirm(
+            TestUsdc::new(token, &provider)
+                .mint(payer(), U256::from(FUNDS))
+                .send()
+                .await,
+        )
+        .await;
         LocalChain {
             rpc,
             chain_id,

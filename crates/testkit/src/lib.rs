@@ -825,6 +825,17 @@ pub type Socket =
 /// The server's answer to a WebSocket it refused.
 pub type Refused = tokio_tungstenite::tungstenite::http::Response<Option<Vec<u8>>>;
 
+/// The target of a list's `Link: <...>; rel="next"` (a path with its query), if the page has one.
+pub fn next_page(resp: &reqwest::Response) -> Option<String> {
+    let link = resp
+        .headers()
+        .get(reqwest::header::LINK)?
+        .to_str()
+        .expect("a text header");
+    assert!(link.ends_with("rel=\"next\""), "{link}");
+    Some(link[1..link.find('>').expect("<target>")].to_owned())
+}
+
 fn content_type(resp: &reqwest::Response) -> Option<String> {
     resp.headers()
         .get(reqwest::header::CONTENT_TYPE)

@@ -2,7 +2,7 @@
 //! `@uniswap/v2-periphery`'s router and WETH9): the exchange VVS Finance and most EVM DEXes copy. A pool of the
 //! test token against WETH is funded by the deployer, so tests trade against real reserves.
 
-use crate::chain::{LocalChain, deploy_with, deployer, peers_dir};
+use crate::chain::{LocalChain, confirm, deploy_with, deployer, peers_dir};
 use alloy::primitives::{Address, Bytes, U256};
 use alloy::sol_types::SolValue;
 use serde_json::Value;
@@ -119,15 +119,4 @@ fn with_args(package: &str, contract: &str, args: Vec<u8>) -> Vec<u8> {
     let mut code = creation_code(package, contract);
     code.extend(args);
     code
-}
-
-/// Waits for a sent transaction's receipt; it must have succeeded.
-async fn confirm<N: alloy::network::Network>(
-    sent: Result<alloy::providers::PendingTransactionBuilder<N>, alloy::contract::Error>,
-) {
-    let receipt = sent.expect("sent").get_receipt().await.expect("mined");
-    assert!(
-        alloy::network::ReceiptResponse::status(&receipt),
-        "the transaction reverted"
-    );
 }
