@@ -778,7 +778,7 @@ function decidedItem(a) {
   const d = a.decision;
   const took = d ? Math.max(0, Math.round((Date.parse(d.at) - Date.parse(a.created_at)) / 1000)) : null;
   const lines = [
-    `$${a.usd_value} · ${money(args)} → ${args.recipient ?? args.to ?? args.url ?? ""}`,
+    `$${a.usd_value} · ${what(args)}`,
     `${a.status}${d?.by ? ` by ${d.by_name ?? short(d.by)}` : ""}${took === null ? "" : ` after ${took} s`}` +
       (d?.note ? ` · “${d.note}”` : ""),
     c ? `${name(c.agent)} in session ${name(c.session)}` : `agent ${short(a.requested_by)}`,
@@ -847,6 +847,17 @@ function money(args) {
   return `${args.amount ?? args.max_amount ?? "?"} ${args.currency ?? ""}`.trim();
 }
 
+// What an action does, in words: a payment's amount and payee, or a swap's quote as people approve it.
+function what(args) {
+  const s = args.swap;
+  if (s) {
+    const impact = (s.price_impact_bps / 100).toFixed(2);
+    return `Swap ${money(args)} for at least ${s.min_out} ${s.to} (quoted ${s.expected_out}) on ${s.dex}` +
+      ` · price impact ${impact}% · slippage bound ${(s.max_slippage_bps / 100).toFixed(2)}%`;
+  }
+  return `${money(args)} → ${args.recipient ?? args.to ?? args.url ?? ""}`;
+}
+
 // What a person needs to decide, as it stood when the request was filed: the agent's words, who asked where,
 // the policy that sent it, and what this payee was paid before.
 function context(li, a) {
@@ -870,8 +881,7 @@ function context(li, a) {
 function fill(li, a) {
   const args = a.edited_args ?? a.args;
   $(".usd", li).textContent = `$${a.usd_value}`;
-  $(".what", li).textContent = `${money(args)} → ${args.recipient ?? args.to ?? args.url ?? ""}` +
-    (a.edited_args ? " (edited)" : "");
+  $(".what", li).textContent = what(args) + (a.edited_args ? " (edited)" : "");
   // A new action needs everyone's approval again, the person's who approved the old one too.
   if ($(".digest", li).dataset.digest !== a.digest) $("button.approve", li).disabled = false;
   $(".digest", li).textContent = `action ${a.digest.slice(0, 19)}…${a.network ? ` on ${a.network}` : ""}`;

@@ -1099,6 +1099,63 @@ pub async fn x402_payment(
     ])
 }
 
+/// Scenario: a $1 swap of test USDC for WETH on Uniswap V2 (from npm, on a local chain), through Paygent (an
+/// execution's `swap` step: quote, guard, quote again, sign the approve and the swap, journal them, send them,
+/// read the pool's event), and in turn in the same run by a direct client from the same wallet (quote, approve,
+/// swap; no guard). Paygent's end is the `execution_completed` event on a socket. The difference is its overhead.
+pub async fn swap(
+    t: &Target,
+    scale: &Scale,
+    wallet: &str,
+    (chain, exchange): (
+        &paygent_testkit::chain::LocalChain,
+        &paygent_testkit::uniswap::Uniswap,
+    ),
+) -> anyhow::Result<Vec<Measurement>> {
+    let agent = t.key("agent").await?;
+    let body = json!({"name": "bench swap", "wallet_address": wallet});
+    let session = t.post(&agent, "/sessions", body).await?;
+    let session = session["id"].as_str().context("id")?.to_owned();
+    let mut ws = t.socket(&agent).await?;
+    let steps = json!([{"tool": "swap", "args": {"amount_in": "1", "from": "USDC", "to": "WETH"}}]);
+    let (mut through, mut direct) = (Vec::new(), Vec::new());
+    let started = Instant::now();
+    for _ in 0..scale.trials {
+        let t0 = Instant::now();
+        let e = t.execute(&agent, &session, steps.clone()).await?;
+        loop {
+            let m = next_json(&mut ws).await?;
+            match (m["type"].as_str(), m["data"]["id"] == e["id"]) {
+                (Some("execution_completed"), true) => break,
+                (Some("execution_failed"), true) => bail!("the swap failed: {m}"),
+                _ => {}
+            }
+        }
+        through.push(t0.elapsed());
+        let t0 = Instant::now();
+        let one = paygent_testkit::uniswap::U256::from(1_000_000u64);
+        exchange.swap_directly(chain, one).await;
+        direct.push(t0.elapsed());
+    }
+    let wall = started.elapsed();
+    let [m_through, m_direct] = [&mut through, &mut direct].map(|l| median_ms(l));
+    let note = format!(
+        "p50 {:.2}x the direct client's ({:+.1} ms)",
+        m_through / m_direct.max(f64::EPSILON),
+        m_through - m_direct
+    );
+    Ok(vec![
+        Measurement::from_latencies("swap $1 USDC→WETH, through Paygent", 1, through, wall, note),
+        Measurement::from_latencies(
+            "swap $1 USDC→WETH, direct client (no guard)",
+            1,
+            direct,
+            wall,
+            String::new(),
+        ),
+    ])
+}
+
 /// The median of `l`, in milliseconds.
 fn median_ms(l: &mut [Duration]) -> f64 {
     l.sort();

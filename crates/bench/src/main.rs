@@ -79,6 +79,8 @@ enum Scenario {
     Instances,
     /// The guard and approval creation with three webhooks subscribed beside none, and the delivery lag.
     Webhooks,
+    /// A $1 swap on a local Uniswap V2 through Paygent beside a direct client's, in turn.
+    Swap,
     /// The spend picture (`GET /spend`) with 1,000,000 payments stored (`--requests` sets how many), beside the
     /// hourly totals summed from the payments table.
     Spend,
@@ -221,17 +223,20 @@ async fn instances(
     Ok(lines)
 }
 
+/// Whether `peers/<path>` is installed; if not, says the scenario is skipped and how to install `what`.
+fn peers_installed(path: &str, scenario: &str, what: &str) -> bool {
+    let there = paygent_testkit::chain::peers_dir().join(path).exists();
+    if !there {
+        eprintln!("{scenario} scenario skipped: run `npm ci --prefix peers` to install {what}");
+    }
+    there
+}
+
 /// Runs the x402 scenario against its own server, configured to pay on a fresh local chain whose reference x402
 /// service and facilitator run beside it (`npm ci --prefix peers` installs them).
 async fn x402(db: &str, dir: &std::path::Path, scale: &Scale) -> anyhow::Result<Vec<Measurement>> {
-    use paygent_testkit::chain::{LocalChain, PAYER, ReferenceClient, X402Peer};
-    if !paygent_testkit::chain::peers_dir()
-        .join("node_modules")
-        .exists()
-    {
-        eprintln!(
-            "x402 scenario skipped: run `npm ci --prefix peers` to install anvil and the x402 peers"
-        );
+    use paygent_testkit::chain::{LocalChain, ReferenceClient, X402Peer};
+    if !peers_installed("node_modules", "x402", "anvil and the x402 peers") {
         return Ok(vec![]);
     }
     let chain = LocalChain::start(338).await;
@@ -244,22 +249,7 @@ async fn x402(db: &str, dir: &std::path::Path, scale: &Scale) -> anyhow::Result<
     };
     let (paid, config) =
         paygent_bench::PaidResource::on(&chain, peer.url("/v2/cheap"), "TypeScript service");
-    let x402_dir = dir.join("x402");
-    std::fs::create_dir_all(&x402_dir)?;
-    let config_file = x402_dir.join("paygent.toml");
-    std::fs::write(&config_file, config)?;
-    // A second database beside the first: a fresh SQLite file, or the same PostgreSQL (new sessions, new keys).
-    let x402_db = if db.starts_with("postgres") {
-        db.to_owned()
-    } else {
-        format!("sqlite://{}/paygent.db?mode=rwc", x402_dir.display())
-    };
-    let env = [
-        ("PAYGENT_CONFIG", config_file.display().to_string()),
-        ("PAYGENT_WALLET_KEY", PAYER.to_owned()),
-    ];
-    let (server, base) = start_server(&x402_db, &x402_dir, &env)?;
-    let target = Target::new(&base, ADMIN);
+    let (server, target) = chain_server(db, dir, "x402", &config)?;
     let mut reference = ReferenceClient::start(&chain).await;
     let mut lines = paygent_bench::x402_payment(&target, scale, &paid, &mut reference).await?;
     if let Some(python) = &python {
@@ -270,6 +260,65 @@ async fn x402(db: &str, dir: &std::path::Path, scale: &Scale) -> anyhow::Result<
         };
         lines.extend(paygent_bench::x402_payment(&target, scale, &paid, &mut reference).await?);
     }
+    drop(server);
+    Ok(lines)
+}
+
+/// A server of its own paying on a local chain as `config` (a paygent.toml) says, from the funded test wallet:
+/// its database a fresh SQLite file in `dir/name`, or the same PostgreSQL (new sessions, new keys).
+fn chain_server(
+    db: &str,
+    dir: &std::path::Path,
+    name: &str,
+    config: &str,
+) -> anyhow::Result<(Server, Target)> {
+    let own = dir.join(name);
+    std::fs::create_dir_all(&own)?;
+    let config_file = own.join("paygent.toml");
+    std::fs::write(&config_file, config)?;
+    let own_db = if db.starts_with("postgres") {
+        db.to_owned()
+    } else {
+        format!("sqlite://{}/paygent.db?mode=rwc", own.display())
+    };
+    let env = [
+        ("PAYGENT_CONFIG", config_file.display().to_string()),
+        (
+            "PAYGENT_WALLET_KEY",
+            paygent_testkit::chain::PAYER.to_owned(),
+        ),
+    ];
+    let (server, base) = start_server(&own_db, &own, &env)?;
+    Ok((server, Target::new(&base, ADMIN)))
+}
+
+/// Runs the swap scenario against its own server, trading on a fresh local chain with Uniswap V2 (from npm) and
+/// a pool of 10,000 test USDC against 5 WETH.
+async fn swaps(db: &str, dir: &std::path::Path, scale: &Scale) -> anyhow::Result<Vec<Measurement>> {
+    use paygent_testkit::chain::{LocalChain, payer};
+    if !peers_installed("node_modules/@uniswap", "swap", "anvil and Uniswap V2") {
+        return Ok(vec![]);
+    }
+    let chain = LocalChain::start(338).await;
+    use paygent_testkit::uniswap::U256;
+    let weth = U256::from(5_000_000_000_000_000_000u128);
+    let exchange = chain.uniswap(U256::from(10_000_000_000u64), weth).await;
+    let config = format!(
+        "[prices]\nWETH = \"2000\"\n\n[[chains]]\nid = {id}\nname = \"local\"\nrpc_url = \"{rpc}\"\n\n\
+         [[tokens]]\nsymbol = \"USDC\"\ndecimals = 6\nchain_id = {id}\naddress = \"{usdc}\"\n\
+         eip712_name = \"USD Coin\"\neip712_version = \"2\"\n\n[[tokens]]\nsymbol = \"WETH\"\ndecimals = 18\n\
+         chain_id = {id}\naddress = \"{weth}\"\n\n[[dexes]]\nname = \"local\"\nkind = \"uniswap_v2\"\n\
+         chain_id = {id}\nrouter = \"{router}\"\nfactory = \"{factory}\"\n",
+        id = chain.chain_id,
+        rpc = chain.rpc,
+        usdc = chain.token,
+        weth = exchange.weth,
+        router = exchange.router,
+        factory = exchange.factory,
+    );
+    let (server, target) = chain_server(db, dir, "swap", &config)?;
+    let wallet = payer().to_string();
+    let lines = paygent_bench::swap(&target, scale, &wallet, (&chain, &exchange)).await?;
     drop(server);
     Ok(lines)
 }
@@ -358,7 +407,7 @@ async fn main() -> anyhow::Result<()> {
         ),
         Scenario::Ceiling => (vec![b::ceiling(&db, &scale, 16).await?], vec![]),
         Scenario::Footprint => (vec![], b::footprint(&t, &scale, pid).await?),
-        Scenario::X402 => (vec![], vec![]),
+        Scenario::X402 | Scenario::Swap => (vec![], vec![]),
         Scenario::Stop => (stops(&t, &db, &scale).await?, vec![]),
         Scenario::Instances => (instances(&db, &dir, &scale, &t).await?, vec![]),
         Scenario::Webhooks => (b::webhooks(&t, &scale).await?, vec![]),
@@ -378,6 +427,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if matches!(args.scenario, Scenario::All | Scenario::X402) {
         lines.extend(x402(&db, &dir, &scale).await?);
+    }
+    if matches!(args.scenario, Scenario::All | Scenario::Swap) {
+        lines.extend(swaps(&db, &dir, &scale).await?);
     }
     let backend = if db.starts_with("postgres") {
         "PostgreSQL"

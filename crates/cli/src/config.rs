@@ -466,6 +466,13 @@ eip712_version = "1"
         let preset =
             ServeConfig::load(None, &env(&[("PAYGENT_NETWORK", "cronos-testnet")])).unwrap();
         assert_eq!(preset.rails.chains[0].id, 338);
+        let cronos = ServeConfig::load(None, &env(&[("PAYGENT_NETWORK", "cronos")])).unwrap();
+        let vvs = &cronos.rails.dexes[0];
+        assert_eq!(
+            (&*vvs.name, vvs.chain_id),
+            ("vvs", 25),
+            "VVS Finance on Cronos"
+        );
         assert!(ServeConfig::load(None, &env(&[("PAYGENT_WALLET_KEY", "0x12")])).is_err());
         let planned = ServeConfig::load(
             None,

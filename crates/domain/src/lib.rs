@@ -39,6 +39,7 @@ pub mod session;
 pub mod simulation;
 pub mod spend;
 pub mod standing;
+pub mod swap;
 pub mod time;
 pub mod velocity;
 

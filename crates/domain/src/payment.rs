@@ -4,6 +4,7 @@ use crate::auth::Role;
 use crate::money::{Money, MoneyError};
 use crate::policy::PaymentTool;
 use crate::prices::PriceTable;
+use crate::swap::SwapTerms;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -62,6 +63,10 @@ pub enum PaymentError {
     EditChangesTool,
     #[error("an approver's edit cannot raise the USD value above the requested {requested}")]
     EditRaisesValue { requested: Decimal },
+    #[error("a swap is approved or rejected as quoted, never edited: ask the agent for another")]
+    SwapEdited,
+    #[error("a swap pays an exchange's router, an EVM address, and says what it buys: {0}")]
+    BadSwap(String),
 }
 
 pub const MAX_DESCRIPTION_CHARS: usize = 500;
@@ -125,6 +130,8 @@ pub struct PaymentIntent {
     pub money: Money,
     pub recipient: Recipient,
     pub description: Option<String>,
+    /// For a swap: what it buys and the least it may give. The recipient is then the exchange's router.
+    pub swap: Option<SwapTerms>,
 }
 
 impl PaymentIntent {
@@ -147,11 +154,24 @@ impl PaymentIntent {
             money,
             recipient,
             description,
+            swap: None,
         })
     }
 
+    /// This payment as a swap on `terms`, into the router it pays.
+    pub fn swapping(mut self, terms: SwapTerms) -> Result<Self, PaymentError> {
+        if !matches!(self.recipient, Recipient::Evm(_)) {
+            return Err(PaymentError::BadSwap("the router is no address".into()));
+        }
+        self.swap = Some(terms);
+        Ok(self)
+    }
+
     pub fn tool(&self) -> PaymentTool {
-        self.recipient.tool()
+        match self.swap {
+            Some(_) => PaymentTool::Swap,
+            None => self.recipient.tool(),
+        }
     }
 
     /// The payment at the price a resource asks, this intent's amount being the most the agent would pay; or,
@@ -178,24 +198,35 @@ impl PaymentIntent {
 
     /// The tool arguments as stored on an approval request and shown to people.
     pub fn args(&self) -> Value {
-        json!({
+        let mut args = json!({
             "amount": self.money.amount.to_string(),
             "currency": self.money.currency,
             "recipient": self.recipient.as_str(),
             "description": self.description,
-        })
+        });
+        if let Some(terms) = &self.swap {
+            args["swap"] = serde_json::to_value(terms).expect("terms serialize");
+        }
+        args
     }
 
     /// Rebuilds an intent from stored [`PaymentIntent::args`].
     pub fn from_args(prices: &PriceTable, args: &Value) -> Result<Self, PaymentError> {
         let text = |k: &str| args.get(k).and_then(Value::as_str);
-        PaymentIntent::new(
+        let intent = PaymentIntent::new(
             prices,
             text("amount").unwrap_or(""),
             text("currency").unwrap_or(""),
             text("recipient").unwrap_or(""),
             text("description").map(str::to_owned),
-        )
+        )?;
+        match args.get("swap") {
+            None | Some(Value::Null) => Ok(intent),
+            Some(terms) => intent.swapping(
+                serde_json::from_value(terms.clone())
+                    .map_err(|e| PaymentError::BadSwap(e.to_string()))?,
+            ),
+        }
     }
 
     /// Applies an approver's `edits` over this intent and validates the result from scratch.
@@ -203,6 +234,9 @@ impl PaymentIntent {
         let obj = edits
             .as_object()
             .ok_or_else(|| PaymentError::BadEdit("not an object".into()))?;
+        if self.swap.is_some() {
+            return Err(PaymentError::SwapEdited);
+        }
         if obj.is_empty() {
             return Err(PaymentError::BadEdit("nothing to change".into()));
         }
@@ -339,6 +373,38 @@ mod tests {
             i.edited(&prices, &json!({"currency": "DOGE"})),
             Err(PaymentError::Money(MoneyError::UnknownCurrency(_)))
         ));
+    }
+
+    #[test]
+    fn a_swap_round_trips_as_its_terms_and_is_never_edited() {
+        let prices = PriceTable::default();
+        let terms = SwapTerms {
+            dex: "vvs".into(),
+            to: "CRO".into(),
+            expected_out: "120.5".parse().unwrap(),
+            min_out: "119.9".parse().unwrap(),
+            price_impact_bps: 12,
+            max_slippage_bps: 50,
+        };
+        let swap = intent("10", ADDR).swapping(terms.clone()).unwrap();
+        assert_eq!(swap.tool(), PaymentTool::Swap);
+        assert_eq!(swap.args()["swap"]["min_out"], "119.9");
+        assert_eq!(
+            PaymentIntent::from_args(&prices, &swap.args()).unwrap(),
+            swap
+        );
+        assert_eq!(
+            swap.edited(&prices, &json!({"amount": "5"})),
+            Err(PaymentError::SwapEdited)
+        );
+        let mut bad = swap.args();
+        bad["swap"]["min_out"] = json!(1.5);
+        assert!(matches!(
+            PaymentIntent::from_args(&prices, &bad),
+            Err(PaymentError::BadSwap(_))
+        ));
+        let url = intent("1", "https://x.example/").swapping(terms);
+        assert!(matches!(url, Err(PaymentError::BadSwap(_))));
     }
 
     #[test]

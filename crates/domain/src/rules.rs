@@ -15,6 +15,7 @@ use crate::quorum::{Escalation, MAX_QUORUMS, Quorum, invalid_chain};
 use crate::session::{
     DEFAULT_APPROVAL_TIMEOUT_SECONDS, MAX_APPROVAL_TIMEOUT_SECONDS, SessionConfig,
 };
+use crate::swap::SwapRules;
 use crate::velocity::{MAX_VELOCITY_RULES, Velocity};
 use chrono::{DateTime, Datelike, Days, Utc};
 use serde::{Deserialize, Serialize};
@@ -86,6 +87,9 @@ pub struct PolicyRules {
     /// Where people hear of the requests its agents file, beside the inbox and the event streams.
     #[serde(default)]
     pub notify: Notify,
+    /// What its agents may trade, and within which bounds.
+    #[serde(default)]
+    pub swaps: SwapRules,
 }
 
 /// Channels outside Paygent that tell people of a request they must decide.
@@ -419,6 +423,7 @@ impl Default for PolicyRules {
             quorums: Vec::new(),
             escalation: Vec::new(),
             notify: Notify::default(),
+            swaps: SwapRules::default(),
         }
     }
 }
@@ -495,6 +500,7 @@ impl PolicyRules {
         self.validate_velocity()?;
         self.validate_quorums()?;
         self.notify.validate()?;
+        self.swaps.validate().map_err(|why| broken("swaps", why))?;
         if !(1..=100_000).contains(&self.max_pending_approvals) {
             return Err(broken(
                 "max_pending_approvals",

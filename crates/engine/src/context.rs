@@ -8,7 +8,6 @@ use chrono::Duration;
 use paygent_domain::Decimal;
 use paygent_domain::judgement::Fired;
 use paygent_store::WriteTx;
-use paygent_store::approvals::ApprovalRecord;
 use paygent_store::keys;
 use paygent_store::payments;
 use paygent_store::policies::PolicyRecord;
@@ -99,21 +98,6 @@ impl DecisionContext {
             payee: None,
             budget_after: None,
         })
-    }
-
-    /// The context of a request for an action that pays nobody (a swap): its tool rule sent it to people.
-    pub(crate) async fn of_action(
-        tx: &mut WriteTx,
-        asked_by: Uuid,
-        about: (&SessionRecord, &PolicyRecord),
-        request: &ApprovalRecord,
-    ) -> Result<serde_json::Value> {
-        let fired = vec![Fired {
-            rule: "tool_rules".into(),
-            detail: request.reason.clone(),
-        }];
-        let context = Self::gather(tx, asked_by, about, fired, None).await?;
-        Ok(serde_json::to_value(context).expect("a context serializes"))
     }
 
     /// Adds what the tenant paid `recipient` before, and the policy's `label` for it.

@@ -4,7 +4,6 @@
 use crate::breaker::Count;
 use crate::budget::{self, Booking, Move};
 use crate::context::DecisionContext;
-use crate::executions::tools::{StepContext, StepOutcome, authorized_action};
 use crate::policies;
 use crate::pricing::Pricing;
 use crate::views::{ApprovalView, BudgetView, PaymentView};
@@ -20,13 +19,14 @@ use paygent_domain::payment::{PaymentIntent, Recipient};
 use paygent_domain::quorum::quorum_for;
 use paygent_domain::rules::{NewPayee, Refusal};
 use paygent_domain::standing::covers;
+use paygent_domain::swap::{SwapAsked, SwapTerms};
 use paygent_domain::velocity::{Freeze, FreezeReason, Trip};
 use paygent_domain::{Decimal, DecisionKind, PaymentStatus, Principal, Verdict};
 use paygent_store::WriteTx;
 use paygent_store::approvals::{self, ApprovalRecord, NewRequest};
 use paygent_store::payments::{self, PaymentRecord};
 use paygent_store::policies::PolicyRecord;
-use paygent_store::sessions::{self, SessionRecord};
+use paygent_store::sessions::SessionRecord;
 use paygent_store::standing::{self, StandingRecord};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -40,6 +40,8 @@ pub struct PaymentRequest {
     pub recipient: String,
     pub description: Option<String>,
     pub idempotency_key: Option<String>,
+    /// For a swap (the recipient is then the exchange's router): its terms as quoted.
+    pub swap: Option<SwapTerms>,
 }
 
 /// The guard's answer. `replayed` is true when an idempotency key returned an earlier payment.
@@ -50,15 +52,19 @@ pub struct Submitted {
 }
 
 impl PaymentRequest {
-    /// Identifies the request's content, so a reused idempotency key with other content is caught.
+    /// Identifies the request's content, so a reused idempotency key with other content is caught. A swap's
+    /// quote is not its content (a retry quotes again): what it buys and its slippage bound are.
     fn fingerprint(&self) -> String {
-        let body = json!([
+        let mut body = json!([
             self.session_id,
             self.amount,
             self.currency,
             self.recipient,
             self.description
         ]);
+        if let (Some(t), Some(parts)) = (&self.swap, body.as_array_mut()) {
+            parts.push(json!([t.dex, t.to, t.max_slippage_bps]));
+        }
         hex::encode(Sha256::digest(body.to_string().as_bytes()))
     }
 }
@@ -94,13 +100,16 @@ impl Paygent {
         if let Some(k) = &req.idempotency_key {
             validate_idempotency_key(k)?;
         }
-        let intent = PaymentIntent::new(
+        let mut intent = PaymentIntent::new(
             &self.prices,
             &req.amount,
             &req.currency,
             &req.recipient,
             req.description.clone(),
         )?;
+        if let Some(terms) = &req.swap {
+            intent = intent.swapping(terms.clone())?;
+        }
         let usd_value = self.prices.usd_value(&intent.money)?;
         Ok((intent, usd_value))
     }
@@ -384,6 +393,7 @@ impl<'a> Filing<'a> {
             detail: None,
             limits_key: booking.limits,
             max_amount: None,
+            swap: intent.swap.clone(),
             created_at: now,
             updated_at: now,
         };
@@ -451,7 +461,19 @@ impl<'a> Filing<'a> {
         let (first, verdict) = self
             .first_payment(tx, tools.evaluate(&p.tool, p.usd_value, args))
             .await?;
-        let refusal = rules.refusal(p.usd_value, args).or(ungranted).or(first);
+        let swap = p.swap.as_ref().and_then(|terms| {
+            let (from, router) = (&p.currency, &p.recipient);
+            rules.swaps.refusal(&SwapAsked {
+                from,
+                router,
+                terms,
+            })
+        });
+        let refusal = rules
+            .refusal(p.usd_value, args)
+            .or(swap)
+            .or(ungranted)
+            .or(first);
         let only_rules_ask = matches!(verdict, Verdict::RequireApproval { .. })
             && refusal.is_none()
             && over_limit.is_none()
@@ -763,86 +785,4 @@ async fn file_request(
     .await?;
     let view = serde_json::to_value(ApprovalView::from(request)).expect("views serialize");
     Ok(tx.event(EventKind::ApprovalRequired, session, view).await?)
-}
-
-impl Paygent {
-    /// Guards a value-moving action that is not a payment (a swap) for an execution's step: the session's rule
-    /// for the tool lets it run, or files one approval request for the step (the same one if the step runs
-    /// again after a crash).
-    pub(crate) async fn guard_action(
-        &self,
-        ctx: &StepContext<'_>,
-        tool: &str,
-        args: &Value,
-        usd_value: Decimal,
-    ) -> Result<StepOutcome> {
-        let who = ctx.principal;
-        let mut tx = self.begin_as(who).await?;
-        let session = sessions::get(tx.conn(), who.tenant_id, ctx.session_id)
-            .await?
-            .ok_or(EngineError::NotFound("session"))?;
-        if tx.kill_switch().is_some() || session.state == SessionState::Killed {
-            return Ok(StepOutcome::Failed {
-                error: "killed: the session or the whole tenant is stopped".into(),
-            });
-        }
-        if session.state == SessionState::Frozen {
-            return Ok(StepOutcome::Frozen { payment_id: None });
-        }
-        let rules = policies::locked(&mut tx, session.policy_id).await?;
-        if let Some(refusal) = rules.rules.refusal(usd_value, args) {
-            return Ok(StepOutcome::Failed {
-                error: format!("policy_denied: {} (rule {})", refusal.detail, refusal.rule),
-            });
-        }
-        let subject = format!("execution:{}", ctx.execution_id);
-        let summary = json!({"tool": tool, "args": args, "usd_value": usd_value.to_string(), "step": ctx.idx});
-        let policy = rules.rules.for_session(&session.config);
-        let outcome = match policy.evaluate(tool, usd_value, args) {
-            Verdict::Allow => {
-                tx.audit(
-                    &who.actor(),
-                    AuditAction::ActionAuthorized,
-                    &subject,
-                    Some(session.id),
-                    summary,
-                )
-                .await?;
-                authorized_action(args, usd_value)
-            }
-            Verdict::RequireApproval { reason, allowed } => {
-                let id = Uuid::new_v5(&ctx.execution_id, &ctx.idx.to_be_bytes());
-                let filed = approvals::get(tx.conn(), who.tenant_id, id).await?;
-                if filed.is_none() {
-                    let new = NewRequest {
-                        id,
-                        tenant_id: who.tenant_id,
-                        session_id: session.id,
-                        payment_id: None,
-                        tool: tool.to_owned(),
-                        args: args.clone(),
-                        network: None,
-                        reason,
-                        usd_value,
-                        allowed_decisions: allowed,
-                        requested_by: who.key_id,
-                        timeout_seconds: rules.rules.approval_timeout(&session.config),
-                        quorum: quorum(&rules.rules, usd_value),
-                        escalation: rules.rules.escalation.clone(),
-                    };
-                    let mut request = ApprovalRecord::pending(new, tx.now());
-                    let about = (&session, &rules);
-                    let context = DecisionContext::of_action(&mut tx, who.key_id, about, &request);
-                    request.context = Some(context.await?);
-                    file_request(&mut tx, who, &rules, request, summary).await?;
-                }
-                StepOutcome::AwaitingApproval {
-                    approval_id: id,
-                    payment_id: None,
-                }
-            }
-        };
-        self.publish(tx.commit().await?);
-        Ok(outcome)
-    }
 }

@@ -26,6 +26,7 @@ mod sessions;
 pub mod simulation;
 mod spend;
 pub mod standing;
+mod swaps;
 mod views;
 mod wallets;
 pub mod webhooks;
@@ -59,9 +60,12 @@ pub use kill::KillSwitchView;
 pub use memory::{MemoryTurn, SessionSummary};
 pub use metrics::Metrics;
 pub use policies::default_policy_id;
-pub use rails::{Asked, Journal, PaymentOrder, Rail, RailError, Refusal, Settlement, Signed};
+pub use rails::{
+    Asked, Journal, PaymentOrder, Rail, RailError, Refusal, Settlement, Signed, SwapAsk, SwapQuoted,
+};
 pub use sessions::NewSession;
 pub use spend::{SpendOf, SpendView};
+pub use swaps::SwapRequest;
 pub use views::{
     ApprovalView, BudgetLine, BudgetView, DecisionRecord, ExecutionView, KeyView, PaymentView,
     PolicyView, SessionView, StepView,

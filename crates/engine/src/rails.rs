@@ -11,6 +11,7 @@ use futures::future::BoxFuture;
 use paygent_domain::audit::AuditAction;
 use paygent_domain::event::EventKind;
 use paygent_domain::policy::PaymentTool;
+use paygent_domain::swap::SwapTerms;
 use paygent_domain::{Decimal, PaymentStatus, SessionState};
 use paygent_store::attempts::AttemptRecord;
 use paygent_store::payments::{self, PaymentRecord, Terms, Transition};
@@ -30,6 +31,26 @@ pub struct PaymentOrder {
     pub amount: Decimal,
     pub currency: String,
     pub recipient: String,
+    /// For a swap (`recipient` is then the exchange's router): what it buys and the least it may give.
+    pub swap: Option<SwapTerms>,
+}
+
+/// A swap to quote: sell `amount_in` of `from` for `to` on `dex` (the only exchange on their chain when not
+/// named), the least it may give bounded by `max_slippage_bps`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SwapAsk {
+    pub dex: Option<String>,
+    pub from: String,
+    pub to: String,
+    pub amount_in: Decimal,
+    pub max_slippage_bps: u32,
+}
+
+/// A quoted swap: the router its payment goes to, and the terms the guard decides on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SwapQuoted {
+    pub router: String,
+    pub terms: SwapTerms,
 }
 
 /// What a rail signed, stored before it is sent.
@@ -135,6 +156,8 @@ pub trait Rail: Send + Sync + 'static {
         earlier: Option<Signed>,
         journal: Journal<'a>,
     ) -> BoxFuture<'a, Result<Settlement, RailError>>;
+    /// Quotes a swap on an exchange this rail trades on. `Refused` says why it cannot be traded here.
+    fn quote_swap<'a>(&'a self, ask: &'a SwapAsk) -> BoxFuture<'a, Result<SwapQuoted, RailError>>;
     /// The wallet's balances on the chains this rail knows, by currency.
     fn balances<'a>(&'a self, wallet: &'a str) -> BoxFuture<'a, Result<Value, RailError>>;
     /// The addresses of the wallets it holds keys for.
@@ -230,6 +253,7 @@ impl Paygent {
             amount: payment.amount,
             currency: payment.currency.clone(),
             recipient: payment.recipient.clone(),
+            swap: payment.swap.clone(),
         };
         let rail = self.rails.iter().find(|r| r.carries(&order)).cloned();
         Ok(rail.map(|r| (order, r)))

@@ -21,7 +21,8 @@ use uuid::Uuid;
 pub struct PaymentView {
     pub id: Uuid,
     pub session_id: Uuid,
-    /// `transfer` for an EVM recipient, `x402_payment` for a URL.
+    /// `transfer` for an EVM recipient, `x402_payment` for a URL, `swap` for a trade on an exchange (the recipient
+    /// is then its router).
     pub tool: String,
     /// For an x402 URL, the price its service asked (and what the guard decided on).
     #[schema(value_type = String, example = "15.00")]
@@ -35,6 +36,9 @@ pub struct PaymentView {
     pub usd_value: Decimal,
     pub recipient: String,
     pub description: Option<String>,
+    /// For a swap: what it buys and the least it may give, as quoted; what it bought is `receipt.amount_out`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swap: Option<paygent_domain::swap::SwapTerms>,
     #[schema(value_type = String, example = "pending_approval")]
     /// `executed`, `authorized`, `pending_approval`, `denied` or `failed`.
     pub status: PaymentStatus,
@@ -76,6 +80,7 @@ impl From<PaymentRecord> for PaymentView {
             usd_value: p.usd_value,
             recipient: p.recipient,
             description: p.description,
+            swap: p.swap,
             status: p.status,
             reason: p.reason,
             detail: p.detail,

@@ -129,9 +129,14 @@ pub enum ConfigError {
     UnknownPreset(String),
 }
 
+fn address(text: &str) -> Address {
+    text.parse().expect("a valid address")
+}
+
 impl RailsConfig {
     /// The shipped networks: Cronos (chain 25) or its testnet (chain 338), with bridged USDC (USDC.e), whose
-    /// EIP-712 domain differs between the two.
+    /// EIP-712 domain differs between the two. Cronos also knows VVS Finance (its router and factory as verified
+    /// on the Cronos explorer); the tokens traded there, such as WCRO, are configured with their prices.
     pub fn preset(name: &str) -> Result<Self, ConfigError> {
         let (chain, token) = match name {
             "cronos" => (
@@ -144,9 +149,7 @@ impl RailsConfig {
                 TokenConfig {
                     symbol: "USDC".into(),
                     chain_id: 25,
-                    address: "0xf951eC28187D9E5Ca673Da8FE6757E6f0Be5F77C"
-                        .parse()
-                        .expect("a valid address"),
+                    address: address("0xf951eC28187D9E5Ca673Da8FE6757E6f0Be5F77C"),
                     decimals: 6,
                     eip712: Some(Eip712Name {
                         name: "Bridged USDC (Stargate)".into(),
@@ -164,9 +167,7 @@ impl RailsConfig {
                 TokenConfig {
                     symbol: "USDC".into(),
                     chain_id: 338,
-                    address: "0xc01efAaF7C5C61bEbFAeb358E1161b537b8bC0e0"
-                        .parse()
-                        .expect("a valid address"),
+                    address: address("0xc01efAaF7C5C61bEbFAeb358E1161b537b8bC0e0"),
                     decimals: 6,
                     eip712: Some(Eip712Name {
                         name: "Bridged USDC (Stargate)".into(),
@@ -176,10 +177,20 @@ impl RailsConfig {
             ),
             other => return Err(ConfigError::UnknownPreset(other.into())),
         };
+        let dexes = match chain.id {
+            25 => vec![DexConfig {
+                name: "vvs".into(),
+                kind: DexKind::UniswapV2,
+                chain_id: 25,
+                router: address("0x145863Eb42Cf62847A6Ca784e6416C1682b1b2Ae"),
+                factory: address("0x3B44B2a187a7b3824131F8db5a74194D0a42Fc15"),
+            }],
+            _ => Vec::new(),
+        };
         Ok(RailsConfig {
             chains: vec![chain],
             tokens: vec![token],
-            dexes: Vec::new(),
+            dexes,
             wallets: Vec::new(),
         })
     }

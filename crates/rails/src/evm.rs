@@ -20,8 +20,10 @@ use alloy::sol_types::{Eip712Domain, SolCall, SolEvent, SolStruct};
 use futures::future::BoxFuture;
 use paygent_engine::domain::Decimal;
 use paygent_engine::domain::policy::PaymentTool;
+use paygent_engine::domain::swap::SwapTerms;
 use paygent_engine::{
-    Asked, Egress, Journal, PaymentOrder, Rail, RailError, Refusal, Settlement, Signed, Unanswered,
+    Asked, Egress, Journal, PaymentOrder, Rail, RailError, Refusal, Settlement, Signed, SwapAsk,
+    SwapQuoted, Unanswered,
 };
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -62,10 +64,10 @@ const LOG_WINDOW_BLOCKS: u64 = 2_000;
 /// How long a transaction may take to be mined before its outcome counts as unknown (it is then reconciled).
 const RECEIPT_TIMEOUT: Duration = Duration::from_secs(120);
 
-struct Chain {
-    config: ChainConfig,
-    caip2: String,
-    provider: DynProvider,
+pub(crate) struct Chain {
+    pub(crate) config: ChainConfig,
+    pub(crate) caip2: String,
+    pub(crate) provider: DynProvider,
 }
 
 struct Inner {
@@ -148,17 +150,87 @@ async fn mined(
             .map_err(unavailable)?;
         if mined_nonces > t.nonce && receipt().await?.is_none() {
             return Err(RailError::Superseded(
-                "another transaction took the signed transfer's nonce".into(),
+                "another transaction took the signed transaction's nonce".into(),
             ));
         }
         if tokio::time::Instant::now() > deadline {
             return Err(RailError::Unavailable(match &t.refused_send {
-                Some(e) => format!("broadcasting the transfer: {e}"),
-                None => "the transfer was sent but not mined in time".into(),
+                Some(e) => format!("broadcasting the transaction: {e}"),
+                None => "the transaction was sent but not mined in time".into(),
             }));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A signed transaction as journaled: enough to send it again, or to find it mined.
+pub(crate) struct SignedTx {
+    pub hash: B256,
+    pub raw: Bytes,
+    pub from: Address,
+    pub nonce: u64,
+}
+
+impl SignedTx {
+    /// The transaction a stored artifact (or one of its parts) holds; `hash` where it is kept apart.
+    pub(crate) fn stored(artifact: &Value, hash: Option<&str>) -> Result<Self, RailError> {
+        let hash = hash.or_else(|| artifact["hash"].as_str());
+        Ok(SignedTx {
+            hash: parse_stored(hash, "transaction hash")?,
+            raw: stored(artifact, "raw")?,
+            from: stored(artifact, "from")?,
+            nonce: artifact["nonce"].as_u64().ok_or_else(|| {
+                RailError::Refused("the stored attempt has no readable nonce".into())
+            })?,
+        })
+    }
+}
+
+/// Sends a stored transaction unless this runner just did (`sent`, with the node's refusal if any) or it is
+/// mined already, then waits for it to be mined and confirmed: its receipt, whatever its status. It can never
+/// be mined once another transaction took its nonce (`Superseded`); past the wait its outcome is unknown.
+pub(crate) async fn land(
+    chain: &Chain,
+    tx: &SignedTx,
+    sent: Option<Option<String>>,
+) -> Result<alloy::rpc::types::TransactionReceipt, RailError> {
+    let provider = &chain.provider;
+    // "already known", "nonce too low", "replacement underpriced": `mined` tells which matters.
+    let refused_send = match sent {
+        Some(refusal) => refusal,
+        None if provider
+            .get_transaction_receipt(tx.hash)
+            .await
+            .map_err(unavailable)?
+            .is_none() =>
+        {
+            provider
+                .send_raw_transaction(&tx.raw)
+                .await
+                .err()
+                .map(|e| e.to_string())
+        }
+        None => None,
+    };
+    let deadline = tokio::time::Instant::now() + RECEIPT_TIMEOUT;
+    let sent = SentTransfer {
+        hash: tx.hash,
+        from: tx.from,
+        nonce: tx.nonce,
+        refused_send,
+    };
+    let receipt = mined(chain, &sent, deadline).await?;
+    let wanted =
+        receipt.block_number.unwrap_or_default() + chain.config.confirmations.saturating_sub(1);
+    while provider.get_block_number().await.map_err(unavailable)? < wanted {
+        if tokio::time::Instant::now() > deadline {
+            return Err(RailError::Unavailable(
+                "the transaction is mined but not yet confirmed".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(receipt)
 }
 
 /// A signed x402 authorization, as the chain knows it.
@@ -292,7 +364,7 @@ impl<'a> Watched<'a> {
 }
 
 /// The chain's clock: its latest block's number and timestamp.
-async fn chain_clock(chain: &Chain) -> Result<(u64, u64), RailError> {
+pub(crate) async fn chain_clock(chain: &Chain) -> Result<(u64, u64), RailError> {
     let block = chain
         .provider
         .get_block_by_number(BlockNumberOrTag::Latest)
@@ -300,6 +372,53 @@ async fn chain_clock(chain: &Chain) -> Result<(u64, u64), RailError> {
         .map_err(unavailable)?
         .ok_or_else(|| unavailable("the chain has no latest block"))?;
     Ok((block.header.number, block.header.timestamp))
+}
+
+/// A transaction's gas limit: estimated (a fifth more, for the state to move a little before it is mined), the
+/// estimate failing as `what` would; or fixed, for a call that would fail until an earlier transaction lands.
+pub(crate) enum Gas<'a> {
+    Estimate(&'a str),
+    Fixed(u64),
+}
+
+/// Signs a call of `input` on `to` from `wallet` with `nonce`, at the chain's current fees: the raw transaction
+/// and its hash. Nothing is sent.
+pub(crate) async fn sign_call(
+    chain: &Chain,
+    wallet: &PrivateKeySigner,
+    (to, input): (Address, Vec<u8>),
+    nonce: u64,
+    gas: Gas<'_>,
+) -> Result<(Bytes, B256), RailError> {
+    let provider = &chain.provider;
+    let request = TransactionRequest::default()
+        .with_from(wallet.address())
+        .with_to(to)
+        .with_input(input)
+        .with_chain_id(chain.config.id)
+        .with_nonce(nonce);
+    let gas = match gas {
+        Gas::Fixed(limit) => limit,
+        Gas::Estimate(what) => {
+            let estimate = provider
+                .estimate_gas(request.clone())
+                .await
+                .map_err(|e| RailError::Refused(format!("{what} would fail: {e}")))?;
+            estimate + estimate / 5
+        }
+    };
+    let fees = provider
+        .estimate_eip1559_fees()
+        .await
+        .map_err(unavailable)?;
+    let envelope = request
+        .with_gas_limit(gas)
+        .with_max_fee_per_gas(fees.max_fee_per_gas)
+        .with_max_priority_fee_per_gas(fees.max_priority_fee_per_gas)
+        .build(&EthereumWallet::from(wallet.clone()))
+        .await
+        .map_err(|e| RailError::Refused(format!("signing a transaction: {e}")))?;
+    Ok((Bytes::from(envelope.encoded_2718()), *envelope.tx_hash()))
 }
 
 fn now_secs() -> u64 {
@@ -373,12 +492,17 @@ impl EvmRails {
         })
     }
 
-    fn token(&self, symbol: &str) -> Result<(&TokenConfig, &Chain), RailError> {
+    pub(crate) fn token(&self, symbol: &str) -> Result<(&TokenConfig, &Chain), RailError> {
         let token =
             self.inner.tokens.get(symbol).ok_or_else(|| {
                 RailError::Refused(format!("no token is configured for {symbol}"))
             })?;
         Ok((token, &self.inner.chains[&token.chain_id]))
+    }
+
+    /// The wallet's turn to take a nonce: held from reading the next nonce until what it signed is broadcast.
+    pub(crate) async fn nonce_turn(&self, from: Address) -> tokio::sync::MutexGuard<'_, ()> {
+        self.inner.nonce_turns[&from].lock().await
     }
 
     pub(crate) fn token_config(&self, symbol: &str) -> Result<&TokenConfig, RailError> {
@@ -394,8 +518,16 @@ impl EvmRails {
         &self.inner.chains[&chain_id].provider
     }
 
-    fn wallet(&self, order: &PaymentOrder) -> Result<&PrivateKeySigner, RailError> {
+    pub(crate) fn wallet(&self, order: &PaymentOrder) -> Result<&PrivateKeySigner, RailError> {
         self.signer(order.wallet.as_deref())
+    }
+
+    /// The key of a wallet this rail holds.
+    pub(crate) fn signer_of(&self, wallet: Address) -> Result<&PrivateKeySigner, RailError> {
+        self.inner
+            .wallets
+            .get(&wallet)
+            .ok_or_else(|| RailError::Refused(format!("no key is held here for {wallet}")))
     }
 
     fn signer(&self, wallet: Option<&str>) -> Result<&PrivateKeySigner, RailError> {
@@ -525,38 +657,25 @@ impl EvmRails {
                         order.amount, token.symbol, token.decimals
                     ))
                 })?;
-                let _turn = self.inner.nonce_turns[&from].lock().await;
+                let _turn = self.nonce_turn(from).await;
                 let provider = &chain.provider;
                 let nonce = provider
                     .get_transaction_count(from)
                     .pending()
                     .await
                     .map_err(unavailable)?;
-                let request = TransactionRequest::default()
-                    .with_from(from)
-                    .with_to(token.address)
-                    .with_input(Eip3009Token::transferCall { to, value }.abi_encode())
-                    .with_chain_id(chain.config.id)
-                    .with_nonce(nonce);
-                let gas = provider
-                    .estimate_gas(request.clone())
-                    .await
-                    .map_err(|e| RailError::Refused(format!("the transfer would fail: {e}")))?;
-                let fees = provider
-                    .estimate_eip1559_fees()
-                    .await
-                    .map_err(unavailable)?;
-                let envelope = request
-                    .with_gas_limit(gas + gas / 5)
-                    .with_max_fee_per_gas(fees.max_fee_per_gas)
-                    .with_max_priority_fee_per_gas(fees.max_priority_fee_per_gas)
-                    .build(&EthereumWallet::from(wallet.clone()))
-                    .await
-                    .map_err(|e| RailError::Refused(format!("signing the transfer: {e}")))?;
-                let raw = Bytes::from(envelope.encoded_2718());
+                let call = Eip3009Token::transferCall { to, value }.abi_encode();
+                let (raw, hash) = sign_call(
+                    chain,
+                    wallet,
+                    (token.address, call),
+                    nonce,
+                    Gas::Estimate("the transfer"),
+                )
+                .await?;
                 let mine = Signed {
                     network: chain.caip2.clone(),
-                    tx_hash: Some(envelope.tx_hash().to_string()),
+                    tx_hash: Some(hash.to_string()),
                     artifact: json!({"kind": "transaction", "raw": raw.to_string(), "from": from,
                         "nonce": nonce, "token": token.address, "to": to, "value": value.to_string()}),
                     refusal: None,
@@ -583,57 +702,17 @@ impl EvmRails {
         signed: &Signed,
         sent: Option<Option<String>>,
     ) -> Result<Settlement, RailError> {
-        let hash: B256 = parse_stored(signed.tx_hash.as_deref(), "transaction hash")?;
-        let raw: Bytes = stored(&signed.artifact, "raw")?;
-        let from: Address = stored(&signed.artifact, "from")?;
-        let nonce = signed.artifact["nonce"]
-            .as_u64()
-            .ok_or_else(|| RailError::Refused("the stored attempt has no readable nonce".into()))?;
-        let provider = &chain.provider;
-        // "already known", "nonce too low", "replacement underpriced": the loop below tells which matters.
-        let refused_send = match sent {
-            Some(refusal) => refusal,
-            None if provider
-                .get_transaction_receipt(hash)
-                .await
-                .map_err(unavailable)?
-                .is_none() =>
-            {
-                provider
-                    .send_raw_transaction(&raw)
-                    .await
-                    .err()
-                    .map(|e| e.to_string())
-            }
-            None => None,
-        };
-        let deadline = tokio::time::Instant::now() + RECEIPT_TIMEOUT;
-        let sent = SentTransfer {
-            hash,
-            from,
-            nonce,
-            refused_send,
-        };
-        let receipt = mined(chain, &sent, deadline).await?;
+        let tx = SignedTx::stored(&signed.artifact, signed.tx_hash.as_deref())?;
+        let receipt = land(chain, &tx, sent).await?;
         if !receipt.status() {
             return Err(RailError::Refused(
                 "the transfer reverted on chain: no tokens moved".into(),
             ));
         }
-        let block = receipt.block_number.unwrap_or_default();
-        let wanted = block + chain.config.confirmations.saturating_sub(1);
-        while provider.get_block_number().await.map_err(unavailable)? < wanted {
-            if tokio::time::Instant::now() > deadline {
-                return Err(RailError::Unavailable(
-                    "the transfer is mined but not yet confirmed".into(),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
         Ok(Settlement {
             network: chain.caip2.clone(),
-            tx_hash: Some(hash.to_string()),
-            receipt: json!({"block": block, "gas_used": receipt.gas_used,
+            tx_hash: Some(tx.hash.to_string()),
+            receipt: json!({"block": receipt.block_number.unwrap_or_default(), "gas_used": receipt.gas_used,
                 "confirmations": chain.config.confirmations}),
             paid: None,
         })
@@ -898,12 +977,32 @@ impl Rail for EvmRails {
 
     /// Transfers and x402 payments in a configured token, from a wallet it holds the key of: on the token's chain.
     fn network(&self, tool: PaymentTool, currency: &str, wallet: Option<&str>) -> Option<String> {
-        let tool_ok = matches!(tool, PaymentTool::Transfer | PaymentTool::X402Payment);
-        if !tool_ok || self.signer(wallet).is_err() {
-            return None;
-        }
-        let (_, chain) = self.token(currency).ok()?;
-        Some(chain.caip2.clone())
+        let (token, chain) = self.token(currency).ok()?;
+        let trades = || self.dexes().any(|d| d.chain_id == token.chain_id);
+        let carried = match tool {
+            PaymentTool::Transfer | PaymentTool::X402Payment => true,
+            PaymentTool::Swap => trades(),
+        };
+        (carried && self.signer(wallet).is_ok()).then(|| chain.caip2.clone())
+    }
+
+    fn quote_swap<'a>(&'a self, ask: &'a SwapAsk) -> BoxFuture<'a, Result<SwapQuoted, RailError>> {
+        Box::pin(async move {
+            let (dex, amount) = (ask.dex.as_deref(), ask.amount_in);
+            let q = EvmRails::quote_swap(self, dex, &ask.from, &ask.to, amount).await?;
+            let terms = SwapTerms {
+                min_out: q.min_out(ask.max_slippage_bps),
+                dex: q.dex,
+                to: q.to,
+                expected_out: q.amount_out,
+                price_impact_bps: q.price_impact_bps,
+                max_slippage_bps: ask.max_slippage_bps,
+            };
+            Ok(SwapQuoted {
+                router: q.router.to_string(),
+                terms,
+            })
+        })
     }
 
     fn price<'a>(
@@ -924,7 +1023,7 @@ impl Rail for EvmRails {
             match order.tool {
                 PaymentTool::Transfer => self.transfer(order, earlier, journal).await,
                 PaymentTool::X402Payment => self.x402(order, earlier, journal).await,
-                PaymentTool::Swap => Err(RailError::Refused("this rail does not swap".into())),
+                PaymentTool::Swap => self.trade(order, earlier, journal).await,
             }
         })
     }

@@ -6,6 +6,7 @@ pub mod config;
 mod evm;
 mod swap;
 mod tool;
+mod trade;
 pub mod x402;
 
 pub use config::{

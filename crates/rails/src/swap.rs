@@ -12,6 +12,8 @@ sol! {
     #[sol(rpc)]
     interface UniswapV2Router {
         function getAmountsOut(uint256 amountIn, address[] path) external view returns (uint256[] amounts);
+        function swapExactTokensForTokens(uint256 amountIn, uint256 amountOutMin, address[] path, address to,
+            uint256 deadline) external returns (uint256[] amounts);
     }
 
     #[sol(rpc)]
@@ -23,6 +25,8 @@ sol! {
     interface UniswapV2Pair {
         function getReserves() external view returns (uint112 reserve0, uint112 reserve1, uint32 at);
         function token0() external view returns (address);
+        event Swap(address indexed sender, uint256 amount0In, uint256 amount1In, uint256 amount0Out,
+            uint256 amount1Out, address indexed to);
     }
 }
 
@@ -33,6 +37,8 @@ const BPS: u32 = 10_000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SwapQuote {
     pub dex: String,
+    /// The exchange's router, which the trade pays.
+    pub router: Address,
     pub from: String,
     pub to: String,
     pub amount_in: Decimal,
@@ -113,6 +119,7 @@ impl EvmRails {
         let reserves = self.reserves(exchange, sell, buy).await?;
         Ok(SwapQuote {
             dex: exchange.name.clone(),
+            router: exchange.router,
             from: from.to_owned(),
             to: to.to_owned(),
             amount_in,
@@ -126,7 +133,11 @@ impl EvmRails {
     }
 
     /// The exchange named, or the only one on `chain_id`.
-    fn exchange(&self, name: Option<&str>, chain_id: u64) -> Result<&DexConfig, RailError> {
+    pub(crate) fn exchange(
+        &self,
+        name: Option<&str>,
+        chain_id: u64,
+    ) -> Result<&DexConfig, RailError> {
         let mut on_chain = self.dexes().filter(|d| d.chain_id == chain_id);
         let found = match name {
             Some(name) => on_chain.find(|d| d.name == name),
@@ -142,6 +153,20 @@ impl EvmRails {
         })
     }
 
+    /// The pool of `a` and `b` on `exchange`: the contract whose `Swap` event says what a trade moved.
+    pub(crate) async fn pair(
+        &self,
+        exchange: &DexConfig,
+        a: &TokenConfig,
+        b: &TokenConfig,
+    ) -> Result<Address, RailError> {
+        UniswapV2Factory::new(exchange.factory, self.provider(exchange.chain_id))
+            .getPair(a.address, b.address)
+            .call()
+            .await
+            .map_err(|e| RailError::Unavailable(e.to_string()))
+    }
+
     /// The pool's reserves of `sell` and `buy`, in that order.
     async fn reserves(
         &self,
@@ -151,11 +176,7 @@ impl EvmRails {
     ) -> Result<(U256, U256), RailError> {
         let provider = self.provider(exchange.chain_id);
         let unavailable = |e: alloy::contract::Error| RailError::Unavailable(e.to_string());
-        let pair: Address = UniswapV2Factory::new(exchange.factory, provider)
-            .getPair(sell.address, buy.address)
-            .call()
-            .await
-            .map_err(unavailable)?;
+        let pair = self.pair(exchange, sell, buy).await?;
         let pool = UniswapV2Pair::new(pair, provider);
         let token0 = pool.token0().call().await.map_err(unavailable)?;
         let r = pool.getReserves().call().await.map_err(unavailable)?;

@@ -29,21 +29,6 @@ async fn moved(chain: &LocalChain, payee_before: u64) -> u64 {
     paid
 }
 
-async fn payments(
-    s: &paygent_testkit::TestServer,
-    t: &paygent_testkit::Team,
-    session: &str,
-) -> Vec<Value> {
-    let (_, body) = s
-        .get(&t.agent, &format!("/payments?session_id={session}"))
-        .await;
-    body["items"]
-        .as_array()
-        .or_else(|| body.as_array())
-        .cloned()
-        .unwrap_or_else(|| panic!("a payment list: {body}"))
-}
-
 #[tokio::test]
 async fn a_cheap_x402_call_pays_once_and_returns_the_resource() {
     let Rig {
@@ -1582,21 +1567,7 @@ async fn a_swap_is_quoted_from_the_pool_itself() {
         U256::from(5u64) * U256::from(10u64).pow(U256::from(18)),
     );
     let exchange = chain.uniswap(usdc, weth).await;
-    let mut config = chain.rails_config("local");
-    config.tokens.push(paygent_rails::TokenConfig {
-        symbol: "WETH".into(),
-        chain_id: chain.chain_id,
-        address: exchange.weth,
-        decimals: 18,
-        eip712: None,
-    });
-    config.dexes.push(paygent_rails::DexConfig {
-        name: "local".into(),
-        kind: paygent_rails::DexKind::UniswapV2,
-        chain_id: chain.chain_id,
-        router: exchange.router,
-        factory: exchange.factory,
-    });
+    let mut config = trading(&chain, &exchange);
     let egress = paygent_engine::Egress::new(Default::default());
     let rails = paygent_rails::EvmRails::new(&config, egress).unwrap();
     let d = |s: &str| s.parse::<Decimal>().unwrap();

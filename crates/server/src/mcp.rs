@@ -311,6 +311,7 @@ impl PaymentTools {
             recipient: p.recipient,
             description: p.description,
             idempotency_key: idempotency_key(p.idempotency_key),
+            swap: None,
         };
         let submitted = self.paygent.submit_payment(&who, req).await?;
         self.payment(&who, &submitted.payment).await

@@ -560,6 +560,9 @@ async fn service_endpoints_answer(backend: Backend) {
         ("PolicyRules", "max_pending_approvals", "minimum"),
         ("PolicyRules", "limits", "maxItems"),
         ("ToolThresholds", "swap", "pattern"),
+        ("SwapRules", "max_slippage_bps", "maximum"),
+        ("SwapRules", "max_price_impact_bps", "maximum"),
+        ("SwapRules", "tokens", "maxItems"),
         ("Limit", "usd", "pattern"),
         ("Payees", "allow", "maxItems"),
         ("SessionConfig", "approval_threshold_usd", "pattern"),
@@ -579,6 +582,7 @@ async fn service_endpoints_answer(backend: Backend) {
         "ToolThresholds",
         "Limit",
         "Payees",
+        "SwapRules",
         "SessionConfig",
         "BudgetConfig",
     ] {
@@ -822,6 +826,7 @@ async fn revoked_and_expired_keys_stop_at_once(backend: Backend) {
         recipient: "0x1111111111111111111111111111111111111111".into(),
         description: None,
         idempotency_key: None,
+        swap: None,
     };
     let refused = s.paygent.submit_payment(&agent_key, request).await;
     assert!(

@@ -1,7 +1,7 @@
 //! Policies: people own the rules, agents are bound to them and may only tighten them, over real HTTP on both
 //! databases.
 
-use paygent_testkit::{ADMIN_TOKEN, Backend, TestServer, on_both_databases, status_is, wait_for};
+use paygent_testkit::{ADMIN_TOKEN, Backend, TestServer, on_both_databases};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -501,19 +501,6 @@ async fn pending_approvals_are_capped_per_agent(backend: Backend) {
         "{problem}"
     );
     assert_eq!(s.count("payments").await, before, "nothing was written");
-    // A swap that needs a person is held to the same cap.
-    let swap = json!({"session_id": session, "command": "swap 2000 cro for usdc"});
-    let (status, started) = s.post(&agent, "/agent/execute", swap).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
-    let id = started["id"].as_str().unwrap();
-    let failed = wait_for(&s, &agent, id, status_is("failed")).await;
-    let error = failed["error"].as_str().unwrap();
-    assert!(error.contains("max_pending_approvals"), "{failed}");
-    assert_eq!(
-        s.count("approval_requests").await,
-        3,
-        "no request was filed"
-    );
     assert_eq!(
         pay_to(&s, &agent, session, "1", OTHER).await["status"],
         "authorized",

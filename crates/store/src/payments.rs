@@ -3,7 +3,9 @@
 use crate::db::{Db, query};
 use crate::{Result, StoreError, WriteTx, decimal, opt_uuid, time, uuid};
 use chrono::{DateTime, Utc};
+use paygent_domain::swap::SwapTerms;
 use paygent_domain::{Decimal, PaymentStatus};
+use serde_json::json;
 use uuid::Uuid;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +37,8 @@ pub struct PaymentRecord {
     pub limits_key: Option<Uuid>,
     /// For a resource that names its own price (x402): the most the agent would pay; `amount` is the price.
     pub max_amount: Option<Decimal>,
+    /// For a swap: what it buys and the least it may give.
+    pub swap: Option<SwapTerms>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -62,6 +66,7 @@ crate::row_type! {
         detail: Option<String>,
         limits_key: Option<String>,
         max_amount: Option<String>,
+        swap: Option<String>,
         created_at: String,
         updated_at: String,
     }
@@ -69,7 +74,7 @@ crate::row_type! {
 
 const COLUMNS: &str = "id, tenant_id, session_id, tool, amount, currency, usd_value, recipient, description, \
     status, reason, approval_id, tx_hash, network, idempotency_key, request_hash, requested_by, budget_day, detail, \
-    limits_key, max_amount, created_at, updated_at";
+    limits_key, max_amount, swap, created_at, updated_at";
 
 impl TryFrom<PaymentRow> for PaymentRecord {
     type Error = StoreError;
@@ -97,6 +102,12 @@ impl TryFrom<PaymentRow> for PaymentRecord {
             detail: r.detail,
             limits_key: opt_uuid(r.limits_key)?,
             max_amount: r.max_amount.as_deref().map(decimal).transpose()?,
+            swap: r
+                .swap
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(format!("bad swap terms: {e}")))?,
             created_at: time(&r.created_at)?,
             updated_at: time(&r.updated_at)?,
         })
@@ -110,7 +121,7 @@ fn select(filter: &str) -> String {
 pub async fn insert(tx: &mut WriteTx, p: &PaymentRecord) -> Result<()> {
     query(format!(
         "INSERT INTO payments ({COLUMNS}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)"
     ))
     .bind(p.id.to_string())
     .bind(p.tenant_id.to_string())
@@ -133,6 +144,7 @@ pub async fn insert(tx: &mut WriteTx, p: &PaymentRecord) -> Result<()> {
     .bind(p.detail.clone())
     .bind(p.limits_key.map(|k| k.to_string()))
     .bind(p.max_amount.map(|m| m.to_string()))
+    .bind(p.swap.as_ref().map(|t| json!(t).to_string()))
     .bind(paygent_domain::time::format(p.created_at))
     .bind(paygent_domain::time::format(p.updated_at))
     .execute(tx.conn())

@@ -173,12 +173,18 @@ impl LocalChain {
         u64::try_from(units).expect("small balance")
     }
 
+    /// A provider that signs as the payer: a test acting in Paygent's wallet beside it.
+    pub fn as_payer(&self) -> DynProvider {
+        let payer: PrivateKeySigner = PAYER.parse().expect("key");
+        ProviderBuilder::new()
+            .wallet(EthereumWallet::from(payer))
+            .connect_http(self.rpc.parse().expect("url"))
+            .erased()
+    }
+
     /// Sends 1 wei from the payer's wallet to the payee with `nonce`, taking that nonce from anything else.
     pub async fn send_from_payer(&self, nonce: u64) {
-        let payer: PrivateKeySigner = PAYER.parse().expect("key");
-        let wallet = ProviderBuilder::new()
-            .wallet(EthereumWallet::from(payer))
-            .connect_http(self.rpc.parse().expect("url"));
+        let wallet = self.as_payer();
         let tx = TransactionRequest::default()
             .with_to(payee())
             .with_value(U256::from(1))

@@ -3,7 +3,8 @@
 //! test token against WETH is funded by the deployer, so tests trade against real reserves.
 
 use crate::chain::{LocalChain, confirm, deploy_with, deployer, peers_dir};
-use alloy::primitives::{Address, Bytes, U256};
+pub use alloy::primitives::U256;
+use alloy::primitives::{Address, Bytes};
 use alloy::sol_types::SolValue;
 use serde_json::Value;
 
@@ -21,6 +22,8 @@ mod abi {
         interface Erc20 {
             function mint(address to, uint256 value) external;
             function approve(address spender, uint256 value) external returns (bool);
+            function allowance(address owner, address spender) external view returns (uint256);
+            function balanceOf(address owner) external view returns (uint256);
         }
 
         #[sol(rpc)]
@@ -33,6 +36,9 @@ mod abi {
             function addLiquidity(address tokenA, address tokenB, uint256 amountADesired, uint256 amountBDesired,
                 uint256 amountAMin, uint256 amountBMin, address to, uint256 deadline)
                 external returns (uint256 amountA, uint256 amountB, uint256 liquidity);
+            function swapExactTokensForTokens(uint256 amountIn, uint256 amountOutMin, address[] path, address to,
+                uint256 deadline) external returns (uint256[] amounts);
+            function getAmountsOut(uint256 amountIn, address[] path) external view returns (uint256[] amounts);
         }
     }
 }
@@ -112,6 +118,64 @@ impl LocalChain {
             router,
             pair,
         }
+    }
+}
+
+impl Uniswap {
+    /// Another trader (the deployer) buys WETH with `usdc` test tokens, moving the pool's price against anyone
+    /// buying after it.
+    pub async fn buy_weth(&self, chain: &LocalChain, usdc: U256) {
+        let test_token = Erc20::new(chain.token, &chain.provider);
+        confirm(test_token.mint(deployer(), usdc).send().await).await;
+        confirm(test_token.approve(self.router, usdc).send().await).await;
+        let path = vec![chain.token, self.weth];
+        let exchange = UniswapV2Router02::new(self.router, &chain.provider);
+        let far = U256::from(u64::MAX);
+        let trade = exchange.swapExactTokensForTokens(usdc, U256::ZERO, path, deployer(), far);
+        confirm(trade.send().await).await;
+    }
+
+    /// The payer lets the router take `value` of its test token, as a person might have before Paygent traded.
+    pub async fn allow_router(&self, chain: &LocalChain, value: U256) {
+        let payer = chain.as_payer();
+        let token = Erc20::new(chain.token, &payer);
+        confirm(token.approve(self.router, value).send().await).await;
+    }
+
+    /// A trade straight from the payer's wallet, with no guard: what any client must do at least. Quotes `usdc`
+    /// test-token units for WETH, approves the router for exactly that, and swaps with the quote less 0.5% as the
+    /// least out, waiting for both receipts.
+    pub async fn swap_directly(&self, chain: &LocalChain, usdc: U256) {
+        let payer = chain.as_payer();
+        let exchange = UniswapV2Router02::new(self.router, &payer);
+        let path = vec![chain.token, self.weth];
+        let quote = exchange.getAmountsOut(usdc, path.clone());
+        let out = quote.call().await.expect("a quote")[1];
+        let least = out * U256::from(995) / U256::from(1000);
+        let token = Erc20::new(chain.token, &payer);
+        confirm(token.approve(self.router, usdc).send().await).await;
+        let far = U256::from(u64::MAX);
+        let trade =
+            exchange.swapExactTokensForTokens(usdc, least, path, crate::chain::payer(), far);
+        confirm(trade.send().await).await;
+    }
+
+    /// What `owner` lets the router take of the test token.
+    pub async fn allowance(&self, chain: &LocalChain, owner: Address) -> U256 {
+        Erc20::new(chain.token, &chain.provider)
+            .allowance(owner, self.router)
+            .call()
+            .await
+            .expect("allowance")
+    }
+
+    /// What `owner` holds of WETH, in wei.
+    pub async fn weth_of(&self, chain: &LocalChain, owner: Address) -> U256 {
+        Erc20::new(self.weth, &chain.provider)
+            .balanceOf(owner)
+            .call()
+            .await
+            .expect("balance")
     }
 }
 

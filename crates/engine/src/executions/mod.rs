@@ -591,7 +591,8 @@ impl Paygent {
         }
     }
 
-    /// An approved action that is not a payment: take the approval's one-time right and finish the step.
+    /// An approved request with no payment: a swap filed before swaps were traded (they are payments now). Its
+    /// one-time right is taken and the step fails: nothing was traded, and the agent must ask again.
     async fn resume_action(
         &self,
         tenant_id: Uuid,
@@ -599,10 +600,6 @@ impl Paygent {
         step: &StepRecord,
         request: &paygent_store::approvals::ApprovalRecord,
     ) -> Result<Flow> {
-        if !request.approves(request.effective_args(), None) {
-            let why = "the action is not the one people approved: its digest differs";
-            return self.fail(tenant_id, execution, step, why).await;
-        }
         let mut tx = self.store.begin(tenant_id, self.now()).await?;
         approvals::consume(&mut tx, request.id).await?;
         if !resume_within(&mut tx, execution, step, false).await? {
@@ -613,14 +610,9 @@ impl Paygent {
             status: ExecutionStatus::Running,
             ..execution.clone()
         };
-        if let StepOutcome::Done {
-            result, cost_usd, ..
-        } = tools::authorized_action(request.effective_args(), request.usd_value)
-        {
-            self.complete_step(tenant_id, &running, step, Some((result, cost_usd, None)))
-                .await?;
-        }
-        Ok(Flow::Continue)
+        let why =
+            "approved before this server traded swaps: nothing was traded; ask for the swap again";
+        self.fail(tenant_id, &running, step, why).await
     }
 
     /// Under `on_reject: continue`, the rejection becomes the step's result and the plan goes on.

@@ -149,20 +149,28 @@ pub(crate) fn step_payment_key(execution_id: Uuid, idx: i64) -> String {
 }
 
 impl StepContext<'_> {
+    /// The idempotency key of this run of the step's payment.
+    fn payment_key(&self) -> String {
+        let key = step_payment_key(self.execution_id, self.idx);
+        match self.retry_of {
+            None => key,
+            Some(denied) => format!("{key}:after:{denied}"),
+        }
+    }
+
+    fn description(&self) -> Option<String> {
+        Some(format!("execution {} step {}", self.execution_id, self.idx))
+    }
+
     fn payment_request(&self, amount: &str, currency: &str, recipient: &str) -> PaymentRequest {
         PaymentRequest {
             session_id: self.session_id,
             amount: amount.to_owned(),
             currency: currency.to_owned(),
             recipient: recipient.to_owned(),
-            description: Some(format!("execution {} step {}", self.execution_id, self.idx)),
-            idempotency_key: Some(match self.retry_of {
-                None => step_payment_key(self.execution_id, self.idx),
-                Some(denied) => format!(
-                    "{}:after:{denied}",
-                    step_payment_key(self.execution_id, self.idx)
-                ),
-            }),
+            description: self.description(),
+            idempotency_key: Some(self.payment_key()),
+            swap: None,
         }
     }
 
@@ -170,7 +178,13 @@ impl StepContext<'_> {
     /// crash finds the payment it already made instead of making another.
     pub async fn pay(&self, amount: &str, currency: &str, recipient: &str) -> StepOutcome {
         let request = self.payment_request(amount, currency, recipient);
-        match self.paygent.submit_payment(self.principal, request).await {
+        self.submitted(self.paygent.submit_payment(self.principal, request).await)
+            .await
+    }
+
+    /// What the guard's answer to the step's payment means for the step, once its outcome is known.
+    async fn submitted(&self, answer: crate::Result<crate::Submitted>) -> StepOutcome {
+        match answer {
             Ok(submitted) => {
                 let tenant_id = self.principal.tenant_id;
                 payment_outcome(self.paygent.once_known(tenant_id, submitted.payment).await)
@@ -181,6 +195,7 @@ impl StepContext<'_> {
                 cost_usd: Decimal::ZERO,
                 payment_id: None,
             },
+            Err(EngineError::Frozen(_)) => StepOutcome::Frozen { payment_id: None },
             Err(e) => StepOutcome::Failed {
                 error: e.to_string(),
             },
@@ -227,7 +242,10 @@ pub(crate) fn payment_outcome(p: PaymentView) -> StepOutcome {
         (PaymentStatus::Authorized | PaymentStatus::Executed, _) => StepOutcome::Done {
             cost_usd: p.usd_value,
             payment_id: Some(p.id),
-            result: serde_json::to_value(&p).expect("views serialize"),
+            result: match &p.swap {
+                Some(terms) => swapped(&p, terms),
+                None => serde_json::to_value(&p).expect("views serialize"),
+            },
         },
         (PaymentStatus::PendingApproval, Some(approval_id)) => StepOutcome::AwaitingApproval {
             approval_id,
@@ -464,27 +482,71 @@ impl Tool for Wait {
     }
 }
 
-/// `swap {from, to, amount_in}`: guarded by its own rule (a person above $100 by default, approve or reject only).
-/// Paygent has no trading venue yet, so an allowed swap is authorized, not traded: the result says so.
+/// A swap step's result: what it sold and bought, the least it could have bought, and its transaction.
+fn swapped(p: &PaymentView, terms: &paygent_domain::swap::SwapTerms) -> Value {
+    let amount_out = p
+        .receipt
+        .as_ref()
+        .and_then(|r| r.get("amount_out").cloned());
+    json!({"status": p.status, "payment_id": p.id, "amount_in": p.amount.to_string(), "from": p.currency,
+        "to": terms.to, "amount_out": amount_out, "min_out": terms.min_out.to_string(),
+        "expected_out": terms.expected_out.to_string(), "dex": terms.dex, "tx_hash": p.tx_hash,
+        "network": p.network})
+}
+
+/// `swap {amount_in, from, to, dex?, max_slippage_bps?}`: quoted from the exchange, guarded as a payment of
+/// `amount_in` (a person above $100 by default, approve or reject only), traded by the rail once.
 struct Swap;
 
+/// A swap step's arguments, read.
+struct SwapArgs<'a> {
+    from: &'a str,
+    to: &'a str,
+    amount_in: &'a str,
+    dex: Option<&'a str>,
+    max_slippage_bps: Option<u32>,
+}
+
 impl Swap {
-    fn parts<'a>(
-        args: &'a Value,
-        prices: &PriceTable,
-    ) -> Result<(&'a str, &'a str, paygent_domain::Money), String> {
-        only(args, &["from", "to", "amount_in"])?;
-        let (from, to) = (text(args, "from")?, text(args, "to")?);
-        prices
-            .get(to)
-            .ok_or_else(|| format!("unknown currency {to}"))?;
-        if from == to {
-            return Err("from and to must differ".into());
-        }
-        let money = prices
-            .money(text(args, "amount_in")?, from)
-            .map_err(|e| e.to_string())?;
-        Ok((from, to, money))
+    fn args(args: &Value) -> Result<SwapArgs<'_>, String> {
+        only(
+            args,
+            &["from", "to", "amount_in", "dex", "max_slippage_bps"],
+        )?;
+        let dex = match args.get("dex") {
+            None => None,
+            Some(d) => Some(d.as_str().ok_or("dex must be a string")?),
+        };
+        let max_slippage_bps = match args.get("max_slippage_bps") {
+            None => None,
+            Some(b) => Some(
+                b.as_u64()
+                    .and_then(|b| u32::try_from(b).ok())
+                    .filter(|b| *b <= paygent_domain::swap::BPS)
+                    .ok_or("max_slippage_bps must be a whole number from 0 to 10000")?,
+            ),
+        };
+        Ok(SwapArgs {
+            from: text(args, "from")?,
+            to: text(args, "to")?,
+            amount_in: text(args, "amount_in")?,
+            dex,
+            max_slippage_bps,
+        })
+    }
+
+    fn request(ctx: &StepContext<'_>, args: &Value) -> Result<crate::SwapRequest, String> {
+        let a = Self::args(args)?;
+        Ok(crate::SwapRequest {
+            session_id: ctx.session_id,
+            amount_in: a.amount_in.to_owned(),
+            from: a.from.to_owned(),
+            to: a.to.to_owned(),
+            dex: a.dex.map(str::to_owned),
+            max_slippage_bps: a.max_slippage_bps,
+            description: ctx.description(),
+            idempotency_key: Some(ctx.payment_key()),
+        })
     }
 }
 
@@ -494,49 +556,43 @@ impl Tool for Swap {
     }
 
     fn spec(&self) -> ToolSpec {
+        let text = |d: &str| json!({"type": "string", "description": d});
         ToolSpec {
             name: self.name(),
-            description: "Swap an amount of one currency for another.",
-            parameters: string_params(
-                &[
-                    ("from", "the currency given, such as CRO"),
-                    ("to", "the currency wanted, such as USDC"),
-                    ("amount_in", "the decimal amount of `from` to give"),
-                ],
-                &["from", "to", "amount_in"],
-            ),
+            description: "Swap an amount of one token for another on an exchange, within a slippage bound.",
+            parameters: json!({"type": "object", "additionalProperties": false,
+                "required": ["from", "to", "amount_in"],
+                "properties": {
+                    "from": text("the token given, such as USDC"),
+                    "to": text("the token wanted, such as WETH"),
+                    "amount_in": text("the decimal amount of `from` to give"),
+                    "dex": text("the exchange, as configured; the only one on the chain when omitted"),
+                    "max_slippage_bps": {"type": "integer", "minimum": 0, "maximum": 10000,
+                        "description": "the most the price may move against the quote, in basis points; the policy's default when omitted"}}}),
         }
     }
 
     fn check(&self, args: &Value, prices: &PriceTable) -> Result<(), String> {
-        Self::parts(args, prices).map(|_| ())
+        let a = Self::args(args)?;
+        // What is bought needs no price here: the swap is valued by what it sells.
+        paygent_domain::money::validate_symbol(a.to).map_err(|e| e.to_string())?;
+        if a.from == a.to {
+            return Err("from and to must differ".into());
+        }
+        prices
+            .money(a.amount_in, a.from)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     fn run<'a>(&'a self, ctx: StepContext<'a>, args: &'a Value) -> BoxFuture<'a, StepOutcome> {
         Box::pin(async move {
-            let prices = ctx.paygent.prices();
-            let usd = match Self::parts(args, prices)
-                .and_then(|(_, _, m)| prices.usd_value(&m).map_err(|e| e.to_string()))
-            {
-                Ok(usd) => usd,
+            let request = match Self::request(&ctx, args) {
+                Ok(r) => r,
                 Err(error) => return StepOutcome::Failed { error },
             };
-            match ctx.paygent.guard_action(&ctx, self.name(), args, usd).await {
-                Ok(outcome) => outcome,
-                Err(e) => StepOutcome::Failed {
-                    error: e.to_string(),
-                },
-            }
+            let answer = ctx.paygent.submit_swap(ctx.principal, request).await;
+            ctx.submitted(answer).await
         })
-    }
-}
-
-/// The result of an authorized action that no venue carries out yet.
-pub(crate) fn authorized_action(args: &Value, usd: Decimal) -> StepOutcome {
-    StepOutcome::Done {
-        result: json!({"status": "authorized", "args": args, "usd_value": usd.to_string(),
-            "note": "no trading venue is configured: the swap was authorized, not traded"}),
-        cost_usd: Decimal::ZERO,
-        payment_id: None,
     }
 }

@@ -70,6 +70,29 @@ pub fn paying_by(config: &RailsConfig, settings: Settings) -> Settings {
     }
 }
 
+/// The chain's rails with WETH (no EIP-712 domain) and the exchange as `local`.
+pub fn trading(
+    chain: &LocalChain,
+    exchange: &paygent_testkit::uniswap::Uniswap,
+) -> paygent_rails::RailsConfig {
+    let mut config = chain.rails_config("local");
+    config.tokens.push(paygent_rails::TokenConfig {
+        symbol: "WETH".into(),
+        chain_id: chain.chain_id,
+        address: exchange.weth,
+        decimals: 18,
+        eip712: None,
+    });
+    config.dexes.push(paygent_rails::DexConfig {
+        name: "local".into(),
+        kind: paygent_rails::DexKind::UniswapV2,
+        chain_id: chain.chain_id,
+        router: exchange.router,
+        factory: exchange.factory,
+    });
+    config
+}
+
 /// A session bound to the payer's wallet.
 pub async fn wallet_session(s: &TestServer, t: &Team, config: Value) -> String {
     let (status, body) = s
@@ -81,6 +104,22 @@ pub async fn wallet_session(s: &TestServer, t: &Team, config: Value) -> String {
         .await;
     assert_eq!(status, 201, "{body}");
     body["id"].as_str().expect("id").to_owned()
+}
+
+/// The payments of `session`, newest first, as its agent sees them.
+pub async fn payments(
+    s: &paygent_testkit::TestServer,
+    t: &paygent_testkit::Team,
+    session: &str,
+) -> Vec<Value> {
+    let (_, body) = s
+        .get(&t.agent, &format!("/payments?session_id={session}"))
+        .await;
+    body["items"]
+        .as_array()
+        .or_else(|| body.as_array())
+        .cloned()
+        .unwrap_or_else(|| panic!("a payment list: {body}"))
 }
 
 pub async fn team(s: &TestServer) -> Team {

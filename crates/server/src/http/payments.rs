@@ -32,6 +32,7 @@ impl From<CreatePayment> for PaymentRequest {
             recipient: req.recipient,
             description: req.description,
             idempotency_key: req.idempotency_key,
+            swap: None,
         }
     }
 }
