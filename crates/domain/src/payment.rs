@@ -163,6 +163,7 @@ impl PaymentIntent {
         if !matches!(self.recipient, Recipient::Evm(_)) {
             return Err(PaymentError::BadSwap("the router is no address".into()));
         }
+        terms.check().map_err(PaymentError::BadSwap)?;
         self.swap = Some(terms);
         Ok(self)
     }
@@ -403,8 +404,29 @@ mod tests {
             PaymentIntent::from_args(&prices, &bad),
             Err(PaymentError::BadSwap(_))
         ));
-        let url = intent("1", "https://x.example/").swapping(terms);
+        let url = intent("1", "https://x.example/").swapping(terms.clone());
         assert!(matches!(url, Err(PaymentError::BadSwap(_))));
+        for bad in [
+            SwapTerms {
+                min_out: Decimal::ZERO,
+                ..terms.clone()
+            },
+            SwapTerms {
+                min_out: "121".parse().unwrap(),
+                ..terms.clone()
+            },
+            SwapTerms {
+                max_slippage_bps: 10_001,
+                ..terms.clone()
+            },
+            SwapTerms {
+                to: "weth".into(),
+                ..terms.clone()
+            },
+        ] {
+            let refused = intent("10", ADDR).swapping(bad.clone());
+            assert!(matches!(refused, Err(PaymentError::BadSwap(_))), "{bad:?}");
+        }
     }
 
     #[test]

@@ -9,6 +9,21 @@ use serde::{Deserialize, Serialize};
 /// Basis points in a whole.
 pub const BPS: u32 = 10_000;
 
+/// The reason a swap's payment failed when the exchange gave less than people approved by the time it traded.
+pub const PRICE_MOVED: &str = "price_moved";
+
+/// What a swap people approved does when, by the time it trades, the exchange gives less than the least out they
+/// approved: nothing trades either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnPriceMoved {
+    /// The step fails with both quotes.
+    #[default]
+    Fail,
+    /// The step quotes again and asks people again, on the new quote.
+    AskAgain,
+}
+
 /// What a swap buys and the least it may give, as quoted when it was asked for: stored with its payment, shown
 /// to the people asked, and bound by the approval's digest. The payment's amount and currency are what it sells;
 /// its recipient is the exchange's router.
@@ -55,6 +70,9 @@ pub struct SwapRules {
     #[serde(default)]
     #[schema(max_items = 100)]
     pub tokens: Vec<String>,
+    /// What an approved swap does when the price moved past its bound before it traded.
+    #[serde(default)]
+    pub on_price_moved: OnPriceMoved,
 }
 
 fn default_slippage() -> u32 {
@@ -77,6 +95,7 @@ impl Default for SwapRules {
             max_price_impact_bps: max_impact(),
             dexes: Vec::new(),
             tokens: Vec::new(),
+            on_price_moved: OnPriceMoved::Fail,
         }
     }
 }
@@ -86,6 +105,23 @@ pub struct SwapAsked<'a> {
     pub from: &'a str,
     pub router: &'a str,
     pub terms: &'a SwapTerms,
+}
+
+impl SwapTerms {
+    /// Terms that make sense: a token to buy, a least out above nothing and at most the quote, bounds in a whole.
+    pub fn check(&self) -> Result<(), String> {
+        crate::money::validate_symbol(&self.to).map_err(|e| e.to_string())?;
+        if self.min_out <= Decimal::ZERO || self.min_out > self.expected_out {
+            return Err(format!(
+                "the least out {} must be above zero and at most the quote {}",
+                self.min_out, self.expected_out
+            ));
+        }
+        if self.max_slippage_bps > BPS || self.price_impact_bps > BPS {
+            return Err(format!("basis points are at most {BPS}"));
+        }
+        Ok(())
+    }
 }
 
 impl SwapRules {

@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use paygent_domain::audit::AuditAction;
 use paygent_domain::event::EventKind;
 use paygent_domain::policy::PaymentTool;
-use paygent_domain::swap::SwapTerms;
+use paygent_domain::swap::{PRICE_MOVED, SwapTerms};
 use paygent_domain::{Decimal, PaymentStatus, SessionState};
 use paygent_store::attempts::AttemptRecord;
 use paygent_store::payments::{self, PaymentRecord, Terms, Transition};
@@ -118,6 +118,10 @@ pub enum RailError {
     /// What was signed can never settle (its nonce went to another transaction, its window closed): sign anew.
     #[error("{0}")]
     Superseded(String),
+    /// A venue now gives less than people approved (a swap's least out): nothing was signed, and the payment
+    /// fails with the reason `price_moved`, which its policy may answer by asking again.
+    #[error("{0}")]
+    PriceMoved(String),
     /// The chain or the service could not be reached: the outcome is unknown, and the attempt is kept to be
     /// reconciled later.
     #[error("{0}")]
@@ -339,7 +343,12 @@ impl Paygent {
                 .map(Signed::from);
             match rail.pay(&order, earlier.clone(), &journal).await {
                 Ok(settlement) => return self.settled(&payment, settlement).await,
-                Err(RailError::Refused(why)) => return self.rail_failed(&payment, &why).await,
+                Err(RailError::Refused(why)) => {
+                    return self.rail_failed(&payment, &why, None).await;
+                }
+                Err(RailError::PriceMoved(why)) => {
+                    return self.rail_failed(&payment, PRICE_MOVED, Some(&why)).await;
+                }
                 Err(RailError::Superseded(why)) => {
                     tracing::info!(payment = %payment.id, %why, "signing the payment anew");
                     let mut tx = self.store.begin(tenant_id, self.now()).await?;
@@ -357,7 +366,7 @@ impl Paygent {
                 }
             }
         }
-        self.rail_failed(&payment, "its signed attempts kept being superseded")
+        self.rail_failed(&payment, "its signed attempts kept being superseded", None)
             .await
     }
 
@@ -508,13 +517,20 @@ impl Paygent {
         }))
     }
 
-    /// Nothing was paid: the payment fails and what it took from the budget goes back.
-    async fn rail_failed(&self, payment: &PaymentRecord, why: &str) -> Result<PaymentView> {
+    /// Nothing was paid: the payment fails for `why` (a code, with `detail` in words, or words alone) and what it
+    /// took from the budget goes back.
+    async fn rail_failed(
+        &self,
+        payment: &PaymentRecord,
+        why: &str,
+        detail: Option<&str>,
+    ) -> Result<PaymentView> {
         let mut tx = self.store.begin(payment.tenant_id, self.now()).await?;
         let moved = payments::transition(
             &mut tx,
             Transition {
                 reason: Some(why),
+                detail,
                 ..Transition::new(payment.id, PaymentStatus::Authorized, PaymentStatus::Failed)
             },
         )
@@ -523,7 +539,7 @@ impl Paygent {
             if let Some(booking) = Booking::of(payment) {
                 budget::book(&mut tx, &booking, Move::Unspend).await?;
             }
-            let data = json!({"payment_id": payment.id, "reason": why});
+            let data = json!({"payment_id": payment.id, "reason": why, "detail": detail});
             announce(&mut tx, payment, PaymentStatus::Failed, data).await?;
         }
         self.publish(tx.commit().await?);

@@ -1006,6 +1006,45 @@ async fn an_approval_is_let_stand_from_the_inbox() {
     s.finish().await;
 }
 
+/// A swap's request tells people what they would approve: what it sells, the least it buys and the quote that came
+/// from, the exchange, the price impact and the slippage bound; approve or reject only. (The request is a
+/// payment's, stored as a swap's would be: swaps traded on a chain are in the rails' tests.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swap_request_shows_its_quote() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s.session(&t.agent, json!({})).await;
+    let (_, p) = s.pay(&t.agent, session, "25", "USDC").await;
+    let id = p["approval_id"].as_str().unwrap().to_owned();
+    let args = json!({"amount": "50", "currency": "USDC", "description": null,
+        "recipient": "0x145863Eb42Cf62847A6Ca784e6416C1682b1b2Ae", "swap": {"dex": "vvs", "to": "WCRO",
+        "expected_out": "512.5", "min_out": "509.93", "price_impact_bps": 81, "max_slippage_bps": 50}});
+    s.sql(&format!(
+        "UPDATE approval_requests SET tool = 'swap', args = '{args}', allowed_decisions = 'approve,reject' \
+         WHERE id = '{id}'"
+    ))
+    .await;
+    let chrome = Chromium::launch().await;
+    let page = chrome.open(&s.base).await;
+    sign_in(&page, &t.approver).await;
+    appears(&page, &id).await;
+    let what = text(&page, &format!("{} .what", item(&id))).await;
+    assert_eq!(
+        what,
+        "Swap 50 USDC for at least 509.93 WCRO (quoted 512.5) on vvs · price impact 0.81% · slippage bound 0.50%"
+    );
+    let edit = eval(
+        &page,
+        &format!(
+            "document.querySelector(\"{} button.edit\").hidden",
+            item(&id)
+        ),
+    )
+    .await;
+    assert_eq!(edit, true, "a swap is approved or rejected as quoted");
+    s.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decided_requests_are_searched_and_paged() {
     let s = TestServer::start(Backend::Sqlite).await;

@@ -62,7 +62,7 @@ fn unavailable(e: impl std::fmt::Display) -> RailError {
 
 /// The trade would give less than people approved: nothing is signed, and both quotes are told.
 fn moved(order: &PaymentOrder, terms: &SwapTerms, now: &SwapQuote) -> RailError {
-    refused(format!(
+    RailError::PriceMoved(format!(
         "the price moved: {} {} was quoted {} {} when approved (at least {}), and is quoted {} now: nothing was \
          traded",
         order.amount, order.currency, terms.expected_out, terms.to, terms.min_out, now.amount_out

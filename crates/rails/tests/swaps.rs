@@ -210,7 +210,8 @@ async fn a_swap_above_the_threshold_waits_for_a_person_and_trades_once(backend: 
 }
 
 /// Another trader moves the price between the approval and the trade, past the approved least out: nothing is
-/// signed or traded, the step fails with both quotes, and the budget gets the swap's value back.
+/// signed or traded, the step fails with both quotes, and the budget gets the swap's value back; or, where the
+/// policy says `ask_again`, people are asked again on the new quote.
 #[tokio::test]
 async fn a_price_that_moved_past_the_bound_trades_nothing() {
     let m = Market::open(Backend::Sqlite).await;
@@ -248,6 +249,56 @@ async fn a_price_that_moved_past_the_bound_trades_nothing() {
         zero(&budget["usd"]["spent"]) && zero(&budget["usd"]["reserved"]),
         "{budget}"
     );
+    assert_eq!(swaps[0]["reason"], "price_moved", "{swaps:?}");
+
+    // Where the policy says so, people are asked again on a new quote; approved, it trades once at that price.
+    let rules = json!({"thresholds": {"swap": "25"}, "swaps": {"on_price_moved": "ask_again"}});
+    let (status, _) = m.s.put(&m.t.admin, "/policies/default", rules).await;
+    assert_eq!(status, 200);
+    let id = m.swap("50", json!({})).await;
+    let paused = m.until(&id, "awaiting_approval").await;
+    let first = paused["steps"][0]["approval_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    m.exchange
+        .buy_weth(&m.chain, U256::from(500_000_000u64))
+        .await;
+    let moved = m.quoted(50_000_000).await;
+    m.s.decide(&m.t.approver, &first, "approve", json!({}))
+        .await;
+    let asked_again = || async {
+        let (_, e) = m.s.get(&m.t.agent, &format!("/executions/{id}")).await;
+        e
+    };
+    let within = Duration::from_secs(30);
+    let again = paygent_testkit::eventually(within, "a new request", asked_again, |e| {
+        e["status"] == "awaiting_approval" && e["steps"][0]["approval_id"] != first.as_str()
+    })
+    .await;
+    let second = again["steps"][0]["approval_id"].as_str().unwrap();
+    let (_, request) =
+        m.s.get(&m.t.approver, &format!("/approvals/{second}"))
+            .await;
+    assert_eq!(
+        units(&request["args"]["swap"]["expected_out"]),
+        moved,
+        "the new quote: {request}"
+    );
+    assert_eq!(
+        m.holdings().await,
+        before,
+        "nothing traded on the old approval"
+    );
+    m.s.decide(&m.t.approver, second, "approve", json!({}))
+        .await;
+    let done = m.until(&id, "completed").await;
+    assert_eq!(
+        units(&done["steps"][0]["result"]["amount_out"]),
+        moved,
+        "{done}"
+    );
+    assert_eq!(before.0 - m.holdings().await.0, 50_000_000, "traded once");
     m.s.finish().await;
 }
 

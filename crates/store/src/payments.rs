@@ -190,6 +190,8 @@ pub struct Transition<'a> {
     pub from: PaymentStatus,
     pub to: PaymentStatus,
     pub reason: Option<&'a str>,
+    /// The reason in words, where `reason` is a code.
+    pub detail: Option<&'a str>,
     pub tx_hash: Option<&'a str>,
     /// Where a rail may pay it, or paid it (a CAIP-2 network id such as `eip155:338`).
     pub network: Option<&'a str>,
@@ -204,6 +206,7 @@ impl Transition<'_> {
             from,
             to,
             reason: None,
+            detail: None,
             tx_hash: None,
             network: None,
             terms: None,
@@ -228,8 +231,8 @@ pub async fn transition(tx: &mut WriteTx, t: Transition<'_>) -> Result<bool> {
         "UPDATE payments SET status = $3, reason = COALESCE($4, reason), tx_hash = COALESCE($5, tx_hash), \
          updated_at = $6, amount = COALESCE($7, amount), currency = COALESCE($8, currency), \
          usd_value = COALESCE($9, usd_value), recipient = COALESCE($10, recipient), \
-         description = CASE WHEN $12 = 1 THEN $11 ELSE description END, network = COALESCE($14, network) \
-         WHERE tenant_id = $1 AND id = $2 AND status = $13",
+         description = CASE WHEN $12 = 1 THEN $11 ELSE description END, network = COALESCE($14, network), \
+         detail = COALESCE($15, detail) WHERE tenant_id = $1 AND id = $2 AND status = $13",
     )
     .bind(tenant)
     .bind(t.id.to_string())
@@ -245,6 +248,7 @@ pub async fn transition(tx: &mut WriteTx, t: Transition<'_>) -> Result<bool> {
     .bind(edited)
     .bind(t.from.as_str())
     .bind(t.network)
+    .bind(t.detail)
     .execute(tx.conn())
     .await?;
     Ok(done == 1)

@@ -9,7 +9,9 @@ pub mod tools;
 
 use crate::events::{EventFilter, Subscription, SubscriptionEnd};
 use crate::views::ExecutionView;
+use crate::views::PaymentView;
 use crate::{EngineError, Paygent, Result, require};
+use paygent_domain::PaymentStatus;
 use paygent_domain::SessionState;
 use paygent_domain::audit::AuditAction;
 use paygent_domain::command::{self, Step};
@@ -18,6 +20,7 @@ use paygent_domain::execution::{
     AfterDecision, ExecutionStatus, OnReject, StepMove, StepStatus, after_decision, step_move,
 };
 use paygent_domain::judgement::DenyReason;
+use paygent_domain::swap::{OnPriceMoved, PRICE_MOVED};
 use paygent_domain::{ApprovalStatus, Decimal, Principal, Role};
 use paygent_store::WriteTx;
 use paygent_store::approvals;
@@ -573,6 +576,12 @@ impl Paygent {
             status: ExecutionStatus::Running,
             ..execution.clone()
         };
+        if self
+            .asks_again(tenant_id, execution.session_id, &payment)
+            .await?
+        {
+            return self.ask_again(tenant_id, step, payment.id).await;
+        }
         match tools::payment_outcome(payment) {
             StepOutcome::Done {
                 result,
@@ -589,6 +598,34 @@ impl Paygent {
                 self.fail(tenant_id, &running, step, why).await
             }
         }
+    }
+
+    /// Whether an approved swap that failed because its price moved past its bound is asked again, as its
+    /// session's policy says (`swaps.on_price_moved`).
+    async fn asks_again(&self, tenant_id: Uuid, session_id: Uuid, p: &PaymentView) -> Result<bool> {
+        if p.status != PaymentStatus::Failed || p.reason.as_deref() != Some(PRICE_MOVED) {
+            return Ok(false);
+        }
+        let Some(session) = sessions::get(self.store.reader(), tenant_id, session_id).await? else {
+            return Ok(false);
+        };
+        let reader = self.store.reader();
+        let policy = crate::policies::in_force(reader, tenant_id, session.policy_id).await?;
+        Ok(policy.rules.swaps.on_price_moved == OnPriceMoved::AskAgain)
+    }
+
+    /// Runs the step again after its swap's price moved: its next payment is keyed after `failed`, so it quotes
+    /// anew and files a new request for people, on the new quote.
+    async fn ask_again(&self, tenant_id: Uuid, step: &StepRecord, failed: Uuid) -> Result<Flow> {
+        let mut tx = self.store.begin(tenant_id, self.now()).await?;
+        let again = StepUpdate {
+            status: StepStatus::Running,
+            payment_id: Some(failed),
+            ..update(step)
+        };
+        executions::update_step(&mut tx, again).await?;
+        tx.commit().await?;
+        Ok(Flow::Continue)
     }
 
     /// An approved request with no payment: a swap filed before swaps were traded (they are payments now). Its
