@@ -1099,6 +1099,27 @@ pub async fn x402_payment(
     ])
 }
 
+/// The paygent.toml that makes a `paygent serve` trade on `exchange` on `chain`: the test USDC, WETH (no EIP-712
+/// domain) and the exchange as `local` (the wallet key goes in `PAYGENT_WALLET_KEY`, never in the file).
+pub fn trading_config(
+    chain: &paygent_testkit::chain::LocalChain,
+    exchange: &paygent_testkit::uniswap::Uniswap,
+) -> String {
+    format!(
+        "[prices]\nWETH = \"2000\"\n\n[[chains]]\nid = {id}\nname = \"local\"\nrpc_url = \"{rpc}\"\n\n\
+         [[tokens]]\nsymbol = \"USDC\"\ndecimals = 6\nchain_id = {id}\naddress = \"{usdc}\"\n\
+         eip712_name = \"USD Coin\"\neip712_version = \"2\"\n\n[[tokens]]\nsymbol = \"WETH\"\ndecimals = 18\n\
+         chain_id = {id}\naddress = \"{weth}\"\n\n[[dexes]]\nname = \"local\"\nkind = \"uniswap_v2\"\n\
+         chain_id = {id}\nrouter = \"{router}\"\nfactory = \"{factory}\"\n",
+        id = chain.chain_id,
+        rpc = chain.rpc,
+        usdc = chain.token,
+        weth = exchange.weth,
+        router = exchange.router,
+        factory = exchange.factory,
+    )
+}
+
 /// Scenario: a $1 swap of test USDC for WETH on Uniswap V2 (from npm, on a local chain), through Paygent (an
 /// execution's `swap` step: quote, guard, quote again, sign the approve and the swap, journal them, send them,
 /// read the pool's event), and in turn in the same run by a direct client from the same wallet (quote, approve,

@@ -303,19 +303,7 @@ async fn swaps(db: &str, dir: &std::path::Path, scale: &Scale) -> anyhow::Result
     use paygent_testkit::uniswap::U256;
     let weth = U256::from(5_000_000_000_000_000_000u128);
     let exchange = chain.uniswap(U256::from(10_000_000_000u64), weth).await;
-    let config = format!(
-        "[prices]\nWETH = \"2000\"\n\n[[chains]]\nid = {id}\nname = \"local\"\nrpc_url = \"{rpc}\"\n\n\
-         [[tokens]]\nsymbol = \"USDC\"\ndecimals = 6\nchain_id = {id}\naddress = \"{usdc}\"\n\
-         eip712_name = \"USD Coin\"\neip712_version = \"2\"\n\n[[tokens]]\nsymbol = \"WETH\"\ndecimals = 18\n\
-         chain_id = {id}\naddress = \"{weth}\"\n\n[[dexes]]\nname = \"local\"\nkind = \"uniswap_v2\"\n\
-         chain_id = {id}\nrouter = \"{router}\"\nfactory = \"{factory}\"\n",
-        id = chain.chain_id,
-        rpc = chain.rpc,
-        usdc = chain.token,
-        weth = exchange.weth,
-        router = exchange.router,
-        factory = exchange.factory,
-    );
+    let config = paygent_bench::trading_config(&chain, &exchange);
     let (server, target) = chain_server(db, dir, "swap", &config)?;
     let wallet = payer().to_string();
     let lines = paygent_bench::swap(&target, scale, &wallet, (&chain, &exchange)).await?;

@@ -696,17 +696,11 @@ async fn benchmark_scenarios_run() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// The real binary, configured by file and environment to pay on a local chain: the x402 benchmark scenario runs
-/// against it in tiny mode, and every payment it reports moved $0.10 on chain, through Paygent, by the reference
-/// client or directly.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_binary_pays_on_chain_and_the_x402_benchmark_runs() {
-    use paygent_testkit::chain::{LocalChain, PAYER, ReferenceClient, X402Peer, payee};
-    let chain = LocalChain::start(338).await;
-    let peer = X402Peer::start(&chain, "base-sepolia").await;
-    let (paid, config) =
-        paygent_bench::PaidResource::on(&chain, peer.url("/v2/cheap"), "TypeScript service");
-    let dir = std::env::temp_dir().join(format!("paygent-x402-{}", uuid::Uuid::new_v4().simple()));
+/// The real binary on a fresh SQLite file, configured by `config` (a paygent.toml) and paying from the funded test
+/// wallet (its key in the environment): the process, its base URL, and its directory to remove.
+fn serve_configured(config: &str, name: &str) -> (common::Serve, String, std::path::PathBuf) {
+    let dir =
+        std::env::temp_dir().join(format!("paygent-{name}-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     let config_file = dir.join("paygent.toml");
     std::fs::write(&config_file, config).unwrap();
@@ -716,10 +710,23 @@ async fn the_binary_pays_on_chain_and_the_x402_benchmark_runs() {
         ("PAYGENT_DATA_DIR", dir.to_str().unwrap()),
         ("DATABASE_URL", db.as_str()),
         ("PAYGENT_CONFIG", config_file.to_str().unwrap()),
-        ("PAYGENT_WALLET_KEY", PAYER),
+        ("PAYGENT_WALLET_KEY", paygent_testkit::chain::PAYER),
     ];
-    let (mut child, port) = spawn_serve(&env);
-    let base = wait_ready(port);
+    let (child, port) = spawn_serve(&env);
+    (child, wait_ready(port), dir)
+}
+
+/// The real binary, configured by file and environment to pay on a local chain: the x402 benchmark scenario runs
+/// against it in tiny mode, and every payment it reports moved $0.10 on chain, through Paygent, by the reference
+/// client or directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_pays_on_chain_and_the_x402_benchmark_runs() {
+    use paygent_testkit::chain::{LocalChain, ReferenceClient, X402Peer, payee};
+    let chain = LocalChain::start(338).await;
+    let peer = X402Peer::start(&chain, "base-sepolia").await;
+    let (paid, config) =
+        paygent_bench::PaidResource::on(&chain, peer.url("/v2/cheap"), "TypeScript service");
+    let (mut child, base, dir) = serve_configured(&config, "x402");
     let before = chain.balance(payee()).await;
     let scale = paygent_bench::Scale::tiny();
     let target = paygent_bench::Target::new(&base, ADMIN_TOKEN);
@@ -732,6 +739,34 @@ async fn the_binary_pays_on_chain_and_the_x402_benchmark_runs() {
     let payments = 3 * scale.trials as u64;
     assert_eq!(chain.balance(payee()).await - before, payments * 100_000);
     assert_eq!(peer.served().await["v2/cheap"], payments);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The real binary, configured by file to trade on a local Uniswap V2: the swap benchmark scenario runs against it
+/// in tiny mode, and every swap it reports moved $1 of the wallet's USDC once, through Paygent or directly, and
+/// left the router's allowance as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_trades_on_chain_and_the_swap_benchmark_runs() {
+    use paygent_testkit::chain::{FUNDS, LocalChain, payer};
+    use paygent_testkit::uniswap::U256;
+    let chain = LocalChain::start(338).await;
+    let weth = U256::from(5_000_000_000_000_000_000u128);
+    let exchange = chain.uniswap(U256::from(10_000_000_000u64), weth).await;
+    let config = paygent_bench::trading_config(&chain, &exchange);
+    let (mut child, base, dir) = serve_configured(&config, "swap");
+    let scale = paygent_bench::Scale::tiny();
+    let target = paygent_bench::Target::new(&base, ADMIN_TOKEN);
+    let wallet = payer().to_string();
+    let lines = paygent_bench::swap(&target, &scale, &wallet, (&chain, &exchange))
+        .await
+        .unwrap();
+    assert_eq!(lines.len(), 2);
+    assert!(lines.iter().all(|m| m.count == scale.trials), "{lines:?}");
+    let swaps = 2 * scale.trials as u64;
+    assert_eq!(FUNDS - chain.balance(payer()).await, swaps * 1_000_000);
+    assert_eq!(exchange.allowance(&chain, payer()).await, U256::ZERO);
     child.kill().unwrap();
     child.wait().unwrap();
     let _ = std::fs::remove_dir_all(dir);
