@@ -61,6 +61,8 @@ const VALID_AFTER_MARGIN: u64 = 600;
 /// of Cronos blocks), and how many blocks one log query spans (public nodes refuse wide ranges).
 const LOG_LOOKBACK_BLOCKS: u64 = 10_000;
 const LOG_WINDOW_BLOCKS: u64 = 2_000;
+/// The longest pause between two looks for a transaction's receipt.
+const RECEIPT_POLL: Duration = Duration::from_millis(500);
 /// How long a transaction may take to be mined before its outcome counts as unknown (it is then reconciled).
 const RECEIPT_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -138,6 +140,9 @@ async fn mined(
             .await
             .map_err(unavailable)
     };
+    // A node answers a sent transaction before it is mined: look again soon, then less often (a live chain makes
+    // a block every few seconds).
+    let mut pause = Duration::from_millis(2);
     loop {
         if let Some(r) = receipt().await? {
             return Ok(r);
@@ -159,7 +164,8 @@ async fn mined(
                 None => "the transaction was sent but not mined in time".into(),
             }));
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(RECEIPT_POLL);
     }
 }
 

@@ -30,8 +30,9 @@ sol! {
 /// How long after signing a swap may be mined: long enough for a restart to send it again, short enough that a
 /// swap left behind cannot trade at a much later price (its least out bounds it anyway).
 const DEADLINE_SECONDS: u64 = 300;
-/// The gas limit of a swap signed before its `approve` is mined (it cannot be estimated until then): a direct
-/// Uniswap V2 swap takes about 110,000. Gas not used is not paid.
+/// The gas limit of a swap: it is signed before its `approve` is mined, so it cannot be estimated then, and a
+/// node's estimate of a swap was seen short of what it used (anvil). A direct Uniswap V2 swap takes about 110,000;
+/// gas not used is not paid.
 const SWAP_GAS: u64 = 300_000;
 
 /// A swap about to be signed: its units and what the wallet and router hold now.
@@ -224,11 +225,14 @@ impl EvmRails {
             deadline: U256::from(deadline),
         }
         .abi_encode();
-        let gas = match approve {
-            Some(_) => Gas::Fixed(SWAP_GAS),
-            None => Gas::Estimate("the swap"),
-        };
-        let swap = sign_call(chain, t.wallet, (t.router, call), nonce, gas).await?;
+        let swap = sign_call(
+            chain,
+            t.wallet,
+            (t.router, call),
+            nonce,
+            Gas::Fixed(SWAP_GAS),
+        )
+        .await?;
         Ok(((approve, signed_tx(swap, from, nonce)), deadline))
     }
 

@@ -80,9 +80,13 @@ pub(crate) async fn confirm<N: alloy::network::Network>(
     sent: Result<alloy::providers::PendingTransactionBuilder<N>, alloy::contract::Error>,
 ) {
     let receipt = sent.expect("sent").get_receipt().await.expect("mined");
+    use alloy::network::ReceiptResponse;
     assert!(
-        alloy::network::ReceiptResponse::status(&receipt),
-        "the transaction reverted"
+        receipt.status(),
+        "the transaction {} from {} to {:?} reverted",
+        receipt.transaction_hash(),
+        receipt.from(),
+        receipt.to()
     );
 }
 

@@ -144,7 +144,7 @@ impl Uniswap {
 
     /// A trade straight from the payer's wallet, with no guard: what any client must do at least. Quotes `usdc`
     /// test-token units for WETH, approves the router for exactly that, and swaps with the quote less 0.5% as the
-    /// least out, waiting for both receipts.
+    /// least out (and a 300,000 gas limit), waiting for both receipts.
     pub async fn swap_directly(&self, chain: &LocalChain, usdc: U256) {
         let payer = chain.as_payer();
         let exchange = UniswapV2Router02::new(self.router, &payer);
@@ -155,8 +155,10 @@ impl Uniswap {
         let token = Erc20::new(chain.token, &payer);
         confirm(token.approve(self.router, usdc).send().await).await;
         let far = U256::from(u64::MAX);
-        let trade =
-            exchange.swapExactTokensForTokens(usdc, least, path, crate::chain::payer(), far);
+        // A limit of its own, as Paygent's: the node's bare estimate is sometimes short of what the swap uses.
+        let trade = exchange
+            .swapExactTokensForTokens(usdc, least, path, crate::chain::payer(), far)
+            .gas(300_000);
         confirm(trade.send().await).await;
     }
 
