@@ -11,6 +11,7 @@ use std::time::Duration;
 on_both_databases!(
     a_mailed_link_shows_a_page_and_its_button_decides_once,
     a_link_decides_only_the_action_it_was_mailed_for_and_only_in_time,
+    an_escalation_mails_the_group_it_reaches,
 );
 
 /// A server that mails through `sink`, with its notifiers running, and an approver key mailed at
@@ -223,5 +224,46 @@ async fn a_link_decides_only_the_action_it_was_mailed_for_and_only_in_time(backe
     let (_, request) = s.get(ADMIN_TOKEN, &format!("/approvals/{revoked}")).await;
     assert_eq!(request["status"], "pending", "{request}");
 
+    s.finish().await;
+}
+
+/// A request nobody decided in time climbs to the group `lead_s`: its people with an address are mailed a link
+/// (a key of a group whose name only looks alike, `lead-s`, is not; nor the asker), and the link decides as them.
+async fn an_escalation_mails_the_group_it_reaches(backend: Backend) {
+    let sink = MailSink::start().await;
+    let (s, _) = with_mail(backend, &sink).await;
+    let mut people = Vec::new();
+    for (name, group) in [("Bob", "lead_s"), ("Dave", "lead-s")] {
+        let email = format!("{}@example.test", name.to_lowercase());
+        let key = json!({"name": name, "role": "approver", "groups": [group], "email": email});
+        let (status, key) = s.post(ADMIN_TOKEN, "/keys", key).await;
+        assert_eq!(status, StatusCode::CREATED, "{key}");
+        people.push(key["id"].as_str().unwrap().to_owned());
+    }
+    let rules = json!({"escalation": [{"after_seconds": 60, "group": "lead_s"}]});
+    let (id, _) = asked(&s, "Ops Bot", rules).await;
+    sink.mail_to("alice@example.test", &id).await;
+    let to = |mails: &[Value], who: &str| mails.iter().filter(|m| m["to"][0] == who).count();
+    assert_eq!(
+        to(&sink.mails().await, "bob@example.test"),
+        0,
+        "not before it climbs"
+    );
+
+    s.clock.advance(chrono::Duration::seconds(61));
+    assert_eq!(s.paygent.escalate_due().await.unwrap(), 1);
+    let mail = sink.mail_to("bob@example.test", &id).await;
+    let mails = sink.mails().await;
+    assert_eq!(
+        to(&mails, "dave@example.test"),
+        0,
+        "another group: {mails:?}"
+    );
+    assert_eq!(to(&mails, "alice@example.test"), 1, "mailed once");
+    let approve = MailSink::link(&mail, "Approve:", &s.base);
+    let (status, html) = press(&s, &approve, &[("decision", "approve")]).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let (_, request) = s.get(ADMIN_TOKEN, &format!("/approvals/{id}")).await;
+    assert_eq!(request["decision"]["by"], people[0].as_str(), "{request}");
     s.finish().await;
 }

@@ -132,6 +132,31 @@ impl Store {
         .await
     }
 
+    /// A page of a tenant's live keys in the approver group `group` that have an email address, by id after
+    /// `after`: the people an escalation to that group mails.
+    pub async fn mailed_members(
+        &self,
+        tenant_id: Uuid,
+        group: &str,
+        (after, limit): (Option<Uuid>, i64),
+        now: DateTime<Utc>,
+    ) -> Result<Vec<KeyRecord>> {
+        // Groups are stored as a JSON list of names of a-z, 0-9, - and _: a quoted name, its `_` escaped for LIKE,
+        // matches that name only.
+        let pattern = format!("%\"{}\"%", group.replace('_', "\\_"));
+        query(format!(
+            "SELECT {COLUMNS} FROM api_keys WHERE tenant_id = $1 AND email IS NOT NULL AND {LIVE} \
+             AND groups LIKE $3 ESCAPE '\\' AND id > $4 ORDER BY id LIMIT $5"
+        ))
+        .bind(tenant_id.to_string())
+        .bind(paygent_domain::time::format(now))
+        .bind(pattern)
+        .bind(after.map(|a| a.to_string()).unwrap_or_default())
+        .bind(limit)
+        .records::<KeyRow, _>(self.reader())
+        .await
+    }
+
     async fn live_key(
         &self,
         filter: &str,

@@ -44,6 +44,10 @@ mod abi {
 }
 use abi::{Erc20, UniswapV2Factory, UniswapV2Router02, Weth9};
 
+/// The gas limit of a swap sent here, as Paygent's: anvil's bare estimate of a swap is sometimes short of what it
+/// uses, and the swap then runs out of gas and reverts.
+const SWAP_GAS: u64 = 300_000;
+
 /// The exchange's contracts and the test token's pool against WETH.
 #[derive(Debug, Clone, Copy)]
 pub struct Uniswap {
@@ -131,7 +135,9 @@ impl Uniswap {
         let path = vec![chain.token, self.weth];
         let exchange = UniswapV2Router02::new(self.router, &chain.provider);
         let far = U256::from(u64::MAX);
-        let trade = exchange.swapExactTokensForTokens(usdc, U256::ZERO, path, deployer(), far);
+        let trade = exchange
+            .swapExactTokensForTokens(usdc, U256::ZERO, path, deployer(), far)
+            .gas(SWAP_GAS);
         confirm(trade.send().await).await;
     }
 
@@ -155,10 +161,9 @@ impl Uniswap {
         let token = Erc20::new(chain.token, &payer);
         confirm(token.approve(self.router, usdc).send().await).await;
         let far = U256::from(u64::MAX);
-        // A limit of its own, as Paygent's: the node's bare estimate is sometimes short of what the swap uses.
         let trade = exchange
             .swapExactTokensForTokens(usdc, least, path, crate::chain::payer(), far)
-            .gas(300_000);
+            .gas(SWAP_GAS);
         confirm(trade.send().await).await;
     }
 

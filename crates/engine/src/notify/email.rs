@@ -23,6 +23,8 @@ use uuid::Uuid;
 
 /// The longest a link lives, however long its request may wait.
 const LINK_HOURS: i64 = 24;
+/// How many of a group's keys one read takes when an escalation mails the group.
+const MEMBERS_PAGE: i64 = 100;
 
 /// The mail server requests are mailed through, and where their links point.
 #[derive(Clone)]
@@ -101,6 +103,10 @@ impl Teller for Mailer {
             (EventKind::ApprovalRequired, Some(id)) => {
                 paygent.mail_request(self, event.tenant_id, id).await
             }
+            (EventKind::ApprovalEscalated, Some(id)) => {
+                let group = event.payload["escalated_to"].as_str().unwrap_or_default();
+                paygent.mail_group(self, event.tenant_id, id, group).await
+            }
             _ => Ok(()),
         }
     }
@@ -143,6 +149,43 @@ impl Paygent {
             }
         }
         Ok(())
+    }
+
+    /// Mails a request escalated to `group` to the people of that group who have an address (live deciding keys,
+    /// not the asker's), a page of keys at a time.
+    async fn mail_group(
+        &self,
+        mailer: &Mailer,
+        tenant_id: Uuid,
+        id: Uuid,
+        group: &str,
+    ) -> Result<()> {
+        let Some(record) = approvals::get(self.store.reader(), tenant_id, id).await? else {
+            return Ok(());
+        };
+        let view = ApprovalView::from(record);
+        if view.status != ApprovalStatus::Pending {
+            return Ok(());
+        }
+        let mut after = None;
+        loop {
+            let page = (after, MEMBERS_PAGE);
+            let members = self
+                .store
+                .mailed_members(tenant_id, group, page, self.now());
+            let members = members.await?;
+            for key in members.iter() {
+                if let Some(address) = key.email.as_deref().filter(|_| key.role != Role::Agent)
+                    && key.id != view.requested_by
+                {
+                    self.mail_link(mailer, &view, key, address).await?;
+                }
+            }
+            match members.last() {
+                Some(last) if members.len() as i64 == MEMBERS_PAGE => after = Some(last.id),
+                _ => return Ok(()),
+            }
+        }
     }
 
     /// Mails one person a fresh link, unless they were mailed about this request already.
