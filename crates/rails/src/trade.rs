@@ -7,6 +7,7 @@
 use crate::config::TokenConfig;
 use crate::evm::{Chain, EvmRails, Gas, SignedTx, from_units, land, sign_call, to_units};
 use crate::swap::{SwapQuote, UniswapV2Pair, UniswapV2Router};
+use alloy::eips::BlockId;
 use alloy::primitives::{Address, B256, Bytes, U256};
 use alloy::providers::Provider;
 use alloy::rpc::types::TransactionReceipt;
@@ -106,10 +107,11 @@ impl EvmRails {
         if now.amount_out < terms.min_out {
             return Err(moved(order, terms, &now));
         }
-        let trade = self.order_of(order, terms, &now).await?;
+        let mut trade = self.order_of(order, terms, &now).await?;
         let (_, chain) = self.token(&order.currency)?;
         let from = trade.wallet.address();
         let _turn = self.nonce_turn(from).await;
+        trade.allowance_before = self.allowance_left(chain, &trade).await?;
         let (txs, deadline) = self.sign_both(chain, &trade).await?;
         let mine = Signed {
             network: chain.caip2.clone(),
@@ -179,12 +181,21 @@ impl EvmRails {
             pair: self.pair(exchange, sell, buy).await?,
             units_in,
             min_units,
-            allowance_before: token
-                .allowance(owner, now.router)
-                .call()
-                .await
-                .map_err(unavailable)?,
+            allowance_before: U256::ZERO,
         })
+    }
+
+    /// What the router may take of the wallet's token once the wallet's transactions already sent are mined (the
+    /// pending block): read in the wallet's turn, so a trade signed while another is in flight sets the allowance
+    /// from what that one leaves. A node that cannot answer for the pending block is asked for the latest.
+    async fn allowance_left(&self, chain: &Chain, t: &Order<'_>) -> Result<U256, RailError> {
+        let token = Erc20::new(t.sell.address, &chain.provider);
+        let owner = t.wallet.address();
+        let asked = token.allowance(owner, t.router);
+        match asked.call().block(BlockId::pending()).await {
+            Ok(left) => Ok(left),
+            Err(_) => asked.call().await.map_err(unavailable),
+        }
     }
 
     /// Signs the `approve` (none when the allowance is already unlimited) and the swap on the next nonces, the

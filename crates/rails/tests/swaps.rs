@@ -199,8 +199,15 @@ async fn a_swap_above_the_threshold_waits_for_a_person_and_trades_once(backend: 
     assert_eq!(usdc - usdc_after, 10_000_000);
     assert_eq!(weth_after - weth, small);
     assert_eq!(allowance, given, "the allowance given before is untouched");
+    // Two swaps at once from the one wallet: each trades once, and the allowance is still what was given.
+    let (a, b) = tokio::join!(m.swap("3", json!({})), m.swap("4", json!({})));
+    m.until(&a, "completed").await;
+    m.until(&b, "completed").await;
+    let (usdc_end, _, allowance) = m.holdings().await;
+    assert_eq!(usdc_after - usdc_end, 7_000_000);
+    assert_eq!(allowance, given, "after two trades in flight at once");
     let swaps = payments(&m.s, &m.t, &m.session).await;
-    assert_eq!(swaps.len(), 2, "one payment per swap: {swaps:?}");
+    assert_eq!(swaps.len(), 4, "one payment per swap: {swaps:?}");
     assert!(
         swaps
             .iter()
@@ -303,7 +310,8 @@ async fn a_price_that_moved_past_the_bound_trades_nothing() {
 }
 
 /// The policy bounds what agents trade: a looser slippage than it allows, a trade that moves the pool too far,
-/// a token it does not list. Each is denied with its rule, and nothing is signed.
+/// a token it does not list. Each is denied with its rule, and nothing is signed; nor is a trade the wallet
+/// cannot pay for.
 #[tokio::test]
 async fn the_policy_bounds_slippage_price_impact_and_tokens() {
     let m = Market::open(Backend::Sqlite).await;
@@ -340,6 +348,13 @@ async fn the_policy_bounds_slippage_price_impact_and_tokens() {
         )
         .await;
     assert_eq!(status, 422, "{problem}");
+    // A trade the wallet cannot pay for is refused before anything is signed.
+    let rules = json!({"thresholds": {"swap": "5000"}, "swaps": {"max_price_impact_bps": 5000}});
+    let (status, _) = m.s.put(&m.t.admin, "/policies/default", rules).await;
+    assert_eq!(status, 200);
+    let more = m.swap("1500", json!({})).await;
+    let why = m.failed(&more).await;
+    assert!(why.contains("the wallet holds 1000 USDC"), "{why}");
     assert_eq!(m.holdings().await, before);
     assert_eq!(m.s.count("payment_attempts").await, 0, "nothing was signed");
     m.s.finish().await;
