@@ -10,7 +10,7 @@ use crate::swap::{SwapQuote, UniswapV2Pair, UniswapV2Router};
 use alloy::eips::BlockId;
 use alloy::primitives::{Address, B256, Bytes, U256};
 use alloy::providers::Provider;
-use alloy::rpc::types::TransactionReceipt;
+use alloy::rpc::types::{Log, TransactionReceipt};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol;
 use alloy::sol_types::SolCall;
@@ -25,6 +25,7 @@ sol! {
         function balanceOf(address owner) external view returns (uint256);
         function allowance(address owner, address spender) external view returns (uint256);
         function approve(address spender, uint256 value) external returns (bool);
+        event Transfer(address indexed from, address indexed to, uint256 value);
     }
 }
 
@@ -276,7 +277,7 @@ impl EvmRails {
             None => false,
         };
         match land(chain, &swap, sent_swap).await {
-            Ok(receipt) if receipt.status() => Ok(swapped(chain, signed, &receipt)?),
+            Ok(receipt) if receipt.status() => Ok(swapped(chain, signed, &receipt)),
             Ok(_) => Err(self
                 .set_back(chain, a, approved, "the swap reverted on chain")
                 .await),
@@ -364,32 +365,42 @@ fn artifact(t: &Order<'_>, (approve, swap): &(Option<SignedTx>, SignedTx), deadl
         "approve": approve.as_ref().map(tx_json), "swap": tx_json(swap)})
 }
 
-/// What a mined swap moved, read from its pool's `Swap` event: the receipt people see.
-fn swapped(
-    chain: &Chain,
-    signed: &Signed,
-    receipt: &TransactionReceipt,
-) -> Result<Settlement, RailError> {
-    let a = &signed.artifact;
-    let address = |k: &str| a[k].as_str().and_then(|v| v.parse::<Address>().ok());
-    let (Some(pair), Some(token_in), Some(token_out)) =
-        (address("pair"), address("token_in"), address("token_out"))
-    else {
-        return Err(refused("the stored trade does not name its pool"));
-    };
-    let event = receipt
-        .inner
-        .logs()
+/// What a mined swap moved, as units in and out: from its pool's `Swap` event, or, from a pool that tells none
+/// Paygent reads (a fork that changed it), the `Transfer` of the bought token to the wallet (what went in is then
+/// the amount signed: an exact-in swap takes all of it).
+fn moved_units(a: &Value, logs: &[Log]) -> Option<(U256, U256)> {
+    let address = |v: &Value| v.as_str().and_then(|v| v.parse::<Address>().ok());
+    let (pair, token_in, token_out) = (
+        address(&a["pair"])?,
+        address(&a["token_in"])?,
+        address(&a["token_out"])?,
+    );
+    let swap = logs
         .iter()
         .filter(|l| l.address() == pair)
-        .find_map(|l| l.log_decode::<UniswapV2Pair::Swap>().ok())
-        .ok_or_else(|| refused("the swap was mined, but its pool told no Swap"))?;
-    let e = event.inner.data;
-    // A pool's token0 is the lower address.
-    let (units_in, units_out) = match token_in < token_out {
-        true => (e.amount0In, e.amount1Out),
-        false => (e.amount1In, e.amount0Out),
-    };
+        .find_map(|l| l.log_decode::<UniswapV2Pair::Swap>().ok());
+    if let Some(event) = swap {
+        let e = event.inner.data;
+        // A pool's token0 is the lower address.
+        return Some(match token_in < token_out {
+            true => (e.amount0In, e.amount1Out),
+            false => (e.amount1In, e.amount0Out),
+        });
+    }
+    let wallet = address(&a["swap"]["from"])?;
+    let units_in = a["units_in"].as_str()?.parse().ok()?;
+    let bought = logs
+        .iter()
+        .filter(|l| l.address() == token_out)
+        .filter_map(|l| l.log_decode::<Erc20::Transfer>().ok())
+        .find(|t| t.inner.data.to == wallet)?;
+    Some((units_in, bought.inner.data.value))
+}
+
+/// The receipt people see of a mined swap that succeeded: what it moved, or, if no event says, that it traded
+/// and what it bought is not known here. Never a failure: the trade happened.
+fn swapped(chain: &Chain, signed: &Signed, receipt: &TransactionReceipt) -> Settlement {
+    let a = &signed.artifact;
     let decimals = |k: &str| {
         a[k].as_u64()
             .and_then(|d| u32::try_from(d).ok())
@@ -398,14 +409,93 @@ fn swapped(
     let amount =
         |units: U256, k: &str| from_units(units, decimals(k)).map(|d: Decimal| d.to_string());
     let min_out = a["min_units"].as_str().and_then(|u| u.parse::<U256>().ok());
-    Ok(Settlement {
+    let mut told = json!({"min_out": min_out.and_then(|m| amount(m, "decimals_out")),
+        "approve_tx": a["approve"]["hash"], "block": receipt.block_number, "gas_used": receipt.gas_used,
+        "confirmations": chain.config.confirmations});
+    match moved_units(a, receipt.inner.logs()) {
+        Some((units_in, units_out)) => {
+            told["amount_in"] = json!(amount(units_in, "decimals_in"));
+            told["amount_out"] = json!(amount(units_out, "decimals_out"));
+        }
+        None => {
+            told["note"] =
+                json!("the swap traded, but no event in its receipt says what it bought");
+        }
+    }
+    Settlement {
         network: chain.caip2.clone(),
         tx_hash: Some(receipt.transaction_hash.to_string()),
-        receipt: json!({"amount_in": amount(units_in, "decimals_in"),
-            "amount_out": amount(units_out, "decimals_out"),
-            "min_out": min_out.and_then(|m| amount(m, "decimals_out")),
-            "approve_tx": a["approve"]["hash"], "block": receipt.block_number, "gas_used": receipt.gas_used,
-            "confirmations": chain.config.confirmations}),
+        receipt: told,
         paid: None,
-    })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy::sol_types::SolEvent;
+
+    fn log(address: Address, data: alloy::primitives::LogData) -> Log {
+        Log {
+            inner: alloy::primitives::Log { address, data },
+            ..Default::default()
+        }
+    }
+
+    /// What a swap moved is read from its pool's `Swap` (token0 is the lower address), else from the bought
+    /// token's `Transfer` to the wallet; from neither, it is not known (and the trade is still not a failure).
+    #[test]
+    fn a_swap_s_amounts_come_from_its_pool_or_the_bought_token() {
+        let (pair, wallet) = (Address::repeat_byte(0xaa), Address::repeat_byte(0x0b));
+        let (low, high) = (Address::repeat_byte(0x01), Address::repeat_byte(0x02));
+        let artifact = |token_in: Address, token_out: Address| {
+            json!({"pair": pair, "token_in": token_in, "token_out": token_out, "units_in": "700",
+                "swap": {"from": wallet}})
+        };
+        let units = |n: u64| U256::from(n);
+        let swap = UniswapV2Pair::Swap {
+            sender: wallet,
+            amount0In: units(700),
+            amount1In: units(0),
+            amount0Out: units(0),
+            amount1Out: units(42),
+            to: wallet,
+        };
+        let pool = [log(pair, swap.encode_log_data())];
+        assert_eq!(
+            moved_units(&artifact(low, high), &pool),
+            Some((units(700), units(42)))
+        );
+        let back = UniswapV2Pair::Swap {
+            amount0In: units(0),
+            amount1In: units(9),
+            amount0Out: units(5),
+            amount1Out: units(0),
+            ..swap
+        };
+        let pool = [log(pair, back.encode_log_data())];
+        assert_eq!(
+            moved_units(&artifact(high, low), &pool),
+            Some((units(9), units(5)))
+        );
+
+        let to_wallet = Erc20::Transfer {
+            from: pair,
+            to: wallet,
+            value: units(41),
+        };
+        let elsewhere = Erc20::Transfer {
+            to: Address::repeat_byte(0x0c),
+            ..to_wallet.clone()
+        };
+        let transfers = [
+            log(high, elsewhere.encode_log_data()),
+            log(high, to_wallet.encode_log_data()),
+        ];
+        assert_eq!(
+            moved_units(&artifact(low, high), &transfers),
+            Some((units(700), units(41)))
+        );
+        assert_eq!(moved_units(&artifact(low, high), &transfers[..1]), None);
+    }
 }
