@@ -3,7 +3,7 @@
 //! signed, journaled, then sent, once.
 
 use crate::guard::{PaymentRequest, Submitted};
-use crate::rails::{RailError, SwapAsk};
+use crate::rails::{RailError, SwapAsk, SwapQuoted};
 use crate::{EngineError, Paygent, Result, policies};
 use paygent_domain::policy::PaymentTool;
 use paygent_domain::swap::SwapTerms;
@@ -26,6 +26,19 @@ pub struct SwapRequest {
 }
 
 impl SwapRequest {
+    /// The payment the swap is guarded as: what it sells, into `router`, on `terms`.
+    fn payment(&self, router: String, terms: Option<SwapTerms>) -> PaymentRequest {
+        PaymentRequest {
+            session_id: self.session_id,
+            amount: self.amount_in.clone(),
+            currency: self.from.clone(),
+            recipient: router,
+            description: self.description.clone(),
+            idempotency_key: self.idempotency_key.clone(),
+            swap: terms,
+        }
+    }
+
     /// Whether `terms` are what this request asks for (its quote apart).
     fn asks(&self, terms: &SwapTerms) -> bool {
         terms.to == self.to
@@ -53,11 +66,18 @@ impl Paygent {
             let same = earlier.swap.as_ref().is_some_and(|t| req.asks(t));
             let terms = earlier.swap.filter(|_| same);
             return self
-                .submit_payment(who, self.request_of(&req, earlier.recipient, terms))
+                .submit_payment(who, req.payment(earlier.recipient, terms))
                 .await;
         }
+        let quoted = self.quote(who, &req).await?;
+        let request = req.payment(quoted.router, Some(quoted.terms));
+        self.submit_payment(who, request).await
+    }
+
+    /// The swap as an exchange quotes it now, for a session that may trade. Read without the lock, as a price is
+    /// asked: the guard judges the quote under it, the policy included.
+    async fn quote(&self, who: &Principal, req: &SwapRequest) -> Result<SwapQuoted> {
         let amount_in = self.prices.money(&req.amount_in, &req.from)?.amount;
-        // Read without the lock, as a price is asked: the guard judges the quote under it, the policy included.
         let session = sessions::get(self.store.reader(), who.tenant_id, req.session_id)
             .await?
             .filter(|s| who.reaches(s.created_by))
@@ -90,29 +110,9 @@ impl Paygent {
             amount_in,
             max_slippage_bps: policy.rules.swaps.slippage(req.max_slippage_bps),
         };
-        let quoted = rail.quote_swap(&ask).await.map_err(|e| match e {
+        rail.quote_swap(&ask).await.map_err(|e| match e {
             RailError::Refused(why) => EngineError::Invalid(why),
             other => EngineError::Unavailable(format!("the swap could not be quoted: {other}")),
-        })?;
-        let request = self.request_of(&req, quoted.router, Some(quoted.terms));
-        self.submit_payment(who, request).await
-    }
-
-    /// The payment a swap is guarded as: what it sells, into `router`, on `terms`.
-    fn request_of(
-        &self,
-        req: &SwapRequest,
-        router: String,
-        terms: Option<SwapTerms>,
-    ) -> PaymentRequest {
-        PaymentRequest {
-            session_id: req.session_id,
-            amount: req.amount_in.clone(),
-            currency: req.from.clone(),
-            recipient: router,
-            description: req.description.clone(),
-            idempotency_key: req.idempotency_key.clone(),
-            swap: terms,
-        }
+        })
     }
 }

@@ -243,7 +243,7 @@ pub(crate) fn payment_outcome(p: PaymentView) -> StepOutcome {
             cost_usd: p.usd_value,
             payment_id: Some(p.id),
             result: match &p.swap {
-                Some(terms) => swapped(&p, terms),
+                Some(terms) => swap_result(&p, terms),
                 None => serde_json::to_value(&p).expect("views serialize"),
             },
         },
@@ -483,7 +483,7 @@ impl Tool for Wait {
 }
 
 /// A swap step's result: what it sold and bought, the least it could have bought, and its transaction.
-fn swapped(p: &PaymentView, terms: &paygent_domain::swap::SwapTerms) -> Value {
+fn swap_result(p: &PaymentView, terms: &paygent_domain::swap::SwapTerms) -> Value {
     let amount_out = p
         .receipt
         .as_ref()
