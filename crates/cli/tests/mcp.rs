@@ -10,7 +10,7 @@ on_both_databases!(over_http_nothing_runs_without_a_person);
 
 const TO: &str = "0x00000000000000000000000000000000000000a0";
 
-const TOOLS: [&str; 8] = [
+const TOOLS: [&str; 9] = [
     "balance",
     "budget",
     "get_execution",
@@ -18,6 +18,7 @@ const TOOLS: [&str; 8] = [
     "paid_fetch",
     "pay",
     "run",
+    "swap",
     "wait_for_approval",
 ];
 

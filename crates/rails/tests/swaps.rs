@@ -8,6 +8,7 @@ use alloy::primitives::U256;
 use alloy::providers::Provider;
 use paygent_engine::domain::Decimal;
 use paygent_testkit::Backend;
+use paygent_testkit::mcp::{McpClient, tool_result};
 use paygent_testkit::uniswap::Uniswap;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -407,5 +408,47 @@ async fn a_restart_between_signing_and_sending_trades_once() {
     assert_eq!(usdc_before - usdc, 10_000_000, "traded once");
     assert_eq!(weth - weth_before, expected);
     assert_eq!(allowance, allowance_before);
+    m.s.finish().await;
+}
+
+/// The official MCP client trades through the `swap` tool: $10 at once, told what it bought; $50 waits for a
+/// person, and `wait_for_approval` trades it once approved. Each moved its USDC once.
+#[tokio::test]
+async fn an_mcp_client_swaps_with_the_swap_tool() {
+    let m = Market::open(Backend::Sqlite).await;
+    let (usdc_before, _, allowance_before) = m.holdings().await;
+    let mut client = McpClient::http(&format!("{}/mcp", m.s.base), &m.t.agent)
+        .await
+        .expect("connects");
+    let args = |usdc: &str| {
+        json!({"session_id": m.session, "amount_in": usdc, "from": "USDC", "to": "WETH",
+            "description": "rebalancing"})
+    };
+    let (small, text, failed) = tool_result(&client.call("swap", args("10")).await);
+    assert!(!failed, "{text}");
+    assert!(
+        text.starts_with("Swapped 10 USDC for 0.00") && text.contains(" WETH (payment "),
+        "{text}"
+    );
+    assert_eq!(small["status"], "executed", "{small}");
+    let (big, text, failed) = tool_result(&client.call("swap", args("50")).await);
+    assert!(
+        !failed && text.contains("into a swap for at least"),
+        "{text}"
+    );
+    let approval = big["approval"]["id"].as_str().unwrap().to_owned();
+    m.s.decide(&m.t.approver, &approval, "approve", json!({}))
+        .await;
+    let waited = json!({"approval_id": approval, "timeout_seconds": 10});
+    let (done, text, failed) = tool_result(&client.call("wait_for_approval", waited).await);
+    assert!(
+        !failed && text.starts_with("Swapped 50 USDC for "),
+        "{text}"
+    );
+    assert_eq!(done["status"], "executed", "{done}");
+    let (usdc, _, allowance) = m.holdings().await;
+    assert_eq!(usdc_before - usdc, 60_000_000, "each swap traded once");
+    assert_eq!(allowance, allowance_before);
+    client.close().await;
     m.s.finish().await;
 }

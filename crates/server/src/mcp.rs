@@ -12,7 +12,7 @@ use paygent_engine::domain::event::EventKind;
 use paygent_engine::domain::execution::ExecutionStatus;
 use paygent_engine::domain::{ApprovalStatus, PaymentStatus, Principal};
 use paygent_engine::{ApprovalView, ExecutionView, PaymentView};
-use paygent_engine::{EngineError, EventFilter, Paygent, PaymentRequest, Plan};
+use paygent_engine::{EngineError, EventFilter, Paygent, PaymentRequest, Plan, SwapRequest};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::{Extension, IntoCallToolResult};
 use rmcp::handler::server::wrapper::Parameters;
@@ -119,6 +119,27 @@ pub struct Pay {
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct Swap {
+    /// The Paygent session to trade in; without it, the session this key opened for MCP.
+    pub session_id: Option<String>,
+    /// How much of `from` to sell, as a decimal string, such as "50".
+    pub amount_in: String,
+    /// The token sold, such as "USDC".
+    pub from: String,
+    /// The token bought, such as "WCRO".
+    pub to: String,
+    /// The exchange, as the server names it; the only one on the chain when absent.
+    pub dex: Option<String>,
+    /// The most the price may move against the quote, in basis points (50 is 0.5%); the policy's default when
+    /// absent, and never more than the policy allows.
+    pub max_slippage_bps: Option<u32>,
+    /// What the swap is for, in a few words: people who approve it read this.
+    pub description: Option<String>,
+    /// Send the same key again to retry a call whose answer you did not get: it never trades twice.
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct PaidFetch {
     /// The https URL of the x402 resource.
     pub url: String,
@@ -219,9 +240,25 @@ impl PaymentTools {
 /// A payment as the model should read it: what happened, and what to do next. A payment waiting on people says
 /// who was asked and until when.
 fn payment_answer(p: &PaymentView, asked: Option<&ApprovalView>) -> CallToolResult {
-    let what = format!("{} {} to {}", p.amount, p.currency, p.recipient);
+    let what = match &p.swap {
+        Some(t) => format!(
+            "{} {} into a swap for at least {} {} on {}",
+            p.amount, p.currency, t.min_out, t.to, t.dex
+        ),
+        None => format!("{} {} to {}", p.amount, p.currency, p.recipient),
+    };
+    let bought = p.swap.as_ref().map(|t| {
+        let out = p.receipt.as_ref().and_then(|r| r["amount_out"].as_str());
+        format!("{} {}", out.unwrap_or("an amount not known here of"), t.to)
+    });
     let (text, failed) = match (p.status, asked) {
-        (PaymentStatus::Executed, _) => (format!("Paid {what} (payment {}).", p.id), false),
+        (PaymentStatus::Executed, _) => match &bought {
+            Some(b) => {
+                let sold = format!("{} {}", p.amount, p.currency);
+                (format!("Swapped {sold} for {b} (payment {}).", p.id), false)
+            }
+            None => (format!("Paid {what} (payment {}).", p.id), false),
+        },
         (PaymentStatus::Authorized, _) if p.refusal.is_some() => (outstanding(p), true),
         (PaymentStatus::Authorized, _) if p.in_flight => (
             format!(
@@ -314,6 +351,28 @@ impl PaymentTools {
             swap: None,
         };
         let submitted = self.paygent.submit_payment(&who, req).await?;
+        self.payment(&who, &submitted.payment).await
+    }
+
+    #[tool(
+        description = "Swap an amount of one token for another on an exchange, through Paygent's guard: quoted \
+                       from the pool, never trading for less than the quote less the slippage bound. Small swaps \
+                       within policy trade at once; larger ones wait for a person: you then get an approval_id to \
+                       pass to wait_for_approval."
+    )]
+    async fn swap(&self, parts: Parts, Parameters(w): Parameters<Swap>) -> Answer {
+        let (who, session_id) = self.asker(&parts, w.session_id.as_deref()).await?;
+        let req = SwapRequest {
+            session_id,
+            amount_in: w.amount_in,
+            from: w.from,
+            to: w.to,
+            dex: w.dex,
+            max_slippage_bps: w.max_slippage_bps,
+            description: w.description,
+            idempotency_key: idempotency_key(w.idempotency_key),
+        };
+        let submitted = self.paygent.submit_swap(&who, req).await?;
         self.payment(&who, &submitted.payment).await
     }
 
