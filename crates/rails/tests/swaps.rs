@@ -412,7 +412,8 @@ async fn a_restart_between_signing_and_sending_trades_once() {
 }
 
 /// The official MCP client trades through the `swap` tool: $10 at once, told what it bought; $50 waits for a
-/// person, and `wait_for_approval` trades it once approved. Each moved its USDC once.
+/// person, and `wait_for_approval` trades it once approved. Each moved its USDC once. Another agent's key finds
+/// no such session.
 #[tokio::test]
 async fn an_mcp_client_swaps_with_the_swap_tool() {
     let m = Market::open(Backend::Sqlite).await;
@@ -450,5 +451,18 @@ async fn an_mcp_client_swaps_with_the_swap_tool() {
     assert_eq!(usdc_before - usdc, 60_000_000, "each swap traded once");
     assert_eq!(allowance, allowance_before);
     client.close().await;
+
+    // Another agent cannot trade in this session: it is not found, and nothing is quoted or written.
+    let other =
+        m.s.key(&m.t.admin, paygent_engine::domain::Role::Agent)
+            .await;
+    let mut theirs = McpClient::http(&format!("{}/mcp", m.s.base), &other)
+        .await
+        .expect("connects");
+    let payments = m.s.count("payments").await;
+    let (_, text, failed) = tool_result(&theirs.call("swap", args("10")).await);
+    assert!(failed && text.contains("not found"), "{text}");
+    assert_eq!(m.s.count("payments").await, payments);
+    theirs.close().await;
     m.s.finish().await;
 }
