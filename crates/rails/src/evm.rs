@@ -90,7 +90,7 @@ pub struct EvmRails {
     inner: Arc<Inner>,
 }
 
-fn unavailable(e: impl std::fmt::Display) -> RailError {
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> RailError {
     RailError::Unavailable(e.to_string())
 }
 
@@ -367,6 +367,17 @@ impl<'a> Watched<'a> {
             to = start - 1;
         }
     }
+}
+
+/// The nonce `from`'s next transaction takes: after every one the node holds, mined or not. Read in the wallet's
+/// turn.
+pub(crate) async fn next_nonce(chain: &Chain, from: Address) -> Result<u64, RailError> {
+    chain
+        .provider
+        .get_transaction_count(from)
+        .pending()
+        .await
+        .map_err(unavailable)
 }
 
 /// The chain's clock: its latest block's number and timestamp.
@@ -665,11 +676,7 @@ impl EvmRails {
                 })?;
                 let _turn = self.nonce_turn(from).await;
                 let provider = &chain.provider;
-                let nonce = provider
-                    .get_transaction_count(from)
-                    .pending()
-                    .await
-                    .map_err(unavailable)?;
+                let nonce = next_nonce(chain, from).await?;
                 let call = Eip3009Token::transferCall { to, value }.abi_encode();
                 let (raw, hash) = sign_call(
                     chain,

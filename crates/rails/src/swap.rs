@@ -2,7 +2,7 @@
 //! answer for the trade, and the reserves that say what the price was before it.
 
 use crate::config::{DexConfig, TokenConfig};
-use crate::evm::{EvmRails, from_units, to_units};
+use crate::evm::{EvmRails, from_units, to_units, unavailable};
 use alloy::primitives::{Address, U256};
 use alloy::sol;
 use paygent_engine::RailError;
@@ -164,7 +164,7 @@ impl EvmRails {
             .getPair(a.address, b.address)
             .call()
             .await
-            .map_err(|e| RailError::Unavailable(e.to_string()))
+            .map_err(unavailable)
     }
 
     /// The pool's reserves of `sell` and `buy`, in that order.
@@ -175,7 +175,6 @@ impl EvmRails {
         buy: &TokenConfig,
     ) -> Result<(U256, U256), RailError> {
         let provider = self.provider(exchange.chain_id);
-        let unavailable = |e: alloy::contract::Error| RailError::Unavailable(e.to_string());
         let pair = self.pair(exchange, sell, buy).await?;
         let pool = UniswapV2Pair::new(pair, provider);
         let token0 = pool.token0().call().await.map_err(unavailable)?;

@@ -5,7 +5,9 @@
 //! consecutive nonces and journaled together, they are sent again or found on chain after a crash.
 
 use crate::config::TokenConfig;
-use crate::evm::{Chain, EvmRails, Gas, SignedTx, from_units, land, sign_call, to_units};
+use crate::evm::{
+    Chain, EvmRails, Gas, SignedTx, from_units, land, next_nonce, sign_call, to_units, unavailable,
+};
 use crate::swap::{SwapQuote, UniswapV2Pair, UniswapV2Router};
 use alloy::eips::BlockId;
 use alloy::primitives::{Address, B256, Bytes, U256};
@@ -46,7 +48,6 @@ struct Order<'a> {
     pair: Address,
     units_in: U256,
     min_units: U256,
-    allowance_before: U256,
 }
 
 /// The node's refusals of this runner's own broadcasts a moment ago: those are not looked up and sent again.
@@ -57,10 +58,6 @@ struct Sent {
 
 fn refused(why: impl Into<String>) -> RailError {
     RailError::Refused(why.into())
-}
-
-fn unavailable(e: impl std::fmt::Display) -> RailError {
-    RailError::Unavailable(e.to_string())
 }
 
 /// The trade would give less than people approved: nothing is signed, and both quotes are told.
@@ -108,16 +105,15 @@ impl EvmRails {
         if now.amount_out < terms.min_out {
             return Err(moved(order, terms, &now));
         }
-        let mut trade = self.order_of(order, terms, &now).await?;
+        let trade = self.order_of(order, terms, &now).await?;
         let (_, chain) = self.token(&order.currency)?;
         let from = trade.wallet.address();
         let _turn = self.nonce_turn(from).await;
-        trade.allowance_before = self.allowance_left(chain, &trade).await?;
-        let (txs, deadline) = self.sign_both(chain, &trade).await?;
+        let (txs, artifact) = self.sign_both(chain, &trade).await?;
         let mine = Signed {
             network: chain.caip2.clone(),
             tx_hash: Some(txs.1.hash.to_string()),
-            artifact: artifact(&trade, &txs, deadline),
+            artifact,
             refusal: None,
         };
         let stored = journal(mine.clone()).await?;
@@ -182,7 +178,6 @@ impl EvmRails {
             pair: self.pair(exchange, sell, buy).await?,
             units_in,
             min_units,
-            allowance_before: U256::ZERO,
         })
     }
 
@@ -200,20 +195,16 @@ impl EvmRails {
     }
 
     /// Signs the `approve` (none when the allowance is already unlimited) and the swap on the next nonces, the
-    /// swap's deadline on the chain's clock.
+    /// swap's deadline on the chain's clock: both, and the artifact to journal. In the wallet's turn.
     async fn sign_both(
         &self,
         chain: &Chain,
         t: &Order<'_>,
-    ) -> Result<((Option<SignedTx>, SignedTx), u64), RailError> {
+    ) -> Result<((Option<SignedTx>, SignedTx), Value), RailError> {
         let from = t.wallet.address();
-        let mut nonce = chain
-            .provider
-            .get_transaction_count(from)
-            .pending()
-            .await
-            .map_err(unavailable)?;
-        let approve = match t.allowance_before.checked_add(t.units_in) {
+        let before = self.allowance_left(chain, t).await?;
+        let mut nonce = next_nonce(chain, from).await?;
+        let approve = match before.checked_add(t.units_in) {
             Some(value) => {
                 let call = Erc20::approveCall {
                     spender: t.router,
@@ -245,7 +236,9 @@ impl EvmRails {
             Gas::Fixed(SWAP_GAS),
         )
         .await?;
-        Ok(((approve, signed_tx(swap, from, nonce)), deadline))
+        let txs = (approve, signed_tx(swap, from, nonce));
+        let artifact = artifact(t, &txs, deadline, before);
+        Ok((txs, artifact))
     }
 
     /// Sends a journaled trade's transactions in order (unless this runner just did, `sent`) or finds them
@@ -321,12 +314,7 @@ impl EvmRails {
         };
         let wallet = self.signer_of(from)?;
         let _turn = self.nonce_turn(from).await;
-        let nonce = chain
-            .provider
-            .get_transaction_count(from)
-            .pending()
-            .await
-            .map_err(unavailable)?;
+        let nonce = next_nonce(chain, from).await?;
         let call = Erc20::approveCall {
             spender: router,
             value,
@@ -357,11 +345,16 @@ fn tx_json(tx: &SignedTx) -> Value {
 
 /// What is journaled of a signed trade: both transactions, and what is needed to read its outcome or set the
 /// allowance back.
-fn artifact(t: &Order<'_>, (approve, swap): &(Option<SignedTx>, SignedTx), deadline: u64) -> Value {
+fn artifact(
+    t: &Order<'_>,
+    (approve, swap): &(Option<SignedTx>, SignedTx),
+    deadline: u64,
+    allowance_before: U256,
+) -> Value {
     json!({"kind": "swap", "router": t.router, "pair": t.pair, "token_in": t.sell.address,
         "token_out": t.buy.address, "decimals_in": t.sell.decimals, "decimals_out": t.buy.decimals,
         "units_in": t.units_in.to_string(), "min_units": t.min_units.to_string(),
-        "allowance_before": t.allowance_before.to_string(), "deadline": deadline,
+        "allowance_before": allowance_before.to_string(), "deadline": deadline,
         "approve": approve.as_ref().map(tx_json), "swap": tx_json(swap)})
 }
 
