@@ -151,7 +151,7 @@ pub(crate) async fn check_limits(
     };
     let (at, buckets) = (b.at, Period::ALL.map(|p| p.bucket(b.at)));
     let refs = buckets.each_ref().map(String::as_str);
-    let book = budgets::usage(tx.conn(), KEY_PERIODS, key, &refs).await?;
+    let book = budgets::usage_in(tx, KEY_PERIODS, key, &refs).await?;
     let used = |bucket: &str, ledger: &str| {
         book.get(&(bucket.to_owned(), ledger.to_owned()))
             .map_or(Decimal::ZERO, |u| u.spent + u.reserved)
@@ -165,7 +165,7 @@ pub(crate) async fn check(
     config: &BudgetConfig,
     b: &Booking,
 ) -> Result<Result<(), Exceeded>> {
-    let usage = budgets::day_usage(tx.conn(), b.session_id, &b.day).await?;
+    let usage = budgets::day_usage_in(tx, b.session_id, &b.day).await?;
     let of = |k: &str| usage.get(k).copied().unwrap_or_default();
     Ok(config.check(&b.currency, b.amount, b.usd, of(&b.currency), of(USD_TOTAL)))
 }

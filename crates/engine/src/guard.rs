@@ -129,7 +129,7 @@ impl Paygent {
             Pricing::AsAsked | Pricing::Refused(_) => &asked,
         };
         let usd_value = self.prices.usd_value(&intent.money)?;
-        let mut tx = self.begin_as(who).await?;
+        let mut tx = self.begin_about(who, req.session_id).await?;
         let (session, policy) = in_force(&mut tx, who, req.session_id).await?;
         let mut filing = Filing::new(who, &session, &policy, (intent, usd_value), &req, tx.now());
         let findings = filing.findings(&mut tx).await?;
@@ -170,7 +170,7 @@ impl Paygent {
             Some(why) => Pricing::Refused(why.to_owned()),
             None => self.pricing(who, &req, &intent).await?,
         };
-        let mut tx = self.begin_as(who).await?;
+        let mut tx = self.begin_about(who, req.session_id).await?;
         if let Some(earlier) = self.earlier(tx.conn(), who, &req).await? {
             drop(tx);
             return self.replay(earlier).await;

@@ -256,6 +256,20 @@ impl Paygent {
             .await?)
     }
 
+    /// Starts a write by `who` about one session: on PostgreSQL its first round trip, the one that takes the
+    /// tenant's lock, also reads the session, its policy and its budget rows.
+    async fn begin_about(&self, who: &Principal, session: Uuid) -> Result<paygent_store::WriteTx> {
+        let about = paygent_store::About {
+            session,
+            default_policy: policies::default_policy_id(who.tenant_id),
+        };
+        let now = self.now();
+        Ok(self
+            .store
+            .begin_about(who.tenant_id, who.key_id, now, about)
+            .await?)
+    }
+
     /// Fans out committed events; nobody listening is fine, since the outbox keeps them.
     fn publish(&self, events: Vec<Event>) {
         self.hub.publish(events);

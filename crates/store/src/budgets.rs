@@ -3,10 +3,11 @@
 //! two writers can never both apply a change computed from one reading.
 
 use crate::db::{Db, placeholders, query};
-use crate::{Result, StoreError, WriteTx, decimal};
+use crate::{Result, WriteTx, decimal};
+use chrono::{DateTime, Utc};
 use paygent_domain::Decimal;
 use paygent_domain::budget::Usage;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use uuid::Uuid;
 
 /// A change to one ledger row.
@@ -41,6 +42,13 @@ pub const KEY_PERIODS: Ledgers = Ledgers {
 /// Usage by (bucket, ledger key).
 pub type UsageBook = BTreeMap<(String, String), Usage>;
 
+/// Rows by (bucket, ledger key), with their versions.
+type Versioned = BTreeMap<(String, String), (Usage, i64)>;
+
+/// The ledger rows a write transaction has seen, by (table, owner, bucket), each bucket's rows by ledger key
+/// with their versions: all of the bucket's rows, those it has not being at zero.
+pub(crate) type LedgerRows = HashMap<(&'static str, Uuid, String), BTreeMap<String, (Usage, i64)>>;
+
 /// The owner's usage in `buckets`, in every ledger.
 pub async fn usage(db: Db<'_>, t: Ledgers, owner: Uuid, buckets: &[&str]) -> Result<UsageBook> {
     Ok(read(db, t, owner, buckets)
@@ -50,31 +58,100 @@ pub async fn usage(db: Db<'_>, t: Ledgers, owner: Uuid, buckets: &[&str]) -> Res
         .collect())
 }
 
-/// The owner's rows in `buckets`, with their versions.
-async fn read(
-    db: Db<'_>,
+/// The owner's usage in `buckets` as the transaction sees it: read once, then kept with what it writes.
+pub async fn usage_in(
+    tx: &mut WriteTx,
     t: Ledgers,
     owner: Uuid,
     buckets: &[&str],
-) -> Result<BTreeMap<(String, String), (Usage, i64)>> {
-    let sql = format!(
-        "SELECT {bucket}, ledger, spent, reserved, version FROM {table} WHERE {owner} = $1 AND {bucket} IN ({})",
-        (2..2 + buckets.len())
-            .map(|i| format!("${i}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        table = t.table,
-        owner = t.owner,
-        bucket = t.bucket,
-    );
-    let mut statement = query(sql).bind(owner.to_string());
+) -> Result<UsageBook> {
+    Ok(read_in(tx, t, owner, buckets)
+        .await?
+        .into_iter()
+        .map(|(k, (u, _))| (k, u))
+        .collect())
+}
+
+async fn read_in(tx: &mut WriteTx, t: Ledgers, owner: Uuid, buckets: &[&str]) -> Result<Versioned> {
+    let key = |b: &str| (t.table, owner, b.to_owned());
+    let unseen: Vec<&str> = buckets
+        .iter()
+        .copied()
+        .filter(|b| !tx.ledgers().contains_key(&key(b)))
+        .collect();
+    if !unseen.is_empty() {
+        let rows = read(tx.conn(), t, owner, &unseen).await?;
+        seen(tx.ledgers(), t, owner, &unseen, rows);
+    }
+    let seen = tx.ledgers();
+    Ok(buckets
+        .iter()
+        .flat_map(|b| {
+            let rows = seen.get(&key(b)).into_iter().flatten();
+            rows.map(|(ledger, row)| (((*b).to_owned(), ledger.clone()), *row))
+        })
+        .collect())
+}
+
+/// Keeps `rows`, all the rows of the owner's `buckets`, as the transaction has seen them.
+fn seen(ledgers: &mut LedgerRows, t: Ledgers, owner: Uuid, buckets: &[&str], rows: Versioned) {
+    for b in buckets {
+        ledgers.insert((t.table, owner, (*b).to_owned()), BTreeMap::new());
+    }
+    for ((bucket, ledger), row) in rows {
+        let rows = ledgers.entry((t.table, owner, bucket)).or_default();
+        rows.insert(ledger, row);
+    }
+}
+
+/// The session's budget days around `now` (its day is one of them whatever its time zone), and the statement
+/// that reads all their rows, `$1` the session and the days after it.
+pub(crate) fn days_around(now: DateTime<Utc>) -> [String; 3] {
+    let today = now.date_naive();
+    [today.pred_opt(), Some(today), today.succ_opt()].map(|d| d.unwrap_or(today).to_string())
+}
+
+/// The statement that reads a session's rows on three days: `$1` the session, `$2`..`$4` the days.
+pub(crate) fn days_sql() -> String {
+    read_sql(SESSION_DAYS, 3)
+}
+
+/// Keeps the rows [`days_sql`] read of the session's `days`, as the transaction has seen them.
+pub(crate) fn seen_days(
+    tx: &mut WriteTx,
+    session: Uuid,
+    days: &[String; 3],
+    rows: Vec<crate::Row>,
+) -> Result<()> {
+    let days = days.each_ref().map(String::as_str);
+    seen(tx.ledgers(), SESSION_DAYS, session, &days, versioned(rows)?);
+    Ok(())
+}
+
+/// The owner's rows in `buckets`, with their versions.
+async fn read(db: Db<'_>, t: Ledgers, owner: Uuid, buckets: &[&str]) -> Result<Versioned> {
+    let mut statement = query(read_sql(t, buckets.len())).bind(owner.to_string());
     for b in buckets {
         statement = statement.bind((*b).to_owned());
     }
     versioned(statement.fetch_all(db).await?)
 }
 
-fn versioned(rows: Vec<crate::Row>) -> Result<BTreeMap<(String, String), (Usage, i64)>> {
+/// Reads an owner's (`$1`) rows in `buckets` buckets (`$2`…).
+fn read_sql(t: Ledgers, buckets: usize) -> String {
+    format!(
+        "SELECT {bucket}, ledger, spent, reserved, version FROM {table} WHERE {owner} = $1 AND {bucket} IN ({})",
+        (2..2 + buckets)
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        table = t.table,
+        owner = t.owner,
+        bucket = t.bucket,
+    )
+}
+
+fn versioned(rows: Vec<crate::Row>) -> Result<Versioned> {
     rows.iter()
         .map(|r| {
             let usage = Usage {
@@ -89,11 +166,25 @@ fn versioned(rows: Vec<crate::Row>) -> Result<BTreeMap<(String, String), (Usage,
 /// A session's usage on one day, by ledger key.
 pub async fn day_usage(db: Db<'_>, session_id: Uuid, day: &str) -> Result<BTreeMap<String, Usage>> {
     let book = usage(db, SESSION_DAYS, session_id, &[day]).await?;
-    Ok(book.into_iter().map(|((_, l), u)| (l, u)).collect())
+    Ok(by_ledger(book))
 }
 
-/// Applies each `(bucket, ledger, delta)` to its row, creating rows at zero as needed: one read and one write
-/// for all of them, each row compare-and-set on the version it was read at.
+/// A session's usage on one day as the transaction sees it, by ledger key.
+pub async fn day_usage_in(
+    tx: &mut WriteTx,
+    session_id: Uuid,
+    day: &str,
+) -> Result<BTreeMap<String, Usage>> {
+    let book = usage_in(tx, SESSION_DAYS, session_id, &[day]).await?;
+    Ok(by_ledger(book))
+}
+
+fn by_ledger(book: UsageBook) -> BTreeMap<String, Usage> {
+    book.into_iter().map(|((_, l), u)| (l, u)).collect()
+}
+
+/// Applies each `(bucket, ledger, delta)` to its row, creating rows at zero as needed, in one write (held back
+/// on PostgreSQL), each row compare-and-set on the version the transaction saw.
 pub async fn apply(
     tx: &mut WriteTx,
     t: Ledgers,
@@ -103,7 +194,7 @@ pub async fn apply(
     let mut buckets: Vec<&str> = changes.iter().map(|c| c.0).collect();
     buckets.sort_unstable();
     buckets.dedup();
-    let current = read(tx.conn(), t, owner, &buckets).await?;
+    let current = read_in(tx, t, owner, &buckets).await?;
     // A new row is written at version 1; an existing one only if it is still at the version read above.
     let sql = format!(
         "INSERT INTO {table} (tenant_id, {owner}, {bucket}, ledger, spent, reserved, version) VALUES {} \
@@ -119,21 +210,46 @@ pub async fn apply(
     for (bucket, ledger, delta) in changes {
         let key = ((*bucket).to_owned(), (*ledger).to_owned());
         let (usage, version) = current.get(&key).copied().unwrap_or_default();
+        let after = Usage {
+            spent: usage.spent + delta.spent,
+            reserved: usage.reserved + delta.reserved,
+        };
         write = write
             .bind(tx.tenant_id().to_string())
             .bind(owner.to_string())
-            .bind(key.0)
-            .bind(key.1)
-            .bind((usage.spent + delta.spent).to_string())
-            .bind((usage.reserved + delta.reserved).to_string())
+            .bind(key.0.clone())
+            .bind(key.1.clone())
+            .bind(after.spent.to_string())
+            .bind(after.reserved.to_string())
             .bind(version + 1);
+        let seen = tx.ledgers().entry((t.table, owner, key.0)).or_default();
+        seen.insert(key.1, (after, version + 1));
     }
-    let done = write.execute(tx.conn()).await?;
-    if done != changes.len() as u64 {
-        return Err(StoreError::Corrupt(format!(
-            "{} rows of {owner} changed under a writer: lost lock",
-            t.table
-        )));
+    tx.defer(t.table, write, changes.len() as u64).await
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{FixedOffset, TimeZone, Utc};
+
+    #[test]
+    fn the_days_around_now_hold_every_time_zones_day() {
+        for (y, m, d, h) in [
+            (2026, 3, 10, 0),
+            (2026, 3, 10, 11),
+            (2026, 12, 31, 23),
+            (2027, 1, 1, 0),
+        ] {
+            let now = Utc.with_ymd_and_hms(y, m, d, h, 30, 0).unwrap();
+            let days = super::days_around(now);
+            for hours in -12..=14 {
+                let zone = FixedOffset::east_opt(hours * 3600).unwrap();
+                let day = now.with_timezone(&zone).date_naive().to_string();
+                assert!(
+                    days.contains(&day),
+                    "{day} at UTC{hours:+} for {now}: {days:?}"
+                );
+            }
+        }
     }
-    Ok(())
 }

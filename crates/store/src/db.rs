@@ -208,6 +208,56 @@ pub(crate) fn placeholders(first: usize, rows: usize, cols: usize) -> String {
     sql
 }
 
+/// `sql` with each parameter `$n` replaced by `put(n)`; quoted text is left as it is.
+pub(crate) fn placed(sql: &str, mut put: impl FnMut(usize) -> String) -> String {
+    let mut out = String::with_capacity(sql.len() + 32);
+    let mut chars = sql.chars().peekable();
+    let mut quote = None;
+    while let Some(c) = chars.next() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '\'' || c == '"' => quote = Some(c),
+            None if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) => {
+                let mut n = 0usize;
+                while let Some(d) = chars.peek().and_then(|d| d.to_digit(10)) {
+                    n = n * 10 + d as usize;
+                    chars.next();
+                }
+                out.push_str(&put(n));
+                continue;
+            }
+            None => {}
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `sql` with its parameters written in as literals, for the simple protocol (several statements in one round
+/// trip, no parameters). Text goes in an escape string, its backslashes and quotes doubled, whatever
+/// `standard_conforming_strings` says; text with a NUL byte, which PostgreSQL text cannot hold, is refused.
+pub(crate) fn inlined(sql: &str, args: &[Arg]) -> Result<String> {
+    let mut wrong = None;
+    let sql = placed(sql, |n| match args.get(n.wrapping_sub(1)) {
+        Some(Arg::Int(Some(i))) => i.to_string(),
+        Some(Arg::Text(Some(t))) if !t.contains('\0') => {
+            format!("E'{}'", t.replace('\\', "\\\\").replace('\'', "''"))
+        }
+        Some(Arg::Int(None) | Arg::Text(None)) => "NULL".to_owned(),
+        Some(Arg::Text(Some(_))) | None => {
+            wrong = Some(n);
+            String::new()
+        }
+    });
+    match wrong {
+        Some(n) => Err(StoreError::Corrupt(format!(
+            "parameter ${n} has no value a literal can hold"
+        ))),
+        None => Ok(sql),
+    }
+}
+
 /// A statement to bind and run.
 pub fn query(sql: impl Into<Cow<'static, str>>) -> Query {
     Query {
@@ -223,6 +273,11 @@ impl Query {
             sql: sql.into(),
             args,
         }
+    }
+
+    /// The statement's text and arguments, to be sent as part of another.
+    pub(crate) fn into_parts(self) -> (Cow<'static, str>, Vec<Arg>) {
+        (self.sql, self.args)
     }
 
     pub fn bind(mut self, arg: impl Into<Arg>) -> Self {
@@ -273,7 +328,11 @@ impl Query {
 
     async fn run(self, db: Db<'_>, rows: bool) -> Result<(u64, Vec<Row>)> {
         match db {
-            Db::Tx(Conn::Pg(tx)) => self.on_pg(tx.conn()?, rows).await,
+            Db::Tx(Conn::Pg(tx)) => {
+                // What the transaction held back goes first, so this statement sees it.
+                tx.flush().await?;
+                self.on_pg(tx.conn()?, rows).await
+            }
             Db::Tx(Conn::Lite(tx)) => tx.with(|c| self.on_lite(c)),
             Db::Read(store) => match &store.engine {
                 Engine::Pg(pg) => self.on_pg(&pg.pool, rows).await,
@@ -291,7 +350,7 @@ impl Query {
         }
     }
 
-    async fn on_pg<'e>(
+    pub(crate) async fn on_pg<'e>(
         self,
         exec: impl sqlx::PgExecutor<'e>,
         rows: bool,
@@ -369,7 +428,7 @@ impl Query {
 }
 
 /// Converts a PostgreSQL row by its columns' types.
-fn pg_row(row: &PgRow) -> Result<Row> {
+pub(crate) fn pg_row(row: &PgRow) -> Result<Row> {
     use sqlx::{Column, Row as _, TypeInfo, ValueRef};
     let mut values = Vec::with_capacity(row.len());
     for (i, column) in row.columns().iter().enumerate() {
@@ -396,6 +455,22 @@ fn pg_row(row: &PgRow) -> Result<Row> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn literals_are_escaped_and_quoted_text_is_left_alone() {
+        use super::Arg;
+        let args = [
+            Arg::Text(Some("it's a \\ back'slash".into())),
+            Arg::Int(Some(-7)),
+            Arg::Text(None),
+        ];
+        assert_eq!(
+            super::inlined("SELECT $1, '$2', $2, $3", &args).unwrap(),
+            "SELECT E'it''s a \\\\ back''slash', '$2', -7, NULL"
+        );
+        assert!(super::inlined("SELECT $4", &args).is_err());
+        assert!(super::inlined("SELECT $1", &[Arg::Text(Some("a\0b".into()))]).is_err());
+    }
+
     #[test]
     fn placeholders_number_rows_of_parameters_from_the_first() {
         assert_eq!(super::placeholders(3, 2, 2), "($3, $4), ($5, $6)");

@@ -9,6 +9,7 @@ pub mod attempts;
 pub mod audit;
 pub mod budgets;
 pub mod db;
+mod deferred;
 pub mod events;
 pub mod executions;
 pub mod keys;
@@ -28,7 +29,7 @@ pub mod wallets;
 pub mod webhooks;
 
 pub use db::{Db, Row};
-pub use tx::{Event, WriteTx};
+pub use tx::{About, Event, WriteTx};
 
 use lite::Lite;
 use pg::Pg;
@@ -228,12 +229,25 @@ impl Store {
     /// Connects to `url` (`sqlite://...` or `postgres://...`) and runs the migrations.
     pub async fn connect(url: &str, options: &StoreOptions) -> Result<Store> {
         let engine = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let connect = PgConnectOptions::from_str(url).map_err(bad_url)?;
+            // Migrated first, on a connection of its own: every connection of the pool prepares statements on
+            // the tables the migrations make.
+            let mut conn = connect.connect().await?;
+            MIGRATOR.run(&mut conn).await?;
+            conn.close().await?;
             let pool = PgPoolOptions::new()
                 .max_connections(options.max_connections)
                 .acquire_timeout(options.acquire_timeout)
-                .connect_with(PgConnectOptions::from_str(url).map_err(bad_url)?)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        sqlx::raw_sql(sqlx::AssertSqlSafe(tx::PREPARED.as_str()))
+                            .execute(conn)
+                            .await
+                            .map(drop)
+                    })
+                })
+                .connect_with(connect)
                 .await?;
-            MIGRATOR.run(&pool).await?;
             Engine::Pg(Pg::new(pool, options.acquire_timeout))
         } else if url.starts_with("sqlite:") {
             let connect = SqliteConnectOptions::from_str(url)

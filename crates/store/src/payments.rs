@@ -119,7 +119,7 @@ fn select(filter: &str) -> String {
 }
 
 pub async fn insert(tx: &mut WriteTx, p: &PaymentRecord) -> Result<()> {
-    query(format!(
+    let q = query(format!(
         "INSERT INTO payments ({COLUMNS}) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)"
     ))
@@ -146,10 +146,8 @@ pub async fn insert(tx: &mut WriteTx, p: &PaymentRecord) -> Result<()> {
     .bind(p.max_amount.map(|m| m.to_string()))
     .bind(p.swap.as_ref().map(|t| json!(t).to_string()))
     .bind(paygent_domain::time::format(p.created_at))
-    .bind(paygent_domain::time::format(p.updated_at))
-    .execute(tx.conn())
-    .await?;
-    Ok(())
+    .bind(paygent_domain::time::format(p.updated_at));
+    tx.defer("payments", q, 1).await
 }
 
 pub async fn get(db: Db<'_>, tenant_id: Uuid, id: Uuid) -> Result<Option<PaymentRecord>> {

@@ -10,8 +10,10 @@
 //! durable, and a failed group fails every write in it, none half-written. Other instances still serialize on
 //! the row lock, now once per group.
 
+use crate::deferred::Deferred;
 use crate::{Outcome, Result, StoreError};
 use sqlx::pool::PoolConnection;
+use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Postgres};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -52,17 +54,20 @@ struct Open {
     left: Left,
 }
 
-/// The last write's savepoint, still to be released (it committed) or rolled back (it was dropped).
+/// What the last write left: nothing yet (the transaction is not begun), or its savepoint, still to be
+/// released (it committed) or rolled back (it was dropped).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Left {
+    Nothing,
     Kept,
     Undone,
 }
 
 impl Left {
-    /// The statements that settle the last write's savepoint.
+    /// The statements that settle what the last write left, before the next one's savepoint.
     fn settle(self) -> &'static str {
         match self {
+            Left::Nothing => "BEGIN; ",
             Left::Kept => "RELEASE SAVEPOINT paygent_tx; ",
             Left::Undone => "ROLLBACK TO SAVEPOINT paygent_tx; RELEASE SAVEPOINT paygent_tx; ",
         }
@@ -97,8 +102,8 @@ impl Pg {
         group
     }
 
-    /// Starts a write for `tenant_id`: waits (fairly, in arrival order) for the tenant's group and opens a
-    /// savepoint in its transaction, beginning one if none is open. The caller then takes the row lock.
+    /// Starts a write for `tenant_id`: waits (fairly, in arrival order) for the tenant's group, with a connection
+    /// for it if it has none. The write's savepoint is opened by its first statement ([`PgTx::start`]).
     pub(crate) async fn begin(&self, tenant_id: Uuid) -> Result<PgTx> {
         let group = self.group(tenant_id);
         let turn = tokio::time::timeout(self.acquire_timeout, group.clone().lock_owned());
@@ -107,46 +112,22 @@ impl Pg {
             .queued(turn)
             .await
             .map_err(|_| StoreError::Busy)?;
-        let started = match guard.open.take() {
-            Some(mut open) => {
-                // Taken out while the statement runs: a caller cancelled here drops the group, whose writes
-                // then fail, rather than leave it in an unknown state.
-                let sql = format!("{}SAVEPOINT paygent_tx", open.left.settle());
-                let done = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                    .execute(open.conn.get())
-                    .await;
-                guard.open = Some(open);
-                done.map(drop).map_err(StoreError::from)
-            }
-            None => self.open(&mut guard).await,
-        };
-        if let Err(e) = started {
-            fail(&mut guard, &e.to_string()).await;
-            return Err(e);
+        if guard.open.is_none() {
+            let conn = tokio::time::timeout(self.acquire_timeout, self.pool.acquire())
+                .await
+                .map_err(|_| StoreError::Busy)??;
+            guard.open = Some(Open {
+                conn: GroupConn(Some(conn)),
+                members: 0,
+                outcome: watch::channel(None).0,
+                left: Left::Nothing,
+            });
         }
-        guard.open.as_mut().expect("open").left = Left::Undone;
         Ok(PgTx {
             guard: Some(guard),
             group,
+            held: Vec::new(),
         })
-    }
-
-    /// Begins the group's transaction on a connection of the pool.
-    async fn open(&self, group: &mut Group) -> Result<()> {
-        let conn = tokio::time::timeout(self.acquire_timeout, self.pool.acquire())
-            .await
-            .map_err(|_| StoreError::Busy)??;
-        let mut conn = GroupConn(Some(conn));
-        sqlx::raw_sql("BEGIN; SAVEPOINT paygent_tx")
-            .execute(conn.get())
-            .await?;
-        group.open = Some(Open {
-            conn,
-            members: 0,
-            outcome: watch::channel(None).0,
-            left: Left::Undone,
-        });
-        Ok(())
     }
 }
 
@@ -157,6 +138,11 @@ async fn commit(group: &mut Group) {
     let Some(open) = group.open.take() else {
         return;
     };
+    if open.left == Left::Nothing {
+        // No write began it: the connection goes back as it came.
+        drop(open.conn.release());
+        return;
+    }
     if open.members == 0 {
         // Every write in it was dropped: nothing to keep.
         let _ = open.conn.end("ROLLBACK".into()).await;
@@ -194,6 +180,11 @@ struct GroupConn(Option<PoolConnection<Postgres>>);
 impl GroupConn {
     fn get(&mut self) -> &mut PgConnection {
         self.0.as_mut().expect("held until ended")
+    }
+
+    /// The connection, outside any transaction, back to the pool.
+    fn release(mut self) -> Option<PoolConnection<Postgres>> {
+        self.0.take()
     }
 
     /// Ends the transaction with `sql` (a commit or a rollback), then hands the connection back to the pool.
@@ -237,6 +228,8 @@ fn queue_committer(group: &Arc<AsyncMutex<Group>>, state: &mut Group) {
 pub struct PgTx {
     guard: Option<OwnedMutexGuard<Group>>,
     group: Arc<AsyncMutex<Group>>,
+    /// Writes held back until the next statement or the commit ([`crate::deferred`]).
+    held: Vec<Deferred>,
 }
 
 impl PgTx {
@@ -244,6 +237,61 @@ impl PgTx {
     pub(crate) fn conn(&mut self) -> Result<&mut PgConnection> {
         let open = self.guard.as_mut().and_then(|g| g.open.as_mut());
         Ok(open.ok_or(StoreError::Closed)?.conn.get())
+    }
+
+    /// Runs the write's first statements, `sql` (simple protocol, so its values are literals): in the same round
+    /// trip, what the last write left is settled and this one's savepoint opened. Returns the rows of each
+    /// statement, in order (those that settle and open first).
+    pub(crate) async fn start(&mut self, sql: &str) -> Result<Vec<Vec<PgRow>>> {
+        use futures::TryStreamExt;
+        let guard = self.guard.as_mut().ok_or(StoreError::Closed)?;
+        // Taken out while the statements run: a caller cancelled here drops the group, whose writes then fail,
+        // rather than leave its savepoints in a state nobody knows.
+        let mut open = guard.open.take().ok_or(StoreError::Closed)?;
+        let sql = format!("{}SAVEPOINT paygent_tx; {sql}", open.left.settle());
+        let mut results = vec![Vec::new()];
+        let done = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .fetch_many(open.conn.get())
+            .try_for_each(|step| {
+                match step {
+                    sqlx::Either::Left(_) => results.push(Vec::new()),
+                    sqlx::Either::Right(row) => results.last_mut().expect("one").push(row),
+                }
+                std::future::ready(Ok(()))
+            })
+            .await;
+        open.left = Left::Undone;
+        guard.open = Some(open);
+        // The last statement's end began a list no statement filled.
+        results.pop();
+        match done {
+            Ok(()) => Ok(results),
+            Err(e) => {
+                let e = StoreError::from(e);
+                fail(guard, &e.to_string()).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Holds `write` back until the next statement or the commit; writes held for its table go first.
+    pub(crate) async fn hold(&mut self, write: Deferred) -> Result<()> {
+        if self.held.iter().any(|h| h.table == write.table) {
+            self.flush().await?;
+        }
+        self.held.push(write);
+        Ok(())
+    }
+
+    /// Sends the writes held back, in one statement.
+    pub(crate) async fn flush(&mut self) -> Result<()> {
+        let held = std::mem::take(&mut self.held);
+        crate::deferred::flush(self.conn()?, held).await
+    }
+
+    /// The writes held back, for the commit's statement to carry.
+    pub(crate) fn take_held(&mut self) -> Vec<Deferred> {
+        std::mem::take(&mut self.held)
     }
 
     /// Keeps this write in its group and waits until the group is committed.

@@ -6,7 +6,7 @@ use crate::{Result, StoreError, WriteTx, time, uuid};
 use chrono::{DateTime, Utc};
 use paygent_domain::PolicyRules;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -294,6 +294,16 @@ crate::row_type! {
     }
 }
 
+/// A session (`$2`) of the tenant (`$1`) with the policy it is held to, `$3` when it names none.
+pub(crate) static SESSION_WITH_POLICY: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {}, p.id, p.name, p.version, p.created_at, p.updated_at \
+         FROM sessions s LEFT JOIN policies p ON p.tenant_id = s.tenant_id AND p.id = COALESCE(s.policy_id, $3) \
+         WHERE s.tenant_id = $1 AND s.id = $2",
+        crate::sessions::COLUMNS
+    )
+});
+
 /// A session with the policy it is held to (`default_id` when it names none), as of the tenant's lock: one read,
 /// and one more only when the policy's version was never parsed. The policy is `None` when it has no row (a
 /// default nobody changed, or a policy that is gone).
@@ -302,19 +312,19 @@ pub async fn session_with_policy(
     session_id: Uuid,
     default_id: Uuid,
 ) -> Result<Option<(SessionRecord, Option<PolicyRecord>)>> {
-    let tenant = tx.tenant_id();
-    let (mut db, cache) = tx.with_rules();
-    let row = query(format!(
-        "SELECT {}, p.id, p.name, p.version, p.created_at, p.updated_at \
-         FROM sessions s LEFT JOIN policies p ON p.tenant_id = s.tenant_id AND p.id = COALESCE(s.policy_id, $3) \
-         WHERE s.tenant_id = $1 AND s.id = $2",
-        crate::sessions::COLUMNS
-    ))
-    .bind(tenant.to_string())
-    .bind(session_id.to_string())
-    .bind(default_id.to_string())
-    .fetch_optional(db.again())
-    .await?;
+    let row = match tx.take_prefetched(session_id, default_id) {
+        Some(row) => row,
+        None => {
+            let tenant = tx.tenant_id().to_string();
+            query(SESSION_WITH_POLICY.as_str())
+                .bind(tenant)
+                .bind(session_id.to_string())
+                .bind(default_id.to_string())
+                .fetch_optional(tx.conn())
+                .await?
+        }
+    };
+    let (db, cache) = tx.with_rules();
     let Some(row) = row else {
         return Ok(None);
     };

@@ -35,8 +35,7 @@ pub async fn fold(tx: &mut WriteTx, changes: &[RollupChange; 6]) -> Result<()> {
             .bind(c.usd.normalize().to_string())
             .bind(c.payments);
     }
-    write.execute(tx.conn()).await?;
-    Ok(())
+    tx.defer("spend_rollups", write, changes.len() as u64).await
 }
 
 /// An owner's rows with buckets from `first` to `last`, both included.

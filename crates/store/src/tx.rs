@@ -1,7 +1,10 @@
 //! The one way to change state: a transaction that locks its tenant's row, then writes the change, its audit
 //! entries and its events together, so none can exist without the others.
 
-use crate::db::{Arg, Conn, Db, Query, placeholders, query};
+use crate::budgets::LedgerRows;
+use crate::db::{Arg, Conn, Db, Query, Row, inlined, pg_row, placeholders, query};
+use crate::deferred::{Deferred, Rendered};
+use crate::pg::PgTx;
 use crate::policies::RulesCache;
 use crate::{Engine, Result, Store, StoreError};
 use chrono::{DateTime, Utc};
@@ -10,6 +13,7 @@ use paygent_domain::audit::AuditEntry;
 use paygent_domain::event::EventKind;
 use serde::Serialize;
 use serde_json::Value;
+use std::sync::LazyLock;
 use uuid::Uuid;
 
 /// An event as written to the outbox, ready to fan out once its transaction commits.
@@ -48,6 +52,9 @@ pub struct WriteTx {
     audit: Vec<AuditEntry>,
     events: Vec<Event>,
     rules: RulesCache,
+    ledgers: LedgerRows,
+    /// The session [`Store::begin_about`] read with the lock, until it is taken.
+    prefetched: Option<(About, Option<Row>)>,
 }
 
 /// The tenant's head, and whether the acting key (`$2`, NULL for the system) is live at `$3`: read in the same
@@ -60,12 +67,35 @@ macro_rules! head {
     };
 }
 const HEAD: &str = head!();
-const HEAD_FOR_UPDATE: &str = concat!(head!(), " FOR UPDATE");
+
+/// PostgreSQL: the statements a write's first round trip runs, prepared once on each connection, since that
+/// round trip also opens the write's savepoint and so uses the simple protocol, which would plan them each
+/// time: the head's read that takes the lock, and for a write about one session, that session with its policy
+/// and its budget rows around today.
+pub(crate) static PREPARED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "PREPARE paygent_head (text, text, text) AS {HEAD} FOR UPDATE; \
+         PREPARE paygent_session (text, text, text) AS {}; \
+         PREPARE paygent_days (text, text, text, text) AS {}",
+        *crate::policies::SESSION_WITH_POLICY,
+        crate::budgets::days_sql()
+    )
+});
+const HEAD_FOR_UPDATE: &str = "EXECUTE paygent_head ($1, $2, $3)";
+const ABOUT: &str = "; EXECUTE paygent_session ($1, $4, $5); EXECUTE paygent_days ($4, $6, $7, $8)";
+
+/// The session a write is about, and the tenant's default policy (the session's when it names none): on
+/// PostgreSQL both, and the session's budget rows, are read in the round trip that takes the lock.
+#[derive(Debug, Clone, Copy)]
+pub struct About {
+    pub session: Uuid,
+    pub default_policy: Uuid,
+}
 
 impl Store {
     /// Starts a write for `tenant_id` at time `now`, taking the tenant's write lock.
     pub async fn begin(&self, tenant_id: Uuid, now: DateTime<Utc>) -> Result<WriteTx> {
-        self.begin_by(tenant_id, None, now).await
+        self.begin_by(tenant_id, None, now, None).await
     }
 
     /// Starts a write made by the key `key_id`: refused with [`StoreError::KeyNotLive`] if that key was revoked
@@ -76,7 +106,19 @@ impl Store {
         key_id: Uuid,
         now: DateTime<Utc>,
     ) -> Result<WriteTx> {
-        self.begin_by(tenant_id, Some(key_id), now).await
+        self.begin_by(tenant_id, Some(key_id), now, None).await
+    }
+
+    /// Starts a write made by `key_id` about one session, as [`Store::begin_as`].
+    pub async fn begin_about(
+        &self,
+        tenant_id: Uuid,
+        key_id: Uuid,
+        now: DateTime<Utc>,
+        about: About,
+    ) -> Result<WriteTx> {
+        self.begin_by(tenant_id, Some(key_id), now, Some(about))
+            .await
     }
 
     async fn begin_by(
@@ -84,24 +126,33 @@ impl Store {
         tenant_id: Uuid,
         key_id: Option<Uuid>,
         now: DateTime<Utc>,
+        about: Option<About>,
     ) -> Result<WriteTx> {
-        // On PostgreSQL the row lock serializes the tenant's writers (a lock, not a new row version per write);
-        // SQLite has one writer already.
-        let (mut conn, sql) = match &self.engine {
-            Engine::Pg(pg) => (Conn::Pg(pg.begin(tenant_id).await?), HEAD_FOR_UPDATE),
-            Engine::Lite(lite) => (Conn::Lite(lite.begin().await?), HEAD),
+        let args = [
+            tenant_id.to_string().into(),
+            key_id.map(|k| k.to_string()).into(),
+            paygent_domain::time::format(now).into(),
+        ];
+        // On PostgreSQL the row lock serializes the tenant's writers (a lock, not a new row version per write),
+        // taken in the round trip that opens the write's savepoint; SQLite has one writer already.
+        let (conn, row, read) = match &self.engine {
+            Engine::Pg(pg) => {
+                let mut tx = pg.begin(tenant_id).await?;
+                let (row, read) = first_round_trip(&mut tx, args.to_vec(), now, about).await?;
+                (Conn::Pg(tx), row, read)
+            }
+            Engine::Lite(lite) => {
+                let mut conn = Conn::Lite(lite.begin().await?);
+                let head = Query::with_args(HEAD, args.to_vec());
+                let row = head.fetch_optional(Db::Tx(&mut conn)).await?;
+                (conn, row, None)
+            }
         };
-        let row = query(sql)
-            .bind(tenant_id.to_string())
-            .bind(key_id.map(|k| k.to_string()))
-            .bind(paygent_domain::time::format(now))
-            .fetch_optional(Db::Tx(&mut conn))
-            .await?
-            .ok_or(StoreError::UnknownTenant(tenant_id))?;
+        let row = row.ok_or(StoreError::UnknownTenant(tenant_id))?;
         if key_id.is_some() && row.get::<i64>(4)? != 1 {
             return Err(StoreError::KeyNotLive);
         }
-        Ok(WriteTx {
+        let mut tx = WriteTx {
             conn,
             tenant_id,
             now,
@@ -112,8 +163,53 @@ impl Store {
             audit: Vec::new(),
             events: Vec::new(),
             rules: self.rules.clone(),
-        })
+            ledgers: LedgerRows::default(),
+            prefetched: None,
+        };
+        if let (Some(about), Some((session, days, budget))) = (about, read) {
+            crate::budgets::seen_days(&mut tx, about.session, &days, budget)?;
+            tx.prefetched = Some((about, session));
+        }
+        Ok(tx)
     }
+}
+
+/// What a write about a session read in its first round trip: the session with its policy, the days whose
+/// budget rows were read, and those rows.
+type Read = (Option<Row>, [String; 3], Vec<Row>);
+
+/// PostgreSQL: the write's first round trip. Opens its savepoint, takes the lock and reads the head, and for a
+/// write about a session, reads the session and its budget rows around today.
+async fn first_round_trip(
+    tx: &mut PgTx,
+    mut args: Vec<Arg>,
+    now: DateTime<Utc>,
+    about: Option<About>,
+) -> Result<(Option<Row>, Option<Read>)> {
+    let mut sql = HEAD_FOR_UPDATE.to_owned();
+    let days = crate::budgets::days_around(now);
+    if let Some(a) = about {
+        sql.push_str(ABOUT);
+        args.extend([
+            a.session.to_string().into(),
+            a.default_policy.to_string().into(),
+        ]);
+        args.extend(days.iter().map(Arg::from));
+    }
+    let results = tx.start(&inlined(&sql, &args)?).await?;
+    let mut results = results.into_iter().rev();
+    let mut rows = || -> Result<Vec<Row>> {
+        let rows = results.next().unwrap_or_default();
+        rows.iter().map(pg_row).collect()
+    };
+    let read = match about {
+        Some(_) => {
+            let (budget, session) = (rows()?, rows()?);
+            Some((session.into_iter().next(), days, budget))
+        }
+        None => None,
+    };
+    Ok((rows()?.into_iter().next(), read))
 }
 
 impl WriteTx {
@@ -225,32 +321,67 @@ impl WriteTx {
         Ok(())
     }
 
+    /// Runs a write that must change `rows` rows of `table`. On PostgreSQL it is held back and sent with the
+    /// transaction's next statement or its commit ([`crate::deferred`]): an error or a wrong count then fails
+    /// that statement, and with it the transaction.
+    pub(crate) async fn defer(&mut self, table: &'static str, q: Query, rows: u64) -> Result<()> {
+        let write = Deferred::new(table, q, rows);
+        match &mut self.conn {
+            Conn::Pg(tx) => tx.hold(write).await,
+            Conn::Lite(_) => write.run(Db::Tx(&mut self.conn)).await,
+        }
+    }
+
+    /// The session row [`Store::begin_about`] read with the lock, if this is the session and default policy it
+    /// read it for (`Some(None)`: there is no such session). Taken once: later reads see the transaction's own
+    /// changes.
+    pub(crate) fn take_prefetched(
+        &mut self,
+        session: Uuid,
+        default_policy: Uuid,
+    ) -> Option<Option<Row>> {
+        match self.prefetched.take() {
+            Some((a, row)) if a.session == session && a.default_policy == default_policy => {
+                Some(row)
+            }
+            other => {
+                self.prefetched = other;
+                None
+            }
+        }
+    }
+
+    /// The rows of ledgers this transaction read or wrote, by (table, owner, bucket): under the tenant's lock
+    /// nobody else changes them, so looking again costs no statement.
+    pub(crate) fn ledgers(&mut self) -> &mut LedgerRows {
+        &mut self.ledgers
+    }
+
     /// Writes the audit entries, the events and the new chain head, and commits. Returns the events to fan out.
-    /// On PostgreSQL all of that is one statement (one round trip under the tenant's lock), with a NOTIFY that
-    /// PostgreSQL delivers to other instances only if and when the transaction commits.
+    /// On PostgreSQL all of that, with the writes held back, is one statement (one round trip under the tenant's
+    /// lock), with a NOTIFY that PostgreSQL delivers to other instances only if and when the transaction commits.
     pub async fn commit(mut self) -> Result<Vec<Event>> {
-        let mut args: Vec<Arg> = vec![
+        let head: Vec<Arg> = vec![
             self.tenant_id.to_string().into(),
             self.audit_seq.into(),
             self.audit_head.clone().into(),
             self.event_seq.into(),
         ];
-        let mut parts = self.outbox_inserts(&mut args);
-        match self.conn {
-            Conn::Pg(_) => {
-                let sql = self.one_statement(&parts, &mut args);
-                Query::with_args(sql, args)
-                    .execute(Db::Tx(&mut self.conn))
-                    .await?;
+        let outbox = self.outbox();
+        match &mut self.conn {
+            Conn::Pg(tx) => {
+                let mut writes = tx.take_held();
+                writes.extend(outbox);
+                self.write_at_once(writes, head).await?;
             }
             Conn::Lite(_) => {
-                // In-process statements cost no round trip; each binds its numbers from the same arguments.
-                parts.push(HEAD_UPDATE.to_owned());
-                for sql in parts {
-                    Query::with_args(sql, args.clone())
-                        .execute(Db::Tx(&mut self.conn))
-                        .await?;
+                // In-process statements cost no round trip.
+                for write in outbox {
+                    write.run(Db::Tx(&mut self.conn)).await?;
                 }
+                Query::with_args(HEAD_UPDATE, head)
+                    .execute(Db::Tx(&mut self.conn))
+                    .await?;
             }
         }
         match self.conn {
@@ -260,57 +391,55 @@ impl WriteTx {
         Ok(self.events)
     }
 
-    /// The inserts of the transaction's audit entries and events, their values appended to `args`.
-    fn outbox_inserts(&self, args: &mut Vec<Arg>) -> Vec<String> {
+    /// The inserts of the transaction's audit entries and events.
+    fn outbox(&self) -> Vec<Deferred> {
         let tenant = self.tenant_id.to_string();
-        let mut parts = Vec::new();
+        let mut writes = Vec::new();
         if !self.audit.is_empty() {
-            parts.push(format!(
+            let mut q = query(format!(
                 "INSERT INTO audit_log (tenant_id, seq, at, actor, action, subject, session_id, data, prev_hash, \
                  hash) VALUES {}",
-                placeholders(args.len() + 1, self.audit.len(), 10)
+                placeholders(1, self.audit.len(), 10)
             ));
             for e in &self.audit {
-                args.extend([
-                    tenant.clone().into(),
-                    e.seq.into(),
-                    e.at.clone().into(),
-                    e.actor.clone().into(),
-                    e.action.clone().into(),
-                    e.subject.clone().into(),
-                    e.session_id.map(|s| s.to_string()).into(),
-                    e.data.to_string().into(),
-                    e.prev_hash.clone().into(),
-                    e.hash.clone().into(),
-                ]);
+                q = q
+                    .bind(tenant.clone())
+                    .bind(e.seq)
+                    .bind(e.at.clone())
+                    .bind(e.actor.clone())
+                    .bind(e.action.clone())
+                    .bind(e.subject.clone())
+                    .bind(e.session_id.map(|s| s.to_string()))
+                    .bind(e.data.to_string())
+                    .bind(e.prev_hash.clone())
+                    .bind(e.hash.clone());
             }
+            writes.push(Deferred::new("audit_log", q, self.audit.len() as u64));
         }
         if !self.events.is_empty() {
-            parts.push(format!(
+            let mut q = query(format!(
                 "INSERT INTO events (tenant_id, seq, type, session_id, payload, created_at) VALUES {}",
-                placeholders(args.len() + 1, self.events.len(), 6)
+                placeholders(1, self.events.len(), 6)
             ));
             for e in &self.events {
-                args.extend([
-                    tenant.clone().into(),
-                    e.seq.into(),
-                    e.kind.as_str().to_owned().into(),
-                    e.session_id.map(|s| s.to_string()).into(),
-                    e.payload.to_string().into(),
-                    e.created_at.clone().into(),
-                ]);
+                q = q
+                    .bind(tenant.clone())
+                    .bind(e.seq)
+                    .bind(e.kind.as_str())
+                    .bind(e.session_id.map(|s| s.to_string()))
+                    .bind(e.payload.to_string())
+                    .bind(e.created_at.clone());
             }
+            writes.push(Deferred::new("events", q, self.events.len() as u64));
         }
-        parts
+        writes
     }
 
-    /// PostgreSQL: the inserts as CTEs of the chain head's update, with the NOTIFY when there are events.
-    fn one_statement(&self, parts: &[String], args: &mut Vec<Arg>) -> String {
-        let mut ctes: Vec<String> = parts
-            .iter()
-            .enumerate()
-            .map(|(i, sql)| format!("w{i} AS ({sql})"))
-            .collect();
+    /// PostgreSQL: `writes` as CTEs of the chain head's update, with the NOTIFY when there are events, in one
+    /// statement whose one row carries the writes' counts.
+    async fn write_at_once(&mut self, writes: Vec<Deferred>, mut args: Vec<Arg>) -> Result<()> {
+        let rendered = Rendered::new(writes, &mut args);
+        let mut ctes = rendered.ctes.clone();
         let mut update = HEAD_UPDATE.to_owned();
         if !self.events.is_empty() {
             let n = args.len();
@@ -324,11 +453,20 @@ impl WriteTx {
             // A CTE that only reads runs only when referenced.
             update.push_str(" AND (SELECT COUNT(*) FROM nudge) = 1");
         }
-        if ctes.is_empty() {
-            update
-        } else {
-            format!("WITH {} {update}", ctes.join(", "))
-        }
+        let with = match ctes.is_empty() {
+            true => String::new(),
+            false => format!("WITH {} ", ctes.join(", ")),
+        };
+        let counts = rendered.counts();
+        let sql = format!(
+            "{with}{update} RETURNING 1{}{counts}",
+            if counts.is_empty() { "" } else { ", " }
+        );
+        let row = Query::with_args(sql, args)
+            .fetch_optional(Db::Tx(&mut self.conn))
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("the tenant's chain head was not written".into()))?;
+        rendered.check(&row, 1)
     }
 }
 

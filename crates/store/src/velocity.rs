@@ -105,8 +105,7 @@ pub async fn leave(tx: &mut WriteTx, marks: &[(String, Mark)]) -> Result<()> {
             .bind(m.usd_total.to_string())
             .bind(m.usd.to_string());
     }
-    q.execute(tx.conn()).await?;
-    Ok(())
+    tx.defer("velocity_marks", q, marks.len() as u64).await
 }
 
 /// Deletes up to `limit` marks of the scope after `after` (in key order, the first scope when `after` is

@@ -4,7 +4,10 @@
 use chrono::Utc;
 use paygent_domain::audit::{AuditAction, AuditEntry};
 use paygent_domain::event::EventKind;
+use paygent_domain::velocity::Mark;
+use paygent_store::budgets::{self, Delta, KEY_PERIODS};
 use paygent_store::db::query;
+use paygent_store::velocity;
 use paygent_store::{Store, StoreOptions};
 use serde_json::json;
 use sqlx::Connection;
@@ -554,5 +557,139 @@ async fn marks_survive_the_change_of_their_key_on_sqlite() {
 async fn marks_survive_the_change_of_their_key_on_postgres() {
     let (url, db) = PgDatabase::create().await;
     marks_survive_the_change_of_their_key(&url).await;
+    db.drop().await;
+}
+
+/// A key's usage of one period and ledger, as committed.
+async fn committed_usage(store: &Store, key: Uuid) -> paygent_domain::Decimal {
+    let book = budgets::usage(store.reader(), KEY_PERIODS, key, &["day:x"])
+        .await
+        .unwrap();
+    book.get(&("day:x".to_owned(), "USDC".to_owned()))
+        .map_or(paygent_domain::Decimal::ZERO, |u| u.spent)
+}
+
+/// Writes held back until a write's next statement or its commit (PostgreSQL) behave as if sent at once: a
+/// later statement reads them, a second change of the same row builds on the first, and one that fails fails
+/// its whole write, leaving nothing of it.
+async fn held_back_writes_behave_as_if_sent_at_once(url: &str) {
+    let (store, tenant) = with_tenant(url).await;
+    let key = Uuid::new_v4();
+    let usd = |s: &str| s.parse::<paygent_domain::Decimal>().unwrap();
+    let spend = |s: &str| {
+        [(
+            "day:x",
+            "USDC",
+            Delta {
+                spent: usd(s),
+                reserved: usd("0"),
+            },
+        )]
+    };
+    let mut tx = store.begin(tenant, Utc::now()).await.unwrap();
+    budgets::apply(&mut tx, KEY_PERIODS, key, &spend("2.5"))
+        .await
+        .unwrap();
+    budgets::apply(&mut tx, KEY_PERIODS, key, &spend("1"))
+        .await
+        .unwrap();
+    let seen = budgets::usage(tx.conn(), KEY_PERIODS, key, &["day:x"])
+        .await
+        .unwrap();
+    assert_eq!(
+        seen[&("day:x".to_owned(), "USDC".to_owned())].spent,
+        usd("3.5")
+    );
+    tx.audit("test", AuditAction::SessionCreated, "kept", None, json!({}))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(committed_usage(&store, key).await, usd("3.5"));
+
+    let twice = (
+        "session:s".to_owned(),
+        Mark {
+            seq: 1,
+            at: Utc::now(),
+            usd_total: usd("1"),
+            usd: usd("1"),
+        },
+    );
+    let mut tx = store.begin(tenant, Utc::now()).await.unwrap();
+    let failed = async {
+        budgets::apply(&mut tx, KEY_PERIODS, key, &spend("1")).await?;
+        velocity::leave(&mut tx, &[twice.clone(), twice]).await?;
+        tx.audit("test", AuditAction::SessionCreated, "lost", None, json!({}))
+            .await?;
+        tx.commit().await
+    };
+    let error = failed
+        .await
+        .expect_err("two marks with one key cannot both be written");
+    assert!(error.is_unique_violation(), "{error}");
+    assert_eq!(
+        committed_usage(&store, key).await,
+        usd("3.5"),
+        "nothing of it"
+    );
+    let subjects: Vec<_> = chain(&store, tenant)
+        .await
+        .into_iter()
+        .map(|e| e.subject)
+        .collect();
+    assert_eq!(subjects, ["kept"]);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn held_back_writes_behave_as_if_sent_at_once_on_sqlite() {
+    let (url, _dir) = sqlite_url();
+    held_back_writes_behave_as_if_sent_at_once(&url).await;
+}
+
+#[tokio::test]
+async fn held_back_writes_behave_as_if_sent_at_once_on_postgres() {
+    let (url, db) = PgDatabase::create().await;
+    held_back_writes_behave_as_if_sent_at_once(&url).await;
+    db.drop().await;
+}
+
+/// A held-back compare-and-set whose row changed behind the tenant's lock (here, by a statement outside the
+/// store) changes nothing, and the count that says so fails the write, none of it written.
+#[tokio::test]
+async fn a_held_back_write_that_changes_too_few_rows_fails_its_write_on_postgres() {
+    let (url, db) = PgDatabase::create().await;
+    let (store, tenant) = with_tenant(&url).await;
+    let key = Uuid::new_v4();
+    let usd = |s: &str| s.parse::<paygent_domain::Decimal>().unwrap();
+    let spend = [(
+        "day:x",
+        "USDC",
+        Delta {
+            spent: usd("1"),
+            reserved: usd("0"),
+        },
+    )];
+    let mut tx = store.begin(tenant, Utc::now()).await.unwrap();
+    budgets::apply(&mut tx, KEY_PERIODS, key, &spend)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = store.begin(tenant, Utc::now()).await.unwrap();
+    budgets::usage_in(&mut tx, KEY_PERIODS, key, &["day:x"])
+        .await
+        .unwrap();
+    execute_outside(&url, "UPDATE key_usage SET version = version + 1".into()).await;
+    budgets::apply(&mut tx, KEY_PERIODS, key, &spend)
+        .await
+        .unwrap();
+    tx.audit("test", AuditAction::SessionCreated, "lost", None, json!({}))
+        .await
+        .unwrap();
+    let error = tx.commit().await.expect_err("the row moved on");
+    assert!(error.to_string().contains("key_usage"), "{error}");
+    assert_eq!(committed_usage(&store, key).await, usd("1"));
+    assert!(chain(&store, tenant).await.is_empty());
+    store.close().await;
     db.drop().await;
 }

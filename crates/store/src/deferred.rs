@@ -1,0 +1,123 @@
+//! Writes held back on PostgreSQL until the transaction's next statement or its commit. Every statement under
+//! the tenant's lock costs a round trip, and the lock is held for all of them: a payment's writes (the payment,
+//! its budget rows, its spend rollups, the breaker's marks) each cost one, then the commit another. Held back,
+//! they go as CTEs of the next statement sent, so a payment's writes and its commit take one round trip. Each
+//! CTE returns a row per row it changed, and the count is checked against what the write expected.
+//!
+//! Any other statement of the transaction first sends what is held, so it reads what the writes wrote. CTEs of
+//! one statement do not see each other's changes, so a write to a table with a write already held sends the
+//! held ones first: no two CTEs ever touch the same table.
+
+use crate::db::{Arg, Query, Row};
+use crate::{Result, StoreError};
+
+/// A write held back: the table it changes, and how many rows it must change.
+#[derive(Debug)]
+pub(crate) struct Deferred {
+    pub(crate) table: &'static str,
+    query: Query,
+    rows: u64,
+}
+
+impl Deferred {
+    pub(crate) fn new(table: &'static str, query: Query, rows: u64) -> Deferred {
+        Deferred { table, query, rows }
+    }
+
+    /// The write as it runs on its own (SQLite), its count checked.
+    pub(crate) async fn run(self, db: crate::Db<'_>) -> Result<()> {
+        let changed = self.query.execute(db).await?;
+        check(self.table, changed, self.rows)
+    }
+}
+
+/// Held-back writes as the CTEs `w0`, `w1`… of one statement, and the counts to check once it ran.
+pub(crate) struct Rendered {
+    pub(crate) ctes: Vec<String>,
+    expected: Vec<(&'static str, u64)>,
+}
+
+impl Rendered {
+    /// `writes` as CTEs, their parameters numbered after those already in `args`, where their values go.
+    pub(crate) fn new(writes: Vec<Deferred>, args: &mut Vec<Arg>) -> Rendered {
+        let mut ctes = Vec::with_capacity(writes.len());
+        let mut expected = Vec::with_capacity(writes.len());
+        for (i, w) in writes.into_iter().enumerate() {
+            let (sql, values) = w.query.into_parts();
+            ctes.push(format!(
+                "w{i} AS ({} RETURNING 1)",
+                renumbered(&sql, args.len())
+            ));
+            args.extend(values);
+            expected.push((w.table, w.rows));
+        }
+        Rendered { ctes, expected }
+    }
+
+    /// The select list that counts each CTE's rows, in order.
+    pub(crate) fn counts(&self) -> String {
+        let counts: Vec<String> = (0..self.ctes.len())
+            .map(|i| format!("(SELECT COUNT(*) FROM w{i})"))
+            .collect();
+        counts.join(", ")
+    }
+
+    /// Checks the counts `row` holds, from column `first` on, against what each write expected.
+    pub(crate) fn check(&self, row: &Row, first: usize) -> Result<()> {
+        for (i, (table, rows)) in self.expected.iter().enumerate() {
+            let changed: i64 = row.get(first + i)?;
+            check(table, changed.unsigned_abs(), *rows)?;
+        }
+        Ok(())
+    }
+}
+
+fn check(table: &str, changed: u64, expected: u64) -> Result<()> {
+    if changed == expected {
+        return Ok(());
+    }
+    Err(StoreError::Corrupt(format!(
+        "{changed} rows of {table} changed where {expected} were expected: another writer changed them"
+    )))
+}
+
+/// Sends the held-back writes as one statement and checks their counts.
+pub(crate) async fn flush(conn: &mut sqlx::PgConnection, writes: Vec<Deferred>) -> Result<()> {
+    if writes.is_empty() {
+        return Ok(());
+    }
+    let mut args = Vec::new();
+    let rendered = Rendered::new(writes, &mut args);
+    let sql = format!(
+        "WITH {} SELECT {}",
+        rendered.ctes.join(", "),
+        rendered.counts()
+    );
+    let (_, rows) = Query::with_args(sql, args).on_pg(conn, true).await?;
+    let row = rows
+        .first()
+        .ok_or_else(|| StoreError::Corrupt("the held-back writes returned no counts".into()))?;
+    rendered.check(row, 0)
+}
+
+/// `sql` with each parameter `$n` numbered `$(n + by)`.
+fn renumbered(sql: &str, by: usize) -> String {
+    crate::db::placed(sql, |n| format!("${}", n + by))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::renumbered;
+
+    #[test]
+    fn parameters_are_numbered_on_and_quoted_text_is_not() {
+        assert_eq!(
+            renumbered(
+                "INSERT INTO t VALUES ($1, $12, '$3', \"$4\", 'it''s $5') WHERE x = $2",
+                10
+            ),
+            "INSERT INTO t VALUES ($11, $22, '$3', \"$4\", 'it''s $5') WHERE x = $12"
+        );
+        assert_eq!(renumbered("SELECT $ || $1", 1), "SELECT $ || $2");
+    }
+}
