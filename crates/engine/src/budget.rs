@@ -216,15 +216,35 @@ impl Paygent {
     }
 }
 
-/// Where a session's budget stands at `now`, as `db` sees it (inside a transaction: with what it booked).
+/// Where a session's budget stands at `now`, as `db` sees it.
 pub(crate) async fn view_of(
     db: paygent_store::db::Db<'_>,
     session: &SessionRecord,
     now: DateTime<Utc>,
 ) -> Result<BudgetView> {
+    let day = session.config.budget.day(now).0.to_string();
+    let usage = budgets::day_usage(db, session.id, &day).await?;
+    Ok(view_from(session, now, usage))
+}
+
+/// Where a session's budget stands at `now`, as the transaction sees it: with what it booked.
+pub(crate) async fn view_in(
+    tx: &mut WriteTx,
+    session: &SessionRecord,
+    now: DateTime<Utc>,
+) -> Result<BudgetView> {
+    let day = session.config.budget.day(now).0.to_string();
+    let usage = budgets::day_usage_in(tx, session.id, &day).await?;
+    Ok(view_from(session, now, usage))
+}
+
+fn view_from(
+    session: &SessionRecord,
+    now: DateTime<Utc>,
+    usage: BTreeMap<String, Usage>,
+) -> BudgetView {
     let config = &session.config.budget;
     let (day, resets_at) = config.day(now);
-    let usage = budgets::day_usage(db, session.id, &day.to_string()).await?;
     let line = |limit: Option<Decimal>, u: Usage| BudgetLine {
         limit,
         spent: u.spent,
@@ -243,7 +263,7 @@ pub(crate) async fn view_of(
             );
         }
     }
-    Ok(BudgetView {
+    BudgetView {
         session_id: session.id,
         day: day.to_string(),
         time_zone: config.budget_time_zone.clone(),
@@ -255,5 +275,5 @@ pub(crate) async fn view_of(
             usage.get(USD_TOTAL).copied().unwrap_or_default(),
         ),
         currencies,
-    })
+    }
 }

@@ -717,7 +717,7 @@ impl<'a> Filing<'a> {
             .with_payee(tx, &p.recipient, label)
             .await?;
         let now = tx.now();
-        let budget = budget::view_of(tx.conn(), self.session, now).await?;
+        let budget = budget::view_in(tx, self.session, now).await?;
         let context = DecisionContext {
             budget_after: Some(budget),
             ..context

@@ -237,7 +237,7 @@ fn select(filter: &str) -> String {
 
 pub async fn insert(tx: &mut WriteTx, a: &ApprovalRecord) -> Result<()> {
     let allowed: Vec<&str> = a.allowed_decisions.iter().map(|k| k.as_str()).collect();
-    query(
+    let q = query(
         "INSERT INTO approval_requests (id, tenant_id, session_id, payment_id, tool, args, reason, usd_value, \
          allowed_decisions, status, requested_by, deadline, created_at, approvals_required, approver_groups, \
          escalation, escalate_at, context, network) \
@@ -261,9 +261,8 @@ pub async fn insert(tx: &mut WriteTx, a: &ApprovalRecord) -> Result<()> {
     .bind((!a.escalation.is_empty()).then(|| serde_json::to_string(&a.escalation).expect("steps serialize")))
     .bind(a.escalate_at.map(paygent_domain::time::format))
     .bind(a.context.as_ref().map(Value::to_string))
-    .bind(a.network.clone())
-    .execute(tx.conn())
-    .await?;
+    .bind(a.network.clone());
+    tx.defer("approval_requests", q, 1).await?;
     if a.status == ApprovalStatus::Pending {
         waiting(tx, &[(a.requested_by.to_string(), 1)]).await?;
     }
@@ -274,15 +273,14 @@ pub async fn insert(tx: &mut WriteTx, a: &ApprovalRecord) -> Result<()> {
 async fn waiting(tx: &mut WriteTx, changes: &[(String, i64)]) -> Result<()> {
     let tenant = tx.tenant_id().to_string();
     for (key, by) in changes {
-        query(
+        let q = query(
             "INSERT INTO key_pending (key_id, tenant_id, pending) VALUES ($1, $2, $3) \
              ON CONFLICT (key_id) DO UPDATE SET pending = key_pending.pending + excluded.pending",
         )
         .bind(key.clone())
         .bind(tenant.clone())
-        .bind(*by)
-        .execute(tx.conn())
-        .await?;
+        .bind(*by);
+        tx.defer("key_pending", q, 1).await?;
     }
     Ok(())
 }

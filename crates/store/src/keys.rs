@@ -193,6 +193,9 @@ pub async fn revoke(tx: &mut WriteTx, id: Uuid) -> Result<bool> {
 
 /// The name of one of this tenant's keys, revoked or not (a request's context names who asked).
 pub async fn name_of(tx: &mut WriteTx, id: Uuid) -> Result<Option<String>> {
+    if let Some(name) = tx.actor_name(id) {
+        return Ok(Some(name.to_owned()));
+    }
     let tenant = tx.tenant_id().to_string();
     let row = query("SELECT name FROM api_keys WHERE tenant_id = $1 AND id = $2")
         .bind(tenant)

@@ -55,14 +55,16 @@ pub struct WriteTx {
     ledgers: LedgerRows,
     /// The session [`Store::begin_about`] read with the lock, until it is taken.
     prefetched: Option<(About, Option<Row>)>,
+    /// The key that acts, and its name, as of the lock.
+    actor: Option<(Uuid, String)>,
 }
 
-/// The tenant's head, and whether the acting key (`$2`, NULL for the system) is live at `$3`: read in the same
-/// statement as the lock, so a key revoked a moment ago writes nothing, at no extra round trip.
+/// The tenant's head, and the acting key's name (`$2`, NULL for the system) if it is live at `$3`: read in the
+/// same statement as the lock, so a key revoked a moment ago writes nothing, at no extra round trip.
 macro_rules! head {
     () => {
         "SELECT audit_seq, audit_head, event_seq, kill_switch, \
-         (SELECT COUNT(*) FROM api_keys WHERE id = $2 AND tenant_id = $1 AND revoked_at IS NULL \
+         (SELECT name FROM api_keys WHERE id = $2 AND tenant_id = $1 AND revoked_at IS NULL \
           AND (expires_at IS NULL OR expires_at > $3)) FROM tenants WHERE id = $1"
     };
 }
@@ -149,9 +151,11 @@ impl Store {
             }
         };
         let row = row.ok_or(StoreError::UnknownTenant(tenant_id))?;
-        if key_id.is_some() && row.get::<i64>(4)? != 1 {
-            return Err(StoreError::KeyNotLive);
-        }
+        let actor = match (key_id, row.get::<Option<String>>(4)?) {
+            (Some(id), Some(name)) => Some((id, name)),
+            (Some(_), None) => return Err(StoreError::KeyNotLive),
+            (None, _) => None,
+        };
         let mut tx = WriteTx {
             conn,
             tenant_id,
@@ -165,6 +169,7 @@ impl Store {
             rules: self.rules.clone(),
             ledgers: LedgerRows::default(),
             prefetched: None,
+            actor,
         };
         if let (Some(about), Some((session, days, budget))) = (about, read) {
             crate::budgets::seen_days(&mut tx, about.session, &days, budget)?;
@@ -349,6 +354,12 @@ impl WriteTx {
                 None
             }
         }
+    }
+
+    /// The name of the key `id`, if it is the one that acts.
+    pub(crate) fn actor_name(&self, id: Uuid) -> Option<&str> {
+        let (key, name) = self.actor.as_ref()?;
+        (*key == id).then_some(name.as_str())
     }
 
     /// The rows of ledgers this transaction read or wrote, by (table, owner, bucket): under the tenant's lock
