@@ -170,7 +170,7 @@ impl Paygent {
         seen: Option<&str>,
     ) -> Result<ApprovalView> {
         let ruling = self.rule(who, id, &decision, seen).await?;
-        let mut tx = self.begin_as(who).await?;
+        let mut tx = self.begin_about(who, ruling.request.session_id).await?;
         if ruling.to != ApprovalStatus::Rejected {
             crate::kill::refuse_if_stopped(&mut tx, ruling.request.session_id).await?;
         }

@@ -380,8 +380,8 @@ pub(crate) async fn refuse_if_stopped(tx: &mut WriteTx, session_id: Uuid) -> Res
             "the emergency stop is engaged: nothing is approved or executed".into(),
         ));
     }
-    let tenant_id = tx.tenant_id();
-    let session = sessions::get(tx.conn(), tenant_id, session_id)
+    // Read with its policy: a write begun about the session has both already, from the lock's round trip.
+    let (session, _) = crate::policies::session_in_force(tx, session_id)
         .await?
         .ok_or(EngineError::NotFound("session"))?;
     if session.state == SessionState::Killed {

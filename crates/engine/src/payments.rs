@@ -168,7 +168,7 @@ impl Paygent {
             description: intent.description.clone(),
         };
 
-        let mut tx = self.begin_as(who).await?;
+        let mut tx = self.begin_about(who, request.session_id).await?;
         let session = crate::kill::refuse_if_stopped(&mut tx, request.session_id).await?;
         let wallet = session.wallet_address.as_deref();
         let network = self.network_for(&request.tool, &terms.currency, wallet);
