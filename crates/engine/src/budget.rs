@@ -2,7 +2,7 @@
 
 use crate::views::{BudgetLine, BudgetView};
 use crate::{EngineError, Paygent, Result, require};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use paygent_domain::PolicyRules;
 use paygent_domain::audit::AuditAction;
 use paygent_domain::budget::{BudgetConfig, Exceeded, USD_TOTAL, Usage};
@@ -222,9 +222,9 @@ pub(crate) async fn view_of(
     session: &SessionRecord,
     now: DateTime<Utc>,
 ) -> Result<BudgetView> {
-    let day = session.config.budget.day(now).0.to_string();
-    let usage = budgets::day_usage(db, session.id, &day).await?;
-    Ok(view_from(session, now, usage))
+    let today = session.config.budget.day(now);
+    let usage = budgets::day_usage(db, session.id, &today.0.to_string()).await?;
+    Ok(view_from(session, today, usage))
 }
 
 /// Where a session's budget stands at `now`, as the transaction sees it: with what it booked.
@@ -233,18 +233,18 @@ pub(crate) async fn view_in(
     session: &SessionRecord,
     now: DateTime<Utc>,
 ) -> Result<BudgetView> {
-    let day = session.config.budget.day(now).0.to_string();
-    let usage = budgets::day_usage_in(tx, session.id, &day).await?;
-    Ok(view_from(session, now, usage))
+    let today = session.config.budget.day(now);
+    let usage = budgets::day_usage_in(tx, session.id, &today.0.to_string()).await?;
+    Ok(view_from(session, today, usage))
 }
 
+/// The view of a session's budget on its day (and when that day ends), from the day's usage by ledger.
 fn view_from(
     session: &SessionRecord,
-    now: DateTime<Utc>,
+    (day, resets_at): (NaiveDate, DateTime<Utc>),
     usage: BTreeMap<String, Usage>,
 ) -> BudgetView {
     let config = &session.config.budget;
-    let (day, resets_at) = config.day(now);
     let line = |limit: Option<Decimal>, u: Usage| BudgetLine {
         limit,
         spent: u.spent,

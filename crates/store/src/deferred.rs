@@ -56,7 +56,7 @@ impl Rendered {
 
     /// The select list that counts each CTE's rows, in order.
     pub(crate) fn counts(&self) -> String {
-        let counts: Vec<String> = (0..self.ctes.len())
+        let counts: Vec<String> = (0..self.expected.len())
             .map(|i| format!("(SELECT COUNT(*) FROM w{i})"))
             .collect();
         counts.join(", ")

@@ -449,8 +449,8 @@ impl WriteTx {
     /// PostgreSQL: `writes` as CTEs of the chain head's update, with the NOTIFY when there are events, in one
     /// statement whose one row carries the writes' counts.
     async fn write_at_once(&mut self, writes: Vec<Deferred>, mut args: Vec<Arg>) -> Result<()> {
-        let rendered = Rendered::new(writes, &mut args);
-        let mut ctes = rendered.ctes.clone();
+        let mut rendered = Rendered::new(writes, &mut args);
+        let mut ctes = std::mem::take(&mut rendered.ctes);
         let mut update = HEAD_UPDATE.to_owned();
         if !self.events.is_empty() {
             let n = args.len();
