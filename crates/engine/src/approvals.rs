@@ -170,9 +170,10 @@ impl Paygent {
         seen: Option<&str>,
     ) -> Result<ApprovalView> {
         let ruling = self.rule(who, id, &decision, seen).await?;
-        let mut tx = self.begin_about(who, ruling.request.session_id).await?;
+        let (session, id) = (ruling.request.session_id, ruling.request.id);
+        let mut tx = self.begin_deciding(who, session, id).await?;
         if ruling.to != ApprovalStatus::Rejected {
-            crate::kill::refuse_if_stopped(&mut tx, ruling.request.session_id).await?;
+            crate::kill::refuse_if_stopped(&mut tx, session).await?;
         }
         let counted =
             ruling.request.approvals_required > 1 && ruling.to != ApprovalStatus::Rejected;
@@ -302,10 +303,12 @@ impl Paygent {
         who: &Principal,
         r: &Ruling,
     ) -> Result<Option<ApprovalView>> {
+        let current = current(tx, r.request.id).await?;
         let edited_args = r.edit.as_ref().map(|(intent, _)| intent.args());
-        if !end_request(tx, who, r, r.to, edited_args.as_ref()).await? {
+        let ending = (r.to, edited_args.as_ref());
+        let Some(decided) = end_request(tx, who, r, &current, ending).await? else {
             return Ok(None);
-        }
+        };
         if r.to == ApprovalStatus::Rejected {
             self.deny_payment(tx, &r.request, DenyReason::Rejected)
                 .await?;
@@ -317,7 +320,7 @@ impl Paygent {
         if let Some(terms) = &r.standing {
             crate::standing::grant(tx, who, &r.request, terms).await?;
         }
-        self.announce(tx, who, r, r.kind).await.map(Some)
+        self.announce(tx, who, r, (r.kind, decided)).await.map(Some)
     }
 
     /// One person's approval (or edit) of a request that needs a quorum, recorded once per person and action
@@ -330,9 +333,7 @@ impl Paygent {
         r: &Ruling,
     ) -> Result<Option<ApprovalView>> {
         let id = r.request.id;
-        let current = approvals::get(tx.conn(), who.tenant_id, id)
-            .await?
-            .ok_or(EngineError::NotFound("approval request"))?;
+        let current = current(tx, id).await?;
         if current.status != ApprovalStatus::Pending || current.deadline <= tx.now() {
             return Ok(None);
         }
@@ -382,10 +383,11 @@ impl Paygent {
             Some(_) => (ApprovalStatus::Edited, DecisionKind::Edit),
             None => (ApprovalStatus::Approved, DecisionKind::Approve),
         };
-        if !end_request(tx, who, r, to, edited_args.as_ref()).await? {
+        let ending = (to, edited_args.as_ref());
+        let Some(decided) = end_request(tx, who, r, current, ending).await? else {
             return Ok(None);
-        }
-        self.announce(tx, who, r, kind).await.map(Some)
+        };
+        self.announce(tx, who, r, (kind, decided)).await.map(Some)
     }
 
     /// An approval short of its quorum: audited, and the request (still pending, with its approvals so far)
@@ -419,13 +421,13 @@ impl Paygent {
         Ok(view)
     }
 
-    /// The decision's audit entry and event, and the request as it now is.
+    /// The decision's audit entry and event, and the request as the decision left it.
     async fn announce(
         &self,
         tx: &mut WriteTx,
         who: &Principal,
         r: &Ruling,
-        kind: DecisionKind,
+        (kind, decided): (DecisionKind, ApprovalRecord),
     ) -> Result<ApprovalView> {
         let data = decision_data(r, kind);
         let (subject, session) = (
@@ -434,7 +436,7 @@ impl Paygent {
         );
         tx.audit(&who.actor(), kind.audit_action(), &subject, session, data)
             .await?;
-        let view = self.reread(tx, r.request.id).await?;
+        let view = ApprovalView::from(decided);
         let payload = serde_json::to_value(&view).expect("views serialize");
         tx.event(kind.event(), session, payload).await?;
         Ok(view)
@@ -539,14 +541,15 @@ struct Ruling {
     standing: Option<StandingTerms>,
 }
 
-/// The conditional update that ends a pending request as `to` on `who`'s decision; false if it did not land.
+/// The conditional update that ends `current`, a pending request, as `to` on `who`'s decision: the request as
+/// it became, or none if the decision did not land.
 async fn end_request(
     tx: &mut WriteTx,
     who: &Principal,
     r: &Ruling,
-    to: ApprovalStatus,
-    edited_args: Option<&Value>,
-) -> Result<bool> {
+    current: &ApprovalRecord,
+    (to, edited_args): (ApprovalStatus, Option<&Value>),
+) -> Result<Option<ApprovalRecord>> {
     let decided = Decided {
         id: r.request.id,
         to,
@@ -556,7 +559,7 @@ async fn end_request(
         digest: &r.digest,
         network: r.network.as_deref(),
     };
-    Ok(approvals::decide(tx, decided).await?)
+    Ok(approvals::decide(tx, current, decided).await?)
 }
 
 /// What the audit trail keeps of a decision: its kind, note and digest, and an edit's old and new arguments.
@@ -568,6 +571,13 @@ fn decision_data(r: &Ruling, kind: DecisionKind) -> Value {
         data["new_usd_value"] = json!(usd.to_string());
     }
     data
+}
+
+/// The request `id` as the decision's transaction reads it, under the tenant's lock.
+async fn current(tx: &mut WriteTx, id: Uuid) -> Result<ApprovalRecord> {
+    approvals::current(tx, id)
+        .await?
+        .ok_or(EngineError::NotFound("approval request"))
 }
 
 async fn session_of(

@@ -259,9 +259,30 @@ impl Paygent {
     /// Starts a write by `who` about one session: on PostgreSQL its first round trip, the one that takes the
     /// tenant's lock, also reads the session, its policy and its budget rows.
     async fn begin_about(&self, who: &Principal, session: Uuid) -> Result<paygent_store::WriteTx> {
+        self.begin_on(who, session, None).await
+    }
+
+    /// Starts `who`'s decision on the approval request `approval` of `session`: as [`Paygent::begin_about`], and
+    /// the request is read in the same round trip.
+    async fn begin_deciding(
+        &self,
+        who: &Principal,
+        session: Uuid,
+        approval: Uuid,
+    ) -> Result<paygent_store::WriteTx> {
+        self.begin_on(who, session, Some(approval)).await
+    }
+
+    async fn begin_on(
+        &self,
+        who: &Principal,
+        session: Uuid,
+        approval: Option<Uuid>,
+    ) -> Result<paygent_store::WriteTx> {
         let about = paygent_store::About {
             session,
             default_policy: policies::default_policy_id(who.tenant_id),
+            approval,
         };
         let now = self.now();
         Ok(self

@@ -8,6 +8,7 @@ use paygent_domain::action::action_digest;
 use paygent_domain::quorum::{Escalation, reachable};
 use paygent_domain::{ApprovalStatus, Decimal, DecisionKind};
 use serde_json::Value;
+use std::sync::LazyLock;
 use uuid::Uuid;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -305,9 +306,8 @@ async fn stopped_waiting(tx: &mut WriteTx, asker: Option<String>) -> Result<bool
 
 /// The request, with the approvals of its current action where it needs more than one.
 pub async fn get(mut db: Db<'_>, tenant_id: Uuid, id: Uuid) -> Result<Option<ApprovalRecord>> {
-    let sql = select("tenant_id = $1 AND id = $2");
     let found: Option<ApprovalRecord> =
-        crate::by_id::<ApprovalRow, _>(db.again(), sql, tenant_id, id).await?;
+        crate::by_id::<ApprovalRow, _>(db.again(), BY_ID.as_str(), tenant_id, id).await?;
     let Some(mut request) = found else {
         return Ok(None);
     };
@@ -461,28 +461,73 @@ pub struct Decided<'a> {
     pub network: Option<&'a str>,
 }
 
-/// Records a decision; returns false if the request was no longer pending or is overdue.
-pub async fn decide(tx: &mut WriteTx, d: Decided<'_>) -> Result<bool> {
-    let now = tx.now_text();
-    let tenant = tx.tenant_id().to_string();
-    let done = query(
+/// The request by id, as [`get`] reads it (without its approvals).
+pub(crate) static BY_ID: LazyLock<String> = LazyLock::new(|| select("tenant_id = $1 AND id = $2"));
+
+/// The request `id` as the transaction sees it, with the approvals of its current action where it needs more
+/// than one: read under the tenant's lock, on PostgreSQL in the lock's own round trip when the write was begun
+/// about it.
+pub async fn current(tx: &mut WriteTx, id: Uuid) -> Result<Option<ApprovalRecord>> {
+    let Some(row) = tx.take_prefetched_approval(id) else {
+        let tenant_id = tx.tenant_id();
+        return get(tx.conn(), tenant_id, id).await;
+    };
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let request = ApprovalRecord::try_from(ApprovalRow::try_from(row)?)?;
+    finished(tx, request).await.map(Some)
+}
+
+/// Records a decision on `current`, the request as the transaction read it under the tenant's lock: the request
+/// as it becomes (with the approvals of its action where it needs more than one), or none if it was no longer
+/// pending or is overdue. The update is conditional still, and held back (one round trip fewer on PostgreSQL):
+/// under the lock nothing else changes the row, and if something did, the write fails rather than land twice.
+pub async fn decide(
+    tx: &mut WriteTx,
+    current: &ApprovalRecord,
+    d: Decided<'_>,
+) -> Result<Option<ApprovalRecord>> {
+    let now = tx.now();
+    if current.status != ApprovalStatus::Pending || current.deadline <= now {
+        return Ok(None);
+    }
+    let decided = ApprovalRecord {
+        status: d.to,
+        decided_by: Some(d.by),
+        decided_at: Some(now),
+        decision_note: d.note.map(str::to_owned),
+        edited_args: d.edited_args.cloned(),
+        decided_digest: Some(d.digest.to_owned()),
+        network: d.network.map(str::to_owned),
+        approvals: Vec::new(),
+        ..current.clone()
+    };
+    let update = query(
         "UPDATE approval_requests SET status = $3, decided_by = $4, decided_at = $5, decision_note = $6, \
          edited_args = $7, decided_digest = $8, network = $9 \
-         WHERE tenant_id = $1 AND id = $2 AND status = 'pending' AND deadline > $5 RETURNING requested_by",
+         WHERE tenant_id = $1 AND id = $2 AND status = 'pending' AND deadline > $5",
     )
-    .bind(tenant)
+    .bind(tx.tenant_id().to_string())
     .bind(d.id.to_string())
     .bind(d.to.as_str())
     .bind(d.by.to_string())
-    .bind(now)
+    .bind(tx.now_text())
     .bind(d.note)
     .bind(d.edited_args.map(Value::to_string))
     .bind(d.digest)
-    .bind(d.network.map(str::to_owned))
-    .fetch_optional(tx.conn())
-    .await?;
-    let asker = done.map(|r| r.get::<String>(0)).transpose()?;
-    stopped_waiting(tx, asker).await
+    .bind(d.network.map(str::to_owned));
+    tx.defer("approval_requests", update, 1).await?;
+    stopped_waiting(tx, Some(decided.requested_by.to_string())).await?;
+    finished(tx, decided).await.map(Some)
+}
+
+/// A request as a write left it, with the approvals of its current action where it needs more than one.
+async fn finished(tx: &mut WriteTx, mut request: ApprovalRecord) -> Result<ApprovalRecord> {
+    if request.approvals_required > 1 {
+        request.approvals = votes(tx.conn(), request.id, &request.digest()).await?;
+    }
+    Ok(request)
 }
 
 /// Ends a pending request as expired or cancelled; returns false if it was no longer pending.

@@ -55,6 +55,8 @@ pub struct WriteTx {
     ledgers: LedgerRows,
     /// The session [`Store::begin_about`] read with the lock, until it is taken.
     prefetched: Option<(About, Option<Row>)>,
+    /// The approval request [`Store::begin_about`] read with the lock, until it is taken.
+    prefetched_approval: Option<(Uuid, Option<Row>)>,
     /// The key that acts, and its name, as of the lock.
     actor: Option<(Uuid, String)>,
 }
@@ -73,25 +75,30 @@ const HEAD: &str = head!();
 /// PostgreSQL: the statements a write's first round trip runs, prepared once on each connection, since that
 /// round trip also opens the write's savepoint and so uses the simple protocol, which would plan them each
 /// time: the head's read that takes the lock, and for a write about one session, that session with its policy
-/// and its budget rows around today.
+/// and its budget rows around today, and for a decision, the approval request decided.
 pub(crate) static PREPARED: LazyLock<String> = LazyLock::new(|| {
     format!(
         "PREPARE paygent_head (text, text, text) AS {HEAD} FOR UPDATE; \
          PREPARE paygent_session (text, text, text) AS {}; \
-         PREPARE paygent_days (text, text, text, text) AS {}",
+         PREPARE paygent_days (text, text, text, text) AS {}; \
+         PREPARE paygent_approval (text, text) AS {}",
         *crate::policies::SESSION_WITH_POLICY,
-        crate::budgets::days_sql()
+        crate::budgets::days_sql(),
+        *crate::approvals::BY_ID
     )
 });
 const HEAD_FOR_UPDATE: &str = "EXECUTE paygent_head ($1, $2, $3)";
 const ABOUT: &str = "; EXECUTE paygent_session ($1, $4, $5); EXECUTE paygent_days ($4, $6, $7, $8)";
+const APPROVAL: &str = "; EXECUTE paygent_approval ($1, $9)";
 
-/// The session a write is about, and the tenant's default policy (the session's when it names none): on
-/// PostgreSQL both, and the session's budget rows, are read in the round trip that takes the lock.
+/// The session a write is about, and the tenant's default policy (the session's when it names none), and for a
+/// decision the approval request it decides: on PostgreSQL all of them, and the session's budget rows, are read
+/// in the round trip that takes the lock.
 #[derive(Debug, Clone, Copy)]
 pub struct About {
     pub session: Uuid,
     pub default_policy: Uuid,
+    pub approval: Option<Uuid>,
 }
 
 impl Store {
@@ -169,19 +176,28 @@ impl Store {
             rules: self.rules.clone(),
             ledgers: LedgerRows::default(),
             prefetched: None,
+            prefetched_approval: None,
             actor,
         };
-        if let (Some(about), Some((session, days, budget))) = (about, read) {
-            crate::budgets::seen_days(&mut tx, about.session, &days, budget)?;
-            tx.prefetched = Some((about, session));
+        if let (Some(about), Some(read)) = (about, read) {
+            crate::budgets::seen_days(&mut tx, about.session, &read.days, read.budget)?;
+            tx.prefetched = Some((about, read.session));
+            tx.prefetched_approval = about.approval.zip(read.approval);
         }
         Ok(tx)
     }
 }
 
-/// What a write about a session read in its first round trip: the session with its policy, the days whose
-/// budget rows were read, and those rows.
-type Read = (Option<Row>, [String; 3], Vec<Row>);
+/// What a write about a session read in its first round trip.
+struct Read {
+    /// The session with its policy.
+    session: Option<Row>,
+    /// The days whose budget rows were read, and those rows.
+    days: [String; 3],
+    budget: Vec<Row>,
+    /// The approval request decided (`Some(None)`: there is no such request).
+    approval: Option<Option<Row>>,
+}
 
 /// PostgreSQL: the write's first round trip. Opens its savepoint, takes the lock and reads the head, and for a
 /// write about a session, reads the session and its budget rows around today.
@@ -200,6 +216,10 @@ async fn first_round_trip(
             a.default_policy.to_string().into(),
         ]);
         args.extend(days.iter().map(Arg::from));
+        if let Some(approval) = a.approval {
+            sql.push_str(APPROVAL);
+            args.push(approval.to_string().into());
+        }
     }
     let results = tx.start(&inlined(&sql, &args)?).await?;
     let mut results = results.into_iter().rev();
@@ -208,9 +228,19 @@ async fn first_round_trip(
         rows.iter().map(pg_row).collect()
     };
     let read = match about {
-        Some(_) => {
+        Some(a) => {
+            let approval = match a.approval {
+                Some(_) => Some(rows()?.into_iter().next()),
+                None => None,
+            };
             let (budget, session) = (rows()?, rows()?);
-            Some((session.into_iter().next(), days, budget))
+            let session = session.into_iter().next();
+            Some(Read {
+                session,
+                days,
+                budget,
+                approval,
+            })
         }
         None => None,
     };
@@ -351,6 +381,18 @@ impl WriteTx {
             }
             other => {
                 self.prefetched = other;
+                None
+            }
+        }
+    }
+
+    /// The approval request [`Store::begin_about`] read with the lock, if it is `id` (`Some(None)`: there is no
+    /// such request). Taken once, as the session.
+    pub(crate) fn take_prefetched_approval(&mut self, id: Uuid) -> Option<Option<Row>> {
+        match self.prefetched_approval.take() {
+            Some((read, row)) if read == id => Some(row),
+            other => {
+                self.prefetched_approval = other;
                 None
             }
         }
