@@ -283,6 +283,7 @@ async fn waiting(tx: &mut WriteTx, changes: &[(String, i64)]) -> Result<()> {
         .bind(*by);
         tx.defer("key_pending", q, 1).await?;
     }
+    tx.pending_changed();
     Ok(())
 }
 
@@ -554,8 +555,12 @@ pub async fn end(
     stopped_waiting(tx, asker).await
 }
 
-/// How many of the requests `key` asked for wait on people: one row, kept with every change.
+/// How many of the requests `key` asked for wait on people: one row, kept with every change, and for the key
+/// that acts read with the lock.
 pub async fn pending_of_key(tx: &mut WriteTx, key: Uuid) -> Result<i64> {
+    if let Some(pending) = tx.actor_pending(key) {
+        return Ok(pending);
+    }
     let row = query("SELECT pending FROM key_pending WHERE key_id = $1")
         .bind(key.to_string())
         .fetch_optional(tx.conn())

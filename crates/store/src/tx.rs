@@ -59,15 +59,19 @@ pub struct WriteTx {
     prefetched_approval: Option<(Uuid, Option<Row>)>,
     /// The key that acts, and its name, as of the lock.
     actor: Option<(Uuid, String)>,
+    /// How many of the acting key's requests wait on people, as of the lock, until this write changes it.
+    actor_pending: Option<i64>,
 }
 
 /// The tenant's head, and the acting key's name (`$2`, NULL for the system) if it is live at `$3`: read in the
-/// same statement as the lock, so a key revoked a moment ago writes nothing, at no extra round trip.
+/// same statement as the lock, so a key revoked a moment ago writes nothing, at no extra round trip. With them,
+/// how many of that key's requests wait on people, which the cap on them reads when the write files one.
 macro_rules! head {
     () => {
         "SELECT audit_seq, audit_head, event_seq, kill_switch, \
          (SELECT name FROM api_keys WHERE id = $2 AND tenant_id = $1 AND revoked_at IS NULL \
-          AND (expires_at IS NULL OR expires_at > $3)) FROM tenants WHERE id = $1"
+          AND (expires_at IS NULL OR expires_at > $3)), \
+         (SELECT pending FROM key_pending WHERE key_id = $2) FROM tenants WHERE id = $1"
     };
 }
 const HEAD: &str = head!();
@@ -177,6 +181,11 @@ impl Store {
             ledgers: LedgerRows::default(),
             prefetched: None,
             prefetched_approval: None,
+            actor_pending: actor
+                .as_ref()
+                .map(|_| row.get::<Option<i64>>(5))
+                .transpose()?
+                .map(|n| n.unwrap_or(0)),
             actor,
         };
         if let (Some(about), Some(read)) = (about, read) {
@@ -396,6 +405,18 @@ impl WriteTx {
                 None
             }
         }
+    }
+
+    /// How many of the key `id`'s requests wait on people, if it is the one that acts and this write has not
+    /// changed the count.
+    pub(crate) fn actor_pending(&self, id: Uuid) -> Option<i64> {
+        let (key, _) = self.actor.as_ref()?;
+        (*key == id).then_some(self.actor_pending).flatten()
+    }
+
+    /// This write changed how many requests of some key wait: the count read with the lock no longer holds.
+    pub(crate) fn pending_changed(&mut self) {
+        self.actor_pending = None;
     }
 
     /// The name of the key `id`, if it is the one that acts.
