@@ -171,7 +171,7 @@ impl Paygent {
     ) -> Result<ApprovalView> {
         let ruling = self.rule(who, id, &decision, seen).await?;
         let (session, id) = (ruling.request.session_id, ruling.request.id);
-        let mut tx = self.begin_deciding(who, session, id).await?;
+        let mut tx = self.begin_about_request(who, session, id).await?;
         if ruling.to != ApprovalStatus::Rejected {
             crate::kill::refuse_if_stopped(&mut tx, session).await?;
         }

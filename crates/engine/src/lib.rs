@@ -262,9 +262,9 @@ impl Paygent {
         self.begin_on(who, session, None).await
     }
 
-    /// Starts `who`'s decision on the approval request `approval` of `session`: as [`Paygent::begin_about`], and
-    /// the request is read in the same round trip.
-    async fn begin_deciding(
+    /// Starts a write by `who` about the approval request `approval` of `session` (a decision on it, or running
+    /// what it approved): as [`Paygent::begin_about`], and the request is read in the same round trip.
+    async fn begin_about_request(
         &self,
         who: &Principal,
         session: Uuid,

@@ -153,22 +153,21 @@ impl Paygent {
             who.can_request_payments(),
             "only agents and admins execute payments",
         )?;
-        let request = self.load_approval(who.tenant_id, approval_id).await?;
-        self.reach(who, request.session_id, "approval request")
+        let asked = self.load_approval(who.tenant_id, approval_id).await?;
+        self.reach(who, asked.session_id, "approval request")
             .await?;
-        let payment_id = request
+        let payment_id = asked
             .payment_id
             .ok_or_else(|| EngineError::Conflict("this request is not a payment".into()))?;
-        let intent = PaymentIntent::from_args(&self.prices, request.effective_args())?;
-        let terms = Terms {
-            usd_value: self.prices.usd_value(&intent.money)?,
-            amount: intent.money.amount,
-            currency: intent.money.currency.clone(),
-            recipient: intent.recipient.as_str().to_owned(),
-            description: intent.description.clone(),
-        };
-
-        let mut tx = self.begin_about(who, request.session_id).await?;
+        let mut tx = self
+            .begin_about_request(who, asked.session_id, approval_id)
+            .await?;
+        // What runs is the request as it stands under the lock: a decision (an edit) that landed after the read
+        // above is the one carried out, or refused.
+        let request = approvals::current(&mut tx, approval_id)
+            .await?
+            .ok_or(EngineError::NotFound("approval request"))?;
+        let (intent, terms) = self.approved_terms(&request)?;
         let session = crate::kill::refuse_if_stopped(&mut tx, request.session_id).await?;
         let wallet = session.wallet_address.as_deref();
         let network = self.network_for(&request.tool, &terms.currency, wallet);
@@ -178,12 +177,8 @@ impl Paygent {
                 "what would be paid is not the action people approved: its digest differs".into(),
             ));
         }
-        if !approvals::consume(&mut tx, approval_id).await? {
-            let current = approvals::get(tx.conn(), who.tenant_id, approval_id)
-                .await?
-                .ok_or(EngineError::NotFound("approval request"))?;
-            drop(tx);
-            return self.executed_before(&current, payment_id).await;
+        if !approvals::consume(&mut tx, &request).await? {
+            return self.executed_before(tx, &request, payment_id).await;
         }
         // A repeat answers with what was paid above; a first run waits for the session to be unfrozen.
         crate::breaker::refuse_if_frozen(&session, "the approved payment runs")?;
@@ -214,11 +209,27 @@ impl Paygent {
         self.carry_out(payment).await
     }
 
+    /// What a request's (edited) arguments pay, priced now.
+    fn approved_terms(&self, request: &ApprovalRecord) -> Result<(PaymentIntent, Terms)> {
+        let intent = PaymentIntent::from_args(&self.prices, request.effective_args())?;
+        let terms = Terms {
+            usd_value: self.prices.usd_value(&intent.money)?,
+            amount: intent.money.amount,
+            currency: intent.money.currency.clone(),
+            recipient: intent.recipient.as_str().to_owned(),
+            description: intent.description.clone(),
+        };
+        Ok((intent, terms))
+    }
+
     /// A request whose one-time right was taken already: its payment as it stands (finished now if a run of it
-    /// was interrupted), or why there is nothing to execute.
+    /// was interrupted), or why there is nothing to execute. The payment is read in `tx`, which writes nothing
+    /// but is committed before the answer: a run that took the right a moment before in the same group is then
+    /// durable, and is what this one answers, not the payment as it was before it.
     async fn executed_before(
         &self,
-        request: &paygent_store::approvals::ApprovalRecord,
+        mut tx: WriteTx,
+        request: &ApprovalRecord,
         payment_id: Uuid,
     ) -> Result<PaymentView> {
         if request.consumed_at.is_none() {
@@ -227,9 +238,8 @@ impl Paygent {
                 request.status.as_str()
             )));
         }
-        let payment = payments::get(self.store.reader(), request.tenant_id, payment_id)
-            .await?
-            .ok_or(EngineError::NotFound("payment"))?;
+        let payment = reload(&mut tx, payment_id).await?;
+        self.publish(tx.commit().await?);
         self.carry_out(payment).await
     }
 

@@ -12,6 +12,7 @@ on_both_databases!(
     edit_is_revalidated,
     racing_decisions_have_one_winner,
     racing_executions_make_one_payment,
+    executions_racing_an_edit_pay_the_edit,
     idempotency_keys_return_the_same_payment,
     outcomes_are_reported_once,
     overdue_requests_expire,
@@ -368,6 +369,7 @@ async fn racing_executions_make_one_payment(backend: Backend) {
             body["id"], payment["id"],
             "every caller sees the one payment"
         );
+        assert_eq!(body["status"], "authorized", "as it was run: {body}");
     }
     assert_eq!(
         s.count("payments").await,
@@ -384,6 +386,35 @@ async fn racing_executions_make_one_payment(backend: Backend) {
         })
         .count();
     assert_eq!(executions, 1, "executed exactly once");
+    s.finish().await;
+}
+
+/// Agents asking to run a request while a person edits it: a run that read the request before the edit landed
+/// and took the lock after it pays what the edit approved, never the amount first asked.
+async fn executions_racing_an_edit_pay_the_edit(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let session = s.session(&t.agent, json!({})).await;
+    let (_, payment) = s.pay(&t.agent, session, "40", "USDC").await;
+    let approval = payment["approval_id"].as_str().unwrap().to_owned();
+    let run = json!({"approval_id": approval});
+    let runs = (0..30).map(|_| s.post(&t.agent, "/payments/execute-approved", run.clone()));
+    let edit = json!({"edited_args": {"amount": "29"}});
+    let (results, (decided, _)) = futures::join!(
+        join_all(runs),
+        s.decide(&t.approver, &approval, "edit", edit)
+    );
+    assert_eq!(decided, StatusCode::OK);
+    for (status, body) in &results {
+        match *status {
+            StatusCode::OK => assert_eq!(body["amount"], "29", "a run pays the edit: {body}"),
+            StatusCode::CONFLICT => {}
+            other => panic!("a run answered {other}: {body}"),
+        }
+    }
+    let (_, ran) = s.post(&t.agent, "/payments/execute-approved", run).await;
+    assert_eq!(ran["amount"], "29", "{ran}");
+    assert_eq!(ran["id"], payment["id"]);
     s.finish().await;
 }
 

@@ -79,7 +79,7 @@ const HEAD: &str = head!();
 /// PostgreSQL: the statements a write's first round trip runs, prepared once on each connection, since that
 /// round trip also opens the write's savepoint and so uses the simple protocol, which would plan them each
 /// time: the head's read that takes the lock, and for a write about one session, that session with its policy
-/// and its budget rows around today, and for a decision, the approval request decided.
+/// and its budget rows around today, and for a decision or an approved payment's run, the approval request.
 pub(crate) static PREPARED: LazyLock<String> = LazyLock::new(|| {
     format!(
         "PREPARE paygent_head (text, text, text) AS {HEAD} FOR UPDATE; \
@@ -96,8 +96,8 @@ const ABOUT: &str = "; EXECUTE paygent_session ($1, $4, $5); EXECUTE paygent_day
 const APPROVAL: &str = "; EXECUTE paygent_approval ($1, $9)";
 
 /// The session a write is about, and the tenant's default policy (the session's when it names none), and for a
-/// decision the approval request it decides: on PostgreSQL all of them, and the session's budget rows, are read
-/// in the round trip that takes the lock.
+/// decision or an approved payment's run the approval request: on PostgreSQL all of them, and the session's
+/// budget rows, are read in the round trip that takes the lock.
 #[derive(Debug, Clone, Copy)]
 pub struct About {
     pub session: Uuid,
@@ -204,7 +204,7 @@ struct Read {
     /// The days whose budget rows were read, and those rows.
     days: [String; 3],
     budget: Vec<Row>,
-    /// The approval request decided (`Some(None)`: there is no such request).
+    /// The approval request (`Some(None)`: there is no such request).
     approval: Option<Option<Row>>,
 }
 

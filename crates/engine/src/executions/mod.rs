@@ -638,7 +638,9 @@ impl Paygent {
         request: &paygent_store::approvals::ApprovalRecord,
     ) -> Result<Flow> {
         let mut tx = self.store.begin(tenant_id, self.now()).await?;
-        approvals::consume(&mut tx, request.id).await?;
+        if let Some(current) = approvals::current(&mut tx, request.id).await? {
+            approvals::consume(&mut tx, &current).await?;
+        }
         if !resume_within(&mut tx, execution, step, false).await? {
             return Ok(Flow::Stop);
         }
