@@ -478,6 +478,8 @@ impl Paygent {
                 "the request expired before it was decided".into(),
             ));
         }
+        // The decision that won may have been written a moment ago in the same group: named once durable.
+        self.publish(tx.commit().await?);
         Ok(EngineError::Conflict(format!(
             "the request is already {}",
             current.status.as_str()

@@ -172,7 +172,8 @@ impl Paygent {
         };
         let mut tx = self.begin_about(who, req.session_id).await?;
         if let Some(earlier) = self.earlier(tx.conn(), who, &req).await? {
-            drop(tx);
+            // The earlier request may have been written a moment ago in the same group: answered once durable.
+            self.publish(tx.commit().await?);
             return self.replay(earlier).await;
         }
         let (session, policy) = in_force(&mut tx, who, req.session_id).await?;

@@ -276,7 +276,8 @@ impl Paygent {
         if !moved {
             let now = reload(&mut tx, payment_id).await?;
             if now.status == outcome && (tx_hash.is_none() || now.tx_hash.as_deref() == tx_hash) {
-                drop(tx);
+                // A repeat of a report made a moment ago in the same group: answered once that is durable.
+                self.publish(tx.commit().await?);
                 return Ok(now.into());
             }
             return Err(EngineError::Conflict(format!(
