@@ -62,31 +62,17 @@ pub(crate) fn scope(who: &Principal, page: crate::Page) -> paygent_store::Scope 
     }
 }
 
-/// A person let this payee be paid: from now on it is known to the sessions of the key that owns the session.
-async fn remember_approved_payee(
-    tx: &mut WriteTx,
-    session_id: Uuid,
-    intent: &PaymentIntent,
-) -> Result<()> {
-    let tenant_id = tx.tenant_id();
-    let owner = paygent_store::sessions::get(tx.conn(), tenant_id, session_id)
-        .await?
-        .ok_or(EngineError::NotFound("session"))?
-        .created_by;
-    Ok(payments::remember_payee(tx, owner, &intent.recipient.payee()).await?)
-}
-
-/// The payment as the transaction sees it now.
-/// Records an approved payment as authorized on the terms people approved: its payee remembered, the audit
+/// Records an approved payment as authorized on the terms people approved: its payee remembered (a person let
+/// it be paid, so from now on it is known to the sessions of `owner`, the key that owns the session), the audit
 /// entry, and its reservation settled into the budget's spend.
 async fn authorized(
     tx: &mut WriteTx,
-    who: &Principal,
+    (who, owner): (&Principal, Uuid),
     (request, payment_id): (&ApprovalRecord, Uuid),
     intent: &PaymentIntent,
     terms: &Terms,
 ) -> Result<PaymentRecord> {
-    remember_approved_payee(tx, request.session_id, intent).await?;
+    payments::remember_payee(tx, owner, &intent.recipient.payee()).await?;
     let data = json!({"approval_id": request.id, "tool": request.tool, "args": request.effective_args(),
         "digest": request.digest(), "network": request.network, "usd_value": terms.usd_value.to_string()});
     let subject = format!("payment:{payment_id}");
@@ -106,6 +92,7 @@ async fn authorized(
     Ok(payment)
 }
 
+/// The payment as the transaction sees it now.
 async fn reload(tx: &mut WriteTx, id: Uuid) -> Result<PaymentRecord> {
     let tenant_id = tx.tenant_id();
     payments::get(tx.conn(), tenant_id, id)
@@ -204,7 +191,8 @@ impl Paygent {
             )));
         }
         let approved = (&request, payment_id);
-        let payment = authorized(&mut tx, who, approved, &intent, &terms).await?;
+        let by = (who, session.created_by);
+        let payment = authorized(&mut tx, by, approved, &intent, &terms).await?;
         self.publish(tx.commit().await?);
         self.carry_out(payment).await
     }
