@@ -575,8 +575,8 @@ fn decision_data(r: &Ruling, kind: DecisionKind) -> Value {
     data
 }
 
-/// The request `id` as the decision's transaction reads it, under the tenant's lock.
-async fn current(tx: &mut WriteTx, id: Uuid) -> Result<ApprovalRecord> {
+/// The request `id` as a write reads it, under the tenant's lock.
+pub(crate) async fn current(tx: &mut WriteTx, id: Uuid) -> Result<ApprovalRecord> {
     approvals::current(tx, id)
         .await?
         .ok_or(EngineError::NotFound("approval request"))

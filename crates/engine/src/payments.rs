@@ -151,9 +151,7 @@ impl Paygent {
             .await?;
         // What runs is the request as it stands under the lock: a decision (an edit) that landed after the read
         // above is the one carried out, or refused.
-        let request = approvals::current(&mut tx, approval_id)
-            .await?
-            .ok_or(EngineError::NotFound("approval request"))?;
+        let request = crate::approvals::current(&mut tx, approval_id).await?;
         let (intent, terms) = self.approved_terms(&request)?;
         let session = crate::kill::refuse_if_stopped(&mut tx, request.session_id).await?;
         let wallet = session.wallet_address.as_deref();

@@ -309,13 +309,10 @@ async fn stopped_waiting(tx: &mut WriteTx, asker: Option<String>) -> Result<bool
 pub async fn get(mut db: Db<'_>, tenant_id: Uuid, id: Uuid) -> Result<Option<ApprovalRecord>> {
     let found: Option<ApprovalRecord> =
         crate::by_id::<ApprovalRow, _>(db.again(), BY_ID.as_str(), tenant_id, id).await?;
-    let Some(mut request) = found else {
-        return Ok(None);
-    };
-    if request.approvals_required > 1 {
-        request.approvals = votes(db.again(), id, &request.digest()).await?;
+    match found {
+        Some(request) => with_votes(db, request).await.map(Some),
+        None => Ok(None),
     }
-    Ok(Some(request))
 }
 
 /// Pending requests, oldest first, with the approvals so far of those that need more than one.
@@ -477,7 +474,7 @@ pub async fn current(tx: &mut WriteTx, id: Uuid) -> Result<Option<ApprovalRecord
         return Ok(None);
     };
     let request = ApprovalRecord::try_from(ApprovalRow::try_from(row)?)?;
-    finished(tx, request).await.map(Some)
+    with_votes(tx.conn(), request).await.map(Some)
 }
 
 /// Records a decision on `current`, the request as the transaction read it under the tenant's lock: the request
@@ -520,13 +517,13 @@ pub async fn decide(
     .bind(d.network.map(str::to_owned));
     tx.defer("approval_requests", update, 1).await?;
     stopped_waiting(tx, Some(decided.requested_by.to_string())).await?;
-    finished(tx, decided).await.map(Some)
+    with_votes(tx.conn(), decided).await.map(Some)
 }
 
-/// A request as a write left it, with the approvals of its current action where it needs more than one.
-async fn finished(tx: &mut WriteTx, mut request: ApprovalRecord) -> Result<ApprovalRecord> {
+/// `request` with the approvals of its current action, where it needs more than one.
+async fn with_votes(db: Db<'_>, mut request: ApprovalRecord) -> Result<ApprovalRecord> {
     if request.approvals_required > 1 {
-        request.approvals = votes(tx.conn(), request.id, &request.digest()).await?;
+        request.approvals = votes(db, request.id, &request.digest()).await?;
     }
     Ok(request)
 }

@@ -53,8 +53,8 @@ pub struct WriteTx {
     events: Vec<Event>,
     rules: RulesCache,
     ledgers: LedgerRows,
-    /// The session [`Store::begin_about`] read with the lock, until it is taken.
-    prefetched: Option<(About, Option<Row>)>,
+    /// The session [`Store::begin_about`] read with the lock, by (session, default policy), until it is taken.
+    prefetched: Option<((Uuid, Uuid), Option<Row>)>,
     /// The approval request [`Store::begin_about`] read with the lock, until it is taken.
     prefetched_approval: Option<(Uuid, Option<Row>)>,
     /// The key that acts, and its name, as of the lock.
@@ -181,19 +181,29 @@ impl Store {
             ledgers: LedgerRows::default(),
             prefetched: None,
             prefetched_approval: None,
-            actor_pending: actor
-                .as_ref()
-                .map(|_| row.get::<Option<i64>>(5))
-                .transpose()?
-                .map(|n| n.unwrap_or(0)),
+            actor_pending: match actor {
+                Some(_) => Some(row.get::<Option<i64>>(5)?.unwrap_or(0)),
+                None => None,
+            },
             actor,
         };
         if let (Some(about), Some(read)) = (about, read) {
             crate::budgets::seen_days(&mut tx, about.session, &read.days, read.budget)?;
-            tx.prefetched = Some((about, read.session));
+            tx.prefetched = Some(((about.session, about.default_policy), read.session));
             tx.prefetched_approval = about.approval.zip(read.approval);
         }
         Ok(tx)
+    }
+}
+
+/// What `slot` holds, taken out, if it was read for `key`; otherwise it stays.
+fn take_if<K: PartialEq, V>(slot: &mut Option<(K, V)>, key: K) -> Option<V> {
+    match slot.take() {
+        Some((read, value)) if read == key => Some(value),
+        other => {
+            *slot = other;
+            None
+        }
     }
 }
 
@@ -384,27 +394,13 @@ impl WriteTx {
         session: Uuid,
         default_policy: Uuid,
     ) -> Option<Option<Row>> {
-        match self.prefetched.take() {
-            Some((a, row)) if a.session == session && a.default_policy == default_policy => {
-                Some(row)
-            }
-            other => {
-                self.prefetched = other;
-                None
-            }
-        }
+        take_if(&mut self.prefetched, (session, default_policy))
     }
 
     /// The approval request [`Store::begin_about`] read with the lock, if it is `id` (`Some(None)`: there is no
     /// such request). Taken once, as the session.
     pub(crate) fn take_prefetched_approval(&mut self, id: Uuid) -> Option<Option<Row>> {
-        match self.prefetched_approval.take() {
-            Some((read, row)) if read == id => Some(row),
-            other => {
-                self.prefetched_approval = other;
-                None
-            }
-        }
+        take_if(&mut self.prefetched_approval, id)
     }
 
     /// How many of the key `id`'s requests wait on people, if it is the one that acts and this write has not
