@@ -32,6 +32,7 @@ impl Deferred {
 }
 
 /// Held-back writes as the CTEs `w0`, `w1`… of one statement, and the counts to check once it ran.
+#[derive(Debug)]
 pub(crate) struct Rendered {
     pub(crate) ctes: Vec<String>,
     expected: Vec<(&'static str, u64)>,
@@ -60,6 +61,33 @@ impl Rendered {
             .map(|i| format!("(SELECT COUNT(*) FROM w{i})"))
             .collect();
         counts.join(", ")
+    }
+
+    /// An expression that is 1 when each write, and the CTE `last` names (with its table and rows), changed the
+    /// rows it should, and otherwise fails its statement with a message that names each table with the rows it
+    /// changed and those expected.
+    pub(crate) fn asserted(&self, last: (&str, &str, u64)) -> String {
+        let names: Vec<String> = (0..self.expected.len()).map(|i| format!("w{i}")).collect();
+        let checks: Vec<(&str, &str, u64)> = (names.iter().map(String::as_str))
+            .zip(&self.expected)
+            .map(|(cte, (table, rows))| (cte, *table, *rows))
+            .chain([last])
+            .collect();
+        let ok: Vec<String> = (checks.iter())
+            .map(|(cte, _, rows)| format!("(SELECT COUNT(*) FROM {cte}) = {rows}"))
+            .collect();
+        let said: Vec<String> = (checks.iter())
+            .map(|(cte, table, rows)| {
+                format!("'{table} ' || (SELECT COUNT(*) FROM {cte}) || ' where {rows}'")
+            })
+            .collect();
+        // The cast of a value known only as the statement runs: it fails then, not as the statement is planned.
+        format!(
+            "CAST(CASE WHEN {} THEN '1' ELSE 'rows changed where others were expected (another writer changed \
+             them): ' || {} END AS INT)",
+            ok.join(" AND "),
+            said.join(" || ', ' || ")
+        )
     }
 
     /// Checks the counts `row` holds, from column `first` on, against what each write expected.

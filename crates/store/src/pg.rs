@@ -9,16 +9,26 @@
 //! ones start the next. As on SQLite ([`crate::lite`]), a write's `commit` returns only once its group is
 //! durable, and a failed group fails every write in it, none half-written. Other instances still serialize on
 //! the row lock, now once per group.
+//!
+//! A write's last statement (its held-back writes, audit entries and events, [`Closing`]) is not sent when the
+//! write commits: it waits in the group and goes in front of the next write's first statements, in that write's
+//! round trip, or just before the group's `COMMIT`. The write is answered only once its group is durable anyway,
+//! and one tenant's writes run one after another, so each round trip saved is one less wait for all of them.
+//! The price: a closing statement that fails fails its whole group (still none half-written), and the write
+//! whose round trip carried it starts over in a new group. A message of several statements cannot bind
+//! parameters, and planning a closing statement from its text each time cost more than the round trip saved
+//! (BENCHMARKS.md), so each shape of closing statement is prepared once on a connection and executed by name.
 
+use crate::db::{Arg, inlined, placeholders};
 use crate::deferred::Deferred;
 use crate::{Outcome, Result, StoreError};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Postgres};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
-use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard, watch};
+use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard, oneshot, watch};
 use uuid::Uuid;
 
 /// Writes grouped in one commit at most: other instances wait for the row lock while a group is open.
@@ -26,6 +36,13 @@ const MAX_GROUP: usize = 64;
 
 /// Past this many remembered tenants, those no writer holds any more are forgotten.
 const REMEMBERED: usize = 1024;
+
+/// Shapes of closing statement prepared on one connection at most; past it, a new shape goes as plain text.
+const MOST_PREPARED: usize = 128;
+
+/// The names of the closing statements prepared on the connection, read as a group opens its transaction.
+const PREPARED_NAMES: &str =
+    "SELECT name FROM pg_prepared_statements WHERE name LIKE 'paygent\\_c%'; ";
 
 /// The pool, and the groups of the tenants being written to.
 #[derive(Debug)]
@@ -40,6 +57,8 @@ pub(crate) struct Pg {
 #[derive(Debug)]
 struct Group {
     commits: Arc<crate::Commits>,
+    pool: PgPool,
+    acquire_timeout: Duration,
     open: Option<Open>,
     /// A committer waits for the lock already.
     committer_queued: bool,
@@ -52,6 +71,77 @@ struct Open {
     outcome: watch::Sender<Outcome>,
     /// What the last write left in its savepoint: settled by whoever takes the group next.
     left: Left,
+    /// The last write's closing statement, when it kept its savepoint: sent by whoever takes the group next.
+    closing: Option<Closing>,
+    /// The closing statements prepared on the connection, by name.
+    prepared: HashSet<String>,
+}
+
+/// A write's last statement, held back until the group's next round trip: its text and values, and where its
+/// own error goes, so the write learns why (a duplicate key, say) rather than only that its group failed. It
+/// checks its own counts and fails if they are wrong, so nothing sent after it in its message runs.
+#[derive(Debug)]
+pub(crate) struct Closing {
+    sql: String,
+    args: Vec<Arg>,
+    owner: Option<oneshot::Sender<StoreError>>,
+}
+
+impl Closing {
+    pub(crate) fn new(sql: String, args: Vec<Arg>) -> Closing {
+        Closing {
+            sql,
+            args,
+            owner: None,
+        }
+    }
+
+    /// The statement as it goes in a message of several: its shape's prepared statement executed with its values
+    /// as literals, prepared in the same message when the connection has not got it yet; and how many statements
+    /// that makes.
+    fn text(&self, prepared: &mut HashSet<String>) -> Result<(String, usize)> {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let types: Vec<&str> = (self.args.iter())
+            .map(|a| match a {
+                Arg::Int(_) => "int8",
+                Arg::Text(_) => "text",
+            })
+            .collect();
+        let mut shape = DefaultHasher::new();
+        (&self.sql, &types).hash(&mut shape);
+        let name = format!("paygent_c{:016x}", shape.finish());
+        let execute = format!("EXECUTE {name} {}", placeholders(1, 1, self.args.len()));
+        let execute = inlined(&execute, &self.args)?;
+        if prepared.contains(&name) {
+            return Ok((execute, 1));
+        }
+        if prepared.len() >= MOST_PREPARED {
+            return Ok((inlined(&self.sql, &self.args)?, 1));
+        }
+        let prepare = format!("PREPARE {name} ({}) AS {}; ", types.join(", "), self.sql);
+        prepared.insert(name);
+        Ok((prepare + &execute, 2))
+    }
+
+    /// Whether the statement, sent as `statements` in front of the rest of `ran`, completed; its results are taken
+    /// out of `ran`.
+    fn check(ran: &mut Ran, statements: usize) -> Result<()> {
+        if ran.results.len() < statements {
+            // It did not complete: the error is its own.
+            return Err(ran.error.take().unwrap_or(StoreError::Closed));
+        }
+        ran.results.drain(..statements);
+        Ok(())
+    }
+
+    /// The statement failed with `error`: its write is told why, and the group fails.
+    async fn failed(self, group: &mut Group, error: StoreError) {
+        let why = error.to_string();
+        if let Some(owner) = self.owner {
+            let _ = owner.send(error);
+        }
+        fail(group, &why).await;
+    }
 }
 
 /// What the last write left: nothing yet (the transaction is not begun), or its savepoint, still to be
@@ -95,6 +185,8 @@ impl Pg {
         }
         let group = Arc::new(AsyncMutex::new(Group {
             commits: self.commits.clone(),
+            pool: self.pool.clone(),
+            acquire_timeout: self.acquire_timeout,
             open: None,
             committer_queued: false,
         }));
@@ -112,17 +204,7 @@ impl Pg {
             .queued(turn)
             .await
             .map_err(|_| StoreError::Busy)?;
-        if guard.open.is_none() {
-            let conn = tokio::time::timeout(self.acquire_timeout, self.pool.acquire())
-                .await
-                .map_err(|_| StoreError::Busy)??;
-            guard.open = Some(Open {
-                conn: GroupConn(Some(conn)),
-                members: 0,
-                outcome: watch::channel(None).0,
-                left: Left::Nothing,
-            });
-        }
+        guard.opened().await?;
         Ok(PgTx {
             guard: Some(guard),
             group,
@@ -131,11 +213,31 @@ impl Pg {
     }
 }
 
-/// Commits the group's open transaction, if any, and tells its writes how it went. The last write's savepoint
-/// is released first: were the transaction aborted, that fails, where a bare `COMMIT` would roll back and say
-/// nothing.
+impl Group {
+    /// Opens a transaction for the group, with a connection from the pool, unless one is open.
+    async fn opened(&mut self) -> Result<()> {
+        if self.open.is_none() {
+            let conn = tokio::time::timeout(self.acquire_timeout, self.pool.acquire())
+                .await
+                .map_err(|_| StoreError::Busy)??;
+            self.open = Some(Open {
+                conn: GroupConn(Some(conn)),
+                members: 0,
+                outcome: watch::channel(None).0,
+                left: Left::Nothing,
+                closing: None,
+                prepared: HashSet::new(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Commits the group's open transaction, if any, and tells its writes how it went, in one round trip: the last
+/// write's closing statement, the release of its savepoint (were the transaction aborted, that fails, where a
+/// bare `COMMIT` would roll back and say nothing), and the `COMMIT`.
 async fn commit(group: &mut Group) {
-    let Some(open) = group.open.take() else {
+    let Some(mut open) = group.open.take() else {
         return;
     };
     if open.left == Left::Nothing {
@@ -148,18 +250,29 @@ async fn commit(group: &mut Group) {
         let _ = open.conn.end("ROLLBACK".into()).await;
         return;
     }
-    let outcome = open
-        .conn
-        .end(format!("{}COMMIT", open.left.settle()))
-        .await
-        .map_err(|e| e.to_string());
-    match &outcome {
-        Ok(()) => group.commits.add(open.members),
-        Err(e) => {
-            tracing::error!(error = %e, writes = open.members, "PostgreSQL group commit failed")
+    let closing = open.closing.take();
+    let (mut ran, statements) = match closing_text(&mut open, closing.as_ref()) {
+        Ok((text, n)) => {
+            let sql = format!("{text}{}COMMIT", open.left.settle());
+            (run(open.conn.get(), sql).await, n)
         }
+        Err(e) => (Ran::failed(e), 1),
+    };
+    group.open = Some(open);
+    if let Some(closing) = closing
+        && let Err(e) = Closing::check(&mut ran, statements)
+    {
+        return closing.failed(group, e).await;
     }
-    open.outcome.send_replace(Some(outcome));
+    if let Some(e) = ran.error {
+        return fail(group, &e.to_string()).await;
+    }
+    let Some(open) = group.open.take() else {
+        return;
+    };
+    drop(open.conn.release());
+    group.commits.add(open.members);
+    open.outcome.send_replace(Some(Ok(())));
 }
 
 /// Fails the group's open transaction: every write in it fails.
@@ -240,37 +353,18 @@ impl PgTx {
     }
 
     /// Runs the write's first statements, `sql` (simple protocol, so its values are literals): in the same round
-    /// trip, what the last write left is settled and this one's savepoint opened. Returns the rows of each
-    /// statement, in order (those that settle and open first).
+    /// trip, the last write's closing statement runs, what it left is settled and this one's savepoint opened.
+    /// Returns the rows of each statement, in order (those that settle and open first). Should the last write's
+    /// closing statement fail, its group fails, and this write starts over, once, in a new group.
     pub(crate) async fn start(&mut self, sql: &str) -> Result<Vec<Vec<PgRow>>> {
-        use futures::TryStreamExt;
-        let guard = self.guard.as_mut().ok_or(StoreError::Closed)?;
-        // Taken out while the statements run: a caller cancelled here drops the group, whose writes then fail,
-        // rather than leave its savepoints in a state nobody knows.
-        let mut open = guard.open.take().ok_or(StoreError::Closed)?;
-        let sql = format!("{}SAVEPOINT paygent_tx; {sql}", open.left.settle());
-        let mut results = vec![Vec::new()];
-        let done = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .fetch_many(open.conn.get())
-            .try_for_each(|step| {
-                match step {
-                    sqlx::Either::Left(_) => results.push(Vec::new()),
-                    sqlx::Either::Right(row) => results.last_mut().expect("one").push(row),
-                }
-                std::future::ready(Ok(()))
-            })
-            .await;
-        open.left = Left::Undone;
-        guard.open = Some(open);
-        // The last statement's end began a list no statement filled.
-        results.pop();
-        match done {
-            Ok(()) => Ok(results),
-            Err(e) => {
-                let e = StoreError::from(e);
-                fail(guard, &e.to_string()).await;
-                Err(e)
+        let group = self.guard.as_mut().ok_or(StoreError::Closed)?;
+        let carried = group.open.as_ref().is_some_and(|o| o.closing.is_some());
+        match started(group, sql).await {
+            Err(_) if carried => {
+                group.opened().await?;
+                started(group, sql).await
             }
+            done => done,
         }
     }
 
@@ -294,13 +388,17 @@ impl PgTx {
         std::mem::take(&mut self.held)
     }
 
-    /// Keeps this write in its group and waits until the group is committed.
-    pub(crate) async fn commit(mut self) -> Result<()> {
+    /// Keeps this write in its group, its `closing` statement held for the group's next round trip, and waits
+    /// until the group is committed.
+    pub(crate) async fn commit(mut self, mut closing: Closing) -> Result<()> {
         let mut state = self.guard.take().ok_or(StoreError::Closed)?;
         let Some(open) = state.open.as_mut() else {
             return Err(StoreError::Commit("the group was lost".into()));
         };
+        let (owner, mut own_error) = oneshot::channel();
+        closing.owner = Some(owner);
         open.left = Left::Kept;
+        open.closing = Some(closing);
         open.members += 1;
         let outcome = open.outcome.subscribe();
         if open.members >= MAX_GROUP {
@@ -309,7 +407,9 @@ impl PgTx {
             queue_committer(&self.group, &mut state);
         }
         drop(state);
-        crate::durable(outcome, "the group's transaction was dropped").await
+        let durable = crate::durable(outcome, "the group's transaction was dropped").await;
+        // Sent before the group's outcome, when it was this write's statement that failed it.
+        durable.map_err(|e| own_error.try_recv().unwrap_or(e))
     }
 }
 
@@ -320,5 +420,159 @@ impl Drop for PgTx {
         if let Some(mut state) = self.guard.take() {
             queue_committer(&self.group, &mut state);
         }
+    }
+}
+
+/// Runs a write's first statements in the group's open transaction, behind the last write's closing statement
+/// if it left one, and checks that one's counts. A failure fails the group.
+async fn started(group: &mut Group, sql: &str) -> Result<Vec<Vec<PgRow>>> {
+    // Taken out while the statements run: a caller cancelled here drops the group, whose writes then fail,
+    // rather than leave its savepoints in a state nobody knows.
+    let mut open = group.open.take().ok_or(StoreError::Closed)?;
+    let closing = open.closing.take();
+    let (mut ran, statements) = match started_sql(&mut open, closing.as_ref(), sql) {
+        Ok((sql, statements)) => (run(open.conn.get(), sql).await, statements),
+        Err(e) => (Ran::failed(e), 1),
+    };
+    let opening = open.left == Left::Nothing;
+    open.left = Left::Undone;
+    if let Some(closing) = closing
+        && let Err(e) = Closing::check(&mut ran, statements)
+    {
+        group.open = Some(open);
+        let why = e.to_string();
+        closing.failed(group, e).await;
+        return Err(StoreError::Commit(why));
+    }
+    if opening && ran.error.is_none() {
+        // After `BEGIN`'s: the names of the statements prepared on the connection.
+        match prepared_names(ran.results.get(1)) {
+            Ok(names) => open.prepared = names,
+            Err(e) => ran.error = Some(e),
+        }
+    }
+    group.open = Some(open);
+    match ran.error {
+        Some(e) => {
+            fail(group, &e.to_string()).await;
+            Err(e)
+        }
+        None => Ok(ran.results),
+    }
+}
+
+/// The message of a write's first round trip: the last write's closing statement, what settles the last write
+/// (and when the group opens, the names of the statements prepared on its connection), this write's savepoint,
+/// and `sql`; and how many statements of it are the closing one's.
+fn started_sql(open: &mut Open, closing: Option<&Closing>, sql: &str) -> Result<(String, usize)> {
+    let (closing, statements) = closing_text(open, closing)?;
+    let names = if open.left == Left::Nothing {
+        PREPARED_NAMES
+    } else {
+        ""
+    };
+    let settle = open.left.settle();
+    Ok((
+        format!("{closing}{settle}{names}SAVEPOINT paygent_tx; {sql}"),
+        statements,
+    ))
+}
+
+/// The last write's closing statement, if any, to go in front of others in a message, and how many statements
+/// it makes.
+fn closing_text(open: &mut Open, closing: Option<&Closing>) -> Result<(String, usize)> {
+    match closing {
+        Some(c) => c.text(&mut open.prepared).map(|(text, n)| (text + "; ", n)),
+        None => Ok((String::new(), 0)),
+    }
+}
+
+fn prepared_names(rows: Option<&Vec<PgRow>>) -> Result<HashSet<String>> {
+    use sqlx::Row as _;
+    let rows = rows.map_or(&[][..], Vec::as_slice);
+    rows.iter()
+        .map(|r| r.try_get::<String, _>(0).map_err(StoreError::from))
+        .collect()
+}
+
+/// What a message of statements did: the rows of each statement that completed, in order, and the error that
+/// stopped the rest, if one did.
+struct Ran {
+    results: Vec<Vec<PgRow>>,
+    error: Option<StoreError>,
+}
+
+impl Ran {
+    fn failed(error: StoreError) -> Ran {
+        Ran {
+            results: Vec::new(),
+            error: Some(error),
+        }
+    }
+}
+
+/// Runs `sql`, one or more statements in the simple protocol.
+async fn run(conn: &mut PgConnection, sql: String) -> Ran {
+    use futures::TryStreamExt;
+    let mut results = vec![Vec::new()];
+    let done = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .fetch_many(conn)
+        .try_for_each(|step| {
+            match step {
+                sqlx::Either::Left(_) => results.push(Vec::new()),
+                sqlx::Either::Right(row) => results.last_mut().expect("one").push(row),
+            }
+            std::future::ready(Ok(()))
+        })
+        .await;
+    // The last list is that of a statement that did not complete (or of none, after the last).
+    results.pop();
+    Ran {
+        results,
+        error: done.err().map(StoreError::from),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Closing, MOST_PREPARED};
+    use std::collections::HashSet;
+
+    #[test]
+    fn a_shape_is_prepared_once_per_connection_and_past_the_cap_goes_as_text() {
+        let closing = |sql: &str| {
+            Closing::new(
+                sql.to_owned(),
+                vec!["it's".into(), 7.into(), crate::db::Arg::Text(None)],
+            )
+        };
+        let mut prepared = HashSet::new();
+        let (first, statements) = closing("SELECT $1, $2, $3").text(&mut prepared).unwrap();
+        assert_eq!(statements, 2);
+        let name = prepared.iter().next().unwrap().clone();
+        assert_eq!(
+            first,
+            format!(
+                "PREPARE {name} (text, int8, text) AS SELECT $1, $2, $3; EXECUTE {name} (E'it''s', 7, NULL)"
+            )
+        );
+        let (again, statements) = closing("SELECT $1, $2, $3").text(&mut prepared).unwrap();
+        assert_eq!(
+            (again, statements),
+            (format!("EXECUTE {name} (E'it''s', 7, NULL)"), 1)
+        );
+        let (other, _) = closing("SELECT $3, $2, $1").text(&mut prepared).unwrap();
+        assert!(
+            other.starts_with("PREPARE ") && !other.contains(&name),
+            "{other}"
+        );
+
+        let mut full: HashSet<String> = (0..MOST_PREPARED).map(|i| format!("p{i}")).collect();
+        let (plain, statements) = closing("SELECT $1, $2, $3").text(&mut full).unwrap();
+        assert_eq!(
+            (plain.as_str(), statements),
+            ("SELECT E'it''s', 7, NULL", 1)
+        );
+        assert_eq!(full.len(), MOST_PREPARED);
     }
 }

@@ -4,7 +4,7 @@
 use crate::budgets::LedgerRows;
 use crate::db::{Arg, Conn, Db, Query, Row, inlined, pg_row, placeholders, query};
 use crate::deferred::{Deferred, Rendered};
-use crate::pg::PgTx;
+use crate::pg::{Closing, PgTx};
 use crate::policies::RulesCache;
 use crate::{Engine, Result, Store, StoreError};
 use chrono::{DateTime, Utc};
@@ -428,8 +428,9 @@ impl WriteTx {
     }
 
     /// Writes the audit entries, the events and the new chain head, and commits. Returns the events to fan out.
-    /// On PostgreSQL all of that, with the writes held back, is one statement (one round trip under the tenant's
-    /// lock), with a NOTIFY that PostgreSQL delivers to other instances only if and when the transaction commits.
+    /// On PostgreSQL all of that, with the writes held back, is one statement, with a NOTIFY that PostgreSQL
+    /// delivers to other instances only if and when the transaction commits; it goes with the group's next
+    /// round trip ([`crate::pg`]).
     pub async fn commit(mut self) -> Result<Vec<Event>> {
         let head: Vec<Arg> = vec![
             self.tenant_id.to_string().into(),
@@ -438,11 +439,12 @@ impl WriteTx {
             self.event_seq.into(),
         ];
         let outbox = self.outbox();
+        let mut closing = None;
         match &mut self.conn {
             Conn::Pg(tx) => {
                 let mut writes = tx.take_held();
                 writes.extend(outbox);
-                self.write_at_once(writes, head).await?;
+                closing = Some(self.closing(writes, head)?);
             }
             Conn::Lite(_) => {
                 // In-process statements cost no round trip.
@@ -455,7 +457,7 @@ impl WriteTx {
             }
         }
         match self.conn {
-            Conn::Pg(tx) => tx.commit().await?,
+            Conn::Pg(tx) => tx.commit(closing.ok_or(StoreError::Closed)?).await?,
             Conn::Lite(tx) => tx.commit().await?,
         }
         Ok(self.events)
@@ -505,9 +507,10 @@ impl WriteTx {
         writes
     }
 
-    /// PostgreSQL: `writes` as CTEs of the chain head's update, with the NOTIFY when there are events, in one
-    /// statement whose one row carries the writes' counts.
-    async fn write_at_once(&mut self, writes: Vec<Deferred>, mut args: Vec<Arg>) -> Result<()> {
+    /// PostgreSQL: `writes` and the chain head's update as CTEs, with the NOTIFY when there are events, in one
+    /// statement that fails unless each changed the rows it should (checked in the database, since the statement
+    /// goes in a message with others that must not run after it failed).
+    fn closing(&self, writes: Vec<Deferred>, mut args: Vec<Arg>) -> Result<Closing> {
         let mut rendered = Rendered::new(writes, &mut args);
         let mut ctes = std::mem::take(&mut rendered.ctes);
         let mut update = HEAD_UPDATE.to_owned();
@@ -523,20 +526,10 @@ impl WriteTx {
             // A CTE that only reads runs only when referenced.
             update.push_str(" AND (SELECT COUNT(*) FROM nudge) = 1");
         }
-        let with = match ctes.is_empty() {
-            true => String::new(),
-            false => format!("WITH {} ", ctes.join(", ")),
-        };
-        let counts = rendered.counts();
-        let sql = format!(
-            "{with}{update} RETURNING 1{}{counts}",
-            if counts.is_empty() { "" } else { ", " }
-        );
-        let row = Query::with_args(sql, args)
-            .fetch_optional(Db::Tx(&mut self.conn))
-            .await?
-            .ok_or_else(|| StoreError::Corrupt("the tenant's chain head was not written".into()))?;
-        rendered.check(&row, 1)
+        ctes.push(format!("head AS ({update} RETURNING 1)"));
+        let asserted = rendered.asserted(("head", "tenants", 1));
+        let sql = format!("WITH {} SELECT {asserted}", ctes.join(", "));
+        Ok(Closing::new(sql, args))
     }
 }
 
