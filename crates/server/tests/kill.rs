@@ -290,19 +290,23 @@ async fn overdue_requests_are_swept_once(backend: Backend) {
 }
 
 /// More pending requests than the database takes parameters in one statement: the emergency stop still answers
-/// 200 at once, nothing in its scope can be approved from its commit on (before its sweep gets there), another
-/// instance refuses payments at once, and the sweep cancels every one.
+/// 200 at once, nothing in its scope can be approved from its commit on (before its sweep gets there: the sweep
+/// cancels the oldest first, and the request decided is the newest), another instance refuses payments at once,
+/// and the sweep cancels every one.
 async fn a_stop_answers_at_once_whatever_is_pending(backend: Backend) {
     let s = TestServer::start(backend).await;
     let t = s.team(ADMIN_TOKEN).await;
     let session = s.session(&t.agent, json!({})).await;
-    let (_, last) = s.pay(&t.agent, session, "20", "USDC").await;
-    let last = last["approval_id"].as_str().unwrap().to_owned();
+    let (_, first) = s.pay(&t.agent, session, "20", "USDC").await;
+    let first = first["approval_id"].as_str().unwrap().to_owned();
     let n = match backend {
         Backend::Sqlite => 33_000,
         Backend::Postgres => 66_000,
     };
-    s.copy_pending(&last, n).await;
+    s.clock.advance(Duration::seconds(1));
+    let (_, last) = s.pay(&t.agent, session, "20", "USDC").await;
+    let last = last["approval_id"].as_str().unwrap().to_owned();
+    s.copy_pending(&first, n - 1).await;
     let other = s.another_instance().await;
 
     let (status, view) = s

@@ -576,8 +576,8 @@ pub async fn pending_count(db: Db<'_>, most: i64) -> Result<i64> {
     row.get(0)
 }
 
-/// Cancels up to `limit` pending requests of a session (or of the tenant), in any order; returns each cancelled
-/// request's (id, session, payment). Two statements of bounded size: the ids, then one update by primary key
+/// Cancels up to `limit` pending requests of a session (or of the tenant), the oldest first (the order of the
+/// index by tenant, status and time, so no sort); returns each cancelled request's (id, session, payment). Two statements of bounded size: the ids, then one update by primary key
 /// (a plan the database cannot turn into a scan per row, whatever its statistics say).
 pub async fn cancel_some(
     tx: &mut WriteTx,
@@ -588,7 +588,7 @@ pub async fn cancel_some(
     let (now, tenant) = (tx.now_text(), tx.tenant_id().to_string());
     let ids: Vec<String> = query(
         "SELECT id FROM approval_requests WHERE tenant_id = $1 AND status = 'pending' \
-         AND ($2 IS NULL OR session_id = $2) LIMIT $3",
+         AND ($2 IS NULL OR session_id = $2) ORDER BY created_at LIMIT $3",
     )
     .bind(tenant)
     .bind(session_id.map(|s| s.to_string()))
