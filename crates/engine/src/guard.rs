@@ -695,28 +695,34 @@ impl<'a> Filing<'a> {
             escalation: self.policy.rules.escalation.clone(),
         };
         let mut request = ApprovalRecord::pending(new, tx.now());
+        let context = self.context(tx).await?;
         self.payment.status = PaymentStatus::PendingApproval;
         self.payment.approval_id = Some(request.id);
         payments::insert(tx, &self.payment).await?;
         budget::book(tx, &self.booking, Move::Reserve).await?;
         self.mark(tx).await?;
-        request.context = Some(self.context(tx).await?);
+        request.context = Some(self.with_budget(tx, context).await?);
         self.summary["reason"] = json!(request.reason);
         self.summary["deadline"] = json!(paygent_domain::time::format(request.deadline));
         let summary = std::mem::take(&mut self.summary);
         file_request(tx, self.who, self.policy, request, summary).await
     }
 
-    /// What the person asked needs to decide, with this payment's reservation in the budget.
-    async fn context(&mut self, tx: &mut WriteTx) -> Result<Value> {
+    /// What the person asked needs to decide, but the budget: read before this payment's writes are held, so
+    /// its reads (the payee's history) do not send them first, in a round trip of their own, under the lock.
+    async fn context(&mut self, tx: &mut WriteTx) -> Result<DecisionContext> {
         let (who, p) = (self.who.key_id, &self.payment);
         let fired = std::mem::take(&mut self.fired);
         let about = (self.session, self.policy);
         let label = self.policy.rules.payees.label_of(&self.booking.payee);
-        let context = DecisionContext::gather(tx, who, about, fired, p.description.clone())
+        DecisionContext::gather(tx, who, about, fired, p.description.clone())
             .await?
             .with_payee(tx, &p.recipient, label)
-            .await?;
+            .await
+    }
+
+    /// `context` with the budget as this payment's reservation leaves it.
+    async fn with_budget(&self, tx: &mut WriteTx, context: DecisionContext) -> Result<Value> {
         let now = tx.now();
         let budget = budget::view_in(tx, self.session, now).await?;
         let context = DecisionContext {

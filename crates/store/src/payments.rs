@@ -306,7 +306,8 @@ pub struct PayeeHistory {
 }
 
 /// What the tenant let be paid (allowed or executed) to `recipient`: ever, and since `since` (at most `limit`
-/// payments, an index range of that payee's paid payments alone).
+/// payments, an index range of that payee's paid payments alone), in one statement: its rows are the recent
+/// payments' values, then a NULL if anything was ever paid to it.
 pub async fn payee_history(
     tx: &mut WriteTx,
     recipient: &str,
@@ -314,26 +315,22 @@ pub async fn payee_history(
     limit: i64,
 ) -> Result<PayeeHistory> {
     const PAID: &str = "tenant_id = $1 AND recipient = $2 AND status IN ('executed', 'authorized')";
-    let tenant = tx.tenant_id().to_string();
-    let recent: Vec<Decimal> = query(format!(
-        "SELECT usd_value FROM payments WHERE {PAID} AND created_at > $3 ORDER BY created_at DESC LIMIT $4"
+    let rows = query(format!(
+        "SELECT usd_value FROM (SELECT usd_value FROM payments WHERE {PAID} AND created_at > $3 \
+         ORDER BY created_at DESC LIMIT $4) r \
+         UNION ALL SELECT NULL FROM (SELECT 1 FROM payments WHERE {PAID} LIMIT 1) e"
     ))
-    .bind(tenant.clone())
+    .bind(tx.tenant_id().to_string())
     .bind(recipient.to_owned())
     .bind(paygent_domain::time::format(since))
     .bind(limit)
     .fetch_all(tx.conn())
-    .await?
-    .into_iter()
-    .map(|r| decimal(&r.get::<String>(0)?))
-    .collect::<Result<_>>()?;
-    let paid_before = !recent.is_empty()
-        || query(format!("SELECT 1 FROM payments WHERE {PAID} LIMIT 1"))
-            .bind(tenant)
-            .bind(recipient.to_owned())
-            .fetch_optional(tx.conn())
-            .await?
-            .is_some();
+    .await?;
+    let paid_before = !rows.is_empty();
+    let recent: Vec<Decimal> = (rows.into_iter())
+        .filter_map(|r| r.get::<Option<String>>(0).transpose())
+        .map(|usd| decimal(&usd?))
+        .collect::<Result<_>>()?;
     Ok(PayeeHistory {
         paid_before,
         recent,
