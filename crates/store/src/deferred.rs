@@ -32,7 +32,6 @@ impl Deferred {
 }
 
 /// Held-back writes as the CTEs `w0`, `w1`… of one statement, and the counts to check once it ran.
-#[derive(Debug)]
 pub(crate) struct Rendered {
     pub(crate) ctes: Vec<String>,
     expected: Vec<(&'static str, u64)>,
