@@ -110,13 +110,14 @@ impl Closing {
         let mut shape = DefaultHasher::new();
         (&self.sql, &types).hash(&mut shape);
         let name = format!("paygent_c{:016x}", shape.finish());
+        let known = prepared.contains(&name);
+        if !known && prepared.len() >= MOST_PREPARED {
+            return Ok((inlined(&self.sql, &self.args)?, 1));
+        }
         let execute = format!("EXECUTE {name} {}", placeholders(1, 1, self.args.len()));
         let execute = inlined(&execute, &self.args)?;
-        if prepared.contains(&name) {
+        if known {
             return Ok((execute, 1));
-        }
-        if prepared.len() >= MOST_PREPARED {
-            return Ok((inlined(&self.sql, &self.args)?, 1));
         }
         let prepare = format!("PREPARE {name} ({}) AS {}; ", types.join(", "), self.sql);
         prepared.insert(name);
