@@ -4,12 +4,12 @@
 
 use crate::Result;
 use crate::views::BudgetView;
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
 use paygent_domain::Decimal;
 use paygent_domain::judgement::Fired;
 use paygent_store::WriteTx;
 use paygent_store::keys;
-use paygent_store::payments;
+use paygent_store::payments::{self, PayeeHistory};
 use paygent_store::policies::PolicyRecord;
 use paygent_store::sessions::SessionRecord;
 use serde::{Deserialize, Serialize};
@@ -20,6 +20,17 @@ use uuid::Uuid;
 const HISTORY_DAYS: i64 = 30;
 /// The most of a payee's recent payments a request's context sums.
 const HISTORY_LIMIT: i64 = 200;
+
+/// Since when, and how many of, a payee's payments a request's context shows, for a request filed at `now`.
+pub(crate) fn history_window(now: DateTime<Utc>) -> (DateTime<Utc>, i64) {
+    (now - Duration::days(HISTORY_DAYS), HISTORY_LIMIT)
+}
+
+/// What the tenant paid `recipient`, within [`history_window`].
+pub(crate) async fn payee_history(tx: &mut WriteTx, recipient: &str) -> Result<PayeeHistory> {
+    let (since, limit) = history_window(tx.now());
+    Ok(payments::payee_history(tx, recipient, since, limit).await?)
+}
 
 /// What a person needs to decide a request, as it stood when it was filed.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -100,15 +111,8 @@ impl DecisionContext {
         })
     }
 
-    /// Adds what the tenant paid `recipient` before, and the policy's `label` for it.
-    pub(crate) async fn with_payee(
-        mut self,
-        tx: &mut WriteTx,
-        recipient: &str,
-        label: Option<&str>,
-    ) -> Result<Self> {
-        let since = tx.now() - Duration::days(HISTORY_DAYS);
-        let history = payments::payee_history(tx, recipient, since, HISTORY_LIMIT).await?;
+    /// Adds what the tenant paid the payee before, and the policy's `label` for it.
+    pub(crate) fn with_payee(mut self, history: &PayeeHistory, label: Option<&str>) -> Self {
         self.payee = Some(PayeeRecord {
             first_payment: !history.paid_before,
             paid_30d_usd: history.recent.iter().sum(),
@@ -116,6 +120,6 @@ impl DecisionContext {
             more: history.recent.len() as i64 >= HISTORY_LIMIT,
             label: label.map(str::to_owned),
         });
-        Ok(self)
+        self
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::breaker::Count;
 use crate::budget::{self, Booking, Move};
-use crate::context::DecisionContext;
+use crate::context::{DecisionContext, history_window, payee_history};
 use crate::policies;
 use crate::pricing::Pricing;
 use crate::views::{ApprovalView, BudgetView, PaymentView};
@@ -24,7 +24,7 @@ use paygent_domain::velocity::{Freeze, FreezeReason, Trip};
 use paygent_domain::{Decimal, DecisionKind, PaymentStatus, Principal, Verdict};
 use paygent_store::WriteTx;
 use paygent_store::approvals::{self, ApprovalRecord, NewRequest};
-use paygent_store::payments::{self, PaymentRecord};
+use paygent_store::payments::{self, PayeeHistory, PaymentRecord};
 use paygent_store::policies::PolicyRecord;
 use paygent_store::sessions::SessionRecord;
 use paygent_store::standing::{self, StandingRecord};
@@ -346,6 +346,8 @@ struct Filing<'a> {
     count: Option<Count>,
     /// The standing approval that covers it, if one does.
     cover: Option<StandingRecord>,
+    /// The payee's history, when it was read with the standing approvals.
+    history: Option<PayeeHistory>,
 }
 
 impl<'a> Filing<'a> {
@@ -414,6 +416,7 @@ impl<'a> Filing<'a> {
             fired: Vec::new(),
             count: None,
             cover: None,
+            history: None,
         }
     }
 
@@ -503,14 +506,18 @@ impl<'a> Filing<'a> {
 
     /// A standing approval of the session for this payee that covers the payment, looked for only when its tool
     /// rules alone would send it to a person, and never for a value that needs a quorum. Kept, to take from.
+    /// The payee's history, which that person would be shown, comes in the same round trip.
     async fn standing(&mut self, tx: &mut WriteTx, only_rules_ask: bool) -> Result<Option<Uuid>> {
         let rules = &self.policy.rules;
         let one_person = quorum(rules, self.payment.usd_value).0 <= 1;
         if !only_rules_ask || !one_person {
             return Ok(None);
         }
-        let usd = self.payment.usd_value;
-        let found = standing::in_force(tx, self.session.id, &self.booking.payee).await?;
+        let (usd, (since, limit)) = (self.payment.usd_value, history_window(tx.now()));
+        let scope = (self.session.id, self.booking.payee.as_str());
+        let paid = (self.payment.recipient.as_str(), since, limit);
+        let (found, history) = standing::in_force_with_history(tx, scope, paid).await?;
+        self.history = Some(history);
         self.cover = found
             .into_iter()
             .find(|s| covers(s.max_usd, s.used_usd, usd));
@@ -711,14 +718,16 @@ impl<'a> Filing<'a> {
     /// What the person asked needs to decide, but the budget: read before this payment's writes are held, so
     /// its reads (the payee's history) do not send them first, in a round trip of their own, under the lock.
     async fn context(&mut self, tx: &mut WriteTx) -> Result<DecisionContext> {
+        let history = match self.history.take() {
+            Some(read) => read,
+            None => payee_history(tx, &self.payment.recipient).await?,
+        };
         let (who, p) = (self.who.key_id, &self.payment);
         let fired = std::mem::take(&mut self.fired);
         let about = (self.session, self.policy);
         let label = self.policy.rules.payees.label_of(&self.booking.payee);
-        DecisionContext::gather(tx, who, about, fired, p.description.clone())
-            .await?
-            .with_payee(tx, &p.recipient, label)
-            .await
+        let context = DecisionContext::gather(tx, who, about, fired, p.description.clone()).await?;
+        Ok(context.with_payee(&history, label))
     }
 
     /// `context` with the budget as this payment's reservation leaves it.

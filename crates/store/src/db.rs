@@ -258,6 +258,30 @@ pub(crate) fn inlined(sql: &str, args: &[Arg]) -> Result<String> {
     }
 }
 
+/// Reads `queries` inside a write in one round trip on PostgreSQL (one simple-protocol message: each query's
+/// prepared shape executed with its values written in), one after the other on SQLite: the rows of each, in
+/// order. For reads a write needs together,
+/// under its tenant's lock, where a round trip each would hold the lock that much longer.
+pub(crate) async fn fetch_together(
+    tx: &mut crate::WriteTx,
+    queries: Vec<Query>,
+) -> Result<Vec<Vec<Row>>> {
+    let Some(pg) = tx.pg() else {
+        let mut found = Vec::with_capacity(queries.len());
+        for q in queries {
+            found.push(q.fetch_all(tx.conn()).await?);
+        }
+        return Ok(found);
+    };
+    let statements: Vec<(&str, &[Arg])> = (queries.iter())
+        .map(|q| (q.sql.as_ref(), q.args.as_slice()))
+        .collect();
+    let results = pg.read_together(&statements).await?;
+    (results.iter())
+        .map(|rows| rows.iter().map(pg_row).collect())
+        .collect()
+}
+
 /// A statement to bind and run.
 pub fn query(sql: impl Into<Cow<'static, str>>) -> Query {
     Query {

@@ -1,6 +1,6 @@
 //! Payments: every intent an agent submits, whatever the guard decided, with its status history in the audit.
 
-use crate::db::{Db, query};
+use crate::db::{Db, Row, query};
 use crate::{Result, StoreError, WriteTx, decimal, opt_uuid, time, uuid};
 use chrono::{DateTime, Utc};
 use paygent_domain::swap::SwapTerms;
@@ -314,27 +314,41 @@ pub async fn payee_history(
     since: DateTime<Utc>,
     limit: i64,
 ) -> Result<PayeeHistory> {
+    let tenant_id = tx.tenant_id();
+    let q = payee_history_query(tenant_id, recipient, since, limit);
+    PayeeHistory::from_rows(q.fetch_all(tx.conn()).await?)
+}
+
+pub(crate) fn payee_history_query(
+    tenant_id: Uuid,
+    recipient: &str,
+    since: DateTime<Utc>,
+    limit: i64,
+) -> crate::db::Query {
     const PAID: &str = "tenant_id = $1 AND recipient = $2 AND status IN ('executed', 'authorized')";
-    let rows = query(format!(
+    query(format!(
         "SELECT usd_value FROM (SELECT usd_value FROM payments WHERE {PAID} AND created_at > $3 \
          ORDER BY created_at DESC LIMIT $4) r \
          UNION ALL SELECT NULL FROM (SELECT 1 FROM payments WHERE {PAID} LIMIT 1) e"
     ))
-    .bind(tx.tenant_id().to_string())
+    .bind(tenant_id.to_string())
     .bind(recipient.to_owned())
     .bind(paygent_domain::time::format(since))
     .bind(limit)
-    .fetch_all(tx.conn())
-    .await?;
-    let paid_before = !rows.is_empty();
-    let recent: Vec<Decimal> = (rows.into_iter())
-        .filter_map(|r| r.get::<Option<String>>(0).transpose())
-        .map(|usd| decimal(&usd?))
-        .collect::<Result<_>>()?;
-    Ok(PayeeHistory {
-        paid_before,
-        recent,
-    })
+}
+
+impl PayeeHistory {
+    pub(crate) fn from_rows(rows: Vec<Row>) -> Result<PayeeHistory> {
+        let paid_before = !rows.is_empty();
+        let recent: Vec<Decimal> = (rows.into_iter())
+            .filter_map(|r| r.get::<Option<String>>(0).transpose())
+            .map(|usd| decimal(&usd?))
+            .collect::<Result<_>>()?;
+        Ok(PayeeHistory {
+            paid_before,
+            recent,
+        })
+    }
 }
 
 crate::row_type! {

@@ -96,32 +96,9 @@ impl Closing {
         }
     }
 
-    /// The statement as it goes in a message of several: its shape's prepared statement executed with its values
-    /// as literals, prepared in the same message when the connection has not got it yet; and how many statements
-    /// that makes.
+    /// The statement as it goes in a message of several ([`shaped`]), and how many statements that makes.
     fn text(&self, prepared: &mut HashSet<String>) -> Result<(String, usize)> {
-        use std::hash::{DefaultHasher, Hash, Hasher};
-        let types: Vec<&str> = (self.args.iter())
-            .map(|a| match a {
-                Arg::Int(_) => "int8",
-                Arg::Text(_) => "text",
-            })
-            .collect();
-        let mut shape = DefaultHasher::new();
-        (&self.sql, &types).hash(&mut shape);
-        let name = format!("paygent_c{:016x}", shape.finish());
-        let known = prepared.contains(&name);
-        if !known && prepared.len() >= MOST_PREPARED {
-            return Ok((inlined(&self.sql, &self.args)?, 1));
-        }
-        let execute = format!("EXECUTE {name} {}", placeholders(1, 1, self.args.len()));
-        let execute = inlined(&execute, &self.args)?;
-        if known {
-            return Ok((execute, 1));
-        }
-        let prepare = format!("PREPARE {name} ({}) AS {}; ", types.join(", "), self.sql);
-        prepared.insert(name);
-        Ok((prepare + &execute, 2))
+        shaped(&self.sql, &self.args, prepared)
     }
 
     /// Whether the statement, sent as `statements` in front of the rest of `ran`, completed; its results are taken
@@ -143,6 +120,35 @@ impl Closing {
         }
         fail(group, &why).await;
     }
+}
+
+/// `sql` as it goes in a message of several: its shape's prepared statement executed with its values as
+/// literals, prepared in the same message when the connection has not got it yet (as plain text past
+/// [`MOST_PREPARED`] shapes); and how many statements that makes. A prepared statement is planned once, where
+/// plain text would be planned every time.
+fn shaped(sql: &str, args: &[Arg], prepared: &mut HashSet<String>) -> Result<(String, usize)> {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let types: Vec<&str> = (args.iter())
+        .map(|a| match a {
+            Arg::Int(_) => "int8",
+            Arg::Text(_) => "text",
+        })
+        .collect();
+    let mut shape = DefaultHasher::new();
+    (sql, &types).hash(&mut shape);
+    let name = format!("paygent_c{:016x}", shape.finish());
+    let known = prepared.contains(&name);
+    if !known && prepared.len() >= MOST_PREPARED {
+        return Ok((inlined(sql, args)?, 1));
+    }
+    let execute = format!("EXECUTE {name} {}", placeholders(1, 1, args.len()));
+    let execute = inlined(&execute, args)?;
+    if known {
+        return Ok((execute, 1));
+    }
+    let prepare = format!("PREPARE {name} ({}) AS {sql}; ", types.join(", "));
+    prepared.insert(name);
+    Ok((prepare + &execute, 2))
 }
 
 /// What the last write left: nothing yet (the transaction is not begun), or its savepoint, still to be
@@ -367,6 +373,34 @@ impl PgTx {
             }
             done => done,
         }
+    }
+
+    /// Runs `queries`, reads, in the write's savepoint after what it held back, in one message: the rows of
+    /// each. Should the message fail, the group fails (a statement it prepared may or may not exist now).
+    pub(crate) async fn read_together(
+        &mut self,
+        queries: &[(&str, &[Arg])],
+    ) -> Result<Vec<Vec<PgRow>>> {
+        self.flush().await?;
+        let group = self.guard.as_mut().ok_or(StoreError::Closed)?;
+        let open = group.open.as_mut().ok_or(StoreError::Closed)?;
+        let (mut text, mut statements) = (String::new(), Vec::with_capacity(queries.len()));
+        for (sql, args) in queries {
+            let (statement, n) = shaped(sql, args, &mut open.prepared)?;
+            text.push_str(&statement);
+            text.push_str("; ");
+            statements.push(n);
+        }
+        let ran = run(open.conn.get(), text).await;
+        if let Some(e) = ran.error {
+            fail(group, &e.to_string()).await;
+            return Err(e);
+        }
+        // Each query's rows are those of its last statement (the one before is its shape's `PREPARE`).
+        let mut results = ran.results.into_iter();
+        (statements.iter())
+            .map(|&n| results.nth(n - 1).ok_or(StoreError::Closed))
+            .collect()
     }
 
     /// Holds `write` back until the next statement or the commit; writes held for its table go first.

@@ -1,6 +1,7 @@
 //! Standing approvals: what a person let a session go on paying one payee without asking again.
 
-use crate::db::{Db, query};
+use crate::db::{Db, Query, Row, query};
+use crate::payments::PayeeHistory;
 use crate::{Result, StoreError, WriteTx, decimal, opt_time, opt_uuid, time, uuid};
 use chrono::{DateTime, Utc};
 use paygent_domain::Decimal;
@@ -91,6 +92,28 @@ pub async fn in_force(
     session_id: Uuid,
     payee: &str,
 ) -> Result<Vec<StandingRecord>> {
+    let q = in_force_query(tx, session_id, payee);
+    records(q.fetch_all(tx.conn()).await?)
+}
+
+/// [`in_force`], and what the tenant paid `recipient` (as [`crate::payments::payee_history`]), read together:
+/// a payment the rules send to a person looks for a standing approval that covers it and, finding none, shows
+/// the person the payee's history, and both are read under the tenant's lock.
+pub async fn in_force_with_history(
+    tx: &mut WriteTx,
+    (session_id, payee): (Uuid, &str),
+    (recipient, since, limit): (&str, DateTime<Utc>, i64),
+) -> Result<(Vec<StandingRecord>, PayeeHistory)> {
+    let standing = in_force_query(tx, session_id, payee);
+    let history = crate::payments::payee_history_query(tx.tenant_id(), recipient, since, limit);
+    let mut found = crate::db::fetch_together(tx, vec![standing, history])
+        .await?
+        .into_iter();
+    let mut next = || found.next().unwrap_or_default();
+    Ok((records(next())?, PayeeHistory::from_rows(next())?))
+}
+
+fn in_force_query(tx: &WriteTx, session_id: Uuid, payee: &str) -> Query {
     let (tenant, now) = (tx.tenant_id().to_string(), tx.now_text());
     query(format!(
         "SELECT {COLUMNS} FROM standing_approvals WHERE tenant_id = $1 AND session_id = $2 AND payee = $3 \
@@ -100,8 +123,12 @@ pub async fn in_force(
     .bind(session_id.to_string())
     .bind(payee.to_owned())
     .bind(now)
-    .records::<StandingRow, _>(tx.conn())
-    .await
+}
+
+fn records(rows: Vec<Row>) -> Result<Vec<StandingRecord>> {
+    rows.into_iter()
+        .map(crate::record::<StandingRow, StandingRecord>)
+        .collect()
 }
 
 /// Takes `usd` of a standing approval that had `used` taken: a compare-and-set, false if it changed, was

@@ -281,6 +281,14 @@ impl WriteTx {
         matches!(self.conn, crate::db::Conn::Pg(_))
     }
 
+    /// The PostgreSQL transaction, for statements sent together in one message.
+    pub(crate) fn pg(&mut self) -> Option<&mut PgTx> {
+        match &mut self.conn {
+            Conn::Pg(pg) => Some(pg),
+            Conn::Lite(_) => None,
+        }
+    }
+
     /// Where statements run, beside the store's parsed policy rules.
     pub(crate) fn with_rules(&mut self) -> (Db<'_>, &RulesCache) {
         (Db::Tx(&mut self.conn), &self.rules)
