@@ -260,8 +260,8 @@ pub(crate) fn inlined(sql: &str, args: &[Arg]) -> Result<String> {
 
 /// Reads `queries` inside a write in one round trip on PostgreSQL (one simple-protocol message: each query's
 /// prepared shape executed with its values written in), one after the other on SQLite: the rows of each, in
-/// order. For reads a write needs together,
-/// under its tenant's lock, where a round trip each would hold the lock that much longer.
+/// order. For reads a write needs together under its tenant's lock, where a round trip each would hold the lock
+/// that much longer.
 pub(crate) async fn fetch_together(
     tx: &mut crate::WriteTx,
     queries: Vec<Query>,

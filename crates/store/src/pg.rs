@@ -37,10 +37,11 @@ const MAX_GROUP: usize = 64;
 /// Past this many remembered tenants, those no writer holds any more are forgotten.
 const REMEMBERED: usize = 1024;
 
-/// Shapes of closing statement prepared on one connection at most; past it, a new shape goes as plain text.
+/// Shapes of statement (closing statements, reads sent together) prepared on one connection at most; past it, a
+/// new shape goes as plain text.
 const MOST_PREPARED: usize = 128;
 
-/// The names of the closing statements prepared on the connection, read as a group opens its transaction.
+/// The names of the statement shapes prepared on the connection, read as a group opens its transaction.
 const PREPARED_NAMES: &str =
     "SELECT name FROM pg_prepared_statements WHERE name LIKE 'paygent\\_c%'; ";
 
@@ -73,7 +74,7 @@ struct Open {
     left: Left,
     /// The last write's closing statement, when it kept its savepoint: sent by whoever takes the group next.
     closing: Option<Closing>,
-    /// The closing statements prepared on the connection, by name.
+    /// The statement shapes prepared on the connection, by name.
     prepared: HashSet<String>,
 }
 
@@ -149,6 +150,18 @@ fn shaped(sql: &str, args: &[Arg], prepared: &mut HashSet<String>) -> Result<(St
     let prepare = format!("PREPARE {name} ({}) AS {sql}; ", types.join(", "));
     prepared.insert(name);
     Ok((prepare + &execute, 2))
+}
+
+/// The results of each of several queries sent in one message as `statements[i]` statements each: those of
+/// its last (the one before is its shape's `PREPARE`).
+fn last_of_each<T>(results: Vec<Vec<T>>, statements: &[usize]) -> Result<Vec<Vec<T>>> {
+    let mut results = results.into_iter();
+    (statements.iter())
+        .map(|&n| {
+            let last = n.checked_sub(1).and_then(|i| results.nth(i));
+            last.ok_or_else(|| StoreError::Corrupt("fewer results than statements".into()))
+        })
+        .collect()
 }
 
 /// What the last write left: nothing yet (the transaction is not begun), or its savepoint, still to be
@@ -396,11 +409,7 @@ impl PgTx {
             fail(group, &e.to_string()).await;
             return Err(e);
         }
-        // Each query's rows are those of its last statement (the one before is its shape's `PREPARE`).
-        let mut results = ran.results.into_iter();
-        (statements.iter())
-            .map(|&n| results.nth(n - 1).ok_or(StoreError::Closed))
-            .collect()
+        last_of_each(ran.results, &statements)
     }
 
     /// Holds `write` back until the next statement or the commit; writes held for its table go first.
@@ -570,7 +579,22 @@ async fn run(conn: &mut PgConnection, sql: String) -> Ran {
 
 #[cfg(test)]
 mod tests {
-    use super::{Closing, MOST_PREPARED};
+    use super::{Closing, MOST_PREPARED, last_of_each};
+
+    #[test]
+    fn each_query_gets_the_rows_of_its_own_last_statement() {
+        // A query prepared in the message (two statements), one already prepared, another prepared.
+        let results = vec![vec![], vec!["a"], vec!["b", "c"], vec![], vec![]];
+        assert_eq!(
+            last_of_each(results.clone(), &[2, 1, 2]).unwrap(),
+            vec![vec!["a"], vec!["b", "c"], vec![]]
+        );
+        assert_eq!(
+            last_of_each(results.clone(), &[1, 1, 1, 1, 1]).unwrap(),
+            results
+        );
+        assert!(last_of_each(results, &[2, 2, 2]).is_err());
+    }
     use std::collections::HashSet;
 
     #[test]

@@ -86,19 +86,10 @@ pub async fn insert(tx: &mut WriteTx, s: &StandingRecord) -> Result<()> {
 }
 
 /// The session's standing approvals for `payee` in force at this transaction's time, oldest first (a few at
-/// most: people grant them one decision at a time).
-pub async fn in_force(
-    tx: &mut WriteTx,
-    session_id: Uuid,
-    payee: &str,
-) -> Result<Vec<StandingRecord>> {
-    let q = in_force_query(tx, session_id, payee);
-    records(q.fetch_all(tx.conn()).await?)
-}
-
-/// [`in_force`], and what the tenant paid `recipient` (as [`crate::payments::payee_history`]), read together:
-/// a payment the rules send to a person looks for a standing approval that covers it and, finding none, shows
-/// the person the payee's history, and both are read under the tenant's lock.
+/// most: people grant them one decision at a time), and what the tenant paid `recipient` (as
+/// [`crate::payments::payee_history`]), read together: a payment the rules send to a person looks for a
+/// standing approval that covers it and, finding none, shows the person the payee's history, and both are read
+/// under the tenant's lock.
 pub async fn in_force_with_history(
     tx: &mut WriteTx,
     (session_id, payee): (Uuid, &str),
