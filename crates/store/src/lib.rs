@@ -44,6 +44,40 @@ use uuid::Uuid;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Migrations whose SQL differs on PostgreSQL, by version: there they run this SQL instead of their file's.
+const ON_POSTGRES: &[(i64, &str)] = &[(
+    31,
+    include_str!("../migrations_postgres/0031_tenant_references.sql"),
+)];
+
+/// The migrations as PostgreSQL runs them: the same versions, with [`ON_POSTGRES`]'s SQL where it has some.
+fn postgres_migrator() -> sqlx::migrate::Migrator {
+    use sqlx::SqlSafeStr;
+    use sqlx::migrate::Migration;
+    let migrations = (MIGRATOR.migrations.iter())
+        .map(
+            |m| match ON_POSTGRES.iter().find(|(v, _)| *v == m.version) {
+                Some((_, sql)) => Migration::new(
+                    m.version,
+                    m.description.clone(),
+                    m.migration_type,
+                    sql.into_sql_str(),
+                    m.no_tx,
+                ),
+                None => m.clone(),
+            },
+        )
+        .collect::<Vec<_>>();
+    sqlx::migrate::Migrator {
+        migrations: migrations.into(),
+        ignore_missing: MIGRATOR.ignore_missing,
+        locking: MIGRATOR.locking,
+        no_tx: MIGRATOR.no_tx,
+        table_name: MIGRATOR.table_name.clone(),
+        create_schemas: MIGRATOR.create_schemas.clone(),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
@@ -233,7 +267,7 @@ impl Store {
             // Migrated first, on a connection of its own: every connection of the pool prepares statements on
             // the tables the migrations make.
             let mut conn = connect.connect().await?;
-            MIGRATOR.run(&mut conn).await?;
+            postgres_migrator().run(&mut conn).await?;
             conn.close().await?;
             let pool = PgPoolOptions::new()
                 .max_connections(options.max_connections)

@@ -565,6 +565,42 @@ async fn marks_survive_the_change_of_their_key_on_postgres() {
     db.drop().await;
 }
 
+/// On PostgreSQL the tables every payment writes do not reference `tenants` by foreign key (their rows are
+/// written under their tenant's row lock, so the check added nothing but cost), others do, and a write for a
+/// tenant that does not exist is still refused; SQLite keeps them all.
+#[tokio::test]
+async fn tenants_are_referenced_by_foreign_key_where_a_write_does_not_hold_them() {
+    let by_table = "SELECT conrelid::regclass::text FROM pg_constraint \
+        WHERE contype = 'f' AND confrelid = 'tenants'::regclass AND conrelid::regclass::text IN ($1, $2)";
+    let (url, db) = PgDatabase::create().await;
+    let (store, _) = with_tenant(&url).await;
+    let on_postgres = query(by_table)
+        .bind("payments")
+        .bind("wallets")
+        .fetch_all(store.reader())
+        .await
+        .unwrap();
+    let tables: Vec<String> = on_postgres.iter().map(|r| r.get(0).unwrap()).collect();
+    assert_eq!(tables, ["wallets"]);
+    let unknown = Uuid::new_v4();
+    assert!(matches!(
+        store.begin(unknown, Utc::now()).await.err(),
+        Some(paygent_store::StoreError::UnknownTenant(t)) if t == unknown
+    ));
+    store.close().await;
+    db.drop().await;
+
+    let (url, _dir) = sqlite_url();
+    let (store, _) = with_tenant(&url).await;
+    let on_sqlite = query(
+        "SELECT COUNT(*) FROM pragma_foreign_key_list('payments') WHERE \"table\" = 'tenants'",
+    )
+    .fetch_one(store.reader())
+    .await
+    .unwrap();
+    assert_eq!(on_sqlite.get::<i64>(0).unwrap(), 1);
+}
+
 /// A key's usage of one period and ledger, as committed.
 async fn committed_usage(store: &Store, key: Uuid) -> paygent_domain::Decimal {
     let book = budgets::usage(store.reader(), KEY_PERIODS, key, &["day:x"])
