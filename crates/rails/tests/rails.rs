@@ -1025,6 +1025,12 @@ async fn wallets_belong_to_their_tenant(backend: Backend) {
         )
         .await;
     assert_eq!(status, 403, "only the operator assigns wallets");
+    let nobody = json!({"tenant_id": uuid::Uuid::new_v4()});
+    let wallet = format!("/wallets/{}", payer());
+    let (status, problem) = s.put(&t.admin, &wallet, nobody).await;
+    assert_eq!(status, 404, "no such tenant: {problem}");
+    let (_, still) = s.get(&t.approver, "/wallets").await;
+    assert_eq!(still, listed, "the wallet stays its tenant's");
     let (status, _) = s
         .put(
             &t.admin,
