@@ -47,7 +47,8 @@ impl Paygent {
             Ok(true) => {}
             Ok(false) => return Err(EngineError::NotFound("wallet")),
             // The tenant does not exist (a foreign key): as unknown as the wallet would be.
-            Err(_) => return Err(EngineError::NotFound("tenant")),
+            Err(e) if e.is_foreign_key_violation() => return Err(EngineError::NotFound("tenant")),
+            Err(e) => return Err(e.into()),
         }
         let data = json!({"tenant_id": tenant_id});
         let subject = format!("wallet:{address}");

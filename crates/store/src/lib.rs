@@ -126,6 +126,17 @@ impl StoreError {
         }
     }
 
+    /// True when the database refused a row whose reference names nothing (a foreign key).
+    pub fn is_foreign_key_violation(&self) -> bool {
+        match self {
+            StoreError::Db(sqlx::Error::Database(e)) => e.is_foreign_key_violation(),
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
+                e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY
+            }
+            _ => false,
+        }
+    }
+
     /// True once this process closed its store: background work stops.
     pub fn is_closed(&self) -> bool {
         matches!(
