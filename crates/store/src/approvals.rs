@@ -577,8 +577,9 @@ pub async fn pending_count(db: Db<'_>, most: i64) -> Result<i64> {
 }
 
 /// Cancels up to `limit` pending requests of a session (or of the tenant), the oldest first (the order of the
-/// index by tenant, status and time, so no sort); returns each cancelled request's (id, session, payment). Two statements of bounded size: the ids, then one update by primary key
-/// (a plan the database cannot turn into a scan per row, whatever its statistics say).
+/// index by tenant, status and time, so no sort); returns each cancelled request's (id, session, payment). Two
+/// statements of bounded size: the ids, then one update by primary key (a plan the database cannot turn into a
+/// scan per row, whatever its statistics say).
 pub async fn cancel_some(
     tx: &mut WriteTx,
     session_id: Option<Uuid>,

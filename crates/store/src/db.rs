@@ -328,8 +328,7 @@ impl Query {
         R: TryFrom<Row, Error = StoreError>,
         T: TryFrom<R, Error = StoreError>,
     {
-        let rows = self.fetch_all(db).await?;
-        rows.into_iter().map(crate::record::<R, T>).collect()
+        crate::records::<R, T>(self.fetch_all(db).await?)
     }
 
     /// Runs the query and converts the row it finds, if any, into its record type.

@@ -478,6 +478,15 @@ where
     R::try_from(row).and_then(T::try_from)
 }
 
+/// Converts rows into their record type, as [`record`].
+pub(crate) fn records<R, T>(rows: Vec<Row>) -> Result<Vec<T>>
+where
+    R: TryFrom<Row, Error = StoreError>,
+    T: TryFrom<R, Error = StoreError>,
+{
+    rows.into_iter().map(record::<R, T>).collect()
+}
+
 /// Reads rows of two ids, such as (tenant, request).
 pub(crate) fn id_pairs(rows: Vec<Row>) -> Result<Vec<(Uuid, Uuid)>> {
     rows.into_iter()

@@ -580,6 +580,7 @@ async fn run(conn: &mut PgConnection, sql: String) -> Ran {
 #[cfg(test)]
 mod tests {
     use super::{Closing, MOST_PREPARED, last_of_each};
+    use std::collections::HashSet;
 
     #[test]
     fn each_query_gets_the_rows_of_its_own_last_statement() {
@@ -595,7 +596,6 @@ mod tests {
         );
         assert!(last_of_each(results, &[2, 2, 2]).is_err());
     }
-    use std::collections::HashSet;
 
     #[test]
     fn a_shape_is_prepared_once_per_connection_and_past_the_cap_goes_as_text() {

@@ -1,6 +1,6 @@
 //! Standing approvals: what a person let a session go on paying one payee without asking again.
 
-use crate::db::{Db, Query, Row, query};
+use crate::db::{Db, Query, query};
 use crate::payments::PayeeHistory;
 use crate::{Result, StoreError, WriteTx, decimal, opt_time, opt_uuid, time, uuid};
 use chrono::{DateTime, Utc};
@@ -101,7 +101,8 @@ pub async fn in_force_with_history(
         .await?
         .into_iter();
     let mut next = || found.next().unwrap_or_default();
-    Ok((records(next())?, PayeeHistory::from_rows(next())?))
+    let standing = crate::records::<StandingRow, StandingRecord>(next())?;
+    Ok((standing, PayeeHistory::from_rows(next())?))
 }
 
 fn in_force_query(tx: &WriteTx, session_id: Uuid, payee: &str) -> Query {
@@ -114,12 +115,6 @@ fn in_force_query(tx: &WriteTx, session_id: Uuid, payee: &str) -> Query {
     .bind(session_id.to_string())
     .bind(payee.to_owned())
     .bind(now)
-}
-
-fn records(rows: Vec<Row>) -> Result<Vec<StandingRecord>> {
-    rows.into_iter()
-        .map(crate::record::<StandingRow, StandingRecord>)
-        .collect()
 }
 
 /// Takes `usd` of a standing approval that had `used` taken: a compare-and-set, false if it changed, was
