@@ -1,7 +1,8 @@
 //! Live events. Every event is first durable in the outbox (written with its change); this module then fans
 //! them out in order. One hub task per instance keeps a cursor per tenant and broadcasts each tenant's events
-//! gap-free and in sequence: anything it has not seen (an out-of-order publish, a commit on another instance)
-//! it reads back from the outbox. Subscribers do the same on their side, so a subscriber never misses an event
+//! gap-free and in sequence: an event this instance's writers hand over ahead of an earlier one waits for it
+//! briefly, and anything it has not seen (a commit on another instance, a handover that never came) it reads
+//! back from the outbox. Subscribers do the same on their side, so a subscriber never misses an event
 //! and never sees one twice.
 
 use crate::metrics::Metrics;
@@ -10,7 +11,7 @@ use paygent_domain::Principal;
 use paygent_domain::event::EventKind;
 use paygent_store::events::Nudge;
 use paygent_store::{Event, Store};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
@@ -21,6 +22,14 @@ pub const LIVE_BUFFER: usize = 8192;
 /// How often the hub compares its cursors with the database, catching nudges lost in a reconnect.
 const BACKSTOP: Duration = Duration::from_secs(1);
 const PAGE: i64 = 500;
+/// How long the hub waits for this instance's writers to hand over an event missing from a sequence before it
+/// reads it from the outbox.
+const GAP_WAIT: Duration = Duration::from_millis(50);
+/// Events of one tenant held back behind a gap at most; past it, the outbox is read at once.
+const HELD_PER_TENANT: usize = 1024;
+/// The least time between two background passes woken by events: under load, one pass per burst of commits
+/// was one more query per write.
+const PASS_GAP: Duration = Duration::from_millis(20);
 /// How many sessions' owners the hub remembers before it starts afresh.
 const OWNERS_KEPT: usize = 65_536;
 
@@ -115,13 +124,19 @@ impl Handover {
 }
 
 async fn run_hub(store: Store, mut input: mpsc::UnboundedReceiver<Vec<Event>>, live: Handover) {
-    let mut cursors: HashMap<Uuid, i64> = HashMap::new();
+    let mut fanout = Fanout {
+        store,
+        live,
+        cursors: HashMap::new(),
+        held: HashMap::new(),
+        gap_deadline: None,
+    };
     // Start at each tenant's head: earlier events are for replay, not for live delivery.
-    match store.event_heads().await {
-        Ok(heads) => cursors.extend(heads),
+    match fanout.store.event_heads().await {
+        Ok(heads) => fanout.cursors.extend(heads),
         Err(e) => tracing::warn!(error = %e, "reading event heads; starting from the first event"),
     }
-    let mut nudges = match store.event_nudges().await {
+    let mut nudges = match fanout.store.event_nudges().await {
         Ok(n) => n,
         Err(e) => {
             tracing::warn!(error = %e, "LISTEN failed; other instances' events arrive by polling");
@@ -131,34 +146,35 @@ async fn run_hub(store: Store, mut input: mpsc::UnboundedReceiver<Vec<Event>>, l
     let mut backstop = tokio::time::interval(BACKSTOP);
     backstop.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let gap_closes = fanout.gap_deadline;
         tokio::select! {
             batch = input.recv() => {
                 let Some(batch) = batch else { return };
                 for event in batch {
-                    let tenant = event.tenant_id;
-                    let last = cursors.get(&tenant).copied().unwrap_or(0);
-                    if event.seq == last + 1 {
-                        cursors.insert(tenant, event.seq);
-                        live.send(event);
-                    } else if event.seq > last {
-                        catch_up(&store, &live, &mut cursors, tenant).await;
-                    }
+                    fanout.take(event).await;
                 }
             }
             nudge = next_nudge(&mut nudges) => match nudge {
-                // Our own commits arrive here too, usually after the hub has already sent them.
-                Ok(Nudge::Tenant(tenant, seq)) if cursors.get(&tenant).copied().unwrap_or(0) < seq => {
-                    catch_up(&store, &live, &mut cursors, tenant).await
+                Ok(Nudge::Tenant(tenant, seq)) if fanout.cursor(tenant) < seq => {
+                    fanout.catch_up(tenant).await
                 }
                 Ok(Nudge::Tenant(..)) => {}
-                Ok(Nudge::Resync) => resync(&store, &live, &mut cursors).await,
+                Ok(Nudge::Resync) => fanout.resync().await,
                 Err(e) => {
                     tracing::warn!(error = %e, "event LISTEN connection failed; polling until it returns");
                     tokio::time::sleep(BACKSTOP).await;
                 }
             },
-            _ = backstop.tick() => resync(&store, &live, &mut cursors).await,
+            _ = sleep_until(gap_closes) => fanout.close_gaps().await,
+            _ = backstop.tick() => fanout.resync().await,
         }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -171,34 +187,100 @@ async fn next_nudge(
     }
 }
 
-/// Broadcasts, in order, every event of `tenant` after the hub's cursor.
-async fn catch_up(store: &Store, live: &Handover, cursors: &mut HashMap<Uuid, i64>, tenant: Uuid) {
-    loop {
-        let last = cursors.get(&tenant).copied().unwrap_or(0);
-        let page = match store.events_after(tenant, last, PAGE).await {
-            Ok(page) => page,
-            Err(e) => {
-                tracing::warn!(error = %e, %tenant, "reading events to broadcast; will retry");
-                return;
-            }
-        };
-        let Some(newest) = page.last().map(|e| e.seq) else {
-            return;
-        };
-        for event in page {
-            live.send(event);
-        }
-        cursors.insert(tenant, newest);
-    }
+/// The hub's state: each tenant's last event handed over, and the events this instance committed that arrived
+/// ahead of an earlier one. The writes of one group commit together and hand their events over in whatever
+/// order their tasks wake, so a gap is usually closed by the next handover; only one still open after
+/// [`GAP_WAIT`] is read back from the outbox (its writer's task may have been dropped after its commit).
+struct Fanout {
+    store: Store,
+    live: Handover,
+    cursors: HashMap<Uuid, i64>,
+    held: HashMap<Uuid, BTreeMap<i64, Event>>,
+    /// When to read the outbox for the gaps still open.
+    gap_deadline: Option<tokio::time::Instant>,
 }
 
-async fn resync(store: &Store, live: &Handover, cursors: &mut HashMap<Uuid, i64>) {
-    let Ok(heads) = store.event_heads().await else {
-        return;
-    };
-    for (tenant, head) in heads {
-        if cursors.get(&tenant).copied().unwrap_or(0) < head {
-            catch_up(store, live, cursors, tenant).await;
+impl Fanout {
+    fn cursor(&self, tenant: Uuid) -> i64 {
+        self.cursors.get(&tenant).copied().unwrap_or(0)
+    }
+
+    /// An event this instance committed: handed over in order, with those it held back that follow it.
+    async fn take(&mut self, event: Event) {
+        let tenant = event.tenant_id;
+        let last = self.cursor(tenant);
+        if event.seq <= last {
+            return;
+        }
+        let held = self.held.entry(tenant).or_default();
+        held.insert(event.seq, event);
+        if held.len() > HELD_PER_TENANT {
+            return self.catch_up(tenant).await;
+        }
+        let mut cursor = last;
+        while let Some(next) = held.remove(&(cursor + 1)) {
+            cursor = next.seq;
+            self.live.send(next);
+        }
+        self.cursors.insert(tenant, cursor);
+        if held.is_empty() {
+            self.held.remove(&tenant);
+            if self.held.is_empty() {
+                self.gap_deadline = None;
+            }
+        } else if self.gap_deadline.is_none() {
+            self.gap_deadline = Some(tokio::time::Instant::now() + GAP_WAIT);
+        }
+    }
+
+    /// Gaps that stayed open: read from the outbox, and if it cannot be read, tried again as the backstop would.
+    async fn close_gaps(&mut self) {
+        let tenants: Vec<Uuid> = self.held.keys().copied().collect();
+        for tenant in tenants {
+            self.catch_up(tenant).await;
+        }
+        self.gap_deadline = (!self.held.is_empty()).then(|| tokio::time::Instant::now() + BACKSTOP);
+    }
+
+    /// Broadcasts, in order, every event of `tenant` after the hub's cursor.
+    async fn catch_up(&mut self, tenant: Uuid) {
+        loop {
+            let last = self.cursor(tenant);
+            let page = match self.store.events_after(tenant, last, PAGE).await {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(error = %e, %tenant, "reading events to broadcast; will retry");
+                    return;
+                }
+            };
+            let Some(newest) = page.last().map(|e| e.seq) else {
+                break;
+            };
+            for event in page {
+                self.live.send(event);
+            }
+            self.cursors.insert(tenant, newest);
+        }
+        let last = self.cursor(tenant);
+        if let Some(held) = self.held.get_mut(&tenant) {
+            held.retain(|seq, _| *seq > last);
+            if held.is_empty() {
+                self.held.remove(&tenant);
+            }
+        }
+        if self.held.is_empty() {
+            self.gap_deadline = None;
+        }
+    }
+
+    async fn resync(&mut self) {
+        let Ok(heads) = self.store.event_heads().await else {
+            return;
+        };
+        for (tenant, head) in heads {
+            if self.cursor(tenant) < head {
+                self.catch_up(tenant).await;
+            }
         }
     }
 }
@@ -425,9 +507,10 @@ impl Paygent {
         })
     }
 
-    /// Runs `pass` as soon as this instance commits an event (a burst coalesced into one pass), and every
-    /// `every` for other instances' events and retries, at once again while it answers that more is waiting,
-    /// until the task is aborted or the hub closes.
+    /// Runs `pass` as soon as this instance commits an event (a burst coalesced into one pass, and passes woken
+    /// by events at least [`PASS_GAP`] apart, since each reads the database), and every `every` for other
+    /// instances' events and retries, at once again while it answers that more is waiting, until the task is
+    /// aborted or the hub closes.
     pub(crate) fn spawn_passes<F, Fut>(
         &self,
         every: Duration,
@@ -445,6 +528,7 @@ impl Paygent {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
+                let last_pass = tokio::time::Instant::now();
                 match pass(paygent.clone()).await {
                     Ok(true) => continue,
                     Ok(false) => {}
@@ -456,10 +540,104 @@ impl Paygent {
                         if matches!(woken, Err(RecvError::Closed)) {
                             return;
                         }
+                        tokio::time::sleep_until(last_pass + PASS_GAP).await;
                         while matches!(events.try_recv(), Ok(_) | Err(TryRecvError::Lagged(_))) {}
                     }
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A hub over a fresh SQLite file, and a subscriber to what it hands over.
+    async fn fanout() -> (
+        Fanout,
+        broadcast::Receiver<Arc<LiveEvent>>,
+        std::path::PathBuf,
+    ) {
+        let dir = std::env::temp_dir().join(format!("paygent-hub-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}/paygent.db?mode=rwc", dir.display());
+        let options = paygent_store::StoreOptions::default();
+        let store = Store::connect(&url, &options).await.unwrap();
+        let (live, rx) = broadcast::channel(16);
+        let live = Handover {
+            live,
+            metrics: Arc::default(),
+        };
+        let (cursors, held, gap_deadline) = (HashMap::new(), HashMap::new(), None);
+        let hub = Fanout {
+            store,
+            live,
+            cursors,
+            held,
+            gap_deadline,
+        };
+        (hub, rx, dir)
+    }
+
+    /// Commits `n` events of the tenant, one write each, and returns them as their writers would hand them over.
+    async fn committed(store: &Store, tenant: Uuid, n: usize) -> Vec<Event> {
+        let now = chrono::Utc::now();
+        store.ensure_tenant(tenant, "t", now).await.unwrap();
+        let mut events = Vec::new();
+        for _ in 0..n {
+            let mut tx = store.begin(tenant, now).await.unwrap();
+            let payload = json!({"id": Uuid::new_v4()});
+            tx.event(EventKind::KillSwitch, None, payload)
+                .await
+                .unwrap();
+            events.extend(tx.commit().await.unwrap());
+        }
+        events
+    }
+
+    fn seqs(rx: &mut broadcast::Receiver<Arc<LiveEvent>>) -> Vec<i64> {
+        std::iter::from_fn(|| rx.try_recv().ok().map(|e| e.seq)).collect()
+    }
+
+    #[tokio::test]
+    async fn events_handed_over_out_of_order_go_out_in_order_without_reading_the_outbox() {
+        let (mut hub, mut rx, dir) = fanout().await;
+        let tenant = Uuid::new_v4();
+        let event = |seq| Event {
+            tenant_id: tenant,
+            seq,
+            kind: EventKind::KillSwitch,
+            session_id: None,
+            payload: json!({}),
+            created_at: paygent_domain::time::format(chrono::Utc::now()),
+        };
+        // Neither is in the outbox: only the handovers can bring them.
+        hub.take(event(2)).await;
+        assert_eq!(seqs(&mut rx), Vec::<i64>::new(), "2 waits for 1");
+        assert!(hub.gap_deadline.is_some());
+        hub.take(event(1)).await;
+        hub.take(event(1)).await;
+        assert_eq!(seqs(&mut rx), vec![1, 2], "once each, in order");
+        assert!(hub.gap_deadline.is_none() && hub.held.is_empty());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_gap_no_handover_closes_is_read_from_the_outbox() {
+        let (mut hub, mut rx, dir) = fanout().await;
+        let tenant = Uuid::new_v4();
+        let events = committed(&hub.store, tenant, 3).await;
+        hub.cursors.insert(tenant, 0);
+        // The first write's task was dropped after its commit: only the later two are handed over.
+        for event in events.into_iter().skip(1) {
+            hub.take(event).await;
+        }
+        assert_eq!(seqs(&mut rx), Vec::<i64>::new());
+        hub.close_gaps().await;
+        assert_eq!(seqs(&mut rx), vec![1, 2, 3]);
+        assert!(hub.gap_deadline.is_none() && hub.held.is_empty());
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -14,6 +14,7 @@ on_both_databases!(
     approval_flow_over_the_socket,
     roles_and_tenants_hold_on_the_socket,
     resume_after_disconnect_and_restart,
+    concurrent_writes_reach_a_socket_in_order,
     slow_consumers_are_cut_off_alone,
     a_thousand_sockets_get_one_event,
     server_sent_events_resume,
@@ -252,6 +253,24 @@ async fn resume_after_disconnect_and_restart(backend: Backend) {
         assert_eq!(m["type"], "approval_required");
     }
     assert_quiet(&mut filtered).await;
+    s.finish().await;
+}
+
+/// Writes committed together hand their events over in whatever order their tasks wake; the socket still gets
+/// every one once, in sequence.
+async fn concurrent_writes_reach_a_socket_in_order(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let mut sessions = Vec::new();
+    for _ in 0..4 {
+        sessions.push(s.session(&t.agent, json!({})).await);
+    }
+    let mut ws = connect(&s, &t.approver, "").await;
+    let payments = (0..48).map(|i| cause_events(&s, &t.agent, sessions[i % 4], 1));
+    futures::future::join_all(payments).await;
+    let first = next_json(&mut ws).await["seq"].as_i64().unwrap();
+    expect_seqs(&mut ws, first + 1, 47).await;
+    assert_quiet(&mut ws).await;
     s.finish().await;
 }
 

@@ -9,8 +9,14 @@ use secrecy::ExposeSecret;
 use sqlx::postgres::PgListener;
 use uuid::Uuid;
 
-/// The PostgreSQL NOTIFY channel that carries "tenant T has events up to seq N", as `T:N`.
+/// The PostgreSQL NOTIFY channel that carries "tenant T has events up to seq N", from the instance I, as
+/// `T:N:I`.
 pub(crate) const CHANNEL: &str = "paygent_events";
+
+/// A nudge's payload.
+pub(crate) fn nudge(tenant: Uuid, seq: i64, instance: Uuid) -> String {
+    format!("{tenant}:{seq}:{instance}")
+}
 
 /// What an [`EventNudges`] hears.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,19 +27,43 @@ pub enum Nudge {
     Resync,
 }
 
-/// PostgreSQL LISTEN for events committed by any instance.
-pub struct EventNudges(PgListener);
+/// PostgreSQL LISTEN for events committed by other instances. An instance's own commits are not heard: its
+/// writers hand their events to its hub themselves, and reading them back for every nudge cost a query a write.
+pub struct EventNudges {
+    listener: PgListener,
+    instance: Uuid,
+}
 
 impl EventNudges {
     pub async fn next(&mut self) -> Result<Nudge> {
-        Ok(match self.0.try_recv().await? {
-            Some(n) => n
-                .payload()
-                .split_once(':')
-                .and_then(|(t, s)| Some(Nudge::Tenant(Uuid::parse_str(t).ok()?, s.parse().ok()?)))
-                .unwrap_or(Nudge::Resync),
-            None => Nudge::Resync,
-        })
+        loop {
+            let Some(n) = self.listener.try_recv().await? else {
+                return Ok(Nudge::Resync);
+            };
+            match heard(n.payload(), self.instance) {
+                Heard::Own => continue,
+                Heard::Other(nudge) => return Ok(nudge),
+            }
+        }
+    }
+}
+
+enum Heard {
+    Own,
+    Other(Nudge),
+}
+
+/// What a payload says, and whether this instance sent it. One without an instance (an older release's) is
+/// another's; one that does not parse calls for a resync.
+fn heard(payload: &str, instance: Uuid) -> Heard {
+    let mut parts = payload.splitn(3, ':');
+    let tenant = parts.next().and_then(|t| Uuid::parse_str(t).ok());
+    let seq = parts.next().and_then(|s| s.parse().ok());
+    let from = parts.next().and_then(|i| Uuid::parse_str(i).ok());
+    match (tenant, seq, from) {
+        (Some(_), Some(_), Some(from)) if from == instance => Heard::Own,
+        (Some(tenant), Some(seq), _) => Heard::Other(Nudge::Tenant(tenant, seq)),
+        _ => Heard::Other(Nudge::Resync),
     }
 }
 
@@ -91,7 +121,10 @@ impl Store {
         }
         let mut listener = PgListener::connect(self.url.expose_secret()).await?;
         listener.listen(CHANNEL).await?;
-        Ok(Some(EventNudges(listener)))
+        Ok(Some(EventNudges {
+            listener,
+            instance: self.instance,
+        }))
     }
 
     /// Every tenant's latest event sequence number.
@@ -122,5 +155,21 @@ impl Store {
             .execute(self.writer())
             .await?;
         Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_instance_hears_only_other_instances_nudges() {
+        let (tenant, me, other) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        assert!(matches!(heard(&nudge(tenant, 7, me), me), Heard::Own));
+        let from_other = heard(&nudge(tenant, 7, other), me);
+        assert!(matches!(from_other, Heard::Other(Nudge::Tenant(t, 7)) if t == tenant));
+        let older_release = heard(&format!("{tenant}:7"), me);
+        assert!(matches!(older_release, Heard::Other(Nudge::Tenant(t, 7)) if t == tenant));
+        assert!(matches!(heard("garbled", me), Heard::Other(Nudge::Resync)));
     }
 }

@@ -254,6 +254,9 @@ impl Default for StoreOptions {
     }
 }
 
+/// A pooled PostgreSQL connection idle this long is pinged before use.
+const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
+
 #[derive(Clone, Debug)]
 pub(crate) enum Engine {
     Pg(Arc<Pg>),
@@ -268,6 +271,8 @@ pub struct Store {
     /// Kept to open PostgreSQL listeners; it may carry a password, so it never prints.
     url: Arc<SecretString>,
     rules: policies::RulesCache,
+    /// This process's connection to the database, named in its event nudges so it can tell its own apart.
+    instance: Uuid,
 }
 
 impl Store {
@@ -283,6 +288,18 @@ impl Store {
             let pool = PgPoolOptions::new()
                 .max_connections(options.max_connections)
                 .acquire_timeout(options.acquire_timeout)
+                // sqlx pings a connection on every acquire by default: a round trip per read and per group,
+                // about as much work again as the request itself at load. Only a connection idle long enough
+                // for the database to have gone away meanwhile is pinged (and replaced if it fails).
+                .test_before_acquire(false)
+                .before_acquire(|conn, meta| {
+                    Box::pin(async move {
+                        if meta.idle_for < IDLE_BEFORE_PING {
+                            return Ok(true);
+                        }
+                        sqlx::Connection::ping(conn).await.map(|()| true)
+                    })
+                })
                 .after_connect(|conn, _| {
                     Box::pin(async move {
                         sqlx::raw_sql(sqlx::AssertSqlSafe(tx::PREPARED.as_str()))
@@ -323,6 +340,7 @@ impl Store {
             engine,
             url: Arc::new(SecretString::from(url)),
             rules: policies::RulesCache::default(),
+            instance: Uuid::new_v4(),
         })
     }
 

@@ -52,6 +52,8 @@ pub struct WriteTx {
     audit: Vec<AuditEntry>,
     events: Vec<Event>,
     rules: RulesCache,
+    /// The store's instance, named in the event nudge.
+    instance: Uuid,
     ledgers: LedgerRows,
     /// The session [`Store::begin_about`] read with the lock, by (session, default policy), until it is taken.
     prefetched: Option<((Uuid, Uuid), Option<Row>)>,
@@ -178,6 +180,7 @@ impl Store {
             audit: Vec::new(),
             events: Vec::new(),
             rules: self.rules.clone(),
+            instance: self.instance,
             ledgers: LedgerRows::default(),
             prefetched: None,
             prefetched_approval: None,
@@ -530,7 +533,8 @@ impl WriteTx {
                 n + 2
             ));
             args.push(crate::events::CHANNEL.into());
-            args.push(format!("{}:{}", self.tenant_id, self.event_seq).into());
+            let nudge = crate::events::nudge(self.tenant_id, self.event_seq, self.instance);
+            args.push(nudge.into());
             // A CTE that only reads runs only when referenced.
             update.push_str(" AND (SELECT COUNT(*) FROM nudge) = 1");
         }
