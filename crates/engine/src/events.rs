@@ -124,13 +124,7 @@ impl Handover {
 }
 
 async fn run_hub(store: Store, mut input: mpsc::UnboundedReceiver<Vec<Event>>, live: Handover) {
-    let mut fanout = Fanout {
-        store,
-        live,
-        cursors: HashMap::new(),
-        held: HashMap::new(),
-        gap_deadline: None,
-    };
+    let mut fanout = Fanout::new(store, live);
     // Start at each tenant's head: earlier events are for replay, not for live delivery.
     match fanout.store.event_heads().await {
         Ok(heads) => fanout.cursors.extend(heads),
@@ -201,6 +195,16 @@ struct Fanout {
 }
 
 impl Fanout {
+    fn new(store: Store, live: Handover) -> Fanout {
+        Fanout {
+            store,
+            live,
+            cursors: HashMap::new(),
+            held: HashMap::new(),
+            gap_deadline: None,
+        }
+    }
+
     fn cursor(&self, tenant: Uuid) -> i64 {
         self.cursors.get(&tenant).copied().unwrap_or(0)
     }
@@ -223,11 +227,20 @@ impl Fanout {
             self.live.send(next);
         }
         self.cursors.insert(tenant, cursor);
-        if held.is_empty() {
-            self.held.remove(&tenant);
-            if self.held.is_empty() {
-                self.gap_deadline = None;
+        self.settle(tenant);
+    }
+
+    /// Forgets what the tenant's cursor has passed, and sets when to read the outbox for the gaps left open.
+    fn settle(&mut self, tenant: Uuid) {
+        let last = self.cursor(tenant);
+        if let Some(held) = self.held.get_mut(&tenant) {
+            held.retain(|seq, _| *seq > last);
+            if held.is_empty() {
+                self.held.remove(&tenant);
             }
+        }
+        if self.held.is_empty() {
+            self.gap_deadline = None;
         } else if self.gap_deadline.is_none() {
             self.gap_deadline = Some(tokio::time::Instant::now() + GAP_WAIT);
         }
@@ -261,16 +274,7 @@ impl Fanout {
             }
             self.cursors.insert(tenant, newest);
         }
-        let last = self.cursor(tenant);
-        if let Some(held) = self.held.get_mut(&tenant) {
-            held.retain(|seq, _| *seq > last);
-            if held.is_empty() {
-                self.held.remove(&tenant);
-            }
-        }
-        if self.held.is_empty() {
-            self.gap_deadline = None;
-        }
+        self.settle(tenant);
     }
 
     async fn resync(&mut self) {
@@ -570,15 +574,7 @@ mod tests {
             live,
             metrics: Arc::default(),
         };
-        let (cursors, held, gap_deadline) = (HashMap::new(), HashMap::new(), None);
-        let hub = Fanout {
-            store,
-            live,
-            cursors,
-            held,
-            gap_deadline,
-        };
-        (hub, rx, dir)
+        (Fanout::new(store, live), rx, dir)
     }
 
     /// Commits `n` events of the tenant, one write each, and returns them as their writers would hand them over.

@@ -40,30 +40,24 @@ impl EventNudges {
             let Some(n) = self.listener.try_recv().await? else {
                 return Ok(Nudge::Resync);
             };
-            match heard(n.payload(), self.instance) {
-                Heard::Own => continue,
-                Heard::Other(nudge) => return Ok(nudge),
+            if let Some(nudge) = heard(n.payload(), self.instance) {
+                return Ok(nudge);
             }
         }
     }
 }
 
-enum Heard {
-    Own,
-    Other(Nudge),
-}
-
-/// What a payload says, and whether this instance sent it. One without an instance (an older release's) is
+/// What a payload says, or none when this instance sent it. One without an instance (an older release's) is
 /// another's; one that does not parse calls for a resync.
-fn heard(payload: &str, instance: Uuid) -> Heard {
+fn heard(payload: &str, instance: Uuid) -> Option<Nudge> {
     let mut parts = payload.splitn(3, ':');
     let tenant = parts.next().and_then(|t| Uuid::parse_str(t).ok());
     let seq = parts.next().and_then(|s| s.parse().ok());
     let from = parts.next().and_then(|i| Uuid::parse_str(i).ok());
     match (tenant, seq, from) {
-        (Some(_), Some(_), Some(from)) if from == instance => Heard::Own,
-        (Some(tenant), Some(seq), _) => Heard::Other(Nudge::Tenant(tenant, seq)),
-        _ => Heard::Other(Nudge::Resync),
+        (Some(_), Some(_), Some(from)) if from == instance => None,
+        (Some(tenant), Some(seq), _) => Some(Nudge::Tenant(tenant, seq)),
+        _ => Some(Nudge::Resync),
     }
 }
 
@@ -165,11 +159,11 @@ mod tests {
     #[test]
     fn an_instance_hears_only_other_instances_nudges() {
         let (tenant, me, other) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-        assert!(matches!(heard(&nudge(tenant, 7, me), me), Heard::Own));
+        assert_eq!(heard(&nudge(tenant, 7, me), me), None);
         let from_other = heard(&nudge(tenant, 7, other), me);
-        assert!(matches!(from_other, Heard::Other(Nudge::Tenant(t, 7)) if t == tenant));
+        assert_eq!(from_other, Some(Nudge::Tenant(tenant, 7)));
         let older_release = heard(&format!("{tenant}:7"), me);
-        assert!(matches!(older_release, Heard::Other(Nudge::Tenant(t, 7)) if t == tenant));
-        assert!(matches!(heard("garbled", me), Heard::Other(Nudge::Resync)));
+        assert_eq!(older_release, Some(Nudge::Tenant(tenant, 7)));
+        assert_eq!(heard("garbled", me), Some(Nudge::Resync));
     }
 }
