@@ -7,6 +7,7 @@
 
 use crate::config::{ChainConfig, DexConfig, RailsConfig, TokenConfig};
 use crate::x402::{self, Authorization, Offer, Version};
+use alloy::consensus::Transaction as _;
 use alloy::eips::BlockNumberOrTag;
 use alloy::eips::eip2718::Encodable2718;
 use alloy::network::{EthereumWallet, NetworkTransactionBuilder, TransactionBuilder};
@@ -65,6 +66,10 @@ const LOG_WINDOW_BLOCKS: u64 = 2_000;
 const RECEIPT_POLL: Duration = Duration::from_millis(500);
 /// How long a transaction may take to be mined before its outcome counts as unknown (it is then reconciled).
 const RECEIPT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How many blocks back the block that took a transfer's nonce is looked for, by the wallet's nonce at each
+/// (within what a node that keeps no history still answers); a nonce taken before that, with no receipt found,
+/// was taken by another transaction.
+const TAKEN_DEEP: u64 = 64;
 
 pub(crate) struct Chain {
     pub(crate) config: ChainConfig,
@@ -134,29 +139,28 @@ async fn mined(
     deadline: tokio::time::Instant,
 ) -> Result<alloy::rpc::types::TransactionReceipt, RailError> {
     let provider = &chain.provider;
-    let receipt = || async {
-        provider
-            .get_transaction_receipt(t.hash)
-            .await
-            .map_err(unavailable)
-    };
     // A node answers a sent transaction before it is mined: look again soon, then less often (a live chain makes
     // a block every few seconds).
     let mut pause = Duration::from_millis(2);
+    let mut known_mined = false;
     loop {
-        if let Some(r) = receipt().await? {
+        if let Some(r) = provider
+            .get_transaction_receipt(t.hash)
+            .await
+            .map_err(unavailable)?
+        {
             return Ok(r);
         }
-        // Once the wallet's nonce moved past this transaction's without mining it, it never will be.
-        let mined_nonces = provider
-            .get_transaction_count(t.from)
-            .latest()
-            .await
-            .map_err(unavailable)?;
-        if mined_nonces > t.nonce && receipt().await?.is_none() {
-            return Err(RailError::Superseded(
-                "another transaction took the signed transaction's nonce".into(),
-            ));
+        if !known_mined {
+            match nonce_taker(chain, t).await? {
+                Taker::Nobody => {}
+                Taker::This => known_mined = true,
+                Taker::Another => {
+                    return Err(RailError::Superseded(
+                        "another transaction took the signed transaction's nonce".into(),
+                    ));
+                }
+            }
         }
         if tokio::time::Instant::now() > deadline {
             return Err(RailError::Unavailable(match &t.refused_send {
@@ -167,6 +171,68 @@ async fn mined(
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(RECEIPT_POLL);
     }
+}
+
+/// Which transaction took a sent transfer's nonce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Taker {
+    /// None yet, or the chain's answers do not say yet.
+    Nobody,
+    /// The transfer itself: it is mined, whatever its receipt's lookup says for now.
+    This,
+    /// Another transaction of the wallet: the transfer can never be mined.
+    Another,
+}
+
+/// Who took the transfer's nonce, as the block that took it says. A missing receipt is no proof: a node may
+/// answer the wallet's nonce before it has indexed the receipts of the block that moved it (anvil while it stores
+/// a block, an RPC provider's replicas behind one address), and taking that for "another transaction won" would
+/// sign the payment again and pay it twice. So the block where the nonce moved is found (its state read at
+/// explicit block numbers) and its transactions read. A nonce taken more than `TAKEN_DEEP` blocks ago, with the
+/// receipt still missing, was taken by another: no node lags its receipts that far.
+async fn nonce_taker(chain: &Chain, t: &SentTransfer) -> Result<Taker, RailError> {
+    let provider = &chain.provider;
+    let taken_at = |block: u64| async move {
+        let count = provider
+            .get_transaction_count(t.from)
+            .number(block)
+            .await
+            .map_err(unavailable)?;
+        Ok::<bool, RailError>(count > t.nonce)
+    };
+    let mut late = provider.get_block_number().await.map_err(unavailable)?;
+    if !taken_at(late).await? {
+        return Ok(Taker::Nobody);
+    }
+    let mut early = late.saturating_sub(TAKEN_DEEP);
+    if early > 0 && taken_at(early).await? {
+        return Ok(Taker::Another);
+    }
+    // The nonce is unused at `early` (the genesis block's count is zero) and used at `late`.
+    while late - early > 1 {
+        let middle = early + (late - early) / 2;
+        match taken_at(middle).await? {
+            true => late = middle,
+            false => early = middle,
+        }
+    }
+    let Some(block) = provider
+        .get_block_by_number(late.into())
+        .full()
+        .await
+        .map_err(unavailable)?
+    else {
+        return Ok(Taker::Nobody);
+    };
+    let taker = block
+        .transactions
+        .txns()
+        .find(|tx| tx.inner.signer() == t.from && tx.inner.nonce() == t.nonce);
+    Ok(match taker {
+        Some(tx) if *tx.inner.tx_hash() == t.hash => Taker::This,
+        Some(_) => Taker::Another,
+        None => Taker::Nobody,
+    })
 }
 
 /// A signed transaction as journaled: enough to send it again, or to find it mined.

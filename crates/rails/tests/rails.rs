@@ -15,6 +15,7 @@ paygent_testkit::on_both_databases!(
     an_x402_amount_is_a_maximum_and_the_price_is_paid,
     a_refused_payment_answers_at_once_and_ends_when_its_window_closes,
     a_restart_between_signing_and_settling_pays_once,
+    a_node_whose_receipts_lag_gets_a_transfer_signed_once,
     a_stop_lets_money_already_sent_land_and_signs_nothing_after_it,
     a_stop_between_the_guard_and_the_rail_sends_nothing,
 );
@@ -941,6 +942,72 @@ async fn a_restart_between_signing_and_settling_pays_once(backend: Backend) {
     assert_eq!(
         moved(&chain, payee_before).await - before,
         3_000_000,
+        "paid once"
+    );
+    s.finish().await;
+}
+
+/// A node that answers the wallet's nonce before it has indexed the receipt of the block that moved it (anvil
+/// while it stores a block; an RPC provider's replicas behind a load balancer): the transfer is mined, its
+/// receipt "not found". It must not count as beaten to its nonce by another transaction and be signed again:
+/// the block that took the nonce says which transaction did, and the payment waits for its receipt.
+async fn a_node_whose_receipts_lag_gets_a_transfer_signed_once(backend: Backend) {
+    let chain = LocalChain::start(V2_NETWORK).await;
+    let rpc = GatedProxy::start(&chain.rpc).await;
+    let mut config = chain.rails_config("local");
+    config.chains[0].rpc_url = rpc.base.clone();
+    let s = TestServer::start_with(backend, paying_by(&config, Settings::default())).await;
+    let t = team(&s).await;
+    let session = wallet_session(&s, &t, json!({})).await;
+    let (payee_before, nonce_before) = (
+        chain.balance(payee()).await,
+        chain.provider.get_transaction_count(payer()).await.unwrap(),
+    );
+
+    rpc.lag_receipts(true);
+    let transfer = json!({"session_id": session, "amount": "2", "currency": "USDC",
+        "recipient": payee().to_string(), "idempotency_key": "lagging"});
+    let request = reqwest::Client::new()
+        .post(s.url("/payments"))
+        .bearer_auth(&t.agent)
+        .json(&transfer);
+    let answer = tokio::spawn(request.send());
+    // Mined at once (automine); the runner keeps asking for its receipt, and is told "not found".
+    let moved_already = || async { json!(chain.balance(payee()).await - payee_before) };
+    let what = "the transfer mined";
+    paygent_testkit::eventually(
+        std::time::Duration::from_secs(30),
+        what,
+        moved_already,
+        |m| *m != json!(0),
+    )
+    .await;
+    let hidden = || async { json!(rpc.receipts_hidden()) };
+    let what = "receipts asked for after it was mined";
+    paygent_testkit::eventually(std::time::Duration::from_secs(30), what, hidden, |n| {
+        n.as_u64().unwrap_or(0) >= 6
+    })
+    .await;
+    rpc.lag_receipts(false);
+
+    let answered = answer.await.unwrap().unwrap();
+    assert!(answered.status().is_success(), "{}", answered.status());
+    let (_, paid) = s.post(&t.agent, "/payments", transfer).await;
+    assert_eq!(paid["status"], "executed", "{paid}");
+    let attempt = s.text("SELECT tx_hash FROM payment_attempts").await;
+    assert_eq!(
+        paid["tx_hash"],
+        attempt.as_str(),
+        "the first signature is what paid"
+    );
+    assert_eq!(
+        chain.provider.get_transaction_count(payer()).await.unwrap() - nonce_before,
+        1,
+        "one transaction signed and sent"
+    );
+    assert_eq!(
+        chain.balance(payee()).await - payee_before,
+        2_000_000,
         "paid once"
     );
     s.finish().await;

@@ -1,11 +1,12 @@
 //! A reverse proxy on loopback that holds one request until the test lets it go: the way to stop the world
 //! while a payment is between two of its steps (asking a price, broadcasting a transaction), without hooks in
-//! the code under test.
+//! the code under test. Before a JSON-RPC node it can also play one whose receipts lag its state.
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
@@ -25,6 +26,9 @@ struct Gate {
     arrived: Notify,
     open: Notify,
     http: reqwest::Client,
+    /// Whether receipts are answered as not found, and how many were.
+    lagging: AtomicBool,
+    hidden: AtomicUsize,
 }
 
 /// Forwards every request to its upstream, holding the one [`GatedProxy::arm`] names until
@@ -43,6 +47,8 @@ impl GatedProxy {
             arrived: Notify::new(),
             open: Notify::new(),
             http: reqwest::Client::new(),
+            lagging: AtomicBool::new(false),
+            hidden: AtomicUsize::new(0),
         });
         let app = axum::Router::new()
             .fallback(forward)
@@ -72,6 +78,18 @@ impl GatedProxy {
     pub fn open(&self) {
         self.gate.open.notify_one();
     }
+
+    /// While on, `eth_getTransactionReceipt` is answered "not found" whatever the chain holds, and everything
+    /// else is passed on: a node (or one behind a load balancer) that answers state before it has indexed the
+    /// receipts of the blocks that made it.
+    pub fn lag_receipts(&self, on: bool) {
+        self.gate.lagging.store(on, Ordering::SeqCst);
+    }
+
+    /// How many receipts were answered "not found" by [`GatedProxy::lag_receipts`].
+    pub fn receipts_hidden(&self) -> usize {
+        self.gate.hidden.load(Ordering::SeqCst)
+    }
 }
 
 impl Gate {
@@ -91,6 +109,18 @@ impl Gate {
         }
         this
     }
+
+    /// A lagging node's answer to a receipt request: found nothing.
+    fn hidden_receipt(&self, body: &[u8]) -> Option<serde_json::Value> {
+        if !self.lagging.load(Ordering::SeqCst) {
+            return None;
+        }
+        let request: serde_json::Value = serde_json::from_slice(body).ok()?;
+        (request["method"] == "eth_getTransactionReceipt").then(|| {
+            self.hidden.fetch_add(1, Ordering::SeqCst);
+            serde_json::json!({"jsonrpc": "2.0", "id": request["id"], "result": null})
+        })
+    }
 }
 
 async fn forward(State(gate): State<Arc<Gate>>, request: Request) -> Response {
@@ -101,6 +131,9 @@ async fn forward(State(gate): State<Arc<Gate>>, request: Request) -> Response {
     if gate.holds(&body) {
         gate.arrived.notify_one();
         gate.open.notified().await;
+    }
+    if let Some(not_found) = gate.hidden_receipt(&body) {
+        return axum::Json(not_found).into_response();
     }
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut headers = parts.headers;
