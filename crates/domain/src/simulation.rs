@@ -11,8 +11,10 @@ use crate::money::Decimal;
 use crate::payment::{PaymentStatus, payee_of};
 use crate::rules::{NewPayee, PolicyRules};
 use crate::session::SessionConfig;
-use crate::velocity::{MAX_WINDOW_SECONDS, Seen, Totals, identical_key, scope_key, tripped};
-use chrono::{DateTime, Duration, Utc};
+use crate::velocity::{
+    MAX_WINDOW_SECONDS, Seen, Totals, identical_key, scope_key, tripped, window_start,
+};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -188,10 +190,10 @@ impl<'a> Replay<'a> {
     /// What each velocity rule sees of the payments replayed before `p`.
     fn seen(&self, p: &Recorded) -> Vec<Seen> {
         let totals = |scope: &str, per: u32| {
-            let start = p.at - Duration::seconds(per.into());
+            let start = window_start(p.at, per, DateTime::<Utc>::MIN_UTC);
             let inside = self.counted.get(scope).into_iter().flatten();
             inside
-                .filter(|(at, _)| *at > start)
+                .filter(|(at, _)| *at >= start)
                 .fold(Totals::default(), |t, (_, usd)| Totals {
                     payments: t.payments + 1,
                     usd: t.usd + usd,
@@ -233,10 +235,10 @@ impl<'a> Replay<'a> {
                 [base, same]
             })
             .collect();
-        let oldest = p.at - Duration::seconds(MAX_WINDOW_SECONDS.into());
+        let oldest = window_start(p.at, MAX_WINDOW_SECONDS, DateTime::<Utc>::MIN_UTC);
         for scope in scopes {
             let marks = self.counted.entry(scope).or_default();
-            while marks.front().is_some_and(|(at, _)| *at <= oldest) {
+            while marks.front().is_some_and(|(at, _)| *at < oldest) {
                 marks.pop_front();
             }
             marks.push_back((p.at, p.usd));

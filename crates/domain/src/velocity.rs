@@ -3,9 +3,13 @@
 //! is denied and its session is frozen until a person looks. Pure: the engine reads each window's totals under
 //! the tenant's lock, so concurrent requests cannot all slip under a rule.
 //!
-//! Each counted payment (allowed, or sent to a person) leaves a mark in every scope a rule counts: the running
-//! number and USD total of that scope. A window's totals are the difference between its last mark and its first,
-//! two index lookups whatever the number of payments in it.
+//! Each counted payment (allowed, or sent to a person) is tallied in every scope a rule counts, in the scope's
+//! mark for the second it falls in: the running number and USD total of that scope at the second's first payment
+//! and at its last. A window's totals are the difference between its last mark and its first, two index lookups
+//! whatever the number of payments in it; and a scope's payments within one second update one row instead of
+//! adding one each, which is most of what the breaker cost a payment (BENCHMARKS.md). So windows start on a whole
+//! second: a window of `per_seconds` counts from the start of the second `per_seconds` ago, and may count a
+//! payment up to a second older than its length, never one fewer.
 
 use crate::money::{Decimal, strict};
 use chrono::{DateTime, Utc};
@@ -30,7 +34,8 @@ pub enum VelocityScope {
 }
 
 /// At most so many payments, dollars or identical payments (same payee, amount and currency) within
-/// `per_seconds`.
+/// `per_seconds`, counted from the start of the second `per_seconds` ago (a payment up to a second older than the
+/// window may count; none in it is missed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Velocity {
@@ -77,33 +82,68 @@ pub struct Freeze {
     pub at: DateTime<Utc>,
 }
 
-/// A scope's running totals after one of its counted payments.
+/// A scope's counted payments within one second: the running totals at the first of them and at the last so far.
+/// A mark never spans an unfreeze (one counting from then starts a new mark), so a window that starts there is
+/// exact.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mark {
-    /// Its place among the scope's counted payments: 1, 2, 3...
+    /// The first payment's place among the scope's counted payments: 1, 2, 3...
     pub seq: i64,
     /// When it counts from: never before the mark before it, so marks sort by time as they do by place (a
     /// transaction that began before another may take the lock after it).
     pub at: DateTime<Utc>,
-    /// The USD of the scope's counted payments up to and including it.
+    /// The USD of the scope's counted payments up to and including the first.
     pub usd_total: Decimal,
-    /// Its own USD.
+    /// The first payment's own USD.
     pub usd: Decimal,
+    /// The last payment's place, and the USD up to and including it.
+    pub last_seq: i64,
+    pub last_usd_total: Decimal,
 }
 
 impl Mark {
-    /// The mark a payment of `usd` made at `now` leaves after `last`.
-    pub fn after(last: Option<&Mark>, usd: Decimal, now: DateTime<Utc>) -> Mark {
-        let (seq, total, at) = last.map_or((0, Decimal::ZERO, now), |m| {
-            (m.seq, m.usd_total, m.at.max(now))
-        });
-        Mark {
-            seq: seq + 1,
-            at,
-            usd_total: total + usd,
-            usd,
+    /// The mark a payment of `usd` made at `now` leaves after `last`, for windows counting from `since` at the
+    /// earliest: `last` grown by it while both fall in one second after `since`, or a new mark.
+    pub fn after(
+        last: Option<&Mark>,
+        usd: Decimal,
+        now: DateTime<Utc>,
+        since: DateTime<Utc>,
+    ) -> Mark {
+        match last {
+            Some(m) if m.at >= since && whole_second(m.at) >= whole_second(now) => Mark {
+                last_seq: m.last_seq + 1,
+                last_usd_total: m.last_usd_total + usd,
+                ..*m
+            },
+            _ => {
+                let (seq, total, at) = last.map_or((0, Decimal::ZERO, now), |m| {
+                    (m.last_seq, m.last_usd_total, m.at.max(now))
+                });
+                Mark {
+                    seq: seq + 1,
+                    at,
+                    usd_total: total + usd,
+                    usd,
+                    last_seq: seq + 1,
+                    last_usd_total: total + usd,
+                }
+            }
         }
     }
+}
+
+/// The start of the second `at` falls in.
+fn whole_second(at: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp(at.timestamp(), 0).unwrap_or(at)
+}
+
+/// The earliest mark a window of `per_seconds` ending at `now` counts (by its `at`): from the start of the
+/// second `per_seconds` ago, or from `since` if that is later.
+pub fn window_start(now: DateTime<Utc>, per_seconds: u32, since: DateTime<Utc>) -> DateTime<Utc> {
+    since.max(whole_second(
+        now - chrono::Duration::seconds(per_seconds.into()),
+    ))
 }
 
 /// How many counted payments a scope made within a window, and their USD.
@@ -117,9 +157,9 @@ impl Totals {
     /// The totals between a window's first mark and the scope's last (none, when the window has no mark).
     pub fn between(first: Option<&Mark>, last: Option<&Mark>) -> Totals {
         match (first, last) {
-            (Some(f), Some(l)) if l.seq >= f.seq => Totals {
-                payments: u64::try_from(l.seq - f.seq + 1).unwrap_or(u64::MAX),
-                usd: l.usd_total - f.usd_total + f.usd,
+            (Some(f), Some(l)) if l.last_seq >= f.seq => Totals {
+                payments: u64::try_from(l.last_seq - f.seq + 1).unwrap_or(u64::MAX),
+                usd: l.last_usd_total - f.usd_total + f.usd,
             },
             _ => Totals::default(),
         }
@@ -248,21 +288,57 @@ mod tests {
         DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap()
     }
 
+    const EVER: DateTime<Utc> = DateTime::<Utc>::MIN_UTC;
+
     /// A scope's marks after payments of `usd`, in order, a second apart.
     fn marks(usd: &[&str]) -> Vec<Mark> {
         let mut out: Vec<Mark> = Vec::new();
         for (i, u) in usd.iter().enumerate() {
-            out.push(Mark::after(out.last(), d(u), at(i as i64)));
+            out.push(Mark::after(out.last(), d(u), at(i as i64), EVER));
         }
         out
     }
 
+    fn millis(ms: i64) -> chrono::Duration {
+        chrono::Duration::milliseconds(ms)
+    }
+
     #[test]
     fn a_mark_never_counts_from_before_the_one_before_it() {
-        let first = Mark::after(None, d("1"), at(10));
-        let late = Mark::after(Some(&first), d("1"), at(5));
-        assert_eq!((late.seq, late.at), (2, at(10)));
-        assert_eq!(Mark::after(Some(&late), d("1"), at(12)).at, at(12));
+        let first = Mark::after(None, d("1"), at(10), EVER);
+        let late = Mark::after(Some(&first), d("1"), at(5), EVER);
+        assert_eq!((late.seq, late.last_seq, late.at), (1, 2, at(10)), "grown");
+        let next = Mark::after(Some(&late), d("1"), at(12), EVER);
+        assert_eq!((next.seq, next.at), (3, at(12)));
+    }
+
+    #[test]
+    fn payments_within_one_second_grow_one_mark() {
+        let first = Mark::after(None, d("1"), at(10) + millis(100), EVER);
+        let second = Mark::after(Some(&first), d("2"), at(10) + millis(900), EVER);
+        assert_eq!((second.seq, second.at, second.usd), (1, first.at, d("1")));
+        assert_eq!((second.last_seq, second.last_usd_total), (2, d("3")));
+        let next = Mark::after(Some(&second), d("4"), at(11), EVER);
+        assert_eq!((next.seq, next.usd_total, next.usd), (3, d("7"), d("4")));
+        let all = Totals::between(Some(&second), Some(&next));
+        assert_eq!((all.payments, all.usd), (3, d("7")));
+        let tail = Totals::between(Some(&next), Some(&next));
+        assert_eq!((tail.payments, tail.usd), (1, d("4")));
+    }
+
+    #[test]
+    fn a_mark_never_spans_an_unfreeze_and_windows_start_on_a_whole_second() {
+        let before = Mark::after(None, d("1"), at(10) + millis(100), EVER);
+        let since = at(10) + millis(500);
+        let after = Mark::after(Some(&before), d("1"), at(10) + millis(700), since);
+        assert_eq!(
+            (after.seq, after.at),
+            (2, at(10) + millis(700)),
+            "a new mark"
+        );
+        assert_eq!(window_start(at(70) + millis(300), 60, EVER), at(10));
+        assert_eq!(window_start(at(70) + millis(300), 60, since), since);
+        assert_eq!(window_start(at(69), 60, EVER), at(9));
     }
 
     fn seen(payments: u64, usd: &str, identical: u64) -> Seen {

@@ -11,7 +11,7 @@ use paygent_domain::audit::AuditAction;
 use paygent_domain::event::EventKind;
 use paygent_domain::velocity::{
     Freeze, MAX_WINDOW_SECONDS, Mark, Seen, Totals, Trip, Velocity, identical_key, scope_key,
-    tripped,
+    tripped, window_start,
 };
 use paygent_store::WriteTx;
 use paygent_store::payments::PaymentRecord;
@@ -25,6 +25,8 @@ use uuid::Uuid;
 pub(crate) struct Count {
     scopes: Vec<(String, Option<Mark>)>,
     usd: Decimal,
+    /// The session's last unfreeze: no mark grown by this payment spans it.
+    since: DateTime<Utc>,
 }
 
 impl Count {
@@ -41,7 +43,7 @@ impl Count {
         let picks: Vec<(usize, Option<usize>)> = rules
             .iter()
             .map(|rule| {
-                let after = since.max(tx.now() - Duration::seconds(rule.per_seconds.into()));
+                let after = window_start(tx.now(), rule.per_seconds, since);
                 let base = scope_key(rule.scope, session.id, asker);
                 let identical = rule.max_identical.map(|_| {
                     let same = identical_key(&base, &p.recipient, p.amount, &p.currency);
@@ -67,7 +69,7 @@ impl Count {
             }
         }
         let usd = p.usd_value;
-        Ok((Count { scopes, usd }, trip))
+        Ok((Count { scopes, usd, since }, trip))
     }
 
     /// Leaves the payment's mark in every scope read: it counts for every request judged after it.
@@ -78,7 +80,7 @@ impl Count {
             .map(|(scope, last)| {
                 (
                     scope.clone(),
-                    Mark::after(last.as_ref(), self.usd, tx.now()),
+                    Mark::after(last.as_ref(), self.usd, tx.now(), self.since),
                 )
             })
             .collect();

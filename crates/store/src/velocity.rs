@@ -1,4 +1,4 @@
-//! The circuit breaker's marks: each counted payment's running totals in each scope a velocity rule counts.
+//! The circuit breaker's marks: each scope's running totals at its first and last counted payment of a second.
 
 use crate::db::{placeholders, query};
 use crate::{Result, WriteTx, decimal, time};
@@ -12,6 +12,8 @@ fn mark(row: &crate::Row) -> Result<Mark> {
         usd_total: decimal(&row.get::<String>(3)?)?,
         usd: decimal(&row.get::<String>(4)?)?,
         at: time(&row.get::<String>(5)?)?,
+        last_seq: row.get(6)?,
+        last_usd_total: decimal(&row.get::<String>(7)?)?,
     })
 }
 
@@ -27,15 +29,17 @@ fn statements(make: fn(usize) -> String) -> Vec<String> {
 static WINDOWS: LazyLock<Vec<String>> = LazyLock::new(|| statements(windows_sql));
 static MARKS: LazyLock<Vec<String>> = LazyLock::new(|| statements(marks_sql));
 
-/// Two lookups of the key (scope, time, place) per window: its first mark after `$after`, its scope's last.
+/// Two lookups of the key (scope, time, place) per window: its first mark from `$after` on, its scope's last. A
+/// mark written before its second had more than one payment has no last totals of its own: they are its first.
 fn windows_sql(windows: usize) -> String {
-    let columns = "seq, usd_total, usd, at FROM velocity_marks WHERE tenant_id = $1 AND scope";
+    let columns = "seq, usd_total, usd, at, COALESCE(last_seq, seq), COALESCE(last_usd_total, usd_total) \
+                   FROM velocity_marks WHERE tenant_id = $1 AND scope";
     (0..windows)
         .map(|i| {
             let (scope, after) = (2 * i + 2, 2 * i + 3);
             format!(
                 "SELECT * FROM (SELECT CAST({i} AS BIGINT) AS w, CAST(0 AS BIGINT) AS side, {columns} = ${scope} \
-                 AND at > ${after} ORDER BY at, seq LIMIT 1) f{i} UNION ALL \
+                 AND at >= ${after} ORDER BY at, seq LIMIT 1) f{i} UNION ALL \
                  SELECT * FROM (SELECT CAST({i} AS BIGINT) AS w, CAST(1 AS BIGINT) AS side, {columns} = ${scope} \
                  ORDER BY at DESC, seq DESC LIMIT 1) l{i}"
             )
@@ -44,10 +48,13 @@ fn windows_sql(windows: usize) -> String {
         .join(" UNION ALL ")
 }
 
+/// New marks, and marks grown by a payment in their second (the same key: only the last totals change).
 fn marks_sql(marks: usize) -> String {
     format!(
-        "INSERT INTO velocity_marks (tenant_id, scope, seq, at, usd_total, usd) VALUES {}",
-        placeholders(1, marks, 6)
+        "INSERT INTO velocity_marks (tenant_id, scope, seq, at, usd_total, usd, last_seq, last_usd_total) \
+         VALUES {} ON CONFLICT (scope, at, seq) DO UPDATE SET last_seq = excluded.last_seq, \
+         last_usd_total = excluded.last_usd_total",
+        placeholders(1, marks, 8)
     )
 }
 
@@ -60,7 +67,7 @@ fn statement(made: &'static [String], count: usize) -> Result<&'static str> {
     })
 }
 
-/// Each window's first mark after its time (none when the window is empty) and its scope's last mark, in one
+/// Each window's first mark from its start on (none when the window is empty) and its scope's last mark, in one
 /// statement of two lookups per window, whatever the number of payments in them.
 pub async fn windows(
     tx: &mut WriteTx,
@@ -89,7 +96,7 @@ pub async fn windows(
     Ok(found)
 }
 
-/// Leaves a payment's mark in each of its scopes, in one statement.
+/// Leaves a payment's mark in each of its scopes (a new one, or its second's grown), in one statement.
 pub async fn leave(tx: &mut WriteTx, marks: &[(String, Mark)]) -> Result<()> {
     if marks.is_empty() {
         return Ok(());
@@ -103,7 +110,9 @@ pub async fn leave(tx: &mut WriteTx, marks: &[(String, Mark)]) -> Result<()> {
             .bind(m.seq)
             .bind(paygent_domain::time::format(m.at))
             .bind(m.usd_total.to_string())
-            .bind(m.usd.to_string());
+            .bind(m.usd.to_string())
+            .bind(m.last_seq)
+            .bind(m.last_usd_total.to_string());
     }
     tx.defer("velocity_marks", q, marks.len() as u64).await
 }

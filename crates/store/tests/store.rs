@@ -647,26 +647,33 @@ async fn held_back_writes_behave_as_if_sent_at_once(url: &str) {
     tx.commit().await.unwrap();
     assert_eq!(committed_usage(&store, key).await, usd("3.5"));
 
-    let twice = (
-        "session:s".to_owned(),
-        Mark {
-            seq: 1,
-            at: Utc::now(),
-            usd_total: usd("1"),
+    // A constraint the write breaks: at most one mark per scope.
+    let one_per_scope = "CREATE UNIQUE INDEX one_mark_per_scope ON velocity_marks (scope)";
+    execute_outside(url, one_per_scope.into()).await;
+    let mark = |seq: i64| {
+        let total = usd(&seq.to_string());
+        let at = Utc::now() + chrono::Duration::seconds(seq);
+        let m = Mark {
+            seq,
+            at,
+            usd_total: total,
             usd: usd("1"),
-        },
-    );
+            last_seq: seq,
+            last_usd_total: total,
+        };
+        ("session:s".to_owned(), m)
+    };
     let mut tx = store.begin(tenant, Utc::now()).await.unwrap();
     let failed = async {
         budgets::apply(&mut tx, KEY_PERIODS, key, &spend("1")).await?;
-        velocity::leave(&mut tx, &[twice.clone(), twice]).await?;
+        velocity::leave(&mut tx, &[mark(1), mark(2)]).await?;
         tx.audit("test", AuditAction::SessionCreated, "lost", None, json!({}))
             .await?;
         tx.commit().await
     };
     let error = failed
         .await
-        .expect_err("two marks with one key cannot both be written");
+        .expect_err("two marks of one scope cannot both be written");
     assert!(error.is_unique_violation(), "{error}");
     assert_eq!(
         committed_usage(&store, key).await,
@@ -746,5 +753,70 @@ async fn a_held_back_write_that_changes_too_few_rows_fails_its_write_on_postgres
     let subjects = subjects(&store, tenant).await;
     assert_eq!(subjects, ["kept"]);
     store.close().await;
+    db.drop().await;
+}
+
+/// A scope's payments within one second grow one mark, in place: read back with its first and last totals,
+/// one row however many. A mark an older release left (no last totals) reads as its first payment alone.
+async fn marks_grow_within_their_second(url: &str) {
+    let (store, tenant) = with_tenant(url).await;
+    let usd = |s: &str| s.parse::<paygent_domain::Decimal>().unwrap();
+    let second = chrono::DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
+    let ever = chrono::DateTime::<Utc>::MIN_UTC;
+    let read = |scope: &str| vec![(scope.to_owned(), second)];
+    let mut last = None;
+    for (ms, paid) in [(100, "1"), (600, "2.5"), (900, "0.5")] {
+        let now = second + chrono::Duration::milliseconds(ms);
+        let mut tx = store.begin(tenant, now).await.unwrap();
+        let found = velocity::windows(&mut tx, &read("session:s"))
+            .await
+            .unwrap();
+        assert_eq!(found[0].1, last, "the scope's last mark, as left");
+        let mark = Mark::after(found[0].1.as_ref(), usd(paid), now, ever);
+        velocity::leave(&mut tx, &[("session:s".to_owned(), mark)])
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        last = Some(mark);
+    }
+    let mut tx = store.begin(tenant, Utc::now()).await.unwrap();
+    let (first, last) = velocity::windows(&mut tx, &read("session:s"))
+        .await
+        .unwrap()[0];
+    let totals = paygent_domain::velocity::Totals::between(first.as_ref(), last.as_ref());
+    assert_eq!((totals.payments, totals.usd), (3, usd("4")));
+    tx.commit().await.unwrap();
+    let rows = query("SELECT COUNT(*) FROM velocity_marks")
+        .fetch_all(store.reader())
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<i64>(0).unwrap(), 1, "one row for the second");
+
+    let older = format!(
+        "INSERT INTO velocity_marks (tenant_id, scope, seq, at, usd_total, usd) VALUES \
+         ('{tenant}', 'session:old', 7, '{}', '9', '2')",
+        paygent_domain::time::format(second)
+    );
+    execute_outside(url, older).await;
+    let mut tx = store.begin(tenant, Utc::now()).await.unwrap();
+    let (_, old) = velocity::windows(&mut tx, &read("session:old"))
+        .await
+        .unwrap()[0];
+    let old = old.expect("the older release's mark");
+    assert_eq!((old.last_seq, old.last_usd_total), (7, usd("9")));
+    tx.commit().await.unwrap();
+    store.close().await;
+}
+
+#[tokio::test]
+async fn marks_grow_within_their_second_on_sqlite() {
+    let (url, _dir) = sqlite_url();
+    marks_grow_within_their_second(&url).await;
+}
+
+#[tokio::test]
+async fn marks_grow_within_their_second_on_postgres() {
+    let (url, db) = PgDatabase::create().await;
+    marks_grow_within_their_second(&url).await;
     db.drop().await;
 }
