@@ -240,19 +240,32 @@ pub struct AuditEntry {
 impl AuditEntry {
     /// SHA-256 over the canonical JSON of every field but `hash` itself.
     pub fn compute_hash(&self) -> String {
-        let body = serde_json::json!({
-            "tenant_id": self.tenant_id,
-            "seq": self.seq,
-            "at": self.at,
-            "actor": self.actor,
-            "action": self.action,
-            "subject": self.subject,
-            "session_id": self.session_id,
-            "data": self.data,
-            "prev_hash": self.prev_hash,
-        });
-        crate::canonical::sha256_hex(&body)
+        crate::canonical::sha256_hex(&Hashed {
+            action: &self.action,
+            actor: &self.actor,
+            at: &self.at,
+            data: &self.data,
+            prev_hash: &self.prev_hash,
+            seq: self.seq,
+            session_id: self.session_id,
+            subject: &self.subject,
+            tenant_id: self.tenant_id,
+        })
     }
+}
+
+/// What an entry's hash covers, its fields declared in sorted order: serialized, it is the canonical JSON.
+#[derive(Serialize)]
+struct Hashed<'a> {
+    action: &'a str,
+    actor: &'a str,
+    at: &'a str,
+    data: &'a Value,
+    prev_hash: &'a str,
+    seq: i64,
+    session_id: Option<Uuid>,
+    subject: &'a str,
+    tenant_id: Uuid,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -379,6 +392,34 @@ mod tests {
         let c = chain(5);
         assert_eq!(verify(&c, &c[4]), Ok(5));
         assert_eq!(ChainVerifier::default().finish(0, ""), Ok(0));
+    }
+
+    #[test]
+    fn an_entry_hashes_as_its_canonical_json() {
+        // Computed apart, with Python's hashlib over json.dumps(sort_keys=True, separators=(',', ':'),
+        // ensure_ascii=False): the chains stored so far keep verifying whatever writes the text.
+        let mut e = AuditEntry {
+            tenant_id: Uuid::nil(),
+            seq: 3,
+            at: "2026-12-07T01:00:00.000000Z".into(),
+            actor: format!("key:{}", Uuid::from_u128(9)),
+            action: "payment.allowed".into(),
+            subject: "payment:x".into(),
+            session_id: Some(Uuid::from_u128(7)),
+            data: json!({"b": "line\nbreak \"q\" \u{e9}\u{20ac} \u{1}", "a": [1, 2.5, null, true],
+                "n": {"z": 1, "y": -3}}),
+            prev_hash: "abc".into(),
+            hash: String::new(),
+        };
+        assert_eq!(
+            e.compute_hash(),
+            "d1f50658b0e253ab4f2287d5a6cd8638796356f45ad9072c66266149b5a22331"
+        );
+        e.session_id = None;
+        assert_eq!(
+            e.compute_hash(),
+            "160a1b0b0505577e72592325eed96a5126cccc583f736c642f33c7e6af4e7919"
+        );
     }
 
     #[test]

@@ -183,11 +183,11 @@ pub fn scope_key(scope: VelocityScope, session: uuid::Uuid, key: uuid::Uuid) -> 
 
 /// The scope of the payments identical to one (same payee, amount and currency) within `base`.
 pub fn identical_key(base: &str, recipient: &str, amount: Decimal, currency: &str) -> String {
-    let payment = serde_json::json!([
+    let payment = (
         recipient.to_ascii_lowercase(),
         amount.normalize().to_string(),
-        currency
-    ]);
+        currency,
+    );
     format!(
         "{base}:same:{}",
         &crate::canonical::sha256_hex(&payment)[..32]
@@ -417,6 +417,8 @@ mod tests {
         let to = "0x00000000000000000000000000000000000000AA";
         let base = "session:x";
         let same = identical_key(base, to, d("2.50"), "USDC");
+        // Marks already stored are found by this name: the SHA-256 of `["0x…aa","2.5","USDC"]`, computed apart.
+        assert_eq!(same, "session:x:same:789ed9762f33d51e1a875271fe3c4683");
         assert_eq!(
             same,
             identical_key(base, &to.to_lowercase(), d("2.5"), "USDC")
