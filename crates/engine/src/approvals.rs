@@ -161,8 +161,18 @@ impl Paygent {
 
     /// Approves, rejects, or edits and approves a pending request. With `seen`, the digest of the action the
     /// person was shown, the decision lands only on that action. A request that needs a quorum records each
-    /// approval and is approved by the last one it needs; one rejection ends it.
+    /// approval and is approved by the last one it needs; one rejection ends it. Boxed, as `submit_payment`.
     pub async fn decide(
+        &self,
+        who: &Principal,
+        id: Uuid,
+        decision: Decision,
+        seen: Option<&str>,
+    ) -> Result<ApprovalView> {
+        Box::pin(self.rule_and_land(who, id, decision, seen)).await
+    }
+
+    async fn rule_and_land(
         &self,
         who: &Principal,
         id: Uuid,

@@ -79,9 +79,11 @@ fn validate_idempotency_key(key: &str) -> Result<()> {
 }
 
 impl Paygent {
-    /// Runs a payment request through the guard.
+    /// Runs a payment request through the guard. Boxed, as `decide`: the guard's future is kilobytes, and
+    /// every future that awaits it in place (a handler's, which axum moves several times a request) is copied
+    /// whole each time it moves.
     pub async fn submit_payment(&self, who: &Principal, req: PaymentRequest) -> Result<Submitted> {
-        self.guard(who, req, None).await
+        Box::pin(self.guard(who, req, None)).await
     }
 
     /// Records a payment that failed before it could be guarded (a rail could not find anything it may pay),
