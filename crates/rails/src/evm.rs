@@ -164,6 +164,9 @@ async fn mined(
         }
         if tokio::time::Instant::now() > deadline {
             return Err(RailError::Unavailable(match &t.refused_send {
+                _ if known_mined => {
+                    "the transaction is mined, but the node has not given its receipt".into()
+                }
                 Some(e) => format!("broadcasting the transaction: {e}"),
                 None => "the transaction was sent but not mined in time".into(),
             }));

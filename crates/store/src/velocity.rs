@@ -30,7 +30,7 @@ static WINDOWS: LazyLock<Vec<String>> = LazyLock::new(|| statements(windows_sql)
 static MARKS: LazyLock<Vec<String>> = LazyLock::new(|| statements(marks_sql));
 
 /// Two lookups of the key (scope, time, place) per window: its first mark from `$after` on, its scope's last. A
-/// mark written before its second had more than one payment has no last totals of its own: they are its first.
+/// mark an older release wrote (before migration 32) has no last totals: they are its first payment's.
 fn windows_sql(windows: usize) -> String {
     let columns = "seq, usd_total, usd, at, COALESCE(last_seq, seq), COALESCE(last_usd_total, usd_total) \
                    FROM velocity_marks WHERE tenant_id = $1 AND scope";
