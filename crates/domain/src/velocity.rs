@@ -133,6 +133,58 @@ impl Mark {
     }
 }
 
+/// A scope's latest marks, in order and without a gap (each mark's `seq` follows the last payment of the one
+/// before it), ending at the scope's last: kept by the one process that writes them, so a window that starts
+/// after the oldest of them is read without the database. The mark before the oldest is no later than it, so
+/// a window that starts after the oldest holds no mark from before it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recent {
+    marks: std::collections::VecDeque<Mark>,
+}
+
+impl Recent {
+    /// The scope's last mark.
+    pub fn last(&self) -> Option<&Mark> {
+        self.marks.back()
+    }
+
+    /// How many marks are kept.
+    pub fn len(&self) -> usize {
+        self.marks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.marks.is_empty()
+    }
+
+    /// The first mark from `after` on (none when the window is empty), or `None` when the marks kept do not
+    /// reach back to `after`: an older mark may fall in the window, and only the database knows it.
+    pub fn first_from(&self, after: DateTime<Utc>) -> Option<Option<Mark>> {
+        let oldest = self.marks.front()?;
+        if oldest.at >= after && oldest.seq != 1 {
+            return None;
+        }
+        let i = self.marks.partition_point(|m| m.at < after);
+        Some(self.marks.get(i).copied())
+    }
+
+    /// Keeps `mark`, the scope's newest: its last mark grown, or the one after it. A mark that does neither
+    /// (another writer's, or the first after an empty `Recent`) starts the marks kept anew. Marks older than
+    /// `oldest` go (one stays, so windows from `oldest` on are covered), and the oldest go beyond `most`.
+    pub fn keep(&mut self, mark: Mark, oldest: DateTime<Utc>, most: usize) {
+        match self.marks.back_mut() {
+            Some(last) if last.seq == mark.seq && last.at == mark.at => *last = mark,
+            Some(last) if last.last_seq + 1 == mark.seq && last.at <= mark.at => {
+                self.marks.push_back(mark)
+            }
+            _ => self.marks = std::iter::once(mark).collect(),
+        }
+        while self.marks.len() > most.max(1) || self.marks.get(1).is_some_and(|m| m.at < oldest) {
+            self.marks.pop_front();
+        }
+    }
+}
+
 /// The start of the second `at` falls in.
 fn whole_second(at: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp(at.timestamp(), 0).unwrap_or(at)
@@ -339,6 +391,61 @@ mod tests {
         assert_eq!(window_start(at(70) + millis(300), 60, EVER), at(10));
         assert_eq!(window_start(at(70) + millis(300), 60, since), since);
         assert_eq!(window_start(at(69), 60, EVER), at(9));
+    }
+
+    #[test]
+    fn recent_marks_answer_only_windows_they_reach_back_to() {
+        let m = marks(&["1", "2", "3", "4"]);
+        let mut recent = Recent::default();
+        assert_eq!(recent.first_from(at(0)), None, "nothing kept");
+        for mark in &m[1..] {
+            recent.keep(*mark, EVER, 10);
+        }
+        assert_eq!(
+            recent.first_from(at(1)),
+            None,
+            "the mark before may be in it"
+        );
+        assert_eq!(recent.first_from(at(1) + millis(1)), Some(Some(m[2])));
+        assert_eq!(recent.first_from(at(3)), Some(Some(m[3])));
+        assert_eq!(recent.first_from(at(4)), Some(None), "an empty window");
+        assert_eq!(recent.last(), Some(&m[3]));
+        let mut from_the_first = Recent::default();
+        from_the_first.keep(m[0], EVER, 10);
+        assert_eq!(
+            from_the_first.first_from(at(0)),
+            Some(Some(m[0])),
+            "none before seq 1"
+        );
+    }
+
+    #[test]
+    fn recent_marks_grow_chain_and_stay_bounded() {
+        let first = Mark::after(None, d("1"), at(10), EVER);
+        let grown = Mark::after(Some(&first), d("2"), at(10) + millis(5), EVER);
+        let mut recent = Recent::default();
+        recent.keep(first, EVER, 3);
+        recent.keep(grown, EVER, 3);
+        assert_eq!((recent.len(), recent.last()), (1, Some(&grown)));
+        let mut last = grown;
+        for s in 11..20 {
+            last = Mark::after(Some(&last), d("1"), at(s), EVER);
+            recent.keep(last, at(s - 2), 3);
+        }
+        assert_eq!(recent.len(), 3, "older than needed, or beyond the most");
+        let first_at = |from| {
+            recent
+                .first_from(from)
+                .map(|m: Option<Mark>| m.map(|m| m.at))
+        };
+        assert_eq!(first_at(at(17) + millis(1)), Some(Some(at(18))));
+        assert_eq!(first_at(at(17)), None, "the kept marks start at 17 s");
+        let mut gap = last;
+        gap.seq += 5;
+        gap.last_seq += 5;
+        recent.keep(gap, EVER, 3);
+        assert_eq!(recent.len(), 1, "a mark that does not follow starts anew");
+        assert_eq!(recent.first_from(gap.at), None);
     }
 
     fn seen(payments: u64, usd: &str, identical: u64) -> Seen {

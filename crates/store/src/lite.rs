@@ -6,7 +6,9 @@
 //! A write transaction's `commit` returns only once its batch is on disk, so "answered" still means "durable";
 //! a failed batch fails every write in it, none half-written.
 
+use crate::velocity::MarkCache;
 use crate::{Outcome, Result, StoreError};
+use paygent_domain::velocity::Mark;
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +24,10 @@ struct Writer {
     commits: Arc<crate::Commits>,
     batch: Option<Batch>,
     closed: bool,
+    /// The breaker's recent marks as this writer's batch sees them: forgotten when a batch fails or another
+    /// connection wrote to the file (`data_version`), so they never differ from what the database would say.
+    marks: MarkCache,
+    data_version: i64,
 }
 
 struct Batch {
@@ -93,6 +99,8 @@ impl Lite {
             commits: commits.clone(),
             batch: None,
             closed: false,
+            marks: MarkCache::default(),
+            data_version: 0,
         }));
         let (tx, rx) = mpsc::channel();
         let committer = writer.clone();
@@ -148,6 +156,7 @@ impl Lite {
         let mut tx = LiteTx {
             guard: Some(guard),
             lite: self.clone(),
+            staged: Vec::new(),
         };
         let w = tx.guard.as_mut().expect("held");
         if w.batch.is_none() {
@@ -156,6 +165,11 @@ impl Lite {
                 members: 0,
                 outcome: watch::channel(None).0,
             });
+            let version = w.conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+            if version != w.data_version {
+                w.marks.clear();
+                w.data_version = version;
+            }
         }
         w.conn.execute_batch("SAVEPOINT paygent_tx")?;
         Ok(tx)
@@ -192,7 +206,10 @@ fn commit(w: &mut Writer) {
     };
     match &outcome {
         Ok(()) => w.commits.add(batch.members),
-        Err(e) => tracing::error!(error = %e, writes = batch.members, "SQLite commit failed"),
+        Err(e) => {
+            w.marks.clear();
+            tracing::error!(error = %e, writes = batch.members, "SQLite commit failed")
+        }
     }
     batch.outcome.send_replace(Some(outcome));
 }
@@ -201,6 +218,8 @@ fn commit(w: &mut Writer) {
 pub struct LiteTx {
     guard: Option<OwnedMutexGuard<Writer>>,
     lite: Arc<Lite>,
+    /// The breaker's marks this transaction left, kept with the writer's once its savepoint is released.
+    staged: Vec<(String, Mark)>,
 }
 
 impl LiteTx {
@@ -211,6 +230,16 @@ impl LiteTx {
     ) -> Result<T> {
         let w = self.guard.as_ref().ok_or(StoreError::Closed)?;
         Ok(f(&w.conn)?)
+    }
+
+    /// The breaker's recent marks, as this transaction sees them (it holds the writer).
+    pub(crate) fn marks(&self) -> Option<&MarkCache> {
+        self.guard.as_ref().map(|w| &w.marks)
+    }
+
+    /// Marks this transaction left, kept with the writer's if it commits.
+    pub(crate) fn stage_marks(&mut self, marks: &[(String, Mark)]) {
+        self.staged.extend_from_slice(marks);
     }
 
     /// Keeps this transaction's writes in the batch and waits until the batch is on disk.
@@ -228,6 +257,9 @@ impl LiteTx {
         batch.members += 1;
         let outcome = batch.outcome.subscribe();
         let full = batch.members >= MAX_BATCH;
+        for (scope, mark) in self.staged.drain(..) {
+            w.marks.keep(scope, mark);
+        }
         if full {
             commit(&mut w);
         }
@@ -242,6 +274,7 @@ impl LiteTx {
 /// Rolls back the whole batch: every write in it fails.
 fn fail_batch(w: &mut Writer, why: &str) {
     if let Some(batch) = w.batch.take() {
+        w.marks.clear();
         let _ = w.conn.execute_batch("ROLLBACK");
         tracing::error!(error = %why, writes = batch.members, "SQLite batch rolled back");
         batch.outcome.send_replace(Some(Err(why.to_owned())));

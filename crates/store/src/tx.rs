@@ -292,6 +292,14 @@ impl WriteTx {
         }
     }
 
+    /// The SQLite write transaction, which holds the writer and so the breaker's marks it keeps.
+    pub(crate) fn lite(&mut self) -> Option<&mut crate::lite::LiteTx> {
+        match &mut self.conn {
+            Conn::Lite(lite) => Some(lite),
+            Conn::Pg(_) => None,
+        }
+    }
+
     /// Where statements run, beside the store's parsed policy rules.
     pub(crate) fn with_rules(&mut self) -> (Db<'_>, &RulesCache) {
         (Db::Tx(&mut self.conn), &self.rules)

@@ -3,8 +3,54 @@
 use crate::db::{placeholders, query};
 use crate::{Result, WriteTx, decimal, time};
 use chrono::{DateTime, Utc};
-use paygent_domain::velocity::Mark;
+use paygent_domain::velocity::{MAX_WINDOW_SECONDS, Mark, Recent};
+use std::collections::HashMap;
 use std::sync::LazyLock;
+
+/// The most marks kept of one scope: over an hour of a scope that pays every second.
+const MOST_PER_SCOPE: usize = 4096;
+/// The most marks kept in all (a few tens of megabytes); past it, whole scopes are forgotten.
+const MOST_MARKS: usize = 262_144;
+
+/// The breaker's recent marks of the scopes SQLite's one writer wrote, so a payment's windows are read without
+/// the database once the marks kept reach back to their start. It lives with the writer, changes only under it
+/// (so in the order of the writes), keeps a write's marks only once its savepoint is released, and is forgotten
+/// when a batch fails or another connection writes the file. PostgreSQL, where other instances write, reads
+/// the database every time.
+#[derive(Debug, Default)]
+pub(crate) struct MarkCache {
+    scopes: HashMap<String, Recent>,
+    marks: usize,
+}
+
+impl MarkCache {
+    /// A window's first mark from `after` on and its scope's last, if the marks kept reach back to `after`.
+    fn window(&self, scope: &str, after: DateTime<Utc>) -> Option<(Option<Mark>, Option<Mark>)> {
+        let recent = self.scopes.get(scope)?;
+        Some((recent.first_from(after)?, recent.last().copied()))
+    }
+
+    /// Keeps a scope's newest mark, forgetting marks no window reaches and, past the bounds, other scopes.
+    pub(crate) fn keep(&mut self, scope: String, mark: Mark) {
+        let oldest = mark.at - chrono::Duration::seconds(i64::from(MAX_WINDOW_SECONDS) + 1);
+        let recent = self.scopes.entry(scope.clone()).or_default();
+        let before = recent.len();
+        recent.keep(mark, oldest, MOST_PER_SCOPE);
+        self.marks = self.marks + recent.len() - before;
+        while self.marks > MOST_MARKS {
+            let Some(other) = self.scopes.keys().find(|s| **s != scope).cloned() else {
+                break;
+            };
+            let gone = self.scopes.remove(&other).map_or(0, |r| r.len());
+            self.marks -= gone;
+        }
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.scopes.clear();
+        self.marks = 0;
+    }
+}
 
 fn mark(row: &crate::Row) -> Result<Mark> {
     Ok(Mark {
@@ -67,17 +113,36 @@ fn statement(made: &'static [String], count: usize) -> Result<&'static str> {
     })
 }
 
-/// Each window's first mark from its start on (none when the window is empty) and its scope's last mark, in one
-/// statement of two lookups per window, whatever the number of payments in them.
+/// Each window's first mark from its start on (none when the window is empty) and its scope's last mark: on
+/// SQLite from the marks the writer keeps where they reach back far enough, the rest in one statement of two
+/// lookups per window, whatever the number of payments in them.
 pub async fn windows(
     tx: &mut WriteTx,
     wanted: &[(String, DateTime<Utc>)],
 ) -> Result<Vec<(Option<Mark>, Option<Mark>)>> {
+    let kept = tx.lite().and_then(|lite| lite.marks());
+    let mut found: Vec<_> = wanted
+        .iter()
+        .map(|(scope, after)| kept.and_then(|k| k.window(scope, *after)))
+        .collect();
+    let unknown: Vec<usize> = (0..wanted.len()).filter(|&i| found[i].is_none()).collect();
+    let read = read_windows(tx, unknown.iter().map(|&i| &wanted[i])).await?;
+    for (i, window) in unknown.into_iter().zip(read) {
+        found[i] = Some(window);
+    }
+    Ok(found.into_iter().map(Option::unwrap_or_default).collect())
+}
+
+/// The windows' marks as the database has them, in one statement.
+async fn read_windows(
+    tx: &mut WriteTx,
+    wanted: impl ExactSizeIterator<Item = &(String, DateTime<Utc>)>,
+) -> Result<Vec<(Option<Mark>, Option<Mark>)>> {
     let mut found = vec![(None, None); wanted.len()];
-    if wanted.is_empty() {
+    if found.is_empty() {
         return Ok(found);
     }
-    let mut q = query(statement(&WINDOWS, wanted.len())?).bind(tx.tenant_id().to_string());
+    let mut q = query(statement(&WINDOWS, found.len())?).bind(tx.tenant_id().to_string());
     for (scope, after) in wanted {
         q = q
             .bind(scope.clone())
@@ -100,6 +165,9 @@ pub async fn windows(
 pub async fn leave(tx: &mut WriteTx, marks: &[(String, Mark)]) -> Result<()> {
     if marks.is_empty() {
         return Ok(());
+    }
+    if let Some(lite) = tx.lite() {
+        lite.stage_marks(marks);
     }
     let mut q = query(statement(&MARKS, marks.len())?);
     let tenant = tx.tenant_id().to_string();

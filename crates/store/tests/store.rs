@@ -808,6 +808,76 @@ async fn marks_grow_within_their_second(url: &str) {
     store.close().await;
 }
 
+/// On SQLite the writer keeps the breaker's recent marks and reads windows from them: every window reads as
+/// the database has it (here from a second store on the file, which never keeps a mark), through windows
+/// longer than the marks kept, seconds with several payments, another connection's mark, and a write that
+/// left marks and was then dropped.
+#[tokio::test]
+async fn marks_kept_by_the_writer_read_as_the_database_has_them() {
+    let (url, _dir) = sqlite_url();
+    let (store, tenant) = with_tenant(&url).await;
+    let truth = Store::connect(&url, &StoreOptions::default())
+        .await
+        .unwrap();
+    let ever = chrono::DateTime::<Utc>::MIN_UTC;
+    let start = chrono::DateTime::from_timestamp(Utc::now().timestamp() - 400, 0).unwrap();
+    let (all, same) = ("session:k".to_owned(), "session:k:same:x".to_owned());
+    let wanted = |now| {
+        let from = |per| paygent_domain::velocity::window_start(now, per, ever);
+        vec![
+            (all.clone(), from(60)),
+            (all.clone(), from(5)),
+            (same.clone(), from(60)),
+        ]
+    };
+    let read = |store: &Store, now| {
+        let wanted = wanted(now);
+        let store = store.clone();
+        async move {
+            let mut tx = store.begin(tenant, now).await.unwrap();
+            (velocity::windows(&mut tx, &wanted).await.unwrap(), tx)
+        }
+    };
+    let steps = [
+        0, 300, 900, 1_200, 2_500, 7_000, 7_100, 61_500, 62_000, 100_000, 101_000, 200_000,
+    ];
+    for (i, ms) in steps.into_iter().enumerate() {
+        let now = start + chrono::Duration::milliseconds(ms);
+        let (expected, other) = read(&truth, now).await;
+        drop(other);
+        let (found, mut tx) = read(&store, now).await;
+        assert_eq!(found, expected, "step {i}");
+        let usd = paygent_domain::Decimal::from(i as u32 + 1);
+        let marks: Vec<(String, Mark)> = [(&all, found[0].1), (&same, found[2].1)]
+            .into_iter()
+            .map(|(scope, last)| (scope.clone(), Mark::after(last.as_ref(), usd, now, ever)))
+            .collect();
+        velocity::leave(&mut tx, &marks).await.unwrap();
+        if i == 4 {
+            drop(tx);
+        } else {
+            tx.commit().await.unwrap();
+        }
+        if i == 8 {
+            let (scope, m) = &marks[0];
+            let next = Mark::after(Some(m), usd, now + chrono::Duration::seconds(1), ever);
+            let row = format!(
+                "INSERT INTO velocity_marks (tenant_id, scope, seq, at, usd_total, usd, last_seq, \
+                 last_usd_total) VALUES ('{tenant}', '{scope}', {}, '{}', '{}', '{}', {}, '{}')",
+                next.seq,
+                paygent_domain::time::format(next.at),
+                next.usd_total,
+                next.usd,
+                next.last_seq,
+                next.last_usd_total
+            );
+            execute_outside(&url, row).await;
+        }
+    }
+    truth.close().await;
+    store.close().await;
+}
+
 #[tokio::test]
 async fn marks_grow_within_their_second_on_sqlite() {
     let (url, _dir) = sqlite_url();
