@@ -117,9 +117,12 @@ impl Mark {
                 ..*m
             },
             _ => {
+                // Never before `since` either: a write that began before an unfreeze may take the lock after it,
+                // and its payment counts in the windows from the unfreeze on.
                 let (seq, total, at) = last.map_or((0, Decimal::ZERO, now), |m| {
                     (m.last_seq, m.last_usd_total, m.at.max(now))
                 });
+                let at = at.max(since);
                 Mark {
                     seq: seq + 1,
                     at,
@@ -446,6 +449,21 @@ mod tests {
         recent.keep(gap, EVER, 3);
         assert_eq!(recent.len(), 1, "a mark that does not follow starts anew");
         assert_eq!(recent.first_from(gap.at), None);
+    }
+
+    #[test]
+    fn a_payment_judged_after_an_unfreeze_counts_from_it() {
+        let before = Mark::after(None, d("1"), at(10), EVER);
+        let since = at(20);
+        // Its write began at 19 s and took the lock after the unfreeze at 20 s.
+        let late = Mark::after(Some(&before), d("1"), at(19), since);
+        assert_eq!((late.seq, late.at), (2, since));
+        let first = Mark::after(None, d("1"), at(19), since);
+        assert_eq!(first.at, since);
+        let from = window_start(at(19), 60, since);
+        let window = Totals::between(Some(&late), Some(&late));
+        assert!(late.at >= from, "it falls in the window");
+        assert_eq!(window.payments, 1);
     }
 
     fn seen(payments: u64, usd: &str, identical: u64) -> Seen {
