@@ -219,7 +219,7 @@ pub struct LiteTx {
     guard: Option<OwnedMutexGuard<Writer>>,
     lite: Arc<Lite>,
     /// The breaker's marks this transaction left, kept with the writer's once its savepoint is released.
-    staged: Vec<(String, Mark)>,
+    staged: Vec<(uuid::Uuid, String, Mark)>,
 }
 
 impl LiteTx {
@@ -238,8 +238,9 @@ impl LiteTx {
     }
 
     /// Marks this transaction left, kept with the writer's if it commits.
-    pub(crate) fn stage_marks(&mut self, marks: &[(String, Mark)]) {
-        self.staged.extend_from_slice(marks);
+    pub(crate) fn stage_marks(&mut self, tenant: uuid::Uuid, marks: &[(String, Mark)]) {
+        let marks = marks.iter().map(|(scope, m)| (tenant, scope.clone(), *m));
+        self.staged.extend(marks);
     }
 
     /// Keeps this transaction's writes in the batch and waits until the batch is on disk.
@@ -257,8 +258,8 @@ impl LiteTx {
         batch.members += 1;
         let outcome = batch.outcome.subscribe();
         let full = batch.members >= MAX_BATCH;
-        for (scope, mark) in self.staged.drain(..) {
-            w.marks.keep(scope, mark);
+        for (tenant, scope, mark) in self.staged.drain(..) {
+            w.marks.keep(tenant, scope, mark);
         }
         if full {
             commit(&mut w);

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use paygent_domain::velocity::{MAX_WINDOW_SECONDS, Mark, Recent};
 use std::collections::HashMap;
 use std::sync::LazyLock;
+use uuid::Uuid;
 
 /// The most marks kept of one scope: over an hour of a scope that pays every second.
 const MOST_PER_SCOPE: usize = 4096;
@@ -19,29 +20,41 @@ const MOST_MARKS: usize = 262_144;
 /// the database every time.
 #[derive(Debug, Default)]
 pub(crate) struct MarkCache {
-    scopes: HashMap<String, Recent>,
+    /// By scope, with the scope's tenant: a window is read for its tenant only, as the database reads it.
+    scopes: HashMap<String, (Uuid, Recent)>,
     marks: usize,
 }
 
 impl MarkCache {
     /// A window's first mark from `after` on and its scope's last, if the marks kept reach back to `after`.
-    fn window(&self, scope: &str, after: DateTime<Utc>) -> Option<(Option<Mark>, Option<Mark>)> {
-        let recent = self.scopes.get(scope)?;
+    fn window(
+        &self,
+        tenant: Uuid,
+        scope: &str,
+        after: DateTime<Utc>,
+    ) -> Option<(Option<Mark>, Option<Mark>)> {
+        let (_, recent) = self.scopes.get(scope).filter(|(t, _)| *t == tenant)?;
         Some((recent.first_from(after)?, recent.last().copied()))
     }
 
     /// Keeps a scope's newest mark, forgetting marks no window reaches and, past the bounds, other scopes.
-    pub(crate) fn keep(&mut self, scope: String, mark: Mark) {
-        let oldest = mark.at - chrono::Duration::seconds(i64::from(MAX_WINDOW_SECONDS) + 1);
-        let recent = self.scopes.entry(scope.clone()).or_default();
-        let before = recent.len();
-        recent.keep(mark, oldest, MOST_PER_SCOPE);
-        self.marks = self.marks + recent.len() - before;
+    pub(crate) fn keep(&mut self, tenant: Uuid, scope: String, mark: Mark) {
+        let reach = chrono::Duration::seconds(i64::from(MAX_WINDOW_SECONDS) + 1);
+        let oldest = mark.at.checked_sub_signed(reach).unwrap_or(mark.at);
+        let kept =
+            (self.scopes.entry(scope.clone())).or_insert_with(|| (tenant, Recent::default()));
+        if kept.0 != tenant {
+            self.marks -= kept.1.len();
+            *kept = (tenant, Recent::default());
+        }
+        let before = kept.1.len();
+        kept.1.keep(mark, oldest, MOST_PER_SCOPE);
+        self.marks = self.marks + kept.1.len() - before;
         while self.marks > MOST_MARKS {
             let Some(other) = self.scopes.keys().find(|s| **s != scope).cloned() else {
                 break;
             };
-            let gone = self.scopes.remove(&other).map_or(0, |r| r.len());
+            let gone = self.scopes.remove(&other).map_or(0, |(_, r)| r.len());
             self.marks -= gone;
         }
     }
@@ -120,10 +133,11 @@ pub async fn windows(
     tx: &mut WriteTx,
     wanted: &[(String, DateTime<Utc>)],
 ) -> Result<Vec<(Option<Mark>, Option<Mark>)>> {
+    let tenant = tx.tenant_id();
     let kept = tx.lite().and_then(|lite| lite.marks());
     let mut found: Vec<_> = wanted
         .iter()
-        .map(|(scope, after)| kept.and_then(|k| k.window(scope, *after)))
+        .map(|(scope, after)| kept.and_then(|k| k.window(tenant, scope, *after)))
         .collect();
     let unknown: Vec<usize> = (0..wanted.len()).filter(|&i| found[i].is_none()).collect();
     let read = read_windows(tx, unknown.iter().map(|&i| &wanted[i])).await?;
@@ -166,8 +180,9 @@ pub async fn leave(tx: &mut WriteTx, marks: &[(String, Mark)]) -> Result<()> {
     if marks.is_empty() {
         return Ok(());
     }
+    let tenant = tx.tenant_id();
     if let Some(lite) = tx.lite() {
-        lite.stage_marks(marks);
+        lite.stage_marks(tenant, marks);
     }
     let mut q = query(statement(&MARKS, marks.len())?);
     let tenant = tx.tenant_id().to_string();

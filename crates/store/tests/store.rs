@@ -874,6 +874,18 @@ async fn marks_kept_by_the_writer_read_as_the_database_has_them() {
             execute_outside(&url, row).await;
         }
     }
+    let other = Uuid::new_v4();
+    assert!(store.ensure_tenant(other, "o", Utc::now()).await.unwrap());
+    let mut tx = store.begin(other, Utc::now()).await.unwrap();
+    let theirs = velocity::windows(&mut tx, &wanted(Utc::now()))
+        .await
+        .unwrap();
+    assert_eq!(
+        theirs,
+        vec![(None, None); 3],
+        "another tenant's scope reads as empty"
+    );
+    drop(tx);
     truth.close().await;
     store.close().await;
 }
