@@ -135,6 +135,15 @@ pub struct PaymentIntent {
 }
 
 impl PaymentIntent {
+    /// The payment as the circuit breaker tells identical payments apart.
+    pub fn paying(&self) -> crate::velocity::Paying<'_> {
+        crate::velocity::Paying {
+            recipient: self.recipient.as_str(),
+            amount: self.money.amount,
+            currency: &self.money.currency,
+        }
+    }
+
     pub fn new(
         prices: &PriceTable,
         amount: &str,

@@ -249,6 +249,72 @@ pub fn identical_key(base: &str, recipient: &str, amount: Decimal, currency: &st
     )
 }
 
+/// What a payment is to the breaker: where it goes and how much, which tells identical payments apart.
+#[derive(Debug, Clone, Copy)]
+pub struct Paying<'a> {
+    pub recipient: &'a str,
+    pub amount: Decimal,
+    pub currency: &'a str,
+}
+
+/// A window a rule reads: its scope, and the time it counts from.
+pub type Window = (String, DateTime<Utc>);
+
+/// The windows a payment's rules read, each once however many rules look at it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Windows {
+    pub wanted: Vec<Window>,
+    /// For each rule, in the policy's order, the place of its scope's window, and of its identical payments'.
+    picks: Vec<(usize, Option<usize>)>,
+}
+
+impl Windows {
+    /// The windows `rules` read for a payment a key asks for in a session at `now`, counting from the session's
+    /// last unfreeze (`since`) at the earliest.
+    pub fn of(
+        rules: &[Velocity],
+        (now, since): (DateTime<Utc>, DateTime<Utc>),
+        (session, key): (uuid::Uuid, uuid::Uuid),
+        p: Paying<'_>,
+    ) -> Windows {
+        let mut windows = Windows::default();
+        for rule in rules {
+            let after = window_start(now, rule.per_seconds, since);
+            let base = scope_key(rule.scope, session, key);
+            let identical = rule.max_identical.map(|_| {
+                let same = identical_key(&base, p.recipient, p.amount, p.currency);
+                windows.place(same, after)
+            });
+            let all = windows.place(base, after);
+            windows.picks.push((all, identical));
+        }
+        windows
+    }
+
+    /// The place of a window among those to read, added if it is not there yet.
+    fn place(&mut self, scope: String, after: DateTime<Utc>) -> usize {
+        let window = (scope, after);
+        match self.wanted.iter().position(|w| *w == window) {
+            Some(i) => i,
+            None => {
+                self.wanted.push(window);
+                self.wanted.len() - 1
+            }
+        }
+    }
+
+    /// What each rule sees, from each window's first mark and its scope's last, one for each of `wanted`.
+    pub fn seen(&self, found: &[(Option<Mark>, Option<Mark>)]) -> Vec<Seen> {
+        let totals = |i: usize| Totals::between(found[i].0.as_ref(), found[i].1.as_ref());
+        (self.picks.iter())
+            .map(|&(all, same)| Seen {
+                all: totals(all),
+                identical: same.map_or_else(Totals::default, totals),
+            })
+            .collect()
+    }
+}
+
 /// A rule broken: which one (its index in the policy's `velocity`) and how, in words.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trip {
@@ -356,6 +422,66 @@ mod tests {
 
     fn millis(ms: i64) -> chrono::Duration {
         chrono::Duration::milliseconds(ms)
+    }
+
+    /// Rules that look at the same window read it once; each rule sees its own windows' totals.
+    #[test]
+    fn windows_are_read_once_and_seen_by_each_rule() {
+        let (session, key) = (uuid::Uuid::from_u128(1), uuid::Uuid::from_u128(2));
+        let agent = Velocity {
+            scope: VelocityScope::Agent,
+            ..rule(60)
+        };
+        let identical = Velocity {
+            max_identical: Some(3),
+            ..rule(60)
+        };
+        let rules = [rule(60), identical, rule(5), agent];
+        let p = Paying {
+            recipient: "0xAB",
+            amount: d("1.50"),
+            currency: "USDC",
+        };
+        let windows = Windows::of(&rules, (at(100), at(97)), (session, key), p);
+        let same = identical_key(&format!("session:{session}"), "0xab", d("1.5"), "USDC");
+        // The unfreeze at 97 s is later than the 5 s window's start (95 s): it reads the 60 s window's.
+        let expected = vec![
+            (format!("session:{session}"), at(97)),
+            (same, at(97)),
+            (format!("key:{key}"), at(97)),
+        ];
+        assert_eq!(windows.wanted, expected);
+        let m = marks(&["1", "2", "4"]);
+        let found = [
+            (Some(m[0]), Some(m[2])),
+            (Some(m[2]), Some(m[2])),
+            (None, None),
+        ];
+        let seen = windows.seen(&found);
+        let three = Totals {
+            payments: 3,
+            usd: d("7"),
+        };
+        assert_eq!(
+            seen[0],
+            Seen {
+                all: three,
+                identical: Totals::default()
+            }
+        );
+        let one = Totals {
+            payments: 1,
+            usd: d("4"),
+        };
+        assert_eq!(
+            seen[1],
+            Seen {
+                all: three,
+                identical: one
+            }
+        );
+        assert_eq!(seen[2], seen[0], "the same window as the first rule's");
+        assert_eq!(seen[3], Seen::default());
     }
 
     #[test]

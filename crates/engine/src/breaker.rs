@@ -9,15 +9,17 @@ use paygent_domain::Decimal;
 use paygent_domain::Principal;
 use paygent_domain::audit::AuditAction;
 use paygent_domain::event::EventKind;
+use paygent_domain::rules::PolicyRules;
 use paygent_domain::velocity::{
-    Freeze, MAX_WINDOW_SECONDS, Mark, Seen, Totals, Trip, Velocity, identical_key, scope_key,
-    tripped, window_start,
+    Freeze, MAX_WINDOW_SECONDS, Mark, Paying, Trip, Velocity, Window, Windows, tripped,
 };
 use paygent_store::WriteTx;
 use paygent_store::payments::PaymentRecord;
 use paygent_store::sessions::{self, SessionRecord};
 use paygent_store::velocity;
 use serde_json::json;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
 /// The breaker's reads for one payment: the last mark of each scope read, to leave the payment's marks if it
@@ -39,31 +41,12 @@ impl Count {
         p: &PaymentRecord,
     ) -> Result<(Count, Option<Trip>)> {
         let since = session.breaker_since.unwrap_or(DateTime::<Utc>::MIN_UTC);
-        let mut wanted = Vec::new();
-        let picks: Vec<(usize, Option<usize>)> = rules
-            .iter()
-            .map(|rule| {
-                let after = window_start(tx.now(), rule.per_seconds, since);
-                let base = scope_key(rule.scope, session.id, asker);
-                let identical = rule.max_identical.map(|_| {
-                    let same = identical_key(&base, &p.recipient, p.amount, &p.currency);
-                    place(&mut wanted, (same, after))
-                });
-                (place(&mut wanted, (base, after)), identical)
-            })
-            .collect();
-        let found = velocity::windows(tx, &wanted).await?;
-        let totals = |i: usize| Totals::between(found[i].0.as_ref(), found[i].1.as_ref());
-        let seen: Vec<Seen> = picks
-            .iter()
-            .map(|&(all, same)| Seen {
-                all: totals(all),
-                identical: same.map_or_else(Totals::default, totals),
-            })
-            .collect();
+        let windows = Windows::of(rules, (tx.now(), since), (session.id, asker), paying(p));
+        let found = velocity::windows(tx, &windows.wanted).await?;
+        let seen = windows.seen(&found);
         let trip = tripped(rules, &seen, p.usd_value);
         let mut scopes: Vec<(String, Option<Mark>)> = Vec::new();
-        for ((scope, _), (_, last)) in wanted.into_iter().zip(found) {
+        for ((scope, _), (_, last)) in windows.wanted.into_iter().zip(found) {
             if !scopes.iter().any(|(s, _)| *s == scope) {
                 scopes.push((scope, last));
             }
@@ -88,14 +71,60 @@ impl Count {
     }
 }
 
-/// The place of a window among those to read, read once however many rules look at it.
-fn place(wanted: &mut Vec<(String, DateTime<Utc>)>, window: (String, DateTime<Utc>)) -> usize {
-    match wanted.iter().position(|w| *w == window) {
-        Some(i) => i,
-        None => {
-            wanted.push(window);
-            wanted.len() - 1
+/// The payment as the breaker tells identical payments apart.
+fn paying(p: &PaymentRecord) -> Paying<'_> {
+    Paying {
+        recipient: &p.recipient,
+        amount: p.amount,
+        currency: &p.currency,
+    }
+}
+
+/// Sessions at most whose last judgement is kept; past it, all are forgotten, and guessed again.
+const MOST_JUDGED: usize = 65_536;
+
+/// The velocity rules and unfreeze time each session's last payment was judged under. On PostgreSQL the next
+/// payment's windows are guessed from them and read in the round trip that takes the tenant's lock; the store
+/// uses that read only if the windows then asked for under the lock are exactly those, so a wrong guess (a
+/// policy changed, an unfreeze) costs a read of its own, never a wrong answer.
+#[derive(Debug, Default)]
+pub(crate) struct LastJudged(Mutex<HashMap<Uuid, Judged>>);
+
+/// A session's last payment was judged under these rules, counting from this unfreeze.
+#[derive(Debug, Clone)]
+struct Judged {
+    rules: Arc<PolicyRules>,
+    since: DateTime<Utc>,
+}
+
+impl LastJudged {
+    /// Keeps the rules a payment of `session` was judged under.
+    pub(crate) fn judged(&self, session: &SessionRecord, rules: &Arc<PolicyRules>) {
+        let mut judged = self.0.lock().expect("last judged");
+        if rules.velocity.is_empty() {
+            judged.remove(&session.id);
+            return;
         }
+        if judged.len() >= MOST_JUDGED && !judged.contains_key(&session.id) {
+            judged.clear();
+        }
+        let since = session.breaker_since.unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let rules = Arc::clone(rules);
+        judged.insert(session.id, Judged { rules, since });
+    }
+
+    /// The windows a payment `key` asks for in `session` at `now` would read, if judged as the session's last.
+    pub(crate) fn guess(
+        &self,
+        (session, key): (Uuid, Uuid),
+        now: DateTime<Utc>,
+        p: Paying<'_>,
+    ) -> Vec<Window> {
+        let last = self.0.lock().expect("last judged").get(&session).cloned();
+        let Some(Judged { rules, since }) = last else {
+            return Vec::new();
+        };
+        Windows::of(&rules.velocity, (now, since), (session, key), p).wanted
     }
 }
 

@@ -172,17 +172,18 @@ impl Paygent {
             Some(why) => Pricing::Refused(why.to_owned()),
             None => self.pricing(who, &req, &intent).await?,
         };
-        let mut tx = self.begin_about(who, req.session_id).await?;
+        let (priced, max) = match &pricing {
+            Pricing::Price(at) => (at, Some(intent.money.amount)),
+            Pricing::AsAsked | Pricing::Refused(_) => (&intent, None),
+        };
+        let mut tx = self.begin_paying(who, req.session_id, priced).await?;
         if let Some(earlier) = self.earlier(tx.conn(), who, &req).await? {
             // The earlier request may have been written a moment ago in the same group: answered once durable.
             self.publish(tx.commit().await?);
             return self.replay(earlier).await;
         }
         let (session, policy) = in_force(&mut tx, who, req.session_id).await?;
-        let (priced, max) = match &pricing {
-            Pricing::Price(at) => (at, Some(intent.money.amount)),
-            Pricing::AsAsked | Pricing::Refused(_) => (&intent, None),
-        };
+        self.judged(&session, &policy);
         let usd_value = self.prices.usd_value(&priced.money)?;
         let wallet = session.wallet_address.as_deref();
         let network = self.network_for(priced.tool().as_str(), &priced.money.currency, wallet);

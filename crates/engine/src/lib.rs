@@ -78,7 +78,9 @@ pub use paygent_store::{
 };
 
 use chrono::{DateTime, SubsecRound, Utc};
+use paygent_domain::payment::PaymentIntent;
 use paygent_domain::{PriceTable, Principal};
+use paygent_store::policies::PolicyRecord;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use uuid::Uuid;
@@ -127,12 +129,15 @@ pub struct Paygent {
     slack: Option<Arc<notify::slack::SlackApp>>,
     /// The mail server requests are mailed through, if one is set up.
     mailer: Option<Arc<notify::email::Mailer>>,
+    /// On PostgreSQL, what each session's last payment was judged under, to guess the next one's reads.
+    judged: Option<Arc<breaker::LastJudged>>,
 }
 
 impl Paygent {
     /// Needs a Tokio runtime: it starts the task that fans events out.
     pub fn new(store: Store, prices: PriceTable, clock: Arc<dyn Clock>) -> Self {
         let metrics = Arc::new(Metrics::default());
+        let on_postgres = store.backend() == paygent_store::Backend::Postgres;
         Paygent {
             hub: events::EventHub::start(store.clone(), metrics.clone()),
             store,
@@ -151,6 +156,7 @@ impl Paygent {
             metrics,
             slack: None,
             mailer: None,
+            judged: on_postgres.then(Arc::default),
         }
     }
 
@@ -259,7 +265,8 @@ impl Paygent {
     /// Starts a write by `who` about one session: on PostgreSQL its first round trip, the one that takes the
     /// tenant's lock, also reads the session, its policy and its budget rows.
     async fn begin_about(&self, who: &Principal, session: Uuid) -> Result<paygent_store::WriteTx> {
-        self.begin_on(who, session, None).await
+        self.begin_on(who, (session, None), self.now(), Vec::new())
+            .await
     }
 
     /// Starts a write by `who` about the approval request `approval` of `session` (a decision on it, or running
@@ -270,21 +277,46 @@ impl Paygent {
         session: Uuid,
         approval: Uuid,
     ) -> Result<paygent_store::WriteTx> {
-        self.begin_on(who, session, Some(approval)).await
+        self.begin_on(who, (session, Some(approval)), self.now(), Vec::new())
+            .await
+    }
+
+    /// Starts a write by `who` for the payment `intent` in `session`: as [`Paygent::begin_about`], and on
+    /// PostgreSQL the circuit breaker's windows, guessed from the session's last judgement, are read in the same
+    /// round trip.
+    async fn begin_paying(
+        &self,
+        who: &Principal,
+        session: Uuid,
+        intent: &PaymentIntent,
+    ) -> Result<paygent_store::WriteTx> {
+        let now = self.now();
+        let windows = (self.judged.as_ref())
+            .map(|j| j.guess((session, who.key_id), now, intent.paying()))
+            .unwrap_or_default();
+        self.begin_on(who, (session, None), now, windows).await
+    }
+
+    /// Keeps the rules a payment of `session` was judged under, for the next one's guess.
+    fn judged(&self, session: &SessionRecord, policy: &PolicyRecord) {
+        if let Some(judged) = &self.judged {
+            judged.judged(session, &policy.rules);
+        }
     }
 
     async fn begin_on(
         &self,
         who: &Principal,
-        session: Uuid,
-        approval: Option<Uuid>,
+        (session, approval): (Uuid, Option<Uuid>),
+        now: DateTime<Utc>,
+        windows: Vec<paygent_domain::velocity::Window>,
     ) -> Result<paygent_store::WriteTx> {
         let about = paygent_store::About {
             session,
             default_policy: policies::default_policy_id(who.tenant_id),
             approval,
+            windows,
         };
-        let now = self.now();
         Ok(self
             .store
             .begin_about(who.tenant_id, who.key_id, now, about)

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use paygent_domain::audit::AuditAction;
 use paygent_domain::audit::AuditEntry;
 use paygent_domain::event::EventKind;
+use paygent_domain::velocity::Window;
 use serde::Serialize;
 use serde_json::Value;
 use std::sync::LazyLock;
@@ -59,6 +60,8 @@ pub struct WriteTx {
     prefetched: Option<((Uuid, Uuid), Option<Row>)>,
     /// The approval request [`Store::begin_about`] read with the lock, until it is taken.
     prefetched_approval: Option<(Uuid, Option<Row>)>,
+    /// The breaker's windows [`Store::begin_about`] read with the lock, and their rows, until taken.
+    prefetched_windows: Option<(Vec<Window>, Vec<Row>)>,
     /// The key that acts, and its name, as of the lock.
     actor: Option<(Uuid, String)>,
     /// How many of the acting key's requests wait on people, as of the lock, until this write changes it.
@@ -81,30 +84,36 @@ const HEAD: &str = head!();
 /// PostgreSQL: the statements a write's first round trip runs, prepared once on each connection, since that
 /// round trip also opens the write's savepoint and so uses the simple protocol, which would plan them each
 /// time: the head's read that takes the lock, and for a write about one session, that session with its policy
-/// and its budget rows around today, and for a decision or an approved payment's run, the approval request.
+/// and its budget rows around today, for a decision or an approved payment's run, the approval request, and for
+/// a payment, the circuit breaker's windows.
 pub(crate) static PREPARED: LazyLock<String> = LazyLock::new(|| {
     format!(
         "PREPARE paygent_head (text, text, text) AS {HEAD} FOR UPDATE; \
          PREPARE paygent_session (text, text, text) AS {}; \
          PREPARE paygent_days (text, text, text, text) AS {}; \
-         PREPARE paygent_approval (text, text) AS {}",
+         PREPARE paygent_approval (text, text) AS {}; \
+         PREPARE paygent_windows (text, text) AS {}",
         *crate::policies::SESSION_WITH_POLICY,
         crate::budgets::days_sql(),
-        *crate::approvals::BY_ID
+        *crate::approvals::BY_ID,
+        *crate::velocity::WINDOWS_LISTED
     )
 });
 const HEAD_FOR_UPDATE: &str = "EXECUTE paygent_head ($1, $2, $3)";
 const ABOUT: &str = "; EXECUTE paygent_session ($1, $4, $5); EXECUTE paygent_days ($4, $6, $7, $8)";
 const APPROVAL: &str = "; EXECUTE paygent_approval ($1, $9)";
 
-/// The session a write is about, and the tenant's default policy (the session's when it names none), and for a
-/// decision or an approved payment's run the approval request: on PostgreSQL all of them, and the session's
-/// budget rows, are read in the round trip that takes the lock.
-#[derive(Debug, Clone, Copy)]
+/// The session a write is about, and the tenant's default policy (the session's when it names none), for a
+/// decision or an approved payment's run the approval request, and for a payment the circuit breaker's windows
+/// it is likely to read: on PostgreSQL all of them, and the session's budget rows, are read in the round trip
+/// that takes the lock. The windows are a guess: [`crate::velocity::windows`] uses that read only when asked for
+/// exactly them.
+#[derive(Debug, Clone)]
 pub struct About {
     pub session: Uuid,
     pub default_policy: Uuid,
     pub approval: Option<Uuid>,
+    pub windows: Vec<Window>,
 }
 
 impl Store {
@@ -153,7 +162,8 @@ impl Store {
         let (conn, row, read) = match &self.engine {
             Engine::Pg(pg) => {
                 let mut tx = pg.begin(tenant_id).await?;
-                let (row, read) = first_round_trip(&mut tx, args.to_vec(), now, about).await?;
+                let (row, read) =
+                    first_round_trip(&mut tx, args.to_vec(), now, about.as_ref()).await?;
                 (Conn::Pg(tx), row, read)
             }
             Engine::Lite(lite) => {
@@ -184,6 +194,7 @@ impl Store {
             ledgers: LedgerRows::default(),
             prefetched: None,
             prefetched_approval: None,
+            prefetched_windows: None,
             actor_pending: match actor {
                 Some(_) => Some(row.get::<Option<i64>>(5)?.unwrap_or(0)),
                 None => None,
@@ -194,6 +205,7 @@ impl Store {
             crate::budgets::seen_days(&mut tx, about.session, &read.days, read.budget)?;
             tx.prefetched = Some(((about.session, about.default_policy), read.session));
             tx.prefetched_approval = about.approval.zip(read.approval);
+            tx.prefetched_windows = read.windows.map(|rows| (about.windows, rows));
         }
         Ok(tx)
     }
@@ -219,15 +231,17 @@ struct Read {
     budget: Vec<Row>,
     /// The approval request (`Some(None)`: there is no such request).
     approval: Option<Option<Row>>,
+    /// The rows of the breaker's windows, if any were asked for.
+    windows: Option<Vec<Row>>,
 }
 
 /// PostgreSQL: the write's first round trip. Opens its savepoint, takes the lock and reads the head, and for a
-/// write about a session, reads the session and its budget rows around today.
+/// write about a session, reads the session and its budget rows around today, and what else `about` names.
 async fn first_round_trip(
     tx: &mut PgTx,
     mut args: Vec<Arg>,
     now: DateTime<Utc>,
-    about: Option<About>,
+    about: Option<&About>,
 ) -> Result<(Option<Row>, Option<Read>)> {
     let mut sql = HEAD_FOR_UPDATE.to_owned();
     let days = crate::budgets::days_around(now);
@@ -242,6 +256,10 @@ async fn first_round_trip(
             sql.push_str(APPROVAL);
             args.push(approval.to_string().into());
         }
+        if !a.windows.is_empty() {
+            args.push(crate::velocity::listed(&a.windows).into());
+            sql.push_str(&format!("; EXECUTE paygent_windows ($1, ${})", args.len()));
+        }
     }
     let results = tx.start(&inlined(&sql, &args)?).await?;
     let mut results = results.into_iter().rev();
@@ -251,6 +269,10 @@ async fn first_round_trip(
     };
     let read = match about {
         Some(a) => {
+            let windows = match a.windows.is_empty() {
+                true => None,
+                false => Some(rows()?),
+            };
             let approval = match a.approval {
                 Some(_) => Some(rows()?.into_iter().next()),
                 None => None,
@@ -262,6 +284,7 @@ async fn first_round_trip(
                 days,
                 budget,
                 approval,
+                windows,
             })
         }
         None => None,
@@ -420,6 +443,22 @@ impl WriteTx {
     /// such request). Taken once, as the session.
     pub(crate) fn take_prefetched_approval(&mut self, id: Uuid) -> Option<Option<Row>> {
         take_if(&mut self.prefetched_approval, id)
+    }
+
+    /// The rows of the breaker's windows [`Store::begin_about`] read with the lock, if they are exactly `wanted`.
+    /// Taken once, as the session.
+    pub(crate) fn take_prefetched_windows(&mut self, wanted: &[Window]) -> Option<Vec<Row>> {
+        match &self.prefetched_windows {
+            Some((read, _)) if read.as_slice() == wanted => {
+                self.prefetched_windows.take().map(|(_, rows)| rows)
+            }
+            _ => None,
+        }
+    }
+
+    /// This write leaves marks: windows read before them no longer hold.
+    pub(crate) fn forget_prefetched_windows(&mut self) {
+        self.prefetched_windows = None;
     }
 
     /// How many of the key `id`'s requests wait on people, if it is the one that acts and this write has not

@@ -3,7 +3,7 @@
 use crate::db::{placeholders, query};
 use crate::{Result, WriteTx, decimal, time};
 use chrono::{DateTime, Utc};
-use paygent_domain::velocity::{MAX_WINDOW_SECONDS, Mark, Recent};
+use paygent_domain::velocity::{MAX_WINDOW_SECONDS, Mark, Recent, Window};
 use std::collections::HashMap;
 use std::sync::LazyLock;
 use uuid::Uuid;
@@ -88,18 +88,41 @@ fn statements(make: fn(usize) -> String) -> Vec<String> {
 static WINDOWS: LazyLock<Vec<String>> = LazyLock::new(|| statements(windows_sql));
 static MARKS: LazyLock<Vec<String>> = LazyLock::new(|| statements(marks_sql));
 
-/// Two lookups of the key (scope, time, place) per window: its first mark from `$after` on, its scope's last. A
-/// mark an older release wrote (before migration 32) has no last totals: they are its first payment's.
+/// A mark's columns, then the rest of a lookup of a scope's marks (`$1` the tenant). A mark an older release wrote
+/// (before migration 32) has no last totals: they are its first payment's.
+const COLUMNS: &str = "seq, usd_total, usd, at, COALESCE(last_seq, seq) AS last_seq, \
+                       COALESCE(last_usd_total, usd_total) AS last_usd_total FROM velocity_marks \
+                       WHERE tenant_id = $1 AND scope";
+
+/// PostgreSQL: the windows' marks in a statement of one shape however many windows, for the round trip that
+/// takes the tenant's lock (prepared once per connection): `$2` is a JSON array of `[scope, after]`, and each
+/// window's two lookups are as [`windows_sql`]'s.
+pub(crate) static WINDOWS_LISTED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT w.i - 1, s.* FROM jsonb_array_elements(CAST($2 AS jsonb)) WITH ORDINALITY AS w(v, i) \
+         CROSS JOIN LATERAL ((SELECT CAST(0 AS BIGINT) AS side, {COLUMNS} = w.v->>0 AND at >= w.v->>1 \
+         ORDER BY at, seq LIMIT 1) UNION ALL (SELECT CAST(1 AS BIGINT), {COLUMNS} = w.v->>0 \
+         ORDER BY at DESC, seq DESC LIMIT 1)) s"
+    )
+});
+
+/// `wanted` as [`WINDOWS_LISTED`] takes it.
+pub(crate) fn listed(wanted: &[Window]) -> String {
+    let list: Vec<(&str, String)> = (wanted.iter())
+        .map(|(scope, after)| (scope.as_str(), paygent_domain::time::format(*after)))
+        .collect();
+    serde_json::to_string(&list).expect("strings serialize")
+}
+
+/// Two lookups of the key (scope, time, place) per window: its first mark from `$after` on, its scope's last.
 fn windows_sql(windows: usize) -> String {
-    let columns = "seq, usd_total, usd, at, COALESCE(last_seq, seq), COALESCE(last_usd_total, usd_total) \
-                   FROM velocity_marks WHERE tenant_id = $1 AND scope";
     (0..windows)
         .map(|i| {
             let (scope, after) = (2 * i + 2, 2 * i + 3);
             format!(
-                "SELECT * FROM (SELECT CAST({i} AS BIGINT) AS w, CAST(0 AS BIGINT) AS side, {columns} = ${scope} \
+                "SELECT * FROM (SELECT CAST({i} AS BIGINT) AS w, CAST(0 AS BIGINT) AS side, {COLUMNS} = ${scope} \
                  AND at >= ${after} ORDER BY at, seq LIMIT 1) f{i} UNION ALL \
-                 SELECT * FROM (SELECT CAST({i} AS BIGINT) AS w, CAST(1 AS BIGINT) AS side, {columns} = ${scope} \
+                 SELECT * FROM (SELECT CAST({i} AS BIGINT) AS w, CAST(1 AS BIGINT) AS side, {COLUMNS} = ${scope} \
                  ORDER BY at DESC, seq DESC LIMIT 1) l{i}"
             )
         })
@@ -133,6 +156,9 @@ pub async fn windows(
     tx: &mut WriteTx,
     wanted: &[(String, DateTime<Utc>)],
 ) -> Result<Vec<(Option<Mark>, Option<Mark>)>> {
+    if let Some(rows) = tx.take_prefetched_windows(wanted) {
+        return placed(&rows, wanted.len());
+    }
     let tenant = tx.tenant_id();
     let kept = tx.lite().and_then(|lite| lite.marks());
     let mut found: Vec<_> = wanted
@@ -152,17 +178,23 @@ async fn read_windows(
     tx: &mut WriteTx,
     wanted: impl ExactSizeIterator<Item = &(String, DateTime<Utc>)>,
 ) -> Result<Vec<(Option<Mark>, Option<Mark>)>> {
-    let mut found = vec![(None, None); wanted.len()];
-    if found.is_empty() {
-        return Ok(found);
+    let count = wanted.len();
+    if count == 0 {
+        return Ok(Vec::new());
     }
-    let mut q = query(statement(&WINDOWS, found.len())?).bind(tx.tenant_id().to_string());
+    let mut q = query(statement(&WINDOWS, count)?).bind(tx.tenant_id().to_string());
     for (scope, after) in wanted {
         q = q
             .bind(scope.clone())
             .bind(paygent_domain::time::format(*after));
     }
-    for row in &q.fetch_all(tx.conn()).await? {
+    placed(&q.fetch_all(tx.conn()).await?, count)
+}
+
+/// The rows of a windows' read, each in its window: a first mark or a last.
+fn placed(rows: &[crate::Row], count: usize) -> Result<Vec<(Option<Mark>, Option<Mark>)>> {
+    let mut found = vec![(None, None); count];
+    for row in rows {
         let window = usize::try_from(row.get::<i64>(0)?)
             .ok()
             .and_then(|i| found.get_mut(i))
@@ -181,6 +213,7 @@ pub async fn leave(tx: &mut WriteTx, marks: &[(String, Mark)]) -> Result<()> {
         return Ok(());
     }
     let tenant = tx.tenant_id();
+    tx.forget_prefetched_windows();
     if let Some(lite) = tx.lite() {
         lite.stage_marks(tenant, marks);
     }

@@ -808,6 +808,37 @@ async fn marks_grow_within_their_second(url: &str) {
     store.close().await;
 }
 
+/// The windows the breaker tests read: a scope's last 60 s and 5 s, and another scope's last 60 s.
+fn windows_of(
+    all: &str,
+    other: &str,
+    now: chrono::DateTime<Utc>,
+) -> Vec<(String, chrono::DateTime<Utc>)> {
+    let from =
+        |per| paygent_domain::velocity::window_start(now, per, chrono::DateTime::<Utc>::MIN_UTC);
+    vec![
+        (all.to_owned(), from(60)),
+        (all.to_owned(), from(5)),
+        (other.to_owned(), from(60)),
+    ]
+}
+
+/// Leaves a payment's marks in the two scopes of [`windows_of`], after the last marks `found` there.
+async fn leave_after(
+    tx: &mut paygent_store::WriteTx,
+    [all, other]: [&String; 2],
+    found: &[(Option<Mark>, Option<Mark>)],
+    (usd, now): (paygent_domain::Decimal, chrono::DateTime<Utc>),
+) -> Vec<(String, Mark)> {
+    let ever = chrono::DateTime::<Utc>::MIN_UTC;
+    let marks: Vec<(String, Mark)> = [(all, found[0].1), (other, found[2].1)]
+        .into_iter()
+        .map(|(scope, last)| (scope.clone(), Mark::after(last.as_ref(), usd, now, ever)))
+        .collect();
+    velocity::leave(tx, &marks).await.unwrap();
+    marks
+}
+
 /// On SQLite the writer keeps the breaker's recent marks and reads windows from them: every window reads as
 /// the database has it (here from a second store on the file, which never keeps a mark), through windows
 /// longer than the marks kept, seconds with several payments, another connection's mark, and a write that
@@ -822,14 +853,7 @@ async fn marks_kept_by_the_writer_read_as_the_database_has_them() {
     let ever = chrono::DateTime::<Utc>::MIN_UTC;
     let start = chrono::DateTime::from_timestamp(Utc::now().timestamp() - 400, 0).unwrap();
     let (all, same) = ("session:k".to_owned(), "session:k:same:x".to_owned());
-    let wanted = |now| {
-        let from = |per| paygent_domain::velocity::window_start(now, per, ever);
-        vec![
-            (all.clone(), from(60)),
-            (all.clone(), from(5)),
-            (same.clone(), from(60)),
-        ]
-    };
+    let wanted = |now| windows_of(&all, &same, now);
     let read = |store: &Store, now| {
         let wanted = wanted(now);
         let store = store.clone();
@@ -848,11 +872,7 @@ async fn marks_kept_by_the_writer_read_as_the_database_has_them() {
         let (found, mut tx) = read(&store, now).await;
         assert_eq!(found, expected, "step {i}");
         let usd = paygent_domain::Decimal::from(i as u32 + 1);
-        let marks: Vec<(String, Mark)> = [(&all, found[0].1), (&same, found[2].1)]
-            .into_iter()
-            .map(|(scope, last)| (scope.clone(), Mark::after(last.as_ref(), usd, now, ever)))
-            .collect();
-        velocity::leave(&mut tx, &marks).await.unwrap();
+        let marks = leave_after(&mut tx, [&all, &same], &found, (usd, now)).await;
         if i == 4 {
             drop(tx);
         } else {
@@ -861,17 +881,7 @@ async fn marks_kept_by_the_writer_read_as_the_database_has_them() {
         if i == 8 {
             let (scope, m) = &marks[0];
             let next = Mark::after(Some(m), usd, now + chrono::Duration::seconds(1), ever);
-            let row = format!(
-                "INSERT INTO velocity_marks (tenant_id, scope, seq, at, usd_total, usd, last_seq, \
-                 last_usd_total) VALUES ('{tenant}', '{scope}', {}, '{}', '{}', '{}', {}, '{}')",
-                next.seq,
-                paygent_domain::time::format(next.at),
-                next.usd_total,
-                next.usd,
-                next.last_seq,
-                next.last_usd_total
-            );
-            execute_outside(&url, row).await;
+            execute_outside(&url, mark_row(tenant, scope, &next)).await;
         }
     }
     let other = Uuid::new_v4();
@@ -900,5 +910,118 @@ async fn marks_grow_within_their_second_on_sqlite() {
 async fn marks_grow_within_their_second_on_postgres() {
     let (url, db) = PgDatabase::create().await;
     marks_grow_within_their_second(&url).await;
+    db.drop().await;
+}
+
+/// A mark as a row written outside the store.
+fn mark_row(tenant: Uuid, scope: &str, m: &Mark) -> String {
+    format!(
+        "INSERT INTO velocity_marks (tenant_id, scope, seq, at, usd_total, usd, last_seq, last_usd_total) \
+         VALUES ('{tenant}', '{}', {}, '{}', '{}', '{}', {}, '{}')",
+        scope.replace('\'', "''"),
+        m.seq,
+        paygent_domain::time::format(m.at),
+        m.usd_total,
+        m.usd,
+        m.last_seq,
+        m.last_usd_total
+    )
+}
+
+/// On PostgreSQL a payment's breaker windows, guessed before the write, are read in the round trip that takes
+/// the tenant's lock. That read answers as the database does (checked against a write that reads them apart,
+/// through windows of several lengths, seconds with several payments, an older release's mark and a scope whose
+/// name JSON must escape), only for exactly the windows guessed, once, and never after the write left marks.
+#[tokio::test]
+async fn windows_read_with_the_lock_are_the_databases_on_postgres() {
+    let (url, db) = PgDatabase::create().await;
+    let (store, tenant) = with_tenant(&url).await;
+    let key = Uuid::new_v4();
+    let mut tx = store.begin(tenant, Utc::now()).await.unwrap();
+    let record = paygent_store::keys::KeyRecord {
+        id: key,
+        tenant_id: tenant,
+        name: "agent".into(),
+        role: paygent_domain::Role::Agent,
+        created_at: Utc::now(),
+        expires_at: None,
+        policy_id: None,
+        groups: Vec::new(),
+        slack_user: None,
+        email: None,
+    };
+    paygent_store::keys::insert(&mut tx, &record, "hash")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let ever = chrono::DateTime::<Utc>::MIN_UTC;
+    let start = chrono::DateTime::from_timestamp(Utc::now().timestamp() - 400, 0).unwrap();
+    let (all, odd) = ("session:k".to_owned(), "key:\"q'\\\u{1}é,}".to_owned());
+    let wanted = |now| windows_of(&all, &odd, now);
+    // The windows as a write reads them apart, then a write whose first round trip read them with the lock.
+    let apart_then_with_the_lock = |now| {
+        let (store, windows) = (store.clone(), wanted(now));
+        async move {
+            let mut apart = store.begin(tenant, now).await.unwrap();
+            let read = velocity::windows(&mut apart, &windows).await.unwrap();
+            drop(apart);
+            let about = paygent_store::About {
+                session: Uuid::new_v4(),
+                default_policy: Uuid::new_v4(),
+                approval: None,
+                windows,
+            };
+            (
+                read,
+                store.begin_about(tenant, key, now, about).await.unwrap(),
+            )
+        }
+    };
+    let older = format!(
+        "INSERT INTO velocity_marks (tenant_id, scope, seq, at, usd_total, usd) VALUES \
+         ('{tenant}', '{all}', 1, '{}', '3', '3')",
+        paygent_domain::time::format(start - chrono::Duration::seconds(30))
+    );
+    execute_outside(&url, older).await;
+    for (i, ms) in [0, 300, 900, 2_500, 7_000, 61_500, 62_000, 200_000]
+        .into_iter()
+        .enumerate()
+    {
+        let now = start + chrono::Duration::milliseconds(ms);
+        let (expected, mut tx) = apart_then_with_the_lock(now).await;
+        let found = velocity::windows(&mut tx, &wanted(now)).await.unwrap();
+        assert_eq!(found, expected, "step {i}");
+        let usd = paygent_domain::Decimal::from(i as u32 + 1);
+        leave_after(&mut tx, [&all, &odd], &found, (usd, now)).await;
+        tx.commit().await.unwrap();
+    }
+
+    let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
+    let (before, mut tx) = apart_then_with_the_lock(now).await;
+    let next = Mark::after(before[0].1.as_ref(), 5.into(), now, ever);
+    execute_outside(&url, mark_row(tenant, &all, &next)).await;
+    let other = vec![(all.clone(), now - chrono::Duration::seconds(1))];
+    let guessed_wrong = velocity::windows(&mut tx, &other).await.unwrap();
+    assert_eq!(
+        guessed_wrong[0].1,
+        Some(next),
+        "other windows are read apart"
+    );
+    let read = velocity::windows(&mut tx, &wanted(now)).await.unwrap();
+    assert_eq!(read, before, "the guessed windows, as read with the lock");
+    let again = velocity::windows(&mut tx, &wanted(now)).await.unwrap();
+    assert_eq!(again[0].1, Some(next), "read with the lock once only");
+    drop(tx);
+
+    let now = now + chrono::Duration::seconds(2);
+    let (_, mut tx) = apart_then_with_the_lock(now).await;
+    let own = Mark::after(Some(&next), 1.into(), now, ever);
+    velocity::leave(&mut tx, &[(all.clone(), own)])
+        .await
+        .unwrap();
+    let after = velocity::windows(&mut tx, &wanted(now)).await.unwrap();
+    assert_eq!(after[0].1, Some(own), "read after the write's own marks");
+    drop(tx);
+    store.close().await;
     db.drop().await;
 }
