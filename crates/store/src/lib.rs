@@ -103,7 +103,6 @@ pub enum StoreError {
     KeyNotLive,
 }
 
-/// A URL that does not parse, said by kind only: the parser's message may quote the URL, password and all.
 /// PostgreSQL's connection options from `url`. A database on this host's loopback is reached without TLS unless
 /// the URL or `PGSSLMODE` names a mode: sqlx's default (`prefer`) negotiates TLS there, which protects nothing
 /// the host itself does not see and cost about a fifth of the database's CPU under load (BENCHMARKS.md).
@@ -124,6 +123,7 @@ fn pg_options(url: &str) -> Result<PgConnectOptions> {
     })
 }
 
+/// A URL that does not parse, said by kind only: the parser's message may quote the URL, password and all.
 fn bad_url(e: sqlx::Error) -> StoreError {
     let kind = match e {
         sqlx::Error::Configuration(_) => "it does not parse as a database URL",

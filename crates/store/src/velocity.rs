@@ -154,7 +154,7 @@ fn statement(made: &'static [String], count: usize) -> Result<&'static str> {
 /// lookups per window, whatever the number of payments in them.
 pub async fn windows(
     tx: &mut WriteTx,
-    wanted: &[(String, DateTime<Utc>)],
+    wanted: &[Window],
 ) -> Result<Vec<(Option<Mark>, Option<Mark>)>> {
     if let Some(rows) = tx.take_prefetched_windows(wanted) {
         return placed(&rows, wanted.len());
@@ -176,7 +176,7 @@ pub async fn windows(
 /// The windows' marks as the database has them, in one statement.
 async fn read_windows(
     tx: &mut WriteTx,
-    wanted: impl ExactSizeIterator<Item = &(String, DateTime<Utc>)>,
+    wanted: impl ExactSizeIterator<Item = &Window>,
 ) -> Result<Vec<(Option<Mark>, Option<Mark>)>> {
     let count = wanted.len();
     if count == 0 {
