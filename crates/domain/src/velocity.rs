@@ -315,6 +315,14 @@ impl Windows {
     }
 }
 
+/// A window's first mark from `after` on and its scope's last, once the scope left `m`: its new last mark, or its
+/// last mark grown by a payment in the same second. Marks only ever come last, so the first changes only when
+/// the window had none, or when it is the one grown.
+pub fn marked(after: DateTime<Utc>, first: Option<Mark>, m: Mark) -> (Option<Mark>, Option<Mark>) {
+    let moved = first.map_or(m.at >= after, |f| (f.at, f.seq) == (m.at, m.seq));
+    (if moved { Some(m) } else { first }, Some(m))
+}
+
 /// A rule broken: which one (its index in the policy's `velocity`) and how, in words.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trip {
@@ -482,6 +490,26 @@ mod tests {
         );
         assert_eq!(seen[2], seen[0], "the same window as the first rule's");
         assert_eq!(seen[3], Seen::default());
+    }
+
+    /// A window's first and last marks follow the scope's new marks as a read of them would find them.
+    #[test]
+    fn a_window_follows_the_marks_left_after_it_was_read() {
+        let first = Mark::after(None, d("1"), at(10), EVER);
+        let grown = Mark::after(Some(&first), d("2"), at(10) + millis(300), EVER);
+        let next = Mark::after(Some(&grown), d("4"), at(12), EVER);
+        assert_eq!(
+            marked(at(11), None, first),
+            (None, Some(first)),
+            "before the window"
+        );
+        assert_eq!(marked(at(10), None, first), (Some(first), Some(first)));
+        assert_eq!(
+            marked(at(10), Some(first), grown),
+            (Some(grown), Some(grown))
+        );
+        assert_eq!(marked(at(10), Some(grown), next), (Some(grown), Some(next)));
+        assert_eq!(marked(at(11), None, next), (Some(next), Some(next)));
     }
 
     #[test]

@@ -21,7 +21,9 @@
 
 use crate::db::{Arg, inlined, placeholders};
 use crate::deferred::Deferred;
+use crate::velocity::{Found, GroupWindows};
 use crate::{Outcome, Result, StoreError};
+use paygent_domain::velocity::{Mark, Window};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Postgres};
@@ -36,6 +38,9 @@ const MAX_GROUP: usize = 64;
 
 /// Past this many remembered tenants, those no writer holds any more are forgotten.
 const REMEMBERED: usize = 1024;
+
+/// The breaker's windows one write keeps for its group at most (a payment reads at most 16).
+const MOST_WINDOWS_SEEN: usize = 64;
 
 /// Shapes of statement (closing statements, reads sent together) prepared on one connection at most; past it, a
 /// new shape goes as plain text.
@@ -76,6 +81,8 @@ struct Open {
     closing: Option<Closing>,
     /// The statement shapes prepared on the connection, by name.
     prepared: HashSet<String>,
+    /// The breaker's windows the group's writes read, and the marks they kept.
+    windows: GroupWindows,
 }
 
 /// A write's last statement, held back until the group's next round trip: its text and values, and where its
@@ -229,6 +236,8 @@ impl Pg {
             guard: Some(guard),
             group,
             held: Vec::new(),
+            seen: Vec::new(),
+            marks: Vec::new(),
         })
     }
 }
@@ -247,6 +256,7 @@ impl Group {
                 left: Left::Nothing,
                 closing: None,
                 prepared: HashSet::new(),
+                windows: GroupWindows::default(),
             });
         }
         Ok(())
@@ -363,6 +373,10 @@ pub struct PgTx {
     group: Arc<AsyncMutex<Group>>,
     /// Writes held back until the next statement or the commit ([`crate::deferred`]).
     held: Vec<Deferred>,
+    /// The breaker's windows this write read before it left a mark, and the marks it leaves: its group's once
+    /// it keeps its savepoint ([`GroupWindows`]).
+    seen: Vec<(Window, Found)>,
+    marks: Vec<(String, Mark)>,
 }
 
 impl PgTx {
@@ -412,6 +426,25 @@ impl PgTx {
         last_of_each(ran.results, &statements)
     }
 
+    /// The breaker's windows, if this write's group knows them all and the write has left no mark yet.
+    pub(crate) fn known_windows(&mut self, wanted: &[Window]) -> Option<Vec<Found>> {
+        let open = self.guard.as_ref()?.open.as_ref()?;
+        self.marks.is_empty().then(|| open.windows.known(wanted))?
+    }
+
+    /// Windows this write read, for the next writes of its group if it keeps its savepoint and had left no mark.
+    pub(crate) fn saw_windows(&mut self, wanted: &[Window], found: &[Found]) {
+        if self.marks.is_empty() && self.seen.len() + wanted.len() <= MOST_WINDOWS_SEEN {
+            self.seen
+                .extend(wanted.iter().cloned().zip(found.iter().copied()));
+        }
+    }
+
+    /// The breaker's marks this write leaves.
+    pub(crate) fn stage_marks(&mut self, marks: &[(String, Mark)]) {
+        self.marks.extend_from_slice(marks);
+    }
+
     /// Holds `write` back until the next statement or the commit; writes held for its table go first.
     pub(crate) async fn hold(&mut self, write: Deferred) -> Result<()> {
         if self.held.iter().any(|h| h.table == write.table) {
@@ -441,6 +474,8 @@ impl PgTx {
         };
         let (owner, mut own_error) = oneshot::channel();
         closing.owner = Some(owner);
+        open.windows
+            .kept(std::mem::take(&mut self.seen), &self.marks);
         open.left = Left::Kept;
         open.closing = Some(closing);
         open.members += 1;

@@ -245,6 +245,9 @@ async fn first_round_trip(
 ) -> Result<(Option<Row>, Option<Read>)> {
     let mut sql = HEAD_FOR_UPDATE.to_owned();
     let days = crate::budgets::days_around(now);
+    // Windows the group read already are not read again.
+    let prefetch =
+        about.is_some_and(|a| !a.windows.is_empty() && tx.known_windows(&a.windows).is_none());
     if let Some(a) = about {
         sql.push_str(ABOUT);
         args.extend([
@@ -256,7 +259,7 @@ async fn first_round_trip(
             sql.push_str(APPROVAL);
             args.push(approval.to_string().into());
         }
-        if !a.windows.is_empty() {
+        if prefetch {
             args.push(crate::velocity::listed(&a.windows).into());
             sql.push_str(&format!("; EXECUTE paygent_windows ($1, ${})", args.len()));
         }
@@ -269,9 +272,9 @@ async fn first_round_trip(
     };
     let read = match about {
         Some(a) => {
-            let windows = match a.windows.is_empty() {
-                true => None,
-                false => Some(rows()?),
+            let windows = match prefetch {
+                true => Some(rows()?),
+                false => None,
             };
             let approval = match a.approval {
                 Some(_) => Some(rows()?.into_iter().next()),

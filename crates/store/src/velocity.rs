@@ -65,6 +65,45 @@ impl MarkCache {
     }
 }
 
+/// The most windows one group keeps: a window per rule and identical payments for each write of a group.
+const MOST_GROUP_WINDOWS: usize = 64 * MOST_WINDOWS;
+
+/// PostgreSQL: the breaker's windows as one group of a tenant's writes read them, followed by the marks its
+/// writes kept. While the group holds the tenant's row lock, no other writer (in this instance or another) can
+/// leave a mark of the tenant; windows start on whole seconds, so the writes of a group nearly always ask for the
+/// same ones, and all but the first are answered here. It lives with the group's transaction, so it goes when
+/// the group commits or fails; a write's reads and marks join it only once the write keeps its savepoint.
+#[derive(Debug, Default)]
+pub(crate) struct GroupWindows(HashMap<Window, Found>);
+
+/// A window as read: its first mark from its start on, and its scope's last.
+pub(crate) type Found = (Option<Mark>, Option<Mark>);
+
+impl GroupWindows {
+    /// The windows, if the group knows every one of them.
+    pub(crate) fn known(&self, wanted: &[Window]) -> Option<Vec<Found>> {
+        wanted.iter().map(|w| self.0.get(w).copied()).collect()
+    }
+
+    /// A write of the group kept its savepoint: the windows it read before it left any mark, then its marks,
+    /// which end the windows of their scopes. Only a kept write's: the lock it took is the group's from then on,
+    /// where a dropped write's savepoint, rolled back, may have taken the only hold of the lock with it.
+    pub(crate) fn kept(&mut self, seen: Vec<(Window, Found)>, marks: &[(String, Mark)]) {
+        if self.0.len() + seen.len() <= MOST_GROUP_WINDOWS {
+            self.0.extend(seen);
+        }
+        self.marked(marks);
+    }
+
+    fn marked(&mut self, marks: &[(String, Mark)]) {
+        for ((scope, after), window) in &mut self.0 {
+            for (_, m) in marks.iter().filter(|(s, _)| s == scope) {
+                *window = paygent_domain::velocity::marked(*after, window.0, *m);
+            }
+        }
+    }
+}
+
 fn mark(row: &crate::Row) -> Result<Mark> {
     Ok(Mark {
         seq: row.get(2)?,
@@ -149,16 +188,29 @@ fn statement(made: &'static [String], count: usize) -> Result<&'static str> {
     })
 }
 
-/// Each window's first mark from its start on (none when the window is empty) and its scope's last mark: on
-/// SQLite from the marks the writer keeps where they reach back far enough, the rest in one statement of two
-/// lookups per window, whatever the number of payments in them.
+/// Each window's first mark from its start on (none when the window is empty) and its scope's last mark. On
+/// PostgreSQL from what the write's group knows of them ([`GroupWindows`]), else from the read with the lock
+/// when it read exactly these; on SQLite from the marks the writer keeps where they reach back far enough; the
+/// rest in one statement of two lookups per window, whatever the number of payments in them.
 pub async fn windows(
     tx: &mut WriteTx,
     wanted: &[Window],
 ) -> Result<Vec<(Option<Mark>, Option<Mark>)>> {
-    if let Some(rows) = tx.take_prefetched_windows(wanted) {
-        return placed(&rows, wanted.len());
+    if let Some(known) = tx.pg().and_then(|pg| pg.known_windows(wanted)) {
+        return Ok(known);
     }
+    let found = match tx.take_prefetched_windows(wanted) {
+        Some(rows) => placed(&rows, wanted.len())?,
+        None => read(tx, wanted).await?,
+    };
+    if let Some(pg) = tx.pg() {
+        pg.saw_windows(wanted, &found);
+    }
+    Ok(found)
+}
+
+/// The windows from the marks SQLite's writer keeps where they reach back far enough, the rest from the database.
+async fn read(tx: &mut WriteTx, wanted: &[Window]) -> Result<Vec<(Option<Mark>, Option<Mark>)>> {
     let tenant = tx.tenant_id();
     let kept = tx.lite().and_then(|lite| lite.marks());
     let mut found: Vec<_> = wanted
@@ -216,6 +268,9 @@ pub async fn leave(tx: &mut WriteTx, marks: &[(String, Mark)]) -> Result<()> {
     tx.forget_prefetched_windows();
     if let Some(lite) = tx.lite() {
         lite.stage_marks(tenant, marks);
+    }
+    if let Some(pg) = tx.pg() {
+        pg.stage_marks(marks);
     }
     let mut q = query(statement(&MARKS, marks.len())?);
     let tenant = tx.tenant_id().to_string();

@@ -1060,3 +1060,83 @@ async fn postgres_on_loopback_goes_without_tls_unless_the_url_asks() {
     );
     db.drop().await;
 }
+
+/// On PostgreSQL the writes of one group (one hold of the tenant's lock, which no other writer of the tenant
+/// gets meanwhile) read the breaker's windows once: the group's next writes are answered from that read and the
+/// marks its writes kept, never the marks of a write it dropped. A mark written outside the lock (which no
+/// writer can do) shows which: the group does not see it, a new group reads it from the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_a_group_read_answer_its_next_writes_on_postgres() {
+    let (url, db) = PgDatabase::create().await;
+    let (store, tenant) = with_tenant(&url).await;
+    let second = chrono::DateTime::from_timestamp(Utc::now().timestamp() - 100, 0).unwrap();
+    let at = move |ms| second + chrono::Duration::milliseconds(ms);
+    let (all, other) = ("session:g".to_owned(), "key:g".to_owned());
+    let wanted = windows_of(&all, &other, at(100));
+    let mut first = store.begin(tenant, at(100)).await.unwrap();
+    let found = velocity::windows(&mut first, &wanted).await.unwrap();
+    assert_eq!(found, vec![(None, None); 3]);
+    let kept = leave_after(&mut first, [&all, &other], &found, (1.into(), at(100))).await;
+    let outside = Mark::after(
+        Some(&kept[0].1),
+        7.into(),
+        at(1_200),
+        chrono::DateTime::<Utc>::MIN_UTC,
+    );
+    execute_outside(&url, mark_row(tenant, &all, &outside)).await;
+    let write = |keep: bool, usd: u32, ms: i64| {
+        let (store, wanted, scopes) = (store.clone(), wanted.clone(), (all.clone(), other.clone()));
+        tokio::spawn(async move {
+            let mut tx = store.begin(tenant, at(ms)).await.unwrap();
+            let found = velocity::windows(&mut tx, &wanted).await.unwrap();
+            let usd = paygent_domain::Decimal::from(usd);
+            leave_after(&mut tx, [&scopes.0, &scopes.1], &found, (usd, at(ms))).await;
+            if keep {
+                tx.commit().await.unwrap();
+            }
+            found
+        })
+    };
+    let dropped = write(false, 100, 300);
+    let waiting = || async { store.writes_waiting() };
+    let what = "writes queued behind the first";
+    paygent_testkit::eventually(std::time::Duration::from_secs(5), what, waiting, |n| {
+        *n == 1
+    })
+    .await;
+    let next = write(true, 5, 500);
+    paygent_testkit::eventually(std::time::Duration::from_secs(5), what, waiting, |n| {
+        *n == 2
+    })
+    .await;
+    first.commit().await.unwrap();
+    let (all_kept, other_kept) = (Some(kept[0].1), Some(kept[1].1));
+    let expected = vec![
+        (all_kept, all_kept),
+        (all_kept, all_kept),
+        (other_kept, other_kept),
+    ];
+    assert_eq!(
+        dropped.await.unwrap(),
+        expected,
+        "the first write's read and marks"
+    );
+    assert_eq!(
+        next.await.unwrap(),
+        expected,
+        "nothing of the dropped write's marks"
+    );
+
+    let mut tx = store.begin(tenant, at(900)).await.unwrap();
+    let read = velocity::windows(&mut tx, &wanted).await.unwrap();
+    assert_eq!(read[0].1, Some(outside), "a new group reads the database");
+    let last = read[2].1.expect("the kept write's mark");
+    assert_eq!(
+        (last.last_seq, last.last_usd_total),
+        (2, 6.into()),
+        "grown by the kept write"
+    );
+    drop(tx);
+    store.close().await;
+    db.drop().await;
+}
