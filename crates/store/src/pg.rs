@@ -238,6 +238,7 @@ impl Pg {
             held: Vec::new(),
             seen: Vec::new(),
             marks: Vec::new(),
+            read_with_lock: None,
         })
     }
 }
@@ -377,6 +378,8 @@ pub struct PgTx {
     /// it keeps its savepoint ([`GroupWindows`]).
     seen: Vec<(Window, Found)>,
     marks: Vec<(String, Mark)>,
+    /// The windows guessed and read in this write's first round trip, until asked for.
+    read_with_lock: Option<(Vec<Window>, Vec<Found>)>,
 }
 
 impl PgTx {
@@ -426,10 +429,23 @@ impl PgTx {
         last_of_each(ran.results, &statements)
     }
 
-    /// The breaker's windows, if this write's group knows them all and the write has left no mark yet.
+    /// The breaker's windows, while the write has left no mark: read with the lock if those were exactly these
+    /// (taken once), or if its group knows them all.
     pub(crate) fn known_windows(&mut self, wanted: &[Window]) -> Option<Vec<Found>> {
+        if !self.marks.is_empty() {
+            return None;
+        }
+        if let Some(found) = crate::tx::take_if(&mut self.read_with_lock, wanted.to_vec()) {
+            self.saw_windows(wanted, &found);
+            return Some(found);
+        }
         let open = self.guard.as_ref()?.open.as_ref()?;
-        self.marks.is_empty().then(|| open.windows.known(wanted))?
+        open.windows.known(wanted)
+    }
+
+    /// The windows guessed and read in the write's first round trip.
+    pub(crate) fn read_with_lock(&mut self, windows: Vec<Window>, found: Vec<Found>) {
+        self.read_with_lock = Some((windows, found));
     }
 
     /// Windows this write read, for the next writes of its group if it keeps its savepoint and had left no mark.

@@ -60,8 +60,6 @@ pub struct WriteTx {
     prefetched: Option<((Uuid, Uuid), Option<Row>)>,
     /// The approval request [`Store::begin_about`] read with the lock, until it is taken.
     prefetched_approval: Option<(Uuid, Option<Row>)>,
-    /// The breaker's windows [`Store::begin_about`] read with the lock, and their rows, until taken.
-    prefetched_windows: Option<(Vec<Window>, Vec<Row>)>,
     /// The key that acts, and its name, as of the lock.
     actor: Option<(Uuid, String)>,
     /// How many of the acting key's requests wait on people, as of the lock, until this write changes it.
@@ -194,7 +192,6 @@ impl Store {
             ledgers: LedgerRows::default(),
             prefetched: None,
             prefetched_approval: None,
-            prefetched_windows: None,
             actor_pending: match actor {
                 Some(_) => Some(row.get::<Option<i64>>(5)?.unwrap_or(0)),
                 None => None,
@@ -205,14 +202,17 @@ impl Store {
             crate::budgets::seen_days(&mut tx, about.session, &read.days, read.budget)?;
             tx.prefetched = Some(((about.session, about.default_policy), read.session));
             tx.prefetched_approval = about.approval.zip(read.approval);
-            tx.prefetched_windows = read.windows.map(|rows| (about.windows, rows));
+            if let (Some(rows), Conn::Pg(pg)) = (read.windows, &mut tx.conn) {
+                let found = crate::velocity::placed(&rows, about.windows.len())?;
+                pg.read_with_lock(about.windows, found);
+            }
         }
         Ok(tx)
     }
 }
 
 /// What `slot` holds, taken out, if it was read for `key`; otherwise it stays.
-fn take_if<K: PartialEq, V>(slot: &mut Option<(K, V)>, key: K) -> Option<V> {
+pub(crate) fn take_if<K: PartialEq, V>(slot: &mut Option<(K, V)>, key: K) -> Option<V> {
     match slot.take() {
         Some((read, value)) if read == key => Some(value),
         other => {
@@ -446,22 +446,6 @@ impl WriteTx {
     /// such request). Taken once, as the session.
     pub(crate) fn take_prefetched_approval(&mut self, id: Uuid) -> Option<Option<Row>> {
         take_if(&mut self.prefetched_approval, id)
-    }
-
-    /// The rows of the breaker's windows [`Store::begin_about`] read with the lock, if they are exactly `wanted`.
-    /// Taken once, as the session.
-    pub(crate) fn take_prefetched_windows(&mut self, wanted: &[Window]) -> Option<Vec<Row>> {
-        match &self.prefetched_windows {
-            Some((read, _)) if read.as_slice() == wanted => {
-                self.prefetched_windows.take().map(|(_, rows)| rows)
-            }
-            _ => None,
-        }
-    }
-
-    /// This write leaves marks: windows read before them no longer hold.
-    pub(crate) fn forget_prefetched_windows(&mut self) {
-        self.prefetched_windows = None;
     }
 
     /// How many of the key `id`'s requests wait on people, if it is the one that acts and this write has not

@@ -27,12 +27,7 @@ pub(crate) struct MarkCache {
 
 impl MarkCache {
     /// A window's first mark from `after` on and its scope's last, if the marks kept reach back to `after`.
-    fn window(
-        &self,
-        tenant: Uuid,
-        scope: &str,
-        after: DateTime<Utc>,
-    ) -> Option<(Option<Mark>, Option<Mark>)> {
+    fn window(&self, tenant: Uuid, scope: &str, after: DateTime<Utc>) -> Option<Found> {
         let (_, recent) = self.scopes.get(scope).filter(|(t, _)| *t == tenant)?;
         Some((recent.first_from(after)?, recent.last().copied()))
     }
@@ -189,8 +184,8 @@ fn statement(made: &'static [String], count: usize) -> Result<&'static str> {
 }
 
 /// Each window's first mark from its start on (none when the window is empty) and its scope's last mark. On
-/// PostgreSQL from what the write's group knows of them ([`GroupWindows`]), else from the read with the lock
-/// when it read exactly these; on SQLite from the marks the writer keeps where they reach back far enough; the
+/// PostgreSQL from the read with the lock when it read exactly these, or from what the write's group knows of
+/// them ([`GroupWindows`]); on SQLite from the marks the writer keeps where they reach back far enough; the
 /// rest in one statement of two lookups per window, whatever the number of payments in them.
 pub async fn windows(
     tx: &mut WriteTx,
@@ -199,10 +194,7 @@ pub async fn windows(
     if let Some(known) = tx.pg().and_then(|pg| pg.known_windows(wanted)) {
         return Ok(known);
     }
-    let found = match tx.take_prefetched_windows(wanted) {
-        Some(rows) => placed(&rows, wanted.len())?,
-        None => read(tx, wanted).await?,
-    };
+    let found = read(tx, wanted).await?;
     if let Some(pg) = tx.pg() {
         pg.saw_windows(wanted, &found);
     }
@@ -210,7 +202,7 @@ pub async fn windows(
 }
 
 /// The windows from the marks SQLite's writer keeps where they reach back far enough, the rest from the database.
-async fn read(tx: &mut WriteTx, wanted: &[Window]) -> Result<Vec<(Option<Mark>, Option<Mark>)>> {
+async fn read(tx: &mut WriteTx, wanted: &[Window]) -> Result<Vec<Found>> {
     let tenant = tx.tenant_id();
     let kept = tx.lite().and_then(|lite| lite.marks());
     let mut found: Vec<_> = wanted
@@ -229,7 +221,7 @@ async fn read(tx: &mut WriteTx, wanted: &[Window]) -> Result<Vec<(Option<Mark>, 
 async fn read_windows(
     tx: &mut WriteTx,
     wanted: impl ExactSizeIterator<Item = &Window>,
-) -> Result<Vec<(Option<Mark>, Option<Mark>)>> {
+) -> Result<Vec<Found>> {
     let count = wanted.len();
     if count == 0 {
         return Ok(Vec::new());
@@ -244,7 +236,7 @@ async fn read_windows(
 }
 
 /// The rows of a windows' read, each in its window: a first mark or a last.
-fn placed(rows: &[crate::Row], count: usize) -> Result<Vec<(Option<Mark>, Option<Mark>)>> {
+pub(crate) fn placed(rows: &[crate::Row], count: usize) -> Result<Vec<Found>> {
     let mut found = vec![(None, None); count];
     for row in rows {
         let window = usize::try_from(row.get::<i64>(0)?)
@@ -265,7 +257,6 @@ pub async fn leave(tx: &mut WriteTx, marks: &[(String, Mark)]) -> Result<()> {
         return Ok(());
     }
     let tenant = tx.tenant_id();
-    tx.forget_prefetched_windows();
     if let Some(lite) = tx.lite() {
         lite.stage_marks(tenant, marks);
     }
