@@ -21,7 +21,7 @@
 
 use crate::db::{Arg, inlined, placeholders};
 use crate::deferred::Deferred;
-use crate::velocity::{Found, GroupWindows};
+use crate::velocity::{Carried, Found, GroupWindows};
 use crate::{Outcome, Result, StoreError};
 use paygent_domain::velocity::{Mark, Window};
 use sqlx::pool::PoolConnection;
@@ -36,7 +36,8 @@ use uuid::Uuid;
 /// Writes grouped in one commit at most: other instances wait for the row lock while a group is open.
 const MAX_GROUP: usize = 64;
 
-/// Past this many remembered tenants, those no writer holds any more are forgotten.
+/// Past this many remembered tenants, those no writer holds any more are forgotten (and past as many carried
+/// windows, one tenant's).
 const REMEMBERED: usize = 1024;
 
 /// The breaker's windows one write keeps for its group at most (a payment reads at most 16).
@@ -57,11 +58,17 @@ pub(crate) struct Pg {
     groups: Mutex<HashMap<Uuid, Weak<AsyncMutex<Group>>>>,
     acquire_timeout: Duration,
     pub(crate) commits: Arc<crate::Commits>,
+    carried: CarriedWindows,
 }
+
+/// By tenant, the breaker's windows its last committed group in this instance knew ([`Carried`]).
+type CarriedWindows = Arc<Mutex<HashMap<Uuid, Carried>>>;
 
 /// A tenant's writes in this process: its open transaction, if any.
 #[derive(Debug)]
 struct Group {
+    tenant: Uuid,
+    carried: CarriedWindows,
     commits: Arc<crate::Commits>,
     pool: PgPool,
     acquire_timeout: Duration,
@@ -83,6 +90,10 @@ struct Open {
     prepared: HashSet<String>,
     /// The breaker's windows the group's writes read, and the marks they kept.
     windows: GroupWindows,
+    /// The windows the tenant's last group here knew, until the group's first write reads the chain's head.
+    carried: Option<Carried>,
+    /// The audit chain's head as the last write kept left it.
+    head: Option<String>,
 }
 
 /// A write's last statement, held back until the group's next round trip: its text and values, and where its
@@ -198,6 +209,7 @@ impl Pg {
             groups: Mutex::new(HashMap::new()),
             acquire_timeout,
             commits: Arc::default(),
+            carried: Arc::default(),
         })
     }
 
@@ -211,6 +223,8 @@ impl Pg {
             groups.retain(|_, g| g.strong_count() > 0);
         }
         let group = Arc::new(AsyncMutex::new(Group {
+            tenant: tenant_id,
+            carried: self.carried.clone(),
             commits: self.commits.clone(),
             pool: self.pool.clone(),
             acquire_timeout: self.acquire_timeout,
@@ -239,6 +253,7 @@ impl Pg {
             seen: Vec::new(),
             marks: Vec::new(),
             read_with_lock: None,
+            carried: None,
         })
     }
 }
@@ -258,6 +273,8 @@ impl Group {
                 closing: None,
                 prepared: HashSet::new(),
                 windows: GroupWindows::default(),
+                carried: self.carried.lock().expect("carried").remove(&self.tenant),
+                head: None,
             });
         }
         Ok(())
@@ -303,6 +320,14 @@ async fn commit(group: &mut Group) {
     };
     drop(open.conn.release());
     group.commits.add(open.members);
+    if let Some(carried) = open.head.and_then(|head| Carried::new(head, open.windows)) {
+        let mut all = group.carried.lock().expect("carried");
+        if all.len() >= REMEMBERED {
+            let any = all.keys().next().copied();
+            any.and_then(|tenant| all.remove(&tenant));
+        }
+        all.insert(group.tenant, carried);
+    }
     open.outcome.send_replace(Some(Ok(())));
 }
 
@@ -380,6 +405,8 @@ pub struct PgTx {
     marks: Vec<(String, Mark)>,
     /// The windows guessed and read in this write's first round trip, until asked for.
     read_with_lock: Option<(Vec<Window>, Vec<Found>)>,
+    /// The windows carried from the tenant's last group, when they hold as of this write's lock.
+    carried: Option<GroupWindows>,
 }
 
 impl PgTx {
@@ -439,8 +466,31 @@ impl PgTx {
             self.saw_windows(wanted, &found);
             return Some(found);
         }
-        let open = self.guard.as_ref()?.open.as_ref()?;
+        if let Some(found) = self.carried.as_mut().and_then(|c| c.known(wanted)) {
+            return Some(found);
+        }
+        let open = self.guard.as_mut()?.open.as_mut()?;
         open.windows.known(wanted)
+    }
+
+    /// Whether the breaker's windows `wanted` may be known without reading them: the group knows them, or the
+    /// windows carried from the tenant's last group do (if they hold: [`PgTx::locked`] tells).
+    pub(crate) fn may_know_windows(&self, wanted: &[Window]) -> bool {
+        let open = self.guard.as_ref().and_then(|g| g.open.as_ref());
+        open.is_some_and(|o| {
+            o.windows.knows(wanted) || o.carried.as_ref().is_some_and(|c| c.knows(wanted))
+        })
+    }
+
+    /// The write took the tenant's lock and read the audit chain's `head`: the windows carried from the
+    /// tenant's last group are this write's if the head is the one that group left, and are dropped otherwise.
+    /// They become the group's only once the write keeps its savepoint, as the windows it reads.
+    pub(crate) fn locked(&mut self, head: &str) {
+        let open = self.guard.as_mut().and_then(|g| g.open.as_mut());
+        let Some(open) = open.filter(|o| o.members == 0) else {
+            return;
+        };
+        self.carried = open.carried.take().and_then(|c| c.valid_at(head));
     }
 
     /// The windows guessed and read in the write's first round trip.
@@ -481,19 +531,23 @@ impl PgTx {
         std::mem::take(&mut self.held)
     }
 
-    /// Keeps this write in its group, its `closing` statement held for the group's next round trip, and waits
-    /// until the group is committed.
-    pub(crate) async fn commit(mut self, mut closing: Closing) -> Result<()> {
+    /// Keeps this write in its group, its `closing` statement held for the group's next round trip (leaving the
+    /// audit chain at `head`), and waits until the group is committed.
+    pub(crate) async fn commit(mut self, mut closing: Closing, head: String) -> Result<()> {
         let mut state = self.guard.take().ok_or(StoreError::Closed)?;
         let Some(open) = state.open.as_mut() else {
             return Err(StoreError::Commit("the group was lost".into()));
         };
         let (owner, mut own_error) = oneshot::channel();
         closing.owner = Some(owner);
+        if let Some(carried) = self.carried.take().filter(|_| open.members == 0) {
+            open.windows = carried;
+        }
         open.windows
             .kept(std::mem::take(&mut self.seen), &self.marks);
         open.left = Left::Kept;
         open.closing = Some(closing);
+        open.head = Some(head);
         open.members += 1;
         let outcome = open.outcome.subscribe();
         if open.members >= MAX_GROUP {

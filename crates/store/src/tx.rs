@@ -64,6 +64,8 @@ pub struct WriteTx {
     actor: Option<(Uuid, String)>,
     /// How many of the acting key's requests wait on people, as of the lock, until this write changes it.
     actor_pending: Option<i64>,
+    /// The write left the circuit breaker's marks.
+    marked: bool,
 }
 
 /// The tenant's head, and the acting key's name (`$2`, NULL for the system) if it is live at `$3`: read in the
@@ -197,7 +199,11 @@ impl Store {
                 None => None,
             },
             actor,
+            marked: false,
         };
+        if let Conn::Pg(pg) = &mut tx.conn {
+            pg.locked(&tx.audit_head);
+        }
         if let (Some(about), Some(read)) = (about, read) {
             crate::budgets::seen_days(&mut tx, about.session, &read.days, read.budget)?;
             tx.prefetched = Some(((about.session, about.default_policy), read.session));
@@ -245,9 +251,8 @@ async fn first_round_trip(
 ) -> Result<(Option<Row>, Option<Read>)> {
     let mut sql = HEAD_FOR_UPDATE.to_owned();
     let days = crate::budgets::days_around(now);
-    // Windows the group read already are not read again.
-    let prefetch =
-        about.is_some_and(|a| !a.windows.is_empty() && tx.known_windows(&a.windows).is_none());
+    // Windows the group read already, or its last group handed on, are not read again.
+    let prefetch = about.is_some_and(|a| !a.windows.is_empty() && !tx.may_know_windows(&a.windows));
     if let Some(a) = about {
         sql.push_str(ABOUT);
         args.extend([
@@ -466,6 +471,11 @@ impl WriteTx {
         (*key == id).then_some(name.as_str())
     }
 
+    /// The write leaves the circuit breaker's marks: it must append to the audit chain too.
+    pub(crate) fn leaves_marks(&mut self) {
+        self.marked = true;
+    }
+
     /// The rows of ledgers this transaction read or wrote, by (table, owner, bucket): under the tenant's lock
     /// nobody else changes them, so looking again costs no statement.
     pub(crate) fn ledgers(&mut self) -> &mut LedgerRows {
@@ -477,6 +487,12 @@ impl WriteTx {
     /// delivers to other instances only if and when the transaction commits; it goes with the group's next
     /// round trip ([`crate::pg`]).
     pub async fn commit(mut self) -> Result<Vec<Event>> {
+        if self.marked && self.audit.is_empty() {
+            // Another instance tells that nobody left marks from the chain's head ([`crate::velocity::Carried`]).
+            return Err(StoreError::Corrupt(
+                "a write left the circuit breaker's marks without an audit entry".into(),
+            ));
+        }
         let head: Vec<Arg> = vec![
             self.tenant_id.to_string().into(),
             self.audit_seq.into(),
@@ -502,7 +518,10 @@ impl WriteTx {
             }
         }
         match self.conn {
-            Conn::Pg(tx) => tx.commit(closing.ok_or(StoreError::Closed)?).await?,
+            Conn::Pg(tx) => {
+                let closing = closing.ok_or(StoreError::Closed)?;
+                tx.commit(closing, self.audit_head.clone()).await?
+            }
             Conn::Lite(tx) => tx.commit().await?,
         }
         Ok(self.events)

@@ -63,21 +63,43 @@ impl MarkCache {
 /// The most windows one group keeps: a window per rule and identical payments for each write of a group.
 const MOST_GROUP_WINDOWS: usize = 64 * MOST_WINDOWS;
 
+/// The most windows a group hands to the tenant's next group: those its writes asked for, a few seconds' worth.
+const MOST_CARRIED: usize = 4 * MOST_WINDOWS;
+
 /// PostgreSQL: the breaker's windows as one group of a tenant's writes read them, followed by the marks its
 /// writes kept. While the group holds the tenant's row lock, no other writer (in this instance or another) can
 /// leave a mark of the tenant; windows start on whole seconds, so the writes of a group nearly always ask for the
-/// same ones, and all but the first are answered here. It lives with the group's transaction, so it goes when
-/// the group commits or fails; a write's reads and marks join it only once the write keeps its savepoint.
+/// same ones, and all but the first are answered here. A write's reads and marks join it only once the write
+/// keeps its savepoint. When the group commits, the windows its writes asked for go to the tenant's next group
+/// ([`Carried`]).
 #[derive(Debug, Default)]
-pub(crate) struct GroupWindows(HashMap<Window, Found>);
+pub(crate) struct GroupWindows(HashMap<Window, Known>);
+
+/// A window as the group knows it, and whether one of the group's writes asked for it.
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    found: Found,
+    asked: bool,
+}
 
 /// A window as read: its first mark from its start on, and its scope's last.
 pub(crate) type Found = (Option<Mark>, Option<Mark>);
 
 impl GroupWindows {
     /// The windows, if the group knows every one of them.
-    pub(crate) fn known(&self, wanted: &[Window]) -> Option<Vec<Found>> {
-        wanted.iter().map(|w| self.0.get(w).copied()).collect()
+    pub(crate) fn known(&mut self, wanted: &[Window]) -> Option<Vec<Found>> {
+        let found: Vec<Found> = (wanted.iter())
+            .map(|w| self.0.get(w).map(|k| k.found))
+            .collect::<Option<_>>()?;
+        for w in wanted {
+            self.0.entry(w.clone()).and_modify(|k| k.asked = true);
+        }
+        Some(found)
+    }
+
+    /// Whether the group knows every one of `wanted`.
+    pub(crate) fn knows(&self, wanted: &[Window]) -> bool {
+        wanted.iter().all(|w| self.0.contains_key(w))
     }
 
     /// A write of the group kept its savepoint: the windows it read before it left any mark, then its marks,
@@ -85,7 +107,8 @@ impl GroupWindows {
     /// where a dropped write's savepoint, rolled back, may have taken the only hold of the lock with it.
     pub(crate) fn kept(&mut self, seen: Vec<(Window, Found)>, marks: &[(String, Mark)]) {
         if self.0.len() + seen.len() <= MOST_GROUP_WINDOWS {
-            self.0.extend(seen);
+            let asked = |(w, found)| (w, Known { found, asked: true });
+            self.0.extend(seen.into_iter().map(asked));
         }
         self.marked(marks);
     }
@@ -93,9 +116,46 @@ impl GroupWindows {
     fn marked(&mut self, marks: &[(String, Mark)]) {
         for ((scope, after), window) in &mut self.0 {
             for (_, m) in marks.iter().filter(|(s, _)| s == scope) {
-                *window = paygent_domain::velocity::marked(*after, window.0, *m);
+                window.found = paygent_domain::velocity::marked(*after, window.found.0, *m);
             }
         }
+    }
+
+    /// What the group hands to the tenant's next one: the windows its writes asked for (older seconds' windows,
+    /// which no write asks for again, are left behind), none past [`MOST_CARRIED`].
+    fn asked(mut self) -> Option<GroupWindows> {
+        self.0.retain(|_, k| std::mem::take(&mut k.asked));
+        (!self.0.is_empty() && self.0.len() <= MOST_CARRIED).then_some(self)
+    }
+}
+
+/// PostgreSQL: the windows a committed group of a tenant's writes knew, for the tenant's next group in this
+/// instance. They hold only while nobody else has written marks since, and every write that leaves marks appends
+/// to the tenant's audit chain ([`crate::WriteTx::commit`] refuses one that does not): so they are taken only
+/// if the chain's head, read with the next group's lock, is still the one the group left.
+#[derive(Debug)]
+pub(crate) struct Carried {
+    head: String,
+    windows: GroupWindows,
+}
+
+impl Carried {
+    /// What a group committed with the audit chain at `head` hands on, if anything.
+    pub(crate) fn new(head: String, windows: GroupWindows) -> Option<Carried> {
+        Some(Carried {
+            head,
+            windows: windows.asked()?,
+        })
+    }
+
+    /// Whether the carried windows know all of `wanted` (before the lock: they may not hold).
+    pub(crate) fn knows(&self, wanted: &[Window]) -> bool {
+        self.windows.knows(wanted)
+    }
+
+    /// The windows, if the chain's head read with the lock is the one they were carried with.
+    pub(crate) fn valid_at(self, head: &str) -> Option<GroupWindows> {
+        (self.head == head).then_some(self.windows)
     }
 }
 
@@ -251,11 +311,13 @@ pub(crate) fn placed(rows: &[crate::Row], count: usize) -> Result<Vec<Found>> {
     Ok(found)
 }
 
-/// Leaves a payment's mark in each of its scopes (a new one, or its second's grown), in one statement.
+/// Leaves a payment's mark in each of its scopes (a new one, or its second's grown), in one statement. The write
+/// must also append to the audit chain, as a payment's does.
 pub async fn leave(tx: &mut WriteTx, marks: &[(String, Mark)]) -> Result<()> {
     if marks.is_empty() {
         return Ok(());
     }
+    tx.leaves_marks();
     let tenant = tx.tenant_id();
     if let Some(lite) = tx.lite() {
         lite.stage_marks(tenant, marks);

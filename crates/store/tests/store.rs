@@ -773,9 +773,7 @@ async fn marks_grow_within_their_second(url: &str) {
             .unwrap();
         assert_eq!(found[0].1, last, "the scope's last mark, as left");
         let mark = Mark::after(found[0].1.as_ref(), usd(paid), now, ever);
-        velocity::leave(&mut tx, &[("session:s".to_owned(), mark)])
-            .await
-            .unwrap();
+        leave(&mut tx, &[("session:s".to_owned(), mark)]).await;
         tx.commit().await.unwrap();
         last = Some(mark);
     }
@@ -835,8 +833,17 @@ async fn leave_after(
         .into_iter()
         .map(|(scope, last)| (scope.clone(), Mark::after(last.as_ref(), usd, now, ever)))
         .collect();
-    velocity::leave(tx, &marks).await.unwrap();
+    leave(tx, &marks).await;
     marks
+}
+
+/// Leaves `marks` as a payment does: with an entry in the audit chain.
+async fn leave(tx: &mut paygent_store::WriteTx, marks: &[(String, Mark)]) {
+    velocity::leave(tx, marks).await.unwrap();
+    let what = json!({"marks": marks.len()});
+    (tx.audit("test", AuditAction::PaymentAuthorized, "p", None, what))
+        .await
+        .unwrap();
 }
 
 /// On SQLite the writer keeps the breaker's recent marks and reads windows from them: every window reads as
@@ -913,6 +920,39 @@ async fn marks_grow_within_their_second_on_postgres() {
     db.drop().await;
 }
 
+/// A write that leaves the breaker's marks must append to the audit chain, which is how another instance tells
+/// that marks may have changed: one that does not is refused, and leaves nothing.
+async fn marks_without_an_audit_entry_are_refused(url: &str) {
+    let (store, tenant) = with_tenant(url).await;
+    let now = Utc::now();
+    let window = vec![("session:u".to_owned(), now - chrono::Duration::seconds(5))];
+    let mark = Mark::after(None, 1.into(), now, chrono::DateTime::<Utc>::MIN_UTC);
+    let mut tx = store.begin(tenant, now).await.unwrap();
+    velocity::leave(&mut tx, &[("session:u".to_owned(), mark)])
+        .await
+        .unwrap();
+    let refused = tx.commit().await.expect_err("marks without an audit entry");
+    assert!(refused.to_string().contains("audit entry"), "{refused}");
+    let mut tx = store.begin(tenant, now).await.unwrap();
+    let found = velocity::windows(&mut tx, &window).await.unwrap();
+    assert_eq!(found, vec![(None, None)], "no mark left");
+    drop(tx);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn marks_without_an_audit_entry_are_refused_on_sqlite() {
+    let (url, _dir) = sqlite_url();
+    marks_without_an_audit_entry_are_refused(&url).await;
+}
+
+#[tokio::test]
+async fn marks_without_an_audit_entry_are_refused_on_postgres() {
+    let (url, db) = PgDatabase::create().await;
+    marks_without_an_audit_entry_are_refused(&url).await;
+    db.drop().await;
+}
+
 /// A mark as a row written outside the store.
 fn mark_row(tenant: Uuid, scope: &str, m: &Mark) -> String {
     format!(
@@ -936,33 +976,20 @@ fn mark_row(tenant: Uuid, scope: &str, m: &Mark) -> String {
 async fn windows_read_with_the_lock_are_the_databases_on_postgres() {
     let (url, db) = PgDatabase::create().await;
     let (store, tenant) = with_tenant(&url).await;
-    let key = Uuid::new_v4();
-    let mut tx = store.begin(tenant, Utc::now()).await.unwrap();
-    let record = paygent_store::keys::KeyRecord {
-        id: key,
-        tenant_id: tenant,
-        name: "agent".into(),
-        role: paygent_domain::Role::Agent,
-        created_at: Utc::now(),
-        expires_at: None,
-        policy_id: None,
-        groups: Vec::new(),
-        slack_user: None,
-        email: None,
-    };
-    paygent_store::keys::insert(&mut tx, &record, "hash")
+    let truth = Store::connect(&url, &StoreOptions::default())
         .await
         .unwrap();
-    tx.commit().await.unwrap();
+    let key = agent_key(&store, tenant).await;
     let ever = chrono::DateTime::<Utc>::MIN_UTC;
     let start = chrono::DateTime::from_timestamp(Utc::now().timestamp() - 400, 0).unwrap();
     let (all, odd) = ("session:k".to_owned(), "key:\"q'\\\u{1}é,}".to_owned());
     let wanted = |now| windows_of(&all, &odd, now);
-    // The windows as a write reads them apart, then a write whose first round trip read them with the lock.
+    // The windows as another instance reads them apart, then a write whose first round trip read them with the
+    // lock (or, in the second of the last write here, was answered from what that write's group handed on).
     let apart_then_with_the_lock = |now| {
-        let (store, windows) = (store.clone(), wanted(now));
+        let (store, truth, windows) = (store.clone(), truth.clone(), wanted(now));
         async move {
-            let mut apart = store.begin(tenant, now).await.unwrap();
+            let mut apart = truth.begin(tenant, now).await.unwrap();
             let read = velocity::windows(&mut apart, &windows).await.unwrap();
             drop(apart);
             let about = paygent_store::About {
@@ -1016,14 +1043,36 @@ async fn windows_read_with_the_lock_are_the_databases_on_postgres() {
     let now = now + chrono::Duration::seconds(2);
     let (_, mut tx) = apart_then_with_the_lock(now).await;
     let own = Mark::after(Some(&next), 1.into(), now, ever);
-    velocity::leave(&mut tx, &[(all.clone(), own)])
-        .await
-        .unwrap();
+    leave(&mut tx, &[(all.clone(), own)]).await;
     let after = velocity::windows(&mut tx, &wanted(now)).await.unwrap();
     assert_eq!(after[0].1, Some(own), "read after the write's own marks");
     drop(tx);
+    truth.close().await;
     store.close().await;
     db.drop().await;
+}
+
+/// An agent's key in `tenant`, for writes made by a key.
+async fn agent_key(store: &Store, tenant: Uuid) -> Uuid {
+    let key = Uuid::new_v4();
+    let mut tx = store.begin(tenant, Utc::now()).await.unwrap();
+    let record = paygent_store::keys::KeyRecord {
+        id: key,
+        tenant_id: tenant,
+        name: "agent".into(),
+        role: paygent_domain::Role::Agent,
+        created_at: Utc::now(),
+        expires_at: None,
+        policy_id: None,
+        groups: Vec::new(),
+        slack_user: None,
+        email: None,
+    };
+    paygent_store::keys::insert(&mut tx, &record, "hash")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    key
 }
 
 /// Whether the store's connections to PostgreSQL use TLS.
@@ -1129,14 +1178,89 @@ async fn windows_a_group_read_answer_its_next_writes_on_postgres() {
 
     let mut tx = store.begin(tenant, at(900)).await.unwrap();
     let read = velocity::windows(&mut tx, &wanted).await.unwrap();
-    assert_eq!(read[0].1, Some(outside), "a new group reads the database");
     let last = read[2].1.expect("the kept write's mark");
     assert_eq!(
         (last.last_seq, last.last_usd_total),
         (2, 6.into()),
         "grown by the kept write"
     );
+    assert_ne!(
+        read[0].1,
+        Some(outside),
+        "the next group here is answered from what this one kept"
+    );
     drop(tx);
+    store.close().await;
+    db.drop().await;
+}
+
+/// On PostgreSQL the windows a committed group knew answer the tenant's next group in the same instance, without
+/// a read in its first round trip, as long as nobody else wrote: every write that leaves marks appends to the
+/// audit chain, so the chain's head read with the next group's lock tells. Once another instance has written,
+/// the windows are read from the database. A mark written outside the lock (which no writer can do) shows which.
+#[tokio::test]
+async fn windows_carried_to_the_next_group_hold_until_another_instance_writes_on_postgres() {
+    let (url, db) = PgDatabase::create().await;
+    let (store, tenant) = with_tenant(&url).await;
+    let other = Store::connect(&url, &StoreOptions::default())
+        .await
+        .unwrap();
+    let key = agent_key(&store, tenant).await;
+    let second = chrono::DateTime::from_timestamp(Utc::now().timestamp() - 100, 0).unwrap();
+    let at = move |ms| second + chrono::Duration::milliseconds(ms);
+    let (all, same) = ("session:c".to_owned(), "session:c:same:x".to_owned());
+    let wanted = windows_of(&all, &same, at(100));
+    let write = |ms| {
+        let about = paygent_store::About {
+            session: Uuid::new_v4(),
+            default_policy: Uuid::new_v4(),
+            approval: None,
+            windows: wanted.clone(),
+        };
+        store.begin_about(tenant, key, at(ms), about)
+    };
+    let mut tx = write(100).await.unwrap();
+    let found = velocity::windows(&mut tx, &wanted).await.unwrap();
+    let first = leave_after(&mut tx, [&all, &same], &found, (1.into(), at(100))).await;
+    tx.commit().await.unwrap();
+    let ever = chrono::DateTime::<Utc>::MIN_UTC;
+    let outside = Mark::after(Some(&first[0].1), 7.into(), at(1_200), ever);
+    execute_outside(&url, mark_row(tenant, &all, &outside)).await;
+
+    let mut tx = write(200).await.unwrap();
+    let found = velocity::windows(&mut tx, &wanted).await.unwrap();
+    let expected = |m: &Mark| (Some(*m), Some(*m));
+    let (all_first, same_first) = (expected(&first[0].1), expected(&first[1].1));
+    assert_eq!(
+        found,
+        vec![all_first, all_first, same_first],
+        "the last group's read and marks"
+    );
+    let grown = leave_after(&mut tx, [&all, &same], &found, (2.into(), at(200))).await;
+    tx.commit().await.unwrap();
+    let mut tx = write(300).await.unwrap();
+    let found = velocity::windows(&mut tx, &wanted).await.unwrap();
+    assert_eq!(
+        found[2],
+        (Some(grown[1].1), Some(grown[1].1)),
+        "the last group's marks, carried on"
+    );
+    tx.commit().await.unwrap();
+
+    let mut tx = other.begin(tenant, at(400)).await.unwrap();
+    tx.audit("test", AuditAction::SessionCreated, "s", None, json!({}))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = write(500).await.unwrap();
+    let found = velocity::windows(&mut tx, &wanted).await.unwrap();
+    assert_eq!(
+        found[0].1,
+        Some(outside),
+        "read from the database once another instance wrote"
+    );
+    drop(tx);
+    other.close().await;
     store.close().await;
     db.drop().await;
 }
