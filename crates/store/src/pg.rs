@@ -18,9 +18,15 @@
 //! whose round trip carried it starts over in a new group. A message of several statements cannot bind
 //! parameters, and planning a closing statement from its text each time cost more than the round trip saved
 //! (BENCHMARKS.md), so each shape of closing statement is prepared once on a connection and executed by name.
+//!
+//! Under the group's lock hold, what no other writer can change is kept by the group, not read or written per
+//! write: the spend rollups its writes add to are summed and written once, just before its `COMMIT`
+//! ([`GroupRollups`]), and the circuit breaker's windows are read once ([`GroupWindows`]) and handed to the
+//! tenant's next group while nobody else has written ([`Carried`]).
 
 use crate::db::{Arg, inlined, placeholders};
 use crate::deferred::Deferred;
+use crate::spend::GroupRollups;
 use crate::velocity::{Carried, Found, GroupWindows};
 use crate::{Outcome, Result, StoreError};
 use paygent_domain::velocity::{Mark, Window};
@@ -94,6 +100,8 @@ struct Open {
     carried: Option<Carried>,
     /// The audit chain's head as the last write kept left it.
     head: Option<String>,
+    /// What the group's kept writes added to the spend rollups, written as it commits.
+    rollups: GroupRollups,
 }
 
 /// A write's last statement, held back until the group's next round trip: its text and values, and where its
@@ -254,6 +262,7 @@ impl Pg {
             marks: Vec::new(),
             read_with_lock: None,
             carried: None,
+            rollups: Vec::new(),
         })
     }
 }
@@ -275,6 +284,7 @@ impl Group {
                 windows: GroupWindows::default(),
                 carried: self.carried.lock().expect("carried").remove(&self.tenant),
                 head: None,
+                rollups: GroupRollups::default(),
             });
         }
         Ok(())
@@ -299,11 +309,12 @@ async fn commit(group: &mut Group) {
         return;
     }
     let closing = open.closing.take();
-    let (mut ran, statements) = match closing_text(&mut open, closing.as_ref()) {
-        Ok((text, n)) => {
-            let sql = format!("{text}{}COMMIT", open.left.settle());
-            (run(open.conn.get(), sql).await, n)
-        }
+    let text = closing_text(&mut open, closing.as_ref()).and_then(|(text, n)| {
+        let rollups = open.rollups.statement(group.tenant)?;
+        Ok((format!("{text}{}{rollups}COMMIT", open.left.settle()), n))
+    });
+    let (mut ran, statements) = match text {
+        Ok((sql, n)) => (run(open.conn.get(), sql).await, n),
         Err(e) => (Ran::failed(e), 1),
     };
     group.open = Some(open);
@@ -407,6 +418,8 @@ pub struct PgTx {
     read_with_lock: Option<(Vec<Window>, Vec<Found>)>,
     /// The windows carried from the tenant's last group, when they hold as of this write's lock.
     carried: Option<GroupWindows>,
+    /// What the write adds to the spend rollups: its group's once it keeps its savepoint.
+    rollups: Vec<paygent_domain::spend::RollupChange>,
 }
 
 impl PgTx {
@@ -511,6 +524,11 @@ impl PgTx {
         self.marks.extend_from_slice(marks);
     }
 
+    /// Adds a spend to the rollups as the group commits ([`GroupRollups`]).
+    pub(crate) fn roll_up(&mut self, changes: &[paygent_domain::spend::RollupChange]) {
+        self.rollups.extend_from_slice(changes);
+    }
+
     /// Holds `write` back until the next statement or the commit; writes held for its table go first.
     pub(crate) async fn hold(&mut self, write: Deferred) -> Result<()> {
         if self.held.iter().any(|h| h.table == write.table) {
@@ -545,6 +563,7 @@ impl PgTx {
         }
         open.windows
             .kept(std::mem::take(&mut self.seen), &self.marks);
+        open.rollups.add(&self.rollups);
         open.left = Left::Kept;
         open.closing = Some(closing);
         open.head = Some(head);

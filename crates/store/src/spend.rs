@@ -1,31 +1,42 @@
 //! Spend rollups: the hours and payee days that charts read instead of payments.
 
-use crate::db::{Db, placeholders, query};
+use crate::db::{Db, inlined, placeholders, query};
 use crate::{Result, WriteTx, decimal};
+use paygent_domain::money::Decimal;
 use paygent_domain::spend::{RollupChange, RollupRow};
+use std::collections::BTreeMap;
 use std::sync::LazyLock;
+use uuid::Uuid;
 
-/// The six rows of a spend, each created at its first spend and added to after: SQLite adds the decimal strings
-/// with `dec_add` (the store's own function), PostgreSQL with numeric.
-static WRITE: LazyLock<[String; 2]> = LazyLock::new(|| {
-    let write = |add: &str| {
-        format!(
-            "INSERT INTO spend_rollups (tenant_id, owner, bucket, payee, usd, payments) VALUES {} \
-             ON CONFLICT (tenant_id, owner, bucket, payee) DO UPDATE SET usd = {add}, \
-             payments = spend_rollups.payments + excluded.payments",
-            placeholders(1, 6, 6)
-        )
-    };
-    [
-        write("dec_add(spend_rollups.usd, excluded.usd)"),
-        write("(spend_rollups.usd::numeric + excluded.usd::numeric)::text"),
-    ]
+/// SQLite: the six rows of a spend, each created at its first spend and added to after (`dec_add` is the
+/// store's own function adding decimal strings).
+static WRITE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO spend_rollups (tenant_id, owner, bucket, payee, usd, payments) VALUES {} \
+         ON CONFLICT (tenant_id, owner, bucket, payee) DO UPDATE SET usd = dec_add(spend_rollups.usd, excluded.usd), \
+         payments = spend_rollups.payments + excluded.payments",
+        placeholders(1, 6, 6)
+    )
 });
 
-/// Adds a spend's [changes](paygent_domain::spend::Spent::changes) to their rows, in one statement.
+/// PostgreSQL: rows added to, in a statement of one shape however many (prepared on each connection): `$2` is a
+/// JSON array of `{owner, bucket, payee, usd, payments}`.
+pub(crate) const ROLLUPS_LISTED: &str = "INSERT INTO spend_rollups (tenant_id, owner, bucket, payee, usd, payments) \
+     SELECT $1, r.owner, r.bucket, r.payee, r.usd, r.payments FROM jsonb_to_recordset(CAST($2 AS jsonb)) \
+     AS r(owner text, bucket text, payee text, usd text, payments bigint) \
+     ON CONFLICT (tenant_id, owner, bucket, payee) DO UPDATE SET \
+     usd = (spend_rollups.usd::numeric + excluded.usd::numeric)::text, \
+     payments = spend_rollups.payments + excluded.payments";
+
+/// Adds a spend's [changes](paygent_domain::spend::Spent::changes) to their rows: on SQLite in one statement, on
+/// PostgreSQL with the write's group ([`GroupRollups`]).
 pub async fn fold(tx: &mut WriteTx, changes: &[RollupChange; 6]) -> Result<()> {
+    if let Some(pg) = tx.pg() {
+        pg.roll_up(changes);
+        return Ok(());
+    }
     let tenant = tx.tenant_id().to_string();
-    let mut write = query(WRITE[usize::from(tx.on_postgres())].as_str());
+    let mut write = query(WRITE.as_str());
     for c in changes {
         write = write
             .bind(tenant.clone())
@@ -36,6 +47,43 @@ pub async fn fold(tx: &mut WriteTx, changes: &[RollupChange; 6]) -> Result<()> {
             .bind(c.payments);
     }
     tx.defer("spend_rollups", write, changes.len() as u64).await
+}
+
+/// PostgreSQL: what the writes of one group (one hold of the tenant's lock) added to the spend rollups, summed by
+/// row, written once as the group commits. A tenant's payments of one hour, agent, session or payee add to the
+/// same few rows, and updating such a row once per payment cost PostgreSQL more than the payment's own row did
+/// (BENCHMARKS.md); nothing reads a rollup inside a write (charts read committed rows). A write's changes join
+/// the group only once it keeps its savepoint; they go with the group's transaction.
+#[derive(Debug, Default)]
+pub(crate) struct GroupRollups(BTreeMap<(String, String, String), (Decimal, i64)>);
+
+impl GroupRollups {
+    pub(crate) fn add(&mut self, changes: &[RollupChange]) {
+        for c in changes {
+            let key = (c.owner.clone(), c.bucket.clone(), c.payee.clone());
+            let row = self.0.entry(key).or_default();
+            *row = (row.0 + c.usd, row.1 + c.payments);
+        }
+    }
+
+    /// The statement that adds them to their rows of `tenant`'s, to go in a message of several (empty when there
+    /// is nothing to add).
+    pub(crate) fn statement(&self, tenant: Uuid) -> Result<String> {
+        if self.0.is_empty() {
+            return Ok(String::new());
+        }
+        let rows: Vec<serde_json::Value> = (self.0.iter())
+            .map(|((owner, bucket, payee), (usd, payments))| {
+                let usd = usd.normalize().to_string();
+                serde_json::json!({"owner": owner, "bucket": bucket, "payee": payee, "usd": usd, "payments": payments})
+            })
+            .collect();
+        let args = [
+            tenant.to_string().into(),
+            serde_json::Value::from(rows).to_string().into(),
+        ];
+        inlined("EXECUTE paygent_rollups ($1, $2); ", &args)
+    }
 }
 
 /// An owner's rows with buckets from `first` to `last`, both included.

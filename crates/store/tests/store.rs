@@ -7,8 +7,8 @@ use paygent_domain::event::EventKind;
 use paygent_domain::velocity::Mark;
 use paygent_store::budgets::{self, Delta, KEY_PERIODS};
 use paygent_store::db::query;
-use paygent_store::velocity;
 use paygent_store::{Store, StoreOptions};
+use paygent_store::{spend, velocity};
 use serde_json::json;
 use sqlx::Connection;
 use std::path::PathBuf;
@@ -953,6 +953,91 @@ async fn marks_without_an_audit_entry_are_refused_on_postgres() {
     db.drop().await;
 }
 
+/// A spend's rollups add up the writes that kept them, and nothing of a dropped write's. On PostgreSQL the writes
+/// of one group (queued behind one another under the tenant's lock) add to the rows once, as the group commits,
+/// and readers see none of it before.
+async fn rollups_add_up_the_writes_kept(url: &str) {
+    let (store, tenant) = with_tenant(url).await;
+    let (agent, session) = (Uuid::new_v4(), Uuid::new_v4());
+    let at = Utc::now();
+    let spend = move |usd: &str| {
+        let usd = paygent_domain::Decimal::from_str_exact(usd).unwrap();
+        let spent = paygent_domain::spend::Spent {
+            agent,
+            session,
+            payee: "0xpayee",
+            at,
+            usd,
+            payments: 1,
+        };
+        spent.changes()
+    };
+    let rows = || {
+        let (store, owner) = (store.clone(), format!("session:{session}"));
+        async move {
+            let buckets = ("d:0", "h:9");
+            let mut rows = spend::rows(store.reader(), tenant, &owner, buckets)
+                .await
+                .unwrap();
+            rows.sort_by(|a, b| a.bucket.cmp(&b.bucket));
+            (rows.iter())
+                .map(|r| (r.usd.to_string(), r.payments))
+                .collect::<Vec<_>>()
+        }
+    };
+    let mut first = store.begin(tenant, at).await.unwrap();
+    spend::fold(&mut first, &spend("1.5")).await.unwrap();
+    let write = |keep: bool, usd: &'static str| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut tx = store.begin(tenant, at).await.unwrap();
+            spend::fold(&mut tx, &spend(usd)).await.unwrap();
+            if keep {
+                tx.audit("test", AuditAction::PaymentAuthorized, "p", None, json!({}))
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+            }
+        })
+    };
+    let dropped = write(false, "100");
+    let waiting = || async { store.writes_waiting() };
+    let what = "writes queued behind the first";
+    paygent_testkit::eventually(std::time::Duration::from_secs(5), what, waiting, |n| {
+        *n >= 1
+    })
+    .await;
+    let kept = write(true, "0.25");
+    paygent_testkit::eventually(std::time::Duration::from_secs(5), what, waiting, |n| {
+        *n >= 2
+    })
+    .await;
+    assert_eq!(rows().await, vec![], "nothing before a commit");
+    first.commit().await.unwrap();
+    dropped.await.unwrap();
+    kept.await.unwrap();
+    let sum = ("1.75".to_owned(), 2);
+    assert_eq!(
+        rows().await,
+        vec![sum.clone(), sum],
+        "the day's and the hour's"
+    );
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollups_add_up_the_writes_kept_on_sqlite() {
+    let (url, _dir) = sqlite_url();
+    rollups_add_up_the_writes_kept(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollups_add_up_the_writes_kept_on_postgres() {
+    let (url, db) = PgDatabase::create().await;
+    rollups_add_up_the_writes_kept(&url).await;
+    db.drop().await;
+}
+
 /// A mark as a row written outside the store.
 fn mark_row(tenant: Uuid, scope: &str, m: &Mark) -> String {
     format!(
@@ -1113,7 +1198,7 @@ async fn postgres_on_loopback_goes_without_tls_unless_the_url_asks() {
 /// On PostgreSQL the writes of one group (one hold of the tenant's lock, which no other writer of the tenant
 /// gets meanwhile) read the breaker's windows once: the group's next writes are answered from that read and the
 /// marks its writes kept, never the marks of a write it dropped. A mark written outside the lock (which no
-/// writer can do) shows which: the group does not see it, a new group reads it from the database.
+/// writer can do) shows which: the group does not see it, nor does the tenant's next group here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn windows_a_group_read_answer_its_next_writes_on_postgres() {
     let (url, db) = PgDatabase::create().await;
