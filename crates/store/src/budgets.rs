@@ -183,8 +183,9 @@ fn by_ledger(book: UsageBook) -> BTreeMap<String, Usage> {
     book.into_iter().map(|((_, l), u)| (l, u)).collect()
 }
 
-/// Applies each `(bucket, ledger, delta)` to its row, creating rows at zero as needed, in one write (held back
-/// on PostgreSQL), each row compare-and-set on the version the transaction saw.
+/// Applies each `(bucket, ledger, delta)` to its row, creating rows at zero as needed, each row compare-and-set on
+/// the version the transaction saw: on SQLite in one statement, on PostgreSQL with the write's group
+/// ([`GroupLedgers`]).
 pub async fn apply(
     tx: &mut WriteTx,
     t: Ledgers,
@@ -195,18 +196,7 @@ pub async fn apply(
     buckets.sort_unstable();
     buckets.dedup();
     let current = read_in(tx, t, owner, &buckets).await?;
-    // A new row is written at version 1; an existing one only if it is still at the version read above.
-    let sql = format!(
-        "INSERT INTO {table} (tenant_id, {owner}, {bucket}, ledger, spent, reserved, version) VALUES {} \
-         ON CONFLICT ({owner}, {bucket}, ledger) DO UPDATE SET spent = excluded.spent, \
-         reserved = excluded.reserved, version = excluded.version \
-         WHERE {table}.version = excluded.version - 1",
-        placeholders(1, changes.len(), 7),
-        table = t.table,
-        owner = t.owner,
-        bucket = t.bucket,
-    );
-    let mut write = query(sql);
+    let mut rows = Vec::with_capacity(changes.len());
     for (bucket, ledger, delta) in changes {
         let key = ((*bucket).to_owned(), (*ledger).to_owned());
         let (usage, version) = current.get(&key).copied().unwrap_or_default();
@@ -214,18 +204,167 @@ pub async fn apply(
             spent: usage.spent + delta.spent,
             reserved: usage.reserved + delta.reserved,
         };
-        write = write
-            .bind(tx.tenant_id().to_string())
-            .bind(owner.to_string())
-            .bind(key.0.clone())
-            .bind(key.1.clone())
-            .bind(after.spent.to_string())
-            .bind(after.reserved.to_string())
-            .bind(version + 1);
-        let seen = tx.ledgers().entry((t.table, owner, key.0)).or_default();
-        seen.insert(key.1, (after, version + 1));
+        let seen = tx
+            .ledgers()
+            .entry((t.table, owner, key.0.clone()))
+            .or_default();
+        seen.insert(key.1.clone(), (after, version + 1));
+        rows.push(Changed {
+            ledgers: t,
+            owner,
+            bucket: key.0,
+            ledger: key.1,
+            after,
+            version: version + 1,
+        });
     }
-    tx.defer(t.table, write, changes.len() as u64).await
+    match tx.pg() {
+        Some(pg) => {
+            pg.changed_ledgers(rows);
+            Ok(())
+        }
+        None => {
+            let write = Changed::statement(&rows, tx.tenant_id());
+            tx.defer(t.table, write, rows.len() as u64).await
+        }
+    }
+}
+
+/// A ledger row as a write left it, at its new version.
+#[derive(Debug, Clone)]
+pub(crate) struct Changed {
+    ledgers: Ledgers,
+    owner: Uuid,
+    bucket: String,
+    ledger: String,
+    after: Usage,
+    version: i64,
+}
+
+impl Changed {
+    /// SQLite: the rows, all of one table, in one statement: a new row is written at version 1; an existing one
+    /// only if it is still at the version before.
+    fn statement(rows: &[Changed], tenant: Uuid) -> crate::db::Query {
+        let t = rows.first().map_or(SESSION_DAYS, |r| r.ledgers);
+        let sql = format!(
+            "INSERT INTO {table} (tenant_id, {owner}, {bucket}, ledger, spent, reserved, version) VALUES {} \
+             ON CONFLICT ({owner}, {bucket}, ledger) DO UPDATE SET spent = excluded.spent, \
+             reserved = excluded.reserved, version = excluded.version \
+             WHERE {table}.version = excluded.version - 1",
+            placeholders(1, rows.len(), 7),
+            table = t.table,
+            owner = t.owner,
+            bucket = t.bucket,
+        );
+        let mut write = query(sql);
+        for r in rows {
+            write = write
+                .bind(tenant.to_string())
+                .bind(r.owner.to_string())
+                .bind(r.bucket.clone())
+                .bind(r.ledger.clone())
+                .bind(r.after.spent.to_string())
+                .bind(r.after.reserved.to_string())
+                .bind(r.version);
+        }
+        write
+    }
+}
+
+/// PostgreSQL: the ledger rows of one group of a tenant's writes (one hold of its row lock, under which nobody
+/// else changes them): every row of the buckets its kept writes saw, as they left them, which answer the group's
+/// next writes; and the rows they changed, written once as the group commits, each compare-and-set on the
+/// version the database has. A session's payments all change the same few rows, and updating such a row once
+/// per payment cost PostgreSQL more than the payment's own row did (BENCHMARKS.md). A write's rows join the group
+/// only once it keeps its savepoint.
+#[derive(Debug, Default)]
+pub(crate) struct GroupLedgers {
+    seen: LedgerRows,
+    /// By (table, owner, bucket, ledger): the row as last left, and the version the database has it at.
+    changed: BTreeMap<(&'static str, Uuid, String, String), (Changed, i64)>,
+}
+
+impl GroupLedgers {
+    /// A write of the group kept its savepoint: the rows it saw, and those it changed, in order. Every bucket
+    /// seen is kept (a group's writes are few, and each sees few): a changed row read again from the database
+    /// would be read as it was before the group.
+    pub(crate) fn kept(&mut self, seen: LedgerRows, changed: Vec<Changed>) {
+        self.seen.extend(seen);
+        for row in changed {
+            let key = (
+                row.ledgers.table,
+                row.owner,
+                row.bucket.clone(),
+                row.ledger.clone(),
+            );
+            let base = row.version - 1;
+            let entry = self
+                .changed
+                .entry(key)
+                .or_insert_with(|| (row.clone(), base));
+            entry.0 = row;
+        }
+    }
+
+    /// What the group's kept writes left of the buckets they saw, over what `write` read from the database.
+    pub(crate) fn answer(&self, write: &mut LedgerRows) {
+        write.extend(self.seen.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+
+    /// The statements that write the changed rows, to go in a message of several (empty when none changed): one
+    /// per table, each failing unless every row was at the version the group read.
+    pub(crate) fn statements(
+        &self,
+        tenant: Uuid,
+        prepared: &mut std::collections::HashSet<String>,
+    ) -> Result<String> {
+        let mut text = String::new();
+        for t in [SESSION_DAYS, KEY_PERIODS] {
+            let rows: Vec<serde_json::Value> = (self.changed.values())
+                .filter(|(r, _)| r.ledgers.table == t.table)
+                .map(|(r, base)| {
+                    serde_json::json!([
+                        r.owner.to_string(),
+                        r.bucket,
+                        r.ledger,
+                        r.after.spent.to_string(),
+                        r.after.reserved.to_string(),
+                        base + 1
+                    ])
+                })
+                .collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let args = [
+                tenant.to_string().into(),
+                serde_json::Value::from(rows).to_string().into(),
+            ];
+            let (statement, _) = crate::pg::shaped(&group_sql(t), &args, prepared)?;
+            text.push_str(&statement);
+            text.push_str("; ");
+        }
+        Ok(text)
+    }
+}
+
+/// PostgreSQL: the rows of one table a group changed (`$2`, a JSON array of `[owner, bucket, ledger, spent,
+/// reserved, version]`), each new at version 1 or compare-and-set on the version before; the statement fails
+/// unless every row was written.
+fn group_sql(t: Ledgers) -> String {
+    format!(
+        "WITH r AS (SELECT v->>0 AS o, v->>1 AS b, v->>2 AS l, v->>3 AS s, v->>4 AS re, \
+         CAST(v->>5 AS BIGINT) AS ve FROM jsonb_array_elements(CAST($2 AS jsonb)) AS v), \
+         w AS (INSERT INTO {table} (tenant_id, {owner}, {bucket}, ledger, spent, reserved, version) \
+         SELECT $1, o, b, l, s, re, ve FROM r ON CONFLICT ({owner}, {bucket}, ledger) DO UPDATE SET \
+         spent = excluded.spent, reserved = excluded.reserved, version = excluded.version \
+         WHERE {table}.version = excluded.version - 1 RETURNING 1) \
+         SELECT CAST(CASE WHEN (SELECT COUNT(*) FROM w) = (SELECT COUNT(*) FROM r) THEN '1' \
+         ELSE '{table} rows changed where others were expected (another writer changed them)' END AS INT)",
+        table = t.table,
+        owner = t.owner,
+        bucket = t.bucket,
+    )
 }
 
 #[cfg(test)]

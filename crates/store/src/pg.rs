@@ -24,6 +24,7 @@
 //! ([`GroupRollups`]), and the circuit breaker's windows are read once ([`GroupWindows`]) and handed to the
 //! tenant's next group while nobody else has written ([`Carried`]).
 
+use crate::budgets::{Changed, GroupLedgers, LedgerRows};
 use crate::db::{Arg, inlined, placeholders};
 use crate::deferred::Deferred;
 use crate::spend::GroupRollups;
@@ -102,6 +103,8 @@ struct Open {
     head: Option<String>,
     /// What the group's kept writes added to the spend rollups, written as it commits.
     rollups: GroupRollups,
+    /// The budget rows its kept writes saw and changed, the changed written as it commits.
+    ledgers: GroupLedgers,
 }
 
 /// A write's last statement, held back until the group's next round trip: its text and values, and where its
@@ -153,7 +156,11 @@ impl Closing {
 /// literals, prepared in the same message when the connection has not got it yet (as plain text past
 /// [`MOST_PREPARED`] shapes); and how many statements that makes. A prepared statement is planned once, where
 /// plain text would be planned every time.
-fn shaped(sql: &str, args: &[Arg], prepared: &mut HashSet<String>) -> Result<(String, usize)> {
+pub(crate) fn shaped(
+    sql: &str,
+    args: &[Arg],
+    prepared: &mut HashSet<String>,
+) -> Result<(String, usize)> {
     use std::hash::{DefaultHasher, Hash, Hasher};
     let types: Vec<&str> = (args.iter())
         .map(|a| match a {
@@ -263,6 +270,7 @@ impl Pg {
             read_with_lock: None,
             carried: None,
             rollups: Vec::new(),
+            ledgers_changed: Vec::new(),
         })
     }
 }
@@ -285,6 +293,7 @@ impl Group {
                 carried: self.carried.lock().expect("carried").remove(&self.tenant),
                 head: None,
                 rollups: GroupRollups::default(),
+                ledgers: GroupLedgers::default(),
             });
         }
         Ok(())
@@ -311,7 +320,11 @@ async fn commit(group: &mut Group) {
     let closing = open.closing.take();
     let text = closing_text(&mut open, closing.as_ref()).and_then(|(text, n)| {
         let rollups = open.rollups.statement(group.tenant)?;
-        Ok((format!("{text}{}{rollups}COMMIT", open.left.settle()), n))
+        let ledgers = open.ledgers.statements(group.tenant, &mut open.prepared)?;
+        Ok((
+            format!("{text}{}{rollups}{ledgers}COMMIT", open.left.settle()),
+            n,
+        ))
     });
     let (mut ran, statements) = match text {
         Ok((sql, n)) => (run(open.conn.get(), sql).await, n),
@@ -420,6 +433,8 @@ pub struct PgTx {
     carried: Option<GroupWindows>,
     /// What the write adds to the spend rollups: its group's once it keeps its savepoint.
     rollups: Vec<paygent_domain::spend::RollupChange>,
+    /// The budget rows the write changed, in order: its group's once it keeps its savepoint.
+    ledgers_changed: Vec<Changed>,
 }
 
 impl PgTx {
@@ -529,6 +544,18 @@ impl PgTx {
         self.rollups.extend_from_slice(changes);
     }
 
+    /// Budget rows the write changed, written as its group commits ([`GroupLedgers`]).
+    pub(crate) fn changed_ledgers(&mut self, rows: Vec<Changed>) {
+        self.ledgers_changed.extend(rows);
+    }
+
+    /// The budget rows the write's group knows, as its kept writes left them, over those in `write`.
+    pub(crate) fn answer_ledgers(&self, write: &mut LedgerRows) {
+        if let Some(open) = self.guard.as_ref().and_then(|g| g.open.as_ref()) {
+            open.ledgers.answer(write);
+        }
+    }
+
     /// Holds `write` back until the next statement or the commit; writes held for its table go first.
     pub(crate) async fn hold(&mut self, write: Deferred) -> Result<()> {
         if self.held.iter().any(|h| h.table == write.table) {
@@ -550,8 +577,13 @@ impl PgTx {
     }
 
     /// Keeps this write in its group, its `closing` statement held for the group's next round trip (leaving the
-    /// audit chain at `head`), and waits until the group is committed.
-    pub(crate) async fn commit(mut self, mut closing: Closing, head: String) -> Result<()> {
+    /// audit chain at `head`, and the budget rows `seen` as they are), and waits until the group is committed.
+    pub(crate) async fn commit(
+        mut self,
+        mut closing: Closing,
+        head: String,
+        seen: LedgerRows,
+    ) -> Result<()> {
         let mut state = self.guard.take().ok_or(StoreError::Closed)?;
         let Some(open) = state.open.as_mut() else {
             return Err(StoreError::Commit("the group was lost".into()));
@@ -564,6 +596,7 @@ impl PgTx {
         open.windows
             .kept(std::mem::take(&mut self.seen), &self.marks);
         open.rollups.add(&self.rollups);
+        (open.ledgers).kept(seen, std::mem::take(&mut self.ledgers_changed));
         open.left = Left::Kept;
         open.closing = Some(closing);
         open.head = Some(head);

@@ -215,6 +215,10 @@ impl Store {
                 pg.read_with_lock(about.windows, found);
             }
         }
+        if let Conn::Pg(pg) = &tx.conn {
+            // What the group's kept writes left, not yet in the database.
+            pg.answer_ledgers(&mut tx.ledgers);
+        }
         Ok(tx)
     }
 }
@@ -517,7 +521,8 @@ impl WriteTx {
         match self.conn {
             Conn::Pg(tx) => {
                 let closing = closing.ok_or(StoreError::Closed)?;
-                tx.commit(closing, self.audit_head.clone()).await?
+                let seen = std::mem::take(&mut self.ledgers);
+                tx.commit(closing, self.audit_head.clone(), seen).await?
             }
             Conn::Lite(tx) => tx.commit().await?,
         }

@@ -634,7 +634,7 @@ async fn held_back_writes_behave_as_if_sent_at_once(url: &str) {
     budgets::apply(&mut tx, KEY_PERIODS, key, &spend("1"))
         .await
         .unwrap();
-    let seen = budgets::usage(tx.conn(), KEY_PERIODS, key, &["day:x"])
+    let seen = budgets::usage_in(&mut tx, KEY_PERIODS, key, &["day:x"])
         .await
         .unwrap();
     assert_eq!(
@@ -698,11 +698,11 @@ async fn held_back_writes_behave_as_if_sent_at_once_on_postgres() {
     db.drop().await;
 }
 
-/// A held-back compare-and-set whose row changed behind the tenant's lock (here, by a statement outside the
-/// store) changes nothing, and the count that says so fails the write, none of it written; a write queued
-/// behind it (whose round trip carries the failing write's last statement) still lands.
+/// A budget row changed behind the tenant's lock (here, by a statement outside the store) is not overwritten: the
+/// compare-and-set on the version its group read changes nothing, and the count that says so fails the group,
+/// every write in it, none of them written. The tenant's next group lands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_held_back_write_that_changes_too_few_rows_fails_its_write_on_postgres() {
+async fn a_budget_row_changed_behind_the_lock_fails_its_group_on_postgres() {
     let (url, db) = PgDatabase::create().await;
     let (store, tenant) = with_tenant(&url).await;
     let key = Uuid::new_v4();
@@ -720,6 +720,21 @@ async fn a_held_back_write_that_changes_too_few_rows_fails_its_write_on_postgres
         .await
         .unwrap();
     tx.commit().await.unwrap();
+    let audited = |subject: &'static str| {
+        let store = store.clone();
+        async move {
+            let mut tx = store.begin(tenant, Utc::now()).await?;
+            tx.audit(
+                "test",
+                AuditAction::SessionCreated,
+                subject,
+                None,
+                json!({}),
+            )
+            .await?;
+            tx.commit().await
+        }
+    };
     let mut tx = store.begin(tenant, Utc::now()).await.unwrap();
     budgets::usage_in(&mut tx, KEY_PERIODS, key, &["day:x"])
         .await
@@ -731,24 +746,17 @@ async fn a_held_back_write_that_changes_too_few_rows_fails_its_write_on_postgres
     tx.audit("test", AuditAction::SessionCreated, "lost", None, json!({}))
         .await
         .unwrap();
-    let next = {
-        let store = store.clone();
-        tokio::spawn(async move {
-            let mut tx = store.begin(tenant, Utc::now()).await?;
-            tx.audit("test", AuditAction::SessionCreated, "kept", None, json!({}))
-                .await?;
-            tx.commit().await
-        })
-    };
+    let next = tokio::spawn(audited("lost too"));
     let waiting = || async { store.writes_waiting() };
-    let what = "a write queued behind the failing one";
+    let what = "a write queued behind, in the same group";
     paygent_testkit::eventually(std::time::Duration::from_secs(5), what, waiting, |n| {
         *n == 1
     })
     .await;
     let error = tx.commit().await.expect_err("the row moved on");
     assert!(error.to_string().contains("key_usage"), "{error}");
-    next.await.unwrap().expect("the write queued behind lands");
+    next.await.unwrap().expect_err("its group failed");
+    audited("kept").await.expect("the next group lands");
     assert_eq!(committed_usage(&store, key).await, usd("1"));
     let subjects = subjects(&store, tenant).await;
     assert_eq!(subjects, ["kept"]);
@@ -953,10 +961,11 @@ async fn marks_without_an_audit_entry_are_refused_on_postgres() {
     db.drop().await;
 }
 
-/// A spend's rollups add up the writes that kept them, and nothing of a dropped write's. On PostgreSQL the writes
-/// of one group (queued behind one another under the tenant's lock) add to the rows once, as the group commits,
-/// and readers see none of it before.
-async fn rollups_add_up_the_writes_kept(url: &str) {
+/// A spend's rollups and budget rows add up the writes that kept them, and nothing of a dropped write's. On
+/// PostgreSQL the writes of one group (queued behind one another under the tenant's lock) write those rows once,
+/// as the group commits, and readers see none of it before; a write reads the budget rows as the group's kept
+/// writes left them.
+async fn spend_and_budgets_add_up_the_writes_kept(url: &str) {
     let (store, tenant) = with_tenant(url).await;
     let (agent, session) = (Uuid::new_v4(), Uuid::new_v4());
     let at = Utc::now();
@@ -985,13 +994,33 @@ async fn rollups_add_up_the_writes_kept(url: &str) {
                 .collect::<Vec<_>>()
         }
     };
+    let book = |usd: &str| {
+        let spent = paygent_domain::Decimal::from_str_exact(usd).unwrap();
+        let reserved = paygent_domain::Decimal::ZERO;
+        [("day:x", "USDC", Delta { spent, reserved })]
+    };
     let mut first = store.begin(tenant, at).await.unwrap();
     spend::fold(&mut first, &spend("1.5")).await.unwrap();
-    let write = |keep: bool, usd: &'static str| {
+    budgets::apply(&mut first, KEY_PERIODS, agent, &book("1.5"))
+        .await
+        .unwrap();
+    let write = |keep: bool, usd: &'static str, before: &'static str| {
         let store = store.clone();
         tokio::spawn(async move {
             let mut tx = store.begin(tenant, at).await.unwrap();
+            let used = budgets::usage_in(&mut tx, KEY_PERIODS, agent, &["day:x"])
+                .await
+                .unwrap();
+            let used = used[&("day:x".to_owned(), "USDC".to_owned())].spent;
+            assert_eq!(
+                used.to_string(),
+                before,
+                "as the group's kept writes left it"
+            );
             spend::fold(&mut tx, &spend(usd)).await.unwrap();
+            budgets::apply(&mut tx, KEY_PERIODS, agent, &book(usd))
+                .await
+                .unwrap();
             if keep {
                 tx.audit("test", AuditAction::PaymentAuthorized, "p", None, json!({}))
                     .await
@@ -1000,41 +1029,49 @@ async fn rollups_add_up_the_writes_kept(url: &str) {
             }
         })
     };
-    let dropped = write(false, "100");
+    let dropped = write(false, "100", "1.5");
     let waiting = || async { store.writes_waiting() };
     let what = "writes queued behind the first";
     paygent_testkit::eventually(std::time::Duration::from_secs(5), what, waiting, |n| {
         *n >= 1
     })
     .await;
-    let kept = write(true, "0.25");
+    let kept = write(true, "0.25", "1.5");
     paygent_testkit::eventually(std::time::Duration::from_secs(5), what, waiting, |n| {
         *n >= 2
     })
     .await;
+    let last = write(false, "1000", "1.75");
+    paygent_testkit::eventually(std::time::Duration::from_secs(5), what, waiting, |n| {
+        *n >= 3
+    })
+    .await;
     assert_eq!(rows().await, vec![], "nothing before a commit");
+    assert_eq!(committed_usage(&store, agent).await.to_string(), "0");
     first.commit().await.unwrap();
-    dropped.await.unwrap();
-    kept.await.unwrap();
+    for write in [dropped, kept, last] {
+        write.await.unwrap();
+    }
     let sum = ("1.75".to_owned(), 2);
     assert_eq!(
         rows().await,
         vec![sum.clone(), sum],
         "the day's and the hour's"
     );
+    assert_eq!(committed_usage(&store, agent).await.to_string(), "1.75");
     store.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rollups_add_up_the_writes_kept_on_sqlite() {
+async fn spend_and_budgets_add_up_the_writes_kept_on_sqlite() {
     let (url, _dir) = sqlite_url();
-    rollups_add_up_the_writes_kept(&url).await;
+    spend_and_budgets_add_up_the_writes_kept(&url).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rollups_add_up_the_writes_kept_on_postgres() {
+async fn spend_and_budgets_add_up_the_writes_kept_on_postgres() {
     let (url, db) = PgDatabase::create().await;
-    rollups_add_up_the_writes_kept(&url).await;
+    spend_and_budgets_add_up_the_writes_kept(&url).await;
     db.drop().await;
 }
 
