@@ -1,6 +1,7 @@
 //! Writes held back on PostgreSQL until the transaction's next statement or its commit. Every statement under
 //! the tenant's lock costs a round trip, and the lock is held for all of them: a payment's writes (the payment,
-//! its budget rows, its spend rollups, the breaker's marks) each cost one, then the commit another. Held back,
+//! the breaker's marks; its budget rows and spend rollups go with its group, [`crate::pg`]) each cost one, then
+//! the commit another. Held back,
 //! they go as CTEs of the next statement sent, so a payment's writes and its commit take one round trip. Each
 //! CTE returns a row per row it changed, and the count is checked against what the write expected.
 //!
