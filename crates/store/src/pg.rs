@@ -29,7 +29,7 @@ use crate::budgets::{Changed, GroupLedgers, LedgerRows};
 use crate::db::{Arg, inlined, placeholders};
 use crate::deferred::Deferred;
 use crate::spend::GroupRollups;
-use crate::velocity::{Carried, Found, GroupWindows};
+use crate::velocity::{Carried, Found, GroupMarks, GroupWindows};
 use crate::{Outcome, Result, StoreError};
 use paygent_domain::velocity::{Mark, Window};
 use sqlx::pool::PoolConnection;
@@ -106,6 +106,8 @@ struct Open {
     rollups: GroupRollups,
     /// The budget rows its kept writes saw and changed, the changed written as it commits.
     ledgers: GroupLedgers,
+    /// The breaker's marks its kept writes left, written as it commits.
+    marks: GroupMarks,
 }
 
 /// A write's last statement, held back until the group's next round trip: its text and values, and where its
@@ -295,6 +297,7 @@ impl Group {
                 head: None,
                 rollups: GroupRollups::default(),
                 ledgers: GroupLedgers::default(),
+                marks: GroupMarks::default(),
             });
         }
         Ok(())
@@ -322,10 +325,9 @@ async fn commit(group: &mut Group) {
     let text = closing_text(&mut open, closing.as_ref()).and_then(|(text, n)| {
         let rollups = open.rollups.statement(group.tenant)?;
         let ledgers = open.ledgers.statements(group.tenant, &mut open.prepared)?;
-        Ok((
-            format!("{text}{}{rollups}{ledgers}COMMIT", open.left.settle()),
-            n,
-        ))
+        let marks = open.marks.statement(group.tenant, &mut open.prepared)?;
+        let settle = open.left.settle();
+        Ok((format!("{text}{settle}{rollups}{ledgers}{marks}COMMIT"), n))
     });
     let (mut ran, statements) = match text {
         Ok((sql, n)) => (run(open.conn.get(), sql).await, n),
@@ -523,8 +525,19 @@ impl PgTx {
     }
 
     /// The windows guessed and read in the write's first round trip.
-    pub(crate) fn read_with_lock(&mut self, windows: Vec<Window>, found: Vec<Found>) {
+    pub(crate) fn read_with_lock(&mut self, windows: Vec<Window>, mut found: Vec<Found>) {
+        self.lay_marks_over(&windows, &mut found);
         self.read_with_lock = Some((windows, found));
+    }
+
+    /// Windows read from the database, with the marks the group's kept writes and this one left laid over them:
+    /// those are written only as the group commits.
+    pub(crate) fn lay_marks_over(&self, wanted: &[Window], found: &mut [Found]) {
+        let open = self.guard.as_ref().and_then(|g| g.open.as_ref());
+        let kept = open.into_iter().flat_map(|o| o.marks.listed());
+        let own = self.marks.iter().map(|(scope, m)| (scope.as_str(), *m));
+        let marks: Vec<(&str, Mark)> = kept.chain(own).collect();
+        crate::velocity::laid_over(wanted, found, &marks);
     }
 
     /// Windows this write read, for the next writes of its group if it keeps its savepoint and had left no mark.
@@ -597,6 +610,7 @@ impl PgTx {
         open.windows
             .kept(std::mem::take(&mut self.seen), &self.marks);
         open.rollups.add(&self.rollups);
+        open.marks.add(&self.marks);
         (open.ledgers).kept(seen, std::mem::take(&mut self.ledgers_changed));
         open.left = Left::Kept;
         open.closing = Some(closing);

@@ -4,7 +4,7 @@ use crate::db::{placeholders, query};
 use crate::{Result, WriteTx, decimal, time};
 use chrono::{DateTime, Utc};
 use paygent_domain::velocity::{MAX_WINDOW_SECONDS, Mark, Recent, Window};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
 use uuid::Uuid;
 
@@ -159,6 +159,79 @@ impl Carried {
     }
 }
 
+/// PostgreSQL: the marks the writes of one group kept, by key (scope, second, place), as last grown: written once
+/// as the group commits, as a group of payments in one second grows the same few marks. Until then every read of
+/// windows in the group is answered with them laid over what the database has ([`laid_over`]).
+#[derive(Debug, Default)]
+pub(crate) struct GroupMarks(BTreeMap<(String, DateTime<Utc>, i64), Mark>);
+
+impl GroupMarks {
+    pub(crate) fn add(&mut self, marks: &[(String, Mark)]) {
+        for (scope, m) in marks {
+            self.0.insert((scope.clone(), m.at, m.seq), *m);
+        }
+    }
+
+    /// The marks, each scope's in the order they were left.
+    pub(crate) fn listed(&self) -> impl Iterator<Item = (&str, Mark)> {
+        self.0.iter().map(|((scope, _, _), m)| (scope.as_str(), *m))
+    }
+
+    /// The statement that writes them, to go in a message of several (empty when there are none).
+    pub(crate) fn statement(
+        &self,
+        tenant: Uuid,
+        prepared: &mut std::collections::HashSet<String>,
+    ) -> Result<String> {
+        if self.0.is_empty() {
+            return Ok(String::new());
+        }
+        let rows: Vec<serde_json::Value> = (self.listed())
+            .map(|(scope, m)| {
+                serde_json::json!([
+                    scope,
+                    m.seq,
+                    paygent_domain::time::format(m.at),
+                    m.usd_total.to_string(),
+                    m.usd.to_string(),
+                    m.last_seq,
+                    m.last_usd_total.to_string()
+                ])
+            })
+            .collect();
+        let args = [
+            tenant.to_string().into(),
+            serde_json::Value::from(rows).to_string().into(),
+        ];
+        let (statement, _) = crate::pg::shaped(&MARKS_LISTED, &args, prepared)?;
+        Ok(statement + "; ")
+    }
+}
+
+/// PostgreSQL: marks in a statement of one shape however many: `$2` a JSON array of `[scope, seq, at, usd_total,
+/// usd, last_seq, last_usd_total]`.
+static MARKS_LISTED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO velocity_marks (tenant_id, scope, seq, at, usd_total, usd, last_seq, last_usd_total) \
+         SELECT $1, v->>0, CAST(v->>1 AS BIGINT), v->>2, v->>3, v->>4, CAST(v->>5 AS BIGINT), v->>6 \
+         FROM jsonb_array_elements(CAST($2 AS jsonb)) AS v {GROWN}"
+    )
+});
+
+/// A mark already there is one grown: only its last totals change.
+const GROWN: &str = "ON CONFLICT (scope, at, seq) DO UPDATE SET last_seq = excluded.last_seq, \
+                     last_usd_total = excluded.last_usd_total";
+
+/// Windows read from the database, as they are once `marks` (not in it yet, or some already) are left: each
+/// scope's in the order they were left.
+pub(crate) fn laid_over(wanted: &[Window], found: &mut [Found], marks: &[(&str, Mark)]) {
+    for ((scope, after), window) in wanted.iter().zip(found.iter_mut()) {
+        for (_, m) in marks.iter().filter(|(s, _)| s == scope) {
+            *window = paygent_domain::velocity::marked(*after, window.0, *m);
+        }
+    }
+}
+
 fn mark(row: &crate::Row) -> Result<Mark> {
     Ok(Mark {
         seq: row.get(2)?,
@@ -228,8 +301,7 @@ fn windows_sql(windows: usize) -> String {
 fn marks_sql(marks: usize) -> String {
     format!(
         "INSERT INTO velocity_marks (tenant_id, scope, seq, at, usd_total, usd, last_seq, last_usd_total) \
-         VALUES {} ON CONFLICT (scope, at, seq) DO UPDATE SET last_seq = excluded.last_seq, \
-         last_usd_total = excluded.last_usd_total",
+         VALUES {} {GROWN}",
         placeholders(1, marks, 8)
     )
 }
@@ -254,8 +326,9 @@ pub async fn windows(
     if let Some(known) = tx.pg().and_then(|pg| pg.known_windows(wanted)) {
         return Ok(known);
     }
-    let found = read(tx, wanted).await?;
+    let mut found = read(tx, wanted).await?;
     if let Some(pg) = tx.pg() {
+        pg.lay_marks_over(wanted, &mut found);
         pg.saw_windows(wanted, &found);
     }
     Ok(found)
@@ -323,7 +396,9 @@ pub async fn leave(tx: &mut WriteTx, marks: &[(String, Mark)]) -> Result<()> {
         lite.stage_marks(tenant, marks);
     }
     if let Some(pg) = tx.pg() {
+        // Written with its group, if it keeps them ([`GroupMarks`]).
         pg.stage_marks(marks);
+        return Ok(());
     }
     let mut q = query(statement(&MARKS, marks.len())?);
     let tenant = tx.tenant_id().to_string();
