@@ -16,8 +16,8 @@ const MOST_MARKS: usize = 262_144;
 /// The breaker's recent marks of the scopes SQLite's one writer wrote, so a payment's windows are read without
 /// the database once the marks kept reach back to their start. It lives with the writer, changes only under it
 /// (so in the order of the writes), keeps a write's marks only once its savepoint is released, and is forgotten
-/// when a batch fails or another connection writes the file. PostgreSQL, where other instances write, reads
-/// the database every time.
+/// when a batch fails or another connection writes the file. PostgreSQL, where other instances write, keeps
+/// only what a group of writes under the tenant's lock knows ([`GroupWindows`], [`Carried`]).
 #[derive(Debug, Default)]
 pub(crate) struct MarkCache {
     /// By scope, with the scope's tenant: a window is read for its tenant only, as the database reads it.
@@ -318,7 +318,8 @@ fn statement(made: &'static [String], count: usize) -> Result<&'static str> {
 /// Each window's first mark from its start on (none when the window is empty) and its scope's last mark. On
 /// PostgreSQL from the read with the lock when it read exactly these, or from what the write's group knows of
 /// them ([`GroupWindows`]); on SQLite from the marks the writer keeps where they reach back far enough; the
-/// rest in one statement of two lookups per window, whatever the number of payments in them.
+/// rest in one statement of two lookups per window, whatever the number of payments in them (on PostgreSQL with
+/// the marks its group has not written yet laid over, [`GroupMarks`]).
 pub async fn windows(
     tx: &mut WriteTx,
     wanted: &[Window],
@@ -384,8 +385,9 @@ pub(crate) fn placed(rows: &[crate::Row], count: usize) -> Result<Vec<Found>> {
     Ok(found)
 }
 
-/// Leaves a payment's mark in each of its scopes (a new one, or its second's grown), in one statement. The write
-/// must also append to the audit chain, as a payment's does.
+/// Leaves a payment's mark in each of its scopes (a new one, or its second's grown): on SQLite in one statement,
+/// on PostgreSQL with the write's group ([`GroupMarks`]). The write must also append to the audit chain, as a
+/// payment's does.
 pub async fn leave(tx: &mut WriteTx, marks: &[(String, Mark)]) -> Result<()> {
     if marks.is_empty() {
         return Ok(());
