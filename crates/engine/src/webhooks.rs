@@ -168,7 +168,7 @@ impl Paygent {
             secret: new_secret(),
             previous_secret: None,
             previous_until: None,
-            delivered_seq: webhooks::event_head(tx.conn(), who.tenant_id).await?,
+            delivered_seq: tx.events_before(),
             failures: 0,
             next_attempt_at: now,
             created_by: who.key_id,
@@ -390,12 +390,13 @@ impl Paygent {
             error,
             latency_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
         };
-        webhooks::record(self.store.writer(), &delivery).await?;
         let delivered = status.is_some_and(|s| (200..300).contains(&s));
         let committed = paygent_domain::time::parse(&event.created_at);
         let lag = committed.and_then(|at| (self.now() - at).to_std().ok());
+        // Counted before it is logged: whoever reads the log finds it counted.
         self.metrics
             .webhook_attempted(delivered, lag.unwrap_or_default());
+        webhooks::record(self.store.writer(), &delivery).await?;
         Ok(delivered)
     }
 }
