@@ -224,7 +224,7 @@ pub async fn apply(
             Ok(())
         }
         None => {
-            let write = Changed::statement(&rows, tx.tenant_id());
+            let write = Changed::statement(t, &rows, tx.tenant_id());
             tx.defer(t.table, write, rows.len() as u64).await
         }
     }
@@ -242,10 +242,9 @@ pub(crate) struct Changed {
 }
 
 impl Changed {
-    /// SQLite: the rows, all of one table, in one statement: a new row is written at version 1; an existing one
+    /// SQLite: the rows, all of `t`'s, in one statement: a new row is written at version 1; an existing one
     /// only if it is still at the version before.
-    fn statement(rows: &[Changed], tenant: Uuid) -> crate::db::Query {
-        let t = rows.first().map_or(SESSION_DAYS, |r| r.ledgers);
+    fn statement(t: Ledgers, rows: &[Changed], tenant: Uuid) -> crate::db::Query {
         let sql = format!(
             "INSERT INTO {table} (tenant_id, {owner}, {bucket}, ledger, spent, reserved, version) VALUES {} \
              ON CONFLICT ({owner}, {bucket}, ledger) DO UPDATE SET spent = excluded.spent, \

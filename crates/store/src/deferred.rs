@@ -63,15 +63,13 @@ impl Rendered {
         counts.join(", ")
     }
 
-    /// An expression that is 1 when each write, and the CTE `last` names (with its table and rows), changed the
-    /// rows it should, and otherwise fails its statement with a message that names each table with the rows it
-    /// changed and those expected.
-    pub(crate) fn asserted(&self, last: (&str, &str, u64)) -> String {
+    /// An expression that is 1 when each write changed the rows it should, and otherwise fails its statement with
+    /// a message that names each table with the rows it changed and those expected.
+    pub(crate) fn asserted(&self) -> String {
         let names: Vec<String> = (0..self.expected.len()).map(|i| format!("w{i}")).collect();
         let checks: Vec<(&str, &str, u64)> = (names.iter().map(String::as_str))
             .zip(&self.expected)
             .map(|(cte, (table, rows))| (cte, *table, *rows))
-            .chain([last])
             .collect();
         let ok: Vec<String> = (checks.iter())
             .map(|(cte, _, rows)| format!("(SELECT COUNT(*) FROM {cte}) = {rows}"))

@@ -57,7 +57,7 @@ impl TryFrom<CursorRow> for Cursor {
 /// Starts the tenant's notifier for `channel` at the current end of its event log, unless it has one.
 pub async fn ensure(tx: &mut WriteTx, channel: Channel) -> Result<()> {
     let tenant = tx.tenant_id();
-    let head = crate::webhooks::event_head(tx.conn(), tenant).await?;
+    let head = tx.events_before();
     let now = tx.now_text();
     query(
         "INSERT INTO notifiers (tenant_id, channel, delivered_seq, failures, next_attempt_at) \

@@ -100,14 +100,50 @@ struct Open {
     windows: GroupWindows,
     /// The windows the tenant's last group here knew, until the group's first write reads the chain's head.
     carried: Option<Carried>,
-    /// The audit chain's head as the last write kept left it.
-    head: Option<String>,
+    /// The tenant's head as the last write kept left it, written as the group commits; and whether a kept write
+    /// appended events, so other instances are nudged.
+    head: Option<Head>,
+    nudge: Option<Uuid>,
     /// What the group's kept writes added to the spend rollups, written as it commits.
     rollups: GroupRollups,
     /// The budget rows its kept writes saw and changed, the changed written as it commits.
     ledgers: GroupLedgers,
     /// The breaker's marks its kept writes left, written as it commits.
     marks: GroupMarks,
+}
+
+/// The tenant's head as a write leaves it: its audit chain's last entry and its event sequence, and the instance
+/// to name in the nudge to other instances when it appended events. Every write of a group changes it, so the
+/// group hands it from write to write ([`PgTx::group_head`]) and writes it once, with one nudge, as it commits.
+#[derive(Debug, Clone)]
+pub(crate) struct Head {
+    pub(crate) audit_seq: i64,
+    pub(crate) audit_head: String,
+    pub(crate) event_seq: i64,
+    pub(crate) nudge: Option<Uuid>,
+}
+
+impl Head {
+    /// The statements that write the group's head and nudge other instances, to go in a message of several
+    /// (empty when no write was kept).
+    fn statement(open: &Open, tenant: Uuid) -> Result<String> {
+        let Some(head) = &open.head else {
+            return Ok(String::new());
+        };
+        let args = [
+            tenant.to_string().into(),
+            head.audit_seq.into(),
+            head.audit_head.clone().into(),
+            head.event_seq.into(),
+        ];
+        let mut text = inlined(crate::tx::HEAD_UPDATE, &args)? + "; ";
+        if let Some(instance) = open.nudge {
+            let nudge = crate::events::nudge(tenant, head.event_seq, instance);
+            let args = [crate::events::CHANNEL.into(), nudge.into()];
+            text += &(inlined("SELECT pg_notify($1, $2)", &args)? + "; ");
+        }
+        Ok(text)
+    }
 }
 
 /// A write's last statement, held back until the group's next round trip: its text and values, and where its
@@ -295,6 +331,7 @@ impl Group {
                 windows: GroupWindows::default(),
                 carried: self.carried.lock().expect("carried").remove(&self.tenant),
                 head: None,
+                nudge: None,
                 rollups: GroupRollups::default(),
                 ledgers: GroupLedgers::default(),
                 marks: GroupMarks::default(),
@@ -326,8 +363,12 @@ async fn commit(group: &mut Group) {
         let rollups = open.rollups.statement(group.tenant)?;
         let ledgers = open.ledgers.statements(group.tenant, &mut open.prepared)?;
         let marks = open.marks.statement(group.tenant, &mut open.prepared)?;
+        let head = Head::statement(&open, group.tenant)?;
         let settle = open.left.settle();
-        Ok((format!("{text}{settle}{rollups}{ledgers}{marks}COMMIT"), n))
+        Ok((
+            format!("{text}{settle}{rollups}{ledgers}{marks}{head}COMMIT"),
+            n,
+        ))
     });
     let (mut ran, statements) = match text {
         Ok((sql, n)) => (run(open.conn.get(), sql).await, n),
@@ -347,7 +388,8 @@ async fn commit(group: &mut Group) {
     };
     drop(open.conn.release());
     group.commits.add(open.members);
-    if let Some(carried) = open.head.and_then(|head| Carried::new(head, open.windows)) {
+    let head = open.head.map(|h| h.audit_head);
+    if let Some(carried) = head.and_then(|head| Carried::new(head, open.windows)) {
         let mut all = group.carried.lock().expect("carried");
         if all.len() >= REMEMBERED {
             let any = all.keys().next().copied();
@@ -558,6 +600,12 @@ impl PgTx {
         self.rollups.extend_from_slice(changes);
     }
 
+    /// The tenant's head as the group's last kept write left it: not yet in the database.
+    pub(crate) fn group_head(&self) -> Option<Head> {
+        let open = self.guard.as_ref().and_then(|g| g.open.as_ref())?;
+        open.head.clone()
+    }
+
     /// Budget rows the write changed, written as its group commits ([`GroupLedgers`]).
     pub(crate) fn changed_ledgers(&mut self, rows: Vec<Changed>) {
         self.ledgers_changed.extend(rows);
@@ -590,12 +638,13 @@ impl PgTx {
         std::mem::take(&mut self.held)
     }
 
-    /// Keeps this write in its group, its `closing` statement held for the group's next round trip (leaving the
-    /// audit chain at `head`, and the budget rows `seen` as they are), and waits until the group is committed.
+    /// Keeps this write in its group, its `closing` statement (if it has one) held for the group's next round trip
+    /// (leaving the tenant at `head`, and the budget rows `seen` as they are), and waits until the group is
+    /// committed.
     pub(crate) async fn commit(
         mut self,
-        mut closing: Closing,
-        head: String,
+        closing: Option<Closing>,
+        head: Head,
         seen: LedgerRows,
     ) -> Result<()> {
         let mut state = self.guard.take().ok_or(StoreError::Closed)?;
@@ -603,7 +652,10 @@ impl PgTx {
             return Err(StoreError::Commit("the group was lost".into()));
         };
         let (owner, mut own_error) = oneshot::channel();
-        closing.owner = Some(owner);
+        let closing = closing.map(|c| Closing {
+            owner: Some(owner),
+            ..c
+        });
         if let Some(carried) = self.carried.take().filter(|_| open.members == 0) {
             open.windows = carried;
         }
@@ -613,7 +665,8 @@ impl PgTx {
         open.marks.add(&self.marks);
         (open.ledgers).kept(seen, std::mem::take(&mut self.ledgers_changed));
         open.left = Left::Kept;
-        open.closing = Some(closing);
+        open.closing = closing;
+        open.nudge = head.nudge.or(open.nudge);
         open.head = Some(head);
         open.members += 1;
         let outcome = open.outcome.subscribe();

@@ -66,6 +66,8 @@ pub struct WriteTx {
     actor_pending: Option<i64>,
     /// The write left the circuit breaker's marks.
     marked: bool,
+    /// The tenant's last event before this write.
+    events_before: i64,
 }
 
 /// The tenant's head, and the acting key's name (`$2`, NULL for the system) if it is live at `$3`: read in the
@@ -202,10 +204,17 @@ impl Store {
             },
             actor,
             marked: false,
+            events_before: 0,
         };
         if let Conn::Pg(pg) = &mut tx.conn {
+            // The group's head, which it writes only as it commits, over what the lock read.
+            if let Some(head) = pg.group_head() {
+                (tx.audit_seq, tx.audit_head) = (head.audit_seq, head.audit_head);
+                tx.event_seq = head.event_seq;
+            }
             pg.locked(&tx.audit_head);
         }
+        tx.events_before = tx.event_seq;
         if let (Some(about), Some(read)) = (about, read) {
             crate::budgets::seen_days(&mut tx, about.session, &read.days, read.budget)?;
             tx.prefetched = Some(((about.session, about.default_policy), read.session));
@@ -472,6 +481,11 @@ impl WriteTx {
         (*key == id).then_some(name.as_str())
     }
 
+    /// The tenant's last event before this write: where something that follows the event log from now starts.
+    pub fn events_before(&self) -> i64 {
+        self.events_before
+    }
+
     /// The write leaves the circuit breaker's marks: it must append to the audit chain too.
     pub(crate) fn leaves_marks(&mut self) {
         self.marked = true;
@@ -506,7 +520,7 @@ impl WriteTx {
             Conn::Pg(tx) => {
                 let mut writes = tx.take_held();
                 writes.extend(outbox);
-                closing = Some(self.closing(writes, head)?);
+                closing = closing_of(writes);
             }
             Conn::Lite(_) => {
                 // In-process statements cost no round trip.
@@ -520,9 +534,14 @@ impl WriteTx {
         }
         match self.conn {
             Conn::Pg(tx) => {
-                let closing = closing.ok_or(StoreError::Closed)?;
+                let head = crate::pg::Head {
+                    audit_seq: self.audit_seq,
+                    audit_head: self.audit_head.clone(),
+                    event_seq: self.event_seq,
+                    nudge: (!self.events.is_empty()).then_some(self.instance),
+                };
                 let seen = std::mem::take(&mut self.ledgers);
-                tx.commit(closing, self.audit_head.clone(), seen).await?
+                tx.commit(closing, head, seen).await?
             }
             Conn::Lite(tx) => tx.commit().await?,
         }
@@ -572,34 +591,25 @@ impl WriteTx {
         }
         writes
     }
+}
 
-    /// PostgreSQL: `writes` and the chain head's update as CTEs, with the NOTIFY when there are events, in one
-    /// statement that fails unless each changed the rows it should (checked in the database, since the statement
-    /// goes in a message with others that must not run after it failed).
-    fn closing(&self, writes: Vec<Deferred>, mut args: Vec<Arg>) -> Result<Closing> {
-        let mut rendered = Rendered::new(writes, &mut args);
-        let mut ctes = std::mem::take(&mut rendered.ctes);
-        let mut update = HEAD_UPDATE.to_owned();
-        if !self.events.is_empty() {
-            let n = args.len();
-            ctes.push(format!(
-                "nudge AS (SELECT pg_notify(${}, ${}))",
-                n + 1,
-                n + 2
-            ));
-            args.push(crate::events::CHANNEL.into());
-            let nudge = crate::events::nudge(self.tenant_id, self.event_seq, self.instance);
-            args.push(nudge.into());
-            // A CTE that only reads runs only when referenced.
-            update.push_str(" AND (SELECT COUNT(*) FROM nudge) = 1");
-        }
-        ctes.push(format!("head AS ({update} RETURNING 1)"));
-        let asserted = rendered.asserted(("head", "tenants", 1));
-        let sql = format!("WITH {} SELECT {asserted}", ctes.join(", "));
-        Ok(Closing::new(sql, args))
+/// PostgreSQL: `writes`, if any, as CTEs of one statement that fails unless each changed the rows it should (checked in the
+/// database, since the statement goes in a message with others that must not run after it failed). The chain's
+/// head and the event nudge go with the write's group ([`crate::pg::Head`]).
+fn closing_of(writes: Vec<Deferred>) -> Option<Closing> {
+    if writes.is_empty() {
+        return None;
     }
+    let mut args = Vec::new();
+    let rendered = Rendered::new(writes, &mut args);
+    let sql = format!(
+        "WITH {} SELECT {}",
+        rendered.ctes.join(", "),
+        rendered.asserted()
+    );
+    Some(Closing::new(sql, args))
 }
 
 /// The tenant's new chain head and event sequence, from the first four arguments of a commit.
-const HEAD_UPDATE: &str =
+pub(crate) const HEAD_UPDATE: &str =
     "UPDATE tenants SET audit_seq = $2, audit_head = $3, event_seq = $4 WHERE id = $1";

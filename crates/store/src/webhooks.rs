@@ -288,12 +288,3 @@ pub async fn deliveries(
     .records::<DeliveryRow, _>(db)
     .await
 }
-
-/// The last event of a tenant: where a new webhook starts.
-pub async fn event_head(db: Db<'_>, tenant_id: Uuid) -> Result<i64> {
-    let row = query("SELECT event_seq FROM tenants WHERE id = $1")
-        .bind(tenant_id.to_string())
-        .fetch_one(db)
-        .await?;
-    row.get(0)
-}
