@@ -20,8 +20,9 @@
 //! (BENCHMARKS.md), so each shape of closing statement is prepared once on a connection and executed by name.
 //!
 //! Under the group's lock hold, what no other writer can change is kept by the group, not read or written per
-//! write: the budget rows its writes change answer its next writes and are written once, just before its
-//! `COMMIT` ([`GroupLedgers`]), as are the spend rollups they add to ([`GroupRollups`]); the circuit breaker's
+//! write: the tenant's head (its audit chain and event sequence, [`Head`]) and the budget rows its writes change
+//! answer its next writes and are written once, just before its `COMMIT` ([`GroupLedgers`]), as are the spend
+//! rollups they add to ([`GroupRollups`]) and the breaker's marks they leave ([`GroupMarks`]); the breaker's
 //! windows are read once ([`GroupWindows`]) and handed to the tenant's next group while nobody else has written
 //! ([`Carried`]). A session's payments all change the same few rows, so a group of them writes each once.
 

@@ -498,9 +498,9 @@ impl WriteTx {
     }
 
     /// Writes the audit entries, the events and the new chain head, and commits. Returns the events to fan out.
-    /// On PostgreSQL all of that, with the writes held back, is one statement, with a NOTIFY that PostgreSQL
-    /// delivers to other instances only if and when the transaction commits; it goes with the group's next
-    /// round trip ([`crate::pg`]).
+    /// On PostgreSQL the entries and events, with the writes held back, are one statement that goes with the
+    /// group's next round trip; the head, and a NOTIFY that PostgreSQL delivers to other instances only if and
+    /// when the transaction commits, go once for the whole group as it commits ([`crate::pg`]).
     pub async fn commit(mut self) -> Result<Vec<Event>> {
         if self.marked && self.audit.is_empty() {
             // Another instance tells that nobody left marks from the chain's head ([`crate::velocity::Carried`]).
@@ -593,9 +593,9 @@ impl WriteTx {
     }
 }
 
-/// PostgreSQL: `writes`, if any, as CTEs of one statement that fails unless each changed the rows it should (checked in the
-/// database, since the statement goes in a message with others that must not run after it failed). The chain's
-/// head and the event nudge go with the write's group ([`crate::pg::Head`]).
+/// PostgreSQL: `writes`, if any, as CTEs of one statement that fails unless each changed the rows it should
+/// (checked in the database, since the statement goes in a message with others that must not run after it
+/// failed). The chain's head and the event nudge go with the write's group ([`crate::pg::Head`]).
 fn closing_of(writes: Vec<Deferred>) -> Option<Closing> {
     if writes.is_empty() {
         return None;
