@@ -319,7 +319,7 @@ impl GroupLedgers {
     ) -> Result<String> {
         let mut text = String::new();
         for t in [SESSION_DAYS, KEY_PERIODS] {
-            let rows: Vec<serde_json::Value> = (self.changed.values())
+            let rows = (self.changed.values())
                 .filter(|(r, _)| r.ledgers.table == t.table)
                 .map(|(r, base)| {
                     serde_json::json!([
@@ -332,16 +332,7 @@ impl GroupLedgers {
                     ])
                 })
                 .collect();
-            if rows.is_empty() {
-                continue;
-            }
-            let args = [
-                tenant.to_string().into(),
-                serde_json::Value::from(rows).to_string().into(),
-            ];
-            let (statement, _) = crate::pg::shaped(&group_sql(t), &args, prepared)?;
-            text.push_str(&statement);
-            text.push_str("; ");
+            text += &crate::pg::listed(&group_sql(t), tenant, rows, prepared)?;
         }
         Ok(text)
     }

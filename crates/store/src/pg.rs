@@ -225,6 +225,24 @@ pub(crate) fn shaped(
     Ok((prepare + &execute, 2))
 }
 
+/// A group's rows of one kind (`rows`, JSON values its `sql` reads from `$2`, with the tenant as `$1`) as a statement
+/// to go in front of the group's `COMMIT`: prepared once per connection like any shape; empty when there are none.
+pub(crate) fn listed(
+    sql: &str,
+    tenant: Uuid,
+    rows: Vec<serde_json::Value>,
+    prepared: &mut HashSet<String>,
+) -> Result<String> {
+    if rows.is_empty() {
+        return Ok(String::new());
+    }
+    let args = [
+        tenant.to_string().into(),
+        serde_json::Value::from(rows).to_string().into(),
+    ];
+    Ok(shaped(sql, &args, prepared)?.0 + "; ")
+}
+
 /// The results of each of several queries sent in one message as `statements[i]` statements each: those of
 /// its last (the one before is its shape's `PREPARE`).
 fn last_of_each<T>(results: Vec<Vec<T>>, statements: &[usize]) -> Result<Vec<Vec<T>>> {
@@ -361,7 +379,7 @@ async fn commit(group: &mut Group) {
     }
     let closing = open.closing.take();
     let text = closing_text(&mut open, closing.as_ref()).and_then(|(text, n)| {
-        let rollups = open.rollups.statement(group.tenant)?;
+        let rollups = open.rollups.statement(group.tenant, &mut open.prepared)?;
         let ledgers = open.ledgers.statements(group.tenant, &mut open.prepared)?;
         let marks = open.marks.statement(group.tenant, &mut open.prepared)?;
         let head = Head::statement(&open, group.tenant)?;

@@ -1,10 +1,10 @@
 //! Spend rollups: the hours and payee days that charts read instead of payments.
 
-use crate::db::{Db, inlined, placeholders, query};
+use crate::db::{Db, placeholders, query};
 use crate::{Result, WriteTx, decimal};
 use paygent_domain::money::Decimal;
 use paygent_domain::spend::{RollupChange, RollupRow};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::LazyLock;
 use uuid::Uuid;
 
@@ -19,9 +19,9 @@ static WRITE: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// PostgreSQL: rows added to, in a statement of one shape however many (prepared on each connection): `$2` is a
+/// PostgreSQL: rows added to, in a statement of one shape however many: `$2` is a
 /// JSON array of `{owner, bucket, payee, usd, payments}`.
-pub(crate) const ROLLUPS_LISTED: &str = "INSERT INTO spend_rollups (tenant_id, owner, bucket, payee, usd, payments) \
+const ROLLUPS_LISTED: &str = "INSERT INTO spend_rollups (tenant_id, owner, bucket, payee, usd, payments) \
      SELECT $1, r.owner, r.bucket, r.payee, r.usd, r.payments FROM jsonb_to_recordset(CAST($2 AS jsonb)) \
      AS r(owner text, bucket text, payee text, usd text, payments bigint) \
      ON CONFLICT (tenant_id, owner, bucket, payee) DO UPDATE SET \
@@ -68,21 +68,14 @@ impl GroupRollups {
 
     /// The statement that adds them to their rows of `tenant`'s, to go in a message of several (empty when there
     /// is nothing to add).
-    pub(crate) fn statement(&self, tenant: Uuid) -> Result<String> {
-        if self.0.is_empty() {
-            return Ok(String::new());
-        }
-        let rows: Vec<serde_json::Value> = (self.0.iter())
+    pub(crate) fn statement(&self, tenant: Uuid, prepared: &mut HashSet<String>) -> Result<String> {
+        let rows = (self.0.iter())
             .map(|((owner, bucket, payee), (usd, payments))| {
                 let usd = usd.normalize().to_string();
                 serde_json::json!({"owner": owner, "bucket": bucket, "payee": payee, "usd": usd, "payments": payments})
             })
             .collect();
-        let args = [
-            tenant.to_string().into(),
-            serde_json::Value::from(rows).to_string().into(),
-        ];
-        inlined("EXECUTE paygent_rollups ($1, $2); ", &args)
+        crate::pg::listed(ROLLUPS_LISTED, tenant, rows, prepared)
     }
 }
 

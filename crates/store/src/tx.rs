@@ -87,20 +87,18 @@ const HEAD: &str = head!();
 /// round trip also opens the write's savepoint and so uses the simple protocol, which would plan them each
 /// time: the head's read that takes the lock, and for a write about one session, that session with its policy
 /// and its budget rows around today, for a decision or an approved payment's run, the approval request, and for
-/// a payment, the circuit breaker's windows; and the spend rollups a group adds to as it commits.
+/// a payment, the circuit breaker's windows.
 pub(crate) static PREPARED: LazyLock<String> = LazyLock::new(|| {
     format!(
         "PREPARE paygent_head (text, text, text) AS {HEAD} FOR UPDATE; \
          PREPARE paygent_session (text, text, text) AS {}; \
          PREPARE paygent_days (text, text, text, text) AS {}; \
          PREPARE paygent_approval (text, text) AS {}; \
-         PREPARE paygent_windows (text, text) AS {}; \
-         PREPARE paygent_rollups (text, text) AS {}",
+         PREPARE paygent_windows (text, text) AS {}",
         *crate::policies::SESSION_WITH_POLICY,
         crate::budgets::days_sql(),
         *crate::approvals::BY_ID,
-        *crate::velocity::WINDOWS_LISTED,
-        crate::spend::ROLLUPS_LISTED
+        *crate::velocity::WINDOWS_LISTED
     )
 });
 const HEAD_FOR_UPDATE: &str = "EXECUTE paygent_head ($1, $2, $3)";

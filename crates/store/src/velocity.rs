@@ -183,10 +183,7 @@ impl GroupMarks {
         tenant: Uuid,
         prepared: &mut std::collections::HashSet<String>,
     ) -> Result<String> {
-        if self.0.is_empty() {
-            return Ok(String::new());
-        }
-        let rows: Vec<serde_json::Value> = (self.listed())
+        let rows = (self.listed())
             .map(|(scope, m)| {
                 serde_json::json!([
                     scope,
@@ -199,12 +196,7 @@ impl GroupMarks {
                 ])
             })
             .collect();
-        let args = [
-            tenant.to_string().into(),
-            serde_json::Value::from(rows).to_string().into(),
-        ];
-        let (statement, _) = crate::pg::shaped(&MARKS_LISTED, &args, prepared)?;
-        Ok(statement + "; ")
+        crate::pg::listed(&MARKS_LISTED, tenant, rows, prepared)
     }
 }
 
