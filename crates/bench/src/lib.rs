@@ -34,9 +34,11 @@ pub struct Scale {
     pub sockets: usize,
     /// Pending approvals stored for the footprint scenario.
     pub pending: usize,
-    /// When set, the guard, approval and decision scenarios run this long instead of `requests` operations (the
-    /// decisions still decide at most `requests` filed before), and report each 5-second window.
+    /// When set, the guard, approval and decision scenarios run this long instead of `requests` operations, and
+    /// report each 5-second window.
     pub seconds: Option<u64>,
+    /// How many requests a decisions run files before it decides them: `requests` when unset.
+    pub filed: Option<usize>,
 }
 
 impl Scale {
@@ -47,6 +49,7 @@ impl Scale {
             sockets: 1000,
             pending: 100_000,
             seconds: None,
+            filed: None,
         }
     }
 
@@ -57,6 +60,7 @@ impl Scale {
             sockets: 5,
             pending: 20,
             seconds: None,
+            filed: None,
         }
     }
 
@@ -515,6 +519,18 @@ async fn file_approvals(
     Ok((ids, run))
 }
 
+/// Files `n` requests at c=16, a fresh agent key for each 50,000: half of what one key may have waiting on
+/// people in the harness's policy, so a sustained decisions run can file as many as it needs.
+async fn file_pending(t: &Target, n: usize) -> anyhow::Result<Vec<String>> {
+    const PER_KEY: usize = 50_000;
+    let mut ids = Vec::with_capacity(n);
+    while ids.len() < n {
+        let chunk = PER_KEY.min(n - ids.len());
+        ids.extend(file_approvals(t, Until::Count(chunk), 16).await?.0);
+    }
+    Ok(ids)
+}
+
 /// Scenario 2: payments over the threshold.
 pub async fn approval_creation(
     t: &Target,
@@ -526,14 +542,14 @@ pub async fn approval_creation(
     Ok(Measurement::from_run(&name, concurrency, run))
 }
 
-/// Scenario 3: approve calls on distinct pending requests, `requests` of them filed first. A sustained run
-/// that decides them all before its time is up fails: file more.
+/// Scenario 3: approve calls on distinct pending requests, `filed` of them (or `requests`) filed first. A
+/// sustained run that decides them all before its time is up fails: file more.
 pub async fn decisions(
     t: &Target,
     scale: &Scale,
     concurrency: usize,
 ) -> anyhow::Result<Measurement> {
-    let (ids, _) = file_approvals(t, Until::Count(scale.requests), 16).await?;
+    let ids = file_pending(t, scale.filed.unwrap_or(scale.requests)).await?;
     let approver = t.key("approver").await?;
     let ids = Arc::new(ids);
     let t2 = t.clone();
