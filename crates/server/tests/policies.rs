@@ -1,6 +1,7 @@
 //! Policies: people own the rules, agents are bound to them and may only tighten them, over real HTTP on both
 //! databases.
 
+use futures::future::join_all;
 use paygent_testkit::{ADMIN_TOKEN, Backend, TestServer, on_both_databases};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -15,6 +16,7 @@ on_both_databases!(
     first_payments_to_a_payee,
     the_policy_bounds_what_a_session_chooses,
     pending_approvals_are_capped_per_agent,
+    racing_payments_fill_the_pending_cap_exactly,
     a_policy_holds_full_payee_lists,
     a_change_on_another_instance_applies_at_once,
 );
@@ -546,6 +548,72 @@ async fn pending_approvals_are_capped_per_agent(backend: Backend) {
         )
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    s.finish().await;
+}
+
+/// Racing payments that need a person fill the agent's cap exactly, and racing decisions make room as they
+/// land: on PostgreSQL they commit in groups under one hold of the tenant's lock, each reading the count as the
+/// writes before it in its group left it.
+async fn racing_payments_fill_the_pending_cap_exactly(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.team(ADMIN_TOKEN).await;
+    let (_, agent) = s
+        .bound_agent("capped", json!({"max_pending_approvals": 5}))
+        .await;
+    let session = s.session(&agent, json!({})).await;
+    let body =
+        json!({"session_id": session, "amount": "20", "currency": "USDC", "recipient": OTHER});
+    let race = || join_all((0..24).map(|_| s.post(&agent, "/payments", body.clone())));
+    let waiting = |answers: &[(StatusCode, Value)]| {
+        let filed = answers
+            .iter()
+            .filter(|(status, _)| *status == StatusCode::CREATED);
+        let refused =
+            (answers.iter()).filter(|(status, _)| *status == StatusCode::TOO_MANY_REQUESTS);
+        (
+            filed
+                .map(|(_, p)| p["approval_id"].clone())
+                .collect::<Vec<_>>(),
+            refused.count(),
+        )
+    };
+    let (filed, refused) = waiting(&race().await);
+    assert_eq!((filed.len(), refused), (5, 19), "the cap, exactly");
+    let kept = "SELECT pending FROM key_pending WHERE key_id IN (SELECT requested_by FROM approval_requests)";
+    let pending = "approval_requests WHERE status = 'pending'";
+    assert_eq!((s.scalar(kept).await, s.count(pending).await), (5, 5));
+    let reject = |id: Value| {
+        s.decide(
+            &t.approver,
+            id.as_str().unwrap().to_owned(),
+            "reject",
+            json!({"reason": "no"}),
+        )
+    };
+    let (decided, answers) = tokio::join!(join_all(filed.into_iter().map(reject)), race());
+    assert!(
+        decided.iter().all(|(status, _)| *status == StatusCode::OK),
+        "{decided:?}"
+    );
+    let (filed, refused) = waiting(&answers);
+    assert_eq!(
+        filed.len() + refused,
+        24,
+        "each filed or refused for the cap"
+    );
+    let counted = (s.scalar(kept).await, s.count(pending).await);
+    assert_eq!(
+        counted,
+        (filed.len() as i64, filed.len() as i64),
+        "the count kept is the count"
+    );
+    let (more, _) = waiting(&race().await);
+    assert_eq!(
+        filed.len() + more.len(),
+        5,
+        "the room the decisions made, exactly"
+    );
+    assert_eq!((s.scalar(kept).await, s.count(pending).await), (5, 5));
     s.finish().await;
 }
 

@@ -8,6 +8,7 @@ use paygent_domain::action::action_digest;
 use paygent_domain::quorum::{Escalation, reachable};
 use paygent_domain::{ApprovalStatus, Decimal, DecisionKind};
 use serde_json::Value;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::LazyLock;
 use uuid::Uuid;
 
@@ -270,8 +271,13 @@ pub async fn insert(tx: &mut WriteTx, a: &ApprovalRecord) -> Result<()> {
     Ok(())
 }
 
-/// Moves keys' counts of requests waiting on people by the given amounts.
+/// Moves keys' counts of requests waiting on people by the given amounts: on SQLite at once, on PostgreSQL with
+/// the write's group ([`GroupPending`]).
 async fn waiting(tx: &mut WriteTx, changes: &[(String, i64)]) -> Result<()> {
+    if let Some(pg) = tx.pg() {
+        pg.count_waiting(changes);
+        return Ok(());
+    }
     let tenant = tx.tenant_id().to_string();
     for (key, by) in changes {
         let q = query(
@@ -287,10 +293,47 @@ async fn waiting(tx: &mut WriteTx, changes: &[(String, i64)]) -> Result<()> {
     Ok(())
 }
 
+/// PostgreSQL: keys' counts moved in one statement of one shape however many: `$2` is a JSON array of
+/// `{key_id, by}`.
+const PENDING_LISTED: &str = "INSERT INTO key_pending (key_id, tenant_id, pending) \
+     SELECT r.key_id, $1, r.by FROM jsonb_to_recordset(CAST($2 AS jsonb)) AS r(key_id text, by bigint) \
+     ON CONFLICT (key_id) DO UPDATE SET pending = key_pending.pending + excluded.pending";
+
+/// PostgreSQL: how the writes of one group (one hold of the tenant's lock) moved keys' counts of requests waiting
+/// on people, summed by key, written once as the group commits. An agent's requests all count on one row, and
+/// each filing or decision updating it again left one more version for the next to walk (BENCHMARKS.md). The
+/// group's writes read a count as the database has it with the group's changes and their own laid over
+/// ([`pending_of_key`]). A write's changes join the group only once it keeps its savepoint.
+#[derive(Debug, Default)]
+pub(crate) struct GroupPending(BTreeMap<String, i64>);
+
+impl GroupPending {
+    pub(crate) fn add(&mut self, changes: &[(String, i64)]) {
+        for (key, by) in changes {
+            *self.0.entry(key.clone()).or_default() += by;
+        }
+    }
+
+    /// How far the group moved `key`'s count.
+    pub(crate) fn of(&self, key: &str) -> i64 {
+        self.0.get(key).copied().unwrap_or(0)
+    }
+
+    /// The statement that moves the counts of `tenant`'s keys, to go in a message of several (empty when none
+    /// moved).
+    pub(crate) fn statement(&self, tenant: Uuid, prepared: &mut HashSet<String>) -> Result<String> {
+        let rows = (self.0.iter())
+            .filter(|(_, by)| **by != 0)
+            .map(|(key, by)| serde_json::json!({"key_id": key, "by": by}))
+            .collect();
+        crate::pg::listed(PENDING_LISTED, tenant, rows, prepared)
+    }
+}
+
 /// Counts the requests of `rows` (their `requested_by` in column `asker`) as no longer waiting, one statement
 /// per key.
 async fn stopped_waiting_all(tx: &mut WriteTx, rows: &[crate::Row], asker: usize) -> Result<()> {
-    let mut askers: std::collections::BTreeMap<String, i64> = Default::default();
+    let mut askers: BTreeMap<String, i64> = Default::default();
     for r in rows {
         *askers.entry(r.get::<String>(asker)?).or_default() -= 1;
     }
@@ -553,16 +596,20 @@ pub async fn end(
 }
 
 /// How many of the requests `key` asked for wait on people: one row, kept with every change, and for the key
-/// that acts read with the lock.
+/// that acts read with the lock; on PostgreSQL with the changes its group has not written yet laid over.
 pub async fn pending_of_key(tx: &mut WriteTx, key: Uuid) -> Result<i64> {
+    let unwritten = tx
+        .pg()
+        .map_or(0, |pg| pg.unwritten_pending(&key.to_string()));
     if let Some(pending) = tx.actor_pending(key) {
-        return Ok(pending);
+        return Ok(pending + unwritten);
     }
     let row = query("SELECT pending FROM key_pending WHERE key_id = $1")
         .bind(key.to_string())
         .fetch_optional(tx.conn())
         .await?;
-    row.map_or(Ok(0), |r| r.get(0))
+    let written: i64 = row.map_or(Ok(0), |r| r.get(0))?;
+    Ok(written + unwritten)
 }
 
 /// How many requests wait on people in every tenant, counting no further than `most`.

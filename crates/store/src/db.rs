@@ -178,9 +178,9 @@ impl Db<'_> {
     }
 }
 
-/// The connection a write transaction holds.
+/// The connection a write transaction holds (a PostgreSQL write, which keeps what it leaves its group, boxed).
 pub enum Conn {
-    Pg(PgTx),
+    Pg(Box<PgTx>),
     Lite(LiteTx),
 }
 

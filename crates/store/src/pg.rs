@@ -22,10 +22,12 @@
 //! Under the group's lock hold, what no other writer can change is kept by the group, not read or written per
 //! write: the tenant's head (its audit chain and event sequence, [`Head`]) and the budget rows its writes change
 //! answer its next writes and are written once, just before its `COMMIT` ([`GroupLedgers`]), as are the spend
-//! rollups they add to ([`GroupRollups`]) and the breaker's marks they leave ([`GroupMarks`]); the breaker's
-//! windows are read once ([`GroupWindows`]) and handed to the tenant's next group while nobody else has written
-//! ([`Carried`]). A session's payments all change the same few rows, so a group of them writes each once.
+//! rollups they add to ([`GroupRollups`]), the breaker's marks they leave ([`GroupMarks`]) and the keys' counts
+//! of requests waiting on people they move ([`GroupPending`]); the breaker's windows are read once
+//! ([`GroupWindows`]) and handed to the tenant's next group while nobody else has written ([`Carried`]). A
+//! session's payments all change the same few rows, so a group of them writes each once.
 
+use crate::approvals::GroupPending;
 use crate::budgets::{Changed, GroupLedgers, LedgerRows};
 use crate::db::{Arg, inlined, placeholders};
 use crate::deferred::Deferred;
@@ -111,6 +113,8 @@ struct Open {
     ledgers: GroupLedgers,
     /// The breaker's marks its kept writes left, written as it commits.
     marks: GroupMarks,
+    /// How its kept writes moved keys' counts of requests waiting on people, written as it commits.
+    pending: GroupPending,
 }
 
 /// The tenant's head as a write leaves it: its audit chain's last entry and its event sequence, and the instance
@@ -329,6 +333,7 @@ impl Pg {
             carried: None,
             rollups: Vec::new(),
             ledgers_changed: Vec::new(),
+            waiting: Vec::new(),
         })
     }
 }
@@ -354,6 +359,7 @@ impl Group {
                 rollups: GroupRollups::default(),
                 ledgers: GroupLedgers::default(),
                 marks: GroupMarks::default(),
+                pending: GroupPending::default(),
             });
         }
         Ok(())
@@ -382,10 +388,11 @@ async fn commit(group: &mut Group) {
         let rollups = open.rollups.statement(group.tenant, &mut open.prepared)?;
         let ledgers = open.ledgers.statements(group.tenant, &mut open.prepared)?;
         let marks = open.marks.statement(group.tenant, &mut open.prepared)?;
+        let pending = open.pending.statement(group.tenant, &mut open.prepared)?;
         let head = Head::statement(&open, group.tenant)?;
         let settle = open.left.settle();
         Ok((
-            format!("{text}{settle}{rollups}{ledgers}{marks}{head}COMMIT"),
+            format!("{text}{settle}{rollups}{ledgers}{marks}{pending}{head}COMMIT"),
             n,
         ))
     });
@@ -499,6 +506,8 @@ pub struct PgTx {
     rollups: Vec<paygent_domain::spend::RollupChange>,
     /// The budget rows the write changed, in order: its group's once it keeps its savepoint.
     ledgers_changed: Vec<Changed>,
+    /// How the write moved keys' counts of requests waiting on people: its group's once it keeps its savepoint.
+    waiting: Vec<(String, i64)>,
 }
 
 impl PgTx {
@@ -619,6 +628,20 @@ impl PgTx {
         self.rollups.extend_from_slice(changes);
     }
 
+    /// Moves keys' counts of requests waiting on people as the group commits ([`GroupPending`]).
+    pub(crate) fn count_waiting(&mut self, changes: &[(String, i64)]) {
+        self.waiting.extend_from_slice(changes);
+    }
+
+    /// How far the group's kept writes and this one moved `key`'s count, not yet in the database.
+    pub(crate) fn unwritten_pending(&self, key: &str) -> i64 {
+        let open = self.guard.as_ref().and_then(|g| g.open.as_ref());
+        let own = (self.waiting.iter())
+            .filter(|(k, _)| k == key)
+            .map(|(_, by)| by);
+        open.map_or(0, |o| o.pending.of(key)) + own.sum::<i64>()
+    }
+
     /// The tenant's head as the group's last kept write left it: not yet in the database.
     pub(crate) fn group_head(&self) -> Option<Head> {
         let open = self.guard.as_ref().and_then(|g| g.open.as_ref())?;
@@ -682,6 +705,7 @@ impl PgTx {
             .kept(std::mem::take(&mut self.seen), &self.marks);
         open.rollups.add(&self.rollups);
         open.marks.add(&self.marks);
+        open.pending.add(&self.waiting);
         (open.ledgers).kept(seen, std::mem::take(&mut self.ledgers_changed));
         open.left = Left::Kept;
         open.closing = closing;

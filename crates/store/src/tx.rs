@@ -166,7 +166,7 @@ impl Store {
                 let mut tx = pg.begin(tenant_id).await?;
                 let (row, read) =
                     first_round_trip(&mut tx, args.to_vec(), now, about.as_ref()).await?;
-                (Conn::Pg(tx), row, read)
+                (Conn::Pg(Box::new(tx)), row, read)
             }
             Engine::Lite(lite) => {
                 let mut conn = Conn::Lite(lite.begin().await?);
@@ -326,7 +326,7 @@ impl WriteTx {
     /// The PostgreSQL transaction, for statements sent together in one message.
     pub(crate) fn pg(&mut self) -> Option<&mut PgTx> {
         match &mut self.conn {
-            Conn::Pg(pg) => Some(pg),
+            Conn::Pg(pg) => Some(pg.as_mut()),
             Conn::Lite(_) => None,
         }
     }
