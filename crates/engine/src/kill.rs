@@ -36,8 +36,9 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// How often signed payments left without an outcome for a minute are reconciled (a runner lost its chain).
 const RECONCILE_EVERY: Duration = Duration::from_secs(15);
 /// How often tables that grew are analyzed: soon enough that a plan cached while a table was small does not
-/// last (checking costs one catalog query).
-const STATISTICS_EVERY: Duration = Duration::from_secs(5);
+/// last. At load a table grows by thousands of rows a second, and a plan cached before may walk all of them
+/// (BENCHMARKS.md); checking costs one catalog query.
+const STATISTICS_EVERY: Duration = Duration::from_secs(1);
 
 /// How many overdue requests one sweep expires; the next sweep takes the rest.
 pub(crate) const SWEEP_BATCH: i64 = 200;
@@ -277,7 +278,7 @@ impl Paygent {
     }
 
     /// Runs [`Paygent::expire_overdue`], [`Paygent::escalate_due`] and the stops' sweeps every `every`,
-    /// reconciles stale signed payments every 15 s, keeps the planner's statistics current every 5 s
+    /// reconciles stale signed payments every 15 s, keeps the planner's statistics current every second
     /// ([`paygent_store::Store::keep_statistics`]), and once a minute prunes what is older than
     /// `event_retention`, until the task is aborted.
     pub fn spawn_sweeper(

@@ -60,7 +60,7 @@ async fn decisions_find_their_request_by_key_on_a_table_nobody_else_analyzes() {
         let row = sqlx::query(
             "SELECT t.n_tup_upd, i.idx_tup_read FROM pg_stat_user_tables t \
              JOIN pg_stat_user_indexes i ON i.relid = t.relid \
-             WHERE t.relname = 'approval_requests' AND i.indexrelname = 'approvals_by_status'",
+             WHERE t.relname = 'approval_requests' AND i.indexrelname = 'approvals_pending'",
         )
         .fetch_one(&mut conn)
         .await
