@@ -179,9 +179,14 @@ impl Paygent {
         decision: Decision,
         seen: Option<&str>,
     ) -> Result<ApprovalView> {
-        let ruling = self.rule(who, id, &decision, seen).await?;
-        let (session, id) = (ruling.request.session_id, ruling.request.id);
-        let mut tx = self.begin_about_request(who, session, id).await?;
+        require(
+            who.can_decide(),
+            "only approvers and admins decide approval requests",
+        )?;
+        let mut tx = self.begin_deciding(who, id).await?;
+        let request = current(&mut tx, id).await?;
+        let ruling = self.rule(who, request, &decision, seen).await?;
+        let session = ruling.request.session_id;
         if ruling.to != ApprovalStatus::Rejected {
             crate::kill::refuse_if_stopped(&mut tx, session).await?;
         }
@@ -208,19 +213,15 @@ impl Paygent {
         }
     }
 
-    /// Checks a decision before anything is written: who decides, on which action, and what it would become.
+    /// Checks a decision on `request`, as the tenant's lock holds it, before anything is written: who decides, on
+    /// which action, and what it would become.
     async fn rule(
         &self,
         who: &Principal,
-        id: Uuid,
+        request: ApprovalRecord,
         decision: &Decision,
         seen: Option<&str>,
     ) -> Result<Ruling> {
-        require(
-            who.can_decide(),
-            "only approvers and admins decide approval requests",
-        )?;
-        let request = self.load_approval(who.tenant_id, id).await?;
         require(
             request.requested_by != who.key_id,
             "four eyes: the key that asked for a payment never decides it",
@@ -313,10 +314,9 @@ impl Paygent {
         who: &Principal,
         r: &Ruling,
     ) -> Result<Option<ApprovalView>> {
-        let current = current(tx, r.request.id).await?;
         let edited_args = r.edit.as_ref().map(|(intent, _)| intent.args());
         let ending = (r.to, edited_args.as_ref());
-        let Some(decided) = end_request(tx, who, r, &current, ending).await? else {
+        let Some(decided) = end_request(tx, who, r, &r.request, ending).await? else {
             return Ok(None);
         };
         if r.to == ApprovalStatus::Rejected {
@@ -342,16 +342,9 @@ impl Paygent {
         who: &Principal,
         r: &Ruling,
     ) -> Result<Option<ApprovalView>> {
-        let id = r.request.id;
-        let current = current(tx, id).await?;
+        let (id, current) = (r.request.id, &r.request);
         if current.status != ApprovalStatus::Pending || current.deadline <= tx.now() {
             return Ok(None);
-        }
-        if current.digest() != r.request.digest() {
-            return Err(EngineError::Conflict(format!(
-                "the request's action changed meanwhile (an edit): its digest is now {}",
-                current.digest()
-            )));
         }
         if let Some((intent, usd)) = &r.edit {
             let edit = approvals::Edit {
@@ -359,8 +352,8 @@ impl Paygent {
                 network: r.network.as_deref(),
             };
             approvals::amend(tx, id, edit).await?;
-            check_edit_policy(tx, &current, intent, *usd).await?;
-            rebook_edit(tx, &current, intent, *usd).await?;
+            check_edit_policy(tx, current, intent, *usd).await?;
+            rebook_edit(tx, current, intent, *usd).await?;
         }
         if !approvals::vote(tx, id, &r.digest, who.key_id, r.note.as_deref()).await? {
             return Err(EngineError::Conflict(
@@ -369,7 +362,7 @@ impl Paygent {
         }
         let so_far = approvals::votes(tx.conn(), id, &r.digest).await?;
         match tally(current.approvals_required, so_far.len()) {
-            Tally::Reached => self.complete(tx, who, r, &current).await,
+            Tally::Reached => self.complete(tx, who, r, current).await,
             Tally::Short { missing } => {
                 let counted = (so_far.len(), missing);
                 self.count_vote(tx, who, r, counted).await.map(Some)

@@ -265,19 +265,31 @@ impl Paygent {
     /// Starts a write by `who` about one session: on PostgreSQL its first round trip, the one that takes the
     /// tenant's lock, also reads the session, its policy and its budget rows.
     async fn begin_about(&self, who: &Principal, session: Uuid) -> Result<paygent_store::WriteTx> {
-        self.begin_on(who, (session, None), self.now(), Vec::new())
+        self.begin_on(who, (Some(session), None), self.now(), Vec::new())
             .await
     }
 
-    /// Starts a write by `who` about the approval request `approval` of `session` (a decision on it, or running
-    /// what it approved): as [`Paygent::begin_about`], and the request is read in the same round trip.
+    /// Starts a write by `who` about the approval request `approval` of `session` (running what it approved): as
+    /// [`Paygent::begin_about`], and the request is read in the same round trip.
     async fn begin_about_request(
         &self,
         who: &Principal,
         session: Uuid,
         approval: Uuid,
     ) -> Result<paygent_store::WriteTx> {
-        self.begin_on(who, (session, Some(approval)), self.now(), Vec::new())
+        self.begin_on(who, (Some(session), Some(approval)), self.now(), Vec::new())
+            .await
+    }
+
+    /// Starts a decision by `who` on the approval request `approval`: on PostgreSQL its first round trip, the one
+    /// that takes the tenant's lock, reads the request, its session with its policy and the session's budget rows,
+    /// so the decision is checked on the request as the lock holds it, with no read before.
+    async fn begin_deciding(
+        &self,
+        who: &Principal,
+        approval: Uuid,
+    ) -> Result<paygent_store::WriteTx> {
+        self.begin_on(who, (None, Some(approval)), self.now(), Vec::new())
             .await
     }
 
@@ -294,7 +306,8 @@ impl Paygent {
         let windows = (self.judged.as_ref())
             .map(|j| j.guess((session, who.key_id), now, intent.paying()))
             .unwrap_or_default();
-        self.begin_on(who, (session, None), now, windows).await
+        self.begin_on(who, (Some(session), None), now, windows)
+            .await
     }
 
     /// Keeps the rules a payment of `session` was judged under, for the next one's guess.
@@ -307,7 +320,7 @@ impl Paygent {
     async fn begin_on(
         &self,
         who: &Principal,
-        (session, approval): (Uuid, Option<Uuid>),
+        (session, approval): (Option<Uuid>, Option<Uuid>),
         now: DateTime<Utc>,
         windows: Vec<paygent_domain::velocity::Window>,
     ) -> Result<paygent_store::WriteTx> {

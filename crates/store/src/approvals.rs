@@ -300,9 +300,9 @@ const PENDING_LISTED: &str = "INSERT INTO key_pending (key_id, tenant_id, pendin
      ON CONFLICT (key_id) DO UPDATE SET pending = key_pending.pending + excluded.pending";
 
 /// PostgreSQL: how the writes of one group (one hold of the tenant's lock) moved keys' counts of requests waiting
-/// on people, summed by key, written once as the group commits. An agent's requests all count on one row, and
-/// each filing or decision updating it again left one more version for the next to walk (BENCHMARKS.md). The
-/// group's writes read a count as the database has it with the group's changes and their own laid over
+/// on people, summed by key, written once as the group commits. An agent's requests all count on one row, which
+/// each filing and each decision updated, one statement and one row version each, as the group's other hot rows
+/// were. The group's writes read a count as the database has it with the group's changes and their own laid over
 /// ([`pending_of_key`]). A write's changes join the group only once it keeps its savepoint.
 #[derive(Debug, Default)]
 pub(crate) struct GroupPending(BTreeMap<String, i64>);
@@ -500,6 +500,11 @@ pub struct Decided<'a> {
     pub digest: &'a str,
     /// The network of the action decided.
     pub network: Option<&'a str>,
+}
+
+/// The session of a request as [`BY_ID`] reads it (its third column).
+pub(crate) fn session_of(row: &crate::Row) -> Result<Uuid> {
+    uuid(&row.get::<String>(2)?)
 }
 
 /// The request by id, as [`get`] reads it (without its approvals).

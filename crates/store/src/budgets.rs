@@ -116,6 +116,11 @@ pub(crate) fn days_sql() -> String {
     read_sql(SESSION_DAYS, 3)
 }
 
+/// As [`days_sql`], of the session of the tenant's (`$1`) approval request `$2`, `$3`..`$5` the days.
+pub(crate) const DAYS_OF_REQUEST: &str = "SELECT day, ledger, spent, reserved, version FROM budget_usage \
+     WHERE session_id = (SELECT session_id FROM approval_requests WHERE tenant_id = $1 AND id = $2) \
+     AND day IN ($3, $4, $5)";
+
 /// Keeps the rows [`days_sql`] read of the session's `days`, as the transaction has seen them.
 pub(crate) fn seen_days(
     tx: &mut WriteTx,

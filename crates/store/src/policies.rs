@@ -295,14 +295,25 @@ crate::row_type! {
 }
 
 /// A session (`$2`) of the tenant (`$1`) with the policy it is held to, `$3` when it names none.
-pub(crate) static SESSION_WITH_POLICY: LazyLock<String> = LazyLock::new(|| {
+pub(crate) static SESSION_WITH_POLICY: LazyLock<String> =
+    LazyLock::new(|| session_with_policy_sql("$2"));
+
+/// As [`SESSION_WITH_POLICY`], the session of the tenant's approval request `$2`: read in a decision's first
+/// round trip, before the request says which session it is about.
+pub(crate) static SESSION_OF_REQUEST: LazyLock<String> = LazyLock::new(|| {
+    session_with_policy_sql(
+        "(SELECT session_id FROM approval_requests WHERE tenant_id = $1 AND id = $2)",
+    )
+});
+
+fn session_with_policy_sql(session: &str) -> String {
     format!(
         "SELECT {}, p.id, p.name, p.version, p.created_at, p.updated_at \
          FROM sessions s LEFT JOIN policies p ON p.tenant_id = s.tenant_id AND p.id = COALESCE(s.policy_id, $3) \
-         WHERE s.tenant_id = $1 AND s.id = $2",
+         WHERE s.tenant_id = $1 AND s.id = {session}",
         crate::sessions::COLUMNS
     )
-});
+}
 
 /// A session with the policy it is held to (`default_id` when it names none), as of the tenant's lock: one read,
 /// and one more only when the policy's version was never parsed. The policy is `None` when it has no row (a

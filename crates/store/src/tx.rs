@@ -93,10 +93,14 @@ pub(crate) static PREPARED: LazyLock<String> = LazyLock::new(|| {
         "PREPARE paygent_head (text, text, text) AS {HEAD} FOR UPDATE; \
          PREPARE paygent_session (text, text, text) AS {}; \
          PREPARE paygent_days (text, text, text, text) AS {}; \
+         PREPARE paygent_request_session (text, text, text) AS {}; \
+         PREPARE paygent_request_days (text, text, text, text, text) AS {}; \
          PREPARE paygent_approval (text, text) AS {}; \
          PREPARE paygent_windows (text, text) AS {}",
         *crate::policies::SESSION_WITH_POLICY,
         crate::budgets::days_sql(),
+        *crate::policies::SESSION_OF_REQUEST,
+        crate::budgets::DAYS_OF_REQUEST,
         *crate::approvals::BY_ID,
         *crate::velocity::WINDOWS_LISTED
     )
@@ -104,15 +108,18 @@ pub(crate) static PREPARED: LazyLock<String> = LazyLock::new(|| {
 const HEAD_FOR_UPDATE: &str = "EXECUTE paygent_head ($1, $2, $3)";
 const ABOUT: &str = "; EXECUTE paygent_session ($1, $4, $5); EXECUTE paygent_days ($4, $6, $7, $8)";
 const APPROVAL: &str = "; EXECUTE paygent_approval ($1, $9)";
+/// A decision's: the request (`$4`), its session and that session's budget rows.
+const ABOUT_REQUEST: &str = "; EXECUTE paygent_request_session ($1, $4, $5); \
+     EXECUTE paygent_request_days ($1, $4, $6, $7, $8); EXECUTE paygent_approval ($1, $4)";
 
-/// The session a write is about, and the tenant's default policy (the session's when it names none), for a
-/// decision or an approved payment's run the approval request, and for a payment the circuit breaker's windows
-/// it is likely to read: on PostgreSQL all of them, and the session's budget rows, are read in the round trip
-/// that takes the lock. The windows are a guess: [`crate::velocity::windows`] uses that read only when asked for
-/// exactly them.
+/// The session a write is about (for a decision, `None`: the request's, which the request names), and the
+/// tenant's default policy (the session's when it names none), for a decision or an approved payment's run the
+/// approval request, and for a payment the circuit breaker's windows it is likely to read: on PostgreSQL all of
+/// them, and the session's budget rows, are read in the round trip that takes the lock. The windows are a guess:
+/// [`crate::velocity::windows`] uses that read only when asked for exactly them.
 #[derive(Debug, Clone)]
 pub struct About {
-    pub session: Uuid,
+    pub session: Option<Uuid>,
     pub default_policy: Uuid,
     pub approval: Option<Uuid>,
     pub windows: Vec<Window>,
@@ -214,8 +221,10 @@ impl Store {
         }
         tx.events_before = tx.event_seq;
         if let (Some(about), Some(read)) = (about, read) {
-            crate::budgets::seen_days(&mut tx, about.session, &read.days, read.budget)?;
-            tx.prefetched = Some(((about.session, about.default_policy), read.session));
+            if let Some(session) = read.session_id {
+                crate::budgets::seen_days(&mut tx, session, &read.days, read.budget)?;
+                tx.prefetched = Some(((session, about.default_policy), read.session));
+            }
             tx.prefetched_approval = about.approval.zip(read.approval);
             if let (Some(rows), Conn::Pg(pg)) = (read.windows, &mut tx.conn) {
                 let found = crate::velocity::placed(&rows, about.windows.len())?;
@@ -243,7 +252,8 @@ pub(crate) fn take_if<K: PartialEq, V>(slot: &mut Option<(K, V)>, key: K) -> Opt
 
 /// What a write about a session read in its first round trip.
 struct Read {
-    /// The session with its policy.
+    /// The session's id (none when a decision's request is not there), and the session with its policy.
+    session_id: Option<Uuid>,
     session: Option<Row>,
     /// The days whose budget rows were read, and those rows.
     days: [String; 3],
@@ -267,16 +277,7 @@ async fn first_round_trip(
     // Windows the group read already, or its last group handed on, are not read again.
     let prefetch = about.is_some_and(|a| !a.windows.is_empty() && !tx.may_know_windows(&a.windows));
     if let Some(a) = about {
-        sql.push_str(ABOUT);
-        args.extend([
-            a.session.to_string().into(),
-            a.default_policy.to_string().into(),
-        ]);
-        args.extend(days.iter().map(Arg::from));
-        if let Some(approval) = a.approval {
-            sql.push_str(APPROVAL);
-            args.push(approval.to_string().into());
-        }
+        about_sql(a, &days, &mut sql, &mut args);
         if prefetch {
             args.push(crate::velocity::listed(&a.windows).into());
             sql.push_str(&format!("; EXECUTE paygent_windows ($1, ${})", args.len()));
@@ -299,9 +300,14 @@ async fn first_round_trip(
                 None => None,
             };
             let (budget, session) = (rows()?, rows()?);
-            let session = session.into_iter().next();
+            let session_id = match (a.session, &approval) {
+                (Some(id), _) => Some(id),
+                (None, Some(Some(request))) => Some(crate::approvals::session_of(request)?),
+                (None, _) => None,
+            };
             Some(Read {
-                session,
+                session_id,
+                session: session.into_iter().next(),
                 days,
                 budget,
                 approval,
@@ -311,6 +317,29 @@ async fn first_round_trip(
         None => None,
     };
     Ok((rows()?.into_iter().next(), read))
+}
+
+/// The statements (and their values) that read what a write is about: its session (named, or its request's),
+/// the session's budget rows on `days`, and the request.
+fn about_sql(a: &About, days: &[String; 3], sql: &mut String, args: &mut Vec<Arg>) {
+    let default_policy = a.default_policy.to_string().into();
+    match (a.session, a.approval) {
+        (None, Some(request)) => {
+            sql.push_str(ABOUT_REQUEST);
+            args.extend([request.to_string().into(), default_policy]);
+            args.extend(days.iter().map(Arg::from));
+        }
+        (session, approval) => {
+            sql.push_str(ABOUT);
+            let session = session.map(|s| s.to_string());
+            args.extend([session.into(), default_policy]);
+            args.extend(days.iter().map(Arg::from));
+            if let Some(approval) = approval {
+                sql.push_str(APPROVAL);
+                args.push(approval.to_string().into());
+            }
+        }
+    }
 }
 
 impl WriteTx {

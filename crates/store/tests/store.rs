@@ -1117,7 +1117,7 @@ async fn windows_read_with_the_lock_are_the_databases_on_postgres() {
             let read = velocity::windows(&mut apart, &windows).await.unwrap();
             drop(apart);
             let about = paygent_store::About {
-                session: Uuid::new_v4(),
+                session: Some(Uuid::new_v4()),
                 default_policy: Uuid::new_v4(),
                 approval: None,
                 windows,
@@ -1386,7 +1386,7 @@ async fn windows_carried_to_the_next_group_hold_until_another_instance_writes_on
     let wanted = windows_of(&all, &same, at(100));
     let write = |ms| {
         let about = paygent_store::About {
-            session: Uuid::new_v4(),
+            session: Some(Uuid::new_v4()),
             default_policy: Uuid::new_v4(),
             approval: None,
             windows: wanted.clone(),
