@@ -86,8 +86,9 @@ const HEAD: &str = head!();
 /// PostgreSQL: the statements a write's first round trip runs, prepared once on each connection, since that
 /// round trip also opens the write's savepoint and so uses the simple protocol, which would plan them each
 /// time: the head's read that takes the lock, and for a write about one session, that session with its policy
-/// and its budget rows around today, for a decision or an approved payment's run, the approval request, and for
-/// a payment, the circuit breaker's windows.
+/// and its budget rows around today (for a decision, those of its request's session, through the request), for
+/// a decision or an approved payment's run, the approval request, and for a payment, the circuit breaker's
+/// windows.
 pub(crate) static PREPARED: LazyLock<String> = LazyLock::new(|| {
     format!(
         "PREPARE paygent_head (text, text, text) AS {HEAD} FOR UPDATE; \
