@@ -502,6 +502,11 @@ pub struct Decided<'a> {
     pub network: Option<&'a str>,
 }
 
+/// The session of the tenant's (`$1`) approval request `$2`, as an expression: what a decision's first round trip
+/// reads the session and its budget rows through.
+pub(crate) const REQUEST_SESSION: &str =
+    "(SELECT session_id FROM approval_requests WHERE tenant_id = $1 AND id = $2)";
+
 /// The session of a request as [`BY_ID`] reads it (its third column).
 pub(crate) fn session_of(row: &crate::Row) -> Result<Uuid> {
     uuid(&row.get::<String>(2)?)

@@ -113,13 +113,13 @@ pub(crate) fn days_around(now: DateTime<Utc>) -> [String; 3] {
 
 /// The statement that reads a session's rows on three days: `$1` the session, `$2`..`$4` the days.
 pub(crate) fn days_sql() -> String {
-    read_sql(SESSION_DAYS, 3)
+    read_sql(SESSION_DAYS, ("$1", 2), 3)
 }
 
 /// As [`days_sql`], of the session of the tenant's (`$1`) approval request `$2`, `$3`..`$5` the days.
-pub(crate) const DAYS_OF_REQUEST: &str = "SELECT day, ledger, spent, reserved, version FROM budget_usage \
-     WHERE session_id = (SELECT session_id FROM approval_requests WHERE tenant_id = $1 AND id = $2) \
-     AND day IN ($3, $4, $5)";
+pub(crate) fn days_of_request_sql() -> String {
+    read_sql(SESSION_DAYS, (crate::approvals::REQUEST_SESSION, 3), 3)
+}
 
 /// Keeps the rows [`days_sql`] read of the session's `days`, as the transaction has seen them.
 pub(crate) fn seen_days(
@@ -135,7 +135,7 @@ pub(crate) fn seen_days(
 
 /// The owner's rows in `buckets`, with their versions.
 async fn read(db: Db<'_>, t: Ledgers, owner: Uuid, buckets: &[&str]) -> Result<Versioned> {
-    let mut statement = query(read_sql(t, buckets.len())).bind(owner.to_string());
+    let mut statement = query(read_sql(t, ("$1", 2), buckets.len())).bind(owner.to_string());
     for b in buckets {
         statement = statement.bind((*b).to_owned());
     }
@@ -143,15 +143,17 @@ async fn read(db: Db<'_>, t: Ledgers, owner: Uuid, buckets: &[&str]) -> Result<V
 }
 
 /// Reads an owner's (`$1`) rows in `buckets` buckets (`$2`…).
-fn read_sql(t: Ledgers, buckets: usize) -> String {
+/// The statement that reads an owner's rows in `buckets` buckets: the owner is `owner` (a parameter, or an
+/// expression of parameters), the buckets the parameters from `first` on.
+fn read_sql(t: Ledgers, (owner, first): (&str, usize), buckets: usize) -> String {
     format!(
-        "SELECT {bucket}, ledger, spent, reserved, version FROM {table} WHERE {owner} = $1 AND {bucket} IN ({})",
-        (2..2 + buckets)
+        "SELECT {bucket}, ledger, spent, reserved, version FROM {table} WHERE {column} = {owner} AND {bucket} IN ({})",
+        (first..first + buckets)
             .map(|i| format!("${i}"))
             .collect::<Vec<_>>()
             .join(", "),
         table = t.table,
-        owner = t.owner,
+        column = t.owner,
         bucket = t.bucket,
     )
 }

@@ -34,7 +34,7 @@ impl Deferred {
 
 /// Held-back writes as the CTEs `w0`, `w1`… of one statement, and the counts to check once it ran.
 pub(crate) struct Rendered {
-    pub(crate) ctes: Vec<String>,
+    ctes: Vec<String>,
     expected: Vec<(&'static str, u64)>,
 }
 
@@ -53,6 +53,11 @@ impl Rendered {
             expected.push((w.table, w.rows));
         }
         Rendered { ctes, expected }
+    }
+
+    /// The statement of the writes, as CTEs, that selects `list`.
+    pub(crate) fn selecting(&self, list: &str) -> String {
+        format!("WITH {} SELECT {list}", self.ctes.join(", "))
     }
 
     /// The select list that counts each CTE's rows, in order.
@@ -114,11 +119,7 @@ pub(crate) async fn flush(conn: &mut sqlx::PgConnection, writes: Vec<Deferred>) 
     }
     let mut args = Vec::new();
     let rendered = Rendered::new(writes, &mut args);
-    let sql = format!(
-        "WITH {} SELECT {}",
-        rendered.ctes.join(", "),
-        rendered.counts()
-    );
+    let sql = rendered.selecting(&rendered.counts());
     let (_, rows) = Query::with_args(sql, args).on_pg(conn, true).await?;
     let row = rows
         .first()

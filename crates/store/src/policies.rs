@@ -300,11 +300,8 @@ pub(crate) static SESSION_WITH_POLICY: LazyLock<String> =
 
 /// As [`SESSION_WITH_POLICY`], the session of the tenant's approval request `$2`: read in a decision's first
 /// round trip, before the request says which session it is about.
-pub(crate) static SESSION_OF_REQUEST: LazyLock<String> = LazyLock::new(|| {
-    session_with_policy_sql(
-        "(SELECT session_id FROM approval_requests WHERE tenant_id = $1 AND id = $2)",
-    )
-});
+pub(crate) static SESSION_OF_REQUEST: LazyLock<String> =
+    LazyLock::new(|| session_with_policy_sql(crate::approvals::REQUEST_SESSION));
 
 fn session_with_policy_sql(session: &str) -> String {
     format!(

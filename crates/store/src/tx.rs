@@ -101,7 +101,7 @@ pub(crate) static PREPARED: LazyLock<String> = LazyLock::new(|| {
         *crate::policies::SESSION_WITH_POLICY,
         crate::budgets::days_sql(),
         *crate::policies::SESSION_OF_REQUEST,
-        crate::budgets::DAYS_OF_REQUEST,
+        crate::budgets::days_of_request_sql(),
         *crate::approvals::BY_ID,
         *crate::velocity::WINDOWS_LISTED
     )
@@ -630,11 +630,7 @@ fn closing_of(writes: Vec<Deferred>) -> Option<Closing> {
     }
     let mut args = Vec::new();
     let rendered = Rendered::new(writes, &mut args);
-    let sql = format!(
-        "WITH {} SELECT {}",
-        rendered.ctes.join(", "),
-        rendered.asserted()
-    );
+    let sql = rendered.selecting(&rendered.asserted());
     Some(Closing::new(sql, args))
 }
 
