@@ -1,6 +1,6 @@
 //! PostgreSQL: one tenant's concurrent writes committed in groups, under one hold of its row lock.
 //!
-//! Every write of a tenant takes the tenant's row lock (`FOR UPDATE`) for its audit chain and event sequence, so
+//! Every write of a tenant holds the tenant's row lock (`FOR UPDATE`) for its audit chain and event sequence, so
 //! a tenant's writes run one after another whatever the pool's size. Paying for that lock, a `BEGIN` and a
 //! `COMMIT` (with its WAL flush) once per write made each one queue behind the last one's disk flush. Here the
 //! writes of one tenant in this process queue fairly on an in-process lock instead, and each runs as a savepoint
@@ -742,7 +742,7 @@ async fn started(group: &mut Group, sql: &str) -> Result<Vec<Vec<PgRow>>> {
     // rather than leave its savepoints in a state nobody knows.
     let mut open = group.open.take().ok_or(StoreError::Closed)?;
     let closing = open.closing.take();
-    let (mut ran, statements) = match started_sql(&mut open, closing.as_ref(), sql) {
+    let (mut ran, statements) = match started_sql(&mut open, group.tenant, closing.as_ref(), sql) {
         Ok((sql, statements)) => (run(open.conn.get(), sql).await, statements),
         Err(e) => (Ran::failed(e), 1),
     };
@@ -774,18 +774,25 @@ async fn started(group: &mut Group, sql: &str) -> Result<Vec<Vec<PgRow>>> {
 }
 
 /// The message of a write's first round trip: the last write's closing statement, what settles the last write
-/// (and when the group opens, the names of the statements prepared on its connection), this write's savepoint,
-/// and `sql`; and how many statements of it are the closing one's.
-fn started_sql(open: &mut Open, closing: Option<&Closing>, sql: &str) -> Result<(String, usize)> {
+/// (and when the group opens, the names of the statements prepared on its connection and the tenant's lock),
+/// this write's savepoint, and `sql`; and how many statements of it are the closing one's.
+fn started_sql(
+    open: &mut Open,
+    tenant: Uuid,
+    closing: Option<&Closing>,
+    sql: &str,
+) -> Result<(String, usize)> {
     let (closing, statements) = closing_text(open, closing)?;
-    let names = if open.left == Left::Nothing {
-        PREPARED_NAMES
-    } else {
-        ""
+    let opening = match open.left {
+        Left::Nothing => {
+            let lock = inlined(crate::tx::LOCK, &[tenant.to_string().into()])?;
+            format!("{PREPARED_NAMES}{lock}; ")
+        }
+        Left::Kept | Left::Undone => String::new(),
     };
     let settle = open.left.settle();
     Ok((
-        format!("{closing}{settle}{names}SAVEPOINT paygent_tx; {sql}"),
+        format!("{closing}{settle}{opening}SAVEPOINT paygent_tx; {sql}"),
         statements,
     ))
 }

@@ -85,13 +85,14 @@ const HEAD: &str = head!();
 
 /// PostgreSQL: the statements a write's first round trip runs, prepared once on each connection, since that
 /// round trip also opens the write's savepoint and so uses the simple protocol, which would plan them each
-/// time: the head's read that takes the lock, and for a write about one session, that session with its policy
+/// time: the tenant's lock (taken as a group opens, [`LOCK`]), the head's read, and for a write about one session, that session with its policy
 /// and its budget rows around today (for a decision, those of its request's session, through the request), for
 /// a decision or an approved payment's run, the approval request, and for a payment, the circuit breaker's
 /// windows.
 pub(crate) static PREPARED: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "PREPARE paygent_head (text, text, text) AS {HEAD} FOR UPDATE; \
+        "PREPARE paygent_lock (text) AS SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE; \
+         PREPARE paygent_head (text, text, text) AS {HEAD}; \
          PREPARE paygent_session (text, text, text) AS {}; \
          PREPARE paygent_days (text, text, text, text) AS {}; \
          PREPARE paygent_request_session (text, text, text) AS {}; \
@@ -106,7 +107,12 @@ pub(crate) static PREPARED: LazyLock<String> = LazyLock::new(|| {
         *crate::velocity::WINDOWS_LISTED
     )
 });
-const HEAD_FOR_UPDATE: &str = "EXECUTE paygent_head ($1, $2, $3)";
+/// The tenant's row lock, in a statement of its own before anything is read: a statement that waits for a lock
+/// reads other rows as they were before it waited (PostgreSQL rechecks only the locked row), so a write queued
+/// behind another instance's would read a key that instance revoked as live, and its count of waiting requests
+/// as it was. The statements after it read what the lock's last holder committed.
+pub(crate) const LOCK: &str = "EXECUTE paygent_lock ($1)";
+const HEAD_READ: &str = "EXECUTE paygent_head ($1, $2, $3)";
 const ABOUT: &str = "; EXECUTE paygent_session ($1, $4, $5); EXECUTE paygent_days ($4, $6, $7, $8)";
 const APPROVAL: &str = "; EXECUTE paygent_approval ($1, $9)";
 /// A decision's: the request (`$4`), its session and that session's budget rows.
@@ -168,7 +174,7 @@ impl Store {
             paygent_domain::time::format(now).into(),
         ];
         // On PostgreSQL the row lock serializes the tenant's writers (a lock, not a new row version per write),
-        // taken in the round trip that opens the write's savepoint; SQLite has one writer already.
+        // taken in the round trip that opens the group's transaction; SQLite has one writer already.
         let (conn, row, read) = match &self.engine {
             Engine::Pg(pg) => {
                 let mut tx = pg.begin(tenant_id).await?;
@@ -265,7 +271,7 @@ struct Read {
     windows: Option<Vec<Row>>,
 }
 
-/// PostgreSQL: the write's first round trip. Opens its savepoint, takes the lock and reads the head, and for a
+/// PostgreSQL: the write's first round trip. Opens its savepoint (the group's first takes the lock), reads the head, and for a
 /// write about a session, reads the session and its budget rows around today, and what else `about` names.
 async fn first_round_trip(
     tx: &mut PgTx,
@@ -273,7 +279,7 @@ async fn first_round_trip(
     now: DateTime<Utc>,
     about: Option<&About>,
 ) -> Result<(Option<Row>, Option<Read>)> {
-    let mut sql = HEAD_FOR_UPDATE.to_owned();
+    let mut sql = HEAD_READ.to_owned();
     let days = crate::budgets::days_around(now);
     // Windows the group read already, or its last group handed on, are not read again.
     let prefetch = about.is_some_and(|a| !a.windows.is_empty() && !tx.may_know_windows(&a.windows));

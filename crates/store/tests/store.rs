@@ -1192,7 +1192,7 @@ async fn agent_key(store: &Store, tenant: Uuid) -> Uuid {
         slack_user: None,
         email: None,
     };
-    paygent_store::keys::insert(&mut tx, &record, "hash")
+    paygent_store::keys::insert(&mut tx, &record, &format!("hash of {key}"))
         .await
         .unwrap();
     tx.commit().await.unwrap();
@@ -1435,6 +1435,69 @@ async fn windows_carried_to_the_next_group_hold_until_another_instance_writes_on
     );
     drop(tx);
     other.close().await;
+    store.close().await;
+    db.drop().await;
+}
+
+/// A write queued on its tenant's lock behind another instance's transaction reads what that transaction
+/// committed: here a key it revoked, and a count of requests it filed for another key. A statement that waits for
+/// a lock reads other rows as they were before it waited, so the lock is taken in a statement of its own.
+#[tokio::test]
+async fn a_write_queued_on_the_lock_reads_what_its_holder_committed_on_postgres() {
+    let (url, db) = PgDatabase::create().await;
+    let (store, tenant) = with_tenant(&url).await;
+    let (revoked, counted) = (
+        agent_key(&store, tenant).await,
+        agent_key(&store, tenant).await,
+    );
+    let behind_the_lock = |change: String, key: Uuid| {
+        let (url, store) = (url.clone(), store.clone());
+        async move {
+            let mut holder = sqlx::PgConnection::connect(&url).await.unwrap();
+            let lock =
+                format!("BEGIN; SELECT 1 FROM tenants WHERE id = '{tenant}' FOR UPDATE; {change}");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(lock))
+                .execute(&mut holder)
+                .await
+                .unwrap();
+            let write = tokio::spawn(async move {
+                let mut tx = store.begin_as(tenant, key, Utc::now()).await?;
+                paygent_store::approvals::pending_of_key(&mut tx, key).await
+            });
+            let waits = "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
+                         AND wait_event_type = 'Lock'";
+            paygent_testkit::eventually(
+                std::time::Duration::from_secs(10),
+                "the write to wait for the lock",
+                || async {
+                    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+                    let row: (i64,) = sqlx::query_as(waits).fetch_one(&mut conn).await.unwrap();
+                    row.0
+                },
+                |waiting| *waiting == 1,
+            )
+            .await;
+            sqlx::raw_sql("COMMIT").execute(&mut holder).await.unwrap();
+            write.await.unwrap()
+        }
+    };
+    let revoke =
+        format!("UPDATE api_keys SET revoked_at = '2000-01-01T00:00:00Z' WHERE id = '{revoked}'");
+    assert!(
+        matches!(
+            behind_the_lock(revoke, revoked).await,
+            Err(paygent_store::StoreError::KeyNotLive)
+        ),
+        "revoked as the lock was taken"
+    );
+    let file = format!(
+        "INSERT INTO key_pending (key_id, tenant_id, pending) VALUES ('{counted}', '{tenant}', 3)"
+    );
+    assert_eq!(
+        behind_the_lock(file, counted).await.unwrap(),
+        3,
+        "as the lock's holder left it"
+    );
     store.close().await;
     db.drop().await;
 }
