@@ -8,7 +8,10 @@
 //! commits the group as soon as it gets the lock, so writers that queued before it join the group and later
 //! ones start the next. As on SQLite ([`crate::lite`]), a write's `commit` returns only once its group is
 //! durable, and a failed group fails every write in it, none half-written. Other instances still serialize on
-//! the row lock, now once per group.
+//! the row lock, now once per group. The committer takes the group's transaction out of the tenant's turn before
+//! it sends the `COMMIT` ([`seal`]): the next writes open the next group on another connection meanwhile, and its
+//! lock waits at PostgreSQL for the first group to end, so one group's flush overlaps the next one's first
+//! round trip instead of holding up the tenant's writes.
 //!
 //! A write's last statement (its held-back writes, audit entries and events, [`Closing`]) is not sent when the
 //! write commits: it waits in the group and goes in front of the next write's first statements, in that write's
@@ -186,13 +189,13 @@ impl Closing {
         Ok(())
     }
 
-    /// The statement failed with `error`: its write is told why, and the group fails.
-    async fn failed(self, group: &mut Group, error: StoreError) {
+    /// The statement failed with `error`: its write is told why, and its group fails.
+    async fn failed(self, open: Open, error: StoreError) {
         let why = error.to_string();
         if let Some(owner) = self.owner {
             let _ = owner.send(error);
         }
-        fail(group, &why).await;
+        open.fail(&why).await;
     }
 }
 
@@ -366,56 +369,23 @@ impl Group {
     }
 }
 
-/// Commits the group's open transaction, if any, and tells its writes how it went, in one round trip: the last
-/// write's closing statement, the release of its savepoint (were the transaction aborted, that fails, where a
-/// bare `COMMIT` would roll back and say nothing), and the `COMMIT`.
-async fn commit(group: &mut Group) {
-    let Some(mut open) = group.open.take() else {
-        return;
-    };
-    if open.left == Left::Nothing {
-        // No write began it: the connection goes back as it came.
-        drop(open.conn.release());
-        return;
-    }
-    if open.members == 0 {
-        // Every write in it was dropped: nothing to keep.
-        let _ = open.conn.end("ROLLBACK".into()).await;
-        return;
-    }
-    let closing = open.closing.take();
-    let text = closing_text(&mut open, closing.as_ref()).and_then(|(text, n)| {
-        let rollups = open.rollups.statement(group.tenant, &mut open.prepared)?;
-        let ledgers = open.ledgers.statements(group.tenant, &mut open.prepared)?;
-        let marks = open.marks.statement(group.tenant, &mut open.prepared)?;
-        let pending = open.pending.statement(group.tenant, &mut open.prepared)?;
-        let head = Head::statement(&open, group.tenant)?;
-        let settle = open.left.settle();
-        Ok((
-            format!("{text}{settle}{rollups}{ledgers}{marks}{pending}{head}COMMIT"),
-            n,
-        ))
-    });
-    let (mut ran, statements) = match text {
-        Ok((sql, n)) => (run(open.conn.get(), sql).await, n),
-        Err(e) => (Ran::failed(e), 1),
-    };
-    group.open = Some(open);
-    if let Some(closing) = closing
-        && let Err(e) = Closing::check(&mut ran, statements)
-    {
-        return closing.failed(group, e).await;
-    }
-    if let Some(e) = ran.error {
-        return fail(group, &e.to_string()).await;
-    }
-    let Some(open) = group.open.take() else {
-        return;
-    };
-    drop(open.conn.release());
-    group.commits.add(open.members);
-    let head = open.head.map(|h| h.audit_head);
-    if let Some(carried) = head.and_then(|head| Carried::new(head, open.windows)) {
+/// A group's transaction taken out of the group to be committed, so the tenant's next writes open the next group
+/// while its `COMMIT` is under way: that group's lock waits at PostgreSQL until this one ends, so it reads what
+/// this one leaves (or, should it fail, what was there before it).
+struct Sealed {
+    open: Open,
+    tenant: Uuid,
+    commits: Arc<crate::Commits>,
+}
+
+/// Takes the group's open transaction, if any, out to be committed ([`Sealed::commit`]). The breaker's windows its
+/// writes asked for go to the tenant's next group now; that group keeps them only if the chain's head it reads
+/// with the lock is the one this group leaves ([`Carried`]), which it is not should this group fail.
+fn seal(group: &mut Group) -> Option<Sealed> {
+    let mut open = group.open.take()?;
+    let head = open.head.as_ref().map(|h| h.audit_head.clone());
+    let windows = std::mem::take(&mut open.windows);
+    if let Some(carried) = head.and_then(|head| Carried::new(head, windows)) {
         let mut all = group.carried.lock().expect("carried");
         if all.len() >= REMEMBERED {
             let any = all.keys().next().copied();
@@ -423,15 +393,80 @@ async fn commit(group: &mut Group) {
         }
         all.insert(group.tenant, carried);
     }
-    open.outcome.send_replace(Some(Ok(())));
+    Some(Sealed {
+        open,
+        tenant: group.tenant,
+        commits: group.commits.clone(),
+    })
 }
 
-/// Fails the group's open transaction: every write in it fails.
+impl Sealed {
+    /// Commits and tells the group's writes how it went, in one round trip: the last write's closing statement,
+    /// the release of its savepoint (were the transaction aborted, that fails, where a bare `COMMIT` would roll
+    /// back and say nothing), what the group keeps for its commit, and the `COMMIT`.
+    async fn commit(self) {
+        let Sealed {
+            mut open,
+            tenant,
+            commits,
+        } = self;
+        if open.left == Left::Nothing {
+            // No write began it: the connection goes back as it came.
+            drop(open.conn.release());
+            return;
+        }
+        if open.members == 0 {
+            // Every write in it was dropped: nothing to keep.
+            let _ = open.conn.end("ROLLBACK".into()).await;
+            return;
+        }
+        let closing = open.closing.take();
+        let (mut ran, statements) = match commit_sql(&mut open, tenant, closing.as_ref()) {
+            Ok((sql, n)) => (run(open.conn.get(), sql).await, n),
+            Err(e) => (Ran::failed(e), 1),
+        };
+        if let Some(closing) = closing
+            && let Err(e) = Closing::check(&mut ran, statements)
+        {
+            return closing.failed(open, e).await;
+        }
+        if let Some(e) = ran.error {
+            return open.fail(&e.to_string()).await;
+        }
+        drop(open.conn.release());
+        commits.add(open.members);
+        open.outcome.send_replace(Some(Ok(())));
+    }
+}
+
+/// The message that commits a group, and how many of its statements are the last write's closing one's.
+fn commit_sql(open: &mut Open, tenant: Uuid, closing: Option<&Closing>) -> Result<(String, usize)> {
+    let (text, n) = closing_text(open, closing)?;
+    let rollups = open.rollups.statement(tenant, &mut open.prepared)?;
+    let ledgers = open.ledgers.statements(tenant, &mut open.prepared)?;
+    let marks = open.marks.statement(tenant, &mut open.prepared)?;
+    let pending = open.pending.statement(tenant, &mut open.prepared)?;
+    let head = Head::statement(open, tenant)?;
+    let settle = open.left.settle();
+    Ok((
+        format!("{text}{settle}{rollups}{ledgers}{marks}{pending}{head}COMMIT"),
+        n,
+    ))
+}
+
+impl Open {
+    /// Fails the transaction: every write in it fails.
+    async fn fail(self, why: &str) {
+        tracing::error!(error = %why, writes = self.members, "PostgreSQL group rolled back");
+        self.outcome.send_replace(Some(Err(why.to_owned())));
+        let _ = self.conn.end("ROLLBACK".into()).await;
+    }
+}
+
+/// Fails the group's open transaction, if any.
 async fn fail(group: &mut Group, why: &str) {
     if let Some(open) = group.open.take() {
-        tracing::error!(error = %why, writes = open.members, "PostgreSQL group rolled back");
-        open.outcome.send_replace(Some(Err(why.to_owned())));
-        let _ = open.conn.end("ROLLBACK".into()).await;
+        open.fail(why).await;
     }
 }
 
@@ -483,7 +518,11 @@ fn queue_committer(group: &Arc<AsyncMutex<Group>>, state: &mut Group) {
     runtime.spawn(async move {
         let mut state = group.lock_owned().await;
         state.committer_queued = false;
-        commit(&mut state).await;
+        let sealed = seal(&mut state);
+        drop(state);
+        if let Some(sealed) = sealed {
+            sealed.commit().await;
+        }
     });
 }
 
@@ -713,10 +752,13 @@ impl PgTx {
         open.head = Some(head);
         open.members += 1;
         let outcome = open.outcome.subscribe();
-        if open.members >= MAX_GROUP {
-            commit(&mut state).await;
-        } else {
-            queue_committer(&self.group, &mut state);
+        // A full group commits at once, in a task of its own: a caller cancelled meanwhile cannot cut it short.
+        match (open.members >= MAX_GROUP)
+            .then(|| seal(&mut state))
+            .flatten()
+        {
+            Some(sealed) => drop(tokio::spawn(sealed.commit())),
+            None => queue_committer(&self.group, &mut state),
         }
         drop(state);
         let durable = crate::durable(outcome, "the group's transaction was dropped").await;
@@ -751,9 +793,8 @@ async fn started(group: &mut Group, sql: &str) -> Result<Vec<Vec<PgRow>>> {
     if let Some(closing) = closing
         && let Err(e) = Closing::check(&mut ran, statements)
     {
-        group.open = Some(open);
         let why = e.to_string();
-        closing.failed(group, e).await;
+        closing.failed(open, e).await;
         return Err(StoreError::Commit(why));
     }
     if opening && ran.error.is_none() {

@@ -1501,3 +1501,86 @@ async fn a_write_queued_on_the_lock_reads_what_its_holder_committed_on_postgres(
     store.close().await;
     db.drop().await;
 }
+
+/// While a group's `COMMIT` is under way (held here by a deferred trigger waiting on an advisory lock), the
+/// tenant's next write opens the next group, its lock waiting at PostgreSQL for the first group to end. It reads
+/// the chain as that group leaves it: with the group's entry once it commits, without it once it fails.
+#[tokio::test]
+async fn the_next_group_opens_while_a_group_commits_on_postgres() {
+    let (url, db) = PgDatabase::create().await;
+    let (store, tenant) = with_tenant(&url).await;
+    let mut holder = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE FUNCTION held_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         PERFORM pg_advisory_xact_lock(7); \
+         IF NEW.subject = 'refused' THEN RAISE EXCEPTION 'refused at commit'; END IF; \
+         RETURN NULL; END $$; \
+         CREATE CONSTRAINT TRIGGER held_commit AFTER INSERT ON audit_log DEFERRABLE INITIALLY DEFERRED \
+         FOR EACH ROW EXECUTE FUNCTION held_commit()",
+    )
+    .execute(&mut holder)
+    .await
+    .unwrap();
+    let waiting = |event: &'static str| {
+        let url = url.clone();
+        async move {
+            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+            let row: (i64,) = sqlx::query_as(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND wait_event_type = 'Lock' AND wait_event = $1",
+            )
+            .bind(event)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+            row.0
+        }
+    };
+    let write = |subject: &'static str| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut tx = store.begin(tenant, Utc::now()).await?;
+            tx.audit(
+                "test",
+                AuditAction::SessionCreated,
+                subject,
+                None,
+                json!({}),
+            )
+            .await?;
+            tx.commit().await
+        })
+    };
+    for (subject, kept) in [("refused", false), ("held", true)] {
+        sqlx::raw_sql("SELECT pg_advisory_lock(7)")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        let first = write(subject);
+        let within = std::time::Duration::from_secs(10);
+        paygent_testkit::eventually(
+            within,
+            "the commit to wait",
+            || waiting("advisory"),
+            |n| *n == 1,
+        )
+        .await;
+        let next = write("next");
+        paygent_testkit::eventually(
+            within,
+            "the next group to wait for the lock",
+            || waiting("transactionid"),
+            |n| *n == 1,
+        )
+        .await;
+        sqlx::raw_sql("SELECT pg_advisory_unlock(7)")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        assert_eq!(first.await.unwrap().is_ok(), kept, "{subject}");
+        next.await.unwrap().unwrap();
+    }
+    assert_eq!(subjects(&store, tenant).await, ["next", "held", "next"]);
+    store.close().await;
+    db.drop().await;
+}
