@@ -70,9 +70,10 @@ pub struct WriteTx {
     events_before: i64,
 }
 
-/// The tenant's head, and the acting key's name (`$2`, NULL for the system) if it is live at `$3`: read in the
-/// same statement as the lock, so a key revoked a moment ago writes nothing, at no extra round trip. With them,
-/// how many of that key's requests wait on people, which the cap on them reads when the write files one.
+/// The tenant's head, and the acting key's name (`$2`, NULL for the system) if it is live at `$3`: read once the
+/// lock is held (on PostgreSQL just after it, [`LOCK`]), so a key revoked a moment ago writes nothing, at no extra
+/// round trip. With them, how many of that key's requests wait on people, which the cap on them reads when the
+/// write files one.
 macro_rules! head {
     () => {
         "SELECT audit_seq, audit_head, event_seq, kill_switch, \

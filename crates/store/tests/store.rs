@@ -1439,6 +1439,25 @@ async fn windows_carried_to_the_next_group_hold_until_another_instance_writes_on
     db.drop().await;
 }
 
+/// Waits until one of the database's sessions waits for a lock of the kind `event` (`pg_stat_activity`'s
+/// `wait_event`: `transactionid` for a row another transaction locked, `advisory`).
+async fn one_waits(url: &str, event: &str, what: &str) {
+    let waiting = || async {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        let row: (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock' AND wait_event = $1",
+        )
+        .bind(event)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        row.0
+    };
+    let within = std::time::Duration::from_secs(10);
+    paygent_testkit::eventually(within, what, waiting, |n| *n == 1).await;
+}
+
 /// A write queued on its tenant's lock behind another instance's transaction reads what that transaction
 /// committed: here a key it revoked, and a count of requests it filed for another key. A statement that waits for
 /// a lock reads other rows as they were before it waited, so the lock is taken in a statement of its own.
@@ -1464,19 +1483,7 @@ async fn a_write_queued_on_the_lock_reads_what_its_holder_committed_on_postgres(
                 let mut tx = store.begin_as(tenant, key, Utc::now()).await?;
                 paygent_store::approvals::pending_of_key(&mut tx, key).await
             });
-            let waits = "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
-                         AND wait_event_type = 'Lock'";
-            paygent_testkit::eventually(
-                std::time::Duration::from_secs(10),
-                "the write to wait for the lock",
-                || async {
-                    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-                    let row: (i64,) = sqlx::query_as(waits).fetch_one(&mut conn).await.unwrap();
-                    row.0
-                },
-                |waiting| *waiting == 1,
-            )
-            .await;
+            one_waits(&url, "transactionid", "the write to wait for the lock").await;
             sqlx::raw_sql("COMMIT").execute(&mut holder).await.unwrap();
             write.await.unwrap()
         }
@@ -1521,21 +1528,6 @@ async fn the_next_group_opens_while_a_group_commits_on_postgres() {
     .execute(&mut holder)
     .await
     .unwrap();
-    let waiting = |event: &'static str| {
-        let url = url.clone();
-        async move {
-            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-            let row: (i64,) = sqlx::query_as(
-                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
-                 AND wait_event_type = 'Lock' AND wait_event = $1",
-            )
-            .bind(event)
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
-            row.0
-        }
-    };
     let write = |subject: &'static str| {
         let store = store.clone();
         tokio::spawn(async move {
@@ -1557,22 +1549,9 @@ async fn the_next_group_opens_while_a_group_commits_on_postgres() {
             .await
             .unwrap();
         let first = write(subject);
-        let within = std::time::Duration::from_secs(10);
-        paygent_testkit::eventually(
-            within,
-            "the commit to wait",
-            || waiting("advisory"),
-            |n| *n == 1,
-        )
-        .await;
+        one_waits(&url, "advisory", "the commit to wait").await;
         let next = write("next");
-        paygent_testkit::eventually(
-            within,
-            "the next group to wait for the lock",
-            || waiting("transactionid"),
-            |n| *n == 1,
-        )
-        .await;
+        one_waits(&url, "transactionid", "the next group to wait for the lock").await;
         sqlx::raw_sql("SELECT pg_advisory_unlock(7)")
             .execute(&mut holder)
             .await
