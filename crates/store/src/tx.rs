@@ -86,10 +86,10 @@ const HEAD: &str = head!();
 
 /// PostgreSQL: the statements a write's first round trip runs, prepared once on each connection, since that
 /// round trip also opens the write's savepoint and so uses the simple protocol, which would plan them each
-/// time: the tenant's lock (taken as a group opens, [`LOCK`]), the head's read, and for a write about one session, that session with its policy
-/// and its budget rows around today (for a decision, those of its request's session, through the request), for
-/// a decision or an approved payment's run, the approval request, and for a payment, the circuit breaker's
-/// windows.
+/// time: the tenant's lock (taken as a group opens, [`LOCK`]), the head's read, and for a write about one
+/// session, that session with its policy and its budget rows around today (for a decision, those of its
+/// request's session, through the request), for a decision or an approved payment's run, the approval request,
+/// and for a payment, the circuit breaker's windows.
 pub(crate) static PREPARED: LazyLock<String> = LazyLock::new(|| {
     format!(
         "PREPARE paygent_lock (text) AS SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE; \
@@ -272,8 +272,9 @@ struct Read {
     windows: Option<Vec<Row>>,
 }
 
-/// PostgreSQL: the write's first round trip. Opens its savepoint (the group's first takes the lock), reads the head, and for a
-/// write about a session, reads the session and its budget rows around today, and what else `about` names.
+/// PostgreSQL: the write's first round trip. Opens its savepoint (the group's first write takes the lock), reads
+/// the head, and for a write about a session, reads the session and its budget rows around today, and what else
+/// `about` names.
 async fn first_round_trip(
     tx: &mut PgTx,
     mut args: Vec<Arg>,
