@@ -354,6 +354,7 @@ impl Query {
             Db::Tx(Conn::Pg(tx)) => {
                 // What the transaction held back goes first, so this statement sees it.
                 tx.flush().await?;
+                tx.savepoint().await?;
                 self.on_pg(tx.conn()?, rows).await
             }
             Db::Tx(Conn::Lite(tx)) => tx.with(|c| self.on_lite(c)),

@@ -3,8 +3,10 @@
 //! Every write of a tenant holds the tenant's row lock (`FOR UPDATE`) for its audit chain and event sequence, so
 //! a tenant's writes run one after another whatever the pool's size. Paying for that lock, a `BEGIN` and a
 //! `COMMIT` (with its WAL flush) once per write made each one queue behind the last one's disk flush. Here the
-//! writes of one tenant in this process queue fairly on an in-process lock instead, and each runs as a savepoint
-//! inside the tenant's open group: one transaction, one row lock hold, one flush for all of them. A committer
+//! writes of one tenant in this process queue fairly on an in-process lock instead, and each runs inside the
+//! tenant's open group: one transaction, one row lock hold, one flush for all of them. A write that sends more
+//! than its first round trip's reads does so in a savepoint of its own, which rolls it back alone should it fail
+//! ([`PgTx::savepoint`]); one that does not (a payment the guard allows) needs none. A committer
 //! commits the group as soon as it gets the lock, so writers that queued before it join the group and later
 //! ones start the next. As on SQLite ([`crate::lite`]), a write's `commit` returns only once its group is
 //! durable, and a failed group fails every write in it, none half-written. Other instances still serialize on
@@ -96,9 +98,9 @@ struct Open {
     conn: GroupConn,
     members: usize,
     outcome: watch::Sender<Outcome>,
-    /// What the last write left in its savepoint: settled by whoever takes the group next.
+    /// What the last write left: settled by whoever takes the group next.
     left: Left,
-    /// The last write's closing statement, when it kept its savepoint: sent by whoever takes the group next.
+    /// The last write's closing statement, when it was kept: sent by whoever takes the group next.
     closing: Option<Closing>,
     /// The statement shapes prepared on the connection, by name.
     prepared: HashSet<String>,
@@ -262,20 +264,23 @@ fn last_of_each<T>(results: Vec<Vec<T>>, statements: &[usize]) -> Result<Vec<Vec
         .collect()
 }
 
-/// What the last write left: nothing yet (the transaction is not begun), or its savepoint, still to be
+/// What the last write left: nothing yet (the transaction is not begun), nothing to settle (it sent nothing but
+/// its first round trip's reads, so it opened no savepoint: [`PgTx::savepoint`]), or its savepoint, still to be
 /// released (it committed) or rolled back (it was dropped).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Left {
     Nothing,
+    Read,
     Kept,
     Undone,
 }
 
 impl Left {
-    /// The statements that settle what the last write left, before the next one's savepoint.
+    /// The statements that settle what the last write left, before the next one's statements.
     fn settle(self) -> &'static str {
         match self {
             Left::Nothing => "BEGIN; ",
+            Left::Read => "",
             Left::Kept => "RELEASE SAVEPOINT paygent_tx; ",
             Left::Undone => "ROLLBACK TO SAVEPOINT paygent_tx; RELEASE SAVEPOINT paygent_tx; ",
         }
@@ -316,7 +321,7 @@ impl Pg {
     }
 
     /// Starts a write for `tenant_id`: waits (fairly, in arrival order) for the tenant's group, with a connection
-    /// for it if it has none. The write's savepoint is opened by its first statement ([`PgTx::start`]).
+    /// for it if it has none. The write's first statements run in its first round trip ([`PgTx::start`]).
     pub(crate) async fn begin(&self, tenant_id: Uuid) -> Result<PgTx> {
         let group = self.group(tenant_id);
         let turn = tokio::time::timeout(self.acquire_timeout, group.clone().lock_owned());
@@ -402,8 +407,9 @@ fn seal(group: &mut Group) -> Option<Sealed> {
 
 impl Sealed {
     /// Commits and tells the group's writes how it went, in one round trip: the last write's closing statement,
-    /// the release of its savepoint (were the transaction aborted, that fails, where a bare `COMMIT` would roll
-    /// back and say nothing), what the group keeps for its commit, and the `COMMIT`.
+    /// the release of its savepoint if it opened one, what the group keeps for its commit, the tenant's head
+    /// (every kept write leaves one: were the transaction aborted, its update fails, where a bare `COMMIT` would
+    /// roll back and say nothing), and the `COMMIT`.
     async fn commit(self) {
         let Sealed {
             mut open,
@@ -526,7 +532,8 @@ fn queue_committer(group: &Arc<AsyncMutex<Group>>, state: &mut Group) {
     });
 }
 
-/// A write transaction on PostgreSQL: a savepoint in its tenant's open group.
+/// A write transaction on PostgreSQL: a part of its tenant's open group, in a savepoint once it sends more than
+/// reads.
 #[derive(Debug)]
 pub struct PgTx {
     guard: Option<OwnedMutexGuard<Group>>,
@@ -541,11 +548,11 @@ pub struct PgTx {
     read_with_lock: Option<(Vec<Window>, Vec<Found>)>,
     /// The windows carried from the tenant's last group, when they hold as of this write's lock.
     carried: Option<GroupWindows>,
-    /// What the write adds to the spend rollups: its group's once it keeps its savepoint.
+    /// What the write adds to the spend rollups: its group's once it is kept.
     rollups: Vec<paygent_domain::spend::RollupChange>,
-    /// The budget rows the write changed, in order: its group's once it keeps its savepoint.
+    /// The budget rows the write changed, in order: its group's once it is kept.
     ledgers_changed: Vec<Changed>,
-    /// How the write moved keys' counts of requests waiting on people: its group's once it keeps its savepoint.
+    /// How the write moved keys' counts of requests waiting on people: its group's once it is kept.
     waiting: Vec<(String, i64)>,
 }
 
@@ -557,7 +564,7 @@ impl PgTx {
     }
 
     /// Runs the write's first statements, `sql` (simple protocol, so its values are literals): in the same round
-    /// trip, the last write's closing statement runs, what it left is settled and this one's savepoint opened.
+    /// trip, the last write's closing statement runs and what it left is settled.
     /// Returns the rows of each statement, in order (those that settle and open first). Should the last write's
     /// closing statement fail, its group fails, and this write starts over, once, in a new group.
     pub(crate) async fn start(&mut self, sql: &str) -> Result<Vec<Vec<PgRow>>> {
@@ -572,7 +579,7 @@ impl PgTx {
         }
     }
 
-    /// Runs `queries`, reads, in the write's savepoint after what it held back, in one message: the rows of
+    /// Runs `queries`, reads, after what the write held back (sent in its savepoint), in one message: the rows of
     /// each. Should the message fail, the group fails (a statement it prepared may or may not exist now).
     pub(crate) async fn read_together(
         &mut self,
@@ -624,7 +631,7 @@ impl PgTx {
 
     /// The write took the tenant's lock and read the audit chain's `head`: the windows carried from the
     /// tenant's last group are this write's if the head is the one that group left, and are dropped otherwise.
-    /// They become the group's only once the write keeps its savepoint, as the windows it reads.
+    /// They become the group's only once the write is kept, as the windows it reads.
     pub(crate) fn locked(&mut self, head: &str) {
         let open = self.guard.as_mut().and_then(|g| g.open.as_mut());
         let Some(open) = open.filter(|o| o.members == 0) else {
@@ -649,7 +656,7 @@ impl PgTx {
         crate::velocity::laid_over(wanted, found, &marks);
     }
 
-    /// Windows this write read, for the next writes of its group if it keeps its savepoint and had left no mark.
+    /// Windows this write read, for the next writes of its group if it is kept and had left no mark.
     pub(crate) fn saw_windows(&mut self, wanted: &[Window], found: &[Found]) {
         if self.marks.is_empty() && self.seen.len() + wanted.len() <= MOST_WINDOWS_SEEN {
             self.seen
@@ -708,10 +715,35 @@ impl PgTx {
         Ok(())
     }
 
-    /// Sends the writes held back, in one statement.
+    /// Sends the writes held back, in one statement, in the write's savepoint.
     pub(crate) async fn flush(&mut self) -> Result<()> {
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        self.savepoint().await?;
         let held = std::mem::take(&mut self.held);
         crate::deferred::flush(self.conn()?, held).await
+    }
+
+    /// Opens the write's savepoint unless it has one, before it sends anything past its first round trip's reads:
+    /// what it sends may then fail alone, rolled back to the savepoint, and its group goes on. A write that sends
+    /// nothing more (its held-back writes go in its closing statement, whose failure fails the group anyway)
+    /// opens none: no subtransaction, and nothing to settle after it.
+    pub(crate) async fn savepoint(&mut self) -> Result<()> {
+        let group = self.guard.as_mut().ok_or(StoreError::Closed)?;
+        let open = group.open.as_mut().ok_or(StoreError::Closed)?;
+        if open.left != Left::Read {
+            return Ok(());
+        }
+        if let Some(e) = run(open.conn.get(), "SAVEPOINT paygent_tx".into())
+            .await
+            .error
+        {
+            fail(group, &e.to_string()).await;
+            return Err(e);
+        }
+        open.left = Left::Undone;
+        Ok(())
     }
 
     /// The writes held back, for the commit's statement to carry.
@@ -746,7 +778,9 @@ impl PgTx {
         open.marks.add(&self.marks);
         open.pending.add(&self.waiting);
         (open.ledgers).kept(seen, std::mem::take(&mut self.ledgers_changed));
-        open.left = Left::Kept;
+        if open.left == Left::Undone {
+            open.left = Left::Kept;
+        }
         open.closing = closing;
         open.nudge = head.nudge.or(open.nudge);
         open.head = Some(head);
@@ -768,8 +802,9 @@ impl PgTx {
 }
 
 impl Drop for PgTx {
-    /// A write dropped without commit leaves no trace: whoever takes the group next rolls its savepoint back,
-    /// and a committer is queued so the group never waits on a write that will not come.
+    /// A write dropped without commit leaves no trace: whoever takes the group next rolls back its savepoint, if
+    /// it opened one (one that only read has nothing to undo), and a committer is queued so the group never waits
+    /// on a write that will not come.
     fn drop(&mut self) {
         if let Some(mut state) = self.guard.take() {
             queue_committer(&self.group, &mut state);
@@ -789,7 +824,7 @@ async fn started(group: &mut Group, sql: &str) -> Result<Vec<Vec<PgRow>>> {
         Err(e) => (Ran::failed(e), 1),
     };
     let opening = open.left == Left::Nothing;
-    open.left = Left::Undone;
+    open.left = Left::Read;
     if let Some(closing) = closing
         && let Err(e) = Closing::check(&mut ran, statements)
     {
@@ -815,8 +850,8 @@ async fn started(group: &mut Group, sql: &str) -> Result<Vec<Vec<PgRow>>> {
 }
 
 /// The message of a write's first round trip: the last write's closing statement, what settles the last write
-/// (and when the group opens, the names of the statements prepared on its connection and the tenant's lock),
-/// this write's savepoint, and `sql`; and how many statements of it are the closing one's.
+/// (and when the group opens, the names of the statements prepared on its connection and the tenant's lock), and
+/// `sql`; and how many statements of it are the closing one's.
 fn started_sql(
     open: &mut Open,
     tenant: Uuid,
@@ -829,13 +864,10 @@ fn started_sql(
             let lock = inlined(crate::tx::LOCK, &[tenant.to_string().into()])?;
             format!("{PREPARED_NAMES}{lock}; ")
         }
-        Left::Kept | Left::Undone => String::new(),
+        Left::Read | Left::Kept | Left::Undone => String::new(),
     };
     let settle = open.left.settle();
-    Ok((
-        format!("{closing}{settle}{opening}SAVEPOINT paygent_tx; {sql}"),
-        statements,
-    ))
+    Ok((format!("{closing}{settle}{opening}{sql}"), statements))
 }
 
 /// The last write's closing statement, if any, to go in front of others in a message, and how many statements

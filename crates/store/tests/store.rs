@@ -227,6 +227,101 @@ async fn a_dropped_write_leaves_nothing(url: &str) {
     store.close().await;
 }
 
+/// A payment of a session that does not exist: its insert breaks a foreign key.
+fn payment_of_no_session(tenant: Uuid) -> paygent_store::payments::PaymentRecord {
+    let now = Utc::now();
+    paygent_store::payments::PaymentRecord {
+        id: Uuid::new_v4(),
+        tenant_id: tenant,
+        session_id: Uuid::new_v4(),
+        tool: "pay".into(),
+        amount: 1.into(),
+        currency: "USDC".into(),
+        usd_value: 1.into(),
+        recipient: "0x1111111111111111111111111111111111111111".into(),
+        description: None,
+        status: paygent_domain::PaymentStatus::Authorized,
+        reason: None,
+        approval_id: None,
+        tx_hash: None,
+        network: None,
+        idempotency_key: None,
+        request_hash: "h".into(),
+        requested_by: Uuid::new_v4(),
+        budget_day: None,
+        detail: None,
+        limits_key: None,
+        max_amount: None,
+        swap: None,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// A held-back write that fails as the write's next statement sends it fails that write alone: the writes queued
+/// with it in its group commit. On PostgreSQL a write's first round trip only reads, and it opens a savepoint
+/// before it sends anything more, so the failure rolls back to it.
+async fn a_held_back_write_that_fails_fails_its_write_alone(url: &str) {
+    let (store, tenant) = with_tenant(url).await;
+    let first = store.begin(tenant, Utc::now()).await.unwrap();
+    let failing = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut tx = store.begin(tenant, Utc::now()).await?;
+            paygent_store::payments::insert(&mut tx, &payment_of_no_session(tenant)).await?;
+            query("SELECT 1").fetch_one(tx.conn()).await
+        })
+    };
+    let kept = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut tx = store.begin(tenant, Utc::now()).await?;
+            tx.audit("test", AuditAction::SessionCreated, "kept", None, json!({}))
+                .await?;
+            tx.commit().await
+        })
+    };
+    let waiting = || async { store.writes_waiting() };
+    let what = "two writes queued behind the first";
+    paygent_testkit::eventually(std::time::Duration::from_secs(5), what, waiting, |n| {
+        *n == 2
+    })
+    .await;
+    let mut first = first;
+    (first.audit(
+        "test",
+        AuditAction::SessionCreated,
+        "first",
+        None,
+        json!({}),
+    ))
+    .await
+    .unwrap();
+    first.commit().await.unwrap();
+    let error = failing.await.unwrap().expect_err("a payment of no session");
+    assert!(error.is_foreign_key_violation(), "{error}");
+    kept.await
+        .unwrap()
+        .expect("the write queued behind it commits");
+    assert_eq!(subjects(&store, tenant).await, ["first", "kept"]);
+    let payments = query("SELECT COUNT(*) FROM payments").fetch_one(store.reader());
+    assert_eq!(payments.await.unwrap().get::<i64>(0).unwrap(), 0);
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_back_write_that_fails_fails_its_write_alone_on_sqlite() {
+    let (url, _dir) = sqlite_url();
+    a_held_back_write_that_fails_fails_its_write_alone(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_back_write_that_fails_fails_its_write_alone_on_postgres() {
+    let (url, db) = PgDatabase::create().await;
+    a_held_back_write_that_fails_fails_its_write_alone(&url).await;
+    db.drop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_write_leaves_nothing_while_the_writes_queued_with_it_commit_on_sqlite() {
     let (url, _dir) = sqlite_url();
