@@ -391,18 +391,22 @@ impl Store {
         }
     }
 
-    /// Keeps the planner's statistics current whether or not the database's own janitor runs. On PostgreSQL,
-    /// analyzes each of its tables that changed by more than 50 rows and a tenth since it was last analyzed (as
-    /// autovacuum would): an analyze is also what replaces plans cached while a table was small, which would
-    /// otherwise go on walking an index of every pending request to find one by id. SQLite plans lookups by
+    /// Keeps the planner's statistics from going stale whether or not the database's own janitor runs. On
+    /// PostgreSQL, analyzes each of its tables whose changes since it was last analyzed outnumber the rows it had
+    /// then (plus 50): an analyze is what replaces plans cached while a table was small (a scan of its one page, or
+    /// of an index of every pending request), which would otherwise go on reading every row to find one by id. A
+    /// table is analyzed again once it doubled, not at every tenth as autovacuum does: each analyze reads up to
+    /// 30,000 rows, and at every tenth, tables growing under load took an eighth of PostgreSQL's work
+    /// (BENCHMARKS.md), while a plan made once its table is past a few pages stays right. SQLite plans lookups by
     /// key without statistics. Returns the tables analyzed.
     pub async fn keep_statistics(&self) -> Result<Vec<String>> {
         if self.backend() != Backend::Postgres {
             return Ok(Vec::new());
         }
         let rows = db::query(
-            "SELECT relname::text FROM pg_stat_user_tables WHERE schemaname = current_schema() \
-             AND n_mod_since_analyze > 50 + 0.1 * GREATEST(n_live_tup, 0) ORDER BY relname",
+            "SELECT s.relname::text FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid \
+             WHERE s.schemaname = current_schema() AND s.n_mod_since_analyze > 50 + GREATEST(c.reltuples, 0) \
+             ORDER BY s.relname",
         )
         .fetch_all(self.reader())
         .await?;
