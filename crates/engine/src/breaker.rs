@@ -9,6 +9,8 @@ use paygent_domain::Decimal;
 use paygent_domain::Principal;
 use paygent_domain::audit::AuditAction;
 use paygent_domain::event::EventKind;
+use paygent_domain::policy::{Policy, Verdict};
+use paygent_domain::quorum::quorum_for;
 use paygent_domain::rules::PolicyRules;
 use paygent_domain::velocity::{
     Freeze, MAX_WINDOW_SECONDS, Mark, Paying, Trip, Velocity, Window, Windows, tripped,
@@ -83,34 +85,57 @@ fn paying(p: &PaymentRecord) -> Paying<'_> {
 /// Sessions at most whose last judgement is kept; past it, all are forgotten, and guessed again.
 const MOST_JUDGED: usize = 65_536;
 
-/// The velocity rules and unfreeze time each session's last payment was judged under. On PostgreSQL the next
-/// payment's windows are guessed from them and read in the round trip that takes the tenant's lock; the store
-/// uses that read only if the windows then asked for under the lock are exactly those, so a wrong guess (a
-/// policy changed, an unfreeze) costs a read of its own, never a wrong answer.
+/// The rules and unfreeze time each session's last payment was judged under. On PostgreSQL the next payment's
+/// windows, and whether a person is likely to be asked about it, are guessed from them and read in the round trip
+/// that takes the tenant's lock; the store uses that read only if what is then asked for under the lock is
+/// exactly that, so a wrong guess (a policy changed, an unfreeze) costs a read of its own, never a wrong answer.
 #[derive(Debug, Default)]
 pub(crate) struct LastJudged(Mutex<HashMap<Uuid, Judged>>);
 
-/// A session's last payment was judged under these rules, counting from this unfreeze.
+/// A session's last payment was judged under these rules (its tool rules as the session tightens them), counting
+/// from this unfreeze.
 #[derive(Debug, Clone)]
 struct Judged {
     rules: Arc<PolicyRules>,
+    tools: Arc<Policy>,
     since: DateTime<Utc>,
 }
 
 impl LastJudged {
     /// Keeps the rules a payment of `session` was judged under.
     pub(crate) fn judged(&self, session: &SessionRecord, rules: &Arc<PolicyRules>) {
+        let since = session.breaker_since.unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let tools = Arc::new(rules.for_session(&session.config));
+        let rules = Arc::clone(rules);
         let mut judged = self.0.lock().expect("last judged");
-        if rules.velocity.is_empty() {
-            judged.remove(&session.id);
-            return;
-        }
         if judged.len() >= MOST_JUDGED && !judged.contains_key(&session.id) {
             judged.clear();
         }
-        let since = session.breaker_since.unwrap_or(DateTime::<Utc>::MIN_UTC);
-        let rules = Arc::clone(rules);
-        judged.insert(session.id, Judged { rules, since });
+        judged.insert(
+            session.id,
+            Judged {
+                rules,
+                tools,
+                since,
+            },
+        );
+    }
+
+    /// Whether a payment of `usd` by `tool` with `args` in `session`, judged as the session's last, would go to
+    /// one person on its tool rules: the guard then looks for a standing approval and reads the payee's history.
+    pub(crate) fn asks_one_person(
+        &self,
+        session: Uuid,
+        (tool, usd, args): (&str, Decimal, &serde_json::Value),
+    ) -> bool {
+        let last = self.0.lock().expect("last judged").get(&session).cloned();
+        last.is_some_and(|j| {
+            let one = quorum_for(&j.rules.quorums, usd).is_none_or(|q| q.approvals_required <= 1);
+            one && matches!(
+                j.tools.evaluate(tool, usd, args),
+                Verdict::RequireApproval { .. }
+            )
+        })
     }
 
     /// The windows a payment `key` asks for in `session` at `now` would read, if judged as the session's last.
@@ -121,7 +146,7 @@ impl LastJudged {
         p: Paying<'_>,
     ) -> Vec<Window> {
         let last = self.0.lock().expect("last judged").get(&session).cloned();
-        let Some(Judged { rules, since }) = last else {
+        let Some(Judged { rules, since, .. }) = last else {
             return Vec::new();
         };
         Windows::of(&rules.velocity, (now, since), (session, key), p).wanted

@@ -265,7 +265,7 @@ impl Paygent {
     /// Starts a write by `who` about one session: on PostgreSQL its first round trip, the one that takes the
     /// tenant's lock, also reads the session, its policy and its budget rows.
     async fn begin_about(&self, who: &Principal, session: Uuid) -> Result<paygent_store::WriteTx> {
-        self.begin_on(who, (Some(session), None), self.now(), Vec::new())
+        self.begin_on(who, (Some(session), None), self.now(), Guessed::default())
             .await
     }
 
@@ -277,8 +277,13 @@ impl Paygent {
         session: Uuid,
         approval: Uuid,
     ) -> Result<paygent_store::WriteTx> {
-        self.begin_on(who, (Some(session), Some(approval)), self.now(), Vec::new())
-            .await
+        self.begin_on(
+            who,
+            (Some(session), Some(approval)),
+            self.now(),
+            Guessed::default(),
+        )
+        .await
     }
 
     /// Starts a decision by `who` on the approval request `approval`: on PostgreSQL its first round trip, the one
@@ -289,13 +294,13 @@ impl Paygent {
         who: &Principal,
         approval: Uuid,
     ) -> Result<paygent_store::WriteTx> {
-        self.begin_on(who, (None, Some(approval)), self.now(), Vec::new())
+        self.begin_on(who, (None, Some(approval)), self.now(), Guessed::default())
             .await
     }
 
     /// Starts a write by `who` for the payment `intent` in `session`: as [`Paygent::begin_about`], and on
-    /// PostgreSQL the circuit breaker's windows, guessed from the session's last judgement, are read in the same
-    /// round trip.
+    /// PostgreSQL what the session's last judgement says it will read is read in the same round trip: the circuit
+    /// breaker's windows, and if a person is likely to be asked, the standing approvals and the payee's history.
     async fn begin_paying(
         &self,
         who: &Principal,
@@ -303,11 +308,37 @@ impl Paygent {
         intent: &PaymentIntent,
     ) -> Result<paygent_store::WriteTx> {
         let now = self.now();
-        let windows = (self.judged.as_ref())
-            .map(|j| j.guess((session, who.key_id), now, intent.paying()))
-            .unwrap_or_default();
-        self.begin_on(who, (Some(session), None), now, windows)
+        let guessed = match &self.judged {
+            Some(judged) => (
+                judged.guess((session, who.key_id), now, intent.paying()),
+                self.standing_guess(judged, session, intent, now),
+            ),
+            None => Default::default(),
+        };
+        self.begin_on(who, (Some(session), None), now, guessed)
             .await
+    }
+
+    /// The standing approvals and payee history a payment of `intent` will read, if the session's last
+    /// judgement says its tool rules send it to one person.
+    fn standing_guess(
+        &self,
+        judged: &breaker::LastJudged,
+        session: Uuid,
+        intent: &PaymentIntent,
+        now: DateTime<Utc>,
+    ) -> Option<paygent_store::StandingAsked> {
+        let usd = self.prices.usd_value(&intent.money).ok()?;
+        let paid = (intent.tool().as_str(), usd, &intent.args());
+        judged.asks_one_person(session, paid).then(|| {
+            let (since, limit) = context::history_window(now);
+            paygent_store::StandingAsked {
+                payee: intent.recipient.payee(),
+                recipient: intent.recipient.as_str().to_owned(),
+                since,
+                limit,
+            }
+        })
     }
 
     /// Keeps the rules a payment of `session` was judged under, for the next one's guess.
@@ -322,13 +353,14 @@ impl Paygent {
         who: &Principal,
         (session, approval): (Option<Uuid>, Option<Uuid>),
         now: DateTime<Utc>,
-        windows: Vec<paygent_domain::velocity::Window>,
+        (windows, standing): Guessed,
     ) -> Result<paygent_store::WriteTx> {
         let about = paygent_store::About {
             session,
             default_policy: policies::default_policy_id(who.tenant_id),
             approval,
             windows,
+            standing,
         };
         Ok(self
             .store
@@ -341,6 +373,13 @@ impl Paygent {
         self.hub.publish(events);
     }
 }
+
+/// What a write's first round trip reads on a guess ([`paygent_store::About`]): the breaker's windows, and the
+/// standing approvals and payee history.
+type Guessed = (
+    Vec<paygent_domain::velocity::Window>,
+    Option<paygent_store::StandingAsked>,
+);
 
 fn require(cond: bool, why: &str) -> Result<()> {
     if cond {

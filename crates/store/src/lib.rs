@@ -29,7 +29,7 @@ pub mod wallets;
 pub mod webhooks;
 
 pub use db::{Db, Row};
-pub use tx::{About, Event, WriteTx};
+pub use tx::{About, Event, StandingAsked, WriteTx};
 
 use lite::Lite;
 use pg::Pg;

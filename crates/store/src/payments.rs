@@ -319,22 +319,27 @@ pub async fn payee_history(
     PayeeHistory::from_rows(q.fetch_all(tx.conn()).await?)
 }
 
+/// What the tenant let be paid to a recipient: `$1` tenant, `$2` recipient, `$3` since when, `$4` how many at most.
+pub(crate) static PAYEE_HISTORY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    const PAID: &str = "tenant_id = $1 AND recipient = $2 AND status IN ('executed', 'authorized')";
+    format!(
+        "SELECT usd_value FROM (SELECT usd_value FROM payments WHERE {PAID} AND created_at > $3 \
+         ORDER BY created_at DESC LIMIT $4) r \
+         UNION ALL SELECT NULL FROM (SELECT 1 FROM payments WHERE {PAID} LIMIT 1) e"
+    )
+});
+
 pub(crate) fn payee_history_query(
     tenant_id: Uuid,
     recipient: &str,
     since: DateTime<Utc>,
     limit: i64,
 ) -> crate::db::Query {
-    const PAID: &str = "tenant_id = $1 AND recipient = $2 AND status IN ('executed', 'authorized')";
-    query(format!(
-        "SELECT usd_value FROM (SELECT usd_value FROM payments WHERE {PAID} AND created_at > $3 \
-         ORDER BY created_at DESC LIMIT $4) r \
-         UNION ALL SELECT NULL FROM (SELECT 1 FROM payments WHERE {PAID} LIMIT 1) e"
-    ))
-    .bind(tenant_id.to_string())
-    .bind(recipient.to_owned())
-    .bind(paygent_domain::time::format(since))
-    .bind(limit)
+    query(PAYEE_HISTORY.as_str())
+        .bind(tenant_id.to_string())
+        .bind(recipient.to_owned())
+        .bind(paygent_domain::time::format(since))
+        .bind(limit)
 }
 
 impl PayeeHistory {

@@ -5,6 +5,7 @@ use crate::payments::PayeeHistory;
 use crate::{Result, StoreError, WriteTx, decimal, opt_time, opt_uuid, time, uuid};
 use chrono::{DateTime, Utc};
 use paygent_domain::Decimal;
+use std::sync::LazyLock;
 use uuid::Uuid;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -89,32 +90,49 @@ pub async fn insert(tx: &mut WriteTx, s: &StandingRecord) -> Result<()> {
 /// most: people grant them one decision at a time), and what the tenant paid `recipient` (as
 /// [`crate::payments::payee_history`]), read together: a payment the rules send to a person looks for a
 /// standing approval that covers it and, finding none, shows the person the payee's history, and both are read
-/// under the tenant's lock.
+/// under the tenant's lock: on PostgreSQL in the write's first round trip, when [`crate::About`] guessed them.
 pub async fn in_force_with_history(
     tx: &mut WriteTx,
     (session_id, payee): (Uuid, &str),
     (recipient, since, limit): (&str, DateTime<Utc>, i64),
 ) -> Result<(Vec<StandingRecord>, PayeeHistory)> {
-    let standing = in_force_query(tx, session_id, payee);
-    let history = crate::payments::payee_history_query(tx.tenant_id(), recipient, since, limit);
-    let mut found = crate::db::fetch_together(tx, vec![standing, history])
-        .await?
-        .into_iter();
+    let asked = crate::StandingAsked {
+        payee: payee.to_owned(),
+        recipient: recipient.to_owned(),
+        since,
+        limit,
+    };
+    let mut found = match tx.take_prefetched_standing(session_id, asked) {
+        Some(read) => read,
+        None => {
+            let standing = in_force_query(tx, session_id, payee);
+            let history =
+                crate::payments::payee_history_query(tx.tenant_id(), recipient, since, limit);
+            crate::db::fetch_together(tx, vec![standing, history]).await?
+        }
+    }
+    .into_iter();
     let mut next = || found.next().unwrap_or_default();
     let standing = crate::records::<StandingRow, StandingRecord>(next())?;
     Ok((standing, PayeeHistory::from_rows(next())?))
 }
 
-fn in_force_query(tx: &WriteTx, session_id: Uuid, payee: &str) -> Query {
-    let (tenant, now) = (tx.tenant_id().to_string(), tx.now_text());
-    query(format!(
+/// A session's standing approvals for a payee in force at a time, oldest first: `$1` tenant, `$2` session, `$3`
+/// payee, `$4` the time.
+pub(crate) static IN_FORCE: LazyLock<String> = LazyLock::new(|| {
+    format!(
         "SELECT {COLUMNS} FROM standing_approvals WHERE tenant_id = $1 AND session_id = $2 AND payee = $3 \
          AND revoked_at IS NULL AND expires_at > $4 ORDER BY created_at LIMIT 20"
-    ))
-    .bind(tenant)
-    .bind(session_id.to_string())
-    .bind(payee.to_owned())
-    .bind(now)
+    )
+});
+
+fn in_force_query(tx: &WriteTx, session_id: Uuid, payee: &str) -> Query {
+    let (tenant, now) = (tx.tenant_id().to_string(), tx.now_text());
+    query(IN_FORCE.as_str())
+        .bind(tenant)
+        .bind(session_id.to_string())
+        .bind(payee.to_owned())
+        .bind(now)
 }
 
 /// Takes `usd` of a standing approval that had `used` taken: a compare-and-set, false if it changed, was

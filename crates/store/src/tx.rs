@@ -60,6 +60,8 @@ pub struct WriteTx {
     prefetched: Option<((Uuid, Uuid), Option<Row>)>,
     /// The approval request [`Store::begin_about`] read with the lock, until it is taken.
     prefetched_approval: Option<(Uuid, Option<Row>)>,
+    /// The standing approvals and payee history [`Store::begin_about`] read with the lock, until taken.
+    prefetched_standing: Option<StandingRead>,
     /// The key that acts, and its name, as of the lock.
     actor: Option<(Uuid, String)>,
     /// How many of the acting key's requests wait on people, as of the lock, until this write changes it.
@@ -99,13 +101,17 @@ pub(crate) static PREPARED: LazyLock<String> = LazyLock::new(|| {
          PREPARE paygent_request_session (text, text, text) AS {}; \
          PREPARE paygent_request_days (text, text, text, text, text) AS {}; \
          PREPARE paygent_approval (text, text) AS {}; \
-         PREPARE paygent_windows (text, text) AS {}",
+         PREPARE paygent_windows (text, text) AS {}; \
+         PREPARE paygent_standing (text, text, text, text) AS {}; \
+         PREPARE paygent_history (text, text, text, int8) AS {}",
         *crate::policies::SESSION_WITH_POLICY,
         crate::budgets::days_sql(),
         *crate::policies::SESSION_OF_REQUEST,
         crate::budgets::days_of_request_sql(),
         *crate::approvals::BY_ID,
-        *crate::velocity::WINDOWS_LISTED
+        *crate::velocity::WINDOWS_LISTED,
+        *crate::standing::IN_FORCE,
+        *crate::payments::PAYEE_HISTORY
     )
 });
 /// The tenant's row lock, in a statement of its own before anything is read: a statement that waits for a lock
@@ -124,13 +130,28 @@ const ABOUT_REQUEST: &str = "; EXECUTE paygent_request_session ($1, $4, $5); \
 /// tenant's default policy (the session's when it names none), for a decision or an approved payment's run the
 /// approval request, and for a payment the circuit breaker's windows it is likely to read: on PostgreSQL all of
 /// them, and the session's budget rows, are read in the round trip that takes the lock. The windows are a guess:
-/// [`crate::velocity::windows`] uses that read only when asked for exactly them.
+/// [`crate::velocity::windows`] uses that read only when asked for exactly them. So are the standing approvals
+/// and payee history of a payment likely to go to a person ([`crate::standing::in_force_with_history`]).
 #[derive(Debug, Clone)]
 pub struct About {
     pub session: Option<Uuid>,
     pub default_policy: Uuid,
     pub approval: Option<Uuid>,
     pub windows: Vec<Window>,
+    pub standing: Option<StandingAsked>,
+}
+
+/// The standing approvals and payee history read for a session and what it asked: the rows of each.
+type StandingRead = ((Uuid, StandingAsked), Vec<Vec<Row>>);
+
+/// A payment's session's standing approvals for `payee` (normalized), and what the tenant paid `recipient`
+/// since `since` (at most `limit` payments): what a person asked about it would be shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StandingAsked {
+    pub payee: String,
+    pub recipient: String,
+    pub since: DateTime<Utc>,
+    pub limit: i64,
 }
 
 impl Store {
@@ -211,6 +232,7 @@ impl Store {
             ledgers: LedgerRows::default(),
             prefetched: None,
             prefetched_approval: None,
+            prefetched_standing: None,
             actor_pending: match actor {
                 Some(_) => Some(row.get::<Option<i64>>(5)?.unwrap_or(0)),
                 None => None,
@@ -234,6 +256,7 @@ impl Store {
                 tx.prefetched = Some(((session, about.default_policy), read.session));
             }
             tx.prefetched_approval = about.approval.zip(read.approval);
+            tx.prefetched_standing = about.session.zip(about.standing).zip(read.standing);
             if let (Some(rows), Conn::Pg(pg)) = (read.windows, &mut tx.conn) {
                 let found = crate::velocity::placed(&rows, about.windows.len())?;
                 pg.read_with_lock(about.windows, found);
@@ -270,6 +293,8 @@ struct Read {
     approval: Option<Option<Row>>,
     /// The rows of the breaker's windows, if any were asked for.
     windows: Option<Vec<Row>>,
+    /// The rows of the standing approvals and of the payee's history, if asked for.
+    standing: Option<Vec<Vec<Row>>>,
 }
 
 /// PostgreSQL: the write's first round trip. Opens its savepoint (the group's first write takes the lock), reads
@@ -285,12 +310,16 @@ async fn first_round_trip(
     let days = crate::budgets::days_around(now);
     // Windows the group read already, or its last group handed on, are not read again.
     let prefetch = about.is_some_and(|a| !a.windows.is_empty() && !tx.may_know_windows(&a.windows));
+    let standing = about.and_then(|a| a.session.zip(a.standing.as_ref()));
     if let Some(a) = about {
         about_sql(a, &days, &mut sql, &mut args);
         if prefetch {
             args.push(crate::velocity::listed(&a.windows).into());
             sql.push_str(&format!("; EXECUTE paygent_windows ($1, ${})", args.len()));
         }
+    }
+    if let Some((_, asked)) = standing {
+        standing_sql(asked, &mut sql, &mut args);
     }
     let results = tx.start(&inlined(&sql, &args)?).await?;
     let mut results = results.into_iter().rev();
@@ -300,6 +329,13 @@ async fn first_round_trip(
     };
     let read = match about {
         Some(a) => {
+            let standing = match standing {
+                Some(_) => {
+                    let history = rows()?;
+                    Some(vec![rows()?, history])
+                }
+                None => None,
+            };
             let windows = match prefetch {
                 true => Some(rows()?),
                 false => None,
@@ -321,6 +357,7 @@ async fn first_round_trip(
                 budget,
                 approval,
                 windows,
+                standing,
             })
         }
         None => None,
@@ -349,6 +386,25 @@ fn about_sql(a: &About, days: &[String; 3], sql: &mut String, args: &mut Vec<Arg
             }
         }
     }
+}
+
+/// The standing approvals in force (`$4`, the session, `$3`, the time) and the payee's history, read after the
+/// rest of the first round trip.
+fn standing_sql(asked: &StandingAsked, sql: &mut String, args: &mut Vec<Arg>) {
+    let n = args.len();
+    args.extend([
+        asked.payee.clone().into(),
+        asked.recipient.clone().into(),
+        paygent_domain::time::format(asked.since).into(),
+        asked.limit.into(),
+    ]);
+    sql.push_str(&format!(
+        "; EXECUTE paygent_standing ($1, $4, ${}, $3); EXECUTE paygent_history ($1, ${}, ${}, ${})",
+        n + 1,
+        n + 2,
+        n + 3,
+        n + 4
+    ));
 }
 
 impl WriteTx {
@@ -497,6 +553,16 @@ impl WriteTx {
     /// such request). Taken once, as the session.
     pub(crate) fn take_prefetched_approval(&mut self, id: Uuid) -> Option<Option<Row>> {
         take_if(&mut self.prefetched_approval, id)
+    }
+
+    /// The standing approvals and payee history [`Store::begin_about`] read with the lock, if they are those of
+    /// `session` and `asked`: the rows of each. Taken once, as the session; the guard reads them before it writes.
+    pub(crate) fn take_prefetched_standing(
+        &mut self,
+        session: Uuid,
+        asked: StandingAsked,
+    ) -> Option<Vec<Vec<Row>>> {
+        take_if(&mut self.prefetched_standing, (session, asked))
     }
 
     /// How many of the key `id`'s requests wait on people, if it is the one that acts and this write has not

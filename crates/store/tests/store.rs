@@ -1216,6 +1216,7 @@ async fn windows_read_with_the_lock_are_the_databases_on_postgres() {
                 default_policy: Uuid::new_v4(),
                 approval: None,
                 windows,
+                standing: None,
             };
             (
                 read,
@@ -1485,6 +1486,7 @@ async fn windows_carried_to_the_next_group_hold_until_another_instance_writes_on
             default_policy: Uuid::new_v4(),
             approval: None,
             windows: wanted.clone(),
+            standing: None,
         };
         store.begin_about(tenant, key, at(ms), about)
     };
