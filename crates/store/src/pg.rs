@@ -6,7 +6,7 @@
 //! writes of one tenant in this process queue fairly on an in-process lock instead, and each runs inside the
 //! tenant's open group: one transaction, one row lock hold, one flush for all of them. A write that sends more
 //! than its first round trip's reads does so in a savepoint of its own, which rolls it back alone should it fail
-//! ([`PgTx::savepoint`]); one that does not (a payment the guard allows) needs none. A committer
+//! ([`PgTx::savepoint`]); one that does not (a payment the guard allows, a decision) needs none. A committer
 //! commits the group as soon as it gets the lock, so writers that queued before it join the group and later
 //! ones start the next. As on SQLite ([`crate::lite`]), a write's `commit` returns only once its group is
 //! durable, and a failed group fails every write in it, none half-written. Other instances still serialize on
@@ -563,20 +563,32 @@ impl PgTx {
         Ok(open.ok_or(StoreError::Closed)?.conn.get())
     }
 
-    /// Runs the write's first statements, `sql` (simple protocol, so its values are literals): in the same round
-    /// trip, the last write's closing statement runs and what it left is settled.
-    /// Returns the rows of each statement, in order (those that settle and open first). Should the last write's
-    /// closing statement fail, its group fails, and this write starts over, once, in a new group.
-    pub(crate) async fn start(&mut self, sql: &str) -> Result<Vec<Vec<PgRow>>> {
+    /// Runs the write's first statements, `sql` (simple protocol, so its values are literals), reads: in the same
+    /// round trip, the last write's closing statement runs, what it left is settled, and with `savepoint` this
+    /// one's savepoint opens ([`PgTx::savepoint`]) before `sql`. Returns the rows of each statement, in order
+    /// (those that settle and open first). Should the last write's closing statement fail, its group fails, and
+    /// this write starts over, once, in a new group.
+    pub(crate) async fn start(&mut self, sql: &str, savepoint: bool) -> Result<Vec<Vec<PgRow>>> {
         let group = self.guard.as_mut().ok_or(StoreError::Closed)?;
         let carried = group.open.as_ref().is_some_and(|o| o.closing.is_some());
-        match started(group, sql).await {
+        let sql = match savepoint {
+            true => format!("SAVEPOINT paygent_tx; {sql}"),
+            false => sql.to_owned(),
+        };
+        let started = match started(group, &sql).await {
             Err(_) if carried => {
                 group.opened().await?;
-                started(group, sql).await
+                started(group, &sql).await
             }
             done => done,
+        };
+        if savepoint
+            && started.is_ok()
+            && let Some(open) = group.open.as_mut()
+        {
+            open.left = Left::Undone;
         }
+        started
     }
 
     /// Runs `queries`, reads, after what the write held back (sent in its savepoint), in one message: the rows of
@@ -728,7 +740,8 @@ impl PgTx {
     /// Opens the write's savepoint unless it has one, before it sends anything past its first round trip's reads:
     /// what it sends may then fail alone, rolled back to the savepoint, and its group goes on. A write that sends
     /// nothing more (its held-back writes go in its closing statement, whose failure fails the group anyway)
-    /// opens none: no subtransaction, and nothing to settle after it.
+    /// opens none: no subtransaction, and nothing to settle after it. A write likely to send more opens it in its
+    /// first round trip instead ([`PgTx::start`]), saving this one.
     pub(crate) async fn savepoint(&mut self) -> Result<()> {
         let group = self.guard.as_mut().ok_or(StoreError::Closed)?;
         let open = group.open.as_mut().ok_or(StoreError::Closed)?;

@@ -321,7 +321,9 @@ async fn first_round_trip(
     if let Some((_, asked)) = standing {
         standing_sql(asked, &mut sql, &mut args);
     }
-    let results = tx.start(&inlined(&sql, &args)?).await?;
+    // A write about nothing in particular (a session made, a key revoked) goes on to statements of its own:
+    // its savepoint opens now, in this round trip, rather than in one of its own before them.
+    let results = tx.start(&inlined(&sql, &args)?, about.is_none()).await?;
     let mut results = results.into_iter().rev();
     let mut rows = || -> Result<Vec<Row>> {
         let rows = results.next().unwrap_or_default();

@@ -171,16 +171,30 @@ async fn concurrent_writes_on_sqlite_all_commit_and_survive_a_reopen() {
     );
 }
 
+/// A write about a session, whose first round trip reads what its session's writes do (on PostgreSQL it opens
+/// its savepoint only as it sends more).
+fn about() -> paygent_store::About {
+    paygent_store::About {
+        session: Some(Uuid::new_v4()),
+        default_policy: Uuid::new_v4(),
+        approval: None,
+        windows: Vec::new(),
+        standing: None,
+    }
+}
+
 /// A write dropped in the middle of a group leaves nothing, not even a change to its tenant's row, while the
-/// writes queued with it commit. Two more writers queue behind the first, so all three run in one group.
+/// writes queued with it commit. Two more writers queue behind the first, so all three run in one group. The
+/// first opens its savepoint in its first round trip, the others as they send a statement of their own.
 async fn a_dropped_write_leaves_nothing(url: &str) {
     let (store, tenant) = with_tenant(url).await;
+    let key = agent_key(&store, tenant).await;
     let before = store.commits();
     let first = store.begin(tenant, Utc::now()).await.unwrap();
     let spawn = |keep: bool, name: &'static str| {
         let store = store.clone();
         tokio::spawn(async move {
-            let mut tx = store.begin(tenant, Utc::now()).await?;
+            let mut tx = store.begin_about(tenant, key, Utc::now(), about()).await?;
             assert_eq!(tx.kill_switch(), None, "{name} sees no dropped write");
             tx.set_kill_switch(Some(name)).await?;
             tx.audit("test", AuditAction::SessionCreated, name, None, json!({}))
@@ -263,11 +277,12 @@ fn payment_of_no_session(tenant: Uuid) -> paygent_store::payments::PaymentRecord
 /// before it sends anything more, so the failure rolls back to it.
 async fn a_held_back_write_that_fails_fails_its_write_alone(url: &str) {
     let (store, tenant) = with_tenant(url).await;
+    let key = agent_key(&store, tenant).await;
     let first = store.begin(tenant, Utc::now()).await.unwrap();
     let failing = {
         let store = store.clone();
         tokio::spawn(async move {
-            let mut tx = store.begin(tenant, Utc::now()).await?;
+            let mut tx = store.begin_about(tenant, key, Utc::now(), about()).await?;
             paygent_store::payments::insert(&mut tx, &payment_of_no_session(tenant)).await?;
             query("SELECT 1").fetch_one(tx.conn()).await
         })
