@@ -251,22 +251,31 @@ impl Store {
         }
         tx.events_before = tx.event_seq;
         if let (Some(about), Some(read)) = (about, read) {
-            if let Some(session) = read.session_id {
-                crate::budgets::seen_days(&mut tx, session, &read.days, read.budget)?;
-                tx.prefetched = Some(((session, about.default_policy), read.session));
-            }
-            tx.prefetched_approval = about.approval.zip(read.approval);
-            tx.prefetched_standing = about.session.zip(about.standing).zip(read.standing);
-            if let (Some(rows), Conn::Pg(pg)) = (read.windows, &mut tx.conn) {
-                let found = crate::velocity::placed(&rows, about.windows.len())?;
-                pg.read_with_lock(about.windows, found);
-            }
+            tx.keep_read(about, read)?;
         }
         if let Conn::Pg(pg) = &tx.conn {
             // What the group's kept writes left, not yet in the database.
             pg.answer_ledgers(&mut tx.ledgers);
         }
         Ok(tx)
+    }
+}
+
+impl WriteTx {
+    /// Keeps what the first round trip read about `about`, each until taken: the session's budget rows, the
+    /// session, the approval request, the standing approvals and payee history, and the breaker's windows.
+    fn keep_read(&mut self, about: About, read: Read) -> Result<()> {
+        if let Some(session) = read.session_id {
+            crate::budgets::seen_days(self, session, &read.days, read.budget)?;
+            self.prefetched = Some(((session, about.default_policy), read.session));
+        }
+        self.prefetched_approval = about.approval.zip(read.approval);
+        self.prefetched_standing = about.session.zip(about.standing).zip(read.standing);
+        if let (Some(rows), Conn::Pg(pg)) = (read.windows, &mut self.conn) {
+            let found = crate::velocity::placed(&rows, about.windows.len())?;
+            pg.read_with_lock(about.windows, found);
+        }
+        Ok(())
     }
 }
 
