@@ -87,11 +87,12 @@ macro_rules! head {
 const HEAD: &str = head!();
 
 /// PostgreSQL: the statements a write's first round trip runs, prepared once on each connection, since that
-/// round trip also opens the write's savepoint and so uses the simple protocol, which would plan them each
-/// time: the tenant's lock (taken as a group opens, [`LOCK`]), the head's read, and for a write about one
-/// session, that session with its policy and its budget rows around today (for a decision, those of its
-/// request's session, through the request), for a decision or an approved payment's run, the approval request,
-/// and for a payment, the circuit breaker's windows.
+/// round trip also carries the last write's closing statement and what settles it, and so uses the simple
+/// protocol, which would plan them each time: the tenant's lock (taken as a group opens, [`LOCK`]), the head's
+/// read, and for a write about one session, that session with its policy and its budget rows around today (for
+/// a decision, those of its request's session, through the request), for a decision or an approved payment's
+/// run, the approval request, and for a payment, the circuit breaker's windows and, if a person is likely to be
+/// asked, the standing approvals and the payee's history.
 pub(crate) static PREPARED: LazyLock<String> = LazyLock::new(|| {
     format!(
         "PREPARE paygent_lock (text) AS SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE; \
@@ -306,9 +307,9 @@ struct Read {
     standing: Option<Vec<Vec<Row>>>,
 }
 
-/// PostgreSQL: the write's first round trip. Opens its savepoint (the group's first write takes the lock), reads
-/// the head, and for a write about a session, reads the session and its budget rows around today, and what else
-/// `about` names.
+/// PostgreSQL: the write's first round trip (the group's first write takes the lock). Reads the head, and for a
+/// write about a session, the session and its budget rows around today, and what else `about` names; a write
+/// about nothing in particular also opens its savepoint.
 async fn first_round_trip(
     tx: &mut PgTx,
     mut args: Vec<Arg>,
@@ -319,7 +320,8 @@ async fn first_round_trip(
     let days = crate::budgets::days_around(now);
     // Windows the group read already, or its last group handed on, are not read again.
     let prefetch = about.is_some_and(|a| !a.windows.is_empty() && !tx.may_know_windows(&a.windows));
-    let standing = about.and_then(|a| a.session.zip(a.standing.as_ref()));
+    // Only a payment's: its session is named.
+    let standing = about.and_then(|a| a.standing.as_ref().filter(|_| a.session.is_some()));
     if let Some(a) = about {
         about_sql(a, &days, &mut sql, &mut args);
         if prefetch {
@@ -327,7 +329,7 @@ async fn first_round_trip(
             sql.push_str(&format!("; EXECUTE paygent_windows ($1, ${})", args.len()));
         }
     }
-    if let Some((_, asked)) = standing {
+    if let Some(asked) = standing {
         standing_sql(asked, &mut sql, &mut args);
     }
     // A write about nothing in particular (a session made, a key revoked) goes on to statements of its own:
