@@ -264,7 +264,7 @@ pub async fn insert(tx: &mut WriteTx, a: &ApprovalRecord) -> Result<()> {
     .bind(a.escalate_at.map(paygent_domain::time::format))
     .bind(a.context.as_ref().map(Value::to_string))
     .bind(a.network.clone());
-    tx.defer("approval_requests", q, 1).await?;
+    tx.defer_row("approval_requests", a.id, q).await?;
     if a.status == ApprovalStatus::Pending {
         waiting(tx, &[(a.requested_by.to_string(), 1)]).await?;
     }
@@ -568,7 +568,7 @@ pub async fn decide(
     .bind(d.edited_args.map(Value::to_string))
     .bind(d.digest)
     .bind(d.network.map(str::to_owned));
-    tx.defer("approval_requests", update, 1).await?;
+    tx.defer_row("approval_requests", d.id, update).await?;
     stopped_waiting(tx, Some(decided.requested_by.to_string())).await?;
     with_votes(tx.conn(), decided).await.map(Some)
 }
@@ -702,7 +702,7 @@ pub async fn consume(tx: &mut WriteTx, current: &ApprovalRecord) -> Result<bool>
     .bind(tx.tenant_id().to_string())
     .bind(current.id.to_string())
     .bind(tx.now_text());
-    tx.defer("approval_requests", update, 1).await?;
+    tx.defer_row("approval_requests", current.id, update).await?;
     Ok(true)
 }
 

@@ -11,18 +11,34 @@
 
 use crate::db::{Arg, Query, Row};
 use crate::{Result, StoreError};
+use uuid::Uuid;
 
-/// A write held back: the table it changes, and how many rows it must change.
+/// A write held back: the table it changes (and the row, when it changes one it names), and how many rows it
+/// must change.
 #[derive(Debug)]
 pub(crate) struct Deferred {
     pub(crate) table: &'static str,
+    pub(crate) row: Option<Uuid>,
     query: Query,
     rows: u64,
 }
 
 impl Deferred {
     pub(crate) fn new(table: &'static str, query: Query, rows: u64) -> Deferred {
-        Deferred { table, query, rows }
+        Deferred {
+            table,
+            row: None,
+            query,
+            rows,
+        }
+    }
+
+    /// The write changes the one row `id`.
+    pub(crate) fn of_row(self, id: Uuid) -> Deferred {
+        Deferred {
+            row: Some(id),
+            ..self
+        }
     }
 
     /// The write as it runs on its own (SQLite), its count checked.

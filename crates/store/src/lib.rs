@@ -220,12 +220,14 @@ pub(crate) async fn durable(
 
 /// How many groups of writes this process committed, and how many writes they held: their ratio is how much
 /// group commit saves.
-/// Also how many writes wait now to join one.
+/// Also how many writes wait now to join one, and how many found their first round trip made by a write ahead
+/// of them (PostgreSQL: [`crate::pg::Ahead`]).
 #[derive(Debug, Default)]
 pub(crate) struct Commits {
     groups: std::sync::atomic::AtomicU64,
     writes: std::sync::atomic::AtomicU64,
     waiting: std::sync::atomic::AtomicU64,
+    pub(crate) read_ahead: std::sync::atomic::AtomicU64,
 }
 
 impl Commits {
@@ -379,6 +381,12 @@ impl Store {
     }
 
     /// Writes waiting now for their turn: for the writer on SQLite, for their tenant's group on PostgreSQL.
+    /// How many writes found their first round trip's reads made by a write ahead of them in their group.
+    pub fn reads_ahead(&self) -> u64 {
+        let used = &self.commit_counts().read_ahead;
+        used.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn writes_waiting(&self) -> u64 {
         let waiting = &self.commit_counts().waiting;
         waiting.load(std::sync::atomic::Ordering::Relaxed)

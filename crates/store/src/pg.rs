@@ -24,6 +24,14 @@
 //! parameters, and planning a closing statement from its text each time cost more than the round trip saved
 //! (BENCHMARKS.md), so each shape of closing statement is prepared once on a connection and executed by name.
 //!
+//! A write's first round trip reads what it is about (the tenant's head, its session and budget rows, the
+//! request it decides). The writes waiting for the tenant's turn say beforehand what they will read ([`Ahead`]),
+//! and the write whose turn it is sends those reads behind its own, in its round trip. A waiting write whose turn
+//! comes in the same group then uses them and sends nothing until it commits, unless a write kept since changed
+//! what they read ([`Touched`]: a write that sent statements of its own may have changed anything, one that did
+//! not only what its closing statement writes); then it reads again. The closing statements of writes that sent
+//! nothing wait together for the group's next message.
+//!
 //! Under the group's lock hold, what no other writer can change is kept by the group, not read or written per
 //! write: the tenant's head (its audit chain and event sequence, [`Head`]) and the budget rows its writes change
 //! answer its next writes and are written once, just before its `COMMIT` ([`GroupLedgers`]), as are the spend
@@ -43,7 +51,9 @@ use paygent_domain::velocity::{Mark, Window};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Postgres};
-use std::collections::{HashMap, HashSet};
+use crate::tx::{FirstReads, Plan};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard, oneshot, watch};
@@ -63,6 +73,12 @@ const MOST_WINDOWS_SEEN: usize = 64;
 /// new shape goes as plain text.
 const MOST_PREPARED: usize = 128;
 
+/// Writes whose reads go ahead in one message at most.
+const MOST_AHEAD: usize = 32;
+
+/// Writes queued for reads ahead, per tenant, at most.
+const MOST_WAITING: usize = 256;
+
 /// The names of the statement shapes prepared on the connection, read as a group opens its transaction.
 const PREPARED_NAMES: &str =
     "SELECT name FROM pg_prepared_statements WHERE name LIKE 'paygent\\_c%'; ";
@@ -75,6 +91,7 @@ pub(crate) struct Pg {
     acquire_timeout: Duration,
     pub(crate) commits: Arc<crate::Commits>,
     carried: CarriedWindows,
+    waiting: Waiting,
 }
 
 /// By tenant, the breaker's windows its last committed group in this instance knew ([`Carried`]).
@@ -85,6 +102,7 @@ type CarriedWindows = Arc<Mutex<HashMap<Uuid, Carried>>>;
 struct Group {
     tenant: Uuid,
     carried: CarriedWindows,
+    waiting: Waiting,
     commits: Arc<crate::Commits>,
     pool: PgPool,
     acquire_timeout: Duration,
@@ -98,10 +116,15 @@ struct Open {
     conn: GroupConn,
     members: usize,
     outcome: watch::Sender<Outcome>,
+    /// Which group this is, for reads sent ahead in it ([`Ahead`]).
+    id: u64,
     /// What the last write left: settled by whoever takes the group next.
     left: Left,
-    /// The last write's closing statement, when it was kept: sent by whoever takes the group next.
-    closing: Option<Closing>,
+    /// The closing statements of the writes kept since the group's last message, in order: sent in front of its
+    /// next one.
+    closings: Vec<Closing>,
+    /// What each write kept in the group changed before the group commits, in order.
+    kept: Vec<Touched>,
     /// The statement shapes prepared on the connection, by name.
     prepared: HashSet<String>,
     /// The breaker's windows the group's writes read, and the marks they kept.
@@ -120,6 +143,117 @@ struct Open {
     marks: GroupMarks,
     /// How its kept writes moved keys' counts of requests waiting on people, written as it commits.
     pending: GroupPending,
+}
+
+/// What a kept write changed in the database before its group commits: statements of its own (anything), or
+/// only the tables its closing statement writes. Reads sent ahead for a later write hold for it only if no write
+/// kept since they were sent changed what they read ([`PgTx::read_ahead`]).
+#[derive(Debug)]
+enum Touched {
+    Statements,
+    Tables(Vec<(&'static str, Option<Uuid>)>),
+}
+
+impl Touched {
+    fn stales(&self, plan: &Plan) -> bool {
+        match self {
+            Touched::Statements => true,
+            Touched::Tables(changes) => changes.iter().any(|&(t, row)| plan.reads(t, row)),
+        }
+    }
+}
+
+/// A write waiting for its tenant's turn: its first round trip's reads may go in the message of a write ahead of
+/// it in the same group ([`started`]), and then it needs no round trip of its own when its turn comes.
+#[derive(Debug)]
+pub(crate) struct Ahead {
+    reads: FirstReads,
+    found: Mutex<Option<ReadAhead>>,
+}
+
+/// Reads sent ahead: in which group, after how many of its kept writes, and their rows.
+#[derive(Debug)]
+struct ReadAhead {
+    group: u64,
+    since: usize,
+    plan: Plan,
+    rows: Vec<Vec<PgRow>>,
+}
+
+impl Ahead {
+    pub(crate) fn new(reads: FirstReads) -> Arc<Ahead> {
+        Arc::new(Ahead {
+            reads,
+            found: Mutex::new(None),
+        })
+    }
+
+    pub(crate) fn reads(&self) -> &FirstReads {
+        &self.reads
+    }
+}
+
+/// By tenant, the writes waiting for its turn whose reads may go ahead ([`Ahead`]), in arrival order, and where
+/// a committer was queued among them: those behind it will be in the next group.
+type Waiting = Arc<Mutex<HashMap<Uuid, VecDeque<Queued>>>>;
+
+#[derive(Debug)]
+enum Queued {
+    Write(Weak<Ahead>),
+    Committer,
+}
+
+/// Queues `entry` behind the tenant's others, unless [`MOST_WAITING`] are queued.
+fn queue(waiting: &Waiting, tenant: Uuid, entry: Queued) {
+    let mut all = waiting.lock().expect("waiting");
+    let queue = all.entry(tenant).or_default();
+    if queue.len() >= MOST_WAITING {
+        queue.retain(|q| !matches!(q, Queued::Write(w) if w.strong_count() == 0));
+    }
+    if queue.len() < MOST_WAITING {
+        queue.push_back(entry);
+    }
+}
+
+/// Takes out the first entry `is` matches, if any.
+fn dequeue(waiting: &Waiting, tenant: Uuid, is: impl Fn(&Queued) -> bool) {
+    let mut all = waiting.lock().expect("waiting");
+    let Some(queue) = all.get_mut(&tenant) else {
+        return;
+    };
+    if let Some(at) = queue.iter().position(is) {
+        queue.remove(at);
+    }
+    if queue.is_empty() {
+        all.remove(&tenant);
+    }
+}
+
+/// Takes out the waiting writes queued in front of the first committer, [`MOST_AHEAD`] at most.
+fn writes_ahead(waiting: &Waiting, tenant: Uuid) -> Vec<Arc<Ahead>> {
+    let mut all = waiting.lock().expect("waiting");
+    let Some(queue) = all.get_mut(&tenant) else {
+        return Vec::new();
+    };
+    let (mut taken, mut stop) = (Vec::new(), false);
+    queue.retain(|q| match q {
+        _ if stop => true,
+        Queued::Committer => {
+            stop = true;
+            true
+        }
+        Queued::Write(w) => match w.upgrade() {
+            Some(ahead) if taken.len() < MOST_AHEAD => {
+                taken.push(ahead);
+                false
+            }
+            alive => alive.is_some(),
+        },
+    });
+    if queue.is_empty() {
+        all.remove(&tenant);
+    }
+    taken
 }
 
 /// The tenant's head as a write leaves it: its audit chain's last entry and its event sequence, and the instance
@@ -163,14 +297,22 @@ impl Head {
 pub(crate) struct Closing {
     sql: String,
     args: Vec<Arg>,
+    /// The tables it writes (and the row, where it writes one it names): reads sent before it and used after it
+    /// are stale if they read them ([`Touched`]).
+    changes: Vec<(&'static str, Option<Uuid>)>,
     owner: Option<oneshot::Sender<StoreError>>,
 }
 
 impl Closing {
-    pub(crate) fn new(sql: String, args: Vec<Arg>) -> Closing {
+    pub(crate) fn new(
+        sql: String,
+        args: Vec<Arg>,
+        changes: Vec<(&'static str, Option<Uuid>)>,
+    ) -> Closing {
         Closing {
             sql,
             args,
+            changes,
             owner: None,
         }
     }
@@ -180,15 +322,21 @@ impl Closing {
         shaped(&self.sql, &self.args, prepared)
     }
 
-    /// Whether the statement, sent as `statements` in front of the rest of `ran`, completed; its results are taken
-    /// out of `ran`.
-    fn check(ran: &mut Ran, statements: usize) -> Result<()> {
-        if ran.results.len() < statements {
-            // It did not complete: the error is its own.
-            return Err(ran.error.take().unwrap_or(StoreError::Closed));
+    /// Whether each of `closings`, sent as `statements` each in front of the rest of `ran`, completed; their
+    /// results are taken out of `ran`. The first that did not, with its error, if one did not.
+    fn first_failed(
+        closings: Vec<Closing>,
+        statements: &[usize],
+        ran: &mut Ran,
+    ) -> Option<(Closing, StoreError)> {
+        for (closing, &n) in closings.into_iter().zip(statements) {
+            if ran.results.len() < n {
+                // It did not complete: the error is its own.
+                return Some((closing, ran.error.take().unwrap_or(StoreError::Closed)));
+            }
+            ran.results.drain(..n);
         }
-        ran.results.drain(..statements);
-        Ok(())
+        None
     }
 
     /// The statement failed with `error`: its write is told why, and its group fails.
@@ -295,6 +443,7 @@ impl Pg {
             acquire_timeout,
             commits: Arc::default(),
             carried: Arc::default(),
+            waiting: Arc::default(),
         })
     }
 
@@ -310,6 +459,7 @@ impl Pg {
         let group = Arc::new(AsyncMutex::new(Group {
             tenant: tenant_id,
             carried: self.carried.clone(),
+            waiting: self.waiting.clone(),
             commits: self.commits.clone(),
             pool: self.pool.clone(),
             acquire_timeout: self.acquire_timeout,
@@ -321,15 +471,19 @@ impl Pg {
     }
 
     /// Starts a write for `tenant_id`: waits (fairly, in arrival order) for the tenant's group, with a connection
-    /// for it if it has none. The write's first statements run in its first round trip ([`PgTx::start`]).
-    pub(crate) async fn begin(&self, tenant_id: Uuid) -> Result<PgTx> {
+    /// for it if it has none. The write's first statements run in its first round trip ([`PgTx::start`]), or,
+    /// for a write about something, in the round trip of a write ahead of it ([`PgTx::read_ahead`]).
+    pub(crate) async fn begin(&self, tenant_id: Uuid, ahead: &Arc<Ahead>) -> Result<PgTx> {
         let group = self.group(tenant_id);
+        if ahead.reads.may_go_ahead() {
+            queue(&self.waiting, tenant_id, Queued::Write(Arc::downgrade(ahead)));
+        }
         let turn = tokio::time::timeout(self.acquire_timeout, group.clone().lock_owned());
-        let mut guard = self
-            .commits
-            .queued(turn)
-            .await
-            .map_err(|_| StoreError::Busy)?;
+        let turn = self.commits.queued(turn).await;
+        dequeue(&self.waiting, tenant_id, |q| {
+            matches!(q, Queued::Write(w) if w.as_ptr() == Arc::as_ptr(ahead))
+        });
+        let mut guard = turn.map_err(|_| StoreError::Busy)?;
         guard.opened().await?;
         Ok(PgTx {
             guard: Some(guard),
@@ -353,12 +507,15 @@ impl Group {
             let conn = tokio::time::timeout(self.acquire_timeout, self.pool.acquire())
                 .await
                 .map_err(|_| StoreError::Busy)??;
+            static GROUPS: AtomicU64 = AtomicU64::new(0);
             self.open = Some(Open {
                 conn: GroupConn(Some(conn)),
                 members: 0,
                 outcome: watch::channel(None).0,
+                id: GROUPS.fetch_add(1, Ordering::Relaxed),
                 left: Left::Nothing,
-                closing: None,
+                closings: Vec::new(),
+                kept: Vec::new(),
                 prepared: HashSet::new(),
                 windows: GroupWindows::default(),
                 carried: self.carried.lock().expect("carried").remove(&self.tenant),
@@ -406,13 +563,13 @@ fn seal(group: &mut Group) -> Option<Sealed> {
 }
 
 impl Sealed {
-    /// Commits and tells the group's writes how it went, in one round trip: the last write's closing statement,
+    /// Commits and tells the group's writes how it went, in one round trip: the last writes' closing statements,
     /// the release of its savepoint if it opened one, what the group keeps for its commit, the tenant's head
     /// (every kept write leaves one: were the transaction aborted, its update fails, where a bare `COMMIT` would
     /// roll back and say nothing), and the `COMMIT`.
     async fn commit(self) {
         let Sealed {
-            mut open,
+            open,
             tenant,
             commits,
         } = self;
@@ -426,41 +583,35 @@ impl Sealed {
             let _ = open.conn.end("ROLLBACK".into()).await;
             return;
         }
-        let closing = open.closing.take();
-        let (mut ran, statements) = match commit_sql(&mut open, tenant, closing.as_ref()) {
-            Ok((sql, n)) => (run(open.conn.get(), sql).await, n),
-            Err(e) => (Ran::failed(e), 1),
+        let Ok((open, _)) = send(open, |open| commit_sql(open, tenant)).await else {
+            return;
         };
-        if let Some(closing) = closing
-            && let Err(e) = Closing::check(&mut ran, statements)
-        {
-            return closing.failed(open, e).await;
-        }
-        if let Some(e) = ran.error {
-            return open.fail(&e.to_string()).await;
-        }
         drop(open.conn.release());
         commits.add(open.members);
         open.outcome.send_replace(Some(Ok(())));
     }
 }
 
-/// The message that commits a group, and how many of its statements are the last write's closing one's.
-fn commit_sql(open: &mut Open, tenant: Uuid, closing: Option<&Closing>) -> Result<(String, usize)> {
-    let (text, n) = closing_text(open, closing)?;
+/// The message that commits a group, after the closing statements of its last writes.
+fn commit_sql(open: &mut Open, tenant: Uuid) -> Result<String> {
     let rollups = open.rollups.statement(tenant, &mut open.prepared)?;
     let ledgers = open.ledgers.statements(tenant, &mut open.prepared)?;
     let marks = open.marks.statement(tenant, &mut open.prepared)?;
     let pending = open.pending.statement(tenant, &mut open.prepared)?;
     let head = Head::statement(open, tenant)?;
     let settle = open.left.settle();
-    Ok((
-        format!("{text}{settle}{rollups}{ledgers}{marks}{pending}{head}COMMIT"),
-        n,
+    Ok(format!(
+        "{settle}{rollups}{ledgers}{marks}{pending}{head}COMMIT"
     ))
 }
 
 impl Open {
+    /// Whether the group knows the breaker's windows `wanted`, or the windows carried from the tenant's last
+    /// group do (if they hold).
+    fn knows_windows(&self, wanted: &[Window]) -> bool {
+        self.windows.knows(wanted) || self.carried.as_ref().is_some_and(|c| c.knows(wanted))
+    }
+
     /// Fails the transaction: every write in it fails.
     async fn fail(self, why: &str) {
         tracing::error!(error = %why, writes = self.members, "PostgreSQL group rolled back");
@@ -520,10 +671,15 @@ fn queue_committer(group: &Arc<AsyncMutex<Group>>, state: &mut Group) {
         return;
     };
     state.committer_queued = true;
+    // Writes queued behind it will be in the next group: none sends its reads ahead in this one.
+    queue(&state.waiting, state.tenant, Queued::Committer);
     let group = group.clone();
     runtime.spawn(async move {
         let mut state = group.lock_owned().await;
         state.committer_queued = false;
+        dequeue(&state.waiting, state.tenant, |q| {
+            matches!(q, Queued::Committer)
+        });
         let sealed = seal(&mut state);
         drop(state);
         if let Some(sealed) = sealed {
@@ -570,7 +726,7 @@ impl PgTx {
     /// this write starts over, once, in a new group.
     pub(crate) async fn start(&mut self, sql: &str, savepoint: bool) -> Result<Vec<Vec<PgRow>>> {
         let group = self.guard.as_mut().ok_or(StoreError::Closed)?;
-        let carried = group.open.as_ref().is_some_and(|o| o.closing.is_some());
+        let carried = group.open.as_ref().is_some_and(|o| !o.closings.is_empty());
         let sql = match savepoint {
             true => format!("SAVEPOINT paygent_tx; {sql}"),
             false => sql.to_owned(),
@@ -599,20 +755,36 @@ impl PgTx {
     ) -> Result<Vec<Vec<PgRow>>> {
         self.flush().await?;
         let group = self.guard.as_mut().ok_or(StoreError::Closed)?;
-        let open = group.open.as_mut().ok_or(StoreError::Closed)?;
-        let (mut text, mut statements) = (String::new(), Vec::with_capacity(queries.len()));
-        for (sql, args) in queries {
-            let (statement, n) = shaped(sql, args, &mut open.prepared)?;
-            text.push_str(&statement);
-            text.push_str("; ");
-            statements.push(n);
+        let mut statements = Vec::with_capacity(queries.len());
+        let results = sent(group, |open| {
+            let mut text = String::new();
+            for (sql, args) in queries {
+                let (statement, n) = shaped(sql, args, &mut open.prepared)?;
+                text.push_str(&statement);
+                text.push_str("; ");
+                statements.push(n);
+            }
+            Ok(text)
+        })
+        .await?;
+        last_of_each(results, &statements)
+    }
+
+    /// The reads a write ahead of this one sent for it ([`Ahead`]), if they were sent in this group and nothing
+    /// kept since changed what they read: the write's first round trip, already made. The last kept write must
+    /// have left nothing to settle (no savepoint).
+    pub(crate) fn read_ahead(&mut self, ahead: &Ahead) -> Option<(Plan, Vec<Vec<PgRow>>)> {
+        let found = ahead.found.lock().expect("found").take()?;
+        let group = self.guard.as_ref()?;
+        let open = group.open.as_ref()?;
+        let since = open.kept.get(found.since..)?;
+        let fresh = found.group == open.id
+            && open.left == Left::Read
+            && !since.iter().any(|t| t.stales(&found.plan));
+        if fresh {
+            (group.commits.read_ahead).fetch_add(1, Ordering::Relaxed);
         }
-        let ran = run(open.conn.get(), text).await;
-        if let Some(e) = ran.error {
-            fail(group, &e.to_string()).await;
-            return Err(e);
-        }
-        last_of_each(ran.results, &statements)
+        fresh.then_some((found.plan, found.rows))
     }
 
     /// The breaker's windows, while the write has left no mark: read with the lock if those were exactly these
@@ -636,9 +808,7 @@ impl PgTx {
     /// windows carried from the tenant's last group do (if they hold: [`PgTx::locked`] tells).
     pub(crate) fn may_know_windows(&self, wanted: &[Window]) -> bool {
         let open = self.guard.as_ref().and_then(|g| g.open.as_ref());
-        open.is_some_and(|o| {
-            o.windows.knows(wanted) || o.carried.as_ref().is_some_and(|c| c.knows(wanted))
-        })
+        open.is_some_and(|o| o.knows_windows(wanted))
     }
 
     /// The write took the tenant's lock and read the audit chain's `head`: the windows carried from the
@@ -744,18 +914,11 @@ impl PgTx {
     /// first round trip instead ([`PgTx::start`]), saving this one.
     pub(crate) async fn savepoint(&mut self) -> Result<()> {
         let group = self.guard.as_mut().ok_or(StoreError::Closed)?;
-        let open = group.open.as_mut().ok_or(StoreError::Closed)?;
-        if open.left != Left::Read {
+        if group.open.as_ref().ok_or(StoreError::Closed)?.left != Left::Read {
             return Ok(());
         }
-        if let Some(e) = run(open.conn.get(), "SAVEPOINT paygent_tx".into())
-            .await
-            .error
-        {
-            fail(group, &e.to_string()).await;
-            return Err(e);
-        }
-        open.left = Left::Undone;
+        sent(group, |_| Ok("SAVEPOINT paygent_tx".to_owned())).await?;
+        group.open.as_mut().ok_or(StoreError::Closed)?.left = Left::Undone;
         Ok(())
     }
 
@@ -791,10 +954,15 @@ impl PgTx {
         open.marks.add(&self.marks);
         open.pending.add(&self.waiting);
         (open.ledgers).kept(seen, std::mem::take(&mut self.ledgers_changed));
+        open.kept.push(match open.left {
+            // It sent statements of its own, in its savepoint.
+            Left::Undone => Touched::Statements,
+            _ => Touched::Tables(closing.iter().flat_map(|c| c.changes.clone()).collect()),
+        });
         if open.left == Left::Undone {
             open.left = Left::Kept;
         }
-        open.closing = closing;
+        open.closings.extend(closing);
         open.nudge = head.nudge.or(open.nudge);
         open.head = Some(head);
         open.members += 1;
@@ -825,53 +993,58 @@ impl Drop for PgTx {
     }
 }
 
-/// Runs a write's first statements in the group's open transaction, behind the last write's closing statement
-/// if it left one, and checks that one's counts. A failure fails the group.
+/// Runs a write's first statements, `sql`, in the group's open transaction (what settles the last write in
+/// front, and when the group opens, the names of the statements prepared on its connection and the tenant's
+/// lock), and behind them the reads of the writes waiting for their turn in this group ([`Ahead`]), which each
+/// get theirs. Returns the rows of the rest.
 async fn started(group: &mut Group, sql: &str) -> Result<Vec<Vec<PgRow>>> {
-    // Taken out while the statements run: a caller cancelled here drops the group, whose writes then fail,
-    // rather than leave its savepoints in a state nobody knows.
-    let mut open = group.open.take().ok_or(StoreError::Closed)?;
-    let closing = open.closing.take();
-    let (mut ran, statements) = match started_sql(&mut open, group.tenant, closing.as_ref(), sql) {
-        Ok((sql, statements)) => (run(open.conn.get(), sql).await, statements),
-        Err(e) => (Ran::failed(e), 1),
-    };
-    let opening = open.left == Left::Nothing;
+    let open = group.open.as_ref().ok_or(StoreError::Closed)?;
+    let (opening, since, id) = (open.left == Left::Nothing, open.kept.len(), open.id);
+    let mut aheads = writes_ahead(&group.waiting, group.tenant);
+    let mut plans = Vec::with_capacity(aheads.len());
+    let tenant = group.tenant;
+    let mut results = sent(group, |open| {
+        let mut text = started_sql(open, tenant, sql)?;
+        aheads.retain(|ahead| match ahead.reads.sql(|w| open.knows_windows(w)) {
+            Ok((reads, plan)) => {
+                text.push_str("; ");
+                text.push_str(&reads);
+                plans.push(plan);
+                true
+            }
+            Err(_) => false,
+        });
+        Ok(text)
+    })
+    .await?;
+    let open = group.open.as_mut().ok_or(StoreError::Closed)?;
     open.left = Left::Read;
-    if let Some(closing) = closing
-        && let Err(e) = Closing::check(&mut ran, statements)
-    {
-        let why = e.to_string();
-        closing.failed(open, e).await;
-        return Err(StoreError::Commit(why));
-    }
-    if opening && ran.error.is_none() {
+    if opening {
         // After `BEGIN`'s: the names of the statements prepared on the connection.
-        match prepared_names(ran.results.get(1)) {
+        match prepared_names(results.get(1)) {
             Ok(names) => open.prepared = names,
-            Err(e) => ran.error = Some(e),
+            Err(e) => {
+                fail(group, &e.to_string()).await;
+                return Err(e);
+            }
         }
     }
-    group.open = Some(open);
-    match ran.error {
-        Some(e) => {
-            fail(group, &e.to_string()).await;
-            Err(e)
-        }
-        None => Ok(ran.results),
+    for (ahead, plan) in aheads.iter().zip(plans).rev() {
+        let rows = results.split_off(results.len().saturating_sub(plan.statements()));
+        let read = ReadAhead {
+            group: id,
+            since,
+            plan,
+            rows,
+        };
+        *ahead.found.lock().expect("found") = Some(read);
     }
+    Ok(results)
 }
 
-/// The message of a write's first round trip: the last write's closing statement, what settles the last write
-/// (and when the group opens, the names of the statements prepared on its connection and the tenant's lock), and
-/// `sql`; and how many statements of it are the closing one's.
-fn started_sql(
-    open: &mut Open,
-    tenant: Uuid,
-    closing: Option<&Closing>,
-    sql: &str,
-) -> Result<(String, usize)> {
-    let (closing, statements) = closing_text(open, closing)?;
+/// What goes in front of a write's first statements `sql`: what settles the last write, and when the group opens,
+/// the names of the statements prepared on its connection and the tenant's lock.
+fn started_sql(open: &mut Open, tenant: Uuid, sql: &str) -> Result<String> {
     let opening = match open.left {
         Left::Nothing => {
             let lock = inlined(crate::tx::LOCK, &[tenant.to_string().into()])?;
@@ -880,16 +1053,61 @@ fn started_sql(
         Left::Read | Left::Kept | Left::Undone => String::new(),
     };
     let settle = open.left.settle();
-    Ok((format!("{closing}{settle}{opening}{sql}"), statements))
+    Ok(format!("{settle}{opening}{sql}"))
 }
 
-/// The last write's closing statement, if any, to go in front of others in a message, and how many statements
-/// it makes.
-fn closing_text(open: &mut Open, closing: Option<&Closing>) -> Result<(String, usize)> {
-    match closing {
-        Some(c) => c.text(&mut open.prepared).map(|(text, n)| (text + "; ", n)),
-        None => Ok((String::new(), 0)),
+/// Sends a message of the group's ([`send`]), its transaction back in the group unless it failed.
+async fn sent(
+    group: &mut Group,
+    body: impl FnOnce(&mut Open) -> Result<String>,
+) -> Result<Vec<Vec<PgRow>>> {
+    // Taken out while the statements run: a caller cancelled here drops the group, whose writes then fail,
+    // rather than leave its savepoints in a state nobody knows.
+    let open = group.open.take().ok_or(StoreError::Closed)?;
+    let (open, results) = send(open, body).await?;
+    group.open = Some(open);
+    Ok(results)
+}
+
+/// Sends a message of the group's: the closing statements of the writes kept since its last one, then `body`,
+/// composed after them. Returns the rows of `body`'s statements, in order. Should a closing statement fail, its
+/// write learns why; should anything fail, the group fails.
+async fn send(
+    mut open: Open,
+    body: impl FnOnce(&mut Open) -> Result<String>,
+) -> Result<(Open, Vec<Vec<PgRow>>)> {
+    let closings = std::mem::take(&mut open.closings);
+    let composed = closings_text(&mut open, &closings)
+        .and_then(|(text, counts)| Ok((text + &body(&mut open)?, counts)));
+    let (mut ran, counts) = match composed {
+        Ok((sql, counts)) => (run(open.conn.get(), sql).await, counts),
+        Err(e) => (Ran::failed(e), vec![1; closings.len()]),
+    };
+    if let Some((closing, e)) = Closing::first_failed(closings, &counts, &mut ran) {
+        let why = e.to_string();
+        closing.failed(open, e).await;
+        return Err(StoreError::Commit(why));
     }
+    match ran.error {
+        Some(e) => {
+            open.fail(&e.to_string()).await;
+            Err(e)
+        }
+        None => Ok((open, ran.results)),
+    }
+}
+
+/// The closing statements of the writes kept since the group's last message, to go in front of others in a
+/// message, and how many statements each makes.
+fn closings_text(open: &mut Open, closings: &[Closing]) -> Result<(String, Vec<usize>)> {
+    let (mut text, mut counts) = (String::new(), Vec::with_capacity(closings.len()));
+    for closing in closings {
+        let (statement, n) = closing.text(&mut open.prepared)?;
+        text.push_str(&statement);
+        text.push_str("; ");
+        counts.push(n);
+    }
+    Ok((text, counts))
 }
 
 fn prepared_names(rows: Option<&Vec<PgRow>>) -> Result<HashSet<String>> {
@@ -964,6 +1182,7 @@ mod tests {
             Closing::new(
                 sql.to_owned(),
                 vec!["it's".into(), 7.into(), crate::db::Arg::Text(None)],
+                Vec::new(),
             )
         };
         let mut prepared = HashSet::new();

@@ -4,7 +4,7 @@
 use crate::budgets::LedgerRows;
 use crate::db::{Arg, Conn, Db, Query, Row, inlined, pg_row, placeholders, query};
 use crate::deferred::{Deferred, Rendered};
-use crate::pg::{Closing, PgTx};
+use crate::pg::{Ahead, Closing, PgTx};
 use crate::policies::RulesCache;
 use crate::{Engine, Result, Store, StoreError};
 use chrono::{DateTime, Utc};
@@ -14,6 +14,7 @@ use paygent_domain::event::EventKind;
 use paygent_domain::velocity::Window;
 use serde::Serialize;
 use serde_json::Value;
+use sqlx::postgres::PgRow;
 use std::sync::LazyLock;
 use uuid::Uuid;
 
@@ -200,9 +201,16 @@ impl Store {
         // taken in the round trip that opens the group's transaction; SQLite has one writer already.
         let (conn, row, read) = match &self.engine {
             Engine::Pg(pg) => {
-                let mut tx = pg.begin(tenant_id).await?;
-                let (row, read) =
-                    first_round_trip(&mut tx, args.to_vec(), now, about.as_ref()).await?;
+                let ahead = Ahead::new(FirstReads {
+                    args: args.to_vec(),
+                    now,
+                    about: about.clone(),
+                });
+                let mut tx = pg.begin(tenant_id, &ahead).await?;
+                let (row, read) = match tx.read_ahead(&ahead) {
+                    Some((plan, rows)) => parsed(rows, &plan, about.as_ref())?,
+                    None => first_round_trip(&mut tx, ahead.reads()).await?,
+                };
                 (Conn::Pg(Box::new(tx)), row, read)
             }
             Engine::Lite(lite) => {
@@ -307,34 +315,105 @@ struct Read {
     standing: Option<Vec<Vec<Row>>>,
 }
 
-/// PostgreSQL: the write's first round trip (the group's first write takes the lock). Reads the head, and for a
-/// write about a session, the session and its budget rows around today, and what else `about` names; a write
-/// about nothing in particular also opens its savepoint.
-async fn first_round_trip(
-    tx: &mut PgTx,
-    mut args: Vec<Arg>,
+/// PostgreSQL: what a write's first round trip reads: the head, and for a write about a session, the session and
+/// its budget rows around today, and what else its `about` names. Composed as it is sent, by the write or by one
+/// ahead of it ([`Ahead`]), since whether the breaker's windows need reading depends on its group then.
+#[derive(Debug)]
+pub(crate) struct FirstReads {
+    args: Vec<Arg>,
     now: DateTime<Utc>,
-    about: Option<&About>,
-) -> Result<(Option<Row>, Option<Read>)> {
-    let mut sql = HEAD_READ.to_owned();
-    let days = crate::budgets::days_around(now);
-    // Windows the group read already, or its last group handed on, are not read again.
-    let prefetch = about.is_some_and(|a| !a.windows.is_empty() && !tx.may_know_windows(&a.windows));
-    // Only a payment's: its session is named.
-    let standing = about.and_then(|a| a.standing.as_ref().filter(|_| a.session.is_some()));
-    if let Some(a) = about {
-        about_sql(a, &days, &mut sql, &mut args);
-        if prefetch {
-            args.push(crate::velocity::listed(&a.windows).into());
-            sql.push_str(&format!("; EXECUTE paygent_windows ($1, ${})", args.len()));
+    about: Option<About>,
+}
+
+/// How the rows of a write's first round trip read back: on which days the budget rows are, whether the windows
+/// and the standing approvals were read, and how many statements it made.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    days: [String; 3],
+    windows: bool,
+    standing: bool,
+    approval: Option<Uuid>,
+    statements: usize,
+}
+
+impl FirstReads {
+    /// A write about nothing in particular goes on to statements of its own: its reads are not sent ahead.
+    pub(crate) fn may_go_ahead(&self) -> bool {
+        self.about.is_some()
+    }
+
+    /// The statements, their values written in, and how they read back; the windows are not read again if the
+    /// group `knows_windows` already.
+    pub(crate) fn sql(&self, knows_windows: impl Fn(&[Window]) -> bool) -> Result<(String, Plan)> {
+        let (mut sql, mut args) = (HEAD_READ.to_owned(), self.args.clone());
+        let days = crate::budgets::days_around(self.now);
+        let about = self.about.as_ref();
+        let windows = about.is_some_and(|a| !a.windows.is_empty() && !knows_windows(&a.windows));
+        // Only a payment's: its session is named.
+        let standing = about.and_then(|a| a.standing.as_ref().filter(|_| a.session.is_some()));
+        let mut statements = 1;
+        if let Some(a) = about {
+            statements += about_sql(a, &days, &mut sql, &mut args);
+            if windows {
+                args.push(crate::velocity::listed(&a.windows).into());
+                sql.push_str(&format!("; EXECUTE paygent_windows ($1, ${})", args.len()));
+                statements += 1;
+            }
+        }
+        if let Some(asked) = standing {
+            standing_sql(asked, &mut sql, &mut args);
+            statements += 2;
+        }
+        let plan = Plan {
+            days,
+            windows,
+            standing: standing.is_some(),
+            approval: about.and_then(|a| a.approval),
+            statements,
+        };
+        Ok((inlined(&sql, &args)?, plan))
+    }
+}
+
+impl Plan {
+    pub(crate) fn statements(&self) -> usize {
+        self.statements
+    }
+
+    /// Whether the reads depend on rows of `table` (or its one row `row`) as they are in the database, so that a
+    /// write to it makes them stale. The audit chain and events are never read back; a payment only in its
+    /// payee's history; an approval request only by a write about it. (What a group writes only as it commits,
+    /// such as budget rows and the breaker's marks, is laid over the reads by the group.)
+    pub(crate) fn reads(&self, table: &str, row: Option<Uuid>) -> bool {
+        match table {
+            "audit_log" | "events" => false,
+            "payments" => self.standing,
+            "approval_requests" => self.approval.is_some_and(|a| row.is_none_or(|r| r == a)),
+            _ => true,
         }
     }
-    if let Some(asked) = standing {
-        standing_sql(asked, &mut sql, &mut args);
-    }
+}
+
+/// PostgreSQL: the write's first round trip (the group's first write takes the lock); a write about nothing in
+/// particular also opens its savepoint.
+async fn first_round_trip(
+    tx: &mut PgTx,
+    reads: &FirstReads,
+) -> Result<(Option<Row>, Option<Read>)> {
+    let (sql, plan) = reads.sql(|w| tx.may_know_windows(w))?;
     // A write about nothing in particular (a session made, a key revoked) goes on to statements of its own:
     // its savepoint opens now, in this round trip, rather than in one of its own before them.
-    let results = tx.start(&inlined(&sql, &args)?, about.is_none()).await?;
+    let results = tx.start(&sql, reads.about.is_none()).await?;
+    parsed(results, &plan, reads.about.as_ref())
+}
+
+/// The head's row and what was read about `about` from the results of a first round trip (those that settle
+/// and open in front of them ignored).
+fn parsed(
+    results: Vec<Vec<PgRow>>,
+    plan: &Plan,
+    about: Option<&About>,
+) -> Result<(Option<Row>, Option<Read>)> {
     let mut results = results.into_iter().rev();
     let mut rows = || -> Result<Vec<Row>> {
         let rows = results.next().unwrap_or_default();
@@ -342,14 +421,14 @@ async fn first_round_trip(
     };
     let read = match about {
         Some(a) => {
-            let standing = match standing {
-                Some(_) => {
+            let standing = match plan.standing {
+                true => {
                     let history = rows()?;
                     Some(vec![rows()?, history])
                 }
-                None => None,
+                false => None,
             };
-            let windows = match prefetch {
+            let windows = match plan.windows {
                 true => Some(rows()?),
                 false => None,
             };
@@ -366,7 +445,7 @@ async fn first_round_trip(
             Some(Read {
                 session_id,
                 session: session.into_iter().next(),
-                days,
+                days: plan.days.clone(),
                 budget,
                 approval,
                 windows,
@@ -379,14 +458,15 @@ async fn first_round_trip(
 }
 
 /// The statements (and their values) that read what a write is about: its session (named, or its request's),
-/// the session's budget rows on `days`, and the request.
-fn about_sql(a: &About, days: &[String; 3], sql: &mut String, args: &mut Vec<Arg>) {
+/// the session's budget rows on `days`, and the request; how many statements that makes.
+fn about_sql(a: &About, days: &[String; 3], sql: &mut String, args: &mut Vec<Arg>) -> usize {
     let default_policy = a.default_policy.to_string().into();
     match (a.session, a.approval) {
         (None, Some(request)) => {
             sql.push_str(ABOUT_REQUEST);
             args.extend([request.to_string().into(), default_policy]);
             args.extend(days.iter().map(Arg::from));
+            3
         }
         (session, approval) => {
             sql.push_str(ABOUT);
@@ -397,6 +477,7 @@ fn about_sql(a: &About, days: &[String; 3], sql: &mut String, args: &mut Vec<Arg
                 sql.push_str(APPROVAL);
                 args.push(approval.to_string().into());
             }
+            2 + usize::from(approval.is_some())
         }
     }
 }
@@ -544,7 +625,16 @@ impl WriteTx {
     /// transaction's next statement or its commit ([`crate::deferred`]): an error or a wrong count then fails
     /// that statement, and with it the transaction.
     pub(crate) async fn defer(&mut self, table: &'static str, q: Query, rows: u64) -> Result<()> {
-        let write = Deferred::new(table, q, rows);
+        self.hold(Deferred::new(table, q, rows)).await
+    }
+
+    /// As [`WriteTx::defer`], a write that changes the one row `id` of `table`: reads sent ahead of other rows
+    /// of it still hold ([`crate::pg::Ahead`]).
+    pub(crate) async fn defer_row(&mut self, table: &'static str, id: Uuid, q: Query) -> Result<()> {
+        self.hold(Deferred::new(table, q, 1).of_row(id)).await
+    }
+
+    async fn hold(&mut self, write: Deferred) -> Result<()> {
         match &mut self.conn {
             Conn::Pg(tx) => tx.hold(write).await,
             Conn::Lite(_) => write.run(Db::Tx(&mut self.conn)).await,
@@ -715,10 +805,11 @@ fn closing_of(writes: Vec<Deferred>) -> Option<Closing> {
     if writes.is_empty() {
         return None;
     }
+    let changes = writes.iter().map(|w| (w.table, w.row)).collect();
     let mut args = Vec::new();
     let rendered = Rendered::new(writes, &mut args);
     let sql = rendered.selecting(&rendered.asserted());
-    Some(Closing::new(sql, args))
+    Some(Closing::new(sql, args, changes))
 }
 
 /// The tenant's new chain head and event sequence, from the first four arguments of a commit.

@@ -241,6 +241,116 @@ async fn a_dropped_write_leaves_nothing(url: &str) {
     store.close().await;
 }
 
+/// Writes queued for their tenant's turn have their first round trip's reads sent in the message of a write ahead
+/// of them in the group. A queued write uses them unless a write kept since changed what they read: here the
+/// first queued write pays a recipient, so the second, which reads that recipient's history, reads it again and
+/// sees the payment, while the third, which reads no history, uses what was read ahead (on PostgreSQL; SQLite's
+/// writes read in process).
+async fn reads_sent_ahead_hold_unless_a_write_changed_them(url: &str) {
+    let (store, tenant) = with_tenant(url).await;
+    let key = agent_key(&store, tenant).await;
+    let session = Uuid::new_v4();
+    let since = Utc::now() - chrono::Duration::hours(1);
+    let mut tx = store.begin(tenant, Utc::now()).await.unwrap();
+    let record = paygent_store::sessions::SessionRecord {
+        id: session,
+        tenant_id: tenant,
+        name: None,
+        wallet_address: None,
+        config: Default::default(),
+        state: paygent_domain::SessionState::Active,
+        frozen: None,
+        breaker_since: None,
+        created_by: key,
+        created_at: Utc::now(),
+        policy_id: None,
+    };
+    paygent_store::sessions::insert(&mut tx, &record).await.unwrap();
+    tx.commit().await.unwrap();
+    let paid = move |tenant| paygent_store::payments::PaymentRecord {
+        session_id: session,
+        ..payment_of_no_session(tenant)
+    };
+    let recipient = paid(tenant).recipient;
+    let asked = paygent_store::StandingAsked {
+        payee: "payee".into(),
+        recipient: recipient.clone(),
+        since,
+        limit: 10,
+    };
+    let about = |standing| paygent_store::About {
+        session: Some(session),
+        standing,
+        ..about()
+    };
+    let first = store.begin(tenant, Utc::now()).await.unwrap();
+    let before = store.reads_ahead();
+    let queued = |n: u64| {
+        let store = store.clone();
+        async move {
+            let what = format!("{n} writes queued behind the first");
+            let waiting = || async { store.writes_waiting() };
+            paygent_testkit::eventually(std::time::Duration::from_secs(5), &what, waiting, |w| {
+                *w == n
+            })
+            .await;
+        }
+    };
+    let payer = {
+        let (store, about) = (store.clone(), about(None));
+        tokio::spawn(async move {
+            let mut tx = store.begin_about(tenant, key, Utc::now(), about).await?;
+            paygent_store::payments::insert(&mut tx, &paid(tenant)).await?;
+            tx.commit().await
+        })
+    };
+    queued(1).await;
+    let reader = {
+        let (store, about) = (store.clone(), about(Some(asked.clone())));
+        tokio::spawn(async move {
+            let mut tx = store.begin_about(tenant, key, Utc::now(), about).await?;
+            let asked = (recipient.as_str(), since, 10);
+            let (_, history) =
+                paygent_store::standing::in_force_with_history(&mut tx, (session, "payee"), asked)
+                    .await?;
+            tx.commit().await?;
+            Ok::<_, paygent_store::StoreError>(history.recent.len())
+        })
+    };
+    queued(2).await;
+    let other = {
+        let (store, about) = (store.clone(), about(None));
+        tokio::spawn(async move {
+            let tx = store.begin_about(tenant, key, Utc::now(), about).await?;
+            tx.commit().await
+        })
+    };
+    queued(3).await;
+    first.commit().await.unwrap();
+    payer.await.unwrap().unwrap();
+    assert_eq!(reader.await.unwrap().unwrap(), 1, "the payment made ahead of it");
+    other.await.unwrap().unwrap();
+    let used = match store.backend() {
+        paygent_store::Backend::Postgres => 1,
+        paygent_store::Backend::Sqlite => 0,
+    };
+    assert_eq!(store.reads_ahead() - before, used);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn reads_sent_ahead_hold_unless_a_write_changed_them_on_sqlite() {
+    let (url, _dir) = sqlite_url();
+    reads_sent_ahead_hold_unless_a_write_changed_them(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_sent_ahead_hold_unless_a_write_changed_them_on_postgres() {
+    let (url, db) = PgDatabase::create().await;
+    reads_sent_ahead_hold_unless_a_write_changed_them(&url).await;
+    db.drop().await;
+}
+
 /// A payment of a session that does not exist: its insert breaks a foreign key.
 fn payment_of_no_session(tenant: Uuid) -> paygent_store::payments::PaymentRecord {
     let now = Utc::now();
