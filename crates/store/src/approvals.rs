@@ -2,6 +2,7 @@
 //! racing decisions leave exactly one winner.
 
 use crate::db::{Db, query};
+use crate::deferred::Changes;
 use crate::{Result, StoreError, WriteTx, decimal, json, opt_time, opt_uuid, time, uuid};
 use chrono::{DateTime, Utc};
 use paygent_domain::action::action_digest;
@@ -264,7 +265,8 @@ pub async fn insert(tx: &mut WriteTx, a: &ApprovalRecord) -> Result<()> {
     .bind(a.escalate_at.map(paygent_domain::time::format))
     .bind(a.context.as_ref().map(Value::to_string))
     .bind(a.network.clone());
-    tx.defer_row("approval_requests", a.id, q).await?;
+    tx.defer_one("approval_requests", Changes::Row(a.id), q)
+        .await?;
     if a.status == ApprovalStatus::Pending {
         waiting(tx, &[(a.requested_by.to_string(), 1)]).await?;
     }
@@ -568,7 +570,8 @@ pub async fn decide(
     .bind(d.edited_args.map(Value::to_string))
     .bind(d.digest)
     .bind(d.network.map(str::to_owned));
-    tx.defer_row("approval_requests", d.id, update).await?;
+    tx.defer_one("approval_requests", Changes::Row(d.id), update)
+        .await?;
     stopped_waiting(tx, Some(decided.requested_by.to_string())).await?;
     with_votes(tx.conn(), decided).await.map(Some)
 }
@@ -702,7 +705,8 @@ pub async fn consume(tx: &mut WriteTx, current: &ApprovalRecord) -> Result<bool>
     .bind(tx.tenant_id().to_string())
     .bind(current.id.to_string())
     .bind(tx.now_text());
-    tx.defer_row("approval_requests", current.id, update).await?;
+    tx.defer_one("approval_requests", Changes::Row(current.id), update)
+        .await?;
     Ok(true)
 }
 

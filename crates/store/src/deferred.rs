@@ -13,32 +13,39 @@ use crate::db::{Arg, Query, Row};
 use crate::{Result, StoreError};
 use uuid::Uuid;
 
-/// A write held back: the table it changes (and the row, when it changes one it names), and how many rows it
-/// must change.
+/// A write held back: the table it changes (and which of its rows, [`Changes`]), and how many rows it must change.
 #[derive(Debug)]
 pub(crate) struct Deferred {
     pub(crate) table: &'static str,
-    pub(crate) row: Option<Uuid>,
+    pub(crate) changes: Changes,
     query: Query,
     rows: u64,
+}
+
+/// Which rows of its table a held-back write changes, as far as reads sent ahead of it care ([`crate::pg::Ahead`]):
+/// any, the one row it names, a payment to `recipient` that counts as paid to it, or none that anyone reads
+/// ahead (a payment still waiting on a person is in nobody's payee history).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Changes {
+    Any,
+    Row(Uuid),
+    PaidTo(String),
+    Unread,
 }
 
 impl Deferred {
     pub(crate) fn new(table: &'static str, query: Query, rows: u64) -> Deferred {
         Deferred {
             table,
-            row: None,
+            changes: Changes::Any,
             query,
             rows,
         }
     }
 
-    /// The write changes the one row `id`.
-    pub(crate) fn of_row(self, id: Uuid) -> Deferred {
-        Deferred {
-            row: Some(id),
-            ..self
-        }
+    /// The write changes only `changes`.
+    pub(crate) fn changing(self, changes: Changes) -> Deferred {
+        Deferred { changes, ..self }
     }
 
     /// The write as it runs on its own (SQLite), its count checked.

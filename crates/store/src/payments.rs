@@ -1,6 +1,7 @@
 //! Payments: every intent an agent submits, whatever the guard decided, with its status history in the audit.
 
 use crate::db::{Db, Row, query};
+use crate::deferred::Changes;
 use crate::{Result, StoreError, WriteTx, decimal, opt_uuid, time, uuid};
 use chrono::{DateTime, Utc};
 use paygent_domain::swap::SwapTerms;
@@ -147,7 +148,11 @@ pub async fn insert(tx: &mut WriteTx, p: &PaymentRecord) -> Result<()> {
     .bind(p.swap.as_ref().map(|t| json!(t).to_string()))
     .bind(paygent_domain::time::format(p.created_at))
     .bind(paygent_domain::time::format(p.updated_at));
-    tx.defer("payments", q, 1).await
+    let changes = match PAID.contains(&p.status) {
+        true => Changes::PaidTo(p.recipient.clone()),
+        false => Changes::Unread,
+    };
+    tx.defer_one("payments", changes, q).await
 }
 
 pub async fn get(db: Db<'_>, tenant_id: Uuid, id: Uuid) -> Result<Option<PaymentRecord>> {
@@ -319,13 +324,20 @@ pub async fn payee_history(
     PayeeHistory::from_rows(q.fetch_all(tx.conn()).await?)
 }
 
+/// The statuses in which a payment counts in its payee's history: let be paid.
+const PAID: [PaymentStatus; 2] = [PaymentStatus::Executed, PaymentStatus::Authorized];
+
 /// What the tenant let be paid to a recipient: `$1` tenant, `$2` recipient, `$3` since when, `$4` how many at most.
 pub(crate) static PAYEE_HISTORY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    const PAID: &str = "tenant_id = $1 AND recipient = $2 AND status IN ('executed', 'authorized')";
+    let statuses: Vec<String> = PAID.iter().map(|s| format!("'{}'", s.as_str())).collect();
+    let paid = format!(
+        "tenant_id = $1 AND recipient = $2 AND status IN ({})",
+        statuses.join(", ")
+    );
     format!(
-        "SELECT usd_value FROM (SELECT usd_value FROM payments WHERE {PAID} AND created_at > $3 \
+        "SELECT usd_value FROM (SELECT usd_value FROM payments WHERE {paid} AND created_at > $3 \
          ORDER BY created_at DESC LIMIT $4) r \
-         UNION ALL SELECT NULL FROM (SELECT 1 FROM payments WHERE {PAID} LIMIT 1) e"
+         UNION ALL SELECT NULL FROM (SELECT 1 FROM payments WHERE {paid} LIMIT 1) e"
     )
 });
 

@@ -43,15 +43,15 @@
 use crate::approvals::GroupPending;
 use crate::budgets::{Changed, GroupLedgers, LedgerRows};
 use crate::db::{Arg, inlined, placeholders};
-use crate::deferred::Deferred;
+use crate::deferred::{Changes, Deferred};
 use crate::spend::GroupRollups;
+use crate::tx::{FirstReads, Plan};
 use crate::velocity::{Carried, Found, GroupMarks, GroupWindows};
 use crate::{Outcome, Result, StoreError};
 use paygent_domain::velocity::{Mark, Window};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Postgres};
-use crate::tx::{FirstReads, Plan};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -151,14 +151,14 @@ struct Open {
 #[derive(Debug)]
 enum Touched {
     Statements,
-    Tables(Vec<(&'static str, Option<Uuid>)>),
+    Tables(Vec<(&'static str, Changes)>),
 }
 
 impl Touched {
     fn stales(&self, plan: &Plan) -> bool {
         match self {
             Touched::Statements => true,
-            Touched::Tables(changes) => changes.iter().any(|&(t, row)| plan.reads(t, row)),
+            Touched::Tables(changes) => changes.iter().any(|(t, c)| plan.reads(t, c)),
         }
     }
 }
@@ -299,7 +299,7 @@ pub(crate) struct Closing {
     args: Vec<Arg>,
     /// The tables it writes (and the row, where it writes one it names): reads sent before it and used after it
     /// are stale if they read them ([`Touched`]).
-    changes: Vec<(&'static str, Option<Uuid>)>,
+    changes: Vec<(&'static str, Changes)>,
     owner: Option<oneshot::Sender<StoreError>>,
 }
 
@@ -307,7 +307,7 @@ impl Closing {
     pub(crate) fn new(
         sql: String,
         args: Vec<Arg>,
-        changes: Vec<(&'static str, Option<Uuid>)>,
+        changes: Vec<(&'static str, Changes)>,
     ) -> Closing {
         Closing {
             sql,
@@ -476,13 +476,19 @@ impl Pg {
     pub(crate) async fn begin(&self, tenant_id: Uuid, ahead: &Arc<Ahead>) -> Result<PgTx> {
         let group = self.group(tenant_id);
         if ahead.reads.may_go_ahead() {
-            queue(&self.waiting, tenant_id, Queued::Write(Arc::downgrade(ahead)));
+            queue(
+                &self.waiting,
+                tenant_id,
+                Queued::Write(Arc::downgrade(ahead)),
+            );
         }
         let turn = tokio::time::timeout(self.acquire_timeout, group.clone().lock_owned());
         let turn = self.commits.queued(turn).await;
-        dequeue(&self.waiting, tenant_id, |q| {
-            matches!(q, Queued::Write(w) if w.as_ptr() == Arc::as_ptr(ahead))
-        });
+        dequeue(
+            &self.waiting,
+            tenant_id,
+            |q| matches!(q, Queued::Write(w) if w.as_ptr() == Arc::as_ptr(ahead)),
+        );
         let mut guard = turn.map_err(|_| StoreError::Busy)?;
         guard.opened().await?;
         Ok(PgTx {

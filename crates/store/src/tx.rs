@@ -3,7 +3,7 @@
 
 use crate::budgets::LedgerRows;
 use crate::db::{Arg, Conn, Db, Query, Row, inlined, pg_row, placeholders, query};
-use crate::deferred::{Deferred, Rendered};
+use crate::deferred::{Changes, Deferred, Rendered};
 use crate::pg::{Ahead, Closing, PgTx};
 use crate::policies::RulesCache;
 use crate::{Engine, Result, Store, StoreError};
@@ -331,7 +331,8 @@ pub(crate) struct FirstReads {
 pub(crate) struct Plan {
     days: [String; 3],
     windows: bool,
-    standing: bool,
+    /// The recipient whose payee history was read, if it was.
+    history: Option<String>,
     approval: Option<Uuid>,
     statements: usize,
 }
@@ -367,7 +368,7 @@ impl FirstReads {
         let plan = Plan {
             days,
             windows,
-            standing: standing.is_some(),
+            history: standing.map(|s| s.recipient.clone()),
             approval: about.and_then(|a| a.approval),
             statements,
         };
@@ -380,15 +381,17 @@ impl Plan {
         self.statements
     }
 
-    /// Whether the reads depend on rows of `table` (or its one row `row`) as they are in the database, so that a
-    /// write to it makes them stale. The audit chain and events are never read back; a payment only in its
-    /// payee's history; an approval request only by a write about it. (What a group writes only as it commits,
-    /// such as budget rows and the breaker's marks, is laid over the reads by the group.)
-    pub(crate) fn reads(&self, table: &str, row: Option<Uuid>) -> bool {
-        match table {
-            "audit_log" | "events" => false,
-            "payments" => self.standing,
-            "approval_requests" => self.approval.is_some_and(|a| row.is_none_or(|r| r == a)),
+    /// Whether the reads depend on the rows of `table` a write changed (`changes`) as they are in the database,
+    /// so that the write makes them stale. The audit chain and events are never read back; payments only in the
+    /// payee history read; an approval request only by a write about it. (What a group writes only as it
+    /// commits, such as budget rows and the breaker's marks, is laid over the reads by the group.)
+    pub(crate) fn reads(&self, table: &str, changes: &Changes) -> bool {
+        match (table, changes) {
+            (_, Changes::Unread) | ("audit_log" | "events", _) => false,
+            ("payments", Changes::PaidTo(to)) => self.history.as_ref() == Some(to),
+            ("payments", _) => self.history.is_some(),
+            ("approval_requests", Changes::Row(id)) => self.approval == Some(*id),
+            ("approval_requests", _) => self.approval.is_some(),
             _ => true,
         }
     }
@@ -421,12 +424,12 @@ fn parsed(
     };
     let read = match about {
         Some(a) => {
-            let standing = match plan.standing {
-                true => {
+            let standing = match plan.history {
+                Some(_) => {
                     let history = rows()?;
                     Some(vec![rows()?, history])
                 }
-                false => None,
+                None => None,
             };
             let windows = match plan.windows {
                 true => Some(rows()?),
@@ -628,10 +631,16 @@ impl WriteTx {
         self.hold(Deferred::new(table, q, rows)).await
     }
 
-    /// As [`WriteTx::defer`], a write that changes the one row `id` of `table`: reads sent ahead of other rows
-    /// of it still hold ([`crate::pg::Ahead`]).
-    pub(crate) async fn defer_row(&mut self, table: &'static str, id: Uuid, q: Query) -> Result<()> {
-        self.hold(Deferred::new(table, q, 1).of_row(id)).await
+    /// As [`WriteTx::defer`], a write that changes one row, and only `changes` of its table: reads sent ahead of
+    /// other rows of it still hold ([`crate::pg::Ahead`]).
+    pub(crate) async fn defer_one(
+        &mut self,
+        table: &'static str,
+        changes: Changes,
+        q: Query,
+    ) -> Result<()> {
+        self.hold(Deferred::new(table, q, 1).changing(changes))
+            .await
     }
 
     async fn hold(&mut self, write: Deferred) -> Result<()> {
@@ -805,7 +814,10 @@ fn closing_of(writes: Vec<Deferred>) -> Option<Closing> {
     if writes.is_empty() {
         return None;
     }
-    let changes = writes.iter().map(|w| (w.table, w.row)).collect();
+    let changes = writes
+        .iter()
+        .map(|w| (w.table, w.changes.clone()))
+        .collect();
     let mut args = Vec::new();
     let rendered = Rendered::new(writes, &mut args);
     let sql = rendered.selecting(&rendered.asserted());

@@ -244,8 +244,8 @@ async fn a_dropped_write_leaves_nothing(url: &str) {
 /// Writes queued for their tenant's turn have their first round trip's reads sent in the message of a write ahead
 /// of them in the group. A queued write uses them unless a write kept since changed what they read: here the
 /// first queued write pays a recipient, so the second, which reads that recipient's history, reads it again and
-/// sees the payment, while the third, which reads no history, uses what was read ahead (on PostgreSQL; SQLite's
-/// writes read in process).
+/// sees the payment, while the third, which reads another recipient's, uses what was read ahead (on PostgreSQL;
+/// SQLite's writes read in process).
 async fn reads_sent_ahead_hold_unless_a_write_changed_them(url: &str) {
     let (store, tenant) = with_tenant(url).await;
     let key = agent_key(&store, tenant).await;
@@ -265,7 +265,9 @@ async fn reads_sent_ahead_hold_unless_a_write_changed_them(url: &str) {
         created_at: Utc::now(),
         policy_id: None,
     };
-    paygent_store::sessions::insert(&mut tx, &record).await.unwrap();
+    paygent_store::sessions::insert(&mut tx, &record)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     let paid = move |tenant| paygent_store::payments::PaymentRecord {
         session_id: session,
@@ -319,17 +321,31 @@ async fn reads_sent_ahead_hold_unless_a_write_changed_them(url: &str) {
     };
     queued(2).await;
     let other = {
-        let (store, about) = (store.clone(), about(None));
+        let elsewhere = "0x2222222222222222222222222222222222222222";
+        let asked = paygent_store::StandingAsked {
+            recipient: elsewhere.into(),
+            ..asked.clone()
+        };
+        let (store, about) = (store.clone(), about(Some(asked)));
         tokio::spawn(async move {
-            let tx = store.begin_about(tenant, key, Utc::now(), about).await?;
-            tx.commit().await
+            let mut tx = store.begin_about(tenant, key, Utc::now(), about).await?;
+            let asked = (elsewhere, since, 10);
+            let (_, history) =
+                paygent_store::standing::in_force_with_history(&mut tx, (session, "payee"), asked)
+                    .await?;
+            tx.commit().await?;
+            Ok::<_, paygent_store::StoreError>(history.recent.len())
         })
     };
     queued(3).await;
     first.commit().await.unwrap();
     payer.await.unwrap().unwrap();
-    assert_eq!(reader.await.unwrap().unwrap(), 1, "the payment made ahead of it");
-    other.await.unwrap().unwrap();
+    assert_eq!(
+        reader.await.unwrap().unwrap(),
+        1,
+        "the payment made ahead of it"
+    );
+    assert_eq!(other.await.unwrap().unwrap(), 0);
     let used = match store.backend() {
         paygent_store::Backend::Postgres => 1,
         paygent_store::Backend::Sqlite => 0,
