@@ -297,8 +297,8 @@ impl Head {
 pub(crate) struct Closing {
     sql: String,
     args: Vec<Arg>,
-    /// The tables it writes (and the row, where it writes one it names): reads sent before it and used after it
-    /// are stale if they read them ([`Touched`]).
+    /// The tables it writes, and which of their rows: reads sent before it and used after it are stale if they
+    /// read those ([`Touched`]).
     changes: Vec<(&'static str, Changes)>,
     owner: Option<oneshot::Sender<StoreError>>,
 }
