@@ -26,7 +26,8 @@
 //!
 //! A write's first round trip reads what it is about (the tenant's head, its session and budget rows, the
 //! request it decides). The writes waiting for the tenant's turn say beforehand what they will read ([`Ahead`]),
-//! and the write whose turn it is sends those reads behind its own, in its round trip. A waiting write whose turn
+//! and the write whose turn it is sends those reads behind its own, in its round trip (a session several of them
+//! read, with its budget rows, once for all of them). A waiting write whose turn
 //! comes in the same group then uses them and sends nothing until it commits, unless a write kept since changed
 //! what they read ([`Touched`]: a write that sent statements of its own may have changed anything, one that did
 //! not only what its closing statement writes); then it reads again. The closing statements of writes that sent
@@ -42,7 +43,7 @@
 
 use crate::approvals::GroupPending;
 use crate::budgets::{Changed, GroupLedgers, LedgerRows};
-use crate::db::{Arg, inlined, placeholders};
+use crate::db::{Arg, Row, inlined, placeholders};
 use crate::deferred::{Changes, Deferred};
 use crate::spend::GroupRollups;
 use crate::tx::{FirstReads, Plan};
@@ -177,7 +178,7 @@ struct ReadAhead {
     group: u64,
     since: usize,
     plan: Plan,
-    rows: Vec<Vec<PgRow>>,
+    rows: Vec<Vec<Row>>,
 }
 
 impl Ahead {
@@ -779,7 +780,7 @@ impl PgTx {
     /// The reads a write ahead of this one sent for it ([`Ahead`]), if they were sent in this group and nothing
     /// kept since changed what they read: the write's first round trip, already made. The last kept write must
     /// have left nothing to settle (no savepoint).
-    pub(crate) fn read_ahead(&mut self, ahead: &Ahead) -> Option<(Plan, Vec<Vec<PgRow>>)> {
+    pub(crate) fn read_ahead(&mut self, ahead: &Ahead) -> Option<(Plan, Vec<Vec<Row>>)> {
         let found = ahead.found.lock().expect("found").take()?;
         let group = self.guard.as_ref()?;
         let open = group.open.as_ref()?;
@@ -1011,7 +1012,7 @@ async fn started(group: &mut Group, sql: &str) -> Result<Vec<Vec<PgRow>>> {
     let tenant = group.tenant;
     let mut results = sent(group, |open| {
         let mut text = started_sql(open, tenant, sql)?;
-        aheads.retain(|ahead| match ahead.reads.sql(|w| open.knows_windows(w)) {
+        aheads.retain(|ahead| match ahead_sql(ahead, open, &plans) {
             Ok((reads, plan)) => {
                 text.push_str("; ");
                 text.push_str(&reads);
@@ -1035,17 +1036,66 @@ async fn started(group: &mut Group, sql: &str) -> Result<Vec<Vec<PgRow>>> {
             }
         }
     }
-    for (ahead, plan) in aheads.iter().zip(plans).rev() {
-        let rows = results.split_off(results.len().saturating_sub(plan.statements()));
-        let read = ReadAhead {
+    let total = plans
+        .iter()
+        .map(|(plan, _)| plan.statements())
+        .sum::<usize>();
+    let theirs = results.split_off(results.len().saturating_sub(total));
+    let handed = handed(theirs, &plans)?;
+    for ((ahead, (plan, _)), rows) in aheads.iter().zip(plans).zip(handed) {
+        let read = rows.map(|rows| ReadAhead {
             group: id,
             since,
             plan,
             rows,
-        };
-        *ahead.found.lock().expect("found") = Some(read);
+        });
+        *ahead.found.lock().expect("found") = read;
     }
     Ok(results)
+}
+
+/// The rows of each waiting write's reads sent ahead, from `results`, those of the session it shares with
+/// another (`plans`, [`ahead_sql`]) put in where its own would be; none if they cannot be.
+fn handed(
+    results: Vec<Vec<PgRow>>,
+    plans: &[(Plan, Option<usize>)],
+) -> Result<Vec<Option<Vec<Vec<Row>>>>> {
+    let mut results = results.into_iter();
+    let mut handed: Vec<Option<Vec<Vec<Row>>>> = Vec::with_capacity(plans.len());
+    for (plan, shared) in plans {
+        let own: Vec<_> = results.by_ref().take(plan.statements()).collect();
+        let mut rows = Some(crate::tx::rows_of(&own)?);
+        if let Some(from) = shared {
+            let at = crate::tx::SESSION_ROWS;
+            let read = handed.get(*from).and_then(|h| h.as_ref()?.get(at.clone()));
+            rows = rows.zip(read).map(|(mut rows, read)| {
+                rows.splice(at.start..at.start, read.iter().cloned());
+                rows
+            });
+        }
+        handed.push(rows);
+    }
+    Ok(handed)
+}
+
+/// The reads of a write waiting for its turn, to go in the message of the write ahead of it, after the reads
+/// `before` of other waiting writes: a session (with its budget rows on the same days) one of them reads already
+/// is not read again, and the index of that one goes with the plan.
+fn ahead_sql(
+    ahead: &Ahead,
+    open: &Open,
+    before: &[(Plan, Option<usize>)],
+) -> Result<(String, (Plan, Option<usize>))> {
+    let session = ahead.reads.session_read();
+    let shared = session.and_then(|s| {
+        before
+            .iter()
+            .position(|(p, _)| p.session_read() == Some(&s))
+    });
+    let (sql, plan) = ahead
+        .reads
+        .sql(|w| open.knows_windows(w), shared.is_none())?;
+    Ok((sql, (plan, shared)))
 }
 
 /// What goes in front of a write's first statements `sql`: what settles the last write, and when the group opens,

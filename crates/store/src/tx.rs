@@ -122,6 +122,8 @@ pub(crate) static PREPARED: LazyLock<String> = LazyLock::new(|| {
 /// as it was. The statements after it read what the lock's last holder committed.
 pub(crate) const LOCK: &str = "EXECUTE paygent_lock ($1)";
 const HEAD_READ: &str = "EXECUTE paygent_head ($1, $2, $3)";
+/// Where the session's and its budget rows' statements are among a first round trip's, after the head's.
+pub(crate) const SESSION_ROWS: std::ops::Range<usize> = 1..3;
 const ABOUT: &str = "; EXECUTE paygent_session ($1, $4, $5); EXECUTE paygent_days ($4, $6, $7, $8)";
 const APPROVAL: &str = "; EXECUTE paygent_approval ($1, $9)";
 /// A decision's: the request (`$4`), its session and that session's budget rows.
@@ -333,6 +335,8 @@ pub(crate) struct Plan {
     windows: bool,
     /// The recipient whose payee history was read, if it was.
     history: Option<String>,
+    /// The session read with its budget rows, if one was ([`FirstReads::session_read`]).
+    session: Option<SessionRead>,
     approval: Option<Uuid>,
     statements: usize,
 }
@@ -345,7 +349,22 @@ impl FirstReads {
 
     /// The statements, their values written in, and how they read back; the windows are not read again if the
     /// group `knows_windows` already.
-    pub(crate) fn sql(&self, knows_windows: impl Fn(&[Window]) -> bool) -> Result<(String, Plan)> {
+    /// The session a write about a named session reads, with the policy it falls back on and the days of its
+    /// budget rows: writes that read the same may share one read ([`crate::pg::Ahead`]).
+    pub(crate) fn session_read(&self) -> Option<SessionRead> {
+        let a = self.about.as_ref()?;
+        let days = crate::budgets::days_around(self.now);
+        a.session.map(|s| (s, a.default_policy, days))
+    }
+
+    /// The statements, their values written in, and how they read back; the windows are not read again if the
+    /// group `knows_windows` already, nor the session and its budget rows unless `session` (another write's
+    /// read of them goes in their place, [`SESSION_ROWS`]).
+    pub(crate) fn sql(
+        &self,
+        knows_windows: impl Fn(&[Window]) -> bool,
+        session: bool,
+    ) -> Result<(String, Plan)> {
         let (mut sql, mut args) = (HEAD_READ.to_owned(), self.args.clone());
         let days = crate::budgets::days_around(self.now);
         let about = self.about.as_ref();
@@ -354,7 +373,7 @@ impl FirstReads {
         let standing = about.and_then(|a| a.standing.as_ref().filter(|_| a.session.is_some()));
         let mut statements = 1;
         if let Some(a) = about {
-            statements += about_sql(a, &days, &mut sql, &mut args);
+            statements += about_sql(a, &days, (&mut sql, &mut args), session);
             if windows {
                 args.push(crate::velocity::listed(&a.windows).into());
                 sql.push_str(&format!("; EXECUTE paygent_windows ($1, ${})", args.len()));
@@ -369,6 +388,7 @@ impl FirstReads {
             days,
             windows,
             history: standing.map(|s| s.recipient.clone()),
+            session: self.session_read().filter(|_| session),
             approval: about.and_then(|a| a.approval),
             statements,
         };
@@ -376,9 +396,17 @@ impl FirstReads {
     }
 }
 
+/// A named session, the policy it falls back on, and the days of its budget rows.
+pub(crate) type SessionRead = (Uuid, Uuid, [String; 3]);
+
 impl Plan {
     pub(crate) fn statements(&self) -> usize {
         self.statements
+    }
+
+    /// The session it reads with its budget rows, if it reads one.
+    pub(crate) fn session_read(&self) -> Option<&SessionRead> {
+        self.session.as_ref()
     }
 
     /// Whether the reads depend on the rows of `table` a write changed (`changes`) as they are in the database,
@@ -403,25 +431,30 @@ async fn first_round_trip(
     tx: &mut PgTx,
     reads: &FirstReads,
 ) -> Result<(Option<Row>, Option<Read>)> {
-    let (sql, plan) = reads.sql(|w| tx.may_know_windows(w))?;
+    let (sql, plan) = reads.sql(|w| tx.may_know_windows(w), true)?;
     // A write about nothing in particular (a session made, a key revoked) goes on to statements of its own:
     // its savepoint opens now, in this round trip, rather than in one of its own before them.
     let results = tx.start(&sql, reads.about.is_none()).await?;
-    parsed(results, &plan, reads.about.as_ref())
+    // Those that settle and open in front of its own are not its.
+    let own = results.len().saturating_sub(plan.statements());
+    parsed(rows_of(&results[own..])?, &plan, reads.about.as_ref())
 }
 
-/// The head's row and what was read about `about` from the results of a first round trip (those that settle
-/// and open in front of them ignored).
+/// The rows of each statement.
+pub(crate) fn rows_of(results: &[Vec<PgRow>]) -> Result<Vec<Vec<Row>>> {
+    (results.iter())
+        .map(|rows| rows.iter().map(pg_row).collect())
+        .collect()
+}
+
+/// The head's row and what was read about `about` from the rows of a first round trip's statements.
 fn parsed(
-    results: Vec<Vec<PgRow>>,
+    results: Vec<Vec<Row>>,
     plan: &Plan,
     about: Option<&About>,
 ) -> Result<(Option<Row>, Option<Read>)> {
     let mut results = results.into_iter().rev();
-    let mut rows = || -> Result<Vec<Row>> {
-        let rows = results.next().unwrap_or_default();
-        rows.iter().map(pg_row).collect()
-    };
+    let mut rows = || -> Result<Vec<Row>> { Ok(results.next().unwrap_or_default()) };
     let read = match about {
         Some(a) => {
             let standing = match plan.history {
@@ -461,8 +494,14 @@ fn parsed(
 }
 
 /// The statements (and their values) that read what a write is about: its session (named, or its request's),
-/// the session's budget rows on `days`, and the request; how many statements that makes.
-fn about_sql(a: &About, days: &[String; 3], sql: &mut String, args: &mut Vec<Arg>) -> usize {
+/// the session's budget rows on `days` (a named session's only if `session`), and the request; how many
+/// statements that makes.
+fn about_sql(
+    a: &About,
+    days: &[String; 3],
+    (sql, args): (&mut String, &mut Vec<Arg>),
+    session: bool,
+) -> usize {
     let default_policy = a.default_policy.to_string().into();
     match (a.session, a.approval) {
         (None, Some(request)) => {
@@ -471,16 +510,18 @@ fn about_sql(a: &About, days: &[String; 3], sql: &mut String, args: &mut Vec<Arg
             args.extend(days.iter().map(Arg::from));
             3
         }
-        (session, approval) => {
-            sql.push_str(ABOUT);
-            let session = session.map(|s| s.to_string());
-            args.extend([session.into(), default_policy]);
+        (named, approval) => {
+            let read = session || named.is_none();
+            if read {
+                sql.push_str(ABOUT);
+            }
+            args.extend([named.map(|s| s.to_string()).into(), default_policy]);
             args.extend(days.iter().map(Arg::from));
             if let Some(approval) = approval {
                 sql.push_str(APPROVAL);
                 args.push(approval.to_string().into());
             }
-            2 + usize::from(approval.is_some())
+            2 * usize::from(read) + usize::from(approval.is_some())
         }
     }
 }

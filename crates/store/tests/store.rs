@@ -244,8 +244,8 @@ async fn a_dropped_write_leaves_nothing(url: &str) {
 /// Writes queued for their tenant's turn have their first round trip's reads sent in the message of a write ahead
 /// of them in the group. A queued write uses them unless a write kept since changed what they read: here the
 /// first queued write pays a recipient, so the second, which reads that recipient's history, reads it again and
-/// sees the payment, while the third, which reads another recipient's, uses what was read ahead (on PostgreSQL;
-/// SQLite's writes read in process).
+/// sees the payment, while the third, which reads another recipient's, uses what was read ahead, its session
+/// among it, read once for both (on PostgreSQL; SQLite's writes read in process).
 async fn reads_sent_ahead_hold_unless_a_write_changed_them(url: &str) {
     let (store, tenant) = with_tenant(url).await;
     let key = agent_key(&store, tenant).await;
@@ -280,8 +280,10 @@ async fn reads_sent_ahead_hold_unless_a_write_changed_them(url: &str) {
         since,
         limit: 10,
     };
+    let policy = Uuid::new_v4();
     let about = |standing| paygent_store::About {
         session: Some(session),
+        default_policy: policy,
         standing,
         ..about()
     };
@@ -329,6 +331,9 @@ async fn reads_sent_ahead_hold_unless_a_write_changed_them(url: &str) {
         let (store, about) = (store.clone(), about(Some(asked)));
         tokio::spawn(async move {
             let mut tx = store.begin_about(tenant, key, Utc::now(), about).await?;
+            let read =
+                paygent_store::policies::session_with_policy(&mut tx, session, policy).await?;
+            assert_eq!(read.map(|(s, _)| s.id), Some(session));
             let asked = (elsewhere, since, 10);
             let (_, history) =
                 paygent_store::standing::in_force_with_history(&mut tx, (session, "payee"), asked)
