@@ -203,16 +203,13 @@ impl Store {
         // taken in the round trip that opens the group's transaction; SQLite has one writer already.
         let (conn, row, read) = match &self.engine {
             Engine::Pg(pg) => {
-                let ahead = Ahead::new(FirstReads {
+                let about = about.clone();
+                let reads = FirstReads {
                     args: args.to_vec(),
                     now,
-                    about: about.clone(),
-                });
-                let mut tx = pg.begin(tenant_id, &ahead).await?;
-                let (row, read) = match tx.read_ahead(&ahead) {
-                    Some((plan, rows)) => parsed(rows, &plan, about.as_ref())?,
-                    None => first_round_trip(&mut tx, ahead.reads()).await?,
+                    about,
                 };
+                let (tx, row, read) = begun(pg, tenant_id, reads).await?;
                 (Conn::Pg(Box::new(tx)), row, read)
             }
             Engine::Lite(lite) => {
@@ -423,6 +420,22 @@ impl Plan {
             _ => true,
         }
     }
+}
+
+/// PostgreSQL: waits for the tenant's turn, then has what the write is about: read ahead by the write before it
+/// in its group ([`Ahead`]), or read in its own first round trip.
+async fn begun(
+    pg: &crate::pg::Pg,
+    tenant_id: Uuid,
+    reads: FirstReads,
+) -> Result<(PgTx, Option<Row>, Option<Read>)> {
+    let ahead = Ahead::new(reads);
+    let mut tx = pg.begin(tenant_id, &ahead).await?;
+    let (row, read) = match tx.read_ahead(&ahead) {
+        Some((plan, rows)) => parsed(rows, &plan, ahead.reads().about.as_ref())?,
+        None => first_round_trip(&mut tx, ahead.reads()).await?,
+    };
+    Ok((tx, row, read))
 }
 
 /// PostgreSQL: the write's first round trip (the group's first write takes the lock); a write about nothing in
