@@ -276,7 +276,11 @@ pub(crate) async fn fetch_together(
     let statements: Vec<(&str, &[Arg])> = (queries.iter())
         .map(|q| (q.sql.as_ref(), q.args.as_slice()))
         .collect();
-    let results = pg.read_together(&statements).await?;
+    rows_of(&pg.read_together(&statements).await?)
+}
+
+/// The rows of each of several PostgreSQL statements.
+pub(crate) fn rows_of(results: &[Vec<PgRow>]) -> Result<Vec<Vec<Row>>> {
     (results.iter())
         .map(|rows| rows.iter().map(pg_row).collect())
         .collect()

@@ -476,7 +476,8 @@ impl Pg {
     /// for a write about something, in the round trip of a write ahead of it ([`PgTx::read_ahead`]).
     pub(crate) async fn begin(&self, tenant_id: Uuid, ahead: &Arc<Ahead>) -> Result<PgTx> {
         let group = self.group(tenant_id);
-        if ahead.reads.may_go_ahead() {
+        let goes_ahead = ahead.reads.may_go_ahead();
+        if goes_ahead {
             queue(
                 &self.waiting,
                 tenant_id,
@@ -485,11 +486,13 @@ impl Pg {
         }
         let turn = tokio::time::timeout(self.acquire_timeout, group.clone().lock_owned());
         let turn = self.commits.queued(turn).await;
-        dequeue(
-            &self.waiting,
-            tenant_id,
-            |q| matches!(q, Queued::Write(w) if w.as_ptr() == Arc::as_ptr(ahead)),
-        );
+        if goes_ahead {
+            dequeue(
+                &self.waiting,
+                tenant_id,
+                |q| matches!(q, Queued::Write(w) if w.as_ptr() == Arc::as_ptr(ahead)),
+            );
+        }
         let mut guard = turn.map_err(|_| StoreError::Busy)?;
         guard.opened().await?;
         Ok(PgTx {
@@ -1064,7 +1067,7 @@ fn handed(
     let mut handed: Vec<Option<Vec<Vec<Row>>>> = Vec::with_capacity(plans.len());
     for (plan, shared) in plans {
         let own: Vec<_> = results.by_ref().take(plan.statements()).collect();
-        let mut rows = Some(crate::tx::rows_of(&own)?);
+        let mut rows = Some(crate::db::rows_of(&own)?);
         if let Some(from) = shared {
             let at = crate::tx::SESSION_ROWS;
             let read = handed.get(*from).and_then(|h| h.as_ref()?.get(at.clone()));

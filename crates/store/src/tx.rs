@@ -2,7 +2,7 @@
 //! entries and its events together, so none can exist without the others.
 
 use crate::budgets::LedgerRows;
-use crate::db::{Arg, Conn, Db, Query, Row, inlined, pg_row, placeholders, query};
+use crate::db::{Arg, Conn, Db, Query, Row, inlined, placeholders, query};
 use crate::deferred::{Changes, Deferred, Rendered};
 use crate::pg::{Ahead, Closing, PgTx};
 use crate::policies::RulesCache;
@@ -14,7 +14,6 @@ use paygent_domain::event::EventKind;
 use paygent_domain::velocity::Window;
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::postgres::PgRow;
 use std::sync::LazyLock;
 use uuid::Uuid;
 
@@ -450,14 +449,11 @@ async fn first_round_trip(
     let results = tx.start(&sql, reads.about.is_none()).await?;
     // Those that settle and open in front of its own are not its.
     let own = results.len().saturating_sub(plan.statements());
-    parsed(rows_of(&results[own..])?, &plan, reads.about.as_ref())
-}
-
-/// The rows of each statement.
-pub(crate) fn rows_of(results: &[Vec<PgRow>]) -> Result<Vec<Vec<Row>>> {
-    (results.iter())
-        .map(|rows| rows.iter().map(pg_row).collect())
-        .collect()
+    parsed(
+        crate::db::rows_of(&results[own..])?,
+        &plan,
+        reads.about.as_ref(),
+    )
 }
 
 /// The head's row and what was read about `about` from the rows of a first round trip's statements.

@@ -209,12 +209,7 @@ async fn a_dropped_write_leaves_nothing(url: &str) {
     };
     let dropped = spawn(false, "dropped");
     let kept = spawn(true, "kept");
-    let waiting = || async { store.writes_waiting() };
-    let what = "two writes queued behind the first";
-    paygent_testkit::eventually(std::time::Duration::from_secs(5), what, waiting, |n| {
-        *n == 2
-    })
-    .await;
+    writes_queued(&store, 2).await;
     let mut first = first;
     first
         .audit(
@@ -289,17 +284,6 @@ async fn reads_sent_ahead_hold_unless_a_write_changed_them(url: &str) {
     };
     let first = store.begin(tenant, Utc::now()).await.unwrap();
     let before = store.reads_ahead();
-    let queued = |n: u64| {
-        let store = store.clone();
-        async move {
-            let what = format!("{n} writes queued behind the first");
-            let waiting = || async { store.writes_waiting() };
-            paygent_testkit::eventually(std::time::Duration::from_secs(5), &what, waiting, |w| {
-                *w == n
-            })
-            .await;
-        }
-    };
     let payer = {
         let (store, about) = (store.clone(), about(None));
         tokio::spawn(async move {
@@ -308,7 +292,7 @@ async fn reads_sent_ahead_hold_unless_a_write_changed_them(url: &str) {
             tx.commit().await
         })
     };
-    queued(1).await;
+    writes_queued(&store, 1).await;
     let reader = {
         let (store, about) = (store.clone(), about(Some(asked.clone())));
         tokio::spawn(async move {
@@ -321,7 +305,7 @@ async fn reads_sent_ahead_hold_unless_a_write_changed_them(url: &str) {
             Ok::<_, paygent_store::StoreError>(history.recent.len())
         })
     };
-    queued(2).await;
+    writes_queued(&store, 2).await;
     let other = {
         let elsewhere = "0x2222222222222222222222222222222222222222";
         let asked = paygent_store::StandingAsked {
@@ -342,7 +326,7 @@ async fn reads_sent_ahead_hold_unless_a_write_changed_them(url: &str) {
             Ok::<_, paygent_store::StoreError>(history.recent.len())
         })
     };
-    queued(3).await;
+    writes_queued(&store, 3).await;
     first.commit().await.unwrap();
     payer.await.unwrap().unwrap();
     assert_eq!(
@@ -370,6 +354,16 @@ async fn reads_sent_ahead_hold_unless_a_write_changed_them_on_postgres() {
     let (url, db) = PgDatabase::create().await;
     reads_sent_ahead_hold_unless_a_write_changed_them(&url).await;
     db.drop().await;
+}
+
+/// Waits until exactly `n` writes wait for their tenant's turn.
+async fn writes_queued(store: &Store, n: u64) {
+    let what = format!("{n} writes queued for their turn");
+    let waiting = || async { store.writes_waiting() };
+    paygent_testkit::eventually(std::time::Duration::from_secs(5), &what, waiting, |w| {
+        *w == n
+    })
+    .await;
 }
 
 /// A payment of a session that does not exist: its insert breaks a foreign key.
@@ -427,12 +421,7 @@ async fn a_held_back_write_that_fails_fails_its_write_alone(url: &str) {
             tx.commit().await
         })
     };
-    let waiting = || async { store.writes_waiting() };
-    let what = "two writes queued behind the first";
-    paygent_testkit::eventually(std::time::Duration::from_secs(5), what, waiting, |n| {
-        *n == 2
-    })
-    .await;
+    writes_queued(&store, 2).await;
     let mut first = first;
     (first.audit(
         "test",
@@ -990,12 +979,7 @@ async fn a_budget_row_changed_behind_the_lock_fails_its_group_on_postgres() {
         .await
         .unwrap();
     let next = tokio::spawn(audited("lost too"));
-    let waiting = || async { store.writes_waiting() };
-    let what = "a write queued behind, in the same group";
-    paygent_testkit::eventually(std::time::Duration::from_secs(5), what, waiting, |n| {
-        *n == 1
-    })
-    .await;
+    writes_queued(&store, 1).await;
     let error = tx.commit().await.expect_err("the row moved on");
     assert!(error.to_string().contains("key_usage"), "{error}");
     next.await.unwrap().expect_err("its group failed");
@@ -1513,17 +1497,9 @@ async fn windows_a_group_read_answer_its_next_writes_on_postgres() {
         })
     };
     let dropped = write(false, 100, 300);
-    let waiting = || async { store.writes_waiting() };
-    let what = "writes queued behind the first";
-    paygent_testkit::eventually(std::time::Duration::from_secs(5), what, waiting, |n| {
-        *n == 1
-    })
-    .await;
+    writes_queued(&store, 1).await;
     let next = write(true, 5, 500);
-    paygent_testkit::eventually(std::time::Duration::from_secs(5), what, waiting, |n| {
-        *n == 2
-    })
-    .await;
+    writes_queued(&store, 2).await;
     first.commit().await.unwrap();
     let (all_kept, other_kept) = (Some(kept[0].1), Some(kept[1].1));
     let expected = vec![
@@ -1587,12 +1563,7 @@ async fn marks_a_group_left_are_read_before_it_commits_on_postgres() {
             (before, after, own)
         })
     };
-    let waiting = || async { store.writes_waiting() };
-    let what = "a write queued behind the first";
-    paygent_testkit::eventually(std::time::Duration::from_secs(5), what, waiting, |n| {
-        *n == 1
-    })
-    .await;
+    writes_queued(&store, 1).await;
     first.commit().await.unwrap();
     let (before, after, own) = next.await.unwrap();
     let mine = Some(kept[0].1);
