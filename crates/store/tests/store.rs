@@ -1,7 +1,7 @@
 //! The store on real databases: SQLite's group commit (a file on disk, reopened) and the statement layer on
 //! both SQLite and PostgreSQL.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use paygent_domain::audit::{AuditAction, AuditEntry};
 use paygent_domain::event::EventKind;
 use paygent_domain::velocity::Mark;
@@ -353,6 +353,69 @@ async fn reads_sent_ahead_hold_unless_a_write_changed_them_on_sqlite() {
 async fn reads_sent_ahead_hold_unless_a_write_changed_them_on_postgres() {
     let (url, db) = PgDatabase::create().await;
     reads_sent_ahead_hold_unless_a_write_changed_them(&url).await;
+    db.drop().await;
+}
+
+/// A key acts until the time it expires, as of each write's own time under the tenant's lock, also where its
+/// reads went ahead (on PostgreSQL the last two here are read together, in the first one's round trip): the writes
+/// made before that time land, the one made at it is refused.
+async fn a_key_expires_for_each_write_at_its_own_time(url: &str) {
+    let (store, tenant) = with_tenant(url).await;
+    let expires = Utc::now() + chrono::Duration::hours(1);
+    let key = key_expiring(&store, tenant, Some(expires)).await;
+    let mut first = store.begin(tenant, Utc::now()).await.unwrap();
+    let at = |ms: i64| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let now = expires + chrono::Duration::milliseconds(ms);
+            let mut tx = store.begin_about(tenant, key, now, about()).await?;
+            let name = format!("at {ms}");
+            tx.audit("test", AuditAction::SessionCreated, &name, None, json!({}))
+                .await?;
+            tx.commit().await
+        })
+    };
+    let mut writes = Vec::new();
+    for (n, ms) in [-2, -1, 0].into_iter().enumerate() {
+        writes.push(at(ms));
+        writes_queued(&store, n as u64 + 1).await;
+    }
+    let before = store.reads_ahead();
+    (first.audit(
+        "test",
+        AuditAction::SessionCreated,
+        "first",
+        None,
+        json!({}),
+    ))
+    .await
+    .unwrap();
+    first.commit().await.unwrap();
+    let mut landed = Vec::new();
+    for write in writes {
+        landed.push(write.await.unwrap().map(|_| ()).map_err(|e| e.to_string()));
+    }
+    let refused = Err(paygent_store::StoreError::KeyNotLive.to_string());
+    assert_eq!(landed, [Ok(()), Ok(()), refused]);
+    assert_eq!(subjects(&store, tenant).await, ["first", "at -2", "at -1"]);
+    let ahead = match store.backend() {
+        paygent_store::Backend::Postgres => 2,
+        paygent_store::Backend::Sqlite => 0,
+    };
+    assert_eq!(store.reads_ahead() - before, ahead);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_key_expires_for_each_write_at_its_own_time_on_sqlite() {
+    let (url, _dir) = sqlite_url();
+    a_key_expires_for_each_write_at_its_own_time(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_expires_for_each_write_at_its_own_time_on_postgres() {
+    let (url, db) = PgDatabase::create().await;
+    a_key_expires_for_each_write_at_its_own_time(&url).await;
     db.drop().await;
 }
 
@@ -1404,6 +1467,11 @@ async fn windows_read_with_the_lock_are_the_databases_on_postgres() {
 
 /// An agent's key in `tenant`, for writes made by a key.
 async fn agent_key(store: &Store, tenant: Uuid) -> Uuid {
+    key_expiring(store, tenant, None).await
+}
+
+/// An agent's key that expires at `expires_at`.
+async fn key_expiring(store: &Store, tenant: Uuid, expires_at: Option<DateTime<Utc>>) -> Uuid {
     let key = Uuid::new_v4();
     let mut tx = store.begin(tenant, Utc::now()).await.unwrap();
     let record = paygent_store::keys::KeyRecord {
@@ -1412,7 +1480,7 @@ async fn agent_key(store: &Store, tenant: Uuid) -> Uuid {
         name: "agent".into(),
         role: paygent_domain::Role::Agent,
         created_at: Utc::now(),
-        expires_at: None,
+        expires_at,
         policy_id: None,
         groups: Vec::new(),
         slack_user: None,
