@@ -1,7 +1,7 @@
 //! Approval requests. Every change of status is a conditional update on the expected current status, so two
 //! racing decisions leave exactly one winner.
 
-use crate::db::{Db, query};
+use crate::db::{Arg, Db, query};
 use crate::deferred::Changes;
 use crate::{Result, StoreError, WriteTx, decimal, json, opt_time, opt_uuid, time, uuid};
 use chrono::{DateTime, Utc};
@@ -238,34 +238,39 @@ fn select(filter: &str) -> String {
     format!("SELECT {COLUMNS} FROM approval_requests WHERE {filter}")
 }
 
+/// The columns a new request is written with.
+const INSERTED: &str = "id, tenant_id, session_id, payment_id, tool, args, reason, usd_value, allowed_decisions, \
+    status, requested_by, deadline, created_at, approvals_required, approver_groups, escalation, escalate_at, \
+    context, network";
+
 pub async fn insert(tx: &mut WriteTx, a: &ApprovalRecord) -> Result<()> {
     let allowed: Vec<&str> = a.allowed_decisions.iter().map(|k| k.as_str()).collect();
-    let q = query(
-        "INSERT INTO approval_requests (id, tenant_id, session_id, payment_id, tool, args, reason, usd_value, \
-         allowed_decisions, status, requested_by, deadline, created_at, approvals_required, approver_groups, \
-         escalation, escalate_at, context, network) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
-    )
-    .bind(a.id.to_string())
-    .bind(a.tenant_id.to_string())
-    .bind(a.session_id.to_string())
-    .bind(a.payment_id.map(|p| p.to_string()))
-    .bind(&a.tool)
-    .bind(a.args.to_string())
-    .bind(&a.reason)
-    .bind(a.usd_value.to_string())
-    .bind(allowed.join(","))
-    .bind(a.status.as_str())
-    .bind(a.requested_by.to_string())
-    .bind(paygent_domain::time::format(a.deadline))
-    .bind(paygent_domain::time::format(a.created_at))
-    .bind(i64::from(a.approvals_required))
-    .bind((!a.groups.is_empty()).then(|| Value::from(a.groups.clone()).to_string()))
-    .bind((!a.escalation.is_empty()).then(|| serde_json::to_string(&a.escalation).expect("steps serialize")))
-    .bind(a.escalate_at.map(paygent_domain::time::format))
-    .bind(a.context.as_ref().map(Value::to_string))
-    .bind(a.network.clone());
-    tx.defer_one("approval_requests", Changes::Row(a.id), q)
+    let values: Vec<Arg> = vec![
+        a.id.to_string().into(),
+        a.tenant_id.to_string().into(),
+        a.session_id.to_string().into(),
+        a.payment_id.map(|p| p.to_string()).into(),
+        (&a.tool).into(),
+        a.args.to_string().into(),
+        (&a.reason).into(),
+        a.usd_value.to_string().into(),
+        allowed.join(",").into(),
+        a.status.as_str().into(),
+        a.requested_by.to_string().into(),
+        paygent_domain::time::format(a.deadline).into(),
+        paygent_domain::time::format(a.created_at).into(),
+        i64::from(a.approvals_required).into(),
+        (!a.groups.is_empty())
+            .then(|| Value::from(a.groups.clone()).to_string())
+            .into(),
+        (!a.escalation.is_empty())
+            .then(|| serde_json::to_string(&a.escalation).expect("steps serialize"))
+            .into(),
+        a.escalate_at.map(paygent_domain::time::format).into(),
+        a.context.as_ref().map(Value::to_string).into(),
+        a.network.clone().into(),
+    ];
+    tx.defer_insert("approval_requests", INSERTED, Changes::Row(a.id), values)
         .await?;
     if a.status == ApprovalStatus::Pending {
         waiting(tx, &[(a.requested_by.to_string(), 1)]).await?;

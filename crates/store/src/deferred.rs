@@ -9,7 +9,7 @@
 //! one statement do not see each other's changes, so a write to a table with a write already held sends the
 //! held ones first: no two CTEs ever touch the same table.
 
-use crate::db::{Arg, Query, Row};
+use crate::db::{Arg, Query, Row, placeholders};
 use crate::{Result, StoreError};
 use uuid::Uuid;
 
@@ -20,6 +20,8 @@ pub(crate) struct Deferred {
     pub(crate) changes: Changes,
     query: Query,
     rows: u64,
+    /// A plain insert's columns: such inserts of several writes go to PostgreSQL as one statement ([`merged`]).
+    columns: Option<&'static str>,
 }
 
 /// Which rows of its table a held-back write changes, as far as reads sent ahead of it care ([`crate::pg::Ahead`]):
@@ -40,7 +42,29 @@ impl Deferred {
             changes: Changes::Any,
             query,
             rows,
+            columns: None,
         }
+    }
+
+    /// A plain insert of `rows` rows into `table`'s `columns`, their values in `values` row after row.
+    pub(crate) fn insert(
+        table: &'static str,
+        columns: &'static str,
+        values: Vec<Arg>,
+        rows: u64,
+    ) -> Deferred {
+        let width = values.len() / usize::try_from(rows.max(1)).unwrap_or(1);
+        let list = placeholders(1, values.len() / width.max(1), width);
+        let sql = format!("INSERT INTO {table} ({columns}) VALUES {list}");
+        Deferred {
+            columns: Some(columns),
+            ..Deferred::new(table, Query::with_args(sql, values), rows)
+        }
+    }
+
+    /// Whether the write is a plain insert, which can go with others into its table ([`merged`]).
+    pub(crate) fn is_insert(&self) -> bool {
+        self.columns.is_some()
     }
 
     /// The write changes only `changes`.
@@ -150,6 +174,66 @@ pub(crate) async fn flush(conn: &mut sqlx::PgConnection, writes: Vec<Deferred>) 
     rendered.check(row, 0)
 }
 
+/// Plain inserts of several writes ([`Deferred::insert`]) as one statement of one insert per table, each table's
+/// rows a JSON array (its only parameter) that PostgreSQL turns into the table's rows: one shape per set of
+/// tables however many rows, so it is prepared once. Several writes' closing statements cost PostgreSQL a
+/// third more as one statement each (BENCHMARKS.md). Nothing to check: a plain insert inserts every row or
+/// fails its statement.
+pub(crate) fn merged(writes: impl IntoIterator<Item = Deferred>) -> Result<(String, Vec<Arg>)> {
+    let mut tables: Vec<(&'static str, &'static str, String)> = Vec::new();
+    for write in writes {
+        let columns = write.columns.ok_or_else(|| {
+            StoreError::Corrupt(format!("a write to {} merged as an insert", write.table))
+        })?;
+        let at = match tables
+            .iter()
+            .position(|t| (t.0, t.1) == (write.table, columns))
+        {
+            Some(at) => at,
+            None => {
+                tables.push((write.table, columns, String::new()));
+                tables.len() - 1
+            }
+        };
+        rows_as_json(columns, write.query.into_parts().1, &mut tables[at].2);
+    }
+    let ctes: Vec<String> = (tables.iter().enumerate())
+        .map(|(i, (table, columns, _))| {
+            format!(
+                "w{i} AS (INSERT INTO {table} ({columns}) SELECT {columns} FROM \
+                 jsonb_populate_recordset(NULL::{table}, ${}::jsonb))",
+                i + 1
+            )
+        })
+        .collect();
+    let sql = format!("WITH {} SELECT 1", ctes.join(", "));
+    let args = (tables.into_iter())
+        .map(|(_, _, rows)| Arg::Text(Some(format!("[{rows}]"))))
+        .collect();
+    Ok((sql, args))
+}
+
+/// Appends `values`, rows of `columns`, to `json` as objects keyed by column.
+fn rows_as_json(columns: &str, values: Vec<Arg>, json: &mut String) {
+    let names: Vec<&str> = columns.split(',').map(str::trim).collect();
+    for row in values.chunks(names.len()) {
+        json.push_str(if json.is_empty() { "{" } else { ",{" });
+        for (i, (name, value)) in names.iter().zip(row).enumerate() {
+            json.push_str(if i == 0 { "\"" } else { ",\"" });
+            json.push_str(name);
+            json.push_str("\":");
+            match value {
+                Arg::Int(Some(n)) => json.push_str(&n.to_string()),
+                Arg::Text(Some(t)) => {
+                    json.push_str(&serde_json::to_string(t).expect("a string serializes"))
+                }
+                Arg::Int(None) | Arg::Text(None) => json.push_str("null"),
+            }
+        }
+        json.push('}');
+    }
+}
+
 /// `sql` with each parameter `$n` numbered `$(n + by)`.
 fn renumbered(sql: &str, by: usize) -> String {
     crate::db::placed(sql, |n| format!("${}", n + by))
@@ -157,7 +241,41 @@ fn renumbered(sql: &str, by: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::renumbered;
+    use super::{Deferred, merged, renumbered};
+    use crate::db::Arg;
+
+    #[test]
+    fn inserts_of_several_writes_go_as_one_insert_per_table_of_json_rows() {
+        let payment = |memo: &str| {
+            let values = vec![
+                "p".into(),
+                memo.into(),
+                Arg::Text(None),
+                7.into(),
+                Arg::Int(None),
+            ];
+            Deferred::insert("payments", "id, memo, note, n, m", values, 1)
+        };
+        let audit = Deferred::insert("audit_log", "seq", vec![1.into(), 2.into()], 2);
+        let writes = [payment("it's \"q\" \\ ü\n"), audit, payment("")];
+        let (sql, args) = merged(writes).unwrap();
+        assert_eq!(
+            sql,
+            "WITH w0 AS (INSERT INTO payments (id, memo, note, n, m) SELECT id, memo, note, n, m FROM \
+             jsonb_populate_recordset(NULL::payments, $1::jsonb)), w1 AS (INSERT INTO audit_log (seq) SELECT seq \
+             FROM jsonb_populate_recordset(NULL::audit_log, $2::jsonb)) SELECT 1"
+        );
+        let rows = r#"[{"id":"p","memo":"it's \"q\" \\ ü\n","note":null,"n":7,"m":null},{"id":"p","memo":"","note":null,"n":7,"m":null}]"#;
+        assert_eq!(
+            args,
+            [
+                Arg::Text(Some(rows.into())),
+                Arg::Text(Some(r#"[{"seq":1},{"seq":2}]"#.into()))
+            ]
+        );
+        let update = Deferred::new("payments", crate::db::query("UPDATE payments SET n = 1"), 1);
+        assert!(merged([update]).is_err(), "only plain inserts merge");
+    }
 
     #[test]
     fn parameters_are_numbered_on_and_quoted_text_is_not() {

@@ -1,6 +1,6 @@
 //! Payments: every intent an agent submits, whatever the guard decided, with its status history in the audit.
 
-use crate::db::{Db, Row, query};
+use crate::db::{Arg, Db, Row, query};
 use crate::deferred::Changes;
 use crate::{Result, StoreError, WriteTx, decimal, opt_uuid, time, uuid};
 use chrono::{DateTime, Utc};
@@ -120,39 +120,37 @@ fn select(filter: &str) -> String {
 }
 
 pub async fn insert(tx: &mut WriteTx, p: &PaymentRecord) -> Result<()> {
-    let q = query(format!(
-        "INSERT INTO payments ({COLUMNS}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)"
-    ))
-    .bind(p.id.to_string())
-    .bind(p.tenant_id.to_string())
-    .bind(p.session_id.to_string())
-    .bind(&p.tool)
-    .bind(p.amount.to_string())
-    .bind(&p.currency)
-    .bind(p.usd_value.to_string())
-    .bind(&p.recipient)
-    .bind(p.description.clone())
-    .bind(p.status.as_str())
-    .bind(p.reason.clone())
-    .bind(p.approval_id.map(|a| a.to_string()))
-    .bind(p.tx_hash.clone())
-    .bind(p.network.clone())
-    .bind(p.idempotency_key.clone())
-    .bind(&p.request_hash)
-    .bind(p.requested_by.to_string())
-    .bind(p.budget_day.clone())
-    .bind(p.detail.clone())
-    .bind(p.limits_key.map(|k| k.to_string()))
-    .bind(p.max_amount.map(|m| m.to_string()))
-    .bind(p.swap.as_ref().map(|t| json!(t).to_string()))
-    .bind(paygent_domain::time::format(p.created_at))
-    .bind(paygent_domain::time::format(p.updated_at));
+    let values: Vec<Arg> = vec![
+        p.id.to_string().into(),
+        p.tenant_id.to_string().into(),
+        p.session_id.to_string().into(),
+        (&p.tool).into(),
+        p.amount.to_string().into(),
+        (&p.currency).into(),
+        p.usd_value.to_string().into(),
+        (&p.recipient).into(),
+        p.description.clone().into(),
+        p.status.as_str().into(),
+        p.reason.clone().into(),
+        p.approval_id.map(|a| a.to_string()).into(),
+        p.tx_hash.clone().into(),
+        p.network.clone().into(),
+        p.idempotency_key.clone().into(),
+        (&p.request_hash).into(),
+        p.requested_by.to_string().into(),
+        p.budget_day.clone().into(),
+        p.detail.clone().into(),
+        p.limits_key.map(|k| k.to_string()).into(),
+        p.max_amount.map(|m| m.to_string()).into(),
+        p.swap.as_ref().map(|t| json!(t).to_string()).into(),
+        paygent_domain::time::format(p.created_at).into(),
+        paygent_domain::time::format(p.updated_at).into(),
+    ];
     let changes = match PAID.contains(&p.status) {
         true => Changes::PaidTo(p.recipient.clone()),
         false => Changes::Unread,
     };
-    tx.defer_one("payments", changes, q).await
+    tx.defer_insert("payments", COLUMNS, changes, values).await
 }
 
 pub async fn get(db: Db<'_>, tenant_id: Uuid, id: Uuid) -> Result<Option<PaymentRecord>> {

@@ -23,6 +23,9 @@
 //! whose round trip carried it starts over in a new group. A message of several statements cannot bind
 //! parameters, and planning a closing statement from its text each time cost more than the round trip saved
 //! (BENCHMARKS.md), so each shape of closing statement is prepared once on a connection and executed by name.
+//! The closing statements of writes in a row that only insert (a payment the guard allows, its audit entry and
+//! event) go as one statement of one insert per table ([`deferred::merged`]), which costs PostgreSQL a third less
+//! than one statement each; should it fail, its writes learn the database's words from their group's failure.
 //!
 //! A write's first round trip reads what it is about (the tenant's head, its session and budget rows, the
 //! request it decides). The writes waiting for the tenant's turn say beforehand what they will read ([`Ahead`]),
@@ -44,7 +47,7 @@
 use crate::approvals::GroupPending;
 use crate::budgets::{Changed, GroupLedgers, LedgerRows};
 use crate::db::{Arg, Row, inlined, placeholders};
-use crate::deferred::{Changes, Deferred};
+use crate::deferred::{self, Changes, Deferred, Rendered};
 use crate::spend::GroupRollups;
 use crate::tx::{FirstReads, Plan};
 use crate::velocity::{Carried, Found, GroupMarks, GroupWindows};
@@ -291,59 +294,84 @@ impl Head {
     }
 }
 
-/// A write's last statement, held back until the group's next round trip: its text and values, and where its
-/// own error goes, so the write learns why (a duplicate key, say) rather than only that its group failed. It
-/// checks its own counts and fails if they are wrong, so nothing sent after it in its message runs.
+/// A write's last statement, held back until the group's next round trip: its writes, and where its own error
+/// goes, so the write learns why (a duplicate key, say) rather than only that its group failed. Sent alone, it
+/// checks its own counts and fails if they are wrong, so nothing sent after it in its message runs; the plain
+/// inserts of several writes in a row go as one statement ([`deferred::merged`]).
 #[derive(Debug)]
 pub(crate) struct Closing {
-    sql: String,
-    args: Vec<Arg>,
+    /// Its writes, until the statement that carries them is composed.
+    writes: Vec<Deferred>,
     /// The tables it writes, and which of their rows: reads sent before it and used after it are stale if they
     /// read those ([`Touched`]).
     changes: Vec<(&'static str, Changes)>,
     owner: Option<oneshot::Sender<StoreError>>,
 }
 
+/// How many closings, in order, one statement of a message carries, and how many statements it makes (its shape's
+/// `PREPARE` is one more).
+struct Sent {
+    closings: usize,
+    statements: usize,
+}
+
 impl Closing {
-    pub(crate) fn new(
-        sql: String,
-        args: Vec<Arg>,
-        changes: Vec<(&'static str, Changes)>,
-    ) -> Closing {
-        Closing {
-            sql,
-            args,
+    /// `writes` as a write's closing statement, if there are any.
+    pub(crate) fn new(writes: Vec<Deferred>) -> Option<Closing> {
+        if writes.is_empty() {
+            return None;
+        }
+        let changes = (writes.iter())
+            .map(|w| (w.table, w.changes.clone()))
+            .collect();
+        Some(Closing {
+            writes,
             changes,
             owner: None,
-        }
+        })
     }
 
-    /// The statement as it goes in a message of several ([`shaped`]), and how many statements that makes.
-    fn text(&self, prepared: &mut HashSet<String>) -> Result<(String, usize)> {
-        shaped(&self.sql, &self.args, prepared)
+    fn inserts_only(&self) -> bool {
+        self.writes.iter().all(Deferred::is_insert)
     }
 
-    /// Whether each of `closings`, sent as `statements` each in front of the rest of `ran`, completed; their
-    /// results are taken out of `ran`. The first that did not, with its error, if one did not.
+    /// Its writes as one statement of CTEs that fails unless each changed the rows it should ([`shaped`]), and
+    /// how many statements that makes.
+    fn alone(&mut self, prepared: &mut HashSet<String>) -> Result<(String, usize)> {
+        let mut args = Vec::new();
+        let rendered = Rendered::new(std::mem::take(&mut self.writes), &mut args);
+        shaped(&rendered.selecting(&rendered.asserted()), &args, prepared)
+    }
+
+    /// Whether each statement `sent` in front of the rest of `ran` completed; their results are taken out of
+    /// `ran`. The closings the first that did not carried, with its error, if one did not.
     fn first_failed(
         closings: Vec<Closing>,
-        statements: &[usize],
+        sent: &[Sent],
         ran: &mut Ran,
-    ) -> Option<(Closing, StoreError)> {
-        for (closing, &n) in closings.into_iter().zip(statements) {
-            if ran.results.len() < n {
+    ) -> Option<(Vec<Closing>, StoreError)> {
+        let mut before = 0;
+        for s in sent {
+            if ran.results.len() < s.statements {
                 // It did not complete: the error is its own.
-                return Some((closing, ran.error.take().unwrap_or(StoreError::Closed)));
+                let error = ran.error.take().unwrap_or(StoreError::Closed);
+                let carried = closings.into_iter().skip(before).take(s.closings);
+                return Some((carried.collect(), error));
             }
-            ran.results.drain(..n);
+            ran.results.drain(..s.statements);
+            before += s.closings;
         }
         None
     }
 
-    /// The statement failed with `error`: its write is told why, and its group fails.
-    async fn failed(self, open: Open, error: StoreError) {
+    /// The statement that carried `closings` failed with `error`: a lone write is told why, and its group fails.
+    /// Writes whose inserts went as one statement learn it from their group's failure, which gives the database's
+    /// words: which of them broke it is not known.
+    async fn failed(mut closings: Vec<Closing>, open: Open, error: StoreError) {
         let why = error.to_string();
-        if let Some(owner) = self.owner {
+        if let [closing] = &mut closings[..]
+            && let Some(owner) = closing.owner.take()
+        {
             let _ = owner.send(error);
         }
         open.fail(&why).await;
@@ -1135,16 +1163,22 @@ async fn send(
     mut open: Open,
     body: impl FnOnce(&mut Open) -> Result<String>,
 ) -> Result<(Open, Vec<Vec<PgRow>>)> {
-    let closings = std::mem::take(&mut open.closings);
-    let composed = closings_text(&mut open, &closings)
-        .and_then(|(text, counts)| Ok((text + &body(&mut open)?, counts)));
-    let (mut ran, counts) = match composed {
-        Ok((sql, counts)) => (run(open.conn.get(), sql).await, counts),
-        Err(e) => (Ran::failed(e), vec![1; closings.len()]),
+    let mut closings = std::mem::take(&mut open.closings);
+    let composed = closings_text(&mut closings, &mut open.prepared)
+        .and_then(|(text, sent)| Ok((text + &body(&mut open)?, sent)));
+    let (mut ran, sent) = match composed {
+        Ok((sql, sent)) => (run(open.conn.get(), sql).await, sent),
+        Err(e) => {
+            let all = (!closings.is_empty()).then_some(Sent {
+                closings: closings.len(),
+                statements: 1,
+            });
+            (Ran::failed(e), all.into_iter().collect())
+        }
     };
-    if let Some((closing, e)) = Closing::first_failed(closings, &counts, &mut ran) {
+    if let Some((carried, e)) = Closing::first_failed(closings, &sent, &mut ran) {
         let why = e.to_string();
-        closing.failed(open, e).await;
+        Closing::failed(carried, open, e).await;
         return Err(StoreError::Commit(why));
     }
     match ran.error {
@@ -1157,16 +1191,34 @@ async fn send(
 }
 
 /// The closing statements of the writes kept since the group's last message, to go in front of others in a
-/// message, and how many statements each makes.
-fn closings_text(open: &mut Open, closings: &[Closing]) -> Result<(String, Vec<usize>)> {
-    let (mut text, mut counts) = (String::new(), Vec::with_capacity(closings.len()));
-    for closing in closings {
-        let (statement, n) = closing.text(&mut open.prepared)?;
+/// message, and what each statement carries: a closing alone, or several in a row that only insert, as one.
+fn closings_text(
+    closings: &mut [Closing],
+    prepared: &mut HashSet<String>,
+) -> Result<(String, Vec<Sent>)> {
+    let (mut text, mut sent) = (String::new(), Vec::new());
+    let mut rest = closings;
+    while !rest.is_empty() {
+        let run = rest.iter().take_while(|c| c.inserts_only()).count();
+        let ((statement, statements), carried) = match run {
+            0 | 1 => (rest[0].alone(prepared)?, 1),
+            n => {
+                let writes = rest[..n]
+                    .iter_mut()
+                    .flat_map(|c| std::mem::take(&mut c.writes));
+                let (sql, args) = deferred::merged(writes)?;
+                (shaped(&sql, &args, prepared)?, n)
+            }
+        };
         text.push_str(&statement);
         text.push_str("; ");
-        counts.push(n);
+        sent.push(Sent {
+            closings: carried,
+            statements,
+        });
+        rest = &mut rest[carried..];
     }
-    Ok((text, counts))
+    Ok((text, sent))
 }
 
 fn prepared_names(rows: Option<&Vec<PgRow>>) -> Result<HashSet<String>> {
@@ -1217,8 +1269,76 @@ async fn run(conn: &mut PgConnection, sql: String) -> Ran {
 
 #[cfg(test)]
 mod tests {
-    use super::{Closing, MOST_PREPARED, last_of_each};
+    use super::{Closing, MOST_PREPARED, Ran, Sent, closings_text, last_of_each, shaped};
+    use crate::db::query;
+    use crate::deferred::Deferred;
     use std::collections::HashSet;
+
+    /// A write's closing statement of one insert, or of one update, of table `t`.
+    fn closing(insert: bool) -> Closing {
+        let write = match insert {
+            true => Deferred::insert("t", "a, b", vec!["x".into(), 1.into()], 1),
+            false => Deferred::new("t", query("UPDATE t SET b = $1").bind(2), 1),
+        };
+        Closing::new(vec![write]).unwrap()
+    }
+
+    #[test]
+    fn closings_that_only_insert_go_as_one_statement_in_a_row_and_others_alone() {
+        let mut closings: Vec<Closing> = [true, true, false, true, false, true, true, true]
+            .into_iter()
+            .map(closing)
+            .collect();
+        let mut prepared = HashSet::new();
+        let (text, sent) = closings_text(&mut closings, &mut prepared).unwrap();
+        let carried: Vec<usize> = sent.iter().map(|s| s.closings).collect();
+        assert_eq!(carried, [2, 1, 1, 1, 3]);
+        let merged = text.matches("jsonb_populate_recordset").count();
+        assert_eq!(merged, 1, "prepared once: {text}");
+        assert!(
+            text.contains(r#"'[{"a":"x","b":1},{"a":"x","b":1},{"a":"x","b":1}]'"#),
+            "{text}"
+        );
+        // One shape of merged inserts (two rows or three alike), the update's, the lone insert's.
+        assert_eq!(prepared.len(), 3, "{prepared:?}");
+        let statements: Vec<usize> = sent.iter().map(|s| s.statements).collect();
+        assert_eq!(statements, [2, 2, 2, 1, 1]);
+    }
+
+    #[test]
+    fn the_closings_a_failed_statement_carried_are_the_ones_told() {
+        let sent = [
+            Sent {
+                closings: 2,
+                statements: 1,
+            },
+            Sent {
+                closings: 1,
+                statements: 2,
+            },
+        ];
+        let failed_at = |completed: usize| {
+            let closings: Vec<Closing> = (0..3).map(|i| closing(i < 2)).collect();
+            let mut ran = Ran {
+                results: (0..completed).map(|_| Vec::new()).collect(),
+                error: Some(crate::StoreError::Busy),
+            };
+            let failed = Closing::first_failed(closings, &sent, &mut ran);
+            failed.map(|(carried, _)| {
+                carried
+                    .iter()
+                    .map(Closing::inserts_only)
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(failed_at(0), Some(vec![true, true]));
+        assert_eq!(
+            failed_at(2),
+            Some(vec![false]),
+            "its PREPARE ran, not its EXECUTE"
+        );
+        assert_eq!(failed_at(3), None);
+    }
 
     #[test]
     fn each_query_gets_the_rows_of_its_own_last_statement() {
@@ -1237,15 +1357,9 @@ mod tests {
 
     #[test]
     fn a_shape_is_prepared_once_per_connection_and_past_the_cap_goes_as_text() {
-        let closing = |sql: &str| {
-            Closing::new(
-                sql.to_owned(),
-                vec!["it's".into(), 7.into(), crate::db::Arg::Text(None)],
-                Vec::new(),
-            )
-        };
+        let args = vec!["it's".into(), 7.into(), crate::db::Arg::Text(None)];
         let mut prepared = HashSet::new();
-        let (first, statements) = closing("SELECT $1, $2, $3").text(&mut prepared).unwrap();
+        let (first, statements) = shaped("SELECT $1, $2, $3", &args, &mut prepared).unwrap();
         assert_eq!(statements, 2);
         let name = prepared.iter().next().unwrap().clone();
         assert_eq!(
@@ -1254,19 +1368,19 @@ mod tests {
                 "PREPARE {name} (text, int8, text) AS SELECT $1, $2, $3; EXECUTE {name} (E'it''s', 7, NULL)"
             )
         );
-        let (again, statements) = closing("SELECT $1, $2, $3").text(&mut prepared).unwrap();
+        let (again, statements) = shaped("SELECT $1, $2, $3", &args, &mut prepared).unwrap();
         assert_eq!(
             (again, statements),
             (format!("EXECUTE {name} (E'it''s', 7, NULL)"), 1)
         );
-        let (other, _) = closing("SELECT $3, $2, $1").text(&mut prepared).unwrap();
+        let (other, _) = shaped("SELECT $3, $2, $1", &args, &mut prepared).unwrap();
         assert!(
             other.starts_with("PREPARE ") && !other.contains(&name),
             "{other}"
         );
 
         let mut full: HashSet<String> = (0..MOST_PREPARED).map(|i| format!("p{i}")).collect();
-        let (plain, statements) = closing("SELECT $1, $2, $3").text(&mut full).unwrap();
+        let (plain, statements) = shaped("SELECT $1, $2, $3", &args, &mut full).unwrap();
         assert_eq!(
             (plain.as_str(), statements),
             ("SELECT E'it''s', 7, NULL", 1)

@@ -2,8 +2,8 @@
 //! entries and its events together, so none can exist without the others.
 
 use crate::budgets::LedgerRows;
-use crate::db::{Arg, Conn, Db, Query, Row, inlined, placeholders, query};
-use crate::deferred::{Changes, Deferred, Rendered};
+use crate::db::{Arg, Conn, Db, Query, Row, inlined, query};
+use crate::deferred::{Changes, Deferred};
 use crate::pg::{Ahead, Closing, PgTx};
 use crate::policies::RulesCache;
 use crate::{Engine, Result, Store, StoreError};
@@ -693,6 +693,19 @@ impl WriteTx {
             .await
     }
 
+    /// As [`WriteTx::defer_one`], a plain insert of one row into `table`'s `columns`: on PostgreSQL such inserts
+    /// of several writes go as one statement ([`crate::deferred::merged`]).
+    pub(crate) async fn defer_insert(
+        &mut self,
+        table: &'static str,
+        columns: &'static str,
+        changes: Changes,
+        values: Vec<Arg>,
+    ) -> Result<()> {
+        self.hold(Deferred::insert(table, columns, values, 1).changing(changes))
+            .await
+    }
+
     async fn hold(&mut self, write: Deferred) -> Result<()> {
         match &mut self.conn {
             Conn::Pg(tx) => tx.hold(write).await,
@@ -784,7 +797,7 @@ impl WriteTx {
             Conn::Pg(tx) => {
                 let mut writes = tx.take_held();
                 writes.extend(outbox);
-                closing = closing_of(writes);
+                closing = Closing::new(writes);
             }
             Conn::Lite(_) => {
                 // In-process statements cost no round trip.
@@ -817,62 +830,46 @@ impl WriteTx {
         let tenant = self.tenant_id.to_string();
         let mut writes = Vec::new();
         if !self.audit.is_empty() {
-            let mut q = query(format!(
-                "INSERT INTO audit_log (tenant_id, seq, at, actor, action, subject, session_id, data, prev_hash, \
-                 hash) VALUES {}",
-                placeholders(1, self.audit.len(), 10)
-            ));
+            let mut values = Vec::with_capacity(self.audit.len() * 10);
             for e in &self.audit {
-                q = q
-                    .bind(tenant.clone())
-                    .bind(e.seq)
-                    .bind(e.at.clone())
-                    .bind(e.actor.clone())
-                    .bind(e.action.clone())
-                    .bind(e.subject.clone())
-                    .bind(e.session_id.map(|s| s.to_string()))
-                    .bind(e.data.to_string())
-                    .bind(e.prev_hash.clone())
-                    .bind(e.hash.clone());
+                values.extend::<[Arg; 10]>([
+                    tenant.clone().into(),
+                    e.seq.into(),
+                    e.at.clone().into(),
+                    e.actor.clone().into(),
+                    e.action.clone().into(),
+                    e.subject.clone().into(),
+                    e.session_id.map(|s| s.to_string()).into(),
+                    e.data.to_string().into(),
+                    e.prev_hash.clone().into(),
+                    e.hash.clone().into(),
+                ]);
             }
-            writes.push(Deferred::new("audit_log", q, self.audit.len() as u64));
+            let rows = self.audit.len() as u64;
+            writes.push(Deferred::insert("audit_log", AUDIT_COLUMNS, values, rows));
         }
         if !self.events.is_empty() {
-            let mut q = query(format!(
-                "INSERT INTO events (tenant_id, seq, type, session_id, payload, created_at) VALUES {}",
-                placeholders(1, self.events.len(), 6)
-            ));
+            let mut values = Vec::with_capacity(self.events.len() * 6);
             for e in &self.events {
-                q = q
-                    .bind(tenant.clone())
-                    .bind(e.seq)
-                    .bind(e.kind.as_str())
-                    .bind(e.session_id.map(|s| s.to_string()))
-                    .bind(e.payload.to_string())
-                    .bind(e.created_at.clone());
+                values.extend::<[Arg; 6]>([
+                    tenant.clone().into(),
+                    e.seq.into(),
+                    e.kind.as_str().into(),
+                    e.session_id.map(|s| s.to_string()).into(),
+                    e.payload.to_string().into(),
+                    e.created_at.clone().into(),
+                ]);
             }
-            writes.push(Deferred::new("events", q, self.events.len() as u64));
+            let rows = self.events.len() as u64;
+            writes.push(Deferred::insert("events", EVENT_COLUMNS, values, rows));
         }
         writes
     }
 }
 
-/// PostgreSQL: `writes`, if any, as CTEs of one statement that fails unless each changed the rows it should
-/// (checked in the database, since the statement goes in a message with others that must not run after it
-/// failed). The chain's head and the event nudge go with the write's group ([`crate::pg::Head`]).
-fn closing_of(writes: Vec<Deferred>) -> Option<Closing> {
-    if writes.is_empty() {
-        return None;
-    }
-    let changes = writes
-        .iter()
-        .map(|w| (w.table, w.changes.clone()))
-        .collect();
-    let mut args = Vec::new();
-    let rendered = Rendered::new(writes, &mut args);
-    let sql = rendered.selecting(&rendered.asserted());
-    Some(Closing::new(sql, args, changes))
-}
+const AUDIT_COLUMNS: &str =
+    "tenant_id, seq, at, actor, action, subject, session_id, data, prev_hash, hash";
+const EVENT_COLUMNS: &str = "tenant_id, seq, type, session_id, payload, created_at";
 
 /// The tenant's new chain head and event sequence, from the first four arguments of a commit.
 pub(crate) const HEAD_UPDATE: &str =

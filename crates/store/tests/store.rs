@@ -236,16 +236,9 @@ async fn a_dropped_write_leaves_nothing(url: &str) {
     store.close().await;
 }
 
-/// Writes queued for their tenant's turn have their first round trip's reads sent in the message of a write ahead
-/// of them in the group. A queued write uses them unless a write kept since changed what they read: here the
-/// first queued write pays a recipient, so the second, which reads that recipient's history, reads it again and
-/// sees the payment, while the third, which reads another recipient's, uses what was read ahead, its session
-/// among it, read once for both (on PostgreSQL; SQLite's writes read in process).
-async fn reads_sent_ahead_hold_unless_a_write_changed_them(url: &str) {
-    let (store, tenant) = with_tenant(url).await;
-    let key = agent_key(&store, tenant).await;
+/// A new active session of `key`'s.
+async fn with_session(store: &Store, tenant: Uuid, key: Uuid) -> Uuid {
     let session = Uuid::new_v4();
-    let since = Utc::now() - chrono::Duration::hours(1);
     let mut tx = store.begin(tenant, Utc::now()).await.unwrap();
     let record = paygent_store::sessions::SessionRecord {
         id: session,
@@ -264,6 +257,183 @@ async fn reads_sent_ahead_hold_unless_a_write_changed_them(url: &str) {
         .await
         .unwrap();
     tx.commit().await.unwrap();
+    session
+}
+
+/// Writes queued for their tenant's turn: a first that holds it, then `payments`, each a write of its own that
+/// inserts it with an audit entry and an event, in order. How each went, the first's first.
+async fn pay_in_turn(
+    store: &Store,
+    tenant: Uuid,
+    key: Uuid,
+    payments: &[paygent_store::payments::PaymentRecord],
+) -> Vec<paygent_store::Result<Vec<paygent_store::Event>>> {
+    let mut first = store.begin(tenant, Utc::now()).await.unwrap();
+    let mut writers = Vec::new();
+    for (i, payment) in payments.iter().cloned().enumerate() {
+        let writer = store.clone();
+        let about = paygent_store::About {
+            session: Some(payment.session_id),
+            ..about()
+        };
+        writers.push(tokio::spawn(async move {
+            let mut tx = writer.begin_about(tenant, key, Utc::now(), about).await?;
+            paygent_store::payments::insert(&mut tx, &payment).await?;
+            let (id, memo) = (payment.id.to_string(), &payment.description);
+            let session = Some(payment.session_id);
+            (tx.audit(
+                "test",
+                AuditAction::PaymentAuthorized,
+                &id,
+                session,
+                json!({"memo": memo}),
+            ))
+            .await?;
+            tx.event(EventKind::Cancelled, session, json!({"memo": memo}))
+                .await?;
+            tx.commit().await
+        }));
+        writes_queued(store, i as u64 + 1).await;
+    }
+    (first.audit(
+        "test",
+        AuditAction::SessionCreated,
+        "first",
+        None,
+        json!({}),
+    ))
+    .await
+    .unwrap();
+    let mut done = vec![first.commit().await];
+    for writer in writers {
+        done.push(writer.await.unwrap());
+    }
+    done
+}
+
+/// Writes kept one after another in a group without a statement of their own (their reads went ahead) have
+/// their inserts sent together, on PostgreSQL as one statement per table of rows in JSON: every value lands as
+/// written (quotes, backslashes, line breaks, text past ASCII, nulls), and the chain and events hold.
+async fn inserts_sent_together_land_as_written(url: &str) {
+    let (store, tenant) = with_tenant(url).await;
+    let key = agent_key(&store, tenant).await;
+    let session = with_session(&store, tenant, key).await;
+    let at: DateTime<Utc> = "2026-12-08T00:00:00.123Z".parse().unwrap();
+    let payments: Vec<_> = (0..3)
+        .map(|i| paygent_store::payments::PaymentRecord {
+            session_id: session,
+            description: Some(format!("it's \"{i}\" \\ ü 💸\nnext")),
+            approval_id: (i == 1).then(Uuid::new_v4),
+            idempotency_key: Some(format!("k{i}")),
+            detail: (i != 1).then(|| r#"{"a":[1,"b\\"]}"#.to_owned()),
+            created_at: at,
+            updated_at: at,
+            ..payment_of_no_session(tenant)
+        })
+        .collect();
+    let before = store.reads_ahead();
+    for done in pay_in_turn(&store, tenant, key, &payments).await {
+        done.unwrap();
+    }
+    used_reads_ahead(&store, before, 2);
+    for payment in &payments {
+        let read = paygent_store::payments::get(store.reader(), tenant, payment.id);
+        assert_eq!(read.await.unwrap().as_ref(), Some(payment));
+    }
+    let entries = chain(&store, tenant).await;
+    let paid = entries
+        .iter()
+        .filter(|e| e.action == AuditAction::PaymentAuthorized.as_str());
+    let memos: Vec<_> = paid.map(|e| e.data["memo"].clone()).collect();
+    let written: Vec<_> = payments.iter().map(|p| json!(p.description)).collect();
+    assert_eq!(memos, written);
+    let events = store.events_after(tenant, 0, 10).await.unwrap();
+    let memos: Vec<_> = events.iter().map(|e| e.payload["memo"].clone()).collect();
+    assert_eq!(memos, written);
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inserts_sent_together_land_as_written_on_sqlite() {
+    let (url, _dir) = sqlite_url();
+    inserts_sent_together_land_as_written(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inserts_sent_together_land_as_written_on_postgres() {
+    let (url, db) = PgDatabase::create().await;
+    inserts_sent_together_land_as_written(&url).await;
+    db.drop().await;
+}
+
+/// A row that breaks a constraint among inserts sent together fails its group, as any closing statement does:
+/// every write whose inserts went with it fails too, none of them written, and the write whose row broke it is
+/// told the database's words. The tenant's next write lands.
+async fn an_insert_sent_together_that_fails_fails_its_group(url: &str) {
+    let (store, tenant) = with_tenant(url).await;
+    let key = agent_key(&store, tenant).await;
+    let session = with_session(&store, tenant, key).await;
+    let good = || paygent_store::payments::PaymentRecord {
+        session_id: session,
+        ..payment_of_no_session(tenant)
+    };
+    let payments = [good(), payment_of_no_session(tenant), good()];
+    let done = pay_in_turn(&store, tenant, key, &payments).await;
+    let error = done[2].as_ref().expect_err("a payment of no session");
+    let named = error.is_foreign_key_violation() || error.to_string().contains("foreign key");
+    assert!(named, "{error}");
+    for (i, done) in done.iter().enumerate() {
+        match store.backend() {
+            paygent_store::Backend::Postgres => {
+                assert!(done.is_err(), "write {i} failed with its group")
+            }
+            paygent_store::Backend::Sqlite => assert_eq!(done.is_ok(), i != 2, "write {i}"),
+        }
+    }
+    for done in pay_in_turn(&store, tenant, key, &[good()]).await {
+        done.unwrap();
+    }
+    let count = query("SELECT COUNT(*) FROM payments").fetch_one(store.reader());
+    let expected = match store.backend() {
+        paygent_store::Backend::Postgres => 1,
+        paygent_store::Backend::Sqlite => 3,
+    };
+    assert_eq!(count.await.unwrap().get::<i64>(0).unwrap(), expected);
+    let entries = chain(&store, tenant).await;
+    let paid = entries
+        .iter()
+        .filter(|e| e.action == AuditAction::PaymentAuthorized.as_str());
+    assert_eq!(
+        paid.count(),
+        expected as usize,
+        "an entry for each payment written"
+    );
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_sent_together_that_fails_fails_its_group_on_sqlite() {
+    let (url, _dir) = sqlite_url();
+    an_insert_sent_together_that_fails_fails_its_group(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_sent_together_that_fails_fails_its_group_on_postgres() {
+    let (url, db) = PgDatabase::create().await;
+    an_insert_sent_together_that_fails_fails_its_group(&url).await;
+    db.drop().await;
+}
+
+/// Writes queued for their tenant's turn have their first round trip's reads sent in the message of a write ahead
+/// of them in the group. A queued write uses them unless a write kept since changed what they read: here the
+/// first queued write pays a recipient, so the second, which reads that recipient's history, reads it again and
+/// sees the payment, while the third, which reads another recipient's, uses what was read ahead, its session
+/// among it, read once for both (on PostgreSQL; SQLite's writes read in process).
+async fn reads_sent_ahead_hold_unless_a_write_changed_them(url: &str) {
+    let (store, tenant) = with_tenant(url).await;
+    let key = agent_key(&store, tenant).await;
+    let session = with_session(&store, tenant, key).await;
+    let since = Utc::now() - chrono::Duration::hours(1);
     let paid = move |tenant| paygent_store::payments::PaymentRecord {
         session_id: session,
         ..payment_of_no_session(tenant)
