@@ -2,7 +2,7 @@
 //! racing decisions leave exactly one winner.
 
 use crate::db::{Arg, Db, query};
-use crate::deferred::Changes;
+use crate::deferred::{Changes, Deferred};
 use crate::{Result, StoreError, WriteTx, decimal, json, opt_time, opt_uuid, time, uuid};
 use chrono::{DateTime, Utc};
 use paygent_domain::action::action_digest;
@@ -270,8 +270,10 @@ pub async fn insert(tx: &mut WriteTx, a: &ApprovalRecord) -> Result<()> {
         a.context.as_ref().map(Value::to_string).into(),
         a.network.clone().into(),
     ];
-    tx.defer_insert("approval_requests", INSERTED, Changes::Row(a.id), values)
-        .await?;
+    tx.hold(
+        Deferred::insert("approval_requests", INSERTED, values, 1).changing(Changes::Row(a.id)),
+    )
+    .await?;
     if a.status == ApprovalStatus::Pending {
         waiting(tx, &[(a.requested_by.to_string(), 1)]).await?;
     }
@@ -537,6 +539,12 @@ pub async fn current(tx: &mut WriteTx, id: Uuid) -> Result<Option<ApprovalRecord
     with_votes(tx.conn(), request).await.map(Some)
 }
 
+/// A decision's changes to a request, and the request they land on: `$2` of tenant `$1`, still pending and not
+/// overdue at the decision's time (`$5`).
+const DECIDED: &str = "status = $3, decided_by = $4, decided_at = $5, decision_note = $6, edited_args = $7, \
+    decided_digest = $8, network = $9";
+const STILL_PENDING: &str = "tenant_id = $1 AND id = $2 AND status = 'pending' AND deadline > $5";
+
 /// Records a decision on `current`, the request as the transaction read it under the tenant's lock: the request
 /// as it becomes (with the approvals of its action where it needs more than one), or none if it was no longer
 /// pending or is overdue. The update is conditional still, and held back (one round trip fewer on PostgreSQL):
@@ -561,22 +569,19 @@ pub async fn decide(
         approvals: Vec::new(),
         ..current.clone()
     };
-    let update = query(
-        "UPDATE approval_requests SET status = $3, decided_by = $4, decided_at = $5, decision_note = $6, \
-         edited_args = $7, decided_digest = $8, network = $9 \
-         WHERE tenant_id = $1 AND id = $2 AND status = 'pending' AND deadline > $5",
-    )
-    .bind(tx.tenant_id().to_string())
-    .bind(d.id.to_string())
-    .bind(d.to.as_str())
-    .bind(d.by.to_string())
-    .bind(tx.now_text())
-    .bind(d.note)
-    .bind(d.edited_args.map(Value::to_string))
-    .bind(d.digest)
-    .bind(d.network.map(str::to_owned));
-    tx.defer_one("approval_requests", Changes::Row(d.id), update)
-        .await?;
+    let values = vec![
+        tx.tenant_id().to_string().into(),
+        d.id.to_string().into(),
+        d.to.as_str().into(),
+        d.by.to_string().into(),
+        tx.now_text().into(),
+        d.note.into(),
+        d.edited_args.map(Value::to_string).into(),
+        d.digest.into(),
+        d.network.into(),
+    ];
+    let update = Deferred::update("approval_requests", DECIDED, STILL_PENDING, values);
+    tx.hold(update.changing(Changes::Row(d.id))).await?;
     stopped_waiting(tx, Some(decided.requested_by.to_string())).await?;
     with_votes(tx.conn(), decided).await.map(Some)
 }
@@ -695,6 +700,10 @@ pub async fn cancel_some(
         .collect()
 }
 
+/// The approved request `$2` of tenant `$1` whose right to run nobody took yet.
+const UNCONSUMED: &str =
+    "tenant_id = $1 AND id = $2 AND status IN ('approved', 'edited') AND consumed_at IS NULL";
+
 /// Takes `current`'s one-time right to run, as the transaction read it under the tenant's lock: false if it is
 /// not approved, or was run already. The update is conditional still, and held back (one round trip fewer on
 /// PostgreSQL): under the lock nothing else takes the right, and if something did, the write fails rather than
@@ -703,15 +712,13 @@ pub async fn consume(tx: &mut WriteTx, current: &ApprovalRecord) -> Result<bool>
     if !current.status.is_consumable() || current.consumed_at.is_some() {
         return Ok(false);
     }
-    let update = query(
-        "UPDATE approval_requests SET consumed_at = $3 \
-         WHERE tenant_id = $1 AND id = $2 AND status IN ('approved', 'edited') AND consumed_at IS NULL",
-    )
-    .bind(tx.tenant_id().to_string())
-    .bind(current.id.to_string())
-    .bind(tx.now_text());
-    tx.defer_one("approval_requests", Changes::Row(current.id), update)
-        .await?;
+    let values = vec![
+        tx.tenant_id().to_string().into(),
+        current.id.to_string().into(),
+        tx.now_text().into(),
+    ];
+    let update = Deferred::update("approval_requests", "consumed_at = $3", UNCONSUMED, values);
+    tx.hold(update.changing(Changes::Row(current.id))).await?;
     Ok(true)
 }
 

@@ -16,6 +16,16 @@ pub enum Arg {
     Text(Option<String>),
 }
 
+impl Arg {
+    /// The PostgreSQL type a parameter of this value is given.
+    pub(crate) fn pg_type(&self) -> &'static str {
+        match self {
+            Arg::Int(_) => "int8",
+            Arg::Text(_) => "text",
+        }
+    }
+}
+
 impl From<i64> for Arg {
     fn from(v: i64) -> Self {
         Arg::Int(Some(v))

@@ -20,8 +20,19 @@ pub(crate) struct Deferred {
     pub(crate) changes: Changes,
     query: Query,
     rows: u64,
-    /// A plain insert's columns: such inserts of several writes go to PostgreSQL as one statement ([`merged`]).
-    columns: Option<&'static str>,
+    /// How it goes with the writes of others as one statement on PostgreSQL, if it can ([`merged`]).
+    form: Option<Form>,
+}
+
+/// The writes that go with others of their kind as one statement ([`merged`]): a plain insert into these
+/// columns, or an update of one row (`UPDATE table SET set WHERE filter`) whose parameters are its values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Form {
+    Insert(&'static str),
+    Update {
+        set: &'static str,
+        filter: &'static str,
+    },
 }
 
 /// Which rows of its table a held-back write changes, as far as reads sent ahead of it care ([`crate::pg::Ahead`]):
@@ -42,7 +53,7 @@ impl Deferred {
             changes: Changes::Any,
             query,
             rows,
-            columns: None,
+            form: None,
         }
     }
 
@@ -57,14 +68,28 @@ impl Deferred {
         let list = placeholders(1, values.len() / width.max(1), width);
         let sql = format!("INSERT INTO {table} ({columns}) VALUES {list}");
         Deferred {
-            columns: Some(columns),
+            form: Some(Form::Insert(columns)),
             ..Deferred::new(table, Query::with_args(sql, values), rows)
         }
     }
 
-    /// Whether the write is a plain insert, which can go with others into its table ([`merged`]).
-    pub(crate) fn is_insert(&self) -> bool {
-        self.columns.is_some()
+    /// An update of the one row of `table` that `filter` picks, `set` its changes: `values` are their parameters.
+    pub(crate) fn update(
+        table: &'static str,
+        set: &'static str,
+        filter: &'static str,
+        values: Vec<Arg>,
+    ) -> Deferred {
+        let sql = format!("UPDATE {table} SET {set} WHERE {filter}");
+        Deferred {
+            form: Some(Form::Update { set, filter }),
+            ..Deferred::new(table, Query::with_args(sql, values), 1)
+        }
+    }
+
+    /// Whether the write can go with others of its kind as one statement ([`merged`]).
+    pub(crate) fn merges(&self) -> bool {
+        self.form.is_some()
     }
 
     /// The write changes only `changes`.
@@ -118,17 +143,20 @@ impl Rendered {
     /// An expression that is 1 when each write changed the rows it should, and otherwise fails its statement with
     /// a message that names each table with the rows it changed and those expected.
     pub(crate) fn asserted(&self) -> String {
-        let names: Vec<String> = (0..self.expected.len()).map(|i| format!("w{i}")).collect();
-        let checks: Vec<(&str, &str, u64)> = (names.iter().map(String::as_str))
-            .zip(&self.expected)
-            .map(|(cte, (table, rows))| (cte, *table, *rows))
+        self.asserted_as(|_, rows| rows.to_string())
+    }
+
+    /// As [`Rendered::asserted`], each CTE's expected count the SQL expression `expected(i, rows)`.
+    fn asserted_as(&self, expected: impl Fn(usize, u64) -> String) -> String {
+        let checks: Vec<(String, &str, String)> = (self.expected.iter().enumerate())
+            .map(|(i, (table, rows))| (format!("w{i}"), *table, expected(i, *rows)))
             .collect();
         let ok: Vec<String> = (checks.iter())
             .map(|(cte, _, rows)| format!("(SELECT COUNT(*) FROM {cte}) = {rows}"))
             .collect();
         let said: Vec<String> = (checks.iter())
             .map(|(cte, table, rows)| {
-                format!("'{table} ' || (SELECT COUNT(*) FROM {cte}) || ' where {rows}'")
+                format!("'{table} ' || (SELECT COUNT(*) FROM {cte}) || ' where ' || {rows}")
             })
             .collect();
         // The cast of a value known only as the statement runs: it fails then, not as the statement is planned.
@@ -174,49 +202,109 @@ pub(crate) async fn flush(conn: &mut sqlx::PgConnection, writes: Vec<Deferred>) 
     rendered.check(row, 0)
 }
 
-/// Plain inserts of several writes ([`Deferred::insert`]) as one statement of one insert per table, each table's
-/// rows a JSON array (its only parameter) that PostgreSQL turns into the table's rows: one shape per set of
-/// tables however many rows, so it is prepared once. Several writes' closing statements cost PostgreSQL a
-/// third more as one statement each (BENCHMARKS.md). Nothing to check: a plain insert inserts every row or
-/// fails its statement.
+/// Writes of several closings that each have a [`Form`] as one statement of one CTE per table and form, whatever
+/// their number: each CTE's rows are a JSON array (its only parameter) that PostgreSQL turns into the table's
+/// rows, or into the values of each update's parameters. One shape per set of kinds, so it is prepared once;
+/// one statement per write cost PostgreSQL a third more (BENCHMARKS.md). Each CTE's count is checked as
+/// [`Rendered::asserted`] does: two updates of one row, say, change it once, and the statement fails.
 pub(crate) fn merged(writes: impl IntoIterator<Item = Deferred>) -> Result<(String, Vec<Arg>)> {
-    let mut tables: Vec<(&'static str, &'static str, String)> = Vec::new();
+    let mut kinds: Vec<Kind> = Vec::new();
     for write in writes {
-        let columns = write.columns.ok_or_else(|| {
-            StoreError::Corrupt(format!("a write to {} merged as an insert", write.table))
+        let form = write.form.ok_or_else(|| {
+            StoreError::Corrupt(format!("a write to {} merged with others", write.table))
         })?;
-        let at = match tables
-            .iter()
-            .position(|t| (t.0, t.1) == (write.table, columns))
-        {
-            Some(at) => at,
+        let values = write.query.into_parts().1;
+        let types: Vec<&str> = match form {
+            Form::Insert(_) => Vec::new(),
+            Form::Update { .. } => values.iter().map(Arg::pg_type).collect(),
+        };
+        let at = kinds.iter().position(|k| k.is(write.table, form, &types));
+        let kind = match at {
+            Some(at) => &mut kinds[at],
             None => {
-                tables.push((write.table, columns, String::new()));
-                tables.len() - 1
+                kinds.push(Kind::new(write.table, form, types));
+                kinds.last_mut().expect("just pushed")
             }
         };
-        rows_as_json(columns, write.query.into_parts().1, &mut tables[at].2);
+        kind.add(values, write.rows);
     }
-    let ctes: Vec<String> = (tables.iter().enumerate())
-        .map(|(i, (table, columns, _))| {
-            format!(
-                "w{i} AS (INSERT INTO {table} ({columns}) SELECT {columns} FROM \
-                 jsonb_populate_recordset(NULL::{table}, ${}::jsonb))",
-                i + 1
-            )
-        })
-        .collect();
-    let sql = format!("WITH {} SELECT 1", ctes.join(", "));
-    let args = (tables.into_iter())
-        .map(|(_, _, rows)| Arg::Text(Some(format!("[{rows}]"))))
+    let rendered = Rendered {
+        ctes: (kinds.iter().enumerate())
+            .map(|(i, k)| format!("w{i} AS ({} RETURNING 1)", k.sql(i + 1)))
+            .collect(),
+        expected: kinds.iter().map(|k| (k.table, k.rows)).collect(),
+    };
+    // Each kind's rows are as many as its JSON array's: the count is no part of the statement's shape.
+    let counted = rendered.asserted_as(|i, _| format!("jsonb_array_length(${}::jsonb)", i + 1));
+    let sql = rendered.selecting(&counted);
+    let args = (kinds.into_iter())
+        .map(|k| Arg::Text(Some(format!("[{}]", k.json))))
         .collect();
     Ok((sql, args))
 }
 
-/// Appends `values`, rows of `columns`, to `json` as objects keyed by column.
-fn rows_as_json(columns: &str, values: Vec<Arg>, json: &mut String) {
-    let names: Vec<&str> = columns.split(',').map(str::trim).collect();
-    for row in values.chunks(names.len()) {
+/// The writes of one table and form in a merged statement, and how many rows they change.
+struct Kind {
+    table: &'static str,
+    form: Form,
+    /// An update's parameters' types, which its rows' columns take.
+    types: Vec<&'static str>,
+    /// Their rows, as JSON objects keyed by column or by parameter (`p1`, `p2`…).
+    json: String,
+    rows: u64,
+}
+
+impl Kind {
+    fn new(table: &'static str, form: Form, types: Vec<&'static str>) -> Kind {
+        Kind {
+            table,
+            form,
+            types,
+            json: String::new(),
+            rows: 0,
+        }
+    }
+
+    fn is(&self, table: &str, form: Form, types: &[&str]) -> bool {
+        self.table == table && self.form == form && self.types == types
+    }
+
+    fn add(&mut self, values: Vec<Arg>, rows: u64) {
+        let names: Vec<String> = match self.form {
+            Form::Insert(columns) => columns.split(',').map(|c| c.trim().to_owned()).collect(),
+            Form::Update { .. } => (1..=values.len()).map(|n| format!("p{n}")).collect(),
+        };
+        rows_as_json(&names, values, &mut self.json);
+        self.rows += rows;
+    }
+
+    /// The kind's statement, its rows read from parameter `$n`.
+    fn sql(&self, n: usize) -> String {
+        let table = self.table;
+        match self.form {
+            Form::Insert(columns) => format!(
+                "INSERT INTO {table} ({columns}) SELECT {columns} FROM \
+                 jsonb_populate_recordset(NULL::{table}, ${n}::jsonb)"
+            ),
+            Form::Update { set, filter } => {
+                let row = |sql: &str| crate::db::placed(sql, |p| format!("j.p{p}"));
+                let columns: Vec<String> = (self.types.iter().enumerate())
+                    .map(|(i, t)| format!("p{} {t}", i + 1))
+                    .collect();
+                format!(
+                    "UPDATE {table} SET {} FROM jsonb_to_recordset(${n}::jsonb) AS j({}) WHERE {}",
+                    row(set),
+                    columns.join(", "),
+                    row(filter)
+                )
+            }
+        }
+    }
+}
+
+/// Appends `values`, rows of as many values as `names`, to `json` as objects keyed by name.
+fn rows_as_json(names: &[String], values: Vec<Arg>, json: &mut String) {
+    for row in values.chunks(names.len().max(1)) {
         json.push_str(if json.is_empty() { "{" } else { ",{" });
         for (i, (name, value)) in names.iter().zip(row).enumerate() {
             json.push_str(if i == 0 { "\"" } else { ",\"" });
@@ -245,7 +333,7 @@ mod tests {
     use crate::db::Arg;
 
     #[test]
-    fn inserts_of_several_writes_go_as_one_insert_per_table_of_json_rows() {
+    fn writes_of_several_closings_go_as_one_statement_of_json_rows_per_kind() {
         let payment = |memo: &str| {
             let values = vec![
                 "p".into(),
@@ -257,24 +345,41 @@ mod tests {
             Deferred::insert("payments", "id, memo, note, n, m", values, 1)
         };
         let audit = Deferred::insert("audit_log", "seq", vec![1.into(), 2.into()], 2);
-        let writes = [payment("it's \"q\" \\ ü\n"), audit, payment("")];
+        let decided = |id: &str| {
+            let values = vec![id.into(), "approved".into(), Arg::Text(None)];
+            let (set, filter) = ("status = $2, note = $3", "id = $1 AND status = 'pending'");
+            Deferred::update("approval_requests", set, filter, values)
+        };
+        let writes = [
+            payment("it's \"q\" \\ ü\n"),
+            audit,
+            decided("a"),
+            payment(""),
+            decided("b"),
+        ];
         let (sql, args) = merged(writes).unwrap();
-        assert_eq!(
-            sql,
-            "WITH w0 AS (INSERT INTO payments (id, memo, note, n, m) SELECT id, memo, note, n, m FROM \
-             jsonb_populate_recordset(NULL::payments, $1::jsonb)), w1 AS (INSERT INTO audit_log (seq) SELECT seq \
-             FROM jsonb_populate_recordset(NULL::audit_log, $2::jsonb)) SELECT 1"
-        );
-        let rows = r#"[{"id":"p","memo":"it's \"q\" \\ ü\n","note":null,"n":7,"m":null},{"id":"p","memo":"","note":null,"n":7,"m":null}]"#;
+        let ctes = "WITH w0 AS (INSERT INTO payments (id, memo, note, n, m) SELECT id, memo, note, n, m FROM \
+             jsonb_populate_recordset(NULL::payments, $1::jsonb) RETURNING 1), w1 AS (INSERT INTO audit_log (seq) \
+             SELECT seq FROM jsonb_populate_recordset(NULL::audit_log, $2::jsonb) RETURNING 1), w2 AS (UPDATE \
+             approval_requests SET status = j.p2, note = j.p3 FROM jsonb_to_recordset($3::jsonb) AS j(p1 text, \
+             p2 text, p3 text) WHERE id = j.p1 AND status = 'pending' RETURNING 1) SELECT CAST(CASE WHEN \
+             (SELECT COUNT(*) FROM w0) = jsonb_array_length($1::jsonb) AND (SELECT COUNT(*) FROM w1) = \
+             jsonb_array_length($2::jsonb) AND (SELECT COUNT(*) FROM w2) = jsonb_array_length($3::jsonb) ";
+        assert!(sql.starts_with(ctes), "{sql}");
+        let payments = r#"[{"id":"p","memo":"it's \"q\" \\ ü\n","note":null,"n":7,"m":null},{"id":"p","memo":"","note":null,"n":7,"m":null}]"#;
+        let decisions =
+            r#"[{"p1":"a","p2":"approved","p3":null},{"p1":"b","p2":"approved","p3":null}]"#;
+        let text = |s: &str| Arg::Text(Some(s.into()));
         assert_eq!(
             args,
             [
-                Arg::Text(Some(rows.into())),
-                Arg::Text(Some(r#"[{"seq":1},{"seq":2}]"#.into()))
+                text(payments),
+                text(r#"[{"seq":1},{"seq":2}]"#),
+                text(decisions)
             ]
         );
         let update = Deferred::new("payments", crate::db::query("UPDATE payments SET n = 1"), 1);
-        assert!(merged([update]).is_err(), "only plain inserts merge");
+        assert!(merged([update]).is_err(), "only writes with a form merge");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Payments: every intent an agent submits, whatever the guard decided, with its status history in the audit.
 
 use crate::db::{Arg, Db, Row, query};
-use crate::deferred::Changes;
+use crate::deferred::{Changes, Deferred};
 use crate::{Result, StoreError, WriteTx, decimal, opt_uuid, time, uuid};
 use chrono::{DateTime, Utc};
 use paygent_domain::swap::SwapTerms;
@@ -150,7 +150,8 @@ pub async fn insert(tx: &mut WriteTx, p: &PaymentRecord) -> Result<()> {
         true => Changes::PaidTo(p.recipient.clone()),
         false => Changes::Unread,
     };
-    tx.defer_insert("payments", COLUMNS, changes, values).await
+    tx.hold(Deferred::insert("payments", COLUMNS, values, 1).changing(changes))
+        .await
 }
 
 pub async fn get(db: Db<'_>, tenant_id: Uuid, id: Uuid) -> Result<Option<PaymentRecord>> {

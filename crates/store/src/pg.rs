@@ -23,9 +23,10 @@
 //! whose round trip carried it starts over in a new group. A message of several statements cannot bind
 //! parameters, and planning a closing statement from its text each time cost more than the round trip saved
 //! (BENCHMARKS.md), so each shape of closing statement is prepared once on a connection and executed by name.
-//! The closing statements of writes in a row that only insert (a payment the guard allows, its audit entry and
-//! event) go as one statement of one insert per table ([`deferred::merged`]), which costs PostgreSQL a third less
-//! than one statement each; should it fail, its writes learn the database's words from their group's failure.
+//! The closing statements of writes in a row that only insert and update single rows (a payment the guard allows,
+//! a decision, their audit entries and events) go as one statement of one insert or update per table
+//! ([`deferred::merged`]), which costs PostgreSQL a third less than one statement each; should it fail, its
+//! writes learn the database's words from their group's failure.
 //!
 //! A write's first round trip reads what it is about (the tenant's head, its session and budget rows, the
 //! request it decides). The writes waiting for the tenant's turn say beforehand what they will read ([`Ahead`]),
@@ -296,8 +297,9 @@ impl Head {
 
 /// A write's last statement, held back until the group's next round trip: its writes, and where its own error
 /// goes, so the write learns why (a duplicate key, say) rather than only that its group failed. Sent alone, it
-/// checks its own counts and fails if they are wrong, so nothing sent after it in its message runs; the plain
-/// inserts of several writes in a row go as one statement ([`deferred::merged`]).
+/// checks its own counts and fails if they are wrong, so nothing sent after it in its message runs; the inserts
+/// and single-row updates of several writes in a row go as one statement ([`deferred::merged`]), which checks
+/// its counts the same way.
 #[derive(Debug)]
 pub(crate) struct Closing {
     /// Its writes, until the statement that carries them is composed.
@@ -331,8 +333,9 @@ impl Closing {
         })
     }
 
-    fn inserts_only(&self) -> bool {
-        self.writes.iter().all(Deferred::is_insert)
+    /// Whether all its writes go with others of their kind ([`deferred::merged`]).
+    fn merges(&self) -> bool {
+        self.writes.iter().all(Deferred::merges)
     }
 
     /// Its writes as one statement of CTEs that fails unless each changed the rows it should ([`shaped`]), and
@@ -388,12 +391,7 @@ pub(crate) fn shaped(
     prepared: &mut HashSet<String>,
 ) -> Result<(String, usize)> {
     use std::hash::{DefaultHasher, Hash, Hasher};
-    let types: Vec<&str> = (args.iter())
-        .map(|a| match a {
-            Arg::Int(_) => "int8",
-            Arg::Text(_) => "text",
-        })
-        .collect();
+    let types: Vec<&str> = args.iter().map(Arg::pg_type).collect();
     let mut shape = DefaultHasher::new();
     (sql, &types).hash(&mut shape);
     let name = format!("paygent_c{:016x}", shape.finish());
@@ -1191,7 +1189,7 @@ async fn send(
 }
 
 /// The closing statements of the writes kept since the group's last message, to go in front of others in a
-/// message, and what each statement carries: a closing alone, or several in a row that only insert, as one.
+/// message, and what each statement carries: a closing alone, or several in a row whose writes all merge, as one.
 fn closings_text(
     closings: &mut [Closing],
     prepared: &mut HashSet<String>,
@@ -1199,7 +1197,7 @@ fn closings_text(
     let (mut text, mut sent) = (String::new(), Vec::new());
     let mut rest = closings;
     while !rest.is_empty() {
-        let run = rest.iter().take_while(|c| c.inserts_only()).count();
+        let run = rest.iter().take_while(|c| c.merges()).count();
         let ((statement, statements), carried) = match run {
             0 | 1 => (rest[0].alone(prepared)?, 1),
             n => {
@@ -1324,12 +1322,7 @@ mod tests {
                 error: Some(crate::StoreError::Busy),
             };
             let failed = Closing::first_failed(closings, &sent, &mut ran);
-            failed.map(|(carried, _)| {
-                carried
-                    .iter()
-                    .map(Closing::inserts_only)
-                    .collect::<Vec<_>>()
-            })
+            failed.map(|(carried, _)| carried.iter().map(Closing::merges).collect::<Vec<_>>())
         };
         assert_eq!(failed_at(0), Some(vec![true, true]));
         assert_eq!(

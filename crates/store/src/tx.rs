@@ -681,32 +681,10 @@ impl WriteTx {
         self.hold(Deferred::new(table, q, rows)).await
     }
 
-    /// As [`WriteTx::defer`], a write that changes one row, and only `changes` of its table: reads sent ahead of
-    /// other rows of it still hold ([`crate::pg::Ahead`]).
-    pub(crate) async fn defer_one(
-        &mut self,
-        table: &'static str,
-        changes: Changes,
-        q: Query,
-    ) -> Result<()> {
-        self.hold(Deferred::new(table, q, 1).changing(changes))
-            .await
-    }
-
-    /// As [`WriteTx::defer_one`], a plain insert of one row into `table`'s `columns`: on PostgreSQL such inserts
-    /// of several writes go as one statement ([`crate::deferred::merged`]).
-    pub(crate) async fn defer_insert(
-        &mut self,
-        table: &'static str,
-        columns: &'static str,
-        changes: Changes,
-        values: Vec<Arg>,
-    ) -> Result<()> {
-        self.hold(Deferred::insert(table, columns, values, 1).changing(changes))
-            .await
-    }
-
-    async fn hold(&mut self, write: Deferred) -> Result<()> {
+    /// Runs `write`: on PostgreSQL it is held back as [`WriteTx::defer`] says. A write that changes only some
+    /// rows of its table says which ([`Deferred::changing`]): reads sent ahead of others still hold
+    /// ([`crate::pg::Ahead`]).
+    pub(crate) async fn hold(&mut self, write: Deferred) -> Result<()> {
         match &mut self.conn {
             Conn::Pg(tx) => tx.hold(write).await,
             Conn::Lite(_) => write.run(Db::Tx(&mut self.conn)).await,

@@ -5,6 +5,8 @@ use chrono::{DateTime, Utc};
 use paygent_domain::audit::{AuditAction, AuditEntry};
 use paygent_domain::event::EventKind;
 use paygent_domain::velocity::Mark;
+use paygent_domain::{ApprovalStatus, DecisionKind};
+use paygent_store::approvals::{self, ApprovalRecord};
 use paygent_store::budgets::{self, Delta, KEY_PERIODS};
 use paygent_store::db::query;
 use paygent_store::{Store, StoreOptions};
@@ -260,24 +262,55 @@ async fn with_session(store: &Store, tenant: Uuid, key: Uuid) -> Uuid {
     session
 }
 
-/// Writes queued for their tenant's turn: a first that holds it, then `payments`, each a write of its own that
-/// inserts it with an audit entry and an event, in order. How each went, the first's first.
+/// Writes queued for their tenant's turn: a first that holds it, then `writes`, each queued in order once the
+/// one before is. How each went, the first's first.
+async fn in_turn<F, W>(
+    store: &Store,
+    tenant: Uuid,
+    writes: Vec<F>,
+) -> Vec<paygent_store::Result<()>>
+where
+    F: FnOnce(Store) -> W,
+    W: std::future::Future<Output = paygent_store::Result<Vec<paygent_store::Event>>>
+        + Send
+        + 'static,
+{
+    let mut first = store.begin(tenant, Utc::now()).await.unwrap();
+    let mut writers = Vec::new();
+    for (i, write) in writes.into_iter().enumerate() {
+        writers.push(tokio::spawn(write(store.clone())));
+        writes_queued(store, i as u64 + 1).await;
+    }
+    (first.audit(
+        "test",
+        AuditAction::SessionCreated,
+        "first",
+        None,
+        json!({}),
+    ))
+    .await
+    .unwrap();
+    let mut done = vec![first.commit().await.map(drop)];
+    for writer in writers {
+        done.push(writer.await.unwrap().map(drop));
+    }
+    done
+}
+
+/// [`in_turn`], each write inserting one of `payments` with an audit entry and an event.
 async fn pay_in_turn(
     store: &Store,
     tenant: Uuid,
     key: Uuid,
     payments: &[paygent_store::payments::PaymentRecord],
-) -> Vec<paygent_store::Result<Vec<paygent_store::Event>>> {
-    let mut first = store.begin(tenant, Utc::now()).await.unwrap();
-    let mut writers = Vec::new();
-    for (i, payment) in payments.iter().cloned().enumerate() {
-        let writer = store.clone();
-        let about = paygent_store::About {
-            session: Some(payment.session_id),
-            ..about()
-        };
-        writers.push(tokio::spawn(async move {
-            let mut tx = writer.begin_about(tenant, key, Utc::now(), about).await?;
+) -> Vec<paygent_store::Result<()>> {
+    let writes = payments.iter().cloned().map(|payment| {
+        move |store: Store| async move {
+            let about = paygent_store::About {
+                session: Some(payment.session_id),
+                ..about()
+            };
+            let mut tx = store.begin_about(tenant, key, Utc::now(), about).await?;
             paygent_store::payments::insert(&mut tx, &payment).await?;
             let (id, memo) = (payment.id.to_string(), &payment.description);
             let session = Some(payment.session_id);
@@ -292,23 +325,126 @@ async fn pay_in_turn(
             tx.event(EventKind::Cancelled, session, json!({"memo": memo}))
                 .await?;
             tx.commit().await
-        }));
-        writes_queued(store, i as u64 + 1).await;
+        }
+    });
+    in_turn(store, tenant, writes.collect()).await
+}
+
+/// A request of `session`'s, asked by `key`, waiting on people for an hour.
+fn pending_request(tenant: Uuid, session: Uuid, key: Uuid) -> ApprovalRecord {
+    let now = Utc::now();
+    ApprovalRecord {
+        id: Uuid::new_v4(),
+        tenant_id: tenant,
+        session_id: session,
+        payment_id: None,
+        tool: "pay".into(),
+        args: json!({"amount": "20"}),
+        edited_args: None,
+        network: None,
+        reason: "over the threshold".into(),
+        usd_value: 20.into(),
+        allowed_decisions: vec![DecisionKind::Approve, DecisionKind::Reject],
+        status: ApprovalStatus::Pending,
+        requested_by: key,
+        deadline: now + chrono::Duration::hours(1),
+        decided_by: None,
+        decided_at: None,
+        decision_note: None,
+        decided_digest: None,
+        consumed_at: None,
+        created_at: now,
+        approvals_required: 1,
+        groups: Vec::new(),
+        approvals: Vec::new(),
+        escalation: Vec::new(),
+        escalated: 0,
+        escalate_at: None,
+        context: None,
     }
-    (first.audit(
-        "test",
-        AuditAction::SessionCreated,
-        "first",
-        None,
-        json!({}),
-    ))
-    .await
-    .unwrap();
-    let mut done = vec![first.commit().await];
-    for writer in writers {
-        done.push(writer.await.unwrap());
+}
+
+/// Decisions kept one after another in a group without a statement of their own (their requests were read
+/// ahead) are sent together, on PostgreSQL their updates as one statement of rows in JSON: each lands on its
+/// own request, with its note as written.
+async fn decisions_sent_together_land_each_on_its_request(url: &str) {
+    let (store, tenant) = with_tenant(url).await;
+    let asker = agent_key(&store, tenant).await;
+    let decider = agent_key(&store, tenant).await;
+    let session = with_session(&store, tenant, asker).await;
+    let requests: Vec<_> = (0..3)
+        .map(|_| pending_request(tenant, session, asker))
+        .collect();
+    let mut tx = store.begin(tenant, Utc::now()).await.unwrap();
+    for request in &requests {
+        approvals::insert(&mut tx, request).await.unwrap();
     }
-    done
+    tx.commit().await.unwrap();
+    let note = |i: usize| format!("fine by me, it's {i} \\ \"ok\"");
+    let writes = requests.iter().enumerate().map(|(i, request)| {
+        let (id, digest) = (request.id, request.digest());
+        move |store: Store| async move {
+            let about = paygent_store::About {
+                approval: Some(id),
+                ..about()
+            };
+            let mut tx = store
+                .begin_about(tenant, decider, Utc::now(), about)
+                .await?;
+            let current = approvals::current(&mut tx, id).await?.expect("filed");
+            let note = note(i);
+            let decided = approvals::Decided {
+                id,
+                to: ApprovalStatus::Approved,
+                by: decider,
+                note: Some(&note),
+                edited_args: None,
+                digest: &digest,
+                network: None,
+            };
+            let landed = approvals::decide(&mut tx, &current, decided).await?;
+            assert!(landed.is_some(), "request {i} was pending");
+            (tx.audit(
+                "test",
+                AuditAction::ApprovalApproved,
+                &id.to_string(),
+                None,
+                json!({}),
+            ))
+            .await?;
+            tx.commit().await
+        }
+    });
+    let before = store.reads_ahead();
+    for done in in_turn(&store, tenant, writes.collect()).await {
+        done.unwrap();
+    }
+    used_reads_ahead(&store, before, 2);
+    for (i, request) in requests.iter().enumerate() {
+        let read = approvals::get(store.reader(), tenant, request.id)
+            .await
+            .unwrap();
+        let read = read.expect("filed");
+        assert_eq!(read.status, ApprovalStatus::Approved, "request {i}");
+        assert_eq!(read.decided_by, Some(decider));
+        assert_eq!(read.decision_note, Some(note(i)));
+        assert_eq!(read.decided_digest, Some(request.digest()));
+    }
+    chain(&store, tenant).await;
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_sent_together_land_each_on_its_request_on_sqlite() {
+    let (url, _dir) = sqlite_url();
+    decisions_sent_together_land_each_on_its_request(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_sent_together_land_each_on_its_request_on_postgres() {
+    let (url, db) = PgDatabase::create().await;
+    decisions_sent_together_land_each_on_its_request(&url).await;
+    db.drop().await;
 }
 
 /// Writes kept one after another in a group without a statement of their own (their reads went ahead) have
