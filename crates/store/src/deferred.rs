@@ -64,8 +64,8 @@ impl Deferred {
         values: Vec<Arg>,
         rows: u64,
     ) -> Deferred {
-        let width = values.len() / usize::try_from(rows.max(1)).unwrap_or(1);
-        let list = placeholders(1, values.len() / width.max(1), width);
+        let count = usize::try_from(rows).unwrap_or(usize::MAX).max(1);
+        let list = placeholders(1, count, values.len() / count);
         let sql = format!("INSERT INTO {table} ({columns}) VALUES {list}");
         Deferred {
             form: Some(Form::Insert(columns)),
@@ -249,17 +249,24 @@ struct Kind {
     form: Form,
     /// An update's parameters' types, which its rows' columns take.
     types: Vec<&'static str>,
-    /// Their rows, as JSON objects keyed by column or by parameter (`p1`, `p2`…).
+    /// The keys of its rows' values: an insert's columns, or an update's parameters (`p1`, `p2`…).
+    names: Vec<String>,
+    /// Their rows, as JSON objects keyed by `names`.
     json: String,
     rows: u64,
 }
 
 impl Kind {
     fn new(table: &'static str, form: Form, types: Vec<&'static str>) -> Kind {
+        let names = match form {
+            Form::Insert(columns) => columns.split(',').map(|c| c.trim().to_owned()).collect(),
+            Form::Update { .. } => (1..=types.len()).map(|n| format!("p{n}")).collect(),
+        };
         Kind {
             table,
             form,
             types,
+            names,
             json: String::new(),
             rows: 0,
         }
@@ -270,11 +277,7 @@ impl Kind {
     }
 
     fn add(&mut self, values: Vec<Arg>, rows: u64) {
-        let names: Vec<String> = match self.form {
-            Form::Insert(columns) => columns.split(',').map(|c| c.trim().to_owned()).collect(),
-            Form::Update { .. } => (1..=values.len()).map(|n| format!("p{n}")).collect(),
-        };
-        rows_as_json(&names, values, &mut self.json);
+        rows_as_json(&self.names, values, &mut self.json);
         self.rows += rows;
     }
 
