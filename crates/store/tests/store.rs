@@ -332,36 +332,23 @@ async fn pay_in_turn(
 
 /// A request of `session`'s, asked by `key`, waiting on people for an hour.
 fn pending_request(tenant: Uuid, session: Uuid, key: Uuid) -> ApprovalRecord {
-    let now = Utc::now();
-    ApprovalRecord {
+    let new = approvals::NewRequest {
         id: Uuid::new_v4(),
         tenant_id: tenant,
         session_id: session,
         payment_id: None,
         tool: "pay".into(),
         args: json!({"amount": "20"}),
-        edited_args: None,
         network: None,
         reason: "over the threshold".into(),
         usd_value: 20.into(),
         allowed_decisions: vec![DecisionKind::Approve, DecisionKind::Reject],
-        status: ApprovalStatus::Pending,
         requested_by: key,
-        deadline: now + chrono::Duration::hours(1),
-        decided_by: None,
-        decided_at: None,
-        decision_note: None,
-        decided_digest: None,
-        consumed_at: None,
-        created_at: now,
-        approvals_required: 1,
-        groups: Vec::new(),
-        approvals: Vec::new(),
+        timeout_seconds: 3600,
+        quorum: (1, Vec::new()),
         escalation: Vec::new(),
-        escalated: 0,
-        escalate_at: None,
-        context: None,
-    }
+    };
+    ApprovalRecord::pending(new, Utc::now())
 }
 
 /// Decisions kept one after another in a group without a statement of their own (their requests were read
