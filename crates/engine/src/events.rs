@@ -5,6 +5,7 @@
 //! back from the outbox. Subscribers do the same on their side, so a subscriber never misses an event
 //! and never sees one twice.
 
+use crate::keys::KnownKeys;
 use crate::metrics::Metrics;
 use crate::{EngineError, Paygent, Result};
 use paygent_domain::Principal;
@@ -75,7 +76,7 @@ impl SessionOwners {
 
 impl EventHub {
     /// Starts the hub's task. It ends when the last engine handle is dropped.
-    pub(crate) fn start(store: Store, metrics: Arc<Metrics>) -> EventHub {
+    pub(crate) fn start(store: Store, metrics: Arc<Metrics>, keys: Arc<KnownKeys>) -> EventHub {
         let (input, rx) = mpsc::unbounded_channel();
         let live = broadcast::channel(LIVE_BUFFER).0;
         let owners = SessionOwners {
@@ -85,6 +86,7 @@ impl EventHub {
         let handover = Handover {
             live: live.clone(),
             metrics,
+            keys,
         };
         tokio::spawn(run_hub(store, rx, handover));
         EventHub {
@@ -107,14 +109,23 @@ impl EventHub {
     }
 }
 
-/// Hands events to live subscribers, timing each from its commit.
+/// Hands events to live subscribers, timing each from its commit; a revoked key is forgotten first, so it stops
+/// working here no later than its open streams are told.
 struct Handover {
     live: broadcast::Sender<Arc<LiveEvent>>,
     metrics: Arc<Metrics>,
+    keys: Arc<KnownKeys>,
 }
 
 impl Handover {
     fn send(&self, event: Event) {
+        if event.kind == EventKind::KeyRevoked
+            && let Some(id) = event.payload["key_id"]
+                .as_str()
+                .and_then(|k| k.parse().ok())
+        {
+            self.keys.forget(id);
+        }
         if let Some(at) = paygent_domain::time::parse(&event.created_at) {
             let lag = (chrono::Utc::now() - at).to_std().unwrap_or_default();
             self.metrics.fanned_out(lag);
@@ -573,6 +584,7 @@ mod tests {
         let live = Handover {
             live,
             metrics: Arc::default(),
+            keys: Arc::default(),
         };
         (Fanout::new(store, live), rx, dir)
     }

@@ -10,8 +10,88 @@ use paygent_store::keys::{self, KeyRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
 use utoipa::ToSchema;
 use uuid::Uuid;
+
+/// How long a key read from the database answers for its token before it is read again. Revocations reach the
+/// cache as they reach open streams ([`KnownKeys::forget`]); this bounds how long one whose event went astray
+/// (another instance's, its nudge lost) leaves a key working here: as long as the event hub's own backstop.
+const TRUSTED_FOR: Duration = Duration::from_secs(1);
+
+/// Tokens remembered at most; past it the cache starts afresh.
+const MOST_KNOWN: usize = 10_000;
+
+/// Live keys by token hash, as last read from the database: on PostgreSQL, reading a request's key was a round
+/// trip and a backend's wake-up per request (BENCHMARKS.md). A key revoked on this instance is forgotten before
+/// the revocation is answered; one revoked on another, as its `key_revoked` event reaches this instance's event
+/// hub, before its open streams here are told. A hit still checks the key's expiry, and every write checks the
+/// key again under its tenant's lock, whatever let it in.
+#[derive(Default)]
+pub(crate) struct KnownKeys(Mutex<Known>);
+
+#[derive(Default)]
+struct Known {
+    keys: HashMap<String, KnownKey>,
+    /// Bumped by every revocation seen: a key read before one is not remembered after it.
+    forgotten: u64,
+}
+
+struct KnownKey {
+    principal: Principal,
+    expires_at: Option<DateTime<Utc>>,
+    read: Instant,
+}
+
+impl KnownKeys {
+    /// The live key whose token hashes to `hash`, if it was read within [`TRUSTED_FOR`] and has not expired at
+    /// `now`.
+    fn get(&self, hash: &str, now: DateTime<Utc>) -> Option<Principal> {
+        let known = self.0.lock().expect("known keys");
+        let key = known.keys.get(hash)?;
+        let live = key.read.elapsed() < TRUSTED_FOR && key.expires_at.is_none_or(|at| at > now);
+        live.then(|| key.principal.clone())
+    }
+
+    /// What to hand [`KnownKeys::remember`] with a key about to be read.
+    fn before_reading(&self) -> u64 {
+        self.0.lock().expect("known keys").forgotten
+    }
+
+    /// Remembers a key read as live, unless a revocation was seen since `before` (it may have been this one's);
+    /// returns who it is.
+    fn remember(&self, hash: String, key: &KeyRecord, before: u64) -> Principal {
+        let principal = Principal {
+            tenant_id: key.tenant_id,
+            key_id: key.id,
+            role: key.role,
+        };
+        let mut known = self.0.lock().expect("known keys");
+        if known.forgotten != before {
+            return principal;
+        }
+        if known.keys.len() >= MOST_KNOWN {
+            known.keys.clear();
+        }
+        let key = KnownKey {
+            principal: principal.clone(),
+            expires_at: key.expires_at,
+            read: Instant::now(),
+        };
+        known.keys.insert(hash, key);
+        principal
+    }
+
+    /// Forgets the key `id`: it was revoked.
+    pub(crate) fn forget(&self, id: Uuid) {
+        let mut known = self.0.lock().expect("known keys");
+        known.forgotten += 1;
+        known.keys.retain(|_, k| k.principal.key_id != id);
+    }
+}
 
 /// A new tenant with its first admin key.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -118,16 +198,14 @@ impl Paygent {
         if token.is_empty() || token.len() > 256 {
             return Err(EngineError::Unauthenticated);
         }
-        let key = self
-            .store
-            .key_by_hash(&hash_token(token), self.now())
-            .await?
-            .ok_or(EngineError::Unauthenticated)?;
-        Ok(Principal {
-            tenant_id: key.tenant_id,
-            key_id: key.id,
-            role: key.role,
-        })
+        let (hash, now) = (hash_token(token), self.now());
+        if let Some(known) = self.keys.get(&hash, now) {
+            return Ok(known);
+        }
+        let before = self.keys.before_reading();
+        let key =
+            (self.store.key_by_hash(&hash, now).await?).ok_or(EngineError::Unauthenticated)?;
+        Ok(self.keys.remember(hash, &key, before))
     }
 
     /// Makes sure the default tenant and an admin key exist. With `admin_token`, that exact string becomes an
@@ -232,6 +310,7 @@ impl Paygent {
         tx.event(EventKind::KeyRevoked, None, json!({"key_id": id}))
             .await?;
         self.publish(tx.commit().await?);
+        self.keys.forget(id);
         Ok(())
     }
 
@@ -302,5 +381,61 @@ impl Paygent {
         .await?;
         tx.commit().await?;
         Ok(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(expires_at: Option<DateTime<Utc>>) -> KeyRecord {
+        KeyRecord {
+            id: Uuid::new_v4(),
+            tenant_id: DEFAULT_TENANT,
+            name: "agent".into(),
+            role: Role::Agent,
+            created_at: Utc::now(),
+            expires_at,
+            policy_id: None,
+            groups: Vec::new(),
+            slack_user: None,
+            email: None,
+        }
+    }
+
+    #[test]
+    fn a_known_key_answers_until_it_is_old_expired_or_revoked() {
+        let (known, now) = (KnownKeys::default(), Utc::now());
+        let key = key(Some(now + chrono::Duration::seconds(60)));
+        let principal = known.remember("h".into(), &key, known.before_reading());
+        assert_eq!(known.get("h", now), Some(principal));
+        assert_eq!(known.get("other", now), None);
+
+        let past = Instant::now()
+            .checked_sub(TRUSTED_FOR)
+            .expect("a second ago");
+        (known.0.lock().unwrap().keys.get_mut("h").unwrap()).read = past;
+        assert_eq!(known.get("h", now), None, "read too long ago");
+
+        known.remember("h".into(), &key, known.before_reading());
+        assert!(known.get("h", now).is_some());
+        let later = now + chrono::Duration::seconds(61);
+        assert_eq!(known.get("h", later), None, "expired");
+
+        known.forget(Uuid::new_v4());
+        assert!(known.get("h", now).is_some(), "another key's revocation");
+        known.forget(key.id);
+        assert_eq!(known.get("h", now), None, "revoked");
+    }
+
+    #[test]
+    fn a_key_read_before_a_revocation_is_not_remembered_after_it() {
+        let (known, key) = (KnownKeys::default(), key(None));
+        let before = known.before_reading();
+        known.forget(key.id);
+        known.remember("h".into(), &key, before);
+        assert_eq!(known.get("h", Utc::now()), None);
+        known.remember("h".into(), &key, known.before_reading());
+        assert!(known.get("h", Utc::now()).is_some());
     }
 }

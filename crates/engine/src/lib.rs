@@ -108,6 +108,8 @@ pub struct Paygent {
     prices: Arc<PriceTable>,
     clock: Arc<dyn Clock>,
     hub: events::EventHub,
+    /// Keys as last read, by token hash.
+    keys: Arc<keys::KnownKeys>,
     tools: ToolRegistry,
     egress: Egress,
     rails: Vec<Arc<dyn Rail>>,
@@ -138,8 +140,10 @@ impl Paygent {
     pub fn new(store: Store, prices: PriceTable, clock: Arc<dyn Clock>) -> Self {
         let metrics = Arc::new(Metrics::default());
         let on_postgres = store.backend() == paygent_store::Backend::Postgres;
+        let keys = Arc::new(keys::KnownKeys::default());
         Paygent {
-            hub: events::EventHub::start(store.clone(), metrics.clone()),
+            hub: events::EventHub::start(store.clone(), metrics.clone(), keys.clone()),
+            keys,
             store,
             prices: Arc::new(prices),
             clock,

@@ -24,6 +24,7 @@ on_both_databases!(
     silent_clients_time_out,
     agents_stream_only_their_own,
     revoked_and_expired_keys_lose_their_streams,
+    a_key_revoked_on_one_instance_stops_on_another_with_its_streams,
     streams_and_socket_messages_are_bounded_per_key,
 );
 
@@ -684,6 +685,38 @@ async fn revoked_and_expired_keys_lose_their_streams(backend: Backend) {
     let mut brief = connect(&s, key["token"].as_str().unwrap(), "").await;
     assert_eq!(close_code(&mut brief).await, 4001);
     s.finish().await;
+}
+
+/// Each instance answers a key from what it last read of it; a revocation on one instance stops the key there at
+/// once, and on another no later than it ends the key's streams there.
+async fn a_key_revoked_on_one_instance_stops_on_another_with_its_streams(backend: Backend) {
+    let a = TestServer::start(backend).await;
+    let b = a.another_instance().await;
+    let t = a.team(ADMIN_TOKEN).await;
+    let (status, me) = a.get(&t.approver, "/me").await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    assert_eq!(b.get(&t.approver, "/me").await.0, reqwest::StatusCode::OK);
+    let mut ws = connect(&b, &t.approver, "").await;
+    let path = format!("/keys/{}", me["key_id"].as_str().unwrap());
+    let (status, _) = a
+        .call(ADMIN_TOKEN, reqwest::Method::DELETE, &path, None)
+        .await;
+    assert_eq!(status, reqwest::StatusCode::NO_CONTENT);
+    let (status, _) = a.get(&t.approver, "/me").await;
+    assert_eq!(
+        status,
+        reqwest::StatusCode::UNAUTHORIZED,
+        "where it was revoked"
+    );
+    assert_eq!(close_code(&mut ws).await, 4001);
+    let (status, _) = b.get(&t.approver, "/me").await;
+    assert_eq!(
+        status,
+        reqwest::StatusCode::UNAUTHORIZED,
+        "on the other instance"
+    );
+    b.stop().await;
+    a.finish().await;
 }
 
 /// The code of the close frame the server sends next, skipping other messages.
