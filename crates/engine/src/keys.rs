@@ -61,28 +61,28 @@ impl KnownKeys {
         self.0.lock().expect("known keys").forgotten
     }
 
-    /// Remembers a key read as live, unless a revocation was seen since `before` (it may have been this one's);
-    /// returns who it is.
-    fn remember(&self, hash: String, key: &KeyRecord, before: u64) -> Principal {
-        let principal = Principal {
-            tenant_id: key.tenant_id,
-            key_id: key.id,
-            role: key.role,
-        };
+    /// Remembers a key read as live (`principal`, working until `expires_at`), unless a revocation was seen since
+    /// `before` (it may have been this one's).
+    fn remember(
+        &self,
+        hash: String,
+        principal: Principal,
+        expires_at: Option<DateTime<Utc>>,
+        before: u64,
+    ) {
         let mut known = self.0.lock().expect("known keys");
         if known.forgotten != before {
-            return principal;
+            return;
         }
         if known.keys.len() >= MOST_KNOWN {
             known.keys.clear();
         }
         let key = KnownKey {
-            principal: principal.clone(),
-            expires_at: key.expires_at,
+            principal,
+            expires_at,
             read: Instant::now(),
         };
         known.keys.insert(hash, key);
-        principal
     }
 
     /// Forgets the key `id`: it was revoked.
@@ -205,7 +205,9 @@ impl Paygent {
         let before = self.keys.before_reading();
         let key =
             (self.store.key_by_hash(&hash, now).await?).ok_or(EngineError::Unauthenticated)?;
-        Ok(self.keys.remember(hash, &key, before))
+        let principal = key.principal();
+        (self.keys).remember(hash, principal.clone(), key.expires_at, before);
+        Ok(principal)
     }
 
     /// Makes sure the default tenant and an admin key exist. With `admin_token`, that exact string becomes an
@@ -388,27 +390,20 @@ impl Paygent {
 mod tests {
     use super::*;
 
-    fn key(expires_at: Option<DateTime<Utc>>) -> KeyRecord {
-        KeyRecord {
-            id: Uuid::new_v4(),
+    fn agent() -> Principal {
+        Principal {
             tenant_id: DEFAULT_TENANT,
-            name: "agent".into(),
+            key_id: Uuid::new_v4(),
             role: Role::Agent,
-            created_at: Utc::now(),
-            expires_at,
-            policy_id: None,
-            groups: Vec::new(),
-            slack_user: None,
-            email: None,
         }
     }
 
     #[test]
     fn a_known_key_answers_until_it_is_old_expired_or_revoked() {
-        let (known, now) = (KnownKeys::default(), Utc::now());
-        let key = key(Some(now + chrono::Duration::seconds(60)));
-        let principal = known.remember("h".into(), &key, known.before_reading());
-        assert_eq!(known.get("h", now), Some(principal));
+        let (known, now, key) = (KnownKeys::default(), Utc::now(), agent());
+        let expires_at = Some(now + chrono::Duration::seconds(60));
+        known.remember("h".into(), key.clone(), expires_at, known.before_reading());
+        assert_eq!(known.get("h", now), Some(key.clone()));
         assert_eq!(known.get("other", now), None);
 
         let past = Instant::now()
@@ -417,25 +412,25 @@ mod tests {
         (known.0.lock().unwrap().keys.get_mut("h").unwrap()).read = past;
         assert_eq!(known.get("h", now), None, "read too long ago");
 
-        known.remember("h".into(), &key, known.before_reading());
+        known.remember("h".into(), key.clone(), expires_at, known.before_reading());
         assert!(known.get("h", now).is_some());
         let later = now + chrono::Duration::seconds(61);
         assert_eq!(known.get("h", later), None, "expired");
 
         known.forget(Uuid::new_v4());
         assert!(known.get("h", now).is_some(), "another key's revocation");
-        known.forget(key.id);
+        known.forget(key.key_id);
         assert_eq!(known.get("h", now), None, "revoked");
     }
 
     #[test]
     fn a_key_read_before_a_revocation_is_not_remembered_after_it() {
-        let (known, key) = (KnownKeys::default(), key(None));
+        let (known, key) = (KnownKeys::default(), agent());
         let before = known.before_reading();
-        known.forget(key.id);
-        known.remember("h".into(), &key, before);
+        known.forget(key.key_id);
+        known.remember("h".into(), key.clone(), None, before);
         assert_eq!(known.get("h", Utc::now()), None);
-        known.remember("h".into(), &key, known.before_reading());
+        known.remember("h".into(), key, None, known.before_reading());
         assert!(known.get("h", Utc::now()).is_some());
     }
 }

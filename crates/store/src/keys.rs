@@ -3,7 +3,7 @@
 use crate::db::{placeholders, query};
 use crate::{Result, Store, StoreError, WriteTx, time, uuid};
 use chrono::{DateTime, Utc};
-use paygent_domain::Role;
+use paygent_domain::{Principal, Role};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +44,17 @@ const COLUMNS: &str =
     "id, tenant_id, name, role, created_at, expires_at, policy_id, groups, slack_user, email";
 /// A key that was neither revoked nor is past its expiry at `$2`.
 const LIVE: &str = "revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2)";
+
+impl KeyRecord {
+    /// Who acts with this key.
+    pub fn principal(&self) -> Principal {
+        Principal {
+            tenant_id: self.tenant_id,
+            key_id: self.id,
+            role: self.role,
+        }
+    }
+}
 
 impl TryFrom<KeyRow> for KeyRecord {
     type Error = StoreError;

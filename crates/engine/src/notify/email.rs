@@ -12,7 +12,7 @@ use lettre::message::Mailbox;
 use lettre::message::header::ContentType;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use paygent_domain::event::EventKind;
-use paygent_domain::{ApprovalStatus, Decision, DecisionKind, Principal, Role};
+use paygent_domain::{ApprovalStatus, Decision, DecisionKind, Role};
 use paygent_store::Event;
 use paygent_store::approvals;
 use paygent_store::keys::{self, KeyRecord, Person};
@@ -273,11 +273,7 @@ impl Paygent {
             .ok_or_else(|| {
                 EngineError::Forbidden("the key this link decides as is revoked".into())
             })?;
-        let who = Principal {
-            tenant_id: key.tenant_id,
-            key_id: key.id,
-            role: key.role,
-        };
+        let who = key.principal();
         self.decide(&who, link.approval_id, decision, Some(&link.digest))
             .await
     }

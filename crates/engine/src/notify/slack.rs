@@ -6,8 +6,8 @@ use crate::views::ApprovalView;
 use crate::{Egress, EngineError, Paygent, Result};
 use chrono::Utc;
 use hmac::{Hmac, Mac};
+use paygent_domain::Decision;
 use paygent_domain::event::EventKind;
-use paygent_domain::{Decision, Principal};
 use paygent_store::Event;
 use paygent_store::notifiers::{self, Channel, SlackMessage};
 use paygent_store::{approvals, keys};
@@ -295,11 +295,7 @@ impl Paygent {
                     press.user
                 ))
             })?;
-        let who = Principal {
-            tenant_id: key.tenant_id,
-            key_id: key.id,
-            role: key.role,
-        };
+        let who = key.principal();
         let decision = press.decision.clone();
         self.decide(&who, press.approval_id, decision, Some(&press.digest))
             .await
